@@ -1,0 +1,69 @@
+"""WeCLIP training losses: balanced segmentation CE and the decoder-affinity loss (DESIGN Part 1)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over ``mask``; 0 (not NaN) when the mask is empty."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """``0.5 * CE(bg pixels) + 0.5 * CE(fg pixels)``, each a mean over its own pixels of the whole batch.
+
+    Args:
+        logits: [B, C, h, w], upsampled bilinearly (align_corners=False) to the label size.
+        labels: [B, H, W] int, ``ignore_index`` ignored.
+    A batch with no background (or no foreground) pixel contributes 0 for that half (the official code
+    gives NaN there).
+    """
+    logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    valid = labels != ignore_index
+    target = torch.where(valid, labels, torch.zeros_like(labels)).long()
+    ce = F.cross_entropy(logits.float(), target, reduction="none")
+    bg = valid & (labels == 0)
+    fg = valid & (labels != 0)
+    return 0.5 * _masked_mean(ce, bg) + 0.5 * _masked_mean(ce, fg)
+
+
+def affinity_targets(
+    labels: torch.Tensor, grid: tuple[int, int], radius: int = 8, ignore_index: int = 255
+) -> torch.Tensor:
+    """Pairwise affinity labels on the patch grid: [B, H, W] -> [B, N, N] int8.
+
+    Labels are downsampled by nearest neighbour (cell (i, j) takes pixel (floor(i*H/h), floor(j*W/w))).
+    1 where two cells share a label, 0 where they differ, -1 (ignored) where either is ``ignore_index``
+    or the cells are farther apart than ``radius`` (Chebyshev distance; pairs (i, i) included).
+    """
+    h, w = grid
+    small = F.interpolate(labels[:, None].float(), size=grid, mode="nearest")[:, 0].long().flatten(1)
+    same = small[:, :, None] == small[:, None, :]
+    ignored = (small == ignore_index)[:, :, None] | (small == ignore_index)[:, None, :]
+    ys = torch.arange(h, device=labels.device).repeat_interleave(w)
+    xs = torch.arange(w, device=labels.device).repeat(h)
+    near = ((ys[:, None] - ys[None, :]).abs() <= radius) & ((xs[:, None] - xs[None, :]).abs() <= radius)
+    targets = same.to(torch.int8)
+    return targets.masked_fill(ignored | ~near, -1)
+
+
+def affinity_loss(
+    affinity: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``0.5 * sum_pos(1 - A) / (n_pos + 1) + 0.5 * sum_neg(A) / (n_neg + 1)`` over the whole batch.
+
+    Args:
+        affinity: [B, N, N] decoder affinity. targets: [B, N, N] from `affinity_targets`.
+    Returns:
+        loss, n_pos + 1, n_neg + 1 (the counts as the official code returns them).
+    """
+    pos = (targets == 1).to(affinity.dtype)
+    neg = (targets == 0).to(affinity.dtype)
+    pos_count = pos.sum() + 1
+    neg_count = neg.sum() + 1
+    pos_loss = (pos * (1 - affinity)).sum() / pos_count
+    neg_loss = (neg * affinity).sum() / neg_count
+    return 0.5 * pos_loss + 0.5 * neg_loss, pos_count, neg_count

@@ -1,0 +1,616 @@
+"""WeCLIP: a frozen CLIP, a small trainable decoder, and online pseudo labels from GradCAM + RFM.
+
+Reading order: decoder modules, the pretrained-model base, then the task model, whose forward reads as
+numbered steps (frozen CLIP, decoder, pseudo labels, losses).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPTextModel, CLIPVisionModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import SemanticSegmenterOutput
+from transformers.utils import ModelOutput
+
+from .cam import (
+    box_mask,
+    box_threshold_mask,
+    gradcam,
+    minmax_normalize,
+    refine_cams,
+    transition_matrix,
+    upsample_normalized,
+)
+from .configuration_weclip import WeCLIPConfig
+from .losses import affinity_loss, affinity_targets, segmentation_loss
+from .refinement import par_refine, rfm_affinity
+
+# --------------------------------------------------------------------------------------------------
+# Outputs
+
+
+@dataclass
+class WeCLIPCAMOutput(ModelOutput):
+    """Pseudo labels and every intermediate of their computation, per (image, class) pair.
+
+    Pairs are ordered by image, then by ascending class (0-based foreground index).
+    """
+
+    pseudo_labels: torch.LongTensor | None = None  # [B, H, W] 0 = background, k = class k
+    cams: torch.Tensor | None = None  # [B, C, h, w] normalized refined CAM per class (0 if absent)
+    pair_image_index: torch.LongTensor | None = None  # [P]
+    pair_class_index: torch.LongTensor | None = None  # [P]
+    text_probs: torch.Tensor | None = None  # [B, C + Nb] softmax over present classes + background words
+    gradcams: torch.Tensor | None = None  # [P, h, w] after the double min-max normalization
+    box_masks: torch.Tensor | None = None  # [P, h, w]
+    refined_cams_grid: torch.Tensor | None = None  # [P, h, w] before normalization
+    refined_cams: torch.Tensor | None = None  # [P, H, W] normalized, upsampled
+    affinity_before_norm: torch.Tensor | None = None  # [B, N, N] input of the transition matrix
+    rfm_keep: torch.Tensor | None = None  # [B, L] layers kept by the RFM
+    rfm_distance: torch.Tensor | None = None  # [B, L] the RFM statistic d_l
+
+
+@dataclass
+class WeCLIPSemanticSegmenterOutput(SemanticSegmenterOutput):
+    """Output of [`WeCLIPForSemanticSegmentation`].
+
+    Args:
+        loss: total loss (segmentation + weighted affinity) when ``class_labels`` or ``labels`` are given.
+        logits: [B, num_labels, h, w] on the patch grid; upsample to the image size for predictions.
+        seg_loss, affinity_loss: the two loss terms.
+        pseudo_labels: [B, H, W] int64 pseudo labels (0 = background, k = class k) from the frozen CLIP.
+        cams: [B, C, h, w] refined, normalized CAM per foreground class (0 for absent classes).
+        decoder_affinity: [B, N, N] decoder affinity ``sigmoid(F^T F)``.
+        used_rfm: whether the RFM affinity produced the pseudo labels.
+        cam_details: every intermediate per pair (``output_cam_details=True``).
+    """
+
+    seg_loss: torch.FloatTensor | None = None
+    affinity_loss: torch.FloatTensor | None = None
+    pseudo_labels: torch.LongTensor | None = None
+    cams: torch.FloatTensor | None = None
+    decoder_affinity: torch.FloatTensor | None = None
+    used_rfm: bool | None = None
+    cam_details: WeCLIPCAMOutput | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoder
+
+
+class WeCLIPLayerMLP(nn.Module):
+    """Per-layer projection of CLIP patch tokens: Linear -> ReLU -> Linear."""
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, dim)
+        self.fc2 = nn.Linear(dim, dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.fc1(tokens)))
+
+
+class WeCLIPDecoderAttention(nn.Module):
+    """Multi-head self-attention with packed q/k/v (SDPA)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.in_proj = nn.Linear(dim, 3 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.in_proj(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class WeCLIPDecoderBlock(nn.Module):
+    """Pre-LN transformer block: LN -> MHA -> residual, LN -> MLP (QuickGELU) -> residual."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: int):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(dim)
+        self.self_attn = WeCLIPDecoderAttention(dim, num_heads)
+        self.layer_norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.ModuleDict({"fc1": nn.Linear(dim, mlp_ratio * dim), "fc2": nn.Linear(mlp_ratio * dim, dim)})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x.float()).to(x.dtype))
+        h = self.mlp["fc1"](self.layer_norm2(x.float()).to(x.dtype))
+        return x + self.mlp["fc2"](h * torch.sigmoid(1.702 * h))
+
+
+class WeCLIPDecoder(nn.Module):
+    """Per-layer MLPs -> concat -> 1x1 fuse -> Dropout2d -> 3-layer transformer -> 1x1 classifier."""
+
+    def __init__(self, config: WeCLIPConfig):
+        super().__init__()
+        dim = config.decoder_hidden_size
+        width = config.vision_config.hidden_size
+        self.layer_mlps = nn.ModuleList(WeCLIPLayerMLP(width, dim) for _ in range(config.feature_layers))
+        self.fuse = nn.Conv2d(dim * config.feature_layers, dim, kernel_size=1)
+        self.dropout = nn.Dropout2d(config.decoder_dropout)
+        self.blocks = nn.ModuleList(
+            WeCLIPDecoderBlock(dim, config.decoder_num_heads, config.decoder_mlp_ratio)
+            for _ in range(config.decoder_num_layers)
+        )
+        self.classifier = nn.Conv2d(dim, config.num_labels, kernel_size=1)
+
+    def forward(self, layer_tokens: list[torch.Tensor], grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args: layer_tokens: per feature layer [B, N, D] patch tokens. Returns (logits [B, K, h, w],
+        fused features [B, dim, h, w] after dropout)."""
+        b = layer_tokens[0].shape[0]
+        projected = [mlp(t.float()) for mlp, t in zip(self.layer_mlps, layer_tokens)]  # [B, N, dim] each
+        x = torch.cat(projected, dim=-1).transpose(1, 2).reshape(b, -1, *grid)
+        features = self.dropout(self.fuse(x))
+        x = features.flatten(2).transpose(1, 2)  # [B, N, dim]
+        for block in self.blocks:
+            x = block(x)
+        x = x.transpose(1, 2).reshape(b, -1, *grid)
+        return self.classifier(x), features
+
+
+# --------------------------------------------------------------------------------------------------
+# Pretrained-model base
+
+
+class WeCLIPPreTrainedModel(PreTrainedModel):
+    config: WeCLIPConfig
+    config_class = WeCLIPConfig
+    base_model_prefix = "weclip"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+    _no_split_modules = ["CLIPEncoderLayer", "CLIPVisionEmbeddings", "CLIPTextEmbeddings"]
+    _keys_to_ignore_on_load_missing = [r"^decoder\.", r"_text_embeds$", r"^training_step$"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, WeCLIPForSemanticSegmentation):
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+            for buf in (module.class_text_embeds, module.background_text_embeds):
+                if not getattr(buf, "_is_hf_initialized", False):
+                    with torch.no_grad():
+                        buf.copy_(F.normalize(torch.randn_like(buf), dim=-1))
+            init.zeros_(module.training_step)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+
+# --------------------------------------------------------------------------------------------------
+# Task model
+
+
+def _head_averaged_attention(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a CLIP encoder layer with explicit attention; return (output, head-averaged probs [B, T, T])."""
+    attn = layer.self_attn
+    b, t, c = x.shape
+    h = layer.layer_norm1(x)
+    out, probs = _attention(attn, h)
+    x = x + out
+    x = x + layer.mlp(layer.layer_norm2(x))
+    return x, probs
+
+
+def _attention(attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Explicit (eager) CLIP self-attention on normalized tokens: (output [B, T, C], mean probs [B, T, T])."""
+    b, t, c = h.shape
+    shape = (b, t, attn.num_heads, attn.head_dim)
+    q = attn.q_proj(h).view(shape).transpose(1, 2)
+    k = attn.k_proj(h).view(shape).transpose(1, 2)
+    v = attn.v_proj(h).view(shape).transpose(1, 2)
+    probs = torch.softmax((q @ k.transpose(-1, -2)) * attn.scale, dim=-1, dtype=torch.float32).to(q.dtype)
+    out = (probs @ v).transpose(1, 2).reshape(b, t, c)
+    return attn.out_proj(out), probs.mean(dim=1)
+
+
+class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
+    """WeCLIP for semantic segmentation trained from image-level labels.
+
+    The CLIP towers (`vision_model`, `text_model`, `visual_projection`, `text_projection`, `logit_scale`,
+    named as in `CLIPModel` so CLIP checkpoints load by name) are frozen: no gradient, always in eval mode.
+    Class and background text embeddings are computed once (`update_class_embeddings`) and stored as
+    buffers, so inference never tokenizes. `training_step` (a saved buffer) counts training forwards
+    and switches the RFM on at `config.rfm_start_step`.
+    """
+
+    _FROZEN = ("vision_model", "text_model", "visual_projection", "text_projection")
+
+    def __init__(self, config: WeCLIPConfig):
+        super().__init__(config)
+        self.vision_model = CLIPVisionModel._from_config(config.vision_config)
+        self.text_model = CLIPTextModel._from_config(config.text_config)
+        self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
+        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value), requires_grad=False)
+        self.register_buffer("class_text_embeds", torch.zeros(config.num_foreground_classes, config.projection_dim))
+        self.register_buffer(
+            "background_text_embeds", torch.zeros(len(config.background_names), config.projection_dim)
+        )
+        self.register_buffer("training_step", torch.zeros((), dtype=torch.long))
+        self._step: int | None = None  # host mirror of training_step (avoids a device sync per step)
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_step", None))
+        self.decoder = WeCLIPDecoder(config)
+        self.post_init()
+        self.freeze_clip()
+
+    # ---- frozen CLIP ---------------------------------------------------------------------------
+
+    def freeze_clip(self) -> None:
+        """Freeze the CLIP towers (no gradient, eval mode). Called after construction and loading."""
+        for name in self._FROZEN:
+            getattr(self, name).requires_grad_(False).eval()
+        self.logit_scale.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.freeze_clip()
+        return self
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        out = super().from_pretrained(*args, **kwargs)
+        (out[0] if isinstance(out, tuple) else out).freeze_clip()
+        return out
+
+    @classmethod
+    def from_clip(
+        cls,
+        clip_name_or_path: str,
+        class_names: list[str] | None = None,
+        background_names: list[str] | None = None,
+        tokenizer=None,
+        **config_kwargs,
+    ) -> WeCLIPForSemanticSegmentation:
+        """Build WeCLIP from any CLIP checkpoint (Hub id or local folder): CLIP weights by name, a fresh
+        decoder, class embeddings computed with the checkpoint's tokenizer (or ``tokenizer``)."""
+        from transformers import AutoTokenizer, CLIPConfig
+
+        clip_config = CLIPConfig.from_pretrained(clip_name_or_path)
+        kwargs = dict(config_kwargs)
+        if class_names is not None:
+            kwargs["class_names"] = class_names
+        if background_names is not None:
+            kwargs["background_names"] = background_names
+        config = WeCLIPConfig(
+            vision_config=clip_config.vision_config.to_dict(),
+            text_config=clip_config.text_config.to_dict(),
+            projection_dim=clip_config.projection_dim,
+            **kwargs,
+        )
+        model = cls.from_pretrained(clip_name_or_path, config=config)
+        if tokenizer is None or isinstance(tokenizer, str):
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer or clip_name_or_path)
+        model.update_class_embeddings(tokenizer)
+        return model
+
+    @torch.no_grad()
+    def encode_text(self, tokenizer, prompts: list[str]) -> torch.Tensor:
+        """L2-normalized CLIP text embeddings of ``prompts``: [len(prompts), projection_dim]."""
+        device = self.text_projection.weight.device
+        batch = tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt",
+                          max_length=self.config.text_config.max_position_embeddings)  # fmt: skip
+        out = self.text_model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+        return F.normalize(self.text_projection(out.pooler_output), dim=-1)
+
+    @torch.no_grad()
+    def update_class_embeddings(
+        self,
+        tokenizer,
+        class_names: list[str] | None = None,
+        background_names: list[str] | None = None,
+        label_names: list[str] | None = None,
+        prompt_template: str | None = None,
+    ) -> None:
+        """(Re)compute the class and background text embeddings, e.g. for new class names.
+
+        A different number of classes re-initializes the decoder's classifier (it must be trained again)
+        and updates ``config.id2label``.
+        """
+        cfg = self.config
+        template = prompt_template or cfg.prompt_template
+        classes = list(class_names or cfg.class_names)
+        backgrounds = list(background_names or cfg.background_names)
+        if not classes or not backgrounds:
+            raise ValueError("class_names and background_names must both be non-empty.")
+        fg = self.encode_text(tokenizer, [template.format(c) for c in classes])
+        bg = self.encode_text(tokenizer, [template.format(c) for c in backgrounds])
+        if len(classes) != cfg.num_foreground_classes:
+            labels = list(label_names or classes)
+            new = WeCLIPConfig(**{**cfg.to_dict(), "class_names": classes, "label_names": labels})
+            cfg.class_names, cfg.label_names = classes, labels
+            cfg.id2label, cfg.label2id = new.id2label, new.label2id
+            old = self.decoder.classifier
+            self.decoder.classifier = nn.Conv2d(old.in_channels, cfg.num_labels, 1).to(old.weight.device)
+            nn.init.normal_(self.decoder.classifier.weight, std=cfg.initializer_range)
+            nn.init.zeros_(self.decoder.classifier.bias)
+        elif class_names is not None:
+            cfg.class_names = classes
+            if label_names is not None:
+                cfg.label_names = list(label_names)
+        cfg.background_names, cfg.prompt_template = backgrounds, template
+        self.class_text_embeds = fg.to(self.class_text_embeds.dtype)
+        self.background_text_embeds = bg.to(self.background_text_embeds.dtype)
+
+    def _embed_patches(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch + class embeddings with BILINEARLY resized position embeddings (always, as the official
+        code; HF's own `interpolate_pos_encoding` is bicubic), then the pre-LayerNorm: [B, 1+N, D]."""
+        emb = self.vision_model.embeddings
+        dtype = emb.patch_embedding.weight.dtype
+        patches = emb.patch_embedding(pixel_values.to(dtype))  # [B, D, h, w]
+        b, d, h, w = patches.shape
+        pos = emb.position_embedding.weight
+        side = int((pos.shape[0] - 1) ** 0.5)
+        grid_pos = pos[1:].reshape(1, side, side, d).permute(0, 3, 1, 2)
+        grid_pos = F.interpolate(grid_pos.float(), size=(h, w), mode="bilinear", align_corners=False)
+        pos = torch.cat([pos[:1].float(), grid_pos.flatten(2).transpose(1, 2)[0]], dim=0).to(dtype)
+        tokens = torch.cat([emb.class_embedding.expand(b, 1, d), patches.flatten(2).transpose(1, 2)], dim=1)
+        return self.vision_model.pre_layrnorm(tokens + pos), (h, w)
+
+    @torch.no_grad()
+    def forward_clip_features(
+        self, pixel_values: torch.Tensor, num_attention_maps: int = 0
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], tuple[int, int]]:
+        """The frozen tower up to (not including) the last block.
+
+        Returns:
+            hidden: the outputs of the first L-1 blocks, each [B, 1+N, D];
+            attention: the head-averaged attention maps [B, 1+N, 1+N] of the last ``num_attention_maps``
+                of those L-1 blocks (the other blocks run SDPA);
+            grid: (h, w) of the patch grid.
+        """
+        x, grid = self._embed_patches(pixel_values)
+        layers = self.vision_model.encoder.layers
+        first_map = len(layers) - 1 - num_attention_maps
+        hidden, attention = [], []
+        for i, layer in enumerate(layers[:-1]):
+            if i >= first_map:
+                x, probs = _head_averaged_attention(layer, x)
+                attention.append(probs)
+            else:
+                x = layer(x, None)
+            hidden.append(x)
+        return hidden, attention, grid
+
+    def last_block_image_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the last CLIP block with autograd from its first LayerNorm's output.
+
+        Args: x: [P, 1+N, D] input tokens of the last block (detached).
+        Returns: (ln1 output [P, 1+N, D] requiring grad — the GradCAM target, L2-normalized image
+        embedding [P, E] = proj(mean over patches of post_layernorm(block output)), head-averaged
+        attention [P, 1+N, 1+N]).
+        """
+        layer = self.vision_model.encoder.layers[-1]
+        h = layer.layer_norm1(x).detach().requires_grad_(True)
+        out, probs = _attention(layer.self_attn, h)
+        y = x + out
+        y = y + layer.mlp(layer.layer_norm2(y))
+        pooled = self.vision_model.post_layernorm(y)[:, 1:].mean(dim=1)
+        return h, F.normalize(self.visual_projection(pooled), dim=-1), probs.detach()
+
+    # ---- pseudo labels ---------------------------------------------------------------------------
+
+    def generate_pseudo_labels(
+        self,
+        pixel_values: torch.Tensor,
+        class_labels: torch.Tensor,
+        last_block_input: torch.Tensor,
+        attention: list[torch.Tensor],
+        grid: tuple[int, int],
+        decoder_affinity: torch.Tensor | None,
+        use_rfm: bool,
+    ) -> WeCLIPCAMOutput:
+        """Batched GradCAM -> attention (or RFM) affinity refinement with box masks -> PAR -> labels.
+
+        Args:
+            pixel_values: [B, 3, H, W] normalized images. class_labels: [B, C] multi-hot.
+            last_block_input: [B, 1+N, D] output of block L-1. attention: head-averaged maps of the last
+                blocks before the final one, [B, 1+N, 1+N] each. decoder_affinity: [B, N, N] (RFM only).
+        Returns: a `WeCLIPCAMOutput` with the pseudo labels [B, H, W], the dense CAMs and every
+            per-pair intermediate.
+
+        An image without any class gets all-background pseudo labels.
+        """
+        cfg = self.config
+        b, c = class_labels.shape
+        present = class_labels > 0.5
+        pairs = present.nonzero()  # one host sync: the number of (image, class) pairs sizes the batch
+        pair_image, pair_class = pairs[:, 0], pairs[:, 1]
+        n_bg = self.background_text_embeds.shape[0]
+
+        # 1. GradCAM of every pair from one backward: each pair runs its own copy of the last block.
+        with torch.enable_grad():
+            h, image_embeds, last_probs = self.last_block_image_embedding(last_block_input[pair_image])
+            text = torch.cat([self.class_text_embeds, self.background_text_embeds]).to(image_embeds.dtype)
+            logits = self.logit_scale.exp() * image_embeds @ text.t()  # [P, C + Nb]
+            allowed = torch.cat([present[pair_image], present.new_ones(len(pairs), n_bg)], dim=1)
+            probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+            target = probs.gather(1, pair_class[:, None]).sum()
+            (grads,) = torch.autograd.grad(target, h)
+        cams = gradcam(h[:, 1:].detach().float(), grads[:, 1:].float(), grid)  # [P, h, w]
+
+        # 2. Affinity: mean of the last maps (or the RFM choice), as a transition matrix per image.
+        maps = torch.stack([*attention, last_probs.new_zeros(b, *last_probs.shape[1:])], dim=1)
+        maps[pair_image, -1] = last_probs  # the last block's map (images without pairs never use it)
+        maps = maps[:, :, 1:, 1:].float()  # patch-to-patch [B, L, N, N]
+        keep = distance = None
+        if use_rfm:
+            affinity, keep, distance = rfm_affinity(maps[:, -cfg.rfm_layers :], decoder_affinity.detach())
+        else:
+            affinity = maps[:, -cfg.cam_layers :].mean(dim=1)
+        transition = transition_matrix(affinity)
+
+        # 3. Box masks, refinement, per-pair normalization and upsampling to the image size.
+        masks = box_mask(box_threshold_mask(cams, cfg.cam_box_threshold))
+        refined_grid = refine_cams(cams, transition, pair_image, masks)
+        size = pixel_values.shape[-2:]
+        refined = upsample_normalized(refined_grid, size)  # [P, H, W]
+
+        # 4. Scores [bg, present classes in ascending order] per image, PAR, argmax -> class ids.
+        k = int(present.sum(1).max()) if len(pairs) else 0
+        slot = present.long().cumsum(1)[pair_image, pair_class] - 1  # rank of the class in its image
+        scores = refined.new_zeros(b, k + 1, *size)
+        scores[pair_image, slot + 1] = refined
+        bg = (1 - scores[:, 1:].amax(dim=1, keepdim=True) if k else torch.ones_like(scores[:, :1]))
+        scores[:, :1] = bg.clamp(min=0) ** cfg.cam_bg_exponent
+        scores = par_refine(pixel_values, scores, cfg.par_dilations, cfg.par_num_iter, cfg.par_temperature,
+                            cfg.par_pos_weight)  # fmt: skip
+        slot_class = torch.zeros(b, k + 1, dtype=torch.long, device=scores.device)
+        slot_class[pair_image, slot + 1] = pair_class + 1
+        valid = torch.zeros(b, k + 1, dtype=torch.bool, device=scores.device)
+        valid[:, 0] = True
+        valid[pair_image, slot + 1] = True
+        winner = scores.masked_fill(~valid[:, :, None, None], float("-inf")).argmax(dim=1)
+        pseudo = slot_class.gather(1, winner.flatten(1)).view_as(winner)
+
+        dense = refined_grid.new_zeros(b, c, *grid)
+        dense[pair_image, pair_class] = minmax_normalize(refined_grid)
+        return WeCLIPCAMOutput(
+            pseudo_labels=pseudo,
+            cams=dense,
+            pair_image_index=pair_image,
+            pair_class_index=pair_class,
+            text_probs=probs.detach(),
+            gradcams=cams,
+            box_masks=masks,
+            refined_cams_grid=refined_grid,
+            refined_cams=refined,
+            affinity_before_norm=affinity,
+            rfm_keep=keep,
+            rfm_distance=distance,
+        )
+
+    # ---- forward ---------------------------------------------------------------------------------
+
+    def _check_inputs(
+        self, pixel_values: torch.Tensor, class_labels: torch.Tensor | None, labels: torch.Tensor | None
+    ) -> None:
+        """Validate the public inputs with errors that name the problem."""
+        if not isinstance(pixel_values, torch.Tensor):
+            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}.")
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(f"pixel_values must have shape [B, 3, H, W], got {tuple(pixel_values.shape)}.")
+        patch = self.config.vision_config.patch_size
+        if min(pixel_values.shape[-2:]) < patch:
+            raise ValueError(
+                f"Images of {tuple(pixel_values.shape[-2:])} pixels are smaller than one {patch}x{patch} "
+                "patch; resize them (the image processor does)."
+            )
+        if not pixel_values.is_floating_point():
+            raise TypeError(f"pixel_values must be a float tensor, got {pixel_values.dtype}.")
+        b = pixel_values.shape[0]
+        if class_labels is not None:
+            c = self.config.num_foreground_classes
+            if class_labels.ndim != 2 or class_labels.shape != (b, c):
+                raise ValueError(
+                    f"class_labels must be multi-hot of shape [batch, num_foreground_classes] = [{b}, {c}], "
+                    f"got {tuple(class_labels.shape)}."
+                )
+            if not ((class_labels == 0) | (class_labels == 1)).all():
+                raise ValueError("class_labels must contain only 0 and 1 (multi-hot image-level labels).")
+        if labels is not None:
+            if labels.shape != (b, *pixel_values.shape[-2:]):
+                raise ValueError(
+                    f"labels must have shape [B, H, W] = {(b, *pixel_values.shape[-2:])}, got {tuple(labels.shape)}."
+                )
+            ignore = self.config.semantic_loss_ignore_index
+            bad = (labels != ignore) & ((labels < 0) | (labels >= self.config.num_labels))
+            if bad.any():
+                raise ValueError(
+                    f"labels contain ids outside [0, {self.config.num_labels - 1}] (ignore index {ignore}): "
+                    f"{sorted(labels[bad].unique().tolist())[:10]}."
+                )
+
+    def _resolve_rfm(self, use_rfm: bool | None) -> bool:
+        """RFM on when forced, else from the training-step counter; advance it on training forwards."""
+        if self._step is None:
+            self._step = int(self.training_step)
+        decided = self._step >= self.config.rfm_start_step if use_rfm is None else bool(use_rfm)
+        if self.training:
+            self._step += 1
+            self.training_step.fill_(self._step)
+        return decided
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        use_rfm: bool | None = None,
+        output_cam_details: bool = False,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> WeCLIPSemanticSegmenterOutput | tuple:
+        r"""
+        Args:
+            pixel_values: [B, 3, H, W] normalized images (any size of at least one patch; the grid is
+                floor(H/patch) x floor(W/patch)).
+            class_labels: [B, C] multi-hot image-level labels (weak supervision). Gives `pseudo_labels`
+                and the WeCLIP loss. A row of zeros yields all-background pseudo labels.
+            labels: [B, H, W] pixel labels, 255 ignored (full supervision: the same losses on these labels).
+                When both are given, the loss uses `labels` and the pseudo labels are still returned.
+            use_rfm: force the RFM on/off; `None` decides from `training_step >= config.rfm_start_step`.
+            output_cam_details: also return every per-pair intermediate in `cam_details`.
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        self._check_inputs(pixel_values, class_labels, labels)
+        cfg = self.config
+        weak = class_labels is not None
+        needs_affinity = weak or labels is not None
+
+        # 1. Frozen CLIP: the first L-1 blocks, with attention maps only where the CAM/RFM needs them.
+        n_maps = max(cfg.cam_layers, cfg.rfm_layers) - 1 if weak else 0
+        hidden, attention, grid = self.forward_clip_features(pixel_values, n_maps)
+        tokens = [t[:, 1:] for t in hidden[len(hidden) - cfg.feature_layers :]]
+
+        # 2. Decoder: logits on the patch grid and the affinity of its fused features (after dropout).
+        logits, features = self.decoder(tokens, grid)
+        decoder_affinity = None
+        if needs_affinity:
+            flat = features.flatten(2).float()
+            decoder_affinity = torch.sigmoid(flat.transpose(1, 2) @ flat)  # [B, N, N]
+
+        # 3. Pseudo labels from the frozen CLIP (weak supervision).
+        details = pseudo = cams = None
+        rfm = None
+        if weak:
+            rfm = self._resolve_rfm(use_rfm)
+            details = self.generate_pseudo_labels(
+                pixel_values, class_labels, hidden[-1], attention, grid, decoder_affinity, rfm
+            )
+            pseudo, cams = details.pseudo_labels, details.cams
+
+        # 4. Losses on the pseudo labels (or on the given pixel labels).
+        loss = seg = aff = None
+        target = labels if labels is not None else pseudo
+        if target is not None:
+            seg = segmentation_loss(logits, target, cfg.semantic_loss_ignore_index)
+            aff_targets = affinity_targets(target, grid, cfg.affinity_radius, cfg.semantic_loss_ignore_index)
+            aff, _, _ = affinity_loss(decoder_affinity, aff_targets)
+            loss = seg + cfg.affinity_loss_weight * aff
+
+        output = WeCLIPSemanticSegmenterOutput(
+            loss=loss,
+            logits=logits,
+            seg_loss=seg,
+            affinity_loss=aff,
+            pseudo_labels=pseudo,
+            cams=cams,
+            decoder_affinity=decoder_affinity,
+            used_rfm=rfm,
+            cam_details=details if output_cam_details else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["WeCLIPForSemanticSegmentation", "WeCLIPPreTrainedModel", "WeCLIPSemanticSegmenterOutput", "WeCLIPCAMOutput"]

@@ -1,0 +1,99 @@
+"""Pseudo-label refinement: PAR (pixel-adaptive refinement) and the RFM affinity choice (DESIGN Part 1)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# The 8 neighbours of a 3x3 ring as (row, col) offsets in units of the dilation, in the official order
+# (0,0) (0,1) (0,2) (1,0) (1,2) (2,0) (2,1) (2,2) of the kernel grid.
+_RING = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def dilated_neighbours(x: torch.Tensor, dilations: list[int]) -> torch.Tensor:
+    """Values of the 8 ring neighbours at every dilation, replicate padding: [B, C, H, W] -> [B, C, 8*D, H, W]."""
+    h, w = x.shape[-2:]
+    pad = max(dilations)
+    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    shifted = [
+        padded[..., pad + dy * d : pad + dy * d + h, pad + dx * d : pad + dx * d + w]
+        for d in dilations
+        for dy, dx in _RING
+    ]
+    return torch.stack(shifted, dim=2)
+
+
+def par_affinity(
+    image: torch.Tensor, dilations: list[int], temperature: float = 0.3, pos_weight: float = 0.01
+) -> torch.Tensor:
+    """PAR neighbour weights from colour and position: [B, 3, H, W] -> [B, 1, 8*D, H, W].
+
+    Colour: ``-(|I_n - I| / (sd + 1e-8) / w1)^2`` with sd the unbiased std over the neighbours, averaged
+    over channels, softmax over neighbours. Position: ``-(dist / std(dist) / w1)^2`` (distance d or
+    d*sqrt(2)), softmax over neighbours, times ``pos_weight``, added.
+    """
+    neighbours = dilated_neighbours(image, dilations)  # [B, 3, K, H, W]
+    sd = neighbours.std(dim=2, keepdim=True)  # unbiased
+    colour = -(((neighbours - image.unsqueeze(2)).abs() / (sd + 1e-8) / temperature) ** 2)
+    colour = colour.mean(dim=1, keepdim=True).softmax(dim=2)
+    dist = torch.tensor(
+        [d * (math.sqrt(2) if dy and dx else 1.0) for d in dilations for dy, dx in _RING],
+        device=image.device,
+        dtype=image.dtype,
+    )
+    pos = (-((dist / dist.std() / temperature) ** 2)).softmax(dim=0)
+    return colour + pos_weight * pos.view(1, 1, -1, 1, 1)
+
+
+@torch.no_grad()
+def par_refine(
+    image: torch.Tensor,
+    scores: torch.Tensor,
+    dilations: list[int],
+    num_iter: int = 20,
+    temperature: float = 0.3,
+    pos_weight: float = 0.01,
+) -> torch.Tensor:
+    """Pixel-adaptive refinement of score maps: each iteration replaces every score by the
+    affinity-weighted sum of its neighbours' scores.
+
+    Args:
+        image: [B, 3, H, W] normalized image (float32). scores: [B, K, H, W] (resized to the image size
+        bilinearly with align_corners=True if needed, as the official PAR does).
+    Returns:
+        [B, K, H, W] refined scores.
+    """
+    image = image.float()
+    scores = scores.float()
+    if scores.shape[-2:] != image.shape[-2:]:
+        scores = F.interpolate(scores, size=image.shape[-2:], mode="bilinear", align_corners=True)
+    weights = par_affinity(image, dilations, temperature, pos_weight)
+    for _ in range(num_iter):
+        scores = (dilated_neighbours(scores, dilations) * weights).sum(dim=2)
+    return scores
+
+
+def rfm_affinity(
+    attention_maps: torch.Tensor, decoder_affinity: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The RFM affinity: pick the attention layers closest to the decoder affinity, weight them by it.
+
+    Args:
+        attention_maps: [B, L, N, N] the last L head-averaged patch-to-patch attention maps.
+        decoder_affinity: [B, N, N] the decoder affinity A_dec (detached).
+    Returns:
+        affinity [B, N, N] (before the transition-matrix normalization), keep [B, L] bool, d [B, L].
+
+    Literal official rule: ``d_l = sum(A_dec - M_l)`` in float32, keep the layers with ``d_l <= mean(d)``,
+    average them (``sum / (count + 1e-5)``), multiply elementwise by A_dec. Since sum(A_dec) is the same
+    for every layer, this keeps the layers with the largest patch-to-patch attention mass.
+    """
+    maps = attention_maps.float()
+    a_dec = decoder_affinity.float()
+    d = (a_dec.unsqueeze(1) - maps).sum(dim=(-2, -1))  # [B, L]
+    keep = d <= d.mean(dim=1, keepdim=True)
+    weights = keep.to(maps.dtype)
+    avg = torch.einsum("bl,blij->bij", weights, maps) / (weights.sum(dim=1)[:, None, None] + 1e-5)
+    return avg * a_dec, keep, d
