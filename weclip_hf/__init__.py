@@ -1,16 +1,34 @@
-"""weclip-hf: WeCLIP weakly supervised semantic segmentation for Hugging Face transformers."""
+"""weclip-hf: WeCLIP weakly supervised semantic segmentation for Hugging Face transformers.
 
-from transformers import AutoConfig, AutoModelForSemanticSegmentation
+Importing the package registers "weclip" with AutoConfig, AutoModelForSemanticSegmentation and
+AutoImageProcessor, so ``pipeline("image-segmentation", model=folder)`` works.
+"""
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
 
 from .configuration_weclip import WeCLIPConfig
-from .modeling_weclip import WeCLIPForSemanticSegmentation, WeCLIPPreTrainedModel, WeCLIPSemanticSegmenterOutput
+from .image_processing_weclip import WeCLIPImageProcessor
+from .inference import multiscale_flip_logits, resize_longest_edge
+from .modeling_weclip import (
+    WeCLIPCAMOutput,
+    WeCLIPForSemanticSegmentation,
+    WeCLIPPreTrainedModel,
+    WeCLIPSemanticSegmenterOutput,
+)
 
 AutoConfig.register("weclip", WeCLIPConfig, exist_ok=True)
 AutoModelForSemanticSegmentation.register(WeCLIPConfig, WeCLIPForSemanticSegmentation, exist_ok=True)
+AutoImageProcessor.register(WeCLIPConfig, image_processor_classes={"pil": WeCLIPImageProcessor}, exist_ok=True)
+
+__version__ = "0.1.0"
 
 __all__ = [
     "WeCLIPConfig",
     "WeCLIPForSemanticSegmentation",
     "WeCLIPPreTrainedModel",
     "WeCLIPSemanticSegmenterOutput",
+    "WeCLIPCAMOutput",
+    "WeCLIPImageProcessor",
+    "multiscale_flip_logits",
+    "resize_longest_edge",
 ]

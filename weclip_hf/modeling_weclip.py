@@ -531,6 +531,13 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                     f"{sorted(labels[bad].unique().tolist())[:10]}."
                 )
 
+    def set_training_step(self, step: int) -> None:
+        """Set the training-step counter (e.g. to resume a schedule); RFM starts at ``config.rfm_start_step``."""
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}.")
+        self.training_step.fill_(int(step))
+        self._step = int(step)
+
     def _resolve_rfm(self, use_rfm: bool | None) -> bool:
         """RFM on when forced, else from the training-step counter; advance it on training forwards."""
         if self._step is None:

@@ -1,0 +1,1 @@
+"""Datasets for WeCLIP: Hub dataset adapters, training transforms and the procedural toy world."""

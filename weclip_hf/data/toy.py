@@ -1,0 +1,315 @@
+"""A procedural "toy world" for offline WeCLIP: images, pixel masks and image-level labels.
+
+Each image (``TOY_IMAGE_SIZE`` px square) shows one of ``len(TOY_BACKGROUND_NAMES)`` textured
+backgrounds, clutter (line segments and small blobs), and 1-3 objects of distinct classes that may
+occlude each other. A class is a shape AND a fill-texture family (stripes, checks, dots, ...); colours,
+texture period, orientation and phase, object size, rotation and position are random, so colour alone
+never gives a class away while a single patch of the object carries local evidence of its class.
+
+Everything is deterministic from ``seed``: image ``i`` of ``generate_toy_images(n, seed)`` depends
+only on ``(seed, i)``, so a longer run extends a shorter one. Ground truth ids: 0 = background,
+``1..K`` = ``TOY_CLASS_NAMES[id - 1]``.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import datasets
+
+TOY_IMAGE_SIZE = 96
+TOY_CLASS_NAMES = ["circle", "square", "triangle", "star", "heart", "cross", "crescent", "diamond"]
+TOY_BACKGROUND_NAMES = ["sky", "sand", "water", "wall", "grass", "floor"]
+TOY_PROMPT_TEMPLATE = "a photo of a {}."
+
+# Fill texture of each class (same order as TOY_CLASS_NAMES); documentation of the world's design.
+TOY_CLASS_TEXTURES = ["dots", "checks", "stripes", "rings", "zigzag", "grid", "waves", "bricks"]
+
+_NUM_OBJECTS_PROBS = (0.4, 0.35, 0.25)  # P(1 object), P(2), P(3)
+_MIN_VISIBLE_FRACTION = 0.6  # an earlier object keeps at least this fraction of its pixels
+_OBJECT_RADIUS = (16.0, 25.0)  # object area is about 2.6 * radius**2 pixels (6-18% of the image)
+# Area of each shape at unit radius, used to give every class the same area: 2.6 * radius**2.
+_SHAPE_AREAS = {
+    "circle": 3.14, "square": 2.89, "triangle": 1.30, "star": 1.97, "heart": 2.34, "cross": 2.20,
+    "crescent": 1.67, "diamond": 1.50,
+}  # fmt: skip
+
+
+def toy_clip_path() -> pathlib.Path:
+    """Folder of the tiny CLIP (model + tokenizer) pretrained on this world, shipped in the package."""
+    return pathlib.Path(__file__).resolve().parent.parent / "toy_clip"
+
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    return ys + 0.5, xs + 0.5
+
+
+def _rotate(ys: np.ndarray, xs: np.ndarray, cy: float, cx: float, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates relative to (cy, cx) in a frame rotated by ``angle``: returns (u, v) = (along, across)."""
+    dy, dx = ys - cy, xs - cx
+    c, s = np.cos(angle), np.sin(angle)
+    return dx * c + dy * s, -dx * s + dy * c
+
+
+def _random_colour(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(0, 255, size=3).astype(np.float32)
+
+
+def _contrasting_colours(rng: np.random.Generator, min_distance: float) -> tuple[np.ndarray, np.ndarray]:
+    """Two random RGB colours at least ``min_distance`` apart (Euclidean, 0-255 scale)."""
+    first = _random_colour(rng)
+    for _ in range(20):
+        second = _random_colour(rng)
+        if np.linalg.norm(second - first) >= min_distance:
+            break
+    return first, second
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int, cells_x: int | None = None) -> np.ndarray:
+    """Value noise in [0, 1]: a random (cells + 1) x (cells_x + 1) grid upsampled bilinearly to ``size``."""
+    cells_x = cells if cells_x is None else cells_x
+    coarse = rng.uniform(0, 1, size=(cells + 1, cells_x + 1)).astype(np.float32)
+
+    def axis(n: int) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.linspace(0, n, size, dtype=np.float32)
+        start = np.minimum(pos.astype(np.int64), n - 1)
+        return start, pos - start
+
+    iy, fy = axis(cells)
+    ix, fx = axis(cells_x)
+    rows = coarse[iy] * (1 - fy)[:, None] + coarse[iy + 1] * fy[:, None]  # [size, cells_x + 1]
+    return rows[:, ix] * (1 - fx)[None, :] + rows[:, ix + 1] * fx[None, :]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Backgrounds: low-contrast textures, one family per image, each named by TOY_BACKGROUND_NAMES.
+
+
+def _background_pattern(kind: str, rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Pattern in [0, 1] of shape [H, W] for background family ``kind``."""
+    size = ys.shape[0]
+    angle = rng.uniform(0, np.pi)
+    if kind == "sky":  # smooth clouds
+        return 0.6 * _smooth_noise(rng, size, 3) + 0.4 * _smooth_noise(rng, size, 6)
+    if kind == "sand":  # fine grain on a slow variation
+        return 0.5 * rng.uniform(0, 1, size=ys.shape).astype(np.float32) + 0.5 * _smooth_noise(rng, size, 4)
+    if kind == "water":  # long smooth ripples
+        u, v = _rotate(ys, xs, 0.0, 0.0, rng.uniform(-0.3, 0.3))
+        period = rng.uniform(11, 16)
+        wobble = 6.0 * _smooth_noise(rng, size, 3)
+        return 0.5 + 0.5 * np.sin(2 * np.pi * (v + wobble) / period + rng.uniform(0, 2 * np.pi))
+    if kind == "wall":  # large stone blocks with thin joints
+        height, width = rng.uniform(14, 20), rng.uniform(22, 32)
+        row = np.floor(ys / height)
+        shifted = xs + (row % 2) * width / 2
+        joint = (np.mod(ys, height) < 1.5) | (np.mod(shifted, width) < 1.5)
+        return np.where(joint, 1.0, 0.3 * _smooth_noise(rng, size, 5)).astype(np.float32)
+    if kind == "grass":  # vertical streaks: noise that varies fast across and slowly along
+        return 0.75 * _smooth_noise(rng, size, 2, size // 2) + 0.25 * _smooth_noise(rng, size, 3)
+    if kind == "floor":  # big tiles
+        u, v = _rotate(ys, xs, 0.0, 0.0, angle)
+        cell = rng.uniform(18, 28)
+        tiles = (np.floor(u / cell) + np.floor(v / cell)) % 2
+        return (0.8 * tiles + 0.2 * _smooth_noise(rng, size, 6)).astype(np.float32)
+    raise ValueError(f"unknown background kind {kind!r}")
+
+
+def _render_background(rng: np.random.Generator, kind: str, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    base = _random_colour(rng)
+    shift = rng.normal(0, 1, size=3).astype(np.float32)
+    shift *= rng.uniform(25, 55) / (np.linalg.norm(shift) + 1e-6)
+    pattern = _background_pattern(kind, rng, ys, xs)[..., None]
+    return base + (pattern - 0.5) * shift
+
+
+def _paint_clutter(rng: np.random.Generator, image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> None:
+    """Distractors on the background: line segments and small solid blobs (never class textures)."""
+    size = image.shape[0]
+    for _ in range(rng.integers(2, 7)):  # line segments
+        y0, x0 = rng.uniform(0, size, size=2)
+        angle = rng.uniform(0, np.pi)
+        length, thickness = rng.uniform(10, 45), rng.uniform(0.7, 1.6)
+        u, v = _rotate(ys, xs, y0, x0, angle)
+        on = (np.abs(v) < thickness) & (u > 0) & (u < length)
+        image[on] = _random_colour(rng)
+    for _ in range(rng.integers(1, 5)):  # blobs
+        cy, cx = rng.uniform(0, size, size=2)
+        ry, rx = rng.uniform(2.5, 7.0, size=2)
+        on = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 < 1
+        image[on] = _random_colour(rng)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Objects: class = shape + fill texture.
+
+
+def _shape_mask(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Boolean mask of shape ``name`` in normalised rotated coordinates (extent about [-1, 1])."""
+    rho = np.sqrt(u**2 + v**2)
+    theta = np.arctan2(v, u)
+    if name == "circle":
+        return rho <= 1.0
+    if name == "square":
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.85
+    if name == "triangle":  # equilateral, circumradius 1
+        return (v <= 0.5) & (np.sqrt(3) * u - v <= 1.0) & (-np.sqrt(3) * u - v <= 1.0)
+    if name == "star":  # five points
+        phase = np.mod(theta * 5 / (2 * np.pi), 1.0)
+        return rho <= 0.5 + 0.55 * np.abs(phase - 0.5) * 2
+    if name == "heart":
+        x, y = u * 1.25, -v * 1.25 + 0.2
+        return (x**2 + y**2 - 1) ** 3 - x**2 * y**3 <= 0
+    if name == "cross":
+        return ((np.abs(u) <= 0.33) & (np.abs(v) <= 1.0)) | ((np.abs(v) <= 0.33) & (np.abs(u) <= 1.0))
+    if name == "crescent":
+        return (rho <= 1.0) & ((u - 0.5) ** 2 + v**2 > 0.75**2)
+    if name == "diamond":
+        return np.abs(u) / 0.75 + np.abs(v) <= 1.0
+    raise ValueError(f"unknown shape {name!r}")
+
+
+def _texture(kind: str, rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Fill pattern in {0, 1} (float) for texture family ``kind``; ``u, v`` are rotated pixel offsets."""
+    phase_u, phase_v = rng.uniform(0, 100, size=2)
+    u, v = u + phase_u, v + phase_v
+    if kind == "dots":
+        period = rng.uniform(6.0, 7.5)
+        du, dv = np.mod(u, period) - period / 2, np.mod(v, period) - period / 2
+        return (du**2 + dv**2 < (0.3 * period) ** 2).astype(np.float32)
+    if kind == "checks":
+        cell = rng.uniform(3.0, 4.0)
+        return ((np.floor(u / cell) + np.floor(v / cell)) % 2).astype(np.float32)
+    if kind == "stripes":
+        period = rng.uniform(5.0, 6.5)
+        return (np.mod(u, period) < period / 2).astype(np.float32)
+    if kind == "rings":  # concentric around the object centre
+        period = rng.uniform(5.0, 6.5)
+        rho = np.sqrt((u - phase_u) ** 2 + (v - phase_v) ** 2)
+        return (np.mod(rho, period) < period / 2).astype(np.float32)
+    if kind == "zigzag":
+        period, zig = rng.uniform(5.0, 6.5), rng.uniform(6.0, 8.0)
+        tri = np.abs(np.mod(v, zig) - zig / 2) * 2  # triangle wave, amplitude zig
+        return (np.mod(u + tri, period) < period / 2).astype(np.float32)
+    if kind == "grid":
+        period = rng.uniform(6.0, 7.5)
+        return ((np.mod(u, period) < 1.6) | (np.mod(v, period) < 1.6)).astype(np.float32)
+    if kind == "waves":
+        period, wave = rng.uniform(5.0, 6.5), rng.uniform(9.0, 12.0)
+        return (np.mod(u + 2.0 * np.sin(2 * np.pi * v / wave), period) < period / 2).astype(np.float32)
+    if kind == "bricks":
+        height, width = rng.uniform(4.5, 5.5), rng.uniform(8.0, 10.0)
+        row = np.floor(v / height)
+        shifted = u + (row % 2) * width / 2
+        return ((np.mod(v, height) < 1.5) | (np.mod(shifted, width) < 1.5)).astype(np.float32)
+    raise ValueError(f"unknown texture {kind!r}")
+
+
+def _object_layer(
+    rng: np.random.Generator, class_index: int, ys: np.ndarray, xs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One object: (mask [H, W] bool, rgb [H, W, 3] float) for class ``class_index`` (0-based)."""
+    size = ys.shape[0]
+    radius = rng.uniform(*_OBJECT_RADIUS)
+    margin = 0.6 * radius
+    cy, cx = rng.uniform(margin, size - margin, size=2)
+    shape_angle = rng.uniform(0, 2 * np.pi)
+    stretch = rng.uniform(0.85, 1.15)
+    u, v = _rotate(ys, xs, cy, cx, shape_angle)
+    name = TOY_CLASS_NAMES[class_index]
+    scale = radius * np.sqrt(2.6 / _SHAPE_AREAS[name])
+    mask = _shape_mask(name, u / (scale * stretch), v * stretch / scale)
+    tu, tv = _rotate(ys, xs, cy, cx, rng.uniform(0, np.pi))
+    pattern = _texture(TOY_CLASS_TEXTURES[class_index], rng, tu, tv)[..., None]
+    first, second = _contrasting_colours(rng, min_distance=110.0)
+    rgb = first + pattern * (second - first)
+    return mask, rgb
+
+
+def _render_one(rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """One image: (rgb uint8 [H, W, 3], mask uint8 [H, W], background index)."""
+    num_classes = len(TOY_CLASS_NAMES)
+    background = int(rng.integers(len(TOY_BACKGROUND_NAMES)))
+    image = _render_background(rng, TOY_BACKGROUND_NAMES[background], ys, xs)
+    _paint_clutter(rng, image, ys, xs)
+    mask = np.zeros(ys.shape, dtype=np.uint8)
+    num_objects = 1 + int(rng.choice(len(_NUM_OBJECTS_PROBS), p=_NUM_OBJECTS_PROBS))
+    classes = rng.choice(num_classes, size=num_objects, replace=False)
+    areas: dict[int, int] = {}
+    for class_index in classes:
+        class_id = int(class_index) + 1
+        for _attempt in range(8):
+            obj_mask, obj_rgb = _object_layer(rng, int(class_index), ys, xs)
+            covered = mask[obj_mask]
+            ok = all(
+                (np.count_nonzero(mask == other) - np.count_nonzero(covered == other))
+                >= _MIN_VISIBLE_FRACTION * areas[other]
+                for other in areas
+            )
+            if ok:
+                break
+        else:
+            continue  # could not place this object without hiding another one: leave it out
+        image[obj_mask] = obj_rgb[obj_mask]
+        mask[obj_mask] = class_id
+        areas[class_id] = int(np.count_nonzero(obj_mask))
+    noise = rng.normal(0, 4.0, size=image.shape).astype(np.float32)
+    return np.clip(image + noise, 0, 255).astype(np.uint8), mask, background
+
+
+def generate_toy_world(num_images: int, seed: int = 0) -> dict[str, np.ndarray | list[list[int]]]:
+    """Images, masks, class labels and background indices of ``num_images`` toy images.
+
+    Returns a dict with ``images`` uint8 [N, H, W, 3], ``masks`` uint8 [N, H, W] (0 = background,
+    1..K = class id), ``labels`` (sorted present class ids per image) and ``backgrounds`` int64 [N]
+    (index into ``TOY_BACKGROUND_NAMES``: the image-level background word).
+    """
+    if not isinstance(num_images, int) or num_images < 0:
+        raise ValueError(f"num_images must be a non-negative int, got {num_images!r}")
+    size = TOY_IMAGE_SIZE
+    ys, xs = _grid(size)
+    images = np.zeros((num_images, size, size, 3), dtype=np.uint8)
+    masks = np.zeros((num_images, size, size), dtype=np.uint8)
+    backgrounds = np.zeros(num_images, dtype=np.int64)
+    for index in range(num_images):
+        rng = np.random.default_rng([seed, index])
+        images[index], masks[index], backgrounds[index] = _render_one(rng, ys, xs)
+    labels = [sorted(int(c) for c in np.unique(m) if c != 0) for m in masks]
+    return {"images": images, "masks": masks, "labels": labels, "backgrounds": backgrounds}
+
+
+def generate_toy_images(num_images: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+    """``(images uint8 [N, H, W, 3], masks uint8 [N, H, W], labels)`` of ``num_images`` toy images.
+
+    Mask ids: 0 = background, 1..K = class id (``TOY_CLASS_NAMES[id - 1]``); ``labels[i]`` is the
+    sorted list of class ids present in ``masks[i]``.
+    """
+    world = generate_toy_world(num_images, seed)
+    return world["images"], world["masks"], world["labels"]
+
+
+def make_toy_dataset(num_images: int, seed: int = 0) -> datasets.Dataset:
+    """A ``datasets.Dataset`` of toy images with columns ``image``, ``annotation`` (mode L) and ``image_labels``."""
+    import datasets
+    from PIL import Image
+
+    images, masks, labels = generate_toy_images(num_images, seed)
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "annotation": datasets.Image(),
+            "image_labels": datasets.List(datasets.Value("int64")),
+        }
+    )
+    return datasets.Dataset.from_dict(
+        {
+            "image": [Image.fromarray(image, mode="RGB") for image in images],
+            "annotation": [Image.fromarray(mask, mode="L") for mask in masks],
+            "image_labels": labels,
+        },
+        features=features,
+    )

@@ -1,0 +1,55 @@
+"""Inference helpers: long-side resize of normalized images and multi-scale + flip logits (DESIGN Part 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def longest_edge_size(height: int, width: int, longest_edge: int) -> tuple[int, int]:
+    """Size with the long side = ``longest_edge`` and the other side int-truncated (375x500 -> 384x512)."""
+    scale = longest_edge / max(height, width)
+    return int(height * scale), int(width * scale)
+
+
+def resize_longest_edge(pixel_values: torch.Tensor, longest_edge: int = 512) -> torch.Tensor:
+    """Bilinear (align_corners=False) resize of normalized images [B, 3, H, W] so the long side is
+    ``longest_edge``, as the official evaluation resizes the normalized tensor."""
+    size = longest_edge_size(*pixel_values.shape[-2:], longest_edge)
+    return F.interpolate(pixel_values, size=size, mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def multiscale_flip_logits(
+    model: torch.nn.Module,
+    pixel_values: torch.Tensor,
+    scales: Sequence[float] = (1.0, 0.75),
+    flip: bool = True,
+) -> torch.Tensor:
+    """Multi-scale + flip logits on the scale-1 logit grid: [B, K, h, w].
+
+    For each scale the image is resized bilinearly to (int(s*H), int(s*W)); the logits of the image
+    and of its horizontal flip (flipped back) are added; each scale's sum is resized bilinearly to the
+    scale-1 logit grid and the scales are averaged there. Upsample the result to the label size and take
+    the argmax for predictions (`WeCLIPImageProcessor.post_process_semantic_segmentation`).
+    """
+    height, width = pixel_values.shape[-2:]
+    patch = model.config.vision_config.patch_size
+    grid = (height // patch, width // patch)  # the scale-1 logit grid
+    total = None
+    for scale in scales:
+        size = (int(height * scale), int(width * scale))
+        image = pixel_values if size == (height, width) else F.interpolate(
+            pixel_values, size=size, mode="bilinear", align_corners=False
+        )
+        batch = torch.cat([image, image.flip(-1)]) if flip else image
+        logits = model(pixel_values=batch).logits.float()
+        if flip:
+            plain, flipped = logits.chunk(2)
+            logits = plain + flipped.flip(-1)
+        if logits.shape[-2:] != grid:
+            logits = F.interpolate(logits, size=grid, mode="bilinear", align_corners=False)
+        total = logits if total is None else total + logits
+    return total / len(scales)
