@@ -1,0 +1,112 @@
+"""Device-side CAM pieces against straightforward CPU references (SciPy connected components, loops)."""
+
+import numpy as np
+import pytest
+import torch
+from reference_weclip import reference_box_mask, reference_normalize, reference_par, reference_transition
+from scipy import ndimage
+
+from weclip_hf.cam import (
+    box_mask,
+    box_threshold_mask,
+    connected_components,
+    gradcam,
+    minmax_normalize,
+    transition_matrix,
+)
+from weclip_hf.refinement import par_refine, rfm_affinity
+
+
+def _spiral(n: int) -> np.ndarray:
+    """A one-cell-wide spiral: the worst case for label propagation (long geodesic path)."""
+    grid = np.zeros((n, n), dtype=bool)
+    top, left, bottom, right = 0, 0, n - 1, n - 1
+    while top <= bottom and left <= right:
+        grid[top, left : right + 1] = True
+        grid[top : bottom + 1, right] = True
+        grid[bottom, left : right + 1] = True
+        grid[top + 2 : bottom + 1, left] = True
+        top, left, bottom, right = top + 2, left + 2, bottom - 2, right - 2
+        if top <= bottom:
+            grid[top - 1, left] = True
+    return grid
+
+
+def test_connected_components_match_scipy_8_connectivity():
+    rng = np.random.default_rng(0)
+    maps = [rng.random((13, 17)) > p for p in (0.3, 0.5, 0.7, 0.9)] + [np.zeros((13, 17), bool), _spiral(13)[:, :13]]
+    maps = [np.pad(m, ((0, 13 - m.shape[0]), (0, 17 - m.shape[1]))) for m in maps]
+    binary = torch.from_numpy(np.stack(maps))
+    labels = connected_components(binary).numpy()
+    for ours, m in zip(labels, maps):
+        ref, n = ndimage.label(m, structure=np.ones((3, 3)))
+        assert (ours >= 0).sum() == m.sum()
+        # same partition: a bijection between our labels and SciPy's
+        pairs = {(a, b) for a, b in zip(ours[m], ref[m])}
+        assert len(pairs) == n == len({a for a, _ in pairs})
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_box_mask_matches_cpu_reference(seed):
+    rng = np.random.default_rng(seed)
+    # smooth random CAMs give blob-like regions, several per map, some touching the border
+    cams = np.stack([ndimage.gaussian_filter(rng.random((20, 20)), 1.5) for _ in range(8)]).astype(np.float32)
+    cams = np.stack([reference_normalize(reference_normalize(c)) for c in cams])
+    ours = box_mask(box_threshold_mask(torch.from_numpy(cams), 0.4)).numpy()
+    ref = np.stack([reference_box_mask(c, 0.4) for c in cams])
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_box_mask_edge_quirk_and_empty_cam():
+    cam = torch.zeros(2, 6, 6)
+    cam[0, 4:, 4:] = 1.0  # region touching the bottom-right corner: loses its last row/column
+    mask = box_mask(box_threshold_mask(cam, 0.4))
+    expected = torch.zeros(6, 6)
+    expected[4:5, 4:5] = 1
+    assert torch.equal(mask[0], expected)
+    assert mask[1].sum() == 0  # an all-zero CAM gives an empty mask
+
+
+def test_box_threshold_uses_truncated_uint8_peak():
+    cam = torch.tensor([[[0.0, 0.40, 0.398, 0.997]]])  # peak 254 -> threshold int(0.4 * 254) = 101
+    assert box_threshold_mask(cam, 0.4).tolist() == [[[False, True, False, True]]]  # 102 > 101, 101 !> 101
+
+
+def test_gradcam_and_normalization():
+    g = torch.Generator().manual_seed(0)
+    acts, grads = torch.randn(3, 12, 8, generator=g), torch.randn(3, 12, 8, generator=g)
+    cams = gradcam(acts, grads, (3, 4))
+    for p in range(3):
+        w = grads[p].mean(0)
+        ref = torch.relu(acts[p] @ w).reshape(3, 4).numpy()
+        np.testing.assert_allclose(cams[p].numpy(), reference_normalize(reference_normalize(ref)), atol=1e-6)
+    assert torch.isfinite(minmax_normalize(torch.zeros(2, 3, 3))).all()  # constant CAM: no division by zero
+
+
+def test_transition_matrix_matches_reference():
+    aff = torch.rand(2, 30, 30, generator=torch.Generator().manual_seed(0))
+    ours = transition_matrix(aff)
+    for b in range(2):
+        torch.testing.assert_close(ours[b], reference_transition(aff[b]), rtol=1e-5, atol=1e-7)
+
+
+def test_par_matches_conv_reference():
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(2, 3, 20, 18, generator=g)
+    scores = torch.rand(2, 3, 20, 18, generator=g)
+    ours = par_refine(image, scores, [1, 2, 4], num_iter=4)
+    for b in range(2):
+        ref = reference_par(image[b : b + 1], scores[b : b + 1], [1, 2, 4], 4)
+        torch.testing.assert_close(ours[b : b + 1], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_rfm_keeps_layers_with_mass_above_mean():
+    maps = torch.rand(1, 4, 5, 5, generator=torch.Generator().manual_seed(0))
+    maps[0, 1] += 1.0  # largest patch-to-patch mass -> smallest d -> kept
+    a_dec = torch.rand(1, 5, 5)
+    affinity, keep, d = rfm_affinity(maps, a_dec)
+    expected_d = torch.stack([(a_dec[0] - maps[0, i]).sum() for i in range(4)])
+    torch.testing.assert_close(d[0], expected_d)
+    assert keep[0].tolist() == (expected_d <= expected_d.mean()).tolist() and keep[0, 1]
+    kept = maps[0, keep[0]]
+    torch.testing.assert_close(affinity[0], kept.sum(0) / (len(kept) + 1e-5) * a_dec[0])
