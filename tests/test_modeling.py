@@ -232,3 +232,33 @@ def test_update_class_embeddings_with_new_classes(tiny_model):
 def test_bad_inputs_raise_clear_errors(tiny_model, pixel_values, class_labels, labels, error, message):
     with pytest.raises(error, match=message):
         tiny_model(pixel_values, class_labels=class_labels, labels=labels)
+
+
+def test_from_clip_loads_clip_weights_and_tokenizer(tmp_path):
+    from conftest import SHARED, TINY_VISION
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    tokenizer_dir = SHARED / "data" / "clip-tokenizer"
+    if not tokenizer_dir.exists():
+        pytest.skip("../shared/data/clip-tokenizer is absent")
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    text = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                vocab_size=len(tokenizer), max_position_embeddings=77)  # fmt: skip
+    torch.manual_seed(0)
+    clip = CLIPModel(CLIPConfig(vision_config=TINY_VISION, text_config=text, projection_dim=16))
+    clip.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model = WeCLIPForSemanticSegmentation.from_clip(
+        str(tmp_path), class_names=["cat", "dog"], background_names=["sky", "grass", "road"]
+    )
+    clip_sd = clip.state_dict()
+    for key, value in model.state_dict().items():
+        if key in clip_sd:
+            assert torch.equal(value, clip_sd[key]), key
+    assert not model.vision_model.embeddings.patch_embedding.weight.requires_grad
+    with torch.no_grad():
+        ids = tokenizer(["a clean origami cat.", "a clean origami dog."], padding=True, return_tensors="pt")
+        expected = torch.nn.functional.normalize(clip.get_text_features(**ids).pooler_output, dim=-1)
+    torch.testing.assert_close(model.class_text_embeds, expected, rtol=1e-5, atol=1e-6)
+    for name, p in model.named_parameters():
+        assert torch.isfinite(p).all(), name

@@ -56,7 +56,7 @@ def to_rgb_array(image) -> np.ndarray:
         array = array[:, :, None]
     if array.ndim != 3:
         raise ValueError(f"Images must be 2-D or 3-D (HWC or CHW), got shape {array.shape}.")
-    if array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
+    if array.shape[0] in (1, 3, 4) and array.shape[-1] > 4:
         array = np.moveaxis(array, 0, -1)  # CHW -> HWC
     if array.shape[-1] not in (1, 3, 4):
         raise ValueError(f"Images need 1, 3 or 4 channels, got shape {image.shape}.")
@@ -191,7 +191,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             if label.mode not in ("L", "P", "I", "I;16"):
                 raise ValueError(f"Label maps must be single-channel (mode L/P/I), got mode {label.mode}.")
             label = np.asarray(label)
-        label = torch.as_tensor(np.asarray(label)).long()
+        label = torch.from_numpy(np.array(label, dtype=np.int64))
         if label.ndim != 2:
             raise ValueError(f"Label maps must be 2-D [H, W], got shape {tuple(label.shape)}.")
         if tuple(label.shape) != tuple(size):
