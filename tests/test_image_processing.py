@@ -46,7 +46,7 @@ def test_sixteen_bit_matches_eight_bit():
     gray = np.asarray(Image.fromarray(_image()).convert("L"))
     proc = WeCLIPImageProcessor(size={"longest_edge": 40})
     a = proc(Image.fromarray(gray)).pixel_values
-    b = proc(Image.fromarray((gray.astype(np.uint16) * 257))).pixel_values
+    b = proc(Image.fromarray(gray.astype(np.uint16) * 257)).pixel_values
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 

@@ -554,6 +554,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         class_labels: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         use_rfm: bool | None = None,
+        pixel_mask: torch.Tensor | None = None,
         output_cam_details: bool = False,
         return_dict: bool | None = None,
         **kwargs,
@@ -567,6 +568,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             labels: [B, H, W] pixel labels, 255 ignored (full supervision: the same losses on these labels).
                 When both are given, the loss uses `labels` and the pseudo labels are still returned.
             use_rfm: force the RFM on/off; `None` decides from `training_step >= config.rfm_start_step`.
+            pixel_mask: [B, H, W] 1 for real pixels, 0 for crop padding. Where given, padded pixels get the
+                ignore index in the pseudo labels (the official code lets CAMs, PAR and losses see the
+                padding; that stays the default when no mask is passed).
             output_cam_details: also return every per-pair intermediate in `cam_details`.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
@@ -596,6 +600,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                 pixel_values, class_labels, hidden[-1], attention, grid, decoder_affinity, rfm
             )
             pseudo, cams = details.pseudo_labels, details.cams
+            if pixel_mask is not None:
+                pseudo = pseudo.masked_fill(pixel_mask == 0, cfg.semantic_loss_ignore_index)
+                details.pseudo_labels = pseudo
 
         # 4. Losses on the pseudo labels (or on the given pixel labels).
         loss = seg = aff = None

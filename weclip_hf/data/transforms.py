@@ -1,0 +1,79 @@
+"""Training augmentation and collation (DESIGN Part 1, training recipe).
+
+Official augmentation: random rescale by a factor in [0.5, 2.0] (PIL bilinear on uint8), horizontal
+flip with p = 0.5, random crop; images smaller than the crop are padded with raw 0 (black) pixels that
+the method sees (CAMs, PAR, losses) unless `pixel_mask` is used to ignore them. No colour jitter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..image_processing_weclip import IMAGENET_MEAN, IMAGENET_STD, to_rgb_array
+
+
+@dataclass
+class TrainAugmentation:
+    """Random rescale, flip and crop of an (image, mask) pair; returns uint8 arrays and a pixel mask."""
+
+    crop_size: int = 320
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    flip_prob: float = 0.5
+    ignore_index: int = 255
+
+    def __call__(
+        self, image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """image [H, W, 3] uint8, mask [H, W] or None -> (image [c, c, 3], mask [c, c], valid [c, c] bool)."""
+        h, w = image.shape[:2]
+        scale = rng.uniform(*self.scale_range)
+        size = (max(1, int(w * scale)), max(1, int(h * scale)))
+        image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+        if mask is not None:
+            mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+        if rng.random() < self.flip_prob:
+            image = image[:, ::-1]
+            mask = None if mask is None else mask[:, ::-1]
+        return self._crop(image, mask, rng)
+
+    def _crop(self, image, mask, rng):
+        c = self.crop_size
+        h, w = image.shape[:2]
+        ph, pw = max(c, h), max(c, w)
+        canvas = np.zeros((ph, pw, 3), dtype=np.uint8)  # raw 0 padding, as the official code
+        valid = np.zeros((ph, pw), dtype=bool)
+        oy, ox = rng.integers(0, ph - h + 1), rng.integers(0, pw - w + 1)
+        canvas[oy : oy + h, ox : ox + w] = image
+        valid[oy : oy + h, ox : ox + w] = True
+        label = None
+        if mask is not None:
+            label = np.full((ph, pw), self.ignore_index, dtype=np.uint8)
+            label[oy : oy + h, ox : ox + w] = mask
+        y0, x0 = rng.integers(0, ph - c + 1), rng.integers(0, pw - c + 1)
+        window = (slice(y0, y0 + c), slice(x0, x0 + c))
+        return canvas[window], None if label is None else label[window], valid[window]
+
+
+def normalize(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float32 [3, H, W] normalized like the official pipeline (statistics on 0-255)."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    m = torch.tensor(mean).view(3, 1, 1) * 255.0
+    s = torch.tensor(std).view(3, 1, 1) * 255.0
+    return (x - m) / s
+
+
+def multi_hot(label_ids: list[int], num_classes: int) -> torch.Tensor:
+    """Foreground ids 1..C -> multi-hot [C] float32."""
+    out = torch.zeros(num_classes)
+    if label_ids:
+        out[torch.as_tensor(label_ids) - 1] = 1.0
+    return out
+
+
+def load_rgb_uint8(image) -> np.ndarray:
+    """Any supported image -> uint8 [H, W, 3] (see `to_rgb_array`)."""
+    return np.clip(to_rgb_array(image) + 0.5, 0, 255).astype(np.uint8)

@@ -1,0 +1,87 @@
+"""Evaluation: mIoU of predictions (single-scale, multi-scale + flip) and of CAM / RFM pseudo labels.
+
+Confusion matrices are accumulated on the device and summed across processes; labels keep their
+original size (logits are upsampled bilinearly to it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .inference import multiscale_flip_logits, resize_longest_edge
+from .metrics import confusion_matrix, scores_from_confusion
+
+MODES = ("pred", "pred_msf", "cam", "pseudo")
+
+
+def predict_labels(
+    model, pixel_values: torch.Tensor, size: tuple[int, int], msf: bool = False,
+    scales: Sequence[float] = (1.0, 0.75), long_side: int | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Predicted label maps [B, H, W] at ``size``: optional long-side resize, (multi-scale + flip)
+    logits, bilinear upsampling, argmax."""
+    if long_side is not None:
+        pixel_values = resize_longest_edge(pixel_values, long_side)
+    if msf:
+        logits = multiscale_flip_logits(model, pixel_values, scales=scales)
+    else:
+        logits = model(pixel_values=pixel_values).logits
+    logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+    return logits.argmax(dim=1)
+
+
+@torch.no_grad()
+def evaluate_segmentation(
+    model,
+    batches: Iterable[dict],
+    modes: Sequence[str] = ("pred",),
+    scales: Sequence[float] = (1.0, 0.75),
+    long_side: int | None = None,
+    accelerator=None,
+    progress: bool = True,
+    max_batches: int | None = None,
+) -> dict[str, dict]:
+    """mIoU per mode over ``batches`` of ``pixel_values`` [B, 3, H, W], ``labels`` [B, H, W] and (for the
+    pseudo-label modes) ``class_labels`` [B, C].
+
+    Modes: ``pred`` (decoder, single scale), ``pred_msf`` (multi-scale + flip), ``cam`` (pseudo labels
+    from the frozen CLIP CAMs without RFM), ``pseudo`` (pseudo labels with RFM). Returns
+    ``{mode: scores}`` as `scores_from_confusion` gives them (``mean_iou``, ``per_category_iou``, ...).
+    """
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise ValueError(f"Unknown evaluation modes {sorted(unknown)}; choose from {MODES}.")
+    was_training = model.training
+    model.eval()
+    num_labels = model.config.num_labels
+    ignore = model.config.semantic_loss_ignore_index
+    matrices = {m: None for m in modes}
+    bar = tqdm(batches, desc="evaluating", disable=not progress, leave=False)
+    for i, batch in enumerate(bar):
+        if max_batches is not None and i >= max_batches:
+            break
+        pixel_values, labels = batch["pixel_values"], batch["labels"]
+        size = tuple(labels.shape[-2:])
+        for mode in modes:
+            if mode in ("pred", "pred_msf"):
+                pred = predict_labels(model, pixel_values, size, mode == "pred_msf", scales, long_side)
+            else:
+                out = model(pixel_values=pixel_values, class_labels=batch["class_labels"], use_rfm=mode == "pseudo")
+                pred = out.pseudo_labels
+                if pred.shape[-2:] != size:
+                    pred = F.interpolate(pred[:, None].float(), size=size, mode="nearest")[:, 0].long()
+            cm = confusion_matrix(pred, labels, num_labels, ignore_index=ignore)
+            matrices[mode] = cm if matrices[mode] is None else matrices[mode] + cm
+    model.train(was_training)
+    results = {}
+    for mode, cm in matrices.items():
+        if cm is None:
+            cm = torch.zeros(num_labels, num_labels, dtype=torch.long)
+        if accelerator is not None:
+            cm = accelerator.reduce(cm.to(accelerator.device), reduction="sum")
+        results[mode] = scores_from_confusion(cm.cpu())
+    return results

@@ -1,0 +1,115 @@
+"""Model cards for models trained or converted with weclip-hf."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+CITATION = """@inproceedings{zhang2024frozen,
+  title     = {Frozen CLIP: A Strong Backbone for Weakly Supervised Semantic Segmentation},
+  author    = {Zhang, Bingfeng and Yu, Siyue and Wei, Yunchao and Zhao, Yao and Xiao, Jimin},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2024}
+}"""
+
+CARD_TEMPLATE = """---
+{{ card_data }}
+---
+
+# {{ model_name }}
+
+WeCLIP semantic segmentation model ("Frozen CLIP: A Strong Backbone for Weakly Supervised Semantic
+Segmentation", CVPR 2024), packaged with the `weclip-hf` library.
+A frozen CLIP ({{ base_model }}) provides features; a small decoder trained {{ supervision }} predicts
+{{ num_labels }} classes (background + {{ num_foreground }} object classes).
+
+## Source
+{{ source }}
+
+## Results
+{{ results_table }}
+
+## Usage
+```python
+import weclip_hf  # registers the "weclip" model type
+from transformers import pipeline
+
+segmenter = pipeline("image-segmentation", model="{{ repo_id }}")
+masks = segmenter("image.jpg")  # [{"label": ..., "mask": PIL.Image, "score": None}, ...]
+```
+
+## Training arguments
+{{ training_args }}
+
+## Intended use and limitations
+Research on weakly supervised semantic segmentation: the classes are fixed to the label set below and
+the model was trained from image-level labels{{ weak_note }}. Predictions follow object extents coarsely
+(a 16-pixel patch grid upsampled); expect errors on thin structures, small objects and classes that
+co-occur with their context (e.g. boats and water). Not for safety-critical use.
+
+Labels: {{ labels }}
+
+## Citation
+```bibtex
+{{ citation }}
+```
+"""
+
+
+def make_model_card(
+    config,
+    model_name: str,
+    source: str,
+    metrics: dict[str, float] | None = None,
+    dataset_name: str | None = None,
+    base_model: str | None = None,
+    training_args: dict | None = None,
+    weakly_supervised: bool = True,
+    repo_id: str | None = None,
+) -> ModelCard:
+    """A model card with metadata (model-index when metrics are given), usage, limitations and citation."""
+    metrics = metrics or {}
+    eval_results = [
+        EvalResult(task_type="image-segmentation", dataset_type=dataset_name or "custom",
+                   dataset_name=dataset_name or "custom", metric_type="mean_iou", metric_name=key,
+                   metric_value=float(value))
+        for key, value in metrics.items() if isinstance(value, (int, float))
+    ] or None  # fmt: skip
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-segmentation",
+        license="mit",
+        tags=["weclip", "weakly-supervised-semantic-segmentation", "clip", "semantic-segmentation"],
+        base_model=base_model,
+        datasets=[dataset_name] if dataset_name else None,
+        metrics=["mean_iou"],
+        model_name=model_name,
+        eval_results=eval_results,
+    )
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, (int, float)))
+    table = f"| metric | value |\n|---|---|\n{rows}" if rows else "No evaluation was run."
+    args = "\n".join(f"- `{k}`: `{v}`" for k, v in (training_args or {}).items()) or "n/a"
+    return ModelCard.from_template(
+        data,
+        template_str=CARD_TEMPLATE,
+        model_name=model_name,
+        base_model=base_model or "a CLIP ViT",
+        supervision="from image-level labels" if weakly_supervised else "on pixel labels (fully supervised)",
+        num_labels=config.num_labels,
+        num_foreground=config.num_labels - 1,
+        source=source,
+        results_table=table,
+        repo_id=repo_id or model_name,
+        training_args=args,
+        weak_note="" if weakly_supervised else " (here: pixel labels, as an upper bound)",
+        labels=", ".join(config.id2label[i] for i in range(config.num_labels)),
+        citation=CITATION,
+    )
+
+
+def save_model_card(card: ModelCard, output_dir: str | Path) -> Path:
+    """Write README.md into ``output_dir``."""
+    path = Path(output_dir) / "README.md"
+    card.save(path)
+    return path
