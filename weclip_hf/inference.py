@@ -31,8 +31,9 @@ def multiscale_flip_logits(
     """Multi-scale + flip logits on the scale-1 logit grid: [B, K, h, w].
 
     For each scale the image is resized bilinearly to (int(s*H), int(s*W)); the logits of the image
-    and of its horizontal flip (flipped back) are added; each scale's sum is resized bilinearly to the
-    scale-1 logit grid and the scales are averaged there. Upsample the result to the label size and take
+    and of its horizontal flip (flipped back) are averaged (what the official `validate()` computes, as
+    the parity reference shows: summing them would double the logits); each scale's logits are resized
+    bilinearly to the scale-1 logit grid and the scales are averaged there. Upsample the result to the label size and take
     the argmax for predictions (`WeCLIPImageProcessor.post_process_semantic_segmentation`).
     """
     height, width = pixel_values.shape[-2:]
@@ -48,7 +49,7 @@ def multiscale_flip_logits(
         logits = model(pixel_values=batch).logits.float()
         if flip:
             plain, flipped = logits.chunk(2)
-            logits = plain + flipped.flip(-1)
+            logits = (plain + flipped.flip(-1)) / 2
         if logits.shape[-2:] != grid:
             logits = F.interpolate(logits, size=grid, mode="bilinear", align_corners=False)
         total = logits if total is None else total + logits
