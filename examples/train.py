@@ -28,12 +28,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
-from weclip_hf.data.adapters import DATASET_PRESETS, add_image_labels, resolve_columns
+from weclip_hf.data.adapters import add_image_labels, resolve_columns
 from weclip_hf.data.loading import (
     EpochShuffleSampler,
     EvalSegmentationDataset,
     WeakSegmentationDataset,
     collate,
+    load_dataset_splits,
 )
 from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.evaluation import evaluate_segmentation
@@ -123,40 +124,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ---- data -------------------------------------------------------------------------------------------
-
-
-def load_splits(args):
-    """(train, validation, names) where names = dict(class_names, label_names, background_names, template)."""
-    if args.recipe == "toy":
-        from weclip_hf.data.toy import (
-            TOY_BACKGROUND_NAMES,
-            TOY_CLASS_NAMES,
-            TOY_PROMPT_TEMPLATE,
-            make_toy_dataset,
-        )
-
-        train = make_toy_dataset(args.toy_train_images, seed=args.seed)
-        val = make_toy_dataset(args.toy_val_images, seed=args.seed + 1_000_003)
-        names = dict(class_names=TOY_CLASS_NAMES, background_names=TOY_BACKGROUND_NAMES,
-                     prompt_template=TOY_PROMPT_TEMPLATE)  # fmt: skip
-        return train, val, names
-    import datasets
-
-    if args.dataset_path:
-        ds = datasets.load_from_disk(args.dataset_path)
-    elif args.data_dir:
-        ds = datasets.load_dataset("imagefolder", data_dir=args.data_dir)
-    else:
-        ds = datasets.load_dataset(args.dataset_name, args.dataset_config_name, streaming=args.streaming)
-    preset = DATASET_PRESETS.get(args.preset or "voc", {})
-    train_split = args.train_split or preset.get("train_split", "train")
-    val_split = args.validation_split or preset.get("validation_split", "validation")
-    for split in (train_split,):
-        if split not in ds:
-            raise ValueError(f"Split {split!r} not found; available splits: {list(ds)}.")
-    names = preset_config_kwargs(args.preset) if args.preset else {}
-    names = {k: names[k] for k in ("class_names", "label_names", "background_names") if k in names}
-    return ds[train_split], ds[val_split] if val_split in ds else None, names
 
 
 def prepare_data(args, train, val, num_classes: int, ignore_index: int, accelerator):
@@ -323,7 +290,11 @@ def main(argv=None) -> dict:
     started = time.time()
 
     # 1. data and model
-    train_raw, val_raw, names = load_splits(args)
+    train_raw, val_raw, names = load_dataset_splits(
+        args.dataset_name, args.dataset_config_name, args.data_dir, args.dataset_path, args.train_split,
+        args.validation_split, args.preset, args.streaming, toy=args.recipe == "toy", toy_sizes=(args.toy_train_images,
+        args.toy_val_images), seed=args.seed,
+    )
     model = build_model(args, names)
     cfg = model.config
     train_set, val_set = prepare_data(args, train_raw, val_raw, cfg.num_foreground_classes,

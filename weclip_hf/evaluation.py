@@ -12,18 +12,28 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .crf import crf_refine_labels
+from .image_processing_weclip import IMAGENET_MEAN, IMAGENET_STD
 from .inference import multiscale_flip_logits, resize_longest_edge
 from .metrics import confusion_matrix, scores_from_confusion
 
-MODES = ("pred", "pred_msf", "cam", "pseudo")
+MODES = ("pred", "pred_msf", "pred_crf", "pred_msf_crf", "cam", "pseudo")
+
+
+def denormalize(pixel_values: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """Normalized images [B, 3, H, W] -> 0-255 float images (for the CRF's appearance kernel)."""
+    m = torch.tensor(mean, device=pixel_values.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=pixel_values.device).view(1, 3, 1, 1)
+    return ((pixel_values * s + m) * 255).clamp(0, 255)
 
 
 def predict_labels(
     model, pixel_values: torch.Tensor, size: tuple[int, int], msf: bool = False,
-    scales: Sequence[float] = (1.0, 0.75), long_side: int | None = None,
+    scales: Sequence[float] = (1.0, 0.75), long_side: int | None = None, crf: bool = False,
 ) -> torch.Tensor:  # fmt: skip
     """Predicted label maps [B, H, W] at ``size``: optional long-side resize, (multi-scale + flip)
-    logits, bilinear upsampling, argmax."""
+    logits, bilinear upsampling, optional dense CRF (on the image at ``size``), argmax."""
+    original = pixel_values
     if long_side is not None:
         pixel_values = resize_longest_edge(pixel_values, long_side)
     if msf:
@@ -31,6 +41,9 @@ def predict_labels(
     else:
         logits = model(pixel_values=pixel_values).logits
     logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+    if crf:
+        image = denormalize(F.interpolate(original, size=size, mode="bilinear", align_corners=False))
+        return crf_refine_labels(image, logits.softmax(dim=1))
     return logits.argmax(dim=1)
 
 
@@ -48,7 +61,8 @@ def evaluate_segmentation(
     """mIoU per mode over ``batches`` of ``pixel_values`` [B, 3, H, W], ``labels`` [B, H, W] and (for the
     pseudo-label modes) ``class_labels`` [B, C].
 
-    Modes: ``pred`` (decoder, single scale), ``pred_msf`` (multi-scale + flip), ``cam`` (pseudo labels
+    Modes: ``pred`` (decoder, single scale), ``pred_msf`` (multi-scale + flip), ``pred_crf`` /
+    ``pred_msf_crf`` (the same followed by the dense CRF of `weclip_hf.crf`), ``cam`` (pseudo labels
     from the frozen CLIP CAMs without RFM), ``pseudo`` (pseudo labels with RFM). Returns
     ``{mode: scores}`` as `scores_from_confusion` gives them (``mean_iou``, ``per_category_iou``, ...).
     """
@@ -67,8 +81,8 @@ def evaluate_segmentation(
         pixel_values, labels = batch["pixel_values"], batch["labels"]
         size = tuple(labels.shape[-2:])
         for mode in modes:
-            if mode in ("pred", "pred_msf"):
-                pred = predict_labels(model, pixel_values, size, mode == "pred_msf", scales, long_side)
+            if mode.startswith("pred"):
+                pred = predict_labels(model, pixel_values, size, "msf" in mode, scales, long_side, "crf" in mode)
             else:
                 out = model(pixel_values=pixel_values, class_labels=batch["class_labels"], use_rfm=mode == "pseudo")
                 pred = out.pseudo_labels

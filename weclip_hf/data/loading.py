@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .adapters import Columns
+from ..presets import preset_config_kwargs
+from .adapters import DATASET_PRESETS, Columns
 from .transforms import TrainAugmentation, load_rgb_uint8, multi_hot, normalize
 
 
@@ -85,3 +86,46 @@ class EpochShuffleSampler(Sampler[int]):
 def collate(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack the tensors of a list of examples (all examples must have the same keys and sizes)."""
     return {key: torch.stack([e[key] for e in examples]) for key in examples[0]}
+
+
+def load_dataset_splits(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    data_dir: str | None = None,
+    dataset_path: str | None = None,
+    train_split: str | None = None,
+    validation_split: str | None = None,
+    preset: str | None = None,
+    streaming: bool = False,
+    toy: bool = False,
+    toy_sizes: tuple[int, int] = (2000, 200),
+    seed: int = 0,
+):
+    """(train, validation or None, names) from the toy world, a Hub dataset, an imagefolder or a saved
+    DatasetDict; ``names`` holds the class/background names (and prompt template) they imply."""
+    if toy:
+        from .toy import TOY_BACKGROUND_NAMES, TOY_CLASS_NAMES, TOY_PROMPT_TEMPLATE, make_toy_dataset
+
+        train = make_toy_dataset(toy_sizes[0], seed=seed)
+        val = make_toy_dataset(toy_sizes[1], seed=seed + 1_000_003)
+        names = dict(class_names=TOY_CLASS_NAMES, background_names=TOY_BACKGROUND_NAMES,
+                     prompt_template=TOY_PROMPT_TEMPLATE)  # fmt: skip
+        return train, val, names
+    import datasets
+
+    if dataset_path:
+        ds = datasets.load_from_disk(dataset_path)
+    elif data_dir:
+        ds = datasets.load_dataset("imagefolder", data_dir=data_dir)
+    elif dataset_name:
+        ds = datasets.load_dataset(dataset_name, dataset_config_name, streaming=streaming)
+    else:
+        raise ValueError("Give a dataset_name, data_dir or dataset_path (or toy=True).")
+    layout = DATASET_PRESETS.get(preset or "voc", {})
+    train_split = train_split or layout.get("train_split", "train")
+    validation_split = validation_split or layout.get("validation_split", "validation")
+    if train_split not in ds:
+        raise ValueError(f"Split {train_split!r} not found; available splits: {list(ds)}.")
+    names = preset_config_kwargs(preset) if preset else {}
+    names = {k: names[k] for k in ("class_names", "label_names", "background_names") if k in names}
+    return ds[train_split], ds[validation_split] if validation_split in ds else None, names

@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Evaluate a saved WeCLIP model: mIoU single-scale, multi-scale + flip, optional dense CRF, and the
+pseudo labels (CAM without / with RFM); prints a per-class IoU table and writes JSON.
+
+    python examples/evaluate.py --model_name_or_path outputs/weclip-toy             # toy validation split
+    python examples/evaluate.py --model_name_or_path weclip-voc --dataset_name jxie/pascal-voc-2012 \\
+        --validation_split validation --eval_long_side 512 --msf --crf --output_json voc_val.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from weclip_hf import WeCLIPForSemanticSegmentation
+from weclip_hf.data.adapters import add_image_labels, resolve_columns
+from weclip_hf.data.loading import EvalSegmentationDataset, collate, load_dataset_splits
+from weclip_hf.evaluation import evaluate_segmentation
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model_name_or_path", required=True)
+    p.add_argument("--dataset_name")
+    p.add_argument("--dataset_config_name")
+    p.add_argument("--data_dir")
+    p.add_argument("--dataset_path")
+    p.add_argument("--validation_split", default="validation")
+    p.add_argument("--image_column")
+    p.add_argument("--mask_column")
+    p.add_argument("--toy_val_images", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0, help="toy world seed (the training run's)")
+    p.add_argument("--eval_long_side", type=int, help="resize the long side before prediction (VOC: 512)")
+    p.add_argument("--msf", action="store_true", help="multi-scale (1.0, 0.75) + flip")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.75])
+    p.add_argument("--crf", action="store_true", help="dense CRF post-processing (pure PyTorch)")
+    p.add_argument("--pseudo_labels", action="store_true", help="also score CAM / RFM pseudo labels")
+    p.add_argument("--batch_size", type=int, default=1)
+    p.add_argument("--max_eval_samples", type=int)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--output_json")
+    return p.parse_args(argv)
+
+
+def format_table(results: dict[str, dict], id2label: dict[int, str]) -> str:
+    """Markdown table: one row per class, one column per mode, the mean last."""
+    modes = list(results)
+    lines = ["| class | " + " | ".join(modes) + " |", "|---" * (len(modes) + 1) + "|"]
+    for i in range(len(id2label)):
+        cells = [results[m]["per_category_iou"][i] for m in modes]
+        lines.append(f"| {id2label[i]} | " + " | ".join("-" if math.isnan(c) else f"{100 * c:.1f}" for c in cells) + " |")
+    lines.append("| **mIoU** | " + " | ".join(f"**{100 * results[m]['mean_iou']:.2f}**" for m in modes) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    model = WeCLIPForSemanticSegmentation.from_pretrained(args.model_name_or_path).to(args.device).eval()
+    cfg = model.config
+    toy = args.dataset_name is None and args.data_dir is None and args.dataset_path is None
+    _, val, _ = load_dataset_splits(
+        args.dataset_name, args.dataset_config_name, args.data_dir, args.dataset_path, None,
+        args.validation_split, toy=toy, toy_sizes=(1, args.toy_val_images), seed=args.seed,
+    )  # fmt: skip
+    if val is None:
+        raise ValueError(f"Split {args.validation_split!r} not found in the dataset.")
+    if args.max_eval_samples:
+        val = val.select(range(min(args.max_eval_samples, len(val))))
+    columns = resolve_columns(val.column_names, args.image_column, args.mask_column, None, require_mask=True)
+    val, summary = add_image_labels(val, columns, cfg.num_foreground_classes, cfg.semantic_loss_ignore_index)
+    print(f"{args.validation_split}: {summary}")
+    dataset = EvalSegmentationDataset(val, columns, cfg.num_foreground_classes)
+
+    def to_device(batch):
+        return {k: v.to(args.device) for k, v in batch.items()}
+
+    loader = map(to_device, DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate))
+    modes = ["pred"] + (["pred_msf"] if args.msf else [])
+    modes += [f"{m}_crf" for m in modes] if args.crf else []
+    modes += ["cam", "pseudo"] if args.pseudo_labels else []
+    results = evaluate_segmentation(model, loader, modes, scales=args.scales, long_side=args.eval_long_side)
+    print(format_table(results, cfg.id2label))
+    report = {
+        "model": args.model_name_or_path,
+        "split": args.validation_split,
+        "num_images": len(dataset),
+        **{f"{m}_miou": r["mean_iou"] for m, r in results.items()},
+        "per_class_iou": {
+            m: {cfg.id2label[i]: None if math.isnan(v) else float(v) for i, v in enumerate(r["per_category_iou"])}
+            for m, r in results.items()
+        },
+    }
+    if args.output_json:
+        Path(args.output_json).write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
