@@ -54,9 +54,16 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in (path / "train_log.jsonl").read_text().splitlines()]
 
 
-def test_toy_default_writes_model_metrics_overlays_and_card(tmp_path, tiny_clip):
-    out = tmp_path / "run"
+@pytest.fixture(scope="module")
+def toy_run(tiny_clip, tmp_path_factory):
+    """A shortened default run (toy world, 3 steps, with multi-scale evaluation)."""
+    out = tmp_path_factory.mktemp("toy") / "run"
     run_train("--clip_model_name_or_path", tiny_clip, "--output_dir", out, "--max_train_steps", 3, *FAST[:-1])
+    return out
+
+
+def test_toy_default_writes_model_metrics_overlays_and_card(toy_run):
+    out = toy_run
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("cam_miou", "pseudo_label_miou", "miou", "miou_msf", "baseline_bg_miou", "baseline_disk_miou"):
         assert 0.0 <= metrics[key] <= 1.0, key
@@ -200,3 +207,16 @@ def test_push_to_hub_uploads_the_output_folder(tmp_path, tiny_clip, monkeypatch)
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "metrics.json"):
         assert name in calls["files"], name
     assert "step_*" in calls["ignore"]
+
+
+def test_inference_notebook_runs_headless(toy_run, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("WECLIP_MODEL_DIR", str(toy_run))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    notebook = nbformat.read(ROOT / "examples" / "inference.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the masks were shown as a picture
+    assert not any(o.get("output_type") == "error" for o in outputs)
