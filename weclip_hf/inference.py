@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 def longest_edge_size(height: int, width: int, longest_edge: int) -> tuple[int, int]:
     """Size with the long side = ``longest_edge`` and the other side int-truncated (375x500 -> 384x512)."""
-    scale = longest_edge / max(height, width)
-    return int(height * scale), int(width * scale)
+    longest = max(height, width)
+    return int(height * longest_edge / longest), int(width * longest_edge / longest)  # multiply first: exact
 
 
 def resize_longest_edge(pixel_values: torch.Tensor, longest_edge: int = 512) -> torch.Tensor:

@@ -6,6 +6,8 @@ numbered steps (frozen CLIP, decoder, pseudo labels, losses).
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 
 import torch
@@ -258,8 +260,40 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         return self
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        out = super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained` (safetensors only) with clear errors for a missing folder, a
+        checkpoint of another model type, a corrupted weights file or a class count that does not match
+        the weights; CLIP is frozen again after loading."""
+        from safetensors import SafetensorError
+
+        path = str(pretrained_model_name_or_path)
+        if path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):
+            raise FileNotFoundError(f"No model folder at {path!r}.")
+        if kwargs.get("config") is None and os.path.isdir(os.path.expanduser(path)):
+            config_file = os.path.join(os.path.expanduser(path), "config.json")
+            if not os.path.isfile(config_file):
+                raise FileNotFoundError(f"{path!r} has no config.json: not a saved model folder.")
+            with open(config_file) as f:
+                model_type = json.load(f).get("model_type")
+            if model_type != WeCLIPConfig.model_type:
+                raise ValueError(
+                    f"{path!r} holds a {model_type!r} checkpoint, not a 'weclip' one. For a CLIP checkpoint use "
+                    "WeCLIPForSemanticSegmentation.from_clip(...); for official WeCLIP weights use "
+                    "examples/convert_official_checkpoint.py."
+                )
+        try:
+            out = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as err:
+            raise ValueError(
+                f"The weights file of {path!r} is truncated or corrupted ({err}); save or download it again."
+            ) from err
+        except RuntimeError as err:
+            if "mismatched" not in str(err):
+                raise
+            raise ValueError(
+                f"The weights of {path!r} do not match its config (e.g. the number of classes in "
+                f"class_names vs the decoder classifier): {err}"
+            ) from err
         (out[0] if isinstance(out, tuple) else out).freeze_clip()
         return out
 
