@@ -1,0 +1,159 @@
+#!/usr/bin/env python
+"""Convert an official WeCLIP checkpoint into a transformers folder.
+
+The folder holds `config.json` + `model.safetensors` (`WeCLIPForSemanticSegmentation.from_pretrained`
+and `pipeline("image-segmentation")` load it after `import weclip_hf`), the image processor and a model
+card (README.md) that says where the weights came from.
+
+Examples:
+    # the official checkpoint holds CLIP (encoder.*) and the decoder; the tokenizer gives the text embeddings
+    python examples/convert_official_checkpoint.py --checkpoint WeCLIP_model_iter_30000.pth \
+        --tokenizer openai/clip-vit-base-patch16 --preset voc --output_dir weclip-voc
+    # CLIP from a transformers CLIP folder / Hub id (its tokenizer is used; the checkpoint's encoder.*
+    # tensors, if any, are compared with it)
+    python examples/convert_official_checkpoint.py --checkpoint WeCLIP_model_iter_80000.pth \
+        --clip openai/clip-vit-base-patch16 --preset coco --output_dir weclip-coco --push_to_hub \
+        --hub_model_id me/weclip-coco
+
+Checkpoints are read safely (`torch.load(weights_only=True)`; a pickle that needs code is refused). An
+OpenAI TorchScript `ViT-B-16.pt` is read without running its code; see `weclip_hf.convert`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+from pathlib import Path
+
+from huggingface_hub import HfApi, ModelCard, ModelCardData
+
+from weclip_hf.convert import convert_official_checkpoint
+
+logger = logging.getLogger("convert_official_checkpoint")
+
+CITATION = """@inproceedings{zhang2024frozen,
+  title     = {Frozen CLIP: A Strong Backbone for Weakly Supervised Semantic Segmentation},
+  author    = {Zhang, Bingfeng and Yu, Siyue and Wei, Yunchao and Zhao, Yao and Xiao, Jimin},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year      = {2024}
+}"""
+
+DATASETS = {
+    "voc": "PASCAL VOC 2012 train_aug, image-level labels",
+    "coco": "MS COCO 2014, image-level labels",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--checkpoint", required=True, help="official WeCLIP .pth (torch.save of the state dict)"
+    )
+    parser.add_argument("--clip", default=None, help="transformers CLIP folder or Hub id for the CLIP part")
+    parser.add_argument(
+        "--tokenizer", default=None, help="CLIP tokenizer folder or Hub id (default: --clip's)"
+    )
+    parser.add_argument("--preset", choices=("voc", "coco"), default="voc", help="dataset preset")
+    parser.add_argument("--output_dir", required=True, help="where to write the converted model")
+    parser.add_argument("--no_check_clip", action="store_true",
+                        help="with --clip: do not compare the checkpoint's own CLIP tensors with it")  # fmt: skip
+    parser.add_argument("--push_to_hub", action="store_true", help="upload the folder to the Hub")
+    parser.add_argument("--hub_model_id", default=None, help="repository id for --push_to_hub (user/name)")
+    parser.add_argument("--hub_token", default=None, help="Hub token (default: the logged-in one)")
+    parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
+    args = parser.parse_args(argv)
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id")
+    if args.clip is None and args.tokenizer is None:
+        parser.error(
+            "pass --tokenizer (a CLIP tokenizer folder or Hub id) or --clip, whose tokenizer is used"
+        )
+    return args
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_model_card(args: argparse.Namespace, model, checkpoint_sha256: str) -> ModelCard:
+    """A model card that says where the weights came from, the preset, and how to cite the method."""
+    report = model.conversion_report
+    clip_source = (
+        f"`{args.clip}` (transformers CLIP)" if args.clip else "the checkpoint's own `encoder.*` tensors"
+    )
+    labels = ", ".join(model.config.id2label[i] for i in range(model.config.num_labels))
+    description = f"""WeCLIP (frozen CLIP backbone + trained decoder) for weakly supervised semantic segmentation,
+converted from an official WeCLIP checkpoint (https://github.com/zbf1991/WeCLIP) to the `weclip_hf`
+transformers format.
+
+- Source checkpoint: `{Path(args.checkpoint).name}` (sha256 `{checkpoint_sha256}`)
+- CLIP weights from: {clip_source}
+- Text embeddings: computed at conversion with the CLIP tokenizer `{args.tokenizer or args.clip}`,
+  prompt `{model.config.prompt_template}`
+- Preset: `{args.preset}` ({DATASETS[args.preset]}); {model.config.num_labels} labels: {labels}
+- Conversion: {report.summary()}
+
+Usage:
+
+```python
+import weclip_hf  # registers the "weclip" model type
+from transformers import pipeline
+
+segmenter = pipeline("image-segmentation", model="{args.hub_model_id or args.output_dir}")
+```
+
+Citation:
+
+```bibtex
+{CITATION}
+```"""
+    data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-segmentation",
+        tags=["weclip", "weakly-supervised-semantic-segmentation", "clip", args.preset],
+        base_model="openai/clip-vit-base-patch16",
+    )
+    title = f"WeCLIP ({args.preset.upper()}), converted from the official checkpoint"
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n# {title}\n\n{description}\n")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    output_dir = Path(args.output_dir)
+
+    model = convert_official_checkpoint(
+        args.checkpoint, clip=args.clip, preset=args.preset, tokenizer=args.tokenizer,
+        check_clip=not args.no_check_clip,
+    )  # fmt: skip
+    logger.info(model.conversion_report.summary())
+    model.save_pretrained(output_dir)
+
+    try:
+        from weclip_hf import WeCLIPImageProcessor
+    except ImportError:  # TODO(lead): the image processor is not in the package yet
+        logger.warning(
+            "weclip_hf.WeCLIPImageProcessor is not available: no preprocessor_config.json written."
+        )
+    else:
+        WeCLIPImageProcessor(patch_size=model.config.vision_config.patch_size).save_pretrained(output_dir)
+
+    build_model_card(args, model, sha256_of(Path(args.checkpoint))).save(output_dir / "README.md")
+    logger.info("Wrote %s", output_dir)
+
+    if args.push_to_hub:
+        api = HfApi(token=args.hub_token)
+        api.create_repo(args.hub_model_id, private=args.private, exist_ok=True)
+        api.upload_folder(folder_path=str(output_dir), repo_id=args.hub_model_id,
+                          commit_message="Convert an official WeCLIP checkpoint")  # fmt: skip
+        logger.info("Pushed to https://huggingface.co/%s", args.hub_model_id)
+    return output_dir
+
+
+if __name__ == "__main__":
+    main()

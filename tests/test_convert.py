@@ -1,0 +1,702 @@
+"""Tests of the official-checkpoint converter (`weclip_hf.convert`) and its example script.
+
+Official-layout state dicts are synthesised here at tiny sizes (and once at ViT-B/16 sizes on the meta
+device); the reference computations below run CLIP and the decoder directly from the official layout
+(packed q/k/v, ``x @ proj``), independently of transformers.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections import OrderedDict
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from weclip_hf import WeCLIPForSemanticSegmentation
+from weclip_hf.convert import (
+    convert_official_checkpoint,
+    hf_to_official_clip,
+    infer_config_from_official,
+    load_official_checkpoint,
+    official_to_hf_clip,
+    official_to_weclip,
+    weclip_to_official,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TOKENIZER = REPO.parent / "shared" / "data" / "clip-tokenizer"
+VOC_CLASSES = 20
+
+# Tiny official model: vision width 128 (2 heads of 64, as OpenAI CLIP builds them), 3 blocks, patch 8 on
+# a 4x4 grid; text width 64 (1 head), 2 blocks; decoder width 32, 2 blocks.
+TINY = dict(vision_width=128, vision_layers=3, patch=8, grid=4, text_width=64, text_layers=2, context=16,
+            vocab=99, embed_dim=32, decoder_dim=32, decoder_blocks=2, num_classes=VOC_CLASSES + 1)  # fmt: skip
+
+
+# ---- synthetic official checkpoints ------------------------------------------------------------------
+
+
+def _block_shapes(stem: str, width: int) -> dict[str, tuple[int, ...]]:
+    return {
+        f"{stem}.attn.in_proj_weight": (3 * width, width),
+        f"{stem}.attn.in_proj_bias": (3 * width,),
+        f"{stem}.attn.out_proj.weight": (width, width),
+        f"{stem}.attn.out_proj.bias": (width,),
+        f"{stem}.ln_1.weight": (width,),
+        f"{stem}.ln_1.bias": (width,),
+        f"{stem}.mlp.c_fc.weight": (4 * width, width),
+        f"{stem}.mlp.c_fc.bias": (4 * width,),
+        f"{stem}.mlp.c_proj.weight": (width, 4 * width),
+        f"{stem}.mlp.c_proj.bias": (width,),
+        f"{stem}.ln_2.weight": (width,),
+        f"{stem}.ln_2.bias": (width,),
+    }
+
+
+def official_clip_shapes(vision_width, vision_layers, patch, grid, text_width, text_layers, context, vocab,
+                         embed_dim, **_) -> dict[str, tuple[int, ...]]:  # fmt: skip
+    """Key -> shape of an OpenAI CLIP ViT state dict (the official order)."""
+    shapes = {
+        "positional_embedding": (context, text_width),
+        "text_projection": (text_width, embed_dim),
+        "logit_scale": (),
+        "visual.class_embedding": (vision_width,),
+        "visual.positional_embedding": (grid * grid + 1, vision_width),
+        "visual.proj": (vision_width, embed_dim),
+        "visual.conv1.weight": (vision_width, 3, patch, patch),
+        "visual.ln_pre.weight": (vision_width,),
+        "visual.ln_pre.bias": (vision_width,),
+    }
+    for i in range(vision_layers):
+        shapes.update(_block_shapes(f"visual.transformer.resblocks.{i}", vision_width))
+    shapes.update({"visual.ln_post.weight": (vision_width,), "visual.ln_post.bias": (vision_width,)})
+    for i in range(text_layers):
+        shapes.update(_block_shapes(f"transformer.resblocks.{i}", text_width))
+    shapes.update({"token_embedding.weight": (vocab, text_width), "ln_final.weight": (text_width,),
+                   "ln_final.bias": (text_width,)})  # fmt: skip
+    return shapes
+
+
+def official_decoder_shapes(vision_width, vision_layers, decoder_dim, decoder_blocks, num_classes,
+                            **_) -> dict[str, tuple[int, ...]]:  # fmt: skip
+    shapes = {}
+    for i in range(vision_layers - 1):
+        shapes.update({
+            f"decoder_fts_fuse.linears_modulelist.{i}.proj.weight": (decoder_dim, vision_width),
+            f"decoder_fts_fuse.linears_modulelist.{i}.proj.bias": (decoder_dim,),
+            f"decoder_fts_fuse.linears_modulelist.{i}.proj_2.weight": (decoder_dim, decoder_dim),
+            f"decoder_fts_fuse.linears_modulelist.{i}.proj_2.bias": (decoder_dim,),
+        })  # fmt: skip
+    shapes["decoder_fts_fuse.linear_fuse.weight"] = (decoder_dim, decoder_dim * (vision_layers - 1), 1, 1)
+    shapes["decoder_fts_fuse.linear_fuse.bias"] = (decoder_dim,)
+    for j in range(decoder_blocks):
+        shapes.update(_block_shapes(f"decoder.transformer.resblocks.{j}", decoder_dim))
+    shapes["decoder.linear_pred.weight"] = (num_classes, decoder_dim, 1, 1)
+    shapes["decoder.linear_pred.bias"] = (num_classes,)
+    shapes["par.kernel"] = (8, 1, 3, 3)
+    return shapes
+
+
+def _par_kernel() -> torch.Tensor:
+    kernel = torch.zeros(8, 1, 3, 3)
+    for n, (r, c) in enumerate([(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)]):
+        kernel[n, 0, r, c] = 1.0
+    return kernel
+
+
+def _random(key: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
+    if key == "logit_scale" or key.endswith(".logit_scale"):
+        return torch.tensor(math.log(100.0))
+    if key.endswith(("ln_1.weight", "ln_2.weight", "ln_pre.weight", "ln_post.weight", "ln_final.weight")):
+        return 1 + 0.1 * torch.randn(shape, generator=gen)
+    fan_in = shape[-1] if len(shape) == 2 else (math.prod(shape[1:]) if len(shape) > 2 else 16)
+    return torch.randn(shape, generator=gen) / math.sqrt(fan_in)
+
+
+def make_official_state_dict(prefix: str = "encoder.", with_decoder: bool = True, dtype=torch.float32,
+                             seed: int = 0, **sizes) -> OrderedDict:  # fmt: skip
+    """A random official-layout state dict (CLIP under ``prefix``, then the decoder and ``par.kernel``)."""
+    sizes = {**TINY, **sizes}
+    gen = torch.Generator().manual_seed(seed)
+    sd = OrderedDict()
+    for key, shape in official_clip_shapes(**sizes).items():
+        sd[prefix + key] = _random(key, shape, gen).to(dtype)
+    if with_decoder:
+        for key, shape in official_decoder_shapes(**sizes).items():
+            sd[key] = _par_kernel() if key == "par.kernel" else _random(key, shape, gen)
+    return sd
+
+
+def _clip_only(sd: dict, prefix: str = "encoder.") -> dict:
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+class FakeCLIPTokenizer:
+    """Deterministic stand-in for a CLIP tokenizer (ids < vocab - 2, SOT = vocab - 2, EOT = vocab - 1)."""
+
+    def __init__(self, vocab: int):
+        self.vocab = vocab
+
+    def __call__(self, prompts, padding=None, truncation=None, return_tensors=None, max_length=16, **_):
+        ids = torch.full((len(prompts), max_length), self.vocab - 1, dtype=torch.long)
+        mask = torch.zeros(len(prompts), max_length, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            words = [3 + sum(map(ord, w)) % (self.vocab - 5) for w in prompt.split()][: max_length - 2]
+            seq = [self.vocab - 2, *words, self.vocab - 1]
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+
+# ---- reference computations from the official layout -------------------------------------------------
+
+
+def ref_block(x: torch.Tensor, sd: dict, stem: str, heads: int, causal: bool = False) -> torch.Tensor:
+    """One CLIP residual block from the OpenAI weights: packed in_proj, QuickGELU MLP. x: [B, T, D]."""
+    b, t, d = x.shape
+
+    def ln(v, name):
+        return F.layer_norm(
+            v, (d,), sd[f"{stem}.{name}.weight"].float(), sd[f"{stem}.{name}.bias"].float(), 1e-5
+        )
+
+    h = ln(x, "ln_1")
+    qkv = h @ sd[f"{stem}.attn.in_proj_weight"].float().t() + sd[f"{stem}.attn.in_proj_bias"].float()
+    q, k, v = (part.reshape(b, t, heads, d // heads).transpose(1, 2) for part in qkv.split(d, dim=-1))
+    scores = q @ k.transpose(-1, -2) / math.sqrt(d // heads)
+    if causal:
+        scores = scores + torch.full((t, t), float("-inf")).triu(1)
+    attn = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d)
+    x = x + attn @ sd[f"{stem}.attn.out_proj.weight"].float().t() + sd[f"{stem}.attn.out_proj.bias"].float()
+    h = ln(x, "ln_2") @ sd[f"{stem}.mlp.c_fc.weight"].float().t() + sd[f"{stem}.mlp.c_fc.bias"].float()
+    h = h * torch.sigmoid(1.702 * h)
+    return x + h @ sd[f"{stem}.mlp.c_proj.weight"].float().t() + sd[f"{stem}.mlp.c_proj.bias"].float()
+
+
+def ref_vision(sd: dict, pixel_values: torch.Tensor, heads: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """OpenAI ViT: (block outputs [B, 1+N, D] each, class-token image embedding ``ln_post(x[:, 0]) @ proj``)."""
+    w = sd["visual.conv1.weight"].float()
+    x = F.conv2d(pixel_values, w, stride=w.shape[-1]).flatten(2).transpose(1, 2)
+    cls = sd["visual.class_embedding"].float().expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1) + sd["visual.positional_embedding"].float()
+    d = x.shape[-1]
+    x = F.layer_norm(x, (d,), sd["visual.ln_pre.weight"].float(), sd["visual.ln_pre.bias"].float(), 1e-5)
+    outputs = []
+    n_layers = len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")})
+    for i in range(n_layers):
+        x = ref_block(x, sd, f"visual.transformer.resblocks.{i}", heads)
+        outputs.append(x)
+    pooled = F.layer_norm(
+        x[:, 0], (d,), sd["visual.ln_post.weight"].float(), sd["visual.ln_post.bias"].float()
+    )
+    return outputs, pooled @ sd["visual.proj"].float()
+
+
+def ref_text(sd: dict, ids: torch.Tensor, heads: int) -> torch.Tensor:
+    """OpenAI text tower: causal blocks, ``ln_final``, EOT token (argmax id) ``@ text_projection``."""
+    x = sd["token_embedding.weight"].float()[ids] + sd["positional_embedding"].float()
+    n_layers = len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})
+    for i in range(n_layers):
+        x = ref_block(x, sd, f"transformer.resblocks.{i}", heads, causal=True)
+    d = x.shape[-1]
+    x = F.layer_norm(x, (d,), sd["ln_final.weight"].float(), sd["ln_final.bias"].float(), 1e-5)
+    return x[torch.arange(len(ids)), ids.argmax(-1)] @ sd["text_projection"].float()
+
+
+def ref_decoder(
+    sd: dict, layer_outputs: list[torch.Tensor], grid: tuple[int, int], heads: int
+) -> torch.Tensor:
+    """Official decoder from its own keys: per-layer MLPs, 1x1 fuse, transformer with torch's packed
+    ``nn.MultiheadAttention`` (sequence-first), 1x1 classifier. Returns logits [B, K, h, w]."""
+    b = layer_outputs[0].shape[0]
+    feats = []
+    for i, x in enumerate(layer_outputs):
+        stem = f"decoder_fts_fuse.linears_modulelist.{i}"
+        h = F.relu(F.linear(x[:, 1:], sd[f"{stem}.proj.weight"], sd[f"{stem}.proj.bias"]))
+        feats.append(F.linear(h, sd[f"{stem}.proj_2.weight"], sd[f"{stem}.proj_2.bias"]))
+    x = torch.cat(feats, dim=-1).transpose(1, 2).reshape(b, -1, *grid)
+    x = F.conv2d(x, sd["decoder_fts_fuse.linear_fuse.weight"], sd["decoder_fts_fuse.linear_fuse.bias"])
+    x = x.flatten(2).permute(2, 0, 1)  # [N, B, C]
+    dim = x.shape[-1]
+    j = 0
+    while f"decoder.transformer.resblocks.{j}.ln_1.weight" in sd:
+        stem = f"decoder.transformer.resblocks.{j}"
+        mha = nn.MultiheadAttention(dim, heads)
+        mha.load_state_dict({"in_proj_weight": sd[f"{stem}.attn.in_proj_weight"],
+                             "in_proj_bias": sd[f"{stem}.attn.in_proj_bias"],
+                             "out_proj.weight": sd[f"{stem}.attn.out_proj.weight"],
+                             "out_proj.bias": sd[f"{stem}.attn.out_proj.bias"]})  # fmt: skip
+        h = F.layer_norm(x, (dim,), sd[f"{stem}.ln_1.weight"], sd[f"{stem}.ln_1.bias"])
+        x = x + mha(h, h, h, need_weights=False)[0]
+        h = F.layer_norm(x, (dim,), sd[f"{stem}.ln_2.weight"], sd[f"{stem}.ln_2.bias"])
+        h = F.linear(h, sd[f"{stem}.mlp.c_fc.weight"], sd[f"{stem}.mlp.c_fc.bias"])
+        x = x + F.linear(
+            h * torch.sigmoid(1.702 * h), sd[f"{stem}.mlp.c_proj.weight"], sd[f"{stem}.mlp.c_proj.bias"]
+        )
+        j += 1
+    x = x.permute(1, 2, 0).reshape(b, dim, *grid)
+    return F.conv2d(x, sd["decoder.linear_pred.weight"], sd["decoder.linear_pred.bias"])
+
+
+# ---- fixtures ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def official():
+    return make_official_state_dict()
+
+
+@pytest.fixture(scope="module")
+def tiny_official_config(official):
+    return infer_config_from_official(official, "voc", decoder_num_heads=4)
+
+
+# ---- CLIP mapping ------------------------------------------------------------------------------------
+
+
+def test_clip_mapping_consumes_every_key_and_loads_into_clipmodel(official):
+    from transformers import CLIPConfig, CLIPModel
+
+    vision, text, proj, report = official_to_hf_clip(official)
+    clip_keys = [k for k in official if k.startswith("encoder.")]
+    assert sorted(report.mapped) == sorted(clip_keys)
+    assert report.prefix == "encoder." and not report.ignored
+    assert set(proj) == {"visual_projection.weight", "text_projection.weight", "logit_scale"}
+    config = infer_config_from_official(official, "voc", decoder_num_heads=4)
+    clip = CLIPModel(CLIPConfig(vision_config=config.vision_config.to_dict(),
+                                text_config=config.text_config.to_dict(), projection_dim=config.projection_dim))  # fmt: skip
+    expected = {k: v.shape for k, v in clip.state_dict().items() if not k.endswith("position_ids")}
+    got = {**vision, **text, **proj}
+    assert {k: v.shape for k, v in got.items()} == expected
+    clip.load_state_dict(got, strict=True)
+    assert all(v.dtype == torch.float32 for v in got.values())
+    # the packed projection is split q, k, v in that order; proj and text_projection are transposed
+    w = official["encoder.visual.transformer.resblocks.1.attn.in_proj_weight"]
+    d = TINY["vision_width"]
+    assert torch.equal(got["vision_model.encoder.layers.1.self_attn.q_proj.weight"], w[:d])
+    assert torch.equal(got["vision_model.encoder.layers.1.self_attn.k_proj.weight"], w[d : 2 * d])
+    assert torch.equal(got["vision_model.encoder.layers.1.self_attn.v_proj.weight"], w[2 * d :])
+    assert torch.equal(got["visual_projection.weight"], official["encoder.visual.proj"].t())
+    assert torch.equal(got["text_projection.weight"], official["encoder.text_projection"].t())
+
+
+def test_clip_mapping_with_and_without_prefix(official):
+    bare = _clip_only(official)
+    with_prefix = official_to_hf_clip(official)
+    without = official_to_hf_clip(bare)
+    assert without[3].prefix == ""
+    for a, b in zip(with_prefix[:3], without[:3], strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_clip_mapping_fp16_input_gives_fp32(official):
+    half = make_official_state_dict(dtype=torch.float16, with_decoder=False)
+    vision, text, proj, report = official_to_hf_clip(half)
+    assert report.source_dtypes == {"float16": len(half)}
+    for part in (vision, text, proj):
+        assert all(v.dtype == torch.float32 for v in part.values())
+    assert torch.equal(vision["vision_model.embeddings.class_embedding"],
+                       half["encoder.visual.class_embedding"].float())  # fmt: skip
+
+
+def test_openai_archive_metadata_keys_are_reported_not_mapped(official):
+    bare = _clip_only(official)
+    bare.update(
+        input_resolution=torch.tensor(32), context_length=torch.tensor(16), vocab_size=torch.tensor(99)
+    )
+    _, _, _, report = official_to_hf_clip(bare)
+    assert set(report.ignored) == {"input_resolution", "context_length", "vocab_size"}
+
+
+def test_clip_inverse_round_trip_is_exact(official):
+    bare = _clip_only(official)
+    vision, text, proj, _ = official_to_hf_clip(bare)
+    back = hf_to_official_clip({**vision, **text, **proj})
+    assert back.keys() == bare.keys()
+    assert all(torch.equal(back[k], bare[k]) for k in bare)
+
+
+@pytest.mark.parametrize(
+    "key", ["encoder.visual.transformer.resblocks.2.ln_2.bias", "encoder.transformer.resblocks.0.attn.in_proj_weight",
+            "encoder.visual.proj", "encoder.logit_scale"],
+)  # fmt: skip
+def test_missing_clip_key_is_named(official, key):
+    broken = {k: v for k, v in official.items() if k != key}
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        official_to_hf_clip(broken)
+
+
+def test_unexpected_clip_key_is_named(official):
+    broken = {**official, "encoder.visual.transformer.resblocks.0.attn.extra": torch.zeros(1)}
+    with pytest.raises(ValueError, match=r"resblocks\.0\.attn\.extra"):
+        official_to_hf_clip(broken)
+
+
+# ---- whole model -------------------------------------------------------------------------------------
+
+
+def test_infer_config_from_tiny_shapes(tiny_official_config):
+    c = tiny_official_config
+    v, t = c.vision_config, c.text_config
+    assert (v.hidden_size, v.num_hidden_layers, v.num_attention_heads) == (128, 3, 2)
+    assert (v.patch_size, v.image_size) == (8, 32)
+    assert (v.intermediate_size, v.hidden_act) == (512, "quick_gelu")
+    assert (t.hidden_size, t.num_hidden_layers, t.num_attention_heads) == (64, 2, 1)
+    assert t.max_position_embeddings == 16
+    assert (t.vocab_size, t.eos_token_id, t.bos_token_id) == (99, 98, 97)
+    assert (c.projection_dim, c.decoder_hidden_size, c.decoder_num_layers, c.feature_layers) == (32, 32, 2, 2)
+    assert c.num_labels == 21 and c.class_names[2] == "bird avian"
+
+
+def test_official_to_weclip_consumes_every_key(official, tiny_official_config):
+    ours, report = official_to_weclip(official, tiny_official_config)
+    assert sorted([*report.mapped, *report.ignored]) == sorted(official)
+    assert set(report.ignored) == {"par.kernel"}
+    assert report.computed == ["class_text_embeds", "background_text_embeds"]
+    model = WeCLIPForSemanticSegmentation(tiny_official_config)
+    expected = {k: v.shape for k, v in model.state_dict().items() if k not in report.computed}
+    assert {k: v.shape for k, v in ours.items()} == expected
+    result = model.load_state_dict(ours, strict=False)
+    assert sorted(result.missing_keys) == sorted(report.computed) and not result.unexpected_keys
+
+
+def test_round_trip_ours_official_ours_is_exact(official, tiny_official_config):
+    ours, _ = official_to_weclip(official, tiny_official_config)
+    back_official = weclip_to_official(ours)
+    assert back_official.keys() == official.keys()
+    assert all(torch.equal(back_official[k], official[k].float()) for k in official)
+    again, _ = official_to_weclip(back_official, tiny_official_config)
+    assert again.keys() == ours.keys()
+    assert all(torch.equal(again[k], ours[k]) for k in ours)
+
+
+def test_missing_decoder_key_is_named(official, tiny_official_config):
+    key = "decoder.transformer.resblocks.1.mlp.c_proj.bias"
+    broken = {k: v for k, v in official.items() if k != key}
+    with pytest.raises(
+        ValueError, match=r"Missing keys.*decoder\.transformer\.resblocks\.1\.mlp\.c_proj\.bias"
+    ):
+        official_to_weclip(broken, tiny_official_config)
+
+
+def test_unexpected_key_is_named(official, tiny_official_config):
+    for key in ("decoder.transformer.resblocks.0.attn.bias_k", "decoder_fts_fuse.extra.weight", "foo.bar"):
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            official_to_weclip({**official, key: torch.zeros(3)}, tiny_official_config)
+
+
+def test_extra_layers_and_wrong_shapes_are_named(official, tiny_official_config):
+    extra = dict(official)
+    extra["decoder.transformer.resblocks.5.ln_1.weight"] = torch.ones(TINY["decoder_dim"])
+    with pytest.raises(ValueError, match=r"decoder\.blocks\.5\.layer_norm1\.weight"):
+        official_to_weclip(extra, tiny_official_config)
+    wrong = dict(official)
+    wrong["decoder.linear_pred.weight"] = torch.zeros(11, TINY["decoder_dim"], 1, 1)
+    with pytest.raises(ValueError, match=r"decoder\.classifier\.weight \(11, 32, 1, 1\)"):
+        official_to_weclip(wrong, tiny_official_config)
+    with pytest.raises(ValueError, match="preset"):
+        infer_config_from_official(wrong, "coco")
+
+
+def test_par_kernel_must_be_the_constant(official, tiny_official_config):
+    broken = {**official, "par.kernel": torch.ones(8, 1, 3, 3)}
+    with pytest.raises(ValueError, match=r"par\.kernel"):
+        official_to_weclip(broken, tiny_official_config)
+
+
+def test_real_vit_b16_sizes_on_meta_device():
+    sizes = dict(vision_width=768, vision_layers=12, patch=16, grid=14, text_width=512, text_layers=12,
+                 context=77, vocab=49408, embed_dim=512, decoder_dim=256, decoder_blocks=3, num_classes=21)  # fmt: skip
+    shapes = {"encoder." + k: s for k, s in official_clip_shapes(**sizes).items()}
+    shapes.update(official_decoder_shapes(**sizes))
+    sd = {k: torch.empty(s, device="meta", dtype=torch.float16 if k.endswith("c_fc.weight") else torch.float32)
+          for k, s in shapes.items()}  # fmt: skip
+    sd["par.kernel"] = _par_kernel()
+    assert len(sd) == 387  # as the official WeCLIP.state_dict()
+    config = infer_config_from_official(sd, "voc")
+    v, t = config.vision_config, config.text_config
+    assert (v.hidden_size, v.intermediate_size) == (768, 3072)
+    assert (v.num_hidden_layers, v.num_attention_heads) == (12, 12)
+    assert (v.patch_size, v.image_size) == (16, 224)
+    assert (t.hidden_size, t.intermediate_size) == (512, 2048)
+    assert (t.num_hidden_layers, t.num_attention_heads) == (12, 8)
+    assert (t.vocab_size, t.max_position_embeddings) == (49408, 77)
+    assert (t.eos_token_id, t.bos_token_id) == (49407, 49406)
+    assert (config.projection_dim, config.decoder_hidden_size, config.decoder_num_layers) == (512, 256, 3)
+    assert (config.decoder_mlp_ratio, config.feature_layers, config.num_feature_layers) == (4, 11, None)
+    ours, report = official_to_weclip(sd, config)
+    assert len(report.mapped) == 386 and len(ours) == 483
+    assert ours["vision_model.encoder.layers.11.self_attn.v_proj.weight"].shape == (768, 768)
+    assert ours["visual_projection.weight"].shape == (512, 768)
+    assert ours["decoder.fuse.weight"].shape == (256, 2816, 1, 1)
+
+
+# ---- numerical equivalence with the official layout --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def converted_tiny(official, tiny_official_config):
+    torch.manual_seed(0)
+    tokenizer = FakeCLIPTokenizer(TINY["vocab"])
+    model = convert_official_checkpoint(
+        dict(official), preset="voc", tokenizer=tokenizer, decoder_num_heads=4
+    )
+    return model, tokenizer
+
+
+def test_converted_clip_towers_match_the_official_layout(official, converted_tiny):
+    model, _ = converted_tiny
+    sd = _clip_only(official)
+    torch.manual_seed(1)
+    pixel_values = torch.randn(2, 3, 32, 32)
+    ids = torch.randint(0, TINY["vocab"] - 2, (3, TINY["context"]))
+    ids[:, 0] = TINY["vocab"] - 2
+    ids[torch.arange(3), torch.tensor([4, 9, 15])] = TINY["vocab"] - 1  # EOT, then arbitrary padding ids
+    ids[0, 5:] = 0
+    ref_layers, ref_image = ref_vision(sd, pixel_values, heads=2)
+    ref_txt = ref_text(sd, ids, heads=1)
+    with torch.no_grad():
+        image = model.visual_projection(model.vision_model(pixel_values).pooler_output)
+        text = model.text_projection(model.text_model(input_ids=ids).pooler_output)
+        hidden, _, grid = model.forward_clip_features(pixel_values, 0)
+    torch.testing.assert_close(image, ref_image, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(text, ref_txt, rtol=1e-5, atol=1e-5)
+    assert grid == (4, 4) and len(hidden) == 2
+    for ours, ref in zip(hidden, ref_layers[:-1], strict=True):
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_converted_model_logits_match_the_official_layout(official, converted_tiny):
+    model, _ = converted_tiny
+    torch.manual_seed(2)
+    pixel_values = torch.randn(2, 3, 32, 32)
+    ref_layers, _ = ref_vision(_clip_only(official), pixel_values, heads=2)
+    expected = ref_decoder(official, ref_layers[:-1], (4, 4), heads=4)
+    with torch.no_grad():
+        logits = model(pixel_values).logits
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_converted_model_is_frozen_with_text_embeddings(official, converted_tiny):
+    model, tokenizer = converted_tiny
+    assert not model.training and not model.vision_model.training
+    assert not any(p.requires_grad for n, p in model.named_parameters() if not n.startswith("decoder."))
+    assert all(p.requires_grad for p in model.decoder.parameters())
+    prompts = [model.config.prompt_template.format(c) for c in model.config.class_names]
+    batch = tokenizer(prompts, max_length=TINY["context"])
+    expected = F.normalize(ref_text(_clip_only(official), batch["input_ids"], heads=1), dim=-1)
+    torch.testing.assert_close(model.class_text_embeds, expected, rtol=1e-5, atol=1e-5)
+    assert model.background_text_embeds.shape == (25, TINY["embed_dim"])
+
+
+def test_convert_needs_a_tokenizer(official):
+    with pytest.raises(ValueError, match="tokenizer"):
+        convert_official_checkpoint(dict(official), preset="voc")
+
+
+# ---- safe loading ------------------------------------------------------------------------------------
+
+
+class _Payload:
+    """A pickle that would run code (create a file) when loaded."""
+
+    def __init__(self, target: Path):
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (self.target,))
+
+
+def test_pickle_that_needs_code_is_refused_not_run(tmp_path):
+    target = tmp_path / "executed"
+    path = tmp_path / "evil.pth"
+    torch.save({"weight": torch.zeros(2), "payload": _Payload(target)}, path)
+    with pytest.raises(ValueError, match="needs code"):
+        load_official_checkpoint(path)
+    assert not target.exists()
+
+
+def test_load_plain_checkpoint_and_wrappers(tmp_path, official):
+    path = tmp_path / "ckpt.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in official.items()}}, path)
+    loaded = load_official_checkpoint(path)
+    assert loaded.keys() == official.keys()
+    assert all(torch.equal(loaded[k], official[k]) for k in official)
+    with pytest.raises(FileNotFoundError):
+        load_official_checkpoint(tmp_path / "absent.pth")
+    torch.save({"a": torch.zeros(1), "step": 3}, tmp_path / "mixed.pth")
+    with pytest.raises(ValueError, match="step"):
+        load_official_checkpoint(tmp_path / "mixed.pth")
+
+
+class _Tree(nn.Module):
+    """Modules nested after dotted parameter names, so a scripted copy has the OpenAI key layout."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        super().__init__()
+        children: dict[str, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            head, _, rest = key.partition(".")
+            if rest:
+                children.setdefault(head, {})[rest] = value
+            else:
+                self.register_parameter(head, nn.Parameter(value.clone(), requires_grad=False))
+        for name, sub in children.items():
+            self.add_module(name, _Tree(sub))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_torchscript_archive_is_read_without_running_code(tmp_path, official):
+    bare = {k: v.half() for k, v in _clip_only(official).items()}  # OpenAI's archive is fp16
+    path = tmp_path / "ViT-tiny.pt"
+    tree = _Tree(bare)
+    tree.transformer.resblocks.get_submodule("0").attn_mask = torch.zeros(4, 4)  # an attribute, not a weight
+    tree.visual.register_buffer("running_thing", torch.ones(3))  # a buffer is part of the state dict
+    torch.jit.script(tree).save(str(path))
+    with mock.patch.object(torch.jit, "load", side_effect=AssertionError("torch.jit.load must not be used")):
+        loaded = load_official_checkpoint(path)
+    assert torch.equal(loaded.pop("visual.running_thing"), torch.ones(3))
+    assert loaded.keys() == bare.keys()
+    assert all(loaded[k].dtype == torch.float16 and torch.equal(loaded[k], bare[k]) for k in bare)
+    vision, _, _, report = official_to_hf_clip(loaded)
+    assert report.prefix == "" and len(report.mapped) == len(bare)
+
+
+def test_torchscript_archive_with_foreign_globals_is_refused(tmp_path):
+    import zipfile
+
+    path = tmp_path / "odd.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("odd/data.pkl", b"\x80\x02cos\nsystem\nq\x00.")
+        archive.writestr("odd/constants.pkl", b"")
+    with pytest.raises(ValueError, match="--clip"):
+        load_official_checkpoint(path)
+
+
+# ---- the example script ------------------------------------------------------------------------------
+
+
+def _script():
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        import convert_official_checkpoint as script
+    finally:
+        sys.path.pop(0)
+    return script
+
+
+@pytest.fixture(scope="module")
+def real_vocab_checkpoint(tmp_path_factory):
+    if not TOKENIZER.is_dir():
+        pytest.skip(f"{TOKENIZER} (the CLIP tokenizer) is absent")
+    path = tmp_path_factory.mktemp("ckpt") / "WeCLIP_tiny.pth"
+    sd = make_official_state_dict(vocab=49408, context=77, decoder_dim=64)
+    torch.save({k: (v.half() if k.startswith("encoder.") else v) for k, v in sd.items()}, path)
+    return path, sd
+
+
+def test_script_writes_a_loadable_folder(tmp_path, real_vocab_checkpoint):
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    checkpoint, sd = real_vocab_checkpoint
+    out = tmp_path / "converted"
+    _script().main(["--checkpoint", str(checkpoint), "--tokenizer", str(TOKENIZER), "--preset", "voc",
+                    "--output_dir", str(out)])  # fmt: skip
+    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "README.md",
+                                               "preprocessor_config.json"}  # fmt: skip
+    model = AutoModelForSemanticSegmentation.from_pretrained(out)
+    assert isinstance(model, WeCLIPForSemanticSegmentation)
+    assert not any(p.requires_grad for p in model.vision_model.parameters())
+    expected, _ = official_to_weclip(sd, model.config)
+    state = model.state_dict()
+    for key, value in expected.items():
+        assert torch.equal(state[key], value.half().float() if key.startswith(("vision_", "text_", "visual_",
+                                                                                 "logit")) else value), key  # fmt: skip
+    assert torch.allclose(model.class_text_embeds.norm(dim=-1), torch.ones(20))
+    AutoImageProcessor.from_pretrained(out)
+    card = (out / "README.md").read_text()
+    assert (
+        "WeCLIP_tiny.pth" in card
+        and "Frozen CLIP" in card
+        and "`voc`" in card
+        and "image-segmentation" in card
+    )
+
+
+def test_script_push_to_hub_uses_the_hub_api(tmp_path, real_vocab_checkpoint):
+    from huggingface_hub import HfApi
+
+    checkpoint, _ = real_vocab_checkpoint
+    out = tmp_path / "pushed"
+    with (
+        mock.patch.object(HfApi, "create_repo") as create_repo,
+        mock.patch.object(HfApi, "upload_folder") as upload,
+    ):
+        _script().main(["--checkpoint", str(checkpoint), "--tokenizer", str(TOKENIZER), "--preset", "voc",
+                        "--output_dir", str(out), "--push_to_hub", "--hub_model_id", "me/weclip-test"])  # fmt: skip
+    create_repo.assert_called_once()
+    assert create_repo.call_args.args[0] == "me/weclip-test"
+    assert upload.call_args.kwargs["folder_path"] == str(out)
+    assert upload.call_args.kwargs["repo_id"] == "me/weclip-test"
+
+
+def test_script_argument_errors():
+    script = _script()
+    with pytest.raises(SystemExit):
+        script.parse_args(["--checkpoint", "x.pth", "--output_dir", "o"])  # no tokenizer nor clip
+    with pytest.raises(SystemExit):
+        script.parse_args(["--checkpoint", "x.pth", "--output_dir", "o", "--tokenizer", "t", "--push_to_hub"])
+
+
+# ---- CLIP from a transformers folder -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory, official, tiny_official_config):
+    from transformers import CLIPConfig, CLIPModel
+
+    c = tiny_official_config
+    clip = CLIPModel(CLIPConfig(vision_config=c.vision_config.to_dict(), text_config=c.text_config.to_dict(),
+                                projection_dim=c.projection_dim))  # fmt: skip
+    vision, text, proj, _ = official_to_hf_clip(official)
+    clip.load_state_dict({**vision, **text, **proj}, strict=True)
+    folder = tmp_path_factory.mktemp("clip") / "tiny-clip"
+    clip.save_pretrained(folder)
+    return folder
+
+
+def test_clip_from_a_transformers_folder(official, clip_folder, converted_tiny):
+    reference, tokenizer = converted_tiny
+    kwargs = dict(clip=str(clip_folder), preset="voc", tokenizer=tokenizer, decoder_num_heads=4)
+    decoder_only = {k: v for k, v in official.items() if not k.startswith("encoder.")}
+    for checkpoint in (decoder_only, dict(official)):  # without, then with (checked) encoder.* tensors
+        model = convert_official_checkpoint(checkpoint, **kwargs)
+        state, expected = model.state_dict(), reference.state_dict()
+        assert state.keys() == expected.keys()
+        assert all(torch.equal(state[k], expected[k]) for k in expected)
+        assert all(k.startswith("encoder.") for k in model.conversion_report.ignored if k != "par.kernel")
+
+
+def test_clip_folder_that_differs_from_the_checkpoint_is_named(official, clip_folder, converted_tiny):
+    _, tokenizer = converted_tiny
+    changed = dict(official)
+    changed["encoder.visual.ln_post.bias"] = changed["encoder.visual.ln_post.bias"] + 1
+    kwargs = dict(clip=str(clip_folder), preset="voc", tokenizer=tokenizer, decoder_num_heads=4)
+    with pytest.raises(ValueError, match=r"vision_model\.post_layernorm\.bias"):
+        convert_official_checkpoint(changed, **kwargs)
+    model = convert_official_checkpoint(changed, check_clip=False, **kwargs)  # the folder's CLIP is used
+    assert torch.equal(model.vision_model.post_layernorm.bias, official["encoder.visual.ln_post.bias"])
+
+
+def test_checkpoint_without_clip_needs_clip(official):
+    decoder_only = {k: v for k, v in official.items() if not k.startswith("encoder.")}
+    with pytest.raises(ValueError, match="--clip"):
+        convert_official_checkpoint(decoder_only, preset="voc", tokenizer=FakeCLIPTokenizer(99))
