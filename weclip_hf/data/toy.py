@@ -49,7 +49,9 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return ys + 0.5, xs + 0.5
 
 
-def _rotate(ys: np.ndarray, xs: np.ndarray, cy: float, cx: float, angle: float) -> tuple[np.ndarray, np.ndarray]:
+def _rotate(
+    ys: np.ndarray, xs: np.ndarray, cy: float, cx: float, angle: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Coordinates relative to (cy, cx) in a frame rotated by ``angle``: returns (u, v) = (along, across)."""
     dy, dx = ys - cy, xs - cx
     c, s = np.cos(angle), np.sin(angle)
@@ -58,16 +60,6 @@ def _rotate(ys: np.ndarray, xs: np.ndarray, cy: float, cx: float, angle: float) 
 
 def _random_colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0, 255, size=3).astype(np.float32)
-
-
-def _contrasting_colours(rng: np.random.Generator, min_distance: float) -> tuple[np.ndarray, np.ndarray]:
-    """Two random RGB colours at least ``min_distance`` apart (Euclidean, 0-255 scale)."""
-    first = _random_colour(rng)
-    for _ in range(20):
-        second = _random_colour(rng)
-        if np.linalg.norm(second - first) >= min_distance:
-            break
-    return first, second
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int, cells_x: int | None = None) -> np.ndarray:
@@ -225,12 +217,16 @@ def _object_layer(
     mask = _shape_mask(name, u / (scale * stretch), v * stretch / scale)
     tu, tv = _rotate(ys, xs, cy, cx, rng.uniform(0, np.pi))
     pattern = _texture(TOY_CLASS_TEXTURES[class_index], rng, tu, tv)[..., None]
-    first, second = _contrasting_colours(rng, min_distance=110.0)
-    rgb = first + pattern * (second - first)
+    light = _random_colour(rng)
+    light *= rng.uniform(170, 255) / max(float(light.max()), 1.0)  # a random hue, bright
+    dark = light * rng.uniform(0.15, 0.4)  # the same hue, dark: the pattern is a luminance pattern
+    rgb = light + pattern * (dark - light)
     return mask, rgb
 
 
-def _render_one(rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+def _render_one(
+    rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int]:
     """One image: (rgb uint8 [H, W, 3], mask uint8 [H, W], background index)."""
     num_classes = len(TOY_CLASS_NAMES)
     background = int(rng.integers(len(TOY_BACKGROUND_NAMES)))
