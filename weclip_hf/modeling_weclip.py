@@ -457,9 +457,15 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         """
         cfg = self.config
         b, c = class_labels.shape
-        present = class_labels > 0.5
-        pairs = present.nonzero()  # one host sync: the number of (image, class) pairs sizes the batch
-        pair_image, pair_class = pairs[:, 0], pairs[:, 1]
+        device = pixel_values.device
+        # The (image, class) pair plan is built on the host: the step's only host sync (none at all when
+        # class_labels arrive on the CPU, as from a DataLoader).
+        present_host = class_labels.detach().cpu() > 0.5
+        pairs = present_host.nonzero()
+        k = int(present_host.sum(1).max()) if len(pairs) else 0
+        slot = present_host.long().cumsum(1)[pairs[:, 0], pairs[:, 1]] - 1  # rank of the class in its image
+        pair_image, pair_class, slot = (t.to(device, non_blocking=True) for t in (pairs[:, 0], pairs[:, 1], slot))
+        present = present_host.to(device, non_blocking=True)
         n_bg = self.background_text_embeds.shape[0]
 
         # 1. GradCAM of every pair from one backward: each pair runs its own copy of the last block.
@@ -475,7 +481,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
 
         # 2. Affinity: mean of the last maps (or the RFM choice), as a transition matrix per image.
         maps = torch.stack([*attention, last_probs.new_zeros(b, *last_probs.shape[1:])], dim=1)
-        maps[pair_image, -1] = last_probs  # the last block's map (images without pairs never use it)
+        maps[pair_image, -1] = last_probs.to(maps.dtype)  # the last block's map (images without pairs never use it)
         maps = maps[:, :, 1:, 1:].float()  # patch-to-patch [B, L, N, N]
         keep = distance = None
         if use_rfm:
@@ -491,8 +497,6 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         refined = upsample_normalized(refined_grid, size)  # [P, H, W]
 
         # 4. Scores [bg, present classes in ascending order] per image, PAR, argmax -> class ids.
-        k = int(present.sum(1).max()) if len(pairs) else 0
-        slot = present.long().cumsum(1)[pair_image, pair_class] - 1  # rank of the class in its image
         scores = refined.new_zeros(b, k + 1, *size)
         scores[pair_image, slot + 1] = refined
         bg = (1 - scores[:, 1:].amax(dim=1, keepdim=True) if k else torch.ones_like(scores[:, :1]))
@@ -550,7 +554,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                     f"class_labels must be multi-hot of shape [batch, num_foreground_classes] = [{b}, {c}], "
                     f"got {tuple(class_labels.shape)}."
                 )
-            if not ((class_labels == 0) | (class_labels == 1)).all():
+            if not torch.isin(class_labels.detach().cpu(), torch.tensor([0.0, 1.0])).all():
                 raise ValueError("class_labels must contain only 0 and 1 (multi-hot image-level labels).")
         if labels is not None:
             if labels.shape != (b, *pixel_values.shape[-2:]):

@@ -1,0 +1,35 @@
+"""The benchmark's tiny CPU mode runs end to end (so it cannot rot) and reports both pseudo-label paths."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_tiny_runs_and_compares_both_paths(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    output_json = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "benchmark.py"), "--tiny", "--device", "cpu",
+         "--output_json", str(output_json)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    out = proc.stdout
+    assert "| section | setting | ours | reference | ratio |" in out
+    assert "| train step |" in out and "| inference (CLIP + decoder) |" in out and "| share: PAR |" in out
+    # our batched path and the per-image/per-class reference, side by side, with a positive ratio
+    ratios = re.findall(
+        r"\| pseudo labels \(CLIP fwd[^|]*\|[^|]*\| [\d.]+ ms \| [\d.]+ ms \(cpu\) \| \*\*([\d.]+)x\*\* \|",
+        out,
+    )
+    assert len(ratios) == 2 and all(float(r) > 0 for r in ratios), out
+    agreement = [
+        float(a) for a in re.findall(r"\| pseudo-label agreement \|[^|]*\| ([\d.]+)% equal pixels", out)
+    ]
+    assert len(agreement) == 2 and all(a > 99.0 for a in agreement), out
+    assert "Host syncs in one training step" in out
+    assert output_json.is_file() and '"speedup"' in output_json.read_text()
