@@ -1,6 +1,9 @@
-"""Shared test setup: offline Hub, tiny random WeCLIP configs."""
+"""Shared test setup: offline Hub, tiny random WeCLIP configs, a tiny CLIP and helpers to run examples/train.py."""
 
+import json
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -11,7 +14,11 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+TRAIN = ROOT / "examples" / "train.py"
+FAST = ["--toy_train_images", "24", "--toy_val_images", "4", "--per_device_train_batch_size", "4",
+        "--num_overlays", "1", "--logging_steps", "1", "--no_msf"]  # fmt: skip
 
 TINY_VISION = dict(
     hidden_size=32, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=8
@@ -52,3 +59,40 @@ def tiny_model(tiny_config):
 
     torch.manual_seed(0)
     return WeCLIPForSemanticSegmentation(tiny_config).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A tiny random CLIPModel with the real CLIP tokenizer, saved like a Hub checkpoint."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    tokenizer_dir = SHARED / "data" / "clip-tokenizer"
+    if not tokenizer_dir.exists():
+        pytest.skip("../shared/data/clip-tokenizer is absent")
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4, image_size=96,
+                  patch_size=12)  # fmt: skip
+    text = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                vocab_size=len(tokenizer), max_position_embeddings=77)  # fmt: skip
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tinyclip")
+    CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=16)).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def train_env(threads: int = 2) -> dict[str, str]:
+    """Environment of an examples/train.py subprocess: offline, ``threads`` CPU threads."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
+
+
+def run_train(*args, check=True, timeout=300):
+    proc = subprocess.run([sys.executable, str(TRAIN), *map(str, args)], capture_output=True, text=True,
+                          env=train_env(), timeout=timeout)  # fmt: skip
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def read_log(path: Path) -> list[dict]:
+    return [json.loads(line) for line in (path / "train_log.jsonl").read_text().splitlines()]

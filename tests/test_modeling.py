@@ -116,7 +116,9 @@ def test_batched_pseudo_labels_equal_per_image_reference(tiny_model, use_rfm):
     assert details.pair_class_index.tolist() == [0, 2, 3, 0, 1, 3]
     np.testing.assert_allclose(details.gradcams.numpy(), np.stack(ref["gradcams"]), atol=1e-5)
     np.testing.assert_array_equal(details.box_masks.numpy(), np.stack(ref["box_masks"]))
-    np.testing.assert_allclose(details.refined_cams_grid.numpy(), np.stack(ref["refined_grid"]), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        details.refined_cams_grid.numpy(), np.stack(ref["refined_grid"]), rtol=1e-4, atol=1e-6
+    )
     # float32 summation order differs (bmm vs per-pair matmul, ~1e-7); the min-max normalization of a
     # nearly flat refined CAM of a random tiny model amplifies it to ~1e-4: labels may differ only at
     # near-ties of the PAR scores (values in [0, 1]).
@@ -189,7 +191,9 @@ def test_auto_classes_and_pipeline(tmp_path, tiny_model):
     tiny_model.save_pretrained(tmp_path)
     WeCLIPImageProcessor(size={"longest_edge": 64}, patch_size=8).save_pretrained(tmp_path)
     assert isinstance(AutoConfig.from_pretrained(tmp_path), WeCLIPConfig)
-    assert isinstance(AutoModelForSemanticSegmentation.from_pretrained(tmp_path), WeCLIPForSemanticSegmentation)
+    assert isinstance(
+        AutoModelForSemanticSegmentation.from_pretrained(tmp_path), WeCLIPForSemanticSegmentation
+    )
     assert isinstance(AutoImageProcessor.from_pretrained(tmp_path), WeCLIPImageProcessor)
     segmenter = pipeline("image-segmentation", model=str(tmp_path))
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (45, 70, 3), dtype=np.uint8))
@@ -216,6 +220,9 @@ def test_update_class_embeddings_with_new_classes(tiny_model):
     assert tiny_model(torch.randn(1, 3, 32, 32)).logits.shape[1] == 3
 
 
+_ONE, _TWO = torch.randn(1, 3, 32, 32), torch.randn(2, 3, 32, 32)
+
+
 @pytest.mark.parametrize(
     "pixel_values, class_labels, labels, error, message",
     [
@@ -226,12 +233,30 @@ def test_update_class_embeddings_with_new_classes(tiny_model):
         (torch.randn(2, 3, 32, 32), torch.ones(2, 3), None, ValueError, "class_labels"),
         (torch.randn(2, 3, 32, 32), torch.full((2, 4), 0.5), None, ValueError, "only 0 and 1"),
         (torch.randn(1, 3, 32, 32), None, torch.full((1, 32, 32), 7), ValueError, "outside"),
-        (torch.randn(1, 3, 32, 32), None, torch.zeros(1, 16, 16, dtype=torch.long), ValueError, "labels must"),
+        (_ONE, None, torch.zeros(1, 16, 16, dtype=torch.long), ValueError, "labels must"),
+        (_TWO, [[1, 0, 0, 0]] * 2, None, TypeError, "class_labels must be a torch.Tensor, got list"),
+        (_TWO, np.eye(2, 4), None, TypeError, "class_labels must be a torch.Tensor, got ndarray"),
+        (_ONE, None, np.zeros((1, 32, 32), int), TypeError, "labels must be a torch.Tensor, got ndarray"),
+        (_ONE, None, [[[0] * 32] * 32], TypeError, "labels must be a torch.Tensor, got list"),
+        (_ONE, None, torch.zeros(1, 32, 32), TypeError, "labels must be an integer tensor"),
+        (_ONE, None, torch.zeros(1, 32, 32, dtype=torch.bool), TypeError, "labels must be an integer tensor"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(tiny_model, pixel_values, class_labels, labels, error, message):
     with pytest.raises(error, match=message):
         tiny_model(pixel_values, class_labels=class_labels, labels=labels)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.long, torch.uint8])
+def test_bool_and_integer_class_labels_equal_float_ones(tiny_model, dtype):
+    pixel_values = torch.randn(2, 3, 32, 32)
+    multi_hot = torch.tensor([[1.0, 0, 0, 1], [0, 1, 1, 0]])
+    torch.manual_seed(0)
+    expected = tiny_model(pixel_values, class_labels=multi_hot)
+    torch.manual_seed(0)
+    out = tiny_model(pixel_values, class_labels=multi_hot.to(dtype))
+    assert torch.equal(out.pseudo_labels, expected.pseudo_labels)
+    assert torch.equal(out.loss, expected.loss)
 
 
 def test_from_clip_loads_clip_weights_and_tokenizer(tmp_path):

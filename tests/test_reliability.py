@@ -1,13 +1,15 @@
 """Bad files, bad inputs, numerical guards and offline behaviour (issue: reliability and safety)."""
 
 import json
+import re
 import shutil
+import signal
 import socket
 
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TEXT, TINY_VISION, make_tiny_config
+from conftest import FAST, TINY_TEXT, TINY_VISION, TRAIN, make_tiny_config, read_log, run_train
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -55,6 +57,36 @@ def test_missing_folder_and_missing_config(tmp_path):
         WeCLIPForSemanticSegmentation.from_pretrained(str(tmp_path / "empty"))
 
 
+@pytest.mark.parametrize(
+    "dropped", ["decoder.", "class_text_embeds", "background_text_embeds", "training_step"]
+)
+def test_weights_missing_from_the_file_are_refused(saved, dropped):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(saved / "model.safetensors")
+    kept = {k: v for k, v in weights.items() if not k.startswith(dropped)}
+    assert len(kept) < len(weights)
+    save_file(kept, saved / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"lack {len(weights) - len(kept)} tensor.*left random: {dropped}"):
+        WeCLIPForSemanticSegmentation.from_pretrained(saved)
+
+
+def test_loading_info_is_still_available(saved):
+    model, info = WeCLIPForSemanticSegmentation.from_pretrained(saved, output_loading_info=True)
+    assert isinstance(model, WeCLIPForSemanticSegmentation) and not info["missing_keys"]
+
+
+def test_pickle_weights_are_refused(saved, tiny_model):
+    (saved / "model.safetensors").unlink()
+    torch.save(tiny_model.state_dict(), saved / "pytorch_model.bin")
+    with pytest.raises(
+        FileNotFoundError, match=r"no model.safetensors, only pickle weights \(pytorch_model.bin\)"
+    ):
+        WeCLIPForSemanticSegmentation.from_pretrained(saved)
+    with pytest.raises(ValueError, match="safetensors only"):
+        WeCLIPForSemanticSegmentation.from_pretrained(saved, use_safetensors=False)
+
+
 def test_saved_folder_is_safetensors_only(saved):
     assert {p.name for p in saved.iterdir()} == {"config.json", "model.safetensors"}
 
@@ -90,6 +122,60 @@ def test_constant_image_and_zero_text_embeddings_stay_finite(tiny_model):
     assert torch.isfinite(out.loss) and torch.isfinite(out.cams).all()
 
 
+def _assert_checkpoints_finite(output_dir) -> None:
+    """No final model was written and every checkpoint holds finite weights."""
+    from safetensors.torch import load_file
+
+    assert not (output_dir / "model.safetensors").exists()
+    for weights in output_dir.glob("step_*/model.safetensors"):
+        assert all(torch.isfinite(t).all() for t in load_file(weights).values()), weights
+
+
+def test_exploding_training_stops_at_the_non_finite_segmentation_loss(tmp_path, tiny_clip):
+    out = tmp_path / "nan"
+    proc = run_train("--clip_model_name_or_path", tiny_clip, "--output_dir", out, "--max_train_steps", 4,
+                     "--learning_rate", "1e30", "--num_warmup_steps", 0, "--checkpointing_steps", 1, *FAST,
+                     check=False)  # fmt: skip
+    assert proc.returncode != 0
+    match = re.search(r"Non-finite (segmentation|affinity) loss \((nan|inf|-inf)\) at step (\d+); weights were not "
+                      r"updated", proc.stderr)  # fmt: skip
+    assert match, proc.stderr[-3000:]
+    step = int(match[3])
+    assert match[1] == "segmentation" and 0 < step < 4
+    assert [r["step"] for r in read_log(out)] == list(range(1, step + 1))  # it stopped at the first bad step
+    assert sorted(p.name for p in out.glob("step_*")) == [f"step_{s}" for s in range(1, step + 1)]
+    _assert_checkpoints_finite(out)
+
+
+def test_non_finite_affinity_loss_is_named(tmp_path, tiny_clip, monkeypatch):
+    import weclip_hf.modeling_weclip as modeling
+
+    real_affinity_loss, calls = modeling.affinity_loss, []
+
+    def affinity_loss_nan_at_step_2(*args, **kwargs):
+        loss, *rest = real_affinity_loss(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 3 else loss), *rest
+
+    monkeypatch.setattr(modeling, "affinity_loss", affinity_loss_nan_at_step_2)
+    monkeypatch.syspath_prepend(str(TRAIN.parent))
+    import train as train_script
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    out = tmp_path / "nan"
+    try:
+        with pytest.raises(
+            FloatingPointError, match=r"Non-finite affinity loss \(nan\) at step 2; weights were not"
+        ):
+            train_script.main(["--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), "--max_train_steps",
+                               "4", "--checkpointing_steps", "1", *FAST])  # fmt: skip
+    finally:
+        for sig, handler in handlers.items():  # train.py installs its own SIGINT/SIGTERM handlers
+            signal.signal(sig, handler)
+    assert [r["step"] for r in read_log(out)] == [1, 2]
+    _assert_checkpoints_finite(out)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     height=st.integers(1, 70),
@@ -118,7 +204,11 @@ def test_processor_accepts_any_size_dtype_and_layout(height, width, layout, chan
 
 
 @settings(max_examples=15, deadline=None)
-@given(height=st.integers(8, 60), width=st.integers(8, 60), classes=st.lists(st.booleans(), min_size=4, max_size=4))
+@given(
+    height=st.integers(8, 60),
+    width=st.integers(8, 60),
+    classes=st.lists(st.booleans(), min_size=4, max_size=4),
+)
 def test_model_handles_any_patchable_size_and_label_set(height, width, classes):
     torch.manual_seed(0)
     model = _shared_model()

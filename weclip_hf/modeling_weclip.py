@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -120,7 +121,9 @@ class WeCLIPDecoderBlock(nn.Module):
         self.layer_norm1 = nn.LayerNorm(dim)
         self.self_attn = WeCLIPDecoderAttention(dim, num_heads)
         self.layer_norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.ModuleDict({"fc1": nn.Linear(dim, mlp_ratio * dim), "fc2": nn.Linear(mlp_ratio * dim, dim)})
+        self.mlp = nn.ModuleDict(
+            {"fc1": nn.Linear(dim, mlp_ratio * dim), "fc2": nn.Linear(mlp_ratio * dim, dim)}
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.layer_norm1(x.float()).to(x.dtype))
@@ -144,7 +147,9 @@ class WeCLIPDecoder(nn.Module):
         )
         self.classifier = nn.Conv2d(dim, config.num_labels, kernel_size=1)
 
-    def forward(self, layer_tokens: list[torch.Tensor], grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, layer_tokens: list[torch.Tensor], grid: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Args: layer_tokens: per feature layer [B, N, D] patch tokens. Returns (logits [B, K, h, w],
         fused features [B, dim, h, w] after dropout)."""
         b = layer_tokens[0].shape[0]
@@ -161,6 +166,28 @@ class WeCLIPDecoder(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # Pretrained-model base
 
+# Weights a CLIP checkpoint cannot hold: `from_clip` initializes them, any other load must find them.
+_FRESH_IN_CLIP_CHECKPOINT = re.compile(r"^decoder\.|_text_embeds$|^training_step$")
+
+
+def _require_safetensors(folder: str) -> None:
+    """Refuse a local model folder that holds no safetensors weights (e.g. only a pickle ``pytorch_model.bin``).
+
+    Hub ids (no such local folder) are left to `from_pretrained` with ``use_safetensors=True``.
+    """
+    if not os.path.isdir(folder):
+        return
+    names = os.listdir(folder)
+    if any(n.endswith((".safetensors", ".safetensors.index.json")) for n in names):
+        return
+    pickles = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
+    found = f"only pickle weights ({', '.join(pickles)})" if pickles else "no weights file"
+    raise FileNotFoundError(
+        f"{folder!r} has no model.safetensors, {found}. WeCLIP loads safetensors only, because pickle files can "
+        "run arbitrary code when loaded. If you trust the file, convert it: safetensors.torch.save_file("
+        "torch.load(path, weights_only=True), 'model.safetensors')."
+    )
+
 
 class WeCLIPPreTrainedModel(PreTrainedModel):
     config: WeCLIPConfig
@@ -171,7 +198,6 @@ class WeCLIPPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = False
     _supports_sdpa = True
     _no_split_modules = ["CLIPEncoderLayer", "CLIPVisionEmbeddings", "CLIPTextEmbeddings"]
-    _keys_to_ignore_on_load_missing = [r"^decoder\.", r"_text_embeds$", r"^training_step$"]
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -232,10 +258,14 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         super().__init__(config)
         self.vision_model = CLIPVisionModel._from_config(config.vision_config)
         self.text_model = CLIPTextModel._from_config(config.text_config)
-        self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
+        self.visual_projection = nn.Linear(
+            config.vision_config.hidden_size, config.projection_dim, bias=False
+        )
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value), requires_grad=False)
-        self.register_buffer("class_text_embeds", torch.zeros(config.num_foreground_classes, config.projection_dim))
+        self.register_buffer(
+            "class_text_embeds", torch.zeros(config.num_foreground_classes, config.projection_dim)
+        )
         self.register_buffer(
             "background_text_embeds", torch.zeros(len(config.background_names), config.projection_dim)
         )
@@ -261,11 +291,10 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained` (safetensors only) with clear errors for a missing folder, a
-        checkpoint of another model type, a corrupted weights file or a class count that does not match
-        the weights; CLIP is frozen again after loading."""
-        from safetensors import SafetensorError
-
+        """`PreTrainedModel.from_pretrained`, reading safetensors only, with clear errors for a missing folder,
+        a checkpoint of another model type, pickle-only weights, a corrupted weights file, weights missing from
+        the file (they would otherwise be left random) or a class count that does not match the weights; CLIP
+        is frozen again after loading."""
         path = str(pretrained_model_name_or_path)
         if path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):
             raise FileNotFoundError(f"No model folder at {path!r}.")
@@ -281,8 +310,30 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                     "WeCLIPForSemanticSegmentation.from_clip(...); for official WeCLIP weights use "
                     "examples/convert_official_checkpoint.py."
                 )
+        return cls._load_checked(pretrained_model_name_or_path, *args, **kwargs)
+
+    @classmethod
+    def _load_checked(
+        cls, pretrained_model_name_or_path, *args, allowed_missing: re.Pattern | None = None, **kwargs
+    ):
+        """`PreTrainedModel.from_pretrained` on safetensors only; every weight of the model must be in the file
+        except those matching ``allowed_missing`` (used by `from_clip`: a CLIP checkpoint has no decoder)."""
+        from safetensors import SafetensorError
+
+        path = str(pretrained_model_name_or_path)
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError(
+                "use_safetensors=False is not supported: WeCLIP loads safetensors only (pickle weight files can "
+                "run arbitrary code when loaded)."
+            )
+        kwargs["use_safetensors"] = True
+        folder = os.path.expanduser(path)
+        _require_safetensors(os.path.join(folder, kwargs["subfolder"]) if kwargs.get("subfolder") else folder)
+        want_info = kwargs.pop("output_loading_info", False)
         try:
-            out = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
         except SafetensorError as err:
             raise ValueError(
                 f"The weights file of {path!r} is truncated or corrupted ({err}); save or download it again."
@@ -294,8 +345,18 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                 f"The weights of {path!r} do not match its config (e.g. the number of classes in "
                 f"class_names vs the decoder classifier): {err}"
             ) from err
-        (out[0] if isinstance(out, tuple) else out).freeze_clip()
-        return out
+        missing = sorted(
+            k for k in info["missing_keys"] if allowed_missing is None or not allowed_missing.search(k)
+        )
+        if missing:
+            shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+            raise ValueError(
+                f"The weights of {path!r} lack {len(missing)} tensor(s) of the model, which would be left random: "
+                f"{shown}. Save the model again with save_pretrained; to start from a CLIP checkpoint use "
+                "WeCLIPForSemanticSegmentation.from_clip(...)."
+            )
+        model.freeze_clip()
+        return (model, info) if want_info else model
 
     @classmethod
     def from_clip(
@@ -322,7 +383,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             projection_dim=clip_config.projection_dim,
             **kwargs,
         )
-        model = cls.from_pretrained(clip_name_or_path, config=config)
+        model = cls._load_checked(clip_name_or_path, config=config, allowed_missing=_FRESH_IN_CLIP_CHECKPOINT)
         if tokenizer is None or isinstance(tokenizer, str):
             tokenizer = AutoTokenizer.from_pretrained(tokenizer or clip_name_or_path)
         model.update_class_embeddings(tokenizer)
@@ -334,7 +395,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         device = self.text_projection.weight.device
         batch = tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt",
                           max_length=self.config.text_config.max_position_embeddings)  # fmt: skip
-        out = self.text_model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+        out = self.text_model(
+            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+        )
         return F.normalize(self.text_projection(out.pooler_output), dim=-1)
 
     @torch.no_grad()
@@ -464,7 +527,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         pairs = present_host.nonzero()
         k = int(present_host.sum(1).max()) if len(pairs) else 0
         slot = present_host.long().cumsum(1)[pairs[:, 0], pairs[:, 1]] - 1  # rank of the class in its image
-        pair_image, pair_class, slot = (t.to(device, non_blocking=True) for t in (pairs[:, 0], pairs[:, 1], slot))
+        pair_image, pair_class, slot = (
+            t.to(device, non_blocking=True) for t in (pairs[:, 0], pairs[:, 1], slot)
+        )
         present = present_host.to(device, non_blocking=True)
         n_bg = self.background_text_embeds.shape[0]
 
@@ -481,7 +546,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
 
         # 2. Affinity: mean of the last maps (or the RFM choice), as a transition matrix per image.
         maps = torch.stack([*attention, last_probs.new_zeros(b, *last_probs.shape[1:])], dim=1)
-        maps[pair_image, -1] = last_probs.to(maps.dtype)  # the last block's map (images without pairs never use it)
+        # the last block's map (images without pairs never use it)
+        maps[pair_image, -1] = last_probs.to(maps.dtype)
         maps = maps[:, :, 1:, 1:].float()  # patch-to-patch [B, L, N, N]
         keep = distance = None
         if use_rfm:
@@ -499,7 +565,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         # 4. Scores [bg, present classes in ascending order] per image, PAR, argmax -> class ids.
         scores = refined.new_zeros(b, k + 1, *size)
         scores[pair_image, slot + 1] = refined
-        bg = (1 - scores[:, 1:].amax(dim=1, keepdim=True) if k else torch.ones_like(scores[:, :1]))
+        bg = 1 - scores[:, 1:].amax(dim=1, keepdim=True) if k else torch.ones_like(scores[:, :1])
         scores[:, :1] = bg.clamp(min=0) ** cfg.cam_bg_exponent
         scores = par_refine(pixel_values, scores, cfg.par_dilations, cfg.par_num_iter, cfg.par_temperature,
                             cfg.par_pos_weight)  # fmt: skip
@@ -531,11 +597,19 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
     # ---- forward ---------------------------------------------------------------------------------
 
     def _check_inputs(
-        self, pixel_values: torch.Tensor, class_labels: torch.Tensor | None, labels: torch.Tensor | None
+        self,
+        pixel_values: torch.Tensor,
+        class_labels: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        pixel_mask: torch.Tensor | None = None,
     ) -> None:
         """Validate the public inputs with errors that name the problem."""
-        if not isinstance(pixel_values, torch.Tensor):
-            raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}.")
+        for name, value in (("pixel_values", pixel_values), ("class_labels", class_labels), ("labels", labels),
+                            ("pixel_mask", pixel_mask)):  # fmt: skip
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise TypeError(
+                    f"{name} must be a torch.Tensor, got {type(value).__name__}; convert it with torch.as_tensor."
+                )
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise ValueError(f"pixel_values must have shape [B, 3, H, W], got {tuple(pixel_values.shape)}.")
         patch = self.config.vision_config.patch_size
@@ -554,9 +628,15 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                     f"class_labels must be multi-hot of shape [batch, num_foreground_classes] = [{b}, {c}], "
                     f"got {tuple(class_labels.shape)}."
                 )
-            if not torch.isin(class_labels.detach().cpu(), torch.tensor([0.0, 1.0])).all():
+            values = class_labels.detach().cpu().double()  # bool, integer and float labels alike
+            if not ((values == 0) | (values == 1)).all():
                 raise ValueError("class_labels must contain only 0 and 1 (multi-hot image-level labels).")
         if labels is not None:
+            if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+                raise TypeError(
+                    f"labels must be an integer tensor of class ids (e.g. torch.long), got {labels.dtype}; "
+                    "pixel masks are ids, not probabilities."
+                )
             if labels.shape != (b, *pixel_values.shape[-2:]):
                 raise ValueError(
                     f"labels must have shape [B, H, W] = {(b, *pixel_values.shape[-2:])}, got {tuple(labels.shape)}."
@@ -601,9 +681,10 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         Args:
             pixel_values: [B, 3, H, W] normalized images (any size of at least one patch; the grid is
                 floor(H/patch) x floor(W/patch)).
-            class_labels: [B, C] multi-hot image-level labels (weak supervision). Gives `pseudo_labels`
-                and the WeCLIP loss. A row of zeros yields all-background pseudo labels.
-            labels: [B, H, W] pixel labels, 255 ignored (full supervision: the same losses on these labels).
+            class_labels: [B, C] multi-hot image-level labels (weak supervision; float, integer or bool
+                tensor). Gives `pseudo_labels` and the WeCLIP loss. A row of zeros yields all-background
+                pseudo labels.
+            labels: [B, H, W] integer pixel labels, 255 ignored (full supervision: the same losses on these labels).
                 When both are given, the loss uses `labels` and the pseudo labels are still returned.
             use_rfm: force the RFM on/off; `None` decides from `training_step >= config.rfm_start_step`.
             pixel_mask: [B, H, W] 1 for real pixels, 0 for crop padding. Where given, padded pixels get the
@@ -612,7 +693,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             output_cam_details: also return every per-pair intermediate in `cam_details`.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        self._check_inputs(pixel_values, class_labels, labels)
+        self._check_inputs(pixel_values, class_labels, labels, pixel_mask)
+        if class_labels is not None and not class_labels.is_floating_point():
+            class_labels = class_labels.to(pixel_values.dtype)  # bool or integer multi-hot -> 0./1.
         cfg = self.config
         weak = class_labels is not None
         needs_affinity = weak or labels is not None
@@ -665,4 +748,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-__all__ = ["WeCLIPForSemanticSegmentation", "WeCLIPPreTrainedModel", "WeCLIPSemanticSegmenterOutput", "WeCLIPCAMOutput"]
+__all__ = [
+    "WeCLIPForSemanticSegmentation",
+    "WeCLIPPreTrainedModel",
+    "WeCLIPSemanticSegmenterOutput",
+    "WeCLIPCAMOutput",
+]
