@@ -53,8 +53,14 @@ def format_table(results: dict[str, dict], id2label: dict[int, str]) -> str:
     lines = ["| class | " + " | ".join(modes) + " |", "|---" * (len(modes) + 1) + "|"]
     for i in range(len(id2label)):
         cells = [results[m]["per_category_iou"][i] for m in modes]
-        lines.append(f"| {id2label[i]} | " + " | ".join("-" if math.isnan(c) else f"{100 * c:.1f}" for c in cells) + " |")
-    lines.append("| **mIoU** | " + " | ".join(f"**{100 * results[m]['mean_iou']:.2f}**" for m in modes) + " |")
+        lines.append(
+            f"| {id2label[i]} | "
+            + " | ".join("-" if math.isnan(c) else f"{100 * c:.1f}" for c in cells)
+            + " |"
+        )
+    lines.append(
+        "| **mIoU** | " + " | ".join(f"**{100 * results[m]['mean_iou']:.2f}**" for m in modes) + " |"
+    )
     return "\n".join(lines)
 
 
@@ -65,7 +71,7 @@ def main(argv=None) -> dict:
     toy = args.dataset_name is None and args.data_dir is None and args.dataset_path is None
     _, val, _ = load_dataset_splits(
         args.dataset_name, args.dataset_config_name, args.data_dir, args.dataset_path, None,
-        args.validation_split, toy=toy, toy_sizes=(1, args.toy_val_images), seed=args.seed,
+        args.validation_split, toy=toy, toy_sizes=(1, args.toy_val_images), seed=args.seed, need_train=False,
     )  # fmt: skip
     if val is None:
         raise ValueError(f"Split {args.validation_split!r} not found in the dataset.")
@@ -91,7 +97,10 @@ def main(argv=None) -> dict:
         "num_images": len(dataset),
         **{f"{m}_miou": r["mean_iou"] for m, r in results.items()},
         "per_class_iou": {
-            m: {cfg.id2label[i]: None if math.isnan(v) else float(v) for i, v in enumerate(r["per_category_iou"])}
+            m: {
+                cfg.id2label[i]: None if math.isnan(v) else float(v)
+                for i, v in enumerate(r["per_category_iou"])
+            }
             for m, r in results.items()
         },
     }

@@ -5,6 +5,9 @@
     accelerate launch examples/train.py --preset voc --dataset_name jxie/pascal-voc-2012 \\
         --output_dir weclip-voc                             # the official VOC recipe (DESIGN Part 1)
 
+With --streaming the training split is read as a stream (shuffle buffer, no random access); resuming
+such a run replays the interrupted pass from its start and skips the batches already trained on.
+
 Phases: arguments -> data -> model -> optimizer/schedule -> loop (checkpoints, evaluation) -> final
 evaluation, save, (push). Flags follow transformers' run_semantic_segmentation_no_trainer.py.
 """
@@ -28,13 +31,15 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
-from weclip_hf.data.adapters import add_image_labels, resolve_columns
+from weclip_hf.data.adapters import add_image_labels, dataset_columns, is_streaming, resolve_columns
 from weclip_hf.data.loading import (
     EpochShuffleSampler,
     EvalSegmentationDataset,
+    StreamingWeakSegmentationDataset,
     WeakSegmentationDataset,
     collate,
     load_dataset_splits,
+    materialize,
 )
 from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.evaluation import evaluate_segmentation
@@ -69,27 +74,51 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--labels_column", help="image-level labels: ids 1..C or multi-hot rows")
     data.add_argument("--labels_zero_based", action="store_true", help="image-level ids are 0..C-1")
     data.add_argument("--skip_empty_images", action="store_true", help="drop images without any class")
-    data.add_argument("--streaming", action="store_true")
+    data.add_argument(
+        "--streaming",
+        action="store_true",
+        help="stream the training split (Hub, imagefolder or saved dataset); the validation split "
+        "is read once into memory. Resume replays the interrupted pass, skipping what was seen",
+    )
+    data.add_argument(
+        "--shuffle_buffer_size", type=int, default=1000, help="streaming: examples in the shuffle buffer"
+    )
     data.add_argument("--max_train_samples", type=int)
     data.add_argument("--max_eval_samples", type=int)
     data.add_argument("--toy_train_images", type=int)
     data.add_argument("--toy_val_images", type=int)
     model = p.add_argument_group("model")
-    model.add_argument("--preset", choices=["voc", "coco"], help="class names, background words, constants")
-    model.add_argument("--clip_model_name_or_path", help="default: openai/clip-vit-base-patch16 (toy: shipped)")
+    model.add_argument(
+        "--preset",
+        choices=["voc", "coco"],
+        help="class names, background words, constants (RFM start: voc 9145, coco 40000); a "
+        "--dataset_name without --preset trains with the VOC schedule and config defaults",
+    )
+    model.add_argument(
+        "--clip_model_name_or_path", help="default: openai/clip-vit-base-patch16 (toy: shipped)"
+    )
     model.add_argument("--model_name_or_path", help="continue from a saved WeCLIP folder")
     model.add_argument("--class_names", nargs="+")
     model.add_argument("--background_names", nargs="+")
     model.add_argument("--prompt_template")
-    model.add_argument("--rfm_start_step", type=int)
+    model.add_argument(
+        "--rfm_start_step",
+        type=int,
+        help="step at which RFM switches on. Default: the preset's (voc 9145, where the official "
+        "run's RFM really started; coco 40000), the toy recipe's 150, else the config default "
+        "15000 (the paper's) -- also for --dataset_name without --preset",
+    )
     model.add_argument("--fully_supervised", action="store_true", help="train on the ground-truth masks")
     model.add_argument("--ignore_padding", action="store_true", help="crop padding -> ignore (not official)")
     train = p.add_argument_group("training")
     train.add_argument("--output_dir", default="outputs/weclip-toy")
     train.add_argument("--per_device_train_batch_size", type=int)
     train.add_argument("--per_device_eval_batch_size", type=int, default=None)
-    train.add_argument("--learning_rate", type=float,
-                       help="decoder learning rate; default 2e-3 (the official config's 2e-4 x its 10x group)")
+    train.add_argument(
+        "--learning_rate",
+        type=float,
+        help="decoder learning rate; default 2e-3 (the official config's 2e-4 x its 10x group)",
+    )
     train.add_argument("--weight_decay", type=float, default=0.01)
     train.add_argument("--num_warmup_steps", type=int)
     train.add_argument("--max_train_steps", type=int)
@@ -113,6 +142,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     offline = args.dataset_name is None and args.data_dir is None and args.dataset_path is None
     args.recipe = "toy" if offline else (args.preset or "voc")
+    args.rfm_start_source = rfm_start_source(args)
     for key, value in RECIPES[args.recipe].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -123,25 +153,44 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def rfm_start_source(args: argparse.Namespace) -> str:
+    """Where the RFM start step of this run comes from (printed with the configuration)."""
+    if args.rfm_start_step is not None:
+        return "--rfm_start_step"
+    if args.model_name_or_path:
+        return "the config of --model_name_or_path"
+    if args.recipe == "toy":
+        return "the toy recipe"
+    if args.preset:
+        return f"--preset {args.preset}"
+    return "config default = the paper's 15000, as no --preset was given; --preset voc would use 9145"
+
+
 # ---- data -------------------------------------------------------------------------------------------
 
 
 def prepare_data(args, train, val, num_classes: int, ignore_index: int, accelerator):
-    columns = resolve_columns(train.column_names, args.image_column, args.mask_column, args.labels_column,
+    columns = resolve_columns(dataset_columns(train), args.image_column, args.mask_column, args.labels_column,
                               require_mask=args.fully_supervised)  # fmt: skip
-    if args.max_train_samples and not args.streaming:
+    streamed = is_streaming(train)
+    if args.max_train_samples and streamed:
+        train = train.take(args.max_train_samples)
+    elif args.max_train_samples:
         train = train.select(range(min(args.max_train_samples, len(train))))
     with accelerator.main_process_first():
         train, summary = add_image_labels(train, columns, num_classes, ignore_index, args.labels_zero_based,
                                           args.skip_empty_images)  # fmt: skip
     accelerator.print(f"train: {summary}")
     augment = TrainAugmentation(args.crop_size, (args.scale_min, args.scale_max), ignore_index=ignore_index)
-    train_set = WeakSegmentationDataset(train, columns, num_classes, augment, seed=args.seed)
+    if streamed:
+        train_set = StreamingWeakSegmentationDataset(train, columns, num_classes, augment, seed=args.seed,
+                                                     shuffle_buffer_size=args.shuffle_buffer_size)  # fmt: skip
+    else:
+        train_set = WeakSegmentationDataset(train, columns, num_classes, augment, seed=args.seed)
     val_set = None
     if val is not None:
+        val = materialize(val, args.max_eval_samples)  # a streamed split is read once: evaluation indexes it
         val_columns = resolve_columns(val.column_names, args.image_column, args.mask_column, None, True)
-        if args.max_eval_samples:
-            val = val.select(range(min(args.max_eval_samples, len(val))))
         with accelerator.main_process_first():
             val, val_summary = add_image_labels(val, val_columns, num_classes, ignore_index)
         accelerator.print(f"validation: {val_summary}")
@@ -160,7 +209,11 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
     for key in ("class_names", "background_names", "prompt_template", "rfm_start_step"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
-    if args.class_names and "label_names" in overrides and len(overrides["label_names"]) != len(args.class_names):
+    if (
+        args.class_names
+        and "label_names" in overrides
+        and len(overrides["label_names"]) != len(args.class_names)
+    ):
         overrides.pop("label_names")
     clip = args.clip_model_name_or_path
     if clip is None:
@@ -188,8 +241,8 @@ def lr_lambda(num_warmup: int, total: int):
 
 
 def save_checkpoint(accelerator, output_dir: Path, step: int) -> Path:
-    """``accelerator.save_state`` into ``step_N.tmp`` then an atomic rename to ``step_N``: a crash mid-write
-    never leaves a folder that looks complete."""
+    """``accelerator.save_state`` into ``step_N.tmp`` then an atomic rename to ``step_N`` (an existing one is
+    first renamed to ``step_N.old``): a crash at any point never leaves a ``step_N`` that is incomplete."""
     final = output_dir / f"step_{step}"
     tmp = output_dir / f"step_{step}.tmp"
     if accelerator.is_main_process and tmp.exists():
@@ -198,9 +251,12 @@ def save_checkpoint(accelerator, output_dir: Path, step: int) -> Path:
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        old = output_dir / f"step_{step}.old"  # a complete step_N is renamed away, never deleted in place
         if final.exists():
-            shutil.rmtree(final)
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
         os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 
@@ -215,6 +271,37 @@ def find_checkpoint(output_dir: Path, spec: str) -> Path:
     if not steps:
         raise FileNotFoundError(f"No step_N checkpoint in {output_dir} to resume from.")
     return max(steps, key=lambda p: int(p.name.split("_")[1]))
+
+
+class StreamPosition:
+    """Where a streamed run is in its data: the pass (epoch) and the batches trained on in it. Saved
+    with the checkpoints (a stream has no length to derive it from the step)."""
+
+    def __init__(self):
+        self.epoch, self.batch = 0, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batch = state["epoch"], state["batch"]
+
+
+def truncate_log(log_path: Path, step: int) -> None:
+    """Drop the log records after ``step``: a run killed between checkpoints logged steps that the resumed
+    run repeats, and a line the kill cut short (the rewrite is atomic)."""
+    if not log_path.exists():
+        return
+    kept = []
+    for line in log_path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (json.JSONDecodeError, KeyError):  # a line cut short by the kill
+            continue
+    tmp = log_path.with_suffix(".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, log_path)
 
 
 # ---- outputs ----------------------------------------------------------------------------------------
@@ -282,7 +369,9 @@ def toy_baselines(val_set, num_labels: int) -> dict[str, float]:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    accelerator = Accelerator(log_with=args.report_to if args.with_tracking else None, project_dir=args.output_dir)
+    accelerator = Accelerator(
+        log_with=args.report_to if args.with_tracking else None, project_dir=args.output_dir
+    )
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
@@ -291,19 +380,33 @@ def main(argv=None) -> dict:
 
     # 1. data and model
     train_raw, val_raw, names = load_dataset_splits(
-        args.dataset_name, args.dataset_config_name, args.data_dir, args.dataset_path, args.train_split,
-        args.validation_split, args.preset, args.streaming, toy=args.recipe == "toy", toy_sizes=(args.toy_train_images,
-        args.toy_val_images), seed=args.seed,
+        args.dataset_name,
+        args.dataset_config_name,
+        args.data_dir,
+        args.dataset_path,
+        args.train_split,
+        args.validation_split,
+        args.preset,
+        args.streaming,
+        toy=args.recipe == "toy",
+        toy_sizes=(args.toy_train_images, args.toy_val_images),
+        seed=args.seed,
+        log=accelerator.print,
     )
     model = build_model(args, names)
     cfg = model.config
+    accelerator.print(f"recipe {args.recipe} (preset: {args.preset}), {cfg.num_foreground_classes} classes, "
+                      f"{args.max_train_steps} steps of {args.per_device_train_batch_size} x "
+                      f"{accelerator.num_processes} images, lr {args.learning_rate}, RFM from step "
+                      f"{cfg.rfm_start_step} ({args.rfm_start_source})")  # fmt: skip
     train_set, val_set = prepare_data(args, train_raw, val_raw, cfg.num_foreground_classes,
                                       cfg.semantic_loss_ignore_index, accelerator)  # fmt: skip
-    sampler = EpochShuffleSampler(len(train_set), seed=args.seed)
+    streamed = isinstance(train_set, StreamingWeakSegmentationDataset)
+    sampler = None if streamed else EpochShuffleSampler(len(train_set), seed=args.seed)
     train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, sampler=sampler,
                               collate_fn=collate, num_workers=args.num_workers, drop_last=True,
                               pin_memory=torch.cuda.is_available())  # fmt: skip
-    if len(train_loader) == 0:
+    if not streamed and len(train_loader) == 0:
         raise ValueError(f"{len(train_set)} training images are fewer than one batch of "
                          f"{args.per_device_train_batch_size}.")  # fmt: skip
 
@@ -311,18 +414,28 @@ def main(argv=None) -> dict:
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-8,
                                   weight_decay=args.weight_decay)  # fmt: skip
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(args.num_warmup_steps, args.max_train_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(args.num_warmup_steps, args.max_train_steps)
+    )
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     accelerator.register_for_checkpointing(scheduler)
+    position = StreamPosition()  # streamed data: pass and batch, checkpointed (map-style: from the step)
+    if streamed:
+        accelerator.register_for_checkpointing(position)
     if args.with_tracking:
-        accelerator.init_trackers("weclip", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+        accelerator.init_trackers(
+            "weclip", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        )
 
     # 3. resume
     step = 0
+    log_path = output_dir / "train_log.jsonl"
     if args.resume_from_checkpoint:
         path = find_checkpoint(output_dir, args.resume_from_checkpoint)
         accelerator.load_state(str(path))
         step = int(path.name.split("_")[1])
+        if accelerator.is_main_process:
+            truncate_log(log_path, step)
         accelerator.print(f"resumed from {path} at step {step}")
 
     stop = {"signal": None}
@@ -335,15 +448,26 @@ def main(argv=None) -> dict:
 
     # 4. training loop
     checkpoint_every = int(args.checkpointing_steps) if args.checkpointing_steps else 0
-    steps_per_epoch = len(train_loader)
-    bar = tqdm(total=args.max_train_steps, initial=step, desc="training", disable=not accelerator.is_local_main_process)
-    log_path = output_dir / "train_log.jsonl"
+    steps_per_epoch = None if streamed else len(train_loader)
+    bar = tqdm(
+        total=args.max_train_steps,
+        initial=step,
+        desc="training",
+        disable=not accelerator.is_local_main_process,
+    )
     model.train()
     while step < args.max_train_steps and stop["signal"] is None:
-        epoch, offset = divmod(step, steps_per_epoch)
+        if streamed:  # a resumed pass is replayed from its start; the batches already trained on are skipped
+            epoch, offset = position.epoch, position.batch
+        else:
+            epoch, offset = divmod(step, steps_per_epoch)
+            sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
-        sampler.set_epoch(epoch)
+        # the prepared loader re-sets the epoch of sampler / dataset to its own pass counter when iterated:
+        # align that counter too (a resumed run starts it at 0)
+        train_loader.set_epoch(epoch)
         loader = accelerator.skip_first_batches(train_loader, offset) if offset else train_loader
+        pass_ended = True
         for batch in loader:
             # every step's randomness (decoder dropout) is a function of (seed, step, process): a resumed
             # run repeats an uninterrupted one exactly
@@ -365,6 +489,7 @@ def main(argv=None) -> dict:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            position.batch += 1
             bar.update(1)
             if step % args.logging_steps == 0 or step == args.max_train_steps:
                 record = {"step": step, "loss": out.loss.item(), "seg_loss": out.seg_loss.item(),
@@ -378,15 +503,26 @@ def main(argv=None) -> dict:
             if checkpoint_every and step % checkpoint_every == 0:
                 save_checkpoint(accelerator, output_dir, step)
             if args.eval_steps and step % args.eval_steps == 0 and val_set is not None:
-                loader_eval = DataLoader(val_set, batch_size=args.per_device_eval_batch_size, collate_fn=collate)
+                loader_eval = DataLoader(
+                    val_set, batch_size=args.per_device_eval_batch_size, collate_fn=collate
+                )
                 res = evaluate_segmentation(accelerator.unwrap_model(model), loader_eval, ("pred", "pseudo"),
                                             long_side=args.eval_long_side, progress=False)  # fmt: skip
                 scores = {f"eval_{k}_miou": v["mean_iou"] for k, v in res.items()}
                 accelerator.print(f"step {step}: {scores}")
                 accelerator.log(scores, step=step)
+                if accelerator.is_main_process:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps({"step": step, **scores}) + "\n")
                 model.train()
             if step >= args.max_train_steps or stop["signal"] is not None:
+                pass_ended = False
                 break
+        if streamed and pass_ended:
+            if position.batch == 0:
+                raise ValueError(f"The training stream holds fewer than one batch of "
+                                 f"{args.per_device_train_batch_size} images.")  # fmt: skip
+            position.epoch, position.batch = position.epoch + 1, 0
     bar.close()
     if stop["signal"] is not None:
         path = save_checkpoint(accelerator, output_dir, step)
@@ -410,7 +546,8 @@ def main(argv=None) -> dict:
         if "pred_msf" in res:
             metrics[f"{key}_msf" if args.fully_supervised else "miou_msf"] = res["pred_msf"]["mean_iou"]
         metrics["per_class_iou"] = {  # null: class absent from predictions and ground truth
-            cfg.id2label[i]: None if math.isnan(v) else float(v) for i, v in enumerate(res["pred"]["per_category_iou"])
+            cfg.id2label[i]: None if math.isnan(v) else float(v)
+            for i, v in enumerate(res["pred"]["per_category_iou"])
         }
         if args.recipe == "toy":
             metrics.update(toy_baselines(val_set, cfg.num_labels))
@@ -419,8 +556,14 @@ def main(argv=None) -> dict:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unwrapped.save_pretrained(output_dir)
-        processor_size = {"longest_edge": args.eval_long_side} if args.eval_long_side else {"height": args.crop_size, "width": args.crop_size}
-        WeCLIPImageProcessor(size=processor_size, patch_size=cfg.vision_config.patch_size).save_pretrained(output_dir)
+        processor_size = (
+            {"longest_edge": args.eval_long_side}
+            if args.eval_long_side
+            else {"height": args.crop_size, "width": args.crop_size}
+        )
+        WeCLIPImageProcessor(size=processor_size, patch_size=cfg.vision_config.patch_size).save_pretrained(
+            output_dir
+        )
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
         card = make_model_card(

@@ -12,46 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED
+from conftest import FAST, ROOT, TRAIN, read_log, run_train
 from PIL import Image
-
-ROOT = Path(__file__).resolve().parents[1]
-TRAIN = ROOT / "examples" / "train.py"
-FAST = ["--toy_train_images", "24", "--toy_val_images", "4", "--per_device_train_batch_size", "4",
-        "--num_overlays", "1", "--logging_steps", "1", "--no_msf"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory):
-    """A tiny random CLIPModel with the real CLIP tokenizer, saved like a Hub checkpoint."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-
-    tokenizer_dir = SHARED / "data" / "clip-tokenizer"
-    if not tokenizer_dir.exists():
-        pytest.skip("../shared/data/clip-tokenizer is absent")
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
-    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4, image_size=96,
-                  patch_size=12)  # fmt: skip
-    text = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                vocab_size=len(tokenizer), max_position_embeddings=77)  # fmt: skip
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tinyclip")
-    CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=16)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
-def run_train(*args, check=True, timeout=300):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
-    proc = subprocess.run([sys.executable, str(TRAIN), *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=timeout)  # fmt: skip
-    if check and proc.returncode != 0:
-        raise AssertionError(f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
-
-
-def read_log(path: Path) -> list[dict]:
-    return [json.loads(line) for line in (path / "train_log.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +34,9 @@ def test_toy_default_writes_model_metrics_overlays_and_card(toy_run):
     assert overlay.size == (4 * 96, 96)
     card = (out / "README.md").read_text()
     assert "weclip" in card and "mean_iou" in card and "Zhang" in card and "limitations" in card
-    import weclip_hf  # noqa: F401  (registers the Auto classes)
     from transformers import pipeline
+
+    import weclip_hf  # noqa: F401  (registers the Auto classes)
 
     segmenter = pipeline("image-segmentation", model=str(out))
     results = segmenter(Image.fromarray(np.zeros((96, 96, 3), np.uint8)))
@@ -220,3 +183,84 @@ def test_inference_notebook_runs_headless(toy_run, monkeypatch):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the masks were shown as a picture
     assert not any(o.get("output_type") == "error" for o in outputs)
+
+
+# ---- streaming, resume across a pass, evaluation during training, RFM start ---------------------------
+
+
+def _write_parquet_dataset(root: Path) -> Path:
+    """The dataset of `_write_mask_dataset` as parquet files in the Hub layout (``data/<split>-*.parquet``)."""
+    import datasets
+
+    _write_mask_dataset(root / "disk")
+    splits = datasets.load_from_disk(str(root / "disk"))
+    for name, split in splits.items():
+        split.to_parquet(str(root / "hub" / "data" / f"{name}-00000-of-00001.parquet"))
+    return root / "hub"
+
+
+@pytest.mark.parametrize("streaming", [True, False], ids=["streamed", "map_style"])
+def test_resume_into_a_new_folder_across_a_pass_boundary(tmp_path, tiny_clip, streaming):
+    """6 images (--max_train_samples) in batches of 2 make 3 steps a pass. A run resumed from step 2 must
+    repeat the uninterrupted run's steps 3-4, across the start of the second (reshuffled) pass. Streamed:
+    the Hub parquet layout loaded with ``load_dataset(..., streaming=True)``, offline."""
+    if streaming:
+        data = ["--dataset_name", _write_parquet_dataset(tmp_path), "--streaming", "--shuffle_buffer_size", 4]
+    else:
+        _write_mask_dataset(tmp_path / "disk")
+        data = ["--dataset_path", tmp_path / "disk"]
+    common = [*data, "--clip_model_name_or_path", tiny_clip, "--class_names", "a", "b", "c", "--background_names",
+              "sky", "grass", "--max_train_samples", 6, "--max_train_steps", 4, "--checkpointing_steps", 2, "--crop_size", 64,
+              "--per_device_train_batch_size", 2, "--logging_steps", 1, "--no_msf", "--num_overlays", 0,
+              "--max_eval_samples", 2]  # fmt: skip
+    first = run_train(*common, "--output_dir", tmp_path / "a")
+    output = first.stdout + first.stderr
+    assert ("train: streamed" in output) == streaming
+    assert "RFM from step 15000 (config default = the paper's 15000, as no --preset was given" in output
+    checkpoint = tmp_path / "a" / "step_2"
+    resumed = run_train(*common, "--output_dir", tmp_path / "b", "--resume_from_checkpoint", checkpoint)
+    assert "resumed from" in resumed.stdout
+    log_a, log_b = read_log(tmp_path / "a"), read_log(tmp_path / "b")
+    assert [r["step"] for r in log_b] == [3, 4]
+    assert [r["loss"] for r in log_a[2:]] == [r["loss"] for r in log_b]
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["train_steps"] == 4 and 0.0 <= metrics["miou"] <= 1.0
+
+
+def test_eval_steps_prints_and_logs_eval_miou(tmp_path, tiny_clip):
+    import importlib.util
+    import re
+
+    tensorboard = importlib.util.find_spec("tensorboard") is not None
+    tracking = ["--with_tracking", "--report_to", "tensorboard"] if tensorboard else []
+    out = tmp_path / "eval"
+    proc = run_train("--clip_model_name_or_path", tiny_clip, "--output_dir", out, "--max_train_steps", 3,
+                     "--eval_steps", 2, *FAST, "--per_device_train_batch_size", 2, "--toy_train_images", 8,
+                     "--toy_val_images", 2, *tracking)  # fmt: skip
+    printed = [line for line in proc.stdout.splitlines() if re.match(r"step \d+: \{'eval_pred_miou': ", line)]
+    assert [line.split(":")[0] for line in printed] == ["step 2"]
+    evals = [r for r in read_log(out) if "eval_pred_miou" in r]
+    assert [r["step"] for r in evals] == [2]
+    for record, line in zip(evals, printed):
+        assert set(record) == {"step", "eval_pred_miou", "eval_pseudo_miou"}
+        assert 0.0 <= record["eval_pred_miou"] <= 1.0 and 0.0 <= record["eval_pseudo_miou"] <= 1.0
+        assert repr(record["eval_pred_miou"]) in line and repr(record["eval_pseudo_miou"]) in line
+    assert [r["step"] for r in read_log(out) if "loss" in r] == [1, 2, 3]
+    if tensorboard:  # only where tensorboard is installed (it is not a dependency)
+        assert list(out.rglob("events.out.tfevents*"))
+
+
+def test_help_and_parsed_args_name_the_rfm_start(capsys):
+    sys.path.insert(0, str(TRAIN.parent))
+    import train as train_script
+
+    with pytest.raises(SystemExit):
+        train_script.parse_args(["--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "else the config default 15000 (the paper's) -- also for --dataset_name without" in help_text
+    args = train_script.parse_args(["--dataset_name", "some/voc-like"])
+    assert args.recipe == "voc" and args.rfm_start_step is None
+    assert args.rfm_start_source.startswith("config default = the paper's 15000, as no --preset was given")
+    with_preset = train_script.parse_args(["--dataset_name", "d", "--preset", "voc"])
+    assert with_preset.rfm_start_source == "--preset voc"
+    assert train_script.parse_args(["--rfm_start_step", "7"]).rfm_start_source == "--rfm_start_step"

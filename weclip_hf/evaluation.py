@@ -82,9 +82,13 @@ def evaluate_segmentation(
         size = tuple(labels.shape[-2:])
         for mode in modes:
             if mode.startswith("pred"):
-                pred = predict_labels(model, pixel_values, size, "msf" in mode, scales, long_side, "crf" in mode)
+                pred = predict_labels(
+                    model, pixel_values, size, "msf" in mode, scales, long_side, "crf" in mode
+                )
             else:
-                out = model(pixel_values=pixel_values, class_labels=batch["class_labels"], use_rfm=mode == "pseudo")
+                out = model(
+                    pixel_values=pixel_values, class_labels=batch["class_labels"], use_rfm=mode == "pseudo"
+                )
                 pred = out.pseudo_labels
                 if pred.shape[-2:] != size:
                     pred = F.interpolate(pred[:, None].float(), size=size, mode="nearest")[:, 0].long()

@@ -18,11 +18,13 @@ MASK_COLUMNS = ("annotation", "mask", "label", "segmentation", "semantic_mask", 
 LABEL_COLUMNS = ("image_labels", "labels", "classes", "class_labels", "cls_labels")
 
 # Column layouts of common Hub datasets (unverified live: the Hub cannot be reached from here).
+# ``train_splits``: the training split is the first of these the dataset has (VOC: the SBD-augmented
+# "train_aug" set of 10,582 images the paper trains on, else "train").
 DATASET_PRESETS: dict[str, dict] = {
     "voc": {"dataset_name": "jxie/pascal-voc-2012", "image_column": "image", "mask_column": "mask",
-            "train_split": "train", "validation_split": "validation"},
+            "train_splits": ["train_aug", "train"], "validation_split": "validation"},
     "coco": {"dataset_name": None, "image_column": "image", "mask_column": "mask",
-             "train_split": "train", "validation_split": "validation"},
+             "train_splits": ["train"], "validation_split": "validation"},
 }  # fmt: skip
 
 
@@ -33,6 +35,20 @@ class Columns:
     image: str
     mask: str | None = None
     labels: str | None = None
+
+
+def is_streaming(dataset) -> bool:
+    """True for a ``datasets.IterableDataset`` (streamed: no length, no random access)."""
+    import datasets
+
+    return isinstance(dataset, datasets.IterableDataset)
+
+
+def dataset_columns(dataset) -> list[str]:
+    """Column names of a dataset; for a stream without declared features, the keys of its first example."""
+    if dataset.column_names is not None:
+        return list(dataset.column_names)
+    return list(next(iter(dataset)).keys())
 
 
 def resolve_columns(
@@ -84,7 +100,9 @@ def normalize_label_row(row, num_classes: int, zero_based: bool = False, name: s
     """An image-level label row (ids or multi-hot of width C) -> sorted foreground ids 1..C."""
     values = np.asarray(row)
     if values.ndim != 1:
-        raise ValueError(f"Image labels of {name or '(unnamed)'} must be a flat list, got shape {values.shape}.")
+        raise ValueError(
+            f"Image labels of {name or '(unnamed)'} must be a flat list, got shape {values.shape}."
+        )
     if values.dtype.kind in "fb" and len(values) > 0:
         if len(values) != num_classes:
             raise ValueError(
@@ -96,7 +114,9 @@ def normalize_label_row(row, num_classes: int, zero_based: bool = False, name: s
     ids = values.astype(np.int64) + (1 if zero_based else 0)
     bad = [int(i) for i in ids if not 1 <= i <= num_classes]
     if bad:
-        raise ValueError(f"Image labels of {name or '(unnamed)'} contain id(s) {bad} outside 1..{num_classes}.")
+        raise ValueError(
+            f"Image labels of {name or '(unnamed)'} contain id(s) {bad} outside 1..{num_classes}."
+        )
     return sorted({int(i) for i in ids})
 
 
@@ -108,8 +128,13 @@ class LabelSummary:
     empty: int = 0
     skipped: int = 0
     class_counts: Counter = field(default_factory=Counter)
+    streamed: bool = False
+    skip_empty: bool = False
 
     def __str__(self) -> str:
+        if self.streamed:
+            policy = "dropped" if self.skip_empty else "kept"
+            return f"streamed: image-level labels are computed on the fly (no counts); empty label sets are {policy}"
         return (
             f"{self.total} images, {self.empty} with an empty label set "
             f"({self.skipped} skipped), class frequencies {dict(sorted(self.class_counts.items()))}"
@@ -128,7 +153,9 @@ def add_image_labels(
     """Add an ``image_labels`` column (ids 1..C) computed once from the label column or the masks.
 
     Images with an empty label set are kept by default (the model gives them all-background pseudo
-    labels) or dropped with ``skip_empty=True``. Returns (dataset, LabelSummary).
+    labels) or dropped with ``skip_empty=True``. Returns (dataset, LabelSummary). A streamed dataset
+    (``datasets.IterableDataset``) gets a lazy map: labels are computed as examples are read, errors
+    surface then, and the summary has no counts.
     """
 
     def compute(example, idx):
@@ -143,15 +170,32 @@ def add_image_labels(
                 raise ValueError(f"Image {name} has size {image.size} but its mask has size {mask.size}.")
         return {"image_labels": ids}
 
-    drop = [c for c in ["image_labels"] if c in dataset.column_names and columns.labels != "image_labels"]
+    streamed = is_streaming(dataset)
+    available = dataset_columns(dataset)
+    drop = [c for c in ["image_labels"] if c in available and columns.labels != "image_labels"]
     if drop:
         dataset = dataset.remove_columns(drop)
     if columns.labels == "image_labels":
         dataset = dataset.rename_column("image_labels", "_image_labels")
         columns = Columns(columns.image, columns.mask, "_image_labels")
-    dataset = dataset.map(compute, with_indices=True, num_proc=num_proc, desc="image-level labels")
+    if streamed:
+        import datasets
+
+        features = None
+        if dataset.features is not None:  # keep the features known, so images still decode downstream
+            features = dataset.features.copy()
+            features["image_labels"] = datasets.List(datasets.Value("int64"))
+        dataset = dataset.map(compute, with_indices=True, features=features)
+    else:
+        dataset = dataset.map(compute, with_indices=True, num_proc=num_proc, desc="image-level labels")
     if columns.labels == "_image_labels":
-        dataset = dataset.remove_columns("_image_labels")
+        # a list: IterableDataset.remove_columns("x") drops every column whose name is in the string "x"
+        # (datasets 5.2: "_image_labels" would also drop "image" and "image_labels")
+        dataset = dataset.remove_columns(["_image_labels"])
+    if streamed:
+        if skip_empty:
+            dataset = dataset.filter(lambda ids: len(ids) > 0, input_columns="image_labels")
+        return dataset, LabelSummary(streamed=True, skip_empty=skip_empty)
     summary = LabelSummary(total=len(dataset))
     for ids in dataset["image_labels"]:
         summary.class_counts.update(ids)

@@ -1,0 +1,144 @@
+"""examples/evaluate.py on a saved tiny model and a local dataset, and `evaluate_segmentation` against a
+hand-computed confusion matrix."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_tiny_config
+from PIL import Image
+
+from weclip_hf.evaluation import evaluate_segmentation
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "evaluate.py"
+CLASSES = ["background", "cat", "dog", "car", "tree"]
+
+
+def load_script():
+    """examples/evaluate.py as a module (not named `evaluate`: that is the Hugging Face library)."""
+    spec = importlib.util.spec_from_file_location("weclip_evaluate_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny random WeCLIP and its image processor, saved with save_pretrained."""
+    from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model")
+    WeCLIPForSemanticSegmentation(make_tiny_config()).save_pretrained(path)
+    WeCLIPImageProcessor(size={"longest_edge": 48}, patch_size=8).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory):
+    """A saved DatasetDict with only a validation split: images 40x48, masks with ids 0..4 and 255."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    images, masks = [], []
+    for i in range(3):
+        images.append(Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)))
+        mask = np.zeros((40, 48), np.uint8)
+        mask[8:30, 10:34] = 1 + i
+        mask[0] = 255
+        masks.append(Image.fromarray(mask))
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})
+    path = tmp_path_factory.mktemp("data") / "ds"
+    val = datasets.Dataset.from_dict({"image": images, "mask": masks}, features=features)
+    datasets.DatasetDict({"validation": val}).save_to_disk(path)
+    return path
+
+
+def test_single_scale_cli_writes_json_and_per_class_table(model_dir, data_path, tmp_path):
+    out = tmp_path / "val.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--model_name_or_path", str(model_dir), "--dataset_path", str(data_path),
+         "--output_json", str(out), "--device", "cpu"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["split"] == "validation" and report["num_images"] == 3
+    assert 0.0 <= report["pred_miou"] <= 1.0
+    assert set(report) == {"model", "split", "num_images", "pred_miou", "per_class_iou"}
+    assert list(report["per_class_iou"]["pred"]) == CLASSES
+    table = proc.stdout
+    assert "| class | pred |" in table and "**mIoU**" in table
+    assert all(f"| {name} |" in table for name in CLASSES)
+    assert "3 images, 0 with an empty label set" in table  # the label summary of the split
+
+
+def test_multiscale_flip_crf_and_pseudo_labels(model_dir, data_path, tmp_path, capsys):
+    out = tmp_path / "val.json"
+    report = load_script().main(["--model_name_or_path", str(model_dir), "--dataset_path", str(data_path), "--msf",
+                                 "--crf", "--pseudo_labels", "--device", "cpu", "--output_json", str(out)])  # fmt: skip
+    modes = ["pred", "pred_msf", "pred_crf", "pred_msf_crf", "cam", "pseudo"]
+    assert all(0.0 <= report[f"{m}_miou"] <= 1.0 for m in modes)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert list(report["per_class_iou"]) == modes
+    table = capsys.readouterr().out
+    assert "| class | " + " | ".join(modes) + " |" in table
+    mean_row = next(line for line in table.splitlines() if line.startswith("| **mIoU**"))
+    assert mean_row.count("**") == 2 * (len(modes) + 1)
+    # the mean row shows the JSON's numbers (in percent)
+    assert f"**{100 * report['pred_msf_crf_miou']:.2f}**" in mean_row
+
+
+def test_scales_and_max_eval_samples(model_dir, data_path):
+    report = load_script().main(["--model_name_or_path", str(model_dir), "--dataset_path", str(data_path), "--msf",
+                                 "--scales", "1.0", "0.5", "--max_eval_samples", "1", "--device", "cpu"])  # fmt: skip
+    assert report["num_images"] == 1 and 0.0 <= report["pred_msf_miou"] <= 1.0
+
+
+class EncodedPrediction(torch.nn.Module):
+    """A stub segmentation model: the predicted class of a pixel is its value in channel 0."""
+
+    def __init__(self, num_labels: int = 3):
+        super().__init__()
+        self.config = SimpleNamespace(num_labels=num_labels, semantic_loss_ignore_index=255)
+
+    def forward(self, pixel_values, **kwargs):
+        pred = pixel_values[:, 0].long()
+        return SimpleNamespace(logits=F.one_hot(pred, self.config.num_labels).permute(0, 3, 1, 2).float())
+
+
+def test_evaluate_segmentation_matches_a_hand_computed_confusion():
+    # two one-image batches; per pixel (reference, prediction):
+    # batch 1: (0,0) (0,1) (1,1) / (1,2) (2,2) (255,0: ignored); batch 2: (2,2) (2,1)
+    refs = [torch.tensor([[[0, 0, 1], [1, 2, 255]]]), torch.tensor([[[2, 2]]])]
+    preds = [torch.tensor([[[0, 1, 1], [2, 2, 0]]]), torch.tensor([[[2, 1]]])]
+    batches = [
+        {"pixel_values": p[:, None].float().repeat(1, 3, 1, 1), "labels": r} for p, r in zip(preds, refs)
+    ]
+    scores = evaluate_segmentation(EncodedPrediction(), batches, ["pred"], progress=False)["pred"]
+    # confusion (rows reference, columns prediction): [[1, 1, 0], [0, 1, 1], [0, 1, 2]]
+    # IoU = diag / (row + column - diag): 1/(2+1-1), 1/(2+3-1), 2/(3+3-2)
+    expected_iou = [1 / 2, 1 / 4, 2 / 4]
+    np.testing.assert_allclose(scores["per_category_iou"], expected_iou)
+    assert scores["mean_iou"] == pytest.approx(sum(expected_iou) / 3)
+    np.testing.assert_allclose(scores["per_category_accuracy"], [1 / 2, 1 / 2, 2 / 3])
+    assert scores["overall_accuracy"] == pytest.approx(4 / 7)
+
+
+def test_evaluate_segmentation_leaves_absent_classes_out_of_the_mean():
+    ref = torch.tensor([[[0, 0], [1, 1]]])
+    batches = [{"pixel_values": ref[:, None].float().repeat(1, 3, 1, 1), "labels": ref}]
+    scores = evaluate_segmentation(EncodedPrediction(num_labels=3), batches, ["pred"], progress=False)["pred"]
+    assert scores["mean_iou"] == 1.0 and np.isnan(scores["per_category_iou"][2])
+    with pytest.raises(ValueError, match="Unknown evaluation modes"):
+        evaluate_segmentation(EncodedPrediction(), batches, ["bogus"])
