@@ -54,9 +54,15 @@ RECIPES = {
     "coco": dict(per_device_train_batch_size=4, learning_rate=2e-3, num_warmup_steps=50, max_train_steps=80000,
                  crop_size=320, scale_min=0.5, scale_max=2.0, eval_steps=10000, checkpointing_steps="10000",
                  eval_long_side=512),
-    "toy": dict(per_device_train_batch_size=16, learning_rate=2e-3, num_warmup_steps=20, max_train_steps=300,
-                crop_size=96, scale_min=0.75, scale_max=1.5, eval_steps=0, checkpointing_steps="150",
-                eval_long_side=None, toy_train_images=2000, toy_val_images=200, rfm_start_step=150),
+    "toy": dict(per_device_train_batch_size=8, learning_rate=2e-3, num_warmup_steps=20, max_train_steps=250,
+                crop_size=96, scale_min=0.75, scale_max=1.5, eval_steps=0, checkpointing_steps="125",
+                eval_long_side=None, toy_train_images=2000, toy_val_images=200, rfm_start_step=125,
+                # a 3-layer CLIP: the last 2 attention maps = 8/12 (CAM) and 6/12 (RFM) of the depth, as
+                # ViT-B/16's 8 and 6 of 12; box threshold chosen on a dev split (VOC 0.4, COCO 0.7);
+                # a decoder as wide as the tiny CLIP (ViT-B/16: 256 for 768); PAR dilations up to 8 px for
+                # 96 px images (VOC: up to 24 px for 320 px crops)
+                cam_attention_layers=2, rfm_num_layers=2, cam_box_threshold=0.5, decoder_hidden_size=128,
+                par_dilations=[1, 2, 4, 8]),
 }  # fmt: skip
 
 
@@ -108,6 +114,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "run's RFM really started; coco 40000), the toy recipe's 150, else the config default "
         "15000 (the paper's) -- also for --dataset_name without --preset",
     )
+    model.add_argument("--cam_box_threshold", type=float, help="box threshold on the GradCAM (VOC 0.4, COCO 0.7)")
+    model.add_argument("--cam_attention_layers", type=int, help="last attention maps averaged for CAM refinement")
+    model.add_argument("--rfm_num_layers", type=int, help="last attention maps the RFM chooses from")
+    model.add_argument("--par_dilations", type=int, nargs="+", help="PAR neighbour dilations")
+    model.add_argument("--decoder_hidden_size", type=int, help="decoder width (256)")
     model.add_argument("--fully_supervised", action="store_true", help="train on the ground-truth masks")
     model.add_argument("--ignore_padding", action="store_true", help="crop padding -> ignore (not official)")
     train = p.add_argument_group("training")
@@ -206,7 +217,8 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
         return WeCLIPForSemanticSegmentation.from_pretrained(args.model_name_or_path)
     overrides = preset_config_kwargs(args.preset) if args.preset else {}
     overrides.update({k: v for k, v in names.items() if v is not None})
-    for key in ("class_names", "background_names", "prompt_template", "rfm_start_step"):
+    for key in ("class_names", "background_names", "prompt_template", "rfm_start_step", "cam_box_threshold",
+                "cam_attention_layers", "rfm_num_layers", "par_dilations", "decoder_hidden_size"):  # fmt: skip
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     if (

@@ -69,9 +69,17 @@ def par_refine(
     scores = scores.float()
     if scores.shape[-2:] != image.shape[-2:]:
         scores = F.interpolate(scores, size=image.shape[-2:], mode="bilinear", align_corners=True)
-    weights = par_affinity(image, dilations, temperature, pos_weight)
+    weights = par_affinity(image, dilations, temperature, pos_weight).unbind(dim=2)  # K x [B, 1, H, W]
+    offsets = [(dy * d, dx * d) for d in dilations for dy, dx in _RING]
+    h, w = scores.shape[-2:]
+    pad = max(dilations)
     for _ in range(num_iter):
-        scores = (dilated_neighbours(scores, dilations) * weights).sum(dim=2)
+        # accumulate neighbour by neighbour: never materializes the [B, C, K, H, W] neighbour stack
+        padded = F.pad(scores, (pad, pad, pad, pad), mode="replicate")
+        refined = torch.zeros_like(scores)
+        for (dy, dx), weight in zip(offsets, weights):
+            refined.addcmul_(padded[..., pad + dy : pad + dy + h, pad + dx : pad + dx + w], weight)
+        scores = refined
     return scores
 
 

@@ -27,9 +27,9 @@ TOY_BACKGROUND_NAMES = ["sky", "sand", "water", "wall", "grass", "floor"]
 TOY_PROMPT_TEMPLATE = "a photo of a {}."
 
 # Fill texture of each class (same order as TOY_CLASS_NAMES); documentation of the world's design.
-TOY_CLASS_TEXTURES = ["dots", "checks", "stripes", "rings", "zigzag", "grid", "waves", "bricks"]
+TOY_CLASS_TEXTURES = ["solid", "checks", "stripes", "dots", "speckle", "grid", "lines", "tiles"]
 
-_NUM_OBJECTS_PROBS = (0.4, 0.35, 0.25)  # P(1 object), P(2), P(3)
+_NUM_OBJECTS_PROBS = (0.0, 0.4, 0.35, 0.25)  # P(0 objects), P(1), P(2), P(3)
 _MIN_VISIBLE_FRACTION = 0.6  # an earlier object keeps at least this fraction of its pixels
 _OBJECT_RADIUS = (16.0, 25.0)  # object area is about 2.6 * radius**2 pixels (6-18% of the image)
 # Area of each shape at unit radius, used to give every class the same area: 2.6 * radius**2.
@@ -122,14 +122,15 @@ def _render_background(rng: np.random.Generator, kind: str, ys: np.ndarray, xs: 
 def _paint_clutter(rng: np.random.Generator, image: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> None:
     """Distractors on the background: line segments and small solid blobs (never class textures)."""
     size = image.shape[0]
-    for _ in range(rng.integers(2, 7)):  # line segments
+    density = (size / TOY_IMAGE_SIZE) ** 2
+    for _ in range(int(rng.integers(2, 7) * density + 0.5)):  # line segments
         y0, x0 = rng.uniform(0, size, size=2)
         angle = rng.uniform(0, np.pi)
         length, thickness = rng.uniform(10, 45), rng.uniform(0.7, 1.6)
         u, v = _rotate(ys, xs, y0, x0, angle)
         on = (np.abs(v) < thickness) & (u > 0) & (u < length)
         image[on] = _random_colour(rng)
-    for _ in range(rng.integers(1, 5)):  # blobs
+    for _ in range(int(rng.integers(1, 5) * density + 0.5)):  # blobs
         cy, cx = rng.uniform(0, size, size=2)
         ry, rx = rng.uniform(2.5, 7.0, size=2)
         on = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2 < 1
@@ -166,47 +167,52 @@ def _shape_mask(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _texture(kind: str, rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Fill pattern in {0, 1} (float) for texture family ``kind``; ``u, v`` are rotated pixel offsets."""
+    """Fill pattern in {0, 1} (float) for texture family ``kind``; ``u, v`` are rotated pixel offsets.
+
+    The families differ in what a single 8-16 px window shows: its spatial frequency (fine lines period
+    ~3 px, fine checks ~4.5, grid ~5.5, dots ~6.5, stripes ~8, tiles ~11), 1-D vs 2-D structure, the
+    dark fraction, or no periodicity at all (solid, speckle), so a patch carries evidence of its class
+    whatever the object's colour or rotation.
+    """
     phase_u, phase_v = rng.uniform(0, 100, size=2)
     u, v = u + phase_u, v + phase_v
-    if kind == "dots":
-        period = rng.uniform(6.0, 7.5)
-        du, dv = np.mod(u, period) - period / 2, np.mod(v, period) - period / 2
-        return (du**2 + dv**2 < (0.3 * period) ** 2).astype(np.float32)
+    if kind == "solid":
+        return np.zeros_like(u)
     if kind == "checks":
-        cell = rng.uniform(3.0, 4.0)
+        cell = rng.uniform(2.0, 2.5)
         return ((np.floor(u / cell) + np.floor(v / cell)) % 2).astype(np.float32)
     if kind == "stripes":
-        period = rng.uniform(5.0, 6.5)
+        period = rng.uniform(7.5, 9.0)
         return (np.mod(u, period) < period / 2).astype(np.float32)
-    if kind == "rings":  # concentric around the object centre
-        period = rng.uniform(5.0, 6.5)
-        rho = np.sqrt((u - phase_u) ** 2 + (v - phase_v) ** 2)
-        return (np.mod(rho, period) < period / 2).astype(np.float32)
-    if kind == "zigzag":
-        period, zig = rng.uniform(5.0, 6.5), rng.uniform(6.0, 8.0)
-        tri = np.abs(np.mod(v, zig) - zig / 2) * 2  # triangle wave, amplitude zig
-        return (np.mod(u + tri, period) < period / 2).astype(np.float32)
+    if kind == "dots":
+        period = rng.uniform(6.0, 7.0)
+        du, dv = np.mod(u, period) - period / 2, np.mod(v, period) - period / 2
+        return (du**2 + dv**2 < (0.3 * period) ** 2).astype(np.float32)
+    if kind == "speckle":  # random binary 2 x 2 px cells
+        cells = rng.integers(0, 2, size=(64, 64)).astype(np.float32)
+        return cells[np.floor(u / 2).astype(np.int64) % 64, np.floor(v / 2).astype(np.int64) % 64]
     if kind == "grid":
-        period = rng.uniform(6.0, 7.5)
-        return ((np.mod(u, period) < 1.6) | (np.mod(v, period) < 1.6)).astype(np.float32)
-    if kind == "waves":
-        period, wave = rng.uniform(5.0, 6.5), rng.uniform(9.0, 12.0)
-        return (np.mod(u + 2.0 * np.sin(2 * np.pi * v / wave), period) < period / 2).astype(np.float32)
-    if kind == "bricks":
-        height, width = rng.uniform(4.5, 5.5), rng.uniform(8.0, 10.0)
-        row = np.floor(v / height)
-        shifted = u + (row % 2) * width / 2
-        return ((np.mod(v, height) < 1.5) | (np.mod(shifted, width) < 1.5)).astype(np.float32)
+        period = rng.uniform(5.0, 6.0)
+        return ((np.mod(u, period) < 1.3) | (np.mod(v, period) < 1.3)).astype(np.float32)
+    if kind == "lines":
+        period = rng.uniform(3.0, 3.5)
+        return (np.mod(u, period) < period / 2).astype(np.float32)
+    if kind == "tiles":
+        cell = rng.uniform(5.0, 6.0)
+        return ((np.floor(u / cell) + np.floor(v / cell)) % 2).astype(np.float32)
     raise ValueError(f"unknown texture {kind!r}")
 
 
 def _object_layer(
-    rng: np.random.Generator, class_index: int, ys: np.ndarray, xs: np.ndarray
+    rng: np.random.Generator,
+    class_index: int,
+    ys: np.ndarray,
+    xs: np.ndarray,
+    object_radius: tuple[float, float] = _OBJECT_RADIUS,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One object: (mask [H, W] bool, rgb [H, W, 3] float) for class ``class_index`` (0-based)."""
     size = ys.shape[0]
-    radius = rng.uniform(*_OBJECT_RADIUS)
+    radius = rng.uniform(*object_radius)
     margin = 0.6 * radius
     cy, cx = rng.uniform(margin, size - margin, size=2)
     shape_angle = rng.uniform(0, 2 * np.pi)
@@ -225,7 +231,11 @@ def _object_layer(
 
 
 def _render_one(
-    rng: np.random.Generator, ys: np.ndarray, xs: np.ndarray
+    rng: np.random.Generator,
+    ys: np.ndarray,
+    xs: np.ndarray,
+    num_objects_probs: tuple[float, ...] = _NUM_OBJECTS_PROBS,
+    object_radius: tuple[float, float] = _OBJECT_RADIUS,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """One image: (rgb uint8 [H, W, 3], mask uint8 [H, W], background index)."""
     num_classes = len(TOY_CLASS_NAMES)
@@ -233,13 +243,13 @@ def _render_one(
     image = _render_background(rng, TOY_BACKGROUND_NAMES[background], ys, xs)
     _paint_clutter(rng, image, ys, xs)
     mask = np.zeros(ys.shape, dtype=np.uint8)
-    num_objects = 1 + int(rng.choice(len(_NUM_OBJECTS_PROBS), p=_NUM_OBJECTS_PROBS))
+    num_objects = int(rng.choice(len(num_objects_probs), p=num_objects_probs))
     classes = rng.choice(num_classes, size=num_objects, replace=False)
     areas: dict[int, int] = {}
     for class_index in classes:
         class_id = int(class_index) + 1
         for _attempt in range(8):
-            obj_mask, obj_rgb = _object_layer(rng, int(class_index), ys, xs)
+            obj_mask, obj_rgb = _object_layer(rng, int(class_index), ys, xs, object_radius)
             covered = mask[obj_mask]
             ok = all(
                 (np.count_nonzero(mask == other) - np.count_nonzero(covered == other))
@@ -257,8 +267,18 @@ def _render_one(
     return np.clip(image + noise, 0, 255).astype(np.uint8), mask, background
 
 
-def generate_toy_world(num_images: int, seed: int = 0) -> dict[str, np.ndarray | list[list[int]]]:
+def generate_toy_world(
+    num_images: int,
+    seed: int = 0,
+    *,
+    image_size: int = TOY_IMAGE_SIZE,
+    num_objects_probs: tuple[float, ...] = _NUM_OBJECTS_PROBS,
+    object_radius: tuple[float, float] = _OBJECT_RADIUS,
+) -> dict[str, np.ndarray | list[list[int]]]:
     """Images, masks, class labels and background indices of ``num_images`` toy images.
+
+    The keyword arguments change the world (used for the small single-object "tiles" the tiny CLIP
+    is also pretrained on): ``num_objects_probs[n]`` is the probability of ``n`` objects.
 
     Returns a dict with ``images`` uint8 [N, H, W, 3], ``masks`` uint8 [N, H, W] (0 = background,
     1..K = class id), ``labels`` (sorted present class ids per image) and ``backgrounds`` int64 [N]
@@ -266,14 +286,18 @@ def generate_toy_world(num_images: int, seed: int = 0) -> dict[str, np.ndarray |
     """
     if not isinstance(num_images, int) or num_images < 0:
         raise ValueError(f"num_images must be a non-negative int, got {num_images!r}")
-    size = TOY_IMAGE_SIZE
+    if len(num_objects_probs) - 1 > len(TOY_CLASS_NAMES) or not np.isclose(sum(num_objects_probs), 1.0):
+        raise ValueError(f"num_objects_probs must be probabilities of 0..K objects, got {num_objects_probs!r}")
+    size = image_size
     ys, xs = _grid(size)
     images = np.zeros((num_images, size, size, 3), dtype=np.uint8)
     masks = np.zeros((num_images, size, size), dtype=np.uint8)
     backgrounds = np.zeros(num_images, dtype=np.int64)
     for index in range(num_images):
         rng = np.random.default_rng([seed, index])
-        images[index], masks[index], backgrounds[index] = _render_one(rng, ys, xs)
+        images[index], masks[index], backgrounds[index] = _render_one(
+            rng, ys, xs, num_objects_probs, object_radius
+        )
     labels = [sorted(int(c) for c in np.unique(m) if c != 0) for m in masks]
     return {"images": images, "masks": masks, "labels": labels, "backgrounds": backgrounds}
 

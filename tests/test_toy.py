@@ -1,0 +1,166 @@
+"""Tests of the procedural toy world, its tokenizer, the shipped tiny CLIP and its pretraining script."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, CLIPModel, CLIPTokenizer
+
+from weclip_hf.data.toy import (
+    TOY_BACKGROUND_NAMES,
+    TOY_CLASS_NAMES,
+    TOY_IMAGE_SIZE,
+    TOY_PROMPT_TEMPLATE,
+    generate_toy_images,
+    generate_toy_world,
+    make_toy_dataset,
+    toy_clip_path,
+)
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+PROMPTS = [TOY_PROMPT_TEMPLATE.format(name) for name in TOY_CLASS_NAMES + TOY_BACKGROUND_NAMES]
+
+
+def _load_pretrain_script():
+    spec = importlib.util.spec_from_file_location(
+        "pretrain_toy_clip", REPO_ROOT / "examples" / "pretrain_toy_clip.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def world():
+    return generate_toy_world(120, seed=7)
+
+
+def test_generation_is_deterministic_and_prefix_stable():
+    images, masks, labels = generate_toy_images(6, seed=3)
+    images_again, masks_again, labels_again = generate_toy_images(6, seed=3)
+    np.testing.assert_array_equal(images, images_again)
+    np.testing.assert_array_equal(masks, masks_again)
+    assert labels == labels_again
+    # image i depends on (seed, i) only: a shorter run is a prefix of a longer one
+    images_prefix, masks_prefix, _ = generate_toy_images(3, seed=3)
+    np.testing.assert_array_equal(images_prefix, images[:3])
+    np.testing.assert_array_equal(masks_prefix, masks[:3])
+    other_images, _, _ = generate_toy_images(6, seed=4)
+    assert not np.array_equal(images, other_images)
+
+
+def test_shapes_dtypes_and_labels_match_masks(world):
+    images, masks, labels = world["images"], world["masks"], world["labels"]
+    size = TOY_IMAGE_SIZE
+    assert images.shape == (120, size, size, 3) and images.dtype == np.uint8
+    assert masks.shape == (120, size, size) and masks.dtype == np.uint8
+    assert masks.max() <= len(TOY_CLASS_NAMES)
+    assert world["backgrounds"].shape == (120,)
+    assert set(world["backgrounds"].tolist()) <= set(range(len(TOY_BACKGROUND_NAMES)))
+    for mask, present in zip(masks, labels, strict=True):
+        assert present == sorted(int(c) for c in np.unique(mask) if c != 0)
+        assert 1 <= len(present) <= 3
+    # every class occurs, objects are neither specks nor the whole image
+    assert set().union(*map(set, labels)) == set(range(1, len(TOY_CLASS_NAMES) + 1))
+    for mask, present in zip(masks, labels, strict=True):
+        for class_id in present:
+            assert 100 <= np.count_nonzero(mask == class_id) <= 0.4 * size * size
+    assert 0.1 < (masks > 0).mean() < 0.4
+
+
+def test_tiles_world_options():
+    tiles = generate_toy_world(40, seed=2, image_size=48, num_objects_probs=(0.5, 0.5), object_radius=(8.0, 12.0))
+    assert tiles["images"].shape == (40, 48, 48, 3) and tiles["masks"].shape == (40, 48, 48)
+    assert {len(present) for present in tiles["labels"]} == {0, 1}
+    with pytest.raises(ValueError, match="num_objects_probs"):
+        generate_toy_world(2, num_objects_probs=(0.5, 0.2))
+
+
+def test_colour_does_not_determine_class(world):
+    images, masks = world["images"].astype(np.float64), world["masks"]
+    per_class_means = {c: [] for c in range(1, len(TOY_CLASS_NAMES) + 1)}
+    for image, mask in zip(images, masks, strict=True):
+        for class_id in np.unique(mask[mask > 0]):
+            per_class_means[int(class_id)].append(image[mask == class_id].mean(axis=0))
+    centres = []
+    for class_id, colours in per_class_means.items():
+        colours = np.stack(colours)  # [instances, 3]
+        assert len(colours) >= 5, class_id
+        assert (colours.std(axis=0) > 25).all(), f"class {class_id} has nearly fixed colours"
+        chromaticity = colours / colours.sum(axis=1, keepdims=True)  # hue, without brightness
+        centres.append(chromaticity.mean(axis=0))
+    # the average hue of every class is close to grey: classes are not colour-coded. (Brightness is not
+    # tested: a texture's dark fraction sets it, e.g. solid fills are the bright shade of a random hue.)
+    assert np.abs(np.stack(centres) - 1 / 3).max() < 0.15  # a colour-coded class: 0.3 and more
+
+
+def test_make_toy_dataset_columns():
+    import datasets
+
+    dataset = make_toy_dataset(4, seed=1)
+    assert set(dataset.column_names) == {"image", "annotation", "image_labels"}
+    assert isinstance(dataset.features["image"], datasets.Image)
+    assert isinstance(dataset.features["annotation"], datasets.Image)
+    example = dataset[0]
+    assert example["image"].mode == "RGB" and example["image"].size == (TOY_IMAGE_SIZE, TOY_IMAGE_SIZE)
+    assert example["annotation"].mode == "L"
+    _, masks, labels = generate_toy_images(4, seed=1)
+    np.testing.assert_array_equal(np.asarray(example["annotation"]), masks[0])
+    assert dataset["image_labels"] == labels
+
+
+@pytest.mark.parametrize("tokenizer_class", [CLIPTokenizer, AutoTokenizer])
+def test_shipped_tokenizer_covers_all_prompts(tokenizer_class):
+    tokenizer = tokenizer_class.from_pretrained(toy_clip_path())
+    config = CLIPModel.config_class.from_pretrained(toy_clip_path()).text_config
+    encoded = tokenizer(PROMPTS, padding="max_length", max_length=config.max_position_embeddings)
+    unknown = tokenizer.convert_tokens_to_ids(tokenizer.unk_token)
+    for text, ids in zip(PROMPTS, encoded["input_ids"], strict=True):
+        length = sum(1 for i in ids if i != tokenizer.pad_token_id) + 1  # + the end token
+        assert ids[0] == tokenizer.bos_token_id
+        assert ids[length - 1] == tokenizer.eos_token_id == config.eos_token_id
+        assert unknown not in ids[1 : length - 1], text
+        assert tokenizer.decode(ids, skip_special_tokens=True).replace(" .", ".") == text
+    assert len(set(map(tuple, encoded["input_ids"]))) == len(PROMPTS)
+
+
+def test_shipped_clip_loads_offline_and_is_finite():
+    model = CLIPModel.from_pretrained(toy_clip_path())
+    tokenizer = CLIPTokenizer.from_pretrained(toy_clip_path())
+    assert model.config.vision_config.image_size == TOY_IMAGE_SIZE
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert next(model.parameters()).dtype == torch.float32
+    images, _, _ = generate_toy_images(2, seed=0)
+    script = _load_pretrain_script()
+    with torch.no_grad():
+        image_embeds = script.image_embeddings(model, script.to_pixel_values(images))
+        text_inputs = dict(tokenizer(PROMPTS, padding="max_length", return_tensors="pt"))
+        text_embeds = script.text_embeddings(model, text_inputs)
+    assert image_embeds.shape == (2, model.config.projection_dim)
+    assert torch.isfinite(image_embeds).all() and torch.isfinite(text_embeds).all()
+
+
+def test_shipped_metrics_beat_baselines():
+    report = json.loads((toy_clip_path() / "pretraining_metrics.json").read_text())
+    gate = report["gate"]
+    assert gate["zero_shot_map"] > 2 * gate["zero_shot_base_rate"]
+    assert gate["cam_miou"] > gate["centred_disk_first_class"] > gate["all_background"]
+
+
+def test_pretraining_script_tiny_run(tmp_path):
+    script = _load_pretrain_script()
+    gate = script.main(
+        ["--max_steps", "2", "--train_pool_size", "16", "--tile_pool_size", "16", "--eval_size", "6",
+         "--per_device_train_batch_size", "4", "--mosaic_batch_size", "2", "--warmup_steps", "1",
+         "--output_dir", str(tmp_path)]
+    )  # fmt: skip
+    assert {"zero_shot_map", "cam_miou", "centred_disk_first_class"} <= set(gate)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "pretraining_metrics.json"):
+        assert (tmp_path / name).is_file(), name
+    reloaded = CLIPModel.from_pretrained(tmp_path)
+    assert all(torch.isfinite(p).all() for p in reloaded.parameters())
