@@ -28,9 +28,11 @@ from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
+from weclip_hf import WeCLIPImageProcessor
 from weclip_hf.convert import convert_official_checkpoint
 
 logger = logging.getLogger("convert_official_checkpoint")
+DEFAULT_TOKENIZER = "openai/clip-vit-base-patch16"
 
 CITATION = """@inproceedings{zhang2024frozen,
   title     = {Frozen CLIP: A Strong Backbone for Weakly Supervised Semantic Segmentation},
@@ -52,7 +54,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--clip", default=None, help="transformers CLIP folder or Hub id for the CLIP part")
     parser.add_argument(
-        "--tokenizer", default=None, help="CLIP tokenizer folder or Hub id (default: --clip's)"
+        "--tokenizer",
+        default=None,
+        help=f"CLIP tokenizer folder or Hub id (default: --clip's, else {DEFAULT_TOKENIZER}; offline: a folder)",
     )
     parser.add_argument("--preset", choices=("voc", "coco"), default="voc", help="dataset preset")
     parser.add_argument("--output_dir", required=True, help="where to write the converted model")
@@ -66,9 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
     if args.clip is None and args.tokenizer is None:
-        parser.error(
-            "pass --tokenizer (a CLIP tokenizer folder or Hub id) or --clip, whose tokenizer is used"
-        )
+        args.tokenizer = DEFAULT_TOKENIZER  # the tokenizer of the OpenAI ViT-B/16 the official code used
     return args
 
 
@@ -134,14 +136,7 @@ def main(argv: list[str] | None = None) -> Path:
     logger.info(model.conversion_report.summary())
     model.save_pretrained(output_dir)
 
-    try:
-        from weclip_hf import WeCLIPImageProcessor
-    except ImportError:  # TODO(lead): the image processor is not in the package yet
-        logger.warning(
-            "weclip_hf.WeCLIPImageProcessor is not available: no preprocessor_config.json written."
-        )
-    else:
-        WeCLIPImageProcessor(patch_size=model.config.vision_config.patch_size).save_pretrained(output_dir)
+    WeCLIPImageProcessor(patch_size=model.config.vision_config.patch_size).save_pretrained(output_dir)
 
     build_model_card(args, model, sha256_of(Path(args.checkpoint))).save(output_dir / "README.md")
     logger.info("Wrote %s", output_dir)

@@ -622,6 +622,12 @@ def test_script_writes_a_loadable_folder(tmp_path, real_vocab_checkpoint):
                                                                                  "logit")) else value), key  # fmt: skip
     assert torch.allclose(model.class_text_embeds.norm(dim=-1), torch.ones(20))
     AutoImageProcessor.from_pretrained(out)
+    from PIL import Image
+    from transformers import pipeline
+
+    segments = pipeline("image-segmentation", model=str(out))(Image.new("RGB", (50, 37), (90, 140, 200)))
+    assert segments and all(s["mask"].size == (50, 37) for s in segments)
+    assert {s["label"] for s in segments} <= set(model.config.id2label.values())
     card = (out / "README.md").read_text()
     assert (
         "WeCLIP_tiny.pth" in card
@@ -650,8 +656,10 @@ def test_script_push_to_hub_uses_the_hub_api(tmp_path, real_vocab_checkpoint):
 
 def test_script_argument_errors():
     script = _script()
-    with pytest.raises(SystemExit):
-        script.parse_args(["--checkpoint", "x.pth", "--output_dir", "o"])  # no tokenizer nor clip
+    # the minimal command: no --tokenizer nor --clip -> the OpenAI ViT-B/16 tokenizer (Hub id)
+    args = script.parse_args(["--checkpoint", "x.pth", "--preset", "voc", "--output_dir", "o"])
+    assert args.tokenizer == "openai/clip-vit-base-patch16"
+    assert script.parse_args(["--checkpoint", "x.pth", "--output_dir", "o", "--clip", "c"]).tokenizer is None
     with pytest.raises(SystemExit):
         script.parse_args(["--checkpoint", "x.pth", "--output_dir", "o", "--tokenizer", "t", "--push_to_hub"])
 
