@@ -18,6 +18,7 @@ from transformers import CLIPTextModel, CLIPVisionModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.utils import ModelOutput
+from transformers.utils import logging as hf_logging
 
 from .cam import (
     box_mask,
@@ -31,6 +32,8 @@ from .cam import (
 from .configuration_weclip import WeCLIPConfig
 from .losses import affinity_loss, affinity_targets, segmentation_loss
 from .refinement import par_refine, rfm_affinity
+
+logger = hf_logging.get_logger(__name__)
 
 # --------------------------------------------------------------------------------------------------
 # Outputs
@@ -383,7 +386,18 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             projection_dim=clip_config.projection_dim,
             **kwargs,
         )
-        model = cls._load_checked(clip_name_or_path, config=config, allowed_missing=_FRESH_IN_CLIP_CHECKPOINT)
+        # transformers would print every decoder tensor as MISSING: they are new by design, so its report is
+        # silenced and only what would be a real problem (tensors of the checkpoint we did not use) is logged
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model, info = cls._load_checked(
+                clip_name_or_path, config=config, allowed_missing=_FRESH_IN_CLIP_CHECKPOINT, output_loading_info=True
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        if info["unexpected_keys"]:
+            logger.warning(f"{clip_name_or_path!r}: tensors not used by WeCLIP: {sorted(info['unexpected_keys'])}")
         if tokenizer is None or isinstance(tokenizer, str):
             tokenizer = AutoTokenizer.from_pretrained(tokenizer or clip_name_or_path)
         model.update_class_embeddings(tokenizer)
