@@ -46,6 +46,8 @@ from weclip_hf.data.toy import (
     generate_toy_world,
     toy_clip_path,
 )
+from weclip_hf.data.transforms import multi_hot as multi_hot_row
+from weclip_hf.metrics import confusion_matrix, scores_from_confusion
 
 # ImageNet statistics on 0-255 pixels: WeCLIP's faithful default normalisation (DESIGN Part 1).
 IMAGE_MEAN = (123.675, 116.28, 103.53)
@@ -201,10 +203,8 @@ def to_pixel_values(images: np.ndarray) -> torch.Tensor:
 
 
 def multi_hot(labels: list[list[int]], num_classes: int) -> torch.Tensor:
-    target = torch.zeros(len(labels), num_classes)
-    for row, present in enumerate(labels):
-        target[row, [c - 1 for c in present]] = 1.0
-    return target
+    """Multi-hot rows [N, K] of per-image class ids 1..K."""
+    return torch.stack([multi_hot_row(present, num_classes) for present in labels])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -225,15 +225,8 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
 
 
 def mean_iou(predictions: np.ndarray, masks: np.ndarray, num_labels: int) -> float:
-    """mIoU over the labels that occur in the ground truth or the prediction."""
-    confusion = np.bincount(
-        masks.reshape(-1).astype(np.int64) * num_labels + predictions.reshape(-1).astype(np.int64),
-        minlength=num_labels**2,
-    ).reshape(num_labels, num_labels)
-    intersection = np.diag(confusion)
-    union = confusion.sum(0) + confusion.sum(1) - intersection
-    valid = union > 0
-    return float((intersection[valid] / union[valid]).mean())
+    """mIoU over the labels that occur in the ground truth or the prediction (the package's metric)."""
+    return float(scores_from_confusion(confusion_matrix(predictions, masks, num_labels))["mean_iou"])
 
 
 def grad_cams(
