@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_train_steps", "--max_steps", dest="max_train_steps", type=int, default=3500)
     parser.add_argument("--eval_steps", type=int, default=200, help="evaluate every this many steps")
     parser.add_argument(
-        "--checkpoint_dir", type=pathlib.Path, default=None, help="save here at each evaluation"
+        "--checkpoint_dir", type=pathlib.Path, default=None, help="save step_N/ here at each evaluation"
     )
     parser.add_argument(
         "--text_warmup_steps", type=int, default=100, help="text-only steps that spread the prompt embeddings"
@@ -476,8 +476,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             metrics.update(step=step + 1, seconds=round(time.time() - train_start, 1))
             history.append(metrics)
             print(json.dumps(metrics), flush=True)
-            if args.checkpoint_dir is not None:  # the latest evaluated weights, to inspect a long run early
-                model.save_pretrained(args.checkpoint_dir)
+            if args.checkpoint_dir is not None:  # every evaluated state, to inspect a long run early
+                model.save_pretrained(args.checkpoint_dir / f"step_{step + 1}")
     train_seconds = time.time() - train_start
 
     final = dict(history[-1]) if history else evaluate(model, text_inputs, heldout)

@@ -6,10 +6,12 @@ import torch
 from reference_weclip import reference_box_mask, reference_normalize, reference_par, reference_transition
 from scipy import ndimage
 
+import weclip_hf.cam as weclip_cam
 from weclip_hf.cam import (
     box_mask,
     box_threshold_mask,
-    connected_components,
+    components_by_closure,
+    components_by_propagation,
     gradcam,
     minmax_normalize,
     transition_matrix,
@@ -32,12 +34,13 @@ def _spiral(n: int) -> np.ndarray:
     return grid
 
 
-def test_connected_components_match_scipy_8_connectivity():
+@pytest.mark.parametrize("components", [components_by_propagation, components_by_closure])
+def test_connected_components_match_scipy_8_connectivity(components):
     rng = np.random.default_rng(0)
     maps = [rng.random((13, 17)) > p for p in (0.3, 0.5, 0.7, 0.9)] + [np.zeros((13, 17), bool), _spiral(13)[:, :13]]
     maps = [np.pad(m, ((0, 13 - m.shape[0]), (0, 17 - m.shape[1]))) for m in maps]
     binary = torch.from_numpy(np.stack(maps))
-    labels = connected_components(binary).numpy()
+    labels = components(binary).numpy()
     for ours, m in zip(labels, maps):
         ref, n = ndimage.label(m, structure=np.ones((3, 3)))
         assert (ours >= 0).sum() == m.sum()
@@ -46,8 +49,10 @@ def test_connected_components_match_scipy_8_connectivity():
         assert len(pairs) == n == len({a for a, _ in pairs})
 
 
+@pytest.mark.parametrize("components", [components_by_propagation, components_by_closure])
 @pytest.mark.parametrize("seed", range(5))
-def test_box_mask_matches_cpu_reference(seed):
+def test_box_mask_matches_cpu_reference(seed, components, monkeypatch):
+    monkeypatch.setattr(weclip_cam, "connected_components", components)  # the accelerator path on the CPU too
     rng = np.random.default_rng(seed)
     # smooth random CAMs give blob-like regions, several per map, some touching the border
     cams = np.stack([ndimage.gaussian_filter(rng.random((20, 20)), 1.5) for _ in range(8)]).astype(np.float32)

@@ -143,9 +143,15 @@ def test_losses_match_loop_reference():
     bg, fg = labels == 0, (labels != 0) & (labels != 255)
     expected_seg = 0.5 * ce[bg].mean() + 0.5 * ce[fg].mean()
     assert segmentation_loss(logits, labels).item() == pytest.approx(expected_seg.item(), rel=1e-5)
-    # no foreground pixel in the batch: that half is 0, not NaN
+    # no foreground (or no background) pixel in the batch: that half is exactly 0, not NaN
     only_bg = torch.zeros(2, 24, 16, dtype=torch.long)
-    assert torch.isfinite(segmentation_loss(logits, only_bg))
+    ce_all = torch.nn.functional.cross_entropy(up, only_bg, reduction="none")
+    assert segmentation_loss(logits, only_bg).item() == pytest.approx(0.5 * ce_all.mean().item(), rel=1e-5)
+    only_fg = torch.full((2, 24, 16), 2, dtype=torch.long)
+    ce_all = torch.nn.functional.cross_entropy(up, only_fg, reduction="none")
+    assert segmentation_loss(logits, only_fg).item() == pytest.approx(0.5 * ce_all.mean().item(), rel=1e-5)
+    all_ignored = torch.full((2, 24, 16), 255, dtype=torch.long)
+    assert segmentation_loss(logits, all_ignored).item() == 0.0
 
 
 def test_rfm_switches_on_from_step_counter(tiny_config):
@@ -167,6 +173,11 @@ def test_full_supervision_with_pixel_labels(tiny_model):
     labels[:, :3] = 255
     out = tiny_model(pixel_values, labels=labels)
     assert torch.isfinite(out.loss) and out.pseudo_labels is None
+    # every training forward advances the step counter, fully supervised ones too (one schedule for both)
+    tiny_model.train()
+    before = int(tiny_model.training_step)
+    tiny_model(pixel_values, labels=labels).loss.backward()
+    assert int(tiny_model.training_step) == before + 1
 
 
 def test_save_load_roundtrip_keeps_everything(tmp_path, tiny_model):
@@ -287,3 +298,38 @@ def test_from_clip_loads_clip_weights_and_tokenizer(tmp_path):
     torch.testing.assert_close(model.class_text_embeds, expected, rtol=1e-5, atol=1e-6)
     for name, p in model.named_parameters():
         assert torch.isfinite(p).all(), name
+
+
+def test_multiscale_flip_logits_match_a_loop_over_scales_and_flips(tiny_model):
+    from weclip_hf.inference import multiscale_flip_logits
+
+    pixel_values, _ = _inputs(batch=2, height=48, width=40)
+    ours = multiscale_flip_logits(tiny_model, pixel_values, scales=(1.0, 0.75), flip=True)
+    expected = []
+    for scale in (1.0, 0.75):
+        image = torch.nn.functional.interpolate(
+            pixel_values, size=(int(48 * scale), int(40 * scale)), mode="bilinear", align_corners=False
+        )
+        with torch.no_grad():
+            plain = tiny_model(image).logits
+            flipped = tiny_model(image.flip(-1)).logits.flip(-1)
+        mean = (plain + flipped) / 2
+        expected.append(torch.nn.functional.interpolate(mean, size=(6, 5), mode="bilinear", align_corners=False))
+    torch.testing.assert_close(ours, torch.stack(expected).mean(0), rtol=1e-5, atol=1e-5)
+    single = multiscale_flip_logits(tiny_model, pixel_values, scales=(1.0,), flip=False)
+    with torch.no_grad():
+        torch.testing.assert_close(single, tiny_model(pixel_values).logits)
+
+
+def test_pixel_mask_marks_padding_ignored_and_leaves_the_rest(tiny_model):
+    pixel_values, class_labels = _inputs()
+    pixel_mask = torch.ones(3, 48, 40, dtype=torch.long)
+    pixel_mask[0, 40:] = 0  # bottom padding
+    pixel_mask[2, :, 32:] = 0  # right padding
+    with torch.no_grad():
+        plain = tiny_model(pixel_values, class_labels=class_labels, use_rfm=False)
+        masked = tiny_model(pixel_values, class_labels=class_labels, use_rfm=False, pixel_mask=pixel_mask)
+    padded = pixel_mask == 0
+    assert (masked.pseudo_labels[padded] == 255).all()
+    assert torch.equal(masked.pseudo_labels[~padded], plain.pseudo_labels[~padded])
+    torch.testing.assert_close(masked.logits, plain.logits)

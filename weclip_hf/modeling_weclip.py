@@ -173,6 +173,19 @@ class WeCLIPDecoder(nn.Module):
 _FRESH_IN_CLIP_CHECKPOINT = re.compile(r"^decoder\.|_text_embeds$|^training_step$")
 
 
+def _check_values(ok: torch.Tensor, message: str) -> None:
+    """Refuse bad input values without a host sync on accelerators.
+
+    On the CPU: a `ValueError` right away. Elsewhere: a device-side assertion (`torch._assert_async`)
+    that fails the next synchronising call with ``message``; reading the flag back would stall the step.
+    """
+    if ok.device.type == "cpu":
+        if not bool(ok):
+            raise ValueError(message)
+    else:
+        torch._assert_async(ok, message)
+
+
 def _require_safetensors(folder: str) -> None:
     """Refuse a local model folder that holds no safetensors weights (e.g. only a pickle ``pytorch_model.bin``).
 
@@ -642,9 +655,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                     f"class_labels must be multi-hot of shape [batch, num_foreground_classes] = [{b}, {c}], "
                     f"got {tuple(class_labels.shape)}."
                 )
-            values = class_labels.detach().cpu().double()  # bool, integer and float labels alike
-            if not ((values == 0) | (values == 1)).all():
-                raise ValueError("class_labels must contain only 0 and 1 (multi-hot image-level labels).")
+            binary = (class_labels == 0) | (class_labels == 1)  # bool, integer and float labels alike
+            _check_values(binary.all(), "class_labels must contain only 0 and 1 (multi-hot image-level labels).")
         if labels is not None:
             if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
                 raise TypeError(
@@ -657,11 +669,11 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                 )
             ignore = self.config.semantic_loss_ignore_index
             bad = (labels != ignore) & ((labels < 0) | (labels >= self.config.num_labels))
-            if bad.any():
-                raise ValueError(
-                    f"labels contain ids outside [0, {self.config.num_labels - 1}] (ignore index {ignore}): "
-                    f"{sorted(labels[bad].unique().tolist())[:10]}."
-                )
+            message = f"labels contain ids outside [0, {self.config.num_labels - 1}] (ignore index {ignore})"
+            if labels.device.type != "cpu":
+                _check_values(~bad.any(), message + ".")
+            elif bad.any():
+                raise ValueError(f"{message}: {sorted(labels[bad].unique().tolist())[:10]}.")
 
     def set_training_step(self, step: int) -> None:
         """Set the training-step counter (e.g. to resume a schedule); RFM starts at ``config.rfm_start_step``."""
@@ -670,15 +682,16 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         self.training_step.fill_(int(step))
         self._step = int(step)
 
-    def _resolve_rfm(self, use_rfm: bool | None) -> bool:
-        """RFM on when forced, else from the training-step counter; advance it on training forwards."""
+    def _current_step(self) -> int:
+        """The training-step counter, read from the buffer once and mirrored on the host after that."""
         if self._step is None:
             self._step = int(self.training_step)
-        decided = self._step >= self.config.rfm_start_step if use_rfm is None else bool(use_rfm)
-        if self.training:
-            self._step += 1
-            self.training_step.fill_(self._step)
-        return decided
+        return self._step
+
+    def _advance_step(self) -> None:
+        """One training forward done (weak or fully supervised): count it in the buffer and its mirror."""
+        self._step = self._current_step() + 1
+        self.training_step.fill_(self._step)
 
     def forward(
         self,
@@ -730,7 +743,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         details = pseudo = cams = None
         rfm = None
         if weak:
-            rfm = self._resolve_rfm(use_rfm)
+            rfm = self._current_step() >= cfg.rfm_start_step if use_rfm is None else bool(use_rfm)
             details = self.generate_pseudo_labels(
                 pixel_values, class_labels, hidden[-1], attention, grid, decoder_affinity, rfm
             )
@@ -747,6 +760,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             aff_targets = affinity_targets(target, grid, cfg.affinity_radius, cfg.semantic_loss_ignore_index)
             aff, _, _ = affinity_loss(decoder_affinity, aff_targets)
             loss = seg + cfg.affinity_loss_weight * aff
+
+        if self.training:
+            self._advance_step()
 
         output = WeCLIPSemanticSegmenterOutput(
             loss=loss,
