@@ -119,6 +119,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--rfm_num_layers", type=int, help="last attention maps the RFM chooses from")
     model.add_argument("--par_dilations", type=int, nargs="+", help="PAR neighbour dilations")
     model.add_argument("--decoder_hidden_size", type=int, help="decoder width (256)")
+    model.add_argument("--decoder_dropout", type=float, help="Dropout2d after the feature fusion (0.1)")
     model.add_argument("--fully_supervised", action="store_true", help="train on the ground-truth masks")
     model.add_argument("--ignore_padding", action="store_true", help="crop padding -> ignore (not official)")
     train = p.add_argument_group("training")
@@ -139,6 +140,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--num_workers", type=int, default=0)
     train.add_argument("--checkpointing_steps", help="save every N steps (also at the end)")
+    train.add_argument("--overwrite_output_dir", action="store_true",
+                       help="start a fresh run in an --output_dir that holds a previous run's checkpoints")  # fmt: skip
     train.add_argument("--resume_from_checkpoint", help="a step_N folder or 'latest'")
     train.add_argument("--eval_steps", type=int, help="evaluate every N steps (0: only at the end)")
     train.add_argument("--eval_long_side", type=int, help="resize long side before prediction (VOC: 512)")
@@ -218,7 +221,7 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
     overrides = preset_config_kwargs(args.preset) if args.preset else {}
     overrides.update({k: v for k, v in names.items() if v is not None})
     for key in ("class_names", "background_names", "prompt_template", "rfm_start_step", "cam_box_threshold",
-                "cam_attention_layers", "rfm_num_layers", "par_dilations", "decoder_hidden_size"):  # fmt: skip
+                "cam_attention_layers", "rfm_num_layers", "par_dilations", "decoder_hidden_size", "decoder_dropout"):  # fmt: skip
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     if (
@@ -283,6 +286,27 @@ def find_checkpoint(output_dir: Path, spec: str) -> Path:
     if not steps:
         raise FileNotFoundError(f"No step_N checkpoint in {output_dir} to resume from.")
     return max(steps, key=lambda p: int(p.name.split("_")[1]))
+
+
+def claim_output_dir(output_dir: Path, args, is_main: bool) -> None:
+    """Create ``output_dir`` for this run. A fresh run (no ``--resume_from_checkpoint``) refuses a folder
+    that holds a previous run's checkpoints unless ``--overwrite_output_dir``, which removes them and the
+    log: their steps would mix with this run's (``latest`` could resume the old run)."""
+    old = sorted(p for p in output_dir.glob("step_*") if p.is_dir())
+    if args.resume_from_checkpoint or not old:
+        if is_main:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        return
+    if not args.overwrite_output_dir:
+        raise FileExistsError(
+            f"{output_dir} holds checkpoints of a previous run ({', '.join(p.name for p in old[-3:])}). "
+            "Continue it with --resume_from_checkpoint latest, start over with --overwrite_output_dir, "
+            "or choose another --output_dir."
+        )
+    if is_main:
+        for path in old:
+            shutil.rmtree(path)
+        (output_dir / "train_log.jsonl").unlink(missing_ok=True)
 
 
 class StreamPosition:
@@ -386,8 +410,7 @@ def main(argv=None) -> dict:
     )
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(output_dir, args, accelerator.is_main_process)
     started = time.time()
 
     # 1. data and model
@@ -504,8 +527,10 @@ def main(argv=None) -> dict:
             position.batch += 1
             bar.update(1)
             if step % args.logging_steps == 0 or step == args.max_train_steps:
-                record = {"step": step, "loss": out.loss.item(), "seg_loss": out.seg_loss.item(),
-                          "affinity_loss": out.affinity_loss.item(), "lr": scheduler.get_last_lr()[0],
+                # under DDP each process's loss is scaled so that their mean is the global-batch loss
+                losses = accelerator.reduce(torch.stack([out.loss, out.seg_loss, out.affinity_loss]).detach(), "mean")
+                record = {"step": step, "loss": losses[0].item(), "seg_loss": losses[1].item(),
+                          "affinity_loss": losses[2].item(), "lr": scheduler.get_last_lr()[0],
                           "rfm": bool(out.used_rfm)}  # fmt: skip
                 bar.set_postfix(loss=f"{record['loss']:.3f}", rfm=record["rfm"])
                 accelerator.log(record, step=step)

@@ -86,9 +86,9 @@ def train_env(threads: int = 2) -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
 
 
-def run_train(*args, check=True, timeout=300):
+def run_train(*args, check=True, timeout=300, threads=2):
     proc = subprocess.run([sys.executable, str(TRAIN), *map(str, args)], capture_output=True, text=True,
-                          env=train_env(), timeout=timeout)  # fmt: skip
+                          env=train_env(threads), timeout=timeout)  # fmt: skip
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

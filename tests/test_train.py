@@ -49,6 +49,14 @@ def test_fully_supervised_flag(tmp_path, tiny_clip):
               *FAST)  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     assert "fully_supervised_miou" in metrics and "miou" not in metrics
+    # a fresh run into the same folder would mix its checkpoints and log with this one's: refused ...
+    again = ["--clip_model_name_or_path", tiny_clip, "--output_dir", out, "--max_train_steps", 1, *FAST]
+    proc = run_train(*again, check=False)
+    assert proc.returncode != 0 and "--overwrite_output_dir" in proc.stderr and "step_2" in proc.stderr
+    # ... unless asked: the previous run's checkpoints and log are gone, the new run's are there
+    run_train(*again, "--overwrite_output_dir")
+    assert [r["step"] for r in read_log(out)] == [1]
+    assert sorted(p.name for p in out.glob("step_*")) == ["step_1"]
 
 
 def test_resume_repeats_uninterrupted_run_exactly(tmp_path, tiny_clip):

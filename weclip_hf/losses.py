@@ -3,21 +3,41 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over ``mask``; 0 (not NaN) when the mask is empty."""
+def _global_count(count: torch.Tensor, across_processes: bool) -> tuple[torch.Tensor, int]:
+    """``(count summed over all processes, number of processes)``; ``(count, 1)`` when not distributed.
+
+    A loss ``world * local_sum / global_count`` makes DDP's gradient average equal to the gradient of
+    the global-batch loss: the same result as one process with the whole batch (as DETR's losses do).
+    """
+    if not (across_processes and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return count, 1
+    count = count.detach().clone()
+    dist.all_reduce(count)
+    return count, dist.get_world_size()
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor, across_processes: bool = False) -> torch.Tensor:
+    """Mean of ``values`` over ``mask`` (of the whole global batch if ``across_processes``); 0 (not NaN)
+    when the mask is empty."""
     mask = mask.to(values.dtype)
-    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+    count, world = _global_count(mask.sum(), across_processes)
+    return world * (values * mask).sum() / count.clamp(min=1.0)
 
 
-def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+def segmentation_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255, across_processes: bool = False
+) -> torch.Tensor:
     """``0.5 * CE(bg pixels) + 0.5 * CE(fg pixels)``, each a mean over its own pixels of the whole batch.
 
     Args:
         logits: [B, C, h, w], upsampled bilinearly (align_corners=False) to the label size.
         labels: [B, H, W] int, ``ignore_index`` ignored.
+        across_processes: normalise by the pixel counts of the global batch (distributed training;
+            every process must call it).
     A batch with no background (or no foreground) pixel contributes 0 for that half (the official code
     gives NaN there).
     """
@@ -27,7 +47,7 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: 
     ce = F.cross_entropy(logits.float(), target, reduction="none")
     bg = valid & (labels == 0)
     fg = valid & (labels != 0)
-    return 0.5 * _masked_mean(ce, bg) + 0.5 * _masked_mean(ce, fg)
+    return 0.5 * _masked_mean(ce, bg, across_processes) + 0.5 * _masked_mean(ce, fg, across_processes)
 
 
 def affinity_targets(
@@ -51,19 +71,21 @@ def affinity_targets(
 
 
 def affinity_loss(
-    affinity: torch.Tensor, targets: torch.Tensor
+    affinity: torch.Tensor, targets: torch.Tensor, across_processes: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``0.5 * sum_pos(1 - A) / (n_pos + 1) + 0.5 * sum_neg(A) / (n_neg + 1)`` over the whole batch.
 
     Args:
         affinity: [B, N, N] decoder affinity. targets: [B, N, N] from `affinity_targets`.
+        across_processes: counts of the global batch (distributed training; every process must call it).
     Returns:
         loss, n_pos + 1, n_neg + 1 (the counts as the official code returns them).
     """
     pos = (targets == 1).to(affinity.dtype)
     neg = (targets == 0).to(affinity.dtype)
-    pos_count = pos.sum() + 1
-    neg_count = neg.sum() + 1
-    pos_loss = (pos * (1 - affinity)).sum() / pos_count
-    neg_loss = (neg * affinity).sum() / neg_count
+    pos_count, world = _global_count(pos.sum(), across_processes)
+    neg_count, _ = _global_count(neg.sum(), across_processes)
+    pos_count, neg_count = pos_count + 1, neg_count + 1
+    pos_loss = world * (pos * (1 - affinity)).sum() / pos_count
+    neg_loss = world * (neg * affinity).sum() / neg_count
     return 0.5 * pos_loss + 0.5 * neg_loss, pos_count, neg_count

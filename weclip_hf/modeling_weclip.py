@@ -756,9 +756,12 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         loss = seg = aff = None
         target = labels if labels is not None else pseudo
         if target is not None:
-            seg = segmentation_loss(logits, target, cfg.semantic_loss_ignore_index)
+            # training under DDP: normalise by the global batch's counts, so N processes of B images
+            # give the gradient of one process of N x B images
+            synced = self.training and torch.is_grad_enabled()
+            seg = segmentation_loss(logits, target, cfg.semantic_loss_ignore_index, across_processes=synced)
             aff_targets = affinity_targets(target, grid, cfg.affinity_radius, cfg.semantic_loss_ignore_index)
-            aff, _, _ = affinity_loss(decoder_affinity, aff_targets)
+            aff, _, _ = affinity_loss(decoder_affinity, aff_targets, across_processes=synced)
             loss = seg + cfg.affinity_loss_weight * aff
 
         if self.training:

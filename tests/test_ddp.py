@@ -1,0 +1,134 @@
+"""Distributed data parallel on CPU (gloo): N processes of B images train like one process of N x B images.
+
+WeCLIP's losses are means over the pixels / pairs of the whole batch; under DDP the model normalises by
+the global batch's counts (see `weclip_hf.losses`), so the averaged gradient is the global-batch gradient.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import FAST, TRAIN, make_tiny_config, read_log, run_train, train_env
+
+
+def _batch():
+    g = torch.Generator().manual_seed(3)
+    pixel_values = torch.randn(4, 3, 48, 40, generator=g)
+    labels = torch.randint(0, 5, (4, 48, 40), generator=g)
+    labels[:, :4] = 255
+    class_labels = torch.zeros(4, 4)
+    class_labels[0, [0, 2]] = 1
+    class_labels[1, 3] = 1
+    class_labels[2, [0, 1, 3]] = 1
+    class_labels[3, 1] = 1
+    return pixel_values, class_labels, labels
+
+
+def _loss(model, mode: str, share: slice = slice(None)):
+    """Weak supervision (pseudo labels, RFM off/on) or full supervision on pixel labels."""
+    pixel_values, class_labels, labels = (t[share] for t in _batch())
+    if mode == "pixel_labels":
+        return model(pixel_values, labels=labels).loss
+    return model(pixel_values, class_labels=class_labels, use_rfm=mode == "weak_rfm").loss
+
+
+def _model():
+    from weclip_hf import WeCLIPForSemanticSegmentation
+
+    torch.manual_seed(0)
+    return WeCLIPForSemanticSegmentation(make_tiny_config(decoder_dropout=0.0)).train()
+
+
+def _gradients(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+MODES = ("pixel_labels", "weak", "weak_rfm")
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    results = {}
+    for mode in MODES:
+        model = torch.nn.parallel.DistributedDataParallel(_model())
+        loss = _loss(model, mode, slice(rank * 4 // world, (rank + 1) * 4 // world))
+        loss.backward()
+        dist.all_reduce(loss := loss.detach())
+        results[mode] = {"grads": _gradients(model.module), "loss": loss / world}
+    if rank == 0:
+        torch.save(results, out)
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_results(tmp_path_factory):
+    """Loss and gradients of DDP over 2 spawned CPU processes (gloo), 2 images each, for every mode."""
+    out = str(tmp_path_factory.mktemp("ddp") / "ddp.pt")
+    mp.start_processes(_worker, args=(2, _free_port(), out), nprocs=2, start_method="spawn")
+    return torch.load(out)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ddp_gradient_equals_the_global_batch_gradient(ddp_results, mode):
+    ddp = ddp_results[mode]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers: thread count changes float rounding
+    try:
+        model = _model()
+        loss = _loss(model, mode)
+        loss.backward()
+    finally:
+        torch.set_num_threads(threads)
+    single = _gradients(model)
+    assert ddp["grads"].keys() == single.keys() and len(single) > 10
+    torch.testing.assert_close(ddp["loss"], loss.detach(), rtol=1e-4, atol=1e-6)
+    # pixel labels: the same targets, so float rounding only. Pseudo labels: a random tiny model has
+    # near-ties that batch composition flips at a pixel or two (~1e-4 of a gradient's scale each).
+    tolerance = 1e-5 if mode == "pixel_labels" else 2e-3
+    for name, grad in single.items():
+        scale = grad.abs().max().item()
+        torch.testing.assert_close(ddp["grads"][name], grad, rtol=0, atol=tolerance * scale + 1e-12, msg=name)
+
+
+def test_train_script_two_processes_match_one(tiny_clip, tmp_path):
+    """The real script under torchrun (2 CPU processes x 2 images) against 1 process x 4 images."""
+    args = ["--clip_model_name_or_path", tiny_clip, "--max_train_steps", 3, "--decoder_dropout", 0,
+            "--rfm_start_step", 2, *FAST]  # fmt: skip
+    args[args.index("--per_device_train_batch_size") + 1] = 2
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    two = tmp_path / "two"
+    proc = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", str(TRAIN), *map(str, args), "--output_dir", str(two)],
+        capture_output=True, text=True, timeout=300, env={**train_env(threads=1), "ACCELERATE_USE_CPU": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    args[args.index("--per_device_train_batch_size") + 1] = 4
+    one = tmp_path / "one"
+    run_train(*args, "--output_dir", one, threads=1)  # as each torchrun process
+    from safetensors.torch import load_file
+
+    log_two, log_one = read_log(two), read_log(one)
+    assert [r["step"] for r in log_two] == [1, 2, 3] and [r["rfm"] for r in log_two] == [False, False, True]
+    for a, b in zip(log_two, log_one):  # pseudo-label near-ties of the random CLIP: see the test above
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+    weights_two, weights_one = load_file(two / "model.safetensors"), load_file(one / "model.safetensors")
+    assert int(weights_two["training_step"]) == int(weights_one["training_step"]) == 3
+    # 3 AdamW steps: early Adam updates are ~lr * sign(grad), so a last-bit difference in a near-zero
+    # gradient can move a weight by up to 2 lr (here lr <= 3e-4); the gradients themselves agree to 1e-4
+    for name in weights_one:
+        torch.testing.assert_close(weights_two[name], weights_one[name], rtol=0, atol=1e-3, msg=name)
+    assert json.loads((two / "metrics.json").read_text())["train_steps"] == 3
