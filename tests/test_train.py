@@ -3,6 +3,7 @@ resume, signals, full supervision, push to the Hub (mocked)."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -272,3 +273,28 @@ def test_help_and_parsed_args_name_the_rfm_start(capsys):
     with_preset = train_script.parse_args(["--dataset_name", "d", "--preset", "voc"])
     assert with_preset.rfm_start_source == "--preset voc"
     assert train_script.parse_args(["--rfm_start_step", "7"]).rfm_start_source == "--rfm_start_step"
+
+
+def test_model_push_to_hub_uploads_weights_processor_and_card(tmp_path, tiny_model, monkeypatch):
+    """`model.push_to_hub` (no network: HfApi stubbed) ships a folder the pipeline can load."""
+    from huggingface_hub import HfApi
+    from transformers import pipeline
+
+    import weclip_hf  # noqa: F401  (registers the Auto classes)
+
+    pushed = tmp_path / "pushed"
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, private, exist_ok: type("R", (), {"repo_id": "me/" + repo_id})())
+
+    def upload_folder(self, repo_id, folder_path, commit_message, revision, create_pr):
+        shutil.copytree(folder_path, pushed)
+        return f"https://hub/{repo_id}"
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    assert tiny_model.push_to_hub("weclip-test", metrics={"miou": 0.5}) == "https://hub/me/weclip-test"
+    files = sorted(p.name for p in pushed.iterdir())
+    assert files == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+    card = (pushed / "README.md").read_text()
+    assert "me/weclip-test" in card and "| miou | 0.5000 |" in card and "zhang2024frozen" in card
+    assert "limitations" in card.lower()
+    masks = pipeline("image-segmentation", model=str(pushed))(Image.new("RGB", (40, 32), (120, 30, 60)))
+    assert masks and masks[0]["mask"].size == (40, 32)

@@ -675,6 +675,53 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             elif bad.any():
                 raise ValueError(f"{message}: {sorted(labels[bad].unique().tolist())[:10]}.")
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        image_processor=None,
+        model_card=None,
+        metrics: dict[str, float] | None = None,
+        commit_message: str = "Upload WeCLIP model",
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        **kwargs,
+    ):
+        """Upload safetensors weights, config, an image processor and a WeCLIP model card in one commit.
+
+        Unlike the generic `PreTrainedModel.push_to_hub` (weights and a placeholder card), the repository
+        works with ``pipeline("image-segmentation", model=repo_id)`` right away.
+
+        Args:
+            repo_id: ``"name"`` or ``"user/name"`` (created if missing).
+            image_processor: the processor to ship; default `WeCLIPImageProcessor` for this patch size
+                (ImageNet statistics, long side 512, as the official evaluation).
+            model_card: a `huggingface_hub.ModelCard`; default `weclip_hf.hub.make_model_card` with ``metrics``.
+        """
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        from .hub import make_model_card
+        from .image_processing_weclip import WeCLIPImageProcessor
+
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        if image_processor is None:
+            image_processor = WeCLIPImageProcessor(patch_size=self.config.vision_config.patch_size)
+        if model_card is None:
+            model_card = make_model_card(self.config, model_name=repo_id.split("/")[-1], repo_id=repo_id,
+                                         source="Uploaded with `WeCLIPForSemanticSegmentation.push_to_hub`.",
+                                         metrics=metrics)  # fmt: skip
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, **kwargs)
+            image_processor.save_pretrained(folder)
+            model_card.save(os.path.join(folder, "README.md"))
+            return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message,
+                                     revision=revision, create_pr=create_pr)  # fmt: skip
+
     def set_training_step(self, step: int) -> None:
         """Set the training-step counter (e.g. to resume a schedule); RFM starts at ``config.rfm_start_step``."""
         if step < 0:
