@@ -28,7 +28,14 @@ def toy_run(tiny_clip, tmp_path_factory):
 def test_toy_default_writes_model_metrics_overlays_and_card(toy_run):
     out = toy_run
     metrics = json.loads((out / "metrics.json").read_text())
-    for key in ("cam_miou", "pseudo_label_miou", "miou", "miou_msf", "baseline_bg_miou", "baseline_disk_miou"):
+    for key in (
+        "cam_miou",
+        "pseudo_label_miou",
+        "miou",
+        "miou_msf",
+        "baseline_bg_miou",
+        "baseline_disk_miou",
+    ):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["train_steps"] == 3
     overlay = Image.open(metrics["overlays"][0])
@@ -136,7 +143,9 @@ def test_imagefolder_dataset(tmp_path, tiny_clip):
     rng = np.random.default_rng(1)
     with open(root / "metadata.jsonl", "w") as f:
         for i in range(6):
-            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+                root / "images" / f"{i}.png"
+            )
             mask = np.zeros((64, 64), np.uint8)
             mask[10:40, 10:40] = 1 + i % 2
             Image.fromarray(mask).save(root / "masks" / f"{i}.png")
@@ -166,7 +175,9 @@ def test_push_to_hub_uploads_the_output_folder(tmp_path, tiny_clip, monkeypatch)
     from huggingface_hub import HfApi
 
     calls = {}
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, exist_ok: type("R", (), {"repo_id": "me/" + repo_id})())
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda self, repo_id, exist_ok: type("R", (), {"repo_id": "me/" + repo_id})()
+    )
 
     def upload_folder(self, repo_id, folder_path, commit_message, ignore_patterns):
         calls.update(repo_id=repo_id, files=sorted(os.listdir(folder_path)), ignore=ignore_patterns)
@@ -188,7 +199,9 @@ def test_inference_notebook_runs_headless(toy_run, monkeypatch):
     monkeypatch.setenv("WECLIP_MODEL_DIR", str(toy_run))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     notebook = nbformat.read(ROOT / "examples" / "inference.ipynb", as_version=4)
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    ).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the masks were shown as a picture
     assert not any(o.get("output_type") == "error" for o in outputs)
@@ -283,7 +296,11 @@ def test_model_push_to_hub_uploads_weights_processor_and_card(tmp_path, tiny_mod
     import weclip_hf  # noqa: F401  (registers the Auto classes)
 
     pushed = tmp_path / "pushed"
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, private, exist_ok: type("R", (), {"repo_id": "me/" + repo_id})())
+    monkeypatch.setattr(
+        HfApi,
+        "create_repo",
+        lambda self, repo_id, private, exist_ok: type("R", (), {"repo_id": "me/" + repo_id})(),
+    )
 
     def upload_folder(self, repo_id, folder_path, commit_message, revision, create_pr):
         shutil.copytree(folder_path, pushed)

@@ -405,12 +405,17 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         hf_logging.set_verbosity_error()
         try:
             model, info = cls._load_checked(
-                clip_name_or_path, config=config, allowed_missing=_FRESH_IN_CLIP_CHECKPOINT, output_loading_info=True
+                clip_name_or_path,
+                config=config,
+                allowed_missing=_FRESH_IN_CLIP_CHECKPOINT,
+                output_loading_info=True,
             )
         finally:
             hf_logging.set_verbosity(verbosity)
         if info["unexpected_keys"]:
-            logger.warning(f"{clip_name_or_path!r}: tensors not used by WeCLIP: {sorted(info['unexpected_keys'])}")
+            logger.warning(
+                f"{clip_name_or_path!r}: tensors not used by WeCLIP: {sorted(info['unexpected_keys'])}"
+            )
         if tokenizer is None or isinstance(tokenizer, str):
             tokenizer = AutoTokenizer.from_pretrained(tokenizer or clip_name_or_path)
         model.update_class_embeddings(tokenizer)
@@ -656,7 +661,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                     f"got {tuple(class_labels.shape)}."
                 )
             binary = (class_labels == 0) | (class_labels == 1)  # bool, integer and float labels alike
-            _check_values(binary.all(), "class_labels must contain only 0 and 1 (multi-hot image-level labels).")
+            _check_values(
+                binary.all(), "class_labels must contain only 0 and 1 (multi-hot image-level labels)."
+            )
         if labels is not None:
             if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
                 raise TypeError(
