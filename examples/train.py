@@ -288,6 +288,11 @@ def find_checkpoint(output_dir: Path, spec: str) -> Path:
     return max(steps, key=lambda p: int(p.name.split("_")[1]))
 
 
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Move a training batch to ``device`` (asynchronously from pinned memory), except ``class_labels``."""
+    return {k: v if k == "class_labels" else v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def claim_output_dir(output_dir: Path, args, is_main: bool) -> None:
     """Create ``output_dir`` for this run. A fresh run (no ``--resume_from_checkpoint``) refuses a folder
     that holds a previous run's checkpoints unless ``--overwrite_output_dir``, which removes them and the
@@ -452,7 +457,10 @@ def main(argv=None) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(args.num_warmup_steps, args.max_train_steps)
     )
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # batches stay on the host: `to_device` moves all but the image-level labels, from which the model
+    # plans its (image, class) pairs without a device-to-host sync
+    train_loader = accelerator.prepare_data_loader(train_loader, device_placement=False)
     accelerator.register_for_checkpointing(scheduler)
     position = StreamPosition()  # streamed data: pass and batch, checkpointed (map-style: from the step)
     if streamed:
@@ -504,6 +512,7 @@ def main(argv=None) -> dict:
         loader = accelerator.skip_first_batches(train_loader, offset) if offset else train_loader
         pass_ended = True
         for batch in loader:
+            batch = to_device(batch, accelerator.device)
             # every step's randomness (decoder dropout) is a function of (seed, step, process): a resumed
             # run repeats an uninterrupted one exactly
             torch.manual_seed((args.seed * 1_000_003 + step) * 64 + accelerator.process_index)

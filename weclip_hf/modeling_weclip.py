@@ -253,9 +253,9 @@ def _attention(attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     q = attn.q_proj(h).view(shape).transpose(1, 2)
     k = attn.k_proj(h).view(shape).transpose(1, 2)
     v = attn.v_proj(h).view(shape).transpose(1, 2)
-    probs = torch.softmax((q @ k.transpose(-1, -2)) * attn.scale, dim=-1, dtype=torch.float32).to(q.dtype)
-    out = (probs @ v).transpose(1, 2).reshape(b, t, c)
-    return attn.out_proj(out), probs.mean(dim=1)
+    probs = torch.softmax((q @ k.transpose(-1, -2)) * attn.scale, dim=-1, dtype=torch.float32)
+    out = (probs.to(v.dtype) @ v).transpose(1, 2).reshape(b, t, c)
+    return attn.out_proj(out), probs.mean(dim=1)  # maps stay float32 (they feed normalisations)
 
 
 class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
@@ -565,9 +565,13 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         present = present_host.to(device, non_blocking=True)
         n_bg = self.background_text_embeds.shape[0]
 
-        # 1. GradCAM of every pair from one backward: each pair runs its own copy of the last block.
+        # 1. GradCAM of every pair from one backward: each pair runs its own copy of the last block, in
+        # the weights' precision (the caller disables autocast: bf16 here moves the CAMs and boxes visibly).
+        weights_dtype = self.visual_projection.weight.dtype
         with torch.enable_grad():
-            h, image_embeds, last_probs = self.last_block_image_embedding(last_block_input[pair_image])
+            h, image_embeds, last_probs = self.last_block_image_embedding(
+                last_block_input[pair_image].to(weights_dtype)
+            )
             text = torch.cat([self.class_text_embeds, self.background_text_embeds]).to(image_embeds.dtype)
             logits = self.logit_scale.exp() * image_embeds @ text.t()  # [P, C + Nb]
             allowed = torch.cat([present[pair_image], present.new_ones(len(pairs), n_bg)], dim=1)
@@ -577,10 +581,12 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         cams = gradcam(h[:, 1:].detach().float(), grads[:, 1:].float(), grid)  # [P, h, w]
 
         # 2. Affinity: mean of the last maps (or the RFM choice), as a transition matrix per image.
-        maps = torch.stack([*attention, last_probs.new_zeros(b, *last_probs.shape[1:])], dim=1)
-        # the last block's map (images without pairs never use it)
-        maps[pair_image, -1] = last_probs.to(maps.dtype)
-        maps = maps[:, :, 1:, 1:].float()  # patch-to-patch [B, L, N, N]
+        n = grid[0] * grid[1]
+        patch_maps = [a[:, 1:, 1:].float() for a in attention]  # patch-to-patch [B, N, N] each
+        maps = torch.stack([*patch_maps, last_probs.new_zeros(b, n, n, dtype=torch.float32)], dim=1)
+        maps[pair_image, -1] = last_probs[
+            :, 1:, 1:
+        ].float()  # the last block's (images without pairs never use it)
         keep = distance = None
         if use_rfm:
             affinity, keep, distance = rfm_affinity(maps[:, -cfg.rfm_layers :], decoder_affinity.detach())
@@ -781,26 +787,33 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         weak = class_labels is not None
         needs_affinity = weak or labels is not None
 
-        # 1. Frozen CLIP: the first L-1 blocks, with attention maps only where the CAM/RFM needs them.
-        n_maps = max(cfg.cam_layers, cfg.rfm_layers) - 1 if weak else 0
+        # 1. Frozen CLIP: the first L-1 blocks, with attention maps only where this step's CAM (attention
+        # refinement) or RFM needs them; the other blocks run SDPA.
+        rfm = None
+        if weak:
+            rfm = self._current_step() >= cfg.rfm_start_step if use_rfm is None else bool(use_rfm)
+        n_maps = ((cfg.rfm_layers if rfm else cfg.cam_layers) - 1) if weak else 0
         hidden, attention, grid = self.forward_clip_features(pixel_values, n_maps)
         tokens = [t[:, 1:] for t in hidden[len(hidden) - cfg.feature_layers :]]
 
         # 2. Decoder: logits on the patch grid and the affinity of its fused features (after dropout).
         logits, features = self.decoder(tokens, grid)
+        # Under autocast (mixed precision) only the first L-1 CLIP blocks and the decoder run in low
+        # precision: the affinity, the GradCAM block, CAM normalisations, RFM and PAR stay float32.
+        full_precision = torch.autocast(pixel_values.device.type, enabled=False)
         decoder_affinity = None
         if needs_affinity:
             flat = features.flatten(2).float()
-            decoder_affinity = torch.sigmoid(flat.transpose(1, 2) @ flat)  # [B, N, N]
+            with full_precision:
+                decoder_affinity = torch.sigmoid(flat.transpose(1, 2) @ flat)  # [B, N, N]
 
         # 3. Pseudo labels from the frozen CLIP (weak supervision).
         details = pseudo = cams = None
-        rfm = None
         if weak:
-            rfm = self._current_step() >= cfg.rfm_start_step if use_rfm is None else bool(use_rfm)
-            details = self.generate_pseudo_labels(
-                pixel_values, class_labels, hidden[-1], attention, grid, decoder_affinity, rfm
-            )
+            with full_precision:
+                details = self.generate_pseudo_labels(
+                    pixel_values.float(), class_labels, hidden[-1], attention, grid, decoder_affinity, rfm
+                )
             pseudo, cams = details.pseudo_labels, details.cams
             if pixel_mask is not None:
                 pseudo = pseudo.masked_fill(pixel_mask == 0, cfg.semantic_loss_ignore_index)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -38,13 +39,20 @@ def par_affinity(
     sd = neighbours.std(dim=2, keepdim=True)  # unbiased
     colour = -(((neighbours - image.unsqueeze(2)).abs() / (sd + 1e-8) / temperature) ** 2)
     colour = colour.mean(dim=1, keepdim=True).softmax(dim=2)
-    dist = torch.tensor(
-        [d * (math.sqrt(2) if dy and dx else 1.0) for d in dilations for dy, dx in _RING],
-        device=image.device,
-        dtype=image.dtype,
-    )
-    pos = (-((dist / dist.std() / temperature) ** 2)).softmax(dim=0)
+    pos = _position_term(tuple(dilations), temperature, image.device, image.dtype)
     return colour + pos_weight * pos.view(1, 1, -1, 1, 1)
+
+
+@functools.lru_cache(maxsize=16)
+def _position_term(
+    dilations: tuple[int, ...], temperature: float, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """Softmax over neighbours of ``-(dist / std(dist) / w1)^2``: made once per setting and device (no
+    host-to-device copy per step)."""
+    dist = torch.tensor(
+        [d * (math.sqrt(2) if dy and dx else 1.0) for d in dilations for dy, dx in _RING], dtype=dtype
+    )
+    return (-((dist / dist.std() / temperature) ** 2)).softmax(dim=0).to(device)
 
 
 @torch.no_grad()
