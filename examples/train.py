@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
@@ -553,11 +553,12 @@ def main(argv=None) -> dict:
             if checkpoint_every and step % checkpoint_every == 0:
                 save_checkpoint(accelerator, output_dir, step)
             if args.eval_steps and step % args.eval_steps == 0 and val_set is not None:
-                loader_eval = DataLoader(
-                    val_set, batch_size=args.per_device_eval_batch_size, collate_fn=collate
-                )
+                # each process evaluates every num_processes-th image; the confusion matrices are summed
+                shard = Subset(val_set, range(accelerator.process_index, len(val_set), accelerator.num_processes))
+                loader_eval = DataLoader(shard, batch_size=args.per_device_eval_batch_size, collate_fn=collate)
                 res = evaluate_segmentation(accelerator.unwrap_model(model), loader_eval, ("pred", "pseudo"),
-                                            long_side=args.eval_long_side, progress=False)  # fmt: skip
+                                            long_side=args.eval_long_side, accelerator=accelerator,
+                                            progress=False)  # fmt: skip
                 scores = {f"eval_{k}_miou": v["mean_iou"] for k, v in res.items()}
                 accelerator.print(f"step {step}: {scores}")
                 accelerator.log(scores, step=step)

@@ -107,7 +107,7 @@ def test_ddp_gradient_equals_the_global_batch_gradient(ddp_results, mode):
 def test_train_script_two_processes_match_one(tiny_clip, tmp_path):
     """The real script under torchrun (2 CPU processes x 2 images) against 1 process x 4 images."""
     args = ["--clip_model_name_or_path", tiny_clip, "--max_train_steps", 3, "--decoder_dropout", 0,
-            "--rfm_start_step", 2, *FAST]  # fmt: skip
+            "--rfm_start_step", 2, "--eval_steps", 3, *FAST, "--toy_val_images", 5]  # fmt: skip
     args[args.index("--per_device_train_batch_size") + 1] = 2
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     two = tmp_path / "two"
@@ -121,7 +121,11 @@ def test_train_script_two_processes_match_one(tiny_clip, tmp_path):
     run_train(*args, "--output_dir", one, threads=1)  # as each torchrun process
     from safetensors.torch import load_file
 
-    log_two, log_one = read_log(two), read_log(one)
+    evals = [[r for r in read_log(run) if "eval_pred_miou" in r] for run in (two, one)]
+    assert [r["step"] for r in evals[0]] == [r["step"] for r in evals[1]] == [3]
+    for key in ("eval_pred_miou", "eval_pseudo_miou"):  # 5 images sharded 3 + 2 over the processes, summed
+        assert evals[0][0][key] == pytest.approx(evals[1][0][key], abs=0.01), key
+    log_two, log_one = ([r for r in read_log(run) if "loss" in r] for run in (two, one))
     assert [r["step"] for r in log_two] == [1, 2, 3] and [r["rfm"] for r in log_two] == [False, False, True]
     for a, b in zip(log_two, log_one):  # pseudo-label near-ties of the random CLIP: see the test above
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
