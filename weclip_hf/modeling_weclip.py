@@ -584,9 +584,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         n = grid[0] * grid[1]
         patch_maps = [a[:, 1:, 1:].float() for a in attention]  # patch-to-patch [B, N, N] each
         maps = torch.stack([*patch_maps, last_probs.new_zeros(b, n, n, dtype=torch.float32)], dim=1)
-        maps[pair_image, -1] = last_probs[
-            :, 1:, 1:
-        ].float()  # the last block's (images without pairs never use it)
+        # the last block's map, per pair (images without pairs never use it)
+        maps[pair_image, -1] = last_probs[:, 1:, 1:].float()
         keep = distance = None
         if use_rfm:
             affinity, keep, distance = rfm_affinity(maps[:, -cfg.rfm_layers :], decoder_affinity.detach())
