@@ -58,13 +58,12 @@ def box_threshold_mask(cams: torch.Tensor, threshold: float) -> torch.Tensor:
     return cam_u8 > thr
 
 
-def grid_adjacency(h: int, w: int, device: torch.device | None = None) -> torch.Tensor:
-    """[h*w, h*w] float 0/1: cells within one step in y and x (8-neighbourhood plus the cell itself)."""
+def grid_neighbourhood(h: int, w: int, radius: int = 1, device: torch.device | None = None) -> torch.Tensor:
+    """[h*w, h*w] bool: pairs of cells of an h x w grid within Chebyshev distance ``radius`` (radius 1:
+    the 8-neighbourhood plus the cell itself)."""
     ys = torch.arange(h, device=device).repeat_interleave(w)
     xs = torch.arange(w, device=device).repeat(h)
-    near_y = (ys[:, None] - ys[None, :]).abs() <= 1
-    near_x = (xs[:, None] - xs[None, :]).abs() <= 1
-    return (near_y & near_x).float()
+    return ((ys[:, None] - ys[None, :]).abs() <= radius) & ((xs[:, None] - xs[None, :]).abs() <= radius)
 
 
 def connected_components(binary: torch.Tensor) -> torch.Tensor:
@@ -94,7 +93,7 @@ def components_by_closure(binary: torch.Tensor) -> torch.Tensor:
     p, h, w = binary.shape
     n = h * w
     fg = binary.reshape(p, n).float()
-    reach = grid_adjacency(h, w, binary.device) * fg[:, :, None] * fg[:, None, :]  # [P, N, N]
+    reach = grid_neighbourhood(h, w, 1, binary.device).float() * fg[:, :, None] * fg[:, None, :]  # [P, N, N]
     for _ in range(max(n - 1, 1).bit_length()):  # 2 ** rounds >= n - 1 path steps
         reach = torch.bmm(reach, reach).clamp_(max=1.0)
     idx = torch.arange(n, device=binary.device)

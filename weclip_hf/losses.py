@@ -6,6 +6,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .cam import grid_neighbourhood
+
 
 def _global_count(count: torch.Tensor, across_processes: bool) -> tuple[torch.Tensor, int]:
     """``(count summed over all processes, number of processes)``; ``(count, 1)`` when not distributed.
@@ -63,9 +65,7 @@ def affinity_targets(
     small = F.interpolate(labels[:, None].float(), size=grid, mode="nearest")[:, 0].long().flatten(1)
     same = small[:, :, None] == small[:, None, :]
     ignored = (small == ignore_index)[:, :, None] | (small == ignore_index)[:, None, :]
-    ys = torch.arange(h, device=labels.device).repeat_interleave(w)
-    xs = torch.arange(w, device=labels.device).repeat(h)
-    near = ((ys[:, None] - ys[None, :]).abs() <= radius) & ((xs[:, None] - xs[None, :]).abs() <= radius)
+    near = grid_neighbourhood(h, w, radius, labels.device)
     targets = same.to(torch.int8)
     return targets.masked_fill(ignored | ~near, -1)
 
