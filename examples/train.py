@@ -142,6 +142,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--scale_max", type=float)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--num_workers", type=int, default=0)
+    train.add_argument(
+        "--num_threads",
+        type=int,
+        help="CPU training: torch threads per process. Default: the cores available to this process "
+        "divided by the local processes (`accelerate launch` alone would pin a CPU run to 1 thread)",
+    )
     train.add_argument("--checkpointing_steps", help="save every N steps (also at the end)")
     train.add_argument("--overwrite_output_dir", action="store_true",
                        help="start a fresh run in an --output_dir that holds a previous run's checkpoints")  # fmt: skip
@@ -409,6 +415,17 @@ def toy_baselines(val_set, num_labels: int) -> dict[str, float]:
     return {f"baseline_{k}_miou": scores_from_confusion(cm)["mean_iou"] for k, cm in cms.items()}
 
 
+def cpu_threads_per_process(num_processes: int) -> int:
+    """The CPU cores this process may run on, shared among the local processes (at least 1).
+
+    ``accelerate launch`` without a config sets ``OMP_NUM_THREADS=1`` for a CPU run, which would leave
+    all but one core idle; a CPU run therefore sets its thread count itself (``--num_threads``).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))
+    return max(1, cores // max(1, local))
+
+
 # ---- main -------------------------------------------------------------------------------------------
 
 
@@ -418,6 +435,8 @@ def main(argv=None) -> dict:
         log_with=args.report_to if args.with_tracking else None, project_dir=args.output_dir
     )
     set_seed(args.seed)
+    if accelerator.device.type == "cpu":
+        torch.set_num_threads(args.num_threads or cpu_threads_per_process(accelerator.num_processes))
     output_dir = Path(args.output_dir)
     claim_output_dir(output_dir, args, accelerator.is_main_process)
     started = time.time()
@@ -442,7 +461,8 @@ def main(argv=None) -> dict:
     accelerator.print(f"recipe {args.recipe} (preset: {args.preset}), {cfg.num_foreground_classes} classes, "
                       f"{args.max_train_steps} steps of {args.per_device_train_batch_size} x "
                       f"{accelerator.num_processes} images, lr {args.learning_rate}, RFM from step "
-                      f"{cfg.rfm_start_step} ({args.rfm_start_source})")  # fmt: skip
+                      f"{cfg.rfm_start_step} ({args.rfm_start_source}), on {accelerator.device}"
+                      + (f" with {torch.get_num_threads()} threads" if accelerator.device.type == "cpu" else ""))  # fmt: skip
     train_set, val_set = prepare_data(args, train_raw, val_raw, cfg.num_foreground_classes,
                                       cfg.semantic_loss_ignore_index, accelerator)  # fmt: skip
     streamed = isinstance(train_set, StreamingWeakSegmentationDataset)

@@ -87,6 +87,8 @@ def train_env(threads: int = 2) -> dict[str, str]:
 
 
 def run_train(*args, check=True, timeout=300, threads=2):
+    """Run examples/train.py with ``args`` on ``threads`` CPU threads; fails the test if it fails."""
+    args = (*args, "--num_threads", threads)
     proc = subprocess.run([sys.executable, str(TRAIN), *map(str, args)], capture_output=True, text=True,
                           env=train_env(threads), timeout=timeout)  # fmt: skip
     if check and proc.returncode != 0:

@@ -112,7 +112,7 @@ def test_train_script_two_processes_match_one(tiny_clip, tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     two = tmp_path / "two"
     proc = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", str(TRAIN), *map(str, args), "--output_dir", str(two)],
+        [torchrun, "--nproc_per_node", "2", str(TRAIN), *map(str, args), "--output_dir", str(two), "--num_threads", "1"],
         capture_output=True, text=True, timeout=300, env={**train_env(threads=1), "ACCELERATE_USE_CPU": "1"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]

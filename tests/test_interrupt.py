@@ -29,7 +29,7 @@ TIMEOUT_S = 180
 def _start(args: list, log_file: Path) -> subprocess.Popen:
     """Start examples/train.py (one CPU thread) with stdout and stderr going to ``log_file``."""
     with open(log_file, "w") as log:
-        return subprocess.Popen([sys.executable, str(TRAIN), *map(str, args)], stdout=log, stderr=subprocess.STDOUT,
+        return subprocess.Popen([sys.executable, str(TRAIN), *map(str, args), "--num_threads", "1"], stdout=log, stderr=subprocess.STDOUT,
                                 env={**train_env(threads=1), "PYTHONUNBUFFERED": "1"})  # fmt: skip
 
 

@@ -322,3 +322,18 @@ def test_model_push_to_hub_uploads_weights_processor_and_card(tmp_path, tiny_mod
     assert "limitations" in card.lower()
     masks = pipeline("image-segmentation", model=str(pushed))(Image.new("RGB", (40, 32), (120, 30, 60)))
     assert masks and masks[0]["mask"].size == (40, 32)
+
+
+def test_cpu_threads_share_the_cores_among_local_processes(monkeypatch):
+    """`accelerate launch` sets OMP_NUM_THREADS=1 on a CPU; the script spreads the cores itself."""
+    sys.path.insert(0, str(TRAIN.parent))
+    import train as train_script
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert train_script.cpu_threads_per_process(1) == 8
+    assert train_script.cpu_threads_per_process(2) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # torchrun's local process count wins
+    assert train_script.cpu_threads_per_process(3) == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert train_script.cpu_threads_per_process(16) == 1
