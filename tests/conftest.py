@@ -86,10 +86,14 @@ def train_env(threads: int = 2) -> dict[str, str]:
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
 
 
+def train_command(*args, threads: int = 2, launcher: tuple[str, ...] = (sys.executable,)) -> list[str]:
+    """Command line of examples/train.py with ``args`` on ``threads`` CPU threads per process."""
+    return [*launcher, str(TRAIN), *map(str, args), "--num_threads", str(threads)]
+
+
 def run_train(*args, check=True, timeout=300, threads=2):
     """Run examples/train.py with ``args`` on ``threads`` CPU threads; fails the test if it fails."""
-    args = (*args, "--num_threads", threads)
-    proc = subprocess.run([sys.executable, str(TRAIN), *map(str, args)], capture_output=True, text=True,
+    proc = subprocess.run(train_command(*args, threads=threads), capture_output=True, text=True,
                           env=train_env(threads), timeout=timeout)  # fmt: skip
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")

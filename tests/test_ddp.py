@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import FAST, TRAIN, make_tiny_config, read_log, run_train, train_env
+from conftest import FAST, make_tiny_config, read_log, run_train, train_command, train_env
 
 
 def _batch():
@@ -112,7 +112,7 @@ def test_train_script_two_processes_match_one(tiny_clip, tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     two = tmp_path / "two"
     proc = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", str(TRAIN), *map(str, args), "--output_dir", str(two), "--num_threads", "1"],
+        train_command(*args, "--output_dir", two, threads=1, launcher=(torchrun, "--nproc_per_node", "2")),
         capture_output=True, text=True, timeout=300, env={**train_env(threads=1), "ACCELERATE_USE_CPU": "1"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -12,12 +12,11 @@ import random
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
-from conftest import FAST, TRAIN, read_log, train_env
+from conftest import FAST, read_log, train_command, train_env
 
 STEPS = 6  # 16 toy images in batches of 4: two epochs, so a resume lands mid-epoch and across epochs
 KILLS = 2
@@ -29,7 +28,7 @@ TIMEOUT_S = 180
 def _start(args: list, log_file: Path) -> subprocess.Popen:
     """Start examples/train.py (one CPU thread) with stdout and stderr going to ``log_file``."""
     with open(log_file, "w") as log:
-        return subprocess.Popen([sys.executable, str(TRAIN), *map(str, args), "--num_threads", "1"], stdout=log, stderr=subprocess.STDOUT,
+        return subprocess.Popen(train_command(*args, threads=1), stdout=log, stderr=subprocess.STDOUT,
                                 env={**train_env(threads=1), "PYTHONUNBUFFERED": "1"})  # fmt: skip
 
 
