@@ -26,10 +26,8 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROMPTS = [TOY_PROMPT_TEMPLATE.format(name) for name in TOY_CLASS_NAMES + TOY_BACKGROUND_NAMES]
 
 
-def _load_pretrain_script():
-    spec = importlib.util.spec_from_file_location(
-        "pretrain_toy_clip", REPO_ROOT / "examples" / "pretrain_toy_clip.py"
-    )
+def _load_example(name: str = "pretrain_toy_clip"):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -136,7 +134,7 @@ def test_shipped_clip_loads_offline_and_is_finite():
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert next(model.parameters()).dtype == torch.float32
     images, _, _ = generate_toy_images(2, seed=0)
-    script = _load_pretrain_script()
+    script = _load_example()
     with torch.no_grad():
         image_embeds = script.image_embeddings(model, script.to_pixel_values(images))
         text_inputs = dict(tokenizer(PROMPTS, padding="max_length", return_tensors="pt"))
@@ -153,7 +151,7 @@ def test_shipped_metrics_beat_baselines():
 
 
 def test_pretraining_script_tiny_run(tmp_path):
-    script = _load_pretrain_script()
+    script = _load_example()
     gate = script.main(
         ["--max_steps", "2", "--train_pool_size", "16", "--tile_pool_size", "16", "--eval_size", "6",
          "--per_device_train_batch_size", "4", "--mosaic_batch_size", "2", "--warmup_steps", "1",
@@ -164,3 +162,28 @@ def test_pretraining_script_tiny_run(tmp_path):
         assert (tmp_path / name).is_file(), name
     reloaded = CLIPModel.from_pretrained(tmp_path)
     assert all(torch.isfinite(p).all() for p in reloaded.parameters())
+
+
+def test_probe_pure_patches_and_recall():
+    probe = _load_example("probe_toy_clip")
+    masks = torch.zeros(1, 4, 6, dtype=torch.long)
+    masks[0, :2, :2] = 3  # one pure patch of class 3
+    masks[0, 2:, 1:3] = 5  # straddles two patches: neither is pure
+    keep, labels = probe.pure_patches(masks, 2)
+    assert keep.tolist() == [[[True, True, True], [False, False, True]]]
+    assert labels[keep].tolist() == [3, 0, 0, 0]
+    # separable features give full recall, features without information give about chance
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (600,), generator=generator)
+    separable = torch.nn.functional.one_hot(labels, 3).float() + 0.05 * torch.randn(600, 3, generator=generator)
+    assert min(probe.probe_recall(separable, labels, 3, steps=100)) > 0.95
+    noise = torch.randn(600, 3, generator=generator)
+    assert sum(probe.probe_recall(noise, labels, 3, steps=100)) / 3 < 0.5
+
+
+def test_probe_script_tiny_run():
+    results = _load_example("probe_toy_clip").main(["--num_images", "12", "--steps", "3", "--num_threads", "1"])
+    config = CLIPModel.config_class.from_pretrained(toy_clip_path()).vision_config
+    assert list(results) == [f"layer {i}" for i in range(config.num_hidden_layers + 1)] + ["raw spectrum (MLP)"]
+    for recall in results.values():
+        assert len(recall) == len(TOY_CLASS_NAMES) + 1 and all(0.0 <= value <= 1.0 for value in recall)
