@@ -48,7 +48,6 @@ def pure_patches(masks: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.T
 def patch_spectra(images: torch.Tensor, patch: int) -> torch.Tensor:
     """[N, h, w, patch * patch] magnitude spectra of the grey patches, each normalised to zero mean, unit std."""
     grey = images.float().mean(dim=-1)
-    n, height, width = grey.shape
     cells = grey.unfold(1, patch, patch).unfold(2, patch, patch)  # [N, h, w, patch, patch]
     cells = (cells - cells.mean(dim=(-2, -1), keepdim=True)) / (cells.std(dim=(-2, -1), keepdim=True) + 1e-3)
     return torch.fft.fft2(cells).abs().flatten(-2)
