@@ -175,15 +175,17 @@ def test_probe_pure_patches_and_recall():
     # separable features give full recall, features without information give about chance
     generator = torch.Generator().manual_seed(0)
     labels = torch.randint(0, 3, (600,), generator=generator)
-    separable = torch.nn.functional.one_hot(labels, 3).float() + 0.05 * torch.randn(600, 3, generator=generator)
-    assert min(probe.probe_recall(separable, labels, 3, steps=100)) > 0.95
     noise = torch.randn(600, 3, generator=generator)
+    separable = torch.nn.functional.one_hot(labels, 3).float() + 0.05 * noise
+    assert min(probe.probe_recall(separable, labels, 3, steps=100)) > 0.95
     assert sum(probe.probe_recall(noise, labels, 3, steps=100)) / 3 < 0.5
 
 
 def test_probe_script_tiny_run():
-    results = _load_example("probe_toy_clip").main(["--num_images", "12", "--steps", "3", "--num_threads", "1"])
+    probe = _load_example("probe_toy_clip")
+    results = probe.main(["--num_images", "12", "--steps", "3", "--num_threads", "1"])
     config = CLIPModel.config_class.from_pretrained(toy_clip_path()).vision_config
-    assert list(results) == [f"layer {i}" for i in range(config.num_hidden_layers + 1)] + ["raw spectrum (MLP)"]
+    layers = [f"layer {i}" for i in range(config.num_hidden_layers + 1)]
+    assert list(results) == [*layers, "raw spectrum (MLP)"]
     for recall in results.values():
         assert len(recall) == len(TOY_CLASS_NAMES) + 1 and all(0.0 <= value <= 1.0 for value in recall)
