@@ -27,7 +27,7 @@ TOY_BACKGROUND_NAMES = ["sky", "sand", "water", "wall", "grass", "floor"]
 TOY_PROMPT_TEMPLATE = "a photo of a {}."
 
 # Fill texture of each class (same order as TOY_CLASS_NAMES); documentation of the world's design.
-TOY_CLASS_TEXTURES = ["solid", "checks", "stripes", "dots", "speckle", "grid", "lines", "tiles"]
+TOY_CLASS_TEXTURES = ["blotches", "checks", "stripes", "dots", "speckle", "grid", "rules", "tiles"]
 
 _NUM_OBJECTS_PROBS = (0.0, 0.4, 0.35, 0.25)  # P(0 objects), P(1), P(2), P(3)
 _MIN_VISIBLE_FRACTION = 0.6  # an earlier object keeps at least this fraction of its pixels
@@ -81,6 +81,20 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int, cells_x: int 
     ix, fx = axis(cells_x)
     rows = coarse[iy] * (1 - fy)[:, None] + coarse[iy + 1] * fy[:, None]  # [size, cells_x + 1]
     return rows[:, ix] * (1 - fx)[None, :] + rows[:, ix + 1] * fx[None, :]
+
+
+def _periodic_bilinear(values: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bilinear interpolation of the periodic grid ``values`` [n, m] at fractional coordinates ``(a, b)``."""
+    n, m = values.shape
+    ia, ib = np.floor(a).astype(np.int64), np.floor(b).astype(np.int64)
+    fa, fb = a - ia, b - ib
+
+    def at(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        return values[i % n, j % m]
+
+    near = at(ia, ib) * (1 - fa) + at(ia + 1, ib) * fa
+    far = at(ia, ib + 1) * (1 - fa) + at(ia + 1, ib + 1) * fa
+    return near * (1 - fb) + far * fb
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -174,15 +188,20 @@ def _shape_mask(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 def _texture(kind: str, rng: np.random.Generator, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Fill pattern in {0, 1} (float) for texture family ``kind``; ``u, v`` are rotated pixel offsets.
 
-    The families differ in what a single 8-16 px window shows: its spatial frequency (fine lines period
-    ~3 px, fine checks ~4.5, grid ~5.5, dots ~6.5, stripes ~8, tiles ~11), 1-D vs 2-D structure, the
-    dark fraction, or no periodicity at all (solid, speckle), so a patch carries evidence of its class
-    whatever the object's colour or rotation.
+    The families differ in what a single 8-16 px window shows: its spatial frequency (fine checks period
+    ~4.5 px, thin rules ~4.3, grid ~5.5, dots ~6.5, stripes ~8, tiles ~11), 1-D vs 2-D structure, the
+    dark fraction, or no periodicity at all (speckle: 2 px cells; blotches: irregular ~4 px blobs), so a
+    patch carries evidence of its class whatever the object's colour or rotation. No class is a flat fill:
+    three backgrounds (sky, wall, floor) are flat within a patch, and a flat `circle` spread its CAMs over
+    them; nor do two classes share a spatial frequency (fine lines of period ~3.3 px had the fine checks'
+    frequency and the tiny CLIP confused them).
     """
     phase_u, phase_v = rng.uniform(0, 100, size=2)
     u, v = u + phase_u, v + phase_v
-    if kind == "solid":
-        return np.zeros_like(u)
+    if kind == "blotches":  # thresholded value noise
+        cell = rng.uniform(3.5, 4.5)
+        noise = rng.uniform(0, 1, size=(64, 64)).astype(np.float32)
+        return (_periodic_bilinear(noise, u / cell, v / cell) > 0.5).astype(np.float32)
     if kind == "checks":
         cell = rng.uniform(2.0, 2.5)
         return ((np.floor(u / cell) + np.floor(v / cell)) % 2).astype(np.float32)
@@ -199,9 +218,9 @@ def _texture(kind: str, rng: np.random.Generator, u: np.ndarray, v: np.ndarray) 
     if kind == "grid":
         period = rng.uniform(5.0, 6.0)
         return ((np.mod(u, period) < 1.3) | (np.mod(v, period) < 1.3)).astype(np.float32)
-    if kind == "lines":
-        period = rng.uniform(3.0, 3.5)
-        return (np.mod(u, period) < period / 2).astype(np.float32)
+    if kind == "rules":  # thin parallel lines
+        period = rng.uniform(4.0, 4.6)
+        return (np.mod(u, period) < 1.4).astype(np.float32)
     if kind == "tiles":
         cell = rng.uniform(5.0, 6.0)
         return ((np.floor(u / cell) + np.floor(v / cell)) % 2).astype(np.float32)
