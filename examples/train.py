@@ -62,8 +62,9 @@ RECIPES = {
                 crop_size=96, scale_min=0.9, scale_max=1.1, eval_steps=0, checkpointing_steps="250",
                 eval_long_side=None, toy_train_images=4000, toy_val_images=200, rfm_start_step=250,
                 # a 3-layer CLIP: the last 2 attention maps = 8/12 (CAM) and 6/12 (RFM) of the depth, as
-                # ViT-B/16's 8 and 6 of 12; box threshold (VOC 0.4, COCO 0.7): 0.5 (dev run, --seed 7: CAM
-                # pseudo labels 0.544 and decoder 0.422 against 0.519 and 0.416 at 0.8);
+                # ViT-B/16's 8 and 6 of 12; box threshold (VOC 0.4, COCO 0.7): 0.5 (dev run, --seed 7, on the
+                # world before the current circle and crescent textures: CAM pseudo labels 0.544 and decoder
+                # 0.422 against 0.519 and 0.416 at 0.8);
                 # a decoder as wide as the tiny CLIP (ViT-B/16: 256 for 768); PAR dilations up to 8 px for
                 # 96 px images (VOC: up to 24 px for 320 px crops)
                 cam_attention_layers=2, rfm_num_layers=2, cam_box_threshold=0.5, decoder_hidden_size=128,
