@@ -67,24 +67,9 @@ def _random_colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0, 255, size=3).astype(np.float32)
 
 
-def _smooth_noise(rng: np.random.Generator, size: int, cells: int, cells_x: int | None = None) -> np.ndarray:
-    """Value noise in [0, 1]: a random (cells + 1) x (cells_x + 1) grid upsampled bilinearly to ``size``."""
-    cells_x = cells if cells_x is None else cells_x
-    coarse = rng.uniform(0, 1, size=(cells + 1, cells_x + 1)).astype(np.float32)
-
-    def axis(n: int) -> tuple[np.ndarray, np.ndarray]:
-        pos = np.linspace(0, n, size, dtype=np.float32)
-        start = np.minimum(pos.astype(np.int64), n - 1)
-        return start, pos - start
-
-    iy, fy = axis(cells)
-    ix, fx = axis(cells_x)
-    rows = coarse[iy] * (1 - fy)[:, None] + coarse[iy + 1] * fy[:, None]  # [size, cells_x + 1]
-    return rows[:, ix] * (1 - fx)[None, :] + rows[:, ix + 1] * fx[None, :]
-
-
 def _periodic_bilinear(values: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Bilinear interpolation of the periodic grid ``values`` [n, m] at fractional coordinates ``(a, b)``."""
+    """Bilinear interpolation of the periodic grid ``values`` [n, m] at fractional coordinates ``(a, b)``
+    (arrays that broadcast together)."""
     n, m = values.shape
     ia, ib = np.floor(a).astype(np.int64), np.floor(b).astype(np.int64)
     fa, fb = a - ia, b - ib
@@ -95,6 +80,15 @@ def _periodic_bilinear(values: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.n
     near = at(ia, ib) * (1 - fa) + at(ia + 1, ib) * fa
     far = at(ia, ib + 1) * (1 - fa) + at(ia + 1, ib + 1) * fa
     return near * (1 - fb) + far * fb
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int, cells_x: int | None = None) -> np.ndarray:
+    """Value noise in [0, 1]: a random (cells + 1) x (cells_x + 1) grid upsampled bilinearly to ``size``."""
+    cells_x = cells if cells_x is None else cells_x
+    coarse = rng.uniform(0, 1, size=(cells + 1, cells_x + 1)).astype(np.float32)
+    rows = np.linspace(0, cells, size, dtype=np.float32)[:, None]
+    cols = np.linspace(0, cells_x, size, dtype=np.float32)[None, :]
+    return _periodic_bilinear(coarse, rows, cols)  # the grid's last row and column are reached, never wrapped
 
 
 # ----------------------------------------------------------------------------------------------------
