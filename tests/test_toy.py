@@ -93,7 +93,7 @@ def test_colour_does_not_determine_class(world):
         chromaticity = colours / colours.sum(axis=1, keepdims=True)  # hue, without brightness
         centres.append(chromaticity.mean(axis=0))
     # the average hue of every class is close to grey: classes are not colour-coded. (Brightness is not
-    # tested: a texture's dark fraction sets it, e.g. solid fills are the bright shade of a random hue.)
+    # tested: a texture's dark fraction sets it.)
     assert np.abs(np.stack(centres) - 1 / 3).max() < 0.15  # a colour-coded class: 0.3 and more
 
 
