@@ -100,15 +100,10 @@ def test_colour_does_not_determine_class(world):
 def test_no_class_is_flat_within_a_patch(world):
     # A flat class fill looks like the locally flat backgrounds (sky, wall, floor) to every 8 px patch: a
     # flat circle once spread its CAMs over 16% of the background. Each class's pure patches must vary.
-    grey = world["images"].astype(np.float32).mean(axis=-1)
-    count, grid = len(grey), TOY_IMAGE_SIZE // 8
-
-    def patches(array: np.ndarray) -> np.ndarray:  # [N, H, W] -> [N * grid * grid, 64]
-        return array.reshape(count, grid, 8, grid, 8).transpose(0, 1, 3, 2, 4).reshape(-1, 64)
-
-    masks = patches(world["masks"])
-    pure = (masks == masks[:, :1]).all(axis=1)
-    spread, label = patches(grey).std(axis=1)[pure], masks[pure, 0]
+    pure, label = _load_example("probe_toy_clip").pure_patches(torch.from_numpy(world["masks"]), 8)
+    grey = torch.from_numpy(world["images"]).float().mean(dim=-1)
+    spread = grey.unfold(1, 8, 8).unfold(2, 8, 8).flatten(-2).std(dim=-1)  # [N, h, w] within-patch std
+    spread, label = spread[pure].numpy(), label[pure].numpy()
     background_median = np.median(spread[label == 0])
     assert background_median < 6  # the backgrounds are low-contrast
     for class_id, name in enumerate(TOY_CLASS_NAMES, start=1):

@@ -187,8 +187,8 @@ def _texture(kind: str, rng: np.random.Generator, u: np.ndarray, v: np.ndarray) 
     dark fraction, or no periodicity at all (speckle: 2 px cells; blotches: irregular ~4 px blobs), so a
     patch carries evidence of its class whatever the object's colour or rotation. No class is a flat fill:
     three backgrounds (sky, wall, floor) are flat within a patch, and a flat `circle` spread its CAMs over
-    them; nor do two classes share a spatial frequency (fine lines of period ~3.3 px had the fine checks'
-    frequency and the tiny CLIP confused them).
+    them. Classes should not share a spatial frequency either: fine lines of period ~3.3 px had the fine
+    checks' frequency and the tiny CLIP confused them (stripes and tiles still come close; see README).
     """
     phase_u, phase_v = rng.uniform(0, 100, size=2)
     u, v = u + phase_u, v + phase_v
