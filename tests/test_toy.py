@@ -97,6 +97,18 @@ def test_colour_does_not_determine_class(world):
     assert np.abs(np.stack(centres) - 1 / 3).max() < 0.15  # a colour-coded class: 0.3 and more
 
 
+def test_background_families_have_their_own_colours(world):
+    # Like sky or grass in photos; with random background colours the tiny CLIP never learnt the background
+    # words and WeCLIP's background prompts took no softmax mass. A nearest-centroid rule on the mean colour
+    # of the bare background pixels must tell the families apart.
+    images, masks = world["images"], world["masks"]
+    colours = np.stack([image[mask == 0].mean(axis=0) for image, mask in zip(images, masks, strict=True)])
+    families = world["backgrounds"]
+    centroids = np.stack([colours[families == k].mean(axis=0) for k in range(len(TOY_BACKGROUND_NAMES))])
+    nearest = np.linalg.norm(colours[:, None] - centroids[None], axis=-1).argmin(axis=1)
+    assert (nearest == families).mean() > 0.8
+
+
 def test_no_class_is_flat_within_a_patch(world):
     # A flat class fill looks like the locally flat backgrounds (sky, wall, floor) to every 8 px patch: a
     # flat circle once spread its CAMs over 16% of the background. Each class's pure patches must vary.
@@ -160,6 +172,7 @@ def test_shipped_metrics_beat_baselines():
     report = json.loads((toy_clip_path() / "pretraining_metrics.json").read_text())
     gate = report["gate"]
     assert gate["zero_shot_map"] > 2 * gate["zero_shot_base_rate"]
+    assert gate["background_top1"] > 3 / len(TOY_BACKGROUND_NAMES)  # chance: 1 / 6
     assert gate["cam_miou"] > gate["centred_disk_first_class"] > gate["all_background"]
 
 
@@ -170,7 +183,7 @@ def test_pretraining_script_tiny_run(tmp_path):
          "--per_device_train_batch_size", "4", "--mosaic_batch_size", "2", "--warmup_steps", "1",
          "--output_dir", str(tmp_path)]
     )  # fmt: skip
-    assert {"zero_shot_map", "cam_miou", "centred_disk_first_class"} <= set(gate)
+    assert {"zero_shot_map", "background_top1", "cam_miou", "centred_disk_first_class"} <= set(gate)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "pretraining_metrics.json"):
         assert (tmp_path / name).is_file(), name
     reloaded = CLIPModel.from_pretrained(tmp_path)

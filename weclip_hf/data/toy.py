@@ -1,7 +1,7 @@
 """A procedural "toy world" for offline WeCLIP: images, pixel masks and image-level labels.
 
 Each image (``TOY_IMAGE_SIZE`` px square) shows one of ``len(TOY_BACKGROUND_NAMES)`` textured
-backgrounds, clutter (line segments and small blobs), and 1-3 objects of distinct classes that may
+backgrounds (each family in its own range of colours, like sky or grass), clutter (line segments and small blobs), and 1-3 objects of distinct classes that may
 occlude each other. A class is a shape AND a fill-texture family (stripes, checks, dots, ...); colours,
 texture period, orientation and phase, object size, rotation and position are random, so colour alone
 never gives a class away while a single patch of the object carries local evidence of its class.
@@ -13,6 +13,7 @@ only on ``(seed, i)``, so a longer run extends a shorter one. Ground truth ids: 
 
 from __future__ import annotations
 
+import colorsys
 import pathlib
 from typing import TYPE_CHECKING
 
@@ -124,8 +125,28 @@ def _background_pattern(kind: str, rng: np.random.Generator, ys: np.ndarray, xs:
     raise ValueError(f"unknown background kind {kind!r}")
 
 
+# Each background family has its own range of colours, as sky, sand or grass do in photos (objects keep fully
+# random colours): (hue in degrees, saturation, value) ranges. With random background colours the tiny CLIP
+# never learnt the background words (top-1 at chance), so WeCLIP's background prompts took no softmax mass and
+# the GradCAM of one of two present classes became the complement of the other, background included.
+_BACKGROUND_HSV = {
+    "sky": ((195, 225), (0.25, 0.6), (0.7, 1.0)),
+    "sand": ((35, 50), (0.3, 0.55), (0.7, 0.95)),
+    "water": ((170, 195), (0.5, 0.8), (0.35, 0.6)),
+    "wall": ((0, 360), (0.0, 0.12), (0.45, 0.85)),
+    "grass": ((85, 130), (0.45, 0.8), (0.35, 0.75)),
+    "floor": ((15, 30), (0.4, 0.7), (0.3, 0.6)),
+}
+
+
+def _background_colour(kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A colour [3] in 0-255 drawn from background family ``kind``'s range."""
+    hue, saturation, value = (rng.uniform(*bounds) for bounds in _BACKGROUND_HSV[kind])
+    return 255 * np.array(colorsys.hsv_to_rgb(hue / 360 % 1, saturation, value), dtype=np.float32)
+
+
 def _render_background(rng: np.random.Generator, kind: str, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    base = _random_colour(rng)
+    base = _background_colour(kind, rng)
     shift = rng.normal(0, 1, size=3).astype(np.float32)
     shift *= rng.uniform(25, 55) / (np.linalg.norm(shift) + 1e-6)
     pattern = _background_pattern(kind, rng, ys, xs)[..., None]
