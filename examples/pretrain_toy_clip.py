@@ -23,7 +23,8 @@ plateau; see `spread_prompt_embeddings`).
 Measured: the default run took 3,263 s (54 min; 3,214 s of training) on one CPU thread of a 2-core
 machine that ran a second pretraining on its other core; no GPU was available to time it there. Its gate
 metrics are in ``pretraining_metrics.json`` (held-out zero-shot mAP 1.00 against a base rate of 0.22;
-background-word top-1 1.00 against a chance of 0.17; raw GradCAM mIoU 0.48 against 0.19 for a centred disk).
+background-word top-1 1.00 against a chance of 0.17; raw GradCAM mIoU 0.48 against 0.19 for a centred
+disk).
 
 Why the background words matter: WeCLIP's GradCAM takes the softmax over the present classes AND the
 background prompts. When the toy backgrounds had random colours, the CLIP never learnt their words (top-1

@@ -1,10 +1,11 @@
 """A procedural "toy world" for offline WeCLIP: images, pixel masks and image-level labels.
 
 Each image (``TOY_IMAGE_SIZE`` px square) shows one of ``len(TOY_BACKGROUND_NAMES)`` textured
-backgrounds (each family in its own range of colours, like sky or grass), clutter (line segments and small blobs), and 1-3 objects of distinct classes that may
-occlude each other. A class is a shape AND a fill-texture family (stripes, checks, dots, ...); colours,
-texture period, orientation and phase, object size, rotation and position are random, so colour alone
-never gives a class away while a single patch of the object carries local evidence of its class.
+backgrounds (each family in its own range of colours, like sky or grass), clutter (line segments and
+small blobs), and 1-3 objects of distinct classes that may occlude each other. A class is a shape AND a
+fill-texture family (stripes, checks, dots, ...); object colours, texture period, orientation and phase,
+object size, rotation and position are random, so colour alone never gives a class away while a single
+patch of the object carries local evidence of its class.
 
 Everything is deterministic from ``seed``: image ``i`` of ``generate_toy_images(n, seed)`` depends
 only on ``(seed, i)``, so a longer run extends a shorter one. Ground truth ids: 0 = background,
