@@ -351,14 +351,14 @@ def evaluate(model: CLIPModel, text_inputs: dict, world: dict, batch_size: int =
     model.train(was_training)
     targets = multi_hot(labels, num_classes).numpy()
     score_matrix = np.concatenate(scores)
-    background_scores = score_matrix[:, num_classes:]
+    class_scores, background_scores = score_matrix[:, :num_classes], score_matrix[:, num_classes:]
     true_background = background_scores[np.arange(len(images)), world["backgrounds"]]
     num_pairs = sum(len(present) for present in labels)
     return {
-        "zero_shot_map": average_precision(score_matrix[:, :num_classes], targets),
+        "zero_shot_map": average_precision(class_scores, targets),
         "background_top1": float((background_scores.argmax(axis=1) == world["backgrounds"]).mean()),
         "cosine_true_background": float(true_background.mean()),
-        "cosine_present_classes": float(score_matrix[:, :num_classes][targets > 0].mean()),
+        "cosine_present_classes": float(class_scores[targets > 0].mean()),
         "zero_shot_base_rate": float(targets.mean()),
         "cam_miou": mean_iou(np.concatenate(predictions), masks, num_classes + 1),
         "cam_all_zero_rate": empty / max(num_pairs, 1),
