@@ -57,7 +57,8 @@ RECIPES = {
     # toy: the tiny CLIP was pretrained at one scale and its CAMs fall off away from it (CAM pseudo labels
     # of 200 training images of seed 0: 0.620 at scale 1.0, 0.594 at 1.1), so the crops keep the scale at 1
     # (dev runs, 500 steps, with the CLIP before the background colour ranges: decoder 0.653 / 0.652 on
-    # --seed 7 / --seed 11 against 0.622 / 0.604 with scales 0.9-1.1; not re-measured since; on the earlier world of smaller objects 0.9-1.1 had beaten 0.75-1.5, 0.43 to 0.38)
+    # --seed 7 / --seed 11 against 0.622 / 0.604 with scales 0.9-1.1; not re-measured since; on the earlier
+    # world of smaller objects 0.9-1.1 had beaten 0.75-1.5, 0.43 to 0.38)
     "toy": dict(per_device_train_batch_size=8, learning_rate=2e-3, num_warmup_steps=20, max_train_steps=500,
                 crop_size=96, scale_min=1.0, scale_max=1.0, eval_steps=0, checkpointing_steps="250",
                 eval_long_side=None, toy_train_images=4000, toy_val_images=200, rfm_start_step=250,
