@@ -215,3 +215,30 @@ def test_probe_script_tiny_run():
     assert list(results) == [*layers, "raw spectrum (MLP)"]
     for recall in results.values():
         assert len(recall) == len(TOY_CLASS_NAMES) + 1 and all(0.0 <= value <= 1.0 for value in recall)
+
+
+def test_diagnose_same_label_uses_patch_centres():
+    diagnose = _load_example("diagnose_toy_cams")
+    masks = torch.zeros(1, 4, 4, dtype=torch.long)
+    masks[0, 1, 3] = 2  # centre of the top-right patch
+    masks[0, 0, 0] = 2  # a corner of the top-left patch: not its centre
+    expected = [[1, 0, 1, 1], [0, 1, 0, 0], [1, 0, 1, 1], [1, 0, 1, 1]]
+    assert diagnose.same_label(masks, 2)[0].tolist() == expected
+
+
+def test_diagnose_script_tiny_run(tmp_path):
+    diagnose = _load_example("diagnose_toy_cams")
+    small = ["--num_images", "4", "--batch_size", "2", "--num_threads", "1"]
+    model = diagnose.recipe_model()
+    cfg = model.config
+    sweep = diagnose.main([*small, "--box_thresholds", str(cfg.cam_box_threshold), "--attention_layers",
+                           str(cfg.cam_attention_layers)])  # fmt: skip
+    assert len(sweep) == 1
+    model.save_pretrained(tmp_path)
+    rows = diagnose.main([*small, "--model", str(tmp_path)])
+    assert [row["variant"] for row in rows] == ["cam", "rfm", "rfm kept maps only", "rfm with the true A_dec"]
+    assert rows[0]["mious"] == sweep[0]["mious"]  # the two modes' CAM rows score the same pseudo labels
+    for row in rows:
+        assert len(row["mious"]) == 2 and all(0.0 < miou <= 1.0 for miou in row["mious"])
+    for row in rows[1:]:  # the RFM keeps at least one of its maps in every image
+        assert len(row["keep"]) == cfg.rfm_layers and sum(row["keep"]) >= 1.0 - 1e-6
