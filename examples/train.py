@@ -64,7 +64,7 @@ RECIPES = {
                 eval_long_side=None, toy_train_images=4000, toy_val_images=200, rfm_start_step=250,
                 # a 3-layer CLIP: the last 2 attention maps = 8/12 (CAM) and 6/12 (RFM) of the depth, as
                 # ViT-B/16's 8 and 6 of 12 (all 3 maps make stronger CAMs, but the RFM's layer rule drops the
-                # first block's map in 94% of images: see README); box threshold (VOC 0.4, COCO 0.7): 0.8
+                # first block's map in 92% of dev images: see README); box threshold (VOC 0.4, COCO 0.7): 0.8
                 # (`python examples/diagnose_toy_cams.py`: CAM pseudo labels of 300 + 300 dev images with the
                 # shipped CLIP: 0.3 0.564, 0.5 0.631, 0.6 0.643, 0.7 0.661, 0.8 0.671, 0.9 0.648);
                 # a decoder as wide as the tiny CLIP (ViT-B/16: 256 for 768); PAR dilations up to 8 px for
