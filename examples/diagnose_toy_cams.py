@@ -26,7 +26,7 @@ import pathlib
 import torch
 
 from weclip_hf import WeCLIPForSemanticSegmentation
-from weclip_hf.data.toy import TOY_CLASS_NAMES, generate_toy_world
+from weclip_hf.data.toy import TOY_BACKGROUND_NAMES, TOY_CLASS_NAMES, TOY_PROMPT_TEMPLATE, generate_toy_world
 from weclip_hf.data.transforms import multi_hot, normalize
 from weclip_hf.metrics import confusion_matrix, scores_from_confusion
 
@@ -49,8 +49,6 @@ def recipe_model() -> WeCLIPForSemanticSegmentation:
     spec = importlib.util.spec_from_file_location("train", pathlib.Path(__file__).with_name("train.py"))
     train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train)
-    from weclip_hf.data.toy import TOY_BACKGROUND_NAMES, TOY_PROMPT_TEMPLATE
-
     names = dict(class_names=TOY_CLASS_NAMES, background_names=TOY_BACKGROUND_NAMES,
                  prompt_template=TOY_PROMPT_TEMPLATE)  # fmt: skip
     return train.build_model(train.parse_args([]), names)
@@ -80,13 +78,14 @@ def same_label(masks: torch.Tensor, patch: int) -> torch.Tensor:
 @torch.no_grad()
 def pseudo_labels(model, pixels, labels, masks, variant: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(pseudo labels [B, H, W], RFM keep [B, L] or None) with one of the affinities of the docstring."""
-    if variant == "cam":
-        return model(pixel_values=pixels, class_labels=labels, use_rfm=False).pseudo_labels, None
+    if variant in ("cam", "rfm"):
+        out = model(
+            pixel_values=pixels, class_labels=labels, use_rfm=variant == "rfm", output_cam_details=True
+        )
+        return out.pseudo_labels, out.cam_details.rfm_keep
     cfg = model.config
-    hidden, attention, grid = model.forward_clip_features(pixels, max(cfg.rfm_layers, cfg.cam_layers) - 1)
-    if variant == "rfm":
-        affinity = model(pixel_values=pixels, class_labels=labels, use_rfm=True).decoder_affinity
-    elif variant == "rfm kept maps only":
+    hidden, attention, grid = model.forward_clip_features(pixels, cfg.rfm_layers - 1)
+    if variant == "rfm kept maps only":
         affinity = torch.ones(len(pixels), grid[0] * grid[1], grid[0] * grid[1])
     else:
         affinity = same_label(masks, cfg.vision_config.patch_size)
