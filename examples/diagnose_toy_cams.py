@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=pathlib.Path, help="a trained toy model (RFM diagnostics)")
     parser.add_argument("--num_images", type=int, default=300, help="images per dev seed")
-    parser.add_argument("--box_thresholds", type=float, nargs="+", default=[0.5, 0.6, 0.7, 0.8])
+    parser.add_argument("--box_thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.6, 0.7, 0.8, 0.9])
     parser.add_argument("--attention_layers", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--batch_size", type=int, default=25)
     parser.add_argument("--num_threads", type=int, default=2)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         mious = row.pop("mious")
         keep = row.pop("keep", None)
         setting = ", ".join(f"{k} {v}" for k, v in row.items())
-        line = f"{setting:<50} dev mIoU {' / '.join(f'{m:.3f}' for m in mious)}, mean {sum(mious) / 2:.3f}"
+        line = f"{setting:<50} dev mIoU {' / '.join(f'{m:.3f}' for m in mious)}, mean {sum(mious) / len(mious):.3f}"
         if keep is not None:
             line += "; kept maps (oldest first): " + " ".join(f"{k:.2f}" for k in keep)
         print(line)
