@@ -154,7 +154,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--scale_min", type=float)
     train.add_argument("--scale_max", type=float)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--num_workers", type=int, default=0)
+    train.add_argument(
+        "--num_workers",
+        type=int,
+        help="DataLoader worker processes (decoding + augmentation). Default: on an accelerator up to 4 "
+        "(the cores per local process permitting), on the CPU 0 (workers would take the training threads' "
+        "cores). A map-style dataset gives the same batches with any value (augmentation is keyed on (seed, "
+        "epoch, index)); a --streaming one splits its shards among the workers, so resume it with the same value",
+    )
     train.add_argument(
         "--num_threads",
         type=int,
@@ -439,6 +446,12 @@ def cpu_threads_per_process(num_processes: int) -> int:
     return max(1, cores // max(1, local))
 
 
+def default_num_workers(device_type: str, num_processes: int) -> int:
+    """DataLoader workers when ``--num_workers`` is not given: up to 4 per process on an accelerator, 0 on
+    the CPU."""
+    return 0 if device_type == "cpu" else min(4, cpu_threads_per_process(num_processes))
+
+
 # ---- main -------------------------------------------------------------------------------------------
 
 
@@ -480,8 +493,11 @@ def main(argv=None) -> dict:
                                       cfg.semantic_loss_ignore_index, accelerator)  # fmt: skip
     streamed = isinstance(train_set, StreamingWeakSegmentationDataset)
     sampler = None if streamed else EpochShuffleSampler(len(train_set), seed=args.seed)
+    num_workers = args.num_workers
+    if num_workers is None:
+        num_workers = default_num_workers(accelerator.device.type, accelerator.num_processes)
     train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, sampler=sampler,
-                              collate_fn=collate, num_workers=args.num_workers, drop_last=True,
+                              collate_fn=collate, num_workers=num_workers, drop_last=True,
                               pin_memory=torch.cuda.is_available())  # fmt: skip
     if not streamed and len(train_loader) == 0:
         raise ValueError(f"{len(train_set)} training images are fewer than one batch of "

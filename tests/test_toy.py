@@ -132,8 +132,10 @@ def test_make_toy_dataset_columns():
     example = dataset[0]
     assert example["image"].mode == "RGB" and example["image"].size == (TOY_IMAGE_SIZE, TOY_IMAGE_SIZE)
     assert example["annotation"].mode == "L"
-    _, masks, labels = generate_toy_images(4, seed=1)
-    np.testing.assert_array_equal(np.asarray(example["annotation"]), masks[0])
+    images, masks, labels = generate_toy_images(4, seed=1)
+    for index, row in enumerate(dataset):  # stored losslessly
+        np.testing.assert_array_equal(np.asarray(row["image"]), images[index])
+        np.testing.assert_array_equal(np.asarray(row["annotation"]), masks[index])
     assert dataset["image_labels"] == labels
 
 

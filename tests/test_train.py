@@ -84,6 +84,17 @@ def test_resume_repeats_uninterrupted_run_exactly(tmp_path, tiny_clip):
     assert all(torch.equal(a[k], b[k]) for k in a) and int(b["training_step"]) == 6
 
 
+def test_dataloader_workers_give_the_same_batches(tmp_path, tiny_clip):
+    """Augmentation is keyed on (seed, epoch, index): 2 workers train exactly as the main process, also
+    after the epoch boundary (16 images, batch 4: the second epoch starts at step 5)."""
+    common = ["--clip_model_name_or_path", tiny_clip, "--max_train_steps", 6, "--checkpointing_steps", 6,
+              *FAST, "--toy_train_images", 16]  # fmt: skip
+    run_train(*common, "--output_dir", tmp_path / "main", "--num_workers", 0)
+    run_train(*common, "--output_dir", tmp_path / "workers", "--num_workers", 2)
+    losses = [[r["loss"] for r in read_log(tmp_path / name)] for name in ("main", "workers")]
+    assert len(losses[0]) == 6 and losses[0] == losses[1]
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_clip):
     out = tmp_path / "sig"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -337,3 +348,7 @@ def test_cpu_threads_share_the_cores_among_local_processes(monkeypatch):
     assert train_script.cpu_threads_per_process(3) == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
     assert train_script.cpu_threads_per_process(16) == 1
+    assert train_script.default_num_workers("cpu", 16) == 0  # workers would take the training threads' cores
+    assert train_script.default_num_workers("cuda", 16) == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert train_script.default_num_workers("cuda", 1) == 4

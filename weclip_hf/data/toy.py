@@ -15,6 +15,7 @@ only on ``(seed, i)``, so a longer run extends a shorter one. Ground truth ids: 
 from __future__ import annotations
 
 import colorsys
+import io
 import pathlib
 from typing import TYPE_CHECKING
 
@@ -365,10 +366,17 @@ def make_toy_dataset(num_images: int, seed: int = 0) -> datasets.Dataset:
             "image_labels": datasets.List(datasets.Value("int64")),
         }
     )
+
+    def bmp(array: np.ndarray, mode: str) -> dict[str, bytes | None]:
+        """Lossless and ~30x faster to encode than the PNG `datasets` would write (4,000 images: ~10 s)."""
+        buffer = io.BytesIO()
+        Image.fromarray(array, mode=mode).save(buffer, format="BMP")
+        return {"bytes": buffer.getvalue(), "path": None}
+
     return datasets.Dataset.from_dict(
         {
-            "image": [Image.fromarray(image, mode="RGB") for image in images],
-            "annotation": [Image.fromarray(mask, mode="L") for mask in masks],
+            "image": [bmp(image, "RGB") for image in images],
+            "annotation": [bmp(mask, "L") for mask in masks],
             "image_labels": labels,
         },
         features=features,
