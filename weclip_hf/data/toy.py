@@ -368,7 +368,8 @@ def make_toy_dataset(num_images: int, seed: int = 0) -> datasets.Dataset:
     )
 
     def bmp(array: np.ndarray, mode: str) -> dict[str, bytes | None]:
-        """Lossless, and ~30x faster to encode than the PNG `datasets` would write (~7 s saved per 4,200 images)."""
+        """Lossless, and ~30x faster to encode than the PNG `datasets` would write (~7 s less per 4,200
+        images)."""
         buffer = io.BytesIO()
         Image.fromarray(array, mode=mode).save(buffer, format="BMP")
         return {"bytes": buffer.getvalue(), "path": None}
