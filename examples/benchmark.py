@@ -373,10 +373,9 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
 
     decoder_affinity = decoder_forward()[1].detach()
 
-    def pseudo_labels():
-        with amp():
-            return model.generate_pseudo_labels(pixel_values, class_labels, hidden[-1], attention, grid,
-                                                decoder_affinity, use_rfm)  # fmt: skip
+    def pseudo_labels():  # float32 under any autocast, as in the model's forward
+        return model.generate_pseudo_labels(pixel_values, class_labels, hidden[-1], attention, grid,
+                                            decoder_affinity, use_rfm)  # fmt: skip
 
     details = pseudo_labels()
     pseudo, pair_image, pair_class = details.pseudo_labels, details.pair_image_index, details.pair_class_index
@@ -384,8 +383,8 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
     n_bg = model.background_text_embeds.shape[0]
 
     def gradcam_piece():  # step 1 of generate_pseudo_labels: the last block for every pair, one backward
-        with torch.enable_grad(), amp():
-            h, image_embeds, _ = model.last_block_image_embedding(hidden[-1][pair_image])
+        with torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            h, image_embeds, _ = model.last_block_image_embedding(hidden[-1][pair_image].to(model.dtype))
             text = torch.cat([model.class_text_embeds, model.background_text_embeds]).to(image_embeds.dtype)
             logits = model.logit_scale.exp() * image_embeds @ text.t()
             allowed = torch.cat([present[pair_image], present.new_ones(len(pair_image), n_bg)], dim=1)
@@ -454,11 +453,11 @@ def measure_reference(args, bench, model, use_rfm) -> dict:
 
     last: dict = {}
 
-    def ours():
+    def ours():  # the CLIP forward under --autocast; the pseudo labels in float32, as in the model's forward
         with autocast_context(args, device):
             hidden, attention, grid = model.forward_clip_features(pixel_values, n_maps)
-            last["ours"] = model.generate_pseudo_labels(pixel_values, class_labels, hidden[-1], attention, grid,
-                                                        decoder_affinity, use_rfm)  # fmt: skip
+        last["ours"] = model.generate_pseudo_labels(pixel_values, class_labels, hidden[-1], attention, grid,
+                                                    decoder_affinity, use_rfm)  # fmt: skip
 
     # The reference mixes NumPy into the loop: it runs on the CPU (a CPU copy of the model on CUDA).
     ref_bench = Bench(torch.device("cpu"))

@@ -355,3 +355,20 @@ def test_bf16_autocast_keeps_the_cam_path_in_float32(tiny_model):
     assert (details.gradcams - ref.cam_details.gradcams).abs().max() < 0.05  # measured 4e-3
     assert (details.box_masks == ref.cam_details.box_masks).float().mean() > 0.98  # measured: identical
     assert (out.pseudo_labels == ref.pseudo_labels).float().mean() > 0.98  # measured 99.8%
+
+
+def test_generate_pseudo_labels_ignores_the_callers_autocast(tiny_model):
+    """Called directly (as the benchmark and the diagnostics do), the pseudo-label path runs in float32
+    under autocast too: the same inputs give exactly the same labels and CAMs."""
+    pixel_values, class_labels = _inputs()
+    tiny_model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden, attention, grid = tiny_model.forward_clip_features(pixel_values, 2)
+    inputs = (class_labels, hidden[-1], attention, grid, None, False)
+    with torch.no_grad():
+        ref = tiny_model.generate_pseudo_labels(pixel_values, *inputs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = tiny_model.generate_pseudo_labels(pixel_values, *inputs)
+    assert out.gradcams.dtype == out.cams.dtype == torch.float32
+    torch.testing.assert_close(out.cams, ref.cams, rtol=0, atol=0)
+    assert torch.equal(out.pseudo_labels, ref.pseudo_labels)

@@ -6,6 +6,7 @@ numbered steps (frozen CLIP, decoder, pseudo labels, losses).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -184,6 +185,18 @@ def _check_values(ok: torch.Tensor, message: str) -> None:
             raise ValueError(message)
     else:
         torch._assert_async(ok, message)
+
+
+def _without_autocast(method):
+    """Run ``method(self, pixel_values, ...)`` with autocast off on ``pixel_values``' device and the pixels
+    in float32, whatever mixed precision the caller runs under."""
+
+    @functools.wraps(method)
+    def wrapper(self, pixel_values: torch.Tensor, *args, **kwargs):
+        with torch.autocast(pixel_values.device.type, enabled=False):
+            return method(self, pixel_values.float(), *args, **kwargs)
+
+    return wrapper
 
 
 def _require_safetensors(folder: str) -> None:
@@ -529,6 +542,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
 
     # ---- pseudo labels ---------------------------------------------------------------------------
 
+    @_without_autocast
     def generate_pseudo_labels(
         self,
         pixel_values: torch.Tensor,
@@ -548,7 +562,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         Returns: a `WeCLIPCAMOutput` with the pseudo labels [B, H, W], the dense CAMs and every
             per-pair intermediate.
 
-        An image without any class gets all-background pseudo labels.
+        An image without any class gets all-background pseudo labels. Runs in float32 whatever the
+        caller's autocast (mixed precision): bf16 here moves the CAMs and boxes visibly.
         """
         cfg = self.config
         b, c = class_labels.shape
@@ -566,7 +581,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         n_bg = self.background_text_embeds.shape[0]
 
         # 1. GradCAM of every pair from one backward: each pair runs its own copy of the last block, in
-        # the weights' precision (the caller disables autocast: bf16 here moves the CAMs and boxes visibly).
+        # the weights' precision.
         weights_dtype = self.visual_projection.weight.dtype
         with torch.enable_grad():
             h, image_embeds, last_probs = self.last_block_image_embedding(
@@ -798,21 +813,20 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         # 2. Decoder: logits on the patch grid and the affinity of its fused features (after dropout).
         logits, features = self.decoder(tokens, grid)
         # Under autocast (mixed precision) only the first L-1 CLIP blocks and the decoder run in low
-        # precision: the affinity, the GradCAM block, CAM normalisations, RFM and PAR stay float32.
-        full_precision = torch.autocast(pixel_values.device.type, enabled=False)
+        # precision: the affinity and the pseudo labels (GradCAM block, CAM normalisations, RFM, PAR) stay
+        # float32.
         decoder_affinity = None
         if needs_affinity:
             flat = features.flatten(2).float()
-            with full_precision:
+            with torch.autocast(pixel_values.device.type, enabled=False):
                 decoder_affinity = torch.sigmoid(flat.transpose(1, 2) @ flat)  # [B, N, N]
 
         # 3. Pseudo labels from the frozen CLIP (weak supervision).
         details = pseudo = cams = None
         if weak:
-            with full_precision:
-                details = self.generate_pseudo_labels(
-                    pixel_values.float(), class_labels, hidden[-1], attention, grid, decoder_affinity, rfm
-                )
+            details = self.generate_pseudo_labels(
+                pixel_values, class_labels, hidden[-1], attention, grid, decoder_affinity, rfm
+            )
             pseudo, cams = details.pseudo_labels, details.cams
             if pixel_mask is not None:
                 pseudo = pseudo.masked_fill(pixel_mask == 0, cfg.semantic_loss_ignore_index)

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Issue 6's GPU measurements in one command: examples/benchmark.py under bf16 autocast (what the speed
+# targets need), then in fp32, each compared with the fp32 reference path once (on a CPU copy of the model).
+# Writes OUT_DIR/gpu.txt, OUT_DIR/bench_{bf16,none}.json (every figure) and .log (the printed tables).
+#
+#   bash examples/benchmark_gpu.sh OUT_DIR [more examples/benchmark.py flags, e.g. --batch_sizes 4,32]
+#
+# About 3-4 minutes per precision on one H100-class GPU (estimate, not measured: no session had a GPU yet).
+# `bash examples/benchmark_gpu.sh /tmp/bench --tiny` runs it on a CPU in seconds.
+set -euo pipefail
+out=${1:?usage: bash examples/benchmark_gpu.sh OUT_DIR [examples/benchmark.py flags]}
+shift
+cd "$(dirname "$0")/.."
+mkdir -p "$out"
+python=${PYTHON:-python3}
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
+  "$python" -c "import sys, torch, transformers; print(sys.version.split()[0], torch.__version__, transformers.__version__)"
+} | tee "$out/gpu.txt"
+for precision in bf16 none; do
+    PYTHONUNBUFFERED=1 "$python" examples/benchmark.py --autocast "$precision" --reference_warmup 0 \
+        --reference_repeats 1 --output_json "$out/bench_$precision.json" "$@" 2>&1 | tee "$out/bench_$precision.log"
+done
