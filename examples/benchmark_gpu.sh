@@ -5,18 +5,24 @@
 #
 #   bash examples/benchmark_gpu.sh OUT_DIR [more examples/benchmark.py flags, e.g. --batch_sizes 4,32]
 #
-# About 3-4 minutes per precision on one H100-class GPU (estimate, not measured: no session had a GPU yet).
+# Expected to fit in one 10-minute call on an H100-class GPU (an estimate: no session had a GPU yet); the bf16
+# run comes first, and each run's log is written as it goes.
 # `bash examples/benchmark_gpu.sh /tmp/bench --tiny` runs it on a CPU in seconds.
 set -euo pipefail
 out=${1:?usage: bash examples/benchmark_gpu.sh OUT_DIR [examples/benchmark.py flags]}
 shift
-cd "$(dirname "$0")/.."
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
+cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
   "$python" -c "import sys, torch, transformers; print(sys.version.split()[0], torch.__version__, transformers.__version__)"
 } | tee "$out/gpu.txt"
-for precision in bf16 none; do
+run() {  # run PRECISION [flags]: one benchmark run, its JSON and log under OUT_DIR
+    local precision=$1
+    shift
     PYTHONUNBUFFERED=1 "$python" examples/benchmark.py --autocast "$precision" --reference_warmup 0 \
         --reference_repeats 1 --output_json "$out/bench_$precision.json" "$@" 2>&1 | tee "$out/bench_$precision.log"
-done
+}
+run bf16 "$@"                                        # everything: training, breakdown, inference, reference
+run none --batch_sizes 4,64 --no_breakdown "$@"      # fp32 for comparison (lighter: fits one 10-minute call)
