@@ -51,7 +51,7 @@ from weclip_hf.cam import (  # noqa: E402
 )
 from weclip_hf.inference import longest_edge_size, multiscale_flip_logits  # noqa: E402
 from weclip_hf.losses import affinity_loss, affinity_targets, segmentation_loss  # noqa: E402
-from weclip_hf.refinement import par_refine, rfm_affinity  # noqa: E402
+from weclip_hf.refinement import par_affinity, par_iteration, par_refine, rfm_affinity  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -100,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reference_repeats", type=int, default=None, help="timed reference runs (default 3)")
     p.add_argument("--reference_warmup", type=int, default=None, help="reference warm-up runs (default 1)")
     p.add_argument("--no_reference", action="store_true", help="skip the comparison with the reference path")
+    p.add_argument("--compile_par", action="store_true",
+                   help="also time the PAR iterations compiled with torch.compile against eager (batch of the "
+                        "first --batch_sizes, crop --crop, 3 score maps)")  # fmt: skip
     p.add_argument("--autocast", choices=["none", "bf16", "fp16"], default="none",
                    help="run our forward passes under torch.autocast (the reference always runs fp32)")  # fmt: skip
     p.add_argument("--peak_tflops", type=float, default=None,
@@ -436,6 +439,36 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
     return dict(batch=batch, crop=args.crop, rfm=use_rfm, seconds=seconds, pairs=len(pair_image))
 
 
+def measure_par_compile(args, bench, model) -> dict:
+    """The config's PAR iterations (`par_iteration`, float32) eager vs ``torch.compile(dynamic=False)`` on
+    the same inputs: compile time, median times, max abs difference."""
+    cfg, device = model.config, bench.device
+    batch = args.batch_sizes[0]
+    g = torch.Generator().manual_seed(args.seed + 2)
+    image = torch.randn(batch, 3, args.crop, args.crop, generator=g).to(device)
+    scores = torch.rand(batch, 3, args.crop, args.crop, generator=g).to(device)
+    weights = par_affinity(image, cfg.par_dilations, cfg.par_temperature, cfg.par_pos_weight)
+    compiled_iteration = torch.compile(par_iteration, dynamic=False)
+
+    def run(iteration):
+        refined = scores
+        for _ in range(cfg.par_num_iter):
+            refined = iteration(refined, weights, cfg.par_dilations)
+        return refined
+
+    with torch.no_grad():
+        start = time.perf_counter()
+        compiled_out = run(compiled_iteration)
+        bench.sync()
+        compile_seconds = time.perf_counter() - start
+        eager_out = run(par_iteration)
+        eager_s = bench.median(lambda: run(par_iteration), args.warmup, args.breakdown_repeats)
+        compiled_s = bench.median(lambda: run(compiled_iteration), args.warmup, args.breakdown_repeats)
+    return dict(batch=batch, crop=args.crop, iterations=cfg.par_num_iter, neighbours=8 * len(cfg.par_dilations),
+                eager_seconds=eager_s, compiled_seconds=compiled_s, compile_seconds=compile_seconds,
+                max_abs_diff=float((compiled_out - eager_out).abs().max()))  # fmt: skip
+
+
 def measure_reference(args, bench, model, use_rfm) -> dict:
     """Pseudo labels (CLIP forward + CAMs + refinement + PAR): our batched path vs the per-image/per-class
     reference, timed on the same inputs, and the fraction of pixels where they agree."""
@@ -584,6 +617,12 @@ def render_table(result: dict) -> str:
         for name, sec in groups:
             add(f"share: {name}", setting, f"{100 * sec / s['sum']:.1f}% ({1e3 * sec:.1f} ms)")
         add("share: sum of pieces", setting, f"{1e3 * s['sum']:.1f} ms (step measured separately above)")
+    for c in result["par_compile"]:
+        add("PAR iterations: torch.compile vs eager",
+            f"batch {c['batch']}, 3 maps, {c['crop']}x{c['crop']}, {c['iterations']} x {c['neighbours']} neighbours",
+            f"{1e3 * c['compiled_seconds']:.1f} ms compiled (first call {c['compile_seconds']:.1f} s; max abs "
+            f"diff {c['max_abs_diff']:.1e})", f"{1e3 * c['eager_seconds']:.1f} ms eager",
+            f"**{c['eager_seconds'] / c['compiled_seconds']:.2f}x**")  # fmt: skip
     for i in result["inference"]:
         mode = "single scale" if i["mode"] == "single" else "scales 1, 0.75 + flip"
         add("inference (CLIP + decoder)", f"{i['size'][0]}x{i['size'][1]}, {mode}, batch {i['batch']}",
@@ -629,7 +668,7 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = torch.optim.AdamW(model.decoder.parameters(), lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
                                   weight_decay=0.01)  # fmt: skip
     result = dict(env=environment(device, args), args={k: v for k, v in vars(args).items()},
-                  training=[], breakdown=[], reference=[], inference=[])  # fmt: skip
+                  training=[], breakdown=[], par_compile=[], reference=[], inference=[])  # fmt: skip
     print(f"# WeCLIP benchmark: {result['env']}", flush=True)
 
     for batch in args.batch_sizes:
@@ -643,6 +682,9 @@ def main(argv: list[str] | None = None) -> dict:
                 measure_breakdown(args, bench, model, optimizer, args.batch_sizes[0], use_rfm)
             )
             print(f"  breakdown rfm {use_rfm} done", flush=True)
+    if args.compile_par:
+        result["par_compile"].append(measure_par_compile(args, bench, model))
+        print(f"  PAR compile: {result['par_compile'][-1]['compile_seconds']:.1f} s to compile", flush=True)
     if not args.no_reference:
         for use_rfm in args.rfm:
             result["reference"].append(measure_reference(args, bench, model, use_rfm))

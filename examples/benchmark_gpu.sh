@@ -25,4 +25,4 @@ run() {  # run PRECISION [flags]: one benchmark run, its JSON and log under OUT_
         --reference_repeats 1 --output_json "$out/bench_$precision.json" "$@" 2>&1 | tee "$out/bench_$precision.log"
 }
 run bf16 "$@"                                        # everything: training, breakdown, inference, reference
-run none --batch_sizes 4,64 --no_breakdown "$@"      # fp32 for comparison (lighter: fits one 10-minute call)
+run none --batch_sizes 4,64 --no_breakdown --compile_par "$@"  # fp32 for comparison (lighter), and PAR compiled

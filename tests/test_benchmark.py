@@ -1,4 +1,5 @@
-"""The benchmark's tiny CPU mode runs end to end (so it cannot rot) and reports both pseudo-label paths."""
+"""The benchmark's tiny CPU mode runs end to end (so it cannot rot) and reports both pseudo-label paths
+and both PAR paths (eager, torch.compile)."""
 
 import os
 import re
@@ -14,7 +15,7 @@ def test_benchmark_tiny_runs_and_compares_both_paths(tmp_path):
     output_json = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "examples" / "benchmark.py"), "--tiny", "--device", "cpu",
-         "--output_json", str(output_json)],
+         "--compile_par", "--output_json", str(output_json)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -32,4 +33,7 @@ def test_benchmark_tiny_runs_and_compares_both_paths(tmp_path):
     ]
     assert len(agreement) == 2 and all(a > 99.0 for a in agreement), out
     assert "Host syncs in one training step" in out
+    # PAR iterations compiled vs eager, side by side, computing the same function
+    compiled = re.findall(r"\| PAR iterations: torch.compile vs eager \|.*max abs diff ([\d.e+-]+)\).*\*\*([\d.]+)x", out)
+    assert len(compiled) == 1 and float(compiled[0][0]) < 1e-5 and float(compiled[0][1]) > 0, out
     assert output_json.is_file() and '"speedup"' in output_json.read_text()

@@ -79,18 +79,24 @@ def par_refine(
     scores = scores.float()
     if scores.shape[-2:] != image.shape[-2:]:
         scores = F.interpolate(scores, size=image.shape[-2:], mode="bilinear", align_corners=True)
-    weights = par_affinity(image, dilations, temperature, pos_weight).unbind(dim=2)  # K x [B, 1, H, W]
-    offsets = [(dy * d, dx * d) for d in dilations for dy, dx in _RING]
+    weights = par_affinity(image, dilations, temperature, pos_weight)
+    for _ in range(num_iter):
+        scores = par_iteration(scores, weights, dilations)
+    return scores
+
+
+def par_iteration(scores: torch.Tensor, weights: torch.Tensor, dilations: list[int]) -> torch.Tensor:
+    """One PAR iteration: every score becomes the ``weights``-weighted sum of its ring neighbours' scores
+    (replicate padding). scores [B, C, H, W], weights [B, 1, 8*D, H, W] from `par_affinity`."""
     h, w = scores.shape[-2:]
     pad = max(dilations)
-    for _ in range(num_iter):
-        # accumulate neighbour by neighbour: never materializes the [B, C, K, H, W] neighbour stack
-        padded = F.pad(scores, (pad, pad, pad, pad), mode="replicate")
-        refined = torch.zeros_like(scores)
-        for (dy, dx), weight in zip(offsets, weights):
-            refined.addcmul_(padded[..., pad + dy : pad + dy + h, pad + dx : pad + dx + w], weight)
-        scores = refined
-    return scores
+    padded = F.pad(scores, (pad, pad, pad, pad), mode="replicate")
+    refined = torch.zeros_like(scores)
+    # accumulate neighbour by neighbour: never materializes the [B, C, 8*D, H, W] neighbour stack
+    offsets = [(dy * d, dx * d) for d in dilations for dy, dx in _RING]
+    for n, (dy, dx) in enumerate(offsets):
+        refined.addcmul_(padded[..., pad + dy : pad + dy + h, pad + dx : pad + dx + w], weights[:, :, n])
+    return refined
 
 
 def rfm_affinity(
