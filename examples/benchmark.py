@@ -204,6 +204,18 @@ def _maxrss_kib() -> int:
     return rss // 1024 if sys.platform == "darwin" else rss
 
 
+# The CPU's fused SDPA kernels are missing from `flop_registry` (and have no decomposition): they would
+# count 0. Their FLOPs are those of the CUDA flash kernels, whose formulas read the same leading
+# arguments (query, key, value; backward: grad_out, query, key, value).
+_aten = torch.ops.aten
+_CPU_ATTENTION_FLOPS = {
+    _aten._scaled_dot_product_flash_attention_for_cpu: flop_registry[_aten._scaled_dot_product_flash_attention],
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward: flop_registry[
+        _aten._scaled_dot_product_flash_attention_backward
+    ],
+}
+
+
 class FlopCounter(TorchDispatchMode):
     """Counts FLOPs with the formulas of `torch.utils.flop_counter` (matmuls, convolutions, attention).
 
@@ -217,14 +229,15 @@ class FlopCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         packet = func._overloadpacket
-        if packet not in flop_registry and func is not torch.ops.prim.device.default:
+        formula = flop_registry.get(packet) or _CPU_ATTENTION_FLOPS.get(packet)
+        if formula is None and func is not torch.ops.prim.device.default:
             with self:
                 out = func.decompose(*args, **kwargs)
             if out is not NotImplemented:
                 return out
         out = func(*args, **kwargs)
-        if packet in flop_registry:
-            self.total += flop_registry[packet](*args, **kwargs, out_val=out)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
         return out
 
 

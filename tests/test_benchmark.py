@@ -37,3 +37,21 @@ def test_benchmark_tiny_runs_and_compares_both_paths(tmp_path):
     compiled = re.findall(r"\| PAR iterations: torch.compile vs eager \|.*max abs diff ([\d.e+-]+)\).*\*\*([\d.]+)x", out)
     assert len(compiled) == 1 and float(compiled[0][0]) < 1e-5 and float(compiled[0][1]) > 0, out
     assert output_json.is_file() and '"speedup"' in output_json.read_text()
+
+
+def test_flop_counter_counts_cpu_sdpa_like_eager_attention():
+    """The CPU's fused attention kernel is missing from torch's FLOP formulas; the benchmark adds it."""
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(REPO / "examples"))
+    from benchmark import FlopCounter
+
+    q, k, v = torch.randn(3, 2, 4, 17, 8).unbind(0)
+    counted = []
+    for attention in (F.scaled_dot_product_attention, lambda q, k, v: (q @ k.transpose(-1, -2)).softmax(-1) @ v):
+        counter = FlopCounter()
+        with counter:
+            attention(q, k, v)
+        counted.append(counter.total)
+    assert counted[0] == counted[1] == 2 * 2 * (2 * 4 * 17 * 17 * 8)  # two batched matmuls
