@@ -13,17 +13,17 @@ import torch.nn.functional as F
 _RING = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
-def dilated_neighbours(x: torch.Tensor, dilations: list[int]) -> torch.Tensor:
-    """Values of the 8 ring neighbours at every dilation, replicate padding: [B, C, H, W] -> [B, C, 8*D, H, W]."""
+def ring_views(x: torch.Tensor, dilations: list[int]) -> list[torch.Tensor]:
+    """The 8 ring neighbours of every pixel at every dilation, replicate padding: 8*D views [B, C, H, W] of
+    one padded copy of ``x`` (no [B, C, 8*D, H, W] stack is materialized)."""
     h, w = x.shape[-2:]
     pad = max(dilations)
     padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    shifted = [
+    return [
         padded[..., pad + dy * d : pad + dy * d + h, pad + dx * d : pad + dx * d + w]
         for d in dilations
         for dy, dx in _RING
     ]
-    return torch.stack(shifted, dim=2)
 
 
 def par_affinity(
@@ -33,14 +33,24 @@ def par_affinity(
 
     Colour: ``-(|I_n - I| / (sd + 1e-8) / w1)^2`` with sd the unbiased std over the neighbours, averaged
     over channels, softmax over neighbours. Position: ``-(dist / std(dist) / w1)^2`` (distance d or
-    d*sqrt(2)), softmax over neighbours, times ``pos_weight``, added.
+    d*sqrt(2)), softmax over neighbours, times ``pos_weight``, added. Accumulated view by view: the
+    transient memory is the [B, 1, 8*D, H, W] result, not three [B, 3, 8*D, H, W] stacks.
     """
-    neighbours = dilated_neighbours(image, dilations)  # [B, 3, K, H, W]
-    # unbiased std over the neighbours, two-pass (torch.std over a middle dim is ~4x slower on CPU)
-    centred = neighbours - neighbours.mean(dim=2, keepdim=True)
-    sd = (centred.square().sum(dim=2, keepdim=True) / (neighbours.shape[2] - 1)).sqrt()
-    colour = (neighbours - image.unsqueeze(2)).square_().div_(((sd + 1e-8) * temperature).square_())
-    colour = colour.mean(dim=1, keepdim=True).neg_().softmax(dim=2)
+    views = ring_views(image, dilations)
+    k = len(views)
+    # unbiased std over the neighbours, two passes (mean, then squared deviations)
+    mean = torch.zeros_like(image)
+    for view in views:
+        mean += view
+    mean /= k
+    sq_dev = torch.zeros_like(image)
+    for view in views:
+        sq_dev += (view - mean).square_()
+    scale = ((sq_dev / (k - 1)).sqrt_() + 1e-8).mul_(temperature).square_()
+    colour = image.new_empty(image.shape[0], 1, k, *image.shape[-2:])
+    for n, view in enumerate(views):
+        colour[:, 0, n] = (view - image).square_().div_(scale).mean(dim=1)
+    colour = colour.neg_().softmax(dim=2)
     pos = _position_term(tuple(dilations), temperature, image.device, image.dtype)
     return colour + pos_weight * pos.view(1, 1, -1, 1, 1)
 
@@ -88,14 +98,10 @@ def par_refine(
 def par_iteration(scores: torch.Tensor, weights: torch.Tensor, dilations: list[int]) -> torch.Tensor:
     """One PAR iteration: every score becomes the ``weights``-weighted sum of its ring neighbours' scores
     (replicate padding). scores [B, C, H, W], weights [B, 1, 8*D, H, W] from `par_affinity`."""
-    h, w = scores.shape[-2:]
-    pad = max(dilations)
-    padded = F.pad(scores, (pad, pad, pad, pad), mode="replicate")
     refined = torch.zeros_like(scores)
     # accumulate neighbour by neighbour: never materializes the [B, C, 8*D, H, W] neighbour stack
-    offsets = [(dy * d, dx * d) for d in dilations for dy, dx in _RING]
-    for n, (dy, dx) in enumerate(offsets):
-        refined.addcmul_(padded[..., pad + dy : pad + dy + h, pad + dx : pad + dx + w], weights[:, :, n])
+    for n, view in enumerate(ring_views(scores, dilations)):
+        refined.addcmul_(view, weights[:, :, n])
     return refined
 
 
