@@ -26,10 +26,11 @@ import hashlib
 import logging
 from pathlib import Path
 
-from huggingface_hub import HfApi, ModelCard, ModelCardData
+from huggingface_hub import ModelCard, ModelCardData
 
 from weclip_hf import WeCLIPImageProcessor
 from weclip_hf.convert import convert_official_checkpoint
+from weclip_hf.hub import publish_folder
 
 logger = logging.getLogger("convert_official_checkpoint")
 DEFAULT_TOKENIZER = "openai/clip-vit-base-patch16"
@@ -142,10 +143,8 @@ def main(argv: list[str] | None = None) -> Path:
     logger.info("Wrote %s", output_dir)
 
     if args.push_to_hub:
-        api = HfApi(token=args.hub_token)
-        api.create_repo(args.hub_model_id, private=args.private, exist_ok=True)
-        api.upload_folder(folder_path=str(output_dir), repo_id=args.hub_model_id,
-                          commit_message="Convert an official WeCLIP checkpoint")  # fmt: skip
+        publish_folder(output_dir, args.hub_model_id, token=args.hub_token, private=args.private,
+                       commit_message="Convert an official WeCLIP checkpoint")  # fmt: skip
         logger.info("Pushed to https://huggingface.co/%s", args.hub_model_id)
     return output_dir
 

@@ -31,6 +31,13 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
+from weclip_hf.checkpointing import (
+    StreamPosition,
+    TrainingState,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from weclip_hf.data.adapters import add_image_labels, dataset_columns, is_streaming, resolve_columns
 from weclip_hf.data.loading import (
     EpochShuffleSampler,
@@ -43,7 +50,7 @@ from weclip_hf.data.loading import (
 )
 from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.evaluation import evaluate_segmentation
-from weclip_hf.hub import make_model_card, save_model_card
+from weclip_hf.hub import make_model_card, publish_folder, save_model_card
 from weclip_hf.presets import preset_config_kwargs
 
 # Recipes: the official VOC schedule, and the toy world's (small images, short schedule, CPU).
@@ -182,7 +189,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--report_to", default="all")
     train.add_argument("--push_to_hub", action="store_true")
     train.add_argument("--hub_model_id")
-    train.add_argument("--hub_token")
+    train.add_argument("--hub_token", help="Hub token (default: the logged-in one); never written to disk")
     args = p.parse_args(argv)
     offline = args.dataset_name is None and args.data_dir is None and args.dataset_path is None
     args.recipe = "toy" if offline else (args.preset or "voc")
@@ -195,6 +202,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.push_to_hub and not args.hub_model_id:
         args.hub_model_id = Path(args.output_dir).name
     return args
+
+
+SECRET_ARGS = ("hub_token",)
+
+
+def public_args(args: argparse.Namespace) -> dict:
+    """The run's arguments without secrets: what trackers, logs and the model card may record."""
+    return {k: v for k, v in vars(args).items() if k not in SECRET_ARGS}
 
 
 def rfm_start_source(args: argparse.Namespace) -> str:
@@ -285,39 +300,6 @@ def lr_lambda(num_warmup: int, total: int):
 # ---- checkpoints ------------------------------------------------------------------------------------
 
 
-def save_checkpoint(accelerator, output_dir: Path, step: int) -> Path:
-    """``accelerator.save_state`` into ``step_N.tmp`` then an atomic rename to ``step_N`` (an existing one is
-    first renamed to ``step_N.old``): a crash at any point never leaves a ``step_N`` that is incomplete."""
-    final = output_dir / f"step_{step}"
-    tmp = output_dir / f"step_{step}.tmp"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        old = output_dir / f"step_{step}.old"  # a complete step_N is renamed away, never deleted in place
-        if final.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def find_checkpoint(output_dir: Path, spec: str) -> Path:
-    if spec != "latest":
-        path = Path(spec)
-        if not path.is_dir():
-            raise FileNotFoundError(f"Checkpoint folder {path} does not exist.")
-        return path
-    steps = [p for p in output_dir.glob("step_*") if p.is_dir() and p.name.split("_")[1].isdigit()]
-    if not steps:
-        raise FileNotFoundError(f"No step_N checkpoint in {output_dir} to resume from.")
-    return max(steps, key=lambda p: int(p.name.split("_")[1]))
-
-
 def to_device(batch: dict, device: torch.device) -> dict:
     """Move a training batch to ``device`` (asynchronously from pinned memory), except ``class_labels``."""
     return {k: v if k == "class_labels" else v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -342,20 +324,6 @@ def claim_output_dir(output_dir: Path, args, is_main: bool) -> None:
         for path in old:
             shutil.rmtree(path)
         (output_dir / "train_log.jsonl").unlink(missing_ok=True)
-
-
-class StreamPosition:
-    """Where a streamed run is in its data: the pass (epoch) and the batches trained on in it. Saved
-    with the checkpoints (a stream has no length to derive it from the step)."""
-
-    def __init__(self):
-        self.epoch, self.batch = 0, 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.batch = state["epoch"], state["batch"]
 
 
 def truncate_log(log_path: Path, step: int) -> None:
@@ -514,22 +482,22 @@ def main(argv=None) -> dict:
     # batches stay on the host: `to_device` moves all but the image-level labels, from which the model
     # plans its (image, class) pairs without a device-to-host sync
     train_loader = accelerator.prepare_data_loader(train_loader, device_placement=False)
-    accelerator.register_for_checkpointing(scheduler)
-    position = StreamPosition()  # streamed data: pass and batch, checkpointed (map-style: from the step)
-    if streamed:
-        accelerator.register_for_checkpointing(position)
+    # the scheduler and the stream position are checkpointed as JSON (training_state.json), never registered
+    # with accelerate, whose custom objects are unpickled with weights_only=False (code in a checkpoint would run)
+    position = StreamPosition()  # streamed data: pass and batch (map-style: derived from the step)
     if args.with_tracking:
         accelerator.init_trackers(
-            "weclip", {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+            "weclip", {k: v for k, v in public_args(args).items() if isinstance(v, (int, float, str, bool))}
         )
 
     # 3. resume
     step = 0
     log_path = output_dir / "train_log.jsonl"
     if args.resume_from_checkpoint:
-        path = find_checkpoint(output_dir, args.resume_from_checkpoint)
-        accelerator.load_state(str(path))
-        step = int(path.name.split("_")[1])
+        path = find_checkpoint(output_dir, args.resume_from_checkpoint, log=accelerator.print)
+        state = load_checkpoint(accelerator, model, optimizer, path)
+        scheduler.load_state_dict(state.scheduler)
+        step, position = state.step, state.position
         if accelerator.is_main_process:
             truncate_log(log_path, step)
         accelerator.print(f"resumed from {path} at step {step}")
@@ -600,7 +568,7 @@ def main(argv=None) -> dict:
                     with open(log_path, "a") as f:
                         f.write(json.dumps(record) + "\n")
             if checkpoint_every and step % checkpoint_every == 0:
-                save_checkpoint(accelerator, output_dir, step)
+                save_checkpoint(accelerator, output_dir, TrainingState(step, scheduler.state_dict(), position))
             if args.eval_steps and step % args.eval_steps == 0 and val_set is not None:
                 # each process evaluates every num_processes-th image; the confusion matrices are summed
                 shard = Subset(val_set, range(accelerator.process_index, len(val_set), accelerator.num_processes))
@@ -625,12 +593,12 @@ def main(argv=None) -> dict:
             position.epoch, position.batch = position.epoch + 1, 0
     bar.close()
     if stop["signal"] is not None:
-        path = save_checkpoint(accelerator, output_dir, step)
+        path = save_checkpoint(accelerator, output_dir, TrainingState(step, scheduler.state_dict(), position))
         accelerator.print(f"stopped by signal {stop['signal']} at step {step}; checkpoint saved to {path}")
         accelerator.end_training()
         return {"stopped_at": step}
     if checkpoint_every:
-        save_checkpoint(accelerator, output_dir, step)
+        save_checkpoint(accelerator, output_dir, TrainingState(step, scheduler.state_dict(), position))
     train_seconds = time.time() - started
 
     # 5. final evaluation, artifacts, push
@@ -672,18 +640,13 @@ def main(argv=None) -> dict:
             cfg, args.hub_model_id or output_dir.name, "Trained with `examples/train.py` of weclip-hf.",
             metrics={k: v for k, v in summary.items() if "miou" in k}, dataset_name=args.dataset_name or "toy-world",
             base_model=args.clip_model_name_or_path, weakly_supervised=not args.fully_supervised,
-            training_args={k: v for k, v in vars(args).items() if v is not None and k != "hub_token"},
+            training_args={k: v for k, v in public_args(args).items() if v is not None},
             repo_id=args.hub_model_id,
         )  # fmt: skip
         save_model_card(card, output_dir)
         accelerator.print(json.dumps(summary, indent=2))
         if args.push_to_hub:
-            from huggingface_hub import HfApi
-
-            api = HfApi(token=args.hub_token)
-            repo_id = api.create_repo(args.hub_model_id, exist_ok=True).repo_id
-            api.upload_folder(repo_id=repo_id, folder_path=str(output_dir), commit_message="End of training",
-                              ignore_patterns=["step_*", "*.tmp", "train_log.jsonl"])  # fmt: skip
+            publish_folder(output_dir, args.hub_model_id, token=args.hub_token, commit_message="End of training")
     accelerator.end_training()
     return metrics
 

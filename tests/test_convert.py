@@ -646,12 +646,14 @@ def test_script_push_to_hub_uses_the_hub_api(tmp_path, real_vocab_checkpoint):
         mock.patch.object(HfApi, "create_repo") as create_repo,
         mock.patch.object(HfApi, "upload_folder") as upload,
     ):
+        create_repo.return_value.repo_id = "me/weclip-test"
         _script().main(["--checkpoint", str(checkpoint), "--tokenizer", str(TOKENIZER), "--preset", "voc",
                         "--output_dir", str(out), "--push_to_hub", "--hub_model_id", "me/weclip-test"])  # fmt: skip
     create_repo.assert_called_once()
     assert create_repo.call_args.args[0] == "me/weclip-test"
     assert upload.call_args.kwargs["folder_path"] == str(out)
     assert upload.call_args.kwargs["repo_id"] == "me/weclip-test"
+    assert sorted(upload.call_args.kwargs["allow_patterns"]) == sorted(p.name for p in out.iterdir())
 
 
 def test_script_argument_errors():

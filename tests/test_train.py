@@ -187,11 +187,11 @@ def test_push_to_hub_uploads_the_output_folder(tmp_path, tiny_clip, monkeypatch)
 
     calls = {}
     monkeypatch.setattr(
-        HfApi, "create_repo", lambda self, repo_id, exist_ok: type("R", (), {"repo_id": "me/" + repo_id})()
+        HfApi, "create_repo", lambda self, repo_id, **kw: type("R", (), {"repo_id": "me/" + repo_id})()
     )
 
-    def upload_folder(self, repo_id, folder_path, commit_message, ignore_patterns):
-        calls.update(repo_id=repo_id, files=sorted(os.listdir(folder_path)), ignore=ignore_patterns)
+    def upload_folder(self, repo_id, folder_path, allow_patterns, **kwargs):
+        calls.update(repo_id=repo_id, files=sorted(os.listdir(folder_path)), allow=allow_patterns)
 
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     out = tmp_path / "push"
@@ -200,7 +200,7 @@ def test_push_to_hub_uploads_the_output_folder(tmp_path, tiny_clip, monkeypatch)
     assert calls["repo_id"] == "me/weclip-toy-test"
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "metrics.json"):
         assert name in calls["files"], name
-    assert "step_*" in calls["ignore"]
+    assert not [f for f in calls["allow"] if f.startswith("step_")]  # checkpoints stay local
 
 
 def test_inference_notebook_runs_headless(toy_run, monkeypatch):
@@ -314,13 +314,12 @@ def test_model_push_to_hub_uploads_weights_processor_and_card(tmp_path, tiny_mod
     import weclip_hf  # noqa: F401  (registers the Auto classes)
 
     pushed = tmp_path / "pushed"
-    monkeypatch.setattr(
-        HfApi,
-        "create_repo",
-        lambda self, repo_id, private, exist_ok: type("R", (), {"repo_id": "me/" + repo_id})(),
+    monkeypatch.setattr(  # the Hub resolves a bare name to the token's namespace
+        HfApi, "create_repo", lambda self, repo_id, **kw: type("R", (), {"repo_id": "me/" + repo_id.split("/")[-1]})()
     )
 
-    def upload_folder(self, repo_id, folder_path, commit_message, revision, create_pr):
+    def upload_folder(self, repo_id, folder_path, allow_patterns, **kwargs):
+        assert sorted(allow_patterns) == sorted(os.listdir(folder_path))
         shutil.copytree(folder_path, pushed)
         return f"https://hub/{repo_id}"
 

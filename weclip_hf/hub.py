@@ -1,10 +1,24 @@
-"""Model cards for models trained or converted with weclip-hf."""
+"""Publishing to the Hub: the model card of models trained or converted with weclip-hf, and the one upload
+path (an explicit allow-list of files) that the model, the training script and the converter share."""
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+
+# What a model repository may hold. Everything else in a folder (checkpoints, logs, tracker folders with the
+# run's arguments, hidden temporary files of an interrupted save) is never uploaded.
+PUBLISHED_FILES = (
+    "config.json",
+    "preprocessor_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "README.md",
+    "metrics.json",
+)
+PUBLISHED_PATTERNS = ("model-*-of-*.safetensors", "overlays/*.png", "*.py")
 
 CITATION = """@inproceedings{zhang2024frozen,
   title     = {Frozen CLIP: A Strong Backbone for Weakly Supervised Semantic Segmentation},
@@ -113,3 +127,39 @@ def save_model_card(card: ModelCard, output_dir: str | Path) -> Path:
     path = Path(output_dir) / "README.md"
     card.save(path)
     return path
+
+
+def publishable_files(folder: str | Path) -> list[str]:
+    """The files of ``folder`` (paths relative to it) that `publish_folder` uploads: `PUBLISHED_FILES` and
+    `PUBLISHED_PATTERNS`, never hidden files."""
+    folder = Path(folder)
+    found = {name for name in PUBLISHED_FILES if (folder / name).is_file()}
+    for pattern in PUBLISHED_PATTERNS:
+        found.update(str(p.relative_to(folder)) for p in folder.glob(pattern) if p.is_file())
+    return sorted(f for f in found if not any(part.startswith(".") for part in Path(f).parts))
+
+
+def publish_folder(
+    folder: str | Path,
+    repo_id: str,
+    *,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str = "Upload WeCLIP model",
+    revision: str | None = None,
+    create_pr: bool = False,
+):
+    """Create ``repo_id`` if needed and upload `publishable_files` of ``folder`` in one commit."""
+    files = publishable_files(folder)
+    if "model.safetensors" not in files and "model.safetensors.index.json" not in files:
+        raise FileNotFoundError(f"{folder} holds no model.safetensors: nothing to publish.")
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        commit_message=commit_message,
+        revision=revision,
+        create_pr=create_pr,
+        allow_patterns=[glob.escape(f) for f in files],  # exact paths: no wildcard reaches step_*/ or .tmp*
+    )

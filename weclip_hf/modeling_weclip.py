@@ -731,23 +731,22 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
 
         from huggingface_hub import HfApi
 
-        from .hub import make_model_card
+        from .hub import make_model_card, publish_folder
         from .image_processing_weclip import WeCLIPImageProcessor
 
-        api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        repo_id = HfApi(token=token).create_repo(repo_id, private=private, exist_ok=True).repo_id  # "user/name"
         if image_processor is None:
             image_processor = WeCLIPImageProcessor(patch_size=self.config.vision_config.patch_size)
         if model_card is None:
-            model_card = make_model_card(self.config, model_name=repo_id.split("/")[-1], repo_id=repo_id,
-                                         source="Uploaded with `WeCLIPForSemanticSegmentation.push_to_hub`.",
-                                         metrics=metrics)  # fmt: skip
+            name = repo_id.split("/")[-1]
+            model_card = make_model_card(self.config, model_name=name, repo_id=repo_id, metrics=metrics,
+                                         source="Uploaded with `WeCLIPForSemanticSegmentation.push_to_hub`.")  # fmt: skip
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder, **kwargs)
             image_processor.save_pretrained(folder)
             model_card.save(os.path.join(folder, "README.md"))
-            return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message,
-                                     revision=revision, create_pr=create_pr)  # fmt: skip
+            return publish_folder(folder, repo_id, token=token, private=private, commit_message=commit_message,
+                                  revision=revision, create_pr=create_pr)  # fmt: skip
 
     def set_training_step(self, step: int) -> None:
         """Set the training-step counter (e.g. to resume a schedule); RFM starts at ``config.rfm_start_step``."""

@@ -1,0 +1,186 @@
+"""Hostile checkpoints and secrets (issue 25, items 1-2): resuming never runs code planted in a checkpoint
+folder, and the Hub token never reaches a file under --output_dir or the Hub."""
+
+import json
+import os
+import pickle
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FAST, TRAIN
+
+from weclip_hf.checkpointing import (
+    CheckpointError,
+    StreamPosition,
+    TrainingState,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+class Payload:
+    """Unpickling it runs a shell command that creates ``marker`` (what an attacker would plant)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _accelerated(seed: int = 0):
+    """A fresh CPU accelerator with a small prepared model and optimizer (one optimizer step taken)."""
+    from accelerate import Accelerator
+
+    torch.manual_seed(seed)
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1 / (t + 1))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    return accelerator, model, optimizer, scheduler
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    accelerator, model, optimizer, scheduler = _accelerated()
+    state = TrainingState(step=1, scheduler=scheduler.state_dict(), position=StreamPosition(2, 5))
+    path = save_checkpoint(accelerator, tmp_path / "run", state)
+    return path, model, scheduler
+
+
+def test_checkpoint_round_trip_restores_weights_scheduler_and_position(checkpoint):
+    path, model, scheduler = checkpoint
+    assert sorted(p.name for p in path.glob("*.pkl")) == ["random_states_0.pkl"]  # no custom_checkpoint_*.pkl
+    accelerator, fresh, fresh_optimizer, fresh_scheduler = _accelerated(seed=1)
+    state = load_checkpoint(accelerator, fresh, fresh_optimizer, path)
+    fresh_scheduler.load_state_dict(state.scheduler)
+    assert state.step == 1 and state.position == StreamPosition(2, 5)
+    assert torch.equal(fresh.weight, model.weight)
+    assert fresh_scheduler.get_last_lr() == scheduler.get_last_lr()
+
+
+@pytest.mark.parametrize("form", ["raw_pickle", "torch_save"])
+@pytest.mark.parametrize(
+    "name", ["model.safetensors", "optimizer.bin", "random_states_0.pkl", "training_state.json"]
+)
+def test_a_payload_in_any_checkpoint_file_is_refused_and_named(checkpoint, tmp_path, name, form):
+    path, _, _ = checkpoint
+    marker = tmp_path / "pwned"
+    if form == "raw_pickle":
+        (path / name).write_bytes(pickle.dumps(Payload(marker)))
+    else:
+        torch.save(Payload(marker), path / name)
+    accelerator, model, optimizer, _ = _accelerated()
+    with pytest.raises(CheckpointError, match=name.replace(".", r"\.")):
+        load_checkpoint(accelerator, model, optimizer, path)
+    assert not marker.exists()
+
+
+def test_planted_pickles_beside_a_checkpoint_are_never_loaded(checkpoint, tmp_path):
+    """What accelerate would unpickle with weights_only=False for registered objects, and more."""
+    path, model, _ = checkpoint
+    marker = tmp_path / "pwned"
+    for name in ("custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl", "scheduler.bin", "sampler.bin",
+                 "scaler.pt", "dl_state_dict.bin"):  # fmt: skip
+        torch.save(Payload(marker), path / name)
+    accelerator, fresh, optimizer, _ = _accelerated(seed=1)
+    assert load_checkpoint(accelerator, fresh, optimizer, path).step == 1
+    assert torch.equal(fresh.weight, model.weight) and not marker.exists()
+
+
+def test_legacy_checkpoint_pickles_are_read_tensor_only(checkpoint, tmp_path):
+    """A checkpoint of an earlier version (scheduler in custom_checkpoint_0.pkl) still resumes; a payload
+    planted in its place is refused, named, and never run."""
+    path, _, scheduler = checkpoint
+    (path / "training_state.json").unlink()
+    torch.save(scheduler.state_dict(), path / "custom_checkpoint_0.pkl")
+    accelerator, model, optimizer, _ = _accelerated()
+    assert load_checkpoint(accelerator, model, optimizer, path).scheduler == scheduler.state_dict()
+    marker = tmp_path / "pwned"
+    torch.save(Payload(marker), path / "custom_checkpoint_0.pkl")
+    with pytest.raises(CheckpointError, match="custom_checkpoint_0.pkl"):
+        load_checkpoint(accelerator, model, optimizer, path)
+    assert not marker.exists()
+
+
+def test_latest_skips_a_damaged_newer_checkpoint_and_names_it(checkpoint):
+    path, _, _ = checkpoint
+    run = path.parent
+    damaged = run / "step_7"
+    damaged.mkdir()
+    (damaged / "optimizer.bin").write_bytes(b"")
+    messages = []
+    assert find_checkpoint(run, "latest", log=messages.append) == path
+    assert messages and "step_7" in messages[0] and "training_state.json" in messages[0]
+    with pytest.raises(CheckpointError, match="step_7"):
+        find_checkpoint(run, str(damaged))
+    (path / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="No complete checkpoint"):
+        find_checkpoint(run, "latest", log=messages.append)
+    assert "model.safetensors" in messages[-1]
+
+
+# ---- the training script ------------------------------------------------------------------------------
+
+
+def _train_script():
+    sys.path.insert(0, str(TRAIN.parent))
+    import train
+
+    return train
+
+
+def test_train_resume_ignores_a_planted_custom_checkpoint(tmp_path, tiny_clip):
+    """The attack of issue 25: a pickle placed as custom_checkpoint_0.pkl ran on --resume_from_checkpoint."""
+    train = _train_script()
+    out = tmp_path / "run"
+    common = ["--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), *FAST, "--num_overlays", "0",
+              "--toy_train_images", "8", "--toy_val_images", "2"]  # fmt: skip
+    train.main([*common, "--max_train_steps", "1", "--checkpointing_steps", "1"])
+    marker = tmp_path / "pwned"
+    torch.save(Payload(marker), out / "step_1" / "custom_checkpoint_0.pkl")
+    metrics = train.main([*common, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"])
+    assert metrics["train_steps"] == 2 and not marker.exists()
+    assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_hub_token_never_reaches_disk_or_the_hub(tmp_path, tiny_clip, monkeypatch):
+    """Tracker files, model card, logs, metrics and checkpoints are scanned for the token; the upload is
+    an explicit allow-list (no checkpoints, tracker folders, logs or hidden temporary folders)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import filter_repo_objects
+
+    train = _train_script()
+    token = "hf_SeCrEt0123456789abcdefXYZ"
+    uploaded = {}
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda self, repo_id, **kw: type("R", (), {"repo_id": "me/" + repo_id})()
+    )
+
+    def upload_folder(self, repo_id, folder_path, allow_patterns, **kwargs):
+        assert self.token == token
+        files = [str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file()]
+        uploaded[repo_id] = sorted(filter_repo_objects(files, allow_patterns=allow_patterns))
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    out = tmp_path / "run"
+    (out / ".tmp_interrupted_save").mkdir(parents=True)  # what a killed save_pretrained leaves behind
+    (out / ".tmp_interrupted_save" / "model.safetensors").write_bytes(b"partial")
+    train.main(["--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), "--max_train_steps", "1",
+                "--checkpointing_steps", "1", "--with_tracking", "--report_to", "tensorboard", "--push_to_hub",
+                "--hub_model_id", "weclip-toy-test", "--hub_token", token, *FAST])  # fmt: skip
+    written = [p for p in out.rglob("*") if p.is_file()]
+    assert any("events.out.tfevents" in p.name for p in written)  # the tracker did write its files
+    assert [str(p) for p in written if token.encode() in p.read_bytes()] == []
+    files = uploaded["me/weclip-toy-test"]
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "metrics.json"):
+        assert name in files, name
+    assert any(f.startswith("overlays/") for f in files)
+    assert not [f for f in files if f.startswith(("step_", "weclip", ".")) or f.endswith(".jsonl")], files

@@ -1,0 +1,193 @@
+"""Training checkpoints that hold only tensors and plain data, so that resuming one can never run code.
+
+A checkpoint folder ``step_N`` holds what ``Accelerator.save_state`` writes for the model, optimizer and
+random states (safetensors, and tensor-only files that accelerate reads back with
+``torch.load(weights_only=True)``) plus ``training_state.json``: the step, the LR scheduler and where a
+streamed run is in its data. Objects registered with ``accelerator.register_for_checkpointing`` are
+restored with ``torch.load(weights_only=False)``, i.e. by unpickling arbitrary code, so nothing is
+registered: a pickle planted in a shared or downloaded checkpoint is never executed.
+
+Checkpoints are written to ``step_N.tmp`` and renamed, so a crash never leaves an incomplete ``step_N``;
+``latest`` still checks each candidate and falls back past a damaged one, naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+TRAINING_STATE_NAME = "training_state.json"
+# written by earlier weclip-hf versions through register_for_checkpointing: read tensor-only, never unpickled
+LEGACY_SCHEDULER_NAME = "custom_checkpoint_0.pkl"
+LEGACY_POSITION_NAME = "custom_checkpoint_1.pkl"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that is missing, incomplete or cannot be read safely."""
+
+
+@dataclass
+class StreamPosition:
+    """Where a streamed run is in its data: the pass (epoch) and the batches trained on in it."""
+
+    epoch: int = 0
+    batch: int = 0
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint holds besides tensors: the step, the scheduler's state and the stream position."""
+
+    step: int
+    scheduler: dict
+    position: StreamPosition
+
+
+def save_checkpoint(accelerator, output_dir: Path, state: TrainingState) -> Path:
+    """Write ``step_N`` (``accelerator.save_state`` + ``training_state.json``) via ``step_N.tmp`` and an atomic
+    rename; an existing ``step_N`` is first renamed to ``step_N.old``, never deleted in place."""
+    final = output_dir / f"step_{state.step}"
+    tmp = output_dir / f"step_{state.step}.tmp"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / TRAINING_STATE_NAME).write_text(json.dumps(asdict(state), indent=1))
+        old = output_dir / f"step_{state.step}.old"
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """N of a folder named ``step_N``, else None."""
+    prefix, _, number = path.name.partition("_")
+    return int(number) if prefix == "step" and number.isdigit() else None
+
+
+def read_training_state(path: Path) -> TrainingState:
+    """The plain-data state of checkpoint ``path`` (JSON; a legacy pickle is read tensor-only)."""
+    json_path = path / TRAINING_STATE_NAME
+    if json_path.exists():
+        try:
+            raw = json.loads(json_path.read_text())
+            return TrainingState(
+                step=int(raw["step"]),
+                scheduler=dict(raw["scheduler"]),
+                position=StreamPosition(**raw["position"]),
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{json_path} is not a valid training state: {error}") from error
+    return _read_legacy_training_state(path)
+
+
+def _read_legacy_training_state(path: Path) -> TrainingState:
+    """A checkpoint of an earlier version: scheduler (and position) pickles, loaded with weights_only=True."""
+    import torch
+
+    legacy, step = path / LEGACY_SCHEDULER_NAME, checkpoint_step(path)
+    if not legacy.exists() or step is None:
+        raise CheckpointError(f"{path} has no {TRAINING_STATE_NAME}: not a complete weclip-hf checkpoint.")
+    try:
+        scheduler = torch.load(legacy, map_location="cpu", weights_only=True)
+        position = {"epoch": 0, "batch": 0}
+        if (path / LEGACY_POSITION_NAME).exists():
+            position = torch.load(path / LEGACY_POSITION_NAME, map_location="cpu", weights_only=True)
+        return TrainingState(step=step, scheduler=dict(scheduler), position=StreamPosition(**position))
+    except Exception as error:  # an unpickling refusal or a malformed state: name the file either way
+        raise CheckpointError(
+            f"{legacy} cannot be loaded safely (tensor-only unpickling): {error}"
+        ) from error
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why checkpoint folder ``path`` cannot be resumed from (None when it looks complete)."""
+    try:
+        state = read_training_state(path)
+    except CheckpointError as error:
+        return str(error)
+    if not (path / "model.safetensors").exists() and not (path / "pytorch_model.bin").exists():
+        return f"{path} has no model.safetensors"
+    if not (path / "optimizer.bin").exists():
+        return f"{path} has no optimizer.bin"
+    if checkpoint_step(path) not in (None, state.step):
+        return f"{path} holds step {state.step}, not the step its name says"
+    return None
+
+
+def find_checkpoint(output_dir: Path, spec: str, log=print) -> Path:
+    """The folder to resume from: ``spec`` itself, or for ``latest`` the newest complete ``step_N`` in
+    ``output_dir`` (damaged or incomplete newer ones are skipped with a message naming them)."""
+    if spec != "latest":
+        path = Path(spec)
+        if not path.is_dir():
+            raise CheckpointError(f"Checkpoint folder {path} does not exist.")
+        problem = checkpoint_problem(path)
+        if problem:
+            raise CheckpointError(f"Cannot resume from {path}: {problem}.")
+        return path
+    steps = sorted((p for p in output_dir.glob("step_*") if p.is_dir() and checkpoint_step(p) is not None),
+                   key=checkpoint_step, reverse=True)  # fmt: skip
+    if not steps:
+        raise CheckpointError(f"No step_N checkpoint in {output_dir} to resume from.")
+    for path in steps:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        log(f"skipping checkpoint {path.name}: {problem}")
+    raise CheckpointError(
+        f"No complete checkpoint in {output_dir} ({', '.join(p.name for p in steps)} are damaged)."
+    )
+
+
+def load_checkpoint(accelerator, model, optimizer, path: Path) -> TrainingState:
+    """Restore ``model`` (safetensors), ``optimizer``, the grad scaler and this process's random states from
+    checkpoint ``path`` (tensor-only loads) and return its plain-data state. Only these named files are read,
+    never a pickle of an object registered with accelerate; a file that cannot be read is named in the error."""
+    import random
+
+    import numpy as np
+    import torch
+    from safetensors.torch import load_model
+
+    state = read_training_state(path)
+    weights = path / "model.safetensors"
+    _read(weights, lambda f: load_model(accelerator.unwrap_model(model), f, device=str(accelerator.device)))
+    optimizer.load_state_dict(_read(path / "optimizer.bin", _tensor_only_load))
+    if accelerator.scaler is not None and (path / "scaler.pt").exists():
+        accelerator.scaler.load_state_dict(_read(path / "scaler.pt", _tensor_only_load))
+    random_states = path / f"random_states_{accelerator.process_index}.pkl"
+    if random_states.exists():
+        rng = _read(random_states, _tensor_only_load)
+        random.setstate(rng["random_state"])
+        np.random.set_state(rng["numpy_random_seed"])
+        torch.set_rng_state(rng["torch_manual_seed"])
+        if "torch_cuda_manual_seed" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["torch_cuda_manual_seed"])
+    return state
+
+
+def _tensor_only_load(file: Path):
+    """``torch.load(weights_only=True)`` with the numpy types of accelerate's random states allowed."""
+    from accelerate.utils import load
+
+    return load(file, map_location="cpu")
+
+
+def _read(file: Path, reader):
+    """``reader(file)``, with any failure turned into a `CheckpointError` that names ``file``."""
+    if not file.exists():
+        raise CheckpointError(f"Cannot resume: {file} is missing.")
+    try:
+        return reader(file)
+    except Exception as error:  # unpickling refusals, truncated files, shape mismatches: name the file
+        raise CheckpointError(f"Cannot resume from {file}: {type(error).__name__}: {error}") from error
