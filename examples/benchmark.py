@@ -378,7 +378,8 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
         with amp():
             return model.forward_clip_features(pixel_values, n_maps)
 
-    hidden, attention, grid = clip_forward()
+    clip = clip_forward()
+    hidden, attention, grid = clip.hidden, clip.attention, clip.grid
     tokens = [t[:, 1:] for t in hidden[len(hidden) - cfg.feature_layers :]]
 
     def decoder_forward():
@@ -400,9 +401,9 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
 
     def gradcam_piece():  # step 1 of generate_pseudo_labels: the last block for every pair, one backward
         with torch.enable_grad(), torch.autocast(device.type, enabled=False):
-            h, image_embeds, _ = model.last_block_image_embedding(hidden[-1][pair_image].to(model.dtype))
-            text = torch.cat([model.class_text_embeds, model.background_text_embeds]).to(image_embeds.dtype)
-            logits = model.logit_scale.exp() * image_embeds @ text.t()
+            h, image_embeds, _ = model.last_block_image_embedding(hidden[-1][pair_image])
+            text = torch.cat([model.class_text_embeds, model.background_text_embeds]).float()
+            logits = model.logit_scale.float().exp() * image_embeds @ text.t()
             allowed = torch.cat([present[pair_image], present.new_ones(len(pair_image), n_bg)], dim=1)
             probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
             (grads,) = torch.autograd.grad(probs.gather(1, pair_class[:, None]).sum(), h)
@@ -492,7 +493,8 @@ def measure_reference(args, bench, model, use_rfm) -> dict:
     model.eval()
     n_maps = max(cfg.cam_layers, cfg.rfm_layers) - 1
     with torch.no_grad():
-        hidden, _, grid = model.forward_clip_features(pixel_values, 0)
+        clip = model.forward_clip_features(pixel_values, 0)
+        hidden, grid = clip.hidden, clip.grid
         tokens = [t[:, 1:] for t in hidden[len(hidden) - cfg.feature_layers :]]
         features = model.decoder(tokens, grid)[1].flatten(2).float()
         decoder_affinity = torch.sigmoid(features.transpose(1, 2) @ features)
@@ -501,9 +503,9 @@ def measure_reference(args, bench, model, use_rfm) -> dict:
 
     def ours():  # the CLIP forward under --autocast; the pseudo labels in float32, as in the model's forward
         with autocast_context(args, device):
-            hidden, attention, grid = model.forward_clip_features(pixel_values, n_maps)
-        last["ours"] = model.generate_pseudo_labels(pixel_values, class_labels, hidden[-1], attention, grid,
-                                                    decoder_affinity, use_rfm)  # fmt: skip
+            clip = model.forward_clip_features(pixel_values, n_maps)
+        last["ours"] = model.generate_pseudo_labels(pixel_values, class_labels, clip.hidden[-1], clip.attention,
+                                                    clip.grid, decoder_affinity, use_rfm)  # fmt: skip
 
     # The reference mixes NumPy into the loop: it runs on the CPU (a CPU copy of the model on CUDA).
     ref_bench = Bench(torch.device("cpu"))

@@ -84,7 +84,8 @@ def pseudo_labels(model, pixels, labels, masks, variant: str) -> tuple[torch.Ten
         )
         return out.pseudo_labels, out.cam_details.rfm_keep
     cfg = model.config
-    hidden, attention, grid = model.forward_clip_features(pixels, cfg.rfm_layers - 1)
+    clip = model.forward_clip_features(pixels, cfg.rfm_layers - 1)
+    hidden, attention, grid = clip.hidden, clip.attention, clip.grid
     if variant == "rfm kept maps only":
         affinity = torch.ones(len(pixels), grid[0] * grid[1], grid[0] * grid[1])
     else:

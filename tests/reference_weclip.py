@@ -80,7 +80,8 @@ def reference_pseudo_labels(model, pixel_values, class_labels, use_rfm=False, de
     Returns dict with per-pair lists (gradcams, box_masks, refined_grid) and pseudo labels [B, H, W].
     """
     cfg = model.config
-    hidden, attention, grid = model.forward_clip_features(pixel_values, cfg.vision_config.num_hidden_layers - 1)
+    clip = model.forward_clip_features(pixel_values, cfg.vision_config.num_hidden_layers - 1)
+    hidden, attention, grid = clip.hidden, clip.attention, clip.grid
     gh, gw = grid
     out = {"gradcams": [], "box_masks": [], "refined_grid": [], "pseudo_labels": [], "margins": []}
     for b in range(pixel_values.shape[0]):

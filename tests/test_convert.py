@@ -464,7 +464,8 @@ def test_converted_clip_towers_match_the_official_layout(official, converted_tin
     with torch.no_grad():
         image = model.visual_projection(model.vision_model(pixel_values).pooler_output)
         text = model.text_projection(model.text_model(input_ids=ids).pooler_output)
-        hidden, _, grid = model.forward_clip_features(pixel_values, 0)
+        clip = model.forward_clip_features(pixel_values, 0)
+        hidden, grid = clip.hidden, clip.grid
     torch.testing.assert_close(image, ref_image, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(text, ref_txt, rtol=1e-5, atol=1e-5)
     assert grid == (4, 4) and len(hidden) == 2

@@ -339,7 +339,9 @@ def test_pixel_mask_marks_padding_ignored_and_leaves_the_rest(tiny_model):
 
 def test_bf16_autocast_keeps_the_cam_path_in_float32(tiny_model):
     """Under autocast only the first L-1 CLIP blocks and the decoder run in bf16: the GradCAM block, maps,
-    normalisations and PAR stay float32, so CAMs move little and box masks / labels barely change."""
+    normalisations and PAR stay float32, so CAMs move little. (How many labels flip depends on the near-ties of
+    a random model: 95-99.9% equal over seeds 0-5; the >= 99% agreement is checked on the trained toy model in
+    test_half_precision.py.)"""
     pixel_values, class_labels = _inputs()
     with torch.no_grad():
         ref = tiny_model(pixel_values, class_labels=class_labels, use_rfm=False, output_cam_details=True)
@@ -352,9 +354,7 @@ def test_bf16_autocast_keeps_the_cam_path_in_float32(tiny_model):
         == details.affinity_before_norm.dtype
         == torch.float32
     )
-    assert (details.gradcams - ref.cam_details.gradcams).abs().max() < 0.05  # measured 4e-3
-    assert (details.box_masks == ref.cam_details.box_masks).float().mean() > 0.98  # measured: identical
-    assert (out.pseudo_labels == ref.pseudo_labels).float().mean() > 0.98  # measured 99.8%
+    assert (details.gradcams - ref.cam_details.gradcams).abs().max() < 0.05  # measured 3e-3 to 2e-2 (seeds 0-5)
 
 
 def test_generate_pseudo_labels_ignores_the_callers_autocast(tiny_model):
@@ -363,7 +363,8 @@ def test_generate_pseudo_labels_ignores_the_callers_autocast(tiny_model):
     pixel_values, class_labels = _inputs()
     tiny_model.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        hidden, attention, grid = tiny_model.forward_clip_features(pixel_values, 2)
+        clip = tiny_model.forward_clip_features(pixel_values, 2)
+        hidden, attention, grid = clip.hidden, clip.attention, clip.grid
     inputs = (class_labels, hidden[-1], attention, grid, None, False)
     with torch.no_grad():
         ref = tiny_model.generate_pseudo_labels(pixel_values, *inputs)

@@ -169,7 +169,7 @@ def test_text_embeddings_from_the_tokenizer(model, ref):
 
 
 def test_block11_tokens(clip_features, ref):
-    hidden, _, grid = clip_features
+    hidden, grid = clip_features.hidden, clip_features.grid
     assert grid == (20, 20) and len(hidden) == 11
     assert_rel("clip block-11 tokens", hidden[-1], ref["fp32_clip_layer11_tokens"], 1e-4)
     stats = np.array([[h[:, 1:].double().mean().item(), h[:, 1:].double().std().item()] for h in hidden])

@@ -6,6 +6,7 @@ numbered steps (frozen CLIP, decoder, pseudo labels, losses).
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import os
@@ -130,8 +131,8 @@ class WeCLIPDecoderBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x.float()).to(x.dtype))
-        h = self.mlp["fc1"](self.layer_norm2(x.float()).to(x.dtype))
+        x = x + self.self_attn(self.layer_norm1(x))
+        h = self.mlp["fc1"](self.layer_norm2(x))
         return x + self.mlp["fc2"](h * torch.sigmoid(1.702 * h))
 
 
@@ -155,9 +156,11 @@ class WeCLIPDecoder(nn.Module):
         self, layer_tokens: list[torch.Tensor], grid: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Args: layer_tokens: per feature layer [B, N, D] patch tokens. Returns (logits [B, K, h, w],
-        fused features [B, dim, h, w] after dropout)."""
+        fused features [B, dim, h, w] after dropout). Runs in the dtype of its weights (under autocast: the
+        autocast dtype)."""
         b = layer_tokens[0].shape[0]
-        projected = [mlp(t.float()) for mlp, t in zip(self.layer_mlps, layer_tokens)]  # [B, N, dim] each
+        dtype = self.fuse.weight.dtype
+        projected = [mlp(t.to(dtype)) for mlp, t in zip(self.layer_mlps, layer_tokens)]  # [B, N, dim] each
         x = torch.cat(projected, dim=-1).transpose(1, 2).reshape(b, -1, *grid)
         features = self.dropout(self.fuse(x))
         x = features.flatten(2).transpose(1, 2)  # [B, N, dim]
@@ -229,38 +232,60 @@ class WeCLIPPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["CLIPEncoderLayer", "CLIPVisionEmbeddings", "CLIPTextEmbeddings"]
 
     def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        std = self.config.initializer_range
-        if isinstance(module, WeCLIPForSemanticSegmentation):
-            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+        """The decoder: normal(std=initializer_range) weights, zero biases, unit LayerNorms. The CLIP towers
+        are initialised by CLIP's own scheme (transformers dispatches them to `CLIPPreTrainedModel`), the
+        projections as `CLIPModel` does; the text-embedding buffers get fixed unit vectors (seeded, so
+        independent of the global RNG) until `update_class_embeddings` computes the real ones."""
+        cfg = self.config
+        # transformers visits the modules that own parameters (custom code: containers are skipped)
+        decoder = getattr(self, "decoder", None)
+        if decoder is not None and any(module is layer for layer in decoder.modules()):
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                init.normal_(module.weight, std=cfg.initializer_range)
+                if module.bias is not None:
+                    init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
+        elif isinstance(module, WeCLIPForSemanticSegmentation):
+            factor = cfg.vision_config.initializer_factor
+            init.normal_(module.visual_projection.weight, std=cfg.vision_config.hidden_size**-0.5 * factor)
+            init.normal_(module.text_projection.weight, std=cfg.text_config.hidden_size**-0.5 * factor)
+            init.constant_(module.logit_scale, cfg.logit_scale_init_value)
+            generator = torch.Generator().manual_seed(0)
             for buf in (module.class_text_embeds, module.background_text_embeds):
                 if not getattr(buf, "_is_hf_initialized", False):
-                    with torch.no_grad():
-                        buf.copy_(F.normalize(torch.randn_like(buf), dim=-1))
+                    fixed = F.normalize(torch.randn(buf.shape, generator=generator), dim=-1)
+                    init.copy_(buf, fixed)
             init.zeros_(module.training_step)
-        elif isinstance(module, (nn.Linear, nn.Conv2d)):
-            init.normal_(module.weight, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
 
 
 # --------------------------------------------------------------------------------------------------
 # Task model
 
 
-def _head_averaged_attention(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run a CLIP encoder layer with explicit attention; return (output, head-averaged probs [B, T, T])."""
-    attn = layer.self_attn
-    b, t, c = x.shape
-    h = layer.layer_norm1(x)
-    out, probs = _attention(attn, h)
+@dataclass
+class CLIPVisionFeatures:
+    """The frozen vision tower up to (not including) its last block, on one batch of images."""
+
+    embeddings: torch.Tensor  # [B, 1+N, D] input of the first block (after the pre-LayerNorm)
+    hidden: list[torch.Tensor]  # outputs of the first L-1 blocks, [B, 1+N, D] each
+    attention: list[torch.Tensor]  # head-averaged float32 maps [B, 1+N, 1+N] of the last blocks asked for
+    grid: tuple[int, int]  # (h, w) of the patch grid
+    head_attentions: list[torch.Tensor] | None = None  # per-head maps [B, heads, 1+N, 1+N] of all L-1 blocks
+
+
+def _eager_layer(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a CLIP encoder layer with explicit attention; return (output, float32 probs [B, heads, T, T])."""
+    out, probs = _attention(layer.self_attn, layer.layer_norm1(x))
     x = x + out
     x = x + layer.mlp(layer.layer_norm2(x))
     return x, probs
 
 
 def _attention(attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Explicit (eager) CLIP self-attention on normalized tokens: (output [B, T, C], mean probs [B, T, T])."""
+    """Explicit (eager) CLIP self-attention on normalized tokens: (output [B, T, C], probs [B, heads, T, T]).
+    The probabilities are float32 whatever the weights' dtype (the maps feed normalisations)."""
     b, t, c = h.shape
     shape = (b, t, attn.num_heads, attn.head_dim)
     q = attn.q_proj(h).view(shape).transpose(1, 2)
@@ -268,7 +293,15 @@ def _attention(attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     v = attn.v_proj(h).view(shape).transpose(1, 2)
     probs = torch.softmax((q @ k.transpose(-1, -2)) * attn.scale, dim=-1, dtype=torch.float32)
     out = (probs.to(v.dtype) @ v).transpose(1, 2).reshape(b, t, c)
-    return attn.out_proj(out), probs.mean(dim=1)  # maps stay float32 (they feed normalisations)
+    return attn.out_proj(out), probs
+
+
+def _in_float32(module: nn.Module) -> nn.Module:
+    """``module`` itself when its weights are float32, else a float32 copy (for the precision-critical CAM
+    path of a model loaded in half precision; the frozen weights it copies never change)."""
+    if all(p.dtype == torch.float32 for p in module.parameters()):
+        return module
+    return copy.deepcopy(module).float()
 
 
 class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
@@ -501,44 +534,51 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
 
     @torch.no_grad()
     def forward_clip_features(
-        self, pixel_values: torch.Tensor, num_attention_maps: int = 0
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor], tuple[int, int]]:
-        """The frozen tower up to (not including) the last block.
-
-        Returns:
-            hidden: the outputs of the first L-1 blocks, each [B, 1+N, D];
-            attention: the head-averaged attention maps [B, 1+N, 1+N] of the last ``num_attention_maps``
-                of those L-1 blocks (the other blocks run SDPA);
-            grid: (h, w) of the patch grid.
-        """
+        self, pixel_values: torch.Tensor, num_attention_maps: int = 0, output_attentions: bool = False
+    ) -> CLIPVisionFeatures:
+        """The frozen tower up to (not including) the last block: the block outputs, the head-averaged
+        attention maps of the last ``num_attention_maps`` of those L-1 blocks (the other blocks run SDPA)
+        and, with ``output_attentions``, every block's per-head maps (all blocks then run eagerly)."""
         x, grid = self._embed_patches(pixel_values)
+        embeddings = x
         layers = self.vision_model.encoder.layers
         first_map = len(layers) - 1 - num_attention_maps
-        hidden, attention = [], []
+        hidden, attention, head_attentions = [], [], []
         for i, layer in enumerate(layers[:-1]):
-            if i >= first_map:
-                x, probs = _head_averaged_attention(layer, x)
-                attention.append(probs)
+            if i >= first_map or output_attentions:
+                x, probs = _eager_layer(layer, x)
+                head_attentions.append(probs)
+                if i >= first_map:
+                    attention.append(probs.mean(dim=1))
             else:
                 x = layer(x, None)
             hidden.append(x)
-        return hidden, attention, grid
+        return CLIPVisionFeatures(embeddings, hidden, attention, grid, head_attentions if output_attentions else None)
 
     def last_block_image_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run the last CLIP block with autograd from its first LayerNorm's output.
+        """Run the last CLIP block in float32 with autograd from its first LayerNorm's output (float32 whatever
+        the weights' dtype: half-precision weights are upcast for this block).
 
         Args: x: [P, 1+N, D] input tokens of the last block (detached).
         Returns: (ln1 output [P, 1+N, D] requiring grad — the GradCAM target, L2-normalized image
         embedding [P, E] = proj(mean over patches of post_layernorm(block output)), head-averaged
         attention [P, 1+N, 1+N]).
         """
-        layer = self.vision_model.encoder.layers[-1]
+        layer = _in_float32(self.vision_model.encoder.layers[-1])
+        post_layernorm, projection = _in_float32(self.vision_model.post_layernorm), _in_float32(self.visual_projection)
+        x = x.float()
         h = layer.layer_norm1(x).detach().requires_grad_(True)
         out, probs = _attention(layer.self_attn, h)
         y = x + out
         y = y + layer.mlp(layer.layer_norm2(y))
-        pooled = self.vision_model.post_layernorm(y)[:, 1:].mean(dim=1)
-        return h, F.normalize(self.visual_projection(pooled), dim=-1), probs.detach()
+        pooled = post_layernorm(y)[:, 1:].mean(dim=1)
+        return h, F.normalize(projection(pooled), dim=-1), probs.mean(dim=1).detach()
+
+    @torch.no_grad()
+    def _last_block(self, x: torch.Tensor, output_attentions: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The last CLIP block on [B, 1+N, D] tokens: (output, per-head maps or None) for the output flags."""
+        layer = self.vision_model.encoder.layers[-1]
+        return _eager_layer(layer, x) if output_attentions else (layer(x, None), None)
 
     # ---- pseudo labels ---------------------------------------------------------------------------
 
@@ -581,14 +621,11 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         n_bg = self.background_text_embeds.shape[0]
 
         # 1. GradCAM of every pair from one backward: each pair runs its own copy of the last block, in
-        # the weights' precision.
-        weights_dtype = self.visual_projection.weight.dtype
+        # float32.
         with torch.enable_grad():
-            h, image_embeds, last_probs = self.last_block_image_embedding(
-                last_block_input[pair_image].to(weights_dtype)
-            )
-            text = torch.cat([self.class_text_embeds, self.background_text_embeds]).to(image_embeds.dtype)
-            logits = self.logit_scale.exp() * image_embeds @ text.t()  # [P, C + Nb]
+            h, image_embeds, last_probs = self.last_block_image_embedding(last_block_input[pair_image])
+            text = torch.cat([self.class_text_embeds, self.background_text_embeds]).float()
+            logits = self.logit_scale.float().exp() * image_embeds @ text.t()  # [P, C + Nb]
             allowed = torch.cat([present[pair_image], present.new_ones(len(pairs), n_bg)], dim=1)
             probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
             target = probs.gather(1, pair_class[:, None]).sum()
@@ -748,6 +785,10 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             return publish_folder(folder, repo_id, token=token, private=private, commit_message=commit_message,
                                   revision=revision, create_pr=create_pr)  # fmt: skip
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The vision tower's patch embedding (as transformers' vision models return)."""
+        return self.vision_model.embeddings.patch_embedding
+
     def set_training_step(self, step: int) -> None:
         """Set the training-step counter (e.g. to resume a schedule); RFM starts at ``config.rfm_start_step``."""
         if step < 0:
@@ -774,8 +815,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         use_rfm: bool | None = None,
         pixel_mask: torch.Tensor | None = None,
         output_cam_details: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> WeCLIPSemanticSegmenterOutput | tuple:
         r"""
         Args:
@@ -791,12 +833,20 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                 ignore index in the pseudo labels (the official code lets CAMs, PAR and losses see the
                 padding; that stays the default when no mask is passed).
             output_cam_details: also return every per-pair intermediate in `cam_details`.
+            output_hidden_states: return the vision tower's hidden states (the embeddings after the
+                pre-LayerNorm, then every block's output; WeCLIP's bilinear position embeddings) in
+                `hidden_states`. Default: `config.output_hidden_states`.
+            output_attentions: return every vision block's per-head attention probabilities [B, heads,
+                1+N, 1+N] in `attentions` (the blocks then run eager attention instead of SDPA). Default:
+                `config.output_attentions`.
         """
-        return_dict = self.config.return_dict if return_dict is None else return_dict
+        cfg = self.config
+        return_dict = cfg.return_dict if return_dict is None else return_dict
+        output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
         self._check_inputs(pixel_values, class_labels, labels, pixel_mask)
         if class_labels is not None and not class_labels.is_floating_point():
             class_labels = class_labels.to(pixel_values.dtype)  # bool or integer multi-hot -> 0./1.
-        cfg = self.config
         weak = class_labels is not None
         needs_affinity = weak or labels is not None
 
@@ -806,8 +856,14 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         if weak:
             rfm = self._current_step() >= cfg.rfm_start_step if use_rfm is None else bool(use_rfm)
         n_maps = ((cfg.rfm_layers if rfm else cfg.cam_layers) - 1) if weak else 0
-        hidden, attention, grid = self.forward_clip_features(pixel_values, n_maps)
+        clip = self.forward_clip_features(pixel_values, n_maps, output_attentions=output_attentions)
+        hidden, attention, grid = clip.hidden, clip.attention, clip.grid
         tokens = [t[:, 1:] for t in hidden[len(hidden) - cfg.feature_layers :]]
+        hidden_states = attentions = None
+        if output_hidden_states or output_attentions:  # the last block, run once more for the outputs
+            last, last_attention = self._last_block(hidden[-1], output_attentions)
+            hidden_states = (clip.embeddings, *hidden, last) if output_hidden_states else None
+            attentions = (*clip.head_attentions, last_attention) if output_attentions else None
 
         # 2. Decoder: logits on the patch grid and the affinity of its fused features (after dropout).
         logits, features = self.decoder(tokens, grid)
@@ -856,6 +912,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             decoder_affinity=decoder_affinity,
             used_rfm=rfm,
             cam_details=details if output_cam_details else None,
+            hidden_states=hidden_states,
+            attentions=attentions,
         )
         return output if return_dict else output.to_tuple()
 
@@ -865,4 +923,5 @@ __all__ = [
     "WeCLIPPreTrainedModel",
     "WeCLIPSemanticSegmenterOutput",
     "WeCLIPCAMOutput",
+    "CLIPVisionFeatures",
 ]
