@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_config
+from conftest import TINY_TEXT, TINY_VISION, make_tiny_config
 from reference_weclip import reference_affinity_loss, reference_pseudo_labels
 
 from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
@@ -52,6 +52,22 @@ def test_config_adapts_layer_counts_to_tiny_clip():
         (dict(cam_box_threshold=1.5), "cam_box_threshold"),
         (dict(decoder_num_heads=5), "divisible"),
         (dict(num_feature_layers=3), "num_feature_layers"),
+        (dict(cam_attention_layers=0), "cam_attention_layers"),
+        (dict(cam_attention_layers=-2), "cam_attention_layers"),
+        (dict(rfm_num_layers=0), "rfm_num_layers"),
+        (dict(affinity_radius=-1), "affinity_radius"),
+        (dict(par_dilations=[]), "par_dilations"),
+        (dict(par_dilations=[1, 0]), "par_dilations"),
+        (dict(par_num_iter=10**9), "par_num_iter"),
+        (dict(num_labels=10**9), "num_labels"),
+        (dict(background_names=[]), "background_names"),
+        (dict(decoder_hidden_size=-32), "decoder_hidden_size"),
+        (dict(decoder_dropout=1.0), "decoder_dropout"),
+        (dict(vision_config={**TINY_VISION, "patch_size": 0}), "vision_config.patch_size"),
+        (dict(vision_config={**TINY_VISION, "num_hidden_layers": 10**5}), "vision_config.num_hidden_layers"),
+        (dict(vision_config={**TINY_VISION, "hidden_size": -32}), "vision_config.hidden_size"),
+        (dict(text_config={**TINY_TEXT, "vocab_size": 10**9}), "text_config.vocab_size"),
+        (dict(par_num_iter=2.5), "par_num_iter"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):
@@ -373,3 +389,32 @@ def test_generate_pseudo_labels_ignores_the_callers_autocast(tiny_model):
     assert out.gradcams.dtype == out.cams.dtype == torch.float32
     torch.testing.assert_close(out.cams, ref.cams, rtol=0, atol=0)
     assert torch.equal(out.pseudo_labels, ref.pseudo_labels)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("num_labels", 10**9), ("par_num_iter", 10**9), ("patch_size", 0), ("num_hidden_layers", 10**5)],
+)
+def test_hostile_config_json_is_refused_before_any_module_is_built(tmp_path, tiny_model, key, value):
+    """A config.json planted in a model folder: one clear error naming the file and the key, in well under a
+    second and without allocating the model it describes."""
+    import json
+    import time
+    import tracemalloc
+
+    tiny_model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    if key in ("patch_size", "num_hidden_layers"):
+        config["vision_config"][key] = value
+    else:
+        config[key] = value
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ValueError, match=rf"config\.json.*{key}"):
+            WeCLIPForSemanticSegmentation.from_pretrained(tmp_path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - started < 5 and peak < 100 * 2**20

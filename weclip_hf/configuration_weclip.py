@@ -6,6 +6,47 @@ from transformers import CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
 
 from .presets import VOC_BACKGROUND_NAMES, VOC_LABELS, VOC_PROMPT_NAMES
 
+# Sane bounds for a config read from an untrusted config.json: each is far above any real model (ViT-bigG: 48
+# layers, width 1664; the VOC/COCO label sets: 20/80 classes) and far below what would exhaust memory or time.
+MAX_CLASSES = 10_000
+MAX_LAYERS = 256
+MAX_WIDTH = 16_384
+MAX_PAR_ITERATIONS = 1_000
+
+
+def _check_int(name: str, value, low: int, high: int) -> None:
+    """Refuse ``value`` unless it is an integer in [low, high], naming the field."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}.")
+
+
+def _check_number(name: str, value, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+    """Refuse ``value`` unless it is a finite number in the interval, naming the field."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+    if ok and ((low_open and value == low) or (high_open and value == high)):
+        ok = False
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}.")
+
+
+def _check_tower(name: str, config) -> None:
+    """Refuse CLIP tower sizes that are not positive or would build an absurdly large model."""
+    _check_int(f"{name}.num_hidden_layers", config.num_hidden_layers, 1, MAX_LAYERS)
+    _check_int(f"{name}.hidden_size", config.hidden_size, 1, MAX_WIDTH)
+    _check_int(f"{name}.intermediate_size", config.intermediate_size, 1, 4 * MAX_WIDTH)
+    _check_int(f"{name}.num_attention_heads", config.num_attention_heads, 1, config.hidden_size)
+    if config.hidden_size % config.num_attention_heads:
+        raise ValueError(
+            f"{name}.hidden_size ({config.hidden_size}) must be divisible by num_attention_heads "
+            f"({config.num_attention_heads})."
+        )
+    if hasattr(config, "image_size"):
+        _check_int(f"{name}.image_size", config.image_size, 1, 8192)
+    if hasattr(config, "vocab_size"):
+        _check_int(f"{name}.vocab_size", config.vocab_size, 1, 1_000_000)
+        _check_int(f"{name}.max_position_embeddings", config.max_position_embeddings, 1, 8192)
+
 
 class WeCLIPConfig(PreTrainedConfig):
     r"""Configuration of [`WeCLIPForSemanticSegmentation`].
@@ -80,6 +121,12 @@ class WeCLIPConfig(PreTrainedConfig):
         initializer_range: float = 0.02,
         **kwargs,
     ):
+        if "num_labels" in kwargs and kwargs["num_labels"] != len(class_names or VOC_PROMPT_NAMES) + 1:
+            raise ValueError(
+                f"num_labels ({kwargs['num_labels']!r}) must equal the number of class_names + 1 (background) = "
+                f"{len(class_names or VOC_PROMPT_NAMES) + 1}; it is derived from class_names, leave it out."
+            )
+        kwargs.pop("num_labels", None)
         if vision_config is None:
             vision_config = CLIPVisionConfig(
                 hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
@@ -104,6 +151,35 @@ class WeCLIPConfig(PreTrainedConfig):
         background_names = list(VOC_BACKGROUND_NAMES if background_names is None else background_names)
         if not class_names:
             raise ValueError("class_names must hold at least one foreground class name.")
+        if not background_names:
+            raise ValueError("background_names must hold at least one background word.")
+        for field, names in (("class_names", class_names), ("background_names", background_names)):
+            if len(names) > MAX_CLASSES or not all(isinstance(n, str) for n in names):
+                raise ValueError(f"{field} must be a list of at most {MAX_CLASSES} strings, got {len(names)} entries.")
+        _check_tower("vision_config", vision_config)
+        _check_tower("text_config", text_config)
+        _check_int("vision_config.patch_size", vision_config.patch_size, 1, vision_config.image_size)
+        _check_int("projection_dim", projection_dim, 1, MAX_WIDTH)
+        _check_int("decoder_hidden_size", decoder_hidden_size, 1, MAX_WIDTH)
+        _check_int("decoder_num_layers", decoder_num_layers, 0, MAX_LAYERS)
+        _check_int("decoder_num_heads", decoder_num_heads, 1, decoder_hidden_size)
+        _check_int("decoder_mlp_ratio", decoder_mlp_ratio, 1, 64)
+        _check_number("decoder_dropout", decoder_dropout, 0.0, 1.0, high_open=True)
+        _check_int("cam_attention_layers", cam_attention_layers, 1, MAX_LAYERS)
+        _check_int("rfm_num_layers", rfm_num_layers, 1, MAX_LAYERS)
+        _check_number("cam_bg_exponent", cam_bg_exponent, 0.0, 100.0, low_open=True)
+        _check_int("par_num_iter", par_num_iter, 0, MAX_PAR_ITERATIONS)
+        if not par_dilations:
+            raise ValueError("par_dilations must hold at least one dilation, got [].")
+        for dilation in par_dilations:
+            _check_int("par_dilations[...]", dilation, 1, 4096)
+        _check_number("par_temperature", par_temperature, 0.0, 1e6, low_open=True)
+        _check_number("par_pos_weight", par_pos_weight, 0.0, 1e6)
+        _check_int("affinity_radius", affinity_radius, 1, 1024)
+        _check_number("affinity_loss_weight", affinity_loss_weight, 0.0, 1e6)
+        _check_int("rfm_start_step", rfm_start_step, 0, 10**12)
+        _check_int("semantic_loss_ignore_index", semantic_loss_ignore_index, -(2**31), 2**31 - 1)
+        _check_number("initializer_range", initializer_range, 0.0, 10.0)
         if len(label_names) != len(class_names):
             raise ValueError(
                 f"label_names has {len(label_names)} entries but class_names has {len(class_names)}."
@@ -156,6 +232,14 @@ class WeCLIPConfig(PreTrainedConfig):
         kwargs["id2label"] = dict(enumerate(names))
         kwargs["label2id"] = {n: i for i, n in enumerate(names)}
         super().__init__(**kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """`PreTrainedConfig.from_pretrained`; a value refused by validation names the folder's config.json."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"Invalid config.json in {str(pretrained_model_name_or_path)!r}: {err}") from err
 
     @property
     def num_foreground_classes(self) -> int:
