@@ -370,7 +370,9 @@ def test_bf16_autocast_keeps_the_cam_path_in_float32(tiny_model):
         == details.affinity_before_norm.dtype
         == torch.float32
     )
-    assert (details.gradcams - ref.cam_details.gradcams).abs().max() < 0.05  # measured 3e-3 to 2e-2 (seeds 0-5)
+    assert (
+        details.gradcams - ref.cam_details.gradcams
+    ).abs().max() < 0.05  # measured 3e-3 to 2e-2 (seeds 0-5)
 
 
 def test_generate_pseudo_labels_ignores_the_callers_autocast(tiny_model):

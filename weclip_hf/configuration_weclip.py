@@ -20,7 +20,9 @@ def _check_int(name: str, value, low: int, high: int) -> None:
         raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}.")
 
 
-def _check_number(name: str, value, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+def _check_number(
+    name: str, value, low: float, high: float, low_open: bool = False, high_open: bool = False
+) -> None:
     """Refuse ``value`` unless it is a finite number in the interval, naming the field."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
     if ok and ((low_open and value == low) or (high_open and value == high)):
@@ -155,7 +157,9 @@ class WeCLIPConfig(PreTrainedConfig):
             raise ValueError("background_names must hold at least one background word.")
         for field, names in (("class_names", class_names), ("background_names", background_names)):
             if len(names) > MAX_CLASSES or not all(isinstance(n, str) for n in names):
-                raise ValueError(f"{field} must be a list of at most {MAX_CLASSES} strings, got {len(names)} entries.")
+                raise ValueError(
+                    f"{field} must be a list of at most {MAX_CLASSES} strings, got {len(names)} entries."
+                )
         _check_tower("vision_config", vision_config)
         _check_tower("text_config", text_config)
         _check_int("vision_config.patch_size", vision_config.patch_size, 1, vision_config.image_size)
