@@ -191,6 +191,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--hub_model_id")
     train.add_argument("--hub_token", help="Hub token (default: the logged-in one); never written to disk")
     args = p.parse_args(argv)
+    args.given_model_flags = [k for k in MODEL_FLAGS if getattr(args, k) is not None]  # before the recipe fills
     offline = args.dataset_name is None and args.data_dir is None and args.dataset_path is None
     args.recipe = "toy" if offline else (args.preset or "voc")
     args.rfm_start_source = rfm_start_source(args)
@@ -205,6 +206,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 SECRET_ARGS = ("hub_token",)
+# flags that set config fields of the model; the first four fix its weights or text embeddings
+MODEL_FLAGS = ("class_names", "background_names", "prompt_template", "decoder_hidden_size", "rfm_start_step",
+               "cam_box_threshold", "cam_attention_layers", "rfm_num_layers", "par_dilations", "decoder_dropout")  # fmt: skip
+WEIGHT_FLAGS = MODEL_FLAGS[:4]
 
 
 def public_args(args: argparse.Namespace) -> dict:
@@ -261,12 +266,20 @@ def prepare_data(args, train, val, num_classes: int, ignore_index: int, accelera
 
 
 def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
+    """A fresh WeCLIP from ``--clip_model_name_or_path`` (preset, recipe and model flags applied), or the saved
+    one of ``--model_name_or_path`` with the model flags given on the command line applied to its config."""
     if args.model_name_or_path:
-        return WeCLIPForSemanticSegmentation.from_pretrained(args.model_name_or_path)
+        fixed = [k for k in args.given_model_flags if k in WEIGHT_FLAGS]
+        if fixed:
+            raise ValueError(
+                f"--{fixed[0]} cannot be applied to the trained model of --model_name_or_path: it would change "
+                "its weights or text embeddings. Start from --clip_model_name_or_path instead."
+            )
+        overrides = {k: getattr(args, k) for k in args.given_model_flags}
+        return WeCLIPForSemanticSegmentation.from_pretrained(args.model_name_or_path, **overrides)
     overrides = preset_config_kwargs(args.preset) if args.preset else {}
     overrides.update({k: v for k, v in names.items() if v is not None})
-    for key in ("class_names", "background_names", "prompt_template", "rfm_start_step", "cam_box_threshold",
-                "cam_attention_layers", "rfm_num_layers", "par_dilations", "decoder_hidden_size", "decoder_dropout"):  # fmt: skip
+    for key in MODEL_FLAGS:
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     if (
@@ -305,14 +318,44 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v if k == "class_labels" else v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def lock_output_dir(output_dir: Path):
+    """Create ``output_dir``, check that it is writable and hold an exclusive lock on it for this run (released
+    by the OS when the process ends, even when killed): a second run on the same folder is refused at start
+    instead of interleaving its logs and checkpoints with this one's. Returns the open lock file."""
+    import fcntl
+
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write_probe_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        lock = open(output_dir / ".lock", "a+")  # held open for the whole run
+    except OSError as error:
+        raise PermissionError(f"--output_dir {output_dir} is not writable: {error}") from error
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise RuntimeError(
+            f"--output_dir {output_dir} is in use by another training run ({holder}); wait for it to finish or "
+            "choose another --output_dir."
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()}")
+    lock.flush()
+    return lock
+
+
 def claim_output_dir(output_dir: Path, args, is_main: bool) -> None:
-    """Create ``output_dir`` for this run. A fresh run (no ``--resume_from_checkpoint``) refuses a folder
-    that holds a previous run's checkpoints unless ``--overwrite_output_dir``, which removes them and the
-    log: their steps would mix with this run's (``latest`` could resume the old run)."""
+    """Prepare ``output_dir`` (created and locked by `lock_output_dir`) for this run. A fresh run (no
+    ``--resume_from_checkpoint``) refuses a folder that holds a previous run's checkpoints unless
+    ``--overwrite_output_dir``, which removes them and the log: their steps would mix with this run's
+    (``latest`` could resume the old run)."""
     old = sorted(p for p in output_dir.glob("step_*") if p.is_dir())
     if args.resume_from_checkpoint or not old:
-        if is_main:
-            output_dir.mkdir(parents=True, exist_ok=True)
         return
     if not args.overwrite_output_dir:
         raise FileExistsError(
@@ -424,10 +467,21 @@ def default_num_workers(device_type: str, num_processes: int) -> int:
 
 
 def main(argv=None) -> dict:
+    """Run training as the command line ``argv`` says; returns the final metrics."""
     args = parse_args(argv)
     accelerator = Accelerator(
         log_with=args.report_to if args.with_tracking else None, project_dir=args.output_dir
     )
+    lock = lock_output_dir(Path(args.output_dir)) if accelerator.is_main_process else None
+    try:
+        return train(args, accelerator)
+    finally:
+        if lock is not None:
+            lock.close()
+
+
+def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
+    """Phases 1-5 of the module docstring, in an ``--output_dir`` this process holds the lock on."""
     set_seed(args.seed)
     if accelerator.device.type == "cpu":
         torch.set_num_threads(args.num_threads or cpu_threads_per_process(accelerator.num_processes))
@@ -507,8 +561,7 @@ def main(argv=None) -> dict:
     def request_stop(signum, frame):
         stop["signal"] = signum
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, request_stop)
+    handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     # 4. training loop
     checkpoint_every = int(args.checkpointing_steps) if args.checkpointing_steps else 0
@@ -592,6 +645,8 @@ def main(argv=None) -> dict:
                                  f"{args.per_device_train_batch_size} images.")  # fmt: skip
             position.epoch, position.batch = position.epoch + 1, 0
     bar.close()
+    for sig, handler in handlers.items():  # Ctrl-C / SIGTERM act at once again (final evaluation, saving)
+        signal.signal(sig, handler)
     if stop["signal"] is not None:
         path = save_checkpoint(accelerator, output_dir, TrainingState(step, scheduler.state_dict(), position))
         accelerator.print(f"stopped by signal {stop['signal']} at step {step}; checkpoint saved to {path}")
@@ -601,8 +656,20 @@ def main(argv=None) -> dict:
         save_checkpoint(accelerator, output_dir, TrainingState(step, scheduler.state_dict(), position))
     train_seconds = time.time() - started
 
-    # 5. final evaluation, artifacts, push
+    # 5. save the model (before evaluating: a failing or interrupted evaluation loses no training), final
+    # evaluation, artifacts, push
     unwrapped = accelerator.unwrap_model(model)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped.save_pretrained(output_dir)
+        processor_size = (
+            {"longest_edge": args.eval_long_side}
+            if args.eval_long_side
+            else {"height": args.crop_size, "width": args.crop_size}
+        )
+        WeCLIPImageProcessor(size=processor_size, patch_size=cfg.vision_config.patch_size).save_pretrained(
+            output_dir
+        )
     metrics: dict = {"train_steps": step, "train_seconds": round(train_seconds, 1)}
     if val_set is not None and accelerator.is_main_process:
         loader_eval = DataLoader(val_set, batch_size=args.per_device_eval_batch_size, collate_fn=collate)
@@ -625,15 +692,6 @@ def main(argv=None) -> dict:
     metrics["total_seconds"] = round(time.time() - started, 1)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        unwrapped.save_pretrained(output_dir)
-        processor_size = (
-            {"longest_edge": args.eval_long_side}
-            if args.eval_long_side
-            else {"height": args.crop_size, "width": args.crop_size}
-        )
-        WeCLIPImageProcessor(size=processor_size, patch_size=cfg.vision_config.patch_size).save_pretrained(
-            output_dir
-        )
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
         card = make_model_card(

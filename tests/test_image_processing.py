@@ -1,13 +1,16 @@
 """WeCLIPImageProcessor: normalization, resize, input modes, labels, post-processing, errors."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from conftest import SHARED
 from PIL import Image
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 
 from weclip_hf import WeCLIPImageProcessor
-from weclip_hf.image_processing_weclip import CLIP_MEAN, CLIP_STD
+from weclip_hf.image_processing_weclip import CLIP_MEAN, CLIP_STD, image_size
 from weclip_hf.inference import longest_edge_size, resize_longest_edge
 
 
@@ -77,7 +80,7 @@ def test_numpy_layouts_tensors_and_floats_agree():
     [
         (np.zeros((0, 5, 3), np.uint8), "Empty"),
         (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
-        (np.zeros((4, 4, 2), np.uint8), "channels"),
+        (np.zeros((5, 4, 2), np.uint8), "channels"),  # neither end is a channel count (1, 3, 4)
         (np.zeros((2, 4, 4, 3), np.uint8), "2-D or 3-D"),
         (np.full((4, 4, 3), -3.0, np.float32), r"\[0, 255\]"),
     ],
@@ -131,3 +134,193 @@ def test_voc_mini_real_photo_and_palette_mask():
     out = WeCLIPImageProcessor(size={"longest_edge": 320})(image, segmentation_maps=mask)
     ids = set(out.labels.unique().tolist())
     assert 0 in ids and ids <= set(range(21)) | {255}
+
+
+# ---- the transformers image-processor contract: options, errors, post-processing, padding, layouts ---------------
+
+_RGBA = np.random.default_rng(2).integers(0, 256, (30, 40, 4), dtype=np.uint8)
+# HWC 3 x 20 RGBA or CHW 20 x 4 RGB
+_AMBIGUOUS = np.random.default_rng(3).integers(0, 256, (3, 20, 4), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    "name, value, image",
+    [
+        ("do_resize", False, _image()),
+        ("size", {"height": 16, "width": 24}, _image()),
+        ("size", {"longest_edge": 20}, _image()),
+        ("do_rescale", False, _image()),  # 0-255 values taken as already rescaled
+        ("rescale_factor", 2 / 255, _image()),
+        ("do_normalize", False, _image()),
+        ("image_mean", CLIP_MEAN, _image()),
+        ("image_std", CLIP_STD, _image()),
+        ("do_convert_rgb", False, _image()[..., :1]),
+        ("input_data_format", "channels_first", _AMBIGUOUS),
+        ("return_tensors", "np", _image()),
+        ("do_pad", True, _image(30, 41)),
+    ],
+)
+def test_every_option_can_be_set_at_call_time_or_construction(name, value, image):
+    default = WeCLIPImageProcessor(patch_size=8)
+    options = {name: value}
+    if name == "do_convert_rgb":
+        options.update(image_mean=[0.5], image_std=[0.25])  # one statistic per channel of a 1-channel image
+    at_call = default(image, **options).pixel_values
+    constructed = WeCLIPImageProcessor(patch_size=8, **options)(image).pixel_values
+    plain = default(image).pixel_values
+    if name == "return_tensors":
+        assert isinstance(at_call, np.ndarray) and isinstance(constructed, np.ndarray)
+        at_call, constructed = torch.from_numpy(at_call), torch.from_numpy(constructed)
+        torch.testing.assert_close(at_call, plain, rtol=0, atol=0)
+    else:
+        assert plain.shape != at_call.shape or not torch.equal(plain, at_call)  # the option changed something
+    torch.testing.assert_close(at_call, constructed, rtol=0, atol=0)
+    assert default.to_dict() == WeCLIPImageProcessor(patch_size=8).to_dict()  # the call left no trace
+
+
+def test_unknown_or_misspelled_options_raise_naming_them():
+    proc = WeCLIPImageProcessor()
+    for bad in ({"do_center_crop": True}, {"do_normalise": False}, {"patch_size": 8}):
+        with pytest.raises(TypeError, match=next(iter(bad))):
+            proc(_image(), **bad)
+    with pytest.raises(TypeError, match="do_resize"):
+        proc(_image(), do_resize="yes")
+    for bad, name in [
+        ({"size": {"shortest_edge": 8}}, "size"),
+        ({"size": {"longest_edge": 0}}, "size"),
+        ({"rescale_factor": 0}, "rescale_factor"),
+        ({"image_mean": [0.5, "a", 0.5]}, "image_mean"),
+        ({"image_std": [0.2, 0.0, 0.2]}, "image_std"),
+        ({"image_mean": [0.5, 0.5]}, "image_mean"),  # 2 values for 3 channels
+        ({"input_data_format": "hwc"}, "input_data_format"),
+        ({"return_tensors": "tf"}, "return_tensors"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            proc(_image(), **bad)
+    with pytest.raises(ValueError, match="rescale_factor"):
+        WeCLIPImageProcessor(rescale_factor=-1.0)
+
+
+def test_every_option_survives_save_and_load(tmp_path):
+    options = dict(
+        do_resize=True, size={"height": 24, "width": 32}, do_rescale=True, rescale_factor=1 / 510,
+        do_normalize=True, image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.3, 0.4], do_convert_rgb=True,
+        input_data_format="channels_last", return_tensors="np", do_pad=True, patch_size=8,
+    )  # fmt: skip
+    proc = WeCLIPImageProcessor(**options)
+    proc.save_pretrained(tmp_path)
+    loaded = WeCLIPImageProcessor.from_pretrained(tmp_path)
+    assert {k: getattr(loaded, k) for k in options} == options
+    np.testing.assert_array_equal(loaded(_image()).pixel_values, proc(_image()).pixel_values)
+    overridden = WeCLIPImageProcessor.from_pretrained(tmp_path, do_pad=False, patch_size=16)
+    assert overridden.do_pad is False and overridden.patch_size == 16
+
+
+def test_rescale_options_follow_transformers():
+    array = _image()
+    proc = WeCLIPImageProcessor(do_resize=False)
+    unit = array.astype(np.float32) / 255
+    # do_rescale=False: the input is already rescaled; normalizing it gives the default result
+    torch.testing.assert_close(proc(unit, do_rescale=False).pixel_values, proc(array).pixel_values)
+    as_given = proc(array, do_rescale=False, do_normalize=False).pixel_values[0]
+    torch.testing.assert_close(as_given, torch.from_numpy(array).permute(2, 0, 1).float())
+    rescaled = proc(array, do_normalize=False).pixel_values[0]
+    torch.testing.assert_close(rescaled, torch.from_numpy(unit).permute(2, 0, 1))
+    doubled = proc(array, rescale_factor=2 / 255, do_normalize=False).pixel_values[0]
+    torch.testing.assert_close(doubled, 2 * rescaled)
+
+
+def test_float_images_just_above_one_count_as_unit_range():
+    array = _image()
+    proc = WeCLIPImageProcessor(size={"longest_edge": 40})
+    ref = proc(array).pixel_values
+    unit = array.astype(np.float32) / 255
+    unit[0, 0, 0] = np.float32(1.0000001)  # rounding noise of a [0, 1] image
+    torch.testing.assert_close(proc(unit).pixel_values[..., 1:, 1:], ref[..., 1:, 1:], rtol=1e-5, atol=1e-5)
+    white = proc(np.full((30, 40, 3), 255, np.uint8)).pixel_values
+    assert proc(np.full((30, 40, 3), 1.0005, np.float32)).pixel_values.allclose(white)
+    assert not proc(np.full((30, 40, 3), 1.5, np.float32)).pixel_values.allclose(ref)  # 0-255 values
+
+
+def test_channel_axis_rule_and_input_data_format():
+    proc = WeCLIPImageProcessor(do_resize=False, patch_size=2)
+    hwc = np.moveaxis(_AMBIGUOUS, 0, -1)  # [20, 4, 3]: unambiguous
+    ref = proc(hwc).pixel_values
+    assert ref.shape == (1, 3, 20, 4)
+    torch.testing.assert_close(proc(torch.from_numpy(_AMBIGUOUS)).pixel_values, ref)  # tensors: CHW first
+    assert proc(_AMBIGUOUS).pixel_values.shape == (1, 3, 3, 20)  # arrays: channels last (RGBA, alpha dropped)
+    torch.testing.assert_close(proc(_AMBIGUOUS, input_data_format="channels_first").pixel_values, ref)
+    as_hwc = proc(torch.from_numpy(_AMBIGUOUS), input_data_format="channels_last").pixel_values
+    torch.testing.assert_close(as_hwc, proc(_AMBIGUOUS).pixel_values)
+    assert proc(np.zeros((3, 20, 2), np.uint8)).pixel_values.shape == (1, 3, 20, 2)  # only the first end fits
+    assert image_size(torch.from_numpy(_AMBIGUOUS)) == (20, 4) and image_size(_AMBIGUOUS) == (3, 20)
+
+
+def test_do_convert_rgb_false_keeps_the_channels():
+    proc = WeCLIPImageProcessor(do_resize=False)
+    out = proc(_RGBA, do_convert_rgb=False, image_mean=[0.0] * 4, image_std=[1.0] * 4).pixel_values
+    torch.testing.assert_close(out[0], torch.from_numpy(_RGBA).permute(2, 0, 1).float() / 255)
+    gray = proc(_image()[..., 0], do_convert_rgb=False, image_mean=0.5, image_std=0.5).pixel_values
+    assert gray.shape == (1, 1, 30, 40)
+    pil = proc(Image.fromarray(_RGBA), do_convert_rgb=False, image_mean=[0.5] * 4, image_std=[0.5] * 4)
+    assert pil.pixel_values.shape == (1, 4, 30, 40)
+
+
+@pytest.mark.parametrize("height, width", [(1500, 20), (20, 1500), (1, 65), (1, 1), (1, 2000), (7, 9)])
+def test_images_smaller_than_a_patch_are_padded_to_one(height, width):
+    proc = WeCLIPImageProcessor(size={"longest_edge": 64}, patch_size=16)
+    resized = tuple(max(1, s) for s in longest_edge_size(height, width, 64))
+    label = np.ones((height, width), np.uint8)
+    out = proc(np.full((height, width, 3), 255, np.uint8), segmentation_maps=label)
+    expected = tuple(max(16, s) for s in resized)
+    assert out.pixel_values.shape == (1, 3, *expected) and out.labels.shape == (1, *expected)
+    h, w = resized
+    assert (out.pixel_values[0, :, :h, :w] > 1).all() and (out.pixel_values[0, :, h:] == 0).all()
+    assert (out.pixel_values[0, :, :, w:] == 0).all()
+    assert (out.labels[0, :h, :w] == 1).all()
+    assert (out.labels[0, h:] == 255).all() and (out.labels[0, :, w:] == 255).all()
+
+
+def test_post_process_crops_the_padding_before_upsampling():
+    proc = WeCLIPImageProcessor(size={"longest_edge": 40}, do_pad=True, patch_size=8)
+    assert proc(_image(40, 12)).pixel_values.shape[-2:] == (40, 16)  # 12 columns of image, 4 of padding
+    logits = torch.zeros(1, 3, 5, 2)
+    logits[:, 1, :, 0] = 1  # the first patch column (pixels 0-7) is class 1, the second (8-15) class 2
+    logits[:, 2, :, 1] = 1
+    (labels,) = proc.post_process_semantic_segmentation({"logits": logits}, target_sizes=[(40, 12)])
+    assert labels.shape == (40, 12)
+    assert (labels[:, :8] == 1).all() and (labels[:, 8:] == 2).all()  # not 6 / 6 over the 12 columns
+    # the same logits from an unpadded processor are stretched over the image
+    unpadded = WeCLIPImageProcessor(size={"longest_edge": 40}, patch_size=8)
+    (stretched,) = unpadded.post_process_semantic_segmentation({"logits": logits}, target_sizes=[(40, 12)])
+    assert (stretched[:, :6] == 1).all() and (stretched[:, 6:] == 2).all()
+
+
+def test_segmentation_scores_match_segformer():
+    from transformers import SegformerImageProcessorPil
+    from transformers.modeling_outputs import SemanticSegmenterOutput
+
+    outputs = SemanticSegmenterOutput(logits=torch.randn(2, 5, 4, 6))
+    ours, theirs = WeCLIPImageProcessor(), SegformerImageProcessorPil()
+    for target_sizes in (None, [(8, 12), (5, 7)]):
+        a = ours.post_process_semantic_segmentation(outputs, target_sizes, return_segmentation_scores=True)
+        b = theirs.post_process_semantic_segmentation(outputs, target_sizes, return_segmentation_scores=True)
+        maps = ours.post_process_semantic_segmentation(outputs, target_sizes=target_sizes)
+        for x, y, m in zip(a, b, maps):
+            assert isinstance(x, SemanticSegmentationPostProcessorOutput)
+            torch.testing.assert_close(x.segmentation_scores, y.segmentation_scores)
+            assert torch.equal(x.segmentation, y.segmentation) and torch.equal(x.segmentation, m)
+            assert x.segmentation_scores.shape == (5, *m.shape)
+    as_tensor = ours.post_process_semantic_segmentation(outputs, torch.tensor([[8, 12], [5, 7]]))
+    assert all(torch.equal(x, y) for x, y in zip(as_tensor, maps))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int64, torch.float32])
+def test_label_tensors_raise_no_warnings(dtype):
+    label = torch.zeros(30, 40, dtype=dtype)
+    label[:, 20:] = 3
+    proc = WeCLIPImageProcessor(size={"longest_edge": 32})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = proc(_image(), segmentation_maps=label)
+    assert out.labels.dtype == torch.long and set(out.labels.unique().tolist()) == {0, 3}

@@ -1,27 +1,43 @@
-"""WeCLIP image processor: input conversion, normalization, long-side resize, post-processing.
+"""WeCLIP image processor: input conversion, normalization, long-side resize, padding, post-processing.
 
-Order of operations (the official evaluation's): convert to RGB float 0-255 -> normalize with the
-ImageNet statistics -> bilinear resize of the normalized tensor (align_corners=False) so the long side
-is ``size["longest_edge"]`` (int truncation of the other side) or to a fixed ``{"height", "width"}``
--> optional zero padding to a multiple of the patch size.
+Order of operations (the official evaluation's): read the pixels as float 0-255 values -> rescale and
+normalize (computed as ``(x - mean / f) / (std / f)`` with ``f = rescale_factor``: the official formula with
+the ImageNet statistics on 0-255 pixels when ``f = 1/255``) -> bilinear resize of the normalized tensor
+(align_corners=False) so the long side is ``size["longest_edge"]`` (int truncation of the other side, at
+least 1 px) or to a fixed ``{"height", "width"}`` -> zero padding (after normalization) at the bottom/right up
+to one patch in each dimension, and with ``do_pad`` to a multiple of the patch size.
+``post_process_semantic_segmentation`` crops that padding away again, so masks always have the input size.
 
-Inputs accepted: PIL images (EXIF orientation applied; grayscale, palette, RGBA/LA (alpha dropped, no
-compositing), CMYK and 16-bit modes converted to 8-bit RGB), NumPy arrays and torch tensors in HWC or
-CHW layout with 1, 3 or 4 channels (uint8 as 0-255, uint16 scaled to 0-255, floats in [0, 1] scaled to
-0-255, other floats taken as 0-255), file paths. Empty images, NaN/inf values and other channel counts
-raise a ValueError.
+Inputs accepted (``to_rgb_array``): PIL images (EXIF orientation applied; grayscale, palette, RGBA/LA (alpha
+dropped, no compositing), CMYK, 16-bit and float modes converted to RGB), NumPy arrays and torch tensors of
+shape [H, W], [H, W, C] or [C, H, W] with C = 1, 3 or 4, and file paths. Values: uint8 as 0-255, uint16 scaled
+to 0-255, bool as 0/255, floats in [0, 1 + 1e-3] scaled to 0-255 (so 1.0000001 still counts as 1), other
+floats and integers taken as 0-255. Channel axis: ``input_data_format`` ("channels_first" /
+"channels_last") when given; otherwise the end of the shape whose length is 1, 3 or 4, and when both ends
+are (e.g. [3, H, 4]), torch tensors are read channels-first and NumPy arrays channels-last (the usual layout
+of each). Empty images, NaN/inf values and other channel counts raise a ValueError.
+
+``do_rescale=False`` means the input is already rescaled (transformers' meaning): the values are used as
+given (no 0-255 reading, no [0, 1] guess, no range check) and normalized with ``image_mean``/``image_std``
+directly. ``do_convert_rgb=False`` keeps the channels as given (no gray -> RGB, no alpha dropping); then
+``image_mean``/``image_std`` need one value per channel.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
+from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_utils import ChannelDimension
 
 from .inference import longest_edge_size
 
@@ -30,41 +46,142 @@ IMAGENET_STD = (0.229, 0.224, 0.225)  # = (58.395, 57.12, 57.375) / 255
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+CHANNEL_COUNTS = (1, 3, 4)  # the lengths that mark a channel axis when guessing the layout
+UNIT_RANGE_TOLERANCE = 1e-3  # floats up to 1 + this count as [0, 1] images
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+_RAW_MODES = ("RGB", "L", "F", *_SIXTEEN_BIT_MODES)  # read with np.asarray, without PIL's RGB conversion
+_EXIF_ORIENTATION = 0x0112
 
-def to_rgb_array(image) -> np.ndarray:
-    """Any supported image -> float32 [H, W, 3] array of 0-255 values (see the module docstring)."""
+
+class WeCLIPImageProcessorKwargs(TypedDict, total=False):
+    """The options of `WeCLIPImageProcessor`: constructor settings, all but `patch_size` overridable per call."""
+
+    do_resize: bool
+    size: dict[str, int]
+    do_rescale: bool
+    rescale_factor: float
+    do_normalize: bool
+    image_mean: float | Sequence[float]
+    image_std: float | Sequence[float]
+    do_convert_rgb: bool
+    input_data_format: str | ChannelDimension | None
+    return_tensors: str | None
+    do_pad: bool
+    patch_size: int
+
+
+_CALL_OPTIONS = tuple(k for k in WeCLIPImageProcessorKwargs.__annotations__ if k != "patch_size")
+
+
+def _channel_format(input_data_format) -> ChannelDimension | None:
+    """None, "channels_first"/"channels_last" or a `ChannelDimension` -> `ChannelDimension` (or None)."""
+    if input_data_format is None:
+        return None
+    try:
+        fmt = ChannelDimension(input_data_format)
+    except ValueError:
+        fmt = None
+    if fmt not in (ChannelDimension.FIRST, ChannelDimension.LAST):
+        raise ValueError(
+            f"input_data_format must be None, 'channels_first' or 'channels_last', got {input_data_format!r}."
+        )
+    return fmt
+
+
+def _is_channels_first(shape: tuple[int, ...], input_data_format, prefer_first: bool) -> bool:
+    """Whether a 3-D image of ``shape`` has its channels first (the rule of the module docstring)."""
+    fmt = _channel_format(input_data_format)
+    if fmt is not None:
+        return fmt == ChannelDimension.FIRST
+    first, last = shape[0] in CHANNEL_COUNTS, shape[-1] in CHANNEL_COUNTS
+    if first and last:
+        return prefer_first
+    if not (first or last):
+        raise ValueError(
+            f"Images need 1, 3 or 4 channels (first or last axis), got shape {shape}; pass "
+            "input_data_format='channels_first' or 'channels_last' for other channel counts."
+        )
+    return first
+
+
+def image_size(image, input_data_format=None) -> tuple[int, int]:
+    """(height, width) of an image as the processor reads it (EXIF orientation and channel axis applied)."""
     if isinstance(image, (str, Path)):
         with Image.open(image) as opened:
-            return to_rgb_array(opened.copy())
+            return image_size(opened)
+    if isinstance(image, Image.Image):
+        width, height = image.size
+        swapped = image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # transposed or 90-degree turns
+        return (width, height) if swapped else (height, width)
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        shape = tuple(image.shape)
+        if len(shape) == 2:
+            return shape
+        if len(shape) == 3:
+            first = _is_channels_first(shape, input_data_format, isinstance(image, torch.Tensor))
+            return shape[1:] if first else shape[:2]
+        raise ValueError(f"Images must be 2-D or 3-D (HWC or CHW), got shape {shape}.")
+    raise TypeError(f"Unsupported image type {type(image).__name__}; expected PIL, numpy, torch or a path.")
+
+
+def to_rgb_array(
+    image, input_data_format=None, do_rescale: bool = True, do_convert_rgb: bool = True
+) -> np.ndarray:
+    """Any supported image -> float32 [H, W, C] array: 0-255 RGB values by default (see the module docstring)."""
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as opened:
+            return to_rgb_array(opened.copy(), input_data_format, do_rescale, do_convert_rgb)
     if isinstance(image, Image.Image):
         image = ImageOps.exif_transpose(image)
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            array = np.asarray(image, dtype=np.float64)
-            peak = 65535.0 if array.max() > 255 else 255.0
-            image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
-        if image.mode == "F":
-            return to_rgb_array(np.asarray(image, dtype=np.float32))
-        return np.asarray(image.convert("RGB"), dtype=np.float32)
+        if do_convert_rgb and do_rescale:  # the default reading (16-bit modes through 8-bit, as before)
+            if image.mode in _SIXTEEN_BIT_MODES:
+                array = np.asarray(image, dtype=np.float64)
+                peak = 65535.0 if array.max() > 255 else 255.0
+                image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+            if image.mode == "F":
+                return _read_array(np.asarray(image, dtype=np.float32), None, False, True, True)
+            return np.asarray(image.convert("RGB"), dtype=np.float32)
+        if do_convert_rgb and image.mode not in _RAW_MODES:
+            image = image.convert("RGB")
+        array = np.asarray(image)
+        return _read_array(
+            array, ChannelDimension.LAST if array.ndim == 3 else None, False, do_rescale, do_convert_rgb
+        )
     if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"Unsupported image type {type(image).__name__}; expected PIL, numpy, torch or a path.")
-    array = image
+        return _read_array(image.detach().cpu().numpy(), input_data_format, True, do_rescale, do_convert_rgb)
+    if isinstance(image, np.ndarray):
+        return _read_array(image, input_data_format, False, do_rescale, do_convert_rgb)
+    raise TypeError(f"Unsupported image type {type(image).__name__}; expected PIL, numpy, torch or a path.")
+
+
+def _read_array(
+    array: np.ndarray, input_data_format, prefer_first: bool, do_rescale: bool, do_convert_rgb: bool
+) -> np.ndarray:
+    """[H, W], [H, W, C] or [C, H, W] array -> float32 [H, W, C] (0-255 RGB values by default)."""
     if array.size == 0:
         raise ValueError(f"Empty image of shape {array.shape}.")
     if array.ndim == 2:
         array = array[:, :, None]
-    if array.ndim != 3:
+    elif array.ndim != 3:
         raise ValueError(f"Images must be 2-D or 3-D (HWC or CHW), got shape {array.shape}.")
-    if array.shape[0] in (1, 3, 4) and array.shape[-1] > 4:
-        array = np.moveaxis(array, 0, -1)  # CHW -> HWC
-    if array.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"Images need 1, 3 or 4 channels, got shape {image.shape}.")
+    elif _is_channels_first(array.shape, input_data_format, prefer_first):
+        array = np.moveaxis(array, 0, -1)
+    channels = array.shape[-1]
+    if do_convert_rgb and channels not in CHANNEL_COUNTS:
+        raise ValueError(f"Images need 1, 3 or 4 channels, got {channels} (HWC shape {array.shape}).")
+    values = _pixel_values(array) if do_rescale else array.astype(np.float32)
+    if not do_rescale and not np.isfinite(values).all():
+        raise ValueError("Image contains NaN or infinite values.")
+    if do_convert_rgb:
+        values = np.repeat(values, 3, axis=-1) if channels == 1 else values[..., :3]
+    return np.ascontiguousarray(values)
+
+
+def _pixel_values(array: np.ndarray) -> np.ndarray:
+    """Array of any dtype -> float32 0-255 values (the reading rules of the module docstring)."""
     if array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
-    if array.dtype == np.uint8:
-        values = array.astype(np.float32)
-    elif array.dtype == np.uint16:
+    if array.dtype == np.uint16:
         values = array.astype(np.float32) * (255.0 / 65535.0)
     elif np.issubdtype(array.dtype, np.integer):
         values = array.astype(np.float32)
@@ -72,63 +189,175 @@ def to_rgb_array(image) -> np.ndarray:
         values = array.astype(np.float32)
         if not np.isfinite(values).all():
             raise ValueError("Image contains NaN or infinite values.")
-        if values.max(initial=0.0) <= 1.0:
-            values = values * 255.0
+        if values.max(initial=0.0) <= 1.0 + UNIT_RANGE_TOLERANCE:
+            values = np.minimum(values, 1.0) * 255.0
     if values.min() < 0 or values.max() > 255:
-        raise ValueError(f"Pixel values must lie in [0, 255] (or [0, 1] for floats), got [{values.min()}, {values.max()}].")
-    if values.shape[-1] == 1:
-        values = np.repeat(values, 3, axis=-1)
-    return np.ascontiguousarray(values[..., :3])
+        raise ValueError(
+            f"Pixel values must lie in [0, 255] (or [0, 1] for floats), got [{values.min()}, {values.max()}]; "
+            "pass do_rescale=False for images that are already rescaled."
+        )
+    return values
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {value!r}.")
+    return bool(value)
+
+
+def _statistics(name: str, value) -> list[float]:
+    """image_mean / image_std: a number or a sequence of numbers -> list of floats."""
+    try:
+        values = [value] if isinstance(value, numbers.Real) else list(value)
+    except TypeError:
+        values = []
+    if not values or not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in values):
+        raise ValueError(f"{name} must be a number or a sequence of finite numbers, got {value!r}.")
+    if name == "image_std" and any(v <= 0 for v in values):
+        raise ValueError(f"image_std values must be positive, got {value!r}.")
+    return [float(v) for v in values]
+
+
+def _label_tensor(label) -> torch.Tensor:
+    """Label map (PIL, array, tensor, path) -> int64 [H, W] tensor. Palette/L PNGs keep their indices."""
+    if isinstance(label, (str, Path)):
+        with Image.open(label) as opened:
+            return _label_tensor(opened.copy())
+    if isinstance(label, Image.Image):
+        if label.mode not in ("L", "P", "I", "I;16"):
+            raise ValueError(f"Label maps must be single-channel (mode L/P/I), got mode {label.mode}.")
+        label = np.asarray(label)
+    if isinstance(label, torch.Tensor):
+        label = label.detach().cpu().to(torch.int64)
+    else:
+        label = torch.from_numpy(np.asarray(label).astype(np.int64))
+    if label.ndim != 2:
+        raise ValueError(f"Label maps must be 2-D [H, W], got shape {tuple(label.shape)}.")
+    return label
 
 
 class WeCLIPImageProcessor(BaseImageProcessor):
     r"""Image processor for WeCLIP.
 
+    Every argument is a constructor setting (saved with ``save_pretrained``) and, except ``patch_size``, can be
+    overridden per call of ``preprocess``/``__call__``; an unknown keyword raises a TypeError.
+
     Args:
         do_resize (`bool`): resize (default True).
         size (`dict`): ``{"longest_edge": 512}`` (official evaluation) or ``{"height": h, "width": w}``.
-        do_normalize (`bool`): normalize with ``image_mean``/``image_std`` (on 0-1 values).
+        do_rescale (`bool`): read the pixels as 0-255 values and multiply them by ``rescale_factor`` (default
+            True); False: the input is already rescaled and used as given (see the module docstring).
+        rescale_factor (`float`): 1/255 (default): 0-255 pixels -> [0, 1], where ``image_mean``/``image_std`` apply.
+        do_normalize (`bool`): normalize with ``image_mean``/``image_std`` (on rescaled values).
         image_mean, image_std: ImageNet statistics by default (the official code's, on 0-255 pixels);
             pass ``CLIP_MEAN``/``CLIP_STD`` for CLIP's own.
+        do_convert_rgb (`bool`): convert every image to 3-channel RGB (default True); False keeps the channels.
+        input_data_format (`str`): "channels_first" / "channels_last" for arrays and tensors; None guesses
+            (see the module docstring).
+        return_tensors (`str`): "pt" (default) or "np"; None also gives torch tensors.
         do_pad (`bool`): zero-pad (after normalization) at the bottom/right to a multiple of ``patch_size``
-            (default False: the model floors the patch grid like the official code).
-        patch_size (`int`): the CLIP patch size (16).
+            (default False: the model floors the patch grid like the official code). Images smaller than one
+            patch are always padded up to one patch.
+        patch_size (`int`): the CLIP patch size (16); constructor only.
     """
 
     model_input_names = ["pixel_values"]
+    valid_kwargs = WeCLIPImageProcessorKwargs
+    _valid_processor_keys = ["images", "segmentation_maps", *_CALL_OPTIONS]
+
+    do_resize = True
+    size = {"longest_edge": 512}
+    do_rescale = True
+    rescale_factor = 1 / 255
+    do_normalize = True
+    image_mean = list(IMAGENET_MEAN)
+    image_std = list(IMAGENET_STD)
+    do_convert_rgb = True
+    input_data_format = None
+    return_tensors = "pt"
+    do_pad = False
+    patch_size = 16
 
     def __init__(
         self,
         do_resize: bool = True,
         size: dict[str, int] | None = None,
+        do_rescale: bool = True,
+        rescale_factor: float = 1 / 255,
         do_normalize: bool = True,
-        image_mean: Sequence[float] = IMAGENET_MEAN,
-        image_std: Sequence[float] = IMAGENET_STD,
+        image_mean: float | Sequence[float] = IMAGENET_MEAN,
+        image_std: float | Sequence[float] = IMAGENET_STD,
+        do_convert_rgb: bool = True,
+        input_data_format: str | ChannelDimension | None = None,
+        return_tensors: str | None = "pt",
         do_pad: bool = False,
         patch_size: int = 16,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.do_resize = do_resize
-        self.size = dict(size or {"longest_edge": 512})
-        self.do_normalize = do_normalize
-        self.image_mean = list(image_mean)
-        self.image_std = list(image_std)
-        self.do_pad = do_pad
+        options = self._resolve(
+            do_resize=do_resize, size=size or {"longest_edge": 512}, do_rescale=do_rescale,
+            rescale_factor=rescale_factor, do_normalize=do_normalize, image_mean=image_mean, image_std=image_std,
+            do_convert_rgb=do_convert_rgb, input_data_format=input_data_format, return_tensors=return_tensors,
+            do_pad=do_pad,
+        )  # fmt: skip
+        if isinstance(options["input_data_format"], ChannelDimension):
+            options["input_data_format"] = options["input_data_format"].value  # JSON-serialisable
+        for name, value in options.items():
+            setattr(self, name, value)
+        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+            raise ValueError(f"patch_size must be a positive int, got {patch_size!r}.")
         self.patch_size = patch_size
-        self._check_size(self.size)
+
+    def _resolve(self, **overrides) -> dict:
+        """Call-time options (None = the instance's setting) -> validated values of all `_CALL_OPTIONS`."""
+        unknown = sorted(set(overrides) - set(_CALL_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__}.preprocess got unknown argument(s) {unknown}; valid: {list(_CALL_OPTIONS)}."
+            )
+        opts = {
+            name: getattr(self, name) if overrides.get(name) is None else overrides[name]
+            for name in _CALL_OPTIONS
+        }
+        for name in ("do_resize", "do_rescale", "do_normalize", "do_convert_rgb", "do_pad"):
+            opts[name] = _check_bool(name, opts[name])
+        opts["size"] = self._check_size(opts["size"])
+        factor = opts["rescale_factor"]
+        if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not 0 < factor < math.inf:
+            raise ValueError(f"rescale_factor must be a positive number, got {factor!r}.")
+        opts["image_mean"] = _statistics("image_mean", opts["image_mean"])
+        opts["image_std"] = _statistics("image_std", opts["image_std"])
+        _channel_format(opts["input_data_format"])
+        if opts["return_tensors"] not in ("pt", "np", None):
+            raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {opts['return_tensors']!r}.")
+        return opts
 
     @staticmethod
-    def _check_size(size: dict[str, int]) -> None:
-        if set(size) not in ({"longest_edge"}, {"height", "width"}):
-            raise ValueError(f"size must be {{'longest_edge': L}} or {{'height': h, 'width': w}}, got {size}.")
-        if any(int(v) < 1 for v in size.values()):
-            raise ValueError(f"size values must be positive, got {size}.")
+    def _check_size(size) -> dict[str, int]:
+        if not isinstance(size, dict) or set(size) not in ({"longest_edge"}, {"height", "width"}):
+            raise ValueError(
+                f"size must be {{'longest_edge': L}} or {{'height': h, 'width': w}}, got {size!r}."
+            )
+        if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in size.values()):
+            raise ValueError(f"size values must be positive integers, got {size!r}.")
+        return {k: int(v) for k, v in size.items()}
 
-    def _target_size(self, height: int, width: int, size: dict[str, int]) -> tuple[int, int]:
+    @staticmethod
+    def _resized_size(height: int, width: int, size: dict[str, int]) -> tuple[int, int]:
+        """The size an image of (height, width) is resized to (each side at least 1 px)."""
         if "longest_edge" in size:
-            return longest_edge_size(height, width, size["longest_edge"])
+            h, w = longest_edge_size(height, width, size["longest_edge"])
+            return max(1, h), max(1, w)
         return size["height"], size["width"]
+
+    def _padded_size(self, height: int, width: int, do_pad: bool) -> tuple[int, int]:
+        """The size after padding: at least one patch, with ``do_pad`` a multiple of ``patch_size``."""
+        p = self.patch_size
+        height, width = max(height, p), max(width, p)
+        if do_pad:
+            height, width = -(-height // p) * p, -(-width // p) * p
+        return height, width
 
     def preprocess(
         self,
@@ -136,87 +365,132 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         segmentation_maps=None,
         do_resize: bool | None = None,
         size: dict[str, int] | None = None,
+        do_rescale: bool | None = None,
+        rescale_factor: float | None = None,
         do_normalize: bool | None = None,
+        image_mean: float | Sequence[float] | None = None,
+        image_std: float | Sequence[float] | None = None,
+        do_convert_rgb: bool | None = None,
+        input_data_format: str | ChannelDimension | None = None,
+        return_tensors: str | None = None,
         do_pad: bool | None = None,
-        return_tensors: str | None = "pt",
         **kwargs,
     ) -> BatchFeature:
-        """Images (and optional label maps) -> ``pixel_values`` [B, 3, H', W'] float32 (and ``labels``
-        [B, H', W'] int64, resized with nearest neighbour). All images of a batch must end up the same size."""
-        do_resize = self.do_resize if do_resize is None else do_resize
-        size = self.size if size is None else dict(size)
-        do_normalize = self.do_normalize if do_normalize is None else do_normalize
-        do_pad = self.do_pad if do_pad is None else do_pad
-        self._check_size(size)
+        """Images (and optional label maps) -> ``pixel_values`` [B, C, H', W'] float32 (and ``labels``
+        [B, H', W'] int64, resized with nearest neighbour, padding 255). Options default to the instance's
+        settings; all images of a batch must end up the same size."""
+        opts = self._resolve(
+            do_resize=do_resize, size=size, do_rescale=do_rescale, rescale_factor=rescale_factor,
+            do_normalize=do_normalize, image_mean=image_mean, image_std=image_std, do_convert_rgb=do_convert_rgb,
+            input_data_format=input_data_format, return_tensors=return_tensors, do_pad=do_pad, **kwargs,
+        )  # fmt: skip
         single = not isinstance(images, (list, tuple))
         images = [images] if single else list(images)
         if not images:
             raise ValueError("No images given.")
-        mean = torch.tensor(self.image_mean).view(3, 1, 1) * 255.0
-        std = torch.tensor(self.image_std).view(3, 1, 1) * 255.0
+        unit = 1.0 / opts["rescale_factor"] if opts["do_rescale"] else 1.0  # 255.0 exactly for 1/255
+        mean = torch.tensor(opts["image_mean"]).view(-1, 1, 1) * unit
+        std = torch.tensor(opts["image_std"]).view(-1, 1, 1) * unit
         pixels = []
         for image in images:
-            x = torch.from_numpy(to_rgb_array(image)).permute(2, 0, 1)
-            if do_normalize:
-                x = (x - mean) / std
-            if do_resize:
-                target = self._target_size(*x.shape[-2:], size)
-                if min(target) < 1:
-                    raise ValueError(f"Image of size {tuple(x.shape[-2:])} would be resized to {target}.")
+            array = to_rgb_array(image, opts["input_data_format"], opts["do_rescale"], opts["do_convert_rgb"])
+            x = torch.from_numpy(array).permute(2, 0, 1)
+            if opts["do_normalize"]:
+                if len(mean) not in (1, len(x)) or len(std) not in (1, len(x)):
+                    raise ValueError(
+                        f"image_mean {opts['image_mean']} / image_std {opts['image_std']} need 1 or {len(x)} "
+                        f"values for images of {len(x)} channels."
+                    )
+                x = (x - mean) / std  # = normalize(x * rescale_factor): the official formula on 0-255 pixels
+            elif opts["do_rescale"]:
+                x = x * opts["rescale_factor"]
+            if opts["do_resize"]:
+                target = self._resized_size(*x.shape[-2:], opts["size"])
                 if target != tuple(x.shape[-2:]):
                     x = F.interpolate(x[None], size=target, mode="bilinear", align_corners=False)[0]
             pixels.append(x)
-        shapes = {tuple(p.shape[-2:]) for p in pixels}
+        shapes = {tuple(p.shape) for p in pixels}
         if len(shapes) > 1:
             raise ValueError(
                 f"Images of one batch end up with different sizes {sorted(shapes)}; process them one by one "
                 "or use a fixed size={'height': h, 'width': w}."
             )
-        pixel_values = torch.stack(pixels)
-        data = {"pixel_values": pixel_values}
+        size_hw = tuple(pixels[0].shape[-2:])
+        padded = self._padded_size(*size_hw, opts["do_pad"])
+        pad = (0, padded[1] - size_hw[1], 0, padded[0] - size_hw[0])
+        data = {"pixel_values": F.pad(torch.stack(pixels), pad, value=0.0)}
         if segmentation_maps is not None:
             maps = [segmentation_maps] if single else list(segmentation_maps)
             if len(maps) != len(images):
                 raise ValueError(f"Got {len(images)} images but {len(maps)} segmentation maps.")
-            data["labels"] = torch.stack([self._prepare_label(m, pixel_values.shape[-2:]) for m in maps])
-        if do_pad:
-            data = {k: self._pad(v, k == "labels") for k, v in data.items()}
-        return BatchFeature(data=data, tensor_type=return_tensors)
+            labels = torch.stack([self._resize_label(_label_tensor(m), size_hw) for m in maps])
+            data["labels"] = F.pad(labels, pad, value=255)
+        if opts["return_tensors"] == "np":
+            data = {k: v.numpy() for k, v in data.items()}
+        return BatchFeature(data=data, tensor_type=opts["return_tensors"])
 
-    def _prepare_label(self, label, size) -> torch.Tensor:
-        """Label map -> int64 [H, W] at ``size`` (nearest). Palette/L PNGs keep their indices."""
-        if isinstance(label, (str, Path)):
-            label = Image.open(label)
-        if isinstance(label, Image.Image):
-            if label.mode not in ("L", "P", "I", "I;16"):
-                raise ValueError(f"Label maps must be single-channel (mode L/P/I), got mode {label.mode}.")
-            label = np.asarray(label)
-        label = torch.from_numpy(np.array(label, dtype=np.int64))
-        if label.ndim != 2:
-            raise ValueError(f"Label maps must be 2-D [H, W], got shape {tuple(label.shape)}.")
+    @staticmethod
+    def _resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """int64 [H, W] -> [size] (nearest)."""
         if tuple(label.shape) != tuple(size):
             label = F.interpolate(label[None, None].float(), size=tuple(size), mode="nearest")[0, 0].long()
         return label
 
-    def _pad(self, tensor: torch.Tensor, is_label: bool) -> torch.Tensor:
-        h, w = tensor.shape[-2:]
+    def _upsample_logits(self, logits: torch.Tensor, target: tuple[int, int]) -> torch.Tensor:
+        """[K, h, w] logits of one image -> [K, H, W] at ``target`` = its original (H, W), padding cropped."""
+        height, width = target
+        resized = self._resized_size(height, width, self.size) if self.do_resize else (height, width)
+        padded = self._padded_size(*resized, self.do_pad)
         p = self.patch_size
-        pad = (0, (-w) % p, 0, (-h) % p)
-        return F.pad(tensor, pad, value=255 if is_label else 0.0)
+        logits = logits[None].float()
+        if padded != resized and tuple(logits.shape[-2:]) == (padded[0] // p, padded[1] // p):
+            # the logits cover the padded image: upsample to its extent in target pixels, crop the padding
+            full = (round(height * padded[0] / resized[0]), round(width * padded[1] / resized[1]))
+            up = F.interpolate(logits, size=full, mode="bilinear", align_corners=False)
+            return up[0, :, :height, :width]
+        return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)[0]
 
-    def post_process_semantic_segmentation(self, outputs, target_sizes=None) -> list[torch.Tensor]:
-        """Logits -> per-image label maps [H, W] (bilinear upsampling to ``target_sizes[i]``, argmax)."""
+    def post_process_semantic_segmentation(
+        self, outputs, target_sizes: list[tuple[int, int]] | torch.Tensor | None = None,
+        return_segmentation_scores: bool = False,
+    ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:  # fmt: skip
+        """Logits -> per-image label maps [H, W] (bilinear upsampling to ``target_sizes[i]``, argmax).
+
+        ``target_sizes`` are the original image sizes (what the pipeline passes): padding the processor added
+        (to one patch, or with ``do_pad``) is found by replaying this processor's resize and pad settings and
+        cropped away before the upsampling, when the logit grid matches. Without ``target_sizes`` the maps
+        stay on the logit grid. With ``return_segmentation_scores`` each item is a
+        `SemanticSegmentationPostProcessorOutput` with ``segmentation`` [H, W] and ``segmentation_scores``
+        [num_labels, H, W] (the upsampled logits), as SegFormer's processor returns.
+        """
         logits = outputs.logits if hasattr(outputs, "logits") else outputs["logits"]
         if target_sizes is None:
-            return list(logits.argmax(dim=1))
-        if len(target_sizes) != len(logits):
-            raise ValueError(f"Got {len(target_sizes)} target sizes for a batch of {len(logits)} logits.")
-        results = []
-        for logit, target in zip(logits, target_sizes):
-            target = tuple(int(t) for t in target)
-            up = F.interpolate(logit[None].float(), size=target, mode="bilinear", align_corners=False)
-            results.append(up[0].argmax(dim=0))
-        return results
+            scores = list(logits)
+        else:
+            if isinstance(target_sizes, torch.Tensor):
+                target_sizes = target_sizes.tolist()
+            if len(target_sizes) != len(logits):
+                raise ValueError(f"Got {len(target_sizes)} target sizes for a batch of {len(logits)} logits.")
+            scores = [
+                self._upsample_logits(x, tuple(int(t) for t in s)) for x, s in zip(logits, target_sizes)
+            ]
+        if not return_segmentation_scores:
+            return [s.argmax(dim=0) for s in scores]
+        return [
+            SemanticSegmentationPostProcessorOutput(
+                data={"segmentation": s.argmax(dim=0), "segmentation_scores": s}
+            )
+            for s in scores
+        ]
 
 
-__all__ = ["WeCLIPImageProcessor", "IMAGENET_MEAN", "IMAGENET_STD", "CLIP_MEAN", "CLIP_STD", "to_rgb_array"]
+__all__ = [
+    "WeCLIPImageProcessor",
+    "WeCLIPImageProcessorKwargs",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "image_size",
+    "to_rgb_array",
+]

@@ -177,6 +177,15 @@ class WeCLIPDecoder(nn.Module):
 _FRESH_IN_CLIP_CHECKPOINT = re.compile(r"^decoder\.|_text_embeds$|^training_step$")
 
 
+def _placeholder_text_embeds(config: WeCLIPConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed unit vectors (seeded, independent of the global RNG) standing in for the class and background text
+    embeddings until `update_class_embeddings` computes the real ones: [C, E] and [Nb, E]."""
+    generator = torch.Generator().manual_seed(0)
+    sizes = (config.num_foreground_classes, len(config.background_names))
+    embeds = torch.randn(sum(sizes), config.projection_dim, generator=generator)
+    return F.normalize(embeds, dim=-1).split(sizes)
+
+
 def _check_values(ok: torch.Tensor, message: str) -> None:
     """Refuse bad input values without a host sync on accelerators.
 
@@ -252,12 +261,17 @@ class WeCLIPPreTrainedModel(PreTrainedModel):
             init.normal_(module.visual_projection.weight, std=cfg.vision_config.hidden_size**-0.5 * factor)
             init.normal_(module.text_projection.weight, std=cfg.text_config.hidden_size**-0.5 * factor)
             init.constant_(module.logit_scale, cfg.logit_scale_init_value)
-            generator = torch.Generator().manual_seed(0)
-            for buf in (module.class_text_embeds, module.background_text_embeds):
-                if not getattr(buf, "_is_hf_initialized", False):
-                    fixed = F.normalize(torch.randn(buf.shape, generator=generator), dim=-1)
-                    init.copy_(buf, fixed)
+            class_embeds, background_embeds = _placeholder_text_embeds(cfg)
+            init.copy_(module.class_text_embeds, class_embeds)
+            init.copy_(module.background_text_embeds, background_embeds)
             init.zeros_(module.training_step)
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """False: `_init_weights` writes through `transformers.initialization`, which honours the per-tensor
+        "already loaded" flags, so transformers may visit every module (custom code gets only the modules that
+        own tensors, which would send CLIP's attention and MLP layers to the generic Linear rule)."""
+        return cls.is_remote_code()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -296,6 +310,15 @@ def _attention(attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return attn.out_proj(out), probs
 
 
+def _select_layers(states: tuple[torch.Tensor, ...], which: bool | list[int]) -> tuple[torch.Tensor | None, ...]:
+    """All of ``states`` (``which=True``) or only those at the indices ``which`` (negative from the end),
+    None elsewhere, as transformers' ``output_hidden_states=[...]``."""
+    if which is True:
+        return states
+    kept = {i % len(states) for i in which}
+    return tuple(s if i in kept else None for i, s in enumerate(states))
+
+
 def _in_float32(module: nn.Module) -> nn.Module:
     """``module`` itself when its weights are float32, else a float32 copy (for the precision-critical CAM
     path of a model loaded in half precision; the frozen weights it copies never change)."""
@@ -325,12 +348,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         )
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value), requires_grad=False)
-        self.register_buffer(
-            "class_text_embeds", torch.zeros(config.num_foreground_classes, config.projection_dim)
-        )
-        self.register_buffer(
-            "background_text_embeds", torch.zeros(len(config.background_names), config.projection_dim)
-        )
+        class_embeds, background_embeds = _placeholder_text_embeds(config)
+        self.register_buffer("class_text_embeds", class_embeds.clone())
+        self.register_buffer("background_text_embeds", background_embeds.clone())
         self.register_buffer("training_step", torch.zeros((), dtype=torch.long))
         self._step: int | None = None  # host mirror of training_step (avoids a device sync per step)
         self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_step", None))
@@ -815,7 +835,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         use_rfm: bool | None = None,
         pixel_mask: torch.Tensor | None = None,
         output_cam_details: bool = False,
-        output_hidden_states: bool | None = None,
+        output_hidden_states: bool | list[int] | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
     ) -> WeCLIPSemanticSegmenterOutput | tuple:
@@ -835,7 +855,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             output_cam_details: also return every per-pair intermediate in `cam_details`.
             output_hidden_states: return the vision tower's hidden states (the embeddings after the
                 pre-LayerNorm, then every block's output; WeCLIP's bilinear position embeddings) in
-                `hidden_states`. Default: `config.output_hidden_states`.
+                `hidden_states`; a list of indices keeps only those (None elsewhere). Default:
+                `config.output_hidden_states`.
             output_attentions: return every vision block's per-head attention probabilities [B, heads,
                 1+N, 1+N] in `attentions` (the blocks then run eager attention instead of SDPA). Default:
                 `config.output_attentions`.
@@ -862,7 +883,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         hidden_states = attentions = None
         if output_hidden_states or output_attentions:  # the last block, run once more for the outputs
             last, last_attention = self._last_block(hidden[-1], output_attentions)
-            hidden_states = (clip.embeddings, *hidden, last) if output_hidden_states else None
+            if output_hidden_states:
+                hidden_states = _select_layers((clip.embeddings, *hidden, last), output_hidden_states)
             attentions = (*clip.head_attentions, last_attention) if output_attentions else None
 
         # 2. Decoder: logits on the patch grid and the affinity of its fused features (after dropout).

@@ -1,0 +1,137 @@
+"""pipeline("image-segmentation") on a saved tiny WeCLIP: any image size, the processor's input conversions, no
+"not supported" error, and transformers' behaviour unchanged for other models."""
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_config
+from PIL import Image
+from transformers import pipeline
+from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
+from transformers.utils import logging as hf_logging
+
+from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor, WeCLIPImageSegmentationPipeline
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny random WeCLIP (patch 8) and its processor (long side 64), saved with save_pretrained."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weclip")
+    WeCLIPForSemanticSegmentation(make_tiny_config()).save_pretrained(path)
+    WeCLIPImageProcessor(size={"longest_edge": 64}, patch_size=8).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def segmenter(model_dir):
+    return pipeline("image-segmentation", model=str(model_dir))
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.DEBUG)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+@pytest.fixture
+def transformers_logs():
+    """Every record transformers logs meanwhile (its loggers do not propagate to pytest's caplog)."""
+    handler, root, verbosity = _Records(), hf_logging.get_logger("transformers"), hf_logging.get_verbosity()
+    root.addHandler(handler)
+    hf_logging.set_verbosity_info()
+    yield handler.records
+    root.removeHandler(handler)
+    hf_logging.set_verbosity(verbosity)
+
+
+@pytest.mark.parametrize("height, width", [(1500, 20), (20, 1500), (1, 65), (1, 1), (30, 40)])
+def test_masks_have_the_input_size_for_any_image(segmenter, height, width):
+    array = np.random.default_rng(height + width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    for image in (Image.fromarray(array), array, torch.from_numpy(array).permute(2, 0, 1)):
+        segments = segmenter(image)
+        assert segments and all(s["mask"].size == (width, height) for s in segments)
+        union = sum(np.asarray(s["mask"], dtype=np.int64) // 255 for s in segments)
+        assert (union == 1).all()  # every pixel in exactly one mask
+
+
+def _sixteen_bit(gray: np.ndarray, mode: str) -> Image.Image:
+    if mode == "I;16":
+        return Image.fromarray(gray.astype(np.uint16) * 257)
+    if mode == "I":
+        return Image.fromarray(gray.astype(np.int32) * 257)
+    return Image.fromarray(gray.astype(np.float32) / 255)  # mode "F"
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_pipeline_reads_16_bit_and_float_images_like_the_processor(segmenter, model_dir, mode, tmp_path):
+    gray = np.random.default_rng(0).integers(0, 256, (30, 40), dtype=np.uint8)
+    image = _sixteen_bit(gray, mode)
+    assert image.mode == mode
+    processor = WeCLIPImageProcessor.from_pretrained(model_dir)
+    expected = processor(Image.fromarray(gray)).pixel_values  # the same picture as 8-bit grayscale
+    torch.testing.assert_close(processor(image).pixel_values, expected, rtol=0, atol=1e-5)
+    inputs = segmenter.preprocess(image)
+    torch.testing.assert_close(inputs["pixel_values"], expected, rtol=0, atol=1e-5)
+    assert inputs["target_size"] == [(30, 40)]
+    # transformers' own preprocess converts to RGB first: 16-bit images saturate, float ones go black
+    stock = ImageSegmentationPipeline.preprocess(segmenter, image)["pixel_values"]
+    assert not torch.allclose(stock, expected, atol=1e-3)
+    image.save(tmp_path / "image.tif")  # TIFF keeps all three modes
+    from_path = segmenter.preprocess(str(tmp_path / "image.tif"))["pixel_values"]
+    torch.testing.assert_close(from_path, expected, rtol=0, atol=1e-5)
+
+
+def test_pipeline_takes_arrays_and_tensors_as_the_processor_does(segmenter, model_dir):
+    processor = WeCLIPImageProcessor.from_pretrained(model_dir)
+    chw = torch.rand(3, 20, 4)  # ambiguous shape: tensors are read channels-first
+    for image in (chw, chw.numpy().transpose(1, 2, 0), np.random.default_rng(1).random((30, 40), np.float32)):
+        inputs = segmenter.preprocess(image)
+        torch.testing.assert_close(inputs["pixel_values"], processor(image).pixel_values, rtol=0, atol=0)
+    assert segmenter.preprocess(chw)["target_size"] == [(20, 4)]
+    assert all(s["mask"].size == (4, 20) for s in segmenter(chw))
+
+
+def test_no_error_is_logged_for_a_weclip_model(model_dir, transformers_logs):
+    segmenter = pipeline("image-segmentation", model=str(model_dir))
+    assert isinstance(segmenter, WeCLIPImageSegmentationPipeline)
+    segmenter(Image.new("RGB", (40, 30), (10, 200, 30)))
+    errors = [r.getMessage() for r in transformers_logs if r.levelno >= logging.WARNING]
+    assert errors == []
+    # control: transformers' own class logs the error this replaces
+    pipeline("image-segmentation", model=str(model_dir), pipeline_class=ImageSegmentationPipeline)
+    assert any("is not supported for image-segmentation" in r.getMessage() for r in transformers_logs)
+
+
+def test_saved_pipeline_needs_no_remote_code(segmenter, tmp_path):
+    segmenter.save_pretrained(tmp_path)
+    assert "custom_pipelines" not in json.loads((tmp_path / "config.json").read_text())
+    assert not list(tmp_path.glob("*.py"))
+    assert pipeline("image-segmentation", model=str(tmp_path))(Image.new("RGB", (12, 9)))
+
+
+def test_other_models_get_transformers_behaviour(transformers_logs):
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessorPil
+
+    config = SegformerConfig(
+        num_encoder_blocks=1, depths=[1], sr_ratios=[1], hidden_sizes=[8], num_attention_heads=[1],
+        patch_sizes=[3], strides=[2], mlp_ratios=[2], decoder_hidden_size=8, num_labels=3,
+    )  # fmt: skip
+    processor = SegformerImageProcessorPil(size={"height": 32, "width": 32})
+    model = SegformerForSemanticSegmentation(config)
+    segmenter = pipeline("image-segmentation", model=model, image_processor=processor)
+    assert isinstance(segmenter, WeCLIPImageSegmentationPipeline)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 40), dtype=np.uint8))  # mode "L"
+    ours, stock = segmenter.preprocess(image), ImageSegmentationPipeline.preprocess(segmenter, image)
+    torch.testing.assert_close(ours["pixel_values"], stock["pixel_values"], rtol=0, atol=0)
+    assert ours["target_size"] == stock["target_size"] == [(30, 40)]
+    assert all(s["mask"].size == (40, 30) for s in segmenter(image))
+    assert not [r for r in transformers_logs if r.levelno >= logging.ERROR]
+    with pytest.raises(TypeError, match="Incorrect format"):  # transformers' input rules, not WeCLIP's
+        segmenter(np.zeros((30, 40, 3), np.uint8))

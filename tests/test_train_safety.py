@@ -1,0 +1,111 @@
+"""examples/train.py loses no finished work (issue 25, items 5 and 7): the output folder is locked and probed
+at start, the model is saved before the final evaluation, Ctrl-C works after the training loop, and
+--model_name_or_path applies the model flags it is given (or refuses those it cannot)."""
+
+import json
+import os
+import signal
+import sys
+
+import pytest
+from conftest import FAST, TRAIN
+
+SHORT = [
+    *FAST,
+    "--num_overlays",
+    "0",
+    "--toy_train_images",
+    "8",
+    "--toy_val_images",
+    "2",
+    "--max_train_steps",
+    "1",
+]
+
+
+@pytest.fixture
+def train():
+    sys.path.insert(0, str(TRAIN.parent))
+    import train
+
+    return train
+
+
+def test_a_second_run_on_a_locked_output_dir_is_refused_at_start(tmp_path, tiny_clip, train):
+    out = tmp_path / "run"
+    held = train.lock_output_dir(out)  # another run holds the folder
+    try:
+        with pytest.raises(
+            RuntimeError, match=f"{out}.*in use by another training run \\(pid {os.getpid()}\\)"
+        ):
+            train.main(["--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), *SHORT])
+        assert not (out / "train_log.jsonl").exists()
+    finally:
+        held.close()
+    train.main(["--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), *SHORT])  # released: runs
+    assert (out / "model.safetensors").exists()
+
+
+def test_an_unwritable_output_dir_is_found_before_training(tmp_path, tiny_clip, train):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(PermissionError, match="--output_dir .*a_file/run is not writable"):
+        train.main(["--clip_model_name_or_path", tiny_clip, "--output_dir", str(blocker / "run"), *SHORT])
+
+
+def test_the_model_is_saved_before_a_failing_final_evaluation(tmp_path, tiny_clip, train, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("a validation image the model cannot take")
+
+    monkeypatch.setattr(train, "evaluate_segmentation", broken)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="cannot take"):
+        train.main(["--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), *SHORT])
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json"):
+        assert (out / name).exists(), name
+    from weclip_hf import WeCLIPForSemanticSegmentation
+
+    assert WeCLIPForSemanticSegmentation.from_pretrained(out).training_step.item() == 1
+
+
+def test_ctrl_c_during_the_final_evaluation_interrupts_it(tmp_path, tiny_clip, train, monkeypatch):
+    evaluated = []
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        evaluated.append("went on after Ctrl-C")
+        return {}
+
+    monkeypatch.setattr(train, "evaluate_segmentation", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(["--clip_model_name_or_path", tiny_clip, "--output_dir", str(tmp_path / "run"), *SHORT])
+    assert evaluated == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_model_name_or_path_applies_the_model_flags_it_is_given(tmp_path, tiny_clip, train, capsys):
+    first = tmp_path / "first"
+    train.main(["--clip_model_name_or_path", tiny_clip, "--output_dir", str(first), *SHORT])
+    again = ["--model_name_or_path", str(first), *SHORT, "--max_train_steps", "2"]
+    train.main(
+        [
+            *again,
+            "--output_dir",
+            str(tmp_path / "second"),
+            "--rfm_start_step",
+            "7",
+            "--decoder_dropout",
+            "0.3",
+        ]
+    )
+    assert "RFM from step 7 (--rfm_start_step)" in capsys.readouterr().out
+    config = json.loads((tmp_path / "second" / "config.json").read_text())
+    assert config["rfm_start_step"] == 7 and config["decoder_dropout"] == 0.3
+    # the toy recipe's own values (e.g. RFM from 150) do not override the saved model's config
+    train.main([*again, "--output_dir", str(tmp_path / "third")])
+    assert (
+        json.loads((tmp_path / "third" / "config.json").read_text())["rfm_start_step"]
+        == json.loads((first / "config.json").read_text())["rfm_start_step"]
+    )
+    with pytest.raises(ValueError, match="--decoder_hidden_size cannot be applied to the trained model"):
+        train.main([*again, "--output_dir", str(tmp_path / "fourth"), "--decoder_hidden_size", "64"])
