@@ -16,6 +16,7 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import require_data
 from torch import nn
 
 from weclip_hf import WeCLIPForSemanticSegmentation
@@ -596,8 +597,7 @@ def _script():
 
 @pytest.fixture(scope="module")
 def real_vocab_checkpoint(tmp_path_factory):
-    if not TOKENIZER.is_dir():
-        pytest.skip(f"{TOKENIZER} (the CLIP tokenizer) is absent")
+    require_data(TOKENIZER, "the CLIP tokenizer (49,408 tokens, as the official checkpoints)")
     path = tmp_path_factory.mktemp("ckpt") / "WeCLIP_tiny.pth"
     sd = make_official_state_dict(vocab=49408, context=77, decoder_dim=64)
     torch.save({k: (v.half() if k.startswith("encoder.") else v) for k, v in sd.items()}, path)

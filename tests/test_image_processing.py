@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED
+from conftest import SHARED, require_data
 from PIL import Image
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 
@@ -126,9 +126,7 @@ def test_save_load_roundtrip(tmp_path):
 
 
 def test_voc_mini_real_photo_and_palette_mask():
-    root = SHARED / "data" / "voc-mini"
-    if not root.exists():
-        pytest.skip("../shared/data/voc-mini is absent")
+    root = require_data(SHARED / "data" / "voc-mini", "the voc-mini photos")
     image = Image.open(root / "JPEGImages" / "vainf_0000.jpg")
     mask = Image.open(root / "SegmentationClass" / "vainf_0000.png")
     out = WeCLIPImageProcessor(size={"longest_edge": 320})(image, segmentation_maps=mask)

@@ -287,13 +287,12 @@ def test_bool_and_integer_class_labels_equal_float_ones(tiny_model, dtype):
 
 
 def test_from_clip_loads_clip_weights_and_tokenizer(tmp_path):
-    from conftest import SHARED, TINY_VISION
+    from conftest import TINY_VISION
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-    tokenizer_dir = SHARED / "data" / "clip-tokenizer"
-    if not tokenizer_dir.exists():
-        pytest.skip("../shared/data/clip-tokenizer is absent")
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    from weclip_hf.data.toy import toy_clip_path
+
+    tokenizer = CLIPTokenizer.from_pretrained(toy_clip_path(), model_max_length=77)
     text = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
                 vocab_size=len(tokenizer), max_position_embeddings=77)  # fmt: skip
     torch.manual_seed(0)

@@ -18,15 +18,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import require_data
 
 REPO = Path(__file__).resolve().parents[1]
 PARITY = REPO.parent / "shared" / "data" / "parity"
 TOKENIZER = REPO.parent / "shared" / "data" / "clip-tokenizer"
 
-pytestmark = pytest.mark.skipif(
-    not (PARITY / "reference.npz").is_file() or not TOKENIZER.is_dir(),
-    reason=f"parity data ({PARITY}) or the CLIP tokenizer ({TOKENIZER}) is absent",
-)
+@pytest.fixture(scope="module", autouse=True)
+def _shared_parity_data():
+    """The official code's outputs and the real CLIP tokenizer, from ../shared (skip or, in CI, fail)."""
+    require_data(PARITY / "reference.npz", "the official-code parity data")
+    require_data(TOKENIZER, "the CLIP tokenizer")
 
 NUM_FG = 20
 
