@@ -40,22 +40,23 @@ Decoder: ``decoder_fts_fuse.linears_modulelist.{i}.proj`` / ``.proj_2`` -> ``dec
 Every key is accounted for: an unknown key, a missing key or a wrong shape raises a ``ValueError`` that
 names it. Output tensors are float32 whatever the input dtype.
 
-Loading is safe: pickled checkpoints go through ``torch.load(..., weights_only=True)`` (a pickle that needs
-code is refused, never executed) and TorchScript archives (the OpenAI ``ViT-B-16.pt``) are read by a
-restricted unpickler of this module that only rebuilds tensors from the archive's storage records, and the
-parameter/buffer names are read as text from the class declarations in the archive's ``code/`` folder: no
-TorchScript or Python code of the archive is compiled or run (``torch.jit.load``, which compiles the
-archive's TorchScript and may run its ``__setstate__`` methods, is not used). If an archive cannot be read
-this way, the error tells the user to pass a transformers CLIP folder / Hub id with ``--clip`` instead.
+Loading is safe (`weclip_hf.safe_loading`): before any member is read, the sizes the zip archive declares are
+checked (each member at most ``max_member_bytes``, all at most ``max_total_bytes``, no zip-bomb compression
+ratio) and ``data.pkl`` is unpickled by a restricted unpickler that rebuilds no tensor, so every tensor's
+storage is checked against its member and every view (offset, shape, stride) against its storage: a small
+hostile file ends in one ``ValueError`` naming the file and the member or tensor key, not in gigabytes of
+memory. Then ``torch.save`` checkpoints are read by ``torch.load(..., weights_only=True)`` (a pickle that
+needs code is refused, never executed) and TorchScript archives (the OpenAI ``ViT-B-16.pt``) by the
+restricted unpickler, which rebuilds tensors from the archive's storage records and reads the
+parameter/buffer names as text from the class declarations in the archive's ``code/`` folder: no TorchScript
+or Python code of the archive is compiled or run (``torch.jit.load``, which compiles the archive's
+TorchScript and may run its ``__setstate__`` methods, is not used). If an archive cannot be read this way,
+the error tells the user to pass a transformers CLIP folder / Hub id with ``--clip`` instead.
 """
 
 from __future__ import annotations
 
-import io
-import pickle
 import re
-import zipfile
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,14 @@ import torch
 
 from .configuration_weclip import WeCLIPConfig
 from .presets import preset_config_kwargs
+from .safe_loading import (
+    MAX_ARCHIVE_BYTES,
+    MAX_MEMBER_BYTES,
+    check_tensor_views,
+    is_torchscript_archive,
+    load_torch_archive,
+    read_torchscript_archive,
+)
 
 # Keys of the OpenAI TorchScript archive that are model hyper-parameters, not weights.
 CLIP_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -601,181 +610,28 @@ def infer_config_from_official(
 # ---- safe loading ------------------------------------------------------------------------------------
 
 
-class _Stub:
-    """Stands in for a TorchScript class: keeps the attributes the archive sets, runs nothing."""
-
-    def __init__(self, qualified_name: str):
-        self._qualified_name = qualified_name
-        self._state: Any = None
-
-    def __setstate__(self, state: Any) -> None:
-        self._state = state
-
-
-def _stub_class(qualified_name: str):
-    class Stub(_Stub):
-        def __new__(cls, *args, **kwargs):
-            obj = object.__new__(cls)
-            _Stub.__init__(obj, qualified_name)
-            return obj
-
-        def __init__(self, *args, **kwargs):  # BUILD/NEWOBJ must not run anything
-            pass
-
-    Stub.__qualname__ = Stub.__name__ = qualified_name.rsplit(".", 1)[-1]
-    return Stub
-
-
-_STORAGE_DTYPES = {
-    "HalfStorage": torch.float16, "FloatStorage": torch.float32, "DoubleStorage": torch.float64,
-    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
-}  # fmt: skip
-
-
-class _StorageType:
-    def __init__(self, dtype: torch.dtype):
-        self.dtype = dtype
-
-
-def _rebuild_tensor(storage: torch.Tensor, offset: int, size, stride, *args) -> torch.Tensor:
-    return torch.as_strided(storage, tuple(size), tuple(stride), offset).clone()
-
-
-class _ArchiveUnpickler(pickle.Unpickler):
-    """Restricted unpickler for a TorchScript archive's ``data.pkl``: only tensors, containers and stub
-    objects. Any other global is refused."""
-
-    def __init__(self, data: bytes, archive: zipfile.ZipFile, root: str):
-        super().__init__(io.BytesIO(data))
-        self._archive = archive
-        self._root = root
-
-    def find_class(self, module: str, name: str):
-        if module.startswith("__torch__"):
-            return _stub_class(f"{module}.{name}")
-        if module == "torch._utils" and name in ("_rebuild_tensor", "_rebuild_tensor_v2"):
-            return _rebuild_tensor
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _StorageType(_STORAGE_DTYPES[name])
-        if module == "collections" and name == "OrderedDict":
-            return OrderedDict
-        if module == "torch.jit._pickle" and name in ("build_intlist", "build_doublelist", "build_boollist",
-                                                       "build_tensorlist", "restore_type_tag"):  # fmt: skip
-            return lambda x, *_: x
-        raise pickle.UnpicklingError(
-            f"the TorchScript archive references {module}.{name}, which this safe reader does not load"
-        )
-
-    def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and pid and pid[0] == "storage"):
-            raise pickle.UnpicklingError(f"unexpected persistent id {pid!r}")
-        storage_type, key, _location, numel = pid[1:5]
-        dtype = storage_type.dtype if isinstance(storage_type, _StorageType) else None
-        if dtype is None:
-            raise pickle.UnpicklingError(f"unexpected storage type {storage_type!r}")
-        raw = self._archive.read(f"{self._root}data/{key}")
-        if len(raw) < numel * torch.empty((), dtype=dtype).element_size():
-            raise pickle.UnpicklingError(f"storage {key} is truncated")
-        return torch.frombuffer(bytearray(raw), dtype=dtype, count=numel)
-
-
-_CLASS_RE = re.compile(r"^class (\w+)\(Module\):\n((?:[ \t]+.*\n|\n)*)", re.M)
-_NAMES_RE = {kind: re.compile(rf"^\s+{kind} = \[(.*?)\]", re.M) for kind in ("__parameters__", "__buffers__")}
-
-
-def _declared_state(archive: zipfile.ZipFile, root: str) -> dict[str, list[str]]:
-    """Qualified TorchScript class name -> its parameter and buffer names, read as TEXT from the class
-    declarations in ``<root>code/`` (``__parameters__ = [...]``, ``__buffers__ = [...]``); nothing is compiled."""
-    declared = {}
-    for name in archive.namelist():
-        if not (name.startswith(root + "code/") and name.endswith(".py")):
-            continue
-        module = name[len(root + "code/") : -len(".py")].replace("/", ".")
-        text = archive.read(name).decode("utf-8", errors="replace")
-        for match in _CLASS_RE.finditer(text):
-            names = []
-            for pattern in _NAMES_RE.values():
-                found = pattern.search(match.group(2))
-                names += re.findall(r'"([^"]+)"', found.group(1)) if found else []
-            declared[f"{module}.{match.group(1)}"] = names
-    return declared
-
-
-def _collect_tensors(
-    obj: Any, prefix: str, declared: dict[str, list[str]], out: dict[str, torch.Tensor]
-) -> None:
-    """Walk the stub module tree: the declared parameters and buffers (as ``state_dict()`` lists them),
-    recursing into submodules; other tensor attributes (e.g. an attention mask) are not weights."""
-    state = obj._state
-    if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
-        state = state[1]
-    if not isinstance(state, dict):
-        return
-    if obj._qualified_name not in declared:
-        raise ValueError(f"no class declaration for {obj._qualified_name} in the archive's code")
-    names = declared[obj._qualified_name]
-    for name, value in state.items():
-        if isinstance(value, torch.Tensor) and name in names:
-            out[prefix + name] = value
-        elif isinstance(value, _Stub):
-            _collect_tensors(value, f"{prefix}{name}.", declared, out)
-
-
-def _read_torchscript_archive(path: Path) -> dict[str, torch.Tensor]:
-    """The parameters and buffers of a TorchScript archive, read without compiling or running its code."""
-    with zipfile.ZipFile(path) as archive:
-        data = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
-        if len(data) != 1:
-            raise ValueError(f"{path}: not a TorchScript archive (no single <name>/data.pkl).")
-        root = data[0][: -len("data.pkl")]
-        tensors: dict[str, torch.Tensor] = OrderedDict()
-        try:
-            module = _ArchiveUnpickler(archive.read(data[0]), archive, root).load()
-            if not isinstance(module, _Stub):
-                raise ValueError("the archive does not hold a module")
-            _collect_tensors(module, "", _declared_state(archive, root), tensors)
-        except (pickle.UnpicklingError, ValueError, AttributeError, KeyError, TypeError) as err:
-            raise ValueError(
-                f"{path}: cannot read this TorchScript archive safely ({err}). Pass the CLIP weights as a "
-                "transformers CLIP folder or Hub id instead (--clip openai/clip-vit-base-patch16)."
-            ) from err
-    if not tensors:
-        raise ValueError(f"{path}: no tensors found in the TorchScript archive.")
-    return tensors
-
-
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        names = archive.namelist()
-    return any(n.endswith("constants.pkl") for n in names) or any("/code/" in n for n in names)
-
-
-def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+def load_official_checkpoint(
+    path: str | Path, *, max_total_bytes: int = MAX_ARCHIVE_BYTES, max_member_bytes: int = MAX_MEMBER_BYTES
+) -> dict[str, torch.Tensor]:
     """Read an official checkpoint safely: a ``torch.save`` state dict (``weights_only=True``, CPU) or an
     OpenAI TorchScript CLIP archive (read by a restricted unpickler; no code runs).
 
+    Before anything is inflated, the sizes the archive declares are checked (`weclip_hf.safe_loading`):
+    members against ``max_member_bytes`` each and ``max_total_bytes`` in all (defaults 2 GiB / 4 GiB; the
+    official ViT-B/16 checkpoint is ~600 MB), zip-bomb compression ratios, and every tensor view against its
+    storage (no negative, out-of-bounds, broadcast or overlapping view with more elements than its storage).
     A ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper and a DDP ``module.`` prefix are removed.
     Raises:
-        FileNotFoundError, or ValueError when the file needs code to unpickle (it is never executed).
+        FileNotFoundError, or ValueError naming the file and the member or tensor key: a check failed, the
+        file needs code to unpickle (it is never executed), or it is a legacy (non-zip) pickle.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if _is_torchscript(path):
-        state = _read_torchscript_archive(path)
+    if is_torchscript_archive(path):
+        state = read_torchscript_archive(path, max_total_bytes, max_member_bytes)
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            raise ValueError(
-                f"{path}: this pickle needs code to load and was refused (it is never executed: "
-                "torch.load(weights_only=True)). Re-save it as a plain state dict of tensors, e.g. "
-                "torch.save(model.state_dict(), path), in a trusted environment."
-            ) from err
+        state = load_torch_archive(path, max_total_bytes, max_member_bytes)
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and set(state) == {wrapper} and isinstance(state[wrapper], dict):
             state = state[wrapper]
@@ -785,6 +641,7 @@ def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"{path}: expected a state dict of tensors, got {bad}.")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
+    check_tensor_views(state, path, max_total_bytes)  # again, on what torch.load built
     return dict(state)
 
 

@@ -1,0 +1,391 @@
+"""Small hostile checkpoint files end in one clear ValueError, in little memory and time (issue 25, item 3).
+
+Each file is a few KB to a few MB on disk but declares gigabytes: zip members whose declared or inflated size is
+over the caps, tensor views with stride 0 or past the end of their storage, storages larger than their
+archive member, a pickle whose memo index makes the C unpickler allocate a huge table. `_refused` runs the
+load and checks the message (it names the file and the member or tensor key), the growth of the peak
+resident memory (VmHWM, reset before the call) and the time.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import resource
+import struct
+import time
+import zipfile
+from collections import OrderedDict
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from weclip_hf.convert import convert_official_checkpoint, load_official_checkpoint
+from weclip_hf.safe_loading import MAX_MEMBER_BYTES
+
+MEMORY_BUDGET = 2**30  # peak resident memory growth allowed for one refused file
+TIME_BUDGET = 5.0  # seconds
+
+# ---- measuring ---------------------------------------------------------------------------------------
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_peak() -> bool:
+    """Reset the peak resident memory (VmHWM) of this process to its current size (Linux >= 4.0)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _refused(call: Callable[[], object], *names: str) -> tuple[str, int, float]:
+    """Run ``call``, which must raise one ValueError whose message contains every one of ``names``; return
+    (message, peak memory growth in bytes, seconds) after checking both against the budgets."""
+    reset = _reset_peak()
+    before = _status_kib("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as caught:
+        call()
+    seconds = time.perf_counter() - start
+    after = _status_kib("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    growth = (after - before) * 1024
+    message = str(caught.value)
+    print(f"\n  refused in {seconds:.3f} s, peak memory +{growth / 2**20:.1f} MiB: {message[:160]}")
+    for name in names:
+        assert name in message, (name, message)
+    assert growth < MEMORY_BUDGET, f"peak memory grew by {growth / 2**30:.2f} GiB"
+    assert seconds < TIME_BUDGET, f"{seconds:.1f} s"
+    return message, growth, seconds
+
+
+def test_the_measurement_sees_an_allocation():
+    def allocate_then_fail():
+        block = torch.ones(2**26)  # 256 MiB, touched
+        raise ValueError(f"allocated {block.numel()}")
+
+    _, growth, _ = _refused(allocate_then_fail, "allocated")
+    assert growth > 200 * 2**20
+
+
+# ---- writing archives --------------------------------------------------------------------------------
+
+
+class _Global:
+    """A pickle reference to ``module.name``, written as a GLOBAL opcode without importing it."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def __call__(self, *args):  # pickle requires reduce functions to be callable
+        raise AssertionError("never called")
+
+
+class _Call:
+    """``func(*args)`` in the pickle (REDUCE), then ``BUILD`` with ``state`` if given."""
+
+    def __init__(self, func: _Global, *args, state=None):
+        self.func, self.args, self.state = func, args, state
+
+
+class _Storage:
+    def __init__(self, key: str, numel: int, storage_type: str = "FloatStorage"):
+        self.pid = ("storage", _Global("torch", storage_type), key, "cpu", numel)
+
+
+class _Crafter(pickle._Pickler):
+    """A pickler that writes `_Global`, `_Call` and `_Storage` as torch's picklers do."""
+
+    def persistent_id(self, obj):
+        return obj.pid if isinstance(obj, _Storage) else None
+
+    def save(self, obj, save_persistent_id=True):
+        if isinstance(obj, _Global):
+            self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
+        elif isinstance(obj, _Call):
+            self.save(obj.func)
+            self.save(tuple(obj.args))
+            self.write(pickle.REDUCE)
+            if obj.state is not None:
+                self.save(obj.state)
+                self.write(pickle.BUILD)
+        else:
+            super().save(obj, save_persistent_id)
+
+
+def _tensor(storage: _Storage, offset: int, size: tuple, stride: tuple) -> _Call:
+    hooks = _Call(_Global("collections", "OrderedDict"))
+    return _Call(_Global("torch._utils", "_rebuild_tensor_v2"), storage, offset, size, stride, False, hooks)
+
+
+def _pickle(obj) -> bytes:
+    buffer = io.BytesIO()
+    _Crafter(buffer, protocol=2).dump(obj)
+    return buffer.getvalue()
+
+
+def _write_archive(path: Path, data_pkl: bytes, storages: dict[str, bytes], code: str | None = None) -> Path:
+    """A torch.save archive (or, with ``code``, a TorchScript one) holding ``data.pkl`` and the storages."""
+    root = path.stem
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{root}/data.pkl", data_pkl)
+        for key, raw in storages.items():
+            archive.writestr(f"{root}/data/{key}", raw)
+        archive.writestr(f"{root}/byteorder", "little")
+        archive.writestr(f"{root}/version", "3\n")
+        if code is not None:
+            archive.writestr(f"{root}/code/__torch__/tree.py", code)
+            archive.writestr(f"{root}/constants.pkl", pickle.dumps((), protocol=2))
+    return path
+
+
+def _state_dict_archive(path: Path, tensors: dict[str, _Call], storages: dict[str, bytes]) -> Path:
+    return _write_archive(path, _pickle(OrderedDict(tensors)), storages)
+
+
+TREE_CODE = 'class Tree(Module):\n  __parameters__ = ["w", ]\n  __buffers__ = []\n  w : Tensor\n'
+
+
+def _torchscript_archive(
+    path: Path, weight: _Call, storages: dict[str, bytes], code: str = TREE_CODE
+) -> Path:
+    module = _Call(_Global("__torch__.tree", "Tree"), state={"training": False, "w": weight})
+    return _write_archive(path, _pickle(module), storages, code)
+
+
+def _rewrite(
+    path: Path, out: Path, change: Callable[[str, bytes], bytes], compression=zipfile.ZIP_STORED
+) -> Path:
+    """A copy of the archive at ``path`` with each member's data passed through ``change(name, data)``."""
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w", compression) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, change(info.filename, src.read(info)))
+    return out
+
+
+def _declare_size(path: Path, member: str, size: int) -> None:
+    """Patch the zip directory so that ``member`` declares ``size`` uncompressed bytes (the data stay small)."""
+    raw = bytearray(path.read_bytes())
+    entry = raw.find(b"PK\x01\x02")  # central directory entries
+    while entry != -1:
+        name_length = struct.unpack_from("<H", raw, entry + 28)[0]
+        if raw[entry + 46 : entry + 46 + name_length].decode() == member:
+            struct.pack_into("<I", raw, entry + 24, size)
+            path.write_bytes(bytes(raw))
+            return
+        entry = raw.find(b"PK\x01\x02", entry + 4)
+    raise AssertionError(f"{member} not in {path}")
+
+
+# ---- the crafted archives are real ones --------------------------------------------------------------
+
+
+def test_crafted_archives_load_when_honest(tmp_path):
+    values = torch.arange(12, dtype=torch.float32)
+    storage = {"0": values.numpy().tobytes()}
+    view = _tensor(_Storage("0", 12), 2, (2, 3), (1, 2))  # a strided view inside the storage
+    plain = load_official_checkpoint(_state_dict_archive(tmp_path / "honest.pth", {"w": view}, storage))
+    expected = torch.as_strided(values, (2, 3), (1, 2), 2)
+    assert torch.equal(plain["w"], expected)
+    scripted = load_official_checkpoint(_torchscript_archive(tmp_path / "honest.pt", view, storage))
+    assert torch.equal(scripted["w"], expected)
+
+
+# ---- zip directory -----------------------------------------------------------------------------------
+
+
+def test_member_declaring_gigabytes_is_refused_before_reading(tmp_path):
+    path = tmp_path / "huge_member.pth"
+    torch.save({"w": torch.zeros(4)}, path)
+    _declare_size(path, "huge_member/data/0", 0xF0000000)  # 3.75 GiB declared, 16 bytes on disk
+    assert 0xF0000000 > MAX_MEMBER_BYTES
+    _refused(partial(load_official_checkpoint, path), str(path), "'huge_member/data/0'", "max_member_bytes")
+
+
+def test_zip_bomb_member_is_refused(tmp_path):
+    saved = tmp_path / "saved.pth"
+    torch.save({"w": torch.zeros(2**21)}, saved)  # 8 MiB of zeros deflate to ~8 KB
+    bomb = _rewrite(saved, tmp_path / "bomb.pth", lambda name, data: data, zipfile.ZIP_DEFLATED)
+    assert bomb.stat().st_size < 100_000
+    _refused(partial(load_official_checkpoint, bomb), str(bomb), "'saved/data/0'", "zip bomb")
+    # deflated members of real weights (ratio ~1.1) are read
+    weights = torch.randn(2**19)
+    torch.save({"w": weights}, saved)
+    deflated = _rewrite(saved, tmp_path / "deflated.pth", lambda name, data: data, zipfile.ZIP_DEFLATED)
+    assert torch.equal(load_official_checkpoint(deflated)["w"], weights)
+
+
+def test_caps_passed_as_arguments(tmp_path):
+    path = tmp_path / "small.pth"
+    torch.save({"a": torch.randn(2**14), "b": torch.randn(2**14)}, path)  # two 64 KiB members
+    assert load_official_checkpoint(path).keys() == {"a", "b"}
+    _refused(
+        partial(load_official_checkpoint, path, max_member_bytes=2**15),
+        str(path),
+        "'small/data/0'",
+        "max_member_bytes",
+    )
+    _refused(partial(load_official_checkpoint, path, max_total_bytes=2**17), str(path), "max_total_bytes")
+
+
+def test_views_sharing_one_storage_count_against_the_total(tmp_path):
+    path = tmp_path / "shared.pth"
+    shared = torch.randn(2**14)  # one 64 KiB storage, 64 keys: 4 MiB once copied by the conversion
+    torch.save({f"k{i}": shared for i in range(64)}, path)
+    assert path.stat().st_size < 2**17
+    _refused(
+        partial(load_official_checkpoint, path, max_total_bytes=2**20), str(path), "max_total_bytes", "'k16'"
+    )
+
+
+def test_damaged_and_legacy_files_are_refused(tmp_path):
+    path = tmp_path / "crc.pth"
+    torch.save({"w": torch.ones(8)}, path)
+    raw = bytearray(path.read_bytes())
+    raw[raw.find(b"_rebuild_tensor_v2")] ^= 0xFF  # data.pkl no longer matches its CRC
+    path.write_bytes(bytes(raw))
+    _refused(partial(load_official_checkpoint, path), str(path), "damaged zip archive")
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.ones(8)}, legacy, _use_new_zipfile_serialization=False)
+    _refused(partial(load_official_checkpoint, legacy), str(legacy), "not a zip archive")
+
+
+# ---- tensor views ------------------------------------------------------------------------------------
+
+
+def test_stride0_view_of_3e9_elements_is_refused(tmp_path):
+    path = tmp_path / "expanded.pth"
+    # 3e9 elements (12 GB once copied) over a storage of 4 bytes
+    torch.save({"encoder.visual.class_embedding": torch.zeros(1).expand(3_000_000_000)}, path)
+    assert path.stat().st_size < 10_000
+    message, _, _ = _refused(
+        partial(load_official_checkpoint, path),
+        str(path),
+        "'encoder.visual.class_embedding'",
+        "'expanded/data/0'",
+        "3,000,000,000 elements",
+    )
+    assert "stride-0" in message
+    _refused(
+        partial(convert_official_checkpoint, path, tokenizer=object()), "'encoder.visual.class_embedding'"
+    )
+    scripted = _torchscript_archive(
+        tmp_path / "expanded.pt", _tensor(_Storage("0", 1), 0, (3_000_000_000,), (0,)), {"0": bytes(4)}
+    )
+    _refused(
+        partial(load_official_checkpoint, scripted), str(scripted), "'w'", "'expanded/data/0'", "stride-0"
+    )
+
+
+@pytest.mark.parametrize(
+    "offset, size, stride, expected",
+    [
+        (2, (4,), (1,), "past the end of its storage"),  # extent 6 > 4
+        (0, (2, 2), (1, 4), "past the end of its storage"),  # reaches element 5
+        (0, (2,), (-1,), "negative"),
+        (0, (-2,), (1,), "negative"),
+        (-1, (2,), (1,), "negative"),
+        (0, (2**62, 2), (1, 1), "past the end"),  # the extent is checked before the element count
+        (0, (2, 3), (0, 1), "6 elements but its storage holds 4"),  # overlapping, larger than its storage
+        (0, (2,), (1, 1), "malformed view"),
+        (0, (2.0,), (1,), "malformed view"),
+    ],
+)
+def test_views_outside_their_storage_are_refused(tmp_path, offset, size, stride, expected):
+    view = _tensor(_Storage("0", 4), offset, size, stride)
+    storages = {"0": bytes(16)}
+    plain = _state_dict_archive(tmp_path / "views.pth", {"encoder.visual.proj": view}, storages)
+    _refused(
+        partial(load_official_checkpoint, plain),
+        str(plain),
+        "'encoder.visual.proj'",
+        "'views/data/0'",
+        expected,
+    )
+    scripted = _torchscript_archive(tmp_path / "views.pt", view, storages)
+    _refused(partial(load_official_checkpoint, scripted), str(scripted), "'w'", "'views/data/0'", expected)
+
+
+def test_storage_larger_than_its_member_is_refused(tmp_path):
+    saved = tmp_path / "saved.pth"
+    torch.save({"decoder.linear_pred.weight": torch.randn(16, 16)}, saved)
+    path = _rewrite(
+        saved, tmp_path / "short.pth", lambda name, data: data[:16] if name.endswith("data/0") else data
+    )
+    _refused(
+        partial(load_official_checkpoint, path),
+        str(path),
+        "'decoder.linear_pred.weight'",
+        "'saved/data/0'",
+        "256 float32 elements",
+        "the member holds 16 bytes",
+    )
+    # a storage declaring 3e9 elements (12 GB) over 16 bytes
+    huge = _state_dict_archive(
+        tmp_path / "huge.pth", {"w": _tensor(_Storage("0", 3_000_000_000), 0, (4,), (1,))}, {"0": bytes(16)}
+    )
+    _refused(
+        partial(load_official_checkpoint, huge), str(huge), "'w'", "'huge/data/0'", "3,000,000,000 float32"
+    )
+    missing = _state_dict_archive(
+        tmp_path / "missing.pth", {"w": _tensor(_Storage("7", 4), 0, (4,), (1,))}, {}
+    )
+    _refused(partial(load_official_checkpoint, missing), str(missing), "'w'", "'missing/data/7'", "missing")
+
+
+# ---- pickle and code ---------------------------------------------------------------------------------
+
+
+def test_pickle_memo_index_bomb_is_refused(tmp_path):
+    # LONG_BINPUT 0x0fffffff: the C unpickler would allocate a 2**28-entry memo table (2 GiB) for 10 bytes
+    path = _write_archive(tmp_path / "memo.pth", b"\x80\x02Nr\xff\xff\xff\x0f.", {})
+    _refused(partial(load_official_checkpoint, path), str(path), "'memo/data.pkl'", "memo index")
+
+
+def test_pickle_with_a_huge_declared_length_is_refused(tmp_path):
+    # BINUNICODE8 declaring 2**40 bytes over 4 bytes of data
+    path = _write_archive(tmp_path / "length.pth", b"\x80\x04\x8d" + struct.pack("<Q", 2**40) + b"abcd.", {})
+    _refused(partial(load_official_checkpoint, path), str(path), "'length/data.pkl'", "not a valid pickle")
+
+
+def test_oversized_pickle_or_code_member_is_refused(tmp_path):
+    big = tmp_path / "big.pth"
+    _write_archive(big, b"\x80\x02N." + b"\x00" * (9 * 2**20), {})  # 9 MiB data.pkl (real ones: < 1 MB)
+    _refused(partial(load_official_checkpoint, big), str(big), "'big/data.pkl'")
+    view = _tensor(_Storage("0", 4), 0, (4,), (1,))
+    code = _torchscript_archive(tmp_path / "code.pt", view, {"0": bytes(16)}, TREE_CODE + "#" * (9 * 2**20))
+    _refused(partial(load_official_checkpoint, code), str(code), "'code/code/__torch__/tree.py'")
+
+
+def test_code_that_would_backtrack_is_read_in_linear_time(tmp_path):
+    # a class body ending in a 4 MiB line of spaces: the old pattern `[ \t]+.*\n` took quadratic time on it
+    code = TREE_CODE + " " * 2**22
+    path = _torchscript_archive(
+        tmp_path / "spaces.pt", _tensor(_Storage("0", 4), 0, (4,), (1,)), {"0": bytes(16)}, code
+    )
+    start = time.perf_counter()
+    assert torch.equal(load_official_checkpoint(path)["w"], torch.zeros(4))
+    assert time.perf_counter() - start < TIME_BUDGET
+
+
+def test_member_that_inflates_to_less_than_its_directory_declares(tmp_path):
+    view = _tensor(_Storage("0", 16), 0, (16,), (1,))  # 64 bytes declared
+    for path in (
+        _torchscript_archive(tmp_path / "short.pt", view, {"0": bytes(range(48))}),
+        _state_dict_archive(tmp_path / "short.pth", {"w": view}, {"0": bytes(range(48))}),
+    ):
+        deflated = _rewrite(
+            path, tmp_path / f"deflated{path.suffix}", lambda name, data: data, zipfile.ZIP_DEFLATED
+        )
+        _declare_size(deflated, "short/data/0", 64)  # 48 bytes inflate, with their true CRC
+        # read here (TorchScript): the member is named; read by torch.load: torch's miniz error names the record
+        _refused(partial(load_official_checkpoint, deflated), str(deflated), "data/0")
