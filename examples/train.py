@@ -89,6 +89,14 @@ RECIPES = {
 }  # fmt: skip
 
 
+def at_least_one(text: str) -> int:
+    """argparse type of a count that must be >= 1 (0 would silently mean "no limit")."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     data = p.add_argument_group("data")
@@ -112,7 +120,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument(
         "--shuffle_buffer_size", type=int, default=1000, help="streaming: examples in the shuffle buffer"
     )
-    data.add_argument("--max_train_samples", type=int)
+    data.add_argument("--max_train_samples", type=at_least_one, help="train on the first N examples (N >= 1)")
+    data.add_argument(
+        "--skip_unreadable_images",
+        action="store_true",
+        help="skip images and masks that cannot be read, listing them (default: the first one is an error "
+        "naming its file, before training for map-style data, when met for --streaming)",
+    )
     data.add_argument("--max_eval_samples", type=int)
     data.add_argument("--toy_train_images", type=int)
     data.add_argument("--toy_val_images", type=int)
@@ -233,7 +247,7 @@ def rfm_start_source(args: argparse.Namespace) -> str:
 # ---- data -------------------------------------------------------------------------------------------
 
 
-def prepare_data(args, train, val, num_classes: int, ignore_index: int, accelerator):
+def prepare_data(args, train, val, num_classes: int, ignore_index: int, accelerator, class_names=None):
     columns = resolve_columns(dataset_columns(train), args.image_column, args.mask_column, args.labels_column,
                               require_mask=args.fully_supervised)  # fmt: skip
     streamed = is_streaming(train)
@@ -243,20 +257,24 @@ def prepare_data(args, train, val, num_classes: int, ignore_index: int, accelera
         train = train.select(range(min(args.max_train_samples, len(train))))
     with accelerator.main_process_first():
         train, summary = add_image_labels(train, columns, num_classes, ignore_index, args.labels_zero_based,
-                                          args.skip_empty_images)  # fmt: skip
+                                          args.skip_empty_images, class_names=class_names,
+                                          skip_unreadable=args.skip_unreadable_images)  # fmt: skip
     accelerator.print(f"train: {summary}")
     augment = TrainAugmentation(args.crop_size, (args.scale_min, args.scale_max), ignore_index=ignore_index)
     if streamed:
         train_set = StreamingWeakSegmentationDataset(train, columns, num_classes, augment, seed=args.seed,
-                                                     shuffle_buffer_size=args.shuffle_buffer_size)  # fmt: skip
+                                                     shuffle_buffer_size=args.shuffle_buffer_size,
+                                                     skip_unreadable=args.skip_unreadable_images)  # fmt: skip
     else:
         train_set = WeakSegmentationDataset(train, columns, num_classes, augment, seed=args.seed)
     val_set = None
     if val is not None:
-        val = materialize(val, args.max_eval_samples)  # a streamed split is read once: evaluation indexes it
+        # a streamed split is read once: evaluation indexes it
+        val = materialize(val, args.max_eval_samples, skip_unreadable=args.skip_unreadable_images)
         val_columns = resolve_columns(val.column_names, args.image_column, args.mask_column, None, True)
         with accelerator.main_process_first():
-            val, val_summary = add_image_labels(val, val_columns, num_classes, ignore_index)
+            val, val_summary = add_image_labels(val, val_columns, num_classes, ignore_index,
+                                                skip_unreadable=args.skip_unreadable_images)  # fmt: skip
         accelerator.print(f"validation: {val_summary}")
         val_set = EvalSegmentationDataset(val, val_columns, num_classes)
     return train_set, val_set
@@ -512,7 +530,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                       f"{cfg.rfm_start_step} ({args.rfm_start_source}), on {accelerator.device}"
                       + (f" with {torch.get_num_threads()} threads" if accelerator.device.type == "cpu" else ""))  # fmt: skip
     train_set, val_set = prepare_data(args, train_raw, val_raw, cfg.num_foreground_classes,
-                                      cfg.semantic_loss_ignore_index, accelerator)  # fmt: skip
+                                      cfg.semantic_loss_ignore_index, accelerator,
+                                      class_names=list(zip(cfg.label_names, cfg.class_names)))  # fmt: skip
     streamed = isinstance(train_set, StreamingWeakSegmentationDataset)
     sampler = None if streamed else EpochShuffleSampler(len(train_set), seed=args.seed)
     num_workers = args.num_workers

@@ -94,7 +94,8 @@ def tiny_clip(tmp_path_factory):
     vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4, image_size=96,
                   patch_size=12)  # fmt: skip
     text = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                vocab_size=len(tokenizer), max_position_embeddings=77)  # fmt: skip
+                vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tinyclip")
     CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=16)).save_pretrained(path)

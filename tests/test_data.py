@@ -13,6 +13,7 @@ from weclip_hf.data.adapters import (
     normalize_label_row,
     resolve_columns,
 )
+from weclip_hf.data.decoding import decode_image
 from weclip_hf.data.transforms import TrainAugmentation, multi_hot, normalize
 
 
@@ -77,7 +78,10 @@ def test_add_image_labels_summarises_and_applies_empty_policy():
 def test_add_image_labels_rejects_mismatched_image_and_mask_sizes():
     masks = [np.zeros((8, 8), np.uint8)]
     images = [Image.fromarray(np.zeros((9, 8, 3), np.uint8))]
-    with pytest.raises(ValueError, match=r"#0 has size \(8, 9\) but its mask has size \(8, 8\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"of row 0 differ in size .*image in column 'image' \(8, 9\), mask in column 'mask' \(8, 8\)",
+    ):
         add_image_labels(_dataset(masks, images), Columns("image", "mask"), 2)
 
 
@@ -112,7 +116,10 @@ def test_add_image_labels_on_a_stream_is_lazy_and_applies_empty_policy():
     ds, summary = add_image_labels(stream, Columns("image", "mask"), num_classes=2)
     assert isinstance(ds, datasets.IterableDataset) and summary.streamed and "on the fly" in str(summary)
     assert [ex["image_labels"] for ex in ds] == [[2], [], [2]]
-    assert isinstance(next(iter(ds))["image"], Image.Image)  # images still decode after the map
+    # images come back typed but undecoded ({"bytes", "path"}): the WeCLIP datasets decode them, naming files
+    stored = next(iter(ds))["image"]
+    assert ds.features["image"] == datasets.Image(decode=False) and set(stored) == {"bytes", "path"}
+    assert isinstance(decode_image(stored, "image", "row 0"), Image.Image)
     ds, summary = add_image_labels(stream, Columns("image", "mask"), 2, skip_empty=True)
     assert [ex["image_labels"] for ex in ds] == [[2], [2]] and "dropped" in str(summary)
     with_ids = _dataset([full, empty]).add_column("image_labels", [[2, 1], []]).to_iterable_dataset()
@@ -121,7 +128,9 @@ def test_add_image_labels_on_a_stream_is_lazy_and_applies_empty_policy():
     assert [ex["image_labels"] for ex in ds] == [[1, 2], []]
     bad = np.full((8, 8), 7, np.uint8)
     ds, _ = add_image_labels(_dataset([full, bad]).to_iterable_dataset(), Columns("image", "mask"), 2)
-    with pytest.raises(ValueError, match=r"#1 contains class id\(s\) \[7\]"):  # raised when read
+    with pytest.raises(
+        ValueError, match=r"Mask column 'mask' of an example of the stream .*class id\(s\) \[7\]"
+    ):
         list(ds)
 
 
@@ -193,3 +202,194 @@ def test_evaluation_loading_needs_no_train_split_and_materializes_streams(tmp_pa
     assert len(materialize(stream)) == 3 and len(materialize(stream, limit=2)) == 2
     assert len(materialize(val, limit=2)) == 2
     assert isinstance(materialize(stream)[0]["image"], Image.Image)
+
+
+# ---- unreadable files, class-name labels (issue 25.4) -----------------------------------------------------
+
+
+def _write_pairs(root, count=4, damage=None, jpeg=False):
+    """``count`` image / mask files (random 32 x 32 images, masks with class 1 or 2) and a Dataset of their
+    paths as split 'train'; ``damage``: {index: ("image" | "mask", "truncate" | "garbage")}."""
+    from weclip_hf.data.loading import with_split_name
+
+    rng = np.random.default_rng(0)
+    images, masks = [], []
+    for i in range(count):
+        image = root / f"img_{i}.{'jpg' if jpeg else 'png'}"
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(image)
+        mask = root / f"mask_{i}.png"
+        Image.fromarray(np.full((32, 32), 1 + i % 2, np.uint8)).save(mask)
+        images.append(str(image))
+        masks.append(str(mask))
+    for i, (column, how) in (damage or {}).items():
+        path = root / ((images if column == "image" else masks)[i])
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2] if how == "truncate" else b"not an image at all")
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})
+    ds = datasets.Dataset.from_dict({"image": images, "mask": masks}, features=features)
+    return with_split_name(ds, "train")
+
+
+@pytest.mark.parametrize(
+    "damage, jpeg, name",
+    [({2: ("image", "garbage")}, False, "img_2.png"), ({2: ("image", "truncate")}, True, "img_2.jpg"),
+     ({2: ("mask", "garbage")}, False, "mask_2.png")],
+    ids=["corrupt_image", "truncated_jpeg", "corrupt_mask"],
+)  # fmt: skip
+@pytest.mark.parametrize("labels", ["from_masks", "label_column"])
+def test_unreadable_files_fail_at_preparation_naming_file_and_row(tmp_path, damage, jpeg, name, labels):
+    from weclip_hf.data.decoding import UnreadableImageError
+
+    ds = _write_pairs(tmp_path, damage=damage, jpeg=jpeg)
+    columns = Columns("image", "mask")
+    if labels == "label_column":  # datasets decoded no image here before: the run failed mid-training
+        ds, columns = ds.add_column("classes", [[1]] * 4), Columns("image", "mask", "classes")
+    with pytest.raises(UnreadableImageError, match=rf"Cannot read file '.*{name}' \(column '\w+', row 2 of split 'train'\)"):  # fmt: skip
+        add_image_labels(ds, columns, num_classes=2)
+
+
+def test_bytes_only_rows_are_named_by_row_and_split():
+    from weclip_hf.data.decoding import UnreadableImageError
+    from weclip_hf.data.loading import with_split_name
+
+    good = np.zeros((4, 4), np.uint8)
+    ds = with_split_name(_dataset([good, good]), "validation")  # PIL images: stored as bytes, no path
+    bad = ds.cast_column("image", datasets.Image(decode=False)).to_list()
+    bad[1]["image"] = {"bytes": b"\x89PNG broken", "path": None}
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})
+    ds = with_split_name(datasets.Dataset.from_list(bad, features=features), "validation")
+    message = r"Cannot read column 'image' of row 1 of split 'validation' \(stored as bytes, no file path\)"
+    with pytest.raises(
+        UnreadableImageError, match=message + r": UnidentifiedImageError.*skip_unreadable=True"
+    ):
+        add_image_labels(ds, Columns("image", "mask"), 2)
+
+
+def test_skip_unreadable_drops_and_lists_the_files(tmp_path):
+    ds = _write_pairs(tmp_path, damage={1: ("image", "truncate"), 3: ("mask", "garbage")})
+    out, summary = add_image_labels(ds, Columns("image", "mask"), 2, skip_unreadable=True)
+    assert len(out) == 2 and summary.total == 2 and out["image_labels"] == [[1], [1]]
+    assert [s.split("'")[1].rsplit("/", 1)[-1] for s in summary.unreadable] == ["img_1.png", "mask_3.png"]
+    text = str(summary)
+    assert "2 unreadable skipped" in text and "img_1.png' (column 'image', row 1 of split 'train')" in text
+    assert "mask_3.png' (column 'mask', row 3 of split 'train')" in text
+
+
+def test_training_and_evaluation_datasets_name_a_file_damaged_after_preparation(tmp_path):
+    from weclip_hf.data.decoding import UnreadableImageError
+    from weclip_hf.data.loading import EvalSegmentationDataset, WeakSegmentationDataset
+
+    ds, _ = add_image_labels(_write_pairs(tmp_path), Columns("image", "mask"), 2)
+    (tmp_path / "img_3.png").write_bytes(b"gone bad")
+    train = WeakSegmentationDataset(ds, Columns("image", "mask"), 2, TrainAugmentation(crop_size=16))
+    assert train[0]["pixel_values"].shape == (3, 16, 16) and train[0]["labels"].shape == (16, 16)
+    with pytest.raises(UnreadableImageError, match=r"img_3.png' \(column 'image', training example 3 of split 'train'\)"):  # fmt: skip
+        train[3]
+    evaluation = EvalSegmentationDataset(ds, Columns("image", "mask"), 2)
+    assert evaluation[0]["labels"].shape == (32, 32)
+    with pytest.raises(UnreadableImageError, match=r"img_3.png' \(column 'image', evaluation example 3"):
+        evaluation[3]
+
+
+def test_streams_fail_or_skip_unreadable_files_when_met(tmp_path):
+    from weclip_hf.data.decoding import UnreadableImageError
+    from weclip_hf.data.loading import StreamingWeakSegmentationDataset
+
+    ds = _write_pairs(tmp_path, damage={2: ("image", "garbage")}).add_column("classes", [[1]] * 4)
+    columns = Columns("image", "mask", "classes")
+    stream, summary = add_image_labels(ds.to_iterable_dataset(), columns, 2, skip_unreadable=True)
+    assert "skipped when met" in str(summary)
+    aug = TrainAugmentation(crop_size=16)
+    strict = StreamingWeakSegmentationDataset(stream, columns, 2, aug, shuffle_buffer_size=0)
+    with pytest.raises(UnreadableImageError, match=r"img_2.png' \(column 'image', example 2 of pass 0 over"):
+        list(strict)
+    lenient = StreamingWeakSegmentationDataset(
+        stream, columns, 2, aug, shuffle_buffer_size=0, skip_unreadable=True
+    )
+    with pytest.warns(UserWarning, match=r"Skipped unreadable file '.*img_2.png'"):
+        items = list(lenient)
+    assert len(items) == 3 and [s.split("'")[1].rsplit("/", 1)[-1] for s in lenient.skipped] == ["img_2.png"]
+    # labels from masks: the lazy map reads the mask, so the stream drops the example there
+    (tmp_path / "m").mkdir()
+    masked = _write_pairs(tmp_path / "m", damage={0: ("mask", "truncate")})
+    stream, _ = add_image_labels(
+        masked.to_iterable_dataset(), Columns("image", "mask"), 2, skip_unreadable=True
+    )
+    with pytest.warns(
+        UserWarning, match=r"Skipped unreadable file '.*mask_0.png' \(column 'mask', an example of"
+    ):
+        assert [ex["image_labels"] for ex in stream] == [[2], [1], [2]]
+
+
+def test_materialize_names_or_skips_unreadable_streamed_images(tmp_path):
+    from weclip_hf.data.decoding import UnreadableImageError
+    from weclip_hf.data.loading import materialize, with_split_name
+
+    stream = with_split_name(
+        _write_pairs(tmp_path, damage={1: ("mask", "garbage")}).to_iterable_dataset(), "val"
+    )
+    with pytest.raises(UnreadableImageError, match=r"mask_1.png' \(column 'mask', example 1 of streamed split 'val'\)"):  # fmt: skip
+        materialize(stream)
+    with pytest.warns(UserWarning, match="Skipped unreadable file"):
+        kept = materialize(stream, skip_unreadable=True)
+    assert len(kept) == 3 and isinstance(kept[0]["image"], Image.Image) and kept.split == "val"
+    with pytest.raises(ValueError, match=r"limit \(--max_eval_samples\) must be >= 1, got 0"):
+        materialize(stream, limit=0)
+
+
+def test_class_name_labels_map_through_the_class_names_or_name_the_unknown(tmp_path):
+    names = [("cat", "cat"), ("dog", "dog"), ("person", "person with clothes,people,human")]
+    assert normalize_label_row(["dog", "Cat "], 3, class_names=names) == [1, 2]
+    assert normalize_label_row("people", 3, class_names=names) == [3]  # a prompt synonym; a single name
+    with pytest.raises(ValueError, match=r"row 4 contain unknown class name\(s\) \['bird'\]; expected .* \['cat', 'dog', 'person'\]"):  # fmt: skip
+        normalize_label_row(["cat", "bird"], 3, name="row 4", class_names=names)
+    with pytest.raises(ValueError, match=r"are class names \['cat'\], but no class names were given"):
+        normalize_label_row(["cat"], 3, name="row 0")
+
+    ds = _write_pairs(tmp_path).add_column("classes", [["cat"], ["dog", "cat"], [], ["person"]])
+    columns = Columns("image", None, "classes")
+    out, summary = add_image_labels(ds, columns, 3, class_names=names)
+    assert out["image_labels"] == [[1], [1, 2], [], [3]] and summary.empty == 1
+    bad = _write_pairs(tmp_path).add_column("classes", [["cat"], ["cat"], ["cta"], ["dog"]])
+    with pytest.raises(ValueError, match=r"Image labels of row 2 of split 'train' \(image file '.*img_2.png'\) contain unknown class name\(s\) \['cta'\]"):  # fmt: skip
+        add_image_labels(bad, columns, 3, class_names=names)
+
+
+def _train_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "train.py"
+    spec = importlib.util.spec_from_file_location("weclip_train_script_data", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_rejects_max_train_samples_zero(capsys):
+    with pytest.raises(SystemExit):
+        _train_script().parse_args(["--max_train_samples", "0"])
+    assert "argument --max_train_samples: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_train_skip_unreadable_images_flag(tmp_path, tiny_clip, capsys):
+    """Without the flag the damaged file stops the run before its first step; with it, it is listed and skipped."""
+    from weclip_hf.data.decoding import UnreadableImageError
+
+    data = tmp_path / "data"
+    files = tmp_path / "files"
+    files.mkdir()
+    train = _write_pairs(files, count=5, damage={3: ("image", "truncate")})
+    datasets.DatasetDict({"train": train}).save_to_disk(data)  # the files' bytes and names are embedded
+    args = ["--dataset_path", str(data), "--validation_split", "none", "--clip_model_name_or_path", tiny_clip,
+            "--class_names", "a", "b", "--background_names", "sky", "--max_train_steps", "1", "--crop_size", "24",
+            "--per_device_train_batch_size", "2", "--num_threads", "2", "--num_overlays", "0"]  # fmt: skip
+    script = _train_script()
+    with pytest.raises(UnreadableImageError, match=r"Cannot read file 'img_3.png' \(column 'image', row 3 of split 'train'\)"):  # fmt: skip
+        script.main([*args, "--output_dir", str(tmp_path / "strict")])
+    assert not (tmp_path / "strict" / "train_log.jsonl").exists()  # before any training step
+    capsys.readouterr()
+    script.main([*args, "--output_dir", str(tmp_path / "skip"), "--skip_unreadable_images"])
+    out = capsys.readouterr().out
+    assert "train: 4 images" in out and "1 unreadable skipped (not counted above): file 'img_3.png'" in out
+    assert (tmp_path / "skip" / "model.safetensors").exists()

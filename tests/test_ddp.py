@@ -105,9 +105,13 @@ def test_ddp_gradient_equals_the_global_batch_gradient(ddp_results, mode):
 
 
 def test_train_script_two_processes_match_one(tiny_clip, tmp_path):
-    """The real script under torchrun (2 CPU processes x 2 images) against 1 process x 4 images."""
+    """The real script under torchrun (2 CPU processes x 2 images) against 1 process x 4 images. The RFM stays
+    off (from step 4): its pseudo labels follow the decoder's affinity through the near-ties of a random CLIP,
+    so two runs whose weights differ in the last bits can differ a lot there (DDP with the RFM is checked on
+    gradients above); without it the evaluation's pseudo labels come from the frozen CLIP alone and the
+    sharded evaluation must equal the single-process one up to float reordering."""
     args = ["--clip_model_name_or_path", tiny_clip, "--max_train_steps", 3, "--decoder_dropout", 0,
-            "--rfm_start_step", 2, "--eval_steps", 3, *FAST, "--toy_val_images", 5]  # fmt: skip
+            "--rfm_start_step", 4, "--eval_steps", 3, *FAST, "--toy_val_images", 5]  # fmt: skip
     args[args.index("--per_device_train_batch_size") + 1] = 2
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     two = tmp_path / "two"
@@ -123,16 +127,21 @@ def test_train_script_two_processes_match_one(tiny_clip, tmp_path):
 
     evals = [[r for r in read_log(run) if "eval_pred_miou" in r] for run in (two, one)]
     assert [r["step"] for r in evals[0]] == [r["step"] for r in evals[1]] == [3]
-    for key in ("eval_pred_miou", "eval_pseudo_miou"):  # 5 images sharded 3 + 2 over the processes, summed
-        assert evals[0][0][key] == pytest.approx(evals[1][0][key], abs=0.01), key
+    # 5 images sharded 3 + 2 over the processes, confusion matrices summed; batches of 2 vs 4 reorder float
+    # sums, which flips a few near-tie pixels of the random CLIP (measured: 1.6e-4 mIoU)
+    assert evals[0][0]["eval_pseudo_miou"] == pytest.approx(evals[1][0]["eval_pseudo_miou"], abs=2e-3)
+    assert evals[0][0]["eval_pred_miou"] == pytest.approx(evals[1][0]["eval_pred_miou"], abs=0.01)
     log_two, log_one = ([r for r in read_log(run) if "loss" in r] for run in (two, one))
-    assert [r["step"] for r in log_two] == [1, 2, 3] and [r["rfm"] for r in log_two] == [False, False, True]
+    assert [r["step"] for r in log_two] == [1, 2, 3] and [r["rfm"] for r in log_two] == [False] * 3
     for a, b in zip(log_two, log_one):  # pseudo-label near-ties of the random CLIP: see the test above
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
     weights_two, weights_one = load_file(two / "model.safetensors"), load_file(one / "model.safetensors")
     assert int(weights_two["training_step"]) == int(weights_one["training_step"]) == 3
-    # 3 AdamW steps: early Adam updates are ~lr * sign(grad), so a last-bit difference in a near-zero
-    # gradient can move a weight by up to 2 lr (here lr <= 3e-4); the gradients themselves agree to 1e-4
+    # 3 AdamW steps: early Adam updates are ~lr * sign(grad), so a last-bit difference in a near-zero gradient
+    # can move a weight by up to 2 lr (lr <= 3e-4); every other weight must agree far below one step's move
+    # (a run on the wrong shard moves most weights differently)
     for name in weights_one:
-        torch.testing.assert_close(weights_two[name], weights_one[name], rtol=0, atol=1e-3, msg=name)
+        diff = (weights_two[name].float() - weights_one[name].float()).abs()
+        assert diff.max() <= 1e-3, name
+        assert (diff <= 1e-6).float().mean() >= 0.99, (name, (diff <= 1e-6).float().mean().item())
     assert json.loads((two / "metrics.json").read_text())["train_steps"] == 3

@@ -143,8 +143,8 @@ def test_text_embeddings_from_stored_token_ids(model, ref):
         raw = model.text_projection(model.text_model(input_ids=ids).pooler_output)
     assert_rel("text_raw_features (stored ids)", raw, ref["fp32_text_raw_features"], 1e-5, floor=1.0)
     normalized = F.normalize(raw, dim=-1)
-    assert_abs("text_fg_embeddings (stored ids)", normalized[:NUM_FG], ref["fp32_text_fg_embeddings"], 1e-5)
-    assert_abs("text_bg_embeddings (stored ids)", normalized[NUM_FG:], ref["fp32_text_bg_embeddings"], 1e-5)
+    assert_abs("text_fg_embeddings (stored ids)", normalized[:NUM_FG], ref["fp32_text_fg_embeddings"], 2e-6)
+    assert_abs("text_bg_embeddings (stored ids)", normalized[NUM_FG:], ref["fp32_text_bg_embeddings"], 2e-6)
 
 
 def test_text_embeddings_from_the_tokenizer(model, ref):
@@ -162,7 +162,7 @@ def test_text_embeddings_from_the_tokenizer(model, ref):
     for row in range(45):
         assert (ids[row, : lengths[row]] == stored[row, : lengths[row]]).all(), prompts[row]
     # the buffers the converter computed with this tokenizer
-    assert_abs("class_text_embeds (converter)", model.class_text_embeds, ref["fp32_text_fg_embeddings"], 1e-5)
+    assert_abs("class_text_embeds (converter)", model.class_text_embeds, ref["fp32_text_fg_embeddings"], 2e-6)
     assert_abs("background_text_embeds (converter)", model.background_text_embeds,
                ref["fp32_text_bg_embeddings"], 1e-5)  # fmt: skip
 
@@ -173,20 +173,20 @@ def test_text_embeddings_from_the_tokenizer(model, ref):
 def test_block11_tokens(clip_features, ref):
     hidden, grid = clip_features.hidden, clip_features.grid
     assert grid == (20, 20) and len(hidden) == 11
-    assert_rel("clip block-11 tokens", hidden[-1], ref["fp32_clip_layer11_tokens"], 1e-4)
+    assert_rel("clip block-11 tokens", hidden[-1], ref["fp32_clip_layer11_tokens"], 6e-6)
     stats = np.array([[h[:, 1:].double().mean().item(), h[:, 1:].double().std().item()] for h in hidden])
-    assert_rel("clip layer feature stats (mean, std)", stats, ref["fp32_clip_layer_feature_stats"], 1e-5)
+    assert_rel("clip layer feature stats (mean, std)", stats, ref["fp32_clip_layer_feature_stats"], 3e-8)
 
 
 def test_eval_logits(eval_output, ref):
-    assert_rel("seg_logits (eval)", eval_output.logits, ref["fp32_seg_logits"], 1e-4, floor=1.0)
+    assert_rel("seg_logits (eval)", eval_output.logits, ref["fp32_seg_logits"], 1e-5, floor=1.0)
 
 
 @pytest.mark.parametrize("tag", ["norfm", "rfm"])
 def test_training_path_logits_and_decoder_affinity(train_outputs, ref, tag):
     out = train_outputs[tag]
-    assert_rel(f"seg_logits ({tag} forward)", out.logits, ref["fp32_seg_logits"], 1e-4, floor=1.0)
-    assert_abs(f"decoder_affinity ({tag} forward)", out.decoder_affinity, ref["fp32_decoder_affinity"], 1e-5)
+    assert_rel(f"seg_logits ({tag} forward)", out.logits, ref["fp32_seg_logits"], 1e-5, floor=1.0)
+    assert_abs(f"decoder_affinity ({tag} forward)", out.decoder_affinity, ref["fp32_decoder_affinity"], 3e-6)
 
 
 # ---- CAMs --------------------------------------------------------------------------------------------
@@ -202,8 +202,8 @@ def test_gradcam_text_probs_and_boxes(train_outputs, ref, tag):
         present = np.flatnonzero(ref["class_labels"][image])
         ours = np.concatenate([probs[p, present], probs[p, NUM_FG:]])
         expected = ref["fp32_gradcam_text_probs_padded"][p]
-        assert_abs(f"text probs pair {p}", ours, expected[~np.isnan(expected)], 1e-5)
-    assert_abs(f"gradcam ({tag})", details.gradcams, ref["fp32_gradcam"], 1e-4)
+        assert_abs(f"text probs pair {p}", ours, expected[~np.isnan(expected)], 7e-6)
+    assert_abs(f"gradcam ({tag})", details.gradcams, ref["fp32_gradcam"], 3e-5)
     peak = np.floor(details.gradcams.numpy().astype(np.float32) * np.float32(255)).max(axis=(1, 2))
     assert peak.astype(np.int64).tolist() == ref["fp32_box_uint8_max"].tolist()
     masks = details.box_masks.numpy().astype(np.uint8)
@@ -216,9 +216,9 @@ def test_gradcam_text_probs_and_boxes(train_outputs, ref, tag):
 def test_affinity_and_refined_grid_cams(train_outputs, ref, tag):
     details = train_outputs[tag].cam_details
     assert_rel(f"affinity_before_norm ({tag})", details.affinity_before_norm,
-               ref[f"fp32_{tag}_affinity_before_norm"], 1e-4)  # fmt: skip
+               ref[f"fp32_{tag}_affinity_before_norm"], 1.5e-5)  # fmt: skip
     assert_rel(
-        f"refined grid CAMs ({tag})", details.refined_cams_grid, ref[f"fp32_{tag}_cam_grid_refined"], 1e-4
+        f"refined grid CAMs ({tag})", details.refined_cams_grid, ref[f"fp32_{tag}_cam_grid_refined"], 2e-5
     )
 
 
@@ -229,7 +229,7 @@ def test_refined_cam_normalize_and_upsample_step(ref, tag):
 
     grid = torch.from_numpy(ref[f"fp32_{tag}_cam_grid_refined"])
     assert_abs(f"refined 320 CAMs from the reference grid ({tag})", upsample_normalized(grid, (320, 320)),
-               ref[f"fp32_{tag}_cam_refined_320"], 1e-4)  # fmt: skip
+               ref[f"fp32_{tag}_cam_refined_320"], 1.2e-6)  # fmt: skip
 
 
 GRID_NOISE = 1e-6  # absolute float32 reordering noise allowed on the refined grid CAMs (values <= 0.25)
@@ -272,7 +272,8 @@ def test_pseudo_labels(train_outputs, ref, tag):
     total = equal_percent(ours, expected)
     print(f"[parity] pseudo labels ({tag}): {total:.4f}% equal pixels (per image "
           f"{', '.join(f'{p:.4f}%' for p in per_image)})")  # fmt: skip
-    assert total >= 99.5 and min(per_image) >= 99.5
+    # measured 99.9958% / 99.9990% (norfm / rfm; worst image 99.9932%): a tolerance ~10x the disagreement
+    assert total >= 99.93 and min(per_image) >= 99.93
 
 
 @pytest.mark.slow
@@ -373,9 +374,9 @@ def msc_outputs(model, ref):
 @pytest.mark.slow
 def test_multiscale_scale1_logits(msc_outputs, ref):
     assert_rel("msc scale-1 logits (square images)", msc_outputs["scale1"],
-               ref["fp32_msc_scale1_logits_lowres"], 1e-4, floor=1.0)  # fmt: skip
+               ref["fp32_msc_scale1_logits_lowres"], 1e-5, floor=1.0)  # fmt: skip
     assert_rel("msc scale-1 logits (375x500)", msc_outputs["ns_scale1"], ref["fp32_ns_msc_scale1_logits_lowres"],
-               1e-4, floor=1.0)  # fmt: skip
+               1e-5, floor=1.0)  # fmt: skip
 
 
 @pytest.mark.slow
@@ -383,9 +384,9 @@ def test_multiscale_flip_logits(msc_outputs, ref):
     """Flip views are AVERAGED per scale (official validate(); summing them doubled the logits: ratio 2)."""
     ratio = float((msc_outputs["ns_msc"].double().numpy() / ref["fp32_ns_msc_logits_lowres"]).mean())
     print(f"[parity] msc logits ours / reference, mean ratio: {ratio:.7f}")
-    assert_rel("msc logits (square images)", msc_outputs["msc"], ref["fp32_msc_logits_lowres"], 1e-4, floor=1.0)
+    assert_rel("msc logits (square images)", msc_outputs["msc"], ref["fp32_msc_logits_lowres"], 1e-5, floor=1.0)
     assert_rel(
-        "msc logits (375x500)", msc_outputs["ns_msc"], ref["fp32_ns_msc_logits_lowres"], 1e-4, floor=1.0
+        "msc logits (375x500)", msc_outputs["ns_msc"], ref["fp32_ns_msc_logits_lowres"], 1e-5, floor=1.0
     )
 
 

@@ -174,7 +174,7 @@ def test_bad_dataset_errors_name_the_problem(tmp_path, tiny_clip):
     proc = run_train("--dataset_path", data, "--clip_model_name_or_path", tiny_clip, "--class_names", "a",
                      "--background_names", "sky", "--output_dir", tmp_path / "o", "--max_train_steps", 1,
                      "--crop_size", 64, check=False)  # fmt: skip
-    assert proc.returncode != 0 and "Multi-hot labels of #0 have width 3, expected 1" in proc.stderr
+    assert proc.returncode != 0 and "Multi-hot labels of row 0 of split 'train' have width 3, expected 1" in proc.stderr
     proc = run_train("--dataset_path", data, "--clip_model_name_or_path", tiny_clip, "--image_column", "photo",
                      "--output_dir", tmp_path / "o", "--max_train_steps", 1, check=False)  # fmt: skip
     assert proc.returncode != 0 and "available columns" in proc.stderr and "'image'" in proc.stderr
@@ -325,8 +325,11 @@ def test_model_push_to_hub_uploads_weights_processor_and_card(tmp_path, tiny_mod
 
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     assert tiny_model.push_to_hub("weclip-test", metrics={"miou": 0.5}) == "https://hub/me/weclip-test"
-    files = sorted(p.name for p in pushed.iterdir())
+    files = sorted(p.name for p in pushed.iterdir() if p.suffix != ".py")
     assert files == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
+    code = {p.name for p in pushed.glob("*.py")}  # the model's code, for trust_remote_code
+    assert {"configuration_weclip.py", "modeling_weclip.py", "image_processing_weclip.py", "hub.py"} <= code
+    assert "auto_map" in json.loads((pushed / "config.json").read_text())
     card = (pushed / "README.md").read_text()
     assert "me/weclip-test" in card and "| miou | 0.5000 |" in card and "zhang2024frozen" in card
     assert "limitations" in card.lower()

@@ -4,6 +4,13 @@ Importing the package registers "weclip" with AutoConfig, AutoModelForSemanticSe
 AutoImageProcessor, and makes `WeCLIPImageSegmentationPipeline` the "image-segmentation" pipeline class (the
 same as transformers' for other models), so ``pipeline("image-segmentation", model=folder)`` works, reads
 inputs as `WeCLIPImageProcessor` does and logs no "not supported" error.
+
+The three classes are also registered for the Auto classes' remote code: ``save_pretrained`` (and
+``push_to_hub``) write an ``auto_map`` into config.json / preprocessor_config.json and copy the code files
+(``modeling_weclip.py``, ``configuration_weclip.py``, ``image_processing_weclip.py`` and the modules they import
+relatively) into the folder, so ``AutoModelForSemanticSegmentation.from_pretrained(folder,
+trust_remote_code=True)`` works where weclip-hf is not installed. Where it is imported, the Auto classes keep
+using the package's own classes (no ``trust_remote_code`` needed).
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
@@ -23,6 +30,9 @@ AutoConfig.register("weclip", WeCLIPConfig, exist_ok=True)
 AutoModelForSemanticSegmentation.register(WeCLIPConfig, WeCLIPForSemanticSegmentation, exist_ok=True)
 AutoImageProcessor.register(WeCLIPConfig, image_processor_classes={"pil": WeCLIPImageProcessor}, exist_ok=True)
 register_segmentation_pipeline()
+WeCLIPConfig.register_for_auto_class()  # "AutoConfig"
+WeCLIPForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+WeCLIPImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __version__ = "0.1.0"
 

@@ -45,12 +45,23 @@ A frozen CLIP ({{ base_model }}) provides features; a small decoder trained {{ s
 {{ results_table }}
 
 ## Usage
+With the library installed (`pip install weclip-hf`), importing it registers the "weclip" model type:
 ```python
-import weclip_hf  # registers the "weclip" model type
+import weclip_hf
 from transformers import pipeline
 
 segmenter = pipeline("image-segmentation", model="{{ repo_id }}")
 masks = segmenter("image.jpg")  # [{"label": ..., "mask": PIL.Image, "score": None}, ...]
+```
+
+Without it, transformers runs the model code shipped in this repository (`modeling_weclip.py` and the files
+it imports; read them first):
+```python
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
+
+segmenter = pipeline("image-segmentation", model="{{ repo_id }}", trust_remote_code=True)
+model = AutoModelForSemanticSegmentation.from_pretrained("{{ repo_id }}", trust_remote_code=True)
+processor = AutoImageProcessor.from_pretrained("{{ repo_id }}", trust_remote_code=True)
 ```
 
 ## Training arguments

@@ -270,8 +270,10 @@ class WeCLIPPreTrainedModel(PreTrainedModel):
     def is_custom_code(cls) -> bool:
         """False: `_init_weights` writes through `transformers.initialization`, which honours the per-tensor
         "already loaded" flags, so transformers may visit every module (custom code gets only the modules that
-        own tensors, which would send CLIP's attention and MLP layers to the generic Linear rule)."""
-        return cls.is_remote_code()
+        own tensors, which would send CLIP's attention and MLP layers to the generic Linear rule). This holds too
+        when ``is_remote_code()`` is True: registered for the Auto classes (so that saving copies the code files)
+        or loaded with ``trust_remote_code`` from such a copy of this file."""
+        return False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -490,6 +492,13 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
     @torch.no_grad()
     def encode_text(self, tokenizer, prompts: list[str]) -> torch.Tensor:
         """L2-normalized CLIP text embeddings of ``prompts``: [len(prompts), projection_dim]."""
+        eos = self.config.text_config.eos_token_id
+        if eos != 2 and getattr(tokenizer, "eos_token_id", eos) != eos:  # 2: CLIP's legacy argmax pooling
+            raise ValueError(
+                f"The tokenizer's end-of-text id ({tokenizer.eos_token_id}) differs from the CLIP text config's "
+                f"eos_token_id ({eos}): CLIP pools the text at that token, so every prompt would get the same "
+                "embedding. Use the tokenizer saved with this CLIP checkpoint."
+            )
         device = self.text_projection.weight.device
         batch = tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt",
                           max_length=self.config.text_config.max_position_embeddings)  # fmt: skip

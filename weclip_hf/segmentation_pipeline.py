@@ -77,6 +77,11 @@ def open_image(image, timeout: float | None = None):
 class WeCLIPImageSegmentationPipeline(ImageSegmentationPipeline):
     """`ImageSegmentationPipeline` that gives `WeCLIPImageProcessor` the images unconverted (see the module)."""
 
+    # The task never uses a video processor. Looking for one in a saved WeCLIP folder would read the image
+    # processor's remote-code auto_map as a "WeCLIPVideoProcessor" that only remote code could provide, and ask
+    # on stdin whether to trust it.
+    _load_video_processor = False
+
     def check_model_type(self, supported_models) -> None:
         """Also count models registered with the task's Auto classes (``AutoModelFor*Segmentation.register``)."""
         registered = {

@@ -8,10 +8,14 @@ rows of width C.
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .decoding import UnreadableImageError, decode_image, describe, file_path, row_name, split_name, undecoded
 
 IMAGE_COLUMNS = ("image", "img", "pixel_values", "jpg", "png")
 MASK_COLUMNS = ("annotation", "mask", "label", "segmentation", "semantic_mask", "seg")
@@ -96,13 +100,63 @@ def labels_from_mask(mask, num_classes: int, ignore_index: int = 255, name: str 
     return [int(i) for i in ids if 0 < i <= num_classes]
 
 
-def normalize_label_row(row, num_classes: int, zero_based: bool = False, name: str = "") -> list[int]:
-    """An image-level label row (ids or multi-hot of width C) -> sorted foreground ids 1..C."""
+def class_name_ids(class_names: Sequence[str | Sequence[str]]) -> dict[str, int]:
+    """Lower-cased class name -> id 1..C. Entry i names class i + 1: one name or several (e.g. the label
+    name and the prompt name); comma-separated prompt synonyms (``"person with clothes,people,human"``)
+    count as names too. A name shared by two classes maps to the first."""
+    lookup: dict[str, int] = {}
+    for index, names in enumerate(class_names, start=1):
+        for name in [names] if isinstance(names, str) else names:
+            for alias in [name, *name.split(",")]:
+                lookup.setdefault(alias.strip().lower(), index)
+    return lookup
+
+
+def ids_from_names(
+    names: list, num_classes: int, class_names: Mapping[str, int] | Sequence | None, name: str = ""
+) -> list[int]:
+    """Class names of an image-level label row -> sorted foreground ids 1..C (through `class_name_ids`)."""
+    where = name or "(unnamed)"
+    if class_names is None:
+        raise ValueError(
+            f"Image labels of {where} are class names {names[:5]}, but no class names were given to map "
+            "them to ids (class_names=...; examples/train.py maps them through the run's class names)."
+        )
+    lookup = class_names if isinstance(class_names, Mapping) else class_name_ids(class_names)
+    unknown = [n for n in names if not isinstance(n, str) or n.strip().lower() not in lookup]
+    ids = sorted({lookup[n.strip().lower()] for n in names if n not in unknown})
+    if unknown or any(i > num_classes for i in ids):
+        canonical: dict[int, str] = {}
+        for alias, index in lookup.items():
+            canonical.setdefault(index, alias)
+        known = [canonical[i] for i in sorted(canonical) if i <= num_classes]
+        shown = known if len(known) <= 30 else known[:30] + [f"... ({len(known)} in all)"]
+        bad = unknown or [canonical[i] for i in ids if i > num_classes]
+        raise ValueError(
+            f"Image labels of {where} contain unknown class name(s) {bad}; expected names of the run's "
+            f"{num_classes} classes: {shown}. Check --class_names / --preset."
+        )
+    return ids
+
+
+def normalize_label_row(
+    row,
+    num_classes: int,
+    zero_based: bool = False,
+    name: str = "",
+    class_names: Mapping[str, int] | Sequence | None = None,
+) -> list[int]:
+    """An image-level label row (ids, multi-hot of width C, or class names mapped through ``class_names``,
+    see `class_name_ids`) -> sorted foreground ids 1..C."""
+    if isinstance(row, str):  # a single class name
+        row = [row]
     values = np.asarray(row)
     if values.ndim != 1:
         raise ValueError(
             f"Image labels of {name or '(unnamed)'} must be a flat list, got shape {values.shape}."
         )
+    if values.dtype.kind in "USO" and len(values) > 0:
+        return ids_from_names(list(row), num_classes, class_names, name)
     if values.dtype.kind in "fb" and len(values) > 0:
         if len(values) != num_classes:
             raise ValueError(
@@ -130,15 +184,26 @@ class LabelSummary:
     class_counts: Counter = field(default_factory=Counter)
     streamed: bool = False
     skip_empty: bool = False
+    skip_unreadable: bool = False
+    unreadable: list[str] = field(default_factory=list)  # the files (or rows) skipped as unreadable
 
     def __str__(self) -> str:
         if self.streamed:
             policy = "dropped" if self.skip_empty else "kept"
-            return f"streamed: image-level labels are computed on the fly (no counts); empty label sets are {policy}"
-        return (
+            text = f"streamed: image-level labels are computed on the fly (no counts); empty label sets are {policy}"
+            if self.skip_unreadable:
+                text += "; unreadable images and masks are skipped when met (each with a warning naming it)"
+            return text
+        text = (
             f"{self.total} images, {self.empty} with an empty label set "
             f"({self.skipped} skipped), class frequencies {dict(sorted(self.class_counts.items()))}"
         )
+        if self.unreadable:
+            shown = self.unreadable[:20] + (
+                [f"... and {len(self.unreadable) - 20} more"] if len(self.unreadable) > 20 else []
+            )
+            text += f"; {len(self.unreadable)} unreadable skipped (not counted above): " + "; ".join(shown)
+        return text
 
 
 def add_image_labels(
@@ -149,28 +214,73 @@ def add_image_labels(
     zero_based: bool = False,
     skip_empty: bool = False,
     num_proc: int | None = None,
+    class_names: Sequence[str | Sequence[str]] | None = None,
+    skip_unreadable: bool = False,
 ):
-    """Add an ``image_labels`` column (ids 1..C) computed once from the label column or the masks.
+    """Add an ``image_labels`` column (ids 1..C) computed once from the label column or the masks, and
+    check that every image and mask can be read.
 
-    Images with an empty label set are kept by default (the model gives them all-background pseudo
-    labels) or dropped with ``skip_empty=True``. Returns (dataset, LabelSummary). A streamed dataset
-    (``datasets.IterableDataset``) gets a lazy map: labels are computed as examples are read, errors
-    surface then, and the summary has no counts.
+    Label columns hold ids, multi-hot rows or class names, which map through ``class_names`` (see
+    `class_name_ids`). Images with an empty label set are kept by default (the model gives them
+    all-background pseudo labels) or dropped with ``skip_empty=True``. The image and mask columns come back
+    undecoded (``datasets.Image(decode=False)``); the WeCLIP datasets decode them, naming the file of any
+    failure. Returns (dataset, LabelSummary).
+
+    A random-access dataset is read whole here: every image and mask is decoded once, so an unreadable one
+    fails now, naming its file and row, before any training (``skip_unreadable=True``: it is dropped and
+    listed in the summary). A streamed dataset (``datasets.IterableDataset``) gets a lazy map: labels are
+    computed as examples are read, errors (or skips, with a warning) happen then, and the summary has no
+    counts.
     """
-
-    def compute(example, idx):
-        name = f"#{idx}"
-        if columns.labels is not None:
-            ids = normalize_label_row(example[columns.labels], num_classes, zero_based, name)
-        else:
-            mask = example[columns.mask]
-            ids = labels_from_mask(mask, num_classes, ignore_index, name)
-            image = example[columns.image]
-            if getattr(image, "size", None) != getattr(mask, "size", None):
-                raise ValueError(f"Image {name} has size {image.size} but its mask has size {mask.size}.")
-        return {"image_labels": ids}
+    import datasets
 
     streamed = is_streaming(dataset)
+    split = split_name(dataset)
+    original = dataset.features or {}  # the image features' modes, for decoding
+    lookup = class_name_ids(class_names) if class_names is not None else None
+    check_images = not streamed or columns.labels is None  # a stream's images are checked by its reader
+    stream_row = f"an example of streamed split {split!r}" if split else "an example of the stream"
+
+    def compute(example, idx):
+        row = stream_row if streamed else row_name(idx, split)
+        image_value = example[columns.image]
+        try:
+            image = mask = None
+            if check_images:
+                image = decode_image(image_value, columns.image, row, original.get(columns.image))
+            if columns.mask is not None and example.get(columns.mask) is not None and check_images:
+                mask = decode_image(example[columns.mask], columns.mask, row, original.get(columns.mask))
+        except UnreadableImageError as err:
+            if not skip_unreadable:
+                raise
+            if streamed:
+                warnings.warn(f"Skipped unreadable {err.source}: {err.reason}", stacklevel=1)
+            return {"image_labels": [], "_unreadable": err.source}
+        if columns.labels is not None:
+            path = file_path(image_value)
+            name = row + (f" (image file {path!r})" if path else "")
+            ids = normalize_label_row(example[columns.labels], num_classes, zero_based, name, lookup)
+        else:
+            if mask is None:
+                raise ValueError(
+                    f"{row.capitalize()} has no mask (column {columns.mask!r} is empty) and the dataset has no "
+                    "image-level label column to take its labels from."
+                )
+            mask_name = describe(example[columns.mask], columns.mask, row)
+            ids = labels_from_mask(mask, num_classes, ignore_index, mask_name)
+            if image_size(image) != image_size(mask):
+
+                def short(value, column):
+                    path = file_path(value)
+                    return f"file {path!r}" if path else f"in column {column!r}"
+
+                raise ValueError(
+                    f"Image and mask of {row} differ in size (width, height): image "
+                    f"{short(image_value, columns.image)} {image_size(image)}, mask "
+                    f"{short(example[columns.mask], columns.mask)} {image_size(mask)}."
+                )
+        return {"image_labels": ids, "_unreadable": None}
+
     available = dataset_columns(dataset)
     drop = [c for c in ["image_labels"] if c in available and columns.labels != "image_labels"]
     if drop:
@@ -178,25 +288,32 @@ def add_image_labels(
     if columns.labels == "image_labels":
         dataset = dataset.rename_column("image_labels", "_image_labels")
         columns = Columns(columns.image, columns.mask, "_image_labels")
+    dataset = undecoded(dataset, [columns.image, columns.mask])
     if streamed:
-        import datasets
-
         features = None
-        if dataset.features is not None:  # keep the features known, so images still decode downstream
+        if dataset.features is not None:  # keep the features known, so later steps see typed columns
             features = dataset.features.copy()
             features["image_labels"] = datasets.List(datasets.Value("int64"))
+            features["_unreadable"] = datasets.Value("string")
         dataset = dataset.map(compute, with_indices=True, features=features)
     else:
-        dataset = dataset.map(compute, with_indices=True, num_proc=num_proc, desc="image-level labels")
-    if columns.labels == "_image_labels":
-        # a list: IterableDataset.remove_columns("x") drops every column whose name is in the string "x"
-        # (datasets 5.2: "_image_labels" would also drop "image" and "image_labels")
-        dataset = dataset.remove_columns(["_image_labels"])
+        desc = "image-level labels, reading every image" + (" and mask" if columns.mask else "")
+        dataset = dataset.map(compute, with_indices=True, num_proc=num_proc, desc=desc)
+    # a list: IterableDataset.remove_columns("x") drops every column whose name is in the string "x"
+    # (datasets 5.2: "_image_labels" would also drop "image" and "image_labels")
+    hidden = ["_image_labels"] if columns.labels == "_image_labels" else []
     if streamed:
+        if skip_unreadable:
+            dataset = dataset.filter(lambda source: source is None, input_columns="_unreadable")
+        dataset = dataset.remove_columns(hidden + ["_unreadable"])
         if skip_empty:
             dataset = dataset.filter(lambda ids: len(ids) > 0, input_columns="image_labels")
-        return dataset, LabelSummary(streamed=True, skip_empty=skip_empty)
-    summary = LabelSummary(total=len(dataset))
+        return dataset, LabelSummary(streamed=True, skip_empty=skip_empty, skip_unreadable=skip_unreadable)
+    unreadable = [source for source in dataset["_unreadable"] if source is not None]
+    if unreadable:
+        dataset = dataset.filter(lambda source: source is None, input_columns="_unreadable")
+    dataset = dataset.remove_columns(hidden + ["_unreadable"])
+    summary = LabelSummary(total=len(dataset), skip_unreadable=skip_unreadable, unreadable=unreadable)
     for ids in dataset["image_labels"]:
         summary.class_counts.update(ids)
         summary.empty += not ids
@@ -204,3 +321,13 @@ def add_image_labels(
         dataset = dataset.filter(lambda ids: len(ids) > 0, input_columns="image_labels")
         summary.skipped = summary.empty
     return dataset, summary
+
+
+def image_size(image) -> tuple[int, int] | None:
+    """(width, height) of a PIL image or an [H, W(, C)] array-like; None for None."""
+    if image is None:
+        return None
+    if hasattr(image, "getbbox"):  # PIL
+        return tuple(image.size)
+    shape = np.shape(image)
+    return (shape[1], shape[0]) if len(shape) >= 2 else None

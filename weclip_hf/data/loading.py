@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -10,17 +11,36 @@ from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
 from ..presets import preset_config_kwargs
 from .adapters import DATASET_PRESETS, Columns, is_streaming
+from .decoding import UnreadableImageError, decode_image, split_name, undecoded
 from .transforms import TrainAugmentation, load_rgb_uint8, multi_hot, normalize
 
 
-def train_item(
-    example: dict, columns: Columns, num_classes: int, augment: TrainAugmentation, rng: np.random.Generator
-) -> dict[str, torch.Tensor]:
-    """One training example: augmented image, multi-hot image labels, pixel mask, (mask labels if any)."""
-    image = load_rgb_uint8(example[columns.image])
+def read_example(
+    example: dict, columns: Columns, row: str, features=None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image (uint8 [H, W, 3]) and mask ([H, W] array of ids, or None) of an example; an unreadable file
+    raises `UnreadableImageError` naming it (``row`` where it has no path). ``features``: the dataset's (modes)."""
+    features = features or {}
+    image = decode_image(example[columns.image], columns.image, row, features.get(columns.image))
     mask = None
     if columns.mask is not None and example.get(columns.mask) is not None:
-        mask = np.asarray(example[columns.mask], dtype=np.uint8)
+        mask = decode_image(example[columns.mask], columns.mask, row, features.get(columns.mask))
+        mask = np.asarray(mask)
+    return load_rgb_uint8(image), mask
+
+
+def train_item(
+    example: dict,
+    columns: Columns,
+    num_classes: int,
+    augment: TrainAugmentation,
+    rng: np.random.Generator,
+    row: str = "an example",
+    features=None,
+) -> dict[str, torch.Tensor]:
+    """One training example: augmented image, multi-hot image labels, pixel mask, (mask labels if any)."""
+    image, mask = read_example(example, columns, row, features)
+    mask = None if mask is None else mask.astype(np.uint8)
     image, mask, valid = augment(image, mask, rng)
     item = {
         "pixel_values": normalize(image),
@@ -36,13 +56,16 @@ class WeakSegmentationDataset(Dataset):
     """Training examples: augmented image, multi-hot image labels, pixel mask, (mask labels if any).
 
     Augmentation randomness is a function of (seed, epoch, index), so a resumed run sees exactly the
-    same crops as an uninterrupted one, with any number of DataLoader workers.
+    same crops as an uninterrupted one, with any number of DataLoader workers. Images and masks are decoded
+    here (`decode_image`): an unreadable file raises an error naming it (`add_image_labels` has checked them
+    all before training).
     """
 
     def __init__(
         self, dataset, columns: Columns, num_classes: int, augment: TrainAugmentation, seed: int = 0
     ):
-        self.dataset, self.columns, self.num_classes = dataset, columns, num_classes
+        self.dataset = undecoded(dataset, [columns.image, columns.mask])
+        self.columns, self.num_classes, self.split = columns, num_classes, split_name(dataset)
         self.augment, self.seed, self.epoch = augment, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -53,7 +76,9 @@ class WeakSegmentationDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        return train_item(self.dataset[index], self.columns, self.num_classes, self.augment, rng)
+        row = f"training example {index}" + (f" of split {self.split!r}" if self.split else "")
+        return train_item(self.dataset[index], self.columns, self.num_classes, self.augment, rng, row,
+                          getattr(self.dataset, "features", None))  # fmt: skip
 
 
 class StreamingWeakSegmentationDataset(IterableDataset):
@@ -64,6 +89,11 @@ class StreamingWeakSegmentationDataset(IterableDataset):
     epoch, DataLoader worker, position in the stream). A pass is therefore the same every time, which
     is what resuming relies on: it replays the interrupted pass and skips the batches already trained
     on. With DataLoader workers, ``datasets`` splits the shards among them.
+
+    A stream cannot be checked ahead: an unreadable image or mask raises an error naming its file when it
+    is met, or, with ``skip_unreadable=True``, is skipped with a warning naming it (and listed in
+    ``skipped``, in the process that met it). The other examples keep their crops, so resuming still
+    replays a pass exactly.
     """
 
     def __init__(
@@ -74,11 +104,15 @@ class StreamingWeakSegmentationDataset(IterableDataset):
         augment: TrainAugmentation,
         seed: int = 0,
         shuffle_buffer_size: int = 1000,
+        skip_unreadable: bool = False,
     ):
+        self.split = split_name(dataset)
+        dataset = undecoded(dataset, [columns.image, columns.mask])
         if shuffle_buffer_size > 0:
             dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
         self.dataset, self.columns, self.num_classes = dataset, columns, num_classes
         self.augment, self.seed, self.epoch = augment, seed, 0
+        self.skip_unreadable, self.skipped = skip_unreadable, []
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -87,9 +121,23 @@ class StreamingWeakSegmentationDataset(IterableDataset):
     def __iter__(self):
         worker = get_worker_info()
         worker_id = worker.id if worker is not None else 0
+        where = f"streamed split {self.split!r}" if self.split else "the stream"
         for position, example in enumerate(self.dataset):
             rng = np.random.default_rng([self.seed, self.epoch, worker_id, position])
-            yield train_item(example, self.columns, self.num_classes, self.augment, rng)
+            row = f"example {position} of pass {self.epoch} over {where}" + (
+                f" (DataLoader worker {worker_id})" if worker is not None else ""
+            )
+            try:
+                item = train_item(example, self.columns, self.num_classes, self.augment, rng, row,
+                                  getattr(self.dataset, "features", None))  # fmt: skip
+            except UnreadableImageError as err:
+                if not self.skip_unreadable:
+                    raise
+                if err.source not in self.skipped:
+                    self.skipped.append(err.source)
+                warnings.warn(f"Skipped unreadable {err.source}: {err.reason}", stacklevel=1)
+                continue
+            yield item
 
 
 class EvalSegmentationDataset(Dataset):
@@ -98,16 +146,21 @@ class EvalSegmentationDataset(Dataset):
     def __init__(self, dataset, columns: Columns, num_classes: int):
         if columns.mask is None:
             raise ValueError("Evaluation needs a mask column (pixel ground truth).")
-        self.dataset, self.columns, self.num_classes = dataset, columns, num_classes
+        self.dataset = undecoded(dataset, [columns.image, columns.mask])
+        self.columns, self.num_classes, self.split = columns, num_classes, split_name(dataset)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         example = self.dataset[index]
+        row = f"evaluation example {index}" + (f" of split {self.split!r}" if self.split else "")
+        image, mask = read_example(example, self.columns, row, getattr(self.dataset, "features", None))
+        if mask is None:
+            raise ValueError(f"{row.capitalize()} has no mask (column {self.columns.mask!r} is empty).")
         return {
-            "pixel_values": normalize(load_rgb_uint8(example[self.columns.image])),
-            "labels": torch.from_numpy(np.asarray(example[self.columns.mask], dtype=np.int64)),
+            "pixel_values": normalize(image),
+            "labels": torch.from_numpy(mask.astype(np.int64)),
             "class_labels": multi_hot(example["image_labels"], self.num_classes),
         }
 
@@ -134,17 +187,46 @@ def collate(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {key: torch.stack([e[key] for e in examples]) for key in examples[0]}
 
 
-def materialize(dataset, limit: int | None = None):
+def materialize(dataset, limit: int | None = None, skip_unreadable: bool = False):
     """A random-access ``datasets.Dataset`` of (the first ``limit`` examples of) a dataset; a streamed
-    one is read once into memory (meant for a validation split: evaluation and overlays index it)."""
+    one is read once into memory (meant for a validation split: evaluation and overlays index it).
+
+    A streamed image that cannot be read raises an error naming its file, or with ``skip_unreadable=True``
+    is left out with a warning naming it (random-access data is checked later, by `add_image_labels`).
+    """
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit (--max_eval_samples) must be >= 1, got {limit}.")
     if not is_streaming(dataset):
         return dataset.select(range(min(limit, len(dataset)))) if limit else dataset
     import datasets
 
-    rows = list(dataset.take(limit) if limit else dataset)
+    features = dataset.features
+    images = [c for c, f in (features or {}).items() if isinstance(f, datasets.Image) and f.decode]
+    split = split_name(dataset)
+    where = f"streamed split {split!r}" if split else "the stream"
+    stream = undecoded(dataset, images)
+    rows, skipped = [], 0
+    for position, row in enumerate(stream.take(limit) if limit else stream):
+        try:  # decoded here, as `datasets` would have, but naming the file that fails
+            for column in images:
+                row[column] = decode_image(
+                    row[column], column, f"example {position} of {where}", features[column]
+                )
+        except UnreadableImageError as err:
+            if not skip_unreadable:
+                raise
+            warnings.warn(f"Skipped unreadable {err.source}: {err.reason}", stacklevel=1)
+            skipped += 1
+            continue
+        rows.append(row)
     if not rows:
-        raise ValueError("The streamed validation split is empty.")
-    return datasets.Dataset.from_list(rows, features=dataset.features)
+        raise ValueError(
+            "The streamed validation split is empty"
+            + (f" ({skipped} unreadable examples skipped)." if skipped else ".")
+        )
+    return datasets.Dataset.from_list(
+        rows, features=features, split=datasets.NamedSplit(split) if split else None
+    )
 
 
 def load_dataset_splits(
@@ -173,11 +255,13 @@ def load_dataset_splits(
     if toy:
         from .toy import TOY_BACKGROUND_NAMES, TOY_CLASS_NAMES, TOY_PROMPT_TEMPLATE, make_toy_dataset
 
-        train = make_toy_dataset(toy_sizes[0], seed=seed)
-        val = make_toy_dataset(toy_sizes[1], seed=seed + 1_000_003)
+        train = with_split_name(make_toy_dataset(toy_sizes[0], seed=seed), "train")
+        val = with_split_name(make_toy_dataset(toy_sizes[1], seed=seed + 1_000_003), "validation")
         names = dict(class_names=TOY_CLASS_NAMES, background_names=TOY_BACKGROUND_NAMES,
                      prompt_template=TOY_PROMPT_TEMPLATE)  # fmt: skip
-        return (train.to_iterable_dataset(num_shards=min(len(train), 64)) if streaming else train), val, names
+        if streaming:
+            train = with_split_name(train.to_iterable_dataset(num_shards=min(len(train), 64)), "train")
+        return train, val, names
     import datasets
 
     if dataset_path:
@@ -202,7 +286,19 @@ def load_dataset_splits(
         raise ValueError(f"Split {train_split!r} not found; available splits: {list(ds)}.")
     names = preset_config_kwargs(preset) if preset else {}
     names = {k: names[k] for k in ("class_names", "label_names", "background_names") if k in names}
-    train = ds[train_split] if train_split in ds else None
+    train = with_split_name(ds[train_split], train_split) if train_split in ds else None
     if streaming and train is not None and not is_streaming(train):
-        train = train.to_iterable_dataset(num_shards=min(len(train), 64))
-    return train, ds[validation_split] if validation_split in ds else None, names
+        train = with_split_name(train.to_iterable_dataset(num_shards=min(len(train), 64)), train_split)
+    val = with_split_name(ds[validation_split], validation_split) if validation_split in ds else None
+    return train, val, names
+
+
+def with_split_name(dataset, name: str):
+    """``dataset`` knowing the name of its split (messages name it: "row 3 of split 'train'"). ``datasets``
+    records it for Hub and imagefolder splits, not for ``load_from_disk``, in-memory data or streams made with
+    ``to_iterable_dataset``."""
+    import datasets
+
+    if getattr(dataset, "split", None) is None and hasattr(dataset, "_split"):
+        dataset._split = datasets.NamedSplit(name)  # no public setter; the attribute both dataset types share
+    return dataset

@@ -1,0 +1,88 @@
+"""Decode stored images and masks, naming the file (or the row) of any that cannot be read.
+
+``datasets`` decodes ``datasets.Image`` columns itself, and its errors (``OSError: image file is
+truncated``) name no file. The WeCLIP data pipeline therefore reads these columns undecoded
+(``datasets.Image(decode=False)``: ``{"bytes", "path"}`` dicts, see `undecoded`) and decodes each value with
+`decode_image`, which turns any failure into an `UnreadableImageError` naming the file, column and row.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+SKIP_HINT = "pass skip_unreadable=True (examples/train.py: --skip_unreadable_images) to skip unreadable files"
+
+
+class UnreadableImageError(ValueError):
+    """An image or mask that cannot be decoded. ``source`` names its file (or row) and column."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"Cannot read {source}: {reason}. Fix or remove it, or {SKIP_HINT}.")
+        self.source, self.reason = source, reason
+
+
+def file_path(value: Any) -> str | None:
+    """The file a stored image comes from (``path`` of a ``{"bytes", "path"}`` dict, a path, a PIL image's
+    ``filename``), or None for in-memory data."""
+    if isinstance(value, dict):
+        path = value.get("path")
+    elif isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+    else:
+        path = getattr(value, "filename", None)
+    return path or None
+
+
+def describe(value: Any, column: str, row: str) -> str:
+    """Where a stored image lives, for messages: ``file 'a.png' (column 'image', row 3 of split 'train')``, or
+    ``column 'image' of row 3 of split 'train' (stored as bytes, no file path)``."""
+    path = file_path(value)
+    if path:
+        return f"file {path!r} (column {column!r}, {row})"
+    return f"column {column!r} of {row} (stored as bytes, no file path)"
+
+
+def decode_image(value: Any, column: str, row: str, feature: Any = None) -> Any:
+    """A stored image (``{"bytes", "path"}`` dict or path) -> fully decoded PIL image, as ``datasets`` would
+    decode it (EXIF orientation, ``feature.mode``); PIL images and arrays are returned as they are.
+
+    Raises `UnreadableImageError` naming the file (or ``row``) and ``column`` when it cannot be read.
+    """
+    if isinstance(value, (str, os.PathLike)):
+        value = {"bytes": None, "path": os.fspath(value)}
+    if not isinstance(value, dict):
+        return value
+    import datasets
+
+    try:
+        return datasets.Image(mode=getattr(feature, "mode", None)).decode_example(value)
+    # damaged files raise OSError, SyntaxError, ValueError, EOFError, zlib.error, ... (and missing ones
+    # FileNotFoundError): all of them mean "cannot read this file"
+    except Exception as err:
+        raise UnreadableImageError(describe(value, column, row), f"{type(err).__name__}: {err}") from err
+
+
+def undecoded(dataset, columns: Iterable[str | None]):
+    """``dataset`` with those of ``columns`` that are decoding ``datasets.Image`` features read undecoded
+    (``{"bytes", "path"}`` dicts, the feature's ``mode`` kept), for `decode_image`; other data unchanged."""
+    import datasets
+
+    features = getattr(dataset, "features", None)  # None for a stream without declared features
+    for column in columns:
+        feature = features.get(column) if features and column else None
+        if isinstance(feature, datasets.Image) and feature.decode:
+            dataset = dataset.cast_column(column, datasets.Image(mode=feature.mode, decode=False))
+    return dataset
+
+
+def split_name(dataset) -> str | None:
+    """The split a ``datasets`` dataset was loaded as (for messages), or None."""
+    split = getattr(dataset, "split", None)
+    return str(split) if split is not None else None
+
+
+def row_name(index: int, split: str | None) -> str:
+    """``row 3 of split 'train'`` (``row 3`` when the split is unknown)."""
+    return f"row {index}" + (f" of split {split!r}" if split else "")
