@@ -61,8 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--preset", choices=("voc", "coco"), default="voc", help="dataset preset")
     parser.add_argument("--output_dir", required=True, help="where to write the converted model")
-    parser.add_argument("--no_check_clip", action="store_true",
-                        help="with --clip: do not compare the checkpoint's own CLIP tensors with it")  # fmt: skip
+    parser.add_argument(
+        "--no_check_clip",
+        action="store_true",
+        help="with --clip: do not compare the checkpoint's own CLIP tensors with it",
+    )
     parser.add_argument("--push_to_hub", action="store_true", help="upload the folder to the Hub")
     parser.add_argument("--hub_model_id", default=None, help="repository id for --push_to_hub (user/name)")
     parser.add_argument("--hub_token", default=None, help="Hub token (default: the logged-in one)")
@@ -131,9 +134,12 @@ def main(argv: list[str] | None = None) -> Path:
     output_dir = Path(args.output_dir)
 
     model = convert_official_checkpoint(
-        args.checkpoint, clip=args.clip, preset=args.preset, tokenizer=args.tokenizer,
+        args.checkpoint,
+        clip=args.clip,
+        preset=args.preset,
+        tokenizer=args.tokenizer,
         check_clip=not args.no_check_clip,
-    )  # fmt: skip
+    )
     logger.info(model.conversion_report.summary())
     model.save_pretrained(output_dir)
 
@@ -143,8 +149,13 @@ def main(argv: list[str] | None = None) -> Path:
     logger.info("Wrote %s", output_dir)
 
     if args.push_to_hub:
-        publish_folder(output_dir, args.hub_model_id, token=args.hub_token, private=args.private,
-                       commit_message="Convert an official WeCLIP checkpoint")  # fmt: skip
+        publish_folder(
+            output_dir,
+            args.hub_model_id,
+            token=args.hub_token,
+            private=args.private,
+            commit_message="Convert an official WeCLIP checkpoint",
+        )
         logger.info("Pushed to https://huggingface.co/%s", args.hub_model_id)
     return output_dir
 

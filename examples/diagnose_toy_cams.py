@@ -49,8 +49,11 @@ def recipe_model() -> WeCLIPForSemanticSegmentation:
     spec = importlib.util.spec_from_file_location("train", pathlib.Path(__file__).with_name("train.py"))
     train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train)
-    names = dict(class_names=TOY_CLASS_NAMES, background_names=TOY_BACKGROUND_NAMES,
-                 prompt_template=TOY_PROMPT_TEMPLATE)  # fmt: skip
+    names = dict(
+        class_names=TOY_CLASS_NAMES,
+        background_names=TOY_BACKGROUND_NAMES,
+        prompt_template=TOY_PROMPT_TEMPLATE,
+    )
     return train.build_model(train.parse_args([]), names)
 
 
@@ -62,10 +65,12 @@ def dev_batches(num_images: int, batch_size: int) -> list[list[tuple[torch.Tenso
         pixels = torch.stack([normalize(image) for image in world["images"]])
         masks = torch.from_numpy(world["masks"]).long()
         labels = torch.stack([multi_hot(present, len(TOY_CLASS_NAMES)) for present in world["labels"]])
-        draws.append([
-            (pixels[s : s + batch_size], masks[s : s + batch_size], labels[s : s + batch_size])
-            for s in range(0, num_images, batch_size)
-        ])  # fmt: skip
+        draws.append(
+            [
+                (pixels[s : s + batch_size], masks[s : s + batch_size], labels[s : s + batch_size])
+                for s in range(0, num_images, batch_size)
+            ]
+        )
     return draws
 
 

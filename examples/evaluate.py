@@ -5,11 +5,16 @@ pseudo labels (CAM without / with RFM); prints a per-class IoU table and writes 
     python examples/evaluate.py --model_name_or_path outputs/weclip-toy             # toy validation split
     python examples/evaluate.py --model_name_or_path weclip-voc --dataset_name jxie/pascal-voc-2012 \\
         --validation_split validation --eval_long_side 512 --msf --crf --output_json voc_val.json
+
+The CRF runs with WeCLIP's evaluation setting unless told otherwise: `--crf_preset deeplab` starts from
+DeepLab's, and every `--crf_<parameter>` flag overrides one field of `weclip_hf.crf.CRFParams`; with
+`--crf`, the JSON records the parameters used under "crf".
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -18,9 +23,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from weclip_hf import WeCLIPForSemanticSegmentation
+from weclip_hf.crf import PRESETS, CRFParams
 from weclip_hf.data.adapters import add_image_labels, resolve_columns
 from weclip_hf.data.loading import EvalSegmentationDataset, collate, load_dataset_splits
 from weclip_hf.evaluation import evaluate_segmentation
+
+
+def at_least_one(text: str) -> int:
+    """argparse type of a count that must be >= 1 (0 would silently mean "no limit")."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,12 +53,43 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--msf", action="store_true", help="multi-scale (1.0, 0.75) + flip")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.75])
     p.add_argument("--crf", action="store_true", help="dense CRF post-processing (pure PyTorch)")
+    p.add_argument("--crf_preset", choices=sorted(PRESETS), default="weclip",
+                   help="CRF parameters that the --crf_* flags override: WeCLIP's evaluation (default) or "
+                        "DeepLab's")  # fmt: skip
+    for field in dataclasses.fields(CRFParams):
+        values = ", ".join(
+            f"{name} {getattr(preset, field.name)}" for name, preset in sorted(PRESETS.items())
+        )
+        kind = {"num_iters": int, "pos_filter": str}.get(field.name, float)
+        choices = ["lattice", "gaussian"] if field.name == "pos_filter" else None
+        p.add_argument(f"--crf_{field.name}", type=kind, choices=choices,
+                       help=f"CRFParams.{field.name} (default: the preset's; {values})")  # fmt: skip
     p.add_argument("--pseudo_labels", action="store_true", help="also score CAM / RFM pseudo labels")
     p.add_argument("--batch_size", type=int, default=1)
-    p.add_argument("--max_eval_samples", type=int)
+    p.add_argument("--max_eval_samples", type=at_least_one, help="evaluate the first N images (N >= 1)")
+    p.add_argument(
+        "--skip_unreadable_images",
+        action="store_true",
+        help="skip images and masks that cannot be read, listing them (default: an error naming the file)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--output_json")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        args.crf_params = crf_params_from_args(args)
+    except ValueError as err:
+        p.error(str(err))
+    return args
+
+
+def crf_params_from_args(args: argparse.Namespace) -> CRFParams:
+    """The `--crf_preset` parameters with every given `--crf_<field>` flag applied."""
+    overrides = {
+        field.name: getattr(args, f"crf_{field.name}")
+        for field in dataclasses.fields(CRFParams)
+        if getattr(args, f"crf_{field.name}") is not None
+    }
+    return dataclasses.replace(PRESETS[args.crf_preset], **overrides)
 
 
 def format_table(results: dict[str, dict], id2label: dict[int, str]) -> str:
@@ -58,8 +103,9 @@ def format_table(results: dict[str, dict], id2label: dict[int, str]) -> str:
             + " | ".join("-" if math.isnan(c) else f"{100 * c:.1f}" for c in cells)
             + " |"
         )
+    means = [results[m]["mean_iou"] for m in modes]  # None: no valid pixel (see evaluate_segmentation)
     lines.append(
-        "| **mIoU** | " + " | ".join(f"**{100 * results[m]['mean_iou']:.2f}**" for m in modes) + " |"
+        "| **mIoU** | " + " | ".join("**-**" if v is None else f"**{100 * v:.2f}**" for v in means) + " |"
     )
     return "\n".join(lines)
 
@@ -78,7 +124,13 @@ def main(argv=None) -> dict:
     if args.max_eval_samples:
         val = val.select(range(min(args.max_eval_samples, len(val))))
     columns = resolve_columns(val.column_names, args.image_column, args.mask_column, None, require_mask=True)
-    val, summary = add_image_labels(val, columns, cfg.num_foreground_classes, cfg.semantic_loss_ignore_index)
+    val, summary = add_image_labels(
+        val,
+        columns,
+        cfg.num_foreground_classes,
+        cfg.semantic_loss_ignore_index,
+        skip_unreadable=args.skip_unreadable_images,
+    )
     print(f"{args.validation_split}: {summary}")
     dataset = EvalSegmentationDataset(val, columns, cfg.num_foreground_classes)
 
@@ -89,12 +141,15 @@ def main(argv=None) -> dict:
     modes = ["pred"] + (["pred_msf"] if args.msf else [])
     modes += [f"{m}_crf" for m in modes] if args.crf else []
     modes += ["cam", "pseudo"] if args.pseudo_labels else []
-    results = evaluate_segmentation(model, loader, modes, scales=args.scales, long_side=args.eval_long_side)
+    results = evaluate_segmentation(
+        model, loader, modes, scales=args.scales, long_side=args.eval_long_side, crf_params=args.crf_params
+    )
     print(format_table(results, cfg.id2label))
     report = {
         "model": args.model_name_or_path,
         "split": args.validation_split,
         "num_images": len(dataset),
+        **({"crf": {"preset": args.crf_preset, **dataclasses.asdict(args.crf_params)}} if args.crf else {}),
         **{f"{m}_miou": r["mean_iou"] for m, r in results.items()},
         "per_class_iou": {
             m: {
@@ -105,7 +160,8 @@ def main(argv=None) -> dict:
         },
     }
     if args.output_json:
-        Path(args.output_json).write_text(json.dumps(report, indent=2))
+        # allow_nan=False: a NaN would make invalid JSON (evaluate_segmentation gives None instead)
+        Path(args.output_json).write_text(json.dumps(report, indent=2, allow_nan=False))
     return report
 
 

@@ -90,12 +90,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train_pool_size", type=int, default=6000, help="toy images generated once")
     parser.add_argument("--eval_size", type=int, default=200, help="held-out images for the gate metrics")
     parser.add_argument("--eval_seed", type=int, default=1_000_003)
-    parser.add_argument("--per_device_train_batch_size", type=int, default=32, help="whole toy images per step")
+    parser.add_argument(
+        "--per_device_train_batch_size", type=int, default=32, help="whole toy images per step"
+    )
     parser.add_argument("--mosaic_batch_size", type=int, default=16, help="2 x 2 mosaics of tiles per step")
     parser.add_argument("--mosaic_grid", type=int, default=2, help="n: mosaics of n x n tiles")
-    parser.add_argument("--tile_pool_size", type=int, default=12000, help="half-size single-object toy images")
+    parser.add_argument(
+        "--tile_pool_size", type=int, default=12000, help="half-size single-object toy images"
+    )
     parser.add_argument("--tile_loss_weight", type=float, default=1.0)
-    parser.add_argument("--background_loss_weight", type=float, default=0.5, help="of the background-word terms")
+    parser.add_argument(
+        "--background_loss_weight", type=float, default=0.5, help="of the background-word terms"
+    )
     parser.add_argument("--class_token_loss_weight", type=float, default=1.0)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--weight_decay", type=float, default=0.05)
@@ -447,9 +453,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raise ValueError(f"--mosaic_grid {n} must split the {TOY_IMAGE_SIZE} px image into whole patches")
     world = generate_toy_world(args.train_pool_size, seed=args.seed, object_radius=PRETRAIN_OBJECT_RADIUS)
     tiles = generate_toy_world(
-        args.tile_pool_size, seed=args.seed, image_size=TOY_IMAGE_SIZE // n, num_objects_probs=TILE_OBJECTS_PROBS,
+        args.tile_pool_size,
+        seed=args.seed,
+        image_size=TOY_IMAGE_SIZE // n,
+        num_objects_probs=TILE_OBJECTS_PROBS,
         object_radius=(TILE_OBJECT_RADIUS[0] / n, TILE_OBJECT_RADIUS[1] / n),
-    )  # fmt: skip
+    )
     heldout = generate_toy_world(args.eval_size, seed=args.eval_seed, object_radius=PRETRAIN_OBJECT_RADIUS)
     targets, tile_targets = prompt_targets(world), prompt_targets(tiles)
     print(f"generated the toy images in {time.time() - start_time:.0f}s", flush=True)
@@ -494,7 +503,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             )
             loss = loss + args.tile_loss_weight * tile_loss
         if args.class_token_loss_weight > 0:  # CLIP's own pooling: the class token gathers through attention
-            class_embeds = F.normalize(model.visual_projection(model.vision_model.post_layernorm(tokens[:, 0])), dim=-1)
+            class_embeds = F.normalize(
+                model.visual_projection(model.vision_model.post_layernorm(tokens[:, 0])), dim=-1
+            )
             mosaic_targets = tile_targets[tile_index].view(-1, n * n, tile_targets.shape[1]).amax(dim=1)
             class_logits = scale * class_embeds @ text_embeds.T + bias
             class_loss = F.binary_cross_entropy_with_logits(
@@ -507,8 +518,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100.0))
         if (step + 1) % 50 == 0:
-            print(f"step {step + 1} loss {loss.item():.4f} scale {model.logit_scale.exp().item():.1f} "
-                  f"{time.time() - train_start:.0f}s", flush=True)  # fmt: skip
+            print(
+                f"step {step + 1} loss {loss.item():.4f} scale {model.logit_scale.exp().item():.1f} "
+                f"{time.time() - train_start:.0f}s",
+                flush=True,
+            )
         if (step + 1) % args.eval_steps == 0 or step + 1 == args.max_train_steps:
             metrics = evaluate(model, text_inputs, heldout)
             metrics.update(step=step + 1, seconds=round(time.time() - train_start, 1))
@@ -537,9 +551,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model.save_pretrained(args.output_dir)
     tokenizer.save_pretrained(args.output_dir)
     CLIPImageProcessorPil(
-        do_resize=False, do_center_crop=False, do_rescale=False, do_normalize=True,
-        image_mean=list(IMAGE_MEAN), image_std=list(IMAGE_STD),
-    ).save_pretrained(args.output_dir)  # fmt: skip
+        do_resize=False,
+        do_center_crop=False,
+        do_rescale=False,
+        do_normalize=True,
+        image_mean=list(IMAGE_MEAN),
+        image_std=list(IMAGE_STD),
+    ).save_pretrained(args.output_dir)
     (args.output_dir / "pretraining_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["gate"], indent=2))
     print(f"elapsed {time.time() - start_time:.0f}s (training {train_seconds:.0f}s)")

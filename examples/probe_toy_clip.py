@@ -57,8 +57,9 @@ def patch_spectra(images: torch.Tensor, patch: int) -> torch.Tensor:
     return torch.fft.fft2(cells).abs().flatten(-2)
 
 
-def probe_recall(features: torch.Tensor, labels: torch.Tensor, num_labels: int, steps: int, hidden: int = 0,
-                 seed: int = 0) -> list[float]:  # fmt: skip
+def probe_recall(
+    features: torch.Tensor, labels: torch.Tensor, num_labels: int, steps: int, hidden: int = 0, seed: int = 0
+) -> list[float]:
     """Per-class recall on a held-out third of a class-balanced probe (linear, or an MLP if ``hidden``)."""
     generator = torch.Generator().manual_seed(seed)
     features = (features - features.mean(dim=0)) / (features.std(dim=0) + 1e-5)
@@ -66,9 +67,13 @@ def probe_recall(features: torch.Tensor, labels: torch.Tensor, num_labels: int, 
     train, test = order[: 2 * len(order) // 3], order[2 * len(order) // 3 :]
     torch.manual_seed(seed)
     dim = features.shape[1]
-    probe = torch.nn.Linear(dim, num_labels) if not hidden else torch.nn.Sequential(
-        torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, num_labels)
-    )  # fmt: skip
+    probe = (
+        torch.nn.Linear(dim, num_labels)
+        if not hidden
+        else torch.nn.Sequential(
+            torch.nn.Linear(dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, num_labels)
+        )
+    )
     counts = torch.bincount(labels[train], minlength=num_labels).float().clamp(min=1)
     weight = counts.sum() / (num_labels * counts)
     optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2 if not hidden else 3e-3)

@@ -151,8 +151,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "run's RFM really started; coco 40000), the toy recipe's 150, else the config default "
         "15000 (the paper's) -- also for --dataset_name without --preset",
     )
-    model.add_argument("--cam_box_threshold", type=float, help="box threshold on the GradCAM (VOC 0.4, COCO 0.7)")
-    model.add_argument("--cam_attention_layers", type=int, help="last attention maps averaged for CAM refinement")
+    model.add_argument(
+        "--cam_box_threshold", type=float, help="box threshold on the GradCAM (VOC 0.4, COCO 0.7)"
+    )
+    model.add_argument(
+        "--cam_attention_layers", type=int, help="last attention maps averaged for CAM refinement"
+    )
     model.add_argument("--rfm_num_layers", type=int, help="last attention maps the RFM chooses from")
     model.add_argument("--par_dilations", type=int, nargs="+", help="PAR neighbour dilations")
     model.add_argument("--decoder_hidden_size", type=int, help="decoder width (256)")
@@ -190,13 +194,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         "divided by the local processes (`accelerate launch` alone would pin a CPU run to 1 thread)",
     )
     train.add_argument("--checkpointing_steps", help="save every N steps (also at the end)")
-    train.add_argument("--overwrite_output_dir", action="store_true",
-                       help="start a fresh run in an --output_dir that holds a previous run's checkpoints")  # fmt: skip
+    train.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="start a fresh run in an --output_dir that holds a previous run's checkpoints",
+    )
     train.add_argument("--resume_from_checkpoint", help="a step_N folder or 'latest'")
     train.add_argument("--eval_steps", type=int, help="evaluate every N steps (0: only at the end)")
     train.add_argument("--eval_long_side", type=int, help="resize long side before prediction (VOC: 512)")
     train.add_argument("--no_msf", action="store_true", help="skip multi-scale + flip evaluation")
-    train.add_argument("--msf_scales", type=float, nargs="+", help="multi-scale evaluation scales (VOC: 1.0 0.75)")
+    train.add_argument(
+        "--msf_scales", type=float, nargs="+", help="multi-scale evaluation scales (VOC: 1.0 0.75)"
+    )
     train.add_argument("--num_overlays", type=int, default=6)
     train.add_argument("--logging_steps", type=int, default=10)
     train.add_argument("--with_tracking", action="store_true")
@@ -205,7 +214,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--hub_model_id")
     train.add_argument("--hub_token", help="Hub token (default: the logged-in one); never written to disk")
     args = p.parse_args(argv)
-    args.given_model_flags = [k for k in MODEL_FLAGS if getattr(args, k) is not None]  # before the recipe fills
+    args.given_model_flags = [
+        k for k in MODEL_FLAGS if getattr(args, k) is not None
+    ]  # before the recipe fills
     offline = args.dataset_name is None and args.data_dir is None and args.dataset_path is None
     args.recipe = "toy" if offline else (args.preset or "voc")
     args.rfm_start_source = rfm_start_source(args)
@@ -221,8 +232,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 SECRET_ARGS = ("hub_token",)
 # flags that set config fields of the model; the first four fix its weights or text embeddings
-MODEL_FLAGS = ("class_names", "background_names", "prompt_template", "decoder_hidden_size", "rfm_start_step",
-               "cam_box_threshold", "cam_attention_layers", "rfm_num_layers", "par_dilations", "decoder_dropout")  # fmt: skip
+MODEL_FLAGS = (
+    "class_names",
+    "background_names",
+    "prompt_template",
+    "decoder_hidden_size",
+    "rfm_start_step",
+    "cam_box_threshold",
+    "cam_attention_layers",
+    "rfm_num_layers",
+    "par_dilations",
+    "decoder_dropout",
+)
 WEIGHT_FLAGS = MODEL_FLAGS[:4]
 
 
@@ -248,23 +269,41 @@ def rfm_start_source(args: argparse.Namespace) -> str:
 
 
 def prepare_data(args, train, val, num_classes: int, ignore_index: int, accelerator, class_names=None):
-    columns = resolve_columns(dataset_columns(train), args.image_column, args.mask_column, args.labels_column,
-                              require_mask=args.fully_supervised)  # fmt: skip
+    columns = resolve_columns(
+        dataset_columns(train),
+        args.image_column,
+        args.mask_column,
+        args.labels_column,
+        require_mask=args.fully_supervised,
+    )
     streamed = is_streaming(train)
     if args.max_train_samples and streamed:
         train = train.take(args.max_train_samples)
     elif args.max_train_samples:
         train = train.select(range(min(args.max_train_samples, len(train))))
     with accelerator.main_process_first():
-        train, summary = add_image_labels(train, columns, num_classes, ignore_index, args.labels_zero_based,
-                                          args.skip_empty_images, class_names=class_names,
-                                          skip_unreadable=args.skip_unreadable_images)  # fmt: skip
+        train, summary = add_image_labels(
+            train,
+            columns,
+            num_classes,
+            ignore_index,
+            args.labels_zero_based,
+            args.skip_empty_images,
+            class_names=class_names,
+            skip_unreadable=args.skip_unreadable_images,
+        )
     accelerator.print(f"train: {summary}")
     augment = TrainAugmentation(args.crop_size, (args.scale_min, args.scale_max), ignore_index=ignore_index)
     if streamed:
-        train_set = StreamingWeakSegmentationDataset(train, columns, num_classes, augment, seed=args.seed,
-                                                     shuffle_buffer_size=args.shuffle_buffer_size,
-                                                     skip_unreadable=args.skip_unreadable_images)  # fmt: skip
+        train_set = StreamingWeakSegmentationDataset(
+            train,
+            columns,
+            num_classes,
+            augment,
+            seed=args.seed,
+            shuffle_buffer_size=args.shuffle_buffer_size,
+            skip_unreadable=args.skip_unreadable_images,
+        )
     else:
         train_set = WeakSegmentationDataset(train, columns, num_classes, augment, seed=args.seed)
     val_set = None
@@ -273,8 +312,9 @@ def prepare_data(args, train, val, num_classes: int, ignore_index: int, accelera
         val = materialize(val, args.max_eval_samples, skip_unreadable=args.skip_unreadable_images)
         val_columns = resolve_columns(val.column_names, args.image_column, args.mask_column, None, True)
         with accelerator.main_process_first():
-            val, val_summary = add_image_labels(val, val_columns, num_classes, ignore_index,
-                                                skip_unreadable=args.skip_unreadable_images)  # fmt: skip
+            val, val_summary = add_image_labels(
+                val, val_columns, num_classes, ignore_index, skip_unreadable=args.skip_unreadable_images
+            )
         accelerator.print(f"validation: {val_summary}")
         val_set = EvalSegmentationDataset(val, val_columns, num_classes)
     return train_set, val_set
@@ -436,8 +476,10 @@ def write_overlays(model, val_set, output_dir: Path, count: int) -> list[str]:
             cam = model(pixel_values=pv, class_labels=item["class_labels"][None].to(device), use_rfm=False)
             pred = predict_labels(model, pv, tuple(item["labels"].shape))
         image = ((item["pixel_values"] * std + mean).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
-        panels = [image] + [colours[m.cpu().numpy().astype(np.uint8)] for m in
-                            (item["labels"].clamp(max=255), cam.pseudo_labels[0], pred[0])]  # fmt: skip
+        panels = [image] + [
+            colours[m.cpu().numpy().astype(np.uint8)]
+            for m in (item["labels"].clamp(max=255), cam.pseudo_labels[0], pred[0])
+        ]
         path = out_dir / f"val_{i:03d}.png"
         Image.fromarray(np.concatenate(panels, axis=1)).save(path)
         paths.append(str(path))
@@ -457,8 +499,11 @@ def toy_baselines(val_set, num_labels: int) -> dict[str, float]:
         first = int(present[0]) + 1 if len(present) else 0
         yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
         disk = ((yy - h / 2) ** 2 + (xx - w / 2) ** 2) <= (min(h, w) / 4) ** 2
-        preds = {"bg": torch.zeros_like(labels), "whole": torch.full_like(labels, first),
-                 "disk": torch.where(disk, first, 0)}  # fmt: skip
+        preds = {
+            "bg": torch.zeros_like(labels),
+            "whole": torch.full_like(labels, first),
+            "disk": torch.where(disk, first, 0),
+        }
         for k, pred in preds.items():
             cms[k] += confusion_matrix(pred, labels, num_labels)
     return {f"baseline_{k}_miou": scores_from_confusion(cm)["mean_iou"] for k, cm in cms.items()}
@@ -524,30 +569,47 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     )
     model = build_model(args, names)
     cfg = model.config
-    accelerator.print(f"recipe {args.recipe} (preset: {args.preset}), {cfg.num_foreground_classes} classes, "
-                      f"{args.max_train_steps} steps of {args.per_device_train_batch_size} x "
-                      f"{accelerator.num_processes} images, lr {args.learning_rate}, RFM from step "
-                      f"{cfg.rfm_start_step} ({args.rfm_start_source}), on {accelerator.device}"
-                      + (f" with {torch.get_num_threads()} threads" if accelerator.device.type == "cpu" else ""))  # fmt: skip
-    train_set, val_set = prepare_data(args, train_raw, val_raw, cfg.num_foreground_classes,
-                                      cfg.semantic_loss_ignore_index, accelerator,
-                                      class_names=list(zip(cfg.label_names, cfg.class_names)))  # fmt: skip
+    accelerator.print(
+        f"recipe {args.recipe} (preset: {args.preset}), {cfg.num_foreground_classes} classes, "
+        f"{args.max_train_steps} steps of {args.per_device_train_batch_size} x "
+        f"{accelerator.num_processes} images, lr {args.learning_rate}, RFM from step "
+        f"{cfg.rfm_start_step} ({args.rfm_start_source}), on {accelerator.device}"
+        + (f" with {torch.get_num_threads()} threads" if accelerator.device.type == "cpu" else "")
+    )
+    train_set, val_set = prepare_data(
+        args,
+        train_raw,
+        val_raw,
+        cfg.num_foreground_classes,
+        cfg.semantic_loss_ignore_index,
+        accelerator,
+        class_names=list(zip(cfg.label_names, cfg.class_names)),
+    )
     streamed = isinstance(train_set, StreamingWeakSegmentationDataset)
     sampler = None if streamed else EpochShuffleSampler(len(train_set), seed=args.seed)
     num_workers = args.num_workers
     if num_workers is None:
         num_workers = default_num_workers(accelerator.device.type, accelerator.num_processes)
-    train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, sampler=sampler,
-                              collate_fn=collate, num_workers=num_workers, drop_last=True,
-                              pin_memory=torch.cuda.is_available())  # fmt: skip
+    train_loader = DataLoader(
+        train_set,
+        batch_size=args.per_device_train_batch_size,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=num_workers,
+        drop_last=True,
+        pin_memory=torch.cuda.is_available(),
+    )
     if not streamed and len(train_loader) == 0:
-        raise ValueError(f"{len(train_set)} training images are fewer than one batch of "
-                         f"{args.per_device_train_batch_size}.")  # fmt: skip
+        raise ValueError(
+            f"{len(train_set)} training images are fewer than one batch of "
+            f"{args.per_device_train_batch_size}."
+        )
 
     # 2. optimizer and schedule (decoder only; the frozen CLIP has no trainable parameter)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-8,
-                                  weight_decay=args.weight_decay)  # fmt: skip
+    optimizer = torch.optim.AdamW(
+        params, lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=args.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(args.num_warmup_steps, args.max_train_steps)
     )
@@ -630,24 +692,42 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
             bar.update(1)
             if step % args.logging_steps == 0 or step == args.max_train_steps:
                 # under DDP each process's loss is scaled so that their mean is the global-batch loss
-                losses = accelerator.reduce(torch.stack([out.loss, out.seg_loss, out.affinity_loss]).detach(), "mean")
-                record = {"step": step, "loss": losses[0].item(), "seg_loss": losses[1].item(),
-                          "affinity_loss": losses[2].item(), "lr": scheduler.get_last_lr()[0],
-                          "rfm": bool(out.used_rfm)}  # fmt: skip
+                losses = accelerator.reduce(
+                    torch.stack([out.loss, out.seg_loss, out.affinity_loss]).detach(), "mean"
+                )
+                record = {
+                    "step": step,
+                    "loss": losses[0].item(),
+                    "seg_loss": losses[1].item(),
+                    "affinity_loss": losses[2].item(),
+                    "lr": scheduler.get_last_lr()[0],
+                    "rfm": bool(out.used_rfm),
+                }
                 bar.set_postfix(loss=f"{record['loss']:.3f}", rfm=record["rfm"])
                 accelerator.log(record, step=step)
                 if accelerator.is_main_process:
                     with open(log_path, "a") as f:
                         f.write(json.dumps(record) + "\n")
             if checkpoint_every and step % checkpoint_every == 0:
-                save_checkpoint(accelerator, output_dir, TrainingState(step, scheduler.state_dict(), position))
+                save_checkpoint(
+                    accelerator, output_dir, TrainingState(step, scheduler.state_dict(), position)
+                )
             if args.eval_steps and step % args.eval_steps == 0 and val_set is not None:
                 # each process evaluates every num_processes-th image; the confusion matrices are summed
-                shard = Subset(val_set, range(accelerator.process_index, len(val_set), accelerator.num_processes))
-                loader_eval = DataLoader(shard, batch_size=args.per_device_eval_batch_size, collate_fn=collate)
-                res = evaluate_segmentation(accelerator.unwrap_model(model), loader_eval, ("pred", "pseudo"),
-                                            long_side=args.eval_long_side, accelerator=accelerator,
-                                            progress=False)  # fmt: skip
+                shard = Subset(
+                    val_set, range(accelerator.process_index, len(val_set), accelerator.num_processes)
+                )
+                loader_eval = DataLoader(
+                    shard, batch_size=args.per_device_eval_batch_size, collate_fn=collate
+                )
+                res = evaluate_segmentation(
+                    accelerator.unwrap_model(model),
+                    loader_eval,
+                    ("pred", "pseudo"),
+                    long_side=args.eval_long_side,
+                    accelerator=accelerator,
+                    progress=False,
+                )
                 scores = {f"eval_{k}_miou": v["mean_iou"] for k, v in res.items()}
                 accelerator.print(f"step {step}: {scores}")
                 accelerator.log(scores, step=step)
@@ -660,8 +740,10 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                 break
         if streamed and pass_ended:
             if position.batch == 0:
-                raise ValueError(f"The training stream holds fewer than one batch of "
-                                 f"{args.per_device_train_batch_size} images.")  # fmt: skip
+                raise ValueError(
+                    f"The training stream holds fewer than one batch of "
+                    f"{args.per_device_train_batch_size} images."
+                )
             position.epoch, position.batch = position.epoch + 1, 0
     bar.close()
     for sig, handler in handlers.items():  # Ctrl-C / SIGTERM act at once again (final evaluation, saving)
@@ -693,11 +775,17 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     if val_set is not None and accelerator.is_main_process:
         loader_eval = DataLoader(val_set, batch_size=args.per_device_eval_batch_size, collate_fn=collate)
         modes = ["pred", "cam", "pseudo"] + ([] if args.no_msf else ["pred_msf"])
-        res = evaluate_segmentation(unwrapped, loader_eval, modes, scales=args.msf_scales,
-                                    long_side=args.eval_long_side)  # fmt: skip
+        res = evaluate_segmentation(
+            unwrapped, loader_eval, modes, scales=args.msf_scales, long_side=args.eval_long_side
+        )
         key = "fully_supervised_miou" if args.fully_supervised else "miou"
-        metrics.update({key: res["pred"]["mean_iou"], "cam_miou": res["cam"]["mean_iou"],
-                        "pseudo_label_miou": res["pseudo"]["mean_iou"]})  # fmt: skip
+        metrics.update(
+            {
+                key: res["pred"]["mean_iou"],
+                "cam_miou": res["cam"]["mean_iou"],
+                "pseudo_label_miou": res["pseudo"]["mean_iou"],
+            }
+        )
         if "pred_msf" in res:
             metrics[f"{key}_msf" if args.fully_supervised else "miou_msf"] = res["pred_msf"]["mean_iou"]
             metrics["msf_scales"] = list(args.msf_scales)
@@ -714,16 +802,22 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
         card = make_model_card(
-            cfg, args.hub_model_id or output_dir.name, "Trained with `examples/train.py` of weclip-hf.",
-            metrics={k: v for k, v in summary.items() if "miou" in k}, dataset_name=args.dataset_name or "toy-world",
-            base_model=args.clip_model_name_or_path, weakly_supervised=not args.fully_supervised,
+            cfg,
+            args.hub_model_id or output_dir.name,
+            "Trained with `examples/train.py` of weclip-hf.",
+            metrics={k: v for k, v in summary.items() if "miou" in k},
+            dataset_name=args.dataset_name or "toy-world",
+            base_model=args.clip_model_name_or_path,
+            weakly_supervised=not args.fully_supervised,
             training_args={k: v for k, v in public_args(args).items() if v is not None},
             repo_id=args.hub_model_id,
-        )  # fmt: skip
+        )
         save_model_card(card, output_dir)
         accelerator.print(json.dumps(summary, indent=2))
         if args.push_to_hub:
-            publish_folder(output_dir, args.hub_model_id, token=args.hub_token, commit_message="End of training")
+            publish_folder(
+                output_dir, args.hub_model_id, token=args.hub_token, commit_message="End of training"
+            )
     accelerator.end_training()
     return metrics
 

@@ -24,11 +24,27 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 TRAIN = ROOT / "examples" / "train.py"
-FAST = ["--toy_train_images", "24", "--toy_val_images", "4", "--per_device_train_batch_size", "4",
-        "--num_overlays", "1", "--logging_steps", "1", "--no_msf"]  # fmt: skip
+FAST = [
+    "--toy_train_images",
+    "24",
+    "--toy_val_images",
+    "4",
+    "--per_device_train_batch_size",
+    "4",
+    "--num_overlays",
+    "1",
+    "--logging_steps",
+    "1",
+    "--no_msf",
+]
 
 TINY_VISION = dict(
-    hidden_size=32, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4, image_size=32, patch_size=8
+    hidden_size=32,
+    intermediate_size=37,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    image_size=32,
+    patch_size=8,
 )
 TINY_TEXT = dict(
     hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, vocab_size=99,
@@ -91,11 +107,25 @@ def tiny_clip(tmp_path_factory):
     from weclip_hf.data.toy import toy_clip_path
 
     tokenizer = CLIPTokenizer.from_pretrained(toy_clip_path(), model_max_length=77)
-    vision = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=3, num_attention_heads=4, image_size=96,
-                  patch_size=12)  # fmt: skip
-    text = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=96,
+        patch_size=12,
+    )
+    text = dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tinyclip")
     CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=16)).save_pretrained(path)
@@ -115,8 +145,13 @@ def train_command(*args, threads: int = 2, launcher: tuple[str, ...] = (sys.exec
 
 def run_train(*args, check=True, timeout=300, threads=2):
     """Run examples/train.py with ``args`` on ``threads`` CPU threads; fails the test if it fails."""
-    proc = subprocess.run(train_command(*args, threads=threads), capture_output=True, text=True,
-                          env=train_env(threads), timeout=timeout)  # fmt: skip
+    proc = subprocess.run(
+        train_command(*args, threads=threads),
+        capture_output=True,
+        text=True,
+        env=train_env(threads),
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

@@ -117,7 +117,9 @@ def reference_pseudo_labels(model, pixel_values, class_labels, use_rfm=False, de
             out["box_masks"].append(box)
             out["refined_grid"].append(refined.numpy())
             norm = torch.from_numpy(reference_normalize(refined.numpy()))
-            up = F.interpolate(norm[None, None], size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
+            up = F.interpolate(
+                norm[None, None], size=pixel_values.shape[-2:], mode="bilinear", align_corners=False
+            )
             cams_up.append(up[0, 0])
         if cams_up:
             cams = torch.stack(cams_up)
@@ -127,9 +129,13 @@ def reference_pseudo_labels(model, pixel_values, class_labels, use_rfm=False, de
             bg = torch.ones(1, *pixel_values.shape[-2:])
         scores = torch.cat([bg, cams])[None]
         refined_scores = reference_par(
-            pixel_values[b : b + 1], scores, cfg.par_dilations, cfg.par_num_iter, cfg.par_temperature,
+            pixel_values[b : b + 1],
+            scores,
+            cfg.par_dilations,
+            cfg.par_num_iter,
+            cfg.par_temperature,
             cfg.par_pos_weight,
-        )  # fmt: skip
+        )
         keys = torch.tensor([0] + [c + 1 for c in present])
         out["pseudo_labels"].append(keys[refined_scores[0].argmax(0)])
         top2 = refined_scores[0].topk(min(2, len(keys)), dim=0).values

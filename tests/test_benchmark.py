@@ -14,10 +14,22 @@ def test_benchmark_tiny_runs_and_compares_both_paths(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     output_json = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "examples" / "benchmark.py"), "--tiny", "--device", "cpu",
-         "--compile_par", "--output_json", str(output_json)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(REPO / "examples" / "benchmark.py"),
+            "--tiny",
+            "--device",
+            "cpu",
+            "--compile_par",
+            "--output_json",
+            str(output_json),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     out = proc.stdout
     assert "| section | setting | ours | reference | ratio |" in out
@@ -34,7 +46,9 @@ def test_benchmark_tiny_runs_and_compares_both_paths(tmp_path):
     assert len(agreement) == 2 and all(a > 99.0 for a in agreement), out
     assert "Host syncs in one training step" in out
     # PAR iterations compiled vs eager, side by side, computing the same function
-    compiled = re.findall(r"\| PAR iterations: torch.compile vs eager \|.*max abs diff ([\d.e+-]+)\).*\*\*([\d.]+)x", out)
+    compiled = re.findall(
+        r"\| PAR iterations: torch.compile vs eager \|.*max abs diff ([\d.e+-]+)\).*\*\*([\d.]+)x", out
+    )
     assert len(compiled) == 1 and float(compiled[0][0]) < 1e-5 and float(compiled[0][1]) > 0, out
     assert output_json.is_file() and '"speedup"' in output_json.read_text()
 
@@ -49,7 +63,10 @@ def test_flop_counter_counts_cpu_sdpa_like_eager_attention():
 
     q, k, v = torch.randn(3, 2, 4, 17, 8).unbind(0)
     counted = []
-    for attention in (F.scaled_dot_product_attention, lambda q, k, v: (q @ k.transpose(-1, -2)).softmax(-1) @ v):
+    for attention in (
+        F.scaled_dot_product_attention,
+        lambda q, k, v: (q @ k.transpose(-1, -2)).softmax(-1) @ v,
+    ):
         counter = FlopCounter()
         with counter:
             attention(q, k, v)

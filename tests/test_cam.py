@@ -37,7 +37,10 @@ def _spiral(n: int) -> np.ndarray:
 @pytest.mark.parametrize("components", [components_by_propagation, components_by_closure])
 def test_connected_components_match_scipy_8_connectivity(components):
     rng = np.random.default_rng(0)
-    maps = [rng.random((13, 17)) > p for p in (0.3, 0.5, 0.7, 0.9)] + [np.zeros((13, 17), bool), _spiral(13)[:, :13]]
+    maps = [rng.random((13, 17)) > p for p in (0.3, 0.5, 0.7, 0.9)] + [
+        np.zeros((13, 17), bool),
+        _spiral(13)[:, :13],
+    ]
     maps = [np.pad(m, ((0, 13 - m.shape[0]), (0, 17 - m.shape[1]))) for m in maps]
     binary = torch.from_numpy(np.stack(maps))
     labels = components(binary).numpy()

@@ -87,8 +87,14 @@ def test_planted_pickles_beside_a_checkpoint_are_never_loaded(checkpoint, tmp_pa
     """What accelerate would unpickle with weights_only=False for registered objects, and more."""
     path, model, _ = checkpoint
     marker = tmp_path / "pwned"
-    for name in ("custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl", "scheduler.bin", "sampler.bin",
-                 "scaler.pt", "dl_state_dict.bin"):  # fmt: skip
+    for name in (
+        "custom_checkpoint_0.pkl",
+        "custom_checkpoint_1.pkl",
+        "scheduler.bin",
+        "sampler.bin",
+        "scaler.pt",
+        "dl_state_dict.bin",
+    ):
         torch.save(Payload(marker), path / name)
     accelerator, fresh, optimizer, _ = _accelerated(seed=1)
     assert load_checkpoint(accelerator, fresh, optimizer, path).step == 1
@@ -141,8 +147,19 @@ def test_train_resume_ignores_a_planted_custom_checkpoint(tmp_path, tiny_clip):
     """The attack of issue 25: a pickle placed as custom_checkpoint_0.pkl ran on --resume_from_checkpoint."""
     train = _train_script()
     out = tmp_path / "run"
-    common = ["--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), *FAST, "--num_overlays", "0",
-              "--toy_train_images", "8", "--toy_val_images", "2"]  # fmt: skip
+    common = [
+        "--clip_model_name_or_path",
+        tiny_clip,
+        "--output_dir",
+        str(out),
+        *FAST,
+        "--num_overlays",
+        "0",
+        "--toy_train_images",
+        "8",
+        "--toy_val_images",
+        "2",
+    ]
     train.main([*common, "--max_train_steps", "1", "--checkpointing_steps", "1"])
     marker = tmp_path / "pwned"
     torch.save(Payload(marker), out / "step_1" / "custom_checkpoint_0.pkl")
@@ -173,9 +190,27 @@ def test_hub_token_never_reaches_disk_or_the_hub(tmp_path, tiny_clip, monkeypatc
     out = tmp_path / "run"
     (out / ".tmp_interrupted_save").mkdir(parents=True)  # what a killed save_pretrained leaves behind
     (out / ".tmp_interrupted_save" / "model.safetensors").write_bytes(b"partial")
-    train.main(["--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), "--max_train_steps", "1",
-                "--checkpointing_steps", "1", "--with_tracking", "--report_to", "tensorboard", "--push_to_hub",
-                "--hub_model_id", "weclip-toy-test", "--hub_token", token, *FAST])  # fmt: skip
+    train.main(
+        [
+            "--clip_model_name_or_path",
+            tiny_clip,
+            "--output_dir",
+            str(out),
+            "--max_train_steps",
+            "1",
+            "--checkpointing_steps",
+            "1",
+            "--with_tracking",
+            "--report_to",
+            "tensorboard",
+            "--push_to_hub",
+            "--hub_model_id",
+            "weclip-toy-test",
+            "--hub_token",
+            token,
+            *FAST,
+        ]
+    )
     written = [p for p in out.rglob("*") if p.is_file()]
     assert any("events.out.tfevents" in p.name for p in written)  # the tracker did write its files
     assert [str(p) for p in written if token.encode() in p.read_bytes()] == []

@@ -36,8 +36,20 @@ VOC_CLASSES = 20
 
 # Tiny official model: vision width 128 (2 heads of 64, as OpenAI CLIP builds them), 3 blocks, patch 8 on
 # a 4x4 grid; text width 64 (1 head), 2 blocks; decoder width 32, 2 blocks.
-TINY = dict(vision_width=128, vision_layers=3, patch=8, grid=4, text_width=64, text_layers=2, context=16,
-            vocab=99, embed_dim=32, decoder_dim=32, decoder_blocks=2, num_classes=VOC_CLASSES + 1)  # fmt: skip
+TINY = dict(
+    vision_width=128,
+    vision_layers=3,
+    patch=8,
+    grid=4,
+    text_width=64,
+    text_layers=2,
+    context=16,
+    vocab=99,
+    embed_dim=32,
+    decoder_dim=32,
+    decoder_blocks=2,
+    num_classes=VOC_CLASSES + 1,
+)
 
 
 # ---- synthetic official checkpoints ------------------------------------------------------------------
@@ -60,8 +72,9 @@ def _block_shapes(stem: str, width: int) -> dict[str, tuple[int, ...]]:
     }
 
 
-def official_clip_shapes(vision_width, vision_layers, patch, grid, text_width, text_layers, context, vocab,
-                         embed_dim, **_) -> dict[str, tuple[int, ...]]:  # fmt: skip
+def official_clip_shapes(
+    vision_width, vision_layers, patch, grid, text_width, text_layers, context, vocab, embed_dim, **_
+) -> dict[str, tuple[int, ...]]:
     """Key -> shape of an OpenAI CLIP ViT state dict (the official order)."""
     shapes = {
         "positional_embedding": (context, text_width),
@@ -79,21 +92,29 @@ def official_clip_shapes(vision_width, vision_layers, patch, grid, text_width, t
     shapes.update({"visual.ln_post.weight": (vision_width,), "visual.ln_post.bias": (vision_width,)})
     for i in range(text_layers):
         shapes.update(_block_shapes(f"transformer.resblocks.{i}", text_width))
-    shapes.update({"token_embedding.weight": (vocab, text_width), "ln_final.weight": (text_width,),
-                   "ln_final.bias": (text_width,)})  # fmt: skip
+    shapes.update(
+        {
+            "token_embedding.weight": (vocab, text_width),
+            "ln_final.weight": (text_width,),
+            "ln_final.bias": (text_width,),
+        }
+    )
     return shapes
 
 
-def official_decoder_shapes(vision_width, vision_layers, decoder_dim, decoder_blocks, num_classes,
-                            **_) -> dict[str, tuple[int, ...]]:  # fmt: skip
+def official_decoder_shapes(
+    vision_width, vision_layers, decoder_dim, decoder_blocks, num_classes, **_
+) -> dict[str, tuple[int, ...]]:
     shapes = {}
     for i in range(vision_layers - 1):
-        shapes.update({
-            f"decoder_fts_fuse.linears_modulelist.{i}.proj.weight": (decoder_dim, vision_width),
-            f"decoder_fts_fuse.linears_modulelist.{i}.proj.bias": (decoder_dim,),
-            f"decoder_fts_fuse.linears_modulelist.{i}.proj_2.weight": (decoder_dim, decoder_dim),
-            f"decoder_fts_fuse.linears_modulelist.{i}.proj_2.bias": (decoder_dim,),
-        })  # fmt: skip
+        shapes.update(
+            {
+                f"decoder_fts_fuse.linears_modulelist.{i}.proj.weight": (decoder_dim, vision_width),
+                f"decoder_fts_fuse.linears_modulelist.{i}.proj.bias": (decoder_dim,),
+                f"decoder_fts_fuse.linears_modulelist.{i}.proj_2.weight": (decoder_dim, decoder_dim),
+                f"decoder_fts_fuse.linears_modulelist.{i}.proj_2.bias": (decoder_dim,),
+            }
+        )
     shapes["decoder_fts_fuse.linear_fuse.weight"] = (decoder_dim, decoder_dim * (vision_layers - 1), 1, 1)
     shapes["decoder_fts_fuse.linear_fuse.bias"] = (decoder_dim,)
     for j in range(decoder_blocks):
@@ -120,8 +141,9 @@ def _random(key: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Ten
     return torch.randn(shape, generator=gen) / math.sqrt(fan_in)
 
 
-def make_official_state_dict(prefix: str = "encoder.", with_decoder: bool = True, dtype=torch.float32,
-                             seed: int = 0, **sizes) -> OrderedDict:  # fmt: skip
+def make_official_state_dict(
+    prefix: str = "encoder.", with_decoder: bool = True, dtype=torch.float32, seed: int = 0, **sizes
+) -> OrderedDict:
     """A random official-layout state dict (CLIP under ``prefix``, then the decoder and ``par.kernel``)."""
     sizes = {**TINY, **sizes}
     gen = torch.Generator().manual_seed(seed)
@@ -229,10 +251,14 @@ def ref_decoder(
     while f"decoder.transformer.resblocks.{j}.ln_1.weight" in sd:
         stem = f"decoder.transformer.resblocks.{j}"
         mha = nn.MultiheadAttention(dim, heads)
-        mha.load_state_dict({"in_proj_weight": sd[f"{stem}.attn.in_proj_weight"],
-                             "in_proj_bias": sd[f"{stem}.attn.in_proj_bias"],
-                             "out_proj.weight": sd[f"{stem}.attn.out_proj.weight"],
-                             "out_proj.bias": sd[f"{stem}.attn.out_proj.bias"]})  # fmt: skip
+        mha.load_state_dict(
+            {
+                "in_proj_weight": sd[f"{stem}.attn.in_proj_weight"],
+                "in_proj_bias": sd[f"{stem}.attn.in_proj_bias"],
+                "out_proj.weight": sd[f"{stem}.attn.out_proj.weight"],
+                "out_proj.bias": sd[f"{stem}.attn.out_proj.bias"],
+            }
+        )
         h = F.layer_norm(x, (dim,), sd[f"{stem}.ln_1.weight"], sd[f"{stem}.ln_1.bias"])
         x = x + mha(h, h, h, need_weights=False)[0]
         h = F.layer_norm(x, (dim,), sd[f"{stem}.ln_2.weight"], sd[f"{stem}.ln_2.bias"])
@@ -270,8 +296,13 @@ def test_clip_mapping_consumes_every_key_and_loads_into_clipmodel(official):
     assert report.prefix == "encoder." and not report.ignored
     assert set(proj) == {"visual_projection.weight", "text_projection.weight", "logit_scale"}
     config = infer_config_from_official(official, "voc", decoder_num_heads=4)
-    clip = CLIPModel(CLIPConfig(vision_config=config.vision_config.to_dict(),
-                                text_config=config.text_config.to_dict(), projection_dim=config.projection_dim))  # fmt: skip
+    clip = CLIPModel(
+        CLIPConfig(
+            vision_config=config.vision_config.to_dict(),
+            text_config=config.text_config.to_dict(),
+            projection_dim=config.projection_dim,
+        )
+    )
     expected = {k: v.shape for k, v in clip.state_dict().items() if not k.endswith("position_ids")}
     got = {**vision, **text, **proj}
     assert {k: v.shape for k, v in got.items()} == expected
@@ -302,8 +333,9 @@ def test_clip_mapping_fp16_input_gives_fp32(official):
     assert report.source_dtypes == {"float16": len(half)}
     for part in (vision, text, proj):
         assert all(v.dtype == torch.float32 for v in part.values())
-    assert torch.equal(vision["vision_model.embeddings.class_embedding"],
-                       half["encoder.visual.class_embedding"].float())  # fmt: skip
+    assert torch.equal(
+        vision["vision_model.embeddings.class_embedding"], half["encoder.visual.class_embedding"].float()
+    )
 
 
 def test_openai_archive_metadata_keys_are_reported_not_mapped(official):
@@ -412,12 +444,26 @@ def test_par_kernel_must_be_the_constant(official, tiny_official_config):
 
 
 def test_real_vit_b16_sizes_on_meta_device():
-    sizes = dict(vision_width=768, vision_layers=12, patch=16, grid=14, text_width=512, text_layers=12,
-                 context=77, vocab=49408, embed_dim=512, decoder_dim=256, decoder_blocks=3, num_classes=21)  # fmt: skip
+    sizes = dict(
+        vision_width=768,
+        vision_layers=12,
+        patch=16,
+        grid=14,
+        text_width=512,
+        text_layers=12,
+        context=77,
+        vocab=49408,
+        embed_dim=512,
+        decoder_dim=256,
+        decoder_blocks=3,
+        num_classes=21,
+    )
     shapes = {"encoder." + k: s for k, s in official_clip_shapes(**sizes).items()}
     shapes.update(official_decoder_shapes(**sizes))
-    sd = {k: torch.empty(s, device="meta", dtype=torch.float16 if k.endswith("c_fc.weight") else torch.float32)
-          for k, s in shapes.items()}  # fmt: skip
+    sd = {
+        k: torch.empty(s, device="meta", dtype=torch.float16 if k.endswith("c_fc.weight") else torch.float32)
+        for k, s in shapes.items()
+    }
     sd["par.kernel"] = _par_kernel()
     assert len(sd) == 387  # as the official WeCLIP.state_dict()
     config = infer_config_from_official(sd, "voc")
@@ -609,18 +655,34 @@ def test_script_writes_a_loadable_folder(tmp_path, real_vocab_checkpoint):
 
     checkpoint, sd = real_vocab_checkpoint
     out = tmp_path / "converted"
-    _script().main(["--checkpoint", str(checkpoint), "--tokenizer", str(TOKENIZER), "--preset", "voc",
-                    "--output_dir", str(out)])  # fmt: skip
-    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "README.md",
-                                               "preprocessor_config.json"}  # fmt: skip
+    _script().main(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--tokenizer",
+            str(TOKENIZER),
+            "--preset",
+            "voc",
+            "--output_dir",
+            str(out),
+        ]
+    )
+    assert {p.name for p in out.iterdir()} >= {
+        "config.json",
+        "model.safetensors",
+        "README.md",
+        "preprocessor_config.json",
+    }
     model = AutoModelForSemanticSegmentation.from_pretrained(out)
     assert isinstance(model, WeCLIPForSemanticSegmentation)
     assert not any(p.requires_grad for p in model.vision_model.parameters())
     expected, _ = official_to_weclip(sd, model.config)
     state = model.state_dict()
     for key, value in expected.items():
-        assert torch.equal(state[key], value.half().float() if key.startswith(("vision_", "text_", "visual_",
-                                                                                 "logit")) else value), key  # fmt: skip
+        assert torch.equal(
+            state[key],
+            value.half().float() if key.startswith(("vision_", "text_", "visual_", "logit")) else value,
+        ), key
     assert torch.allclose(model.class_text_embeds.norm(dim=-1), torch.ones(20))
     AutoImageProcessor.from_pretrained(out)
     from PIL import Image
@@ -648,8 +710,21 @@ def test_script_push_to_hub_uses_the_hub_api(tmp_path, real_vocab_checkpoint):
         mock.patch.object(HfApi, "upload_folder") as upload,
     ):
         create_repo.return_value.repo_id = "me/weclip-test"
-        _script().main(["--checkpoint", str(checkpoint), "--tokenizer", str(TOKENIZER), "--preset", "voc",
-                        "--output_dir", str(out), "--push_to_hub", "--hub_model_id", "me/weclip-test"])  # fmt: skip
+        _script().main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--tokenizer",
+                str(TOKENIZER),
+                "--preset",
+                "voc",
+                "--output_dir",
+                str(out),
+                "--push_to_hub",
+                "--hub_model_id",
+                "me/weclip-test",
+            ]
+        )
     create_repo.assert_called_once()
     assert create_repo.call_args.args[0] == "me/weclip-test"
     assert upload.call_args.kwargs["folder_path"] == str(out)
@@ -675,8 +750,13 @@ def clip_folder(tmp_path_factory, official, tiny_official_config):
     from transformers import CLIPConfig, CLIPModel
 
     c = tiny_official_config
-    clip = CLIPModel(CLIPConfig(vision_config=c.vision_config.to_dict(), text_config=c.text_config.to_dict(),
-                                projection_dim=c.projection_dim))  # fmt: skip
+    clip = CLIPModel(
+        CLIPConfig(
+            vision_config=c.vision_config.to_dict(),
+            text_config=c.text_config.to_dict(),
+            projection_dim=c.projection_dim,
+        )
+    )
     vision, text, proj, _ = official_to_hf_clip(official)
     clip.load_state_dict({**vision, **text, **proj}, strict=True)
     folder = tmp_path_factory.mktemp("clip") / "tiny-clip"

@@ -149,8 +149,9 @@ def test_streaming_training_dataset_is_seeded_by_epoch_and_reproducible():
     from weclip_hf.data.loading import StreamingWeakSegmentationDataset
 
     aug = TrainAugmentation(crop_size=8, scale_range=(0.75, 1.5))
-    train = StreamingWeakSegmentationDataset(_labelled_stream(), Columns("image", "mask"), 2, aug, seed=3,
-                                             shuffle_buffer_size=4)  # fmt: skip
+    train = StreamingWeakSegmentationDataset(
+        _labelled_stream(), Columns("image", "mask"), 2, aug, seed=3, shuffle_buffer_size=4
+    )
 
     def one_pass(epoch):
         train.set_epoch(epoch)
@@ -244,7 +245,9 @@ def test_unreadable_files_fail_at_preparation_naming_file_and_row(tmp_path, dama
     columns = Columns("image", "mask")
     if labels == "label_column":  # datasets decoded no image here before: the run failed mid-training
         ds, columns = ds.add_column("classes", [[1]] * 4), Columns("image", "mask", "classes")
-    with pytest.raises(UnreadableImageError, match=rf"Cannot read file '.*{name}' \(column '\w+', row 2 of split 'train'\)"):  # fmt: skip
+    with pytest.raises(
+        UnreadableImageError, match=rf"Cannot read file '.*{name}' \(column '\w+', row 2 of split 'train'\)"
+    ):
         add_image_labels(ds, columns, num_classes=2)
 
 
@@ -283,7 +286,9 @@ def test_training_and_evaluation_datasets_name_a_file_damaged_after_preparation(
     (tmp_path / "img_3.png").write_bytes(b"gone bad")
     train = WeakSegmentationDataset(ds, Columns("image", "mask"), 2, TrainAugmentation(crop_size=16))
     assert train[0]["pixel_values"].shape == (3, 16, 16) and train[0]["labels"].shape == (16, 16)
-    with pytest.raises(UnreadableImageError, match=r"img_3.png' \(column 'image', training example 3 of split 'train'\)"):  # fmt: skip
+    with pytest.raises(
+        UnreadableImageError, match=r"img_3.png' \(column 'image', training example 3 of split 'train'\)"
+    ):
         train[3]
     evaluation = EvalSegmentationDataset(ds, Columns("image", "mask"), 2)
     assert evaluation[0]["labels"].shape == (32, 32)
@@ -328,7 +333,9 @@ def test_materialize_names_or_skips_unreadable_streamed_images(tmp_path):
     stream = with_split_name(
         _write_pairs(tmp_path, damage={1: ("mask", "garbage")}).to_iterable_dataset(), "val"
     )
-    with pytest.raises(UnreadableImageError, match=r"mask_1.png' \(column 'mask', example 1 of streamed split 'val'\)"):  # fmt: skip
+    with pytest.raises(
+        UnreadableImageError, match=r"mask_1.png' \(column 'mask', example 1 of streamed split 'val'\)"
+    ):
         materialize(stream)
     with pytest.warns(UserWarning, match="Skipped unreadable file"):
         kept = materialize(stream, skip_unreadable=True)
@@ -341,7 +348,10 @@ def test_class_name_labels_map_through_the_class_names_or_name_the_unknown(tmp_p
     names = [("cat", "cat"), ("dog", "dog"), ("person", "person with clothes,people,human")]
     assert normalize_label_row(["dog", "Cat "], 3, class_names=names) == [1, 2]
     assert normalize_label_row("people", 3, class_names=names) == [3]  # a prompt synonym; a single name
-    with pytest.raises(ValueError, match=r"row 4 contain unknown class name\(s\) \['bird'\]; expected .* \['cat', 'dog', 'person'\]"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"row 4 contain unknown class name\(s\) \['bird'\]; expected .* \['cat', 'dog', 'person'\]",
+    ):
         normalize_label_row(["cat", "bird"], 3, name="row 4", class_names=names)
     with pytest.raises(ValueError, match=r"are class names \['cat'\], but no class names were given"):
         normalize_label_row(["cat"], 3, name="row 0")
@@ -351,7 +361,10 @@ def test_class_name_labels_map_through_the_class_names_or_name_the_unknown(tmp_p
     out, summary = add_image_labels(ds, columns, 3, class_names=names)
     assert out["image_labels"] == [[1], [1, 2], [], [3]] and summary.empty == 1
     bad = _write_pairs(tmp_path).add_column("classes", [["cat"], ["cat"], ["cta"], ["dog"]])
-    with pytest.raises(ValueError, match=r"Image labels of row 2 of split 'train' \(image file '.*img_2.png'\) contain unknown class name\(s\) \['cta'\]"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"Image labels of row 2 of split 'train' \(image file '.*img_2.png'\) contain unknown class name\(s\) \['cta'\]",
+    ):
         add_image_labels(bad, columns, 3, class_names=names)
 
 
@@ -381,11 +394,33 @@ def test_train_skip_unreadable_images_flag(tmp_path, tiny_clip, capsys):
     files.mkdir()
     train = _write_pairs(files, count=5, damage={3: ("image", "truncate")})
     datasets.DatasetDict({"train": train}).save_to_disk(data)  # the files' bytes and names are embedded
-    args = ["--dataset_path", str(data), "--validation_split", "none", "--clip_model_name_or_path", tiny_clip,
-            "--class_names", "a", "b", "--background_names", "sky", "--max_train_steps", "1", "--crop_size", "24",
-            "--per_device_train_batch_size", "2", "--num_threads", "2", "--num_overlays", "0"]  # fmt: skip
+    args = [
+        "--dataset_path",
+        str(data),
+        "--validation_split",
+        "none",
+        "--clip_model_name_or_path",
+        tiny_clip,
+        "--class_names",
+        "a",
+        "b",
+        "--background_names",
+        "sky",
+        "--max_train_steps",
+        "1",
+        "--crop_size",
+        "24",
+        "--per_device_train_batch_size",
+        "2",
+        "--num_threads",
+        "2",
+        "--num_overlays",
+        "0",
+    ]
     script = _train_script()
-    with pytest.raises(UnreadableImageError, match=r"Cannot read file 'img_3.png' \(column 'image', row 3 of split 'train'\)"):  # fmt: skip
+    with pytest.raises(
+        UnreadableImageError, match=r"Cannot read file 'img_3.png' \(column 'image', row 3 of split 'train'\)"
+    ):
         script.main([*args, "--output_dir", str(tmp_path / "strict")])
     assert not (tmp_path / "strict" / "train_log.jsonl").exists()  # before any training step
     capsys.readouterr()

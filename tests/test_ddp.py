@@ -110,15 +110,31 @@ def test_train_script_two_processes_match_one(tiny_clip, tmp_path):
     so two runs whose weights differ in the last bits can differ a lot there (DDP with the RFM is checked on
     gradients above); without it the evaluation's pseudo labels come from the frozen CLIP alone and the
     sharded evaluation must equal the single-process one up to float reordering."""
-    args = ["--clip_model_name_or_path", tiny_clip, "--max_train_steps", 3, "--decoder_dropout", 0,
-            "--rfm_start_step", 4, "--eval_steps", 3, *FAST, "--toy_val_images", 5]  # fmt: skip
+    args = [
+        "--clip_model_name_or_path",
+        tiny_clip,
+        "--max_train_steps",
+        3,
+        "--decoder_dropout",
+        0,
+        "--rfm_start_step",
+        4,
+        "--eval_steps",
+        3,
+        *FAST,
+        "--toy_val_images",
+        5,
+    ]
     args[args.index("--per_device_train_batch_size") + 1] = 2
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     two = tmp_path / "two"
     proc = subprocess.run(
         train_command(*args, "--output_dir", two, threads=1, launcher=(torchrun, "--nproc_per_node", "2")),
-        capture_output=True, text=True, timeout=300, env={**train_env(threads=1), "ACCELERATE_USE_CPU": "1"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**train_env(threads=1), "ACCELERATE_USE_CPU": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     args[args.index("--per_device_train_batch_size") + 1] = 4
     one = tmp_path / "one"

@@ -142,3 +142,52 @@ def test_evaluate_segmentation_leaves_absent_classes_out_of_the_mean():
     assert scores["mean_iou"] == 1.0 and np.isnan(scores["per_category_iou"][2])
     with pytest.raises(ValueError, match="Unknown evaluation modes"):
         evaluate_segmentation(EncodedPrediction(), batches, ["bogus"])
+
+
+def test_no_valid_pixel_gives_none_means_and_a_warning():
+    ref = torch.full((1, 2, 2), 255)  # every pixel ignored
+    batches = [{"pixel_values": torch.zeros(1, 3, 2, 2), "labels": ref}]
+    with pytest.warns(
+        RuntimeWarning, match=r"'pred'.*no valid pixel.*ignore index 255 \(e.g. all-255 masks\)"
+    ):
+        scores = evaluate_segmentation(EncodedPrediction(), batches, ["pred"], progress=False)["pred"]
+    assert (
+        scores["mean_iou"] is None and scores["mean_accuracy"] is None and scores["overall_accuracy"] is None
+    )
+    assert np.isnan(scores["per_category_iou"]).all()
+
+
+def test_all_ignored_masks_write_null_not_nan_json(model_dir, tmp_path):
+    import datasets
+
+    image = Image.fromarray(np.zeros((40, 48, 3), np.uint8))
+    void = Image.fromarray(np.full((40, 48), 255, np.uint8))
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})
+    val = datasets.Dataset.from_dict({"image": [image] * 2, "mask": [void] * 2}, features=features)
+    datasets.DatasetDict({"validation": val}).save_to_disk(tmp_path / "void")
+    out = tmp_path / "void.json"
+    with pytest.warns(RuntimeWarning, match="no valid pixel"):
+        report = load_script().main(["--model_name_or_path", str(model_dir), "--dataset_path", str(tmp_path / "void"),
+                                     "--device", "cpu", "--output_json", str(out)])  # fmt: skip
+    text = out.read_text()
+    assert "NaN" not in text and json.loads(text)["pred_miou"] is None and report["pred_miou"] is None
+    assert set(json.loads(text)["per_class_iou"]["pred"].values()) == {None}
+
+
+def test_evaluate_rejects_max_eval_samples_zero(capsys):
+    with pytest.raises(SystemExit):
+        load_script().parse_args(["--model_name_or_path", "m", "--max_eval_samples", "0"])
+    assert "argument --max_eval_samples: must be >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [(1, 1), (6000, 100), (8, 40)])
+def test_images_below_one_patch_after_the_resize_are_predicted_not_refused(tiny_model, size):
+    """A 6000 x 100 validation image resized to a 64 px long side is 1 px wide, under one 8 px patch of the tiny
+    model (VOC: 512 px -> 8 px, under 16): it is zero-padded to one patch and predicted at its own size (single
+    scale and multi-scale + flip), where the final evaluation used to crash."""
+    from weclip_hf.evaluation import predict_labels
+
+    pixel_values = torch.randn(1, 3, *size)
+    for msf in (False, True):
+        labels = predict_labels(tiny_model, pixel_values, size, msf=msf, long_side=64 if max(size) > 64 else None)
+        assert labels.shape == (1, *size)

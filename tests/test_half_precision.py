@@ -23,8 +23,23 @@ def trained_toy(tmp_path_factory):
     import train
 
     out = tmp_path_factory.mktemp("toy") / "model"
-    train.main(["--output_dir", str(out), "--max_train_steps", "100", "--toy_train_images", "800",
-                "--toy_val_images", "8", "--no_msf", "--num_overlays", "0", "--checkpointing_steps", "0"])  # fmt: skip
+    train.main(
+        [
+            "--output_dir",
+            str(out),
+            "--max_train_steps",
+            "100",
+            "--toy_train_images",
+            "800",
+            "--toy_val_images",
+            "8",
+            "--no_msf",
+            "--num_overlays",
+            "0",
+            "--checkpointing_steps",
+            "0",
+        ]
+    )
     images, _, labels = generate_toy_images(NUM_VAL, seed=12345)
     pixel_values = WeCLIPImageProcessor.from_pretrained(out)(list(images))["pixel_values"]
     class_labels = torch.zeros(NUM_VAL, 8)

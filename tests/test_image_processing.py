@@ -40,7 +40,11 @@ def test_fixed_size_and_clip_statistics():
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "I;16", "1"])
 def test_pil_modes_are_converted(mode):
     base = Image.fromarray(_image())
-    image = base.convert(mode) if mode != "I;16" else Image.fromarray(np.asarray(base.convert("L")).astype(np.uint16) * 257)
+    image = (
+        base.convert(mode)
+        if mode != "I;16"
+        else Image.fromarray(np.asarray(base.convert("L")).astype(np.uint16) * 257)
+    )
     out = WeCLIPImageProcessor(size={"longest_edge": 40})(image).pixel_values
     assert out.shape == (1, 3, 30, 40) and torch.isfinite(out).all()
 
@@ -122,7 +126,9 @@ def test_save_load_roundtrip(tmp_path):
     proc = WeCLIPImageProcessor(size={"height": 64, "width": 64}, do_pad=True)
     proc.save_pretrained(tmp_path)
     loaded = WeCLIPImageProcessor.from_pretrained(tmp_path)
-    assert loaded.size == {"height": 64, "width": 64} and loaded.do_pad and loaded.image_mean == proc.image_mean
+    assert (
+        loaded.size == {"height": 64, "width": 64} and loaded.do_pad and loaded.image_mean == proc.image_mean
+    )
 
 
 def test_voc_mini_real_photo_and_palette_mask():
@@ -201,10 +207,19 @@ def test_unknown_or_misspelled_options_raise_naming_them():
 
 def test_every_option_survives_save_and_load(tmp_path):
     options = dict(
-        do_resize=True, size={"height": 24, "width": 32}, do_rescale=True, rescale_factor=1 / 510,
-        do_normalize=True, image_mean=[0.4, 0.5, 0.6], image_std=[0.2, 0.3, 0.4], do_convert_rgb=True,
-        input_data_format="channels_last", return_tensors="np", do_pad=True, patch_size=8,
-    )  # fmt: skip
+        do_resize=True,
+        size={"height": 24, "width": 32},
+        do_rescale=True,
+        rescale_factor=1 / 510,
+        do_normalize=True,
+        image_mean=[0.4, 0.5, 0.6],
+        image_std=[0.2, 0.3, 0.4],
+        do_convert_rgb=True,
+        input_data_format="channels_last",
+        return_tensors="np",
+        do_pad=True,
+        patch_size=8,
+    )
     proc = WeCLIPImageProcessor(**options)
     proc.save_pretrained(tmp_path)
     loaded = WeCLIPImageProcessor.from_pretrained(tmp_path)

@@ -28,8 +28,12 @@ TIMEOUT_S = 180
 def _start(args: list, log_file: Path) -> subprocess.Popen:
     """Start examples/train.py (one CPU thread) with stdout and stderr going to ``log_file``."""
     with open(log_file, "w") as log:
-        return subprocess.Popen(train_command(*args, threads=1), stdout=log, stderr=subprocess.STDOUT,
-                                env={**train_env(threads=1), "PYTHONUNBUFFERED": "1"})  # fmt: skip
+        return subprocess.Popen(
+            train_command(*args, threads=1),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**train_env(threads=1), "PYTHONUNBUFFERED": "1"},
+        )
 
 
 def _checkpoint_steps(output_dir: Path) -> list[int]:
@@ -40,8 +44,10 @@ def _checkpoint_steps(output_dir: Path) -> list[int]:
 
 def _checkpoints(output_dir: Path) -> dict[int, dict[str, int]]:
     """The resumable ``step_N`` folders of a stopped run: step -> {file name: size}."""
-    return {s: {f.name: f.stat().st_size for f in (output_dir / f"step_{s}").iterdir()}
-            for s in _checkpoint_steps(output_dir)}  # fmt: skip
+    return {
+        s: {f.name: f.stat().st_size for f in (output_dir / f"step_{s}").iterdir()}
+        for s in _checkpoint_steps(output_dir)
+    }
 
 
 def _wait(proc: subprocess.Popen, output_dir: Path, after: int, writing: bool) -> None:
@@ -77,8 +83,19 @@ def _finish(proc: subprocess.Popen, log_file: Path) -> str:
 
 
 def test_sigkill_at_random_points_then_resume_repeats_the_uninterrupted_run(tmp_path, tiny_clip):
-    common = ["--clip_model_name_or_path", tiny_clip, "--max_train_steps", STEPS, "--checkpointing_steps", 1,
-              "--rfm_start_step", 3, *FAST, "--toy_train_images", 16]  # fmt: skip
+    common = [
+        "--clip_model_name_or_path",
+        tiny_clip,
+        "--max_train_steps",
+        STEPS,
+        "--checkpointing_steps",
+        1,
+        "--rfm_start_step",
+        3,
+        *FAST,
+        "--toy_train_images",
+        16,
+    ]
     reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
     procs = [_start([*common, "--output_dir", reference_dir], tmp_path / "reference.log")]
     try:

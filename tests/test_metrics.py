@@ -39,17 +39,28 @@ HUB_EXPECTED = {
 }
 
 
-def random_maps(seed: int, shape: tuple[int, ...] = (3, 9, 11)) -> tuple[np.ndarray, np.ndarray]:
-    """Label maps with ignore pixels, out-of-range predictions and class 4 absent from both maps."""
+def random_maps(
+    seed: int, shape: tuple[int, ...] = (3, 9, 11), ref_out_of_range: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Label maps with ignore pixels, out-of-range predictions and class 4 absent from both maps
+    (`ref_out_of_range`: references outside [0, NUM_LABELS) that are not IGNORE too)."""
     rng = np.random.default_rng(seed)
-    ref = rng.choice([0, 1, 2, 3, 5, IGNORE], size=shape, p=[0.3, 0.2, 0.2, 0.1, 0.1, 0.1])
+    ref_values = [0, 1, 2, 3, 5, IGNORE] + ([-2, 6, 9] if ref_out_of_range else [])
+    ref_p = (
+        [0.3, 0.2, 0.2, 0.1, 0.1, 0.1]
+        if not ref_out_of_range
+        else [0.25, 0.2, 0.2, 0.1, 0.05, 0.05, 0.05, 0.05, 0.05]
+    )
+    ref = rng.choice(ref_values, size=shape, p=ref_p)
     pred = rng.choice(
         [0, 1, 2, 3, 5, IGNORE, -1, 7], size=shape, p=[0.2, 0.2, 0.2, 0.2, 0.1, 0.04, 0.03, 0.03]
     )
     return pred, ref
 
 
-def reference_areas(pred: np.ndarray, ref: np.ndarray, num_labels: int, hub: bool) -> np.ndarray:
+def reference_areas(
+    pred: np.ndarray, ref: np.ndarray, num_labels: int, hub: bool, ignore_index: int = IGNORE
+) -> np.ndarray:
     """Per-pixel loop: `[3, num_labels]` intersection, prediction and reference areas.
 
     `hub=True` counts each side when it is in range (the Hub's separate histograms); `hub=False` counts a
@@ -57,7 +68,7 @@ def reference_areas(pred: np.ndarray, ref: np.ndarray, num_labels: int, hub: boo
     """
     areas = np.zeros((3, num_labels))
     for p, r in zip(pred.reshape(-1).tolist(), ref.reshape(-1).tolist(), strict=True):
-        if r == IGNORE:
+        if r == ignore_index:
             continue
         p_in, r_in = 0 <= p < num_labels, 0 <= r < num_labels
         if not hub and not (p_in and r_in):
@@ -138,6 +149,25 @@ def test_hub_docstring_example():
     assert_scores_equal(metric.compute(), HUB_EXPECTED)
 
 
+@pytest.mark.parametrize("ignore_index", [IGNORE, 0], ids=["ignore_255", "ignore_0"])
+def test_mean_iou_counts_out_of_range_labels_as_the_hub(ignore_index: int):
+    """Out-of-range predictions and (non-ignored) references count towards the areas as in the Hub metric;
+    with ignore_index=0 the 255 borders are such references (VOC scored without ignoring them)."""
+    pred, ref = random_maps(4, ref_out_of_range=True)
+    metric = MeanIoU(NUM_LABELS, ignore_index=ignore_index)
+    metric.update(pred[:2], ref[:2])
+    metric.update(torch.as_tensor(pred[2:]), torch.as_tensor(ref[2:]))
+    assert metric.confusion.shape == (NUM_LABELS + 1, NUM_LABELS + 1)
+    expected = reference_scores(reference_areas(pred, ref, NUM_LABELS, hub=True, ignore_index=ignore_index))
+    assert_scores_equal(metric.compute(), expected)
+    # the plain confusion matrix drops those pixels: a different mIoU on these maps
+    dropped = scores_from_confusion(confusion_matrix(pred, ref, NUM_LABELS, ignore_index=ignore_index))
+    assert abs(dropped["mean_iou"] - expected["mean_iou"]) > 1e-3
+    cm = confusion_matrix(pred, ref, NUM_LABELS, ignore_index=ignore_index, out_of_range_bin=True)
+    assert torch.equal(cm, metric.confusion)
+    assert_scores_equal(scores_from_confusion(cm, out_of_range_bin=True), expected)
+
+
 def test_nan_to_num_changes_per_category_only():
     ref = np.array([[0, 0], [IGNORE, 0]])
     scores = scores_from_confusion(confusion_matrix(ref, ref, 3), nan_to_num=0)
@@ -214,6 +244,7 @@ print(json.dumps(out))
 def evaluate_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Runs the bundled module through `evaluate.load` offline in a fresh process (one `evaluate` import)."""
     pred, ref = random_maps(3)
+    oor_pred, oor_ref = random_maps(5, ref_out_of_range=True)
     lm_pred, lm_ref = np.array([[2, 1, 3, 0]]), np.array([[1, 2, 3, 0]])
     cases = {
         "hub": {"predictions": HUB_PREDICTIONS, "references": HUB_REFERENCES, "num_labels": 10, "ignore_index": 255},
@@ -222,6 +253,13 @@ def evaluate_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "label_map": {"predictions": [lm_pred.tolist()], "references": [lm_ref.tolist()], "num_labels": 4, "ignore_index": 255,
                       "label_map": {1: 2, 2: 1}, "reduce_labels": True},
         "shape": {"predictions": [[[0, 1]]], "references": [[[0], [1]]], "num_labels": 2, "ignore_index": 255},
+        "out_of_range_255": {"predictions": oor_pred.tolist(), "references": oor_ref.tolist(), "num_labels": NUM_LABELS,
+                             "ignore_index": 255},
+        "out_of_range_0": {"predictions": oor_pred.tolist(), "references": oor_ref.tolist(), "num_labels": NUM_LABELS,
+                           "ignore_index": 0},
+        "out_of_range_label_map": {"predictions": oor_pred.tolist(), "references": oor_ref.tolist(),
+                                   "num_labels": NUM_LABELS, "ignore_index": 255, "label_map": {9: 1, 1: 9},
+                                   "reduce_labels": True},
     }  # fmt: skip
     cache = tmp_path_factory.mktemp("hf_cache")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(cache / "modules"), HF_HOME=str(cache))
@@ -233,7 +271,8 @@ def evaluate_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (cache / "modules").is_dir()
-    return json.loads(proc.stdout.strip().splitlines()[-1]) | {"_inputs": {"random": (pred, ref)}}
+    inputs = {"random": (pred, ref), "out_of_range": (oor_pred, oor_ref)}
+    return json.loads(proc.stdout.strip().splitlines()[-1]) | {"_inputs": inputs}
 
 
 def test_evaluate_load_offline_reproduces_hub_example(evaluate_results: dict):
@@ -257,3 +296,23 @@ def test_evaluate_module_agrees_with_functional_on_in_range_maps(evaluate_result
     )
     assert evaluate_results["nan"]["per_category_iou"] == [1.0, 0.0, 0.0]
     assert "shape" in evaluate_results["shape"]["error"]
+
+
+@pytest.mark.parametrize(
+    ("case", "kwargs"),
+    [
+        ("out_of_range_255", {"ignore_index": 255}),
+        ("out_of_range_0", {"ignore_index": 0}),
+        ("out_of_range_label_map", {"ignore_index": 255, "label_map": {9: 1, 1: 9}, "reduce_labels": True}),
+    ],
+)
+def test_mean_iou_matches_the_evaluate_module_on_out_of_range_labels(
+    evaluate_results: dict, case: str, kwargs
+):
+    """The bundled module (bit-identical to the Hub `mean_iou`) is the oracle."""
+    pred, ref = evaluate_results["_inputs"]["out_of_range"]
+    metric = MeanIoU(NUM_LABELS, **kwargs)
+    for p, r in zip(pred, ref, strict=True):
+        metric.update(p, r)
+    oracle = {k: np.array(v, dtype=np.float64) for k, v in evaluate_results[case].items()}
+    assert_scores_equal(metric.compute(), oracle)

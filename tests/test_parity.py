@@ -24,11 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 PARITY = REPO.parent / "shared" / "data" / "parity"
 TOKENIZER = REPO.parent / "shared" / "data" / "clip-tokenizer"
 
+
 @pytest.fixture(scope="module", autouse=True)
 def _shared_parity_data():
     """The official code's outputs and the real CLIP tokenizer, from ../shared (skip or, in CI, fail)."""
     require_data(PARITY / "reference.npz", "the official-code parity data")
     require_data(TOKENIZER, "the CLIP tokenizer")
+
 
 NUM_FG = 20
 
@@ -82,9 +84,18 @@ def converted_dir(tmp_path_factory) -> Path:
     del state
     out = work / "converted"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, str(REPO / "examples" / "convert_official_checkpoint.py"), "--checkpoint",
-           str(checkpoint), "--tokenizer", "../shared/data/clip-tokenizer", "--preset", "voc",
-           "--output_dir", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO / "examples" / "convert_official_checkpoint.py"),
+        "--checkpoint",
+        str(checkpoint),
+        "--tokenizer",
+        "../shared/data/clip-tokenizer",
+        "--preset",
+        "voc",
+        "--output_dir",
+        str(out),
+    ]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     checkpoint.unlink()
@@ -163,8 +174,12 @@ def test_text_embeddings_from_the_tokenizer(model, ref):
         assert (ids[row, : lengths[row]] == stored[row, : lengths[row]]).all(), prompts[row]
     # the buffers the converter computed with this tokenizer
     assert_abs("class_text_embeds (converter)", model.class_text_embeds, ref["fp32_text_fg_embeddings"], 2e-6)
-    assert_abs("background_text_embeds (converter)", model.background_text_embeds,
-               ref["fp32_text_bg_embeddings"], 1e-5)  # fmt: skip
+    assert_abs(
+        "background_text_embeds (converter)",
+        model.background_text_embeds,
+        ref["fp32_text_bg_embeddings"],
+        1e-5,
+    )
 
 
 # ---- CLIP and decoder --------------------------------------------------------------------------------
@@ -215,8 +230,12 @@ def test_gradcam_text_probs_and_boxes(train_outputs, ref, tag):
 @pytest.mark.parametrize("tag", ["norfm", "rfm"])
 def test_affinity_and_refined_grid_cams(train_outputs, ref, tag):
     details = train_outputs[tag].cam_details
-    assert_rel(f"affinity_before_norm ({tag})", details.affinity_before_norm,
-               ref[f"fp32_{tag}_affinity_before_norm"], 1.5e-5)  # fmt: skip
+    assert_rel(
+        f"affinity_before_norm ({tag})",
+        details.affinity_before_norm,
+        ref[f"fp32_{tag}_affinity_before_norm"],
+        1.5e-5,
+    )
     assert_rel(
         f"refined grid CAMs ({tag})", details.refined_cams_grid, ref[f"fp32_{tag}_cam_grid_refined"], 2e-5
     )
@@ -228,8 +247,12 @@ def test_refined_cam_normalize_and_upsample_step(ref, tag):
     from weclip_hf.cam import upsample_normalized
 
     grid = torch.from_numpy(ref[f"fp32_{tag}_cam_grid_refined"])
-    assert_abs(f"refined 320 CAMs from the reference grid ({tag})", upsample_normalized(grid, (320, 320)),
-               ref[f"fp32_{tag}_cam_refined_320"], 1.2e-6)  # fmt: skip
+    assert_abs(
+        f"refined 320 CAMs from the reference grid ({tag})",
+        upsample_normalized(grid, (320, 320)),
+        ref[f"fp32_{tag}_cam_refined_320"],
+        1.2e-6,
+    )
 
 
 GRID_NOISE = 1e-6  # absolute float32 reordering noise allowed on the refined grid CAMs (values <= 0.25)
@@ -249,8 +272,10 @@ def test_refined_cams_320_end_to_end(train_outputs, ref, tag):
         value_range = float(grid[p].max() - grid[p].min())
         diff = float(np.abs(details.refined_cams[p].numpy() - ref[f"fp32_{tag}_cam_refined_320"][p]).max())
         tol = 1e-4 + 2 * GRID_NOISE / value_range
-        print(f"[parity] refined 320 CAM ({tag}) pair {p}: max|d| = {diff:.3e}, grid range {value_range:.2e}, "
-              f"tolerance {tol:.2e}")  # fmt: skip
+        print(
+            f"[parity] refined 320 CAM ({tag}) pair {p}: max|d| = {diff:.3e}, grid range {value_range:.2e}, "
+            f"tolerance {tol:.2e}"
+        )
         assert diff <= tol, (p, diff, tol)
 
 
@@ -270,8 +295,10 @@ def test_pseudo_labels(train_outputs, ref, tag):
     expected = ref[f"fp32_{tag}_pseudo_labels"]
     per_image = [equal_percent(ours[i], expected[i]) for i in range(len(expected))]
     total = equal_percent(ours, expected)
-    print(f"[parity] pseudo labels ({tag}): {total:.4f}% equal pixels (per image "
-          f"{', '.join(f'{p:.4f}%' for p in per_image)})")  # fmt: skip
+    print(
+        f"[parity] pseudo labels ({tag}): {total:.4f}% equal pixels (per image "
+        f"{', '.join(f'{p:.4f}%' for p in per_image)})"
+    )
     # measured 99.9958% / 99.9990% (norfm / rfm; worst image 99.9932%): a tolerance ~10x the disagreement
     assert total >= 99.93 and min(per_image) >= 99.93
 
@@ -320,8 +347,10 @@ def test_losses(train_outputs, ref, tag):
         assert rel <= 1e-4, name
     targets = affinity_targets(out.pseudo_labels, (20, 20), 8, 255)
     _, pos, neg = affinity_loss(out.decoder_affinity, targets)
-    print(f"[parity] affinity pair counts ({tag}): pos {int(pos)} / {int(ref[f'fp32_{tag}_aff_pos_count'])}, "
-          f"neg {int(neg)} / {int(ref[f'fp32_{tag}_aff_neg_count'])}")  # fmt: skip
+    print(
+        f"[parity] affinity pair counts ({tag}): pos {int(pos)} / {int(ref[f'fp32_{tag}_aff_pos_count'])}, "
+        f"neg {int(neg)} / {int(ref[f'fp32_{tag}_aff_neg_count'])}"
+    )
     assert (int(pos), int(neg)) == (
         int(ref[f"fp32_{tag}_aff_pos_count"]),
         int(ref[f"fp32_{tag}_aff_neg_count"]),
@@ -335,8 +364,9 @@ def test_loss_functions_on_reference_inputs(ref, tag):
 
     labels = torch.from_numpy(ref[f"fp32_{tag}_pseudo_labels"]).long()
     seg = segmentation_loss(torch.from_numpy(ref["fp32_seg_logits"]), labels, 255)
-    aff, pos, neg = affinity_loss(torch.from_numpy(ref["fp32_decoder_affinity"]),
-                                  affinity_targets(labels, (20, 20), 8, 255))  # fmt: skip
+    aff, pos, neg = affinity_loss(
+        torch.from_numpy(ref["fp32_decoder_affinity"]), affinity_targets(labels, (20, 20), 8, 255)
+    )
     assert (int(pos), int(neg)) == (
         int(ref[f"fp32_{tag}_aff_pos_count"]),
         int(ref[f"fp32_{tag}_aff_neg_count"]),
@@ -353,7 +383,9 @@ def _multiscale(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """The package's multi-scale + flip inference (long side 512, scales 1 and 0.75, flip)."""
     from weclip_hf.inference import multiscale_flip_logits, resize_longest_edge
 
-    return multiscale_flip_logits(model, resize_longest_edge(pixel_values, 512), scales=(1.0, 0.75), flip=True)
+    return multiscale_flip_logits(
+        model, resize_longest_edge(pixel_values, 512), scales=(1.0, 0.75), flip=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -373,10 +405,20 @@ def msc_outputs(model, ref):
 
 @pytest.mark.slow
 def test_multiscale_scale1_logits(msc_outputs, ref):
-    assert_rel("msc scale-1 logits (square images)", msc_outputs["scale1"],
-               ref["fp32_msc_scale1_logits_lowres"], 1e-5, floor=1.0)  # fmt: skip
-    assert_rel("msc scale-1 logits (375x500)", msc_outputs["ns_scale1"], ref["fp32_ns_msc_scale1_logits_lowres"],
-               1e-5, floor=1.0)  # fmt: skip
+    assert_rel(
+        "msc scale-1 logits (square images)",
+        msc_outputs["scale1"],
+        ref["fp32_msc_scale1_logits_lowres"],
+        1e-5,
+        floor=1.0,
+    )
+    assert_rel(
+        "msc scale-1 logits (375x500)",
+        msc_outputs["ns_scale1"],
+        ref["fp32_ns_msc_scale1_logits_lowres"],
+        1e-5,
+        floor=1.0,
+    )
 
 
 @pytest.mark.slow
@@ -384,7 +426,9 @@ def test_multiscale_flip_logits(msc_outputs, ref):
     """Flip views are AVERAGED per scale (official validate(); summing them doubled the logits: ratio 2)."""
     ratio = float((msc_outputs["ns_msc"].double().numpy() / ref["fp32_ns_msc_logits_lowres"]).mean())
     print(f"[parity] msc logits ours / reference, mean ratio: {ratio:.7f}")
-    assert_rel("msc logits (square images)", msc_outputs["msc"], ref["fp32_msc_logits_lowres"], 1e-5, floor=1.0)
+    assert_rel(
+        "msc logits (square images)", msc_outputs["msc"], ref["fp32_msc_logits_lowres"], 1e-5, floor=1.0
+    )
     assert_rel(
         "msc logits (375x500)", msc_outputs["ns_msc"], ref["fp32_ns_msc_logits_lowres"], 1e-5, floor=1.0
     )
@@ -399,8 +443,9 @@ def test_multiscale_predictions(msc_outputs, ref):
     ns_pred = F.interpolate(
         msc_outputs["ns_msc"], size=(375, 500), mode="bilinear", align_corners=False
     ).argmax(1)
-    ns_single = F.interpolate(msc_outputs["ns_scale1"], size=(375, 500), mode="bilinear",
-                              align_corners=False).argmax(1)  # fmt: skip
+    ns_single = F.interpolate(
+        msc_outputs["ns_scale1"], size=(375, 500), mode="bilinear", align_corners=False
+    ).argmax(1)
     figures = {
         "msc_pred_320": equal_percent(pred.numpy(), ref["fp32_msc_pred_320"]),
         "msc_single_pred_320": equal_percent(single.numpy(), ref["fp32_msc_single_pred_320"]),

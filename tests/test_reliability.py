@@ -135,12 +135,28 @@ def _assert_checkpoints_finite(output_dir) -> None:
 
 def test_exploding_training_stops_at_the_non_finite_segmentation_loss(tmp_path, tiny_clip):
     out = tmp_path / "nan"
-    proc = run_train("--clip_model_name_or_path", tiny_clip, "--output_dir", out, "--max_train_steps", 4,
-                     "--learning_rate", "1e30", "--num_warmup_steps", 0, "--checkpointing_steps", 1, *FAST,
-                     check=False)  # fmt: skip
+    proc = run_train(
+        "--clip_model_name_or_path",
+        tiny_clip,
+        "--output_dir",
+        out,
+        "--max_train_steps",
+        4,
+        "--learning_rate",
+        "1e30",
+        "--num_warmup_steps",
+        0,
+        "--checkpointing_steps",
+        1,
+        *FAST,
+        check=False,
+    )
     assert proc.returncode != 0
-    match = re.search(r"Non-finite (segmentation|affinity) loss \((nan|inf|-inf)\) at step (\d+); weights were not "
-                      r"updated", proc.stderr)  # fmt: skip
+    match = re.search(
+        r"Non-finite (segmentation|affinity) loss \((nan|inf|-inf)\) at step (\d+); weights were not "
+        r"updated",
+        proc.stderr,
+    )
     assert match, proc.stderr[-3000:]
     step = int(match[3])
     assert match[1] == "segmentation" and 0 < step < 4
@@ -169,8 +185,19 @@ def test_non_finite_affinity_loss_is_named(tmp_path, tiny_clip, monkeypatch):
         with pytest.raises(
             FloatingPointError, match=r"Non-finite affinity loss \(nan\) at step 2; weights were not"
         ):
-            train_script.main(["--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), "--max_train_steps",
-                               "4", "--checkpointing_steps", "1", *FAST])  # fmt: skip
+            train_script.main(
+                [
+                    "--clip_model_name_or_path",
+                    tiny_clip,
+                    "--output_dir",
+                    str(out),
+                    "--max_train_steps",
+                    "4",
+                    "--checkpointing_steps",
+                    "1",
+                    *FAST,
+                ]
+            )
     finally:
         for sig, handler in handlers.items():  # train.py installs its own SIGINT/SIGTERM handlers
             signal.signal(sig, handler)

@@ -126,10 +126,21 @@ def test_remote_code_loads_without_the_package(saved, tmp_path):
     folder, image_path = saved
     script, out = tmp_path / "load_remote.py", tmp_path / "remote.pt"
     script.write_text(REMOTE_SCRIPT)
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"),
-               HF_MODULES_CACHE=str(tmp_path / "hf_modules"), TRANSFORMERS_VERBOSITY="error")  # fmt: skip
-    run = subprocess.run([sys.executable, str(script), str(folder), str(image_path), str(out)],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf_home"),
+        HF_MODULES_CACHE=str(tmp_path / "hf_modules"),
+        TRANSFORMERS_VERBOSITY="error",
+    )
+    run = subprocess.run(
+        [sys.executable, str(script), str(folder), str(image_path), str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     remote = torch.load(out)
     assert remote["weclip_modules"] == []

@@ -121,9 +121,17 @@ def test_other_models_get_transformers_behaviour(transformers_logs):
     from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessorPil
 
     config = SegformerConfig(
-        num_encoder_blocks=1, depths=[1], sr_ratios=[1], hidden_sizes=[8], num_attention_heads=[1],
-        patch_sizes=[3], strides=[2], mlp_ratios=[2], decoder_hidden_size=8, num_labels=3,
-    )  # fmt: skip
+        num_encoder_blocks=1,
+        depths=[1],
+        sr_ratios=[1],
+        hidden_sizes=[8],
+        num_attention_heads=[1],
+        patch_sizes=[3],
+        strides=[2],
+        mlp_ratios=[2],
+        decoder_hidden_size=8,
+        num_labels=3,
+    )
     processor = SegformerImageProcessorPil(size={"height": 32, "width": 32})
     model = SegformerForSemanticSegmentation(config)
     segmenter = pipeline("image-segmentation", model=model, image_processor=processor)

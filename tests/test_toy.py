@@ -72,7 +72,9 @@ def test_shapes_dtypes_and_labels_match_masks(world):
 
 
 def test_tiles_world_options():
-    tiles = generate_toy_world(40, seed=2, image_size=48, num_objects_probs=(0.5, 0.5), object_radius=(8.0, 12.0))
+    tiles = generate_toy_world(
+        40, seed=2, image_size=48, num_objects_probs=(0.5, 0.5), object_radius=(8.0, 12.0)
+    )
     assert tiles["images"].shape == (40, 48, 48, 3) and tiles["masks"].shape == (40, 48, 48)
     assert {len(present) for present in tiles["labels"]} == {0, 1}
     with pytest.raises(ValueError, match="num_objects_probs"):
@@ -181,10 +183,25 @@ def test_shipped_metrics_beat_baselines():
 def test_pretraining_script_tiny_run(tmp_path):
     script = _load_example()
     gate = script.main(
-        ["--max_steps", "2", "--train_pool_size", "16", "--tile_pool_size", "16", "--eval_size", "6",
-         "--per_device_train_batch_size", "4", "--mosaic_batch_size", "2", "--warmup_steps", "1",
-         "--output_dir", str(tmp_path)]
-    )  # fmt: skip
+        [
+            "--max_steps",
+            "2",
+            "--train_pool_size",
+            "16",
+            "--tile_pool_size",
+            "16",
+            "--eval_size",
+            "6",
+            "--per_device_train_batch_size",
+            "4",
+            "--mosaic_batch_size",
+            "2",
+            "--warmup_steps",
+            "1",
+            "--output_dir",
+            str(tmp_path),
+        ]
+    )
     assert {"zero_shot_map", "background_top1", "cam_miou", "centred_disk_first_class"} <= set(gate)
     for name in ("config.json", "model.safetensors", "tokenizer.json", "pretraining_metrics.json"):
         assert (tmp_path / name).is_file(), name
@@ -233,8 +250,15 @@ def test_diagnose_script_tiny_run(tmp_path):
     small = ["--num_images", "4", "--batch_size", "2", "--num_threads", "1"]
     model = diagnose.recipe_model()
     cfg = model.config
-    sweep = diagnose.main([*small, "--box_thresholds", str(cfg.cam_box_threshold), "--attention_layers",
-                           str(cfg.cam_attention_layers)])  # fmt: skip
+    sweep = diagnose.main(
+        [
+            *small,
+            "--box_thresholds",
+            str(cfg.cam_box_threshold),
+            "--attention_layers",
+            str(cfg.cam_attention_layers),
+        ]
+    )
     assert len(sweep) == 1
     model.save_pretrained(tmp_path)
     rows = diagnose.main([*small, "--model", str(tmp_path)])

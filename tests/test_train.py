@@ -53,8 +53,16 @@ def test_toy_default_writes_model_metrics_overlays_and_card(toy_run):
 
 def test_fully_supervised_flag(tmp_path, tiny_clip):
     out = tmp_path / "full"
-    run_train("--clip_model_name_or_path", tiny_clip, "--output_dir", out, "--max_train_steps", 2, "--fully_supervised",
-              *FAST)  # fmt: skip
+    run_train(
+        "--clip_model_name_or_path",
+        tiny_clip,
+        "--output_dir",
+        out,
+        "--max_train_steps",
+        2,
+        "--fully_supervised",
+        *FAST,
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert "fully_supervised_miou" in metrics and "miou" not in metrics
     # a fresh run into the same folder would mix its checkpoints and log with this one's: refused ...
@@ -68,8 +76,17 @@ def test_fully_supervised_flag(tmp_path, tiny_clip):
 
 
 def test_resume_repeats_uninterrupted_run_exactly(tmp_path, tiny_clip):
-    common = ["--clip_model_name_or_path", tiny_clip, "--max_train_steps", 6, "--checkpointing_steps", 3,
-              "--rfm_start_step", 4, *FAST]  # fmt: skip
+    common = [
+        "--clip_model_name_or_path",
+        tiny_clip,
+        "--max_train_steps",
+        6,
+        "--checkpointing_steps",
+        3,
+        "--rfm_start_step",
+        4,
+        *FAST,
+    ]
     run_train(*common, "--output_dir", tmp_path / "a")
     run_train(*common[:3], 3, *common[4:], "--output_dir", tmp_path / "b")  # stops after 3 steps
     (tmp_path / "b" / "model.safetensors").unlink()
@@ -87,8 +104,17 @@ def test_resume_repeats_uninterrupted_run_exactly(tmp_path, tiny_clip):
 def test_dataloader_workers_give_the_same_batches(tmp_path, tiny_clip):
     """Augmentation is keyed on (seed, epoch, index): 2 workers train exactly as the main process, also
     after the epoch boundary (16 images, batch 4: the second epoch starts at step 5)."""
-    common = ["--clip_model_name_or_path", tiny_clip, "--max_train_steps", 6, "--checkpointing_steps", 6,
-              *FAST, "--toy_train_images", 16]  # fmt: skip
+    common = [
+        "--clip_model_name_or_path",
+        tiny_clip,
+        "--max_train_steps",
+        6,
+        "--checkpointing_steps",
+        6,
+        *FAST,
+        "--toy_train_images",
+        16,
+    ]
     run_train(*common, "--output_dir", tmp_path / "main", "--num_workers", 0)
     run_train(*common, "--output_dir", tmp_path / "workers", "--num_workers", 2)
     losses = [[r["loss"] for r in read_log(tmp_path / name)] for name in ("main", "workers")]
@@ -98,9 +124,23 @@ def test_dataloader_workers_give_the_same_batches(tmp_path, tiny_clip):
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_clip):
     out = tmp_path / "sig"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, str(TRAIN), "--clip_model_name_or_path", tiny_clip, "--output_dir",
-                             str(out), "--max_train_steps", "100000", *FAST], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(TRAIN),
+            "--clip_model_name_or_path",
+            tiny_clip,
+            "--output_dir",
+            str(out),
+            "--max_train_steps",
+            "100000",
+            *FAST,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "train_log.jsonl").exists():
         time.sleep(0.5)
@@ -127,8 +167,13 @@ def _write_mask_dataset(root: Path, with_masks: bool = True, multi_label: bool =
         rows["image"].append(Image.fromarray(image))
         rows["mask"].append(Image.fromarray(mask))
         rows["classes"].append([float(i == c - 1) for i in range(3)])
-    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image(),
-                                  "classes": datasets.List(datasets.Value("float32"))})  # fmt: skip
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "mask": datasets.Image(),
+            "classes": datasets.List(datasets.Value("float32")),
+        }
+    )
     full = datasets.Dataset.from_dict(rows, features=features)
     train = full if with_masks else full.remove_columns("mask")
     datasets.DatasetDict({"train": train, "validation": full.select(range(4))}).save_to_disk(root)
@@ -140,9 +185,31 @@ def test_local_hub_schema_datasets(tmp_path, tiny_clip, layout):
     _write_mask_dataset(data, with_masks=layout == "mask_column")
     extra = ["--labels_column", "classes"] if layout == "multi_label_column" else []
     out = tmp_path / "out"
-    run_train("--dataset_path", data, "--clip_model_name_or_path", tiny_clip, "--class_names", "a", "b", "c",
-              "--background_names", "sky", "grass", "--output_dir", out, "--max_train_steps", 2,
-              "--crop_size", 64, "--per_device_train_batch_size", 2, "--no_msf", "--num_overlays", 1, *extra)  # fmt: skip
+    run_train(
+        "--dataset_path",
+        data,
+        "--clip_model_name_or_path",
+        tiny_clip,
+        "--class_names",
+        "a",
+        "b",
+        "c",
+        "--background_names",
+        "sky",
+        "grass",
+        "--output_dir",
+        out,
+        "--max_train_steps",
+        2,
+        "--crop_size",
+        64,
+        "--per_device_train_batch_size",
+        2,
+        "--no_msf",
+        "--num_overlays",
+        1,
+        *extra,
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["per_class_iou"]) == {"background", "a", "b", "c"}
 
@@ -162,21 +229,67 @@ def test_imagefolder_dataset(tmp_path, tiny_clip):
             Image.fromarray(mask).save(root / "masks" / f"{i}.png")
             f.write(json.dumps({"file_name": f"images/{i}.png", "label_file_name": f"masks/{i}.png"}) + "\n")
     out = tmp_path / "out"
-    run_train("--data_dir", tmp_path / "folder", "--clip_model_name_or_path", tiny_clip, "--class_names", "a", "b",
-              "--background_names", "sky", "--output_dir", out, "--max_train_steps", 2, "--crop_size", 48,
-              "--per_device_train_batch_size", 2, "--validation_split", "none")  # fmt: skip
+    run_train(
+        "--data_dir",
+        tmp_path / "folder",
+        "--clip_model_name_or_path",
+        tiny_clip,
+        "--class_names",
+        "a",
+        "b",
+        "--background_names",
+        "sky",
+        "--output_dir",
+        out,
+        "--max_train_steps",
+        2,
+        "--crop_size",
+        48,
+        "--per_device_train_batch_size",
+        2,
+        "--validation_split",
+        "none",
+    )
     assert (out / "model.safetensors").exists()
 
 
 def test_bad_dataset_errors_name_the_problem(tmp_path, tiny_clip):
     data = tmp_path / "data"
     _write_mask_dataset(data)
-    proc = run_train("--dataset_path", data, "--clip_model_name_or_path", tiny_clip, "--class_names", "a",
-                     "--background_names", "sky", "--output_dir", tmp_path / "o", "--max_train_steps", 1,
-                     "--crop_size", 64, check=False)  # fmt: skip
-    assert proc.returncode != 0 and "Multi-hot labels of row 0 of split 'train' have width 3, expected 1" in proc.stderr
-    proc = run_train("--dataset_path", data, "--clip_model_name_or_path", tiny_clip, "--image_column", "photo",
-                     "--output_dir", tmp_path / "o", "--max_train_steps", 1, check=False)  # fmt: skip
+    proc = run_train(
+        "--dataset_path",
+        data,
+        "--clip_model_name_or_path",
+        tiny_clip,
+        "--class_names",
+        "a",
+        "--background_names",
+        "sky",
+        "--output_dir",
+        tmp_path / "o",
+        "--max_train_steps",
+        1,
+        "--crop_size",
+        64,
+        check=False,
+    )
+    assert (
+        proc.returncode != 0
+        and "Multi-hot labels of row 0 of split 'train' have width 3, expected 1" in proc.stderr
+    )
+    proc = run_train(
+        "--dataset_path",
+        data,
+        "--clip_model_name_or_path",
+        tiny_clip,
+        "--image_column",
+        "photo",
+        "--output_dir",
+        tmp_path / "o",
+        "--max_train_steps",
+        1,
+        check=False,
+    )
     assert proc.returncode != 0 and "available columns" in proc.stderr and "'image'" in proc.stderr
 
 
@@ -195,8 +308,20 @@ def test_push_to_hub_uploads_the_output_folder(tmp_path, tiny_clip, monkeypatch)
 
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     out = tmp_path / "push"
-    train_script.main(["--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), "--max_train_steps", "1",
-                       "--push_to_hub", "--hub_model_id", "weclip-toy-test", *FAST])  # fmt: skip
+    train_script.main(
+        [
+            "--clip_model_name_or_path",
+            tiny_clip,
+            "--output_dir",
+            str(out),
+            "--max_train_steps",
+            "1",
+            "--push_to_hub",
+            "--hub_model_id",
+            "weclip-toy-test",
+            *FAST,
+        ]
+    )
     assert calls["repo_id"] == "me/weclip-toy-test"
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "metrics.json"):
         assert name in calls["files"], name
@@ -242,10 +367,35 @@ def test_resume_into_a_new_folder_across_a_pass_boundary(tmp_path, tiny_clip, st
     else:
         _write_mask_dataset(tmp_path / "disk")
         data = ["--dataset_path", tmp_path / "disk"]
-    common = [*data, "--clip_model_name_or_path", tiny_clip, "--class_names", "a", "b", "c", "--background_names",
-              "sky", "grass", "--max_train_samples", 6, "--max_train_steps", 4, "--checkpointing_steps", 2, "--crop_size", 64,
-              "--per_device_train_batch_size", 2, "--logging_steps", 1, "--no_msf", "--num_overlays", 0,
-              "--max_eval_samples", 2]  # fmt: skip
+    common = [
+        *data,
+        "--clip_model_name_or_path",
+        tiny_clip,
+        "--class_names",
+        "a",
+        "b",
+        "c",
+        "--background_names",
+        "sky",
+        "grass",
+        "--max_train_samples",
+        6,
+        "--max_train_steps",
+        4,
+        "--checkpointing_steps",
+        2,
+        "--crop_size",
+        64,
+        "--per_device_train_batch_size",
+        2,
+        "--logging_steps",
+        1,
+        "--no_msf",
+        "--num_overlays",
+        0,
+        "--max_eval_samples",
+        2,
+    ]
     first = run_train(*common, "--output_dir", tmp_path / "a")
     output = first.stdout + first.stderr
     assert ("train: streamed" in output) == streaming
@@ -267,9 +417,24 @@ def test_eval_steps_prints_and_logs_eval_miou(tmp_path, tiny_clip):
 
     tracking = ["--with_tracking", "--report_to", "tensorboard"]
     out = tmp_path / "eval"
-    proc = run_train("--clip_model_name_or_path", tiny_clip, "--output_dir", out, "--max_train_steps", 3,
-                     "--eval_steps", 2, *FAST, "--per_device_train_batch_size", 2, "--toy_train_images", 8,
-                     "--toy_val_images", 2, *tracking)  # fmt: skip
+    proc = run_train(
+        "--clip_model_name_or_path",
+        tiny_clip,
+        "--output_dir",
+        out,
+        "--max_train_steps",
+        3,
+        "--eval_steps",
+        2,
+        *FAST,
+        "--per_device_train_batch_size",
+        2,
+        "--toy_train_images",
+        8,
+        "--toy_val_images",
+        2,
+        *tracking,
+    )
     printed = [line for line in proc.stdout.splitlines() if re.match(r"step \d+: \{'eval_pred_miou': ", line)]
     assert [line.split(":")[0] for line in printed] == ["step 2"]
     evals = [r for r in read_log(out) if "eval_pred_miou" in r]
@@ -286,7 +451,9 @@ def test_eval_steps_prints_and_logs_eval_miou(tmp_path, tiny_clip):
         logged.setdefault(record["step"], {}).update(record)
     for tag in ("loss", "seg_loss", "affinity_loss", "eval_pred_miou", "eval_pseudo_miou"):
         values = {e.step: e.value for e in scalars.Scalars(tag)}
-        assert values and all(values[step] == pytest.approx(logged[step][tag], rel=1e-6) for step in values), tag
+        assert values and all(
+            values[step] == pytest.approx(logged[step][tag], rel=1e-6) for step in values
+        ), tag
     assert sorted(e.step for e in scalars.Scalars("loss")) == [1, 2, 3]
 
 
@@ -315,7 +482,9 @@ def test_model_push_to_hub_uploads_weights_processor_and_card(tmp_path, tiny_mod
 
     pushed = tmp_path / "pushed"
     monkeypatch.setattr(  # the Hub resolves a bare name to the token's namespace
-        HfApi, "create_repo", lambda self, repo_id, **kw: type("R", (), {"repo_id": "me/" + repo_id.split("/")[-1]})()
+        HfApi,
+        "create_repo",
+        lambda self, repo_id, **kw: type("R", (), {"repo_id": "me/" + repo_id.split("/")[-1]})(),
     )
 
     def upload_folder(self, repo_id, folder_path, allow_patterns, **kwargs):

@@ -70,8 +70,12 @@ def cache_dir() -> Path:
 
 
 def _pip(*args: str, timeout: int = 600) -> None:
-    proc = subprocess.run([sys.executable, "-m", "pip", *args, "--quiet", "--disable-pip-version-check"],
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", *args, "--quiet", "--disable-pip-version-check"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"`pip {' '.join(args)}` failed: {(proc.stderr or proc.stdout).strip()[-1500:]}")
 
@@ -134,8 +138,10 @@ def load() -> SimpleNamespace:
         if path.is_dir() and str(path) not in sys.path:
             sys.path.append(str(path))  # after the environment's own packages: nothing is shadowed
     if importlib.util.find_spec("parameterized") is None:
-        pytest.skip("transformers' test mixins need `parameterized` (pip install parameterized)",
-                    allow_module_level=True)  # fmt: skip
+        pytest.skip(
+            "transformers' test mixins need `parameterized` (pip install parameterized)",
+            allow_module_level=True,
+        )
     # their pytest marks (flash_attn_test, ...) are registered by transformers' own conftest, which is not used
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)

@@ -28,7 +28,9 @@ from .segmentation_pipeline import WeCLIPImageSegmentationPipeline, register_seg
 
 AutoConfig.register("weclip", WeCLIPConfig, exist_ok=True)
 AutoModelForSemanticSegmentation.register(WeCLIPConfig, WeCLIPForSemanticSegmentation, exist_ok=True)
-AutoImageProcessor.register(WeCLIPConfig, image_processor_classes={"pil": WeCLIPImageProcessor}, exist_ok=True)
+AutoImageProcessor.register(
+    WeCLIPConfig, image_processor_classes={"pil": WeCLIPImageProcessor}, exist_ok=True
+)
 register_segmentation_pipeline()
 WeCLIPConfig.register_for_auto_class()  # "AutoConfig"
 WeCLIPForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")

@@ -135,8 +135,11 @@ def find_checkpoint(output_dir: Path, spec: str, log=print) -> Path:
         if problem:
             raise CheckpointError(f"Cannot resume from {path}: {problem}.")
         return path
-    steps = sorted((p for p in output_dir.glob("step_*") if p.is_dir() and checkpoint_step(p) is not None),
-                   key=checkpoint_step, reverse=True)  # fmt: skip
+    steps = sorted(
+        (p for p in output_dir.glob("step_*") if p.is_dir() and checkpoint_step(p) is not None),
+        key=checkpoint_step,
+        reverse=True,
+    )
     if not steps:
         raise CheckpointError(f"No step_N checkpoint in {output_dir} to resume from.")
     for path in steps:

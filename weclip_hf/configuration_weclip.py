@@ -131,9 +131,14 @@ class WeCLIPConfig(PreTrainedConfig):
         kwargs.pop("num_labels", None)
         if vision_config is None:
             vision_config = CLIPVisionConfig(
-                hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-                image_size=224, patch_size=16, projection_dim=projection_dim,
-            )  # fmt: skip
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                image_size=224,
+                patch_size=16,
+                projection_dim=projection_dim,
+            )
         elif isinstance(vision_config, dict):
             vision_config = CLIPVisionConfig(**vision_config)
         if text_config is None:

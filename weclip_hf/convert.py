@@ -114,8 +114,10 @@ _BLOCK = {
     "mlp.c_proj.bias": "mlp.fc2.bias",
 }
 _PACKED = {"attn.in_proj_weight": "weight", "attn.in_proj_bias": "bias"}
-_TOWERS = (("visual.transformer.resblocks.", "vision_model.encoder.layers."),
-           ("transformer.resblocks.", "text_model.encoder.layers."))  # fmt: skip
+_TOWERS = (
+    ("visual.transformer.resblocks.", "vision_model.encoder.layers."),
+    ("transformer.resblocks.", "text_model.encoder.layers."),
+)
 _BLOCK_RE = re.compile(r"^(visual\.transformer\.resblocks\.|transformer\.resblocks\.)(\d+)\.(.+)$")
 _HF_BLOCK_RE = re.compile(r"^(vision_model\.encoder\.layers\.|text_model\.encoder\.layers\.)(\d+)\.(.+)$")
 
@@ -456,8 +458,11 @@ def official_to_weclip(
         clip_part = {**vision, **text, **proj}
     else:
         report = ConversionReport(prefix="encoder.")
-        clip_part = {k: v.detach().to(torch.float32) for k, v in clip_state_dict.items()
-                     if not k.endswith("position_ids")}  # fmt: skip
+        clip_part = {
+            k: v.detach().to(torch.float32)
+            for k, v in clip_state_dict.items()
+            if not k.endswith("position_ids")
+        }
         for key in state_dict:
             if key.startswith("encoder."):
                 report.ignored[key] = "CLIP taken from the given CLIP model instead"
@@ -474,10 +479,15 @@ def official_to_weclip(
     missing = sorted(set(wanted) - set(ours))
     if missing:
         official = hf_to_official_clip({k: expected[k] for k in missing}, prefix=prefix)
-        names = list(official) + [k for k in decoder_to_official({k: expected[k] for k in missing})
-                                  if k != PAR_KERNEL_KEY]  # fmt: skip
-        names += [k for k in missing if not k.startswith(("vision_model.", "text_model.", "decoder."))
-                  and k not in ("visual_projection.weight", "text_projection.weight", "logit_scale")]  # fmt: skip
+        names = list(official) + [
+            k for k in decoder_to_official({k: expected[k] for k in missing}) if k != PAR_KERNEL_KEY
+        ]
+        names += [
+            k
+            for k in missing
+            if not k.startswith(("vision_model.", "text_model.", "decoder."))
+            and k not in ("visual_projection.weight", "text_projection.weight", "logit_scale")
+        ]
         _fail(
             "Missing keys in the checkpoint for this config (official names)",
             sorted(set(names)) or missing,
@@ -488,8 +498,11 @@ def official_to_weclip(
         sorted(set(ours) - set(wanted)),
         "The checkpoint has more layers than the config.",
     )
-    bad = [f"{k} {tuple(v.shape)} (expected {tuple(wanted[k].shape)})"
-           for k, v in ours.items() if tuple(v.shape) != tuple(wanted[k].shape)]  # fmt: skip
+    bad = [
+        f"{k} {tuple(v.shape)} (expected {tuple(wanted[k].shape)})"
+        for k, v in ours.items()
+        if tuple(v.shape) != tuple(wanted[k].shape)
+    ]
     _fail("Shape mismatches (our names)", bad)
     return ours, report
 
@@ -510,8 +523,9 @@ def _count_blocks(keys: list[str], stem: str) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def infer_clip_configs(state_dict: dict[str, torch.Tensor], vision_heads: int | None = None,
-                       text_heads: int | None = None) -> tuple[dict, dict, int]:  # fmt: skip
+def infer_clip_configs(
+    state_dict: dict[str, torch.Tensor], vision_heads: int | None = None, text_heads: int | None = None
+) -> tuple[dict, dict, int]:
     """CLIP vision/text config kwargs and the projection dim from the shapes of an OpenAI-layout state dict.
 
     Heads are ``width // 64`` as OpenAI CLIP builds them, unless given.
@@ -519,15 +533,24 @@ def infer_clip_configs(state_dict: dict[str, torch.Tensor], vision_heads: int | 
     prefix = _split_prefix(state_dict)
     sd = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
     keys = list(sd)
-    needed = ["visual.conv1.weight", "visual.positional_embedding", "visual.proj", "token_embedding.weight",
-              "positional_embedding", "ln_final.weight", "visual.transformer.resblocks.0.mlp.c_fc.weight",
-              "transformer.resblocks.0.mlp.c_fc.weight"]  # fmt: skip
+    needed = [
+        "visual.conv1.weight",
+        "visual.positional_embedding",
+        "visual.proj",
+        "token_embedding.weight",
+        "positional_embedding",
+        "ln_final.weight",
+        "visual.transformer.resblocks.0.mlp.c_fc.weight",
+        "transformer.resblocks.0.mlp.c_fc.weight",
+    ]
     _fail("Cannot infer the CLIP sizes; missing keys", [prefix + k for k in needed if k not in sd])
     width, _, patch, _ = sd["visual.conv1.weight"].shape
     grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
     if grid * grid + 1 != sd["visual.positional_embedding"].shape[0]:
-        raise ValueError(f"{prefix}visual.positional_embedding has {sd['visual.positional_embedding'].shape[0]} "
-                         "rows, not 1 + a square number of patches.")  # fmt: skip
+        raise ValueError(
+            f"{prefix}visual.positional_embedding has {sd['visual.positional_embedding'].shape[0]} "
+            "rows, not 1 + a square number of patches."
+        )
     text_width = sd["ln_final.weight"].shape[0]
     vocab = sd["token_embedding.weight"].shape[0]
     vision = dict(
@@ -561,8 +584,11 @@ def infer_clip_configs(state_dict: dict[str, torch.Tensor], vision_heads: int | 
 
 def infer_decoder_kwargs(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Decoder sizes from the official decoder keys (heads cannot be read from shapes: default 8)."""
-    need = ["decoder_fts_fuse.linear_fuse.weight", "decoder.linear_pred.weight",
-            "decoder.transformer.resblocks.0.mlp.c_fc.weight"]  # fmt: skip
+    need = [
+        "decoder_fts_fuse.linear_fuse.weight",
+        "decoder.linear_pred.weight",
+        "decoder.transformer.resblocks.0.mlp.c_fc.weight",
+    ]
     _fail("Cannot infer the decoder sizes; missing keys", [k for k in need if k not in state_dict])
     keys = list(state_dict)
     dim = int(state_dict["decoder_fts_fuse.linear_fuse.weight"].shape[0])
@@ -575,8 +601,9 @@ def infer_decoder_kwargs(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     )
 
 
-def _build_config(vision: dict, text: dict, projection_dim: int, state_dict: dict, preset: str,
-                  overrides: dict) -> WeCLIPConfig:  # fmt: skip
+def _build_config(
+    vision: dict, text: dict, projection_dim: int, state_dict: dict, preset: str, overrides: dict
+) -> WeCLIPConfig:
     kwargs = preset_config_kwargs(preset)
     decoder = infer_decoder_kwargs(state_dict)
     num_labels = decoder.pop("num_labels")
@@ -636,8 +663,11 @@ def load_official_checkpoint(
         if isinstance(state, dict) and set(state) == {wrapper} and isinstance(state[wrapper], dict):
             state = state[wrapper]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        bad = type(state).__name__ if not isinstance(state, dict) else sorted(
-            k for k, v in state.items() if not isinstance(v, torch.Tensor))[:10]  # fmt: skip
+        bad = (
+            type(state).__name__
+            if not isinstance(state, dict)
+            else sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))[:10]
+        )
         raise ValueError(f"{path}: expected a state dict of tensors, got {bad}.")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}

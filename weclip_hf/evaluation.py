@@ -6,15 +6,16 @@ original size (logits are upsampled bilinearly to it).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .crf import crf_refine_labels
+from .crf import WECLIP, CRFParams, crf_refine_labels
 from .image_processing_weclip import IMAGENET_MEAN, IMAGENET_STD
-from .inference import multiscale_flip_logits, resize_longest_edge
+from .inference import image_logits, multiscale_flip_logits, resize_longest_edge
 from .metrics import confusion_matrix, scores_from_confusion
 
 MODES = ("pred", "pred_msf", "pred_crf", "pred_msf_crf", "cam", "pseudo")
@@ -30,20 +31,22 @@ def denormalize(pixel_values: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD
 def predict_labels(
     model, pixel_values: torch.Tensor, size: tuple[int, int], msf: bool = False,
     scales: Sequence[float] = (1.0, 0.75), long_side: int | None = None, crf: bool = False,
+    crf_params: CRFParams = WECLIP,
 ) -> torch.Tensor:  # fmt: skip
     """Predicted label maps [B, H, W] at ``size``: optional long-side resize, (multi-scale + flip)
-    logits, bilinear upsampling, optional dense CRF (on the image at ``size``), argmax."""
+    logits, bilinear upsampling, optional dense CRF with ``crf_params`` (on the image at ``size``;
+    default WeCLIP's evaluation setting, see `weclip_hf.crf`), argmax."""
     original = pixel_values
     if long_side is not None:
         pixel_values = resize_longest_edge(pixel_values, long_side)
     if msf:
         logits = multiscale_flip_logits(model, pixel_values, scales=scales)
     else:
-        logits = model(pixel_values=pixel_values).logits
+        logits = image_logits(model, pixel_values)  # images below one patch are padded, not refused
     logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
     if crf:
         image = denormalize(F.interpolate(original, size=size, mode="bilinear", align_corners=False))
-        return crf_refine_labels(image, logits.softmax(dim=1))
+        return crf_refine_labels(image, logits.softmax(dim=1), crf_params)
     return logits.argmax(dim=1)
 
 
@@ -57,14 +60,18 @@ def evaluate_segmentation(
     accelerator=None,
     progress: bool = True,
     max_batches: int | None = None,
+    crf_params: CRFParams = WECLIP,
 ) -> dict[str, dict]:
     """mIoU per mode over ``batches`` of ``pixel_values`` [B, 3, H, W], ``labels`` [B, H, W] and (for the
     pseudo-label modes) ``class_labels`` [B, C].
 
     Modes: ``pred`` (decoder, single scale), ``pred_msf`` (multi-scale + flip), ``pred_crf`` /
-    ``pred_msf_crf`` (the same followed by the dense CRF of `weclip_hf.crf`), ``cam`` (pseudo labels
-    from the frozen CLIP CAMs without RFM), ``pseudo`` (pseudo labels with RFM). Returns
-    ``{mode: scores}`` as `scores_from_confusion` gives them (``mean_iou``, ``per_category_iou``, ...).
+    ``pred_msf_crf`` (the same followed by the dense CRF of `weclip_hf.crf` with ``crf_params``, default
+    WeCLIP's evaluation setting), ``cam`` (pseudo labels from the frozen CLIP CAMs without RFM),
+    ``pseudo`` (pseudo labels with RFM). Returns
+    ``{mode: scores}`` as `scores_from_confusion` gives them (``mean_iou``, ``per_category_iou``, ...),
+    except that when no pixel could be scored (every ground-truth pixel ignored) the means are None, not
+    NaN, with a warning saying so.
     """
     unknown = set(modes) - set(MODES)
     if unknown:
@@ -83,7 +90,7 @@ def evaluate_segmentation(
         for mode in modes:
             if mode.startswith("pred"):
                 pred = predict_labels(
-                    model, pixel_values, size, "msf" in mode, scales, long_side, "crf" in mode
+                    model, pixel_values, size, "msf" in mode, scales, long_side, "crf" in mode, crf_params
                 )
             else:
                 out = model(
@@ -102,4 +109,13 @@ def evaluate_segmentation(
         if accelerator is not None:
             cm = accelerator.reduce(cm.to(accelerator.device), reduction="sum")
         results[mode] = scores_from_confusion(cm.cpu())
+        if int(cm.sum()) == 0:  # every mean would be NaN, which JSON cannot hold
+            warnings.warn(
+                f"Evaluation ({mode!r}): no valid pixel was scored -- every ground-truth pixel is the ignore "
+                f"index {ignore} (e.g. all-{ignore} masks) or outside 0..{num_labels - 1}, or there was no "
+                "image; mean_iou, mean_accuracy and overall_accuracy are None (null in JSON).",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            results[mode].update(mean_iou=None, mean_accuracy=None, overall_accuracy=None)
     return results

@@ -96,11 +96,17 @@ def make_model_card(
     """A model card with metadata (model-index when metrics are given), usage, limitations and citation."""
     metrics = metrics or {}
     eval_results = [
-        EvalResult(task_type="image-segmentation", dataset_type=dataset_name or "custom",
-                   dataset_name=dataset_name or "custom", metric_type="mean_iou", metric_name=key,
-                   metric_value=float(value))
-        for key, value in metrics.items() if isinstance(value, (int, float))
-    ] or None  # fmt: skip
+        EvalResult(
+            task_type="image-segmentation",
+            dataset_type=dataset_name or "custom",
+            dataset_name=dataset_name or "custom",
+            metric_type="mean_iou",
+            metric_name=key,
+            metric_value=float(value),
+        )
+        for key, value in metrics.items()
+        if isinstance(value, (int, float))
+    ] or None
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-segmentation",

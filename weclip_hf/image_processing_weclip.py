@@ -296,11 +296,18 @@ class WeCLIPImageProcessor(BaseImageProcessor):
     ):
         super().__init__(**kwargs)
         options = self._resolve(
-            do_resize=do_resize, size=size or {"longest_edge": 512}, do_rescale=do_rescale,
-            rescale_factor=rescale_factor, do_normalize=do_normalize, image_mean=image_mean, image_std=image_std,
-            do_convert_rgb=do_convert_rgb, input_data_format=input_data_format, return_tensors=return_tensors,
+            do_resize=do_resize,
+            size=size or {"longest_edge": 512},
+            do_rescale=do_rescale,
+            rescale_factor=rescale_factor,
+            do_normalize=do_normalize,
+            image_mean=image_mean,
+            image_std=image_std,
+            do_convert_rgb=do_convert_rgb,
+            input_data_format=input_data_format,
+            return_tensors=return_tensors,
             do_pad=do_pad,
-        )  # fmt: skip
+        )
         if isinstance(options["input_data_format"], ChannelDimension):
             options["input_data_format"] = options["input_data_format"].value  # JSON-serialisable
         for name, value in options.items():
@@ -380,10 +387,19 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         [B, H', W'] int64, resized with nearest neighbour, padding 255). Options default to the instance's
         settings; all images of a batch must end up the same size."""
         opts = self._resolve(
-            do_resize=do_resize, size=size, do_rescale=do_rescale, rescale_factor=rescale_factor,
-            do_normalize=do_normalize, image_mean=image_mean, image_std=image_std, do_convert_rgb=do_convert_rgb,
-            input_data_format=input_data_format, return_tensors=return_tensors, do_pad=do_pad, **kwargs,
-        )  # fmt: skip
+            do_resize=do_resize,
+            size=size,
+            do_rescale=do_rescale,
+            rescale_factor=rescale_factor,
+            do_normalize=do_normalize,
+            image_mean=image_mean,
+            image_std=image_std,
+            do_convert_rgb=do_convert_rgb,
+            input_data_format=input_data_format,
+            return_tensors=return_tensors,
+            do_pad=do_pad,
+            **kwargs,
+        )
         single = not isinstance(images, (list, tuple))
         images = [images] if single else list(images)
         if not images:
@@ -451,9 +467,11 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)[0]
 
     def post_process_semantic_segmentation(
-        self, outputs, target_sizes: list[tuple[int, int]] | torch.Tensor | None = None,
+        self,
+        outputs,
+        target_sizes: list[tuple[int, int]] | torch.Tensor | None = None,
         return_segmentation_scores: bool = False,
-    ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:  # fmt: skip
+    ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
         """Logits -> per-image label maps [H, W] (bilinear upsampling to ``target_sizes[i]``, argmax).
 
         ``target_sizes`` are the original image sizes (what the pipeline passes): padding the processor added

@@ -21,6 +21,27 @@ def resize_longest_edge(pixel_values: torch.Tensor, longest_edge: int = 512) -> 
     return F.interpolate(pixel_values, size=size, mode="bilinear", align_corners=False)
 
 
+def pad_to_patch(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Zero-pad normalized images [B, 3, H, W] at the bottom/right so each side is at least one patch (images
+    smaller than a patch segment instead of being refused); larger images are returned as they are."""
+    height, width = pixel_values.shape[-2:]
+    pad_h, pad_w = max(0, patch_size - height), max(0, patch_size - width)
+    return F.pad(pixel_values, (0, pad_w, 0, pad_h)) if pad_h or pad_w else pixel_values
+
+
+def image_logits(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Logits of images of any size of at least 1 px: [B, K, h, w] on the patch grid, or, for an image with a
+    side smaller than one patch, at its pixel size (logits of the zero-padded image, upsampled, cropped)."""
+    height, width = pixel_values.shape[-2:]
+    patch = model.config.vision_config.patch_size
+    if min(height, width) >= patch:
+        return model(pixel_values=pixel_values).logits
+    padded = pad_to_patch(pixel_values, patch)
+    logits = model(pixel_values=padded).logits.float()
+    logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+    return logits[..., :height, :width]
+
+
 @torch.no_grad()
 def multiscale_flip_logits(
     model: torch.nn.Module,
@@ -38,15 +59,17 @@ def multiscale_flip_logits(
     """
     height, width = pixel_values.shape[-2:]
     patch = model.config.vision_config.patch_size
-    grid = (height // patch, width // patch)  # the scale-1 logit grid
+    grid = (max(1, height // patch), max(1, width // patch))  # the scale-1 logit grid
     total = None
     for scale in scales:
-        size = (int(height * scale), int(width * scale))
-        image = pixel_values if size == (height, width) else F.interpolate(
-            pixel_values, size=size, mode="bilinear", align_corners=False
+        size = (max(1, int(height * scale)), max(1, int(width * scale)))
+        image = (
+            pixel_values
+            if size == (height, width)
+            else F.interpolate(pixel_values, size=size, mode="bilinear", align_corners=False)
         )
         batch = torch.cat([image, image.flip(-1)]) if flip else image
-        logits = model(pixel_values=batch).logits.float()
+        logits = image_logits(model, batch).float()
         if flip:
             plain, flipped = logits.chunk(2)
             logits = (plain + flipped.flip(-1)) / 2

@@ -312,7 +312,9 @@ def _attention(attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     return attn.out_proj(out), probs
 
 
-def _select_layers(states: tuple[torch.Tensor, ...], which: bool | list[int]) -> tuple[torch.Tensor | None, ...]:
+def _select_layers(
+    states: tuple[torch.Tensor, ...], which: bool | list[int]
+) -> tuple[torch.Tensor | None, ...]:
     """All of ``states`` (``which=True``) or only those at the indices ``which`` (negative from the end),
     None elsewhere, as transformers' ``output_hidden_states=[...]``."""
     if which is True:
@@ -500,8 +502,13 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                 "embedding. Use the tokenizer saved with this CLIP checkpoint."
             )
         device = self.text_projection.weight.device
-        batch = tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt",
-                          max_length=self.config.text_config.max_position_embeddings)  # fmt: skip
+        batch = tokenizer(
+            prompts,
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
+            max_length=self.config.text_config.max_position_embeddings,
+        )
         out = self.text_model(
             input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
         )
@@ -582,7 +589,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             else:
                 x = layer(x, None)
             hidden.append(x)
-        return CLIPVisionFeatures(embeddings, hidden, attention, grid, head_attentions if output_attentions else None)
+        return CLIPVisionFeatures(
+            embeddings, hidden, attention, grid, head_attentions if output_attentions else None
+        )
 
     def last_block_image_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the last CLIP block in float32 with autograd from its first LayerNorm's output (float32 whatever
@@ -594,7 +603,10 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         attention [P, 1+N, 1+N]).
         """
         layer = _in_float32(self.vision_model.encoder.layers[-1])
-        post_layernorm, projection = _in_float32(self.vision_model.post_layernorm), _in_float32(self.visual_projection)
+        post_layernorm, projection = (
+            _in_float32(self.vision_model.post_layernorm),
+            _in_float32(self.visual_projection),
+        )
         x = x.float()
         h = layer.layer_norm1(x).detach().requires_grad_(True)
         out, probs = _attention(layer.self_attn, h)
@@ -604,7 +616,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         return h, F.normalize(projection(pooled), dim=-1), probs.mean(dim=1).detach()
 
     @torch.no_grad()
-    def _last_block(self, x: torch.Tensor, output_attentions: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _last_block(
+        self, x: torch.Tensor, output_attentions: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The last CLIP block on [B, 1+N, D] tokens: (output, per-head maps or None) for the output flags."""
         layer = self.vision_model.encoder.layers[-1]
         return _eager_layer(layer, x) if output_attentions else (layer(x, None), None)
@@ -685,8 +699,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         scores[pair_image, slot + 1] = refined
         bg = 1 - scores[:, 1:].amax(dim=1, keepdim=True) if k else torch.ones_like(scores[:, :1])
         scores[:, :1] = bg.clamp(min=0) ** cfg.cam_bg_exponent
-        scores = par_refine(pixel_values, scores, cfg.par_dilations, cfg.par_num_iter, cfg.par_temperature,
-                            cfg.par_pos_weight)  # fmt: skip
+        scores = par_refine(
+            pixel_values, scores, cfg.par_dilations, cfg.par_num_iter, cfg.par_temperature, cfg.par_pos_weight
+        )
         slot_class = torch.zeros(b, k + 1, dtype=torch.long, device=scores.device)
         slot_class[pair_image, slot + 1] = pair_class + 1
         valid = torch.zeros(b, k + 1, dtype=torch.bool, device=scores.device)
@@ -722,8 +737,12 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         pixel_mask: torch.Tensor | None = None,
     ) -> None:
         """Validate the public inputs with errors that name the problem."""
-        for name, value in (("pixel_values", pixel_values), ("class_labels", class_labels), ("labels", labels),
-                            ("pixel_mask", pixel_mask)):  # fmt: skip
+        for name, value in (
+            ("pixel_values", pixel_values),
+            ("class_labels", class_labels),
+            ("labels", labels),
+            ("pixel_mask", pixel_mask),
+        ):
             if value is not None and not isinstance(value, torch.Tensor):
                 raise TypeError(
                     f"{name} must be a torch.Tensor, got {type(value).__name__}; convert it with torch.as_tensor."
@@ -800,19 +819,33 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         from .hub import make_model_card, publish_folder
         from .image_processing_weclip import WeCLIPImageProcessor
 
-        repo_id = HfApi(token=token).create_repo(repo_id, private=private, exist_ok=True).repo_id  # "user/name"
+        repo_id = (
+            HfApi(token=token).create_repo(repo_id, private=private, exist_ok=True).repo_id
+        )  # "user/name"
         if image_processor is None:
             image_processor = WeCLIPImageProcessor(patch_size=self.config.vision_config.patch_size)
         if model_card is None:
             name = repo_id.split("/")[-1]
-            model_card = make_model_card(self.config, model_name=name, repo_id=repo_id, metrics=metrics,
-                                         source="Uploaded with `WeCLIPForSemanticSegmentation.push_to_hub`.")  # fmt: skip
+            model_card = make_model_card(
+                self.config,
+                model_name=name,
+                repo_id=repo_id,
+                metrics=metrics,
+                source="Uploaded with `WeCLIPForSemanticSegmentation.push_to_hub`.",
+            )
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder, **kwargs)
             image_processor.save_pretrained(folder)
             model_card.save(os.path.join(folder, "README.md"))
-            return publish_folder(folder, repo_id, token=token, private=private, commit_message=commit_message,
-                                  revision=revision, create_pr=create_pr)  # fmt: skip
+            return publish_folder(
+                folder,
+                repo_id,
+                token=token,
+                private=private,
+                commit_message=commit_message,
+                revision=revision,
+                create_pr=create_pr,
+            )
 
     def get_input_embeddings(self) -> nn.Module:
         """The vision tower's patch embedding (as transformers' vision models return)."""
@@ -872,7 +905,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         """
         cfg = self.config
         return_dict = cfg.return_dict if return_dict is None else return_dict
-        output_hidden_states = cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_hidden_states = (
+            cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
         output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
         self._check_inputs(pixel_values, class_labels, labels, pixel_mask)
         if class_labels is not None and not class_labels.is_floating_point():

@@ -77,8 +77,15 @@ class WeakSegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         row = f"training example {index}" + (f" of split {self.split!r}" if self.split else "")
-        return train_item(self.dataset[index], self.columns, self.num_classes, self.augment, rng, row,
-                          getattr(self.dataset, "features", None))  # fmt: skip
+        return train_item(
+            self.dataset[index],
+            self.columns,
+            self.num_classes,
+            self.augment,
+            rng,
+            row,
+            getattr(self.dataset, "features", None),
+        )
 
 
 class StreamingWeakSegmentationDataset(IterableDataset):
@@ -128,8 +135,15 @@ class StreamingWeakSegmentationDataset(IterableDataset):
                 f" (DataLoader worker {worker_id})" if worker is not None else ""
             )
             try:
-                item = train_item(example, self.columns, self.num_classes, self.augment, rng, row,
-                                  getattr(self.dataset, "features", None))  # fmt: skip
+                item = train_item(
+                    example,
+                    self.columns,
+                    self.num_classes,
+                    self.augment,
+                    rng,
+                    row,
+                    getattr(self.dataset, "features", None),
+                )
             except UnreadableImageError as err:
                 if not self.skip_unreadable:
                     raise
@@ -257,8 +271,11 @@ def load_dataset_splits(
 
         train = with_split_name(make_toy_dataset(toy_sizes[0], seed=seed), "train")
         val = with_split_name(make_toy_dataset(toy_sizes[1], seed=seed + 1_000_003), "validation")
-        names = dict(class_names=TOY_CLASS_NAMES, background_names=TOY_BACKGROUND_NAMES,
-                     prompt_template=TOY_PROMPT_TEMPLATE)  # fmt: skip
+        names = dict(
+            class_names=TOY_CLASS_NAMES,
+            background_names=TOY_BACKGROUND_NAMES,
+            prompt_template=TOY_PROMPT_TEMPLATE,
+        )
         if streaming:
             train = with_split_name(train.to_iterable_dataset(num_shards=min(len(train), 64)), "train")
         return train, val, names
@@ -278,9 +295,11 @@ def load_dataset_splits(
         train_split = next((s for s in preferred if s in ds), preferred[-1])
         if preset and train_split != preferred[0] and train_split in ds:
             size = f"{len(ds[train_split])} images" if not is_streaming(ds[train_split]) else "streamed"
-            log(f"Note: the dataset has no {preferred[0]!r} split (the --preset {preset} recipe trains on it; VOC: "
+            log(
+                f"Note: the dataset has no {preferred[0]!r} split (the --preset {preset} recipe trains on it; VOC: "
                 f"the SBD-augmented 10,582 images); training on {train_split!r} ({size}; VOC 2012 'train' alone "
-                "has 1,464). Pass --train_split to choose another.")  # fmt: skip
+                "has 1,464). Pass --train_split to choose another."
+            )
     validation_split = validation_split or layout.get("validation_split", "validation")
     if train_split not in ds and need_train:
         raise ValueError(f"Split {train_split!r} not found; available splits: {list(ds)}.")

@@ -328,7 +328,9 @@ def generate_toy_world(
     if not isinstance(num_images, int) or num_images < 0:
         raise ValueError(f"num_images must be a non-negative int, got {num_images!r}")
     if len(num_objects_probs) - 1 > len(TOY_CLASS_NAMES) or not np.isclose(sum(num_objects_probs), 1.0):
-        raise ValueError(f"num_objects_probs must be probabilities of 0..K objects, got {num_objects_probs!r}")
+        raise ValueError(
+            f"num_objects_probs must be probabilities of 0..K objects, got {num_objects_probs!r}"
+        )
     size = image_size
     ys, xs = _grid(size)
     images = np.zeros((num_images, size, size, 3), dtype=np.uint8)

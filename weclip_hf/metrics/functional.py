@@ -5,10 +5,14 @@ The semantics follow the Hugging Face Hub ``mean_iou`` metric (mmseg style, data
 ``ignore_index`` are dropped, and areas are summed over the whole dataset before dividing. A class that is
 absent from both predictions and references has IoU ``NaN`` and is left out of the means.
 
-One difference, by design: a pixel is counted only when *both* its reference and its prediction lie in
-``[0, num_labels)``. The Hub metric histograms the two maps separately, so a valid reference paired with an
-out-of-range prediction (e.g. 255) still counts there as a miss of the reference class. The results are
-identical whenever predictions come from an argmax and references are in range or ``ignore_index``.
+Labels outside ``[0, num_labels)``: the Hub metric histograms the two maps separately, so a reference
+in range paired with an out-of-range prediction (e.g. 255) still counts as a miss of the reference class,
+and a prediction in range paired with an out-of-range reference that is not ``ignore_index`` (e.g. the
+255 borders of VOC evaluated with ``ignore_index=0``) still enlarges that class's union. `MeanIoU` does
+the same: its confusion matrix has one more row and column that collect those labels
+(``confusion_matrix(..., out_of_range_bin=True)``). Plain ``confusion_matrix`` (the default, a
+``[num_labels, num_labels]`` matrix) drops such pixels; it agrees with the Hub metric whenever
+predictions come from an argmax and references are in range or ``ignore_index``.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ def confusion_matrix(
     ignore_index: int = 255,
     label_map: Mapping[int, int] | None = None,
     reduce_labels: bool = False,
+    out_of_range_bin: bool = False,
 ) -> torch.Tensor:
     """Counts (reference, prediction) label pairs.
 
@@ -70,10 +75,14 @@ def confusion_matrix(
         ignore_index: reference value whose pixels are dropped (after `label_map` / `reduce_labels`).
         label_map: old -> new reference labels; all lookups use the original labels.
         reduce_labels: map reference 0 to 255 and subtract 1 from the others (ADE20k style).
+        out_of_range_bin: count labels outside `[0, num_labels)` in an extra last row (references other
+            than `ignore_index`) and column (predictions) instead of dropping their pixels, so that
+            `scores_from_confusion(cm, out_of_range_bin=True)` gives the Hub metric's scores exactly.
 
     Returns:
-        `LongTensor[num_labels, num_labels]` on the device of `pred`; rows are references, columns
-        predictions. Pairs with a value outside `[0, num_labels)` are not counted.
+        `LongTensor[num_labels, num_labels]` (`[num_labels + 1, num_labels + 1]` with `out_of_range_bin`)
+        on the device of `pred`; rows are references, columns predictions. Without `out_of_range_bin`,
+        pairs with a value outside `[0, num_labels)` are not counted.
     """
     if not isinstance(num_labels, int) or num_labels < 1:
         raise ValueError(f"`num_labels` must be a positive int, got {num_labels!r}.")
@@ -85,12 +94,17 @@ def confusion_matrix(
     pred_t = _as_long_tensor(pred, "pred")
     ref_t = _map_references(_as_long_tensor(ref, "ref", pred_t.device), label_map, reduce_labels)
     pred_t, ref_t = pred_t.reshape(-1), ref_t.reshape(-1)
-    valid = (
-        (ref_t != ignore_index) & (ref_t >= 0) & (ref_t < num_labels) & (pred_t >= 0) & (pred_t < num_labels)
-    )
-    pair_index = ref_t[valid] * num_labels + pred_t[valid]
-    counts = torch.bincount(pair_index, minlength=num_labels * num_labels)
-    return counts.reshape(num_labels, num_labels)
+    if out_of_range_bin:
+        keep = ref_t != ignore_index
+        pred_t = torch.where((pred_t >= 0) & (pred_t < num_labels), pred_t, num_labels)[keep]
+        ref_t = torch.where((ref_t >= 0) & (ref_t < num_labels), ref_t, num_labels)[keep]
+        size = num_labels + 1
+    else:
+        keep = (ref_t != ignore_index) & (ref_t >= 0) & (ref_t < num_labels)
+        keep &= (pred_t >= 0) & (pred_t < num_labels)
+        pred_t, ref_t, size = pred_t[keep], ref_t[keep], num_labels
+    counts = torch.bincount(ref_t * size + pred_t, minlength=size * size)
+    return counts.reshape(size, size)
 
 
 def _nanmean(values: np.ndarray) -> float:
@@ -99,13 +113,18 @@ def _nanmean(values: np.ndarray) -> float:
     return float(finite.mean()) if finite.size else float("nan")
 
 
-def scores_from_confusion(cm: ArrayLike, nan_to_num: float | None = None) -> dict[str, Any]:
+def scores_from_confusion(
+    cm: ArrayLike, nan_to_num: float | None = None, out_of_range_bin: bool = False
+) -> dict[str, Any]:
     """Scores of the Hub `mean_iou` metric from a confusion matrix.
 
     Args:
         cm: `[num_labels, num_labels]` counts, rows = references, columns = predictions.
         nan_to_num: if given, replaces NaN in the results (applied after the means, as the Hub does, so
             it changes the per-category arrays but not the means of a non-empty evaluation).
+        out_of_range_bin: `cm` is `[num_labels + 1, num_labels + 1]` from
+            `confusion_matrix(..., out_of_range_bin=True)`; its last row and column count towards the
+            classes' label and prediction areas (the Hub metric's areas), not as a class.
 
     Returns:
         `mean_iou`, `mean_accuracy`, `overall_accuracy` (floats) and `per_category_iou`,
@@ -114,9 +133,12 @@ def scores_from_confusion(cm: ArrayLike, nan_to_num: float | None = None) -> dic
     cm_np = cm.detach().cpu().double().numpy() if isinstance(cm, torch.Tensor) else np.asarray(cm, np.float64)
     if cm_np.ndim != 2 or cm_np.shape[0] != cm_np.shape[1]:
         raise ValueError(f"`cm` must be a square [num_labels, num_labels] matrix, got shape {cm_np.shape}.")
-    intersection = np.diag(cm_np)
-    area_label = cm_np.sum(axis=1)
-    area_union = area_label + cm_np.sum(axis=0) - intersection
+    num_labels = cm_np.shape[0] - 1 if out_of_range_bin else cm_np.shape[0]
+    if num_labels < 1:
+        raise ValueError(f"`cm` with `out_of_range_bin=True` must be at least 2x2, got shape {cm_np.shape}.")
+    intersection = np.diag(cm_np)[:num_labels]
+    area_label = cm_np[:num_labels].sum(axis=1)
+    area_union = area_label + cm_np[:, :num_labels].sum(axis=0) - intersection
     with np.errstate(divide="ignore", invalid="ignore"):
         iou = intersection / area_union
         accuracy = intersection / area_label
@@ -142,9 +164,10 @@ def _replace_nan(value: float | np.ndarray, fill: float) -> float | np.ndarray:
 class MeanIoU:
     """Accumulates a confusion matrix over batches and computes the Hub `mean_iou` scores.
 
-    `confusion` (`LongTensor[num_labels, num_labels]`) lives on the device of the last `update` and can be
-    reduced across processes before `compute`, e.g.
-    `metric.confusion = accelerator.reduce(metric.confusion, "sum")`.
+    Labels outside `[0, num_labels)` count as in the Hub metric (see the module docstring): `confusion`
+    (`LongTensor[num_labels + 1, num_labels + 1]`, rows = references, columns = predictions, the last row and
+    column for out-of-range labels) lives on the device of the last `update` and can be reduced across
+    processes before `compute`, e.g. `metric.confusion = accelerator.reduce(metric.confusion, "sum")`.
     """
 
     def __init__(
@@ -161,18 +184,24 @@ class MeanIoU:
         self.ignore_index = ignore_index
         self.label_map = dict(label_map) if label_map else None
         self.reduce_labels = reduce_labels
-        self.confusion = torch.zeros(num_labels, num_labels, dtype=torch.long, device=device)
+        self.confusion = torch.zeros(num_labels + 1, num_labels + 1, dtype=torch.long, device=device)
 
     def update(self, pred: ArrayLike, ref: ArrayLike) -> None:
         """Adds label maps `pred`, `ref` (`[B, H, W]` or `[H, W]`) to the confusion matrix."""
         cm = confusion_matrix(
-            pred, ref, self.num_labels, self.ignore_index, self.label_map, self.reduce_labels
+            pred,
+            ref,
+            self.num_labels,
+            self.ignore_index,
+            self.label_map,
+            self.reduce_labels,
+            out_of_range_bin=True,
         )
         self.confusion = self.confusion.to(cm.device) + cm
 
     def compute(self, nan_to_num: float | None = None) -> dict[str, Any]:
         """Scores of everything seen since the last `reset` (see `scores_from_confusion`)."""
-        return scores_from_confusion(self.confusion, nan_to_num)
+        return scores_from_confusion(self.confusion, nan_to_num, out_of_range_bin=True)
 
     def reset(self) -> None:
         """Zeroes the confusion matrix in place."""
