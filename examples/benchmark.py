@@ -103,35 +103,77 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reference_repeats", type=int, default=None, help="timed reference runs (default 3)")
     p.add_argument("--reference_warmup", type=int, default=None, help="reference warm-up runs (default 1)")
     p.add_argument("--no_reference", action="store_true", help="skip the comparison with the reference path")
-    p.add_argument("--compile_par", action="store_true",
-                   help="also time the PAR iterations compiled with torch.compile against eager (batch of the "
-                        "first --batch_sizes, crop --crop, 3 score maps)")  # fmt: skip
-    p.add_argument("--autocast", choices=["none", "bf16", "fp16"], default="none",
-                   help="run our forward passes under torch.autocast (the reference always runs fp32)")  # fmt: skip
-    p.add_argument("--peak_tflops", type=float, default=None,
-                   help="peak of the device for the MFU (default 800 = H100 bf16 dense on CUDA; none on CPU)")  # fmt: skip
+    p.add_argument(
+        "--compile_par",
+        action="store_true",
+        help="also time the PAR iterations compiled with torch.compile against eager (batch of the "
+        "first --batch_sizes, crop --crop, 3 score maps)",
+    )
+    p.add_argument(
+        "--autocast",
+        choices=["none", "bf16", "fp16"],
+        default="none",
+        help="run our forward passes under torch.autocast (the reference always runs fp32)",
+    )
+    p.add_argument(
+        "--peak_tflops",
+        type=float,
+        default=None,
+        help="peak of the device for the MFU (default 800 = H100 bf16 dense on CUDA; none on CPU)",
+    )
     p.add_argument("--num_threads", type=int, default=None, help="torch.set_num_threads for the run")
-    p.add_argument("--crf", action="store_true",
-                   help="only the dense CRF: ours (weclip_hf.crf) vs pydensecrf on the same inputs, time breakdown, "
-                        "agreement")  # fmt: skip
-    p.add_argument("--crf_images", default=None,
-                   help="VOC-layout folder (JPEGImages/, SegmentationClass/) whose photos, centre-cropped to "
-                        "--crf_size, and blurred / shifted noisy ground truth are the CRF inputs (default: "
-                        "synthetic)")  # fmt: skip
-    p.add_argument("--crf_count", type=int, default=3, help="CRF inputs (images x easy/hard), default 3 images")
+    p.add_argument(
+        "--crf",
+        action="store_true",
+        help="only the dense CRF: ours (weclip_hf.crf) vs pydensecrf on the same inputs, time breakdown, "
+        "agreement",
+    )
+    p.add_argument(
+        "--crf_images",
+        default=None,
+        help="VOC-layout folder (JPEGImages/, SegmentationClass/) whose photos, centre-cropped to "
+        "--crf_size, and blurred / shifted noisy ground truth are the CRF inputs (default: "
+        "synthetic)",
+    )
+    p.add_argument(
+        "--crf_count", type=int, default=3, help="CRF inputs (images x easy/hard), default 3 images"
+    )
     p.add_argument("--crf_size", type=int, default=513, help="CRF image side (default 513)")
     p.add_argument("--crf_classes", type=int, default=21, help="CRF classes (default 21)")
-    p.add_argument("--crf_batch_size", type=int, default=4,
-                   help="also time ours on the first N inputs as one batch (default 4; 0: skip)")  # fmt: skip
+    p.add_argument(
+        "--crf_batch_size",
+        type=int,
+        default=4,
+        help="also time ours on the first N inputs as one batch (default 4; 0: skip)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_json", default=None, help="also write every figure to this JSON file")
     args = p.parse_args(argv)
-    defaults = dict(batch_sizes="4,16,64", crop=320, warmup=3, repeats=10, infer_sizes="320,512",
-                    infer_batch_size=16, reference_batch=4, reference_repeats=3, reference_warmup=1)  # fmt: skip
+    defaults = dict(
+        batch_sizes="4,16,64",
+        crop=320,
+        warmup=3,
+        repeats=10,
+        infer_sizes="320,512",
+        infer_batch_size=16,
+        reference_batch=4,
+        reference_repeats=3,
+        reference_warmup=1,
+    )
     if args.tiny:
-        defaults.update(batch_sizes="2", crop=64, warmup=1, repeats=2, breakdown_repeats=1, infer_sizes="64",
-                        infer_batch_size=2, reference_batch=2, reference_repeats=1, reference_warmup=0,
-                        num_threads=1)  # fmt: skip
+        defaults.update(
+            batch_sizes="2",
+            crop=64,
+            warmup=1,
+            repeats=2,
+            breakdown_repeats=1,
+            infer_sizes="64",
+            infer_batch_size=2,
+            reference_batch=2,
+            reference_repeats=1,
+            reference_warmup=0,
+            num_threads=1,
+        )
     if args.crf:  # a CRF takes seconds on a CPU
         defaults.update(warmup=1, repeats=3)
     for key, value in defaults.items():
@@ -226,7 +268,9 @@ def _maxrss_kib() -> int:
 # arguments (query, key, value; backward: grad_out, query, key, value).
 _aten = torch.ops.aten
 _CPU_ATTENTION_FLOPS = {
-    _aten._scaled_dot_product_flash_attention_for_cpu: flop_registry[_aten._scaled_dot_product_flash_attention],
+    _aten._scaled_dot_product_flash_attention_for_cpu: flop_registry[
+        _aten._scaled_dot_product_flash_attention
+    ],
     _aten._scaled_dot_product_flash_attention_for_cpu_backward: flop_registry[
         _aten._scaled_dot_product_flash_attention_backward
     ],
@@ -350,8 +394,9 @@ def measure_training(args, bench, model, optimizer, batch, use_rfm) -> dict:
     """Training step (forward with class_labels + backward + AdamW on the decoder): FLOPs, host syncs,
     median time, throughput, peak memory."""
     device = bench.device
-    pixel_values, class_labels = synthetic_batch(batch, args.crop, args.crop, model.config.num_foreground_classes,
-                                                 device, args.seed)  # fmt: skip
+    pixel_values, class_labels = synthetic_batch(
+        batch, args.crop, args.crop, model.config.num_foreground_classes, device, args.seed
+    )
     model.train()
 
     def step():
@@ -371,13 +416,21 @@ def measure_training(args, bench, model, optimizer, batch, use_rfm) -> dict:
     total_flops = flops.total
     achieved = total_flops / seconds
     return dict(
-        batch=batch, crop=args.crop, rfm=use_rfm, seconds=seconds, images_per_s=batch / seconds,
-        peak_bytes=memory["peak_bytes"], memory_method=memory["method"], gflop_per_image=total_flops / batch / 1e9,
+        batch=batch,
+        crop=args.crop,
+        rfm=use_rfm,
+        seconds=seconds,
+        images_per_s=batch / seconds,
+        peak_bytes=memory["peak_bytes"],
+        memory_method=memory["method"],
+        gflop_per_image=total_flops / batch / 1e9,
         achieved_tflops=achieved / 1e12,
         mfu=achieved / (args.peak_tflops * 1e12) if args.peak_tflops else None,
-        host_syncs=[dict(what=why, where=where, library=library, count=count)
-                    for (why, where, library), count in syncs.sites.items()],
-    )  # fmt: skip
+        host_syncs=[
+            dict(what=why, where=where, library=library, count=count)
+            for (why, where, library), count in syncs.sites.items()
+        ],
+    )
 
 
 def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
@@ -385,8 +438,9 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
     functions: CLIP forward, GradCAM, affinity (attention mean or RFM + transition matrix), box masks +
     refinement, PAR, the whole `generate_pseudo_labels`, decoder forward + losses + backward + AdamW."""
     device, cfg = bench.device, model.config
-    pixel_values, class_labels = synthetic_batch(batch, args.crop, args.crop, cfg.num_foreground_classes,
-                                                 device, args.seed)  # fmt: skip
+    pixel_values, class_labels = synthetic_batch(
+        batch, args.crop, args.crop, cfg.num_foreground_classes, device, args.seed
+    )
     model.train()
     n_maps = max(cfg.cam_layers, cfg.rfm_layers) - 1
     amp = lambda: autocast_context(args, device)  # noqa: E731
@@ -408,8 +462,9 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
     decoder_affinity = decoder_forward()[1].detach()
 
     def pseudo_labels():  # float32 under any autocast, as in the model's forward
-        return model.generate_pseudo_labels(pixel_values, class_labels, hidden[-1], attention, grid,
-                                            decoder_affinity, use_rfm)  # fmt: skip
+        return model.generate_pseudo_labels(
+            pixel_values, class_labels, hidden[-1], attention, grid, decoder_affinity, use_rfm
+        )
 
     details = pseudo_labels()
     pseudo, pair_image, pair_class = details.pseudo_labels, details.pair_image_index, details.pair_class_index
@@ -446,8 +501,9 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
     scores = torch.rand(batch, k + 1, *pixel_values.shape[-2:], device=device)
 
     def par_piece():
-        return par_refine(pixel_values, scores, cfg.par_dilations, cfg.par_num_iter, cfg.par_temperature,
-                          cfg.par_pos_weight)  # fmt: skip
+        return par_refine(
+            pixel_values, scores, cfg.par_dilations, cfg.par_num_iter, cfg.par_temperature, cfg.par_pos_weight
+        )
 
     def decoder_train():
         optimizer.zero_grad(set_to_none=True)
@@ -458,9 +514,15 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
         loss.backward()
         optimizer.step()
 
-    pieces = dict(clip_forward=clip_forward, gradcam=gradcam_piece, affinity=affinity_piece,
-                  box_masks_refine=box_refine_piece, par=par_piece, generate_pseudo_labels=pseudo_labels,
-                  decoder_train=decoder_train)  # fmt: skip
+    pieces = dict(
+        clip_forward=clip_forward,
+        gradcam=gradcam_piece,
+        affinity=affinity_piece,
+        box_masks_refine=box_refine_piece,
+        par=par_piece,
+        generate_pseudo_labels=pseudo_labels,
+        decoder_train=decoder_train,
+    )
     seconds = {name: bench.median(fn, args.warmup, args.breakdown_repeats) for name, fn in pieces.items()}
     parts = ("gradcam", "affinity", "box_masks_refine", "par")
     seconds["pseudo_label_other"] = max(
@@ -495,9 +557,16 @@ def measure_par_compile(args, bench, model) -> dict:
         eager_out = run(par_iteration)
         eager_s = bench.median(lambda: run(par_iteration), args.warmup, args.breakdown_repeats)
         compiled_s = bench.median(lambda: run(compiled_iteration), args.warmup, args.breakdown_repeats)
-    return dict(batch=batch, crop=args.crop, iterations=cfg.par_num_iter, neighbours=8 * len(cfg.par_dilations),
-                eager_seconds=eager_s, compiled_seconds=compiled_s, compile_seconds=compile_seconds,
-                max_abs_diff=float((compiled_out - eager_out).abs().max()))  # fmt: skip
+    return dict(
+        batch=batch,
+        crop=args.crop,
+        iterations=cfg.par_num_iter,
+        neighbours=8 * len(cfg.par_dilations),
+        eager_seconds=eager_s,
+        compiled_seconds=compiled_s,
+        compile_seconds=compile_seconds,
+        max_abs_diff=float((compiled_out - eager_out).abs().max()),
+    )
 
 
 def measure_reference(args, bench, model, use_rfm) -> dict:
@@ -505,8 +574,9 @@ def measure_reference(args, bench, model, use_rfm) -> dict:
     reference, timed on the same inputs, and the fraction of pixels where they agree."""
     device, cfg = bench.device, model.config
     batch = args.reference_batch
-    pixel_values, class_labels = synthetic_batch(batch, args.crop, args.crop, cfg.num_foreground_classes,
-                                                 device, args.seed + 1)  # fmt: skip
+    pixel_values, class_labels = synthetic_batch(
+        batch, args.crop, args.crop, cfg.num_foreground_classes, device, args.seed + 1
+    )
     model.eval()
     n_maps = max(cfg.cam_layers, cfg.rfm_layers) - 1
     with torch.no_grad():
@@ -521,8 +591,9 @@ def measure_reference(args, bench, model, use_rfm) -> dict:
     def ours():  # the CLIP forward under --autocast; the pseudo labels in float32, as in the model's forward
         with autocast_context(args, device):
             clip = model.forward_clip_features(pixel_values, n_maps)
-        last["ours"] = model.generate_pseudo_labels(pixel_values, class_labels, clip.hidden[-1], clip.attention,
-                                                    clip.grid, decoder_affinity, use_rfm)  # fmt: skip
+        last["ours"] = model.generate_pseudo_labels(
+            pixel_values, class_labels, clip.hidden[-1], clip.attention, clip.grid, decoder_affinity, use_rfm
+        )
 
     # The reference mixes NumPy into the loop: it runs on the CPU (a CPU copy of the model on CUDA).
     ref_bench = Bench(torch.device("cpu"))
@@ -534,8 +605,16 @@ def measure_reference(args, bench, model, use_rfm) -> dict:
 
     ours_s = bench.median(ours, args.warmup, max(args.repeats, 1))
     ref_s = ref_bench.median(reference, args.reference_warmup, max(args.reference_repeats, 1))
-    return dict(batch=batch, crop=args.crop, rfm=use_rfm, ours_seconds=ours_s, reference_seconds=ref_s,
-                speedup=ref_s / ours_s, reference_device="cpu", **compare(last["ours"], last["ref"]))  # fmt: skip
+    return dict(
+        batch=batch,
+        crop=args.crop,
+        rfm=use_rfm,
+        ours_seconds=ours_s,
+        reference_seconds=ref_s,
+        speedup=ref_s / ours_s,
+        reference_device="cpu",
+        **compare(last["ours"], last["ref"]),
+    )
 
 
 def compare(ours, ref: dict) -> dict:
@@ -589,8 +668,15 @@ def measure_inference(args, bench, model) -> list[dict]:
                     return multiscale_flip_logits(model, pixel_values)
 
             seconds = bench.median(run, args.warmup, args.infer_repeats)
-            rows.append(dict(size=list(size), mode=mode, batch=args.infer_batch_size, seconds=seconds,
-                             images_per_s=args.infer_batch_size / seconds))  # fmt: skip
+            rows.append(
+                dict(
+                    size=list(size),
+                    mode=mode,
+                    batch=args.infer_batch_size,
+                    seconds=seconds,
+                    images_per_s=args.infer_batch_size / seconds,
+                )
+            )
     return rows
 
 
@@ -613,7 +699,9 @@ def crf_inputs(args) -> list[tuple[str, np.ndarray, torch.Tensor]]:
             top, left = max((image.height - size) // 2, 0), max((image.width - size) // 2, 0)
             box = (left, top, left + size, top + size)
             labels = torch.from_numpy(np.array(mask.crop(box)).astype(np.int64))
-            scenes.append((path.stem, np.array(image.crop(box)), torch.where(labels >= num_classes, 0, labels)))
+            scenes.append(
+                (path.stem, np.array(image.crop(box)), torch.where(labels >= num_classes, 0, labels))
+            )
     else:
         for i in range(args.crf_count):  # smooth random regions of 1-4 classes with class colours + noise
             coarse = torch.randn(num_classes, size // 64 + 2, size // 64 + 2, generator=g)
@@ -671,7 +759,10 @@ def _crf_breakdown(image: torch.Tensor, probs: torch.Tensor, params, repeats: in
         "iteration_filtering": lambda: energy(q),
         "iteration_softmax": lambda: energy(q).softmax(dim=1),
     }
-    seconds = {name: _timed(fn, 1, repeats, sync)[1 if probs.device.type == "cpu" else 0] for name, fn in pieces.items()}
+    seconds = {
+        name: _timed(fn, 1, repeats, sync)[1 if probs.device.type == "cpu" else 0]
+        for name, fn in pieces.items()
+    }
     seconds["iteration_softmax"] = max(seconds["iteration_softmax"] - seconds["iteration_filtering"], 0.0)
     seconds["vertices"] = {"bilateral": lattices[0].num_vertices, "smoothness": lattices[1].num_vertices}
     return seconds
@@ -720,9 +811,14 @@ def measure_crf(args, bench) -> dict:
             last["ours"] = dense_crf_module.dense_crf(image_t, probs_d, params)
 
         ours_wall, ours_cpu = _timed(ours, warmup, repeats, bench.sync)
-        row = dict(input=name, size=list(image.shape[:2]), classes=probs.shape[0], ours_seconds=ours_wall,
-                   ours_cpu_seconds=ours_cpu if device.type == "cpu" else None,
-                   ours_breakdown=_crf_breakdown(image_t, probs_d, params, repeats, bench.sync))  # fmt: skip
+        row = dict(
+            input=name,
+            size=list(image.shape[:2]),
+            classes=probs.shape[0],
+            ours_seconds=ours_wall,
+            ours_cpu_seconds=ours_cpu if device.type == "cpu" else None,
+            ours_breakdown=_crf_breakdown(image_t, probs_d, params, repeats, bench.sync),
+        )
         if dcrf is not None:
             unary = -np.log(np.clip(probs.numpy(), 1e-5, 1.0)).reshape(probs.shape[0], -1)
             unary, image_c = np.ascontiguousarray(unary, dtype=np.float32), np.ascontiguousarray(image)
@@ -735,10 +831,13 @@ def measure_crf(args, bench) -> dict:
             for _ in range(repeats):
                 _pydensecrf(dcrf, image_c, unary, params, times)
             ours_probs = last["ours"].float().cpu().numpy().reshape(probs.shape[0], -1)
-            row.update(reference_seconds=ref_wall, reference_cpu_seconds=ref_cpu,
-                       reference_breakdown={key: statistics.median(v) for key, v in times.items()},
-                       equal_labels=float((ours_probs.argmax(0) == last["ref"].argmax(0)).mean()),
-                       max_abs_diff=float(np.abs(ours_probs - last["ref"]).max()))  # fmt: skip
+            row.update(
+                reference_seconds=ref_wall,
+                reference_cpu_seconds=ref_cpu,
+                reference_breakdown={key: statistics.median(v) for key, v in times.items()},
+                equal_labels=float((ours_probs.argmax(0) == last["ref"].argmax(0)).mean()),
+                max_abs_diff=float(np.abs(ours_probs - last["ref"]).max()),
+            )
         rows.append(row)
         summary = f"  CRF {name}: ours {row['ours_seconds']:.3f} s"
         if dcrf is not None:
@@ -748,10 +847,19 @@ def measure_crf(args, bench) -> dict:
     if len(batch) > 1:  # several inputs as one batch on our side (the way a GPU evaluation would run them)
         images = torch.from_numpy(np.stack([image for _, image, _ in batch])).permute(0, 3, 1, 2).to(device)
         probs = torch.stack([probs for _, _, probs in batch]).to(device)
-        wall, cpu = _timed(lambda: dense_crf_module.dense_crf(images, probs, params), min(warmup, 1), repeats,
-                           bench.sync)  # fmt: skip
-        rows.append(dict(input=f"first {len(batch)} as one batch", size=list(images.shape[-2:]), classes=probs.shape[1],
-                         batch=len(batch), ours_seconds=wall, ours_cpu_seconds=cpu if device.type == "cpu" else None))  # fmt: skip
+        wall, cpu = _timed(
+            lambda: dense_crf_module.dense_crf(images, probs, params), min(warmup, 1), repeats, bench.sync
+        )
+        rows.append(
+            dict(
+                input=f"first {len(batch)} as one batch",
+                size=list(images.shape[-2:]),
+                classes=probs.shape[1],
+                batch=len(batch),
+                ours_seconds=wall,
+                ours_cpu_seconds=cpu if device.type == "cpu" else None,
+            )
+        )
     return dict(params=dataclasses.asdict(params), rows=rows, pydensecrf=dcrf is not None)
 
 
@@ -760,11 +868,14 @@ def render_crf(result: dict) -> str:
     crf = result["crf"]
     cpu = result["env"]["device_type"] == "cpu"
     p = crf["params"]
-    lines = [f"Dense CRF, WeCLIP's setting ({p['num_iters']} iterations, pos {p['pos_w']}/{p['pos_xy_std']}, "
-             f"bilateral {p['bi_w']}/{p['bi_xy_std']}/{p['bi_rgb_std']}); {result['env']['threads']} torch "
-             f"thread(s); pydensecrf is single-threaded C++ on the CPU. Times: median wall s (process CPU s).",
-             "", "| input | size, classes | ours | pydensecrf | ours / pydensecrf | equal labels | max abs diff |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"Dense CRF, WeCLIP's setting ({p['num_iters']} iterations, pos {p['pos_w']}/{p['pos_xy_std']}, "
+        f"bilateral {p['bi_w']}/{p['bi_xy_std']}/{p['bi_rgb_std']}); {result['env']['threads']} torch "
+        f"thread(s); pydensecrf is single-threaded C++ on the CPU. Times: median wall s (process CPU s).",
+        "",
+        "| input | size, classes | ours | pydensecrf | ours / pydensecrf | equal labels | max abs diff |",
+        "|---|---|---|---|---|---|---|",
+    ]
 
     def t(row, key):
         value = row.get(f"{key}_seconds")
@@ -779,29 +890,37 @@ def render_crf(result: dict) -> str:
             ours = row["ours_cpu_seconds"] if cpu else row["ours_seconds"]
             ratio = f"**{ours / (row['reference_cpu_seconds'] if cpu else row['reference_seconds']):.2f}**"
             equal, diff = f"{100 * row['equal_labels']:.4f}%", f"{row['max_abs_diff']:.1e}"
-        lines.append(f"| {row['input']} | {row['size'][0]}x{row['size'][1]}, {row['classes']} | {t(row, 'ours')} | "
-                     f"{t(row, 'reference')} | {ratio} | {equal} | {diff} |")  # fmt: skip
+        lines.append(
+            f"| {row['input']} | {row['size'][0]}x{row['size'][1]}, {row['classes']} | {t(row, 'ours')} | "
+            f"{t(row, 'reference')} | {ratio} | {equal} | {diff} |"
+        )
     rows = [row for row in crf["rows"] if "ours_breakdown" in row]
     if rows:
+
         def med(side, key):
             values = [row[f"{side}_breakdown"][key] for row in rows if f"{side}_breakdown" in row]
             return statistics.median(values) * 1e3 if values else float("nan")
 
         n = p["num_iters"]
-        lines += ["", f"Where the time goes (median over the inputs, ms{' of process CPU time' if cpu else ''}):", "",
-                  "| piece | ours | pydensecrf |", "|---|---|---|",
-                  f"| lattice, bilateral kernel (5-D) | {med('ours', 'lattice_bilateral'):.0f} | "
-                  f"{med('reference', 'lattice_bilateral'):.0f} |",
-                  f"| lattice, smoothness kernel (2-D) | {med('ours', 'lattice_smoothness'):.0f} | "
-                  f"{med('reference', 'lattice_smoothness'):.0f} |",
-                  f"| normalisation + unary setup | {med('ours', 'normalisation_setup'):.0f} | "
-                  f"{med('reference', 'unary'):.0f} (unary) |",
-                  f"| one iteration: splat + blur + slice, all classes, both kernels | "
-                  f"{med('ours', 'iteration_filtering'):.1f} | |",
-                  f"| one iteration: softmax | {med('ours', 'iteration_softmax'):.1f} | |",
-                  f"| {n} iterations (ours: {n} x the two rows above) | "
-                  f"{n * (med('ours', 'iteration_filtering') + med('ours', 'iteration_softmax')):.0f} | "
-                  f"{med('reference', 'inference'):.0f} (`inference({n})`) |"]  # fmt: skip
+        lines += [
+            "",
+            f"Where the time goes (median over the inputs, ms{' of process CPU time' if cpu else ''}):",
+            "",
+            "| piece | ours | pydensecrf |",
+            "|---|---|---|",
+            f"| lattice, bilateral kernel (5-D) | {med('ours', 'lattice_bilateral'):.0f} | "
+            f"{med('reference', 'lattice_bilateral'):.0f} |",
+            f"| lattice, smoothness kernel (2-D) | {med('ours', 'lattice_smoothness'):.0f} | "
+            f"{med('reference', 'lattice_smoothness'):.0f} |",
+            f"| normalisation + unary setup | {med('ours', 'normalisation_setup'):.0f} | "
+            f"{med('reference', 'unary'):.0f} (unary) |",
+            f"| one iteration: splat + blur + slice, all classes, both kernels | "
+            f"{med('ours', 'iteration_filtering'):.1f} | |",
+            f"| one iteration: softmax | {med('ours', 'iteration_softmax'):.1f} | |",
+            f"| {n} iterations (ours: {n} x the two rows above) | "
+            f"{n * (med('ours', 'iteration_filtering') + med('ours', 'iteration_softmax')):.0f} | "
+            f"{med('reference', 'inference'):.0f} (`inference({n})`) |",
+        ]
     return "\n".join(lines)
 
 
@@ -823,14 +942,22 @@ def render_table(result: dict) -> str:
 
     for t in result["training"]:
         mfu = f"MFU {100 * t['mfu']:.1f}%" if t["mfu"] is not None else "MFU n/a"
-        add("train step", f"batch {t['batch']}, crop {t['crop']}, RFM {'on' if t['rfm'] else 'off'}",
+        add(
+            "train step",
+            f"batch {t['batch']}, crop {t['crop']}, RFM {'on' if t['rfm'] else 'off'}",
             f"**{t['images_per_s']:.2f} img/s** ({1e3 * t['seconds']:.0f} ms/step), {mem_label} "
             f"{_gib(t['peak_bytes'])}, {t['gflop_per_image']:.1f} GFLOP/img, "
-            f"{1e3 * t['achieved_tflops']:.1f} GFLOP/s, {mfu}")  # fmt: skip
+            f"{1e3 * t['achieved_tflops']:.1f} GFLOP/s, {mfu}",
+        )
     for r in result["reference"]:
         setting = f"batch {r['batch']}, crop {r['crop']}, RFM {'on' if r['rfm'] else 'off'}"
-        add("pseudo labels (CLIP fwd + CAM + refine + PAR)", setting, f"{1e3 * r['ours_seconds']:.1f} ms",
-            f"{1e3 * r['reference_seconds']:.1f} ms ({r['reference_device']})", f"**{r['speedup']:.2f}x**")  # fmt: skip
+        add(
+            "pseudo labels (CLIP fwd + CAM + refine + PAR)",
+            setting,
+            f"{1e3 * r['ours_seconds']:.1f} ms",
+            f"{1e3 * r['reference_seconds']:.1f} ms ({r['reference_device']})",
+            f"**{r['speedup']:.2f}x**",
+        )
         ties = (
             "all at near-ties (top-2 PAR gap < 1e-3)" if r["differ_at_near_ties"] else "NOT all at near-ties"
         )
@@ -841,10 +968,15 @@ def render_table(result: dict) -> str:
             "(reference)",
             "",
         )
-        add("intermediates vs reference", setting,
+        add(
+            "intermediates vs reference",
+            setting,
             f"GradCAM max abs diff {r['gradcam_max_abs_diff']:.1e}; box masks {100 * r['box_masks_equal']:.2f}% "
             f"equal; refined CAM max rel diff {r['refined_max_rel_diff']:.1e} (refined CAM spread "
-            f"(max-min)/max {r['refined_spread_median']:.1e})", "(reference)", "")  # fmt: skip
+            f"(max-min)/max {r['refined_spread_median']:.1e})",
+            "(reference)",
+            "",
+        )
     for b in result["breakdown"]:
         s = b["seconds"]
         setting = f"batch {b['batch']}, RFM {'on' if b['rfm'] else 'off'}, {b['pairs']} pairs"
@@ -861,15 +993,21 @@ def render_table(result: dict) -> str:
             add(f"share: {name}", setting, f"{100 * sec / s['sum']:.1f}% ({1e3 * sec:.1f} ms)")
         add("share: sum of pieces", setting, f"{1e3 * s['sum']:.1f} ms (step measured separately above)")
     for c in result["par_compile"]:
-        add("PAR iterations: torch.compile vs eager",
+        add(
+            "PAR iterations: torch.compile vs eager",
             f"batch {c['batch']}, 3 maps, {c['crop']}x{c['crop']}, {c['iterations']} x {c['neighbours']} neighbours",
             f"{1e3 * c['compiled_seconds']:.1f} ms compiled (first call {c['compile_seconds']:.1f} s; max abs "
-            f"diff {c['max_abs_diff']:.1e})", f"{1e3 * c['eager_seconds']:.1f} ms eager",
-            f"**{c['eager_seconds'] / c['compiled_seconds']:.2f}x**")  # fmt: skip
+            f"diff {c['max_abs_diff']:.1e})",
+            f"{1e3 * c['eager_seconds']:.1f} ms eager",
+            f"**{c['eager_seconds'] / c['compiled_seconds']:.2f}x**",
+        )
     for i in result["inference"]:
         mode = "single scale" if i["mode"] == "single" else "scales 1, 0.75 + flip"
-        add("inference (CLIP + decoder)", f"{i['size'][0]}x{i['size'][1]}, {mode}, batch {i['batch']}",
-            f"**{i['images_per_s']:.2f} img/s** ({1e3 * i['seconds']:.0f} ms/batch)")  # fmt: skip
+        add(
+            "inference (CLIP + decoder)",
+            f"{i['size'][0]}x{i['size'][1]}, {mode}, batch {i['batch']}",
+            f"**{i['images_per_s']:.2f} img/s** ({1e3 * i['seconds']:.0f} ms/batch)",
+        )
     return "\n".join(lines)
 
 
@@ -881,8 +1019,11 @@ def render_syncs(result: dict) -> str:
             merged[site] = max(merged.get(site, 0), sync["count"])
     if not merged:
         return "Host syncs in one training step: none found."
-    lines = ["Host syncs in one training step (max count per step over the configurations):",
-             "| what | where (weclip_hf) | library frame | count |", "|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "Host syncs in one training step (max count per step over the configurations):",
+        "| what | where (weclip_hf) | library frame | count |",
+        "|---|---|---|---|",
+    ]
     for (why, where, library), count in sorted(merged.items(), key=lambda kv: kv[0][1]):
         lines.append(f"| {why} | {where.replace('|', chr(92) + '|')} | {library} | {count} |")
     return "\n".join(lines)
@@ -891,10 +1032,16 @@ def render_syncs(result: dict) -> str:
 def environment(device: torch.device, args) -> dict:
     import transformers
 
-    env = dict(device_type=device.type, torch=torch.__version__, transformers=transformers.__version__,
-               python=platform.python_version(), threads=torch.get_num_threads(),
-               cpu=platform.processor() or platform.machine(), autocast=args.autocast,
-               model="tiny test config" if args.tiny else "ViT-B/16 + VOC (random weights)")  # fmt: skip
+    env = dict(
+        device_type=device.type,
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        python=platform.python_version(),
+        threads=torch.get_num_threads(),
+        cpu=platform.processor() or platform.machine(),
+        autocast=args.autocast,
+        model="tiny test config" if args.tiny else "ViT-B/16 + VOC (random weights)",
+    )
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
@@ -910,17 +1057,27 @@ def main(argv: list[str] | None = None) -> dict:
     if args.crf:
         return main_crf(args, bench, start)
     model = build_model(args.tiny, device, args.seed)
-    optimizer = torch.optim.AdamW(model.decoder.parameters(), lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
-                                  weight_decay=0.01)  # fmt: skip
-    result = dict(env=environment(device, args), args={k: v for k, v in vars(args).items()},
-                  training=[], breakdown=[], par_compile=[], reference=[], inference=[])  # fmt: skip
+    optimizer = torch.optim.AdamW(
+        model.decoder.parameters(), lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01
+    )
+    result = dict(
+        env=environment(device, args),
+        args={k: v for k, v in vars(args).items()},
+        training=[],
+        breakdown=[],
+        par_compile=[],
+        reference=[],
+        inference=[],
+    )
     print(f"# WeCLIP benchmark: {result['env']}", flush=True)
 
     for batch in args.batch_sizes:
         for use_rfm in args.rfm:
             result["training"].append(measure_training(args, bench, model, optimizer, batch, use_rfm))
-            print(f"  train batch {batch} rfm {use_rfm}: {result['training'][-1]['images_per_s']:.2f} img/s",
-                  flush=True)  # fmt: skip
+            print(
+                f"  train batch {batch} rfm {use_rfm}: {result['training'][-1]['images_per_s']:.2f} img/s",
+                flush=True,
+            )
     if not args.no_breakdown:
         for use_rfm in args.rfm:
             result["breakdown"].append(
@@ -943,9 +1100,11 @@ def main(argv: list[str] | None = None) -> dict:
     print()
     print(render_syncs(result))
     if result["training"]:
-        print(f"\nMemory: {result['training'][0]['memory_method']}. FLOPs: torch.utils.flop_counter formulas "
-              f"(matmuls/convs/attention only; PAR and other elementwise work count 0). "
-              f"Total {result['total_seconds']:.0f} s.")  # fmt: skip
+        print(
+            f"\nMemory: {result['training'][0]['memory_method']}. FLOPs: torch.utils.flop_counter formulas "
+            f"(matmuls/convs/attention only; PAR and other elementwise work count 0). "
+            f"Total {result['total_seconds']:.0f} s."
+        )
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(result, indent=2, default=str))
     return result

@@ -26,3 +26,6 @@ run() {  # run PRECISION [flags]: one benchmark run, its JSON and log under OUT_
 }
 run bf16 "$@"                                        # everything: training, breakdown, inference, reference
 run none --batch_sizes 4,64 --no_breakdown --compile_par "$@"  # fp32 for comparison (lighter), and PAR compiled
+# native half-precision weights vs float32 (inference time and peak memory)
+PYTHONUNBUFFERED=1 "$python" examples/benchmark_half_precision.py --device cuda --batch_size 16 --repeats 10 \
+    2>&1 | tee "$out/half_precision.txt"

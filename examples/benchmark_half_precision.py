@@ -71,17 +71,32 @@ def main(argv=None) -> list[dict]:
         return []
     rows = []
     for dtype in args.dtypes.split(","):
-        command = [sys.executable, __file__, "--one", dtype, "--device", args.device, "--batch_size",
-                   str(args.batch_size), "--size", str(args.size), "--repeats", str(args.repeats),
-                   "--num_threads", str(args.num_threads)]  # fmt: skip
+        command = [
+            sys.executable,
+            __file__,
+            "--one",
+            dtype,
+            "--device",
+            args.device,
+            "--batch_size",
+            str(args.batch_size),
+            "--size",
+            str(args.size),
+            "--repeats",
+            str(args.repeats),
+            "--num_threads",
+            str(args.num_threads),
+        ]
         proc = subprocess.run(command, capture_output=True, text=True, check=True)
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     base = rows[0]
     print(f"inference, batch {args.batch_size}, {args.size} px, {args.device}, {args.num_threads} thread(s)")
     print("| weights | median time | vs first | peak memory | vs first |\n|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['dtype']} | {row['median_s']:.3f} s | {row['median_s'] / base['median_s']:.2f}x | "
-              f"{row['peak_mb']:.0f} MB | {row['peak_mb'] / base['peak_mb']:.2f}x |")  # fmt: skip
+        print(
+            f"| {row['dtype']} | {row['median_s']:.3f} s | {row['median_s'] / base['median_s']:.2f}x | "
+            f"{row['peak_mb']:.0f} MB | {row['peak_mb'] / base['peak_mb']:.2f}x |"
+        )
     return rows
 
 

@@ -53,17 +53,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--msf", action="store_true", help="multi-scale (1.0, 0.75) + flip")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.75])
     p.add_argument("--crf", action="store_true", help="dense CRF post-processing (pure PyTorch)")
-    p.add_argument("--crf_preset", choices=sorted(PRESETS), default="weclip",
-                   help="CRF parameters that the --crf_* flags override: WeCLIP's evaluation (default) or "
-                        "DeepLab's")  # fmt: skip
+    p.add_argument(
+        "--crf_preset",
+        choices=sorted(PRESETS),
+        default="weclip",
+        help="CRF parameters that the --crf_* flags override: WeCLIP's evaluation (default) or DeepLab's",
+    )
     for field in dataclasses.fields(CRFParams):
         values = ", ".join(
             f"{name} {getattr(preset, field.name)}" for name, preset in sorted(PRESETS.items())
         )
         kind = {"num_iters": int, "pos_filter": str}.get(field.name, float)
         choices = ["lattice", "gaussian"] if field.name == "pos_filter" else None
-        p.add_argument(f"--crf_{field.name}", type=kind, choices=choices,
-                       help=f"CRFParams.{field.name} (default: the preset's; {values})")  # fmt: skip
+        p.add_argument(
+            f"--crf_{field.name}",
+            type=kind,
+            choices=choices,
+            help=f"CRFParams.{field.name} (default: the preset's; {values})",
+        )
     p.add_argument("--pseudo_labels", action="store_true", help="also score CAM / RFM pseudo labels")
     p.add_argument("--batch_size", type=int, default=1)
     p.add_argument("--max_eval_samples", type=at_least_one, help="evaluate the first N images (N >= 1)")
@@ -116,9 +123,17 @@ def main(argv=None) -> dict:
     cfg = model.config
     toy = args.dataset_name is None and args.data_dir is None and args.dataset_path is None
     _, val, _ = load_dataset_splits(
-        args.dataset_name, args.dataset_config_name, args.data_dir, args.dataset_path, None,
-        args.validation_split, toy=toy, toy_sizes=(1, args.toy_val_images), seed=args.seed, need_train=False,
-    )  # fmt: skip
+        args.dataset_name,
+        args.dataset_config_name,
+        args.data_dir,
+        args.dataset_path,
+        None,
+        args.validation_split,
+        toy=toy,
+        toy_sizes=(1, args.toy_val_images),
+        seed=args.seed,
+        need_train=False,
+    )
     if val is None:
         raise ValueError(f"Split {args.validation_split!r} not found in the dataset.")
     if args.max_eval_samples:

@@ -143,9 +143,24 @@ def test_evaluate_script_flags_cover_every_param():
     spec.loader.exec_module(script)
     args = script.parse_args(["--model_name_or_path", "m"])
     assert args.crf_params == WECLIP
-    flags = ["--crf_preset", "deeplab", "--crf_num_iters", "5", "--crf_pos_w", "2", "--crf_pos_xy_std", "2",
-             "--crf_bi_w", "5", "--crf_bi_xy_std", "50", "--crf_bi_rgb_std", "4",
-             "--crf_pos_filter", "gaussian"]  # fmt: skip
+    flags = [
+        "--crf_preset",
+        "deeplab",
+        "--crf_num_iters",
+        "5",
+        "--crf_pos_w",
+        "2",
+        "--crf_pos_xy_std",
+        "2",
+        "--crf_bi_w",
+        "5",
+        "--crf_bi_xy_std",
+        "50",
+        "--crf_bi_rgb_std",
+        "4",
+        "--crf_pos_filter",
+        "gaussian",
+    ]
     args = script.parse_args(["--model_name_or_path", "m", *flags])
     assert args.crf_params == CRFParams(5, 2.0, 2.0, 5.0, 50.0, 4.0, "gaussian")
     assert script.parse_args(["--model_name_or_path", "m", "--crf_preset", "deeplab"]).crf_params == DEEPLAB
@@ -285,8 +300,9 @@ def pydensecrf_probs(
     unary = -np.log(np.clip(probs.numpy(), 1e-5, 1.0)).reshape(num_classes, -1)  # unary_from_softmax
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=params.pos_xy_std, compat=params.pos_w)
-    crf.addPairwiseBilateral(sxy=params.bi_xy_std, srgb=params.bi_rgb_std, rgbim=np.ascontiguousarray(image),
-                             compat=params.bi_w)  # fmt: skip
+    crf.addPairwiseBilateral(
+        sxy=params.bi_xy_std, srgb=params.bi_rgb_std, rgbim=np.ascontiguousarray(image), compat=params.bi_w
+    )
     return torch.from_numpy(np.array(crf.inference(params.num_iters))).reshape(num_classes, height, width)
 
 
@@ -361,8 +377,25 @@ def test_benchmark_crf_mode_runs(tmp_path):
     import sys
 
     out = tmp_path / "crf.json"
-    command = [sys.executable, str(ROOT / "examples" / "benchmark.py"), "--crf", "--device", "cpu", "--num_threads",
-               "1", "--crf_size", "40", "--crf_count", "1", "--warmup", "0", "--repeats", "1", "--output_json", str(out)]  # fmt: skip
+    command = [
+        sys.executable,
+        str(ROOT / "examples" / "benchmark.py"),
+        "--crf",
+        "--device",
+        "cpu",
+        "--num_threads",
+        "1",
+        "--crf_size",
+        "40",
+        "--crf_count",
+        "1",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--output_json",
+        str(out),
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     proc = subprocess.run(
         command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False

@@ -67,10 +67,23 @@ def test_single_scale_cli_writes_json_and_per_class_table(model_dir, data_path, 
     out = tmp_path / "val.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--model_name_or_path", str(model_dir), "--dataset_path", str(data_path),
-         "--output_json", str(out), "--device", "cpu"],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--model_name_or_path",
+            str(model_dir),
+            "--dataset_path",
+            str(data_path),
+            "--output_json",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["split"] == "validation" and report["num_images"] == 3
@@ -85,8 +98,21 @@ def test_single_scale_cli_writes_json_and_per_class_table(model_dir, data_path, 
 
 def test_multiscale_flip_crf_and_pseudo_labels(model_dir, data_path, tmp_path, capsys):
     out = tmp_path / "val.json"
-    report = load_script().main(["--model_name_or_path", str(model_dir), "--dataset_path", str(data_path), "--msf",
-                                 "--crf", "--pseudo_labels", "--device", "cpu", "--output_json", str(out)])  # fmt: skip
+    report = load_script().main(
+        [
+            "--model_name_or_path",
+            str(model_dir),
+            "--dataset_path",
+            str(data_path),
+            "--msf",
+            "--crf",
+            "--pseudo_labels",
+            "--device",
+            "cpu",
+            "--output_json",
+            str(out),
+        ]
+    )
     modes = ["pred", "pred_msf", "pred_crf", "pred_msf_crf", "cam", "pseudo"]
     assert all(0.0 <= report[f"{m}_miou"] <= 1.0 for m in modes)
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
@@ -100,8 +126,22 @@ def test_multiscale_flip_crf_and_pseudo_labels(model_dir, data_path, tmp_path, c
 
 
 def test_scales_and_max_eval_samples(model_dir, data_path):
-    report = load_script().main(["--model_name_or_path", str(model_dir), "--dataset_path", str(data_path), "--msf",
-                                 "--scales", "1.0", "0.5", "--max_eval_samples", "1", "--device", "cpu"])  # fmt: skip
+    report = load_script().main(
+        [
+            "--model_name_or_path",
+            str(model_dir),
+            "--dataset_path",
+            str(data_path),
+            "--msf",
+            "--scales",
+            "1.0",
+            "0.5",
+            "--max_eval_samples",
+            "1",
+            "--device",
+            "cpu",
+        ]
+    )
     assert report["num_images"] == 1 and 0.0 <= report["pred_msf_miou"] <= 1.0
 
 
@@ -110,7 +150,10 @@ class EncodedPrediction(torch.nn.Module):
 
     def __init__(self, num_labels: int = 3):
         super().__init__()
-        self.config = SimpleNamespace(num_labels=num_labels, semantic_loss_ignore_index=255)
+        # one pixel per "patch": its logits are at the image's resolution
+        self.config = SimpleNamespace(
+            num_labels=num_labels, semantic_loss_ignore_index=255, vision_config=SimpleNamespace(patch_size=1)
+        )
 
     def forward(self, pixel_values, **kwargs):
         pred = pixel_values[:, 0].long()
@@ -167,8 +210,18 @@ def test_all_ignored_masks_write_null_not_nan_json(model_dir, tmp_path):
     datasets.DatasetDict({"validation": val}).save_to_disk(tmp_path / "void")
     out = tmp_path / "void.json"
     with pytest.warns(RuntimeWarning, match="no valid pixel"):
-        report = load_script().main(["--model_name_or_path", str(model_dir), "--dataset_path", str(tmp_path / "void"),
-                                     "--device", "cpu", "--output_json", str(out)])  # fmt: skip
+        report = load_script().main(
+            [
+                "--model_name_or_path",
+                str(model_dir),
+                "--dataset_path",
+                str(tmp_path / "void"),
+                "--device",
+                "cpu",
+                "--output_json",
+                str(out),
+            ]
+        )
     text = out.read_text()
     assert "NaN" not in text and json.loads(text)["pred_miou"] is None and report["pred_miou"] is None
     assert set(json.loads(text)["per_class_iou"]["pred"].values()) == {None}
@@ -189,5 +242,24 @@ def test_images_below_one_patch_after_the_resize_are_predicted_not_refused(tiny_
 
     pixel_values = torch.randn(1, 3, *size)
     for msf in (False, True):
-        labels = predict_labels(tiny_model, pixel_values, size, msf=msf, long_side=64 if max(size) > 64 else None)
+        labels = predict_labels(
+            tiny_model, pixel_values, size, msf=msf, long_side=64 if max(size) > 64 else None
+        )
         assert labels.shape == (1, *size)
+
+
+def test_pseudo_label_modes_evaluate_images_below_one_patch(tiny_model):
+    """The cam / pseudo modes run the model at the image's own size: a 1 x 1 or 5 x 30 image is padded."""
+    from weclip_hf.evaluation import evaluate_segmentation
+
+    batches = [
+        {
+            "pixel_values": torch.randn(1, 3, *size),
+            "labels": torch.zeros(1, *size, dtype=torch.long),
+            "class_labels": torch.tensor([[1.0, 0, 0, 0]]),
+        }
+        for size in ((1, 1), (5, 30))
+    ]
+    results = evaluate_segmentation(tiny_model, batches, ("pred", "cam", "pseudo"), progress=False)
+    assert set(results) == {"pred", "cam", "pseudo"}
+    assert all(results[mode]["mean_iou"] is not None for mode in results)  # the 151 pixels were scored

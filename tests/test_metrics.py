@@ -247,28 +247,73 @@ def evaluate_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
     oor_pred, oor_ref = random_maps(5, ref_out_of_range=True)
     lm_pred, lm_ref = np.array([[2, 1, 3, 0]]), np.array([[1, 2, 3, 0]])
     cases = {
-        "hub": {"predictions": HUB_PREDICTIONS, "references": HUB_REFERENCES, "num_labels": 10, "ignore_index": 255},
-        "random": {"predictions": pred.tolist(), "references": ref.tolist(), "num_labels": NUM_LABELS, "ignore_index": 255},
-        "nan": {"predictions": [[[0, 0]]], "references": [[[0, 0]]], "num_labels": 3, "ignore_index": 255, "nan_to_num": 0},
-        "label_map": {"predictions": [lm_pred.tolist()], "references": [lm_ref.tolist()], "num_labels": 4, "ignore_index": 255,
-                      "label_map": {1: 2, 2: 1}, "reduce_labels": True},
-        "shape": {"predictions": [[[0, 1]]], "references": [[[0], [1]]], "num_labels": 2, "ignore_index": 255},
-        "out_of_range_255": {"predictions": oor_pred.tolist(), "references": oor_ref.tolist(), "num_labels": NUM_LABELS,
-                             "ignore_index": 255},
-        "out_of_range_0": {"predictions": oor_pred.tolist(), "references": oor_ref.tolist(), "num_labels": NUM_LABELS,
-                           "ignore_index": 0},
-        "out_of_range_label_map": {"predictions": oor_pred.tolist(), "references": oor_ref.tolist(),
-                                   "num_labels": NUM_LABELS, "ignore_index": 255, "label_map": {9: 1, 1: 9},
-                                   "reduce_labels": True},
-    }  # fmt: skip
+        "hub": {
+            "predictions": HUB_PREDICTIONS,
+            "references": HUB_REFERENCES,
+            "num_labels": 10,
+            "ignore_index": 255,
+        },
+        "random": {
+            "predictions": pred.tolist(),
+            "references": ref.tolist(),
+            "num_labels": NUM_LABELS,
+            "ignore_index": 255,
+        },
+        "nan": {
+            "predictions": [[[0, 0]]],
+            "references": [[[0, 0]]],
+            "num_labels": 3,
+            "ignore_index": 255,
+            "nan_to_num": 0,
+        },
+        "label_map": {
+            "predictions": [lm_pred.tolist()],
+            "references": [lm_ref.tolist()],
+            "num_labels": 4,
+            "ignore_index": 255,
+            "label_map": {1: 2, 2: 1},
+            "reduce_labels": True,
+        },
+        "shape": {
+            "predictions": [[[0, 1]]],
+            "references": [[[0], [1]]],
+            "num_labels": 2,
+            "ignore_index": 255,
+        },
+        "out_of_range_255": {
+            "predictions": oor_pred.tolist(),
+            "references": oor_ref.tolist(),
+            "num_labels": NUM_LABELS,
+            "ignore_index": 255,
+        },
+        "out_of_range_0": {
+            "predictions": oor_pred.tolist(),
+            "references": oor_ref.tolist(),
+            "num_labels": NUM_LABELS,
+            "ignore_index": 0,
+        },
+        "out_of_range_label_map": {
+            "predictions": oor_pred.tolist(),
+            "references": oor_ref.tolist(),
+            "num_labels": NUM_LABELS,
+            "ignore_index": 255,
+            "label_map": {9: 1, 1: 9},
+            "reduce_labels": True,
+        },
+    }
     cache = tmp_path_factory.mktemp("hf_cache")
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(cache / "modules"), HF_HOME=str(cache))
     env["OMP_NUM_THREADS"] = "1"  # small inputs; avoids thread contention on shared CPUs
     stdin = json.dumps({"path": MEAN_IOU_MODULE_PATH, "cases": cases})
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(EVALUATE_SCRIPT)],
-        input=stdin, capture_output=True, text=True, env=env, timeout=120, check=False,
-    )  # fmt: skip
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (cache / "modules").is_dir()
     inputs = {"random": (pred, ref), "out_of_range": (oor_pred, oor_ref)}

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .crf import WECLIP, CRFParams, crf_refine_labels
 from .image_processing_weclip import IMAGENET_MEAN, IMAGENET_STD
-from .inference import image_logits, multiscale_flip_logits, resize_longest_edge
+from .inference import image_logits, multiscale_flip_logits, pad_to_patch, resize_longest_edge
 from .metrics import confusion_matrix, scores_from_confusion
 
 MODES = ("pred", "pred_msf", "pred_crf", "pred_msf_crf", "cam", "pseudo")
@@ -93,10 +93,9 @@ def evaluate_segmentation(
                     model, pixel_values, size, "msf" in mode, scales, long_side, "crf" in mode, crf_params
                 )
             else:
-                out = model(
-                    pixel_values=pixel_values, class_labels=batch["class_labels"], use_rfm=mode == "pseudo"
-                )
-                pred = out.pseudo_labels
+                padded = pad_to_patch(pixel_values, model.config.vision_config.patch_size)  # tiny images
+                out = model(pixel_values=padded, class_labels=batch["class_labels"], use_rfm=mode == "pseudo")
+                pred = out.pseudo_labels[..., : pixel_values.shape[-2], : pixel_values.shape[-1]]
                 if pred.shape[-2:] != size:
                     pred = F.interpolate(pred[:, None].float(), size=size, mode="nearest")[:, 0].long()
             cm = confusion_matrix(pred, labels, num_labels, ignore_index=ignore)
