@@ -98,6 +98,22 @@ def require_data(path: Path, what: str) -> Path:
     return path
 
 
+def tiny_text_config(tokenizer) -> dict:
+    """A 2-layer CLIP text tower for ``tokenizer``: its vocabulary and its special-token ids (CLIP pools the
+    text at the end-of-text id, which must be the tokenizer's)."""
+    return dict(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory):
     """A tiny random CLIPModel saved like a Hub checkpoint, with the byte-level CLIPTokenizer the package ships
@@ -115,17 +131,7 @@ def tiny_clip(tmp_path_factory):
         image_size=96,
         patch_size=12,
     )
-    text = dict(
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text = tiny_text_config(tokenizer)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tinyclip")
     CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=16)).save_pretrained(path)

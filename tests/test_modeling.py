@@ -287,23 +287,13 @@ def test_bool_and_integer_class_labels_equal_float_ones(tiny_model, dtype):
 
 
 def test_from_clip_loads_clip_weights_and_tokenizer(tmp_path):
-    from conftest import TINY_VISION
+    from conftest import TINY_VISION, tiny_text_config
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     from weclip_hf.data.toy import toy_clip_path
 
     tokenizer = CLIPTokenizer.from_pretrained(toy_clip_path(), model_max_length=77)
-    text = dict(
-        hidden_size=32,
-        intermediate_size=37,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    text = tiny_text_config(tokenizer)
     torch.manual_seed(0)
     clip = CLIPModel(CLIPConfig(vision_config=TINY_VISION, text_config=text, projection_dim=16))
     clip.save_pretrained(tmp_path)

@@ -91,22 +91,18 @@ def read_training_state(path: Path) -> TrainingState:
 
 
 def _read_legacy_training_state(path: Path) -> TrainingState:
-    """A checkpoint of an earlier version: scheduler (and position) pickles, loaded with weights_only=True."""
-    import torch
-
+    """A checkpoint of an earlier version: scheduler (and position) pickles, loaded tensor-only."""
     legacy, step = path / LEGACY_SCHEDULER_NAME, checkpoint_step(path)
     if not legacy.exists() or step is None:
         raise CheckpointError(f"{path} has no {TRAINING_STATE_NAME}: not a complete weclip-hf checkpoint.")
+    scheduler = _read(legacy, _tensor_only_load)
+    position = {"epoch": 0, "batch": 0}
+    if (path / LEGACY_POSITION_NAME).exists():
+        position = _read(path / LEGACY_POSITION_NAME, _tensor_only_load)
     try:
-        scheduler = torch.load(legacy, map_location="cpu", weights_only=True)
-        position = {"epoch": 0, "batch": 0}
-        if (path / LEGACY_POSITION_NAME).exists():
-            position = torch.load(path / LEGACY_POSITION_NAME, map_location="cpu", weights_only=True)
         return TrainingState(step=step, scheduler=dict(scheduler), position=StreamPosition(**position))
-    except Exception as error:  # an unpickling refusal or a malformed state: name the file either way
-        raise CheckpointError(
-            f"{legacy} cannot be loaded safely (tensor-only unpickling): {error}"
-        ) from error
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{legacy} does not hold a scheduler / stream state: {error}") from error
 
 
 def checkpoint_problem(path: Path) -> str | None:
