@@ -442,7 +442,7 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
         batch, args.crop, args.crop, cfg.num_foreground_classes, device, args.seed
     )
     model.train()
-    n_maps = max(cfg.cam_layers, cfg.rfm_layers) - 1
+    n_maps = max(cfg.attention_num_maps, cfg.rfm_num_maps) - 1
     amp = lambda: autocast_context(args, device)  # noqa: E731
 
     def clip_forward():
@@ -451,7 +451,7 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
 
     clip = clip_forward()
     hidden, attention, grid = clip.hidden, clip.attention, clip.grid
-    tokens = [t[:, 1:] for t in hidden[len(hidden) - cfg.feature_layers :]]
+    tokens = [t[:, 1:] for t in hidden[len(hidden) - cfg.num_feature_layers :]]
 
     def decoder_forward():
         with amp():
@@ -485,9 +485,9 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
 
     def affinity_piece():
         if use_rfm:
-            affinity = rfm_affinity(maps[:, -cfg.rfm_layers :], decoder_affinity)[0]
+            affinity = rfm_affinity(maps[:, -cfg.rfm_num_maps :], decoder_affinity)[0]
         else:
-            affinity = maps[:, -cfg.cam_layers :].mean(dim=1)
+            affinity = maps[:, -cfg.attention_num_maps :].mean(dim=1)
         return transition_matrix(affinity)
 
     transition = affinity_piece()
@@ -578,11 +578,11 @@ def measure_reference(args, bench, model, use_rfm) -> dict:
         batch, args.crop, args.crop, cfg.num_foreground_classes, device, args.seed + 1
     )
     model.eval()
-    n_maps = max(cfg.cam_layers, cfg.rfm_layers) - 1
+    n_maps = max(cfg.attention_num_maps, cfg.rfm_num_maps) - 1
     with torch.no_grad():
         clip = model.forward_clip_features(pixel_values, 0)
         hidden, grid = clip.hidden, clip.grid
-        tokens = [t[:, 1:] for t in hidden[len(hidden) - cfg.feature_layers :]]
+        tokens = [t[:, 1:] for t in hidden[len(hidden) - cfg.num_feature_layers :]]
         features = model.decoder(tokens, grid)[1].flatten(2).float()
         decoder_affinity = torch.sigmoid(features.transpose(1, 2) @ features)
 

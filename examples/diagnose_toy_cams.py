@@ -5,10 +5,10 @@
 
 Pseudo labels are scored (9-class mIoU, background included) on images of the dev seeds 5,000,000 and
 6,000,000, never on a training run's validation draw. Without ``--model`` the model is the toy recipe's
-(`examples/train.py`, shipped tiny CLIP) with ``cam_box_threshold`` and ``cam_attention_layers`` swept.
+(`examples/train.py`, shipped tiny CLIP) with ``cam_box_threshold`` and ``attention_num_maps`` swept.
 
 With ``--model`` every row refines the same GradCAMs with another affinity:
-- ``cam``: the mean of the last ``cam_attention_layers`` attention maps (no RFM);
+- ``cam``: the mean of the last ``attention_num_maps`` attention maps (no RFM);
 - ``rfm``: the RFM as specified: the maps its layer rule keeps, times the decoder affinity A_dec;
 - ``rfm kept maps only``: the kept maps without A_dec (the rule does not depend on A_dec, whose sum is
   the same for every layer);
@@ -89,7 +89,7 @@ def pseudo_labels(model, pixels, labels, masks, variant: str) -> tuple[torch.Ten
         )
         return out.pseudo_labels, out.cam_details.rfm_keep
     cfg = model.config
-    clip = model.forward_clip_features(pixels, cfg.rfm_layers - 1)
+    clip = model.forward_clip_features(pixels, cfg.rfm_num_maps - 1)
     hidden, attention, grid = clip.hidden, clip.attention, clip.grid
     if variant == "rfm kept maps only":
         affinity = torch.ones(len(pixels), grid[0] * grid[1], grid[0] * grid[1])
@@ -123,9 +123,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         model = recipe_model().eval()
         for layers in args.attention_layers:
             for threshold in args.box_thresholds:
-                model.config.cam_attention_layers, model.config.cam_box_threshold = layers, threshold
+                model.config.attention_num_maps, model.config.cam_box_threshold = layers, threshold
                 mious, _ = score(model, draws, "cam")
-                rows.append(dict(cam_attention_layers=layers, cam_box_threshold=threshold, mious=mious))
+                rows.append(dict(attention_num_maps=layers, cam_box_threshold=threshold, mious=mious))
     else:
         model = WeCLIPForSemanticSegmentation.from_pretrained(args.model).eval()
         for variant in ("cam", "rfm", "rfm kept maps only", "rfm with the true A_dec"):

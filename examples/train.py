@@ -80,7 +80,7 @@ RECIPES = {
                 # shipped CLIP: 0.3 0.564, 0.5 0.631, 0.6 0.643, 0.7 0.661, 0.8 0.671, 0.9 0.648);
                 # a decoder as wide as the tiny CLIP (ViT-B/16: 256 for 768); PAR dilations up to 8 px for
                 # 96 px images (VOC: up to 24 px for 320 px crops)
-                cam_attention_layers=2, rfm_num_layers=2, cam_box_threshold=0.8, decoder_hidden_size=128,
+                attention_num_maps=2, rfm_num_maps=2, cam_box_threshold=0.8, decoder_hidden_size=128,
                 par_dilations=[1, 2, 4, 8],
                 # 96 px images: at 0.75 the finest textures fall below the 8 px patch; chosen on the dev
                 # split of the earlier world of smaller objects: single scale 0.426, 1.0 + flip 0.435,
@@ -155,9 +155,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--cam_box_threshold", type=float, help="box threshold on the GradCAM (VOC 0.4, COCO 0.7)"
     )
     model.add_argument(
-        "--cam_attention_layers", type=int, help="last attention maps averaged for CAM refinement"
+        "--attention_num_maps", type=int, help="last attention maps averaged for CAM refinement"
     )
-    model.add_argument("--rfm_num_layers", type=int, help="last attention maps the RFM chooses from")
+    model.add_argument("--rfm_num_maps", type=int, help="last attention maps the RFM chooses from")
     model.add_argument("--par_dilations", type=int, nargs="+", help="PAR neighbour dilations")
     model.add_argument("--decoder_hidden_size", type=int, help="decoder width (256)")
     model.add_argument("--decoder_dropout", type=float, help="Dropout2d after the feature fusion (0.1)")
@@ -239,8 +239,8 @@ MODEL_FLAGS = (
     "decoder_hidden_size",
     "rfm_start_step",
     "cam_box_threshold",
-    "cam_attention_layers",
-    "rfm_num_layers",
+    "attention_num_maps",
+    "rfm_num_maps",
     "par_dilations",
     "decoder_dropout",
 )

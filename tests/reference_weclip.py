@@ -92,13 +92,13 @@ def reference_pseudo_labels(model, pixel_values, class_labels, use_rfm=False, de
         maps = [a[b, 1:, 1:] for a in attention] + [last[0, 1:, 1:]]
         if use_rfm:
             a_dec = decoder_affinity[b].detach()
-            chosen = maps[-cfg.rfm_layers :]
+            chosen = maps[-cfg.rfm_num_maps :]
             d = [torch.sum(a_dec - m) for m in chosen]
             mean_d = sum(d) / len(d)
             kept = [m for m, dl in zip(chosen, d) if dl <= mean_d]
             aff = sum(kept) / (len(kept) + 1e-5) * a_dec
         else:
-            aff = torch.stack(maps[-cfg.cam_layers :]).mean(0)
+            aff = torch.stack(maps[-cfg.attention_num_maps :]).mean(0)
         trans = reference_transition(aff.float())
         cams_up = []
         for c in present:

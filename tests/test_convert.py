@@ -383,7 +383,12 @@ def test_infer_config_from_tiny_shapes(tiny_official_config):
     assert (t.hidden_size, t.num_hidden_layers, t.num_attention_heads) == (64, 2, 1)
     assert t.max_position_embeddings == 16
     assert (t.vocab_size, t.eos_token_id, t.bos_token_id) == (99, 98, 97)
-    assert (c.projection_dim, c.decoder_hidden_size, c.decoder_num_layers, c.feature_layers) == (32, 32, 2, 2)
+    assert (c.projection_dim, c.decoder_hidden_size, c.decoder_num_layers, c.num_feature_layers) == (
+        32,
+        32,
+        2,
+        2,
+    )
     assert c.num_labels == 21 and c.class_names[2] == "bird avian"
 
 
@@ -476,7 +481,7 @@ def test_real_vit_b16_sizes_on_meta_device():
     assert (t.vocab_size, t.max_position_embeddings) == (49408, 77)
     assert (t.eos_token_id, t.bos_token_id) == (49407, 49406)
     assert (config.projection_dim, config.decoder_hidden_size, config.decoder_num_layers) == (512, 256, 3)
-    assert (config.decoder_mlp_ratio, config.feature_layers, config.num_feature_layers) == (4, 11, None)
+    assert (config.decoder_mlp_ratio, config.num_feature_layers) == (4, 11)
     ours, report = official_to_weclip(sd, config)
     assert len(report.mapped) == 386 and len(ours) == 483
     assert ours["vision_model.encoder.layers.11.self_attn.v_proj.weight"].shape == (768, 768)

@@ -1,5 +1,7 @@
 """WeCLIPForSemanticSegmentation: shapes, frozen CLIP, batched == per-image reference, save/load, Auto."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -26,7 +28,7 @@ def test_config_defaults_and_roundtrip(tmp_path):
     assert config.num_labels == 21 and config.id2label[0] == "background" and config.id2label[15] == "person"
     assert config.class_names[14] == "person with clothes,people,human"
     assert len(config.background_names) == 25 and config.prompt_template == "a clean origami {}."
-    assert (config.cam_layers, config.rfm_layers, config.feature_layers) == (8, 6, 11)
+    assert (config.attention_num_maps, config.rfm_num_maps, config.num_feature_layers) == (8, 6, 11)
     assert config.rfm_start_step == 15000 and config.cam_box_threshold == 0.4
     assert config.vision_config.patch_size == 16 and config.vision_config.hidden_size == 768
     config.save_pretrained(tmp_path)
@@ -40,7 +42,25 @@ def test_config_defaults_and_roundtrip(tmp_path):
 
 def test_config_adapts_layer_counts_to_tiny_clip():
     config = make_tiny_config()
-    assert (config.cam_layers, config.rfm_layers, config.feature_layers) == (3, 3, 2)
+    assert (config.attention_num_maps, config.rfm_num_maps, config.num_feature_layers) == (3, 3, 2)
+
+
+def test_config_reads_deprecated_names(tmp_path):
+    """config.json files written before the rename still load, with a warning, and keep their meaning."""
+    config = make_tiny_config(attention_num_maps=2)
+    config.save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    data = json.loads(path.read_text())
+    data["cam_attention_layers"] = data.pop("attention_num_maps")
+    data["rfm_num_layers"] = 8  # the old name meant "at most the CLIP depth"
+    del data["rfm_num_maps"]
+    path.write_text(json.dumps(data))
+    with pytest.warns(FutureWarning, match="cam_attention_layers"):
+        loaded = WeCLIPConfig.from_pretrained(tmp_path)
+    assert (loaded.attention_num_maps, loaded.rfm_num_maps) == (2, 3)
+    assert "cam_attention_layers" not in loaded.to_dict() and "rfm_num_layers" not in loaded.to_dict()
+    with pytest.raises(ValueError, match="attention_num_maps only"):
+        make_tiny_config(attention_num_maps=2, cam_attention_layers=2)
 
 
 @pytest.mark.parametrize(
@@ -52,9 +72,11 @@ def test_config_adapts_layer_counts_to_tiny_clip():
         (dict(cam_box_threshold=1.5), "cam_box_threshold"),
         (dict(decoder_num_heads=5), "divisible"),
         (dict(num_feature_layers=3), "num_feature_layers"),
+        (dict(attention_num_maps=0), "attention_num_maps"),
+        (dict(attention_num_maps=-2), "attention_num_maps"),
+        (dict(attention_num_maps=4), "attention_num_maps"),
+        (dict(rfm_num_maps=0), "rfm_num_maps"),
         (dict(cam_attention_layers=0), "cam_attention_layers"),
-        (dict(cam_attention_layers=-2), "cam_attention_layers"),
-        (dict(rfm_num_layers=0), "rfm_num_layers"),
         (dict(affinity_radius=-1), "affinity_radius"),
         (dict(par_dilations=[]), "par_dilations"),
         (dict(par_dilations=[1, 0]), "par_dilations"),

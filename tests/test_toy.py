@@ -256,7 +256,7 @@ def test_diagnose_script_tiny_run(tmp_path):
             "--box_thresholds",
             str(cfg.cam_box_threshold),
             "--attention_layers",
-            str(cfg.cam_attention_layers),
+            str(cfg.attention_num_maps),
         ]
     )
     assert len(sweep) == 1
@@ -267,4 +267,4 @@ def test_diagnose_script_tiny_run(tmp_path):
     for row in rows:
         assert len(row["mious"]) == 2 and all(0.0 < miou <= 1.0 for miou in row["mious"])
     for row in rows[1:]:  # the RFM keeps at least one of its maps in every image
-        assert len(row["keep"]) == cfg.rfm_layers and sum(row["keep"]) >= 1.0 - 1e-6
+        assert len(row["keep"]) == cfg.rfm_num_maps and sum(row["keep"]) >= 1.0 - 1e-6

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from transformers import CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
 
 from .presets import VOC_BACKGROUND_NAMES, VOC_LABELS, VOC_PROMPT_NAMES
@@ -50,6 +52,23 @@ def _check_tower(name: str, config) -> None:
         _check_int(f"{name}.max_position_embeddings", config.max_position_embeddings, 1, 8192)
 
 
+def _renamed(kwargs: dict, old: str, new: str, value: int | None, depth: int) -> int | None:
+    """The value of a count renamed from ``old``, still read from older config.json files with a warning.
+
+    Under the old name a count larger than the CLIP depth meant "all of them"; it keeps that meaning.
+    """
+    if old not in kwargs:
+        return value
+    old_value = kwargs.pop(old)
+    if value is not None:
+        raise ValueError(
+            f"Give {new} only; {old} is its deprecated name (got both: {old_value!r} and {value!r})."
+        )
+    warnings.warn(f"WeCLIPConfig: {old!r} is deprecated, use {new!r}.", FutureWarning, stacklevel=3)
+    _check_int(old, old_value, 1, MAX_LAYERS)
+    return min(old_value, depth)
+
+
 class WeCLIPConfig(PreTrainedConfig):
     r"""Configuration of [`WeCLIPForSemanticSegmentation`].
 
@@ -69,12 +88,12 @@ class WeCLIPConfig(PreTrainedConfig):
         decoder_num_heads (`int`): attention heads of the decoder (8).
         decoder_mlp_ratio (`int`): MLP expansion of the decoder transformer (4).
         decoder_dropout (`float`): Dropout2d after the feature fusion (0.1).
-        num_feature_layers (`int`, *optional*): how many CLIP blocks feed the decoder; default all but the
-            last (11 for ViT-B/16). The last block is run separately for GradCAM.
-        cam_attention_layers (`int`): how many of the last attention maps are averaged for the CAM
-            affinity (8; clipped to the number of CLIP layers).
-        rfm_num_layers (`int`): how many of the last attention maps the RFM chooses from (6 for VOC,
-            10 for COCO; clipped to the number of CLIP layers).
+        num_feature_layers (`int`, *optional*): how many of the last CLIP blocks before the final one feed the
+            decoder; default all of them (11 for ViT-B/16). The final block is run separately for GradCAM.
+        attention_num_maps (`int`, *optional*): how many of the last attention maps are averaged for the CAM
+            affinity without RFM; default 8 (ViT-B/16), or the CLIP depth when it is smaller.
+        rfm_num_maps (`int`, *optional*): how many of the last attention maps the RFM chooses from; default 6
+            (VOC; COCO: 10), or the CLIP depth when it is smaller.
         cam_box_threshold (`float`): box threshold on the uint8 GradCAM (0.4 VOC, 0.7 COCO).
         cam_bg_exponent (`float`): background score = (1 - max CAM) ** exponent (1).
         par_num_iter (`int`): PAR iterations (20).
@@ -108,8 +127,8 @@ class WeCLIPConfig(PreTrainedConfig):
         decoder_mlp_ratio: int = 4,
         decoder_dropout: float = 0.1,
         num_feature_layers: int | None = None,
-        cam_attention_layers: int = 8,
-        rfm_num_layers: int = 6,
+        attention_num_maps: int | None = None,
+        rfm_num_maps: int | None = None,
         cam_box_threshold: float = 0.4,
         cam_bg_exponent: float = 1.0,
         par_num_iter: int = 20,
@@ -174,8 +193,6 @@ class WeCLIPConfig(PreTrainedConfig):
         _check_int("decoder_num_heads", decoder_num_heads, 1, decoder_hidden_size)
         _check_int("decoder_mlp_ratio", decoder_mlp_ratio, 1, 64)
         _check_number("decoder_dropout", decoder_dropout, 0.0, 1.0, high_open=True)
-        _check_int("cam_attention_layers", cam_attention_layers, 1, MAX_LAYERS)
-        _check_int("rfm_num_layers", rfm_num_layers, 1, MAX_LAYERS)
         _check_number("cam_bg_exponent", cam_bg_exponent, 0.0, 100.0, low_open=True)
         _check_int("par_num_iter", par_num_iter, 0, MAX_PAR_ITERATIONS)
         if not par_dilations:
@@ -210,6 +227,15 @@ class WeCLIPConfig(PreTrainedConfig):
             )
         if num_layers < 2:
             raise ValueError("WeCLIP needs a CLIP vision tower with at least 2 layers.")
+        num_feature_layers = num_layers - 1 if num_feature_layers is None else num_feature_layers
+        attention_num_maps = _renamed(
+            kwargs, "cam_attention_layers", "attention_num_maps", attention_num_maps, num_layers
+        )
+        rfm_num_maps = _renamed(kwargs, "rfm_num_layers", "rfm_num_maps", rfm_num_maps, num_layers)
+        attention_num_maps = min(8, num_layers) if attention_num_maps is None else attention_num_maps
+        rfm_num_maps = min(6, num_layers) if rfm_num_maps is None else rfm_num_maps
+        _check_int("attention_num_maps", attention_num_maps, 1, num_layers)
+        _check_int("rfm_num_maps", rfm_num_maps, 1, num_layers)
 
         self.projection_dim = projection_dim
         self.logit_scale_init_value = logit_scale_init_value
@@ -223,8 +249,8 @@ class WeCLIPConfig(PreTrainedConfig):
         self.decoder_mlp_ratio = decoder_mlp_ratio
         self.decoder_dropout = decoder_dropout
         self.num_feature_layers = num_feature_layers
-        self.cam_attention_layers = cam_attention_layers
-        self.rfm_num_layers = rfm_num_layers
+        self.attention_num_maps = attention_num_maps
+        self.rfm_num_maps = rfm_num_maps
         self.cam_box_threshold = cam_box_threshold
         self.cam_bg_exponent = cam_bg_exponent
         self.par_num_iter = par_num_iter
@@ -254,22 +280,6 @@ class WeCLIPConfig(PreTrainedConfig):
     def num_foreground_classes(self) -> int:
         """Number of foreground classes (``num_labels - 1``)."""
         return len(self.class_names)
-
-    @property
-    def feature_layers(self) -> int:
-        """Number of CLIP blocks whose outputs feed the decoder (all but the last by default)."""
-        n = self.vision_config.num_hidden_layers
-        return n - 1 if self.num_feature_layers is None else self.num_feature_layers
-
-    @property
-    def cam_layers(self) -> int:
-        """Attention maps averaged for the CAM affinity, adapted to the CLIP depth."""
-        return min(self.cam_attention_layers, self.vision_config.num_hidden_layers)
-
-    @property
-    def rfm_layers(self) -> int:
-        """Attention maps the RFM chooses from, adapted to the CLIP depth."""
-        return min(self.rfm_num_layers, self.vision_config.num_hidden_layers)
 
 
 __all__ = ["WeCLIPConfig"]

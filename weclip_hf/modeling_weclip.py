@@ -143,8 +143,8 @@ class WeCLIPDecoder(nn.Module):
         super().__init__()
         dim = config.decoder_hidden_size
         width = config.vision_config.hidden_size
-        self.layer_mlps = nn.ModuleList(WeCLIPLayerMLP(width, dim) for _ in range(config.feature_layers))
-        self.fuse = nn.Conv2d(dim * config.feature_layers, dim, kernel_size=1)
+        self.layer_mlps = nn.ModuleList(WeCLIPLayerMLP(width, dim) for _ in range(config.num_feature_layers))
+        self.fuse = nn.Conv2d(dim * config.num_feature_layers, dim, kernel_size=1)
         self.dropout = nn.Dropout2d(config.decoder_dropout)
         self.blocks = nn.ModuleList(
             WeCLIPDecoderBlock(dim, config.decoder_num_heads, config.decoder_mlp_ratio)
@@ -683,9 +683,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         maps[pair_image, -1] = last_probs[:, 1:, 1:].float()
         keep = distance = None
         if use_rfm:
-            affinity, keep, distance = rfm_affinity(maps[:, -cfg.rfm_layers :], decoder_affinity.detach())
+            affinity, keep, distance = rfm_affinity(maps[:, -cfg.rfm_num_maps :], decoder_affinity.detach())
         else:
-            affinity = maps[:, -cfg.cam_layers :].mean(dim=1)
+            affinity = maps[:, -cfg.attention_num_maps :].mean(dim=1)
         transition = transition_matrix(affinity)
 
         # 3. Box masks, refinement, per-pair normalization and upsampling to the image size.
@@ -920,10 +920,10 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         rfm = None
         if weak:
             rfm = self._current_step() >= cfg.rfm_start_step if use_rfm is None else bool(use_rfm)
-        n_maps = ((cfg.rfm_layers if rfm else cfg.cam_layers) - 1) if weak else 0
+        n_maps = ((cfg.rfm_num_maps if rfm else cfg.attention_num_maps) - 1) if weak else 0
         clip = self.forward_clip_features(pixel_values, n_maps, output_attentions=output_attentions)
         hidden, attention, grid = clip.hidden, clip.attention, clip.grid
-        tokens = [t[:, 1:] for t in hidden[len(hidden) - cfg.feature_layers :]]
+        tokens = [t[:, 1:] for t in hidden[len(hidden) - cfg.num_feature_layers :]]
         hidden_states = attentions = None
         if output_hidden_states or output_attentions:  # the last block, run once more for the outputs
             last, last_attention = self._last_block(hidden[-1], output_attentions)

@@ -60,7 +60,7 @@ PRESETS: dict[str, dict] = {
         "label_names": VOC_LABELS,
         "background_names": VOC_BACKGROUND_NAMES,
         "cam_box_threshold": 0.4,
-        "rfm_num_layers": 6,
+        "rfm_num_maps": 6,
         # The official counter also counted validation forwards: RFM really started at training
         # iteration ~9,145 of the 30k VOC run (DESIGN Part 1, RFM). The config default stays 15,000.
         "rfm_start_step": 9145,
@@ -70,7 +70,7 @@ PRESETS: dict[str, dict] = {
         "label_names": COCO_LABELS,
         "background_names": COCO_BACKGROUND_NAMES,
         "cam_box_threshold": 0.7,
-        "rfm_num_layers": 10,
+        "rfm_num_maps": 10,
         "rfm_start_step": 40000,
     },
 }
