@@ -4,7 +4,10 @@ pseudo labels (CAM without / with RFM); prints a per-class IoU table and writes 
 
     python examples/evaluate.py --model_name_or_path outputs/weclip-toy             # toy validation split
     python examples/evaluate.py --model_name_or_path weclip-voc --dataset_name jxie/pascal-voc-2012 \\
-        --validation_split validation --eval_long_side 512 --msf --crf --output_json voc_val.json
+        --preset voc --msf --output_json voc_val.json   # VOC evaluation: long side 512, scales 1.0 0.75, CRF
+
+`--preset` takes the evaluation settings of `weclip_hf.presets` (long side, scales, CRF on or off); each flag
+overrides its value (`--no-crf`, `--scales`, `--eval_long_side`).
 
 The CRF runs with WeCLIP's evaluation setting unless told otherwise: `--crf_preset deeplab` starts from
 DeepLab's, and every `--crf_<parameter>` flag overrides one field of `weclip_hf.crf.CRFParams`; with
@@ -23,10 +26,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from weclip_hf import WeCLIPForSemanticSegmentation
-from weclip_hf.crf import PRESETS, CRFParams
+from weclip_hf.crf import CRF_PRESETS, CRFParams
 from weclip_hf.data.adapters import add_image_labels, resolve_columns
 from weclip_hf.data.loading import EvalSegmentationDataset, collate, load_dataset_splits
 from weclip_hf.evaluation import evaluate_segmentation
+from weclip_hf.presets import PRESETS, EvaluationSettings, get_preset
 
 
 def at_least_one(text: str) -> int:
@@ -49,19 +53,31 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mask_column")
     p.add_argument("--toy_val_images", type=int, default=200)
     p.add_argument("--seed", type=int, default=0, help="toy world seed (the training run's)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="evaluation settings of a weclip_hf preset (VOC: long side 512, scales 1.0 0.75, CRF on) and its "
+        "dataset splits; the flags below override them",
+    )
     p.add_argument("--eval_long_side", type=int, help="resize the long side before prediction (VOC: 512)")
-    p.add_argument("--msf", action="store_true", help="multi-scale (1.0, 0.75) + flip")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.75])
-    p.add_argument("--crf", action="store_true", help="dense CRF post-processing (pure PyTorch)")
+    p.add_argument("--msf", action="store_true", help="multi-scale + flip (--scales)")
+    p.add_argument(
+        "--scales", type=float, nargs="+", help="multi-scale scales (default: the preset's, 1.0 0.75)"
+    )
+    p.add_argument(
+        "--crf",
+        action=argparse.BooleanOptionalAction,
+        help="dense CRF post-processing (pure PyTorch); default: the preset's (VOC on), else off",
+    )
     p.add_argument(
         "--crf_preset",
-        choices=sorted(PRESETS),
+        choices=sorted(CRF_PRESETS),
         default="weclip",
         help="CRF parameters that the --crf_* flags override: WeCLIP's evaluation (default) or DeepLab's",
     )
     for field in dataclasses.fields(CRFParams):
         values = ", ".join(
-            f"{name} {getattr(preset, field.name)}" for name, preset in sorted(PRESETS.items())
+            f"{name} {getattr(preset, field.name)}" for name, preset in sorted(CRF_PRESETS.items())
         )
         kind = {"num_iters": int, "pos_filter": str}.get(field.name, float)
         choices = ["lattice", "gaussian"] if field.name == "pos_filter" else None
@@ -82,6 +98,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--output_json")
     args = p.parse_args(argv)
+    settings = (
+        get_preset(args.preset).evaluation
+        if args.preset
+        else EvaluationSettings(eval_long_side=None, crf=False)
+    )
+    if args.eval_long_side is None:
+        args.eval_long_side = settings.eval_long_side
+    if args.scales is None:
+        args.scales = list(settings.msf_scales)
+    if args.crf is None:
+        args.crf = settings.crf
     try:
         args.crf_params = crf_params_from_args(args)
     except ValueError as err:
@@ -96,7 +123,7 @@ def crf_params_from_args(args: argparse.Namespace) -> CRFParams:
         for field in dataclasses.fields(CRFParams)
         if getattr(args, f"crf_{field.name}") is not None
     }
-    return dataclasses.replace(PRESETS[args.crf_preset], **overrides)
+    return dataclasses.replace(CRF_PRESETS[args.crf_preset], **overrides)
 
 
 def format_table(results: dict[str, dict], id2label: dict[int, str]) -> str:
@@ -129,6 +156,7 @@ def main(argv=None) -> dict:
         args.dataset_path,
         None,
         args.validation_split,
+        args.preset,
         toy=toy,
         toy_sizes=(1, args.toy_val_images),
         seed=args.seed,

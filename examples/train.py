@@ -51,42 +51,7 @@ from weclip_hf.data.loading import (
 from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.evaluation import evaluate_segmentation
 from weclip_hf.hub import make_model_card, publish_folder, save_model_card
-from weclip_hf.presets import preset_config_kwargs
-
-# Recipes: the official VOC schedule, and the toy world's (small images, short schedule, CPU).
-RECIPES = {
-    "voc": dict(per_device_train_batch_size=4, learning_rate=2e-3, num_warmup_steps=50, max_train_steps=30000,
-                crop_size=320, scale_min=0.5, scale_max=2.0, eval_steps=2000, checkpointing_steps="2000",
-                eval_long_side=512, msf_scales=[1.0, 0.75]),
-    "coco": dict(per_device_train_batch_size=4, learning_rate=2e-3, num_warmup_steps=50, max_train_steps=80000,
-                 crop_size=320, scale_min=0.5, scale_max=2.0, eval_steps=10000, checkpointing_steps="10000",
-                 eval_long_side=512, msf_scales=[1.0, 0.75]),
-    # toy: the tiny CLIP was pretrained at one scale and its CAMs fall off away from it (CAM pseudo labels
-    # of 200 training images of seed 0: 0.620 at scale 1.0, 0.594 at 1.1), so the crops keep the scale at 1
-    # (dev runs, 500 steps, with the CLIP before the background colour ranges: decoder 0.653 / 0.652 on
-    # --seed 7 / --seed 11 against 0.622 / 0.604 with scales 0.9-1.1; not re-measured since; on the earlier
-    # world of smaller objects 0.9-1.1 had beaten 0.75-1.5, 0.43 to 0.38)
-    "toy": dict(per_device_train_batch_size=8, learning_rate=2e-3, num_warmup_steps=20, max_train_steps=500,
-                crop_size=96, scale_min=1.0, scale_max=1.0, eval_steps=0, checkpointing_steps="250",
-                eval_long_side=None, toy_train_images=4000, toy_val_images=200,
-                # RFM from 30% of the schedule, where the official VOC run's really started (9,145 of 30,000;
-                # see the voc preset); at 250 (the paper's nominal half) the decoder was 0.704 / 0.731 / 0.697
-                # on validation / --seed 7 / --seed 11, at 150 0.723 / 0.738 / 0.704 (README)
-                rfm_start_step=150,
-                # a 3-layer CLIP: the last 2 attention maps = 8/12 (CAM) and 6/12 (RFM) of the depth, as
-                # ViT-B/16's 8 and 6 of 12 (all 3 maps make stronger CAMs, but the RFM's layer rule drops the
-                # first block's map in 92% of dev images: see README); box threshold (VOC 0.4, COCO 0.7): 0.8
-                # (`python examples/diagnose_toy_cams.py`: CAM pseudo labels of 300 + 300 dev images with the
-                # shipped CLIP: 0.3 0.564, 0.5 0.631, 0.6 0.643, 0.7 0.661, 0.8 0.671, 0.9 0.648);
-                # a decoder as wide as the tiny CLIP (ViT-B/16: 256 for 768); PAR dilations up to 8 px for
-                # 96 px images (VOC: up to 24 px for 320 px crops)
-                attention_num_maps=2, rfm_num_maps=2, cam_box_threshold=0.8, decoder_hidden_size=128,
-                par_dilations=[1, 2, 4, 8],
-                # 96 px images: at 0.75 the finest textures fall below the 8 px patch; chosen on the dev
-                # split of the earlier world of smaller objects: single scale 0.426, 1.0 + flip 0.435,
-                # (1.0, 1.125) + flips 0.458, (1.0, 1.25) + flips 0.426
-                msf_scales=[1.0, 1.125]),
-}  # fmt: skip
+from weclip_hf.presets import PRESETS, get_preset
 
 
 def at_least_one(text: str) -> int:
@@ -133,9 +98,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     model = p.add_argument_group("model")
     model.add_argument(
         "--preset",
-        choices=["voc", "coco"],
-        help="class names, background words, constants (RFM start: voc 9145, coco 40000); a "
-        "--dataset_name without --preset trains with the VOC schedule and config defaults",
+        choices=sorted(PRESETS),
+        help="config values, training recipe and evaluation settings of weclip_hf.presets (RFM start: voc 9145, "
+        "coco 40000); a --dataset_name without --preset trains with the VOC schedule and config defaults; "
+        "without a dataset the toy preset runs on the offline toy world",
     )
     model.add_argument(
         "--clip_model_name_or_path", help="default: openai/clip-vit-base-patch16 (toy: shipped)"
@@ -220,7 +186,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     offline = args.dataset_name is None and args.data_dir is None and args.dataset_path is None
     args.recipe = "toy" if offline else (args.preset or "voc")
     args.rfm_start_source = rfm_start_source(args)
-    for key, value in RECIPES[args.recipe].items():
+    preset = get_preset(args.recipe)
+    defaults = preset.recipe()
+    if preset.dataset.toy_sizes:
+        defaults["toy_train_images"], defaults["toy_val_images"] = preset.dataset.toy_sizes
+    for key, value in defaults.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     if args.per_device_eval_batch_size is None:
@@ -335,7 +305,8 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
             )
         overrides = {k: getattr(args, k) for k in args.given_model_flags}
         return WeCLIPForSemanticSegmentation.from_pretrained(args.model_name_or_path, **overrides)
-    overrides = preset_config_kwargs(args.preset) if args.preset else {}
+    preset = args.preset or ("toy" if args.recipe == "toy" else None)
+    overrides = get_preset(preset).config_kwargs() if preset else {}
     overrides.update({k: v for k, v in names.items() if v is not None})
     for key in MODEL_FLAGS:
         if getattr(args, key, None) is not None:

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from weclip_hf.crf import (
+    CRF_PRESETS,
     DEEPLAB,
-    PRESETS,
     WECLIP,
     CRFParams,
     _build_lattice,
@@ -89,7 +89,7 @@ def iou(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_presets_are_weclip_and_deeplab_evaluation_settings():
     assert dataclasses.astuple(WECLIP) == (10, 3.0, 3.0, 4.0, 64.0, 5.0, "lattice")
     assert dataclasses.astuple(DEEPLAB) == (10, 3.0, 1.0, 4.0, 67.0, 3.0, "lattice")
-    assert CRFParams() == WECLIP and PRESETS == {"weclip": WECLIP, "deeplab": DEEPLAB}
+    assert CRFParams() == WECLIP and CRF_PRESETS == {"weclip": WECLIP, "deeplab": DEEPLAB}
     with pytest.raises(dataclasses.FrozenInstanceError):
         WECLIP.bi_xy_std = 1.0  # type: ignore[misc]
 

@@ -6,7 +6,7 @@ import warnings
 
 from transformers import CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
 
-from .presets import VOC_BACKGROUND_NAMES, VOC_LABELS, VOC_PROMPT_NAMES
+from .presets import VOC_BACKGROUND_NAMES, VOC_LABELS, VOC_PROMPT_NAMES, get_preset
 
 # Sane bounds for a config read from an untrusted config.json: each is far above any real model (ViT-bigG: 48
 # layers, width 1664; the VOC/COCO label sets: 20/80 classes) and far below what would exhaust memory or time.
@@ -275,6 +275,11 @@ class WeCLIPConfig(PreTrainedConfig):
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except (ValueError, TypeError) as err:
             raise ValueError(f"Invalid config.json in {str(pretrained_model_name_or_path)!r}: {err}") from err
+
+    @classmethod
+    def from_preset(cls, name: str, **kwargs) -> WeCLIPConfig:
+        """The config of a preset of `weclip_hf.presets` (``"voc"``, ``"coco"``, ``"toy"``), ``kwargs`` applied."""
+        return cls(**{**get_preset(name).config_kwargs(), **kwargs})
 
     @property
     def num_foreground_classes(self) -> int:

@@ -57,7 +57,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DEEPLAB", "PRESETS", "WECLIP", "CRFParams", "crf_refine_labels", "dense_crf"]
+__all__ = ["CRF_PRESETS", "DEEPLAB", "WECLIP", "CRFParams", "crf_refine_labels", "dense_crf"]
 
 _UNARY_CLIP = 1e-5
 """Probabilities are clipped from below before the log, like `pydensecrf.utils.unary_from_softmax`."""
@@ -103,7 +103,7 @@ WECLIP = CRFParams()
 DEEPLAB = CRFParams(pos_xy_std=1.0, bi_xy_std=67.0, bi_rgb_std=3.0)
 """DeepLab's setting: 10 iterations, pos_w 3, pos_xy_std 1, bi_w 4, bi_xy_std 67, bi_rgb_std 3."""
 
-PRESETS = {"weclip": WECLIP, "deeplab": DEEPLAB}
+CRF_PRESETS = {"weclip": WECLIP, "deeplab": DEEPLAB}
 """The named settings (`examples/evaluate.py --crf_preset`)."""
 
 

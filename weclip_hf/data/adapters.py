@@ -21,16 +21,6 @@ IMAGE_COLUMNS = ("image", "img", "pixel_values", "jpg", "png")
 MASK_COLUMNS = ("annotation", "mask", "label", "segmentation", "semantic_mask", "seg")
 LABEL_COLUMNS = ("image_labels", "labels", "classes", "class_labels", "cls_labels")
 
-# Column layouts of common Hub datasets (unverified live: the Hub cannot be reached from here).
-# ``train_splits``: the training split is the first of these the dataset has (VOC: the SBD-augmented
-# "train_aug" set of 10,582 images the paper trains on, else "train").
-DATASET_PRESETS: dict[str, dict] = {
-    "voc": {"dataset_name": "jxie/pascal-voc-2012", "image_column": "image", "mask_column": "mask",
-            "train_splits": ["train_aug", "train"], "validation_split": "validation"},
-    "coco": {"dataset_name": None, "image_column": "image", "mask_column": "mask",
-             "train_splits": ["train"], "validation_split": "validation"},
-}  # fmt: skip
-
 
 @dataclass
 class Columns:

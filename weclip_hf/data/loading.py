@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
-from ..presets import preset_config_kwargs
-from .adapters import DATASET_PRESETS, Columns, is_streaming
+from ..presets import Preset, get_preset
+from .adapters import Columns, is_streaming
 from .decoding import UnreadableImageError, decode_image, split_name, undecoded
 from .transforms import TrainAugmentation, load_rgb_uint8, multi_hot, normalize
 
@@ -267,15 +267,11 @@ def load_dataset_splits(
     ``need_train=False`` (evaluation) a missing training split gives ``train=None``.
     """
     if toy:
-        from .toy import TOY_BACKGROUND_NAMES, TOY_CLASS_NAMES, TOY_PROMPT_TEMPLATE, make_toy_dataset
+        from .toy import make_toy_dataset
 
         train = with_split_name(make_toy_dataset(toy_sizes[0], seed=seed), "train")
         val = with_split_name(make_toy_dataset(toy_sizes[1], seed=seed + 1_000_003), "validation")
-        names = dict(
-            class_names=TOY_CLASS_NAMES,
-            background_names=TOY_BACKGROUND_NAMES,
-            prompt_template=TOY_PROMPT_TEMPLATE,
-        )
+        names = _names(get_preset("toy"))
         if streaming:
             train = with_split_name(train.to_iterable_dataset(num_shards=min(len(train), 64)), "train")
         return train, val, names
@@ -289,9 +285,9 @@ def load_dataset_splits(
         ds = datasets.load_dataset(dataset_name, dataset_config_name, streaming=streaming)
     else:
         raise ValueError("Give a dataset_name, data_dir or dataset_path (or toy=True).")
-    layout = DATASET_PRESETS.get(preset or "voc", {})
+    layout = get_preset(preset or "voc").dataset
     if train_split is None:
-        preferred = layout.get("train_splits", ["train"])
+        preferred = layout.train_splits
         train_split = next((s for s in preferred if s in ds), preferred[-1])
         if preset and train_split != preferred[0] and train_split in ds:
             size = f"{len(ds[train_split])} images" if not is_streaming(ds[train_split]) else "streamed"
@@ -300,16 +296,22 @@ def load_dataset_splits(
                 f"the SBD-augmented 10,582 images); training on {train_split!r} ({size}; VOC 2012 'train' alone "
                 "has 1,464). Pass --train_split to choose another."
             )
-    validation_split = validation_split or layout.get("validation_split", "validation")
+    validation_split = validation_split or layout.validation_split
     if train_split not in ds and need_train:
         raise ValueError(f"Split {train_split!r} not found; available splits: {list(ds)}.")
-    names = preset_config_kwargs(preset) if preset else {}
-    names = {k: names[k] for k in ("class_names", "label_names", "background_names") if k in names}
+    names = _names(get_preset(preset)) if preset else {}
     train = with_split_name(ds[train_split], train_split) if train_split in ds else None
     if streaming and train is not None and not is_streaming(train):
         train = with_split_name(train.to_iterable_dataset(num_shards=min(len(train), 64)), train_split)
     val = with_split_name(ds[validation_split], validation_split) if validation_split in ds else None
     return train, val, names
+
+
+def _names(preset: Preset) -> dict:
+    """The names a dataset implies: its preset's class names, display names, background words, prompt."""
+    kwargs = preset.config_kwargs()
+    keys = ("class_names", "label_names", "background_names", "prompt_template")
+    return {k: kwargs[k] for k in keys if k in kwargs}
 
 
 def with_split_name(dataset, name: str):

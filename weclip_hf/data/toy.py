@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..presets import TOY_BACKGROUND_NAMES, TOY_CLASS_NAMES
+from ..presets import TOY_PROMPT_TEMPLATE as TOY_PROMPT_TEMPLATE  # re-exported with the world
+
 if TYPE_CHECKING:
     import datasets
 
 TOY_IMAGE_SIZE = 96
-TOY_CLASS_NAMES = ["circle", "square", "triangle", "star", "heart", "cross", "crescent", "diamond"]
-TOY_BACKGROUND_NAMES = ["sky", "sand", "water", "wall", "grass", "floor"]
-TOY_PROMPT_TEMPLATE = "a photo of a {}."
+# the class names, background words and prompt template are the toy preset's (presets.PRESETS["toy"])
 
 # Fill texture of each class (same order as TOY_CLASS_NAMES); documentation of the world's design.
 TOY_CLASS_TEXTURES = ["blotches", "checks", "stripes", "dots", "speckle", "grid", "rules", "tiles"]

@@ -1,0 +1,75 @@
+"""Presets: one place fixes a setting's config, dataset layout, training recipe and evaluation, and every reader
+(config, data loading, train.py, evaluate.py) takes its values from there."""
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from weclip_hf import WeCLIPConfig
+from weclip_hf.data.loading import load_dataset_splits
+from weclip_hf.presets import PRESETS, get_preset
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_script_for_presets", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_a_valid_config(name):
+    preset = get_preset(name)
+    config = WeCLIPConfig.from_preset(name)
+    for key, value in preset.config.items():
+        assert getattr(config, key) == (list(value) if isinstance(value, tuple) else value), key
+    assert config.num_labels == len(preset.config["class_names"]) + 1
+    # the config gets copies: editing them leaves the preset alone
+    config.class_names.append("extra")
+    assert "extra" not in get_preset(name).config["class_names"]
+
+
+def test_from_preset_applies_overrides_and_names_unknown_presets():
+    assert WeCLIPConfig.from_preset("coco", rfm_start_step=7).rfm_start_step == 7
+    with pytest.raises(ValueError, match="Unknown preset 'cityscapes'.*coco"):
+        WeCLIPConfig.from_preset("cityscapes")
+
+
+@pytest.mark.parametrize("name, argv", [("toy", []), ("coco", ["--dataset_name", "d", "--preset", "coco"])])
+def test_train_script_takes_its_recipe_from_the_preset(name, argv):
+    args = _script("train").parse_args(argv)
+    preset = get_preset(name)
+    for field in dataclasses.fields(preset.training):
+        assert getattr(args, field.name) == getattr(preset.training, field.name), field.name
+    assert args.msf_scales == list(preset.evaluation.msf_scales)
+    assert args.eval_long_side == preset.evaluation.eval_long_side
+    if preset.dataset.toy_sizes:
+        assert (args.toy_train_images, args.toy_val_images) == preset.dataset.toy_sizes
+    # a flag given on the command line wins over the preset
+    assert _script("train").parse_args([*argv, "--max_train_steps", "3"]).max_train_steps == 3
+
+
+def test_train_script_builds_the_toy_model_from_the_toy_preset(tmp_path):
+    train = _script("train")
+    args = train.parse_args(["--output_dir", str(tmp_path)])
+    _, _, names = load_dataset_splits(toy=True, toy_sizes=(2, 2))
+    config = train.build_model(args, names).config
+    for key, value in get_preset("toy").config.items():
+        assert getattr(config, key) == value, key
+
+
+def test_evaluate_script_takes_its_settings_from_the_preset():
+    evaluate = _script("evaluate")
+    base = ["--model_name_or_path", "m"]
+    voc = evaluate.parse_args([*base, "--preset", "voc"])
+    settings = get_preset("voc").evaluation
+    assert (voc.crf, voc.eval_long_side, voc.scales) == (settings.crf, settings.eval_long_side, [1.0, 0.75])
+    assert evaluate.parse_args([*base, "--preset", "voc", "--no-crf"]).crf is False
+    assert evaluate.parse_args([*base, "--preset", "coco"]).crf is False
+    plain = evaluate.parse_args(base)  # no preset: no resize, no CRF unless asked
+    assert (plain.crf, plain.eval_long_side) == (False, None)
+    assert evaluate.parse_args([*base, "--crf", "--scales", "1.0", "1.5"]).scales == [1.0, 1.5]
