@@ -16,7 +16,7 @@ Examples:
         --hub_model_id me/weclip-coco
 
 Checkpoints are read safely (`torch.load(weights_only=True)`; a pickle that needs code is refused). An
-OpenAI TorchScript `ViT-B-16.pt` is read without running its code; see `weclip_hf.convert`.
+OpenAI TorchScript `ViT-B-16.pt` is read without running its code; see `weclip_hf.safe_loading`.
 """
 
 from __future__ import annotations
@@ -26,26 +26,15 @@ import hashlib
 import logging
 from pathlib import Path
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import ModelCard
 
 from weclip_hf import WeCLIPImageProcessor
 from weclip_hf.convert import convert_official_checkpoint
-from weclip_hf.hub import publish_folder
+from weclip_hf.hub import make_model_card, publish_folder, save_model_card
+from weclip_hf.presets import get_preset
 
 logger = logging.getLogger("convert_official_checkpoint")
 DEFAULT_TOKENIZER = "openai/clip-vit-base-patch16"
-
-CITATION = """@inproceedings{zhang2024frozen,
-  title     = {Frozen CLIP: A Strong Backbone for Weakly Supervised Semantic Segmentation},
-  author    = {Zhang, Bingfeng and Yu, Siyue and Wei, Yunchao and Zhao, Yao and Xiao, Jimin},
-  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year      = {2024}
-}"""
-
-DATASETS = {
-    "voc": "PASCAL VOC 2012 train_aug, image-level labels",
-    "coco": "MS COCO 2014, image-level labels",
-}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,45 +76,30 @@ def sha256_of(path: Path) -> str:
 
 
 def build_model_card(args: argparse.Namespace, model, checkpoint_sha256: str) -> ModelCard:
-    """A model card that says where the weights came from, the preset, and how to cite the method."""
-    report = model.conversion_report
+    """The model card (`weclip_hf.hub.make_model_card`), its source section saying where the weights came
+    from: the checkpoint and its hash, the CLIP weights, the text embeddings, the preset and the conversion."""
     clip_source = (
         f"`{args.clip}` (transformers CLIP)" if args.clip else "the checkpoint's own `encoder.*` tensors"
     )
-    labels = ", ".join(model.config.id2label[i] for i in range(model.config.num_labels))
-    description = f"""WeCLIP (frozen CLIP backbone + trained decoder) for weakly supervised semantic segmentation,
-converted from an official WeCLIP checkpoint (https://github.com/zbf1991/WeCLIP) to the `weclip_hf`
-transformers format.
+    source = f"""Converted from an official checkpoint (trained with the official code) to the `weclip_hf`
+transformers format with `examples/convert_official_checkpoint.py`.
 
 - Source checkpoint: `{Path(args.checkpoint).name}` (sha256 `{checkpoint_sha256}`)
 - CLIP weights from: {clip_source}
 - Text embeddings: computed at conversion with the CLIP tokenizer `{args.tokenizer or args.clip}`,
   prompt `{model.config.prompt_template}`
-- Preset: `{args.preset}` ({DATASETS[args.preset]}); {model.config.num_labels} labels: {labels}
-- Conversion: {report.summary()}
-
-Usage:
-
-```python
-import weclip_hf  # registers the "weclip" model type
-from transformers import pipeline
-
-segmenter = pipeline("image-segmentation", model="{args.hub_model_id or args.output_dir}")
-```
-
-Citation:
-
-```bibtex
-{CITATION}
-```"""
-    data = ModelCardData(
-        library_name="transformers",
-        pipeline_tag="image-segmentation",
-        tags=["weclip", "weakly-supervised-semantic-segmentation", "clip", args.preset],
+- Preset: `{args.preset}` ({get_preset(args.preset).description})
+- Conversion: {model.conversion_report.summary()}"""
+    repo_id = args.hub_model_id or args.output_dir
+    return make_model_card(
+        model.config,
+        model_name=Path(repo_id).name,
+        source=source,
         base_model="openai/clip-vit-base-patch16",
+        repo_id=repo_id,
+        tags=[args.preset],
+        license=None,  # the official weights' license, not this package's
     )
-    title = f"WeCLIP ({args.preset.upper()}), converted from the official checkpoint"
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n# {title}\n\n{description}\n")
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -145,7 +119,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     WeCLIPImageProcessor(patch_size=model.config.vision_config.patch_size).save_pretrained(output_dir)
 
-    build_model_card(args, model, sha256_of(Path(args.checkpoint))).save(output_dir / "README.md")
+    save_model_card(build_model_card(args, model, sha256_of(Path(args.checkpoint))), output_dir)
     logger.info("Wrote %s", output_dir)
 
     if args.push_to_hub:

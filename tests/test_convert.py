@@ -21,6 +21,8 @@ from torch import nn
 
 from weclip_hf import WeCLIPForSemanticSegmentation
 from weclip_hf.convert import (
+    KeyTable,
+    Rename,
     convert_official_checkpoint,
     hf_to_official_clip,
     infer_config_from_official,
@@ -34,11 +36,12 @@ REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = REPO.parent / "shared" / "data" / "clip-tokenizer"
 VOC_CLASSES = 20
 
-# Tiny official model: vision width 128 (2 heads of 64, as OpenAI CLIP builds them), 3 blocks, patch 8 on
-# a 4x4 grid; text width 64 (1 head), 2 blocks; decoder width 32, 2 blocks.
+# Tiny official model: vision width 128 (2 heads of 64, as OpenAI CLIP builds them), 6 blocks (the VOC
+# preset's 6 RFM attention maps), patch 8 on a 4x4 grid; text width 64 (1 head), 2 blocks; decoder width 32,
+# 2 blocks.
 TINY = dict(
     vision_width=128,
-    vision_layers=3,
+    vision_layers=6,
     patch=8,
     grid=4,
     text_width=64,
@@ -371,24 +374,59 @@ def test_unexpected_clip_key_is_named(official):
         official_to_hf_clip(broken)
 
 
+# ---- key tables ------------------------------------------------------------------------------------
+
+
+def test_a_new_layout_is_a_new_key_table():
+    """A DINOv2-like hub layout (fused qkv, layer scales) round-trips through a table of its own."""
+    table = KeyTable(
+        (
+            Rename("cls_token", "embeddings.cls_token"),
+            Rename(
+                "blocks.{i}.attn.qkv.{p}", tuple(f"layer.{{i}}.{x}.{{p}}" for x in ("query", "key", "value"))
+            ),
+            Rename("blocks.{i}.ls1.gamma", "layer.{i}.layer_scale1.lambda1"),
+            Rename("head.weight", "classifier.weight", transpose=True),
+        )
+    )
+    torch.manual_seed(0)
+    official = {"dino.cls_token": torch.randn(1, 1, 4), "dino.head.weight": torch.randn(4, 3)}
+    for i in range(2):
+        official[f"dino.blocks.{i}.attn.qkv.weight"] = torch.randn(12, 4).half()
+        official[f"dino.blocks.{i}.attn.qkv.bias"] = torch.randn(12)
+        official[f"dino.blocks.{i}.ls1.gamma"] = torch.randn(4)
+    ours, mapped, unknown = table.to_ours({**official, "dino.blocks.0.extra": torch.zeros(1)}, prefix="dino.")
+    assert unknown == ["dino.blocks.0.extra"]
+    assert mapped["dino.blocks.1.attn.qkv.bias"] == [f"layer.1.{x}.bias" for x in ("query", "key", "value")]
+    assert torch.equal(ours["layer.1.key.weight"], official["dino.blocks.1.attn.qkv.weight"][4:8].float())
+    assert torch.equal(ours["classifier.weight"], official["dino.head.weight"].t())
+    assert all(v.dtype == torch.float32 for v in ours.values())
+    back, unknown = table.to_official(ours, prefix="dino.")
+    assert not unknown and back.keys() == official.keys()
+    assert all(torch.equal(back[k], official[k].float()) for k in official)
+    assert sorted(table.official_keys(table.block_counts(official, "dino."), "dino.")) == sorted(official)
+    with pytest.raises(ValueError, match=r"layer\.0\.value\.weight"):
+        table.to_official({k: v for k, v in ours.items() if k != "layer.0.value.weight"})
+    with pytest.raises(ValueError, match=r"blocks\.0\.attn\.qkv\.weight.*3 equal parts"):
+        table.to_ours({"blocks.0.attn.qkv.weight": torch.zeros(10, 4)})
+    with pytest.raises(ValueError, match="placeholders"):
+        Rename("blocks.{i}.norm.{p}", "layer.norm.{p}")  # the block index would be lost
+
+
 # ---- whole model -------------------------------------------------------------------------------------
 
 
 def test_infer_config_from_tiny_shapes(tiny_official_config):
     c = tiny_official_config
     v, t = c.vision_config, c.text_config
-    assert (v.hidden_size, v.num_hidden_layers, v.num_attention_heads) == (128, 3, 2)
+    assert (v.hidden_size, v.num_hidden_layers, v.num_attention_heads) == (128, 6, 2)
     assert (v.patch_size, v.image_size) == (8, 32)
     assert (v.intermediate_size, v.hidden_act) == (512, "quick_gelu")
     assert (t.hidden_size, t.num_hidden_layers, t.num_attention_heads) == (64, 2, 1)
     assert t.max_position_embeddings == 16
     assert (t.vocab_size, t.eos_token_id, t.bos_token_id) == (99, 98, 97)
-    assert (c.projection_dim, c.decoder_hidden_size, c.decoder_num_layers, c.num_feature_layers) == (
-        32,
-        32,
-        2,
-        2,
-    )
+    sizes = (c.projection_dim, c.decoder_hidden_size, c.decoder_num_layers, c.num_feature_layers)
+    assert sizes == (32, 32, 2, 5)
     assert c.num_labels == 21 and c.class_names[2] == "bird avian"
 
 
@@ -520,7 +558,7 @@ def test_converted_clip_towers_match_the_official_layout(official, converted_tin
         hidden, grid = clip.hidden, clip.grid
     torch.testing.assert_close(image, ref_image, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(text, ref_txt, rtol=1e-5, atol=1e-5)
-    assert grid == (4, 4) and len(hidden) == 2
+    assert grid == (4, 4) and len(hidden) == TINY["vision_layers"] - 1
     for ours, ref in zip(hidden, ref_layers[:-1], strict=True):
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 

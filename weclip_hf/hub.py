@@ -1,9 +1,13 @@
-"""Publishing to the Hub: the model card of models trained or converted with weclip-hf, and the one upload
-path (an explicit allow-list of files) that the model, the training script and the converter share."""
+"""Publishing to the Hub: the one model card builder (`make_model_card`) and the one upload path (an explicit
+allow-list of files, `publish_folder`) that the model's ``push_to_hub``, the training script and the converter
+share. What a card says about the method (paper, official code, citation) comes from `METHODS`, keyed by
+the config's ``model_type``."""
 
 from __future__ import annotations
 
 import glob
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
@@ -20,12 +24,38 @@ PUBLISHED_FILES = (
 )
 PUBLISHED_PATTERNS = ("model-*-of-*.safetensors", "overlays/*.png", "*.py")
 
-CITATION = """@inproceedings{zhang2024frozen,
+
+@dataclass(frozen=True)
+class Method:
+    """What a model card says about the method a model type implements.
+
+    Attributes:
+        name: the method's name (``"WeCLIP"``).
+        paper: the paper's title and venue, as the card quotes them.
+        code: the URL of the official code (where official checkpoints come from).
+        citation: the BibTeX entry to cite.
+    """
+
+    name: str
+    paper: str
+    code: str
+    citation: str
+
+
+# One entry per model type (``config.model_type``).
+METHODS = {
+    "weclip": Method(
+        name="WeCLIP",
+        paper='"Frozen CLIP: A Strong Backbone for Weakly Supervised Semantic Segmentation", CVPR 2024',
+        code="https://github.com/zbf1991/WeCLIP",
+        citation="""@inproceedings{zhang2024frozen,
   title     = {Frozen CLIP: A Strong Backbone for Weakly Supervised Semantic Segmentation},
   author    = {Zhang, Bingfeng and Yu, Siyue and Wei, Yunchao and Zhao, Yao and Xiao, Jimin},
   booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
   year      = {2024}
-}"""
+}""",
+    ),
+}
 
 CARD_TEMPLATE = """---
 {{ card_data }}
@@ -33,8 +63,8 @@ CARD_TEMPLATE = """---
 
 # {{ model_name }}
 
-WeCLIP semantic segmentation model ("Frozen CLIP: A Strong Backbone for Weakly Supervised Semantic
-Segmentation", CVPR 2024), packaged with the `weclip-hf` library.
+{{ method }} semantic segmentation model ({{ paper }}; official code: {{ code }}), packaged with the
+`weclip-hf` library.
 A frozen CLIP ({{ base_model }}) provides features; a small decoder trained {{ supervision }} predicts
 {{ num_labels }} classes (background + {{ num_foreground }} object classes).
 
@@ -45,7 +75,7 @@ A frozen CLIP ({{ base_model }}) provides features; a small decoder trained {{ s
 {{ results_table }}
 
 ## Usage
-With the library installed (`pip install weclip-hf`), importing it registers the "weclip" model type:
+With the library installed (`pip install weclip-hf`), importing it registers the "{{ model_type }}" model type:
 ```python
 import weclip_hf
 from transformers import pipeline
@@ -64,10 +94,10 @@ model = AutoModelForSemanticSegmentation.from_pretrained("{{ repo_id }}", trust_
 processor = AutoImageProcessor.from_pretrained("{{ repo_id }}", trust_remote_code=True)
 ```
 
-## Training arguments
+{% if training_args %}## Training arguments
 {{ training_args }}
 
-## Intended use and limitations
+{% endif %}## Intended use and limitations
 Research on weakly supervised semantic segmentation: the classes are fixed to the label set below and
 the model was trained from image-level labels{{ weak_note }}. Predictions follow object extents coarsely
 (a 16-pixel patch grid upsampled); expect errors on thin structures, small objects and classes that
@@ -92,8 +122,33 @@ def make_model_card(
     training_args: dict | None = None,
     weakly_supervised: bool = True,
     repo_id: str | None = None,
+    tags: Sequence[str] = (),
+    license: str | None = "mit",
 ) -> ModelCard:
-    """A model card with metadata (model-index when metrics are given), usage, limitations and citation."""
+    """The model card of a weclip-hf model: metadata (model-index when metrics are given), the method (from
+    `METHODS`, by ``config.model_type``), source, results, usage, limitations, labels and citation.
+
+    Args:
+        config: the model's config (``model_type``, ``num_labels``, ``id2label``).
+        model_name: the card's title and model-index name.
+        source: Markdown saying where the weights come from (training run, converted checkpoint, upload).
+        metrics: metric name -> value, shown as a table and in the model-index.
+        dataset_name: the Hub dataset the model was trained on, if any.
+        base_model: the CLIP model's Hub id.
+        training_args: run arguments to list (the section is left out without them).
+        weakly_supervised: False for a fully supervised (pixel-label) run.
+        repo_id: the repository id the usage snippets load (default ``model_name``).
+        tags: extra Hub tags (e.g. the dataset preset).
+        license: the card's license; None for weights whose license is not this package's.
+    Raises:
+        ValueError: when ``config.model_type`` has no entry in `METHODS`.
+    """
+    model_type = getattr(config, "model_type", None)
+    if model_type not in METHODS:
+        raise ValueError(
+            f"config.model_type must be one of {sorted(METHODS)} to write a model card, got {model_type!r}."
+        )
+    method = METHODS[model_type]
     metrics = metrics or {}
     eval_results = [
         EvalResult(
@@ -110,8 +165,14 @@ def make_model_card(
     data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-segmentation",
-        license="mit",
-        tags=["weclip", "weakly-supervised-semantic-segmentation", "clip", "semantic-segmentation"],
+        license=license,
+        tags=[
+            model_type,
+            "weakly-supervised-semantic-segmentation",
+            "clip",
+            "semantic-segmentation",
+            *tags,
+        ],
         base_model=base_model,
         datasets=[dataset_name] if dataset_name else None,
         metrics=["mean_iou"],
@@ -120,11 +181,15 @@ def make_model_card(
     )
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, (int, float)))
     table = f"| metric | value |\n|---|---|\n{rows}" if rows else "No evaluation was run."
-    args = "\n".join(f"- `{k}`: `{v}`" for k, v in (training_args or {}).items()) or "n/a"
+    args = "\n".join(f"- `{k}`: `{v}`" for k, v in (training_args or {}).items())
     return ModelCard.from_template(
         data,
         template_str=CARD_TEMPLATE,
         model_name=model_name,
+        model_type=model_type,
+        method=method.name,
+        paper=method.paper,
+        code=method.code,
         base_model=base_model or "a CLIP ViT",
         supervision="from image-level labels" if weakly_supervised else "on pixel labels (fully supervised)",
         num_labels=config.num_labels,
@@ -135,7 +200,7 @@ def make_model_card(
         training_args=args,
         weak_note="" if weakly_supervised else " (here: pixel labels, as an upper bound)",
         labels=", ".join(config.id2label[i] for i in range(config.num_labels)),
-        citation=CITATION,
+        citation=method.citation,
     )
 
 

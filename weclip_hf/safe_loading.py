@@ -584,6 +584,47 @@ def load_torch_archive(
         ) from err
 
 
+# ---- 4. an official checkpoint file -> a state dict --------------------------------------------------
+
+
+def load_official_checkpoint(
+    path: str | Path, *, max_total_bytes: int = MAX_ARCHIVE_BYTES, max_member_bytes: int = MAX_MEMBER_BYTES
+) -> dict[str, torch.Tensor]:
+    """Read an official checkpoint safely: a ``torch.save`` state dict (`load_torch_archive`:
+    ``weights_only=True``, CPU) or an OpenAI TorchScript CLIP archive (`read_torchscript_archive`; no code runs).
+
+    Before anything is inflated, the sizes the archive declares are checked (see the module docstring):
+    members against ``max_member_bytes`` each and ``max_total_bytes`` in all (defaults 2 GiB / 4 GiB; the
+    official ViT-B/16 checkpoint is ~600 MB), zip-bomb compression ratios, and every tensor view against its
+    storage (no negative, out-of-bounds, broadcast or overlapping view with more elements than its storage).
+    A ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper and a DDP ``module.`` prefix are removed.
+    Raises:
+        FileNotFoundError, or ValueError naming the file and the member or tensor key: a check failed, the
+        file needs code to unpickle (it is never executed), or it is a legacy (non-zip) pickle.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if is_torchscript_archive(path):
+        state = read_torchscript_archive(path, max_total_bytes, max_member_bytes)
+    else:
+        state = load_torch_archive(path, max_total_bytes, max_member_bytes)
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and set(state) == {wrapper} and isinstance(state[wrapper], dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        bad = (
+            type(state).__name__
+            if not isinstance(state, dict)
+            else sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))[:10]
+        )
+        raise ValueError(f"{path}: expected a state dict of tensors, got {bad}.")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    check_tensor_views(state, path, max_total_bytes)  # again, on what torch.load built
+    return dict(state)
+
+
 __all__ = [
     "MAX_ARCHIVE_BYTES",
     "MAX_COMPRESSION_RATIO",
@@ -593,6 +634,7 @@ __all__ = [
     "check_view",
     "check_zip_directory",
     "is_torchscript_archive",
+    "load_official_checkpoint",
     "load_torch_archive",
     "read_torchscript_archive",
 ]

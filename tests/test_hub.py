@@ -1,0 +1,119 @@
+"""The model cards of the three publishing paths (the converter script, the training script and the model's
+``push_to_hub``) come from one builder: same sections, same method text, the one citation."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from argparse import Namespace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from conftest import FAST, ROOT, TRAIN, make_tiny_config
+
+from weclip_hf.conversion import ConversionReport
+from weclip_hf.hub import METHODS, make_model_card
+
+CITATION = METHODS["weclip"].citation
+SHARED_SECTIONS = ["## Source", "## Results", "## Usage", "## Intended use and limitations", "## Citation"]
+
+
+def _sections(card: str) -> list[str]:
+    return [line for line in card.splitlines() if line.startswith("## ") and line != "## Training arguments"]
+
+
+def _import_example(name: str):
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+def test_the_citation_is_written_once_in_the_code():
+    files = [*(ROOT / "weclip_hf").rglob("*.py"), *(ROOT / "examples").rglob("*.py")]
+    holders = [p.relative_to(ROOT) for p in files if "@inproceedings{zhang2024frozen" in p.read_text()]
+    assert holders == [Path("weclip_hf/hub.py")]
+
+
+def test_unknown_model_type_is_named():
+    with pytest.raises(ValueError, match="model_type.*'weclip'.*'other'"):
+        make_model_card(SimpleNamespace(model_type="other"), "m", "source")
+
+
+@pytest.fixture(scope="module")
+def converter_card() -> str:
+    args = Namespace(
+        checkpoint="ckpt/WeCLIP_model_iter_30000.pth",
+        clip=None,
+        tokenizer="openai/clip-vit-base-patch16",
+        preset="voc",
+        output_dir="out/weclip-voc",
+        hub_model_id=None,
+    )
+    report = ConversionReport(mapped={"decoder.linear_pred.weight": ["decoder.classifier.weight"]})
+    model = SimpleNamespace(config=make_tiny_config(), conversion_report=report)
+    return _import_example("convert_official_checkpoint").build_model_card(args, model, "ab" * 32).content
+
+
+@pytest.fixture(scope="module")
+def push_card(tmp_path_factory) -> str:
+    import torch
+    from huggingface_hub import HfApi
+
+    from weclip_hf import WeCLIPForSemanticSegmentation
+
+    pushed = tmp_path_factory.mktemp("push") / "pushed"
+    torch.manual_seed(0)
+    model = WeCLIPForSemanticSegmentation(make_tiny_config())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            HfApi,
+            "create_repo",
+            lambda self, repo_id, **kw: SimpleNamespace(repo_id="me/" + repo_id.split("/")[-1]),
+        )
+        patch.setattr(
+            HfApi, "upload_folder", lambda self, folder_path, **kw: shutil.copytree(folder_path, pushed)
+        )
+        model.push_to_hub("weclip-card", metrics={"miou": 0.5})
+    return (pushed / "README.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def training_card(tiny_clip, tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("train") / "run"
+    sys.path.insert(0, str(TRAIN.parent))
+    try:
+        import train as train_script
+    finally:
+        sys.path.pop(0)
+    train_script.main(
+        ["--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), "--max_train_steps", "1", *FAST]
+    )
+    return (out / "README.md").read_text()
+
+
+def test_converter_training_and_push_cards_come_from_one_builder(converter_card, push_card, training_card):
+    cards = {"converter": converter_card, "push_to_hub": push_card, "train.py": training_card}
+    for name, card in cards.items():
+        assert _sections(card) == SHARED_SECTIONS, name
+        assert card.count(CITATION) == 1, name
+        assert len(re.findall(r"@\w+\{", card)) == 1, name  # no second citation
+        assert METHODS["weclip"].paper in card and METHODS["weclip"].code in card, name
+        assert "library_name: transformers" in card and "pipeline_tag: image-segmentation" in card, name
+    assert "## Training arguments" in training_card and "## Training arguments" not in converter_card
+    assert "| miou | 0.5000 |" in push_card
+
+
+def test_converter_card_keeps_where_the_weights_came_from(converter_card):
+    card = converter_card
+    assert "`WeCLIP_model_iter_30000.pth` (sha256 `" + "ab" * 32 + "`)" in card
+    assert "Preset: `voc` (PASCAL VOC 2012 train_aug, image-level labels)" in card
+    assert "Labels: background, cat, dog, car, tree" in card  # the tiny config's labels
+    assert "1 official tensors" in card  # the conversion report's summary
+    assert "`openai/clip-vit-base-patch16`" in card and "prompt `" in card
+    assert (
+        "\n- voc\n" in card and "license:" not in card
+    )  # the preset tag; the official weights' license is not ours

@@ -1,0 +1,202 @@
+"""Official WeCLIP checkpoint <-> `WeCLIPForSemanticSegmentation`: the whole state dict, checked against a
+config, and the end-to-end conversion (safe loading, config inference, text embeddings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..configuration_weclip import WeCLIPConfig
+from ..safe_loading import load_official_checkpoint
+from .config_inference import build_config, infer_config_from_official
+from .report import ConversionReport, raise_for_keys
+from .weclip_keys import (
+    PAR_KERNEL_KEY,
+    decoder_to_official,
+    hf_to_official_clip,
+    official_to_decoder,
+    official_to_hf_clip,
+)
+
+# Our buffers that no official checkpoint holds: the text embeddings are computed after loading.
+COMPUTED_KEYS = ("class_text_embeds", "background_text_embeds")
+_PROJECTION_KEYS = ("visual_projection.weight", "text_projection.weight", "logit_scale")
+
+
+def _expected_state_dict(config: WeCLIPConfig) -> dict[str, torch.Tensor]:
+    """Our state dict for ``config`` on the meta device (names and shapes only, no memory)."""
+    from ..modeling_weclip import WeCLIPForSemanticSegmentation
+
+    with torch.device("meta"):
+        model = WeCLIPForSemanticSegmentation(config)
+    return model.state_dict()
+
+
+def _official_names(ours: dict[str, torch.Tensor], prefix: str) -> list[str]:
+    """The official names of our keys ``ours`` (the ones with no official name as they are)."""
+    names = list(hf_to_official_clip(ours, prefix=prefix))
+    names += [k for k in decoder_to_official(ours) if k != PAR_KERNEL_KEY]
+    names += [
+        k
+        for k in ours
+        if not k.startswith(("vision_model.", "text_model.", "decoder.")) and k not in _PROJECTION_KEYS
+    ]
+    return names
+
+
+def official_to_weclip(
+    state_dict: dict[str, torch.Tensor],
+    config: WeCLIPConfig,
+    clip_state_dict: dict[str, torch.Tensor] | None = None,
+) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+    """Map a whole official WeCLIP state dict to ours, checked against ``config``.
+
+    Args:
+        state_dict: the official checkpoint (``encoder.*``, ``decoder_fts_fuse.*``, ``decoder.*``,
+            ``par.kernel``), fp16 or fp32.
+        config: the target config (e.g. from `infer_config_from_official`).
+        clip_state_dict: CLIP weights in our names (``CLIPModel`` layout) to use instead of the
+            checkpoint's ``encoder.*``; then ``encoder.*`` may be absent, and if present it is ignored
+            here (`convert_official_checkpoint` compares it first).
+    Returns:
+        ``(our_state_dict, report)``: every key of `WeCLIPForSemanticSegmentation` except the text
+        embeddings (``report.computed``), with ``training_step`` = 0; float32.
+    Raises:
+        ValueError: naming unknown keys, missing keys (by their official name) and shape mismatches.
+    """
+    if clip_state_dict is None:
+        vision, text, proj, report = official_to_hf_clip(state_dict)
+        clip_part = {**vision, **text, **proj}
+    else:
+        report = ConversionReport(prefix="encoder.")
+        clip_part = {
+            k: v.detach().to(torch.float32)
+            for k, v in clip_state_dict.items()
+            if not k.endswith("position_ids")
+        }
+        for key in state_dict:
+            if key.startswith("encoder."):
+                report.ignored[key] = "CLIP taken from the given CLIP model instead"
+    decoder, decoder_report = official_to_decoder(state_dict)
+    report.merge(decoder_report)
+    handled = set(report.mapped) | set(report.ignored)
+    raise_for_keys(
+        "Unknown keys in the checkpoint (no mapping for them)", [k for k in state_dict if k not in handled]
+    )
+
+    ours = {**clip_part, **decoder, "training_step": torch.zeros((), dtype=torch.long)}
+    expected = _expected_state_dict(config)
+    report.computed = [k for k in COMPUTED_KEYS if k in expected]
+    wanted = {k: v for k, v in expected.items() if k not in COMPUTED_KEYS}
+    missing = sorted(set(wanted) - set(ours))
+    if missing:
+        raise_for_keys(
+            "Missing keys in the checkpoint for this config (official names)",
+            sorted(set(_official_names({k: expected[k] for k in missing}, report.prefix))) or missing,
+            "Check the preset and the decoder/CLIP sizes.",
+        )
+    raise_for_keys(
+        "Keys with no place in the model for this config (our names)",
+        sorted(set(ours) - set(wanted)),
+        "The checkpoint has more layers than the config.",
+    )
+    bad = [
+        f"{k} {tuple(v.shape)} (expected {tuple(wanted[k].shape)})"
+        for k, v in ours.items()
+        if tuple(v.shape) != tuple(wanted[k].shape)
+    ]
+    raise_for_keys("Shape mismatches (our names)", bad)
+    return ours, report
+
+
+def weclip_to_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of `official_to_weclip`: our state dict -> the official layout (float32, with ``par.kernel``)."""
+    out = hf_to_official_clip(state_dict, prefix="encoder.")
+    out.update(decoder_to_official(state_dict))
+    return out
+
+
+def _compare_clip(
+    ckpt: dict[str, torch.Tensor], given: dict[str, torch.Tensor], rtol: float = 2e-3
+) -> list[str]:
+    """Keys (our names) where the checkpoint's CLIP differs from the given CLIP beyond fp16 rounding."""
+    bad = []
+    for key, value in ckpt.items():
+        other = given.get(key)
+        if other is None or other.shape != value.shape:
+            bad.append(
+                f"{key} (shape {tuple(value.shape)} vs {None if other is None else tuple(other.shape)})"
+            )
+        elif not torch.allclose(value, other.float(), rtol=rtol, atol=1e-6):
+            bad.append(f"{key} (max |diff| {float((value - other.float()).abs().max()):.3g})")
+    return bad
+
+
+def convert_official_checkpoint(
+    checkpoint: str | Path | dict[str, torch.Tensor],
+    clip: str | None = None,
+    preset: str = "voc",
+    tokenizer: Any = None,
+    check_clip: bool = True,
+    **config_overrides: Any,
+):
+    """Build a `WeCLIPForSemanticSegmentation` from an official checkpoint.
+
+    Args:
+        checkpoint: path of the official ``.pth`` (read by `load_official_checkpoint`) or its state dict.
+        clip: optional transformers CLIP folder or Hub id for the CLIP part (e.g. when the checkpoint holds
+            only the decoder). If the checkpoint also holds ``encoder.*``, it is compared with this CLIP
+            (up to fp16 rounding) and a difference raises, unless ``check_clip=False``; its ``encoder.*``
+            tensors are then ignored.
+        preset: ``"voc"`` or ``"coco"`` (class names, background words, thresholds).
+        tokenizer: a CLIP tokenizer or its path; default the tokenizer of ``clip``. Needed to compute the
+            class text embeddings.
+        config_overrides: passed to the config (e.g. ``decoder_num_heads``).
+    Returns:
+        The model in eval mode, CLIP frozen, text embeddings computed; ``model.conversion_report`` holds
+        the `ConversionReport`.
+    """
+    from transformers import AutoTokenizer
+
+    from ..modeling_weclip import WeCLIPForSemanticSegmentation
+
+    if tokenizer is None and clip is None:
+        raise ValueError(
+            "A CLIP tokenizer is needed to compute the class text embeddings: pass tokenizer= (--tokenizer "
+            "PATH_OR_HF_ID, e.g. openai/clip-vit-base-patch16) or clip= (--clip), whose tokenizer is used."
+        )
+    state = checkpoint if isinstance(checkpoint, dict) else load_official_checkpoint(checkpoint)
+    clip_sd = None
+    if clip is not None:
+        from transformers import CLIPConfig, CLIPModel
+
+        clip_config = CLIPConfig.from_pretrained(clip)
+        clip_sd = CLIPModel.from_pretrained(clip).state_dict()
+        vision = clip_config.vision_config.to_dict()
+        text = clip_config.text_config.to_dict()
+        config = build_config(vision, text, clip_config.projection_dim, state, preset, config_overrides)
+        if check_clip and any(k.startswith(("encoder.", "visual.")) for k in state):
+            v, t, p, _ = official_to_hf_clip(state)
+            raise_for_keys(
+                f"The checkpoint's CLIP differs from {clip!r} for",
+                _compare_clip({**v, **t, **p}, clip_sd),
+                "Pass check_clip=False (--no_check_clip) to use the given CLIP anyway.",
+            )
+    else:
+        config = infer_config_from_official(state, preset, **config_overrides)
+    ours, report = official_to_weclip(state, config, clip_state_dict=clip_sd)
+    model = WeCLIPForSemanticSegmentation(config)
+    result = model.load_state_dict(ours, strict=False)
+    raise_for_keys(
+        "Model keys not filled by the conversion", [k for k in result.missing_keys if k not in COMPUTED_KEYS]
+    )
+    raise_for_keys("Converted keys the model does not have", list(result.unexpected_keys))
+    if tokenizer is None or isinstance(tokenizer, (str, Path)):
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or clip))
+    model.update_class_embeddings(tokenizer)
+    model.freeze_clip()
+    model.eval()
+    model.conversion_report = report
+    return model

@@ -1,0 +1,62 @@
+"""What a conversion did with every key, and the one way it names the keys it refuses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did with every key.
+
+    Attributes:
+        mapped: official key -> the key(s) of ours it became.
+        ignored: official key -> why it was dropped (constant buffer, archive metadata, CLIP taken
+            from elsewhere).
+        computed: keys of ours that no checkpoint holds and are computed after loading.
+        prefix: the prefix found in front of the CLIP keys (``"encoder."`` or ``""``).
+        source_dtypes: dtype name -> number of official tensors stored in it.
+    """
+
+    mapped: dict[str, list[str]] = field(default_factory=dict)
+    ignored: dict[str, str] = field(default_factory=dict)
+    computed: list[str] = field(default_factory=list)
+    prefix: str = ""
+    source_dtypes: dict[str, int] = field(default_factory=dict)
+
+    def merge(self, other: ConversionReport) -> ConversionReport:
+        """Add ``other``'s keys and dtype counts to this report (in place) and return it."""
+        self.mapped.update(other.mapped)
+        self.ignored.update(other.ignored)
+        self.computed = sorted(set(self.computed) | set(other.computed))
+        for k, v in other.source_dtypes.items():
+            self.source_dtypes[k] = self.source_dtypes.get(k, 0) + v
+        return self
+
+    def summary(self) -> str:
+        """One paragraph for logs and model cards."""
+        n_out = sum(len(v) for v in self.mapped.values())
+        dtypes = ", ".join(f"{n} {d}" for d, n in sorted(self.source_dtypes.items()))
+        lines = [f"{len(self.mapped)} official tensors ({dtypes}) -> {n_out} tensors (float32)."]
+        if self.ignored:
+            lines.append("Ignored: " + "; ".join(f"{k} ({why})" for k, why in self.ignored.items()) + ".")
+        if self.computed:
+            lines.append("Computed after loading: " + ", ".join(self.computed) + ".")
+        return " ".join(lines)
+
+
+def raise_for_keys(what: str, keys: list[str], hint: str = "") -> None:
+    """Raise one ``ValueError`` naming every key of ``keys`` (sorted) after ``what``; nothing if empty."""
+    if keys:
+        raise ValueError(f"{what} ({len(keys)}): {', '.join(sorted(keys))}.{(' ' + hint) if hint else ''}")
+
+
+def count_dtypes(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
+    """dtype name (``"float16"``) -> number of tensors of ``state_dict`` stored in it."""
+    counts: dict[str, int] = {}
+    for t in state_dict.values():
+        name = str(t.dtype).replace("torch.", "")
+        counts[name] = counts.get(name, 0) + 1
+    return counts
