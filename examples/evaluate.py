@@ -12,6 +12,9 @@ overrides its value (`--no-crf`, `--scales`, `--eval_long_side`).
 The CRF runs with WeCLIP's evaluation setting unless told otherwise: `--crf_preset deeplab` starts from
 DeepLab's, and every `--crf_<parameter>` flag overrides one field of `weclip_hf.crf.CRFParams`; with
 `--crf`, the JSON records the parameters used under "crf".
+
+Images are normalized with the statistics of the model folder's image processor (preprocessor_config.json,
+the one training saved; WeCLIP's ImageNet statistics, with a note, for a folder without one).
 """
 
 from __future__ import annotations
@@ -25,11 +28,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from weclip_hf import WeCLIPForSemanticSegmentation
+from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.crf import CRF_PRESETS, CRFParams
 from weclip_hf.data.adapters import add_image_labels, resolve_columns
 from weclip_hf.data.loading import EvalSegmentationDataset, collate, load_dataset_splits
 from weclip_hf.evaluation import evaluate_segmentation
+from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, EvaluationSettings, get_preset
 
 
@@ -148,6 +152,14 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     model = WeCLIPForSemanticSegmentation.from_pretrained(args.model_name_or_path).to(args.device).eval()
     cfg = model.config
+    try:
+        image_processor = WeCLIPImageProcessor.from_pretrained(args.model_name_or_path)
+    except OSError:
+        print(
+            f"{args.model_name_or_path} holds no image processor: normalizing with WeCLIP's ImageNet statistics"
+        )
+        image_processor = WeCLIPImageProcessor()
+    normalization = PixelNormalization.from_image_processor(image_processor)
     toy = args.dataset_name is None and args.data_dir is None and args.dataset_path is None
     _, val, _ = load_dataset_splits(
         args.dataset_name,
@@ -175,7 +187,7 @@ def main(argv=None) -> dict:
         skip_unreadable=args.skip_unreadable_images,
     )
     print(f"{args.validation_split}: {summary}")
-    dataset = EvalSegmentationDataset(val, columns, cfg.num_foreground_classes)
+    dataset = EvalSegmentationDataset(val, columns, cfg.num_foreground_classes, normalization)
 
     def to_device(batch):
         return {k: v.to(args.device) for k, v in batch.items()}
@@ -185,7 +197,13 @@ def main(argv=None) -> dict:
     modes += [f"{m}_crf" for m in modes] if args.crf else []
     modes += ["cam", "pseudo"] if args.pseudo_labels else []
     results = evaluate_segmentation(
-        model, loader, modes, scales=args.scales, long_side=args.eval_long_side, crf_params=args.crf_params
+        model,
+        loader,
+        modes,
+        scales=args.scales,
+        long_side=args.eval_long_side,
+        crf_params=args.crf_params,
+        normalization=normalization,
     )
     print(format_table(results, cfg.id2label))
     report = {

@@ -15,6 +15,7 @@ from weclip_hf.data.adapters import (
 )
 from weclip_hf.data.decoding import decode_image
 from weclip_hf.data.transforms import TrainAugmentation, multi_hot, normalize
+from weclip_hf.normalization import IMAGENET_NORMALIZATION
 
 
 def test_resolve_columns_finds_common_names_and_lists_available():
@@ -88,23 +89,24 @@ def test_add_image_labels_rejects_mismatched_image_and_mask_sizes():
 def test_train_augmentation_crops_pads_and_flips_deterministically():
     image = np.arange(20 * 30 * 3, dtype=np.uint8).reshape(20, 30, 3)
     mask = np.ones((20, 30), np.uint8)
-    aug = TrainAugmentation(crop_size=64, scale_range=(1.0, 1.0), flip_prob=0.0)
+    aug = TrainAugmentation(
+        crop_size=64, scale_range=(1.0, 1.0), flip_prob=0.0, normalization=IMAGENET_NORMALIZATION
+    )
     out_image, out_mask, valid = aug(image, mask, np.random.default_rng(0))
     assert out_image.shape == (64, 64, 3) and out_mask.shape == (64, 64) and valid.sum() == 20 * 30
     assert (out_image[~valid] == 0).all() and (out_mask[~valid] == 255).all() and (out_mask[valid] == 1).all()
     again = aug(image, mask, np.random.default_rng(0))
     assert all(np.array_equal(a, b) for a, b in zip((out_image, out_mask, valid), again))
-    big = TrainAugmentation(crop_size=16, scale_range=(0.5, 2.0))
+    big = TrainAugmentation(crop_size=16, scale_range=(0.5, 2.0), normalization=IMAGENET_NORMALIZATION)
     for seed in range(5):
         crop, _, valid = big(image, None, np.random.default_rng(seed))
         assert crop.shape == (16, 16, 3)
 
 
 def test_normalize_and_multi_hot():
-    black = normalize(np.zeros((2, 2, 3), np.uint8))
-    np.testing.assert_allclose(
-        black[:, 0, 0].numpy(), [-123.675 / 58.395, -116.28 / 57.12, -103.53 / 57.375], rtol=1e-5
-    )
+    black = normalize(np.zeros((2, 2, 3), np.uint8), IMAGENET_NORMALIZATION)
+    official = np.float32([-123.675 / 58.395, -116.28 / 57.12, -103.53 / 57.375])  # float64, rounded once
+    assert black.dtype == torch.float32 and np.array_equal(black[:, 0, 0].numpy(), official)
     assert multi_hot([1, 3], 4).tolist() == [1.0, 0.0, 1.0, 0.0] and multi_hot([], 2).tolist() == [0.0, 0.0]
 
 
@@ -148,7 +150,7 @@ def _same_items(a: dict, b: dict) -> bool:
 def test_streaming_training_dataset_is_seeded_by_epoch_and_reproducible():
     from weclip_hf.data.loading import StreamingWeakSegmentationDataset
 
-    aug = TrainAugmentation(crop_size=8, scale_range=(0.75, 1.5))
+    aug = TrainAugmentation(crop_size=8, scale_range=(0.75, 1.5), normalization=IMAGENET_NORMALIZATION)
     train = StreamingWeakSegmentationDataset(
         _labelled_stream(), Columns("image", "mask"), 2, aug, seed=3, shuffle_buffer_size=4
     )
@@ -161,7 +163,7 @@ def test_streaming_training_dataset_is_seeded_by_epoch_and_reproducible():
 
     first, again, second = one_pass(0), one_pass(0), one_pass(1)
     assert all(_same_items(a, b) for a, b in zip(first, again))  # same epoch: same order and crops
-    order = [int(round(float(item["pixel_values"][0].max() * 58.395 + 123.675))) for item in first]
+    order = [int(IMAGENET_NORMALIZATION.denormalize(item["pixel_values"])[0].max()) for item in first]
     assert sorted(order) != order  # shuffled (the buffer of 4 mixes the image values 0, 20, ..., 140)
     assert not all(_same_items(a, b) for a, b in zip(first, second))  # a new epoch reshuffles
     assert {k for k in first[0]} == {"pixel_values", "class_labels", "pixel_mask", "labels"}
@@ -284,13 +286,15 @@ def test_training_and_evaluation_datasets_name_a_file_damaged_after_preparation(
 
     ds, _ = add_image_labels(_write_pairs(tmp_path), Columns("image", "mask"), 2)
     (tmp_path / "img_3.png").write_bytes(b"gone bad")
-    train = WeakSegmentationDataset(ds, Columns("image", "mask"), 2, TrainAugmentation(crop_size=16))
+    train = WeakSegmentationDataset(
+        ds, Columns("image", "mask"), 2, TrainAugmentation(crop_size=16, normalization=IMAGENET_NORMALIZATION)
+    )
     assert train[0]["pixel_values"].shape == (3, 16, 16) and train[0]["labels"].shape == (16, 16)
     with pytest.raises(
         UnreadableImageError, match=r"img_3.png' \(column 'image', training example 3 of split 'train'\)"
     ):
         train[3]
-    evaluation = EvalSegmentationDataset(ds, Columns("image", "mask"), 2)
+    evaluation = EvalSegmentationDataset(ds, Columns("image", "mask"), 2, IMAGENET_NORMALIZATION)
     assert evaluation[0]["labels"].shape == (32, 32)
     with pytest.raises(UnreadableImageError, match=r"img_3.png' \(column 'image', evaluation example 3"):
         evaluation[3]
@@ -304,7 +308,7 @@ def test_streams_fail_or_skip_unreadable_files_when_met(tmp_path):
     columns = Columns("image", "mask", "classes")
     stream, summary = add_image_labels(ds.to_iterable_dataset(), columns, 2, skip_unreadable=True)
     assert "skipped when met" in str(summary)
-    aug = TrainAugmentation(crop_size=16)
+    aug = TrainAugmentation(crop_size=16, normalization=IMAGENET_NORMALIZATION)
     strict = StreamingWeakSegmentationDataset(stream, columns, 2, aug, shuffle_buffer_size=0)
     with pytest.raises(UnreadableImageError, match=r"img_2.png' \(column 'image', example 2 of pass 0 over"):
         list(strict)
@@ -428,3 +432,75 @@ def test_train_skip_unreadable_images_flag(tmp_path, tiny_clip, capsys):
     out = capsys.readouterr().out
     assert "train: 4 images" in out and "1 unreadable skipped (not counted above): file 'img_3.png'" in out
     assert (tmp_path / "skip" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("statistics", ["imagenet", "clip"])
+def test_training_and_evaluation_items_are_the_image_processors_pixel_values(tmp_path, statistics):
+    """The datasets normalize with the model's processor's statistics, by its arithmetic: a training crop and an
+    evaluation image (after the evaluation's long-side resize) are bit for bit what the processor gives."""
+    from weclip_hf import WeCLIPImageProcessor
+    from weclip_hf.data.loading import EvalSegmentationDataset, train_item
+    from weclip_hf.data.transforms import load_rgb_uint8
+    from weclip_hf.inference import resize_longest_edge
+    from weclip_hf.normalization import CLIP_MEAN, CLIP_STD, PixelNormalization
+
+    kwargs = {"image_mean": CLIP_MEAN, "image_std": CLIP_STD} if statistics == "clip" else {}
+    processor = WeCLIPImageProcessor(size={"longest_edge": 40}, **kwargs)
+    normalization = PixelNormalization.from_image_processor(processor)
+    columns = Columns("image", "mask")
+    ds, _ = add_image_labels(_write_pairs(tmp_path, count=2), columns, 2)
+    image = load_rgb_uint8(tmp_path / "img_1.png")
+
+    evaluation = EvalSegmentationDataset(ds, columns, 2, normalization)[1]["pixel_values"]
+    served = processor(image).pixel_values
+    assert served.shape == (1, 3, 40, 40) and torch.equal(resize_longest_edge(evaluation[None], 40), served)
+
+    augment = TrainAugmentation(crop_size=24, normalization=normalization)
+    trained = train_item(ds[1], columns, 2, augment, np.random.default_rng(7))["pixel_values"]
+    crop, _, _ = augment(image, None, np.random.default_rng(7))
+    assert torch.equal(trained, processor(crop, do_resize=False).pixel_values[0])
+    default = WeCLIPImageProcessor(size={"longest_edge": 40})(image).pixel_values
+    assert torch.equal(served, default) == (statistics == "imagenet")  # the statistics are the processor's
+
+
+def test_a_model_trained_with_clip_statistics_is_saved_evaluated_and_served_with_them(
+    tmp_path, tiny_clip, monkeypatch
+):
+    """train.py takes the statistics of --image_processor_name_or_path for its data, saves that processor with
+    the model (what the pipeline and evaluate.py load) and draws its overlays with it (the image panel is the
+    validation image, exactly)."""
+    import importlib.util
+    import json
+
+    from conftest import FAST, ROOT, run_train
+
+    from weclip_hf import WeCLIPImageProcessor
+    from weclip_hf.data.loading import EvalSegmentationDataset, load_dataset_splits
+    from weclip_hf.normalization import CLIP_MEAN, CLIP_NORMALIZATION, CLIP_STD
+
+    WeCLIPImageProcessor(image_mean=CLIP_MEAN, image_std=CLIP_STD).save_pretrained(
+        tmp_path / "clip_processor"
+    )
+    out = tmp_path / "run"
+    run_train(
+        "--clip_model_name_or_path", tiny_clip, "--output_dir", out, "--max_train_steps", 1,
+        "--image_processor_name_or_path", tmp_path / "clip_processor", *FAST,
+    )  # fmt: skip
+    saved = json.loads((out / "preprocessor_config.json").read_text())
+    assert (saved["image_mean"], saved["image_std"]) == (list(CLIP_MEAN), list(CLIP_STD))
+    _, val, _ = load_dataset_splits(toy=True, toy_sizes=(24, 4), seed=0)
+    image = np.asarray(val[0]["image"].convert("RGB"))
+    overlay = np.asarray(Image.open(json.loads((out / "metrics.json").read_text())["overlays"][0]))
+    assert np.array_equal(overlay[:, : image.shape[1]], image)
+
+    spec = importlib.util.spec_from_file_location(
+        "weclip_evaluate_script_data", ROOT / "examples" / "evaluate.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    used = []
+    monkeypatch.setattr(
+        script, "EvalSegmentationDataset", lambda *a: used.append(a[-1]) or EvalSegmentationDataset(*a)
+    )
+    script.main(["--model_name_or_path", str(out), "--toy_val_images", "4", "--max_eval_samples", "1"])
+    assert used == [CLIP_NORMALIZATION]

@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import SHARED, require_data
 from PIL import Image
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
@@ -12,29 +13,48 @@ from transformers.image_processing_outputs import SemanticSegmentationPostProces
 from weclip_hf import WeCLIPImageProcessor
 from weclip_hf.image_processing_weclip import CLIP_MEAN, CLIP_STD, image_size
 from weclip_hf.inference import longest_edge_size, resize_longest_edge
+from weclip_hf.normalization import CLIP_NORMALIZATION, IMAGENET_NORMALIZATION, PixelNormalization
+
+OFFICIAL_MEAN = np.array([123.675, 116.28, 103.53])  # DESIGN.md: the official code's, on 0-255 pixels
+OFFICIAL_STD = np.array([58.395, 57.12, 57.375])
 
 
 def _image(h=30, w=40, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
+def _official(array: np.ndarray, mean=OFFICIAL_MEAN, std=OFFICIAL_STD) -> torch.Tensor:
+    """uint8 [H, W, 3] -> [3, H, W] as the official pipeline computes it: NumPy float64, rounded once to float32."""
+    return torch.from_numpy(((array - mean) / std).astype(np.float32)).permute(2, 0, 1)
+
+
 def test_official_normalization_and_long_side_resize():
     array = _image(375 // 5, 500 // 5)
     proc = WeCLIPImageProcessor(size={"longest_edge": 512})
     pixels = proc(Image.fromarray(array)).pixel_values
-    mean = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
-    std = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
-    normalized = (torch.from_numpy(array).permute(2, 0, 1).float() - mean) / std
-    expected = resize_longest_edge(normalized[None], 512)
+    expected = resize_longest_edge(_official(array)[None], 512)
     assert pixels.shape == (1, 3, 384, 512) == expected.shape
-    torch.testing.assert_close(pixels, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(pixels, expected, rtol=0, atol=0)
     assert longest_edge_size(375, 500, 512) == (384, 512)
 
 
-def test_fixed_size_and_clip_statistics():
+def test_fixed_size_and_clip_statistics(tmp_path):
     proc = WeCLIPImageProcessor(size={"height": 32, "width": 48}, image_mean=CLIP_MEAN, image_std=CLIP_STD)
-    out = proc([_image(), _image(seed=1)])
-    assert out.pixel_values.shape == (2, 3, 32, 48) and out.pixel_values.dtype == torch.float32
+    images = [_image(), _image(seed=1)]
+    out = proc(images).pixel_values
+    assert out.shape == (2, 3, 32, 48) and out.dtype == torch.float32
+    # the statistics are CLIP's (x 255 on 0-255 pixels), not the default ImageNet ones
+    clip = torch.stack([_official(a, np.array(CLIP_MEAN) * 255, np.array(CLIP_STD) * 255) for a in images])
+    torch.testing.assert_close(out, F.interpolate(clip, size=(32, 48), mode="bilinear"), rtol=0, atol=1e-6)
+    assert not torch.allclose(
+        out, WeCLIPImageProcessor(size={"height": 32, "width": 48})(images).pixel_values
+    )
+    assert PixelNormalization.from_image_processor(proc) == CLIP_NORMALIZATION
+    # and they are what a saved processor (a model folder's) gives back
+    proc.save_pretrained(tmp_path)
+    loaded = WeCLIPImageProcessor.from_pretrained(tmp_path)
+    assert (loaded.image_mean, loaded.image_std) == (list(CLIP_MEAN), list(CLIP_STD))
+    assert torch.equal(loaded(images).pixel_values, out)
 
 
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "LA", "CMYK", "I;16", "1"])
@@ -337,3 +357,72 @@ def test_label_tensors_raise_no_warnings(dtype):
         warnings.simplefilter("error")
         out = proc(_image(), segmentation_maps=label)
     assert out.labels.dtype == torch.long and set(out.labels.unique().tolist()) == {0, 3}
+
+
+# ---- normalization, defined once (weclip_hf.normalization): the processor's, the datasets', the CRF's ---------------
+
+
+def test_default_statistics_are_the_official_constants_bit_for_bit():
+    """The processor's ImageNet statistics ([0, 1] units) are the official 0-255 constants (57.12, not
+    0.224 x 255 = 57.120000000000005), and every uint8 value normalizes as the official code does it."""
+    normalization = PixelNormalization.from_image_processor(WeCLIPImageProcessor())
+    assert normalization == IMAGENET_NORMALIZATION
+    assert normalization.mean == tuple(OFFICIAL_MEAN) and normalization.std == tuple(OFFICIAL_STD)
+    every = np.repeat(np.arange(256, dtype=np.uint8).reshape(16, 16, 1), 3, axis=-1)
+    pixels = WeCLIPImageProcessor(do_resize=False)(every).pixel_values[0]
+    assert torch.equal(pixels, _official(every))
+
+
+def test_processor_reproduces_the_official_pixel_values_of_the_parity_data():
+    """The parity set stores the official pipeline's normalized images next to the uint8 ones."""
+    path = require_data(SHARED / "data" / "parity" / "reference.npz", "the official-code parity data")
+    with np.load(path) as ref:
+        proc = WeCLIPImageProcessor(do_resize=False)
+        np.testing.assert_array_equal(
+            proc(list(ref["images_uint8"])).pixel_values.numpy(), ref["pixel_values"]
+        )
+        np.testing.assert_array_equal(
+            proc(ref["ns_image_uint8"]).pixel_values.numpy(), ref["ns_pixel_values"]
+        )
+
+
+@pytest.mark.parametrize(
+    "normalization", [IMAGENET_NORMALIZATION, CLIP_NORMALIZATION], ids=["imagenet", "clip"]
+)
+def test_denormalize_gives_back_every_uint8_value(normalization):
+    every = torch.arange(256, dtype=torch.uint8).view(1, 16, 16).expand(2, 3, 16, 16)
+    normalized = normalization.normalize(every)
+    assert normalized.dtype == torch.float32 and torch.equal(normalization.denormalize(normalized), every)
+    other = CLIP_NORMALIZATION if normalization is IMAGENET_NORMALIZATION else IMAGENET_NORMALIZATION
+    assert not torch.equal(other.denormalize(normalized), every)
+
+
+def test_pixel_normalization_checks_its_statistics():
+    with pytest.raises(ValueError, match="std positive"):
+        PixelNormalization(mean=(0.0,), std=(0.0,))
+    with pytest.raises(ValueError, match="image_mean / image_std"):
+        PixelNormalization(mean=(1.0, 2.0), std=(1.0,)).normalize(torch.zeros(3, 2, 2))
+    rescale_only = PixelNormalization.from_settings(True, 1 / 255, False, CLIP_MEAN, CLIP_STD)
+    assert rescale_only == PixelNormalization((0.0,), (255.0,))
+
+
+def test_crf_predictions_recover_the_image_with_the_processors_statistics(tiny_model, monkeypatch):
+    """The CRF sees the original uint8 image when given the normalization the pixels were made with; without
+    one, the CRF modes refuse to guess."""
+    import weclip_hf.evaluation as evaluation
+
+    image = _image(16, 24)
+    pixel_values = CLIP_NORMALIZATION.normalize(torch.from_numpy(image).permute(2, 0, 1))[None]
+    seen = {}
+
+    def fake_crf(crf_image, probs, params):
+        seen["image"] = crf_image
+        return probs.argmax(dim=1)
+
+    monkeypatch.setattr(evaluation, "crf_refine_labels", fake_crf)
+    evaluation.predict_labels(tiny_model, pixel_values, (16, 24), crf=True, normalization=CLIP_NORMALIZATION)
+    assert torch.equal(seen["image"][0], torch.from_numpy(image).permute(2, 0, 1))
+    with pytest.raises(ValueError, match="normalization"):
+        evaluation.predict_labels(tiny_model, pixel_values, (16, 24), crf=True)
+    with pytest.raises(ValueError, match="normalization"):
+        evaluation.evaluate_segmentation(tiny_model, [], ["pred", "pred_crf"], progress=False)

@@ -474,7 +474,8 @@ def dense_crf(
     """Refines class probabilities with a fully connected CRF (mean-field, Potts model).
 
     Args:
-        image: `[B, 3, H, W]` or `[3, H, W]` RGB image, uint8 or float in 0-255.
+        image: `[B, 3, H, W]` or `[3, H, W]` RGB image, uint8 or float in 0-255 (from normalized pixel values:
+            `PixelNormalization.denormalize` with the statistics of the model's image processor).
         probs: `[B, C, H, W]` or `[C, H, W]` softmax probabilities on the same device.
         params: `CRFParams`; `WECLIP` (default) or `DEEPLAB`, or your own.
         **overrides: fields of `CRFParams` replacing those of `params`, e.g. `num_iters=5`.

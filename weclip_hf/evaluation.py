@@ -14,28 +14,33 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .crf import WECLIP, CRFParams, crf_refine_labels
-from .image_processing_weclip import IMAGENET_MEAN, IMAGENET_STD
 from .inference import image_logits, multiscale_flip_logits, pad_to_patch, resize_longest_edge
 from .metrics import confusion_matrix, scores_from_confusion
+from .normalization import PixelNormalization
 
 MODES = ("pred", "pred_msf", "pred_crf", "pred_msf_crf", "cam", "pseudo")
 
 
-def denormalize(pixel_values: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """Normalized images [B, 3, H, W] -> 0-255 float images (for the CRF's appearance kernel)."""
-    m = torch.tensor(mean, device=pixel_values.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=pixel_values.device).view(1, 3, 1, 1)
-    return ((pixel_values * s + m) * 255).clamp(0, 255)
+def _require_normalization(normalization: PixelNormalization | None) -> PixelNormalization:
+    """The CRF needs the image back: ``normalization`` must say how ``pixel_values`` were normalized."""
+    if not isinstance(normalization, PixelNormalization):
+        raise ValueError(
+            "The CRF modes need `normalization`, the statistics the pixel values were normalized with "
+            "(`PixelNormalization.from_image_processor(image_processor)`, the model's processor), to recover "
+            f"the image; got {normalization!r}."
+        )
+    return normalization
 
 
 def predict_labels(
     model, pixel_values: torch.Tensor, size: tuple[int, int], msf: bool = False,
     scales: Sequence[float] = (1.0, 0.75), long_side: int | None = None, crf: bool = False,
-    crf_params: CRFParams = WECLIP,
+    crf_params: CRFParams = WECLIP, normalization: PixelNormalization | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Predicted label maps [B, H, W] at ``size``: optional long-side resize, (multi-scale + flip)
-    logits, bilinear upsampling, optional dense CRF with ``crf_params`` (on the image at ``size``;
-    default WeCLIP's evaluation setting, see `weclip_hf.crf`), argmax."""
+    logits, bilinear upsampling, optional dense CRF with ``crf_params`` (on the image at ``size``, recovered
+    with ``normalization``, required with ``crf``; default WeCLIP's evaluation setting, see `weclip_hf.crf`),
+    argmax."""
     original = pixel_values
     if long_side is not None:
         pixel_values = resize_longest_edge(pixel_values, long_side)
@@ -45,7 +50,8 @@ def predict_labels(
         logits = image_logits(model, pixel_values)  # images below one patch are padded, not refused
     logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
     if crf:
-        image = denormalize(F.interpolate(original, size=size, mode="bilinear", align_corners=False))
+        resized = F.interpolate(original, size=size, mode="bilinear", align_corners=False)
+        image = _require_normalization(normalization).denormalize(resized)  # uint8 [B, 3, H, W]
         return crf_refine_labels(image, logits.softmax(dim=1), crf_params)
     return logits.argmax(dim=1)
 
@@ -61,14 +67,16 @@ def evaluate_segmentation(
     progress: bool = True,
     max_batches: int | None = None,
     crf_params: CRFParams = WECLIP,
+    normalization: PixelNormalization | None = None,
 ) -> dict[str, dict]:
     """mIoU per mode over ``batches`` of ``pixel_values`` [B, 3, H, W], ``labels`` [B, H, W] and (for the
     pseudo-label modes) ``class_labels`` [B, C].
 
     Modes: ``pred`` (decoder, single scale), ``pred_msf`` (multi-scale + flip), ``pred_crf`` /
     ``pred_msf_crf`` (the same followed by the dense CRF of `weclip_hf.crf` with ``crf_params``, default
-    WeCLIP's evaluation setting), ``cam`` (pseudo labels from the frozen CLIP CAMs without RFM),
-    ``pseudo`` (pseudo labels with RFM). Returns
+    WeCLIP's evaluation setting, on the images recovered with ``normalization``, which these modes need:
+    `PixelNormalization.from_image_processor` of the model's processor), ``cam`` (pseudo labels from the
+    frozen CLIP CAMs without RFM), ``pseudo`` (pseudo labels with RFM). Returns
     ``{mode: scores}`` as `scores_from_confusion` gives them (``mean_iou``, ``per_category_iou``, ...),
     except that when no pixel could be scored (every ground-truth pixel ignored) the means are None, not
     NaN, with a warning saying so.
@@ -76,6 +84,8 @@ def evaluate_segmentation(
     unknown = set(modes) - set(MODES)
     if unknown:
         raise ValueError(f"Unknown evaluation modes {sorted(unknown)}; choose from {MODES}.")
+    if any("crf" in mode for mode in modes):
+        _require_normalization(normalization)
     was_training = model.training
     model.eval()
     num_labels = model.config.num_labels
@@ -89,8 +99,9 @@ def evaluate_segmentation(
         size = tuple(labels.shape[-2:])
         for mode in modes:
             if mode.startswith("pred"):
+                msf, crf = "msf" in mode, "crf" in mode
                 pred = predict_labels(
-                    model, pixel_values, size, "msf" in mode, scales, long_side, "crf" in mode, crf_params
+                    model, pixel_values, size, msf, scales, long_side, crf, crf_params, normalization
                 )
             else:
                 padded = pad_to_patch(pixel_values, model.config.vision_config.patch_size)  # tiny images

@@ -1,11 +1,13 @@
 """WeCLIP image processor: input conversion, normalization, long-side resize, padding, post-processing.
 
 Order of operations (the official evaluation's): read the pixels as float 0-255 values -> rescale and
-normalize (computed as ``(x - mean / f) / (std / f)`` with ``f = rescale_factor``: the official formula with
-the ImageNet statistics on 0-255 pixels when ``f = 1/255``) -> bilinear resize of the normalized tensor
-(align_corners=False) so the long side is ``size["longest_edge"]`` (int truncation of the other side, at
-least 1 px) or to a fixed ``{"height", "width"}`` -> zero padding (after normalization) at the bottom/right up
-to one patch in each dimension, and with ``do_pad`` to a multiple of the patch size.
+normalize with `weclip_hf.normalization.PixelNormalization` (``(x - mean / f) / (std / f)`` with ``f =
+rescale_factor``, in float64, rounded once to float32: the official formula and constants with the ImageNet
+statistics on 0-255 pixels when ``f = 1/255``; the training and evaluation datasets use the same) -> bilinear
+resize of the normalized tensor (align_corners=False) so the long side is ``size["longest_edge"]`` (int
+truncation of the other side, at least 1 px) or to a fixed ``{"height", "width"}`` -> zero padding (after
+normalization) at the bottom/right up to one patch in each dimension, and with ``do_pad`` to a multiple of the
+patch size.
 ``post_process_semantic_segmentation`` crops that padding away again, so masks always have the input size.
 
 Inputs accepted (``to_rgb_array``): PIL images (EXIF orientation applied; grayscale, palette, RGBA/LA (alpha
@@ -40,11 +42,7 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import ChannelDimension
 
 from .inference import longest_edge_size
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # = (123.675, 116.28, 103.53) / 255, the official statistics
-IMAGENET_STD = (0.229, 0.224, 0.225)  # = (58.395, 57.12, 57.375) / 255
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from .normalization import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, PixelNormalization
 
 CHANNEL_COUNTS = (1, 3, 4)  # the lengths that mark a channel axis when guessing the layout
 UNIT_RANGE_TOLERANCE = 1e-3  # floats up to 1 + this count as [0, 1] images
@@ -250,7 +248,8 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         rescale_factor (`float`): 1/255 (default): 0-255 pixels -> [0, 1], where ``image_mean``/``image_std`` apply.
         do_normalize (`bool`): normalize with ``image_mean``/``image_std`` (on rescaled values).
         image_mean, image_std: ImageNet statistics by default (the official code's, on 0-255 pixels);
-            pass ``CLIP_MEAN``/``CLIP_STD`` for CLIP's own.
+            pass ``CLIP_MEAN``/``CLIP_STD`` for CLIP's own. `PixelNormalization.from_image_processor` gives
+            the same normalization for the training and evaluation datasets (`weclip_hf.normalization`).
         do_convert_rgb (`bool`): convert every image to 3-channel RGB (default True); False keeps the channels.
         input_data_format (`str`): "channels_first" / "channels_last" for arrays and tensors; None guesses
             (see the module docstring).
@@ -404,22 +403,17 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         images = [images] if single else list(images)
         if not images:
             raise ValueError("No images given.")
-        unit = 1.0 / opts["rescale_factor"] if opts["do_rescale"] else 1.0  # 255.0 exactly for 1/255
-        mean = torch.tensor(opts["image_mean"]).view(-1, 1, 1) * unit
-        std = torch.tensor(opts["image_std"]).view(-1, 1, 1) * unit
+        normalization = PixelNormalization.from_settings(
+            opts["do_rescale"],
+            opts["rescale_factor"],
+            opts["do_normalize"],
+            opts["image_mean"],
+            opts["image_std"],
+        )
         pixels = []
         for image in images:
             array = to_rgb_array(image, opts["input_data_format"], opts["do_rescale"], opts["do_convert_rgb"])
-            x = torch.from_numpy(array).permute(2, 0, 1)
-            if opts["do_normalize"]:
-                if len(mean) not in (1, len(x)) or len(std) not in (1, len(x)):
-                    raise ValueError(
-                        f"image_mean {opts['image_mean']} / image_std {opts['image_std']} need 1 or {len(x)} "
-                        f"values for images of {len(x)} channels."
-                    )
-                x = (x - mean) / std  # = normalize(x * rescale_factor): the official formula on 0-255 pixels
-            elif opts["do_rescale"]:
-                x = x * opts["rescale_factor"]
+            x = normalization.normalize(torch.from_numpy(array).permute(2, 0, 1))
             if opts["do_resize"]:
                 target = self._resized_size(*x.shape[-2:], opts["size"])
                 if target != tuple(x.shape[-2:]):

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
+from ..normalization import PixelNormalization
 from ..presets import Preset, get_preset
 from .adapters import Columns, is_streaming
 from .decoding import UnreadableImageError, decode_image, split_name, undecoded
@@ -43,7 +44,7 @@ def train_item(
     mask = None if mask is None else mask.astype(np.uint8)
     image, mask, valid = augment(image, mask, rng)
     item = {
-        "pixel_values": normalize(image),
+        "pixel_values": normalize(image, augment.normalization),
         "class_labels": multi_hot(example["image_labels"], num_classes),
         "pixel_mask": torch.from_numpy(valid.astype(np.uint8)),
     }
@@ -155,13 +156,15 @@ class StreamingWeakSegmentationDataset(IterableDataset):
 
 
 class EvalSegmentationDataset(Dataset):
-    """Evaluation examples at the original size: normalized image, mask labels, multi-hot labels."""
+    """Evaluation examples at the original size: normalized image, mask labels, multi-hot labels.
+    ``normalization``: the statistics of the model's image processor (`PixelNormalization.from_image_processor`)."""
 
-    def __init__(self, dataset, columns: Columns, num_classes: int):
+    def __init__(self, dataset, columns: Columns, num_classes: int, normalization: PixelNormalization):
         if columns.mask is None:
             raise ValueError("Evaluation needs a mask column (pixel ground truth).")
         self.dataset = undecoded(dataset, [columns.image, columns.mask])
         self.columns, self.num_classes, self.split = columns, num_classes, split_name(dataset)
+        self.normalization = normalization
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -173,7 +176,7 @@ class EvalSegmentationDataset(Dataset):
         if mask is None:
             raise ValueError(f"{row.capitalize()} has no mask (column {self.columns.mask!r} is empty).")
         return {
-            "pixel_values": normalize(image),
+            "pixel_values": normalize(image, self.normalization),
             "labels": torch.from_numpy(mask.astype(np.int64)),
             "class_labels": multi_hot(example["image_labels"], self.num_classes),
         }

@@ -3,27 +3,35 @@
 Official augmentation: random rescale by a factor in [0.5, 2.0] (PIL bilinear on uint8), horizontal
 flip with p = 0.5, random crop; images smaller than the crop are padded with raw 0 (black) pixels that
 the method sees (CAMs, PAR, losses) unless `pixel_mask` is used to ignore them. No colour jitter.
+
+The crops are normalized with the model's image processor's statistics (`TrainAugmentation.normalization`,
+`PixelNormalization.from_image_processor`), by the same arithmetic as the processor: a crop gives the pixel
+values the processor gives for it, so training, evaluation and serving see the same normalization.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..image_processing_weclip import IMAGENET_MEAN, IMAGENET_STD, to_rgb_array
+from ..image_processing_weclip import to_rgb_array
+from ..normalization import PixelNormalization
 
 
 @dataclass
 class TrainAugmentation:
-    """Random rescale, flip and crop of an (image, mask) pair; returns uint8 arrays and a pixel mask."""
+    """Random rescale, flip and crop of an (image, mask) pair; returns uint8 arrays and a pixel mask.
+    ``normalization`` (keyword, required): the statistics the crops are normalized with, those of the image
+    processor saved with the model (`PixelNormalization.from_image_processor`)."""
 
     crop_size: int = 320
     scale_range: tuple[float, float] = (0.5, 2.0)
     flip_prob: float = 0.5
     ignore_index: int = 255
+    normalization: PixelNormalization = field(kw_only=True)
 
     def __call__(
         self, image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator
@@ -58,12 +66,10 @@ class TrainAugmentation:
         return canvas[window], None if label is None else label[window], valid[window]
 
 
-def normalize(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """uint8 [H, W, 3] -> float32 [3, H, W] normalized like the official pipeline (statistics on 0-255)."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
-    m = torch.tensor(mean).view(3, 1, 1) * 255.0
-    s = torch.tensor(std).view(3, 1, 1) * 255.0
-    return (x - m) / s
+def normalize(image: np.ndarray, normalization: PixelNormalization) -> torch.Tensor:
+    """uint8 [H, W, 3] -> float32 [3, H, W] normalized with ``normalization`` (the image processor's:
+    `PixelNormalization.from_image_processor`)."""
+    return normalization.normalize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1))
 
 
 def multi_hot(label_ids: list[int], num_classes: int) -> torch.Tensor:
