@@ -44,17 +44,19 @@ from torch.utils.flop_counter import flop_registry  # noqa: E402
 import weclip_hf  # noqa: E402
 from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation  # noqa: E402
 from weclip_hf import crf as dense_crf_module  # noqa: E402
-from weclip_hf.cam import (  # noqa: E402
-    box_mask,
-    box_threshold_mask,
-    gradcam,
-    refine_cams,
-    transition_matrix,
-    upsample_normalized,
-)
+from weclip_hf.affinity import transition_matrix  # noqa: E402
+from weclip_hf.cam import cam_box_masks, refine_cams, upsample_normalized  # noqa: E402
 from weclip_hf.inference import longest_edge_size, multiscale_flip_logits  # noqa: E402
 from weclip_hf.losses import affinity_loss, affinity_targets, segmentation_loss  # noqa: E402
-from weclip_hf.refinement import par_affinity, par_iteration, par_refine, rfm_affinity  # noqa: E402
+from weclip_hf.par import par_affinity, par_iteration, par_refine  # noqa: E402
+from weclip_hf.pseudo_labels import (  # noqa: E402
+    attention_maps_needed,
+    cam_affinity,
+    class_scores,
+    pair_gradcams,
+    patch_attention_maps,
+    plan_pairs,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -434,23 +436,23 @@ def measure_training(args, bench, model, optimizer, batch, use_rfm) -> dict:
 
 
 def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
-    """Time the pieces of a training step separately through the model's public methods and the package
-    functions: CLIP forward, GradCAM, affinity (attention mean or RFM + transition matrix), box masks +
-    refinement, PAR, the whole `generate_pseudo_labels`, decoder forward + losses + backward + AdamW."""
+    """Time the pieces of a training step separately: CLIP forward, then the stages of the model's own
+    `generate_pseudo_labels` (`weclip_hf.pseudo_labels`) on the same inputs: GradCAM, affinity (maps + the
+    attention mean or RFM + transition matrix), box masks + refinement + upsampling, PAR; the whole
+    `generate_pseudo_labels`, decoder forward + losses + backward + AdamW."""
     device, cfg = bench.device, model.config
     pixel_values, class_labels = synthetic_batch(
         batch, args.crop, args.crop, cfg.num_foreground_classes, device, args.seed
     )
     model.train()
-    n_maps = max(cfg.attention_num_maps, cfg.rfm_num_maps) - 1
     amp = lambda: autocast_context(args, device)  # noqa: E731
 
     def clip_forward():
         with amp():
-            return model.forward_clip_features(pixel_values, n_maps)
+            return model.forward_clip_features(pixel_values, attention_maps_needed(cfg, use_rfm))
 
     clip = clip_forward()
-    hidden, attention, grid = clip.hidden, clip.attention, clip.grid
+    hidden, grid = clip.hidden, clip.grid
     tokens = [t[:, 1:] for t in hidden[len(hidden) - cfg.num_feature_layers :]]
 
     def decoder_forward():
@@ -462,43 +464,45 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
     decoder_affinity = decoder_forward()[1].detach()
 
     def pseudo_labels():  # float32 under any autocast, as in the model's forward
-        return model.generate_pseudo_labels(
-            pixel_values, class_labels, hidden[-1], attention, grid, decoder_affinity, use_rfm
-        )
+        return model.generate_pseudo_labels(pixel_values, class_labels, clip, decoder_affinity, use_rfm)
 
     details = pseudo_labels()
-    pseudo, pair_image, pair_class = details.pseudo_labels, details.pair_image_index, details.pair_class_index
-    present = class_labels > 0.5
-    n_bg = model.background_text_embeds.shape[0]
+    pseudo = details.pseudo_labels
+    # the stages, in the order and with the arguments of generate_pseudo_labels (the pair plan, class scores,
+    # labels and dense CAMs are the "other" share)
+    plan = plan_pairs(class_labels, device)
 
-    def gradcam_piece():  # step 1 of generate_pseudo_labels: the last block for every pair, one backward
-        with torch.enable_grad(), torch.autocast(device.type, enabled=False):
-            h, image_embeds, _ = model.last_block_image_embedding(hidden[-1][pair_image])
-            text = torch.cat([model.class_text_embeds, model.background_text_embeds]).float()
-            logits = model.logit_scale.float().exp() * image_embeds @ text.t()
-            allowed = torch.cat([present[pair_image], present.new_ones(len(pair_image), n_bg)], dim=1)
-            probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
-            (grads,) = torch.autograd.grad(probs.gather(1, pair_class[:, None]).sum(), h)
-        return gradcam(h[:, 1:].detach().float(), grads[:, 1:].float(), grid)
+    def gradcam_piece():
+        return pair_gradcams(
+            model.last_block_image_embedding,
+            hidden[-1],
+            model.class_text_embeds,
+            model.background_text_embeds,
+            model.logit_scale,
+            plan,
+            grid,
+        )
 
-    maps = torch.stack([*attention, attention[-1]], dim=1)[:, :, 1:, 1:].float()  # stand-in for the 12th map
+    gradcams = gradcam_piece()
 
     def affinity_piece():
-        if use_rfm:
-            affinity = rfm_affinity(maps[:, -cfg.rfm_num_maps :], decoder_affinity)[0]
-        else:
-            affinity = maps[:, -cfg.attention_num_maps :].mean(dim=1)
-        return transition_matrix(affinity)
+        maps = patch_attention_maps(clip.attention, gradcams.last_attention, plan)
+        return transition_matrix(cam_affinity(maps, cfg, use_rfm, decoder_affinity).affinity)
 
     transition = affinity_piece()
 
     def box_refine_piece():
-        masks = box_mask(box_threshold_mask(details.gradcams, cfg.cam_box_threshold))
-        refined = refine_cams(details.gradcams, transition, pair_image, masks)
-        return upsample_normalized(refined, pixel_values.shape[-2:])
+        masks = cam_box_masks(gradcams.cams, cfg.cam_box_threshold)
+        refined_grid = refine_cams(gradcams.cams, transition, plan.image, masks)
+        return refined_grid, upsample_normalized(refined_grid, pixel_values.shape[-2:])
 
-    k = int(present.sum(1).max())
-    scores = torch.rand(batch, k + 1, *pixel_values.shape[-2:], device=device)
+    refined_grid, refined = box_refine_piece()
+    # the stages timed here are the model's own: they reproduce its refined CAMs (before the normalization,
+    # which amplifies float32 noise on the nearly flat CAMs of random weights)
+    torch.testing.assert_close(
+        refined_grid, details.refined_cams_grid, msg="timed stages differ from the model"
+    )
+    scores = class_scores(refined, plan, cfg.cam_bg_exponent)
 
     def par_piece():
         return par_refine(
@@ -529,7 +533,7 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
         seconds["generate_pseudo_labels"] - sum(seconds[p] for p in parts), 0.0
     )
     seconds["sum"] = seconds["clip_forward"] + seconds["generate_pseudo_labels"] + seconds["decoder_train"]
-    return dict(batch=batch, crop=args.crop, rfm=use_rfm, seconds=seconds, pairs=len(pair_image))
+    return dict(batch=batch, crop=args.crop, rfm=use_rfm, seconds=seconds, pairs=plan.num_pairs)
 
 
 def measure_par_compile(args, bench, model) -> dict:
@@ -578,7 +582,6 @@ def measure_reference(args, bench, model, use_rfm) -> dict:
         batch, args.crop, args.crop, cfg.num_foreground_classes, device, args.seed + 1
     )
     model.eval()
-    n_maps = max(cfg.attention_num_maps, cfg.rfm_num_maps) - 1
     with torch.no_grad():
         clip = model.forward_clip_features(pixel_values, 0)
         hidden, grid = clip.hidden, clip.grid
@@ -590,9 +593,9 @@ def measure_reference(args, bench, model, use_rfm) -> dict:
 
     def ours():  # the CLIP forward under --autocast; the pseudo labels in float32, as in the model's forward
         with autocast_context(args, device):
-            clip = model.forward_clip_features(pixel_values, n_maps)
+            clip = model.forward_clip_features(pixel_values, attention_maps_needed(cfg, use_rfm))
         last["ours"] = model.generate_pseudo_labels(
-            pixel_values, class_labels, clip.hidden[-1], clip.attention, clip.grid, decoder_affinity, use_rfm
+            pixel_values, class_labels, clip, decoder_affinity, use_rfm
         )
 
     # The reference mixes NumPy into the loop: it runs on the CPU (a CPU copy of the model on CUDA).

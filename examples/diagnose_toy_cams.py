@@ -29,6 +29,8 @@ from weclip_hf import WeCLIPForSemanticSegmentation
 from weclip_hf.data.toy import TOY_BACKGROUND_NAMES, TOY_CLASS_NAMES, TOY_PROMPT_TEMPLATE, generate_toy_world
 from weclip_hf.data.transforms import multi_hot, normalize
 from weclip_hf.metrics import confusion_matrix, scores_from_confusion
+from weclip_hf.normalization import IMAGENET_NORMALIZATION
+from weclip_hf.pseudo_labels import attention_maps_needed
 
 DEV_SEEDS = (5_000_000, 6_000_000)
 
@@ -62,7 +64,7 @@ def dev_batches(num_images: int, batch_size: int) -> list[list[tuple[torch.Tenso
     draws = []
     for seed in DEV_SEEDS:
         world = generate_toy_world(num_images, seed=seed)
-        pixels = torch.stack([normalize(image) for image in world["images"]])
+        pixels = torch.stack([normalize(image, IMAGENET_NORMALIZATION) for image in world["images"]])
         masks = torch.from_numpy(world["masks"]).long()
         labels = torch.stack([multi_hot(present, len(TOY_CLASS_NAMES)) for present in world["labels"]])
         draws.append(
@@ -89,13 +91,13 @@ def pseudo_labels(model, pixels, labels, masks, variant: str) -> tuple[torch.Ten
         )
         return out.pseudo_labels, out.cam_details.rfm_keep
     cfg = model.config
-    clip = model.forward_clip_features(pixels, cfg.rfm_num_maps - 1)
-    hidden, attention, grid = clip.hidden, clip.attention, clip.grid
+    clip = model.forward_clip_features(pixels, attention_maps_needed(cfg, use_rfm=True))
+    grid = clip.grid
     if variant == "rfm kept maps only":
         affinity = torch.ones(len(pixels), grid[0] * grid[1], grid[0] * grid[1])
     else:
         affinity = same_label(masks, cfg.vision_config.patch_size)
-    out = model.generate_pseudo_labels(pixels, labels, hidden[-1], attention, grid, affinity, use_rfm=True)
+    out = model.generate_pseudo_labels(pixels, labels, clip, affinity, use_rfm=True)
     return out.pseudo_labels, out.rfm_keep
 
 

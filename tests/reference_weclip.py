@@ -1,6 +1,6 @@
 """Slow, obviously-correct reference of the WeCLIP pseudo-label path: one image, one class at a time.
 
-Written independently of `weclip_hf.cam` / `weclip_hf.refinement`, following DESIGN Part 1 step by step
+Written independently of `weclip_hf.cam` / `weclip_hf.par`, following DESIGN Part 1 step by step
 with explicit loops, NumPy and SciPy (connected components), the way the official code runs. The tests
 prove the batched implementation equal to it; the benchmark times it as the "slow path".
 """

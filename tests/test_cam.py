@@ -1,4 +1,5 @@
-"""Device-side CAM pieces against straightforward CPU references (SciPy connected components, loops)."""
+"""Device-side CAM pieces (connected components, box masks, GradCAM, affinity, PAR) against straightforward CPU
+references (SciPy connected components, loops)."""
 
 import numpy as np
 import pytest
@@ -7,16 +8,11 @@ from reference_weclip import reference_box_mask, reference_normalize, reference_
 from scipy import ndimage
 
 import weclip_hf.cam as weclip_cam
-from weclip_hf.cam import (
-    box_mask,
-    box_threshold_mask,
-    components_by_closure,
-    components_by_propagation,
-    gradcam,
-    minmax_normalize,
-    transition_matrix,
-)
-from weclip_hf.refinement import par_refine, rfm_affinity
+from weclip_hf.affinity import mean_attention_affinity, rfm_affinity, transition_matrix
+from weclip_hf.cam import box_mask, box_threshold_mask, gradcam, minmax_normalize, refine_cams
+from weclip_hf.connected_components import components_by_closure, components_by_propagation
+from weclip_hf.par import par_refine
+from weclip_hf.patch_grid import grid_neighbourhood
 
 
 def _spiral(n: int) -> np.ndarray:
@@ -112,9 +108,45 @@ def test_rfm_keeps_layers_with_mass_above_mean():
     maps = torch.rand(1, 4, 5, 5, generator=torch.Generator().manual_seed(0))
     maps[0, 1] += 1.0  # largest patch-to-patch mass -> smallest d -> kept
     a_dec = torch.rand(1, 5, 5)
-    affinity, keep, d = rfm_affinity(maps, a_dec)
+    out = rfm_affinity(torch.cat([torch.rand(1, 2, 5, 5) + 9.0, maps], dim=1), 4, a_dec)  # last 4 maps only
     expected_d = torch.stack([(a_dec[0] - maps[0, i]).sum() for i in range(4)])
-    torch.testing.assert_close(d[0], expected_d)
-    assert keep[0].tolist() == (expected_d <= expected_d.mean()).tolist() and keep[0, 1]
-    kept = maps[0, keep[0]]
-    torch.testing.assert_close(affinity[0], kept.sum(0) / (len(kept) + 1e-5) * a_dec[0])
+    torch.testing.assert_close(out.rfm_distance[0], expected_d)
+    assert out.rfm_keep[0].tolist() == (expected_d <= expected_d.mean()).tolist() and out.rfm_keep[0, 1]
+    kept = maps[0, out.rfm_keep[0]]
+    torch.testing.assert_close(out.affinity[0], kept.sum(0) / (len(kept) + 1e-5) * a_dec[0])
+
+
+def test_attention_mean_uses_the_last_maps_and_refuses_a_count_it_lacks():
+    maps = torch.rand(2, 4, 6, 6, generator=torch.Generator().manual_seed(0))
+    out = mean_attention_affinity(maps, 3)
+    torch.testing.assert_close(out.affinity, maps[:, 1:].mean(dim=1))
+    assert out.rfm_keep is None and out.rfm_distance is None
+    for num_maps in (0, 5):
+        with pytest.raises(ValueError, match="num_maps must be between 1 and the 4 attention maps"):
+            mean_attention_affinity(maps, num_maps)
+    with pytest.raises(ValueError, match="num_maps"):
+        rfm_affinity(maps, 5, torch.rand(2, 6, 6))
+
+
+def test_refine_cams_propagates_masked_cams_per_image():
+    g = torch.Generator().manual_seed(0)
+    cams, masks = torch.rand(3, 2, 3, generator=g), (torch.rand(3, 2, 3, generator=g) > 0.5).float()
+    transition = torch.rand(2, 6, 6, generator=g)
+    pair_image = torch.tensor([1, 0, 1])
+    refined = refine_cams(cams, transition, pair_image, masks)
+    for p, b in enumerate(pair_image.tolist()):
+        expected = (transition[b] * masks[p].reshape(1, -1)) @ cams[p].reshape(-1)
+        torch.testing.assert_close(refined[p], expected.reshape(2, 3))
+    # no mask = a mask of ones (WeCLIP+ on VOC propagates without box masks)
+    torch.testing.assert_close(
+        refine_cams(cams, transition, pair_image),
+        refine_cams(cams, transition, pair_image, torch.ones_like(cams)),
+    )
+
+
+def test_grid_neighbourhood_is_the_chebyshev_ball():
+    h, w, radius = 4, 5, 2
+    near = grid_neighbourhood(h, w, radius)
+    for i in range(h * w):
+        for j in range(h * w):
+            assert bool(near[i, j]) == (max(abs(i // w - j // w), abs(i % w - j % w)) <= radius)

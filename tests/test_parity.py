@@ -308,7 +308,7 @@ def test_par_on_reference_cams(ref, pixel_values):
     """PAR + argmax from the reference's own refined 320 CAMs (no-RFM) reproduces its pseudo labels exactly:
     the end-to-end differences above are PAR near-ties (reference top-2 margin <= 1.5e-4 at every differing
     pixel) flipped by the ~1e-4 refined-CAM noise, not a PAR deviation."""
-    from weclip_hf.refinement import par_refine
+    from weclip_hf.par import par_refine
 
     cams = torch.from_numpy(ref["fp32_norfm_cam_refined_320"])
     pair_image, pair_class = ref["pair_image_index"], ref["pair_class_index"]

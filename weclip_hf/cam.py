@@ -1,4 +1,5 @@
-"""Batched CAM generation (DESIGN Part 1, CAM steps 1-6) for all (image, class) pairs at once.
+"""Class activation maps (DESIGN Part 1, CAM steps 2 and 4-6): GradCAM, box masks, propagation by a
+transition matrix, normalisation and upsampling, for all (image, class) pairs at once.
 
 Every function works on a whole batch of pairs: no Python loop over images or classes. A "pair" is
 one (image, present class); pairs are ordered by image, then by ascending class id (the order the
@@ -9,6 +10,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from .connected_components import connected_components
+from .patch_grid import cell_coordinates
 
 EPS = 1e-7
 
@@ -36,16 +40,6 @@ def gradcam(activations: torch.Tensor, gradients: torch.Tensor, grid: tuple[int,
     return minmax_normalize(minmax_normalize(cam))
 
 
-def transition_matrix(affinity: torch.Tensor) -> torch.Tensor:
-    """Affinity [B, N, N] -> symmetric, squared transition matrix (three column/row normalizations)."""
-    t = affinity
-    for _ in range(3):
-        t = t / t.sum(dim=-2, keepdim=True)  # column sums (official dim 0)
-        t = t / t.sum(dim=-1, keepdim=True)  # row sums (official dim 1)
-    t = (t + t.transpose(-1, -2)) / 2
-    return t @ t
-
-
 def box_threshold_mask(cams: torch.Tensor, threshold: float) -> torch.Tensor:
     """Binary map of the cells above the box threshold, exactly as the official uint8 path: [P, h, w] bool.
 
@@ -56,76 +50,6 @@ def box_threshold_mask(cams: torch.Tensor, threshold: float) -> torch.Tensor:
     peak = cam_u8.amax(dim=(-2, -1), keepdim=True)
     thr = (peak.double() * threshold).floor().to(cams.dtype)
     return cam_u8 > thr
-
-
-def grid_neighbourhood(h: int, w: int, radius: int = 1, device: torch.device | None = None) -> torch.Tensor:
-    """[h*w, h*w] bool: pairs of cells of an h x w grid within Chebyshev distance ``radius`` (radius 1:
-    the 8-neighbourhood plus the cell itself)."""
-    ys = torch.arange(h, device=device).repeat_interleave(w)
-    xs = torch.arange(w, device=device).repeat(h)
-    return ((ys[:, None] - ys[None, :]).abs() <= radius) & ((xs[:, None] - xs[None, :]).abs() <= radius)
-
-
-def connected_components(binary: torch.Tensor) -> torch.Tensor:
-    """8-connected component labels of a batch of binary maps, computed where the maps live.
-
-    Args:
-        binary: [P, h, w] bool.
-    Returns:
-        [P, h, w] int64: for foreground cells, the flat index (y * w + x) of the smallest cell of its
-        component; -1 for background.
-
-    On an accelerator: `components_by_closure` (fixed work, no host sync). On the CPU, where a
-    convergence check costs nothing: `components_by_propagation` (far less work). Both are exact.
-    """
-    if binary.device.type == "cpu":
-        return components_by_propagation(binary)
-    return components_by_closure(binary)
-
-
-def components_by_closure(binary: torch.Tensor) -> torch.Tensor:
-    """`connected_components` by transitive closure of the foreground adjacency (repeated squaring).
-
-    ``ceil(log2(h * w))`` batched matrix products always suffice (any path has fewer than ``h * w``
-    steps): the work is fixed and the result exact for every shape, spirals included, with no
-    data-dependent loop, hence no host-device synchronisation.
-    """
-    p, h, w = binary.shape
-    n = h * w
-    fg = binary.reshape(p, n).float()
-    reach = grid_neighbourhood(h, w, 1, binary.device).float() * fg[:, :, None] * fg[:, None, :]  # [P, N, N]
-    for _ in range(max(n - 1, 1).bit_length()):  # 2 ** rounds >= n - 1 path steps
-        reach = torch.bmm(reach, reach).clamp_(max=1.0)
-    idx = torch.arange(n, device=binary.device)
-    labels = torch.where(reach > 0, idx, n).amin(dim=-1)  # smallest reachable cell
-    return torch.where(binary.reshape(p, n), labels, -1).reshape(p, h, w)
-
-
-def components_by_propagation(binary: torch.Tensor) -> torch.Tensor:
-    """`connected_components` by min-label propagation with pointer jumping until nothing changes.
-
-    Each round takes the smallest label of the 3x3 neighbourhood, then the label of the cell the
-    label points to; a few rounds converge for blob-like regions. Convergence is checked on the host
-    every 4 rounds (extra rounds after convergence are no-ops).
-    """
-    p, h, w = binary.shape
-    n = h * w
-    big = float(n)
-    idx = torch.arange(n, device=binary.device, dtype=torch.float32).expand(p, n).reshape(p, 1, h, w)
-    fg = binary.reshape(p, 1, h, w)
-    labels = torch.where(fg, idx, torch.full_like(idx, big))
-    while True:
-        previous = labels
-        for _ in range(4):
-            neighbour_min = -F.max_pool2d(F.pad(-labels, (1, 1, 1, 1), value=-big), 3, stride=1)
-            labels = torch.where(fg, torch.minimum(labels, neighbour_min), labels)
-            flat = labels.reshape(p, n)
-            jumped = torch.gather(flat, 1, flat.clamp(max=n - 1).long()).reshape_as(labels)
-            labels = torch.where(fg, torch.minimum(labels, jumped), labels)
-        if torch.equal(previous, labels):
-            break
-    out = labels.reshape(p, h, w).long()
-    return torch.where(binary, out, torch.full_like(out, -1))
 
 
 def box_mask(binary: torch.Tensor) -> torch.Tensor:
@@ -139,8 +63,7 @@ def box_mask(binary: torch.Tensor) -> torch.Tensor:
     labels = connected_components(binary).reshape(p, n)
     valid = labels >= 0
     root = labels.clamp(min=0)
-    ys = torch.arange(h, device=binary.device).repeat_interleave(w).expand(p, n)
-    xs = torch.arange(w, device=binary.device).repeat(h).expand(p, n)
+    ys, xs = (c.expand(p, n) for c in cell_coordinates(h, w, binary.device))
     big = torch.full((p, n), n, device=binary.device, dtype=torch.long)
     small = torch.full((p, n), -1, device=binary.device, dtype=torch.long)
     y0 = big.scatter_reduce(1, root, torch.where(valid, ys, big), "amin")
@@ -160,20 +83,30 @@ def box_mask(binary: torch.Tensor) -> torch.Tensor:
     return (cover > 0).to(torch.float32)
 
 
+def cam_box_masks(cams: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Box masks of normalized CAMs [P, h, w]: `box_mask` of the cells above `box_threshold_mask`'s
+    threshold, [P, h, w] float (0/1)."""
+    return box_mask(box_threshold_mask(cams, threshold))
+
+
 def refine_cams(
-    cams: torch.Tensor, transition: torch.Tensor, pair_image: torch.Tensor, masks: torch.Tensor
+    cams: torch.Tensor,
+    transition: torch.Tensor,
+    pair_image: torch.Tensor,
+    masks: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Affinity-refined CAMs: ``(T * box_mask[None, :]) @ cam`` per pair.
+    """CAMs propagated by their image's transition matrix: ``(T * mask[None, :]) @ cam`` per pair.
 
     Args:
-        cams: [P, h, w] GradCAMs. transition: [B, N, N] per image. pair_image: [P] image index of each
-        pair. masks: [P, h, w] box masks (they mask the columns of T).
+        cams: [P, h, w] the maps to propagate (GradCAMs, or GradCAMs times a per-pair weight map).
+        transition: [B, N, N] per image. pair_image: [P] image index of each pair.
+        masks: [P, h, w] box masks (they mask the columns of T); None: no mask (all ones).
     Returns:
         [P, h, w] refined CAMs (not normalized).
     """
     p, h, w = cams.shape
-    masked = (cams * masks).reshape(p, h * w, 1)
-    return torch.bmm(transition[pair_image], masked).reshape(p, h, w)
+    masked = cams if masks is None else cams * masks
+    return torch.bmm(transition[pair_image], masked.reshape(p, h * w, 1)).reshape(p, h, w)
 
 
 def upsample_normalized(refined: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

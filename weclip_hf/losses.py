@@ -6,7 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .cam import grid_neighbourhood
+from .patch_grid import grid_neighbourhood
 
 
 def _global_count(count: torch.Tensor, across_processes: bool) -> tuple[torch.Tensor, int]:

@@ -22,18 +22,21 @@ from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.utils import ModelOutput
 from transformers.utils import logging as hf_logging
 
-from .cam import (
-    box_mask,
-    box_threshold_mask,
-    gradcam,
-    minmax_normalize,
-    refine_cams,
-    transition_matrix,
-    upsample_normalized,
-)
+from .affinity import transition_matrix
+from .cam import cam_box_masks, refine_cams, upsample_normalized
 from .configuration_weclip import WeCLIPConfig
 from .losses import affinity_loss, affinity_targets, segmentation_loss
-from .refinement import par_refine, rfm_affinity
+from .par import par_refine
+from .pseudo_labels import (
+    attention_maps_needed,
+    cam_affinity,
+    class_scores,
+    dense_class_cams,
+    labels_from_scores,
+    pair_gradcams,
+    patch_attention_maps,
+    plan_pairs,
+)
 
 logger = hf_logging.get_logger(__name__)
 
@@ -630,18 +633,18 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         class_labels: torch.Tensor,
-        last_block_input: torch.Tensor,
-        attention: list[torch.Tensor],
-        grid: tuple[int, int],
-        decoder_affinity: torch.Tensor | None,
-        use_rfm: bool,
+        features: CLIPVisionFeatures,
+        decoder_affinity: torch.Tensor | None = None,
+        use_rfm: bool = False,
     ) -> WeCLIPCAMOutput:
-        """Batched GradCAM -> attention (or RFM) affinity refinement with box masks -> PAR -> labels.
+        """Batched GradCAM -> attention (or RFM) affinity refinement with box masks -> PAR -> labels, as the
+        stages of `weclip_hf.pseudo_labels`.
 
         Args:
             pixel_values: [B, 3, H, W] normalized images. class_labels: [B, C] multi-hot.
-            last_block_input: [B, 1+N, D] output of block L-1. attention: head-averaged maps of the last
-                blocks before the final one, [B, 1+N, 1+N] each. decoder_affinity: [B, N, N] (RFM only).
+            features: `forward_clip_features` of the images, with at least
+                `attention_maps_needed(config, use_rfm)` attention maps.
+            decoder_affinity: [B, N, N] (RFM only).
         Returns: a `WeCLIPCAMOutput` with the pseudo labels [B, H, W], the dense CAMs and every
             per-pair intermediate.
 
@@ -649,82 +652,43 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         caller's autocast (mixed precision): bf16 here moves the CAMs and boxes visibly.
         """
         cfg = self.config
-        b, c = class_labels.shape
-        device = pixel_values.device
-        # The (image, class) pair plan is built on the host: the step's only host sync (none at all when
-        # class_labels arrive on the CPU, as from a DataLoader).
-        present_host = class_labels.detach().cpu() > 0.5
-        pairs = present_host.nonzero()
-        k = int(present_host.sum(1).max()) if len(pairs) else 0
-        slot = present_host.long().cumsum(1)[pairs[:, 0], pairs[:, 1]] - 1  # rank of the class in its image
-        pair_image, pair_class, slot = (
-            t.to(device, non_blocking=True) for t in (pairs[:, 0], pairs[:, 1], slot)
+        plan = plan_pairs(class_labels, pixel_values.device)
+        gradcams = pair_gradcams(
+            self.last_block_image_embedding,
+            features.hidden[-1],
+            self.class_text_embeds,
+            self.background_text_embeds,
+            self.logit_scale,
+            plan,
+            features.grid,
         )
-        present = present_host.to(device, non_blocking=True)
-        n_bg = self.background_text_embeds.shape[0]
-
-        # 1. GradCAM of every pair from one backward: each pair runs its own copy of the last block, in
-        # float32.
-        with torch.enable_grad():
-            h, image_embeds, last_probs = self.last_block_image_embedding(last_block_input[pair_image])
-            text = torch.cat([self.class_text_embeds, self.background_text_embeds]).float()
-            logits = self.logit_scale.float().exp() * image_embeds @ text.t()  # [P, C + Nb]
-            allowed = torch.cat([present[pair_image], present.new_ones(len(pairs), n_bg)], dim=1)
-            probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
-            target = probs.gather(1, pair_class[:, None]).sum()
-            (grads,) = torch.autograd.grad(target, h)
-        cams = gradcam(h[:, 1:].detach().float(), grads[:, 1:].float(), grid)  # [P, h, w]
-
-        # 2. Affinity: mean of the last maps (or the RFM choice), as a transition matrix per image.
-        n = grid[0] * grid[1]
-        patch_maps = [a[:, 1:, 1:].float() for a in attention]  # patch-to-patch [B, N, N] each
-        maps = torch.stack([*patch_maps, last_probs.new_zeros(b, n, n, dtype=torch.float32)], dim=1)
-        # the last block's map, per pair (images without pairs never use it)
-        maps[pair_image, -1] = last_probs[:, 1:, 1:].float()
-        keep = distance = None
-        if use_rfm:
-            affinity, keep, distance = rfm_affinity(maps[:, -cfg.rfm_num_maps :], decoder_affinity.detach())
-        else:
-            affinity = maps[:, -cfg.attention_num_maps :].mean(dim=1)
-        transition = transition_matrix(affinity)
-
-        # 3. Box masks, refinement, per-pair normalization and upsampling to the image size.
-        masks = box_mask(box_threshold_mask(cams, cfg.cam_box_threshold))
-        refined_grid = refine_cams(cams, transition, pair_image, masks)
-        size = pixel_values.shape[-2:]
-        refined = upsample_normalized(refined_grid, size)  # [P, H, W]
-
-        # 4. Scores [bg, present classes in ascending order] per image, PAR, argmax -> class ids.
-        scores = refined.new_zeros(b, k + 1, *size)
-        scores[pair_image, slot + 1] = refined
-        bg = 1 - scores[:, 1:].amax(dim=1, keepdim=True) if k else torch.ones_like(scores[:, :1])
-        scores[:, :1] = bg.clamp(min=0) ** cfg.cam_bg_exponent
+        maps = patch_attention_maps(features.attention, gradcams.last_attention, plan)
+        affinity = cam_affinity(maps, cfg, use_rfm, decoder_affinity)
+        transition = transition_matrix(affinity.affinity)
+        masks = cam_box_masks(gradcams.cams, cfg.cam_box_threshold)
+        refined_grid = refine_cams(gradcams.cams, transition, plan.image, masks)
+        refined = upsample_normalized(refined_grid, pixel_values.shape[-2:])  # [P, H, W]
         scores = par_refine(
-            pixel_values, scores, cfg.par_dilations, cfg.par_num_iter, cfg.par_temperature, cfg.par_pos_weight
+            pixel_values,
+            class_scores(refined, plan, cfg.cam_bg_exponent),
+            cfg.par_dilations,
+            cfg.par_num_iter,
+            cfg.par_temperature,
+            cfg.par_pos_weight,
         )
-        slot_class = torch.zeros(b, k + 1, dtype=torch.long, device=scores.device)
-        slot_class[pair_image, slot + 1] = pair_class + 1
-        valid = torch.zeros(b, k + 1, dtype=torch.bool, device=scores.device)
-        valid[:, 0] = True
-        valid[pair_image, slot + 1] = True
-        winner = scores.masked_fill(~valid[:, :, None, None], float("-inf")).argmax(dim=1)
-        pseudo = slot_class.gather(1, winner.flatten(1)).view_as(winner)
-
-        dense = refined_grid.new_zeros(b, c, *grid)
-        dense[pair_image, pair_class] = minmax_normalize(refined_grid)
         return WeCLIPCAMOutput(
-            pseudo_labels=pseudo,
-            cams=dense,
-            pair_image_index=pair_image,
-            pair_class_index=pair_class,
-            text_probs=probs.detach(),
-            gradcams=cams,
+            pseudo_labels=labels_from_scores(scores, plan),
+            cams=dense_class_cams(refined_grid, plan),
+            pair_image_index=plan.image,
+            pair_class_index=plan.class_index,
+            text_probs=gradcams.text_probs,
+            gradcams=gradcams.cams,
             box_masks=masks,
             refined_cams_grid=refined_grid,
             refined_cams=refined,
-            affinity_before_norm=affinity,
-            rfm_keep=keep,
-            rfm_distance=distance,
+            affinity_before_norm=affinity.affinity,
+            rfm_keep=affinity.rfm_keep,
+            rfm_distance=affinity.rfm_distance,
         )
 
     # ---- forward ---------------------------------------------------------------------------------
@@ -920,9 +884,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         rfm = None
         if weak:
             rfm = self._current_step() >= cfg.rfm_start_step if use_rfm is None else bool(use_rfm)
-        n_maps = ((cfg.rfm_num_maps if rfm else cfg.attention_num_maps) - 1) if weak else 0
+        n_maps = attention_maps_needed(cfg, rfm) if weak else 0
         clip = self.forward_clip_features(pixel_values, n_maps, output_attentions=output_attentions)
-        hidden, attention, grid = clip.hidden, clip.attention, clip.grid
+        hidden, grid = clip.hidden, clip.grid
         tokens = [t[:, 1:] for t in hidden[len(hidden) - cfg.num_feature_layers :]]
         hidden_states = attentions = None
         if output_hidden_states or output_attentions:  # the last block, run once more for the outputs
@@ -945,9 +909,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         # 3. Pseudo labels from the frozen CLIP (weak supervision).
         details = pseudo = cams = None
         if weak:
-            details = self.generate_pseudo_labels(
-                pixel_values, class_labels, hidden[-1], attention, grid, decoder_affinity, rfm
-            )
+            details = self.generate_pseudo_labels(pixel_values, class_labels, clip, decoder_affinity, rfm)
             pseudo, cams = details.pseudo_labels, details.cams
             if pixel_mask is not None:
                 pseudo = pseudo.masked_fill(pixel_mask == 0, cfg.semantic_loss_ignore_index)

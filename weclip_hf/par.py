@@ -1,4 +1,5 @@
-"""Pseudo-label refinement: PAR (pixel-adaptive refinement) and the RFM affinity choice (DESIGN Part 1)."""
+"""PAR (pixel-adaptive refinement, DESIGN Part 1 CAM step 7): score maps snapped to the image by colour and
+position affinities between each pixel and its dilated 3x3 ring neighbours."""
 
 from __future__ import annotations
 
@@ -103,27 +104,3 @@ def par_iteration(scores: torch.Tensor, weights: torch.Tensor, dilations: list[i
     for n, view in enumerate(ring_views(scores, dilations)):
         refined.addcmul_(view, weights[:, :, n])
     return refined
-
-
-def rfm_affinity(
-    attention_maps: torch.Tensor, decoder_affinity: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The RFM affinity: pick the attention layers closest to the decoder affinity, weight them by it.
-
-    Args:
-        attention_maps: [B, L, N, N] the last L head-averaged patch-to-patch attention maps.
-        decoder_affinity: [B, N, N] the decoder affinity A_dec (detached).
-    Returns:
-        affinity [B, N, N] (before the transition-matrix normalization), keep [B, L] bool, d [B, L].
-
-    Literal official rule: ``d_l = sum(A_dec - M_l)`` in float32, keep the layers with ``d_l <= mean(d)``,
-    average them (``sum / (count + 1e-5)``), multiply elementwise by A_dec. Since sum(A_dec) is the same
-    for every layer, this keeps the layers with the largest patch-to-patch attention mass.
-    """
-    maps = attention_maps.float()
-    a_dec = decoder_affinity.float()
-    d = (a_dec.unsqueeze(1) - maps).sum(dim=(-2, -1))  # [B, L]
-    keep = d <= d.mean(dim=1, keepdim=True)
-    weights = keep.to(maps.dtype)
-    avg = torch.einsum("bl,blij->bij", weights, maps) / (weights.sum(dim=1)[:, None, None] + 1e-5)
-    return avg * a_dec, keep, d

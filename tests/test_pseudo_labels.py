@@ -1,0 +1,149 @@
+"""The pseudo-label stages (weclip_hf.pseudo_labels): pair plan, map count, GradCAM batching, candidate maps,
+scores and labels. The whole chain against the per-image reference is in test_modeling.py."""
+
+import pytest
+import torch
+from conftest import make_tiny_config
+
+from weclip_hf import WeCLIPForSemanticSegmentation
+from weclip_hf.cam import minmax_normalize
+from weclip_hf.pseudo_labels import (
+    attention_maps_needed,
+    cam_affinity,
+    class_scores,
+    dense_class_cams,
+    labels_from_scores,
+    pair_gradcams,
+    patch_attention_maps,
+    plan_pairs,
+)
+
+LABELS = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0], [1, 1, 0, 1]])
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return WeCLIPForSemanticSegmentation(make_tiny_config(attention_num_maps=2, rfm_num_maps=3)).eval()
+
+
+def _gradcams(model, block_input, plan, grid):
+    return pair_gradcams(
+        model.last_block_image_embedding,
+        block_input,
+        model.class_text_embeds,
+        model.background_text_embeds,
+        model.logit_scale,
+        plan,
+        grid,
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.long, torch.bool])
+def test_plan_pairs_orders_by_image_then_class(dtype):
+    plan = plan_pairs(LABELS.to(dtype), "cpu")
+    assert plan.image.tolist() == [0, 0, 1, 3, 3, 3]
+    assert plan.class_index.tolist() == [0, 2, 3, 0, 1, 3]
+    assert plan.slot.tolist() == [0, 1, 0, 0, 1, 2]  # rank among the image's classes
+    assert plan.max_classes == 3 and plan.num_pairs == 6
+    assert (plan.num_images, plan.num_classes) == (4, 4)
+    assert torch.equal(plan.present, LABELS.bool())
+
+
+def test_plan_pairs_thresholds_at_one_half_and_handles_no_class():
+    plan = plan_pairs(torch.tensor([[0.4, 0.6], [0.0, 0.5]]), "cpu")
+    assert plan.image.tolist() == [0] and plan.class_index.tolist() == [1] and plan.max_classes == 1
+    empty = plan_pairs(torch.zeros(3, 4), "cpu")
+    assert empty.num_pairs == 0 and empty.max_classes == 0 and empty.image.dtype == torch.long
+
+
+@pytest.mark.parametrize("use_rfm", [False, True])
+def test_attention_maps_needed_gives_the_affinity_exactly_its_maps(model, use_rfm, monkeypatch):
+    cfg = model.config
+    wanted = cfg.rfm_num_maps if use_rfm else cfg.attention_num_maps
+    pixel_values = torch.randn(4, 3, 24, 32, generator=torch.Generator().manual_seed(0))
+    plan = plan_pairs(LABELS, "cpu")
+    features = model.forward_clip_features(pixel_values, attention_maps_needed(cfg, use_rfm))
+    gradcams = _gradcams(model, features.hidden[-1], plan, features.grid)
+    maps = patch_attention_maps(features.attention, gradcams.last_attention, plan)
+    assert maps.shape == (4, wanted, 12, 12)  # the collected blocks' maps plus the last block's
+    a_dec = torch.rand(4, 12, 12)
+    cam_affinity(maps, cfg, use_rfm, a_dec)
+    with pytest.raises(ValueError, match="attention_maps_needed"):  # one map short: refused, not truncated
+        cam_affinity(maps[:, 1:], cfg, use_rfm, a_dec)
+    # the model's forward asks for the same count
+    asked = []
+    collect = model.forward_clip_features
+    monkeypatch.setattr(
+        model, "forward_clip_features", lambda px, n, **kw: asked.append(n) or collect(px, n, **kw)
+    )
+    model(pixel_values, class_labels=LABELS, use_rfm=use_rfm)
+    model(pixel_values)
+    assert asked == [attention_maps_needed(cfg, use_rfm), 0]
+
+
+def test_rfm_affinity_needs_the_decoder_affinity(model):
+    with pytest.raises(ValueError, match="decoder_affinity"):
+        cam_affinity(torch.rand(1, 3, 4, 4), model.config, True)
+
+
+def test_pair_gradcams_of_a_batch_equal_those_of_each_image_alone(model):
+    """One backward for all pairs: each pair's GradCAM is its own (no gradient leaks between pairs)."""
+    pixel_values = torch.randn(4, 3, 24, 32, generator=torch.Generator().manual_seed(1))
+    features = model.forward_clip_features(pixel_values, 0)
+    tokens, grid = features.hidden[-1], features.grid
+    plan = plan_pairs(LABELS, "cpu")
+    batched = _gradcams(model, tokens, plan, grid)
+    start = 0
+    for b in range(4):
+        alone = _gradcams(model, tokens[b : b + 1], plan_pairs(LABELS[b : b + 1], "cpu"), grid)
+        end = start + len(alone.cams)
+        torch.testing.assert_close(batched.cams[start:end], alone.cams, rtol=0, atol=1e-6)
+        torch.testing.assert_close(batched.text_probs[start:end], alone.text_probs)
+        start = end
+    # the text set of a pair: its image's present classes and the background words (absent classes: 0)
+    probs = batched.text_probs
+    torch.testing.assert_close(probs.sum(-1), torch.ones(6))
+    assert (probs[:, :4][~plan.present[plan.image]] == 0).all()
+
+
+def test_patch_attention_maps_put_the_last_block_map_per_image():
+    plan = plan_pairs(LABELS, "cpu")
+    block = [torch.rand(4, 5, 5) for _ in range(2)]
+    last = torch.rand(4, 5, 5)[plan.image]  # the pairs of one image share their last-block map
+    maps = patch_attention_maps(block, last, plan)
+    assert maps.shape == (4, 3, 4, 4) and maps.dtype == torch.float32
+    for i in range(2):
+        assert torch.equal(maps[:, i], block[i][:, 1:, 1:])
+    for b in (0, 1, 3):
+        assert torch.equal(maps[b, -1], last[plan.image.tolist().index(b), 1:, 1:])
+    assert (maps[2, -1] == 0).all()  # no pair: never used
+
+
+def test_class_scores_background_and_labels_use_only_present_classes():
+    plan = plan_pairs(LABELS, "cpu")
+    refined = torch.rand(6, 3, 2, generator=torch.Generator().manual_seed(0))
+    scores = class_scores(refined, plan, bg_exponent=2.0)
+    assert scores.shape == (4, 4, 3, 2)
+    assert torch.equal(scores[3, 1:], refined[3:])  # image 3: its classes 0, 1, 3 in ascending order
+    assert (scores[1, 2:] == 0).all()  # image 1 has one class: the other slots stay 0
+    torch.testing.assert_close(scores[0, 0], (1 - refined[:2].amax(0)) ** 2)
+    assert (scores[2, 0] == 1).all() and (scores[2, 1:] == 0).all()  # no class: all background
+
+    scores[1, 2:] = 5.0  # unused slots never win, whatever their score
+    labels = labels_from_scores(scores, plan)
+    keys = {0: [0, 1, 3], 1: [0, 4], 2: [0], 3: [0, 1, 2, 4]}
+    for b, allowed in keys.items():
+        assert set(labels[b].unique().tolist()) <= set(allowed)
+    expected = torch.tensor([0, 1, 3])[scores[0, :3].argmax(0)]
+    assert torch.equal(labels[0], expected)
+    assert (labels[2] == 0).all()
+
+
+def test_dense_class_cams_are_zero_for_absent_classes():
+    plan = plan_pairs(LABELS, "cpu")
+    refined_grid = torch.rand(6, 2, 3)
+    dense = dense_class_cams(refined_grid, plan)
+    assert dense.shape == (4, 4, 2, 3)
+    assert (dense[~LABELS.bool()] == 0).all()
+    torch.testing.assert_close(dense[plan.image, plan.class_index], minmax_normalize(refined_grid))

@@ -1,0 +1,205 @@
+"""The pseudo-label pipeline as named stages (DESIGN Part 1, CAM steps 1-7), for all (image, class) pairs at
+once.
+
+`WeCLIPForSemanticSegmentation.generate_pseudo_labels` calls them in this order, and so do the benchmark
+(to time each one) and the diagnostics:
+
+1. `plan_pairs`: which (image, present class) pairs get a CAM (the pipeline's only host sync);
+2. `pair_gradcams`: one GradCAM per pair from one backward through the last CLIP block;
+3. `patch_attention_maps`, then an affinity (`weclip_hf.affinity`: `cam_affinity` here picks WeCLIP's), then
+   its `transition_matrix`;
+4. `weclip_hf.cam`: box masks, `refine_cams` (propagation), `upsample_normalized`;
+5. `class_scores`, PAR (`weclip_hf.par.par_refine`), `labels_from_scores`; `dense_class_cams` for the output.
+
+Each stage takes its inputs explicitly (tensors, counts, thresholds), so a variant of the method composes
+them differently: GradCAM on another block's tokens, CAMs weighted before propagation, no box mask, another
+affinity. The stages expect float32 inputs outside autocast (`generate_pseudo_labels` ensures it);
+`pair_gradcams` turns autocast off itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .affinity import CAMAffinity, mean_attention_affinity, rfm_affinity
+from .cam import gradcam, minmax_normalize
+from .configuration_weclip import WeCLIPConfig
+
+
+@dataclass(frozen=True)
+class PairPlan:
+    """The (image, present class) pairs of a batch, ordered by image, then by ascending class.
+
+    Built once per batch by `plan_pairs`; every tensor lives on the batch's device.
+    """
+
+    image: torch.Tensor  # [P] int64 image index of each pair
+    class_index: torch.Tensor  # [P] int64 0-based foreground class of each pair
+    slot: torch.Tensor  # [P] int64 rank of the class among its image's present classes
+    present: torch.Tensor  # [B, C] bool multi-hot labels
+    max_classes: int  # K: the most classes present in one image (0 when no image has any)
+
+    @property
+    def num_pairs(self) -> int:
+        return self.image.shape[0]
+
+    @property
+    def num_images(self) -> int:
+        return self.present.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.present.shape[1]
+
+
+@dataclass
+class PairGradCAMs:
+    """`pair_gradcams`' result: per pair, the GradCAM and what the same pass of the last block gives."""
+
+    cams: torch.Tensor  # [P, h, w] after the double min-max normalization
+    text_probs: torch.Tensor  # [P, C + Nb] softmax over the image's present classes + background words
+    last_attention: torch.Tensor  # [P, 1+N, 1+N] head-averaged attention of the last block
+
+
+def attention_maps_needed(config: WeCLIPConfig, use_rfm: bool) -> int:
+    """How many head-averaged attention maps `forward_clip_features` must collect for the pseudo labels.
+
+    The affinity uses the last ``config.attention_num_maps`` (``config.rfm_num_maps`` with the RFM) maps of
+    all L blocks; the last block's map comes from the GradCAM pass (`pair_gradcams`), so one fewer is
+    collected from the first L-1 blocks.
+    """
+    return (config.rfm_num_maps if use_rfm else config.attention_num_maps) - 1
+
+
+def plan_pairs(class_labels: torch.Tensor, device: torch.device | str) -> PairPlan:
+    """The pair plan of multi-hot ``class_labels`` [B, C] (> 0.5 means present), on ``device``.
+
+    Built on the host: the pseudo-label path's only host sync (none at all when the labels arrive on the
+    CPU, as from a DataLoader); the indices reach ``device`` by non-blocking copies.
+    """
+    present_host = class_labels.detach().cpu() > 0.5
+    pairs = present_host.nonzero()
+    max_classes = int(present_host.sum(1).max()) if len(pairs) else 0
+    slot = present_host.long().cumsum(1)[pairs[:, 0], pairs[:, 1]] - 1  # rank of the class in its image
+    image, class_index, slot = (t.to(device, non_blocking=True) for t in (pairs[:, 0], pairs[:, 1], slot))
+    return PairPlan(image, class_index, slot, present_host.to(device, non_blocking=True), max_classes)
+
+
+def pair_gradcams(
+    last_block: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    block_input: torch.Tensor,
+    class_embeds: torch.Tensor,
+    background_embeds: torch.Tensor,
+    logit_scale: torch.Tensor,
+    plan: PairPlan,
+    grid: tuple[int, int],
+) -> PairGradCAMs:
+    """GradCAM of every pair from one backward, in float32: each pair runs its own copy of the last block.
+
+    Args:
+        last_block: tokens [P, 1+N, D] -> (GradCAM target [P, 1+N, D] requiring grad, L2-normalized image
+            embedding [P, E], head-averaged attention [P, 1+N, 1+N]); the model's
+            `last_block_image_embedding`.
+        block_input: [B, 1+N, D] tokens entering the last block (WeCLIP: the output of block L-1).
+        class_embeds: [C, E] and background_embeds: [Nb, E] text embeddings. logit_scale: CLIP's log scale.
+    Returns:
+        `PairGradCAMs`. Each pair's target is the softmax probability of its class over the image's present
+        classes and the background words; the pairs' targets are summed (they share no weight that needs a
+        gradient, so the gradients do not interact).
+    """
+    words = plan.present.new_ones(plan.num_pairs, len(background_embeds))  # background words: always allowed
+    allowed = torch.cat([plan.present[plan.image], words], dim=1)  # [P, C + Nb]
+    with torch.enable_grad(), torch.autocast(block_input.device.type, enabled=False):
+        target, image_embeds, last_attention = last_block(block_input[plan.image])
+        text = torch.cat([class_embeds, background_embeds]).float()
+        logits = logit_scale.float().exp() * image_embeds @ text.t()  # [P, C + Nb]
+        probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+        (grads,) = torch.autograd.grad(probs.gather(1, plan.class_index[:, None]).sum(), target)
+    cams = gradcam(target[:, 1:].detach().float(), grads[:, 1:].float(), grid)
+    return PairGradCAMs(cams, probs.detach(), last_attention)
+
+
+def patch_attention_maps(
+    block_attention: list[torch.Tensor], last_attention: torch.Tensor, plan: PairPlan
+) -> torch.Tensor:
+    """The candidate maps of the affinity: patch-to-patch parts of the collected blocks' maps, then the last
+    block's: [B, L, N, N] float32, oldest first.
+
+    Args:
+        block_attention: head-averaged maps [B, 1+N, 1+N] of the last blocks before the final one.
+        last_attention: [P, 1+N, 1+N] the last block's map per pair (`PairGradCAMs.last_attention`; the
+            pairs of one image share it). Images without pairs get zeros there (they never use it).
+    """
+    n = last_attention.shape[-1] - 1
+    patch_maps = [a[:, 1:, 1:].float() for a in block_attention]
+    zeros = last_attention.new_zeros(plan.num_images, n, n, dtype=torch.float32)
+    maps = torch.stack([*patch_maps, zeros], dim=1)
+    maps[plan.image, -1] = last_attention[:, 1:, 1:].float()
+    return maps
+
+
+def cam_affinity(
+    maps: torch.Tensor, config: WeCLIPConfig, use_rfm: bool, decoder_affinity: torch.Tensor | None = None
+) -> CAMAffinity:
+    """WeCLIP's affinity: the RFM choice among the last ``config.rfm_num_maps`` maps (with
+    ``decoder_affinity`` [B, N, N], detached), or the mean of the last ``config.attention_num_maps``."""
+    if not use_rfm:
+        return mean_attention_affinity(maps, config.attention_num_maps)
+    if decoder_affinity is None:
+        raise ValueError("use_rfm=True needs decoder_affinity ([B, N, N], the decoder's sigmoid(F^T F)).")
+    return rfm_affinity(maps, config.rfm_num_maps, decoder_affinity)
+
+
+def class_scores(refined: torch.Tensor, plan: PairPlan, bg_exponent: float = 1.0) -> torch.Tensor:
+    """Per image, [background, present classes in ascending order] scores: [B, 1 + K, H, W].
+
+    Args:
+        refined: [P, H, W] normalized refined CAMs. bg_exponent: background = ``(1 - max over the image's
+            classes) ** bg_exponent`` (all ones for an image without classes). Unused slots stay 0.
+    """
+    scores = refined.new_zeros(plan.num_images, plan.max_classes + 1, *refined.shape[-2:])
+    scores[plan.image, plan.slot + 1] = refined
+    if plan.max_classes:
+        background = 1 - scores[:, 1:].amax(dim=1, keepdim=True)
+    else:
+        background = torch.ones_like(scores[:, :1])
+    scores[:, :1] = background.clamp(min=0) ** bg_exponent
+    return scores
+
+
+def labels_from_scores(scores: torch.Tensor, plan: PairPlan) -> torch.Tensor:
+    """Argmax of `class_scores`-ordered scores [B, 1 + K, H, W] over each image's own slots -> pseudo labels
+    [B, H, W] int64 (0 = background, k = class k; unused slots never win)."""
+    b, slots = scores.shape[:2]
+    slot_class = torch.zeros(b, slots, dtype=torch.long, device=scores.device)
+    slot_class[plan.image, plan.slot + 1] = plan.class_index + 1
+    valid = torch.zeros(b, slots, dtype=torch.bool, device=scores.device)
+    valid[:, 0] = True
+    valid[plan.image, plan.slot + 1] = True
+    winner = scores.masked_fill(~valid[:, :, None, None], float("-inf")).argmax(dim=1)
+    return slot_class.gather(1, winner.flatten(1)).view_as(winner)
+
+
+def dense_class_cams(refined_grid: torch.Tensor, plan: PairPlan) -> torch.Tensor:
+    """Per image and foreground class, the normalized refined CAM on the grid, 0 for absent classes:
+    [P, h, w] -> [B, C, h, w]."""
+    dense = refined_grid.new_zeros(plan.num_images, plan.num_classes, *refined_grid.shape[-2:])
+    dense[plan.image, plan.class_index] = minmax_normalize(refined_grid)
+    return dense
+
+
+__all__ = [
+    "PairPlan",
+    "PairGradCAMs",
+    "attention_maps_needed",
+    "plan_pairs",
+    "pair_gradcams",
+    "patch_attention_maps",
+    "cam_affinity",
+    "class_scores",
+    "labels_from_scores",
+    "dense_class_cams",
+]
