@@ -23,7 +23,6 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -51,7 +50,9 @@ from weclip_hf.data.loading import (
 from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.evaluation import evaluate_segmentation
 from weclip_hf.hub import make_model_card, publish_folder, save_model_card
+from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, get_preset
+from weclip_hf.visualization import write_overlays
 
 
 def at_least_one(text: str) -> int:
@@ -107,6 +108,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--clip_model_name_or_path", help="default: openai/clip-vit-base-patch16 (toy: shipped)"
     )
     model.add_argument("--model_name_or_path", help="continue from a saved WeCLIP folder")
+    model.add_argument(
+        "--image_processor_name_or_path",
+        help="a saved WeCLIPImageProcessor whose normalization (image_mean/image_std) the training and evaluation "
+        "data use and that is saved with the model; default: that of --model_name_or_path, else WeCLIP's "
+        "ImageNet statistics",
+    )
     model.add_argument("--class_names", nargs="+")
     model.add_argument("--background_names", nargs="+")
     model.add_argument("--prompt_template")
@@ -238,7 +245,9 @@ def rfm_start_source(args: argparse.Namespace) -> str:
 # ---- data -------------------------------------------------------------------------------------------
 
 
-def prepare_data(args, train, val, num_classes: int, ignore_index: int, accelerator, class_names=None):
+def prepare_data(
+    args, train, val, num_classes: int, ignore_index: int, accelerator, normalization, class_names=None
+):
     columns = resolve_columns(
         dataset_columns(train),
         args.image_column,
@@ -263,7 +272,12 @@ def prepare_data(args, train, val, num_classes: int, ignore_index: int, accelera
             skip_unreadable=args.skip_unreadable_images,
         )
     accelerator.print(f"train: {summary}")
-    augment = TrainAugmentation(args.crop_size, (args.scale_min, args.scale_max), ignore_index=ignore_index)
+    augment = TrainAugmentation(
+        args.crop_size,
+        (args.scale_min, args.scale_max),
+        ignore_index=ignore_index,
+        normalization=normalization,
+    )
     if streamed:
         train_set = StreamingWeakSegmentationDataset(
             train,
@@ -286,7 +300,7 @@ def prepare_data(args, train, val, num_classes: int, ignore_index: int, accelera
                 val, val_columns, num_classes, ignore_index, skip_unreadable=args.skip_unreadable_images
             )
         accelerator.print(f"validation: {val_summary}")
-        val_set = EvalSegmentationDataset(val, val_columns, num_classes)
+        val_set = EvalSegmentationDataset(val, val_columns, num_classes, normalization)
     return train_set, val_set
 
 
@@ -326,6 +340,25 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
         else:
             clip = "openai/clip-vit-base-patch16"
     return WeCLIPForSemanticSegmentation.from_clip(clip, **overrides)
+
+
+def build_image_processor(args, patch_size: int) -> WeCLIPImageProcessor:
+    """The processor saved with the model, whose normalization the training and evaluation data use: that of
+    ``--image_processor_name_or_path``, else of ``--model_name_or_path`` (if it holds one), else the default;
+    its size is this run's evaluation size."""
+    size = (
+        {"longest_edge": args.eval_long_side}
+        if args.eval_long_side
+        else {"height": args.crop_size, "width": args.crop_size}
+    )
+    source = args.image_processor_name_or_path or args.model_name_or_path
+    if source:
+        try:
+            return WeCLIPImageProcessor.from_pretrained(source, size=size, patch_size=patch_size)
+        except OSError:
+            if args.image_processor_name_or_path:
+                raise
+    return WeCLIPImageProcessor(size=size, patch_size=patch_size)
 
 
 def lr_lambda(num_warmup: int, total: int):
@@ -418,45 +451,6 @@ def truncate_log(log_path: Path, step: int) -> None:
 # ---- outputs ----------------------------------------------------------------------------------------
 
 
-def palette(num_labels: int) -> np.ndarray:
-    rng = np.random.default_rng(3)
-    colours = rng.integers(40, 255, (256, 3), dtype=np.uint8)
-    colours[0] = 0
-    colours[255] = 255
-    return colours
-
-
-def write_overlays(model, val_set, output_dir: Path, count: int) -> list[str]:
-    """PNG strips: image | ground truth | CAM pseudo label | prediction."""
-    from PIL import Image
-
-    from weclip_hf.evaluation import predict_labels
-
-    out_dir = output_dir / "overlays"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    colours = palette(model.config.num_labels)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-    paths = []
-    model.eval()
-    device = next(model.parameters()).device
-    for i in range(min(count, len(val_set))):
-        item = val_set[i]
-        pv = item["pixel_values"][None].to(device)
-        with torch.no_grad():
-            cam = model(pixel_values=pv, class_labels=item["class_labels"][None].to(device), use_rfm=False)
-            pred = predict_labels(model, pv, tuple(item["labels"].shape))
-        image = ((item["pixel_values"] * std + mean).clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
-        panels = [image] + [
-            colours[m.cpu().numpy().astype(np.uint8)]
-            for m in (item["labels"].clamp(max=255), cam.pseudo_labels[0], pred[0])
-        ]
-        path = out_dir / f"val_{i:03d}.png"
-        Image.fromarray(np.concatenate(panels, axis=1)).save(path)
-        paths.append(str(path))
-    return paths
-
-
 def toy_baselines(val_set, num_labels: int) -> dict[str, float]:
     """Trivial baselines: all background; whole image = first present class; centred disk of it."""
     from weclip_hf.metrics import confusion_matrix, scores_from_confusion
@@ -533,13 +527,14 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         args.validation_split,
         args.preset,
         args.streaming,
-        toy=args.recipe == "toy",
+        toy=not (args.dataset_name or args.data_dir or args.dataset_path),  # --preset toy may name a dataset
         toy_sizes=(args.toy_train_images, args.toy_val_images),
         seed=args.seed,
         log=accelerator.print,
     )
     model = build_model(args, names)
     cfg = model.config
+    image_processor = build_image_processor(args, cfg.vision_config.patch_size)
     accelerator.print(
         f"recipe {args.recipe} (preset: {args.preset}), {cfg.num_foreground_classes} classes, "
         f"{args.max_train_steps} steps of {args.per_device_train_batch_size} x "
@@ -554,6 +549,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         cfg.num_foreground_classes,
         cfg.semantic_loss_ignore_index,
         accelerator,
+        PixelNormalization.from_image_processor(image_processor),
         class_names=list(zip(cfg.label_names, cfg.class_names)),
     )
     streamed = isinstance(train_set, StreamingWeakSegmentationDataset)
@@ -734,14 +730,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unwrapped.save_pretrained(output_dir)
-        processor_size = (
-            {"longest_edge": args.eval_long_side}
-            if args.eval_long_side
-            else {"height": args.crop_size, "width": args.crop_size}
-        )
-        WeCLIPImageProcessor(size=processor_size, patch_size=cfg.vision_config.patch_size).save_pretrained(
-            output_dir
-        )
+        image_processor.save_pretrained(output_dir)
     metrics: dict = {"train_steps": step, "train_seconds": round(train_seconds, 1)}
     if val_set is not None and accelerator.is_main_process:
         loader_eval = DataLoader(val_set, batch_size=args.per_device_eval_batch_size, collate_fn=collate)

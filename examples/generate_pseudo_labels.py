@@ -1,0 +1,444 @@
+#!/usr/bin/env python
+"""Pseudo masks from the frozen CLIP for a dataset with image-level labels, written as a dataset to train on.
+
+    python examples/generate_pseudo_labels.py --output_dir outputs/toy-pseudo --validation_split validation
+    python examples/generate_pseudo_labels.py --model outputs/weclip-toy --output_dir outputs/toy-pseudo-rfm
+    accelerate launch examples/generate_pseudo_labels.py --preset voc --dataset_name jxie/pascal-voc-2012 \\
+        --output_dir voc-pseudo                                    # the processes split the images
+    python examples/train.py --preset toy --data_dir outputs/toy-pseudo --fully_supervised \\
+        --output_dir outputs/toy-two-stage                         # stage two: train on the pseudo masks
+
+The input is any dataset `examples/train.py` accepts (the toy world by default, a Hub dataset, an imagefolder or
+a saved dataset; image-level labels as ids, multi-hot rows or class names, or taken from masks). The pseudo
+masks come from the CAMs of the frozen CLIP: with --model (a trained WeCLIP folder) refined with its RFM, else
+from a bare CLIP (--clip_model_name_or_path, through `WeCLIPForSemanticSegmentation.from_clip`) without it.
+
+Output (--output_dir), an imagefolder that `datasets.load_dataset("imagefolder", data_dir=...)` and `train.py
+--data_dir` read: ``<split>/images/`` (the images, copied), ``<split>/masks/`` (palette PNGs whose values are the
+ids of ``config.id2label``), ``<split>/metadata.jsonl`` (``file_name``, ``mask_file_name``, ``image_labels``,
+``source``); with --validation_split, that split copied with its ground-truth masks. Where the input has masks,
+``pseudo_label_report.json`` scores the pseudo masks (per-class IoU; CAM, and with --model RFM). Optional:
+``overlays/`` (--num_overlays), --save_to_disk, --push_to_hub. Re-running the same command after an
+interruption continues where it stopped (every file is written atomically; an image is done when its record in
+``.state/`` exists).
+
+Several processes take every n-th image each (on CPUs: ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
+--num_processes N``, as ``accelerate launch --cpu`` starts one process).
+
+Phases: arguments -> data -> model -> pseudo masks (each process its share) -> metadata, report (main process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
+from weclip_hf.batch_jobs import (
+    STATE_DIR,
+    check_run_settings,
+    copy_file,
+    group_by_size,
+    process_share,
+    remove_temporary_files,
+    save_bytes,
+    save_image,
+    save_json,
+    write_atomic,
+)
+from weclip_hf.data.adapters import add_image_labels, resolve_columns
+from weclip_hf.data.decoding import file_path, row_name
+from weclip_hf.data.loading import load_dataset_splits, read_example
+from weclip_hf.data.transforms import multi_hot, normalize
+from weclip_hf.inference import pad_to_patch
+from weclip_hf.metrics import confusion_matrix, scores_from_confusion
+from weclip_hf.normalization import PixelNormalization
+from weclip_hf.presets import PRESETS, get_preset
+from weclip_hf.visualization import label_map_image, overlay_figure, present_class_cams
+
+# the formats whose bytes are copied as they are (others are re-encoded as PNG)
+COPIED_FORMATS = {
+    "JPEG": ".jpg",
+    "PNG": ".png",
+    "BMP": ".bmp",
+    "WEBP": ".webp",
+    "TIFF": ".tif",
+    "GIF": ".gif",
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--output_dir", required=True)
+    data = p.add_argument_group("data (default: the offline toy world)")
+    data.add_argument("--dataset_name")
+    data.add_argument("--dataset_config_name")
+    data.add_argument("--data_dir", help="local imagefolder dataset")
+    data.add_argument("--dataset_path", help="a dataset saved with DatasetDict.save_to_disk")
+    data.add_argument("--split", default="train", help="the split to pseudo-label")
+    data.add_argument("--validation_split", help="also copy this split, with its ground-truth masks")
+    data.add_argument("--image_column")
+    data.add_argument("--mask_column")
+    data.add_argument("--labels_column", help="image-level labels: ids 1..C, multi-hot rows or class names")
+    data.add_argument("--labels_zero_based", action="store_true", help="image-level ids are 0..C-1")
+    data.add_argument("--max_samples", type=int, help="the first N images of --split")
+    data.add_argument("--toy_images", type=int, help="toy world: images of the split (default: train.py's)")
+    data.add_argument("--toy_val_images", type=int, help="toy world: validation images (default: train.py's)")
+    data.add_argument("--seed", type=int, default=0, help="toy world seed (train.py's --seed)")
+    model = p.add_argument_group("model")
+    model.add_argument("--model", "--model_name_or_path", dest="model", help="a trained WeCLIP folder (RFM)")
+    model.add_argument(
+        "--clip_model_name_or_path", help="a bare CLIP (default: the toy world's, else ViT-B/16)"
+    )
+    model.add_argument(
+        "--preset", choices=sorted(PRESETS), help="class names and CAM settings of a bare CLIP"
+    )
+    model.add_argument("--class_names", nargs="+")
+    model.add_argument("--background_names", nargs="+")
+    model.add_argument(
+        "--mode", choices=("cam", "rfm"), help="masks to write (default: rfm with --model, else cam)"
+    )
+    run = p.add_argument_group("run")
+    run.add_argument(
+        "--batch_size", type=int, default=8, help="images per forward (same-size images are batched)"
+    )
+    run.add_argument(
+        "--num_workers", type=int, default=None, help="decoding processes (default: 2 on GPU, 0 on CPU)"
+    )
+    run.add_argument("--num_overlays", type=int, default=0, help="overlays of the first N images (-1: all)")
+    run.add_argument("--save_to_disk", help="also save the dataset with DatasetDict.save_to_disk here")
+    run.add_argument("--push_to_hub", action="store_true", help="push the dataset (DatasetDict.push_to_hub)")
+    run.add_argument("--hub_dataset_id", help="default: the --output_dir folder name")
+    run.add_argument("--hub_token", help="Hub token (default: the logged-in one); never written to disk")
+    args = p.parse_args(argv)
+    args.toy = not (args.dataset_name or args.data_dir or args.dataset_path)
+    args.mode = args.mode or ("rfm" if args.model else "cam")
+    if args.mode == "rfm" and not args.model:
+        p.error("--mode rfm needs --model (a trained WeCLIP: the RFM uses its decoder)")
+    if args.model and (args.clip_model_name_or_path or args.class_names or args.background_names):
+        p.error("--model fixes the CLIP and the class names: drop --clip_model_name_or_path / --class_names")
+    return args
+
+
+# ---- data -------------------------------------------------------------------------------------------
+
+
+def load_splits(args, num_classes: int, ignore_index: int, class_names, state: PartialState) -> dict:
+    """{split: (dataset with image_labels and a ``source_row`` column, its columns)}: --split and, if asked,
+    --validation_split (which needs masks). Unreadable images are dropped and listed (the LabelSummary)."""
+    toy_sizes = get_preset("toy").dataset.toy_sizes
+    train, val, _ = load_dataset_splits(
+        args.dataset_name,
+        args.dataset_config_name,
+        args.data_dir,
+        args.dataset_path,
+        args.split,
+        args.validation_split,
+        args.preset,
+        toy=args.toy,
+        toy_sizes=(args.toy_images or toy_sizes[0], args.toy_val_images or toy_sizes[1]),
+        seed=args.seed,
+    )
+    if args.validation_split and val is None:
+        raise ValueError(f"--validation_split {args.validation_split!r} not found in the dataset.")
+    if args.max_samples:
+        train = train.select(range(min(args.max_samples, len(train))))
+    splits = {}
+    for name, dataset, is_pseudo in ((args.split, train, True), (args.validation_split, val, False)):
+        if dataset is None or not name:
+            continue
+        columns = resolve_columns(
+            dataset.column_names,
+            args.image_column,
+            args.mask_column,
+            args.labels_column if is_pseudo else None,
+            require_mask=not is_pseudo,
+        )
+        dataset = dataset.add_column(
+            "source_row", list(range(len(dataset)))
+        )  # names stay when rows are dropped
+        with state.main_process_first():
+            dataset, summary = add_image_labels(
+                dataset,
+                columns,
+                num_classes,
+                ignore_index,
+                args.labels_zero_based,
+                class_names=class_names,
+                skip_unreadable=True,
+            )
+        state.print(f"{name}: {summary}")
+        splits[name] = (dataset, columns, summary.unreadable, is_pseudo)
+    return splits
+
+
+class LabelledImages(Dataset):
+    """Rows of a split (image-level labels added): the image normalized with ``normalization`` [3, H, W], the
+    RGB image, the mask if any, multi-hot labels [C] and the stored image value (copied to the output)."""
+
+    def __init__(self, dataset, columns, num_classes: int, positions: list[int], split: str, normalization):
+        self.dataset, self.columns, self.num_classes = dataset, columns, num_classes
+        self.positions, self.split, self.normalization = positions, split, normalization
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> dict:
+        example = self.dataset[self.positions[i]]
+        row = row_name(example["source_row"], self.split)
+        image, mask = read_example(example, self.columns, row, self.dataset.features)
+        return {
+            "row": example["source_row"],
+            "source": file_path(example[self.columns.image]) or row,
+            "stored": example[self.columns.image],
+            "rgb": image,
+            "mask": mask,
+            "pixel_values": normalize(image, self.normalization),
+            "image_labels": example["image_labels"],
+            "class_labels": multi_hot(example["image_labels"], self.num_classes),
+        }
+
+
+# ---- model ------------------------------------------------------------------------------------------
+
+
+def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, PixelNormalization]:
+    """The trained WeCLIP of --model and the normalization of its image processor, or a bare CLIP with the
+    preset's (or the toy world's) classes and the default processor's normalization."""
+    if args.model:
+        model = WeCLIPForSemanticSegmentation.from_pretrained(args.model).to(device).eval()
+        try:
+            processor = WeCLIPImageProcessor.from_pretrained(args.model)
+        except OSError:  # a folder without preprocessor_config.json
+            processor = WeCLIPImageProcessor()
+        return model, PixelNormalization.from_image_processor(processor)
+    preset = args.preset or ("toy" if args.toy else None)
+    kwargs = get_preset(preset).config_kwargs() if preset else {}
+    if args.class_names:
+        kwargs.pop("label_names", None)
+        kwargs["class_names"] = args.class_names
+    if args.background_names:
+        kwargs["background_names"] = args.background_names
+    clip = args.clip_model_name_or_path
+    if clip is None:
+        from weclip_hf.data.toy import toy_clip_path
+
+        clip = str(toy_clip_path()) if args.toy else "openai/clip-vit-base-patch16"
+    model = WeCLIPForSemanticSegmentation.from_clip(clip, **kwargs).to(device).eval()
+    return model, PixelNormalization.from_image_processor(WeCLIPImageProcessor())
+
+
+@torch.no_grad()
+def pseudo_masks(model, items: list[dict], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pseudo masks [B, H, W] and the CAMs [B, C, h, w] of same-size ``items`` (``mode`` "rfm": refined with the
+    RFM of the model's decoder); images below one patch are zero-padded and the masks cropped back."""
+    pixel_values = torch.stack([item["pixel_values"] for item in items]).to(model.device)
+    class_labels = torch.stack([item["class_labels"] for item in items])
+    height, width = pixel_values.shape[-2:]
+    padded = pad_to_patch(pixel_values, model.config.vision_config.patch_size)
+    out = model(pixel_values=padded, class_labels=class_labels, use_rfm=mode == "rfm")
+    return out.pseudo_labels[:, :height, :width], out.cams
+
+
+# ---- outputs ----------------------------------------------------------------------------------------
+
+
+def save_stored_image(stored: dict, rgb: np.ndarray, path_without_suffix: Path) -> Path:
+    """Copy a stored image (``{"bytes", "path"}``) in its own format; other formats are saved as PNG of ``rgb``."""
+    if stored.get("bytes") is not None:
+        image_format = Image.open(io.BytesIO(stored["bytes"])).format
+        if image_format in COPIED_FORMATS:
+            return save_bytes(stored["bytes"], path_without_suffix.with_suffix(COPIED_FORMATS[image_format]))
+    elif stored.get("path") and Path(stored["path"]).suffix.lower() in COPIED_FORMATS.values():
+        return copy_file(stored["path"], path_without_suffix.with_suffix(Path(stored["path"]).suffix.lower()))
+    return save_image(Image.fromarray(rgb), path_without_suffix.with_suffix(".png"))
+
+
+def sparse_confusion(pred: torch.Tensor, mask: np.ndarray, num_labels: int, ignore_index: int) -> list:
+    """The non-zero entries ``[reference, prediction, count]`` of the confusion matrix of one image."""
+    cm = confusion_matrix(pred.cpu(), mask.astype(np.int64), num_labels, ignore_index=ignore_index)
+    nonzero = cm.nonzero()
+    return torch.cat([nonzero, cm[nonzero[:, 0], nonzero[:, 1]][:, None]], dim=1).tolist()
+
+
+def example_name(row: int) -> str:
+    """The file name (without suffix) of the outputs of the dataset's row ``row``: ``000042``."""
+    return f"{row:06d}"
+
+
+def write_example(out: Path, split: str, item: dict, mask, name: str, confusion: dict | None) -> None:
+    """The image, the mask and, last, the record (the mark that the example is done)."""
+    folder = out / split
+    image_path = save_stored_image(item["stored"], item["rgb"], folder / "images" / name)
+    save_image(label_map_image(mask), folder / "masks" / f"{name}.png")
+    record = {
+        "file_name": image_path.relative_to(folder).as_posix(),
+        "mask_file_name": f"masks/{name}.png",
+        "image_labels": list(item["image_labels"]),
+        "source": str(item["source"]),
+    }
+    save_json({**record, "confusion": confusion}, out / STATE_DIR / split / f"{name}.json")
+
+
+def finish_split(out: Path, split: str) -> list[dict]:
+    """metadata.jsonl of a split from the records of every process and run; files of examples without a record
+    (an interrupted run's) removed. Returns the records."""
+    records = [json.loads(p.read_text()) for p in sorted((out / STATE_DIR / split).glob("*.json"))]
+    kept = {r[k] for r in records for k in ("file_name", "mask_file_name")}
+    for path in [*(out / split).glob("images/*"), *(out / split).glob("masks/*")]:
+        if path.relative_to(out / split).as_posix() not in kept:
+            path.unlink()
+    lines = "".join(json.dumps({k: v for k, v in r.items() if k != "confusion"}) + "\n" for r in records)
+    write_atomic(out / split / "metadata.jsonl", lambda tmp: tmp.write_text(lines))
+    return records
+
+
+def pseudo_label_scores(records: list[dict], id2label: dict) -> dict:
+    """Per mode: mIoU and per-class IoU of the pseudo masks over the images with a mask."""
+    num_labels = len(id2label)
+    report = {}
+    for mode in ("cam", "rfm"):
+        entries = [
+            e for r in records if r["confusion"] and mode in r["confusion"] for e in r["confusion"][mode]
+        ]
+        if not entries:
+            continue
+        cm = np.zeros((num_labels, num_labels), dtype=np.int64)
+        index = np.asarray(entries, dtype=np.int64).reshape(-1, 3)
+        np.add.at(cm, (index[:, 0], index[:, 1]), index[:, 2])
+        scores = scores_from_confusion(cm)
+        report[mode] = {
+            "mean_iou": None if math.isnan(scores["mean_iou"]) else float(scores["mean_iou"]),
+            "per_class_iou": {
+                id2label[i]: None if math.isnan(v) else float(v)
+                for i, v in enumerate(scores["per_category_iou"])
+            },
+        }
+    return report
+
+
+def write_pseudo_masks(model, group: list[dict], args, out: Path, split: str) -> None:
+    """Pseudo masks of same-size images; where masks exist, their confusion with CAM (and RFM) masks."""
+    cfg = model.config
+    masks, cams = pseudo_masks(model, group, args.mode)
+    scored = {args.mode: masks}
+    if args.mode == "rfm" and any(item["mask"] is not None for item in group):
+        scored["cam"] = pseudo_masks(model, group, "cam")[0]
+    for k, item in enumerate(group):
+        name = example_name(item["row"])
+        confusion = None
+        if item["mask"] is not None:
+            confusion = {
+                mode: sparse_confusion(pred[k], item["mask"], cfg.num_labels, cfg.semantic_loss_ignore_index)
+                for mode, pred in scored.items()
+            }
+        if args.num_overlays < 0 or item["row"] < args.num_overlays:
+            panels = {f"{args.mode.upper()} pseudo mask": masks[k]}
+            if item["mask"] is not None:
+                panels["ground truth"] = np.minimum(item["mask"], 255)
+            figure = overlay_figure(
+                item["rgb"],
+                panels,
+                cfg.id2label,
+                present_class_cams(cams[k], item["class_labels"], cfg.id2label),
+            )
+            save_image(figure, out / "overlays" / f"{name}.png")
+        write_example(out, split, item, masks[k], name, confusion)
+
+
+def percent(value: float | None) -> str:
+    """An IoU as a percentage ("-" for None: no pixel of the class)."""
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def finish(args, out: Path, splits: dict, id2label: dict) -> dict:
+    """metadata.jsonl of each split, pseudo_label_report.json, --save_to_disk / --push_to_hub."""
+    report = {
+        "mode": args.mode,
+        "model": args.model or args.clip_model_name_or_path or "default CLIP",
+        "splits": {},
+    }
+    for split, (_, _, unreadable, is_pseudo) in splits.items():
+        records = finish_split(out, split)
+        report["splits"][split] = {"num_images": len(records), "skipped_unreadable": unreadable}
+        scores = pseudo_label_scores(records, id2label) if is_pseudo else {}
+        if scores:  # the split has masks
+            report["scores"] = scores
+    remove_temporary_files([out])
+    save_json(report, out / "pseudo_label_report.json")
+    for mode, scores in report.get("scores", {}).items():
+        ious = ", ".join(f"{name} {percent(v)}" for name, v in scores["per_class_iou"].items())
+        print(f"{mode.upper()} pseudo masks: mIoU {percent(scores['mean_iou'])} ({ious})")
+    if args.save_to_disk or args.push_to_hub:
+        import datasets
+
+        dataset = datasets.load_dataset("imagefolder", data_dir=str(out))
+        if args.save_to_disk:
+            dataset.save_to_disk(args.save_to_disk)
+        if args.push_to_hub:
+            dataset.push_to_hub(args.hub_dataset_id or out.resolve().name, token=args.hub_token)
+    return report
+
+
+# ---- main -------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> dict | None:
+    """Generate the pseudo-labelled dataset as the command line ``argv`` says; the main process returns the
+    report."""
+    args = parse_args(argv)
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # CPU processes: see the docstring
+    out = Path(args.output_dir)
+    settings = {k: getattr(args, k) for k in ("model", "clip_model_name_or_path", "preset", "mode", "split")}
+    settings.update(class_names=args.class_names, background_names=args.background_names)
+    check_run_settings(out, settings, state.is_main_process, state.wait_for_everyone)
+
+    # 1. model and data
+    model, normalization = load_model(args, state.device)
+    cfg = model.config
+    class_names = list(zip(cfg.label_names, cfg.class_names))
+    splits = load_splits(args, cfg.num_foreground_classes, cfg.semantic_loss_ignore_index, class_names, state)
+    num_workers = (
+        args.num_workers if args.num_workers is not None else (0 if state.device.type == "cpu" else 2)
+    )
+
+    # 2. pseudo masks of --split, ground-truth masks of --validation_split: this process's share, not yet done
+    for split, (dataset, columns, _, is_pseudo) in splits.items():
+        done = {p.stem for p in (out / STATE_DIR / split).glob("*.json")}
+        share = process_share(len(dataset), state.process_index, state.num_processes)
+        rows = list(dataset["source_row"])  # one column read, not the images
+        todo = [i for i in share if example_name(rows[i]) not in done]
+        loader = DataLoader(
+            LabelledImages(dataset, columns, cfg.num_foreground_classes, todo, split, normalization),
+            batch_size=args.batch_size,
+            num_workers=num_workers,
+            collate_fn=list,
+        )
+        for batch in tqdm(loader, desc=split, disable=not state.is_local_main_process):
+            for group in group_by_size(batch):
+                if is_pseudo:
+                    write_pseudo_masks(model, group, args, out, split)
+                else:
+                    for item in group:
+                        write_example(out, split, item, item["mask"], example_name(item["row"]), None)
+
+    # 3. metadata and report (main process), the dataset saved or pushed
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    return finish(args, out, splits, cfg.id2label)
+
+
+if __name__ == "__main__":
+    main()

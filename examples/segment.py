@@ -1,0 +1,334 @@
+#!/usr/bin/env python
+"""Segment images with a trained WeCLIP: one palette PNG label map per image, optional overlays, per-class fractions.
+
+    python examples/segment.py --model_name_or_path outputs/weclip-toy --images photos/ --output_dir seg
+    python examples/segment.py --model_name_or_path weclip-voc --images "photos/**/*.jpg" --msf --crf \\
+        --num_overlays 20 --output_dir seg
+    accelerate launch examples/segment.py --model_name_or_path weclip-voc --dataset_name jxie/pascal-voc-2012 \\
+        --split validation --dtype bfloat16 --output_dir seg-voc      # the processes split the images
+
+Several processes take every n-th input each (`accelerate launch`; on CPUs: ``ACCELERATE_USE_CPU=1 accelerate
+launch --multi_gpu --num_processes N``, as ``accelerate launch --cpu`` starts one process).
+
+Inputs: folders (searched recursively), files and glob patterns (``--images``), or a split of a Hub dataset,
+imagefolder or saved dataset. Images are read as the "image-segmentation" pipeline reads them (EXIF orientation,
+grayscale, CMYK, 16-bit, images below one patch); a file that cannot be read is skipped and listed, never fatal.
+
+Outputs in --output_dir: ``labels/<name>.png`` (palette PNG whose pixel values are the ids of the model's
+``config.id2label``; ``<name>``: the path relative to the inputs' common folder, or the row number of a dataset),
+``overlays/<name>.png`` for the first --num_overlays inputs, and ``class_fractions.json`` (per image and overall:
+the fraction of pixels of each class; the skipped inputs with the reason). Re-running the same command after an
+interruption continues: images whose label map exists are skipped (every file is written atomically).
+
+Phases: arguments -> inputs -> model -> segmentation loop (each process its share) -> report (main process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
+from weclip_hf.batch_jobs import (
+    check_run_settings,
+    group_by_size,
+    process_share,
+    read_skipped,
+    remove_temporary_files,
+    save_image,
+    save_json,
+    write_skipped,
+)
+from weclip_hf.crf import CRF_PRESETS, crf_refine_labels
+from weclip_hf.data.decoding import UnreadableImageError, decode_image, describe, row_name, undecoded
+from weclip_hf.data.loading import load_dataset_splits
+from weclip_hf.data.transforms import load_rgb_uint8
+from weclip_hf.inference import image_logits, multiscale_flip_logits
+from weclip_hf.visualization import (
+    class_fractions,
+    fractions_from_counts,
+    label_map_image,
+    overlay_figure,
+    present_class_cams,
+)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model_name_or_path", required=True, help="a trained WeCLIP folder or Hub id")
+    p.add_argument("--output_dir", required=True)
+    source = p.add_argument_group("inputs (--images, or a dataset split)")
+    source.add_argument("--images", nargs="+", help="image files, folders (recursive) and glob patterns")
+    source.add_argument("--dataset_name", help="Hub dataset id")
+    source.add_argument("--dataset_config_name")
+    source.add_argument("--data_dir", help="local imagefolder dataset")
+    source.add_argument("--dataset_path", help="a dataset saved with DatasetDict.save_to_disk")
+    source.add_argument("--split", default="validation")
+    source.add_argument("--image_column", default="image")
+    p.add_argument(
+        "--batch_size", type=int, default=8, help="images per forward (same-size images are batched)"
+    )
+    p.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="float32", help="model weights (bfloat16 on GPU)"
+    )
+    p.add_argument("--msf", action="store_true", help="multi-scale + flip (--scales)")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.75])
+    p.add_argument("--crf", action="store_true", help="dense CRF post-processing (weclip_hf.crf)")
+    p.add_argument("--crf_preset", choices=sorted(CRF_PRESETS), default="weclip")
+    p.add_argument("--num_overlays", type=int, default=0, help="overlays of the first N inputs (-1: all)")
+    p.add_argument(
+        "--num_workers", type=int, default=None, help="decoding processes (default: 2 on GPU, 0 on CPU)"
+    )
+    args = p.parse_args(argv)
+    datasets_given = [f for f in ("dataset_name", "data_dir", "dataset_path") if getattr(args, f)]
+    if bool(args.images) == bool(datasets_given):
+        p.error("give either --images or one of --dataset_name / --data_dir / --dataset_path")
+    if args.batch_size < 1:
+        p.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    return args
+
+
+# ---- inputs -----------------------------------------------------------------------------------------
+
+
+def find_image_files(patterns: list[str]) -> list[Path]:
+    """Files of ``--images``, sorted, once each: files named as they are; in folders (recursive) and glob
+    matches, the files with an image suffix PIL knows."""
+    suffixes = set(Image.registered_extensions())
+    found: set[Path] = set()
+    for pattern in patterns:
+        if Path(pattern).is_file():
+            found.add(Path(pattern).resolve())
+            continue
+        matches = (
+            [Path(pattern)]
+            if Path(pattern).is_dir()
+            else [Path(m) for m in glob.glob(pattern, recursive=True)]
+        )
+        files = [f for m in matches for f in (m.rglob("*") if m.is_dir() else [m])]
+        images = [f.resolve() for f in files if f.is_file() and f.suffix.lower() in suffixes]
+        if not images:
+            raise FileNotFoundError(f"--images {pattern!r}: no image file there.")
+        found.update(images)
+    return sorted(found)
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """Output names: paths relative to the files' common folder without suffix (``sub/a``); where two files differ
+    only in their suffix (a.jpg, a.png), both keep it (``a.jpg``, ``a.png``)."""
+    root = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path()
+    stems = [p.relative_to(root).with_suffix("").as_posix() for p in paths]
+    counts = {s: stems.count(s) for s in set(stems)}
+    return [s if counts[s] == 1 else p.relative_to(root).as_posix() for s, p in zip(stems, paths)]
+
+
+class ImageInputs(Dataset):
+    """The inputs at ``positions`` as the processor reads them: each item the input's position, the RGB image
+    uint8 [H, W, 3] (EXIF orientation applied) and its ``pixel_values`` [3, h, w], or why it cannot be read."""
+
+    def __init__(self, stored, where, positions: list[int], processor: WeCLIPImageProcessor):
+        self.stored, self.where, self.positions, self.processor = stored, where, positions, processor
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> dict:
+        position = self.positions[i]
+        try:
+            rgb = self.read(position)
+        except UnreadableImageError as err:
+            return {"position": position, "error": f"{err.source}: {err.reason}"}
+        inputs = self.processor(images=[rgb], input_data_format="channels_last", return_tensors="pt")
+        return {"position": position, "rgb": rgb, "pixel_values": inputs["pixel_values"][0]}
+
+    def read(self, position: int) -> np.ndarray:
+        """The RGB image uint8 [H, W, 3] of an input; `UnreadableImageError` naming it where it cannot be read."""
+        value, row = self.stored[position], self.where(position)
+        image = decode_image(value, "image", row)
+        try:
+            return load_rgb_uint8(image)
+        except (ValueError, TypeError) as err:  # decoded, but not an image the processor reads
+            raise UnreadableImageError(describe(value, "image", row), f"{type(err).__name__}: {err}") from err
+
+
+class DatasetImages:
+    """The stored images of a dataset split, read one at a time (``{"bytes", "path"}`` values for `decode_image`)."""
+
+    def __init__(self, dataset, column: str):
+        self.dataset, self.column = undecoded(dataset, [column]), column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index][self.column]
+
+
+def load_inputs(args) -> tuple:
+    """(stored images: paths or a `DatasetImages`, output names, position -> description for messages)."""
+    if args.images:
+        paths = find_image_files(args.images)
+        return [str(p) for p in paths], output_names(paths), functools.partial(row_name, split=None)
+    _, split, _ = load_dataset_splits(
+        args.dataset_name,
+        args.dataset_config_name,
+        args.data_dir,
+        args.dataset_path,
+        validation_split=args.split,
+        need_train=False,
+    )
+    if split is None:
+        raise ValueError(f"--split {args.split!r} not found in the dataset.")
+    if args.image_column not in split.column_names:
+        raise ValueError(f"--image_column {args.image_column!r} not found; columns: {split.column_names}.")
+    digits = max(6, len(str(len(split) - 1)))
+    names = [f"{i:0{digits}d}" for i in range(len(split))]
+    return DatasetImages(split, args.image_column), names, functools.partial(row_name, split=args.split)
+
+
+# ---- model and segmentation -------------------------------------------------------------------------
+
+
+def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImageProcessor]:
+    model = WeCLIPForSemanticSegmentation.from_pretrained(args.model_name_or_path, dtype=DTYPES[args.dtype])
+    model = model.to(device).eval()
+    try:
+        processor = WeCLIPImageProcessor.from_pretrained(args.model_name_or_path)
+    except OSError:  # a folder without preprocessor_config.json: the default processor for its patch size
+        processor = WeCLIPImageProcessor(patch_size=model.config.vision_config.patch_size)
+    return model, processor
+
+
+@torch.no_grad()
+def segment(model, processor, items: list[dict], args) -> list[torch.Tensor]:
+    """Label maps [H, W] (the images' own sizes) of same-size processed ``items``: (multi-scale + flip) logits,
+    the processor's post-processing (padding cropped, bilinear upsampling), optional dense CRF, argmax."""
+    pixel_values = torch.stack([item["pixel_values"] for item in items]).to(model.device, model.dtype)
+    if args.msf:
+        logits = multiscale_flip_logits(model, pixel_values, scales=args.scales)
+    else:
+        logits = image_logits(model, pixel_values)
+    sizes = [item["rgb"].shape[:2] for item in items]
+    outputs = processor.post_process_semantic_segmentation(
+        {"logits": logits.float()}, target_sizes=sizes, return_segmentation_scores=args.crf
+    )
+    if not args.crf:
+        return outputs
+    return [
+        crf_refine_labels(
+            torch.from_numpy(item["rgb"]).to(model.device).permute(2, 0, 1).float(),
+            out.segmentation_scores.softmax(dim=0),
+            CRF_PRESETS[args.crf_preset],
+        )
+        for item, out in zip(items, outputs)
+    ]
+
+
+def overlay(model, item: dict, labels: torch.Tensor) -> Image.Image:
+    """The image, its label map over it, the legend, and a CAM heat map per predicted class."""
+    present = torch.bincount(labels.flatten().cpu(), minlength=model.config.num_labels)[1:] > 0
+    class_labels = present.float()[None]
+    pixel_values = item["pixel_values"][None].to(model.device, model.dtype)
+    with torch.no_grad():
+        cams = model(pixel_values=pixel_values, class_labels=class_labels, use_rfm=False).cams[0]
+    id2label = model.config.id2label
+    return overlay_figure(
+        item["rgb"],
+        {"prediction": labels},
+        id2label,
+        cams=present_class_cams(cams, class_labels[0], id2label),
+    )
+
+
+def write_report(out: Path, names: list[str], label_path: dict, id2label, model_name: str) -> dict:
+    """class_fractions.json: per image and over all images, the fraction of pixels of each class; the skipped
+    inputs."""
+    per_image, totals = {}, np.zeros(256, dtype=np.int64)
+    for name in names:
+        if label_path[name].exists():
+            labels = np.asarray(Image.open(label_path[name]))
+            per_image[name] = class_fractions(labels, id2label)
+            totals += np.bincount(labels.ravel(), minlength=256)
+    report = {
+        "model": model_name,
+        "num_images": len(per_image),
+        "classes": fractions_from_counts(totals, id2label) if per_image else {},
+        "images": per_image,
+        "skipped": read_skipped(out, lambda name: name in label_path and label_path[name].exists()),
+    }
+    remove_temporary_files([out])
+    save_json(report, out / "class_fractions.json")
+    print(f"{report['num_images']} label maps in {out / 'labels'}; {len(report['skipped'])} inputs skipped")
+    return report
+
+
+# ---- main -------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> dict | None:
+    """Segment the inputs as the command line ``argv`` says; the main process returns the report."""
+    args = parse_args(argv)
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # CPU processes: see the docstring
+    out = Path(args.output_dir)
+    settings = {k: getattr(args, k) for k in ("model_name_or_path", "dtype", "msf", "crf", "crf_preset")}
+    settings["scales"] = args.scales if args.msf else None
+    check_run_settings(out, settings, state.is_main_process, state.wait_for_everyone)
+
+    # 1. inputs: this process's share, without those done by an earlier run
+    values, names, where = load_inputs(args)
+    label_path = {name: out / "labels" / f"{name}.png" for name in names}
+    todo = [
+        i
+        for i in process_share(len(names), state.process_index, state.num_processes)
+        if not label_path[names[i]].exists()
+    ]
+    state.print(
+        f"{len(names)} inputs; this process segments {len(todo)} (the others: done or another process's)"
+    )
+    model, processor = load_model(args, state.device)
+    num_workers = (
+        args.num_workers if args.num_workers is not None else (0 if state.device.type == "cpu" else 2)
+    )
+    loader = DataLoader(
+        ImageInputs(values, where, todo, processor),
+        batch_size=args.batch_size,
+        num_workers=num_workers,
+        collate_fn=list,
+    )
+
+    # 2. segmentation: the overlay first, the label map last (an input is done when its label map exists)
+    skipped = []
+    for batch in tqdm(loader, desc="segmenting", disable=not state.is_local_main_process):
+        skipped += [{"input": names[b["position"]], "reason": b["error"]} for b in batch if "error" in b]
+        for group in group_by_size([b for b in batch if "error" not in b]):
+            for item, labels in zip(group, segment(model, processor, group, args)):
+                name = names[item["position"]]
+                if args.num_overlays < 0 or item["position"] < args.num_overlays:
+                    save_image(overlay(model, item, labels), out / "overlays" / f"{name}.png")
+                save_image(label_map_image(labels), label_path[name])
+    for entry in skipped:
+        print(f"skipped {entry['input']}: {entry['reason']}")
+    write_skipped(out, state.process_index, skipped)
+
+    # 3. report: read back every label map (all processes' and earlier runs')
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    return write_report(out, names, label_path, model.config.id2label, args.model_name_or_path)
+
+
+if __name__ == "__main__":
+    main()

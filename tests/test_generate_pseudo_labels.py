@@ -1,0 +1,213 @@
+"""examples/generate_pseudo_labels.py on the toy world and on an imagefolder of awkward files (tiny CLIP, CPU, in
+process): the written dataset loads back and trains, the masks and scores are the model's, an interrupted run
+loses nothing."""
+
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT, train_in_process
+from PIL import Image
+
+from weclip_hf.data.toy import generate_toy_images, make_toy_dataset
+from weclip_hf.presets import TOY_CLASS_NAMES
+
+SCRIPT = ROOT / "examples" / "generate_pseudo_labels.py"
+EXIF_ORIENTATION = 0x0112
+TOY = ["--toy_images", "6", "--toy_val_images", "2", "--batch_size", "4"]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("weclip_pseudo_labels_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+generate = load_script()
+
+
+@pytest.fixture(scope="module")
+def cam_run(tiny_clip, tmp_path_factory) -> tuple[Path, dict]:
+    """CAM pseudo masks of 6 toy training images from the bare tiny CLIP, the 2 validation images copied, overlays
+    of 2 images, saved to disk too and pushed to the Hub (mocked): (output folder, report)."""
+    import datasets
+
+    out = tmp_path_factory.mktemp("pseudo") / "toy"
+    argv = ["--output_dir", str(out), "--clip_model_name_or_path", tiny_clip, *TOY, "--num_overlays", "2"]
+    argv += ["--validation_split", "validation", "--save_to_disk", str(out.parent / "saved")]
+    pushed = {}
+
+    def push_to_hub(dataset, repo_id, token=None):
+        pushed.update(repo_id=repo_id, splits={s: len(d) for s, d in dataset.items()})
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(datasets.DatasetDict, "push_to_hub", push_to_hub)
+        report = generate.main([*argv, "--push_to_hub", "--hub_dataset_id", "me/toy-pseudo"])
+    assert pushed == {"repo_id": "me/toy-pseudo", "splits": {"train": 6, "validation": 2}}
+    return out, report
+
+
+def read_mask(path: Path) -> np.ndarray:
+    image = Image.open(path)
+    assert image.mode == "P"
+    return np.asarray(image)
+
+
+def test_round_trip_load_as_a_dataset_and_train(cam_run, tiny_clip, capsys):
+    """The output loads with `datasets` (imagefolder and save_to_disk) and `train.py --data_dir` trains on it."""
+    import datasets
+
+    out, report = cam_run
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(out))
+    assert {s: len(d) for s, d in loaded.items()} == {"train": 6, "validation": 2}
+    assert report["splits"] == {
+        s: {"num_images": n, "skipped_unreadable": []} for s, n in (("train", 6), ("validation", 2))
+    }
+    toy = make_toy_dataset(6, seed=0)  # the toy world's training images (train.py's --seed 0)
+    for i, row in enumerate(loaded["train"]):
+        assert np.array_equal(np.asarray(row["image"]), np.asarray(toy[i]["image"]))
+        assert row["image_labels"] == toy[i]["image_labels"]
+        assert np.array_equal(np.asarray(row["mask"]), read_mask(out / "train" / "masks" / f"{i:06d}.png"))
+    val = make_toy_dataset(2, seed=1_000_003)  # copied with its ground truth
+    assert np.array_equal(np.asarray(loaded["validation"][1]["mask"]), np.asarray(val[1]["annotation"]))
+    saved = datasets.load_from_disk(str(out.parent / "saved"))
+    assert saved["train"]["image_labels"] == loaded["train"]["image_labels"]
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["000000.png", "000001.png"]
+    # stage two: the fully supervised baseline on the pseudo masks (the toy preset's classes), from the folder
+    capsys.readouterr()
+    run = ["--preset", "toy", "--data_dir", out, "--fully_supervised", "--clip_model_name_or_path", tiny_clip]
+    run += [
+        "--output_dir",
+        out.parent / "two_stage",
+        "--max_train_steps",
+        2,
+        "--per_device_train_batch_size",
+        2,
+    ]
+    metrics = train_in_process(*run, "--no_msf", "--num_overlays", 1)
+    assert (
+        "train: 6 images" in capsys.readouterr().out
+    )  # the generated split, not the toy world's 4,000 images
+    assert metrics["train_steps"] == 2 and 0.0 <= metrics["fully_supervised_miou"] <= 1.0
+
+
+def iou_values(report: dict, mode: str) -> list[float]:
+    """mIoU and per-class IoU (NaN for a class without pixels) of a report's ``mode``."""
+    scores = report["scores"][mode]
+    return [scores["mean_iou"], *(np.nan if v is None else v for v in scores["per_class_iou"].values())]
+
+
+def test_masks_and_scores_are_the_models(cam_run, tiny_clip):
+    """The written masks are the model's CAM pseudo labels; the report's per-class IoU is theirs against the toy
+    ground truth."""
+    from weclip_hf import WeCLIPForSemanticSegmentation
+    from weclip_hf.metrics import confusion_matrix, scores_from_confusion
+    from weclip_hf.normalization import IMAGENET_NORMALIZATION
+    from weclip_hf.presets import preset_config_kwargs
+
+    out, report = cam_run
+    model = WeCLIPForSemanticSegmentation.from_clip(tiny_clip, **preset_config_kwargs("toy")).eval()
+    images, masks, labels = generate_toy_images(6, seed=0)
+    class_labels = torch.zeros(6, len(TOY_CLASS_NAMES))
+    for i, present in enumerate(labels):
+        class_labels[i, [c - 1 for c in present]] = 1
+    pixel_values = IMAGENET_NORMALIZATION.normalize(torch.from_numpy(images).permute(0, 3, 1, 2))
+    with torch.no_grad():
+        expected = model(pixel_values=pixel_values, class_labels=class_labels, use_rfm=False).pseudo_labels
+    written = np.stack([read_mask(out / "train" / "masks" / f"{i:06d}.png") for i in range(6)])
+    assert np.mean(written == expected.numpy()) > 0.999  # batches of 4 vs 6: a near-tie pixel could flip
+    scores = scores_from_confusion(confusion_matrix(torch.from_numpy(written), torch.from_numpy(masks), 9))
+    assert report["mode"] == "cam" and set(report["scores"]) == {"cam"}
+    assert list(report["scores"]["cam"]["per_class_iou"]) == ["background", *TOY_CLASS_NAMES]
+    expected_scores = [scores["mean_iou"], *scores["per_category_iou"]]
+    assert iou_values(report, "cam") == pytest.approx(expected_scores, abs=1e-3, nan_ok=True)
+
+
+def test_interrupted_rfm_run_loses_nothing(toy_weclip_dir, tmp_path, monkeypatch):
+    """A trained WeCLIP folder: RFM masks, CAM and RFM scores. Killed after 3 images' records and run again, it
+    writes the report and dataset of an uninterrupted run."""
+    argv = ["--model", str(toy_weclip_dir), *TOY, "--batch_size", "2"]
+    whole = generate.main([*argv, "--output_dir", str(tmp_path / "whole")])
+    assert whole["mode"] == "rfm" and set(whole["scores"]) == {"cam", "rfm"}
+    save_json, records = generate.save_json, []
+
+    def interrupted_save(data, path):
+        if len(records) == 3:
+            raise KeyboardInterrupt
+        records.append(path)
+        return save_json(data, path)
+
+    monkeypatch.setattr(generate, "save_json", interrupted_save)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        generate.main([*argv, "--output_dir", str(out)])
+    monkeypatch.undo()
+    assert (
+        len(list((out / "train" / "masks").glob("*.png"))) == 4
+    )  # the 4th image's mask is written, not its record
+    before = {p: Path(p).stat().st_mtime_ns for p in records}
+    resumed = generate.main([*argv, "--output_dir", str(out)])
+    assert all(
+        Path(p).stat().st_mtime_ns == t for p, t in before.items()
+    )  # the 3 done images were not redone
+    assert {k: v for k, v in resumed.items() if k != "scores"} == {
+        k: v for k, v in whole.items() if k != "scores"
+    }
+    for mode in ("cam", "rfm"):  # the resumed run batches other images together: a near-tie pixel could flip
+        assert iou_values(resumed, mode) == pytest.approx(iou_values(whole, mode), abs=1e-3, nan_ok=True)
+    lines = [(tmp_path / run / "train" / "metadata.jsonl").read_text() for run in ("whole", "resumed")]
+    assert lines[0] == lines[1] and len(lines[0].splitlines()) == 6
+    for name in [f"{i:06d}.png" for i in range(6)]:
+        a, b = (read_mask(tmp_path / run / "train" / "masks" / name) for run in ("whole", "resumed"))
+        assert np.mean(a == b) > 0.999
+
+
+@pytest.fixture
+def awkward_folder(tmp_path) -> Path:
+    """An imagefolder "train" split with image-level labels as class names: toy images, a grayscale one, a CMYK
+    JPEG, a JPEG stored 64 x 40 whose EXIF orientation (6) shows it 40 x 64, a 1x1 image and a truncated PNG."""
+    root = tmp_path / "folder" / "train"
+    root.mkdir(parents=True)
+    toy, _, labels = generate_toy_images(3, seed=4)
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    files = {
+        "toy.png": lambda p: Image.fromarray(toy[0]).save(p),
+        "gray.png": lambda p: Image.fromarray(toy[1]).convert("L").save(p),
+        "cmyk.jpg": lambda p: Image.fromarray(toy[2]).convert("CMYK").save(p),
+        "rotated.jpg": lambda p: Image.fromarray(toy[0][:40, :64]).save(p, exif=exif),
+        "one_pixel.png": lambda p: Image.fromarray(toy[1][:1, :1]).save(p),
+    }
+    for name, write in files.items():
+        write(root / name)
+    buffer = io.BytesIO()
+    Image.fromarray(toy[2]).save(buffer, format="PNG")
+    (root / "truncated.png").write_bytes(buffer.getvalue()[:300])
+    names = [*files, "truncated.png"]
+    with open(root / "metadata.jsonl", "w") as f:
+        for i, name in enumerate(names):
+            classes = [TOY_CLASS_NAMES[c - 1] for c in labels[i % 3]]
+            f.write(json.dumps({"file_name": name, "classes": classes}) + "\n")
+    return root.parent
+
+
+def test_awkward_files_are_read_or_skipped_and_named(awkward_folder, tiny_clip, tmp_path):
+    import datasets
+
+    out = tmp_path / "out"
+    argv = ["--data_dir", str(awkward_folder), "--preset", "toy", "--clip_model_name_or_path", tiny_clip]
+    report = generate.main([*argv, "--labels_column", "classes", "--output_dir", str(out)])
+    [skipped] = report["splits"]["train"]["skipped_unreadable"]
+    assert "truncated.png" in skipped and "scores" not in report  # no masks: nothing to score
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(out), split="train")
+    sources = [Path(s).name for s in loaded["source"]]
+    assert sorted(sources) == ["cmyk.jpg", "gray.png", "one_pixel.png", "rotated.jpg", "toy.png"]
+    for row, source in zip(loaded, sources):  # masks of the image as shown (EXIF orientation applied)
+        assert row["mask"].size == row["image"].size, source
+    assert loaded[sources.index("rotated.jpg")]["mask"].size == (40, 64)
+    assert loaded[sources.index("one_pixel.png")]["mask"].size == (1, 1)

@@ -1,0 +1,272 @@
+"""examples/segment.py on toy-world images and awkward files (tiny CLIP, CPU, in process; one run under
+`accelerate launch` with two processes), and the atomic writes it relies on."""
+
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, train_env
+from PIL import Image
+
+from weclip_hf.batch_jobs import write_atomic
+from weclip_hf.data.toy import generate_toy_images
+from weclip_hf.visualization import PALETTE, display_size
+
+SCRIPT = ROOT / "examples" / "segment.py"
+EXIF_ORIENTATION = 0x0112
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("weclip_segment_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+segment = load_script()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """A folder of 4 toy images (2 in a subfolder) and the awkward files: a truncated PNG, a 1x1 image, a grayscale
+    image, a CMYK JPEG and a JPEG stored 64 x 40 whose EXIF orientation (6: turn 90 degrees) shows it 40 x 64."""
+    root = tmp_path_factory.mktemp("images")
+    (root / "sub").mkdir()
+    toy, _, _ = generate_toy_images(6, seed=5)
+    for i in range(4):
+        Image.fromarray(toy[i]).save(root / ("sub" if i % 2 else "") / f"toy{i}.png")
+    buffer = io.BytesIO()
+    Image.fromarray(toy[4]).save(buffer, format="PNG")
+    (root / "truncated.png").write_bytes(buffer.getvalue()[:200])
+    Image.fromarray(toy[4][:1, :1]).save(root / "one_pixel.png")
+    Image.fromarray(toy[5]).convert("L").save(root / "gray.png")
+    Image.fromarray(toy[4]).convert("CMYK").save(root / "cmyk.jpg")
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6
+    Image.fromarray(toy[5][:40, :64]).save(root / "rotated.jpg", exif=exif)
+    (root / "notes.txt").write_text("not an image, and not named: ignored")
+    return root
+
+
+NAMES = ["cmyk", "gray", "one_pixel", "rotated", "sub/toy1", "sub/toy3", "toy0", "toy2", "truncated"]
+READABLE = [n for n in NAMES if n != "truncated"]
+
+
+@pytest.fixture(scope="module")
+def run(images, toy_weclip_dir, tmp_path_factory) -> tuple[Path, dict]:
+    """One run over the folder, batches of 4, overlays of the first 3 inputs: (output folder, report)."""
+    out = tmp_path_factory.mktemp("segmented")
+    report = segment.main(
+        ["--model_name_or_path", str(toy_weclip_dir), "--images", str(images), "--output_dir", str(out)]
+        + ["--batch_size", "4", "--num_overlays", "3"]
+    )
+    return out, report
+
+
+def label_map(out: Path, name: str) -> np.ndarray:
+    image = Image.open(out / "labels" / f"{name}.png")
+    assert image.mode == "P" and np.array_equal(
+        np.asarray(image.getpalette(), np.uint8).reshape(-1, 3), PALETTE
+    )
+    return np.asarray(image)
+
+
+def test_label_maps_overlays_and_class_fractions(run, images):
+    out, report = run
+    assert (
+        sorted(str(p.relative_to(out / "labels").with_suffix("")) for p in out.rglob("labels/**/*.png"))
+        == READABLE
+    )
+    sizes = {name: label_map(out, name).shape for name in READABLE}
+    assert sizes["one_pixel"] == (1, 1) and sizes["toy0"] == (96, 96)
+    assert sizes["rotated"] == (64, 40)  # EXIF orientation applied: shown 40 wide, 64 high
+    # the first 3 inputs (in sorted order) get an overlay: upscaled image and prediction panels, and a legend
+    assert sorted(p.stem for p in (out / "overlays").glob("*.png")) == NAMES[:3]
+    assert Image.open(out / "overlays" / "cmyk.png").width > 2 * 3 * 96
+    # the report: per image the fraction of each class (ids of config.id2label), summing to 1; the skipped file
+    assert report == json.loads((out / "class_fractions.json").read_text())
+    assert report["num_images"] == len(READABLE) and set(report["images"]) == set(READABLE)
+    id2label = json.loads((Path(report["model"]) / "config.json").read_text())["id2label"]
+    labels = label_map(out, "toy0")
+    expected = {id2label[str(i)]: np.mean(labels == i) for i in np.unique(labels)}
+    assert report["images"]["toy0"] == pytest.approx(expected) and len(expected) > 1
+    assert sum(report["classes"].values()) == pytest.approx(1.0)
+    [skipped] = report["skipped"]
+    assert skipped["input"] == "truncated" and str(images / "truncated.png") in skipped["reason"]
+
+
+def test_awkward_images_are_read_as_the_pipeline_reads_them(run, images, toy_weclip_dir):
+    """Grayscale, CMYK, EXIF-rotated and 1x1 inputs: the label maps of the "image-segmentation" pipeline."""
+    from transformers import pipeline
+
+    import weclip_hf  # noqa: F401  (registers the pipeline class)
+
+    out, _ = run
+    segmenter = pipeline("image-segmentation", model=str(toy_weclip_dir))
+    label2id = segmenter.model.config.label2id
+    for name, file in (
+        ("gray", "gray.png"),
+        ("cmyk", "cmyk.jpg"),
+        ("rotated", "rotated.jpg"),
+        ("one_pixel", "one_pixel.png"),
+    ):
+        ours = label_map(out, name)
+        theirs = np.zeros_like(ours)
+        for result in segmenter(str(images / file)):
+            theirs[np.asarray(result["mask"]) > 0] = label2id[result["label"]]
+        # batched with other images of its size, a near-tie pixel could flip (measured: none)
+        assert np.mean(ours == theirs) > 0.999, name
+
+
+def test_interrupted_run_resumes_without_losing_or_redoing_anything(
+    run, images, toy_weclip_dir, tmp_path, monkeypatch
+):
+    """Killed after 3 label maps (mid-batch), then run again: the 3 are kept as they were, the others written,
+    and all of them equal the uninterrupted run's."""
+    reference, _ = run
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", str(toy_weclip_dir), "--images", str(images), "--output_dir", str(out)]
+    argv += ["--batch_size", "2"]
+    save_image, written = segment.save_image, []
+
+    def interrupted_save(image, path):
+        if len(written) == 3:
+            raise KeyboardInterrupt
+        written.append(Path(path))
+        return save_image(image, path)
+
+    monkeypatch.setattr(segment, "save_image", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        segment.main(argv)
+    monkeypatch.undo()
+    assert (
+        sorted(out.rglob("labels/**/*.png")) == sorted(written)
+        and not (out / "class_fractions.json").exists()
+    )
+    before = {p: p.stat().st_mtime_ns for p in written}
+    report = segment.main(argv)
+    assert all(p.stat().st_mtime_ns == t for p, t in before.items())  # not redone
+    assert report["num_images"] == len(READABLE) and [s["input"] for s in report["skipped"]] == ["truncated"]
+    for name in READABLE:
+        assert np.mean(label_map(out, name) == label_map(reference, name)) > 0.999, name
+    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+
+
+def test_other_settings_in_the_same_folder_are_refused(run, images, toy_weclip_dir):
+    out, _ = run
+    argv = ["--model_name_or_path", str(toy_weclip_dir), "--images", str(images), "--output_dir", str(out)]
+    with pytest.raises(ValueError, match=r"other settings \(msf: False -> True"):
+        segment.main([*argv, "--msf"])
+
+
+def test_dataset_split_bfloat16_msf_and_crf(toy_weclip_dir, tmp_path):
+    """A saved dataset's split (rows named by number); bfloat16 weights; multi-scale + flip and the CRF."""
+    import datasets
+
+    toy, _, _ = generate_toy_images(2, seed=9)
+    split = datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(t) for t in toy]}, features=datasets.Features({"image": datasets.Image()})
+    )
+    datasets.DatasetDict({"test": split}).save_to_disk(tmp_path / "data")
+    argv = [
+        "--model_name_or_path",
+        str(toy_weclip_dir),
+        "--dataset_path",
+        str(tmp_path / "data"),
+        "--split",
+        "test",
+    ]
+    plain = segment.main([*argv, "--output_dir", str(tmp_path / "plain")])
+    assert sorted(plain["images"]) == ["000000", "000001"]
+    runs = {"bfloat16": ["--dtype", "bfloat16"], "msf_crf": ["--msf", "--scales", "1.0", "1.25", "--crf"]}
+    for name, flags in runs.items():
+        segment.main([*argv, "--output_dir", str(tmp_path / name), *flags])
+    for row in plain["images"]:
+        reference = label_map(tmp_path / "plain", row)
+        assert reference.shape == (96, 96)
+        assert (
+            np.mean(label_map(tmp_path / "bfloat16", row) == reference) > 0.9
+        )  # rounding moves a few pixels
+        refined = label_map(tmp_path / "msf_crf", row)
+        assert 0.5 < np.mean(refined == reference) < 1.0  # the flags change the maps, not beyond recognition
+    with pytest.raises(ValueError, match="'validation' not found"):
+        segment.main([*argv[:-2], "--output_dir", str(tmp_path / "other")])
+
+
+def test_glob_patterns_and_output_names(images):
+    files = segment.find_image_files([f"{images}/**/toy*.png", str(images / "notes.txt")])
+    assert [f.name for f in files] == ["notes.txt", "toy1.png", "toy3.png", "toy0.png", "toy2.png"]
+    assert segment.output_names(files) == ["notes", "sub/toy1", "sub/toy3", "toy0", "toy2"]
+    assert segment.output_names([images / "a.jpg", images / "a.png", images / "b.png"]) == [
+        "a.jpg",
+        "a.png",
+        "b",
+    ]
+    with pytest.raises(FileNotFoundError, match="no image file"):
+        segment.find_image_files([f"{images}/*.tiff"])
+
+
+def test_palette_and_display_size():
+    assert len({tuple(c) for c in PALETTE[:21]}) == 21  # VOC's 21 labels: distinct colours
+    assert tuple(PALETTE[15]) == (192, 128, 128) and tuple(PALETTE[255]) == (
+        224,
+        224,
+        192,
+    )  # VOC person, void
+    assert display_size(96, 96) == (288, 288) and display_size(375, 500) == (375, 500)
+    assert display_size(3000, 4000) == (576, 768) and display_size(1, 1) == (256, 256)
+
+
+def test_atomic_write_leaves_the_old_file_or_nothing(tmp_path):
+    def fail_halfway(tmp: Path):
+        tmp.write_bytes(b"half")
+        raise OSError("disk full")
+
+    path = tmp_path / "a.png"
+    with pytest.raises(OSError):
+        write_atomic(path, fail_halfway)
+    assert not path.exists() and list(tmp_path.iterdir()) == []
+    path.write_bytes(b"old")
+    with pytest.raises(OSError):
+        write_atomic(path, fail_halfway)
+    assert path.read_bytes() == b"old" and list(tmp_path.iterdir()) == [path]
+
+
+def test_two_processes_split_the_inputs(run, images, toy_weclip_dir, tmp_path):
+    """`accelerate launch` with two CPU processes: each segments every other input, the main one reports them all."""
+    reference, _ = run
+    out = tmp_path / "out"
+    launcher = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu"]
+    launcher += [
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    command = [*launcher, str(SCRIPT), "--model_name_or_path", str(toy_weclip_dir), "--images", str(images)]
+    env = {**train_env(threads=1), "ACCELERATE_USE_CPU": "1"}
+    proc = subprocess.run(
+        [*command, "--output_dir", str(out), "--batch_size", "4"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted((out / ".state").glob("skipped-*.json")) == [
+        out / ".state" / f"skipped-{r}.json" for r in (0, 1)
+    ]
+    report = json.loads((out / "class_fractions.json").read_text())
+    assert set(report["images"]) == set(READABLE) and [s["input"] for s in report["skipped"]] == ["truncated"]
+    for name in READABLE:
+        assert np.mean(label_map(out, name) == label_map(reference, name)) > 0.999, name

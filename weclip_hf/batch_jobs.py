@@ -1,0 +1,138 @@
+"""Running a model over many inputs, resumably and in several processes (`examples/segment.py`,
+`examples/generate_pseudo_labels.py`): one set of output files per input.
+
+- Every file is written atomically (a hidden temporary file in the same folder, then a rename), so an interrupted
+  run leaves whole files or none; an input whose last file exists is done, and a re-run skips it.
+- Process ``rank`` of ``world_size`` takes inputs ``rank, rank + world_size, ...`` (`process_share`); the inputs
+  of a batch are run in groups of one size (`group_by_size`).
+- `check_run_settings` records the settings that change the outputs in ``.state/settings.json``: a re-run with
+  other settings is refused rather than mixing two kinds of outputs in one folder.
+- Each process lists the inputs it could not read in ``.state/skipped-<rank>.json`` (`write_skipped`); the main
+  process merges them (`read_skipped`) once every process is done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from PIL import Image
+
+STATE_DIR = ".state"  # hidden: `datasets` and globs skip it
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a hidden temporary file next to ``path``, then rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_image(image: Image.Image, path: str | Path) -> Path:
+    """Save a PIL image atomically, in the format of ``path``'s suffix."""
+    path = Path(path)
+    image_format = Image.registered_extensions().get(path.suffix.lower())
+    if image_format is None:
+        raise ValueError(f"path {str(path)!r} needs an image suffix (.png, .jpg, ...), got {path.suffix!r}.")
+    return write_atomic(path, lambda tmp: image.save(tmp, format=image_format))
+
+
+def save_json(data, path: str | Path) -> Path:
+    """Write ``data`` as JSON atomically (no NaN: JSON cannot hold it)."""
+    text = json.dumps(data, indent=2, allow_nan=False)
+    return write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def copy_file(source: str | Path, path: str | Path) -> Path:
+    """Copy a file atomically."""
+    return write_atomic(path, lambda tmp: shutil.copyfile(source, tmp))
+
+
+def save_bytes(data: bytes, path: str | Path) -> Path:
+    """Write bytes atomically."""
+    return write_atomic(path, lambda tmp: tmp.write_bytes(data))
+
+
+def process_share(num_inputs: int, rank: int, world_size: int) -> range:
+    """The inputs process ``rank`` of ``world_size`` takes: ``rank, rank + world_size, ...``."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in 0..world_size - 1 = {world_size - 1}, got {rank}.")
+    return range(rank, num_inputs, world_size)
+
+
+def group_by_size(items: list[dict], key: str = "pixel_values") -> list[list[dict]]:
+    """``items`` in groups whose tensors ``item[key]`` have one shape (one forward each), in order of appearance."""
+    groups: dict[tuple, list[dict]] = {}
+    for item in items:
+        groups.setdefault(tuple(item[key].shape), []).append(item)
+    return list(groups.values())
+
+
+def check_run_settings(
+    output_dir: str | Path, settings: dict, is_main_process: bool, wait: Callable[[], None]
+):
+    """Record ``settings`` (JSON values) in a fresh ``output_dir``, or check them against the recorded ones.
+
+    ``wait``: a barrier of all processes (``PartialState().wait_for_everyone``): the main process records, then
+    every process compares. Raises ValueError naming the settings that differ."""
+    path = Path(output_dir) / STATE_DIR / "settings.json"
+    settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back
+    if is_main_process and not path.exists():
+        save_json(settings, path)
+    wait()
+    recorded = json.loads(path.read_text())
+    changed = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
+    if changed:
+        shown = ", ".join(f"{k}: {recorded.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+        raise ValueError(
+            f"{output_dir} holds outputs of a run with other settings ({shown}); re-run with the recorded settings "
+            "to continue it, or choose another --output_dir."
+        )
+
+
+def write_skipped(output_dir: str | Path, rank: int, skipped: list[dict]) -> Path:
+    """List the inputs process ``rank`` could not read (each ``{"input", "reason"}``) in its state file."""
+    return save_json(skipped, Path(output_dir) / STATE_DIR / f"skipped-{rank}.json")
+
+
+def read_skipped(output_dir: str | Path, done: Callable[[str], bool]) -> list[dict]:
+    """The skipped inputs of every process's state file, once each, sorted, except those now ``done`` (an input
+    fixed and processed by a later run)."""
+    found: dict[str, dict] = {}
+    for path in sorted((Path(output_dir) / STATE_DIR).glob("skipped-*.json")):
+        for entry in json.loads(path.read_text()):
+            if not done(entry["input"]):
+                found[entry["input"]] = entry
+    return [found[k] for k in sorted(found)]
+
+
+def remove_temporary_files(folders: Iterable[str | Path]) -> None:
+    """Delete the temporary files that interrupted atomic writes left in ``folders`` (recursively)."""
+    for folder in folders:
+        for tmp in Path(folder).rglob(".*.tmp-*"):
+            tmp.unlink(missing_ok=True)
+
+
+__all__ = [
+    "STATE_DIR",
+    "check_run_settings",
+    "copy_file",
+    "group_by_size",
+    "process_share",
+    "read_skipped",
+    "remove_temporary_files",
+    "save_bytes",
+    "save_image",
+    "save_json",
+    "write_atomic",
+    "write_skipped",
+]

@@ -1,0 +1,276 @@
+"""Label maps and overlays: the palette, palette PNGs of label maps, per-class pixel fractions, and overlay figures
+(image, label maps blended over it, a legend of class names, one CAM heat map per present class), upscaled so that
+96 px toy images are readable.
+
+Used by `examples/train.py` (`write_overlays`), `examples/segment.py` and `examples/generate_pseudo_labels.py`.
+Label maps hold the ids of ``config.id2label`` (0 = background, 1..C = classes, 255 = ignore).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+from .batch_jobs import save_image
+
+IGNORE_NAME = "ignore"  # legend name of label 255 (VOC's void borders)
+TITLE_HEIGHT = 22  # px of the title strip above each panel
+FONT_SIZE = 14
+
+
+def label_palette() -> np.ndarray:
+    """The PASCAL VOC colour map: [256, 3] uint8, id 0 black, 255 = (224, 224, 192) (VOC's void colour).
+
+    Bit ``j`` of the red / green / blue value of id ``i`` is bit ``3 * (7 - j)`` / ``+ 1`` / ``+ 2`` of ``i``, so
+    small ids get well separated colours."""
+    ids = np.arange(256)[:, None, None]
+    bit = np.arange(8)[None, :, None]  # the bit of the colour value, from the most significant one
+    channel = np.arange(3)[None, None, :]
+    bits = (ids >> (3 * bit + channel)) & 1  # [256, 8, 3]
+    return (bits << (7 - bit)).sum(axis=1).astype(np.uint8)
+
+
+PALETTE = label_palette()
+
+
+def as_label_array(labels: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A label map [H, W] (tensor or array of ids 0..255) -> uint8 array."""
+    array = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    if array.ndim != 2:
+        raise ValueError(f"labels must be a 2-D label map [H, W], got shape {array.shape}.")
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise ValueError(f"labels must hold ids 0..255 for a palette PNG, got {array.min()}..{array.max()}.")
+    return array.astype(np.uint8)
+
+
+def label_map_image(labels: torch.Tensor | np.ndarray) -> Image.Image:
+    """A label map [H, W] -> palette ("P") PIL image: the pixel values are the ids, shown in `PALETTE`'s colours."""
+    image = Image.fromarray(as_label_array(labels), mode="P")
+    image.putpalette(PALETTE.tobytes())
+    return image
+
+
+def class_fractions(
+    labels: torch.Tensor | np.ndarray, id2label: Mapping[int, str], ignore_index: int = 255
+) -> dict[str, float]:
+    """The fraction of the pixels of a label map [H, W] that each present class covers (ignored pixels count
+    in the total, under ``"ignore"``); ids missing from ``id2label`` are named by their number."""
+    array = as_label_array(labels)
+    return fractions_from_counts(np.bincount(array.ravel(), minlength=256), id2label, ignore_index)
+
+
+def fractions_from_counts(
+    counts: np.ndarray, id2label: Mapping[int, str], ignore_index: int = 255
+) -> dict[str, float]:
+    """Pixel counts per id [256] -> name -> fraction of all pixels, for the ids with pixels."""
+    total = counts.sum()
+    return {
+        label_name(int(i), id2label, ignore_index): float(counts[i] / total) for i in np.nonzero(counts)[0]
+    }
+
+
+def label_name(index: int, id2label: Mapping[int, str], ignore_index: int = 255) -> str:
+    """The legend name of a label id: ``id2label``'s, ``"ignore"`` for ``ignore_index``, else its number."""
+    if index == ignore_index:
+        return IGNORE_NAME
+    return str(id2label.get(index, id2label.get(str(index), index)))
+
+
+def display_size(height: int, width: int, min_side: int = 256, max_side: int = 768) -> tuple[int, int]:
+    """(height, width) an image is shown at: upscaled by a whole factor until its short side reaches ``min_side``
+    (96 px -> 288 px), or downscaled so its long side is at most ``max_side``."""
+    if max(height, width) > max_side:
+        scale = max_side / max(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+    factor = max(1, -(-min_side // max(1, min(height, width))))
+    factor = min(factor, max(1, max_side // max(height, width)))
+    return height * factor, width * factor
+
+
+def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W, 3] -> [size]: nearest neighbour when enlarging (pixels stay sharp), bilinear when shrinking."""
+    height, width = size
+    if image.shape[:2] == (height, width):
+        return image
+    enlarge = height >= image.shape[0] and width >= image.shape[1]
+    resample = Image.NEAREST if enlarge else Image.BILINEAR
+    return np.asarray(Image.fromarray(image).resize((width, height), resample))
+
+
+def blend(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """``colours`` uint8 [H, W, 3] painted over the image uint8 [H, W, 3] with opacity ``alpha``."""
+    mixed = image.astype(np.float32) * (1 - alpha) + colours.astype(np.float32) * alpha
+    return mixed.round().astype(np.uint8)
+
+
+def blend_labels(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """image uint8 [H, W, 3] with the label map [H, W] (same size) painted over it in `PALETTE` colours."""
+    return blend(image, PALETTE[labels], alpha)
+
+
+def heat_colours(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] [...] -> "jet" colours [..., 3] uint8 (blue = 0, red = 1)."""
+    x = np.clip(values, 0, 1)[..., None]
+    centres = np.array([3.0, 2.0, 1.0])  # red, green, blue peak at x = 3/4, 1/2, 1/4
+    return (np.clip(1.5 - np.abs(4 * x - centres), 0, 1) * 255).round().astype(np.uint8)
+
+
+def cam_heatmap(image: np.ndarray, cam: torch.Tensor | np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """A CAM [h, w] (values in [0, 1], any grid) upsampled bilinearly to the image [H, W, 3] uint8 and blended
+    over it in "jet" colours."""
+    cam = torch.as_tensor(cam, dtype=torch.float32)
+    dense = F.interpolate(cam[None, None].cpu(), size=image.shape[:2], mode="bilinear", align_corners=False)
+    return blend(image, heat_colours(dense[0, 0].numpy()), alpha)
+
+
+def _font() -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=FONT_SIZE)
+
+
+def titled(panel: np.ndarray, title: str) -> Image.Image:
+    """A panel uint8 [H, W, 3] with a white strip above it holding ``title``."""
+    height, width = panel.shape[:2]
+    canvas = Image.new("RGB", (width, height + TITLE_HEIGHT), "white")
+    canvas.paste(Image.fromarray(panel), (0, TITLE_HEIGHT))
+    ImageDraw.Draw(canvas).text((4, 3), title, fill="black", font=_font())
+    return canvas
+
+
+def legend(ids: list[int], id2label: Mapping[int, str], ignore_index: int = 255) -> Image.Image:
+    """A column of colour swatches, each with its class name, for the label ``ids``."""
+    row = FONT_SIZE + 8
+    names = [label_name(i, id2label, ignore_index) for i in ids]
+    font = _font()
+    width = 16 + FONT_SIZE + max((int(font.getlength(n)) for n in names), default=0) + 8
+    canvas = Image.new("RGB", (width, TITLE_HEIGHT + row * len(ids) + 4), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 3), "classes", fill="black", font=font)
+    for k, (index, name) in enumerate(zip(ids, names)):
+        top = TITLE_HEIGHT + k * row + 2
+        draw.rectangle(
+            [4, top, 4 + FONT_SIZE, top + FONT_SIZE],
+            fill=tuple(int(c) for c in PALETTE[index]),
+            outline="gray",
+        )
+        draw.text((12 + FONT_SIZE, top), name, fill="black", font=font)
+    return canvas
+
+
+def overlay_figure(
+    image: np.ndarray,
+    label_maps: Mapping[str, torch.Tensor | np.ndarray],
+    id2label: Mapping[int, str],
+    cams: Mapping[str, torch.Tensor | np.ndarray] | None = None,
+    min_side: int = 256,
+    max_side: int = 768,
+    alpha: float = 0.5,
+    ignore_index: int = 255,
+) -> Image.Image:
+    """One figure: the image, then each of ``label_maps`` (title -> [H, W] ids) blended over it, and a legend of
+    the classes they show; below, a heat map of each of ``cams`` (title, e.g. a class name -> [h, w] in [0, 1]).
+
+    ``image``: uint8 [H, W, 3], the size of the label maps. Panels are shown at `display_size`."""
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be a uint8 [H, W, 3] array, got {image.dtype} {image.shape}.")
+    size = display_size(*image.shape[:2], min_side=min_side, max_side=max_side)
+    shown = resize_rgb(image, size)
+    maps = {title: as_label_array(labels) for title, labels in label_maps.items()}
+    for title, labels in maps.items():
+        if labels.shape != image.shape[:2]:
+            raise ValueError(f"label map {title!r} has size {labels.shape}, the image {image.shape[:2]}.")
+    top = [titled(shown, "image")] + [
+        titled(blend_labels(shown, resize_labels(labels, size), alpha), title)
+        for title, labels in maps.items()
+    ]
+    ids = np.unique(np.concatenate([labels.ravel() for labels in maps.values()])).tolist() if maps else []
+    rows = [top, [titled(cam_heatmap(shown, cam), f"CAM: {name}") for name, cam in (cams or {}).items()]]
+    key = legend(ids, id2label, ignore_index) if ids else None
+    panel_w, panel_h = top[0].size
+    columns = max(len(row) for row in rows)
+    width = panel_w * columns + (key.width if key else 0)
+    height = max(panel_h * sum(1 for row in rows if row), key.height if key else 0)
+    figure = Image.new("RGB", (width, height), "white")
+    for r, row in enumerate(rows):
+        for c, panel in enumerate(row):
+            figure.paste(panel, (c * panel_w, r * panel_h))
+    if key is not None:
+        figure.paste(key, (panel_w * columns, 0))
+    return figure
+
+
+def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 label map [H, W] -> [size] (nearest neighbour)."""
+    if labels.shape == tuple(size):
+        return labels
+    return np.asarray(Image.fromarray(labels).resize((size[1], size[0]), Image.NEAREST))
+
+
+def present_class_cams(
+    cams: torch.Tensor, class_labels: torch.Tensor, id2label: Mapping[int, str]
+) -> dict[str, torch.Tensor]:
+    """Class name -> CAM [h, w] of each present class of one image: ``cams`` [C, h, w], ``class_labels`` [C]
+    multi-hot over the foreground classes (ids 1..C)."""
+    present = (class_labels > 0.5).nonzero().flatten().tolist()
+    return {label_name(c + 1, id2label): cams[c].float().cpu() for c in present}
+
+
+@torch.no_grad()
+def write_overlays(model, dataset, output_dir: str | Path, count: int, normalization=None) -> list[str]:
+    """Overlay figures of the first ``count`` evaluation examples (``pixel_values`` [3, H, W], ``labels`` [H, W],
+    ``class_labels`` [C]): ground truth, CAM pseudo labels and prediction over the image, the legend, a CAM heat
+    map per present class; saved as ``output_dir/overlays/val_<i>.png``. ``normalization``: the
+    `weclip_hf.normalization.PixelNormalization` the images were normalized with (default: the dataset's
+    ``normalization``, as `EvalSegmentationDataset` has it)."""
+    from .evaluation import predict_labels
+    from .inference import pad_to_patch
+
+    normalization = normalization or dataset.normalization
+    out_dir = Path(output_dir) / "overlays"
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    id2label = model.config.id2label
+    paths = []
+    for i in range(min(count, len(dataset))):
+        item = dataset[i]
+        pixel_values = item["pixel_values"][None].to(device)
+        height, width = item["labels"].shape
+        padded = pad_to_patch(pixel_values, model.config.vision_config.patch_size)
+        cam = model(pixel_values=padded, class_labels=item["class_labels"][None].to(device), use_rfm=False)
+        pred = predict_labels(model, pixel_values, (height, width))
+        image = normalization.denormalize(item["pixel_values"]).permute(1, 2, 0).cpu().numpy()
+        figure = overlay_figure(
+            image,
+            {
+                "ground truth": item["labels"].clamp(max=255),
+                "CAM pseudo labels": cam.pseudo_labels[0, :height, :width],
+                "prediction": pred[0],
+            },
+            id2label,
+            cams=present_class_cams(cam.cams[0], item["class_labels"], id2label),
+        )
+        paths.append(str(save_image(figure, out_dir / f"val_{i:03d}.png")))
+    model.train(was_training)
+    return paths
+
+
+__all__ = [
+    "PALETTE",
+    "blend",
+    "blend_labels",
+    "cam_heatmap",
+    "class_fractions",
+    "display_size",
+    "fractions_from_counts",
+    "label_map_image",
+    "label_palette",
+    "legend",
+    "overlay_figure",
+    "present_class_cams",
+    "write_overlays",
+]
