@@ -163,5 +163,55 @@ def run_train(*args, check=True, timeout=300, threads=2):
     return proc
 
 
+def train_in_process(*args, threads: int = 1) -> dict:
+    """``main`` of examples/train.py with ``args`` in this process (no interpreter start-up) on ``threads`` CPU
+    threads, restored afterwards; returns the run's metrics. For runs that need no signal or other process."""
+    if str(TRAIN.parent) not in sys.path:
+        sys.path.insert(0, str(TRAIN.parent))
+    import train
+
+    before = torch.get_num_threads()
+    try:
+        return train.main([*map(str, args), "--num_threads", str(threads)])
+    finally:
+        torch.set_num_threads(before)
+
+
+def resumable_args(clip: str) -> list:
+    """A run of 6 steps over 16 toy images in batches of 4 (two epochs), a checkpoint every step, the RFM from
+    step 4 on: what `reference_run` trained."""
+    steps = ["--max_train_steps", 6, "--checkpointing_steps", 1, "--rfm_start_step", 3]
+    return ["--clip_model_name_or_path", clip, *steps, *FAST, "--toy_train_images", 16]
+
+
+@pytest.fixture(scope="session")
+def reference_run(tiny_clip, tmp_path_factory) -> Path:
+    """The output folder of one uninterrupted `resumable_args` run (a subprocess on one thread), which the
+    resume, interruption and data-loader worker tests must repeat bit for bit. Read only."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    run_train(*resumable_args(tiny_clip), "--output_dir", out, threads=1)
+    return out
+
+
 def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in (path / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def toy_weclip_dir(tiny_clip, tmp_path_factory):
+    """A WeCLIP of the toy preset's classes on the tiny CLIP saved with its image processor (long side 96, the tiny
+    CLIP's 12 px patches): the folder a toy training run leaves, without the training. Its decoder's weight
+    matrices are drawn with std 0.3, so that its predictions vary across an image (3-8 classes in a toy image;
+    a freshly initialized decoder predicts one class everywhere)."""
+    from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
+    from weclip_hf.presets import preset_config_kwargs
+
+    torch.manual_seed(0)
+    model = WeCLIPForSemanticSegmentation.from_clip(tiny_clip, **preset_config_kwargs("toy"))
+    with torch.no_grad():
+        for weight in (p for p in model.decoder.parameters() if p.ndim > 1):
+            weight.normal_(0, 0.3)
+    path = tmp_path_factory.mktemp("toy_weclip")
+    model.save_pretrained(path)
+    WeCLIPImageProcessor(size={"longest_edge": 96}, patch_size=12).save_pretrained(path)
+    return path

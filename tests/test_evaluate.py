@@ -1,6 +1,7 @@
 """examples/evaluate.py on a saved tiny model and a local dataset, and `evaluate_segmentation` against a
 hand-computed confusion matrix."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -16,7 +17,8 @@ import torch.nn.functional as F
 from conftest import make_tiny_config
 from PIL import Image
 
-from weclip_hf.evaluation import evaluate_segmentation
+from weclip_hf.crf import WECLIP
+from weclip_hf.evaluation import evaluate_segmentation, predict_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "evaluate.py"
@@ -96,9 +98,31 @@ def test_single_scale_cli_writes_json_and_per_class_table(model_dir, data_path, 
     assert "3 images, 0 with an empty label set" in table  # the label summary of the split
 
 
-def test_multiscale_flip_crf_and_pseudo_labels(model_dir, data_path, tmp_path, capsys):
+def _per_class_iou(pred: torch.Tensor, ref: torch.Tensor, num_labels: int, ignore: int = 255) -> list:
+    """IoU of each class over all pixels of ``pred`` / ``ref`` [N, H, W] (None where the class is absent)."""
+    pred, ref = pred.numpy(), ref.numpy()
+    valid = ref != ignore
+    ious = []
+    for c in range(num_labels):
+        union = (((pred == c) | (ref == c)) & valid).sum()
+        ious.append(None if union == 0 else float(((pred == c) & (ref == c) & valid).sum() / union))
+    return ious
+
+
+def test_multiscale_flip_crf_and_pseudo_labels(model_dir, data_path, tmp_path, capsys, monkeypatch):
+    """Each mode scores the labels it names: ``pred`` the model's argmax, ``pred_msf`` / ``pred_crf`` labels that
+    multi-scale + flip / the CRF change on some pixels, ``cam`` / ``pseudo`` the model's pseudo labels without /
+    with the RFM (which differ); the JSON records the CRF parameters."""
+    script = load_script()
+    seen = {}
+
+    def spy(model, batches, modes, **kwargs):  # the script's own evaluation, its inputs kept
+        seen.update(model=model, batches=list(batches), kwargs=kwargs)
+        return evaluate_segmentation(model, seen["batches"], modes, **kwargs)
+
+    monkeypatch.setattr(script, "evaluate_segmentation", spy)
     out = tmp_path / "val.json"
-    report = load_script().main(
+    report = script.main(
         [
             "--model_name_or_path",
             str(model_dir),
@@ -114,9 +138,42 @@ def test_multiscale_flip_crf_and_pseudo_labels(model_dir, data_path, tmp_path, c
         ]
     )
     modes = ["pred", "pred_msf", "pred_crf", "pred_msf_crf", "cam", "pseudo"]
-    assert all(0.0 <= report[f"{m}_miou"] <= 1.0 for m in modes)
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert report["crf"] == {"preset": "weclip", **dataclasses.asdict(WECLIP)}  # the parameters used
     assert list(report["per_class_iou"]) == modes
+
+    # the labels of every mode, from the model called directly on the batches the script evaluated
+    model, kwargs = seen["model"], seen["kwargs"]
+    labels = {mode: [] for mode in ["reference", *modes]}
+    with torch.no_grad():
+        for i, batch in enumerate(seen["batches"]):
+            pixel_values, size = batch["pixel_values"], tuple(batch["labels"].shape[-2:])
+            torch.testing.assert_close(
+                batch["class_labels"], F.one_hot(torch.tensor([i]), 4).float()
+            )  # 1 + i
+            labels["reference"].append(batch["labels"])
+            logits = F.interpolate(model(pixel_values=pixel_values).logits, size, mode="bilinear")
+            labels["pred"].append(logits.argmax(dim=1))
+            for mode in ("pred_msf", "pred_crf", "pred_msf_crf"):
+                msf, crf = "msf" in mode, "crf" in mode
+                labels[mode].append(predict_labels(model, pixel_values, size, msf=msf, crf=crf, **kwargs))
+            for mode, use_rfm in (("cam", False), ("pseudo", True)):
+                output = model(pixel_values=pixel_values, class_labels=batch["class_labels"], use_rfm=use_rfm)
+                labels[mode].append(output.pseudo_labels)
+    labels = {mode: torch.cat(maps) for mode, maps in labels.items()}
+    # multi-scale + flip and the CRF each change the labels, and the RFM changes the pseudo labels
+    for a, b in (("pred", "pred_msf"), ("pred", "pred_crf"), ("pred_msf", "pred_msf_crf"), ("cam", "pseudo")):
+        assert (labels[a] != labels[b]).any(), (a, b)
+        assert report["per_class_iou"][a] != report["per_class_iou"][b], (a, b)  # so a mix-up would show
+    for mode in modes:
+        expected = _per_class_iou(labels[mode], labels["reference"], len(CLASSES))
+        reported = list(report["per_class_iou"][mode].values())
+        assert [v is None for v in reported] == [v is None for v in expected], mode
+        assert [v for v in reported if v is not None] == pytest.approx(
+            [v for v in expected if v is not None]
+        ), mode
+        assert report[f"{mode}_miou"] == pytest.approx(np.mean([v for v in expected if v is not None])), mode
+
     table = capsys.readouterr().out
     assert "| class | " + " | ".join(modes) + " |" in table
     mean_row = next(line for line in table.splitlines() if line.startswith("| **mIoU**"))
@@ -238,8 +295,6 @@ def test_images_below_one_patch_after_the_resize_are_predicted_not_refused(tiny_
     """A 6000 x 100 validation image resized to a 64 px long side is 1 px wide, under one 8 px patch of the tiny
     model (VOC: 512 px -> 8 px, under 16): it is zero-padded to one patch and predicted at its own size (single
     scale and multi-scale + flip), where the final evaluation used to crash."""
-    from weclip_hf.evaluation import predict_labels
-
     pixel_values = torch.randn(1, 3, *size)
     for msf in (False, True):
         labels = predict_labels(
@@ -250,8 +305,6 @@ def test_images_below_one_patch_after_the_resize_are_predicted_not_refused(tiny_
 
 def test_pseudo_label_modes_evaluate_images_below_one_patch(tiny_model):
     """The cam / pseudo modes run the model at the image's own size: a 1 x 1 or 5 x 30 image is padded."""
-    from weclip_hf.evaluation import evaluate_segmentation
-
     batches = [
         {
             "pixel_values": torch.randn(1, 3, *size),

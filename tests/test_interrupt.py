@@ -1,39 +1,68 @@
-"""examples/train.py killed with SIGKILL at random points and resumed repeats an uninterrupted run exactly.
+"""examples/train.py killed with SIGKILL mid-step and mid-checkpoint-write, then resumed, repeats an uninterrupted
+run exactly.
 
-A real training subprocess (tiny random CLIP, CPU) is killed after a random delay once it has written a new
-checkpoint, resumed with ``--resume_from_checkpoint latest``, killed again after a random delay once it has
-started writing a new checkpoint (``step_N.tmp``), resumed, and finally run to the end. Its
-loss curve (``train_log.jsonl``) and final weights (``model.safetensors``) must be bit-identical to those of
-an uninterrupted run with the same seed, and every ``step_N`` checkpoint it could resume from must be
-complete (checkpoints are written to ``step_N.tmp`` and renamed).
+A real training subprocess (tiny random CLIP, CPU) is killed at a random point of its third step, resumed with
+``--resume_from_checkpoint latest``, killed again while it writes its next checkpoint, resumed, and run to the
+end. The second kill provably lands mid-write: that run hangs inside ``accelerator.save_state`` right after the
+checkpoint's first file is written (a test hook in the launcher), and is killed once the test has seen the
+partial checkpoint folder. The final loss curve (``train_log.jsonl``) and weights (``model.safetensors``) must be
+bit-identical to those of the uninterrupted `reference_run`, and every ``step_N`` checkpoint a resume could pick
+must be complete (checkpoints are written to ``step_N.tmp`` and renamed).
 """
 
 import random
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
-from conftest import FAST, read_log, train_command, train_env
+from conftest import read_log, resumable_args, train_command, train_env
 
-STEPS = 6  # 16 toy images in batches of 4: two epochs, so a resume lands mid-epoch and across epochs
-KILLS = 2
-MAX_DELAY_S = 1.5  # about one training step + checkpoint on a loaded 2-core CPU
-MAX_WRITE_DELAY_S = 0.03  # shorter than writing a checkpoint (~40 MB), so the kill often lands mid-write
+STEPS = (
+    6  # resumable_args: 16 toy images in batches of 4, two epochs: resumes land mid-epoch and across epochs
+)
 TIMEOUT_S = 180
 
+# Runs examples/train.py (argv[1:]) with accelerate's checkpoint writer hanging after the first file it writes for
+# the checkpoint $WECLIP_TEST_HANG_AT (``step_N``: into ``step_N`` or ``step_N.tmp``), once it has written that
+# file's path to $WECLIP_TEST_HUNG.
+HANG_MID_WRITE = """
+import os, runpy, sys, time
+import accelerate.checkpointing as checkpointing
 
-def _start(args: list, log_file: Path) -> subprocess.Popen:
-    """Start examples/train.py (one CPU thread) with stdout and stderr going to ``log_file``."""
+write = checkpointing.save
+
+def write_then_hang(obj, f, *args, **kwargs):
+    write(obj, f, *args, **kwargs)
+    path = os.path.abspath(f)
+    if os.path.basename(os.path.dirname(path)).partition(".")[0] == os.environ["WECLIP_TEST_HANG_AT"]:
+        with open(os.environ["WECLIP_TEST_HUNG"], "w") as marker:
+            marker.write(path)
+        time.sleep(600)
+
+checkpointing.save = write_then_hang
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _start(
+    args: list, log_file: Path, hang_at: str | None = None, hung: Path | None = None
+) -> subprocess.Popen:
+    """Start examples/train.py (one CPU thread) with stdout and stderr going to ``log_file``; with ``hang_at``
+    (``step_N``), its checkpoint writer hangs after the first file it writes for that checkpoint, whose path it
+    writes to ``hung`` (see ``HANG_MID_WRITE``)."""
+    launcher, env = (sys.executable,), {**train_env(threads=1), "PYTHONUNBUFFERED": "1"}
+    if hang_at is not None:
+        launcher = (sys.executable, "-c", HANG_MID_WRITE)
+        env.update(WECLIP_TEST_HANG_AT=hang_at, WECLIP_TEST_HUNG=str(hung))
     with open(log_file, "w") as log:
-        return subprocess.Popen(
-            train_command(*args, threads=1),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**train_env(threads=1), "PYTHONUNBUFFERED": "1"},
-        )
+        command = train_command(*args, threads=1, launcher=launcher)
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def _checkpoint_steps(output_dir: Path) -> list[int]:
@@ -42,36 +71,31 @@ def _checkpoint_steps(output_dir: Path) -> list[int]:
     return [int(n) for n in names if n.isdigit()]
 
 
+def _files(folder: Path) -> dict[str, int]:
+    """{file name: size} of the files in ``folder``."""
+    return {f.name: f.stat().st_size for f in folder.iterdir()}
+
+
 def _checkpoints(output_dir: Path) -> dict[int, dict[str, int]]:
     """The resumable ``step_N`` folders of a stopped run: step -> {file name: size}."""
-    return {
-        s: {f.name: f.stat().st_size for f in (output_dir / f"step_{s}").iterdir()}
-        for s in _checkpoint_steps(output_dir)
-    }
+    return {s: _files(output_dir / f"step_{s}") for s in _checkpoint_steps(output_dir)}
 
 
-def _wait(proc: subprocess.Popen, output_dir: Path, after: int, writing: bool) -> None:
-    """Wait until the run has written a checkpoint beyond step ``after`` (``writing``: has started writing one,
-    as ``step_N.tmp``; one left over by an earlier kill does not count), or has exited."""
-    pattern = re.compile(r"step_(\d+)\.tmp" if writing else r"step_(\d+)")
-    started = time.time()
+def _wait_for(proc: subprocess.Popen, done, what: str) -> None:
+    """Poll until ``done()``; fail if the run exits or TIMEOUT_S passes first."""
     deadline = time.monotonic() + TIMEOUT_S
-    while proc.poll() is None:
-        if any(_is_new(p, pattern, after, started if writing else 0.0) for p in output_dir.glob("step_*")):
-            return
+    while not done():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run exited (code {proc.returncode}) before {what}")
         if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"no checkpoint after step {after} within {TIMEOUT_S} s")
+            raise AssertionError(f"no {what} within {TIMEOUT_S} s")
         time.sleep(0.01)
 
 
-def _is_new(path: Path, pattern: re.Pattern, after: int, since: float) -> bool:
-    """``path`` matches ``pattern`` with a step beyond ``after`` and was created after ``since``."""
-    match = pattern.fullmatch(path.name)
-    try:
-        return bool(match) and int(match[1]) > after and path.stat().st_mtime >= since
-    except FileNotFoundError:  # renamed or removed meanwhile
-        return False
+def _kill(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=TIMEOUT_S)
+    assert proc.returncode == -signal.SIGKILL, f"the run ended (code {proc.returncode}) before the kill"
 
 
 def _finish(proc: subprocess.Popen, log_file: Path) -> str:
@@ -82,86 +106,73 @@ def _finish(proc: subprocess.Popen, log_file: Path) -> str:
     return output
 
 
-def test_sigkill_at_random_points_then_resume_repeats_the_uninterrupted_run(tmp_path, tiny_clip):
-    common = [
-        "--clip_model_name_or_path",
-        tiny_clip,
-        "--max_train_steps",
-        STEPS,
-        "--checkpointing_steps",
-        1,
-        "--rfm_start_step",
-        3,
-        *FAST,
-        "--toy_train_images",
-        16,
-    ]
-    reference_dir, killed_dir = tmp_path / "reference", tmp_path / "killed"
-    procs = [_start([*common, "--output_dir", reference_dir], tmp_path / "reference.log")]
+def _resumed_from(log_file: Path) -> tuple[str, int]:
+    """(checkpoint path, step) of the 'resumed from' line of the run logged in ``log_file``."""
+    match = re.search(r"resumed from (\S+) at step (\d+)", log_file.read_text())
+    assert match, f"no 'resumed from' line in {log_file.name}"
+    return match[1], int(match[2])
+
+
+def test_sigkill_mid_step_and_mid_checkpoint_write_then_resume_repeats_the_run(
+    tmp_path, tiny_clip, reference_run
+):
+    common, out = resumable_args(tiny_clip), tmp_path / "killed"
+    complete = _checkpoints(reference_run)  # every step_N an uninterrupted run writes
+    resume = ["--resume_from_checkpoint", "latest"]
+    procs = []
     try:
-        kill_points, seen, resumed_step, output = _kill_and_resume(common, killed_dir, tmp_path, procs)
-        _finish(procs[0], tmp_path / "reference.log")
+        # 1. killed at a random point of step 3 (training or checkpoint): after a random part of the time step 2
+        # took, from step 2's checkpoint on
+        procs.append(_start([*common, "--output_dir", out], tmp_path / "first.log"))
+        _wait_for(procs[-1], lambda: 1 in _checkpoint_steps(out), "the checkpoint of step 1")
+        started = time.monotonic()
+        _wait_for(procs[-1], lambda: 2 in _checkpoint_steps(out), "the checkpoint of step 2")
+        time.sleep(random.Random(0).uniform(0.0, time.monotonic() - started))
+        _kill(procs[-1])
+        after_first = _checkpoints(out)
+        step = max(after_first)
+        assert step < STEPS, "the first run was killed after its last checkpoint"
+
+        # 2. resumed, and killed while writing its first checkpoint: one file written, the others not yet
+        hung, second = tmp_path / "hung", [*common, "--output_dir", out, *resume]
+        procs.append(_start(second, tmp_path / "second.log", f"step_{step + 1}", hung))
+        _wait_for(
+            procs[-1], lambda: hung.exists() and hung.read_text(), f"a hang in the write of step {step + 1}"
+        )
+        writing = Path(hung.read_text()).parent
+        partial = _files(writing)
+        _kill(procs[-1])
+        assert _resumed_from(tmp_path / "second.log") == (str(out / f"step_{step}"), step)
+        assert set(partial) < set(complete[step + 1]), f"not a partial checkpoint: {partial}"
+        assert _files(writing) == partial  # the kill left the write half done
+        after_second = _checkpoints(out)
+        assert max(after_second) == step, f"the half-written {writing.name} can be resumed from"
+
+        # 3. resumed from the last complete checkpoint, not the partial one, and run to the end
+        procs.append(_start([*common, "--output_dir", out, *resume], tmp_path / "third.log"))
+        _finish(procs[-1], tmp_path / "third.log")
+        assert _resumed_from(tmp_path / "third.log") == (str(out / f"step_{step}"), step)
     finally:
         for proc in procs:
             proc.kill()
             proc.wait()
 
-    print(f"kills (latest checkpoint, leftover .tmp folders): {kill_points}")
-    assert kill_points, "the run was never killed"
-    assert f"resumed from {killed_dir / f'step_{resumed_step}'} at step {resumed_step}" in output
+    print(f"killed after step {step}, then in the write of {writing.name} holding {sorted(partial)}")
     # every step_N folder present after a kill (so one a resume could pick) was complete
-    complete = _checkpoints(reference_dir)
-    for (attempt, step), files in seen.items():
-        assert files == complete[step], f"incomplete step_{step} after kill {attempt} (kills: {kill_points})"
-    assert not list(killed_dir.glob("*.tmp")), "a stale step_N.tmp was left behind"
+    for kill, found in enumerate((after_first, after_second), start=1):
+        for n, files in found.items():
+            assert files == complete[n], f"incomplete step_{n} after kill {kill}"
+    assert not list(out.glob("*.tmp")), "a stale step_N.tmp was left behind"
 
-    assert read_log(killed_dir) == read_log(reference_dir), f"loss curves differ; kills: {kill_points}"
-    assert [r["step"] for r in read_log(killed_dir)] == list(range(1, STEPS + 1))
+    assert read_log(out) == read_log(reference_run), f"loss curves differ (killed after step {step})"
+    assert [r["step"] for r in read_log(out)] == list(range(1, STEPS + 1))
     from safetensors.torch import load_file
 
-    killed = load_file(killed_dir / "model.safetensors")
-    uninterrupted = load_file(reference_dir / "model.safetensors")
+    killed, uninterrupted = (
+        load_file(out / "model.safetensors"),
+        load_file(reference_run / "model.safetensors"),
+    )
     assert killed.keys() == uninterrupted.keys()
     different = [k for k in killed if not torch.equal(killed[k], uninterrupted[k])]
-    assert not different, f"weights differ after kills {kill_points}: {different[:5]}"
+    assert not different, f"weights differ (killed after step {step}): {different[:5]}"
     assert int(killed["training_step"]) == STEPS
-
-
-def _kill_and_resume(common: list, output_dir: Path, tmp_path: Path, procs: list) -> tuple:
-    """Run, SIGKILL after a random delay once a new checkpoint exists (or is being written), resume; KILLS
-    times, then to the end.
-
-    Returns (kill points [(latest checkpoint step, leftover .tmp folders)], the checkpoint listings seen after
-    each kill {(attempt, step): {file: size}}, the step of the last resume, the final run's output).
-    """
-    rng = random.Random(0)
-    kill_points, seen, resumed_step = [], {}, 0
-    for attempt in range(KILLS + 1):
-        log_file = tmp_path / f"attempt{attempt}.log"
-        resume = ["--resume_from_checkpoint", "latest"] if attempt else []
-        proc = _start([*common, "--output_dir", output_dir, *resume], log_file)
-        procs.append(proc)
-        if attempt == KILLS:
-            break
-        # odd attempts are killed while a checkpoint is being written, even ones anywhere in a step
-        writing = attempt % 2 == 1
-        _wait(proc, output_dir, after=resumed_step, writing=writing)
-        time.sleep(rng.uniform(0.0, MAX_WRITE_DELAY_S if writing else MAX_DELAY_S))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=TIMEOUT_S)
-        if proc.returncode != -signal.SIGKILL:  # the run ended before the kill
-            break
-        if attempt:
-            _assert_resumed_from(log_file, output_dir, resumed_step)
-        after_kill = _checkpoints(output_dir)
-        kill_points.append((max(after_kill), sorted(p.name for p in output_dir.glob("*.tmp"))))
-        seen.update({(attempt, step): files for step, files in after_kill.items()})
-        resumed_step = max(after_kill)
-    return kill_points, seen, resumed_step, _finish(proc, log_file)
-
-
-def _assert_resumed_from(log_file: Path, output_dir: Path, step: int) -> None:
-    """The run logged in ``log_file`` resumed from ``step_{step}``, the newest complete checkpoint it had."""
-    match = re.search(r"resumed from (\S+) at step (\d+)", log_file.read_text())
-    assert match, f"no 'resumed from' line in {log_file.name}"
-    assert (match[1], int(match[2])) == (str(output_dir / f"step_{step}"), step)
