@@ -474,7 +474,7 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
 
     def gradcam_piece():
         return pair_gradcams(
-            model.last_block_image_embedding,
+            model.last_block_pair_embeddings,
             hidden[-1],
             model.class_text_embeds,
             model.background_text_embeds,

@@ -24,6 +24,7 @@ import importlib.util
 import pathlib
 
 import torch
+from transformers import AutoModelForSemanticSegmentation
 
 from weclip_hf import WeCLIPForSemanticSegmentation
 from weclip_hf.data.toy import TOY_BACKGROUND_NAMES, TOY_CLASS_NAMES, TOY_PROMPT_TEMPLATE, generate_toy_world
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 mious, _ = score(model, draws, "cam")
                 rows.append(dict(attention_num_maps=layers, cam_box_threshold=threshold, mious=mious))
     else:
-        model = WeCLIPForSemanticSegmentation.from_pretrained(args.model).eval()
+        model = AutoModelForSemanticSegmentation.from_pretrained(args.model).eval()
         for variant in ("cam", "rfm", "rfm kept maps only", "rfm with the true A_dec"):
             mious, keep = score(model, draws, variant)
             rows.append(dict(variant=variant, mious=mious, keep=None if keep is None else keep.tolist()))

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
+from transformers import AutoModelForSemanticSegmentation
 
-from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
+from weclip_hf import WeCLIPImageProcessor
 from weclip_hf.crf import CRF_PRESETS, CRFParams
 from weclip_hf.data.adapters import add_image_labels, resolve_columns
 from weclip_hf.data.loading import EvalSegmentationDataset, collate, load_dataset_splits
@@ -150,7 +151,7 @@ def format_table(results: dict[str, dict], id2label: dict[int, str]) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    model = WeCLIPForSemanticSegmentation.from_pretrained(args.model_name_or_path).to(args.device).eval()
+    model = AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path).to(args.device).eval()
     cfg = model.config
     try:
         image_processor = WeCLIPImageProcessor.from_pretrained(args.model_name_or_path)

@@ -43,6 +43,7 @@ from accelerate.utils import parse_flag_from_env
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+from transformers import AutoModelForSemanticSegmentation
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.batch_jobs import (
@@ -217,7 +218,7 @@ def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, PixelNormal
     """The trained WeCLIP of --model and the normalization of its image processor, or a bare CLIP with the
     preset's (or the toy world's) classes and the default processor's normalization."""
     if args.model:
-        model = WeCLIPForSemanticSegmentation.from_pretrained(args.model).to(device).eval()
+        model = AutoModelForSemanticSegmentation.from_pretrained(args.model).to(device).eval()
         try:
             processor = WeCLIPImageProcessor.from_pretrained(args.model)
         except OSError:  # a folder without preprocessor_config.json

@@ -38,6 +38,7 @@ from accelerate.utils import parse_flag_from_env
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+from transformers import AutoModelForSemanticSegmentation
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.batch_jobs import (
@@ -203,7 +204,9 @@ def load_inputs(args) -> tuple:
 
 
 def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImageProcessor]:
-    model = WeCLIPForSemanticSegmentation.from_pretrained(args.model_name_or_path, dtype=DTYPES[args.dtype])
+    model = AutoModelForSemanticSegmentation.from_pretrained(
+        args.model_name_or_path, dtype=DTYPES[args.dtype]
+    )
     model = model.to(device).eval()
     try:
         processor = WeCLIPImageProcessor.from_pretrained(args.model_name_or_path)

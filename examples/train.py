@@ -28,8 +28,9 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
+from transformers import AutoModelForSemanticSegmentation
 
-from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
+from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor, WeCLIPPlusForSemanticSegmentation
 from weclip_hf.checkpointing import (
     StreamPosition,
     TrainingState,
@@ -107,7 +108,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument(
         "--clip_model_name_or_path", help="default: openai/clip-vit-base-patch16 (toy: shipped)"
     )
-    model.add_argument("--model_name_or_path", help="continue from a saved WeCLIP folder")
+    model.add_argument(
+        "--dino_model_name_or_path",
+        help="WeCLIP+: the frozen DINOv2 (default with --preset voc-plus / coco-plus: facebook/dinov2-small); "
+        "given without a preset, trains WeCLIP+ with the preset's or the toy world's other settings",
+    )
+    model.add_argument("--model_name_or_path", help="continue from a saved WeCLIP or WeCLIP+ folder")
     model.add_argument(
         "--image_processor_name_or_path",
         help="a saved WeCLIPImageProcessor whose normalization (image_mean/image_std) the training and evaluation "
@@ -308,8 +314,9 @@ def prepare_data(
 
 
 def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
-    """A fresh WeCLIP from ``--clip_model_name_or_path`` (preset, recipe and model flags applied), or the saved
-    one of ``--model_name_or_path`` with the model flags given on the command line applied to its config."""
+    """A fresh WeCLIP from ``--clip_model_name_or_path`` (WeCLIP+ with ``--dino_model_name_or_path`` or a WeCLIP+
+    preset; preset, recipe and model flags applied), or the saved model of ``--model_name_or_path`` with the model
+    flags given on the command line applied to its config."""
     if args.model_name_or_path:
         fixed = [k for k in args.given_model_flags if k in WEIGHT_FLAGS]
         if fixed:
@@ -318,8 +325,14 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
                 "its weights or text embeddings. Start from --clip_model_name_or_path instead."
             )
         overrides = {k: getattr(args, k) for k in args.given_model_flags}
-        return WeCLIPForSemanticSegmentation.from_pretrained(args.model_name_or_path, **overrides)
+        return AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path, **overrides)
     preset = args.preset or ("toy" if args.recipe == "toy" else None)
+    plus = (get_preset(preset).model_type == "weclip_plus") if preset else False
+    if args.dino_model_name_or_path and preset and not plus and args.preset:
+        raise ValueError(
+            f"--dino_model_name_or_path builds WeCLIP+, but --preset {args.preset} is a WeCLIP preset: use "
+            f"{args.preset}-plus, or leave out --preset."
+        )
     overrides = get_preset(preset).config_kwargs() if preset else {}
     overrides.update({k: v for k, v in names.items() if v is not None})
     for key in MODEL_FLAGS:
@@ -339,6 +352,9 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
             clip = str(toy_clip_path())
         else:
             clip = "openai/clip-vit-base-patch16"
+    if plus or args.dino_model_name_or_path:
+        dino = args.dino_model_name_or_path or "facebook/dinov2-small"
+        return WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(clip, dino, **overrides)
     return WeCLIPForSemanticSegmentation.from_clip(clip, **overrides)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from weclip_hf import WeCLIPConfig
+from weclip_hf.configuration_weclip_plus import WeCLIPPlusConfig
 from weclip_hf.data.loading import load_dataset_splits
 from weclip_hf.presets import PRESETS, get_preset
 
@@ -21,10 +22,13 @@ def _script(name: str):
     return module
 
 
+CONFIG_CLASSES = {"weclip": WeCLIPConfig, "weclip_plus": WeCLIPPlusConfig}
+
+
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_builds_a_valid_config(name):
     preset = get_preset(name)
-    config = WeCLIPConfig.from_preset(name)
+    config = CONFIG_CLASSES[preset.model_type].from_preset(name)
     for key, value in preset.config.items():
         assert getattr(config, key) == (list(value) if isinstance(value, tuple) else value), key
     assert config.num_labels == len(preset.config["class_names"]) + 1
@@ -37,6 +41,8 @@ def test_from_preset_applies_overrides_and_names_unknown_presets():
     assert WeCLIPConfig.from_preset("coco", rfm_start_step=7).rfm_start_step == 7
     with pytest.raises(ValueError, match="Unknown preset 'cityscapes'.*coco"):
         WeCLIPConfig.from_preset("cityscapes")
+    with pytest.raises(ValueError, match="'voc-plus' configures a 'weclip_plus' model"):
+        WeCLIPConfig.from_preset("voc-plus")
 
 
 @pytest.mark.parametrize("name, argv", [("toy", []), ("coco", ["--dataset_name", "d", "--preset", "coco"])])

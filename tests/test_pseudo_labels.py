@@ -6,7 +6,7 @@ import torch
 from conftest import make_tiny_config
 
 from weclip_hf import WeCLIPForSemanticSegmentation
-from weclip_hf.cam import minmax_normalize
+from weclip_hf.cam import gradcam, minmax_normalize
 from weclip_hf.pseudo_labels import (
     attention_maps_needed,
     cam_affinity,
@@ -29,7 +29,7 @@ def model():
 
 def _gradcams(model, block_input, plan, grid):
     return pair_gradcams(
-        model.last_block_image_embedding,
+        model.last_block_pair_embeddings,
         block_input,
         model.class_text_embeds,
         model.background_text_embeds,
@@ -107,17 +107,40 @@ def test_pair_gradcams_of_a_batch_equal_those_of_each_image_alone(model):
     assert (probs[:, :4][~plan.present[plan.image]] == 0).all()
 
 
-def test_patch_attention_maps_put_the_last_block_map_per_image():
+def test_pair_gradcams_equal_a_block_copy_per_pair(model):
+    """The last block once per image with the shift gradients (`last_block_pair_embeddings`) against autograd
+    through one copy of the block per pair (`last_block_image_embedding`, as the per-pair reference runs it):
+    the same GradCAMs, text probabilities and last-block maps."""
+    pixel_values = torch.randn(4, 3, 24, 32, generator=torch.Generator().manual_seed(2))
+    features = model.forward_clip_features(pixel_values, 0)
+    tokens, grid = features.hidden[-1], features.grid
     plan = plan_pairs(LABELS, "cpu")
+    ours = _gradcams(model, tokens, plan, grid)
+
+    allowed = torch.cat([plan.present[plan.image], torch.ones(6, 3, dtype=torch.bool)], dim=1)
+    with torch.enable_grad():
+        target, image_embeds, attention = model.last_block_image_embedding(tokens[plan.image])
+        text = torch.cat([model.class_text_embeds, model.background_text_embeds])
+        logits = model.logit_scale.exp() * image_embeds @ text.t()
+        probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+        (grads,) = torch.autograd.grad(probs.gather(1, plan.class_index[:, None]).sum(), target)
+    torch.testing.assert_close(
+        ours.cams, gradcam(target[:, 1:].detach(), grads[:, 1:], grid), rtol=0, atol=1e-6
+    )
+    torch.testing.assert_close(ours.text_probs, probs.detach(), rtol=0, atol=1e-7)
+    torch.testing.assert_close(ours.last_attention[plan.image], attention, rtol=0, atol=1e-7)
+    assert ours.last_attention.shape == (4, 13, 13)  # per image, the image without a pair included
+
+
+def test_patch_attention_maps_put_the_last_block_map_last():
     block = [torch.rand(4, 5, 5) for _ in range(2)]
-    last = torch.rand(4, 5, 5)[plan.image]  # the pairs of one image share their last-block map
-    maps = patch_attention_maps(block, last, plan)
+    last = torch.rand(4, 5, 5)
+    maps = patch_attention_maps(block, last)
     assert maps.shape == (4, 3, 4, 4) and maps.dtype == torch.float32
     for i in range(2):
         assert torch.equal(maps[:, i], block[i][:, 1:, 1:])
-    for b in (0, 1, 3):
-        assert torch.equal(maps[b, -1], last[plan.image.tolist().index(b), 1:, 1:])
-    assert (maps[2, -1] == 0).all()  # no pair: never used
+    assert torch.equal(maps[:, -1], last[:, 1:, 1:])
+    assert torch.equal(patch_attention_maps(block, last, plan_pairs(LABELS, "cpu")), maps)  # plan: ignored
 
 
 def test_class_scores_background_and_labels_use_only_present_classes():

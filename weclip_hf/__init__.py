@@ -1,21 +1,24 @@
 """weclip-hf: WeCLIP weakly supervised semantic segmentation for Hugging Face transformers.
 
-Importing the package registers "weclip" with AutoConfig, AutoModelForSemanticSegmentation and
-AutoImageProcessor, and makes `WeCLIPImageSegmentationPipeline` the "image-segmentation" pipeline class (the
-same as transformers' for other models), so ``pipeline("image-segmentation", model=folder)`` works, reads
-inputs as `WeCLIPImageProcessor` does and logs no "not supported" error.
+Importing the package registers "weclip" and "weclip_plus" (WeCLIP+, with a frozen DINOv2) with AutoConfig,
+AutoModelForSemanticSegmentation and AutoImageProcessor, and makes `WeCLIPImageSegmentationPipeline` the
+"image-segmentation" pipeline class (the same as transformers' for other models), so
+``pipeline("image-segmentation", model=folder)`` works, reads inputs as `WeCLIPImageProcessor` does and logs
+no "not supported" error.
 
-The three classes are also registered for the Auto classes' remote code: ``save_pretrained`` (and
-``push_to_hub``) write an ``auto_map`` into config.json / preprocessor_config.json and copy the code files
-(``modeling_weclip.py``, ``configuration_weclip.py``, ``image_processing_weclip.py`` and the modules they import
-relatively) into the folder, so ``AutoModelForSemanticSegmentation.from_pretrained(folder,
-trust_remote_code=True)`` works where weclip-hf is not installed. Where it is imported, the Auto classes keep
-using the package's own classes (no ``trust_remote_code`` needed).
+The config, model and processor classes are also registered for the Auto classes' remote code:
+``save_pretrained`` (and ``push_to_hub``) write an ``auto_map`` into config.json / preprocessor_config.json
+and copy the code files (``modeling_weclip.py`` or ``modeling_weclip_plus.py``, their configuration files,
+``image_processing_weclip.py`` and the modules they import relatively) into the folder, so
+``AutoModelForSemanticSegmentation.from_pretrained(folder, trust_remote_code=True)`` works where weclip-hf is
+not installed. Where it is imported, the Auto classes keep using the package's own classes (no
+``trust_remote_code`` needed).
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation
 
 from .configuration_weclip import WeCLIPConfig
+from .configuration_weclip_plus import WeCLIPPlusConfig
 from .image_processing_weclip import WeCLIPImageProcessor
 from .inference import multiscale_flip_logits, resize_longest_edge
 from .modeling_weclip import (
@@ -24,6 +27,11 @@ from .modeling_weclip import (
     WeCLIPPreTrainedModel,
     WeCLIPSemanticSegmenterOutput,
 )
+from .modeling_weclip_plus import (
+    WeCLIPPlusCAMOutput,
+    WeCLIPPlusForSemanticSegmentation,
+    WeCLIPPlusSemanticSegmenterOutput,
+)
 from .segmentation_pipeline import WeCLIPImageSegmentationPipeline, register_segmentation_pipeline
 
 AutoConfig.register("weclip", WeCLIPConfig, exist_ok=True)
@@ -31,9 +39,16 @@ AutoModelForSemanticSegmentation.register(WeCLIPConfig, WeCLIPForSemanticSegment
 AutoImageProcessor.register(
     WeCLIPConfig, image_processor_classes={"pil": WeCLIPImageProcessor}, exist_ok=True
 )
+AutoConfig.register("weclip_plus", WeCLIPPlusConfig, exist_ok=True)
+AutoModelForSemanticSegmentation.register(WeCLIPPlusConfig, WeCLIPPlusForSemanticSegmentation, exist_ok=True)
+AutoImageProcessor.register(
+    WeCLIPPlusConfig, image_processor_classes={"pil": WeCLIPImageProcessor}, exist_ok=True
+)
 register_segmentation_pipeline()
 WeCLIPConfig.register_for_auto_class()  # "AutoConfig"
+WeCLIPPlusConfig.register_for_auto_class()
 WeCLIPForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
+WeCLIPPlusForSemanticSegmentation.register_for_auto_class("AutoModelForSemanticSegmentation")
 WeCLIPImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __version__ = "0.1.0"
@@ -44,6 +59,10 @@ __all__ = [
     "WeCLIPPreTrainedModel",
     "WeCLIPSemanticSegmenterOutput",
     "WeCLIPCAMOutput",
+    "WeCLIPPlusConfig",
+    "WeCLIPPlusForSemanticSegmentation",
+    "WeCLIPPlusSemanticSegmenterOutput",
+    "WeCLIPPlusCAMOutput",
     "WeCLIPImageProcessor",
     "WeCLIPImageSegmentationPipeline",
     "multiscale_flip_logits",

@@ -34,7 +34,18 @@ def gradcam(activations: torch.Tensor, gradients: torch.Tensor, grid: tuple[int,
         [P, h, w] maps in [0, 1). The official code min-max normalizes twice; the second pass only
         matters through the uint8 truncation of the box threshold (the maximum becomes 254 or 255).
     """
-    weights = gradients.mean(dim=1)  # [P, D]
+    return gradcam_from_weights(activations, gradients.mean(dim=1), grid)
+
+
+def gradcam_from_weights(
+    activations: torch.Tensor, weights: torch.Tensor, grid: tuple[int, int]
+) -> torch.Tensor:
+    """`gradcam` from its channel weights (the gradients' mean over patch tokens), e.g. as
+    `weclip_hf.last_block` gives them.
+
+    Args: activations: [P, N, D] patch tokens. weights: [P, D]. grid: (h, w) with h * w = N.
+    Returns: [P, h, w] maps in [0, 1), normalized twice as `gradcam`.
+    """
     cam = torch.einsum("pnd,pd->pn", activations, weights).relu()
     cam = cam.reshape(-1, *grid)
     return minmax_normalize(minmax_normalize(cam))

@@ -278,8 +278,14 @@ class WeCLIPConfig(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> WeCLIPConfig:
-        """The config of a preset of `weclip_hf.presets` (``"voc"``, ``"coco"``, ``"toy"``), ``kwargs`` applied."""
-        return cls(**{**get_preset(name).config_kwargs(), **kwargs})
+        """The config of a preset of `weclip_hf.presets` (e.g. ``"voc"``, ``"toy"``), ``kwargs`` applied."""
+        preset = get_preset(name)
+        if preset.model_type != cls.model_type:
+            raise ValueError(
+                f"Preset {name!r} configures a {preset.model_type!r} model, not a {cls.model_type!r} one: use the "
+                f"config class of {preset.model_type!r}."
+            )
+        return cls(**{**preset.config_kwargs(), **kwargs})
 
     @property
     def num_foreground_classes(self) -> int:

@@ -55,6 +55,21 @@ METHODS = {
   year      = {2024}
 }""",
     ),
+    "weclip_plus": Method(
+        name="WeCLIP+",
+        paper='"Frozen CLIP-DINO: A Strong Backbone for Weakly Supervised Semantic Segmentation", TPAMI 2025',
+        code="https://github.com/zbf1991/WeCLIP",
+        citation="""@article{zhang2025frozen,
+  title   = {Frozen CLIP-DINO: A Strong Backbone for Weakly Supervised Semantic Segmentation},
+  author  = {Zhang, Bingfeng and Yu, Siyue and Xiao, Jimin and Wei, Yunchao and Zhao, Yao},
+  journal = {IEEE Transactions on Pattern Analysis and Machine Intelligence},
+  volume  = {47},
+  number  = {5},
+  pages   = {4198--4214},
+  year    = {2025},
+  doi     = {10.1109/TPAMI.2025.3543191}
+}""",
+    ),
 }
 
 CARD_TEMPLATE = """---

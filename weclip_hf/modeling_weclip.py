@@ -25,6 +25,8 @@ from transformers.utils import logging as hf_logging
 from .affinity import transition_matrix
 from .cam import cam_box_masks, refine_cams, upsample_normalized
 from .configuration_weclip import WeCLIPConfig
+from .feature_head import WeCLIPFeatureHead, WeCLIPLayerMLP  # noqa: F401 (WeCLIPLayerMLP: former home)
+from .last_block import pair_block_outputs, run_last_block
 from .losses import affinity_loss, affinity_targets, segmentation_loss
 from .par import par_refine
 from .pseudo_labels import (
@@ -93,18 +95,6 @@ class WeCLIPSemanticSegmenterOutput(SemanticSegmenterOutput):
 # Decoder
 
 
-class WeCLIPLayerMLP(nn.Module):
-    """Per-layer projection of CLIP patch tokens: Linear -> ReLU -> Linear."""
-
-    def __init__(self, in_dim: int, dim: int):
-        super().__init__()
-        self.fc1 = nn.Linear(in_dim, dim)
-        self.fc2 = nn.Linear(dim, dim)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.fc1(tokens)))
-
-
 class WeCLIPDecoderAttention(nn.Module):
     """Multi-head self-attention with packed q/k/v (SDPA)."""
 
@@ -139,16 +129,14 @@ class WeCLIPDecoderBlock(nn.Module):
         return x + self.mlp["fc2"](h * torch.sigmoid(1.702 * h))
 
 
-class WeCLIPDecoder(nn.Module):
-    """Per-layer MLPs -> concat -> 1x1 fuse -> Dropout2d -> 3-layer transformer -> 1x1 classifier."""
+class WeCLIPDecoder(WeCLIPFeatureHead):
+    """`WeCLIPFeatureHead` on the CLIP layers (per-layer MLPs -> concat -> 1x1 fuse -> Dropout2d) -> 3-layer
+    transformer -> 1x1 classifier."""
 
     def __init__(self, config: WeCLIPConfig):
-        super().__init__()
         dim = config.decoder_hidden_size
         width = config.vision_config.hidden_size
-        self.layer_mlps = nn.ModuleList(WeCLIPLayerMLP(width, dim) for _ in range(config.num_feature_layers))
-        self.fuse = nn.Conv2d(dim * config.num_feature_layers, dim, kernel_size=1)
-        self.dropout = nn.Dropout2d(config.decoder_dropout)
+        super().__init__(width, dim, config.num_feature_layers, config.decoder_dropout)
         self.blocks = nn.ModuleList(
             WeCLIPDecoderBlock(dim, config.decoder_num_heads, config.decoder_mlp_ratio)
             for _ in range(config.decoder_num_layers)
@@ -161,16 +149,24 @@ class WeCLIPDecoder(nn.Module):
         """Args: layer_tokens: per feature layer [B, N, D] patch tokens. Returns (logits [B, K, h, w],
         fused features [B, dim, h, w] after dropout). Runs in the dtype of its weights (under autocast: the
         autocast dtype)."""
-        b = layer_tokens[0].shape[0]
-        dtype = self.fuse.weight.dtype
-        projected = [mlp(t.to(dtype)) for mlp, t in zip(self.layer_mlps, layer_tokens)]  # [B, N, dim] each
-        x = torch.cat(projected, dim=-1).transpose(1, 2).reshape(b, -1, *grid)
-        features = self.dropout(self.fuse(x))
+        features = super().forward(layer_tokens, grid)
+        return self.decode(features), features
+
+    def decode(self, features: torch.Tensor) -> torch.Tensor:
+        """The transformer and the classifier on fused features [B, dim, h, w]: logits [B, K, h, w]."""
+        b, _, h, w = features.shape
         x = features.flatten(2).transpose(1, 2)  # [B, N, dim]
         for block in self.blocks:
             x = block(x)
-        x = x.transpose(1, 2).reshape(b, -1, *grid)
-        return self.classifier(x), features
+        return self.classifier(x.transpose(1, 2).reshape(b, -1, h, w))
+
+
+def feature_affinity(features: torch.Tensor) -> torch.Tensor:
+    """``sigmoid(F^T F)`` per image of decoder features [B, C, h, w]: [B, N, N], in float32 whatever the
+    caller's autocast."""
+    flat = features.flatten(2).float()
+    with torch.autocast(features.device.type, enabled=False):
+        return torch.sigmoid(flat.transpose(1, 2) @ flat)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -250,8 +246,8 @@ class WeCLIPPreTrainedModel(PreTrainedModel):
         independent of the global RNG) until `update_class_embeddings` computes the real ones."""
         cfg = self.config
         # transformers visits the modules that own parameters (custom code: containers are skipped)
-        decoder = getattr(self, "decoder", None)
-        if decoder is not None and any(module is layer for layer in decoder.modules()):
+        trained = [getattr(self, name, None) for name in getattr(self, "_TRAINED", ())]
+        if any(m is not None and any(module is layer for layer in m.modules()) for m in trained):
             if isinstance(module, (nn.Linear, nn.Conv2d)):
                 init.normal_(module.weight, std=cfg.initializer_range)
                 if module.bias is not None:
@@ -310,7 +306,8 @@ def _attention(attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     q = attn.q_proj(h).view(shape).transpose(1, 2)
     k = attn.k_proj(h).view(shape).transpose(1, 2)
     v = attn.v_proj(h).view(shape).transpose(1, 2)
-    probs = torch.softmax((q @ k.transpose(-1, -2)) * attn.scale, dim=-1, dtype=torch.float32)
+    # scaling q rather than the [T, T] scores saves a pass over them (exact for CLIP's power-of-two scales)
+    probs = torch.softmax((q * attn.scale) @ k.transpose(-1, -2), dim=-1, dtype=torch.float32)
     out = (probs.to(v.dtype) @ v).transpose(1, 2).reshape(b, t, c)
     return attn.out_proj(out), probs
 
@@ -345,6 +342,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
     """
 
     _FROZEN = ("vision_model", "text_model", "visual_projection", "text_projection")
+    _TRAINED = ("decoder",)  # modules `_init_weights` initializes with the decoder rule
+    _fresh_in_clip_checkpoint = _FRESH_IN_CLIP_CHECKPOINT  # what `from_clip` may find missing
+    _from_backbones = "from_clip"  # the constructor from pretrained backbones (named in errors)
 
     def __init__(self, config: WeCLIPConfig):
         super().__init__(config)
@@ -393,10 +393,10 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                 raise FileNotFoundError(f"{path!r} has no config.json: not a saved model folder.")
             with open(config_file) as f:
                 model_type = json.load(f).get("model_type")
-            if model_type != WeCLIPConfig.model_type:
+            if model_type != cls.config_class.model_type:
                 raise ValueError(
-                    f"{path!r} holds a {model_type!r} checkpoint, not a 'weclip' one. For a CLIP checkpoint use "
-                    "WeCLIPForSemanticSegmentation.from_clip(...); for official WeCLIP weights use "
+                    f"{path!r} holds a {model_type!r} checkpoint, not a {cls.config_class.model_type!r} one. For "
+                    f"a CLIP checkpoint use {cls.__name__}.{cls._from_backbones}(...); for official weights use "
                     "examples/convert_official_checkpoint.py."
                 )
         return cls._load_checked(pretrained_model_name_or_path, *args, **kwargs)
@@ -466,7 +466,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             kwargs["class_names"] = class_names
         if background_names is not None:
             kwargs["background_names"] = background_names
-        config = WeCLIPConfig(
+        config = cls.config_class(
             vision_config=clip_config.vision_config.to_dict(),
             text_config=clip_config.text_config.to_dict(),
             projection_dim=clip_config.projection_dim,
@@ -480,7 +480,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             model, info = cls._load_checked(
                 clip_name_or_path,
                 config=config,
-                allowed_missing=_FRESH_IN_CLIP_CHECKPOINT,
+                allowed_missing=cls._fresh_in_clip_checkpoint,
                 output_loading_info=True,
             )
         finally:
@@ -541,7 +541,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         bg = self.encode_text(tokenizer, [template.format(c) for c in backgrounds])
         if len(classes) != cfg.num_foreground_classes:
             labels = list(label_names or classes)
-            new = WeCLIPConfig(**{**cfg.to_dict(), "class_names": classes, "label_names": labels})
+            new = type(cfg)(**{**cfg.to_dict(), "class_names": classes, "label_names": labels})
             cfg.class_names, cfg.label_names = classes, labels
             cfg.id2label, cfg.label2id = new.id2label, new.label2id
             old = self.decoder.classifier
@@ -586,7 +586,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         for i, layer in enumerate(layers[:-1]):
             if i >= first_map or output_attentions:
                 x, probs = _eager_layer(layer, x)
-                head_attentions.append(probs)
+                if output_attentions:  # else freed at once: seven [B, heads, T, T] maps would stay alive
+                    head_attentions.append(probs)
                 if i >= first_map:
                     attention.append(probs.mean(dim=1))
             else:
@@ -618,6 +619,28 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         pooled = post_layernorm(y)[:, 1:].mean(dim=1)
         return h, F.normalize(projection(pooled), dim=-1), probs.mean(dim=1).detach()
 
+    def last_block_pair_embeddings(
+        self, x: torch.Tensor, pair_image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The last CLIP block run once per image in float32 (half-precision weights are upcast), and each
+        (image, class) pair's image embedding as a function of a shift of the patch tokens after the block's
+        first LayerNorm (`weclip_hf.last_block`): what `pair_gradcams` needs, without a block copy per pair.
+
+        Args: x: [B, 1+N, D] input tokens of the last block (detached). pair_image: [P] image of each pair.
+        Returns: (ln1 output [B, 1+N, D] — the GradCAM activations, zero shift [P, D] requiring grad,
+        L2-normalized image embedding [P, E] of each pair's image, differentiable w.r.t. the shift,
+        head-averaged attention [B, 1+N, 1+N]). The gradient of a pair's target w.r.t. its shift is the sum
+        over patch tokens of its gradient w.r.t. the ln1 output (`last_block_image_embedding`'s target).
+        """
+        block = run_last_block(_in_float32(self.vision_model.encoder.layers[-1]), x.float())
+        post_layernorm, projection = (
+            _in_float32(self.vision_model.post_layernorm),
+            _in_float32(self.visual_projection),
+        )
+        shift, outputs = pair_block_outputs(block, pair_image)
+        pooled = post_layernorm(outputs)[:, 1:].mean(dim=1)
+        return block.normed_input, shift, F.normalize(projection(pooled), dim=-1), block.attention
+
     @torch.no_grad()
     def _last_block(
         self, x: torch.Tensor, output_attentions: bool
@@ -625,6 +648,20 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         """The last CLIP block on [B, 1+N, D] tokens: (output, per-head maps or None) for the output flags."""
         layer = self.vision_model.encoder.layers[-1]
         return _eager_layer(layer, x) if output_attentions else (layer(x, None), None)
+
+    def _vision_outputs(
+        self, clip: CLIPVisionFeatures, output_hidden_states: bool | list[int], output_attentions: bool
+    ) -> tuple[tuple | None, tuple | None]:
+        """``(hidden_states, attentions)`` for the output flags (None when not asked): the last block is run
+        once more for them."""
+        if not (output_hidden_states or output_attentions):
+            return None, None
+        last, last_attention = self._last_block(clip.hidden[-1], output_attentions)
+        hidden_states = None
+        if output_hidden_states:
+            hidden_states = _select_layers((clip.embeddings, *clip.hidden, last), output_hidden_states)
+        attentions = (*clip.head_attentions, last_attention) if output_attentions else None
+        return hidden_states, attentions
 
     # ---- pseudo labels ---------------------------------------------------------------------------
 
@@ -654,7 +691,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         cfg = self.config
         plan = plan_pairs(class_labels, pixel_values.device)
         gradcams = pair_gradcams(
-            self.last_block_image_embedding,
+            self.last_block_pair_embeddings,
             features.hidden[-1],
             self.class_text_embeds,
             self.background_text_embeds,
@@ -888,23 +925,14 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         clip = self.forward_clip_features(pixel_values, n_maps, output_attentions=output_attentions)
         hidden, grid = clip.hidden, clip.grid
         tokens = [t[:, 1:] for t in hidden[len(hidden) - cfg.num_feature_layers :]]
-        hidden_states = attentions = None
-        if output_hidden_states or output_attentions:  # the last block, run once more for the outputs
-            last, last_attention = self._last_block(hidden[-1], output_attentions)
-            if output_hidden_states:
-                hidden_states = _select_layers((clip.embeddings, *hidden, last), output_hidden_states)
-            attentions = (*clip.head_attentions, last_attention) if output_attentions else None
+        hidden_states, attentions = self._vision_outputs(clip, output_hidden_states, output_attentions)
 
         # 2. Decoder: logits on the patch grid and the affinity of its fused features (after dropout).
         logits, features = self.decoder(tokens, grid)
         # Under autocast (mixed precision) only the first L-1 CLIP blocks and the decoder run in low
         # precision: the affinity and the pseudo labels (GradCAM block, CAM normalisations, RFM, PAR) stay
         # float32.
-        decoder_affinity = None
-        if needs_affinity:
-            flat = features.flatten(2).float()
-            with torch.autocast(pixel_values.device.type, enabled=False):
-                decoder_affinity = torch.sigmoid(flat.transpose(1, 2) @ flat)  # [B, N, N]
+        decoder_affinity = feature_affinity(features) if needs_affinity else None  # [B, N, N]
 
         # 3. Pseudo labels from the frozen CLIP (weak supervision).
         details = pseudo = cams = None

@@ -34,8 +34,9 @@ def par_affinity(
 
     Colour: ``-(|I_n - I| / (sd + 1e-8) / w1)^2`` with sd the unbiased std over the neighbours, averaged
     over channels, softmax over neighbours. Position: ``-(dist / std(dist) / w1)^2`` (distance d or
-    d*sqrt(2)), softmax over neighbours, times ``pos_weight``, added. Accumulated view by view: the
-    transient memory is the [B, 1, 8*D, H, W] result, not three [B, 3, 8*D, H, W] stacks.
+    d*sqrt(2)), softmax over neighbours, times ``pos_weight``, added. Accumulated view by view into one
+    scratch map, the softmax in place: the transient memory is the [B, 1, 8*D, H, W] result, not three
+    [B, 3, 8*D, H, W] stacks.
     """
     views = ring_views(image, dilations)
     k = len(views)
@@ -45,15 +46,18 @@ def par_affinity(
         mean += view
     mean /= k
     sq_dev = torch.zeros_like(image)
+    scratch = torch.empty_like(image)
     for view in views:
-        sq_dev += (view - mean).square_()
+        sq_dev += torch.sub(view, mean, out=scratch).square_()
     scale = ((sq_dev / (k - 1)).sqrt_() + 1e-8).mul_(temperature).square_()
-    colour = image.new_empty(image.shape[0], 1, k, *image.shape[-2:])
+    distance = image.new_empty(image.shape[0], 1, k, *image.shape[-2:])  # the colour term, negated
     for n, view in enumerate(views):
-        colour[:, 0, n] = (view - image).square_().div_(scale).mean(dim=1)
-    colour = colour.neg_().softmax(dim=2)
+        torch.mean(torch.sub(view, image, out=scratch).square_().div_(scale), dim=1, out=distance[:, 0, n])
+    # softmax of -distance over the neighbours, in place (shifted by the smallest distance)
+    colour = distance.sub_(distance.amin(dim=2, keepdim=True)).neg_().exp_()
+    colour /= colour.sum(dim=2, keepdim=True)
     pos = _position_term(tuple(dilations), temperature, image.device, image.dtype)
-    return colour + pos_weight * pos.view(1, 1, -1, 1, 1)
+    return colour.add_(pos_weight * pos.view(1, 1, -1, 1, 1))
 
 
 @functools.lru_cache(maxsize=16)

@@ -110,7 +110,8 @@ class Preset:
 
     name: str
     description: str
-    config: dict = field(default_factory=dict)  # WeCLIPConfig keyword arguments
+    config: dict = field(default_factory=dict)  # keyword arguments of the model type's config class
+    model_type: str = "weclip"  # "weclip" or "weclip_plus" (WeCLIPPlusConfig: a frozen DINOv2 beside CLIP)
     dataset: DatasetLayout = DatasetLayout()
     training: TrainingRecipe = TrainingRecipe()
     evaluation: EvaluationSettings = EvaluationSettings()
@@ -199,6 +200,53 @@ PRESETS: dict[str, Preset] = {
         # 96 px images: at 0.75 the finest textures fall below the 8 px patch; chosen on the dev split of an
         # earlier world: single scale 0.426, 1.0 + flip 0.435, (1.0, 1.125) + flips 0.458, (1.0, 1.25) 0.426
         evaluation=EvaluationSettings(eval_long_side=None, msf_scales=(1.0, 1.125), crf=False),
+    ),
+    # WeCLIP+ (DESIGN-weclip-plus.md sections 13, 14 and 18): RFM+ from step 0, decoder lr 2e-4 (the official
+    # 2e-5 x 10), self-training from step 18,000 / 40,000 (the official "n_iter > N"), scales 1.0 and 1.5 + flip
+    "voc-plus": Preset(
+        name="voc-plus",
+        description="PASCAL VOC 2012 train_aug, image-level labels (WeCLIP+: frozen CLIP + frozen DINOv2)",
+        model_type="weclip_plus",
+        config=dict(
+            class_names=VOC_PROMPT_NAMES,
+            label_names=VOC_LABELS,
+            background_names=VOC_BACKGROUND_NAMES,
+            cam_box_threshold=0.4,
+            attention_num_maps=6,
+            rfm_num_maps=6,
+            rfm_start_step=0,
+            cam_feature_block=-2,  # official VOC quirk: GradCAM on block 12 applied to the block-10 output
+            rfm_use_box_mask=False,  # the official VOC code computes the boxes and discards them
+            self_training_start_step=18001,
+        ),
+        dataset=DatasetLayout("jxie/pascal-voc-2012", train_splits=("train_aug", "train")),
+        training=TrainingRecipe(learning_rate=2e-4),
+        evaluation=EvaluationSettings(msf_scales=(1.0, 1.5), crf=True),
+    ),
+    "coco-plus": Preset(
+        name="coco-plus",
+        description="MS COCO 2014, image-level labels (WeCLIP+: frozen CLIP + frozen DINOv2)",
+        model_type="weclip_plus",
+        config=dict(
+            class_names=COCO_PROMPT_NAMES,
+            label_names=COCO_LABELS,
+            background_names=COCO_BACKGROUND_NAMES,
+            cam_box_threshold=0.7,
+            attention_num_maps=8,
+            rfm_num_maps=8,
+            rfm_start_step=0,
+            cam_feature_block=-1,
+            rfm_use_box_mask=True,
+            self_training_start_step=40001,
+        ),
+        training=TrainingRecipe(
+            per_device_train_batch_size=8,
+            learning_rate=2e-4,
+            max_train_steps=80000,
+            eval_steps=10000,
+            checkpointing_steps="10000",
+        ),
+        evaluation=EvaluationSettings(msf_scales=(1.0, 1.5), crf=False),
     ),
 }
 

@@ -5,7 +5,8 @@ once.
 (to time each one) and the diagnostics:
 
 1. `plan_pairs`: which (image, present class) pairs get a CAM (the pipeline's only host sync);
-2. `pair_gradcams`: one GradCAM per pair from one backward through the last CLIP block;
+2. `pair_gradcams`: one GradCAM per pair from one backward through the last CLIP block, which runs once per
+   image (`weclip_hf.last_block`);
 3. `patch_attention_maps`, then an affinity (`weclip_hf.affinity`: `cam_affinity` here picks WeCLIP's), then
    its `transition_matrix`;
 4. `weclip_hf.cam`: box masks, `refine_cams` (propagation), `upsample_normalized`;
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .affinity import CAMAffinity, mean_attention_affinity, rfm_affinity
-from .cam import gradcam, minmax_normalize
+from .cam import gradcam_from_weights, minmax_normalize
 from .configuration_weclip import WeCLIPConfig
 
 
@@ -57,11 +58,11 @@ class PairPlan:
 
 @dataclass
 class PairGradCAMs:
-    """`pair_gradcams`' result: per pair, the GradCAM and what the same pass of the last block gives."""
+    """`pair_gradcams`' result: per pair, the GradCAM; per image, what the same pass of the last block gives."""
 
     cams: torch.Tensor  # [P, h, w] after the double min-max normalization
     text_probs: torch.Tensor  # [P, C + Nb] softmax over the image's present classes + background words
-    last_attention: torch.Tensor  # [P, 1+N, 1+N] head-averaged attention of the last block
+    last_attention: torch.Tensor  # [B, 1+N, 1+N] head-averaged attention of the last block, per image
 
 
 def attention_maps_needed(config: WeCLIPConfig, use_rfm: bool) -> int:
@@ -89,7 +90,9 @@ def plan_pairs(class_labels: torch.Tensor, device: torch.device | str) -> PairPl
 
 
 def pair_gradcams(
-    last_block: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    last_block: Callable[
+        [torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+    ],
     block_input: torch.Tensor,
     class_embeds: torch.Tensor,
     background_embeds: torch.Tensor,
@@ -97,48 +100,46 @@ def pair_gradcams(
     plan: PairPlan,
     grid: tuple[int, int],
 ) -> PairGradCAMs:
-    """GradCAM of every pair from one backward, in float32: each pair runs its own copy of the last block.
+    """GradCAM of every pair from one backward, in float32: the last block runs once per image.
 
     Args:
-        last_block: tokens [P, 1+N, D] -> (GradCAM target [P, 1+N, D] requiring grad, L2-normalized image
-            embedding [P, E], head-averaged attention [P, 1+N, 1+N]); the model's
-            `last_block_image_embedding`.
+        last_block: (tokens [B, 1+N, D], pair image index [P]) -> (GradCAM activations [B, 1+N, D] (the
+            block's first LayerNorm output), a zero shift [P, D] requiring grad, L2-normalized image embedding
+            of each pair's image [P, E] as a function of the shift added to the patch activations,
+            head-averaged attention [B, 1+N, 1+N]); the model's `last_block_pair_embeddings`.
         block_input: [B, 1+N, D] tokens entering the last block (WeCLIP: the output of block L-1).
         class_embeds: [C, E] and background_embeds: [Nb, E] text embeddings. logit_scale: CLIP's log scale.
     Returns:
         `PairGradCAMs`. Each pair's target is the softmax probability of its class over the image's present
-        classes and the background words; the pairs' targets are summed (they share no weight that needs a
-        gradient, so the gradients do not interact).
+        classes and the background words; the pairs' targets are summed (each has its own shift, so the
+        gradients do not interact). The gradient w.r.t. a pair's shift is the sum over patch tokens of its
+        gradient w.r.t. the activations: divided by N, GradCAM's channel weights.
     """
     words = plan.present.new_ones(plan.num_pairs, len(background_embeds))  # background words: always allowed
     allowed = torch.cat([plan.present[plan.image], words], dim=1)  # [P, C + Nb]
     with torch.enable_grad(), torch.autocast(block_input.device.type, enabled=False):
-        target, image_embeds, last_attention = last_block(block_input[plan.image])
+        activations, shift, image_embeds, last_attention = last_block(block_input, plan.image)
         text = torch.cat([class_embeds, background_embeds]).float()
         logits = logit_scale.float().exp() * image_embeds @ text.t()  # [P, C + Nb]
         probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
-        (grads,) = torch.autograd.grad(probs.gather(1, plan.class_index[:, None]).sum(), target)
-    cams = gradcam(target[:, 1:].detach().float(), grads[:, 1:].float(), grid)
-    return PairGradCAMs(cams, probs.detach(), last_attention)
+        (patch_grad_sum,) = torch.autograd.grad(probs.gather(1, plan.class_index[:, None]).sum(), shift)
+    patches = activations[:, 1:].detach().float()
+    cams = gradcam_from_weights(patches[plan.image], patch_grad_sum / patches.shape[1], grid)
+    return PairGradCAMs(cams, probs.detach(), last_attention.detach())
 
 
 def patch_attention_maps(
-    block_attention: list[torch.Tensor], last_attention: torch.Tensor, plan: PairPlan
+    block_attention: list[torch.Tensor], last_attention: torch.Tensor, plan: PairPlan | None = None
 ) -> torch.Tensor:
     """The candidate maps of the affinity: patch-to-patch parts of the collected blocks' maps, then the last
     block's: [B, L, N, N] float32, oldest first.
 
     Args:
         block_attention: head-averaged maps [B, 1+N, 1+N] of the last blocks before the final one.
-        last_attention: [P, 1+N, 1+N] the last block's map per pair (`PairGradCAMs.last_attention`; the
-            pairs of one image share it). Images without pairs get zeros there (they never use it).
+        last_attention: [B, 1+N, 1+N] the last block's map per image (`PairGradCAMs.last_attention`).
+        plan: unused (the last block's map is per image); accepted so that earlier calls keep working.
     """
-    n = last_attention.shape[-1] - 1
-    patch_maps = [a[:, 1:, 1:].float() for a in block_attention]
-    zeros = last_attention.new_zeros(plan.num_images, n, n, dtype=torch.float32)
-    maps = torch.stack([*patch_maps, zeros], dim=1)
-    maps[plan.image, -1] = last_attention[:, 1:, 1:].float()
-    return maps
+    return torch.stack([a[:, 1:, 1:].float() for a in (*block_attention, last_attention)], dim=1)
 
 
 def cam_affinity(
@@ -179,7 +180,9 @@ def labels_from_scores(scores: torch.Tensor, plan: PairPlan) -> torch.Tensor:
     valid = torch.zeros(b, slots, dtype=torch.bool, device=scores.device)
     valid[:, 0] = True
     valid[plan.image, plan.slot + 1] = True
-    winner = scores.masked_fill(~valid[:, :, None, None], float("-inf")).argmax(dim=1)
+    # slots innermost: the CPU's argmax over a short innermost dim is ~6x faster than over dim 1
+    slots_last = scores.permute(0, 2, 3, 1).contiguous()
+    winner = slots_last.masked_fill_(~valid[:, None, None, :], float("-inf")).argmax(dim=-1)
     return slot_class.gather(1, winner.flatten(1)).view_as(winner)
 
 

@@ -1,0 +1,64 @@
+"""The last CLIP block run once per image (weclip_hf.last_block): its outputs and the per-pair shift gradients
+against autograd through a copy of the block per pair."""
+
+import pytest
+import torch
+from conftest import make_tiny_config
+
+from weclip_hf import WeCLIPForSemanticSegmentation
+from weclip_hf.last_block import pair_block_outputs, run_last_block
+from weclip_hf.modeling_weclip import _eager_layer
+
+PAIR_IMAGE = torch.tensor([0, 0, 1, 3, 3, 3])  # image 2 has no pair
+
+
+def _layer(hidden_act: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = make_tiny_config()
+    config.vision_config.hidden_act = hidden_act
+    return WeCLIPForSemanticSegmentation(config).vision_model.encoder.layers[-1].eval()
+
+
+@pytest.mark.parametrize("hidden_act", ["quick_gelu", "gelu"])
+def test_run_last_block_is_the_clip_layer(hidden_act):
+    layer = _layer(hidden_act)
+    x = torch.randn(4, 13, 32, generator=torch.Generator().manual_seed(0))
+    block = run_last_block(layer, x)
+    expected, probs = _eager_layer(layer, x)
+    torch.testing.assert_close(block.output, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(block.attention, probs.mean(dim=1), rtol=0, atol=1e-7)
+    torch.testing.assert_close(block.normed_input, layer.layer_norm1(x))
+    shift, outputs = pair_block_outputs(block, PAIR_IMAGE)
+    assert torch.equal(outputs, block.output[PAIR_IMAGE]) and shift.requires_grad and not shift.any()
+
+
+@pytest.mark.parametrize("hidden_act", ["quick_gelu", "gelu"])
+def test_shift_gradient_is_the_patch_sum_of_the_ln1_gradient(hidden_act):
+    """Any cotangent on the block output (the class token's row included): the shift's gradient equals the sum
+    over patch tokens of autograd's gradient w.r.t. layer_norm1's output, one block copy per pair."""
+    layer = _layer(hidden_act)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 13, 32, generator=g)
+    cotangent = torch.randn(len(PAIR_IMAGE), 13, 32, generator=g)
+    shift, outputs = pair_block_outputs(run_last_block(layer, x), PAIR_IMAGE)
+    (ours,) = torch.autograd.grad(outputs, shift, cotangent)
+
+    h = layer.layer_norm1(x[PAIR_IMAGE]).detach().requires_grad_(True)
+    attn = layer.self_attn
+    b, t, c = h.shape
+    shape = (b, t, attn.num_heads, attn.head_dim)
+    q, k, v = (p(h).view(shape).transpose(1, 2) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+    probs = torch.softmax(q @ k.transpose(-1, -2) * attn.scale, dim=-1)
+    y = x[PAIR_IMAGE] + attn.out_proj((probs @ v).transpose(1, 2).reshape(b, t, c))
+    y = y + layer.mlp(layer.layer_norm2(y))
+    (expected,) = torch.autograd.grad(y, h, cotangent)
+    torch.testing.assert_close(ours, expected[:, 1:].sum(dim=1), rtol=1e-5, atol=1e-6)
+
+
+def test_no_pairs():
+    layer = _layer("quick_gelu")
+    shift, outputs = pair_block_outputs(
+        run_last_block(layer, torch.randn(2, 13, 32)), torch.zeros(0, dtype=torch.long)
+    )
+    (grad,) = torch.autograd.grad(outputs.sum(), shift)
+    assert outputs.shape == (0, 13, 32) and grad.shape == (0, 32)

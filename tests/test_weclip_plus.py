@@ -1,0 +1,831 @@
+"""WeCLIP+: config, DINO branch (hub position rule, the six DINOv2 variants), the new losses, and parity of
+those pieces with the official code on `../shared/data/parity-plus` (fp32 variant)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import SHARED, TINY_TEXT, TINY_VISION, require_data
+from transformers import (
+    AutoModel,
+    AutoModelForSemanticSegmentation,
+    CLIPVisionConfig,
+    Dinov2Config,
+    Dinov2Model,
+    Dinov2WithRegistersConfig,
+)
+
+from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPPlusForSemanticSegmentation
+from weclip_hf.affinity import rfm_affinity, transition_matrix
+from weclip_hf.branch_losses import (
+    branch_predictions,
+    cross_branch_losses,
+    dice_loss,
+    self_training_labels,
+    weclip_plus_losses,
+)
+from weclip_hf.cam import cam_box_masks, refine_cams
+from weclip_hf.configuration_weclip_plus import DINO_VARIANTS, WeCLIPPlusConfig, dino_variant_config
+from weclip_hf.dino_branch import (
+    Dinov2EmbeddingsWithHubPositions,
+    WeCLIPPlusDinoBranch,
+    convert_hub_dinov2_state_dict,
+    hub_position_embeddings,
+    resize_to_patch_multiple,
+)
+from weclip_hf.feature_head import WeCLIPFeatureHead
+from weclip_hf.losses import affinity_loss, affinity_targets, segmentation_loss
+from weclip_hf.modeling_weclip_plus import prediction_weighted_cams
+from weclip_hf.pseudo_labels import attention_maps_needed, pair_gradcams, patch_attention_maps, plan_pairs
+
+PARITY_PLUS = SHARED / "data" / "parity-plus"
+TINY_DINO = dict(
+    hidden_size=24, num_hidden_layers=2, num_attention_heads=6, patch_size=2, image_size=74
+)  # 37x37
+
+
+def make_tiny_plus_config(dino_config=None, **overrides) -> WeCLIPPlusConfig:
+    """A tiny WeCLIP+ config: 3-layer CLIP (patch 8), 2-layer DINOv2 (patch 2, 37 x 37 grid), 4 classes."""
+    kwargs = dict(
+        vision_config=dict(TINY_VISION),
+        text_config=dict(TINY_TEXT),
+        projection_dim=16,
+        class_names=["cat", "dog", "car", "tree"],
+        background_names=["sky", "grass", "road"],
+        decoder_hidden_size=32,
+        decoder_num_heads=4,
+        par_num_iter=3,
+        par_dilations=[1, 2],
+        dino_config=dino_config if dino_config is not None else Dinov2Config(**TINY_DINO),
+    )
+    kwargs.update(overrides)
+    return WeCLIPPlusConfig(**kwargs)
+
+
+def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Every parameter drawn at random (LayerNorms around 1, LayerScale around 0.5): no trivial identity."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=generator)
+            if name.endswith("lambda1"):
+                p.copy_(0.5 + 0.1 * noise)
+            elif "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.1 * noise)
+            else:
+                p.copy_(noise / math.sqrt(p.shape[-1]) if p.ndim > 1 else 0.2 * noise)
+    return module
+
+
+# ---- config ------------------------------------------------------------------------------------------
+
+
+def test_config_defaults_are_the_official_voc_values(tmp_path):
+    config = WeCLIPPlusConfig()
+    assert config.model_type == "weclip_plus" and config.num_labels == 21
+    assert isinstance(config.dino_config, Dinov2Config) and config.dino_config.hidden_size == 384
+    assert (
+        config.dino_config.patch_size,
+        config.dino_config.image_size,
+        config.dino_num_register_tokens,
+    ) == (
+        14,
+        518,
+        0,
+    )
+    assert (config.num_feature_layers, config.attention_num_maps, config.rfm_num_maps) == (1, 6, 6)
+    assert (config.rfm_start_step, config.cam_feature_block, config.rfm_use_box_mask) == (0, -2, False)
+    assert config.branch_logit_weights == [0.5, 0.5] and config.dino_position_interpolation == "hub"
+    assert (config.dice_loss_weight, config.cross_branch_loss_weight, config.affinity_loss_weight) == (
+        1.0,
+        0.1,
+        0.1,
+    )
+    assert (config.self_training_start_step, config.self_training_threshold) == (18001, 0.75)
+
+    config.save_pretrained(tmp_path)
+    loaded = WeCLIPPlusConfig.from_pretrained(tmp_path)
+    a, b = config.to_dict(), loaded.to_dict()
+    for d in (a, b):
+        d.pop("transformers_version", None)
+        d.pop("_name_or_path", None)
+    assert a == b
+
+
+def test_config_round_trips_a_register_dino(tmp_path):
+    config = make_tiny_plus_config(Dinov2WithRegistersConfig(**TINY_DINO, num_register_tokens=4))
+    config.save_pretrained(tmp_path)
+    loaded = WeCLIPPlusConfig.from_pretrained(tmp_path)
+    assert isinstance(loaded.dino_config, Dinov2WithRegistersConfig) and loaded.dino_num_register_tokens == 4
+
+
+@pytest.mark.parametrize("name", sorted(DINO_VARIANTS))
+def test_variant_configs_match_the_official_table(name):
+    config = dino_variant_config(name)
+    width = {"s": 384, "b": 768, "l": 1024}[name[len("dinov2_vit")]]
+    assert config.hidden_size == width and config.patch_size == 14 and config.image_size == 518
+    assert getattr(config, "num_register_tokens", 0) == (4 if name.endswith("_reg") else 0)
+    assert isinstance(config, Dinov2WithRegistersConfig) == name.endswith("_reg")
+    assert DINO_VARIANTS[name].decoder_num_layers == (5 if width == 1024 else 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(dino_position_interpolation="nearest"), "dino_position_interpolation"),
+        (dict(cam_feature_block=0), "cam_feature_block"),
+        (dict(cam_feature_block=-3), "cam_feature_block"),  # a 3-layer CLIP collects 2 block outputs
+        (dict(rfm_use_box_mask="yes"), "rfm_use_box_mask"),
+        (dict(branch_logit_weights=[1.0]), "branch_logit_weights"),
+        (dict(branch_logit_weights=[0.0, 0.0]), "branch_logit_weights"),
+        (dict(branch_logit_weights=[-1.0, 1.0]), "branch_logit_weights"),
+        (dict(dice_loss_weight=-1.0), "dice_loss_weight"),
+        (dict(cross_branch_loss_weight=float("nan")), "cross_branch_loss_weight"),
+        (dict(self_training_start_step=-1), "self_training_start_step"),
+        (dict(self_training_threshold=1.5), "self_training_threshold"),
+        (dict(rfm_num_maps=4), "rfm_num_maps"),
+        (dict(num_feature_layers=3), "num_feature_layers"),
+        (dict(dino_config={**TINY_DINO, "num_attention_heads": 5}), "dino_config.hidden_size"),
+        (dict(dino_config={**TINY_DINO, "patch_size": 0}), "dino_config.patch_size"),
+        (dict(dino_config={**TINY_DINO, "num_hidden_layers": 10**5}), "dino_config.num_hidden_layers"),
+        (dict(dino_config={**TINY_DINO, "model_type": "vit"}), "dino_config.model_type"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_tiny_plus_config(**kwargs)
+
+
+def test_config_rejects_a_dino_config_of_another_kind():
+    with pytest.raises(TypeError, match="dino_config"):
+        make_tiny_plus_config(dino_config=CLIPVisionConfig(**TINY_VISION))
+
+
+# ---- DINO branch: the torch.hub position rule ---------------------------------------------------------
+
+
+def reference_dinov2_patch_tokens(
+    model, pixel_values: torch.Tensor, offset: float, antialias: bool, registers: int = 0
+) -> torch.Tensor:
+    """The torch.hub DINOv2 forward written out from its definition (patch conv, class token, position
+    embeddings resized with ``scale_factor = (n + offset) / M`` or ``size = n``, registers after the class
+    token, pre-LN blocks with LayerScale, final LayerNorm), reading the weights of an HF model."""
+    emb, cfg = model.embeddings, model.config
+    x = emb.patch_embeddings.projection(pixel_values)  # [B, D, h, w]
+    b, d, h, w = x.shape
+    pos = emb.position_embeddings[0]
+    m = int(math.sqrt(pos.shape[0] - 1))
+    grid_pos = pos[1:].reshape(1, m, m, d).permute(0, 3, 1, 2)
+    if (h, w) != (m, m):
+        resize = dict(scale_factor=((h + offset) / m, (w + offset) / m)) if offset else dict(size=(h, w))
+        grid_pos = F.interpolate(grid_pos, mode="bicubic", antialias=antialias, **resize)
+    pos = torch.cat([pos[:1], grid_pos.flatten(2).transpose(1, 2)[0]])
+    x = torch.cat([emb.cls_token.expand(b, 1, d), x.flatten(2).transpose(1, 2)], dim=1) + pos
+    if registers:
+        x = torch.cat([x[:, :1], emb.register_tokens.expand(b, -1, -1), x[:, 1:]], dim=1)
+    heads = cfg.num_attention_heads
+    for layer in model.encoder.layer:
+        att = layer.attention
+        y = layer.norm1(x)
+        q, k, v = (
+            p(y).view(b, -1, heads, d // heads).transpose(1, 2) for p in (att.q_proj, att.k_proj, att.v_proj)
+        )
+        probs = ((q @ k.transpose(-1, -2)) / math.sqrt(d // heads)).softmax(dim=-1)
+        x = x + layer.layer_scale1.lambda1 * att.o_proj((probs @ v).transpose(1, 2).reshape(b, -1, d))
+        y = layer.norm2(x)
+        x = x + layer.layer_scale2.lambda1 * layer.mlp.fc2(F.gelu(layer.mlp.fc1(y)))
+    return model.layernorm(x)[:, 1 + registers :]
+
+
+@pytest.mark.parametrize("size", [(44, 44), (54, 72)])  # 22 x 22 and a non-square 27 x 36 grid
+def test_hub_position_rule_matches_the_hub_model(size):
+    torch.manual_seed(0)
+    config = make_tiny_plus_config()
+    branch = WeCLIPPlusDinoBranch(config)
+    assert type(branch.backbone) is Dinov2Model
+    assert isinstance(branch.backbone.embeddings, Dinov2EmbeddingsWithHubPositions)
+    randomize_(branch.backbone)
+    pixel_values = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        tokens, grid = branch.patch_tokens(pixel_values)
+        expected = reference_dinov2_patch_tokens(branch.backbone, pixel_values, offset=0.1, antialias=False)
+        plain = Dinov2Model(config.dino_config).eval()
+        plain.load_state_dict(branch.backbone.state_dict())
+        hf_rule = plain(pixel_values).last_hidden_state[:, 1:]
+    assert grid == (size[0] // 2, size[1] // 2)
+    torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-5)
+    # transformers' own rule gives other tokens: the override is what makes the two agree
+    assert (hf_rule - expected).abs().max() > 1e-2
+
+
+def test_position_rules_agree_on_the_native_grid():
+    pos = torch.randn(1, 1 + 37 * 37, 8)
+    assert torch.equal(hub_position_embeddings(pos, (37, 37), offset=0.0)[:, 1:], pos[:, 1:])
+    hub = hub_position_embeddings(pos, (22, 22))
+    hf = hub_position_embeddings(pos, (22, 22), offset=0.0)  # size=(22, 22) sampling, as transformers
+    assert hub.shape == (1, 1 + 22 * 22, 8) and torch.equal(hub[:, :1], pos[:, :1])
+    assert (hub - hf).abs().max() > 1e-2
+
+
+def test_hf_position_rule_is_transformers_own():
+    config = make_tiny_plus_config(dino_position_interpolation="hf")
+    branch = WeCLIPPlusDinoBranch(config)
+    assert not isinstance(branch.backbone.embeddings, Dinov2EmbeddingsWithHubPositions)
+    randomize_(branch.backbone)
+    pixel_values = torch.randn(1, 3, 54, 72)
+    with torch.no_grad():
+        tokens, _ = branch.patch_tokens(pixel_values)
+        expected = reference_dinov2_patch_tokens(branch.backbone, pixel_values, offset=0.0, antialias=False)
+    torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_register_model_matches_the_hub_register_model():
+    config = make_tiny_plus_config(Dinov2WithRegistersConfig(**TINY_DINO, num_register_tokens=4))
+    branch = WeCLIPPlusDinoBranch(config)
+    randomize_(branch.backbone)
+    pixel_values = torch.randn(2, 3, 54, 72)
+    with torch.no_grad():
+        tokens, grid = branch.patch_tokens(pixel_values)
+        expected = reference_dinov2_patch_tokens(
+            branch.backbone, pixel_values, offset=0.0, antialias=True, registers=4
+        )
+    assert tokens.shape == (2, 27 * 36, 24) and grid == (27, 36)
+    torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_dino_input_is_resized_down_to_a_patch_multiple():
+    pixel_values = torch.randn(1, 3, 45, 59)
+    resized = resize_to_patch_multiple(pixel_values, 14)
+    expected = F.interpolate(pixel_values, size=(42, 56), mode="bilinear", align_corners=False)
+    assert torch.equal(resized, expected)
+    assert resize_to_patch_multiple(resized, 14) is resized
+
+
+def test_dino_branch_rejects_images_below_one_patch():
+    branch = WeCLIPPlusDinoBranch(make_tiny_plus_config(dino_config={**TINY_DINO, "patch_size": 14}))
+    with pytest.raises(ValueError, match="14x14 DINOv2 patch"):
+        branch.patch_tokens(torch.randn(1, 3, 13, 40))
+
+
+def test_dino_branch_is_batch_independent():
+    branch = WeCLIPPlusDinoBranch(make_tiny_plus_config()).eval()
+    randomize_(branch.backbone)
+    pixel_values = torch.randn(3, 3, 40, 56)
+    with torch.no_grad():
+        batched = branch(pixel_values, grid=(5, 7)).features
+        single = torch.cat([branch(x[None], grid=(5, 7)).features for x in pixel_values])
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
+
+
+def test_hub_weight_conversion_names_unknown_keys():
+    hub = {"blocks.0.attn.qkv.weight": torch.arange(6.0).view(6, 1), "norm.bias": torch.zeros(2)}
+    converted = convert_hub_dinov2_state_dict(hub)
+    assert converted["encoder.layer.0.attention.k_proj.weight"].flatten().tolist() == [2.0, 3.0]
+    assert set(converted) == {f"encoder.layer.0.attention.{x}_proj.weight" for x in "qkv"} | {
+        "layernorm.bias"
+    }
+    with pytest.raises(ValueError, match="blocks.0.mlp.w12.weight"):
+        convert_hub_dinov2_state_dict({"blocks.0.mlp.w12.weight": torch.zeros(1)})
+
+
+# ---- DINO branch: the six variants --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(DINO_VARIANTS))
+def test_every_variant_builds_runs_and_stays_frozen(name):
+    """Each official DINOv2 variant, shrunk (2 layers, width 4 x its head count, 37 x 37 position grid)."""
+    heads = DINO_VARIANTS[name].num_attention_heads
+    dino = dino_variant_config(name, hidden_size=4 * heads, num_hidden_layers=2, patch_size=2, image_size=74)
+    config = make_tiny_plus_config(dino, decoder_num_layers=DINO_VARIANTS[name].decoder_num_layers)
+    torch.manual_seed(0)
+    branch = WeCLIPPlusDinoBranch(config).train()
+    assert not branch.backbone.training and branch.head.training
+    assert not any(p.requires_grad for p in branch.backbone.parameters())
+    out = branch(torch.randn(2, 3, 40, 56), grid=(5, 7))
+    assert out.features.shape == (2, 32, 5, 7) and out.grid == (20, 28)
+    assert out.patch_tokens.shape == (2, 20 * 28, 4 * heads) and not out.patch_tokens.requires_grad
+    out.features.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in branch.head.parameters())
+    assert torch.isfinite(out.features).all()
+
+
+def test_train_mode_keeps_dino_in_eval_mode_with_active_dropout():
+    """Dropout in the DINO config changes nothing: the backbone stays in eval mode under `.train()`."""
+    dino = Dinov2Config(**TINY_DINO, hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5)
+    branch = WeCLIPPlusDinoBranch(make_tiny_plus_config(dino)).train()
+    pixel_values = torch.randn(1, 3, 44, 44)
+    first, _ = branch.patch_tokens(pixel_values)
+    second, _ = branch.patch_tokens(pixel_values)
+    assert torch.equal(first, second)
+
+
+# ---- losses -------------------------------------------------------------------------------------------
+
+
+def reference_dice(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The official formula with an explicit one-hot over all K classes."""
+    probs = logits.softmax(dim=1)
+    one_hot = F.one_hot(labels, logits.shape[1]).permute(0, 3, 1, 2).float()
+    inter = (probs * one_hot).sum(dim=(0, 2, 3))
+    union = probs.sum(dim=(0, 2, 3)) + one_hot.sum(dim=(0, 2, 3))
+    return 1 - (2 * inter / (union + 1e-7)).mean()
+
+
+def test_dice_loss_counts_absent_classes_as_zero():
+    labels = torch.tensor([[[0, 0, 2], [2, 2, 0]]])  # classes 1 and 3 absent
+    logits = 50.0 * F.one_hot(labels, 4).permute(0, 3, 1, 2).float()  # a perfect prediction
+    loss = dice_loss(logits, labels)
+    assert torch.isfinite(loss) and abs(float(loss) - 0.5) < 1e-6  # 2 classes with dice 1, 2 with dice 0
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 6, 7, generator=generator)
+    labels = torch.randint(0, 3, (2, 6, 7), generator=generator)
+    torch.testing.assert_close(dice_loss(logits, labels), reference_dice(logits, labels))
+
+
+def test_dice_loss_leaves_ignored_pixels_out():
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(1, 4, 5, 6, generator=generator)
+    labels = torch.randint(0, 4, (1, 5, 6), generator=generator)
+    ignored = labels.clone()
+    ignored[:, :, :2] = 255
+    torch.testing.assert_close(dice_loss(logits, ignored), reference_dice(logits[..., 2:], labels[..., 2:]))
+    everything_ignored = dice_loss(logits, torch.full_like(labels, 255))
+    assert float(everything_ignored) == 1.0
+
+
+def test_cross_branch_loss_with_an_empty_half_is_finite():
+    """The DINO branch predicts foreground everywhere: the CLIP term's background half is empty, gives 0."""
+    logits_clip = torch.randn(2, 3, 4, 5, requires_grad=True)
+    logits_dino = torch.zeros(2, 3, 4, 5)
+    logits_dino[:, 2] = 5.0  # class 2 everywhere: no background target
+    clip_from_dino, dino_from_clip = cross_branch_losses(logits_clip, logits_dino)
+    ce = F.cross_entropy(logits_clip, torch.full((2, 4, 5), 2), reduction="none")
+    torch.testing.assert_close(clip_from_dino, 0.5 * ce.mean())
+    assert torch.isfinite(dino_from_clip)
+    clip_from_dino.backward()
+    assert torch.isfinite(logits_clip.grad).all()
+    # every pixel ignored: both halves empty, 0 (not NaN)
+    zero, _ = cross_branch_losses(logits_clip, logits_dino, ignore=torch.ones(2, 4, 5, dtype=torch.bool))
+    assert float(zero.detach()) == 0.0
+
+
+def test_cross_branch_targets_are_the_other_branch_argmax():
+    generator = torch.Generator().manual_seed(2)
+    logits_clip, logits_dino = torch.randn(2, 2, 4, 3, 3, generator=generator)
+    clip_from_dino, dino_from_clip = cross_branch_losses(logits_clip, logits_dino)
+    torch.testing.assert_close(clip_from_dino, segmentation_loss(logits_clip, logits_dino.argmax(1)))
+    torch.testing.assert_close(dino_from_clip, segmentation_loss(logits_dino, logits_clip.argmax(1)))
+
+
+def test_self_training_overwrites_confident_pixels_only():
+    labels = torch.tensor([[[0, 1, 255], [2, 0, 1]]])
+    logits = torch.zeros(1, 3, 2, 3)
+    logits[0, 2, 0, :] = 5.0  # top row: confident class 2 (p = 0.987)
+    logits[0, 1, 1, 0] = 0.5  # weak preference: p = 0.45, kept
+    new, overwritten = self_training_labels(labels, logits, threshold=0.75)
+    assert new.tolist() == [[[2, 2, 255], [2, 0, 1]]]  # the ignored pixel stays ignored
+    assert overwritten.tolist() == [[[True, True, False], [False, False, False]]]
+
+
+def test_affinity_loss_uses_the_labels_before_self_training():
+    config = make_tiny_plus_config(self_training_threshold=0.5)
+    generator = torch.Generator().manual_seed(3)
+    logits_clip, logits_dino = 3 * torch.randn(2, 2, 5, 4, 4, generator=generator)
+    logits = 0.5 * logits_clip + 0.5 * logits_dino
+    affinity = torch.rand(2, 16, 16, generator=generator)
+    labels = torch.randint(0, 5, (2, 32, 32), generator=generator)
+    plain = weclip_plus_losses(config, logits, logits_clip, logits_dino, affinity, labels)
+    trained = weclip_plus_losses(
+        config, logits, logits_clip, logits_dino, affinity, labels, self_training=True
+    )
+    assert trained.self_training_mask.any() and not torch.equal(trained.labels, labels)
+    targets = affinity_targets(labels, (4, 4), config.affinity_radius)
+    expected_aff = affinity_loss(affinity, targets)[0]
+    torch.testing.assert_close(trained.affinity_loss, expected_aff)
+    torch.testing.assert_close(plain.affinity_loss, expected_aff)
+    full = F.interpolate(logits, size=(32, 32), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(trained.seg_loss, segmentation_loss(full, trained.labels))
+    assert not torch.isclose(trained.seg_loss, plain.seg_loss)
+    total = (
+        trained.seg_loss
+        + 0.1 * trained.affinity_loss
+        + 0.1 * (trained.clip_from_dino_loss + trained.dino_from_clip_loss)
+        + trained.dice_loss
+    )
+    torch.testing.assert_close(trained.loss, total)
+
+
+# ---- parity with the official code (parity-plus, fp32 variant) -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plus_ref() -> dict[str, np.ndarray]:
+    require_data(PARITY_PLUS / "reference.npz", "the official WeCLIP+ parity data")
+    with np.load(PARITY_PLUS / "reference.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="module")
+def plus_weights(plus_ref) -> dict[str, torch.Tensor]:
+    """The official-layout DINO, head weights of the parity set, regenerated from its spec (CLIP left out)."""
+    spec_loader = importlib.util.spec_from_file_location(
+        "weclip_plus_regenerate", PARITY_PLUS / "regenerate.py"
+    )
+    regenerate = importlib.util.module_from_spec(spec_loader)
+    spec_loader.loader.exec_module(regenerate)
+    spec = regenerate.load_spec()
+    prefixes = ("dino_encoder.", "decoder_fts_fuse.", "dino_decoder_fts_fuse.")
+    return {
+        e["key"]: torch.from_numpy(regenerate._one(e, i, spec["seed"])).float()
+        for i, e in enumerate(spec["entries"])
+        if e["key"].startswith(prefixes)
+    }
+
+
+def official_head_state(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """``SegFormerHead(index=1)`` weights -> `WeCLIPFeatureHead` names."""
+    return {
+        "layer_mlps.0.fc1.weight": weights[f"{prefix}.linears_modulelist.0.proj.weight"],
+        "layer_mlps.0.fc1.bias": weights[f"{prefix}.linears_modulelist.0.proj.bias"],
+        "layer_mlps.0.fc2.weight": weights[f"{prefix}.linears_modulelist.0.proj_2.weight"],
+        "layer_mlps.0.fc2.bias": weights[f"{prefix}.linears_modulelist.0.proj_2.bias"],
+        "fuse.weight": weights[f"{prefix}.linear_fuse.weight"],
+        "fuse.bias": weights[f"{prefix}.linear_fuse.bias"],
+    }
+
+
+@pytest.fixture(scope="module")
+def parity_dino_branch(plus_weights) -> WeCLIPPlusDinoBranch:
+    branch = WeCLIPPlusDinoBranch(WeCLIPPlusConfig()).eval()  # ViT-S/14, the hub rule
+    hub = {k[len("dino_encoder.") :]: v for k, v in plus_weights.items() if k.startswith("dino_encoder.")}
+    branch.backbone.load_state_dict(convert_hub_dinov2_state_dict(hub), strict=True)
+    branch.head.load_state_dict(official_head_state(plus_weights, "dino_decoder_fts_fuse"), strict=True)
+    return branch
+
+
+def test_parity_dino_tokens_and_head(parity_dino_branch, plus_ref):
+    pixel_values = torch.from_numpy(plus_ref["pixel_values"])
+    with torch.no_grad():
+        out = parity_dino_branch(pixel_values, grid=(20, 20))
+    assert tuple(d * 14 for d in out.grid) == tuple(plus_ref["dino_input_hw"])
+    tokens = plus_ref["dino_x_norm_patchtokens"]
+    assert float((out.patch_tokens - torch.from_numpy(tokens)).abs().max()) <= 1e-5 * max(
+        1, np.abs(tokens).max()
+    )
+    head = plus_ref["dino_head_features_resized"]
+    assert float((out.features - torch.from_numpy(head)).abs().max()) <= 1e-5 * max(1, np.abs(head).max())
+
+
+def test_parity_clip_head(plus_weights, plus_ref):
+    head = WeCLIPFeatureHead(768, 256, 1, 0.1).eval()
+    head.load_state_dict(official_head_state(plus_weights, "decoder_fts_fuse"), strict=True)
+    tokens = torch.from_numpy(plus_ref["fp32_clip_block11_tokens"])[:, 1:]  # block-11 output, CLS dropped
+    with torch.no_grad():
+        features = head([tokens], (20, 20))
+    ref = plus_ref["fp32_clip_head_features"]
+    assert float((features - torch.from_numpy(ref)).abs().max()) <= 1e-5 * max(1, np.abs(ref).max())
+
+
+@pytest.mark.parametrize("regime", ["st0", "st1"])
+def test_parity_losses_from_the_official_logits(plus_ref, regime):
+    """The loss module on the official logits, affinity and pseudo labels gives the official loss values."""
+    ref = {k[len("fp32_") :]: torch.from_numpy(v) for k, v in plus_ref.items() if k.startswith("fp32_")}
+    out = weclip_plus_losses(
+        WeCLIPPlusConfig(),
+        ref["seg_logits"],
+        ref["seg_clip_logits"],
+        ref["seg_dino_logits"],
+        ref["decoder_affinity"],
+        ref["pseudo_labels"].long(),
+        self_training=regime == "st1",
+    )
+    names = dict(
+        seg_loss="seg_loss",
+        dice_loss="dice_loss",
+        affinity_loss="aff_loss",
+        clip_from_dino_loss="seg_clip_loss2",
+        dino_from_clip_loss="seg_dino_loss2",
+        loss="total_loss",
+    )
+    rel = 1e-4 if regime == "st0" else 1e-3
+    for ours, theirs in names.items():
+        expected = float(ref[f"{regime}_{theirs}"])
+        assert abs(float(getattr(out, ours)) - expected) <= rel * abs(expected), ours
+    if regime == "st1":
+        agree = (out.labels.numpy() == plus_ref["fp32_st1_pseudo_labels"]).mean()
+        assert agree >= 0.999
+        assert int(out.self_training_mask.sum()) == int(ref["st1_overwrite_count"])
+    for branch, name in (
+        (ref["seg_clip_logits"], "clip"),
+        (ref["seg_dino_logits"], "dino"),
+        (ref["seg_logits"], "seg"),
+    ):
+        full = F.interpolate(branch, size=(320, 320), mode="bilinear", align_corners=False)
+        agree = (branch_predictions(full)[1].numpy() == plus_ref[f"fp32_pred_label_{name}_320"]).mean()
+        assert agree >= 0.999, name
+
+
+# ---- the task model (tiny random configs) -------------------------------------------------------------
+
+
+def tiny_plus_inputs(batch: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images of 48 x 64 px (CLIP grid 6 x 8, DINO grid 24 x 32), multi-hot labels (image 0: 2 classes)."""
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(batch, 3, 48, 64, generator=generator)
+    class_labels = torch.zeros(batch, 4)
+    class_labels[0, [0, 2]] = 1
+    class_labels[1:, 1] = 1
+    return pixel_values, class_labels
+
+
+@pytest.fixture
+def plus_model():
+    torch.manual_seed(0)
+    return WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config()).eval()
+
+
+def test_model_outputs_the_weighted_sum_of_both_branches(plus_model):
+    plus_model.config.branch_logit_weights = [0.25, 0.75]
+    pixel_values, _ = tiny_plus_inputs()
+    with torch.no_grad():
+        out = plus_model(pixel_values)
+        clip = plus_model.forward_clip_features(pixel_values)
+        logits_clip, _ = plus_model.decoder([clip.hidden[-1][:, 1:]], clip.grid)
+        logits_dino = plus_model.decoder.decode(plus_model.dino_branch(pixel_values, clip.grid).features)
+    assert out.logits.shape == (2, 5, 6, 8) and out.loss is None and out.pseudo_labels is None
+    torch.testing.assert_close(out.logits_clip, logits_clip)
+    torch.testing.assert_close(out.logits_dino, logits_dino)
+    torch.testing.assert_close(out.logits, 0.25 * logits_clip + 0.75 * logits_dino)
+
+
+def test_training_step_trains_the_heads_and_decoder_only(plus_model):
+    plus_model.train()
+    assert not plus_model.dino_branch.backbone.training and not plus_model.vision_model.training
+    assert plus_model.decoder.training and plus_model.dino_branch.head.training
+    pixel_values, class_labels = tiny_plus_inputs()
+    out = plus_model(pixel_values, class_labels=class_labels)
+    assert out.pseudo_labels.shape == (2, 48, 64) and out.used_rfm is True
+    for name in (
+        "loss",
+        "seg_loss",
+        "dice_loss",
+        "affinity_loss",
+        "clip_from_dino_loss",
+        "dino_from_clip_loss",
+    ):
+        assert torch.isfinite(getattr(out, name)), name
+    out.loss.backward()
+    trained = {n for n, p in plus_model.named_parameters() if p.requires_grad}
+    assert trained and all(n.startswith(("decoder.", "dino_branch.head.")) for n in trained)
+    assert all(plus_model.get_parameter(n).grad is not None for n in trained)
+    assert int(plus_model.training_step) == 1
+
+
+def test_model_is_batch_independent(plus_model):
+    """Batched images give each image's own results, up to float32 noise (a few PAR near-ties may flip)."""
+    pixel_values, class_labels = tiny_plus_inputs(batch=3)
+    with torch.no_grad():
+        batched = plus_model(pixel_values, class_labels=class_labels, output_cam_details=True)
+        singles = [
+            plus_model(pixel_values[i : i + 1], class_labels=class_labels[i : i + 1], output_cam_details=True)
+            for i in range(3)
+        ]
+    torch.testing.assert_close(batched.logits, torch.cat([s.logits for s in singles]), atol=1e-5, rtol=1e-5)
+    grid_cams = torch.cat([s.cam_details.refined_cams_grid for s in singles])
+    torch.testing.assert_close(batched.cam_details.refined_cams_grid, grid_cams, atol=1e-6, rtol=1e-5)
+    equal = (batched.pseudo_labels == torch.cat([s.pseudo_labels for s in singles])).float().mean()
+    assert equal >= 0.999
+
+
+def test_rfm_plus_weights_gradcams_by_the_prediction():
+    plan = plan_pairs(torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]), "cpu")
+    cams = torch.rand(3, 2, 2)
+    probabilities = torch.rand(2, 4, 2, 2)
+    weighted = prediction_weighted_cams(cams, probabilities, plan)
+    expected = torch.stack(
+        [cams[0] * probabilities[0, 1], cams[1] * probabilities[0, 3], cams[2] * probabilities[1, 2]]
+    )
+    torch.testing.assert_close(weighted, expected)
+
+
+@pytest.mark.parametrize("use_box_mask", [False, True])
+def test_rfm_plus_pseudo_label_path(use_box_mask):
+    """GradCAM on block `cam_feature_block`'s tokens, weighted by the prediction, propagated with or without
+    the box mask, by the RFM affinity of the concatenated decoder features."""
+    torch.manual_seed(0)
+    model = WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config(rfm_use_box_mask=use_box_mask)).eval()
+    pixel_values, class_labels = tiny_plus_inputs()
+    with torch.no_grad():
+        out = model(pixel_values, class_labels=class_labels, output_cam_details=True)
+    details = out.cam_details
+    clip = model.forward_clip_features(pixel_values, attention_maps_needed(model.config, True))
+    plan = plan_pairs(class_labels, "cpu")
+    expected = pair_gradcams(
+        model.last_block_pair_embeddings,
+        clip.hidden[-2],  # cam_feature_block = -2
+        model.class_text_embeds,
+        model.background_text_embeds,
+        model.logit_scale,
+        plan,
+        clip.grid,
+    )
+    torch.testing.assert_close(details.gradcams, expected.cams)
+    probabilities = out.logits.softmax(dim=1)
+    torch.testing.assert_close(
+        details.weighted_gradcams, prediction_weighted_cams(expected.cams, probabilities, plan)
+    )
+    maps = patch_attention_maps(clip.attention, expected.last_attention, plan)
+    affinity = rfm_affinity(maps, model.config.rfm_num_maps, out.decoder_affinity)
+    masks = cam_box_masks(expected.cams, model.config.cam_box_threshold) if use_box_mask else None
+    refined = refine_cams(details.weighted_gradcams, transition_matrix(affinity.affinity), plan.image, masks)
+    torch.testing.assert_close(details.refined_cams_grid, refined)
+    assert (details.box_masks is None) == (not use_box_mask)
+
+
+def test_decoder_affinity_is_that_of_both_branches(plus_model):
+    pixel_values, class_labels = tiny_plus_inputs()
+    with torch.no_grad():
+        out = plus_model(pixel_values, class_labels=class_labels)
+        clip = plus_model.forward_clip_features(pixel_values)
+        _, clip_features = plus_model.decoder([clip.hidden[-1][:, 1:]], clip.grid)
+        features = torch.cat([clip_features, plus_model.dino_branch(pixel_values, clip.grid).features], dim=1)
+    flat = features.flatten(2)
+    torch.testing.assert_close(out.decoder_affinity, torch.sigmoid(flat.transpose(1, 2) @ flat))
+
+
+def test_self_training_starts_at_its_step(plus_model):
+    plus_model.config.self_training_start_step = 5
+    plus_model.config.self_training_threshold = 0.0  # every pixel is confident
+    pixel_values, class_labels = tiny_plus_inputs()
+    plus_model.set_training_step(4)
+    with torch.no_grad():
+        before = plus_model(pixel_values, class_labels=class_labels)
+        plus_model.set_training_step(5)
+        after = plus_model(pixel_values, class_labels=class_labels)
+        labels = plus_model(pixel_values, labels=before.pseudo_labels)
+    assert before.self_training_mask is None and labels.self_training_mask is None
+    assert after.self_training_mask.all() and torch.equal(after.pseudo_labels, before.pseudo_labels)
+    torch.testing.assert_close(after.affinity_loss, before.affinity_loss)
+
+
+def test_save_load_round_trip_refreezes_the_backbones(plus_model, tmp_path):
+    plus_model.save_pretrained(tmp_path)
+    assert {"modeling_weclip_plus.py", "dino_branch.py", "configuration_weclip_plus.py"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
+    loaded = AutoModelForSemanticSegmentation.from_pretrained(tmp_path)
+    assert type(loaded) is WeCLIPPlusForSemanticSegmentation
+    assert isinstance(loaded.dino_branch.backbone.embeddings, Dinov2EmbeddingsWithHubPositions)
+    assert not any(p.requires_grad for p in loaded.dino_branch.backbone.parameters())
+    assert not any(p.requires_grad for p in loaded.vision_model.parameters())
+    for key, value in plus_model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    pixel_values, _ = tiny_plus_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(pixel_values).logits, plus_model(pixel_values).logits)
+
+
+def test_weclip_and_weclip_plus_folders_are_told_apart(plus_model, tmp_path):
+    from conftest import make_tiny_config
+
+    plus_model.save_pretrained(tmp_path / "plus")
+    WeCLIPForSemanticSegmentation(make_tiny_config()).save_pretrained(tmp_path / "weclip")
+    with pytest.raises(ValueError, match="'weclip_plus' checkpoint, not a 'weclip' one"):
+        WeCLIPForSemanticSegmentation.from_pretrained(tmp_path / "plus")
+    with pytest.raises(ValueError, match="'weclip' checkpoint, not a 'weclip_plus' one.*from_clip_and_dino"):
+        WeCLIPPlusForSemanticSegmentation.from_pretrained(tmp_path / "weclip")
+    assert type(AutoModelForSemanticSegmentation.from_pretrained(tmp_path / "weclip")) is (
+        WeCLIPForSemanticSegmentation
+    )
+
+
+def test_pipeline_segments_with_the_averaged_logits(plus_model, tmp_path):
+    from PIL import Image
+    from transformers import pipeline
+
+    from weclip_hf import WeCLIPImageProcessor
+
+    plus_model.save_pretrained(tmp_path)
+    WeCLIPImageProcessor(size={"longest_edge": 64}, patch_size=8).save_pretrained(tmp_path)
+    segments = pipeline("image-segmentation", model=str(tmp_path))(Image.new("RGB", (50, 40), (90, 30, 160)))
+    assert segments and all(s["mask"].size == (50, 40) for s in segments)
+
+
+@pytest.mark.parametrize("registers", [False, True])
+def test_from_clip_and_dino(tiny_clip, tmp_path, registers):
+    config_class = Dinov2WithRegistersConfig if registers else Dinov2Config
+    extra = {"num_register_tokens": 4} if registers else {}
+    torch.manual_seed(1)
+    dino = randomize_(AutoModel.from_config(config_class(**TINY_DINO, **extra)))
+    dino.save_pretrained(tmp_path)
+    model = WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(
+        tiny_clip, str(tmp_path), class_names=["cat", "dog"], background_names=["sky", "road"]
+    )
+    assert model.config.dino_num_register_tokens == (4 if registers else 0)
+    for key, value in dino.state_dict().items():
+        assert torch.equal(model.dino_branch.backbone.state_dict()[key], value), key
+    assert not any(p.requires_grad for p in model.dino_branch.backbone.parameters())
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    out = model(torch.randn(1, 3, 48, 60), class_labels=torch.tensor([[1, 0]]))
+    assert torch.isfinite(out.loss)
+    with pytest.raises(TypeError, match="from_clip_and_dino"):
+        WeCLIPPlusForSemanticSegmentation.from_clip(tiny_clip)
+
+
+def test_fresh_dino_head_gets_the_decoder_initialization(plus_model):
+    std = plus_model.config.initializer_range
+    for layer in (plus_model.dino_branch.head.layer_mlps[0].fc1, plus_model.dino_branch.head.fuse):
+        assert abs(float(layer.weight.detach().std()) - std) < 0.2 * std and not layer.bias.any()
+
+
+def test_image_without_classes_gets_background(plus_model):
+    pixel_values, class_labels = tiny_plus_inputs()
+    class_labels[1] = 0
+    with torch.no_grad():
+        out = plus_model(pixel_values, class_labels=class_labels)
+        alone = plus_model(pixel_values[1:], class_labels=class_labels[1:])  # no pair in the whole batch
+    assert (out.pseudo_labels[1] == 0).all() and torch.isfinite(out.loss)
+    assert (alone.pseudo_labels == 0).all() and torch.isfinite(alone.loss)
+
+
+def test_remote_code_loads_weclip_plus_without_the_package(plus_model, tmp_path):
+    """The saved folder carries its code: in a fresh process where ``import weclip_hf`` fails, the Auto classes
+    load it with ``trust_remote_code=True`` and give the package's logits."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+    from test_remote_code import REMOTE_SCRIPT
+
+    from weclip_hf import WeCLIPImageProcessor
+
+    folder, image_path = tmp_path / "model", tmp_path / "image.png"
+    plus_model.save_pretrained(folder)
+    processor = WeCLIPImageProcessor(size={"longest_edge": 64}, patch_size=8)
+    processor.save_pretrained(folder)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(image_path)
+    assert json.loads((folder / "config.json").read_text())["auto_map"] == {
+        "AutoConfig": "configuration_weclip_plus.WeCLIPPlusConfig",
+        "AutoModelForSemanticSegmentation": "modeling_weclip_plus.WeCLIPPlusForSemanticSegmentation",
+    }
+    script, out = tmp_path / "load_remote.py", tmp_path / "remote.pt"
+    script.write_text(REMOTE_SCRIPT)
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf_home"),
+        HF_MODULES_CACHE=str(tmp_path / "hf_modules"),
+        TRANSFORMERS_VERBOSITY="error",
+    )
+    command = [sys.executable, str(script), str(folder), str(image_path), str(out)]
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-4000:]
+    remote = torch.load(out)
+    assert remote["weclip_modules"] == [] and all(
+        m.startswith("transformers_modules.") for m in remote["classes"]
+    )
+    pixel_values = processor(Image.open(image_path), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        logits = plus_model(pixel_values).logits
+    torch.testing.assert_close(remote["logits"], logits, rtol=0, atol=1e-6)
+
+
+def test_push_to_hub_uploads_a_loadable_folder(plus_model, tmp_path, monkeypatch):
+    """`push_to_hub` (Hub API replaced by a local copy) uploads weights, config, processor, code and a WeCLIP+
+    card; the uploaded folder loads back."""
+    import shutil
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    uploaded = tmp_path / "uploaded"
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            return SimpleNamespace(repo_id=repo_id if "/" in repo_id else f"user/{repo_id}")
+
+        def upload_folder(self, repo_id, folder_path, allow_patterns, **kwargs):
+            uploaded.mkdir()
+            for name in allow_patterns:
+                shutil.copy(f"{folder_path}/{name}", uploaded / name)
+            return repo_id
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr("weclip_hf.hub.HfApi", FakeApi)
+    assert plus_model.push_to_hub("tiny-weclip-plus") == "user/tiny-weclip-plus"
+    names = {p.name for p in uploaded.iterdir()}
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= names
+    assert "Frozen CLIP-DINO" in (uploaded / "README.md").read_text()
+    loaded = AutoModelForSemanticSegmentation.from_pretrained(uploaded)
+    assert type(loaded) is WeCLIPPlusForSemanticSegmentation

@@ -1,0 +1,200 @@
+"""WeCLIP+'s DINO branch: a frozen DINOv2 whose final patch tokens feed a trainable feature head.
+
+(DESIGN-weclip-plus §3, §5.) The official code loads DINOv2 from torch.hub. Its models without registers
+resize the 37 x 37 position embeddings with ``scale_factor = (n + 0.1) / 37``, where transformers'
+`Dinov2Model` uses ``size = n``: the final tokens then differ by up to ~1. `dinov2_backbone` gives a
+`Dinov2Model` whose embeddings follow the hub rule (same weights, same checkpoint keys); the register models
+of both libraries agree already.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
+
+from .configuration_weclip_plus import WeCLIPPlusConfig
+from .feature_head import WeCLIPFeatureHead
+
+HUB_INTERPOLATE_OFFSET = 0.1  # `interpolate_offset` of the torch.hub DINOv2 models without registers
+
+
+def hub_position_embeddings(
+    position_embeddings: torch.Tensor, grid: tuple[int, int], offset: float = HUB_INTERPOLATE_OFFSET
+) -> torch.Tensor:
+    """Resize DINOv2 position embeddings to a patch grid by the torch.hub rule (no registers).
+
+    Args:
+        position_embeddings: [1, 1 + M*M, D] (class entry first, then an M x M grid).
+        grid: (h, w) patch grid.
+    Returns:
+        [1, 1 + h*w, D]: the grid resampled bicubically (float32, align_corners=False, no antialias) with
+        ``scale_factor = ((h + offset) / M, (w + offset) / M)``: the output has h x w cells, but the sampling
+        positions follow the offset scale.
+    """
+    cls_pos, patch_pos = position_embeddings[:, :1], position_embeddings[:, 1:]
+    m = int(round(patch_pos.shape[1] ** 0.5))
+    d = patch_pos.shape[-1]
+    patch_pos = patch_pos.reshape(1, m, m, d).permute(0, 3, 1, 2).float()
+    scale = ((grid[0] + offset) / m, (grid[1] + offset) / m)
+    patch_pos = F.interpolate(patch_pos, scale_factor=scale, mode="bicubic", align_corners=False)
+    if tuple(patch_pos.shape[-2:]) != tuple(grid):  # the offset keeps floor(M * scale) == n
+        raise RuntimeError(
+            f"hub position interpolation gave a {tuple(patch_pos.shape[-2:])} grid, not {grid}"
+        )
+    patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, -1, d).to(position_embeddings.dtype)
+    return torch.cat([cls_pos, patch_pos], dim=1)
+
+
+class Dinov2EmbeddingsWithHubPositions(Dinov2Embeddings):
+    """`Dinov2Embeddings` that resize the position embeddings by the torch.hub rule."""
+
+    def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        num_positions = self.position_embeddings.shape[1] - 1
+        if embeddings.shape[1] - 1 == num_positions and height == width:  # the native grid (both libraries)
+            return self.position_embeddings
+        patch_h, patch_w = self.patch_embeddings.patch_size
+        return hub_position_embeddings(self.position_embeddings, (height // patch_h, width // patch_w))
+
+
+def with_hub_positions(embeddings: Dinov2Embeddings) -> Dinov2EmbeddingsWithHubPositions:
+    """The same embeddings (the very same parameters) with the torch.hub position rule."""
+    hub = Dinov2EmbeddingsWithHubPositions(embeddings.config)
+    hub.load_state_dict(embeddings.state_dict(keep_vars=True), assign=True)
+    return hub
+
+
+def dinov2_backbone(
+    config: Dinov2Config | Dinov2WithRegistersConfig, position_interpolation: str = "hub"
+) -> Dinov2Model | Dinov2WithRegistersModel:
+    """A randomly initialized DINOv2 for ``config``; ``position_interpolation="hub"`` reproduces the torch.hub
+    models (see `WeCLIPPlusConfig.dino_position_interpolation`).
+
+    The result is a plain `Dinov2Model` / `Dinov2WithRegistersModel` (so transformers' checkpoint key
+    conversions apply to it); only the embeddings module of a hub-rule `Dinov2Model` is swapped.
+    """
+    if isinstance(config, Dinov2WithRegistersConfig):
+        return Dinov2WithRegistersModel._from_config(config)  # transformers' rule is the hub rule here
+    model = Dinov2Model._from_config(config)
+    if position_interpolation == "hub":
+        model.embeddings = with_hub_positions(model.embeddings)
+    return model
+
+
+def resize_to_patch_multiple(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, 3, floor(H/p)*p, floor(W/p)*p]: bilinear, align_corners=False, no antialias (the
+    official DINO input); unchanged when H and W are multiples already."""
+    h, w = (s // patch_size * patch_size for s in pixel_values.shape[-2:])
+    if (h, w) == tuple(pixel_values.shape[-2:]):
+        return pixel_values
+    return F.interpolate(pixel_values, size=(h, w), mode="bilinear", align_corners=False)
+
+
+@dataclass
+class DinoBranchOutput:
+    """What the DINO branch computes for one batch."""
+
+    features: torch.Tensor  # [B, dim, h, w] head output resized to the CLIP grid: the decoder's DINO input
+    patch_tokens: torch.Tensor  # [B, gh*gw, C] final LayerNorm-ed patch tokens (no class / register tokens)
+    grid: tuple[int, int]  # (gh, gw) the DINO patch grid
+
+
+class WeCLIPPlusDinoBranch(nn.Module):
+    """Frozen DINOv2 (no gradient, always in eval mode) -> final patch tokens -> trainable `WeCLIPFeatureHead`
+    on the DINO grid -> bilinear resize to the CLIP grid."""
+
+    def __init__(self, config: WeCLIPPlusConfig):
+        super().__init__()
+        dino = config.dino_config
+        self.num_register_tokens = config.dino_num_register_tokens
+        self.backbone = dinov2_backbone(dino, config.dino_position_interpolation)
+        self.head = WeCLIPFeatureHead(dino.hidden_size, config.decoder_hidden_size, 1, config.decoder_dropout)
+        self.freeze()
+
+    def freeze(self) -> None:
+        """No gradient and eval mode for the DINOv2 (called after construction and after loading weights)."""
+        self.backbone.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    @torch.no_grad()
+    def patch_tokens(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Final LayerNorm-ed patch tokens of the frozen DINOv2 on the image resized to a patch multiple.
+
+        Args: pixel_values: [B, 3, H, W] normalized images (ImageNet statistics, as for CLIP), H, W >= patch.
+        Returns: ([B, gh*gw, C] row-major tokens, (gh, gw)).
+        """
+        patch = self.backbone.config.patch_size
+        if min(pixel_values.shape[-2:]) < patch:
+            raise ValueError(
+                f"Images of {tuple(pixel_values.shape[-2:])} pixels are smaller than one {patch}x{patch} "
+                "DINOv2 patch; resize them."
+            )
+        image = resize_to_patch_multiple(pixel_values, patch)
+        hidden = self.backbone(pixel_values=image).last_hidden_state  # [B, 1 + R + gh*gw, C]
+        return hidden[:, 1 + self.num_register_tokens :], (image.shape[-2] // patch, image.shape[-1] // patch)
+
+    def forward(self, pixel_values: torch.Tensor, grid: tuple[int, int]) -> DinoBranchOutput:
+        """Args: pixel_values: [B, 3, H, W]; grid: (h, w) the CLIP patch grid the features are resized to."""
+        tokens, dino_grid = self.patch_tokens(pixel_values)
+        features = self.head([tokens], dino_grid)  # [B, dim, gh, gw]
+        features = F.interpolate(features, size=grid, mode="bilinear", align_corners=False)
+        return DinoBranchOutput(features=features, patch_tokens=tokens, grid=dino_grid)
+
+
+# --------------------------------------------------------------------------------------------------
+# torch.hub DINOv2 weights -> transformers names (for official WeCLIP+ checkpoints, key prefix removed)
+
+_HUB_TO_HF = [
+    (r"^cls_token$", "embeddings.cls_token"),
+    (r"^mask_token$", "embeddings.mask_token"),
+    (r"^pos_embed$", "embeddings.position_embeddings"),
+    (r"^register_tokens$", "embeddings.register_tokens"),
+    (r"^patch_embed\.proj\.(weight|bias)$", r"embeddings.patch_embeddings.projection.\1"),
+    (r"^blocks\.(\d+)\.norm([12])\.(weight|bias)$", r"encoder.layer.\1.norm\2.\3"),
+    (r"^blocks\.(\d+)\.attn\.proj\.(weight|bias)$", r"encoder.layer.\1.attention.o_proj.\2"),
+    (r"^blocks\.(\d+)\.ls([12])\.gamma$", r"encoder.layer.\1.layer_scale\2.lambda1"),
+    (r"^blocks\.(\d+)\.mlp\.(fc[12])\.(weight|bias)$", r"encoder.layer.\1.mlp.\2.\3"),
+    (r"^norm\.(weight|bias)$", r"layernorm.\1"),
+]
+_HUB_QKV = re.compile(r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$")
+
+
+def convert_hub_dinov2_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torch.hub DINOv2 keys (``blocks.N.attn.qkv``, ``ls1.gamma``, ``norm``, ...) -> `Dinov2Model` /
+    `Dinov2WithRegistersModel` keys; ``attn.qkv`` rows are split into q, k, v thirds. An unknown key raises a
+    `ValueError` naming it (SwiGLU / chunked-block checkpoints are not supported)."""
+    out = {}
+    for key, value in state_dict.items():
+        if match := _HUB_QKV.match(key):
+            layer, kind = match.groups()
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
+                out[f"encoder.layer.{layer}.attention.{name}.{kind}"] = part.clone()
+            continue
+        for pattern, target in _HUB_TO_HF:
+            if re.match(pattern, key):
+                out[re.sub(pattern, target, key)] = value
+                break
+        else:
+            raise ValueError(f"Unknown torch.hub DINOv2 weight {key!r}: no transformers name for it.")
+    return out
+
+
+__all__ = [
+    "WeCLIPPlusDinoBranch",
+    "DinoBranchOutput",
+    "with_hub_positions",
+    "Dinov2EmbeddingsWithHubPositions",
+    "hub_position_embeddings",
+    "dinov2_backbone",
+    "resize_to_patch_multiple",
+    "convert_hub_dinov2_state_dict",
+]

@@ -1,0 +1,359 @@
+"""WeCLIP+ (TPAMI 2025): WeCLIP with a frozen DINOv2 beside the frozen CLIP (DESIGN-weclip-plus).
+
+`WeCLIPPlusForSemanticSegmentation` is a `WeCLIPForSemanticSegmentation` (CLIP towers, text embeddings,
+loading and freezing, the pseudo-label stages, PAR, the losses) with what WeCLIP+ adds as named pieces:
+
+- the DINO branch (`WeCLIPPlusDinoBranch`: frozen DINOv2 -> its own feature head -> the CLIP grid);
+- the decoder run on both branches: WeCLIP's decoder, whose one-input head is the CLIP head, and its
+  transformer (`WeCLIPDecoder.decode`) on the DINO features; the prediction is the weighted sum of the two;
+- the decoder affinity of the concatenated [CLIP; DINO] features;
+- RFM+ (`prediction_weighted_cams`): each GradCAM weighted by the prediction before propagation, the box mask
+  optional, GradCAM on the tokens of block `cam_feature_block`;
+- the WeCLIP+ losses (`weclip_plus_losses`: Dice, cross-branch CE, confident-pixel self-training).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModel, Dinov2Config, Dinov2WithRegistersConfig
+
+from .affinity import transition_matrix
+from .branch_losses import weclip_plus_losses
+from .cam import cam_box_masks, refine_cams, upsample_normalized
+from .configuration_weclip_plus import WeCLIPPlusConfig
+from .dino_branch import WeCLIPPlusDinoBranch
+from .modeling_weclip import (
+    CLIPVisionFeatures,
+    WeCLIPCAMOutput,
+    WeCLIPForSemanticSegmentation,
+    WeCLIPSemanticSegmenterOutput,
+    _without_autocast,
+    feature_affinity,
+)
+from .par import par_refine
+from .pseudo_labels import (
+    PairPlan,
+    attention_maps_needed,
+    cam_affinity,
+    class_scores,
+    dense_class_cams,
+    labels_from_scores,
+    pair_gradcams,
+    patch_attention_maps,
+    plan_pairs,
+)
+
+# --------------------------------------------------------------------------------------------------
+# Outputs
+
+
+@dataclass
+class WeCLIPPlusCAMOutput(WeCLIPCAMOutput):
+    """`WeCLIPCAMOutput` plus what RFM+ propagates (``box_masks`` is None when the box mask is off)."""
+
+    weighted_gradcams: torch.Tensor | None = None  # [P, h, w] GradCAM x the prediction's class probability
+
+
+@dataclass
+class WeCLIPPlusSemanticSegmenterOutput(WeCLIPSemanticSegmenterOutput):
+    """Output of [`WeCLIPPlusForSemanticSegmentation`]: `WeCLIPSemanticSegmenterOutput` (``logits`` is the
+    prediction, ``w_clip * logits_clip + w_dino * logits_dino``) plus the branches and the WeCLIP+ losses.
+
+    Args:
+        logits_clip, logits_dino: [B, num_labels, h, w] the decoder on the CLIP and on the DINO features.
+        dice_loss: Dice loss of the prediction.
+        clip_from_dino_loss, dino_from_clip_loss: each branch's balanced CE against the other's argmax.
+        self_training_mask: [B, H, W] bool, the pixels whose pseudo label the prediction overwrote for the
+            losses (None before ``config.self_training_start_step`` and with pixel ``labels``);
+            ``pseudo_labels`` are the labels before the overwrite.
+    """
+
+    logits_clip: torch.FloatTensor | None = None
+    logits_dino: torch.FloatTensor | None = None
+    dice_loss: torch.FloatTensor | None = None
+    clip_from_dino_loss: torch.FloatTensor | None = None
+    dino_from_clip_loss: torch.FloatTensor | None = None
+    self_training_mask: torch.BoolTensor | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# RFM+
+
+
+def prediction_weighted_cams(
+    cams: torch.Tensor, class_probabilities: torch.Tensor, plan: PairPlan
+) -> torch.Tensor:
+    """RFM+'s re-weighting: each pair's GradCAM times the prediction's probability of the pair's class,
+    cell by cell.
+
+    Args:
+        cams: [P, h, w] GradCAMs. class_probabilities: [B, 1 + C, h, w] softmax of the (detached) prediction,
+            background first. plan: the pairs.
+    Returns: [P, h, w], what RFM+ propagates with the transition matrix.
+    """
+    return cams * class_probabilities[plan.image, plan.class_index + 1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Task model
+
+
+class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
+    """WeCLIP+ for semantic segmentation trained from image-level labels.
+
+    Frozen: the CLIP towers (as in WeCLIP) and the DINOv2 (`dino_branch.backbone`: no gradient, eval mode even
+    under ``.train()``, frozen again after loading). Trained: the decoder (its head is the CLIP head) and the
+    DINO head (`dino_branch.head`). Build one from pretrained backbones with `from_clip_and_dino`.
+    """
+
+    config: WeCLIPPlusConfig
+    config_class = WeCLIPPlusConfig
+    _TRAINED = ("decoder", "dino_branch")
+    _fresh_in_clip_checkpoint = re.compile(r"^decoder\.|^dino_branch\.|_text_embeds$|^training_step$")
+    _from_backbones = "from_clip_and_dino"
+
+    def __init__(self, config: WeCLIPPlusConfig):
+        super().__init__(config)  # CLIP towers, text embeddings, step counter, decoder with the CLIP head
+        self.dino_branch = WeCLIPPlusDinoBranch(config)
+        self.post_init()  # initializes the DINO branch (the rest is initialized already)
+
+    def freeze_clip(self) -> None:
+        """Freeze the CLIP towers and the DINOv2 (no gradient, eval mode). Called after construction and
+        loading."""
+        super().freeze_clip()
+        if "dino_branch" in self._modules:  # absent while WeCLIP's constructor runs
+            self.dino_branch.freeze()
+
+    @classmethod
+    def from_clip(cls, *args, **kwargs):
+        """Not available: WeCLIP+ needs a DINOv2 checkpoint too (`from_clip_and_dino`)."""
+        raise TypeError(
+            "WeCLIP+ needs a DINOv2 checkpoint besides CLIP: use "
+            "WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(clip_name_or_path, dino_name_or_path, ...)."
+        )
+
+    @classmethod
+    def from_clip_and_dino(
+        cls,
+        clip_name_or_path: str,
+        dino_name_or_path: str,
+        class_names: list[str] | None = None,
+        background_names: list[str] | None = None,
+        tokenizer=None,
+        **config_kwargs,
+    ) -> WeCLIPPlusForSemanticSegmentation:
+        """Build WeCLIP+ from any CLIP checkpoint and any DINOv2 checkpoint (`Dinov2Model` or
+        `Dinov2WithRegistersModel`; Hub ids or local folders, safetensors only): both backbones' weights, a
+        fresh decoder and DINO head, class embeddings from the CLIP checkpoint's tokenizer (or ``tokenizer``).
+        ``config_kwargs`` set the other `WeCLIPPlusConfig` fields (e.g. ``decoder_num_layers=5`` for
+        ViT-L)."""
+        dino = AutoModel.from_pretrained(dino_name_or_path, use_safetensors=True)
+        if not isinstance(dino.config, (Dinov2Config, Dinov2WithRegistersConfig)):
+            raise ValueError(
+                f"{dino_name_or_path!r} holds a {dino.config.model_type!r} model, not a DINOv2 ('dinov2' or "
+                "'dinov2_with_registers')."
+            )
+        model = super().from_clip(
+            clip_name_or_path,
+            class_names,
+            background_names,
+            tokenizer,
+            dino_config=dino.config,
+            **config_kwargs,
+        )
+        model.dino_branch.backbone.load_state_dict(dino.state_dict())
+        model.freeze_clip()
+        return model
+
+    # ---- pseudo labels ---------------------------------------------------------------------------
+
+    @_without_autocast
+    def generate_pseudo_labels(
+        self,
+        pixel_values: torch.Tensor,
+        class_labels: torch.Tensor,
+        features: CLIPVisionFeatures,
+        decoder_affinity: torch.Tensor | None = None,
+        use_rfm: bool = False,
+        class_probabilities: torch.Tensor | None = None,
+    ) -> WeCLIPPlusCAMOutput:
+        """RFM+: batched GradCAM (the last block on block ``config.cam_feature_block``'s tokens) ->
+        weighted by the prediction -> propagated by the RFM (or mean-attention) affinity, box mask if
+        ``config.rfm_use_box_mask`` -> PAR -> labels.
+
+        Args:
+            pixel_values: [B, 3, H, W] normalized images. class_labels: [B, C] multi-hot.
+            features: `forward_clip_features` of the images, with `attention_maps_needed(config, use_rfm)`
+                maps.
+            decoder_affinity: [B, N, N] the affinity of the concatenated decoder features (RFM only).
+            class_probabilities: [B, 1 + C, h, w] softmax of the detached prediction (required).
+        Returns: a `WeCLIPPlusCAMOutput`. Runs in float32 whatever the caller's autocast.
+        """
+        if class_probabilities is None:
+            raise ValueError("RFM+ needs class_probabilities: [B, 1 + C, h, w] softmax of the prediction.")
+        cfg = self.config
+        plan = plan_pairs(class_labels, pixel_values.device)
+        gradcams = pair_gradcams(
+            self.last_block_pair_embeddings,
+            features.hidden[cfg.cam_feature_block],
+            self.class_text_embeds,
+            self.background_text_embeds,
+            self.logit_scale,
+            plan,
+            features.grid,
+        )
+        maps = patch_attention_maps(features.attention, gradcams.last_attention, plan)
+        affinity = cam_affinity(maps, cfg, use_rfm, decoder_affinity)
+        transition = transition_matrix(affinity.affinity)
+        masks = cam_box_masks(gradcams.cams, cfg.cam_box_threshold) if cfg.rfm_use_box_mask else None
+        weighted = prediction_weighted_cams(gradcams.cams, class_probabilities.float(), plan)
+        refined_grid = refine_cams(weighted, transition, plan.image, masks)
+        refined = upsample_normalized(refined_grid, pixel_values.shape[-2:])  # [P, H, W]
+        scores = par_refine(
+            pixel_values,
+            class_scores(refined, plan, cfg.cam_bg_exponent),
+            cfg.par_dilations,
+            cfg.par_num_iter,
+            cfg.par_temperature,
+            cfg.par_pos_weight,
+        )
+        return WeCLIPPlusCAMOutput(
+            pseudo_labels=labels_from_scores(scores, plan),
+            cams=dense_class_cams(refined_grid, plan),
+            pair_image_index=plan.image,
+            pair_class_index=plan.class_index,
+            text_probs=gradcams.text_probs,
+            gradcams=gradcams.cams,
+            box_masks=masks,
+            refined_cams_grid=refined_grid,
+            refined_cams=refined,
+            affinity_before_norm=affinity.affinity,
+            rfm_keep=affinity.rfm_keep,
+            rfm_distance=affinity.rfm_distance,
+            weighted_gradcams=weighted,
+        )
+
+    # ---- forward ---------------------------------------------------------------------------------
+
+    def _self_training(self) -> bool:
+        """Whether this step overwrites confident pseudo-label pixels (``self_training_start_step``)."""
+        start = self.config.self_training_start_step
+        return start is not None and self._current_step() >= start
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        class_labels: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        use_rfm: bool | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        output_cam_details: bool = False,
+        output_hidden_states: bool | list[int] | None = None,
+        output_attentions: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> WeCLIPPlusSemanticSegmenterOutput | tuple:
+        r"""
+        Args: as [`WeCLIPForSemanticSegmentation.forward`] (``output_hidden_states`` and
+            ``output_attentions`` concern the CLIP vision tower).
+
+        The loss is ``seg + affinity_loss_weight * affinity + cross_branch_loss_weight * (clip_from_dino +
+        dino_from_clip) + dice_loss_weight * dice``. From ``config.self_training_start_step`` on (the
+        training-step counter), the pixels the prediction is confident about overwrite the pseudo labels of
+        the segmentation and Dice terms (not those of the affinity term). With pixel ``labels`` the same
+        losses use them, without the overwrite.
+        """
+        cfg = self.config
+        return_dict = cfg.return_dict if return_dict is None else return_dict
+        output_hidden_states = (
+            cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
+        self._check_inputs(pixel_values, class_labels, labels, pixel_mask)
+        if class_labels is not None and not class_labels.is_floating_point():
+            class_labels = class_labels.to(pixel_values.dtype)  # bool or integer multi-hot -> 0./1.
+        weak = class_labels is not None
+        needs_affinity = weak or labels is not None
+
+        # 1. Frozen CLIP: the first L-1 blocks, with the attention maps this step's pseudo labels need.
+        rfm = None
+        if weak:
+            rfm = self._current_step() >= cfg.rfm_start_step if use_rfm is None else bool(use_rfm)
+        n_maps = attention_maps_needed(cfg, rfm) if weak else 0
+        clip = self.forward_clip_features(pixel_values, n_maps, output_attentions=output_attentions)
+        tokens = [t[:, 1:] for t in clip.hidden[len(clip.hidden) - cfg.num_feature_layers :]]
+        hidden_states, attentions = self._vision_outputs(clip, output_hidden_states, output_attentions)
+
+        # 2. Frozen DINOv2 and its head, resized to the CLIP grid.
+        dino = self.dino_branch(pixel_values, clip.grid)
+
+        # 3. The shared decoder on both branches; the prediction is their weighted sum. The affinity is that
+        # of the concatenated branch features (both after their heads' dropout).
+        logits_clip, clip_features = self.decoder(tokens, clip.grid)
+        logits_dino = self.decoder.decode(dino.features)
+        weight_clip, weight_dino = cfg.branch_logit_weights
+        logits = weight_clip * logits_clip + weight_dino * logits_dino
+        decoder_affinity = None
+        if needs_affinity:
+            decoder_affinity = feature_affinity(torch.cat([clip_features, dino.features], dim=1))  # [B, N, N]
+
+        # 4. Pseudo labels from the frozen CLIP with RFM+ (weak supervision).
+        details = pseudo = cams = None
+        if weak:
+            probabilities = logits.detach().float().softmax(dim=1)  # [B, 1 + C, h, w]
+            details = self.generate_pseudo_labels(
+                pixel_values, class_labels, clip, decoder_affinity, rfm, probabilities
+            )
+            pseudo, cams = details.pseudo_labels, details.cams
+            if pixel_mask is not None:
+                pseudo = pseudo.masked_fill(pixel_mask == 0, cfg.semantic_loss_ignore_index)
+                details.pseudo_labels = pseudo
+
+        # 5. Losses on the pseudo labels (or on the given pixel labels).
+        terms = None
+        target = labels if labels is not None else pseudo
+        if target is not None:
+            terms = weclip_plus_losses(
+                cfg,
+                logits,
+                logits_clip,
+                logits_dino,
+                decoder_affinity,
+                target,
+                self_training=labels is None and self._self_training(),
+                across_processes=self.training and torch.is_grad_enabled(),
+            )
+
+        if self.training:
+            self._advance_step()
+
+        output = WeCLIPPlusSemanticSegmenterOutput(
+            loss=terms.loss if terms else None,
+            logits=logits,
+            logits_clip=logits_clip,
+            logits_dino=logits_dino,
+            seg_loss=terms.seg_loss if terms else None,
+            affinity_loss=terms.affinity_loss if terms else None,
+            dice_loss=terms.dice_loss if terms else None,
+            clip_from_dino_loss=terms.clip_from_dino_loss if terms else None,
+            dino_from_clip_loss=terms.dino_from_clip_loss if terms else None,
+            self_training_mask=terms.self_training_mask if terms else None,
+            pseudo_labels=pseudo,
+            cams=cams,
+            decoder_affinity=decoder_affinity,
+            used_rfm=rfm,
+            cam_details=details if output_cam_details else None,
+            hidden_states=hidden_states,
+            attentions=attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "WeCLIPPlusForSemanticSegmentation",
+    "WeCLIPPlusSemanticSegmenterOutput",
+    "WeCLIPPlusCAMOutput",
+    "prediction_weighted_cams",
+]
