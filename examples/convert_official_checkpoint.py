@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Convert an official WeCLIP checkpoint into a transformers folder.
+"""Convert an official WeCLIP or WeCLIP+ checkpoint into a transformers folder.
 
-The folder holds `config.json` + `model.safetensors` (`WeCLIPForSemanticSegmentation.from_pretrained`
+The folder holds `config.json` + `model.safetensors` (`AutoModelForSemanticSegmentation.from_pretrained`
 and `pipeline("image-segmentation")` load it after `import weclip_hf`), the image processor and a model
-card (README.md) that says where the weights came from.
+card (README.md) that says where the weights came from. The preset says the method: ``voc`` / ``coco`` for
+WeCLIP, ``voc-plus`` / ``coco-plus`` for WeCLIP+ (whose checkpoint also holds its DINOv2, ``dino_encoder.*``).
 
 Examples:
     # the official checkpoint holds CLIP (encoder.*) and the decoder; the tokenizer gives the text embeddings
@@ -14,6 +15,9 @@ Examples:
     python examples/convert_official_checkpoint.py --checkpoint WeCLIP_model_iter_80000.pth \
         --clip openai/clip-vit-base-patch16 --preset coco --output_dir weclip-coco --push_to_hub \
         --hub_model_id me/weclip-coco
+    # WeCLIP+ (frozen CLIP + frozen DINOv2): the DINOv2 comes from the checkpoint
+    python examples/convert_official_checkpoint.py --checkpoint WeCLIP_Plus_iter_30000.pth \
+        --tokenizer openai/clip-vit-base-patch16 --preset voc-plus --output_dir weclip-plus-voc
 
 Checkpoints are read safely (`torch.load(weights_only=True)`; a pickle that needs code is refused). An
 OpenAI TorchScript `ViT-B-16.pt` is read without running its code; see `weclip_hf.safe_loading`.
@@ -29,8 +33,9 @@ from pathlib import Path
 from huggingface_hub import ModelCard
 
 from weclip_hf import WeCLIPImageProcessor
+from weclip_hf.conversion import OFFICIAL_PRESETS, dino_variant_name
 from weclip_hf.convert import convert_official_checkpoint
-from weclip_hf.hub import make_model_card, publish_folder, save_model_card
+from weclip_hf.hub import METHODS, make_model_card, publish_folder, save_model_card
 from weclip_hf.presets import get_preset
 
 logger = logging.getLogger("convert_official_checkpoint")
@@ -40,7 +45,7 @@ DEFAULT_TOKENIZER = "openai/clip-vit-base-patch16"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--checkpoint", required=True, help="official WeCLIP .pth (torch.save of the state dict)"
+        "--checkpoint", required=True, help="official WeCLIP or WeCLIP+ .pth (torch.save of the state dict)"
     )
     parser.add_argument("--clip", default=None, help="transformers CLIP folder or Hub id for the CLIP part")
     parser.add_argument(
@@ -48,7 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help=f"CLIP tokenizer folder or Hub id (default: --clip's, else {DEFAULT_TOKENIZER}; offline: a folder)",
     )
-    parser.add_argument("--preset", choices=("voc", "coco"), default="voc", help="dataset preset")
+    parser.add_argument(
+        "--preset",
+        choices=[name for names in OFFICIAL_PRESETS.values() for name in names],
+        default="voc",
+        help="dataset preset and method: voc / coco (WeCLIP), voc-plus / coco-plus (WeCLIP+)",
+    )
     parser.add_argument("--output_dir", required=True, help="where to write the converted model")
     parser.add_argument(
         "--no_check_clip",
@@ -75,17 +85,34 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def dino_description(config) -> str:
+    """Where a converted WeCLIP+'s DINOv2 comes from and what it is, for the model card."""
+    dino = config.dino_config
+    variant = dino_variant_name(dino)
+    return (
+        "the checkpoint's own `dino_encoder.*` tensors (torch.hub naming"
+        + (f"; `{variant}`" if variant else "")
+        + f"; {dino.num_hidden_layers} blocks of width {dino.hidden_size}, "
+        + f"{config.dino_num_register_tokens} register tokens)"
+    )
+
+
 def build_model_card(args: argparse.Namespace, model, checkpoint_sha256: str) -> ModelCard:
     """The model card (`weclip_hf.hub.make_model_card`), its source section saying where the weights came
     from: the checkpoint and its hash, the CLIP weights, the text embeddings, the preset and the conversion."""
     clip_source = (
         f"`{args.clip}` (transformers CLIP)" if args.clip else "the checkpoint's own `encoder.*` tensors"
     )
+    dino_source = (
+        f"\n- DINOv2 weights from: {dino_description(model.config)}"
+        if model.config.model_type == "weclip_plus"
+        else ""
+    )
     source = f"""Converted from an official checkpoint (trained with the official code) to the `weclip_hf`
 transformers format with `examples/convert_official_checkpoint.py`.
 
 - Source checkpoint: `{Path(args.checkpoint).name}` (sha256 `{checkpoint_sha256}`)
-- CLIP weights from: {clip_source}
+- CLIP weights from: {clip_source}{dino_source}
 - Text embeddings: computed at conversion with the CLIP tokenizer `{args.tokenizer or args.clip}`,
   prompt `{model.config.prompt_template}`
 - Preset: `{args.preset}` ({get_preset(args.preset).description})
@@ -128,7 +155,7 @@ def main(argv: list[str] | None = None) -> Path:
             args.hub_model_id,
             token=args.hub_token,
             private=args.private,
-            commit_message="Convert an official WeCLIP checkpoint",
+            commit_message=f"Convert an official {METHODS[model.config.model_type].name} checkpoint",
         )
         logger.info("Pushed to https://huggingface.co/%s", args.hub_model_id)
     return output_dir

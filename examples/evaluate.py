@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evaluate a saved WeCLIP model: mIoU single-scale, multi-scale + flip, optional dense CRF, and the
+"""Evaluate a saved WeCLIP or WeCLIP+ model: mIoU single-scale, multi-scale + flip, optional dense CRF, and the
 pseudo labels (CAM without / with RFM); prints a per-class IoU table and writes JSON.
 
     python examples/evaluate.py --model_name_or_path outputs/weclip-toy             # toy validation split

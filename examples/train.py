@@ -193,6 +193,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--hub_model_id")
     train.add_argument("--hub_token", help="Hub token (default: the logged-in one); never written to disk")
     args = p.parse_args(argv)
+    if args.dino_model_name_or_path and args.preset and get_preset(args.preset).model_type != "weclip_plus":
+        plus = sorted(name for name, preset in PRESETS.items() if preset.model_type == "weclip_plus")
+        p.error(
+            f"--dino_model_name_or_path builds WeCLIP+, but --preset {args.preset} is a WeCLIP preset: use a "
+            f"WeCLIP+ preset ({', '.join(plus)}), or leave out --preset."
+        )
     args.given_model_flags = [
         k for k in MODEL_FLAGS if getattr(args, k) is not None
     ]  # before the recipe fills
@@ -228,6 +234,15 @@ MODEL_FLAGS = (
     "decoder_dropout",
 )
 WEIGHT_FLAGS = MODEL_FLAGS[:4]
+# the losses of the training log: the total, WeCLIP's two terms, and WeCLIP+'s (absent from WeCLIP's output)
+LOGGED_LOSSES = (
+    "loss",
+    "seg_loss",
+    "affinity_loss",
+    "dice_loss",
+    "clip_from_dino_loss",
+    "dino_from_clip_loss",
+)
 
 
 def public_args(args: argparse.Namespace) -> dict:
@@ -327,12 +342,7 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
         overrides = {k: getattr(args, k) for k in args.given_model_flags}
         return AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path, **overrides)
     preset = args.preset or ("toy" if args.recipe == "toy" else None)
-    plus = (get_preset(preset).model_type == "weclip_plus") if preset else False
-    if args.dino_model_name_or_path and preset and not plus and args.preset:
-        raise ValueError(
-            f"--dino_model_name_or_path builds WeCLIP+, but --preset {args.preset} is a WeCLIP preset: use "
-            f"{args.preset}-plus, or leave out --preset."
-        )
+    plus = (get_preset(preset).model_type == "weclip_plus") if preset else False  # parse_args: --dino fits
     overrides = get_preset(preset).config_kwargs() if preset else {}
     overrides.update({k: v for k, v in names.items() if v is not None})
     for key in MODEL_FLAGS:
@@ -675,14 +685,13 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
             bar.update(1)
             if step % args.logging_steps == 0 or step == args.max_train_steps:
                 # under DDP each process's loss is scaled so that their mean is the global-batch loss
-                losses = accelerator.reduce(
-                    torch.stack([out.loss, out.seg_loss, out.affinity_loss]).detach(), "mean"
-                )
+                named = {
+                    name: getattr(out, name) for name in LOGGED_LOSSES if getattr(out, name, None) is not None
+                }
+                losses = accelerator.reduce(torch.stack(list(named.values())).detach(), "mean").tolist()
                 record = {
                     "step": step,
-                    "loss": losses[0].item(),
-                    "seg_loss": losses[1].item(),
-                    "affinity_loss": losses[2].item(),
+                    **dict(zip(named, losses)),
                     "lr": scheduler.get_last_lr()[0],
                     "rfm": bool(out.used_rfm),
                 }

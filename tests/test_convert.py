@@ -105,21 +105,29 @@ def official_clip_shapes(
     return shapes
 
 
-def official_decoder_shapes(
-    vision_width, vision_layers, decoder_dim, decoder_blocks, num_classes, **_
-) -> dict[str, tuple[int, ...]]:
+def official_head_shapes(stem: str, width: int, decoder_dim: int, layers: int) -> dict[str, tuple[int, ...]]:
+    """An official feature-fusion head (``{stem}.linears_modulelist.{i}.proj`` / ``proj_2``, ``linear_fuse``)."""
     shapes = {}
-    for i in range(vision_layers - 1):
+    for i in range(layers):
         shapes.update(
             {
-                f"decoder_fts_fuse.linears_modulelist.{i}.proj.weight": (decoder_dim, vision_width),
-                f"decoder_fts_fuse.linears_modulelist.{i}.proj.bias": (decoder_dim,),
-                f"decoder_fts_fuse.linears_modulelist.{i}.proj_2.weight": (decoder_dim, decoder_dim),
-                f"decoder_fts_fuse.linears_modulelist.{i}.proj_2.bias": (decoder_dim,),
+                f"{stem}.linears_modulelist.{i}.proj.weight": (decoder_dim, width),
+                f"{stem}.linears_modulelist.{i}.proj.bias": (decoder_dim,),
+                f"{stem}.linears_modulelist.{i}.proj_2.weight": (decoder_dim, decoder_dim),
+                f"{stem}.linears_modulelist.{i}.proj_2.bias": (decoder_dim,),
             }
         )
-    shapes["decoder_fts_fuse.linear_fuse.weight"] = (decoder_dim, decoder_dim * (vision_layers - 1), 1, 1)
-    shapes["decoder_fts_fuse.linear_fuse.bias"] = (decoder_dim,)
+    shapes[f"{stem}.linear_fuse.weight"] = (decoder_dim, decoder_dim * layers, 1, 1)
+    shapes[f"{stem}.linear_fuse.bias"] = (decoder_dim,)
+    return shapes
+
+
+def official_decoder_shapes(
+    vision_width, vision_layers, decoder_dim, decoder_blocks, num_classes, feature_layers=None, **_
+) -> dict[str, tuple[int, ...]]:
+    """WeCLIP's CLIP head (all CLIP blocks but the last, or ``feature_layers``), decoder and ``par.kernel``."""
+    layers = vision_layers - 1 if feature_layers is None else feature_layers
+    shapes = official_head_shapes("decoder_fts_fuse", vision_width, decoder_dim, layers)
     for j in range(decoder_blocks):
         shapes.update(_block_shapes(f"decoder.transformer.resblocks.{j}", decoder_dim))
     shapes["decoder.linear_pred.weight"] = (num_classes, decoder_dim, 1, 1)
@@ -834,3 +842,300 @@ def test_checkpoint_without_clip_needs_clip(official):
     decoder_only = {k: v for k, v in official.items() if not k.startswith("encoder.")}
     with pytest.raises(ValueError, match="--clip"):
         convert_official_checkpoint(decoder_only, preset="voc", tokenizer=FakeCLIPTokenizer(99))
+
+
+# ---- WeCLIP+ (frozen CLIP + frozen DINOv2) -----------------------------------------------------------
+
+# Tiny torch.hub DINOv2: width 24 (2 heads of 12), 2 blocks, patch 8 on a 4x4 grid (the CLIP's 32 px image, so
+# both run at their native grid); the DINO head and the CLIP head (one CLIP layer) as WeCLIP+ has them.
+TINY_DINO = dict(dino_width=24, dino_layers=2, dino_patch=8, dino_grid=4)
+PLUS_KWARGS = dict(decoder_num_heads=4, dino_heads=2)
+
+
+def official_dino_shapes(
+    dino_width, dino_layers, dino_patch, dino_grid, registers=0, **_
+) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a torch.hub DINOv2 under ``dino_encoder.`` (the official order)."""
+    w, p = dino_width, "dino_encoder."
+    shapes = {p + "cls_token": (1, 1, w), p + "pos_embed": (1, 1 + dino_grid**2, w)}
+    if registers:
+        shapes[p + "register_tokens"] = (1, registers, w)
+    shapes.update({p + "mask_token": (1, w), p + "patch_embed.proj.weight": (w, 3, dino_patch, dino_patch)})
+    shapes[p + "patch_embed.proj.bias"] = (w,)
+    for i in range(dino_layers):
+        b = f"{p}blocks.{i}."
+        shapes.update({b + "norm1.weight": (w,), b + "norm1.bias": (w,)})
+        shapes.update({b + "attn.qkv.weight": (3 * w, w), b + "attn.qkv.bias": (3 * w,)})
+        shapes.update({b + "attn.proj.weight": (w, w), b + "attn.proj.bias": (w,), b + "ls1.gamma": (w,)})
+        shapes.update({b + "norm2.weight": (w,), b + "norm2.bias": (w,)})
+        shapes.update({b + "mlp.fc1.weight": (4 * w, w), b + "mlp.fc1.bias": (4 * w,)})
+        shapes.update({b + "mlp.fc2.weight": (w, 4 * w), b + "mlp.fc2.bias": (w,), b + "ls2.gamma": (w,)})
+    shapes.update({p + "norm.weight": (w,), p + "norm.bias": (w,)})
+    return shapes
+
+
+def make_official_plus_state_dict(registers: int = 0, seed: int = 0, **sizes) -> OrderedDict:
+    """A random official WeCLIP+ state dict in the official order: ``encoder.*`` (CLIP, fp16 as the official
+    GPU checkpoint), ``dino_encoder.*``, ``decoder_fts_fuse.*`` (one CLIP layer), ``dino_decoder_fts_fuse.*``,
+    ``decoder.*``, ``par.kernel``."""
+    sizes = {**TINY, **TINY_DINO, **sizes}
+    gen = torch.Generator().manual_seed(seed)
+    shapes = {"encoder." + k: v for k, v in official_clip_shapes(**sizes).items()}
+    shapes.update(official_dino_shapes(registers=registers, **sizes))
+    decoder = official_decoder_shapes(**sizes, feature_layers=1)
+    head = official_head_shapes("dino_decoder_fts_fuse", sizes["dino_width"], sizes["decoder_dim"], 1)
+    shapes.update({k: v for k, v in decoder.items() if k.startswith("decoder_fts_fuse.")})
+    shapes.update(head)
+    shapes.update({k: v for k, v in decoder.items() if not k.startswith("decoder_fts_fuse.")})
+    sd = OrderedDict()
+    for key, shape in shapes.items():
+        value = _par_kernel() if key == "par.kernel" else _random(key.removeprefix("encoder."), shape, gen)
+        sd[key] = value.half() if key.startswith("encoder.") else value
+    return sd
+
+
+def ref_dino(sd: dict, pixel_values: torch.Tensor, heads: int) -> torch.Tensor:
+    """The torch.hub DINOv2 from its own keys (packed qkv, LayerScale, registers after the class token) at its
+    native grid: the final LayerNorm-ed patch tokens [B, N, D]."""
+    p = "dino_encoder."
+    w = sd[p + "patch_embed.proj.weight"]
+    x = (
+        F.conv2d(pixel_values, w, sd[p + "patch_embed.proj.bias"], stride=w.shape[-1])
+        .flatten(2)
+        .transpose(1, 2)
+    )
+    x = torch.cat([sd[p + "cls_token"].expand(len(x), -1, -1), x], dim=1) + sd[p + "pos_embed"]
+    registers = sd.get(p + "register_tokens")
+    if registers is not None:
+        x = torch.cat([x[:, :1], registers.expand(len(x), -1, -1), x[:, 1:]], dim=1)
+    d = x.shape[-1]
+
+    def ln(v, name):
+        return F.layer_norm(v, (d,), sd[name + ".weight"], sd[name + ".bias"], 1e-6)
+
+    i = 0
+    while f"{p}blocks.{i}.norm1.weight" in sd:
+        b = f"{p}blocks.{i}."
+        qkv = F.linear(ln(x, b + "norm1"), sd[b + "attn.qkv.weight"], sd[b + "attn.qkv.bias"])
+        q, k, v = qkv.unflatten(-1, (3, heads, d // heads)).permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+        x = x + sd[b + "ls1.gamma"] * F.linear(attn, sd[b + "attn.proj.weight"], sd[b + "attn.proj.bias"])
+        h = F.gelu(F.linear(ln(x, b + "norm2"), sd[b + "mlp.fc1.weight"], sd[b + "mlp.fc1.bias"]))
+        x = x + sd[b + "ls2.gamma"] * F.linear(h, sd[b + "mlp.fc2.weight"], sd[b + "mlp.fc2.bias"])
+        i += 1
+    return ln(x, p + "norm")[:, 1 + (0 if registers is None else registers.shape[1]) :]
+
+
+@pytest.fixture(scope="module", params=[0, 4], ids=["no-registers", "4-registers"])
+def official_plus(request):
+    return make_official_plus_state_dict(registers=request.param)
+
+
+@pytest.fixture(scope="module")
+def plus_config(official_plus):
+    return infer_config_from_official(official_plus, "voc-plus", **PLUS_KWARGS)
+
+
+def test_infer_weclip_plus_config_from_tiny_shapes(official_plus, plus_config):
+    from transformers import Dinov2WithRegistersConfig
+
+    from weclip_hf import WeCLIPPlusConfig
+
+    c, registers = plus_config, "dino_encoder.register_tokens" in official_plus
+    assert isinstance(c, WeCLIPPlusConfig) and c.model_type == "weclip_plus"
+    assert isinstance(c.dino_config, Dinov2WithRegistersConfig) == registers
+    assert c.dino_num_register_tokens == (4 if registers else 0)
+    dino = c.dino_config
+    assert (dino.hidden_size, dino.num_hidden_layers, dino.num_attention_heads, dino.mlp_ratio) == (
+        24,
+        2,
+        2,
+        4,
+    )
+    assert (dino.patch_size, dino.image_size, dino.layer_norm_eps) == (8, 32, 1e-6)
+    assert (c.num_feature_layers, c.decoder_num_layers, c.decoder_hidden_size) == (1, 2, 32)
+    assert (c.cam_feature_block, c.rfm_use_box_mask, c.rfm_start_step) == (
+        -2,
+        False,
+        0,
+    )  # the voc-plus preset
+    assert (
+        infer_config_from_official(official_plus, "voc-plus").dino_config.num_attention_heads == 1
+    )  # 24 // 64
+
+
+def test_real_dinov2_sizes_give_the_official_variants():
+    from weclip_hf.conversion import dino_variant_name, infer_dino_config
+
+    for registers, name in ((0, "dinov2_vitb14"), (4, "dinov2_vitb14_reg")):
+        shapes = official_dino_shapes(768, 12, 14, 37, registers=registers)
+        config = infer_dino_config({k: torch.empty(s, device="meta") for k, s in shapes.items()})
+        assert (config.hidden_size, config.num_attention_heads, config.image_size) == (768, 12, 518)
+        assert dino_variant_name(config) == name
+
+
+def test_weclip_plus_round_trip_official_ours_official(official_plus, plus_config):
+    from weclip_hf import WeCLIPPlusForSemanticSegmentation
+
+    ours, report = official_to_weclip(official_plus, plus_config)
+    assert sorted([*report.mapped, *report.ignored]) == sorted(official_plus)
+    assert set(report.ignored) == {"par.kernel"}
+    model = WeCLIPPlusForSemanticSegmentation(plus_config)
+    result = model.load_state_dict(ours, strict=False)
+    assert sorted(result.missing_keys) == sorted(report.computed) and not result.unexpected_keys
+    # the packed qkv is split q, k, v in that order; the DINO head is the head of the DINO branch
+    w, qkv = TINY_DINO["dino_width"], official_plus["dino_encoder.blocks.1.attn.qkv.weight"]
+    assert torch.equal(ours["dino_branch.backbone.encoder.layer.1.attention.k_proj.weight"], qkv[w : 2 * w])
+    fuse = official_plus["dino_decoder_fts_fuse.linear_fuse.weight"]
+    assert torch.equal(ours["dino_branch.head.fuse.weight"], fuse)
+    back = weclip_to_official(ours)
+    assert back.keys() == official_plus.keys()
+    assert all(torch.equal(back[k], official_plus[k].float()) for k in official_plus)
+    again, _ = official_to_weclip(back, plus_config)
+    assert again.keys() == ours.keys() and all(torch.equal(again[k], ours[k]) for k in ours)
+
+
+def test_weclip_plus_round_trip_ours_official_ours(plus_config):
+    from weclip_hf import WeCLIPPlusForSemanticSegmentation
+
+    torch.manual_seed(3)
+    state = WeCLIPPlusForSemanticSegmentation(plus_config).state_dict()
+    official = weclip_to_official(state)
+    assert (
+        sum(k.startswith("dino_encoder.") for k in official)
+        == len([k for k in state if k.startswith("dino_branch.backbone.")]) - 2 * 2 * TINY_DINO["dino_layers"]
+    )  # each block's q, k, v (weight, bias) packed in one qkv
+    ours, report = official_to_weclip(official, plus_config)
+    assert ours.keys() == {k for k in state if k not in report.computed}
+    assert all(torch.equal(ours[k], state[k]) for k in ours)
+
+
+def test_converted_weclip_plus_matches_the_official_layout(official_plus):
+    """DINOv2 tokens, both branches' logits and the prediction of the converted model equal the reference
+    computations from the official keys (the DINO and CLIP grids are both 4 x 4: no resize between them)."""
+    from weclip_hf import WeCLIPPlusForSemanticSegmentation
+
+    model = convert_official_checkpoint(
+        dict(official_plus), preset="voc-plus", tokenizer=FakeCLIPTokenizer(TINY["vocab"]), **PLUS_KWARGS
+    )
+    assert isinstance(model, WeCLIPPlusForSemanticSegmentation) and not model.training
+    assert not any(p.requires_grad for p in model.dino_branch.backbone.parameters())
+    assert all(p.requires_grad for p in model.dino_branch.head.parameters())
+    torch.manual_seed(4)
+    pixel_values = torch.randn(2, 3, 32, 32)
+    sd = {k: v.float() for k, v in official_plus.items()}
+    tokens = ref_dino(sd, pixel_values, heads=2)
+    ref_layers, _ = ref_vision(_clip_only(sd), pixel_values, heads=2)
+    logits_clip = ref_decoder(sd, ref_layers[-2:-1], (4, 4), heads=4)  # WeCLIP+: the block before the last
+    head = {
+        k.replace("dino_decoder_fts_fuse.", "decoder_fts_fuse."): v for k, v in sd.items() if "fts_fuse" in k
+    }
+    with_cls = torch.cat([tokens[:, :1], tokens], dim=1)  # ref_decoder drops the first (class) token
+    logits_dino = ref_decoder({**sd, **head}, [with_cls], (4, 4), heads=4)
+    with torch.no_grad():
+        ours_tokens, grid = model.dino_branch.patch_tokens(pixel_values)
+        out = model(pixel_values)
+    assert grid == (4, 4)
+    torch.testing.assert_close(ours_tokens, tokens, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.logits_clip, logits_clip, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.logits_dino, logits_dino, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.logits, (logits_clip + logits_dino) / 2, rtol=1e-5, atol=1e-5)
+
+
+def test_method_mismatch_is_a_clear_error(official, official_plus, plus_config, tiny_official_config):
+    tokenizer = FakeCLIPTokenizer(TINY["vocab"])
+    with pytest.raises(
+        ValueError, match=r"official WeCLIP\+ checkpoint, but preset 'voc' builds WeCLIP\. .*'voc-plus'"
+    ):
+        convert_official_checkpoint(dict(official_plus), preset="voc", tokenizer=tokenizer)
+    with pytest.raises(
+        ValueError, match=r"no DINOv2 branch .*official WeCLIP checkpoint, but preset 'coco-plus'"
+    ):
+        convert_official_checkpoint(dict(official), preset="coco-plus", tokenizer=tokenizer)
+    with pytest.raises(ValueError, match=r"dino_encoder\.\*.*a WeCLIPConfig builds WeCLIP\."):
+        official_to_weclip(official_plus, tiny_official_config)
+    with pytest.raises(ValueError, match=r"a WeCLIPPlusConfig builds WeCLIP\+.*'voc' or 'coco'"):
+        official_to_weclip(official, plus_config)
+
+
+def test_broken_weclip_plus_checkpoints_are_named(official_plus, plus_config):
+    for key in ("dino_encoder.blocks.1.ls2.gamma", "dino_decoder_fts_fuse.linear_fuse.bias"):
+        with pytest.raises(ValueError, match=r"Missing keys.*" + key.replace(".", r"\.")):
+            official_to_weclip({k: v for k, v in official_plus.items() if k != key}, plus_config)
+    for key in ("dino_encoder.blocks.0.mlp.w12.weight", "dino_encoder.head.weight"):  # SwiGLU, a hub head
+        with pytest.raises(ValueError, match=r"Unknown DINO keys.*" + key.replace(".", r"\.")):
+            official_to_weclip({**official_plus, key: torch.zeros(2)}, plus_config)
+    wrong = {**official_plus, "dino_encoder.blocks.0.attn.qkv.bias": torch.zeros(70)}
+    with pytest.raises(ValueError, match=r"qkv\.bias.*3 equal parts"):
+        official_to_weclip(wrong, plus_config)
+    extra = {**official_plus, "dino_encoder.blocks.2.ls1.gamma": torch.ones(TINY_DINO["dino_width"])}
+    with pytest.raises(ValueError, match=r"dino_branch\.backbone\.encoder\.layer\.2\.layer_scale1\.lambda1"):
+        official_to_weclip(extra, plus_config)
+
+
+def test_hostile_weclip_plus_files_are_refused(tmp_path, official_plus):
+    """The WeCLIP+ conversion reads its file with the same safe loader: code is never run, sizes are checked."""
+    from test_convert_hostile import _declare_size
+
+    tokenizer = FakeCLIPTokenizer(TINY["vocab"])
+    target = tmp_path / "executed"
+    torch.save({**official_plus, "payload": _Payload(target)}, tmp_path / "evil.pth")
+    with pytest.raises(ValueError, match="needs code"):
+        convert_official_checkpoint(tmp_path / "evil.pth", preset="voc-plus", tokenizer=tokenizer)
+    assert not target.exists()
+    path = tmp_path / "huge.pth"
+    torch.save(official_plus, path)  # one storage per tensor, numbered in order
+    member = f"huge/data/{list(official_plus).index('dino_encoder.pos_embed')}"
+    _declare_size(path, member, 0xF0000000)  # 3.75 GiB declared
+    with pytest.raises(ValueError, match=f"'{member}'.*max_member_bytes"):
+        convert_official_checkpoint(path, preset="voc-plus", tokenizer=tokenizer)
+
+
+def test_script_converts_a_weclip_plus_checkpoint(tmp_path):
+    from transformers import AutoModelForSemanticSegmentation
+
+    from weclip_hf import WeCLIPPlusForSemanticSegmentation
+
+    require_data(TOKENIZER, "the CLIP tokenizer (49,408 tokens, as the official checkpoints)")
+    sd = make_official_plus_state_dict(registers=4, vocab=49408, context=77)
+    checkpoint, out = tmp_path / "WeCLIP_Plus_tiny.pth", tmp_path / "converted"
+    torch.save(sd, checkpoint)
+    argv = [
+        "--checkpoint",
+        checkpoint,
+        "--tokenizer",
+        TOKENIZER,
+        "--preset",
+        "coco-plus",
+        "--output_dir",
+        out,
+    ]
+    with pytest.raises(ValueError, match="classes but preset 'coco-plus' has 81"):
+        _script().main([str(a) for a in argv])
+    argv[5] = "voc-plus"
+    _script().main([str(a) for a in argv])
+    model = AutoModelForSemanticSegmentation.from_pretrained(out)
+    assert isinstance(model, WeCLIPPlusForSemanticSegmentation) and model.config.dino_num_register_tokens == 4
+    expected, _ = official_to_weclip(sd, model.config)
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in expected.items())
+    card = (out / "README.md").read_text()
+    for text in ("WeCLIP+", "Frozen CLIP-DINO", "`voc-plus`", "`dino_encoder.*`", "4 register tokens"):
+        assert text in card, text
+
+
+def test_weclip_plus_with_clip_from_a_transformers_folder(official_plus, clip_folder, plus_config):
+    """The CLIP of a WeCLIP+ conversion may come from a transformers folder (the checkpoint's own, fp16 here, is
+    compared with it); the DINOv2 always comes from the checkpoint."""
+    from transformers import CLIPModel
+
+    kwargs = dict(clip=str(clip_folder), preset="voc-plus", tokenizer=FakeCLIPTokenizer(TINY["vocab"]))
+    without_clip = {k: v for k, v in official_plus.items() if not k.startswith("encoder.")}
+    expected, _ = official_to_weclip(official_plus, plus_config)
+    folder = CLIPModel.from_pretrained(clip_folder).state_dict()
+    for checkpoint in (without_clip, dict(official_plus)):
+        state = convert_official_checkpoint(checkpoint, **kwargs, **PLUS_KWARGS).state_dict()
+        assert all(torch.equal(state[k], v) for k, v in folder.items() if not k.endswith("position_ids"))
+        assert all(
+            torch.equal(state[k], v) for k, v in expected.items() if k.startswith(("dino_", "decoder."))
+        )

@@ -1,10 +1,11 @@
 """End-to-end parity of `WeCLIPPlusForSemanticSegmentation` with the official WeCLIP+ code on the shared
 reference data (`../shared/data/parity-plus`, VOC preset, CLIP ViT-B/16 + DINOv2 ViT-S/14).
 
-The official-layout weights are regenerated from the spec and mapped to our names (CLIP and decoder by the
-converter's key tables, DINOv2 by `convert_hub_dinov2_state_dict`, the DINO head by its two renamings); the
-model runs once per module and is compared with the ``fp32_*`` arrays (the official code without its two
-hidden fp16 casts). Run with ``-s`` to see the figures.
+The official-layout weights are regenerated from the spec, saved as an official ``.pth``, converted with
+`examples/convert_official_checkpoint.py --preset voc-plus` (so parity covers the converter: the key tables of
+CLIP, decoder, torch.hub DINOv2 and DINO head, and the config inferred from the shapes), loaded with
+``from_pretrained``; the model runs once per module and is compared with the ``fp32_*`` arrays (the official
+code without its two hidden fp16 casts). Run with ``-s`` to see the figures.
 
 Tolerances: 1e-4 (relative to max(1, max |ref|) for logits, to max |ref| for intermediates, absolute for
 probabilities and the affinity), >= 99.9% equal pixels for labels. The CLIP of this set has sharp attention
@@ -17,6 +18,7 @@ so it matches at the 1e-5..1e-4 level rather than the 1e-6 of the WeCLIP set.
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from conftest import SHARED, require_data
 
+REPO = Path(__file__).resolve().parents[1]
 PARITY_PLUS = SHARED / "data" / "parity-plus"
 TOKENIZER = SHARED / "data" / "clip-tokenizer"
 NUM_FG = 20
@@ -73,57 +76,50 @@ def ref() -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
-def official_to_weclip_plus(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The official ``WeCLIP_Plus.state_dict()`` under our names (float32)."""
-    from weclip_hf.conversion.weclip_keys import official_to_decoder, official_to_hf_clip
-    from weclip_hf.dino_branch import convert_hub_dinov2_state_dict
-
-    vision, text, projections, _ = official_to_hf_clip(official)
-    decoder, _ = official_to_decoder(official)
-    dino = {k[len("dino_encoder.") :]: v for k, v in official.items() if k.startswith("dino_encoder.")}
-    head = {
-        k[len("dino_decoder_fts_fuse.") :]: v
-        for k, v in official.items()
-        if k.startswith("dino_decoder_fts_fuse.")
-    }
-    renamed_head = {
-        key.replace("linears_modulelist.", "layer_mlps.")
-        .replace(".proj_2.", ".fc2.")
-        .replace(".proj.", ".fc1.")
-        .replace("linear_fuse.", "fuse."): value
-        for key, value in head.items()
-    }
-    ours = {**vision, **text, **projections, **decoder}
-    ours.update({f"dino_branch.backbone.{k}": v for k, v in convert_hub_dinov2_state_dict(dino).items()})
-    ours.update({f"dino_branch.head.{k}": v for k, v in renamed_head.items()})
-    return {k: v.float() for k, v in ours.items()}
+def load_module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
-def model():
-    from transformers import AutoTokenizer
-
-    from weclip_hf import WeCLIPPlusConfig, WeCLIPPlusForSemanticSegmentation
-    from weclip_hf.conversion.config_inference import infer_clip_configs
-
-    spec_loader = importlib.util.spec_from_file_location(
-        "weclip_plus_regenerate", PARITY_PLUS / "regenerate.py"
-    )
-    regenerate = importlib.util.module_from_spec(spec_loader)
-    spec_loader.loader.exec_module(regenerate)
+def converted_dir(tmp_path_factory) -> Path:
+    """The official WeCLIP+ weights as a ``.pth`` (CLIP in fp16 as the official GPU checkpoint), converted by the
+    example script with the VOC WeCLIP+ preset."""
+    regenerate = load_module("weclip_plus_regenerate", PARITY_PLUS / "regenerate.py")
     spec = regenerate.load_spec()
     state = regenerate.build_state_dict(spec)
     assert regenerate.digest(state) == spec["sha256"], "regenerated weights differ from the spec"
-    official = regenerate.to_torch(state)
+    work = tmp_path_factory.mktemp("parity_plus")
+    checkpoint = work / "WeCLIP_Plus_parity_voc.pth"
+    torch.save(regenerate.to_torch(state), checkpoint)  # the official layout, 528 tensors
     del state
-    vision, text, projection_dim = infer_clip_configs(official)
-    config = WeCLIPPlusConfig(vision_config=vision, text_config=text, projection_dim=projection_dim)
-    torch.manual_seed(0)
-    model = WeCLIPPlusForSemanticSegmentation(config).eval()
-    missing, unexpected = model.load_state_dict(official_to_weclip_plus(official), strict=False)
-    assert not unexpected and set(missing) == {"class_text_embeds", "background_text_embeds", "training_step"}
-    model.update_class_embeddings(AutoTokenizer.from_pretrained(TOKENIZER))
-    return model
+    script = load_module("weclip_convert_script", REPO / "examples" / "convert_official_checkpoint.py")
+    out = work / "converted"
+    args = ["--checkpoint", checkpoint, "--tokenizer", TOKENIZER, "--preset", "voc-plus", "--output_dir", out]
+    script.main([str(a) for a in args])
+    checkpoint.unlink()
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(converted_dir):
+    from weclip_hf import WeCLIPPlusForSemanticSegmentation
+
+    return WeCLIPPlusForSemanticSegmentation.from_pretrained(converted_dir).eval()
+
+
+def test_converted_folder(converted_dir, model):
+    """The converter read the DINOv2 variant and the WeCLIP+ sizes from the shapes and wrote a WeCLIP+ card."""
+    config = model.config
+    assert config.model_type == "weclip_plus" and type(config.dino_config).__name__ == "Dinov2Config"
+    dino = config.dino_config
+    assert (dino.hidden_size, dino.num_hidden_layers, dino.patch_size, dino.image_size) == (384, 12, 14, 518)
+    assert (config.num_feature_layers, config.decoder_num_layers, config.cam_feature_block) == (1, 3, -2)
+    card = (converted_dir / "README.md").read_text()
+    for text in ("WeCLIP+", "Frozen CLIP-DINO", "`voc-plus`", "`dinov2_vits14`", "`dino_encoder.*`"):
+        assert text in card, text
 
 
 @pytest.fixture(scope="module")

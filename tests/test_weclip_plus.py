@@ -31,10 +31,10 @@ from weclip_hf.branch_losses import (
 )
 from weclip_hf.cam import cam_box_masks, refine_cams
 from weclip_hf.configuration_weclip_plus import DINO_VARIANTS, WeCLIPPlusConfig, dino_variant_config
+from weclip_hf.conversion import convert_hub_dinov2_state_dict
 from weclip_hf.dino_branch import (
     Dinov2EmbeddingsWithHubPositions,
     WeCLIPPlusDinoBranch,
-    convert_hub_dinov2_state_dict,
     hub_position_embeddings,
     resize_to_patch_multiple,
 )

@@ -4,12 +4,12 @@
 resize the 37 x 37 position embeddings with ``scale_factor = (n + 0.1) / 37``, where transformers'
 `Dinov2Model` uses ``size = n``: the final tokens then differ by up to ~1. `dinov2_backbone` gives a
 `Dinov2Model` whose embeddings follow the hub rule (same weights, same checkpoint keys); the register models
-of both libraries agree already.
+of both libraries agree already. Official torch.hub weights are renamed by
+`weclip_hf.conversion.convert_hub_dinov2_state_dict` (this file ships with saved models and imports no converter).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -150,44 +150,6 @@ class WeCLIPPlusDinoBranch(nn.Module):
         return DinoBranchOutput(features=features, patch_tokens=tokens, grid=dino_grid)
 
 
-# --------------------------------------------------------------------------------------------------
-# torch.hub DINOv2 weights -> transformers names (for official WeCLIP+ checkpoints, key prefix removed)
-
-_HUB_TO_HF = [
-    (r"^cls_token$", "embeddings.cls_token"),
-    (r"^mask_token$", "embeddings.mask_token"),
-    (r"^pos_embed$", "embeddings.position_embeddings"),
-    (r"^register_tokens$", "embeddings.register_tokens"),
-    (r"^patch_embed\.proj\.(weight|bias)$", r"embeddings.patch_embeddings.projection.\1"),
-    (r"^blocks\.(\d+)\.norm([12])\.(weight|bias)$", r"encoder.layer.\1.norm\2.\3"),
-    (r"^blocks\.(\d+)\.attn\.proj\.(weight|bias)$", r"encoder.layer.\1.attention.o_proj.\2"),
-    (r"^blocks\.(\d+)\.ls([12])\.gamma$", r"encoder.layer.\1.layer_scale\2.lambda1"),
-    (r"^blocks\.(\d+)\.mlp\.(fc[12])\.(weight|bias)$", r"encoder.layer.\1.mlp.\2.\3"),
-    (r"^norm\.(weight|bias)$", r"layernorm.\1"),
-]
-_HUB_QKV = re.compile(r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$")
-
-
-def convert_hub_dinov2_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """torch.hub DINOv2 keys (``blocks.N.attn.qkv``, ``ls1.gamma``, ``norm``, ...) -> `Dinov2Model` /
-    `Dinov2WithRegistersModel` keys; ``attn.qkv`` rows are split into q, k, v thirds. An unknown key raises a
-    `ValueError` naming it (SwiGLU / chunked-block checkpoints are not supported)."""
-    out = {}
-    for key, value in state_dict.items():
-        if match := _HUB_QKV.match(key):
-            layer, kind = match.groups()
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
-                out[f"encoder.layer.{layer}.attention.{name}.{kind}"] = part.clone()
-            continue
-        for pattern, target in _HUB_TO_HF:
-            if re.match(pattern, key):
-                out[re.sub(pattern, target, key)] = value
-                break
-        else:
-            raise ValueError(f"Unknown torch.hub DINOv2 weight {key!r}: no transformers name for it.")
-    return out
-
-
 __all__ = [
     "WeCLIPPlusDinoBranch",
     "DinoBranchOutput",
@@ -196,5 +158,4 @@ __all__ = [
     "hub_position_embeddings",
     "dinov2_backbone",
     "resize_to_patch_multiple",
-    "convert_hub_dinov2_state_dict",
 ]

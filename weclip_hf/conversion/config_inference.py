@@ -1,4 +1,8 @@
-"""A `WeCLIPConfig` for an official checkpoint: sizes read from its tensor shapes, the rest from a preset."""
+"""The config of an official checkpoint: sizes read from its tensor shapes, the rest from a preset.
+
+A WeCLIP preset (``voc``, ``coco``) gives a `WeCLIPConfig`, a WeCLIP+ one (``voc-plus``, ``coco-plus``) a
+`WeCLIPPlusConfig`, whose DINOv2 is read from the ``dino_encoder.*`` shapes too; a checkpoint of the other method
+is refused with the presets that fit it."""
 
 from __future__ import annotations
 
@@ -6,11 +10,18 @@ import re
 from typing import Any
 
 import torch
+from transformers import Dinov2Config, Dinov2WithRegistersConfig
 
 from ..configuration_weclip import WeCLIPConfig
-from ..presets import preset_config_kwargs
+from ..configuration_weclip_plus import DINO_VARIANTS, WeCLIPPlusConfig, dino_variant_config
+from ..presets import get_preset
 from .report import raise_for_keys
 from .weclip_keys import TEXT_BLOCKS, VISION_BLOCKS, clip_prefix
+from .weclip_plus_keys import DINO_BLOCKS, DINO_PREFIX, DINO_PREFIXES, is_weclip_plus_checkpoint
+
+# the presets an official checkpoint converts with, by the `model_type` they build
+OFFICIAL_PRESETS = {"weclip": ("voc", "coco"), "weclip_plus": ("voc-plus", "coco-plus")}
+METHOD_NAMES = {"weclip": "WeCLIP", "weclip_plus": "WeCLIP+"}
 
 
 def _count_blocks(keys: list[str], stem: str) -> int:
@@ -97,6 +108,77 @@ def infer_decoder_kwargs(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     )
 
 
+def infer_dino_config(
+    state_dict: dict[str, torch.Tensor], num_attention_heads: int | None = None
+) -> Dinov2Config | Dinov2WithRegistersConfig:
+    """The DINOv2 config of an official WeCLIP+ checkpoint's ``dino_encoder.*`` tensors (torch.hub naming).
+
+    Width, depth, MLP ratio, patch size, position grid (the image size) and register tokens come from the shapes;
+    heads, which shapes cannot tell, are ``width // 64`` (as in all six official variants) unless given; LayerNorm
+    eps 1e-6 and LayerScale as the hub models.
+    """
+    p = DINO_PREFIX
+    need = [
+        p + k for k in ("cls_token", "pos_embed", "patch_embed.proj.weight", f"{DINO_BLOCKS}0.mlp.fc1.weight")
+    ]
+    raise_for_keys("Cannot infer the DINOv2 sizes; missing keys", [k for k in need if k not in state_dict])
+    width = int(state_dict[p + "cls_token"].shape[-1])
+    patch = int(state_dict[p + "patch_embed.proj.weight"].shape[-1])
+    positions = int(state_dict[p + "pos_embed"].shape[1]) - 1  # [1, 1 + M*M, D]
+    grid = round(positions**0.5)
+    if grid * grid != positions:
+        raise ValueError(f"{p}pos_embed has {positions + 1} rows, not 1 + a square number of patches.")
+    hidden = int(state_dict[f"{p}{DINO_BLOCKS}0.mlp.fc1.weight"].shape[0])
+    kwargs = dict(
+        hidden_size=width,
+        num_hidden_layers=_count_blocks(list(state_dict), p + DINO_BLOCKS),
+        num_attention_heads=num_attention_heads or max(1, width // 64),
+        mlp_ratio=hidden // width if hidden % width == 0 else hidden / width,
+        patch_size=patch,
+        image_size=patch * grid,
+        layerscale_value=1.0,
+        layer_norm_eps=1e-6,
+    )
+    if p + "register_tokens" in state_dict:  # [1, R, D]
+        registers = int(state_dict[p + "register_tokens"].shape[1])
+        return Dinov2WithRegistersConfig(**kwargs, num_register_tokens=registers)
+    return Dinov2Config(**kwargs)
+
+
+def dino_variant_name(dino_config: Dinov2Config | Dinov2WithRegistersConfig) -> str | None:
+    """The official DINOv2 variant (a `DINO_VARIANTS` key, e.g. ``"dinov2_vits14"``) of these sizes, else None."""
+    fields = ("hidden_size", "num_hidden_layers", "patch_size", "image_size")
+    for name in DINO_VARIANTS:
+        variant = dino_variant_config(name)
+        if type(variant) is type(dino_config) and all(
+            getattr(variant, f) == getattr(dino_config, f) for f in fields
+        ):
+            return name
+    return None
+
+
+def check_checkpoint_method(state_dict: dict[str, torch.Tensor], model_type: str, chosen_by: str) -> None:
+    """Refuse an official checkpoint of another method than ``model_type`` (``"weclip"`` / ``"weclip_plus"``),
+    naming the presets that fit it; ``chosen_by`` says what asked for ``model_type`` (e.g. ``"preset 'voc'"``).
+
+    A WeCLIP+ checkpoint holds a DINO branch (``dino_encoder.*``, ``dino_decoder_fts_fuse.*``), a WeCLIP one not.
+    """
+    found = "weclip_plus" if is_weclip_plus_checkpoint(state_dict) else "weclip"
+    if found == model_type:
+        return
+    holds = (
+        f"holds a DINOv2 branch ({', '.join(k + '*' for k in DINO_PREFIXES)})"
+        if found == "weclip_plus"
+        else f"holds no DINOv2 branch (no {' / '.join(k + '*' for k in DINO_PREFIXES)} keys)"
+    )
+    presets = " or ".join(repr(name) for name in OFFICIAL_PRESETS[found])
+    raise ValueError(
+        f"The checkpoint {holds}: it is an official {METHOD_NAMES[found]} checkpoint, but {chosen_by} builds "
+        f"{METHOD_NAMES[model_type]}. Convert it with a {METHOD_NAMES[found]} preset (--preset / preset=): "
+        f"{presets}."
+    )
+
+
 def build_config(
     vision: dict,
     text: dict,
@@ -105,16 +187,25 @@ def build_config(
     preset: str,
     overrides: dict[str, Any],
 ) -> WeCLIPConfig:
-    """The config of an official checkpoint for given CLIP configs: decoder sizes from ``state_dict``, class
-    names and method constants from ``preset``, then ``overrides``.
+    """The config of an official checkpoint for given CLIP configs: decoder sizes (and for a WeCLIP+ preset the
+    DINOv2) from ``state_dict``, class names and method constants from ``preset``, then ``overrides``
+    (``dino_heads`` sets the DINOv2 head count).
 
     Raises:
-        ValueError: when the checkpoint's classifier does not predict the preset's classes + background.
+        ValueError: when the checkpoint is of the other method than the preset's, or its classifier does not
+            predict the preset's classes + background.
     """
-    kwargs = preset_config_kwargs(preset)
+    chosen = get_preset(preset)
+    check_checkpoint_method(state_dict, chosen.model_type, f"preset {preset!r}")
+    plus = chosen.model_type == "weclip_plus"
+    overrides = dict(overrides)
+    dino_heads = overrides.pop("dino_heads", None)
+    kwargs = chosen.config_kwargs()
     decoder = infer_decoder_kwargs(state_dict)
     num_labels = decoder.pop("num_labels")
-    if decoder["num_feature_layers"] == vision["num_hidden_layers"] - 1:
+    if plus:
+        kwargs["dino_config"] = infer_dino_config(state_dict, dino_heads)
+    elif decoder["num_feature_layers"] == vision["num_hidden_layers"] - 1:
         decoder["num_feature_layers"] = None  # the default: all blocks but the last
     kwargs.update(decoder)
     kwargs.update(overrides)
@@ -124,17 +215,19 @@ def build_config(
             f"decoder.linear_pred predicts {num_labels} classes but preset {preset!r} has {preset_labels} "
             "(background + foreground): pass the matching --preset (voc: 21, coco: 81)."
         )
-    return WeCLIPConfig(vision_config=vision, text_config=text, projection_dim=projection_dim, **kwargs)
+    config_class = WeCLIPPlusConfig if plus else WeCLIPConfig
+    return config_class(vision_config=vision, text_config=text, projection_dim=projection_dim, **kwargs)
 
 
 def infer_config_from_official(
     state_dict: dict[str, torch.Tensor], preset: str = "voc", **overrides: Any
 ) -> WeCLIPConfig:
-    """A `WeCLIPConfig` for an official checkpoint: CLIP and decoder sizes from the tensor shapes, class
-    names and method constants from the dataset ``preset`` (``"voc"`` or ``"coco"``).
+    """The config of an official checkpoint: CLIP, decoder (and DINOv2) sizes from the tensor shapes, class
+    names and method constants from the dataset ``preset``: a `WeCLIPConfig` for ``"voc"`` / ``"coco"``, a
+    `WeCLIPPlusConfig` for ``"voc-plus"`` / ``"coco-plus"``.
 
     ``overrides`` are passed to the config last (e.g. ``decoder_num_heads``, which shapes cannot tell;
-    ``vision_heads`` / ``text_heads`` set the CLIP head counts, default ``width // 64``).
+    ``vision_heads`` / ``text_heads`` / ``dino_heads`` set the head counts, default ``width // 64``).
     """
     vision_heads, text_heads = overrides.pop("vision_heads", None), overrides.pop("text_heads", None)
     vision, text, projection_dim = infer_clip_configs(state_dict, vision_heads, text_heads)

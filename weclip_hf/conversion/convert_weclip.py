@@ -1,5 +1,6 @@
-"""Official WeCLIP checkpoint <-> `WeCLIPForSemanticSegmentation`: the whole state dict, checked against a
-config, and the end-to-end conversion (safe loading, config inference, text embeddings)."""
+"""Official WeCLIP / WeCLIP+ checkpoints <-> `WeCLIPForSemanticSegmentation` /
+`WeCLIPPlusForSemanticSegmentation`: the whole state dict, checked against a config (whose type says the method),
+and the end-to-end conversion (safe loading, config inference, text embeddings)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 import torch
 
 from ..configuration_weclip import WeCLIPConfig
+from ..configuration_weclip_plus import WeCLIPPlusConfig
 from ..safe_loading import load_official_checkpoint
-from .config_inference import build_config, infer_config_from_official
+from .config_inference import build_config, check_checkpoint_method, infer_config_from_official
 from .report import ConversionReport, raise_for_keys
 from .weclip_keys import (
     PAR_KERNEL_KEY,
@@ -19,18 +21,28 @@ from .weclip_keys import (
     official_to_decoder,
     official_to_hf_clip,
 )
+from .weclip_plus_keys import dino_to_official, official_to_dino, without_dino
 
 # Our buffers that no official checkpoint holds: the text embeddings are computed after loading.
 COMPUTED_KEYS = ("class_text_embeds", "background_text_embeds")
 _PROJECTION_KEYS = ("visual_projection.weight", "text_projection.weight", "logit_scale")
 
 
-def _expected_state_dict(config: WeCLIPConfig) -> dict[str, torch.Tensor]:
-    """Our state dict for ``config`` on the meta device (names and shapes only, no memory)."""
+def model_class(config: WeCLIPConfig) -> type:
+    """`WeCLIPPlusForSemanticSegmentation` for a `WeCLIPPlusConfig`, else `WeCLIPForSemanticSegmentation`."""
+    if isinstance(config, WeCLIPPlusConfig):
+        from ..modeling_weclip_plus import WeCLIPPlusForSemanticSegmentation
+
+        return WeCLIPPlusForSemanticSegmentation
     from ..modeling_weclip import WeCLIPForSemanticSegmentation
 
+    return WeCLIPForSemanticSegmentation
+
+
+def _expected_state_dict(config: WeCLIPConfig) -> dict[str, torch.Tensor]:
+    """Our state dict for ``config`` on the meta device (names and shapes only, no memory)."""
     with torch.device("meta"):
-        model = WeCLIPForSemanticSegmentation(config)
+        model = model_class(config)(config)
     return model.state_dict()
 
 
@@ -38,10 +50,12 @@ def _official_names(ours: dict[str, torch.Tensor], prefix: str) -> list[str]:
     """The official names of our keys ``ours`` (the ones with no official name as they are)."""
     names = list(hf_to_official_clip(ours, prefix=prefix))
     names += [k for k in decoder_to_official(ours) if k != PAR_KERNEL_KEY]
+    names += list(dino_to_official(ours))
     names += [
         k
         for k in ours
-        if not k.startswith(("vision_model.", "text_model.", "decoder.")) and k not in _PROJECTION_KEYS
+        if not k.startswith(("vision_model.", "text_model.", "decoder.", "dino_branch."))
+        and k not in _PROJECTION_KEYS
     ]
     return names
 
@@ -51,23 +65,27 @@ def official_to_weclip(
     config: WeCLIPConfig,
     clip_state_dict: dict[str, torch.Tensor] | None = None,
 ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
-    """Map a whole official WeCLIP state dict to ours, checked against ``config``.
+    """Map a whole official WeCLIP or WeCLIP+ state dict to ours, checked against ``config``.
 
     Args:
         state_dict: the official checkpoint (``encoder.*``, ``decoder_fts_fuse.*``, ``decoder.*``,
-            ``par.kernel``), fp16 or fp32.
-        config: the target config (e.g. from `infer_config_from_official`).
+            ``par.kernel``; WeCLIP+: also ``dino_encoder.*``, ``dino_decoder_fts_fuse.*``), fp16 or fp32.
+        config: the target config (e.g. from `infer_config_from_official`): a `WeCLIPPlusConfig` for a
+            WeCLIP+ checkpoint, a `WeCLIPConfig` for a WeCLIP one.
         clip_state_dict: CLIP weights in our names (``CLIPModel`` layout) to use instead of the
             checkpoint's ``encoder.*``; then ``encoder.*`` may be absent, and if present it is ignored
             here (`convert_official_checkpoint` compares it first).
     Returns:
-        ``(our_state_dict, report)``: every key of `WeCLIPForSemanticSegmentation` except the text
-        embeddings (``report.computed``), with ``training_step`` = 0; float32.
+        ``(our_state_dict, report)``: every key of the config's model except the text embeddings
+        (``report.computed``), with ``training_step`` = 0; float32.
     Raises:
-        ValueError: naming unknown keys, missing keys (by their official name) and shape mismatches.
+        ValueError: for a checkpoint of the other method than the config's; naming unknown keys, missing keys
+            (by their official name) and shape mismatches.
     """
+    check_checkpoint_method(state_dict, config.model_type, f"a {type(config).__name__}")
+    weclip_part = without_dino(state_dict)  # what WeCLIP's tables read; the DINO branch below
     if clip_state_dict is None:
-        vision, text, proj, report = official_to_hf_clip(state_dict)
+        vision, text, proj, report = official_to_hf_clip(weclip_part)
         clip_part = {**vision, **text, **proj}
     else:
         report = ConversionReport(prefix="encoder.")
@@ -76,17 +94,21 @@ def official_to_weclip(
             for k, v in clip_state_dict.items()
             if not k.endswith("position_ids")
         }
-        for key in state_dict:
+        for key in weclip_part:
             if key.startswith("encoder."):
                 report.ignored[key] = "CLIP taken from the given CLIP model instead"
-    decoder, decoder_report = official_to_decoder(state_dict)
+    decoder, decoder_report = official_to_decoder(weclip_part)
     report.merge(decoder_report)
+    dino: dict[str, torch.Tensor] = {}
+    if isinstance(config, WeCLIPPlusConfig):
+        dino, dino_report = official_to_dino(state_dict)
+        report.merge(dino_report)
     handled = set(report.mapped) | set(report.ignored)
     raise_for_keys(
         "Unknown keys in the checkpoint (no mapping for them)", [k for k in state_dict if k not in handled]
     )
 
-    ours = {**clip_part, **decoder, "training_step": torch.zeros((), dtype=torch.long)}
+    ours = {**clip_part, **decoder, **dino, "training_step": torch.zeros((), dtype=torch.long)}
     expected = _expected_state_dict(config)
     report.computed = [k for k in COMPUTED_KEYS if k in expected]
     wanted = {k: v for k, v in expected.items() if k not in COMPUTED_KEYS}
@@ -112,8 +134,10 @@ def official_to_weclip(
 
 
 def weclip_to_official(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Inverse of `official_to_weclip`: our state dict -> the official layout (float32, with ``par.kernel``)."""
+    """Inverse of `official_to_weclip`: our WeCLIP or WeCLIP+ state dict -> the official layout (float32, with
+    ``par.kernel``; the DINO branch when ``state_dict`` has ``dino_branch.*`` keys)."""
     out = hf_to_official_clip(state_dict, prefix="encoder.")
+    out.update(dino_to_official(state_dict))
     out.update(decoder_to_official(state_dict))
     return out
 
@@ -142,7 +166,8 @@ def convert_official_checkpoint(
     check_clip: bool = True,
     **config_overrides: Any,
 ):
-    """Build a `WeCLIPForSemanticSegmentation` from an official checkpoint.
+    """Build a `WeCLIPForSemanticSegmentation` (WeCLIP preset) or a `WeCLIPPlusForSemanticSegmentation` (WeCLIP+
+    preset) from an official checkpoint of that method.
 
     Args:
         checkpoint: path of the official ``.pth`` (read by `load_official_checkpoint`) or its state dict.
@@ -150,17 +175,17 @@ def convert_official_checkpoint(
             only the decoder). If the checkpoint also holds ``encoder.*``, it is compared with this CLIP
             (up to fp16 rounding) and a difference raises, unless ``check_clip=False``; its ``encoder.*``
             tensors are then ignored.
-        preset: ``"voc"`` or ``"coco"`` (class names, background words, thresholds).
+        preset: ``"voc"`` or ``"coco"`` for a WeCLIP checkpoint, ``"voc-plus"`` or ``"coco-plus"`` for a WeCLIP+
+            one (class names, background words, thresholds; a checkpoint of the other method is refused). The
+            DINOv2 of a WeCLIP+ checkpoint always comes from its ``dino_encoder.*`` tensors.
         tokenizer: a CLIP tokenizer or its path; default the tokenizer of ``clip``. Needed to compute the
             class text embeddings.
-        config_overrides: passed to the config (e.g. ``decoder_num_heads``).
+        config_overrides: passed to the config (e.g. ``decoder_num_heads``; ``dino_heads``).
     Returns:
-        The model in eval mode, CLIP frozen, text embeddings computed; ``model.conversion_report`` holds
-        the `ConversionReport`.
+        The model in eval mode, CLIP (and DINOv2) frozen, text embeddings computed;
+        ``model.conversion_report`` holds the `ConversionReport`.
     """
     from transformers import AutoTokenizer
-
-    from ..modeling_weclip import WeCLIPForSemanticSegmentation
 
     if tokenizer is None and clip is None:
         raise ValueError(
@@ -178,7 +203,7 @@ def convert_official_checkpoint(
         text = clip_config.text_config.to_dict()
         config = build_config(vision, text, clip_config.projection_dim, state, preset, config_overrides)
         if check_clip and any(k.startswith(("encoder.", "visual.")) for k in state):
-            v, t, p, _ = official_to_hf_clip(state)
+            v, t, p, _ = official_to_hf_clip(without_dino(state))
             raise_for_keys(
                 f"The checkpoint's CLIP differs from {clip!r} for",
                 _compare_clip({**v, **t, **p}, clip_sd),
@@ -187,7 +212,7 @@ def convert_official_checkpoint(
     else:
         config = infer_config_from_official(state, preset, **config_overrides)
     ours, report = official_to_weclip(state, config, clip_state_dict=clip_sd)
-    model = WeCLIPForSemanticSegmentation(config)
+    model = model_class(config)(config)
     result = model.load_state_dict(ours, strict=False)
     raise_for_keys(
         "Model keys not filled by the conversion", [k for k in result.missing_keys if k not in COMPUTED_KEYS]

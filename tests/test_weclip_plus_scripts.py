@@ -1,0 +1,217 @@
+"""WeCLIP+ through the example scripts end to end (tiny random CLIP and DINOv2, toy world, CPU): train.py with
+``--dino_model_name_or_path``, an exact resume, evaluate.py on the output folder, the image-segmentation pipeline
+on it; and train.py's WeCLIP+ argument plumbing.
+
+The training runs call train.py's ``main`` in this process (`conftest.train_in_process`, one thread), as do the
+evaluation and the pipeline, so that the numbers they compare come from the same arithmetic."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import FAST, ROOT, TRAIN, read_log, train_in_process
+from safetensors.torch import load_file
+
+NUM_TOY_VAL = 4  # FAST's --toy_val_images
+
+
+@pytest.fixture(scope="module")
+def tiny_dino(tmp_path_factory) -> Path:
+    """A tiny random DINOv2 (2 blocks of width 24, patch 8, an 8 x 8 position grid: resized by the hub rule to the
+    toy crops' 12 x 12) saved like a Hub checkpoint, LayerScale away from 1 so that a mix-up would show."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    config = Dinov2Config(
+        hidden_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        patch_size=8,
+        image_size=64,
+        layerscale_value=0.5,
+    )
+    path = tmp_path_factory.mktemp("tinydino")
+    Dinov2Model(config).save_pretrained(path)
+    return path
+
+
+def plus_args(clip: str, dino: Path) -> list:
+    """6 steps over 16 toy images in batches of 4 (two epochs), a checkpoint every step, RFM+ from step 4."""
+    steps = ["--max_train_steps", 6, "--checkpointing_steps", 1, "--rfm_start_step", 3]
+    return ["--clip_model_name_or_path", clip, "--dino_model_name_or_path", dino, *steps, *FAST[:-1]]
+
+
+@pytest.fixture(scope="module")
+def plus_run(tiny_clip, tiny_dino, tmp_path_factory) -> tuple[Path, dict]:
+    """One uninterrupted run with the final evaluation multi-scale + flip: (output folder, metrics). Read only."""
+    out = tmp_path_factory.mktemp("plus") / "run"
+    metrics = train_in_process(
+        *plus_args(tiny_clip, tiny_dino), "--toy_train_images", 16, "--output_dir", out
+    )
+    return out, metrics
+
+
+def test_training_writes_a_weclip_plus_with_a_frozen_dinov2(plus_run, tiny_dino):
+    from transformers import AutoConfig, Dinov2Model
+
+    out, metrics = plus_run
+    config = AutoConfig.from_pretrained(out)
+    assert config.model_type == "weclip_plus" and config.dino_config.hidden_size == 24
+    log = read_log(out)
+    assert [r["step"] for r in log] == list(range(1, 7)) and [r["rfm"] for r in log] == [False] * 3 + [
+        True
+    ] * 3
+    for record in log:  # the WeCLIP+ terms are logged, and they make up the total with WeCLIP's
+        parts = record["seg_loss"] + config.dice_loss_weight * record["dice_loss"]
+        parts += config.affinity_loss_weight * record["affinity_loss"]
+        parts += config.cross_branch_loss_weight * (
+            record["clip_from_dino_loss"] + record["dino_from_clip_loss"]
+        )
+        assert record["loss"] == pytest.approx(parts, rel=1e-5)
+    saved = load_file(out / "model.safetensors")
+    dino = Dinov2Model.from_pretrained(tiny_dino).state_dict()
+    assert all(torch.equal(saved[f"dino_branch.backbone.{k}"], v) for k, v in dino.items())  # frozen
+    first = load_file(out / "step_1" / "model.safetensors")
+    for prefix in ("dino_branch.head.", "decoder."):  # trained
+        assert any(not torch.equal(first[k], saved[k]) for k in saved if k.startswith(prefix)), prefix
+    card = (out / "README.md").read_text()
+    assert "WeCLIP+" in card and "Frozen CLIP-DINO" in card
+    assert 0.0 <= metrics["miou_msf"] <= 1.0 and metrics["train_steps"] == 6
+
+
+def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, tiny_clip, tiny_dino, plus_run, capsys):
+    """A run that ended at step 3, resumed (``latest``) to step 6, repeats the uninterrupted run bit for bit: log
+    (every loss, the learning rates, RFM+ from step 4, after the resume) and weights."""
+    reference, _ = plus_run
+    out = tmp_path / "run"
+    args = [*plus_args(tiny_clip, tiny_dino), "--toy_train_images", 16, "--output_dir", out, "--no_msf"]
+    train_in_process(*args, "--max_train_steps", 3)  # the last flag wins
+    assert len(read_log(out)) == 3
+    train_in_process(*args, "--resume_from_checkpoint", "latest")
+    assert f"resumed from {out / 'step_3'} at step 3" in capsys.readouterr().out
+    assert read_log(out) == read_log(reference)
+    a, b = load_file(reference / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def load_evaluate_script():
+    """examples/evaluate.py as a module (not named `evaluate`: that is the Hugging Face library)."""
+    spec = importlib.util.spec_from_file_location("weclip_evaluate_script", ROOT / "examples" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evaluate_script_scores_the_saved_model_as_training_did(plus_run, tmp_path):
+    """evaluate.py loads the folder (Auto class), reads the toy validation split of the run and scores every mode
+    as train.py's final evaluation did on the model in memory: the save / load round trip loses nothing."""
+    out, metrics = plus_run
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the training's arithmetic
+    try:
+        report = load_evaluate_script().main(
+            ["--model_name_or_path", str(out), "--preset", "toy", "--toy_val_images", str(NUM_TOY_VAL)]
+            + ["--msf", "--pseudo_labels", "--batch_size", "4", "--device", "cpu"]
+            + ["--output_json", str(tmp_path / "eval.json")]
+        )
+    finally:
+        torch.set_num_threads(before)
+    assert report["num_images"] == NUM_TOY_VAL and list(report["per_class_iou"]) == [
+        "pred",
+        "pred_msf",
+        "cam",
+        "pseudo",
+    ]
+    for mode, key in (
+        ("pred", "miou"),
+        ("pred_msf", "miou_msf"),
+        ("cam", "cam_miou"),
+        ("pseudo", "pseudo_label_miou"),
+    ):
+        assert report[f"{mode}_miou"] == metrics[key], mode
+    assert report["per_class_iou"]["pred"] == metrics["per_class_iou"]
+
+
+def pipeline_labels(folder: Path, image) -> np.ndarray:
+    """The label map of pipeline("image-segmentation") on ``folder``, checked to be a partition of the image
+    equal to the processor's own post-processing of the model's logits. [H, W]"""
+    from transformers import AutoImageProcessor, pipeline
+
+    from weclip_hf import WeCLIPPlusForSemanticSegmentation
+
+    segmenter = pipeline("image-segmentation", model=str(folder))
+    assert isinstance(segmenter.model, WeCLIPPlusForSemanticSegmentation)
+    segments = segmenter(image)
+    masks = np.stack([np.asarray(s["mask"]) > 0 for s in segments])  # [S, H, W]
+    assert masks.shape[1:] == (image.height, image.width) and (masks.sum(0) == 1).all()
+    label2id = segmenter.model.config.label2id
+    labels = (masks * np.array([label2id[s["label"]] for s in segments])[:, None, None]).sum(0)
+    processor = AutoImageProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        outputs = segmenter.model(**processor(image, return_tensors="pt"))
+    expected = processor.post_process_semantic_segmentation(outputs, target_sizes=[labels.shape])[0]
+    assert np.array_equal(labels, expected.numpy())
+    return labels
+
+
+def test_pipeline_segments_like_the_model(plus_run, tmp_path):
+    """pipeline("image-segmentation") on the run's folder, and on a copy whose decoder and DINO head weights are
+    drawn with std 0.3 (6 steps leave the prediction background everywhere; these predict several classes)."""
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    import weclip_hf  # noqa: F401  (registers the Auto classes and the pipeline)
+    from weclip_hf import WeCLIPPlusForSemanticSegmentation
+    from weclip_hf.data.toy import generate_toy_images
+
+    out, _ = plus_run
+    images, _, _ = generate_toy_images(1, seed=5)
+    image = Image.fromarray(images[0][:80, :90])  # not the training size, not square
+    pipeline_labels(out, image)
+    model = WeCLIPPlusForSemanticSegmentation.from_pretrained(out)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if name.startswith(("decoder.", "dino_branch.head.")) and weight.ndim > 1:
+                weight.normal_(0, 0.3)
+    model.save_pretrained(tmp_path)
+    AutoImageProcessor.from_pretrained(out).save_pretrained(tmp_path)
+    assert len(np.unique(pipeline_labels(tmp_path, image))) > 1
+
+
+# ---- argument plumbing ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def train_script():
+    import sys
+
+    if str(TRAIN.parent) not in sys.path:
+        sys.path.insert(0, str(TRAIN.parent))
+    import train
+
+    return train
+
+
+def test_voc_plus_preset_sets_the_weclip_plus_recipe(train_script):
+    args = train_script.parse_args(["--dataset_name", "d", "--preset", "voc-plus"])
+    assert args.learning_rate == 2e-4 and args.msf_scales == [1.0, 1.5]
+    assert args.recipe == "voc-plus" and args.rfm_start_source == "--preset voc-plus"
+    voc = train_script.parse_args(["--dataset_name", "d", "--preset", "voc"])
+    assert voc.learning_rate == 2e-3 and voc.msf_scales == [1.0, 0.75]
+
+
+def test_dino_with_a_weclip_preset_is_refused_before_loading_data(train_script, capsys):
+    with pytest.raises(SystemExit):
+        train_script.parse_args(["--dataset_name", "d", "--preset", "voc", "--dino_model_name_or_path", "x"])
+    error = " ".join(capsys.readouterr().err.split())
+    assert "--dino_model_name_or_path builds WeCLIP+, but --preset voc is a WeCLIP preset" in error
+    assert "coco-plus, voc-plus" in error
+    args = train_script.parse_args(
+        ["--dataset_name", "d", "--preset", "coco-plus", "--dino_model_name_or_path", "x"]
+    )
+    assert args.dino_model_name_or_path == "x" and args.per_device_train_batch_size == 8
