@@ -79,7 +79,7 @@ def test_training_writes_a_weclip_plus_with_a_frozen_dinov2(plus_run, tiny_dino)
     for prefix in ("dino_branch.head.", "decoder."):  # trained
         assert any(not torch.equal(first[k], saved[k]) for k in saved if k.startswith(prefix)), prefix
     card = (out / "README.md").read_text()
-    assert "WeCLIP+" in card and "Frozen CLIP-DINO" in card
+    assert "WeCLIP+" in card and "Frozen CLIP-DINO" in card and "and a frozen DINOv2 provide features" in card
     assert 0.0 <= metrics["miou_msf"] <= 1.0 and metrics["train_steps"] == 6
 
 

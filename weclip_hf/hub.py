@@ -34,12 +34,14 @@ class Method:
         paper: the paper's title and venue, as the card quotes them.
         code: the URL of the official code (where official checkpoints come from).
         citation: the BibTeX entry to cite.
+        backbones: what provides the features, as the card's sentence names it.
     """
 
     name: str
     paper: str
     code: str
     citation: str
+    backbones: str = "A frozen CLIP ({base_model}) provides features"
 
 
 # One entry per model type (``config.model_type``).
@@ -69,6 +71,7 @@ METHODS = {
   year    = {2025},
   doi     = {10.1109/TPAMI.2025.3543191}
 }""",
+        backbones="A frozen CLIP ({base_model}) and a frozen DINOv2 provide features",
     ),
 }
 
@@ -80,7 +83,7 @@ CARD_TEMPLATE = """---
 
 {{ method }} semantic segmentation model ({{ paper }}; official code: {{ code }}), packaged with the
 `weclip-hf` library.
-A frozen CLIP ({{ base_model }}) provides features; a small decoder trained {{ supervision }} predicts
+{{ backbones }}; a small decoder trained {{ supervision }} predicts
 {{ num_labels }} classes (background + {{ num_foreground }} object classes).
 
 ## Source
@@ -205,7 +208,7 @@ def make_model_card(
         method=method.name,
         paper=method.paper,
         code=method.code,
-        base_model=base_model or "a CLIP ViT",
+        backbones=method.backbones.format(base_model=base_model or "a CLIP ViT"),
         supervision="from image-level labels" if weakly_supervised else "on pixel labels (fully supervised)",
         num_labels=config.num_labels,
         num_foreground=config.num_labels - 1,
