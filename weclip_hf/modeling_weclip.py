@@ -30,6 +30,8 @@ from .last_block import pair_block_outputs, run_last_block
 from .losses import affinity_loss, affinity_targets, segmentation_loss
 from .par import par_refine
 from .pseudo_labels import (
+    PairGradCAMs,
+    PairPlan,
     attention_maps_needed,
     cam_affinity,
     class_scores,
@@ -688,22 +690,43 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         An image without any class gets all-background pseudo labels. Runs in float32 whatever the
         caller's autocast (mixed precision): bf16 here moves the CAMs and boxes visibly.
         """
-        cfg = self.config
         plan = plan_pairs(class_labels, pixel_values.device)
-        gradcams = pair_gradcams(
+        gradcams = self.pair_gradcams(features.hidden[-1], plan, features.grid)
+        masks = cam_box_masks(gradcams.cams, self.config.cam_box_threshold)
+        return self.refine_and_label(
+            pixel_values, features, plan, gradcams, gradcams.cams, masks, decoder_affinity, use_rfm
+        )
+
+    def pair_gradcams(self, tokens: torch.Tensor, plan: PairPlan, grid: tuple[int, int]) -> PairGradCAMs:
+        """Every pair's GradCAM from the last CLIP block applied to ``tokens`` [B, 1+N, D] (`pair_gradcams`)."""
+        return pair_gradcams(
             self.last_block_pair_embeddings,
-            features.hidden[-1],
+            tokens,
             self.class_text_embeds,
             self.background_text_embeds,
             self.logit_scale,
             plan,
-            features.grid,
+            grid,
         )
+
+    def refine_and_label(
+        self,
+        pixel_values: torch.Tensor,
+        features: CLIPVisionFeatures,
+        plan: PairPlan,
+        gradcams: PairGradCAMs,
+        cams: torch.Tensor,
+        masks: torch.Tensor | None,
+        decoder_affinity: torch.Tensor | None,
+        use_rfm: bool,
+    ) -> WeCLIPCAMOutput:
+        """The stages after GradCAM: affinity (mean of the last maps or RFM) -> transition -> ``cams`` [P, h, w]
+        propagated (within the box ``masks``, None: everywhere) -> upsampling -> PAR -> labels."""
+        cfg = self.config
         maps = patch_attention_maps(features.attention, gradcams.last_attention, plan)
         affinity = cam_affinity(maps, cfg, use_rfm, decoder_affinity)
         transition = transition_matrix(affinity.affinity)
-        masks = cam_box_masks(gradcams.cams, cfg.cam_box_threshold)
-        refined_grid = refine_cams(gradcams.cams, transition, plan.image, masks)
+        refined_grid = refine_cams(cams, transition, plan.image, masks)
         refined = upsample_normalized(refined_grid, pixel_values.shape[-2:])  # [P, H, W]
         scores = par_refine(
             pixel_values,

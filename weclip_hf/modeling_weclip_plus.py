@@ -20,9 +20,8 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModel, Dinov2Config, Dinov2WithRegistersConfig
 
-from .affinity import transition_matrix
 from .branch_losses import weclip_plus_losses
-from .cam import cam_box_masks, refine_cams, upsample_normalized
+from .cam import cam_box_masks
 from .configuration_weclip_plus import WeCLIPPlusConfig
 from .dino_branch import WeCLIPPlusDinoBranch
 from .modeling_weclip import (
@@ -33,16 +32,9 @@ from .modeling_weclip import (
     _without_autocast,
     feature_affinity,
 )
-from .par import par_refine
 from .pseudo_labels import (
     PairPlan,
     attention_maps_needed,
-    cam_affinity,
-    class_scores,
-    dense_class_cams,
-    labels_from_scores,
-    pair_gradcams,
-    patch_attention_maps,
     plan_pairs,
 )
 
@@ -196,45 +188,13 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
             raise ValueError("RFM+ needs class_probabilities: [B, 1 + C, h, w] softmax of the prediction.")
         cfg = self.config
         plan = plan_pairs(class_labels, pixel_values.device)
-        gradcams = pair_gradcams(
-            self.last_block_pair_embeddings,
-            features.hidden[cfg.cam_feature_block],
-            self.class_text_embeds,
-            self.background_text_embeds,
-            self.logit_scale,
-            plan,
-            features.grid,
-        )
-        maps = patch_attention_maps(features.attention, gradcams.last_attention, plan)
-        affinity = cam_affinity(maps, cfg, use_rfm, decoder_affinity)
-        transition = transition_matrix(affinity.affinity)
+        gradcams = self.pair_gradcams(features.hidden[cfg.cam_feature_block], plan, features.grid)
         masks = cam_box_masks(gradcams.cams, cfg.cam_box_threshold) if cfg.rfm_use_box_mask else None
         weighted = prediction_weighted_cams(gradcams.cams, class_probabilities.float(), plan)
-        refined_grid = refine_cams(weighted, transition, plan.image, masks)
-        refined = upsample_normalized(refined_grid, pixel_values.shape[-2:])  # [P, H, W]
-        scores = par_refine(
-            pixel_values,
-            class_scores(refined, plan, cfg.cam_bg_exponent),
-            cfg.par_dilations,
-            cfg.par_num_iter,
-            cfg.par_temperature,
-            cfg.par_pos_weight,
+        out = self.refine_and_label(
+            pixel_values, features, plan, gradcams, weighted, masks, decoder_affinity, use_rfm
         )
-        return WeCLIPPlusCAMOutput(
-            pseudo_labels=labels_from_scores(scores, plan),
-            cams=dense_class_cams(refined_grid, plan),
-            pair_image_index=plan.image,
-            pair_class_index=plan.class_index,
-            text_probs=gradcams.text_probs,
-            gradcams=gradcams.cams,
-            box_masks=masks,
-            refined_cams_grid=refined_grid,
-            refined_cams=refined,
-            affinity_before_norm=affinity.affinity,
-            rfm_keep=affinity.rfm_keep,
-            rfm_distance=affinity.rfm_distance,
-            weighted_gradcams=weighted,
-        )
+        return WeCLIPPlusCAMOutput(**out, weighted_gradcams=weighted)
 
     # ---- forward ---------------------------------------------------------------------------------
 
