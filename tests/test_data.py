@@ -477,6 +477,7 @@ def test_a_model_trained_with_clip_statistics_is_saved_evaluated_and_served_with
     from weclip_hf import WeCLIPImageProcessor
     from weclip_hf.data.loading import EvalSegmentationDataset, load_dataset_splits
     from weclip_hf.normalization import CLIP_MEAN, CLIP_NORMALIZATION, CLIP_STD
+    from weclip_hf.visualization import TITLE_HEIGHT, display_size, resize_rgb
 
     WeCLIPImageProcessor(image_mean=CLIP_MEAN, image_std=CLIP_STD).save_pretrained(
         tmp_path / "clip_processor"
@@ -491,7 +492,9 @@ def test_a_model_trained_with_clip_statistics_is_saved_evaluated_and_served_with
     _, val, _ = load_dataset_splits(toy=True, toy_sizes=(24, 4), seed=0)
     image = np.asarray(val[0]["image"].convert("RGB"))
     overlay = np.asarray(Image.open(json.loads((out / "metrics.json").read_text())["overlays"][0]))
-    assert np.array_equal(overlay[:, : image.shape[1]], image)
+    size = display_size(*image.shape[:2])  # the image panel: the image upscaled, below its title strip
+    panel = overlay[TITLE_HEIGHT : TITLE_HEIGHT + size[0], : size[1]]
+    assert np.array_equal(panel, resize_rgb(image, size))
 
     spec = importlib.util.spec_from_file_location(
         "weclip_evaluate_script_data", ROOT / "examples" / "evaluate.py"
