@@ -44,6 +44,14 @@ def test_benchmark_tiny_runs_and_compares_both_paths(tmp_path):
         float(a) for a in re.findall(r"\| pseudo-label agreement \|[^|]*\| ([\d.]+)% equal pixels", out)
     ]
     assert len(agreement) == 2 and all(a > 99.0 for a in agreement), out
+    # the step and inference side by side with a plain CLIP forward of the same batch: its time and the ratio
+    step_ratios = re.findall(
+        r"\| train step \|[^|]*\|[^|]*\| CLIP forward [\d.]+ ms \| \*\*([\d.]+)x\*\* \|", out
+    )
+    infer_ratios = re.findall(
+        r"\| inference \(CLIP \+ decoder\) \|[^|]*\|[^|]*\| CLIP forward [\d.]+ ms \| \*\*([\d.]+)x", out
+    )
+    assert len(step_ratios) == 2 and len(infer_ratios) == 2 and all(float(r) > 0 for r in step_ratios), out
     assert "Host syncs in one training step" in out
     # PAR iterations compiled vs eager, side by side, computing the same function
     compiled = re.findall(

@@ -56,13 +56,15 @@ def _normalized(norm: nn.LayerNorm, x: torch.Tensor) -> tuple[torch.Tensor, torc
 
 @torch.no_grad()
 def run_last_block(layer: nn.Module, x: torch.Tensor) -> LastBlockPass:
-    """Run a CLIP encoder layer on ``x`` [B, T, D] (float32) with explicit attention, keeping its intermediates."""
+    """Run a CLIP encoder layer on ``x`` [B, T, D] (float32) with explicit attention, keeping its intermediates.
+
+    Every image runs, also one without a pair: its attention map is still the affinity's last map."""
     attn = layer.self_attn
     b, t, c = x.shape
     h = layer.layer_norm1(x)
     shape = (b, t, attn.num_heads, attn.head_dim)
     q, k, v = (proj(h).view(shape).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-    probs = torch.softmax((q * attn.scale) @ k.transpose(-1, -2), dim=-1)  # as `_attention`
+    probs = torch.softmax((q @ k.transpose(-1, -2)).mul_(attn.scale), dim=-1)  # as `_attention`
     attended = probs @ v
     x1 = x + attn.out_proj(attended.transpose(1, 2).reshape(b, t, c))
     normed, rstd = _normalized(layer.layer_norm2, x1)
@@ -113,11 +115,10 @@ def _shift_gradient(
     patch_rows = probs[:, :, 1:].transpose(-1, -2)  # [P, H, T(key), N(query)]
     column = (patch_rows @ grad_attended[:, :, 1:] * v).sum(-1) - (patch_rows @ row_term[:, :, 1:])[..., 0]
     grad_q = (column.unsqueeze(-1) * k).sum(2) * attn.scale
-    heads = lambda g: g.reshape(p, c)  # noqa: E731  [P, H, d] -> [P, D]
-    return (
-        heads(grad_q) @ attn.q_proj.weight
-        + heads(grad_k) @ attn.k_proj.weight
-        + heads(grad_v) @ attn.v_proj.weight
+    return (  # heads concatenated, [P, H, d] -> [P, D], through the input projections
+        grad_q.reshape(p, c) @ attn.q_proj.weight
+        + grad_k.reshape(p, c) @ attn.k_proj.weight
+        + grad_v.reshape(p, c) @ attn.v_proj.weight
     )
 
 
@@ -131,6 +132,7 @@ class _ShiftedBlock(torch.autograd.Function):
         return block.output[pair_image]
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output: torch.Tensor):
         return _shift_gradient(ctx.block, ctx.pair_image, grad_output), None, None
 

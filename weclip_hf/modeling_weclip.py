@@ -24,6 +24,7 @@ from transformers.utils import logging as hf_logging
 
 from .affinity import transition_matrix
 from .cam import cam_box_masks, refine_cams, upsample_normalized
+from .chunking import images_per_chunk
 from .configuration_weclip import WeCLIPConfig
 from .feature_head import WeCLIPFeatureHead, WeCLIPLayerMLP  # noqa: F401 (WeCLIPLayerMLP: former home)
 from .last_block import pair_block_outputs, run_last_block
@@ -300,6 +301,23 @@ def _eager_layer(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch
     return x, probs
 
 
+def _eager_layer_in_chunks(
+    layer: nn.Module, x: torch.Tensor, chunk: int, keep_heads: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`_eager_layer` on ``chunk`` images at a time (`weclip_hf.chunking`): (output [B, T, C], head-averaged
+    probs [B, T, T], per-head probs [B, heads, T, T] if ``keep_heads`` else None, freed chunk by chunk)."""
+    outputs, mean_probs, probs = [], [], []
+    for part in x.split(chunk):
+        out, part_probs = _eager_layer(layer, part)
+        outputs.append(out)
+        mean_probs.append(part_probs.mean(dim=1))
+        if keep_heads:
+            probs.append(part_probs)
+    if len(outputs) == 1:
+        return outputs[0], mean_probs[0], probs[0] if keep_heads else None
+    return torch.cat(outputs), torch.cat(mean_probs), torch.cat(probs) if keep_heads else None
+
+
 def _attention(attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Explicit (eager) CLIP self-attention on normalized tokens: (output [B, T, C], probs [B, heads, T, T]).
     The probabilities are float32 whatever the weights' dtype (the maps feed normalisations)."""
@@ -308,8 +326,7 @@ def _attention(attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     q = attn.q_proj(h).view(shape).transpose(1, 2)
     k = attn.k_proj(h).view(shape).transpose(1, 2)
     v = attn.v_proj(h).view(shape).transpose(1, 2)
-    # scaling q rather than the [T, T] scores saves a pass over them (exact for CLIP's power-of-two scales)
-    probs = torch.softmax((q * attn.scale) @ k.transpose(-1, -2), dim=-1, dtype=torch.float32)
+    probs = torch.softmax((q @ k.transpose(-1, -2)).mul_(attn.scale), dim=-1, dtype=torch.float32)
     out = (probs.to(v.dtype) @ v).transpose(1, 2).reshape(b, t, c)
     return attn.out_proj(out), probs
 
@@ -585,13 +602,15 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         layers = self.vision_model.encoder.layers
         first_map = len(layers) - 1 - num_attention_maps
         hidden, attention, head_attentions = [], [], []
+        b, t = x.shape[:2]
+        chunk = images_per_chunk(b, layers[0].self_attn.num_heads * t * t * 4, x.device)  # [heads, T, T] maps
         for i, layer in enumerate(layers[:-1]):
             if i >= first_map or output_attentions:
-                x, probs = _eager_layer(layer, x)
-                if output_attentions:  # else freed at once: seven [B, heads, T, T] maps would stay alive
+                x, mean_probs, probs = _eager_layer_in_chunks(layer, x, chunk, output_attentions)
+                if output_attentions:
                     head_attentions.append(probs)
                 if i >= first_map:
-                    attention.append(probs.mean(dim=1))
+                    attention.append(mean_probs)
             else:
                 x = layer(x, None)
             hidden.append(x)
@@ -698,7 +717,10 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         )
 
     def pair_gradcams(self, tokens: torch.Tensor, plan: PairPlan, grid: tuple[int, int]) -> PairGradCAMs:
-        """Every pair's GradCAM from the last CLIP block applied to ``tokens`` [B, 1+N, D] (`pair_gradcams`)."""
+        """Every pair's GradCAM from the last CLIP block applied to ``tokens`` [B, 1+N, D] (`pair_gradcams`), a
+        few images at a time on a CPU (`weclip_hf.chunking`: their [heads, T, T] attention maps within budget)."""
+        b, t = tokens.shape[:2]
+        heads = self.vision_model.encoder.layers[-1].self_attn.num_heads
         return pair_gradcams(
             self.last_block_pair_embeddings,
             tokens,
@@ -707,6 +729,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             self.logit_scale,
             plan,
             grid,
+            images_per_chunk=images_per_chunk(b, heads * t * t * 4, tokens.device),
         )
 
     def refine_and_label(

@@ -99,6 +99,7 @@ def pair_gradcams(
     logit_scale: torch.Tensor,
     plan: PairPlan,
     grid: tuple[int, int],
+    images_per_chunk: int | None = None,
 ) -> PairGradCAMs:
     """GradCAM of every pair from one backward, in float32: the last block runs once per image.
 
@@ -109,17 +110,55 @@ def pair_gradcams(
             head-averaged attention [B, 1+N, 1+N]); the model's `last_block_pair_embeddings`.
         block_input: [B, 1+N, D] tokens entering the last block (WeCLIP: the output of block L-1).
         class_embeds: [C, E] and background_embeds: [Nb, E] text embeddings. logit_scale: CLIP's log scale.
+        images_per_chunk: run the images this many at a time, one backward each (`weclip_hf.chunking`: on a
+            CPU the chunks' temporaries stay in the cache); None: all at once. Chunking reads the pair
+            counts on the host (a sync on an accelerator).
     Returns:
         `PairGradCAMs`. Each pair's target is the softmax probability of its class over the image's present
         classes and the background words; the pairs' targets are summed (each has its own shift, so the
         gradients do not interact). The gradient w.r.t. a pair's shift is the sum over patch tokens of its
         gradient w.r.t. the activations: divided by N, GradCAM's channel weights.
     """
-    words = plan.present.new_ones(plan.num_pairs, len(background_embeds))  # background words: always allowed
+    text = torch.cat([class_embeds, background_embeds]).float()
+    b = block_input.shape[0]
+    chunk = b if images_per_chunk is None else max(1, images_per_chunk)
+    if chunk >= b:
+        return _chunk_gradcams(last_block, block_input, text, logit_scale, plan, grid)
+    pair_ends = [0, *plan.present.sum(dim=1).cumsum(dim=0).tolist()]  # pairs are ordered by image
+    parts = []
+    for start in range(0, b, chunk):
+        stop = min(start + chunk, b)
+        first, last = pair_ends[start], pair_ends[stop]
+        part = PairPlan(
+            plan.image[first:last] - start,
+            plan.class_index[first:last],
+            plan.slot[first:last],
+            plan.present[start:stop],
+            plan.max_classes,
+        )
+        parts.append(_chunk_gradcams(last_block, block_input[start:stop], text, logit_scale, part, grid))
+    return PairGradCAMs(
+        torch.cat([part.cams for part in parts]),
+        torch.cat([part.text_probs for part in parts]),
+        torch.cat([part.last_attention for part in parts]),
+    )
+
+
+def _chunk_gradcams(
+    last_block: Callable,
+    block_input: torch.Tensor,
+    text: torch.Tensor,
+    logit_scale: torch.Tensor,
+    plan: PairPlan,
+    grid: tuple[int, int],
+) -> PairGradCAMs:
+    """`pair_gradcams` of one chunk of images, ``text`` [C + Nb, E] the class then background embeddings."""
+    words = plan.present.new_ones(
+        plan.num_pairs, text.shape[0] - plan.num_classes
+    )  # background: always allowed
     allowed = torch.cat([plan.present[plan.image], words], dim=1)  # [P, C + Nb]
     with torch.enable_grad(), torch.autocast(block_input.device.type, enabled=False):
         activations, shift, image_embeds, last_attention = last_block(block_input, plan.image)
-        text = torch.cat([class_embeds, background_embeds]).float()
         logits = logit_scale.float().exp() * image_embeds @ text.t()  # [P, C + Nb]
         probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
         (patch_grad_sum,) = torch.autograd.grad(probs.gather(1, plan.class_index[:, None]).sum(), shift)
