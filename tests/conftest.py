@@ -52,11 +52,9 @@ TINY_TEXT = dict(
 )  # fmt: skip
 
 
-def make_tiny_config(**overrides):
-    """A tiny random WeCLIP config: 3-layer CLIP, 4 classes, 3 background words, fast PAR."""
-    from weclip_hf import WeCLIPConfig
-
-    kwargs = dict(
+def tiny_config_kwargs() -> dict:
+    """The tiny configs' shared values: 3-layer CLIP (patch 8), 4 classes, 3 background words, fast PAR."""
+    return dict(
         vision_config=dict(TINY_VISION),
         text_config=dict(TINY_TEXT),
         projection_dim=16,
@@ -67,8 +65,28 @@ def make_tiny_config(**overrides):
         par_num_iter=3,
         par_dilations=[1, 2],
     )
-    kwargs.update(overrides)
-    return WeCLIPConfig(**kwargs)
+
+
+def make_tiny_config(**overrides):
+    """A tiny random WeCLIP config: 3-layer CLIP, 4 classes, 3 background words, fast PAR."""
+    from weclip_hf import WeCLIPConfig
+
+    return WeCLIPConfig(**{**tiny_config_kwargs(), **overrides})
+
+
+TINY_DINO = dict(
+    hidden_size=24, num_hidden_layers=2, num_attention_heads=6, patch_size=2, image_size=74
+)  # 37x37
+
+
+def make_tiny_plus_config(dino_config=None, **overrides):
+    """A tiny WeCLIP+ config: the tiny WeCLIP one plus a 2-layer DINOv2 (patch 2, 37 x 37 grid)."""
+    from transformers import Dinov2Config
+
+    from weclip_hf import WeCLIPPlusConfig
+
+    dino_config = dino_config if dino_config is not None else Dinov2Config(**TINY_DINO)
+    return WeCLIPPlusConfig(**{**tiny_config_kwargs(), "dino_config": dino_config, **overrides})
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ ImageProcessingTestMixin (+ its semantic-segmentation post-processing mixin) on 
 Written after transformers' SegFormer and CLIP tests. The mixins come from the sdist of the installed transformers
 version (see `transformers_suite`); without network on the first run the module is skipped. A generic test that
 does not apply to WeCLIP is skipped with its reason, here or by the mixin itself (no accelerator, no MoE, ...).
-PipelineTesterMixin is not used: it drives per-task test classes (tests/pipelines) and Hub tiny models
-(tests/utils/tiny_model_summary.json) that the sdist does not ship; tests/test_segmentation_pipeline.py covers
-``pipeline("image-segmentation")``.
+PipelineTesterMixin runs in tests/test_pipeline_conformance.py, on local tiny models and our stand-in for its
+image-segmentation test class (the sdist ships neither tests/pipelines nor the Hub tiny model summary);
+tests/test_segmentation_pipeline.py covers the rest of ``pipeline("image-segmentation")``.
 """
 
 import unittest

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHARED, TINY_TEXT, TINY_VISION, require_data
+from conftest import SHARED, TINY_DINO, TINY_VISION, make_tiny_plus_config, require_data
 from transformers import (
     AutoModel,
     AutoModelForSemanticSegmentation,
@@ -44,27 +44,6 @@ from weclip_hf.modeling_weclip_plus import prediction_weighted_cams
 from weclip_hf.pseudo_labels import attention_maps_needed, pair_gradcams, patch_attention_maps, plan_pairs
 
 PARITY_PLUS = SHARED / "data" / "parity-plus"
-TINY_DINO = dict(
-    hidden_size=24, num_hidden_layers=2, num_attention_heads=6, patch_size=2, image_size=74
-)  # 37x37
-
-
-def make_tiny_plus_config(dino_config=None, **overrides) -> WeCLIPPlusConfig:
-    """A tiny WeCLIP+ config: 3-layer CLIP (patch 8), 2-layer DINOv2 (patch 2, 37 x 37 grid), 4 classes."""
-    kwargs = dict(
-        vision_config=dict(TINY_VISION),
-        text_config=dict(TINY_TEXT),
-        projection_dim=16,
-        class_names=["cat", "dog", "car", "tree"],
-        background_names=["sky", "grass", "road"],
-        decoder_hidden_size=32,
-        decoder_num_heads=4,
-        par_num_iter=3,
-        par_dilations=[1, 2],
-        dino_config=dino_config if dino_config is not None else Dinov2Config(**TINY_DINO),
-    )
-    kwargs.update(overrides)
-    return WeCLIPPlusConfig(**kwargs)
 
 
 def randomize_(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

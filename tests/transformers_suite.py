@@ -19,20 +19,28 @@ import ModelTesterMixin``), so it can never shadow or be shadowed by another ``t
 reuses it without network. The mixins also need ``parameterized``; when it is not installed it is pip-installed
 into the same cache folder. When any of this cannot be obtained (no network, a development version of transformers
 without an sdist), the caller's test module is skipped with the reason.
+
+`load_pipeline_mixin` imports ``test_pipeline_mixin`` (PipelineTesterMixin) on local tiny models instead of the Hub's
+(``TRANSFORMERS_TINY_MODEL_PATH``), with the installed transformers in place of the repository's ``src/transformers``
+(absent from the sdist), a class lookup that also knows the caller's modules, and the caller's stand-ins for the
+per-task test classes of ``tests/pipelines`` (absent from the sdist too).
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 import subprocess
 import sys
 import tarfile
 import tempfile
 import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
+from unittest import mock
 
 import pytest
 import transformers
@@ -150,3 +158,73 @@ def load() -> SimpleNamespace:
             configuration=importlib.import_module(f"{PACKAGE}.test_configuration_common"),
             image_processing=importlib.import_module(f"{PACKAGE}.test_image_processing_common"),
         )
+
+
+class ClassResolver:
+    """``getattr(resolver, name)``: the class ``name`` from the first of ``modules`` that has it.
+
+    Stands in for PipelineTesterMixin's ``transformers_module``, through which it resolves the tokenizer and
+    processor class names of the tiny model summary (transformers' own classes only)."""
+
+    def __init__(self, *modules: ModuleType):
+        self._modules = modules
+
+    def __getattr__(self, name: str):
+        for module in self._modules:
+            if hasattr(module, name):
+                return getattr(module, name)
+        searched = ", ".join(module.__name__ for module in self._modules)
+        raise AttributeError(f"no class {name!r} in {searched}")
+
+
+def load_pipeline_mixin(
+    tiny_model_path: Path,
+    tiny_model_summary: Mapping[str, dict],
+    class_modules: Iterable[ModuleType],
+    task_tests: Mapping[str, type],
+) -> ModuleType:
+    """Import transformers' ``test_pipeline_mixin`` to run on local tiny models; skips the calling module if impossible.
+
+    Args:
+        tiny_model_path: folder of the tiny models, ``<tiny_model_path>/<model_type>/<architecture name>`` (written
+            by the caller before the tests run); ``reports/tiny_model_summary.json`` is written here from
+            ``tiny_model_summary`` (architecture name -> ``{"tokenizer_classes": [...], "processor_classes": [...]}``).
+        class_modules: modules searched, after transformers, for the summary's tokenizer and processor class names.
+        task_tests: pipeline task -> the caller's stand-in for its test class in transformers' ``tests/pipelines``
+            (with ``get_test_pipeline`` and ``run_pipeline_test``).
+
+    Returns the imported module (``PipelineTesterMixin``, ...).
+    """
+    target = cache_dir()
+    load()  # fetches the sdist's tests if needed and puts them on sys.path
+    if not (target / PACKAGE / "test_pipeline_mixin.py").exists():
+        message = (
+            f"transformers {transformers.__version__}'s sdist has no tests/test_pipeline_mixin.py ({target})"
+        )
+        if os.environ.get("WECLIP_STRICT_TEST_DATA") == "1":
+            raise RuntimeError(message)
+        pytest.skip(message, allow_module_level=True)
+    reports = Path(tiny_model_path) / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "tiny_model_summary.json").write_text(json.dumps(tiny_model_summary, indent=2))
+
+    name = f"{PACKAGE}.test_pipeline_mixin"
+    sys.modules.pop(name, None)  # it reads TRANSFORMERS_TINY_MODEL_PATH and the summary once, on import
+    with (
+        mock.patch.dict(os.environ, {"TRANSFORMERS_TINY_MODEL_PATH": str(tiny_model_path)}),
+        # it imports <sdist>/src/transformers, absent from the sdist, only to look classes up by name
+        mock.patch.object(
+            transformers.utils, "direct_transformers_import", lambda *args, **kwargs: transformers
+        ),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)  # is_pipeline_test marks
+        module = importlib.import_module(name)
+    module.transformers_module = ClassResolver(transformers, *class_modules)
+    for task, test_class in task_tests.items():
+        if task not in module.pipeline_test_mapping:
+            raise KeyError(
+                f"task_tests: unknown pipeline task {task!r}; expected one of {sorted(module.pipeline_test_mapping)}"
+            )
+        module.pipeline_test_mapping[task] = {"test": f"{test_class.__module__}.{test_class.__qualname__}"}
+    return module
