@@ -1,19 +1,26 @@
 """pipeline("image-segmentation") on a saved tiny WeCLIP: any image size, the processor's input conversions, no
-"not supported" error, and transformers' behaviour unchanged for other models."""
+"not supported" error, batches of mixed image sizes (WeCLIP and WeCLIP+), and transformers' behaviour unchanged
+for other models."""
 
 import json
 import logging
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_config
+from conftest import make_tiny_config, make_tiny_plus_config
 from PIL import Image
 from transformers import pipeline
 from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 from transformers.utils import logging as hf_logging
 
-from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor, WeCLIPImageSegmentationPipeline
+from weclip_hf import (
+    WeCLIPForSemanticSegmentation,
+    WeCLIPImageProcessor,
+    WeCLIPImageSegmentationPipeline,
+    WeCLIPPlusForSemanticSegmentation,
+)
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +122,77 @@ def test_saved_pipeline_needs_no_remote_code(segmenter, tmp_path):
     # only the model's code (for trust_remote_code, tests/test_remote_code.py), not the pipeline's
     assert "segmentation_pipeline.py" not in {p.name for p in tmp_path.glob("*.py")}
     assert pipeline("image-segmentation", model=str(tmp_path))(Image.new("RGB", (12, 9)))
+
+
+TINY_MODELS = {
+    "weclip": (WeCLIPForSemanticSegmentation, make_tiny_config),
+    "weclip_plus": (WeCLIPPlusForSemanticSegmentation, make_tiny_plus_config),
+}
+
+
+@pytest.fixture(scope="module", params=list(TINY_MODELS))
+def any_segmenter(request, tmp_path_factory):
+    """The pipeline on a saved tiny random WeCLIP, then WeCLIP+ (processor: long side 64, patch 8)."""
+    model_class, make_config = TINY_MODELS[request.param]
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp(request.param)
+    model_class(make_config()).save_pretrained(path)
+    WeCLIPImageProcessor(size={"longest_edge": 64}, patch_size=8).save_pretrained(path)
+    return pipeline("image-segmentation", model=str(path))
+
+
+def _noise(height: int, width: int, seed: int) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+@contextmanager
+def _forward_inputs(model):
+    """Records the ``pixel_values`` shape of every model forward meanwhile."""
+    shapes = []
+    handle = model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["pixel_values"].shape)), with_kwargs=True
+    )
+    try:
+        yield shapes
+    finally:
+        handle.remove()
+
+
+def _assert_same_segments(outputs, expected) -> None:
+    """Per image: the same labels, in order, with identical masks."""
+    assert len(outputs) == len(expected)
+    for segments, reference in zip(outputs, expected):
+        assert [s["label"] for s in segments] == [s["label"] for s in reference]
+        for segment, ref in zip(segments, reference):
+            np.testing.assert_array_equal(np.asarray(segment["mask"]), np.asarray(ref["mask"]))
+
+
+# images 0 and 2 (24 x 40) and 1 and 4 (40 x 24) share their processed size; image 3 (33 x 33) has its own
+MIXED_SIZES = [(24, 40), (40, 24), (24, 40), (33, 33), (40, 24)]
+# the images each model forward sees: one forward per distinct size within each batch
+FORWARDS = {2: [[0], [1], [2], [3], [4]], 3: [[0, 2], [1], [3], [4]]}
+
+
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_batches_of_mixed_sizes_give_every_image_its_own_result(any_segmenter, batch_size):
+    images = [_noise(h, w, seed) for seed, (h, w) in enumerate(MIXED_SIZES)]
+    sizes = [tuple(any_segmenter.preprocess(image)["pixel_values"].shape[-2:]) for image in images]
+    assert len(set(sizes)) == 3  # the processor keeps the aspect ratios: three different input sizes
+    alone = any_segmenter(images, batch_size=1)
+    with _forward_inputs(any_segmenter.model) as shapes:
+        batched = any_segmenter(images, batch_size=batch_size)
+    _assert_same_segments(batched, alone)
+    # the model never sees a padded image: each forward gets the images of one size, unpadded
+    assert shapes == [(len(group), 3, *sizes[group[0]]) for group in FORWARDS[batch_size]]
+
+
+def test_batches_of_one_size_run_as_one_forward(any_segmenter):
+    images = [_noise(24, 40, seed) for seed in range(4)]
+    alone = any_segmenter(images, batch_size=1)
+    with _forward_inputs(any_segmenter.model) as shapes:
+        batched = any_segmenter(images, batch_size=4)
+    _assert_same_segments(batched, alone)
+    assert shapes == [(4, 3, 38, 64)]
 
 
 def test_other_models_get_transformers_behaviour(transformers_logs):
