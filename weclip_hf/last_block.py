@@ -64,7 +64,7 @@ def run_last_block(layer: nn.Module, x: torch.Tensor) -> LastBlockPass:
     h = layer.layer_norm1(x)
     shape = (b, t, attn.num_heads, attn.head_dim)
     q, k, v = (proj(h).view(shape).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-    probs = torch.softmax((q @ k.transpose(-1, -2)).mul_(attn.scale), dim=-1)  # as `_attention`
+    probs = torch.softmax((q * attn.scale) @ k.transpose(-1, -2), dim=-1)  # as `_attention`
     attended = probs @ v
     x1 = x + attn.out_proj(attended.transpose(1, 2).reshape(b, t, c))
     normed, rstd = _normalized(layer.layer_norm2, x1)

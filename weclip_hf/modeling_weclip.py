@@ -326,7 +326,9 @@ def _attention(attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     q = attn.q_proj(h).view(shape).transpose(1, 2)
     k = attn.k_proj(h).view(shape).transpose(1, 2)
     v = attn.v_proj(h).view(shape).transpose(1, 2)
-    probs = torch.softmax((q @ k.transpose(-1, -2)).mul_(attn.scale), dim=-1, dtype=torch.float32)
+    # scaling q rather than the [T, T] scores saves a pass over them (and is what the official CLIP does; the
+    # two orders round differently unless the scale is a power of two, as it is for head size 64)
+    probs = torch.softmax((q * attn.scale) @ k.transpose(-1, -2), dim=-1, dtype=torch.float32)
     out = (probs.to(v.dtype) @ v).transpose(1, 2).reshape(b, t, c)
     return attn.out_proj(out), probs
 
