@@ -1,11 +1,13 @@
 """Speed benchmark of WeCLIP: training step, inference, time breakdown, MFU, host syncs, and the
-batched pseudo-label path against the slow per-image/per-class reference (tests/reference_weclip.py).
+batched pseudo-label path against the slow per-image/per-class reference (tests/reference_weclip.py);
+with ``--method weclip_plus``, WeCLIP+'s training step and inference next to WeCLIP's.
 
 Random weights, synthetic VOC-like inputs, no download. Real size (ViT-B/16, VOC classes) by default;
 ``--tiny`` uses the tiny test config and a few steps (the CI smoke run).
 
     python examples/benchmark.py                                  # CUDA when present, else CPU
     python examples/benchmark.py --tiny                           # < 30 s on a laptop CPU
+    python examples/benchmark.py --method weclip_plus             # WeCLIP+ (+ DINOv2 ViT-S/14) next to WeCLIP
     python examples/benchmark.py --device cpu --batch_sizes 4 --warmup 1 --repeats 2 ...  # see BENCHMARKS.md
     python examples/benchmark.py --crf --device cpu --num_threads 1       # dense CRF: ours vs pydensecrf
 
@@ -42,7 +44,12 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from torch.utils.flop_counter import flop_registry  # noqa: E402
 
 import weclip_hf  # noqa: E402
-from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation  # noqa: E402
+from weclip_hf import (  # noqa: E402
+    WeCLIPConfig,
+    WeCLIPForSemanticSegmentation,
+    WeCLIPPlusConfig,
+    WeCLIPPlusForSemanticSegmentation,
+)
 from weclip_hf import crf as dense_crf_module  # noqa: E402
 from weclip_hf.affinity import transition_matrix  # noqa: E402
 from weclip_hf.cam import cam_box_masks, refine_cams, upsample_normalized  # noqa: E402
@@ -59,11 +66,12 @@ from weclip_hf.pseudo_labels import (  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import make_tiny_config  # noqa: E402
+from conftest import make_tiny_config, make_tiny_plus_config  # noqa: E402
 from reference_weclip import reference_pseudo_labels  # noqa: E402
 
 PACKAGE_DIR = str(Path(weclip_hf.__file__).resolve().parent)
 GIB = 1024**3
+METHOD_NAMES = {"weclip": "WeCLIP", "weclip_plus": "WeCLIP+"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -75,6 +83,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--method",
+        choices=sorted(METHOD_NAMES),
+        default="weclip",
+        help="weclip_plus: also time WeCLIP+ (the same CLIP + a frozen DINOv2 ViT-S/14, its head, RFM+ and "
+        "losses) training steps and inference, next to WeCLIP's (the breakdown and reference stay WeCLIP's)",
+    )
     p.add_argument(
         "--tiny", action="store_true", help="tiny test config, small sizes, few steps (CI smoke run)"
     )
@@ -378,10 +393,21 @@ class HostSyncFinder(TorchDispatchMode):
 # Model and inputs
 
 
-def build_model(tiny: bool, device: torch.device, seed: int) -> WeCLIPForSemanticSegmentation:
+def build_model(tiny: bool, device: torch.device, seed: int, method: str = "weclip"):
+    """A random model of ``method``: real size (CLIP ViT-B/16, VOC classes; WeCLIP+: + DINOv2 ViT-S/14, the
+    official default) or the tiny test config."""
     torch.manual_seed(seed)
+    if method == "weclip_plus":
+        config = make_tiny_plus_config() if tiny else WeCLIPPlusConfig()
+        return WeCLIPPlusForSemanticSegmentation(config).to(device)
     config = make_tiny_config() if tiny else WeCLIPConfig()
     return WeCLIPForSemanticSegmentation(config).to(device)
+
+
+def decoder_optimizer(model) -> torch.optim.Optimizer:
+    """AdamW on the trainable weights (WeCLIP: the decoder; WeCLIP+: also the DINO head), the toy recipe's."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trainable, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
 
 
 def synthetic_batch(batch: int, height: int, width: int, num_classes: int, device: torch.device, seed: int):
@@ -449,6 +475,7 @@ def measure_training(args, bench, model, optimizer, batch, use_rfm) -> dict:
     total_flops = flops.total
     achieved = total_flops / seconds
     return dict(
+        method=model.config.model_type,
         batch=batch,
         crop=args.crop,
         rfm=use_rfm,
@@ -706,6 +733,7 @@ def measure_inference(args, bench, model) -> list[dict]:
         for mode in ("single", "multiscale_flip"):
             rows.append(
                 dict(
+                    method=model.config.model_type,
                     size=list(size),
                     mode=mode,
                     batch=args.infer_batch_size,
@@ -982,7 +1010,7 @@ def render_table(result: dict) -> str:
         mfu = f"MFU {100 * t['mfu']:.1f}%" if t["mfu"] is not None else "MFU n/a"
         add(
             "train step",
-            f"batch {t['batch']}, crop {t['crop']}, RFM {'on' if t['rfm'] else 'off'}",
+            _method_prefix(t) + f"batch {t['batch']}, crop {t['crop']}, RFM {'on' if t['rfm'] else 'off'}",
             f"**{t['images_per_s']:.2f} img/s** ({1e3 * t['seconds']:.0f} ms/step), {mem_label} "
             f"{_gib(t['peak_bytes'])}, {t['gflop_per_image']:.1f} GFLOP/img, "
             f"{1e3 * t['achieved_tflops']:.1f} GFLOP/s, {mfu}",
@@ -1058,12 +1086,42 @@ def render_table(result: dict) -> str:
         mode = "single scale" if i["mode"] == "single" else "scales 1, 0.75 + flip"
         add(
             "inference (CLIP + decoder)",
-            f"{i['size'][0]}x{i['size'][1]}, {mode}, batch {i['batch']}",
+            _method_prefix(i) + f"{i['size'][0]}x{i['size'][1]}, {mode}, batch {i['batch']}",
             f"**{i['images_per_s']:.2f} img/s** ({1e3 * i['seconds']:.0f} ms/batch)",
             f"CLIP forward {1e3 * i['clip_forward_seconds']:.0f} ms",
             f"**{i['seconds'] / i['clip_forward_seconds']:.2f}x**",
         )
+    for plus, weclip, setting in _method_pairs(result):
+        add(
+            "WeCLIP+ vs WeCLIP",
+            setting,
+            f"{1e3 * plus['seconds']:.0f} ms",
+            f"WeCLIP {1e3 * weclip['seconds']:.0f} ms",
+            f"**{plus['seconds'] / weclip['seconds']:.2f}x**",
+        )
     return "\n".join(lines)
+
+
+def _method_prefix(row: dict) -> str:
+    """ "WeCLIP+, " for a WeCLIP+ row (the WeCLIP rows keep their unprefixed settings)."""
+    return "WeCLIP+, " if row.get("method") == "weclip_plus" else ""
+
+
+def _method_pairs(result: dict) -> list[tuple[dict, dict, str]]:
+    """(WeCLIP+ row, WeCLIP row, setting) for every training and inference setting measured for both."""
+    pairs = []
+    for key, describe in (
+        (
+            "training",
+            lambda r: f"train step, batch {r['batch']}, crop {r['crop']}, RFM {'on' if r['rfm'] else 'off'}",
+        ),
+        ("inference", lambda r: f"inference {r['size'][0]}x{r['size'][1]}, {r['mode']}, batch {r['batch']}"),
+    ):
+        weclip = {describe(r): r for r in result[key] if r.get("method", "weclip") == "weclip"}
+        for row in result[key]:
+            if row.get("method") == "weclip_plus" and describe(row) in weclip:
+                pairs.append((row, weclip[describe(row)], describe(row)))
+    return pairs
 
 
 def render_syncs(result: dict) -> str:
@@ -1102,6 +1160,16 @@ def environment(device: torch.device, args) -> dict:
     return env
 
 
+def measure_training_grid(args, bench, model, optimizer, result: dict) -> None:
+    """`measure_training` for every batch size and RFM setting, appended to ``result["training"]``."""
+    name = METHOD_NAMES[model.config.model_type]
+    for batch in args.batch_sizes:
+        for use_rfm in args.rfm:
+            row = measure_training(args, bench, model, optimizer, batch, use_rfm)
+            result["training"].append(row)
+            print(f"  {name} train batch {batch} rfm {use_rfm}: {row['images_per_s']:.2f} img/s", flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.num_threads:
@@ -1112,9 +1180,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.crf:
         return main_crf(args, bench, start)
     model = build_model(args.tiny, device, args.seed)
-    optimizer = torch.optim.AdamW(
-        model.decoder.parameters(), lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01
-    )
+    optimizer = decoder_optimizer(model)
     result = dict(
         env=environment(device, args),
         args={k: v for k, v in vars(args).items()},
@@ -1126,13 +1192,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(f"# WeCLIP benchmark: {result['env']}", flush=True)
 
-    for batch in args.batch_sizes:
-        for use_rfm in args.rfm:
-            result["training"].append(measure_training(args, bench, model, optimizer, batch, use_rfm))
-            print(
-                f"  train batch {batch} rfm {use_rfm}: {result['training'][-1]['images_per_s']:.2f} img/s",
-                flush=True,
-            )
+    measure_training_grid(args, bench, model, optimizer, result)
     if not args.no_breakdown:
         for use_rfm in args.rfm:
             result["breakdown"].append(
@@ -1148,6 +1208,12 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  reference rfm {use_rfm}: {result['reference'][-1]['speedup']:.2f}x", flush=True)
     if not args.no_inference:
         result["inference"] = measure_inference(args, bench, model)
+    if args.method == "weclip_plus":  # the same measurements of WeCLIP+, after WeCLIP's model is freed
+        del model, optimizer
+        model = build_model(args.tiny, device, args.seed, "weclip_plus")
+        measure_training_grid(args, bench, model, decoder_optimizer(model), result)
+        if not args.no_inference:
+            result["inference"] += measure_inference(args, bench, model)
     result["total_seconds"] = time.perf_counter() - start
 
     print()

@@ -1,5 +1,5 @@
-"""The benchmark's tiny CPU mode runs end to end (so it cannot rot) and reports both pseudo-label paths
-and both PAR paths (eager, torch.compile)."""
+"""The benchmark's tiny CPU mode runs end to end (so it cannot rot) and reports both pseudo-label paths,
+both PAR paths (eager, torch.compile) and WeCLIP+ next to WeCLIP."""
 
 import os
 import re
@@ -21,6 +21,8 @@ def test_benchmark_tiny_runs_and_compares_both_paths(tmp_path):
             "--device",
             "cpu",
             "--compile_par",
+            "--method",
+            "weclip_plus",
             "--output_json",
             str(output_json),
         ],
@@ -51,7 +53,13 @@ def test_benchmark_tiny_runs_and_compares_both_paths(tmp_path):
     infer_ratios = re.findall(
         r"\| inference \(CLIP \+ decoder\) \|[^|]*\|[^|]*\| CLIP forward [\d.]+ ms \| \*\*([\d.]+)x", out
     )
-    assert len(step_ratios) == 2 and len(infer_ratios) == 2 and all(float(r) > 0 for r in step_ratios), out
+    assert len(step_ratios) == 4 and len(infer_ratios) == 4 and all(float(r) > 0 for r in step_ratios), out
+    # --method weclip_plus: WeCLIP+'s rows, and each of its settings against WeCLIP's (2 steps, 2 inference modes)
+    assert len(re.findall(r"\| train step \| WeCLIP\+, batch 2, crop 64, RFM o(?:n|ff) \|", out)) == 2, out
+    plus_vs_weclip = re.findall(
+        r"\| WeCLIP\+ vs WeCLIP \|[^|]*\| [\d.]+ ms \| WeCLIP [\d.]+ ms \| \*\*([\d.]+)x", out
+    )
+    assert len(plus_vs_weclip) == 4 and all(float(r) > 0 for r in plus_vs_weclip), out
     assert "Host syncs in one training step" in out
     # PAR iterations compiled vs eager, side by side, computing the same function
     compiled = re.findall(
