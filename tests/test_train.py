@@ -46,8 +46,8 @@ def test_toy_default_writes_model_metrics_overlays_and_card(toy_run):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["train_steps"] == 3
     overlay = Image.open(metrics["overlays"][0])
-    # image | ground truth | CAM pseudo labels | prediction, each upscaled 3x, and the legend to their right
-    assert overlay.width > 4 * 3 * 96 and overlay.height > 3 * 96
+    # image | ground truth | CAM and RFM pseudo labels | prediction, each upscaled 3x, the legend to their right
+    assert overlay.width > 5 * 3 * 96 and overlay.height > 3 * 96
     card = (out / "README.md").read_text()
     assert "weclip" in card and "mean_iou" in card and "Zhang" in card and "limitations" in card
     from transformers import pipeline

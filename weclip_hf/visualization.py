@@ -222,8 +222,8 @@ def present_class_cams(
 @torch.no_grad()
 def write_overlays(model, dataset, output_dir: str | Path, count: int, normalization=None) -> list[str]:
     """Overlay figures of the first ``count`` evaluation examples (``pixel_values`` [3, H, W], ``labels`` [H, W],
-    ``class_labels`` [C]): ground truth, CAM pseudo labels and prediction over the image, the legend, a CAM heat
-    map per present class; saved as ``output_dir/overlays/val_<i>.png``. ``normalization``: the
+    ``class_labels`` [C]): ground truth, the pseudo labels of the frozen CLIP's CAMs and of their RFM refinement
+    with the decoder's affinity, and the prediction over the image, the legend, a CAM heat map per present class; saved as ``output_dir/overlays/val_<i>.png``. ``normalization``: the
     `weclip_hf.normalization.PixelNormalization` the images were normalized with (default: the dataset's
     ``normalization``, as `EvalSegmentationDataset` has it)."""
     from .evaluation import predict_labels
@@ -241,7 +241,9 @@ def write_overlays(model, dataset, output_dir: str | Path, count: int, normaliza
         pixel_values = item["pixel_values"][None].to(device)
         height, width = item["labels"].shape
         padded = pad_to_patch(pixel_values, model.config.vision_config.patch_size)
-        cam = model(pixel_values=padded, class_labels=item["class_labels"][None].to(device), use_rfm=False)
+        class_labels = item["class_labels"][None].to(device)
+        cam = model(pixel_values=padded, class_labels=class_labels, use_rfm=False)
+        rfm = model(pixel_values=padded, class_labels=class_labels, use_rfm=True)
         pred = predict_labels(model, pixel_values, (height, width))
         image = normalization.denormalize(item["pixel_values"]).permute(1, 2, 0).cpu().numpy()
         figure = overlay_figure(
@@ -249,6 +251,7 @@ def write_overlays(model, dataset, output_dir: str | Path, count: int, normaliza
             {
                 "ground truth": item["labels"].clamp(max=255),
                 "CAM pseudo labels": cam.pseudo_labels[0, :height, :width],
+                "RFM pseudo labels": rfm.pseudo_labels[0, :height, :width],
                 "prediction": pred[0],
             },
             id2label,
