@@ -234,15 +234,28 @@ MODEL_FLAGS = (
     "decoder_dropout",
 )
 WEIGHT_FLAGS = MODEL_FLAGS[:4]
-# the losses of the training log: the total, WeCLIP's two terms, and WeCLIP+'s (absent from WeCLIP's output)
-LOGGED_LOSSES = (
-    "loss",
-    "seg_loss",
-    "affinity_loss",
-    "dice_loss",
-    "clip_from_dino_loss",
-    "dino_from_clip_loss",
-)
+# the loss terms of the output (WeCLIP's two, then WeCLIP+'s, absent from WeCLIP's output) and their names in errors
+LOSS_TERMS = {
+    "seg_loss": "segmentation",
+    "affinity_loss": "affinity",
+    "dice_loss": "Dice",
+    "clip_from_dino_loss": "CLIP-from-DINO cross-branch",
+    "dino_from_clip_loss": "DINO-from-CLIP cross-branch",
+}
+# the losses of the training log: the total and every term
+LOGGED_LOSSES = ("loss", *LOSS_TERMS)
+
+
+def check_losses_finite(out, step: int) -> None:
+    """Raise `FloatingPointError` naming the first non-finite loss term of ``out`` (one host read per step)."""
+    terms = {name: getattr(out, name) for name in LOSS_TERMS if getattr(out, name, None) is not None}
+    if bool(torch.stack([v.detach().float() for v in terms.values()]).isfinite().all()):
+        return
+    name, value = next((n, v) for n, v in terms.items() if not torch.isfinite(v))
+    raise FloatingPointError(
+        f"Non-finite {LOSS_TERMS[name]} loss ({value.item()}) at step {step}; weights were not updated. "
+        "Resume from the last checkpoint with a lower --learning_rate or check the data."
+    )
 
 
 def public_args(args: argparse.Namespace) -> dict:
@@ -670,12 +683,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                 labels=batch.get("labels") if args.fully_supervised else None,
                 pixel_mask=batch["pixel_mask"] if args.ignore_padding else None,
             )
-            for name, value in (("segmentation", out.seg_loss), ("affinity", out.affinity_loss)):
-                if not torch.isfinite(value):
-                    raise FloatingPointError(
-                        f"Non-finite {name} loss ({value.item()}) at step {step}; weights were not updated. "
-                        "Resume from the last checkpoint with a lower --learning_rate or check the data."
-                    )
+            check_losses_finite(out, step)
             accelerator.backward(out.loss)
             optimizer.step()
             scheduler.step()

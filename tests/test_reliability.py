@@ -259,3 +259,33 @@ def _shared_model():
         torch.manual_seed(0)
         _MODEL.append(WeCLIPForSemanticSegmentation(make_tiny_config()).eval())
     return _MODEL[0]
+
+
+@pytest.mark.parametrize(
+    "term, shown",
+    [
+        ("seg_loss", "segmentation"),
+        ("affinity_loss", "affinity"),
+        ("dice_loss", "Dice"),
+        ("clip_from_dino_loss", "CLIP-from-DINO cross-branch"),
+        ("dino_from_clip_loss", "DINO-from-CLIP cross-branch"),
+    ],
+)
+def test_every_loss_term_is_checked_for_non_finite_values(term, shown, monkeypatch):
+    """WeCLIP's two terms and WeCLIP+'s three: a non-finite one stops the step, named; absent terms are skipped."""
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(TRAIN.parent))
+    import train as train_script
+
+    finite = dict(seg_loss=torch.tensor(1.0), affinity_loss=torch.tensor(0.5), dice_loss=None)
+    plus = dict(finite, dice_loss=torch.tensor(0.2), clip_from_dino_loss=torch.tensor(0.3))
+    train_script.check_losses_finite(SimpleNamespace(**finite), 7)  # WeCLIP+ terms absent: nothing raised
+    train_script.check_losses_finite(SimpleNamespace(**plus, dino_from_clip_loss=torch.tensor(0.4)), 7)
+    bad = SimpleNamespace(
+        **{**plus, "dino_from_clip_loss": torch.tensor(0.4), term: torch.tensor(float("inf"))}
+    )
+    with pytest.raises(
+        FloatingPointError, match=rf"Non-finite {shown} loss \(inf\) at step 7; weights were not"
+    ):
+        train_script.check_losses_finite(bad, 7)
