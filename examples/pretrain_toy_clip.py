@@ -64,10 +64,12 @@ from weclip_hf.data.toy import (
 )
 from weclip_hf.data.transforms import multi_hot as multi_hot_row
 from weclip_hf.metrics import confusion_matrix, scores_from_confusion
+from weclip_hf.normalization import IMAGENET_NORMALIZATION
 
-# ImageNet statistics on 0-255 pixels: WeCLIP's faithful default normalisation (DESIGN Part 1).
-IMAGE_MEAN = (123.675, 116.28, 103.53)
-IMAGE_STD = (58.395, 57.12, 57.375)
+# ImageNet statistics on 0-255 pixels: WeCLIP's faithful default normalisation (DESIGN Part 1); the
+# pretraining keeps its float32 arithmetic, with which the shipped toy CLIP was made.
+IMAGE_MEAN = IMAGENET_NORMALIZATION.mean
+IMAGE_STD = IMAGENET_NORMALIZATION.std
 MAX_TEXT_LENGTH = 16
 # The tiles: toy images of 1/n the size with at most one (smaller) object, n x n to a mosaic (see main()).
 TILE_OBJECTS_PROBS = (0.3, 0.7)
