@@ -1,11 +1,14 @@
 """Cache blocking on CPUs (weclip_hf.chunking): the chunked pseudo-label work equals the whole-batch work."""
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import make_tiny_config
 
 import weclip_hf.modeling_weclip as modeling
 import weclip_hf.par as par
+import weclip_hf.pseudo_labels as pseudo_labels
 from weclip_hf import WeCLIPForSemanticSegmentation
 from weclip_hf.chunking import images_per_chunk
 from weclip_hf.pseudo_labels import plan_pairs
@@ -51,3 +54,66 @@ def test_chunked_par_equals_the_whole_batch(monkeypatch):
     whole = par.par_refine(image, scores, [1, 2, 4], num_iter=4)
     monkeypatch.setattr(par, "_CPU_STEP_BYTES", 2 * 7 * 20 * 18 * 4)  # two images per chunk
     torch.testing.assert_close(par.par_refine(image, scores, [1, 2, 4], num_iter=4), whole, rtol=0, atol=1e-6)
+
+
+def test_the_model_sizes_its_chunks_by_the_attention_maps(model, monkeypatch):
+    """The model asks for chunks of [heads, T, T] float32 maps per image; ViT-B/16 at a 320 crop (T = 401,
+    12 heads, 7.7 MB per image): 4 images per chunk on a CPU, the whole batch elsewhere."""
+    assert images_per_chunk(16, 12 * 401 * 401 * 4, "cpu") == 4
+    assert images_per_chunk(16, 12 * 401 * 401 * 4, "meta") == 16
+    asked = []
+
+    def recording(num_images, bytes_per_image, device, **kwargs):
+        asked.append((num_images, bytes_per_image))
+        return images_per_chunk(num_images, bytes_per_image, device, **kwargs)
+
+    monkeypatch.setattr(modeling, "images_per_chunk", recording)
+    pixel_values = torch.randn(5, 3, 24, 32, generator=torch.Generator().manual_seed(0))
+    features = model.forward_clip_features(pixel_values, 2)
+    model.pair_gradcams(features.hidden[-1], plan_pairs(LABELS, "cpu"), features.grid)
+    heads, tokens = model.config.vision_config.num_attention_heads, 1 + 3 * 4
+    assert asked == [(5, heads * tokens * tokens * 4)] * 2
+
+
+@pytest.mark.parametrize("use_rfm", [False, True])
+@pytest.mark.parametrize("method", ["weclip", "weclip_plus"])
+def test_chunked_pseudo_labels_agree_with_the_whole_batch(method, use_rfm, monkeypatch):
+    """End to end (CLIP features, GradCAM, affinity, PAR, labels) one image per chunk against the whole batch:
+    refined CAMs equal up to float32 summation order, pseudo labels except at near-ties (>= 99.9% of pixels)."""
+    from conftest import make_tiny_plus_config
+
+    from weclip_hf import WeCLIPPlusForSemanticSegmentation
+
+    torch.manual_seed(0)
+    if method == "weclip":
+        model = WeCLIPForSemanticSegmentation(make_tiny_config(attention_num_maps=2, rfm_num_maps=3)).eval()
+    else:
+        model = WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config()).eval()
+    pixel_values = torch.randn(5, 3, 48, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole = model(pixel_values=pixel_values, class_labels=LABELS, use_rfm=use_rfm)
+        monkeypatch.setattr(modeling, "images_per_chunk", lambda num_images, *args, **kwargs: 1)
+        monkeypatch.setattr(par, "_CPU_STEP_BYTES", 1)  # PAR one image at a time too
+        chunked = model(pixel_values=pixel_values, class_labels=LABELS, use_rfm=use_rfm)
+    # the GradCAMs agree to ~1e-6 (above); the min-max normalisations of the nearly flat CAMs of random weights
+    # amplify that (measured: at most 9.4e-4 of a [0, 1] range)
+    torch.testing.assert_close(chunked.cams, whole.cams, rtol=0, atol=2e-3)
+    agreement = (chunked.pseudo_labels == whole.pseudo_labels).float().mean().item()
+    assert agreement >= 0.999, agreement
+
+
+def test_chunked_gradcams_need_pairs_ordered_by_image(model):
+    plan = plan_pairs(LABELS, "cpu")
+    shuffled = dataclasses.replace(plan, image=plan.image.flip(0))
+    tokens = torch.randn(5, 13, model.config.vision_config.hidden_size)
+    with pytest.raises(ValueError, match="plan.image must be sorted"):
+        pseudo_labels.pair_gradcams(
+            model.last_block_pair_embeddings,
+            tokens,
+            model.class_text_embeds,
+            model.background_text_embeds,
+            model.logit_scale,
+            shuffled,
+            (3, 4),
+            chunk_size=2,
+        )

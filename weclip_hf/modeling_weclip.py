@@ -302,20 +302,27 @@ def _eager_layer(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def _eager_layer_in_chunks(
-    layer: nn.Module, x: torch.Tensor, chunk: int, keep_heads: bool
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    layer: nn.Module, x: torch.Tensor, chunk: int, keep_mean: bool, keep_heads: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """`_eager_layer` on ``chunk`` images at a time (`weclip_hf.chunking`): (output [B, T, C], head-averaged
-    probs [B, T, T], per-head probs [B, heads, T, T] if ``keep_heads`` else None, freed chunk by chunk)."""
+    probs [B, T, T] if ``keep_mean``, per-head probs [B, heads, T, T] if ``keep_heads``; else None; the
+    per-head maps not kept are freed chunk by chunk)."""
     outputs, mean_probs, probs = [], [], []
     for part in x.split(chunk):
         out, part_probs = _eager_layer(layer, part)
         outputs.append(out)
-        mean_probs.append(part_probs.mean(dim=1))
+        if keep_mean:
+            mean_probs.append(part_probs.mean(dim=1))
         if keep_heads:
             probs.append(part_probs)
-    if len(outputs) == 1:
-        return outputs[0], mean_probs[0], probs[0] if keep_heads else None
-    return torch.cat(outputs), torch.cat(mean_probs), torch.cat(probs) if keep_heads else None
+    return _joined(outputs), _joined(mean_probs), _joined(probs)
+
+
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor | None:
+    """The chunks concatenated along the batch (no copy for one chunk); None for no chunks."""
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def _attention(attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -608,7 +615,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         chunk = images_per_chunk(b, layers[0].self_attn.num_heads * t * t * 4, x.device)  # [heads, T, T] maps
         for i, layer in enumerate(layers[:-1]):
             if i >= first_map or output_attentions:
-                x, mean_probs, probs = _eager_layer_in_chunks(layer, x, chunk, output_attentions)
+                x, mean_probs, probs = _eager_layer_in_chunks(
+                    layer, x, chunk, i >= first_map, output_attentions
+                )
                 if output_attentions:
                     head_attentions.append(probs)
                 if i >= first_map:
@@ -731,7 +740,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             self.logit_scale,
             plan,
             grid,
-            images_per_chunk=images_per_chunk(b, heads * t * t * 4, tokens.device),
+            chunk_size=images_per_chunk(b, heads * t * t * 4, tokens.device),
         )
 
     def refine_and_label(

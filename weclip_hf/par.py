@@ -11,8 +11,9 @@ import torch.nn.functional as F
 
 from .chunking import images_per_chunk
 
-# One neighbour step's working set per chunk of images on a CPU: 4-5 images at a 320 crop (batch 16 on this
-# project's CPU: 2.21 s for the whole batch at once, 1.27 s in chunks of 4, 1.36 s of 2, 1.72 s of 1)
+# One neighbour step's working set per chunk of images on a CPU: 4-8 images at a 320 crop for 2-4 score maps
+# (batch 16 on this project's CPU: 2.21 s for the whole batch at once, 1.27 s in chunks of 4, 1.36 s of 2, 1.72 s
+# of 1)
 _CPU_STEP_BYTES = 16 * 2**20
 
 # The 8 neighbours of a 3x3 ring as (row, col) offsets in units of the dilation, in the official order

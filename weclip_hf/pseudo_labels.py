@@ -99,9 +99,9 @@ def pair_gradcams(
     logit_scale: torch.Tensor,
     plan: PairPlan,
     grid: tuple[int, int],
-    images_per_chunk: int | None = None,
+    chunk_size: int | None = None,
 ) -> PairGradCAMs:
-    """GradCAM of every pair from one backward, in float32: the last block runs once per image.
+    """GradCAM of every pair, in float32: the last block runs once per image, one backward per chunk of images.
 
     Args:
         last_block: (tokens [B, 1+N, D], pair image index [P]) -> (GradCAM activations [B, 1+N, D] (the
@@ -110,9 +110,11 @@ def pair_gradcams(
             head-averaged attention [B, 1+N, 1+N]); the model's `last_block_pair_embeddings`.
         block_input: [B, 1+N, D] tokens entering the last block (WeCLIP: the output of block L-1).
         class_embeds: [C, E] and background_embeds: [Nb, E] text embeddings. logit_scale: CLIP's log scale.
-        images_per_chunk: run the images this many at a time, one backward each (`weclip_hf.chunking`: on a
-            CPU the chunks' temporaries stay in the cache); None: all at once. Chunking reads the pair
-            counts on the host (a sync on an accelerator).
+        chunk_size: run the images this many at a time, one backward each (`weclip_hf.chunking`: on a CPU
+            the chunks' temporaries stay in the cache); None: all at once. Chunking reads the plan's image
+            indices on the host (a sync on an accelerator) and needs the pairs ordered by image. The chunks'
+            GradCAMs equal the whole batch's up to float32 summation order (~1e-6), which can flip pseudo
+            labels at near-ties.
     Returns:
         `PairGradCAMs`. Each pair's target is the softmax probability of its class over the image's present
         classes and the background words; the pairs' targets are summed (each has its own shift, so the
@@ -121,14 +123,17 @@ def pair_gradcams(
     """
     text = torch.cat([class_embeds, background_embeds]).float()
     b = block_input.shape[0]
-    chunk = b if images_per_chunk is None else max(1, images_per_chunk)
+    chunk = b if chunk_size is None else max(1, chunk_size)
     if chunk >= b:
-        return _chunk_gradcams(last_block, block_input, text, logit_scale, plan, grid)
-    pair_ends = [0, *plan.present.sum(dim=1).cumsum(dim=0).tolist()]  # pairs are ordered by image
+        return _gradcams_of_images(last_block, block_input, text, logit_scale, plan, grid)
+    if plan.num_pairs and bool((plan.image[1:] < plan.image[:-1]).any()):
+        raise ValueError("plan.image must be sorted (pairs ordered by image) to run pair_gradcams in chunks.")
+    starts = torch.arange(0, b + chunk, chunk, device=plan.image.device).clamp_(max=b)
+    pair_ends = torch.searchsorted(plan.image, starts).tolist()  # the first pair of each chunk's first image
     parts = []
-    for start in range(0, b, chunk):
+    for index, start in enumerate(range(0, b, chunk)):
         stop = min(start + chunk, b)
-        first, last = pair_ends[start], pair_ends[stop]
+        first, last = pair_ends[index], pair_ends[index + 1]
         part = PairPlan(
             plan.image[first:last] - start,
             plan.class_index[first:last],
@@ -136,7 +141,7 @@ def pair_gradcams(
             plan.present[start:stop],
             plan.max_classes,
         )
-        parts.append(_chunk_gradcams(last_block, block_input[start:stop], text, logit_scale, part, grid))
+        parts.append(_gradcams_of_images(last_block, block_input[start:stop], text, logit_scale, part, grid))
     return PairGradCAMs(
         torch.cat([part.cams for part in parts]),
         torch.cat([part.text_probs for part in parts]),
@@ -144,8 +149,10 @@ def pair_gradcams(
     )
 
 
-def _chunk_gradcams(
-    last_block: Callable,
+def _gradcams_of_images(
+    last_block: Callable[
+        [torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+    ],
     block_input: torch.Tensor,
     text: torch.Tensor,
     logit_scale: torch.Tensor,
@@ -153,9 +160,8 @@ def _chunk_gradcams(
     grid: tuple[int, int],
 ) -> PairGradCAMs:
     """`pair_gradcams` of one chunk of images, ``text`` [C + Nb, E] the class then background embeddings."""
-    words = plan.present.new_ones(
-        plan.num_pairs, text.shape[0] - plan.num_classes
-    )  # background: always allowed
+    # the background words are always allowed
+    words = plan.present.new_ones(plan.num_pairs, text.shape[0] - plan.num_classes)
     allowed = torch.cat([plan.present[plan.image], words], dim=1)  # [P, C + Nb]
     with torch.enable_grad(), torch.autocast(block_input.device.type, enabled=False):
         activations, shift, image_embeds, last_attention = last_block(block_input, plan.image)
