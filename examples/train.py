@@ -246,14 +246,23 @@ LOSS_TERMS = {
 LOGGED_LOSSES = ("loss", *LOSS_TERMS)
 
 
-def check_losses_finite(out, step: int) -> None:
-    """Raise `FloatingPointError` naming the first non-finite loss term of ``out`` (one host read per step)."""
+def check_losses_finite(out, step: int, gather=None) -> None:
+    """Raise `FloatingPointError` naming the first non-finite loss term of ``out`` (one host read per step).
+
+    ``gather``: `Accelerator.gather`, so that every process stops when one has a non-finite loss (instead of the
+    others waiting forever in the backward's all-reduce)."""
     terms = {name: getattr(out, name) for name in LOSS_TERMS if getattr(out, name, None) is not None}
-    if bool(torch.stack([v.detach().float() for v in terms.values()]).isfinite().all()):
+    if not terms:
+        raise ValueError(
+            f"The model returned none of the loss terms {list(LOSS_TERMS)}: nothing to train on."
+        )
+    finite = torch.stack([v.detach().float() for v in terms.values()]).isfinite().all().to(torch.int32)
+    if bool((gather(finite.reshape(1)) if gather else finite).all()):
         return
-    name, value = next((n, v) for n, v in terms.items() if not torch.isfinite(v))
+    bad = [(name, value) for name, value in terms.items() if not torch.isfinite(value)]
+    where = f"{LOSS_TERMS[bad[0][0]]} loss ({bad[0][1].item()})" if bad else "loss in another process"
     raise FloatingPointError(
-        f"Non-finite {LOSS_TERMS[name]} loss ({value.item()}) at step {step}; weights were not updated. "
+        f"Non-finite {where} at step {step}; weights were not updated. "
         "Resume from the last checkpoint with a lower --learning_rate or check the data."
     )
 
@@ -683,7 +692,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                 labels=batch.get("labels") if args.fully_supervised else None,
                 pixel_mask=batch["pixel_mask"] if args.ignore_padding else None,
             )
-            check_losses_finite(out, step)
+            check_losses_finite(out, step, accelerator.gather if accelerator.num_processes > 1 else None)
             accelerator.backward(out.loss)
             optimizer.step()
             scheduler.step()

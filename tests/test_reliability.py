@@ -289,3 +289,13 @@ def test_every_loss_term_is_checked_for_non_finite_values(term, shown, monkeypat
         FloatingPointError, match=rf"Non-finite {shown} loss \(inf\) at step 7; weights were not"
     ):
         train_script.check_losses_finite(bad, 7)
+
+    # under DDP every process stops, also those whose own losses are finite
+    def another_process_non_finite(flags):
+        return torch.cat([flags, torch.zeros_like(flags)])
+
+    with pytest.raises(FloatingPointError, match=r"Non-finite loss in another process at step 7"):
+        train_script.check_losses_finite(SimpleNamespace(**finite), 7, another_process_non_finite)
+    train_script.check_losses_finite(SimpleNamespace(**finite), 7, lambda flags: torch.cat([flags, flags]))
+    with pytest.raises(ValueError, match="none of the loss terms"):
+        train_script.check_losses_finite(SimpleNamespace(seg_loss=None), 7)
