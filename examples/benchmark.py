@@ -404,7 +404,7 @@ def build_model(tiny: bool, device: torch.device, seed: int, method: str = "wecl
     return WeCLIPForSemanticSegmentation(config).to(device)
 
 
-def decoder_optimizer(model) -> torch.optim.Optimizer:
+def trainable_optimizer(model) -> torch.optim.Optimizer:
     """AdamW on the trainable weights (WeCLIP: the decoder; WeCLIP+: also the DINO head), the toy recipe's."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(trainable, lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
@@ -1180,7 +1180,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.crf:
         return main_crf(args, bench, start)
     model = build_model(args.tiny, device, args.seed)
-    optimizer = decoder_optimizer(model)
+    optimizer = trainable_optimizer(model)
     result = dict(
         env=environment(device, args),
         args={k: v for k, v in vars(args).items()},
@@ -1211,7 +1211,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.method == "weclip_plus":  # the same measurements of WeCLIP+, after WeCLIP's model is freed
         del model, optimizer
         model = build_model(args.tiny, device, args.seed, "weclip_plus")
-        measure_training_grid(args, bench, model, decoder_optimizer(model), result)
+        measure_training_grid(args, bench, model, trainable_optimizer(model), result)
         if not args.no_inference:
             result["inference"] += measure_inference(args, bench, model)
     result["total_seconds"] = time.perf_counter() - start

@@ -61,9 +61,8 @@ class ImageSegmentationPipelineTests(unittest.TestCase):
     model's labels. The mixin creates it and calls `get_test_pipeline`, then `run_pipeline_test`.
     """
 
-    tested: list[
-        tuple[str, torch.dtype]
-    ] = []  # (architecture, dtype) of each pipeline that passed the checks
+    # (architecture, dtype) of each pipeline that passed the checks
+    tested: list[tuple[str, torch.dtype]] = []
 
     def get_test_pipeline(
         self,

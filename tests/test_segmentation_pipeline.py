@@ -222,3 +222,13 @@ def test_other_models_get_transformers_behaviour(transformers_logs):
     assert not [r for r in transformers_logs if r.levelno >= logging.ERROR]
     with pytest.raises(TypeError, match="Incorrect format"):  # transformers' input rules, not WeCLIP's
         segmenter(np.zeros((30, 40, 3), np.uint8))
+
+
+def test_an_unexpected_pipeline_iterator_layout_is_named(any_segmenter, monkeypatch):
+    """Should transformers nest its pipeline iterators differently, mixed-size batching says so instead of
+    failing on an attribute deep inside."""
+    from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
+
+    monkeypatch.setattr(ImageSegmentationPipeline, "get_iterator", lambda self, *args, **kwargs: iter(()))
+    with pytest.raises(RuntimeError, match="pipeline iterator is not laid out as"):
+        any_segmenter.get_iterator([], 0, 2, {}, {}, {})

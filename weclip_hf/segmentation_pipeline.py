@@ -35,8 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import transformers
 from huggingface_hub.utils import httpx  # the HTTP client transformers' load_image uses
 from PIL import Image
+from torch.utils.data import DataLoader
 from transformers import (
     AutoModelForImageSegmentation,
     AutoModelForInstanceSegmentation,
@@ -151,7 +153,14 @@ class WeCLIPImageSegmentationPipeline(ImageSegmentationPipeline):
             inputs, num_workers, batch_size, preprocess_params, forward_params, postprocess_params
         )
         if batch_size > 1 and isinstance(self.image_processor, WeCLIPImageProcessor):
-            loader = iterator.loader.loader  # postprocess iterator -> forward iterator -> DataLoader
+            # postprocess iterator -> forward iterator -> DataLoader (transformers' layout, checked)
+            loader = getattr(getattr(iterator, "loader", None), "loader", None)
+            if not isinstance(loader, DataLoader):
+                raise RuntimeError(
+                    f"transformers {transformers.__version__}'s pipeline iterator is not laid out as "
+                    "WeCLIPImageSegmentationPipeline expects (postprocess -> forward -> DataLoader): batches of "
+                    "images of different sizes cannot be collated. Use batch_size=1 or report this."
+                )
             loader.collate_fn = partial(collate_mixed_sizes, collate=loader.collate_fn)
         return iterator
 

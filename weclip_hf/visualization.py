@@ -223,7 +223,8 @@ def present_class_cams(
 def write_overlays(model, dataset, output_dir: str | Path, count: int, normalization=None) -> list[str]:
     """Overlay figures of the first ``count`` evaluation examples (``pixel_values`` [3, H, W], ``labels`` [H, W],
     ``class_labels`` [C]): ground truth, the pseudo labels of the frozen CLIP's CAMs and of their RFM refinement
-    with the decoder's affinity, and the prediction over the image, the legend, a CAM heat map per present class; saved as ``output_dir/overlays/val_<i>.png``. ``normalization``: the
+    with the decoder's affinity, and the prediction over the image, the legend, a CAM heat map per present
+    class; saved as ``output_dir/overlays/val_<i>.png``. ``normalization``: the
     `weclip_hf.normalization.PixelNormalization` the images were normalized with (default: the dataset's
     ``normalization``, as `EvalSegmentationDataset` has it)."""
     from .evaluation import predict_labels
