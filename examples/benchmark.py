@@ -60,6 +60,7 @@ from weclip_hf.pseudo_labels import (  # noqa: E402
     attention_maps_needed,
     cam_affinity,
     class_scores,
+    labels_from_scores,
     patch_attention_maps,
     plan_pairs,
 )
@@ -528,8 +529,10 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
 
     details = pseudo_labels()
     pseudo = details.pseudo_labels
-    # the stages, in the order and with the arguments of generate_pseudo_labels (the pair plan, class scores,
-    # labels and dense CAMs are the "other" share)
+    # the stages, in the order of generate_pseudo_labels (the pair plan, class scores, labels and dense CAMs are
+    # the "other" share); each timed on the model's own intermediates and checked to reproduce the next one
+    # (from the same inputs, not a chain of recomputations: with random weights the RFM's layer choice and the
+    # uint8 box threshold sit at near-ties that last-bit differences of a recomputation could flip)
     plan = plan_pairs(class_labels, device)
 
     def gradcam_piece():  # the model's own call of `pair_gradcams` (chunked on a CPU)
@@ -539,28 +542,31 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
 
     def affinity_piece():
         maps = patch_attention_maps(clip.attention, gradcams.last_attention, plan)
-        return transition_matrix(cam_affinity(maps, cfg, use_rfm, decoder_affinity).affinity)
+        affinity = cam_affinity(maps, cfg, use_rfm, decoder_affinity).affinity
+        return affinity, transition_matrix(affinity)
 
-    transition = affinity_piece()
+    affinity, _ = affinity_piece()
+    transition = transition_matrix(details.affinity_before_norm)
 
     def box_refine_piece():
-        masks = cam_box_masks(gradcams.cams, cfg.cam_box_threshold)
-        refined_grid = refine_cams(gradcams.cams, transition, plan.image, masks)
-        return refined_grid, upsample_normalized(refined_grid, pixel_values.shape[-2:])
+        masks = cam_box_masks(details.gradcams, cfg.cam_box_threshold)
+        refined_grid = refine_cams(details.gradcams, transition, plan.image, masks)
+        return masks, refined_grid, upsample_normalized(refined_grid, pixel_values.shape[-2:])
 
-    refined_grid, refined = box_refine_piece()
-    # the stages timed here are the model's own: they reproduce its GradCAMs. (Not compared further: the BLAS
-    # rounds differently with the buffers' alignment, and with random weights the RFM's layer choice and the
-    # uint8 box threshold sit at near-ties that such last-bit differences can flip.)
-    torch.testing.assert_close(
-        gradcams.cams, details.gradcams, rtol=0, atol=1e-5, msg="timed stages differ from the model"
-    )
-    scores = class_scores(refined, plan, cfg.cam_bg_exponent)
+    masks, refined_grid, _ = box_refine_piece()
+    scores = class_scores(details.refined_cams, plan, cfg.cam_bg_exponent)
 
     def par_piece():
         return par_refine(
             pixel_values, scores, cfg.par_dilations, cfg.par_num_iter, cfg.par_temperature, cfg.par_pos_weight
         )
+
+    check = dict(rtol=1e-5, atol=1e-6, msg=lambda m: f"a timed stage differs from the model: {m}")
+    torch.testing.assert_close(gradcams.cams, details.gradcams, **check)
+    torch.testing.assert_close(affinity, details.affinity_before_norm, **check)
+    torch.testing.assert_close(masks, details.box_masks, rtol=0, atol=0)
+    torch.testing.assert_close(refined_grid, details.refined_cams_grid, **check)
+    torch.testing.assert_close(labels_from_scores(par_piece(), plan), pseudo, rtol=0, atol=0)
 
     def decoder_train():
         optimizer.zero_grad(set_to_none=True)
