@@ -88,3 +88,23 @@ def test_flop_counter_counts_cpu_sdpa_like_eager_attention():
             attention(q, k, v)
         counted.append(counter.total)
     assert counted[0] == counted[1] == 2 * 2 * (2 * 4 * 17 * 17 * 8)  # two batched matmuls
+
+
+def test_gpu_script_runs_end_to_end_on_a_cpu(tmp_path):
+    """`examples/benchmark_gpu.sh` (the one command of a GPU session) with --tiny on a CPU: both precisions'
+    tables and JSON files, WeCLIP+ next to WeCLIP, the half-precision part skipped without CUDA."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", PYTHON=sys.executable)
+    proc = subprocess.run(
+        ["bash", str(REPO / "examples" / "benchmark_gpu.sh"), str(tmp_path), "--tiny", "--device", "cpu"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    for precision in ("bf16", "none"):
+        assert (tmp_path / f"bench_{precision}.json").is_file()
+        assert "| train step |" in (tmp_path / f"bench_{precision}.log").read_text()
+    assert "| WeCLIP+ vs WeCLIP |" in (tmp_path / "bench_bf16.log").read_text()
+    assert "half-precision comparison is skipped" in (tmp_path / "half_precision.txt").read_text()
