@@ -79,8 +79,8 @@ def test_the_model_sizes_its_chunks_by_the_attention_maps(model, monkeypatch):
 @pytest.mark.parametrize("method", ["weclip", "weclip_plus"])
 def test_chunked_pseudo_labels_agree_with_the_whole_batch(method, use_rfm, monkeypatch):
     """End to end (CLIP features, GradCAM, affinity, PAR, labels) one image per chunk against the whole batch:
-    refined CAMs equal up to float32 summation order, pseudo labels except at near-ties (measured here: 100% for WeCLIP, 99.95% / 99.97% for WeCLIP+ with RFM on / off;
-    a wrong split would change whole images)."""
+    refined CAMs equal up to float32 summation order, pseudo labels except at near-ties (measured here: 100% for
+    WeCLIP, 99.95% / 99.97% for WeCLIP+ with RFM on / off; a wrong split would change whole images)."""
     from conftest import make_tiny_plus_config
 
     from weclip_hf import WeCLIPPlusForSemanticSegmentation
