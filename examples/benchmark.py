@@ -1016,7 +1016,7 @@ def render_table(result: dict) -> str:
         mfu = f"MFU {100 * t['mfu']:.1f}%" if t["mfu"] is not None else "MFU n/a"
         add(
             "train step",
-            _method_prefix(t) + f"batch {t['batch']}, crop {t['crop']}, RFM {'on' if t['rfm'] else 'off'}",
+            _method_prefix(t) + _training_setting(t),
             f"**{t['images_per_s']:.2f} img/s** ({1e3 * t['seconds']:.0f} ms/step), {mem_label} "
             f"{_gib(t['peak_bytes'])}, {t['gflop_per_image']:.1f} GFLOP/img, "
             f"{1e3 * t['achieved_tflops']:.1f} GFLOP/s, {mfu}",
@@ -1024,7 +1024,7 @@ def render_table(result: dict) -> str:
             f"**{t['seconds'] / t['clip_forward_seconds']:.2f}x**",
         )
     for r in result["reference"]:
-        setting = f"batch {r['batch']}, crop {r['crop']}, RFM {'on' if r['rfm'] else 'off'}"
+        setting = _training_setting(r)
         add(
             "pseudo labels (CLIP fwd + CAM + refine + PAR)",
             setting,
@@ -1089,10 +1089,9 @@ def render_table(result: dict) -> str:
             f"**{c['eager_seconds'] / c['compiled_seconds']:.2f}x**",
         )
     for i in result["inference"]:
-        mode = "single scale" if i["mode"] == "single" else "scales 1, 0.75 + flip"
         add(
             "inference (CLIP + decoder)",
-            _method_prefix(i) + f"{i['size'][0]}x{i['size'][1]}, {mode}, batch {i['batch']}",
+            _method_prefix(i) + _inference_setting(i),
             f"**{i['images_per_s']:.2f} img/s** ({1e3 * i['seconds']:.0f} ms/batch)",
             f"CLIP forward {1e3 * i['clip_forward_seconds']:.0f} ms",
             f"**{i['seconds'] / i['clip_forward_seconds']:.2f}x**",
@@ -1108,6 +1107,17 @@ def render_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _training_setting(row: dict) -> str:
+    """A training row's setting: batch, crop, RFM."""
+    return f"batch {row['batch']}, crop {row['crop']}, RFM {'on' if row['rfm'] else 'off'}"
+
+
+def _inference_setting(row: dict) -> str:
+    """An inference row's setting: size, scales, batch."""
+    mode = "single scale" if row["mode"] == "single" else "scales 1, 0.75 + flip"
+    return f"{row['size'][0]}x{row['size'][1]}, {mode}, batch {row['batch']}"
+
+
 def _method_prefix(row: dict) -> str:
     """ "WeCLIP+, " for a WeCLIP+ row (the WeCLIP rows keep their unprefixed settings)."""
     return "WeCLIP+, " if row.get("method") == "weclip_plus" else ""
@@ -1117,11 +1127,8 @@ def _method_pairs(result: dict) -> list[tuple[dict, dict, str]]:
     """(WeCLIP+ row, WeCLIP row, setting) for every training and inference setting measured for both."""
     pairs = []
     for key, describe in (
-        (
-            "training",
-            lambda r: f"train step, batch {r['batch']}, crop {r['crop']}, RFM {'on' if r['rfm'] else 'off'}",
-        ),
-        ("inference", lambda r: f"inference {r['size'][0]}x{r['size'][1]}, {r['mode']}, batch {r['batch']}"),
+        ("training", lambda r: "train step, " + _training_setting(r)),
+        ("inference", lambda r: "inference " + _inference_setting(r)),
     ):
         weclip = {describe(r): r for r in result[key] if r.get("method", "weclip") == "weclip"}
         for row in result[key]:

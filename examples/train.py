@@ -246,12 +246,17 @@ LOSS_TERMS = {
 LOGGED_LOSSES = ("loss", *LOSS_TERMS)
 
 
+def present_losses(out, names) -> dict[str, torch.Tensor]:
+    """The losses of ``out`` among ``names`` that it has (WeCLIP's output lacks WeCLIP+'s terms), in that order."""
+    return {name: getattr(out, name) for name in names if getattr(out, name, None) is not None}
+
+
 def check_losses_finite(out, step: int, gather=None) -> None:
     """Raise `FloatingPointError` naming the first non-finite loss term of ``out`` (one host read per step).
 
     ``gather``: `Accelerator.gather`, so that every process stops when one has a non-finite loss (instead of the
     others waiting forever in the backward's all-reduce)."""
-    terms = {name: getattr(out, name) for name in LOSS_TERMS if getattr(out, name, None) is not None}
+    terms = present_losses(out, LOSS_TERMS)
     if not terms:
         raise ValueError(
             f"The model returned none of the loss terms {list(LOSS_TERMS)}: nothing to train on."
@@ -702,9 +707,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
             bar.update(1)
             if step % args.logging_steps == 0 or step == args.max_train_steps:
                 # under DDP each process's loss is scaled so that their mean is the global-batch loss
-                named = {
-                    name: getattr(out, name) for name in LOGGED_LOSSES if getattr(out, name, None) is not None
-                }
+                named = present_losses(out, LOGGED_LOSSES)
                 losses = accelerator.reduce(torch.stack(list(named.values())).detach(), "mean").tolist()
                 record = {
                     "step": step,

@@ -10,10 +10,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def run_offline(command: list[str], timeout: int, **env) -> str:
+    """Run ``command`` from the repository root offline (extra ``env`` variables); its stdout, asserting success."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", **env)
+    proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
 def test_benchmark_tiny_runs_and_compares_both_paths(tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     output_json = tmp_path / "bench.json"
-    proc = subprocess.run(
+    out = run_offline(
         [
             sys.executable,
             str(REPO / "examples" / "benchmark.py"),
@@ -26,14 +33,8 @@ def test_benchmark_tiny_runs_and_compares_both_paths(tmp_path):
             "--output_json",
             str(output_json),
         ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
         timeout=120,
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    out = proc.stdout
     assert "| section | setting | ours | reference | ratio |" in out
     assert "| train step |" in out and "| inference (CLIP + decoder) |" in out and "| share: PAR |" in out
     # our batched path and the per-image/per-class reference, side by side, with a positive ratio
@@ -93,16 +94,11 @@ def test_flop_counter_counts_cpu_sdpa_like_eager_attention():
 def test_gpu_script_runs_end_to_end_on_a_cpu(tmp_path):
     """`examples/benchmark_gpu.sh` (the one command of a GPU session) with --tiny on a CPU: both precisions'
     tables and JSON files, WeCLIP+ next to WeCLIP, the half-precision part skipped without CUDA."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", PYTHON=sys.executable)
-    proc = subprocess.run(
+    run_offline(
         ["bash", str(REPO / "examples" / "benchmark_gpu.sh"), str(tmp_path), "--tiny", "--device", "cpu"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
         timeout=300,
+        PYTHON=sys.executable,
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     for precision in ("bf16", "none"):
         assert (tmp_path / f"bench_{precision}.json").is_file()
         assert "| train step |" in (tmp_path / f"bench_{precision}.log").read_text()

@@ -32,4 +32,11 @@ def images_per_chunk(
     return max(1, min(num_images, budget // max(bytes_per_image, 1)))
 
 
-__all__ = ["CPU_CHUNK_BYTES", "images_per_chunk"]
+def concat_chunks(chunks: list[torch.Tensor]) -> torch.Tensor | None:
+    """The chunks' results concatenated along the batch (no copy for a single chunk); None for no chunks."""
+    if not chunks:
+        return None
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+
+__all__ = ["CPU_CHUNK_BYTES", "concat_chunks", "images_per_chunk"]

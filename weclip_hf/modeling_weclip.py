@@ -24,7 +24,7 @@ from transformers.utils import logging as hf_logging
 
 from .affinity import transition_matrix
 from .cam import cam_box_masks, refine_cams, upsample_normalized
-from .chunking import images_per_chunk
+from .chunking import concat_chunks, images_per_chunk
 from .configuration_weclip import WeCLIPConfig
 from .feature_head import WeCLIPFeatureHead, WeCLIPLayerMLP  # noqa: F401 (WeCLIPLayerMLP: former home)
 from .last_block import pair_block_outputs, run_last_block
@@ -315,14 +315,14 @@ def _eager_layer_in_chunks(
             mean_probs.append(part_probs.mean(dim=1))
         if keep_heads:
             probs.append(part_probs)
-    return _joined(outputs), _joined(mean_probs), _joined(probs)
+    return concat_chunks(outputs), concat_chunks(mean_probs), concat_chunks(probs)
 
 
-def _joined(parts: list[torch.Tensor]) -> torch.Tensor | None:
-    """The chunks concatenated along the batch (no copy for one chunk); None for no chunks."""
-    if not parts:
-        return None
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+def _attention_chunk(tokens: torch.Tensor, num_heads: int) -> int:
+    """Images per chunk (`weclip_hf.chunking`) for a block over ``tokens`` [B, T, D]: its float32 attention
+    probabilities, [heads, T, T] per image, within the budget."""
+    b, t = tokens.shape[:2]
+    return images_per_chunk(b, num_heads * t * t * 4, tokens.device)
 
 
 def _attention(attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -611,8 +611,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         layers = self.vision_model.encoder.layers
         first_map = len(layers) - 1 - num_attention_maps
         hidden, attention, head_attentions = [], [], []
-        b, t = x.shape[:2]
-        chunk = images_per_chunk(b, layers[0].self_attn.num_heads * t * t * 4, x.device)  # [heads, T, T] maps
+        chunk = _attention_chunk(x, layers[0].self_attn.num_heads)
         for i, layer in enumerate(layers[:-1]):
             if i >= first_map or output_attentions:
                 x, mean_probs, probs = _eager_layer_in_chunks(
@@ -730,7 +729,6 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
     def pair_gradcams(self, tokens: torch.Tensor, plan: PairPlan, grid: tuple[int, int]) -> PairGradCAMs:
         """Every pair's GradCAM from the last CLIP block applied to ``tokens`` [B, 1+N, D] (`pair_gradcams`), a
         few images at a time on a CPU (`weclip_hf.chunking`: their [heads, T, T] attention maps within budget)."""
-        b, t = tokens.shape[:2]
         heads = self.vision_model.encoder.layers[-1].self_attn.num_heads
         return pair_gradcams(
             self.last_block_pair_embeddings,
@@ -740,7 +738,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             self.logit_scale,
             plan,
             grid,
-            chunk_size=images_per_chunk(b, heads * t * t * 4, tokens.device),
+            chunk_size=_attention_chunk(tokens, heads),
         )
 
     def refine_and_label(

@@ -27,6 +27,7 @@ import torch
 
 from .affinity import CAMAffinity, mean_attention_affinity, rfm_affinity
 from .cam import gradcam_from_weights, minmax_normalize
+from .chunking import concat_chunks
 from .configuration_weclip import WeCLIPConfig
 
 
@@ -143,9 +144,9 @@ def pair_gradcams(
         )
         parts.append(_gradcams_of_images(last_block, block_input[start:stop], text, logit_scale, part, grid))
     return PairGradCAMs(
-        torch.cat([part.cams for part in parts]),
-        torch.cat([part.text_probs for part in parts]),
-        torch.cat([part.last_attention for part in parts]),
+        concat_chunks([part.cams for part in parts]),
+        concat_chunks([part.text_probs for part in parts]),
+        concat_chunks([part.last_attention for part in parts]),
     )
 
 
