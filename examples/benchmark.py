@@ -53,6 +53,7 @@ from weclip_hf import (  # noqa: E402
 from weclip_hf import crf as dense_crf_module  # noqa: E402
 from weclip_hf.affinity import transition_matrix  # noqa: E402
 from weclip_hf.cam import cam_box_masks, refine_cams, upsample_normalized  # noqa: E402
+from weclip_hf.host_memory import retain_freed_host_memory  # noqa: E402
 from weclip_hf.inference import longest_edge_size, multiscale_flip_logits  # noqa: E402
 from weclip_hf.losses import affinity_loss, affinity_targets, segmentation_loss  # noqa: E402
 from weclip_hf.par import par_affinity, par_iteration, par_refine  # noqa: E402
@@ -139,6 +140,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="peak of the device for the MFU (default 800 = H100 bf16 dense on CUDA; none on CPU)",
     )
     p.add_argument("--num_threads", type=int, default=None, help="torch.set_num_threads for the run")
+    p.add_argument(
+        "--release_host_memory",
+        action="store_true",
+        help="CPU: keep glibc's default of handing freed memory back to the OS (every step and CLIP forward then "
+        "maps its large tensors afresh), instead of `weclip_hf.host_memory.retain_freed_host_memory`, which "
+        "examples/train.py applies",
+    )
     p.add_argument(
         "--crf",
         action="store_true",
@@ -1166,6 +1174,7 @@ def environment(device: torch.device, args) -> dict:
         threads=torch.get_num_threads(),
         cpu=platform.processor() or platform.machine(),
         autocast=args.autocast,
+        host_memory=getattr(args, "host_memory", "default"),
         model="tiny test config" if args.tiny else "ViT-B/16 + VOC (random weights)",
     )
     if device.type == "cuda":
@@ -1188,6 +1197,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     device = torch.device(args.device)
+    args.host_memory = "default"
+    if device.type == "cpu" and not args.release_host_memory and retain_freed_host_memory():
+        args.host_memory = "retained"  # for the step and the CLIP forward alike: one process
     bench = Bench(device)
     start = time.perf_counter()
     if args.crf:

@@ -52,14 +52,21 @@ def test_chunked_par_equals_the_whole_batch(monkeypatch):
     g = torch.Generator().manual_seed(0)
     image, scores = torch.randn(5, 3, 20, 18, generator=g), torch.rand(5, 3, 20, 18, generator=g)
     whole = par.par_refine(image, scores, [1, 2, 4], num_iter=4)
-    monkeypatch.setattr(par, "_CPU_STEP_BYTES", 2 * 7 * 20 * 18 * 4)  # two images per chunk
+    asked = []
+
+    def two_images(num_images, bytes_per_image, device, **kwargs):
+        asked.append(bytes_per_image)
+        return 2
+
+    monkeypatch.setattr(par, "images_per_chunk", two_images)
     torch.testing.assert_close(par.par_refine(image, scores, [1, 2, 4], num_iter=4), whole, rtol=0, atol=1e-6)
+    assert asked == [3 * 8 * 20 * 18 * 4]  # sized by the neighbour weights: 8 per dilation, float32
 
 
 def test_the_model_sizes_its_chunks_by_the_attention_maps(model, monkeypatch):
     """The model asks for chunks of [heads, T, T] float32 maps per image; ViT-B/16 at a 320 crop (T = 401,
-    12 heads, 7.7 MB per image): 4 images per chunk on a CPU, the whole batch elsewhere."""
-    assert images_per_chunk(16, 12 * 401 * 401 * 4, "cpu") == 4
+    12 heads, 7.7 MB per image): 2 images per chunk on a CPU, the whole batch elsewhere."""
+    assert images_per_chunk(16, 12 * 401 * 401 * 4, "cpu") == 2
     assert images_per_chunk(16, 12 * 401 * 401 * 4, "meta") == 16
     asked = []
 
@@ -94,7 +101,7 @@ def test_chunked_pseudo_labels_agree_with_the_whole_batch(method, use_rfm, monke
     with torch.no_grad():
         whole = model(pixel_values=pixel_values, class_labels=LABELS, use_rfm=use_rfm)
         monkeypatch.setattr(modeling, "images_per_chunk", lambda num_images, *args, **kwargs: 1)
-        monkeypatch.setattr(par, "_CPU_STEP_BYTES", 1)  # PAR one image at a time too
+        monkeypatch.setattr(par, "images_per_chunk", lambda num_images, *args, **kwargs: 1)  # PAR too
         chunked = model(pixel_values=pixel_values, class_labels=LABELS, use_rfm=use_rfm)
     # the GradCAMs agree to ~1e-6 (above); the min-max normalisations of the nearly flat CAMs of random weights
     # amplify that (measured: at most 9.4e-4 of a [0, 1] range)
@@ -118,3 +125,42 @@ def test_chunked_gradcams_need_pairs_ordered_by_image(model):
             (3, 4),
             chunk_size=2,
         )
+
+
+def _reference_segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The balanced CE written with autograd's own ops (the full-resolution scores kept for the backward)."""
+    up = torch.nn.functional.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    ce = torch.nn.functional.cross_entropy(up, labels, ignore_index=255, reduction="none")
+    bg, fg = labels == 0, (labels != 0) & (labels != 255)
+    return 0.5 * ce[bg].mean() + 0.5 * ce[fg].mean()
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 2])
+def test_segmentation_loss_and_gradient_in_chunks_equal_autograd(chunk, monkeypatch):
+    """The CE remakes the upsampled scores in its backward, a chunk of images at a time: its value and gradient
+    equal autograd's through the kept scores (float64), whatever the chunking."""
+    import weclip_hf.losses as losses
+
+    if chunk is not None:
+        monkeypatch.setattr(losses, "images_per_chunk", lambda num_images, *args, **kwargs: chunk)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 4, 6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 4, (5, 24, 20), generator=g)
+    labels[1, :6] = 255
+    labels[3] = 0
+    ours = losses.segmentation_loss(logits, labels)
+    expected = _reference_segmentation_loss(logits, labels)
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        torch.autograd.grad(ours, logits)[0], torch.autograd.grad(expected, logits)[0], rtol=1e-10, atol=1e-14
+    )
+
+
+def test_upsampled_cross_entropy_passes_gradcheck():
+    from weclip_hf.losses import _UpsampledCrossEntropy
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 3, (2, 12, 15), generator=g)
+    weights = torch.rand(2, 12, 15, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda z: _UpsampledCrossEntropy.apply(z, target, weights), (logits,))

@@ -1,25 +1,25 @@
-"""Cache blocking of per-image work on CPUs: how many images of a batch the pseudo-label path processes at once.
+"""Cache blocking of per-image work on CPUs: how many images of a batch a stage processes at once.
 
 On a CPU, the whole batch at once is slower than a few images at a time wherever the per-image temporaries are
-large: the attention probabilities of the map-collecting blocks and of the GradCAM block ([heads, T, T] per image,
-7.7 MB at a 320 crop), and PAR's score maps, which 20 x 48 passes read and write. Blocks above 32 MiB are
-mapped fresh from the OS by glibc's allocator at every allocation (page faults, zeroing), and a chunk whose
-working set stays in the last-level cache runs at its bandwidth instead of DRAM's. The budgets count the
-largest temporary only (the attention probabilities; PAR: the score maps, their padded copy and a weight
-plane), not everything alive at once. Measured on this project's 2-core CPU (batch 16, crop 320, 2 threads):
-PAR 2.21 s -> 1.27 s in chunks of 4 images (1.36 s of 2, 1.72 s of 1; PAR's 16 MiB budget gives 4-8 images
-for 2-4 score maps), a map-collecting block 1.30 s -> 1.15 s (SDPA: 1.11 s), GradCAM 2.42 s -> 1.95 s. Chunked
-features and GradCAMs equal the whole batch's up to float32 summation order (~1e-6); the CAM normalisations
-can amplify that on nearly flat maps and flip pseudo labels at near-ties (a few pixels in 10^4,
-`tests/test_chunking.py`). An accelerator gets the whole batch in one pass.
+large: the frozen CLIP blocks (a [heads, T, T] attention map is 7.7 MB per image at a 320 crop, the MLP's
+[T, 3072] activations 4.9 MB), the GradCAM block, PAR's neighbour weights (48 planes of H x W, 19.7 MB per
+image) and the CE's full-resolution class scores. A chunk whose working set stays in the last-level cache runs at
+its bandwidth instead of DRAM's, and small blocks are reused from the heap where large ones are mapped afresh
+(`weclip_hf.host_memory`). Each stage sizes its chunks by its largest per-image temporary against
+`CPU_CHUNK_BYTES`. The CLIP blocks run depth first (a chunk of images through all the blocks, then the next):
+measured on this project's 2-core CPU at batch 16, crop 320, the first 11 blocks took 0.87x a plain CLIP forward
+in chunks of 2 images against 0.99x block by block over the whole batch (0.90x in chunks of 4; 0.92x would be
+11/12). Chunked results equal the whole batch's up to float32 summation order (~1e-6, the CLIP features exactly
+here); the CAM normalisations can amplify that on nearly flat maps and flip pseudo labels at near-ties (a few
+pixels in 10^4, `tests/test_chunking.py`). An accelerator gets the whole batch in one pass.
 """
 
 from __future__ import annotations
 
 import torch
 
-# glibc's largest heap-served block (its mmap threshold's ceiling) on 64-bit Linux
-CPU_CHUNK_BYTES = 32 * 2**20
+# per-chunk budget of a stage's largest temporary: 2 images of [12, 401, 401] float32 attention maps
+CPU_CHUNK_BYTES = 16 * 2**20
 
 
 def images_per_chunk(

@@ -101,25 +101,57 @@ def _shift_gradient(
     grad_attended = (
         (grad_x1 @ attn.out_proj.weight).view(p, t, attn.num_heads, attn.head_dim).transpose(1, 2)
     )  # [P,H,T,d]
-    # attention backward, summed over the patch tokens (index >= 1) of queries, keys and values
-    probs, q, k = block.probs[pair_image], block.query[pair_image], block.key[pair_image]
-    v, attended = block.value[pair_image], block.attended[pair_image]
-    patch_probs = probs[..., 1:]  # [P, H, T, N]: attention of every query on the patch keys
-    patch_mass = patch_probs.sum(-1, keepdim=True)  # [P, H, T, 1]
+    # attention backward, summed over the patch tokens (index >= 1) of queries, keys and values; the [H, T, T]
+    # maps are read per image (no copy per pair)
+    q, k, v = block.query[pair_image], block.key[pair_image], block.value[pair_image]
+    attended = block.attended[pair_image]
+    patch_mass = block.probs[..., 1:].sum(-1, keepdim=True)[pair_image]  # [P, H, T, 1]: mass on patch keys
     grad_v = (patch_mass * grad_attended).sum(2)  # sum over patch values of probs^T @ grad
     row_term = (grad_attended * attended).sum(-1, keepdim=True)  # [P, H, T, 1]: sum_m P_im dP_im
     # keys: sum over patch keys of dS_im = P_im (g_i . v_m - row_i)
-    patch_scores = (grad_attended * (attended - probs[..., :1] * v[:, :, :1])).sum(-1, keepdim=True)
+    class_probs = block.probs[..., :1][pair_image]  # [P, H, T, 1]: attention on the class token
+    patch_scores = (grad_attended * (attended - class_probs * v[:, :, :1])).sum(-1, keepdim=True)
     grad_k = ((patch_scores - row_term * patch_mass) * q).sum(2) * attn.scale
     # queries: sum over patch queries of dS_nm, for every key m
-    patch_rows = probs[:, :, 1:].transpose(-1, -2)  # [P, H, T(key), N(query)]
-    column = (patch_rows @ grad_attended[:, :, 1:] * v).sum(-1) - (patch_rows @ row_term[:, :, 1:])[..., 0]
+    moved = _per_image_transposed_product(
+        block.probs, pair_image, grad_attended[:, :, 1:], row_term[:, :, 1:]
+    )
+    column = (moved[..., :-1] * v).sum(-1) - moved[..., -1]
     grad_q = (column.unsqueeze(-1) * k).sum(2) * attn.scale
     return (  # heads concatenated, [P, H, d] -> [P, D], through the input projections
         grad_q.reshape(p, c) @ attn.q_proj.weight
         + grad_k.reshape(p, c) @ attn.k_proj.weight
         + grad_v.reshape(p, c) @ attn.v_proj.weight
     )
+
+
+def _per_image_transposed_product(
+    probs: torch.Tensor, pair_image: torch.Tensor, grad: torch.Tensor, row: torch.Tensor
+) -> torch.Tensor:
+    """``probs[image][:, patch queries]^T @ [grad | row]`` for every pair: [P, H, T, d + 1].
+
+    probs: [B, H, T, T] per image; grad [P, H, N, d] and row [P, H, N, 1] per pair, over the N patch queries.
+    The pairs of an image are packed side by side into one right-hand side (zeros for an image's unused slots),
+    so each image's maps enter one batched product, read in place."""
+    b, heads, t, _ = probs.shape
+    rhs = torch.cat([grad, row], dim=-1)  # [P, H, N, d + 1]
+    slot, slots = _pair_slots(pair_image, b)
+    packed = rhs.new_zeros(b, slots, *rhs.shape[1:])
+    packed[pair_image, slot] = rhs
+    width = rhs.shape[-1]
+    packed = packed.permute(0, 2, 3, 1, 4).reshape(b, heads, rhs.shape[2], slots * width)
+    product = probs[:, :, 1:].transpose(-1, -2) @ packed  # [B, H, T, slots * (d + 1)]
+    return product.view(b, heads, t, slots, width)[pair_image, :, :, slot]
+
+
+def _pair_slots(pair_image: torch.Tensor, num_images: int) -> tuple[torch.Tensor, int]:
+    """Each pair's rank among the pairs of its image (in pair order), and the most pairs of one image."""
+    counts = torch.bincount(pair_image, minlength=num_images)
+    order = torch.argsort(pair_image, stable=True)
+    first = counts.cumsum(0) - counts  # index of each image's first pair in image order
+    slot = torch.empty_like(pair_image)
+    slot[order] = torch.arange(pair_image.shape[0], device=pair_image.device) - first[pair_image[order]]
+    return slot, int(counts.max()) if pair_image.numel() else 0
 
 
 class _ShiftedBlock(torch.autograd.Function):

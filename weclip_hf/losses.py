@@ -6,6 +6,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .chunking import images_per_chunk
 from .patch_grid import grid_neighbourhood
 
 
@@ -22,14 +23,6 @@ def _global_count(count: torch.Tensor, across_processes: bool) -> tuple[torch.Te
     return count, dist.get_world_size()
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor, across_processes: bool = False) -> torch.Tensor:
-    """Mean of ``values`` over ``mask`` (of the whole global batch if ``across_processes``); 0 (not NaN)
-    when the mask is empty."""
-    mask = mask.to(values.dtype)
-    count, world = _global_count(mask.sum(), across_processes)
-    return world * (values * mask).sum() / count.clamp(min=1.0)
-
-
 def segmentation_loss(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255, across_processes: bool = False
 ) -> torch.Tensor:
@@ -41,18 +34,76 @@ def segmentation_loss(
         across_processes: normalise by the pixel counts of the global batch (distributed training;
             every process must call it).
     A batch with no background (or no foreground) pixel contributes 0 for that half (the official code
-    gives NaN there).
+    gives NaN there). The full-resolution class scores are never kept for the backward
+    (`_UpsampledCrossEntropy`).
     """
-    # channels last: the class dimension innermost, where the CPU's log-softmax is fastest (no transposing copy)
-    logits = logits.contiguous(memory_format=torch.channels_last)
-    logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
     valid = labels != ignore_index
-    target = torch.where(valid, labels, torch.zeros_like(labels)).long()
-    log_probs = logits.float().permute(0, 2, 3, 1).log_softmax(dim=-1)  # [B, H, W, C]
-    ce = -log_probs.gather(-1, target[..., None])[..., 0]
     bg = valid & (labels == 0)
     fg = valid & (labels != 0)
-    return 0.5 * _masked_mean(ce, bg, across_processes) + 0.5 * _masked_mean(ce, fg, across_processes)
+    dtype = _score_dtype(logits)
+    bg_count, world = _global_count(bg.sum().to(dtype), across_processes)
+    fg_count, _ = _global_count(fg.sum().to(dtype), across_processes)
+    # each pixel's share of the loss: 0.5 / (its half's pixel count), 0 for ignored pixels
+    weights = world * 0.5 * (bg / bg_count.clamp(min=1.0) + fg / fg_count.clamp(min=1.0))
+    target = torch.where(valid, labels, torch.zeros_like(labels)).long()
+    return _UpsampledCrossEntropy.apply(logits, target, weights)
+
+
+class _UpsampledCrossEntropy(torch.autograd.Function):
+    """``sum_p weights_p * CE(upsample(logits)_p, target_p)`` over the pixels p of the labels' size, with the
+    bilinear upsampling (align_corners=False) inside: the forward keeps only the per-pixel log-sum-exp, the
+    backward remakes the upsampled scores. Both run a few images at a time on a CPU (`weclip_hf.chunking`: the
+    [C, H, W] float32 scores of a chunk within the budget), so the batch's full-resolution scores, their
+    log-probabilities and their gradient never exist at once (on an accelerator: one chunk)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        chunk = _ce_chunk(logits, target)
+        total, lse = logits.new_zeros((), dtype=_score_dtype(logits)), []
+        for z, t, w in zip(logits.split(chunk), target.split(chunk), weights.split(chunk)):
+            scores = _upsampled_scores(z, t.shape[-2:])  # [b, H, W, C] float32
+            part_lse = torch.logsumexp(scores, dim=-1)
+            picked = scores.gather(-1, t[..., None])[..., 0]
+            total += (w * (part_lse - picked)).sum()
+            lse.append(part_lse)
+        ctx.save_for_backward(logits, target, weights, torch.cat(lse))
+        ctx.chunk = chunk
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_total: torch.Tensor):
+        logits, target, weights, lse = ctx.saved_tensors
+        grads = []
+        for z, t, w, s in zip(*(x.split(ctx.chunk) for x in (logits, target, weights, lse))):
+            scaled = (w * grad_total).to(_score_dtype(z))[..., None]  # [b, H, W, 1]
+            # d/dscores = weight * (softmax - onehot(target)), in place on the remade scores
+            grad = _upsampled_scores(z, t.shape[-2:]).sub_(s[..., None]).exp_().mul_(scaled)
+            grad.scatter_add_(-1, t[..., None], -scaled)
+            grads.append(
+                torch.ops.aten.upsample_bilinear2d_backward(
+                    grad.permute(0, 3, 1, 2), list(t.shape[-2:]), list(z.shape), False
+                ).to(z.dtype)
+            )
+        return torch.cat(grads), None, None
+
+
+def _upsampled_scores(logits: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """Bilinear (align_corners=False) upsampling of [b, C, h, w] logits to ``size``, as [b, H, W, C] in at least
+    float32: the class dimension innermost (channels last), where the CPU's class reductions are fastest."""
+    logits = logits.contiguous(memory_format=torch.channels_last)
+    up = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    return up.to(_score_dtype(logits)).permute(0, 2, 3, 1)
+
+
+def _score_dtype(logits: torch.Tensor) -> torch.dtype:
+    """float32, or float64 for float64 logits (half-precision logits are scored in float32)."""
+    return torch.promote_types(logits.dtype, torch.float32)
+
+
+def _ce_chunk(logits: torch.Tensor, target: torch.Tensor) -> int:
+    """Images per chunk of `_UpsampledCrossEntropy`: two float32 [C, H, W] temporaries per image in the budget."""
+    return images_per_chunk(logits.shape[0], 2 * logits.shape[1] * target[0].numel() * 4, logits.device)
 
 
 def affinity_targets(

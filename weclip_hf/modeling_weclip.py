@@ -292,6 +292,22 @@ class CLIPVisionFeatures:
     grid: tuple[int, int]  # (h, w) of the patch grid
     head_attentions: list[torch.Tensor] | None = None  # per-head maps [B, heads, 1+N, 1+N] of all L-1 blocks
 
+    @classmethod
+    def concat(cls, chunks: list[CLIPVisionFeatures]) -> CLIPVisionFeatures:
+        """The features of consecutive chunks of one batch of images, joined along the batch."""
+        first = chunks[0]
+
+        def joined(field: str) -> list[torch.Tensor]:
+            return [concat_chunks(list(parts)) for parts in zip(*(getattr(c, field) for c in chunks))]
+
+        return cls(
+            concat_chunks([c.embeddings for c in chunks]),
+            joined("hidden"),
+            joined("attention"),
+            first.grid,
+            None if first.head_attentions is None else joined("head_attentions"),
+        )
+
 
 def _eager_layer(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Run a CLIP encoder layer with explicit attention; return (output, float32 probs [B, heads, T, T])."""
@@ -301,28 +317,10 @@ def _eager_layer(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch
     return x, probs
 
 
-def _eager_layer_in_chunks(
-    layer: nn.Module, x: torch.Tensor, chunk: int, keep_mean: bool, keep_heads: bool
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """`_eager_layer` on ``chunk`` images at a time (`weclip_hf.chunking`): (output [B, T, C], head-averaged
-    probs [B, T, T] if ``keep_mean``, per-head probs [B, heads, T, T] if ``keep_heads``; else None; the
-    per-head maps not kept are freed chunk by chunk)."""
-    outputs, mean_probs, probs = [], [], []
-    for part in x.split(chunk):
-        out, part_probs = _eager_layer(layer, part)
-        outputs.append(out)
-        if keep_mean:
-            mean_probs.append(part_probs.mean(dim=1))
-        if keep_heads:
-            probs.append(part_probs)
-    return concat_chunks(outputs), concat_chunks(mean_probs), concat_chunks(probs)
-
-
-def _attention_chunk(tokens: torch.Tensor, num_heads: int) -> int:
-    """Images per chunk (`weclip_hf.chunking`) for a block over ``tokens`` [B, T, D]: its float32 attention
+def _attention_chunk(num_images: int, num_tokens: int, num_heads: int, device: torch.device) -> int:
+    """Images per chunk (`weclip_hf.chunking`) for blocks over ``num_tokens`` tokens: their float32 attention
     probabilities, [heads, T, T] per image, within the budget."""
-    b, t = tokens.shape[:2]
-    return images_per_chunk(b, num_heads * t * t * 4, tokens.device)
+    return images_per_chunk(num_images, num_heads * num_tokens**2 * 4, device)
 
 
 def _attention(attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -605,22 +603,39 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
     ) -> CLIPVisionFeatures:
         """The frozen tower up to (not including) the last block: the block outputs, the head-averaged
         attention maps of the last ``num_attention_maps`` of those L-1 blocks (the other blocks run SDPA)
-        and, with ``output_attentions``, every block's per-head maps (all blocks then run eagerly)."""
+        and, with ``output_attentions``, every block's per-head maps (all blocks then run eagerly).
+
+        On a CPU a few images at a time go through all the blocks (`weclip_hf.chunking`: their [heads, T, T]
+        attention maps within the budget), so that each chunk's activations stay in the cache from block to
+        block and the temporaries are reused memory; the results are those of the whole batch."""
+        vision = self.config.vision_config
+        h, w = (size // vision.patch_size for size in pixel_values.shape[-2:])
+        chunk = _attention_chunk(
+            pixel_values.shape[0], 1 + h * w, vision.num_attention_heads, pixel_values.device
+        )
+        return CLIPVisionFeatures.concat(
+            [
+                self._clip_features(part, num_attention_maps, output_attentions)
+                for part in pixel_values.split(chunk)
+            ]
+        )
+
+    def _clip_features(
+        self, pixel_values: torch.Tensor, num_attention_maps: int, output_attentions: bool
+    ) -> CLIPVisionFeatures:
+        """`forward_clip_features` on one chunk of images."""
         x, grid = self._embed_patches(pixel_values)
         embeddings = x
         layers = self.vision_model.encoder.layers
         first_map = len(layers) - 1 - num_attention_maps
         hidden, attention, head_attentions = [], [], []
-        chunk = _attention_chunk(x, layers[0].self_attn.num_heads)
         for i, layer in enumerate(layers[:-1]):
             if i >= first_map or output_attentions:
-                x, mean_probs, probs = _eager_layer_in_chunks(
-                    layer, x, chunk, i >= first_map, output_attentions
-                )
+                x, probs = _eager_layer(layer, x)
                 if output_attentions:
                     head_attentions.append(probs)
                 if i >= first_map:
-                    attention.append(mean_probs)
+                    attention.append(probs.mean(dim=1))
             else:
                 x = layer(x, None)
             hidden.append(x)
@@ -738,7 +753,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             self.logit_scale,
             plan,
             grid,
-            chunk_size=_attention_chunk(tokens, heads),
+            chunk_size=_attention_chunk(tokens.shape[0], tokens.shape[1], heads, tokens.device),
         )
 
     def refine_and_label(

@@ -11,11 +11,6 @@ import torch.nn.functional as F
 
 from .chunking import concat_chunks, images_per_chunk
 
-# One neighbour step's working set per chunk of images on a CPU: 4-8 images at a 320 crop for 2-4 score maps
-# (batch 16 on this project's CPU: 2.21 s for the whole batch at once, 1.27 s in chunks of 4, 1.36 s of 2, 1.72 s
-# of 1)
-_CPU_STEP_BYTES = 16 * 2**20
-
 # The 8 neighbours of a 3x3 ring as (row, col) offsets in units of the dilation, in the official order
 # (0,0) (0,1) (0,2) (1,0) (1,2) (2,0) (2,1) (2,2) of the kernel grid.
 _RING = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -37,12 +32,13 @@ def ring_views(x: torch.Tensor, dilations: list[int]) -> list[torch.Tensor]:
 def par_affinity(
     image: torch.Tensor, dilations: list[int], temperature: float = 0.3, pos_weight: float = 0.01
 ) -> torch.Tensor:
-    """PAR neighbour weights from colour and position: [B, 3, H, W] -> [B, 1, 8*D, H, W].
+    """PAR neighbour weights from colour and position: [B, 3, H, W] -> [8*D, B, H, W] (neighbour-major: one
+    contiguous plane per neighbour).
 
     Colour: ``-(|I_n - I| / (sd + 1e-8) / w1)^2`` with sd the unbiased std over the neighbours, averaged
     over channels, softmax over neighbours. Position: ``-(dist / std(dist) / w1)^2`` (distance d or
     d*sqrt(2)), softmax over neighbours, times ``pos_weight``, added. Accumulated view by view into one
-    scratch map, the softmax in place: the transient memory is the [B, 1, 8*D, H, W] result, not three
+    scratch map, the softmax in place: the transient memory is the [8*D, B, H, W] result, not three
     [B, 3, 8*D, H, W] stacks.
     """
     views = ring_views(image, dilations)
@@ -57,14 +53,14 @@ def par_affinity(
     for view in views:
         sq_dev += torch.sub(view, mean, out=scratch).square_()
     scale = ((sq_dev / (k - 1)).sqrt_() + 1e-8).mul_(temperature).square_()
-    distance = image.new_empty(image.shape[0], 1, k, *image.shape[-2:])  # the colour term, negated
+    distance = image.new_empty(k, image.shape[0], *image.shape[-2:])  # the colour term, negated
     for n, view in enumerate(views):
-        torch.mean(torch.sub(view, image, out=scratch).square_().div_(scale), dim=1, out=distance[:, 0, n])
+        torch.mean(torch.sub(view, image, out=scratch).square_().div_(scale), dim=1, out=distance[n])
     # softmax of -distance over the neighbours, in place (shifted by the smallest distance)
-    colour = distance.sub_(distance.amin(dim=2, keepdim=True)).neg_().exp_()
-    colour /= colour.sum(dim=2, keepdim=True)
+    colour = distance.sub_(distance.amin(dim=0, keepdim=True)).neg_().exp_()
+    colour /= colour.sum(dim=0, keepdim=True)
     pos = _position_term(tuple(dilations), temperature, image.device, image.dtype)
-    return colour.add_(pos_weight * pos.view(1, 1, -1, 1, 1))
+    return colour.add_(pos_weight * pos.view(-1, 1, 1, 1))
 
 
 @functools.lru_cache(maxsize=16)
@@ -97,16 +93,16 @@ def par_refine(
     Returns:
         [B, K, H, W] refined scores.
 
-    On a CPU the images are refined a few at a time (`weclip_hf.chunking`), so that one neighbour step's
-    working set (the scores, their padded copy, a weight plane) stays in the cache.
+    On a CPU the images are refined a few at a time (`weclip_hf.chunking`: their neighbour weights, 8*D planes of
+    H x W per image, within the budget; one image at a 320 crop), so that the weights are reused memory rather
+    than fresh pages and the iterations' working set stays in the cache.
     """
     image = image.float()
     scores = scores.float()
     if scores.shape[-2:] != image.shape[-2:]:
         scores = F.interpolate(scores, size=image.shape[-2:], mode="bilinear", align_corners=True)
     h, w = image.shape[-2:]
-    step_bytes = (2 * scores.shape[1] + 1) * h * w * 4
-    chunk = images_per_chunk(image.shape[0], step_bytes, image.device, budget=_CPU_STEP_BYTES)
+    chunk = images_per_chunk(image.shape[0], len(dilations) * len(_RING) * h * w * 4, image.device)
     refined = []
     for image_part, scores_part in zip(image.split(chunk), scores.split(chunk)):
         weights = par_affinity(image_part, dilations, temperature, pos_weight)
@@ -118,9 +114,9 @@ def par_refine(
 
 def par_iteration(scores: torch.Tensor, weights: torch.Tensor, dilations: list[int]) -> torch.Tensor:
     """One PAR iteration: every score becomes the ``weights``-weighted sum of its ring neighbours' scores
-    (replicate padding). scores [B, C, H, W], weights [B, 1, 8*D, H, W] from `par_affinity`."""
+    (replicate padding). scores [B, C, H, W], weights [8*D, B, H, W] from `par_affinity`."""
     refined = torch.zeros_like(scores)
     # accumulate neighbour by neighbour: never materializes the [B, C, 8*D, H, W] neighbour stack
-    for n, view in enumerate(ring_views(scores, dilations)):
-        refined.addcmul_(view, weights[:, :, n])
+    for view, weight in zip(ring_views(scores, dilations), weights.unsqueeze(2)):
+        refined.addcmul_(view, weight)
     return refined
