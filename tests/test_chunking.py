@@ -164,3 +164,18 @@ def test_upsampled_cross_entropy_passes_gradcheck():
     target = torch.randint(0, 3, (2, 12, 15), generator=g)
     weights = torch.rand(2, 12, 15, generator=g, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda z: _UpsampledCrossEntropy.apply(z, target, weights), (logits,))
+
+
+def test_par_refines_only_the_maps_in_use(monkeypatch):
+    """Maps past an image's ``num_maps`` are zero and stay zero under PAR: skipping them (one image per chunk)
+    gives the result of refining every map exactly."""
+    g = torch.Generator().manual_seed(2)
+    image, scores = torch.randn(3, 3, 20, 18, generator=g), torch.rand(3, 4, 20, 18, generator=g)
+    num_maps = torch.tensor([2, 4, 1])
+    scores[0, 2:] = 0
+    scores[2, 1:] = 0
+    monkeypatch.setattr(par, "images_per_chunk", lambda num_images, *args, **kwargs: 1)
+    every_map = par.par_refine(image, scores, [1, 2, 4], num_iter=4)
+    skipped = par.par_refine(image, scores, [1, 2, 4], num_iter=4, num_maps=num_maps)
+    torch.testing.assert_close(skipped, every_map, rtol=0, atol=0)
+    assert (skipped[0, 2:] == 0).all() and (skipped[2, 1:] == 0).all()

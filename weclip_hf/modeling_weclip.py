@@ -782,6 +782,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             cfg.par_num_iter,
             cfg.par_temperature,
             cfg.par_pos_weight,
+            num_maps=1 + plan.present.sum(1),  # background + the image's classes: the other slots are 0
         )
         return WeCLIPCAMOutput(
             pseudo_labels=labels_from_scores(scores, plan),

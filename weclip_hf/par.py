@@ -83,6 +83,7 @@ def par_refine(
     num_iter: int = 20,
     temperature: float = 0.3,
     pos_weight: float = 0.01,
+    num_maps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pixel-adaptive refinement of score maps: each iteration replaces every score by the
     affinity-weighted sum of its neighbours' scores.
@@ -90,25 +91,33 @@ def par_refine(
     Args:
         image: [B, 3, H, W] normalized image (float32). scores: [B, K, H, W] (resized to the image size
         bilinearly with align_corners=True if needed, as the official PAR does).
+        num_maps: [B] how many leading maps of each image are in use, the others being zero (a zero map stays
+            zero); None: all K.
     Returns:
         [B, K, H, W] refined scores.
 
     On a CPU the images are refined a few at a time (`weclip_hf.chunking`: their neighbour weights, 8*D planes of
     H x W per image, within the budget; one image at a 320 crop), so that the weights are reused memory rather
-    than fresh pages and the iterations' working set stays in the cache.
+    than fresh pages and the iterations' working set stays in the cache; a chunk refines only the maps in use
+    in it (``num_maps``).
     """
     image = image.float()
     scores = scores.float()
     if scores.shape[-2:] != image.shape[-2:]:
         scores = F.interpolate(scores, size=image.shape[-2:], mode="bilinear", align_corners=True)
     h, w = image.shape[-2:]
-    chunk = images_per_chunk(image.shape[0], len(dilations) * len(_RING) * h * w * 4, image.device)
+    b, k = scores.shape[:2]
+    chunk = images_per_chunk(b, len(dilations) * len(_RING) * h * w * 4, image.device)
+    # maps in use per chunk (a host read: chunks exist on a CPU only)
+    in_use = [k] * b if num_maps is None or chunk >= b else num_maps.clamp(max=k).tolist()
     refined = []
-    for image_part, scores_part in zip(image.split(chunk), scores.split(chunk)):
+    for start, image_part, scores_part in zip(range(0, b, chunk), image.split(chunk), scores.split(chunk)):
+        used = max(in_use[start : start + chunk])
         weights = par_affinity(image_part, dilations, temperature, pos_weight)
+        part = scores_part[:, :used]
         for _ in range(num_iter):
-            scores_part = par_iteration(scores_part, weights, dilations)
-        refined.append(scores_part)
+            part = par_iteration(part, weights, dilations)
+        refined.append(torch.cat([part, scores_part[:, used:]], dim=1) if used < k else part)
     return concat_chunks(refined)
 
 
