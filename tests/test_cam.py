@@ -8,7 +8,7 @@ from reference_weclip import reference_box_mask, reference_normalize, reference_
 from scipy import ndimage
 
 import weclip_hf.cam as weclip_cam
-from weclip_hf.affinity import mean_attention_affinity, rfm_affinity, transition_matrix
+from weclip_hf.affinity import mean_attention_affinity, rfm_affinity, rfm_keep_rule, transition_matrix
 from weclip_hf.cam import box_mask, box_threshold_mask, gradcam, minmax_normalize, refine_cams
 from weclip_hf.connected_components import components_by_closure, components_by_propagation
 from weclip_hf.par import par_refine
@@ -114,6 +114,20 @@ def test_rfm_keeps_layers_with_mass_above_mean():
     assert out.rfm_keep[0].tolist() == (expected_d <= expected_d.mean()).tolist() and out.rfm_keep[0, 1]
     kept = maps[0, out.rfm_keep[0]]
     torch.testing.assert_close(out.affinity[0], kept.sum(0) / (len(kept) + 1e-5) * a_dec[0])
+
+
+def test_rfm_always_keeps_the_closest_map_where_the_float32_mean_rounds_below_every_d():
+    """Six nearly equal d (measured in a benchmark run with a saturated decoder affinity): their float32 mean
+    rounds below all of them, so the official rule keeps no map (zero affinity, NaN CAMs); ours keeps the
+    smallest d, and gives the official choice wherever that keeps one."""
+    d = torch.tensor([[152760.28125, 152760.296875, 152760.28125, 152760.28125, 152760.296875, 152760.28125]])
+    assert not (d <= d.mean(dim=1, keepdim=True)).any()  # the official rule alone
+    assert rfm_keep_rule(d).tolist() == [[True, False, True, True, False, True]]
+    g = torch.Generator().manual_seed(0)
+    spread = torch.rand(50, 6, generator=g) * 100
+    torch.testing.assert_close(
+        rfm_keep_rule(spread), spread <= spread.mean(dim=1, keepdim=True), rtol=0, atol=0
+    )
 
 
 def test_attention_mean_uses_the_last_maps_and_refuses_a_count_it_lacks():

@@ -48,15 +48,26 @@ def rfm_affinity(maps: torch.Tensor, num_maps: int, decoder_affinity: torch.Tens
 
     Literal official rule: ``d_l = sum(A_dec - M_l)`` in float32, keep the layers with ``d_l <= mean(d)``,
     average them (``sum / (count + 1e-5)``), multiply elementwise by A_dec. Since sum(A_dec) is the same
-    for every layer, this keeps the layers with the largest patch-to-patch attention mass.
+    for every layer, this keeps the layers with the largest patch-to-patch attention mass. One deviation
+    (`rfm_keep_rule`): the smallest d is always kept.
     """
     maps = _last_maps(maps, num_maps).float()
     a_dec = decoder_affinity.detach().float()
     d = (a_dec.unsqueeze(1) - maps).sum(dim=(-2, -1))  # [B, L]
-    keep = d <= d.mean(dim=1, keepdim=True)
+    keep = rfm_keep_rule(d)
     weights = keep.to(maps.dtype)
     avg = torch.einsum("bl,blij->bij", weights, maps) / (weights.sum(dim=1)[:, None, None] + 1e-5)
     return CAMAffinity(avg * a_dec, keep, d)
+
+
+def rfm_keep_rule(d: torch.Tensor) -> torch.Tensor:
+    """The RFM's kept maps from its statistic d [B, L]: ``d_l <= mean(d)`` (official), and the smallest d.
+
+    The official rule alone can keep none: when the d are nearly equal (maps of nearly equal patch mass, e.g. a
+    saturated decoder affinity), their float32 mean can round below every one of them (measured: six d of
+    152760.28 / 152760.30, mean 152760.27); the affinity is then zero and the transition matrix and the CAMs
+    NaN. Keeping the smallest d changes nothing wherever the official rule keeps a map."""
+    return (d <= d.mean(dim=1, keepdim=True)) | (d == d.amin(dim=1, keepdim=True))
 
 
 def transition_matrix(affinity: torch.Tensor) -> torch.Tensor:
