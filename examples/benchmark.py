@@ -481,6 +481,7 @@ def measure_training(args, bench, model, optimizer, batch, use_rfm) -> dict:
     with bench.peak_memory() as memory:
         medians = bench.paired_medians(dict(step=step, clip=clip_forward), args.warmup, args.repeats)
     seconds = medians["step"]
+    faults = minor_page_faults(step)
     total_flops = flops.total
     achieved = total_flops / seconds
     return dict(
@@ -494,6 +495,7 @@ def measure_training(args, bench, model, optimizer, batch, use_rfm) -> dict:
         peak_bytes=memory["peak_bytes"],
         memory_method=memory["method"],
         gflop_per_image=total_flops / batch / 1e9,
+        page_faults=faults,
         achieved_tflops=achieved / 1e12,
         mfu=achieved / (args.peak_tflops * 1e12) if args.peak_tflops else None,
         host_syncs=[
@@ -501,6 +503,18 @@ def measure_training(args, bench, model, optimizer, batch, use_rfm) -> dict:
             for (why, where, library), count in syncs.sites.items()
         ],
     )
+
+
+def minor_page_faults(fn) -> int | None:
+    """Minor page faults of the process during one more (warm) run of ``fn``: fresh memory mapped and zeroed by
+    the kernel at first touch (`weclip_hf.host_memory`); None where getrusage is missing (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    fn()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
 def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
@@ -1011,6 +1025,11 @@ def _gib(n: int) -> str:
     return f"{n / GIB:.2f} GiB"
 
 
+def _faults(row: dict) -> str:
+    """The page-fault count of a training row for the table ("" where not measured)."""
+    return "" if row.get("page_faults") is None else f"{row['page_faults']:,} page faults/step, "
+
+
 def render_table(result: dict) -> str:
     cuda = result["env"]["device_type"] == "cuda"
     mem_label = "peak" if cuda else "peak RSS +"
@@ -1026,7 +1045,7 @@ def render_table(result: dict) -> str:
             "train step",
             _method_prefix(t) + _training_setting(t),
             f"**{t['images_per_s']:.2f} img/s** ({1e3 * t['seconds']:.0f} ms/step), {mem_label} "
-            f"{_gib(t['peak_bytes'])}, {t['gflop_per_image']:.1f} GFLOP/img, "
+            f"{_gib(t['peak_bytes'])}, {_faults(t)}{t['gflop_per_image']:.1f} GFLOP/img, "
             f"{1e3 * t['achieved_tflops']:.1f} GFLOP/s, {mfu}",
             f"CLIP forward {1e3 * t['clip_forward_seconds']:.0f} ms",
             f"**{t['seconds'] / t['clip_forward_seconds']:.2f}x**",

@@ -55,6 +55,10 @@ def test_benchmark_tiny_runs_and_compares_both_paths(tmp_path):
         r"\| inference \(CLIP \+ decoder\) \|[^|]*\|[^|]*\| CLIP forward [\d.]+ ms \| \*\*([\d.]+)x", out
     )
     assert len(step_ratios) == 4 and len(infer_ratios) == 4 and all(float(r) > 0 for r in step_ratios), out
+    # the page faults of one more step per setting (fresh memory the kernel maps and zeroes), freed host memory
+    # retained on a CPU unless --release_host_memory
+    assert len(re.findall(r"\| train step \|[^|]*\| [^|]*, [\d,]+ page faults/step, ", out)) == 4, out
+    assert "'host_memory': 'retained'" in out
     # --method weclip_plus: WeCLIP+'s rows, and each of its settings against WeCLIP's (2 steps, 2 inference modes)
     assert len(re.findall(r"\| train step \| WeCLIP\+, batch 2, crop 64, RFM o(?:n|ff) \|", out)) == 2, out
     plus_vs_weclip = re.findall(
