@@ -1193,7 +1193,7 @@ def environment(device: torch.device, args) -> dict:
         threads=torch.get_num_threads(),
         cpu=platform.processor() or platform.machine(),
         autocast=args.autocast,
-        host_memory=getattr(args, "host_memory", "default"),
+        host_memory=args.host_memory,
         model="tiny test config" if args.tiny else "ViT-B/16 + VOC (random weights)",
     )
     if device.type == "cuda":

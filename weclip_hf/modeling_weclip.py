@@ -608,23 +608,17 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         On a CPU a few images at a time go through all the blocks (`weclip_hf.chunking`: their [heads, T, T]
         attention maps within the budget), so that each chunk's activations stay in the cache from block to
         block and the temporaries are reused memory; the results are those of the whole batch."""
-        vision = self.config.vision_config
-        h, w = (size // vision.patch_size for size in pixel_values.shape[-2:])
-        chunk = _attention_chunk(
-            pixel_values.shape[0], 1 + h * w, vision.num_attention_heads, pixel_values.device
-        )
+        x, grid = self._embed_patches(pixel_values)
+        heads = self.config.vision_config.num_attention_heads
+        chunk = _attention_chunk(x.shape[0], x.shape[1], heads, x.device)
         return CLIPVisionFeatures.concat(
-            [
-                self._clip_features(part, num_attention_maps, output_attentions)
-                for part in pixel_values.split(chunk)
-            ]
+            [self._clip_blocks(part, grid, num_attention_maps, output_attentions) for part in x.split(chunk)]
         )
 
-    def _clip_features(
-        self, pixel_values: torch.Tensor, num_attention_maps: int, output_attentions: bool
+    def _clip_blocks(
+        self, x: torch.Tensor, grid: tuple[int, int], num_attention_maps: int, output_attentions: bool
     ) -> CLIPVisionFeatures:
-        """`forward_clip_features` on one chunk of images."""
-        x, grid = self._embed_patches(pixel_values)
+        """`forward_clip_features` of one chunk of embedded images ``x`` [b, 1+N, D]."""
         embeddings = x
         layers = self.vision_model.encoder.layers
         first_map = len(layers) - 1 - num_attention_maps
