@@ -218,6 +218,12 @@ def test_full_supervision_with_pixel_labels(tiny_model):
     assert int(tiny_model.training_step) == before + 1
 
 
+def unaligned_tensors(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters and buffers whose data does not start on a 64-byte boundary."""
+    named = [*model.named_parameters(), *model.named_buffers()]
+    return [name for name, tensor in named if tensor.data_ptr() % 64]
+
+
 def test_save_load_roundtrip_keeps_everything(tmp_path, tiny_model):
     tiny_model.set_training_step(11)
     tiny_model.save_pretrained(tmp_path)
@@ -229,6 +235,8 @@ def test_save_load_roundtrip_keeps_everything(tmp_path, tiny_model):
         assert torch.equal(a[key], b[key]), key
     assert int(loaded.training_step) == 11
     assert not loaded.vision_model.embeddings.patch_embedding.weight.requires_grad
+    # every tensor in fresh 64-byte-aligned memory, as a model built in memory: the CPU kernels round the same
+    assert unaligned_tensors(loaded) == []
     pixel_values, _ = _inputs()
     torch.testing.assert_close(loaded(pixel_values).logits, tiny_model(pixel_values).logits, rtol=0, atol=0)
 
@@ -328,6 +336,7 @@ def test_from_clip_loads_clip_weights_and_tokenizer(tmp_path):
         if key in clip_sd:
             assert torch.equal(value, clip_sd[key]), key
     assert not model.vision_model.embeddings.patch_embedding.weight.requires_grad
+    assert unaligned_tensors(model) == []
     with torch.no_grad():
         ids = tokenizer(["a clean origami cat.", "a clean origami dog."], padding=True, return_tensors="pt")
         expected = torch.nn.functional.normalize(clip.get_text_features(**ids).pooler_output, dim=-1)
