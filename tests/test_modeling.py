@@ -448,3 +448,32 @@ def test_hostile_config_json_is_refused_before_any_module_is_built(tmp_path, tin
     finally:
         tracemalloc.stop()
     assert time.perf_counter() - started < 5 and peak < 100 * 2**20
+
+
+@pytest.mark.parametrize("num_inputs", [1, 3])
+def test_feature_head_folds_second_linears_into_the_fuse_exactly(num_inputs):
+    """The head applies each MLP's second Linear and the 1x1 fuse conv as one product: the same output and the
+    same gradient for every weight as running them one after the other (float64)."""
+    from weclip_hf.feature_head import WeCLIPFeatureHead
+
+    torch.manual_seed(0)
+    head = WeCLIPFeatureHead(12, 8, num_inputs, dropout=0.0).double()
+    tokens = [torch.randn(2, 6, 12, dtype=torch.float64) for _ in range(num_inputs)]
+    grad = torch.randn(2, 8, 2, 3, dtype=torch.float64)
+
+    def unfolded():
+        projected = [mlp(t) for mlp, t in zip(head.layer_mlps, tokens)]  # fc2(relu(fc1(t)))
+        x = torch.cat(projected, dim=-1).transpose(1, 2).reshape(2, -1, 2, 3)
+        return head.fuse(x)
+
+    outputs, grads = [], []
+    for run in (lambda: head(tokens, (2, 3)), unfolded):
+        head.zero_grad()
+        out = run()
+        out.backward(grad)
+        outputs.append(out.detach())
+        grads.append({name: p.grad.clone() for name, p in head.named_parameters()})
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-12, atol=1e-12)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 4 * num_inputs + 2
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-10, atol=1e-12, msg=name)

@@ -25,6 +25,11 @@ class WeCLIPFeatureHead(nn.Module):
 
     The official SegFormer-style head (``SegFormerHead(index=n)``): WeCLIP's decoder is one on its 11 CLIP
     inputs followed by a transformer; WeCLIP+ adds one on the DINOv2 tokens.
+
+    Each MLP's second Linear and the 1x1 fuse conv are consecutive linear maps (nothing between them but the
+    concat), so the forward applies their product, one [dim, inputs * dim] matrix made from the weights at each
+    call, to the concatenated ReLU outputs: the same function and the same gradients for every weight (the
+    chain rule through the product), ~40% fewer FLOPs in the head per token.
     """
 
     def __init__(self, in_dim: int, dim: int, num_inputs: int, dropout: float):
@@ -38,9 +43,22 @@ class WeCLIPFeatureHead(nn.Module):
         Returns: [B, dim, h, w] fused features (after dropout), in the dtype of the weights."""
         b = layer_tokens[0].shape[0]
         dtype = self.fuse.weight.dtype
-        projected = [mlp(t.to(dtype)) for mlp, t in zip(self.layer_mlps, layer_tokens)]  # [B, N, dim] each
-        x = torch.cat(projected, dim=-1).transpose(1, 2).reshape(b, -1, *grid)
-        return self.dropout(self.fuse(x))
+        hidden = torch.cat(
+            [F.relu(mlp.fc1(t.to(dtype))) for mlp, t in zip(self.layer_mlps, layer_tokens)], dim=-1
+        )  # [B, N, inputs * dim]
+        x = F.linear(hidden, *self.fused_projection())  # [B, N, dim]
+        return self.dropout(x.transpose(1, 2).reshape(b, -1, *grid))
+
+    def fused_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MLPs' second Linears followed by the fuse conv as one linear map on the concatenated hidden
+        features: (weight [dim, inputs * dim], bias [dim])."""
+        dim, n = self.fuse.out_channels, len(self.layer_mlps)
+        fuse = self.fuse.weight.view(dim, n, -1)  # [dim, inputs, dim]: the fuse conv's block per input
+        second = torch.stack([mlp.fc2.weight for mlp in self.layer_mlps])  # [inputs, dim, dim]
+        second_bias = torch.stack([mlp.fc2.bias for mlp in self.layer_mlps])  # [inputs, dim]
+        weight = torch.einsum("oik,ikj->oij", fuse, second).reshape(dim, -1)
+        bias = torch.einsum("oik,ik->o", fuse, second_bias) + self.fuse.bias
+        return weight, bias
 
 
 __all__ = ["WeCLIPFeatureHead", "WeCLIPLayerMLP"]
