@@ -111,6 +111,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="timed runs per piece after --warmup runs (default --repeats)",
     )
     p.add_argument("--no_breakdown", action="store_true", help="skip the per-piece time breakdown")
+    p.add_argument(
+        "--profile_ops",
+        action="store_true",
+        help="profile one more training step per setting (torch.profiler): each operator's share of its self time",
+    )
     p.add_argument("--infer_sizes", default=None, help="inference long sides (default 320,512)")
     p.add_argument("--infer_batch_size", type=int, default=None, help="inference batch size (default 16)")
     p.add_argument("--infer_repeats", type=int, default=None, help="timed inference runs (default --repeats)")
@@ -482,6 +487,7 @@ def measure_training(args, bench, model, optimizer, batch, use_rfm) -> dict:
         medians = bench.paired_medians(dict(step=step, clip=clip_forward), args.warmup, args.repeats)
     seconds = medians["step"]
     faults = minor_page_faults(step)
+    op_shares = operator_shares(step, bench) if args.profile_ops else None
     total_flops = flops.total
     achieved = total_flops / seconds
     return dict(
@@ -496,6 +502,7 @@ def measure_training(args, bench, model, optimizer, batch, use_rfm) -> dict:
         memory_method=memory["method"],
         gflop_per_image=total_flops / batch / 1e9,
         page_faults=faults,
+        op_shares=op_shares,
         achieved_tflops=achieved / 1e12,
         mfu=achieved / (args.peak_tflops * 1e12) if args.peak_tflops else None,
         host_syncs=[
@@ -515,6 +522,27 @@ def minor_page_faults(fn) -> int | None:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     fn()
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+MATRIX_PRODUCTS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm")
+
+
+def operator_shares(fn, bench: Bench, top: int = 8) -> dict:
+    """Self time per operator of one more run of ``fn`` (torch.profiler: CPU self time, device self time on CUDA):
+    the ``top`` operators with their seconds and share of the total, and the matrix products' share."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.cuda else [])
+    with profile(activities=activities) as prof:
+        fn()
+        bench.sync()
+    field = "self_device_time_total" if bench.cuda else "self_cpu_time_total"
+    times = sorted(((e.key, getattr(e, field)) for e in prof.key_averages()), key=lambda e: -e[1])
+    total = sum(t for _, t in times) or 1.0
+    return dict(
+        top=[dict(op=name, seconds=t / 1e6, share=t / total) for name, t in times[:top] if t > 0],
+        matrix_products=sum(t for name, t in times if name in MATRIX_PRODUCTS) / total,
+    )
 
 
 def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
@@ -1182,6 +1210,25 @@ def render_syncs(result: dict) -> str:
     return "\n".join(lines)
 
 
+def render_op_shares(result: dict) -> str:
+    """`--profile_ops`: per training setting, the matrix products' share and the top operators by self time."""
+    rows = [t for t in result["training"] if t.get("op_shares")]
+    if not rows:
+        return ""
+    lines = [
+        "Where one training step's time goes (torch.profiler, self time per operator, one step):",
+        "| setting | matrix products (addmm, mm, bmm, baddbmm) | top operators |",
+        "|---|---|---|",
+    ]
+    for t in rows:
+        shares = t["op_shares"]
+        top = ", ".join(f"{o['op']} {100 * o['share']:.1f}%" for o in shares["top"])
+        rfm = "on" if t["rfm"] else "off"
+        setting = f"{METHOD_NAMES[t['method']]}, batch {t['batch']}, crop {t['crop']}, RFM {rfm}"
+        lines.append(f"| {setting} | {100 * shares['matrix_products']:.1f}% | {top} |")
+    return "\n".join(lines)
+
+
 def environment(device: torch.device, args) -> dict:
     import transformers
 
@@ -1264,6 +1311,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(render_table(result))
     print()
     print(render_syncs(result))
+    if args.profile_ops:
+        print()
+        print(render_op_shares(result))
     if result["training"]:
         print(
             f"\nMemory: {result['training'][0]['memory_method']}. FLOPs: torch.utils.flop_counter formulas "

@@ -28,6 +28,7 @@ def test_benchmark_tiny_runs_and_compares_both_paths(tmp_path):
             "--device",
             "cpu",
             "--compile_par",
+            "--profile_ops",
             "--method",
             "weclip_plus",
             "--output_json",
@@ -66,6 +67,13 @@ def test_benchmark_tiny_runs_and_compares_both_paths(tmp_path):
     )
     assert len(plus_vs_weclip) == 4 and all(float(r) > 0 for r in plus_vs_weclip), out
     assert "Host syncs in one training step" in out
+    # --profile_ops: per setting, the matrix products' share and the top operators of one step by self time
+    profiles = re.findall(r"\| (WeCLIP\+?, batch 2, crop 64, RFM o(?:n|ff)) \| ([\d.]+)% \| (.+) \|", out)
+    assert len(profiles) == 4, out
+    for _, matrix, top in profiles:
+        shares = [float(x) for x in re.findall(r" ([\d.]+)%", " " + top)]
+        assert 0 < float(matrix) <= 100 and len(shares) == 8 and 0 < sum(shares) <= 100.05, top
+        assert "aten::" in top and shares == sorted(shares, reverse=True), top
     # PAR iterations compiled vs eager, side by side, computing the same function
     compiled = re.findall(
         r"\| PAR iterations: torch.compile vs eager \|.*max abs diff ([\d.e+-]+)\).*\*\*([\d.]+)x", out
