@@ -62,3 +62,53 @@ def test_no_pairs():
     )
     (grad,) = torch.autograd.grad(outputs.sum(), shift)
     assert outputs.shape == (0, 13, 32) and grad.shape == (0, 32)
+
+
+def test_pair_slots_are_each_pairs_rank_in_its_image_and_the_plan_holds_them():
+    from weclip_hf.last_block import pair_slots
+    from weclip_hf.pseudo_labels import plan_pairs
+
+    assert [v.tolist() if torch.is_tensor(v) else v for v in pair_slots(PAIR_IMAGE, 4)] == [
+        [0, 1, 0, 0, 1, 2],
+        3,
+    ]
+    labels = torch.zeros(4, 5)
+    labels[0, [1, 3]] = labels[1, 0] = labels[3, [0, 2, 4]] = 1
+    plan = plan_pairs(labels, "cpu")
+    assert plan.image.tolist() == PAIR_IMAGE.tolist()
+    assert plan.slot.tolist() == [0, 1, 0, 0, 1, 2] and plan.max_classes == 3
+    # the plan's slots give the gradient the derived ones give
+    layer = _layer("quick_gelu")
+    block = run_last_block(layer, torch.randn(4, 13, 32, generator=torch.Generator().manual_seed(2)))
+    grads = []
+    for slots in (None, (plan.slot, plan.max_classes)):
+        shift, outputs = pair_block_outputs(block, PAIR_IMAGE, slots)
+        grads.append(torch.autograd.grad(outputs.square().sum(), shift)[0])
+    assert torch.equal(grads[0], grads[1])
+
+
+class _ScalarReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the reads of a tensor value on the host (.item() / int() / bool(): a sync on an accelerator)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func is torch.ops.aten._local_scalar_dense.default
+        return func(*args, **(kwargs or {}))
+
+
+def test_gradcams_of_a_planned_batch_read_nothing_on_the_host():
+    """After `plan_pairs` (the pseudo labels' one host read), the GradCAMs of an unchunked batch (an accelerator's
+    case) never wait for the device: the packing of the pairs comes from the plan."""
+    from weclip_hf.pseudo_labels import plan_pairs
+
+    torch.manual_seed(0)
+    model = WeCLIPForSemanticSegmentation(make_tiny_config()).eval()
+    labels = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0], [1, 1, 0, 1]])
+    features = model.forward_clip_features(torch.randn(4, 3, 32, 32), 1)
+    plan = plan_pairs(labels, "cpu")
+    with _ScalarReads() as reads:
+        cams = model.pair_gradcams(features.hidden[-1], plan, features.grid).cams
+    assert cams.shape[0] == plan.num_pairs == 6 and reads.count == 0

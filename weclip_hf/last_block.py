@@ -84,11 +84,12 @@ def _layer_norm_backward(norm: nn.LayerNorm, normed: torch.Tensor, rstd: torch.T
 
 
 def _shift_gradient(
-    block: LastBlockPass, pair_image: torch.Tensor, grad_output: torch.Tensor
+    block: LastBlockPass, pair_image: torch.Tensor, slots: tuple[torch.Tensor, int], grad_output: torch.Tensor
 ) -> torch.Tensor:
     """Gradient w.r.t. a shift added to every patch token of layer_norm1's output, per pair: [P, D].
 
-    Args: grad_output: [P, T, D] gradient w.r.t. the block output of each pair (pairs of image ``pair_image``).
+    Args: grad_output: [P, T, D] gradient w.r.t. the block output of each pair (pairs of image ``pair_image``);
+    slots: `pair_slots` of the pairs.
     """
     layer, attn = block.layer, block.layer.self_attn
     p, t, c = grad_output.shape
@@ -114,7 +115,7 @@ def _shift_gradient(
     grad_k = ((patch_scores - row_term * patch_mass) * q).sum(2) * attn.scale
     # queries: sum over patch queries of dS_nm, for every key m
     moved = _per_image_transposed_product(
-        block.probs, pair_image, grad_attended[:, :, 1:], row_term[:, :, 1:]
+        block.probs, pair_image, slots, grad_attended[:, :, 1:], row_term[:, :, 1:]
     )
     column = (moved[..., :-1] * v).sum(-1) - moved[..., -1]
     grad_q = (column.unsqueeze(-1) * k).sum(2) * attn.scale
@@ -126,7 +127,11 @@ def _shift_gradient(
 
 
 def _per_image_transposed_product(
-    probs: torch.Tensor, pair_image: torch.Tensor, grad: torch.Tensor, row: torch.Tensor
+    probs: torch.Tensor,
+    pair_image: torch.Tensor,
+    slots: tuple[torch.Tensor, int],
+    grad: torch.Tensor,
+    row: torch.Tensor,
 ) -> torch.Tensor:
     """``probs[image][:, patch queries]^T @ [grad | row]`` for every pair: [P, H, T, d + 1].
 
@@ -135,7 +140,7 @@ def _per_image_transposed_product(
     so each image's maps enter one batched product, read in place."""
     b, heads, t, _ = probs.shape
     rhs = torch.cat([grad, row], dim=-1)  # [P, H, N, d + 1]
-    slot, slots = _pair_slots(pair_image, b)
+    slot, slots = slots
     packed = rhs.new_zeros(b, slots, *rhs.shape[1:])
     packed[pair_image, slot] = rhs
     width = rhs.shape[-1]
@@ -144,8 +149,10 @@ def _per_image_transposed_product(
     return product.view(b, heads, t, slots, width)[pair_image, :, :, slot]
 
 
-def _pair_slots(pair_image: torch.Tensor, num_images: int) -> tuple[torch.Tensor, int]:
-    """Each pair's rank among the pairs of its image (in pair order), and the most pairs of one image."""
+def pair_slots(pair_image: torch.Tensor, num_images: int) -> tuple[torch.Tensor, int]:
+    """Each pair's rank among the pairs of its image (in pair order), and the most pairs of one image: the
+    packing of `_per_image_transposed_product`. Reads the largest count on the host (a sync on an accelerator);
+    a `PairPlan` holds both already (``slot``, ``max_classes``)."""
     counts = torch.bincount(pair_image, minlength=num_images)
     order = torch.argsort(pair_image, stable=True)
     first = counts.cumsum(0) - counts  # index of each image's first pair in image order
@@ -159,22 +166,35 @@ class _ShiftedBlock(torch.autograd.Function):
     at shift 0: the forward copies the saved output, the backward is `_shift_gradient`."""
 
     @staticmethod
-    def forward(ctx, shift: torch.Tensor, block: LastBlockPass, pair_image: torch.Tensor) -> torch.Tensor:
-        ctx.block, ctx.pair_image = block, pair_image
+    def forward(
+        ctx,
+        shift: torch.Tensor,
+        block: LastBlockPass,
+        pair_image: torch.Tensor,
+        slots: tuple[torch.Tensor, int],
+    ) -> torch.Tensor:
+        ctx.block, ctx.pair_image, ctx.slots = block, pair_image, slots
         return block.output[pair_image]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output: torch.Tensor):
-        return _shift_gradient(ctx.block, ctx.pair_image, grad_output), None, None
+        return _shift_gradient(ctx.block, ctx.pair_image, ctx.slots, grad_output), None, None, None
 
 
-def pair_block_outputs(block: LastBlockPass, pair_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_block_outputs(
+    block: LastBlockPass, pair_image: torch.Tensor, slots: tuple[torch.Tensor, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(shift [P, D], outputs [P, T, D])``: the block output of each pair's image, differentiable w.r.t. a
     (zero) shift of its patch tokens after layer_norm1. The gradient of a pair's target w.r.t. ``shift`` is
-    the sum over patch tokens of its gradient w.r.t. layer_norm1's output."""
+    the sum over patch tokens of its gradient w.r.t. layer_norm1's output.
+
+    ``slots``: each pair's rank within its image and the most pairs of one image (`pair_slots`; a `PairPlan`'s
+    ``slot`` and ``max_classes``); None derives them here, with one host read."""
+    if slots is None:
+        slots = pair_slots(pair_image, block.output.shape[0])
     shift = block.output.new_zeros(pair_image.shape[0], block.output.shape[-1], requires_grad=True)
-    return shift, _ShiftedBlock.apply(shift, block, pair_image)
+    return shift, _ShiftedBlock.apply(shift, block, pair_image, slots)
 
 
-__all__ = ["LastBlockPass", "run_last_block", "pair_block_outputs"]
+__all__ = ["LastBlockPass", "run_last_block", "pair_block_outputs", "pair_slots"]

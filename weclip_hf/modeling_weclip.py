@@ -674,13 +674,15 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         return h, F.normalize(projection(pooled), dim=-1), probs.mean(dim=1).detach()
 
     def last_block_pair_embeddings(
-        self, x: torch.Tensor, pair_image: torch.Tensor
+        self, x: torch.Tensor, pair_image: torch.Tensor, slots: tuple[torch.Tensor, int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The last CLIP block run once per image in float32 (half-precision weights are upcast), and each
         (image, class) pair's image embedding as a function of a shift of the patch tokens after the block's
         first LayerNorm (`weclip_hf.last_block`): what `pair_gradcams` needs, without a block copy per pair.
 
         Args: x: [B, 1+N, D] input tokens of the last block (detached). pair_image: [P] image of each pair.
+            slots: each pair's rank within its image and the most pairs of one image (a `PairPlan`'s ``slot``
+            and ``max_classes``); None: derived, with a host read (`weclip_hf.last_block.pair_slots`).
         Returns: (ln1 output [B, 1+N, D] — the GradCAM activations, zero shift [P, D] requiring grad,
         L2-normalized image embedding [P, E] of each pair's image, differentiable w.r.t. the shift,
         head-averaged attention [B, 1+N, 1+N]). The gradient of a pair's target w.r.t. its shift is the sum
@@ -691,7 +693,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             _in_float32(self.vision_model.post_layernorm),
             _in_float32(self.visual_projection),
         )
-        shift, outputs = pair_block_outputs(block, pair_image)
+        shift, outputs = pair_block_outputs(block, pair_image, slots)
         pooled = post_layernorm(outputs)[:, 1:].mean(dim=1)
         return block.normed_input, shift, F.normalize(projection(pooled), dim=-1), block.attention
 

@@ -92,7 +92,8 @@ def plan_pairs(class_labels: torch.Tensor, device: torch.device | str) -> PairPl
 
 def pair_gradcams(
     last_block: Callable[
-        [torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+        [torch.Tensor, torch.Tensor, tuple[torch.Tensor, int]],
+        tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     ],
     block_input: torch.Tensor,
     class_embeds: torch.Tensor,
@@ -105,10 +106,11 @@ def pair_gradcams(
     """GradCAM of every pair, in float32: the last block runs once per image, one backward per chunk of images.
 
     Args:
-        last_block: (tokens [B, 1+N, D], pair image index [P]) -> (GradCAM activations [B, 1+N, D] (the
-            block's first LayerNorm output), a zero shift [P, D] requiring grad, L2-normalized image embedding
-            of each pair's image [P, E] as a function of the shift added to the patch activations,
-            head-averaged attention [B, 1+N, 1+N]); the model's `last_block_pair_embeddings`.
+        last_block: (tokens [B, 1+N, D], pair image index [P], (each pair's rank within its image [P], the
+            most pairs of one image): the plan's ``slot`` and ``max_classes``) -> (GradCAM activations
+            [B, 1+N, D] (the block's first LayerNorm output), a zero shift [P, D] requiring grad, L2-normalized
+            image embedding of each pair's image [P, E] as a function of the shift added to the patch
+            activations, head-averaged attention [B, 1+N, 1+N]); the model's `last_block_pair_embeddings`.
         block_input: [B, 1+N, D] tokens entering the last block (WeCLIP: the output of block L-1).
         class_embeds: [C, E] and background_embeds: [Nb, E] text embeddings. logit_scale: CLIP's log scale.
         chunk_size: run the images this many at a time, one backward each (`weclip_hf.chunking`: on a CPU
@@ -140,7 +142,7 @@ def pair_gradcams(
             plan.class_index[first:last],
             plan.slot[first:last],
             plan.present[start:stop],
-            plan.max_classes,
+            int(plan.present[start:stop].sum(1).max()),  # the chunk's own most classes per image
         )
         parts.append(_gradcams_of_images(last_block, block_input[start:stop], text, logit_scale, part, grid))
     return PairGradCAMs(
@@ -152,7 +154,8 @@ def pair_gradcams(
 
 def _gradcams_of_images(
     last_block: Callable[
-        [torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+        [torch.Tensor, torch.Tensor, tuple[torch.Tensor, int]],
+        tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     ],
     block_input: torch.Tensor,
     text: torch.Tensor,
@@ -165,7 +168,9 @@ def _gradcams_of_images(
     words = plan.present.new_ones(plan.num_pairs, text.shape[0] - plan.num_classes)
     allowed = torch.cat([plan.present[plan.image], words], dim=1)  # [P, C + Nb]
     with torch.enable_grad(), torch.autocast(block_input.device.type, enabled=False):
-        activations, shift, image_embeds, last_attention = last_block(block_input, plan.image)
+        activations, shift, image_embeds, last_attention = last_block(
+            block_input, plan.image, (plan.slot, plan.max_classes)
+        )
         logits = logit_scale.float().exp() * image_embeds @ text.t()  # [P, C + Nb]
         probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
         (patch_grad_sum,) = torch.autograd.grad(probs.gather(1, plan.class_index[:, None]).sum(), shift)
