@@ -114,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--profile_ops",
         action="store_true",
-        help="profile one more training step per setting (torch.profiler): each operator's share of its self time",
+        help="profile one more training step per setting (torch.profiler): each operator's share of self time",
     )
     p.add_argument("--infer_sizes", default=None, help="inference long sides (default 320,512)")
     p.add_argument("--infer_batch_size", type=int, default=None, help="inference batch size (default 16)")
@@ -528,8 +528,10 @@ MATRIX_PRODUCTS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm")
 
 
 def operator_shares(fn, bench: Bench, top: int = 8) -> dict:
-    """Self time per operator of one more run of ``fn`` (torch.profiler: CPU self time, device self time on CUDA):
-    the ``top`` operators with their seconds and share of the total, and the matrix products' share."""
+    """Self time per operator of one more run of ``fn`` (torch.profiler; on CUDA the device time of the kernels
+    each operator launched): the ``top`` operators with their seconds and share of the total, and the matrix
+    products' share (attention kernels such as SDPA are not counted in it)."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.cuda else [])
@@ -537,7 +539,9 @@ def operator_shares(fn, bench: Bench, top: int = 8) -> dict:
         fn()
         bench.sync()
     field = "self_device_time_total" if bench.cuda else "self_cpu_time_total"
-    times = sorted(((e.key, getattr(e, field)) for e in prof.key_averages()), key=lambda e: -e[1])
+    # operators only: on CUDA the kernels have rows of their own, whose time their operators' rows already hold
+    operators = [e for e in prof.key_averages() if e.device_type == DeviceType.CPU]
+    times = sorted(((e.key, getattr(e, field)) for e in operators), key=lambda e: -e[1])
     total = sum(t for _, t in times) or 1.0
     return dict(
         top=[dict(op=name, seconds=t / 1e6, share=t / total) for name, t in times[:top] if t > 0],
@@ -1211,7 +1215,7 @@ def render_syncs(result: dict) -> str:
 
 
 def render_op_shares(result: dict) -> str:
-    """`--profile_ops`: per training setting, the matrix products' share and the top operators by self time."""
+    """`--profile_ops`: per training setting, the matrix products' share and the top operators."""
     rows = [t for t in result["training"] if t.get("op_shares")]
     if not rows:
         return ""

@@ -1,6 +1,9 @@
 """The last CLIP block run once per image (weclip_hf.last_block): its outputs and the per-pair shift gradients
 against autograd through a copy of the block per pair."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import make_tiny_config
@@ -87,21 +90,13 @@ def test_pair_slots_are_each_pairs_rank_in_its_image_and_the_plan_holds_them():
     assert torch.equal(grads[0], grads[1])
 
 
-class _ScalarReads(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts the reads of a tensor value on the host (.item() / int() / bool(): a sync on an accelerator)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func is torch.ops.aten._local_scalar_dense.default
-        return func(*args, **(kwargs or {}))
-
-
 def test_gradcams_of_a_planned_batch_read_nothing_on_the_host():
-    """After `plan_pairs` (the pseudo labels' one host read), the GradCAMs of an unchunked batch (an accelerator's
-    case) never wait for the device: the packing of the pairs comes from the plan."""
+    """After `plan_pairs` (the pseudo labels' one host read), the GradCAMs of an unchunked batch (an
+    accelerator's case) never wait for the device (the benchmark's `HostSyncFinder`: scalar reads,
+    data-dependent shapes, host copies): the packing of the pairs comes from the plan."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    from benchmark import HostSyncFinder
+
     from weclip_hf.pseudo_labels import plan_pairs
 
     torch.manual_seed(0)
@@ -109,6 +104,6 @@ def test_gradcams_of_a_planned_batch_read_nothing_on_the_host():
     labels = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0], [1, 1, 0, 1]])
     features = model.forward_clip_features(torch.randn(4, 3, 32, 32), 1)
     plan = plan_pairs(labels, "cpu")
-    with _ScalarReads() as reads:
+    with HostSyncFinder() as syncs:
         cams = model.pair_gradcams(features.hidden[-1], plan, features.grid).cams
-    assert cams.shape[0] == plan.num_pairs == 6 and reads.count == 0
+    assert cams.shape[0] == plan.num_pairs == 6 and not syncs.sites, syncs.sites

@@ -477,3 +477,26 @@ def test_feature_head_folds_second_linears_into_the_fuse_exactly(num_inputs):
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) == 4 * num_inputs + 2
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_feature_head_runs_wrapped_or_hooked_layers_as_modules():
+    """A second Linear replaced by another module (as an adapter library does) or a hook on the fuse conv is
+    honoured: the head then runs each layer as its own module instead of the folded product."""
+    from weclip_hf.feature_head import WeCLIPFeatureHead
+
+    class ShiftedLinear(torch.nn.Linear):
+        def forward(self, x):
+            return super().forward(x) + 1.0
+
+    torch.manual_seed(0)
+    head = WeCLIPFeatureHead(12, 8, 2, dropout=0.0).double()
+    tokens = [torch.randn(2, 6, 12, dtype=torch.float64) for _ in range(2)]
+    folded = head(tokens, (2, 3))
+    shifted = ShiftedLinear(8, 8).double()
+    shifted.load_state_dict(head.layer_mlps[0].fc2.state_dict())
+    head.layer_mlps[0].fc2 = shifted
+    # the shift enters the fuse conv through input 0's block of its weight
+    expected = folded + head.fuse.weight[:, :8, 0, 0].sum(1).view(1, 8, 1, 1)
+    torch.testing.assert_close(head(tokens, (2, 3)), expected, rtol=1e-12, atol=1e-12)
+    head.fuse.register_forward_hook(lambda module, args, out: 2 * out)
+    torch.testing.assert_close(head(tokens, (2, 3)), 2 * expected, rtol=1e-12, atol=1e-12)

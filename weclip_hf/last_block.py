@@ -88,8 +88,8 @@ def _shift_gradient(
 ) -> torch.Tensor:
     """Gradient w.r.t. a shift added to every patch token of layer_norm1's output, per pair: [P, D].
 
-    Args: grad_output: [P, T, D] gradient w.r.t. the block output of each pair (pairs of image ``pair_image``);
-    slots: `pair_slots` of the pairs.
+    Args: grad_output: [P, T, D] gradient w.r.t. the block output of each pair (pairs of image
+    ``pair_image``); slots: `pair_slots` of the pairs.
     """
     layer, attn = block.layer, block.layer.self_attn
     p, t, c = grad_output.shape
@@ -151,8 +151,8 @@ def _per_image_transposed_product(
 
 def pair_slots(pair_image: torch.Tensor, num_images: int) -> tuple[torch.Tensor, int]:
     """Each pair's rank among the pairs of its image (in pair order), and the most pairs of one image: the
-    packing of `_per_image_transposed_product`. Reads the largest count on the host (a sync on an accelerator);
-    a `PairPlan` holds both already (``slot``, ``max_classes``)."""
+    packing of `_per_image_transposed_product`. Reads the largest count on the host (a sync on an
+    accelerator); a `PairPlan` holds both already (``slot``, ``max_classes``)."""
     counts = torch.bincount(pair_image, minlength=num_images)
     order = torch.argsort(pair_image, stable=True)
     first = counts.cumsum(0) - counts  # index of each image's first pair in image order

@@ -237,8 +237,8 @@ def _in_aligned_memory(module: nn.Module) -> None:
 
     Tensors read from a safetensors file start wherever the file's layout puts them (8-byte steps); the CPU
     kernels take other vectorized and GEMM-packing paths on such data and round differently in the last bit
-    (measured: logits 1.2e-7 apart, CAM pseudo labels flipped at near-ties, between a trained model and the same
-    weights loaded back). Fresh allocations are 64-byte aligned, so a model loaded with `from_pretrained`
+    (measured: logits 1.2e-7 apart, CAM pseudo labels flipped at near-ties, between a trained model and the
+    same weights loaded back). Fresh allocations are 64-byte aligned, so a model loaded with `from_pretrained`
     computes bit for bit what the saved model computed (`tests/test_modeling.py`)."""
     for tensor in (*module.parameters(), *module.buffers()):
         if tensor.device.type == "cpu" and tensor.data_ptr() % 64:

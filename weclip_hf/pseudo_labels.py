@@ -107,10 +107,11 @@ def pair_gradcams(
 
     Args:
         last_block: (tokens [B, 1+N, D], pair image index [P], (each pair's rank within its image [P], the
-            most pairs of one image): the plan's ``slot`` and ``max_classes``) -> (GradCAM activations
-            [B, 1+N, D] (the block's first LayerNorm output), a zero shift [P, D] requiring grad, L2-normalized
-            image embedding of each pair's image [P, E] as a function of the shift added to the patch
-            activations, head-averaged attention [B, 1+N, 1+N]); the model's `last_block_pair_embeddings`.
+            most pairs of one image): the plan's ``slot`` and ``max_classes``, each slot used once per image)
+            -> (GradCAM activations [B, 1+N, D] (the block's first LayerNorm output), a zero shift [P, D]
+            requiring grad, L2-normalized image embedding of each pair's image [P, E] as a function of the shift
+            added to the patch activations, head-averaged attention [B, 1+N, 1+N]); the model's
+            `last_block_pair_embeddings`.
         block_input: [B, 1+N, D] tokens entering the last block (WeCLIP: the output of block L-1).
         class_embeds: [C, E] and background_embeds: [Nb, E] text embeddings. logit_scale: CLIP's log scale.
         chunk_size: run the images this many at a time, one backward each (`weclip_hf.chunking`: on a CPU
