@@ -25,7 +25,9 @@ run() {  # run PRECISION [flags]: one benchmark run, its JSON and log under OUT_
         --reference_repeats 1 --output_json "$out/bench_$precision.json" "$@" 2>&1 | tee "$out/bench_$precision.log"
 }
 run bf16 --method weclip_plus "$@"  # everything: training, breakdown, inference, reference; WeCLIP+ next to WeCLIP
-run none --batch_sizes 4,64 --no_breakdown --compile_par "$@"  # fp32 for comparison (lighter), and PAR compiled
+# fp32 for comparison (lighter), PAR compiled, and each operator's share of a step (torch.profiler: after the
+# bf16 run, so that a profiler failure loses none of its figures)
+run none --batch_sizes 4,64 --no_breakdown --compile_par --profile_ops "$@"
 # native half-precision weights vs float32 (inference time and peak memory), on the GPU only
 if "$python" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     PYTHONUNBUFFERED=1 "$python" examples/benchmark_half_precision.py --device cuda --batch_size 16 --repeats 10 \

@@ -115,4 +115,5 @@ def test_gpu_script_runs_end_to_end_on_a_cpu(tmp_path):
         assert (tmp_path / f"bench_{precision}.json").is_file()
         assert "| train step |" in (tmp_path / f"bench_{precision}.log").read_text()
     assert "| WeCLIP+ vs WeCLIP |" in (tmp_path / "bench_bf16.log").read_text()
+    assert "Where one training step's time goes" in (tmp_path / "bench_none.log").read_text()
     assert "half-precision comparison is skipped" in (tmp_path / "half_precision.txt").read_text()
