@@ -500,3 +500,26 @@ def test_feature_head_runs_wrapped_or_hooked_layers_as_modules():
     torch.testing.assert_close(head(tokens, (2, 3)), expected, rtol=1e-12, atol=1e-12)
     head.fuse.register_forward_hook(lambda module, args, out: 2 * out)
     torch.testing.assert_close(head(tokens, (2, 3)), 2 * expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["bf16 weights", "bf16 autocast"])
+def test_feature_head_fold_in_half_precision_stays_within_its_rounding(mode):
+    """In bf16 (weights or autocast) the folded product and the layer-by-layer head differ by bf16 rounding only."""
+    from weclip_hf.feature_head import WeCLIPFeatureHead
+
+    torch.manual_seed(0)
+    head = WeCLIPFeatureHead(64, 32, 3, dropout=0.0)
+    tokens = [torch.randn(2, 12, 64) for _ in range(3)]
+    reference = head(tokens, (3, 4))  # float32
+    if mode == "bf16 weights":
+        head = head.to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16 autocast"):
+        folded = head(tokens, (3, 4))
+        hook = head.fuse.register_forward_hook(lambda module, args, out: None)  # a hook: layer by layer
+        layered = head(tokens, (3, 4))
+        hook.remove()
+    assert folded.dtype == layered.dtype == torch.bfloat16
+    scale = reference.abs().max()
+    for out in (folded, layered):
+        assert (out.float() - reference).abs().max() < 0.02 * scale
+    assert (folded.float() - layered.float()).abs().max() < 0.02 * scale
