@@ -45,17 +45,15 @@ class WeCLIPFeatureHead(nn.Module):
         Returns: [B, dim, h, w] fused features (after dropout), in the dtype of the weights."""
         b = layer_tokens[0].shape[0]
         dtype = self.fuse.weight.dtype
-        if not self._foldable():
-            projected = [
-                mlp(t.to(dtype)) for mlp, t in zip(self.layer_mlps, layer_tokens)
-            ]  # [B, N, dim] each
-            x = torch.cat(projected, dim=-1).transpose(1, 2).reshape(b, -1, *grid)
-            return self.dropout(self.fuse(x))
-        hidden = torch.cat(
-            [F.relu(mlp.fc1(t.to(dtype))) for mlp, t in zip(self.layer_mlps, layer_tokens)], dim=-1
-        )  # [B, N, inputs * dim]
-        x = F.linear(hidden, *self.fused_projection())  # [B, N, dim]
-        return self.dropout(x.transpose(1, 2).reshape(b, -1, *grid))
+        if self._foldable():
+            hidden = torch.cat(
+                [F.relu(mlp.fc1(t.to(dtype))) for mlp, t in zip(self.layer_mlps, layer_tokens)], dim=-1
+            )  # [B, N, inputs * dim]
+            x = F.linear(hidden, *self.fused_projection()).transpose(1, 2).reshape(b, -1, *grid)
+        else:  # each layer as its own module; [B, N, dim] per input
+            projected = [mlp(t.to(dtype)) for mlp, t in zip(self.layer_mlps, layer_tokens)]
+            x = self.fuse(torch.cat(projected, dim=-1).transpose(1, 2).reshape(b, -1, *grid))
+        return self.dropout(x)
 
     def _foldable(self) -> bool:
         """Whether the second Linears and the fuse conv are plain modules without hooks, whose weights are all

@@ -140,13 +140,13 @@ def _per_image_transposed_product(
     so each image's maps enter one batched product, read in place."""
     b, heads, t, _ = probs.shape
     rhs = torch.cat([grad, row], dim=-1)  # [P, H, N, d + 1]
-    slot, slots = slots
-    packed = rhs.new_zeros(b, slots, *rhs.shape[1:])
+    slot, num_slots = slots
+    packed = rhs.new_zeros(b, num_slots, *rhs.shape[1:])
     packed[pair_image, slot] = rhs
     width = rhs.shape[-1]
-    packed = packed.permute(0, 2, 3, 1, 4).reshape(b, heads, rhs.shape[2], slots * width)
+    packed = packed.permute(0, 2, 3, 1, 4).reshape(b, heads, rhs.shape[2], num_slots * width)
     product = probs[:, :, 1:].transpose(-1, -2) @ packed  # [B, H, T, slots * (d + 1)]
-    return product.view(b, heads, t, slots, width)[pair_image, :, :, slot]
+    return product.view(b, heads, t, num_slots, width)[pair_image, :, :, slot]
 
 
 def pair_slots(pair_image: torch.Tensor, num_images: int) -> tuple[torch.Tensor, int]:
