@@ -56,7 +56,8 @@ from weclip_hf.cam import cam_box_masks, refine_cams, upsample_normalized  # noq
 from weclip_hf.host_memory import retain_freed_host_memory  # noqa: E402
 from weclip_hf.inference import longest_edge_size, multiscale_flip_logits  # noqa: E402
 from weclip_hf.losses import affinity_loss, affinity_targets, segmentation_loss  # noqa: E402
-from weclip_hf.par import par_affinity, par_iteration, par_refine  # noqa: E402
+from weclip_hf.par import par_affinity, par_affinity_eager, par_iteration, par_iteration_eager, par_refine  # noqa: E402
+from weclip_hf.par_triton import triton_available  # noqa: E402
 from weclip_hf.pseudo_labels import (  # noqa: E402
     attention_maps_needed,
     cam_affinity,
@@ -129,8 +130,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--compile_par",
         action="store_true",
-        help="also time the PAR iterations compiled with torch.compile against eager (batch of the "
-        "first --batch_sizes, crop --crop, 3 score maps)",
+        help="also time the eager PAR iterations compiled with torch.compile against eager (batch of the "
+        "first --batch_sizes, crop --crop, 3 score maps); PAR's Triton kernels are timed against eager "
+        "wherever they run (CUDA), at the first and last --batch_sizes",
     )
     p.add_argument(
         "--autocast",
@@ -650,31 +652,40 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
     return dict(batch=batch, crop=args.crop, rfm=use_rfm, seconds=seconds, pairs=plan.num_pairs)
 
 
-def measure_par_compile(args, bench, model) -> dict:
-    """The config's PAR iterations (`par_iteration`, float32) eager vs ``torch.compile(dynamic=False)`` on
-    the same inputs: compile time, median times, max abs difference."""
-    cfg, device = model.config, bench.device
-    batch = args.batch_sizes[0]
+def par_inputs(args, cfg, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A smooth random image batch and 3 random score maps at the crop size, float32 (PAR's inputs)."""
     g = torch.Generator().manual_seed(args.seed + 2)
     image = torch.randn(batch, 3, args.crop, args.crop, generator=g).to(device)
-    scores = torch.rand(batch, 3, args.crop, args.crop, generator=g).to(device)
-    weights = par_affinity(image, cfg.par_dilations, cfg.par_temperature, cfg.par_pos_weight)
-    compiled_iteration = torch.compile(par_iteration, dynamic=False)
+    return image, torch.rand(batch, 3, args.crop, args.crop, generator=g).to(device)
 
-    def run(iteration):
-        refined = scores
-        for _ in range(cfg.par_num_iter):
-            refined = iteration(refined, weights, cfg.par_dilations)
-        return refined
 
+def iterate(iteration, scores, weights, cfg) -> torch.Tensor:
+    """The config's PAR iterations with ``iteration`` (one of `par_iteration`'s implementations)."""
+    for _ in range(cfg.par_num_iter):
+        scores = iteration(scores, weights, cfg.par_dilations)
+    return scores
+
+
+def measure_par_compile(args, bench, model) -> dict:
+    """The config's eager PAR iterations (`par_iteration_eager`, float32) against the same function under
+    ``torch.compile(dynamic=False)`` on the same inputs: compile time, median times, max abs difference."""
+    cfg, device = model.config, bench.device
+    batch = args.batch_sizes[0]
+    image, scores = par_inputs(args, cfg, batch, device)
+    weights = par_affinity_eager(image, cfg.par_dilations, cfg.par_temperature, cfg.par_pos_weight)
+    compiled_iteration = torch.compile(par_iteration_eager, dynamic=False)
     with torch.no_grad():
         start = time.perf_counter()
-        compiled_out = run(compiled_iteration)
+        compiled_out = iterate(compiled_iteration, scores, weights, cfg)
         bench.sync()
         compile_seconds = time.perf_counter() - start
-        eager_out = run(par_iteration)
-        eager_s = bench.median(lambda: run(par_iteration), args.warmup, args.breakdown_repeats)
-        compiled_s = bench.median(lambda: run(compiled_iteration), args.warmup, args.breakdown_repeats)
+        eager_out = iterate(par_iteration_eager, scores, weights, cfg)
+        eager_s = bench.median(
+            lambda: iterate(par_iteration_eager, scores, weights, cfg), args.warmup, args.breakdown_repeats
+        )
+        compiled_s = bench.median(
+            lambda: iterate(compiled_iteration, scores, weights, cfg), args.warmup, args.breakdown_repeats
+        )
     return dict(
         batch=batch,
         crop=args.crop,
@@ -684,6 +695,45 @@ def measure_par_compile(args, bench, model) -> dict:
         compiled_seconds=compiled_s,
         compile_seconds=compile_seconds,
         max_abs_diff=float((compiled_out - eager_out).abs().max()),
+    )
+
+
+def measure_par_kernels(args, bench, model, batch: int) -> dict:
+    """PAR's Triton kernels (`weclip_hf.par_triton`, taken where they run: CUDA) against the eager path on the same
+    inputs, runs interleaved: the neighbour weights and the config's iterations (3 maps), median times and max
+    abs differences."""
+    cfg, device = model.config, bench.device
+    image, scores = par_inputs(args, cfg, batch, device)
+    setting = (cfg.par_dilations, cfg.par_temperature, cfg.par_pos_weight)
+    weights = par_affinity_eager(image, *setting)
+    with torch.no_grad():
+        seconds = bench.paired_medians(
+            dict(
+                weights_eager=lambda: par_affinity_eager(image, *setting),
+                weights_kernel=lambda: par_affinity(image, *setting),
+                iterations_eager=lambda: iterate(par_iteration_eager, scores, weights, cfg),
+                iterations_kernel=lambda: iterate(par_iteration, scores, weights, cfg),
+            ),
+            args.warmup,
+            args.breakdown_repeats,
+        )
+        weights_diff = (par_affinity(image, *setting) - weights).abs().max()
+        refined_diff = (
+            (
+                iterate(par_iteration, scores, weights, cfg)
+                - iterate(par_iteration_eager, scores, weights, cfg)
+            )
+            .abs()
+            .max()
+        )
+    return dict(
+        batch=batch,
+        crop=args.crop,
+        iterations=cfg.par_num_iter,
+        neighbours=8 * len(cfg.par_dilations),
+        seconds=seconds,
+        weights_max_abs_diff=float(weights_diff),
+        refined_max_abs_diff=float(refined_diff),
     )
 
 
@@ -1138,6 +1188,23 @@ def render_table(result: dict) -> str:
             f"CLIP forward {1e3 * plain:.1f} ms (all blocks, SDPA)",
             f"**{s['sum'] / plain:.2f}x**",
         )
+    for c in result["par_kernels"]:
+        setting = f"batch {c['batch']}, {c['crop']}x{c['crop']}, {c['neighbours']} neighbours"
+        t = c["seconds"]
+        add(
+            "PAR weights: Triton kernel vs eager",
+            setting,
+            f"{1e3 * t['weights_kernel']:.2f} ms kernel (max abs diff {c['weights_max_abs_diff']:.1e})",
+            f"{1e3 * t['weights_eager']:.2f} ms eager",
+            f"**{t['weights_eager'] / t['weights_kernel']:.2f}x**",
+        )
+        add(
+            "PAR iterations: Triton kernel vs eager",
+            f"{setting}, 3 maps, {c['iterations']} iterations",
+            f"{1e3 * t['iterations_kernel']:.2f} ms kernel (max abs diff {c['refined_max_abs_diff']:.1e})",
+            f"{1e3 * t['iterations_eager']:.2f} ms eager",
+            f"**{t['iterations_eager'] / t['iterations_kernel']:.2f}x**",
+        )
     for c in result["par_compile"]:
         add(
             "PAR iterations: torch.compile vs eager",
@@ -1282,6 +1349,7 @@ def main(argv: list[str] | None = None) -> dict:
         training=[],
         breakdown=[],
         par_compile=[],
+        par_kernels=[],
         reference=[],
         inference=[],
     )
@@ -1294,6 +1362,10 @@ def main(argv: list[str] | None = None) -> dict:
                 measure_breakdown(args, bench, model, optimizer, args.batch_sizes[0], use_rfm)
             )
             print(f"  breakdown rfm {use_rfm} done", flush=True)
+    if triton_available(torch.zeros(1, device=device)):  # PAR's kernels run here: against the eager path
+        for batch in sorted({args.batch_sizes[0], args.batch_sizes[-1]}):
+            result["par_kernels"].append(measure_par_kernels(args, bench, model, batch))
+        print("  PAR kernels done", flush=True)
     if args.compile_par:
         result["par_compile"].append(measure_par_compile(args, bench, model))
         print(f"  PAR compile: {result['par_compile'][-1]['compile_seconds']:.1f} s to compile", flush=True)

@@ -1,11 +1,13 @@
 """The benchmark's tiny CPU mode runs end to end (so it cannot rot) and reports both pseudo-label paths,
-both PAR paths (eager, torch.compile) and WeCLIP+ next to WeCLIP."""
+the PAR paths (eager, torch.compile; PAR's Triton kernels under Triton's interpreter) and WeCLIP+ next to WeCLIP."""
 
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,6 +82,29 @@ def test_benchmark_tiny_runs_and_compares_both_paths(tmp_path):
     )
     assert len(compiled) == 1 and float(compiled[0][0]) < 1e-5 and float(compiled[0][1]) > 0, out
     assert output_json.is_file() and '"speedup"' in output_json.read_text()
+
+
+def test_benchmark_times_par_kernels_against_eager_where_they_run():
+    """Where PAR's Triton kernels run (CUDA; here Triton's interpreter on the CPU) the benchmark times them against
+    the eager path on the same inputs and reports both rows with their differences."""
+    pytest.importorskip("triton", reason="Triton is not installed (it comes with the dev extras on Linux)")
+    code = (
+        "import sys, torch; sys.path.insert(0, 'examples'); import benchmark as b; "
+        "args = b.parse_args(['--tiny', '--device', 'cpu', '--crop', '32', '--batch_sizes', '2', '--warmup', '0', "
+        "'--repeats', '1']); model = b.build_model(True, torch.device('cpu'), 0); "
+        "rows = [b.measure_par_kernels(args, b.Bench(torch.device('cpu')), model, 2)]; "
+        "print(b.render_table(dict(env=dict(device_type='cpu'), training=[], breakdown=[], par_kernels=rows, "
+        "par_compile=[], inference=[], reference=[])))"
+    )
+    out = run_offline([sys.executable, "-c", code], timeout=300, TRITON_INTERPRET="1")
+    rows = re.findall(
+        r"\| PAR (weights|iterations): Triton kernel vs eager \|.*max abs diff ([\d.e+-]+)\).*\*\*([\d.]+)x",
+        out,
+    )
+    assert [name for name, _, _ in rows] == ["weights", "iterations"], out
+    assert all(float(diff) < 1e-5 for _, diff, _ in rows), (
+        out
+    )  # (the interpreter is slow: no speed claim here)
 
 
 def test_flop_counter_counts_cpu_sdpa_like_eager_attention():

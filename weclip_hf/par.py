@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .chunking import concat_chunks, images_per_chunk
+from .par_triton import par_affinity_triton, par_iteration_triton, triton_available
 
 # The 8 neighbours of a 3x3 ring as (row, col) offsets in units of the dilation, in the official order
 # (0,0) (0,1) (0,2) (1,0) (1,2) (2,0) (2,1) (2,2) of the kernel grid.
@@ -37,10 +38,21 @@ def par_affinity(
 
     Colour: ``-(|I_n - I| / (sd + 1e-8) / w1)^2`` with sd the unbiased std over the neighbours, averaged
     over channels, softmax over neighbours. Position: ``-(dist / std(dist) / w1)^2`` (distance d or
-    d*sqrt(2)), softmax over neighbours, times ``pos_weight``, added. Accumulated view by view into one
-    scratch map, the softmax in place: the transient memory is the [8*D, B, H, W] result, not three
-    [B, 3, 8*D, H, W] stacks.
+    d*sqrt(2)), softmax over neighbours, times ``pos_weight``, added. One Triton kernel where it can run
+    (`weclip_hf.par_triton`), else `par_affinity_eager`.
     """
+    if triton_available(image):
+        key = tuple(dilations)
+        position = _position_term(key, temperature, image.device, image.dtype)
+        return par_affinity_triton(image, ring_offsets(key, image.device), position, temperature, pos_weight)
+    return par_affinity_eager(image, dilations, temperature, pos_weight)
+
+
+def par_affinity_eager(
+    image: torch.Tensor, dilations: list[int], temperature: float = 0.3, pos_weight: float = 0.01
+) -> torch.Tensor:
+    """`par_affinity` in eager PyTorch, accumulated view by view into one scratch map, the softmax in place: the
+    transient memory is the [8*D, B, H, W] result, not three [B, 3, 8*D, H, W] stacks."""
     views = ring_views(image, dilations)
     k = len(views)
     # unbiased std over the neighbours, two passes (mean, then squared deviations)
@@ -59,8 +71,8 @@ def par_affinity(
     # softmax of -distance over the neighbours, in place (shifted by the smallest distance)
     colour = distance.sub_(distance.amin(dim=0, keepdim=True)).neg_().exp_()
     colour /= colour.sum(dim=0, keepdim=True)
-    pos = _position_term(tuple(dilations), temperature, image.device, image.dtype)
-    return colour.add_(pos_weight * pos.view(-1, 1, 1, 1))
+    position = _position_term(tuple(dilations), temperature, image.device, image.dtype)
+    return colour.add_(pos_weight * position.view(-1, 1, 1, 1))
 
 
 @functools.lru_cache(maxsize=16)
@@ -73,6 +85,15 @@ def _position_term(
         [d * (math.sqrt(2) if dy and dx else 1.0) for d in dilations for dy, dx in _RING], dtype=dtype
     )
     return (-((dist / dist.std() / temperature) ** 2)).softmax(dim=0).to(device)
+
+
+@functools.lru_cache(maxsize=16)
+def ring_offsets(dilations: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """[2, 8*D] int32 (row, col) offsets of the ring neighbours in `ring_views`' order, made once per setting and
+    device."""
+    rows = [dy * d for d in dilations for dy, _ in _RING]
+    cols = [dx * d for d in dilations for _, dx in _RING]
+    return torch.tensor([rows, cols], dtype=torch.int32).to(device)
 
 
 @torch.no_grad()
@@ -123,7 +144,16 @@ def par_refine(
 
 def par_iteration(scores: torch.Tensor, weights: torch.Tensor, dilations: list[int]) -> torch.Tensor:
     """One PAR iteration: every score becomes the ``weights``-weighted sum of its ring neighbours' scores
-    (replicate padding). scores [B, C, H, W], weights [8*D, B, H, W] from `par_affinity`."""
+    (replicate padding). scores [B, C, H, W], weights [8*D, B, H, W] from `par_affinity`.
+
+    One Triton kernel where it can run (CUDA with Triton: `weclip_hf.par_triton`), else `par_iteration_eager`."""
+    if triton_available(scores) and weights.dtype == torch.float32:
+        return par_iteration_triton(scores, weights, ring_offsets(tuple(dilations), scores.device))
+    return par_iteration_eager(scores, weights, dilations)
+
+
+def par_iteration_eager(scores: torch.Tensor, weights: torch.Tensor, dilations: list[int]) -> torch.Tensor:
+    """`par_iteration` in eager PyTorch, built for a CPU's cache: the maps accumulate neighbour by neighbour."""
     refined = torch.zeros_like(scores)
     # accumulate neighbour by neighbour: never materializes the [B, C, 8*D, H, W] neighbour stack
     for view, weight in zip(ring_views(scores, dilations), weights.unsqueeze(2)):

@@ -1,0 +1,97 @@
+"""PAR's Triton kernels (`weclip_hf.par_triton`, what `par_affinity` and `par_iteration` run on CUDA) against the
+eager path: on a CPU under Triton's interpreter (a subprocess with ``TRITON_INTERPRET=1``, which must be set before
+Triton compiles anything), and on a GPU when there is one."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from weclip_hf.par import par_affinity, par_affinity_eager, par_iteration, par_iteration_eager, par_refine
+
+# (batch, maps, height, width, dilations): odd sizes that are no multiple of the kernel's block; one map; 21 maps
+# (VOC with every class, 32 map slots in the kernel); dilations larger than the image (every neighbour clamped)
+CASES = [
+    (2, 3, 23, 37, [1, 2, 4, 8, 12, 24]),
+    (1, 1, 5, 4, [1, 3]),
+    (2, 21, 9, 11, [1, 2, 4]),
+    (1, 2, 17, 16, [1, 2, 4, 8, 12, 24]),
+]
+
+
+def kernel_vs_eager(device: str) -> dict:
+    """Max abs differences between the kernels (`par_affinity`, `par_iteration` on ``device``) and the eager path
+    (on the CPU) for each case, and between `par_refine` (5 iterations) and the eager path on the first."""
+    g = torch.Generator().manual_seed(0)
+    diffs = {}
+    for b, c, h, w, dilations in CASES:
+        image = torch.randn(b, 3, h, w, generator=g)
+        scores = torch.rand(b, c, h, w, generator=g)
+        weights = par_affinity_eager(image, dilations)
+        ours = par_affinity(image.to(device), dilations).cpu()
+        diffs[f"weights {b}x3x{h}x{w} d={dilations}"] = float((ours - weights).abs().max())
+        ours = par_iteration(scores.to(device), weights.to(device), dilations).cpu()
+        expected = par_iteration_eager(scores, weights, dilations)
+        diffs[f"iteration {b}x{c}x{h}x{w} d={dilations}"] = float((ours - expected).abs().max())
+    b, c, h, w, dilations = CASES[0]
+    image, scores = torch.randn(b, 3, h, w, generator=g), torch.rand(b, c, h, w, generator=g)
+    weights, expected = par_affinity_eager(image, dilations), scores
+    for _ in range(5):
+        expected = par_iteration_eager(expected, weights, dilations)
+    refined = par_refine(image.to(device), scores.to(device), dilations, num_iter=5).cpu()
+    diffs["par_refine, 5 iterations"] = float((refined - expected).abs().max())
+    return diffs
+
+
+def test_kernels_match_the_eager_path_under_the_interpreter():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("this test starts the interpreter itself")
+    pytest.importorskip("triton", reason="Triton is not installed (it comes with the dev extras on Linux)")
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import torch; "
+        "from weclip_hf.par_triton import triton_available; "
+        "assert triton_available(torch.zeros(1)), 'the interpreter did not take the kernel path'; "
+        "from test_par_triton import kernel_vs_eager; print(json.dumps(kernel_vs_eager('cpu')))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent)],
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    diffs = json.loads(run.stdout.strip().splitlines()[-1])
+    assert len(diffs) == 2 * len(CASES) + 1
+    assert_close_to_eager(diffs)
+
+
+def assert_close_to_eager(diffs: dict) -> None:
+    """float32 sums in another order than the eager path's: a few ulps of weights and scores in [0, 1] per pass
+    (measured under the interpreter: <= 1e-6 per pass, 1.5e-6 after 5 iterations)."""
+    for name, diff in diffs.items():
+        assert diff <= (1e-5 if name.startswith("par_refine") else 3e-6), diffs
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device (the interpreter test covers the kernel)"
+)
+def test_kernels_match_the_eager_path_on_cuda():
+    assert_close_to_eager(kernel_vs_eager("cuda"))
+    # a training-size refinement on the GPU: 20 iterations at 320x320, the labels (argmax) as the model takes them
+    g = torch.Generator().manual_seed(1)
+    image = torch.nn.functional.interpolate(
+        torch.randn(2, 3, 10, 10, generator=g), size=(320, 320), mode="bilinear"
+    )
+    image, scores = image.cuda(), torch.rand(2, 3, 320, 320, generator=g).cuda()
+    dilations = [1, 2, 4, 8, 12, 24]
+    refined = par_refine(image, scores, dilations)
+    weights, expected = par_affinity_eager(image, dilations), scores
+    for _ in range(20):
+        expected = par_iteration_eager(expected, weights, dilations)
+    assert float((refined - expected).abs().max()) <= 1e-4
+    assert (refined.argmax(1) == expected.argmax(1)).float().mean() >= 0.999
