@@ -24,9 +24,10 @@ run() {  # run PRECISION [flags]: one benchmark run, its JSON and log under OUT_
     PYTHONUNBUFFERED=1 "$python" examples/benchmark.py --autocast "$precision" --reference_warmup 0 \
         --reference_repeats 1 --output_json "$out/bench_$precision.json" "$@" 2>&1 | tee "$out/bench_$precision.log"
 }
-run bf16 --method weclip_plus "$@"  # everything: training, breakdown, inference, reference; WeCLIP+ next to WeCLIP
-# fp32 for comparison (lighter), PAR compiled, and each operator's share of a step (torch.profiler: after the
-# bf16 run, so that a profiler failure loses none of its figures)
+# everything: training, breakdown, PAR's kernels vs eager, reference, inference, WeCLIP+ next to WeCLIP, and each
+# operator's share of a step (torch.profiler, after every timed figure of the run)
+run bf16 --method weclip_plus --profile_ops "$@"
+# fp32 for comparison (lighter), PAR's eager iterations compiled
 run none --batch_sizes 4,64 --no_breakdown --compile_par --profile_ops "$@"
 # native half-precision weights vs float32 (inference time and peak memory), on the GPU only
 if "$python" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
