@@ -202,6 +202,32 @@ def test_hub_position_rule_matches_the_hub_model(size):
     assert (hf_rule - expected).abs().max() > 1e-2
 
 
+def test_hub_positions_are_kept_per_grid_and_remade_when_the_embeddings_change():
+    embeddings = WeCLIPPlusDinoBranch(make_tiny_plus_config()).backbone.embeddings
+    position = embeddings.position_embeddings
+    patch = embeddings.patch_embeddings.patch_size[0]
+
+    def resized(grid):
+        tokens = torch.zeros(1, 1 + grid[0] * grid[1], position.shape[-1])
+        return embeddings.interpolate_pos_encoding(tokens, grid[0] * patch, grid[1] * patch)
+
+    with torch.no_grad():
+        first = resized((5, 7))
+        assert resized((5, 7)) is first  # kept
+        torch.testing.assert_close(first, hub_position_embeddings(position, (5, 7)), rtol=0, atol=0)
+        other = resized((6, 6))
+        torch.testing.assert_close(other, hub_position_embeddings(position, (6, 6)), rtol=0, atol=0)
+        position.mul_(2.0)  # in place: a new version
+        torch.testing.assert_close(resized((6, 6)), hub_position_embeddings(position, (6, 6)), rtol=0, atol=0)
+        embeddings.load_state_dict(
+            {**embeddings.state_dict(), "position_embeddings": torch.ones_like(position)}
+        )
+        torch.testing.assert_close(resized((6, 6)), hub_position_embeddings(position, (6, 6)), rtol=0, atol=0)
+        assert torch.allclose(resized((6, 6))[0, 1:], torch.ones(()))  # the loaded values
+    position.requires_grad_(True)  # a trained DINO: never a kept copy, the gradient flows
+    assert resized((6, 6)).requires_grad
+
+
 def test_position_rules_agree_on_the_native_grid():
     pos = torch.randn(1, 1 + 37 * 37, 8)
     assert torch.equal(hub_position_embeddings(pos, (37, 37), offset=0.0)[:, 1:], pos[:, 1:])

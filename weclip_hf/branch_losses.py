@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from .configuration_weclip_plus import WeCLIPPlusConfig
 from .losses import affinity_loss, affinity_targets, segmentation_loss
+from .upsampling import upsample_bilinear
 
 DICE_EPS = 1e-7
 
@@ -29,10 +29,26 @@ def dice_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 25
     weight = valid.flatten().float()
     probs = logits.float().softmax(dim=1)
     true_prob = probs.gather(1, target.view_as(labels)[:, None]).flatten() * weight
-    inter = probs.new_zeros(k).scatter_add_(0, target, true_prob)
-    label_count = probs.new_zeros(k).scatter_add_(0, target, weight)
+    inter = _ClassSums.apply(true_prob, target, k)
+    label_count = torch.bincount(target, weights=weight, minlength=k).to(probs.dtype)
     prob_sum = (probs * valid[:, None]).sum(dim=(0, 2, 3))
     return 1 - (2 * inter / (prob_sum + label_count + DICE_EPS)).mean()
+
+
+class _ClassSums(torch.autograd.Function):
+    """``sums[k] = sum of values[i] over i with classes[i] == k`` (differentiable in ``values``): `torch.bincount`,
+    a per-block histogram on CUDA, where ``scatter_add_`` makes every pixel's atomic add collide on K addresses."""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, classes: torch.Tensor, num_classes: int) -> torch.Tensor:
+        ctx.save_for_backward(classes)
+        return torch.bincount(classes, weights=values, minlength=num_classes).to(values.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_sums: torch.Tensor):
+        (classes,) = ctx.saved_tensors
+        return grad_sums[classes], None, None
 
 
 def branch_predictions(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,8 +139,7 @@ def weclip_plus_losses(
     grid = tuple(logits.shape[-2:])
     size = labels.shape[-2:]
     full, full_clip, full_dino = (
-        F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False)
-        for x in (logits, logits_clip, logits_dino)
+        upsample_bilinear(x.float(), tuple(size)) for x in (logits, logits_clip, logits_dino)
     )
     aff_targets = affinity_targets(labels, grid, config.affinity_radius, ignore_index)
     ignore = labels == ignore_index

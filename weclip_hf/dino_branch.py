@@ -52,14 +52,28 @@ def hub_position_embeddings(
 
 
 class Dinov2EmbeddingsWithHubPositions(Dinov2Embeddings):
-    """`Dinov2Embeddings` that resize the position embeddings by the torch.hub rule."""
+    """`Dinov2Embeddings` that resize the position embeddings by the torch.hub rule.
+
+    The frozen DINO's resized embeddings are kept for the next forward of the same grid (a bicubic resize of a
+    [D, 37, 37] grid per step is a slow small kernel on CUDA): the kept copy is remade when the grid, the
+    embeddings' tensor, storage or version (any in-place change, e.g. `load_state_dict`) or the inference mode
+    differs, and never used while the embeddings take gradients."""
 
     def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        num_positions = self.position_embeddings.shape[1] - 1
+        position = self.position_embeddings
+        num_positions = position.shape[1] - 1
         if embeddings.shape[1] - 1 == num_positions and height == width:  # the native grid (both libraries)
-            return self.position_embeddings
+            return position
         patch_h, patch_w = self.patch_embeddings.patch_size
-        return hub_position_embeddings(self.position_embeddings, (height // patch_h, width // patch_w))
+        grid = (height // patch_h, width // patch_w)
+        if torch.is_grad_enabled() and position.requires_grad:
+            return hub_position_embeddings(position, grid)
+        key = (grid, id(position), position.data_ptr(), position._version, torch.is_inference_mode_enabled())
+        kept = getattr(self, "_resized_positions", None)
+        if kept is None or kept[0] != key:
+            kept = (key, hub_position_embeddings(position.detach(), grid))
+            self._resized_positions = kept  # a plain attribute: not a buffer, not in the state dict
+        return kept[1]
 
 
 def with_hub_positions(embeddings: Dinov2Embeddings) -> Dinov2EmbeddingsWithHubPositions:

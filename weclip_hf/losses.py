@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from .chunking import images_per_chunk
 from .patch_grid import grid_neighbourhood
+from .upsampling import upsample_bilinear_channels_last, upsample_bilinear_channels_last_adjoint
 
 
 def _global_count(count: torch.Tensor, across_processes: bool) -> tuple[torch.Tensor, int]:
@@ -80,20 +81,15 @@ class _UpsampledCrossEntropy(torch.autograd.Function):
             # d/dscores = weight * (softmax - onehot(target)), in place on the remade scores
             grad = _upsampled_scores(z, t.shape[-2:]).sub_(s[..., None]).exp_().mul_(scaled)
             grad.scatter_add_(-1, t[..., None], -scaled)
-            grads.append(
-                torch.ops.aten.upsample_bilinear2d_backward(
-                    grad.permute(0, 3, 1, 2), list(t.shape[-2:]), list(z.shape), False
-                ).to(z.dtype)
-            )
+            grads.append(upsample_bilinear_channels_last_adjoint(grad, z.shape[-2:]).to(z.dtype))
         return torch.cat(grads), None, None
 
 
 def _upsampled_scores(logits: torch.Tensor, size: torch.Size) -> torch.Tensor:
     """Bilinear (align_corners=False) upsampling of [b, C, h, w] logits to ``size``, as [b, H, W, C] in at least
-    float32: the class dimension innermost (channels last), where the CPU's class reductions are fastest."""
-    logits = logits.contiguous(memory_format=torch.channels_last)
-    up = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-    return up.to(_score_dtype(logits)).permute(0, 2, 3, 1)
+    float32: the class dimension innermost (channels last), where the CPU's class reductions are fastest
+    (`weclip_hf.upsampling`: matrix products, whose adjoint the backward takes)."""
+    return upsample_bilinear_channels_last(logits.to(_score_dtype(logits)), tuple(size))
 
 
 def _score_dtype(logits: torch.Tensor) -> torch.dtype:

@@ -1,0 +1,80 @@
+"""Bilinear resizing as matrix products (`weclip_hf.upsampling`) is `F.interpolate(..., "bilinear",
+align_corners=False)`, forward and backward; the Dice loss's class sums (`bincount`) are ``scatter_add_``'s."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from weclip_hf.branch_losses import _ClassSums, dice_loss
+from weclip_hf.upsampling import (
+    upsample_bilinear,
+    upsample_bilinear_channels_last,
+    upsample_bilinear_channels_last_adjoint,
+)
+
+# (input grid, output size): the losses' 16x from the patch grid (square and VOC-shaped), odd ratios, identity,
+# downsampling, a single pixel
+SIZES = [
+    ((20, 20), (320, 320)),
+    ((24, 32), (384, 512)),
+    ((7, 5), (50, 33)),
+    ((13, 13), (13, 13)),
+    ((9, 12), (4, 5)),
+    ((1, 1), (5, 3)),
+]
+
+
+@pytest.mark.parametrize("grid,size", SIZES)
+def test_matches_interpolate_forward_and_backward(grid, size):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, *grid, generator=g, dtype=torch.float64, requires_grad=True)
+    expected = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    ours = upsample_bilinear(x, size)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        upsample_bilinear_channels_last(x, size), expected.permute(0, 2, 3, 1), rtol=0, atol=1e-12
+    )
+    grad = torch.randn(expected.shape, generator=g, dtype=torch.float64)
+    (expected_grad,) = torch.autograd.grad(expected, x, grad)
+    torch.testing.assert_close(torch.autograd.grad(ours, x, grad)[0], expected_grad, rtol=0, atol=1e-12)
+    adjoint = upsample_bilinear_channels_last_adjoint(grad.permute(0, 2, 3, 1).contiguous(), grid)
+    torch.testing.assert_close(adjoint, expected_grad, rtol=0, atol=1e-12)
+
+
+def test_float32_and_autocast_stay_float32():
+    """float32 within float32 rounding of `F.interpolate`; an ambient bf16 autocast does not round the products."""
+    x = torch.randn(2, 21, 20, 20, generator=torch.Generator().manual_seed(1))
+    expected = F.interpolate(x, size=(320, 320), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(upsample_bilinear(x, (320, 320)), expected, rtol=0, atol=2e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = upsample_bilinear(x, (320, 320))
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, expected, rtol=0, atol=2e-6)
+
+
+def test_class_sums_are_scatter_add_with_its_gradient():
+    g = torch.Generator().manual_seed(2)
+    values = torch.rand(500, generator=g, dtype=torch.float64, requires_grad=True)
+    classes = torch.randint(0, 7, (500,), generator=g)
+    classes[classes == 3] = 4  # a class with no member sums to 0
+    sums = _ClassSums.apply(values, classes, 7)
+    torch.testing.assert_close(sums, values.new_zeros(7).scatter_add_(0, classes, values))
+    assert sums[3] == 0
+    assert torch.autograd.gradcheck(lambda v: _ClassSums.apply(v, classes, 7), (values,))
+
+
+def test_dice_gradient_matches_a_one_hot_formulation():
+    """`dice_loss` (class sums by bincount; float32) against the same Dice written with a one-hot mask, value and
+    gradient."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 5, 9, 11, generator=g, requires_grad=True)
+    labels = torch.randint(0, 5, (2, 9, 11), generator=g)
+    labels[0, :2] = 255
+    probs = logits.softmax(dim=1)
+    one_hot = labels[:, None] == torch.arange(5).view(1, 5, 1, 1)  # ignored pixels match no class
+    valid = (labels != 255)[:, None]
+    union = (probs * valid).sum((0, 2, 3)) + one_hot.sum((0, 2, 3))
+    expected = 1 - (2 * (probs * one_hot).sum((0, 2, 3)) / (union + 1e-7)).mean()
+    ours = dice_loss(logits, labels)
+    torch.testing.assert_close(ours, expected)
+    torch.testing.assert_close(torch.autograd.grad(ours, logits)[0], torch.autograd.grad(expected, logits)[0])
