@@ -95,3 +95,14 @@ def test_kernels_match_the_eager_path_on_cuda():
         expected = par_iteration_eager(expected, weights, dilations)
     assert float((refined - expected).abs().max()) <= 1e-4
     assert (refined.argmax(1) == expected.argmax(1)).float().mean() >= 0.999
+
+
+def test_cuda_devices_older_than_triton_supports_take_the_eager_path(monkeypatch):
+    from weclip_hf import par_triton
+
+    par_triton._compiles_for.cache_clear()
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index: {0: (6, 1), 1: (9, 0)}[index])
+    try:
+        assert not par_triton._compiles_for(0) and par_triton._compiles_for(1)
+    finally:
+        par_triton._compiles_for.cache_clear()

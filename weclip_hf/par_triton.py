@@ -11,6 +11,7 @@ how the tests check them without a GPU.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import torch
@@ -23,11 +24,18 @@ except ImportError:  # CPU-only PyTorch: the eager path runs
 
 
 def triton_available(tensor: torch.Tensor) -> bool:
-    """Whether the kernels take ``tensor``: float32, Triton installed, and a CUDA device (or Triton's interpreter,
-    on any device)."""
+    """Whether the kernels take ``tensor``: float32, Triton installed, and a CUDA device that Triton compiles for
+    (compute capability 7.0 or newer, as `torch.compile` requires; or Triton's interpreter, on any device)."""
     if triton is None or tensor.dtype != torch.float32:
         return False
-    return tensor.device.type == "cuda" or _interpreting()
+    if _interpreting():
+        return True
+    return tensor.device.type == "cuda" and _compiles_for(tensor.device.index)
+
+
+@functools.cache
+def _compiles_for(device_index: int | None) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] >= 7
 
 
 def _interpreting() -> bool:
