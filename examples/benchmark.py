@@ -363,6 +363,7 @@ class HostSyncFinder(TorchDispatchMode):
         "unique": "unique: output shape depends on the data",
         "_unique2": "unique: output shape depends on the data",
         "repeat_interleave": "repeat_interleave with tensor repeats",
+        "bincount": "bincount: reads the input's largest value on the host (CUDA)",
     }
 
     def __init__(self):

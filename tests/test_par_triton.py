@@ -106,3 +106,33 @@ def test_cuda_devices_older_than_triton_supports_take_the_eager_path(monkeypatch
         assert not par_triton._compiles_for(0) and par_triton._compiles_for(1)
     finally:
         par_triton._compiles_for.cache_clear()
+
+
+def test_kernel_inputs_are_checked_before_a_launch():
+    """The kernels index without bounds checks: a wrongly shaped or typed input is refused with its name."""
+    pytest.importorskip("triton", reason="Triton is not installed (it comes with the dev extras on Linux)")
+    from weclip_hf.par import ring_offsets
+    from weclip_hf.par_triton import par_affinity_triton, par_iteration_triton
+
+    offsets = ring_offsets((1, 2), torch.device("cpu"))  # 16 neighbours
+    scores = torch.rand(2, 3, 5, 6)
+    with pytest.raises(ValueError, match=r"weights of shape \(16, 1, 5, 6\)"):
+        par_iteration_triton(scores, torch.rand(16, 1, 5, 6), offsets)
+    with pytest.raises(ValueError, match="offsets"):
+        par_iteration_triton(scores, torch.rand(16, 2, 5, 6), offsets.long())
+    with pytest.raises(ValueError, match=r"position of shape \(8,\)"):
+        par_affinity_triton(torch.rand(2, 3, 5, 6), offsets, torch.rand(8), 0.3, 0.01)
+
+
+def test_the_kernels_are_not_taken_where_a_gradient_is_asked_for(monkeypatch):
+    """The kernels have no backward: a tensor that requires grad (with grad enabled) takes the eager path."""
+    from weclip_hf import par_triton
+
+    if par_triton.triton is None:
+        pytest.skip("Triton is not installed (it comes with the dev extras on Linux)")
+    monkeypatch.setattr(par_triton, "INTERPRETING", True)  # "a device the kernels run on"
+    x = torch.zeros(2, requires_grad=True)
+    assert par_triton.triton_available(torch.zeros(2))
+    assert not par_triton.triton_available(x) and not par_triton.triton_available(torch.zeros(2).double())
+    with torch.no_grad():
+        assert par_triton.triton_available(x)

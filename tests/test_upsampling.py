@@ -1,11 +1,11 @@
 """Bilinear resizing as matrix products (`weclip_hf.upsampling`) is `F.interpolate(..., "bilinear",
-align_corners=False)`, forward and backward; the Dice loss's class sums (`bincount`) are ``scatter_add_``'s."""
+align_corners=False)`, forward and backward; the Dice loss's class sums (masked on CUDA) are ``scatter_add_``'s."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from weclip_hf.branch_losses import _ClassSums, dice_loss
+from weclip_hf.branch_losses import _class_sums_masked, _class_sums_scattered, dice_loss
 from weclip_hf.upsampling import (
     upsample_bilinear,
     upsample_bilinear_channels_last,
@@ -41,6 +41,17 @@ def test_matches_interpolate_forward_and_backward(grid, size):
     torch.testing.assert_close(adjoint, expected_grad, rtol=0, atol=1e-12)
 
 
+def test_weights_made_under_inference_mode_serve_a_later_backward():
+    """The weight matrices are kept across calls: one first made under `torch.inference_mode` (evaluation) must
+    not be an inference tensor when a training step saves it for its backward."""
+    x = torch.randn(1, 2, 11, 13)
+    with torch.inference_mode():
+        upsample_bilinear(x, (37, 41))
+    x.requires_grad_(True)
+    upsample_bilinear(x, (37, 41)).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 def test_float32_and_autocast_stay_float32():
     """float32 within float32 rounding of `F.interpolate`; an ambient bf16 autocast does not round the products."""
     x = torch.randn(2, 21, 20, 20, generator=torch.Generator().manual_seed(1))
@@ -52,19 +63,25 @@ def test_float32_and_autocast_stay_float32():
     torch.testing.assert_close(ours, expected, rtol=0, atol=2e-6)
 
 
-def test_class_sums_are_scatter_add_with_its_gradient():
+def test_class_sums_masked_equal_scattered_with_their_gradients():
+    """The Dice loss's class sums: the CUDA formulation (masked sums) equals the CPU one (``scatter_add_``)."""
     g = torch.Generator().manual_seed(2)
-    values = torch.rand(500, generator=g, dtype=torch.float64, requires_grad=True)
-    classes = torch.randint(0, 7, (500,), generator=g)
-    classes[classes == 3] = 4  # a class with no member sums to 0
-    sums = _ClassSums.apply(values, classes, 7)
-    torch.testing.assert_close(sums, values.new_zeros(7).scatter_add_(0, classes, values))
-    assert sums[3] == 0
-    assert torch.autograd.gradcheck(lambda v: _ClassSums.apply(v, classes, 7), (values,))
+    probs = torch.rand(2, 7, 9, 11, generator=g, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 7, (2, 9, 11), generator=g)
+    labels[labels == 3] = 4  # a class with no pixel sums to 0
+    labels[0, :2] = 255
+    valid = labels != 255
+    masked, scattered = _class_sums_masked(probs, labels, valid), _class_sums_scattered(probs, labels, valid)
+    for ours, theirs in zip(masked, scattered):
+        torch.testing.assert_close(ours, theirs)
+    assert masked[0][3] == 0 and masked[1][3] == 0
+    weights = torch.rand(7, generator=g, dtype=torch.float64)
+    grads = [torch.autograd.grad((sums[0] * weights).sum(), probs)[0] for sums in (masked, scattered)]
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 def test_dice_gradient_matches_a_one_hot_formulation():
-    """`dice_loss` (class sums by bincount; float32) against the same Dice written with a one-hot mask, value and
+    """`dice_loss` (float32) against the same Dice written with a one-hot mask, value and
     gradient."""
     g = torch.Generator().manual_seed(3)
     logits = torch.randn(2, 5, 9, 11, generator=g, requires_grad=True)

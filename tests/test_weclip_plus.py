@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -226,6 +227,9 @@ def test_hub_positions_are_kept_per_grid_and_remade_when_the_embeddings_change()
         assert torch.allclose(resized((6, 6))[0, 1:], torch.ones(()))  # the loaded values
     position.requires_grad_(True)  # a trained DINO: never a kept copy, the gradient flows
     assert resized((6, 6)).requires_grad
+    position.requires_grad_(False)
+    with torch.no_grad(), mock.patch.object(torch.compiler, "is_compiling", return_value=True):
+        assert resized((6, 6)) is not resized((6, 6))  # traced by torch.compile: never a kept copy
 
 
 def test_position_rules_agree_on_the_native_grid():

@@ -56,8 +56,11 @@ class Dinov2EmbeddingsWithHubPositions(Dinov2Embeddings):
 
     The frozen DINO's resized embeddings are kept for the next forward of the same grid (a bicubic resize of a
     [D, 37, 37] grid per step is a slow small kernel on CUDA): the kept copy is remade when the grid, the
-    embeddings' tensor, storage or version (any in-place change, e.g. `load_state_dict`) or the inference mode
-    differs, and never used while the embeddings take gradients."""
+    embeddings' tensor, storage, dtype, device or version (any in-place change through the tensor, e.g.
+    `load_state_dict`) or the inference mode differs; the entry holds the embeddings it was made from, so their
+    storage cannot be reused by another tensor while it is kept. Not kept while the embeddings take gradients or
+    under `torch.compile` (which traces the resize). Edits through ``.data`` bypass the version: call
+    `interpolate_pos_encoding` after such an edit only with a new grid, or delete ``_resized_positions``."""
 
     def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
         position = self.position_embeddings
@@ -66,12 +69,21 @@ class Dinov2EmbeddingsWithHubPositions(Dinov2Embeddings):
             return position
         patch_h, patch_w = self.patch_embeddings.patch_size
         grid = (height // patch_h, width // patch_w)
-        if torch.is_grad_enabled() and position.requires_grad:
+        if (torch.is_grad_enabled() and position.requires_grad) or torch.compiler.is_compiling():
             return hub_position_embeddings(position, grid)
-        key = (grid, id(position), position.data_ptr(), position._version, torch.is_inference_mode_enabled())
+        key = (
+            grid,
+            id(position),
+            position.data_ptr(),
+            position.dtype,
+            position.device,
+            position._version,
+            torch.is_inference_mode_enabled(),
+        )
         kept = getattr(self, "_resized_positions", None)
         if kept is None or kept[0] != key:
-            kept = (key, hub_position_embeddings(position.detach(), grid))
+            source = position.detach()  # held in the entry: its storage stays this tensor's
+            kept = (key, hub_position_embeddings(source, grid), source)
             self._resized_positions = kept  # a plain attribute: not a buffer, not in the state dict
         return kept[1]
 

@@ -147,7 +147,7 @@ def par_iteration(scores: torch.Tensor, weights: torch.Tensor, dilations: list[i
     (replicate padding). scores [B, C, H, W], weights [8*D, B, H, W] from `par_affinity`.
 
     One Triton kernel where it can run (CUDA with Triton: `weclip_hf.par_triton`), else `par_iteration_eager`."""
-    if triton_available(scores) and weights.dtype == torch.float32:
+    if triton_available(scores) and triton_available(weights):
         return par_iteration_triton(scores, weights, ring_offsets(tuple(dilations), scores.device))
     return par_iteration_eager(scores, weights, dilations)
 

@@ -23,12 +23,17 @@ except ImportError:  # CPU-only PyTorch: the eager path runs
     triton = None
 
 
+# Triton takes its interpreter or its compiler when the kernels are defined, at import: read the switch once then
+INTERPRETING = triton is not None and os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def triton_available(tensor: torch.Tensor) -> bool:
-    """Whether the kernels take ``tensor``: float32, Triton installed, and a CUDA device that Triton compiles for
-    (compute capability 7.0 or newer, as `torch.compile` requires; or Triton's interpreter, on any device)."""
-    if triton is None or tensor.dtype != torch.float32:
+    """Whether the kernels take ``tensor``: float32, no gradient asked for (the kernels have no backward), Triton
+    installed, and a CUDA device that Triton compiles for (compute capability 7.0 or newer, as `torch.compile`
+    requires; or Triton's interpreter, on any device)."""
+    if triton is None or tensor.dtype != torch.float32 or (tensor.requires_grad and torch.is_grad_enabled()):
         return False
-    if _interpreting():
+    if INTERPRETING:
         return True
     return tensor.device.type == "cuda" and _compiles_for(tensor.device.index)
 
@@ -36,10 +41,6 @@ def triton_available(tensor: torch.Tensor) -> bool:
 @functools.cache
 def _compiles_for(device_index: int | None) -> bool:
     return torch.cuda.get_device_capability(device_index)[0] >= 7
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 if triton is not None:
@@ -143,14 +144,15 @@ if triton is not None:
         BLOCK: tl.constexpr,
     ):
         """out[b, c, p] = sum_n weights[n, b, p] * scores[b, c, clamp(p + offset_n)], for a block of pixels p of
-        image b and all of its maps c."""
+        image b and a block of MAPS of its maps c (the third grid axis: at most 16 maps per program, so that the
+        accumulator stays in registers for any class count)."""
         image = tl.program_id(1)
         pixels = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         plane = height * width
         in_image = pixels < plane
         row = pixels // width
         col = pixels % width
-        map_index = tl.arange(0, MAPS)
+        map_index = tl.program_id(2) * MAPS + tl.arange(0, MAPS)
         bases = (image * maps + map_index).to(tl.int64) * plane
         mask = (map_index < maps)[:, None] & in_image[None, :]
         acc = tl.zeros((MAPS, BLOCK), dtype=tl.float32)
@@ -159,6 +161,22 @@ if triton is not None:
             index = _neighbour_index(offsets_ptr, row, col, height, width, neighbours, n)
             acc += weight[None, :] * _gather(scores_ptr, bases, index, mask)
         tl.store(out_ptr + bases[:, None] + pixels[None, :], acc, mask=mask)
+
+
+def _check_launch(
+    data: torch.Tensor, other: torch.Tensor, shape: tuple[int, ...], offsets: torch.Tensor, name: str
+) -> None:
+    """The kernels index without bounds checks: refuse a wrongly shaped, typed or placed input before a launch."""
+    if data.dim() != 4 or tuple(other.shape) != shape or other.dtype != torch.float32:
+        raise ValueError(
+            f"PAR kernel: {name} of shape {tuple(other.shape)} / {other.dtype}, expected {shape} float32"
+        )
+    if offsets.shape[0] != 2 or offsets.dtype != torch.int32:
+        raise ValueError(
+            f"PAR kernel: offsets of shape {tuple(offsets.shape)} / {offsets.dtype}, expected [2, N] int32"
+        )
+    if not (other.device == offsets.device == data.device):
+        raise ValueError(f"PAR kernel: inputs on {data.device}, {other.device} and {offsets.device}")
 
 
 def _on_device(tensor: torch.Tensor):
@@ -172,23 +190,15 @@ def par_iteration_triton(scores: torch.Tensor, weights: torch.Tensor, offsets: t
     float32 from `par_affinity`, offsets [2, 8*D] int32 (row, col) of the neighbours in the weights' order ->
     [B, C, H, W]."""
     b, c, h, w = scores.shape
+    _check_launch(scores, weights, (offsets.shape[1], b, h, w), offsets, "weights")
     scores = scores.contiguous()
     weights = weights.contiguous()
     out = torch.empty_like(scores)
     block = 256
     with _on_device(scores):
-        _par_iteration_kernel[(triton.cdiv(h * w, block), b)](
-            scores,
-            weights,
-            offsets,
-            out,
-            b,
-            c,
-            h,
-            w,
-            offsets.shape[1],
-            MAPS=triton.next_power_of_2(c),
-            BLOCK=block,
+        maps = min(triton.next_power_of_2(c), 16)
+        _par_iteration_kernel[(triton.cdiv(h * w, block), b, triton.cdiv(c, maps))](
+            scores, weights, offsets, out, b, c, h, w, offsets.shape[1], MAPS=maps, BLOCK=block
         )
     return out
 
@@ -200,6 +210,7 @@ def par_affinity_triton(
     position [8*D] float32 (the position softmax) -> weights [8*D, B, H, W]."""
     b, c, h, w = image.shape
     k = offsets.shape[1]
+    _check_launch(image, position, (k,), offsets, "position")
     out = image.new_empty(k, b, h, w)
     block = 128
     with _on_device(image):

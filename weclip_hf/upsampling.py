@@ -4,6 +4,8 @@ per axis, for the losses' upsampling of logits to the label size.
 Equal to `F.interpolate` up to float summation order, and its backward is two matrix products too: PyTorch's own
 bilinear backward scatters every output pixel's gradient into four input pixels, with atomic adds on CUDA that
 collide when the factor is large (16x from the patch grid: each input pixel takes from ~1,000 output pixels).
+The products run in the input's dtype without autocast; with TF32 matmuls allowed on CUDA
+(`torch.backends.cuda.matmul.allow_tf32`) they run in TF32, like the model's own products.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ import torch
 @functools.lru_cache(maxsize=32)
 def bilinear_weights(size_out: int, size_in: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """[size_out, size_in] interpolation matrix of one axis: source ``(i + 0.5) * size_in / size_out - 0.5``
-    clamped at 0, weights ``1 - l`` and ``l`` on its two neighbours (the last pixel repeated at the border)."""
+    clamped at 0, weights ``1 - l`` and ``l`` on its two neighbours (the last pixel repeated at the border).
+    Made outside any inference mode (an inference tensor, kept here, could not be saved for a later backward)."""
+    with torch.inference_mode(False):
+        return _interpolation_matrix(size_out, size_in).to(device=device, dtype=dtype)
+
+
+def _interpolation_matrix(size_out: int, size_in: int) -> torch.Tensor:
     source = ((torch.arange(size_out, dtype=torch.float64) + 0.5) * (size_in / size_out) - 0.5).clamp(min=0)
     low = source.floor().long().clamp(max=size_in - 1)
     high = (low + 1).clamp(max=size_in - 1)
@@ -25,7 +33,7 @@ def bilinear_weights(size_out: int, size_in: int, device: torch.device, dtype: t
     weights = torch.zeros(size_out, size_in, dtype=torch.float64)
     weights.index_put_((rows, low), 1 - frac, accumulate=True)
     weights.index_put_((rows, high), frac, accumulate=True)
-    return weights.to(device=device, dtype=dtype)
+    return weights
 
 
 def _axis_weights(x: torch.Tensor, size_in: tuple[int, int], size: tuple[int, int]):
