@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 6's GPU measurements in one command: examples/benchmark.py under bf16 autocast (what the speed
 # targets need), then in fp32, each compared with the fp32 reference path once (on a CPU copy of the model).
-# Writes OUT_DIR/gpu.txt, OUT_DIR/bench_{bf16,none}.json (every figure) and .log (the printed tables).
+# Writes OUT_DIR/gpu.txt, OUT_DIR/cuda_tests.txt (the CUDA test of PAR's kernels), OUT_DIR/bench_{bf16,none}.json
+# (every figure) and .log (the printed tables), OUT_DIR/half_precision.txt.
 #
 #   bash examples/benchmark_gpu.sh OUT_DIR [more examples/benchmark.py flags, e.g. --batch_sizes 4,32]
 #
@@ -18,6 +19,10 @@ python=${PYTHON:-python3}
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
   "$python" -c "import sys, torch, transformers; print(sys.version.split()[0], torch.__version__, transformers.__version__)"
 } | tee "$out/gpu.txt"
+# PAR's Triton kernels against the eager path on this GPU first (a failure is reported, the figures still run)
+if "$python" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    "$python" -m pytest -q -p no:cacheprovider tests/test_par_triton.py -k cuda 2>&1 | tee "$out/cuda_tests.txt" || true
+fi
 run() {  # run PRECISION [flags]: one benchmark run, its JSON and log under OUT_DIR
     local precision=$1
     shift

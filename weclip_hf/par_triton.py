@@ -181,7 +181,8 @@ def _check_launch(
 
 def _on_device(tensor: torch.Tensor):
     """The tensor's CUDA device as the current one while a kernel launches (Triton launches on the current
-    device); nothing elsewhere."""
+    device); nothing elsewhere. (The launches are also named for torch.profiler, whose operator rows would not
+    show a kernel launched outside an aten operator.)"""
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
@@ -195,7 +196,7 @@ def par_iteration_triton(scores: torch.Tensor, weights: torch.Tensor, offsets: t
     weights = weights.contiguous()
     out = torch.empty_like(scores)
     block = 256
-    with _on_device(scores):
+    with _on_device(scores), torch.profiler.record_function("weclip::par_iteration_kernel"):
         maps = min(triton.next_power_of_2(c), 16)
         _par_iteration_kernel[(triton.cdiv(h * w, block), b, triton.cdiv(c, maps))](
             scores, weights, offsets, out, b, c, h, w, offsets.shape[1], MAPS=maps, BLOCK=block
@@ -213,7 +214,7 @@ def par_affinity_triton(
     _check_launch(image, position, (k,), offsets, "position")
     out = image.new_empty(k, b, h, w)
     block = 128
-    with _on_device(image):
+    with _on_device(image), torch.profiler.record_function("weclip::par_affinity_kernel"):
         _par_affinity_kernel[(triton.cdiv(h * w, block), b)](
             image.contiguous(),
             offsets,
