@@ -136,3 +136,21 @@ def test_the_kernels_are_not_taken_where_a_gradient_is_asked_for(monkeypatch):
     assert not par_triton.triton_available(x) and not par_triton.triton_available(torch.zeros(2).double())
     with torch.no_grad():
         assert par_triton.triton_available(x)
+
+
+def test_empty_inputs_launch_nothing():
+    """No map, no image or no pixel: an empty result of the right shape, without a kernel launch."""
+    pytest.importorskip("triton", reason="Triton is not installed (it comes with the dev extras on Linux)")
+    from weclip_hf.par import ring_offsets
+    from weclip_hf.par_triton import par_affinity_triton, par_iteration_triton
+
+    offsets = ring_offsets((1,), torch.device("cpu"))
+    for b, c, h, w in [(2, 0, 5, 6), (0, 3, 5, 6), (2, 3, 0, 6)]:
+        scores, weights = torch.rand(b, c, h, w), torch.rand(8, b, h, w)
+        assert par_iteration_triton(scores, weights, offsets).shape == (b, c, h, w)
+    assert par_affinity_triton(torch.rand(0, 3, 5, 6), offsets, torch.rand(8), 0.3, 0.01).shape == (
+        8,
+        0,
+        5,
+        6,
+    )

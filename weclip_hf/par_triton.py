@@ -195,6 +195,8 @@ def par_iteration_triton(scores: torch.Tensor, weights: torch.Tensor, offsets: t
     scores = scores.contiguous()
     weights = weights.contiguous()
     out = torch.empty_like(scores)
+    if out.numel() == 0:  # no map (or no pixel): nothing to launch
+        return out
     block = 256
     with _on_device(scores), torch.profiler.record_function("weclip::par_iteration_kernel"):
         maps = min(triton.next_power_of_2(c), 16)
@@ -213,6 +215,8 @@ def par_affinity_triton(
     k = offsets.shape[1]
     _check_launch(image, position, (k,), offsets, "position")
     out = image.new_empty(k, b, h, w)
+    if out.numel() == 0:  # no image (or no pixel): nothing to launch
+        return out
     block = 128
     with _on_device(image), torch.profiler.record_function("weclip::par_affinity_kernel"):
         _par_affinity_kernel[(triton.cdiv(h * w, block), b)](
