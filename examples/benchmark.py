@@ -659,11 +659,18 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
     return dict(batch=batch, crop=args.crop, rfm=use_rfm, seconds=seconds, pairs=plan.num_pairs)
 
 
-def par_inputs(args, cfg, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def par_inputs(args, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A smooth random image batch and 3 random score maps at the crop size, float32 (PAR's inputs)."""
     g = torch.Generator().manual_seed(args.seed + 2)
     image = torch.randn(batch, 3, args.crop, args.crop, generator=g).to(device)
     return image, torch.rand(batch, 3, args.crop, args.crop, generator=g).to(device)
+
+
+def par_setting(args, cfg, batch: int) -> dict:
+    """The setting of a PAR measurement (`par_inputs` at ``batch``, the config's iterations and neighbours)."""
+    return dict(
+        batch=batch, crop=args.crop, iterations=cfg.par_num_iter, neighbours=8 * len(cfg.par_dilations)
+    )
 
 
 def iterate(iteration, scores, weights, cfg) -> torch.Tensor:
@@ -678,7 +685,7 @@ def measure_par_compile(args, bench, model) -> dict:
     ``torch.compile(dynamic=False)`` on the same inputs: compile time, median times, max abs difference."""
     cfg, device = model.config, bench.device
     batch = args.batch_sizes[0]
-    image, scores = par_inputs(args, cfg, batch, device)
+    image, scores = par_inputs(args, batch, device)
     weights = par_affinity_eager(image, cfg.par_dilations, cfg.par_temperature, cfg.par_pos_weight)
     compiled_iteration = torch.compile(par_iteration_eager, dynamic=False)
     with torch.no_grad():
@@ -694,10 +701,7 @@ def measure_par_compile(args, bench, model) -> dict:
             lambda: iterate(compiled_iteration, scores, weights, cfg), args.warmup, args.breakdown_repeats
         )
     return dict(
-        batch=batch,
-        crop=args.crop,
-        iterations=cfg.par_num_iter,
-        neighbours=8 * len(cfg.par_dilations),
+        **par_setting(args, cfg, batch),
         eager_seconds=eager_s,
         compiled_seconds=compiled_s,
         compile_seconds=compile_seconds,
@@ -710,7 +714,7 @@ def measure_par_kernels(args, bench, model, batch: int) -> dict:
     inputs, runs interleaved: the neighbour weights and the config's iterations (3 maps), median times and max
     abs differences."""
     cfg, device = model.config, bench.device
-    image, scores = par_inputs(args, cfg, batch, device)
+    image, scores = par_inputs(args, batch, device)
     setting = (cfg.par_dilations, cfg.par_temperature, cfg.par_pos_weight)
     weights = par_affinity_eager(image, *setting)
     with torch.no_grad():
@@ -734,10 +738,7 @@ def measure_par_kernels(args, bench, model, batch: int) -> dict:
             .max()
         )
     return dict(
-        batch=batch,
-        crop=args.crop,
-        iterations=cfg.par_num_iter,
-        neighbours=8 * len(cfg.par_dilations),
+        **par_setting(args, cfg, batch),
         seconds=seconds,
         weights_max_abs_diff=float(weights_diff),
         refined_max_abs_diff=float(refined_diff),
