@@ -128,7 +128,7 @@ def test_the_kernels_are_not_taken_where_a_gradient_is_asked_for(monkeypatch):
     """The kernels have no backward: a tensor that requires grad (with grad enabled) takes the eager path."""
     from weclip_hf import par_triton
 
-    if par_triton.triton is None:
+    if par_triton.kernels() is None:
         pytest.skip("Triton is not installed (it comes with the dev extras on Linux)")
     monkeypatch.setattr(par_triton, "INTERPRETING", True)  # "a device the kernels run on"
     x = torch.zeros(2, requires_grad=True)
@@ -154,3 +154,16 @@ def test_empty_inputs_launch_nothing():
         5,
         6,
     )
+
+
+def test_the_kernels_are_imported_only_where_they_run():
+    """A CPU run (no interpreter) decides without importing the kernels' module (and with it Triton's compiler)."""
+    code = (
+        "import sys, torch; from weclip_hf.par import par_refine; "
+        "par_refine(torch.rand(1, 3, 8, 8), torch.rand(1, 2, 8, 8), [1, 2], num_iter=2); "
+        "print('weclip_hf.par_kernels' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == "False"
