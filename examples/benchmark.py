@@ -538,23 +538,40 @@ MATRIX_PRODUCTS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm")
 
 def operator_shares(fn, bench: Bench, top: int = 8) -> dict:
     """Self time per operator of one more run of ``fn`` (torch.profiler; on CUDA the device time of the kernels
-    each operator launched): the ``top`` operators with their seconds and share of the total, and the matrix
-    products' share (attention kernels such as SDPA are not counted in it)."""
-    from torch.autograd import DeviceType
+    each operator launched): `shares_of_events` of the profile."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.cuda else [])
     with profile(activities=activities) as prof:
         fn()
         bench.sync()
-    field = "self_device_time_total" if bench.cuda else "self_cpu_time_total"
+    return shares_of_events(prof.key_averages(), bench.cuda, top)
+
+
+OUTSIDE_OPERATORS = "kernels outside aten operators (Triton: PAR)"
+
+
+def shares_of_events(events, cuda: bool, top: int = 8) -> dict:
+    """The ``top`` operators of averaged profiler ``events`` with their seconds and share of the total, the matrix
+    products' share (attention kernels such as SDPA are not counted in it) and the total seconds. On CUDA the
+    kernels that no aten operator launched (PAR's Triton kernels) have no operator row: their device time, all
+    kernels' less the operators', is one more row (`OUTSIDE_OPERATORS`)."""
+    from torch.autograd import DeviceType
+
+    field = "self_device_time_total" if cuda else "self_cpu_time_total"
     # operators only: on CUDA the kernels have rows of their own, whose time their operators' rows already hold
-    operators = [e for e in prof.key_averages() if e.device_type == DeviceType.CPU]
-    times = sorted(((e.key, getattr(e, field)) for e in operators), key=lambda e: -e[1])
+    times = [(e.key, getattr(e, field)) for e in events if e.device_type == DeviceType.CPU]
+    if cuda:
+        kernels = sum(e.self_device_time_total for e in events if e.device_type != DeviceType.CPU)
+        outside = kernels - sum(t for _, t in times)
+        if outside > 0:
+            times.append((OUTSIDE_OPERATORS, outside))
+    times.sort(key=lambda e: -e[1])
     total = sum(t for _, t in times) or 1.0
     return dict(
         top=[dict(op=name, seconds=t / 1e6, share=t / total) for name, t in times[:top] if t > 0],
         matrix_products=sum(t for name, t in times if name in MATRIX_PRODUCTS) / total,
+        seconds=total / 1e6,
     )
 
 
@@ -1307,16 +1324,19 @@ def render_op_shares(result: dict) -> str:
     if not rows:
         return ""
     lines = [
-        "Where one training step's time goes (torch.profiler, self time per operator, one step):",
-        "| setting | matrix products (addmm, mm, bmm, baddbmm) | top operators |",
-        "|---|---|---|",
+        "Where one training step's time goes (torch.profiler, self time per operator, one step; on CUDA the "
+        "kernels' time, and the profiled kernel time against the timed step: well below 100% the host is what the "
+        "step waits for):",
+        "| setting | profiled time / step | matrix products (addmm, mm, bmm, baddbmm) | top operators |",
+        "|---|---|---|---|",
     ]
     for t in rows:
         shares = t["op_shares"]
         top = ", ".join(f"{o['op']} {100 * o['share']:.1f}%" for o in shares["top"])
         rfm = "on" if t["rfm"] else "off"
         setting = f"{METHOD_NAMES[t['method']]}, batch {t['batch']}, crop {t['crop']}, RFM {rfm}"
-        lines.append(f"| {setting} | {100 * shares['matrix_products']:.1f}% | {top} |")
+        busy = f"{1e3 * shares['seconds']:.1f} ms / {1e3 * t['seconds']:.1f} ms"
+        lines.append(f"| {setting} | {busy} | {100 * shares['matrix_products']:.1f}% | {top} |")
     return "\n".join(lines)
 
 

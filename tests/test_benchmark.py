@@ -70,9 +70,13 @@ def test_benchmark_tiny_runs_and_compares_both_paths(tmp_path):
     assert len(plus_vs_weclip) == 4 and all(float(r) > 0 for r in plus_vs_weclip), out
     assert "Host syncs in one training step" in out
     # --profile_ops: per setting, the matrix products' share and the top operators of one step by self time
-    profiles = re.findall(r"\| (WeCLIP\+?, batch 2, crop 64, RFM o(?:n|ff)) \| ([\d.]+)% \| (.+) \|", out)
+    profiles = re.findall(
+        r"\| (WeCLIP\+?, batch 2, crop 64, RFM o(?:n|ff)) \| ([\d.]+) ms / ([\d.]+) ms \| ([\d.]+)% \| (.+) \|",
+        out,
+    )
     assert len(profiles) == 4, out
-    for _, matrix, top in profiles:
+    for _, profiled, step, matrix, top in profiles:
+        assert float(profiled) > 0 and float(step) > 0, out
         shares = [float(x) for x in re.findall(r" ([\d.]+)%", " " + top)]
         assert 0 < float(matrix) <= 100 and len(shares) == 8 and 0 < sum(shares) <= 100.05, top
         assert "aten::" in top and shares == sorted(shares, reverse=True), top
@@ -142,3 +146,39 @@ def test_gpu_script_runs_end_to_end_on_a_cpu(tmp_path):
     assert "| WeCLIP+ vs WeCLIP |" in (tmp_path / "bench_bf16.log").read_text()
     assert "Where one training step's time goes" in (tmp_path / "bench_none.log").read_text()
     assert "half-precision comparison is skipped" in (tmp_path / "half_precision.txt").read_text()
+
+
+def test_operator_shares_count_the_kernels_no_operator_launched():
+    """On CUDA, kernels that no aten operator launched (PAR's Triton kernels) have no operator row; their time
+    (all kernels' less the operators') is a row of its own, so that the shares add up to the profiled device time.
+    On a CPU the operators' self times are the shares."""
+    from types import SimpleNamespace
+
+    if str(REPO / "examples") not in sys.path:
+        sys.path.insert(0, str(REPO / "examples"))
+    from benchmark import OUTSIDE_OPERATORS, shares_of_events
+    from torch.autograd import DeviceType
+
+    def event(key, device_type, device_us, cpu_us=0.0):
+        return SimpleNamespace(
+            key=key, device_type=device_type, self_device_time_total=device_us, self_cpu_time_total=cpu_us
+        )
+
+    events = [
+        event("aten::addmm", DeviceType.CPU, 600.0, 50.0),
+        event("aten::mul", DeviceType.CPU, 100.0, 30.0),
+        event("weclip::par_iteration_kernel", DeviceType.CPU, 0.0, 20.0),  # its Triton kernel is not linked
+        event("sm90_gemm_kernel", DeviceType.CUDA, 600.0),
+        event("elementwise_kernel", DeviceType.CUDA, 100.0),
+        event("_par_iteration_kernel", DeviceType.CUDA, 300.0),
+    ]
+    cuda = shares_of_events(events, cuda=True)
+    assert [(o["op"], round(o["share"], 6)) for o in cuda["top"]] == [
+        ("aten::addmm", 0.6),
+        (OUTSIDE_OPERATORS, 0.3),
+        ("aten::mul", 0.1),
+    ]
+    assert cuda["seconds"] == pytest.approx(1e-3) and cuda["matrix_products"] == pytest.approx(0.6)
+    cpu = shares_of_events(events[:3], cuda=False)
+    assert [o["op"] for o in cpu["top"]] == ["aten::addmm", "aten::mul", "weclip::par_iteration_kernel"]
+    assert cpu["seconds"] == pytest.approx(100e-6) and cpu["matrix_products"] == pytest.approx(0.5)
