@@ -11,14 +11,17 @@ import pytest
 import torch
 from transformers import AutoTokenizer, CLIPModel, CLIPTokenizer
 
+from weclip_hf.data import toy
 from weclip_hf.data.toy import (
     TOY_BACKGROUND_NAMES,
     TOY_CLASS_NAMES,
+    TOY_CLASS_TEXTURES,
     TOY_IMAGE_SIZE,
     TOY_PROMPT_TEMPLATE,
     generate_toy_images,
     generate_toy_world,
     make_toy_dataset,
+    render_workers,
     toy_clip_path,
 )
 
@@ -139,6 +142,40 @@ def test_make_toy_dataset_columns():
         np.testing.assert_array_equal(np.asarray(row["image"]), images[index])
         np.testing.assert_array_equal(np.asarray(row["annotation"]), masks[index])
     assert dataset["image_labels"] == labels
+
+
+def test_worker_processes_render_the_same_world():
+    """Rendering in forked processes (the default for large worlds on Linux) gives this process's world."""
+    alone = generate_toy_world(11, seed=2, workers=1, object_radius=(10.0, 16.0))
+    shared = generate_toy_world(11, seed=2, workers=3, object_radius=(10.0, 16.0))
+    for key in ("images", "masks", "backgrounds"):
+        np.testing.assert_array_equal(shared[key], alone[key])
+    assert shared["labels"] == alone["labels"]
+    one, two = make_toy_dataset(7, seed=1, workers=1), make_toy_dataset(7, seed=1, workers=2)
+    assert one.to_dict() == two.to_dict()  # the same BMP bytes and labels, in order
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        generate_toy_world(3, workers=0)
+
+
+def test_render_workers_default(monkeypatch):
+    """One process for small worlds and where forking is not cheap or allowed; else the CPUs, at most 8."""
+    assert render_workers(100) == 1
+    if toy.sys.platform == "linux":
+        assert 1 <= render_workers(4000) <= 8
+    monkeypatch.setattr(toy.sys, "platform", "darwin")
+    assert render_workers(4000) == 1
+
+
+@pytest.mark.parametrize("kind", TOY_CLASS_TEXTURES)
+def test_textures_are_elementwise(kind):
+    """An object's texture is computed at its mask's pixels only: each texture value must depend on its own
+    pixel's coordinates alone (and the draws, the same for any number of pixels)."""
+    ys, xs = toy._grid(TOY_IMAGE_SIZE)
+    u, v = toy._rotate(ys, xs, 40.0, 50.0, 0.7)
+    mask = (ys - 40.0) ** 2 + (xs - 50.0) ** 2 < 30.0**2
+    whole = toy._texture(kind, np.random.default_rng(5), u, v)
+    masked = toy._texture(kind, np.random.default_rng(5), u[mask], v[mask])
+    np.testing.assert_array_equal(masked, whole[mask])
 
 
 @pytest.mark.parametrize("tokenizer_class", [CLIPTokenizer, AutoTokenizer])

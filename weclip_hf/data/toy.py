@@ -15,8 +15,13 @@ only on ``(seed, i)``, so a longer run extends a shorter one. Ground truth ids: 
 from __future__ import annotations
 
 import colorsys
+import functools
 import io
+import multiprocessing
+import os
 import pathlib
+import sys
+from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -180,8 +185,7 @@ def _paint_clutter(rng: np.random.Generator, image: np.ndarray, ys: np.ndarray, 
 
 def _shape_mask(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Boolean mask of shape ``name`` in normalised rotated coordinates (extent about [-1, 1])."""
-    rho = np.sqrt(u**2 + v**2)
-    theta = np.arctan2(v, u)
+    rho = np.sqrt(u**2 + v**2) if name in ("circle", "star", "crescent") else None
     if name == "circle":
         return rho <= 1.0
     if name == "square":
@@ -189,7 +193,7 @@ def _shape_mask(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if name == "triangle":  # equilateral, circumradius 1
         return (v <= 0.5) & (np.sqrt(3) * u - v <= 1.0) & (-np.sqrt(3) * u - v <= 1.0)
     if name == "star":  # five points
-        phase = np.mod(theta * 5 / (2 * np.pi), 1.0)
+        phase = np.mod(np.arctan2(v, u) * 5 / (2 * np.pi), 1.0)
         return rho <= 0.5 + 0.55 * np.abs(phase - 0.5) * 2
     if name == "heart":
         x, y = u * 1.25, -v * 1.25 + 0.2
@@ -252,7 +256,9 @@ def _object_layer(
     xs: np.ndarray,
     object_radius: tuple[float, float] = _OBJECT_RADIUS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One object: (mask [H, W] bool, rgb [H, W, 3] float) for class ``class_index`` (0-based)."""
+    """One object: (mask [H, W] bool, rgb [M, 3] float of its M mask pixels) for class ``class_index`` (0-based).
+    The texture and colours are computed at the mask's pixels only (elementwise: the values a whole-image
+    computation would give there)."""
     size = ys.shape[0]
     radius = rng.uniform(*object_radius)
     margin = 0.6 * radius
@@ -263,7 +269,7 @@ def _object_layer(
     name = TOY_CLASS_NAMES[class_index]
     scale = radius * np.sqrt(2.6 / _SHAPE_AREAS[name])
     mask = _shape_mask(name, u / (scale * stretch), v * stretch / scale)
-    tu, tv = _rotate(ys, xs, cy, cx, rng.uniform(0, np.pi))
+    tu, tv = _rotate(ys[mask], xs[mask], cy, cx, rng.uniform(0, np.pi))
     pattern = _texture(TOY_CLASS_TEXTURES[class_index], rng, tu, tv)[..., None]
     light = _random_colour(rng)
     light *= rng.uniform(170, 255) / max(float(light.max()), 1.0)  # a random hue, bright
@@ -302,7 +308,7 @@ def _render_one(
                 break
         else:
             continue  # could not place this object without hiding another one: leave it out
-        image[obj_mask] = obj_rgb[obj_mask]
+        image[obj_mask] = obj_rgb
         mask[obj_mask] = class_id
         areas[class_id] = int(np.count_nonzero(obj_mask))
     noise = rng.normal(0, 4.0, size=image.shape).astype(np.float32)
@@ -316,11 +322,14 @@ def generate_toy_world(
     image_size: int = TOY_IMAGE_SIZE,
     num_objects_probs: tuple[float, ...] = _NUM_OBJECTS_PROBS,
     object_radius: tuple[float, float] = _OBJECT_RADIUS,
+    workers: int | None = None,
 ) -> dict[str, np.ndarray | list[list[int]]]:
     """Images, masks, class labels and background indices of ``num_images`` toy images.
 
     The keyword arguments change the world (used for the small single-object "tiles" the tiny CLIP
-    is also pretrained on): ``num_objects_probs[n]`` is the probability of ``n`` objects.
+    is also pretrained on): ``num_objects_probs[n]`` is the probability of ``n`` objects. ``workers``: processes
+    that render parts of the world (`render_workers`; None: as many as pay, 1: this process); the world is the
+    same for any count.
 
     Returns a dict with ``images`` uint8 [N, H, W, 3], ``masks`` uint8 [N, H, W] (0 = background,
     1..K = class id), ``labels`` (sorted present class ids per image) and ``backgrounds`` int64 [N]
@@ -332,18 +341,68 @@ def generate_toy_world(
         raise ValueError(
             f"num_objects_probs must be probabilities of 0..K objects, got {num_objects_probs!r}"
         )
-    size = image_size
-    ys, xs = _grid(size)
-    images = np.zeros((num_images, size, size, 3), dtype=np.uint8)
-    masks = np.zeros((num_images, size, size), dtype=np.uint8)
-    backgrounds = np.zeros(num_images, dtype=np.int64)
-    for index in range(num_images):
-        rng = np.random.default_rng([seed, index])
-        images[index], masks[index], backgrounds[index] = _render_one(
+    render = functools.partial(
+        _render_range,
+        seed=seed,
+        image_size=image_size,
+        num_objects_probs=num_objects_probs,
+        object_radius=object_radius,
+    )
+    parts = _map_ranges(render, num_images, workers)
+    images, masks, backgrounds = (np.concatenate([part[i] for part in parts]) for i in range(3))
+    return {"images": images, "masks": masks, "labels": _present_classes(masks), "backgrounds": backgrounds}
+
+
+def _render_range(
+    start: int,
+    stop: int,
+    *,
+    seed: int,
+    image_size: int,
+    num_objects_probs: tuple[float, ...],
+    object_radius: tuple[float, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images ``start..stop-1`` of the world: (images [n, H, W, 3], masks [n, H, W], backgrounds [n])."""
+    ys, xs = _grid(image_size)
+    n = stop - start
+    images = np.zeros((n, image_size, image_size, 3), dtype=np.uint8)
+    masks = np.zeros((n, image_size, image_size), dtype=np.uint8)
+    backgrounds = np.zeros(n, dtype=np.int64)
+    for offset in range(n):
+        rng = np.random.default_rng([seed, start + offset])
+        images[offset], masks[offset], backgrounds[offset] = _render_one(
             rng, ys, xs, num_objects_probs, object_radius
         )
-    labels = [sorted(int(c) for c in np.unique(m) if c != 0) for m in masks]
-    return {"images": images, "masks": masks, "labels": labels, "backgrounds": backgrounds}
+    return images, masks, backgrounds
+
+
+def _present_classes(masks: np.ndarray) -> list[list[int]]:
+    """The sorted class ids (not 0, the background) present in each mask."""
+    return [sorted(int(c) for c in np.unique(m) if c != 0) for m in masks]
+
+
+def render_workers(num_images: int) -> int:
+    """Processes `generate_toy_world` and `make_toy_dataset` render ``num_images`` with by default: 1 (this
+    process) below 512 images, where starting workers does not pay, where processes cannot be forked cheaply
+    (not Linux) and inside a daemonic process (a DataLoader worker, which may not start children); else the CPUs
+    this process may run on, at most 8 (BENCHMARKS.md, "The toy world's rendering")."""
+    if num_images < 512 or sys.platform != "linux" or multiprocessing.current_process().daemon:
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+def _map_ranges(fn, num_items: int, workers: int | None) -> list:
+    """``fn(start, stop)`` over consecutive ranges covering ``num_items``, in order: in this process, or in
+    ``workers`` forked processes (`render_workers` when None), a few ranges each."""
+    workers = render_workers(num_items) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers == 1 or num_items < 2:
+        return [fn(0, num_items)]
+    bounds = np.linspace(0, num_items, min(4 * workers, num_items) + 1).round().astype(int).tolist()
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(min(workers, len(bounds) - 1), mp_context=context) as pool:
+        return list(pool.map(fn, bounds[:-1], bounds[1:]))
 
 
 def generate_toy_images(num_images: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
@@ -356,12 +415,15 @@ def generate_toy_images(num_images: int, seed: int = 0) -> tuple[np.ndarray, np.
     return world["images"], world["masks"], world["labels"]
 
 
-def make_toy_dataset(num_images: int, seed: int = 0) -> datasets.Dataset:
-    """A ``datasets.Dataset`` of toy images with columns ``image``, ``annotation`` (mode L) and ``image_labels``."""
+def make_toy_dataset(num_images: int, seed: int = 0, workers: int | None = None) -> datasets.Dataset:
+    """A ``datasets.Dataset`` of toy images with columns ``image``, ``annotation`` (mode L) and ``image_labels``;
+    the images rendered and encoded in ``workers`` processes (as `generate_toy_world`)."""
     import datasets
-    from PIL import Image
+    from PIL import BmpImagePlugin  # noqa: F401  (imported here, not in each worker: `_bmp`'s encoder)
 
-    images, masks, labels = generate_toy_images(num_images, seed)
+    if not isinstance(num_images, int) or num_images < 0:
+        raise ValueError(f"num_images must be a non-negative int, got {num_images!r}")
+    parts = _map_ranges(functools.partial(_encoded_range, seed=seed), num_images, workers)
     features = datasets.Features(
         {
             "image": datasets.Image(),
@@ -369,19 +431,36 @@ def make_toy_dataset(num_images: int, seed: int = 0) -> datasets.Dataset:
             "image_labels": datasets.List(datasets.Value("int64")),
         }
     )
+    columns = {"image": [], "annotation": [], "image_labels": []}
+    for part in parts:
+        for name, values in zip(columns, part):
+            columns[name].extend(values)
+    return datasets.Dataset.from_dict(columns, features=features)
 
-    def bmp(array: np.ndarray, mode: str) -> dict[str, bytes | None]:
-        """Lossless, and ~30x faster to encode than the PNG `datasets` would write (~7 s less per 4,200
-        images)."""
-        buffer = io.BytesIO()
-        Image.fromarray(array, mode=mode).save(buffer, format="BMP")
-        return {"bytes": buffer.getvalue(), "path": None}
 
-    return datasets.Dataset.from_dict(
-        {
-            "image": [bmp(image, "RGB") for image in images],
-            "annotation": [bmp(mask, "L") for mask in masks],
-            "image_labels": labels,
-        },
-        features=features,
+def _encoded_range(start: int, stop: int, *, seed: int) -> tuple[list[dict], list[dict], list[list[int]]]:
+    """Images ``start..stop-1`` of the default world as `datasets.Image` values (BMP bytes) of the images and
+    masks, and their labels."""
+    images, masks, _ = _render_range(
+        start,
+        stop,
+        seed=seed,
+        image_size=TOY_IMAGE_SIZE,
+        num_objects_probs=_NUM_OBJECTS_PROBS,
+        object_radius=_OBJECT_RADIUS,
     )
+    return (
+        [_bmp(image, "RGB") for image in images],
+        [_bmp(mask, "L") for mask in masks],
+        _present_classes(masks),
+    )
+
+
+def _bmp(array: np.ndarray, mode: str) -> dict[str, bytes | None]:
+    """A `datasets.Image` value of ``array``: BMP bytes, lossless and ~30x faster to encode than the PNG
+    `datasets` would write (~7 s less per 4,200 images)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buffer, format="BMP")
+    return {"bytes": buffer.getvalue(), "path": None}
