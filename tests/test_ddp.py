@@ -4,6 +4,7 @@ WeCLIP's losses are means over the pixels / pairs of the whole batch; under DDP 
 the global batch's counts (see `weclip_hf.losses`), so the averaged gradient is the global-batch gradient.
 """
 
+import gc
 import json
 import os
 import socket
@@ -64,10 +65,14 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         loss.backward()
         dist.all_reduce(loss := loss.detach())
         results[mode] = {"grads": _gradients(model.module), "loss": loss / world}
+        del model, loss  # the DDP wrapper's reducer holds the process group
     if rank == 0:
         torch.save(results, out)
-    # both ranks leave the group together: one rank aborted ("terminate called without an active exception",
-    # SIGABRT) at this fixture's end in two full-suite runs on 2 loaded cores, not reproduced alone
+    # One rank aborted ("terminate called without an active exception", SIGABRT) at this fixture's end in full-suite
+    # runs on 2 loaded cores, not reproduced alone. A process group still referenced (by a DDP reducer) when the
+    # interpreter finalizes is torn down with Gloo's threads alive, a known cause of such aborts: nothing refers
+    # to it any more here, and both ranks leave it together.
+    gc.collect()
     dist.barrier()
     dist.destroy_process_group()
 
