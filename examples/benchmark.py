@@ -548,21 +548,27 @@ def operator_shares(fn, bench: Bench, top: int = 8) -> dict:
     return shares_of_events(prof.key_averages(), bench.cuda, top)
 
 
-OUTSIDE_OPERATORS = "kernels outside aten operators (Triton: PAR)"
+OUTSIDE_OPERATORS = "kernels no aten operator launched (Triton's: PAR)"
 
 
 def shares_of_events(events, cuda: bool, top: int = 8) -> dict:
     """The ``top`` operators of averaged profiler ``events`` with their seconds and share of the total, the matrix
     products' share (attention kernels such as SDPA are not counted in it) and the total seconds. On CUDA the
     kernels that no aten operator launched (PAR's Triton kernels) have no operator row: their device time, all
-    kernels' less the operators', is one more row (`OUTSIDE_OPERATORS`)."""
+    kernels' less the operators', is one more row (`OUTSIDE_OPERATORS`). User annotations (``record_function``
+    ranges such as PAR's launches and the optimizer's step) are left out of the kernels' sum: on the device they
+    are spans over the kernels inside them, not kernels."""
     from torch.autograd import DeviceType
 
     field = "self_device_time_total" if cuda else "self_cpu_time_total"
     # operators only: on CUDA the kernels have rows of their own, whose time their operators' rows already hold
     times = [(e.key, getattr(e, field)) for e in events if e.device_type == DeviceType.CPU]
     if cuda:
-        kernels = sum(e.self_device_time_total for e in events if e.device_type != DeviceType.CPU)
+        kernels = sum(
+            e.self_device_time_total
+            for e in events
+            if e.device_type != DeviceType.CPU and not getattr(e, "is_user_annotation", False)
+        )
         outside = kernels - sum(t for _, t in times)
         if outside > 0:
             times.append((OUTSIDE_OPERATORS, outside))

@@ -159,9 +159,13 @@ def test_operator_shares_count_the_kernels_no_operator_launched():
     from benchmark import OUTSIDE_OPERATORS, shares_of_events
     from torch.autograd import DeviceType
 
-    def event(key, device_type, device_us, cpu_us=0.0):
+    def event(key, device_type, device_us, cpu_us=0.0, annotation=False):
         return SimpleNamespace(
-            key=key, device_type=device_type, self_device_time_total=device_us, self_cpu_time_total=cpu_us
+            key=key,
+            device_type=device_type,
+            self_device_time_total=device_us,
+            self_cpu_time_total=cpu_us,
+            is_user_annotation=annotation,
         )
 
     events = [
@@ -171,6 +175,8 @@ def test_operator_shares_count_the_kernels_no_operator_launched():
         event("sm90_gemm_kernel", DeviceType.CUDA, 600.0),
         event("elementwise_kernel", DeviceType.CUDA, 100.0),
         event("_par_iteration_kernel", DeviceType.CUDA, 300.0),
+        # a record_function range on the device: a span over the kernels inside it, not a kernel of its own
+        event("weclip::par_iteration_kernel", DeviceType.CUDA, 320.0, annotation=True),
     ]
     cuda = shares_of_events(events, cuda=True)
     assert [(o["op"], round(o["share"], 6)) for o in cuda["top"]] == [

@@ -157,7 +157,7 @@ def test_empty_inputs_launch_nothing():
 
 
 def test_the_kernels_are_imported_only_where_they_run():
-    """A CPU run (no interpreter) decides without importing the kernels' module (and with it Triton's compiler)."""
+    """A CPU run (no interpreter) decides without importing the kernels' module (Triton would define them)."""
     code = (
         "import sys, torch; from weclip_hf.par import par_refine; "
         "par_refine(torch.rand(1, 3, 8, 8), torch.rand(1, 2, 8, 8), [1, 2], num_iter=2); "
@@ -167,3 +167,21 @@ def test_the_kernels_are_imported_only_where_they_run():
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_a_changed_interpreter_switch_takes_the_eager_path(monkeypatch):
+    """Triton defines the kernels interpreted or compiled when they are first imported: where TRITON_INTERPRET
+    changed since `par_triton` read it, the kernels are not loaded (the eager path runs), and a direct launch
+    says why."""
+    from weclip_hf import par_triton
+    from weclip_hf.par import ring_offsets
+
+    par_triton.kernels.cache_clear()
+    monkeypatch.setenv("TRITON_INTERPRET", "0" if par_triton.INTERPRETING else "1")
+    try:
+        assert par_triton.kernels() is None and not par_triton.triton_available(torch.zeros(2))
+        offsets = ring_offsets((1,), torch.device("cpu"))
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET changed"):
+            par_triton.par_iteration_triton(torch.rand(1, 2, 5, 6), torch.rand(8, 1, 5, 6), offsets)
+    finally:
+        par_triton.kernels.cache_clear()

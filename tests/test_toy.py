@@ -153,17 +153,34 @@ def test_worker_processes_render_the_same_world():
     assert shared["labels"] == alone["labels"]
     one, two = make_toy_dataset(7, seed=1, workers=1), make_toy_dataset(7, seed=1, workers=2)
     assert one.to_dict() == two.to_dict()  # the same BMP bytes and labels, in order
-    with pytest.raises(ValueError, match="workers must be >= 1"):
-        generate_toy_world(3, workers=0)
 
 
 def test_render_workers_default(monkeypatch):
-    """One process for small worlds and where forking is not cheap or allowed; else the CPUs, at most 8."""
+    """One process for small worlds and where forking is not cheap or allowed (not Linux, a daemonic process such
+    as a DataLoader worker); else the CPUs shared by the local processes of a distributed launch, at most 8. An
+    explicit worker count where forking is not allowed renders in this process (the same world)."""
+    import types
+
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert render_workers(100) == 1
     if toy.sys.platform == "linux":
-        assert 1 <= render_workers(4000) <= 8
+        cpus = len(toy.os.sched_getaffinity(0))
+        assert render_workers(4000) == max(1, min(cpus, 8))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cpus))
+        assert render_workers(4000) == 1
+        monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    daemon = types.SimpleNamespace(daemon=True)
+    monkeypatch.setattr(toy.multiprocessing, "current_process", lambda: daemon)
+    assert render_workers(4000) == 1
+    forked = []
+    monkeypatch.setattr(toy, "ProcessPoolExecutor", lambda *a, **k: forked.append(a) or pytest.fail("forked"))
+    world = generate_toy_world(3, seed=4, workers=2)
+    assert world["images"].shape[0] == 3 and not forked
     monkeypatch.setattr(toy.sys, "platform", "darwin")
     assert render_workers(4000) == 1
+    for bad in (0, 2.5):
+        with pytest.raises(ValueError, match="workers must be an int >= 1"):
+            generate_toy_world(3, workers=bad)
 
 
 @pytest.mark.parametrize("kind", TOY_CLASS_TEXTURES)
@@ -173,8 +190,11 @@ def test_textures_are_elementwise(kind):
     ys, xs = toy._grid(TOY_IMAGE_SIZE)
     u, v = toy._rotate(ys, xs, 40.0, 50.0, 0.7)
     mask = (ys - 40.0) ** 2 + (xs - 50.0) ** 2 < 30.0**2
+    masked_u, masked_v = toy._rotate(ys[mask], xs[mask], 40.0, 50.0, 0.7)  # as `_object_layer` does
+    np.testing.assert_array_equal(masked_u, u[mask])
+    np.testing.assert_array_equal(masked_v, v[mask])
     whole = toy._texture(kind, np.random.default_rng(5), u, v)
-    masked = toy._texture(kind, np.random.default_rng(5), u[mask], v[mask])
+    masked = toy._texture(kind, np.random.default_rng(5), masked_u, masked_v)
     np.testing.assert_array_equal(masked, whole[mask])
 
 

@@ -1,7 +1,7 @@
 """PAR's two passes as Triton kernels: the neighbour weights (`weclip_hf.par.par_affinity`) and one iteration
 (`weclip_hf.par.par_iteration`). Every pixel reads its 8*D ring neighbours (replicate padding = clamped coordinates)
 from the cache and writes its own outputs once. Imported on first use by `weclip_hf.par_triton` (which checks and
-launches them), so that a run that never takes them never imports Triton.
+launches them), so that a run that never takes them never defines them.
 
 Triton defines these as compiled or as interpreted functions (``TRITON_INTERPRET=1``) when this module is imported.
 """

@@ -4,8 +4,8 @@ over whole maps: launch-bound on a GPU at small batches, memory-bound at large o
 kernels run and launches them; the kernels are `weclip_hf.par_kernels`, imported on first use.
 
 Used for float32 CUDA tensors when Triton is installed (it ships with PyTorch's CUDA wheels). The same kernels
-run on a CPU under Triton's interpreter (``TRITON_INTERPRET=1``, set before the first use), which is how the tests
-check them without a GPU.
+run on a CPU under Triton's interpreter (``TRITON_INTERPRET=1``, set before this module is imported and left
+so), which is how the tests check them without a GPU.
 """
 
 from __future__ import annotations
@@ -23,12 +23,27 @@ INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 @functools.cache
 def kernels() -> ModuleType | None:
-    """`weclip_hf.par_kernels`, imported on the first call (that imports Triton); None without Triton."""
+    """`weclip_hf.par_kernels`, imported on the first call (Triton defines its kernels then); None without Triton,
+    or where ``TRITON_INTERPRET`` changed since this module was imported (the kernels would be defined for the
+    other mode: the eager path runs)."""
+    if (os.environ.get("TRITON_INTERPRET", "0") == "1") != INTERPRETING:
+        return None
     try:
         from . import par_kernels
     except ImportError:  # CPU-only PyTorch: the eager path runs
         return None
     return par_kernels
+
+
+def _loaded_kernels() -> ModuleType:
+    """`kernels`, or a clear error for a direct launch where they cannot run."""
+    module = kernels()
+    if module is None:
+        raise RuntimeError(
+            "PAR's Triton kernels cannot run here (no Triton, or TRITON_INTERPRET changed since "
+            "weclip_hf.par_triton was imported); weclip_hf.par.par_affinity / par_iteration take the eager path"
+        )
+    return module
 
 
 def triton_available(tensor: torch.Tensor) -> bool:
@@ -92,7 +107,7 @@ def par_iteration_triton(scores: torch.Tensor, weights: torch.Tensor, offsets: t
     block = 256
     with _on_device(scores), torch.profiler.record_function("weclip::par_iteration_kernel"):
         maps = min(_next_power_of_2(c), 16)
-        kernels().par_iteration_kernel[(_cdiv(h * w, block), b, _cdiv(c, maps))](
+        _loaded_kernels().par_iteration_kernel[(_cdiv(h * w, block), b, _cdiv(c, maps))](
             scores, weights, offsets, out, b, c, h, w, offsets.shape[1], MAPS=maps, BLOCK=block
         )
     return out
@@ -111,7 +126,7 @@ def par_affinity_triton(
         return out
     block = 128
     with _on_device(image), torch.profiler.record_function("weclip::par_affinity_kernel"):
-        kernels().par_affinity_kernel[(_cdiv(h * w, block), b)](
+        _loaded_kernels().par_affinity_kernel[(_cdiv(h * w, block), b)](
             image.contiguous(),
             offsets,
             position,

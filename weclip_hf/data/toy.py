@@ -21,8 +21,9 @@ import multiprocessing
 import os
 import pathlib
 import sys
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
@@ -328,29 +329,51 @@ def generate_toy_world(
 
     The keyword arguments change the world (used for the small single-object "tiles" the tiny CLIP
     is also pretrained on): ``num_objects_probs[n]`` is the probability of ``n`` objects. ``workers``: processes
-    that render parts of the world (`render_workers`; None: as many as pay, 1: this process); the world is the
-    same for any count.
+    that render parts of the world (None: `render_workers`; 1: this process; where processes cannot be forked,
+    always this process); the world is the same for any count.
 
     Returns a dict with ``images`` uint8 [N, H, W, 3], ``masks`` uint8 [N, H, W] (0 = background,
     1..K = class id), ``labels`` (sorted present class ids per image) and ``backgrounds`` int64 [N]
     (index into ``TOY_BACKGROUND_NAMES``: the image-level background word).
     """
-    if not isinstance(num_images, int) or num_images < 0:
-        raise ValueError(f"num_images must be a non-negative int, got {num_images!r}")
+    _check_num_images(num_images)
     if len(num_objects_probs) - 1 > len(TOY_CLASS_NAMES) or not np.isclose(sum(num_objects_probs), 1.0):
         raise ValueError(
             f"num_objects_probs must be probabilities of 0..K objects, got {num_objects_probs!r}"
         )
-    render = functools.partial(
+    render = _world_renderer(seed, image_size, num_objects_probs, object_radius)
+    parts = _map_ranges(render, num_images, workers)
+    if len(parts) == 1:  # no copy of the whole world
+        images, masks, backgrounds = parts[0]
+    else:
+        images, masks, backgrounds = (np.concatenate([part[i] for part in parts]) for i in range(3))
+    return {"images": images, "masks": masks, "labels": _present_classes(masks), "backgrounds": backgrounds}
+
+
+def _check_num_images(num_images: int) -> None:
+    if not isinstance(num_images, int) or num_images < 0:
+        raise ValueError(f"num_images must be a non-negative int, got {num_images!r}")
+
+
+# a function of (start, stop) rendering those images of one world: (images, masks, backgrounds)
+RangeRenderer = Callable[[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+T = TypeVar("T")
+
+
+def _world_renderer(
+    seed: int,
+    image_size: int = TOY_IMAGE_SIZE,
+    num_objects_probs: tuple[float, ...] = _NUM_OBJECTS_PROBS,
+    object_radius: tuple[float, float] = _OBJECT_RADIUS,
+) -> RangeRenderer:
+    """`_render_range` for one world, as a picklable function of ``(start, stop)`` (for worker processes)."""
+    return functools.partial(
         _render_range,
         seed=seed,
         image_size=image_size,
         num_objects_probs=num_objects_probs,
         object_radius=object_radius,
     )
-    parts = _map_ranges(render, num_images, workers)
-    images, masks, backgrounds = (np.concatenate([part[i] for part in parts]) for i in range(3))
-    return {"images": images, "masks": masks, "labels": _present_classes(masks), "backgrounds": backgrounds}
 
 
 def _render_range(
@@ -381,23 +404,33 @@ def _present_classes(masks: np.ndarray) -> list[list[int]]:
     return [sorted(int(c) for c in np.unique(m) if c != 0) for m in masks]
 
 
+def _can_fork() -> bool:
+    """Whether worker processes can be forked cheaply and safely here: on Linux, outside daemonic processes (a
+    DataLoader worker, which may not start children)."""
+    return sys.platform == "linux" and not multiprocessing.current_process().daemon
+
+
 def render_workers(num_images: int) -> int:
     """Processes `generate_toy_world` and `make_toy_dataset` render ``num_images`` with by default: 1 (this
-    process) below 512 images, where starting workers does not pay, where processes cannot be forked cheaply
-    (not Linux) and inside a daemonic process (a DataLoader worker, which may not start children); else the CPUs
-    this process may run on, at most 8 (BENCHMARKS.md, "The toy world's rendering")."""
-    if num_images < 512 or sys.platform != "linux" or multiprocessing.current_process().daemon:
+    process) below 512 images, where starting workers does not pay, and where `_can_fork` says no; else the
+    CPUs this process may run on, shared with the other processes of a distributed launch on this machine
+    (``LOCAL_WORLD_SIZE``, which torchrun and accelerate set), at most 8 (BENCHMARKS.md, "The toy world's
+    rendering")."""
+    if num_images < 512 or not _can_fork():
         return 1
-    return max(1, min(len(os.sched_getaffinity(0)), 8))
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(len(os.sched_getaffinity(0)) // local_processes, 8))
 
 
-def _map_ranges(fn, num_items: int, workers: int | None) -> list:
+def _map_ranges(fn: Callable[[int, int], T], num_items: int, workers: int | None) -> list[T]:
     """``fn(start, stop)`` over consecutive ranges covering ``num_items``, in order: in this process, or in
-    ``workers`` forked processes (`render_workers` when None), a few ranges each."""
-    workers = render_workers(num_items) if workers is None else workers
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if workers == 1 or num_items < 2:
+    ``workers`` forked processes (`render_workers` when None; this process where `_can_fork` says no), a few
+    ranges each."""
+    if workers is None:
+        workers = render_workers(num_items)
+    elif not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
+    if workers == 1 or num_items < 2 or not _can_fork():
         return [fn(0, num_items)]
     bounds = np.linspace(0, num_items, min(4 * workers, num_items) + 1).round().astype(int).tolist()
     context = multiprocessing.get_context("fork")
@@ -421,9 +454,9 @@ def make_toy_dataset(num_images: int, seed: int = 0, workers: int | None = None)
     import datasets
     from PIL import BmpImagePlugin  # noqa: F401  (imported here, not in each worker: `_bmp`'s encoder)
 
-    if not isinstance(num_images, int) or num_images < 0:
-        raise ValueError(f"num_images must be a non-negative int, got {num_images!r}")
-    parts = _map_ranges(functools.partial(_encoded_range, seed=seed), num_images, workers)
+    _check_num_images(num_images)
+    encode = functools.partial(_encoded_range, render=_world_renderer(seed))
+    parts = _map_ranges(encode, num_images, workers)
     features = datasets.Features(
         {
             "image": datasets.Image(),
@@ -438,17 +471,12 @@ def make_toy_dataset(num_images: int, seed: int = 0, workers: int | None = None)
     return datasets.Dataset.from_dict(columns, features=features)
 
 
-def _encoded_range(start: int, stop: int, *, seed: int) -> tuple[list[dict], list[dict], list[list[int]]]:
-    """Images ``start..stop-1`` of the default world as `datasets.Image` values (BMP bytes) of the images and
+def _encoded_range(
+    start: int, stop: int, *, render: RangeRenderer
+) -> tuple[list[dict], list[dict], list[list[int]]]:
+    """Images ``start..stop-1`` of ``render``'s world as `datasets.Image` values (BMP bytes) of the images and
     masks, and their labels."""
-    images, masks, _ = _render_range(
-        start,
-        stop,
-        seed=seed,
-        image_size=TOY_IMAGE_SIZE,
-        num_objects_probs=_NUM_OBJECTS_PROBS,
-        object_radius=_OBJECT_RADIUS,
-    )
+    images, masks, _ = render(start, stop)
     return (
         [_bmp(image, "RGB") for image in images],
         [_bmp(mask, "L") for mask in masks],
