@@ -116,7 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--profile_ops",
         action="store_true",
         help="profile one more training step per setting (torch.profiler), after every timed measurement: each "
-        "operator's share of self time",
+        "operator's share of self time, and the weclip_hf source lines that time comes from",
     )
     p.add_argument("--infer_sizes", default=None, help="inference long sides (default 320,512)")
     p.add_argument("--infer_batch_size", type=int, default=None, help="inference batch size (default 16)")
@@ -538,14 +538,41 @@ MATRIX_PRODUCTS = ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm")
 
 def operator_shares(fn, bench: Bench, top: int = 8) -> dict:
     """Self time per operator of one more run of ``fn`` (torch.profiler; on CUDA the device time of the kernels
-    each operator launched): `shares_of_events` of the profile."""
+    each operator launched): `shares_of_events` of the profile, and under ``lines`` the weclip_hf source lines
+    the time comes from (`shares_of_lines`)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if bench.cuda else [])
-    with profile(activities=activities) as prof:
+    # the operators' Python stacks (the verbose experimental config is what fills them in torch 2.x)
+    config = getattr(torch._C._profiler, "_ExperimentalConfig", None)
+    stacks = {"with_stack": True, "experimental_config": config(verbose=True)} if config else {}
+    with profile(activities=activities, **stacks) as prof:
         fn()
         bench.sync()
-    return shares_of_events(prof.key_averages(), bench.cuda, top)
+    shares = shares_of_events(prof.key_averages(), bench.cuda, top)
+    shares["lines"] = shares_of_lines(prof.events(), bench.cuda)
+    return shares
+
+
+NO_FRAME = "no weclip_hf frame (backward, optimizer)"
+
+
+def shares_of_lines(events, cuda: bool, top: int = 6) -> list[dict]:
+    """The operators' self time in profiler ``events`` (device time on CUDA) by the innermost weclip_hf source
+    line on their Python stack (``file.py(line): function``), the ``top`` lines with seconds and share of the
+    operators' total; operators without such a frame are one row (`NO_FRAME`). User annotations are left out."""
+    from torch.autograd import DeviceType
+
+    field = "self_device_time_total" if cuda else "self_cpu_time_total"
+    by_line: Counter = Counter()
+    for event in events:
+        seconds = getattr(event, field)
+        if event.device_type != DeviceType.CPU or getattr(event, "is_user_annotation", False) or seconds <= 0:
+            continue
+        frame = next((f for f in event.stack if "weclip_hf/" in f), None)
+        by_line[frame.rsplit("weclip_hf/", 1)[1] if frame else NO_FRAME] += seconds
+    total = sum(by_line.values()) or 1.0
+    return [dict(line=line, seconds=t / 1e6, share=t / total) for line, t in by_line.most_common(top)]
 
 
 OUTSIDE_OPERATORS = "kernels no aten operator launched (Triton's: PAR)"
@@ -1343,6 +1370,17 @@ def render_op_shares(result: dict) -> str:
         setting = f"{METHOD_NAMES[t['method']]}, batch {t['batch']}, crop {t['crop']}, RFM {rfm}"
         busy = f"{1e3 * shares['seconds']:.1f} ms / {1e3 * t['seconds']:.1f} ms"
         lines.append(f"| {setting} | {busy} | {100 * shares['matrix_products']:.1f}% | {top} |")
+    lines += [
+        "",
+        "Where in weclip_hf that time comes from (the same profiles, operators' self time by the innermost "
+        "weclip_hf source line on their stack):",
+        "| setting | top source lines |",
+        "|---|---|",
+    ]
+    for t in rows:
+        where = ", ".join(f"{o['line']} {100 * o['share']:.1f}%" for o in t["op_shares"]["lines"])
+        rfm = "on" if t["rfm"] else "off"
+        lines.append(f"| {METHOD_NAMES[t['method']]}, batch {t['batch']}, RFM {rfm} | {where} |")
     return "\n".join(lines)
 
 

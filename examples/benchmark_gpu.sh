@@ -30,7 +30,7 @@ run() {  # run PRECISION [flags]: one benchmark run, its JSON and log under OUT_
         --reference_repeats 1 --output_json "$out/bench_$precision.json" "$@" 2>&1 | tee "$out/bench_$precision.log"
 }
 # everything: training, breakdown, PAR's kernels vs eager, reference, inference, WeCLIP+ next to WeCLIP, and each
-# operator's share of a step (torch.profiler, after every timed figure of the run)
+# operator's share of a step and the weclip_hf source lines it comes from (torch.profiler, after every timed figure)
 run bf16 --method weclip_plus --profile_ops "$@"
 # fp32 for comparison (lighter), PAR's eager iterations compiled
 run none --batch_sizes 4,64 --no_breakdown --compile_par --profile_ops "$@"

@@ -80,6 +80,12 @@ def test_benchmark_tiny_runs_and_compares_both_paths(tmp_path):
         shares = [float(x) for x in re.findall(r" ([\d.]+)%", " " + top)]
         assert 0 < float(matrix) <= 100 and len(shares) == 8 and 0 < sum(shares) <= 100.05, top
         assert "aten::" in top and shares == sorted(shares, reverse=True), top
+    # ... and the weclip_hf source lines that time comes from (innermost frame), shares in decreasing order
+    where = re.findall(r"\| (WeCLIP\+?, batch 2, RFM o(?:n|ff)) \| (.+py\(\d+\): .+) \|", out)
+    assert len(where) == 4, out
+    for _, lines in where:
+        shares = [float(x) for x in re.findall(r" ([\d.]+)%", lines)]
+        assert 0 < sum(shares) <= 100.05 and shares == sorted(shares, reverse=True), lines
     # PAR iterations compiled vs eager, side by side, computing the same function
     compiled = re.findall(
         r"\| PAR iterations: torch.compile vs eager \|.*max abs diff ([\d.e+-]+)\).*\*\*([\d.]+)x", out
@@ -188,3 +194,36 @@ def test_operator_shares_count_the_kernels_no_operator_launched():
     cpu = shares_of_events(events[:3], cuda=False)
     assert [o["op"] for o in cpu["top"]] == ["aten::addmm", "aten::mul", "weclip::par_iteration_kernel"]
     assert cpu["seconds"] == pytest.approx(100e-6) and cpu["matrix_products"] == pytest.approx(0.5)
+
+
+def test_line_shares_group_operators_by_their_innermost_weclip_frame():
+    """`--profile_ops`' source lines: each operator's self time goes to the innermost weclip_hf frame of its stack
+    (or one row without such a frame); device-side rows and user annotations are not operators."""
+    from types import SimpleNamespace
+
+    if str(REPO / "examples") not in sys.path:
+        sys.path.insert(0, str(REPO / "examples"))
+    from benchmark import NO_FRAME, shares_of_lines
+    from torch.autograd import DeviceType
+
+    def event(us, stack, device_type=DeviceType.CPU, annotation=False):
+        return SimpleNamespace(
+            device_type=device_type, self_cpu_time_total=us, stack=stack, is_user_annotation=annotation
+        )
+
+    inner = "/x/weclip_hf/par.py(155): par_iteration_eager"
+    outer = "/x/weclip_hf/modeling_weclip.py(769): refine_and_label"
+    events = [
+        event(300.0, [inner, outer, "/x/examples/benchmark.py(480): step"]),
+        event(100.0, [outer]),
+        event(100.0, [inner, outer]),
+        event(500.0, ["/x/examples/benchmark.py(480): step"]),  # the backward, the optimizer
+        event(900.0, [inner], annotation=True),
+        event(900.0, [inner], device_type=DeviceType.CUDA),
+    ]
+    lines = shares_of_lines(events, cuda=False)
+    assert [(o["line"], round(o["share"], 6)) for o in lines] == [
+        (NO_FRAME, 0.5),
+        ("par.py(155): par_iteration_eager", 0.4),
+        ("modeling_weclip.py(769): refine_and_label", 0.1),
+    ]
