@@ -1363,24 +1363,24 @@ def render_op_shares(result: dict) -> str:
         "| setting | profiled time / step | matrix products (addmm, mm, bmm, baddbmm) | top operators |",
         "|---|---|---|---|",
     ]
+    where_rows = []
     for t in rows:
         shares = t["op_shares"]
         top = ", ".join(f"{o['op']} {100 * o['share']:.1f}%" for o in shares["top"])
+        where = ", ".join(f"{o['line']} {100 * o['share']:.1f}%" for o in shares["lines"])
         rfm = "on" if t["rfm"] else "off"
         setting = f"{METHOD_NAMES[t['method']]}, batch {t['batch']}, crop {t['crop']}, RFM {rfm}"
         busy = f"{1e3 * shares['seconds']:.1f} ms / {1e3 * t['seconds']:.1f} ms"
         lines.append(f"| {setting} | {busy} | {100 * shares['matrix_products']:.1f}% | {top} |")
+        where_rows.append(f"| {METHOD_NAMES[t['method']]}, batch {t['batch']}, RFM {rfm} | {where} |")
     lines += [
         "",
         "Where in weclip_hf that time comes from (the same profiles, operators' self time by the innermost "
         "weclip_hf source line on their stack):",
         "| setting | top source lines |",
         "|---|---|",
+        *where_rows,
     ]
-    for t in rows:
-        where = ", ".join(f"{o['line']} {100 * o['share']:.1f}%" for o in t["op_shares"]["lines"])
-        rfm = "on" if t["rfm"] else "off"
-        lines.append(f"| {METHOD_NAMES[t['method']]}, batch {t['batch']}, RFM {rfm} | {where} |")
     return "\n".join(lines)
 
 

@@ -117,13 +117,21 @@ def test_benchmark_times_par_kernels_against_eager_where_they_run():
     )  # (the interpreter is slow: no speed claim here)
 
 
+def _benchmark():
+    """examples/benchmark.py as a module (its directory on sys.path once, as the script itself expects)."""
+    if str(REPO / "examples") not in sys.path:
+        sys.path.insert(0, str(REPO / "examples"))
+    import benchmark
+
+    return benchmark
+
+
 def test_flop_counter_counts_cpu_sdpa_like_eager_attention():
     """The CPU's fused attention kernel is missing from torch's FLOP formulas; the benchmark adds it."""
     import torch
     import torch.nn.functional as F
 
-    sys.path.insert(0, str(REPO / "examples"))
-    from benchmark import FlopCounter
+    FlopCounter = _benchmark().FlopCounter
 
     q, k, v = torch.randn(3, 2, 4, 17, 8).unbind(0)
     counted = []
@@ -160,9 +168,8 @@ def test_operator_shares_count_the_kernels_no_operator_launched():
     On a CPU the operators' self times are the shares."""
     from types import SimpleNamespace
 
-    if str(REPO / "examples") not in sys.path:
-        sys.path.insert(0, str(REPO / "examples"))
-    from benchmark import OUTSIDE_OPERATORS, shares_of_events
+    benchmark = _benchmark()
+    OUTSIDE_OPERATORS, shares_of_events = benchmark.OUTSIDE_OPERATORS, benchmark.shares_of_events
     from torch.autograd import DeviceType
 
     def event(key, device_type, device_us, cpu_us=0.0, annotation=False):
@@ -201,9 +208,8 @@ def test_line_shares_group_operators_by_their_innermost_weclip_frame():
     (or one row without such a frame); device-side rows and user annotations are not operators."""
     from types import SimpleNamespace
 
-    if str(REPO / "examples") not in sys.path:
-        sys.path.insert(0, str(REPO / "examples"))
-    from benchmark import NO_FRAME, shares_of_lines
+    benchmark = _benchmark()
+    NO_FRAME, shares_of_lines = benchmark.NO_FRAME, benchmark.shares_of_lines
     from torch.autograd import DeviceType
 
     def event(us, stack, device_type=DeviceType.CPU, annotation=False):
