@@ -136,6 +136,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "wherever they run (CUDA), at the first and last --batch_sizes",
     )
     p.add_argument(
+        "--compile",
+        choices=["none", "decoder", "model"],
+        default="none",
+        help="torch.compile the decoder (`model.decoder.compile`) or the whole model (`model.compile`: the CLIP "
+        "forward, the decoder and the losses; the pseudo-label pipeline stays eager) before anything is timed; "
+        "each setting's first run compiles",
+    )
+    p.add_argument("--compile_backend", default="inductor", help="torch.compile backend of --compile (inductor)")
+    p.add_argument(
+        "--compile_mode",
+        default=None,
+        help="torch.compile mode (default: reduce-overhead, i.e. CUDA graphs, on CUDA; default elsewhere)",
+    )
+    p.add_argument(
         "--autocast",
         choices=["none", "bf16", "fp16"],
         default="none",
@@ -217,6 +231,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b]
     args.infer_sizes = [int(s) for s in str(args.infer_sizes).split(",") if s]
     args.rfm = [{"off": False, "on": True}[r.strip()] for r in args.rfm.split(",") if r.strip()]
+    if args.compile_mode is None and args.compile_backend == "inductor":  # modes are Inductor's
+        args.compile_mode = "reduce-overhead" if args.device.startswith("cuda") else "default"
     if args.peak_tflops is None and args.device.startswith("cuda"):
         args.peak_tflops = 800.0
     return args
@@ -422,6 +438,17 @@ def build_model(tiny: bool, device: torch.device, seed: int, method: str = "wecl
     return WeCLIPForSemanticSegmentation(config).to(device)
 
 
+def compiled(args: argparse.Namespace, model):
+    """``model`` with `--compile`'s part compiled in place (`nn.Module.compile`: same module, same weights). Static
+    shapes: each setting (batch size, RFM, training / inference size) gets its own graphs, as in a training run of
+    one batch size; the recompilation limit leaves room for all of them."""
+    if args.compile != "none":
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        part = model.decoder if args.compile == "decoder" else model
+        part.compile(backend=args.compile_backend, mode=args.compile_mode, dynamic=False)
+    return model
+
+
 def trainable_optimizer(model) -> torch.optim.Optimizer:
     """AdamW on the trainable weights (WeCLIP: the decoder; WeCLIP+: also the DINO head), the toy recipe's."""
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -490,7 +517,9 @@ def measure_training(args, bench, model, optimizer, batch, use_rfm) -> dict:
     clip_forward = clip_forward_fn(args, model, pixel_values)
     syncs = HostSyncFinder()
     flops = FlopCounter()
-    with flops, syncs:  # also the first warm-up run
+    # also the first warm-up run; eager (a compiled model's forward is compiled by the next run): every operator
+    # passes the counters, and a frame first met under a dispatch mode is never compiled
+    with torch.compiler.set_stance("force_eager"), flops, syncs:
         step()
     bench.sync()
     with bench.peak_memory() as memory:
@@ -1395,6 +1424,7 @@ def environment(device: torch.device, args) -> dict:
         threads=torch.get_num_threads(),
         cpu=platform.processor() or platform.machine(),
         autocast=args.autocast,
+        compile=args.compile if args.compile == "none" else f"{args.compile} ({args.compile_backend}, {args.compile_mode})",
         host_memory=args.host_memory,
         model="tiny test config" if args.tiny else "ViT-B/16 + VOC (random weights)",
     )
@@ -1436,7 +1466,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     if args.crf:
         return main_crf(args, bench, start)
-    model = build_model(args.tiny, device, args.seed)
+    model = compiled(args, build_model(args.tiny, device, args.seed))
     optimizer = trainable_optimizer(model)
     result = dict(
         env=environment(device, args),
@@ -1472,7 +1502,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["inference"] = measure_inference(args, bench, model)
     if args.method == "weclip_plus":  # the same measurements of WeCLIP+, after WeCLIP's model is freed
         del model, optimizer
-        model = build_model(args.tiny, device, args.seed, "weclip_plus")
+        model = compiled(args, build_model(args.tiny, device, args.seed, "weclip_plus"))
         optimizer = trainable_optimizer(model)
         measure_training_grid(args, bench, model, optimizer, result)
         if not args.no_inference:
@@ -1481,7 +1511,7 @@ def main(argv: list[str] | None = None) -> dict:
         profile_training_grid(args, bench, model, optimizer, result)
         if args.method == "weclip_plus":
             del model, optimizer
-            model = build_model(args.tiny, device, args.seed)
+            model = compiled(args, build_model(args.tiny, device, args.seed))
             profile_training_grid(args, bench, model, trainable_optimizer(model), result)
     result["total_seconds"] = time.perf_counter() - start
 

@@ -180,6 +180,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         "step then maps its activations afresh: ~10%% slower here) instead of keeping it for the next step "
         "(`weclip_hf.host_memory`)",
     )
+    train.add_argument(
+        "--torch_compile",
+        action="store_true",
+        help="run the training forward through torch.compile (the CLIP forward, the decoder and the losses; the "
+        "pseudo labels stay eager); evaluation and saving use the plain model. The first steps of each kind "
+        "(RFM off / on) compile",
+    )
+    train.add_argument("--torch_compile_backend", default="inductor", help="torch.compile backend (inductor)")
+    train.add_argument(
+        "--torch_compile_mode",
+        help="torch.compile mode. Default with inductor: reduce-overhead (CUDA graphs) on a GPU, where the "
+        "small-batch step waits on kernel launches (1.8x at batch 4 on an H200, BENCHMARKS.md), default elsewhere",
+    )
     train.add_argument("--checkpointing_steps", help="save every N steps (also at the end)")
     train.add_argument(
         "--overwrite_output_dir",
@@ -401,6 +414,15 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
         dino = args.dino_model_name_or_path or "facebook/dinov2-small"
         return WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(clip, dino, **overrides)
     return WeCLIPForSemanticSegmentation.from_clip(clip, **overrides)
+
+
+def compiled_forward(args, model, device: torch.device):
+    """``--torch_compile``: ``model`` (as prepared: under DDP the wrapper, whose graphs torch splits at its gradient
+    buckets) through `torch.compile`; the module itself stays uncompiled for evaluation and saving."""
+    mode = args.torch_compile_mode
+    if mode is None and args.torch_compile_backend == "inductor":
+        mode = "reduce-overhead" if device.type == "cuda" else "default"
+    return torch.compile(model, backend=args.torch_compile_backend, mode=mode)
 
 
 def build_image_processor(args, patch_size: int) -> WeCLIPImageProcessor:
@@ -645,6 +667,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         optimizer, lr_lambda(args.num_warmup_steps, args.max_train_steps)
     )
     model, optimizer = accelerator.prepare(model, optimizer)
+    train_forward = compiled_forward(args, model, accelerator.device) if args.torch_compile else model
     # batches stay on the host: `to_device` moves all but the image-level labels, from which the model
     # plans its (image, class) pairs without a device-to-host sync
     train_loader = accelerator.prepare_data_loader(train_loader, device_placement=False)
@@ -702,7 +725,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
             # every step's randomness (decoder dropout) is a function of (seed, step, process): a resumed
             # run repeats an uninterrupted one exactly
             torch.manual_seed((args.seed * 1_000_003 + step) * 64 + accelerator.process_index)
-            out = model(
+            out = train_forward(
                 pixel_values=batch["pixel_values"],
                 class_labels=batch["class_labels"],
                 labels=batch.get("labels") if args.fully_supervised else None,

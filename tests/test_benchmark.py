@@ -233,3 +233,26 @@ def test_line_shares_group_operators_by_their_innermost_weclip_frame():
         ("par.py(155): par_iteration_eager", 0.4),
         ("modeling_weclip.py(769): refine_and_label", 0.1),
     ]
+
+
+def test_compiled_model_is_timed_compiled_and_counted_eagerly(monkeypatch):
+    """`--compile model`: the timed steps run the compiled forward (graphs exist after the run), and the first
+    run, which counts FLOPs and host syncs under dispatch modes, runs eagerly: a frame first met under a dispatch
+    mode would never be compiled, and compiled code would hide its operators from the counters."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    benchmark = _benchmark()
+    flags = ["--tiny", "--device", "cpu", "--rfm", "on", "--no_breakdown", "--no_reference", "--no_inference"]
+    eager = benchmark.main(flags)["training"][0]
+    torch._dynamo.reset()
+    counters.clear()
+    result = benchmark.main([*flags, "--compile", "model", "--compile_backend", "aot_eager"])
+    compiled = result["training"][0]
+    assert result["env"]["compile"] == "model (aot_eager, None)"
+    assert counters["stats"]["unique_graphs"] > 0
+    assert compiled["gflop_per_image"] == eager["gflop_per_image"] > 0
+    # the same syncs (the eager run's first step also made PAR's cached constants, a one-off copy)
+    syncs = {s["where"] for s in compiled["host_syncs"]}
+    assert syncs and syncs <= {s["where"] for s in eager["host_syncs"]}

@@ -465,3 +465,21 @@ def test_cpu_threads_share_the_cores_among_local_processes(monkeypatch):
     assert train_script.default_num_workers("cuda", 16) == 1
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     assert train_script.default_num_workers("cuda", 1) == 4
+
+
+def test_torch_compile_trains_as_the_eager_run(tmp_path, tiny_clip, reference_run):
+    """``--torch_compile`` (backend aot_eager: Dynamo's graphs and AOTAutograd, no code generation) trains as the
+    eager run does: the same losses at every step, RFM off then on, within float32 summation order; the module
+    saved is the plain one (same keys as the eager run's weights)."""
+    out = tmp_path / "compiled"
+    train_in_process(
+        *resumable_args(tiny_clip), "--output_dir", out, "--torch_compile", "--torch_compile_backend", "aot_eager"
+    )
+    eager, compiled = read_log(reference_run), read_log(out)
+    assert [r["step"] for r in compiled] == [r["step"] for r in eager]
+    assert [r["rfm"] for r in compiled] == [r["rfm"] for r in eager] and {r["rfm"] for r in eager} == {False, True}
+    for mine, theirs in zip(compiled, eager):
+        assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-4), (mine, theirs)
+    from safetensors.torch import load_file
+
+    assert load_file(out / "model.safetensors").keys() == load_file(reference_run / "model.safetensors").keys()

@@ -201,16 +201,19 @@ def _check_values(ok: torch.Tensor, message: str) -> None:
         torch._assert_async(ok, message)
 
 
-def _without_autocast(method):
-    """Run ``method(self, pixel_values, ...)`` with autocast off on ``pixel_values``' device and the pixels
-    in float32, whatever mixed precision the caller runs under."""
+def _pseudo_label_stage(method):
+    """Run ``method(self, pixel_values, ...)`` as the pseudo-label pipeline needs: with autocast off on
+    ``pixel_values``' device and the pixels in float32, whatever mixed precision the caller runs under, and
+    eagerly under `torch.compile` (``torch.compile(model)`` compiles the CLIP forward, the decoder and the
+    losses around it). The pipeline cannot be traced: it reads the image labels on the host, its shapes follow
+    each batch's (image, class) pairs, and its GradCAM takes `torch.autograd.grad` w.r.t. a tensor it creates."""
 
     @functools.wraps(method)
     def wrapper(self, pixel_values: torch.Tensor, *args, **kwargs):
         with torch.autocast(pixel_values.device.type, enabled=False):
             return method(self, pixel_values.float(), *args, **kwargs)
 
-    return wrapper
+    return torch.compiler.disable(wrapper)
 
 
 def _require_safetensors(folder: str) -> None:
@@ -721,7 +724,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
 
     # ---- pseudo labels ---------------------------------------------------------------------------
 
-    @_without_autocast
+    @_pseudo_label_stage
     def generate_pseudo_labels(
         self,
         pixel_values: torch.Tensor,
@@ -940,12 +943,16 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         self.training_step.fill_(int(step))
         self._step = int(step)
 
+    # The step counter lives on the host: eager under `torch.compile`, whose graphs would otherwise specialise on
+    # (and be recompiled for) every step's value.
+    @torch.compiler.disable
     def _current_step(self) -> int:
         """The training-step counter, read from the buffer once and mirrored on the host after that."""
         if self._step is None:
             self._step = int(self.training_step)
         return self._step
 
+    @torch.compiler.disable
     def _advance_step(self) -> None:
         """One training forward done (weak or fully supervised): count it in the buffer and its mirror."""
         self._step = self._current_step() + 1

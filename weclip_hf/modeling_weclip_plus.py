@@ -29,7 +29,7 @@ from .modeling_weclip import (
     WeCLIPCAMOutput,
     WeCLIPForSemanticSegmentation,
     WeCLIPSemanticSegmenterOutput,
-    _without_autocast,
+    _pseudo_label_stage,
     feature_affinity,
 )
 from .pseudo_labels import (
@@ -162,7 +162,7 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
 
     # ---- pseudo labels ---------------------------------------------------------------------------
 
-    @_without_autocast
+    @_pseudo_label_stage
     def generate_pseudo_labels(
         self,
         pixel_values: torch.Tensor,

@@ -1,0 +1,111 @@
+"""`torch.compile` of the models: the whole model (`model.compile()`: the CLIP forward, the decoder and the losses
+compiled, the pseudo-label pipeline eager) trains as the eager model does and is not recompiled from step to
+step; the decoder compiles as one graph. Backend ``aot_eager`` (Dynamo's tracing and AOTAutograd, no code
+generation): what these tests check is ours, the graphs and their guards; Inductor's code is PyTorch's
+(`tests/test_benchmark.py` runs it once on the tiny config)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_tiny_config, make_tiny_plus_config
+
+from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPPlusForSemanticSegmentation
+
+RFM_START = 2  # steps 0-1 without the RFM, 2 on with it: both variants of the step are compiled
+STEPS = 5
+
+
+def _model(method: str):
+    torch.manual_seed(0)
+    if method == "weclip_plus":
+        return WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config(rfm_start_step=RFM_START))
+    return WeCLIPForSemanticSegmentation(make_tiny_config(rfm_start_step=RFM_START))
+
+
+def _batch(model) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.randn(2, 3, 64, 64, generator=g)
+    labels = torch.zeros(2, model.config.num_foreground_classes)
+    labels[0, 0] = labels[1, 1] = labels[1, 2] = 1.0
+    return pixels, labels
+
+
+def _train(model, steps: int) -> tuple[list[torch.Tensor], list[bool], dict[str, torch.Tensor]]:
+    """``steps`` SGD steps on one batch (the RFM from step `RFM_START`): losses, RFM flags, each trained weight's
+    change.
+    From the step after the RFM's first, any recompilation raises. (SGD: an update proportional to the gradient;
+    AdamW's first steps move every weight by ~lr whatever its gradient's size, the sign of near-zero gradients
+    being float noise.)"""
+    pixels, labels = _batch(model)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    initial = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+    model.train()
+    losses, rfm = [], []
+    for step in range(steps):
+        torch.manual_seed(100 + step)  # the decoder's dropout draws alike in both runs
+        with torch._dynamo.config.patch(error_on_recompile=step > RFM_START):
+            out = model(pixels, class_labels=labels)
+            out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(out.loss.detach())
+        rfm.append(out.used_rfm)
+    updates = {k: v.detach() - initial[k] for k, v in model.named_parameters() if v.requires_grad}
+    return losses, rfm, updates
+
+
+@pytest.mark.parametrize("method", ["weclip", "weclip_plus"])
+def test_compiled_model_trains_as_eager_without_recompiling(method):
+    torch._dynamo.reset()
+    eager_losses, eager_rfm, eager_updates = _train(_model(method), STEPS)
+    compiled = _model(method)
+    compiled.compile(backend="aot_eager")
+    losses, rfm, updates = _train(compiled, STEPS)
+    assert rfm == eager_rfm == [False] * RFM_START + [True] * (STEPS - RFM_START)
+    # float32 summation orders differ (AOTAutograd's decompositions): ~1e-5 in the losses, ~5e-4 of the updates
+    # (and ~1 ulp of a weight near 1, e.g. a LayerNorm's, whose update is 1e-4)
+    torch.testing.assert_close(torch.stack(losses), torch.stack(eager_losses), rtol=1e-4, atol=1e-6)
+    assert updates.keys() == eager_updates.keys()
+    for name, update in updates.items():
+        expected = eager_updates[name]
+        scale = expected.abs().max().item()
+        assert scale > 0, name  # every trainable weight moved
+        torch.testing.assert_close(update, expected, rtol=0, atol=2e-3 * scale + 1e-6, msg=name)
+    # the step counter stays the model's: compiled forwards count as eager ones do
+    assert int(compiled.training_step) == STEPS
+
+
+@pytest.mark.parametrize("method", ["weclip", "weclip_plus"])
+def test_compiled_inference_matches_eager(method):
+    torch._dynamo.reset()
+    model = _model(method).eval()
+    pixels, _ = _batch(model)
+    with torch.no_grad():
+        expected = model(pixels).logits
+        model.compile(backend="aot_eager")
+        torch.testing.assert_close(model(pixels).logits, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_decoder_compiles_as_one_graph():
+    """``fullgraph=True``: the decoder (feature head, transformer, classifier) has no graph break; forward and
+    weight gradients equal the eager ones."""
+    torch._dynamo.reset()
+    model = _model("weclip")
+    cfg = model.config
+    g = torch.Generator().manual_seed(2)
+    tokens = [torch.randn(2, 16, cfg.vision_config.hidden_size, generator=g) for _ in range(cfg.num_feature_layers)]
+    decoder = model.decoder.eval()
+
+    def run():
+        decoder.zero_grad(set_to_none=True)
+        logits, features = decoder(tokens, (4, 4))
+        (logits.square().mean() + features.mean()).backward()
+        return logits.detach(), {k: p.grad.clone() for k, p in decoder.named_parameters()}
+
+    logits, grads = run()
+    decoder.compile(fullgraph=True, backend="aot_eager")
+    compiled_logits, compiled_grads = run()
+    torch.testing.assert_close(compiled_logits, logits, rtol=1e-5, atol=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
