@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Issue 6's GPU measurements in one command: examples/benchmark.py under bf16 autocast (what the speed
-# targets need), then in fp32, each compared with the fp32 reference path once (on a CPU copy of the model).
-# Writes OUT_DIR/gpu.txt, OUT_DIR/cuda_tests.txt (the CUDA test of PAR's kernels), OUT_DIR/bench_{bf16,none}.json
-# (every figure) and .log (the printed tables), OUT_DIR/half_precision.txt.
+# targets need), then with the whole model compiled (torch.compile, CUDA graphs), then in fp32; the bf16 and fp32
+# runs are compared with the fp32 reference path once (on a CPU copy of the model).
+# Writes OUT_DIR/gpu.txt, OUT_DIR/cuda_tests.txt (the CUDA test of PAR's kernels),
+# OUT_DIR/bench_{bf16,compiled,none}.json (every figure; compiled: on CUDA only) and .log (the printed tables),
+# OUT_DIR/half_precision.txt.
 #
 #   bash examples/benchmark_gpu.sh OUT_DIR [more examples/benchmark.py flags, e.g. --batch_sizes 4,32]
 #
-# Took 204 s on an H200 (2026-12-04, torch 2.11, 37 s of it compiling PAR); the bf16 run comes first, and each
-# run's log is written as it goes.
+# Took 257 s on an H200 before the compiled run was added (2026-12-04, torch 2.11, run 4), which took 204 s on its
+# own (run 6); the bf16 run comes first, and each run's log is written as it goes.
 # `bash examples/benchmark_gpu.sh /tmp/bench --tiny` runs it on a CPU in seconds.
 set -euo pipefail
 out=${1:?usage: bash examples/benchmark_gpu.sh OUT_DIR [examples/benchmark.py flags]}
@@ -32,6 +34,13 @@ run() {  # run PRECISION [flags]: one benchmark run, its JSON and log under OUT_
 # everything: training, breakdown, PAR's kernels vs eager, reference, inference, WeCLIP+ next to WeCLIP, and each
 # operator's share of a step and the weclip_hf source lines it comes from (torch.profiler, after every timed figure)
 run bf16 --method weclip_plus --profile_ops "$@"
+# the whole model compiled (torch.compile, CUDA graphs): WeCLIP's training and single-scale inference at 320, on the
+# GPU only (each setting compiles on its first run: 204 s on an H200; tests/test_compile.py covers the compiled model
+# on a CPU)
+if "$python" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    PYTHONUNBUFFERED=1 "$python" examples/benchmark.py --autocast bf16 --compile model --no_breakdown --no_reference \
+        --infer_sizes 320 --output_json "$out/bench_compiled.json" "$@" 2>&1 | tee "$out/bench_compiled.log"
+fi
 # fp32 for comparison (lighter), PAR's eager iterations compiled
 run none --batch_sizes 4,64 --no_breakdown --compile_par --profile_ops "$@"
 # native half-precision weights vs float32 (inference time and peak memory), on the GPU only

@@ -1,8 +1,8 @@
 """`torch.compile` of the models: the whole model (`model.compile()`: the CLIP forward, the decoder and the losses
 compiled, the pseudo-label pipeline eager) trains as the eager model does and is not recompiled from step to
 step; the decoder compiles as one graph. Backend ``aot_eager`` (Dynamo's tracing and AOTAutograd, no code
-generation): what these tests check is ours, the graphs and their guards; Inductor's code is PyTorch's
-(`tests/test_benchmark.py` runs it once on the tiny config)."""
+generation): what these tests check is ours, the graphs and their guards; Inductor's code generation is
+PyTorch's (`examples/benchmark_gpu.sh` runs the compiled model with it on a GPU: BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -109,3 +109,15 @@ def test_decoder_compiles_as_one_graph():
     torch.testing.assert_close(compiled_logits, logits, rtol=1e-5, atol=1e-6)
     for name, grad in grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_compiled_model_refuses_bad_labels_by_name():
+    """The input checks are traced into the graph (no graph break): bad image-level labels still fail, naming the
+    problem."""
+    torch._dynamo.reset()
+    model = _model("weclip")
+    model.compile(backend="aot_eager")
+    pixels, labels = _batch(model)
+    labels[0, 0] = 2.0
+    with pytest.raises((RuntimeError, ValueError), match="class_labels must contain only 0 and 1"):
+        model(pixels, class_labels=labels)

@@ -191,10 +191,12 @@ def _placeholder_text_embeds(config: WeCLIPConfig) -> tuple[torch.Tensor, torch.
 def _check_values(ok: torch.Tensor, message: str) -> None:
     """Refuse bad input values without a host sync on accelerators.
 
-    On the CPU: a `ValueError` right away. Elsewhere: a device-side assertion (`torch._assert_async`)
-    that fails the next synchronising call with ``message``; reading the flag back would stall the step.
+    On the CPU: a `ValueError` right away. Elsewhere, and in a graph `torch.compile` traces (where reading the
+    flag would break the graph): an assertion (`torch._assert_async`) that fails with ``message`` (a
+    `RuntimeError`) when the graph runs, on an accelerator at the next synchronising call; reading the flag back
+    would stall the step.
     """
-    if ok.device.type == "cpu":
+    if ok.device.type == "cpu" and not torch.compiler.is_compiling():
         if not bool(ok):
             raise ValueError(message)
     else:
