@@ -191,7 +191,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument(
         "--torch_compile_mode",
         help="torch.compile mode. Default with inductor: reduce-overhead (CUDA graphs) on a GPU, where the "
-        "small-batch step waits on kernel launches (1.8x at batch 4 on an H200, BENCHMARKS.md), default elsewhere",
+        "small-batch step waits on kernel launches (1.9x at batch 4 on an H200, BENCHMARKS.md), default elsewhere "
+        "(on a 2-core CPU no gain beyond the run-to-run spread)",
     )
     train.add_argument("--checkpointing_steps", help="save every N steps (also at the end)")
     train.add_argument(
