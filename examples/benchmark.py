@@ -143,7 +143,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "forward, the decoder and the losses; the pseudo-label pipeline stays eager) before anything is timed; "
         "each setting's first run compiles",
     )
-    p.add_argument("--compile_backend", default="inductor", help="torch.compile backend of --compile (inductor)")
+    p.add_argument(
+        "--compile_backend", default="inductor", help="torch.compile backend of --compile (inductor)"
+    )
     p.add_argument(
         "--compile_mode",
         default=None,
@@ -1424,7 +1426,9 @@ def environment(device: torch.device, args) -> dict:
         threads=torch.get_num_threads(),
         cpu=platform.processor() or platform.machine(),
         autocast=args.autocast,
-        compile=args.compile if args.compile == "none" else f"{args.compile} ({args.compile_backend}, {args.compile_mode})",
+        compile=args.compile
+        if args.compile == "none"
+        else f"{args.compile} ({args.compile_backend}, {args.compile_mode})",
         host_memory=args.host_memory,
         model="tiny test config" if args.tiny else "ViT-B/16 + VOC (random weights)",
     )

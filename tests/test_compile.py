@@ -94,7 +94,9 @@ def test_decoder_compiles_as_one_graph():
     model = _model("weclip")
     cfg = model.config
     g = torch.Generator().manual_seed(2)
-    tokens = [torch.randn(2, 16, cfg.vision_config.hidden_size, generator=g) for _ in range(cfg.num_feature_layers)]
+    tokens = [
+        torch.randn(2, 16, cfg.vision_config.hidden_size, generator=g) for _ in range(cfg.num_feature_layers)
+    ]
     decoder = model.decoder.eval()
 
     def run():

@@ -473,13 +473,23 @@ def test_torch_compile_trains_as_the_eager_run(tmp_path, tiny_clip, reference_ru
     saved is the plain one (same keys as the eager run's weights)."""
     out = tmp_path / "compiled"
     train_in_process(
-        *resumable_args(tiny_clip), "--output_dir", out, "--torch_compile", "--torch_compile_backend", "aot_eager"
+        *resumable_args(tiny_clip),
+        "--output_dir",
+        out,
+        "--torch_compile",
+        "--torch_compile_backend",
+        "aot_eager",
     )
     eager, compiled = read_log(reference_run), read_log(out)
     assert [r["step"] for r in compiled] == [r["step"] for r in eager]
-    assert [r["rfm"] for r in compiled] == [r["rfm"] for r in eager] and {r["rfm"] for r in eager} == {False, True}
+    assert [r["rfm"] for r in compiled] == [r["rfm"] for r in eager] and {r["rfm"] for r in eager} == {
+        False,
+        True,
+    }
     for mine, theirs in zip(compiled, eager):
         assert mine["loss"] == pytest.approx(theirs["loss"], rel=1e-4), (mine, theirs)
     from safetensors.torch import load_file
 
-    assert load_file(out / "model.safetensors").keys() == load_file(reference_run / "model.safetensors").keys()
+    assert (
+        load_file(out / "model.safetensors").keys() == load_file(reference_run / "model.safetensors").keys()
+    )
