@@ -121,8 +121,10 @@ def _first_step_gradients(checkpoint: Path) -> list[torch.Tensor]:
     return [states[i]["exp_avg"] / (1 - beta1) for i in sorted(states)]
 
 
-def test_train_script_two_processes_match_one(tiny_clip, tmp_path):
-    """The real script under torchrun (2 CPU processes x 2 images) against 1 process x 4 images, trained on the
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "torch_compile"])
+def test_train_script_two_processes_match_one(tiny_clip, tmp_path, compiled):
+    """The real script under torchrun (2 CPU processes x 2 images; also with ``--torch_compile``, backend aot_eager:
+    the DDP wrapper's graphs split at its gradient buckets) against 1 eager process x 4 images, trained on the
     toy masks (--fully_supervised): the same step 1 gradient, losses and weights up to float reordering (far
     below one step's move), and the same sharded evaluation. The pseudo labels of a random CLIP have near-ties
     that the batch composition flips (measured with weak supervision: 3e-3 of a gradient apart, 4% of the weights
@@ -149,8 +151,16 @@ def test_train_script_two_processes_match_one(tiny_clip, tmp_path):
     args[args.index("--per_device_train_batch_size") + 1] = 2
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     two = tmp_path / "two"
+    compile_flags = ["--torch_compile", "--torch_compile_backend", "aot_eager"] if compiled else []
     proc = subprocess.run(
-        train_command(*args, "--output_dir", two, threads=1, launcher=(torchrun, "--nproc_per_node", "2")),
+        train_command(
+            *args,
+            *compile_flags,
+            "--output_dir",
+            two,
+            threads=1,
+            launcher=(torchrun, "--nproc_per_node", "2"),
+        ),
         capture_output=True,
         text=True,
         timeout=300,
