@@ -123,3 +123,17 @@ def test_compiled_model_refuses_bad_labels_by_name():
     labels[0, 0] = 2.0
     with pytest.raises((RuntimeError, ValueError), match="class_labels must contain only 0 and 1"):
         model(pixels, class_labels=labels)
+
+
+def test_compiled_model_saves_and_loads_as_the_plain_model(tmp_path):
+    """`model.compile()` compiles in place: `save_pretrained` writes the plain checkpoint (no ``_orig_mod.`` key
+    prefix), which `from_pretrained` loads back whole."""
+    model = _model("weclip")
+    model.compile(backend="aot_eager")
+    model.save_pretrained(tmp_path)
+    loaded = WeCLIPForSemanticSegmentation.from_pretrained(tmp_path)
+    expected = model.state_dict()
+    assert loaded.state_dict().keys() == expected.keys()
+    assert not any("_orig_mod" in key for key in expected)
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, expected[key]), key
