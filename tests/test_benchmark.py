@@ -244,7 +244,10 @@ def test_compiled_model_is_timed_compiled_and_counted_eagerly(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     benchmark = _benchmark()
+    # --release_host_memory: in this process, leave glibc's settings alone (the measurements of later tests'
+    # memory growth would see retained pages)
     flags = ["--tiny", "--device", "cpu", "--rfm", "on", "--no_breakdown", "--no_reference", "--no_inference"]
+    flags.append("--release_host_memory")
     eager = benchmark.main(flags)["training"][0]
     torch._dynamo.reset()
     counters.clear()
