@@ -37,11 +37,9 @@ def _interpolation_matrix(size_out: int, size_in: int) -> torch.Tensor:
 
 
 def _axis_weights(x: torch.Tensor, size_in: tuple[int, int], size: tuple[int, int]):
-    if torch.compiler.is_compiling():  # traced into the graph, where the matrices are constants (no cache)
-        return tuple(
-            _interpolation_matrix(o, i).to(device=x.device, dtype=x.dtype) for o, i in zip(size, size_in)
-        )
-    return tuple(bilinear_weights(o, i, x.device, x.dtype) for o, i in zip(size, size_in))
+    # under torch.compile the matrices are traced into the graph, where they are constants: no cache there
+    make = bilinear_weights.__wrapped__ if torch.compiler.is_compiling() else bilinear_weights
+    return tuple(make(o, i, x.device, x.dtype) for o, i in zip(size, size_in))
 
 
 def _in_own_dtype(x: torch.Tensor):
