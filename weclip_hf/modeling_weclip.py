@@ -327,6 +327,29 @@ class CLIPVisionFeatures:
         )
 
 
+@dataclass
+class FrozenCLIPPass:
+    """What a forward starts from (`WeCLIPForSemanticSegmentation._frozen_clip_pass`)."""
+
+    class_labels: torch.Tensor | None  # [B, C] 0./1. weak labels, None without
+    has_pixel_labels: bool  # pixel labels were given (full supervision)
+    rfm: bool | None  # whether this step's pseudo labels use the RFM; None without weak labels
+    clip: CLIPVisionFeatures  # the frozen tower's first L-1 blocks
+    tokens: list[torch.Tensor]  # the decoder's input: [B, N, D] patch tokens of its feature layers
+    hidden_states: tuple | None  # the vision outputs the flags ask for
+    attentions: tuple | None
+
+    @property
+    def weak(self) -> bool:
+        """Weak supervision: image-level labels were given, pseudo labels are made."""
+        return self.class_labels is not None
+
+    @property
+    def needs_affinity(self) -> bool:
+        """A loss will be computed (weak or pixel labels), and with it the decoder affinity."""
+        return self.weak or self.has_pixel_labels
+
+
 def _eager_layer(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Run a CLIP encoder layer with explicit attention; return (output, float32 probs [B, heads, T, T])."""
     out, probs = _attention(layer.self_attn, layer.layer_norm1(x))
@@ -960,6 +983,45 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         self._step = self._current_step() + 1
         self.training_step.fill_(self._step)
 
+    def _frozen_clip_pass(
+        self,
+        pixel_values: torch.Tensor,
+        class_labels: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        pixel_mask: torch.Tensor | None,
+        use_rfm: bool | None,
+        output_hidden_states: bool | list[int] | None,
+        output_attentions: bool | None,
+    ) -> FrozenCLIPPass:
+        """The start of a forward (this model's and WeCLIP+'s): the inputs checked, the weak labels as floats,
+        this step's RFM decision, and the frozen CLIP's first L-1 blocks with the attention maps the pseudo labels
+        need (the other blocks run SDPA), plus the vision outputs the flags (None: the config's) ask for."""
+        cfg = self.config
+        if output_hidden_states is None:
+            output_hidden_states = cfg.output_hidden_states
+        if output_attentions is None:
+            output_attentions = cfg.output_attentions
+        self._check_inputs(pixel_values, class_labels, labels, pixel_mask)
+        rfm = None
+        if class_labels is not None:
+            if not class_labels.is_floating_point():
+                class_labels = class_labels.to(pixel_values.dtype)  # bool or integer multi-hot -> 0./1.
+            rfm = self._current_step() >= cfg.rfm_start_step if use_rfm is None else bool(use_rfm)
+        n_maps = attention_maps_needed(cfg, rfm) if class_labels is not None else 0
+        clip = self.forward_clip_features(pixel_values, n_maps, output_attentions=output_attentions)
+        tokens = [t[:, 1:] for t in clip.hidden[len(clip.hidden) - cfg.num_feature_layers :]]
+        hidden_states, attentions = self._vision_outputs(clip, output_hidden_states, output_attentions)
+        return FrozenCLIPPass(class_labels, labels is not None, rfm, clip, tokens, hidden_states, attentions)
+
+    def _ignore_padding(self, details: WeCLIPCAMOutput, pixel_mask: torch.Tensor | None) -> torch.Tensor:
+        """The pseudo labels of ``details`` with the crop padding (``pixel_mask`` 0) set to the ignore index, also
+        written back to ``details``."""
+        if pixel_mask is not None:
+            details.pseudo_labels = details.pseudo_labels.masked_fill(
+                pixel_mask == 0, self.config.semantic_loss_ignore_index
+            )
+        return details.pseudo_labels
+
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -996,42 +1058,27 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         """
         cfg = self.config
         return_dict = cfg.return_dict if return_dict is None else return_dict
-        output_hidden_states = (
-            cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
-        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
-        self._check_inputs(pixel_values, class_labels, labels, pixel_mask)
-        if class_labels is not None and not class_labels.is_floating_point():
-            class_labels = class_labels.to(pixel_values.dtype)  # bool or integer multi-hot -> 0./1.
-        weak = class_labels is not None
-        needs_affinity = weak or labels is not None
-
         # 1. Frozen CLIP: the first L-1 blocks, with attention maps only where this step's CAM (attention
         # refinement) or RFM needs them; the other blocks run SDPA.
-        rfm = None
-        if weak:
-            rfm = self._current_step() >= cfg.rfm_start_step if use_rfm is None else bool(use_rfm)
-        n_maps = attention_maps_needed(cfg, rfm) if weak else 0
-        clip = self.forward_clip_features(pixel_values, n_maps, output_attentions=output_attentions)
-        hidden, grid = clip.hidden, clip.grid
-        tokens = [t[:, 1:] for t in hidden[len(hidden) - cfg.num_feature_layers :]]
-        hidden_states, attentions = self._vision_outputs(clip, output_hidden_states, output_attentions)
+        start = self._frozen_clip_pass(
+            pixel_values, class_labels, labels, pixel_mask, use_rfm, output_hidden_states, output_attentions
+        )
+        clip, rfm, grid = start.clip, start.rfm, start.clip.grid
 
         # 2. Decoder: logits on the patch grid and the affinity of its fused features (after dropout).
-        logits, features = self.decoder(tokens, grid)
+        logits, features = self.decoder(start.tokens, grid)
         # Under autocast (mixed precision) only the first L-1 CLIP blocks and the decoder run in low
         # precision: the affinity and the pseudo labels (GradCAM block, CAM normalisations, RFM, PAR) stay
         # float32.
-        decoder_affinity = feature_affinity(features) if needs_affinity else None  # [B, N, N]
+        decoder_affinity = feature_affinity(features) if start.needs_affinity else None  # [B, N, N]
 
         # 3. Pseudo labels from the frozen CLIP (weak supervision).
         details = pseudo = cams = None
-        if weak:
-            details = self.generate_pseudo_labels(pixel_values, class_labels, clip, decoder_affinity, rfm)
-            pseudo, cams = details.pseudo_labels, details.cams
-            if pixel_mask is not None:
-                pseudo = pseudo.masked_fill(pixel_mask == 0, cfg.semantic_loss_ignore_index)
-                details.pseudo_labels = pseudo
+        if start.weak:
+            details = self.generate_pseudo_labels(
+                pixel_values, start.class_labels, clip, decoder_affinity, rfm
+            )
+            pseudo, cams = self._ignore_padding(details, pixel_mask), details.cams
 
         # 4. Losses on the pseudo labels (or on the given pixel labels).
         loss = seg = aff = None
@@ -1058,8 +1105,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             decoder_affinity=decoder_affinity,
             used_rfm=rfm,
             cam_details=details if output_cam_details else None,
-            hidden_states=hidden_states,
-            attentions=attentions,
+            hidden_states=start.hidden_states,
+            attentions=start.attentions,
         )
         return output if return_dict else output.to_tuple()
 

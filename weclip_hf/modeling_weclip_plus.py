@@ -34,7 +34,6 @@ from .modeling_weclip import (
 )
 from .pseudo_labels import (
     PairPlan,
-    attention_maps_needed,
     plan_pairs,
 )
 
@@ -227,49 +226,33 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
         """
         cfg = self.config
         return_dict = cfg.return_dict if return_dict is None else return_dict
-        output_hidden_states = (
-            cfg.output_hidden_states if output_hidden_states is None else output_hidden_states
-        )
-        output_attentions = cfg.output_attentions if output_attentions is None else output_attentions
-        self._check_inputs(pixel_values, class_labels, labels, pixel_mask)
-        if class_labels is not None and not class_labels.is_floating_point():
-            class_labels = class_labels.to(pixel_values.dtype)  # bool or integer multi-hot -> 0./1.
-        weak = class_labels is not None
-        needs_affinity = weak or labels is not None
-
         # 1. Frozen CLIP: the first L-1 blocks, with the attention maps this step's pseudo labels need.
-        rfm = None
-        if weak:
-            rfm = self._current_step() >= cfg.rfm_start_step if use_rfm is None else bool(use_rfm)
-        n_maps = attention_maps_needed(cfg, rfm) if weak else 0
-        clip = self.forward_clip_features(pixel_values, n_maps, output_attentions=output_attentions)
-        tokens = [t[:, 1:] for t in clip.hidden[len(clip.hidden) - cfg.num_feature_layers :]]
-        hidden_states, attentions = self._vision_outputs(clip, output_hidden_states, output_attentions)
+        start = self._frozen_clip_pass(
+            pixel_values, class_labels, labels, pixel_mask, use_rfm, output_hidden_states, output_attentions
+        )
+        clip, rfm = start.clip, start.rfm
 
         # 2. Frozen DINOv2 and its head, resized to the CLIP grid.
         dino = self.dino_branch(pixel_values, clip.grid)
 
         # 3. The shared decoder on both branches; the prediction is their weighted sum. The affinity is that
         # of the concatenated branch features (both after their heads' dropout).
-        logits_clip, clip_features = self.decoder(tokens, clip.grid)
+        logits_clip, clip_features = self.decoder(start.tokens, clip.grid)
         logits_dino = self.decoder.decode(dino.features)
         weight_clip, weight_dino = cfg.branch_logit_weights
         logits = weight_clip * logits_clip + weight_dino * logits_dino
         decoder_affinity = None
-        if needs_affinity:
+        if start.needs_affinity:
             decoder_affinity = feature_affinity(torch.cat([clip_features, dino.features], dim=1))  # [B, N, N]
 
         # 4. Pseudo labels from the frozen CLIP with RFM+ (weak supervision).
         details = pseudo = cams = None
-        if weak:
+        if start.weak:
             probabilities = logits.detach().float().softmax(dim=1)  # [B, 1 + C, h, w]
             details = self.generate_pseudo_labels(
-                pixel_values, class_labels, clip, decoder_affinity, rfm, probabilities
+                pixel_values, start.class_labels, clip, decoder_affinity, rfm, probabilities
             )
-            pseudo, cams = details.pseudo_labels, details.cams
-            if pixel_mask is not None:
-                pseudo = pseudo.masked_fill(pixel_mask == 0, cfg.semantic_loss_ignore_index)
-                details.pseudo_labels = pseudo
+            pseudo, cams = self._ignore_padding(details, pixel_mask), details.cams
 
         # 5. Losses on the pseudo labels (or on the given pixel labels).
         terms = None
@@ -305,8 +288,8 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
             decoder_affinity=decoder_affinity,
             used_rfm=rfm,
             cam_details=details if output_cam_details else None,
-            hidden_states=hidden_states,
-            attentions=attentions,
+            hidden_states=start.hidden_states,
+            attentions=start.attentions,
         )
         return output if return_dict else output.to_tuple()
 
