@@ -30,6 +30,14 @@ from .cam import gradcam_from_weights, minmax_normalize
 from .chunking import concat_chunks
 from .configuration_weclip import WeCLIPConfig
 
+# The last CLIP block as GradCAM runs it (the model's `last_block_pair_embeddings`; `pair_gradcams` says what goes in
+# and out): (tokens, pair image index, (pair slots, most pairs of one image)) -> (activations, shift, pair
+# embeddings, attention).
+LastBlockPairs = Callable[
+    [torch.Tensor, torch.Tensor, tuple[torch.Tensor, int]],
+    tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+]
+
 
 @dataclass(frozen=True)
 class PairPlan:
@@ -91,10 +99,7 @@ def plan_pairs(class_labels: torch.Tensor, device: torch.device | str) -> PairPl
 
 
 def pair_gradcams(
-    last_block: Callable[
-        [torch.Tensor, torch.Tensor, tuple[torch.Tensor, int]],
-        tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-    ],
+    last_block: LastBlockPairs,
     block_input: torch.Tensor,
     class_embeds: torch.Tensor,
     background_embeds: torch.Tensor,
@@ -154,10 +159,7 @@ def pair_gradcams(
 
 
 def _gradcams_of_images(
-    last_block: Callable[
-        [torch.Tensor, torch.Tensor, tuple[torch.Tensor, int]],
-        tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-    ],
+    last_block: LastBlockPairs,
     block_input: torch.Tensor,
     text: torch.Tensor,
     logit_scale: torch.Tensor,
