@@ -9,7 +9,6 @@ Random weights, synthetic VOC-like inputs, no download. Real size (ViT-B/16, VOC
     python examples/benchmark.py --tiny                           # < 30 s on a laptop CPU
     python examples/benchmark.py --method weclip_plus             # WeCLIP+ (+ DINOv2 ViT-S/14) next to WeCLIP
     python examples/benchmark.py --device cpu --batch_sizes 4 --warmup 1 --repeats 2 ...  # see BENCHMARKS.md
-    python examples/benchmark.py --crf --device cpu --num_threads 1       # dense CRF: ours vs pydensecrf
 
 Every time is a median over ``--repeats`` runs after ``--warmup`` runs, with
 ``torch.cuda.synchronize()`` before the clock is read on CUDA. Peak memory: on CUDA
@@ -23,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import os
 import platform
@@ -50,13 +48,19 @@ from weclip_hf import (  # noqa: E402
     WeCLIPPlusConfig,
     WeCLIPPlusForSemanticSegmentation,
 )
-from weclip_hf import crf as dense_crf_module  # noqa: E402
 from weclip_hf.affinity import transition_matrix  # noqa: E402
 from weclip_hf.cam import cam_box_masks, refine_cams, upsample_normalized  # noqa: E402
 from weclip_hf.host_memory import retain_freed_host_memory  # noqa: E402
 from weclip_hf.inference import longest_edge_size, multiscale_flip_logits  # noqa: E402
 from weclip_hf.losses import affinity_loss, affinity_targets, segmentation_loss  # noqa: E402
-from weclip_hf.par import par_affinity, par_affinity_eager, par_iteration, par_iteration_eager, par_refine  # noqa: E402
+from weclip_hf.par import (  # noqa: E402
+    par_affinity,
+    par_affinity_eager,
+    par_iteration,
+    par_iteration_eager,
+    par_refine,
+    ring_offsets,
+)
 from weclip_hf.par_triton import triton_available  # noqa: E402
 from weclip_hf.pseudo_labels import (  # noqa: E402
     attention_maps_needed,
@@ -171,30 +175,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "maps its large tensors afresh), instead of `weclip_hf.host_memory.retain_freed_host_memory`, which "
         "examples/train.py applies",
     )
-    p.add_argument(
-        "--crf",
-        action="store_true",
-        help="only the dense CRF: ours (weclip_hf.crf) vs pydensecrf on the same inputs, time breakdown, "
-        "agreement",
-    )
-    p.add_argument(
-        "--crf_images",
-        default=None,
-        help="VOC-layout folder (JPEGImages/, SegmentationClass/) whose photos, centre-cropped to "
-        "--crf_size, and blurred / shifted noisy ground truth are the CRF inputs (default: "
-        "synthetic)",
-    )
-    p.add_argument(
-        "--crf_count", type=int, default=3, help="CRF inputs (images x easy/hard), default 3 images"
-    )
-    p.add_argument("--crf_size", type=int, default=513, help="CRF image side (default 513)")
-    p.add_argument("--crf_classes", type=int, default=21, help="CRF classes (default 21)")
-    p.add_argument(
-        "--crf_batch_size",
-        type=int,
-        default=4,
-        help="also time ours on the first N inputs as one batch (default 4; 0: skip)",
-    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output_json", default=None, help="also write every figure to this JSON file")
     args = p.parse_args(argv)
@@ -223,8 +203,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             reference_warmup=0,
             num_threads=1,
         )
-    if args.crf:  # a CRF takes seconds on a CPU
-        defaults.update(warmup=1, repeats=3)
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -761,33 +739,69 @@ def iterate(iteration, scores, weights, cfg) -> torch.Tensor:
     return scores
 
 
-def measure_par_compile(args, bench, model) -> dict:
-    """The config's eager PAR iterations (`par_iteration_eager`, float32) against the same function under
-    ``torch.compile(dynamic=False)`` on the same inputs: compile time, median times, max abs difference."""
+def ring_sum(padded: torch.Tensor, weights: torch.Tensor, offsets: list[tuple[int, int]]) -> torch.Tensor:
+    """One PAR iteration as a plain sum of products over the ring neighbours, for `torch.compile`: ``padded`` the
+    maps replicate-padded by the largest offset [B, C, H + 2p, W + 2p], ``weights`` pixel-row-major [B, H, K, W]
+    (one row's K neighbour weights side by side), ``offsets`` the K (row, column) offsets in `par_iteration`'s
+    order. Inductor fuses it into one pass over the pixels (no clamped indices, no read-modify-write per
+    neighbour)."""
+    pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    h, w = weights.shape[1], weights.shape[3]
+    total = None
+    for k, (dy, dx) in enumerate(offsets):
+        term = weights[:, None, :, k] * padded[:, :, pad + dy : pad + dy + h, pad + dx : pad + dx + w]
+        total = term if total is None else total + term
+    return total
+
+
+def measure_par_compile(args, bench, model) -> list[dict]:
+    """The config's PAR iterations eager (`par_iteration_eager`, float32) against two forms of them under
+    ``torch.compile(dynamic=False)`` on the same inputs: the eager function itself, and `ring_sum` (the padding
+    outside the graph, the weights pixel-row-major). Per form: compile time (the first call), median times, max
+    abs difference from eager."""
     cfg, device = model.config, bench.device
     batch = args.batch_sizes[0]
     image, scores = par_inputs(args, batch, device)
     weights = par_affinity_eager(image, cfg.par_dilations, cfg.par_temperature, cfg.par_pos_weight)
-    compiled_iteration = torch.compile(par_iteration_eager, dynamic=False)
+    offsets = ring_offsets(tuple(cfg.par_dilations), torch.device("cpu")).T.tolist()
+    pad = max(cfg.par_dilations)
+    rows_first = weights.permute(1, 2, 0, 3).contiguous()  # [B, H, K, W]
+    compiled_ring = torch.compile(ring_sum, dynamic=False)
+
+    def ring_iteration(s: torch.Tensor, _weights, _dilations) -> torch.Tensor:
+        return compiled_ring(F.pad(s, (pad,) * 4, mode="replicate"), rows_first, offsets)
+
+    forms = {
+        "the eager iteration": torch.compile(par_iteration_eager, dynamic=False),
+        "ring sum, weights [B, H, K, W]": ring_iteration,
+    }
+    rows = []
     with torch.no_grad():
-        start = time.perf_counter()
-        compiled_out = iterate(compiled_iteration, scores, weights, cfg)
-        bench.sync()
-        compile_seconds = time.perf_counter() - start
         eager_out = iterate(par_iteration_eager, scores, weights, cfg)
         eager_s = bench.median(
             lambda: iterate(par_iteration_eager, scores, weights, cfg), args.warmup, args.breakdown_repeats
         )
-        compiled_s = bench.median(
-            lambda: iterate(compiled_iteration, scores, weights, cfg), args.warmup, args.breakdown_repeats
-        )
-    return dict(
-        **par_setting(args, cfg, batch),
-        eager_seconds=eager_s,
-        compiled_seconds=compiled_s,
-        compile_seconds=compile_seconds,
-        max_abs_diff=float((compiled_out - eager_out).abs().max()),
-    )
+        for form, iteration in forms.items():
+            start = time.perf_counter()
+            compiled_out = iterate(iteration, scores, weights, cfg)
+            bench.sync()
+            compile_seconds = time.perf_counter() - start
+            compiled_s = bench.median(
+                lambda iteration=iteration: iterate(iteration, scores, weights, cfg),
+                args.warmup,
+                args.breakdown_repeats,
+            )
+            rows.append(
+                dict(
+                    **par_setting(args, cfg, batch),
+                    form=form,
+                    eager_seconds=eager_s,
+                    compiled_seconds=compiled_s,
+                    compile_seconds=compile_seconds,
+                    max_abs_diff=float((compiled_out - eager_out).abs().max()),
+                )
+            )
+    return rows
 
 
 def measure_par_kernels(args, bench, model, batch: int) -> dict:
@@ -949,250 +963,6 @@ def measure_inference(args, bench, model) -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Dense CRF: ours vs pydensecrf
-
-
-def crf_inputs(args) -> list[tuple[str, np.ndarray, torch.Tensor]]:
-    """(name, `[S, S, 3]` uint8 image, `[C, S, S]` probabilities): easy (blurred ground truth) and hard
-    (shifted by 10 px, blurred, noisy) soft inputs per image; VOC photos or synthetic scenes."""
-    from PIL import Image
-
-    size, num_classes, g = args.crf_size, args.crf_classes, torch.Generator().manual_seed(args.seed)
-    scenes = []
-    if args.crf_images:
-        root = Path(args.crf_images)
-        for path in sorted((root / "JPEGImages").glob("*.jpg"))[: args.crf_count]:
-            image = Image.open(path).convert("RGB")
-            mask = Image.open(root / "SegmentationClass" / f"{path.stem}.png")
-            top, left = max((image.height - size) // 2, 0), max((image.width - size) // 2, 0)
-            box = (left, top, left + size, top + size)
-            labels = torch.from_numpy(np.array(mask.crop(box)).astype(np.int64))
-            scenes.append(
-                (path.stem, np.array(image.crop(box)), torch.where(labels >= num_classes, 0, labels))
-            )
-    else:
-        for i in range(args.crf_count):  # smooth random regions of 1-4 classes with class colours + noise
-            coarse = torch.randn(num_classes, size // 64 + 2, size // 64 + 2, generator=g)
-            labels = F.interpolate(coarse[None], size=(size, size), mode="bicubic")[0].argmax(0)
-            labels = torch.where(labels % (num_classes // (1 + i % 4)) == 0, labels, 0)
-            colours = torch.rand(num_classes, 3, generator=g) * 255
-            image = colours[labels] + 12 * torch.randn(size, size, 3, generator=g)
-            scenes.append((f"synthetic_{i}", image.clamp(0, 255).to(torch.uint8).numpy(), labels))
-    inputs = []
-    for name, image, labels in scenes:
-        onehot = F.one_hot(labels, num_classes).permute(2, 0, 1).float()[None]
-        for kind in ("easy", "hard"):
-            if kind == "hard":
-                onehot_k = torch.roll(onehot, shifts=(10, -10), dims=(2, 3))
-                logits = 4 * F.avg_pool2d(onehot_k, 21, 1, 10, count_include_pad=False)
-                logits = logits + 1.5 * torch.randn(logits.shape, generator=g)
-            else:
-                logits = 6 * F.avg_pool2d(onehot, 15, 1, 7, count_include_pad=False)
-                logits = logits + 0.5 * torch.randn(logits.shape, generator=g)
-            inputs.append((f"{name} {kind}", image, logits.softmax(dim=1)[0]))
-    return inputs
-
-
-def _timed(fn, warmup: int, repeats: int, sync) -> tuple[float, float]:
-    """Median wall and process CPU seconds of `fn` (after `warmup` calls)."""
-    for _ in range(warmup):
-        fn()
-    sync()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        start_wall, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        sync()
-        wall.append(time.perf_counter() - start_wall)
-        cpu.append(time.process_time() - start_cpu)
-    return statistics.median(wall), statistics.median(cpu)
-
-
-def _crf_breakdown(image: torch.Tensor, probs: torch.Tensor, params, repeats: int, sync) -> dict:
-    """Seconds of our CRF's pieces: both lattice builds, the normalisation/table setup, one iteration's
-    splat + blur + slice (all classes, both kernels, unary added), one softmax."""
-    crf = dense_crf_module
-    probs = probs[None].float()
-    height, width = probs.shape[-2:]
-    position = crf._positions(1, height, width, torch.float32, probs.device)
-    colour = image[None].float().flatten(2).transpose(1, 2)
-    bilateral = torch.cat([position / params.bi_xy_std, colour / params.bi_rgb_std], dim=-1)
-    lattices = [crf._build_lattice(bilateral), crf._build_lattice(position / params.pos_xy_std)]
-    energy = crf._MeanFieldEnergy(lattices, [params.bi_w, params.pos_w], probs)
-    q = energy.log_unary.softmax(dim=1)
-    pieces = {
-        "lattice_bilateral": lambda: crf._build_lattice(bilateral),
-        "lattice_smoothness": lambda: crf._build_lattice(position / params.pos_xy_std),
-        "normalisation_setup": lambda: crf._MeanFieldEnergy(lattices, [params.bi_w, params.pos_w], probs),
-        "iteration_filtering": lambda: energy(q),
-        "iteration_softmax": lambda: energy(q).softmax(dim=1),
-    }
-    seconds = {
-        name: _timed(fn, 1, repeats, sync)[1 if probs.device.type == "cpu" else 0]
-        for name, fn in pieces.items()
-    }
-    seconds["iteration_softmax"] = max(seconds["iteration_softmax"] - seconds["iteration_filtering"], 0.0)
-    seconds["vertices"] = {"bilateral": lattices[0].num_vertices, "smoothness": lattices[1].num_vertices}
-    return seconds
-
-
-def _pydensecrf(dcrf, image: np.ndarray, unary: np.ndarray, params, times: dict | None = None) -> np.ndarray:
-    """pydensecrf as WeCLIP's `crf_proc` calls it: `[C, H * W]` float32 unary, `[H, W, 3]` uint8 image ->
-    `[C, H * W]` probabilities; `times` (if given) collects the process CPU seconds of each step."""
-    clock = [time.process_time()]
-
-    def lap(name: str) -> None:
-        now = time.process_time()
-        if times is not None:
-            times.setdefault(name, []).append(now - clock[0])
-        clock[0] = now
-
-    model = dcrf.DenseCRF2D(image.shape[1], image.shape[0], unary.shape[0])
-    model.setUnaryEnergy(unary)
-    lap("unary")
-    model.addPairwiseGaussian(sxy=params.pos_xy_std, compat=params.pos_w)
-    lap("lattice_smoothness")
-    model.addPairwiseBilateral(sxy=params.bi_xy_std, srgb=params.bi_rgb_std, rgbim=image, compat=params.bi_w)
-    lap("lattice_bilateral")
-    out = np.array(model.inference(params.num_iters))
-    lap("inference")
-    return out
-
-
-def measure_crf(args, bench) -> dict:
-    """Dense CRF (WeCLIP's evaluation setting) of each input: ours on --device and pydensecrf (one CPU
-    thread, the C++ permutohedral lattice) on the same inputs; agreement and where the time goes."""
-    try:
-        import pydensecrf.densecrf as dcrf
-    except ImportError:
-        dcrf = None
-        print("  pydensecrf is not installed (pip install pydensecrf2): timing ours only", flush=True)
-    params, device = dense_crf_module.WECLIP, bench.device
-    inputs = crf_inputs(args)
-    warmup, repeats = args.warmup, args.repeats
-    rows, last = [], {}
-    for name, image, probs in inputs:
-        image_t = torch.from_numpy(image).permute(2, 0, 1).to(device)
-        probs_d = probs.to(device)
-
-        def ours(image_t=image_t, probs_d=probs_d):
-            last["ours"] = dense_crf_module.dense_crf(image_t, probs_d, params)
-
-        ours_wall, ours_cpu = _timed(ours, warmup, repeats, bench.sync)
-        row = dict(
-            input=name,
-            size=list(image.shape[:2]),
-            classes=probs.shape[0],
-            ours_seconds=ours_wall,
-            ours_cpu_seconds=ours_cpu if device.type == "cpu" else None,
-            ours_breakdown=_crf_breakdown(image_t, probs_d, params, repeats, bench.sync),
-        )
-        if dcrf is not None:
-            unary = -np.log(np.clip(probs.numpy(), 1e-5, 1.0)).reshape(probs.shape[0], -1)
-            unary, image_c = np.ascontiguousarray(unary, dtype=np.float32), np.ascontiguousarray(image)
-
-            def reference(image_c=image_c, unary=unary):
-                last["ref"] = _pydensecrf(dcrf, image_c, unary, params)
-
-            ref_wall, ref_cpu = _timed(reference, warmup, repeats, lambda: None)
-            times: dict[str, list[float]] = {}
-            for _ in range(repeats):
-                _pydensecrf(dcrf, image_c, unary, params, times)
-            ours_probs = last["ours"].float().cpu().numpy().reshape(probs.shape[0], -1)
-            row.update(
-                reference_seconds=ref_wall,
-                reference_cpu_seconds=ref_cpu,
-                reference_breakdown={key: statistics.median(v) for key, v in times.items()},
-                equal_labels=float((ours_probs.argmax(0) == last["ref"].argmax(0)).mean()),
-                max_abs_diff=float(np.abs(ours_probs - last["ref"]).max()),
-            )
-        rows.append(row)
-        summary = f"  CRF {name}: ours {row['ours_seconds']:.3f} s"
-        if dcrf is not None:
-            summary += f", pydensecrf {row['reference_seconds']:.3f} s, {100 * row['equal_labels']:.4f}% equal labels"
-        print(summary, flush=True)
-    batch = inputs[: args.crf_batch_size]
-    if len(batch) > 1:  # several inputs as one batch on our side (the way a GPU evaluation would run them)
-        images = torch.from_numpy(np.stack([image for _, image, _ in batch])).permute(0, 3, 1, 2).to(device)
-        probs = torch.stack([probs for _, _, probs in batch]).to(device)
-        wall, cpu = _timed(
-            lambda: dense_crf_module.dense_crf(images, probs, params), min(warmup, 1), repeats, bench.sync
-        )
-        rows.append(
-            dict(
-                input=f"first {len(batch)} as one batch",
-                size=list(images.shape[-2:]),
-                classes=probs.shape[1],
-                batch=len(batch),
-                ours_seconds=wall,
-                ours_cpu_seconds=cpu if device.type == "cpu" else None,
-            )
-        )
-    return dict(params=dataclasses.asdict(params), rows=rows, pydensecrf=dcrf is not None)
-
-
-def render_crf(result: dict) -> str:
-    """Tables: time per input (ours vs pydensecrf, ratio, agreement) and the time breakdown."""
-    crf = result["crf"]
-    cpu = result["env"]["device_type"] == "cpu"
-    p = crf["params"]
-    lines = [
-        f"Dense CRF, WeCLIP's setting ({p['num_iters']} iterations, pos {p['pos_w']}/{p['pos_xy_std']}, "
-        f"bilateral {p['bi_w']}/{p['bi_xy_std']}/{p['bi_rgb_std']}); {result['env']['threads']} torch "
-        f"thread(s); pydensecrf is single-threaded C++ on the CPU. Times: median wall s (process CPU s).",
-        "",
-        "| input | size, classes | ours | pydensecrf | ours / pydensecrf | equal labels | max abs diff |",
-        "|---|---|---|---|---|---|---|",
-    ]
-
-    def t(row, key):
-        value = row.get(f"{key}_seconds")
-        if value is None:
-            return "-"
-        cpu_value = row.get(f"{key}_cpu_seconds")
-        return f"{value:.3f}" + (f" ({cpu_value:.3f})" if cpu and cpu_value is not None else "")
-
-    for row in crf["rows"]:
-        ratio = equal = diff = "-"
-        if "reference_seconds" in row:
-            ours = row["ours_cpu_seconds"] if cpu else row["ours_seconds"]
-            ratio = f"**{ours / (row['reference_cpu_seconds'] if cpu else row['reference_seconds']):.2f}**"
-            equal, diff = f"{100 * row['equal_labels']:.4f}%", f"{row['max_abs_diff']:.1e}"
-        lines.append(
-            f"| {row['input']} | {row['size'][0]}x{row['size'][1]}, {row['classes']} | {t(row, 'ours')} | "
-            f"{t(row, 'reference')} | {ratio} | {equal} | {diff} |"
-        )
-    rows = [row for row in crf["rows"] if "ours_breakdown" in row]
-    if rows:
-
-        def med(side, key):
-            values = [row[f"{side}_breakdown"][key] for row in rows if f"{side}_breakdown" in row]
-            return statistics.median(values) * 1e3 if values else float("nan")
-
-        n = p["num_iters"]
-        lines += [
-            "",
-            f"Where the time goes (median over the inputs, ms{' of process CPU time' if cpu else ''}):",
-            "",
-            "| piece | ours | pydensecrf |",
-            "|---|---|---|",
-            f"| lattice, bilateral kernel (5-D) | {med('ours', 'lattice_bilateral'):.0f} | "
-            f"{med('reference', 'lattice_bilateral'):.0f} |",
-            f"| lattice, smoothness kernel (2-D) | {med('ours', 'lattice_smoothness'):.0f} | "
-            f"{med('reference', 'lattice_smoothness'):.0f} |",
-            f"| normalisation + unary setup | {med('ours', 'normalisation_setup'):.0f} | "
-            f"{med('reference', 'unary'):.0f} (unary) |",
-            f"| one iteration: splat + blur + slice, all classes, both kernels | "
-            f"{med('ours', 'iteration_filtering'):.1f} | |",
-            f"| one iteration: softmax | {med('ours', 'iteration_softmax'):.1f} | |",
-            f"| {n} iterations (ours: {n} x the two rows above) | "
-            f"{n * (med('ours', 'iteration_filtering') + med('ours', 'iteration_softmax')):.0f} | "
-            f"{med('reference', 'inference'):.0f} (`inference({n})`) |",
-        ]
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------------
 # Report
 
 
@@ -1308,7 +1078,7 @@ def render_table(result: dict) -> str:
         )
     for c in result["par_compile"]:
         add(
-            "PAR iterations: torch.compile vs eager",
+            f"PAR iterations: torch.compile ({c['form']}) vs eager",
             f"batch {c['batch']}, 3 maps, {c['crop']}x{c['crop']}, {c['iterations']} x {c['neighbours']} neighbours",
             f"{1e3 * c['compiled_seconds']:.1f} ms compiled (first call {c['compile_seconds']:.1f} s; max abs "
             f"diff {c['max_abs_diff']:.1e})",
@@ -1468,8 +1238,6 @@ def main(argv: list[str] | None = None) -> dict:
         args.host_memory = "retained"  # for the step and the CLIP forward alike: one process
     bench = Bench(device)
     start = time.perf_counter()
-    if args.crf:
-        return main_crf(args, bench, start)
     model = compiled(args, build_model(args.tiny, device, args.seed))
     optimizer = trainable_optimizer(model)
     result = dict(
@@ -1496,8 +1264,9 @@ def main(argv: list[str] | None = None) -> dict:
             result["par_kernels"].append(measure_par_kernels(args, bench, model, batch))
         print("  PAR kernels done", flush=True)
     if args.compile_par:
-        result["par_compile"].append(measure_par_compile(args, bench, model))
-        print(f"  PAR compile: {result['par_compile'][-1]['compile_seconds']:.1f} s to compile", flush=True)
+        result["par_compile"] = measure_par_compile(args, bench, model)
+        for row in result["par_compile"]:
+            print(f"  PAR compile, {row['form']}: {row['compile_seconds']:.1f} s to compile", flush=True)
     if not args.no_reference:
         for use_rfm in args.rfm:
             result["reference"].append(measure_reference(args, bench, model, use_rfm))
@@ -1535,33 +1304,6 @@ def main(argv: list[str] | None = None) -> dict:
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(result, indent=2, default=str))
     return result
-
-
-def main_crf(args, bench, start: float) -> dict:
-    """`--crf`: the dense CRF comparison only (no model)."""
-    result = dict(env=environment(bench.device, args), args=dict(vars(args)))
-    result["env"]["model"] = "none (dense CRF only)"
-    result["env"]["cpu_model"] = _cpu_model()
-    print(f"# Dense CRF benchmark: {result['env']}", flush=True)
-    result["crf"] = measure_crf(args, bench)
-    result["total_seconds"] = time.perf_counter() - start
-    print()
-    print(render_crf(result))
-    if args.output_json:
-        Path(args.output_json).write_text(json.dumps(result, indent=2, default=str))
-    return result
-
-
-def _cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else the platform's processor string."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

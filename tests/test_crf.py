@@ -370,7 +370,7 @@ def test_matches_pydensecrf_on_voc_photos_batched(dcrf):
 
 
 def test_benchmark_crf_mode_runs(tmp_path):
-    """`examples/benchmark.py --crf` (ours vs pydensecrf, side by side) runs end to end on tiny inputs."""
+    """`examples/benchmark_crf.py` (ours vs pydensecrf, side by side) runs end to end on tiny inputs."""
     import json
     import os
     import subprocess
@@ -379,8 +379,7 @@ def test_benchmark_crf_mode_runs(tmp_path):
     out = tmp_path / "crf.json"
     command = [
         sys.executable,
-        str(ROOT / "examples" / "benchmark.py"),
-        "--crf",
+        str(ROOT / "examples" / "benchmark_crf.py"),
         "--device",
         "cpu",
         "--num_threads",
