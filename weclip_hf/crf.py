@@ -33,7 +33,7 @@ together with `F.embedding_bag`: one call splats `[B*H*W, C]` onto the vertices 
 normalisation folded into the weights), calls with bags of three blur each lattice direction, and one call
 with bags of 6 + 3 corners + the pixel's own unary row slices the energy `log P + messages` directly. The
 same code runs on CPU and GPU, batched (each image has its own block of lattice keys, so images never
-interact). Where the time goes and how it compares with `pydensecrf`: `examples/benchmark.py --crf`,
+interact). Where the time goes and how it compares with `pydensecrf`: `examples/benchmark_crf.py`,
 BENCHMARKS.md.
 
 Agreement with `pydensecrf` (`tests/test_crf.py`, numbers in BENCHMARKS.md): on the 14 `voc-mini` photos
