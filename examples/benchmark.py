@@ -30,6 +30,7 @@ import sys
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -746,8 +747,8 @@ def ring_sum(padded: torch.Tensor, weights: torch.Tensor, offsets: list[tuple[in
     (one row's K neighbour weights side by side), ``offsets`` the K (row, column) offsets in `par_iteration`'s
     order. Inductor fuses it into one pass over the pixels (no clamped indices, no read-modify-write per
     neighbour)."""
-    pad = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
     h, w = weights.shape[1], weights.shape[3]
+    pad = (padded.shape[-1] - w) // 2
     total = None
     for k, (dy, dx) in enumerate(offsets):
         term = weights[:, None, :, k] * padded[:, :, pad + dy : pad + dy + h, pad + dx : pad + dx + w]
@@ -768,26 +769,22 @@ def measure_par_compile(args, bench, model) -> list[dict]:
     offsets = ring_offsets(tuple(cfg.par_dilations), torch.device("cpu")).T.tolist()
     pad = max(cfg.par_dilations)
     chunk = images_per_chunk(batch, weights[:, 0].numel() * 4, device)
-    parts = list(zip(scores.split(chunk), weights.split(chunk, dim=1)))
-    rows_first = [w.permute(1, 2, 0, 3).contiguous() for _, w in parts]  # [b, H, K, W] per chunk
-    compiled_eager = torch.compile(par_iteration_eager, dynamic=False)
+    score_chunks, weight_chunks = scores.split(chunk), weights.split(chunk, dim=1)
+    rows_first = [w.permute(1, 2, 0, 3).contiguous() for w in weight_chunks]  # [b, H, K, W] per chunk
     compiled_ring = torch.compile(ring_sum, dynamic=False)
 
-    def eager() -> torch.Tensor:
-        return torch.cat([iterate(par_iteration_eager, s, w, cfg) for s, w in parts])
+    def ring_iteration(s: torch.Tensor, w: torch.Tensor, _dilations) -> torch.Tensor:
+        return compiled_ring(F.pad(s, (pad,) * 4, mode="replicate"), w, offsets)
 
-    def eager_compiled() -> torch.Tensor:
-        return torch.cat([iterate(compiled_eager, s, w, cfg) for s, w in parts])
+    def refined(iteration, chunk_weights) -> Callable[[], torch.Tensor]:
+        """The config's iterations with ``iteration`` over the chunks, as one function of no arguments."""
+        return lambda: torch.cat([iterate(iteration, s, w, cfg) for s, w in zip(score_chunks, chunk_weights)])
 
-    def ring_compiled() -> torch.Tensor:
-        refined = []
-        for (s, _), w in zip(parts, rows_first):
-            for _ in range(cfg.par_num_iter):
-                s = compiled_ring(F.pad(s, (pad,) * 4, mode="replicate"), w, offsets)
-            refined.append(s)
-        return torch.cat(refined)
-
-    forms = {"the eager iteration": eager_compiled, "ring sum, weights [B, H, K, W]": ring_compiled}
+    eager = refined(par_iteration_eager, weight_chunks)
+    forms = {
+        "the eager iteration": refined(torch.compile(par_iteration_eager, dynamic=False), weight_chunks),
+        "ring sum, weights [B, H, K, W]": refined(ring_iteration, rows_first),
+    }
     rows = []
     with torch.no_grad():
         eager_out = eager()
