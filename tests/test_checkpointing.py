@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, TRAIN
+from conftest import FAST, IN_PROCESS, TRAIN
 
 from weclip_hf.checkpointing import (
     CheckpointError,
@@ -153,6 +153,7 @@ def test_train_resume_ignores_a_planted_custom_checkpoint(tmp_path, tiny_clip):
         "--output_dir",
         str(out),
         *FAST,
+        *IN_PROCESS,
         "--num_overlays",
         "0",
         "--toy_train_images",
@@ -209,6 +210,7 @@ def test_hub_token_never_reaches_disk_or_the_hub(tmp_path, tiny_clip, monkeypatc
             "--hub_token",
             token,
             *FAST,
+            *IN_PROCESS,
         ]
     )
     written = [p for p in out.rglob("*") if p.is_file()]

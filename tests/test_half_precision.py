@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TRAIN, make_tiny_config
+from conftest import IN_PROCESS, TRAIN, make_tiny_config
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.data.toy import generate_toy_images
@@ -38,6 +38,7 @@ def trained_toy(tmp_path_factory):
             "0",
             "--checkpointing_steps",
             "0",
+            *IN_PROCESS,
         ]
     )
     images, _, labels = generate_toy_images(NUM_VAL, seed=12345)

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import FAST, ROOT, TRAIN, make_tiny_config
+from conftest import FAST, IN_PROCESS, ROOT, TRAIN, make_tiny_config
 
 from weclip_hf.conversion import ConversionReport
 from weclip_hf.hub import METHODS, make_model_card
@@ -90,7 +90,16 @@ def training_card(tiny_clip, tmp_path_factory) -> str:
     finally:
         sys.path.pop(0)
     train_script.main(
-        ["--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), "--max_train_steps", "1", *FAST]
+        [
+            "--clip_model_name_or_path",
+            tiny_clip,
+            "--output_dir",
+            str(out),
+            "--max_train_steps",
+            "1",
+            *FAST,
+            *IN_PROCESS,
+        ]
     )
     return (out / "README.md").read_text()
 

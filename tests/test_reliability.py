@@ -9,7 +9,7 @@ import socket
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, TINY_TEXT, TINY_VISION, TRAIN, make_tiny_config, read_log, run_train
+from conftest import FAST, IN_PROCESS, TINY_TEXT, TINY_VISION, TRAIN, make_tiny_config, read_log, run_train
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -196,6 +196,7 @@ def test_non_finite_affinity_loss_is_named(tmp_path, tiny_clip, monkeypatch):
                     "--checkpointing_steps",
                     "1",
                     *FAST,
+                    *IN_PROCESS,
                 ]
             )
     finally:

@@ -8,7 +8,7 @@ import signal
 import sys
 
 import pytest
-from conftest import FAST, TRAIN
+from conftest import FAST, IN_PROCESS, TRAIN
 
 SHORT = [
     *FAST,
@@ -20,6 +20,7 @@ SHORT = [
     "2",
     "--max_train_steps",
     "1",
+    *IN_PROCESS,
 ]
 
 
