@@ -156,8 +156,8 @@ def test_default_forward_runs_eager_attention_only_where_maps_are_needed(tiny_mo
     import weclip_hf.modeling_weclip as modeling
 
     calls = []
-    original = modeling._eager_layer
-    monkeypatch.setattr(modeling, "_eager_layer", lambda layer, x: calls.append(1) or original(layer, x))
+    original = modeling.eager_clip_layer
+    monkeypatch.setattr(modeling, "eager_clip_layer", lambda layer, x: calls.append(1) or original(layer, x))
     with torch.no_grad():
         tiny_model(torch.randn(1, 3, 32, 32))
         assert calls == []

@@ -9,8 +9,8 @@ import torch
 from conftest import make_tiny_config
 
 from weclip_hf import WeCLIPForSemanticSegmentation
+from weclip_hf.clip_layers import eager_clip_layer
 from weclip_hf.last_block import pair_block_outputs, run_last_block
-from weclip_hf.modeling_weclip import _eager_layer
 
 PAIR_IMAGE = torch.tensor([0, 0, 1, 3, 3, 3])  # image 2 has no pair
 
@@ -27,7 +27,7 @@ def test_run_last_block_is_the_clip_layer(hidden_act):
     layer = _layer(hidden_act)
     x = torch.randn(4, 13, 32, generator=torch.Generator().manual_seed(0))
     block = run_last_block(layer, x)
-    expected, probs = _eager_layer(layer, x)
+    expected, probs = eager_clip_layer(layer, x)
     torch.testing.assert_close(block.output, expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(block.attention, probs.mean(dim=1), rtol=0, atol=1e-7)
     torch.testing.assert_close(block.normed_input, layer.layer_norm1(x))

@@ -25,6 +25,7 @@ from transformers.utils import logging as hf_logging
 from .affinity import transition_matrix
 from .cam import cam_box_masks, refine_cams, upsample_normalized
 from .chunking import concat_chunks, images_per_chunk
+from .clip_layers import clip_layer, clip_mlp, eager_attention, eager_clip_layer, quick_gelu_mlp
 from .configuration_weclip import WeCLIPConfig
 from .feature_head import WeCLIPFeatureHead, WeCLIPLayerMLP  # noqa: F401 (WeCLIPLayerMLP: former home)
 from .last_block import pair_block_outputs, run_last_block
@@ -128,8 +129,7 @@ class WeCLIPDecoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.layer_norm1(x))
-        h = self.mlp["fc1"](self.layer_norm2(x))
-        return x + self.mlp["fc2"](h * torch.sigmoid(1.702 * h))
+        return x + quick_gelu_mlp(self.mlp["fc1"], self.mlp["fc2"], self.layer_norm2(x))
 
 
 class WeCLIPDecoder(WeCLIPFeatureHead):
@@ -350,33 +350,10 @@ class FrozenCLIPPass:
         return self.weak or self.has_pixel_labels
 
 
-def _eager_layer(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run a CLIP encoder layer with explicit attention; return (output, float32 probs [B, heads, T, T])."""
-    out, probs = _attention(layer.self_attn, layer.layer_norm1(x))
-    x = x + out
-    x = x + layer.mlp(layer.layer_norm2(x))
-    return x, probs
-
-
 def _attention_chunk(num_images: int, num_tokens: int, num_heads: int, device: torch.device) -> int:
     """Images per chunk (`weclip_hf.chunking`) for blocks over ``num_tokens`` tokens: their float32 attention
     probabilities, [heads, T, T] per image, within the budget."""
     return images_per_chunk(num_images, num_heads * num_tokens**2 * 4, device)
-
-
-def _attention(attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Explicit (eager) CLIP self-attention on normalized tokens: (output [B, T, C], probs [B, heads, T, T]).
-    The probabilities are float32 whatever the weights' dtype (the maps feed normalisations)."""
-    b, t, c = h.shape
-    shape = (b, t, attn.num_heads, attn.head_dim)
-    q = attn.q_proj(h).view(shape).transpose(1, 2)
-    k = attn.k_proj(h).view(shape).transpose(1, 2)
-    v = attn.v_proj(h).view(shape).transpose(1, 2)
-    # scaling q rather than the [T, T] scores saves a pass over them (and is what the official CLIP does; the
-    # two orders round differently unless the scale is a power of two, as it is for head size 64)
-    probs = torch.softmax((q * attn.scale) @ k.transpose(-1, -2), dim=-1, dtype=torch.float32)
-    out = (probs.to(v.dtype) @ v).transpose(1, 2).reshape(b, t, c)
-    return attn.out_proj(out), probs
 
 
 def _select_layers(
@@ -667,13 +644,13 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         hidden, attention, head_attentions = [], [], []
         for i, layer in enumerate(layers[:-1]):
             if i >= first_map or output_attentions:
-                x, probs = _eager_layer(layer, x)
+                x, probs = eager_clip_layer(layer, x)
                 if output_attentions:
                     head_attentions.append(probs)
                 if i >= first_map:
                     attention.append(probs.mean(dim=1))
             else:
-                x = layer(x, None)
+                x = clip_layer(layer, x)
             hidden.append(x)
         return CLIPVisionFeatures(
             embeddings, hidden, attention, grid, head_attentions if output_attentions else None
@@ -695,9 +672,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         )
         x = x.float()
         h = layer.layer_norm1(x).detach().requires_grad_(True)
-        out, probs = _attention(layer.self_attn, h)
+        out, probs = eager_attention(layer.self_attn, h)
         y = x + out
-        y = y + layer.mlp(layer.layer_norm2(y))
+        y = y + clip_mlp(layer.mlp, layer.layer_norm2(y))
         pooled = post_layernorm(y)[:, 1:].mean(dim=1)
         return h, F.normalize(projection(pooled), dim=-1), probs.mean(dim=1).detach()
 
@@ -731,7 +708,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The last CLIP block on [B, 1+N, D] tokens: (output, per-head maps or None) for the output flags."""
         layer = self.vision_model.encoder.layers[-1]
-        return _eager_layer(layer, x) if output_attentions else (layer(x, None), None)
+        return eager_clip_layer(layer, x) if output_attentions else (clip_layer(layer, x), None)
 
     def _vision_outputs(
         self, clip: CLIPVisionFeatures, output_hidden_states: bool | list[int], output_attentions: bool
