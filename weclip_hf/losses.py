@@ -63,10 +63,12 @@ class _UpsampledCrossEntropy(torch.autograd.Function):
         total, lse = logits.new_zeros((), dtype=_score_dtype(logits)), []
         for z, t, w in zip(logits.split(chunk), target.split(chunk), weights.split(chunk)):
             scores = _upsampled_scores(z, t.shape[-2:])  # [b, H, W, C] float32
-            part_lse = torch.logsumexp(scores, dim=-1)
-            picked = scores.gather(-1, t[..., None])[..., 0]
-            total += (w * (part_lse - picked)).sum()
-            lse.append(part_lse)
+            index = t[..., None]
+            # log_softmax is one fused pass on a CPU (logsumexp four: max, subtract, exp, sum); the log-sum-exp
+            # the backward needs is then the target's score plus its negative log-likelihood
+            nll = torch.log_softmax(scores, dim=-1).gather(-1, index)[..., 0].neg_()
+            total += (w * nll).sum()
+            lse.append(nll.add_(scores.gather(-1, index)[..., 0]))
         ctx.save_for_backward(logits, target, weights, torch.cat(lse))
         ctx.chunk = chunk
         return total
