@@ -66,10 +66,17 @@ def par_affinity_eager(
         sq_dev += torch.sub(view, mean, out=scratch).square_()
     scale = ((sq_dev / (k - 1)).sqrt_() + 1e-8).mul_(temperature).square_()
     distance = image.new_empty(k, image.shape[0], *image.shape[-2:])  # the colour term, negated
+    channels = scratch.unbind(1)
     for n, view in enumerate(views):
-        torch.mean(torch.sub(view, image, out=scratch).square_().div_(scale), dim=1, out=distance[n])
+        torch.sub(view, image, out=scratch).square_().div_(scale)
+        # the channel mean: the channels added plane by plane here, divided once below (as torch.mean rounds;
+        # a reduction over 3 strided channels per neighbour is ~3x slower on a CPU)
+        total = distance[n].copy_(channels[0])
+        for channel in channels[1:]:
+            total += channel
+    distance /= len(channels)
     # softmax of -distance over the neighbours, in place (shifted by the smallest distance)
-    colour = distance.sub_(distance.amin(dim=0, keepdim=True)).neg_().exp_()
+    colour = torch.sub(distance.amin(dim=0, keepdim=True), distance, out=distance).exp_()
     colour /= colour.sum(dim=0, keepdim=True)
     position = _position_term(tuple(dilations), temperature, image.device, image.dtype)
     return colour.add_(pos_weight * position.view(-1, 1, 1, 1))
