@@ -261,3 +261,49 @@ def test_compiled_model_is_timed_compiled_and_counted_eagerly(monkeypatch):
     # the same syncs (the eager run's first step also made PAR's cached constants, a one-off copy)
     syncs = {s["where"] for s in compiled["host_syncs"]}
     assert syncs and syncs <= {s["where"] for s in eager["host_syncs"]}
+
+
+def test_chunk_benchmark_times_each_chunk_size_and_restores_the_model(tmp_path):
+    """`examples/benchmark_chunks.py` runs on the tiny model: every chunk size timed for the blocks and the step
+    next to the plain forward; the model's own chunking is back afterwards."""
+    import json
+
+    output_json = tmp_path / "chunks.json"
+    out = run_offline(
+        [
+            sys.executable,
+            str(REPO / "examples" / "benchmark_chunks.py"),
+            "--tiny",
+            "--num_threads",
+            "1",
+            "--batch_sizes",
+            "3",
+            "--chunks",
+            "1,2",
+            "--crop",
+            "64",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--output_json",
+            str(output_json),
+        ],
+        timeout=120,
+    )
+    assert "| 3, off, training step |" in out and "| 3, on, first L-1 blocks |" in out
+    rows = json.loads(output_json.read_text())["rows"]
+    expected = {"blocks_1", "blocks_2", "chunk_1", "chunk_2", "clip_forward"}
+    assert [(r["batch"], r["rfm"]) for r in rows] == [(3, False), (3, True)]
+    assert all(set(r["seconds"]) == expected and min(r["seconds"].values()) > 0 for r in rows)
+
+    sys.path.insert(0, str(REPO / "examples"))
+    import benchmark_chunks
+
+    import weclip_hf.modeling_weclip as modeling
+
+    original = modeling._attention_chunk
+    with benchmark_chunks.images_per_chunk(2):
+        assert modeling._attention_chunk(5, 401, 12, "cpu") == 2
+        assert modeling._attention_chunk(1, 401, 12, "cpu") == 1
+    assert modeling._attention_chunk is original

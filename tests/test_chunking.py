@@ -10,7 +10,7 @@ import weclip_hf.modeling_weclip as modeling
 import weclip_hf.par as par
 import weclip_hf.pseudo_labels as pseudo_labels
 from weclip_hf import WeCLIPForSemanticSegmentation
-from weclip_hf.chunking import images_per_chunk
+from weclip_hf.chunking import CPU_ATTENTION_CHUNK_BYTES, CPU_CHUNK_BYTES, images_per_chunk
 from weclip_hf.pseudo_labels import plan_pairs
 
 LABELS = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0], [1, 1, 0, 1], [0, 1, 0, 0]])
@@ -64,22 +64,22 @@ def test_chunked_par_equals_the_whole_batch(monkeypatch):
 
 
 def test_the_model_sizes_its_chunks_by_the_attention_maps(model, monkeypatch):
-    """The model asks for chunks of [heads, T, T] float32 maps per image; ViT-B/16 at a 320 crop (T = 401,
-    12 heads, 7.7 MB per image): 2 images per chunk on a CPU, the whole batch elsewhere."""
-    assert images_per_chunk(16, 12 * 401 * 401 * 4, "cpu") == 2
-    assert images_per_chunk(16, 12 * 401 * 401 * 4, "meta") == 16
+    """The model asks for chunks of [heads, T, T] float32 maps per image within its attention budget; ViT-B/16
+    at a 320 crop (T = 401, 12 heads, 7.7 MB per image): 4 images per chunk on a CPU, the whole batch elsewhere."""
+    assert images_per_chunk(16, 12 * 401 * 401 * 4, "cpu", CPU_ATTENTION_CHUNK_BYTES) == 4
+    assert images_per_chunk(16, 12 * 401 * 401 * 4, "meta", CPU_ATTENTION_CHUNK_BYTES) == 16
     asked = []
 
-    def recording(num_images, bytes_per_image, device, **kwargs):
-        asked.append((num_images, bytes_per_image))
-        return images_per_chunk(num_images, bytes_per_image, device, **kwargs)
+    def recording(num_images, bytes_per_image, device, budget=CPU_CHUNK_BYTES):
+        asked.append((num_images, bytes_per_image, budget))
+        return images_per_chunk(num_images, bytes_per_image, device, budget)
 
     monkeypatch.setattr(modeling, "images_per_chunk", recording)
     pixel_values = torch.randn(5, 3, 24, 32, generator=torch.Generator().manual_seed(0))
     features = model.forward_clip_features(pixel_values, 2)
     model.pair_gradcams(features.hidden[-1], plan_pairs(LABELS, "cpu"), features.grid)
     heads, tokens = model.config.vision_config.num_attention_heads, 1 + 3 * 4
-    assert asked == [(5, heads * tokens * tokens * 4)] * 2
+    assert asked == [(5, heads * tokens * tokens * 4, CPU_ATTENTION_CHUNK_BYTES)] * 2
 
 
 @pytest.mark.parametrize("use_rfm", [False, True])

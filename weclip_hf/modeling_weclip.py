@@ -24,7 +24,7 @@ from transformers.utils import logging as hf_logging
 
 from .affinity import transition_matrix
 from .cam import cam_box_masks, refine_cams, upsample_normalized
-from .chunking import concat_chunks, images_per_chunk
+from .chunking import CPU_ATTENTION_CHUNK_BYTES, concat_chunks, images_per_chunk
 from .clip_layers import clip_layer, clip_mlp, eager_attention, eager_clip_layer, quick_gelu_mlp
 from .configuration_weclip import WeCLIPConfig
 from .feature_head import WeCLIPFeatureHead, WeCLIPLayerMLP  # noqa: F401 (WeCLIPLayerMLP: former home)
@@ -353,7 +353,7 @@ class FrozenCLIPPass:
 def _attention_chunk(num_images: int, num_tokens: int, num_heads: int, device: torch.device) -> int:
     """Images per chunk (`weclip_hf.chunking`) for blocks over ``num_tokens`` tokens: their float32 attention
     probabilities, [heads, T, T] per image, within the budget."""
-    return images_per_chunk(num_images, num_heads * num_tokens**2 * 4, device)
+    return images_per_chunk(num_images, num_heads * num_tokens**2 * 4, device, CPU_ATTENTION_CHUNK_BYTES)
 
 
 def _select_layers(
