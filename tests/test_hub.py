@@ -11,7 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import FAST, IN_PROCESS, ROOT, TRAIN, make_tiny_config
+from conftest import FAST, ROOT, make_tiny_config, train_in_process
 
 from weclip_hf.conversion import ConversionReport
 from weclip_hf.hub import METHODS, make_model_card
@@ -84,22 +84,8 @@ def push_card(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def training_card(tiny_clip, tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("train") / "run"
-    sys.path.insert(0, str(TRAIN.parent))
-    try:
-        import train as train_script
-    finally:
-        sys.path.pop(0)
-    train_script.main(
-        [
-            "--clip_model_name_or_path",
-            tiny_clip,
-            "--output_dir",
-            str(out),
-            "--max_train_steps",
-            "1",
-            *FAST,
-            *IN_PROCESS,
-        ]
+    train_in_process(
+        "--clip_model_name_or_path", tiny_clip, "--output_dir", out, "--max_train_steps", 1, *FAST
     )
     return (out / "README.md").read_text()
 
