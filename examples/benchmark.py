@@ -66,9 +66,10 @@ from weclip_hf.par import (  # noqa: E402
 from weclip_hf.par_triton import triton_available  # noqa: E402
 from weclip_hf.pseudo_labels import (  # noqa: E402
     attention_maps_needed,
+    background_margins,
     cam_affinity,
     class_scores,
-    labels_from_scores,
+    labels_from_margins,
     patch_attention_maps,
     plan_pairs,
 )
@@ -678,11 +679,17 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
         return masks, refined_grid, upsample_normalized(refined_grid, pixel_values.shape[-2:])
 
     masks, refined_grid, _ = box_refine_piece()
-    scores = class_scores(details.refined_cams, plan, cfg.cam_bg_exponent)
+    margins = background_margins(class_scores(details.refined_cams, plan, cfg.cam_bg_exponent), plan)
 
-    def par_piece():
+    def par_piece():  # as the model: PAR on the classes' margins over the background, the maps in use only
         return par_refine(
-            pixel_values, scores, cfg.par_dilations, cfg.par_num_iter, cfg.par_temperature, cfg.par_pos_weight
+            pixel_values,
+            margins,
+            cfg.par_dilations,
+            cfg.par_num_iter,
+            cfg.par_temperature,
+            cfg.par_pos_weight,
+            num_maps=plan.present.sum(1),
         )
 
     check = dict(rtol=1e-5, atol=1e-6, msg=lambda m: f"a timed stage differs from the model: {m}")
@@ -690,7 +697,7 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
     torch.testing.assert_close(affinity, details.affinity_before_norm, **check)
     torch.testing.assert_close(masks, details.box_masks, rtol=0, atol=0)
     torch.testing.assert_close(refined_grid, details.refined_cams_grid, **check)
-    torch.testing.assert_close(labels_from_scores(par_piece(), plan), pseudo, rtol=0, atol=0)
+    torch.testing.assert_close(labels_from_margins(par_piece(), plan), pseudo, rtol=0, atol=0)
 
     def decoder_train():
         optimizer.zero_grad(set_to_none=True)

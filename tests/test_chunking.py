@@ -179,3 +179,20 @@ def test_par_refines_only_the_maps_in_use(monkeypatch):
     skipped = par.par_refine(image, scores, [1, 2, 4], num_iter=4, num_maps=num_maps)
     torch.testing.assert_close(skipped, every_map, rtol=0, atol=0)
     assert (skipped[0, 2:] == 0).all() and (skipped[2, 1:] == 0).all()
+
+
+def test_par_computes_no_weights_for_a_chunk_without_maps(monkeypatch):
+    """An image with no map in use (no class: its margins are all 0) is returned as is, its weights never made."""
+    g = torch.Generator().manual_seed(3)
+    image, scores = torch.randn(3, 3, 12, 10, generator=g), torch.rand(3, 2, 12, 10, generator=g)
+    scores[1] = 0
+    made = []
+    affinity = par.par_affinity
+    monkeypatch.setattr(par, "images_per_chunk", lambda num_images, *args, **kwargs: 1)
+    monkeypatch.setattr(
+        par, "par_affinity", lambda image, *args: made.append(len(image)) or affinity(image, *args)
+    )
+    refined = par.par_refine(image, scores, [1, 2], num_iter=3, num_maps=torch.tensor([2, 0, 1]))
+    assert made == [1, 1]  # images 0 and 2 only
+    assert (refined[1] == 0).all() and torch.equal(refined[2, 1], scores[2, 1])
+    torch.testing.assert_close(refined[0], par.par_refine(image[:1], scores[:1], [1, 2], num_iter=3)[0])

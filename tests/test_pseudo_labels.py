@@ -7,11 +7,14 @@ from conftest import make_tiny_config
 
 from weclip_hf import WeCLIPForSemanticSegmentation
 from weclip_hf.cam import gradcam, minmax_normalize
+from weclip_hf.par import par_refine
 from weclip_hf.pseudo_labels import (
     attention_maps_needed,
+    background_margins,
     cam_affinity,
     class_scores,
     dense_class_cams,
+    labels_from_margins,
     labels_from_scores,
     pair_gradcams,
     patch_attention_maps,
@@ -161,6 +164,42 @@ def test_class_scores_background_and_labels_use_only_present_classes():
     expected = torch.tensor([0, 1, 3])[scores[0, :3].argmax(0)]
     assert torch.equal(labels[0], expected)
     assert (labels[2] == 0).all()
+
+
+def test_background_margins_are_zero_in_unused_slots_and_label_like_the_scores():
+    plan = plan_pairs(LABELS, "cpu")
+    scores = class_scores(torch.rand(6, 5, 4, generator=torch.Generator().manual_seed(3)), plan)
+    margins = background_margins(scores, plan)
+    assert margins.shape == (4, 3, 5, 4)
+    torch.testing.assert_close(margins[3], scores[3, 1:] - scores[3, :1], rtol=0, atol=0)
+    assert (margins[1, 1:] == 0).all() and (margins[2] == 0).all()  # slots image 1 and image 2 do not use
+    assert torch.equal(labels_from_margins(margins, plan), labels_from_scores(scores, plan))
+
+    margins[1, 1:] = 5.0  # unused slots never win; a pixel where no margin is above 0 is background
+    margins[0, :, 0, 0] = torch.tensor([0.0, -1.0, 0.0])
+    labels = labels_from_margins(margins, plan)
+    assert set(labels[1].unique().tolist()) <= {0, 4} and labels[0, 0, 0] == 0 and (labels[2] == 0).all()
+
+
+def test_par_on_the_margins_labels_as_par_on_the_scores():
+    """PAR is linear in its maps: refining each class's margin over the background (one map fewer per image) gives
+    the labels of refining all the scores, but at pixels whose two best refined scores are tied to rounding."""
+    plan = plan_pairs(LABELS, "cpu")
+    g = torch.Generator().manual_seed(4)
+    image, refined = torch.randn(4, 3, 24, 20, generator=g), torch.rand(6, 24, 20, generator=g)
+    scores = class_scores(refined, plan)
+    dilations = [1, 2, 4]
+    every_map = par_refine(image, scores, dilations, num_iter=6, num_maps=1 + plan.present.sum(1))
+    margins = par_refine(
+        image, background_margins(scores, plan), dilations, num_iter=6, num_maps=plan.present.sum(1)
+    )
+    valid = torch.arange(scores.shape[1]) < 1 + plan.present.sum(1, keepdim=True)  # [B, 1 + K]: bg + classes
+    difference = (every_map[:, 1:] - every_map[:, :1]) * valid[:, 1:, None, None]
+    torch.testing.assert_close(margins, difference, rtol=0, atol=1e-6)
+    top2 = every_map.masked_fill(~valid[:, :, None, None], -1.0).topk(2, dim=1).values
+    decided = top2[:, 0] - top2[:, 1] > 1e-5  # every pixel but near-ties of two refined scores
+    labels, expected = labels_from_margins(margins, plan), labels_from_scores(every_map, plan)
+    assert decided.float().mean() > 0.99 and torch.equal(labels[decided], expected[decided])
 
 
 def test_dense_class_cams_are_zero_for_absent_classes():

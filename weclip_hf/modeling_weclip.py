@@ -35,10 +35,11 @@ from .pseudo_labels import (
     PairGradCAMs,
     PairPlan,
     attention_maps_needed,
+    background_margins,
     cam_affinity,
     class_scores,
     dense_class_cams,
-    labels_from_scores,
+    labels_from_margins,
     pair_gradcams,
     patch_attention_maps,
     plan_pairs,
@@ -790,17 +791,17 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         transition = transition_matrix(affinity.affinity)
         refined_grid = refine_cams(cams, transition, plan.image, masks)
         refined = upsample_normalized(refined_grid, pixel_values.shape[-2:])  # [P, H, W]
-        scores = par_refine(
+        margins = par_refine(  # PAR on each class score less the background: one map fewer per image
             pixel_values,
-            class_scores(refined, plan, cfg.cam_bg_exponent),
+            background_margins(class_scores(refined, plan, cfg.cam_bg_exponent), plan),
             cfg.par_dilations,
             cfg.par_num_iter,
             cfg.par_temperature,
             cfg.par_pos_weight,
-            num_maps=1 + plan.present.sum(1),  # background + the image's classes: the other slots are 0
+            num_maps=plan.present.sum(1),  # the image's classes: the other slots are 0
         )
         return WeCLIPCAMOutput(
-            pseudo_labels=labels_from_scores(scores, plan),
+            pseudo_labels=labels_from_margins(margins, plan),
             cams=dense_class_cams(refined_grid, plan),
             pair_image_index=plan.image,
             pair_class_index=plan.class_index,

@@ -127,7 +127,7 @@ def par_refine(
     On a CPU the images are refined a few at a time (`weclip_hf.chunking`: their neighbour weights, 8*D planes of
     H x W per image, within the budget; one image at a 320 crop), so that the weights are reused memory rather
     than fresh pages and the iterations' working set stays in the cache; a chunk refines only the maps in use
-    in it (``num_maps``).
+    in it (``num_maps``), and a chunk without one computes no weights.
     """
     image = image.float()
     scores = scores.float()
@@ -141,6 +141,9 @@ def par_refine(
     refined = []
     for start, image_part, scores_part in zip(range(0, b, chunk), image.split(chunk), scores.split(chunk)):
         used = max(in_use[start : start + chunk])
+        if used == 0:  # nothing to refine (e.g. images without a class)
+            refined.append(scores_part)
+            continue
         weights = par_affinity(image_part, dilations, temperature, pos_weight)
         part = scores_part[:, :used]
         for _ in range(num_iter):

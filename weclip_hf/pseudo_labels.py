@@ -10,7 +10,8 @@ once.
 3. `patch_attention_maps`, then an affinity (`weclip_hf.affinity`: `cam_affinity` here picks WeCLIP's), then
    its `transition_matrix`;
 4. `weclip_hf.cam`: box masks, `refine_cams` (propagation), `upsample_normalized`;
-5. `class_scores`, PAR (`weclip_hf.par.par_refine`), `labels_from_scores`; `dense_class_cams` for the output.
+5. `class_scores`, `background_margins`, PAR (`weclip_hf.par.par_refine`) on the margins, `labels_from_margins`;
+   `dense_class_cams` for the output.
 
 Each stage takes its inputs explicitly (tensors, counts, thresholds), so a variant of the method composes
 them differently: GradCAM on another block's tokens, CAMs weighted before propagation, no box mask, another
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .affinity import CAMAffinity, mean_attention_affinity, rfm_affinity
 from .cam import gradcam_from_weights, minmax_normalize
@@ -225,19 +227,39 @@ def class_scores(refined: torch.Tensor, plan: PairPlan, bg_exponent: float = 1.0
     return scores
 
 
+def background_margins(scores: torch.Tensor, plan: PairPlan) -> torch.Tensor:
+    """Each class score less its image's background score: `class_scores`' [B, 1 + K, H, W] -> [B, K, H, W],
+    0 in the slots an image does not use.
+
+    PAR is linear in the maps it refines, so the refined margins are the refined class scores less the refined
+    background: `labels_from_margins` labels every pixel as the argmax of the K + 1 refined scores does (up to
+    float rounding: the same labels at all but near-tied pixels), with one map fewer per image to refine."""
+    margins = scores[:, 1:] - scores[:, :1]
+    return margins.masked_fill_(~_used_slots(plan, margins.shape[1])[:, :, None, None], 0.0)
+
+
+def labels_from_margins(margins: torch.Tensor, plan: PairPlan) -> torch.Tensor:
+    """Pseudo labels [B, H, W] from (refined) `background_margins` [B, K, H, W]: the background where no used
+    slot's margin is above 0, else the class of the largest (`labels_from_scores` with a zero background)."""
+    return labels_from_scores(F.pad(margins, (0, 0, 0, 0, 1, 0)), plan)
+
+
 def labels_from_scores(scores: torch.Tensor, plan: PairPlan) -> torch.Tensor:
     """Argmax of `class_scores`-ordered scores [B, 1 + K, H, W] over each image's own slots -> pseudo labels
     [B, H, W] int64 (0 = background, k = class k; unused slots never win)."""
     b, slots = scores.shape[:2]
     slot_class = torch.zeros(b, slots, dtype=torch.long, device=scores.device)
     slot_class[plan.image, plan.slot + 1] = plan.class_index + 1
-    valid = torch.zeros(b, slots, dtype=torch.bool, device=scores.device)
-    valid[:, 0] = True
-    valid[plan.image, plan.slot + 1] = True
+    valid = F.pad(_used_slots(plan, slots - 1), (1, 0), value=True)  # the background slot, then the classes
     # slots innermost: the CPU's argmax over a short innermost dim is ~6x faster than over dim 1
     slots_last = scores.permute(0, 2, 3, 1).contiguous()
     winner = slots_last.masked_fill_(~valid[:, None, None, :], float("-inf")).argmax(dim=-1)
     return slot_class.gather(1, winner.flatten(1)).view_as(winner)
+
+
+def _used_slots(plan: PairPlan, slots: int) -> torch.Tensor:
+    """[B, slots] bool: which class slots each image uses (its present classes take the first ones)."""
+    return torch.arange(slots, device=plan.present.device) < plan.present.sum(1, keepdim=True)
 
 
 def dense_class_cams(refined_grid: torch.Tensor, plan: PairPlan) -> torch.Tensor:
@@ -257,6 +279,8 @@ __all__ = [
     "patch_attention_maps",
     "cam_affinity",
     "class_scores",
+    "background_margins",
+    "labels_from_margins",
     "labels_from_scores",
     "dense_class_cams",
 ]
