@@ -186,16 +186,18 @@ def run_train(*args, check=True, timeout=300, threads=2):
     return proc
 
 
-def train_in_process(*args, threads: int = 1) -> dict:
+def train_in_process(*args, threads: int | None = 1) -> dict:
     """``main`` of examples/train.py with ``args`` in this process (no interpreter start-up) on ``threads`` CPU
-    threads, restored afterwards; returns the run's metrics. For runs that need no signal or other process."""
+    threads (None: the script's own choice), restored afterwards; returns the run's metrics. For runs that need no
+    signal or other process."""
     if str(TRAIN.parent) not in sys.path:
         sys.path.insert(0, str(TRAIN.parent))
     import train
 
     before = torch.get_num_threads()
+    chosen = [] if threads is None else ["--num_threads", str(threads)]
     try:
-        return train.main([*map(str, args), "--num_threads", str(threads), *IN_PROCESS])
+        return train.main([*map(str, args), *chosen, *IN_PROCESS])
     finally:
         torch.set_num_threads(before)
 

@@ -4,12 +4,11 @@ folder, and the Hub token never reaches a file under --output_dir or the Hub."""
 import json
 import os
 import pickle
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, IN_PROCESS, TRAIN
+from conftest import FAST, train_in_process
 
 from weclip_hf.checkpointing import (
     CheckpointError,
@@ -136,16 +135,8 @@ def test_latest_skips_a_damaged_newer_checkpoint_and_names_it(checkpoint):
 # ---- the training script ------------------------------------------------------------------------------
 
 
-def _train_script():
-    sys.path.insert(0, str(TRAIN.parent))
-    import train
-
-    return train
-
-
 def test_train_resume_ignores_a_planted_custom_checkpoint(tmp_path, tiny_clip):
     """The attack of issue 25: a pickle placed as custom_checkpoint_0.pkl ran on --resume_from_checkpoint."""
-    train = _train_script()
     out = tmp_path / "run"
     common = [
         "--clip_model_name_or_path",
@@ -153,7 +144,6 @@ def test_train_resume_ignores_a_planted_custom_checkpoint(tmp_path, tiny_clip):
         "--output_dir",
         str(out),
         *FAST,
-        *IN_PROCESS,
         "--num_overlays",
         "0",
         "--toy_train_images",
@@ -161,10 +151,10 @@ def test_train_resume_ignores_a_planted_custom_checkpoint(tmp_path, tiny_clip):
         "--toy_val_images",
         "2",
     ]
-    train.main([*common, "--max_train_steps", "1", "--checkpointing_steps", "1"])
+    train_in_process(*common, "--max_train_steps", 1, "--checkpointing_steps", 1)
     marker = tmp_path / "pwned"
     torch.save(Payload(marker), out / "step_1" / "custom_checkpoint_0.pkl")
-    metrics = train.main([*common, "--max_train_steps", "2", "--resume_from_checkpoint", "latest"])
+    metrics = train_in_process(*common, "--max_train_steps", 2, "--resume_from_checkpoint", "latest")
     assert metrics["train_steps"] == 2 and not marker.exists()
     assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2]
 
@@ -175,7 +165,6 @@ def test_hub_token_never_reaches_disk_or_the_hub(tmp_path, tiny_clip, monkeypatc
     from huggingface_hub import HfApi
     from huggingface_hub.utils import filter_repo_objects
 
-    train = _train_script()
     token = "hf_SeCrEt0123456789abcdefXYZ"
     uploaded = {}
     monkeypatch.setattr(
@@ -191,27 +180,24 @@ def test_hub_token_never_reaches_disk_or_the_hub(tmp_path, tiny_clip, monkeypatc
     out = tmp_path / "run"
     (out / ".tmp_interrupted_save").mkdir(parents=True)  # what a killed save_pretrained leaves behind
     (out / ".tmp_interrupted_save" / "model.safetensors").write_bytes(b"partial")
-    train.main(
-        [
-            "--clip_model_name_or_path",
-            tiny_clip,
-            "--output_dir",
-            str(out),
-            "--max_train_steps",
-            "1",
-            "--checkpointing_steps",
-            "1",
-            "--with_tracking",
-            "--report_to",
-            "tensorboard",
-            "--push_to_hub",
-            "--hub_model_id",
-            "weclip-toy-test",
-            "--hub_token",
-            token,
-            *FAST,
-            *IN_PROCESS,
-        ]
+    train_in_process(
+        "--clip_model_name_or_path",
+        tiny_clip,
+        "--output_dir",
+        out,
+        "--max_train_steps",
+        1,
+        "--checkpointing_steps",
+        1,
+        "--with_tracking",
+        "--report_to",
+        "tensorboard",
+        "--push_to_hub",
+        "--hub_model_id",
+        "weclip-toy-test",
+        "--hub_token",
+        token,
+        *FAST,
     )
     written = [p for p in out.rglob("*") if p.is_file()]
     assert any("events.out.tfevents" in p.name for p in written)  # the tracker did write its files

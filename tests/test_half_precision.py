@@ -4,11 +4,9 @@ The half-precision checks run on a briefly trained toy model (100 steps of the t
 ~45 s on a 2-core CPU): a random model has near-ties that any rounding flips, a trained one does not.
 """
 
-import sys
-
 import pytest
 import torch
-from conftest import IN_PROCESS, TRAIN, make_tiny_config
+from conftest import make_tiny_config, train_in_process
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.data.toy import generate_toy_images
@@ -19,27 +17,22 @@ NUM_VAL = 50
 @pytest.fixture(scope="session")
 def trained_toy(tmp_path_factory):
     """A toy-world WeCLIP trained for 100 steps (decoder mIoU ~0.63) and 50 validation images of its world."""
-    sys.path.insert(0, str(TRAIN.parent))
-    import train
-
     out = tmp_path_factory.mktemp("toy") / "model"
-    train.main(
-        [
-            "--output_dir",
-            str(out),
-            "--max_train_steps",
-            "100",
-            "--toy_train_images",
-            "800",
-            "--toy_val_images",
-            "8",
-            "--no_msf",
-            "--num_overlays",
-            "0",
-            "--checkpointing_steps",
-            "0",
-            *IN_PROCESS,
-        ]
+    train_in_process(
+        "--output_dir",
+        out,
+        "--max_train_steps",
+        100,
+        "--toy_train_images",
+        800,
+        "--toy_val_images",
+        8,
+        "--no_msf",
+        "--num_overlays",
+        0,
+        "--checkpointing_steps",
+        0,
+        threads=None,  # the script's own choice, as before
     )
     images, _, labels = generate_toy_images(NUM_VAL, seed=12345)
     pixel_values = WeCLIPImageProcessor.from_pretrained(out)(list(images))["pixel_values"]

@@ -9,7 +9,16 @@ import socket
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, IN_PROCESS, TINY_TEXT, TINY_VISION, TRAIN, make_tiny_config, read_log, run_train
+from conftest import (
+    FAST,
+    TINY_TEXT,
+    TINY_VISION,
+    TRAIN,
+    make_tiny_config,
+    read_log,
+    run_train,
+    train_in_process,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -176,28 +185,22 @@ def test_non_finite_affinity_loss_is_named(tmp_path, tiny_clip, monkeypatch):
         return (loss * float("nan") if len(calls) == 3 else loss), *rest
 
     monkeypatch.setattr(modeling, "affinity_loss", affinity_loss_nan_at_step_2)
-    monkeypatch.syspath_prepend(str(TRAIN.parent))
-    import train as train_script
-
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     out = tmp_path / "nan"
     try:
         with pytest.raises(
             FloatingPointError, match=r"Non-finite affinity loss \(nan\) at step 2; weights were not"
         ):
-            train_script.main(
-                [
-                    "--clip_model_name_or_path",
-                    tiny_clip,
-                    "--output_dir",
-                    str(out),
-                    "--max_train_steps",
-                    "4",
-                    "--checkpointing_steps",
-                    "1",
-                    *FAST,
-                    *IN_PROCESS,
-                ]
+            train_in_process(
+                "--clip_model_name_or_path",
+                tiny_clip,
+                "--output_dir",
+                out,
+                "--max_train_steps",
+                4,
+                "--checkpointing_steps",
+                1,
+                *FAST,
             )
     finally:
         for sig, handler in handlers.items():  # train.py installs its own SIGINT/SIGTERM handlers

@@ -8,7 +8,7 @@ import signal
 import sys
 
 import pytest
-from conftest import FAST, IN_PROCESS, TRAIN
+from conftest import FAST, TRAIN, train_in_process
 
 SHORT = [
     *FAST,
@@ -20,7 +20,6 @@ SHORT = [
     "2",
     "--max_train_steps",
     "1",
-    *IN_PROCESS,
 ]
 
 
@@ -39,11 +38,13 @@ def test_a_second_run_on_a_locked_output_dir_is_refused_at_start(tmp_path, tiny_
         with pytest.raises(
             RuntimeError, match=f"{out}.*in use by another training run \\(pid {os.getpid()}\\)"
         ):
-            train.main(["--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), *SHORT])
+            train_in_process("--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), *SHORT)
         assert not (out / "train_log.jsonl").exists()
     finally:
         held.close()
-    train.main(["--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), *SHORT])  # released: runs
+    train_in_process(
+        "--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), *SHORT
+    )  # released: runs
     assert (out / "model.safetensors").exists()
 
 
@@ -51,7 +52,7 @@ def test_an_unwritable_output_dir_is_found_before_training(tmp_path, tiny_clip, 
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     with pytest.raises(PermissionError, match="--output_dir .*a_file/run is not writable"):
-        train.main(["--clip_model_name_or_path", tiny_clip, "--output_dir", str(blocker / "run"), *SHORT])
+        train_in_process("--clip_model_name_or_path", tiny_clip, "--output_dir", str(blocker / "run"), *SHORT)
 
 
 def test_the_model_is_saved_before_a_failing_final_evaluation(tmp_path, tiny_clip, train, monkeypatch):
@@ -61,7 +62,7 @@ def test_the_model_is_saved_before_a_failing_final_evaluation(tmp_path, tiny_cli
     monkeypatch.setattr(train, "evaluate_segmentation", broken)
     out = tmp_path / "run"
     with pytest.raises(ValueError, match="cannot take"):
-        train.main(["--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), *SHORT])
+        train_in_process("--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), *SHORT)
     for name in ("model.safetensors", "config.json", "preprocessor_config.json"):
         assert (out / name).exists(), name
     from weclip_hf import WeCLIPForSemanticSegmentation
@@ -79,34 +80,28 @@ def test_ctrl_c_during_the_final_evaluation_interrupts_it(tmp_path, tiny_clip, t
 
     monkeypatch.setattr(train, "evaluate_segmentation", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train.main(["--clip_model_name_or_path", tiny_clip, "--output_dir", str(tmp_path / "run"), *SHORT])
+        train_in_process(
+            "--clip_model_name_or_path", tiny_clip, "--output_dir", str(tmp_path / "run"), *SHORT
+        )
     assert evaluated == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_model_name_or_path_applies_the_model_flags_it_is_given(tmp_path, tiny_clip, train, capsys):
     first = tmp_path / "first"
-    train.main(["--clip_model_name_or_path", tiny_clip, "--output_dir", str(first), *SHORT])
+    train_in_process("--clip_model_name_or_path", tiny_clip, "--output_dir", str(first), *SHORT)
     again = ["--model_name_or_path", str(first), *SHORT, "--max_train_steps", "2"]
-    train.main(
-        [
-            *again,
-            "--output_dir",
-            str(tmp_path / "second"),
-            "--rfm_start_step",
-            "7",
-            "--decoder_dropout",
-            "0.3",
-        ]
+    train_in_process(
+        *again, "--output_dir", tmp_path / "second", "--rfm_start_step", 7, "--decoder_dropout", 0.3
     )
     assert "RFM from step 7 (--rfm_start_step)" in capsys.readouterr().out
     config = json.loads((tmp_path / "second" / "config.json").read_text())
     assert config["rfm_start_step"] == 7 and config["decoder_dropout"] == 0.3
     # the toy recipe's own values (e.g. RFM from 150) do not override the saved model's config
-    train.main([*again, "--output_dir", str(tmp_path / "third")])
+    train_in_process(*again, "--output_dir", tmp_path / "third")
     assert (
         json.loads((tmp_path / "third" / "config.json").read_text())["rfm_start_step"]
         == json.loads((first / "config.json").read_text())["rfm_start_step"]
     )
     with pytest.raises(ValueError, match="--decoder_hidden_size cannot be applied to the trained model"):
-        train.main([*again, "--output_dir", str(tmp_path / "fourth"), "--decoder_hidden_size", "64"])
+        train_in_process(*again, "--output_dir", tmp_path / "fourth", "--decoder_hidden_size", 64)
