@@ -20,10 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from benchmark import Bench, build_model, clip_forward_fn, trainable_optimizer, training_step  # noqa: E402
+from benchmarking.instruments import Bench  # noqa: E402
+from benchmarking.workloads import build_model, clip_forward_fn, trainable_optimizer, training_step  # noqa: E402
 
 import weclip_hf.modeling_weclip as modeling  # noqa: E402
 from weclip_hf.host_memory import retain_freed_host_memory  # noqa: E402
@@ -79,7 +81,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
     bench = Bench(device)
     model = build_model(args.tiny, device, args.seed)
     optimizer = trainable_optimizer(model)
-    step_args = argparse.Namespace(crop=args.crop, seed=args.seed, autocast="none")  # what benchmark.py reads
+    step_args = argparse.Namespace(crop=args.crop, seed=args.seed, autocast="none")  # what the workloads read
     rows = []
     for batch in args.batch_sizes:
         for use_rfm in args.rfm:

@@ -1,6 +1,7 @@
 """The benchmark's tiny CPU mode runs end to end (so it cannot rot) and reports both pseudo-label paths,
 the PAR paths (eager, torch.compile; PAR's Triton kernels under Triton's interpreter) and WeCLIP+ next to WeCLIP."""
 
+import importlib
 import os
 import re
 import subprocess
@@ -102,10 +103,12 @@ def test_benchmark_times_par_kernels_against_eager_where_they_run():
     pytest.importorskip("triton", reason="Triton is not installed (it comes with the dev extras on Linux)")
     code = (
         "import sys, torch; sys.path.insert(0, 'examples'); import benchmark as b; "
+        "from benchmarking.instruments import Bench; from benchmarking.par_measurements import measure_par_kernels; "
+        "from benchmarking.report import render_table; from benchmarking.workloads import build_model; "
         "args = b.parse_args(['--tiny', '--device', 'cpu', '--crop', '32', '--batch_sizes', '2', '--warmup', '0', "
-        "'--repeats', '1']); model = b.build_model(True, torch.device('cpu'), 0); "
-        "rows = [b.measure_par_kernels(args, b.Bench(torch.device('cpu')), model, 2)]; "
-        "print(b.render_table(dict(env=dict(device_type='cpu'), training=[], breakdown=[], par_kernels=rows, "
+        "'--repeats', '1']); model = build_model(True, torch.device('cpu'), 0); "
+        "rows = [measure_par_kernels(args, Bench(torch.device('cpu')), model, 2)]; "
+        "print(render_table(dict(env=dict(device_type='cpu'), training=[], breakdown=[], par_kernels=rows, "
         "par_compile=[], inference=[], reference=[])))"
     )
     out = run_offline([sys.executable, "-c", code], timeout=300, TRITON_INTERPRET="1")
@@ -119,13 +122,12 @@ def test_benchmark_times_par_kernels_against_eager_where_they_run():
     )  # (the interpreter is slow: no speed claim here)
 
 
-def _benchmark():
-    """examples/benchmark.py as a module (its directory on sys.path once, as the script itself expects)."""
+def _example_module(name: str = "benchmark"):
+    """A module of examples/ (default examples/benchmark.py; `benchmarking.instruments`...), its directory on sys.path
+    once, as the script itself expects."""
     if str(REPO / "examples") not in sys.path:
         sys.path.insert(0, str(REPO / "examples"))
-    import benchmark
-
-    return benchmark
+    return importlib.import_module(name)
 
 
 def test_flop_counter_counts_cpu_sdpa_like_eager_attention():
@@ -133,7 +135,7 @@ def test_flop_counter_counts_cpu_sdpa_like_eager_attention():
     import torch
     import torch.nn.functional as F
 
-    FlopCounter = _benchmark().FlopCounter
+    FlopCounter = _example_module("benchmarking.instruments").FlopCounter
 
     q, k, v = torch.randn(3, 2, 4, 17, 8).unbind(0)
     counted = []
@@ -170,8 +172,8 @@ def test_operator_shares_count_the_kernels_no_operator_launched():
     On a CPU the operators' self times are the shares."""
     from types import SimpleNamespace
 
-    benchmark = _benchmark()
-    OUTSIDE_OPERATORS, shares_of_events = benchmark.OUTSIDE_OPERATORS, benchmark.shares_of_events
+    instruments = _example_module("benchmarking.instruments")
+    OUTSIDE_OPERATORS, shares_of_events = instruments.OUTSIDE_OPERATORS, instruments.shares_of_events
     from torch.autograd import DeviceType
 
     def event(key, device_type, device_us, cpu_us=0.0, annotation=False):
@@ -210,8 +212,8 @@ def test_line_shares_group_operators_by_their_innermost_weclip_frame():
     (or one row without such a frame); device-side rows and user annotations are not operators."""
     from types import SimpleNamespace
 
-    benchmark = _benchmark()
-    NO_FRAME, shares_of_lines = benchmark.NO_FRAME, benchmark.shares_of_lines
+    instruments = _example_module("benchmarking.instruments")
+    NO_FRAME, shares_of_lines = instruments.NO_FRAME, instruments.shares_of_lines
     from torch.autograd import DeviceType
 
     def event(us, stack, device_type=DeviceType.CPU, annotation=False):
@@ -245,7 +247,7 @@ def test_compiled_model_is_timed_compiled_and_counted_eagerly(monkeypatch):
     from torch._dynamo.utils import counters
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    benchmark = _benchmark()
+    benchmark = _example_module()
     # --release_host_memory: in this process, leave glibc's settings alone (the measurements of later tests'
     # memory growth would see retained pages)
     flags = ["--tiny", "--device", "cpu", "--rfm", "on", "--no_breakdown", "--no_reference", "--no_inference"]
