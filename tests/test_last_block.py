@@ -95,7 +95,7 @@ def test_gradcams_of_a_planned_batch_read_nothing_on_the_host():
     accelerator's case) never wait for the device (the benchmark's `HostSyncFinder`: scalar reads,
     data-dependent shapes, host copies): the packing of the pairs comes from the plan."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    from benchmark import HostSyncFinder
+    from benchmarking.instruments import HostSyncFinder
 
     from weclip_hf.pseudo_labels import plan_pairs
 
