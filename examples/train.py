@@ -578,6 +578,88 @@ def default_num_workers(device_type: str, num_processes: int) -> int:
 # ---- main -------------------------------------------------------------------------------------------
 
 
+def append_log(log_path: Path, record: dict) -> None:
+    """One JSON line of the training log (``train_log.jsonl``)."""
+    with open(log_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def log_losses(accelerator: Accelerator, out, step: int, lr: float, log_path: Path) -> dict:
+    """The step's losses (mean over processes), learning rate and RFM flag, to the trackers and the log (main
+    process); returns the record."""
+    # under DDP each process's loss is scaled so that their mean is the global-batch loss
+    named = present_losses(out, LOGGED_LOSSES)
+    losses = accelerator.reduce(torch.stack(list(named.values())).detach(), "mean").tolist()
+    record = {"step": step, **dict(zip(named, losses)), "lr": lr, "rfm": bool(out.used_rfm)}
+    accelerator.log(record, step=step)
+    if accelerator.is_main_process:
+        append_log(log_path, record)
+    return record
+
+
+def evaluate_in_training(args, accelerator: Accelerator, model, val_set, step: int, log_path: Path) -> None:
+    """``--eval_steps``: decoder and pseudo-label mIoU on the validation set, every process evaluating every
+    num_processes-th image (the confusion matrices are summed); printed, tracked and logged."""
+    shard = Subset(val_set, range(accelerator.process_index, len(val_set), accelerator.num_processes))
+    loader = DataLoader(shard, batch_size=args.per_device_eval_batch_size, collate_fn=collate)
+    res = evaluate_segmentation(
+        model,
+        loader,
+        ("pred", "pseudo"),
+        long_side=args.eval_long_side,
+        accelerator=accelerator,
+        progress=False,
+    )
+    scores = {f"eval_{k}_miou": v["mean_iou"] for k, v in res.items()}
+    accelerator.print(f"step {step}: {scores}")
+    accelerator.log(scores, step=step)
+    if accelerator.is_main_process:
+        append_log(log_path, {"step": step, **scores})
+
+
+def final_evaluation(args, model, val_set, output_dir: Path) -> dict:
+    """The trained model on the validation set (main process): decoder, CAM and RFM pseudo-label mIoU, the
+    multi-scale decoder unless ``--no_msf``, per-class IoU, the toy world's baselines, and the overlays written
+    to ``output_dir``."""
+    cfg = model.config
+    loader = DataLoader(val_set, batch_size=args.per_device_eval_batch_size, collate_fn=collate)
+    modes = ["pred", "cam", "pseudo"] + ([] if args.no_msf else ["pred_msf"])
+    res = evaluate_segmentation(model, loader, modes, scales=args.msf_scales, long_side=args.eval_long_side)
+    key = "fully_supervised_miou" if args.fully_supervised else "miou"
+    metrics = {
+        key: res["pred"]["mean_iou"],
+        "cam_miou": res["cam"]["mean_iou"],
+        "pseudo_label_miou": res["pseudo"]["mean_iou"],
+    }
+    if "pred_msf" in res:
+        metrics[f"{key}_msf" if args.fully_supervised else "miou_msf"] = res["pred_msf"]["mean_iou"]
+        metrics["msf_scales"] = list(args.msf_scales)
+    metrics["per_class_iou"] = {  # null: class absent from predictions and ground truth
+        cfg.id2label[i]: None if math.isnan(v) else float(v)
+        for i, v in enumerate(res["pred"]["per_category_iou"])
+    }
+    if args.recipe == "toy":
+        metrics.update(toy_baselines(val_set, cfg.num_labels))
+    metrics["overlays"] = write_overlays(model, val_set, output_dir, args.num_overlays)
+    return metrics
+
+
+def write_card(args, cfg, output_dir: Path, summary: dict) -> None:
+    """The model card (README.md) of the trained model in ``output_dir``, with its mIoU figures."""
+    card = make_model_card(
+        cfg,
+        args.hub_model_id or output_dir.name,
+        "Trained with `examples/train.py` of weclip-hf.",
+        metrics={k: v for k, v in summary.items() if "miou" in k},
+        dataset_name=args.dataset_name or "toy-world",
+        base_model=args.clip_model_name_or_path,
+        weakly_supervised=not args.fully_supervised,
+        training_args={k: v for k, v in public_args(args).items() if v is not None},
+        repo_id=args.hub_model_id,
+    )
+    save_model_card(card, output_dir)
+
+
 def main(argv=None) -> dict:
     """Run training as the command line ``argv`` says; returns the final metrics."""
     args = parse_args(argv)
@@ -741,46 +823,16 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
             position.batch += 1
             bar.update(1)
             if step % args.logging_steps == 0 or step == args.max_train_steps:
-                # under DDP each process's loss is scaled so that their mean is the global-batch loss
-                named = present_losses(out, LOGGED_LOSSES)
-                losses = accelerator.reduce(torch.stack(list(named.values())).detach(), "mean").tolist()
-                record = {
-                    "step": step,
-                    **dict(zip(named, losses)),
-                    "lr": scheduler.get_last_lr()[0],
-                    "rfm": bool(out.used_rfm),
-                }
+                record = log_losses(accelerator, out, step, scheduler.get_last_lr()[0], log_path)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", rfm=record["rfm"])
-                accelerator.log(record, step=step)
-                if accelerator.is_main_process:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
             if checkpoint_every and step % checkpoint_every == 0:
                 save_checkpoint(
                     accelerator, output_dir, TrainingState(step, scheduler.state_dict(), position)
                 )
             if args.eval_steps and step % args.eval_steps == 0 and val_set is not None:
-                # each process evaluates every num_processes-th image; the confusion matrices are summed
-                shard = Subset(
-                    val_set, range(accelerator.process_index, len(val_set), accelerator.num_processes)
+                evaluate_in_training(
+                    args, accelerator, accelerator.unwrap_model(model), val_set, step, log_path
                 )
-                loader_eval = DataLoader(
-                    shard, batch_size=args.per_device_eval_batch_size, collate_fn=collate
-                )
-                res = evaluate_segmentation(
-                    accelerator.unwrap_model(model),
-                    loader_eval,
-                    ("pred", "pseudo"),
-                    long_side=args.eval_long_side,
-                    accelerator=accelerator,
-                    progress=False,
-                )
-                scores = {f"eval_{k}_miou": v["mean_iou"] for k, v in res.items()}
-                accelerator.print(f"step {step}: {scores}")
-                accelerator.log(scores, step=step)
-                if accelerator.is_main_process:
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps({"step": step, **scores}) + "\n")
                 model.train()
             if step >= args.max_train_steps or stop["signal"] is not None:
                 pass_ended = False
@@ -813,46 +865,13 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         image_processor.save_pretrained(output_dir)
     metrics: dict = {"train_steps": step, "train_seconds": round(train_seconds, 1)}
     if val_set is not None and accelerator.is_main_process:
-        loader_eval = DataLoader(val_set, batch_size=args.per_device_eval_batch_size, collate_fn=collate)
-        modes = ["pred", "cam", "pseudo"] + ([] if args.no_msf else ["pred_msf"])
-        res = evaluate_segmentation(
-            unwrapped, loader_eval, modes, scales=args.msf_scales, long_side=args.eval_long_side
-        )
-        key = "fully_supervised_miou" if args.fully_supervised else "miou"
-        metrics.update(
-            {
-                key: res["pred"]["mean_iou"],
-                "cam_miou": res["cam"]["mean_iou"],
-                "pseudo_label_miou": res["pseudo"]["mean_iou"],
-            }
-        )
-        if "pred_msf" in res:
-            metrics[f"{key}_msf" if args.fully_supervised else "miou_msf"] = res["pred_msf"]["mean_iou"]
-            metrics["msf_scales"] = list(args.msf_scales)
-        metrics["per_class_iou"] = {  # null: class absent from predictions and ground truth
-            cfg.id2label[i]: None if math.isnan(v) else float(v)
-            for i, v in enumerate(res["pred"]["per_category_iou"])
-        }
-        if args.recipe == "toy":
-            metrics.update(toy_baselines(val_set, cfg.num_labels))
-        metrics["overlays"] = write_overlays(unwrapped, val_set, output_dir, args.num_overlays)
+        metrics.update(final_evaluation(args, unwrapped, val_set, output_dir))
     metrics["total_seconds"] = round(time.time() - started, 1)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
-        card = make_model_card(
-            cfg,
-            args.hub_model_id or output_dir.name,
-            "Trained with `examples/train.py` of weclip-hf.",
-            metrics={k: v for k, v in summary.items() if "miou" in k},
-            dataset_name=args.dataset_name or "toy-world",
-            base_model=args.clip_model_name_or_path,
-            weakly_supervised=not args.fully_supervised,
-            training_args={k: v for k, v in public_args(args).items() if v is not None},
-            repo_id=args.hub_model_id,
-        )
-        save_model_card(card, output_dir)
+        write_card(args, cfg, output_dir, summary)
         accelerator.print(json.dumps(summary, indent=2))
         if args.push_to_hub:
             publish_folder(
