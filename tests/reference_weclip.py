@@ -83,7 +83,7 @@ def reference_pseudo_labels(model, pixel_values, class_labels, use_rfm=False, de
     clip = model.forward_clip_features(pixel_values, cfg.vision_config.num_hidden_layers - 1)
     hidden, attention, grid = clip.hidden, clip.attention, clip.grid
     gh, gw = grid
-    out = {"gradcams": [], "box_masks": [], "refined_grid": [], "pseudo_labels": [], "margins": []}
+    out = {"gradcams": [], "box_masks": [], "refined_grid": [], "pseudo_labels": [], "top2_gaps": []}
     for b in range(pixel_values.shape[0]):
         present = [c for c in range(class_labels.shape[1]) if class_labels[b, c] > 0.5]
         text = torch.cat([model.class_text_embeds[present], model.background_text_embeds])
@@ -139,9 +139,11 @@ def reference_pseudo_labels(model, pixel_values, class_labels, use_rfm=False, de
         keys = torch.tensor([0] + [c + 1 for c in present])
         out["pseudo_labels"].append(keys[refined_scores[0].argmax(0)])
         top2 = refined_scores[0].topk(min(2, len(keys)), dim=0).values
-        out["margins"].append(top2[0] - top2[-1] if len(keys) > 1 else torch.full_like(top2[0], float("inf")))
+        out["top2_gaps"].append(
+            top2[0] - top2[-1] if len(keys) > 1 else torch.full_like(top2[0], float("inf"))
+        )
     out["pseudo_labels"] = torch.stack(out["pseudo_labels"])
-    out["margins"] = torch.stack(out["margins"])  # [B, H, W] gap between the two best PAR scores
+    out["top2_gaps"] = torch.stack(out["top2_gaps"])  # [B, H, W] gap between the two best PAR scores
     return out
 
 

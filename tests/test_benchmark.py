@@ -41,6 +41,13 @@ def test_benchmark_tiny_runs_and_compares_both_paths(tmp_path):
     )
     assert "| section | setting | ours | reference | ratio |" in out
     assert "| train step |" in out and "| inference (CLIP + decoder) |" in out and "| share: PAR |" in out
+    # PAR as the model runs it (the margins) next to the official form (the scores), with their labels' agreement
+    par_forms = re.findall(
+        r"\| PAR on the classes' margins \(the model\) vs on the \[background, classes\] scores \|[^|]*\| "
+        r"[\d.]+ ms margins \(labels ([\d.]+)% equal\) \| [\d.]+ ms scores \| \*\*[\d.]+x\*\* \|",
+        out,
+    )
+    assert len(par_forms) == 2 and all(float(a) > 99.0 for a in par_forms), out
     # our batched path and the per-image/per-class reference, side by side, with a positive ratio
     ratios = re.findall(
         r"\| pseudo labels \(CLIP fwd[^|]*\|[^|]*\| [\d.]+ ms \| [\d.]+ ms \(cpu\) \| \*\*([\d.]+)x\*\* \|",

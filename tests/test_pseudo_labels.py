@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import make_tiny_config
 
-from weclip_hf import WeCLIPForSemanticSegmentation
+from weclip_hf import WeCLIPForSemanticSegmentation, par
 from weclip_hf.cam import gradcam, minmax_normalize
 from weclip_hf.par import par_refine
 from weclip_hf.pseudo_labels import (
@@ -181,9 +181,13 @@ def test_background_margins_are_zero_in_unused_slots_and_label_like_the_scores()
     assert set(labels[1].unique().tolist()) <= {0, 4} and labels[0, 0, 0] == 0 and (labels[2] == 0).all()
 
 
-def test_par_on_the_margins_labels_as_par_on_the_scores():
+@pytest.mark.parametrize("images_per_chunk", [None, 1])
+def test_par_on_the_margins_labels_as_par_on_the_scores(images_per_chunk, monkeypatch):
     """PAR is linear in its maps: refining each class's margin over the background (one map fewer per image) gives
-    the labels of refining all the scores, but at pixels whose two best refined scores are tied to rounding."""
+    the labels of refining all the scores, but at pixels whose two best refined scores are tied to rounding; also
+    one image per chunk, as on a CPU at a real crop (each chunk then refines only its own maps in use)."""
+    if images_per_chunk:
+        monkeypatch.setattr(par, "images_per_chunk", lambda num_images, *args, **kwargs: images_per_chunk)
     plan = plan_pairs(LABELS, "cpu")
     g = torch.Generator().manual_seed(4)
     image, refined = torch.randn(4, 3, 24, 20, generator=g), torch.rand(6, 24, 20, generator=g)
@@ -200,6 +204,17 @@ def test_par_on_the_margins_labels_as_par_on_the_scores():
     decided = top2[:, 0] - top2[:, 1] > 1e-5  # every pixel but near-ties of two refined scores
     labels, expected = labels_from_margins(margins, plan), labels_from_scores(every_map, plan)
     assert decided.float().mean() > 0.99 and torch.equal(labels[decided], expected[decided])
+
+
+def test_a_batch_without_classes_has_no_margin_and_is_all_background():
+    """K = 0: no margin map to refine (none made, whatever the scores' size), every pixel background."""
+    plan = plan_pairs(torch.zeros(2, 4), "cpu")
+    margins = background_margins(class_scores(torch.zeros(0, 6, 5), plan), plan)
+    assert margins.shape == (2, 0, 6, 5)
+    refined = par_refine(torch.randn(2, 3, 12, 10), margins, [1, 2])  # resized to the image: still no map
+    assert refined.shape == (2, 0, 12, 10)
+    labels = labels_from_margins(refined, plan)
+    assert labels.shape == (2, 12, 10) and (labels == 0).all()
 
 
 def test_dense_class_cams_are_zero_for_absent_classes():

@@ -130,18 +130,20 @@ def par_refine(
     in it (``num_maps``), and a chunk without one computes no weights.
     """
     image = image.float()
+    h, w = image.shape[-2:]
+    b, k = scores.shape[:2]
+    if k == 0:  # no map (the margins of a batch without classes): nothing to refine
+        return scores.new_zeros(b, 0, h, w, dtype=torch.float32)
     scores = scores.float()
     if scores.shape[-2:] != image.shape[-2:]:
         scores = F.interpolate(scores, size=image.shape[-2:], mode="bilinear", align_corners=True)
-    h, w = image.shape[-2:]
-    b, k = scores.shape[:2]
     chunk = images_per_chunk(b, len(dilations) * len(_RING) * h * w * 4, image.device)
     # maps in use per chunk (a host read: chunks exist on a CPU only)
     in_use = [k] * b if num_maps is None or chunk >= b else num_maps.clamp(max=k).tolist()
     refined = []
     for start, image_part, scores_part in zip(range(0, b, chunk), image.split(chunk), scores.split(chunk)):
         used = max(in_use[start : start + chunk])
-        if used == 0:  # nothing to refine (e.g. images without a class)
+        if used == 0:  # nothing to refine in this chunk (its images have no class: their margins are all 0)
             refined.append(scores_part)
             continue
         weights = par_affinity(image_part, dilations, temperature, pos_weight)

@@ -235,7 +235,7 @@ def background_margins(scores: torch.Tensor, plan: PairPlan) -> torch.Tensor:
     background: `labels_from_margins` labels every pixel as the argmax of the K + 1 refined scores does (up to
     float rounding: the same labels at all but near-tied pixels), with one map fewer per image to refine."""
     margins = scores[:, 1:] - scores[:, :1]
-    return margins.masked_fill_(~_used_slots(plan, margins.shape[1])[:, :, None, None], 0.0)
+    return margins.masked_fill_(~_used_slots(plan, margins.shape[1], margins.device)[:, :, None, None], 0.0)
 
 
 def labels_from_margins(margins: torch.Tensor, plan: PairPlan) -> torch.Tensor:
@@ -250,16 +250,17 @@ def labels_from_scores(scores: torch.Tensor, plan: PairPlan) -> torch.Tensor:
     b, slots = scores.shape[:2]
     slot_class = torch.zeros(b, slots, dtype=torch.long, device=scores.device)
     slot_class[plan.image, plan.slot + 1] = plan.class_index + 1
-    valid = F.pad(_used_slots(plan, slots - 1), (1, 0), value=True)  # the background slot, then the classes
+    valid = F.pad(_used_slots(plan, slots - 1, scores.device), (1, 0), value=True)  # background, then classes
     # slots innermost: the CPU's argmax over a short innermost dim is ~6x faster than over dim 1
     slots_last = scores.permute(0, 2, 3, 1).contiguous()
     winner = slots_last.masked_fill_(~valid[:, None, None, :], float("-inf")).argmax(dim=-1)
     return slot_class.gather(1, winner.flatten(1)).view_as(winner)
 
 
-def _used_slots(plan: PairPlan, slots: int) -> torch.Tensor:
-    """[B, slots] bool: which class slots each image uses (its present classes take the first ones)."""
-    return torch.arange(slots, device=plan.present.device) < plan.present.sum(1, keepdim=True)
+def _used_slots(plan: PairPlan, slots: int, device: torch.device) -> torch.Tensor:
+    """[B, slots] bool on ``device``: which class slots each image uses (its present classes take the first
+    ones)."""
+    return torch.arange(slots, device=device) < plan.present.sum(1, keepdim=True).to(device)
 
 
 def dense_class_cams(refined_grid: torch.Tensor, plan: PairPlan) -> torch.Tensor:

@@ -15,6 +15,7 @@ from weclip_hf.pseudo_labels import (
     cam_affinity,
     class_scores,
     labels_from_margins,
+    labels_from_scores,
     patch_attention_maps,
     plan_pairs,
 )
@@ -81,18 +82,16 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
         return masks, refined_grid, upsample_normalized(refined_grid, pixel_values.shape[-2:])
 
     masks, refined_grid, _ = box_refine_piece()
-    margins = background_margins(class_scores(details.refined_cams, plan, cfg.cam_bg_exponent), plan)
+    scores = class_scores(details.refined_cams, plan, cfg.cam_bg_exponent)
+    margins = background_margins(scores, plan)
+    setting = (cfg.par_dilations, cfg.par_num_iter, cfg.par_temperature, cfg.par_pos_weight)
+    in_use = plan.present.sum(1)
 
     def par_piece():  # as the model: PAR on the classes' margins over the background, the maps in use only
-        return par_refine(
-            pixel_values,
-            margins,
-            cfg.par_dilations,
-            cfg.par_num_iter,
-            cfg.par_temperature,
-            cfg.par_pos_weight,
-            num_maps=plan.present.sum(1),
-        )
+        return par_refine(pixel_values, margins, *setting, num_maps=in_use)
+
+    def par_on_scores():  # the official form, for comparison: PAR on the [background, classes] scores
+        return par_refine(pixel_values, scores, *setting, num_maps=1 + in_use)
 
     check = dict(rtol=1e-5, atol=1e-6, msg=lambda m: f"a timed stage differs from the model: {m}")
     torch.testing.assert_close(gradcams.cams, details.gradcams, **check)
@@ -117,6 +116,7 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
         affinity=affinity_piece,
         box_masks_refine=box_refine_piece,
         par=par_piece,
+        par_on_scores=par_on_scores,
         generate_pseudo_labels=pseudo_labels,
         decoder_train=decoder_train,
     )
@@ -126,4 +126,13 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
         seconds["generate_pseudo_labels"] - sum(seconds[p] for p in parts), 0.0
     )
     seconds["sum"] = seconds["clip_forward"] + seconds["generate_pseudo_labels"] + seconds["decoder_train"]
-    return dict(batch=batch, crop=args.crop, rfm=use_rfm, seconds=seconds, pairs=plan.num_pairs)
+    # the labels of PAR on the margins against the official form's (equal but at near-ties of the two best scores)
+    same = labels_from_margins(par_piece(), plan) == labels_from_scores(par_on_scores(), plan)
+    return dict(
+        batch=batch,
+        crop=args.crop,
+        rfm=use_rfm,
+        seconds=seconds,
+        pairs=plan.num_pairs,
+        par_labels_equal=float(same.float().mean()),
+    )

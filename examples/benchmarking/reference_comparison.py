@@ -77,7 +77,7 @@ def compare(ours, ref: dict) -> dict:
     return dict(
         equal_pixels=1.0 - differ.float().mean().item(),
         # differing pixels at near-ties of the reference's PAR scores (top-2 gap < 1e-3)?
-        differ_at_near_ties=bool((ref["margins"][differ] < 1e-3).all()),
+        differ_at_near_ties=bool((ref["top2_gaps"][differ] < 1e-3).all()),
         gradcam_max_abs_diff=(ours.gradcams.float().cpu() - gradcams).abs().max().item(),
         box_masks_equal=(ours.box_masks.cpu() == boxes).float().mean().item(),
         refined_max_rel_diff=(

@@ -101,6 +101,15 @@ def render_table(result: dict) -> str:
             f"CLIP forward {1e3 * plain:.1f} ms (all blocks, SDPA)",
             f"**{s['sum'] / plain:.2f}x**",
         )
+    for b in result["breakdown"]:
+        s = b["seconds"]
+        add(
+            "PAR on the classes' margins (the model) vs on the [background, classes] scores",
+            f"batch {b['batch']}, RFM {'on' if b['rfm'] else 'off'}, {b['pairs']} pairs",
+            f"{1e3 * s['par']:.1f} ms margins (labels {100 * b['par_labels_equal']:.4f}% equal)",
+            f"{1e3 * s['par_on_scores']:.1f} ms scores",
+            f"**{s['par_on_scores'] / s['par']:.2f}x**",
+        )
     for c in result["par_kernels"]:
         setting = f"batch {c['batch']}, {c['crop']}x{c['crop']}, {c['neighbours']} neighbours"
         t = c["seconds"]
