@@ -27,10 +27,15 @@ def _has_hooks(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
-def _plain_linear(module: nn.Module) -> bool:
-    """A biased `nn.Linear` itself (not a subclass or an adapter's wrapper) without hooks: its weight and bias
-    are all that its forward applies."""
-    return type(module) is nn.Linear and module.bias is not None and not _has_hooks(module)
+def is_plain_module(module: nn.Module | None, kind: type[nn.Module]) -> bool:
+    """Whether ``module`` is a ``kind`` itself (not a subclass or an adapter's wrapper) without forward hooks: its
+    parameters are all that its forward applies, so a fused path may use them directly."""
+    return type(module) is kind and not _has_hooks(module)
+
+
+def _plain_linear(module: nn.Module | None) -> bool:
+    """A biased plain `nn.Linear` (`is_plain_module`): its weight and bias are all that its forward applies."""
+    return is_plain_module(module, nn.Linear) and module.bias is not None
 
 
 def _fusable_mlp(mlp: nn.Module) -> bool:
@@ -101,5 +106,6 @@ __all__ = [
     "clip_mlp",
     "eager_attention",
     "eager_clip_layer",
+    "is_plain_module",
     "quick_gelu_mlp",
 ]

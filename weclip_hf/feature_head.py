@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .clip_layers import is_plain_module
+
 
 class WeCLIPLayerMLP(nn.Module):
     """Per-layer projection of patch tokens: Linear -> ReLU -> Linear."""
@@ -59,7 +61,7 @@ class WeCLIPFeatureHead(nn.Module):
         """Whether the second Linears and the fuse conv are plain modules without hooks, whose weights are all
         that their forward applies."""
         layers = [(mlp.fc2, nn.Linear) for mlp in self.layer_mlps] + [(self.fuse, nn.Conv2d)]
-        return all(type(m) is kind and not (m._forward_hooks or m._forward_pre_hooks) for m, kind in layers)
+        return all(is_plain_module(m, kind) for m, kind in layers)
 
     def fused_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The MLPs' second Linears followed by the fuse conv as one linear map on the concatenated hidden
