@@ -52,6 +52,8 @@ from benchmarking.workloads import (  # noqa: E402
     build_model,
     clip_forward_fn,
     compiled,
+    int_list,
+    rfm_settings,
     synthetic_batch,
     trainable_optimizer,
     training_step,
@@ -188,9 +190,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     args.breakdown_repeats = args.breakdown_repeats or args.repeats
     args.infer_repeats = args.infer_repeats or args.repeats
-    args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b]
-    args.infer_sizes = [int(s) for s in str(args.infer_sizes).split(",") if s]
-    args.rfm = [{"off": False, "on": True}[r.strip()] for r in args.rfm.split(",") if r.strip()]
+    args.batch_sizes, args.infer_sizes = int_list(args.batch_sizes), int_list(args.infer_sizes)
+    args.rfm = rfm_settings(args.rfm)
     if args.compile_mode is None and args.compile_backend == "inductor":  # modes are Inductor's
         args.compile_mode = "reduce-overhead" if args.device.startswith("cuda") else "default"
     if args.peak_tflops is None and args.device.startswith("cuda"):

@@ -25,7 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 from benchmarking.instruments import Bench  # noqa: E402
-from benchmarking.workloads import build_model, clip_forward_fn, trainable_optimizer, training_step  # noqa: E402
+from benchmarking.workloads import (  # noqa: E402
+    build_model,
+    clip_forward_fn,
+    int_list,
+    rfm_settings,
+    trainable_optimizer,
+    training_step,
+)
 
 import weclip_hf.modeling_weclip as modeling  # noqa: E402
 from weclip_hf.host_memory import retain_freed_host_memory  # noqa: E402
@@ -119,9 +126,11 @@ def table(rows: list[dict], chunks: list[int]) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
-    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
-    args.chunks = [int(c) for c in args.chunks.split(",") if c]
-    args.rfm = [{"off": False, "on": True}[r.strip()] for r in args.rfm.split(",") if r.strip()]
+    args.batch_sizes, args.chunks, args.rfm = (
+        int_list(args.batch_sizes),
+        int_list(args.chunks),
+        rfm_settings(args.rfm),
+    )
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     retain_freed_host_memory()  # as examples/benchmark.py and examples/train.py on a CPU

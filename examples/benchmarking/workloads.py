@@ -20,6 +20,16 @@ from weclip_hf import (
 METHOD_NAMES = {"weclip": "WeCLIP", "weclip_plus": "WeCLIP+"}
 
 
+def int_list(text: str | int) -> list[int]:
+    """A comma-separated list of counts or sizes on the command line ("4,16") as integers."""
+    return [int(item) for item in str(text).split(",") if item]
+
+
+def rfm_settings(text: str) -> list[bool]:
+    """The RFM settings to measure from the command line: "off", "on" or "off,on"."""
+    return [{"off": False, "on": True}[item.strip()] for item in text.split(",") if item.strip()]
+
+
 def build_model(tiny: bool, device: torch.device, seed: int, method: str = "weclip"):
     """A random model of ``method``: real size (CLIP ViT-B/16, VOC classes; WeCLIP+: + DINOv2 ViT-S/14, the
     official default) or the tiny test config."""
