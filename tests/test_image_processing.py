@@ -426,3 +426,14 @@ def test_crf_predictions_recover_the_image_with_the_processors_statistics(tiny_m
         evaluation.predict_labels(tiny_model, pixel_values, (16, 24), crf=True)
     with pytest.raises(ValueError, match="normalization"):
         evaluation.evaluate_segmentation(tiny_model, [], ["pred", "pred_crf"], progress=False)
+
+
+# ---- call-time geometry in post-processing, bfloat16, 4-D batches, error ranges, constructor typos -----------------
+
+
+def test_bfloat16_tensors_are_read_as_float32():
+    image = torch.rand(3, 40, 30)
+    proc = WeCLIPImageProcessor(size={"longest_edge": 32})
+    expected = proc(image.bfloat16().float()).pixel_values
+    torch.testing.assert_close(proc(image.bfloat16()).pixel_values, expected, rtol=0, atol=0)
+    assert image_size(image.bfloat16()) == (40, 30)

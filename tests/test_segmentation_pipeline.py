@@ -105,6 +105,12 @@ def test_pipeline_takes_arrays_and_tensors_as_the_processor_does(segmenter, mode
     assert all(s["mask"].size == (4, 20) for s in segmenter(chw))
 
 
+def test_pipeline_takes_bfloat16_tensors(segmenter):
+    image = torch.rand(3, 20, 30)
+    expected = segmenter(image.bfloat16().float())
+    _assert_same_segments([segmenter(image.bfloat16())], [expected])
+
+
 def test_no_error_is_logged_for_a_weclip_model(model_dir, transformers_logs):
     segmenter = pipeline("image-segmentation", model=str(model_dir))
     assert isinstance(segmenter, WeCLIPImageSegmentationPipeline)

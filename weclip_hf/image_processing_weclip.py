@@ -14,10 +14,11 @@ Inputs accepted (``to_rgb_array``): PIL images (EXIF orientation applied; graysc
 dropped, no compositing), CMYK, 16-bit and float modes converted to RGB), NumPy arrays and torch tensors of
 shape [H, W], [H, W, C] or [C, H, W] with C = 1, 3 or 4, and file paths. Values: uint8 as 0-255, uint16 scaled
 to 0-255, bool as 0/255, floats in [0, 1 + 1e-3] scaled to 0-255 (so 1.0000001 still counts as 1), other
-floats and integers taken as 0-255. Channel axis: ``input_data_format`` ("channels_first" /
-"channels_last") when given; otherwise the end of the shape whose length is 1, 3 or 4, and when both ends
-are (e.g. [3, H, 4]), torch tensors are read channels-first and NumPy arrays channels-last (the usual layout
-of each). Empty images, NaN/inf values and other channel counts raise a ValueError.
+floats and integers taken as 0-255; bfloat16 (and other float dtypes NumPy lacks) are read as float32.
+Channel axis: ``input_data_format`` ("channels_first" / "channels_last") when given; otherwise the end of the
+shape whose length is 1, 3 or 4, and when both ends are (e.g. [3, H, 4]), torch tensors are read
+channels-first and NumPy arrays channels-last (the usual layout of each). Empty images, NaN/inf values and
+other channel counts raise a ValueError.
 
 ``do_rescale=False`` means the input is already rescaled (transformers' meaning): the values are used as
 given (no 0-255 reading, no [0, 1] guess, no range check) and normalized with ``image_mean``/``image_std``
@@ -146,10 +147,18 @@ def to_rgb_array(
             array, ChannelDimension.LAST if array.ndim == 3 else None, False, do_rescale, do_convert_rgb
         )
     if isinstance(image, torch.Tensor):
-        return _read_array(image.detach().cpu().numpy(), input_data_format, True, do_rescale, do_convert_rgb)
+        return _read_array(_tensor_to_numpy(image), input_data_format, True, do_rescale, do_convert_rgb)
     if isinstance(image, np.ndarray):
         return _read_array(image, input_data_format, False, do_rescale, do_convert_rgb)
     raise TypeError(f"Unsupported image type {type(image).__name__}; expected PIL, numpy, torch or a path.")
+
+
+def _tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor on any device -> NumPy array; float dtypes NumPy lacks (bfloat16, float8) become float32."""
+    tensor = tensor.detach().cpu()
+    if tensor.is_floating_point() and tensor.dtype not in (torch.float16, torch.float32, torch.float64):
+        tensor = tensor.float()
+    return tensor.numpy()
 
 
 def _read_array(
