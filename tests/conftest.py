@@ -110,6 +110,18 @@ def tiny_model(tiny_config):
 STRICT_ENV = "WECLIP_STRICT_TEST_DATA"
 
 
+class CharTokenizer:
+    """A stand-in for a CLIP tokenizer (one id per character, begin 0, end 2, padding 1) for text embeddings of a
+    tiny random CLIP text tower."""
+
+    def __call__(self, prompts, padding, truncation, return_tensors, max_length):
+        ids = torch.ones(len(prompts), max_length, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            toks = [3 + (ord(ch) % 90) for ch in p][: max_length - 2]
+            ids[i, : len(toks) + 2] = torch.tensor([0, *toks, 2])
+        return {"input_ids": ids, "attention_mask": (ids != 1).long()}
+
+
 def require_data(path: Path, what: str) -> Path:
     """``path`` when it exists; else skip the test with the reason (shown in the summary with ``-rs``), or fail it
     when ``WECLIP_STRICT_TEST_DATA=1`` (CI sets it, so CI cannot go green on skipped data tests)."""

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TEXT, TINY_VISION, make_tiny_config
+from conftest import TINY_TEXT, TINY_VISION, CharTokenizer, make_tiny_config
 from reference_weclip import reference_affinity_loss, reference_pseudo_labels
 
 from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
@@ -262,14 +262,6 @@ def test_auto_classes_and_pipeline(tmp_path, tiny_model):
 
 
 def test_update_class_embeddings_with_new_classes(tiny_model):
-    class CharTokenizer:
-        def __call__(self, prompts, padding, truncation, return_tensors, max_length):
-            ids = torch.ones(len(prompts), max_length, dtype=torch.long)
-            for i, p in enumerate(prompts):
-                toks = [3 + (ord(ch) % 90) for ch in p][: max_length - 2]
-                ids[i, : len(toks) + 2] = torch.tensor([0, *toks, 2])
-            return {"input_ids": ids, "attention_mask": (ids != 1).long()}
-
     tiny_model.update_class_embeddings(CharTokenizer(), class_names=["boat", "bird"])
     assert tiny_model.config.num_labels == 3 and tiny_model.config.id2label[2] == "bird"
     assert tiny_model.class_text_embeds.shape == (2, 16)

@@ -53,7 +53,7 @@ def test_config_of_another_model_type_is_refused(tmp_path):
 def test_class_count_mismatch_is_refused(saved):
     config = json.loads((saved / "config.json").read_text())
     config["class_names"].append("boat")
-    config["label_names"].append("boat")
+    config["id2label"][str(len(config["class_names"]))] = "boat"
     (saved / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="do not match its config"):
         WeCLIPForSemanticSegmentation.from_pretrained(saved)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 
 from transformers import CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
@@ -50,6 +51,23 @@ def _check_tower(name: str, config) -> None:
     if hasattr(config, "vocab_size"):
         _check_int(f"{name}.vocab_size", config.vocab_size, 1, 1_000_000)
         _check_int(f"{name}.max_position_embeddings", config.max_position_embeddings, 1, 8192)
+
+
+def _label_list(id2label: dict, num_classes: int) -> list[str]:
+    """The names of ``id2label`` (keys int or, as read from JSON, str) in id order, checked to be background + one
+    name per class: ids 0..num_classes."""
+    try:
+        by_id = {int(key): name for key, name in id2label.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError(
+            f"id2label must map label ids 0..{num_classes} to names, got {id2label!r}."
+        ) from None
+    if sorted(by_id) != list(range(num_classes + 1)) or not all(isinstance(n, str) for n in by_id.values()):
+        raise ValueError(
+            f"id2label must name ids 0..{num_classes} (background + the {num_classes} class_names), got ids "
+            f"{sorted(by_id)}: the number of labels follows class_names."
+        )
+    return [by_id[i] for i in range(num_classes + 1)]
 
 
 def _renamed(kwargs: dict, old: str, new: str, value: int | None, depth: int) -> int | None:
@@ -172,6 +190,17 @@ class WeCLIPConfig(PreTrainedConfig):
         self.text_config = text_config
 
         class_names = list(VOC_PROMPT_NAMES if class_names is None else class_names)
+        id2label = kwargs.pop("id2label", None)
+        kwargs.pop("label2id", None)  # derived from id2label
+        background_label = "background"
+        if id2label is not None:  # the display names, as transformers' configs carry them
+            names = _label_list(id2label, len(class_names))
+            if label_names is not None and list(label_names) != names[1:]:
+                raise ValueError(
+                    f"label_names {list(label_names)} and id2label {names} name the classes differently: give one "
+                    "of them."
+                )
+            background_label, label_names = names[0], names[1:]
         if label_names is None:
             label_names = list(VOC_LABELS) if class_names == VOC_PROMPT_NAMES else list(class_names)
         background_names = list(VOC_BACKGROUND_NAMES if background_names is None else background_names)
@@ -240,7 +269,6 @@ class WeCLIPConfig(PreTrainedConfig):
         self.projection_dim = projection_dim
         self.logit_scale_init_value = logit_scale_init_value
         self.class_names = class_names
-        self.label_names = list(label_names)
         self.background_names = background_names
         self.prompt_template = prompt_template
         self.decoder_hidden_size = decoder_hidden_size
@@ -263,10 +291,50 @@ class WeCLIPConfig(PreTrainedConfig):
         self.semantic_loss_ignore_index = semantic_loss_ignore_index
         self.initializer_range = initializer_range
 
-        names = ["background", *self.label_names]
-        kwargs["id2label"] = dict(enumerate(names))
-        kwargs["label2id"] = {n: i for i, n in enumerate(names)}
+        kwargs["id2label"] = dict(enumerate([background_label, *label_names]))
         super().__init__(**kwargs)
+
+    def __setattr__(self, key, value):
+        """An ``id2label`` set on a built config is checked against ``class_names`` and keeps ``label2id`` (and
+        `label_names`) in step with it."""
+        if key == "id2label" and value is not None and "class_names" in self.__dict__:
+            value = dict(enumerate(_label_list(value, len(self.class_names))))
+            super().__setattr__("label2id", {name: i for i, name in value.items()})
+        super().__setattr__(key, value)
+
+    @property
+    def label_names(self) -> list[str]:
+        """Display names of the foreground classes: ``id2label``'s names of ids 1..C (one per ``class_names``)."""
+        return [self.id2label[i] for i in range(1, len(self.id2label))]
+
+    @label_names.setter
+    def label_names(self, names: list[str]) -> None:
+        background = self.id2label[0] if self.id2label else "background"
+        self.id2label = dict(enumerate([background, *names]))
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """`PreTrainedConfig.from_dict` with this config's own keyword arguments (e.g. ``from_pretrained(folder,
+        rfm_start_step=0)``) given to the constructor, so that they are validated and the labels follow them.
+
+        The label names come from ``id2label`` (the field transformers users edit); ``label_names`` in older
+        config.json files is a copy of it, and ``class_names`` or ``label_names`` passed here rename the labels."""
+        config_dict = dict(config_dict)
+        own = {k: kwargs.pop(k) for k in list(kwargs) if k in cls._constructor_arguments()}
+        if own.keys() & {"class_names", "label_names"} and "id2label" not in own:
+            config_dict.pop("id2label", None)
+        if "id2label" in {**config_dict, **own} and "label_names" not in own:
+            config_dict.pop("label_names", None)
+        return super().from_dict({**config_dict, **own}, **kwargs)
+
+    @classmethod
+    def _constructor_arguments(cls) -> set[str]:
+        """The keyword arguments of this config's constructors (its own and its WeCLIP bases'), without the
+        sub-configs (transformers merges a partial sub-config dict into the loaded one) and ``kwargs``."""
+        names = {"id2label", "label2id"}
+        for klass in cls.__mro__[: cls.__mro__.index(WeCLIPConfig) + 1]:
+            names |= set(inspect.signature(klass.__init__).parameters)
+        return names - {"self", "kwargs", *cls.sub_configs}
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):

@@ -432,15 +432,30 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         path = str(pretrained_model_name_or_path)
         if path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):
             raise FileNotFoundError(f"No model folder at {path!r}.")
-        if kwargs.get("config") is None and os.path.isdir(os.path.expanduser(path)):
-            config_file = os.path.join(os.path.expanduser(path), "config.json")
+        stored = kwargs.keys() & {"class_names", "background_names", "prompt_template"}
+        if stored:
+            raise ValueError(
+                f"{sorted(stored)} cannot be changed when loading: the text embeddings of the saved names are "
+                "stored with the weights. Load the model, then call model.update_class_embeddings(tokenizer, "
+                "class_names=..., ...) to compute new ones (label_names or id2label rename the labels only)."
+            )
+        folder = os.path.join(os.path.expanduser(path), kwargs.get("subfolder") or "")
+        if kwargs.get("config") is None and os.path.isdir(folder):
+            config_file = os.path.join(folder, "config.json")
             if not os.path.isfile(config_file):
-                raise FileNotFoundError(f"{path!r} has no config.json: not a saved model folder.")
+                raise FileNotFoundError(f"{folder!r} has no config.json: not a saved model folder.")
             with open(config_file) as f:
-                model_type = json.load(f).get("model_type")
+                try:
+                    model_type = json.load(f).get("model_type")
+                except (json.JSONDecodeError, AttributeError) as err:
+                    raise ValueError(
+                        f"{config_file!r} is not a JSON object ({err}): save the model again."
+                    ) from err
+            if model_type is None:
+                raise ValueError(f"{config_file!r} names no model_type: not a saved {cls.__name__} folder.")
             if model_type != cls.config_class.model_type:
                 raise ValueError(
-                    f"{path!r} holds a {model_type!r} checkpoint, not a {cls.config_class.model_type!r} one. For "
+                    f"{folder!r} holds a {model_type!r} checkpoint, not a {cls.config_class.model_type!r} one. For "
                     f"a CLIP checkpoint use {cls.__name__}.{cls._from_backbones}(...); for official weights use "
                     "examples/convert_official_checkpoint.py."
                 )
@@ -574,8 +589,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
     ) -> None:
         """(Re)compute the class and background text embeddings, e.g. for new class names.
 
-        A different number of classes re-initializes the decoder's classifier (it must be trained again)
-        and updates ``config.id2label``.
+        New ``class_names`` also become the display names (``config.id2label``) unless ``label_names`` are given. A
+        different number of classes re-initializes the decoder's classifier (it must be trained again).
         """
         cfg = self.config
         template = prompt_template or cfg.prompt_template
@@ -583,21 +598,23 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         backgrounds = list(background_names or cfg.background_names)
         if not classes or not backgrounds:
             raise ValueError("class_names and background_names must both be non-empty.")
+        if "{}" not in template:
+            raise ValueError(f"prompt_template must contain '{{}}', got {template!r}.")
+        if label_names is not None and len(label_names) != len(classes):
+            raise ValueError(
+                f"label_names has {len(label_names)} entries but class_names has {len(classes)}."
+            )
         fg = self.encode_text(tokenizer, [template.format(c) for c in classes])
         bg = self.encode_text(tokenizer, [template.format(c) for c in backgrounds])
-        if len(classes) != cfg.num_foreground_classes:
-            labels = list(label_names or classes)
-            new = type(cfg)(**{**cfg.to_dict(), "class_names": classes, "label_names": labels})
-            cfg.class_names, cfg.label_names = classes, labels
-            cfg.id2label, cfg.label2id = new.id2label, new.label2id
+        new_count = len(classes) != cfg.num_foreground_classes
+        cfg.class_names = classes
+        if class_names is not None or label_names is not None:
+            cfg.label_names = list(label_names or classes)
+        if new_count:
             old = self.decoder.classifier
             self.decoder.classifier = nn.Conv2d(old.in_channels, cfg.num_labels, 1).to(old.weight.device)
             nn.init.normal_(self.decoder.classifier.weight, std=cfg.initializer_range)
             nn.init.zeros_(self.decoder.classifier.bias)
-        elif class_names is not None:
-            cfg.class_names = classes
-            if label_names is not None:
-                cfg.label_names = list(label_names)
         cfg.background_names, cfg.prompt_template = backgrounds, template
         self.class_text_embeds = fg.to(self.class_text_embeds.dtype)
         self.background_text_embeds = bg.to(self.background_text_embeds.dtype)

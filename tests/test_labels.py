@@ -1,0 +1,130 @@
+"""The label names: ``config.id2label`` is their one source, whichever way a user renames them (on the config, in
+config.json, at loading, with new class embeddings), and what the model computes its text embeddings from
+(``class_names``) cannot be changed at loading."""
+
+import json
+
+import pytest
+import torch
+from conftest import CharTokenizer, make_tiny_config
+from transformers import AutoConfig, AutoModelForSemanticSegmentation, pipeline
+
+from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
+
+RENAMED = {0: "bg", 1: "kitten", 2: "puppy", 3: "truck", 4: "oak"}
+
+
+@pytest.fixture
+def saved(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path / "model")
+    WeCLIPImageProcessor(size={"longest_edge": 32}).save_pretrained(tmp_path / "model")
+    return tmp_path / "model"
+
+
+def test_id2label_set_on_the_config_is_saved_and_loaded(tiny_model, tmp_path):
+    tiny_model.config.id2label = RENAMED
+    assert tiny_model.config.label2id == {name: i for i, name in RENAMED.items()}
+    assert tiny_model.config.label_names == ["kitten", "puppy", "truck", "oak"]
+    tiny_model.save_pretrained(tmp_path / "renamed")
+    assert AutoConfig.from_pretrained(tmp_path / "renamed").id2label == RENAMED
+    loaded = WeCLIPForSemanticSegmentation.from_pretrained(tmp_path / "renamed")
+    assert loaded.config.id2label == RENAMED and loaded.config.label_names == [
+        "kitten",
+        "puppy",
+        "truck",
+        "oak",
+    ]
+
+
+def test_id2label_edited_in_config_json_names_the_pipeline_segments(saved):
+    config = json.loads((saved / "config.json").read_text())
+    config["id2label"] = {str(i): name for i, name in RENAMED.items()}
+    (saved / "config.json").write_text(json.dumps(config))
+    segmenter = pipeline("image-segmentation", model=str(saved))
+    labels = {segment["label"] for segment in segmenter(torch.rand(3, 40, 30).numpy().transpose(1, 2, 0))}
+    assert labels and labels <= set(RENAMED.values())
+
+
+@pytest.mark.parametrize(
+    "override",
+    [dict(label_names=["kitten", "puppy", "truck", "oak"]), dict(id2label=RENAMED)],
+    ids=["label_names", "id2label"],
+)
+def test_names_given_at_loading_rename_the_labels_in_memory_and_once_saved(saved, tmp_path, override):
+    loaded = AutoModelForSemanticSegmentation.from_pretrained(saved, **override)
+    assert loaded.config.label_names == ["kitten", "puppy", "truck", "oak"]
+    assert [loaded.config.id2label[i] for i in range(1, 5)] == loaded.config.label_names
+    loaded.save_pretrained(tmp_path / "again")
+    assert AutoConfig.from_pretrained(tmp_path / "again").id2label == loaded.config.id2label
+
+
+@pytest.mark.parametrize("field", ["class_names", "background_names", "prompt_template"])
+def test_names_of_the_stored_text_embeddings_cannot_change_at_loading(saved, field):
+    value = "a {} here." if field == "prompt_template" else ["a", "b", "c", "d"]
+    with pytest.raises(ValueError, match=f"{field}.*update_class_embeddings"):
+        WeCLIPForSemanticSegmentation.from_pretrained(saved, **{field: value})
+
+
+def test_an_id2label_of_another_size_is_refused():
+    config = make_tiny_config()
+    with pytest.raises(ValueError, match="id2label must name ids 0..4"):
+        config.id2label = {0: "background", 1: "cat"}
+    with pytest.raises(ValueError, match="id2label must name ids 0..4"):
+        config.num_labels = 3  # transformers' setter rebuilds id2label
+    with pytest.raises(ValueError, match="id2label must name ids 0..4"):
+        make_tiny_config(id2label={0: "background", 1: "cat"})
+    assert config.id2label == make_tiny_config().id2label  # untouched by the refused assignments
+
+
+def test_label_names_and_id2label_that_disagree_are_refused():
+    with pytest.raises(ValueError, match="name the classes differently"):
+        make_tiny_config(label_names=["a", "b", "c", "d"], id2label=RENAMED)
+    same = make_tiny_config(label_names=["kitten", "puppy", "truck", "oak"], id2label=RENAMED)
+    assert same.id2label == RENAMED
+
+
+def test_config_json_of_before_with_label_names_loads_and_hand_edited_id2label_wins(saved):
+    config = json.loads((saved / "config.json").read_text())
+    config["label_names"] = ["cat", "dog", "car", "tree"]  # older files carry this copy of id2label
+    (saved / "config.json").write_text(json.dumps(config))
+    assert AutoConfig.from_pretrained(saved).label_names == ["cat", "dog", "car", "tree"]
+    config["id2label"] = {str(i): name for i, name in RENAMED.items()}
+    (saved / "config.json").write_text(json.dumps(config))
+    assert AutoConfig.from_pretrained(saved).id2label == RENAMED
+
+
+def test_values_given_at_loading_are_validated(saved):
+    with pytest.raises(ValueError, match="decoder_hidden_size must be an integer"):
+        AutoConfig.from_pretrained(saved, decoder_hidden_size=-3)
+    with pytest.raises(ValueError, match="decoder_hidden_size must be an integer"):
+        WeCLIPForSemanticSegmentation.from_pretrained(saved, decoder_hidden_size=-3)
+    config, unused = WeCLIPConfig.from_pretrained(saved, return_unused_kwargs=True, rfm_start_step=7, foo=1)
+    assert config.rfm_start_step == 7 and unused == {"foo": 1}
+
+
+def test_a_model_in_a_subfolder_loads(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path / "repo" / "model")
+    for load in (
+        WeCLIPForSemanticSegmentation.from_pretrained,
+        AutoModelForSemanticSegmentation.from_pretrained,
+    ):
+        loaded = load(tmp_path / "repo", subfolder="model")
+        torch.testing.assert_close(loaded.class_text_embeds, tiny_model.class_text_embeds)
+
+
+@pytest.mark.parametrize("content", ["", "{}", "[1, 2]"])
+def test_a_config_json_that_is_not_a_model_config_is_named(saved, content):
+    (saved / "config.json").write_text(content)
+    with pytest.raises(ValueError, match="config.json"):
+        WeCLIPForSemanticSegmentation.from_pretrained(saved)
+
+
+def test_new_class_names_become_the_display_names(tiny_model):
+    tiny_model.update_class_embeddings(CharTokenizer(), class_names=["boat", "bird", "sofa", "cow"])
+    assert tiny_model.config.id2label == {0: "background", 1: "boat", 2: "bird", 3: "sofa", 4: "cow"}
+    tiny_model.update_class_embeddings(CharTokenizer(), label_names=["Boat", "Bird", "Sofa", "Cow"])
+    assert tiny_model.config.class_names == ["boat", "bird", "sofa", "cow"]
+    assert tiny_model.config.label_names == ["Boat", "Bird", "Sofa", "Cow"]
+    with pytest.raises(ValueError, match="label_names has 1 entries but class_names has 4"):
+        tiny_model.update_class_embeddings(CharTokenizer(), label_names=["x"])
+    assert tiny_model.config.label_names == ["Boat", "Bird", "Sofa", "Cow"]  # nothing changed by the refusal
