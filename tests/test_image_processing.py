@@ -437,3 +437,13 @@ def test_bfloat16_tensors_are_read_as_float32():
     expected = proc(image.bfloat16().float()).pixel_values
     torch.testing.assert_close(proc(image.bfloat16()).pixel_values, expected, rtol=0, atol=0)
     assert image_size(image.bfloat16()) == (40, 30)
+
+
+def test_range_errors_report_the_input_values():
+    proc = WeCLIPImageProcessor()
+    with pytest.raises(ValueError, match=r"\[-0\.5, -0\.5\]"):
+        proc(np.full((8, 8, 3), -0.5, np.float32))
+    with pytest.raises(ValueError, match=r"\[-0\.25, 0\.5\]"):
+        proc(torch.tensor([[-0.25, 0.5]]))
+    with pytest.raises(ValueError, match=r"\[0\.0, 300\.0\]"):
+        proc(np.array([[0, 300]], np.int64))

@@ -188,21 +188,19 @@ def _pixel_values(array: np.ndarray) -> np.ndarray:
     """Array of any dtype -> float32 0-255 values (the reading rules of the module docstring)."""
     if array.dtype == np.bool_:
         array = array.astype(np.uint8) * 255
+    values = array.astype(np.float32)
     if array.dtype == np.uint16:
-        values = array.astype(np.float32) * (255.0 / 65535.0)
-    elif np.issubdtype(array.dtype, np.integer):
-        values = array.astype(np.float32)
-    else:
-        values = array.astype(np.float32)
-        if not np.isfinite(values).all():
-            raise ValueError("Image contains NaN or infinite values.")
-        if values.max(initial=0.0) <= 1.0 + UNIT_RANGE_TOLERANCE:
-            values = np.minimum(values, 1.0) * 255.0
-    if values.min() < 0 or values.max() > 255:
+        return values * (255.0 / 65535.0)
+    if not np.isfinite(values).all():
+        raise ValueError("Image contains NaN or infinite values.")
+    low, high = values.min(), values.max()
+    if low < 0 or high > 255:  # the input's own values, before any [0, 1] scaling
         raise ValueError(
-            f"Pixel values must lie in [0, 255] (or [0, 1] for floats), got [{values.min()}, {values.max()}]; "
+            f"Pixel values must lie in [0, 255] (or [0, 1] for floats), got [{low}, {high}]; "
             "pass do_rescale=False for images that are already rescaled."
         )
+    if np.issubdtype(array.dtype, np.floating) and high <= 1.0 + UNIT_RANGE_TOLERANCE:
+        values = np.minimum(values, 1.0) * 255.0
     return values
 
 
