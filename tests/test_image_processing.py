@@ -105,7 +105,7 @@ def test_numpy_layouts_tensors_and_floats_agree():
         (np.zeros((0, 5, 3), np.uint8), "Empty"),
         (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
         (np.zeros((5, 4, 2), np.uint8), "channels"),  # neither end is a channel count (1, 3, 4)
-        (np.zeros((2, 4, 4, 3), np.uint8), "2-D or 3-D"),
+        (np.zeros((1, 2, 4, 4, 3), np.uint8), "2-D or 3-D"),  # a 4-D array is a batch
         (np.full((4, 4, 3), -3.0, np.float32), r"\[0, 255\]"),
     ],
 )
@@ -447,3 +447,21 @@ def test_range_errors_report_the_input_values():
         proc(torch.tensor([[-0.25, 0.5]]))
     with pytest.raises(ValueError, match=r"\[0\.0, 300\.0\]"):
         proc(np.array([[0, 300]], np.int64))
+
+
+@pytest.mark.parametrize("layout", ["tensor_chw", "tensor_hwc", "numpy_hwc", "numpy_chw"])
+def test_four_dimensional_arrays_are_batches(layout):
+    images = [_image(40, 30, seed) for seed in range(2)]
+    batch = np.stack(images)  # [B, H, W, C]
+    if layout.endswith("chw"):
+        batch = batch.transpose(0, 3, 1, 2)
+    if layout.startswith("tensor"):
+        batch = torch.from_numpy(np.ascontiguousarray(batch))
+    proc = WeCLIPImageProcessor(size={"longest_edge": 32})
+    out = proc(batch, segmentation_maps=np.zeros((2, 40, 30), np.uint8))
+    assert torch.equal(out.pixel_values, proc(images).pixel_values)
+    assert out.labels.shape == (2, 32, 24)
+    gray = torch.rand(2, 1, 40, 30)
+    assert torch.equal(proc(gray).pixel_values, proc(list(gray)).pixel_values)
+    with pytest.raises(ValueError, match="whole `images` argument"):
+        proc([batch])

@@ -18,7 +18,8 @@ floats and integers taken as 0-255; bfloat16 (and other float dtypes NumPy lacks
 Channel axis: ``input_data_format`` ("channels_first" / "channels_last") when given; otherwise the end of the
 shape whose length is 1, 3 or 4, and when both ends are (e.g. [3, H, 4]), torch tensors are read
 channels-first and NumPy arrays channels-last (the usual layout of each). Empty images, NaN/inf values and
-other channel counts raise a ValueError.
+other channel counts raise a ValueError. The processor takes one image, a list of images, or a 4-D array or
+tensor as a batch ([B, C, H, W] or [B, H, W, C]: each image read by the rules above).
 
 ``do_rescale=False`` means the input is already rescaled (transformers' meaning): the values are used as
 given (no 0-255 reading, no [0, 1] guess, no range check) and normalized with ``image_mean``/``image_std``
@@ -50,6 +51,10 @@ UNIT_RANGE_TOLERANCE = 1e-3  # floats up to 1 + this count as [0, 1] images
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 _RAW_MODES = ("RGB", "L", "F", *_SIXTEEN_BIT_MODES)  # read with np.asarray, without PIL's RGB conversion
 _EXIF_ORIENTATION = 0x0112
+_BATCH_HINT = (
+    " A 4-D array or tensor is read as a batch only as the processor's whole `images` argument; elsewhere (in a"
+    " list, or given to a pipeline) pass a list of images."
+)
 
 
 class WeCLIPImageProcessorKwargs(TypedDict, total=False):
@@ -119,7 +124,7 @@ def image_size(image, input_data_format=None) -> tuple[int, int]:
         if len(shape) == 3:
             first = _is_channels_first(shape, input_data_format, isinstance(image, torch.Tensor))
             return shape[1:] if first else shape[:2]
-        raise ValueError(f"Images must be 2-D or 3-D (HWC or CHW), got shape {shape}.")
+        raise ValueError(f"Images must be 2-D or 3-D (HWC or CHW), got shape {shape}.{_BATCH_HINT}")
     raise TypeError(f"Unsupported image type {type(image).__name__}; expected PIL, numpy, torch or a path.")
 
 
@@ -170,7 +175,7 @@ def _read_array(
     if array.ndim == 2:
         array = array[:, :, None]
     elif array.ndim != 3:
-        raise ValueError(f"Images must be 2-D or 3-D (HWC or CHW), got shape {array.shape}.")
+        raise ValueError(f"Images must be 2-D or 3-D (HWC or CHW), got shape {array.shape}.{_BATCH_HINT}")
     elif _is_channels_first(array.shape, input_data_format, prefer_first):
         array = np.moveaxis(array, 0, -1)
     channels = array.shape[-1]
@@ -202,6 +207,16 @@ def _pixel_values(array: np.ndarray) -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating) and high <= 1.0 + UNIT_RANGE_TOLERANCE:
         values = np.minimum(values, 1.0) * 255.0
     return values
+
+
+def _image_list(images) -> tuple[list, bool]:
+    """``images`` of a call -> (its images, whether it is one image): a list or tuple, or a 4-D array or tensor
+    [B, C, H, W] / [B, H, W, C], is a batch; anything else one image."""
+    if isinstance(images, (list, tuple)):
+        return list(images), False
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        return list(images), False
+    return [images], True
 
 
 def _check_bool(name: str, value) -> bool:
@@ -389,9 +404,10 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         do_pad: bool | None = None,
         **kwargs,
     ) -> BatchFeature:
-        """Images (and optional label maps) -> ``pixel_values`` [B, C, H', W'] float32 (and ``labels``
-        [B, H', W'] int64, resized with nearest neighbour, padding 255). Options default to the instance's
-        settings; all images of a batch must end up the same size."""
+        """Images (one, a list, or a 4-D array/tensor batch) and optional label maps (one per image) ->
+        ``pixel_values`` [B, C, H', W'] float32 (and ``labels`` [B, H', W'] int64, resized with nearest neighbour,
+        padding 255). Options default to the instance's settings; all images of a batch must end up the same
+        size."""
         opts = self._resolve(
             do_resize=do_resize,
             size=size,
@@ -406,8 +422,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             do_pad=do_pad,
             **kwargs,
         )
-        single = not isinstance(images, (list, tuple))
-        images = [images] if single else list(images)
+        images, single = _image_list(images)
         if not images:
             raise ValueError("No images given.")
         normalization = PixelNormalization.from_settings(
