@@ -465,3 +465,46 @@ def test_four_dimensional_arrays_are_batches(layout):
     assert torch.equal(proc(gray).pixel_values, proc(list(gray)).pixel_values)
     with pytest.raises(ValueError, match="whole `images` argument"):
         proc([batch])
+
+
+def test_post_process_takes_the_geometry_options_of_the_call(tiny_model):
+    """Options given to the call and to post_process_semantic_segmentation give the mask of an instance built
+    with them (the padding cropped, not stretched over the image)."""
+    image = _image(100, 70)
+    options = {"size": {"longest_edge": 60}, "do_pad": True}
+    built = WeCLIPImageProcessor(patch_size=8, **options)
+    plain = WeCLIPImageProcessor(patch_size=8)
+    with torch.no_grad():
+        outputs = tiny_model(**plain(image, **options))
+    expected = built.post_process_semantic_segmentation(outputs, target_sizes=[(100, 70)])[0]
+    got = plain.post_process_semantic_segmentation(outputs, target_sizes=[(100, 70)], **options)[0]
+    assert torch.equal(got, expected)
+    # without them the instance's settings apply: the padding is not cropped (the audit's 96.6% agreement)
+    stretched = plain.post_process_semantic_segmentation(outputs, target_sizes=[(100, 70)])[0]
+    assert (stretched != expected).any()
+    # and the instance's own settings stay the default ones
+    assert plain.size == {"longest_edge": 512} and plain.do_pad is False
+    fixed = {"size": {"height": 20, "width": 13}, "do_pad": True}
+    with torch.no_grad():
+        outputs = tiny_model(**plain(image, **fixed))
+    expected = WeCLIPImageProcessor(patch_size=8, **fixed).post_process_semantic_segmentation(
+        outputs, target_sizes=[(100, 70)]
+    )[0]
+    assert torch.equal(plain.post_process_semantic_segmentation(outputs, [(100, 70)], **fixed)[0], expected)
+    no_resize = WeCLIPImageProcessor(patch_size=8, size={"longest_edge": 60}, do_pad=True)
+    logits = {"logits": torch.randn(1, 3, 5, 2)}  # a 37 x 12 image unresized, padded to 40 x 16
+    expected = WeCLIPImageProcessor(
+        patch_size=8, do_resize=False, do_pad=True
+    ).post_process_semantic_segmentation(logits, [(37, 12)])[0]
+    assert torch.equal(
+        no_resize.post_process_semantic_segmentation(logits, [(37, 12)], do_resize=False)[0], expected
+    )
+
+
+def test_post_process_checks_its_geometry_options():
+    proc = WeCLIPImageProcessor()
+    logits = {"logits": torch.zeros(1, 3, 2, 2)}
+    with pytest.raises(ValueError, match="size"):
+        proc.post_process_semantic_segmentation(logits, [(8, 8)], size={"shortest_edge": 8})
+    with pytest.raises(TypeError, match="do_pad"):
+        proc.post_process_semantic_segmentation(logits, [(8, 8)], do_pad="yes")

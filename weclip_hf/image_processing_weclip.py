@@ -8,7 +8,8 @@ resize of the normalized tensor (align_corners=False) so the long side is ``size
 truncation of the other side, at least 1 px) or to a fixed ``{"height", "width"}`` -> zero padding (after
 normalization) at the bottom/right up to one patch in each dimension, and with ``do_pad`` to a multiple of the
 patch size.
-``post_process_semantic_segmentation`` crops that padding away again, so masks always have the input size.
+``post_process_semantic_segmentation`` crops that padding away again, so masks always have the input size (given
+the call's ``do_resize``/``size``/``do_pad`` when they differ from the instance's).
 
 Inputs accepted (``to_rgb_array``): PIL images (EXIF orientation applied; grayscale, palette, RGBA/LA (alpha
 dropped, no compositing), CMYK, 16-bit and float modes converted to RGB), NumPy arrays and torch tensors of
@@ -260,7 +261,8 @@ class WeCLIPImageProcessor(BaseImageProcessor):
     r"""Image processor for WeCLIP.
 
     Every argument is a constructor setting (saved with ``save_pretrained``) and, except ``patch_size``, can be
-    overridden per call of ``preprocess``/``__call__``; an unknown keyword raises a TypeError.
+    overridden per call of ``preprocess``/``__call__`` (give ``do_resize``, ``size`` and ``do_pad`` overridden there
+    to ``post_process_semantic_segmentation`` too); an unknown keyword raises a TypeError.
 
     Args:
         do_resize (`bool`): resize (default True).
@@ -468,11 +470,12 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             label = F.interpolate(label[None, None].float(), size=tuple(size), mode="nearest")[0, 0].long()
         return label
 
-    def _upsample_logits(self, logits: torch.Tensor, target: tuple[int, int]) -> torch.Tensor:
-        """[K, h, w] logits of one image -> [K, H, W] at ``target`` = its original (H, W), padding cropped."""
+    def _upsample_logits(self, logits: torch.Tensor, target: tuple[int, int], opts: dict) -> torch.Tensor:
+        """[K, h, w] logits of one image -> [K, H, W] at ``target`` = its original (H, W), the padding that the
+        geometry options ``opts`` (do_resize, size, do_pad) imply cropped."""
         height, width = target
-        resized = self._resized_size(height, width, self.size) if self.do_resize else (height, width)
-        padded = self._padded_size(*resized, self.do_pad)
+        resized = self._resized_size(height, width, opts["size"]) if opts["do_resize"] else (height, width)
+        padded = self._padded_size(*resized, opts["do_pad"])
         p = self.patch_size
         logits = logits[None].float()
         if padded != resized and tuple(logits.shape[-2:]) == (padded[0] // p, padded[1] // p):
@@ -487,16 +490,25 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         outputs,
         target_sizes: list[tuple[int, int]] | torch.Tensor | None = None,
         return_segmentation_scores: bool = False,
+        *,
+        do_resize: bool | None = None,
+        size: dict[str, int] | None = None,
+        do_pad: bool | None = None,
     ) -> list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]:
         """Logits -> per-image label maps [H, W] (bilinear upsampling to ``target_sizes[i]``, argmax).
 
         ``target_sizes`` are the original image sizes (what the pipeline passes): padding the processor added
-        (to one patch, or with ``do_pad``) is found by replaying this processor's resize and pad settings and
-        cropped away before the upsampling, when the logit grid matches. Without ``target_sizes`` the maps
-        stay on the logit grid. With ``return_segmentation_scores`` each item is a
-        `SemanticSegmentationPostProcessorOutput` with ``segmentation`` [H, W] and ``segmentation_scores``
-        [num_labels, H, W] (the upsampled logits), as SegFormer's processor returns.
+        (to one patch, or with ``do_pad``) is found by replaying the resize and pad of the call that made the
+        inputs and cropped away before the upsampling, when the logit grid matches. ``do_resize``, ``size`` and
+        ``do_pad`` are that call's options and default to the instance's settings: pass the same ones given to
+        the call (``processor(images, size=..., do_pad=True)``), or the padding stays and the mask comes out
+        stretched. That mismatch raises no error: the logits cannot tell which options made them, and any
+        ``target_sizes`` may be asked for (as in transformers). Without ``target_sizes`` the maps stay on the
+        logit grid. With ``return_segmentation_scores`` each item is a `SemanticSegmentationPostProcessorOutput`
+        with ``segmentation`` [H, W] and ``segmentation_scores`` [num_labels, H, W] (the upsampled logits), as
+        SegFormer's processor returns.
         """
+        opts = self._resolve(do_resize=do_resize, size=size, do_pad=do_pad)
         logits = outputs.logits if hasattr(outputs, "logits") else outputs["logits"]
         if target_sizes is None:
             scores = list(logits)
@@ -506,7 +518,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             if len(target_sizes) != len(logits):
                 raise ValueError(f"Got {len(target_sizes)} target sizes for a batch of {len(logits)} logits.")
             scores = [
-                self._upsample_logits(x, tuple(int(t) for t in s)) for x, s in zip(logits, target_sizes)
+                self._upsample_logits(x, tuple(int(t) for t in s), opts) for x, s in zip(logits, target_sizes)
             ]
         if not return_segmentation_scores:
             return [s.argmax(dim=0) for s in scores]
