@@ -508,3 +508,27 @@ def test_post_process_checks_its_geometry_options():
         proc.post_process_semantic_segmentation(logits, [(8, 8)], size={"shortest_edge": 8})
     with pytest.raises(TypeError, match="do_pad"):
         proc.post_process_semantic_segmentation(logits, [(8, 8)], do_pad="yes")
+
+
+def test_unknown_constructor_arguments_raise_naming_them():
+    with pytest.raises(TypeError, match=r"\['foo', 'image_means'\]"):
+        WeCLIPImageProcessor(image_means=[0, 0, 0], foo=3)
+    # the keys transformers itself writes into preprocessor_config.json (and older versions wrote) still load
+    meta = dict(image_processor_type="WeCLIPImageProcessor", processor_class="X", feature_extractor_type="Y")
+    assert WeCLIPImageProcessor(**meta, auto_map={}).image_processor_type == "WeCLIPImageProcessor"
+
+
+def test_configs_of_other_processors_still_load(tmp_path):
+    """A CLIP checkpoint's preprocessor_config.json (crop_size, resample, ...) loads with the size overridden, as
+    examples/train.py loads --image_processor_name_or_path; its foreign keys are kept as before."""
+    from transformers import CLIPImageProcessor
+
+    CLIPImageProcessor().save_pretrained(tmp_path)
+    proc = WeCLIPImageProcessor.from_pretrained(tmp_path, size={"longest_edge": 64}, patch_size=8)
+    assert proc.size == {"longest_edge": 64} and proc.crop_size == {"height": 224, "width": 224}
+    saved = proc.save_pretrained(tmp_path / "trained")[0]  # what train.py saves with the model
+    for loaded in (
+        WeCLIPImageProcessor.from_pretrained(tmp_path / "trained"),
+        WeCLIPImageProcessor.from_json_file(saved),
+    ):
+        assert loaded.to_dict() == proc.to_dict()

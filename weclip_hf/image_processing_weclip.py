@@ -30,6 +30,7 @@ directly. ``do_convert_rgb=False`` keeps the channels as given (no gray -> RGB, 
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from collections.abc import Sequence
@@ -76,6 +77,17 @@ class WeCLIPImageProcessorKwargs(TypedDict, total=False):
 
 
 _CALL_OPTIONS = tuple(k for k in WeCLIPImageProcessorKwargs.__annotations__ if k != "patch_size")
+_INIT_OPTIONS = tuple(WeCLIPImageProcessorKwargs.__annotations__)
+# keys transformers writes into preprocessor_config.json next to the settings (or older versions wrote), which
+# loading passes back to the constructor
+_CONFIG_METADATA = ("image_processor_type", "processor_class", "feature_extractor_type", "auto_map")
+
+
+def _refuse_unknown(where: str, given, valid: Sequence[str]) -> None:
+    """TypeError naming the keywords of ``given`` that are not in ``valid`` (for typos such as ``image_means``)."""
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise TypeError(f"{where} got unknown argument(s) {unknown}; valid: {list(valid)}.")
 
 
 def _channel_format(input_data_format) -> ChannelDimension | None:
@@ -262,7 +274,9 @@ class WeCLIPImageProcessor(BaseImageProcessor):
 
     Every argument is a constructor setting (saved with ``save_pretrained``) and, except ``patch_size``, can be
     overridden per call of ``preprocess``/``__call__`` (give ``do_resize``, ``size`` and ``do_pad`` overridden there
-    to ``post_process_semantic_segmentation`` too); an unknown keyword raises a TypeError.
+    to ``post_process_semantic_segmentation`` too); an unknown keyword raises a TypeError, in the constructor and
+    per call. Loading (``from_pretrained``, ``from_dict``, ``from_json_file``) keeps the keys of other processors'
+    configs as attributes instead, as transformers does.
 
     Args:
         do_resize (`bool`): resize (default True).
@@ -317,6 +331,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         patch_size: int = 16,
         **kwargs,
     ):
+        _refuse_unknown(f"{type(self).__name__}.__init__", kwargs, [*_INIT_OPTIONS, *_CONFIG_METADATA])
         super().__init__(**kwargs)
         options = self._resolve(
             do_resize=do_resize,
@@ -339,13 +354,31 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             raise ValueError(f"patch_size must be a positive int, got {patch_size!r}.")
         self.patch_size = patch_size
 
+    @classmethod
+    def from_dict(cls, image_processor_dict: dict, **kwargs):
+        """transformers' ``from_dict``, but keys of other processors' configs (a CLIP checkpoint's ``crop_size``,
+        ``resample``, ...: examples/train.py loads one with ``--image_processor_name_or_path``) are kept as
+        attributes, as transformers keeps them, rather than refused like unknown constructor keywords."""
+        known = (*_INIT_OPTIONS, *_CONFIG_METADATA)
+        foreign = {k: v for k, v in image_processor_dict.items() if k not in known}
+        foreign.update({k: kwargs.pop(k) for k in list(kwargs) if k in foreign})  # overrides of those keys
+        own = {k: v for k, v in image_processor_dict.items() if k in known}
+        loaded = super().from_dict(own, **kwargs)
+        processor = (
+            loaded[0] if isinstance(loaded, tuple) else loaded
+        )  # (processor, unused kwargs) on request
+        for name, value in foreign.items():
+            setattr(processor, name, value)
+        return loaded
+
+    @classmethod
+    def from_json_file(cls, json_file: str | Path):
+        """A processor from a preprocessor_config.json file, through `from_dict` (so other processors' keys load)."""
+        return cls.from_dict(json.loads(Path(json_file).read_text(encoding="utf-8")))
+
     def _resolve(self, **overrides) -> dict:
         """Call-time options (None = the instance's setting) -> validated values of all `_CALL_OPTIONS`."""
-        unknown = sorted(set(overrides) - set(_CALL_OPTIONS))
-        if unknown:
-            raise TypeError(
-                f"{type(self).__name__}.preprocess got unknown argument(s) {unknown}; valid: {list(_CALL_OPTIONS)}."
-            )
+        _refuse_unknown(f"{type(self).__name__}.preprocess", overrides, _CALL_OPTIONS)
         opts = {
             name: getattr(self, name) if overrides.get(name) is None else overrides[name]
             for name in _CALL_OPTIONS
