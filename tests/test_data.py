@@ -507,3 +507,56 @@ def test_a_model_trained_with_clip_statistics_is_saved_evaluated_and_served_with
     )
     script.main(["--model_name_or_path", str(out), "--toy_val_images", "4", "--max_eval_samples", "1"])
     assert used == [CLIP_NORMALIZATION]
+
+
+def test_zero_based_label_errors_show_the_users_own_ids_and_range():
+    with pytest.raises(ValueError, match=r"id\(s\) \[4\] outside 0..3 \(--labels_zero_based\)"):
+        normalize_label_row([0, 4], 4, zero_based=True)
+    with pytest.raises(ValueError, match=r"id\(s\) \[0\] outside 1..4\.$"):
+        normalize_label_row([0, 2], 4)
+
+
+def test_a_missing_data_dir_or_dataset_path_is_named(tmp_path):
+    from weclip_hf.data.loading import load_dataset_splits
+
+    with pytest.raises(FileNotFoundError, match=r"--data_dir .*nope: the directory does not exist"):
+        load_dataset_splits(data_dir=str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match=r"--dataset_path .*nope: the directory does not exist"):
+        load_dataset_splits(dataset_path=str(tmp_path / "nope"))
+
+
+def test_an_imagefolder_whose_metadata_has_no_rows_is_named(tmp_path):
+    from weclip_hf.data.loading import load_dataset_splits
+
+    (tmp_path / "train").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "a.png")
+    (tmp_path / "train" / "metadata.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match=r"train/metadata.jsonl lists no images \(it has no rows\)"):
+        load_dataset_splits(data_dir=str(tmp_path))
+
+
+def test_an_empty_split_of_a_saved_dataset_is_named(tmp_path):
+    from weclip_hf.data.loading import load_dataset_splits
+
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})
+    image = Image.new("RGB", (8, 8))
+    splits = {
+        "train": datasets.Dataset.from_dict(
+            {"image": [image], "mask": [image.convert("L")]}, features=features
+        ),
+        "validation": datasets.Dataset.from_dict({"image": [], "mask": []}, features=features),
+    }
+    datasets.DatasetDict(splits).save_to_disk(tmp_path / "ds")
+    with pytest.raises(
+        ValueError, match=r"Split 'validation' of --dataset_path .*ds is empty: it has no examples"
+    ):
+        load_dataset_splits(dataset_path=str(tmp_path / "ds"))
+
+
+def test_an_empty_loaded_split_is_named():
+    from weclip_hf.data.loading import check_not_empty, with_split_name
+
+    empty = with_split_name(datasets.Dataset.from_dict({"image": []}), "train")
+    with pytest.raises(ValueError, match=r"Split 'train' of org/data is empty"):
+        check_not_empty(empty, "org/data")
+    check_not_empty(None, "org/data")  # an absent split is not an empty one

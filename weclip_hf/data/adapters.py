@@ -155,13 +155,16 @@ def normalize_label_row(
         if not np.isin(values, (0, 1)).all():
             raise ValueError(f"Multi-hot labels of {name or '(unnamed)'} must be 0/1, got {values.tolist()}.")
         return [int(i) + 1 for i in np.nonzero(values)[0]]
-    ids = values.astype(np.int64) + (1 if zero_based else 0)
-    bad = [int(i) for i in ids if not 1 <= i <= num_classes]
+    first = 0 if zero_based else 1  # the user's numbering: errors show their ids and range
+    given = values.astype(np.int64)
+    bad = [int(i) for i in given if not first <= i < first + num_classes]
     if bad:
+        numbering = " (--labels_zero_based)" if zero_based else ""
         raise ValueError(
-            f"Image labels of {name or '(unnamed)'} contain id(s) {bad} outside 1..{num_classes}."
+            f"Image labels of {name or '(unnamed)'} contain id(s) {bad} outside "
+            f"{first}..{first + num_classes - 1}{numbering}."
         )
-    return sorted({int(i) for i in ids})
+    return sorted({int(i) + 1 - first for i in given})
 
 
 @dataclass

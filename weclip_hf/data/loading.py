@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -281,8 +283,12 @@ def load_dataset_splits(
     import datasets
 
     if dataset_path:
+        check_local_dataset(dataset_path, "--dataset_path")
+        check_saved_splits(dataset_path)
         ds = datasets.load_from_disk(dataset_path)
     elif data_dir:
+        check_local_dataset(data_dir, "--data_dir")
+        check_imagefolder_metadata(data_dir)
         ds = datasets.load_dataset("imagefolder", data_dir=data_dir, streaming=streaming)
     elif dataset_name:
         ds = datasets.load_dataset(dataset_name, dataset_config_name, streaming=streaming)
@@ -307,7 +313,54 @@ def load_dataset_splits(
     if streaming and train is not None and not is_streaming(train):
         train = with_split_name(train.to_iterable_dataset(num_shards=min(len(train), 64)), train_split)
     val = with_split_name(ds[validation_split], validation_split) if validation_split in ds else None
+    source = dataset_path or data_dir or dataset_name
+    for split in (train, val):
+        check_not_empty(split, source)
     return train, val, names
+
+
+def check_local_dataset(path: str, flag: str) -> None:
+    """Refuse a local dataset ``path`` (given as ``flag``) that is not an existing directory."""
+    if not Path(path).expanduser().exists():
+        raise FileNotFoundError(f"{flag} {path}: the directory does not exist.")
+    if not Path(path).expanduser().is_dir():
+        raise NotADirectoryError(f"{flag} {path} is a file, not a dataset directory.")
+
+
+def check_saved_splits(dataset_path: str) -> None:
+    """Refuse a ``save_to_disk`` dataset with a split that holds no examples (``datasets`` fails to load it with
+    an IndexError)."""
+    root = Path(dataset_path).expanduser()
+    for state in sorted([root / "state.json", *root.glob("*/state.json")]):
+        if state.is_file() and not json.loads(state.read_text()).get("_data_files", [None]):
+            split = state.parent.name if state.parent != root else "the dataset"
+            raise ValueError(
+                f"Split {split!r} of --dataset_path {dataset_path} is empty: it has no examples."
+            )
+
+
+# the metadata files of an imagefolder (`datasets`' folder-based builder)
+METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
+
+
+def check_imagefolder_metadata(data_dir: str) -> None:
+    """Refuse an imagefolder whose metadata file lists no row (``datasets`` fails on it with an IndexError)."""
+    for path in sorted(p for name in METADATA_NAMES for p in Path(data_dir).expanduser().rglob(name)):
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        header = 1 if path.suffix == ".csv" else 0
+        if len(lines) <= header:
+            raise ValueError(
+                f"--data_dir {data_dir}: {path} lists no images (it has no rows); an imagefolder needs one row "
+                "per image (file_name and its labels or mask)."
+            )
+
+
+def check_not_empty(split, source: str | None) -> None:
+    """Refuse a loaded split without any example (training or evaluation would fail later, far from the cause)."""
+    if split is None or is_streaming(split) or len(split) > 0:
+        return
+    name = split_name(split)
+    raise ValueError(f"Split {name!r} of {source} is empty: it has no examples.")
 
 
 def _names(preset: Preset) -> dict:
