@@ -112,3 +112,29 @@ def test_converter_card_keeps_where_the_weights_came_from(converter_card):
     assert (
         "\n- voc\n" in card and "license:" not in card
     )  # the preset tag; the official weights' license is not ours
+
+
+def test_local_paths_are_not_named_as_base_model(tmp_path):
+    from weclip_hf.hub import hub_id_or_none
+
+    assert hub_id_or_none("openai/clip-vit-base-patch16") == "openai/clip-vit-base-patch16"
+    assert hub_id_or_none(str(tmp_path)) is None  # a folder here
+    assert hub_id_or_none("/no/such/deep/folder") is None  # no Hub id looks like this
+    card = make_model_card(make_tiny_config(), "m", "source", base_model=str(tmp_path))
+    assert card.data.base_model is None and str(tmp_path) not in str(card)
+
+
+def test_other_metrics_are_listed_but_not_claimed_as_results():
+    card = make_model_card(
+        make_tiny_config(),
+        "m",
+        "source",
+        metrics={"miou": 0.5},
+        other_metrics={"cam_miou": 0.4},
+        dataset_description="shapes (a local dataset)",
+    )
+    assert [(r.metric_name, r.dataset_name) for r in card.data.eval_results] == [
+        ("miou", "shapes (a local dataset)")
+    ]
+    assert card.data.datasets is None
+    assert "On shapes (a local dataset):" in card.content and "| cam_miou | 0.4000 |" in card.content

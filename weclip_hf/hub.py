@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 # What a model repository may hold. Everything else in a folder (checkpoints, logs, tracker folders with the
 # run's arguments, hidden temporary files of an interrupted save) is never uploaded.
@@ -130,6 +131,18 @@ Labels: {{ labels }}
 """
 
 
+def hub_id_or_none(name: str | None) -> str | None:
+    """``name`` when it can be a Hub repository id, None for a local path (a folder that exists here, or a name no
+    Hub id can have): the card's metadata names Hub repositories only."""
+    if name is None or Path(name).expanduser().exists():
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
 def make_model_card(
     config,
     model_name: str,
@@ -142,6 +155,8 @@ def make_model_card(
     repo_id: str | None = None,
     tags: Sequence[str] = (),
     license: str | None = "mit",
+    other_metrics: dict[str, float] | None = None,
+    dataset_description: str | None = None,
 ) -> ModelCard:
     """The model card of a weclip-hf model: metadata (model-index when metrics are given), the method (from
     `METHODS`, by ``config.model_type``), source, results, usage, limitations, labels and citation.
@@ -150,14 +165,19 @@ def make_model_card(
         config: the model's config (``model_type``, ``num_labels``, ``id2label``).
         model_name: the card's title and model-index name.
         source: Markdown saying where the weights come from (training run, converted checkpoint, upload).
-        metrics: metric name -> value, shown as a table and in the model-index.
-        dataset_name: the Hub dataset the model was trained on, if any.
-        base_model: the CLIP model's Hub id.
+        metrics: the model's own segmentation results (metric name -> mean IoU), shown as a table and in the
+            model-index.
+        dataset_name: the Hub dataset the model was trained on, if any (the card's ``datasets``).
+        base_model: the CLIP model's Hub id (a local folder is left out: the metadata names Hub models only).
         training_args: run arguments to list (the section is left out without them).
         weakly_supervised: False for a fully supervised (pixel-label) run.
         repo_id: the repository id the usage snippets load (default ``model_name``).
         tags: extra Hub tags (e.g. the dataset preset).
         license: the card's license; None for weights whose license is not this package's.
+        other_metrics: figures listed in the table only, not claimed as the model's results (pseudo-label and
+            CAM mIoU, trivial baselines).
+        dataset_description: how the results table names the data, for data that is not a Hub dataset (a local
+            folder, the toy world); default ``dataset_name``.
     Raises:
         ValueError: when ``config.model_type`` has no entry in `METHODS`.
     """
@@ -168,11 +188,12 @@ def make_model_card(
         )
     method = METHODS[model_type]
     metrics = metrics or {}
+    base_model = hub_id_or_none(base_model)
     eval_results = [
         EvalResult(
             task_type="image-segmentation",
             dataset_type=dataset_name or "custom",
-            dataset_name=dataset_name or "custom",
+            dataset_name=dataset_description or dataset_name or "custom",
             metric_type="mean_iou",
             metric_name=key,
             metric_value=float(value),
@@ -197,8 +218,11 @@ def make_model_card(
         model_name=model_name,
         eval_results=eval_results,
     )
-    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, (int, float)))
+    listed = {**metrics, **(other_metrics or {})}
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in listed.items() if isinstance(v, (int, float)))
     table = f"| metric | value |\n|---|---|\n{rows}" if rows else "No evaluation was run."
+    if rows and dataset_description:
+        table = f"On {dataset_description}:\n\n{table}"
     args = "\n".join(f"- `{k}`: `{v}`" for k, v in (training_args or {}).items())
     return ModelCard.from_template(
         data,
