@@ -36,38 +36,56 @@ from weclip_hf.data.loading import EvalSegmentationDataset, collate, load_datase
 from weclip_hf.evaluation import evaluate_segmentation
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, EvaluationSettings, get_preset
+from weclip_hf.script_arguments import (
+    DATA_SOURCE_FLAGS,
+    add_data_source_flags,
+    at_least_one,
+    check_model_folder,
+    first_paragraph,
+    positive_float,
+)
 
 
-def at_least_one(text: str) -> int:
-    """argparse type of a count that must be >= 1 (0 would silently mean "no limit")."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def evaluation_settings(preset: str | None, toy: bool) -> EvaluationSettings:
+    """The evaluation settings the flags start from: the preset's; without one, the toy recipe's on the toy world,
+    else the image size kept and no CRF."""
+    if preset or toy:
+        return get_preset(preset or "toy").evaluation
+    return EvaluationSettings(eval_long_side=None, crf=False)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model_name_or_path", required=True)
-    p.add_argument("--dataset_name")
+    p = argparse.ArgumentParser(description=first_paragraph(__doc__))
+    p.add_argument(
+        "--model_name_or_path", required=True, help="a saved WeCLIP folder (train.py's --output_dir)"
+    )
+    add_data_source_flags(
+        p,
+        dataset_name="Hub dataset id (default: the toy world's validation split)",
+        data_dir="local imagefolder dataset",
+        dataset_path="a dataset saved with DatasetDict.save_to_disk",
+    )
     p.add_argument("--dataset_config_name")
-    p.add_argument("--data_dir")
-    p.add_argument("--dataset_path")
     p.add_argument("--validation_split", default="validation")
     p.add_argument("--image_column")
     p.add_argument("--mask_column")
-    p.add_argument("--toy_val_images", type=int, default=200)
+    p.add_argument("--toy_val_images", type=at_least_one, default=200)
     p.add_argument("--seed", type=int, default=0, help="toy world seed (the training run's)")
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
         help="evaluation settings of a weclip_hf preset (VOC: long side 512, scales 1.0 0.75, CRF on) and its "
-        "dataset splits; the flags below override them",
+        "dataset splits; the flags below override them. Default on the toy world: the toy preset's",
     )
-    p.add_argument("--eval_long_side", type=int, help="resize the long side before prediction (VOC: 512)")
+    p.add_argument(
+        "--eval_long_side", type=at_least_one, help="resize the long side before prediction (VOC: 512)"
+    )
     p.add_argument("--msf", action="store_true", help="multi-scale + flip (--scales)")
     p.add_argument(
-        "--scales", type=float, nargs="+", help="multi-scale scales (default: the preset's, 1.0 0.75)"
+        "--scales",
+        type=positive_float,
+        nargs="+",
+        help="multi-scale scales (default: the preset's, VOC 1.0 0.75, toy 1.0 1.125)",
     )
     p.add_argument(
         "--crf",
@@ -93,7 +111,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             help=f"CRFParams.{field.name} (default: the preset's; {values})",
         )
     p.add_argument("--pseudo_labels", action="store_true", help="also score CAM / RFM pseudo labels")
-    p.add_argument("--batch_size", type=int, default=1)
+    p.add_argument("--batch_size", type=at_least_one, default=1)
     p.add_argument("--max_eval_samples", type=at_least_one, help="evaluate the first N images (N >= 1)")
     p.add_argument(
         "--skip_unreadable_images",
@@ -103,11 +121,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--output_json")
     args = p.parse_args(argv)
-    settings = (
-        get_preset(args.preset).evaluation
-        if args.preset
-        else EvaluationSettings(eval_long_side=None, crf=False)
-    )
+    args.toy = not any(getattr(args, flag) for flag in DATA_SOURCE_FLAGS)
+    settings = evaluation_settings(args.preset, args.toy)
     if args.eval_long_side is None:
         args.eval_long_side = settings.eval_long_side
     if args.scales is None:
@@ -149,8 +164,19 @@ def format_table(results: dict[str, dict], id2label: dict[int, str]) -> str:
     return "\n".join(lines)
 
 
+def settings_report(args: argparse.Namespace) -> dict:
+    """The evaluation settings used, as the JSON records them (scales and flip only with --msf)."""
+    return {
+        "eval_long_side": args.eval_long_side,
+        "msf_scales": list(args.scales) if args.msf else None,
+        "flip": args.msf,
+        "crf": args.crf,
+    }
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    check_model_folder(args.model_name_or_path)
     model = AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path).to(args.device).eval()
     cfg = model.config
     try:
@@ -161,7 +187,6 @@ def main(argv=None) -> dict:
         )
         image_processor = WeCLIPImageProcessor()
     normalization = PixelNormalization.from_image_processor(image_processor)
-    toy = args.dataset_name is None and args.data_dir is None and args.dataset_path is None
     _, val, _ = load_dataset_splits(
         args.dataset_name,
         args.dataset_config_name,
@@ -170,7 +195,7 @@ def main(argv=None) -> dict:
         None,
         args.validation_split,
         args.preset,
-        toy=toy,
+        toy=args.toy,
         toy_sizes=(1, args.toy_val_images),
         seed=args.seed,
         need_train=False,
@@ -211,6 +236,7 @@ def main(argv=None) -> dict:
         "model": args.model_name_or_path,
         "split": args.validation_split,
         "num_images": len(dataset),
+        "evaluation": settings_report(args),
         **({"crf": {"preset": args.crf_preset, **dataclasses.asdict(args.crf_params)}} if args.crf else {}),
         **{f"{m}_miou": r["mean_iou"] for m, r in results.items()},
         "per_class_iou": {

@@ -56,6 +56,14 @@ from weclip_hf.data.decoding import UnreadableImageError, decode_image, describe
 from weclip_hf.data.loading import load_dataset_splits
 from weclip_hf.data.transforms import load_rgb_uint8
 from weclip_hf.inference import image_logits, multiscale_flip_logits
+from weclip_hf.presets import EvaluationSettings, preset_of_config
+from weclip_hf.script_arguments import (
+    DATA_SOURCE_FLAGS,
+    add_data_source_flags,
+    check_model_folder,
+    first_paragraph,
+    positive_float,
+)
 from weclip_hf.visualization import (
     class_fractions,
     fractions_from_counts,
@@ -68,15 +76,18 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=first_paragraph(__doc__))
     p.add_argument("--model_name_or_path", required=True, help="a trained WeCLIP folder or Hub id")
     p.add_argument("--output_dir", required=True)
     source = p.add_argument_group("inputs (--images, or a dataset split)")
     source.add_argument("--images", nargs="+", help="image files, folders (recursive) and glob patterns")
-    source.add_argument("--dataset_name", help="Hub dataset id")
+    add_data_source_flags(
+        source,
+        dataset_name="Hub dataset id",
+        data_dir="local imagefolder dataset",
+        dataset_path="a dataset saved with DatasetDict.save_to_disk",
+    )
     source.add_argument("--dataset_config_name")
-    source.add_argument("--data_dir", help="local imagefolder dataset")
-    source.add_argument("--dataset_path", help="a dataset saved with DatasetDict.save_to_disk")
     source.add_argument("--split", default="validation")
     source.add_argument("--image_column", default="image")
     p.add_argument(
@@ -86,7 +97,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--dtype", choices=sorted(DTYPES), default="float32", help="model weights (bfloat16 on GPU)"
     )
     p.add_argument("--msf", action="store_true", help="multi-scale + flip (--scales)")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.75])
+    p.add_argument(
+        "--scales",
+        type=positive_float,
+        nargs="+",
+        help="default: the evaluation scales of the model's preset (found by its classes: toy 1.0 1.125), else "
+        "1.0 0.75",
+    )
     p.add_argument("--crf", action="store_true", help="dense CRF post-processing (weclip_hf.crf)")
     p.add_argument("--crf_preset", choices=sorted(CRF_PRESETS), default="weclip")
     p.add_argument("--num_overlays", type=int, default=0, help="overlays of the first N inputs (-1: all)")
@@ -94,8 +111,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--num_workers", type=int, default=None, help="decoding processes (default: 2 on GPU, 0 on CPU)"
     )
     args = p.parse_args(argv)
-    datasets_given = [f for f in ("dataset_name", "data_dir", "dataset_path") if getattr(args, f)]
-    if bool(args.images) == bool(datasets_given):
+    if bool(args.images) == any(getattr(args, flag) for flag in DATA_SOURCE_FLAGS):
         p.error("give either --images or one of --dataset_name / --data_dir / --dataset_path")
     if args.batch_size < 1:
         p.error(f"--batch_size must be >= 1, got {args.batch_size}")
@@ -204,6 +220,8 @@ def load_inputs(args) -> tuple:
 
 
 def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImageProcessor]:
+    """The model of ``--model_name_or_path`` in evaluation mode on ``device``, and its image processor."""
+    check_model_folder(args.model_name_or_path)
     model = AutoModelForSemanticSegmentation.from_pretrained(
         args.model_name_or_path, dtype=DTYPES[args.dtype]
     )
@@ -213,6 +231,12 @@ def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImage
     except OSError:  # a folder without preprocessor_config.json: the default processor for its patch size
         processor = WeCLIPImageProcessor(patch_size=model.config.vision_config.patch_size)
     return model, processor
+
+
+def default_scales(config) -> list[float]:
+    """The multi-scale + flip scales of the preset the model was trained with (`preset_of_config`), else VOC's."""
+    preset = preset_of_config(config)
+    return list((preset.evaluation if preset else EvaluationSettings()).msf_scales)
 
 
 @torch.no_grad()
@@ -286,6 +310,9 @@ def main(argv=None) -> dict | None:
     args = parse_args(argv)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # CPU processes: see the docstring
     out = Path(args.output_dir)
+    model, processor = load_model(args, state.device)
+    if args.scales is None:
+        args.scales = default_scales(model.config)
     settings = {k: getattr(args, k) for k in ("model_name_or_path", "dtype", "msf", "crf", "crf_preset")}
     settings["scales"] = args.scales if args.msf else None
     check_run_settings(out, settings, state.is_main_process, state.wait_for_everyone)
@@ -301,7 +328,6 @@ def main(argv=None) -> dict | None:
     state.print(
         f"{len(names)} inputs; this process segments {len(todo)} (the others: done or another process's)"
     )
-    model, processor = load_model(args, state.device)
     num_workers = (
         args.num_workers if args.num_workers is not None else (0 if state.device.type == "cpu" else 2)
     )

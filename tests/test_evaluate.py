@@ -90,7 +90,9 @@ def test_single_scale_cli_writes_json_and_per_class_table(model_dir, data_path, 
     report = json.loads(out.read_text())
     assert report["split"] == "validation" and report["num_images"] == 3
     assert 0.0 <= report["pred_miou"] <= 1.0
-    assert set(report) == {"model", "split", "num_images", "pred_miou", "per_class_iou"}
+    assert set(report) == {"model", "split", "num_images", "evaluation", "pred_miou", "per_class_iou"}
+    # no --preset on a local dataset: the image size kept, single scale, no CRF
+    assert report["evaluation"] == {"eval_long_side": None, "msf_scales": None, "flip": False, "crf": False}
     assert list(report["per_class_iou"]["pred"]) == CLASSES
     table = proc.stdout
     assert "| class | pred |" in table and "**mIoU**" in table

@@ -258,6 +258,15 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
+def preset_of_config(config) -> Preset | None:
+    """The preset whose model type and class names ``config``'s are (a model trained with it), else None."""
+    for preset in PRESETS.values():
+        names = preset.config.get("class_names")
+        if preset.model_type == config.model_type and names is not None and list(config.class_names) == names:
+            return preset
+    return None
+
+
 def preset_config_kwargs(name: str) -> dict:
     """Config keyword arguments of the preset called ``name``."""
     return get_preset(name).config_kwargs()

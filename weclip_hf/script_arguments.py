@@ -1,0 +1,83 @@
+"""Argument parsing shared by the example scripts: argparse types that refuse bad values at parse time, the
+mutually exclusive data-source flags, and the check that --model_name_or_path names a saved model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .checkpointing import TRAINING_STATE_NAME
+
+# the flags that each name where the data comes from; a script takes at most one
+DATA_SOURCE_FLAGS = ("dataset_name", "data_dir", "dataset_path")
+
+
+def _integer(text: str) -> int:
+    """``text`` as an int, with an argparse error saying a whole number was expected."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def at_least_one(text: str) -> int:
+    """argparse type of a count that must be >= 1 (0 would silently mean "no limit" or "nothing")."""
+    value = _integer(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative(text: str) -> int:
+    """argparse type of a count that may be 0 (e.g. "never") but not negative."""
+    value = _integer(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type of a float that must be > 0 (a learning rate, a scale)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def add_data_source_flags(group, **help_texts: str) -> None:
+    """Add --dataset_name, --data_dir and --dataset_path to ``group`` as mutually exclusive flags (argparse
+    then refuses two of them, naming both); ``help_texts``: the help of each, by flag name."""
+    exclusive = group.add_mutually_exclusive_group()
+    for flag in DATA_SOURCE_FLAGS:
+        exclusive.add_argument(f"--{flag}", help=help_texts.get(flag))
+
+
+def first_paragraph(doc: str) -> str:
+    """The first paragraph of a script's docstring: its ``--help`` description."""
+    return doc.strip().split("\n\n")[0]
+
+
+def check_model_folder(name_or_path: str, flag: str = "--model_name_or_path") -> None:
+    """Refuse, with a message saying what to give instead, a ``name_or_path`` that is a path to no folder, or a
+    training checkpoint (``step_N`` of examples/train.py) rather than a saved model. Hub ids pass."""
+    path = Path(name_or_path).expanduser()
+    if (path / TRAINING_STATE_NAME).is_file():
+        raise ValueError(
+            f"{flag} {name_or_path} is a training checkpoint of examples/train.py (optimizer and training state), "
+            "not a saved model. Give the run's --output_dir, where train.py saves the final model (config.json, "
+            "model.safetensors) at the end of training; to finish an interrupted run, rerun train.py with "
+            "--resume_from_checkpoint latest."
+        )
+    looks_like_a_path = (
+        path.is_absolute()
+        or name_or_path.startswith((".", "~"))
+        or name_or_path.count("/") > 1  # a Hub id is "name" or "namespace/name"
+        or (path.parent != Path(".") and path.parent.is_dir())  # outputs/run-that-does-not-exist
+    )
+    if not path.exists() and looks_like_a_path:
+        raise FileNotFoundError(f"{flag} {name_or_path}: no such folder.")
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{flag} {name_or_path} is a file; give the folder of a saved model.")
