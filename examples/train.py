@@ -36,6 +36,7 @@ from weclip_hf.checkpointing import (
     TrainingState,
     find_checkpoint,
     load_checkpoint,
+    read_training_state,
     save_checkpoint,
 )
 from weclip_hf.data.adapters import add_image_labels, dataset_columns, is_streaming, resolve_columns
@@ -54,29 +55,39 @@ from weclip_hf.host_memory import retain_freed_host_memory
 from weclip_hf.hub import make_model_card, publish_folder, save_model_card
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, get_preset
+from weclip_hf.script_arguments import (
+    add_data_source_flags,
+    at_least_one,
+    first_paragraph,
+    non_negative,
+    positive_float,
+)
 from weclip_hf.visualization import write_overlays
 
 
-def at_least_one(text: str) -> int:
-    """argparse type of a count that must be >= 1 (0 would silently mean "no limit")."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def recipe_values(field: str) -> str:
+    """The value of a training-recipe field in each preset, for --help ("toy 500, voc 30000, ...")."""
+    return ", ".join(f"{name} {getattr(preset.training, field)}" for name, preset in PRESETS.items())
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=first_paragraph(__doc__))
     data = p.add_argument_group("data")
-    data.add_argument("--dataset_name", help="Hub dataset id (default: the offline toy world)")
+    add_data_source_flags(
+        data,
+        dataset_name="Hub dataset id (default: the offline toy world)",
+        data_dir="local imagefolder dataset (images + masks + metadata.jsonl)",
+        dataset_path="a dataset saved with DatasetDict.save_to_disk",
+    )
     data.add_argument("--dataset_config_name")
-    data.add_argument("--data_dir", help="local imagefolder dataset (images + masks + metadata.jsonl)")
-    data.add_argument("--dataset_path", help="a dataset saved with DatasetDict.save_to_disk")
     data.add_argument("--train_split", default=None)
     data.add_argument("--validation_split", default=None)
     data.add_argument("--image_column")
     data.add_argument("--mask_column")
-    data.add_argument("--labels_column", help="image-level labels: ids 1..C or multi-hot rows")
+    data.add_argument(
+        "--labels_column",
+        help="image-level labels: ids 1..C (0..C-1 with --labels_zero_based), multi-hot rows, or class names",
+    )
     data.add_argument("--labels_zero_based", action="store_true", help="image-level ids are 0..C-1")
     data.add_argument("--skip_empty_images", action="store_true", help="drop images without any class")
     data.add_argument(
@@ -95,9 +106,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="skip images and masks that cannot be read, listing them (default: the first one is an error "
         "naming its file, before training for map-style data, when met for --streaming)",
     )
-    data.add_argument("--max_eval_samples", type=int)
-    data.add_argument("--toy_train_images", type=int)
-    data.add_argument("--toy_val_images", type=int)
+    data.add_argument("--max_eval_samples", type=at_least_one)
+    data.add_argument("--toy_train_images", type=at_least_one)
+    data.add_argument("--toy_val_images", type=at_least_one)
     model = p.add_argument_group("model")
     model.add_argument(
         "--preset",
@@ -145,19 +156,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument("--ignore_padding", action="store_true", help="crop padding -> ignore (not official)")
     train = p.add_argument_group("training")
     train.add_argument("--output_dir", default="outputs/weclip-toy")
-    train.add_argument("--per_device_train_batch_size", type=int)
-    train.add_argument("--per_device_eval_batch_size", type=int, default=None)
+    train.add_argument("--per_device_train_batch_size", type=at_least_one)
+    train.add_argument("--per_device_eval_batch_size", type=at_least_one, default=None)
     train.add_argument(
         "--learning_rate",
-        type=float,
+        type=positive_float,
         help="decoder learning rate; default 2e-3 (the official config's 2e-4 x its 10x group)",
     )
     train.add_argument("--weight_decay", type=float, default=0.01)
-    train.add_argument("--num_warmup_steps", type=int)
-    train.add_argument("--max_train_steps", type=int)
-    train.add_argument("--crop_size", type=int)
-    train.add_argument("--scale_min", type=float)
-    train.add_argument("--scale_max", type=float)
+    train.add_argument("--num_warmup_steps", type=non_negative)
+    train.add_argument(
+        "--max_train_steps",
+        type=at_least_one,
+        help=f"optimizer steps; default: the recipe's ({recipe_values('max_train_steps')})",
+    )
+    train.add_argument("--crop_size", type=at_least_one)
+    train.add_argument("--scale_min", type=positive_float, help="smallest random rescale of a training crop")
+    train.add_argument("--scale_max", type=positive_float, help="largest random rescale (>= --scale_min)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument(
         "--num_workers",
@@ -194,27 +209,42 @@ def parse_args(argv=None) -> argparse.Namespace:
         "small-batch step waits on kernel launches (1.9x at batch 4 on an H200, BENCHMARKS.md), default elsewhere "
         "(on a 2-core CPU no gain beyond the run-to-run spread)",
     )
-    train.add_argument("--checkpointing_steps", help="save every N steps (also at the end)")
+    train.add_argument(
+        "--checkpointing_steps",
+        type=non_negative,
+        help="save a step_N checkpoint every N steps and at the end (0: never); default: the recipe's "
+        f"({recipe_values('checkpointing_steps')})",
+    )
     train.add_argument(
         "--overwrite_output_dir",
         action="store_true",
         help="start a fresh run in an --output_dir that holds a previous run's checkpoints",
     )
     train.add_argument("--resume_from_checkpoint", help="a step_N folder or 'latest'")
-    train.add_argument("--eval_steps", type=int, help="evaluate every N steps (0: only at the end)")
+    train.add_argument("--eval_steps", type=non_negative, help="evaluate every N steps (0: only at the end)")
     train.add_argument("--eval_long_side", type=int, help="resize long side before prediction (VOC: 512)")
     train.add_argument("--no_msf", action="store_true", help="skip multi-scale + flip evaluation")
     train.add_argument(
         "--msf_scales", type=float, nargs="+", help="multi-scale evaluation scales (VOC: 1.0 0.75)"
     )
     train.add_argument("--num_overlays", type=int, default=6)
-    train.add_argument("--logging_steps", type=int, default=10)
+    train.add_argument(
+        "--logging_steps", type=at_least_one, default=10, help="log the losses every N steps (10)"
+    )
     train.add_argument("--with_tracking", action="store_true")
-    train.add_argument("--report_to", default="all")
+    train.add_argument(
+        "--report_to",
+        default="all",
+        help="trackers of --with_tracking, as accelerate's log_with (default: all, every one installed)",
+    )
     train.add_argument("--push_to_hub", action="store_true")
     train.add_argument("--hub_model_id")
     train.add_argument("--hub_token", help="Hub token (default: the logged-in one); never written to disk")
     args = p.parse_args(argv)
+    if args.overwrite_output_dir and args.resume_from_checkpoint:
+        p.error(
+            "--overwrite_output_dir starts a fresh run and --resume_from_checkpoint continues one: give one of them."
+        )
     if args.dino_model_name_or_path and args.preset and get_preset(args.preset).model_type != "weclip_plus":
         plus = sorted(name for name, preset in PRESETS.items() if preset.model_type == "weclip_plus")
         p.error(
@@ -234,6 +264,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    if args.scale_min > args.scale_max:
+        p.error(f"--scale_min {args.scale_min} is larger than --scale_max {args.scale_max}.")
     if args.per_device_eval_batch_size is None:
         args.per_device_eval_batch_size = args.per_device_train_batch_size if offline else 1
     if args.push_to_hub and not args.hub_model_id:
@@ -297,6 +329,89 @@ def check_losses_finite(out, step: int, gather=None) -> None:
 def public_args(args: argparse.Namespace) -> dict:
     """The run's arguments without secrets: what trackers, logs and the model card may record."""
     return {k: v for k, v in vars(args).items() if k not in SECRET_ARGS}
+
+
+# Arguments a resumed run may change: they cannot change which weights the training steps produce. Each step's
+# randomness is a function of (seed, step, process) and a map-style dataset's batches of (seed, epoch, index),
+# so how often the run logs, checkpoints and evaluates, how the evaluation is done (only its figures change),
+# where the output goes, what is reported or published, and how the host computes (threads, allocator,
+# torch.compile: the same operations) are free. Everything else (data, model, optimization, schedule, seed)
+# defines the trajectory, and a resume that changes it is refused. Derived values (recipe, given_model_flags,
+# rfm_start_source) follow the flags and are not compared themselves.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
+        "logging_steps", "checkpointing_steps", "with_tracking", "report_to",
+        "eval_steps", "eval_long_side", "no_msf", "msf_scales", "num_overlays", "per_device_eval_batch_size",
+        "max_eval_samples", "validation_split", "toy_val_images",
+        "num_workers", "num_threads", "release_host_memory",
+        "torch_compile", "torch_compile_backend", "torch_compile_mode",
+        "push_to_hub", "hub_model_id",
+        "recipe", "given_model_flags", "rfm_start_source",
+    }
+)  # fmt: skip
+# a streamed training split is divided among the DataLoader workers by shard: their number orders the batches
+STREAMING_TRAJECTORY_ARGS = frozenset({"num_workers"})
+TRAINING_ARGS_NAME = "training_args.json"
+
+
+def trajectory_args(args: argparse.Namespace) -> dict:
+    """The arguments that define this run's training trajectory (as JSON values): what a checkpoint records and a
+    resumed run must repeat."""
+    free = RESUMABLE_CHANGES - (STREAMING_TRAJECTORY_ARGS if args.streaming else frozenset())
+    return json.loads(json.dumps({k: v for k, v in public_args(args).items() if k not in free}))
+
+
+def changed_trajectory_args(saved: dict, args: argparse.Namespace) -> list[str]:
+    """``--flag old -> new`` for each trajectory argument of ``args`` that differs from ``saved`` (a checkpoint's)."""
+    current = trajectory_args(args)
+    return [
+        f"--{key} {saved.get(key)!r} -> {current.get(key)!r}"
+        for key in sorted(saved.keys() | current.keys())
+        if saved.get(key) != current.get(key)
+    ]
+
+
+def check_resume(args: argparse.Namespace, path: Path, log=print) -> None:
+    """Refuse to resume from checkpoint ``path`` a run whose trajectory arguments differ from the checkpoint's
+    (listing each), or one that has no step left to train."""
+    step = read_training_state(path).step
+    if step >= args.max_train_steps:
+        raise ValueError(
+            f"Checkpoint {path} is at step {step}, and --max_train_steps is {args.max_train_steps}: there is nothing "
+            "left to train (the run it comes from is complete, its model is in its --output_dir). To train for "
+            "longer, start a new run, e.g. --model_name_or_path <that output_dir> with more --max_train_steps."
+        )
+    saved_path = path / TRAINING_ARGS_NAME
+    if not saved_path.is_file():  # a checkpoint of an earlier version
+        log(f"Note: {path} records no training arguments ({TRAINING_ARGS_NAME}): they cannot be checked.")
+        return
+    changed = changed_trajectory_args(json.loads(saved_path.read_text()), args)
+    if changed:
+        raise ValueError(
+            f"Cannot resume from {path}: these arguments differ from the run that wrote it, and would change its "
+            "training: " + "; ".join(changed) + ". Resume with the checkpoint's values, or start a new run "
+            "(another --output_dir, or --overwrite_output_dir)."
+        )
+
+
+def save_training_checkpoint(accelerator, output_dir: Path, state: TrainingState, args) -> Path:
+    """`save_checkpoint`, then the run's `trajectory_args` beside it (``training_args.json``, written atomically),
+    for `check_resume`."""
+    path = save_checkpoint(accelerator, output_dir, state)
+    if accelerator.is_main_process:
+        tmp = path / f"{TRAINING_ARGS_NAME}.tmp"
+        tmp.write_text(json.dumps(trajectory_args(args), indent=1))
+        os.replace(tmp, path / TRAINING_ARGS_NAME)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def exit_status(metrics: dict) -> int:
+    """The process's exit status: 128 + the signal number of a run stopped by SIGINT / SIGTERM (130 / 143, as a
+    killed process; the checkpoint is saved, the model is not), else 0."""
+    signum = metrics.get("stopped_by_signal")
+    return 128 + signum if signum else 0
 
 
 def rfm_start_source(args: argparse.Namespace) -> str:
@@ -644,14 +759,32 @@ def final_evaluation(args, model, val_set, output_dir: Path) -> dict:
     return metrics
 
 
+# the metrics of the model's own segmentation (decoder, single scale and multi-scale + flip): the card's
+# model-index results; the other mIoU figures (CAM and pseudo labels, the toy world's baselines) are only listed
+MODEL_METRICS = ("miou", "miou_msf", "fully_supervised_miou", "fully_supervised_miou_msf")
+
+
+def dataset_description(args) -> str:
+    """What the run trained on, as the model card names it: the Hub id, the local folder's name, or the toy world."""
+    if args.dataset_name:
+        return args.dataset_name
+    local = args.data_dir or args.dataset_path
+    if local:
+        return f"{Path(local).resolve().name} (a local dataset)"
+    return "the toy world of weclip-hf (generated offline)"
+
+
 def write_card(args, cfg, output_dir: Path, summary: dict) -> None:
     """The model card (README.md) of the trained model in ``output_dir``, with its mIoU figures."""
+    figures = {k: v for k, v in summary.items() if "miou" in k}
     card = make_model_card(
         cfg,
         args.hub_model_id or output_dir.name,
         "Trained with `examples/train.py` of weclip-hf.",
-        metrics={k: v for k, v in summary.items() if "miou" in k},
-        dataset_name=args.dataset_name or "toy-world",
+        metrics={k: v for k, v in figures.items() if k in MODEL_METRICS},
+        other_metrics={k: v for k, v in figures.items() if k not in MODEL_METRICS},
+        dataset_name=args.dataset_name,
+        dataset_description=dataset_description(args),
         base_model=args.clip_model_name_or_path,
         weakly_supervised=not args.fully_supervised,
         training_args={k: v for k, v in public_args(args).items() if v is not None},
@@ -683,6 +816,10 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         retained = not args.release_host_memory and retain_freed_host_memory()
     output_dir = Path(args.output_dir)
     claim_output_dir(output_dir, args, accelerator.is_main_process)
+    resume_path = None
+    if args.resume_from_checkpoint:  # checked before the data and model are loaded
+        resume_path = find_checkpoint(output_dir, args.resume_from_checkpoint, log=accelerator.print)
+        check_resume(args, resume_path, log=accelerator.print)
     started = time.time()
 
     # 1. data and model
@@ -765,14 +902,13 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     # 3. resume
     step = 0
     log_path = output_dir / "train_log.jsonl"
-    if args.resume_from_checkpoint:
-        path = find_checkpoint(output_dir, args.resume_from_checkpoint, log=accelerator.print)
-        state = load_checkpoint(accelerator, model, optimizer, path)
+    if resume_path is not None:
+        state = load_checkpoint(accelerator, model, optimizer, resume_path)
         scheduler.load_state_dict(state.scheduler)
         step, position = state.step, state.position
         if accelerator.is_main_process:
             truncate_log(log_path, step)
-        accelerator.print(f"resumed from {path} at step {step}")
+        accelerator.print(f"resumed from {resume_path} at step {step}")
 
     stop = {"signal": None}
 
@@ -782,7 +918,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     # 4. training loop
-    checkpoint_every = int(args.checkpointing_steps) if args.checkpointing_steps else 0
+    checkpoint_every = int(args.checkpointing_steps)  # the recipe's is a string
     steps_per_epoch = None if streamed else len(train_loader)
     bar = tqdm(
         total=args.max_train_steps,
@@ -826,8 +962,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                 record = log_losses(accelerator, out, step, scheduler.get_last_lr()[0], log_path)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", rfm=record["rfm"])
             if checkpoint_every and step % checkpoint_every == 0:
-                save_checkpoint(
-                    accelerator, output_dir, TrainingState(step, scheduler.state_dict(), position)
+                save_training_checkpoint(
+                    accelerator, output_dir, TrainingState(step, scheduler.state_dict(), position), args
                 )
             if args.eval_steps and step % args.eval_steps == 0 and val_set is not None:
                 evaluate_in_training(
@@ -848,12 +984,15 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     for sig, handler in handlers.items():  # Ctrl-C / SIGTERM act at once again (final evaluation, saving)
         signal.signal(sig, handler)
     if stop["signal"] is not None:
-        path = save_checkpoint(accelerator, output_dir, TrainingState(step, scheduler.state_dict(), position))
+        state = TrainingState(step, scheduler.state_dict(), position)
+        path = save_training_checkpoint(accelerator, output_dir, state, args)
         accelerator.print(f"stopped by signal {stop['signal']} at step {step}; checkpoint saved to {path}")
         accelerator.end_training()
-        return {"stopped_at": step}
+        return {"stopped_at": step, "stopped_by_signal": int(stop["signal"])}
     if checkpoint_every:
-        save_checkpoint(accelerator, output_dir, TrainingState(step, scheduler.state_dict(), position))
+        save_training_checkpoint(
+            accelerator, output_dir, TrainingState(step, scheduler.state_dict(), position), args
+        )
     train_seconds = time.time() - started
 
     # 5. save the model (before evaluating: a failing or interrupted evaluation loses no training), final
@@ -882,4 +1021,4 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(exit_status(main()))

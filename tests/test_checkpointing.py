@@ -4,6 +4,7 @@ folder, and the Hub token never reaches a file under --output_dir or the Hub."""
 import json
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import pytest
@@ -151,10 +152,12 @@ def test_train_resume_ignores_a_planted_custom_checkpoint(tmp_path, tiny_clip):
         "--toy_val_images",
         "2",
     ]
-    train_in_process(*common, "--max_train_steps", 1, "--checkpointing_steps", 1)
+    common += ["--max_train_steps", 2, "--checkpointing_steps", 1]
+    train_in_process(*common)
+    shutil.rmtree(out / "step_2")  # as if stopped after step 1
     marker = tmp_path / "pwned"
     torch.save(Payload(marker), out / "step_1" / "custom_checkpoint_0.pkl")
-    metrics = train_in_process(*common, "--max_train_steps", 2, "--resume_from_checkpoint", "latest")
+    metrics = train_in_process(*common, "--resume_from_checkpoint", "latest")
     assert metrics["train_steps"] == 2 and not marker.exists()
     assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2]
 

@@ -75,12 +75,27 @@ def test_fully_supervised_flag(tmp_path, tiny_clip):
     assert sorted(p.name for p in out.glob("step_*")) == ["step_1"]
 
 
-def test_resume_repeats_uninterrupted_run_exactly(tmp_path, tiny_clip, reference_run, capsys):
-    """A run that ended at step 3, resumed (``latest``) to step 6 in its folder, repeats the uninterrupted run
+def test_resume_repeats_uninterrupted_run_exactly(tmp_path, tiny_clip, reference_run, capsys, monkeypatch):
+    """A run stopped (Ctrl-C) at step 3, resumed (``latest``) to step 6 in its folder, repeats the uninterrupted run
     bit for bit: log (losses, learning rates, the RFM from step 4, after the resume) and weights."""
+    sys.path.insert(0, str(TRAIN.parent))
+    import train
+
+    real_log_losses = train.log_losses
+
+    def ctrl_c_at_step_3(accelerator, out, step, *args):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # train.py's handler: stop after this step
+        return real_log_losses(accelerator, out, step, *args)
+
     args, out = [*resumable_args(tiny_clip), "--output_dir", tmp_path / "b"], tmp_path / "b"
-    train_in_process(*args, "--max_train_steps", 3)  # the last flag wins
-    (out / "model.safetensors").unlink()
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "log_losses", ctrl_c_at_step_3)
+        stopped = train_in_process(*args)
+    assert (
+        stopped == {"stopped_at": 3, "stopped_by_signal": signal.SIGINT} and train.exit_status(stopped) == 130
+    )
+    assert not (out / "model.safetensors").exists()
     train_in_process(*args, "--resume_from_checkpoint", "latest")
     assert f"resumed from {out / 'step_3'} at step 3" in capsys.readouterr().out
     assert read_log(out) == read_log(reference_run)
@@ -99,7 +114,9 @@ def test_dataloader_workers_give_the_same_batches(tmp_path, tiny_clip, reference
     assert len(log) == 6 and [r["loss"] for r in log] == [r["loss"] for r in read_log(reference_run)]
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_clip):
+def test_sigterm_saves_a_checkpoint_and_exits_with_143(tmp_path, tiny_clip):
+    """A run stopped by SIGTERM saves a checkpoint, then exits with 128 + 15 as a killed process would: no final
+    model, so `train.py && evaluate.py` stops there."""
     out = tmp_path / "sig"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(
@@ -124,9 +141,10 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_clip):
         time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, output[-2000:]
+    assert proc.returncode == 128 + signal.SIGTERM, output[-2000:]
     checkpoints = [p for p in out.glob("step_*") if not p.name.endswith(".tmp")]
-    assert checkpoints and "stopped by signal" in output
+    assert checkpoints and "stopped by signal 15" in output
+    assert not (out / "model.safetensors").exists()
     assert not list(out.glob("*.tmp"))
 
 

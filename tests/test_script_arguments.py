@@ -1,0 +1,238 @@
+"""The example scripts' arguments (issue: script audit): bad values refused at parse time naming the flag, one data
+source, evaluation settings that follow the recipe, resume checks, exit status and --help texts."""
+
+import importlib.util
+import json
+import shutil
+import signal
+import sys
+
+import pytest
+from conftest import FAST, TRAIN, make_tiny_config, train_in_process
+
+from weclip_hf.presets import get_preset
+from weclip_hf.script_arguments import check_model_folder, first_paragraph
+
+sys.path.insert(0, str(TRAIN.parent))
+import segment  # noqa: E402
+import train  # noqa: E402
+
+
+def load_evaluate_script():
+    """examples/evaluate.py as a module (not named `evaluate`: that is the Hugging Face library)."""
+    spec = importlib.util.spec_from_file_location("weclip_evaluate_script", TRAIN.parent / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+evaluate_script = load_evaluate_script()
+
+
+def parse_error(parse, argv, capsys) -> str:
+    """The argparse error message of ``parse(argv)`` (which must exit)."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--logging_steps", "0"], "argument --logging_steps: must be >= 1, got 0"),
+        (["--checkpointing_steps", "-1"], "argument --checkpointing_steps: must be >= 0, got -1"),
+        (
+            ["--checkpointing_steps", "epoch"],
+            "argument --checkpointing_steps: expected a whole number, got 'epoch'",
+        ),
+        (["--max_train_steps", "0"], "argument --max_train_steps: must be >= 1, got 0"),
+        (["--toy_train_images", "0"], "argument --toy_train_images: must be >= 1, got 0"),
+        (["--learning_rate", "0"], "argument --learning_rate: must be > 0, got 0"),
+        (["--scale_min", "2", "--scale_max", "1"], "--scale_min 2.0 is larger than --scale_max 1.0"),
+        (
+            ["--data_dir", "x", "--dataset_path", "y"],
+            "argument --dataset_path: not allowed with argument --data_dir",
+        ),
+        (
+            ["--dataset_name", "x", "--data_dir", "y"],
+            "argument --data_dir: not allowed with argument --dataset_name",
+        ),
+        (
+            ["--overwrite_output_dir", "--resume_from_checkpoint", "latest"],
+            "--overwrite_output_dir starts a fresh run and --resume_from_checkpoint continues one",
+        ),
+    ],
+)
+def test_train_refuses_bad_arguments_at_parse_time(argv, message, capsys):
+    assert message in parse_error(train.parse_args, argv, capsys)
+
+
+def test_checkpointing_steps_is_a_number_of_steps_or_zero_for_never():
+    assert train.parse_args(["--checkpointing_steps", "0"]).checkpointing_steps == 0
+    assert train.parse_args(["--checkpointing_steps", "7"]).checkpointing_steps == 7
+
+
+def test_evaluate_and_segment_take_one_data_source(capsys):
+    message = parse_error(
+        evaluate_script.parse_args,
+        ["--model_name_or_path", "m", "--data_dir", "a", "--dataset_path", "b"],
+        capsys,
+    )
+    assert "argument --dataset_path: not allowed with argument --data_dir" in message
+    argv = ["--model_name_or_path", "m", "--output_dir", "o", "--dataset_name", "a", "--dataset_path", "b"]
+    assert "argument --dataset_path: not allowed with argument --dataset_name" in parse_error(
+        segment.parse_args, argv, capsys
+    )
+
+
+def test_evaluate_on_the_toy_world_without_preset_uses_the_toy_recipe():
+    toy = get_preset("toy").evaluation
+    args = evaluate_script.parse_args(["--model_name_or_path", "m", "--msf"])
+    assert args.scales == list(toy.msf_scales) == [1.0, 1.125]
+    assert (args.eval_long_side, args.crf) == (toy.eval_long_side, toy.crf)
+    assert evaluate_script.settings_report(args) == {
+        "eval_long_side": None,
+        "msf_scales": [1.0, 1.125],
+        "flip": True,
+        "crf": False,
+    }
+    local = evaluate_script.parse_args(["--model_name_or_path", "m", "--data_dir", "d"])
+    assert local.scales == [1.0, 0.75] and local.crf is False  # a local dataset: as before
+    voc = evaluate_script.parse_args(["--model_name_or_path", "m", "--preset", "voc"])
+    assert (voc.eval_long_side, voc.scales, voc.crf) == (512, [1.0, 0.75], True)
+
+
+def test_segment_takes_the_scales_of_the_models_preset():
+    toy = make_tiny_config(**get_preset("toy").config_kwargs())
+    assert segment.default_scales(toy) == [1.0, 1.125]
+    assert segment.default_scales(make_tiny_config()) == [1.0, 0.75]  # classes of no preset
+    args = ["--model_name_or_path", "m", "--output_dir", "o", "--images", "x"]
+    assert segment.parse_args(args).scales is None  # resolved from the model once it is loaded
+    assert segment.parse_args([*args, "--scales", "1", "2"]).scales == [1.0, 2.0]
+
+
+def test_help_texts(capsys):
+    with pytest.raises(SystemExit):
+        evaluate_script.parse_args(["--help"])
+    assert "pseudo labels (CAM without / with RFM); prints a per-class IoU table and writes JSON" in " ".join(
+        capsys.readouterr().out.split()
+    )
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "multi-hot rows, or class names" in text
+    assert "toy 500" in text and "toy 250" in text  # --max_train_steps, --checkpointing_steps
+    assert "default: all" in text  # --report_to
+    assert first_paragraph("One\nline.\n\nMore.") == "One\nline."
+
+
+def test_model_folder_checks(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--model_name_or_path /tmp/nope-weclip: no such folder"):
+        check_model_folder("/tmp/nope-weclip")
+    checkpoint = tmp_path / "step_4"
+    checkpoint.mkdir()
+    (checkpoint / "training_state.json").write_text("{}")
+    with pytest.raises(ValueError, match="is a training checkpoint.*Give the run's --output_dir"):
+        check_model_folder(str(checkpoint))
+    check_model_folder("openai/clip-vit-base-patch16")  # a Hub id passes
+
+
+def test_evaluate_refuses_a_missing_model_folder_before_loading_anything():
+    with pytest.raises(FileNotFoundError, match="/tmp/nope-weclip: no such folder"):
+        evaluate_script.main(["--model_name_or_path", "/tmp/nope-weclip"])
+
+
+# ---- resume -----------------------------------------------------------------------------------------
+
+
+def test_changed_trajectory_arguments_are_listed_and_free_ones_ignored():
+    saved = train.trajectory_args(train.parse_args(["--learning_rate", "0.002", "--seed", "1"]))
+    changed = train.parse_args(
+        [
+            "--learning_rate",
+            "0.001",
+            "--seed",
+            "1",
+            "--logging_steps",
+            "3",
+            "--num_threads",
+            "2",
+            "--eval_steps",
+            "9",
+        ]
+    )
+    assert train.changed_trajectory_args(saved, changed) == ["--learning_rate 0.002 -> 0.001"]
+    same = train.parse_args(["--learning_rate", "0.002", "--seed", "1", "--output_dir", "elsewhere"])
+    assert train.changed_trajectory_args(saved, same) == []
+    assert "hub_token" not in saved and "output_dir" not in saved
+
+
+def test_num_workers_is_part_of_a_streamed_trajectory_only():
+    assert "num_workers" not in train.trajectory_args(train.parse_args(["--num_workers", "2"]))
+    assert train.trajectory_args(train.parse_args(["--streaming", "--num_workers", "2"]))["num_workers"] == 2
+
+
+def test_resume_refuses_changed_arguments_and_a_finished_checkpoint(tmp_path, tiny_clip):
+    out = tmp_path / "run"
+    common = ["--clip_model_name_or_path", tiny_clip, "--output_dir", out, *FAST, "--num_overlays", 0]
+    train_in_process(*common, "--max_train_steps", 2, "--checkpointing_steps", 1)
+    saved = json.loads((out / "step_1" / train.TRAINING_ARGS_NAME).read_text())
+    assert saved["learning_rate"] == 0.002 and saved["max_train_steps"] == 2
+    resume = [*common, "--max_train_steps", 2, "--resume_from_checkpoint"]
+    with pytest.raises(
+        ValueError, match=r"Cannot resume .*--learning_rate 0\.002 -> 0\.001; --seed 0 -> 3\."
+    ):
+        train_in_process(*resume, out / "step_1", "--learning_rate", "0.001", "--seed", 3)
+    with pytest.raises(
+        ValueError, match="at step 2, and --max_train_steps is 2: there is nothing left to train"
+    ):
+        train_in_process(*resume, "latest")
+    assert json.loads((out / "metrics.json").read_text())["train_steps"] == 2  # untouched
+
+
+def test_a_resumed_run_may_change_how_often_it_logs(tmp_path, tiny_clip):
+    out = tmp_path / "run"
+    common = ["--clip_model_name_or_path", tiny_clip, "--output_dir", out, *FAST, "--num_overlays", 0]
+    common += ["--max_train_steps", 2, "--toy_train_images", 8]
+    train_in_process(*common, "--checkpointing_steps", 1)
+    shutil.rmtree(out / "step_2")  # as if stopped after step 1
+    metrics = train_in_process(*common, "--resume_from_checkpoint", out / "step_1", "--logging_steps", 2)
+    assert metrics["train_steps"] == 2
+
+
+def test_exit_status_of_a_stopped_run():
+    assert train.exit_status({"stopped_at": 3, "stopped_by_signal": int(signal.SIGINT)}) == 130
+    assert train.exit_status({"stopped_at": 3, "stopped_by_signal": int(signal.SIGTERM)}) == 143
+    assert train.exit_status({"train_steps": 3}) == 0
+
+
+def test_local_data_is_not_called_the_toy_world():
+    assert train.dataset_description(train.parse_args(["--data_dir", "/data/my_shapes"])) == (
+        "my_shapes (a local dataset)"
+    )
+    assert train.dataset_description(train.parse_args(["--dataset_name", "org/voc"])) == "org/voc"
+    assert "toy world" in train.dataset_description(train.parse_args([]))
+
+
+def test_the_card_claims_only_the_models_own_results_on_its_dataset(tmp_path):
+    from huggingface_hub import ModelCard
+
+    args = train.parse_args(
+        ["--data_dir", str(tmp_path / "my_shapes"), "--clip_model_name_or_path", str(tmp_path)]
+    )
+    summary = {
+        "miou": 0.5,
+        "cam_miou": 0.4,
+        "pseudo_label_miou": 0.45,
+        "miou_msf": 0.52,
+        "baseline_bg_miou": 0.1,
+    }
+    train.write_card(args, make_tiny_config(), tmp_path, summary)
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.datasets is None and card.data.base_model is None  # no Hub dataset, a local CLIP
+    results = card.data.eval_results
+    assert {r.metric_name for r in results} == {"miou", "miou_msf"}
+    assert {r.dataset_name for r in results} == {"my_shapes (a local dataset)"}
+    assert "toy" not in card.content.split("## Training arguments")[0].lower()
+    assert "| cam_miou | 0.4000 |" in card.content and "| baseline_bg_miou | 0.1000 |" in card.content
