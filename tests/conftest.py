@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -198,20 +199,42 @@ def run_train(*args, check=True, timeout=300, threads=2):
     return proc
 
 
-def train_in_process(*args, threads: int | None = 1) -> dict:
-    """``main`` of examples/train.py with ``args`` in this process (no interpreter start-up) on ``threads`` CPU
-    threads (None: the script's own choice), restored afterwards; returns the run's metrics. For runs that need no
-    signal or other process."""
+def train_module():
+    """examples/train.py imported as the module ``train``."""
     if str(TRAIN.parent) not in sys.path:
         sys.path.insert(0, str(TRAIN.parent))
     import train
 
+    return train
+
+
+def train_in_process(*args, threads: int | None = 1) -> dict:
+    """``main`` of examples/train.py with ``args`` in this process (no interpreter start-up) on ``threads`` CPU
+    threads (None: the script's own choice), restored afterwards; returns the run's metrics. For runs that need no
+    signal or other process."""
+    train = train_module()
     before = torch.get_num_threads()
     chosen = [] if threads is None else ["--num_threads", str(threads)]
     try:
         return train.main([*map(str, args), *chosen, *IN_PROCESS])
     finally:
         torch.set_num_threads(before)
+
+
+def train_stopped_at(step: int, *args, monkeypatch) -> dict:
+    """`train_in_process` stopped as by Ctrl-C once ``step`` is done (train.py's SIGINT handler saves ``step_N``
+    and returns ``{"stopped_at": step, ...}``): an interrupted run to resume."""
+    train = train_module()
+    real_log_losses = train.log_losses
+
+    def ctrl_c_after(accelerator, out, current, *rest):
+        if current == step:
+            os.kill(os.getpid(), signal.SIGINT)  # train.py's handler: stop after this step
+        return real_log_losses(accelerator, out, current, *rest)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "log_losses", ctrl_c_after)
+        return train_in_process(*args)
 
 
 def resumable_args(clip: str) -> list:

@@ -17,7 +17,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, ROOT, TRAIN, read_log, resumable_args, run_train, train_in_process
+from conftest import (
+    FAST,
+    ROOT,
+    TRAIN,
+    read_log,
+    resumable_args,
+    run_train,
+    train_in_process,
+    train_module,
+    train_stopped_at,
+)
 from PIL import Image
 
 
@@ -78,23 +88,10 @@ def test_fully_supervised_flag(tmp_path, tiny_clip):
 def test_resume_repeats_uninterrupted_run_exactly(tmp_path, tiny_clip, reference_run, capsys, monkeypatch):
     """A run stopped (Ctrl-C) at step 3, resumed (``latest``) to step 6 in its folder, repeats the uninterrupted run
     bit for bit: log (losses, learning rates, the RFM from step 4, after the resume) and weights."""
-    sys.path.insert(0, str(TRAIN.parent))
-    import train
-
-    real_log_losses = train.log_losses
-
-    def ctrl_c_at_step_3(accelerator, out, step, *args):
-        if step == 3:
-            os.kill(os.getpid(), signal.SIGINT)  # train.py's handler: stop after this step
-        return real_log_losses(accelerator, out, step, *args)
-
     args, out = [*resumable_args(tiny_clip), "--output_dir", tmp_path / "b"], tmp_path / "b"
-    with monkeypatch.context() as patch:
-        patch.setattr(train, "log_losses", ctrl_c_at_step_3)
-        stopped = train_in_process(*args)
-    assert (
-        stopped == {"stopped_at": 3, "stopped_by_signal": signal.SIGINT} and train.exit_status(stopped) == 130
-    )
+    stopped = train_stopped_at(3, *args, monkeypatch=monkeypatch)
+    assert stopped == {"stopped_at": 3, "stopped_by_signal": signal.SIGINT}
+    assert train_module().exit_status(stopped) == 130
     assert not (out / "model.safetensors").exists()
     train_in_process(*args, "--resume_from_checkpoint", "latest")
     assert f"resumed from {out / 'step_3'} at step 3" in capsys.readouterr().out

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, ROOT, TRAIN, read_log, train_in_process
+from conftest import FAST, ROOT, TRAIN, read_log, train_in_process, train_stopped_at
 from safetensors.torch import load_file
 
 NUM_TOY_VAL = 4  # FAST's --toy_val_images
@@ -83,13 +83,15 @@ def test_training_writes_a_weclip_plus_with_a_frozen_dinov2(plus_run, tiny_dino)
     assert 0.0 <= metrics["miou_msf"] <= 1.0 and metrics["train_steps"] == 6
 
 
-def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, tiny_clip, tiny_dino, plus_run, capsys):
-    """A run that ended at step 3, resumed (``latest``) to step 6, repeats the uninterrupted run bit for bit: log
-    (every loss, the learning rates, RFM+ from step 4, after the resume) and weights."""
+def test_resume_repeats_the_uninterrupted_run_exactly(
+    tmp_path, tiny_clip, tiny_dino, plus_run, capsys, monkeypatch
+):
+    """A run stopped (Ctrl-C) at step 3, resumed (``latest``) to step 6, repeats the uninterrupted run bit for bit:
+    log (every loss, the learning rates, RFM+ from step 4, after the resume) and weights."""
     reference, _ = plus_run
     out = tmp_path / "run"
     args = [*plus_args(tiny_clip, tiny_dino), "--toy_train_images", 16, "--output_dir", out, "--no_msf"]
-    train_in_process(*args, "--max_train_steps", 3)  # the last flag wins
+    assert train_stopped_at(3, *args, monkeypatch=monkeypatch)["stopped_at"] == 3
     assert len(read_log(out)) == 3
     train_in_process(*args, "--resume_from_checkpoint", "latest")
     assert f"resumed from {out / 'step_3'} at step 3" in capsys.readouterr().out
