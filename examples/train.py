@@ -52,7 +52,7 @@ from weclip_hf.data.loading import (
 from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.evaluation import evaluate_segmentation
 from weclip_hf.host_memory import retain_freed_host_memory
-from weclip_hf.hub import make_model_card, publish_folder, save_model_card
+from weclip_hf.hub import create_hub_repo, make_model_card, publish_folder, save_model_card
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, get_preset
 from weclip_hf.script_arguments import (
@@ -820,6 +820,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     if args.resume_from_checkpoint:  # checked before the data and model are loaded
         resume_path = find_checkpoint(output_dir, args.resume_from_checkpoint, log=accelerator.print)
         check_resume(args, resume_path, log=accelerator.print)
+    if args.push_to_hub and accelerator.is_main_process:  # fail now, not after the training
+        accelerator.print(f"pushing to {create_hub_repo(args.hub_model_id, token=args.hub_token)} at the end")
     started = time.time()
 
     # 1. data and model
@@ -1010,6 +1012,9 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     if accelerator.is_main_process:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
+        accelerator.log(
+            {f"final_{k}": v for k, v in summary.items()}, step=step
+        )  # --with_tracking's trackers
         write_card(args, cfg, output_dir, summary)
         accelerator.print(json.dumps(summary, indent=2))
         if args.push_to_hub:

@@ -510,3 +510,31 @@ def test_torch_compile_trains_as_the_eager_run(tmp_path, tiny_clip, reference_ru
     assert (
         load_file(out / "model.safetensors").keys() == load_file(reference_run / "model.safetensors").keys()
     )
+
+
+def test_push_to_hub_fails_before_training_when_the_hub_cannot_be_reached(tmp_path, tiny_clip, monkeypatch):
+    """HF_HUB_OFFLINE (or no network, or a token that may not write): the repository is created when the run
+    starts, so the run stops there with a clear error instead of after its training."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    out = tmp_path / "offline"
+    with pytest.raises(RuntimeError, match="Cannot create or reach the Hub repository 'weclip-toy-test'"):
+        train_in_process(
+            "--clip_model_name_or_path", tiny_clip, "--output_dir", out, "--max_train_steps", 1,
+            "--push_to_hub", "--hub_model_id", "weclip-toy-test", *FAST,
+        )  # fmt: skip
+    assert not (out / "train_log.jsonl").exists() and not list(out.glob("step_*"))
+
+
+def test_tracked_runs_log_the_final_metrics(tmp_path, tiny_clip):
+    """--with_tracking: the final evaluation's figures reach the trackers (also without --eval_steps)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tracked"
+    metrics = train_in_process(
+        "--clip_model_name_or_path", tiny_clip, "--output_dir", out, "--max_train_steps", 1,
+        "--with_tracking", "--report_to", "tensorboard", *FAST,
+    )  # fmt: skip
+    folders = {p.parent for p in out.rglob("events.out.tfevents*")}
+    scalars = {tag for f in folders for tag in EventAccumulator(str(f)).Reload().Tags()["scalars"]}
+    assert "final_miou" in scalars and metrics["miou"] >= 0

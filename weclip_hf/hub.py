@@ -263,6 +263,22 @@ def publishable_files(folder: str | Path) -> list[str]:
     return sorted(f for f in found if not any(part.startswith(".") for part in Path(f).parts))
 
 
+def create_hub_repo(repo_id: str, *, token: str | None = None, private: bool | None = None) -> str:
+    """Create the model repository ``repo_id`` if it does not exist (as transformers' Trainer does when a run that
+    will push starts) and return its full id; a clear error when the Hub cannot be reached or the token may not
+    create it, so that a run fails before training rather than after."""
+    try:
+        return HfApi(token=token).create_repo(repo_id, private=private, exist_ok=True).repo_id
+    except (
+        Exception
+    ) as err:  # offline mode, no network, no or a read-only token: Hub, OSError and HTTP errors alike
+        raise RuntimeError(
+            f"Cannot create or reach the Hub repository {repo_id!r} ({type(err).__name__}: {err}). Log in "
+            "(`hf auth login`) or pass a token with write access, or run without pushing and publish the saved "
+            "folder later with weclip_hf.hub.publish_folder(folder, repo_id)."
+        ) from err
+
+
 def publish_folder(
     folder: str | Path,
     repo_id: str,
@@ -277,9 +293,8 @@ def publish_folder(
     files = publishable_files(folder)
     if "model.safetensors" not in files and "model.safetensors.index.json" not in files:
         raise FileNotFoundError(f"{folder} holds no model.safetensors: nothing to publish.")
-    api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-    return api.upload_folder(
+    repo_id = create_hub_repo(repo_id, token=token, private=private)
+    return HfApi(token=token).upload_folder(
         repo_id=repo_id,
         folder_path=str(folder),
         commit_message=commit_message,
