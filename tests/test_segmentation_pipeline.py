@@ -238,3 +238,17 @@ def test_an_unexpected_pipeline_iterator_layout_is_named(any_segmenter, monkeypa
     monkeypatch.setattr(ImageSegmentationPipeline, "get_iterator", lambda self, *args, **kwargs: iter(()))
     with pytest.raises(RuntimeError, match="pipeline iterator is not laid out as"):
         any_segmenter.get_iterator([], 0, 2, {}, {}, {})
+
+
+def test_a_processor_of_another_patch_size_is_refused(tiny_model):
+    """The processor's padding follows its patch size; one that differs from the model's would leave the padding
+    in the masks, so the pipeline refuses the pair."""
+    patch = tiny_model.config.vision_config.patch_size
+    with pytest.raises(ValueError, match=f"{patch + 1}-px patches but the model's CLIP uses {patch}-px"):
+        pipeline(
+            "image-segmentation", model=tiny_model, image_processor=WeCLIPImageProcessor(patch_size=patch + 1)
+        )
+    segmenter = pipeline(
+        "image-segmentation", model=tiny_model, image_processor=WeCLIPImageProcessor(patch_size=patch)
+    )
+    assert segmenter.image_processor.patch_size == patch

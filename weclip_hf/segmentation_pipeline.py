@@ -125,6 +125,20 @@ class WeCLIPImageSegmentationPipeline(ImageSegmentationPipeline):
     # on stdin whether to trust it.
     _load_video_processor = False
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        vision = getattr(self.model.config, "vision_config", None)
+        patch = getattr(vision, "patch_size", None)
+        if isinstance(self.image_processor, WeCLIPImageProcessor) and patch not in (
+            None,
+            self.image_processor.patch_size,
+        ):
+            raise ValueError(
+                f"The image processor pads to {self.image_processor.patch_size}-px patches but the model's CLIP uses "
+                f"{patch}-px patches: the padding would not be cropped from the masks. Use the processor saved with "
+                f"the model, or WeCLIPImageProcessor(patch_size={patch})."
+            )
+
     def check_model_type(self, supported_models) -> None:
         """Also count models registered with the task's Auto classes (``AutoModelFor*Segmentation.register``)."""
         registered = {
