@@ -17,7 +17,8 @@ RENAMED = {0: "bg", 1: "kitten", 2: "puppy", 3: "truck", 4: "oak"}
 @pytest.fixture
 def saved(tmp_path, tiny_model):
     tiny_model.save_pretrained(tmp_path / "model")
-    WeCLIPImageProcessor(size={"longest_edge": 32}).save_pretrained(tmp_path / "model")
+    patch = tiny_model.config.vision_config.patch_size
+    WeCLIPImageProcessor(size={"longest_edge": 32}, patch_size=patch).save_pretrained(tmp_path / "model")
     return tmp_path / "model"
 
 
@@ -59,10 +60,16 @@ def test_names_given_at_loading_rename_the_labels_in_memory_and_once_saved(saved
 
 
 @pytest.mark.parametrize("field", ["class_names", "background_names", "prompt_template"])
-def test_names_of_the_stored_text_embeddings_cannot_change_at_loading(saved, field):
+@pytest.mark.parametrize(
+    "load", [WeCLIPForSemanticSegmentation.from_pretrained, AutoModelForSemanticSegmentation.from_pretrained]
+)
+def test_names_of_the_stored_text_embeddings_cannot_change_at_loading(saved, field, load):
     value = "a {} here." if field == "prompt_template" else ["a", "b", "c", "d"]
     with pytest.raises(ValueError, match=f"{field}.*update_class_embeddings"):
-        WeCLIPForSemanticSegmentation.from_pretrained(saved, **{field: value})
+        load(saved, **{field: value})
+    config = AutoConfig.from_pretrained(saved, **{field: value})  # the config alone may say anything
+    with pytest.raises(ValueError, match=f"{field}.*update_class_embeddings"):
+        load(saved, config=config)
 
 
 def test_an_id2label_of_another_size_is_refused():
@@ -83,14 +90,16 @@ def test_label_names_and_id2label_that_disagree_are_refused():
     assert same.id2label == RENAMED
 
 
-def test_config_json_of_before_with_label_names_loads_and_hand_edited_id2label_wins(saved):
+def test_config_json_of_before_reads_its_label_names(saved):
+    """Files written before id2label was the source carry ``label_names``, which named the labels then (an
+    ``update_class_embeddings(label_names=...)`` of the same class count did not update their ``id2label``): they
+    load with the names they showed."""
     config = json.loads((saved / "config.json").read_text())
-    config["label_names"] = ["cat", "dog", "car", "tree"]  # older files carry this copy of id2label
+    config["label_names"] = ["CAT", "DOG", "CAR", "TREE"]  # its id2label still says cat, dog, car, tree
     (saved / "config.json").write_text(json.dumps(config))
-    assert AutoConfig.from_pretrained(saved).label_names == ["cat", "dog", "car", "tree"]
-    config["id2label"] = {str(i): name for i, name in RENAMED.items()}
-    (saved / "config.json").write_text(json.dumps(config))
-    assert AutoConfig.from_pretrained(saved).id2label == RENAMED
+    loaded = AutoConfig.from_pretrained(saved)
+    assert loaded.label_names == ["CAT", "DOG", "CAR", "TREE"] and loaded.id2label[1] == "CAT"
+    assert AutoConfig.from_pretrained(saved, id2label=RENAMED).id2label == RENAMED  # the caller's names win
 
 
 def test_values_given_at_loading_are_validated(saved):
@@ -127,4 +136,7 @@ def test_new_class_names_become_the_display_names(tiny_model):
     assert tiny_model.config.label_names == ["Boat", "Bird", "Sofa", "Cow"]
     with pytest.raises(ValueError, match="label_names has 1 entries but class_names has 4"):
         tiny_model.update_class_embeddings(CharTokenizer(), label_names=["x"])
+    with pytest.raises(ValueError, match="label_names must be strings"):
+        tiny_model.update_class_embeddings(CharTokenizer(), class_names=["a", "b"], label_names=[1, 2])
+    assert tiny_model.config.class_names == ["boat", "bird", "sofa", "cow"]
     assert tiny_model.config.label_names == ["Boat", "Bird", "Sofa", "Cow"]  # nothing changed by the refusal

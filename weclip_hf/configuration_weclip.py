@@ -317,14 +317,16 @@ class WeCLIPConfig(PreTrainedConfig):
         """`PreTrainedConfig.from_dict` with this config's own keyword arguments (e.g. ``from_pretrained(folder,
         rfm_start_step=0)``) given to the constructor, so that they are validated and the labels follow them.
 
-        The label names come from ``id2label`` (the field transformers users edit); ``label_names`` in older
-        config.json files is a copy of it, and ``class_names`` or ``label_names`` passed here rename the labels."""
+        The label names come from ``id2label`` (the field transformers users edit), or from ``label_names`` in a
+        config.json written before, where that field named the labels and ``id2label`` followed it; names passed
+        here (``class_names``, ``label_names`` or ``id2label``) replace the file's."""
         config_dict = dict(config_dict)
         own = {k: kwargs.pop(k) for k in list(kwargs) if k in cls._constructor_arguments()}
-        if own.keys() & {"class_names", "label_names"} and "id2label" not in own:
-            config_dict.pop("id2label", None)
-        if "id2label" in {**config_dict, **own} and "label_names" not in own:
-            config_dict.pop("label_names", None)
+        if own.keys() & {"class_names", "label_names", "id2label"}:
+            stale = ("id2label", "label2id", "label_names")
+        else:
+            stale = ("id2label", "label2id") if "label_names" in config_dict else ("label2id",)
+        config_dict = {k: v for k, v in config_dict.items() if k not in stale}
         return super().from_dict({**config_dict, **own}, **kwargs)
 
     @classmethod

@@ -219,6 +219,37 @@ def _pseudo_label_stage(method):
     return torch.compiler.disable(wrapper)
 
 
+# the config fields the stored text embeddings were computed from
+_TEXT_EMBEDDING_NAMES = ("class_names", "background_names", "prompt_template")
+
+
+def _refuse_new_text_names(changed: set[str]) -> None:
+    """Refuse loading a model with other ``changed`` text-embedding names than it was saved with (they would
+    disagree with its stored embeddings), saying how to compute new ones."""
+    if changed:
+        raise ValueError(
+            f"{sorted(changed)} cannot be changed when loading: the text embeddings of the saved names are stored "
+            "with the weights. Load the model, then call model.update_class_embeddings(tokenizer, class_names=..., "
+            "...) to compute new ones (label_names or id2label rename the labels only)."
+        )
+
+
+def _saved_config_dict(folder: str) -> dict:
+    """The config.json of a saved model ``folder`` as a dict, with clear errors where there is none or it is not a
+    JSON object."""
+    config_file = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"{folder!r} has no config.json: not a saved model folder.")
+    with open(config_file) as f:
+        try:
+            saved = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{config_file!r} is not JSON ({err}): save the model again.") from err
+    if not isinstance(saved, dict):
+        raise ValueError(f"{config_file!r} is not a JSON object: save the model again.")
+    return saved
+
+
 def _require_safetensors(folder: str) -> None:
     """Refuse a local model folder that holds no safetensors weights (e.g. only a pickle ``pytorch_model.bin``).
 
@@ -432,33 +463,25 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         path = str(pretrained_model_name_or_path)
         if path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):
             raise FileNotFoundError(f"No model folder at {path!r}.")
-        stored = kwargs.keys() & {"class_names", "background_names", "prompt_template"}
-        if stored:
-            raise ValueError(
-                f"{sorted(stored)} cannot be changed when loading: the text embeddings of the saved names are "
-                "stored with the weights. Load the model, then call model.update_class_embeddings(tokenizer, "
-                "class_names=..., ...) to compute new ones (label_names or id2label rename the labels only)."
-            )
+        _refuse_new_text_names(kwargs.keys() & set(_TEXT_EMBEDDING_NAMES))
         folder = os.path.join(os.path.expanduser(path), kwargs.get("subfolder") or "")
-        if kwargs.get("config") is None and os.path.isdir(folder):
-            config_file = os.path.join(folder, "config.json")
-            if not os.path.isfile(config_file):
-                raise FileNotFoundError(f"{folder!r} has no config.json: not a saved model folder.")
-            with open(config_file) as f:
-                try:
-                    model_type = json.load(f).get("model_type")
-                except (json.JSONDecodeError, AttributeError) as err:
-                    raise ValueError(
-                        f"{config_file!r} is not a JSON object ({err}): save the model again."
-                    ) from err
+        given = kwargs.get("config")
+        if given is None and os.path.isdir(folder):
+            model_type = _saved_config_dict(folder).get("model_type")
             if model_type is None:
-                raise ValueError(f"{config_file!r} names no model_type: not a saved {cls.__name__} folder.")
+                raise ValueError(
+                    f"{folder!r}'s config.json names no model_type: not a saved {cls.__name__} folder."
+                )
             if model_type != cls.config_class.model_type:
                 raise ValueError(
-                    f"{folder!r} holds a {model_type!r} checkpoint, not a {cls.config_class.model_type!r} one. For "
-                    f"a CLIP checkpoint use {cls.__name__}.{cls._from_backbones}(...); for official weights use "
+                    f"{folder!r} holds a {model_type!r} checkpoint, not a {cls.config_class.model_type!r} one. For a "
+                    f"CLIP checkpoint use {cls.__name__}.{cls._from_backbones}(...); for official weights use "
                     "examples/convert_official_checkpoint.py."
                 )
+        elif given is not None and os.path.isfile(os.path.join(folder, "config.json")):
+            # the Auto classes read the config (and its overrides) first; config.json leaves out default values
+            saved = {**cls.config_class().to_dict(), **_saved_config_dict(folder)}
+            _refuse_new_text_names({k for k in _TEXT_EMBEDDING_NAMES if getattr(given, k) != saved[k]})
         return cls._load_checked(pretrained_model_name_or_path, *args, **kwargs)
 
     @classmethod
@@ -600,6 +623,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             raise ValueError("class_names and background_names must both be non-empty.")
         if "{}" not in template:
             raise ValueError(f"prompt_template must contain '{{}}', got {template!r}.")
+        if label_names is not None and not all(isinstance(name, str) for name in label_names):
+            raise ValueError(f"label_names must be strings, got {list(label_names)!r}.")
         if label_names is not None and len(label_names) != len(classes):
             raise ValueError(
                 f"label_names has {len(label_names)} entries but class_names has {len(classes)}."
