@@ -350,29 +350,53 @@ RESUMABLE_CHANGES = frozenset(
         "recipe", "given_model_flags", "rfm_start_source",
     }
 )  # fmt: skip
-# a streamed training split is divided among the DataLoader workers by shard: their number orders the batches
+# a streamed training split is divided among the DataLoader workers by shard: their number orders the batches;
+# the shuffle buffer only exists for a stream
 STREAMING_TRAJECTORY_ARGS = frozenset({"num_workers"})
+STREAMING_ONLY_ARGS = frozenset({"shuffle_buffer_size"})
+# local folders, compared by where they are (``data`` and ``./data`` are the same); Hub ids as given
+PATH_ARGS = (
+    "data_dir", "dataset_path", "clip_model_name_or_path", "dino_model_name_or_path", "model_name_or_path",
+    "image_processor_name_or_path",
+)  # fmt: skip
+# how accelerate runs the training (the global batch, the data shards, the arithmetic): recorded beside the flags
+LAUNCH_FACTS = ("num_processes", "mixed_precision")
 TRAINING_ARGS_NAME = "training_args.json"
 
 
-def trajectory_args(args: argparse.Namespace) -> dict:
-    """The arguments that define this run's training trajectory (as JSON values): what a checkpoint records and a
-    resumed run must repeat."""
-    free = RESUMABLE_CHANGES - (STREAMING_TRAJECTORY_ARGS if args.streaming else frozenset())
-    return json.loads(json.dumps({k: v for k, v in public_args(args).items() if k not in free}))
+def trajectory_args(args: argparse.Namespace, accelerator: Accelerator | None = None) -> dict:
+    """The arguments that define this run's training trajectory (as JSON values), and with ``accelerator`` its
+    `LAUNCH_FACTS`: what a checkpoint records and a resumed run must repeat."""
+    free = (
+        RESUMABLE_CHANGES - STREAMING_TRAJECTORY_ARGS
+        if args.streaming
+        else RESUMABLE_CHANGES | STREAMING_ONLY_ARGS
+    )
+    values = {k: v for k, v in public_args(args).items() if k not in free}
+    for key in PATH_ARGS:
+        if values.get(key) and os.path.exists(values[key]):
+            values[key] = str(Path(values[key]).resolve())
+    if accelerator is not None:
+        values.update({key: str(getattr(accelerator, key)) for key in LAUNCH_FACTS})
+    return json.loads(json.dumps(values))
 
 
-def changed_trajectory_args(saved: dict, args: argparse.Namespace) -> list[str]:
-    """``--flag old -> new`` for each trajectory argument of ``args`` that differs from ``saved`` (a checkpoint's)."""
-    current = trajectory_args(args)
+def changed_trajectory_args(
+    saved: dict, args: argparse.Namespace, accelerator: Accelerator | None = None
+) -> list[str]:
+    """``--flag old -> new`` for each trajectory argument of ``args`` (and launch fact of ``accelerator``) that
+    differs from ``saved`` (a checkpoint's)."""
+    current = trajectory_args(args, accelerator)
     return [
-        f"--{key} {saved.get(key)!r} -> {current.get(key)!r}"
+        f"{'accelerate launch: ' if key in LAUNCH_FACTS else '--'}{key} {saved.get(key)!r} -> {current.get(key)!r}"
         for key in sorted(saved.keys() | current.keys())
         if saved.get(key) != current.get(key)
     ]
 
 
-def check_resume(args: argparse.Namespace, path: Path, log=print) -> None:
+def check_resume(
+    args: argparse.Namespace, path: Path, accelerator: Accelerator | None = None, log=print
+) -> None:
     """Refuse to resume from checkpoint ``path`` a run whose trajectory arguments differ from the checkpoint's
     (listing each), or one that has no step left to train."""
     step = read_training_state(path).step
@@ -386,7 +410,7 @@ def check_resume(args: argparse.Namespace, path: Path, log=print) -> None:
     if not saved_path.is_file():  # a checkpoint of an earlier version
         log(f"Note: {path} records no training arguments ({TRAINING_ARGS_NAME}): they cannot be checked.")
         return
-    changed = changed_trajectory_args(json.loads(saved_path.read_text()), args)
+    changed = changed_trajectory_args(json.loads(saved_path.read_text()), args, accelerator)
     if changed:
         raise ValueError(
             f"Cannot resume from {path}: these arguments differ from the run that wrote it, and would change its "
@@ -396,15 +420,10 @@ def check_resume(args: argparse.Namespace, path: Path, log=print) -> None:
 
 
 def save_training_checkpoint(accelerator, output_dir: Path, state: TrainingState, args) -> Path:
-    """`save_checkpoint`, then the run's `trajectory_args` beside it (``training_args.json``, written atomically),
-    for `check_resume`."""
-    path = save_checkpoint(accelerator, output_dir, state)
-    if accelerator.is_main_process:
-        tmp = path / f"{TRAINING_ARGS_NAME}.tmp"
-        tmp.write_text(json.dumps(trajectory_args(args), indent=1))
-        os.replace(tmp, path / TRAINING_ARGS_NAME)
-    accelerator.wait_for_everyone()
-    return path
+    """`save_checkpoint` with the run's `trajectory_args` in it (``training_args.json``), for `check_resume`."""
+    return save_checkpoint(
+        accelerator, output_dir, state, {TRAINING_ARGS_NAME: trajectory_args(args, accelerator)}
+    )
 
 
 def exit_status(metrics: dict) -> int:
@@ -819,7 +838,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     resume_path = None
     if args.resume_from_checkpoint:  # checked before the data and model are loaded
         resume_path = find_checkpoint(output_dir, args.resume_from_checkpoint, log=accelerator.print)
-        check_resume(args, resume_path, log=accelerator.print)
+        check_resume(args, resume_path, accelerator, log=accelerator.print)
     if args.push_to_hub and accelerator.is_main_process:  # fail now, not after the training
         accelerator.print(f"pushing to {create_hub_repo(args.hub_model_id, token=args.hub_token)} at the end")
     started = time.time()

@@ -173,6 +173,41 @@ def test_num_workers_is_part_of_a_streamed_trajectory_only():
     assert train.trajectory_args(train.parse_args(["--streaming", "--num_workers", "2"]))["num_workers"] == 2
 
 
+def test_the_shuffle_buffer_is_part_of_a_streamed_trajectory_only():
+    assert "shuffle_buffer_size" not in train.trajectory_args(
+        train.parse_args(["--shuffle_buffer_size", "5"])
+    )
+    streamed = train.trajectory_args(train.parse_args(["--streaming", "--shuffle_buffer_size", "5"]))
+    assert streamed["shuffle_buffer_size"] == 5
+
+
+def test_local_folders_are_compared_by_where_they_are(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    saved = train.trajectory_args(train.parse_args(["--data_dir", "data"]))
+    assert saved["data_dir"] == str(tmp_path / "data")
+    assert train.changed_trajectory_args(saved, train.parse_args(["--data_dir", "./data/"])) == []
+    assert (
+        train.changed_trajectory_args(saved, train.parse_args(["--data_dir", str(tmp_path / "data")])) == []
+    )
+
+
+def test_the_launch_is_part_of_the_trajectory():
+    """The number of processes (global batch, data shards) and accelerate's mixed precision are recorded with
+    the flags: resuming a 2-process run in 1 process is refused, naming them."""
+
+    class Launch:
+        num_processes, mixed_precision = 2, "no"
+
+    args = train.parse_args([])
+    saved = train.trajectory_args(args, Launch())
+    assert {saved["num_processes"], saved["mixed_precision"]} == {"2", "no"}
+    Launch.num_processes = 1
+    assert train.changed_trajectory_args(saved, args, Launch()) == [
+        "accelerate launch: num_processes '2' -> '1'"
+    ]
+
+
 def test_resume_refuses_changed_arguments_and_a_finished_checkpoint(tmp_path, tiny_clip):
     out = tmp_path / "run"
     common = ["--clip_model_name_or_path", tiny_clip, "--output_dir", out, *FAST, "--num_overlays", 0]

@@ -46,9 +46,12 @@ class TrainingState:
     position: StreamPosition
 
 
-def save_checkpoint(accelerator, output_dir: Path, state: TrainingState) -> Path:
-    """Write ``step_N`` (``accelerator.save_state`` + ``training_state.json``) via ``step_N.tmp`` and an atomic
-    rename; an existing ``step_N`` is first renamed to ``step_N.old``, never deleted in place."""
+def save_checkpoint(
+    accelerator, output_dir: Path, state: TrainingState, extra_json: dict[str, dict] | None = None
+) -> Path:
+    """Write ``step_N`` (``accelerator.save_state`` + ``training_state.json`` + the ``extra_json`` files, by file
+    name) via ``step_N.tmp`` and an atomic rename; an existing ``step_N`` is first renamed to ``step_N.old``, never
+    deleted in place."""
     final = output_dir / f"step_{state.step}"
     tmp = output_dir / f"step_{state.step}.tmp"
     if accelerator.is_main_process and tmp.exists():
@@ -57,7 +60,8 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainingState) -> Path
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / TRAINING_STATE_NAME).write_text(json.dumps(asdict(state), indent=1))
+        for name, content in {TRAINING_STATE_NAME: asdict(state), **(extra_json or {})}.items():
+            (tmp / name).write_text(json.dumps(content, indent=1))
         old = output_dir / f"step_{state.step}.old"
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
