@@ -66,6 +66,7 @@ from weclip_hf.inference import pad_to_patch
 from weclip_hf.metrics import confusion_matrix, scores_from_confusion
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, get_preset
+from weclip_hf.script_arguments import add_data_source_flags, first_paragraph
 from weclip_hf.visualization import label_map_image, overlay_figure, present_class_cams
 
 # the formats whose bytes are copied as they are (others are re-encoded as PNG)
@@ -80,13 +81,15 @@ COPIED_FORMATS = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=first_paragraph(__doc__))
     p.add_argument("--output_dir", required=True)
     data = p.add_argument_group("data (default: the offline toy world)")
-    data.add_argument("--dataset_name")
+    add_data_source_flags(
+        data,
+        data_dir="local imagefolder dataset",
+        dataset_path="a dataset saved with DatasetDict.save_to_disk",
+    )
     data.add_argument("--dataset_config_name")
-    data.add_argument("--data_dir", help="local imagefolder dataset")
-    data.add_argument("--dataset_path", help="a dataset saved with DatasetDict.save_to_disk")
     data.add_argument("--split", default="train", help="the split to pseudo-label")
     data.add_argument("--validation_split", help="also copy this split, with its ground-truth masks")
     data.add_argument("--image_column")

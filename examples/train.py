@@ -176,7 +176,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument(
         "--num_workers",
-        type=int,
+        type=non_negative,
         help="DataLoader worker processes (decoding + augmentation). Default: on an accelerator up to 4 "
         "(the cores per local process permitting), on the CPU 0 (workers would take the training threads' "
         "cores). A map-style dataset gives the same batches with any value (augmentation is keyed on (seed, "
@@ -184,7 +184,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     train.add_argument(
         "--num_threads",
-        type=int,
+        type=at_least_one,
         help="CPU training: torch threads per process. Default: the cores available to this process "
         "divided by the local processes (`accelerate launch` alone would pin a CPU run to 1 thread)",
     )
@@ -222,10 +222,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     train.add_argument("--resume_from_checkpoint", help="a step_N folder or 'latest'")
     train.add_argument("--eval_steps", type=non_negative, help="evaluate every N steps (0: only at the end)")
-    train.add_argument("--eval_long_side", type=int, help="resize long side before prediction (VOC: 512)")
+    train.add_argument(
+        "--eval_long_side", type=at_least_one, help="resize long side before prediction (VOC: 512)"
+    )
     train.add_argument("--no_msf", action="store_true", help="skip multi-scale + flip evaluation")
     train.add_argument(
-        "--msf_scales", type=float, nargs="+", help="multi-scale evaluation scales (VOC: 1.0 0.75)"
+        "--msf_scales", type=positive_float, nargs="+", help="multi-scale evaluation scales (VOC: 1.0 0.75)"
     )
     train.add_argument("--num_overlays", type=int, default=6)
     train.add_argument(

@@ -14,6 +14,7 @@ from weclip_hf.presets import get_preset
 from weclip_hf.script_arguments import check_model_folder, first_paragraph
 
 sys.path.insert(0, str(TRAIN.parent))
+import generate_pseudo_labels  # noqa: E402
 import segment  # noqa: E402
 import train  # noqa: E402
 
@@ -48,7 +49,12 @@ def parse_error(parse, argv, capsys) -> str:
         ),
         (["--max_train_steps", "0"], "argument --max_train_steps: must be >= 1, got 0"),
         (["--toy_train_images", "0"], "argument --toy_train_images: must be >= 1, got 0"),
-        (["--learning_rate", "0"], "argument --learning_rate: must be > 0, got 0"),
+        (["--learning_rate", "0"], "argument --learning_rate: must be a finite number > 0, got 0"),
+        (["--learning_rate", "inf"], "argument --learning_rate: must be a finite number > 0, got inf"),
+        (["--msf_scales", "1", "-1"], "argument --msf_scales: must be a finite number > 0, got -1"),
+        (["--num_threads", "0"], "argument --num_threads: must be >= 1, got 0"),
+        (["--eval_long_side", "0"], "argument --eval_long_side: must be >= 1, got 0"),
+        (["--num_workers", "-1"], "argument --num_workers: must be >= 0, got -1"),
         (["--scale_min", "2", "--scale_max", "1"], "--scale_min 2.0 is larger than --scale_max 1.0"),
         (
             ["--data_dir", "x", "--dataset_path", "y"],
@@ -66,6 +72,12 @@ def parse_error(parse, argv, capsys) -> str:
 )
 def test_train_refuses_bad_arguments_at_parse_time(argv, message, capsys):
     assert message in parse_error(train.parse_args, argv, capsys)
+
+
+def test_generate_pseudo_labels_takes_one_data_source(capsys):
+    argv = ["--output_dir", "o", "--data_dir", "x", "--dataset_path", "y"]
+    message = parse_error(generate_pseudo_labels.parse_args, argv, capsys)
+    assert "argument --dataset_path: not allowed with argument --data_dir" in message
 
 
 def test_checkpointing_steps_is_a_number_of_steps_or_zero_for_never():

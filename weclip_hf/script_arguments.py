@@ -4,6 +4,7 @@ mutually exclusive data-source flags, and the check that --model_name_or_path na
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from .checkpointing import TRAINING_STATE_NAME
@@ -37,13 +38,13 @@ def non_negative(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
-    """argparse type of a float that must be > 0 (a learning rate, a scale)."""
+    """argparse type of a finite float that must be > 0 (a learning rate, a scale)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not (value > 0 and math.isfinite(value)):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
