@@ -62,6 +62,7 @@ from weclip_hf.data.adapters import add_image_labels, resolve_columns
 from weclip_hf.data.decoding import file_path, row_name
 from weclip_hf.data.loading import load_dataset_splits, read_example
 from weclip_hf.data.transforms import multi_hot, normalize
+from weclip_hf.hub import create_hub_repo
 from weclip_hf.inference import pad_to_patch
 from weclip_hf.metrics import confusion_matrix, scores_from_confusion
 from weclip_hf.normalization import PixelNormalization
@@ -391,7 +392,9 @@ def finish(args, out: Path, splits: dict, id2label: dict) -> dict:
         if args.save_to_disk:
             dataset.save_to_disk(args.save_to_disk)
         if args.push_to_hub:
-            dataset.push_to_hub(args.hub_dataset_id or out.resolve().name, token=args.hub_token)
+            dataset.push_to_hub(
+                args.hub_dataset_id or out.resolve().name, token=args.hub_token
+            )  # made at the start
     return report
 
 
@@ -407,6 +410,10 @@ def main(argv=None) -> dict | None:
     settings = {k: getattr(args, k) for k in ("model", "clip_model_name_or_path", "preset", "mode", "split")}
     settings.update(class_names=args.class_names, background_names=args.background_names)
     check_run_settings(out, settings, state.is_main_process, state.wait_for_everyone)
+    if args.push_to_hub and state.is_main_process:  # fail now, not after labelling everything
+        args.hub_dataset_id = create_hub_repo(
+            args.hub_dataset_id or out.resolve().name, token=args.hub_token, repo_type="dataset"
+        )
 
     # 1. model and data
     model, normalization = load_model(args, state.device)

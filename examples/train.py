@@ -806,7 +806,10 @@ def write_card(args, cfg, output_dir: Path, summary: dict) -> None:
         other_metrics={k: v for k, v in figures.items() if k not in MODEL_METRICS},
         dataset_name=args.dataset_name,
         dataset_description=dataset_description(args),
-        base_model=args.clip_model_name_or_path,
+        base_model=[
+            args.clip_model_name_or_path,
+            getattr(getattr(cfg, "dino_config", None), "_name_or_path", None),
+        ],
         weakly_supervised=not args.fully_supervised,
         training_args={k: v for k, v in public_args(args).items() if v is not None},
         repo_id=args.hub_model_id,

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT, train_in_process
+from huggingface_hub import HfApi
 from PIL import Image
 
 from weclip_hf.data.toy import generate_toy_images, make_toy_dataset
@@ -45,11 +46,29 @@ def cam_run(tiny_clip, tmp_path_factory) -> tuple[Path, dict]:
     def push_to_hub(dataset, repo_id, token=None):
         pushed.update(repo_id=repo_id, splits={s: len(d) for s, d in dataset.items()})
 
+    def create_repo(api, repo_id, repo_type=None, **kwargs):
+        pushed.update(created=(repo_id, repo_type))
+        return type("Repo", (), {"repo_id": repo_id})()
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(datasets.DatasetDict, "push_to_hub", push_to_hub)
+        patch.setattr(HfApi, "create_repo", create_repo)
         report = generate.main([*argv, "--push_to_hub", "--hub_dataset_id", "me/toy-pseudo"])
-    assert pushed == {"repo_id": "me/toy-pseudo", "splits": {"train": 6, "validation": 2}}
+    assert pushed == {
+        "created": ("me/toy-pseudo", "dataset"),
+        "repo_id": "me/toy-pseudo",
+        "splits": {"train": 6, "validation": 2},
+    }
     return out, report
+
+
+def test_push_to_hub_fails_before_labelling_when_the_hub_cannot_be_reached(tiny_clip, tmp_path, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    out = tmp_path / "offline"
+    argv = ["--output_dir", str(out), "--clip_model_name_or_path", tiny_clip, *TOY, "--push_to_hub"]
+    with pytest.raises(RuntimeError, match="Cannot create or reach the Hub repository 'offline'"):
+        generate.main(argv)
+    assert not list(out.rglob("*.png"))
 
 
 def read_mask(path: Path) -> np.ndarray:

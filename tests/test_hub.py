@@ -138,3 +138,65 @@ def test_other_metrics_are_listed_but_not_claimed_as_results():
     ]
     assert card.data.datasets is None
     assert "On shapes (a local dataset):" in card.content and "| cam_miou | 0.4000 |" in card.content
+
+
+def test_a_weclip_plus_card_names_both_backbones():
+    from conftest import make_tiny_plus_config
+
+    clip, dino = "openai/clip-vit-base-patch16", "facebook/dinov2-small"
+    card = make_model_card(make_tiny_plus_config(), "m", "source", base_model=[clip, dino])
+    assert card.data.base_model == [clip, dino] and "dinov2" in card.data.tags and "clip" in card.data.tags
+    assert make_model_card(make_tiny_config(), "m", "source", base_model=[clip, None]).data.base_model == clip
+    assert "dinov2" not in make_model_card(make_tiny_config(), "m", "source").data.tags
+
+
+def test_a_card_without_evaluation_declares_no_metric():
+    card = make_model_card(make_tiny_config(), "m", "source")
+    assert card.data.metrics is None and "No evaluation was run." in card.content
+    assert make_model_card(make_tiny_config(), "m", "source", metrics={"miou": 0.5}).data.metrics == [
+        "mean_iou"
+    ]
+
+
+def test_push_to_hub_ships_the_processor_saved_with_the_model(tmp_path, monkeypatch):
+    """A model loaded from a folder uploads that folder's image processor (its training's sizes and statistics),
+    not a default one."""
+    import torch
+    from huggingface_hub import HfApi
+
+    from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
+
+    torch.manual_seed(0)
+    config = make_tiny_config()
+    WeCLIPForSemanticSegmentation(config).save_pretrained(tmp_path / "model")
+    processor = WeCLIPImageProcessor(
+        size={"height": 96, "width": 96}, patch_size=config.vision_config.patch_size
+    )
+    processor.save_pretrained(tmp_path / "model")
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(repo_id="me/" + repo_id)
+    )
+    monkeypatch.setattr(
+        HfApi, "upload_folder", lambda self, folder_path, **kw: shutil.copytree(folder_path, tmp_path / "hub")
+    )
+    WeCLIPForSemanticSegmentation.from_pretrained(tmp_path / "model").push_to_hub("toy")
+    assert WeCLIPImageProcessor.from_pretrained(tmp_path / "hub").size == {"height": 96, "width": 96}
+
+
+def test_a_failed_upload_says_the_folder_is_intact_and_how_to_publish_it(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    from weclip_hf import WeCLIPForSemanticSegmentation
+    from weclip_hf.hub import publish_folder
+
+    WeCLIPForSemanticSegmentation(make_tiny_config()).save_pretrained(tmp_path)
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(repo_id="me/" + repo_id)
+    )
+
+    def upload_folder(self, **kwargs):
+        raise ConnectionError("network down")
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    with pytest.raises(RuntimeError, match=r"failed \(ConnectionError: network down\); the folder is intact"):
+        publish_folder(tmp_path, "toy")

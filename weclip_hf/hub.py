@@ -36,6 +36,7 @@ class Method:
         code: the URL of the official code (where official checkpoints come from).
         citation: the BibTeX entry to cite.
         backbones: what provides the features, as the card's sentence names it.
+        tags: the Hub tags of its backbones.
     """
 
     name: str
@@ -43,6 +44,7 @@ class Method:
     code: str
     citation: str
     backbones: str = "A frozen CLIP ({base_model}) provides features"
+    tags: tuple[str, ...] = ("clip",)
 
 
 # One entry per model type (``config.model_type``).
@@ -73,6 +75,7 @@ METHODS = {
   doi     = {10.1109/TPAMI.2025.3543191}
 }""",
         backbones="A frozen CLIP ({base_model}) and a frozen DINOv2 provide features",
+        tags=("clip", "dinov2"),
     ),
 }
 
@@ -149,7 +152,7 @@ def make_model_card(
     source: str,
     metrics: dict[str, float] | None = None,
     dataset_name: str | None = None,
-    base_model: str | None = None,
+    base_model: str | Sequence[str | None] | None = None,
     training_args: dict | None = None,
     weakly_supervised: bool = True,
     repo_id: str | None = None,
@@ -168,7 +171,8 @@ def make_model_card(
         metrics: the model's own segmentation results (metric name -> mean IoU), shown as a table and in the
             model-index.
         dataset_name: the Hub dataset the model was trained on, if any (the card's ``datasets``).
-        base_model: the CLIP model's Hub id (a local folder is left out: the metadata names Hub models only).
+        base_model: the backbones' Hub ids, CLIP's first (WeCLIP+: then DINOv2's); local folders and None are left
+            out (the metadata names Hub models only).
         training_args: run arguments to list (the section is left out without them).
         weakly_supervised: False for a fully supervised (pixel-label) run.
         repo_id: the repository id the usage snippets load (default ``model_name``).
@@ -188,7 +192,9 @@ def make_model_card(
         )
     method = METHODS[model_type]
     metrics = metrics or {}
-    base_model = hub_id_or_none(base_model)
+    given = [base_model] if base_model is None or isinstance(base_model, str) else list(base_model)
+    base_models = [name for name in map(hub_id_or_none, given) if name]
+    clip = hub_id_or_none(given[0]) if given else None
     eval_results = [
         EvalResult(
             task_type="image-segmentation",
@@ -208,13 +214,13 @@ def make_model_card(
         tags=[
             model_type,
             "weakly-supervised-semantic-segmentation",
-            "clip",
+            *method.tags,
             "semantic-segmentation",
             *tags,
         ],
-        base_model=base_model,
+        base_model=base_models[0] if len(base_models) == 1 else base_models or None,
         datasets=[dataset_name] if dataset_name else None,
-        metrics=["mean_iou"],
+        metrics=["mean_iou"] if eval_results else None,
         model_name=model_name,
         eval_results=eval_results,
     )
@@ -232,7 +238,7 @@ def make_model_card(
         method=method.name,
         paper=method.paper,
         code=method.code,
-        backbones=method.backbones.format(base_model=base_model or "a CLIP ViT"),
+        backbones=method.backbones.format(base_model=clip or "a CLIP ViT"),
         supervision="from image-level labels" if weakly_supervised else "on pixel labels (fully supervised)",
         num_labels=config.num_labels,
         num_foreground=config.num_labels - 1,
@@ -240,7 +246,7 @@ def make_model_card(
         results_table=table,
         repo_id=repo_id or model_name,
         training_args=args,
-        weak_note="" if weakly_supervised else " (here: pixel labels, as an upper bound)",
+        weak_note="" if weakly_supervised else " (here: the dataset's pixel masks instead)",
         labels=", ".join(config.id2label[i] for i in range(config.num_labels)),
         citation=method.citation,
     )
@@ -263,12 +269,18 @@ def publishable_files(folder: str | Path) -> list[str]:
     return sorted(f for f in found if not any(part.startswith(".") for part in Path(f).parts))
 
 
-def create_hub_repo(repo_id: str, *, token: str | None = None, private: bool | None = None) -> str:
-    """Create the model repository ``repo_id`` if it does not exist (as transformers' Trainer does when a run that
-    will push starts) and return its full id; a clear error when the Hub cannot be reached or the token may not
-    create it, so that a run fails before training rather than after."""
+def create_hub_repo(
+    repo_id: str, *, token: str | None = None, private: bool | None = None, repo_type: str | None = None
+) -> str:
+    """Create the repository ``repo_id`` (a model, or ``repo_type="dataset"``) if it does not exist, as
+    transformers' Trainer does when a run that will push starts, and return its full id; a clear error when the
+    Hub cannot be reached or the token may not create it, so that a run fails before its work rather than after."""
     try:
-        return HfApi(token=token).create_repo(repo_id, private=private, exist_ok=True).repo_id
+        return (
+            HfApi(token=token)
+            .create_repo(repo_id, private=private, repo_type=repo_type, exist_ok=True)
+            .repo_id
+        )
     except (
         Exception
     ) as err:  # offline mode, no network, no or a read-only token: Hub, OSError and HTTP errors alike
@@ -294,11 +306,19 @@ def publish_folder(
     if "model.safetensors" not in files and "model.safetensors.index.json" not in files:
         raise FileNotFoundError(f"{folder} holds no model.safetensors: nothing to publish.")
     repo_id = create_hub_repo(repo_id, token=token, private=private)
-    return HfApi(token=token).upload_folder(
-        repo_id=repo_id,
-        folder_path=str(folder),
-        commit_message=commit_message,
-        revision=revision,
-        create_pr=create_pr,
-        allow_patterns=[glob.escape(f) for f in files],  # exact paths: no wildcard reaches step_*/ or .tmp*
-    )
+    try:
+        return HfApi(token=token).upload_folder(
+            repo_id=repo_id,
+            folder_path=str(folder),
+            commit_message=commit_message,
+            revision=revision,
+            create_pr=create_pr,
+            allow_patterns=[
+                glob.escape(f) for f in files
+            ],  # exact paths: no wildcard reaches step_*/ or .tmp*
+        )
+    except Exception as err:  # as in create_hub_repo: the network, the Hub or the token
+        raise RuntimeError(
+            f"Uploading {folder} to {repo_id!r} failed ({type(err).__name__}: {err}); the folder is intact: publish "
+            f"it again with weclip_hf.hub.publish_folder({str(folder)!r}, {repo_id!r})."
+        ) from err

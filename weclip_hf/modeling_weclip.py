@@ -938,22 +938,21 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
 
         Args:
             repo_id: ``"name"`` or ``"user/name"`` (created if missing).
-            image_processor: the processor to ship; default `WeCLIPImageProcessor` for this patch size
-                (ImageNet statistics, long side 512, as the official evaluation).
+            image_processor: the processor to ship; default: the one saved in the folder the model was loaded
+                from, else `WeCLIPImageProcessor` for this patch size (ImageNet statistics, long side 512, as the
+                official evaluation).
             model_card: a `huggingface_hub.ModelCard`; default `weclip_hf.hub.make_model_card` with ``metrics``.
         """
         import tempfile
 
-        from huggingface_hub import HfApi
-
-        from .hub import make_model_card, publish_folder
+        from .hub import create_hub_repo, make_model_card, publish_folder
         from .image_processing_weclip import WeCLIPImageProcessor
 
-        repo_id = (
-            HfApi(token=token).create_repo(repo_id, private=private, exist_ok=True).repo_id
-        )  # "user/name"
+        repo_id = create_hub_repo(repo_id, token=token, private=private)  # "user/name"
         if image_processor is None:
-            image_processor = WeCLIPImageProcessor(patch_size=self.config.vision_config.patch_size)
+            image_processor = self._saved_image_processor() or WeCLIPImageProcessor(
+                patch_size=self.config.vision_config.patch_size
+            )
         if model_card is None:
             name = repo_id.split("/")[-1]
             model_card = make_model_card(
@@ -976,6 +975,16 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                 revision=revision,
                 create_pr=create_pr,
             )
+
+    def _saved_image_processor(self):
+        """The image processor saved in the folder this model was loaded from (its training's normalization and
+        sizes), or None (a model built in memory, a Hub id, a folder without preprocessor_config.json)."""
+        from .image_processing_weclip import WeCLIPImageProcessor
+
+        folder = getattr(self.config, "_name_or_path", None) or ""
+        if not os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
+            return None
+        return WeCLIPImageProcessor.from_pretrained(folder)
 
     def get_input_embeddings(self) -> nn.Module:
         """The vision tower's patch embedding (as transformers' vision models return)."""
