@@ -535,6 +535,18 @@ def test_an_imagefolder_whose_metadata_has_no_rows_is_named(tmp_path):
         load_dataset_splits(data_dir=str(tmp_path))
 
 
+def test_pascal_vocs_own_folder_layout_is_named(tmp_path):
+    """VOC's release (VOCdevkit/VOC2012: JPEGImages/, SegmentationClass/, ImageSets/) is not an imagefolder."""
+    from weclip_hf.data.loading import load_dataset_splits
+
+    for name in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (tmp_path / name).mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "JPEGImages" / "a.jpg")
+    (tmp_path / "ImageSets" / "Segmentation" / "val.txt").write_text("a\n")
+    with pytest.raises(ValueError, match="laid out as PASCAL VOC's own release"):
+        load_dataset_splits(data_dir=str(tmp_path))
+
+
 def test_an_empty_split_of_a_saved_dataset_is_named(tmp_path):
     from weclip_hf.data.loading import load_dataset_splits
 
