@@ -72,6 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
+    output_dir = Path(args.output_dir)
+    existing = next(p for p in (output_dir, *output_dir.parents) if p.exists())  # checked before converting
+    if not existing.is_dir():
+        where = "is" if existing == output_dir else f"is inside {str(existing)!r}, which is"
+        parser.error(f"--output_dir {args.output_dir!r} {where} an existing file, not a folder")
     if args.clip is None and args.tokenizer is None:
         args.tokenizer = DEFAULT_TOKENIZER  # the tokenizer of the OpenAI ViT-B/16 the official code used
     return args

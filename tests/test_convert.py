@@ -793,6 +793,20 @@ def test_script_argument_errors():
         script.parse_args(["--checkpoint", "x.pth", "--output_dir", "o", "--tokenizer", "t", "--push_to_hub"])
 
 
+def test_script_refuses_an_output_dir_that_is_a_file_before_converting(tmp_path, capsys):
+    script = _script()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for output_dir, expected in ((afile, "is an existing file"), (afile / "sub", f"inside {str(afile)!r}")):
+        with (
+            mock.patch.object(script, "convert_official_checkpoint") as convert,
+            pytest.raises(SystemExit),
+        ):
+            script.main(["--checkpoint", "x.pth", "--tokenizer", "t", "--output_dir", str(output_dir)])
+        convert.assert_not_called()
+        assert expected in capsys.readouterr().err
+
+
 # ---- CLIP from a transformers folder -----------------------------------------------------------------
 
 
@@ -836,6 +850,32 @@ def test_clip_folder_that_differs_from_the_checkpoint_is_named(official, clip_fo
         convert_official_checkpoint(changed, **kwargs)
     model = convert_official_checkpoint(changed, check_clip=False, **kwargs)  # the folder's CLIP is used
     assert torch.equal(model.vision_model.post_layernorm.bias, official["encoder.visual.ln_post.bias"])
+
+
+TOY_CLIP = REPO / "weclip_hf" / "toy_clip"  # a 3-layer CLIP of width 128, patch 8
+
+
+@pytest.mark.parametrize(
+    "sizes, with_clip, expected",
+    [
+        ({}, True, "layers 6 vs 3"),  # TINY: 6 layers, width 128, patch 8
+        (dict(vision_width=64, patch=16), True, "layers 6 vs 3; width 64 vs 128; patch size 16 vs 8"),
+        ({}, False, "layers: at least 6 (it fuses 5) vs 3"),
+        (dict(vision_width=64, vision_layers=3), False, "width 64 vs 128"),
+    ],
+)
+def test_clip_that_does_not_match_the_checkpoint_is_named(sizes, with_clip, expected):
+    checkpoint = make_official_state_dict(**sizes)
+    if not with_clip:
+        checkpoint = {k: v for k, v in checkpoint.items() if not k.startswith("encoder.")}
+    for check_clip in (True, False):  # another architecture is refused even without the weight comparison
+        with pytest.raises(ValueError) as caught:
+            convert_official_checkpoint(
+                checkpoint, clip=str(TOY_CLIP), preset="voc", tokenizer=object(), check_clip=check_clip
+            )
+        message = str(caught.value)
+        assert "does not match the CLIP of the checkpoint" in message and str(TOY_CLIP) in message, message
+        assert expected in message and "(checkpoint vs --clip)" in message, message
 
 
 def test_checkpoint_without_clip_needs_clip(official):

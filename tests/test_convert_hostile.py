@@ -259,6 +259,52 @@ def test_damaged_and_legacy_files_are_refused(tmp_path):
     _refused(partial(load_official_checkpoint, legacy), str(legacy), "not a zip archive")
 
 
+def test_flipped_weight_bytes_are_refused_by_their_crc(tmp_path):
+    path = tmp_path / "flipped.pth"
+    weights = torch.arange(1024, dtype=torch.float32)
+    torch.save({"encoder.visual.proj": weights}, path)
+    raw = bytearray(path.read_bytes())
+    start = raw.find(weights.numpy().tobytes())
+    raw[start + 400 : start + 416] = b"\xff" * 16  # 4 weights become NaN; the zip directory is intact
+    path.write_bytes(bytes(raw))
+    assert (
+        torch.load(path, weights_only=True)["encoder.visual.proj"].isnan().sum() == 4
+    )  # torch.load: no error
+    _refused(partial(load_official_checkpoint, path), str(path), "corrupted", "'flipped/data/0'", "CRC-32")
+    _refused(partial(convert_official_checkpoint, path, tokenizer=object()), "corrupted", "'flipped/data/0'")
+
+
+def test_non_finite_weights_are_refused_and_named(tmp_path):
+    weights = {"a": torch.ones(8), "b": torch.ones(4, 4).half(), "c": torch.ones(3), "n": torch.arange(3)}
+    weights["a"][2] = float("nan")
+    weights["b"][1, :2] = float("-inf")
+    path = tmp_path / "nan.pth"
+    torch.save(weights, path)  # a valid archive (CRCs match) of non-finite values
+    message, _, _ = _refused(
+        partial(load_official_checkpoint, path),
+        str(path),
+        "'a' (1 NaN, 0 inf of 8",
+        "'b' (0 NaN, 2 inf of 16",
+    )
+    assert "'c'" not in message and "'n'" not in message
+    _refused(partial(convert_official_checkpoint, weights, tokenizer=object()), "'a' (1 NaN", "'b'")
+
+
+@pytest.mark.parametrize("keep", [0.5, -30], ids=["first-half", "last-30-bytes-dropped"])
+def test_truncated_archive_is_called_truncated_not_legacy(tmp_path, keep):
+    saved = tmp_path / "whole.pth"
+    torch.save({"w": torch.randn(4096)}, saved)
+    raw = saved.read_bytes()
+    path = tmp_path / "truncated.pth"
+    path.write_bytes(raw[: int(len(raw) * keep)] if isinstance(keep, float) else raw[:keep])
+    message, _, _ = _refused(partial(load_official_checkpoint, path), str(path), "truncated or corrupted")
+    assert "(legacy)" not in message
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.ones(8)}, legacy, _use_new_zipfile_serialization=False)
+    message, _, _ = _refused(partial(load_official_checkpoint, legacy), "not a zip archive", "legacy")
+    assert "is truncated" not in message
+
+
 # ---- tensor views ------------------------------------------------------------------------------------
 
 

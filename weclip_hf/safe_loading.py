@@ -14,8 +14,10 @@ per tensor storage; a TorchScript archive (``torch.jit.save``, e.g. OpenAI's ``V
    offset, shape and stride inside the storage; no more elements than the storage holds, so no stride-0 or
    overlapping view can declare 3e9 elements over 4 bytes), and all views together at most
    ``max_total_bytes``.
-3. Only then are storages read: by this module for TorchScript (no code compiled or run), by
-   ``torch.load(weights_only=True)`` for ``torch.save`` archives.
+3. Only then are storages read: by this module for TorchScript (no code compiled or run, each member
+   checked against its CRC-32 as it is read), by ``torch.load(weights_only=True)`` for ``torch.save``
+   archives once every member matches its CRC-32 (`check_crcs`; torch.load does not check them).
+4. The loaded state dict holds no NaN or infinite value (`check_finite`).
 
 Every refusal is one ``ValueError`` that names the file and the archive member or tensor key.
 """
@@ -51,6 +53,8 @@ MAX_METADATA_BYTES = 8 * 2**20
 MAX_COMPRESSION_RATIO = 100
 _RATIO_FLOOR = 2**20
 _MAX_NDIM = 64
+_REDOWNLOAD = "Download or copy the checkpoint again."
+_ZIP_MAGIC = b"PK\x03\x04"  # a zip archive starts with a local file header
 
 _STORAGE_DTYPES = {
     "HalfStorage": torch.float16, "FloatStorage": torch.float32, "DoubleStorage": torch.float64,
@@ -137,7 +141,22 @@ def open_zip(path: Path) -> Iterator[zipfile.ZipFile]:
         with zipfile.ZipFile(path) as archive:
             yield archive
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
-        raise ValueError(f"{path}: damaged zip archive ({err}).") from err
+        raise ValueError(f"{path}: damaged zip archive ({err}). {_REDOWNLOAD}") from err
+
+
+def check_crcs(archive: zipfile.ZipFile, path: Path) -> None:
+    """Read every member once and compare it with the CRC-32 the archive stores for it (``testzip``):
+    ``torch.load`` does not, and reads flipped bytes as weights.
+
+    Raises:
+        ValueError: naming the file and the first member whose bytes changed since they were written.
+    """
+    damaged = archive.testzip()
+    if damaged is not None:
+        raise ValueError(
+            f"{path}: the file is corrupted: archive member {damaged!r} does not match the CRC-32 written "
+            f"with it (its bytes changed after torch.save). {_REDOWNLOAD}"
+        )
 
 
 def _read_metadata(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> bytes:
@@ -556,10 +575,18 @@ def load_torch_archive(
 
     Raises:
         ValueError: a file that is not a zip archive (a legacy pre-1.6 ``torch.save`` pickle, whose sizes
-            cannot be checked before loading), that needs code to load (it is never executed), or that
-            fails a check (naming the member or tensor key).
+            cannot be checked before loading; or a truncated archive), that needs code to load (it is never
+            executed), whose bytes do not match their CRC-32 (a corrupted file), or that fails a check (naming
+            the member or tensor key).
     """
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            starts_like_zip = f.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC
+        if starts_like_zip:
+            raise ValueError(
+                f"{path}: the file is truncated or corrupted: it starts as a zip archive but its end (the zip "
+                f"directory) is missing or unreadable; {path.stat().st_size:,} bytes on disk. {_REDOWNLOAD}"
+            )
         raise ValueError(
             f"{path}: not a zip archive. torch.save has written zip archives since PyTorch 1.6; an older "
             "(legacy) pickle is not read because the sizes it declares cannot be checked before loading. "
@@ -576,6 +603,7 @@ def load_torch_archive(
                 "torch.save(model.state_dict(), path), in a trusted environment."
             ) from err
         check_specs(named_specs(obj, specs), infos, root, path, max_total_bytes)
+        check_crcs(archive, path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, ValueError, TypeError, KeyError) as err:
@@ -600,7 +628,8 @@ def load_official_checkpoint(
     A ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper and a DDP ``module.`` prefix are removed.
     Raises:
         FileNotFoundError, or ValueError naming the file and the member or tensor key: a check failed, the
-        file needs code to unpickle (it is never executed), or it is a legacy (non-zip) pickle.
+        file is truncated or corrupted (a CRC-32 mismatch; a NaN or infinite weight), needs code to unpickle
+        (it is never executed), or is a legacy (non-zip) pickle.
     """
     path = Path(path)
     if not path.is_file():
@@ -622,7 +651,27 @@ def load_official_checkpoint(
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     check_tensor_views(state, path, max_total_bytes)  # again, on what torch.load built
+    check_finite(state, str(path))
     return dict(state)
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse NaN or infinite values in any floating tensor of ``state_dict`` (no trained weight holds one).
+
+    Raises:
+        ValueError: naming ``source`` and every such tensor with its counts.
+    """
+    bad = []
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            nan = int(torch.isnan(value).sum())
+            inf = int(torch.isinf(value).sum())
+            bad.append(f"{key!r} ({nan:,} NaN, {inf:,} inf of {value.numel():,} values)")
+    if bad:
+        raise ValueError(
+            f"{source}: {len(bad)} tensor(s) hold non-finite values: {', '.join(bad)}. The checkpoint is "
+            f"corrupted or was saved from a diverged training run; it is not converted. {_REDOWNLOAD}"
+        )
 
 
 __all__ = [
@@ -630,6 +679,8 @@ __all__ = [
     "MAX_COMPRESSION_RATIO",
     "MAX_MEMBER_BYTES",
     "MAX_METADATA_BYTES",
+    "check_crcs",
+    "check_finite",
     "check_tensor_views",
     "check_view",
     "check_zip_directory",

@@ -22,6 +22,8 @@ from .weclip_plus_keys import DINO_BLOCKS, DINO_PREFIX, DINO_PREFIXES, is_weclip
 # the presets an official checkpoint converts with, by the `model_type` they build
 OFFICIAL_PRESETS = {"weclip": ("voc", "coco"), "weclip_plus": ("voc-plus", "coco-plus")}
 METHOD_NAMES = {"weclip": "WeCLIP", "weclip_plus": "WeCLIP+"}
+_FUSE_LAYERS = "decoder_fts_fuse.linears_modulelist."  # one projection per CLIP layer the decoder fuses
+_FUSE_PROJ = _FUSE_LAYERS + "0.proj.weight"  # [decoder width, CLIP width]
 
 
 def _count_blocks(keys: list[str], stem: str) -> int:
@@ -89,6 +91,42 @@ def infer_clip_configs(
     return vision, text, int(sd["visual.proj"].shape[1])
 
 
+def check_clip_matches(state_dict: dict[str, torch.Tensor], vision: dict, clip_name: str) -> None:
+    """Refuse a CLIP whose image tower (``vision``: its vision config as a dict) is not the checkpoint's: the
+    layer count, width and patch size of the checkpoint's own CLIP (``encoder.visual.*``) or, without one, the
+    width and number of layers its decoder reads (``decoder_fts_fuse.*``).
+
+    Raises:
+        ValueError: naming each size that differs, with the checkpoint's value and ``clip_name``'s.
+    """
+    keys = list(state_dict)
+    prefix = next((p for p in ("encoder.", "") if f"{p}visual.conv1.weight" in state_dict), None)
+    differ = []
+    if prefix is not None:
+        width, _, patch, _ = state_dict[f"{prefix}visual.conv1.weight"].shape
+        sizes = {
+            "layers": (_count_blocks(keys, prefix + VISION_BLOCKS), vision["num_hidden_layers"]),
+            "width": (int(width), vision["hidden_size"]),
+            "patch size": (int(patch), vision["patch_size"]),
+        }
+        source = f"its {prefix}visual.* tensors"
+        differ = [f"{name} {ours} vs {theirs}" for name, (ours, theirs) in sizes.items() if ours != theirs]
+    elif _FUSE_PROJ in state_dict:
+        width = int(state_dict[_FUSE_PROJ].shape[1])
+        read = _count_blocks(keys, _FUSE_LAYERS)
+        source = f"what its {_FUSE_LAYERS}* reads"
+        if width != vision["hidden_size"]:
+            differ.append(f"width {width} vs {vision['hidden_size']}")
+        if read >= vision["num_hidden_layers"]:
+            differ.append(f"layers: at least {read + 1} (it fuses {read}) vs {vision['num_hidden_layers']}")
+    if differ:
+        raise ValueError(
+            f"The CLIP {clip_name!r} (--clip / clip=) does not match the CLIP of the checkpoint ({source}): "
+            f"{'; '.join(differ)} (checkpoint vs --clip). Pass the CLIP the checkpoint was trained with "
+            "(the official WeCLIP checkpoints: openai/clip-vit-base-patch16)."
+        )
+
+
 def infer_decoder_kwargs(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Decoder sizes from the official decoder keys (heads cannot be read from shapes: default 8)."""
     need = [
@@ -103,7 +141,7 @@ def infer_decoder_kwargs(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
         decoder_hidden_size=dim,
         decoder_num_layers=_count_blocks(keys, "decoder.transformer.resblocks."),
         decoder_mlp_ratio=int(state_dict["decoder.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]) // dim,
-        num_feature_layers=_count_blocks(keys, "decoder_fts_fuse.linears_modulelist."),
+        num_feature_layers=_count_blocks(keys, _FUSE_LAYERS),
         num_labels=int(state_dict["decoder.linear_pred.weight"].shape[0]),
     )
 

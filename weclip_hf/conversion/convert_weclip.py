@@ -11,8 +11,13 @@ import torch
 
 from ..configuration_weclip import WeCLIPConfig
 from ..configuration_weclip_plus import WeCLIPPlusConfig
-from ..safe_loading import load_official_checkpoint
-from .config_inference import build_config, check_checkpoint_method, infer_config_from_official
+from ..safe_loading import check_finite, load_official_checkpoint
+from .config_inference import (
+    build_config,
+    check_checkpoint_method,
+    check_clip_matches,
+    infer_config_from_official,
+)
 from .report import ConversionReport, raise_for_keys
 from .weclip_keys import (
     PAR_KERNEL_KEY,
@@ -170,11 +175,12 @@ def convert_official_checkpoint(
     preset) from an official checkpoint of that method.
 
     Args:
-        checkpoint: path of the official ``.pth`` (read by `load_official_checkpoint`) or its state dict.
+        checkpoint: path of the official ``.pth`` (read by `load_official_checkpoint`) or its state dict;
+            a NaN or infinite value in it is refused.
         clip: optional transformers CLIP folder or Hub id for the CLIP part (e.g. when the checkpoint holds
-            only the decoder). If the checkpoint also holds ``encoder.*``, it is compared with this CLIP
-            (up to fp16 rounding) and a difference raises, unless ``check_clip=False``; its ``encoder.*``
-            tensors are then ignored.
+            only the decoder). Its layer count, width and patch size must be the checkpoint's (`check_clip_matches`).
+            If the checkpoint also holds ``encoder.*``, it is compared with this CLIP (up to fp16 rounding) and a
+            difference raises, unless ``check_clip=False``; its ``encoder.*`` tensors are then ignored.
         preset: ``"voc"`` or ``"coco"`` for a WeCLIP checkpoint, ``"voc-plus"`` or ``"coco-plus"`` for a WeCLIP+
             one (class names, background words, thresholds; a checkpoint of the other method is refused). The
             DINOv2 of a WeCLIP+ checkpoint always comes from its ``dino_encoder.*`` tensors.
@@ -192,15 +198,20 @@ def convert_official_checkpoint(
             "A CLIP tokenizer is needed to compute the class text embeddings: pass tokenizer= (--tokenizer "
             "PATH_OR_HF_ID, e.g. openai/clip-vit-base-patch16) or clip= (--clip), whose tokenizer is used."
         )
-    state = checkpoint if isinstance(checkpoint, dict) else load_official_checkpoint(checkpoint)
+    if isinstance(checkpoint, dict):
+        state = checkpoint
+        check_finite(state, "the checkpoint's state dict")
+    else:
+        state = load_official_checkpoint(checkpoint)  # refuses NaN / inf itself
     clip_sd = None
     if clip is not None:
         from transformers import CLIPConfig, CLIPModel
 
         clip_config = CLIPConfig.from_pretrained(clip)
-        clip_sd = CLIPModel.from_pretrained(clip).state_dict()
         vision = clip_config.vision_config.to_dict()
         text = clip_config.text_config.to_dict()
+        check_clip_matches(state, vision, clip)
+        clip_sd = CLIPModel.from_pretrained(clip).state_dict()
         config = build_config(vision, text, clip_config.projection_dim, state, preset, config_overrides)
         if check_clip and any(k.startswith(("encoder.", "visual.")) for k in state):
             v, t, p, _ = official_to_hf_clip(without_dino(state))
