@@ -33,6 +33,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard
 
 from weclip_hf import WeCLIPImageProcessor
+from weclip_hf.configuration_weclip_plus import DINO_VARIANTS
 from weclip_hf.conversion import OFFICIAL_PRESETS, dino_variant_name
 from weclip_hf.convert import convert_official_checkpoint
 from weclip_hf.hub import METHODS, make_model_card, publish_folder, save_model_card
@@ -102,6 +103,12 @@ def dino_description(config) -> str:
     )
 
 
+def dino_hub_id(config) -> str | None:
+    """The Hub checkpoint of a converted WeCLIP+'s official DINOv2 variant; None for WeCLIP or other sizes."""
+    variant = dino_variant_name(config.dino_config) if config.model_type == "weclip_plus" else None
+    return DINO_VARIANTS[variant].hub_id if variant else None
+
+
 def build_model_card(args: argparse.Namespace, model, checkpoint_sha256: str) -> ModelCard:
     """The model card (`weclip_hf.hub.make_model_card`), its source section saying where the weights came
     from: the checkpoint and its hash, the CLIP weights, the text embeddings, the preset and the conversion."""
@@ -127,7 +134,10 @@ transformers format with `examples/convert_official_checkpoint.py`.
         model.config,
         model_name=Path(repo_id).name,
         source=source,
-        base_model="openai/clip-vit-base-patch16",
+        base_model=[
+            DEFAULT_TOKENIZER,
+            dino_hub_id(model.config),
+        ],  # the official CLIP (its tokenizer's repository)
         repo_id=repo_id,
         tags=[args.preset],
         license=None,  # the official weights' license, not this package's

@@ -200,3 +200,18 @@ def test_a_failed_upload_says_the_folder_is_intact_and_how_to_publish_it(tmp_pat
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     with pytest.raises(RuntimeError, match=r"failed \(ConnectionError: network down\); the folder is intact"):
         publish_folder(tmp_path, "toy")
+
+
+def test_a_converted_weclip_plus_card_names_the_official_dinov2():
+    from conftest import make_tiny_plus_config
+
+    from weclip_hf.configuration_weclip_plus import dino_variant_config
+
+    args = Namespace(
+        checkpoint="x.pth", clip=None, tokenizer=None, preset="voc-plus", output_dir="o", hub_model_id=None
+    )
+    config = make_tiny_plus_config(dino_config=dino_variant_config("dinov2_vits14"))
+    model = SimpleNamespace(config=config, conversion_report=ConversionReport())
+    card = _import_example("convert_official_checkpoint").build_model_card(args, model, "ab" * 32)
+    assert card.data.base_model == ["openai/clip-vit-base-patch16", "facebook/dinov2-small"]
+    assert "dinov2" in card.data.tags and card.data.metrics is None
