@@ -1,7 +1,9 @@
 """Mean IoU from a confusion matrix, computed on the device of the inputs.
 
 The semantics follow the Hugging Face Hub ``mean_iou`` metric (mmseg style, dataset-level IoU):
-``label_map`` and ``reduce_labels`` act on the references only, pixels whose reference equals
+``label_map`` and ``reduce_labels`` act on the references only (``label_map`` looked up on the original
+labels, so ``{1: 2, 2: 1}`` swaps two classes; the Hub metric remaps one pair after the other in place, which
+differs for chained or swapped pairs), pixels whose reference equals
 ``ignore_index`` are dropped, and areas are summed over the whole dataset before dividing. A class that is
 absent from both predictions and references has IoU ``NaN`` and is left out of the means.
 

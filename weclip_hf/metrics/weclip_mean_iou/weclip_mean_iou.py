@@ -1,6 +1,8 @@
 """Offline, Hub-compatible mean IoU metric for `evaluate.load("<path to this folder>")`.
 
-Same inputs, keyword arguments and results as the Hub `mean_iou` metric. `evaluate` imports this file on
+Same inputs, keyword arguments and results as the Hub `mean_iou` metric, except a ``label_map`` whose pairs
+chain or swap (``{1: 2, 2: 3}``, ``{1: 2, 2: 1}``): here every pair is looked up on the original labels, the Hub
+metric remaps one pair after the other in place. `evaluate` imports this file on
 its own, so it uses only numpy, datasets and evaluate (one import per line, no package imports); the
 device-side equivalent for training loops is `weclip_hf.metrics.functional`.
 """
