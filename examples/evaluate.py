@@ -48,10 +48,19 @@ from weclip_hf.script_arguments import (
 
 def evaluation_settings(preset: str | None, toy: bool) -> EvaluationSettings:
     """The evaluation settings the flags start from: the preset's; without one, the toy recipe's on the toy world,
-    else the image size kept and no CRF."""
+    else no CRF and the long side of the model's image processor (`processor_long_side`, set once it is loaded)."""
     if preset or toy:
         return get_preset(preset or "toy").evaluation
     return EvaluationSettings(eval_long_side=None, crf=False)
+
+
+def processor_long_side(args: argparse.Namespace, image_processor: WeCLIPImageProcessor) -> int | None:
+    """``--eval_long_side`` when given or set by a preset or the toy world; else the long side the model's saved
+    image processor resizes to (what the pipeline predicts on), or None (images kept at their size) for a
+    processor that does not resize to a long side."""
+    if args.eval_long_side is not None or args.preset or args.toy or not image_processor.do_resize:
+        return args.eval_long_side
+    return image_processor.size.get("longest_edge")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -187,6 +196,7 @@ def main(argv=None) -> dict:
         )
         image_processor = WeCLIPImageProcessor()
     normalization = PixelNormalization.from_image_processor(image_processor)
+    args.eval_long_side = processor_long_side(args, image_processor)
     _, val, _ = load_dataset_splits(
         args.dataset_name,
         args.dataset_config_name,

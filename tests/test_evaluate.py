@@ -91,8 +91,8 @@ def test_single_scale_cli_writes_json_and_per_class_table(model_dir, data_path, 
     assert report["split"] == "validation" and report["num_images"] == 3
     assert 0.0 <= report["pred_miou"] <= 1.0
     assert set(report) == {"model", "split", "num_images", "evaluation", "pred_miou", "per_class_iou"}
-    # no --preset on a local dataset: the image size kept, single scale, no CRF
-    assert report["evaluation"] == {"eval_long_side": None, "msf_scales": None, "flip": False, "crf": False}
+    # no --preset on a local dataset: the long side of the model's saved processor (48), single scale, no CRF
+    assert report["evaluation"] == {"eval_long_side": 48, "msf_scales": None, "flip": False, "crf": False}
     assert list(report["per_class_iou"]["pred"]) == CLASSES
     table = proc.stdout
     assert "| class | pred |" in table and "**mIoU**" in table
@@ -318,3 +318,21 @@ def test_pseudo_label_modes_evaluate_images_below_one_patch(tiny_model):
     results = evaluate_segmentation(tiny_model, batches, ("pred", "cam", "pseudo"), progress=False)
     assert set(results) == {"pred", "cam", "pseudo"}
     assert all(results[mode]["mean_iou"] is not None for mode in results)  # the 151 pixels were scored
+
+
+def test_the_default_long_side_is_the_saved_processors_unless_given_or_preset():
+    """Without --preset or --eval_long_side, local data is predicted as the pipeline would (the processor's long
+    side); a processor that does not resize to a long side keeps the image size."""
+    from weclip_hf import WeCLIPImageProcessor
+
+    script = load_script()
+    processor = WeCLIPImageProcessor(size={"longest_edge": 48}, patch_size=8)
+    local = ["--model_name_or_path", "m", "--data_dir", "d"]
+    assert script.processor_long_side(script.parse_args(local), processor) == 48
+    assert script.processor_long_side(script.parse_args([*local, "--eval_long_side", "64"]), processor) == 64
+    assert script.processor_long_side(script.parse_args([*local, "--preset", "voc"]), processor) == 512
+    assert (
+        script.processor_long_side(script.parse_args(["--model_name_or_path", "m"]), processor) is None
+    )  # toy
+    fixed = WeCLIPImageProcessor(size={"height": 96, "width": 96}, patch_size=8)
+    assert script.processor_long_side(script.parse_args(local), fixed) is None
