@@ -65,6 +65,7 @@ __all__ = [
     "WeCLIPPlusCAMOutput",
     "WeCLIPImageProcessor",
     "WeCLIPImageSegmentationPipeline",
+    "register_segmentation_pipeline",
     "multiscale_flip_logits",
     "resize_longest_edge",
 ]

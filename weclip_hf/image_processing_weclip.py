@@ -232,6 +232,25 @@ def _image_list(images) -> tuple[list, bool]:
     return [images], True
 
 
+def _output_logits(outputs) -> torch.Tensor:
+    """The logits of a model output: a `ModelOutput` or dict (``logits``), or the tuple of ``return_dict=False``
+    without a loss (logits first)."""
+    if hasattr(outputs, "logits"):
+        return outputs.logits
+    if isinstance(outputs, dict):
+        return outputs["logits"]
+    if isinstance(outputs, (tuple, list)) and outputs and isinstance(outputs[0], torch.Tensor):
+        if outputs[0].ndim != 4:
+            raise ValueError(
+                "The first item of this output tuple is not [B, num_labels, h, w] logits (a loss comes first when "
+                "one was computed): pass the model output itself (return_dict=True) or its logits."
+            )
+        return outputs[0]
+    raise TypeError(
+        f"Expected a model output, a dict with 'logits' or a tuple, got {type(outputs).__name__}."
+    )
+
+
 def _check_bool(name: str, value) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {value!r}.")
@@ -439,7 +458,8 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         do_pad: bool | None = None,
         **kwargs,
     ) -> BatchFeature:
-        """Images (one, a list, or a 4-D array/tensor batch) and optional label maps (one per image) ->
+        """Images (one, a list, or a 4-D array/tensor batch) and optional ``segmentation_maps`` (integer class-id
+        maps, one per image; 255 ignored) ->
         ``pixel_values`` [B, C, H', W'] float32 (and ``labels`` [B, H', W'] int64, resized with nearest neighbour,
         padding 255). Options default to the instance's settings; all images of a batch must end up the same
         size."""
@@ -542,7 +562,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         SegFormer's processor returns.
         """
         opts = self._resolve(do_resize=do_resize, size=size, do_pad=do_pad)
-        logits = outputs.logits if hasattr(outputs, "logits") else outputs["logits"]
+        logits = _output_logits(outputs)
         if target_sizes is None:
             scores = list(logits)
         else:

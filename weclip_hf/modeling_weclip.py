@@ -1084,6 +1084,15 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             output_attentions: return every vision block's per-head attention probabilities [B, heads,
                 1+N, 1+N] in `attentions` (the blocks then run eager attention instead of SDPA). Default:
                 `config.output_attentions`.
+            return_dict: return a `WeCLIPSemanticSegmenterOutput` (default: `config.return_dict`, True); False: its
+                ``to_tuple()``, the fields that are not None in the dataclass order (``logits`` first unless a
+                loss was computed, which then comes first), as every transformers model does.
+
+        Returns:
+            `WeCLIPSemanticSegmenterOutput`: ``logits`` [B, num_labels, h, w] on the patch grid; with labels
+            ``loss`` (``seg_loss`` + the affinity loss weight x ``affinity_loss``) and ``decoder_affinity``; with
+            ``class_labels`` also ``pseudo_labels`` [B, H, W], ``cams`` and ``used_rfm``; ``hidden_states`` /
+            ``attentions`` / ``cam_details`` when asked for.
         """
         cfg = self.config
         return_dict = cfg.return_dict if return_dict is None else return_dict
