@@ -140,3 +140,12 @@ def test_new_class_names_become_the_display_names(tiny_model):
         tiny_model.update_class_embeddings(CharTokenizer(), class_names=["a", "b"], label_names=[1, 2])
     assert tiny_model.config.class_names == ["boat", "bird", "sofa", "cow"]
     assert tiny_model.config.label_names == ["Boat", "Bird", "Sofa", "Cow"]  # nothing changed by the refusal
+
+
+def test_label_names_given_at_loading_keep_the_background_name(tiny_model, tmp_path):
+    tiny_model.config.id2label = RENAMED  # background shown as "bg"
+    tiny_model.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path, label_names=["a", "b", "c", "d"])
+    assert loaded.id2label == {0: "bg", 1: "a", 2: "b", 3: "c", 4: "d"}
+    with pytest.raises(ValueError, match="label_names has 1 entries but class_names has 4"):
+        AutoConfig.from_pretrained(tmp_path, label_names=["a"])

@@ -322,6 +322,10 @@ class WeCLIPConfig(PreTrainedConfig):
         here (``class_names``, ``label_names`` or ``id2label``) replace the file's."""
         config_dict = dict(config_dict)
         own = {k: kwargs.pop(k) for k in list(kwargs) if k in cls._constructor_arguments()}
+        stored = {str(k): v for k, v in (config_dict.get("id2label") or {}).items()}
+        renamed_only = set(own) & {"label_names", "class_names", "id2label"} == {"label_names"}
+        if renamed_only and len(stored) == 1 + len(own["label_names"]):  # keep the file's background name
+            own["id2label"] = dict(enumerate([stored.get("0", "background"), *own["label_names"]]))
         if own.keys() & {"class_names", "label_names", "id2label"}:
             stale = ("id2label", "label2id", "label_names")
         else:
