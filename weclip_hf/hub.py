@@ -275,15 +275,11 @@ def create_hub_repo(
     """Create the repository ``repo_id`` (a model, or ``repo_type="dataset"``) if it does not exist, as
     transformers' Trainer does when a run that will push starts, and return its full id; a clear error when the
     Hub cannot be reached or the token may not create it, so that a run fails before its work rather than after."""
+    api = HfApi(token=token)
     try:
-        return (
-            HfApi(token=token)
-            .create_repo(repo_id, private=private, repo_type=repo_type, exist_ok=True)
-            .repo_id
-        )
-    except (
-        Exception
-    ) as err:  # offline mode, no network, no or a read-only token: Hub, OSError and HTTP errors alike
+        return api.create_repo(repo_id, private=private, repo_type=repo_type, exist_ok=True).repo_id
+    # offline mode, no network, no or a read-only token: Hub, OSError and HTTP errors alike
+    except Exception as err:
         raise RuntimeError(
             f"Cannot create or reach the Hub repository {repo_id!r} ({type(err).__name__}: {err}). Log in "
             "(`hf auth login`) or pass a token with write access, or run without pushing and publish the saved "
@@ -313,9 +309,8 @@ def publish_folder(
             commit_message=commit_message,
             revision=revision,
             create_pr=create_pr,
-            allow_patterns=[
-                glob.escape(f) for f in files
-            ],  # exact paths: no wildcard reaches step_*/ or .tmp*
+            # exact paths: no wildcard reaches step_*/ or .tmp*
+            allow_patterns=[glob.escape(f) for f in files],
         )
     except Exception as err:  # as in create_hub_repo: the network, the Hub or the token
         raise RuntimeError(

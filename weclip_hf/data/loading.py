@@ -351,14 +351,15 @@ def check_imagefolder_metadata(data_dir: str) -> None:
     """Refuse PASCAL VOC's own folder layout (``datasets`` would guess splits from ImageSets/ and fail far from
     the cause) and an imagefolder whose metadata file lists no row (``datasets`` fails on it with an IndexError)."""
     root = Path(data_dir).expanduser()
-    if all((root / name).is_dir() for name in VOC_RELEASE_FOLDERS) and not any(root.rglob("metadata.*")):
+    found = sorted(root.rglob("metadata.*"))  # one walk of the folder, which may hold 100,000s of images
+    if all((root / name).is_dir() for name in VOC_RELEASE_FOLDERS) and not found:
         raise ValueError(
             f"--data_dir {data_dir} is laid out as PASCAL VOC's own release (JPEGImages/, SegmentationClass/, "
             "ImageSets/), not as an imagefolder: use the Hub dataset (--dataset_name, README 'Reproducing VOC "
             "and COCO') or build an imagefolder (train/ and validation/ with a metadata.jsonl naming each image and "
             "its mask: README 'Training on your own data')."
         )
-    for path in sorted(p for name in METADATA_NAMES for p in Path(data_dir).expanduser().rglob(name)):
+    for path in (p for p in found if p.name in METADATA_NAMES):
         lines = [line for line in path.read_text().splitlines() if line.strip()]
         header = 1 if path.suffix == ".csv" else 0
         if len(lines) <= header:
