@@ -153,7 +153,7 @@ def weclip_plus_losses(
     overwritten = None
     if self_training:
         labels, overwritten = self_training_labels(labels, full, config.self_training_threshold, ignore_index)
-    seg = segmentation_loss(full, labels, ignore_index, across_processes)
+    seg = segmentation_loss(logits, labels, ignore_index, across_processes)  # upsamples inside, chunk-wise
     dice = dice_loss(full, labels, ignore_index)
     aff, _, _ = affinity_loss(decoder_affinity, aff_targets, across_processes)
     clip_from_dino, dino_from_clip = cross_branch_losses(
