@@ -86,6 +86,22 @@ def test_add_image_labels_rejects_mismatched_image_and_mask_sizes():
         add_image_labels(_dataset(masks, images), Columns("image", "mask"), 2)
 
 
+def test_add_image_labels_names_a_photo_turned_by_its_exif_orientation(tmp_path):
+    import datasets
+
+    photo = Image.fromarray(np.zeros((6, 10, 3), np.uint8))  # stored 10 wide, 6 high
+    exif = photo.getexif()
+    exif[0x0112] = 6  # EXIF orientation: turned 90 degrees, read upright as 6 wide, 10 high
+    photo.save(tmp_path / "photo.jpg", exif=exif)
+    Image.fromarray(np.ones((6, 10), np.uint8)).save(tmp_path / "mask.png")  # drawn on the stored pixels
+    ds = datasets.Dataset.from_dict(
+        {"image": [str(tmp_path / "photo.jpg")], "mask": [str(tmp_path / "mask.png")]}
+    )
+    ds = ds.cast_column("image", datasets.Image()).cast_column("mask", datasets.Image())
+    with pytest.raises(ValueError, match=r"\(6, 10\), mask .* \(10, 6\)\. The sizes are swapped: .*EXIF"):
+        add_image_labels(ds, Columns("image", "mask"), 2)
+
+
 def test_train_augmentation_crops_pads_and_flips_deterministically():
     image = np.arange(20 * 30 * 3, dtype=np.uint8).reshape(20, 30, 3)
     mask = np.ones((20, 30), np.uint8)

@@ -199,6 +199,12 @@ class LabelSummary:
         return text
 
 
+EXIF_HINT = (
+    " The sizes are swapped: images are read upright (their EXIF orientation applied, as datasets decodes them),"
+    " so a mask drawn on the stored pixels of a turned photo must be turned the same way."
+)
+
+
 def add_image_labels(
     dataset,
     columns: Columns,
@@ -267,10 +273,12 @@ def add_image_labels(
                     path = file_path(value)
                     return f"file {path!r}" if path else f"in column {column!r}"
 
+                turned = image_size(image) == image_size(mask)[::-1]
                 raise ValueError(
                     f"Image and mask of {row} differ in size (width, height): image "
                     f"{short(image_value, columns.image)} {image_size(image)}, mask "
                     f"{short(example[columns.mask], columns.mask)} {image_size(mask)}."
+                    + (EXIF_HINT if turned else "")
                 )
         return {"image_labels": ids, "_unreadable": None}
 
