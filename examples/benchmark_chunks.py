@@ -34,7 +34,7 @@ from benchmarking.workloads import (  # noqa: E402
     training_step,
 )
 
-import weclip_hf.modeling_weclip as modeling  # noqa: E402
+import weclip_hf.chunking as chunking  # noqa: E402
 from weclip_hf.host_memory import retain_freed_host_memory  # noqa: E402
 from weclip_hf.pseudo_labels import attention_maps_needed  # noqa: E402
 
@@ -57,12 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @contextlib.contextmanager
 def images_per_chunk(images: int):
     """The CLIP and GradCAM blocks in chunks of ``images`` images while the context is open."""
-    original = modeling._attention_chunk
-    modeling._attention_chunk = lambda num_images, *args: max(1, min(images, num_images))
+    original = chunking.images_per_chunk  # what `images_per_attention_chunk` sizes its chunks with
+    chunking.images_per_chunk = lambda num_images, *args: max(1, min(images, num_images))
     try:
         yield
     finally:
-        modeling._attention_chunk = original
+        chunking.images_per_chunk = original
 
 
 def blocks(model, pixel_values: torch.Tensor, num_maps: int) -> None:

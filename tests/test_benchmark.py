@@ -309,10 +309,10 @@ def test_chunk_benchmark_times_each_chunk_size_and_restores_the_model(tmp_path):
     sys.path.insert(0, str(REPO / "examples"))
     import benchmark_chunks
 
-    import weclip_hf.modeling_weclip as modeling
+    import weclip_hf.chunking as chunking
 
-    original = modeling._attention_chunk
+    original = chunking.images_per_chunk
     with benchmark_chunks.images_per_chunk(2):
-        assert modeling._attention_chunk(5, 401, 12, "cpu") == 2
-        assert modeling._attention_chunk(1, 401, 12, "cpu") == 1
-    assert modeling._attention_chunk is original
+        assert chunking.images_per_attention_chunk(5, 401, 12, "cpu") == 2
+        assert chunking.images_per_attention_chunk(1, 401, 12, "cpu") == 1
+    assert chunking.images_per_chunk is original

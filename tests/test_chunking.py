@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import make_tiny_config
 
-import weclip_hf.modeling_weclip as modeling
+import weclip_hf.chunking as chunking
 import weclip_hf.par as par
 import weclip_hf.pseudo_labels as pseudo_labels
 from weclip_hf import WeCLIPForSemanticSegmentation
@@ -35,7 +35,7 @@ def test_chunked_clip_features_and_gradcams_equal_the_whole_batch(model, chunk, 
     plan = plan_pairs(LABELS, "cpu")
     whole = model.forward_clip_features(pixel_values, 2, output_attentions=True)
     whole_cams = model.pair_gradcams(whole.hidden[-1], plan, whole.grid)
-    monkeypatch.setattr(modeling, "images_per_chunk", lambda num_images, *args, **kwargs: chunk)
+    monkeypatch.setattr(chunking, "images_per_chunk", lambda num_images, *args, **kwargs: chunk)
     chunked = model.forward_clip_features(pixel_values, 2, output_attentions=True)
     chunked_cams = model.pair_gradcams(whole.hidden[-1], plan, whole.grid)
     for ours, expected in zip(
@@ -74,7 +74,7 @@ def test_the_model_sizes_its_chunks_by_the_attention_maps(model, monkeypatch):
         asked.append((num_images, bytes_per_image, budget))
         return images_per_chunk(num_images, bytes_per_image, device, budget)
 
-    monkeypatch.setattr(modeling, "images_per_chunk", recording)
+    monkeypatch.setattr(chunking, "images_per_chunk", recording)
     pixel_values = torch.randn(5, 3, 24, 32, generator=torch.Generator().manual_seed(0))
     features = model.forward_clip_features(pixel_values, 2)
     model.pair_gradcams(features.hidden[-1], plan_pairs(LABELS, "cpu"), features.grid)
@@ -100,7 +100,7 @@ def test_chunked_pseudo_labels_agree_with_the_whole_batch(method, use_rfm, monke
     pixel_values = torch.randn(5, 3, 48, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         whole = model(pixel_values=pixel_values, class_labels=LABELS, use_rfm=use_rfm)
-        monkeypatch.setattr(modeling, "images_per_chunk", lambda num_images, *args, **kwargs: 1)
+        monkeypatch.setattr(chunking, "images_per_chunk", lambda num_images, *args, **kwargs: 1)
         monkeypatch.setattr(par, "images_per_chunk", lambda num_images, *args, **kwargs: 1)  # PAR too
         chunked = model(pixel_values=pixel_values, class_labels=LABELS, use_rfm=use_rfm)
     # the GradCAMs agree to ~1e-6 (above); the min-max normalisations of the nearly flat CAMs of random weights

@@ -146,11 +146,13 @@ def test_output_flags_from_config_and_tuple_outputs(tiny_config):
 
 def test_default_forward_runs_eager_attention_only_where_maps_are_needed(tiny_model, monkeypatch):
     """Asking for no attentions keeps SDPA in every block whose map neither the CAM nor the RFM needs."""
-    import weclip_hf.modeling_weclip as modeling
+    import weclip_hf.clip_features as clip_features
 
     calls = []
-    original = modeling.eager_clip_layer
-    monkeypatch.setattr(modeling, "eager_clip_layer", lambda layer, x: calls.append(1) or original(layer, x))
+    original = clip_features.eager_clip_layer
+    monkeypatch.setattr(
+        clip_features, "eager_clip_layer", lambda layer, x: calls.append(1) or original(layer, x)
+    )
     with torch.no_grad():
         tiny_model(torch.randn(1, 3, 32, 32))
         assert calls == []

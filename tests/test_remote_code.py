@@ -20,8 +20,15 @@ from transformers.dynamic_module_utils import get_imports, get_relative_imports
 from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.hub import publishable_files
 
-# hub.py: `push_to_hub` imports it lazily, so the remote copy must have it too
-CODE_FILES = {"configuration_weclip.py", "modeling_weclip.py", "image_processing_weclip.py", "hub.py"}
+# hub.py: `push_to_hub` imports it lazily, so the remote copy must have it too; clip_features.py: the frozen
+# CLIP tower the model runs
+CODE_FILES = {
+    "configuration_weclip.py",
+    "modeling_weclip.py",
+    "clip_features.py",
+    "image_processing_weclip.py",
+    "hub.py",
+}
 
 # Run in a fresh interpreter: weclip_hf is made unimportable before anything else is imported.
 REMOTE_SCRIPT = '''

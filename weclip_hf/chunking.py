@@ -39,6 +39,14 @@ def images_per_chunk(
     return max(1, min(num_images, budget // max(bytes_per_image, 1)))
 
 
+def images_per_attention_chunk(
+    num_images: int, num_tokens: int, num_heads: int, device: torch.device | str
+) -> int:
+    """Images per chunk for CLIP blocks over ``num_tokens`` tokens (the first L-1 blocks, the GradCAM block): their
+    float32 attention probabilities, [heads, T, T] per image, within `CPU_ATTENTION_CHUNK_BYTES`."""
+    return images_per_chunk(num_images, num_heads * num_tokens**2 * 4, device, CPU_ATTENTION_CHUNK_BYTES)
+
+
 def concat_chunks(chunks: list[torch.Tensor]) -> torch.Tensor | None:
     """The chunks' results concatenated along the batch (no copy for a single chunk); None for no chunks."""
     if not chunks:
@@ -46,4 +54,10 @@ def concat_chunks(chunks: list[torch.Tensor]) -> torch.Tensor | None:
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 
-__all__ = ["CPU_ATTENTION_CHUNK_BYTES", "CPU_CHUNK_BYTES", "concat_chunks", "images_per_chunk"]
+__all__ = [
+    "CPU_ATTENTION_CHUNK_BYTES",
+    "CPU_CHUNK_BYTES",
+    "concat_chunks",
+    "images_per_attention_chunk",
+    "images_per_chunk",
+]

@@ -6,7 +6,6 @@ numbered steps (frozen CLIP, decoder, pseudo labels, losses).
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import os
@@ -24,8 +23,9 @@ from transformers.utils import logging as hf_logging
 
 from .affinity import transition_matrix
 from .cam import cam_box_masks, refine_cams, upsample_normalized
-from .chunking import CPU_ATTENTION_CHUNK_BYTES, concat_chunks, images_per_chunk
-from .clip_layers import clip_layer, clip_mlp, eager_attention, eager_clip_layer, quick_gelu_mlp
+from .chunking import images_per_attention_chunk
+from .clip_features import CLIPVisionFeatures, clip_features, in_float32, vision_outputs
+from .clip_layers import clip_mlp, eager_attention, quick_gelu_mlp
 from .configuration_weclip import WeCLIPConfig
 from .feature_head import WeCLIPFeatureHead, WeCLIPLayerMLP  # noqa: F401 (WeCLIPLayerMLP: former home)
 from .last_block import pair_block_outputs, run_last_block
@@ -333,33 +333,6 @@ class WeCLIPPreTrainedModel(PreTrainedModel):
 
 
 @dataclass
-class CLIPVisionFeatures:
-    """The frozen vision tower up to (not including) its last block, on one batch of images."""
-
-    embeddings: torch.Tensor  # [B, 1+N, D] input of the first block (after the pre-LayerNorm)
-    hidden: list[torch.Tensor]  # outputs of the first L-1 blocks, [B, 1+N, D] each
-    attention: list[torch.Tensor]  # head-averaged float32 maps [B, 1+N, 1+N] of the last blocks asked for
-    grid: tuple[int, int]  # (h, w) of the patch grid
-    head_attentions: list[torch.Tensor] | None = None  # per-head maps [B, heads, 1+N, 1+N] of all L-1 blocks
-
-    @classmethod
-    def concat(cls, chunks: list[CLIPVisionFeatures]) -> CLIPVisionFeatures:
-        """The features of consecutive chunks of one batch of images, joined along the batch."""
-        first = chunks[0]
-
-        def joined(field: str) -> list[torch.Tensor]:
-            return [concat_chunks(list(parts)) for parts in zip(*(getattr(c, field) for c in chunks))]
-
-        return cls(
-            concat_chunks([c.embeddings for c in chunks]),
-            joined("hidden"),
-            joined("attention"),
-            first.grid,
-            None if first.head_attentions is None else joined("head_attentions"),
-        )
-
-
-@dataclass
 class FrozenCLIPPass:
     """What a forward starts from (`WeCLIPForSemanticSegmentation._frozen_clip_pass`)."""
 
@@ -380,31 +353,6 @@ class FrozenCLIPPass:
     def needs_affinity(self) -> bool:
         """A loss will be computed (weak or pixel labels), and with it the decoder affinity."""
         return self.weak or self.has_pixel_labels
-
-
-def _attention_chunk(num_images: int, num_tokens: int, num_heads: int, device: torch.device) -> int:
-    """Images per chunk (`weclip_hf.chunking`) for blocks over ``num_tokens`` tokens: their float32 attention
-    probabilities, [heads, T, T] per image, within the budget."""
-    return images_per_chunk(num_images, num_heads * num_tokens**2 * 4, device, CPU_ATTENTION_CHUNK_BYTES)
-
-
-def _select_layers(
-    states: tuple[torch.Tensor, ...], which: bool | list[int]
-) -> tuple[torch.Tensor | None, ...]:
-    """All of ``states`` (``which=True``) or only those at the indices ``which`` (negative from the end),
-    None elsewhere, as transformers' ``output_hidden_states=[...]``."""
-    if which is True:
-        return states
-    kept = {i % len(states) for i in which}
-    return tuple(s if i in kept else None for i, s in enumerate(states))
-
-
-def _in_float32(module: nn.Module) -> nn.Module:
-    """``module`` itself when its weights are float32, else a float32 copy (for the precision-critical CAM
-    path of a model loaded in half precision; the frozen weights it copies never change)."""
-    if all(p.dtype == torch.float32 for p in module.parameters()):
-        return module
-    return copy.deepcopy(module).float()
 
 
 class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
@@ -644,60 +592,14 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         self.class_text_embeds = fg.to(self.class_text_embeds.dtype)
         self.background_text_embeds = bg.to(self.background_text_embeds.dtype)
 
-    def _embed_patches(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Patch + class embeddings with BILINEARLY resized position embeddings (always, as the official
-        code; HF's own `interpolate_pos_encoding` is bicubic), then the pre-LayerNorm: [B, 1+N, D]."""
-        emb = self.vision_model.embeddings
-        dtype = emb.patch_embedding.weight.dtype
-        patches = emb.patch_embedding(pixel_values.to(dtype))  # [B, D, h, w]
-        b, d, h, w = patches.shape
-        pos = emb.position_embedding.weight
-        side = int((pos.shape[0] - 1) ** 0.5)
-        grid_pos = pos[1:].reshape(1, side, side, d).permute(0, 3, 1, 2)
-        grid_pos = F.interpolate(grid_pos.float(), size=(h, w), mode="bilinear", align_corners=False)
-        pos = torch.cat([pos[:1].float(), grid_pos.flatten(2).transpose(1, 2)[0]], dim=0).to(dtype)
-        tokens = torch.cat([emb.class_embedding.expand(b, 1, d), patches.flatten(2).transpose(1, 2)], dim=1)
-        return self.vision_model.pre_layrnorm(tokens + pos), (h, w)
-
     @torch.no_grad()
     def forward_clip_features(
         self, pixel_values: torch.Tensor, num_attention_maps: int = 0, output_attentions: bool = False
     ) -> CLIPVisionFeatures:
-        """The frozen tower up to (not including) the last block: the block outputs, the head-averaged
-        attention maps of the last ``num_attention_maps`` of those L-1 blocks (the other blocks run SDPA)
-        and, with ``output_attentions``, every block's per-head maps (all blocks then run eagerly).
-
-        On a CPU a few images at a time go through all the blocks (`weclip_hf.chunking`: their [heads, T, T]
-        attention maps within the budget), so that each chunk's activations stay in the cache from block to
-        block and the temporaries are reused memory; the results are those of the whole batch."""
-        x, grid = self._embed_patches(pixel_values)
-        heads = self.config.vision_config.num_attention_heads
-        chunk = _attention_chunk(x.shape[0], x.shape[1], heads, x.device)
-        return CLIPVisionFeatures.concat(
-            [self._clip_blocks(part, grid, num_attention_maps, output_attentions) for part in x.split(chunk)]
-        )
-
-    def _clip_blocks(
-        self, x: torch.Tensor, grid: tuple[int, int], num_attention_maps: int, output_attentions: bool
-    ) -> CLIPVisionFeatures:
-        """`forward_clip_features` of one chunk of embedded images ``x`` [b, 1+N, D]."""
-        embeddings = x
-        layers = self.vision_model.encoder.layers
-        first_map = len(layers) - 1 - num_attention_maps
-        hidden, attention, head_attentions = [], [], []
-        for i, layer in enumerate(layers[:-1]):
-            if i >= first_map or output_attentions:
-                x, probs = eager_clip_layer(layer, x)
-                if output_attentions:
-                    head_attentions.append(probs)
-                if i >= first_map:
-                    attention.append(probs.mean(dim=1))
-            else:
-                x = clip_layer(layer, x)
-            hidden.append(x)
-        return CLIPVisionFeatures(
-            embeddings, hidden, attention, grid, head_attentions if output_attentions else None
-        )
+        """The frozen tower up to (not including) the last block (`weclip_hf.clip_features.clip_features`): the
+        block outputs, the head-averaged attention maps of the last ``num_attention_maps`` of those L-1 blocks and,
+        with ``output_attentions``, every block's per-head maps."""
+        return clip_features(self.vision_model, pixel_values, num_attention_maps, output_attentions)
 
     def last_block_image_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the last CLIP block in float32 with autograd from its first LayerNorm's output (float32 whatever
@@ -708,10 +610,10 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         embedding [P, E] = proj(mean over patches of post_layernorm(block output)), head-averaged
         attention [P, 1+N, 1+N]).
         """
-        layer = _in_float32(self.vision_model.encoder.layers[-1])
+        layer = in_float32(self.vision_model.encoder.layers[-1])
         post_layernorm, projection = (
-            _in_float32(self.vision_model.post_layernorm),
-            _in_float32(self.visual_projection),
+            in_float32(self.vision_model.post_layernorm),
+            in_float32(self.visual_projection),
         )
         x = x.float()
         h = layer.layer_norm1(x).detach().requires_grad_(True)
@@ -736,36 +638,14 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         head-averaged attention [B, 1+N, 1+N]). The gradient of a pair's target w.r.t. its shift is the sum
         over patch tokens of its gradient w.r.t. the ln1 output (`last_block_image_embedding`'s target).
         """
-        block = run_last_block(_in_float32(self.vision_model.encoder.layers[-1]), x.float())
+        block = run_last_block(in_float32(self.vision_model.encoder.layers[-1]), x.float())
         post_layernorm, projection = (
-            _in_float32(self.vision_model.post_layernorm),
-            _in_float32(self.visual_projection),
+            in_float32(self.vision_model.post_layernorm),
+            in_float32(self.visual_projection),
         )
         shift, outputs = pair_block_outputs(block, pair_image, slots)
         pooled = post_layernorm(outputs)[:, 1:].mean(dim=1)
         return block.normed_input, shift, F.normalize(projection(pooled), dim=-1), block.attention
-
-    @torch.no_grad()
-    def _last_block(
-        self, x: torch.Tensor, output_attentions: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The last CLIP block on [B, 1+N, D] tokens: (output, per-head maps or None) for the output flags."""
-        layer = self.vision_model.encoder.layers[-1]
-        return eager_clip_layer(layer, x) if output_attentions else (clip_layer(layer, x), None)
-
-    def _vision_outputs(
-        self, clip: CLIPVisionFeatures, output_hidden_states: bool | list[int], output_attentions: bool
-    ) -> tuple[tuple | None, tuple | None]:
-        """``(hidden_states, attentions)`` for the output flags (None when not asked): the last block is run
-        once more for them."""
-        if not (output_hidden_states or output_attentions):
-            return None, None
-        last, last_attention = self._last_block(clip.hidden[-1], output_attentions)
-        hidden_states = None
-        if output_hidden_states:
-            hidden_states = _select_layers((clip.embeddings, *clip.hidden, last), output_hidden_states)
-        attentions = (*clip.head_attentions, last_attention) if output_attentions else None
-        return hidden_states, attentions
 
     # ---- pseudo labels ---------------------------------------------------------------------------
 
@@ -811,7 +691,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             self.logit_scale,
             plan,
             grid,
-            chunk_size=_attention_chunk(tokens.shape[0], tokens.shape[1], heads, tokens.device),
+            chunk_size=images_per_attention_chunk(tokens.shape[0], tokens.shape[1], heads, tokens.device),
         )
 
     def refine_and_label(
@@ -1039,7 +919,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         n_maps = attention_maps_needed(cfg, rfm) if class_labels is not None else 0
         clip = self.forward_clip_features(pixel_values, n_maps, output_attentions=output_attentions)
         tokens = [t[:, 1:] for t in clip.hidden[len(clip.hidden) - cfg.num_feature_layers :]]
-        hidden_states, attentions = self._vision_outputs(clip, output_hidden_states, output_attentions)
+        hidden_states, attentions = vision_outputs(
+            self.vision_model, clip, output_hidden_states, output_attentions
+        )
         return FrozenCLIPPass(class_labels, labels is not None, rfm, clip, tokens, hidden_states, attentions)
 
     def _ignore_padding(self, details: WeCLIPCAMOutput, pixel_mask: torch.Tensor | None) -> torch.Tensor:
