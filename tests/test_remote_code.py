@@ -20,12 +20,13 @@ from transformers.dynamic_module_utils import get_imports, get_relative_imports
 from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.hub import publishable_files
 
-# hub.py: `push_to_hub` imports it lazily, so the remote copy must have it too; clip_features.py: the frozen
-# CLIP tower the model runs
+# hub.py: `push_to_hub` imports it lazily, so the remote copy must have it too; clip_features.py and
+# model_loading.py: the frozen CLIP tower the model runs and the checks its from_pretrained makes
 CODE_FILES = {
     "configuration_weclip.py",
     "modeling_weclip.py",
     "clip_features.py",
+    "model_loading.py",
     "image_processing_weclip.py",
     "hub.py",
 }

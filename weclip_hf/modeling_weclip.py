@@ -7,7 +7,6 @@ numbered steps (frozen CLIP, decoder, pseudo labels, losses).
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -30,6 +29,13 @@ from .configuration_weclip import WeCLIPConfig
 from .feature_head import WeCLIPFeatureHead, WeCLIPLayerMLP  # noqa: F401 (WeCLIPLayerMLP: former home)
 from .last_block import pair_block_outputs, run_last_block
 from .losses import affinity_loss, affinity_targets, segmentation_loss
+from .model_loading import (
+    check_model_folder,
+    in_aligned_memory,
+    loading_errors,
+    refuse_missing_weights,
+    safetensors_only,
+)
 from .par import par_refine
 from .pseudo_labels import (
     PairGradCAMs,
@@ -219,69 +225,6 @@ def _pseudo_label_stage(method):
     return torch.compiler.disable(wrapper)
 
 
-# the config fields the stored text embeddings were computed from
-_TEXT_EMBEDDING_NAMES = ("class_names", "background_names", "prompt_template")
-
-
-def _refuse_new_text_names(changed: set[str]) -> None:
-    """Refuse loading a model with other ``changed`` text-embedding names than it was saved with (they would
-    disagree with its stored embeddings), saying how to compute new ones."""
-    if changed:
-        raise ValueError(
-            f"{sorted(changed)} cannot be changed when loading: the text embeddings of the saved names are stored "
-            "with the weights. Load the model, then call model.update_class_embeddings(tokenizer, class_names=..., "
-            "...) to compute new ones (label_names or id2label rename the labels only)."
-        )
-
-
-def _saved_config_dict(folder: str) -> dict:
-    """The config.json of a saved model ``folder`` as a dict, with clear errors where there is none or it is not a
-    JSON object."""
-    config_file = os.path.join(folder, "config.json")
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"{folder!r} has no config.json: not a saved model folder.")
-    with open(config_file) as f:
-        try:
-            saved = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_file!r} is not JSON ({err}): save the model again.") from err
-    if not isinstance(saved, dict):
-        raise ValueError(f"{config_file!r} is not a JSON object: save the model again.")
-    return saved
-
-
-def _require_safetensors(folder: str) -> None:
-    """Refuse a local model folder that holds no safetensors weights (e.g. only a pickle ``pytorch_model.bin``).
-
-    Hub ids (no such local folder) are left to `from_pretrained` with ``use_safetensors=True``.
-    """
-    if not os.path.isdir(folder):
-        return
-    names = os.listdir(folder)
-    if any(n.endswith((".safetensors", ".safetensors.index.json")) for n in names):
-        return
-    pickles = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
-    found = f"only pickle weights ({', '.join(pickles)})" if pickles else "no weights file"
-    raise FileNotFoundError(
-        f"{folder!r} has no model.safetensors, {found}. WeCLIP loads safetensors only, because pickle files can "
-        "run arbitrary code when loaded. If you trust the file, convert it: safetensors.torch.save_file("
-        "torch.load(path, weights_only=True), 'model.safetensors')."
-    )
-
-
-def _in_aligned_memory(module: nn.Module) -> None:
-    """Copy every CPU parameter and buffer that does not start on a 64-byte boundary into fresh memory.
-
-    Tensors read from a safetensors file start wherever the file's layout puts them (8-byte steps); the CPU
-    kernels take other vectorized and GEMM-packing paths on such data and round differently in the last bit
-    (measured: logits 1.2e-7 apart, CAM pseudo labels flipped at near-ties, between a trained model and the
-    same weights loaded back). Fresh allocations are 64-byte aligned, so a model loaded with `from_pretrained`
-    computes bit for bit what the saved model computed (`tests/test_modeling.py`)."""
-    for tensor in (*module.parameters(), *module.buffers()):
-        if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
-            tensor.data = tensor.data.clone()
-
-
 class WeCLIPPreTrainedModel(PreTrainedModel):
     config: WeCLIPConfig
     config_class = WeCLIPConfig
@@ -408,28 +351,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         a checkpoint of another model type, pickle-only weights, a corrupted weights file, weights missing from
         the file (they would otherwise be left random) or a class count that does not match the weights; CLIP
         is frozen again after loading."""
-        path = str(pretrained_model_name_or_path)
-        if path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):
-            raise FileNotFoundError(f"No model folder at {path!r}.")
-        _refuse_new_text_names(kwargs.keys() & set(_TEXT_EMBEDDING_NAMES))
-        folder = os.path.join(os.path.expanduser(path), kwargs.get("subfolder") or "")
-        given = kwargs.get("config")
-        if given is None and os.path.isdir(folder):
-            model_type = _saved_config_dict(folder).get("model_type")
-            if model_type is None:
-                raise ValueError(
-                    f"{folder!r}'s config.json names no model_type: not a saved {cls.__name__} folder."
-                )
-            if model_type != cls.config_class.model_type:
-                raise ValueError(
-                    f"{folder!r} holds a {model_type!r} checkpoint, not a {cls.config_class.model_type!r} one. For a "
-                    f"CLIP checkpoint use {cls.__name__}.{cls._from_backbones}(...); for official weights use "
-                    "examples/convert_official_checkpoint.py."
-                )
-        elif given is not None and os.path.isfile(os.path.join(folder, "config.json")):
-            # the Auto classes read the config (and its overrides) first; config.json leaves out default values
-            saved = {**cls.config_class().to_dict(), **_saved_config_dict(folder)}
-            _refuse_new_text_names({k for k in _TEXT_EMBEDDING_NAMES if getattr(given, k) != saved[k]})
+        check_model_folder(cls, pretrained_model_name_or_path, kwargs)
         return cls._load_checked(pretrained_model_name_or_path, *args, **kwargs)
 
     @classmethod
@@ -438,44 +360,15 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
     ):
         """`PreTrainedModel.from_pretrained` on safetensors only; every weight of the model must be in the file
         except those matching ``allowed_missing`` (used by `from_clip`: a CLIP checkpoint has no decoder)."""
-        from safetensors import SafetensorError
-
         path = str(pretrained_model_name_or_path)
-        if kwargs.get("use_safetensors") is False:
-            raise ValueError(
-                "use_safetensors=False is not supported: WeCLIP loads safetensors only (pickle weight files can "
-                "run arbitrary code when loaded)."
-            )
-        kwargs["use_safetensors"] = True
-        folder = os.path.expanduser(path)
-        _require_safetensors(os.path.join(folder, kwargs["subfolder"]) if kwargs.get("subfolder") else folder)
+        safetensors_only(path, kwargs)
         want_info = kwargs.pop("output_loading_info", False)
-        try:
+        with loading_errors(path):
             model, info = super().from_pretrained(
                 pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
             )
-        except SafetensorError as err:
-            raise ValueError(
-                f"The weights file of {path!r} is truncated or corrupted ({err}); save or download it again."
-            ) from err
-        except RuntimeError as err:
-            if "mismatched" not in str(err):
-                raise
-            raise ValueError(
-                f"The weights of {path!r} do not match its config (e.g. the number of classes in "
-                f"class_names vs the decoder classifier): {err}"
-            ) from err
-        missing = sorted(
-            k for k in info["missing_keys"] if allowed_missing is None or not allowed_missing.search(k)
-        )
-        if missing:
-            shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-            raise ValueError(
-                f"The weights of {path!r} lack {len(missing)} tensor(s) of the model, which would be left random: "
-                f"{shown}. Save the model again with save_pretrained; to start from a CLIP checkpoint use "
-                "WeCLIPForSemanticSegmentation.from_clip(...)."
-            )
-        _in_aligned_memory(model)
+        refuse_missing_weights(path, info["missing_keys"], allowed_missing)
+        in_aligned_memory(model)
         model.freeze_clip()
         return (model, info) if want_info else model
 

@@ -1,0 +1,169 @@
+"""The checks around `WeCLIPForSemanticSegmentation.from_pretrained`: what a folder must hold before loading and what
+the loaded weights must cover, each refused with an error that says what to do.
+
+- before loading: a folder of this model type (`check_model_folder`), without new text-embedding names
+  (`refuse_new_text_names`), with safetensors weights only (`safetensors_only`);
+- while loading: a truncated file or weights that do not fit the config become `ValueError`s (`loading_errors`);
+- after loading: no weight of the model left random (`refuse_missing_weights`), the tensors in 64-byte aligned
+  memory (`in_aligned_memory`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterator
+
+from torch import nn
+
+# the config fields the stored text embeddings were computed from
+TEXT_EMBEDDING_NAMES = ("class_names", "background_names", "prompt_template")
+
+
+def refuse_new_text_names(changed: set[str]) -> None:
+    """Refuse loading a model with other ``changed`` text-embedding names than it was saved with (they would
+    disagree with its stored embeddings), saying how to compute new ones."""
+    if changed:
+        raise ValueError(
+            f"{sorted(changed)} cannot be changed when loading: the text embeddings of the saved names are stored "
+            "with the weights. Load the model, then call model.update_class_embeddings(tokenizer, class_names=..., "
+            "...) to compute new ones (label_names or id2label rename the labels only)."
+        )
+
+
+def saved_config_dict(folder: str) -> dict:
+    """The config.json of a saved model ``folder`` as a dict, with clear errors where there is none or it is not a
+    JSON object."""
+    config_file = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"{folder!r} has no config.json: not a saved model folder.")
+    with open(config_file) as f:
+        try:
+            saved = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{config_file!r} is not JSON ({err}): save the model again.") from err
+    if not isinstance(saved, dict):
+        raise ValueError(f"{config_file!r} is not a JSON object: save the model again.")
+    return saved
+
+
+def check_model_folder(model_class: type, pretrained_model_name_or_path, kwargs: dict) -> None:
+    """Refuse, before transformers reads anything, a missing local folder, a folder of another model type and
+    text-embedding names (in ``kwargs`` or a given config) other than the saved ones."""
+    path = str(pretrained_model_name_or_path)
+    if path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):
+        raise FileNotFoundError(f"No model folder at {path!r}.")
+    refuse_new_text_names(kwargs.keys() & set(TEXT_EMBEDDING_NAMES))
+    folder = os.path.join(os.path.expanduser(path), kwargs.get("subfolder") or "")
+    given = kwargs.get("config")
+    model_type = model_class.config_class.model_type
+    if given is None and os.path.isdir(folder):
+        saved_type = saved_config_dict(folder).get("model_type")
+        if saved_type is None:
+            raise ValueError(
+                f"{folder!r}'s config.json names no model_type: not a saved {model_class.__name__} folder."
+            )
+        if saved_type != model_type:
+            raise ValueError(
+                f"{folder!r} holds a {saved_type!r} checkpoint, not a {model_type!r} one. For a "
+                f"CLIP checkpoint use {model_class.__name__}.{model_class._from_backbones}(...); for official "
+                "weights use examples/convert_official_checkpoint.py."
+            )
+    elif given is not None and os.path.isfile(os.path.join(folder, "config.json")):
+        # the Auto classes read the config (and its overrides) first; config.json leaves out default values
+        saved = {**model_class.config_class().to_dict(), **saved_config_dict(folder)}
+        refuse_new_text_names({k for k in TEXT_EMBEDDING_NAMES if getattr(given, k) != saved[k]})
+
+
+def require_safetensors(folder: str) -> None:
+    """Refuse a local model folder that holds no safetensors weights (e.g. only a pickle ``pytorch_model.bin``).
+
+    Hub ids (no such local folder) are left to `from_pretrained` with ``use_safetensors=True``.
+    """
+    if not os.path.isdir(folder):
+        return
+    names = os.listdir(folder)
+    if any(n.endswith((".safetensors", ".safetensors.index.json")) for n in names):
+        return
+    pickles = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
+    found = f"only pickle weights ({', '.join(pickles)})" if pickles else "no weights file"
+    raise FileNotFoundError(
+        f"{folder!r} has no model.safetensors, {found}. WeCLIP loads safetensors only, because pickle files can "
+        "run arbitrary code when loaded. If you trust the file, convert it: safetensors.torch.save_file("
+        "torch.load(path, weights_only=True), 'model.safetensors')."
+    )
+
+
+def safetensors_only(pretrained_model_name_or_path, kwargs: dict) -> None:
+    """Make the `from_pretrained` keyword arguments ``kwargs`` read safetensors only (``use_safetensors=False`` is
+    refused) and refuse a local folder without safetensors weights."""
+    if kwargs.get("use_safetensors") is False:
+        raise ValueError(
+            "use_safetensors=False is not supported: WeCLIP loads safetensors only (pickle weight files can "
+            "run arbitrary code when loaded)."
+        )
+    kwargs["use_safetensors"] = True
+    folder = os.path.expanduser(str(pretrained_model_name_or_path))
+    require_safetensors(os.path.join(folder, kwargs["subfolder"]) if kwargs.get("subfolder") else folder)
+
+
+@contextlib.contextmanager
+def loading_errors(path: str) -> Iterator[None]:
+    """Turn transformers' errors for a truncated weights file and for weights that do not match the config into
+    `ValueError`s that name ``path`` and the fix."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as err:
+        raise ValueError(
+            f"The weights file of {path!r} is truncated or corrupted ({err}); save or download it again."
+        ) from err
+    except RuntimeError as err:
+        if "mismatched" not in str(err):
+            raise
+        raise ValueError(
+            f"The weights of {path!r} do not match its config (e.g. the number of classes in "
+            f"class_names vs the decoder classifier): {err}"
+        ) from err
+
+
+def refuse_missing_weights(path: str, missing_keys: list[str], allowed_missing: re.Pattern | None) -> None:
+    """Refuse weights of ``path`` that lack tensors of the model (they would be left random), except those
+    matching ``allowed_missing``."""
+    missing = sorted(k for k in missing_keys if allowed_missing is None or not allowed_missing.search(k))
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise ValueError(
+            f"The weights of {path!r} lack {len(missing)} tensor(s) of the model, which would be left random: "
+            f"{shown}. Save the model again with save_pretrained; to start from a CLIP checkpoint use "
+            "WeCLIPForSemanticSegmentation.from_clip(...)."
+        )
+
+
+def in_aligned_memory(module: nn.Module) -> None:
+    """Copy every CPU parameter and buffer that does not start on a 64-byte boundary into fresh memory.
+
+    Tensors read from a safetensors file start wherever the file's layout puts them (8-byte steps); the CPU
+    kernels take other vectorized and GEMM-packing paths on such data and round differently in the last bit
+    (measured: logits 1.2e-7 apart, CAM pseudo labels flipped at near-ties, between a trained model and the
+    same weights loaded back). Fresh allocations are 64-byte aligned, so a model loaded with `from_pretrained`
+    computes bit for bit what the saved model computed (`tests/test_modeling.py`)."""
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
+            tensor.data = tensor.data.clone()
+
+
+__all__ = [
+    "TEXT_EMBEDDING_NAMES",
+    "check_model_folder",
+    "in_aligned_memory",
+    "loading_errors",
+    "refuse_missing_weights",
+    "refuse_new_text_names",
+    "require_safetensors",
+    "safetensors_only",
+    "saved_config_dict",
+]
