@@ -6,12 +6,16 @@ the config's ``model_type``."""
 from __future__ import annotations
 
 import glob
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+from .image_processing_weclip import WeCLIPImageProcessor
 
 # What a model repository may hold. Everything else in a folder (checkpoints, logs, tracker folders with the
 # run's arguments, hidden temporary files of an interrupted save) is never uploaded.
@@ -317,3 +321,57 @@ def publish_folder(
             f"Uploading {folder} to {repo_id!r} failed ({type(err).__name__}: {err}); the folder is intact: publish "
             f"it again with weclip_hf.hub.publish_folder({str(folder)!r}, {repo_id!r})."
         ) from err
+
+
+def saved_image_processor(config) -> WeCLIPImageProcessor | None:
+    """The image processor saved in the folder a model of ``config`` was loaded from (its training's normalization
+    and sizes), or None (a model built in memory, a Hub id, a folder without preprocessor_config.json)."""
+    folder = getattr(config, "_name_or_path", None) or ""
+    if not os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
+        return None
+    return WeCLIPImageProcessor.from_pretrained(folder)
+
+
+def push_model_to_hub(
+    model,
+    repo_id: str,
+    *,
+    image_processor=None,
+    model_card=None,
+    metrics: dict[str, float] | None = None,
+    commit_message: str = "Upload WeCLIP model",
+    private: bool | None = None,
+    token: str | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    **save_kwargs,
+):
+    """Upload ``model``'s safetensors weights and config, an image processor and a model card in one commit
+    (`WeCLIPForSemanticSegmentation.push_to_hub`, whose docstring says what each argument defaults to)."""
+    repo_id = create_hub_repo(repo_id, token=token, private=private)  # "user/name"
+    if image_processor is None:
+        image_processor = saved_image_processor(model.config) or WeCLIPImageProcessor(
+            patch_size=model.config.vision_config.patch_size
+        )
+    if model_card is None:
+        name = repo_id.split("/")[-1]
+        model_card = make_model_card(
+            model.config,
+            model_name=name,
+            repo_id=repo_id,
+            metrics=metrics,
+            source="Uploaded with `WeCLIPForSemanticSegmentation.push_to_hub`.",
+        )
+    with tempfile.TemporaryDirectory() as folder:
+        model.save_pretrained(folder, **save_kwargs)
+        image_processor.save_pretrained(folder)
+        model_card.save(os.path.join(folder, "README.md"))
+        return publish_folder(
+            folder,
+            repo_id,
+            token=token,
+            private=private,
+            commit_message=commit_message,
+            revision=revision,
+            create_pr=create_pr,
+        )

@@ -7,7 +7,6 @@ numbered steps (frozen CLIP, decoder, pseudo labels, losses).
 from __future__ import annotations
 
 import functools
-import os
 import re
 from dataclasses import dataclass
 
@@ -715,49 +714,24 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                 from, else `WeCLIPImageProcessor` for this patch size (ImageNet statistics, long side 512, as the
                 official evaluation).
             model_card: a `huggingface_hub.ModelCard`; default `weclip_hf.hub.make_model_card` with ``metrics``.
+
+        The upload is `weclip_hf.hub.push_model_to_hub`.
         """
-        import tempfile
+        from .hub import push_model_to_hub  # lazily: huggingface_hub's upload machinery
 
-        from .hub import create_hub_repo, make_model_card, publish_folder
-        from .image_processing_weclip import WeCLIPImageProcessor
-
-        repo_id = create_hub_repo(repo_id, token=token, private=private)  # "user/name"
-        if image_processor is None:
-            image_processor = self._saved_image_processor() or WeCLIPImageProcessor(
-                patch_size=self.config.vision_config.patch_size
-            )
-        if model_card is None:
-            name = repo_id.split("/")[-1]
-            model_card = make_model_card(
-                self.config,
-                model_name=name,
-                repo_id=repo_id,
-                metrics=metrics,
-                source="Uploaded with `WeCLIPForSemanticSegmentation.push_to_hub`.",
-            )
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder, **kwargs)
-            image_processor.save_pretrained(folder)
-            model_card.save(os.path.join(folder, "README.md"))
-            return publish_folder(
-                folder,
-                repo_id,
-                token=token,
-                private=private,
-                commit_message=commit_message,
-                revision=revision,
-                create_pr=create_pr,
-            )
-
-    def _saved_image_processor(self):
-        """The image processor saved in the folder this model was loaded from (its training's normalization and
-        sizes), or None (a model built in memory, a Hub id, a folder without preprocessor_config.json)."""
-        from .image_processing_weclip import WeCLIPImageProcessor
-
-        folder = getattr(self.config, "_name_or_path", None) or ""
-        if not os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
-            return None
-        return WeCLIPImageProcessor.from_pretrained(folder)
+        return push_model_to_hub(
+            self,
+            repo_id,
+            image_processor=image_processor,
+            model_card=model_card,
+            metrics=metrics,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
+            **kwargs,
+        )
 
     def get_input_embeddings(self) -> nn.Module:
         """The vision tower's patch embedding (as transformers' vision models return)."""
