@@ -14,6 +14,32 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from weclip_hf.clip_features import in_float32
+from weclip_hf.clip_layers import clip_mlp, eager_attention
+
+
+def last_block_image_embedding(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run ``model``'s last CLIP block in float32 with autograd from its first LayerNorm's output (float32 whatever
+    the weights' dtype: half-precision weights are upcast for this block).
+
+    Args: x: [P, 1+N, D] input tokens of the last block (detached).
+    Returns: (ln1 output [P, 1+N, D] requiring grad — the GradCAM target, L2-normalized image
+    embedding [P, E] = proj(mean over patches of post_layernorm(block output)), head-averaged
+    attention [P, 1+N, 1+N]).
+    """
+    layer = in_float32(model.vision_model.encoder.layers[-1])
+    post_layernorm, projection = (
+        in_float32(model.vision_model.post_layernorm),
+        in_float32(model.visual_projection),
+    )
+    x = x.float()
+    h = layer.layer_norm1(x).detach().requires_grad_(True)
+    out, probs = eager_attention(layer.self_attn, h)
+    y = x + out
+    y = y + clip_mlp(layer.mlp, layer.layer_norm2(y))
+    pooled = post_layernorm(y)[:, 1:].mean(dim=1)
+    return h, F.normalize(projection(pooled), dim=-1), probs.mean(dim=1).detach()
+
 
 def reference_normalize(cam: np.ndarray) -> np.ndarray:
     cam = cam - cam.min()
@@ -88,7 +114,7 @@ def reference_pseudo_labels(model, pixel_values, class_labels, use_rfm=False, de
         present = [c for c in range(class_labels.shape[1]) if class_labels[b, c] > 0.5]
         text = torch.cat([model.class_text_embeds[present], model.background_text_embeds])
         # attention maps of all L blocks for this image (the last block's from its own forward)
-        h, emb, last = model.last_block_image_embedding(hidden[-1][b : b + 1])
+        h, emb, last = last_block_image_embedding(model, hidden[-1][b : b + 1])
         maps = [a[b, 1:, 1:] for a in attention] + [last[0, 1:, 1:]]
         if use_rfm:
             a_dec = decoder_affinity[b].detach()
@@ -102,7 +128,7 @@ def reference_pseudo_labels(model, pixel_values, class_labels, use_rfm=False, de
         trans = reference_transition(aff.float())
         cams_up = []
         for c in present:
-            h, emb, _ = model.last_block_image_embedding(hidden[-1][b : b + 1])
+            h, emb, _ = last_block_image_embedding(model, hidden[-1][b : b + 1])
             probs = (model.logit_scale.exp() * emb @ text.t()).softmax(-1)
             (grad,) = torch.autograd.grad(probs[0, present.index(c)], h)
             acts = h[0, 1:].detach().numpy()  # [N, D]

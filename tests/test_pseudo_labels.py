@@ -4,6 +4,7 @@ scores and labels. The whole chain against the per-image reference is in test_mo
 import pytest
 import torch
 from conftest import make_tiny_config
+from reference_weclip import last_block_image_embedding
 
 from weclip_hf import WeCLIPForSemanticSegmentation, par
 from weclip_hf.cam import gradcam, minmax_normalize
@@ -112,7 +113,8 @@ def test_pair_gradcams_of_a_batch_equal_those_of_each_image_alone(model):
 
 def test_pair_gradcams_equal_a_block_copy_per_pair(model):
     """The last block once per image with the shift gradients (`last_block_pair_embeddings`) against autograd
-    through one copy of the block per pair (`last_block_image_embedding`, as the per-pair reference runs it):
+    through one copy of the block per pair (`reference_weclip.last_block_image_embedding`, as the per-pair reference
+    runs it):
     the same GradCAMs, text probabilities and last-block maps."""
     pixel_values = torch.randn(4, 3, 24, 32, generator=torch.Generator().manual_seed(2))
     features = model.forward_clip_features(pixel_values, 0)
@@ -122,7 +124,7 @@ def test_pair_gradcams_equal_a_block_copy_per_pair(model):
 
     allowed = torch.cat([plan.present[plan.image], torch.ones(6, 3, dtype=torch.bool)], dim=1)
     with torch.enable_grad():
-        target, image_embeds, attention = model.last_block_image_embedding(tokens[plan.image])
+        target, image_embeds, attention = last_block_image_embedding(model, tokens[plan.image])
         text = torch.cat([model.class_text_embeds, model.background_text_embeds])
         logits = model.logit_scale.exp() * image_embeds @ text.t()
         probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)

@@ -23,9 +23,9 @@ from .affinity import transition_matrix
 from .cam import cam_box_masks, refine_cams, upsample_normalized
 from .chunking import images_per_attention_chunk
 from .clip_features import CLIPVisionFeatures, clip_features, in_float32, vision_outputs
-from .clip_layers import clip_mlp, eager_attention, quick_gelu_mlp
+from .clip_layers import quick_gelu_mlp
 from .configuration_weclip import WeCLIPConfig
-from .feature_head import WeCLIPFeatureHead, WeCLIPLayerMLP  # noqa: F401 (WeCLIPLayerMLP: former home)
+from .feature_head import WeCLIPFeatureHead
 from .last_block import pair_block_outputs, run_last_block
 from .losses import affinity_loss, affinity_targets, segmentation_loss
 from .model_loading import (
@@ -493,28 +493,6 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         with ``output_attentions``, every block's per-head maps."""
         return clip_features(self.vision_model, pixel_values, num_attention_maps, output_attentions)
 
-    def last_block_image_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run the last CLIP block in float32 with autograd from its first LayerNorm's output (float32 whatever
-        the weights' dtype: half-precision weights are upcast for this block).
-
-        Args: x: [P, 1+N, D] input tokens of the last block (detached).
-        Returns: (ln1 output [P, 1+N, D] requiring grad — the GradCAM target, L2-normalized image
-        embedding [P, E] = proj(mean over patches of post_layernorm(block output)), head-averaged
-        attention [P, 1+N, 1+N]).
-        """
-        layer = in_float32(self.vision_model.encoder.layers[-1])
-        post_layernorm, projection = (
-            in_float32(self.vision_model.post_layernorm),
-            in_float32(self.visual_projection),
-        )
-        x = x.float()
-        h = layer.layer_norm1(x).detach().requires_grad_(True)
-        out, probs = eager_attention(layer.self_attn, h)
-        y = x + out
-        y = y + clip_mlp(layer.mlp, layer.layer_norm2(y))
-        pooled = post_layernorm(y)[:, 1:].mean(dim=1)
-        return h, F.normalize(projection(pooled), dim=-1), probs.mean(dim=1).detach()
-
     def last_block_pair_embeddings(
         self, x: torch.Tensor, pair_image: torch.Tensor, slots: tuple[torch.Tensor, int] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -528,7 +506,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         Returns: (ln1 output [B, 1+N, D] — the GradCAM activations, zero shift [P, D] requiring grad,
         L2-normalized image embedding [P, E] of each pair's image, differentiable w.r.t. the shift,
         head-averaged attention [B, 1+N, 1+N]). The gradient of a pair's target w.r.t. its shift is the sum
-        over patch tokens of its gradient w.r.t. the ln1 output (`last_block_image_embedding`'s target).
+        over patch tokens of its gradient w.r.t. the ln1 output (the per-pair autograd path of
+        `tests/reference_weclip.last_block_image_embedding`).
         """
         block = run_last_block(in_float32(self.vision_model.encoder.layers[-1]), x.float())
         post_layernorm, projection = (
@@ -600,7 +579,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         """The stages after GradCAM: affinity (mean of the last maps or RFM) -> transition -> ``cams`` [P, h, w]
         propagated (within the box ``masks``, None: everywhere) -> upsampling -> PAR -> labels."""
         cfg = self.config
-        maps = patch_attention_maps(features.attention, gradcams.last_attention, plan)
+        maps = patch_attention_maps(features.attention, gradcams.last_attention)
         affinity = cam_affinity(maps, cfg, use_rfm, decoder_affinity)
         transition = transition_matrix(affinity.affinity)
         refined_grid = refine_cams(cams, transition, plan.image, masks)
