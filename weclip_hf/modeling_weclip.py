@@ -1,7 +1,8 @@
 """WeCLIP: a frozen CLIP, a small trainable decoder, and online pseudo labels from GradCAM + RFM.
 
-Reading order: decoder modules, the pretrained-model base, then the task model, whose forward reads as
-numbered steps (frozen CLIP, decoder, pseudo labels, losses).
+Reading order: outputs, decoder modules, the pretrained-model base, then the task model, whose forward reads as
+numbered steps (frozen CLIP, decoder, pseudo labels, losses). The frozen CLIP tower runs in `clip_features`, the
+pseudo-label stages in `pseudo_labels`, the loading checks in `model_loading`, the Hub upload in `hub`.
 """
 
 from __future__ import annotations
