@@ -188,13 +188,13 @@ def main(argv=None) -> dict:
     check_model_folder(args.model_name_or_path)
     model = AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path).to(args.device).eval()
     cfg = model.config
-    try:
-        image_processor = WeCLIPImageProcessor.from_pretrained(args.model_name_or_path)
-    except OSError:
-        print(
+    image_processor = WeCLIPImageProcessor.from_saved_or_default(
+        args.model_name_or_path,
+        cfg.vision_config.patch_size,
+        on_missing=lambda: print(
             f"{args.model_name_or_path} holds no image processor: normalizing with WeCLIP's ImageNet statistics"
-        )
-        image_processor = WeCLIPImageProcessor()
+        ),
+    )
     normalization = PixelNormalization.from_image_processor(image_processor)
     args.eval_long_side = processor_long_side(args, image_processor)
     _, val, _ = load_dataset_splits(

@@ -223,11 +223,14 @@ def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, PixelNormal
     preset's (or the toy world's) classes and the default processor's normalization."""
     if args.model:
         model = AutoModelForSemanticSegmentation.from_pretrained(args.model).to(device).eval()
-        try:
-            processor = WeCLIPImageProcessor.from_pretrained(args.model)
-        except OSError:  # a folder without preprocessor_config.json
-            processor = WeCLIPImageProcessor()
-        return model, PixelNormalization.from_image_processor(processor)
+    else:
+        model = bare_clip_model(args).to(device).eval()
+    processor = WeCLIPImageProcessor.from_saved_or_default(args.model, model.config.vision_config.patch_size)
+    return model, PixelNormalization.from_image_processor(processor)
+
+
+def bare_clip_model(args) -> WeCLIPForSemanticSegmentation:
+    """A WeCLIP on the bare CLIP of --clip_model_name_or_path with the preset's (or the toy world's) classes."""
     preset = args.preset or ("toy" if args.toy else None)
     kwargs = get_preset(preset).config_kwargs() if preset else {}
     if args.class_names:
@@ -240,8 +243,7 @@ def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, PixelNormal
         from weclip_hf.data.toy import toy_clip_path
 
         clip = str(toy_clip_path()) if args.toy else "openai/clip-vit-base-patch16"
-    model = WeCLIPForSemanticSegmentation.from_clip(clip, **kwargs).to(device).eval()
-    return model, PixelNormalization.from_image_processor(WeCLIPImageProcessor())
+    return WeCLIPForSemanticSegmentation.from_clip(clip, **kwargs)
 
 
 @torch.no_grad()

@@ -226,10 +226,9 @@ def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImage
         args.model_name_or_path, dtype=DTYPES[args.dtype]
     )
     model = model.to(device).eval()
-    try:
-        processor = WeCLIPImageProcessor.from_pretrained(args.model_name_or_path)
-    except OSError:  # a folder without preprocessor_config.json: the default processor for its patch size
-        processor = WeCLIPImageProcessor(patch_size=model.config.vision_config.patch_size)
+    processor = WeCLIPImageProcessor.from_saved_or_default(
+        args.model_name_or_path, model.config.vision_config.patch_size
+    )
     return model, processor
 
 

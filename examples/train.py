@@ -571,14 +571,11 @@ def build_image_processor(args, patch_size: int) -> WeCLIPImageProcessor:
         if args.eval_long_side
         else {"height": args.crop_size, "width": args.crop_size}
     )
-    source = args.image_processor_name_or_path or args.model_name_or_path
-    if source:
-        try:
-            return WeCLIPImageProcessor.from_pretrained(source, size=size, patch_size=patch_size)
-        except OSError:
-            if args.image_processor_name_or_path:
-                raise
-    return WeCLIPImageProcessor(size=size, patch_size=patch_size)
+    if args.image_processor_name_or_path:  # named on the command line: it must hold one
+        return WeCLIPImageProcessor.from_pretrained(
+            args.image_processor_name_or_path, size=size, patch_size=patch_size
+        )
+    return WeCLIPImageProcessor.from_saved_or_default(args.model_name_or_path, patch_size, size=size)
 
 
 def lr_lambda(num_warmup: int, total: int):

@@ -549,3 +549,20 @@ def test_post_processing_takes_the_tuple_of_return_dict_false(tiny_model):
     assert torch.equal(as_dict[0], as_tuple[0])
     with pytest.raises(ValueError, match="a loss comes first"):
         processor.post_process_semantic_segmentation((torch.tensor(1.0), torch.zeros(1, 3, 4, 5)))
+
+
+def test_from_saved_or_default_loads_the_saved_processor_else_the_default(tmp_path):
+    WeCLIPImageProcessor(size={"longest_edge": 48}, image_mean=CLIP_MEAN, patch_size=16).save_pretrained(
+        tmp_path
+    )
+    saved = WeCLIPImageProcessor.from_saved_or_default(tmp_path, 8, do_pad=True)
+    assert saved.size == {"longest_edge": 48} and saved.image_mean == list(CLIP_MEAN)
+    assert saved.patch_size == 8 and saved.do_pad  # the model's patch size and the overrides win
+    missing = []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    default = WeCLIPImageProcessor.from_saved_or_default(empty, 8, on_missing=lambda: missing.append(1))
+    assert missing == [1] and default.patch_size == 8 and default.size == {"longest_edge": 512}
+    assert WeCLIPImageProcessor.from_saved_or_default(
+        None, 14, size={"height": 32, "width": 32}
+    ).to_dict() == (WeCLIPImageProcessor(patch_size=14, size={"height": 32, "width": 32}).to_dict())

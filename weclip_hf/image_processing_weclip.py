@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypedDict
 
@@ -389,6 +389,24 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         for name, value in foreign.items():
             setattr(processor, name, value)
         return loaded
+
+    @classmethod
+    def from_saved_or_default(
+        cls,
+        source: str | Path | None,
+        patch_size: int = 16,
+        on_missing: Callable[[], None] | None = None,
+        **overrides,
+    ) -> WeCLIPImageProcessor:
+        """The processor saved with a model (``source``: its folder or Hub id), else (no ``source``, or none saved
+        there: ``on_missing`` is called) the default one; either with the model's ``patch_size`` and ``overrides``."""
+        if source:
+            try:
+                return cls.from_pretrained(source, patch_size=patch_size, **overrides)
+            except OSError:  # no preprocessor_config.json
+                if on_missing is not None:
+                    on_missing()
+        return cls(patch_size=patch_size, **overrides)
 
     @classmethod
     def from_json_file(cls, json_file: str | Path):
