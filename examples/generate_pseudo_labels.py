@@ -63,7 +63,7 @@ from weclip_hf.data.decoding import file_path, row_name
 from weclip_hf.data.loading import load_dataset_splits, read_example
 from weclip_hf.data.transforms import multi_hot, normalize
 from weclip_hf.hub import create_hub_repo
-from weclip_hf.inference import pad_to_patch
+from weclip_hf.inference import image_pseudo_labels
 from weclip_hf.metrics import confusion_matrix, scores_from_confusion
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, get_preset
@@ -252,10 +252,7 @@ def pseudo_masks(model, items: list[dict], mode: str) -> tuple[torch.Tensor, tor
     RFM of the model's decoder); images below one patch are zero-padded and the masks cropped back."""
     pixel_values = torch.stack([item["pixel_values"] for item in items]).to(model.device)
     class_labels = torch.stack([item["class_labels"] for item in items])
-    height, width = pixel_values.shape[-2:]
-    padded = pad_to_patch(pixel_values, model.config.vision_config.patch_size)
-    out = model(pixel_values=padded, class_labels=class_labels, use_rfm=mode == "rfm")
-    return out.pseudo_labels[:, :height, :width], out.cams
+    return image_pseudo_labels(model, pixel_values, class_labels, use_rfm=mode == "rfm")
 
 
 # ---- outputs ----------------------------------------------------------------------------------------

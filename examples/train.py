@@ -50,7 +50,7 @@ from weclip_hf.data.loading import (
     materialize,
 )
 from weclip_hf.data.transforms import TrainAugmentation
-from weclip_hf.evaluation import evaluate_segmentation
+from weclip_hf.evaluation import evaluate_segmentation, write_overlays
 from weclip_hf.host_memory import retain_freed_host_memory
 from weclip_hf.hub import create_hub_repo, make_model_card, publish_folder, save_model_card
 from weclip_hf.normalization import PixelNormalization
@@ -62,7 +62,6 @@ from weclip_hf.script_arguments import (
     non_negative,
     positive_float,
 )
-from weclip_hf.visualization import write_overlays
 
 
 def recipe_values(field: str) -> str:

@@ -1,4 +1,5 @@
-"""Evaluation: mIoU of predictions (single-scale, multi-scale + flip) and of CAM / RFM pseudo labels.
+"""Evaluation: mIoU of predictions (single-scale, multi-scale + flip) and of CAM / RFM pseudo labels, and overlay
+figures of evaluation examples (`write_overlays`).
 
 Confusion matrices are accumulated on the device and summed across processes; labels keep their
 original size (logits are upsampled bilinearly to it).
@@ -8,15 +9,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .batch_jobs import save_image
 from .crf import WECLIP, CRFParams, crf_refine_labels
-from .inference import image_logits, multiscale_flip_logits, pad_to_patch, resize_longest_edge
+from .inference import image_logits, image_pseudo_labels, multiscale_flip_logits, resize_longest_edge
 from .metrics import confusion_matrix, scores_from_confusion
 from .normalization import PixelNormalization
+from .visualization import overlay_figure, present_class_cams
 
 MODES = ("pred", "pred_msf", "pred_crf", "pred_msf_crf", "cam", "pseudo")
 
@@ -104,9 +108,7 @@ def evaluate_segmentation(
                     model, pixel_values, size, msf, scales, long_side, crf, crf_params, normalization
                 )
             else:
-                padded = pad_to_patch(pixel_values, model.config.vision_config.patch_size)  # tiny images
-                out = model(pixel_values=padded, class_labels=batch["class_labels"], use_rfm=mode == "pseudo")
-                pred = out.pseudo_labels[..., : pixel_values.shape[-2], : pixel_values.shape[-1]]
+                pred, _ = image_pseudo_labels(model, pixel_values, batch["class_labels"], mode == "pseudo")
                 if pred.shape[-2:] != size:
                     pred = F.interpolate(pred[:, None].float(), size=size, mode="nearest")[:, 0].long()
             cm = confusion_matrix(pred, labels, num_labels, ignore_index=ignore)
@@ -129,3 +131,42 @@ def evaluate_segmentation(
             )
             results[mode].update(mean_iou=None, mean_accuracy=None, overall_accuracy=None)
     return results
+
+
+@torch.no_grad()
+def write_overlays(model, dataset, output_dir: str | Path, count: int, normalization=None) -> list[str]:
+    """Overlay figures of the first ``count`` evaluation examples (``pixel_values`` [3, H, W], ``labels`` [H, W],
+    ``class_labels`` [C]): ground truth, the pseudo labels of the frozen CLIP's CAMs and of their RFM refinement
+    with the decoder's affinity, and the prediction over the image, the legend, a CAM heat map per present
+    class; saved as ``output_dir/overlays/val_<i>.png``. ``normalization``: the
+    `weclip_hf.normalization.PixelNormalization` the images were normalized with (default: the dataset's
+    ``normalization``, as `EvalSegmentationDataset` has it)."""
+    normalization = normalization or dataset.normalization
+    out_dir = Path(output_dir) / "overlays"
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    id2label = model.config.id2label
+    paths = []
+    for i in range(min(count, len(dataset))):
+        item = dataset[i]
+        pixel_values = item["pixel_values"][None].to(device)
+        class_labels = item["class_labels"][None].to(device)
+        cam_labels, cams = image_pseudo_labels(model, pixel_values, class_labels, use_rfm=False)
+        rfm_labels, _ = image_pseudo_labels(model, pixel_values, class_labels, use_rfm=True)
+        pred = predict_labels(model, pixel_values, tuple(item["labels"].shape))
+        image = normalization.denormalize(item["pixel_values"]).permute(1, 2, 0).cpu().numpy()
+        figure = overlay_figure(
+            image,
+            {
+                "ground truth": item["labels"].clamp(max=255),
+                "CAM pseudo labels": cam_labels[0],
+                "RFM pseudo labels": rfm_labels[0],
+                "prediction": pred[0],
+            },
+            id2label,
+            cams=present_class_cams(cams[0], item["class_labels"], id2label),
+        )
+        paths.append(str(save_image(figure, out_dir / f"val_{i:03d}.png")))
+    model.train(was_training)
+    return paths

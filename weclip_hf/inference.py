@@ -1,4 +1,5 @@
-"""Inference helpers: long-side resize of normalized images and multi-scale + flip logits (DESIGN Part 1)."""
+"""Inference helpers: long-side resize of normalized images, logits and pseudo labels of images of any size, and
+multi-scale + flip logits (DESIGN Part 1)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,18 @@ def image_logits(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Te
     logits = model(pixel_values=padded).logits.float()
     logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
     return logits[..., :height, :width]
+
+
+def image_pseudo_labels(
+    model: torch.nn.Module, pixel_values: torch.Tensor, class_labels: torch.Tensor, use_rfm: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pseudo labels [B, H, W] of images [B, 3, H, W] of any size of at least 1 px with image-level
+    ``class_labels`` [B, C] (``use_rfm``: refined with the decoder's affinity), and the CAMs [B, C, h, w]; an
+    image with a side smaller than one patch is zero-padded and its labels cropped back."""
+    height, width = pixel_values.shape[-2:]
+    padded = pad_to_patch(pixel_values, model.config.vision_config.patch_size)
+    out = model(pixel_values=padded, class_labels=class_labels, use_rfm=use_rfm)
+    return out.pseudo_labels[..., :height, :width], out.cams
 
 
 @torch.no_grad()

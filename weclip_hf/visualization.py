@@ -2,21 +2,18 @@
 (image, label maps blended over it, a legend of class names, one CAM heat map per present class), upscaled so that
 96 px toy images are readable.
 
-Used by `examples/train.py` (`write_overlays`), `examples/segment.py` and `examples/generate_pseudo_labels.py`.
+Used by `weclip_hf.evaluation.write_overlays` (examples/train.py), `examples/segment.py` and `examples/generate_pseudo_labels.py`.
 Label maps hold the ids of ``config.id2label`` (0 = background, 1..C = classes, 255 = ignore).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
-
-from .batch_jobs import save_image
 
 IGNORE_NAME = "ignore"  # legend name of label 255 (VOC's void borders)
 TITLE_HEIGHT = 22  # px of the title strip above each panel
@@ -219,50 +216,6 @@ def present_class_cams(
     return {label_name(c + 1, id2label): cams[c].float().cpu() for c in present}
 
 
-@torch.no_grad()
-def write_overlays(model, dataset, output_dir: str | Path, count: int, normalization=None) -> list[str]:
-    """Overlay figures of the first ``count`` evaluation examples (``pixel_values`` [3, H, W], ``labels`` [H, W],
-    ``class_labels`` [C]): ground truth, the pseudo labels of the frozen CLIP's CAMs and of their RFM refinement
-    with the decoder's affinity, and the prediction over the image, the legend, a CAM heat map per present
-    class; saved as ``output_dir/overlays/val_<i>.png``. ``normalization``: the
-    `weclip_hf.normalization.PixelNormalization` the images were normalized with (default: the dataset's
-    ``normalization``, as `EvalSegmentationDataset` has it)."""
-    from .evaluation import predict_labels
-    from .inference import pad_to_patch
-
-    normalization = normalization or dataset.normalization
-    out_dir = Path(output_dir) / "overlays"
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    id2label = model.config.id2label
-    paths = []
-    for i in range(min(count, len(dataset))):
-        item = dataset[i]
-        pixel_values = item["pixel_values"][None].to(device)
-        height, width = item["labels"].shape
-        padded = pad_to_patch(pixel_values, model.config.vision_config.patch_size)
-        class_labels = item["class_labels"][None].to(device)
-        cam = model(pixel_values=padded, class_labels=class_labels, use_rfm=False)
-        rfm = model(pixel_values=padded, class_labels=class_labels, use_rfm=True)
-        pred = predict_labels(model, pixel_values, (height, width))
-        image = normalization.denormalize(item["pixel_values"]).permute(1, 2, 0).cpu().numpy()
-        figure = overlay_figure(
-            image,
-            {
-                "ground truth": item["labels"].clamp(max=255),
-                "CAM pseudo labels": cam.pseudo_labels[0, :height, :width],
-                "RFM pseudo labels": rfm.pseudo_labels[0, :height, :width],
-                "prediction": pred[0],
-            },
-            id2label,
-            cams=present_class_cams(cam.cams[0], item["class_labels"], id2label),
-        )
-        paths.append(str(save_image(figure, out_dir / f"val_{i:03d}.png")))
-    model.train(was_training)
-    return paths
-
-
 __all__ = [
     "PALETTE",
     "blend",
@@ -276,5 +229,4 @@ __all__ = [
     "legend",
     "overlay_figure",
     "present_class_cams",
-    "write_overlays",
 ]
