@@ -34,6 +34,7 @@ from weclip_hf.crf import CRF_PRESETS, CRFParams
 from weclip_hf.data.adapters import add_image_labels, resolve_columns
 from weclip_hf.data.loading import EvalSegmentationDataset, collate, load_dataset_splits
 from weclip_hf.evaluation import evaluate_segmentation
+from weclip_hf.metrics import per_class_iou
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, EvaluationSettings, get_preset
 from weclip_hf.script_arguments import (
@@ -249,13 +250,7 @@ def main(argv=None) -> dict:
         "evaluation": settings_report(args),
         **({"crf": {"preset": args.crf_preset, **dataclasses.asdict(args.crf_params)}} if args.crf else {}),
         **{f"{m}_miou": r["mean_iou"] for m, r in results.items()},
-        "per_class_iou": {
-            m: {
-                cfg.id2label[i]: None if math.isnan(v) else float(v)
-                for i, v in enumerate(r["per_category_iou"])
-            }
-            for m, r in results.items()
-        },
+        "per_class_iou": {m: per_class_iou(r["per_category_iou"], cfg.id2label) for m, r in results.items()},
     }
     if args.output_json:
         # allow_nan=False: a NaN would make invalid JSON (evaluate_segmentation gives None instead)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +63,7 @@ from weclip_hf.data.loading import load_dataset_splits, read_example
 from weclip_hf.data.transforms import multi_hot, normalize
 from weclip_hf.hub import create_hub_repo
 from weclip_hf.inference import image_pseudo_labels
-from weclip_hf.metrics import confusion_matrix, scores_from_confusion
+from weclip_hf.metrics import confusion_matrix, nan_to_none, per_class_iou, scores_from_confusion
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, get_preset
 from weclip_hf.script_arguments import add_data_source_flags, first_paragraph
@@ -323,11 +322,8 @@ def pseudo_label_scores(records: list[dict], id2label: dict) -> dict:
         np.add.at(cm, (index[:, 0], index[:, 1]), index[:, 2])
         scores = scores_from_confusion(cm)
         report[mode] = {
-            "mean_iou": None if math.isnan(scores["mean_iou"]) else float(scores["mean_iou"]),
-            "per_class_iou": {
-                id2label[i]: None if math.isnan(v) else float(v)
-                for i, v in enumerate(scores["per_category_iou"])
-            },
+            "mean_iou": nan_to_none(scores["mean_iou"]),
+            "per_class_iou": per_class_iou(scores["per_category_iou"], id2label),
         }
     return report
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import signal
@@ -53,6 +52,7 @@ from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.evaluation import evaluate_segmentation, write_overlays
 from weclip_hf.host_memory import retain_freed_host_memory
 from weclip_hf.hub import create_hub_repo, make_model_card, publish_folder, save_model_card
+from weclip_hf.metrics import per_class_iou
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, get_preset
 from weclip_hf.script_arguments import (
@@ -766,10 +766,8 @@ def final_evaluation(args, model, val_set, output_dir: Path) -> dict:
     if "pred_msf" in res:
         metrics[f"{key}_msf" if args.fully_supervised else "miou_msf"] = res["pred_msf"]["mean_iou"]
         metrics["msf_scales"] = list(args.msf_scales)
-    metrics["per_class_iou"] = {  # null: class absent from predictions and ground truth
-        cfg.id2label[i]: None if math.isnan(v) else float(v)
-        for i, v in enumerate(res["pred"]["per_category_iou"])
-    }
+    # null: class absent from predictions and ground truth
+    metrics["per_class_iou"] = per_class_iou(res["pred"]["per_category_iou"], cfg.id2label)
     if args.recipe == "toy":
         metrics.update(toy_baselines(val_set, cfg.num_labels))
     metrics["overlays"] = write_overlays(model, val_set, output_dir, args.num_overlays)

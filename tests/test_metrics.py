@@ -14,7 +14,13 @@ import pytest
 import torch
 
 from weclip_hf.metrics import MEAN_IOU_MODULE_PATH
-from weclip_hf.metrics.functional import MeanIoU, confusion_matrix, scores_from_confusion
+from weclip_hf.metrics.functional import (
+    MeanIoU,
+    confusion_matrix,
+    nan_to_none,
+    per_class_iou,
+    scores_from_confusion,
+)
 
 NUM_LABELS = 6
 IGNORE = 255
@@ -361,3 +367,13 @@ def test_mean_iou_matches_the_evaluate_module_on_out_of_range_labels(
         metric.update(p, r)
     oracle = {k: np.array(v, dtype=np.float64) for k, v in evaluate_results[case].items()}
     assert_scores_equal(metric.compute(), oracle)
+
+
+def test_per_class_iou_names_the_classes_and_gives_none_for_nan():
+    cm = torch.tensor([[3, 1, 0], [0, 2, 0], [0, 0, 0]])  # class 2 in neither predictions nor references
+    scores = scores_from_confusion(cm)
+    ious = per_class_iou(scores["per_category_iou"], {0: "background", 1: "cat", 2: "dog"})
+    assert ious == {"background": 0.75, "cat": pytest.approx(2 / 3), "dog": None}
+    assert json.loads(json.dumps(ious, allow_nan=False)) == ious
+    assert nan_to_none(float("nan")) is None and nan_to_none(np.float64(0.5)) == 0.5
+    assert type(nan_to_none(np.float64(0.5))) is float

@@ -5,13 +5,15 @@ from __future__ import annotations
 from importlib.resources import files
 from typing import Any
 
-from .functional import MeanIoU, confusion_matrix, scores_from_confusion
+from .functional import MeanIoU, confusion_matrix, nan_to_none, per_class_iou, scores_from_confusion
 
 __all__ = [
     "MEAN_IOU_MODULE_PATH",
     "MeanIoU",
     "confusion_matrix",
     "load_mean_iou_metric",
+    "nan_to_none",
+    "per_class_iou",
     "scores_from_confusion",
 ]
 

@@ -19,13 +19,14 @@ predictions come from an argmax and references are in range or ``ignore_index``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["MeanIoU", "confusion_matrix", "scores_from_confusion"]
+__all__ = ["MeanIoU", "confusion_matrix", "nan_to_none", "per_class_iou", "scores_from_confusion"]
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -155,6 +156,16 @@ def scores_from_confusion(
     if nan_to_num is not None:
         metrics = {key: _replace_nan(value, nan_to_num) for key, value in metrics.items()}
     return metrics
+
+
+def nan_to_none(value: float) -> float | None:
+    """A score as a JSON value: None for NaN (a class absent from predictions and references, or no pixel scored)."""
+    return None if math.isnan(value) else float(value)
+
+
+def per_class_iou(per_category_iou: ArrayLike, id2label: Mapping[int, str]) -> dict[str, float | None]:
+    """Class name -> IoU of `scores_from_confusion`'s ``per_category_iou``, None where NaN, as the reports write it."""
+    return {id2label[i]: nan_to_none(value) for i, value in enumerate(per_category_iou)}
 
 
 def _replace_nan(value: float | np.ndarray, fill: float) -> float | np.ndarray:
