@@ -31,8 +31,7 @@ from transformers import AutoModelForSemanticSegmentation
 
 from weclip_hf import WeCLIPImageProcessor
 from weclip_hf.crf import CRF_PRESETS, CRFParams
-from weclip_hf.data.adapters import add_image_labels, resolve_columns
-from weclip_hf.data.loading import EvalSegmentationDataset, collate, load_dataset_splits
+from weclip_hf.data.loading import collate, evaluation_set, load_dataset_splits
 from weclip_hf.evaluation import evaluate_segmentation
 from weclip_hf.metrics import per_class_iou
 from weclip_hf.normalization import PixelNormalization
@@ -213,18 +212,17 @@ def main(argv=None) -> dict:
     )
     if val is None:
         raise ValueError(f"Split {args.validation_split!r} not found in the dataset.")
-    if args.max_eval_samples:
-        val = val.select(range(min(args.max_eval_samples, len(val))))
-    columns = resolve_columns(val.column_names, args.image_column, args.mask_column, None, require_mask=True)
-    val, summary = add_image_labels(
+    dataset, summary = evaluation_set(
         val,
-        columns,
         cfg.num_foreground_classes,
         cfg.semantic_loss_ignore_index,
-        skip_unreadable=args.skip_unreadable_images,
+        normalization,
+        args.image_column,
+        args.mask_column,
+        args.max_eval_samples,
+        args.skip_unreadable_images,
     )
     print(f"{args.validation_split}: {summary}")
-    dataset = EvalSegmentationDataset(val, columns, cfg.num_foreground_classes, normalization)
 
     def to_device(batch):
         return {k: v.to(args.device) for k, v in batch.items()}

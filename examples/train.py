@@ -41,12 +41,11 @@ from weclip_hf.checkpointing import (
 from weclip_hf.data.adapters import add_image_labels, dataset_columns, is_streaming, resolve_columns
 from weclip_hf.data.loading import (
     EpochShuffleSampler,
-    EvalSegmentationDataset,
     StreamingWeakSegmentationDataset,
     WeakSegmentationDataset,
     collate,
+    evaluation_set,
     load_dataset_splits,
-    materialize,
 )
 from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.evaluation import evaluate_segmentation, write_overlays
@@ -498,14 +497,18 @@ def prepare_data(
     val_set = None
     if val is not None:
         # a streamed split is read once: evaluation indexes it
-        val = materialize(val, args.max_eval_samples, skip_unreadable=args.skip_unreadable_images)
-        val_columns = resolve_columns(val.column_names, args.image_column, args.mask_column, None, True)
-        with accelerator.main_process_first():
-            val, val_summary = add_image_labels(
-                val, val_columns, num_classes, ignore_index, skip_unreadable=args.skip_unreadable_images
-            )
+        val_set, val_summary = evaluation_set(
+            val,
+            num_classes,
+            ignore_index,
+            normalization,
+            args.image_column,
+            args.mask_column,
+            args.max_eval_samples,
+            args.skip_unreadable_images,
+            labelling=accelerator.main_process_first,
+        )
         accelerator.print(f"validation: {val_summary}")
-        val_set = EvalSegmentationDataset(val, val_columns, num_classes, normalization)
     return train_set, val_set
 
 

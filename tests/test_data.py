@@ -491,7 +491,7 @@ def test_a_model_trained_with_clip_statistics_is_saved_evaluated_and_served_with
     from conftest import FAST, ROOT, run_train
 
     from weclip_hf import WeCLIPImageProcessor
-    from weclip_hf.data.loading import EvalSegmentationDataset, load_dataset_splits
+    from weclip_hf.data.loading import evaluation_set, load_dataset_splits
     from weclip_hf.normalization import CLIP_MEAN, CLIP_NORMALIZATION, CLIP_STD
     from weclip_hf.visualization import TITLE_HEIGHT, display_size, resize_rgb
 
@@ -519,8 +519,8 @@ def test_a_model_trained_with_clip_statistics_is_saved_evaluated_and_served_with
     spec.loader.exec_module(script)
     used = []
     monkeypatch.setattr(
-        script, "EvalSegmentationDataset", lambda *a: used.append(a[-1]) or EvalSegmentationDataset(*a)
-    )
+        script, "evaluation_set", lambda *a, **k: used.append(a[3]) or evaluation_set(*a, **k)
+    )  # its 4th argument: the normalization of the validation set
     script.main(["--model_name_or_path", str(out), "--toy_val_images", "4", "--max_eval_samples", "1"])
     assert used == [CLIP_NORMALIZATION]
 
@@ -588,3 +588,23 @@ def test_an_empty_loaded_split_is_named():
     with pytest.raises(ValueError, match=r"Split 'train' of org/data is empty"):
         check_not_empty(empty, "org/data")
     check_not_empty(None, "org/data")  # an absent split is not an empty one
+
+
+def test_evaluation_set_limits_labels_and_normalizes_the_validation_split():
+    from weclip_hf.data.loading import EvalSegmentationDataset, evaluation_set, load_dataset_splits
+
+    _, val, _ = load_dataset_splits(toy=True, toy_sizes=(1, 3), seed=0)
+    entered = []
+
+    class Labelling:
+        def __enter__(self):
+            entered.append(True)
+
+        def __exit__(self, *exc):
+            return False
+
+    dataset, summary = evaluation_set(val, 8, 255, IMAGENET_NORMALIZATION, max_samples=2, labelling=Labelling)
+    assert isinstance(dataset, EvalSegmentationDataset) and len(dataset) == 2 and entered == [True]
+    item = dataset[1]
+    assert item["pixel_values"].shape[-2:] == item["labels"].shape and item["class_labels"].shape == (8,)
+    assert summary.total == 2

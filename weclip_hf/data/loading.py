@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
 from ..normalization import PixelNormalization
 from ..presets import Preset, get_preset
-from .adapters import Columns, is_streaming
+from .adapters import Columns, LabelSummary, add_image_labels, is_streaming, resolve_columns
 from .decoding import UnreadableImageError, decode_image, split_name, undecoded
 from .transforms import TrainAugmentation, load_rgb_uint8, multi_hot, normalize
 
@@ -246,6 +247,29 @@ def materialize(dataset, limit: int | None = None, skip_unreadable: bool = False
     return datasets.Dataset.from_list(
         rows, features=features, split=datasets.NamedSplit(split) if split else None
     )
+
+
+def evaluation_set(
+    val,
+    num_classes: int,
+    ignore_index: int,
+    normalization: PixelNormalization,
+    image_column: str | None = None,
+    mask_column: str | None = None,
+    max_samples: int | None = None,
+    skip_unreadable: bool = False,
+    labelling: Callable[[], AbstractContextManager] = nullcontext,
+) -> tuple[EvalSegmentationDataset, LabelSummary]:
+    """The evaluation dataset of a validation split (its first ``max_samples`` examples; a streamed split read
+    once) with its image-level labels, and their summary; ``labelling``: the context of `add_image_labels` (e.g.
+    ``accelerator.main_process_first``, so that one process fills the datasets cache)."""
+    val = materialize(val, max_samples, skip_unreadable=skip_unreadable)
+    columns = resolve_columns(val.column_names, image_column, mask_column, None, require_mask=True)
+    with labelling():
+        val, summary = add_image_labels(
+            val, columns, num_classes, ignore_index, skip_unreadable=skip_unreadable
+        )
+    return EvalSegmentationDataset(val, columns, num_classes, normalization), summary
 
 
 def load_dataset_splits(
