@@ -78,7 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--validation_split", default="validation")
     p.add_argument("--image_column")
     p.add_argument("--mask_column")
-    p.add_argument("--toy_val_images", type=at_least_one, default=200)
+    p.add_argument(
+        "--toy_val_images", type=at_least_one, default=get_preset("toy").dataset.toy_sizes[1]
+    )  # the training run's
     p.add_argument("--seed", type=int, default=0, help="toy world seed (the training run's)")
     p.add_argument(
         "--preset",

@@ -49,6 +49,7 @@ from weclip_hf.batch_jobs import (
     STATE_DIR,
     check_run_settings,
     copy_file,
+    decoding_workers,
     group_by_size,
     process_share,
     remove_temporary_files,
@@ -415,9 +416,7 @@ def main(argv=None) -> dict | None:
     cfg = model.config
     class_names = list(zip(cfg.label_names, cfg.class_names))
     splits = load_splits(args, cfg.num_foreground_classes, cfg.semantic_loss_ignore_index, class_names, state)
-    num_workers = (
-        args.num_workers if args.num_workers is not None else (0 if state.device.type == "cpu" else 2)
-    )
+    num_workers = decoding_workers(args.num_workers, state.device.type)
 
     # 2. pseudo masks of --split, ground-truth masks of --validation_split: this process's share, not yet done
     for split, (dataset, columns, _, is_pseudo) in splits.items():

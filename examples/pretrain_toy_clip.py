@@ -59,6 +59,7 @@ from weclip_hf.data.toy import (
     TOY_CLASS_NAMES,
     TOY_IMAGE_SIZE,
     TOY_PROMPT_TEMPLATE,
+    TOY_VALIDATION_SEED_OFFSET,
     generate_toy_world,
     toy_clip_path,
 )
@@ -91,7 +92,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train_pool_size", type=int, default=6000, help="toy images generated once")
     parser.add_argument("--eval_size", type=int, default=200, help="held-out images for the gate metrics")
-    parser.add_argument("--eval_seed", type=int, default=1_000_003)
+    parser.add_argument(
+        "--eval_seed",
+        type=int,
+        default=TOY_VALIDATION_SEED_OFFSET,
+        help="seed of the held-out images (default: that of the toy validation world of --seed 0)",
+    )
     parser.add_argument(
         "--per_device_train_batch_size", type=int, default=32, help="whole toy images per step"
     )

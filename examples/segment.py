@@ -43,6 +43,7 @@ from transformers import AutoModelForSemanticSegmentation
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.batch_jobs import (
     check_run_settings,
+    decoding_workers,
     group_by_size,
     process_share,
     read_skipped,
@@ -327,9 +328,7 @@ def main(argv=None) -> dict | None:
     state.print(
         f"{len(names)} inputs; this process segments {len(todo)} (the others: done or another process's)"
     )
-    num_workers = (
-        args.num_workers if args.num_workers is not None else (0 if state.device.type == "cpu" else 2)
-    )
+    num_workers = decoding_workers(args.num_workers, state.device.type)
     loader = DataLoader(
         ImageInputs(values, where, todo, processor),
         batch_size=args.batch_size,

@@ -941,7 +941,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     # 4. training loop
-    checkpoint_every = int(args.checkpointing_steps)  # the recipe's is a string
+    checkpoint_every = args.checkpointing_steps
     steps_per_epoch = None if streamed else len(train_loader)
     bar = tqdm(
         total=args.max_train_steps,

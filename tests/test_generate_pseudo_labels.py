@@ -14,7 +14,7 @@ from conftest import ROOT, train_in_process
 from huggingface_hub import HfApi
 from PIL import Image
 
-from weclip_hf.data.toy import generate_toy_images, make_toy_dataset
+from weclip_hf.data.toy import TOY_VALIDATION_SEED_OFFSET, generate_toy_images, make_toy_dataset
 from weclip_hf.presets import TOY_CLASS_NAMES
 
 SCRIPT = ROOT / "examples" / "generate_pseudo_labels.py"
@@ -92,7 +92,7 @@ def test_round_trip_load_as_a_dataset_and_train(cam_run, tiny_clip, capsys):
         assert np.array_equal(np.asarray(row["image"]), np.asarray(toy[i]["image"]))
         assert row["image_labels"] == toy[i]["image_labels"]
         assert np.array_equal(np.asarray(row["mask"]), read_mask(out / "train" / "masks" / f"{i:06d}.png"))
-    val = make_toy_dataset(2, seed=1_000_003)  # copied with its ground truth
+    val = make_toy_dataset(2, seed=TOY_VALIDATION_SEED_OFFSET)  # copied with its ground truth
     assert np.array_equal(np.asarray(loaded["validation"][1]["mask"]), np.asarray(val[1]["annotation"]))
     saved = datasets.load_from_disk(str(out.parent / "saved"))
     assert saved["train"]["image_labels"] == loaded["train"]["image_labels"]

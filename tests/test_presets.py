@@ -79,3 +79,14 @@ def test_evaluate_script_takes_its_settings_from_the_preset():
     plain = evaluate.parse_args(base)  # no preset: no resize, no CRF unless asked
     assert (plain.crf, plain.eval_long_side) == (False, None)
     assert evaluate.parse_args([*base, "--crf", "--scales", "1.0", "1.5"]).scales == [1.0, 1.5]
+
+
+def test_checkpointing_steps_are_whole_numbers_and_the_toy_world_defaults_are_the_presets(monkeypatch):
+    import weclip_hf.data.toy as toy
+
+    assert all(isinstance(p.training.checkpointing_steps, int) for p in PRESETS.values())
+    made, real = [], toy.make_toy_dataset
+    monkeypatch.setattr(toy, "make_toy_dataset", lambda n, seed: made.append((n, seed)) or real(1, seed=seed))
+    load_dataset_splits(toy=True, seed=3)
+    train_size, val_size = get_preset("toy").dataset.toy_sizes
+    assert made == [(train_size, 3), (val_size, 3 + toy.TOY_VALIDATION_SEED_OFFSET)]

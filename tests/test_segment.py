@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, train_env
 from PIL import Image
 
-from weclip_hf.batch_jobs import write_atomic
+from weclip_hf.batch_jobs import decoding_workers, write_atomic
 from weclip_hf.data.toy import generate_toy_images
 from weclip_hf.visualization import PALETTE, display_size
 
@@ -270,3 +270,8 @@ def test_two_processes_split_the_inputs(run, images, toy_weclip_dir, tmp_path):
     assert set(report["images"]) == set(READABLE) and [s["input"] for s in report["skipped"]] == ["truncated"]
     for name in READABLE:
         assert np.mean(label_map(out, name) == label_map(reference, name)) > 0.999, name
+
+
+def test_decoding_workers_default_to_two_on_an_accelerator_and_none_on_the_cpu():
+    assert decoding_workers(None, "cuda") == 2 and decoding_workers(None, "cpu") == 0
+    assert decoding_workers(3, "cpu") == 3 and decoding_workers(0, "cuda") == 0  # --num_workers wins

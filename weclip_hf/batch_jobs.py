@@ -69,6 +69,14 @@ def process_share(num_inputs: int, rank: int, world_size: int) -> range:
     return range(rank, num_inputs, world_size)
 
 
+def decoding_workers(num_workers: int | None, device_type: str) -> int:
+    """DataLoader workers of a batch job: ``num_workers`` (``--num_workers``) if given, else 2 on an accelerator
+    and 0 on the CPU (where workers would take the cores of the model's threads)."""
+    if num_workers is not None:
+        return num_workers
+    return 0 if device_type == "cpu" else 2
+
+
 def group_by_size(items: list[dict], key: str = "pixel_values") -> list[list[dict]]:
     """``items`` in groups whose tensors ``item[key]`` have one shape (one forward each), in order of appearance."""
     groups: dict[tuple, list[dict]] = {}
@@ -126,6 +134,7 @@ __all__ = [
     "STATE_DIR",
     "check_run_settings",
     "copy_file",
+    "decoding_workers",
     "group_by_size",
     "process_share",
     "read_skipped",

@@ -20,6 +20,7 @@ from .crf import WECLIP, CRFParams, crf_refine_labels
 from .inference import image_logits, image_pseudo_labels, multiscale_flip_logits, resize_longest_edge
 from .metrics import confusion_matrix, scores_from_confusion
 from .normalization import PixelNormalization
+from .presets import EvaluationSettings
 from .visualization import overlay_figure, present_class_cams
 
 MODES = ("pred", "pred_msf", "pred_crf", "pred_msf_crf", "cam", "pseudo")
@@ -38,7 +39,7 @@ def _require_normalization(normalization: PixelNormalization | None) -> PixelNor
 
 def predict_labels(
     model, pixel_values: torch.Tensor, size: tuple[int, int], msf: bool = False,
-    scales: Sequence[float] = (1.0, 0.75), long_side: int | None = None, crf: bool = False,
+    scales: Sequence[float] = EvaluationSettings.msf_scales, long_side: int | None = None, crf: bool = False,
     crf_params: CRFParams = WECLIP, normalization: PixelNormalization | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Predicted label maps [B, H, W] at ``size``: optional long-side resize, (multi-scale + flip)
@@ -65,7 +66,7 @@ def evaluate_segmentation(
     model,
     batches: Iterable[dict],
     modes: Sequence[str] = ("pred",),
-    scales: Sequence[float] = (1.0, 0.75),
+    scales: Sequence[float] = EvaluationSettings.msf_scales,
     long_side: int | None = None,
     accelerator=None,
     progress: bool = True,

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .presets import EvaluationSettings
+
 
 def longest_edge_size(height: int, width: int, longest_edge: int) -> tuple[int, int]:
     """Size with the long side = ``longest_edge`` and the other side int-truncated (375x500 -> 384x512)."""
@@ -59,7 +61,7 @@ def image_pseudo_labels(
 def multiscale_flip_logits(
     model: torch.nn.Module,
     pixel_values: torch.Tensor,
-    scales: Sequence[float] = (1.0, 0.75),
+    scales: Sequence[float] = EvaluationSettings.msf_scales,
     flip: bool = True,
 ) -> torch.Tensor:
     """Multi-scale + flip logits on the scale-1 logit grid: [B, K, h, w].

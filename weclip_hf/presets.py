@@ -92,7 +92,7 @@ class TrainingRecipe:
     scale_min: float = 0.5
     scale_max: float = 2.0
     eval_steps: int = 2000
-    checkpointing_steps: str = "2000"
+    checkpointing_steps: int = 2000
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ PRESETS: dict[str, Preset] = {
             rfm_num_maps=10,
             rfm_start_step=40000,
         ),
-        training=TrainingRecipe(max_train_steps=80000, eval_steps=10000, checkpointing_steps="10000"),
+        training=TrainingRecipe(max_train_steps=80000, eval_steps=10000, checkpointing_steps=10000),
         evaluation=EvaluationSettings(crf=False),
     ),
     "toy": Preset(
@@ -195,7 +195,7 @@ PRESETS: dict[str, Preset] = {
             scale_min=1.0,
             scale_max=1.0,
             eval_steps=0,
-            checkpointing_steps="250",
+            checkpointing_steps=250,
         ),
         # 96 px images: at 0.75 the finest textures fall below the 8 px patch; chosen on the dev split of an
         # earlier world: single scale 0.426, 1.0 + flip 0.435, (1.0, 1.125) + flips 0.458, (1.0, 1.25) 0.426
@@ -244,7 +244,7 @@ PRESETS: dict[str, Preset] = {
             learning_rate=2e-4,
             max_train_steps=80000,
             eval_steps=10000,
-            checkpointing_steps="10000",
+            checkpointing_steps=10000,
         ),
         evaluation=EvaluationSettings(msf_scales=(1.0, 1.5), crf=False),
     ),

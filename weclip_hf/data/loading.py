@@ -282,7 +282,7 @@ def load_dataset_splits(
     preset: str | None = None,
     streaming: bool = False,
     toy: bool = False,
-    toy_sizes: tuple[int, int] = (2000, 200),
+    toy_sizes: tuple[int, int] | None = None,
     seed: int = 0,
     need_train: bool = True,
     log: Callable[[str], None] = print,
@@ -293,13 +293,17 @@ def load_dataset_splits(
     Without ``train_split`` the preset's preferred splits are tried in order (VOC: "train_aug", then
     "train", with a note through ``log``). ``streaming=True`` streams Hub datasets and imagefolders, and
     turns the training split of a saved DatasetDict into a ``datasets.IterableDataset``. With
-    ``need_train=False`` (evaluation) a missing training split gives ``train=None``.
+    ``need_train=False`` (evaluation) a missing training split gives ``train=None``. ``toy_sizes``: the toy
+    world's (train, validation) images, default the toy preset's.
     """
     if toy:
-        from .toy import make_toy_dataset
+        from .toy import TOY_VALIDATION_SEED_OFFSET, make_toy_dataset
 
+        toy_sizes = toy_sizes or get_preset("toy").dataset.toy_sizes
         train = with_split_name(make_toy_dataset(toy_sizes[0], seed=seed), "train")
-        val = with_split_name(make_toy_dataset(toy_sizes[1], seed=seed + 1_000_003), "validation")
+        val = with_split_name(
+            make_toy_dataset(toy_sizes[1], seed=seed + TOY_VALIDATION_SEED_OFFSET), "validation"
+        )
         names = _names(get_preset("toy"))
         if streaming:
             train = with_split_name(train.to_iterable_dataset(num_shards=min(len(train), 64)), "train")

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     import datasets
 
 TOY_IMAGE_SIZE = 96
+# the validation world of seed s is generated with seed s + this offset, far from any training seed
+TOY_VALIDATION_SEED_OFFSET = 1_000_003
 # the class names, background words and prompt template are the toy preset's (presets.PRESETS["toy"])
 
 # Fill texture of each class (same order as TOY_CLASS_NAMES); documentation of the world's design.
