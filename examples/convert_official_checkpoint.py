@@ -37,10 +37,10 @@ from weclip_hf.configuration_weclip_plus import DINO_VARIANTS
 from weclip_hf.conversion import OFFICIAL_PRESETS, dino_variant_name
 from weclip_hf.convert import convert_official_checkpoint
 from weclip_hf.hub import METHODS, make_model_card, publish_folder, save_model_card
-from weclip_hf.presets import get_preset
+from weclip_hf.presets import CLIP_MODEL, get_preset
 
 logger = logging.getLogger("convert_official_checkpoint")
-DEFAULT_TOKENIZER = "openai/clip-vit-base-patch16"
+DEFAULT_TOKENIZER = CLIP_MODEL
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

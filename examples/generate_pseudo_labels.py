@@ -61,12 +61,13 @@ from weclip_hf.batch_jobs import (
 from weclip_hf.data.adapters import add_image_labels, resolve_columns
 from weclip_hf.data.decoding import file_path, row_name
 from weclip_hf.data.loading import load_dataset_splits, read_example
+from weclip_hf.data.toy import default_clip_model
 from weclip_hf.data.transforms import multi_hot, normalize
 from weclip_hf.hub import create_hub_repo
 from weclip_hf.inference import image_pseudo_labels
 from weclip_hf.metrics import confusion_matrix, nan_to_none, per_class_iou, scores_from_confusion
 from weclip_hf.normalization import PixelNormalization
-from weclip_hf.presets import PRESETS, get_preset
+from weclip_hf.presets import PRESETS, get_preset, preset_config_kwargs
 from weclip_hf.script_arguments import add_data_source_flags, first_paragraph
 from weclip_hf.visualization import label_map_image, overlay_figure, present_class_cams
 
@@ -232,7 +233,7 @@ def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, PixelNormal
 def bare_clip_model(args) -> WeCLIPForSemanticSegmentation:
     """A WeCLIP on the bare CLIP of --clip_model_name_or_path with the preset's (or the toy world's) classes."""
     preset = args.preset or ("toy" if args.toy else None)
-    kwargs = get_preset(preset).config_kwargs() if preset else {}
+    kwargs = preset_config_kwargs(preset)
     if args.class_names:
         kwargs.pop("label_names", None)
         kwargs["class_names"] = args.class_names
@@ -240,9 +241,7 @@ def bare_clip_model(args) -> WeCLIPForSemanticSegmentation:
         kwargs["background_names"] = args.background_names
     clip = args.clip_model_name_or_path
     if clip is None:
-        from weclip_hf.data.toy import toy_clip_path
-
-        clip = str(toy_clip_path()) if args.toy else "openai/clip-vit-base-patch16"
+        clip = default_clip_model(args.toy)
     return WeCLIPForSemanticSegmentation.from_clip(clip, **kwargs)
 
 

@@ -47,13 +47,14 @@ from weclip_hf.data.loading import (
     evaluation_set,
     load_dataset_splits,
 )
+from weclip_hf.data.toy import default_clip_model
 from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.evaluation import evaluate_segmentation, write_overlays
 from weclip_hf.host_memory import retain_freed_host_memory
 from weclip_hf.hub import create_hub_repo, make_model_card, publish_folder, save_model_card
 from weclip_hf.metrics import per_class_iou
 from weclip_hf.normalization import PixelNormalization
-from weclip_hf.presets import PRESETS, get_preset
+from weclip_hf.presets import DINO_MODEL, PRESETS, get_preset, preset_config_kwargs
 from weclip_hf.script_arguments import (
     add_data_source_flags,
     at_least_one,
@@ -530,7 +531,7 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
         return AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path, **overrides)
     preset = args.preset or ("toy" if args.recipe == "toy" else None)
     plus = (get_preset(preset).model_type == "weclip_plus") if preset else False  # parse_args: --dino fits
-    overrides = get_preset(preset).config_kwargs() if preset else {}
+    overrides = preset_config_kwargs(preset)
     overrides.update({k: v for k, v in names.items() if v is not None})
     for key in MODEL_FLAGS:
         if getattr(args, key, None) is not None:
@@ -543,14 +544,9 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
         overrides.pop("label_names")
     clip = args.clip_model_name_or_path
     if clip is None:
-        if args.recipe == "toy":
-            from weclip_hf.data.toy import toy_clip_path
-
-            clip = str(toy_clip_path())
-        else:
-            clip = "openai/clip-vit-base-patch16"
+        clip = default_clip_model(toy=args.recipe == "toy")
     if plus or args.dino_model_name_or_path:
-        dino = args.dino_model_name_or_path or "facebook/dinov2-small"
+        dino = args.dino_model_name_or_path or DINO_MODEL
         return WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(clip, dino, **overrides)
     return WeCLIPForSemanticSegmentation.from_clip(clip, **overrides)
 

@@ -90,3 +90,17 @@ def test_checkpointing_steps_are_whole_numbers_and_the_toy_world_defaults_are_th
     load_dataset_splits(toy=True, seed=3)
     train_size, val_size = get_preset("toy").dataset.toy_sizes
     assert made == [(train_size, 3), (val_size, 3 + toy.TOY_VALIDATION_SEED_OFFSET)]
+
+
+def test_fresh_model_defaults_preset_kwargs_and_clip():
+    from weclip_hf.data.toy import default_clip_model, toy_clip_path
+    from weclip_hf.presets import CLIP_MODEL, preset_config_kwargs
+
+    assert preset_config_kwargs(None) == {}
+    kwargs = preset_config_kwargs("voc")
+    kwargs["class_names"].append("extra")  # a fresh copy
+    assert preset_config_kwargs("voc")["class_names"] == get_preset("voc").config["class_names"]
+    assert (
+        default_clip_model(toy=True) == str(toy_clip_path()) and (toy_clip_path() / "config.json").is_file()
+    )
+    assert default_clip_model(toy=False) == CLIP_MODEL == "openai/clip-vit-base-patch16"

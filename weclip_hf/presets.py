@@ -63,6 +63,10 @@ COCO_BACKGROUND_NAMES = [
     "valley", "bridge",
 ]  # fmt: skip
 
+# the backbones a fresh model starts from unless the scripts are given others (the toy world: `data.toy.toy_clip_path`)
+CLIP_MODEL = "openai/clip-vit-base-patch16"  # the official WeCLIP's CLIP ViT-B/16
+DINO_MODEL = "facebook/dinov2-small"  # WeCLIP+'s DINOv2
+
 TOY_CLASS_NAMES = ["circle", "square", "triangle", "star", "heart", "cross", "crescent", "diamond"]
 TOY_BACKGROUND_NAMES = ["sky", "sand", "water", "wall", "grass", "floor"]
 TOY_PROMPT_TEMPLATE = "a photo of a {}."
@@ -267,6 +271,6 @@ def preset_of_config(config) -> Preset | None:
     return None
 
 
-def preset_config_kwargs(name: str) -> dict:
-    """Config keyword arguments of the preset called ``name``."""
-    return get_preset(name).config_kwargs()
+def preset_config_kwargs(name: str | None) -> dict:
+    """Config keyword arguments of the preset called ``name`` (none without a name)."""
+    return get_preset(name).config_kwargs() if name else {}

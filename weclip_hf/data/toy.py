@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from ..presets import TOY_BACKGROUND_NAMES, TOY_CLASS_NAMES
+from ..presets import CLIP_MODEL, TOY_BACKGROUND_NAMES, TOY_CLASS_NAMES
 from ..presets import TOY_PROMPT_TEMPLATE as TOY_PROMPT_TEMPLATE  # re-exported with the world
 
 if TYPE_CHECKING:
@@ -59,6 +59,11 @@ _SHAPE_AREAS = {
 def toy_clip_path() -> pathlib.Path:
     """Folder of the tiny CLIP (model + tokenizer) pretrained on this world, shipped in the package."""
     return pathlib.Path(__file__).resolve().parent.parent / "toy_clip"
+
+
+def default_clip_model(toy: bool) -> str:
+    """The CLIP a fresh model starts from unless one is given: on the toy world its tiny CLIP, else `CLIP_MODEL`."""
+    return str(toy_clip_path()) if toy else CLIP_MODEL
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
