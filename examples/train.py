@@ -15,9 +15,9 @@ evaluation, save, (push). Flags follow transformers' run_semantic_segmentation_n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 from transformers import AutoModelForSemanticSegmentation
 
@@ -33,10 +33,13 @@ from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor, WeCLI
 from weclip_hf.checkpointing import (
     StreamPosition,
     TrainingState,
+    claim_output_dir,
     find_checkpoint,
     load_checkpoint,
+    lock_output_dir,
     read_training_state,
     save_checkpoint,
+    truncate_log,
 )
 from weclip_hf.data.adapters import add_image_labels, dataset_columns, is_streaming, resolve_columns
 from weclip_hf.data.loading import (
@@ -587,80 +590,9 @@ def lr_lambda(num_warmup: int, total: int):
     return factor
 
 
-# ---- checkpoints ------------------------------------------------------------------------------------
-
-
 def to_device(batch: dict, device: torch.device) -> dict:
     """Move a training batch to ``device`` (asynchronously from pinned memory), except ``class_labels``."""
     return {k: v if k == "class_labels" else v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def lock_output_dir(output_dir: Path):
-    """Create ``output_dir``, check that it is writable and hold an exclusive lock on it for this run (released
-    by the OS when the process ends, even when killed): a second run on the same folder is refused at start
-    instead of interleaving its logs and checkpoints with this one's. Returns the open lock file."""
-    import fcntl
-
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / f".write_probe_{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-        lock = open(output_dir / ".lock", "a+")  # held open for the whole run
-    except OSError as error:
-        raise PermissionError(f"--output_dir {output_dir} is not writable: {error}") from error
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or "another process"
-        lock.close()
-        raise RuntimeError(
-            f"--output_dir {output_dir} is in use by another training run ({holder}); wait for it to finish or "
-            "choose another --output_dir."
-        ) from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"pid {os.getpid()}")
-    lock.flush()
-    return lock
-
-
-def claim_output_dir(output_dir: Path, args, is_main: bool) -> None:
-    """Prepare ``output_dir`` (created and locked by `lock_output_dir`) for this run. A fresh run (no
-    ``--resume_from_checkpoint``) refuses a folder that holds a previous run's checkpoints unless
-    ``--overwrite_output_dir``, which removes them and the log: their steps would mix with this run's
-    (``latest`` could resume the old run)."""
-    old = sorted(p for p in output_dir.glob("step_*") if p.is_dir())
-    if args.resume_from_checkpoint or not old:
-        return
-    if not args.overwrite_output_dir:
-        raise FileExistsError(
-            f"{output_dir} holds checkpoints of a previous run ({', '.join(p.name for p in old[-3:])}). "
-            "Continue it with --resume_from_checkpoint latest, start over with --overwrite_output_dir, "
-            "or choose another --output_dir."
-        )
-    if is_main:
-        for path in old:
-            shutil.rmtree(path)
-        (output_dir / "train_log.jsonl").unlink(missing_ok=True)
-
-
-def truncate_log(log_path: Path, step: int) -> None:
-    """Drop the log records after ``step``: a run killed between checkpoints logged steps that the resumed
-    run repeats, and a line the kill cut short (the rewrite is atomic)."""
-    if not log_path.exists():
-        return
-    kept = []
-    for line in log_path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line + "\n")
-        except (json.JSONDecodeError, KeyError):  # a line cut short by the kill
-            continue
-    tmp = log_path.with_suffix(".tmp")
-    tmp.write_text("".join(kept))
-    os.replace(tmp, log_path)
 
 
 # ---- outputs ----------------------------------------------------------------------------------------
@@ -707,6 +639,71 @@ def default_num_workers(device_type: str, num_processes: int) -> int:
 
 
 # ---- main -------------------------------------------------------------------------------------------
+
+
+def training_step(
+    args, accelerator: Accelerator, train_forward, optimizer, scheduler, batch: dict, step: int
+):
+    """One optimizer step on ``batch`` (moved to the device here); returns the model output."""
+    batch = to_device(batch, accelerator.device)
+    # every step's randomness (decoder dropout) is a function of (seed, step, process): a resumed run repeats an
+    # uninterrupted one exactly
+    torch.manual_seed((args.seed * 1_000_003 + step) * 64 + accelerator.process_index)
+    out = train_forward(
+        pixel_values=batch["pixel_values"],
+        class_labels=batch["class_labels"],
+        labels=batch.get("labels") if args.fully_supervised else None,
+        pixel_mask=batch["pixel_mask"] if args.ignore_padding else None,
+    )
+    check_losses_finite(out, step, accelerator.gather if accelerator.num_processes > 1 else None)
+    accelerator.backward(out.loss)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return out
+
+
+def make_train_loader(
+    args, train_set, accelerator: Accelerator
+) -> tuple[DataLoader, EpochShuffleSampler | None]:
+    """The training DataLoader (whole batches) and, for a map-style dataset, its epoch-keyed sampler."""
+    streamed = isinstance(train_set, StreamingWeakSegmentationDataset)
+    sampler = None if streamed else EpochShuffleSampler(len(train_set), seed=args.seed)
+    num_workers = args.num_workers
+    if num_workers is None:
+        num_workers = default_num_workers(accelerator.device.type, accelerator.num_processes)
+    train_loader = DataLoader(
+        train_set,
+        batch_size=args.per_device_train_batch_size,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=num_workers,
+        drop_last=True,
+        pin_memory=torch.cuda.is_available(),
+    )
+    if not streamed and len(train_loader) == 0:
+        raise ValueError(
+            f"{len(train_set)} training images are fewer than one batch of "
+            f"{args.per_device_train_batch_size}."
+        )
+    return train_loader, sampler
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Within the block, Ctrl-C / SIGTERM only ask the loop to stop (``stop["signal"]``: the signal number, else
+    None) so that it can save a checkpoint; on leaving it they act at once again (final evaluation, saving)."""
+    stop = {"signal": None}
+
+    def request_stop(signum, frame):
+        stop["signal"] = signum
+
+    handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def append_log(log_path: Path, record: dict) -> None:
@@ -824,24 +821,11 @@ def main(argv=None) -> dict:
             lock.close()
 
 
-def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
-    """Phases 1-5 of the module docstring, in an ``--output_dir`` this process holds the lock on."""
-    set_seed(args.seed)
-    retained = False
-    if accelerator.device.type == "cpu":
-        torch.set_num_threads(args.num_threads or cpu_threads_per_process(accelerator.num_processes))
-        retained = not args.release_host_memory and retain_freed_host_memory()
-    output_dir = Path(args.output_dir)
-    claim_output_dir(output_dir, args, accelerator.is_main_process)
-    resume_path = None
-    if args.resume_from_checkpoint:  # checked before the data and model are loaded
-        resume_path = find_checkpoint(output_dir, args.resume_from_checkpoint, log=accelerator.print)
-        check_resume(args, resume_path, accelerator, log=accelerator.print)
-    if args.push_to_hub and accelerator.is_main_process:  # fail now, not after the training
-        accelerator.print(f"pushing to {create_hub_repo(args.hub_model_id, token=args.hub_token)} at the end")
-    started = time.time()
-
-    # 1. data and model
+def load_data_and_model(
+    args, accelerator: Accelerator, retained: bool
+) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImageProcessor, Dataset, Dataset | None]:
+    """Phase 1: the model (`build_model`), its image processor, and the training and validation sets (normalized
+    with that processor's statistics); ``retained``: freed host memory is kept for reuse (for the summary line)."""
     train_raw, val_raw, names = load_dataset_splits(
         args.dataset_name,
         args.dataset_config_name,
@@ -877,25 +861,32 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         PixelNormalization.from_image_processor(image_processor),
         class_names=list(zip(cfg.label_names, cfg.class_names)),
     )
-    streamed = isinstance(train_set, StreamingWeakSegmentationDataset)
-    sampler = None if streamed else EpochShuffleSampler(len(train_set), seed=args.seed)
-    num_workers = args.num_workers
-    if num_workers is None:
-        num_workers = default_num_workers(accelerator.device.type, accelerator.num_processes)
-    train_loader = DataLoader(
-        train_set,
-        batch_size=args.per_device_train_batch_size,
-        sampler=sampler,
-        collate_fn=collate,
-        num_workers=num_workers,
-        drop_last=True,
-        pin_memory=torch.cuda.is_available(),
+    return model, image_processor, train_set, val_set
+
+
+def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
+    """Phases 1-5 of the module docstring, in an ``--output_dir`` this process holds the lock on."""
+    set_seed(args.seed)
+    retained = False
+    if accelerator.device.type == "cpu":
+        torch.set_num_threads(args.num_threads or cpu_threads_per_process(accelerator.num_processes))
+        retained = not args.release_host_memory and retain_freed_host_memory()
+    output_dir = Path(args.output_dir)
+    claim_output_dir(
+        output_dir, bool(args.resume_from_checkpoint), args.overwrite_output_dir, accelerator.is_main_process
     )
-    if not streamed and len(train_loader) == 0:
-        raise ValueError(
-            f"{len(train_set)} training images are fewer than one batch of "
-            f"{args.per_device_train_batch_size}."
-        )
+    resume_path = None
+    if args.resume_from_checkpoint:  # checked before the data and model are loaded
+        resume_path = find_checkpoint(output_dir, args.resume_from_checkpoint, log=accelerator.print)
+        check_resume(args, resume_path, accelerator, log=accelerator.print)
+    if args.push_to_hub and accelerator.is_main_process:  # fail now, not after the training
+        accelerator.print(f"pushing to {create_hub_repo(args.hub_model_id, token=args.hub_token)} at the end")
+    started = time.time()
+
+    # 1. data and model
+    model, image_processor, train_set, val_set = load_data_and_model(args, accelerator, retained)
+    streamed = isinstance(train_set, StreamingWeakSegmentationDataset)
+    train_loader, sampler = make_train_loader(args, train_set, accelerator)
 
     # 2. optimizer and schedule (decoder only; the frozen CLIP has no trainable parameter)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -929,13 +920,6 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
             truncate_log(log_path, step)
         accelerator.print(f"resumed from {resume_path} at step {step}")
 
-    stop = {"signal": None}
-
-    def request_stop(signum, frame):
-        stop["signal"] = signum
-
-    handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-
     # 4. training loop
     checkpoint_every = args.checkpointing_steps
     steps_per_epoch = None if streamed else len(train_loader)
@@ -946,62 +930,48 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         disable=not accelerator.is_local_main_process,
     )
     model.train()
-    while step < args.max_train_steps and stop["signal"] is None:
-        if streamed:  # a resumed pass is replayed from its start; the batches already trained on are skipped
-            epoch, offset = position.epoch, position.batch
-        else:
-            epoch, offset = divmod(step, steps_per_epoch)
-            sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
-        # the prepared loader re-sets the epoch of sampler / dataset to its own pass counter when iterated:
-        # align that counter too (a resumed run starts it at 0)
-        train_loader.set_epoch(epoch)
-        loader = accelerator.skip_first_batches(train_loader, offset) if offset else train_loader
-        pass_ended = True
-        for batch in loader:
-            batch = to_device(batch, accelerator.device)
-            # every step's randomness (decoder dropout) is a function of (seed, step, process): a resumed
-            # run repeats an uninterrupted one exactly
-            torch.manual_seed((args.seed * 1_000_003 + step) * 64 + accelerator.process_index)
-            out = train_forward(
-                pixel_values=batch["pixel_values"],
-                class_labels=batch["class_labels"],
-                labels=batch.get("labels") if args.fully_supervised else None,
-                pixel_mask=batch["pixel_mask"] if args.ignore_padding else None,
-            )
-            check_losses_finite(out, step, accelerator.gather if accelerator.num_processes > 1 else None)
-            accelerator.backward(out.loss)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            position.batch += 1
-            bar.update(1)
-            if step % args.logging_steps == 0 or step == args.max_train_steps:
-                record = log_losses(accelerator, out, step, scheduler.get_last_lr()[0], log_path)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", rfm=record["rfm"])
-            if checkpoint_every and step % checkpoint_every == 0:
-                save_training_checkpoint(
-                    accelerator, output_dir, TrainingState(step, scheduler.state_dict(), position), args
-                )
-            if args.eval_steps and step % args.eval_steps == 0 and val_set is not None:
-                evaluate_in_training(
-                    args, accelerator, accelerator.unwrap_model(model), val_set, step, log_path
-                )
-                model.train()
-            if step >= args.max_train_steps or stop["signal"] is not None:
-                pass_ended = False
-                break
-        if streamed and pass_ended:
-            if position.batch == 0:
-                raise ValueError(
-                    f"The training stream holds fewer than one batch of "
-                    f"{args.per_device_train_batch_size} images."
-                )
-            position.epoch, position.batch = position.epoch + 1, 0
-    bar.close()
-    for sig, handler in handlers.items():  # Ctrl-C / SIGTERM act at once again (final evaluation, saving)
-        signal.signal(sig, handler)
+    with stop_on_signals() as stop:  # leaving it, Ctrl-C / SIGTERM act at once again
+        while step < args.max_train_steps and stop["signal"] is None:
+            # a resumed pass is replayed from its start; the batches already trained on are skipped
+            if streamed:
+                epoch, offset = position.epoch, position.batch
+            else:
+                epoch, offset = divmod(step, steps_per_epoch)
+                sampler.set_epoch(epoch)
+            train_set.set_epoch(epoch)
+            # the prepared loader re-sets the epoch of sampler / dataset to its own pass counter when iterated:
+            # align that counter too (a resumed run starts it at 0)
+            train_loader.set_epoch(epoch)
+            loader = accelerator.skip_first_batches(train_loader, offset) if offset else train_loader
+            pass_ended = True
+            for batch in loader:
+                out = training_step(args, accelerator, train_forward, optimizer, scheduler, batch, step)
+                step += 1
+                position.batch += 1
+                bar.update(1)
+                if step % args.logging_steps == 0 or step == args.max_train_steps:
+                    record = log_losses(accelerator, out, step, scheduler.get_last_lr()[0], log_path)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", rfm=record["rfm"])
+                if checkpoint_every and step % checkpoint_every == 0:
+                    save_training_checkpoint(
+                        accelerator, output_dir, TrainingState(step, scheduler.state_dict(), position), args
+                    )
+                if args.eval_steps and step % args.eval_steps == 0 and val_set is not None:
+                    evaluate_in_training(
+                        args, accelerator, accelerator.unwrap_model(model), val_set, step, log_path
+                    )
+                    model.train()
+                if step >= args.max_train_steps or stop["signal"] is not None:
+                    pass_ended = False
+                    break
+            if streamed and pass_ended:
+                if position.batch == 0:
+                    raise ValueError(
+                        f"The training stream holds fewer than one batch of "
+                        f"{args.per_device_train_batch_size} images."
+                    )
+                position.epoch, position.batch = position.epoch + 1, 0
+        bar.close()
     if stop["signal"] is not None:
         state = TrainingState(step, scheduler.state_dict(), position)
         path = save_training_checkpoint(accelerator, output_dir, state, args)
@@ -1014,9 +984,33 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         )
     train_seconds = time.time() - started
 
-    # 5. save the model (before evaluating: a failing or interrupted evaluation loses no training), final
-    # evaluation, artifacts, push
-    unwrapped = accelerator.unwrap_model(model)
+    # 5. save the model, final evaluation, artifacts, push
+    return finish_training(
+        args,
+        accelerator,
+        accelerator.unwrap_model(model),
+        image_processor,
+        val_set,
+        step,
+        started,
+        train_seconds,
+    )
+
+
+def finish_training(
+    args,
+    accelerator: Accelerator,
+    unwrapped,
+    image_processor,
+    val_set,
+    step: int,
+    started: float,
+    train_seconds: float,
+) -> dict:
+    """Phase 5: save the model and its processor (before evaluating: a failing or interrupted evaluation loses no
+    training), the final evaluation, metrics.json, the model card, the push; returns the metrics."""
+    output_dir = Path(args.output_dir)
+    cfg = unwrapped.config
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unwrapped.save_pretrained(output_dir)

@@ -15,9 +15,11 @@ from weclip_hf.checkpointing import (
     CheckpointError,
     StreamPosition,
     TrainingState,
+    claim_output_dir,
     find_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    truncate_log,
 )
 
 
@@ -210,3 +212,23 @@ def test_hub_token_never_reaches_disk_or_the_hub(tmp_path, tiny_clip, monkeypatc
         assert name in files, name
     assert any(f.startswith("overlays/") for f in files)
     assert not [f for f in files if f.startswith(("step_", "weclip", ".")) or f.endswith(".jsonl")], files
+
+
+def test_claim_output_dir_refuses_old_checkpoints_unless_resumed_or_overwritten(tmp_path):
+    (tmp_path / "step_5").mkdir()
+    (tmp_path / "train_log.jsonl").write_text('{"step": 5}\n')
+    claim_output_dir(tmp_path, resume=True, overwrite=False, is_main=True)  # a resumed run continues them
+    with pytest.raises(FileExistsError, match="step_5.*--resume_from_checkpoint latest"):
+        claim_output_dir(tmp_path, resume=False, overwrite=False, is_main=True)
+    claim_output_dir(tmp_path, resume=False, overwrite=True, is_main=False)  # only the main process removes
+    assert (tmp_path / "step_5").is_dir()
+    claim_output_dir(tmp_path, resume=False, overwrite=True, is_main=True)
+    assert not (tmp_path / "step_5").exists() and not (tmp_path / "train_log.jsonl").exists()
+
+
+def test_truncate_log_keeps_the_steps_up_to_the_checkpoint_and_drops_a_cut_line(tmp_path):
+    log = tmp_path / "train_log.jsonl"
+    log.write_text('{"step": 10}\n{"step": 20, "eval": 1}\n{"step": 30}\n{"step": 4')
+    truncate_log(log, 20)
+    assert log.read_text() == '{"step": 10}\n{"step": 20, "eval": 1}\n'
+    truncate_log(tmp_path / "missing.jsonl", 20)  # no log yet: nothing to do

@@ -9,6 +9,10 @@ registered: a pickle planted in a shared or downloaded checkpoint is never execu
 
 Checkpoints are written to ``step_N.tmp`` and renamed, so a crash never leaves an incomplete ``step_N``;
 ``latest`` still checks each candidate and falls back past a damaged one, naming it.
+
+The run's folder (``--output_dir`` of examples/train.py, whose flags the messages name) is held by one run at a
+time (`lock_output_dir`), kept from mixing a fresh run with an old one's checkpoints (`claim_output_dir`), and
+its log cut back to the step a resumed run starts from (`truncate_log`).
 """
 
 from __future__ import annotations
@@ -177,6 +181,74 @@ def load_checkpoint(accelerator, model, optimizer, path: Path) -> TrainingState:
         if "torch_cuda_manual_seed" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["torch_cuda_manual_seed"])
     return state
+
+
+def lock_output_dir(output_dir: Path):
+    """Create ``output_dir``, check that it is writable and hold an exclusive lock on it for this run (released
+    by the OS when the process ends, even when killed): a second run on the same folder is refused at start
+    instead of interleaving its logs and checkpoints with this one's. Returns the open lock file."""
+    import fcntl
+
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write_probe_{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+        lock = open(output_dir / ".lock", "a+")  # held open for the whole run
+    except OSError as error:
+        raise PermissionError(f"--output_dir {output_dir} is not writable: {error}") from error
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise RuntimeError(
+            f"--output_dir {output_dir} is in use by another training run ({holder}); wait for it to finish or "
+            "choose another --output_dir."
+        ) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()}")
+    lock.flush()
+    return lock
+
+
+def claim_output_dir(output_dir: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
+    """Prepare ``output_dir`` (created and locked by `lock_output_dir`) for this run. A fresh run (not ``resume``,
+    ``--resume_from_checkpoint``) refuses a folder that holds a previous run's checkpoints unless ``overwrite``
+    (``--overwrite_output_dir``), which removes them and the log: their steps would mix with this run's
+    (``latest`` could resume the old run)."""
+    old = sorted(p for p in output_dir.glob("step_*") if p.is_dir())
+    if resume or not old:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{output_dir} holds checkpoints of a previous run ({', '.join(p.name for p in old[-3:])}). "
+            "Continue it with --resume_from_checkpoint latest, start over with --overwrite_output_dir, "
+            "or choose another --output_dir."
+        )
+    if is_main:
+        for path in old:
+            shutil.rmtree(path)
+        (output_dir / "train_log.jsonl").unlink(missing_ok=True)
+
+
+def truncate_log(log_path: Path, step: int) -> None:
+    """Drop the log records after ``step``: a run killed between checkpoints logged steps that the resumed
+    run repeats, and a line the kill cut short (the rewrite is atomic)."""
+    if not log_path.exists():
+        return
+    kept = []
+    for line in log_path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (json.JSONDecodeError, KeyError):  # a line cut short by the kill
+            continue
+    tmp = log_path.with_suffix(".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, log_path)
 
 
 def _tensor_only_load(file: Path):
