@@ -68,7 +68,7 @@ from weclip_hf.inference import image_pseudo_labels
 from weclip_hf.metrics import confusion_matrix, nan_to_none, per_class_iou, scores_from_confusion
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, get_preset, preset_config_kwargs
-from weclip_hf.script_arguments import add_data_source_flags, first_paragraph
+from weclip_hf.script_arguments import CLASS_NAMES_HELP, add_data_source_flags, first_paragraph
 from weclip_hf.visualization import label_map_image, overlay_figure, present_class_cams
 
 # the formats whose bytes are copied as they are (others are re-encoded as PNG)
@@ -110,7 +110,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument(
         "--preset", choices=sorted(PRESETS), help="class names and CAM settings of a bare CLIP"
     )
-    model.add_argument("--class_names", nargs="+")
+    model.add_argument("--class_names", nargs="+", help=CLASS_NAMES_HELP)
     model.add_argument("--background_names", nargs="+")
     model.add_argument(
         "--mode", choices=("cam", "rfm"), help="masks to write (default: rfm with --model, else cam)"

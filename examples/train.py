@@ -59,6 +59,7 @@ from weclip_hf.metrics import per_class_iou
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import DINO_MODEL, PRESETS, get_preset, preset_config_kwargs
 from weclip_hf.script_arguments import (
+    CLASS_NAMES_HELP,
     add_data_source_flags,
     at_least_one,
     first_paragraph,
@@ -134,7 +135,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "data use and that is saved with the model; default: that of --model_name_or_path, else WeCLIP's "
         "ImageNet statistics",
     )
-    model.add_argument("--class_names", nargs="+")
+    model.add_argument("--class_names", nargs="+", help=CLASS_NAMES_HELP)
     model.add_argument("--background_names", nargs="+")
     model.add_argument("--prompt_template")
     model.add_argument(
@@ -539,12 +540,8 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
     for key in MODEL_FLAGS:
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
-    if (
-        args.class_names
-        and "label_names" in overrides
-        and len(overrides["label_names"]) != len(args.class_names)
-    ):
-        overrides.pop("label_names")
+    if args.class_names:  # they name the classes now: the preset's display names were for its own
+        overrides.pop("label_names", None)
     clip = args.clip_model_name_or_path
     if clip is None:
         clip = default_clip_model(toy=args.recipe == "toy")

@@ -538,3 +538,16 @@ def test_tracked_runs_log_the_final_metrics(tmp_path, tiny_clip):
     folders = {p.parent for p in out.rglob("events.out.tfevents*")}
     scalars = {tag for f in folders for tag in EventAccumulator(str(f)).Reload().Tags()["scalars"]}
     assert "final_miou" in scalars and metrics["miou"] >= 0
+
+
+def test_class_names_also_name_the_labels_of_a_fresh_model(tiny_clip):
+    """--class_names replace a preset's classes and its display names, also when as many are given (as
+    generate_pseudo_labels.py builds its fresh models)."""
+    train = train_module()
+    names = [
+        f"thing {i}" for i in range(20)
+    ]  # as many as VOC's classes, whose display names the preset holds
+    fits = ["--rfm_num_maps", "2"]  # the tiny CLIP has 3 layers
+    argv = ["--dataset_name", "d", "--preset", "voc", "--clip_model_name_or_path", tiny_clip, *fits]
+    model = train.build_model(train.parse_args([*argv, "--class_names", *names]), {})
+    assert model.config.class_names == names and model.config.label_names == names
