@@ -164,3 +164,19 @@ def test_grid_neighbourhood_is_the_chebyshev_ball():
     for i in range(h * w):
         for j in range(h * w):
             assert bool(near[i, j]) == (max(abs(i // w - j // w), abs(i % w - j % w)) <= radius)
+
+
+def test_rfm_keeps_a_layer_whose_distance_equals_the_mean():
+    """The RFM keeps the layers with d <= mean(d): a tie with the mean is kept."""
+    assert rfm_keep_rule(torch.tensor([[1.0, 2.0, 3.0]])).tolist() == [[True, True, False]]
+
+
+def test_par_refine_resizes_smaller_scores_with_aligned_corners():
+    """Scores smaller than the image are resized bilinearly with align_corners=True (as the official PAR)."""
+    from weclip_hf.par import par_refine
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(1, 3, 32, 32, generator=g)
+    small = torch.rand(1, 2, 8, 8, generator=g)
+    resized = torch.nn.functional.interpolate(small, size=(32, 32), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(par_refine(image, small, [1, 2], 3), par_refine(image, resized, [1, 2], 3))

@@ -407,3 +407,14 @@ def test_benchmark_crf_mode_runs(tmp_path):
     assert [row["input"] for row in rows] == ["synthetic_0 easy", "synthetic_0 hard", "first 2 as one batch"]
     if result["pydensecrf"]:  # installed: side by side, the same labels
         assert all(row["equal_labels"] == 1.0 and row["reference_seconds"] > 0 for row in rows[:2])
+
+
+def test_unary_clips_probabilities_at_1e_5():
+    """The unary is -log(max(p, 1e-5)), as pydensecrf's unary_from_softmax (clip 1e-5)."""
+    from weclip_hf.crf import dense_crf
+
+    probs = torch.tensor([1 - 1e-7, 1e-7]).view(2, 1, 1).expand(2, 4, 4).clone()
+    image = torch.zeros(3, 4, 4, dtype=torch.uint8)
+    expected = torch.tensor([1.0, 1e-5]).log().softmax(0).view(2, 1, 1).expand(2, 4, 4)
+    # rtol only: the default tolerance would hide a clip at 1e-8
+    torch.testing.assert_close(dense_crf(image, probs, num_iters=0), expected, rtol=1e-4, atol=0)

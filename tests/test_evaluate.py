@@ -336,3 +336,31 @@ def test_the_default_long_side_is_the_saved_processors_unless_given_or_preset():
     )  # toy
     fixed = WeCLIPImageProcessor(size={"height": 96, "width": 96}, patch_size=8)
     assert script.processor_long_side(script.parse_args(local), fixed) is None
+
+
+def test_crf_reads_the_image_at_its_size_not_the_long_side_resized_one(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from weclip_hf import evaluation
+    from weclip_hf.normalization import IMAGENET_NORMALIZATION
+
+    class PoolingModel(torch.nn.Module):
+        config = SimpleNamespace(vision_config=SimpleNamespace(patch_size=4))
+
+        def forward(self, pixel_values):
+            return SimpleNamespace(logits=F.avg_pool2d(pixel_values[:, :2], 2))
+
+    seen = {}
+
+    def recording_crf(image, probs, params):
+        seen["image"] = image
+        return probs.argmax(1)
+
+    monkeypatch.setattr(evaluation, "crf_refine_labels", recording_crf)
+    x = torch.randn(1, 3, 30, 30, generator=torch.Generator().manual_seed(0))
+    evaluation.predict_labels(
+        PoolingModel(), x, (30, 30), long_side=16, crf=True, normalization=IMAGENET_NORMALIZATION
+    )
+    assert torch.equal(seen["image"], IMAGENET_NORMALIZATION.denormalize(x))

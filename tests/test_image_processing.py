@@ -566,3 +566,10 @@ def test_from_saved_or_default_loads_the_saved_processor_else_the_default(tmp_pa
     assert WeCLIPImageProcessor.from_saved_or_default(
         None, 14, size={"height": 32, "width": 32}
     ).to_dict() == (WeCLIPImageProcessor(patch_size=14, size={"height": 32, "width": 32}).to_dict())
+
+
+def test_segmentation_maps_are_resized_by_floor_nearest():
+    """Label pixel i of the output reads input pixel floor(i * in / out) ("nearest", as the official code)."""
+    label = torch.arange(16).reshape(4, 4)
+    out = WeCLIPImageProcessor(size={"longest_edge": 2})(torch.zeros(3, 4, 4), segmentation_maps=label)
+    assert out["labels"][0, :2, :2].tolist() == label[::2, ::2].tolist()

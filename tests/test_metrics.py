@@ -377,3 +377,12 @@ def test_per_class_iou_names_the_classes_and_gives_none_for_nan():
     assert json.loads(json.dumps(ious, allow_nan=False)) == ious
     assert nan_to_none(float("nan")) is None and nan_to_none(np.float64(0.5)) == 0.5
     assert type(nan_to_none(np.float64(0.5))) is float
+
+
+def test_confusion_matrix_drops_an_ignore_index_within_the_labels():
+    from weclip_hf.metrics import confusion_matrix
+
+    pred = torch.tensor([[0, 1, 2, 1]])
+    ref = torch.tensor([[0, 0, 2, 1]])
+    cm = confusion_matrix(pred, ref, 3, ignore_index=0)
+    assert cm[0].sum() == 0 and int(cm.sum()) == 2

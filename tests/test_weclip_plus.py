@@ -838,3 +838,13 @@ def test_push_to_hub_uploads_a_loadable_folder(plus_model, tmp_path, monkeypatch
     assert "Frozen CLIP-DINO" in (uploaded / "README.md").read_text()
     loaded = AutoModelForSemanticSegmentation.from_pretrained(uploaded)
     assert type(loaded) is WeCLIPPlusForSemanticSegmentation
+
+
+def test_self_training_overwrites_only_above_the_threshold():
+    """A pixel whose confidence equals the threshold exactly keeps its pseudo label."""
+    from weclip_hf.branch_losses import self_training_labels
+
+    labels = torch.zeros(1, 1, 2, dtype=torch.long)
+    logits = torch.tensor([[[[0.0, 0.0]], [[0.0, 10.0]]]])  # pixel 0: max probability exactly 0.5
+    new, overwritten = self_training_labels(labels, logits, threshold=0.5)
+    assert overwritten.tolist() == [[[False, True]]] and new.tolist() == [[[0, 1]]]
