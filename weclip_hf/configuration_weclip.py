@@ -70,6 +70,75 @@ def _label_list(id2label: dict, num_classes: int) -> list[str]:
     return [by_id[i] for i in range(num_classes + 1)]
 
 
+def _clip_towers(
+    vision_config: dict | CLIPVisionConfig | None,
+    text_config: dict | CLIPTextConfig | None,
+    projection_dim: int,
+) -> tuple[CLIPVisionConfig, CLIPTextConfig]:
+    """The CLIP vision and text tower configs (default: ViT-B/16 and CLIP's text tower), checked."""
+    if vision_config is None:
+        vision_config = CLIPVisionConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
+            patch_size=16,
+            projection_dim=projection_dim,
+        )
+    elif isinstance(vision_config, dict):
+        vision_config = CLIPVisionConfig(**vision_config)
+    if text_config is None:
+        text_config = CLIPTextConfig(projection_dim=projection_dim)
+    elif isinstance(text_config, dict):
+        text_config = CLIPTextConfig(**text_config)
+    if not isinstance(vision_config, CLIPVisionConfig):
+        raise TypeError(f"vision_config must be a CLIPVisionConfig or dict, got {type(vision_config)}")
+    if not isinstance(text_config, CLIPTextConfig):
+        raise TypeError(f"text_config must be a CLIPTextConfig or dict, got {type(text_config)}")
+    _check_tower("vision_config", vision_config)
+    _check_tower("text_config", text_config)
+    _check_int("vision_config.patch_size", vision_config.patch_size, 1, vision_config.image_size)
+    return vision_config, text_config
+
+
+def _class_names(
+    class_names: list[str] | None,
+    label_names: list[str] | None,
+    background_names: list[str] | None,
+    id2label: dict | None,
+) -> tuple[list[str], list[str], list[str]]:
+    """(class prompt names, background words, display names of ids 0..C), defaulting to VOC's and checked; the
+    display names come from ``id2label`` (as transformers' configs carry them), else ``label_names``."""
+    class_names = list(VOC_PROMPT_NAMES if class_names is None else class_names)
+    background_label = "background"
+    if id2label is not None:
+        names = _label_list(id2label, len(class_names))
+        if label_names is not None and list(label_names) != names[1:]:
+            raise ValueError(
+                f"label_names {list(label_names)} and id2label {names} name the classes differently: give one "
+                "of them."
+            )
+        background_label, label_names = names[0], names[1:]
+    if label_names is None:
+        label_names = list(VOC_LABELS) if class_names == VOC_PROMPT_NAMES else list(class_names)
+    background_names = list(VOC_BACKGROUND_NAMES if background_names is None else background_names)
+    if not class_names:
+        raise ValueError("class_names must hold at least one foreground class name.")
+    if not background_names:
+        raise ValueError("background_names must hold at least one background word.")
+    for field, names in (("class_names", class_names), ("background_names", background_names)):
+        if len(names) > MAX_CLASSES or not all(isinstance(n, str) for n in names):
+            raise ValueError(
+                f"{field} must be a list of at most {MAX_CLASSES} strings, got {len(names)} entries."
+            )
+    if len(label_names) != len(class_names):
+        raise ValueError(
+            f"label_names has {len(label_names)} entries but class_names has {len(class_names)}."
+        )
+    return class_names, background_names, [background_label, *label_names]
+
+
 def _renamed(kwargs: dict, old: str, new: str, value: int | None, depth: int) -> int | None:
     """The value of a count renamed from ``old``, still read from older config.json files with a warning.
 
@@ -166,105 +235,23 @@ class WeCLIPConfig(PreTrainedConfig):
                 f"{len(class_names or VOC_PROMPT_NAMES) + 1}; it is derived from class_names, leave it out."
             )
         kwargs.pop("num_labels", None)
-        if vision_config is None:
-            vision_config = CLIPVisionConfig(
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                image_size=224,
-                patch_size=16,
-                projection_dim=projection_dim,
-            )
-        elif isinstance(vision_config, dict):
-            vision_config = CLIPVisionConfig(**vision_config)
-        if text_config is None:
-            text_config = CLIPTextConfig(projection_dim=projection_dim)
-        elif isinstance(text_config, dict):
-            text_config = CLIPTextConfig(**text_config)
-        if not isinstance(vision_config, CLIPVisionConfig):
-            raise TypeError(f"vision_config must be a CLIPVisionConfig or dict, got {type(vision_config)}")
-        if not isinstance(text_config, CLIPTextConfig):
-            raise TypeError(f"text_config must be a CLIPTextConfig or dict, got {type(text_config)}")
-        self.vision_config = vision_config
-        self.text_config = text_config
-
-        class_names = list(VOC_PROMPT_NAMES if class_names is None else class_names)
-        id2label = kwargs.pop("id2label", None)
         kwargs.pop("label2id", None)  # derived from id2label
-        background_label = "background"
-        if id2label is not None:  # the display names, as transformers' configs carry them
-            names = _label_list(id2label, len(class_names))
-            if label_names is not None and list(label_names) != names[1:]:
-                raise ValueError(
-                    f"label_names {list(label_names)} and id2label {names} name the classes differently: give one "
-                    "of them."
-                )
-            background_label, label_names = names[0], names[1:]
-        if label_names is None:
-            label_names = list(VOC_LABELS) if class_names == VOC_PROMPT_NAMES else list(class_names)
-        background_names = list(VOC_BACKGROUND_NAMES if background_names is None else background_names)
-        if not class_names:
-            raise ValueError("class_names must hold at least one foreground class name.")
-        if not background_names:
-            raise ValueError("background_names must hold at least one background word.")
-        for field, names in (("class_names", class_names), ("background_names", background_names)):
-            if len(names) > MAX_CLASSES or not all(isinstance(n, str) for n in names):
-                raise ValueError(
-                    f"{field} must be a list of at most {MAX_CLASSES} strings, got {len(names)} entries."
-                )
-        _check_tower("vision_config", vision_config)
-        _check_tower("text_config", text_config)
-        _check_int("vision_config.patch_size", vision_config.patch_size, 1, vision_config.image_size)
-        _check_int("projection_dim", projection_dim, 1, MAX_WIDTH)
-        _check_int("decoder_hidden_size", decoder_hidden_size, 1, MAX_WIDTH)
-        _check_int("decoder_num_layers", decoder_num_layers, 0, MAX_LAYERS)
-        _check_int("decoder_num_heads", decoder_num_heads, 1, decoder_hidden_size)
-        _check_int("decoder_mlp_ratio", decoder_mlp_ratio, 1, 64)
-        _check_number("decoder_dropout", decoder_dropout, 0.0, 1.0, high_open=True)
-        _check_number("cam_bg_exponent", cam_bg_exponent, 0.0, 100.0, low_open=True)
-        _check_int("par_num_iter", par_num_iter, 0, MAX_PAR_ITERATIONS)
-        if not par_dilations:
-            raise ValueError("par_dilations must hold at least one dilation, got [].")
-        for dilation in par_dilations:
-            _check_int("par_dilations[...]", dilation, 1, 4096)
-        _check_number("par_temperature", par_temperature, 0.0, 1e6, low_open=True)
-        _check_number("par_pos_weight", par_pos_weight, 0.0, 1e6)
-        _check_int("affinity_radius", affinity_radius, 1, 1024)
-        _check_number("affinity_loss_weight", affinity_loss_weight, 0.0, 1e6)
-        _check_int("rfm_start_step", rfm_start_step, 0, 10**12)
-        _check_int("semantic_loss_ignore_index", semantic_loss_ignore_index, -(2**31), 2**31 - 1)
-        _check_number("initializer_range", initializer_range, 0.0, 10.0)
-        if len(label_names) != len(class_names):
-            raise ValueError(
-                f"label_names has {len(label_names)} entries but class_names has {len(class_names)}."
-            )
-        if "{}" not in prompt_template:
-            raise ValueError(f"prompt_template must contain '{{}}', got {prompt_template!r}.")
-        if not 0.0 < cam_box_threshold < 1.0:
-            raise ValueError(f"cam_box_threshold must be in (0, 1), got {cam_box_threshold}.")
-        if decoder_hidden_size % decoder_num_heads:
-            raise ValueError(
-                f"decoder_hidden_size ({decoder_hidden_size}) must be divisible by decoder_num_heads "
-                f"({decoder_num_heads})."
-            )
-        num_layers = vision_config.num_hidden_layers
+        self.vision_config, self.text_config = _clip_towers(vision_config, text_config, projection_dim)
+        class_names, background_names, labels = _class_names(
+            class_names, label_names, background_names, kwargs.pop("id2label", None)
+        )
+        num_layers = self.vision_config.num_hidden_layers
+        if num_layers < 2:
+            raise ValueError("WeCLIP needs a CLIP vision tower with at least 2 layers.")
         if num_feature_layers is not None and not 1 <= num_feature_layers <= num_layers - 1:
             raise ValueError(
                 f"num_feature_layers must be in [1, {num_layers - 1}] for a {num_layers}-layer CLIP, "
                 f"got {num_feature_layers}."
             )
-        if num_layers < 2:
-            raise ValueError("WeCLIP needs a CLIP vision tower with at least 2 layers.")
-        num_feature_layers = num_layers - 1 if num_feature_layers is None else num_feature_layers
         attention_num_maps = _renamed(
             kwargs, "cam_attention_layers", "attention_num_maps", attention_num_maps, num_layers
         )
         rfm_num_maps = _renamed(kwargs, "rfm_num_layers", "rfm_num_maps", rfm_num_maps, num_layers)
-        attention_num_maps = min(8, num_layers) if attention_num_maps is None else attention_num_maps
-        rfm_num_maps = min(6, num_layers) if rfm_num_maps is None else rfm_num_maps
-        _check_int("attention_num_maps", attention_num_maps, 1, num_layers)
-        _check_int("rfm_num_maps", rfm_num_maps, 1, num_layers)
 
         self.projection_dim = projection_dim
         self.logit_scale_init_value = logit_scale_init_value
@@ -276,9 +263,9 @@ class WeCLIPConfig(PreTrainedConfig):
         self.decoder_num_heads = decoder_num_heads
         self.decoder_mlp_ratio = decoder_mlp_ratio
         self.decoder_dropout = decoder_dropout
-        self.num_feature_layers = num_feature_layers
-        self.attention_num_maps = attention_num_maps
-        self.rfm_num_maps = rfm_num_maps
+        self.num_feature_layers = num_layers - 1 if num_feature_layers is None else num_feature_layers
+        self.attention_num_maps = min(8, num_layers) if attention_num_maps is None else attention_num_maps
+        self.rfm_num_maps = min(6, num_layers) if rfm_num_maps is None else rfm_num_maps
         self.cam_box_threshold = cam_box_threshold
         self.cam_bg_exponent = cam_bg_exponent
         self.par_num_iter = par_num_iter
@@ -290,9 +277,44 @@ class WeCLIPConfig(PreTrainedConfig):
         self.rfm_start_step = rfm_start_step
         self.semantic_loss_ignore_index = semantic_loss_ignore_index
         self.initializer_range = initializer_range
+        self._check_fields()
 
-        kwargs["id2label"] = dict(enumerate([background_label, *label_names]))
+        kwargs["id2label"] = dict(enumerate(labels))
         super().__init__(**kwargs)
+
+    def _check_fields(self) -> None:
+        """Refuse a field outside its range, naming it (the towers and names are checked as they are built)."""
+        _check_int("projection_dim", self.projection_dim, 1, MAX_WIDTH)
+        _check_int("decoder_hidden_size", self.decoder_hidden_size, 1, MAX_WIDTH)
+        _check_int("decoder_num_layers", self.decoder_num_layers, 0, MAX_LAYERS)
+        _check_int("decoder_num_heads", self.decoder_num_heads, 1, self.decoder_hidden_size)
+        _check_int("decoder_mlp_ratio", self.decoder_mlp_ratio, 1, 64)
+        _check_number("decoder_dropout", self.decoder_dropout, 0.0, 1.0, high_open=True)
+        _check_number("cam_bg_exponent", self.cam_bg_exponent, 0.0, 100.0, low_open=True)
+        _check_int("par_num_iter", self.par_num_iter, 0, MAX_PAR_ITERATIONS)
+        if not self.par_dilations:
+            raise ValueError("par_dilations must hold at least one dilation, got [].")
+        for dilation in self.par_dilations:
+            _check_int("par_dilations[...]", dilation, 1, 4096)
+        _check_number("par_temperature", self.par_temperature, 0.0, 1e6, low_open=True)
+        _check_number("par_pos_weight", self.par_pos_weight, 0.0, 1e6)
+        _check_int("affinity_radius", self.affinity_radius, 1, 1024)
+        _check_number("affinity_loss_weight", self.affinity_loss_weight, 0.0, 1e6)
+        _check_int("rfm_start_step", self.rfm_start_step, 0, 10**12)
+        _check_int("semantic_loss_ignore_index", self.semantic_loss_ignore_index, -(2**31), 2**31 - 1)
+        _check_number("initializer_range", self.initializer_range, 0.0, 10.0)
+        if "{}" not in self.prompt_template:
+            raise ValueError(f"prompt_template must contain '{{}}', got {self.prompt_template!r}.")
+        if not 0.0 < self.cam_box_threshold < 1.0:
+            raise ValueError(f"cam_box_threshold must be in (0, 1), got {self.cam_box_threshold}.")
+        if self.decoder_hidden_size % self.decoder_num_heads:
+            raise ValueError(
+                f"decoder_hidden_size ({self.decoder_hidden_size}) must be divisible by decoder_num_heads "
+                f"({self.decoder_num_heads})."
+            )
+        num_layers = self.vision_config.num_hidden_layers
+        _check_int("attention_num_maps", self.attention_num_maps, 1, num_layers)
+        _check_int("rfm_num_maps", self.rfm_num_maps, 1, num_layers)
 
     def __setattr__(self, key, value):
         """An ``id2label`` set on a built config is checked against ``class_names`` and keeps ``label2id`` (and
