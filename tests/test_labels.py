@@ -149,3 +149,9 @@ def test_label_names_given_at_loading_keep_the_background_name(tiny_model, tmp_p
     assert loaded.id2label == {0: "bg", 1: "a", 2: "b", 3: "c", 4: "d"}
     with pytest.raises(ValueError, match="label_names has 1 entries but class_names has 4"):
         AutoConfig.from_pretrained(tmp_path, label_names=["a"])
+
+
+def test_config_names_label_names_that_are_not_strings():
+    """(was: "id2label must name ids 0..2 ..., got ids [0, 1, 2]", blaming the ids)"""
+    with pytest.raises(ValueError, match=r"label_names must be strings, got \[1, 2\]"):
+        WeCLIPConfig(class_names=["a", "b"], label_names=[1, 2])

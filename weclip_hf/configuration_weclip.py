@@ -102,7 +102,7 @@ def _clip_towers(
     return vision_config, text_config
 
 
-def _class_names(
+def class_name_lists(
     class_names: list[str] | None,
     label_names: list[str] | None,
     background_names: list[str] | None,
@@ -112,6 +112,8 @@ def _class_names(
     display names come from ``id2label`` (as transformers' configs carry them), else ``label_names``."""
     class_names = list(VOC_PROMPT_NAMES if class_names is None else class_names)
     background_label = "background"
+    if label_names is not None and not all(isinstance(n, str) for n in label_names):
+        raise ValueError(f"label_names must be strings, got {list(label_names)!r}.")
     if id2label is not None:
         names = _label_list(id2label, len(class_names))
         if label_names is not None and list(label_names) != names[1:]:
@@ -137,6 +139,12 @@ def _class_names(
             f"label_names has {len(label_names)} entries but class_names has {len(class_names)}."
         )
     return class_names, background_names, [background_label, *label_names]
+
+
+def check_prompt_template(template: str) -> None:
+    """Refuse a prompt template without the ``{}`` that the class name fills."""
+    if "{}" not in template:
+        raise ValueError(f"prompt_template must contain '{{}}', got {template!r}.")
 
 
 def _renamed(kwargs: dict, old: str, new: str, value: int | None, depth: int) -> int | None:
@@ -237,7 +245,7 @@ class WeCLIPConfig(PreTrainedConfig):
         kwargs.pop("num_labels", None)
         kwargs.pop("label2id", None)  # derived from id2label
         self.vision_config, self.text_config = _clip_towers(vision_config, text_config, projection_dim)
-        class_names, background_names, labels = _class_names(
+        class_names, background_names, labels = class_name_lists(
             class_names, label_names, background_names, kwargs.pop("id2label", None)
         )
         num_layers = self.vision_config.num_hidden_layers
@@ -303,8 +311,7 @@ class WeCLIPConfig(PreTrainedConfig):
         _check_int("rfm_start_step", self.rfm_start_step, 0, 10**12)
         _check_int("semantic_loss_ignore_index", self.semantic_loss_ignore_index, -(2**31), 2**31 - 1)
         _check_number("initializer_range", self.initializer_range, 0.0, 10.0)
-        if "{}" not in self.prompt_template:
-            raise ValueError(f"prompt_template must contain '{{}}', got {self.prompt_template!r}.")
+        check_prompt_template(self.prompt_template)
         if not 0.0 < self.cam_box_threshold < 1.0:
             raise ValueError(f"cam_box_threshold must be in (0, 1), got {self.cam_box_threshold}.")
         if self.decoder_hidden_size % self.decoder_num_heads:

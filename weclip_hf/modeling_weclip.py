@@ -25,7 +25,7 @@ from .cam import cam_box_masks, refine_cams, upsample_normalized
 from .chunking import images_per_attention_chunk
 from .clip_features import CLIPVisionFeatures, clip_features, in_float32, vision_outputs
 from .clip_layers import quick_gelu_mlp
-from .configuration_weclip import WeCLIPConfig
+from .configuration_weclip import WeCLIPConfig, check_prompt_template, class_name_lists
 from .feature_head import WeCLIPFeatureHead
 from .last_block import pair_block_outputs, run_last_block
 from .losses import affinity_loss, affinity_targets, segmentation_loss
@@ -458,24 +458,17 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         """
         cfg = self.config
         template = prompt_template or cfg.prompt_template
-        classes = list(class_names or cfg.class_names)
-        backgrounds = list(background_names or cfg.background_names)
-        if not classes or not backgrounds:
-            raise ValueError("class_names and background_names must both be non-empty.")
-        if "{}" not in template:
-            raise ValueError(f"prompt_template must contain '{{}}', got {template!r}.")
-        if label_names is not None and not all(isinstance(name, str) for name in label_names):
-            raise ValueError(f"label_names must be strings, got {list(label_names)!r}.")
-        if label_names is not None and len(label_names) != len(classes):
-            raise ValueError(
-                f"label_names has {len(label_names)} entries but class_names has {len(classes)}."
-            )
+        check_prompt_template(template)
+        renamed = class_names is not None or label_names is not None
+        classes, backgrounds, labels = class_name_lists(  # checked as the config checks them
+            class_names or cfg.class_names, label_names, background_names or cfg.background_names, None
+        )
         fg = self.encode_text(tokenizer, [template.format(c) for c in classes])
         bg = self.encode_text(tokenizer, [template.format(c) for c in backgrounds])
         new_count = len(classes) != cfg.num_foreground_classes
         cfg.class_names = classes
-        if class_names is not None or label_names is not None:
-            cfg.label_names = list(label_names or classes)
+        if renamed:
+            cfg.label_names = labels[1:]
         if new_count:
             old = self.decoder.classifier
             self.decoder.classifier = nn.Conv2d(old.in_channels, cfg.num_labels, 1).to(old.weight.device)
