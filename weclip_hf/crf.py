@@ -52,7 +52,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -173,14 +173,72 @@ def _sort_by(columns: list[torch.Tensor], ranges: list[int]) -> torch.Tensor:
     return order
 
 
-def _build_lattice(features: torch.Tensor) -> _Lattice:
-    """Permutohedral lattice of `features` `[B, N, d]` (already divided by their std); images stay apart."""
-    batch, num_points, dims = features.shape
-    n1, device = dims + 1, features.device
-    points = batch * num_points
+class _EnclosingSimplices(NamedTuple):
+    """The simplex of the lattice that encloses each point: its corner 0, the ranks and the weights."""
 
-    # Elevate and find the closest remainder-0 lattice point (ties round down, as pydensecrf).
-    elevated = _elevate(features.reshape(points, dims))  # [d + 1, P]
+    rem0: torch.Tensor
+    """`[d + 1, P]` corner 0 of each point's simplex, a remainder-0 lattice point (integer-valued floats)."""
+    rank: torch.Tensor
+    """`[d + 1, P]` int64 rank of each coordinate's offset from `rem0` (0 = largest)."""
+    bary: torch.Tensor
+    """`[P, d + 1]` barycentric weights of the simplex corners."""
+
+
+class _LatticeKeys(NamedTuple):
+    """int64 keys of lattice points: the first d coordinates in mixed radix, one block of keys per image."""
+
+    corner0: torch.Tensor
+    """`[P]` key of each point's corner 0."""
+    strides: list[int]
+    """d + 1 key strides of the coordinates (the last coordinate is implicit: stride 0)."""
+    num_keys: int
+    """Keys of all images together (the range of `corner0`)."""
+
+
+class _Simplices(NamedTuple):
+    """The occupied simplices: points sharing corner 0 and the ranks."""
+
+    order: torch.Tensor
+    """`[P]` points grouped by simplex."""
+    start: torch.Tensor
+    """`[S]` start of each simplex's group in `order`."""
+    size: torch.Tensor
+    """`[S]` points of each simplex."""
+    of_point: torch.Tensor
+    """`[P]` simplex of each point."""
+
+
+class _Vertices(NamedTuple):
+    """The occupied lattice points (unique corner keys), in key order."""
+
+    keys: torch.Tensor
+    """`[M]` sorted key of each vertex."""
+    corner_order: torch.Tensor
+    """`[S * (d + 1)]` corners (simplex-major) grouped by vertex."""
+    first: torch.Tensor
+    """`[S * (d + 1)]` bool: True where a vertex's group in `corner_order` begins."""
+    of_point: torch.Tensor
+    """`[P, d + 1]` vertex of each point's simplex corners."""
+
+
+class _SplatEntries(NamedTuple):
+    """The (point, corner) entries grouped by vertex, as `F.embedding_bag` reads them."""
+
+    point: torch.Tensor
+    """`[P * (d + 1)]` point of each entry."""
+    bary: torch.Tensor
+    """`[P * (d + 1)]` barycentric weight of each entry."""
+    offsets: torch.Tensor
+    """`[M]` start of each vertex's group of entries."""
+
+
+def _corner0_and_ranks(elevated: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corner 0 `[d + 1, P]` of each `elevated` `[d + 1, P]` point's simplex, int64 ranks of the offsets."""
+    n1 = elevated.shape[0]
+    dims = n1 - 1
+    points = elevated.shape[1]
+
+    # The closest remainder-0 lattice point (ties round down, as pydensecrf).
     scaled = elevated * (1.0 / n1)
     down, up = scaled.floor_() * n1, scaled.ceil() * n1
     rem0 = torch.where(up - elevated < elevated - down, up, down)
@@ -188,7 +246,7 @@ def _build_lattice(features: torch.Tensor) -> _Lattice:
     # Rank of each coordinate's offset (0 = largest; ties: the lower index ranks first), then the
     # points off the plane sum = 0 are brought back.
     offset = elevated - rem0
-    rank = torch.zeros(n1, points, dtype=torch.int16, device=device)
+    rank = torch.zeros(n1, points, dtype=torch.int16, device=elevated.device)
     for i in range(dims):
         for j in range(i + 1, n1):
             smaller = offset[i] < offset[j]
@@ -198,18 +256,35 @@ def _build_lattice(features: torch.Tensor) -> _Lattice:
     wrap = (rank < 0).to(torch.int16) - (rank > dims).to(torch.int16)  # +1: rank += d + 1, -1: rank -= d + 1
     rank += n1 * wrap
     rem0 += n1 * wrap
-    rank = rank.long()
+    return rem0, rank.long()
 
-    # Barycentric weights: with y_r the offset of rank r, corner k weighs y_(d-k) - y_(d-k+1), corner 0
-    # y_d + 1 - y_0.
+
+def _barycentric_weights(elevated: torch.Tensor, rem0: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+    """`[P, d + 1]` barycentric weights of the corners of each point's simplex (all `[d + 1, P]` inputs)."""
+    n1 = elevated.shape[0]
+    dims = n1 - 1
+    # With y_r the offset of rank r, corner k weighs y_(d-k) - y_(d-k+1), corner 0 y_d + 1 - y_0.
     by_rank = torch.empty_like(elevated).scatter_(0, rank, (elevated - rem0) * (1.0 / n1)).flip(0)
     bary = by_rank - by_rank.roll(1, dims=0)
     bary[0] = by_rank[0] + (1.0 - by_rank[dims])
-    bary = bary.T.contiguous()  # [P, d + 1]
+    return bary.T.contiguous()
 
-    # Lattice points are keyed on their first d coordinates, with margins wide enough that the blur's
-    # neighbour keys stay inside the image's own block of keys.
-    rem0_int = rem0[:dims].long()
+
+def _enclosing_simplices(points: torch.Tensor) -> _EnclosingSimplices:
+    """The lattice simplex enclosing each of `points` `[P, d]`: corner 0, ranks and barycentric weights."""
+    elevated = _elevate(points)  # [d + 1, P]
+    rem0, rank = _corner0_and_ranks(elevated)
+    return _EnclosingSimplices(rem0, rank, _barycentric_weights(elevated, rem0, rank))
+
+
+def _lattice_keys(rem0: torch.Tensor, batch: int) -> _LatticeKeys:
+    """Keys of the corners 0 `rem0` `[d + 1, P]` of `batch` images of P / batch points each.
+
+    The margins are wide enough that the blur's neighbour keys stay inside the image's own block of keys.
+    """
+    n1, points = rem0.shape
+    dims, device = n1 - 1, rem0.device
+    rem0_int = rem0[:dims].long()  # [d, P]
     low = rem0_int.amin(dim=1) - 2 * n1
     sizes = (rem0_int.amax(dim=1) - low + 2 * n1 + 1).tolist()
     block = math.prod(sizes)
@@ -220,21 +295,35 @@ def _build_lattice(features: torch.Tensor) -> _Lattice:
         )
     strides = [math.prod(sizes[i + 1 :]) for i in range(dims)] + [0]  # the last coordinate is implicit
     stride = torch.tensor(strides, device=device)
-    base = ((rem0_int - low[:, None]) * stride[:dims, None]).sum(dim=0)  # [P], key of corner 0
+    corner0 = ((rem0_int - low[:, None]) * stride[:dims, None]).sum(dim=0)  # [P]
     if batch > 1:
-        base += torch.arange(batch, device=device).repeat_interleave(num_points) * block
+        corner0 += torch.arange(batch, device=device).repeat_interleave(points // batch) * block
+    return _LatticeKeys(corner0, strides, block * batch)
 
-    # Simplices: the points sharing corner 0 and the ranks share all corners.
-    code = (rank[:dims] * (n1 ** torch.arange(dims, device=device))[:, None]).sum(dim=0)
-    order = _sort_by([base, code], [block * batch, n1**dims])  # points grouped by simplex
-    first = _group_starts([base.index_select(0, order), code.index_select(0, order)])
-    simplex_start = first.nonzero().squeeze(1)  # [S]
-    simplex_size = torch.diff(simplex_start, append=simplex_start.new_tensor([points]))
-    simplex = torch.empty_like(order).scatter_(0, order, first.cumsum(dim=0) - 1)  # [P]
 
-    # Corner r of a simplex: rem0 + r - (d + 1) [rank > d - r], i.e. corner 0 plus r along every
-    # coordinate and -(d + 1) along those of rank > d - r.
-    leader = order.index_select(0, simplex_start)  # one point of each simplex
+def _simplices(keys: _LatticeKeys, rank: torch.Tensor) -> _Simplices:
+    """The occupied simplices, from the points' corner-0 keys `keys.corner0` and ranks `rank` `[d + 1, P]`."""
+    n1, points = rank.shape
+    dims = n1 - 1
+    code = (rank[:dims] * (n1 ** torch.arange(dims, device=rank.device))[:, None]).sum(dim=0)  # [P]
+    order = _sort_by([keys.corner0, code], [keys.num_keys, n1**dims])
+    first = _group_starts([keys.corner0.index_select(0, order), code.index_select(0, order)])
+    start = first.nonzero().squeeze(1)  # [S]
+    size = torch.diff(start, append=start.new_tensor([points]))
+    of_point = torch.empty_like(order).scatter_(0, order, first.cumsum(dim=0) - 1)
+    return _Simplices(order, start, size, of_point)
+
+
+def _corner_keys(keys: _LatticeKeys, rank: torch.Tensor, simplices: _Simplices) -> torch.Tensor:
+    """`[S * (d + 1)]` keys of the corners of every simplex (simplex-major); `rank` `[d + 1, P]` per point.
+
+    Corner r of a simplex: rem0 + r - (d + 1) [rank > d - r], i.e. corner 0 plus r along every coordinate
+    and -(d + 1) along those of rank > d - r.
+    """
+    n1, device = rank.shape[0], rank.device
+    dims = n1 - 1
+    stride = torch.tensor(keys.strides, device=device)
+    leader = simplices.order.index_select(0, simplices.start)  # [S] one point of each simplex
     num_simplices = leader.numel()
     stride_of_rank = torch.zeros(n1, num_simplices, dtype=torch.long, device=device)
     stride_of_rank.scatter_(0, rank.index_select(1, leader), stride[:, None].expand(n1, num_simplices))
@@ -242,30 +331,53 @@ def _build_lattice(features: torch.Tensor) -> _Lattice:
         [stride_of_rank.new_zeros(1, num_simplices), stride_of_rank.flip(0).cumsum(dim=0)[:dims]]
     )
     corner = torch.arange(n1, device=device)[:, None]
-    corner_keys = (base.index_select(0, leader) + corner * sum(strides) - n1 * dropped).T.reshape(-1)
+    return (keys.corner0.index_select(0, leader) + corner * sum(keys.strides) - n1 * dropped).T.reshape(-1)
 
-    # Vertices: the unique corner keys.
-    key_order = corner_keys.sort(stable=True).indices  # corners grouped by vertex
-    sorted_keys = corner_keys.index_select(0, key_order)
-    vertex_first = _group_starts([sorted_keys])
-    vertex_keys = sorted_keys[vertex_first]
-    num_vertices = vertex_keys.numel()
-    corner_vertex = torch.empty_like(key_order).scatter_(0, key_order, vertex_first.cumsum(dim=0) - 1)
-    vertex = corner_vertex.view(num_simplices, n1).index_select(0, simplex)  # [P, d + 1]
 
-    # Splat entries (point, corner) grouped by vertex: each corner, in vertex order, expanded to the
-    # points of its simplex.
-    corner_simplex, corner_rank = key_order // n1, key_order % n1
-    entries = simplex_size.index_select(0, corner_simplex)  # points per corner
+def _vertices(corner_keys: torch.Tensor, simplices: _Simplices) -> _Vertices:
+    """Unique keys among `corner_keys` `[S * (d + 1)]` of `simplices`; the vertex of each point's corners."""
+    corner_order = corner_keys.sort(stable=True).indices  # corners grouped by vertex
+    sorted_keys = corner_keys.index_select(0, corner_order)
+    first = _group_starts([sorted_keys])
+    keys = sorted_keys[first]  # [M]
+    corner_vertex = torch.empty_like(corner_order).scatter_(0, corner_order, first.cumsum(dim=0) - 1)
+    of_point = corner_vertex.view(simplices.start.numel(), -1).index_select(
+        0, simplices.of_point
+    )  # [P, d + 1]
+    return _Vertices(keys, corner_order, first, of_point)
+
+
+def _splat_entries(simplices: _Simplices, vertices: _Vertices, bary: torch.Tensor) -> _SplatEntries:
+    """The (point, corner) entries grouped by vertex, for the points' barycentric weights `bary` `[P, d + 1]`.
+
+    Each corner, in vertex order, is expanded to the points of its simplex.
+    """
+    points, n1 = bary.shape
+    corner_simplex, corner_index = vertices.corner_order // n1, vertices.corner_order % n1
+    entries = simplices.size.index_select(0, corner_simplex)  # points per corner
     entry_start = entries.cumsum(dim=0) - entries
     total = points * n1
-    first_point = simplex_start.index_select(0, corner_simplex)  # of the corner's simplex, in `order`
+    first_point = simplices.start.index_select(0, corner_simplex)  # of the corner's simplex, in `order`
     position = _expand_runs(first_point - entry_start - 1, entry_start, total)
-    position += torch.arange(1, total + 1, device=device)  # index into `order`
-    splat_point = order.index_select(0, position)
-    splat_corner = _expand_runs(corner_rank, entry_start, total)
+    position += torch.arange(1, total + 1, device=bary.device)  # index into `order`
+    entry_point = simplices.order.index_select(0, position)
+    entry_corner = _expand_runs(corner_index, entry_start, total)
+    return _SplatEntries(
+        point=entry_point,
+        bary=bary.view(-1).index_select(0, entry_point * n1 + entry_corner),
+        offsets=entry_start[vertices.first],
+    )
 
-    # Blur direction j: the neighbour above has every coordinate +1 and coordinate j - d, the one below the
+
+def _blur_neighbours(
+    vertex_keys: torch.Tensor, strides: list[int], dtype: torch.dtype
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per lattice direction, `[M, 3]` neighbours (below, self, above) of `vertex_keys` `[M]` and weights.
+
+    An unoccupied neighbour is the vertex itself with weight 0; the others weigh (1/2, 1, 1/2).
+    """
+    n1, num_vertices, device = len(strides), vertex_keys.numel(), vertex_keys.device
+    # Direction j: the neighbour above has every coordinate +1 and coordinate j - d, the one below the
     # opposite. Only those above are searched; "w is above v" is "v is below w".
     steps = torch.tensor([sum(strides) - n1 * strides[j] for j in range(n1)], device=device)
     above_keys = vertex_keys + steps[:, None]  # [d + 1, M]
@@ -279,19 +391,30 @@ def _build_lattice(features: torch.Tensor) -> _Lattice:
     index_dtype = torch.int32 if num_vertices < 2**31 else torch.long  # what F.embedding_bag reads
     blur_index = torch.stack(
         [below.to(index_dtype), self_index.to(index_dtype), above.to(index_dtype)], dim=-1
-    )
-    blur_weight = torch.ones(n1, num_vertices, 3, dtype=features.dtype, device=device)
+    )  # [d + 1, M, 3]
+    blur_weight = torch.ones(n1, num_vertices, 3, dtype=dtype, device=device)
     blur_weight[..., 0], blur_weight[..., 2] = 0.5 * (below != self_index), 0.5 * found
+    return list(blur_index.unbind(0)), list(blur_weight.unbind(0))
 
+
+def _build_lattice(features: torch.Tensor) -> _Lattice:
+    """Permutohedral lattice of `features` `[B, N, d]` (already divided by their std); images stay apart."""
+    batch, num_points, dims = features.shape
+    enclosing = _enclosing_simplices(features.reshape(batch * num_points, dims))
+    keys = _lattice_keys(enclosing.rem0, batch)
+    simplices = _simplices(keys, enclosing.rank)
+    vertices = _vertices(_corner_keys(keys, enclosing.rank, simplices), simplices)
+    splat = _splat_entries(simplices, vertices, enclosing.bary)
+    blur_index, blur_weight = _blur_neighbours(vertices.keys, keys.strides, features.dtype)
     return _Lattice(
-        num_vertices=num_vertices,
-        vertex=vertex,
-        bary=bary,
-        splat_point=splat_point,
-        splat_bary=bary.view(-1).index_select(0, splat_point * n1 + splat_corner),
-        splat_offsets=entry_start[vertex_first],
-        blur_index=list(blur_index.unbind(0)),
-        blur_weight=list(blur_weight.unbind(0)),
+        num_vertices=vertices.keys.numel(),
+        vertex=vertices.of_point,
+        bary=enclosing.bary,
+        splat_point=splat.point,
+        splat_bary=splat.bary,
+        splat_offsets=splat.offsets,
+        blur_index=blur_index,
+        blur_weight=blur_weight,
     )
 
 
