@@ -591,6 +591,19 @@ def _mean_field(image: torch.Tensor, probs: torch.Tensor, params: CRFParams) -> 
     return q
 
 
+def _refined_probs(
+    image: torch.Tensor, probs: torch.Tensor, params: CRFParams, overrides: dict[str, Any]
+) -> tuple[torch.Tensor, bool]:
+    """`dense_crf`'s refined probabilities `[B, H, W, C]` (float32/64); whether the inputs are unbatched."""
+    params = _resolve_params(params, overrides)
+    _check_inputs(image, probs)
+    unbatched = probs.ndim == 3
+    if unbatched:
+        image, probs = image[None], probs[None]
+    batch, num_classes, height, width = probs.shape
+    return _mean_field(image, probs, params).view(batch, height, width, num_classes), unbatched
+
+
 def dense_crf(
     image: torch.Tensor, probs: torch.Tensor, params: CRFParams = WECLIP, **overrides: Any
 ) -> torch.Tensor:
@@ -606,14 +619,8 @@ def dense_crf(
     Returns:
         Refined probabilities, same shape and dtype as `probs`, summing to one over the class axis.
     """
-    params = _resolve_params(params, overrides)
-    _check_inputs(image, probs)
-    unbatched = probs.ndim == 3
-    if unbatched:
-        image, probs = image[None], probs[None]
-    batch, num_classes, height, width = probs.shape
-    q = _mean_field(image, probs, params).view(batch, height, width, num_classes).permute(0, 3, 1, 2)
-    q = q.to(probs.dtype).contiguous()
+    q, unbatched = _refined_probs(image, probs, params, overrides)
+    q = q.permute(0, 3, 1, 2).to(probs.dtype).contiguous()  # [B, C, H, W]
     return q[0] if unbatched else q
 
 
@@ -621,11 +628,6 @@ def crf_refine_labels(
     image: torch.Tensor, probs: torch.Tensor, params: CRFParams = WECLIP, **overrides: Any
 ) -> torch.Tensor:
     """Label map after `dense_crf`: `LongTensor[B, H, W]` (or `[H, W]` for unbatched inputs)."""
-    params = _resolve_params(params, overrides)
-    _check_inputs(image, probs)
-    unbatched = probs.ndim == 3
-    if unbatched:
-        image, probs = image[None], probs[None]
-    batch, _, height, width = probs.shape
-    labels = _mean_field(image, probs, params).argmax(dim=1).view(batch, height, width)
+    q, unbatched = _refined_probs(image, probs, params, overrides)
+    labels = q.argmax(dim=-1)  # [B, H, W]
     return labels[0] if unbatched else labels
