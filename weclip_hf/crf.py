@@ -240,7 +240,7 @@ def _corner0_and_ranks(elevated: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
     # The closest remainder-0 lattice point (ties round down, as pydensecrf).
     scaled = elevated * (1.0 / n1)
-    down, up = scaled.floor_() * n1, scaled.ceil() * n1
+    down, up = scaled.floor() * n1, scaled.ceil() * n1
     rem0 = torch.where(up - elevated < elevated - down, up, down)
 
     # Rank of each coordinate's offset (0 = largest; ties: the lower index ranks first), then the
