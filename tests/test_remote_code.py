@@ -21,13 +21,15 @@ from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImagePr
 from weclip_hf.hub import publishable_files
 
 # hub.py: `push_to_hub` imports it lazily, so the remote copy must have it too; clip_features.py and
-# model_loading.py: the frozen CLIP tower the model runs and the checks its from_pretrained makes
+# model_loading.py: the frozen CLIP tower the model runs and the checks its from_pretrained makes; image_reading.py:
+# how the processor reads its inputs
 CODE_FILES = {
     "configuration_weclip.py",
     "modeling_weclip.py",
     "clip_features.py",
     "model_loading.py",
     "image_processing_weclip.py",
+    "image_reading.py",
     "hub.py",
 }
 

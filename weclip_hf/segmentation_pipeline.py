@@ -48,7 +48,8 @@ from transformers import (
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 
-from .image_processing_weclip import WeCLIPImageProcessor, image_size
+from .image_processing_weclip import WeCLIPImageProcessor
+from .image_reading import image_size
 
 TASK = "image-segmentation"
 # the Auto classes whose models ImageSegmentationPipeline serves (its name tables are theirs)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..image_processing_weclip import to_rgb_array
+from ..image_reading import to_rgb_array
 from ..normalization import PixelNormalization
 
 

@@ -1,0 +1,202 @@
+"""Image inputs -> RGB arrays: how the processor, the pipeline and the training data read any image.
+
+Inputs accepted (``to_rgb_array``): PIL images (EXIF orientation applied; grayscale, palette, RGBA/LA (alpha
+dropped, no compositing), CMYK, 16-bit and float modes converted to RGB), NumPy arrays and torch tensors of
+shape [H, W], [H, W, C] or [C, H, W] with C = 1, 3 or 4, and file paths. Values: uint8 as 0-255, uint16 scaled
+to 0-255, bool as 0/255, floats in [0, 1 + 1e-3] scaled to 0-255 (so 1.0000001 still counts as 1), other
+floats and integers taken as 0-255; bfloat16 (and other float dtypes NumPy lacks) are read as float32.
+Channel axis: ``input_data_format`` ("channels_first" / "channels_last") when given; otherwise the end of the
+shape whose length is 1, 3 or 4, and when both ends are (e.g. [3, H, 4]), torch tensors are read
+channels-first and NumPy arrays channels-last (the usual layout of each). Empty images, NaN/inf values and
+other channel counts raise a ValueError. A call's ``images`` (`_image_list`) are one image, a list of images,
+or a 4-D array or tensor as a batch ([B, C, H, W] or [B, H, W, C]: each image read by the rules above).
+
+``do_rescale=False`` means the input is already rescaled (transformers' meaning): the values are used as
+given (no 0-255 reading, no [0, 1] guess, no range check). ``do_convert_rgb=False`` keeps the channels as given
+(no gray -> RGB, no alpha dropping). `image_size` gives an input's (height, width) as read, without reading its
+pixels; `_label_tensor` reads a label map (class ids, not colours).
+
+Imports only NumPy, torch, PIL and transformers: the module ships with a saved model's remote code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from transformers.image_utils import ChannelDimension
+
+CHANNEL_COUNTS = (1, 3, 4)  # the lengths that mark a channel axis when guessing the layout
+UNIT_RANGE_TOLERANCE = 1e-3  # floats up to 1 + this count as [0, 1] images
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+_RAW_MODES = ("RGB", "L", "F", *_SIXTEEN_BIT_MODES)  # read with np.asarray, without PIL's RGB conversion
+_EXIF_ORIENTATION = 0x0112
+_BATCH_HINT = (
+    " A 4-D array or tensor is read as a batch only as the processor's whole `images` argument; elsewhere (in a"
+    " list, or given to a pipeline) pass a list of images."
+)
+
+
+def _channel_format(input_data_format) -> ChannelDimension | None:
+    """None, "channels_first"/"channels_last" or a `ChannelDimension` -> `ChannelDimension` (or None)."""
+    if input_data_format is None:
+        return None
+    try:
+        fmt = ChannelDimension(input_data_format)
+    except ValueError:
+        fmt = None
+    if fmt not in (ChannelDimension.FIRST, ChannelDimension.LAST):
+        raise ValueError(
+            f"input_data_format must be None, 'channels_first' or 'channels_last', got {input_data_format!r}."
+        )
+    return fmt
+
+
+def _is_channels_first(shape: tuple[int, ...], input_data_format, prefer_first: bool) -> bool:
+    """Whether a 3-D image of ``shape`` has its channels first (the rule of the module docstring)."""
+    fmt = _channel_format(input_data_format)
+    if fmt is not None:
+        return fmt == ChannelDimension.FIRST
+    first, last = shape[0] in CHANNEL_COUNTS, shape[-1] in CHANNEL_COUNTS
+    if first and last:
+        return prefer_first
+    if not (first or last):
+        raise ValueError(
+            f"Images need 1, 3 or 4 channels (first or last axis), got shape {shape}; pass "
+            "input_data_format='channels_first' or 'channels_last' for other channel counts."
+        )
+    return first
+
+
+def image_size(image, input_data_format=None) -> tuple[int, int]:
+    """(height, width) of an image as the processor reads it (EXIF orientation and channel axis applied)."""
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as opened:
+            return image_size(opened)
+    if isinstance(image, Image.Image):
+        width, height = image.size
+        swapped = image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # transposed or 90-degree turns
+        return (width, height) if swapped else (height, width)
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        shape = tuple(image.shape)
+        if len(shape) == 2:
+            return shape
+        if len(shape) == 3:
+            first = _is_channels_first(shape, input_data_format, isinstance(image, torch.Tensor))
+            return shape[1:] if first else shape[:2]
+        raise ValueError(f"Images must be 2-D or 3-D (HWC or CHW), got shape {shape}.{_BATCH_HINT}")
+    raise TypeError(f"Unsupported image type {type(image).__name__}; expected PIL, numpy, torch or a path.")
+
+
+def to_rgb_array(
+    image, input_data_format=None, do_rescale: bool = True, do_convert_rgb: bool = True
+) -> np.ndarray:
+    """Any supported image -> float32 [H, W, C] array: 0-255 RGB values by default (see the module docstring)."""
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as opened:
+            return to_rgb_array(opened.copy(), input_data_format, do_rescale, do_convert_rgb)
+    if isinstance(image, Image.Image):
+        image = ImageOps.exif_transpose(image)
+        if do_convert_rgb and do_rescale:  # the default reading (16-bit modes through 8-bit, as before)
+            if image.mode in _SIXTEEN_BIT_MODES:
+                array = np.asarray(image, dtype=np.float64)
+                peak = 65535.0 if array.max() > 255 else 255.0
+                image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+            if image.mode == "F":
+                return _read_array(np.asarray(image, dtype=np.float32), None, False, True, True)
+            return np.asarray(image.convert("RGB"), dtype=np.float32)
+        if do_convert_rgb and image.mode not in _RAW_MODES:
+            image = image.convert("RGB")
+        array = np.asarray(image)
+        return _read_array(
+            array, ChannelDimension.LAST if array.ndim == 3 else None, False, do_rescale, do_convert_rgb
+        )
+    if isinstance(image, torch.Tensor):
+        return _read_array(_tensor_to_numpy(image), input_data_format, True, do_rescale, do_convert_rgb)
+    if isinstance(image, np.ndarray):
+        return _read_array(image, input_data_format, False, do_rescale, do_convert_rgb)
+    raise TypeError(f"Unsupported image type {type(image).__name__}; expected PIL, numpy, torch or a path.")
+
+
+def _tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A tensor on any device -> NumPy array; float dtypes NumPy lacks (bfloat16, float8) become float32."""
+    tensor = tensor.detach().cpu()
+    if tensor.is_floating_point() and tensor.dtype not in (torch.float16, torch.float32, torch.float64):
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
+def _read_array(
+    array: np.ndarray, input_data_format, prefer_first: bool, do_rescale: bool, do_convert_rgb: bool
+) -> np.ndarray:
+    """[H, W], [H, W, C] or [C, H, W] array -> float32 [H, W, C] (0-255 RGB values by default)."""
+    if array.size == 0:
+        raise ValueError(f"Empty image of shape {array.shape}.")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    elif array.ndim != 3:
+        raise ValueError(f"Images must be 2-D or 3-D (HWC or CHW), got shape {array.shape}.{_BATCH_HINT}")
+    elif _is_channels_first(array.shape, input_data_format, prefer_first):
+        array = np.moveaxis(array, 0, -1)
+    channels = array.shape[-1]
+    if do_convert_rgb and channels not in CHANNEL_COUNTS:
+        raise ValueError(f"Images need 1, 3 or 4 channels, got {channels} (HWC shape {array.shape}).")
+    values = _pixel_values(array) if do_rescale else array.astype(np.float32)
+    if not do_rescale and not np.isfinite(values).all():
+        raise ValueError("Image contains NaN or infinite values.")
+    if do_convert_rgb:
+        values = np.repeat(values, 3, axis=-1) if channels == 1 else values[..., :3]
+    return np.ascontiguousarray(values)
+
+
+def _pixel_values(array: np.ndarray) -> np.ndarray:
+    """Array of any dtype -> float32 0-255 values (the reading rules of the module docstring)."""
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    values = array.astype(np.float32)
+    if array.dtype == np.uint16:
+        return values * (255.0 / 65535.0)
+    if not np.isfinite(values).all():
+        raise ValueError("Image contains NaN or infinite values.")
+    low, high = values.min(), values.max()
+    if low < 0 or high > 255:  # the input's own values, before any [0, 1] scaling
+        raise ValueError(
+            f"Pixel values must lie in [0, 255] (or [0, 1] for floats), got [{low}, {high}]; "
+            "pass do_rescale=False for images that are already rescaled."
+        )
+    if np.issubdtype(array.dtype, np.floating) and high <= 1.0 + UNIT_RANGE_TOLERANCE:
+        values = np.minimum(values, 1.0) * 255.0
+    return values
+
+
+def _image_list(images) -> tuple[list, bool]:
+    """``images`` of a call -> (its images, whether it is one image): a list or tuple, or a 4-D array or tensor
+    [B, C, H, W] / [B, H, W, C], is a batch; anything else one image."""
+    if isinstance(images, (list, tuple)):
+        return list(images), False
+    if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
+        return list(images), False
+    return [images], True
+
+
+def _label_tensor(label) -> torch.Tensor:
+    """Label map (PIL, array, tensor, path) -> int64 [H, W] tensor. Palette/L PNGs keep their indices."""
+    if isinstance(label, (str, Path)):
+        with Image.open(label) as opened:
+            return _label_tensor(opened.copy())
+    if isinstance(label, Image.Image):
+        if label.mode not in ("L", "P", "I", "I;16"):
+            raise ValueError(f"Label maps must be single-channel (mode L/P/I), got mode {label.mode}.")
+        label = np.asarray(label)
+    if isinstance(label, torch.Tensor):
+        label = label.detach().cpu().to(torch.int64)
+    else:
+        label = torch.from_numpy(np.asarray(label).astype(np.int64))
+    if label.ndim != 2:
+        raise ValueError(f"Label maps must be 2-D [H, W], got shape {tuple(label.shape)}.")
+    return label
+
+
+__all__ = ["CHANNEL_COUNTS", "UNIT_RANGE_TOLERANCE", "image_size", "to_rgb_array"]
