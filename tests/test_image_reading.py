@@ -1,0 +1,22 @@
+"""weclip_hf.image_reading: what it imports (it ships with a saved model's remote code) and what the processor
+module still exports of it. The reading rules themselves are tested through the processor
+(tests/test_image_processing.py)."""
+
+import sys
+
+from transformers.dynamic_module_utils import get_imports, get_relative_imports
+
+from weclip_hf import image_processing_weclip, image_reading
+
+
+def test_imports_only_the_base_install_and_nothing_of_the_package():
+    """Remote code and the base install (no ``train`` extra) read images with this module alone."""
+    third_party = set(get_imports(image_reading.__file__)) - set(sys.stdlib_module_names)
+    assert third_party <= {"numpy", "torch", "PIL", "transformers"}, third_party
+    assert get_relative_imports(image_reading.__file__) == []
+
+
+def test_the_processor_module_still_exports_the_public_reading_functions():
+    for name in ("to_rgb_array", "image_size"):
+        assert getattr(image_processing_weclip, name) is getattr(image_reading, name)
+        assert name in image_processing_weclip.__all__
