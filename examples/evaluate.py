@@ -31,7 +31,7 @@ from transformers import AutoModelForSemanticSegmentation
 
 from weclip_hf import WeCLIPImageProcessor
 from weclip_hf.crf import CRF_PRESETS, CRFParams
-from weclip_hf.data.loading import collate, evaluation_set, load_dataset_splits
+from weclip_hf.data.loading import DataSource, collate, evaluation_set, load_dataset_splits
 from weclip_hf.evaluation import evaluate_segmentation
 from weclip_hf.metrics import per_class_iou
 from weclip_hf.normalization import PixelNormalization
@@ -200,16 +200,9 @@ def main(argv=None) -> dict:
     normalization = PixelNormalization.from_image_processor(image_processor)
     args.eval_long_side = processor_long_side(args, image_processor)
     _, val, _ = load_dataset_splits(
-        args.dataset_name,
-        args.dataset_config_name,
-        args.data_dir,
-        args.dataset_path,
-        None,
-        args.validation_split,
-        args.preset,
-        toy=args.toy,
-        toy_sizes=(1, args.toy_val_images),
-        seed=args.seed,
+        DataSource.from_args(args, toy_sizes=(1, args.toy_val_images)),
+        validation_split=args.validation_split,
+        preset=args.preset,
         need_train=False,
     )
     if val is None:

@@ -60,7 +60,7 @@ from weclip_hf.batch_jobs import (
 )
 from weclip_hf.data.adapters import add_image_labels, resolve_columns
 from weclip_hf.data.decoding import file_path, row_name
-from weclip_hf.data.loading import load_dataset_splits, read_example
+from weclip_hf.data.loading import DataSource, load_dataset_splits, read_example
 from weclip_hf.data.toy import default_clip_model
 from weclip_hf.data.transforms import multi_hot, normalize
 from weclip_hf.hub import create_hub_repo
@@ -144,17 +144,11 @@ def load_splits(args, num_classes: int, ignore_index: int, class_names, state: P
     """{split: (dataset with image_labels and a ``source_row`` column, its columns)}: --split and, if asked,
     --validation_split (which needs masks). Unreadable images are dropped and listed (the LabelSummary)."""
     toy_sizes = get_preset("toy").dataset.toy_sizes
+    source = DataSource.from_args(
+        args, toy_sizes=(args.toy_images or toy_sizes[0], args.toy_val_images or toy_sizes[1])
+    )
     train, val, _ = load_dataset_splits(
-        args.dataset_name,
-        args.dataset_config_name,
-        args.data_dir,
-        args.dataset_path,
-        args.split,
-        args.validation_split,
-        args.preset,
-        toy=args.toy,
-        toy_sizes=(args.toy_images or toy_sizes[0], args.toy_val_images or toy_sizes[1]),
-        seed=args.seed,
+        source, train_split=args.split, validation_split=args.validation_split, preset=args.preset
     )
     if args.validation_split and val is None:
         raise ValueError(f"--validation_split {args.validation_split!r} not found in the dataset.")

@@ -54,7 +54,7 @@ from weclip_hf.batch_jobs import (
 )
 from weclip_hf.crf import CRF_PRESETS, crf_refine_labels
 from weclip_hf.data.decoding import UnreadableImageError, decode_image, describe, row_name, undecoded
-from weclip_hf.data.loading import load_dataset_splits
+from weclip_hf.data.loading import DataSource, load_dataset_splits
 from weclip_hf.data.transforms import load_rgb_uint8
 from weclip_hf.inference import image_logits, multiscale_flip_logits
 from weclip_hf.presets import EvaluationSettings, preset_of_config
@@ -201,12 +201,7 @@ def load_inputs(args) -> tuple:
         paths = find_image_files(args.images)
         return [str(p) for p in paths], output_names(paths), functools.partial(row_name, split=None)
     _, split, _ = load_dataset_splits(
-        args.dataset_name,
-        args.dataset_config_name,
-        args.data_dir,
-        args.dataset_path,
-        validation_split=args.split,
-        need_train=False,
+        DataSource.from_args(args), validation_split=args.split, need_train=False
     )
     if split is None:
         raise ValueError(f"--split {args.split!r} not found in the dataset.")

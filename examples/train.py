@@ -43,6 +43,7 @@ from weclip_hf.checkpointing import (
 )
 from weclip_hf.data.adapters import add_image_labels, dataset_columns, is_streaming, resolve_columns
 from weclip_hf.data.loading import (
+    DataSource,
     EpochShuffleSampler,
     StreamingWeakSegmentationDataset,
     WeakSegmentationDataset,
@@ -824,17 +825,11 @@ def load_data_and_model(
     """Phase 1: the model (`build_model`), its image processor, and the training and validation sets (normalized
     with that processor's statistics); ``retained``: freed host memory is kept for reuse (for the summary line)."""
     train_raw, val_raw, names = load_dataset_splits(
-        args.dataset_name,
-        args.dataset_config_name,
-        args.data_dir,
-        args.dataset_path,
-        args.train_split,
-        args.validation_split,
-        args.preset,
-        args.streaming,
-        toy=not (args.dataset_name or args.data_dir or args.dataset_path),  # --preset toy may name a dataset
-        toy_sizes=(args.toy_train_images, args.toy_val_images),
-        seed=args.seed,
+        # the toy world when no dataset is named (--preset toy may name one)
+        DataSource.from_args(args, toy_sizes=(args.toy_train_images, args.toy_val_images)),
+        train_split=args.train_split,
+        validation_split=args.validation_split,
+        preset=args.preset,
         log=accelerator.print,
     )
     model = build_model(args, names)

@@ -192,30 +192,34 @@ def _save_splits(root, splits: dict[str, int]):
 
 
 def test_voc_preset_trains_on_train_aug_when_the_dataset_has_it(tmp_path):
-    from weclip_hf.data.loading import load_dataset_splits
+    from weclip_hf.data.loading import DataSource, load_dataset_splits
 
     notes = []
     path = _save_splits(tmp_path / "aug", {"train": 2, "train_aug": 5, "validation": 1})
-    train, val, names = load_dataset_splits(dataset_path=path, preset="voc", log=notes.append)
+    train, val, names = load_dataset_splits(DataSource(dataset_path=path), preset="voc", log=notes.append)
     assert len(train) == 5 and len(val) == 1 and not notes and len(names["class_names"]) == 20
-    train, _, _ = load_dataset_splits(dataset_path=path, preset="voc", train_split="train", log=notes.append)
+    train, _, _ = load_dataset_splits(
+        DataSource(dataset_path=path), preset="voc", train_split="train", log=notes.append
+    )
     assert len(train) == 2 and not notes  # an explicit --train_split wins
-    train, _, _ = load_dataset_splits(dataset_path=path, preset="voc", streaming=True, log=notes.append)
+    train, _, _ = load_dataset_splits(
+        DataSource(dataset_path=path, streaming=True), preset="voc", log=notes.append
+    )
     assert isinstance(train, datasets.IterableDataset) and sum(1 for _ in train) == 5
 
     path = _save_splits(tmp_path / "plain", {"train": 3, "validation": 1})
-    train, _, _ = load_dataset_splits(dataset_path=path, preset="voc", log=notes.append)
+    train, _, _ = load_dataset_splits(DataSource(dataset_path=path), preset="voc", log=notes.append)
     assert len(train) == 3 and len(notes) == 1
     assert "no 'train_aug' split" in notes[0] and "training on 'train' (3 images" in notes[0]
 
 
 def test_evaluation_loading_needs_no_train_split_and_materializes_streams(tmp_path):
-    from weclip_hf.data.loading import load_dataset_splits, materialize
+    from weclip_hf.data.loading import DataSource, load_dataset_splits, materialize
 
     path = _save_splits(tmp_path / "val_only", {"validation": 3})
     with pytest.raises(ValueError, match=r"Split 'train' not found; available splits: \['validation'\]"):
-        load_dataset_splits(dataset_path=path)
-    train, val, _ = load_dataset_splits(dataset_path=path, need_train=False)
+        load_dataset_splits(DataSource(dataset_path=path))
+    train, val, _ = load_dataset_splits(DataSource(dataset_path=path), need_train=False)
     assert train is None and len(val) == 3
     stream = val.to_iterable_dataset()
     assert len(materialize(stream)) == 3 and len(materialize(stream, limit=2)) == 2
@@ -491,7 +495,7 @@ def test_a_model_trained_with_clip_statistics_is_saved_evaluated_and_served_with
     from conftest import FAST, ROOT, run_train
 
     from weclip_hf import WeCLIPImageProcessor
-    from weclip_hf.data.loading import evaluation_set, load_dataset_splits
+    from weclip_hf.data.loading import DataSource, evaluation_set, load_dataset_splits
     from weclip_hf.normalization import CLIP_MEAN, CLIP_NORMALIZATION, CLIP_STD
     from weclip_hf.visualization import TITLE_HEIGHT, display_size, resize_rgb
 
@@ -505,7 +509,7 @@ def test_a_model_trained_with_clip_statistics_is_saved_evaluated_and_served_with
     )  # fmt: skip
     saved = json.loads((out / "preprocessor_config.json").read_text())
     assert (saved["image_mean"], saved["image_std"]) == (list(CLIP_MEAN), list(CLIP_STD))
-    _, val, _ = load_dataset_splits(toy=True, toy_sizes=(24, 4), seed=0)
+    _, val, _ = load_dataset_splits(DataSource(toy=True, toy_sizes=(24, 4), seed=0))
     image = np.asarray(val[0]["image"].convert("RGB"))
     overlay = np.asarray(Image.open(json.loads((out / "metrics.json").read_text())["overlays"][0]))
     size = display_size(*image.shape[:2])  # the image panel: the image upscaled, below its title strip
@@ -533,38 +537,38 @@ def test_zero_based_label_errors_show_the_users_own_ids_and_range():
 
 
 def test_a_missing_data_dir_or_dataset_path_is_named(tmp_path):
-    from weclip_hf.data.loading import load_dataset_splits
+    from weclip_hf.data.loading import DataSource, load_dataset_splits
 
     with pytest.raises(FileNotFoundError, match=r"--data_dir .*nope: the directory does not exist"):
-        load_dataset_splits(data_dir=str(tmp_path / "nope"))
+        load_dataset_splits(DataSource(data_dir=str(tmp_path / "nope")))
     with pytest.raises(FileNotFoundError, match=r"--dataset_path .*nope: the directory does not exist"):
-        load_dataset_splits(dataset_path=str(tmp_path / "nope"))
+        load_dataset_splits(DataSource(dataset_path=str(tmp_path / "nope")))
 
 
 def test_an_imagefolder_whose_metadata_has_no_rows_is_named(tmp_path):
-    from weclip_hf.data.loading import load_dataset_splits
+    from weclip_hf.data.loading import DataSource, load_dataset_splits
 
     (tmp_path / "train").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "train" / "a.png")
     (tmp_path / "train" / "metadata.jsonl").write_text("\n")
     with pytest.raises(ValueError, match=r"train/metadata.jsonl lists no images \(it has no rows\)"):
-        load_dataset_splits(data_dir=str(tmp_path))
+        load_dataset_splits(DataSource(data_dir=str(tmp_path)))
 
 
 def test_pascal_vocs_own_folder_layout_is_named(tmp_path):
     """VOC's release (VOCdevkit/VOC2012: JPEGImages/, SegmentationClass/, ImageSets/) is not an imagefolder."""
-    from weclip_hf.data.loading import load_dataset_splits
+    from weclip_hf.data.loading import DataSource, load_dataset_splits
 
     for name in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (tmp_path / name).mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tmp_path / "JPEGImages" / "a.jpg")
     (tmp_path / "ImageSets" / "Segmentation" / "val.txt").write_text("a\n")
     with pytest.raises(ValueError, match="laid out as PASCAL VOC's own release"):
-        load_dataset_splits(data_dir=str(tmp_path))
+        load_dataset_splits(DataSource(data_dir=str(tmp_path)))
 
 
 def test_an_empty_split_of_a_saved_dataset_is_named(tmp_path):
-    from weclip_hf.data.loading import load_dataset_splits
+    from weclip_hf.data.loading import DataSource, load_dataset_splits
 
     features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})
     image = Image.new("RGB", (8, 8))
@@ -578,7 +582,7 @@ def test_an_empty_split_of_a_saved_dataset_is_named(tmp_path):
     with pytest.raises(
         ValueError, match=r"Split 'validation' of --dataset_path .*ds is empty: it has no examples"
     ):
-        load_dataset_splits(dataset_path=str(tmp_path / "ds"))
+        load_dataset_splits(DataSource(dataset_path=str(tmp_path / "ds")))
 
 
 def test_an_empty_loaded_split_is_named():
@@ -591,9 +595,14 @@ def test_an_empty_loaded_split_is_named():
 
 
 def test_evaluation_set_limits_labels_and_normalizes_the_validation_split():
-    from weclip_hf.data.loading import EvalSegmentationDataset, evaluation_set, load_dataset_splits
+    from weclip_hf.data.loading import (
+        DataSource,
+        EvalSegmentationDataset,
+        evaluation_set,
+        load_dataset_splits,
+    )
 
-    _, val, _ = load_dataset_splits(toy=True, toy_sizes=(1, 3), seed=0)
+    _, val, _ = load_dataset_splits(DataSource(toy=True, toy_sizes=(1, 3), seed=0))
     entered = []
 
     class Labelling:
@@ -608,3 +617,22 @@ def test_evaluation_set_limits_labels_and_normalizes_the_validation_split():
     item = dataset[1]
     assert item["pixel_values"].shape[-2:] == item["labels"].shape and item["class_labels"].shape == (8,)
     assert summary.total == 2
+
+
+def test_data_source_from_args_names_the_toy_world_when_no_dataset_is_named():
+    import argparse
+
+    from weclip_hf.data.loading import DataSource
+
+    bare = argparse.Namespace(dataset_name=None, data_dir=None, dataset_path=None)
+    assert DataSource.from_args(bare, toy_sizes=(2, 3)) == DataSource(toy=True, toy_sizes=(2, 3))
+    hub = argparse.Namespace(
+        dataset_name="org/ds",
+        dataset_config_name="c",
+        data_dir=None,
+        dataset_path=None,
+        streaming=True,
+        seed=4,
+    )
+    source = DataSource.from_args(hub)
+    assert source == DataSource("org/ds", "c", streaming=True, seed=4) and source.name == "org/ds"

@@ -9,7 +9,7 @@ import pytest
 
 from weclip_hf import WeCLIPConfig
 from weclip_hf.configuration_weclip_plus import WeCLIPPlusConfig
-from weclip_hf.data.loading import load_dataset_splits
+from weclip_hf.data.loading import DataSource, load_dataset_splits
 from weclip_hf.presets import PRESETS, get_preset
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -62,7 +62,7 @@ def test_train_script_takes_its_recipe_from_the_preset(name, argv):
 def test_train_script_builds_the_toy_model_from_the_toy_preset(tmp_path):
     train = _script("train")
     args = train.parse_args(["--output_dir", str(tmp_path)])
-    _, _, names = load_dataset_splits(toy=True, toy_sizes=(2, 2))
+    _, _, names = load_dataset_splits(DataSource(toy=True, toy_sizes=(2, 2)))
     config = train.build_model(args, names).config
     for key, value in get_preset("toy").config.items():
         assert getattr(config, key) == value, key
@@ -87,7 +87,7 @@ def test_checkpointing_steps_are_whole_numbers_and_the_toy_world_defaults_are_th
     assert all(isinstance(p.training.checkpointing_steps, int) for p in PRESETS.values())
     made, real = [], toy.make_toy_dataset
     monkeypatch.setattr(toy, "make_toy_dataset", lambda n, seed: made.append((n, seed)) or real(1, seed=seed))
-    load_dataset_splits(toy=True, seed=3)
+    load_dataset_splits(DataSource(toy=True, seed=3))
     train_size, val_size = get_preset("toy").dataset.toy_sizes
     assert made == [(train_size, 3), (val_size, 3 + toy.TOY_VALIDATION_SEED_OFFSET)]
 

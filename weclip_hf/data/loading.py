@@ -6,6 +6,7 @@ import json
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
 from ..normalization import PixelNormalization
 from ..presets import Preset, get_preset
+from ..script_arguments import DATA_SOURCE_FLAGS
 from .adapters import Columns, LabelSummary, add_image_labels, is_streaming, resolve_columns
 from .decoding import UnreadableImageError, decode_image, split_name, undecoded
 from .transforms import TrainAugmentation, load_rgb_uint8, multi_hot, normalize
@@ -272,54 +274,86 @@ def evaluation_set(
     return EvalSegmentationDataset(val, columns, num_classes, normalization), summary
 
 
+@dataclass(frozen=True)
+class DataSource:
+    """Where a script's data comes from: a Hub dataset, an imagefolder, a saved DatasetDict, or the toy world.
+
+    ``streaming``: stream Hub datasets and imagefolders, and read the training split of a saved DatasetDict as a
+    ``datasets.IterableDataset``. ``toy_sizes``: the toy world's (train, validation) images, default the toy
+    preset's; ``seed``: the toy world's seed.
+    """
+
+    dataset_name: str | None = None
+    dataset_config_name: str | None = None
+    data_dir: str | None = None
+    dataset_path: str | None = None
+    streaming: bool = False
+    toy: bool = False
+    toy_sizes: tuple[int, int] | None = None
+    seed: int = 0
+
+    @classmethod
+    def from_args(cls, args, toy_sizes: tuple[int, int] | None = None) -> DataSource:
+        """The source named by a script's parsed data-source flags (`add_data_source_flags`, --dataset_config_name,
+        and --streaming and --seed where the script has them): the toy world when no dataset is named."""
+        names = {flag: getattr(args, flag, None) for flag in DATA_SOURCE_FLAGS}
+        return cls(
+            dataset_config_name=getattr(args, "dataset_config_name", None),
+            streaming=getattr(args, "streaming", False),
+            toy=not any(names.values()),
+            toy_sizes=toy_sizes,
+            seed=getattr(args, "seed", 0),
+            **names,
+        )
+
+    @property
+    def name(self) -> str | None:
+        """The dataset as messages name it: its path, folder or Hub id (None for the toy world)."""
+        return self.dataset_path or self.data_dir or self.dataset_name
+
+
 def load_dataset_splits(
-    dataset_name: str | None = None,
-    dataset_config_name: str | None = None,
-    data_dir: str | None = None,
-    dataset_path: str | None = None,
+    source: DataSource,
+    *,
     train_split: str | None = None,
     validation_split: str | None = None,
     preset: str | None = None,
-    streaming: bool = False,
-    toy: bool = False,
-    toy_sizes: tuple[int, int] | None = None,
-    seed: int = 0,
     need_train: bool = True,
     log: Callable[[str], None] = print,
 ):
-    """(train, validation or None, names) from the toy world, a Hub dataset, an imagefolder or a saved
-    DatasetDict; ``names`` holds the class/background names (and prompt template) they imply.
+    """(train, validation or None, names) of a `DataSource`; ``names`` holds the class/background names (and
+    prompt template) they imply.
 
     Without ``train_split`` the preset's preferred splits are tried in order (VOC: "train_aug", then
-    "train", with a note through ``log``). ``streaming=True`` streams Hub datasets and imagefolders, and
-    turns the training split of a saved DatasetDict into a ``datasets.IterableDataset``. With
-    ``need_train=False`` (evaluation) a missing training split gives ``train=None``. ``toy_sizes``: the toy
-    world's (train, validation) images, default the toy preset's.
+    "train", with a note through ``log``). With ``need_train=False`` (evaluation) a missing training split gives
+    ``train=None``.
     """
-    if toy:
+    if source.toy:
         from .toy import TOY_VALIDATION_SEED_OFFSET, make_toy_dataset
 
-        toy_sizes = toy_sizes or get_preset("toy").dataset.toy_sizes
-        train = with_split_name(make_toy_dataset(toy_sizes[0], seed=seed), "train")
+        toy_sizes = source.toy_sizes or get_preset("toy").dataset.toy_sizes
+        train = with_split_name(make_toy_dataset(toy_sizes[0], seed=source.seed), "train")
         val = with_split_name(
-            make_toy_dataset(toy_sizes[1], seed=seed + TOY_VALIDATION_SEED_OFFSET), "validation"
+            make_toy_dataset(toy_sizes[1], seed=source.seed + TOY_VALIDATION_SEED_OFFSET), "validation"
         )
         names = _names(get_preset("toy"))
-        if streaming:
+        if source.streaming:
             train = with_split_name(train.to_iterable_dataset(num_shards=min(len(train), 64)), "train")
         return train, val, names
     import datasets
 
-    if dataset_path:
-        check_local_dataset(dataset_path, "--dataset_path")
-        check_saved_splits(dataset_path)
-        ds = datasets.load_from_disk(dataset_path)
-    elif data_dir:
-        check_local_dataset(data_dir, "--data_dir")
-        check_imagefolder_metadata(data_dir)
-        ds = datasets.load_dataset("imagefolder", data_dir=data_dir, streaming=streaming)
-    elif dataset_name:
-        ds = datasets.load_dataset(dataset_name, dataset_config_name, streaming=streaming)
+    if source.dataset_path:
+        check_local_dataset(source.dataset_path, "--dataset_path")
+        check_saved_splits(source.dataset_path)
+        ds = datasets.load_from_disk(source.dataset_path)
+    elif source.data_dir:
+        check_local_dataset(source.data_dir, "--data_dir")
+        check_imagefolder_metadata(source.data_dir)
+        ds = datasets.load_dataset("imagefolder", data_dir=source.data_dir, streaming=source.streaming)
+    elif source.dataset_name:
+        ds = datasets.load_dataset(
+            source.dataset_name, source.dataset_config_name, streaming=source.streaming
+        )
     else:
         raise ValueError("Give a dataset_name, data_dir or dataset_path (or toy=True).")
     layout = get_preset(preset or "voc").dataset
@@ -338,12 +372,11 @@ def load_dataset_splits(
         raise ValueError(f"Split {train_split!r} not found; available splits: {list(ds)}.")
     names = _names(get_preset(preset)) if preset else {}
     train = with_split_name(ds[train_split], train_split) if train_split in ds else None
-    if streaming and train is not None and not is_streaming(train):
+    if source.streaming and train is not None and not is_streaming(train):
         train = with_split_name(train.to_iterable_dataset(num_shards=min(len(train), 64)), train_split)
     val = with_split_name(ds[validation_split], validation_split) if validation_split in ds else None
-    source = dataset_path or data_dir or dataset_name
     for split in (train, val):
-        check_not_empty(split, source)
+        check_not_empty(split, source.name)
     return train, val, names
 
 
