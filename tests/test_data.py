@@ -76,6 +76,14 @@ def test_add_image_labels_summarises_and_applies_empty_policy():
     assert len(ds) == 1 and summary.skipped == 1
 
 
+def test_add_image_labels_in_several_processes_matches_one():
+    masks = [np.full((8, 8), i % 3, np.uint8) for i in range(4)]
+    one, summary = add_image_labels(_dataset(masks), Columns("image", "mask"), num_classes=2)
+    two, summary_two = add_image_labels(_dataset(masks), Columns("image", "mask"), 2, num_proc=2)
+    assert two["image_labels"] == one["image_labels"] == [[], [1], [2], []]
+    assert str(summary_two) == str(summary)
+
+
 def test_add_image_labels_rejects_mismatched_image_and_mask_sizes():
     masks = [np.zeros((8, 8), np.uint8)]
     images = [Image.fromarray(np.zeros((9, 8, 3), np.uint8))]

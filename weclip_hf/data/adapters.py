@@ -8,6 +8,7 @@ rows of width C.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -231,57 +232,35 @@ def add_image_labels(
     computed as examples are read, errors (or skips, with a warning) happen then, and the summary has no
     counts.
     """
-    import datasets
-
-    streamed = is_streaming(dataset)
-    split = split_name(dataset)
-    original = dataset.features or {}  # the image features' modes, for decoding
-    lookup = class_name_ids(class_names) if class_names is not None else None
+    streamed, split = is_streaming(dataset), split_name(dataset)
+    features = dataset.features or {}  # the image features' modes, for decoding
     check_images = not streamed or columns.labels is None  # a stream's images are checked by its reader
-    stream_row = f"an example of streamed split {split!r}" if split else "an example of the stream"
+    dataset, columns = _label_columns_ready(dataset, columns)
+    label_row = functools.partial(
+        row_image_labels,
+        columns=columns,
+        num_classes=num_classes,
+        ignore_index=ignore_index,
+        zero_based=zero_based,
+        lookup=class_name_ids(class_names) if class_names is not None else None,
+        features=features,
+        split=split,
+        streamed=streamed,
+        check_images=check_images,
+        skip_unreadable=skip_unreadable,
+    )
+    dataset = _map_label_rows(dataset, label_row, num_proc, with_mask=columns.mask is not None)
+    # a list: IterableDataset.remove_columns("x") drops every column whose name is in the string "x"
+    # (datasets 5.2: "_image_labels" would also drop "image" and "image_labels")
+    hidden = ["_image_labels"] if columns.labels == "_image_labels" else []
+    if streamed:
+        return _filtered_stream(dataset, hidden, skip_empty, skip_unreadable)
+    return _summarised(dataset, hidden, skip_empty, skip_unreadable)
 
-    def compute(example, idx):
-        row = stream_row if streamed else row_name(idx, split)
-        image_value = example[columns.image]
-        try:
-            image = mask = None
-            if check_images:
-                image = decode_image(image_value, columns.image, row, original.get(columns.image))
-            if columns.mask is not None and example.get(columns.mask) is not None and check_images:
-                mask = decode_image(example[columns.mask], columns.mask, row, original.get(columns.mask))
-        except UnreadableImageError as err:
-            if not skip_unreadable:
-                raise
-            if streamed:
-                warnings.warn(f"Skipped unreadable {err.source}: {err.reason}", stacklevel=1)
-            return {"image_labels": [], "_unreadable": err.source}
-        if columns.labels is not None:
-            path = file_path(image_value)
-            name = row + (f" (image file {path!r})" if path else "")
-            ids = normalize_label_row(example[columns.labels], num_classes, zero_based, name, lookup)
-        else:
-            if mask is None:
-                raise ValueError(
-                    f"{row.capitalize()} has no mask (column {columns.mask!r} is empty) and the dataset has no "
-                    "image-level label column to take its labels from."
-                )
-            mask_name = describe(example[columns.mask], columns.mask, row)
-            ids = labels_from_mask(mask, num_classes, ignore_index, mask_name)
-            if image_size(image) != image_size(mask):
 
-                def short(value, column):
-                    path = file_path(value)
-                    return f"file {path!r}" if path else f"in column {column!r}"
-
-                turned = image_size(image) == image_size(mask)[::-1]
-                raise ValueError(
-                    f"Image and mask of {row} differ in size (width, height): image "
-                    f"{short(image_value, columns.image)} {image_size(image)}, mask "
-                    f"{short(example[columns.mask], columns.mask)} {image_size(mask)}."
-                    + (EXIF_HINT if turned else "")
-                )
-        return {"image_labels": ids, "_unreadable": None}
-
+def _label_columns_ready(dataset, columns: Columns):
+    """(dataset, columns) ready for `row_image_labels`: an ``image_labels`` column that is not the label column
+    dropped, one that is renamed ``_image_labels``, the image and mask columns undecoded."""
     available = dataset_columns(dataset)
     drop = [c for c in ["image_labels"] if c in available and columns.labels != "image_labels"]
     if drop:
@@ -289,27 +268,116 @@ def add_image_labels(
     if columns.labels == "image_labels":
         dataset = dataset.rename_column("image_labels", "_image_labels")
         columns = Columns(columns.image, columns.mask, "_image_labels")
-    dataset = undecoded(dataset, [columns.image, columns.mask])
+    return undecoded(dataset, [columns.image, columns.mask]), columns
+
+
+def row_image_labels(
+    example: dict,
+    idx: int,
+    *,
+    columns: Columns,
+    num_classes: int,
+    ignore_index: int,
+    zero_based: bool,
+    lookup: Mapping[str, int] | None,
+    features: Mapping,
+    split: str | None,
+    streamed: bool,
+    check_images: bool,
+    skip_unreadable: bool,
+) -> dict:
+    """One example's ``image_labels`` (from its label column or its mask) and ``_unreadable`` (the file that could
+    not be read, with ``skip_unreadable``; else None), its image and mask read and checked if ``check_images``."""
     if streamed:
-        features = None
-        if dataset.features is not None:  # keep the features known, so later steps see typed columns
-            features = dataset.features.copy()
-            features["image_labels"] = datasets.List(datasets.Value("int64"))
-            features["_unreadable"] = datasets.Value("string")
-        dataset = dataset.map(compute, with_indices=True, features=features)
+        row = f"an example of streamed split {split!r}" if split else "an example of the stream"
     else:
-        desc = "image-level labels, reading every image" + (" and mask" if columns.mask else "")
-        dataset = dataset.map(compute, with_indices=True, num_proc=num_proc, desc=desc)
-    # a list: IterableDataset.remove_columns("x") drops every column whose name is in the string "x"
-    # (datasets 5.2: "_image_labels" would also drop "image" and "image_labels")
-    hidden = ["_image_labels"] if columns.labels == "_image_labels" else []
-    if streamed:
-        if skip_unreadable:
-            dataset = dataset.filter(lambda source: source is None, input_columns="_unreadable")
-        dataset = dataset.remove_columns(hidden + ["_unreadable"])
-        if skip_empty:
-            dataset = dataset.filter(lambda ids: len(ids) > 0, input_columns="image_labels")
-        return dataset, LabelSummary(streamed=True, skip_empty=skip_empty, skip_unreadable=skip_unreadable)
+        row = row_name(idx, split)
+    try:
+        image, mask = _decoded_pair(example, columns, row, features) if check_images else (None, None)
+    except UnreadableImageError as err:
+        if not skip_unreadable:
+            raise
+        if streamed:
+            warnings.warn(f"Skipped unreadable {err.source}: {err.reason}", stacklevel=1)
+        return {"image_labels": [], "_unreadable": err.source}
+    if columns.labels is not None:
+        path = file_path(example[columns.image])
+        name = row + (f" (image file {path!r})" if path else "")
+        ids = normalize_label_row(example[columns.labels], num_classes, zero_based, name, lookup)
+    else:
+        ids = _mask_image_labels(example, columns, image, mask, row, num_classes, ignore_index)
+    return {"image_labels": ids, "_unreadable": None}
+
+
+def _decoded_pair(example: dict, columns: Columns, row: str, features: Mapping) -> tuple:
+    """(image, mask or None) of an example, decoded (``features``: the dataset's, for their modes); an unreadable
+    file raises `UnreadableImageError` naming it."""
+    image = decode_image(example[columns.image], columns.image, row, features.get(columns.image))
+    mask = None
+    if columns.mask is not None and example.get(columns.mask) is not None:
+        mask = decode_image(example[columns.mask], columns.mask, row, features.get(columns.mask))
+    return image, mask
+
+
+def _mask_image_labels(
+    example: dict, columns: Columns, image, mask, row: str, num_classes: int, ignore_index: int
+) -> list[int]:
+    """The foreground ids in an example's ``mask``, which must exist and have its ``image``'s size."""
+    if mask is None:
+        raise ValueError(
+            f"{row.capitalize()} has no mask (column {columns.mask!r} is empty) and the dataset has no "
+            "image-level label column to take its labels from."
+        )
+    mask_name = describe(example[columns.mask], columns.mask, row)
+    ids = labels_from_mask(mask, num_classes, ignore_index, mask_name)
+    if image_size(image) != image_size(mask):
+        turned = image_size(image) == image_size(mask)[::-1]
+        raise ValueError(
+            f"Image and mask of {row} differ in size (width, height): image "
+            f"{_file_or_column(example[columns.image], columns.image)} {image_size(image)}, mask "
+            f"{_file_or_column(example[columns.mask], columns.mask)} {image_size(mask)}."
+            + (EXIF_HINT if turned else "")
+        )
+    return ids
+
+
+def _file_or_column(value, column: str) -> str:
+    """An image value as a message names it: its file, else its column."""
+    path = file_path(value)
+    return f"file {path!r}" if path else f"in column {column!r}"
+
+
+def _map_label_rows(dataset, label_row, num_proc: int | None, with_mask: bool):
+    """``dataset`` with the ``image_labels`` and ``_unreadable`` columns of `row_image_labels` (``label_row``):
+    a lazy map on a stream (keeping its features known), a map over every row (in ``num_proc`` processes)
+    otherwise."""
+    if not is_streaming(dataset):
+        desc = "image-level labels, reading every image" + (" and mask" if with_mask else "")
+        return dataset.map(label_row, with_indices=True, num_proc=num_proc, desc=desc)
+    import datasets
+
+    features = None
+    if dataset.features is not None:  # keep the features known, so later steps see typed columns
+        features = dataset.features.copy()
+        features["image_labels"] = datasets.List(datasets.Value("int64"))
+        features["_unreadable"] = datasets.Value("string")
+    return dataset.map(label_row, with_indices=True, features=features)
+
+
+def _filtered_stream(dataset, hidden: list[str], skip_empty: bool, skip_unreadable: bool):
+    """(stream, LabelSummary without counts) of a labelled stream: unreadable (``skip_unreadable``) and empty
+    (``skip_empty``) examples filtered out as they are read, the working columns dropped."""
+    if skip_unreadable:
+        dataset = dataset.filter(lambda source: source is None, input_columns="_unreadable")
+    dataset = dataset.remove_columns(hidden + ["_unreadable"])
+    if skip_empty:
+        dataset = dataset.filter(lambda ids: len(ids) > 0, input_columns="image_labels")
+    return dataset, LabelSummary(streamed=True, skip_empty=skip_empty, skip_unreadable=skip_unreadable)
+
+
+def _summarised(dataset, hidden: list[str], skip_empty: bool, skip_unreadable: bool):
+    """(dataset, LabelSummary) of a labelled random-access dataset: unreadable examples dropped and listed, empty
+    ones counted (and dropped with ``skip_empty``), the working columns dropped."""
     unreadable = [source for source in dataset["_unreadable"] if source is not None]
     if unreadable:
         dataset = dataset.filter(lambda source: source is None, input_columns="_unreadable")
