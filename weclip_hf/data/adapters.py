@@ -330,12 +330,12 @@ def _mask_image_labels(
         )
     mask_name = describe(example[columns.mask], columns.mask, row)
     ids = labels_from_mask(mask, num_classes, ignore_index, mask_name)
-    if image_size(image) != image_size(mask):
-        turned = image_size(image) == image_size(mask)[::-1]
+    if width_height(image) != width_height(mask):
+        turned = width_height(image) == width_height(mask)[::-1]
         raise ValueError(
             f"Image and mask of {row} differ in size (width, height): image "
-            f"{_file_or_column(example[columns.image], columns.image)} {image_size(image)}, mask "
-            f"{_file_or_column(example[columns.mask], columns.mask)} {image_size(mask)}."
+            f"{_file_or_column(example[columns.image], columns.image)} {width_height(image)}, mask "
+            f"{_file_or_column(example[columns.mask], columns.mask)} {width_height(mask)}."
             + (EXIF_HINT if turned else "")
         )
     return ids
@@ -392,8 +392,9 @@ def _summarised(dataset, hidden: list[str], skip_empty: bool, skip_unreadable: b
     return dataset, summary
 
 
-def image_size(image) -> tuple[int, int] | None:
-    """(width, height) of a PIL image or an [H, W(, C)] array-like; None for None."""
+def width_height(image) -> tuple[int, int] | None:
+    """(width, height) of a PIL image or an [H, W(, C)] array-like (PIL's order, which messages show; the
+    image processor's `image_size` gives (height, width)); None for None."""
     if image is None:
         return None
     if hasattr(image, "getbbox"):  # PIL
