@@ -31,13 +31,12 @@ from transformers import AutoModelForSemanticSegmentation
 
 from weclip_hf import WeCLIPImageProcessor
 from weclip_hf.crf import CRF_PRESETS, CRFParams
-from weclip_hf.data.loading import DataSource, collate, evaluation_set, load_dataset_splits
+from weclip_hf.data.loading import DataSource, collate, evaluation_set, load_dataset_splits, names_no_dataset
 from weclip_hf.evaluation import evaluate_segmentation
 from weclip_hf.metrics import per_class_iou
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, EvaluationSettings, get_preset
 from weclip_hf.script_arguments import (
-    DATA_SOURCE_FLAGS,
     add_data_source_flags,
     at_least_one,
     check_model_folder,
@@ -132,7 +131,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--output_json")
     args = p.parse_args(argv)
-    args.toy = not any(getattr(args, flag) for flag in DATA_SOURCE_FLAGS)
+    args.toy = names_no_dataset(args)
     settings = evaluation_settings(args.preset, args.toy)
     if args.eval_long_side is None:
         args.eval_long_side = settings.eval_long_side

@@ -60,7 +60,7 @@ from weclip_hf.batch_jobs import (
 )
 from weclip_hf.data.adapters import add_image_labels, resolve_columns
 from weclip_hf.data.decoding import file_path, row_name
-from weclip_hf.data.loading import DataSource, load_dataset_splits, read_example
+from weclip_hf.data.loading import DataSource, load_dataset_splits, names_no_dataset, read_example
 from weclip_hf.data.toy import default_clip_model
 from weclip_hf.data.transforms import multi_hot, normalize
 from weclip_hf.hub import create_hub_repo
@@ -128,7 +128,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--hub_dataset_id", help="default: the --output_dir folder name")
     run.add_argument("--hub_token", help="Hub token (default: the logged-in one); never written to disk")
     args = p.parse_args(argv)
-    args.toy = not (args.dataset_name or args.data_dir or args.dataset_path)
+    args.toy = names_no_dataset(args)
     args.mode = args.mode or ("rfm" if args.model else "cam")
     if args.mode == "rfm" and not args.model:
         p.error("--mode rfm needs --model (a trained WeCLIP: the RFM uses its decoder)")

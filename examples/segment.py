@@ -54,12 +54,11 @@ from weclip_hf.batch_jobs import (
 )
 from weclip_hf.crf import CRF_PRESETS, crf_refine_labels
 from weclip_hf.data.decoding import UnreadableImageError, decode_image, describe, row_name, undecoded
-from weclip_hf.data.loading import DataSource, load_dataset_splits
+from weclip_hf.data.loading import DataSource, load_dataset_splits, names_no_dataset
 from weclip_hf.data.transforms import load_rgb_uint8
 from weclip_hf.inference import image_logits, multiscale_flip_logits
 from weclip_hf.presets import EvaluationSettings, preset_of_config
 from weclip_hf.script_arguments import (
-    DATA_SOURCE_FLAGS,
     add_data_source_flags,
     check_model_folder,
     first_paragraph,
@@ -112,7 +111,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--num_workers", type=int, default=None, help="decoding processes (default: 2 on GPU, 0 on CPU)"
     )
     args = p.parse_args(argv)
-    if bool(args.images) == any(getattr(args, flag) for flag in DATA_SOURCE_FLAGS):
+    if bool(args.images) != names_no_dataset(args):
         p.error("give either --images or one of --dataset_name / --data_dir / --dataset_path")
     if args.batch_size < 1:
         p.error(f"--batch_size must be >= 1, got {args.batch_size}")

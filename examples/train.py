@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -57,6 +58,7 @@ from weclip_hf.evaluation import evaluate_segmentation, write_overlays
 from weclip_hf.host_memory import retain_freed_host_memory
 from weclip_hf.hub import create_hub_repo, make_model_card, publish_folder, save_model_card
 from weclip_hf.metrics import per_class_iou
+from weclip_hf.modeling_weclip import WeCLIPSemanticSegmenterOutput
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import DINO_MODEL, PRESETS, get_preset, preset_config_kwargs
 from weclip_hf.script_arguments import (
@@ -640,8 +642,14 @@ def default_num_workers(device_type: str, num_processes: int) -> int:
 
 
 def training_step(
-    args, accelerator: Accelerator, train_forward, optimizer, scheduler, batch: dict, step: int
-):
+    args: argparse.Namespace,
+    accelerator: Accelerator,
+    train_forward: Callable,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    batch: dict,
+    step: int,
+) -> WeCLIPSemanticSegmenterOutput:
     """One optimizer step on ``batch`` (moved to the device here); returns the model output."""
     batch = to_device(batch, accelerator.device)
     # every step's randomness (decoder dropout) is a function of (seed, step, process): a resumed run repeats an
@@ -990,11 +998,11 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
 
 
 def finish_training(
-    args,
+    args: argparse.Namespace,
     accelerator: Accelerator,
-    unwrapped,
-    image_processor,
-    val_set,
+    unwrapped: WeCLIPForSemanticSegmentation,
+    image_processor: WeCLIPImageProcessor,
+    val_set: Dataset | None,
     step: int,
     started: float,
     train_seconds: float,

@@ -269,6 +269,17 @@ def test_update_class_embeddings_with_new_classes(tiny_model):
     assert tiny_model(torch.randn(1, 3, 32, 32)).logits.shape[1] == 3
 
 
+def test_update_class_embeddings_names_voc_prompts_as_the_config_does(tiny_model):
+    """VOC's prompt names ("bird avian", ...) get VOC's display names, as `WeCLIPConfig(class_names=...)` gives."""
+    from weclip_hf import WeCLIPConfig
+    from weclip_hf.presets import VOC_LABELS, VOC_PROMPT_NAMES
+
+    tiny_model.update_class_embeddings(CharTokenizer(), class_names=VOC_PROMPT_NAMES)
+    assert (
+        tiny_model.config.label_names == VOC_LABELS == WeCLIPConfig(class_names=VOC_PROMPT_NAMES).label_names
+    )
+
+
 _ONE, _TWO = torch.randn(1, 3, 32, 32), torch.randn(2, 3, 32, 32)
 
 

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 import torch
-from conftest import make_tiny_config
+from conftest import ROOT, make_tiny_config
 from PIL import Image
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
@@ -65,7 +65,7 @@ def test_model_processor_and_pipeline_need_no_train_extra(tmp_path):
         ],
         capture_output=True,
         text=True,
-        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},  # the tree under test
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = torch.load(tmp_path / "out.pt")

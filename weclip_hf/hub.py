@@ -14,6 +14,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
+from transformers import PreTrainedConfig, PreTrainedModel
 
 from .image_processing_weclip import WeCLIPImageProcessor
 
@@ -323,7 +324,7 @@ def publish_folder(
         ) from err
 
 
-def saved_image_processor(config) -> WeCLIPImageProcessor | None:
+def saved_image_processor(config: PreTrainedConfig) -> WeCLIPImageProcessor | None:
     """The image processor saved in the folder a model of ``config`` was loaded from (its training's normalization
     and sizes), or None (a model built in memory, a Hub id, a folder without preprocessor_config.json)."""
     folder = getattr(config, "_name_or_path", None) or ""
@@ -333,11 +334,11 @@ def saved_image_processor(config) -> WeCLIPImageProcessor | None:
 
 
 def push_model_to_hub(
-    model,
+    model: PreTrainedModel,
     repo_id: str,
     *,
-    image_processor=None,
-    model_card=None,
+    image_processor: WeCLIPImageProcessor | None = None,
+    model_card: ModelCard | None = None,
     metrics: dict[str, float] | None = None,
     commit_message: str = "Upload WeCLIP model",
     private: bool | None = None,

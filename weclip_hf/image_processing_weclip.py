@@ -37,7 +37,7 @@ from transformers.image_processing_outputs import SemanticSegmentationPostProces
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import ChannelDimension
 
-from .image_reading import _channel_format, _image_list, _label_tensor, image_size, to_rgb_array
+from .image_reading import channel_format, image_list, image_size, label_tensor, to_rgb_array
 from .inference import longest_edge_size
 from .normalization import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, PixelNormalization
 
@@ -251,7 +251,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             raise ValueError(f"rescale_factor must be a positive number, got {factor!r}.")
         opts["image_mean"] = _statistics("image_mean", opts["image_mean"])
         opts["image_std"] = _statistics("image_std", opts["image_std"])
-        _channel_format(opts["input_data_format"])
+        channel_format(opts["input_data_format"])
         if opts["return_tensors"] not in ("pt", "np", None):
             raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {opts['return_tensors']!r}.")
         return opts
@@ -318,7 +318,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             do_pad=do_pad,
             **kwargs,
         )
-        images, single = _image_list(images)
+        images, single = image_list(images)
         if not images:
             raise ValueError("No images given.")
         normalization = PixelNormalization.from_settings(
@@ -351,7 +351,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             maps = [segmentation_maps] if single else list(segmentation_maps)
             if len(maps) != len(images):
                 raise ValueError(f"Got {len(images)} images but {len(maps)} segmentation maps.")
-            labels = torch.stack([self._resize_label(_label_tensor(m), size_hw) for m in maps])
+            labels = torch.stack([self._resize_label(label_tensor(m), size_hw) for m in maps])
             data["labels"] = F.pad(labels, pad, value=255)
         if opts["return_tensors"] == "np":
             data = {k: v.numpy() for k, v in data.items()}

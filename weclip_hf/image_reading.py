@@ -8,13 +8,13 @@ floats and integers taken as 0-255; bfloat16 (and other float dtypes NumPy lacks
 Channel axis: ``input_data_format`` ("channels_first" / "channels_last") when given; otherwise the end of the
 shape whose length is 1, 3 or 4, and when both ends are (e.g. [3, H, 4]), torch tensors are read
 channels-first and NumPy arrays channels-last (the usual layout of each). Empty images, NaN/inf values and
-other channel counts raise a ValueError. A call's ``images`` (`_image_list`) are one image, a list of images,
+other channel counts raise a ValueError. A call's ``images`` (`image_list`) are one image, a list of images,
 or a 4-D array or tensor as a batch ([B, C, H, W] or [B, H, W, C]: each image read by the rules above).
 
 ``do_rescale=False`` means the input is already rescaled (transformers' meaning): the values are used as
 given (no 0-255 reading, no [0, 1] guess, no range check). ``do_convert_rgb=False`` keeps the channels as given
 (no gray -> RGB, no alpha dropping). `image_size` gives an input's (height, width) as read, without reading its
-pixels; `_label_tensor` reads a label map (class ids, not colours).
+pixels; `label_tensor` reads a label map (class ids, not colours).
 
 Imports only NumPy, torch, PIL and transformers: the module ships with a saved model's remote code.
 """
@@ -39,7 +39,7 @@ _BATCH_HINT = (
 )
 
 
-def _channel_format(input_data_format) -> ChannelDimension | None:
+def channel_format(input_data_format: str | ChannelDimension | None) -> ChannelDimension | None:
     """None, "channels_first"/"channels_last" or a `ChannelDimension` -> `ChannelDimension` (or None)."""
     if input_data_format is None:
         return None
@@ -56,7 +56,7 @@ def _channel_format(input_data_format) -> ChannelDimension | None:
 
 def _is_channels_first(shape: tuple[int, ...], input_data_format, prefer_first: bool) -> bool:
     """Whether a 3-D image of ``shape`` has its channels first (the rule of the module docstring)."""
-    fmt = _channel_format(input_data_format)
+    fmt = channel_format(input_data_format)
     if fmt is not None:
         return fmt == ChannelDimension.FIRST
     first, last = shape[0] in CHANNEL_COUNTS, shape[-1] in CHANNEL_COUNTS
@@ -171,7 +171,7 @@ def _pixel_values(array: np.ndarray) -> np.ndarray:
     return values
 
 
-def _image_list(images) -> tuple[list, bool]:
+def image_list(images) -> tuple[list, bool]:
     """``images`` of a call -> (its images, whether it is one image): a list or tuple, or a 4-D array or tensor
     [B, C, H, W] / [B, H, W, C], is a batch; anything else one image."""
     if isinstance(images, (list, tuple)):
@@ -181,11 +181,11 @@ def _image_list(images) -> tuple[list, bool]:
     return [images], True
 
 
-def _label_tensor(label) -> torch.Tensor:
+def label_tensor(label: Image.Image | np.ndarray | torch.Tensor | str | Path) -> torch.Tensor:
     """Label map (PIL, array, tensor, path) -> int64 [H, W] tensor. Palette/L PNGs keep their indices."""
     if isinstance(label, (str, Path)):
         with Image.open(label) as opened:
-            return _label_tensor(opened.copy())
+            return label_tensor(opened.copy())
     if isinstance(label, Image.Image):
         if label.mode not in ("L", "P", "I", "I;16"):
             raise ValueError(f"Label maps must be single-channel (mode L/P/I), got mode {label.mode}.")
@@ -199,4 +199,12 @@ def _label_tensor(label) -> torch.Tensor:
     return label
 
 
-__all__ = ["CHANNEL_COUNTS", "UNIT_RANGE_TOLERANCE", "image_size", "to_rgb_array"]
+__all__ = [
+    "CHANNEL_COUNTS",
+    "UNIT_RANGE_TOLERANCE",
+    "channel_format",
+    "image_list",
+    "image_size",
+    "label_tensor",
+    "to_rgb_array",
+]

@@ -49,7 +49,9 @@ def saved_config_dict(folder: str) -> dict:
     return saved
 
 
-def check_model_folder(model_class: type, pretrained_model_name_or_path, kwargs: dict) -> None:
+def check_model_folder(
+    model_class: type, pretrained_model_name_or_path: str | os.PathLike, kwargs: dict
+) -> None:
     """Refuse, before transformers reads anything, a missing local folder, a folder of another model type and
     text-embedding names (in ``kwargs`` or a given config) other than the saved ones."""
     path = str(pretrained_model_name_or_path)
@@ -96,7 +98,7 @@ def require_safetensors(folder: str) -> None:
     )
 
 
-def safetensors_only(pretrained_model_name_or_path, kwargs: dict) -> None:
+def safetensors_only(pretrained_model_name_or_path: str | os.PathLike, kwargs: dict) -> None:
     """Make the `from_pretrained` keyword arguments ``kwargs`` read safetensors only (``use_safetensors=False`` is
     refused) and refuse a local folder without safetensors weights."""
     if kwargs.get("use_safetensors") is False:

@@ -453,8 +453,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
     ) -> None:
         """(Re)compute the class and background text embeddings, e.g. for new class names.
 
-        New ``class_names`` also become the display names (``config.id2label``) unless ``label_names`` are given. A
-        different number of classes re-initializes the decoder's classifier (it must be trained again).
+        New ``class_names`` also become the display names (``config.id2label``) unless ``label_names`` are given
+        (VOC's prompt names: VOC's label names, as the config's constructor gives them). A different number of
+        classes re-initializes the decoder's classifier (it must be trained again).
         """
         cfg = self.config
         template = prompt_template or cfg.prompt_template

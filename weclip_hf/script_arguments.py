@@ -8,9 +8,9 @@ import math
 from pathlib import Path
 
 from .checkpointing import TRAINING_STATE_NAME
+from .data.loading import DATA_SOURCE_FLAGS
 
 # the flags that each name where the data comes from; a script takes at most one
-DATA_SOURCE_FLAGS = ("dataset_name", "data_dir", "dataset_path")
 CLASS_NAMES_HELP = (
     "the foreground classes, one CLIP prompt name each; they are also the display names (config.id2label), "
     "replacing a preset's (edit id2label in the saved config.json to show others)"

@@ -15,7 +15,6 @@ from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
 from ..normalization import PixelNormalization
 from ..presets import Preset, get_preset
-from ..script_arguments import DATA_SOURCE_FLAGS
 from .adapters import Columns, LabelSummary, add_image_labels, is_streaming, resolve_columns
 from .decoding import UnreadableImageError, decode_image, split_name, undecoded
 from .transforms import TrainAugmentation, load_rgb_uint8, multi_hot, normalize
@@ -274,6 +273,15 @@ def evaluation_set(
     return EvalSegmentationDataset(val, columns, num_classes, normalization), summary
 
 
+# the flags (and DataSource fields) that name a dataset; a script given none of them uses the toy world
+DATA_SOURCE_FLAGS = ("dataset_name", "data_dir", "dataset_path")
+
+
+def names_no_dataset(args) -> bool:
+    """True when none of a script's parsed data-source flags names a dataset: the scripts then use the toy world."""
+    return not any(getattr(args, flag, None) for flag in DATA_SOURCE_FLAGS)
+
+
 @dataclass(frozen=True)
 class DataSource:
     """Where a script's data comes from: a Hub dataset, an imagefolder, a saved DatasetDict, or the toy world.
@@ -300,7 +308,7 @@ class DataSource:
         return cls(
             dataset_config_name=getattr(args, "dataset_config_name", None),
             streaming=getattr(args, "streaming", False),
-            toy=not any(names.values()),
+            toy=names_no_dataset(args),
             toy_sizes=toy_sizes,
             seed=getattr(args, "seed", 0),
             **names,
