@@ -644,3 +644,23 @@ def test_data_source_from_args_names_the_toy_world_when_no_dataset_is_named():
     )
     source = DataSource.from_args(hub)
     assert source == DataSource("org/ds", "c", streaming=True, seed=4) and source.name == "org/ds"
+
+
+def test_an_explicit_validation_split_wins_over_the_presets(tmp_path):
+    from weclip_hf.data.loading import DataSource, load_dataset_splits
+
+    path = _save_splits(tmp_path / "two_vals", {"train": 2, "validation": 1, "val2": 3})
+    _, val, _ = load_dataset_splits(DataSource(dataset_path=path), preset="voc")
+    assert len(val) == 1  # the preset's "validation"
+    for preset in ("voc", None):
+        _, val, _ = load_dataset_splits(DataSource(dataset_path=path), validation_split="val2", preset=preset)
+        assert len(val) == 3, preset
+
+
+def test_width_height_is_pils_order_for_images_and_arrays():
+    from weclip_hf.data.adapters import width_height
+
+    assert width_height(Image.new("RGB", (7, 5))) == (7, 5)
+    assert width_height(np.zeros((5, 7), np.uint8)) == (7, 5)
+    assert width_height(np.zeros((5, 7, 3), np.uint8)) == (7, 5)
+    assert width_height(None) is None

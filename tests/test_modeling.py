@@ -526,3 +526,39 @@ def test_feature_head_fold_in_half_precision_stays_within_its_rounding(mode):
     for out in (folded, layered):
         assert (out.float() - reference).abs().max() < 0.02 * scale
     assert (folded.float() - layered.float()).abs().max() < 0.02 * scale
+
+
+def test_a_decoder_without_transformer_layers_is_allowed():
+    """``decoder_num_layers=0``: the fused features go straight to the classifier."""
+    config = make_tiny_config(decoder_num_layers=0)
+    assert config.decoder_num_layers == 0
+    torch.manual_seed(0)
+    model = WeCLIPForSemanticSegmentation(config).train()
+    assert len(model.decoder.blocks) == 0
+    pixel_values, class_labels = _inputs()
+    out = model(pixel_values, class_labels=class_labels)
+    assert out.logits.shape == (3, 5, 6, 5) and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.decoder.classifier.weight.grad is not None
+
+
+def test_from_pretrained_asks_transformers_for_safetensors_only(tmp_path, tiny_model, monkeypatch):
+    """Local folders and Hub ids alike reach `PreTrainedModel.from_pretrained` with ``use_safetensors=True`` (for
+    a Hub id no local check can refuse pickle weights: transformers must)."""
+    from transformers import PreTrainedModel
+
+    real = PreTrainedModel.from_pretrained.__func__
+    asked = []
+
+    def spy(cls, *args, **kwargs):
+        asked.append(kwargs.get("use_safetensors"))
+        if args[0] == "org/not-downloaded":
+            raise OSError("spy: not fetched")
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(spy))
+    tiny_model.save_pretrained(tmp_path)
+    assert isinstance(WeCLIPForSemanticSegmentation.from_pretrained(tmp_path), WeCLIPForSemanticSegmentation)
+    with pytest.raises(OSError, match="spy: not fetched"):
+        WeCLIPForSemanticSegmentation.from_pretrained("org/not-downloaded")
+    assert asked == [True, True]

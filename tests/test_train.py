@@ -5,6 +5,7 @@ The command line runs as a subprocess where the test needs one (the toy default,
 its ``main`` in this process (`conftest.train_in_process`), which spares an interpreter start-up each, and the
 runs that must repeat an uninterrupted one compare with the shared `conftest.reference_run`."""
 
+import argparse
 import json
 import os
 import shutil
@@ -551,3 +552,108 @@ def test_class_names_also_name_the_labels_of_a_fresh_model(tiny_clip):
     argv = ["--dataset_name", "d", "--preset", "voc", "--clip_model_name_or_path", tiny_clip, *fits]
     model = train.build_model(train.parse_args([*argv, "--class_names", *names]), {})
     assert model.config.class_names == names and model.config.label_names == names
+
+
+# ---- training_step and make_train_loader, called directly (no model, no run) ------------------------------
+
+
+class _FakeAccelerator:
+    """The parts of `accelerate.Accelerator` that `training_step` and `make_train_loader` use: one CPU process."""
+
+    device = torch.device("cpu")
+    num_processes = 1
+
+    def __init__(self, process_index: int = 0):
+        self.process_index = process_index
+
+    def backward(self, loss):
+        loss.backward()
+
+
+def _training_steps(
+    steps=1, process_index=0, seed=0, **flags
+) -> tuple[list[dict], torch.optim.Optimizer, object]:
+    """`training_step` ``steps`` times on a forward that records, per call, its keyword arguments, the learning
+    rate it runs under and a draw of torch's global generator; returns (records, optimizer, scheduler)."""
+    from weclip_hf.modeling_weclip import WeCLIPSemanticSegmenterOutput
+
+    train = train_module()
+    weight = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1 / (t + 1))
+    records = []
+
+    def forward(**kwargs):
+        records.append({**kwargs, "lr": optimizer.param_groups[0]["lr"], "draw": torch.rand(4)})
+        loss = weight.sum()
+        return WeCLIPSemanticSegmenterOutput(loss=loss, seg_loss=loss)
+
+    args = argparse.Namespace(**{"seed": seed, "fully_supervised": False, "ignore_padding": False, **flags})
+    batch = {
+        "pixel_values": torch.zeros(2, 3, 8, 8),
+        "class_labels": torch.ones(2, 4),
+        "labels": torch.ones(2, 8, 8, dtype=torch.long),
+        "pixel_mask": torch.ones(2, 8, 8, dtype=torch.bool),
+    }
+    accelerator = _FakeAccelerator(process_index)
+    for step in range(steps):
+        train.training_step(args, accelerator, forward, optimizer, scheduler, batch, step)
+    return records, optimizer, scheduler
+
+
+@pytest.mark.parametrize("fully_supervised", [False, True])
+@pytest.mark.parametrize("ignore_padding", [False, True])
+def test_training_step_passes_labels_and_pixel_mask_only_when_asked(fully_supervised, ignore_padding):
+    (call,), _, _ = _training_steps(fully_supervised=fully_supervised, ignore_padding=ignore_padding)
+    assert call["pixel_values"].shape == (2, 3, 8, 8) and call["class_labels"].shape == (2, 4)
+    assert (call["labels"] is not None) == fully_supervised
+    assert (call["pixel_mask"] is not None) == ignore_padding
+    if fully_supervised:
+        assert call["labels"].shape == (2, 8, 8)
+    if ignore_padding:
+        assert call["pixel_mask"].dtype == torch.bool
+
+
+def test_training_step_randomness_is_keyed_on_the_process():
+    """Each process of a run draws its own dropout masks, and the same ones again for the same (seed, step)."""
+    first = _training_steps(process_index=0)[0][0]["draw"]
+    again = _training_steps(process_index=0)[0][0]["draw"]
+    other = _training_steps(process_index=1)[0][0]["draw"]
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_training_step_advances_the_learning_rate_schedule():
+    records, optimizer, scheduler = _training_steps(steps=3)  # lr 0.1 / (step + 1)
+    assert [r["lr"] for r in records] == pytest.approx([0.1, 0.05, 0.1 / 3])
+    assert scheduler.last_epoch == 3 and optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
+
+
+class _Indices(torch.utils.data.Dataset):
+    def __init__(self, length: int):
+        self.length = length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        return {"index": torch.tensor(i)}
+
+
+def _loader_order(length=10, batch_size=4, seed=1) -> list[list[int]]:
+    args = argparse.Namespace(seed=seed, num_workers=0, per_device_train_batch_size=batch_size)
+    loader, sampler = train_module().make_train_loader(args, _Indices(length), _FakeAccelerator())
+    assert sampler is not None and len(loader) == length // batch_size
+    return [batch["index"].tolist() for batch in loader]
+
+
+def test_train_loader_gives_whole_batches_in_a_seeded_order():
+    batches = _loader_order(seed=1)
+    assert [len(b) for b in batches] == [4, 4]  # the last 2 of the 10 images wait for the next pass
+    assert len(set(sum(batches, []))) == 8
+    assert _loader_order(seed=1) == batches and _loader_order(seed=2) != batches
+
+
+def test_train_loader_refuses_a_dataset_smaller_than_one_batch():
+    args = argparse.Namespace(seed=0, num_workers=0, per_device_train_batch_size=4)
+    with pytest.raises(ValueError, match="3 training images are fewer than one batch of 4"):
+        train_module().make_train_loader(args, _Indices(3), _FakeAccelerator())
