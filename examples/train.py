@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -42,15 +43,15 @@ from weclip_hf.checkpointing import (
     save_checkpoint,
     truncate_log,
 )
-from weclip_hf.data.adapters import add_image_labels, dataset_columns, is_streaming, resolve_columns
+from weclip_hf.data.adapters import is_streaming
 from weclip_hf.data.loading import (
     DataSource,
     EpochShuffleSampler,
     StreamingWeakSegmentationDataset,
-    WeakSegmentationDataset,
     collate,
     evaluation_set,
     load_dataset_splits,
+    training_set,
 )
 from weclip_hf.data.toy import default_clip_model
 from weclip_hf.data.transforms import TrainAugmentation
@@ -60,7 +61,14 @@ from weclip_hf.hub import create_hub_repo, make_model_card, publish_folder, save
 from weclip_hf.metrics import per_class_iou
 from weclip_hf.modeling_weclip import WeCLIPSemanticSegmenterOutput
 from weclip_hf.normalization import PixelNormalization
-from weclip_hf.presets import DINO_MODEL, PRESETS, get_preset, preset_config_kwargs
+from weclip_hf.presets import (
+    DINO_MODEL,
+    PRESETS,
+    TrainingRecipe,
+    get_preset,
+    preset_config_kwargs,
+    processor_size,
+)
 from weclip_hf.script_arguments import (
     CLASS_NAMES_HELP,
     add_data_source_flags,
@@ -69,6 +77,7 @@ from weclip_hf.script_arguments import (
     non_negative,
     positive_float,
 )
+from weclip_hf.training import WeCLIPDataCollator, create_optimizer_and_scheduler
 
 
 def recipe_values(field: str) -> str:
@@ -169,7 +178,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=positive_float,
         help="decoder learning rate; default 2e-3 (the official config's 2e-4 x its 10x group)",
     )
-    train.add_argument("--weight_decay", type=float, default=0.01)
+    train.add_argument("--weight_decay", type=float, help="AdamW's; default: the recipe's (0.01)")
     train.add_argument("--num_warmup_steps", type=non_negative)
     train.add_argument(
         "--max_train_steps",
@@ -460,48 +469,35 @@ def rfm_start_source(args: argparse.Namespace) -> str:
 def prepare_data(
     args, train, val, num_classes: int, ignore_index: int, accelerator, normalization, class_names=None
 ):
-    columns = resolve_columns(
-        dataset_columns(train),
-        args.image_column,
-        args.mask_column,
-        args.labels_column,
-        require_mask=args.fully_supervised,
-    )
-    streamed = is_streaming(train)
-    if args.max_train_samples and streamed:
+    """The training set of the flags (`training_set`; the first --max_train_samples examples) and the evaluation
+    set of the validation split (None without one)."""
+    if args.max_train_samples and is_streaming(train):
         train = train.take(args.max_train_samples)
     elif args.max_train_samples:
         train = train.select(range(min(args.max_train_samples, len(train))))
-    with accelerator.main_process_first():
-        train, summary = add_image_labels(
-            train,
-            columns,
-            num_classes,
-            ignore_index,
-            args.labels_zero_based,
-            args.skip_empty_images,
-            class_names=class_names,
-            skip_unreadable=args.skip_unreadable_images,
-        )
-    accelerator.print(f"train: {summary}")
     augment = TrainAugmentation(
         args.crop_size,
         (args.scale_min, args.scale_max),
         ignore_index=ignore_index,
         normalization=normalization,
     )
-    if streamed:
-        train_set = StreamingWeakSegmentationDataset(
-            train,
-            columns,
-            num_classes,
-            augment,
-            seed=args.seed,
-            shuffle_buffer_size=args.shuffle_buffer_size,
-            skip_unreadable=args.skip_unreadable_images,
-        )
-    else:
-        train_set = WeakSegmentationDataset(train, columns, num_classes, augment, seed=args.seed)
+    train_set, summary = training_set(
+        train,
+        num_classes,
+        augment,
+        image_column=args.image_column,
+        mask_column=args.mask_column,
+        labels_column=args.labels_column,
+        labels_zero_based=args.labels_zero_based,
+        class_names=class_names,
+        require_mask=args.fully_supervised,
+        skip_empty=args.skip_empty_images,
+        skip_unreadable=args.skip_unreadable_images,
+        seed=args.seed,
+        shuffle_buffer_size=args.shuffle_buffer_size,
+        labelling=accelerator.main_process_first,
+    )
+    accelerator.print(f"train: {summary}")
     val_set = None
     if val is not None:
         # a streamed split is read once: evaluation indexes it
@@ -567,27 +563,12 @@ def build_image_processor(args, patch_size: int) -> WeCLIPImageProcessor:
     """The processor saved with the model, whose normalization the training and evaluation data use: that of
     ``--image_processor_name_or_path``, else of ``--model_name_or_path`` (if it holds one), else the default;
     its size is this run's evaluation size."""
-    size = (
-        {"longest_edge": args.eval_long_side}
-        if args.eval_long_side
-        else {"height": args.crop_size, "width": args.crop_size}
-    )
+    size = processor_size(args.eval_long_side, args.crop_size)
     if args.image_processor_name_or_path:  # named on the command line: it must hold one
         return WeCLIPImageProcessor.from_pretrained(
             args.image_processor_name_or_path, size=size, patch_size=patch_size
         )
     return WeCLIPImageProcessor.from_saved_or_default(args.model_name_or_path, patch_size, size=size)
-
-
-def lr_lambda(num_warmup: int, total: int):
-    """Official warm-up + poly (power 1): base*(1-(1-t/W)(1-1e-6)) for t < W, then base*(1-t/T)."""
-
-    def factor(t: int) -> float:
-        if t < num_warmup:
-            return 1 - (1 - t / num_warmup) * (1 - 1e-6)
-        return max(0.0, 1 - t / total)
-
-    return factor
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -655,12 +636,7 @@ def training_step(
     # every step's randomness (decoder dropout) is a function of (seed, step, process): a resumed run repeats an
     # uninterrupted one exactly
     torch.manual_seed((args.seed * 1_000_003 + step) * 64 + accelerator.process_index)
-    out = train_forward(
-        pixel_values=batch["pixel_values"],
-        class_labels=batch["class_labels"],
-        labels=batch.get("labels") if args.fully_supervised else None,
-        pixel_mask=batch["pixel_mask"] if args.ignore_padding else None,
-    )
+    out = train_forward(**batch)  # what `WeCLIPDataCollator` chose for --fully_supervised / --ignore_padding
     check_losses_finite(out, step, accelerator.gather if accelerator.num_processes > 1 else None)
     accelerator.backward(out.loss)
     optimizer.step()
@@ -672,7 +648,8 @@ def training_step(
 def make_train_loader(
     args, train_set, accelerator: Accelerator
 ) -> tuple[DataLoader, EpochShuffleSampler | None]:
-    """The training DataLoader (whole batches) and, for a map-style dataset, its epoch-keyed sampler."""
+    """The training DataLoader (whole batches of what the model is to be given: `WeCLIPDataCollator`) and, for a
+    map-style dataset, its epoch-keyed sampler."""
     streamed = isinstance(train_set, StreamingWeakSegmentationDataset)
     sampler = None if streamed else EpochShuffleSampler(len(train_set), seed=args.seed)
     num_workers = args.num_workers
@@ -682,7 +659,7 @@ def make_train_loader(
         train_set,
         batch_size=args.per_device_train_batch_size,
         sampler=sampler,
-        collate_fn=collate,
+        collate_fn=WeCLIPDataCollator(args.fully_supervised, args.ignore_padding),
         num_workers=num_workers,
         drop_last=True,
         pin_memory=torch.cuda.is_available(),
@@ -889,13 +866,10 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     train_loader, sampler = make_train_loader(args, train_set, accelerator)
 
     # 2. optimizer and schedule (decoder only; the frozen CLIP has no trainable parameter)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=args.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=args.weight_decay
+    recipe = TrainingRecipe(
+        **{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainingRecipe)}
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(args.num_warmup_steps, args.max_train_steps)
-    )
+    optimizer, scheduler = create_optimizer_and_scheduler(model, recipe)
     model, optimizer = accelerator.prepare(model, optimizer)
     train_forward = compiled_forward(args, model, accelerator.device) if args.torch_compile else model
     # batches stay on the host: `to_device` moves all but the image-level labels, from which the model

@@ -601,17 +601,10 @@ def _training_steps(
     return records, optimizer, scheduler
 
 
-@pytest.mark.parametrize("fully_supervised", [False, True])
-@pytest.mark.parametrize("ignore_padding", [False, True])
-def test_training_step_passes_labels_and_pixel_mask_only_when_asked(fully_supervised, ignore_padding):
-    (call,), _, _ = _training_steps(fully_supervised=fully_supervised, ignore_padding=ignore_padding)
-    assert call["pixel_values"].shape == (2, 3, 8, 8) and call["class_labels"].shape == (2, 4)
-    assert (call["labels"] is not None) == fully_supervised
-    assert (call["pixel_mask"] is not None) == ignore_padding
-    if fully_supervised:
-        assert call["labels"].shape == (2, 8, 8)
-    if ignore_padding:
-        assert call["pixel_mask"].dtype == torch.bool
+def test_training_step_gives_the_model_the_batch_as_collated():
+    (call,), _, _ = _training_steps()
+    assert set(call) - {"lr", "draw"} == {"pixel_values", "class_labels", "labels", "pixel_mask"}
+    assert call["pixel_values"].shape == (2, 3, 8, 8) and call["labels"].shape == (2, 8, 8)
 
 
 def test_training_step_randomness_is_keyed_on_the_process():
@@ -629,6 +622,8 @@ def test_training_step_advances_the_learning_rate_schedule():
 
 
 class _Indices(torch.utils.data.Dataset):
+    """Training examples whose image is filled with their index."""
+
     def __init__(self, length: int):
         self.length = length
 
@@ -636,14 +631,40 @@ class _Indices(torch.utils.data.Dataset):
         return self.length
 
     def __getitem__(self, i: int) -> dict:
-        return {"index": torch.tensor(i)}
+        return {
+            "pixel_values": torch.full((3, 2, 2), float(i)),
+            "class_labels": torch.ones(4),
+            "labels": torch.zeros(2, 2, dtype=torch.long),
+            "pixel_mask": torch.ones(2, 2, dtype=torch.uint8),
+        }
+
+
+def _loader(length=10, batch_size=4, seed=1, **flags):
+    args = argparse.Namespace(
+        seed=seed,
+        num_workers=0,
+        per_device_train_batch_size=batch_size,
+        fully_supervised=False,
+        ignore_padding=False,
+    )
+    return train_module().make_train_loader(
+        argparse.Namespace(**{**vars(args), **flags}), _Indices(length), _FakeAccelerator()
+    )
 
 
 def _loader_order(length=10, batch_size=4, seed=1) -> list[list[int]]:
-    args = argparse.Namespace(seed=seed, num_workers=0, per_device_train_batch_size=batch_size)
-    loader, sampler = train_module().make_train_loader(args, _Indices(length), _FakeAccelerator())
+    loader, sampler = _loader(length, batch_size, seed)
     assert sampler is not None and len(loader) == length // batch_size
-    return [batch["index"].tolist() for batch in loader]
+    return [batch["pixel_values"][:, 0, 0, 0].long().tolist() for batch in loader]
+
+
+@pytest.mark.parametrize("fully_supervised", [False, True])
+@pytest.mark.parametrize("ignore_padding", [False, True])
+def test_train_loader_gives_the_masks_and_padding_only_when_asked(fully_supervised, ignore_padding):
+    loader, _ = _loader(fully_supervised=fully_supervised, ignore_padding=ignore_padding)
+    batch = next(iter(loader))
+    expected = {"pixel_values", "class_labels"} | ({"labels"} if fully_supervised else set())
+    assert set(batch) == expected | ({"pixel_mask"} if ignore_padding else set())
 
 
 def test_train_loader_gives_whole_batches_in_a_seeded_order():
@@ -654,6 +675,5 @@ def test_train_loader_gives_whole_batches_in_a_seeded_order():
 
 
 def test_train_loader_refuses_a_dataset_smaller_than_one_batch():
-    args = argparse.Namespace(seed=0, num_workers=0, per_device_train_batch_size=4)
     with pytest.raises(ValueError, match="3 training images are fewer than one batch of 4"):
-        train_module().make_train_loader(args, _Indices(3), _FakeAccelerator())
+        _loader(length=3, batch_size=4)

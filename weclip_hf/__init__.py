@@ -33,6 +33,7 @@ from .modeling_weclip_plus import (
     WeCLIPPlusSemanticSegmenterOutput,
 )
 from .segmentation_pipeline import WeCLIPImageSegmentationPipeline, register_segmentation_pipeline
+from .training import WeCLIPDataCollator, create_optimizer_and_scheduler
 
 AutoConfig.register("weclip", WeCLIPConfig, exist_ok=True)
 AutoModelForSemanticSegmentation.register(WeCLIPConfig, WeCLIPForSemanticSegmentation, exist_ok=True)
@@ -66,6 +67,8 @@ __all__ = [
     "WeCLIPImageProcessor",
     "WeCLIPImageSegmentationPipeline",
     "register_segmentation_pipeline",
+    "WeCLIPDataCollator",
+    "create_optimizer_and_scheduler",
     "multiscale_flip_logits",
     "resize_longest_edge",
 ]

@@ -90,6 +90,7 @@ class TrainingRecipe:
 
     per_device_train_batch_size: int = 4
     learning_rate: float = 2e-3  # the official config's 2e-4 x its 10x decoder group
+    weight_decay: float = 0.01  # AdamW's, on every decoder parameter
     num_warmup_steps: int = 50
     max_train_steps: int = 30000
     crop_size: int = 320
@@ -106,6 +107,14 @@ class EvaluationSettings:
     eval_long_side: int | None = 512  # resize the long side before prediction; None: keep the size
     msf_scales: tuple[float, ...] = (1.0, 0.75)  # multi-scale + flip scales
     crf: bool = True  # the paper's headline numbers use dense CRF post-processing
+
+
+def processor_size(eval_long_side: int | None, crop_size: int) -> dict[str, int]:
+    """The size the image processor of a model trained with a recipe is saved with: the evaluation's long side
+    (VOC: 512), else the training crop (the toy world: 96 x 96)."""
+    if eval_long_side:
+        return {"longest_edge": eval_long_side}
+    return {"height": crop_size, "width": crop_size}
 
 
 @dataclass(frozen=True)

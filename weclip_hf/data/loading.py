@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +15,14 @@ from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
 from ..normalization import PixelNormalization
 from ..presets import Preset, get_preset
-from .adapters import Columns, LabelSummary, add_image_labels, is_streaming, resolve_columns
+from .adapters import (
+    Columns,
+    LabelSummary,
+    add_image_labels,
+    dataset_columns,
+    is_streaming,
+    resolve_columns,
+)
 from .decoding import UnreadableImageError, decode_image, split_name, undecoded
 from .transforms import TrainAugmentation, load_rgb_uint8, multi_hot, normalize
 
@@ -271,6 +278,49 @@ def evaluation_set(
             val, columns, num_classes, ignore_index, skip_unreadable=skip_unreadable
         )
     return EvalSegmentationDataset(val, columns, num_classes, normalization), summary
+
+
+def training_set(
+    train,
+    num_classes: int,
+    augment: TrainAugmentation,
+    *,
+    image_column: str | None = None,
+    mask_column: str | None = None,
+    labels_column: str | None = None,
+    labels_zero_based: bool = False,
+    class_names: Sequence[str | Sequence[str]] | None = None,
+    require_mask: bool = False,
+    skip_empty: bool = False,
+    skip_unreadable: bool = False,
+    seed: int = 0,
+    shuffle_buffer_size: int = 1000,
+    labelling: Callable[[], AbstractContextManager] = nullcontext,
+) -> tuple[WeakSegmentationDataset | StreamingWeakSegmentationDataset, LabelSummary]:
+    """The training dataset of a ``datasets`` split (a streamed one gives a `StreamingWeakSegmentationDataset`):
+    image-level labels from the label column or the masks (`add_image_labels`), crops by ``augment``; and the
+    labels' summary. Columns are found by name unless given; ``require_mask``: fail without a mask column (full
+    supervision); ``labelling``: the context of `add_image_labels` (e.g. ``accelerator.main_process_first``)."""
+    columns = resolve_columns(
+        dataset_columns(train), image_column, mask_column, labels_column, require_mask=require_mask
+    )
+    with labelling():
+        train, summary = add_image_labels(
+            train,
+            columns,
+            num_classes,
+            augment.ignore_index,
+            labels_zero_based,
+            skip_empty,
+            class_names=class_names,
+            skip_unreadable=skip_unreadable,
+        )
+    if is_streaming(train):
+        dataset = StreamingWeakSegmentationDataset(
+            train, columns, num_classes, augment, seed, shuffle_buffer_size, skip_unreadable
+        )
+        return dataset, summary
+    return WeakSegmentationDataset(train, columns, num_classes, augment, seed=seed), summary
 
 
 # the flags (and DataSource fields) that name a dataset; a script given none of them uses the toy world

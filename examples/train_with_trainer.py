@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""Train WeCLIP with transformers' `Trainer`: the recipe of examples/train.py (crops, pseudo labels, optimizer,
+schedule) in Trainer's loop, for code built around Trainer (callbacks, its checkpoints, its trackers).
+
+    python examples/train_with_trainer.py                   # the offline toy world
+    python examples/train_with_trainer.py --preset voc --dataset_name jxie/pascal-voc-2012 --output_dir weclip-voc
+
+What a Trainer needs from weclip-hf, all here: the training set (`weclip_hf.data.loading.training_set`: image-level
+labels from a label column or the masks, random crops), the collator (`weclip_hf.training.WeCLIPDataCollator`:
+without it the masks of a dataset that has them would train the model fully supervised), the official optimizer and
+schedule (`weclip_hf.training.create_optimizer_and_scheduler`) and no gradient clipping (``max_grad_norm=0``).
+`--resume_from_checkpoint` continues a run exactly (Trainer restores the RNG and the data position; the model's
+step counter, which starts the RFM, is a saved buffer). examples/train.py is the complete script (streaming, several
+processes on a CPU, signals, the pseudo-label and multi-scale evaluation, a model card, the Hub).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from transformers import Trainer, TrainingArguments, set_seed
+
+from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor, WeCLIPPlusForSemanticSegmentation
+from weclip_hf.data.loading import DataSource, collate, evaluation_set, load_dataset_splits, training_set
+from weclip_hf.data.toy import default_clip_model
+from weclip_hf.data.transforms import TrainAugmentation
+from weclip_hf.evaluation import evaluate_segmentation
+from weclip_hf.normalization import PixelNormalization
+from weclip_hf.presets import DINO_MODEL, get_preset, processor_size
+from weclip_hf.script_arguments import add_data_source_flags, at_least_one, first_paragraph
+from weclip_hf.training import WeCLIPDataCollator, create_optimizer_and_scheduler
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=first_paragraph(__doc__))
+    add_data_source_flags(p)
+    p.add_argument("--preset", help="the recipe and classes (default: toy without a dataset, else voc)")
+    p.add_argument(
+        "--clip_model_name_or_path", help="default: the toy CLIP for the toy world, else CLIP ViT-B/16"
+    )
+    p.add_argument(
+        "--dino_model_name_or_path", help="a WeCLIP+ preset's DINOv2 (default facebook/dinov2-small)"
+    )
+    p.add_argument("--output_dir", default="outputs/weclip-toy-trainer")
+    p.add_argument("--max_train_steps", type=at_least_one, help="default: the preset's")
+    p.add_argument("--resume_from_checkpoint", help="a checkpoint-N folder of --output_dir")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def build_model(preset, names: dict, clip: str, dino: str | None) -> WeCLIPForSemanticSegmentation:
+    """A fresh WeCLIP (or WeCLIP+, for a WeCLIP+ preset) with the preset's config and the dataset's names."""
+    kwargs = {**preset.config_kwargs(), **{k: v for k, v in names.items() if v is not None}}
+    if preset.model_type == "weclip_plus":
+        return WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(clip, dino or DINO_MODEL, **kwargs)
+    return WeCLIPForSemanticSegmentation.from_clip(clip, **kwargs)
+
+
+def main(argv=None) -> dict:
+    """Train as the command line ``argv`` says, save the model and its processor, return the validation mIoU."""
+    args = parse_args(argv)
+    source = DataSource.from_args(args)
+    preset = get_preset(args.preset or ("toy" if source.toy else "voc"))
+    recipe = preset.training
+    if args.max_train_steps:
+        recipe = dataclasses.replace(recipe, max_train_steps=args.max_train_steps)
+    set_seed(args.seed)  # the decoder's initial weights
+    train_raw, val_raw, names = load_dataset_splits(source, preset=args.preset)
+    clip = args.clip_model_name_or_path or default_clip_model(toy=source.toy)
+    model = build_model(preset, names, clip, args.dino_model_name_or_path)
+    cfg = model.config
+    size = processor_size(preset.evaluation.eval_long_side, recipe.crop_size)
+    processor = WeCLIPImageProcessor(size=size, patch_size=cfg.vision_config.patch_size)
+    normalization = PixelNormalization.from_image_processor(processor)
+    augment = TrainAugmentation(
+        recipe.crop_size, (recipe.scale_min, recipe.scale_max), normalization=normalization
+    )
+    train_set, summary = training_set(
+        train_raw,
+        cfg.num_foreground_classes,
+        augment,
+        class_names=list(zip(cfg.label_names, cfg.class_names)),
+    )
+    print(f"train: {summary}")
+
+    training_args = TrainingArguments(
+        args.output_dir,
+        per_device_train_batch_size=recipe.per_device_train_batch_size,
+        max_steps=recipe.max_train_steps,
+        max_grad_norm=0.0,  # the official recipe clips no gradient
+        dataloader_drop_last=True,  # whole batches, as examples/train.py
+        dataloader_pin_memory=torch.cuda.is_available(),
+        logging_steps=50,
+        save_steps=recipe.checkpointing_steps or recipe.max_train_steps,
+        seed=args.seed,
+        report_to="none",
+    )
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        data_collator=WeCLIPDataCollator(),
+        optimizers=create_optimizer_and_scheduler(model, recipe),
+    )
+    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model(args.output_dir)
+    processor.save_pretrained(args.output_dir)
+
+    results = {}
+    if val_raw is not None and trainer.is_world_process_zero():
+        val_set, _ = evaluation_set(
+            val_raw, cfg.num_foreground_classes, cfg.semantic_loss_ignore_index, normalization
+        )
+        loader = DataLoader(val_set, batch_size=recipe.per_device_train_batch_size, collate_fn=collate)
+        scores = evaluate_segmentation(
+            model, loader, ["pred", "cam", "pseudo"], long_side=preset.evaluation.eval_long_side
+        )
+        results = {f"{mode}_miou": scores[mode]["mean_iou"] for mode in scores}
+        results["train_seconds"] = trainer.state.log_history[-1].get("train_runtime")
+        Path(args.output_dir, "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()

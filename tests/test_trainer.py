@@ -1,0 +1,227 @@
+"""Training with transformers' `Trainer`: the collator, the official optimizer and schedule, the training set, and
+examples/train_with_trainer.py on the toy world (the package's toy CLIP, CPU)."""
+
+import dataclasses
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+from transformers import Trainer, TrainingArguments
+
+from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
+from weclip_hf.data import toy
+from weclip_hf.data.loading import StreamingWeakSegmentationDataset, WeakSegmentationDataset, training_set
+from weclip_hf.data.toy import make_toy_dataset, toy_clip_path
+from weclip_hf.data.transforms import TrainAugmentation
+from weclip_hf.normalization import PixelNormalization
+from weclip_hf.presets import PRESETS, TrainingRecipe
+from weclip_hf.training import WeCLIPDataCollator, create_optimizer_and_scheduler, warmup_poly_factor
+
+TOY = PRESETS["toy"]
+
+
+def toy_augmentation() -> TrainAugmentation:
+    normalization = PixelNormalization.from_image_processor(WeCLIPImageProcessor())
+    return TrainAugmentation(96, (0.8, 1.2), normalization=normalization)
+
+
+def toy_model(**overrides) -> WeCLIPForSemanticSegmentation:
+    torch.manual_seed(0)
+    return WeCLIPForSemanticSegmentation.from_clip(
+        str(toy_clip_path()), **{**TOY.config_kwargs(), **overrides}
+    )
+
+
+def example(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "pixel_values": torch.randn(3, 8, 8, generator=g),
+        "class_labels": torch.tensor([1.0, 0.0, 1.0]),
+        "pixel_mask": torch.ones(8, 8, dtype=torch.uint8),
+        "labels": torch.randint(0, 4, (8, 8), generator=g),
+    }
+
+
+@pytest.mark.parametrize("fully_supervised", [False, True])
+@pytest.mark.parametrize("ignore_padding", [False, True])
+def test_collator_gives_the_model_what_its_flags_ask_for(fully_supervised, ignore_padding):
+    examples = [example(0), example(1)]
+    batch = WeCLIPDataCollator(fully_supervised, ignore_padding)(examples)
+    expected = {"pixel_values", "class_labels"} | ({"labels"} if fully_supervised else set())
+    expected |= {"pixel_mask"} if ignore_padding else set()
+    assert set(batch) == expected  # the masks of a weakly supervised run never reach the model
+    for key in expected:
+        assert torch.equal(batch[key], torch.stack([examples[0][key], examples[1][key]]))
+
+
+def test_collator_refuses_full_supervision_without_masks():
+    examples = [{k: v for k, v in example(0).items() if k != "labels"}]
+    with pytest.raises(ValueError, match="fully_supervised=True .* no.*mask column"):
+        WeCLIPDataCollator(fully_supervised=True)(examples)
+
+
+def test_warmup_poly_factor_is_the_official_schedule():
+    factor = warmup_poly_factor(4, 20)
+    assert factor(0) == pytest.approx(1e-6)  # warm-up from 1e-6 of the base rate
+    assert factor(2) == pytest.approx(1 - 0.5 * (1 - 1e-6))
+    assert factor(4) == pytest.approx(1 - 4 / 20)  # then the poly decay of the whole schedule, not from 1
+    assert factor(15) == pytest.approx(0.25)
+    assert factor(20) == 0.0 and factor(25) == 0.0  # floored at 0 past the end
+
+
+def test_optimizer_takes_the_decoder_with_the_recipe():
+    model = toy_model()
+    recipe = TrainingRecipe(learning_rate=3e-3, weight_decay=0.05, num_warmup_steps=2, max_train_steps=10)
+    optimizer, scheduler = create_optimizer_and_scheduler(model, recipe)
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert trainable and {id(p) for p in optimizer.param_groups[0]["params"]} == trainable
+    assert not any(p.requires_grad for p in model.vision_model.parameters())
+    group = optimizer.param_groups[0]
+    assert (group["weight_decay"], group["initial_lr"], group["betas"], group["eps"]) == (
+        0.05,
+        3e-3,
+        (0.9, 0.999),
+        1e-8,
+    )
+    for step in range(4):
+        assert scheduler.get_last_lr()[0] == pytest.approx(3e-3 * warmup_poly_factor(2, 10)(step))
+        optimizer.step()
+        scheduler.step()
+
+
+def test_optimizer_refuses_a_model_without_trainable_parameters():
+    model = toy_model()
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        create_optimizer_and_scheduler(model, TOY.training)
+
+
+def test_training_set_of_a_dataset_and_of_a_stream():
+    raw = make_toy_dataset(4, seed=0)
+    dataset, summary = training_set(raw, 8, toy_augmentation(), seed=3)
+    assert isinstance(dataset, WeakSegmentationDataset) and len(dataset) == 4 and dataset.seed == 3
+    item = dataset[0]
+    assert item["pixel_values"].shape == (3, 96, 96) and item["labels"].shape == (96, 96)
+    # the image-level labels come from the masks: the classes present in the first mask
+    present = sorted(int(c) for c in item["labels"].unique() if 0 < int(c) < 255)
+    assert torch.nonzero(item["class_labels"]).flatten().add(1).tolist() == sorted(raw[0]["image_labels"])
+    assert set(present) <= set(raw[0]["image_labels"])
+    assert "4 images" in str(summary)
+    stream, _ = training_set(raw.to_iterable_dataset(), 8, toy_augmentation(), shuffle_buffer_size=2)
+    assert isinstance(stream, StreamingWeakSegmentationDataset)
+    assert len(list(stream)) == 4
+
+
+def test_training_set_requires_masks_when_asked():
+    raw = make_toy_dataset(2, seed=0).remove_columns("annotation")
+    with pytest.raises(ValueError, match="No mask column found"):
+        training_set(raw, 8, toy_augmentation(), require_mask=True)
+
+
+def trainer_for(model, train_set, output_dir, recipe) -> Trainer:
+    args = TrainingArguments(
+        output_dir,
+        per_device_train_batch_size=recipe.per_device_train_batch_size,
+        max_steps=recipe.max_train_steps,
+        max_grad_norm=0.0,
+        logging_steps=1,
+        save_steps=3,
+        seed=0,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    optimizers = create_optimizer_and_scheduler(model, recipe)
+    return Trainer(
+        model, args, train_dataset=train_set, data_collator=WeCLIPDataCollator(), optimizers=optimizers
+    )
+
+
+def test_trainer_trains_the_decoder_with_the_recipe_and_resumes_exactly(tmp_path):
+    recipe = dataclasses.replace(
+        TOY.training, per_device_train_batch_size=4, num_warmup_steps=2, max_train_steps=6
+    )
+    train_set, _ = training_set(make_toy_dataset(12, seed=0), 8, toy_augmentation())
+    model = toy_model(rfm_start_step=3)  # the RFM joins at step 3: the resumed half runs with it
+    clip_before = {k: v.clone() for k, v in model.vision_model.state_dict().items()}
+    decoder_before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+    trainer = trainer_for(model, train_set, tmp_path, recipe)
+    trainer.train()
+
+    assert int(model.training_step) == 6
+    assert all(torch.equal(v, model.vision_model.state_dict()[k]) for k, v in clip_before.items())
+    assert any(not torch.equal(v, model.decoder.state_dict()[k]) for k, v in decoder_before.items())
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 6 and all(torch.isfinite(torch.tensor(h["loss"])) for h in logged)
+    # Trainer logs the rate of the step it just took: the official warm-up + poly schedule
+    factor = warmup_poly_factor(recipe.num_warmup_steps, recipe.max_train_steps)
+    assert [h["learning_rate"] for h in logged] == pytest.approx(
+        [recipe.learning_rate * factor(t) for t in range(6)]
+    )
+
+    resumed = toy_model(rfm_start_step=3)
+    trainer_for(resumed, train_set, tmp_path, recipe).train(
+        resume_from_checkpoint=str(tmp_path / "checkpoint-3")
+    )
+    assert int(resumed.training_step) == 6  # the RFM's step counter comes back with the weights
+    for (name, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch):
+    """examples/train_with_trainer.py end to end, on a toy world of 16 + 4 images: a model the pipeline loads."""
+    real = toy.make_toy_dataset
+    monkeypatch.setattr(
+        toy, "make_toy_dataset", lambda n, seed=0: real(min(n, 16) if n > 4 else n, seed=seed)
+    )
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    sys.modules.pop("train_with_trainer", None)
+    import train_with_trainer
+
+    before = torch.get_num_threads()
+    try:
+        results = train_with_trainer.main(["--output_dir", str(tmp_path), "--max_train_steps", "2"])
+    finally:
+        torch.set_num_threads(before)
+    assert set(results) == {"pred_miou", "cam_miou", "pseudo_miou", "train_seconds"}
+    assert all(0.0 <= results[k] <= 1.0 for k in ("pred_miou", "cam_miou", "pseudo_miou"))
+    from transformers import pipeline
+
+    segmenter = pipeline("image-segmentation", model=str(tmp_path))
+    image = make_toy_dataset(1, seed=5)[0]["image"]
+    masks = segmenter(image)
+    assert masks and {m["label"] for m in masks} <= set(TOY.config["class_names"]) | {"background"}
+    assert all(m["mask"].size == image.size for m in masks)
+    assert (tmp_path / "checkpoint-2" / "model.safetensors").is_file()
+
+
+def test_trainer_trains_weclip_plus_heads_and_keeps_both_backbones_frozen(tmp_path):
+    from conftest import make_tiny_plus_config
+
+    from weclip_hf import WeCLIPPlusForSemanticSegmentation
+
+    torch.manual_seed(0)
+    model = WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config())
+    g = torch.Generator().manual_seed(0)
+    examples = [
+        {"pixel_values": torch.randn(3, 48, 64, generator=g), "class_labels": torch.eye(4)[i % 4]}
+        for i in range(8)
+    ]
+    frozen = {
+        name: p.clone()
+        for name, p in model.named_parameters()
+        if name.startswith(("vision_model.", "dino_branch.backbone."))
+    }
+    trained = {name: p.clone() for name, p in model.named_parameters() if p.requires_grad}
+    recipe = TrainingRecipe(per_device_train_batch_size=4, num_warmup_steps=1, max_train_steps=3)
+    trainer_for(model, examples, tmp_path, recipe).train()
+
+    assert int(model.training_step) == 3
+    params = dict(model.named_parameters())
+    assert frozen and all(torch.equal(p, params[name]) for name, p in frozen.items())
+    assert not set(trained) & set(frozen)
+    assert any(
+        not torch.equal(p, params[name]) for name, p in trained.items() if name.startswith("dino_branch.head")
+    )
+    assert any(not torch.equal(p, params[name]) for name, p in trained.items() if name.startswith("decoder."))

@@ -1,0 +1,78 @@
+"""What a WeCLIP training loop needs besides the model, shared by ``examples/train.py`` and transformers' `Trainer`:
+the collator that gives the model its training inputs, and the official optimizer with its warm-up + poly schedule.
+
+With `transformers.Trainer` (the decoder is the only trainable part; the frozen CLIP has no trainable parameter)::
+
+    recipe = PRESETS["voc"].training
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(output_dir, per_device_train_batch_size=recipe.per_device_train_batch_size,
+                               max_steps=recipe.max_train_steps, max_grad_norm=0.0),  # no clipping, as official
+        train_dataset=train_set,  # `weclip_hf.data.loading.training_set`
+        data_collator=WeCLIPDataCollator(),
+        optimizers=create_optimizer_and_scheduler(model, recipe),
+    )
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .presets import TrainingRecipe
+
+
+@dataclass(frozen=True)
+class WeCLIPDataCollator:
+    """Stacks training examples (`weclip_hf.data.loading.WeakSegmentationDataset`'s) into the model's keyword
+    arguments: ``pixel_values`` and the multi-hot ``class_labels`` always; the masks as ``labels`` only with
+    ``fully_supervised`` (else the model learns from its pseudo labels, and the masks it was given would silently
+    make the training fully supervised); the crops' ``pixel_mask`` only with ``ignore_padding`` (padding ignored
+    in the pseudo labels; the official code lets the method see it)."""
+
+    fully_supervised: bool = False
+    ignore_padding: bool = False
+
+    def __call__(self, examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        keys = ["pixel_values", "class_labels"]
+        if self.fully_supervised:
+            if "labels" not in examples[0]:
+                raise ValueError(
+                    "fully_supervised=True trains on masks, and the training examples have none: give the "
+                    "dataset a mask column."
+                )
+            keys.append("labels")
+        if self.ignore_padding:
+            keys.append("pixel_mask")
+        return {key: torch.stack([example[key] for example in examples]) for key in keys}
+
+
+def warmup_poly_factor(num_warmup_steps: int, max_train_steps: int) -> Callable[[int], float]:
+    """The official learning-rate factor at step t: warm-up ``1 - (1 - t/W)(1 - 1e-6)`` for t < W, then the poly
+    decay (power 1) ``1 - t/T`` of the whole schedule, floored at 0."""
+
+    def factor(t: int) -> float:
+        if t < num_warmup_steps:
+            return 1 - (1 - t / num_warmup_steps) * (1 - 1e-6)
+        return max(0.0, 1 - t / max_train_steps)
+
+    return factor
+
+
+def create_optimizer_and_scheduler(
+    model: nn.Module, recipe: TrainingRecipe
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """The official optimizer of the trainable parameters (AdamW, betas (0.9, 0.999), eps 1e-8, the recipe's
+    learning rate and weight decay on every parameter) and its warm-up + poly schedule, stepped once per
+    optimizer step: ``Trainer(optimizers=...)`` takes the pair as it is."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("The model has no trainable parameter: nothing to optimize.")
+    optimizer = torch.optim.AdamW(
+        params, lr=recipe.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=recipe.weight_decay
+    )
+    schedule = warmup_poly_factor(recipe.num_warmup_steps, recipe.max_train_steps)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
