@@ -364,3 +364,24 @@ def test_crf_reads_the_image_at_its_size_not_the_long_side_resized_one(monkeypat
         PoolingModel(), x, (30, 30), long_side=16, crf=True, normalization=IMAGENET_NORMALIZATION
     )
     assert torch.equal(seen["image"], IMAGENET_NORMALIZATION.denormalize(x))
+
+
+def test_evaluate_segmentation_gives_the_model_its_images_on_its_device():
+    """A DataLoader yields host tensors; a model on an accelerator gets its images there (the scripts' in-training
+    and final evaluations pass the loader as it is). A meta-device buffer stands in for the accelerator here."""
+
+    class DeviceRecorder(EncodedPrediction):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("anchor", torch.empty(0, device="meta"))
+            self.seen = []
+
+        def forward(self, pixel_values, **kwargs):
+            self.seen.append(pixel_values.device)
+            return super().forward(torch.zeros(pixel_values.shape))  # host logits, class 0
+
+    ref = torch.tensor([[[0, 0], [1, 1]]])
+    batches = [{"pixel_values": torch.zeros(1, 3, 2, 2), "labels": ref}]
+    model = DeviceRecorder()
+    scores = evaluate_segmentation(model, batches, ["pred"], progress=False)["pred"]
+    assert model.seen == [torch.device("meta")] and scores["per_category_iou"][0] == 0.5

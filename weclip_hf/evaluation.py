@@ -7,6 +7,7 @@ original size (logits are upsampled bilinearly to it).
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -24,6 +25,12 @@ from .presets import EvaluationSettings
 from .visualization import overlay_figure, present_class_cams
 
 MODES = ("pred", "pred_msf", "pred_crf", "pred_msf_crf", "cam", "pseudo")
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (the CPU for a model without any)."""
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return torch.device("cpu") if tensor is None else tensor.device
 
 
 def _require_normalization(normalization: PixelNormalization | None) -> PixelNormalization:
@@ -93,6 +100,7 @@ def evaluate_segmentation(
         _require_normalization(normalization)
     was_training = model.training
     model.eval()
+    device = model_device(model)  # batches come from a DataLoader on the host
     num_labels = model.config.num_labels
     ignore = model.config.semantic_loss_ignore_index
     matrices = {m: None for m in modes}
@@ -100,7 +108,8 @@ def evaluate_segmentation(
     for i, batch in enumerate(bar):
         if max_batches is not None and i >= max_batches:
             break
-        pixel_values, labels = batch["pixel_values"], batch["labels"]
+        # the image-level labels stay where they are: the model plans its (image, class) pairs from them on the host
+        pixel_values, labels = batch["pixel_values"].to(device), batch["labels"]
         size = tuple(labels.shape[-2:])
         for mode in modes:
             if mode.startswith("pred"):
@@ -146,7 +155,7 @@ def write_overlays(model, dataset, output_dir: str | Path, count: int, normaliza
     out_dir = Path(output_dir) / "overlays"
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     id2label = model.config.id2label
     paths = []
     for i in range(min(count, len(dataset))):
