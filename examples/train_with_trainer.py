@@ -5,13 +5,15 @@ schedule) in Trainer's loop, for code built around Trainer (callbacks, its check
     python examples/train_with_trainer.py                   # the offline toy world
     python examples/train_with_trainer.py --preset voc --dataset_name jxie/pascal-voc-2012 --output_dir weclip-voc
 
-What a Trainer needs from weclip-hf, all here: the training set (`weclip_hf.data.loading.training_set`: image-level
-labels from a label column or the masks, random crops), the collator (`weclip_hf.training.WeCLIPDataCollator`:
-without it the masks of a dataset that has them would train the model fully supervised), the official optimizer and
-schedule (`weclip_hf.training.create_optimizer_and_scheduler`) and no gradient clipping (``max_grad_norm=0``).
-`--resume_from_checkpoint` continues a run exactly (Trainer restores the RNG and the data position; the model's
-step counter, which starts the RFM, is a saved buffer). examples/train.py is the complete script (streaming, several
-processes on a CPU, signals, the pseudo-label and multi-scale evaluation, a model card, the Hub).
+`WeCLIPTrainer` (`weclip_hf.trainer`) is `Trainer` with WeCLIP's collator (the masks of a training set never reach
+the model unless it is to be fully supervised), the official optimizer and warm-up + linear schedule built from the
+`TrainingArguments`, and an evaluation that scores segmentations (mIoU of the decoder, the CAM and the RFM pseudo
+labels), so that `eval_strategy`, callbacks and `load_best_model_at_end` work. The training set comes from
+`weclip_hf.data.loading.training_set` (image-level labels from a label column or the masks, random crops), the
+validation set from `evaluation_set`; no gradient clipping (``max_grad_norm=0``), as the official code.
+`--resume_from_checkpoint` continues a run exactly (Trainer restores the RNG and the data position; the model's step
+counter, which starts the RFM, is a saved buffer). examples/train.py is the complete script (streaming, several
+processes on a CPU, signals, multi-scale evaluation, overlays, a model card, the Hub).
 """
 
 from __future__ import annotations
@@ -22,18 +24,16 @@ import json
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor, WeCLIPPlusForSemanticSegmentation
-from weclip_hf.data.loading import DataSource, collate, evaluation_set, load_dataset_splits, training_set
+from weclip_hf.data.loading import DataSource, evaluation_set, load_dataset_splits, training_set
 from weclip_hf.data.toy import default_clip_model
 from weclip_hf.data.transforms import TrainAugmentation
-from weclip_hf.evaluation import evaluate_segmentation
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import DINO_MODEL, get_preset, processor_size
 from weclip_hf.script_arguments import add_data_source_flags, at_least_one, first_paragraph
-from weclip_hf.training import WeCLIPDataCollator, create_optimizer_and_scheduler
+from weclip_hf.trainer import WeCLIPTrainer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -88,40 +88,49 @@ def main(argv=None) -> dict:
     )
     print(f"train: {summary}")
 
+    val_set = None
+    if val_raw is not None:
+        val_set, _ = evaluation_set(
+            val_raw, cfg.num_foreground_classes, cfg.semantic_loss_ignore_index, normalization
+        )
     training_args = TrainingArguments(
         args.output_dir,
         per_device_train_batch_size=recipe.per_device_train_batch_size,
+        per_device_eval_batch_size=recipe.per_device_train_batch_size
+        if source.toy
+        else 1,  # VOC: sizes differ
+        learning_rate=recipe.learning_rate,
+        weight_decay=recipe.weight_decay,
+        warmup_steps=recipe.num_warmup_steps,
         max_steps=recipe.max_train_steps,
         max_grad_norm=0.0,  # the official recipe clips no gradient
         dataloader_drop_last=True,  # whole batches, as examples/train.py
         dataloader_pin_memory=torch.cuda.is_available(),
+        eval_strategy="steps" if recipe.eval_steps and val_set is not None else "no",
+        eval_steps=recipe.eval_steps or None,
         logging_steps=50,
         save_steps=recipe.checkpointing_steps or recipe.max_train_steps,
         seed=args.seed,
         report_to="none",
     )
-    trainer = Trainer(
-        model=model,
-        args=training_args,
+    trainer = WeCLIPTrainer(
+        model,
+        training_args,
         train_dataset=train_set,
-        data_collator=WeCLIPDataCollator(),
-        optimizers=create_optimizer_and_scheduler(model, recipe),
+        eval_dataset=val_set,
+        eval_modes=("pred", "cam", "pseudo"),
+        eval_long_side=preset.evaluation.eval_long_side,
     )
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
     processor.save_pretrained(args.output_dir)
-
-    results = {}
-    if val_raw is not None and trainer.is_world_process_zero():
-        val_set, _ = evaluation_set(
-            val_raw, cfg.num_foreground_classes, cfg.semantic_loss_ignore_index, normalization
-        )
-        loader = DataLoader(val_set, batch_size=recipe.per_device_train_batch_size, collate_fn=collate)
-        scores = evaluate_segmentation(
-            model, loader, ["pred", "cam", "pseudo"], long_side=preset.evaluation.eval_long_side
-        )
-        results = {f"{mode}_miou": scores[mode]["mean_iou"] for mode in scores}
-        results["train_seconds"] = trainer.state.log_history[-1].get("train_runtime")
+    if val_set is None:
+        return {}
+    results = trainer.evaluate()
+    results["train_seconds"] = next(
+        h["train_runtime"] for h in trainer.state.log_history if "train_runtime" in h
+    )
+    if trainer.is_world_process_zero():
         Path(args.output_dir, "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps(results, indent=2))
     return results

@@ -2,6 +2,7 @@
 examples/train_with_trainer.py on the toy world (the package's toy CLIP, CPU)."""
 
 import dataclasses
+import json
 import sys
 
 import pytest
@@ -11,7 +12,12 @@ from transformers import Trainer, TrainingArguments
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.data import toy
-from weclip_hf.data.loading import StreamingWeakSegmentationDataset, WeakSegmentationDataset, training_set
+from weclip_hf.data.loading import (
+    StreamingWeakSegmentationDataset,
+    WeakSegmentationDataset,
+    collate,
+    training_set,
+)
 from weclip_hf.data.toy import make_toy_dataset, toy_clip_path
 from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.normalization import PixelNormalization
@@ -184,8 +190,10 @@ def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch):
         results = train_with_trainer.main(["--output_dir", str(tmp_path), "--max_train_steps", "2"])
     finally:
         torch.set_num_threads(before)
-    assert set(results) == {"pred_miou", "cam_miou", "pseudo_miou", "train_seconds"}
-    assert all(0.0 <= results[k] <= 1.0 for k in ("pred_miou", "cam_miou", "pseudo_miou"))
+    scores = ("eval_pred_miou", "eval_cam_miou", "eval_pseudo_miou")
+    assert set(results) == {*scores, "eval_runtime", "epoch", "train_seconds"}
+    assert all(0.0 <= results[k] <= 1.0 for k in scores)
+    assert json.loads((tmp_path / "eval_results.json").read_text()) == results
     from transformers import pipeline
 
     segmenter = pipeline("image-segmentation", model=str(tmp_path))
@@ -225,3 +233,121 @@ def test_trainer_trains_weclip_plus_heads_and_keeps_both_backbones_frozen(tmp_pa
         not torch.equal(p, params[name]) for name, p in trained.items() if name.startswith("dino_branch.head")
     )
     assert any(not torch.equal(p, params[name]) for name, p in trained.items() if name.startswith("decoder."))
+
+
+# ---- WeCLIPTrainer ---------------------------------------------------------------------------------------------
+
+
+def weclip_trainer(model, output_dir, **arguments):
+    from weclip_hf.trainer import WeCLIPTrainer
+
+    eval_dataset = arguments.pop("eval_dataset", None)
+    eval_modes = arguments.pop("eval_modes", ("pred", "pseudo"))
+    defaults = dict(
+        per_device_train_batch_size=4, logging_steps=1, report_to="none", disable_tqdm=True, use_cpu=True
+    )
+    args = TrainingArguments(output_dir, **{**defaults, **arguments})
+    train_set, _ = training_set(make_toy_dataset(12, seed=0), 8, toy_augmentation())
+    return WeCLIPTrainer(
+        model, args, train_dataset=train_set, eval_dataset=eval_dataset, eval_modes=eval_modes
+    )
+
+
+def test_weclip_trainer_builds_the_official_optimizer_and_schedule_from_the_arguments(tmp_path):
+    model = toy_model()
+    trainer = weclip_trainer(
+        model, tmp_path, learning_rate=3e-3, weight_decay=0.05, warmup_steps=2, max_steps=5, max_grad_norm=0.0
+    )
+    trainer.train()
+    (group,) = trainer.optimizer.param_groups  # one group: the decay also on biases and LayerNorms
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for p in group["params"]} == trainable and group["weight_decay"] == 0.05
+    assert any(p.ndim == 1 for p in group["params"])  # biases and norms among them
+    logged = [h["learning_rate"] for h in trainer.state.log_history if "loss" in h]
+    factor = warmup_poly_factor(2, 5)
+    assert logged == pytest.approx([3e-3 * factor(t) for t in range(5)])
+    # batches from the default collator: the toy masks never reached the model (a supervised loss would differ)
+    assert trainer.data_collator == WeCLIPDataCollator()
+
+
+def test_weclip_trainer_keeps_the_optimizer_and_schedule_that_are_asked_for(tmp_path):
+    trainer = weclip_trainer(
+        toy_model(), tmp_path, learning_rate=1e-3, max_steps=3, optim="sgd", lr_scheduler_type="constant"
+    )
+    trainer.train()
+    assert isinstance(
+        trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer,
+        torch.optim.SGD,
+    )
+    assert [h["learning_rate"] for h in trainer.state.log_history if "loss" in h] == pytest.approx([1e-3] * 3)
+
+
+def toy_evaluation_set(count: int = 4):
+    from weclip_hf.data.loading import evaluation_set
+
+    normalization = PixelNormalization.from_image_processor(WeCLIPImageProcessor())
+    return evaluation_set(make_toy_dataset(count, seed=1_000_000), 8, 255, normalization)[0]
+
+
+def test_weclip_trainer_scores_the_validation_set_during_training_and_keeps_the_best(tmp_path):
+    from weclip_hf.evaluation import evaluate_segmentation
+
+    val_set = toy_evaluation_set()
+    model = toy_model()
+    trainer = weclip_trainer(
+        model,
+        tmp_path,
+        eval_dataset=val_set,
+        max_steps=4,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="pred_miou",
+    )
+    trainer.train()
+    evaluations = [h for h in trainer.state.log_history if "eval_pred_miou" in h]
+    assert [h["step"] for h in evaluations] == [2, 4]
+    assert all(0.0 <= h[k] <= 1.0 for h in evaluations for k in ("eval_pred_miou", "eval_pseudo_miou"))
+    best = max(evaluations, key=lambda h: h["eval_pred_miou"])
+    assert trainer.state.best_metric == best["eval_pred_miou"]
+    assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{best['step']}")
+    # the numbers are evaluate_segmentation's on the model as it is now (the best one, reloaded)
+    loader = torch.utils.data.DataLoader(val_set, batch_size=8, collate_fn=collate)
+    direct = evaluate_segmentation(model, loader, ["pred"], progress=False)["pred"]["mean_iou"]
+    assert (
+        trainer.evaluate()["eval_pred_miou"] == pytest.approx(direct) == pytest.approx(best["eval_pred_miou"])
+    )
+
+
+def test_weclip_trainer_evaluates_named_sets_and_refuses_none(tmp_path):
+    trainer = weclip_trainer(toy_model(), tmp_path, max_steps=1, eval_modes=("pred",))
+    with pytest.raises(ValueError, match="needs an eval_dataset"):
+        trainer.evaluate()
+    metrics = trainer.evaluate({"a": toy_evaluation_set(2), "b": toy_evaluation_set(3)})
+    # Trainer.log adds the epoch, as to Trainer.evaluate's metrics
+    assert set(metrics) == {
+        "eval_a_pred_miou",
+        "eval_b_pred_miou",
+        "eval_a_runtime",
+        "eval_b_runtime",
+        "epoch",
+    }
+
+
+def test_weclip_trainer_is_exported_lazily():
+    import subprocess
+
+    import weclip_hf
+    from weclip_hf.trainer import WeCLIPTrainer
+
+    assert weclip_hf.WeCLIPTrainer is WeCLIPTrainer and "WeCLIPTrainer" in weclip_hf.__all__
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchThing'"):
+        weclip_hf.NoSuchThing  # noqa: B018
+    code = "import sys, weclip_hf; print('transformers.trainer' in sys.modules)"
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "False"
+    )

@@ -54,6 +54,16 @@ WeCLIPImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """`WeCLIPTrainer` on first use: it imports transformers' `Trainer`, ~1 s that a model or pipeline user is spared."""
+    if name == "WeCLIPTrainer":
+        from .trainer import WeCLIPTrainer
+
+        return WeCLIPTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "WeCLIPConfig",
     "WeCLIPForSemanticSegmentation",
@@ -68,6 +78,7 @@ __all__ = [
     "WeCLIPImageSegmentationPipeline",
     "register_segmentation_pipeline",
     "WeCLIPDataCollator",
+    "WeCLIPTrainer",
     "create_optimizer_and_scheduler",
     "multiscale_flip_logits",
     "resize_longest_edge",

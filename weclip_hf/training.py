@@ -1,17 +1,7 @@
-"""What a WeCLIP training loop needs besides the model, shared by ``examples/train.py`` and transformers' `Trainer`:
-the collator that gives the model its training inputs, and the official optimizer with its warm-up + poly schedule.
-
-With `transformers.Trainer` (the decoder is the only trainable part; the frozen CLIP has no trainable parameter)::
-
-    recipe = PRESETS["voc"].training
-    trainer = Trainer(
-        model=model,
-        args=TrainingArguments(output_dir, per_device_train_batch_size=recipe.per_device_train_batch_size,
-                               max_steps=recipe.max_train_steps, max_grad_norm=0.0),  # no clipping, as official
-        train_dataset=train_set,  # `weclip_hf.data.loading.training_set`
-        data_collator=WeCLIPDataCollator(),
-        optimizers=create_optimizer_and_scheduler(model, recipe),
-    )
+"""What a WeCLIP training loop needs besides the model: the collator that gives the model its training inputs, and
+the official optimizer with its warm-up + poly schedule. ``examples/train.py`` uses them; so does
+`weclip_hf.trainer.WeCLIPTrainer`, and a plain `transformers.Trainer` takes them as
+``Trainer(..., data_collator=WeCLIPDataCollator(), optimizers=create_optimizer_and_scheduler(model, recipe))``.
 """
 
 from __future__ import annotations
@@ -68,11 +58,21 @@ def create_optimizer_and_scheduler(
     """The official optimizer of the trainable parameters (AdamW, betas (0.9, 0.999), eps 1e-8, the recipe's
     learning rate and weight decay on every parameter) and its warm-up + poly schedule, stepped once per
     optimizer step: ``Trainer(optimizers=...)`` takes the pair as it is."""
+    optimizer = official_adamw(model, recipe.learning_rate, recipe.weight_decay)
+    schedule = warmup_poly_factor(recipe.num_warmup_steps, recipe.max_train_steps)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def official_adamw(
+    model: nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> torch.optim.AdamW:
+    """AdamW over the model's trainable parameters, the weight decay on every one of them (biases and LayerNorms
+    included, as the official code; transformers' `Trainer` exempts them)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("The model has no trainable parameter: nothing to optimize.")
-    optimizer = torch.optim.AdamW(
-        params, lr=recipe.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=recipe.weight_decay
-    )
-    schedule = warmup_poly_factor(recipe.num_warmup_steps, recipe.max_train_steps)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return torch.optim.AdamW(params, lr=learning_rate, betas=betas, eps=eps, weight_decay=weight_decay)
