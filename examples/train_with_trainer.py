@@ -77,6 +77,25 @@ def main(argv=None) -> dict:
     size = processor_size(preset.evaluation.eval_long_side, recipe.crop_size)
     processor = WeCLIPImageProcessor(size=size, patch_size=cfg.vision_config.patch_size)
     normalization = PixelNormalization.from_image_processor(processor)
+    eval_batch_size = recipe.per_device_train_batch_size if source.toy else 1  # VOC's images differ in size
+    training_args = TrainingArguments(
+        args.output_dir,
+        per_device_train_batch_size=recipe.per_device_train_batch_size,
+        per_device_eval_batch_size=eval_batch_size,
+        learning_rate=recipe.learning_rate,
+        weight_decay=recipe.weight_decay,
+        warmup_steps=recipe.num_warmup_steps,
+        max_steps=recipe.max_train_steps,
+        max_grad_norm=0.0,  # the official recipe clips no gradient
+        dataloader_drop_last=True,  # whole batches, as examples/train.py
+        dataloader_pin_memory=torch.cuda.is_available(),
+        eval_strategy="steps" if recipe.eval_steps and val_raw is not None else "no",
+        eval_steps=recipe.eval_steps or None,
+        logging_steps=50,
+        save_steps=recipe.checkpointing_steps or recipe.max_train_steps,
+        seed=args.seed,
+        report_to="none",
+    )
     augment = TrainAugmentation(
         recipe.crop_size, (recipe.scale_min, recipe.scale_max), normalization=normalization
     )
@@ -85,34 +104,19 @@ def main(argv=None) -> dict:
         cfg.num_foreground_classes,
         augment,
         class_names=list(zip(cfg.label_names, cfg.class_names)),
+        labelling=training_args.main_process_first,  # one process reads the images for the labels
     )
     print(f"train: {summary}")
 
     val_set = None
     if val_raw is not None:
         val_set, _ = evaluation_set(
-            val_raw, cfg.num_foreground_classes, cfg.semantic_loss_ignore_index, normalization
+            val_raw,
+            cfg.num_foreground_classes,
+            cfg.semantic_loss_ignore_index,
+            normalization,
+            labelling=training_args.main_process_first,
         )
-    training_args = TrainingArguments(
-        args.output_dir,
-        per_device_train_batch_size=recipe.per_device_train_batch_size,
-        per_device_eval_batch_size=recipe.per_device_train_batch_size
-        if source.toy
-        else 1,  # VOC: sizes differ
-        learning_rate=recipe.learning_rate,
-        weight_decay=recipe.weight_decay,
-        warmup_steps=recipe.num_warmup_steps,
-        max_steps=recipe.max_train_steps,
-        max_grad_norm=0.0,  # the official recipe clips no gradient
-        dataloader_drop_last=True,  # whole batches, as examples/train.py
-        dataloader_pin_memory=torch.cuda.is_available(),
-        eval_strategy="steps" if recipe.eval_steps and val_set is not None else "no",
-        eval_steps=recipe.eval_steps or None,
-        logging_steps=50,
-        save_steps=recipe.checkpointing_steps or recipe.max_train_steps,
-        seed=args.seed,
-        report_to="none",
-    )
     trainer = WeCLIPTrainer(
         model,
         training_args,
@@ -126,7 +130,7 @@ def main(argv=None) -> dict:
     processor.save_pretrained(args.output_dir)
     if val_set is None:
         return {}
-    results = trainer.evaluate()
+    results = trainer.evaluate()  # the model as saved (with load_best_model_at_end, the best one)
     results["train_seconds"] = next(
         h["train_runtime"] for h in trainer.state.log_history if "train_runtime" in h
     )

@@ -3,6 +3,7 @@ examples/train_with_trainer.py on the toy world (the package's toy CLIP, CPU).""
 
 import dataclasses
 import json
+import math
 import sys
 
 import pytest
@@ -351,3 +352,76 @@ def test_weclip_trainer_is_exported_lazily():
         ).stdout.strip()
         == "False"
     )
+
+
+def test_weclip_trainer_refuses_unknown_evaluation_modes_at_once(tmp_path):
+    with pytest.raises(ValueError, match=r"eval_modes \['bogus'\]: choose one or more of"):
+        weclip_trainer(toy_model(), tmp_path, max_steps=1, eval_modes=("bogus",))
+
+
+def test_weclip_trainer_keeps_a_given_optimizer_class_or_optimizer_with_trainers_schedule(tmp_path):
+    trainer = weclip_trainer(toy_model(), tmp_path / "a", max_steps=1)
+    trainer.optimizer_cls_and_kwargs = (torch.optim.SGD, {"lr": 0.5})
+    assert isinstance(trainer.create_optimizer(), torch.optim.SGD)
+    # optimizers=(optimizer, None): Trainer's linear decay from the warm-up's end, not the official one
+    from weclip_hf.trainer import WeCLIPTrainer
+
+    model = toy_model()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    args = TrainingArguments(
+        tmp_path / "b",
+        max_steps=4,
+        warmup_steps=2,
+        logging_steps=1,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+    )
+    train_set, _ = training_set(make_toy_dataset(8, seed=0), 8, toy_augmentation())
+    given = WeCLIPTrainer(model, args, train_dataset=train_set, optimizers=(optimizer, None))
+    given.train()
+    assert [h["learning_rate"] for h in given.state.log_history if "loss" in h] == pytest.approx(
+        [0.0, 5e-4, 1e-3, 5e-4]
+    )
+
+
+def test_weclip_trainer_uses_the_fused_adamw_it_is_asked_for(tmp_path):
+    fused = weclip_trainer(toy_model(), tmp_path, max_steps=1, optim="adamw_torch_fused").create_optimizer()
+    plain = weclip_trainer(toy_model(), tmp_path, max_steps=1, optim="adamw_torch").create_optimizer()
+    assert fused.defaults["fused"] is True and not plain.defaults["fused"]
+    assert len(fused.param_groups) == 1 and len(plain.param_groups) == 1
+
+
+def test_weclip_trainer_evaluates_a_named_set_and_scores_nothing_as_nan(tmp_path):
+    sets = {"a": toy_evaluation_set(2), "b": toy_evaluation_set(3)}
+    trainer = weclip_trainer(toy_model(), tmp_path, max_steps=1, eval_modes=("pred",), eval_dataset=sets)
+    assert set(trainer.evaluate("b")) == {"eval_pred_miou", "eval_runtime", "epoch"}
+    with pytest.raises(ValueError, match=r"No evaluation set named 'c'; the trainer's are \['a', 'b'\]"):
+        trainer.evaluate("c")
+    ignored = [{**item, "labels": torch.full_like(item["labels"], 255)} for item in toy_evaluation_set(2)]
+    with pytest.warns(RuntimeWarning, match="no valid pixel"):
+        metrics = trainer.evaluate(ignored)
+    assert math.isnan(metrics["eval_pred_miou"])  # comparable by metric_for_best_model, unlike None
+
+
+def test_weclip_trainer_evaluates_under_the_runs_mixed_precision(tmp_path):
+    model = toy_model()
+    autocast = []
+    model.decoder.register_forward_pre_hook(
+        lambda module, args: autocast.append(torch.is_autocast_enabled("cpu"))
+    )
+    trainer = weclip_trainer(model, tmp_path, max_steps=1, bf16=True, eval_modes=("pred",))
+    trainer.evaluate(toy_evaluation_set(1))  # before train(), as within it
+    assert autocast == [True]
+
+
+def test_weclip_trainer_predict_says_what_to_use_instead(tmp_path):
+    trainer = weclip_trainer(toy_model(), tmp_path, max_steps=1)
+    with pytest.raises(NotImplementedError, match=r"score a dataset with masks with evaluate\(\)"):
+        trainer.predict(toy_evaluation_set(1))
+
+
+def test_collator_names_a_missing_pixel_mask():
+    examples = [{k: v for k, v in example(0).items() if k != "pixel_mask"}]
+    with pytest.raises(ValueError, match="ignore_padding=True needs each example's pixel_mask"):
+        WeCLIPDataCollator(ignore_padding=True)(examples)

@@ -108,7 +108,7 @@ def evaluate_segmentation(
     for i, batch in enumerate(bar):
         if max_batches is not None and i >= max_batches:
             break
-        # the image-level labels stay where they are: the model plans its (image, class) pairs from them on the host
+        # the images go to the model; `class_labels` stay on the host, where the model plans its (image, class) pairs
         pixel_values, labels = batch["pixel_values"].to(device), batch["labels"]
         size = tuple(labels.shape[-2:])
         for mode in modes:

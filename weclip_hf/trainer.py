@@ -3,23 +3,26 @@ the `TrainingArguments`, and an evaluation that scores segmentations (mIoU) inst
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from enum import Enum
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from transformers import Trainer
+from transformers import Trainer, TrainingArguments
 
 from .data.loading import collate
-from .evaluation import evaluate_segmentation
+from .evaluation import MODES, evaluate_segmentation
 from .presets import EvaluationSettings
 from .training import WeCLIPDataCollator, official_adamw, warmup_poly_factor
 
-# `TrainingArguments.optim` values that mean AdamW: WeCLIPTrainer then builds the official one
+# `TrainingArguments.optim` values that mean torch's AdamW: WeCLIPTrainer then builds the official one
 ADAMW_NAMES = frozenset({"adamw_torch", "adamw_torch_fused"})
 
 
-def _name(option) -> str:
+def _name(option: str | Enum) -> str:
     """A `TrainingArguments` choice (an enum member or its string) as its string."""
     return getattr(option, "value", option)
 
@@ -31,53 +34,62 @@ class WeCLIPTrainer(Trainer):
     - ``data_collator`` defaults to `WeCLIPDataCollator()` (weak supervision: the masks of the training set never
       reach the model);
     - with ``optim`` AdamW (the default) the optimizer is the official one (`official_adamw`: weight decay on every
-      parameter) with the arguments' learning rate, weight decay, betas and epsilon; with ``lr_scheduler_type``
-      "linear" (the default) the schedule is the official linear decay, ``1 - t/T`` over the whole run after
-      ``warmup_steps`` of warm-up (`warmup_poly_factor`; `Trainer`'s decays from 1 at the warm-up's end). Other
-      values, or ``optimizers=``, get `Trainer`'s own;
+      parameter) with the arguments' learning rate, weight decay, betas, epsilon and fused choice; with
+      ``lr_scheduler_type`` "linear" (the default) the schedule is the official linear decay, ``1 - t/T`` over the
+      whole run after ``warmup_steps`` of warm-up (`warmup_poly_factor`; `Trainer`'s decays from 1 at the warm-up's
+      end). Another ``optim`` or ``lr_scheduler_type``, ``optimizer_cls_and_kwargs=`` or ``optimizers=`` (a given
+      optimizer keeps `Trainer`'s schedule too) get `Trainer`'s own;
     - `evaluate` scores ``eval_dataset`` (`weclip_hf.data.loading.evaluation_set`: images with their masks at the
-      original size) with `evaluate_segmentation` and returns ``{prefix}_{mode}_miou`` per mode of ``eval_modes``
-      ("pred": the decoder, "pseudo": the RFM pseudo labels, ...), so that ``eval_strategy``, callbacks and
-      ``metric_for_best_model="pred_miou"`` work; every process scores every N-th image and the confusion
-      matrices are summed.
+      original size) with `evaluate_segmentation` under the run's mixed precision, and returns
+      ``{prefix}_{mode}_miou`` per mode of ``eval_modes`` ("pred": the decoder, "pseudo": the RFM pseudo labels,
+      "cam", "pred_msf", the CRF modes with the dataset's ``normalization``; NaN where no pixel could be scored), so
+      that ``eval_strategy``, callbacks and ``metric_for_best_model="pred_miou"`` work; every process scores every
+      N-th image and the confusion matrices are summed. ``predict`` is not supported (see its error).
     """
 
     def __init__(
         self,
-        model=None,
-        args=None,
-        data_collator=None,
+        model: nn.Module | None = None,
+        args: TrainingArguments | None = None,
+        data_collator: Callable | None = None,
         *trainer_args,
         eval_modes: Sequence[str] = ("pred", "pseudo"),
         eval_long_side: int | None = None,
         eval_scales: Sequence[float] = EvaluationSettings.msf_scales,
         **trainer_kwargs,
     ):
+        unknown = sorted(set(eval_modes) - set(MODES))
+        if unknown or not eval_modes:
+            raise ValueError(f"eval_modes {list(eval_modes)}: choose one or more of {list(MODES)}.")
         collator = WeCLIPDataCollator() if data_collator is None else data_collator
         super().__init__(model, args, collator, *trainer_args, **trainer_kwargs)
-        self.eval_modes, self.eval_long_side, self.eval_scales = (
-            tuple(eval_modes),
-            eval_long_side,
-            eval_scales,
-        )
+        self.eval_modes = tuple(eval_modes)
+        self.eval_long_side = eval_long_side
+        self.eval_scales = eval_scales
+        self._optimizer_given = self.optimizer is not None
 
-    def create_optimizer(self, model=None) -> torch.optim.Optimizer:
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """The official AdamW for ``optim`` AdamW, else `Trainer`'s optimizer."""
-        if self.optimizer is None and _name(self.args.optim) in ADAMW_NAMES:
-            args = self.args
-            betas = (args.adam_beta1, args.adam_beta2)
+        args = self.args
+        optim = _name(args.optim)
+        if self.optimizer is None and self.optimizer_cls_and_kwargs is None and optim in ADAMW_NAMES:
             self.optimizer = official_adamw(
                 self.model if model is None else model,
                 args.learning_rate,
                 args.weight_decay,
-                betas,
+                (args.adam_beta1, args.adam_beta2),
                 args.adam_epsilon,
+                fused=optim == "adamw_torch_fused",
             )
         return super().create_optimizer(model)
 
-    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
-        """The official warm-up + linear decay for ``lr_scheduler_type`` "linear", else `Trainer`'s schedule."""
-        if self.lr_scheduler is None and _name(self.args.lr_scheduler_type) == "linear":
+    def create_scheduler(
+        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
+    ) -> torch.optim.lr_scheduler.LRScheduler:
+        """The official warm-up + linear decay for ``lr_scheduler_type`` "linear" and an optimizer this trainer
+        built, else `Trainer`'s schedule."""
+        official = _name(self.args.lr_scheduler_type) == "linear" and not self._optimizer_given
+        if self.lr_scheduler is None and official:
             factor = warmup_poly_factor(self.args.get_warmup_steps(num_training_steps), num_training_steps)
             self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, factor)
             self._created_lr_scheduler = True
@@ -85,19 +97,15 @@ class WeCLIPTrainer(Trainer):
 
     def evaluate(
         self,
-        eval_dataset: Dataset | dict[str, Dataset] | None = None,
+        eval_dataset: Dataset | dict[str, Dataset] | str | None = None,
         ignore_keys: list[str] | None = None,
         metric_key_prefix: str = "eval",
     ) -> dict[str, float]:
-        """mIoU of each of ``eval_modes`` on ``eval_dataset`` (default: the trainer's), logged and returned as
-        ``{metric_key_prefix}_{mode}_miou`` with ``{metric_key_prefix}_runtime``; a dict of datasets is scored
-        per name (``eval_{name}_...``), as `Trainer` does."""
-        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
-        if dataset is None:
-            raise ValueError(
-                "WeCLIPTrainer.evaluate needs an eval_dataset: images with their masks "
-                "(weclip_hf.data.loading.evaluation_set)."
-            )
+        """mIoU of each of ``eval_modes`` on ``eval_dataset`` (default: the trainer's; a name: that entry of a dict
+        ``eval_dataset``), logged and returned as ``{metric_key_prefix}_{mode}_miou`` with
+        ``{metric_key_prefix}_runtime``; a dict of datasets is scored per name (``eval_{name}_...``), as `Trainer`
+        does. ``ignore_keys`` has nothing to ignore here (no logits are gathered)."""
+        dataset = self._evaluation_dataset(eval_dataset)
         if isinstance(dataset, dict):
             metrics = {}
             for name, split in dataset.items():
@@ -107,17 +115,46 @@ class WeCLIPTrainer(Trainer):
         accelerator = self.accelerator
         shard = Subset(dataset, range(accelerator.process_index, len(dataset), accelerator.num_processes))
         loader = DataLoader(shard, batch_size=self.args.per_device_eval_batch_size, collate_fn=collate)
-        scores = evaluate_segmentation(
-            self.model,
-            loader,
-            self.eval_modes,
-            scales=self.eval_scales,
-            long_side=self.eval_long_side,
-            accelerator=accelerator,
-            progress=False,
-        )
-        metrics = {f"{metric_key_prefix}_{mode}_miou": result["mean_iou"] for mode, result in scores.items()}
+        with accelerator.autocast():  # the run's mixed precision, before train() as within it
+            scores = evaluate_segmentation(
+                self.model,
+                loader,
+                self.eval_modes,
+                scales=self.eval_scales,
+                long_side=self.eval_long_side,
+                accelerator=accelerator,
+                progress=False,
+                normalization=getattr(dataset, "normalization", None),
+            )
+        # NaN, not None, where no pixel was scored (evaluate_segmentation warned): `metric_for_best_model` compares
+        metrics = {
+            f"{metric_key_prefix}_{mode}_miou": math.nan if result["mean_iou"] is None else result["mean_iou"]
+            for mode, result in scores.items()
+        }
         metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - started, 4)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+    def _evaluation_dataset(self, eval_dataset: Dataset | dict[str, Dataset] | str | None):
+        """The dataset `evaluate` scores: the one given, the trainer's, or the entry of the trainer's dict named."""
+        if isinstance(eval_dataset, str):
+            if not isinstance(self.eval_dataset, dict) or eval_dataset not in self.eval_dataset:
+                names = sorted(self.eval_dataset) if isinstance(self.eval_dataset, dict) else []
+                raise ValueError(f"No evaluation set named {eval_dataset!r}; the trainer's are {names}.")
+            return self.eval_dataset[eval_dataset]
+        dataset = self.eval_dataset if eval_dataset is None else eval_dataset
+        if dataset is None:
+            raise ValueError(
+                "WeCLIPTrainer.evaluate needs an eval_dataset: images with their masks "
+                "(weclip_hf.data.loading.evaluation_set)."
+            )
+        return dataset
+
+    def predict(self, test_dataset: Dataset, ignore_keys=None, metric_key_prefix: str = "test"):
+        """Not supported: `Trainer.predict` would gather the logits of the patch grid, not label maps."""
+        raise NotImplementedError(
+            "WeCLIPTrainer.predict is not supported: score a dataset with masks with evaluate(), or segment images "
+            "with the saved model and its processor (pipeline('image-segmentation', model=folder), or "
+            "processor.post_process_semantic_segmentation(model(**inputs), target_sizes=...))."
+        )

@@ -36,6 +36,11 @@ class WeCLIPDataCollator:
                 )
             keys.append("labels")
         if self.ignore_padding:
+            if "pixel_mask" not in examples[0]:
+                raise ValueError(
+                    "ignore_padding=True needs each example's pixel_mask (1 for image pixels, 0 for crop padding), "
+                    "and the training examples have none: WeakSegmentationDataset's have one."
+                )
             keys.append("pixel_mask")
         return {key: torch.stack([example[key] for example in examples]) for key in keys}
 
@@ -69,10 +74,14 @@ def official_adamw(
     weight_decay: float,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
+    fused: bool | None = None,
 ) -> torch.optim.AdamW:
     """AdamW over the model's trainable parameters, the weight decay on every one of them (biases and LayerNorms
-    included, as the official code; transformers' `Trainer` exempts them)."""
+    included, as the official code; transformers' `Trainer` exempts them); ``fused``: torch's fused kernels
+    (None: torch's default)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("The model has no trainable parameter: nothing to optimize.")
-    return torch.optim.AdamW(params, lr=learning_rate, betas=betas, eps=eps, weight_decay=weight_decay)
+    return torch.optim.AdamW(
+        params, lr=learning_rate, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused
+    )
