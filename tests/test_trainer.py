@@ -425,3 +425,49 @@ def test_collator_names_a_missing_pixel_mask():
     examples = [{k: v for k, v in example(0).items() if k != "pixel_mask"}]
     with pytest.raises(ValueError, match="ignore_padding=True needs each example's pixel_mask"):
         WeCLIPDataCollator(ignore_padding=True)(examples)
+
+
+EVALUATE_ON_EACH_PROCESS = """
+import json, sys
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[2])
+from test_trainer import toy_evaluation_set, toy_model, weclip_trainer
+sets = {"one": toy_evaluation_set(1), "three": toy_evaluation_set(3)}  # an empty shard; uneven shards
+trainer = weclip_trainer(toy_model(), sys.argv[1], max_steps=1, per_device_eval_batch_size=1, eval_dataset=sets)
+metrics = trainer.evaluate()
+rank = trainer.accelerator.process_index
+with open(f"{sys.argv[1]}/rank{rank}.json", "w") as f:
+    json.dump({"processes": trainer.accelerator.num_processes, **metrics}, f)
+"""
+
+
+def test_weclip_trainer_evaluation_sums_every_processs_share(tmp_path):
+    """Two CPU processes (torchrun, gloo): each scores every 2nd image, the confusion matrices are summed, and both
+    report the single process's figures, also where one process has no image."""
+    import os
+    import subprocess
+
+    from conftest import train_env
+
+    script = tmp_path / "evaluate_each.py"
+    script.write_text(EVALUATE_ON_EACH_PROCESS)
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    command = [torchrun, "--nproc_per_node", "2", str(script), str(tmp_path), str(ROOT / "tests")]
+    proc = subprocess.run(command, env=train_env(1), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        sets = {"one": toy_evaluation_set(1), "three": toy_evaluation_set(3)}
+        trainer = weclip_trainer(
+            toy_model(), tmp_path / "single", max_steps=1, per_device_eval_batch_size=1, eval_dataset=sets
+        )
+        single = trainer.evaluate()
+    finally:
+        torch.set_num_threads(before)
+    scores = [k for k in single if k.endswith("_miou")]
+    assert len(scores) == 4 and all(r["processes"] == 2 for r in ranks)
+    for r in ranks:
+        assert {k: r[k] for k in scores} == {k: single[k] for k in scores}
