@@ -471,3 +471,17 @@ def test_weclip_trainer_evaluation_sums_every_processs_share(tmp_path):
     assert len(scores) == 4 and all(r["processes"] == 2 for r in ranks)
     for r in ranks:
         assert {k: r[k] for k in scores} == {k: single[k] for k in scores}
+
+
+def test_weclip_trainer_starts_the_rfm_at_an_optimizer_step_with_gradient_accumulation(tmp_path):
+    model = toy_model(rfm_start_step=2)
+    used = []
+    model.register_forward_hook(
+        lambda module, args, out: used.append(out.used_rfm) if module.training else None
+    )
+    trainer = weclip_trainer(
+        model, tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2, max_steps=3
+    )
+    trainer.train()
+    assert used == [False, False, False, False, True, True]  # steps 0 and 1 without the RFM, step 2 with it
+    assert int(model.training_step) == 3  # steps done, as examples/train.py leaves it

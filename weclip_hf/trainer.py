@@ -39,6 +39,7 @@ class WeCLIPTrainer(Trainer):
       whole run after ``warmup_steps`` of warm-up (`warmup_poly_factor`; `Trainer`'s decays from 1 at the warm-up's
       end). Another ``optim`` or ``lr_scheduler_type``, ``optimizer_cls_and_kwargs=`` or ``optimizers=`` (a given
       optimizer keeps `Trainer`'s schedule too) get `Trainer`'s own;
+    - the model's step counter, which starts the RFM, counts optimizer steps also with gradient accumulation;
     - `evaluate` scores ``eval_dataset`` (`weclip_hf.data.loading.evaluation_set`: images with their masks at the
       original size) with `evaluate_segmentation` under the run's mixed precision, and returns
       ``{prefix}_{mode}_miou`` per mode of ``eval_modes`` ("pred": the decoder, "pseudo": the RFM pseudo labels,
@@ -67,6 +68,18 @@ class WeCLIPTrainer(Trainer):
         self.eval_long_side = eval_long_side
         self.eval_scales = eval_scales
         self._optimizer_given = self.optimizer is not None
+
+    def training_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """`Trainer.training_step` with the model's step counter (which starts the RFM at ``rfm_start_step``) set to
+        the optimizer step: with ``gradient_accumulation_steps`` every forward of a step counts as that step, as in
+        ``examples/train.py`` (the counter would otherwise count forwards)."""
+        self.accelerator.unwrap_model(model).set_training_step(self.state.global_step)
+        return super().training_step(model, inputs, num_items_in_batch)
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """The official AdamW for ``optim`` AdamW, else `Trainer`'s optimizer."""
