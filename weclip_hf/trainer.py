@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import speed_metrics
 
 from .data.loading import collate
 from .evaluation import MODES, evaluate_segmentation
@@ -116,7 +117,7 @@ class WeCLIPTrainer(Trainer):
     ) -> dict[str, float]:
         """mIoU of each of ``eval_modes`` on ``eval_dataset`` (default: the trainer's; a name: that entry of a dict
         ``eval_dataset``), logged and returned as ``{metric_key_prefix}_{mode}_miou`` with
-        ``{metric_key_prefix}_runtime``; a dict of datasets is scored per name (``eval_{name}_...``), as `Trainer`
+        `Trainer`'s speed metrics (``{metric_key_prefix}_runtime``, ``..._samples_per_second``, ...); a dict of datasets is scored per name (``eval_{name}_...``), as `Trainer`
         does. ``ignore_keys`` has nothing to ignore here (no logits are gathered)."""
         dataset = self._evaluation_dataset(eval_dataset)
         if isinstance(dataset, dict):
@@ -144,7 +145,8 @@ class WeCLIPTrainer(Trainer):
             f"{metric_key_prefix}_{mode}_miou": math.nan if result["mean_iou"] is None else result["mean_iou"]
             for mode, result in scores.items()
         }
-        metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - started, 4)
+        batches = math.ceil(len(dataset) / (self.args.per_device_eval_batch_size * accelerator.num_processes))
+        metrics.update(speed_metrics(metric_key_prefix, started, num_samples=len(dataset), num_steps=batches))
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
