@@ -128,13 +128,14 @@ def main(argv=None) -> dict:
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)
     processor.save_pretrained(args.output_dir)
-    if val_set is None:
-        return {}
-    results = trainer.evaluate()  # the model as saved (with load_best_model_at_end, the best one)
-    results["train_seconds"] = next(
-        h["train_runtime"] for h in trainer.state.log_history if "train_runtime" in h
-    )
-    if trainer.is_world_process_zero():
+    results = {}
+    if val_set is not None:
+        results = trainer.evaluate()  # the model as saved (with load_best_model_at_end, the best one)
+        results["train_seconds"] = next(
+            h["train_runtime"] for h in trainer.state.log_history if "train_runtime" in h
+        )
+    trainer.create_model_card(dataset=args.dataset_name)  # README.md, with these figures
+    if results and trainer.is_world_process_zero():
         Path(args.output_dir, "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps(results, indent=2))
     return results

@@ -200,6 +200,7 @@ def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch):
     assert set(results) == {*scores, *speed_metrics("eval"), "epoch", "train_seconds"}
     assert all(0.0 <= results[k] <= 1.0 for k in scores)
     assert json.loads((tmp_path / "eval_results.json").read_text()) == results
+    assert f"| miou | {results['eval_pred_miou']:.4f} |" in (tmp_path / "README.md").read_text()
     from transformers import pipeline
 
     segmenter = pipeline("image-segmentation", model=str(tmp_path))
@@ -318,6 +319,11 @@ def test_weclip_trainer_scores_the_validation_set_during_training_and_keeps_the_
     best = max(evaluations, key=lambda h: h["eval_pred_miou"])
     assert trainer.state.best_metric == best["eval_pred_miou"]
     assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{best['step']}")
+    trainer.create_model_card()  # the card gives the figures of the model it describes: the best one
+    from huggingface_hub import ModelCard
+
+    (result,) = ModelCard.load(tmp_path / "README.md").data.eval_results
+    assert result.metric_value == pytest.approx(best["eval_pred_miou"])
     # the numbers are evaluate_segmentation's on the model as it is now (the best one, reloaded)
     loader = torch.utils.data.DataLoader(val_set, batch_size=8, collate_fn=collate)
     direct = evaluate_segmentation(model, loader, ["pred"], progress=False)["pred"]["mean_iou"]
@@ -486,3 +492,27 @@ def test_weclip_trainer_starts_the_rfm_at_an_optimizer_step_with_gradient_accumu
     trainer.train()
     assert used == [False, False, False, False, True, True]  # steps 0 and 1 without the RFM, step 2 with it
     assert int(model.training_step) == 3  # steps done, as examples/train.py leaves it
+
+
+def test_weclip_trainer_writes_the_weclip_model_card_with_its_evaluation(tmp_path):
+    from huggingface_hub import ModelCard
+
+    trainer = weclip_trainer(
+        toy_model(),
+        tmp_path,
+        max_steps=2,
+        eval_strategy="steps",
+        eval_steps=2,
+        eval_dataset=toy_evaluation_set(2),
+    )
+    trainer.train()
+    evaluation = next(h for h in trainer.state.log_history if "eval_pred_miou" in h)
+    trainer.create_model_card(dataset="someone/pets", tags="toy")
+    card = ModelCard.load(tmp_path / "README.md")
+    (result,) = (
+        card.data.eval_results
+    )  # the decoder's mIoU is the model's result; the pseudo labels only listed
+    assert (result.metric_name, result.dataset_type) == ("miou", "someone/pets")
+    assert result.metric_value == pytest.approx(evaluation["eval_pred_miou"])
+    assert f"| pseudo_label_miou | {evaluation['eval_pseudo_miou']:.4f} |" in card.text
+    assert "WeCLIPTrainer" in card.text and {"weclip", "toy"} <= set(card.data.tags)

@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from enum import Enum
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -16,8 +17,21 @@ from transformers.trainer_utils import speed_metrics
 
 from .data.loading import collate
 from .evaluation import MODES, evaluate_segmentation
+from .hub import make_model_card, save_model_card
 from .presets import EvaluationSettings
 from .training import WeCLIPDataCollator, official_adamw, warmup_poly_factor
+
+# the model card's names of the evaluation's figures (examples/train.py's metrics.json names), and which of them
+# are the model's own results (the rest are listed only)
+CARD_NAMES = {
+    "eval_pred_miou": "miou",
+    "eval_pred_msf_miou": "miou_msf",
+    "eval_pred_crf_miou": "miou_crf",
+    "eval_pred_msf_crf_miou": "miou_msf_crf",
+    "eval_cam_miou": "cam_miou",
+    "eval_pseudo_miou": "pseudo_label_miou",
+}
+MODEL_RESULTS = ("eval_pred_miou", "eval_pred_msf_miou", "eval_pred_crf_miou", "eval_pred_msf_crf_miou")
 
 # `TrainingArguments.optim` values that mean torch's AdamW: WeCLIPTrainer then builds the official one
 ADAMW_NAMES = frozenset({"adamw_torch", "adamw_torch_fused"})
@@ -165,6 +179,51 @@ class WeCLIPTrainer(Trainer):
                 "(weclip_hf.data.loading.evaluation_set)."
             )
         return dataset
+
+    def create_model_card(
+        self,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+    ) -> None:
+        """The WeCLIP model card (`weclip_hf.hub.make_model_card`: the method, results, usage, labels, citation) in
+        the output folder, as `examples/train.py` writes it, instead of `Trainer`'s generic one (`push_to_hub` calls
+        this). Results: the evaluation of the model as it is (with ``load_best_model_at_end``, the best one's; else
+        the last): the decoder's mIoU as the model's results, the CAM and pseudo-label mIoU listed only.
+        ``language``, ``tasks``, ``dataset_tags`` and ``dataset_args`` have no place in it."""
+        if not self.is_world_process_zero():
+            return
+        dataset_name = dataset[0] if isinstance(dataset, list) else dataset
+        scores = self._card_evaluation()
+        card = make_model_card(
+            self.model.config,
+            model_name or Path(self.args.output_dir).name,
+            "Trained with `WeCLIPTrainer` of weclip-hf (transformers' `Trainer`).",
+            metrics={CARD_NAMES[k]: v for k, v in scores.items() if k in MODEL_RESULTS},
+            other_metrics={CARD_NAMES[k]: v for k, v in scores.items() if k not in MODEL_RESULTS},
+            dataset_name=dataset_name,
+            base_model=finetuned_from,
+            tags=[tags] if isinstance(tags, str) else list(tags or ()),
+            license=license or "mit",
+        )
+        save_model_card(card, self.args.output_dir)
+
+    def _card_evaluation(self) -> dict[str, float]:
+        """The finite ``eval_{mode}_miou`` figures of the evaluation that scored the model as it is now."""
+        evaluations = [entry for entry in self.state.log_history if any(k in CARD_NAMES for k in entry)]
+        best = self.state.best_model_checkpoint
+        if self.args.load_best_model_at_end and best is not None:
+            step = int(Path(best).name.rsplit("-", 1)[-1])
+            evaluations = [entry for entry in evaluations if entry.get("step") == step] or evaluations
+        if not evaluations:
+            return {}
+        return {k: v for k, v in evaluations[-1].items() if k in CARD_NAMES and math.isfinite(v)}
 
     def predict(self, test_dataset: Dataset, ignore_keys=None, metric_key_prefix: str = "test"):
         """Not supported: `Trainer.predict` would gather the logits of the patch grid, not label maps."""
