@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForSemanticSegmentation
 
@@ -51,13 +51,20 @@ from weclip_hf.data.loading import (
     collate,
     evaluation_set,
     load_dataset_splits,
+    process_share,
     training_set,
 )
 from weclip_hf.data.toy import default_clip_model
 from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.evaluation import evaluate_segmentation, write_overlays
 from weclip_hf.host_memory import retain_freed_host_memory
-from weclip_hf.hub import create_hub_repo, make_model_card, publish_folder, save_model_card
+from weclip_hf.hub import (
+    create_hub_repo,
+    make_model_card,
+    publish_folder,
+    save_model_card,
+    split_model_metrics,
+)
 from weclip_hf.metrics import per_class_iou
 from weclip_hf.modeling_weclip import WeCLIPSemanticSegmenterOutput
 from weclip_hf.normalization import PixelNormalization
@@ -711,7 +718,7 @@ def log_losses(accelerator: Accelerator, out, step: int, lr: float, log_path: Pa
 def evaluate_in_training(args, accelerator: Accelerator, model, val_set, step: int, log_path: Path) -> None:
     """``--eval_steps``: decoder and pseudo-label mIoU on the validation set, every process evaluating every
     num_processes-th image (the confusion matrices are summed); printed, tracked and logged."""
-    shard = Subset(val_set, range(accelerator.process_index, len(val_set), accelerator.num_processes))
+    shard = process_share(val_set, accelerator.process_index, accelerator.num_processes)
     loader = DataLoader(shard, batch_size=args.per_device_eval_batch_size, collate_fn=collate)
     res = evaluate_segmentation(
         model,
@@ -753,11 +760,6 @@ def final_evaluation(args, model, val_set, output_dir: Path) -> dict:
     return metrics
 
 
-# the metrics of the model's own segmentation (decoder, single scale and multi-scale + flip): the card's
-# model-index results; the other mIoU figures (CAM and pseudo labels, the toy world's baselines) are only listed
-MODEL_METRICS = ("miou", "miou_msf", "fully_supervised_miou", "fully_supervised_miou_msf")
-
-
 def dataset_description(args) -> str:
     """What the run trained on, as the model card names it: the Hub id, the local folder's name, or the toy world."""
     if args.dataset_name:
@@ -771,12 +773,13 @@ def dataset_description(args) -> str:
 def write_card(args, cfg, output_dir: Path, summary: dict) -> None:
     """The model card (README.md) of the trained model in ``output_dir``, with its mIoU figures."""
     figures = {k: v for k, v in summary.items() if "miou" in k}
+    metrics, other_metrics = split_model_metrics(figures)
     card = make_model_card(
         cfg,
         args.hub_model_id or output_dir.name,
         "Trained with `examples/train.py` of weclip-hf.",
-        metrics={k: v for k, v in figures.items() if k in MODEL_METRICS},
-        other_metrics={k: v for k, v in figures.items() if k not in MODEL_METRICS},
+        metrics=metrics,
+        other_metrics=other_metrics,
         dataset_name=args.dataset_name,
         dataset_description=dataset_description(args),
         base_model=[

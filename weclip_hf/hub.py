@@ -151,6 +151,25 @@ def hub_id_or_none(name: str | None) -> str | None:
     return name
 
 
+# the figures that are a model's own segmentation results (the decoder: single scale, multi-scale + flip, with the
+# CRF; trained on pseudo or pixel labels): the card's model-index; the others (CAM and pseudo-label mIoU, the toy
+# world's baselines) are only listed
+MODEL_METRICS = (
+    "miou",
+    "miou_msf",
+    "miou_crf",
+    "miou_msf_crf",
+    "fully_supervised_miou",
+    "fully_supervised_miou_msf",
+)
+
+
+def split_model_metrics(figures: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """``figures`` as `make_model_card` takes them: (the model's own results, `MODEL_METRICS`; the others)."""
+    own = {k: v for k, v in figures.items() if k in MODEL_METRICS}
+    return own, {k: v for k, v in figures.items() if k not in MODEL_METRICS}
+
+
 def make_model_card(
     config,
     model_name: str,

@@ -11,18 +11,17 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import speed_metrics
 
-from .data.loading import collate
+from .data.loading import collate, process_share
 from .evaluation import MODES, evaluate_segmentation
-from .hub import make_model_card, save_model_card
+from .hub import make_model_card, save_model_card, split_model_metrics
 from .presets import EvaluationSettings
 from .training import WeCLIPDataCollator, official_adamw, warmup_poly_factor
 
-# the model card's names of the evaluation's figures (examples/train.py's metrics.json names), and which of them
-# are the model's own results (the rest are listed only)
+# the model card's names of the evaluation's figures (examples/train.py's metrics.json names)
 CARD_NAMES = {
     "eval_pred_miou": "miou",
     "eval_pred_msf_miou": "miou_msf",
@@ -31,7 +30,6 @@ CARD_NAMES = {
     "eval_cam_miou": "cam_miou",
     "eval_pseudo_miou": "pseudo_label_miou",
 }
-MODEL_RESULTS = ("eval_pred_miou", "eval_pred_msf_miou", "eval_pred_crf_miou", "eval_pred_msf_crf_miou")
 
 # `TrainingArguments.optim` values that mean torch's AdamW: WeCLIPTrainer then builds the official one
 ADAMW_NAMES = frozenset({"adamw_torch", "adamw_torch_fused"})
@@ -130,9 +128,10 @@ class WeCLIPTrainer(Trainer):
         metric_key_prefix: str = "eval",
     ) -> dict[str, float]:
         """mIoU of each of ``eval_modes`` on ``eval_dataset`` (default: the trainer's; a name: that entry of a dict
-        ``eval_dataset``), logged and returned as ``{metric_key_prefix}_{mode}_miou`` with
-        `Trainer`'s speed metrics (``{metric_key_prefix}_runtime``, ``..._samples_per_second``, ...); a dict of datasets is scored per name (``eval_{name}_...``), as `Trainer`
-        does. ``ignore_keys`` has nothing to ignore here (no logits are gathered)."""
+        ``eval_dataset``), logged and returned as ``{metric_key_prefix}_{mode}_miou`` with `Trainer`'s speed metrics
+        (``{metric_key_prefix}_runtime``, ``..._samples_per_second``, ...); a dict of datasets is scored per name
+        (``eval_{name}_...``), as `Trainer` does. ``ignore_keys`` has nothing to ignore here (no logits are
+        gathered)."""
         dataset = self._evaluation_dataset(eval_dataset)
         if isinstance(dataset, dict):
             metrics = {}
@@ -141,7 +140,7 @@ class WeCLIPTrainer(Trainer):
             return metrics
         started = time.time()
         accelerator = self.accelerator
-        shard = Subset(dataset, range(accelerator.process_index, len(dataset), accelerator.num_processes))
+        shard = process_share(dataset, accelerator.process_index, accelerator.num_processes)
         loader = DataLoader(shard, batch_size=self.args.per_device_eval_batch_size, collate_fn=collate)
         with accelerator.autocast():  # the run's mixed precision, before train() as within it
             scores = evaluate_segmentation(
@@ -200,13 +199,13 @@ class WeCLIPTrainer(Trainer):
         if not self.is_world_process_zero():
             return
         dataset_name = dataset[0] if isinstance(dataset, list) else dataset
-        scores = self._card_evaluation()
+        metrics, other_metrics = split_model_metrics(self._card_evaluation())
         card = make_model_card(
             self.model.config,
             model_name or Path(self.args.output_dir).name,
             "Trained with `WeCLIPTrainer` of weclip-hf (transformers' `Trainer`).",
-            metrics={CARD_NAMES[k]: v for k, v in scores.items() if k in MODEL_RESULTS},
-            other_metrics={CARD_NAMES[k]: v for k, v in scores.items() if k not in MODEL_RESULTS},
+            metrics=metrics,
+            other_metrics=other_metrics,
             dataset_name=dataset_name,
             base_model=finetuned_from,
             tags=[tags] if isinstance(tags, str) else list(tags or ()),
@@ -215,7 +214,7 @@ class WeCLIPTrainer(Trainer):
         save_model_card(card, self.args.output_dir)
 
     def _card_evaluation(self) -> dict[str, float]:
-        """The finite ``eval_{mode}_miou`` figures of the evaluation that scored the model as it is now."""
+        """The finite figures (by their card names) of the evaluation that scored the model as it is now."""
         evaluations = [entry for entry in self.state.log_history if any(k in CARD_NAMES for k in entry)]
         best = self.state.best_model_checkpoint
         if self.args.load_best_model_at_end and best is not None:
@@ -223,7 +222,7 @@ class WeCLIPTrainer(Trainer):
             evaluations = [entry for entry in evaluations if entry.get("step") == step] or evaluations
         if not evaluations:
             return {}
-        return {k: v for k, v in evaluations[-1].items() if k in CARD_NAMES and math.isfinite(v)}
+        return {CARD_NAMES[k]: v for k, v in evaluations[-1].items() if k in CARD_NAMES and math.isfinite(v)}
 
     def predict(self, test_dataset: Dataset, ignore_keys=None, metric_key_prefix: str = "test"):
         """Not supported: `Trainer.predict` would gather the logits of the patch grid, not label maps."""

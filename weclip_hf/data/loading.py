@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
+from torch.utils.data import Dataset, IterableDataset, Sampler, Subset, get_worker_info
 
 from ..normalization import PixelNormalization
 from ..presets import Preset, get_preset
@@ -321,6 +321,12 @@ def training_set(
         )
         return dataset, summary
     return WeakSegmentationDataset(train, columns, num_classes, augment, seed=seed), summary
+
+
+def process_share(dataset: Dataset, process_index: int, num_processes: int) -> Subset:
+    """One process's share of an evaluation set: every ``num_processes``-th example from ``process_index`` (the
+    shares' confusion matrices are summed; a share may be empty)."""
+    return Subset(dataset, range(process_index, len(dataset), num_processes))
 
 
 # the flags (and DataSource fields) that name a dataset; a script given none of them uses the toy world
