@@ -250,13 +250,19 @@ def weclip_trainer(model, output_dir, **arguments):
 
     eval_dataset = arguments.pop("eval_dataset", None)
     eval_modes = arguments.pop("eval_modes", ("pred", "pseudo"))
+    trainer_kwargs = arguments.pop("trainer_kwargs", {})
     defaults = dict(
         per_device_train_batch_size=4, logging_steps=1, report_to="none", disable_tqdm=True, use_cpu=True
     )
     args = TrainingArguments(output_dir, **{**defaults, **arguments})
     train_set, _ = training_set(make_toy_dataset(12, seed=0), 8, toy_augmentation())
     return WeCLIPTrainer(
-        model, args, train_dataset=train_set, eval_dataset=eval_dataset, eval_modes=eval_modes
+        model,
+        args,
+        train_dataset=train_set,
+        eval_dataset=eval_dataset,
+        eval_modes=eval_modes,
+        **trainer_kwargs,
     )
 
 
@@ -420,6 +426,40 @@ def test_weclip_trainer_evaluates_under_the_runs_mixed_precision(tmp_path):
     trainer = weclip_trainer(model, tmp_path, max_steps=1, bf16=True, eval_modes=("pred",))
     trainer.evaluate(toy_evaluation_set(1))  # before train(), as within it
     assert autocast == [True]
+
+
+@pytest.mark.parametrize("name", ["compute_metrics", "preprocess_logits_for_metrics"])
+def test_weclip_trainer_refuses_metric_functions_it_would_never_call(tmp_path, name):
+    with pytest.raises(ValueError, match=f"WeCLIPTrainer does not call {name}: its evaluate"):
+        weclip_trainer(toy_model(), tmp_path, max_steps=1, trainer_kwargs={name: lambda *a: {}})
+
+
+def test_weclip_trainer_full_bf16_evaluation_with_memory_metrics(tmp_path):
+    from weclip_hf.evaluation import evaluate_segmentation
+
+    val_set = toy_evaluation_set(2)
+    model = toy_model()
+    trainer = weclip_trainer(
+        model, tmp_path, max_steps=1, eval_modes=("pred",), bf16_full_eval=True, skip_memory_metrics=False
+    )
+    metrics = trainer.evaluate(val_set)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}  # cast as Trainer casts, outside train()
+    loader = torch.utils.data.DataLoader(val_set, batch_size=8, collate_fn=collate)
+    direct = evaluate_segmentation(model, loader, ["pred"], progress=False)["pred"]["mean_iou"]
+    assert metrics["eval_pred_miou"] == pytest.approx(direct)
+    assert {"eval_mem_cpu_alloc_delta", "eval_mem_cpu_peaked_delta"} <= set(metrics)
+
+
+def test_weclip_trainer_loads_the_evaluation_with_the_arguments_workers(tmp_path):
+    val_set = toy_evaluation_set(3)
+    plain = weclip_trainer(toy_model(), tmp_path / "a", max_steps=1, eval_modes=("pred",))
+    workers = weclip_trainer(
+        toy_model(), tmp_path / "b", max_steps=1, eval_modes=("pred",), dataloader_num_workers=1,
+        dataloader_prefetch_factor=3,
+    )  # fmt: skip
+    loader = workers._evaluation_loader(val_set)
+    assert (loader.num_workers, loader.prefetch_factor, len(loader.dataset)) == (1, 3, 3)
+    assert workers.evaluate(val_set)["eval_pred_miou"] == plain.evaluate(val_set)["eval_pred_miou"]
 
 
 def test_weclip_trainer_predict_says_what_to_use_instead(tmp_path):

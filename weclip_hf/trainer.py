@@ -58,7 +58,8 @@ class WeCLIPTrainer(Trainer):
       ``{prefix}_{mode}_miou`` per mode of ``eval_modes`` ("pred": the decoder, "pseudo": the RFM pseudo labels,
       "cam", "pred_msf", the CRF modes with the dataset's ``normalization``; NaN where no pixel could be scored), so
       that ``eval_strategy``, callbacks and ``metric_for_best_model="pred_miou"`` work; every process scores every
-      N-th image and the confusion matrices are summed. ``predict`` is not supported (see its error).
+      N-th image and the confusion matrices are summed. ``compute_metrics`` and ``preprocess_logits_for_metrics``
+      are refused (no logits are gathered for them), ``predict`` is not supported (see its error).
     """
 
     def __init__(
@@ -77,6 +78,13 @@ class WeCLIPTrainer(Trainer):
             raise ValueError(f"eval_modes {list(eval_modes)}: choose one or more of {list(MODES)}.")
         collator = WeCLIPDataCollator() if data_collator is None else data_collator
         super().__init__(model, args, collator, *trainer_args, **trainer_kwargs)
+        for name in ("compute_metrics", "preprocess_logits_for_metrics"):
+            if getattr(self, name) is not None:
+                raise ValueError(
+                    f"WeCLIPTrainer does not call {name}: its evaluate() scores label maps itself (the mIoU of each "
+                    "of eval_modes, weclip_hf.evaluation.evaluate_segmentation) and gathers no logits. Choose the "
+                    f"figures with eval_modes (any of {list(MODES)}) and leave {name} out."
+                )
         self.eval_modes = tuple(eval_modes)
         self.eval_long_side = eval_long_side
         self.eval_scales = eval_scales
@@ -130,22 +138,24 @@ class WeCLIPTrainer(Trainer):
         """mIoU of each of ``eval_modes`` on ``eval_dataset`` (default: the trainer's; a name: that entry of a dict
         ``eval_dataset``), logged and returned as ``{metric_key_prefix}_{mode}_miou`` with `Trainer`'s speed metrics
         (``{metric_key_prefix}_runtime``, ``..._samples_per_second``, ...); a dict of datasets is scored per name
-        (``eval_{name}_...``), as `Trainer` does. ``ignore_keys`` has nothing to ignore here (no logits are
-        gathered)."""
+        (``eval_{name}_...``), as `Trainer` does; with ``skip_memory_metrics=False`` the memory metrics are returned
+        too. Outside ``train()``, ``fp16_full_eval`` / ``bf16_full_eval`` cast the model as `Trainer` does. The
+        arguments' ``dataloader_*`` workers, prefetching and pinned memory load the images. ``ignore_keys`` has
+        nothing to ignore here (no logits are gathered)."""
         dataset = self._evaluation_dataset(eval_dataset)
         if isinstance(dataset, dict):
             metrics = {}
             for name, split in dataset.items():
                 metrics.update(self.evaluate(split, ignore_keys, f"{metric_key_prefix}_{name}"))
             return metrics
+        self._memory_tracker.start()
         started = time.time()
         accelerator = self.accelerator
-        shard = process_share(dataset, accelerator.process_index, accelerator.num_processes)
-        loader = DataLoader(shard, batch_size=self.args.per_device_eval_batch_size, collate_fn=collate)
+        self._cast_for_full_evaluation()
         with accelerator.autocast():  # the run's mixed precision, before train() as within it
             scores = evaluate_segmentation(
                 self.model,
-                loader,
+                self._evaluation_loader(dataset),
                 self.eval_modes,
                 scales=self.eval_scales,
                 long_side=self.eval_long_side,
@@ -162,7 +172,32 @@ class WeCLIPTrainer(Trainer):
         metrics.update(speed_metrics(metric_key_prefix, started, num_samples=len(dataset), num_steps=batches))
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        self._memory_tracker.stop_and_update_metrics(metrics)  # returned, not logged, as by Trainer.evaluate
         return metrics
+
+    def _evaluation_loader(self, dataset: Dataset) -> DataLoader:
+        """This process's share of ``dataset`` in batches of ``per_device_eval_batch_size``, loaded with the
+        arguments' ``dataloader_*`` workers, prefetching and pinned memory."""
+        args = self.args
+        workers = args.dataloader_num_workers
+        return DataLoader(
+            process_share(dataset, self.accelerator.process_index, self.accelerator.num_processes),
+            batch_size=args.per_device_eval_batch_size,
+            collate_fn=collate,
+            num_workers=workers,
+            prefetch_factor=args.dataloader_prefetch_factor if workers else None,
+            pin_memory=args.dataloader_pin_memory and self.accelerator.device.type != "cpu",
+        )
+
+    def _cast_for_full_evaluation(self) -> None:
+        """With ``fp16_full_eval`` / ``bf16_full_eval`` outside ``train()``, the model in that precision (as
+        `Trainer` does: the cast stays; within ``train()`` the run's mixed precision applies)."""
+        if self.is_in_train:
+            return
+        if self.args.fp16_full_eval:
+            self.model.to(dtype=torch.float16)
+        elif self.args.bf16_full_eval:
+            self.model.to(dtype=torch.bfloat16)
 
     def _evaluation_dataset(self, eval_dataset: Dataset | dict[str, Dataset] | str | None):
         """The dataset `evaluate` scores: the one given, the trainer's, or the entry of the trainer's dict named."""
