@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForSemanticSegmentation
 
-from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor, WeCLIPPlusForSemanticSegmentation
+from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.checkpointing import (
     StreamPosition,
     TrainingState,
@@ -67,9 +67,9 @@ from weclip_hf.hub import (
 )
 from weclip_hf.metrics import per_class_iou
 from weclip_hf.modeling_weclip import WeCLIPSemanticSegmenterOutput
+from weclip_hf.modeling_weclip_plus import model_from_backbones
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import (
-    DINO_MODEL,
     PRESETS,
     TrainingRecipe,
     get_preset,
@@ -80,6 +80,7 @@ from weclip_hf.script_arguments import (
     CLASS_NAMES_HELP,
     add_data_source_flags,
     at_least_one,
+    check_dino_fits_preset,
     first_paragraph,
     non_negative,
     positive_float,
@@ -269,12 +270,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(
             "--overwrite_output_dir starts a fresh run and --resume_from_checkpoint continues one: give one of them."
         )
-    if args.dino_model_name_or_path and args.preset and get_preset(args.preset).model_type != "weclip_plus":
-        plus = sorted(name for name, preset in PRESETS.items() if preset.model_type == "weclip_plus")
-        p.error(
-            f"--dino_model_name_or_path builds WeCLIP+, but --preset {args.preset} is a WeCLIP preset: use a "
-            f"WeCLIP+ preset ({', '.join(plus)}), or leave out --preset."
-        )
+    check_dino_fits_preset(p, args)
     args.given_model_flags = [
         k for k in MODEL_FLAGS if getattr(args, k) is not None
     ]  # before the recipe fills
@@ -551,10 +547,7 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
     clip = args.clip_model_name_or_path
     if clip is None:
         clip = default_clip_model(toy=args.recipe == "toy")
-    if plus or args.dino_model_name_or_path:
-        dino = args.dino_model_name_or_path or DINO_MODEL
-        return WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(clip, dino, **overrides)
-    return WeCLIPForSemanticSegmentation.from_clip(clip, **overrides)
+    return model_from_backbones(clip, args.dino_model_name_or_path, plus, **overrides)
 
 
 def compiled_forward(args, model, device: torch.device):

@@ -26,13 +26,19 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments, set_seed
 
-from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor, WeCLIPPlusForSemanticSegmentation
+from weclip_hf import WeCLIPImageProcessor
 from weclip_hf.data.loading import DataSource, evaluation_set, load_dataset_splits, training_set
 from weclip_hf.data.toy import default_clip_model
 from weclip_hf.data.transforms import TrainAugmentation
+from weclip_hf.modeling_weclip_plus import model_from_backbones
 from weclip_hf.normalization import PixelNormalization
-from weclip_hf.presets import DINO_MODEL, get_preset, processor_size
-from weclip_hf.script_arguments import add_data_source_flags, at_least_one, first_paragraph
+from weclip_hf.presets import get_preset, processor_size
+from weclip_hf.script_arguments import (
+    add_data_source_flags,
+    at_least_one,
+    check_dino_fits_preset,
+    first_paragraph,
+)
 from weclip_hf.trainer import WeCLIPTrainer
 
 
@@ -44,21 +50,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--clip_model_name_or_path", help="default: the toy CLIP for the toy world, else CLIP ViT-B/16"
     )
     p.add_argument(
-        "--dino_model_name_or_path", help="a WeCLIP+ preset's DINOv2 (default facebook/dinov2-small)"
+        "--dino_model_name_or_path",
+        help="WeCLIP+ on this DINOv2 (default for a WeCLIP+ preset: facebook/dinov2-small)",
     )
     p.add_argument("--output_dir", default="outputs/weclip-toy-trainer")
     p.add_argument("--max_train_steps", type=at_least_one, help="default: the preset's")
     p.add_argument("--resume_from_checkpoint", help="a checkpoint-N folder of --output_dir")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
-
-
-def build_model(preset, names: dict, clip: str, dino: str | None) -> WeCLIPForSemanticSegmentation:
-    """A fresh WeCLIP (or WeCLIP+, for a WeCLIP+ preset) with the preset's config and the dataset's names."""
-    kwargs = {**preset.config_kwargs(), **{k: v for k, v in names.items() if v is not None}}
-    if preset.model_type == "weclip_plus":
-        return WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(clip, dino or DINO_MODEL, **kwargs)
-    return WeCLIPForSemanticSegmentation.from_clip(clip, **kwargs)
+    args = p.parse_args(argv)
+    check_dino_fits_preset(p, args)
+    return args
 
 
 def main(argv=None) -> dict:
@@ -72,7 +73,9 @@ def main(argv=None) -> dict:
     set_seed(args.seed)  # the decoder's initial weights
     train_raw, val_raw, names = load_dataset_splits(source, preset=args.preset)
     clip = args.clip_model_name_or_path or default_clip_model(toy=source.toy)
-    model = build_model(preset, names, clip, args.dino_model_name_or_path)
+    plus = preset.model_type == "weclip_plus"
+    config_kwargs = {**preset.config_kwargs(), **{k: v for k, v in names.items() if v is not None}}
+    model = model_from_backbones(clip, args.dino_model_name_or_path, plus, **config_kwargs)
     cfg = model.config
     size = processor_size(preset.evaluation.eval_long_side, recipe.crop_size)
     processor = WeCLIPImageProcessor(size=size, patch_size=cfg.vision_config.patch_size)

@@ -207,13 +207,37 @@ def test_voc_plus_preset_sets_the_weclip_plus_recipe(train_script):
     assert voc.learning_rate == 2e-3 and voc.msf_scales == [1.0, 0.75]
 
 
-def test_dino_with_a_weclip_preset_is_refused_before_loading_data(train_script, capsys):
+@pytest.mark.parametrize("script", ["train", "train_with_trainer"])
+def test_dino_with_a_weclip_preset_is_refused_before_loading_data(script, monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(TRAIN.parent))
+    parse_args = importlib.import_module(script).parse_args
     with pytest.raises(SystemExit):
-        train_script.parse_args(["--dataset_name", "d", "--preset", "voc", "--dino_model_name_or_path", "x"])
+        parse_args(["--dataset_name", "d", "--preset", "voc", "--dino_model_name_or_path", "x"])
     error = " ".join(capsys.readouterr().err.split())
     assert "--dino_model_name_or_path builds WeCLIP+, but --preset voc is a WeCLIP preset" in error
     assert "coco-plus, voc-plus" in error
-    args = train_script.parse_args(
-        ["--dataset_name", "d", "--preset", "coco-plus", "--dino_model_name_or_path", "x"]
+    args = parse_args(["--dataset_name", "d", "--preset", "coco-plus", "--dino_model_name_or_path", "x"])
+    assert args.dino_model_name_or_path == "x"
+
+
+def test_a_fresh_model_is_weclip_plus_when_a_dino_is_given(tiny_clip, tiny_dino, monkeypatch):
+    from weclip_hf import (
+        WeCLIPForSemanticSegmentation,
+        WeCLIPPlusForSemanticSegmentation,
+        modeling_weclip_plus,
     )
-    assert args.dino_model_name_or_path == "x" and args.per_device_train_batch_size == 8
+    from weclip_hf.modeling_weclip_plus import model_from_backbones
+
+    names = dict(class_names=["cat", "dog"], background_names=["sky"])
+    plus = model_from_backbones(tiny_clip, str(tiny_dino), **names)
+    assert isinstance(plus, WeCLIPPlusForSemanticSegmentation) and plus.config.dino_config.hidden_size == 24
+    plain = model_from_backbones(tiny_clip, None, decoder_num_layers=2, **names)
+    assert type(plain) is WeCLIPForSemanticSegmentation and plain.config.decoder_num_layers == 2
+    assert plain.config.class_names == ["cat", "dog"]
+    monkeypatch.setattr(modeling_weclip_plus, "DINO_MODEL", str(tiny_dino))  # the default DINOv2, offline
+    default = model_from_backbones(tiny_clip, None, plus=True, **names)
+    assert isinstance(default, WeCLIPPlusForSemanticSegmentation)
+    assert torch.equal(
+        default.dino_branch.backbone.state_dict()["embeddings.cls_token"],
+        plus.dino_branch.backbone.state_dict()["embeddings.cls_token"],
+    )

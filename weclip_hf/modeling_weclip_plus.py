@@ -32,6 +32,7 @@ from .modeling_weclip import (
     _pseudo_label_stage,
     feature_affinity,
 )
+from .presets import DINO_MODEL
 from .pseudo_labels import (
     PairPlan,
     plan_pairs,
@@ -294,7 +295,19 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
         return output if return_dict else output.to_tuple()
 
 
+def model_from_backbones(
+    clip_name_or_path: str, dino_name_or_path: str | None = None, plus: bool = False, **config_kwargs
+) -> WeCLIPForSemanticSegmentation:
+    """A fresh model on pretrained backbones: WeCLIP+ when a DINOv2 is given or ``plus`` asks for one (then
+    `DINO_MODEL`, facebook/dinov2-small), else WeCLIP (`from_clip_and_dino` / `from_clip`, with ``config_kwargs``)."""
+    if plus or dino_name_or_path:
+        dino = dino_name_or_path or DINO_MODEL
+        return WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(clip_name_or_path, dino, **config_kwargs)
+    return WeCLIPForSemanticSegmentation.from_clip(clip_name_or_path, **config_kwargs)
+
+
 __all__ = [
+    "model_from_backbones",
     "WeCLIPPlusForSemanticSegmentation",
     "WeCLIPPlusSemanticSegmenterOutput",
     "WeCLIPPlusCAMOutput",

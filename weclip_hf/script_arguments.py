@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .checkpointing import TRAINING_STATE_NAME
 from .data.loading import DATA_SOURCE_FLAGS
+from .presets import PRESETS, get_preset
 
 # the flags that each name where the data comes from; a script takes at most one
 CLASS_NAMES_HELP = (
@@ -58,6 +59,16 @@ def add_data_source_flags(group, **help_texts: str) -> None:
     exclusive = group.add_mutually_exclusive_group()
     for flag in DATA_SOURCE_FLAGS:
         exclusive.add_argument(f"--{flag}", help=help_texts.get(flag))
+
+
+def check_dino_fits_preset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse ``--dino_model_name_or_path`` (which builds WeCLIP+) with a WeCLIP ``--preset``."""
+    if args.dino_model_name_or_path and args.preset and get_preset(args.preset).model_type != "weclip_plus":
+        plus = sorted(name for name, preset in PRESETS.items() if preset.model_type == "weclip_plus")
+        parser.error(
+            f"--dino_model_name_or_path builds WeCLIP+, but --preset {args.preset} is a WeCLIP preset: use a "
+            f"WeCLIP+ preset ({', '.join(plus)}), or leave out --preset."
+        )
 
 
 def first_paragraph(doc: str) -> str:
