@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHARED, TINY_DINO, TINY_VISION, make_tiny_plus_config, require_data
+from conftest import SHARED, TINY_DINO, TINY_VISION, make_tiny_config, make_tiny_plus_config, require_data
 from transformers import (
     AutoModel,
     AutoModelForSemanticSegmentation,
@@ -848,3 +848,31 @@ def test_self_training_overwrites_only_above_the_threshold():
     logits = torch.tensor([[[[0.0, 0.0]], [[0.0, 10.0]]]])  # pixel 0: max probability exactly 0.5
     new, overwritten = self_training_labels(labels, logits, threshold=0.5)
     assert overwritten.tolist() == [[[False, True]]] and new.tolist() == [[[0, 1]]]
+
+
+@pytest.mark.parametrize("plus", [False, True])
+def test_attention_implementation_switches_in_every_tower(plus):
+    """`set_attn_implementation` after loading reaches the CLIP (and DINOv2) layers, where transformers' guess from
+    WeCLIP's source refused (the decoder's attention class does not use its attention interface), and the model
+    computes the same either way."""
+    torch.manual_seed(0)
+    model = (WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config()) if plus else
+             WeCLIPForSemanticSegmentation(make_tiny_config())).eval()  # fmt: skip
+    pixel_values, class_labels = tiny_plus_inputs()
+    with torch.no_grad():
+        before = model(pixel_values, class_labels=class_labels)
+    other = (
+        model.dino_branch.backbone.encoder.layer[0].attention if plus else model.text_model.encoder.layers[0]
+    )
+    layers = [model.vision_model.encoder.layers[0].self_attn, getattr(other, "self_attn", other)]
+
+    def implementations() -> list[str]:
+        return [model.config._attn_implementation] + [layer.config._attn_implementation for layer in layers]
+
+    assert implementations() == ["sdpa"] * 3
+    model.set_attn_implementation("eager")
+    assert implementations() == ["eager"] * 3
+    with torch.no_grad():
+        after = model(pixel_values, class_labels=class_labels)
+    torch.testing.assert_close(after.logits, before.logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(after.pseudo_labels, before.pseudo_labels)

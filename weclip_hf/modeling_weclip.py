@@ -235,6 +235,14 @@ class WeCLIPPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _no_split_modules = ["CLIPEncoderLayer", "CLIPVisionEmbeddings", "CLIPTextEmbeddings"]
 
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        """`set_attn_implementation` applies: the frozen towers' attention dispatches on their configs at every call
+        (the blocks whose maps the CAM and RFM read run explicitly, whatever the setting), and the decoder's
+        attention, which no probabilities are read from, is SDPA under every setting. transformers' guess from the
+        source (an ``*Attention(nn.Module)`` class not using its attention interface: the decoder's) says no."""
+        return True
+
     def _init_weights(self, module: nn.Module) -> None:
         """The decoder: normal(std=initializer_range) weights, zero biases, unit LayerNorms. The CLIP towers
         are initialised by CLIP's own scheme (transformers dispatches them to `CLIPPreTrainedModel`), the
