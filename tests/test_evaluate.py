@@ -385,3 +385,29 @@ def test_evaluate_segmentation_gives_the_model_its_images_on_its_device():
     model = DeviceRecorder()
     scores = evaluate_segmentation(model, batches, ["pred"], progress=False)["pred"]
     assert model.seen == [torch.device("meta")] and scores["per_category_iou"][0] == 0.5
+
+
+def test_a_crf_mode_refines_the_logits_of_its_mode_without_a_second_forward(tiny_model):
+    """pred_crf / pred_msf_crf refine the logits pred / pred_msf computed for the batch: the CRF modes add no
+    forward, and each mode scores as predict_labels scores it alone."""
+    from weclip_hf.normalization import CLIP_NORMALIZATION
+
+    pixel_values = torch.randn(2, 3, 24, 32, generator=torch.Generator().manual_seed(0))
+    labels = torch.randint(0, 5, (2, 24, 32), generator=torch.Generator().manual_seed(1))
+    forwards = []
+    tiny_model.decoder.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    modes = ("pred", "pred_crf", "pred_msf", "pred_msf_crf")
+    kwargs = dict(progress=False, normalization=CLIP_NORMALIZATION)
+    results = evaluate_segmentation(
+        tiny_model, [{"pixel_values": pixel_values, "labels": labels}], modes, **kwargs
+    )
+    counted = len(forwards)
+    evaluate_segmentation(
+        tiny_model, [{"pixel_values": pixel_values, "labels": labels}], modes[::2], **kwargs
+    )
+    assert counted == len(forwards) - counted  # the CRF modes ran no forward of their own
+    for mode in modes:
+        alone = evaluate_segmentation(
+            tiny_model, [{"pixel_values": pixel_values, "labels": labels}], [mode], **kwargs
+        )
+        np.testing.assert_array_equal(alone[mode]["per_category_iou"], results[mode]["per_category_iou"])

@@ -44,28 +44,47 @@ def _require_normalization(normalization: PixelNormalization | None) -> PixelNor
     return normalization
 
 
-def predict_labels(
+def prediction_logits(
     model, pixel_values: torch.Tensor, size: tuple[int, int], msf: bool = False,
-    scales: Sequence[float] = EvaluationSettings.msf_scales, long_side: int | None = None, crf: bool = False,
-    crf_params: CRFParams = WECLIP, normalization: PixelNormalization | None = None,
+    scales: Sequence[float] = EvaluationSettings.msf_scales, long_side: int | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """Predicted label maps [B, H, W] at ``size``: optional long-side resize, (multi-scale + flip)
-    logits, bilinear upsampling, optional dense CRF with ``crf_params`` (on the image at ``size``, recovered
-    with ``normalization``, required with ``crf``; default WeCLIP's evaluation setting, see `weclip_hf.crf`),
-    argmax."""
-    original = pixel_values
+    """Float logits [B, K, H, W] at ``size``: optional long-side resize, (multi-scale + flip) logits, bilinear
+    upsampling."""
     if long_side is not None:
         pixel_values = resize_longest_edge(pixel_values, long_side)
     if msf:
         logits = multiscale_flip_logits(model, pixel_values, scales=scales)
     else:
         logits = image_logits(model, pixel_values)  # images below one patch are padded, not refused
-    logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+
+
+def labels_from_logits(
+    logits: torch.Tensor, pixel_values: torch.Tensor, crf: bool = False, crf_params: CRFParams = WECLIP,
+    normalization: PixelNormalization | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Label maps [B, H, W] of ``logits`` [B, K, H, W]: the argmax, or with ``crf`` the dense CRF's (``crf_params``)
+    on the images ``pixel_values`` resized to the logits' size and recovered with ``normalization``."""
+    if not crf:
+        return logits.argmax(dim=1)
+    resized = F.interpolate(pixel_values, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+    image = _require_normalization(normalization).denormalize(resized)  # uint8 [B, 3, H, W]
+    return crf_refine_labels(image, logits.softmax(dim=1), crf_params)
+
+
+def predict_labels(
+    model, pixel_values: torch.Tensor, size: tuple[int, int], msf: bool = False,
+    scales: Sequence[float] = EvaluationSettings.msf_scales, long_side: int | None = None, crf: bool = False,
+    crf_params: CRFParams = WECLIP, normalization: PixelNormalization | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Predicted label maps [B, H, W] at ``size``: `prediction_logits` (optional long-side resize, (multi-scale +
+    flip) logits, bilinear upsampling), then `labels_from_logits` (argmax, or the dense CRF with ``crf_params`` on
+    the image at ``size``, recovered with ``normalization``, required with ``crf``; default WeCLIP's evaluation
+    setting, see `weclip_hf.crf`)."""
     if crf:
-        resized = F.interpolate(original, size=size, mode="bilinear", align_corners=False)
-        image = _require_normalization(normalization).denormalize(resized)  # uint8 [B, 3, H, W]
-        return crf_refine_labels(image, logits.softmax(dim=1), crf_params)
-    return logits.argmax(dim=1)
+        _require_normalization(normalization)
+    logits = prediction_logits(model, pixel_values, size, msf, scales, long_side)
+    return labels_from_logits(logits, pixel_values, crf, crf_params, normalization)
 
 
 @torch.no_grad()
@@ -111,12 +130,13 @@ def evaluate_segmentation(
         # the images go to the model; `class_labels` stay on the host, where the model plans its (image, class) pairs
         pixel_values, labels = batch["pixel_values"].to(device), batch["labels"]
         size = tuple(labels.shape[-2:])
+        logits = {}  # per `msf`: shared by a mode and its CRF mode
         for mode in modes:
             if mode.startswith("pred"):
-                msf, crf = "msf" in mode, "crf" in mode
-                pred = predict_labels(
-                    model, pixel_values, size, msf, scales, long_side, crf, crf_params, normalization
-                )
+                msf = "msf" in mode
+                if msf not in logits:
+                    logits[msf] = prediction_logits(model, pixel_values, size, msf, scales, long_side)
+                pred = labels_from_logits(logits[msf], pixel_values, "crf" in mode, crf_params, normalization)
             else:
                 pred, _ = image_pseudo_labels(model, pixel_values, batch["class_labels"], mode == "pseudo")
                 if pred.shape[-2:] != size:
