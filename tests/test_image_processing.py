@@ -77,6 +77,26 @@ def test_sixteen_bit_matches_eight_bit():
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
+def test_a_dark_sixteen_bit_image_is_read_on_the_sixteen_bit_scale():
+    """A 16-bit image whose values all lie below 256 is a dark image (as the same uint16 array is), not an 8-bit one:
+    one brighter pixel must not change how the rest is read."""
+    proc = WeCLIPImageProcessor(size={"longest_edge": 40})
+    dark = np.asarray(Image.fromarray(_image()).convert("L")).astype(np.uint16)  # 0-255 of 65535
+    brighter = dark.copy()
+    brighter[0, 0] = 256
+    read = proc(Image.fromarray(dark)).pixel_values
+    torch.testing.assert_close(
+        read, proc(dark).pixel_values, rtol=0, atol=0.02
+    )  # as the uint16 array (8-bit steps)
+    assert (read - proc(Image.fromarray(brighter)).pixel_values).abs()[..., 1:, 1:].max() < 0.05
+    # 32-bit "I" images carry no range: 0-255 values read as 8-bit
+    gray = np.asarray(Image.fromarray(_image()).convert("L"))
+    eight = proc(Image.fromarray(gray)).pixel_values
+    torch.testing.assert_close(
+        proc(Image.fromarray(gray.astype(np.int32))).pixel_values, eight, rtol=0, atol=1e-5
+    )
+
+
 def test_exif_orientation_is_applied():
     image = Image.fromarray(_image(20, 40))
     exif = image.getexif()

@@ -1,9 +1,10 @@
 """Image inputs -> RGB arrays: how the processor, the pipeline and the training data read any image.
 
 Inputs accepted (``to_rgb_array``): PIL images (EXIF orientation applied; grayscale, palette, RGBA/LA (alpha
-dropped, no compositing), CMYK, 16-bit and float modes converted to RGB), NumPy arrays and torch tensors of
-shape [H, W], [H, W, C] or [C, H, W] with C = 1, 3 or 4, and file paths. Values: uint8 as 0-255, uint16 scaled
-to 0-255, bool as 0/255, floats in [0, 1 + 1e-3] scaled to 0-255 (so 1.0000001 still counts as 1), other
+dropped, no compositing), CMYK, 16-bit and float modes converted to RGB: the 16-bit "I;16" modes scaled from
+0-65535 whatever their values, 32-bit "I" read as 0-255 when its values fit, else as 0-65535), NumPy arrays and
+torch tensors of shape [H, W], [H, W, C] or [C, H, W] with C = 1, 3 or 4, and file paths. Values: uint8 as 0-255,
+uint16 scaled to 0-255, bool as 0/255, floats in [0, 1 + 1e-3] scaled to 0-255 (so 1.0000001 still counts as 1), other
 floats and integers taken as 0-255; bfloat16 (and other float dtypes NumPy lacks) are read as float32.
 Channel axis: ``input_data_format`` ("channels_first" / "channels_last") when given; otherwise the end of the
 shape whose length is 1, 3 or 4, and when both ends are (e.g. [3, H, 4]), torch tensors are read
@@ -102,7 +103,8 @@ def to_rgb_array(
         if do_convert_rgb and do_rescale:  # the default reading (16-bit modes through 8-bit, as before)
             if image.mode in _SIXTEEN_BIT_MODES:
                 array = np.asarray(image, dtype=np.float64)
-                peak = 65535.0 if array.max() > 255 else 255.0
+                # 16-bit modes: 0-65535, as uint16 arrays; 32-bit "I" says nothing of its range: 0-255 when it fits
+                peak = 65535.0 if image.mode != "I" or array.max() > 255 else 255.0
                 image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
             if image.mode == "F":
                 return _read_array(np.asarray(image, dtype=np.float32), None, False, True, True)
