@@ -850,14 +850,36 @@ def test_self_training_overwrites_only_above_the_threshold():
     assert overwritten.tolist() == [[[False, True]]] and new.tolist() == [[[0, 1]]]
 
 
+def tiny_model(plus: bool) -> WeCLIPForSemanticSegmentation:
+    """A tiny random WeCLIP+ (``plus``) or WeCLIP in eval mode."""
+    torch.manual_seed(0)
+    if plus:
+        return WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config()).eval()
+    return WeCLIPForSemanticSegmentation(make_tiny_config()).eval()
+
+
+@pytest.mark.parametrize("plus", [False, True])
+def test_pseudo_labels_under_inference_mode_as_under_no_grad(plus):
+    """`torch.inference_mode` forbids the gradients GradCAM takes within the forward: the forward leaves it for
+    `no_grad` and gives the same outputs (it raised "element 0 of tensors does not require grad")."""
+    model = tiny_model(plus)
+    pixel_values, class_labels = tiny_plus_inputs()
+    with torch.no_grad():
+        expected = model(pixel_values, class_labels=class_labels)
+    with torch.inference_mode():
+        inputs = pixel_values.clone(), class_labels.clone()  # inference tensors, as a user's would be
+        out = model(*inputs)
+        assert torch.is_inference_mode_enabled()  # left as it was
+    assert torch.equal(out.pseudo_labels, expected.pseudo_labels) and torch.equal(out.logits, expected.logits)
+    assert torch.equal(out.loss, expected.loss) and not out.logits.requires_grad
+
+
 @pytest.mark.parametrize("plus", [False, True])
 def test_attention_implementation_switches_in_every_tower(plus):
     """`set_attn_implementation` after loading reaches the CLIP (and DINOv2) layers, where transformers' guess from
     WeCLIP's source refused (the decoder's attention class does not use its attention interface), and the model
     computes the same either way."""
-    torch.manual_seed(0)
-    model = (WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config()) if plus else
-             WeCLIPForSemanticSegmentation(make_tiny_config())).eval()  # fmt: skip
+    model = tiny_model(plus)
     pixel_values, class_labels = tiny_plus_inputs()
     with torch.no_grad():
         before = model(pixel_values, class_labels=class_labels)

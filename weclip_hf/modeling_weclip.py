@@ -210,6 +210,20 @@ def _check_values(ok: torch.Tensor, message: str) -> None:
         torch._assert_async(ok, message)
 
 
+def _outside_inference_mode(forward):
+    """Run ``forward`` under `torch.no_grad` instead of `torch.inference_mode`: the pseudo labels' GradCAM takes
+    gradients within the forward, which no tensor made in inference mode can carry (outside it, the same forward)."""
+
+    @functools.wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        if not torch.is_inference_mode_enabled():
+            return forward(self, *args, **kwargs)
+        with torch.inference_mode(False), torch.no_grad():
+            return forward(self, *args, **kwargs)
+
+    return wrapper
+
+
 def _pseudo_label_stage(method):
     """Run ``method(self, pixel_values, ...)`` as the pseudo-label pipeline needs: with autocast off on
     ``pixel_values``' device and the pixels in float32, whatever mixed precision the caller runs under, and
@@ -782,6 +796,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             )
         return details.pseudo_labels
 
+    @_outside_inference_mode
     def forward(
         self,
         pixel_values: torch.Tensor,

@@ -29,6 +29,7 @@ from .modeling_weclip import (
     WeCLIPCAMOutput,
     WeCLIPForSemanticSegmentation,
     WeCLIPSemanticSegmenterOutput,
+    _outside_inference_mode,
     _pseudo_label_stage,
     feature_affinity,
 )
@@ -203,6 +204,7 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
         start = self.config.self_training_start_step
         return start is not None and self._current_step() >= start
 
+    @_outside_inference_mode
     def forward(
         self,
         pixel_values: torch.Tensor,
