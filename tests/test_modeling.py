@@ -385,6 +385,32 @@ def test_pixel_mask_marks_padding_ignored_and_leaves_the_rest(tiny_model):
     torch.testing.assert_close(masked.logits, plain.logits)
 
 
+def test_a_pixel_mask_of_another_shape_is_named(tiny_model):
+    pixel_values, class_labels = _inputs()
+    with pytest.raises(
+        ValueError, match=r"pixel_mask must have shape \[B, H, W\] = \(3, 48, 40\) .* got \(3, 3, 3\)"
+    ):
+        tiny_model(pixel_values, class_labels=class_labels, pixel_mask=torch.ones(3, 3, 3))
+
+
+def test_output_hidden_states_keeps_the_listed_layers_and_names_others(tiny_model):
+    pixel_values, _ = _inputs()
+    with torch.no_grad():
+        every = tiny_model(pixel_values, output_hidden_states=True).hidden_states  # embeddings + 3 blocks
+        listed = tiny_model(pixel_values, output_hidden_states=[0, -1]).hidden_states
+    assert len(every) == len(listed) == 4
+    assert (
+        torch.equal(listed[0], every[0])
+        and torch.equal(listed[3], every[3])
+        and listed[1] is listed[2] is None
+    )
+    for wrong in ([4], [-5], "yes", [True], [0.5]):
+        with pytest.raises(
+            ValueError, match=r"output_hidden_states must be True, False or a list of indices in \[-4, 3\]"
+        ):
+            tiny_model(pixel_values, output_hidden_states=wrong)
+
+
 def test_bf16_autocast_keeps_the_cam_path_in_float32(tiny_model):
     """Under autocast only the first L-1 CLIP blocks and the decoder run in bf16: the GradCAM block, maps,
     normalisations and PAR stay float32, so CAMs move little. (How many labels flip depends on the near-ties of

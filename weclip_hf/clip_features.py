@@ -154,7 +154,13 @@ def select_layers(
     None elsewhere, as transformers' ``output_hidden_states=[...]``."""
     if which is True:
         return states
-    kept = {i % len(states) for i in which}
+    n = len(states)
+    if not isinstance(which, (list, tuple)) or not all(type(i) is int and -n <= i < n for i in which):
+        raise ValueError(
+            f"output_hidden_states must be True, False or a list of indices in [-{n}, {n - 1}] (the embeddings, then "
+            f"every block's output), got {which!r}."
+        )
+    kept = {i % n for i in which}
     return tuple(s if i in kept else None for i, s in enumerate(states))
 
 

@@ -684,6 +684,11 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                 _check_values(~bad.any(), message + ".")
             elif bad.any():
                 raise ValueError(f"{message}: {sorted(labels[bad].unique().tolist())[:10]}.")
+        if pixel_mask is not None and pixel_mask.shape != (b, *pixel_values.shape[-2:]):
+            raise ValueError(
+                f"pixel_mask must have shape [B, H, W] = {(b, *pixel_values.shape[-2:])} (1 for image pixels, 0 for "
+                f"padding), got {tuple(pixel_mask.shape)}."
+            )
 
     def push_to_hub(
         self,
