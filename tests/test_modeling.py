@@ -479,6 +479,28 @@ def test_hostile_config_json_is_refused_before_any_module_is_built(tmp_path, tin
     assert time.perf_counter() - started < 5 and peak < 100 * 2**20
 
 
+def test_a_refused_value_names_its_source_the_keywords_or_the_file(tmp_path, tiny_model):
+    import json
+
+    tiny_model.save_pretrained(tmp_path / "good")
+    for keywords, name in (
+        ({"num_labels": 3}, "num_labels"),
+        ({"cam_box_threshold": 2.0}, "cam_box_threshold"),
+    ):
+        with pytest.raises(
+            ValueError, match=rf"^The keyword arguments \({name}\) do not fit the config of .*good"
+        ):
+            WeCLIPForSemanticSegmentation.from_pretrained(tmp_path / "good", **keywords)
+    tiny_model.save_pretrained(tmp_path / "bad")
+    config = json.loads((tmp_path / "bad" / "config.json").read_text())
+    (tmp_path / "bad" / "config.json").write_text(json.dumps({**config, "cam_box_threshold": 3.0}))
+    for keywords in ({}, {"num_labels": 3}):  # the file's own error, also when a keyword is wrong too
+        with pytest.raises(
+            ValueError, match=r"^Invalid config.json in .*bad.*cam_box_threshold must be in \(0, 1\), got 3"
+        ):
+            WeCLIPForSemanticSegmentation.from_pretrained(tmp_path / "bad", **keywords)
+
+
 @pytest.mark.parametrize("num_inputs", [1, 3])
 def test_feature_head_folds_second_linears_into_the_fuse_exactly(num_inputs):
     """The head applies each MLP's second Linear and the 1x1 fuse conv as one product: the same output and the

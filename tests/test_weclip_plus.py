@@ -699,14 +699,24 @@ def test_save_load_round_trip_refreezes_the_backbones(plus_model, tmp_path):
         torch.testing.assert_close(loaded.eval()(pixel_values).logits, plus_model(pixel_values).logits)
 
 
+def test_a_clip_folder_is_pointed_to_the_backbone_constructor(tiny_clip):
+    with pytest.raises(ValueError, match=r"'clip' checkpoint, not a 'weclip' one. For a CLIP checkpoint use "
+                       r"WeCLIPForSemanticSegmentation.from_clip\(\.\.\.\)"):  # fmt: skip
+        WeCLIPForSemanticSegmentation.from_pretrained(tiny_clip)
+
+
 def test_weclip_and_weclip_plus_folders_are_told_apart(plus_model, tmp_path):
     from conftest import make_tiny_config
 
     plus_model.save_pretrained(tmp_path / "plus")
     WeCLIPForSemanticSegmentation(make_tiny_config()).save_pretrained(tmp_path / "weclip")
-    with pytest.raises(ValueError, match="'weclip_plus' checkpoint, not a 'weclip' one"):
+    with pytest.raises(
+        ValueError, match="'weclip_plus' checkpoint, not a 'weclip' one: load it with AutoModelFor"
+    ):
         WeCLIPForSemanticSegmentation.from_pretrained(tmp_path / "plus")
-    with pytest.raises(ValueError, match="'weclip' checkpoint, not a 'weclip_plus' one.*from_clip_and_dino"):
+    with pytest.raises(
+        ValueError, match="'weclip' checkpoint, not a 'weclip_plus' one: load .*from_clip_and_dino"
+    ):
         WeCLIPPlusForSemanticSegmentation.from_pretrained(tmp_path / "weclip")
     assert type(AutoModelForSemanticSegmentation.from_pretrained(tmp_path / "weclip")) is (
         WeCLIPForSemanticSegmentation

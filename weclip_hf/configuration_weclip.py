@@ -373,11 +373,25 @@ class WeCLIPConfig(PreTrainedConfig):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """`PreTrainedConfig.from_pretrained`; a value refused by validation names the folder's config.json."""
+        """`PreTrainedConfig.from_pretrained`; a value refused by validation names its source: the keyword
+        arguments given (when the saved config alone loads) or the folder's config.json."""
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except (ValueError, TypeError) as err:
-            raise ValueError(f"Invalid config.json in {str(pretrained_model_name_or_path)!r}: {err}") from err
+            path = str(pretrained_model_name_or_path)
+            fields = cls._constructor_arguments() | set(cls().to_dict()) | {"num_labels"}
+            overrides = sorted(k for k in kwargs if k in fields)
+            if overrides:
+                try:  # the saved config alone: is the file or the keywords at fault?
+                    super().from_pretrained(path, **{k: v for k, v in kwargs.items() if k not in overrides})
+                except (ValueError, TypeError) as saved_err:
+                    err = saved_err
+                else:
+                    names = ", ".join(overrides)
+                    raise ValueError(
+                        f"The keyword arguments ({names}) do not fit the config of {path!r}: {err}"
+                    ) from err
+            raise ValueError(f"Invalid config.json in {path!r}: {err}") from err
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> WeCLIPConfig:

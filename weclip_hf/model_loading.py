@@ -18,6 +18,8 @@ from collections.abc import Iterator
 
 from torch import nn
 
+WECLIP_MODEL_TYPES = ("weclip", "weclip_plus")  # the model types of this package's saved folders
+
 # the config fields the stored text embeddings were computed from
 TEXT_EMBEDDING_NAMES = ("class_names", "background_names", "prompt_template")
 
@@ -68,10 +70,16 @@ def check_model_folder(
                 f"{folder!r}'s config.json names no model_type: not a saved {model_class.__name__} folder."
             )
         if saved_type != model_type:
+            start = f"{folder!r} holds a {saved_type!r} checkpoint, not a {model_type!r} one"
+            if saved_type in WECLIP_MODEL_TYPES:
+                raise ValueError(
+                    f"{start}: load it with AutoModelForSemanticSegmentation.from_pretrained, which picks the class "
+                    f"of its model_type. A new {model_class.__name__} starts from pretrained backbones: "
+                    f"{model_class.__name__}.{model_class._from_backbones}(...)."
+                )
             raise ValueError(
-                f"{folder!r} holds a {saved_type!r} checkpoint, not a {model_type!r} one. For a "
-                f"CLIP checkpoint use {model_class.__name__}.{model_class._from_backbones}(...); for official "
-                "weights use examples/convert_official_checkpoint.py."
+                f"{start}. For a CLIP checkpoint use {model_class.__name__}.{model_class._from_backbones}(...); for "
+                "official weights use examples/convert_official_checkpoint.py."
             )
     elif given is not None and os.path.isfile(os.path.join(folder, "config.json")):
         # the Auto classes read the config (and its overrides) first; config.json leaves out default values
