@@ -1,5 +1,6 @@
 """WeCLIPImageProcessor: normalization, resize, input modes, labels, post-processing, errors."""
 
+import json
 import warnings
 
 import numpy as np
@@ -593,3 +594,41 @@ def test_segmentation_maps_are_resized_by_floor_nearest():
     label = torch.arange(16).reshape(4, 4)
     out = WeCLIPImageProcessor(size={"longest_edge": 2})(torch.zeros(3, 4, 4), segmentation_maps=label)
     assert out["labels"][0, :2, :2].tolist() == label[::2, ::2].tolist()
+
+
+def test_one_segmentation_map_for_a_list_of_one_image_and_maps_of_another_size_named():
+    proc = WeCLIPImageProcessor(size={"longest_edge": 40})
+    image, label = _image(), np.random.default_rng(1).integers(0, 5, (30, 40)).astype(np.uint8)
+    expected = proc(image, segmentation_maps=label).labels
+    for maps in (label, [label], torch.from_numpy(label)[None]):  # one map, a list, a [1, H, W] batch
+        assert torch.equal(proc([image], segmentation_maps=maps).labels, expected)
+    with pytest.raises(ValueError, match=r"Got 2 images but 1 segmentation maps \(one per image\)"):
+        proc([image, image], segmentation_maps=label)
+    with pytest.raises(ValueError, match=r"Segmentation map 1 is \(10, 10\) .* but its image is \(30, 40\)"):
+        proc([image, image], segmentation_maps=[label, label[:10, :10]])
+
+
+def test_target_sizes_of_another_form_are_named():
+    proc = WeCLIPImageProcessor(size={"longest_edge": 40}, patch_size=8)
+    outputs = {"logits": torch.randn(2, 5, 3, 5)}
+    assert [
+        m.shape for m in proc.post_process_semantic_segmentation(outputs, torch.tensor([[30, 40], [9, 7]]))
+    ] == [
+        (30, 40),
+        (9, 7),
+    ]
+    for wrong, shown in (((90, 200), r"the single pair \(90, 200\): wrap it in a list"), ([(30, 40), 7], "got 7"),
+                         ([(30, 40), (0, 5)], r"got \(0, 5\)"), ([(30, 40), (2.5, 5)], r"got \(2.5, 5\)")):  # fmt: skip
+        with pytest.raises(ValueError, match=rf"target_sizes holds one \(height, width\) per image.*{shown}"):
+            proc.post_process_semantic_segmentation(outputs, target_sizes=wrong)
+
+
+def test_a_clip_processor_config_says_which_size_to_give(tmp_path):
+    (tmp_path / "preprocessor_config.json").write_text(
+        json.dumps({"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 224},
+                    "crop_size": {"height": 224, "width": 224}, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)})
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"got \{'shortest_edge': 224\} \(another processor's size: .*size="):
+        WeCLIPImageProcessor.from_pretrained(tmp_path)
+    loaded = WeCLIPImageProcessor.from_pretrained(tmp_path, size={"longest_edge": 512})
+    assert loaded.size == {"longest_edge": 512} and loaded.image_mean == list(CLIP_MEAN)

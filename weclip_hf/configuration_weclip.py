@@ -378,20 +378,23 @@ class WeCLIPConfig(PreTrainedConfig):
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except (ValueError, TypeError) as err:
-            path = str(pretrained_model_name_or_path)
-            fields = cls._constructor_arguments() | set(cls().to_dict()) | {"num_labels"}
-            overrides = sorted(k for k in kwargs if k in fields)
-            if overrides:
-                try:  # the saved config alone: is the file or the keywords at fault?
-                    super().from_pretrained(path, **{k: v for k, v in kwargs.items() if k not in overrides})
-                except (ValueError, TypeError) as saved_err:
-                    err = saved_err
-                else:
-                    names = ", ".join(overrides)
-                    raise ValueError(
-                        f"The keyword arguments ({names}) do not fit the config of {path!r}: {err}"
-                    ) from err
-            raise ValueError(f"Invalid config.json in {path!r}: {err}") from err
+            raise cls._loading_error(str(pretrained_model_name_or_path), kwargs, err) from err
+
+    @classmethod
+    def _loading_error(cls, path: str, kwargs: dict, err: Exception) -> ValueError:
+        """The error of a refused config, blaming the keyword arguments when the saved config alone loads, else
+        the folder's config.json (with its own error)."""
+        fields = cls._constructor_arguments() | set(cls().to_dict()) | {"num_labels"}
+        overrides = sorted(k for k in kwargs if k in fields)
+        if overrides:
+            try:
+                super().from_pretrained(path, **{k: v for k, v in kwargs.items() if k not in overrides})
+            except (ValueError, TypeError) as saved_err:
+                return ValueError(f"Invalid config.json in {path!r}: {saved_err}")
+            return ValueError(
+                f"The keyword arguments ({', '.join(overrides)}) do not fit the config of {path!r}: {err}"
+            )
+        return ValueError(f"Invalid config.json in {path!r}: {err}")
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> WeCLIPConfig:

@@ -111,6 +111,42 @@ def _statistics(name: str, value) -> list[float]:
     return [float(v) for v in values]
 
 
+def _target_sizes(target_sizes) -> list[tuple[int, int]]:
+    """``target_sizes`` of post-processing (a list of (height, width), or a [B, 2] tensor) -> (height, width) pairs
+    of positive ints; a single pair for a whole batch, or anything else, is refused with what to pass."""
+    if isinstance(target_sizes, (torch.Tensor, np.ndarray)):
+        target_sizes = target_sizes.tolist()
+    hint = "target_sizes holds one (height, width) per image, e.g. [(480, 640)] for one image"
+    entries = list(target_sizes) if isinstance(target_sizes, (list, tuple)) else None
+    if entries and all(isinstance(v, numbers.Number) for v in entries):
+        raise ValueError(f"{hint}; got the single pair {tuple(entries)!r}: wrap it in a list.")
+    sizes = []
+    for entry in entries if entries is not None else [target_sizes]:
+        pair = tuple(entry) if isinstance(entry, (list, tuple, torch.Size)) else ()
+        if len(pair) != 2 or not all(isinstance(v, numbers.Number) and int(v) == v and v >= 1 for v in pair):
+            raise ValueError(f"{hint}; got {entry!r}.")
+        sizes.append((int(pair[0]), int(pair[1])))
+    return sizes
+
+
+def _label_maps(segmentation_maps, image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """``segmentation_maps`` of a call (one map: an image, a path or a 2-D array; several: a list or a 3-D [B, H, W]
+    array) -> one int64 [H, W] map per image, each of its image's size ``image_sizes``."""
+    several = isinstance(segmentation_maps, (list, tuple)) or (
+        isinstance(segmentation_maps, (np.ndarray, torch.Tensor)) and segmentation_maps.ndim == 3
+    )
+    maps = [label_tensor(m) for m in (segmentation_maps if several else [segmentation_maps])]
+    if len(maps) != len(image_sizes):
+        raise ValueError(f"Got {len(image_sizes)} images but {len(maps)} segmentation maps (one per image).")
+    for i, (label, size) in enumerate(zip(maps, image_sizes)):
+        if tuple(label.shape) != tuple(size):
+            raise ValueError(
+                f"Segmentation map {i} is {tuple(label.shape)} (height, width) but its image is {tuple(size)}: a "
+                "map gives the class of each pixel of its image, at the image's size."
+            )
+    return maps
+
+
 class WeCLIPImageProcessor(BaseImageProcessor):
     r"""Image processor for WeCLIP.
 
@@ -259,8 +295,14 @@ class WeCLIPImageProcessor(BaseImageProcessor):
     @staticmethod
     def _check_size(size) -> dict[str, int]:
         if not isinstance(size, dict) or set(size) not in ({"longest_edge"}, {"height", "width"}):
+            other = (  # e.g. a CLIP checkpoint's processor: its short-side resize and crop are not WeCLIP's
+                " (another processor's size: loading its config, give size={'longest_edge': 512}, or the size to "
+                "use, to from_pretrained; its statistics are kept)"
+                if isinstance(size, dict) and "shortest_edge" in size
+                else ""
+            )
             raise ValueError(
-                f"size must be {{'longest_edge': L}} or {{'height': h, 'width': w}}, got {size!r}."
+                f"size must be {{'longest_edge': L}} or {{'height': h, 'width': w}}, got {size!r}{other}."
             )
         if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in size.values()):
             raise ValueError(f"size values must be positive integers, got {size!r}.")
@@ -328,9 +370,10 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             opts["image_mean"],
             opts["image_std"],
         )
-        pixels = []
+        pixels, original_sizes = [], []
         for image in images:
             array = to_rgb_array(image, opts["input_data_format"], opts["do_rescale"], opts["do_convert_rgb"])
+            original_sizes.append(array.shape[:2])
             x = normalization.normalize(torch.from_numpy(array).permute(2, 0, 1))
             if opts["do_resize"]:
                 target = self._resized_size(*x.shape[-2:], opts["size"])
@@ -348,10 +391,9 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         pad = (0, padded[1] - size_hw[1], 0, padded[0] - size_hw[0])
         data = {"pixel_values": F.pad(torch.stack(pixels), pad, value=0.0)}
         if segmentation_maps is not None:
-            maps = [segmentation_maps] if single else list(segmentation_maps)
-            if len(maps) != len(images):
-                raise ValueError(f"Got {len(images)} images but {len(maps)} segmentation maps.")
-            labels = torch.stack([self._resize_label(label_tensor(m), size_hw) for m in maps])
+            labels = torch.stack(
+                [self._resize_label(m, size_hw) for m in _label_maps(segmentation_maps, original_sizes)]
+            )
             data["labels"] = F.pad(labels, pad, value=255)
         if opts["return_tensors"] == "np":
             data = {k: v.numpy() for k, v in data.items()}
@@ -407,13 +449,10 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         if target_sizes is None:
             scores = list(logits)
         else:
-            if isinstance(target_sizes, torch.Tensor):
-                target_sizes = target_sizes.tolist()
-            if len(target_sizes) != len(logits):
-                raise ValueError(f"Got {len(target_sizes)} target sizes for a batch of {len(logits)} logits.")
-            scores = [
-                self._upsample_logits(x, tuple(int(t) for t in s), opts) for x, s in zip(logits, target_sizes)
-            ]
+            sizes = _target_sizes(target_sizes)
+            if len(sizes) != len(logits):
+                raise ValueError(f"Got {len(sizes)} target sizes for a batch of {len(logits)} logits.")
+            scores = [self._upsample_logits(x, size, opts) for x, size in zip(logits, sizes)]
         if not return_segmentation_scores:
             return [s.argmax(dim=0) for s in scores]
         return [
