@@ -908,3 +908,25 @@ def test_attention_implementation_switches_in_every_tower(plus):
         after = model(pixel_values, class_labels=class_labels)
     torch.testing.assert_close(after.logits, before.logits, atol=1e-5, rtol=1e-5)
     assert torch.equal(after.pseudo_labels, before.pseudo_labels)
+
+
+@pytest.mark.parametrize("plus", [False, True])
+def test_gradients_reach_the_pixels_when_asked_for_and_never_the_frozen_towers(plus):
+    """Pixels that require a gradient (saliency maps, attacks) get d logits / d pixels through the frozen towers
+    (checked against finite differences in float64); the towers' weights get none, and images that do not require
+    one run the towers without autograd, as in training."""
+    model = tiny_model(plus).double()
+    pixel_values = torch.randn(1, 3, 16, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.autograd.gradcheck(lambda x: model(x).logits, pixel_values.requires_grad_(), atol=1e-9, rtol=1e-4, fast_mode=True)
+    _, class_labels = tiny_plus_inputs(batch=1)
+    out = model(pixel_values, class_labels=class_labels)
+    out.loss.backward()
+    assert pixel_values.grad.abs().sum() > 0
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert frozen and all(p.grad is None for p in frozen)
+    with torch.no_grad():
+        reference = model(pixel_values.detach(), class_labels=class_labels)
+    assert torch.equal(out.pseudo_labels, reference.pseudo_labels) and torch.allclose(
+        out.loss, reference.loss
+    )
+    assert not model.forward_clip_features(pixel_values.detach()).hidden[-1].requires_grad

@@ -71,7 +71,12 @@ def embed_patches(
     return vision_model.pre_layrnorm(tokens + pos), (h, w)
 
 
-@torch.no_grad()
+def frozen_tower_grad_mode(inputs: torch.Tensor) -> torch.set_grad_enabled:
+    """The grad mode a frozen tower runs in: off, unless its ``inputs`` require a gradient (saliency maps and
+    other gradients w.r.t. the pixels); the towers' own weights never get one."""
+    return torch.set_grad_enabled(torch.is_grad_enabled() and inputs.requires_grad)
+
+
 def clip_features(
     vision_model: nn.Module,
     pixel_values: torch.Tensor,
@@ -85,13 +90,14 @@ def clip_features(
     On a CPU a few images at a time go through all the blocks (`weclip_hf.chunking`: their [heads, T, T]
     attention maps within the budget), so that each chunk's activations stay in the cache from block to
     block and the temporaries are reused memory; the results are those of the whole batch."""
-    x, grid = embed_patches(vision_model, pixel_values)
-    heads = vision_model.config.num_attention_heads
-    chunk = images_per_attention_chunk(x.shape[0], x.shape[1], heads, x.device)
-    layers = vision_model.encoder.layers
-    return CLIPVisionFeatures.concat(
-        [_clip_blocks(layers, part, grid, num_attention_maps, output_attentions) for part in x.split(chunk)]
-    )
+    with frozen_tower_grad_mode(pixel_values):
+        x, grid = embed_patches(vision_model, pixel_values)
+        heads = vision_model.config.num_attention_heads
+        chunk = images_per_attention_chunk(x.shape[0], x.shape[1], heads, x.device)
+        layers = vision_model.encoder.layers
+        return CLIPVisionFeatures.concat(
+            [_clip_blocks(layers, part, grid, num_attention_maps, output_attentions) for part in x.split(chunk)]
+        )
 
 
 def _clip_blocks(
@@ -120,13 +126,13 @@ def _clip_blocks(
     )
 
 
-@torch.no_grad()
 def _last_block(
     vision_model: nn.Module, x: torch.Tensor, output_attentions: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The last CLIP block on [B, 1+N, D] tokens: (output, per-head maps or None) for the output flags."""
     layer = vision_model.encoder.layers[-1]
-    return eager_clip_layer(layer, x) if output_attentions else (clip_layer(layer, x), None)
+    with frozen_tower_grad_mode(x):
+        return eager_clip_layer(layer, x) if output_attentions else (clip_layer(layer, x), None)
 
 
 def vision_outputs(
@@ -176,6 +182,7 @@ __all__ = [
     "CLIPVisionFeatures",
     "clip_features",
     "embed_patches",
+    "frozen_tower_grad_mode",
     "in_float32",
     "select_layers",
     "vision_outputs",

@@ -18,6 +18,7 @@ from torch import nn
 from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
 
+from .clip_features import frozen_tower_grad_mode
 from .configuration_weclip_plus import WeCLIPPlusConfig
 from .feature_head import WeCLIPFeatureHead
 
@@ -151,7 +152,6 @@ class WeCLIPPlusDinoBranch(nn.Module):
         self.backbone.eval()
         return self
 
-    @torch.no_grad()
     def patch_tokens(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Final LayerNorm-ed patch tokens of the frozen DINOv2 on the image resized to a patch multiple.
 
@@ -165,7 +165,8 @@ class WeCLIPPlusDinoBranch(nn.Module):
                 "DINOv2 patch; resize them."
             )
         image = resize_to_patch_multiple(pixel_values, patch)
-        hidden = self.backbone(pixel_values=image).last_hidden_state  # [B, 1 + R + gh*gw, C]
+        with frozen_tower_grad_mode(pixel_values):
+            hidden = self.backbone(pixel_values=image).last_hidden_state  # [B, 1 + R + gh*gw, C]
         return hidden[:, 1 + self.num_register_tokens :], (image.shape[-2] // patch, image.shape[-1] // patch)
 
     def forward(self, pixel_values: torch.Tensor, grid: tuple[int, int]) -> DinoBranchOutput:

@@ -233,8 +233,8 @@ def _pseudo_label_stage(method):
 
     @functools.wraps(method)
     def wrapper(self, pixel_values: torch.Tensor, *args, **kwargs):
-        with torch.autocast(pixel_values.device.type, enabled=False):
-            return method(self, pixel_values.float(), *args, **kwargs)
+        with torch.autocast(pixel_values.device.type, enabled=False):  # labels: no gradient w.r.t. the pixels
+            return method(self, pixel_values.detach().float(), *args, **kwargs)
 
     return torch.compiler.disable(wrapper)
 
@@ -501,7 +501,6 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         self.class_text_embeds = fg.to(self.class_text_embeds.dtype)
         self.background_text_embeds = bg.to(self.background_text_embeds.dtype)
 
-    @torch.no_grad()
     def forward_clip_features(
         self, pixel_values: torch.Tensor, num_attention_maps: int = 0, output_attentions: bool = False
     ) -> CLIPVisionFeatures:
@@ -573,7 +572,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         heads = self.vision_model.encoder.layers[-1].self_attn.num_heads
         return pair_gradcams(
             self.last_block_pair_embeddings,
-            tokens,
+            tokens.detach(),  # the gradients are those of the class scores w.r.t. the block's own input
             self.class_text_embeds,
             self.background_text_embeds,
             self.logit_scale,
