@@ -31,7 +31,14 @@ from transformers import AutoModelForSemanticSegmentation
 
 from weclip_hf import WeCLIPImageProcessor
 from weclip_hf.crf import CRF_PRESETS, CRFParams
-from weclip_hf.data.loading import DataSource, collate, evaluation_set, load_dataset_splits, names_no_dataset
+from weclip_hf.data.loading import (
+    DataSource,
+    collate_by_size,
+    evaluation_set,
+    load_dataset_splits,
+    names_no_dataset,
+)
+from weclip_hf.data.toy import check_toy_classes
 from weclip_hf.evaluation import evaluate_segmentation
 from weclip_hf.metrics import per_class_iou
 from weclip_hf.normalization import PixelNormalization
@@ -189,6 +196,8 @@ def main(argv=None) -> dict:
     check_model_folder(args.model_name_or_path)
     model = AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path).to(args.device).eval()
     cfg = model.config
+    if args.toy:
+        check_toy_classes(cfg.class_names, args.model_name_or_path)
     image_processor = WeCLIPImageProcessor.from_saved_or_default(
         args.model_name_or_path,
         cfg.vision_config.patch_size,
@@ -218,10 +227,7 @@ def main(argv=None) -> dict:
     )
     print(f"{args.validation_split}: {summary}")
 
-    def to_device(batch):
-        return {k: v.to(args.device) for k, v in batch.items()}
-
-    loader = map(to_device, DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate))
+    loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate_by_size)  # images of any size
     modes = ["pred"] + (["pred_msf"] if args.msf else [])
     modes += [f"{m}_crf" for m in modes] if args.crf else []
     modes += ["cam", "pseudo"] if args.pseudo_labels else []

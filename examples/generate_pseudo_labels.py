@@ -61,7 +61,7 @@ from weclip_hf.batch_jobs import (
 from weclip_hf.data.adapters import add_image_labels, resolve_columns
 from weclip_hf.data.decoding import file_path, row_name
 from weclip_hf.data.loading import DataSource, load_dataset_splits, names_no_dataset, read_example
-from weclip_hf.data.toy import default_clip_model
+from weclip_hf.data.toy import check_toy_classes, default_clip_model
 from weclip_hf.data.transforms import multi_hot, normalize
 from weclip_hf.hub import create_hub_repo
 from weclip_hf.inference import image_pseudo_labels
@@ -218,6 +218,8 @@ def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, PixelNormal
     preset's (or the toy world's) classes and the default processor's normalization."""
     if args.model:
         model = AutoModelForSemanticSegmentation.from_pretrained(args.model).to(device).eval()
+        if args.toy:
+            check_toy_classes(model.config.class_names, args.model)
     else:
         model = bare_clip_model(args).to(device).eval()
     processor = WeCLIPImageProcessor.from_saved_or_default(args.model, model.config.vision_config.patch_size)

@@ -48,7 +48,7 @@ from weclip_hf.data.loading import (
     DataSource,
     EpochShuffleSampler,
     StreamingWeakSegmentationDataset,
-    collate,
+    collate_by_size,
     evaluation_set,
     load_dataset_splits,
     process_share,
@@ -81,6 +81,7 @@ from weclip_hf.script_arguments import (
     add_data_source_flags,
     at_least_one,
     check_dino_fits_preset,
+    check_preset_fits_data,
     first_paragraph,
     non_negative,
     positive_float,
@@ -104,7 +105,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     data.add_argument("--dataset_config_name")
     data.add_argument("--train_split", default=None)
-    data.add_argument("--validation_split", default=None)
+    data.add_argument(
+        "--validation_split",
+        help="the split scored during and after training (default: the preset's, 'validation', when the dataset "
+        "has it; 'none': no evaluation)",
+    )
     data.add_argument("--image_column")
     data.add_argument("--mask_column")
     data.add_argument(
@@ -252,7 +257,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument(
         "--msf_scales", type=positive_float, nargs="+", help="multi-scale evaluation scales (VOC: 1.0 0.75)"
     )
-    train.add_argument("--num_overlays", type=int, default=6)
+    train.add_argument(
+        "--num_overlays",
+        type=int,
+        default=6,
+        help="overlays of the first N validation images at the end (-1: all)",
+    )
     train.add_argument(
         "--logging_steps", type=at_least_one, default=10, help="log the losses every N steps (10)"
     )
@@ -271,6 +281,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             "--overwrite_output_dir starts a fresh run and --resume_from_checkpoint continues one: give one of them."
         )
     check_dino_fits_preset(p, args)
+    check_preset_fits_data(p, args)
     args.given_model_flags = [
         k for k in MODEL_FLAGS if getattr(args, k) is not None
     ]  # before the recipe fills
@@ -712,7 +723,7 @@ def evaluate_in_training(args, accelerator: Accelerator, model, val_set, step: i
     """``--eval_steps``: decoder and pseudo-label mIoU on the validation set, every process evaluating every
     num_processes-th image (the confusion matrices are summed); printed, tracked and logged."""
     shard = process_share(val_set, accelerator.process_index, accelerator.num_processes)
-    loader = DataLoader(shard, batch_size=args.per_device_eval_batch_size, collate_fn=collate)
+    loader = DataLoader(shard, batch_size=args.per_device_eval_batch_size, collate_fn=collate_by_size)
     res = evaluate_segmentation(
         model,
         loader,
@@ -733,7 +744,7 @@ def final_evaluation(args, model, val_set, output_dir: Path) -> dict:
     multi-scale decoder unless ``--no_msf``, per-class IoU, the toy world's baselines, and the overlays written
     to ``output_dir``."""
     cfg = model.config
-    loader = DataLoader(val_set, batch_size=args.per_device_eval_batch_size, collate_fn=collate)
+    loader = DataLoader(val_set, batch_size=args.per_device_eval_batch_size, collate_fn=collate_by_size)
     modes = ["pred", "cam", "pseudo"] + ([] if args.no_msf else ["pred_msf"])
     res = evaluate_segmentation(model, loader, modes, scales=args.msf_scales, long_side=args.eval_long_side)
     key = "fully_supervised_miou" if args.fully_supervised else "miou"

@@ -37,6 +37,7 @@ from weclip_hf.script_arguments import (
     add_data_source_flags,
     at_least_one,
     check_dino_fits_preset,
+    check_preset_fits_data,
     first_paragraph,
 )
 from weclip_hf.trainer import WeCLIPTrainer
@@ -59,6 +60,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     check_dino_fits_preset(p, args)
+    check_preset_fits_data(p, args)
     return args
 
 

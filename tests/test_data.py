@@ -60,6 +60,26 @@ def _dataset(masks, images=None):
     )
 
 
+def test_masks_with_channels_are_refused_by_the_check_and_the_reading():
+    """A grey mask saved as RGB passed the data check and failed at the first training step ("could not broadcast
+    input array from shape (H, W, 3)"); colour masks were blamed on --class_names."""
+    from weclip_hf.data.loading import read_example
+
+    grey = np.zeros((8, 8), np.uint8)
+    grey[2:4, 2:4] = 2
+    rgb = Image.fromarray(np.repeat(grey[..., None], 3, axis=2))
+    message = r"Mask .* has shape \(8, 8, 3\): masks are single-channel images of class ids"
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})
+    with pytest.raises(ValueError, match=message):
+        add_image_labels(datasets.Dataset.from_dict({"image": [rgb], "mask": [rgb]}, features=features),
+                         Columns("image", "mask"), num_classes=2)  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        read_example({"image": rgb, "mask": rgb}, Columns("image", "mask"), "row 0")
+    assert read_example({"image": rgb, "mask": Image.fromarray(grey)}, Columns("image", "mask"), "row 0")[
+        1
+    ].shape == (8, 8)
+
+
 def test_add_image_labels_summarises_and_applies_empty_policy():
     full = np.zeros((8, 8), np.uint8)
     full[2:4, 2:4] = 2
@@ -233,6 +253,20 @@ def test_evaluation_loading_needs_no_train_split_and_materializes_streams(tmp_pa
     assert len(materialize(stream)) == 3 and len(materialize(stream, limit=2)) == 2
     assert len(materialize(val, limit=2)) == 2
     assert isinstance(materialize(stream)[0]["image"], Image.Image)
+
+
+def test_a_validation_split_that_is_not_there_is_refused_unless_none(tmp_path):
+    """A misspelt --validation_split trained without any evaluation and said nothing (metrics.json without mIoU)."""
+    from weclip_hf.data.loading import DataSource, load_dataset_splits
+
+    path = _save_splits(tmp_path / "both", {"train": 2, "validation": 2})
+    message = r"Validation split 'val' not found; available splits: \['train', 'validation'\] \('none': no evaluation\)"
+    with pytest.raises(ValueError, match=message):
+        load_dataset_splits(DataSource(dataset_path=path), validation_split="val")
+    assert load_dataset_splits(DataSource(dataset_path=path), validation_split="none")[1] is None
+    assert len(load_dataset_splits(DataSource(dataset_path=path))[1]) == 2  # the preset's, when there
+    train_only = _save_splits(tmp_path / "train_only", {"train": 2})
+    assert load_dataset_splits(DataSource(dataset_path=train_only))[1] is None
 
 
 # ---- unreadable files, class-name labels (issue 25.4) -----------------------------------------------------
@@ -519,7 +553,7 @@ def test_a_model_trained_with_clip_statistics_is_saved_evaluated_and_served_with
     assert (saved["image_mean"], saved["image_std"]) == (list(CLIP_MEAN), list(CLIP_STD))
     _, val, _ = load_dataset_splits(DataSource(toy=True, toy_sizes=(24, 4), seed=0))
     image = np.asarray(val[0]["image"].convert("RGB"))
-    overlay = np.asarray(Image.open(json.loads((out / "metrics.json").read_text())["overlays"][0]))
+    overlay = np.asarray(Image.open(out / json.loads((out / "metrics.json").read_text())["overlays"][0]))
     size = display_size(*image.shape[:2])  # the image panel: the image upscaled, below its title strip
     panel = overlay[TITLE_HEIGHT : TITLE_HEIGHT + size[0], : size[1]]
     assert np.array_equal(panel, resize_rgb(image, size))

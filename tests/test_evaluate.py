@@ -148,7 +148,7 @@ def test_multiscale_flip_crf_and_pseudo_labels(model_dir, data_path, tmp_path, c
     model, kwargs = seen["model"], seen["kwargs"]
     labels = {mode: [] for mode in ["reference", *modes]}
     with torch.no_grad():
-        for i, batch in enumerate(seen["batches"]):
+        for i, batch in enumerate(batch for loaded in seen["batches"] for batch in loaded):  # collate_by_size
             pixel_values, size = batch["pixel_values"], tuple(batch["labels"].shape[-2:])
             torch.testing.assert_close(
                 batch["class_labels"], F.one_hot(torch.tensor([i]), 4).float()
@@ -411,3 +411,43 @@ def test_a_crf_mode_refines_the_logits_of_its_mode_without_a_second_forward(tiny
             tiny_model, [{"pixel_values": pixel_values, "labels": labels}], [mode], **kwargs
         )
         np.testing.assert_array_equal(alone[mode]["per_category_iou"], results[mode]["per_category_iou"])
+
+
+def test_images_of_several_sizes_evaluate_in_one_loader_batch(tiny_model):
+    """A validation set keeps each image's size: `collate_by_size` gives one batch per size, and the scores are those
+    of one image at a time (stacking them raised "stack expects each tensor to be equal size" after training)."""
+    from torch.utils.data import DataLoader
+
+    from weclip_hf.data.loading import collate_by_size
+
+    g = torch.Generator().manual_seed(0)
+    examples = [
+        {
+            "pixel_values": torch.randn(3, *size, generator=g),
+            "labels": torch.randint(0, 5, size, generator=g),
+            "class_labels": torch.eye(4)[i % 4],
+        }
+        for i, size in enumerate([(24, 32), (32, 24), (24, 32), (16, 40)])
+    ]
+    batches = list(DataLoader(examples, batch_size=4, collate_fn=collate_by_size))
+    assert [[tuple(b["pixel_values"].shape) for b in loaded] for loaded in batches] == [
+        [(2, 3, 24, 32), (1, 3, 32, 24), (1, 3, 16, 40)]
+    ]
+    modes = ("pred", "pseudo")
+    together = evaluate_segmentation(tiny_model, batches, modes, progress=False)
+    one_by_one = evaluate_segmentation(
+        tiny_model, DataLoader(examples, collate_fn=collate_by_size), modes, progress=False
+    )
+    for mode in modes:
+        np.testing.assert_allclose(
+            together[mode]["per_category_iou"], one_by_one[mode]["per_category_iou"], atol=1e-12
+        )
+
+
+def test_the_toy_world_is_scored_only_for_a_model_of_its_classes(model_dir, tmp_path):
+    """Without a dataset evaluate.py reads the toy world: a model of other classes scored its mask ids as its own
+    classes (a VOC model got an mIoU on triangles counted as birds)."""
+    with pytest.raises(
+        ValueError, match=r"segments other classes \(cat, dog, car, tree\) than the toy world"
+    ):
+        load_script().main(["--model_name_or_path", str(model_dir), "--toy_val_images", "2"])

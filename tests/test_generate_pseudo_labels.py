@@ -147,6 +147,20 @@ def test_masks_and_scores_are_the_models(cam_run, tiny_clip):
     assert iou_values(report, "cam") == pytest.approx(expected_scores, abs=1e-3, nan_ok=True)
 
 
+def test_a_model_of_other_classes_does_not_label_the_toy_world(tmp_path):
+    """Without a dataset the script reads the toy world: a model of other classes would count its mask ids as its own
+    classes (the report said "aeroplane 100.0")."""
+    from conftest import make_tiny_config
+
+    from weclip_hf import WeCLIPForSemanticSegmentation
+
+    WeCLIPForSemanticSegmentation(make_tiny_config()).save_pretrained(tmp_path / "model")
+    with pytest.raises(
+        ValueError, match=r"segments other classes \(cat, dog, car, tree\) than the toy world"
+    ):
+        generate.main(["--model", str(tmp_path / "model"), *TOY, "--output_dir", str(tmp_path / "out")])
+
+
 def test_interrupted_rfm_run_loses_nothing(toy_weclip_dir, tmp_path, monkeypatch):
     """A trained WeCLIP folder: RFM masks, CAM and RFM scores. Killed after 3 images' records and run again, it
     writes the report and dataset of an uninterrupted run."""

@@ -610,3 +610,21 @@ def test_from_pretrained_asks_transformers_for_safetensors_only(tmp_path, tiny_m
     with pytest.raises(OSError, match="spy: not fetched"):
         WeCLIPForSemanticSegmentation.from_pretrained("org/not-downloaded")
     assert asked == [True, True]
+
+
+def test_saved_weights_are_as_readable_as_the_config(tmp_path, tiny_model):
+    """safetensors writes its files 0600 whatever the umask: another user or a container could not load the model."""
+    import os
+    import stat
+
+    previous = os.umask(0o022)
+    try:
+        tiny_model.save_pretrained(tmp_path)
+    finally:
+        os.umask(previous)
+    modes = {
+        p.name: stat.S_IMODE(p.stat().st_mode)
+        for p in tmp_path.iterdir()
+        if p.suffix in (".json", ".safetensors")
+    }
+    assert modes["model.safetensors"] == modes["config.json"] == 0o644

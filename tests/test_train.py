@@ -56,7 +56,8 @@ def test_toy_default_writes_model_metrics_overlays_and_card(toy_run):
     ):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["train_steps"] == 3
-    overlay = Image.open(metrics["overlays"][0])
+    assert metrics["overlays"][0] == "overlays/val_000.png"  # relative to the folder: valid where it moves
+    overlay = Image.open(out / metrics["overlays"][0])
     # image | ground truth | CAM and RFM pseudo labels | prediction, each upscaled 3x, the legend to their right
     assert overlay.width > 5 * 3 * 96 and overlay.height > 3 * 96
     card = (out / "README.md").read_text()
@@ -84,6 +85,21 @@ def test_fully_supervised_flag(tmp_path, tiny_clip):
     train_in_process(*again, "--overwrite_output_dir")
     assert [r["step"] for r in read_log(out)] == [1]
     assert sorted(p.name for p in out.glob("step_*")) == ["step_1"]
+
+
+def test_a_finished_run_without_checkpoints_is_not_replaced_silently(tmp_path, tiny_clip):
+    out = tmp_path / "done"
+    run = ["--clip_model_name_or_path", tiny_clip, "--output_dir", out, *FAST, "--checkpointing_steps", 0]
+    train_in_process(*run, "--max_train_steps", 2)
+    assert not list(out.glob("step_*")) and (out / "model.safetensors").exists()
+    weights = (out / "model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match=r"holds a previous run's results \(model.safetensors, metrics.json, "
+                       r"train_log.jsonl\). Start over with --overwrite_output_dir"):  # fmt: skip
+        train_in_process(*run, "--max_train_steps", 1, "--seed", 3)
+    assert (out / "model.safetensors").read_bytes() == weights  # untouched
+    train_in_process(*run, "--max_train_steps", 1, "--seed", 3, "--overwrite_output_dir")
+    assert [r["step"] for r in read_log(out)] == [1]  # one run's log, not two mixed
+    assert json.loads((out / "metrics.json").read_text())["train_steps"] == 1
 
 
 def test_resume_repeats_uninterrupted_run_exactly(tmp_path, tiny_clip, reference_run, capsys, monkeypatch):

@@ -917,7 +917,9 @@ def test_gradients_reach_the_pixels_when_asked_for_and_never_the_frozen_towers(p
     one run the towers without autograd, as in training."""
     model = tiny_model(plus).double()
     pixel_values = torch.randn(1, 3, 16, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    torch.autograd.gradcheck(lambda x: model(x).logits, pixel_values.requires_grad_(), atol=1e-9, rtol=1e-4, fast_mode=True)
+    torch.autograd.gradcheck(
+        lambda x: model(x).logits, pixel_values.requires_grad_(), atol=1e-9, rtol=1e-4, fast_mode=True
+    )
     _, class_labels = tiny_plus_inputs(batch=1)
     out = model(pixel_values, class_labels=class_labels)
     out.loss.backward()

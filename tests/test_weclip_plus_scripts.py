@@ -220,6 +220,18 @@ def test_dino_with_a_weclip_preset_is_refused_before_loading_data(script, monkey
     assert args.dino_model_name_or_path == "x"
 
 
+@pytest.mark.parametrize("script", ["train", "train_with_trainer"])
+def test_a_dataset_preset_without_a_dataset_is_refused(script, monkeypatch, capsys):
+    """--preset voc without data read the toy world and failed on the class names, leaving a locked folder."""
+    monkeypatch.syspath_prepend(str(TRAIN.parent))
+    parse_args = importlib.import_module(script).parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["--preset", "voc"])
+    error = " ".join(capsys.readouterr().err.split())
+    assert "--preset voc trains on its dataset's classes, but no dataset is given" in error
+    assert parse_args(["--preset", "toy"]).preset == "toy"
+
+
 def test_a_fresh_model_is_weclip_plus_when_a_dino_is_given(tiny_clip, tiny_dino, monkeypatch):
     from weclip_hf import (
         WeCLIPForSemanticSegmentation,

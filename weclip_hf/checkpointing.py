@@ -214,24 +214,33 @@ def lock_output_dir(output_dir: Path):
     return lock
 
 
+# what a finished run of examples/train.py leaves in its output folder besides its step_N checkpoints
+FINISHED_RUN_FILES = ("model.safetensors", "metrics.json", "train_log.jsonl")
+
+
 def claim_output_dir(output_dir: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
     """Prepare ``output_dir`` (created and locked by `lock_output_dir`) for this run. A fresh run (not ``resume``,
-    ``--resume_from_checkpoint``) refuses a folder that holds a previous run's checkpoints unless ``overwrite``
-    (``--overwrite_output_dir``), which removes them and the log: their steps would mix with this run's
-    (``latest`` could resume the old run)."""
+    ``--resume_from_checkpoint``) refuses a folder that holds a previous run's checkpoints or results (its
+    model, metrics or log: they would be replaced without a word and the logs mixed) unless ``overwrite``
+    (``--overwrite_output_dir``), which removes the checkpoints, log, metrics and overlays (the model files are
+    replaced at the end; ``--model_name_or_path`` may be this folder's model)."""
     old = sorted(p for p in output_dir.glob("step_*") if p.is_dir())
-    if resume or not old:
+    finished = [name for name in FINISHED_RUN_FILES if (output_dir / name).exists()]
+    if resume or not (old or finished):
         return
     if not overwrite:
+        held = f"checkpoints of a previous run ({', '.join(p.name for p in old[-3:])})" if old else ""
+        held = held or f"a previous run's results ({', '.join(finished)})"
+        resume_hint = "Continue it with --resume_from_checkpoint latest, start" if old else "Start"
         raise FileExistsError(
-            f"{output_dir} holds checkpoints of a previous run ({', '.join(p.name for p in old[-3:])}). "
-            "Continue it with --resume_from_checkpoint latest, start over with --overwrite_output_dir, "
-            "or choose another --output_dir."
+            f"{output_dir} holds {held}. {resume_hint} over with --overwrite_output_dir, or choose another "
+            "--output_dir."
         )
     if is_main:
-        for path in old:
-            shutil.rmtree(path)
-        (output_dir / "train_log.jsonl").unlink(missing_ok=True)
+        for path in [*old, output_dir / "overlays"]:
+            shutil.rmtree(path, ignore_errors=True)
+        for name in ("train_log.jsonl", "metrics.json"):
+            (output_dir / name).unlink(missing_ok=True)
 
 
 def truncate_log(log_path: Path, step: int) -> None:

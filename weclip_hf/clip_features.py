@@ -96,7 +96,10 @@ def clip_features(
         chunk = images_per_attention_chunk(x.shape[0], x.shape[1], heads, x.device)
         layers = vision_model.encoder.layers
         return CLIPVisionFeatures.concat(
-            [_clip_blocks(layers, part, grid, num_attention_maps, output_attentions) for part in x.split(chunk)]
+            [
+                _clip_blocks(layers, part, grid, num_attention_maps, output_attentions)
+                for part in x.split(chunk)
+            ]
         )
 
 

@@ -87,10 +87,35 @@ def predict_labels(
     return labels_from_logits(logits, pixel_values, crf, crf_params, normalization)
 
 
+def _score_batch(
+    model, batch: dict, modes: Sequence[str], matrices: dict, scales: Sequence[float], long_side: int | None,
+    crf_params: CRFParams, normalization: PixelNormalization | None,
+) -> None:  # fmt: skip
+    """Add one batch's confusion matrix per mode to ``matrices``."""
+    num_labels, ignore = model.config.num_labels, model.config.semantic_loss_ignore_index
+    # the images go to the model (batches come from a DataLoader on the host); `class_labels` stay on the host,
+    # where the model plans its (image, class) pairs
+    pixel_values, labels = batch["pixel_values"].to(model_device(model)), batch["labels"]
+    size = tuple(labels.shape[-2:])
+    logits = {}  # per `msf`: shared by a mode and its CRF mode
+    for mode in modes:
+        if mode.startswith("pred"):
+            msf = "msf" in mode
+            if msf not in logits:
+                logits[msf] = prediction_logits(model, pixel_values, size, msf, scales, long_side)
+            pred = labels_from_logits(logits[msf], pixel_values, "crf" in mode, crf_params, normalization)
+        else:
+            pred, _ = image_pseudo_labels(model, pixel_values, batch["class_labels"], mode == "pseudo")
+            if pred.shape[-2:] != size:
+                pred = F.interpolate(pred[:, None].float(), size=size, mode="nearest")[:, 0].long()
+        cm = confusion_matrix(pred, labels, num_labels, ignore_index=ignore)
+        matrices[mode] = cm if matrices[mode] is None else matrices[mode] + cm
+
+
 @torch.no_grad()
 def evaluate_segmentation(
     model,
-    batches: Iterable[dict],
+    batches: Iterable[dict | list[dict]],
     modes: Sequence[str] = ("pred",),
     scales: Sequence[float] = EvaluationSettings.msf_scales,
     long_side: int | None = None,
@@ -101,7 +126,8 @@ def evaluate_segmentation(
     normalization: PixelNormalization | None = None,
 ) -> dict[str, dict]:
     """mIoU per mode over ``batches`` of ``pixel_values`` [B, 3, H, W], ``labels`` [B, H, W] and (for the
-    pseudo-label modes) ``class_labels`` [B, C].
+    pseudo-label modes) ``class_labels`` [B, C]; an item may be a list of such batches (images of several sizes:
+    `weclip_hf.data.loading.collate_by_size`).
 
     Modes: ``pred`` (decoder, single scale), ``pred_msf`` (multi-scale + flip), ``pred_crf`` /
     ``pred_msf_crf`` (the same followed by the dense CRF of `weclip_hf.crf` with ``crf_params``, default
@@ -119,30 +145,17 @@ def evaluate_segmentation(
         _require_normalization(normalization)
     was_training = model.training
     model.eval()
-    device = model_device(model)  # batches come from a DataLoader on the host
     num_labels = model.config.num_labels
     ignore = model.config.semantic_loss_ignore_index
     matrices = {m: None for m in modes}
     bar = tqdm(batches, desc="evaluating", disable=not progress, leave=False)
-    for i, batch in enumerate(bar):
+    for i, loaded in enumerate(bar):
         if max_batches is not None and i >= max_batches:
             break
-        # the images go to the model; `class_labels` stay on the host, where the model plans its (image, class) pairs
-        pixel_values, labels = batch["pixel_values"].to(device), batch["labels"]
-        size = tuple(labels.shape[-2:])
-        logits = {}  # per `msf`: shared by a mode and its CRF mode
-        for mode in modes:
-            if mode.startswith("pred"):
-                msf = "msf" in mode
-                if msf not in logits:
-                    logits[msf] = prediction_logits(model, pixel_values, size, msf, scales, long_side)
-                pred = labels_from_logits(logits[msf], pixel_values, "crf" in mode, crf_params, normalization)
-            else:
-                pred, _ = image_pseudo_labels(model, pixel_values, batch["class_labels"], mode == "pseudo")
-                if pred.shape[-2:] != size:
-                    pred = F.interpolate(pred[:, None].float(), size=size, mode="nearest")[:, 0].long()
-            cm = confusion_matrix(pred, labels, num_labels, ignore_index=ignore)
-            matrices[mode] = cm if matrices[mode] is None else matrices[mode] + cm
+        for batch in (
+            loaded if isinstance(loaded, list) else [loaded]
+        ):  # `collate_by_size`: one per image size
+            _score_batch(model, batch, modes, matrices, scales, long_side, crf_params, normalization)
     model.train(was_training)
     results = {}
     for mode, cm in matrices.items():
@@ -168,7 +181,8 @@ def write_overlays(model, dataset, output_dir: str | Path, count: int, normaliza
     """Overlay figures of the first ``count`` evaluation examples (``pixel_values`` [3, H, W], ``labels`` [H, W],
     ``class_labels`` [C]): ground truth, the pseudo labels of the frozen CLIP's CAMs and of their RFM refinement
     with the decoder's affinity, and the prediction over the image, the legend, a CAM heat map per present
-    class; saved as ``output_dir/overlays/val_<i>.png``. ``normalization``: the
+    class; saved as ``output_dir/overlays/val_<i>.png`` (``count`` -1: every example). Returns their paths
+    relative to ``output_dir`` (they stay valid when the folder moves or is uploaded). ``normalization``: the
     `weclip_hf.normalization.PixelNormalization` the images were normalized with (default: the dataset's
     ``normalization``, as `EvalSegmentationDataset` has it)."""
     normalization = normalization or dataset.normalization
@@ -178,7 +192,7 @@ def write_overlays(model, dataset, output_dir: str | Path, count: int, normaliza
     device = model_device(model)
     id2label = model.config.id2label
     paths = []
-    for i in range(min(count, len(dataset))):
+    for i in range(len(dataset) if count < 0 else min(count, len(dataset))):
         item = dataset[i]
         pixel_values = item["pixel_values"][None].to(device)
         class_labels = item["class_labels"][None].to(device)
@@ -197,6 +211,6 @@ def write_overlays(model, dataset, output_dir: str | Path, count: int, normaliza
             id2label,
             cams=present_class_cams(cams[0], item["class_labels"], id2label),
         )
-        paths.append(str(save_image(figure, out_dir / f"val_{i:03d}.png")))
+        paths.append(save_image(figure, out_dir / f"val_{i:03d}.png").relative_to(output_dir).as_posix())
     model.train(was_training)
     return paths

@@ -8,8 +8,10 @@ pseudo-label stages in `pseudo_labels`, the loading checks in `model_loading`, t
 from __future__ import annotations
 
 import functools
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -366,6 +368,17 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         super().train(mode)
         self.freeze_clip()
         return self
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`, with the weight files as readable as the folder's config.json:
+        safetensors (>= 0.8) writes them with mode 0600 whatever the umask, so that another user or a container
+        could not load the model (safetensors issue 782)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        folder = Path(save_directory)
+        if (folder / "config.json").is_file():  # the main process's folder (others save nothing)
+            mode = (folder / "config.json").stat().st_mode & 0o777
+            for weights in folder.glob("*.safetensors"):
+                weights.chmod(mode)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from .checkpointing import TRAINING_STATE_NAME
-from .data.loading import DATA_SOURCE_FLAGS
+from .data.loading import DATA_SOURCE_FLAGS, names_no_dataset
 from .presets import PRESETS, get_preset
 
 # the flags that each name where the data comes from; a script takes at most one
@@ -59,6 +59,16 @@ def add_data_source_flags(group, **help_texts: str) -> None:
     exclusive = group.add_mutually_exclusive_group()
     for flag in DATA_SOURCE_FLAGS:
         exclusive.add_argument(f"--{flag}", help=help_texts.get(flag))
+
+
+def check_preset_fits_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a ``--preset`` of a real dataset (its classes) without a dataset: the toy world would be read."""
+    if args.preset and args.preset != "toy" and names_no_dataset(args):
+        parser.error(
+            f"--preset {args.preset} trains on its dataset's classes, but no dataset is given (--dataset_name, "
+            "--data_dir or --dataset_path; see the README's 'Reproducing VOC and COCO'); leave out --preset to "
+            "train on the toy world."
+        )
 
 
 def check_dino_fits_preset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import speed_metrics
 
-from .data.loading import collate, process_share
+from .data.loading import collate_by_size, process_share
 from .evaluation import MODES, evaluate_segmentation
 from .hub import make_model_card, save_model_card, split_model_metrics
 from .presets import EvaluationSettings
@@ -183,7 +183,7 @@ class WeCLIPTrainer(Trainer):
         return DataLoader(
             process_share(dataset, self.accelerator.process_index, self.accelerator.num_processes),
             batch_size=args.per_device_eval_batch_size,
-            collate_fn=collate,
+            collate_fn=collate_by_size,
             num_workers=workers,
             prefetch_factor=args.dataloader_prefetch_factor if workers else None,
             pin_memory=args.dataloader_pin_memory and self.accelerator.device.type != "cpu",

@@ -79,9 +79,21 @@ def resolve_columns(
     return Columns(image=image, mask=mask, labels=labels)
 
 
+def mask_array(mask, name: str = "") -> np.ndarray:
+    """A mask image as its [H, W] array of class ids; a mask with channels (RGB) is refused, saying what to do."""
+    array = np.asarray(mask)
+    if array.ndim != 2:
+        raise ValueError(
+            f"Mask {name or '(unnamed)'} has shape {array.shape}: masks are single-channel images of class ids "
+            "(PNG mode L or P). A colour-coded mask must be mapped to its class ids first; a grey mask saved as RGB "
+            "can be converted with PIL's .convert('L')."
+        )
+    return array
+
+
 def labels_from_mask(mask, num_classes: int, ignore_index: int = 255, name: str = "") -> list[int]:
     """Present foreground ids (1..C) of a mask; raises on ids outside the class list."""
-    ids = np.unique(np.asarray(mask))
+    ids = np.unique(mask_array(mask, name))
     bad = [int(i) for i in ids if i != ignore_index and not 0 <= i <= num_classes]
     if bad:
         raise ValueError(

@@ -21,9 +21,10 @@ from .adapters import (
     add_image_labels,
     dataset_columns,
     is_streaming,
+    mask_array,
     resolve_columns,
 )
-from .decoding import UnreadableImageError, decode_image, split_name, undecoded
+from .decoding import UnreadableImageError, decode_image, describe, split_name, undecoded
 from .transforms import TrainAugmentation, load_rgb_uint8, multi_hot, normalize
 
 
@@ -37,7 +38,7 @@ def read_example(
     mask = None
     if columns.mask is not None and example.get(columns.mask) is not None:
         mask = decode_image(example[columns.mask], columns.mask, row, features.get(columns.mask))
-        mask = np.asarray(mask)
+        mask = mask_array(mask, describe(example[columns.mask], columns.mask, row))
     return load_rgb_uint8(image), mask
 
 
@@ -215,6 +216,15 @@ def collate(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {key: torch.stack([e[key] for e in examples]) for key in examples[0]}
 
 
+def collate_by_size(examples: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """`collate` of evaluation examples whose images may differ in size (a validation set keeps each image's own
+    size): one stacked batch per image size, in the order the sizes first appear."""
+    groups: dict[tuple, list[dict]] = {}
+    for example in examples:
+        groups.setdefault(tuple(example["pixel_values"].shape), []).append(example)
+    return [collate(group) for group in groups.values()]
+
+
 def materialize(dataset, limit: int | None = None, skip_unreadable: bool = False):
     """A random-access ``datasets.Dataset`` of (the first ``limit`` examples of) a dataset; a streamed
     one is read once into memory (meant for a validation split: evaluation and overlays index it).
@@ -390,7 +400,8 @@ def load_dataset_splits(
 
     Without ``train_split`` the preset's preferred splits are tried in order (VOC: "train_aug", then
     "train", with a note through ``log``). With ``need_train=False`` (evaluation) a missing training split gives
-    ``train=None``.
+    ``train=None``. A ``validation_split`` given must exist ("none": no validation set); without it the preset's is
+    used when the dataset has it.
     """
     if source.toy:
         from .toy import TOY_VALIDATION_SEED_OFFSET, make_toy_dataset
@@ -431,9 +442,15 @@ def load_dataset_splits(
                 f"the SBD-augmented 10,582 images); training on {train_split!r} ({size}; VOC 2012 'train' alone "
                 "has 1,464). Pass --train_split to choose another."
             )
-    validation_split = validation_split or layout.validation_split
     if train_split not in ds and need_train:
         raise ValueError(f"Split {train_split!r} not found; available splits: {list(ds)}.")
+    if (
+        validation_split not in (None, "none") and validation_split not in ds
+    ):  # a misspelt name: no evaluation
+        raise ValueError(
+            f"Validation split {validation_split!r} not found; available splits: {list(ds)} ('none': no evaluation)."
+        )
+    validation_split = validation_split or layout.validation_split
     names = _names(get_preset(preset)) if preset else {}
     train = with_split_name(ds[train_split], train_split) if train_split in ds else None
     if source.streaming and train is not None and not is_streaming(train):

@@ -61,6 +61,18 @@ def toy_clip_path() -> pathlib.Path:
     return pathlib.Path(__file__).resolve().parent.parent / "toy_clip"
 
 
+def check_toy_classes(class_names: list[str], model_name: str) -> None:
+    """Refuse scoring or labelling the toy world (the scripts' default data) with a model of other classes: the toy
+    masks' ids would silently count as that model's classes."""
+    if list(class_names) != list(TOY_CLASS_NAMES):
+        shown = ", ".join(class_names[:4]) + (", ..." if len(class_names) > 4 else "")
+        raise ValueError(
+            f"{model_name} segments other classes ({shown}) than the toy world ({', '.join(TOY_CLASS_NAMES)}), which "
+            "the scripts read when no dataset is given: give its dataset (--dataset_name, --data_dir or "
+            "--dataset_path)."
+        )
+
+
 def default_clip_model(toy: bool) -> str:
     """The CLIP a fresh model starts from unless one is given: on the toy world its tiny CLIP, else `CLIP_MODEL`."""
     return str(toy_clip_path()) if toy else CLIP_MODEL
