@@ -164,6 +164,7 @@ def load_splits(args, num_classes: int, ignore_index: int, class_names, state: P
             args.mask_column,
             args.labels_column if is_pseudo else None,
             require_mask=not is_pseudo,
+            features=dataset.features,
         )
         dataset = dataset.add_column(
             "source_row", list(range(len(dataset)))

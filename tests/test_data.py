@@ -80,6 +80,31 @@ def test_masks_with_channels_are_refused_by_the_check_and_the_reading():
     ].shape == (8, 8)
 
 
+def test_a_folder_of_class_subfolders_gives_each_image_its_folders_class(tmp_path):
+    """An imagefolder laid out as ``train/<class>/*.png`` (a classification dataset: a ClassLabel ``label`` column)
+    gives each image its folder's class, matched by name (it was taken for a mask column and crashed)."""
+    from weclip_hf.data.loading import DataSource, load_dataset_splits, training_set
+    from weclip_hf.data.transforms import TrainAugmentation
+    from weclip_hf.normalization import CLIP_NORMALIZATION
+
+    for i, name in enumerate(["cat", "dog", "cat"]):
+        (tmp_path / "train" / name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "train" / name / f"{i}.png")
+    train, _, _ = load_dataset_splits(DataSource(data_dir=str(tmp_path)), validation_split="none")
+    augment = TrainAugmentation(16, (1.0, 1.0), normalization=CLIP_NORMALIZATION)
+    dataset, summary = training_set(
+        train, 2, augment, class_names=["Dog", "cat"]
+    )  # another order, another case
+    by_class = sorted(dataset[i]["class_labels"].tolist() for i in range(len(dataset)))
+    assert by_class == [[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]] and summary.class_counts == {1: 1, 2: 2}
+    one_id = datasets.Dataset.from_dict(  # a plain integer column: one class id per image
+        {"image": [Image.fromarray(np.zeros((8, 8, 3), np.uint8))] * 2, "labels": [0, 1]},
+        features=datasets.Features({"image": datasets.Image(), "labels": datasets.Value("int64")}),
+    )
+    ids, _ = add_image_labels(one_id, Columns("image", None, "labels"), num_classes=2, zero_based=True)
+    assert ids["image_labels"] == [[1], [2]]
+
+
 def test_add_image_labels_summarises_and_applies_empty_policy():
     full = np.zeros((8, 8), np.uint8)
     full[2:4, 2:4] = 2

@@ -46,14 +46,31 @@ def dataset_columns(dataset) -> list[str]:
     return list(next(iter(dataset)).keys())
 
 
+def class_label_columns(features: Mapping | None) -> list[str]:
+    """The columns of ``features`` that hold classification labels (`datasets.ClassLabel`, or lists of them): an
+    image's class, e.g. the class folder of an imagefolder (``train/cat/1.jpg``), never a mask."""
+    import datasets
+
+    def is_class_label(feature) -> bool:
+        return isinstance(feature, datasets.ClassLabel) or isinstance(
+            getattr(feature, "feature", None), datasets.ClassLabel
+        )
+
+    return [name for name, feature in (features or {}).items() if is_class_label(feature)]
+
+
 def resolve_columns(
     available: list[str],
     image_column: str | None = None,
     mask_column: str | None = None,
     labels_column: str | None = None,
     require_mask: bool = False,
+    features: Mapping | None = None,
 ) -> Columns:
-    """Pick the image, mask and label columns (explicit names first, then common names)."""
+    """Pick the image, mask and label columns (explicit names first, then common names). With the dataset's
+    ``features``, a classification label column (`class_label_columns`: an image's class) is a label column,
+    never a mask."""
+    class_labels = class_label_columns(features)
 
     def pick(explicit, candidates, what, required):
         if explicit is not None:
@@ -69,8 +86,11 @@ def resolve_columns(
         return found
 
     image = pick(image_column, IMAGE_COLUMNS, "image", True)
-    mask = pick(mask_column, [c for c in MASK_COLUMNS if c != image], "mask", require_mask)
-    labels = pick(labels_column, [c for c in LABEL_COLUMNS if c not in (image, mask)], "labels", False)
+    mask = pick(
+        mask_column, [c for c in MASK_COLUMNS if c not in (image, *class_labels)], "mask", require_mask
+    )
+    label_candidates = [c for c in (*LABEL_COLUMNS, *class_labels) if c not in (image, mask)]
+    labels = pick(labels_column, label_candidates, "labels", False)
     if mask is None and labels is None:
         raise ValueError(
             f"The dataset needs a mask column or an image-level label column; available columns: {available}. "
@@ -151,7 +171,7 @@ def normalize_label_row(
 ) -> list[int]:
     """An image-level label row (ids, multi-hot of width C, or class names mapped through ``class_names``,
     see `class_name_ids`) -> sorted foreground ids 1..C."""
-    if isinstance(row, str):  # a single class name
+    if isinstance(row, (str, int, np.integer)) and not isinstance(row, bool):  # one class: its name or id
         row = [row]
     values = np.asarray(row)
     if values.ndim != 1:
@@ -315,10 +335,24 @@ def row_image_labels(
     if columns.labels is not None:
         path = file_path(example[columns.image])
         name = row + (f" (image file {path!r})" if path else "")
-        ids = normalize_label_row(example[columns.labels], num_classes, zero_based, name, lookup)
+        value = _class_label_names(example[columns.labels], features.get(columns.labels))
+        ids = normalize_label_row(value, num_classes, zero_based, name, lookup)
     else:
         ids = _mask_image_labels(example, columns, image, mask, row, num_classes, ignore_index)
     return {"image_labels": ids, "_unreadable": None}
+
+
+def _class_label_names(value, feature):
+    """Classification labels (`datasets.ClassLabel` indices, one or a list) as their names, which the class-name
+    lookup maps to ids (the dataset's class order need not be the model's); other label values as they are."""
+    import datasets
+
+    if isinstance(feature, datasets.ClassLabel):
+        return feature.int2str(int(value))
+    inner = getattr(feature, "feature", None)
+    if isinstance(inner, datasets.ClassLabel):
+        return [inner.int2str(int(v)) for v in value]
+    return value
 
 
 def _decoded_pair(example: dict, columns: Columns, row: str, features: Mapping) -> tuple:

@@ -282,7 +282,9 @@ def evaluation_set(
     once) with its image-level labels, and their summary; ``labelling``: the context of `add_image_labels` (e.g.
     ``accelerator.main_process_first``, so that one process fills the datasets cache)."""
     val = materialize(val, max_samples, skip_unreadable=skip_unreadable)
-    columns = resolve_columns(val.column_names, image_column, mask_column, None, require_mask=True)
+    columns = resolve_columns(
+        val.column_names, image_column, mask_column, None, require_mask=True, features=val.features
+    )
     with labelling():
         val, summary = add_image_labels(
             val, columns, num_classes, ignore_index, skip_unreadable=skip_unreadable
@@ -312,7 +314,7 @@ def training_set(
     labels' summary. Columns are found by name unless given; ``require_mask``: fail without a mask column (full
     supervision); ``labelling``: the context of `add_image_labels` (e.g. ``accelerator.main_process_first``)."""
     columns = resolve_columns(
-        dataset_columns(train), image_column, mask_column, labels_column, require_mask=require_mask
+        dataset_columns(train), image_column, mask_column, labels_column, require_mask, train.features
     )
     with labelling():
         train, summary = add_image_labels(
