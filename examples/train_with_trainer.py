@@ -24,9 +24,11 @@ import json
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from transformers import TrainingArguments, set_seed
 
 from weclip_hf import WeCLIPImageProcessor
+from weclip_hf.checkpointing import claim_output_dir
 from weclip_hf.data.loading import DataSource, evaluation_set, load_dataset_splits, training_set
 from weclip_hf.data.toy import default_clip_model
 from weclip_hf.data.transforms import TrainAugmentation
@@ -56,7 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--output_dir", default="outputs/weclip-toy-trainer")
     p.add_argument("--max_train_steps", type=at_least_one, help="default: the preset's")
-    p.add_argument("--resume_from_checkpoint", help="a checkpoint-N folder of --output_dir")
+    p.add_argument("--resume_from_checkpoint", help="a checkpoint-N folder of --output_dir, or 'latest'")
+    p.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="start over in an --output_dir that holds a previous run (its checkpoints and metrics are removed)",
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     check_dino_fits_preset(p, args)
@@ -67,6 +74,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     """Train as the command line ``argv`` says, save the model and its processor, return the validation mIoU."""
     args = parse_args(argv)
+    # "latest": Trainer's True, its last checkpoint in --output_dir
+    resume = True if args.resume_from_checkpoint == "latest" else args.resume_from_checkpoint
+    is_main = PartialState().is_main_process
+    claim_output_dir(Path(args.output_dir), bool(resume), args.overwrite_output_dir, is_main, "checkpoint-*")
     source = DataSource.from_args(args)
     preset = get_preset(args.preset or ("toy" if source.toy else "voc"))
     recipe = preset.training
@@ -130,7 +141,7 @@ def main(argv=None) -> dict:
         eval_modes=("pred", "cam", "pseudo"),
         eval_long_side=preset.evaluation.eval_long_side,
     )
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output_dir)
     processor.save_pretrained(args.output_dir)
     results = {}

@@ -209,6 +209,15 @@ def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch):
     assert masks and {m["label"] for m in masks} <= set(TOY.config["class_names"]) | {"background"}
     assert all(m["mask"].size == image.size for m in masks)
     assert (tmp_path / "checkpoint-2" / "model.safetensors").is_file()
+    # a second run into the folder would replace the model and keep the old checkpoints beside its own: refused
+    again = ["--output_dir", str(tmp_path), "--max_train_steps", "1", "--seed", "5"]
+    with pytest.raises(FileExistsError, match=r"holds checkpoints of a previous run \(checkpoint-2\)"):
+        train_with_trainer.main(again)
+    try:
+        train_with_trainer.main([*again, "--overwrite_output_dir"])
+    finally:
+        torch.set_num_threads(before)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1"]
 
 
 def test_trainer_trains_weclip_plus_heads_and_keeps_both_backbones_frozen(tmp_path):

@@ -218,13 +218,16 @@ def lock_output_dir(output_dir: Path):
 FINISHED_RUN_FILES = ("model.safetensors", "metrics.json", "train_log.jsonl")
 
 
-def claim_output_dir(output_dir: Path, resume: bool, overwrite: bool, is_main: bool) -> None:
-    """Prepare ``output_dir`` (created and locked by `lock_output_dir`) for this run. A fresh run (not ``resume``,
-    ``--resume_from_checkpoint``) refuses a folder that holds a previous run's checkpoints or results (its
+def claim_output_dir(
+    output_dir: Path, resume: bool, overwrite: bool, is_main: bool, checkpoints: str = "step_*"
+) -> None:
+    """Prepare ``output_dir`` for this run (examples/train.py: created and locked by `lock_output_dir`). A fresh
+    run (not ``resume``, ``--resume_from_checkpoint``) refuses a folder that holds a previous run's checkpoints
+    (the folders matching ``checkpoints``: train.py's ``step_N``, `Trainer`'s ``checkpoint-*``) or results (its
     model, metrics or log: they would be replaced without a word and the logs mixed) unless ``overwrite``
     (``--overwrite_output_dir``), which removes the checkpoints, log, metrics and overlays (the model files are
     replaced at the end; ``--model_name_or_path`` may be this folder's model)."""
-    old = sorted(p for p in output_dir.glob("step_*") if p.is_dir())
+    old = sorted((p for p in output_dir.glob(checkpoints) if p.is_dir()), key=lambda p: (len(p.name), p.name))
     finished = [name for name in FINISHED_RUN_FILES if (output_dir / name).exists()]
     if resume or not (old or finished):
         return
