@@ -26,13 +26,13 @@ OpenAI TorchScript `ViT-B-16.pt` is read without running its code; see `weclip_h
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 from pathlib import Path
 
 from huggingface_hub import ModelCard
 
 from weclip_hf import WeCLIPImageProcessor
+from weclip_hf.batch_jobs import sha256_of
 from weclip_hf.configuration_weclip_plus import DINO_VARIANTS
 from weclip_hf.conversion import OFFICIAL_PRESETS, dino_variant_name
 from weclip_hf.convert import convert_official_checkpoint
@@ -81,14 +81,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.clip is None and args.tokenizer is None:
         args.tokenizer = DEFAULT_TOKENIZER  # the tokenizer of the OpenAI ViT-B/16 the official code used
     return args
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def dino_description(config) -> str:

@@ -20,7 +20,8 @@ ids of ``config.id2label``), ``<split>/metadata.jsonl`` (``file_name``, ``mask_f
 ``pseudo_label_report.json`` scores the pseudo masks (per-class IoU; CAM, and with --model RFM). Optional:
 ``overlays/`` (--num_overlays), --save_to_disk, --push_to_hub. Re-running the same command after an
 interruption continues where it stopped (every file is written atomically; an image is done when its record in
-``.state/`` exists).
+``.state/`` exists); a re-run with other settings, or with another model saved at the same --model or
+--clip_model_name_or_path folder (its weights are recorded by their SHA-256), is refused.
 
 Several processes take every n-th image each (on CPUs: ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
 --num_processes N``, as ``accelerate launch --cpu`` starts one process).
@@ -401,7 +402,8 @@ def main(argv=None) -> dict | None:
     out = Path(args.output_dir)
     settings = {k: getattr(args, k) for k in ("model", "clip_model_name_or_path", "preset", "mode", "split")}
     settings.update(class_names=args.class_names, background_names=args.background_names)
-    check_run_settings(out, settings, state.is_main_process, state.wait_for_everyone)
+    models = ("model", "clip_model_name_or_path")
+    check_run_settings(out, settings, state.is_main_process, state.wait_for_everyone, models=models)
     if args.push_to_hub and state.is_main_process:  # fail now, not after labelling everything
         args.hub_dataset_id = create_hub_repo(
             args.hub_dataset_id or out.resolve().name, token=args.hub_token, repo_type="dataset"

@@ -18,7 +18,9 @@ Outputs in --output_dir: ``labels/<name>.png`` (palette PNG whose pixel values a
 ``config.id2label``; ``<name>``: the path relative to the inputs' common folder, or the row number of a dataset),
 ``overlays/<name>.png`` for the first --num_overlays inputs, and ``class_fractions.json`` (per image and overall:
 the fraction of pixels of each class; the skipped inputs with the reason). Re-running the same command after an
-interruption continues: images whose label map exists are skipped (every file is written atomically).
+interruption continues: images whose label map exists are skipped (every file is written atomically). A re-run
+with other settings, or with another model saved at the same --model_name_or_path folder (its weights are
+recorded by their SHA-256), is refused: choose another --output_dir.
 
 Phases: arguments -> inputs -> model -> segmentation loop (each process its share) -> report (main process).
 """
@@ -309,7 +311,9 @@ def main(argv=None) -> dict | None:
         args.scales = default_scales(model.config)
     settings = {k: getattr(args, k) for k in ("model_name_or_path", "dtype", "msf", "crf", "crf_preset")}
     settings["scales"] = args.scales if args.msf else None
-    check_run_settings(out, settings, state.is_main_process, state.wait_for_everyone)
+    check_run_settings(
+        out, settings, state.is_main_process, state.wait_for_everyone, models=("model_name_or_path",)
+    )
 
     # 1. inputs: this process's share, without those done by an earlier run
     values, names, where = load_inputs(args)

@@ -275,3 +275,13 @@ def toy_weclip_dir(tiny_clip, tmp_path_factory):
     model.save_pretrained(path)
     WeCLIPImageProcessor(size={"longest_edge": 96}, patch_size=12).save_pretrained(path)
     return path
+
+
+def save_another_model_at(folder: Path) -> None:
+    """Save over the weights in ``folder`` others of the same names and shapes (each float tensor moved by 0.01),
+    as a retrained model saved at the same path."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(folder) / "model.safetensors"
+    tensors = {k: v + 0.01 if v.is_floating_point() else v for k, v in load_file(path).items()}
+    save_file(tensors, path, metadata={"format": "pt"})

@@ -5,12 +5,13 @@ loses nothing."""
 import importlib.util
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, train_in_process
+from conftest import ROOT, save_another_model_at, train_in_process
 from huggingface_hub import HfApi
 from PIL import Image
 
@@ -198,6 +199,24 @@ def test_interrupted_rfm_run_loses_nothing(toy_weclip_dir, tmp_path, monkeypatch
     for name in [f"{i:06d}.png" for i in range(6)]:
         a, b = (read_mask(tmp_path / run / "train" / "masks" / name) for run in ("whole", "resumed"))
         assert np.mean(a == b) > 0.999
+
+
+def test_another_model_saved_at_the_same_folder_is_refused(toy_weclip_dir, tiny_clip, tmp_path):
+    """A finished run, then a retrained model (--model) or another CLIP (--clip_model_name_or_path) saved at the
+    same folder: the re-run is refused (it would keep the old model's masks as done), nothing is rewritten."""
+    model, clip = (
+        Path(shutil.copytree(p, tmp_path / n)) for p, n in ((toy_weclip_dir, "m"), (tiny_clip, "c"))
+    )
+    small = ["--toy_images", "2", "--batch_size", "2"]
+    for flag, folder in (("--model", model), ("--clip_model_name_or_path", clip)):
+        argv = [flag, str(folder), *small, "--output_dir", str(tmp_path / f"out{flag}")]
+        generate.main(argv)
+        before = {p: p.stat().st_mtime_ns for p in (tmp_path / f"out{flag}").rglob("*")}
+        save_another_model_at(folder)
+        key = flag.lstrip("-") + "_weights_sha256"
+        with pytest.raises(ValueError, match=f"other settings \\({key}: .* is not the one that wrote them"):
+            generate.main(argv)
+        assert {p: p.stat().st_mtime_ns for p in (tmp_path / f"out{flag}").rglob("*")} == before
 
 
 @pytest.fixture

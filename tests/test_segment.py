@@ -5,13 +5,14 @@ import importlib.util
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, train_env
+from conftest import ROOT, save_another_model_at, train_env
 from PIL import Image
 
 from weclip_hf.batch_jobs import decoding_workers, write_atomic
@@ -163,6 +164,68 @@ def test_other_settings_in_the_same_folder_are_refused(run, images, toy_weclip_d
     argv = ["--model_name_or_path", str(toy_weclip_dir), "--images", str(images), "--output_dir", str(out)]
     with pytest.raises(ValueError, match=r"other settings \(msf: False -> True"):
         segment.main([*argv, "--msf"])
+
+
+@pytest.fixture
+def finished_run(images, toy_weclip_dir, tmp_path) -> tuple[Path, list[str], Path]:
+    """A finished run over the 2 images of ``images/sub`` with a copy of the toy WeCLIP folder (to save another
+    model over): (model folder, command line, output folder)."""
+    model, out = Path(shutil.copytree(toy_weclip_dir, tmp_path / "model")), tmp_path / "out"
+    argv = ["--model_name_or_path", str(model), "--images", str(images / "sub"), "--output_dir", str(out)]
+    assert segment.main(argv)["num_images"] == 2
+    return model, argv, out
+
+
+def test_another_model_saved_at_the_same_folder_is_refused(finished_run):
+    """A retrained model saved at the same --model_name_or_path: the re-run is refused (it would report the old
+    model's label maps as done), and nothing of the folder is rewritten."""
+    model, argv, out = finished_run
+    assert segment.main(argv)["num_images"] == 2  # the same model: the finished run is recognised
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    save_another_model_at(model)
+    with pytest.raises(ValueError, match="model_name_or_path_weights_sha256: .* is not the one that wrote"):
+        segment.main(argv)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_outputs_recorded_without_the_model_weights_are_refused(finished_run):
+    """A folder written before the weights were recorded (settings.json without them): which model wrote it
+    cannot be told, so a run with a local model folder is refused and says to choose another --output_dir."""
+    _, argv, out = finished_run
+    settings_file = out / ".state" / "settings.json"
+    settings = json.loads(settings_file.read_text())
+    del settings["model_name_or_path_weights_sha256"]
+    settings_file.write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match="did not record the weights of its model.*another --output_dir"):
+        segment.main(argv)
+
+
+def test_run_settings_record_the_weights_of_a_local_model_folder(tmp_path):
+    """`check_run_settings` with ``models``: a local folder's safetensors files by their SHA-256, a Hub id by its
+    name only (also in a folder recorded without weights, as before)."""
+    import hashlib
+
+    from weclip_hf.batch_jobs import check_run_settings, weights_sha256
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    (model / "config.json").write_text("{}")
+    assert weights_sha256(str(model)) == {"model.safetensors": hashlib.sha256(b"weights").hexdigest()}
+    assert weights_sha256("openai/clip-vit-base-patch16") is None and weights_sha256(None) is None
+
+    def check(out: Path, name_or_path: str):
+        check_run_settings(out, {"model": name_or_path}, True, lambda: None, models=("model",))
+
+    check(tmp_path / "local", str(model))
+    check(tmp_path / "local", str(model))  # the same weights: accepted
+    (model / "model.safetensors").write_bytes(b"retrained")
+    with pytest.raises(ValueError, match=f"model_weights_sha256: .* The model at {model} is not the one"):
+        check(tmp_path / "local", str(model))
+    hub = tmp_path / "hub"
+    (hub / ".state").mkdir(parents=True)
+    (hub / ".state" / "settings.json").write_text(json.dumps({"model": "openai/clip-vit-base-patch16"}))
+    check(hub, "openai/clip-vit-base-patch16")  # recorded before the weights were: a Hub id is accepted
 
 
 def test_dataset_split_bfloat16_msf_and_crf(toy_weclip_dir, tmp_path):

@@ -6,13 +6,16 @@
 - Process ``rank`` of ``world_size`` takes inputs ``rank, rank + world_size, ...`` (`process_share`); the inputs
   of a batch are run in groups of one size (`group_by_size`).
 - `check_run_settings` records the settings that change the outputs in ``.state/settings.json``: a re-run with
-  other settings is refused rather than mixing two kinds of outputs in one folder.
+  other settings is refused rather than mixing two kinds of outputs in one folder. A model given as a local folder
+  is recorded by its weights too (`weights_sha256`), so that another model saved at the same path is another
+  setting.
 - Each process lists the inputs it could not read in ``.state/skipped-<rank>.json`` (`write_skipped`); the main
   process merges them (`read_skipped`) once every process is done.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -85,25 +88,66 @@ def group_by_size(items: list[dict], key: str = "pixel_values") -> list[list[dic
     return list(groups.values())
 
 
+def sha256_of(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(name_or_path: str | None) -> dict[str, str] | None:
+    """The identity of a model's weights: the SHA-256 of each safetensors file of a local model folder (the files
+    `from_pretrained` reads), by file name; None for a Hub id (no such local folder) or no model."""
+    folder = Path(name_or_path).expanduser() if name_or_path else None
+    if folder is None or not folder.is_dir():
+        return None
+    return {p.name: sha256_of(p) for p in sorted(folder.glob("*.safetensors"))}
+
+
+def weights_key(model_key: str) -> str:
+    """The setting that records the weights of the model named by setting ``model_key``."""
+    return f"{model_key}_weights_sha256"
+
+
 def check_run_settings(
-    output_dir: str | Path, settings: dict, is_main_process: bool, wait: Callable[[], None]
+    output_dir: str | Path,
+    settings: dict,
+    is_main_process: bool,
+    wait: Callable[[], None],
+    models: tuple[str, ...] = (),
 ):
     """Record ``settings`` (JSON values) in a fresh ``output_dir``, or check them against the recorded ones.
 
     ``wait``: a barrier of all processes (``PartialState().wait_for_everyone``): the main process records, then
-    every process compares. Raises ValueError naming the settings that differ."""
+    every process compares. ``models``: the keys of ``settings`` that name a model (a local folder or a Hub id);
+    `weights_sha256` of each is a setting too (`weights_key`), so a model saved over the old one at the same path
+    is a changed setting. Raises ValueError naming the settings that differ, or, where a model is a local folder,
+    for outputs recorded without its weights (by a version before they were recorded: which weights wrote them
+    cannot be told)."""
     path = Path(output_dir) / STATE_DIR / "settings.json"
+    settings = {**settings, **{weights_key(k): weights_sha256(settings[k]) for k in models}}
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back
     if is_main_process and not path.exists():
         save_json(settings, path)
     wait()
     recorded = json.loads(path.read_text())
+    unknown = [k for k in models if weights_key(k) not in recorded and settings[weights_key(k)] is not None]
+    if unknown:
+        raise ValueError(
+            f"{output_dir} holds outputs of a run that did not record the weights of its model (written before "
+            f"they were recorded): whether they come from the model now at {settings[unknown[0]]} cannot be "
+            "told. Choose another --output_dir (or delete this one) for a run with it."
+        )
     changed = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
     if changed:
         shown = ", ".join(f"{k}: {recorded.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+        replaced = [k for k in models if weights_key(k) in changed and settings[k] == recorded.get(k)]
+        note = "".join(f" The model at {settings[k]} is not the one that wrote them." for k in replaced)
         raise ValueError(
-            f"{output_dir} holds outputs of a run with other settings ({shown}); re-run with the recorded settings "
-            "to continue it, or choose another --output_dir."
+            f"{output_dir} holds outputs of a run with other settings ({shown}).{note} Re-run with the recorded "
+            "settings to continue it, or choose another --output_dir."
         )
 
 
@@ -142,6 +186,9 @@ __all__ = [
     "save_bytes",
     "save_image",
     "save_json",
+    "sha256_of",
+    "weights_key",
+    "weights_sha256",
     "write_atomic",
     "write_skipped",
 ]
