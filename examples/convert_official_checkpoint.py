@@ -19,6 +19,10 @@ Examples:
     python examples/convert_official_checkpoint.py --checkpoint WeCLIP_Plus_iter_30000.pth \
         --tokenizer openai/clip-vit-base-patch16 --preset voc-plus --output_dir weclip-plus-voc
 
+The --output_dir must be new or empty: one that holds files (a trained model, its metrics, logs, overlays and
+step_N checkpoints) is refused before converting, as the converted model would be written beside what it does not
+describe. --overwrite_output_dir removes what it holds once the conversion has succeeded, before writing.
+
 Checkpoints are read safely (`torch.load(weights_only=True)`; a pickle that needs code is refused). An
 OpenAI TorchScript `ViT-B-16.pt` is read without running its code; see `weclip_hf.safe_loading`.
 """
@@ -27,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 from pathlib import Path
 
 from huggingface_hub import ModelCard
@@ -60,7 +66,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="voc",
         help="dataset preset and method: voc / coco (WeCLIP), voc-plus / coco-plus (WeCLIP+)",
     )
-    parser.add_argument("--output_dir", required=True, help="where to write the converted model")
+    parser.add_argument(
+        "--output_dir", required=True, help="where to write the converted model: a new or empty folder"
+    )
+    parser.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="convert into an --output_dir that holds files (e.g. a trained model): remove them first",
+    )
     parser.add_argument(
         "--no_check_clip",
         action="store_true",
@@ -78,9 +91,56 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not existing.is_dir():
         where = "is" if existing == output_dir else f"is inside {str(existing)!r}, which is"
         parser.error(f"--output_dir {args.output_dir!r} {where} an existing file, not a folder")
+    check_output_dir_contents(parser, args)
     if args.clip is None and args.tokenizer is None:
         args.tokenizer = DEFAULT_TOKENIZER  # the tokenizer of the OpenAI ViT-B/16 the official code used
     return args
+
+
+def folder_contents(folder: Path, most: int = 10) -> str:
+    """The names in ``folder``, folders with a trailing ``/``: the first ``most`` and how many more, sorted with
+    code (``.py``) and hidden files last (a saved model's copies of its code say little)."""
+    names = sorted(
+        (p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()),
+        key=lambda name: (name.endswith(".py") or name.startswith("."), name),
+    )
+    more = f", and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
+
+
+def check_output_dir_contents(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse an --output_dir that holds files (the converted model would be written beside them) unless
+    --overwrite_output_dir; with it, refuse one that holds the inputs or the working directory, which removing
+    its contents would delete."""
+    output_dir = Path(args.output_dir)
+    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+        return
+    if not args.overwrite_output_dir:
+        parser.error(
+            f"--output_dir {args.output_dir!r} is not empty ({folder_contents(output_dir)}): the converted model "
+            "would be written beside files it does not describe. Choose a new or empty folder, or give "
+            "--overwrite_output_dir to remove what it holds first."
+        )
+    inputs = {"--checkpoint": args.checkpoint, "--clip": args.clip, "--tokenizer": args.tokenizer}
+    inputs["the working directory"] = os.getcwd()
+    folder = output_dir.resolve()
+    for name, path in inputs.items():
+        if path is not None and Path(path).exists() and Path(path).resolve().is_relative_to(folder):
+            parser.error(
+                f"--overwrite_output_dir would delete {name} ({path}), which is inside --output_dir "
+                f"{args.output_dir!r}: choose another --output_dir."
+            )
+
+
+def clear_folder(folder: Path) -> None:
+    """Remove everything ``folder`` holds (it stays, empty); a missing folder is left missing."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def dino_description(config) -> str:
@@ -149,11 +209,15 @@ def main(argv: list[str] | None = None) -> Path:
         check_clip=not args.no_check_clip,
     )
     logger.info(model.conversion_report.summary())
+    checkpoint_sha256 = sha256_of(Path(args.checkpoint))
+    if args.overwrite_output_dir:  # after a successful conversion: a failed one leaves the folder as it was
+        clear_folder(output_dir)
+        logger.info("Removed what %s held (--overwrite_output_dir)", output_dir)
     model.save_pretrained(output_dir)
 
     WeCLIPImageProcessor(patch_size=model.config.vision_config.patch_size).save_pretrained(output_dir)
 
-    save_model_card(build_model_card(args, model, sha256_of(Path(args.checkpoint))), output_dir)
+    save_model_card(build_model_card(args, model, checkpoint_sha256), output_dir)
     logger.info("Wrote %s", output_dir)
 
     if args.push_to_hub:

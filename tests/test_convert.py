@@ -807,6 +807,57 @@ def test_script_refuses_an_output_dir_that_is_a_file_before_converting(tmp_path,
         assert expected in capsys.readouterr().err
 
 
+def trained_run_folder(path: Path) -> Path:
+    """A folder as examples/train.py leaves it: the model, its metrics and log, overlays and step_N checkpoints."""
+    for name in ("config.json", "model.safetensors", "metrics.json", "train_log.jsonl"):
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text("{}")
+    for name in ("overlays/0.png", "step_250/model.safetensors", "step_500/model.safetensors"):
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_bytes(b"old run")
+    return path
+
+
+def test_script_refuses_an_output_dir_that_is_not_empty_before_converting(tmp_path, capsys):
+    """A folder that holds a trained model is refused, its contents named, before converting; a new or empty
+    folder is accepted; with --overwrite_output_dir, one that holds an input (which removing would delete) is
+    refused."""
+    script = _script()
+    out = trained_run_folder(tmp_path / "weclip-toy")
+    before = sorted(out.rglob("*"))
+    argv = ["--checkpoint", "x.pth", "--tokenizer", "t", "--output_dir", str(out)]
+    with mock.patch.object(script, "convert_official_checkpoint") as convert, pytest.raises(SystemExit):
+        script.main(argv)
+    convert.assert_not_called()
+    error = capsys.readouterr().err
+    for text in ("is not empty", "metrics.json", "step_250/", "train_log.jsonl", "--overwrite_output_dir"):
+        assert text in error, text
+    assert sorted(out.rglob("*")) == before
+    (tmp_path / "empty").mkdir()
+    for folder in ("empty", "new"):
+        assert script.parse_args([*argv[:-1], str(tmp_path / folder)]).output_dir == str(tmp_path / folder)
+    with pytest.raises(SystemExit):
+        script.parse_args(["--checkpoint", str(out / "metrics.json"), *argv[2:], "--overwrite_output_dir"])
+    assert "would delete --checkpoint" in capsys.readouterr().err
+
+
+def test_script_overwrite_output_dir_replaces_a_trained_model(tmp_path, real_vocab_checkpoint):
+    """--overwrite_output_dir: a failed conversion leaves the folder as it was; a successful one removes what the
+    folder held (the old run's metrics, log, overlays, checkpoints) and writes the converted model alone."""
+    checkpoint, _ = real_vocab_checkpoint
+    out = trained_run_folder(tmp_path / "weclip-toy")
+    before = sorted(out.rglob("*"))
+    argv = ["--checkpoint", str(checkpoint), "--tokenizer", str(TOKENIZER), "--output_dir", str(out)]
+    with pytest.raises(ValueError, match="classes but preset 'coco' has 81"):
+        _script().main([*argv, "--preset", "coco", "--overwrite_output_dir"])
+    assert sorted(out.rglob("*")) == before
+    _script().main([*argv, "--preset", "voc", "--overwrite_output_dir"])
+    names = {p.name for p in out.iterdir()}
+    assert names >= {"README.md", "config.json", "model.safetensors", "preprocessor_config.json"}
+    assert not names & {"metrics.json", "train_log.jsonl", "overlays", "step_250", "step_500"}
+    assert isinstance(WeCLIPForSemanticSegmentation.from_pretrained(out), WeCLIPForSemanticSegmentation)
+
+
 # ---- CLIP from a transformers folder -----------------------------------------------------------------
 
 
