@@ -282,6 +282,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         )
     check_dino_fits_preset(p, args)
     check_preset_fits_data(p, args)
+    if args.no_msf and args.msf_scales:
+        p.error(
+            "--msf_scales are the scales of the multi-scale evaluation, which --no_msf turns off: give one."
+        )
     args.given_model_flags = [
         k for k in MODEL_FLAGS if getattr(args, k) is not None
     ]  # before the recipe fills
@@ -355,6 +359,12 @@ def check_losses_finite(out, step: int, gather=None) -> None:
         f"Non-finite {where} at step {step}; weights were not updated. "
         "Resume from the last checkpoint with a lower --learning_rate or check the data."
     )
+
+
+# arguments of this machine's run, not of the model: left off its card (values derived from the flags, paths)
+NOT_ON_CARD = frozenset(
+    {"given_model_flags", "rfm_start_source", "output_dir", "overwrite_output_dir", "resume_from_checkpoint"}
+)
 
 
 def public_args(args: argparse.Namespace) -> dict:
@@ -791,7 +801,7 @@ def write_card(args, cfg, output_dir: Path, summary: dict) -> None:
             getattr(getattr(cfg, "dino_config", None), "_name_or_path", None),
         ],
         weakly_supervised=not args.fully_supervised,
-        training_args={k: v for k, v in public_args(args).items() if v is not None},
+        training_args={k: v for k, v in public_args(args).items() if v is not None and k not in NOT_ON_CARD},
         repo_id=args.hub_model_id,
     )
     save_model_card(card, output_dir)
@@ -835,6 +845,15 @@ def load_data_and_model(
         + (f" with {torch.get_num_threads()} threads" if accelerator.device.type == "cpu" else "")
         + (", freed host memory kept for reuse" if retained else "")
     )
+    if cfg.rfm_start_step >= args.max_train_steps:
+        accelerator.print(
+            f"Note: the RFM starts at step {cfg.rfm_start_step}, after this run's {args.max_train_steps} steps: the "
+            "pseudo labels are the CAMs' throughout (--rfm_start_step, or --preset, sets it)."
+        )
+    if val_raw is None:
+        accelerator.print(
+            "Note: the dataset has no validation split: no evaluation (metrics.json has no mIoU)."
+        )
     train_set, val_set = prepare_data(
         args,
         train_raw,

@@ -99,6 +99,10 @@ def test_converter_training_and_push_cards_come_from_one_builder(converter_card,
         assert METHODS["weclip"].paper in card and METHODS["weclip"].code in card, name
         assert "library_name: transformers" in card and "pipeline_tag: image-segmentation" in card, name
     assert "## Training arguments" in training_card and "## Training arguments" not in converter_card
+    # the card describes the model, not the machine's run: no derived flags or local paths
+    assert "`max_train_steps`: `1`" in training_card
+    assert not any(f"`{k}`" in training_card for k in ("given_model_flags", "rfm_start_source", "output_dir"))
+    assert "a 12-pixel patch grid" in training_card  # the tiny CLIP's patches, not ViT-B/16's
     assert "| miou | 0.5000 |" in push_card
 
 

@@ -227,7 +227,7 @@ def test_local_multi_label_dataset(tmp_path, tiny_clip):
     assert set(metrics["per_class_iou"]) == {"background", "a", "b", "c"}
 
 
-def test_imagefolder_dataset(tmp_path, tiny_clip):
+def test_imagefolder_dataset(tmp_path, tiny_clip, capsys):
     root = tmp_path / "folder" / "train"
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()
@@ -264,6 +264,18 @@ def test_imagefolder_dataset(tmp_path, tiny_clip):
         "none",
     )
     assert (out / "model.safetensors").exists()
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "Note: the dataset has no validation split: no evaluation" in printed
+    assert "Note: the RFM starts at step 15000, after this run's 2 steps" in printed  # no preset: the paper's
+
+
+def test_msf_scales_without_the_multiscale_evaluation_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        train_module().parse_args(["--no_msf", "--msf_scales", "1.0", "0.5"])
+    assert (
+        "--msf_scales are the scales of the multi-scale evaluation, which --no_msf turns off"
+        in capsys.readouterr().err
+    )
 
 
 def test_bad_dataset_errors_name_the_problem(tmp_path, tiny_clip):

@@ -127,7 +127,7 @@ processor = AutoImageProcessor.from_pretrained("{{ repo_id }}", trust_remote_cod
 {% endif %}## Intended use and limitations
 Research on weakly supervised semantic segmentation: the classes are fixed to the label set below and
 the model was trained from image-level labels{{ weak_note }}. Predictions follow object extents coarsely
-(a 16-pixel patch grid upsampled); expect errors on thin structures, small objects and classes that
+(a {{ patch_size }}-pixel patch grid upsampled); expect errors on thin structures, small objects and classes that
 co-occur with their context (e.g. boats and water). Not for safety-critical use.
 
 Labels: {{ labels }}
@@ -271,6 +271,7 @@ def make_model_card(
         repo_id=repo_id or model_name,
         training_args=args,
         weak_note="" if weakly_supervised else " (here: the dataset's pixel masks instead)",
+        patch_size=config.vision_config.patch_size,
         labels=", ".join(config.id2label[i] for i in range(config.num_labels)),
         citation=method.citation,
     )
