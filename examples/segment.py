@@ -355,5 +355,14 @@ def main(argv=None) -> dict | None:
     return write_report(out, names, label_path, model.config.id2label, args.model_name_or_path)
 
 
+def exit_status(report: dict | None) -> int:
+    """1 when inputs were given but none could be segmented (every one skipped), else 0 (other processes: 0)."""
+    return 1 if report is not None and report["num_images"] == 0 and report["skipped"] else 0
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        raise SystemExit(exit_status(main()))
+    except KeyboardInterrupt:  # every label map written is whole: the same command continues
+        print("Interrupted: run the same command again to continue.")
+        raise SystemExit(130) from None

@@ -36,8 +36,12 @@ def test_labels_from_mask_names_image_and_bad_id():
     mask[0, 0], mask[1, 1], mask[2, 2] = 3, 255, 1
     assert labels_from_mask(mask, 3) == [1, 3]
     mask[3, 3] = 9
-    with pytest.raises(ValueError, match=r"img_7.*\[9\] outside 0..3"):
+    with pytest.raises(ValueError, match=r"img_7.*\[9\] outside 0..3 .*check --class_names"):
         labels_from_mask(mask, 3, name="img_7")
+    with pytest.raises(
+        ValueError, match=r"JPEG is lossy .*: save masks as PNG"
+    ):  # the likely cause, not the names
+        labels_from_mask(mask, 3, name="file 'masks/7.jpg'")
 
 
 def test_label_rows_ids_multi_hot_and_errors():

@@ -338,3 +338,24 @@ def test_two_processes_split_the_inputs(run, images, toy_weclip_dir, tmp_path):
 def test_decoding_workers_default_to_two_on_an_accelerator_and_none_on_the_cpu():
     assert decoding_workers(None, "cuda") == 2 and decoding_workers(None, "cpu") == 0
     assert decoding_workers(3, "cpu") == 3 and decoding_workers(0, "cuda") == 0  # --num_workers wins
+
+
+def test_a_run_where_no_input_could_be_read_exits_with_an_error(run, toy_weclip_dir, tmp_path):
+    """segment.py exited 0 when every input was unreadable ("0 label maps ... 1 inputs skipped")."""
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    report = segment.main(
+        [
+            "--model_name_or_path",
+            str(toy_weclip_dir),
+            "--images",
+            str(broken),
+            "--output_dir",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert report["num_images"] == 0 and len(report["skipped"]) == 1
+    assert segment.exit_status(report) == 1
+    assert (
+        segment.exit_status(run[1]) == 0 and segment.exit_status(None) == 0
+    )  # another process: the main's says

@@ -116,9 +116,15 @@ def labels_from_mask(mask, num_classes: int, ignore_index: int = 255, name: str 
     ids = np.unique(mask_array(mask, name))
     bad = [int(i) for i in ids if i != ignore_index and not 0 <= i <= num_classes]
     if bad:
+        lossy = name.lower().endswith((".jpg", ".jpeg", ".jpg'", ".jpeg'"))  # a path, quoted or not
+        hint = (
+            "JPEG is lossy (the edges get ids between the classes'): save masks as PNG"
+            if lossy
+            else "check --class_names / the preset"
+        )
         raise ValueError(
             f"Mask {name or '(unnamed)'} contains class id(s) {bad} outside 0..{num_classes} "
-            f"(ignore index {ignore_index}); check --class_names / the preset."
+            f"(ignore index {ignore_index}); {hint}."
         )
     return [int(i) for i in ids if 0 < i <= num_classes]
 
