@@ -756,6 +756,36 @@ def test_from_clip_and_dino(tiny_clip, tmp_path, registers):
         WeCLIPPlusForSemanticSegmentation.from_clip(tiny_clip)
 
 
+def test_backbone_loading_options_fetch_the_checkpoints_and_never_reach_the_config(tiny_clip, tmp_path):
+    """A token (or revision, cache_dir, ...) given to from_clip / from_clip_and_dino was stored in config.json, which
+    push_to_hub then uploaded; unknown keywords (e.g. preset=) were stored and ignored."""
+    torch.manual_seed(1)
+    randomize_(AutoModel.from_config(Dinov2Config(**TINY_DINO))).save_pretrained(tmp_path / "dino")
+    secret = "hf_" + "S3CRET" * 4
+    options = dict(
+        token=secret, cache_dir=str(tmp_path / "cache"), local_files_only=True, dtype=torch.bfloat16
+    )
+    names = dict(class_names=["cat", "dog"], background_names=["sky"])
+    plain = WeCLIPForSemanticSegmentation.from_clip(
+        tiny_clip, revision="main", decoder_num_layers=2, **names, **options
+    )
+    plus = WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(
+        tiny_clip, str(tmp_path / "dino"), **names, **options
+    )
+    for name, model in (("plain", plain), ("plus", plus)):
+        model.save_pretrained(tmp_path / name)
+        saved = (tmp_path / name / "config.json").read_text()
+        assert secret not in saved and '"cache_dir"' not in saved and '"revision"' not in saved
+        assert model.dtype == torch.bfloat16  # a loading option that applies
+    assert plain.config.decoder_num_layers == 2  # a config field that applies
+    for build in (lambda: WeCLIPForSemanticSegmentation.from_clip(tiny_clip, preset="toy", **names),
+                  lambda: WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(tiny_clip, "x", preset="toy")):  # fmt: skip
+        with pytest.raises(
+            TypeError, match=r"got unknown keyword argument\(s\) \['preset'\].*preset_config_kwargs"
+        ):
+            build()
+
+
 def test_fresh_dino_head_gets_the_decoder_initialization(plus_model):
     std = plus_model.config.initializer_range
     for layer in (plus_model.dino_branch.head.layer_mlps[0].fc1, plus_model.dino_branch.head.fuse):

@@ -363,6 +363,12 @@ class WeCLIPConfig(PreTrainedConfig):
         return super().from_dict({**config_dict, **own}, **kwargs)
 
     @classmethod
+    def field_names(cls) -> set[str]:
+        """Every name the config takes as a keyword: its constructors' arguments and transformers' common fields
+        (``output_hidden_states``, ``id2label``, ``num_labels``, ...)."""
+        return cls._constructor_arguments() | set(cls().to_dict()) | {"num_labels"}
+
+    @classmethod
     def _constructor_arguments(cls) -> set[str]:
         """The keyword arguments of this config's constructors (its own and its WeCLIP bases'), without the
         sub-configs (transformers merges a partial sub-config dict into the loaded one) and ``kwargs``."""
@@ -384,7 +390,7 @@ class WeCLIPConfig(PreTrainedConfig):
     def _loading_error(cls, path: str, kwargs: dict, err: Exception) -> ValueError:
         """The error of a refused config, blaming the keyword arguments when the saved config alone loads, else
         the folder's config.json (with its own error)."""
-        fields = cls._constructor_arguments() | set(cls().to_dict()) | {"num_labels"}
+        fields = cls.field_names()
         overrides = sorted(k for k in kwargs if k in fields)
         if overrides:
             try:

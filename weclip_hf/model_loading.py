@@ -19,6 +19,25 @@ from collections.abc import Iterator
 from torch import nn
 
 WECLIP_MODEL_TYPES = ("weclip", "weclip_plus")  # the model types of this package's saved folders
+# keywords of `from_clip` / `from_clip_and_dino` that say how to fetch a checkpoint (as for `from_pretrained`), not
+# what the model is: never stored in its config (a token in config.json would be uploaded with it)
+HUB_OPTIONS = ("token", "revision", "cache_dir", "local_files_only", "force_download", "proxies")
+MODEL_LOADING_OPTIONS = (*HUB_OPTIONS, "dtype", "device_map", "attn_implementation")
+
+
+def split_backbone_keywords(kwargs: dict, config_fields: set[str], constructor: str) -> tuple[dict, dict]:
+    """(config fields, loading options) of the keywords given to a constructor from pretrained backbones
+    (``constructor``: its name, for the error): anything else is refused, naming it."""
+    unknown = sorted(k for k in kwargs if k not in config_fields and k not in MODEL_LOADING_OPTIONS)
+    if unknown:
+        raise TypeError(
+            f"{constructor} got unknown keyword argument(s) {unknown}: it takes config fields (those of the "
+            f"model's config class) and the loading options {list(MODEL_LOADING_OPTIONS)}. A preset's fields: "
+            "weclip_hf.presets.preset_config_kwargs(name)."
+        )
+    loading = {k: v for k, v in kwargs.items() if k in MODEL_LOADING_OPTIONS}
+    return {k: v for k, v in kwargs.items() if k not in loading}, loading
+
 
 # the config fields the stored text embeddings were computed from
 TEXT_EMBEDDING_NAMES = ("class_names", "background_names", "prompt_template")

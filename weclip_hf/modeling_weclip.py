@@ -32,11 +32,13 @@ from .feature_head import WeCLIPFeatureHead
 from .last_block import pair_block_outputs, run_last_block
 from .losses import affinity_loss, affinity_targets, segmentation_loss
 from .model_loading import (
+    HUB_OPTIONS,
     check_model_folder,
     in_aligned_memory,
     loading_errors,
     refuse_missing_weights,
     safetensors_only,
+    split_backbone_keywords,
 )
 from .par import par_refine
 from .pseudo_labels import (
@@ -414,14 +416,19 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         class_names: list[str] | None = None,
         background_names: list[str] | None = None,
         tokenizer=None,
-        **config_kwargs,
+        **kwargs,
     ) -> WeCLIPForSemanticSegmentation:
         """Build WeCLIP from any CLIP checkpoint (Hub id or local folder): CLIP weights by name, a fresh
-        decoder, class embeddings computed with the checkpoint's tokenizer (or ``tokenizer``)."""
+        decoder, class embeddings computed with the checkpoint's tokenizer (or ``tokenizer``). ``kwargs``: config
+        fields, and the loading options of `from_pretrained` (``token``, ``revision``, ``cache_dir``,
+        ``local_files_only``, ``dtype``, ...), which fetch the checkpoint and are not stored; others are refused."""
         from transformers import AutoTokenizer, CLIPConfig
 
-        clip_config = CLIPConfig.from_pretrained(clip_name_or_path)
-        kwargs = dict(config_kwargs)
+        kwargs, loading = split_backbone_keywords(
+            kwargs, cls.config_class.field_names(), f"{cls.__name__}.from_clip"
+        )
+        hub = {k: v for k, v in loading.items() if k in HUB_OPTIONS}
+        clip_config = CLIPConfig.from_pretrained(clip_name_or_path, **hub)
         if class_names is not None:
             kwargs["class_names"] = class_names
         if background_names is not None:
@@ -442,6 +449,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                 config=config,
                 allowed_missing=cls._fresh_in_clip_checkpoint,
                 output_loading_info=True,
+                **loading,
             )
         finally:
             hf_logging.set_verbosity(verbosity)
@@ -450,7 +458,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                 f"{clip_name_or_path!r}: tensors not used by WeCLIP: {sorted(info['unexpected_keys'])}"
             )
         if tokenizer is None or isinstance(tokenizer, str):
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer or clip_name_or_path)
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer or clip_name_or_path, **hub)
         model.update_class_embeddings(tokenizer)
         return model
 

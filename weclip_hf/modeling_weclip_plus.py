@@ -24,6 +24,7 @@ from .branch_losses import weclip_plus_losses
 from .cam import cam_box_masks
 from .configuration_weclip_plus import WeCLIPPlusConfig
 from .dino_branch import WeCLIPPlusDinoBranch
+from .model_loading import HUB_OPTIONS, split_backbone_keywords
 from .modeling_weclip import (
     CLIPVisionFeatures,
     WeCLIPCAMOutput,
@@ -136,14 +137,17 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
         class_names: list[str] | None = None,
         background_names: list[str] | None = None,
         tokenizer=None,
-        **config_kwargs,
+        **kwargs,
     ) -> WeCLIPPlusForSemanticSegmentation:
         """Build WeCLIP+ from any CLIP checkpoint and any DINOv2 checkpoint (`Dinov2Model` or
         `Dinov2WithRegistersModel`; Hub ids or local folders, safetensors only): both backbones' weights, a
         fresh decoder and DINO head, class embeddings from the CLIP checkpoint's tokenizer (or ``tokenizer``).
-        ``config_kwargs`` set the other `WeCLIPPlusConfig` fields (e.g. ``decoder_num_layers=5`` for
-        ViT-L)."""
-        dino = AutoModel.from_pretrained(dino_name_or_path, use_safetensors=True)
+        ``kwargs`` set the other `WeCLIPPlusConfig` fields (e.g. ``decoder_num_layers=5`` for ViT-L) and the
+        loading options of `from_clip` (``token``, ``cache_dir``, ``local_files_only``, ... fetch both checkpoints;
+        ``revision`` is the CLIP's)."""
+        split_backbone_keywords(kwargs, cls.config_class.field_names(), f"{cls.__name__}.from_clip_and_dino")
+        hub = {k: v for k, v in kwargs.items() if k in HUB_OPTIONS and k != "revision"}
+        dino = AutoModel.from_pretrained(dino_name_or_path, use_safetensors=True, **hub)
         if not isinstance(dino.config, (Dinov2Config, Dinov2WithRegistersConfig)):
             raise ValueError(
                 f"{dino_name_or_path!r} holds a {dino.config.model_type!r} model, not a DINOv2 ('dinov2' or "
@@ -155,7 +159,7 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
             background_names,
             tokenizer,
             dino_config=dino.config,
-            **config_kwargs,
+            **kwargs,
         )
         model.dino_branch.backbone.load_state_dict(dino.state_dict())
         model.freeze_clip()
