@@ -187,6 +187,52 @@ def test_push_to_hub_ships_the_processor_saved_with_the_model(tmp_path, monkeypa
     assert WeCLIPImageProcessor.from_pretrained(tmp_path / "hub").size == {"height": 96, "width": 96}
 
 
+def test_push_to_hub_of_a_model_built_on_a_clip_folder_ships_a_weclip_processor_tags_and_description(
+    tiny_clip, tmp_path, monkeypatch
+):
+    """A model built with from_clip on a local CLIP folder has that folder as its _name_or_path, whose processor is
+    CLIP's: push_to_hub failed on it, after creating the repository. tags= and commit_description= were dropped."""
+    from huggingface_hub import HfApi, ModelCard
+    from transformers import CLIPImageProcessor
+
+    from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
+
+    clip = tmp_path / "clip"
+    shutil.copytree(tiny_clip, clip)
+    CLIPImageProcessor().save_pretrained(clip)
+    model = WeCLIPForSemanticSegmentation.from_clip(str(clip), class_names=["cat"], background_names=["sky"])
+    commits = []
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(repo_id="me/" + repo_id)
+    )
+
+    def upload_folder(self, folder_path, **kwargs):
+        commits.append(kwargs)
+        shutil.copytree(folder_path, tmp_path / "hub")
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    model.push_to_hub("cats", tags=["pets"], commit_description="first upload")
+    processor = WeCLIPImageProcessor.from_pretrained(tmp_path / "hub")
+    assert processor.patch_size == model.config.vision_config.patch_size and processor.size == {
+        "longest_edge": 512
+    }
+    assert "pets" in ModelCard.load(tmp_path / "hub" / "README.md").data.tags
+    assert commits[0]["commit_description"] == "first upload"
+
+
+def test_a_model_that_cannot_be_saved_creates_no_repository(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    from weclip_hf import WeCLIPForSemanticSegmentation
+
+    created = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: created.append(repo_id))
+    model = WeCLIPForSemanticSegmentation(make_tiny_config())
+    with pytest.raises(TypeError):
+        model.push_to_hub("toy", max_shard_size=object())  # save_pretrained refuses it
+    assert created == []
+
+
 def test_a_failed_upload_says_the_folder_is_intact_and_how_to_publish_it(tmp_path, monkeypatch):
     from huggingface_hub import HfApi
 

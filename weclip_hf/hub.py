@@ -6,6 +6,7 @@ the config's ``model_type``."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -321,6 +322,7 @@ def publish_folder(
     commit_message: str = "Upload WeCLIP model",
     revision: str | None = None,
     create_pr: bool = False,
+    commit_description: str | None = None,
 ):
     """Create ``repo_id`` if needed and upload `publishable_files` of ``folder`` in one commit."""
     files = publishable_files(folder)
@@ -332,6 +334,7 @@ def publish_folder(
             repo_id=repo_id,
             folder_path=str(folder),
             commit_message=commit_message,
+            commit_description=commit_description,
             revision=revision,
             create_pr=create_pr,
             # exact paths: no wildcard reaches step_*/ or .tmp*
@@ -346,11 +349,16 @@ def publish_folder(
 
 def saved_image_processor(config: PreTrainedConfig) -> WeCLIPImageProcessor | None:
     """The image processor saved in the folder a model of ``config`` was loaded from (its training's normalization
-    and sizes), or None (a model built in memory, a Hub id, a folder without preprocessor_config.json)."""
-    folder = getattr(config, "_name_or_path", None) or ""
-    if not os.path.isfile(os.path.join(folder, "preprocessor_config.json")):
+    and sizes), or None (a model built in memory, a Hub id, a folder without a WeCLIP preprocessor_config.json:
+    that of a CLIP checkpoint a model was built from with `from_clip` is CLIP's)."""
+    path = os.path.join(getattr(config, "_name_or_path", None) or "", "preprocessor_config.json")
+    if not os.path.isfile(path):
         return None
-    return WeCLIPImageProcessor.from_pretrained(folder)
+    with open(path) as f:
+        saved = json.load(f)
+    if not isinstance(saved, dict) or saved.get("image_processor_type") != WeCLIPImageProcessor.__name__:
+        return None
+    return WeCLIPImageProcessor.from_pretrained(os.path.dirname(path))
 
 
 def push_model_to_hub(
@@ -365,27 +373,30 @@ def push_model_to_hub(
     token: str | None = None,
     revision: str | None = None,
     create_pr: bool = False,
+    tags: Sequence[str] = (),
+    commit_description: str | None = None,
     **save_kwargs,
 ):
     """Upload ``model``'s safetensors weights and config, an image processor and a model card in one commit
-    (`WeCLIPForSemanticSegmentation.push_to_hub`, whose docstring says what each argument defaults to)."""
-    repo_id = create_hub_repo(repo_id, token=token, private=private)  # "user/name"
+    (`WeCLIPForSemanticSegmentation.push_to_hub`, whose docstring says what each argument defaults to). The folder
+    is written before the repository is created: a model that cannot be saved leaves no empty repository."""
     if image_processor is None:
         image_processor = saved_image_processor(model.config) or WeCLIPImageProcessor(
             patch_size=model.config.vision_config.patch_size
         )
-    if model_card is None:
-        name = repo_id.split("/")[-1]
-        model_card = make_model_card(
-            model.config,
-            model_name=name,
-            repo_id=repo_id,
-            metrics=metrics,
-            source="Uploaded with `WeCLIPForSemanticSegmentation.push_to_hub`.",
-        )
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder, **save_kwargs)
         image_processor.save_pretrained(folder)
+        repo_id = create_hub_repo(repo_id, token=token, private=private)  # "user/name"
+        if model_card is None:
+            model_card = make_model_card(
+                model.config,
+                model_name=repo_id.split("/")[-1],
+                repo_id=repo_id,
+                metrics=metrics,
+                source="Uploaded with `WeCLIPForSemanticSegmentation.push_to_hub`.",
+                tags=[tags] if isinstance(tags, str) else tags,
+            )
         model_card.save(os.path.join(folder, "README.md"))
         return publish_folder(
             folder,
@@ -395,4 +406,5 @@ def push_model_to_hub(
             commit_message=commit_message,
             revision=revision,
             create_pr=create_pr,
+            commit_description=commit_description,
         )

@@ -722,6 +722,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         token: str | None = None,
         revision: str | None = None,
         create_pr: bool = False,
+        tags: list[str] | None = None,
+        commit_description: str | None = None,
         **kwargs,
     ):
         """Upload safetensors weights, config, an image processor and a WeCLIP model card in one commit.
@@ -734,7 +736,10 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             image_processor: the processor to ship; default: the one saved in the folder the model was loaded
                 from, else `WeCLIPImageProcessor` for this patch size (ImageNet statistics, long side 512, as the
                 official evaluation).
-            model_card: a `huggingface_hub.ModelCard`; default `weclip_hf.hub.make_model_card` with ``metrics``.
+            model_card: a `huggingface_hub.ModelCard`; default `weclip_hf.hub.make_model_card` with ``metrics``
+                and the extra Hub ``tags``.
+            commit_message, commit_description, private, token, revision, create_pr: as for `huggingface_hub`'s
+                upload; other keywords go to `save_pretrained` (e.g. ``max_shard_size``).
 
         The upload is `weclip_hf.hub.push_model_to_hub`.
         """
@@ -751,6 +756,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             token=token,
             revision=revision,
             create_pr=create_pr,
+            tags=tags or (),
+            commit_description=commit_description,
             **kwargs,
         )
 
