@@ -269,6 +269,28 @@ def test_update_class_embeddings_with_new_classes(tiny_model):
     assert tiny_model(torch.randn(1, 3, 32, 32)).logits.shape[1] == 3
 
 
+def test_new_classes_in_half_precision_and_names_that_are_not_lists_of_names(tiny_model):
+    """A new class count in a bf16 model gave a float32 classifier (the forward failed); a string was read as one
+    class per letter, an empty list kept the old names, a repeated name collapsed label2id; a preset's display
+    names stayed with other classes."""
+    from weclip_hf import WeCLIPConfig
+
+    model = tiny_model.to(torch.bfloat16)
+    model.update_class_embeddings(CharTokenizer(), class_names=["boat", "bird"])
+    assert model.decoder.classifier.weight.dtype == torch.bfloat16
+    assert model(torch.randn(1, 3, 32, 32)).logits.shape[1] == 3
+    for names, message in (("cow", r"class_names must be a list of names, got the string 'cow': write \['cow'\]"),
+                           ([], "class_names must hold at least one"),
+                           (["cow", "cow"], r"must name each class once, got \['cow'\] more than once")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            model.update_class_embeddings(CharTokenizer(), class_names=names)
+        with pytest.raises(ValueError, match=message):
+            WeCLIPConfig(class_names=names)
+    assert model.config.class_names == ["boat", "bird"]  # the refused calls changed nothing
+    config = WeCLIPConfig.from_preset("voc", class_names=["a", "b"])
+    assert config.id2label == {0: "background", 1: "a", 2: "b"}
+
+
 def test_update_class_embeddings_names_voc_prompts_as_the_config_does(tiny_model):
     """VOC's prompt names ("bird avian", ...) get VOC's display names, as `WeCLIPConfig(class_names=...)` gives."""
     from weclip_hf import WeCLIPConfig

@@ -110,6 +110,10 @@ def class_name_lists(
 ) -> tuple[list[str], list[str], list[str]]:
     """(class prompt names, background words, display names of ids 0..C), defaulting to VOC's and checked; the
     display names come from ``id2label`` (as transformers' configs carry them), else ``label_names``."""
+    for field, names in (("class_names", class_names), ("background_names", background_names),
+                         ("label_names", label_names)):  # fmt: skip
+        if isinstance(names, str):  # list("cat") would be three classes
+            raise ValueError(f"{field} must be a list of names, got the string {names!r}: write [{names!r}].")
     class_names = list(VOC_PROMPT_NAMES if class_names is None else class_names)
     background_label = "background"
     if label_names is not None and not all(isinstance(n, str) for n in label_names):
@@ -138,6 +142,9 @@ def class_name_lists(
         raise ValueError(
             f"label_names has {len(label_names)} entries but class_names has {len(class_names)}."
         )
+    repeated = sorted({n for n in class_names if class_names.count(n) > 1})
+    if repeated:  # two classes of one name: one prompt, and label2id would keep one of them
+        raise ValueError(f"class_names must name each class once, got {repeated} more than once.")
     return class_names, background_names, [background_label, *label_names]
 
 
@@ -411,7 +418,10 @@ class WeCLIPConfig(PreTrainedConfig):
                 f"Preset {name!r} configures a {preset.model_type!r} model, not a {cls.model_type!r} one: use the "
                 f"config class of {preset.model_type!r}."
             )
-        return cls(**{**preset.config_kwargs(), **kwargs})
+        preset_kwargs = preset.config_kwargs()
+        if "class_names" in kwargs:  # other classes: the preset's display names were for its own
+            preset_kwargs.pop("label_names", None)
+        return cls(**{**preset_kwargs, **kwargs})
 
     @property
     def num_foreground_classes(self) -> int:

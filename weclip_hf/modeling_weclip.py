@@ -505,7 +505,10 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         check_prompt_template(template)
         renamed = class_names is not None or label_names is not None
         classes, backgrounds, labels = class_name_lists(  # checked as the config checks them
-            class_names or cfg.class_names, label_names, background_names or cfg.background_names, None
+            cfg.class_names if class_names is None else class_names,  # [] is refused, not the old names kept
+            label_names,
+            cfg.background_names if background_names is None else background_names,
+            None,
         )
         fg = self.encode_text(tokenizer, [template.format(c) for c in classes])
         bg = self.encode_text(tokenizer, [template.format(c) for c in backgrounds])
@@ -515,7 +518,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             cfg.label_names = labels[1:]
         if new_count:
             old = self.decoder.classifier
-            self.decoder.classifier = nn.Conv2d(old.in_channels, cfg.num_labels, 1).to(old.weight.device)
+            self.decoder.classifier = nn.Conv2d(old.in_channels, cfg.num_labels, 1).to(
+                old.weight
+            )  # device, dtype
             nn.init.normal_(self.decoder.classifier.weight, std=cfg.initializer_range)
             nn.init.zeros_(self.decoder.classifier.bias)
         cfg.background_names, cfg.prompt_template = backgrounds, template
