@@ -451,3 +451,20 @@ def test_the_toy_world_is_scored_only_for_a_model_of_its_classes(model_dir, tmp_
         ValueError, match=r"segments other classes \(cat, dog, car, tree\) than the toy world"
     ):
         load_script().main(["--model_name_or_path", str(model_dir), "--toy_val_images", "2"])
+
+
+def test_prediction_runs_in_eval_mode_and_modes_are_named(tiny_model):
+    """predict_labels on a model in train mode ran its dropout (two calls, two answers) and advanced the step counter
+    that starts the RFM; a string of modes was read letter by letter; a pseudo-label mode without class_labels
+    raised a bare KeyError."""
+    tiny_model.train()
+    pixel_values = torch.randn(1, 3, 32, 40, generator=torch.Generator().manual_seed(0))
+    step = int(tiny_model.training_step)
+    first, second = (predict_labels(tiny_model, pixel_values, (32, 40)) for _ in range(2))
+    assert torch.equal(first, second) and int(tiny_model.training_step) == step and tiny_model.training
+    batch = {"pixel_values": pixel_values, "labels": torch.zeros(1, 32, 40, dtype=torch.long)}
+    with pytest.raises(TypeError, match=r"modes must be a list of mode names, got the string 'pred'"):
+        evaluate_segmentation(tiny_model, [batch], "pred", progress=False)
+    with pytest.raises(ValueError, match=r"Mode 'cam' scores pseudo labels: the batches need 'class_labels'"):
+        evaluate_segmentation(tiny_model, [batch], ["cam"], progress=False)
+    assert tiny_model.training  # back in its mode after the error

@@ -912,6 +912,22 @@ def test_pseudo_labels_under_inference_mode_as_under_no_grad(plus):
         assert torch.is_inference_mode_enabled()  # left as it was
     assert torch.equal(out.pseudo_labels, expected.pseudo_labels) and torch.equal(out.logits, expected.logits)
     assert torch.equal(out.loss, expected.loss) and not out.logits.requires_grad
+    # the public pseudo-label stage alone, on features made in inference mode, and its input check
+    with torch.no_grad():
+        features = model.forward_clip_features(pixel_values, model.config.attention_num_maps)
+        probabilities = {"class_probabilities": expected.logits.softmax(1)} if plus else {}
+        stage = model.generate_pseudo_labels(pixel_values, class_labels, features, **probabilities)
+    with torch.inference_mode():
+        inputs = pixel_values.clone(), class_labels.clone()
+        features = model.forward_clip_features(inputs[0], model.config.attention_num_maps)
+        assert torch.equal(
+            model.generate_pseudo_labels(*inputs, features, **probabilities).pseudo_labels,
+            stage.pseudo_labels,
+        )
+    with pytest.raises(
+        ValueError, match=r"class_labels must be multi-hot of shape \[batch, num_foreground_classes\]"
+    ):
+        model.generate_pseudo_labels(pixel_values, class_labels[:, :3], features, **probabilities)
 
 
 @pytest.mark.parametrize("plus", [False, True])

@@ -7,9 +7,10 @@ original size (logits are upsampled bilinearly to it).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -31,6 +32,18 @@ def model_device(model: torch.nn.Module) -> torch.device:
     """The device of the model's first parameter or buffer (the CPU for a model without any)."""
     tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
     return torch.device("cpu") if tensor is None else tensor.device
+
+
+@contextlib.contextmanager
+def in_eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """``model`` in eval mode (no dropout; its training forwards would also advance the step counter that starts the
+    RFM) for the block, then back in the mode it was in, also after an error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _require_normalization(normalization: PixelNormalization | None) -> PixelNormalization:
@@ -83,7 +96,8 @@ def predict_labels(
     setting, see `weclip_hf.crf`)."""
     if crf:
         _require_normalization(normalization)
-    logits = prediction_logits(model, pixel_values, size, msf, scales, long_side)
+    with in_eval_mode(model), torch.no_grad():
+        logits = prediction_logits(model, pixel_values, size, msf, scales, long_side)
     return labels_from_logits(logits, pixel_values, crf, crf_params, normalization)
 
 
@@ -105,6 +119,10 @@ def _score_batch(
                 logits[msf] = prediction_logits(model, pixel_values, size, msf, scales, long_side)
             pred = labels_from_logits(logits[msf], pixel_values, "crf" in mode, crf_params, normalization)
         else:
+            if "class_labels" not in batch:
+                raise ValueError(
+                    f"Mode {mode!r} scores pseudo labels: the batches need 'class_labels' [B, C]."
+                )
             pred, _ = image_pseudo_labels(model, pixel_values, batch["class_labels"], mode == "pseudo")
             if pred.shape[-2:] != size:
                 pred = F.interpolate(pred[:, None].float(), size=size, mode="nearest")[:, 0].long()
@@ -138,25 +156,23 @@ def evaluate_segmentation(
     except that when no pixel could be scored (every ground-truth pixel ignored) the means are None, not
     NaN, with a warning saying so.
     """
+    if isinstance(modes, str):  # set("pred") would be four unknown letters
+        raise TypeError(f"modes must be a list of mode names, got the string {modes!r}: write [{modes!r}].")
     unknown = set(modes) - set(MODES)
     if unknown:
         raise ValueError(f"Unknown evaluation modes {sorted(unknown)}; choose from {MODES}.")
     if any("crf" in mode for mode in modes):
         _require_normalization(normalization)
-    was_training = model.training
-    model.eval()
     num_labels = model.config.num_labels
     ignore = model.config.semantic_loss_ignore_index
     matrices = {m: None for m in modes}
     bar = tqdm(batches, desc="evaluating", disable=not progress, leave=False)
-    for i, loaded in enumerate(bar):
-        if max_batches is not None and i >= max_batches:
-            break
-        for batch in (
-            loaded if isinstance(loaded, list) else [loaded]
-        ):  # `collate_by_size`: one per image size
-            _score_batch(model, batch, modes, matrices, scales, long_side, crf_params, normalization)
-    model.train(was_training)
+    with in_eval_mode(model):
+        for i, loaded in enumerate(bar):
+            if max_batches is not None and i >= max_batches:
+                break
+            for batch in loaded if isinstance(loaded, list) else [loaded]:  # `collate_by_size`: one per size
+                _score_batch(model, batch, modes, matrices, scales, long_side, crf_params, normalization)
     results = {}
     for mode, cm in matrices.items():
         if cm is None:
@@ -186,31 +202,34 @@ def write_overlays(model, dataset, output_dir: str | Path, count: int, normaliza
     `weclip_hf.normalization.PixelNormalization` the images were normalized with (default: the dataset's
     ``normalization``, as `EvalSegmentationDataset` has it)."""
     normalization = normalization or dataset.normalization
-    out_dir = Path(output_dir) / "overlays"
-    was_training = model.training
-    model.eval()
+    with in_eval_mode(model):
+        count = len(dataset) if count < 0 else min(count, len(dataset))
+        return [
+            _write_overlay(model, dataset[i], Path(output_dir), f"val_{i:03d}.png", normalization)
+            for i in range(count)
+        ]
+
+
+def _write_overlay(model, item: dict, output_dir: Path, name: str, normalization: PixelNormalization) -> str:
+    """`write_overlays` of one example ``item``, saved as ``output_dir/overlays/name``: its path relative to
+    ``output_dir``."""
     device = model_device(model)
     id2label = model.config.id2label
-    paths = []
-    for i in range(len(dataset) if count < 0 else min(count, len(dataset))):
-        item = dataset[i]
-        pixel_values = item["pixel_values"][None].to(device)
-        class_labels = item["class_labels"][None].to(device)
-        cam_labels, cams = image_pseudo_labels(model, pixel_values, class_labels, use_rfm=False)
-        rfm_labels, _ = image_pseudo_labels(model, pixel_values, class_labels, use_rfm=True)
-        pred = predict_labels(model, pixel_values, tuple(item["labels"].shape))
-        image = normalization.denormalize(item["pixel_values"]).permute(1, 2, 0).cpu().numpy()
-        figure = overlay_figure(
-            image,
-            {
-                "ground truth": item["labels"].clamp(max=255),
-                "CAM pseudo labels": cam_labels[0],
-                "RFM pseudo labels": rfm_labels[0],
-                "prediction": pred[0],
-            },
-            id2label,
-            cams=present_class_cams(cams[0], item["class_labels"], id2label),
-        )
-        paths.append(save_image(figure, out_dir / f"val_{i:03d}.png").relative_to(output_dir).as_posix())
-    model.train(was_training)
-    return paths
+    pixel_values = item["pixel_values"][None].to(device)
+    class_labels = item["class_labels"][None].to(device)
+    cam_labels, cams = image_pseudo_labels(model, pixel_values, class_labels, use_rfm=False)
+    rfm_labels, _ = image_pseudo_labels(model, pixel_values, class_labels, use_rfm=True)
+    pred = predict_labels(model, pixel_values, tuple(item["labels"].shape))
+    image = normalization.denormalize(item["pixel_values"]).permute(1, 2, 0).cpu().numpy()
+    figure = overlay_figure(
+        image,
+        {
+            "ground truth": item["labels"].clamp(max=255),
+            "CAM pseudo labels": cam_labels[0],
+            "RFM pseudo labels": rfm_labels[0],
+            "prediction": pred[0],
+        },
+        id2label,
+        cams=present_class_cams(cams[0], item["class_labels"], id2label),
+    )
+    return save_image(figure, output_dir / "overlays" / name).relative_to(output_dir).as_posix()

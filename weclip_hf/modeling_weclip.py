@@ -562,6 +562,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
 
     # ---- pseudo labels ---------------------------------------------------------------------------
 
+    @_outside_inference_mode
     @_pseudo_label_stage
     def generate_pseudo_labels(
         self,
@@ -585,6 +586,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         An image without any class gets all-background pseudo labels. Runs in float32 whatever the
         caller's autocast (mixed precision): bf16 here moves the CAMs and boxes visibly.
         """
+        self._check_inputs(pixel_values, class_labels, None)
         plan = plan_pairs(class_labels, pixel_values.device)
         gradcams = self.pair_gradcams(features.hidden[-1], plan, features.grid)
         masks = cam_box_masks(gradcams.cams, self.config.cam_box_threshold)
@@ -598,7 +600,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         heads = self.vision_model.encoder.layers[-1].self_attn.num_heads
         return pair_gradcams(
             self.last_block_pair_embeddings,
-            tokens.detach(),  # the gradients are those of the class scores w.r.t. the block's own input
+            # the class scores' gradients w.r.t. the block's own input; a tensor made in inference mode copied
+            tokens.clone() if tokens.is_inference() else tokens.detach(),
             self.class_text_embeds,
             self.background_text_embeds,
             self.logit_scale,

@@ -167,6 +167,7 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
 
     # ---- pseudo labels ---------------------------------------------------------------------------
 
+    @_outside_inference_mode
     @_pseudo_label_stage
     def generate_pseudo_labels(
         self,
@@ -192,6 +193,7 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
         if class_probabilities is None:
             raise ValueError("RFM+ needs class_probabilities: [B, 1 + C, h, w] softmax of the prediction.")
         cfg = self.config
+        self._check_inputs(pixel_values, class_labels, None)
         plan = plan_pairs(class_labels, pixel_values.device)
         gradcams = self.pair_gradcams(features.hidden[cfg.cam_feature_block], plan, features.grid)
         masks = cam_box_masks(gradcams.cams, cfg.cam_box_threshold) if cfg.rfm_use_box_mask else None
