@@ -85,7 +85,7 @@ def main(argv=None) -> dict:
         recipe = dataclasses.replace(recipe, max_train_steps=args.max_train_steps)
     set_seed(args.seed)  # the decoder's initial weights
     train_raw, val_raw, names = load_dataset_splits(source, preset=args.preset)
-    clip = args.clip_model_name_or_path or default_clip_model(toy=source.toy)
+    clip = args.clip_model_name_or_path or default_clip_model(toy=preset.name == "toy")  # the preset's CLIP
     plus = preset.model_type == "weclip_plus"
     config_kwargs = {**preset.config_kwargs(), **{k: v for k, v in names.items() if v is not None}}
     model = model_from_backbones(clip, args.dino_model_name_or_path, plus, **config_kwargs)
@@ -120,6 +120,7 @@ def main(argv=None) -> dict:
         cfg.num_foreground_classes,
         augment,
         class_names=list(zip(cfg.label_names, cfg.class_names)),
+        seed=args.seed,  # the crops and flips, as examples/train.py's
         labelling=training_args.main_process_first,  # one process reads the images for the labels
     )
     print(f"train: {summary}")
@@ -138,12 +139,12 @@ def main(argv=None) -> dict:
         training_args,
         train_dataset=train_set,
         eval_dataset=val_set,
+        processing_class=processor,  # saved with the model and in every checkpoint
         eval_modes=("pred", "cam", "pseudo"),
         eval_long_side=preset.evaluation.eval_long_side,
     )
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output_dir)
-    processor.save_pretrained(args.output_dir)
     results = {}
     if val_set is not None:
         results = trainer.evaluate()  # the model as saved (with load_best_model_at_end, the best one)

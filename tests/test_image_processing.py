@@ -584,6 +584,10 @@ def test_from_saved_or_default_loads_the_saved_processor_else_the_default(tmp_pa
     empty.mkdir()
     default = WeCLIPImageProcessor.from_saved_or_default(empty, 8, on_missing=lambda: missing.append(1))
     assert missing == [1] and default.patch_size == 8 and default.size == {"longest_edge": 512}
+    with pytest.warns(
+        UserWarning, match=r"holds no image processor .*: using the default WeCLIPImageProcessor"
+    ):
+        WeCLIPImageProcessor.from_saved_or_default(empty, 8)  # segment.py read such a folder without a word
     assert WeCLIPImageProcessor.from_saved_or_default(
         None, 14, size={"height": 32, "width": 32}
     ).to_dict() == (WeCLIPImageProcessor(patch_size=14, size={"height": 32, "width": 32}).to_dict())

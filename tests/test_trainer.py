@@ -209,6 +209,8 @@ def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch):
     assert masks and {m["label"] for m in masks} <= set(TOY.config["class_names"]) | {"background"}
     assert all(m["mask"].size == image.size for m in masks)
     assert (tmp_path / "checkpoint-2" / "model.safetensors").is_file()
+    # the processor is saved in every checkpoint too: the pipeline loads one as it loads the model
+    assert (tmp_path / "checkpoint-2" / "preprocessor_config.json").is_file()
     # a second run into the folder would replace the model and keep the old checkpoints beside its own: refused
     again = ["--output_dir", str(tmp_path), "--max_train_steps", "1", "--seed", "5"]
     with pytest.raises(FileExistsError, match=r"holds checkpoints of a previous run \(checkpoint-2\)"):
@@ -273,6 +275,20 @@ def weclip_trainer(model, output_dir, **arguments):
         eval_modes=eval_modes,
         **trainer_kwargs,
     )
+
+
+def test_weclip_trainer_resumes_exactly_in_the_middle_of_a_later_epoch(tmp_path):
+    """12 images in batches of 4: epoch 1 is steps 4-6. Resumed from step 4 the run drew epoch 0's crops (the
+    skipping loader does not set the training set's epoch) and ended with other weights."""
+    arguments = dict(max_steps=5, save_steps=4, max_grad_norm=0.0, seed=0)
+    whole = toy_model()
+    weclip_trainer(whole, tmp_path / "whole", **arguments).train()
+    resumed = toy_model()
+    weclip_trainer(resumed, tmp_path / "whole", **arguments).train(
+        resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-4")
+    )
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
 
 
 def test_weclip_trainer_builds_the_official_optimizer_and_schedule_from_the_arguments(tmp_path):
@@ -469,6 +485,36 @@ def test_weclip_trainer_loads_the_evaluation_with_the_arguments_workers(tmp_path
     loader = workers._evaluation_loader(val_set)
     assert (loader.num_workers, loader.prefetch_factor, len(loader.dataset)) == (1, 3, 3)
     assert workers.evaluate(val_set)["eval_pred_miou"] == plain.evaluate(val_set)["eval_pred_miou"]
+
+
+def test_weclip_trainer_refuses_label_smoothing_and_a_best_model_metric_it_does_not_report(tmp_path):
+    with pytest.raises(ValueError, match=r"label_smoothing_factor=0.1: WeCLIP's .* take no label smoothing"):
+        weclip_trainer(toy_model(), tmp_path, max_steps=1, label_smoothing_factor=0.1)
+    best = dict(max_steps=2, eval_strategy="steps", eval_steps=1, save_steps=1, load_best_model_at_end=True)
+    best["eval_dataset"] = toy_evaluation_set(1)
+    for metric in (None, "miou", "cam_miou"):  # None: Trainer's "loss"; "cam" is not among the eval_modes
+        with pytest.raises(
+            ValueError, match=r"metric_for_best_model='(loss|miou|cam_miou)', which the evaluation"
+        ):
+            weclip_trainer(toy_model(), tmp_path, metric_for_best_model=metric, **best)
+    for metric in ("pred_miou", "eval_pseudo_miou", "eval_a_pred_miou"):
+        weclip_trainer(toy_model(), tmp_path, metric_for_best_model=metric, **best)
+
+
+def test_weclip_trainer_card_reports_a_named_evaluation_set(tmp_path):
+    """With a dict eval_dataset the figures are logged as eval_<name>_<mode>_miou: the card said "No evaluation"."""
+    from huggingface_hub import ModelCard
+
+    sets = {"a": toy_evaluation_set(2), "b": toy_evaluation_set(3)}
+    trainer = weclip_trainer(
+        toy_model(), tmp_path, max_steps=1, eval_dataset=sets, metric_for_best_model="eval_b_pred_miou"
+    )
+    metrics = trainer.evaluate()
+    trainer.create_model_card()
+    (result,) = ModelCard.load(tmp_path / "README.md").data.eval_results
+    assert result.metric_value == pytest.approx(
+        metrics["eval_b_pred_miou"]
+    )  # the set the best model is chosen by
 
 
 def test_weclip_trainer_predict_says_what_to_use_instead(tmp_path):

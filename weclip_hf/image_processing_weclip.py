@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypedDict
@@ -258,13 +259,22 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         **overrides,
     ) -> WeCLIPImageProcessor:
         """The processor saved with a model (``source``: its folder or Hub id), else (no ``source``, or none saved
-        there: ``on_missing`` is called) the default one; either with the model's ``patch_size`` and ``overrides``."""
+        there: ``on_missing`` is called, by default a warning, since the model may have been trained with other sizes
+        or statistics, e.g. a `Trainer` checkpoint without ``processing_class``) the default one; either with the
+        model's ``patch_size`` and ``overrides``."""
         if source:
             try:
                 return cls.from_pretrained(source, patch_size=patch_size, **overrides)
             except OSError:  # no preprocessor_config.json
                 if on_missing is not None:
                     on_missing()
+                else:
+                    warnings.warn(
+                        f"{source} holds no image processor (preprocessor_config.json): using the default "
+                        "WeCLIPImageProcessor (ImageNet statistics, long side 512); if the model was trained with "
+                        "other sizes or statistics, save its processor in the folder.",
+                        stacklevel=2,
+                    )
         return cls(patch_size=patch_size, **overrides)
 
     @classmethod

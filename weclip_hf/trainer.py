@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import speed_metrics
 
 from .data.loading import collate_by_size, process_share
@@ -40,6 +40,20 @@ def _name(option: str | Enum) -> str:
     return getattr(option, "value", option)
 
 
+class TrainingSetEpochCallback(TrainerCallback):
+    """Gives the training set its epoch (which seeds its crops and flips, `WeakSegmentationDataset.set_epoch`) at the
+    start of every epoch, also of the epoch a resumed run starts in the middle of: the loader that skips the batches
+    already trained does not, so a run resumed within its second epoch or later drew the first epoch's crops.
+    `WeCLIPTrainer` adds it; give it to a plain `Trainer` as ``callbacks=[TrainingSetEpochCallback()]``."""
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        dataset = getattr(train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(
+                int(state.epoch or 0)
+            )  # a resumed run's state: epochs done + the part of this one
+
+
 class WeCLIPTrainer(Trainer):
     """`Trainer` for WeCLIP and WeCLIP+.
 
@@ -52,7 +66,8 @@ class WeCLIPTrainer(Trainer):
       whole run after ``warmup_steps`` of warm-up (`warmup_poly_factor`; `Trainer`'s decays from 1 at the warm-up's
       end). Another ``optim`` or ``lr_scheduler_type``, ``optimizer_cls_and_kwargs=`` or ``optimizers=`` (a given
       optimizer keeps `Trainer`'s schedule too) get `Trainer`'s own;
-    - the model's step counter, which starts the RFM, counts optimizer steps also with gradient accumulation;
+    - the model's step counter, which starts the RFM, counts optimizer steps also with gradient accumulation, and
+      the training set's epoch (its crops) is right also in a run resumed mid-epoch (`TrainingSetEpochCallback`);
     - `evaluate` scores ``eval_dataset`` (`weclip_hf.data.loading.evaluation_set`: images with their masks at the
       original size) with `evaluate_segmentation` under the run's mixed precision, and returns
       ``{prefix}_{mode}_miou`` per mode of ``eval_modes`` ("pred": the decoder, "pseudo": the RFM pseudo labels,
@@ -78,6 +93,18 @@ class WeCLIPTrainer(Trainer):
             raise ValueError(f"eval_modes {list(eval_modes)}: choose one or more of {list(MODES)}.")
         collator = WeCLIPDataCollator() if data_collator is None else data_collator
         super().__init__(model, args, collator, *trainer_args, **trainer_kwargs)
+        self.add_callback(TrainingSetEpochCallback)
+        self.eval_modes = tuple(eval_modes)
+        self._check_unsupported_arguments()
+        self.eval_long_side = eval_long_side
+        self.eval_scales = eval_scales
+        self._optimizer_given = self.optimizer is not None
+
+    def _check_unsupported_arguments(self) -> None:
+        """Refuse, at once, what the arguments ask for that this trainer cannot do: label smoothing (WeCLIP's losses
+        take none; it was ignored, or crashed with full supervision) and a best model by a metric its evaluation
+        does not report (found only at the first evaluation, maybe thousands of steps in); metric functions, which
+        it would never call."""
         for name in ("compute_metrics", "preprocess_logits_for_metrics"):
             if getattr(self, name) is not None:
                 raise ValueError(
@@ -85,10 +112,21 @@ class WeCLIPTrainer(Trainer):
                     "of eval_modes, weclip_hf.evaluation.evaluate_segmentation) and gathers no logits. Choose the "
                     f"figures with eval_modes (any of {list(MODES)}) and leave {name} out."
                 )
-        self.eval_modes = tuple(eval_modes)
-        self.eval_long_side = eval_long_side
-        self.eval_scales = eval_scales
-        self._optimizer_given = self.optimizer is not None
+        args = self.args
+        if args.label_smoothing_factor:
+            raise ValueError(
+                f"label_smoothing_factor={args.label_smoothing_factor}: WeCLIP's segmentation and affinity losses take "
+                "no label smoothing; leave it at 0."
+            )
+        if args.load_best_model_at_end:
+            metric = args.metric_for_best_model or "loss"
+            names = [f"{mode}_miou" for mode in self.eval_modes]
+            if metric.removeprefix("eval_") not in names:  # a dict eval_dataset: "eval_<name>_<mode>_miou"
+                if not any(metric.endswith(f"_{name}") for name in names):
+                    raise ValueError(
+                        f"load_best_model_at_end compares metric_for_best_model={metric!r}, which the evaluation does "
+                        f"not report: choose one of {names} (eval_modes {list(self.eval_modes)})."
+                    )
 
     def training_step(
         self,
@@ -248,16 +286,27 @@ class WeCLIPTrainer(Trainer):
         )
         save_model_card(card, self.args.output_dir)
 
+    def _card_prefix(self) -> str:
+        """The prefix of the figures the card reports: "eval", or for a dict ``eval_dataset`` "eval_<name>" of the
+        set that ``metric_for_best_model`` names, else of its first set."""
+        if not isinstance(self.eval_dataset, dict) or not self.eval_dataset:
+            return "eval"
+        metric = self.args.metric_for_best_model or ""
+        named = [name for name in self.eval_dataset if metric.removeprefix("eval_").startswith(f"{name}_")]
+        return f"eval_{(named or list(self.eval_dataset))[0]}"
+
     def _card_evaluation(self) -> dict[str, float]:
         """The finite figures (by their card names) of the evaluation that scored the model as it is now."""
-        evaluations = [entry for entry in self.state.log_history if any(k in CARD_NAMES for k in entry)]
+        prefix = self._card_prefix()
+        names = {f"{prefix}{key.removeprefix('eval')}": card for key, card in CARD_NAMES.items()}
+        evaluations = [entry for entry in self.state.log_history if any(k in names for k in entry)]
         best = self.state.best_model_checkpoint
         if self.args.load_best_model_at_end and best is not None:
             step = int(Path(best).name.rsplit("-", 1)[-1])
             evaluations = [entry for entry in evaluations if entry.get("step") == step] or evaluations
         if not evaluations:
             return {}
-        return {CARD_NAMES[k]: v for k, v in evaluations[-1].items() if k in CARD_NAMES and math.isfinite(v)}
+        return {names[k]: v for k, v in evaluations[-1].items() if k in names and math.isfinite(v)}
 
     def predict(self, test_dataset: Dataset, ignore_keys=None, metric_key_prefix: str = "test"):
         """Not supported: `Trainer.predict` would gather the logits of the patch grid, not label maps."""

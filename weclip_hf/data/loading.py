@@ -437,7 +437,7 @@ def load_dataset_splits(
     if train_split is None:
         preferred = layout.train_splits
         train_split = next((s for s in preferred if s in ds), preferred[-1])
-        if preset and train_split != preferred[0] and train_split in ds:
+        if preset and need_train and train_split != preferred[0] and train_split in ds:  # a note for training
             size = f"{len(ds[train_split])} images" if not is_streaming(ds[train_split]) else "streamed"
             log(
                 f"Note: the dataset has no {preferred[0]!r} split (the --preset {preset} recipe trains on it; VOC: "
