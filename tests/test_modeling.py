@@ -70,6 +70,8 @@ def test_config_reads_deprecated_names(tmp_path):
         (dict(label_names=["x"]), "label_names"),
         (dict(prompt_template="no slot"), "prompt_template"),
         (dict(cam_box_threshold=1.5), "cam_box_threshold"),
+        (dict(cam_box_threshold="0.5"), r"cam_box_threshold must be a number in \(0.0, 1.0\), got '0.5'"),
+        (dict(num_feature_layers=2.0), r"num_feature_layers must be an integer in \[1, 2\], got 2.0"),
         (dict(decoder_num_heads=5), "divisible"),
         (dict(num_feature_layers=3), "num_feature_layers"),
         (dict(attention_num_maps=0), "attention_num_maps"),
@@ -518,7 +520,8 @@ def test_a_refused_value_names_its_source_the_keywords_or_the_file(tmp_path, tin
     (tmp_path / "bad" / "config.json").write_text(json.dumps({**config, "cam_box_threshold": 3.0}))
     for keywords in ({}, {"num_labels": 3}):  # the file's own error, also when a keyword is wrong too
         with pytest.raises(
-            ValueError, match=r"^Invalid config.json in .*bad.*cam_box_threshold must be in \(0, 1\), got 3"
+            ValueError,
+            match=r"^Invalid config.json in .*bad.*cam_box_threshold must be a number in \(0.0, 1.0\), got 3",
         ):
             WeCLIPForSemanticSegmentation.from_pretrained(tmp_path / "bad", **keywords)
 

@@ -786,6 +786,20 @@ def test_backbone_loading_options_fetch_the_checkpoints_and_never_reach_the_conf
             build()
 
 
+def test_a_backbone_that_is_no_folder_or_a_saved_weclip_is_named(tiny_clip, tmp_path):
+    """A missing folder was taken for a Hub id ("Repo id must be in the form ..." or a connection error); a saved
+    WeCLIP given as the CLIP failed on its weights."""
+    WeCLIPForSemanticSegmentation(make_tiny_config()).save_pretrained(tmp_path / "weclip")
+    with pytest.raises(FileNotFoundError, match=r"No CLIP checkpoint folder at '/nonexistent/clip'"):
+        WeCLIPForSemanticSegmentation.from_clip("/nonexistent/clip")
+    with pytest.raises(FileNotFoundError, match=r"No DINOv2 checkpoint folder at './no-dino'"):
+        WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(tiny_clip, "./no-dino")
+    with pytest.raises(
+        ValueError, match=r"is a saved WeCLIP model, not a CLIP checkpoint: load it with AutoModel"
+    ):
+        WeCLIPForSemanticSegmentation.from_clip(str(tmp_path / "weclip"))
+
+
 def test_fresh_dino_head_gets_the_decoder_initialization(plus_model):
     std = plus_model.config.initializer_range
     for layer in (plus_model.dino_branch.head.layer_mlps[0].fc1, plus_model.dino_branch.head.fuse):

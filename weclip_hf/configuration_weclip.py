@@ -319,8 +319,8 @@ class WeCLIPConfig(PreTrainedConfig):
         _check_int("semantic_loss_ignore_index", self.semantic_loss_ignore_index, -(2**31), 2**31 - 1)
         _check_number("initializer_range", self.initializer_range, 0.0, 10.0)
         check_prompt_template(self.prompt_template)
-        if not 0.0 < self.cam_box_threshold < 1.0:
-            raise ValueError(f"cam_box_threshold must be in (0, 1), got {self.cam_box_threshold}.")
+        _check_number("cam_box_threshold", self.cam_box_threshold, 0.0, 1.0, low_open=True, high_open=True)
+        _check_int("num_feature_layers", self.num_feature_layers, 1, self.vision_config.num_hidden_layers - 1)
         if self.decoder_hidden_size % self.decoder_num_heads:
             raise ValueError(
                 f"decoder_hidden_size ({self.decoder_hidden_size}) must be divisible by decoder_num_heads "

@@ -25,6 +25,20 @@ HUB_OPTIONS = ("token", "revision", "cache_dir", "local_files_only", "force_down
 MODEL_LOADING_OPTIONS = (*HUB_OPTIONS, "dtype", "device_map", "attn_implementation")
 
 
+def check_backbone_source(name_or_path: str, what: str) -> None:
+    """Refuse, before any download is tried, a backbone ``name_or_path`` (``what``: "CLIP" / "DINOv2") that is a
+    path to no folder, or the folder of a saved WeCLIP model (which `from_pretrained` loads)."""
+    path = os.path.expanduser(str(name_or_path))
+    if str(name_or_path).startswith((".", "/", "~")) and not os.path.isdir(path):
+        raise FileNotFoundError(f"No {what} checkpoint folder at {str(name_or_path)!r}.")
+    config_file = os.path.join(path, "config.json")
+    if os.path.isfile(config_file) and saved_config_dict(path).get("model_type") in WECLIP_MODEL_TYPES:
+        raise ValueError(
+            f"{str(name_or_path)!r} is a saved WeCLIP model, not a {what} checkpoint: load it with "
+            "AutoModelForSemanticSegmentation.from_pretrained."
+        )
+
+
 def split_backbone_keywords(kwargs: dict, config_fields: set[str], constructor: str) -> tuple[dict, dict]:
     """(config fields, loading options) of the keywords given to a constructor from pretrained backbones
     (``constructor``: its name, for the error): anything else is refused, naming it."""

@@ -33,6 +33,7 @@ from .last_block import pair_block_outputs, run_last_block
 from .losses import affinity_loss, affinity_targets, segmentation_loss
 from .model_loading import (
     HUB_OPTIONS,
+    check_backbone_source,
     check_model_folder,
     in_aligned_memory,
     loading_errors,
@@ -72,7 +73,9 @@ class WeCLIPCAMOutput(ModelOutput):
     cams: torch.Tensor | None = None  # [B, C, h, w] normalized refined CAM per class (0 if absent)
     pair_image_index: torch.LongTensor | None = None  # [P]
     pair_class_index: torch.LongTensor | None = None  # [P]
-    text_probs: torch.Tensor | None = None  # [B, C + Nb] softmax over present classes + background words
+    text_probs: torch.Tensor | None = (
+        None  # [P, C + Nb] per pair: softmax over present classes + background words
+    )
     gradcams: torch.Tensor | None = None  # [P, h, w] after the double min-max normalization
     box_masks: torch.Tensor | None = None  # [P, h, w]
     refined_cams_grid: torch.Tensor | None = None  # [P, h, w] before normalization
@@ -427,6 +430,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         kwargs, loading = split_backbone_keywords(
             kwargs, cls.config_class.field_names(), f"{cls.__name__}.from_clip"
         )
+        check_backbone_source(clip_name_or_path, "CLIP")
         hub = {k: v for k, v in loading.items() if k in HUB_OPTIONS}
         clip_config = CLIPConfig.from_pretrained(clip_name_or_path, **hub)
         if class_names is not None:

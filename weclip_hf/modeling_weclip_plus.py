@@ -24,7 +24,7 @@ from .branch_losses import weclip_plus_losses
 from .cam import cam_box_masks
 from .configuration_weclip_plus import WeCLIPPlusConfig
 from .dino_branch import WeCLIPPlusDinoBranch
-from .model_loading import HUB_OPTIONS, split_backbone_keywords
+from .model_loading import HUB_OPTIONS, check_backbone_source, split_backbone_keywords
 from .modeling_weclip import (
     CLIPVisionFeatures,
     WeCLIPCAMOutput,
@@ -147,6 +147,7 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
         ``revision`` is the CLIP's)."""
         split_backbone_keywords(kwargs, cls.config_class.field_names(), f"{cls.__name__}.from_clip_and_dino")
         hub = {k: v for k, v in kwargs.items() if k in HUB_OPTIONS and k != "revision"}
+        check_backbone_source(dino_name_or_path, "DINOv2")
         dino = AutoModel.from_pretrained(dino_name_or_path, use_safetensors=True, **hub)
         if not isinstance(dino.config, (Dinov2Config, Dinov2WithRegistersConfig)):
             raise ValueError(
