@@ -850,6 +850,12 @@ def load_data_and_model(
             f"Note: the RFM starts at step {cfg.rfm_start_step}, after this run's {args.max_train_steps} steps: the "
             "pseudo labels are the CAMs' throughout (--rfm_start_step, or --preset, sets it)."
         )
+    self_training = getattr(cfg, "self_training_start_step", None)  # WeCLIP+
+    if self_training is not None and self_training >= args.max_train_steps:
+        accelerator.print(
+            f"Note: WeCLIP+'s self-training starts at step {self_training} (config.self_training_start_step), "
+            f"after this run's {args.max_train_steps} steps: the prediction never overwrites the pseudo labels."
+        )
     if val_raw is None:
         accelerator.print(
             "Note: the dataset has no validation split: no evaluation (metrics.json has no mIoU)."

@@ -265,3 +265,6 @@ def test_a_converted_weclip_plus_card_names_the_official_dinov2():
     card = _import_example("convert_official_checkpoint").build_model_card(args, model, "ab" * 32)
     assert card.data.base_model == ["openai/clip-vit-base-patch16", "facebook/dinov2-small"]
     assert "dinov2" in card.data.tags and card.data.metrics is None
+    assert "(`modeling_weclip_plus.py` and the files it" in str(
+        card
+    )  # the code a remote-code user should read

@@ -517,6 +517,19 @@ def test_weclip_trainer_card_reports_a_named_evaluation_set(tmp_path):
     )  # the set the best model is chosen by
 
 
+def test_weclip_trainer_evaluates_a_subset_with_the_crf_and_names_a_raw_split(tmp_path):
+    """A Subset hid the set's pixel statistics (the CRF modes failed on "normalization ... None"); a raw split
+    raised a bare KeyError 'pixel_values'."""
+    val_set = toy_evaluation_set(3)
+    trainer = weclip_trainer(toy_model(), tmp_path, max_steps=1, eval_modes=("pred", "pred_crf"))
+    metrics = trainer.evaluate(torch.utils.data.Subset(val_set, [0, 2]))
+    assert 0.0 <= metrics["eval_pred_crf_miou"] <= 1.0
+    with pytest.raises(
+        ValueError, match=r"eval_dataset items hold \['image', 'label'\], not the 'pixel_values'"
+    ):
+        trainer.evaluate([{"image": None, "label": None}])
+
+
 def test_weclip_trainer_predict_says_what_to_use_instead(tmp_path):
     trainer = weclip_trainer(toy_model(), tmp_path, max_steps=1)
     with pytest.raises(NotImplementedError, match=r"score a dataset with masks with evaluate\(\)"):

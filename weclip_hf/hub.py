@@ -112,8 +112,8 @@ segmenter = pipeline("image-segmentation", model="{{ repo_id }}")
 masks = segmenter("image.jpg")  # [{"label": ..., "mask": PIL.Image, "score": None}, ...]
 ```
 
-Without it, transformers runs the model code shipped in this repository (`modeling_weclip.py` and the files
-it imports; read them first):
+Without it, transformers runs the model code shipped in this repository (`{{ model_file }}` and the files it
+imports; read them first):
 ```python
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
 
@@ -273,6 +273,7 @@ def make_model_card(
         training_args=args,
         weak_note="" if weakly_supervised else " (here: the dataset's pixel masks instead)",
         patch_size=config.vision_config.patch_size,
+        model_file=f"modeling_{config.model_type}.py",
         labels=", ".join(config.id2label[i] for i in range(config.num_labels)),
         citation=method.citation,
     )

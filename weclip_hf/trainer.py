@@ -18,6 +18,7 @@ from transformers.trainer_utils import speed_metrics
 from .data.loading import collate_by_size, process_share
 from .evaluation import MODES, evaluate_segmentation
 from .hub import make_model_card, save_model_card, split_model_metrics
+from .normalization import PixelNormalization
 from .presets import EvaluationSettings
 from .training import WeCLIPDataCollator, official_adamw, warmup_poly_factor
 
@@ -38,6 +39,14 @@ ADAMW_NAMES = frozenset({"adamw_torch", "adamw_torch_fused"})
 def _name(option: str | Enum) -> str:
     """A `TrainingArguments` choice (an enum member or its string) as its string."""
     return getattr(option, "value", option)
+
+
+def _normalization(dataset) -> PixelNormalization | None:
+    """The pixel statistics of an evaluation set (`EvalSegmentationDataset.normalization`), also through
+    `torch.utils.data.Subset` and other wrappers that keep the wrapped set as ``.dataset``; None if none says."""
+    while dataset is not None and not hasattr(dataset, "normalization"):
+        dataset = getattr(dataset, "dataset", None)
+    return getattr(dataset, "normalization", None)
 
 
 class TrainingSetEpochCallback(TrainerCallback):
@@ -199,7 +208,7 @@ class WeCLIPTrainer(Trainer):
                 long_side=self.eval_long_side,
                 accelerator=accelerator,
                 progress=False,
-                normalization=getattr(dataset, "normalization", None),
+                normalization=_normalization(dataset),
             )
         # NaN, not None, where no pixel was scored (evaluate_segmentation warned): `metric_for_best_model` compares
         metrics = {
@@ -249,6 +258,15 @@ class WeCLIPTrainer(Trainer):
             raise ValueError(
                 "WeCLIPTrainer.evaluate needs an eval_dataset: images with their masks "
                 "(weclip_hf.data.loading.evaluation_set)."
+            )
+        if (
+            not isinstance(dataset, dict)
+            and len(dataset)
+            and not {"pixel_values", "labels"} <= set(dataset[0])
+        ):
+            raise ValueError(
+                f"eval_dataset items hold {sorted(dataset[0])}, not the 'pixel_values' and 'labels' (and "
+                "'class_labels') of weclip_hf.data.loading.evaluation_set, which builds them from a raw split."
             )
         return dataset
 
