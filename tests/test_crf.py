@@ -418,3 +418,20 @@ def test_unary_clips_probabilities_at_1e_5():
     expected = torch.tensor([1.0, 1e-5]).log().softmax(0).view(2, 1, 1).expand(2, 4, 4)
     # rtol only: the default tolerance would hide a clip at 1e-8
     torch.testing.assert_close(dense_crf(image, probs, num_iters=0), expected, rtol=1e-4, atol=0)
+
+
+def test_logits_are_refused_and_a_unit_range_image_warned():
+    """Logits in place of probabilities and a 0-1 image were refined without a word (another result)."""
+    from weclip_hf.crf import dense_crf
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 6, 8, generator=g) * 4
+    image = torch.randint(0, 256, (3, 6, 8), generator=g, dtype=torch.uint8)
+    with pytest.raises(
+        ValueError, match=r"`probs` must be probabilities .* logits need `.softmax\(dim=-3\)` first"
+    ):
+        dense_crf(image, logits)
+    probs = logits.softmax(dim=0)
+    with pytest.warns(UserWarning, match=r"`image` holds values in \[0, 1\]: the CRF reads 0-255 RGB"):
+        dense_crf(image.float() / 255, probs)
+    assert dense_crf(image, probs).shape == probs.shape

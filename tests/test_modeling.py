@@ -293,6 +293,18 @@ def test_new_classes_in_half_precision_and_names_that_are_not_lists_of_names(tin
     assert config.id2label == {0: "background", 1: "a", 2: "b"}
 
 
+def test_renaming_the_classes_of_a_trained_decoder_warns(tiny_model, caplog):
+    """The same number of new classes keeps the trained classifier: its predictions would carry the new names."""
+    import logging
+
+    tiny_model.update_class_embeddings(CharTokenizer(), class_names=["a", "b", "c", "d"])  # untrained: quiet
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    tiny_model.set_training_step(10)
+    with caplog.at_level(logging.WARNING):
+        tiny_model.update_class_embeddings(CharTokenizer(), class_names=["w", "x", "y", "z"])
+    assert "the decoder was trained (10 steps) for the old ones and keeps its classifier" in caplog.text
+
+
 def test_update_class_embeddings_names_voc_prompts_as_the_config_does(tiny_model):
     """VOC's prompt names ("bird avian", ...) get VOC's display names, as `WeCLIPConfig(class_names=...)` gives."""
     from weclip_hf import WeCLIPConfig

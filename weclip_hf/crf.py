@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -545,6 +546,19 @@ def _check_inputs(image: torch.Tensor, probs: torch.Tensor) -> None:
         raise ValueError(f"`probs` must have at least one class and pixel, got shape {tuple(probs.shape)}.")
     if image.device != probs.device:
         raise ValueError(f"`image` is on {image.device} and `probs` on {probs.device}; use one device.")
+    low, high = (float(v) for v in probs.aminmax())
+    sums = probs.sum(dim=-3)
+    if low < 0 or high > 1 + 1e-4 or float((sums - 1).abs().max()) > 1e-3:
+        raise ValueError(
+            f"`probs` must be probabilities (0-1, summing to 1 over the classes), got values in [{low:.3g}, "
+            f"{high:.3g}]: logits need `.softmax(dim=-3)` first."
+        )
+    if image.is_floating_point() and image.numel() and float(image.max()) <= 1.0 and float(image.min()) >= 0:
+        warnings.warn(
+            "`image` holds values in [0, 1]: the CRF reads 0-255 RGB (the bilateral kernel's colour scale); "
+            "multiply by 255 (a black image may ignore this).",
+            stacklevel=4,
+        )
 
 
 def _resolve_params(params: CRFParams, overrides: dict[str, Any]) -> CRFParams:

@@ -517,14 +517,19 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         fg = self.encode_text(tokenizer, [template.format(c) for c in classes])
         bg = self.encode_text(tokenizer, [template.format(c) for c in backgrounds])
         new_count = len(classes) != cfg.num_foreground_classes
+        if not new_count and classes != cfg.class_names and int(self.training_step) > 0:
+            logger.warning(
+                f"update_class_embeddings: the classes {cfg.class_names} become {classes}, but the decoder was "
+                f"trained ({int(self.training_step)} steps) for the old ones and keeps its classifier: train it "
+                "again before reading its predictions under the new names."
+            )
         cfg.class_names = classes
         if renamed:
             cfg.label_names = labels[1:]
         if new_count:
             old = self.decoder.classifier
-            self.decoder.classifier = nn.Conv2d(old.in_channels, cfg.num_labels, 1).to(
-                old.weight
-            )  # device, dtype
+            classifier = nn.Conv2d(old.in_channels, cfg.num_labels, 1)
+            self.decoder.classifier = classifier.to(old.weight)  # its device and dtype
             nn.init.normal_(self.decoder.classifier.weight, std=cfg.initializer_range)
             nn.init.zeros_(self.decoder.classifier.bias)
         cfg.background_names, cfg.prompt_template = backgrounds, template
