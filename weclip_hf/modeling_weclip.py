@@ -73,9 +73,8 @@ class WeCLIPCAMOutput(ModelOutput):
     cams: torch.Tensor | None = None  # [B, C, h, w] normalized refined CAM per class (0 if absent)
     pair_image_index: torch.LongTensor | None = None  # [P]
     pair_class_index: torch.LongTensor | None = None  # [P]
-    text_probs: torch.Tensor | None = (
-        None  # [P, C + Nb] per pair: softmax over present classes + background words
-    )
+    # [P, C + Nb] per pair: softmax over the image's present classes + background words
+    text_probs: torch.Tensor | None = None
     gradcams: torch.Tensor | None = None  # [P, h, w] after the double min-max normalization
     box_masks: torch.Tensor | None = None  # [P, h, w]
     refined_cams_grid: torch.Tensor | None = None  # [P, h, w] before normalization

@@ -57,10 +57,9 @@ class TrainingSetEpochCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
         dataset = getattr(train_dataloader, "dataset", None)
+        # a resumed run's state.epoch: the epochs done + the part of this one
         if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(
-                int(state.epoch or 0)
-            )  # a resumed run's state: epochs done + the part of this one
+            dataset.set_epoch(int(state.epoch or 0))
 
 
 class WeCLIPTrainer(Trainer):

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler, Subset, get_worker_info
 
+from ..batch_jobs import group_by_size
 from ..normalization import PixelNormalization
 from ..presets import Preset, get_preset
 from .adapters import (
@@ -219,10 +220,7 @@ def collate(examples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 def collate_by_size(examples: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
     """`collate` of evaluation examples whose images may differ in size (a validation set keeps each image's own
     size): one stacked batch per image size, in the order the sizes first appear."""
-    groups: dict[tuple, list[dict]] = {}
-    for example in examples:
-        groups.setdefault(tuple(example["pixel_values"].shape), []).append(example)
-    return [collate(group) for group in groups.values()]
+    return [collate(group) for group in group_by_size(examples)]
 
 
 def materialize(dataset, limit: int | None = None, skip_unreadable: bool = False):
@@ -446,9 +444,8 @@ def load_dataset_splits(
             )
     if train_split not in ds and need_train:
         raise ValueError(f"Split {train_split!r} not found; available splits: {list(ds)}.")
-    if (
-        validation_split not in (None, "none") and validation_split not in ds
-    ):  # a misspelt name: no evaluation
+    # a misspelt name would mean no evaluation, without a word
+    if validation_split not in (None, "none") and validation_split not in ds:
         raise ValueError(
             f"Validation split {validation_split!r} not found; available splits: {list(ds)} ('none': no evaluation)."
         )
