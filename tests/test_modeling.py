@@ -1,6 +1,7 @@
 """WeCLIPForSemanticSegmentation: shapes, frozen CLIP, batched == per-image reference, save/load, Auto."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -241,6 +242,20 @@ def test_save_load_roundtrip_keeps_everything(tmp_path, tiny_model):
     assert unaligned_tensors(loaded) == []
     pixel_values, _ = _inputs()
     torch.testing.assert_close(loaded(pixel_values).logits, tiny_model(pixel_values).logits, rtol=0, atol=0)
+
+
+def test_a_whole_model_pickles_and_torch_saves(tmp_path, tiny_model):
+    """`torch.save(model)`, `pickle` and spawned workers need a picklable model (a lambda load hook was not)."""
+    tiny_model.set_training_step(5)
+    torch.save(tiny_model, tmp_path / "whole.pt")
+    loaded = torch.load(tmp_path / "whole.pt", weights_only=False)
+    pixel_values, _ = _inputs()
+    torch.testing.assert_close(loaded(pixel_values).logits, tiny_model(pixel_values).logits, rtol=0, atol=0)
+    assert loaded._current_step() == 5
+    # the load hook still runs on the unpickled model: the host mirror of training_step follows a loaded state
+    state = {**loaded.state_dict(), "training_step": torch.tensor(9)}
+    loaded.load_state_dict(state)
+    assert loaded._current_step() == 9
 
 
 def test_auto_classes_and_pipeline(tmp_path, tiny_model):
@@ -513,6 +528,21 @@ def test_hostile_config_json_is_refused_before_any_module_is_built(tmp_path, tin
     finally:
         tracemalloc.stop()
     assert time.perf_counter() - started < 5 and peak < 100 * 2**20
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("rfm_start_step", -5), ("decoder_dropout", 1.5), ("par_dilations", "abc"), ("cam_box_threshold", "x")],
+)
+def test_a_value_set_out_of_range_after_building_is_refused_before_saving(tmp_path, tiny_model, field, value):
+    """A config edited after construction (attribute, `update`) is checked when saved: a folder whose config.json
+    would not load again is never written, by the model or the config."""
+    tiny_model.config.validate()  # the built config passes
+    tiny_model.config.update({field: value})
+    for owner in (tiny_model, tiny_model.config):
+        with pytest.raises(ValueError, match=f"not saved: {re.escape(field)}"):
+            owner.save_pretrained(tmp_path / "saved")
+        assert not (tmp_path / "saved").exists()
 
 
 def test_a_refused_value_names_its_source_the_keywords_or_the_file(tmp_path, tiny_model):

@@ -459,6 +459,15 @@ def test_weclip_trainer_refuses_metric_functions_it_would_never_call(tmp_path, n
         weclip_trainer(toy_model(), tmp_path, max_steps=1, trainer_kwargs={name: lambda *a: {}})
 
 
+def test_weclip_trainer_refuses_a_config_its_checkpoints_could_not_save(tmp_path):
+    """A config edited out of range after the model was built fails at the trainer's construction, not at its
+    first checkpoint save (steps in)."""
+    model = toy_model()
+    model.config.rfm_start_step = -1
+    with pytest.raises(ValueError, match="not saved: rfm_start_step"):
+        weclip_trainer(model, tmp_path)
+
+
 def test_weclip_trainer_full_bf16_evaluation_with_memory_metrics(tmp_path):
     from weclip_hf.evaluation import evaluate_segmentation
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import pickle
 from unittest import mock
 
 import numpy as np
@@ -570,6 +571,16 @@ def test_model_outputs_the_weighted_sum_of_both_branches(plus_model):
     torch.testing.assert_close(out.logits_clip, logits_clip)
     torch.testing.assert_close(out.logits_dino, logits_dino)
     torch.testing.assert_close(out.logits, 0.25 * logits_clip + 0.75 * logits_dino)
+
+
+def test_a_whole_plus_model_pickles(plus_model):
+    """The DINO branch adds no unpicklable state: `pickle` round-trips the model with equal outputs."""
+    loaded = pickle.loads(pickle.dumps(plus_model))
+    pixel_values, _ = tiny_plus_inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(pixel_values).logits, plus_model(pixel_values).logits, rtol=0, atol=0
+        )
 
 
 def test_training_step_trains_the_heads_and_decoder_only(plus_model):

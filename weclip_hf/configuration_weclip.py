@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import warnings
 
 from transformers import CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
@@ -329,6 +330,25 @@ class WeCLIPConfig(PreTrainedConfig):
         num_layers = self.vision_config.num_hidden_layers
         _check_int("attention_num_maps", self.attention_num_maps, 1, num_layers)
         _check_int("rfm_num_maps", self.rfm_num_maps, 1, num_layers)
+
+    def validate(self) -> None:
+        """transformers' save-time check, extended: refuse to write a config.json that would not load again, i.e.
+        one holding a value set out of range after the config was built (``config.rfm_start_step = -5``),
+        naming the field."""
+        super().validate()
+        try:
+            type(self).from_dict(self.to_dict())
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"{type(self).__name__} not saved: {err} A value set on the built config is out of range; "
+                "its config.json would not load."
+            ) from err
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """`PreTrainedConfig.save_pretrained`, validated before anything is written (transformers validates after
+        copying the remote-code files into the folder)."""
+        self.validate()
+        super().save_pretrained(save_directory, *args, **kwargs)
 
     def __setattr__(self, key, value):
         """An ``id2label`` set on a built config is checked against ``class_names`` and keeps ``label2id`` (and

@@ -245,6 +245,12 @@ def _pseudo_label_stage(method):
     return torch.compiler.disable(wrapper)
 
 
+def _forget_step_mirror(module: nn.Module, incompatible_keys) -> None:
+    """Load hook: `training_step` may have changed, so the host mirror is read again (a module-level function, not
+    a lambda, so that the model pickles)."""
+    module._step = None
+
+
 class WeCLIPPreTrainedModel(PreTrainedModel):
     config: WeCLIPConfig
     config_class = WeCLIPConfig
@@ -355,7 +361,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         self.register_buffer("background_text_embeds", background_embeds.clone())
         self.register_buffer("training_step", torch.zeros((), dtype=torch.long))
         self._step: int | None = None  # host mirror of training_step (avoids a device sync per step)
-        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_step", None))
+        self.register_load_state_dict_post_hook(_forget_step_mirror)
         self.decoder = WeCLIPDecoder(config)
         self.post_init()
         self.freeze_clip()
@@ -376,7 +382,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, with the weight files as readable as the folder's config.json:
         safetensors (>= 0.8) writes them with mode 0600 whatever the umask, so that another user or a container
-        could not load the model (safetensors issue 782)."""
+        could not load the model (safetensors issue 782). A config that would not load again is refused before
+        anything is written (`WeCLIPConfig.validate`)."""
+        self.config.validate()
         super().save_pretrained(save_directory, *args, **kwargs)
         folder = Path(save_directory)
         if (folder / "config.json").is_file():  # the main process's folder (others save nothing)

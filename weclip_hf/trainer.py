@@ -112,7 +112,10 @@ class WeCLIPTrainer(Trainer):
         """Refuse, at once, what the arguments ask for that this trainer cannot do: label smoothing (WeCLIP's losses
         take none; it was ignored, or crashed with full supervision) and a best model by a metric its evaluation
         does not report (found only at the first evaluation, maybe thousands of steps in); metric functions, which
-        it would never call."""
+        it would never call; a model config that its first checkpoint could not save (`WeCLIPConfig.validate`)."""
+        config = getattr(self.model, "config", None)
+        if callable(getattr(config, "validate", None)):
+            config.validate()
         for name in ("compute_metrics", "preprocess_logits_for_metrics"):
             if getattr(self, name) is not None:
                 raise ValueError(
