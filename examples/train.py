@@ -40,6 +40,7 @@ from weclip_hf.checkpointing import (
     load_checkpoint,
     lock_output_dir,
     read_training_state,
+    remove_previous_run,
     save_checkpoint,
     truncate_log,
 )
@@ -881,9 +882,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         torch.set_num_threads(args.num_threads or cpu_threads_per_process(accelerator.num_processes))
         retained = not args.release_host_memory and retain_freed_host_memory()
     output_dir = Path(args.output_dir)
-    claim_output_dir(
-        output_dir, bool(args.resume_from_checkpoint), args.overwrite_output_dir, accelerator.is_main_process
-    )
+    previous_run = claim_output_dir(output_dir, bool(args.resume_from_checkpoint), args.overwrite_output_dir)
     resume_path = None
     if args.resume_from_checkpoint:  # checked before the data and model are loaded
         resume_path = find_checkpoint(output_dir, args.resume_from_checkpoint, log=accelerator.print)
@@ -907,6 +906,9 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     # batches stay on the host: `to_device` moves all but the image-level labels, from which the model
     # plans its (image, class) pairs without a device-to-host sync
     train_loader = accelerator.prepare_data_loader(train_loader, device_placement=False)
+    if previous_run and accelerator.is_main_process:  # --overwrite_output_dir, now that the run is set up
+        remove_previous_run(previous_run)
+    accelerator.wait_for_everyone()
     # the scheduler and the stream position are checkpointed as JSON (training_state.json), never registered
     # with accelerate, whose custom objects are unpickled with weights_only=False (code in a checkpoint would run)
     position = StreamPosition()  # streamed data: pass and batch (map-style: derived from the step)

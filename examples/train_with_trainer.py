@@ -28,7 +28,7 @@ from accelerate import PartialState
 from transformers import TrainingArguments, set_seed
 
 from weclip_hf import WeCLIPImageProcessor
-from weclip_hf.checkpointing import claim_output_dir
+from weclip_hf.checkpointing import claim_output_dir, remove_previous_run
 from weclip_hf.data.loading import DataSource, evaluation_set, load_dataset_splits, training_set
 from weclip_hf.data.toy import default_clip_model
 from weclip_hf.data.transforms import TrainAugmentation
@@ -77,7 +77,9 @@ def main(argv=None) -> dict:
     # "latest": Trainer's True, its last checkpoint in --output_dir
     resume = True if args.resume_from_checkpoint == "latest" else args.resume_from_checkpoint
     is_main = PartialState().is_main_process
-    claim_output_dir(Path(args.output_dir), bool(resume), args.overwrite_output_dir, is_main, "checkpoint-*")
+    previous_run = claim_output_dir(
+        Path(args.output_dir), bool(resume), args.overwrite_output_dir, "checkpoint-*"
+    )
     source = DataSource.from_args(args)
     preset = get_preset(args.preset or ("toy" if source.toy else "voc"))
     recipe = preset.training
@@ -143,6 +145,8 @@ def main(argv=None) -> dict:
         eval_modes=("pred", "cam", "pseudo"),
         eval_long_side=preset.evaluation.eval_long_side,
     )
+    if previous_run and is_main:  # --overwrite_output_dir, now that the data and model are loaded
+        remove_previous_run(previous_run)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(args.output_dir)
     results = {}

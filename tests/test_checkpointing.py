@@ -18,6 +18,7 @@ from weclip_hf.checkpointing import (
     claim_output_dir,
     find_checkpoint,
     load_checkpoint,
+    remove_previous_run,
     save_checkpoint,
     truncate_log,
 )
@@ -217,12 +218,12 @@ def test_hub_token_never_reaches_disk_or_the_hub(tmp_path, tiny_clip, monkeypatc
 def test_claim_output_dir_refuses_old_checkpoints_unless_resumed_or_overwritten(tmp_path):
     (tmp_path / "step_5").mkdir()
     (tmp_path / "train_log.jsonl").write_text('{"step": 5}\n')
-    claim_output_dir(tmp_path, resume=True, overwrite=False, is_main=True)  # a resumed run continues them
+    assert claim_output_dir(tmp_path, resume=True, overwrite=False) == []  # a resumed run continues them
     with pytest.raises(FileExistsError, match="step_5.*--resume_from_checkpoint latest"):
-        claim_output_dir(tmp_path, resume=False, overwrite=False, is_main=True)
-    claim_output_dir(tmp_path, resume=False, overwrite=True, is_main=False)  # only the main process removes
-    assert (tmp_path / "step_5").is_dir()
-    claim_output_dir(tmp_path, resume=False, overwrite=True, is_main=True)
+        claim_output_dir(tmp_path, resume=False, overwrite=False)
+    previous = claim_output_dir(tmp_path, resume=False, overwrite=True)
+    assert (tmp_path / "step_5").is_dir()  # removed only once the run is set up
+    remove_previous_run(previous)
     assert not (tmp_path / "step_5").exists() and not (tmp_path / "train_log.jsonl").exists()
 
 

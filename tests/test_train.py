@@ -81,7 +81,12 @@ def test_fully_supervised_flag(tmp_path, tiny_clip):
     again = [*run, "--max_train_steps", 1]
     with pytest.raises(FileExistsError, match=r"previous run \(step_2\).*--overwrite_output_dir"):
         train_in_process(*again)
-    # ... unless asked: the previous run's checkpoints and log are gone, the new run's are there
+    # ... unless asked, and only once the new run is set up: a missing dataset leaves the old run whole ...
+    with pytest.raises(FileNotFoundError, match="--data_dir"):
+        train_in_process(*again, "--overwrite_output_dir", "--data_dir", tmp_path / "typo")
+    assert [r["step"] for r in read_log(out)] == [1, 2] and (out / "metrics.json").exists()
+    assert sorted(p.name for p in out.glob("step_*")) == ["step_2"]
+    # ... and a run that starts replaces it: the previous run's checkpoints and log are gone, the new run's there
     train_in_process(*again, "--overwrite_output_dir")
     assert [r["step"] for r in read_log(out)] == [1]
     assert sorted(p.name for p in out.glob("step_*")) == ["step_1"]

@@ -11,7 +11,7 @@ Checkpoints are written to ``step_N.tmp`` and renamed, so a crash never leaves a
 ``latest`` still checks each candidate and falls back past a damaged one, naming it.
 
 The run's folder (``--output_dir`` of examples/train.py, whose flags the messages name) is held by one run at a
-time (`lock_output_dir`), kept from mixing a fresh run with an old one's checkpoints (`claim_output_dir`), and
+time (`lock_output_dir`), kept from mixing a fresh run with an old one's checkpoints (`claim_output_dir`, `remove_previous_run`), and
 its log cut back to the step a resumed run starts from (`truncate_log`).
 """
 
@@ -219,18 +219,19 @@ FINISHED_RUN_FILES = ("model.safetensors", "metrics.json", "train_log.jsonl")
 
 
 def claim_output_dir(
-    output_dir: Path, resume: bool, overwrite: bool, is_main: bool, checkpoints: str = "step_*"
-) -> None:
-    """Prepare ``output_dir`` for this run (examples/train.py: created and locked by `lock_output_dir`). A fresh
-    run (not ``resume``, ``--resume_from_checkpoint``) refuses a folder that holds a previous run's checkpoints
-    (the folders matching ``checkpoints``: train.py's ``step_N``, `Trainer`'s ``checkpoint-*``) or results (its
-    model, metrics or log: they would be replaced without a word and the logs mixed) unless ``overwrite``
-    (``--overwrite_output_dir``), which removes the checkpoints, log, metrics and overlays (the model files are
-    replaced at the end; ``--model_name_or_path`` may be this folder's model)."""
+    output_dir: Path, resume: bool, overwrite: bool, checkpoints: str = "step_*"
+) -> list[Path]:
+    """Check that ``output_dir`` may take this run (examples/train.py: created and locked by `lock_output_dir`);
+    returns what `remove_previous_run` removes once the run is set up. A fresh run (not ``resume``,
+    ``--resume_from_checkpoint``) refuses a folder that holds a previous run's checkpoints (the folders matching
+    ``checkpoints``: train.py's ``step_N``, `Trainer`'s ``checkpoint-*``) or results (its model, metrics or log:
+    they would be replaced without a word and the logs mixed) unless ``overwrite`` (``--overwrite_output_dir``):
+    then the checkpoints, log, metrics and overlays are to be removed (the model files are replaced at the end;
+    ``--model_name_or_path`` may be this folder's model)."""
     old = sorted((p for p in output_dir.glob(checkpoints) if p.is_dir()), key=lambda p: (len(p.name), p.name))
     finished = [name for name in FINISHED_RUN_FILES if (output_dir / name).exists()]
     if resume or not (old or finished):
-        return
+        return []
     if not overwrite:
         held = f"checkpoints of a previous run ({', '.join(p.name for p in old[-3:])})" if old else ""
         held = held or f"a previous run's results ({', '.join(finished)})"
@@ -239,11 +240,17 @@ def claim_output_dir(
             f"{output_dir} holds {held}. {resume_hint} over with --overwrite_output_dir, or choose another "
             "--output_dir."
         )
-    if is_main:
-        for path in [*old, output_dir / "overlays"]:
+    return [*old, output_dir / "overlays", output_dir / "train_log.jsonl", output_dir / "metrics.json"]
+
+
+def remove_previous_run(paths: list[Path]) -> None:
+    """Remove what `claim_output_dir` found of the run ``--overwrite_output_dir`` replaces: called once the new run
+    has loaded its data and model, so that a mistyped flag or a missing dataset leaves the old run whole."""
+    for path in paths:
+        if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
-        for name in ("train_log.jsonl", "metrics.json"):
-            (output_dir / name).unlink(missing_ok=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def truncate_log(log_path: Path, step: int) -> None:
