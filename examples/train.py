@@ -846,21 +846,15 @@ def load_data_and_model(
         + (f" with {torch.get_num_threads()} threads" if accelerator.device.type == "cpu" else "")
         + (", freed host memory kept for reuse" if retained else "")
     )
-    if cfg.rfm_start_step >= args.max_train_steps:
-        accelerator.print(
-            f"Note: the RFM starts at step {cfg.rfm_start_step}, after this run's {args.max_train_steps} steps: the "
-            "pseudo labels are the CAMs' throughout (--rfm_start_step, or --preset, sets it)."
-        )
-    self_training = getattr(cfg, "self_training_start_step", None)  # WeCLIP+
-    if self_training is not None and self_training >= args.max_train_steps:
-        accelerator.print(
-            f"Note: WeCLIP+'s self-training starts at step {self_training} (config.self_training_start_step), "
-            f"after this run's {args.max_train_steps} steps: the prediction never overwrites the pseudo labels."
-        )
+    for note in schedule_notes(cfg, int(model.training_step), args.max_train_steps):
+        accelerator.print(f"Note: {note}")
     if val_raw is None:
-        accelerator.print(
-            "Note: the dataset has no validation split: no evaluation (metrics.json has no mIoU)."
+        why = (
+            "--validation_split none"
+            if args.validation_split == "none"
+            else "the dataset has no validation split"
         )
+        accelerator.print(f"Note: {why}: no evaluation (metrics.json has no mIoU).")
     train_set, val_set = prepare_data(
         args,
         train_raw,
@@ -872,6 +866,35 @@ def load_data_and_model(
         class_names=list(zip(cfg.label_names, cfg.class_names)),
     )
     return model, image_processor, train_set, val_set
+
+
+def schedule_notes(cfg, counter: int, max_train_steps: int) -> list[str]:
+    """Notes on when the RFM (and WeCLIP+'s self-training) act in this run: the model switches them on by its own
+    step counter (``training_step``), which a model of ``--model_name_or_path`` brings from its training at
+    ``counter``; this run's step ``s`` is the model's step ``counter + s``."""
+    stages = (
+        ("the RFM", cfg.rfm_start_step, "--rfm_start_step, or --preset, sets it", "the pseudo labels are the CAMs'"),
+        ("WeCLIP+'s self-training", getattr(cfg, "self_training_start_step", None),
+         "config.self_training_start_step", "the prediction never overwrites the pseudo labels"),
+    )  # fmt: skip
+    origin = f" (the model of --model_name_or_path has trained {counter} steps)" if counter else ""
+    at = "model step" if counter else "step"
+    notes = []
+    for what, start, source, never in stages:
+        if start is None:
+            continue
+        first = start - counter + 1  # this run's first step with it
+        if first > max_train_steps:
+            notes.append(
+                f"{what} starts at {at} {start}, after this run's {max_train_steps} steps{origin}: {never} "
+                f"throughout ({source})."
+            )
+        elif counter:
+            when = "its first step" if first <= 1 else f"its step {first}"
+            notes.append(
+                f"{what} acts in this run from {when}: it starts at {at} {start} ({source}){origin}."
+            )
+    return notes
 
 
 def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:

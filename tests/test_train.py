@@ -270,8 +270,37 @@ def test_imagefolder_dataset(tmp_path, tiny_clip, capsys):
     )
     assert (out / "model.safetensors").exists()
     printed = " ".join(capsys.readouterr().out.split())
-    assert "Note: the dataset has no validation split: no evaluation" in printed
+    assert "Note: --validation_split none: no evaluation" in printed
     assert "Note: the RFM starts at step 15000, after this run's 2 steps" in printed  # no preset: the paper's
+
+
+def test_a_run_from_a_trained_model_notes_when_its_counter_switches_the_rfm_on(
+    tmp_path, reference_run, capsys
+):
+    """The model of --model_name_or_path brings its step counter (6 steps of `reference_run`): with --rfm_start_step
+    8, this run's steps 3 and 4 use the RFM, and the printed note says so (it said "after this run's 4 steps")."""
+    out = tmp_path / "continued"
+    run = ["--model_name_or_path", reference_run, "--output_dir", out, *FAST]
+    train_in_process(*run, "--rfm_start_step", 8, "--max_train_steps", 4, "--validation_split", "none")
+    assert [r["rfm"] for r in read_log(out)] == [False, False, True, True]
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "Note: the RFM acts in this run from its step 3: it starts at model step 8" in printed
+    assert "has trained 6 steps" in printed
+
+
+def test_schedule_notes_count_from_the_models_step_counter(tiny_config):
+    notes = train_module().schedule_notes
+    tiny_config.rfm_start_step = 10
+    assert notes(tiny_config, 0, 20) == []  # a fresh run that reaches the RFM: nothing to note
+    assert (
+        "the RFM starts at step 10, after this run's 10 steps: the pseudo labels are the CAMs' throughout"
+        in notes(tiny_config, 0, 10)[0]
+    )
+    assert "from its first step" in notes(tiny_config, 30, 5)[0]  # a counter past the start
+    assert (
+        "after this run's 5 steps (the model of --model_name_or_path has trained 4 steps)"
+        in notes(tiny_config, 4, 5)[0]
+    )
 
 
 def test_msf_scales_without_the_multiscale_evaluation_are_refused(capsys):
