@@ -814,6 +814,13 @@ def main(argv=None) -> dict:
     accelerator = Accelerator(
         log_with=args.report_to if args.with_tracking else None, project_dir=args.output_dir
     )
+    if accelerator.gradient_accumulation_steps > 1:  # accelerate launch --gradient_accumulation_steps N
+        raise ValueError(
+            f"accelerate asks for gradient accumulation over {accelerator.gradient_accumulation_steps} batches, "
+            "which train.py does not do (it steps the optimizer after every batch, and WeCLIP's losses are "
+            "normalized per batch by pixels its forward labels): drop --gradient_accumulation_steps and give a "
+            "larger --per_device_train_batch_size or more processes (one global batch, exactly)."
+        )
     lock = lock_output_dir(Path(args.output_dir)) if accelerator.is_main_process else None
     try:
         return train(args, accelerator)

@@ -303,6 +303,14 @@ def test_schedule_notes_count_from_the_models_step_counter(tiny_config):
     )
 
 
+def test_accelerates_gradient_accumulation_is_refused_not_ignored(tmp_path, monkeypatch):
+    """`accelerate launch --gradient_accumulation_steps 2` sets this variable; train.py stepped every batch."""
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "2")
+    with pytest.raises(ValueError, match="gradient accumulation over 2 batches, which train.py does not do"):
+        train_in_process("--output_dir", tmp_path / "o", *FAST, "--max_train_steps", 1)
+    assert not (tmp_path / "o").exists()
+
+
 def test_msf_scales_without_the_multiscale_evaluation_are_refused(capsys):
     with pytest.raises(SystemExit):
         train_module().parse_args(["--no_msf", "--msf_scales", "1.0", "0.5"])
