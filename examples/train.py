@@ -52,6 +52,7 @@ from weclip_hf.data.loading import (
     collate_by_size,
     evaluation_set,
     load_dataset_splits,
+    names_no_dataset,
     process_share,
     training_set,
 )
@@ -785,6 +786,13 @@ def dataset_description(args) -> str:
     return "the toy world of weclip-hf (generated offline)"
 
 
+def card_args(args) -> dict:
+    """The arguments the model card lists: those given or filled by the recipe, without this machine's
+    (`NOT_ON_CARD`), and the toy world's sizes only where the toy world was trained on."""
+    unused = NOT_ON_CARD if names_no_dataset(args) else NOT_ON_CARD | {"toy_train_images", "toy_val_images"}
+    return {k: v for k, v in public_args(args).items() if v is not None and k not in unused}
+
+
 def write_card(args, cfg, output_dir: Path, summary: dict) -> None:
     """The model card (README.md) of the trained model in ``output_dir``, with its mIoU figures."""
     figures = {k: v for k, v in summary.items() if "miou" in k}
@@ -802,7 +810,7 @@ def write_card(args, cfg, output_dir: Path, summary: dict) -> None:
             getattr(getattr(cfg, "dino_config", None), "_name_or_path", None),
         ],
         weakly_supervised=not args.fully_supervised,
-        training_args={k: v for k, v in public_args(args).items() if v is not None and k not in NOT_ON_CARD},
+        training_args=card_args(args),
         repo_id=args.hub_model_id,
     )
     save_model_card(card, output_dir)

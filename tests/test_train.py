@@ -288,6 +288,15 @@ def test_a_run_from_a_trained_model_notes_when_its_counter_switches_the_rfm_on(
     assert "has trained 6 steps" in printed
 
 
+def test_the_card_lists_the_toy_worlds_sizes_only_for_the_toy_world(tmp_path):
+    train = train_module()
+    toy = train.card_args(train.parse_args([]))
+    assert toy["toy_train_images"] == 4000 and "output_dir" not in toy
+    own_data = train.card_args(train.parse_args(["--preset", "toy", "--data_dir", str(tmp_path)]))
+    assert "toy_train_images" not in own_data and "toy_val_images" not in own_data
+    assert own_data["data_dir"] == str(tmp_path)
+
+
 def test_schedule_notes_count_from_the_models_step_counter(tiny_config):
     notes = train_module().schedule_notes
     tiny_config.rfm_start_step = 10
