@@ -962,6 +962,12 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         state = load_checkpoint(accelerator, model, optimizer, resume_path)
         scheduler.load_state_dict(state.scheduler)
         step, position = state.step, state.position
+        if state.seconds is None:
+            accelerator.print(
+                f"Note: {resume_path} records no training time: train_seconds counts this run only."
+            )
+        else:  # the run's times count its earlier segments too
+            started -= state.seconds
         if accelerator.is_main_process:
             truncate_log(log_path, step)
         accelerator.print(f"resumed from {resume_path} at step {step}")
@@ -1000,7 +1006,10 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                     bar.set_postfix(loss=f"{record['loss']:.3f}", rfm=record["rfm"])
                 if checkpoint_every and step % checkpoint_every == 0:
                     save_training_checkpoint(
-                        accelerator, output_dir, TrainingState(step, scheduler.state_dict(), position), args
+                        accelerator,
+                        output_dir,
+                        TrainingState(step, scheduler.state_dict(), position, time.time() - started),
+                        args,
                     )
                 if args.eval_steps and step % args.eval_steps == 0 and val_set is not None:
                     evaluate_in_training(
@@ -1019,14 +1028,17 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                 position.epoch, position.batch = position.epoch + 1, 0
         bar.close()
     if stop["signal"] is not None:
-        state = TrainingState(step, scheduler.state_dict(), position)
+        state = TrainingState(step, scheduler.state_dict(), position, time.time() - started)
         path = save_training_checkpoint(accelerator, output_dir, state, args)
         accelerator.print(f"stopped by signal {stop['signal']} at step {step}; checkpoint saved to {path}")
         accelerator.end_training()
         return {"stopped_at": step, "stopped_by_signal": int(stop["signal"])}
     if checkpoint_every:
         save_training_checkpoint(
-            accelerator, output_dir, TrainingState(step, scheduler.state_dict(), position), args
+            accelerator,
+            output_dir,
+            TrainingState(step, scheduler.state_dict(), position, time.time() - started),
+            args,
         )
     train_seconds = time.time() - started
 

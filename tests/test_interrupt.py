@@ -10,6 +10,7 @@ bit-identical to those of the uninterrupted `reference_run`, and every ``step_N`
 must be complete (checkpoints are written to ``step_N.tmp`` and renamed).
 """
 
+import json
 import random
 import re
 import signal
@@ -71,9 +72,21 @@ def _checkpoint_steps(output_dir: Path) -> list[int]:
     return [int(n) for n in names if n.isdigit()]
 
 
-def _files(folder: Path) -> dict[str, int]:
-    """{file name: size} of the files in ``folder``."""
-    return {f.name: f.stat().st_size for f in folder.iterdir()}
+def _files(folder: Path) -> dict[str, int | None]:
+    """{file name: size} of the files in ``folder`` (training_state.json: None when it parses, as its size varies
+    with the wall-clock seconds it records)."""
+    return {f.name: _parsed_size(f) for f in folder.iterdir()}
+
+
+def _parsed_size(file: Path) -> int | None:
+    """The size of ``file``; for a training_state.json that parses (a whole one), None."""
+    if file.name == "training_state.json":
+        try:
+            json.loads(file.read_text())
+            return None
+        except ValueError:
+            pass
+    return file.stat().st_size
 
 
 def _checkpoints(output_dir: Path) -> dict[int, dict[str, int]]:

@@ -123,6 +123,10 @@ def test_resume_repeats_uninterrupted_run_exactly(tmp_path, tiny_clip, reference
 
     a, b = load_file(reference_run / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) and int(b["training_step"]) == 6
+    # the run's times count the segment before the stop too (they counted the resumed segment only)
+    before = json.loads((out / "step_3" / "training_state.json").read_text())["seconds"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 < before <= metrics["train_seconds"] <= metrics["total_seconds"]
 
 
 def test_dataloader_workers_give_the_same_batches(tmp_path, tiny_clip, reference_run):

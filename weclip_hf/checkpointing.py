@@ -43,11 +43,13 @@ class StreamPosition:
 
 @dataclass
 class TrainingState:
-    """What a checkpoint holds besides tensors: the step, the scheduler's state and the stream position."""
+    """What a checkpoint holds besides tensors: the step, the scheduler's state, the stream position and the
+    run's wall-clock seconds so far, over all its resumed segments (None in a checkpoint of an earlier version)."""
 
     step: int
     scheduler: dict
     position: StreamPosition
+    seconds: float | None = None
 
 
 def save_checkpoint(
@@ -92,6 +94,7 @@ def read_training_state(path: Path) -> TrainingState:
                 step=int(raw["step"]),
                 scheduler=dict(raw["scheduler"]),
                 position=StreamPosition(**raw["position"]),
+                seconds=None if raw.get("seconds") is None else float(raw["seconds"]),
             )
         except (ValueError, KeyError, TypeError) as error:
             raise CheckpointError(f"{json_path} is not a valid training state: {error}") from error
