@@ -365,8 +365,11 @@ def check_losses_finite(out, step: int, gather=None) -> None:
 
 # arguments of this machine's run, not of the model: left off its card (values derived from the flags, paths)
 NOT_ON_CARD = frozenset(
-    {"given_model_flags", "rfm_start_source", "output_dir", "overwrite_output_dir", "resume_from_checkpoint"}
-)
+    {
+        "given_model_flags", "rfm_start_source", "train_examples",
+        "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
+    }
+)  # fmt: skip
 
 
 def public_args(args: argparse.Namespace) -> dict:
@@ -380,7 +383,8 @@ def public_args(args: argparse.Namespace) -> dict:
 # where the output goes, what is reported or published, and how the host computes (threads, allocator,
 # torch.compile: the same operations) are free. Everything else (data, model, optimization, schedule, seed)
 # defines the trajectory, and a resume that changes it is refused. Derived values (recipe, given_model_flags,
-# rfm_start_source) follow the flags and are not compared themselves.
+# rfm_start_source) follow the flags and are not compared themselves; the training set's size (train_examples) is
+# compared once the data is loaded (`check_resumed_data`).
 RESUMABLE_CHANGES = frozenset(
     {
         "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
@@ -390,7 +394,7 @@ RESUMABLE_CHANGES = frozenset(
         "num_workers", "num_threads", "release_host_memory",
         "torch_compile", "torch_compile_backend", "torch_compile_mode",
         "push_to_hub", "hub_model_id",
-        "recipe", "given_model_flags", "rfm_start_source",
+        "recipe", "given_model_flags", "rfm_start_source", "train_examples",
     }
 )  # fmt: skip
 # a streamed training split is divided among the DataLoader workers by shard: their number orders the batches;
@@ -405,6 +409,7 @@ PATH_ARGS = (
 # how accelerate runs the training (the global batch, the data shards, the arithmetic): recorded beside the flags
 LAUNCH_FACTS = ("num_processes", "mixed_precision")
 TRAINING_ARGS_NAME = "training_args.json"
+TRAINING_DATA_NAME = "training_data.json"
 
 
 def trajectory_args(args: argparse.Namespace, accelerator: Accelerator | None = None) -> dict:
@@ -463,10 +468,32 @@ def check_resume(
 
 
 def save_training_checkpoint(accelerator, output_dir: Path, state: TrainingState, args) -> Path:
-    """`save_checkpoint` with the run's `trajectory_args` in it (``training_args.json``), for `check_resume`."""
+    """`save_checkpoint` with the run's `trajectory_args` (``training_args.json``, for `check_resume`) and its
+    training set's size (``training_data.json``, for `check_resumed_data`) in it."""
     return save_checkpoint(
-        accelerator, output_dir, state, {TRAINING_ARGS_NAME: trajectory_args(args, accelerator)}
+        accelerator,
+        output_dir,
+        state,
+        {
+            TRAINING_ARGS_NAME: trajectory_args(args, accelerator),
+            TRAINING_DATA_NAME: {"examples": args.train_examples},
+        },
     )
+
+
+def check_resumed_data(path: Path, examples: int | None) -> None:
+    """Refuse to resume from checkpoint ``path`` on a training set of another size than its run's (same flags,
+    but the folder or dataset changed: the batches after the resume would not be the run's)."""
+    saved = path / TRAINING_DATA_NAME
+    if not saved.is_file():  # a checkpoint of an earlier version
+        return
+    before = json.loads(saved.read_text()).get("examples")
+    if before != examples:
+        count = "a stream" if examples is None else f"{examples} examples"
+        raise ValueError(
+            f"Cannot resume from {path}: its run trained on {before} examples, the training set now has {count} "
+            "(the data changed under the same flags). Resume on the run's data, or start a new run."
+        )
 
 
 def exit_status(metrics: dict) -> int:
@@ -932,6 +959,9 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     # 1. data and model
     model, image_processor, train_set, val_set = load_data_and_model(args, accelerator, retained)
     streamed = isinstance(train_set, StreamingWeakSegmentationDataset)
+    args.train_examples = None if streamed else len(train_set)
+    if resume_path is not None:
+        check_resumed_data(resume_path, args.train_examples)
     train_loader, sampler = make_train_loader(args, train_set, accelerator)
 
     # 2. optimizer and schedule (decoder only; the frozen CLIP has no trainable parameter)

@@ -333,6 +333,28 @@ def test_msf_scales_without_the_multiscale_evaluation_are_refused(capsys):
     )
 
 
+def test_resume_on_data_of_another_size_is_refused(tmp_path, tiny_clip, monkeypatch):
+    """The same flags on a dataset that changed (12 training images, then 8): the resumed batches would not be the
+    run's; refused, naming both sizes (it resumed without a word)."""
+    import datasets
+
+    data, out = tmp_path / "data", tmp_path / "o"
+    _write_mask_dataset(data)
+    run = ["--dataset_path", data, "--clip_model_name_or_path", tiny_clip, "--output_dir", out, *FAST]
+    run += ["--class_names", "a", "b", "c", "--background_names", "sky", "--crop_size", 64]
+    run += ["--max_train_steps", 4, "--checkpointing_steps", 1, "--validation_split", "none"]
+    train_stopped_at(1, *run, monkeypatch=monkeypatch)
+    smaller = datasets.load_from_disk(str(data))
+    smaller["train"] = smaller["train"].select(range(8))
+    smaller.save_to_disk(str(tmp_path / "data2"))
+    shutil.rmtree(data)
+    (tmp_path / "data2").rename(data)
+    with pytest.raises(
+        ValueError, match="its run trained on 12 examples, the training set now has 8 examples"
+    ):
+        train_in_process(*run, "--resume_from_checkpoint", "latest")
+
+
 def test_bad_dataset_errors_name_the_problem(tmp_path, tiny_clip):
     data = tmp_path / "data"
     _write_mask_dataset(data)
