@@ -366,7 +366,7 @@ def check_losses_finite(out, step: int, gather=None) -> None:
 # arguments of this machine's run, not of the model: left off its card (values derived from the flags, paths)
 NOT_ON_CARD = frozenset(
     {
-        "given_model_flags", "rfm_start_source", "train_examples",
+        "given_model_flags", "rfm_start_source", "resolved",
         "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
     }
 )  # fmt: skip
@@ -383,8 +383,8 @@ def public_args(args: argparse.Namespace) -> dict:
 # where the output goes, what is reported or published, and how the host computes (threads, allocator,
 # torch.compile: the same operations) are free. Everything else (data, model, optimization, schedule, seed)
 # defines the trajectory, and a resume that changes it is refused. Derived values (recipe, given_model_flags,
-# rfm_start_source) follow the flags and are not compared themselves; the training set's size (train_examples) is
-# compared once the data is loaded (`check_resumed_data`).
+# rfm_start_source, resolved) follow the flags and are not compared themselves (`RESOLVED_ARGS`: by their values in
+# effect, once the data and model are loaded).
 RESUMABLE_CHANGES = frozenset(
     {
         "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
@@ -394,7 +394,7 @@ RESUMABLE_CHANGES = frozenset(
         "num_workers", "num_threads", "release_host_memory",
         "torch_compile", "torch_compile_backend", "torch_compile_mode",
         "push_to_hub", "hub_model_id",
-        "recipe", "given_model_flags", "rfm_start_source", "train_examples",
+        "recipe", "given_model_flags", "rfm_start_source", "resolved",
     }
 )  # fmt: skip
 # a streamed training split is divided among the DataLoader workers by shard: their number orders the batches;
@@ -409,7 +409,12 @@ PATH_ARGS = (
 # how accelerate runs the training (the global batch, the data shards, the arithmetic): recorded beside the flags
 LAUNCH_FACTS = ("num_processes", "mixed_precision")
 TRAINING_ARGS_NAME = "training_args.json"
-TRAINING_DATA_NAME = "training_data.json"
+# flags whose value in effect is known once the data and model are loaded (None: the preset's, the dataset's, the
+# saved model's or the package's; max_train_samples: the training set's size): a checkpoint records those values
+# (`resolved_trajectory`, resolved_args.json), which a resumed run compares once loaded (`check_resolved`), so that
+# restating a default changes nothing and a dataset changed under the same flags is found
+RESOLVED_ARGS = frozenset({*MODEL_FLAGS, "clip_model_name_or_path", "max_train_samples"})
+RESOLVED_ARGS_NAME = "resolved_args.json"
 
 
 def trajectory_args(args: argparse.Namespace, accelerator: Accelerator | None = None) -> dict:
@@ -430,16 +435,53 @@ def trajectory_args(args: argparse.Namespace, accelerator: Accelerator | None = 
 
 
 def changed_trajectory_args(
-    saved: dict, args: argparse.Namespace, accelerator: Accelerator | None = None
+    saved: dict,
+    args: argparse.Namespace,
+    accelerator: Accelerator | None = None,
+    skip: frozenset = frozenset(),
 ) -> list[str]:
     """``--flag old -> new`` for each trajectory argument of ``args`` (and launch fact of ``accelerator``) that
-    differs from ``saved`` (a checkpoint's)."""
+    differs from ``saved`` (a checkpoint's), but those in ``skip`` (compared by their resolved values)."""
     current = trajectory_args(args, accelerator)
     return [
         f"{'accelerate launch: ' if key in LAUNCH_FACTS else '--'}{key} {saved.get(key)!r} -> {current.get(key)!r}"
-        for key in sorted(saved.keys() | current.keys())
+        for key in sorted((saved.keys() | current.keys()) - skip)
         if saved.get(key) != current.get(key)
     ]
+
+
+def resolved_trajectory(args: argparse.Namespace, model, train_examples: int | None) -> dict:
+    """The values in effect of `RESOLVED_ARGS` (as JSON values): the model config's fields of the model flags, the
+    CLIP a fresh model was built from, and the training set's size (a stream's: its --max_train_samples)."""
+    values = {key: getattr(model.config, key) for key in MODEL_FLAGS}
+    clip = None if args.model_name_or_path else clip_source(args)
+    values["clip_model_name_or_path"] = str(Path(clip).resolve()) if clip and os.path.exists(clip) else clip
+    values["train_examples"] = train_examples
+    if train_examples is None:
+        values["max_train_samples"] = args.max_train_samples
+    return json.loads(json.dumps(values))
+
+
+def check_resolved(path: Path, resolved: dict) -> None:
+    """Refuse to resume from checkpoint ``path`` when a value in effect differs from its run's (`resolved_trajectory`):
+    a changed model setting or CLIP, or a training set of another size (its data changed under the same flags)."""
+    saved_path = path / RESOLVED_ARGS_NAME
+    if not saved_path.is_file():  # a checkpoint of an earlier version: its flags were compared as given
+        return
+    saved = json.loads(saved_path.read_text())
+    changed = [
+        f"{'training set size' if key == 'train_examples' else '--' + key} {saved.get(key)!r} -> {resolved.get(key)!r}"
+        for key in sorted(saved.keys() | resolved.keys())
+        if saved.get(key) != resolved.get(key)
+    ]
+    if changed:
+        raise ValueError(
+            f"Cannot resume from {path}: these values in effect differ from the run that wrote it (defaults "
+            "resolved, data loaded), and would change its training: "
+            + "; ".join(changed)
+            + ". Resume on the "
+            "run's data and settings, or start a new run (another --output_dir, or --overwrite_output_dir)."
+        )
 
 
 def check_resume(
@@ -458,7 +500,8 @@ def check_resume(
     if not saved_path.is_file():  # a checkpoint of an earlier version
         log(f"Note: {path} records no training arguments ({TRAINING_ARGS_NAME}): they cannot be checked.")
         return
-    changed = changed_trajectory_args(json.loads(saved_path.read_text()), args, accelerator)
+    resolved_later = RESOLVED_ARGS if (path / RESOLVED_ARGS_NAME).is_file() else frozenset()
+    changed = changed_trajectory_args(json.loads(saved_path.read_text()), args, accelerator, resolved_later)
     if changed:
         raise ValueError(
             f"Cannot resume from {path}: these arguments differ from the run that wrote it, and would change its "
@@ -469,31 +512,13 @@ def check_resume(
 
 def save_training_checkpoint(accelerator, output_dir: Path, state: TrainingState, args) -> Path:
     """`save_checkpoint` with the run's `trajectory_args` (``training_args.json``, for `check_resume`) and its
-    training set's size (``training_data.json``, for `check_resumed_data`) in it."""
+    `resolved_trajectory` (``resolved_args.json``, for `check_resolved`) in it."""
     return save_checkpoint(
         accelerator,
         output_dir,
         state,
-        {
-            TRAINING_ARGS_NAME: trajectory_args(args, accelerator),
-            TRAINING_DATA_NAME: {"examples": args.train_examples},
-        },
+        {TRAINING_ARGS_NAME: trajectory_args(args, accelerator), RESOLVED_ARGS_NAME: args.resolved},
     )
-
-
-def check_resumed_data(path: Path, examples: int | None) -> None:
-    """Refuse to resume from checkpoint ``path`` on a training set of another size than its run's (same flags,
-    but the folder or dataset changed: the batches after the resume would not be the run's)."""
-    saved = path / TRAINING_DATA_NAME
-    if not saved.is_file():  # a checkpoint of an earlier version
-        return
-    before = json.loads(saved.read_text()).get("examples")
-    if before != examples:
-        count = "a stream" if examples is None else f"{examples} examples"
-        raise ValueError(
-            f"Cannot resume from {path}: its run trained on {before} examples, the training set now has {count} "
-            "(the data changed under the same flags). Resume on the run's data, or start a new run."
-        )
 
 
 def exit_status(metrics: dict) -> int:
@@ -594,10 +619,13 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
             overrides[key] = getattr(args, key)
     if args.class_names:  # they name the classes now: the preset's display names were for its own
         overrides.pop("label_names", None)
-    clip = args.clip_model_name_or_path
-    if clip is None:
-        clip = default_clip_model(toy=args.recipe == "toy")
-    return model_from_backbones(clip, args.dino_model_name_or_path, plus, **overrides)
+    return model_from_backbones(clip_source(args), args.dino_model_name_or_path, plus, **overrides)
+
+
+def clip_source(args) -> str:
+    """The CLIP a fresh model is built from: --clip_model_name_or_path, else the recipe's default (the toy CLIP
+    shipped in the package for the toy recipe)."""
+    return args.clip_model_name_or_path or default_clip_model(toy=args.recipe == "toy")
 
 
 def compiled_forward(args, model, device: torch.device):
@@ -959,9 +987,9 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     # 1. data and model
     model, image_processor, train_set, val_set = load_data_and_model(args, accelerator, retained)
     streamed = isinstance(train_set, StreamingWeakSegmentationDataset)
-    args.train_examples = None if streamed else len(train_set)
+    args.resolved = resolved_trajectory(args, model, None if streamed else len(train_set))
     if resume_path is not None:
-        check_resumed_data(resume_path, args.train_examples)
+        check_resolved(resume_path, args.resolved)
     train_loader, sampler = make_train_loader(args, train_set, accelerator)
 
     # 2. optimizer and schedule (decoder only; the frozen CLIP has no trainable parameter)

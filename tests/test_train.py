@@ -333,6 +333,33 @@ def test_msf_scales_without_the_multiscale_evaluation_are_refused(capsys):
     )
 
 
+def test_resume_compares_values_in_effect_so_restating_a_default_is_no_change(
+    tmp_path, tiny_clip, monkeypatch
+):
+    """Restating what the run used by default (the toy recipe's RFM start and classes, the training set's size) is
+    accepted on resume (it was refused as "None -> 150"); a value that differs in effect is refused, naming it."""
+    from weclip_hf.presets import preset_config_kwargs
+
+    toy = preset_config_kwargs("toy")
+    run = [
+        "--clip_model_name_or_path",
+        tiny_clip,
+        "--output_dir",
+        tmp_path / "o",
+        *FAST,
+        "--toy_train_images",
+        16,
+    ]
+    run += ["--max_train_steps", 3, "--checkpointing_steps", 1, "--validation_split", "none"]
+    train_stopped_at(1, *run, monkeypatch=monkeypatch)
+    resume = [*run, "--resume_from_checkpoint", "latest"]
+    with pytest.raises(ValueError, match=r"values in effect differ.*--rfm_start_step 150 -> 2\."):
+        train_in_process(*resume, "--rfm_start_step", 2)
+    restated = ["--rfm_start_step", toy["rfm_start_step"], "--class_names", *toy["class_names"]]
+    metrics = train_in_process(*resume, *restated, "--max_train_samples", 16)
+    assert metrics["train_steps"] == 3
+
+
 def test_resume_on_data_of_another_size_is_refused(tmp_path, tiny_clip, monkeypatch):
     """The same flags on a dataset that changed (12 training images, then 8): the resumed batches would not be the
     run's; refused, naming both sizes (it resumed without a word)."""
@@ -349,9 +376,7 @@ def test_resume_on_data_of_another_size_is_refused(tmp_path, tiny_clip, monkeypa
     smaller.save_to_disk(str(tmp_path / "data2"))
     shutil.rmtree(data)
     (tmp_path / "data2").rename(data)
-    with pytest.raises(
-        ValueError, match="its run trained on 12 examples, the training set now has 8 examples"
-    ):
+    with pytest.raises(ValueError, match="training set size 12 -> 8"):
         train_in_process(*run, "--resume_from_checkpoint", "latest")
 
 
