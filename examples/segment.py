@@ -18,9 +18,12 @@ Outputs in --output_dir: ``labels/<name>.png`` (palette PNG whose pixel values a
 ``config.id2label``; ``<name>``: the path relative to the inputs' common folder, or the row number of a dataset),
 ``overlays/<name>.png`` for the first --num_overlays inputs, and ``class_fractions.json`` (per image and overall:
 the fraction of pixels of each class; the skipped inputs with the reason). Re-running the same command after an
-interruption continues: images whose label map exists are skipped (every file is written atomically). A re-run
-with other settings, or with another model saved at the same --model_name_or_path folder (its weights are
-recorded by their SHA-256), is refused: choose another --output_dir.
+interruption continues: images whose label map exists are skipped (every file is written atomically), provided
+the label map was made from the same image: ``.state/inputs/<name>.json`` records each one's input by its
+content (size and SHA-256 of its bytes). A label map of another input of the same name (a changed file, another
+folder) is refused, or with --overwrite_output_dir replaced. A re-run with other settings, or with another model
+saved at the same --model_name_or_path folder (its weights are recorded by their SHA-256), is refused: choose
+another --output_dir.
 
 Phases: arguments -> inputs -> model -> segmentation loop (each process its share) -> report (main process).
 """
@@ -44,10 +47,14 @@ from transformers import AutoModelForSemanticSegmentation
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.batch_jobs import (
+    STATE_DIR,
+    check_recorded_inputs,
     check_run_settings,
+    content_fingerprint,
     decoding_workers,
     group_by_size,
     process_share,
+    read_record,
     read_skipped,
     remove_temporary_files,
     save_image,
@@ -55,7 +62,14 @@ from weclip_hf.batch_jobs import (
     write_skipped,
 )
 from weclip_hf.crf import CRF_PRESETS, crf_refine_labels
-from weclip_hf.data.decoding import UnreadableImageError, decode_image, describe, row_name, undecoded
+from weclip_hf.data.decoding import (
+    UnreadableImageError,
+    decode_image,
+    describe,
+    file_path,
+    row_name,
+    undecoded,
+)
 from weclip_hf.data.loading import DataSource, load_dataset_splits, names_no_dataset
 from weclip_hf.data.transforms import load_rgb_uint8
 from weclip_hf.inference import image_logits, multiscale_flip_logits
@@ -81,6 +95,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=first_paragraph(__doc__))
     p.add_argument("--model_name_or_path", required=True, help="a trained WeCLIP folder or Hub id")
     p.add_argument("--output_dir", required=True)
+    p.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="replace the label maps made from other inputs of the same names (refused without it)",
+    )
     source = p.add_argument_group("inputs (--images, or a dataset split)")
     source.add_argument("--images", nargs="+", help="image files, folders (recursive) and glob patterns")
     add_data_source_flags(
@@ -154,9 +173,16 @@ def output_names(paths: list[Path]) -> list[str]:
     return [s if counts[s] == 1 else p.relative_to(root).as_posix() for s, p in zip(stems, paths)]
 
 
+def input_record(stored, where, position: int) -> dict:
+    """What the input at ``position`` is: ``{"source": its file or row, "input": its content_fingerprint}``."""
+    value = stored[position]
+    return {"source": file_path(value) or where(position), "input": content_fingerprint(value)}
+
+
 class ImageInputs(Dataset):
-    """The inputs at ``positions`` as the processor reads them: each item the input's position, the RGB image
-    uint8 [H, W, 3] (EXIF orientation applied) and its ``pixel_values`` [3, h, w], or why it cannot be read."""
+    """The inputs at ``positions`` as the processor reads them: each item the input's position, its
+    `input_record`, the RGB image uint8 [H, W, 3] (EXIF orientation applied) and its ``pixel_values`` [3, h, w],
+    or why it cannot be read."""
 
     def __init__(self, stored, where, positions: list[int], processor: WeCLIPImageProcessor):
         self.stored, self.where, self.positions, self.processor = stored, where, positions, processor
@@ -171,7 +197,8 @@ class ImageInputs(Dataset):
         except UnreadableImageError as err:
             return {"position": position, "error": f"{err.source}: {err.reason}"}
         inputs = self.processor(images=[rgb], input_data_format="channels_last", return_tensors="pt")
-        return {"position": position, "rgb": rgb, "pixel_values": inputs["pixel_values"][0]}
+        record = input_record(self.stored, self.where, position)
+        return {"position": position, "record": record, "rgb": rgb, "pixel_values": inputs["pixel_values"][0]}
 
     def read(self, position: int) -> np.ndarray:
         """The RGB image uint8 [H, W, 3] of an input; `UnreadableImageError` naming it where it cannot be read."""
@@ -201,16 +228,24 @@ def load_inputs(args) -> tuple:
     if args.images:
         paths = find_image_files(args.images)
         return [str(p) for p in paths], output_names(paths), functools.partial(row_name, split=None)
-    _, split, _ = load_dataset_splits(
-        DataSource.from_args(args), validation_split=args.split, need_train=False
-    )
+    source = DataSource.from_args(args)
+    _, split, _ = load_dataset_splits(source, validation_split=args.split, need_train=False)
     if split is None:
         raise ValueError(f"--split {args.split!r} not found in the dataset.")
     if args.image_column not in split.column_names:
         raise ValueError(f"--image_column {args.image_column!r} not found; columns: {split.column_names}.")
     digits = max(6, len(str(len(split) - 1)))
     names = [f"{i:0{digits}d}" for i in range(len(split))]
-    return DatasetImages(split, args.image_column), names, functools.partial(row_name, split=args.split)
+    return (
+        DatasetImages(split, args.image_column),
+        names,
+        functools.partial(dataset_row, split=args.split, dataset=source.name),
+    )
+
+
+def dataset_row(index: int, split: str, dataset: str) -> str:
+    """``row 3 of split 'test' of data/voc``: a row as messages and input records name it."""
+    return f"{row_name(index, split)} of {dataset}"
 
 
 # ---- model and segmentation -------------------------------------------------------------------------
@@ -290,7 +325,8 @@ def write_report(out: Path, names: list[str], label_path: dict, id2label, model_
         "num_images": len(per_image),
         "classes": fractions_from_counts(totals, id2label) if per_image else {},
         "images": per_image,
-        "skipped": read_skipped(out, lambda name: name in label_path and label_path[name].exists()),
+        # an earlier run's inputs that are not this run's are not reported
+        "skipped": read_skipped(out, lambda name: name not in label_path or label_path[name].exists()),
     }
     remove_temporary_files([out])
     save_json(report, out / "class_fractions.json")
@@ -315,14 +351,23 @@ def main(argv=None) -> dict | None:
         out, settings, state.is_main_process, state.wait_for_everyone, models=("model_name_or_path",)
     )
 
-    # 1. inputs: this process's share, without those done by an earlier run
+    # 1. inputs: this process's share, without those an earlier run did from the same input
     values, names, where = load_inputs(args)
     label_path = {name: out / "labels" / f"{name}.png" for name in names}
-    todo = [
-        i
-        for i in process_share(len(names), state.process_index, state.num_processes)
-        if not label_path[names[i]].exists()
-    ]
+    record_path = {name: out / STATE_DIR / "inputs" / f"{name}.json" for name in names}
+    position = {name: i for i, name in enumerate(names)}
+    done, changed = check_recorded_inputs(
+        out,
+        {name: read_record(record_path[name]) for name in names if label_path[name].exists()},
+        lambda name: input_record(values, where, position[name]),
+        args.overwrite_output_dir,
+    )
+    share = process_share(len(names), state.process_index, state.num_processes)
+    # --overwrite_output_dir: another input's outputs go before this one's record is written
+    for name in (names[i] for i in share if names[i] in changed):
+        for path in (label_path[name], out / "overlays" / f"{name}.png"):
+            path.unlink(missing_ok=True)
+    todo = [i for i in share if names[i] not in done]
     state.print(
         f"{len(names)} inputs; this process segments {len(todo)} (the others: done or another process's)"
     )
@@ -334,13 +379,15 @@ def main(argv=None) -> dict | None:
         collate_fn=list,
     )
 
-    # 2. segmentation: the overlay first, the label map last (an input is done when its label map exists)
+    # 2. segmentation: the record of the input first, then the overlay, the label map last (an input is done
+    # when its label map exists and its record names the same input)
     skipped = []
     for batch in tqdm(loader, desc="segmenting", disable=not state.is_local_main_process):
         skipped += [{"input": names[b["position"]], "reason": b["error"]} for b in batch if "error" in b]
         for group in group_by_size([b for b in batch if "error" not in b]):
             for item, labels in zip(group, segment(model, processor, group, args)):
                 name = names[item["position"]]
+                save_json(item["record"], record_path[name])
                 if args.num_overlays < 0 or item["position"] < args.num_overlays:
                     save_image(overlay(model, item, labels), out / "overlays" / f"{name}.png")
                 save_image(label_map_image(labels), label_path[name])

@@ -200,6 +200,66 @@ def test_outputs_recorded_without_the_model_weights_are_refused(finished_run):
         segment.main(argv)
 
 
+def test_label_maps_of_another_input_of_the_same_name_are_refused_or_replaced(
+    run, images, toy_weclip_dir, tmp_path
+):
+    """Folders dX and dY with a different a.png (and the same b.png) segmented into one --output_dir: the second
+    run is refused, naming both a.png files (it took dX's label map as dY's, "segments 0"), and rewrites nothing;
+    with --overwrite_output_dir it replaces a's label map by dY's and keeps b's; a label map without a record of
+    its input (an older version's) is refused too."""
+    reference, _ = run
+    for folder, a in (("dX", "toy0.png"), ("dY", "toy2.png")):
+        (tmp_path / folder).mkdir()
+        shutil.copyfile(images / a, tmp_path / folder / "a.png")
+        shutil.copyfile(images / "sub" / "toy1.png", tmp_path / folder / "b.png")
+    shutil.copyfile(images / "truncated.png", tmp_path / "dX" / "c.png")  # skipped in dX's run
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", str(toy_weclip_dir), "--output_dir", str(out), "--num_overlays", "-1"]
+    segment.main([*argv, "--images", str(tmp_path / "dX")])
+    state = out / ".state"
+    (state / "skipped-0.json").rename(state / "skipped-1.json")  # as process 1 of two would have listed c
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(ValueError, match=r"1 outputs of other inputs.*'a' made from \S*dX/a.png, not from this "
+                       r"run's \S*dY/a.png.*another --output_dir.*--overwrite_output_dir"):  # fmt: skip
+        segment.main([*argv, "--images", str(tmp_path / "dY")])
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    report = segment.main([*argv, "--images", str(tmp_path / "dY"), "--overwrite_output_dir"])
+    assert set(report["images"]) == {"a", "b"} and report["skipped"] == []  # dX's c is not this run's
+    assert np.mean(label_map(out, "a") == label_map(reference, "toy2")) > 0.999
+    assert {p.name for p, t in before.items() if p.stat().st_mtime_ns != t} >= {"a.png", "a.json"}
+    assert all(
+        before[p] == p.stat().st_mtime_ns for p in (out / "labels" / "b.png", out / "overlays" / "b.png")
+    )
+    assert segment.main([*argv, "--images", str(tmp_path / "dY")])["images"] == report["images"]  # now done
+    (state / "inputs" / "b.json").unlink()
+    with pytest.raises(ValueError, match="'b' of an unrecorded input"):
+        segment.main([*argv, "--images", str(tmp_path / "dY")])
+
+
+def test_content_fingerprint_is_of_the_bytes_however_stored(tmp_path):
+    """A file by path, as a ``{"bytes": None, "path"}`` dict and as stored bytes: one fingerprint; an array by its
+    values, dtype and shape."""
+    import hashlib
+
+    from weclip_hf.batch_jobs import content_fingerprint
+
+    (tmp_path / "a.png").write_bytes(b"image bytes")
+    expected = {"size": 11, "sha256": hashlib.sha256(b"image bytes").hexdigest()}
+    for value in (
+        tmp_path / "a.png",
+        str(tmp_path / "a.png"),
+        {"bytes": None, "path": str(tmp_path / "a.png")},
+    ):
+        assert content_fingerprint(value) == expected
+    assert content_fingerprint({"bytes": b"image bytes", "path": "elsewhere.png"}) == expected
+    zeros = np.zeros((2, 3), np.uint8)
+    assert content_fingerprint(zeros) == content_fingerprint(Image.fromarray(zeros))
+    assert (
+        len({str(content_fingerprint(a)) for a in (zeros, zeros.reshape(3, 2), zeros.astype(np.int16))}) == 3
+    )
+    assert content_fingerprint(None) is None
+
+
 def test_run_settings_record_the_weights_of_a_local_model_folder(tmp_path):
     """`check_run_settings` with ``models``: a local folder's safetensors files by their SHA-256, a Hub id by its
     name only (also in a folder recorded without weights, as before)."""
@@ -260,6 +320,13 @@ def test_dataset_split_bfloat16_msf_and_crf(toy_weclip_dir, tmp_path):
         assert 0.5 < np.mean(refined == reference) < 1.0  # the flags change the maps, not beyond recognition
     with pytest.raises(ValueError, match="'validation' not found"):
         segment.main([*argv[:-2], "--output_dir", str(tmp_path / "other")])
+    # a re-run is done; another dataset's rows under the same names are refused (recorded by their bytes)
+    assert segment.main([*argv, "--output_dir", str(tmp_path / "plain")])["images"] == plain["images"]
+    datasets.DatasetDict({"test": split.select([1, 0])}).save_to_disk(tmp_path / "swapped")
+    swapped = [*argv[:3], str(tmp_path / "swapped"), *argv[4:], "--output_dir", str(tmp_path / "plain")]
+    with pytest.raises(ValueError, match=r"2 outputs .*'000000' made from row 0 of split 'test' of \S*data, not "
+                       r"from this run's row 0 of split 'test' of \S*swapped"):  # fmt: skip
+        segment.main(swapped)
 
 
 def test_glob_patterns_and_output_names(images):

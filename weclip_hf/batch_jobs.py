@@ -3,6 +3,9 @@
 
 - Every file is written atomically (a hidden temporary file in the same folder, then a rename), so an interrupted
   run leaves whole files or none; an input whose last file exists is done, and a re-run skips it.
+- Each output's record names the input it was made from, by content (`content_fingerprint`): a re-run skips an
+  output only if this run's input of that name is the same, and refuses one made from another input
+  (`check_recorded_inputs`), rather than reporting another input's result as this one's.
 - Process ``rank`` of ``world_size`` takes inputs ``rank, rank + world_size, ...`` (`process_share`); the inputs
   of a batch are run in groups of one size (`group_by_size`).
 - `check_run_settings` records the settings that change the outputs in ``.state/settings.json``: a re-run with
@@ -21,7 +24,9 @@ import os
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from PIL import Image
 
 STATE_DIR = ".state"  # hidden: `datasets` and globs skip it
@@ -95,6 +100,65 @@ def sha256_of(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def content_fingerprint(value: Any) -> dict[str, int | str] | None:
+    """What an input is, by content: ``{"size", "sha256"}`` of its bytes: a file's (a path, or a ``{"bytes":
+    None, "path"}`` dict as ``datasets`` stores images), stored bytes, or an array's (a PIL image's) values with
+    its dtype and shape; None for None. Cheap next to running a model on it."""
+    if value is None:
+        return None
+    if isinstance(value, dict) and value.get("bytes") is None:
+        value = value.get("path")
+    if isinstance(value, (str, os.PathLike)):
+        return {"size": os.path.getsize(value), "sha256": sha256_of(value)}
+    if isinstance(value, dict):
+        data = value["bytes"]
+    else:
+        array = np.ascontiguousarray(np.asarray(value))
+        data = f"{array.dtype.str}{array.shape}".encode() + array.tobytes()
+    return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def read_record(path: str | Path) -> dict | None:
+    """The JSON record at ``path``, or None where there is none."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def check_recorded_inputs(
+    output_dir: str | Path,
+    recorded: dict[str, dict | None],
+    current: Callable[[str], dict],
+    overwrite: bool,
+) -> tuple[set[str], set[str]]:
+    """(done, changed): the outputs an earlier run finished (``recorded``: output name -> the record of the input
+    it was made from, ``{"source", "input"}``; None where it has none) split into those made from this run's input
+    of that name (``current(name)``, a record of the same form; compared by ``input``) and the others.
+
+    Raises ValueError naming the changed ones unless ``overwrite`` (--overwrite_output_dir: the caller redoes
+    them): an output of another input is neither kept as this one's nor replaced without a word."""
+    done, changed = set(), {}
+    for name in sorted(recorded):
+        record, now = recorded[name], json.loads(json.dumps(current(name)))  # tuples -> lists, as read back
+        if record is not None and record.get("input") == now["input"]:
+            done.add(name)
+        else:
+            changed[name] = (record, now)
+    if changed and not overwrite:
+        shown = [
+            f"{name!r} made from {record['source']}, not from this run's {now['source']}"
+            if record is not None
+            else f"{name!r} of an unrecorded input (written by a version before inputs were recorded)"
+            for name, (record, now) in list(changed.items())[:5]
+        ]
+        more = f"; and {len(changed) - 5} more" if len(changed) > 5 else ""
+        raise ValueError(
+            f"{output_dir} holds {len(changed)} outputs of other inputs under the names of this run's inputs, "
+            f"which a re-run would take as done: {'; '.join(shown)}{more}. Choose another --output_dir, or give "
+            "--overwrite_output_dir to replace them with this run's."
+        )
+    return done, set(changed)
 
 
 def weights_sha256(name_or_path: str | None) -> dict[str, str] | None:
@@ -176,11 +240,14 @@ def remove_temporary_files(folders: Iterable[str | Path]) -> None:
 
 __all__ = [
     "STATE_DIR",
+    "check_recorded_inputs",
     "check_run_settings",
+    "content_fingerprint",
     "copy_file",
     "decoding_workers",
     "group_by_size",
     "process_share",
+    "read_record",
     "read_skipped",
     "remove_temporary_files",
     "save_bytes",
