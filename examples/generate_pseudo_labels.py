@@ -20,8 +20,11 @@ ids of ``config.id2label``), ``<split>/metadata.jsonl`` (``file_name``, ``mask_f
 ``pseudo_label_report.json`` scores the pseudo masks (per-class IoU; CAM, and with --model RFM). Optional:
 ``overlays/`` (--num_overlays), --save_to_disk, --push_to_hub. Re-running the same command after an
 interruption continues where it stopped (every file is written atomically; an image is done when its record in
-``.state/`` exists); a re-run with other settings, or with another model saved at the same --model or
---clip_model_name_or_path folder (its weights are recorded by their SHA-256), is refused.
+``.state/`` exists and names the same input: the size and SHA-256 of the row's image and mask bytes, and its
+image-level labels). Rows of another input under the same row numbers (another dataset, toy seed or labels
+column) are refused, or with --overwrite_output_dir replaced (and the records of rows this run does not have
+dropped, so that the dataset written is this run's). A re-run with other settings, or with another model saved at
+the same --model or --clip_model_name_or_path folder (its weights are recorded by their SHA-256), is refused.
 
 Several processes take every n-th image each (on CPUs: ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
 --num_processes N``, as ``accelerate launch --cpu`` starts one process).
@@ -48,11 +51,14 @@ from transformers import AutoModelForSemanticSegmentation
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.batch_jobs import (
     STATE_DIR,
+    check_recorded_inputs,
     check_run_settings,
+    content_fingerprint,
     copy_file,
     decoding_workers,
     group_by_size,
     process_share,
+    read_record,
     remove_temporary_files,
     save_bytes,
     save_image,
@@ -72,6 +78,8 @@ from weclip_hf.presets import PRESETS, get_preset, preset_config_kwargs
 from weclip_hf.script_arguments import CLASS_NAMES_HELP, add_data_source_flags, first_paragraph
 from weclip_hf.visualization import label_map_image, overlay_figure, present_class_cams
 
+# the keys of an example's record (in .state/) that metadata.jsonl leaves out
+STATE_KEYS = ("confusion", "input")
 # the formats whose bytes are copied as they are (others are re-encoded as PNG)
 COPIED_FORMATS = {
     "JPEG": ".jpg",
@@ -86,6 +94,11 @@ COPIED_FORMATS = {
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=first_paragraph(__doc__))
     p.add_argument("--output_dir", required=True)
+    p.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="replace the outputs of rows whose input changed (refused without it), drop those of other rows",
+    )
     data = p.add_argument_group("data (default: the offline toy world)")
     add_data_source_flags(
         data,
@@ -185,9 +198,24 @@ def load_splits(args, num_classes: int, ignore_index: int, class_names, state: P
     return splits
 
 
+def row_record(example: dict, columns, split: str) -> dict:
+    """What a row's outputs are made from: ``{"source": its image file or row, "input": the content_fingerprint
+    of its image and mask and its image-level labels}``."""
+    mask = example.get(columns.mask) if columns.mask else None
+    return {
+        "source": file_path(example[columns.image]) or row_name(example["source_row"], split),
+        "input": {
+            "image": content_fingerprint(example[columns.image]),
+            "mask": content_fingerprint(mask),
+            "image_labels": list(example["image_labels"]),
+        },
+    }
+
+
 class LabelledImages(Dataset):
     """Rows of a split (image-level labels added): the image normalized with ``normalization`` [3, H, W], the
-    RGB image, the mask if any, multi-hot labels [C] and the stored image value (copied to the output)."""
+    RGB image, the mask if any, multi-hot labels [C], the stored image value (copied to the output) and the row's
+    `row_record`."""
 
     def __init__(self, dataset, columns, num_classes: int, positions: list[int], split: str, normalization):
         self.dataset, self.columns, self.num_classes = dataset, columns, num_classes
@@ -202,7 +230,7 @@ class LabelledImages(Dataset):
         image, mask = read_example(example, self.columns, row, self.dataset.features)
         return {
             "row": example["source_row"],
-            "source": file_path(example[self.columns.image]) or row,
+            "record": row_record(example, self.columns, self.split),
             "stored": example[self.columns.image],
             "rgb": image,
             "mask": mask,
@@ -287,9 +315,16 @@ def write_example(out: Path, split: str, item: dict, mask, name: str, confusion:
         "file_name": image_path.relative_to(folder).as_posix(),
         "mask_file_name": f"masks/{name}.png",
         "image_labels": list(item["image_labels"]),
-        "source": str(item["source"]),
+        "source": str(item["record"]["source"]),
     }
-    save_json({**record, "confusion": confusion}, out / STATE_DIR / split / f"{name}.json")
+    save_json(
+        {**record, "input": item["record"]["input"], "confusion": confusion}, record_path(out, split, name)
+    )
+
+
+def record_path(out: Path, split: str, name: str) -> Path:
+    """The record of an example, the mark that it is done."""
+    return out / STATE_DIR / split / f"{name}.json"
 
 
 def finish_split(out: Path, split: str) -> list[dict]:
@@ -300,7 +335,7 @@ def finish_split(out: Path, split: str) -> list[dict]:
     for path in [*(out / split).glob("images/*"), *(out / split).glob("masks/*")]:
         if path.relative_to(out / split).as_posix() not in kept:
             path.unlink()
-    lines = "".join(json.dumps({k: v for k, v in r.items() if k != "confusion"}) + "\n" for r in records)
+    lines = "".join(json.dumps({k: v for k, v in r.items() if k not in STATE_KEYS}) + "\n" for r in records)
     write_atomic(out / split / "metadata.jsonl", lambda tmp: tmp.write_text(lines))
     return records
 
@@ -353,6 +388,34 @@ def write_pseudo_masks(model, group: list[dict], args, out: Path, split: str) ->
             )
             save_image(figure, out / "overlays" / f"{name}.png")
         write_example(out, split, item, masks[k], name, confusion)
+
+
+def rows_to_do(out: Path, split: str, dataset, columns, args, state: PartialState) -> list[int]:
+    """The positions in ``dataset`` of this process's share that an earlier run did not do from the same input;
+    with --overwrite_output_dir, the records of the others dropped first (`check_recorded_inputs`)."""
+    rows = list(dataset["source_row"])  # one column read, not the images
+    position = {example_name(row): i for i, row in enumerate(rows)}
+    recorded = {p.stem: read_record(p) for p in (out / STATE_DIR / split).glob("*.json")}
+    done, changed = check_recorded_inputs(
+        out,
+        {name: record for name, record in recorded.items() if name in position},
+        lambda name: row_record(dataset[position[name]], columns, split),
+        args.overwrite_output_dir,
+    )
+    share = process_share(len(dataset), state.process_index, state.num_processes)
+    if args.overwrite_output_dir:
+        drop_records(out, split, args, changed & {example_name(rows[i]) for i in share})
+        if state.is_main_process:  # rows this run does not have: their files go in finish_split
+            drop_records(out, split, args, recorded.keys() - position.keys())
+    return [i for i in share if example_name(rows[i]) not in done]
+
+
+def drop_records(out: Path, split: str, args, names: set[str]) -> None:
+    """--overwrite_output_dir: the records (and overlays) of examples to redo or drop, before any is rewritten."""
+    for name in names:
+        record_path(out, split, name).unlink(missing_ok=True)
+        if split == args.split:
+            (out / "overlays" / f"{name}.png").unlink(missing_ok=True)
 
 
 def percent(value: float | None) -> str:
@@ -416,12 +479,10 @@ def main(argv=None) -> dict | None:
     splits = load_splits(args, cfg.num_foreground_classes, cfg.semantic_loss_ignore_index, class_names, state)
     num_workers = decoding_workers(args.num_workers, state.device.type)
 
-    # 2. pseudo masks of --split, ground-truth masks of --validation_split: this process's share, not yet done
+    # 2. pseudo masks of --split, ground-truth masks of --validation_split: this process's share, without those
+    # an earlier run did from the same input
     for split, (dataset, columns, _, is_pseudo) in splits.items():
-        done = {p.stem for p in (out / STATE_DIR / split).glob("*.json")}
-        share = process_share(len(dataset), state.process_index, state.num_processes)
-        rows = list(dataset["source_row"])  # one column read, not the images
-        todo = [i for i in share if example_name(rows[i]) not in done]
+        todo = rows_to_do(out, split, dataset, columns, args, state)
         loader = DataLoader(
             LabelledImages(dataset, columns, cfg.num_foreground_classes, todo, split, normalization),
             batch_size=args.batch_size,

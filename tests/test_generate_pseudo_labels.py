@@ -219,6 +219,36 @@ def test_another_model_saved_at_the_same_folder_is_refused(toy_weclip_dir, tiny_
         assert {p: p.stat().st_mtime_ns for p in (tmp_path / f"out{flag}").rglob("*")} == before
 
 
+def test_rows_of_another_dataset_under_the_same_numbers_are_refused_or_replaced(tiny_clip, tmp_path):
+    """The toy world of seed 0, then of seed 1 into the same --output_dir: the second run is refused, naming the
+    rows (it kept seed 0's images and masks as seed 1's), and rewrites nothing; with --overwrite_output_dir and
+    1 image, row 0 is seed 1's and row 1 (seed 0's, not this run's) is dropped from the dataset written."""
+    import datasets
+
+    out = tmp_path / "out"
+    argv = ["--clip_model_name_or_path", tiny_clip, "--batch_size", "2", "--output_dir", str(out)]
+    generate.main([*argv, "--toy_images", "2"])
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(ValueError, match=r"2 outputs of other inputs.*'000000' made from row 0 of split 'train', "
+                       r"not from this run's row 0 .*--overwrite_output_dir"):  # fmt: skip
+        generate.main([*argv, "--toy_images", "2", "--seed", "1"])
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    reseeded = [*argv, "--toy_images", "1", "--seed", "1"]
+    assert generate.main([*reseeded, "--overwrite_output_dir"])["splits"]["train"]["num_images"] == 1
+    [image] = (out / "train" / "images").iterdir()
+    toy = make_toy_dataset(1, seed=1).cast_column("image", datasets.Image(decode=False))
+    assert image.read_bytes() == toy[0]["image"]["bytes"]
+    assert [p.name for p in (out / ".state" / "train").iterdir()] == ["000000.json"]
+    assert len((out / "train" / "metadata.jsonl").read_text().splitlines()) == 1
+    done = {p: p.stat().st_mtime_ns for p in (out / "train").rglob("*.*") if p.suffix != ".jsonl"}
+    generate.main(reseeded)  # the same input: done
+    assert {p: p.stat().st_mtime_ns for p in done} == done
+    record = out / ".state" / "train" / "000000.json"
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "input"}))
+    with pytest.raises(ValueError, match="'000000' of an unrecorded input"):  # an older version's record
+        generate.main(reseeded)
+
+
 @pytest.fixture
 def awkward_folder(tmp_path) -> Path:
     """An imagefolder "train" split with image-level labels as class names: toy images, a grayscale one, a CMYK

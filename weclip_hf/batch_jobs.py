@@ -147,8 +147,8 @@ def check_recorded_inputs(
             changed[name] = (record, now)
     if changed and not overwrite:
         shown = [
-            f"{name!r} made from {record['source']}, not from this run's {now['source']}"
-            if record is not None
+            f"{name!r} made from {record['source']}, not from this run's {now['source']} (their contents differ)"
+            if record is not None and "input" in record
             else f"{name!r} of an unrecorded input (written by a version before inputs were recorded)"
             for name, (record, now) in list(changed.items())[:5]
         ]
