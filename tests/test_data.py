@@ -56,6 +56,51 @@ def test_label_rows_ids_multi_hot_and_errors():
         normalize_label_row([0.5, 0.0, 0.0, 0.0], 4)
 
 
+def test_integer_multi_hot_rows_are_read_as_multi_hot_or_refused_never_as_ids():
+    """Multi-hot rows of 0/1 integers (as JSON writes them) were read as class ids: [1, 0, 0, 1] failed on "id(s)
+    [0, 0] outside 1..4", gave classes [1, 2] with zero_based, and [1, 1, 1, 1] (every class) gave class 1."""
+    assert normalize_label_row([1, 0, 0, 1], 4) == [1, 4]
+    assert normalize_label_row(np.array([0, 1, 1, 0], np.int32), 4) == [2, 3]
+    assert normalize_label_row([1], 1) == [1]  # both readings agree
+    with pytest.raises(ValueError, match=r"multi-hot row \(classes \[1, 4\]\) or as zero-based class ids "
+                       r"\(classes \[1, 2\]\)\..* booleans or floats.* drop --labels_zero_based"):  # fmt: skip
+        normalize_label_row([1, 0, 0, 1], 4, zero_based=True)
+    with pytest.raises(ValueError, match=r"row 3, \[1, 1, 1, 1\], read two ways.*\(classes \[1\]\)"):
+        normalize_label_row([1, 1, 1, 1], 4, name="row 3")  # one row cannot tell: a column can
+    with pytest.raises(ValueError, match=r"\[0, 1\], read two ways"):  # zero-based ids or one-hot: refused
+        normalize_label_row([0, 1], 2, zero_based=True)
+    with pytest.raises(
+        ValueError, match=r"\[1, 0\], read two ways.*or as zero-based class ids \(classes \[1, 2\]"
+    ):
+        normalize_label_row([1, 0], 2)  # zero-based ids with --labels_zero_based forgotten, or one-hot
+    assert normalize_label_row([0, 1], 2, zero_based=True, multi_hot=False) == [1, 2]
+
+
+def test_a_label_column_decides_multi_hot_as_a_whole():
+    """The column tells what one row cannot: every row of C integers 0/1, one of them holding a 0 and repeating a
+    value, is multi-hot ([1, 1, 1, 1]: every class); a column with rows of other lengths holds ids."""
+    image = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    features = datasets.Features(
+        {"image": datasets.Image(), "labels": datasets.List(datasets.Value("int64"))}
+    )
+
+    def read(rows, num_classes, zero_based=False):
+        data = datasets.Dataset.from_dict({"image": [image] * len(rows), "labels": rows}, features=features)
+        labelled, _ = add_image_labels(
+            data, Columns("image", None, "labels"), num_classes, zero_based=zero_based
+        )
+        return labelled["image_labels"]
+
+    assert read([[1, 1, 1, 1], [1, 0, 0, 1], [0, 0, 1, 0]], 4) == [[1, 2, 3, 4], [1, 4], [3]]
+    assert read([[1, 1, 1, 1], [2], [1, 3]], 4) == [[1], [2], [1, 3]]  # ids (one image's objects' classes)
+    assert read([[1, 0], [0, 1], [1, 1]], 2) == [[1], [2], [1, 2]]
+    assert read([[0, 1], [1]], 2, zero_based=True) == [[1, 2], [2]]
+    with pytest.raises(ValueError, match=r"row 0, \[1, 0\], read two ways"):
+        read([[1, 0], [0, 1]], 2, zero_based=True)
+    with pytest.raises(ValueError, match=r"drop --labels_zero_based"):
+        read([[1, 1, 1, 1], [1, 0, 0, 1]], 4, zero_based=True)
+
+
 def _dataset(masks, images=None):
     images = images or [Image.fromarray(np.zeros(m.shape + (3,), np.uint8)) for m in masks]
     features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})

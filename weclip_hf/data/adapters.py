@@ -2,8 +2,8 @@
 image-level labels once, in preprocessing (never in the forward pass).
 
 Conventions: masks hold class ids (0 = background, 1..C = foreground classes, ``ignore_index`` = void);
-image-level labels are lists of foreground ids 1..C (``zero_based=True`` for 0..C-1 ids) or multi-hot
-rows of width C.
+image-level labels are lists of foreground ids 1..C (``zero_based=True`` for 0..C-1 ids), multi-hot
+rows of width C (booleans, floats, or integers 0/1: see `multi_hot_rows`) or class names.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -168,40 +168,118 @@ def ids_from_names(
     return ids
 
 
+def multi_hot_rows(
+    rows: np.ndarray, zero_based: bool = False, name_of: Callable[[int], str] | None = None
+) -> bool:
+    """Whether integer rows that each hold exactly C values 0/1 (``rows`` [N, C]: a label column, or one row) are
+    multi-hot rows rather than lists of class ids; raises when that cannot be told.
+
+    Multi-hot when the rows cannot be 1-based ids (a 0, without ``zero_based``) and some row repeats a value
+    (always so with C >= 3), so that they are no list of distinct zero-based ids with ``zero_based`` forgotten
+    either; or when every reading gives the same classes (e.g. [1] with C = 1). Otherwise (e.g. zero-based ids
+    [0, 1] with C = 2, or multi-hot rows given ``zero_based``) a ValueError names the first row read two ways
+    (``name_of``: a row's name) and how to store it so that it reads one way.
+    """
+    num_classes = rows.shape[1]
+    holds = np.stack([(rows == 0).any(axis=1), (rows == 1).any(axis=1)], axis=1)  # [N, 2]: holds value 0, 1
+
+    def as_ids(first: int) -> tuple[np.ndarray, np.ndarray]:
+        """([N, C] classes, [N] valid) of the rows read as ids numbered from ``first``."""
+        classes = np.zeros(rows.shape, bool)
+        classes[:, : 2 - first] = holds[:, first : first + num_classes]  # id v is class v - first + 1
+        return classes, (rows >= first).all(axis=1) & (rows < first + num_classes).all(axis=1)
+
+    # each row as ids in the given numbering, or where it is no id list there, in the other (a flag forgotten)
+    (given, valid), (other, _) = as_ids(int(not zero_based)), as_ids(int(zero_based))
+    differ = (np.where(valid[:, None], given, other) != rows.astype(bool)).any(axis=1)
+    if not differ.any():
+        return True  # every reading gives the classes of the multi-hot rows
+    repeats = num_classes > 1 + (rows.min(axis=1) != rows.max(axis=1))
+    if not zero_based and holds[:, 0].any() and repeats.any():
+        return True
+    i = int(np.argmax(differ))
+    shown, numbering = (given, zero_based) if valid[i] else (other, not zero_based)
+    hint = (
+        " Multi-hot rows have no numbering: drop --labels_zero_based." if zero_based and repeats.any() else ""
+    )
+    raise ValueError(
+        f"Image labels of {name_of(i) if name_of else '(unnamed)'}, {rows[i].tolist()}, read two ways: as a "
+        f"multi-hot row (classes {(np.nonzero(rows[i])[0] + 1).tolist()}) or as "
+        f"{'zero-based' if numbering else '1-based'} class ids (classes {(np.nonzero(shown[i])[0] + 1).tolist()}). "
+        "Store multi-hot rows as booleans or floats (true/false, 0.0/1.0) and class ids 1-based or as class "
+        f"names: they read one way only.{hint}"
+    )
+
+
+def binary_rows(values, num_classes: int) -> np.ndarray | None:
+    """The [N, C] integer array of label rows (a sequence of rows, or a pyarrow column of lists) when every row
+    holds exactly ``num_classes`` integers, all 0 or 1 (what `multi_hot_rows` decides on); else None."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        kind = values.type
+        if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)):
+            return None
+        if not pa.types.is_integer(kind.value_type) or values.null_count or len(values) == 0:
+            return None
+        if (pc.list_value_length(values).to_numpy(zero_copy_only=False) != num_classes).any():
+            return None
+        flat = pc.list_flatten(values)
+        if flat.null_count:
+            return None
+        rows = flat.to_numpy().reshape(len(values), num_classes)
+    else:
+        if len(values) == 0 or any(np.ndim(row) != 1 or len(row) != num_classes for row in values):
+            return None
+        rows = np.asarray(values)
+        if rows.dtype.kind not in "iu":
+            return None
+    return rows if np.isin(rows, (0, 1)).all() else None
+
+
 def normalize_label_row(
     row,
     num_classes: int,
     zero_based: bool = False,
     name: str = "",
     class_names: Mapping[str, int] | Sequence | None = None,
+    multi_hot: bool | None = None,
 ) -> list[int]:
     """An image-level label row (ids, multi-hot of width C, or class names mapped through ``class_names``,
-    see `class_name_ids`) -> sorted foreground ids 1..C."""
+    see `class_name_ids`) -> sorted foreground ids 1..C. ``multi_hot``: whether integer rows are multi-hot, as
+    `multi_hot_rows` decided for the whole label column; None: decided from this row alone."""
+    where = name or "(unnamed)"
     if isinstance(row, (str, int, np.integer)) and not isinstance(row, bool):  # one class: its name or id
         row = [row]
     values = np.asarray(row)
     if values.ndim != 1:
-        raise ValueError(
-            f"Image labels of {name or '(unnamed)'} must be a flat list, got shape {values.shape}."
-        )
+        raise ValueError(f"Image labels of {where} must be a flat list, got shape {values.shape}.")
     if values.dtype.kind in "USO" and len(values) > 0:
         return ids_from_names(list(row), num_classes, class_names, name)
-    if values.dtype.kind in "fb" and len(values) > 0:
+    binary = binary_rows([values], num_classes) if values.dtype.kind in "iu" else None
+    if multi_hot is None and binary is not None:
+        multi_hot = multi_hot_rows(binary, zero_based, lambda _: where)
+    if (values.dtype.kind in "fb" or multi_hot and binary is not None) and len(values) > 0:
         if len(values) != num_classes:
-            raise ValueError(
-                f"Multi-hot labels of {name or '(unnamed)'} have width {len(values)}, expected {num_classes}."
-            )
+            raise ValueError(f"Multi-hot labels of {where} have width {len(values)}, expected {num_classes}.")
         if not np.isin(values, (0, 1)).all():
-            raise ValueError(f"Multi-hot labels of {name or '(unnamed)'} must be 0/1, got {values.tolist()}.")
+            raise ValueError(f"Multi-hot labels of {where} must be 0/1, got {values.tolist()}.")
         return [int(i) + 1 for i in np.nonzero(values)[0]]
     first = 0 if zero_based else 1  # the user's numbering: errors show their ids and range
     given = values.astype(np.int64)
     bad = [int(i) for i in given if not first <= i < first + num_classes]
     if bad:
         numbering = " (--labels_zero_based)" if zero_based else ""
+        hint = (
+            f" Multi-hot rows are read as such when every row of the label column holds exactly {num_classes} "
+            "values 0/1 (or they are booleans or floats)."
+            if binary is not None
+            else ""
+        )
         raise ValueError(
-            f"Image labels of {name or '(unnamed)'} contain id(s) {bad} outside "
-            f"{first}..{first + num_classes - 1}{numbering}."
+            f"Image labels of {where} contain id(s) {bad} outside "
+            f"{first}..{first + num_classes - 1}{numbering}.{hint}"
         )
     return sorted({int(i) + 1 - first for i in given})
 
@@ -258,7 +336,8 @@ def add_image_labels(
     """Add an ``image_labels`` column (ids 1..C) computed once from the label column or the masks, and
     check that every image and mask can be read.
 
-    Label columns hold ids, multi-hot rows or class names, which map through ``class_names`` (see
+    Label columns hold ids, multi-hot rows (integer ones told from ids by `multi_hot_rows`, on the whole column
+    of a random-access dataset, row by row in a stream) or class names, which map through ``class_names`` (see
     `class_name_ids`). Images with an empty label set are kept by default (the model gives them
     all-background pseudo labels) or dropped with ``skip_empty=True``. The image and mask columns come back
     undecoded (``datasets.Image(decode=False)``); the WeCLIP datasets decode them, naming the file of any
@@ -280,6 +359,7 @@ def add_image_labels(
         num_classes=num_classes,
         ignore_index=ignore_index,
         zero_based=zero_based,
+        multi_hot=None if streamed else _multi_hot_column(dataset, columns.labels, num_classes, zero_based),
         lookup=class_name_ids(class_names) if class_names is not None else None,
         features=features,
         split=split,
@@ -309,6 +389,18 @@ def _label_columns_ready(dataset, columns: Columns):
     return undecoded(dataset, [columns.image, columns.mask]), columns
 
 
+def _multi_hot_column(dataset, column: str | None, num_classes: int, zero_based: bool) -> bool:
+    """Whether the integer label ``column`` of a random-access dataset holds multi-hot rows (`multi_hot_rows`,
+    decided on the whole column: one row can seldom tell); False without a label column or with other rows."""
+    if column is None or column in class_label_columns(dataset.features):
+        return False
+    rows = binary_rows(dataset.with_format("arrow")[column], num_classes)
+    if rows is None:
+        return False
+    split = split_name(dataset)
+    return multi_hot_rows(rows, zero_based, lambda i: row_name(i, split))
+
+
 def row_image_labels(
     example: dict,
     idx: int,
@@ -317,6 +409,7 @@ def row_image_labels(
     num_classes: int,
     ignore_index: int,
     zero_based: bool,
+    multi_hot: bool | None,
     lookup: Mapping[str, int] | None,
     features: Mapping,
     split: str | None,
@@ -342,7 +435,7 @@ def row_image_labels(
         path = file_path(example[columns.image])
         name = row + (f" (image file {path!r})" if path else "")
         value = _class_label_names(example[columns.labels], features.get(columns.labels))
-        ids = normalize_label_row(value, num_classes, zero_based, name, lookup)
+        ids = normalize_label_row(value, num_classes, zero_based, name, lookup, multi_hot)
     else:
         ids = _mask_image_labels(example, columns, image, mask, row, num_classes, ignore_index)
     return {"image_labels": ids, "_unreadable": None}
