@@ -85,6 +85,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image_column")
     p.add_argument("--mask_column")
     p.add_argument(
+        "--labels_column",
+        help="image-level labels for the CAM / RFM pseudo labels (default: a label column found by name, else the "
+        "masks): ids 1..C (0..C-1 with --labels_zero_based), multi-hot rows, or class names",
+    )
+    p.add_argument("--labels_zero_based", action="store_true", help="image-level ids are 0..C-1")
+    p.add_argument(
         "--toy_val_images", type=at_least_one, default=get_preset("toy").dataset.toy_sizes[1]
     )  # the training run's
     p.add_argument("--seed", type=int, default=0, help="toy world seed (the training run's)")
@@ -224,6 +230,9 @@ def main(argv=None) -> dict:
         args.mask_column,
         args.max_eval_samples,
         args.skip_unreadable_images,
+        labels_column=args.labels_column,
+        labels_zero_based=args.labels_zero_based,
+        class_names=list(zip(cfg.label_names, cfg.class_names)),  # a label column of names
     )
     print(f"{args.validation_split}: {summary}")
 

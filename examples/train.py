@@ -589,6 +589,9 @@ def prepare_data(
             args.max_eval_samples,
             args.skip_unreadable_images,
             labelling=accelerator.main_process_first,
+            labels_column=args.labels_column,  # read as the training split's
+            labels_zero_based=args.labels_zero_based,
+            class_names=class_names,
         )
         accelerator.print(f"validation: {val_summary}")
     return train_set, val_set

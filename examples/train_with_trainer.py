@@ -135,6 +135,7 @@ def main(argv=None) -> dict:
             cfg.semantic_loss_ignore_index,
             normalization,
             labelling=training_args.main_process_first,
+            class_names=list(zip(cfg.label_names, cfg.class_names)),  # a label column of names, as training's
         )
     trainer = WeCLIPTrainer(
         model,

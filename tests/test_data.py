@@ -101,6 +101,24 @@ def test_a_label_column_decides_multi_hot_as_a_whole():
         read([[1, 1, 1, 1], [1, 0, 0, 1]], 4, zero_based=True)
 
 
+def test_evaluation_set_reads_a_label_column_as_the_training_set():
+    """The validation split's label column was read with the defaults: zero-based ids as 1-based ones (the CAMs
+    scored for the wrong classes) and class names refused for want of the class names."""
+    from weclip_hf.data.loading import evaluation_set
+
+    masks = [np.full((8, 8), i, np.uint8) for i in (1, 2)] + [np.tile(np.array([1, 2], np.uint8), (8, 4))]
+    val = _dataset(masks).add_column("image_labels", [[0], [1], [0, 1]])
+    val = val.add_column("tags", [["cat"], ["dog"], ["dog", "cat"]])
+
+    def labels(**kwargs):
+        dataset, _ = evaluation_set(val, 2, 255, IMAGENET_NORMALIZATION, **kwargs)
+        return dataset.dataset["image_labels"]
+
+    assert labels(labels_column="absent") == [[1], [2], [1, 2]]  # the masks'
+    assert labels(labels_zero_based=True) == [[1], [2], [1, 2]]  # the column found by name
+    assert labels(labels_column="tags", class_names=["cat", "dog"]) == [[1], [2], [1, 2]]
+
+
 def _dataset(masks, images=None):
     images = images or [Image.fromarray(np.zeros(m.shape + (3,), np.uint8)) for m in masks]
     features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})

@@ -204,6 +204,29 @@ def test_scales_and_max_eval_samples(model_dir, data_path):
     assert report["num_images"] == 1 and 0.0 <= report["pred_msf_miou"] <= 1.0
 
 
+def test_pseudo_labels_read_the_label_column_as_told(model_dir, data_path, tmp_path):
+    """--pseudo_labels made the CAMs for the classes of a label column read with the defaults (zero-based ids as
+    1-based ones; class names refused); --labels_zero_based and --labels_column did not exist."""
+    import datasets
+
+    val = datasets.load_from_disk(str(data_path))["validation"]  # image i: class 1 + i
+    val = val.add_column("image_labels", [[0], [1], [2]]).add_column("tags", [["cat"], ["dog"], ["car"]])
+    labelled = tmp_path / "labelled"
+    datasets.DatasetDict({"validation": val}).save_to_disk(labelled)
+
+    def run(data, *flags) -> dict:
+        argv = ["--model_name_or_path", str(model_dir), "--dataset_path", str(data), "--device", "cpu"]
+        return load_script().main([*argv, "--pseudo_labels", *flags])
+
+    reference = run(data_path)  # the labels of the masks
+    for flags in (["--labels_zero_based"], ["--labels_column", "tags"]):
+        report = run(labelled, *flags)
+        assert (report["cam_miou"], report["pseudo_miou"]) == (
+            reference["cam_miou"],
+            reference["pseudo_miou"],
+        )
+
+
 class EncodedPrediction(torch.nn.Module):
     """A stub segmentation model: the predicted class of a pixel is its value in channel 0."""
 

@@ -198,6 +198,30 @@ def _write_mask_dataset(root: Path, with_masks: bool = True, multi_label: bool =
     datasets.DatasetDict({"train": train, "validation": full.select(range(4))}).save_to_disk(root)
 
 
+def test_the_validation_label_column_is_read_as_the_training_one():
+    """--labels_zero_based and the class names served the training split only: the validation split's label column
+    was read as 1-based ids (the CAMs scored for other classes) and one of class names was refused."""
+    import contextlib
+    import types
+
+    import datasets
+
+    from weclip_hf.normalization import CLIP_NORMALIZATION
+
+    masks = [Image.fromarray(np.full((8, 8), c, np.uint8)) for c in (2, 3)]
+    accelerator = types.SimpleNamespace(main_process_first=contextlib.nullcontext, print=print)
+    train = train_module()
+    for labels, flags in (([[1], [2]], ["--labels_zero_based"]), ([["dog"], ["bird"]], [])):
+        split = datasets.Dataset.from_dict(
+            {"image": [Image.new("RGB", (8, 8))] * 2, "mask": masks, "image_labels": labels}
+        )
+        args = train.parse_args(["--labels_column", "image_labels", *flags, "--crop_size", "8"])
+        _, val_set = train.prepare_data(
+            args, split, split, 3, 255, accelerator, CLIP_NORMALIZATION, class_names=["cat", "dog", "bird"]
+        )
+        assert val_set.dataset["image_labels"] == [[2], [3]], flags  # the masks' classes
+
+
 def test_local_multi_label_dataset(tmp_path, tiny_clip):
     """Training images with a multi-hot label column and no masks (the mask column: the resume test below)."""
     data = tmp_path / "data"

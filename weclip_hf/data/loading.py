@@ -275,17 +275,38 @@ def evaluation_set(
     max_samples: int | None = None,
     skip_unreadable: bool = False,
     labelling: Callable[[], AbstractContextManager] = nullcontext,
+    *,
+    labels_column: str | None = None,
+    labels_zero_based: bool = False,
+    class_names: Sequence[str | Sequence[str]] | None = None,
 ) -> tuple[EvalSegmentationDataset, LabelSummary]:
     """The evaluation dataset of a validation split (its first ``max_samples`` examples; a streamed split read
     once) with its image-level labels, and their summary; ``labelling``: the context of `add_image_labels` (e.g.
-    ``accelerator.main_process_first``, so that one process fills the datasets cache)."""
+    ``accelerator.main_process_first``, so that one process fills the datasets cache).
+
+    The image-level labels (what the CAMs are made for) come from the split's label column, read as the training
+    split's (``labels_zero_based``, ``class_names``: give the training set's), else from its masks: the column
+    ``labels_column`` (the masks when the split lacks it), without it one found by name (`resolve_columns`)."""
     val = materialize(val, max_samples, skip_unreadable=skip_unreadable)
+    present = labels_column is None or labels_column in val.column_names
     columns = resolve_columns(
-        val.column_names, image_column, mask_column, None, require_mask=True, features=val.features
+        val.column_names,
+        image_column,
+        mask_column,
+        labels_column if present else None,
+        require_mask=True,
+        features=val.features,
     )
+    columns = columns if present else Columns(columns.image, columns.mask)
     with labelling():
         val, summary = add_image_labels(
-            val, columns, num_classes, ignore_index, skip_unreadable=skip_unreadable
+            val,
+            columns,
+            num_classes,
+            ignore_index,
+            labels_zero_based,
+            class_names=class_names,
+            skip_unreadable=skip_unreadable,
         )
     return EvalSegmentationDataset(val, columns, num_classes, normalization), summary
 
