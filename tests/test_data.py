@@ -119,6 +119,15 @@ def test_evaluation_set_reads_a_label_column_as_the_training_set():
     assert labels(labels_column="tags", class_names=["cat", "dog"]) == [[1], [2], [1, 2]]
 
 
+def test_a_validation_split_without_masks_says_how_to_train_without_evaluation():
+    from weclip_hf.data.loading import evaluation_set, with_split_name
+
+    val = with_split_name(_dataset([np.ones((8, 8), np.uint8)]).remove_columns("mask"), "validation")
+    with pytest.raises(ValueError, match=r"Pass --mask_column\. Evaluating split 'validation' needs its pixel "
+                       r"ground truth \(train.py: --validation_split none trains without evaluation\)"):  # fmt: skip
+        evaluation_set(val.add_column("image_labels", [[1]]), 1, 255, IMAGENET_NORMALIZATION)
+
+
 def _dataset(masks, images=None):
     images = images or [Image.fromarray(np.zeros(m.shape + (3,), np.uint8)) for m in masks]
     features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})

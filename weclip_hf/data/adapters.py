@@ -66,13 +66,14 @@ def resolve_columns(
     labels_column: str | None = None,
     require_mask: bool = False,
     features: Mapping | None = None,
+    missing_mask_hint: str = "",
 ) -> Columns:
     """Pick the image, mask and label columns (explicit names first, then common names). With the dataset's
     ``features``, a classification label column (`class_label_columns`: an image's class) is a label column,
-    never a mask."""
+    never a mask. ``missing_mask_hint``: said after the error of a required mask column that is not found."""
     class_labels = class_label_columns(features)
 
-    def pick(explicit, candidates, what, required):
+    def pick(explicit, candidates, what, required, hint=""):
         if explicit is not None:
             if explicit not in available:
                 raise ValueError(f"{what} column {explicit!r} not found; available columns: {available}.")
@@ -81,14 +82,13 @@ def resolve_columns(
         if found is None and required:
             raise ValueError(
                 f"No {what} column found (looked for {list(candidates)}); available columns: {available}. "
-                f"Pass --{what}_column."
+                f"Pass --{what}_column.{hint}"
             )
         return found
 
     image = pick(image_column, IMAGE_COLUMNS, "image", True)
-    mask = pick(
-        mask_column, [c for c in MASK_COLUMNS if c not in (image, *class_labels)], "mask", require_mask
-    )
+    mask_candidates = [c for c in MASK_COLUMNS if c not in (image, *class_labels)]
+    mask = pick(mask_column, mask_candidates, "mask", require_mask, missing_mask_hint)
     label_candidates = [c for c in (*LABEL_COLUMNS, *class_labels) if c not in (image, mask)]
     labels = pick(labels_column, label_candidates, "labels", False)
     if mask is None and labels is None:

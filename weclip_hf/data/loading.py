@@ -296,6 +296,8 @@ def evaluation_set(
         labels_column if present else None,
         require_mask=True,
         features=val.features,
+        missing_mask_hint=f" Evaluating split {split_name(val)!r} needs its pixel ground truth (train.py: "
+        "--validation_split none trains without evaluation).",
     )
     columns = columns if present else Columns(columns.image, columns.mask)
     with labelling():
