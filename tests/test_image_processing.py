@@ -194,6 +194,8 @@ _AMBIGUOUS = np.random.default_rng(3).integers(0, 256, (3, 20, 4), dtype=np.uint
         ("do_resize", False, _image()),
         ("size", {"height": 16, "width": 24}, _image()),
         ("size", {"longest_edge": 20}, _image()),
+        ("size", {"shortest_edge": 20}, _image()),
+        ("size", 24, _image()),
         ("do_rescale", False, _image()),  # 0-255 values taken as already rescaled
         ("rescale_factor", 2 / 255, _image()),
         ("do_normalize", False, _image()),
@@ -231,8 +233,10 @@ def test_unknown_or_misspelled_options_raise_naming_them():
     with pytest.raises(TypeError, match="do_resize"):
         proc(_image(), do_resize="yes")
     for bad, name in [
-        ({"size": {"shortest_edge": 8}}, "size"),
+        ({"size": {"width": 8}}, "size"),
         ({"size": {"longest_edge": 0}}, "size"),
+        ({"size": 0}, "size"),
+        ({"data_format": "hwc"}, "data_format"),
         ({"rescale_factor": 0}, "rescale_factor"),
         ({"image_mean": [0.5, "a", 0.5]}, "image_mean"),
         ({"image_std": [0.2, 0.0, 0.2]}, "image_std"),
@@ -526,7 +530,7 @@ def test_post_process_checks_its_geometry_options():
     proc = WeCLIPImageProcessor()
     logits = {"logits": torch.zeros(1, 3, 2, 2)}
     with pytest.raises(ValueError, match="size"):
-        proc.post_process_semantic_segmentation(logits, [(8, 8)], size={"shortest_edge": 8})
+        proc.post_process_semantic_segmentation(logits, [(8, 8)], size={"shortest_edge": 8, "width": 8})
     with pytest.raises(TypeError, match="do_pad"):
         proc.post_process_semantic_segmentation(logits, [(8, 8)], do_pad="yes")
 
@@ -632,7 +636,72 @@ def test_a_clip_processor_config_says_which_size_to_give(tmp_path):
         json.dumps({"image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 224},
                     "crop_size": {"height": 224, "width": 224}, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD)})
     )  # fmt: skip
-    with pytest.raises(ValueError, match=r"got \{'shortest_edge': 224\} \(another processor's size: .*size="):
+    # its short-side size goes with its center crop, which WeCLIP does not do: that size alone is refused
+    with pytest.raises(
+        ValueError,
+        match=r"CLIPImageProcessor's: its size \{'shortest_edge': 224\} goes with its center crop .*size=",
+    ):
         WeCLIPImageProcessor.from_pretrained(tmp_path)
     loaded = WeCLIPImageProcessor.from_pretrained(tmp_path, size={"longest_edge": 512})
     assert loaded.size == {"longest_edge": 512} and loaded.image_mean == list(CLIP_MEAN)
+
+
+def test_an_int_or_pair_size_is_a_fixed_size_as_transformers_reads_it():
+    """``size=n`` is n x n and ``size=(h, w)`` is h x w (transformers' ``get_size_dict`` with
+    ``default_to_square=True``, as SegFormer's processor reads it), in the constructor and per call."""
+    from transformers import SegformerImageProcessor
+
+    image = _image(30, 40)
+    proc = WeCLIPImageProcessor(patch_size=8)
+    square = proc(image, size={"height": 24, "width": 24}).pixel_values
+    assert torch.equal(proc(image, size=24).pixel_values, square)
+    assert torch.equal(WeCLIPImageProcessor(size=24, patch_size=8)(image).pixel_values, square)
+    assert WeCLIPImageProcessor(size=24).size == {"height": 24, "width": 24}  # saved as a dict
+    assert proc(image, size=(16, 40)).pixel_values.shape == (1, 3, 16, 40)
+    segformer = SegformerImageProcessor(size=24)
+    assert tuple(segformer(image, return_tensors="pt").pixel_values.shape) == tuple(square.shape)
+
+
+def test_shortest_edge_resizes_the_short_side_as_transformers_does():
+    """``{"shortest_edge": s}``: the short side s, the other int-truncated (transformers' short-side resize, e.g.
+    SegFormer's given that size); post-processing replays it to crop the padding."""
+    from transformers import SegformerImageProcessor
+
+    proc = WeCLIPImageProcessor(size={"shortest_edge": 20}, do_pad=True, patch_size=8)
+    for h, w in ((30, 40), (41, 17)):
+        image = _image(h, w)
+        theirs = SegformerImageProcessor(size={"shortest_edge": 20})(image, return_tensors="pt").pixel_values
+        resized = proc(image, do_pad=False).pixel_values
+        assert resized.shape == theirs.shape and min(resized.shape[-2:]) == 20
+    out = proc(_image(30, 41)).pixel_values
+    assert out.shape == (1, 3, 24, 32)  # 20 x 27 padded to multiples of 8
+    logits = torch.zeros(1, 2, 3, 4)
+    logits[:, 1, :, :3] = 1.0  # class 1 on the image part of the padded 32-px-wide grid
+    (mask,) = proc.post_process_semantic_segmentation({"logits": logits}, target_sizes=[(30, 41)])
+    assert mask.shape == (30, 41) and (mask[:, :35] == 1).all()
+
+
+def test_data_format_channels_last_returns_channels_last_pixel_values():
+    image = _image(30, 40)
+    proc = WeCLIPImageProcessor(size={"longest_edge": 40})
+    first = proc(image, segmentation_maps=np.zeros((30, 40), np.uint8))
+    last = proc(image, segmentation_maps=np.zeros((30, 40), np.uint8), data_format="channels_last")
+    assert last.pixel_values.shape == (1, 30, 40, 3) and last.pixel_values.is_contiguous()
+    assert torch.equal(last.pixel_values, first.pixel_values.permute(0, 2, 3, 1))
+    assert torch.equal(last.labels, first.labels)  # [B, H, W] either way
+    as_numpy = proc(image, data_format="channels_last", return_tensors="np").pixel_values
+    np.testing.assert_array_equal(as_numpy, last.pixel_values.numpy())
+    assert torch.equal(proc(image, data_format="channels_first").pixel_values, first.pixel_values)
+    with pytest.raises(TypeError, match="data_format is a per-call option"):
+        WeCLIPImageProcessor(
+            data_format="channels_last"
+        )  # a saved setting would feed the model channels last
+    assert "data_format" not in proc.to_dict()
+
+
+def test_the_model_names_channels_last_pixel_values(tiny_model):
+    pixels = WeCLIPImageProcessor(size={"longest_edge": 32})(
+        _image(), data_format="channels_last"
+    ).pixel_values
+    with pytest.raises(ValueError, match=r"channels last: call the image processor without data_format"):
+        tiny_model(pixels)

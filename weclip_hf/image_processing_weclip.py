@@ -5,7 +5,8 @@ normalize with `weclip_hf.normalization.PixelNormalization` (``(x - mean / f) / 
 rescale_factor``, in float64, rounded once to float32: the official formula and constants with the ImageNet
 statistics on 0-255 pixels when ``f = 1/255``; the training and evaluation datasets use the same) -> bilinear
 resize of the normalized tensor (align_corners=False) so the long side is ``size["longest_edge"]`` (int
-truncation of the other side, at least 1 px) or to a fixed ``{"height", "width"}`` -> zero padding (after
+truncation of the other side, at least 1 px), or the short side ``size["shortest_edge"]`` (transformers' short-side
+resize), or to a fixed ``{"height", "width"}`` (an int ``size`` n is n x n, as transformers reads it) -> zero padding (after
 normalization) at the bottom/right up to one patch in each dimension, and with ``do_pad`` to a multiple of the
 patch size.
 ``post_process_semantic_segmentation`` crops that padding away again, so masks always have the input size (given
@@ -35,11 +36,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
-from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature, get_size_dict
 from transformers.image_utils import ChannelDimension
 
 from .image_reading import channel_format, image_list, image_size, label_tensor, to_rgb_array
-from .inference import longest_edge_size
+from .inference import longest_edge_size, shortest_edge_size
 from .normalization import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, PixelNormalization
 
 
@@ -55,13 +56,16 @@ class WeCLIPImageProcessorKwargs(TypedDict, total=False):
     image_std: float | Sequence[float]
     do_convert_rgb: bool
     input_data_format: str | ChannelDimension | None
+    data_format: str | ChannelDimension | None
     return_tensors: str | None
     do_pad: bool
     patch_size: int
 
 
 _CALL_OPTIONS = tuple(k for k in WeCLIPImageProcessorKwargs.__annotations__ if k != "patch_size")
-_INIT_OPTIONS = tuple(WeCLIPImageProcessorKwargs.__annotations__)
+# data_format is per call only: the saved settings feed the model (pipeline, Trainer), which takes channels first
+_INIT_OPTIONS = tuple(k for k in WeCLIPImageProcessorKwargs.__annotations__ if k != "data_format")
+_SIZE_FORMS = ({"longest_edge"}, {"shortest_edge"}, {"height", "width"})
 # keys transformers writes into preprocessor_config.json next to the settings (or older versions wrote), which
 # loading passes back to the constructor
 _CONFIG_METADATA = ("image_processor_type", "processor_class", "feature_extractor_type", "auto_map")
@@ -72,6 +76,20 @@ def _refuse_unknown(where: str, given, valid: Sequence[str]) -> None:
     unknown = sorted(set(given) - set(valid))
     if unknown:
         raise TypeError(f"{where} got unknown argument(s) {unknown}; valid: {list(valid)}.")
+
+
+def _refuse_cropping_size(own_type: str, config: dict, overrides: dict) -> None:
+    """ValueError for a loaded config of another processor type that center-crops (``crop_size`` or
+    ``do_center_crop``) when no ``size`` override is given (see `WeCLIPImageProcessor.from_dict`)."""
+    other = config.get("image_processor_type") not in (None, own_type)
+    crops = config.get("do_center_crop") or "crop_size" in config
+    if other and crops and "size" in config and overrides.get("size") is None:
+        raise ValueError(
+            f"This preprocessor config is {config['image_processor_type']}'s: its size {config['size']!r} goes "
+            f"with its center crop to {config.get('crop_size')!r}, which WeCLIP does not do (another processor's "
+            "size: loading its config, give size={'longest_edge': 512}, or the size to use, to from_pretrained; "
+            "its statistics are kept)."
+        )
 
 
 def _output_logits(outputs) -> torch.Tensor:
@@ -159,7 +177,12 @@ class WeCLIPImageProcessor(BaseImageProcessor):
 
     Args:
         do_resize (`bool`): resize (default True).
-        size (`dict`): ``{"longest_edge": 512}`` (official evaluation) or ``{"height": h, "width": w}``.
+        size (`dict` or `int`): ``{"longest_edge": 512}`` (official evaluation: the long side, aspect kept),
+            ``{"shortest_edge": s}`` (the short side, aspect kept, as CLIP's and other transformers processors) or
+            ``{"height": h, "width": w}``. An int n means ``{"height": n, "width": n}`` and a pair (h, w) means
+            ``{"height": h, "width": w}``, as transformers' ``get_size_dict`` reads them for processors that keep
+            ``default_to_square=True`` (SegFormer's, DPT's, SAM's): a fixed n x n resize that changes the aspect
+            ratio, not a long-side one; give ``{"longest_edge": n}`` for that.
         do_rescale (`bool`): read the pixels as 0-255 values and multiply them by ``rescale_factor`` (default
             True); False: the input is already rescaled and used as given (see the module docstring).
         rescale_factor (`float`): 1/255 (default): 0-255 pixels -> [0, 1], where ``image_mean``/``image_std`` apply.
@@ -170,6 +193,9 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         do_convert_rgb (`bool`): convert every image to 3-channel RGB (default True); False keeps the channels.
         input_data_format (`str`): "channels_first" / "channels_last" for arrays and tensors; None guesses
             (see `weclip_hf.image_reading`).
+        data_format (`str`): the layout of the returned ``pixel_values``: "channels_first" [B, C, H, W] (default,
+            what the model takes) or "channels_last" [B, H, W, C] (for NumPy or other frameworks); ``labels`` are
+            [B, H, W] either way. Per call only, not a constructor setting: the saved settings feed the model.
         return_tensors (`str`): "pt" (default) or "np"; None also gives torch tensors.
         do_pad (`bool`): zero-pad (after normalization) at the bottom/right to a multiple of ``patch_size``
             (default False: the model floors the patch grid like the official code). Images smaller than one
@@ -210,11 +236,16 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         patch_size: int = 16,
         **kwargs,
     ):
+        if "data_format" in kwargs:
+            raise TypeError(
+                "data_format is a per-call option (processor(images, data_format='channels_last')), not a "
+                "constructor setting: the saved settings feed the model, which takes channels first."
+            )
         _refuse_unknown(f"{type(self).__name__}.__init__", kwargs, [*_INIT_OPTIONS, *_CONFIG_METADATA])
         super().__init__(**kwargs)
         options = self._resolve(
             do_resize=do_resize,
-            size=size or {"longest_edge": 512},
+            size=size if size is not None else {"longest_edge": 512},
             do_rescale=do_rescale,
             rescale_factor=rescale_factor,
             do_normalize=do_normalize,
@@ -227,8 +258,9 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         )
         if isinstance(options["input_data_format"], ChannelDimension):
             options["input_data_format"] = options["input_data_format"].value  # JSON-serialisable
-        for name, value in options.items():
-            setattr(self, name, value)
+        for name in _INIT_OPTIONS:
+            if name in options:  # all but patch_size, checked below
+                setattr(self, name, options[name])
         if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
             raise ValueError(f"patch_size must be a positive int, got {patch_size!r}.")
         self.patch_size = patch_size
@@ -237,7 +269,11 @@ class WeCLIPImageProcessor(BaseImageProcessor):
     def from_dict(cls, image_processor_dict: dict, **kwargs):
         """transformers' ``from_dict``, but keys of other processors' configs (a CLIP checkpoint's ``crop_size``,
         ``resample``, ...: examples/train.py loads one with ``--image_processor_name_or_path``) are kept as
-        attributes, as transformers keeps them, rather than refused like unknown constructor keywords."""
+        attributes, as transformers keeps them, rather than refused like unknown constructor keywords. The size of
+        a processor that center-crops (CLIP's short side 224, then a 224 x 224 crop) is refused unless ``size`` is
+        given: WeCLIP does not crop, and that size alone would shrink its inputs far below the 512 px it is
+        evaluated at."""
+        _refuse_cropping_size(cls.__name__, image_processor_dict, kwargs)
         known = (*_INIT_OPTIONS, *_CONFIG_METADATA)
         foreign = {k: v for k, v in image_processor_dict.items() if k not in known}
         foreign.update({k: kwargs.pop(k) for k in list(kwargs) if k in foreign})  # overrides of those keys
@@ -286,9 +322,10 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         """Call-time options (None = the instance's setting) -> validated values of all `_CALL_OPTIONS`."""
         _refuse_unknown(f"{type(self).__name__}.preprocess", overrides, _CALL_OPTIONS)
         opts = {
-            name: getattr(self, name) if overrides.get(name) is None else overrides[name]
+            name: getattr(self, name, None) if overrides.get(name) is None else overrides[name]
             for name in _CALL_OPTIONS
         }
+        opts["data_format"] = overrides.get("data_format") or ChannelDimension.FIRST  # per call only
         for name in ("do_resize", "do_rescale", "do_normalize", "do_convert_rgb", "do_pad"):
             opts[name] = _check_bool(name, opts[name])
         opts["size"] = self._check_size(opts["size"])
@@ -298,24 +335,31 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         opts["image_mean"] = _statistics("image_mean", opts["image_mean"])
         opts["image_std"] = _statistics("image_std", opts["image_std"])
         channel_format(opts["input_data_format"])
+        if opts["data_format"] not in (ChannelDimension.FIRST, ChannelDimension.LAST):
+            raise ValueError(
+                f"data_format must be 'channels_first' or 'channels_last', got {opts['data_format']!r}."
+            )
+        opts["data_format"] = ChannelDimension(opts["data_format"])
         if opts["return_tensors"] not in ("pt", "np", None):
             raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {opts['return_tensors']!r}.")
         return opts
 
-    @staticmethod
-    def _check_size(size) -> dict[str, int]:
-        if not isinstance(size, dict) or set(size) not in ({"longest_edge"}, {"height", "width"}):
-            other = (  # e.g. a CLIP checkpoint's processor: its short-side resize and crop are not WeCLIP's
-                " (another processor's size: loading its config, give size={'longest_edge': 512}, or the size to "
-                "use, to from_pretrained; its statistics are kept)"
-                if isinstance(size, dict) and "shortest_edge" in size
-                else ""
-            )
+    @classmethod
+    def _check_size(cls, size) -> dict[str, int]:
+        """``size`` -> one of the `_SIZE_FORMS` dicts; an int or a (height, width) pair is read by transformers'
+        ``get_size_dict`` with this class's ``default_to_square`` (True, transformers' default: n -> n x n)."""
+        given = size
+        if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+            size = get_size_dict(int(size), default_to_square=cls.default_to_square)
+        elif isinstance(size, (tuple, list)) and len(size) == 2:
+            size = get_size_dict(tuple(size))
+        if not isinstance(size, dict) or set(size) not in _SIZE_FORMS:
             raise ValueError(
-                f"size must be {{'longest_edge': L}} or {{'height': h, 'width': w}}, got {size!r}{other}."
+                "size must be an int n (n x n), {'longest_edge': L}, {'shortest_edge': S} or {'height': h, "
+                f"'width': w}}, got {size!r}."
             )
         if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in size.values()):
-            raise ValueError(f"size values must be positive integers, got {size!r}.")
+            raise ValueError(f"size values must be positive integers, got {given!r}.")
         return {k: int(v) for k, v in size.items()}
 
     @staticmethod
@@ -324,6 +368,8 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         if "longest_edge" in size:
             h, w = longest_edge_size(height, width, size["longest_edge"])
             return max(1, h), max(1, w)
+        if "shortest_edge" in size:
+            return shortest_edge_size(height, width, size["shortest_edge"])
         return size["height"], size["width"]
 
     def _padded_size(self, height: int, width: int, do_pad: bool) -> tuple[int, int]:
@@ -347,14 +393,15 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         image_std: float | Sequence[float] | None = None,
         do_convert_rgb: bool | None = None,
         input_data_format: str | ChannelDimension | None = None,
+        data_format: str | ChannelDimension | None = None,
         return_tensors: str | None = None,
         do_pad: bool | None = None,
         **kwargs,
     ) -> BatchFeature:
         """Images (one, a list, or a 4-D array/tensor batch) and optional ``segmentation_maps`` (integer class-id
         maps, one per image; 255 ignored) ->
-        ``pixel_values`` [B, C, H', W'] float32 (and ``labels`` [B, H', W'] int64, resized with nearest neighbour,
-        padding 255). Options default to the instance's settings; all images of a batch must end up the same
+        ``pixel_values`` [B, C, H', W'] float32 ([B, H', W', C] with ``data_format="channels_last"``; and
+        ``labels`` [B, H', W'] int64, resized with nearest neighbour, padding 255). Options default to the instance's settings; all images of a batch must end up the same
         size."""
         opts = self._resolve(
             do_resize=do_resize,
@@ -366,6 +413,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             image_std=image_std,
             do_convert_rgb=do_convert_rgb,
             input_data_format=input_data_format,
+            data_format=data_format,
             return_tensors=return_tensors,
             do_pad=do_pad,
             **kwargs,
@@ -400,6 +448,8 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         padded = self._padded_size(*size_hw, opts["do_pad"])
         pad = (0, padded[1] - size_hw[1], 0, padded[0] - size_hw[0])
         data = {"pixel_values": F.pad(torch.stack(pixels), pad, value=0.0)}
+        if opts["data_format"] == ChannelDimension.LAST:
+            data["pixel_values"] = data["pixel_values"].permute(0, 2, 3, 1).contiguous()
         if segmentation_maps is not None:
             labels = torch.stack(
                 [self._resize_label(m, size_hw) for m in _label_maps(segmentation_maps, original_sizes)]

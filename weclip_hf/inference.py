@@ -17,6 +17,13 @@ def longest_edge_size(height: int, width: int, longest_edge: int) -> tuple[int, 
     return int(height * longest_edge / longest), int(width * longest_edge / longest)  # multiply first: exact
 
 
+def shortest_edge_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
+    """Size with the short side = ``shortest_edge`` and the other side int-truncated, as transformers'
+    ``get_resize_output_image_size`` (``default_to_square=False``) computes it (30x40 -> 32 gives 32x42)."""
+    shortest = min(height, width)
+    return int(height * shortest_edge / shortest), int(width * shortest_edge / shortest)
+
+
 def resize_longest_edge(pixel_values: torch.Tensor, longest_edge: int = 512) -> torch.Tensor:
     """Bilinear (align_corners=False) resize of normalized images [B, 3, H, W] so the long side is
     ``longest_edge``, as the official evaluation resizes the normalized tensor."""

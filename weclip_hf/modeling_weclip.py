@@ -690,7 +690,16 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                     f"{name} must be a torch.Tensor, got {type(value).__name__}; convert it with torch.as_tensor."
                 )
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-            raise ValueError(f"pixel_values must have shape [B, 3, H, W], got {tuple(pixel_values.shape)}.")
+            channels_last = pixel_values.ndim == 4 and pixel_values.shape[-1] == 3
+            raise ValueError(
+                f"pixel_values must have shape [B, 3, H, W], got {tuple(pixel_values.shape)}"
+                + (
+                    " (channels last: call the image processor without data_format='channels_last', or "
+                    "permute(0, 3, 1, 2) them)."
+                    if channels_last
+                    else "."
+                )
+            )
         patch = self.config.vision_config.patch_size
         if min(pixel_values.shape[-2:]) < patch:
             raise ValueError(
