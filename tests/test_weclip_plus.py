@@ -981,6 +981,54 @@ def test_attention_implementation_switches_in_every_tower(plus):
     assert torch.equal(after.pseudo_labels, before.pseudo_labels)
 
 
+def test_flex_attention_loads_and_runs_every_tower_as_sdpa(tmp_path, monkeypatch):
+    """``from_pretrained(folder, attn_implementation="flex_attention")`` loads (it was refused: only SDPA was
+    declared) and WeCLIP+'s CLIP and DINOv2 layers run through torch's flex_attention (on a CPU compiled by
+    inductor: the ~10 s of this test) with SDPA's logits and pseudo labels. One CAM map (``attention_num_maps``),
+    so that CLIP's first layers dispatch (the blocks whose maps are read run explicitly under every setting)."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    torch.manual_seed(0)
+    WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config(attention_num_maps=1)).save_pretrained(tmp_path)
+    pixel_values, class_labels = tiny_plus_inputs()
+    calls = []
+    flex = ALL_ATTENTION_FUNCTIONS["flex_attention"]
+    monkeypatch.setitem(
+        ALL_ATTENTION_FUNCTIONS,
+        "flex_attention",
+        lambda module, *a, **k: calls.append(module) or flex(module, *a, **k),
+    )
+    outputs = {}
+    for implementation in ("sdpa", "flex_attention"):
+        model = WeCLIPPlusForSemanticSegmentation.from_pretrained(
+            tmp_path, attn_implementation=implementation
+        )
+        with torch.no_grad():  # inference, and weak supervision (pseudo labels)
+            outputs[implementation] = (
+                model.eval()(pixel_values),
+                model(pixel_values, class_labels=class_labels),
+            )
+    assert {type(module).__name__ for module in calls} == {"CLIPAttention", "Dinov2Attention"}
+    for flex_output, sdpa_output in zip(outputs["flex_attention"], outputs["sdpa"]):
+        torch.testing.assert_close(flex_output.logits, sdpa_output.logits, atol=1e-6, rtol=1e-5)
+    assert torch.equal(outputs["flex_attention"][1].pseudo_labels, outputs["sdpa"][1].pseudo_labels)
+
+
+def test_flash_attention_is_declared_and_left_to_transformers_checks(tmp_path):
+    """FlashAttention is declared as the towers declare it (CLIP's and both DINOv2s'; the explicit blocks and the
+    decoder's SDPA do not use it): loading with it reaches transformers' own check, here (no flash_attn, no GPU)
+    its "not installed" error rather than WeCLIP's refusal. GPU runs with it were not tested."""
+    from transformers import CLIPPreTrainedModel, Dinov2PreTrainedModel, Dinov2WithRegistersPreTrainedModel
+
+    towers = (CLIPPreTrainedModel, Dinov2PreTrainedModel, Dinov2WithRegistersPreTrainedModel)
+    assert all(tower._supports_flash_attn and tower._supports_flex_attn for tower in towers)
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash_attn is installed: transformers' 'not installed' error cannot be seen")
+    WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config()).save_pretrained(tmp_path)
+    with pytest.raises(ImportError, match="FlashAttention2 has been toggled on.* seem to be installed"):
+        WeCLIPPlusForSemanticSegmentation.from_pretrained(tmp_path, attn_implementation="flash_attention_2")
+
+
 @pytest.mark.parametrize("plus", [False, True])
 def test_gradients_reach_the_pixels_when_asked_for_and_never_the_frozen_towers(plus):
     """Pixels that require a gradient (saliency maps, attacks) get d logits / d pixels through the frozen towers

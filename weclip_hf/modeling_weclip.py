@@ -258,7 +258,12 @@ class WeCLIPPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     supports_gradient_checkpointing = False
+    # the attention implementations of the frozen towers, which dispatch through transformers' attention interface
+    # (CLIP's and DINOv2's declare all three; tests/test_weclip_plus.py checks that they still do); the explicit
+    # blocks (`_can_set_attn_implementation`) and the decoder's SDPA do not depend on the choice
     _supports_sdpa = True
+    _supports_flex_attn = True  # runs and matches SDPA on a CPU (torch 2.13; compiled by inductor)
+    _supports_flash_attn = True  # FlashAttention 2/3: GPU only, left to transformers' checks (not run here)
     _no_split_modules = ["CLIPEncoderLayer", "CLIPVisionEmbeddings", "CLIPTextEmbeddings"]
 
     @classmethod
