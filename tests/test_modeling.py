@@ -695,3 +695,34 @@ def test_saved_weights_are_as_readable_as_the_config(tmp_path, tiny_model):
         if p.suffix in (".json", ".safetensors")
     }
     assert modes["model.safetensors"] == modes["config.json"] == 0o644
+
+
+def test_gradient_checkpointing_recomputes_the_decoder_blocks_with_the_same_gradients():
+    """``gradient_checkpointing_enable()`` (what ``TrainingArguments(gradient_checkpointing=True)`` calls) was
+    refused as unsupported; it checkpoints the decoder's transformer blocks, where a step keeps activations (the
+    frozen towers keep none): the same loss and gradients, fewer tensors saved for backward."""
+    torch.manual_seed(0)
+    model = WeCLIPForSemanticSegmentation(make_tiny_config(decoder_hidden_size=64)).train()
+    pixel_values, class_labels = _inputs()
+
+    def step() -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        model.zero_grad()
+        torch.manual_seed(1)  # the decoder's dropout
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.nbytes) or t, lambda t: t):
+            out = model(pixel_values, class_labels=class_labels)
+        out.loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        return out.loss.detach(), grads, sum(saved)
+
+    loss, grads, saved_bytes = step()
+    with pytest.warns(FutureWarning):  # transformers' alias of activation_checkpointing_enable
+        model.gradient_checkpointing_enable()
+    assert model.is_gradient_checkpointing and all(b.gradient_checkpointing for b in model.decoder.blocks)
+    checkpointed_loss, checkpointed_grads, checkpointed_bytes = step()
+    assert torch.equal(checkpointed_loss, loss) and checkpointed_grads.keys() == grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(checkpointed_grads[name], grad, rtol=0, atol=1e-6, msg=name)
+    assert checkpointed_bytes < 0.6 * saved_bytes
+    model.gradient_checkpointing_disable()
+    assert step()[2] == saved_bytes

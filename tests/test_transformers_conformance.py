@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 from transformers_suite import load
 
 from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
+from weclip_hf.modeling_weclip import WeCLIPDecoderBlock
 
 suite = load()
 ModelTesterMixin = suite.modeling.ModelTesterMixin
@@ -171,6 +172,13 @@ class WeCLIPModelTest(ModelTesterMixin, unittest.TestCase):
     def test_model_weights_reload_no_missing_tied_weights(self):
         with _plain_from_pretrained():
             super().test_model_weights_reload_no_missing_tied_weights()
+
+    def check_training_gradient_checkpointing(self, gradient_checkpointing_kwargs=None):
+        # the mixin watches the model's first GradientCheckpointingLayer, a layer of the frozen CLIP tower, which
+        # runs in eval mode without autograd and is never checkpointed: watch the decoder's first block instead,
+        # where checkpointing applies
+        with mock.patch.object(suite.modeling, "GradientCheckpointingLayer", WeCLIPDecoderBlock):
+            super().check_training_gradient_checkpointing(gradient_checkpointing_kwargs)
 
     @unittest.skip(
         reason="the CLIP towers are frozen by design (requires_grad=False, WeCLIP trains only the decoder), so "
