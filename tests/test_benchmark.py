@@ -316,3 +316,15 @@ def test_chunk_benchmark_times_each_chunk_size_and_restores_the_model(tmp_path):
         assert chunking.images_per_attention_chunk(5, 401, 12, "cpu") == 2
         assert chunking.images_per_attention_chunk(1, 401, 12, "cpu") == 1
     assert chunking.images_per_chunk is original
+
+
+def test_checkpointing_benchmark_counts_less_kept_for_backward_and_equal_gradients():
+    """`examples/benchmark_checkpointing.py` on the tiny model: checkpointing keeps less for the backward (the
+    decoder's blocks almost nothing) and gives the same gradients."""
+    sys.path.insert(0, str(REPO / "examples"))
+    import benchmark_checkpointing
+
+    result = benchmark_checkpointing.main(["--tiny"])
+    assert result["with"]["all"] < result["without"]["all"]
+    assert result["with"]["decoder_blocks"] < 0.2 * result["without"]["decoder_blocks"]
+    assert result["max_grad_difference"] == 0.0
