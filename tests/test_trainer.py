@@ -4,7 +4,9 @@ examples/train_with_trainer.py on the toy world (the package's toy CLIP, CPU).""
 import dataclasses
 import json
 import math
+import shutil
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -457,6 +459,44 @@ def test_weclip_trainer_evaluates_under_the_runs_mixed_precision(tmp_path):
 def test_weclip_trainer_refuses_metric_functions_it_would_never_call(tmp_path, name):
     with pytest.raises(ValueError, match=f"WeCLIPTrainer does not call {name}: its evaluate"):
         weclip_trainer(toy_model(), tmp_path, max_steps=1, trainer_kwargs={name: lambda *a: {}})
+
+
+def test_weclip_trainer_pushes_no_token_and_loadable_step_commits(tmp_path, monkeypatch):
+    """`Trainer` pickles its arguments (with ``hub_token``) as training_args.bin into the output folder, each
+    checkpoint and every commit it pushes; the step commits lacked the model's code files (``auto_map``), so they did
+    not load with ``trust_remote_code``. Neither any more: the commits are recorded with a fake Hub."""
+    from huggingface_hub import HfApi
+
+    commits = []
+
+    def upload_folder(self, *, folder_path, **kwargs):
+        commits.append(tmp_path / f"commit{len(commits)}")
+        shutil.copytree(folder_path, commits[-1], ignore=shutil.ignore_patterns("checkpoint-*", "_*"))
+        return SimpleNamespace(done=lambda: True)
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(repo_id=repo_id))
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    token = "hf_NOT_A_REAL_TOKEN_123"
+    out = tmp_path / "run"
+    trainer = weclip_trainer(
+        toy_model(),
+        out,
+        push_to_hub=True,
+        hub_model_id="me/weclip",
+        hub_token=token,
+        max_steps=2,
+        save_steps=1,
+    )
+    trainer.train()
+    trainer.push_to_hub()
+    assert len(commits) >= 2  # a step commit and the final one
+    for folder in (out, *commits):
+        for file in (f for f in folder.rglob("*") if f.is_file()):
+            assert token.encode() not in file.read_bytes(), file
+    step_commit = commits[0]
+    assert {"configuration_weclip.py", "modeling_weclip.py"} <= {f.name for f in step_commit.glob("*.py")}
+    assert torch.load(out / "training_args.bin", weights_only=False).hub_token is None
+    assert trainer.args.hub_token == token  # the running trainer still pushes with it
 
 
 def test_weclip_trainer_refuses_a_config_its_checkpoints_could_not_save(tmp_path):

@@ -4,6 +4,7 @@ the `TrainingArguments`, and an evaluation that scores segmentations (mIoU) inst
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from enum import Enum
@@ -47,6 +48,21 @@ def _normalization(dataset) -> PixelNormalization | None:
     while dataset is not None and not hasattr(dataset, "normalization"):
         dataset = getattr(dataset, "dataset", None)
     return getattr(dataset, "normalization", None)
+
+
+class UnpickledSecret(str):
+    """A secret (the Hub token) that pickles, and so `torch.save`s, as None: `Trainer` pickles its
+    `TrainingArguments` as ``training_args.bin`` into the output folder, every checkpoint and every Hub commit it
+    pushes. Used as a string it is the secret; copies keep it."""
+
+    def __reduce__(self):
+        return type(None), ()
+
+    def __copy__(self) -> UnpickledSecret:
+        return self
+
+    def __deepcopy__(self, memo) -> UnpickledSecret:
+        return self
 
 
 class TrainingSetEpochCallback(TrainerCallback):
@@ -101,6 +117,8 @@ class WeCLIPTrainer(Trainer):
             raise ValueError(f"eval_modes {list(eval_modes)}: choose one or more of {list(MODES)}.")
         collator = WeCLIPDataCollator() if data_collator is None else data_collator
         super().__init__(model, args, collator, *trainer_args, **trainer_kwargs)
+        if self.args.hub_token:  # never in training_args.bin (pushed to the Hub with the model)
+            self.args.hub_token = UnpickledSecret(self.args.hub_token)
         self.add_callback(TrainingSetEpochCallback)
         self.eval_modes = tuple(eval_modes)
         self._check_unsupported_arguments()
@@ -138,6 +156,15 @@ class WeCLIPTrainer(Trainer):
                         f"load_best_model_at_end compares metric_for_best_model={metric!r}, which the evaluation does "
                         f"not report: choose one of {names} (eval_modes {list(self.eval_modes)})."
                     )
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """`Trainer`'s push of a checkpoint's model files, with the model's code files (``*.py``, which
+        ``auto_map`` names): without them a "Training in progress" commit did not load with
+        ``trust_remote_code=True``."""
+        if self.is_world_process_zero():
+            for code in Path(checkpoint_folder).glob("*.py"):
+                shutil.copy(code, Path(self.args.output_dir) / code.name)
+        super()._push_from_checkpoint(checkpoint_folder)
 
     def training_step(
         self,
