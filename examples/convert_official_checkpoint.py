@@ -43,6 +43,7 @@ from weclip_hf.configuration_weclip_plus import DINO_VARIANTS
 from weclip_hf.conversion import OFFICIAL_PRESETS, dino_variant_name
 from weclip_hf.convert import convert_official_checkpoint
 from weclip_hf.hub import METHODS, make_model_card, publish_folder, save_model_card
+from weclip_hf.model_loading import public_source_name
 from weclip_hf.presets import CLIP_MODEL, get_preset
 
 logger = logging.getLogger("convert_official_checkpoint")
@@ -165,7 +166,9 @@ def build_model_card(args: argparse.Namespace, model, checkpoint_sha256: str) ->
     """The model card (`weclip_hf.hub.make_model_card`), its source section saying where the weights came
     from: the checkpoint and its hash, the CLIP weights, the text embeddings, the preset and the conversion."""
     clip_source = (
-        f"`{args.clip}` (transformers CLIP)" if args.clip else "the checkpoint's own `encoder.*` tensors"
+        f"`{public_source_name(args.clip)}` (transformers CLIP)"
+        if args.clip
+        else "the checkpoint's own `encoder.*` tensors"
     )
     dino_source = (
         f"\n- DINOv2 weights from: {dino_description(model.config)}"
@@ -177,7 +180,7 @@ transformers format with `examples/convert_official_checkpoint.py`.
 
 - Source checkpoint: `{Path(args.checkpoint).name}` (sha256 `{checkpoint_sha256}`)
 - CLIP weights from: {clip_source}{dino_source}
-- Text embeddings: computed at conversion with the CLIP tokenizer `{args.tokenizer or args.clip}`,
+- Text embeddings: computed at conversion with the CLIP tokenizer `{public_source_name(args.tokenizer or args.clip)}`,
   prompt `{model.config.prompt_template}`
 - Preset: `{args.preset}` ({get_preset(args.preset).description})
 - Conversion: {model.conversion_report.summary()}"""

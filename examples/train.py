@@ -68,6 +68,7 @@ from weclip_hf.hub import (
     split_model_metrics,
 )
 from weclip_hf.metrics import per_class_iou
+from weclip_hf.model_loading import public_source_name
 from weclip_hf.modeling_weclip import WeCLIPSemanticSegmenterOutput
 from weclip_hf.modeling_weclip_plus import model_from_backbones
 from weclip_hf.normalization import PixelNormalization
@@ -281,6 +282,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.overwrite_output_dir and args.resume_from_checkpoint:
         p.error(
             "--overwrite_output_dir starts a fresh run and --resume_from_checkpoint continues one: give one of them."
+        )
+    backbones = [f for f in ("clip_model_name_or_path", "dino_model_name_or_path") if getattr(args, f)]
+    if args.model_name_or_path and backbones:
+        p.error(
+            f"--{backbones[0]} builds a fresh model from a backbone, and --model_name_or_path continues a trained "
+            "one (its backbones are in it): give one of them."
         )
     check_dino_fits_preset(p, args)
     check_preset_fits_data(p, args)
@@ -846,9 +853,10 @@ def dataset_description(args) -> str:
 
 def card_args(args) -> dict:
     """The arguments the model card lists: those given or filled by the recipe, without this machine's
-    (`NOT_ON_CARD`), and the toy world's sizes only where the toy world was trained on."""
+    (`NOT_ON_CARD`), the toy world's sizes only where the toy world was trained on, local folders by their names."""
     unused = NOT_ON_CARD if names_no_dataset(args) else NOT_ON_CARD | {"toy_train_images", "toy_val_images"}
-    return {k: v for k, v in public_args(args).items() if v is not None and k not in unused}
+    listed = {k: v for k, v in public_args(args).items() if v is not None and k not in unused}
+    return {k: public_source_name(str(v)) if k in PATH_ARGS else v for k, v in listed.items()}
 
 
 def write_card(args, cfg, output_dir: Path, summary: dict) -> None:

@@ -90,7 +90,9 @@ def training_card(tiny_clip, tmp_path_factory) -> str:
     return (out / "README.md").read_text()
 
 
-def test_converter_training_and_push_cards_come_from_one_builder(converter_card, push_card, training_card):
+def test_converter_training_and_push_cards_come_from_one_builder(
+    converter_card, push_card, training_card, tiny_clip
+):
     cards = {"converter": converter_card, "push_to_hub": push_card, "train.py": training_card}
     for name, card in cards.items():
         assert _sections(card) == SHARED_SECTIONS, name
@@ -103,6 +105,8 @@ def test_converter_training_and_push_cards_come_from_one_builder(converter_card,
     assert "`max_train_steps`: `1`" in training_card
     assert not any(f"`{k}`" in training_card for k in ("given_model_flags", "rfm_start_source", "output_dir"))
     assert "a 12-pixel patch grid" in training_card  # the tiny CLIP's patches, not ViT-B/16's
+    assert str(tiny_clip) not in training_card  # a local CLIP folder by its name (the path named the machine)
+    assert f"`clip_model_name_or_path`: `{Path(tiny_clip).name} (a local folder)`" in training_card
     assert "| miou | 0.5000 |" in push_card
 
 
@@ -119,7 +123,7 @@ def test_converter_card_keeps_where_the_weights_came_from(converter_card):
 
 
 def test_local_paths_are_not_named_as_base_model(tmp_path):
-    from weclip_hf.hub import hub_id_or_none
+    from weclip_hf.model_loading import hub_id_or_none
 
     assert hub_id_or_none("openai/clip-vit-base-patch16") == "openai/clip-vit-base-patch16"
     assert hub_id_or_none(str(tmp_path)) is None  # a folder here

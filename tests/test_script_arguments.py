@@ -68,6 +68,14 @@ def parse_error(parse, argv, capsys) -> str:
             ["--overwrite_output_dir", "--resume_from_checkpoint", "latest"],
             "--overwrite_output_dir starts a fresh run and --resume_from_checkpoint continues one",
         ),
+        (  # the backbone flags were ignored without a word
+            ["--model_name_or_path", "m", "--dino_model_name_or_path", "d"],
+            "--dino_model_name_or_path builds a fresh model from a backbone, and --model_name_or_path continues",
+        ),
+        (
+            ["--model_name_or_path", "m", "--clip_model_name_or_path", "c"],
+            "--clip_model_name_or_path builds a fresh model from a backbone",
+        ),
     ],
 )
 def test_train_refuses_bad_arguments_at_parse_time(argv, message, capsys):

@@ -322,7 +322,7 @@ def test_the_card_lists_the_toy_worlds_sizes_only_for_the_toy_world(tmp_path):
     assert toy["toy_train_images"] == 4000 and "output_dir" not in toy
     own_data = train.card_args(train.parse_args(["--preset", "toy", "--data_dir", str(tmp_path)]))
     assert "toy_train_images" not in own_data and "toy_val_images" not in own_data
-    assert own_data["data_dir"] == str(tmp_path)
+    assert own_data["data_dir"] == f"{tmp_path.name} (a local folder)"  # never the path
 
 
 def test_schedule_notes_count_from_the_models_step_counter(tiny_config):

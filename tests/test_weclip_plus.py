@@ -757,6 +757,8 @@ def test_from_clip_and_dino(tiny_clip, tmp_path, registers):
         tiny_clip, str(tmp_path), class_names=["cat", "dog"], background_names=["sky", "road"]
     )
     assert model.config.dino_num_register_tokens == (4 if registers else 0)
+    model.save_pretrained(tmp_path / "saved")  # names no local path (uploaded with push_to_hub)
+    assert str(tmp_path) not in (tmp_path / "saved" / "config.json").read_text()
     for key, value in dino.state_dict().items():
         assert torch.equal(model.dino_branch.backbone.state_dict()[key], value), key
     assert not any(p.requires_grad for p in model.dino_branch.backbone.parameters())
@@ -809,6 +811,23 @@ def test_a_backbone_that_is_no_folder_or_a_saved_weclip_is_named(tiny_clip, tmp_
         ValueError, match=r"is a saved WeCLIP model, not a CLIP checkpoint: load it with AutoModel"
     ):
         WeCLIPForSemanticSegmentation.from_clip(str(tmp_path / "weclip"))
+    # the backbones swapped: a DINOv2 as the CLIP was reported as 398 missing tensors
+    dino = tmp_path / "dino"
+    AutoModel.from_config(Dinov2Config(**TINY_DINO)).save_pretrained(dino)
+    for build in (lambda: WeCLIPForSemanticSegmentation.from_clip(str(dino)),
+                  lambda: WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(str(dino), str(dino))):  # fmt: skip
+        with pytest.raises(ValueError, match=r"holds a 'dinov2' model, not a CLIP checkpoint \('clip'\)"):
+            build()
+    with pytest.raises(ValueError, match=r"holds a 'clip' model, not a DINOv2 checkpoint"):
+        WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(tiny_clip, tiny_clip)
+    # a DINOv2 of pickle weights only got transformers' bare "no file named model.safetensors"
+    (dino / "model.safetensors").rename(dino / "pytorch_model.bin")
+    with pytest.raises(
+        FileNotFoundError, match=r"has no model.safetensors, only pickle weights \(pytorch_model"
+    ):
+        WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(tiny_clip, str(dino))
+    with pytest.raises(TypeError, match="takes the DINOv2's config from dino_name_or_path"):
+        WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(tiny_clip, str(dino), dino_config={})
 
 
 def test_fresh_dino_head_gets_the_decoder_initialization(plus_model):

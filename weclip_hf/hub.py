@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import PreTrainedConfig, PreTrainedModel
 
 from .image_processing_weclip import WeCLIPImageProcessor
+from .model_loading import hub_id_or_none
 
 # What a model repository may hold. Everything else in a folder (checkpoints, logs, tracker folders with the
 # run's arguments, hidden temporary files of an interrupted save) is never uploaded.
@@ -138,18 +138,6 @@ Labels: {{ labels }}
 {{ citation }}
 ```
 """
-
-
-def hub_id_or_none(name: str | None) -> str | None:
-    """``name`` when it can be a Hub repository id, None for a local path (a folder that exists here, or a name no
-    Hub id can have): the card's metadata names Hub repositories only."""
-    if name is None or Path(name).expanduser().exists():
-        return None
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return None
-    return name
 
 
 # the figures that are a model's own segmentation results (the decoder: single scale, multi-scale + flip, with the

@@ -15,7 +15,9 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
 
 WECLIP_MODEL_TYPES = ("weclip", "weclip_plus")  # the model types of this package's saved folders
@@ -25,18 +27,51 @@ HUB_OPTIONS = ("token", "revision", "cache_dir", "local_files_only", "force_down
 MODEL_LOADING_OPTIONS = (*HUB_OPTIONS, "dtype", "device_map", "attn_implementation")
 
 
+def hub_id_or_none(name: str | None) -> str | None:
+    """``name`` when it can be a Hub repository id, None for a local path (a folder that exists here, or a name no
+    Hub id can have): the card's metadata names Hub repositories only."""
+    if name is None or Path(name).expanduser().exists():
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
+def public_source_name(name: str | None) -> str | None:
+    """How a model card names a checkpoint or dataset source: a Hub id (or None) as it is, a local path by its
+    folder's name (never the path: it tells the machine's layout and the user's name)."""
+    if name is None or hub_id_or_none(name):
+        return name
+    return f"{Path(name).expanduser().resolve().name} (a local folder)"
+
+
+# the model types of the backbone checkpoints WeCLIP (CLIP) and WeCLIP+ (also DINOv2) are built from
+BACKBONE_MODEL_TYPES = {"CLIP": ("clip",), "DINOv2": ("dinov2", "dinov2_with_registers")}
+
+
 def check_backbone_source(name_or_path: str, what: str) -> None:
     """Refuse, before any download is tried, a backbone ``name_or_path`` (``what``: "CLIP" / "DINOv2") that is a
-    path to no folder, or the folder of a saved WeCLIP model (which `from_pretrained` loads)."""
+    path to no folder, the folder of a saved WeCLIP model (which `from_pretrained` loads), a local folder of another
+    model type (the other backbone: its weights were reported missing) or without safetensors weights."""
     path = os.path.expanduser(str(name_or_path))
     if str(name_or_path).startswith((".", "/", "~")) and not os.path.isdir(path):
         raise FileNotFoundError(f"No {what} checkpoint folder at {str(name_or_path)!r}.")
-    config_file = os.path.join(path, "config.json")
-    if os.path.isfile(config_file) and saved_config_dict(path).get("model_type") in WECLIP_MODEL_TYPES:
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        return  # a Hub id: checked by transformers, and after loading
+    model_type = saved_config_dict(path).get("model_type")
+    if model_type in WECLIP_MODEL_TYPES:
         raise ValueError(
             f"{str(name_or_path)!r} is a saved WeCLIP model, not a {what} checkpoint: load it with "
             "AutoModelForSemanticSegmentation.from_pretrained."
         )
+    if model_type not in BACKBONE_MODEL_TYPES[what]:
+        raise ValueError(
+            f"{str(name_or_path)!r} holds a {model_type!r} model, not a {what} checkpoint "
+            f"({' or '.join(map(repr, BACKBONE_MODEL_TYPES[what]))})."
+        )
+    require_safetensors(path)
 
 
 def split_backbone_keywords(kwargs: dict, config_fields: set[str], constructor: str) -> tuple[dict, dict]:

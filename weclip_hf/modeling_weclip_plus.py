@@ -24,7 +24,7 @@ from .branch_losses import weclip_plus_losses
 from .cam import cam_box_masks
 from .configuration_weclip_plus import WeCLIPPlusConfig
 from .dino_branch import WeCLIPPlusDinoBranch
-from .model_loading import HUB_OPTIONS, check_backbone_source, split_backbone_keywords
+from .model_loading import HUB_OPTIONS, check_backbone_source, hub_id_or_none, split_backbone_keywords
 from .modeling_weclip import (
     CLIPVisionFeatures,
     WeCLIPCAMOutput,
@@ -146,7 +146,13 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
         loading options of `from_clip` (``token``, ``cache_dir``, ``local_files_only``, ... fetch both checkpoints;
         ``revision`` is the CLIP's)."""
         split_backbone_keywords(kwargs, cls.config_class.field_names(), f"{cls.__name__}.from_clip_and_dino")
+        if "dino_config" in kwargs:
+            raise TypeError(
+                "from_clip_and_dino takes the DINOv2's config from dino_name_or_path: leave dino_config out (to "
+                "change the model, save a DINOv2 with that config and pass its folder)."
+            )
         hub = {k: v for k, v in kwargs.items() if k in HUB_OPTIONS and k != "revision"}
+        check_backbone_source(clip_name_or_path, "CLIP")  # before the DINOv2 is loaded
         check_backbone_source(dino_name_or_path, "DINOv2")
         dino = AutoModel.from_pretrained(dino_name_or_path, use_safetensors=True, **hub)
         if not isinstance(dino.config, (Dinov2Config, Dinov2WithRegistersConfig)):
@@ -154,6 +160,8 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
                 f"{dino_name_or_path!r} holds a {dino.config.model_type!r} model, not a DINOv2 ('dinov2' or "
                 "'dinov2_with_registers')."
             )
+        # the config.json written names the DINOv2 by its Hub id, never by a local path
+        dino.config._name_or_path = hub_id_or_none(str(dino_name_or_path)) or ""
         model = super().from_clip(
             clip_name_or_path,
             class_names,
