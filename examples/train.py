@@ -871,10 +871,6 @@ def write_card(args, cfg, output_dir: Path, summary: dict) -> None:
         other_metrics=other_metrics,
         dataset_name=args.dataset_name,
         dataset_description=dataset_description(args),
-        base_model=[
-            args.clip_model_name_or_path,
-            getattr(getattr(cfg, "dino_config", None), "_name_or_path", None),
-        ],
         weakly_supervised=not args.fully_supervised,
         training_args=card_args(args),
         repo_id=args.hub_model_id,

@@ -272,3 +272,36 @@ def test_a_converted_weclip_plus_card_names_the_official_dinov2():
     assert "(`modeling_weclip_plus.py` and the files it" in str(
         card
     )  # the code a remote-code user should read
+
+
+def test_a_model_built_from_hub_backbones_names_them_as_its_base_model(tiny_clip, tmp_path, monkeypatch):
+    """`from_clip` / `from_clip_and_dino` record the backbones' Hub ids (never a local folder) in the config, so
+    that `push_to_hub`'s and `WeCLIPTrainer`'s cards name them as ``base_model`` (they had none). The Hub ids are
+    served offline from a Hub cache holding the tiny checkpoints."""
+    import torch
+    from transformers import AutoModel, Dinov2Config
+
+    from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPPlusForSemanticSegmentation
+
+    def cached(repo_id: str, folder: Path) -> None:
+        """``folder`` as the main revision of ``repo_id`` in the Hub cache at ``tmp_path / "hub"``."""
+        repo = tmp_path / "hub" / f"models--{repo_id.replace('/', '--')}"
+        shutil.copytree(folder, repo / "snapshots" / ("0" * 40))
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text("0" * 40)
+
+    torch.manual_seed(0)
+    AutoModel.from_config(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=32, patch_size=4, image_size=32)).save_pretrained(tmp_path / "dino")  # fmt: skip
+    cached("me/tiny-clip", Path(tiny_clip))
+    cached("me/tiny-dino", tmp_path / "dino")
+    monkeypatch.chdir(tmp_path)
+    options = dict(cache_dir=str(tmp_path / "hub"), local_files_only=True)
+    model = WeCLIPPlusForSemanticSegmentation.from_clip_and_dino("me/tiny-clip", "me/tiny-dino", **options)
+    model.save_pretrained(tmp_path / "saved")
+    loaded = WeCLIPPlusForSemanticSegmentation.from_pretrained(tmp_path / "saved")
+    card = make_model_card(loaded.config, "weclip-plus", "Uploaded.")
+    assert card.data.base_model == ["me/tiny-clip", "me/tiny-dino"]
+    assert "A frozen CLIP (me/tiny-clip)" in str(card)
+    local = WeCLIPForSemanticSegmentation.from_clip(tiny_clip)  # a local folder: not recorded
+    assert make_model_card(local.config, "weclip", "Uploaded.").data.base_model is None

@@ -159,6 +159,13 @@ def split_model_metrics(figures: dict[str, float]) -> tuple[dict[str, float], di
     return own, {k: v for k, v in figures.items() if k not in MODEL_METRICS}
 
 
+def backbone_hub_ids(config: PreTrainedConfig) -> list[str | None]:
+    """The Hub ids of the backbones a model was built from, CLIP's first: `from_clip` and `from_clip_and_dino`
+    record them in the sub-configs (``_name_or_path``; never a local folder); None where none is recorded."""
+    dino = getattr(config, "dino_config", None)
+    return [config.vision_config._name_or_path or None, getattr(dino, "_name_or_path", None) or None]
+
+
 def make_model_card(
     config,
     model_name: str,
@@ -185,7 +192,7 @@ def make_model_card(
             model-index.
         dataset_name: the Hub dataset the model was trained on, if any (the card's ``datasets``).
         base_model: the backbones' Hub ids, CLIP's first (WeCLIP+: then DINOv2's); local folders and None are left
-            out (the metadata names Hub models only).
+            out (the metadata names Hub models only); default: those ``config`` records (`backbone_hub_ids`).
         training_args: run arguments to list (the section is left out without them).
         weakly_supervised: False for a fully supervised (pixel-label) run.
         repo_id: the repository id the usage snippets load (default ``model_name``).
@@ -205,7 +212,9 @@ def make_model_card(
         )
     method = METHODS[model_type]
     metrics = metrics or {}
-    given = [base_model] if base_model is None or isinstance(base_model, str) else list(base_model)
+    if base_model is None:
+        base_model = backbone_hub_ids(config)
+    given = [base_model] if isinstance(base_model, str) else list(base_model)
     base_models = [name for name in map(hub_id_or_none, given) if name]
     clip = hub_id_or_none(given[0]) if given else None
     eval_results = [

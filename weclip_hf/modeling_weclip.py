@@ -36,6 +36,7 @@ from .model_loading import (
     HUB_OPTIONS,
     check_backbone_source,
     check_model_folder,
+    hub_id_or_none,
     in_aligned_memory,
     loading_errors,
     refuse_missing_weights,
@@ -461,6 +462,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             projection_dim=clip_config.projection_dim,
             **kwargs,
         )
+        # the CLIP's Hub id (never a local path), which model cards name as the base model
+        config.vision_config._name_or_path = hub_id_or_none(str(clip_name_or_path)) or ""
         # transformers would print every decoder tensor as MISSING: they are new by design, so its report is
         # silenced and only what would be a real problem (tensors of the checkpoint we did not use) is logged
         verbosity = hf_logging.get_verbosity()
