@@ -368,6 +368,16 @@ def test_a_validation_split_that_is_not_there_is_refused_unless_none(tmp_path):
     assert len(load_dataset_splits(DataSource(dataset_path=path))[1]) == 2  # the preset's, when there
     train_only = _save_splits(tmp_path / "train_only", {"train": 2})
     assert load_dataset_splits(DataSource(dataset_path=train_only))[1] is None
+    # the toy world ignored both split flags ('none' evaluated all the same; a misspelt name was taken)
+    toy = DataSource(toy=True, toy_sizes=(2, 2))
+    with pytest.raises(ValueError, match=message):
+        load_dataset_splits(toy, validation_split="val")
+    with pytest.raises(
+        ValueError, match=r"Split 'bogus' not found; available splits: \['train', 'validation'\]"
+    ):
+        load_dataset_splits(toy, train_split="bogus")
+    assert load_dataset_splits(toy, validation_split="none")[1] is None
+    assert len(load_dataset_splits(toy, validation_split="validation")[1]) == 2
 
 
 # ---- unreadable files, class-name labels (issue 25.4) -----------------------------------------------------

@@ -409,6 +409,18 @@ class DataSource:
         return self.dataset_path or self.data_dir or self.dataset_name
 
 
+def check_split_names(available: list[str], train_split: str | None, validation_split: str | None) -> None:
+    """Refuse a training split (None: none needed) or validation split (None: the preset's; "none": no evaluation)
+    that is not among the dataset's ``available`` splits: a misspelt name would mean no evaluation, or for the toy
+    world the flag ignored, without a word."""
+    if train_split is not None and train_split not in available:
+        raise ValueError(f"Split {train_split!r} not found; available splits: {available}.")
+    if validation_split not in (None, "none") and validation_split not in available:
+        raise ValueError(
+            f"Validation split {validation_split!r} not found; available splits: {available} ('none': no evaluation)."
+        )
+
+
 def load_dataset_splits(
     source: DataSource,
     *,
@@ -429,11 +441,13 @@ def load_dataset_splits(
     if source.toy:
         from .toy import TOY_VALIDATION_SEED_OFFSET, make_toy_dataset
 
+        check_split_names(["train", "validation"], train_split if need_train else None, validation_split)
         toy_sizes = source.toy_sizes or get_preset("toy").dataset.toy_sizes
         train = with_split_name(make_toy_dataset(toy_sizes[0], seed=source.seed), "train")
-        val = with_split_name(
-            make_toy_dataset(toy_sizes[1], seed=source.seed + TOY_VALIDATION_SEED_OFFSET), "validation"
-        )
+        val = None
+        if validation_split != "none":
+            seed = source.seed + TOY_VALIDATION_SEED_OFFSET
+            val = with_split_name(make_toy_dataset(toy_sizes[1], seed=seed), "validation")
         names = _names(get_preset("toy"))
         if source.streaming:
             train = with_split_name(train.to_iterable_dataset(num_shards=min(len(train), 64)), "train")
@@ -465,13 +479,7 @@ def load_dataset_splits(
                 f"the SBD-augmented 10,582 images); training on {train_split!r} ({size}; VOC 2012 'train' alone "
                 "has 1,464). Pass --train_split to choose another."
             )
-    if train_split not in ds and need_train:
-        raise ValueError(f"Split {train_split!r} not found; available splits: {list(ds)}.")
-    # a misspelt name would mean no evaluation, without a word
-    if validation_split not in (None, "none") and validation_split not in ds:
-        raise ValueError(
-            f"Validation split {validation_split!r} not found; available splits: {list(ds)} ('none': no evaluation)."
-        )
+    check_split_names(list(ds), train_split if need_train else None, validation_split)
     validation_split = validation_split or layout.validation_split
     names = _names(get_preset(preset)) if preset else {}
     train = with_split_name(ds[train_split], train_split) if train_split in ds else None
