@@ -130,6 +130,20 @@ def test_latest_skips_a_damaged_newer_checkpoint_and_names_it(checkpoint):
     assert messages and "step_7" in messages[0] and "training_state.json" in messages[0]
     with pytest.raises(CheckpointError, match="step_7"):
         find_checkpoint(run, str(damaged))
+    # a complete newer checkpoint whose optimizer state was cut short (a full disk, a copy interrupted): its files
+    # were only checked to exist, and the resume failed on it instead of taking the one before
+    shutil.copytree(path, run / "step_8")
+    state = json.loads((run / "step_8" / "training_state.json").read_text())
+    (run / "step_8" / "training_state.json").write_text(json.dumps({**state, "step": 8}))
+    optimizer_state = (run / "step_8" / "optimizer.bin").read_bytes()
+    (run / "step_8" / "optimizer.bin").write_bytes(optimizer_state[:100])
+    assert find_checkpoint(run, "latest", log=messages.append) == path
+    assert any("step_8" in m and "optimizer.bin is damaged" in m for m in messages)
+    (run / "step_8" / "model.safetensors").write_bytes((path / "model.safetensors").read_bytes()[:-8])
+    (run / "step_8" / "optimizer.bin").write_bytes(optimizer_state)
+    messages.clear()
+    assert find_checkpoint(run, "latest", log=messages.append) == path
+    assert any("step_8" in m and "model.safetensors is damaged" in m for m in messages)
     (path / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="No complete checkpoint"):
         find_checkpoint(run, "latest", log=messages.append)

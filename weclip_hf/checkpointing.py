@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -128,6 +129,27 @@ def checkpoint_problem(path: Path) -> str | None:
         return f"{path} has no optimizer.bin"
     if checkpoint_step(path) not in (None, state.step):
         return f"{path} holds step {state.step}, not the step its name says"
+    return damaged_file(path)
+
+
+def damaged_file(path: Path) -> str | None:
+    """What is wrong with the first damaged file of checkpoint folder ``path`` (None when none is): a torch zip
+    archive (``optimizer.bin``, the random states, ...) that is cut short or fails its CRCs, or safetensors weights
+    whose header or length do not hold. Reads the files once, without unpickling anything."""
+    from safetensors import safe_open
+
+    for file in sorted(f for f in path.iterdir() if f.is_file()):
+        try:
+            if file.suffix == ".safetensors":
+                with safe_open(file, "pt"):
+                    pass
+            elif file.read_bytes()[:4] == b"PK\x03\x04":  # torch.save's zip archive
+                with zipfile.ZipFile(file) as archive:
+                    bad = archive.testzip()
+                if bad is not None:
+                    return f"{file} is damaged (its member {bad} fails its CRC)"
+        except Exception as error:  # a truncated or corrupted file, whatever the reader says
+            return f"{file} is damaged ({type(error).__name__}: {error})"
     return None
 
 
