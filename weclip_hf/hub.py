@@ -103,7 +103,7 @@ CARD_TEMPLATE = """---
 {{ results_table }}
 
 ## Usage
-With the library installed (`pip install weclip-hf`), importing it registers the "{{ model_type }}" model type:
+With the weclip-hf package installed (from its source), importing it registers the "{{ model_type }}" model type:
 ```python
 import weclip_hf
 from transformers import pipeline
