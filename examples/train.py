@@ -81,40 +81,39 @@ from weclip_hf.presets import (
 )
 from weclip_hf.script_arguments import (
     CLASS_NAMES_HELP,
+    DATASET_CONFIG_HELP,
+    IMAGE_COLUMN_HELP,
+    MASK_COLUMN_HELP,
     add_data_source_flags,
     at_least_one,
     check_dino_fits_preset,
     check_preset_fits_data,
+    config_values,
     first_paragraph,
     non_negative,
     positive_float,
+    recipe_values,
 )
 from weclip_hf.training import WeCLIPDataCollator, create_optimizer_and_scheduler
-
-
-def recipe_values(field: str) -> str:
-    """The value of a training-recipe field in each preset, for --help ("toy 500, voc 30000, ...")."""
-    return ", ".join(f"{name} {getattr(preset.training, field)}" for name, preset in PRESETS.items())
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=first_paragraph(__doc__))
     data = p.add_argument_group("data")
-    add_data_source_flags(
-        data,
-        dataset_name="Hub dataset id (default: the offline toy world)",
-        data_dir="local imagefolder dataset (images + masks + metadata.jsonl)",
-        dataset_path="a dataset saved with DatasetDict.save_to_disk",
+    add_data_source_flags(data, dataset_name="Hub dataset id (default: the offline toy world)")
+    data.add_argument("--dataset_config_name", help=DATASET_CONFIG_HELP)
+    data.add_argument(
+        "--train_split",
+        help="the split to train on (default: 'train_aug' where the dataset has it and --preset is voc, "
+        "voc-plus or not given, else 'train')",
     )
-    data.add_argument("--dataset_config_name")
-    data.add_argument("--train_split", default=None)
     data.add_argument(
         "--validation_split",
         help="the split scored during and after training (default: the preset's, 'validation', when the dataset "
         "has it; 'none': no evaluation)",
     )
-    data.add_argument("--image_column")
-    data.add_argument("--mask_column")
+    data.add_argument("--image_column", help=IMAGE_COLUMN_HELP)
+    data.add_argument("--mask_column", help=MASK_COLUMN_HELP)
     data.add_argument(
         "--labels_column",
         help="image-level labels: ids 1..C (0..C-1 with --labels_zero_based), multi-hot rows, or class names",
@@ -128,7 +127,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "is read once into memory. Resume replays the interrupted pass, skipping what was seen",
     )
     data.add_argument(
-        "--shuffle_buffer_size", type=int, default=1000, help="streaming: examples in the shuffle buffer"
+        "--shuffle_buffer_size",
+        type=int,
+        default=1000,
+        help="streaming: examples in the shuffle buffer (1000)",
     )
     data.add_argument("--max_train_samples", type=at_least_one, help="train on the first N examples (N >= 1)")
     data.add_argument(
@@ -137,10 +139,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="skip images and masks that cannot be read, listing them (default: the first one is an error "
         "naming its file, before training for map-style data, when met for --streaming)",
     )
-    data.add_argument("--max_eval_samples", type=at_least_one)
-    data.add_argument("--toy_train_images", type=at_least_one)
-    data.add_argument("--toy_val_images", type=at_least_one)
-    model = p.add_argument_group("model")
+    data.add_argument(
+        "--max_eval_samples", type=at_least_one, help="score the first N validation images (default: all)"
+    )
+    toy_train_images, toy_val_images = get_preset("toy").dataset.toy_sizes
+    data.add_argument(
+        "--toy_train_images", type=at_least_one, help=f"toy world: training images ({toy_train_images})"
+    )
+    data.add_argument(
+        "--toy_val_images", type=at_least_one, help=f"toy world: validation images ({toy_val_images})"
+    )
+    model = p.add_argument_group(
+        "model",
+        "config values; a flag left out takes the --preset's value (the toy preset's without a dataset), else "
+        "WeCLIPConfig's; with --model_name_or_path, the saved config's",
+    )
     model.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -164,8 +177,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         "ImageNet statistics",
     )
     model.add_argument("--class_names", nargs="+", help=CLASS_NAMES_HELP)
-    model.add_argument("--background_names", nargs="+")
-    model.add_argument("--prompt_template")
+    model.add_argument(
+        "--background_names",
+        nargs="+",
+        help="background words, one CLIP prompt each (default: the preset's, else VOC's 25)",
+    )
+    model.add_argument(
+        "--prompt_template",
+        help=f"the CLIP prompt, {{}} standing for the class name ({config_values('prompt_template')})",
+    )
     model.add_argument(
         "--rfm_start_step",
         type=int,
@@ -174,37 +194,95 @@ def parse_args(argv=None) -> argparse.Namespace:
         "15000 (the paper's) -- also for --dataset_name without --preset",
     )
     model.add_argument(
-        "--cam_box_threshold", type=float, help="box threshold on the GradCAM (VOC 0.4, COCO 0.7)"
+        "--cam_box_threshold",
+        type=float,
+        help=f"box threshold on the GradCAM ({config_values('cam_box_threshold')})",
     )
     model.add_argument(
-        "--attention_num_maps", type=int, help="last attention maps averaged for CAM refinement"
+        "--attention_num_maps",
+        type=int,
+        help="last attention maps averaged for CAM refinement "
+        f"({config_values('attention_num_maps', '8, WeCLIP+ 6; at most the CLIP depth')})",
     )
-    model.add_argument("--rfm_num_maps", type=int, help="last attention maps the RFM chooses from")
-    model.add_argument("--par_dilations", type=int, nargs="+", help="PAR neighbour dilations")
-    model.add_argument("--decoder_hidden_size", type=int, help="decoder width (256)")
+    model.add_argument(
+        "--rfm_num_maps",
+        type=int,
+        help=f"last attention maps the RFM chooses from ({config_values('rfm_num_maps', '6')})",
+    )
+    model.add_argument(
+        "--par_dilations",
+        type=int,
+        nargs="+",
+        help=f"PAR neighbour dilations ({config_values('par_dilations')})",
+    )
+    model.add_argument(
+        "--decoder_hidden_size", type=int, help=f"decoder width ({config_values('decoder_hidden_size')})"
+    )
     model.add_argument("--decoder_dropout", type=float, help="Dropout2d after the feature fusion (0.1)")
     model.add_argument("--fully_supervised", action="store_true", help="train on the ground-truth masks")
     model.add_argument("--ignore_padding", action="store_true", help="crop padding -> ignore (not official)")
-    train = p.add_argument_group("training")
-    train.add_argument("--output_dir", default="outputs/weclip-toy")
-    train.add_argument("--per_device_train_batch_size", type=at_least_one)
-    train.add_argument("--per_device_eval_batch_size", type=at_least_one, default=None)
+    train = p.add_argument_group(
+        "training",
+        "a flag of the recipe left out takes the recipe's value: the toy recipe's without a dataset, else the "
+        "--preset's (voc without one)",
+    )
+    train.add_argument(
+        "--output_dir",
+        default="outputs/weclip-toy",
+        help="where the model, metrics.json, checkpoints and overlays go (default: outputs/weclip-toy, also "
+        "with a --preset or a dataset)",
+    )
+    train.add_argument(
+        "--per_device_train_batch_size",
+        type=at_least_one,
+        help=f"training images per process and step; default: the recipe's "
+        f"({recipe_values('per_device_train_batch_size')})",
+    )
+    train.add_argument(
+        "--per_device_eval_batch_size",
+        type=at_least_one,
+        default=None,
+        help="evaluation images per process (default: --per_device_train_batch_size on the toy world, else 1)",
+    )
     train.add_argument(
         "--learning_rate",
         type=positive_float,
-        help="decoder learning rate; default 2e-3 (the official config's 2e-4 x its 10x group)",
+        help="decoder learning rate (voc: the official config's 2e-4 x its 10x group); default: the recipe's "
+        f"({recipe_values('learning_rate')})",
     )
-    train.add_argument("--weight_decay", type=float, help="AdamW's; default: the recipe's (0.01)")
-    train.add_argument("--num_warmup_steps", type=non_negative)
+    train.add_argument(
+        "--weight_decay",
+        type=float,
+        help=f"AdamW's; default: the recipe's ({recipe_values('weight_decay')})",
+    )
+    train.add_argument(
+        "--num_warmup_steps",
+        type=non_negative,
+        help=f"linear learning-rate warm-up steps; default: the recipe's ({recipe_values('num_warmup_steps')})",
+    )
     train.add_argument(
         "--max_train_steps",
         type=at_least_one,
         help=f"optimizer steps; default: the recipe's ({recipe_values('max_train_steps')})",
     )
-    train.add_argument("--crop_size", type=at_least_one)
-    train.add_argument("--scale_min", type=positive_float, help="smallest random rescale of a training crop")
-    train.add_argument("--scale_max", type=positive_float, help="largest random rescale (>= --scale_min)")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--crop_size",
+        type=at_least_one,
+        help=f"side of the square training crops; default: the recipe's ({recipe_values('crop_size')})",
+    )
+    train.add_argument(
+        "--scale_min",
+        type=positive_float,
+        help=f"smallest random rescale of a training crop; default: the recipe's ({recipe_values('scale_min')})",
+    )
+    train.add_argument(
+        "--scale_max",
+        type=positive_float,
+        help=f"largest random rescale (>= --scale_min); default: the recipe's ({recipe_values('scale_max')})",
+    )
+    train.add_argument(
+        "--seed", type=int, default=0, help="seed of the decoder's weights, the crops and the toy world (0)"
+    )
     train.add_argument(
         "--num_workers",
         type=non_negative,
@@ -252,31 +330,47 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="start a fresh run in an --output_dir that holds a previous run's checkpoints",
     )
     train.add_argument("--resume_from_checkpoint", help="a step_N folder or 'latest'")
-    train.add_argument("--eval_steps", type=non_negative, help="evaluate every N steps (0: only at the end)")
     train.add_argument(
-        "--eval_long_side", type=at_least_one, help="resize long side before prediction (VOC: 512)"
+        "--eval_steps",
+        type=non_negative,
+        help=f"evaluate every N steps (0: only at the end); default: the recipe's ({recipe_values('eval_steps')})",
+    )
+    train.add_argument(
+        "--eval_long_side",
+        type=at_least_one,
+        help="resize the long side before prediction; default: the recipe's "
+        f"({recipe_values('eval_long_side')}: images kept at their size)",
     )
     train.add_argument("--no_msf", action="store_true", help="skip multi-scale + flip evaluation")
     train.add_argument(
-        "--msf_scales", type=positive_float, nargs="+", help="multi-scale evaluation scales (VOC: 1.0 0.75)"
+        "--msf_scales",
+        type=positive_float,
+        nargs="+",
+        help=f"multi-scale evaluation scales; default: the recipe's ({recipe_values('msf_scales')})",
     )
     train.add_argument(
         "--num_overlays",
         type=int,
         default=6,
-        help="overlays of the first N validation images at the end (-1: all)",
+        help="overlays of the first N validation images at the end (6; -1: all)",
     )
     train.add_argument(
         "--logging_steps", type=at_least_one, default=10, help="log the losses every N steps (10)"
     )
-    train.add_argument("--with_tracking", action="store_true")
+    train.add_argument(
+        "--with_tracking", action="store_true", help="log losses and metrics to the trackers of --report_to"
+    )
     train.add_argument(
         "--report_to",
         default="all",
         help="trackers of --with_tracking, as accelerate's log_with (default: all, every one installed)",
     )
-    train.add_argument("--push_to_hub", action="store_true")
-    train.add_argument("--hub_model_id")
+    train.add_argument(
+        "--push_to_hub",
+        action="store_true",
+        help="publish --output_dir (model, processor, model card) to --hub_model_id at the end",
+    )
+    train.add_argument("--hub_model_id", help="the Hub repository (default: the --output_dir folder name)")
     train.add_argument("--hub_token", help="Hub token (default: the logged-in one); never written to disk")
     args = p.parse_args(argv)
     if args.overwrite_output_dir and args.resume_from_checkpoint:

@@ -34,21 +34,26 @@ from weclip_hf.data.toy import default_clip_model
 from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.modeling_weclip_plus import model_from_backbones
 from weclip_hf.normalization import PixelNormalization
-from weclip_hf.presets import get_preset, processor_size
+from weclip_hf.presets import PRESETS, get_preset, processor_size
 from weclip_hf.script_arguments import (
     add_data_source_flags,
     at_least_one,
     check_dino_fits_preset,
     check_preset_fits_data,
     first_paragraph,
+    recipe_values,
 )
 from weclip_hf.trainer import WeCLIPTrainer
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=first_paragraph(__doc__))
-    add_data_source_flags(p)
-    p.add_argument("--preset", help="the recipe and classes (default: toy without a dataset, else voc)")
+    add_data_source_flags(p, dataset_name="Hub dataset id (default: the offline toy world)")
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="the recipe and classes (default: toy without a dataset, else voc)",
+    )
     p.add_argument(
         "--clip_model_name_or_path", help="default: the toy CLIP for the toy world, else CLIP ViT-B/16"
     )
@@ -56,15 +61,25 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--dino_model_name_or_path",
         help="WeCLIP+ on this DINOv2 (default for a WeCLIP+ preset: facebook/dinov2-small)",
     )
-    p.add_argument("--output_dir", default="outputs/weclip-toy-trainer")
-    p.add_argument("--max_train_steps", type=at_least_one, help="default: the preset's")
+    p.add_argument(
+        "--output_dir",
+        default="outputs/weclip-toy-trainer",
+        help="where the model, its processor and the checkpoints go (default: outputs/weclip-toy-trainer)",
+    )
+    p.add_argument(
+        "--max_train_steps",
+        type=at_least_one,
+        help=f"default: the preset's ({recipe_values('max_train_steps')})",
+    )
     p.add_argument("--resume_from_checkpoint", help="a checkpoint-N folder of --output_dir, or 'latest'")
     p.add_argument(
         "--overwrite_output_dir",
         action="store_true",
         help="start over in an --output_dir that holds a previous run (its checkpoints and metrics are removed)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the decoder's weights, the crops and the toy world (0)"
+    )
     args = p.parse_args(argv)
     check_dino_fits_preset(p, args)
     check_preset_fits_data(p, args)

@@ -19,15 +19,15 @@ import segment  # noqa: E402
 import train  # noqa: E402
 
 
-def load_evaluate_script():
-    """examples/evaluate.py as a module (not named `evaluate`: that is the Hugging Face library)."""
-    spec = importlib.util.spec_from_file_location("weclip_evaluate_script", TRAIN.parent / "evaluate.py")
+def load_script(name: str):
+    """examples/<name>.py as a module of another name (examples/evaluate.py is not the Hugging Face `evaluate`)."""
+    spec = importlib.util.spec_from_file_location(f"weclip_{name}_script", TRAIN.parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-evaluate_script = load_evaluate_script()
+evaluate_script = load_script("evaluate")
 
 
 def parse_error(parse, argv, capsys) -> str:
@@ -144,7 +144,21 @@ def test_help_texts(capsys):
     assert "multi-hot rows, or class names" in text
     assert "toy 500" in text and "toy 250" in text  # --max_train_steps, --checkpointing_steps
     assert "default: all" in text  # --report_to
+    # the defaults of the flags left out, as the presets set them (the toy preset's differ from VOC's)
+    assert "box threshold on the GradCAM (voc/voc-plus 0.4, coco/coco-plus 0.7, toy 0.8, else 0.4)" in text
+    assert "decoder width (toy 128, else 256)" in text
+    assert "PAR neighbour dilations (toy 1 2 4 8, else 1 2 4 8 12 24)" in text
+    assert "(voc/coco/voc-plus 4, toy/coco-plus 8)" in text  # --per_device_train_batch_size
+    assert "(voc/coco/toy 0.002, voc-plus/coco-plus 0.0002)" in text  # --learning_rate
+    assert "default: outputs/weclip-toy, also with a --preset or a dataset" in text
+    assert "the toy recipe's without a dataset, else the --preset's (voc without one)" in text
     assert first_paragraph("One\nline.\n\nMore.") == "One\nline."
+
+
+def test_train_with_trainer_refuses_an_unknown_preset(capsys):
+    trainer_script = load_script("train_with_trainer")
+    message = parse_error(trainer_script.parse_args, ["--preset", "vocx"], capsys)
+    assert "argument --preset: invalid choice: 'vocx'" in message
 
 
 def test_model_folder_checks(tmp_path):

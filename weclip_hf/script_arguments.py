@@ -4,14 +4,25 @@ mutually exclusive data-source flags, and the check that --model_name_or_path na
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 from pathlib import Path
 
 from .checkpointing import TRAINING_STATE_NAME
+from .configuration_weclip import WeCLIPConfig
+from .data.adapters import IMAGE_COLUMNS, MASK_COLUMNS
 from .data.loading import DATA_SOURCE_FLAGS, names_no_dataset
 from .presets import PRESETS, get_preset
 
-# the flags that each name where the data comes from; a script takes at most one
+# --help texts of flags several scripts share
+DATA_SOURCE_HELP = {
+    "dataset_name": "Hub dataset id",
+    "data_dir": "local imagefolder dataset (images + masks + metadata.jsonl)",
+    "dataset_path": "a dataset saved with DatasetDict.save_to_disk",
+}
+DATASET_CONFIG_HELP = "configuration of the --dataset_name dataset (load_dataset's name; default: none)"
+IMAGE_COLUMN_HELP = f"the image column (default: the first of {', '.join(IMAGE_COLUMNS)} the dataset has)"
+MASK_COLUMN_HELP = f"the mask column (default: the first of {', '.join(MASK_COLUMNS)} the dataset has)"
 CLASS_NAMES_HELP = (
     "the foreground classes, one CLIP prompt name each; they are also the display names (config.id2label), "
     "replacing a preset's (edit id2label in the saved config.json to show others)"
@@ -55,10 +66,11 @@ def positive_float(text: str) -> float:
 
 def add_data_source_flags(group, **help_texts: str) -> None:
     """Add --dataset_name, --data_dir and --dataset_path to ``group`` as mutually exclusive flags (argparse
-    then refuses two of them, naming both); ``help_texts``: the help of each, by flag name."""
+    then refuses two of them, naming both); ``help_texts``: the help of each, by flag name (default:
+    `DATA_SOURCE_HELP`'s)."""
     exclusive = group.add_mutually_exclusive_group()
     for flag in DATA_SOURCE_FLAGS:
-        exclusive.add_argument(f"--{flag}", help=help_texts.get(flag))
+        exclusive.add_argument(f"--{flag}", help=help_texts.get(flag, DATA_SOURCE_HELP[flag]))
 
 
 def check_preset_fits_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -79,6 +91,40 @@ def check_dino_fits_preset(parser: argparse.ArgumentParser, args: argparse.Names
             f"--dino_model_name_or_path builds WeCLIP+, but --preset {args.preset} is a WeCLIP preset: use a "
             f"WeCLIP+ preset ({', '.join(plus)}), or leave out --preset."
         )
+
+
+def _shown(value) -> str:
+    """A value as a flag takes it, for --help: lists space-separated, strings quoted, None as "none"."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    if isinstance(value, str):
+        return repr(value)
+    return "none" if value is None else str(value)
+
+
+def values_by_preset(values: dict[str, object]) -> str:
+    """``{preset: value}`` for --help, the presets of one value together ("voc/voc-plus 30000, toy 500"; one
+    value shared by every preset alone)."""
+    groups: dict[str, list[str]] = {}
+    for name, value in values.items():
+        groups.setdefault(_shown(value), []).append(name)
+    if len(groups) == 1 and len(values) == len(PRESETS):
+        return next(iter(groups))
+    return ", ".join(f"{'/'.join(names)} {value}" for value, names in groups.items())
+
+
+def recipe_values(field: str) -> str:
+    """The value of a recipe field (`Preset.recipe`: training and in-training evaluation) in each preset."""
+    return values_by_preset({name: preset.recipe()[field] for name, preset in PRESETS.items()})
+
+
+def config_values(field: str, default: str | None = None) -> str:
+    """The value of a config field in each preset that sets it, then the config's ``default`` (WeCLIPConfig's
+    keyword default unless given), for --help: "toy 128, else 256"."""
+    if default is None:
+        default = _shown(inspect.signature(WeCLIPConfig).parameters[field].default)
+    given = {name: preset.config[field] for name, preset in PRESETS.items() if field in preset.config}
+    return f"{values_by_preset(given)}, else {default}"
 
 
 def first_paragraph(doc: str) -> str:
