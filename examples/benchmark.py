@@ -71,7 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda where available, else cpu)",
+    )
     p.add_argument(
         "--method",
         choices=sorted(METHOD_NAMES),
@@ -157,7 +161,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "maps its large tensors afresh), instead of `weclip_hf.host_memory.retain_freed_host_memory`, which "
         "examples/train.py applies",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
     p.add_argument("--output_json", default=None, help="also write every figure to this JSON file")
     args = p.parse_args(argv)
     defaults = dict(

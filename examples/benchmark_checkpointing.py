@@ -29,10 +29,12 @@ from weclip_hf.modeling_weclip import WeCLIPDecoderBlock  # noqa: E402
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="the tiny test config instead of ViT-B/16")
-    p.add_argument("--crop", type=int, default=320)
-    p.add_argument("--batch_size", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output_json")
+    p.add_argument(
+        "--crop", type=int, default=320, help="training crop side (default 320; --tiny: at most 64)"
+    )
+    p.add_argument("--batch_size", type=int, default=4, help="images per training step (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
+    p.add_argument("--output_json", help="also write the figures to this JSON file")
     return p.parse_args(argv)
 
 

@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--crop", type=int, default=320, help="training crop (default 320)")
     p.add_argument("--warmup", type=int, default=1, help="warm-up runs of each (default 1)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs of each, interleaved (default 5)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
     p.add_argument("--tiny", action="store_true", help="a tiny random model (a smoke test of the script)")
     p.add_argument("--output_json", default=None, help="also write every figure to this JSON file")
     return p.parse_args(argv)

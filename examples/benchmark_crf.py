@@ -33,7 +33,11 @@ from weclip_hf import crf as dense_crf_module  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda where available, else cpu)",
+    )
     p.add_argument("--num_threads", type=int, default=None, help="torch.set_num_threads for the run")
     p.add_argument(
         "--crf_images",
@@ -55,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--warmup", type=int, default=1, help="warm-up runs (default 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs (default 3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic CRF inputs (default 0)")
     p.add_argument("--output_json", default=None, help="also write every figure to this JSON file")
     return p.parse_args(argv)
 

@@ -21,12 +21,16 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated weight dtypes")
-    p.add_argument("--batch_size", type=int, default=4)
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--dtypes",
+        default=",".join(DTYPES),
+        help=f"comma-separated weight dtypes (default {','.join(DTYPES)})",
+    )
+    p.add_argument("--batch_size", type=int, default=4, help="images per forward (default 4)")
     p.add_argument("--size", type=int, default=320, help="image side (320: the training crop)")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--num_threads", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up run (default 5)")
+    p.add_argument("--num_threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure this dtype in this process
     return p.parse_args(argv)
 

@@ -5,7 +5,8 @@
 
 Pseudo labels are scored (9-class mIoU, background included) on images of the dev seeds 5,000,000 and
 6,000,000, never on a training run's validation draw. Without ``--model`` the model is the toy recipe's
-(`examples/train.py`, shipped tiny CLIP) with ``cam_box_threshold`` and ``attention_num_maps`` swept.
+(`examples/train.py`, shipped tiny CLIP) with ``cam_box_threshold`` (``--box_thresholds``) and
+``attention_num_maps`` (``--attention_num_maps``) swept.
 
 With ``--model`` every row refines the same GradCAMs with another affinity:
 - ``cam``: the mean of the last ``attention_num_maps`` attention maps (no RFM);
@@ -39,11 +40,24 @@ DEV_SEEDS = (5_000_000, 6_000_000)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=pathlib.Path, help="a trained toy model (RFM diagnostics)")
-    parser.add_argument("--num_images", type=int, default=300, help="images per dev seed")
-    parser.add_argument("--box_thresholds", type=float, nargs="+", default=[0.3, 0.5, 0.6, 0.7, 0.8, 0.9])
-    parser.add_argument("--attention_layers", type=int, nargs="+", default=[2, 3])
-    parser.add_argument("--batch_size", type=int, default=25)
-    parser.add_argument("--num_threads", type=int, default=2)
+    parser.add_argument("--num_images", type=int, default=300, help="images per dev seed (default: 300)")
+    parser.add_argument(
+        "--box_thresholds",
+        type=float,
+        nargs="+",
+        default=[0.3, 0.5, 0.6, 0.7, 0.8, 0.9],
+        help="cam_box_threshold values swept without --model (default: 0.3 0.5 0.6 0.7 0.8 0.9)",
+    )
+    parser.add_argument(
+        "--attention_num_maps",
+        "--attention_layers",  # its former name
+        type=int,
+        nargs="+",
+        default=[2, 3],
+        help="attention_num_maps values swept without --model (default: 2 3)",
+    )
+    parser.add_argument("--batch_size", type=int, default=25, help="images per forward (default: 25)")
+    parser.add_argument("--num_threads", type=int, default=2, help="torch threads (default: 2)")
     return parser.parse_args(argv)
 
 
@@ -124,7 +138,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     if args.model is None:
         model = recipe_model().eval()
-        for layers in args.attention_layers:
+        for layers in args.attention_num_maps:
             for threshold in args.box_thresholds:
                 model.config.attention_num_maps, model.config.cam_box_threshold = layers, threshold
                 mious, _ = score(model, draws, "cam")

@@ -44,6 +44,9 @@ from weclip_hf.metrics import per_class_iou
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, EvaluationSettings, get_preset
 from weclip_hf.script_arguments import (
+    DATASET_CONFIG_HELP,
+    IMAGE_COLUMN_HELP,
+    MASK_COLUMN_HELP,
     add_data_source_flags,
     at_least_one,
     check_model_folder,
@@ -74,26 +77,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--model_name_or_path", required=True, help="a saved WeCLIP folder (train.py's --output_dir)"
     )
-    add_data_source_flags(
-        p,
-        dataset_name="Hub dataset id (default: the toy world's validation split)",
-        data_dir="local imagefolder dataset",
-        dataset_path="a dataset saved with DatasetDict.save_to_disk",
+    add_data_source_flags(p, dataset_name="Hub dataset id (default: the toy world's validation split)")
+    p.add_argument("--dataset_config_name", help=DATASET_CONFIG_HELP)
+    p.add_argument(
+        "--validation_split", default="validation", help="the split to score (default: validation)"
     )
-    p.add_argument("--dataset_config_name")
-    p.add_argument("--validation_split", default="validation")
-    p.add_argument("--image_column")
-    p.add_argument("--mask_column")
+    p.add_argument("--image_column", help=IMAGE_COLUMN_HELP)
+    p.add_argument("--mask_column", help=MASK_COLUMN_HELP)
     p.add_argument(
         "--labels_column",
         help="image-level labels for the CAM / RFM pseudo labels (default: a label column found by name, else the "
         "masks): ids 1..C (0..C-1 with --labels_zero_based), multi-hot rows, or class names",
     )
     p.add_argument("--labels_zero_based", action="store_true", help="image-level ids are 0..C-1")
+    toy_val_images = get_preset("toy").dataset.toy_sizes[1]
     p.add_argument(
-        "--toy_val_images", type=at_least_one, default=get_preset("toy").dataset.toy_sizes[1]
-    )  # the training run's
-    p.add_argument("--seed", type=int, default=0, help="toy world seed (the training run's)")
+        "--toy_val_images",
+        type=at_least_one,
+        default=toy_val_images,
+        help=f"toy world: validation images (default: {toy_val_images}, the training run's)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="toy world seed (default: 0; the training run's)")
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -134,15 +138,23 @@ def parse_args(argv=None) -> argparse.Namespace:
             help=f"CRFParams.{field.name} (default: the preset's; {values})",
         )
     p.add_argument("--pseudo_labels", action="store_true", help="also score CAM / RFM pseudo labels")
-    p.add_argument("--batch_size", type=at_least_one, default=1)
+    p.add_argument("--batch_size", type=at_least_one, default=1, help="images per forward (default: 1)")
     p.add_argument("--max_eval_samples", type=at_least_one, help="evaluate the first N images (N >= 1)")
     p.add_argument(
         "--skip_unreadable_images",
         action="store_true",
         help="skip images and masks that cannot be read, listing them (default: an error naming the file)",
     )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--output_json")
+    p.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda where available, else cpu)",
+    )
+    p.add_argument(
+        "--output_json",
+        help="also write the results (mIoU of each mode, per-class IoU, settings) to this JSON file "
+        "(default: none written)",
+    )
     args = p.parse_args(argv)
     args.toy = names_no_dataset(args)
     settings = evaluation_settings(args.preset, args.toy)

@@ -75,7 +75,14 @@ from weclip_hf.inference import image_pseudo_labels
 from weclip_hf.metrics import confusion_matrix, nan_to_none, per_class_iou, scores_from_confusion
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, get_preset, preset_config_kwargs
-from weclip_hf.script_arguments import CLASS_NAMES_HELP, add_data_source_flags, first_paragraph
+from weclip_hf.script_arguments import (
+    CLASS_NAMES_HELP,
+    DATASET_CONFIG_HELP,
+    IMAGE_COLUMN_HELP,
+    MASK_COLUMN_HELP,
+    add_data_source_flags,
+    first_paragraph,
+)
 from weclip_hf.visualization import label_map_image, overlay_figure, present_class_cams
 
 # the keys of an example's record (in .state/) that metadata.jsonl leaves out
@@ -93,23 +100,23 @@ COPIED_FORMATS = {
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=first_paragraph(__doc__))
-    p.add_argument("--output_dir", required=True)
+    p.add_argument(
+        "--output_dir",
+        required=True,
+        help="the imagefolder written: <split>/images, masks, metadata.jsonl (a re-run continues there)",
+    )
     p.add_argument(
         "--overwrite_output_dir",
         action="store_true",
         help="replace the outputs of rows whose input changed (refused without it), drop those of other rows",
     )
     data = p.add_argument_group("data (default: the offline toy world)")
-    add_data_source_flags(
-        data,
-        data_dir="local imagefolder dataset",
-        dataset_path="a dataset saved with DatasetDict.save_to_disk",
-    )
-    data.add_argument("--dataset_config_name")
+    add_data_source_flags(data)
+    data.add_argument("--dataset_config_name", help=DATASET_CONFIG_HELP)
     data.add_argument("--split", default="train", help="the split to pseudo-label")
     data.add_argument("--validation_split", help="also copy this split, with its ground-truth masks")
-    data.add_argument("--image_column")
-    data.add_argument("--mask_column")
+    data.add_argument("--image_column", help=IMAGE_COLUMN_HELP)
+    data.add_argument("--mask_column", help=MASK_COLUMN_HELP)
     data.add_argument("--labels_column", help="image-level labels: ids 1..C, multi-hot rows or class names")
     data.add_argument("--labels_zero_based", action="store_true", help="image-level ids are 0..C-1")
     data.add_argument("--max_samples", type=int, help="the first N images of --split")
@@ -125,7 +132,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--preset", choices=sorted(PRESETS), help="class names and CAM settings of a bare CLIP"
     )
     model.add_argument("--class_names", nargs="+", help=CLASS_NAMES_HELP)
-    model.add_argument("--background_names", nargs="+")
+    model.add_argument(
+        "--background_names",
+        nargs="+",
+        help="background words of a bare CLIP, one prompt each (default: the preset's or the toy world's, else "
+        "VOC's 25)",
+    )
     model.add_argument(
         "--mode", choices=("cam", "rfm"), help="masks to write (default: rfm with --model, else cam)"
     )

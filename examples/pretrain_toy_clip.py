@@ -88,8 +88,13 @@ PRETRAIN_OBJECT_RADIUS = (16.0, 25.0)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output_dir", type=pathlib.Path, default=toy_clip_path())
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--output_dir",
+        type=pathlib.Path,
+        default=toy_clip_path(),
+        help="where the CLIP is written (default: weclip_hf/toy_clip, the shipped one replaced)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the training images and the weights (0)")
     parser.add_argument("--train_pool_size", type=int, default=6000, help="toy images generated once")
     parser.add_argument("--eval_size", type=int, default=200, help="held-out images for the gate metrics")
     parser.add_argument(
@@ -106,15 +111,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--tile_pool_size", type=int, default=12000, help="half-size single-object toy images"
     )
-    parser.add_argument("--tile_loss_weight", type=float, default=1.0)
+    parser.add_argument("--tile_loss_weight", type=float, default=1.0, help="of the mosaic tiles' loss (1.0)")
     parser.add_argument(
         "--background_loss_weight", type=float, default=0.5, help="of the background-word terms"
     )
-    parser.add_argument("--class_token_loss_weight", type=float, default=1.0)
-    parser.add_argument("--learning_rate", type=float, default=2e-3)
-    parser.add_argument("--weight_decay", type=float, default=0.05)
-    parser.add_argument("--warmup_steps", type=int, default=200)
-    parser.add_argument("--max_train_steps", "--max_steps", dest="max_train_steps", type=int, default=3200)
+    parser.add_argument(
+        "--class_token_loss_weight",
+        type=float,
+        default=1.0,
+        help="of the loss on the class token's embedding (1.0; 0: off)",
+    )
+    parser.add_argument("--learning_rate", type=float, default=2e-3, help="AdamW's peak learning rate (2e-3)")
+    parser.add_argument("--weight_decay", type=float, default=0.05, help="AdamW's weight decay (0.05)")
+    parser.add_argument(
+        "--warmup_steps", type=int, default=200, help="linear warm-up steps, then cosine decay (200)"
+    )
+    parser.add_argument(
+        "--max_train_steps",
+        "--max_steps",
+        dest="max_train_steps",
+        type=int,
+        default=3200,
+        help="joint training steps (3200)",
+    )
     parser.add_argument("--eval_steps", type=int, default=200, help="evaluate every this many steps")
     parser.add_argument(
         "--checkpoint_dir", type=pathlib.Path, default=None, help="save step_N/ here at each evaluation"
@@ -125,10 +144,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--logit_scale", type=float, default=10.0, help="exp(logit_scale) at the start")
     parser.add_argument("--freeze_logit_scale", action="store_true", help="keep it fixed (default: learnt)")
     parser.add_argument("--logit_bias", type=float, default=-5.0, help="initial bias of the sigmoid loss")
-    parser.add_argument("--num_threads", type=int, default=1)
-    parser.add_argument("--vision_layers", type=int, default=3)
-    parser.add_argument("--vision_width", type=int, default=128)
-    parser.add_argument("--patch_size", type=int, default=8)
+    parser.add_argument("--num_threads", type=int, default=1, help="torch threads (1)")
+    parser.add_argument("--vision_layers", type=int, default=3, help="blocks of the vision tower (3)")
+    parser.add_argument("--vision_width", type=int, default=128, help="width of the vision tower (128)")
+    parser.add_argument("--patch_size", type=int, default=8, help="patch side of the vision tower, in px (8)")
     return parser.parse_args(argv)
 
 

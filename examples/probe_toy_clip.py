@@ -32,11 +32,20 @@ from weclip_hf.metrics import confusion_matrix, scores_from_confusion
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clip_path", type=pathlib.Path, default=toy_clip_path())
-    parser.add_argument("--num_images", type=int, default=600)
-    parser.add_argument("--seed", type=int, default=5_000_000, help="toy world seed (a dev split)")
-    parser.add_argument("--steps", type=int, default=400, help="full-batch Adam steps per probe")
-    parser.add_argument("--num_threads", type=int, default=2)
+    parser.add_argument(
+        "--clip_path",
+        type=pathlib.Path,
+        default=toy_clip_path(),
+        help="the CLIP folder to probe (default: the tiny CLIP shipped in weclip_hf/toy_clip)",
+    )
+    parser.add_argument("--num_images", type=int, default=600, help="toy images of --seed (default: 600)")
+    parser.add_argument(
+        "--seed", type=int, default=5_000_000, help="toy world seed (default: 5000000, a dev split)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=400, help="full-batch Adam steps per probe (default: 400)"
+    )
+    parser.add_argument("--num_threads", type=int, default=2, help="torch threads (default: 2)")
     return parser.parse_args(argv)
 
 

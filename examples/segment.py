@@ -75,6 +75,7 @@ from weclip_hf.data.transforms import load_rgb_uint8
 from weclip_hf.inference import image_logits, multiscale_flip_logits
 from weclip_hf.presets import EvaluationSettings, preset_of_config
 from weclip_hf.script_arguments import (
+    DATASET_CONFIG_HELP,
     add_data_source_flags,
     check_model_folder,
     first_paragraph,
@@ -94,7 +95,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=first_paragraph(__doc__))
     p.add_argument("--model_name_or_path", required=True, help="a trained WeCLIP folder or Hub id")
-    p.add_argument("--output_dir", required=True)
+    p.add_argument(
+        "--output_dir",
+        required=True,
+        help="where labels/, overlays/ and class_fractions.json go (a re-run continues there)",
+    )
     p.add_argument(
         "--overwrite_output_dir",
         action="store_true",
@@ -102,17 +107,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     source = p.add_argument_group("inputs (--images, or a dataset split)")
     source.add_argument("--images", nargs="+", help="image files, folders (recursive) and glob patterns")
-    add_data_source_flags(
-        source,
-        dataset_name="Hub dataset id",
-        data_dir="local imagefolder dataset",
-        dataset_path="a dataset saved with DatasetDict.save_to_disk",
+    add_data_source_flags(source)
+    source.add_argument("--dataset_config_name", help=DATASET_CONFIG_HELP)
+    source.add_argument(
+        "--split", default="validation", help="the dataset split to segment (default: validation)"
     )
-    source.add_argument("--dataset_config_name")
-    source.add_argument("--split", default="validation")
-    source.add_argument("--image_column", default="image")
+    source.add_argument("--image_column", default="image", help="the dataset's image column (default: image)")
     p.add_argument(
-        "--batch_size", type=int, default=8, help="images per forward (same-size images are batched)"
+        "--batch_size", type=int, default=8, help="images per forward (8; same-size images are batched)"
     )
     p.add_argument(
         "--dtype", choices=sorted(DTYPES), default="float32", help="model weights (bfloat16 on GPU)"
@@ -126,8 +128,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "1.0 0.75",
     )
     p.add_argument("--crf", action="store_true", help="dense CRF post-processing (weclip_hf.crf)")
-    p.add_argument("--crf_preset", choices=sorted(CRF_PRESETS), default="weclip")
-    p.add_argument("--num_overlays", type=int, default=0, help="overlays of the first N inputs (-1: all)")
+    p.add_argument(
+        "--crf_preset",
+        choices=sorted(CRF_PRESETS),
+        default="weclip",
+        help="CRF parameters of --crf: WeCLIP's evaluation (weclip, the default) or DeepLab's",
+    )
+    p.add_argument("--num_overlays", type=int, default=0, help="overlays of the first N inputs (0; -1: all)")
     p.add_argument(
         "--num_workers", type=int, default=None, help="decoding processes (default: 2 on GPU, 0 on CPU)"
     )

@@ -1,6 +1,7 @@
 """The example scripts' arguments (issue: script audit): bad values refused at parse time naming the flag, one data
 source, evaluation settings that follow the recipe, resume checks, exit status and --help texts."""
 
+import argparse
 import importlib.util
 import json
 import shutil
@@ -155,10 +156,42 @@ def test_help_texts(capsys):
     assert first_paragraph("One\nline.\n\nMore.") == "One\nline."
 
 
+class ParserBuilt(Exception):
+    """Raised with the parser a script's parse_args built, in place of parsing."""
+
+
+def script_parser(name: str, monkeypatch) -> argparse.ArgumentParser:
+    """The ArgumentParser of examples/<name>.py, caught when its parse_args is about to parse."""
+    script = load_script(name)
+
+    def catch(parser, *args, **kwargs):
+        raise ParserBuilt(parser)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", catch)
+    with pytest.raises(ParserBuilt) as built:
+        script.parse_args([])
+    return built.value.args[0]
+
+
+@pytest.mark.parametrize("name", sorted(path.stem for path in TRAIN.parent.glob("*.py")))
+def test_every_flag_says_what_it_does_in_help(name, monkeypatch):
+    """Each flag of each script has a help text (argparse.SUPPRESS: a flag hidden on purpose)."""
+    parser = script_parser(name, monkeypatch)
+    flags = [action for action in parser._actions if action.option_strings]
+    assert len(flags) > 1
+    assert [action.option_strings[0] for action in flags if not (action.help or "").strip()] == []
+
+
 def test_train_with_trainer_refuses_an_unknown_preset(capsys):
     trainer_script = load_script("train_with_trainer")
     message = parse_error(trainer_script.parse_args, ["--preset", "vocx"], capsys)
     assert "argument --preset: invalid choice: 'vocx'" in message
+
+
+def test_diagnose_toy_cams_sweeps_attention_num_maps_under_both_names():
+    diagnose = load_script("diagnose_toy_cams")
+    assert diagnose.parse_args(["--attention_num_maps", "1", "2"]).attention_num_maps == [1, 2]
+    assert diagnose.parse_args(["--attention_layers", "3"]).attention_num_maps == [3]  # its former name
 
 
 def test_model_folder_checks(tmp_path):

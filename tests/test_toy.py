@@ -312,7 +312,7 @@ def test_diagnose_script_tiny_run(tmp_path):
             *small,
             "--box_thresholds",
             str(cfg.cam_box_threshold),
-            "--attention_layers",
+            "--attention_num_maps",
             str(cfg.attention_num_maps),
         ]
     )
