@@ -159,9 +159,19 @@ def test_flop_counter_counts_cpu_sdpa_like_eager_attention():
 
 def test_gpu_script_runs_end_to_end_on_a_cpu(tmp_path):
     """`examples/benchmark_gpu.sh` (the one command of a GPU session) with --tiny on a CPU: both precisions'
-    tables and JSON files, WeCLIP+ next to WeCLIP, the half-precision part skipped without CUDA."""
+    tables and JSON files, WeCLIP+ next to WeCLIP, the half-precision part skipped without CUDA. The smallest
+    settings (the benchmark's own flags are `test_benchmark_tiny_runs_and_compares_both_paths`'s to test)."""
+    smallest = ["--batch_sizes", "2", "--rfm", "on", "--no_reference", "--infer_sizes", "32"]
     run_offline(
-        ["bash", str(REPO / "examples" / "benchmark_gpu.sh"), str(tmp_path), "--tiny", "--device", "cpu"],
+        [
+            "bash",
+            str(REPO / "examples" / "benchmark_gpu.sh"),
+            str(tmp_path),
+            "--tiny",
+            "--device",
+            "cpu",
+            *smallest,
+        ],
         timeout=300,
         PYTHON=sys.executable,
     )
