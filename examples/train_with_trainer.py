@@ -110,7 +110,8 @@ def main(argv=None) -> dict:
     size = processor_size(preset.evaluation.eval_long_side, recipe.crop_size)
     processor = WeCLIPImageProcessor(size=size, patch_size=cfg.vision_config.patch_size)
     normalization = PixelNormalization.from_image_processor(processor)
-    eval_batch_size = recipe.per_device_train_batch_size if source.toy else 1  # VOC's images differ in size
+    # images of different sizes (VOC's) are batched by size (`collate_by_size`), so evaluation batches as training
+    eval_batch_size = recipe.per_device_train_batch_size
     training_args = TrainingArguments(
         args.output_dir,
         per_device_train_batch_size=recipe.per_device_train_batch_size,

@@ -329,6 +329,33 @@ def toy_evaluation_set(count: int = 4):
     return evaluation_set(make_toy_dataset(count, seed=1_000_000), 8, 255, normalization)[0]
 
 
+def test_weclip_trainer_evaluates_images_of_several_sizes_in_batches_as_one_by_one(tmp_path):
+    """Evaluation batches group images by size (`collate_by_size`): VOC-like sets of mixed sizes need no batch of
+    one (train_with_trainer.py evaluated VOC one image at a time for that)."""
+    import datasets
+    from PIL import Image
+
+    from weclip_hf.data.loading import evaluation_set
+
+    toy = make_toy_dataset(4, seed=1_000_000)
+    rows = [toy[i] for i in range(4)]
+    for row in rows[1::2]:  # two of the four at another size
+        row["image"] = row["image"].resize((80, 64))
+        row["annotation"] = row["annotation"].resize((80, 64), Image.NEAREST)
+    mixed = datasets.Dataset.from_list(rows, features=toy.features)
+    normalization = PixelNormalization.from_image_processor(WeCLIPImageProcessor())
+    eval_set = evaluation_set(mixed, 8, 255, normalization)[0]
+    model = toy_model()
+    results = [
+        weclip_trainer(
+            model, tmp_path / str(size), eval_dataset=eval_set, per_device_eval_batch_size=size
+        ).evaluate()
+        for size in (4, 1)
+    ]
+    for key in ("eval_pred_miou", "eval_pseudo_miou"):
+        assert results[0][key] == pytest.approx(results[1][key], abs=1e-12), key
+
+
 def test_weclip_trainer_scores_the_validation_set_during_training_and_keeps_the_best(tmp_path):
     from weclip_hf.evaluation import evaluate_segmentation
 
