@@ -39,7 +39,7 @@ from weclip_hf.data.loading import (
     names_no_dataset,
 )
 from weclip_hf.data.toy import check_toy_classes
-from weclip_hf.evaluation import evaluate_segmentation
+from weclip_hf.evaluation import MIOU_NAMES, evaluate_segmentation
 from weclip_hf.metrics import per_class_iou
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, EvaluationSettings, get_preset
@@ -268,7 +268,7 @@ def main(argv=None) -> dict:
         "num_images": len(dataset),
         "evaluation": settings_report(args),
         **({"crf": {"preset": args.crf_preset, **dataclasses.asdict(args.crf_params)}} if args.crf else {}),
-        **{f"{m}_miou": r["mean_iou"] for m, r in results.items()},
+        **{MIOU_NAMES[m]: r["mean_iou"] for m, r in results.items()},  # train.py's metrics.json names
         "per_class_iou": {m: per_class_iou(r["per_category_iou"], cfg.id2label) for m, r in results.items()},
     }
     if args.output_json:

@@ -58,7 +58,7 @@ from weclip_hf.data.loading import (
 )
 from weclip_hf.data.toy import default_clip_model
 from weclip_hf.data.transforms import TrainAugmentation
-from weclip_hf.evaluation import evaluate_segmentation, write_overlays
+from weclip_hf.evaluation import MIOU_NAMES, evaluate_segmentation, write_overlays
 from weclip_hf.host_memory import retain_freed_host_memory
 from weclip_hf.hub import (
     create_hub_repo,
@@ -918,14 +918,11 @@ def final_evaluation(args, model, val_set, output_dir: Path) -> dict:
     loader = DataLoader(val_set, batch_size=args.per_device_eval_batch_size, collate_fn=collate_by_size)
     modes = ["pred", "cam", "pseudo"] + ([] if args.no_msf else ["pred_msf"])
     res = evaluate_segmentation(model, loader, modes, scales=args.msf_scales, long_side=args.eval_long_side)
-    key = "fully_supervised_miou" if args.fully_supervised else "miou"
-    metrics = {
-        key: res["pred"]["mean_iou"],
-        "cam_miou": res["cam"]["mean_iou"],
-        "pseudo_label_miou": res["pseudo"]["mean_iou"],
-    }
+    names = dict(MIOU_NAMES)
+    if args.fully_supervised:  # the decoder's figures named apart from a weakly supervised model's
+        names.update(pred="fully_supervised_miou", pred_msf="fully_supervised_miou_msf")
+    metrics = {names[mode]: result["mean_iou"] for mode, result in res.items()}
     if "pred_msf" in res:
-        metrics[f"{key}_msf" if args.fully_supervised else "miou_msf"] = res["pred_msf"]["mean_iou"]
         metrics["msf_scales"] = list(args.msf_scales)
     # null: class absent from predictions and ground truth
     metrics["per_class_iou"] = per_class_iou(res["pred"]["per_category_iou"], cfg.id2label)

@@ -18,7 +18,7 @@ from conftest import make_tiny_config
 from PIL import Image
 
 from weclip_hf.crf import WECLIP
-from weclip_hf.evaluation import evaluate_segmentation, predict_labels
+from weclip_hf.evaluation import MIOU_NAMES, evaluate_segmentation, predict_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "evaluate.py"
@@ -89,8 +89,8 @@ def test_single_scale_cli_writes_json_and_per_class_table(model_dir, data_path, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["split"] == "validation" and report["num_images"] == 3
-    assert 0.0 <= report["pred_miou"] <= 1.0
-    assert set(report) == {"model", "split", "num_images", "evaluation", "pred_miou", "per_class_iou"}
+    assert 0.0 <= report["miou"] <= 1.0  # train.py's metrics.json names (MIOU_NAMES)
+    assert set(report) == {"model", "split", "num_images", "evaluation", "miou", "per_class_iou"}
     # no --preset on a local dataset: the long side of the model's saved processor (48), single scale, no CRF
     assert report["evaluation"] == {"eval_long_side": 48, "msf_scales": None, "flip": False, "crf": False}
     assert list(report["per_class_iou"]["pred"]) == CLASSES
@@ -174,14 +174,16 @@ def test_multiscale_flip_crf_and_pseudo_labels(model_dir, data_path, tmp_path, c
         assert [v for v in reported if v is not None] == pytest.approx(
             [v for v in expected if v is not None]
         ), mode
-        assert report[f"{mode}_miou"] == pytest.approx(np.mean([v for v in expected if v is not None])), mode
+        assert report[MIOU_NAMES[mode]] == pytest.approx(np.mean([v for v in expected if v is not None])), (
+            mode
+        )
 
     table = capsys.readouterr().out
     assert "| class | " + " | ".join(modes) + " |" in table
     mean_row = next(line for line in table.splitlines() if line.startswith("| **mIoU**"))
     assert mean_row.count("**") == 2 * (len(modes) + 1)
     # the mean row shows the JSON's numbers (in percent)
-    assert f"**{100 * report['pred_msf_crf_miou']:.2f}**" in mean_row
+    assert f"**{100 * report['miou_msf_crf']:.2f}**" in mean_row
 
 
 def test_scales_and_max_eval_samples(model_dir, data_path):
@@ -201,7 +203,7 @@ def test_scales_and_max_eval_samples(model_dir, data_path):
             "cpu",
         ]
     )
-    assert report["num_images"] == 1 and 0.0 <= report["pred_msf_miou"] <= 1.0
+    assert report["num_images"] == 1 and 0.0 <= report["miou_msf"] <= 1.0
 
 
 def test_pseudo_labels_read_the_label_column_as_told(model_dir, data_path, tmp_path):
@@ -221,9 +223,9 @@ def test_pseudo_labels_read_the_label_column_as_told(model_dir, data_path, tmp_p
     reference = run(data_path)  # the labels of the masks
     for flags in (["--labels_zero_based"], ["--labels_column", "tags"]):
         report = run(labelled, *flags)
-        assert (report["cam_miou"], report["pseudo_miou"]) == (
+        assert (report["cam_miou"], report["pseudo_label_miou"]) == (
             reference["cam_miou"],
-            reference["pseudo_miou"],
+            reference["pseudo_label_miou"],
         )
 
 
@@ -305,7 +307,7 @@ def test_all_ignored_masks_write_null_not_nan_json(model_dir, tmp_path):
             ]
         )
     text = out.read_text()
-    assert "NaN" not in text and json.loads(text)["pred_miou"] is None and report["pred_miou"] is None
+    assert "NaN" not in text and json.loads(text)["miou"] is None and report["miou"] is None
     assert set(json.loads(text)["per_class_iou"]["pred"].values()) == {None}
 
 

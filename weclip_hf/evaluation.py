@@ -26,6 +26,15 @@ from .presets import EvaluationSettings
 from .visualization import overlay_figure, present_class_cams
 
 MODES = ("pred", "pred_msf", "pred_crf", "pred_msf_crf", "cam", "pseudo")
+# each mode's mIoU as the scripts report it (train.py's metrics.json, evaluate.py's JSON, the model cards)
+MIOU_NAMES = {
+    "pred": "miou",
+    "pred_msf": "miou_msf",
+    "pred_crf": "miou_crf",
+    "pred_msf_crf": "miou_msf_crf",
+    "cam": "cam_miou",
+    "pseudo": "pseudo_label_miou",
+}
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

@@ -17,21 +17,14 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import speed_metrics
 
 from .data.loading import collate_by_size, process_share
-from .evaluation import MODES, evaluate_segmentation
+from .evaluation import MIOU_NAMES, MODES, evaluate_segmentation
 from .hub import make_model_card, save_model_card, split_model_metrics
 from .normalization import PixelNormalization
 from .presets import EvaluationSettings
 from .training import WeCLIPDataCollator, official_adamw, warmup_poly_factor
 
 # the model card's names of the evaluation's figures (examples/train.py's metrics.json names)
-CARD_NAMES = {
-    "eval_pred_miou": "miou",
-    "eval_pred_msf_miou": "miou_msf",
-    "eval_pred_crf_miou": "miou_crf",
-    "eval_pred_msf_crf_miou": "miou_msf_crf",
-    "eval_cam_miou": "cam_miou",
-    "eval_pseudo_miou": "pseudo_label_miou",
-}
+CARD_NAMES = {f"eval_{mode}_miou": name for mode, name in MIOU_NAMES.items()}
 
 # `TrainingArguments.optim` values that mean torch's AdamW: WeCLIPTrainer then builds the official one
 ADAMW_NAMES = frozenset({"adamw_torch", "adamw_torch_fused"})
