@@ -518,6 +518,12 @@ RESOLVED_ARGS = frozenset({*MODEL_FLAGS, "clip_model_name_or_path", "max_train_s
 RESOLVED_ARGS_NAME = "resolved_args.json"
 
 
+def comparable_path(name: str | None) -> str | None:
+    """A local path as its resolved absolute form (``data`` and ``./data/`` are the same folder); a Hub id or
+    None as given."""
+    return str(Path(name).resolve()) if name and os.path.exists(name) else name
+
+
 def trajectory_args(args: argparse.Namespace, accelerator: Accelerator | None = None) -> dict:
     """The arguments that define this run's training trajectory (as JSON values), and with ``accelerator`` its
     `LAUNCH_FACTS`: what a checkpoint records and a resumed run must repeat."""
@@ -527,9 +533,7 @@ def trajectory_args(args: argparse.Namespace, accelerator: Accelerator | None = 
         else RESUMABLE_CHANGES | STREAMING_ONLY_ARGS
     )
     values = {k: v for k, v in public_args(args).items() if k not in free}
-    for key in PATH_ARGS:
-        if values.get(key) and os.path.exists(values[key]):
-            values[key] = str(Path(values[key]).resolve())
+    values.update({key: comparable_path(values[key]) for key in PATH_ARGS if values.get(key)})
     if accelerator is not None:
         values.update({key: str(getattr(accelerator, key)) for key in LAUNCH_FACTS})
     return json.loads(json.dumps(values))
@@ -544,8 +548,15 @@ def changed_trajectory_args(
     """``--flag old -> new`` for each trajectory argument of ``args`` (and launch fact of ``accelerator``) that
     differs from ``saved`` (a checkpoint's), but those in ``skip`` (compared by their resolved values)."""
     current = trajectory_args(args, accelerator)
+    return differences(
+        saved, current, lambda key: f"accelerate launch: {key}" if key in LAUNCH_FACTS else f"--{key}", skip
+    )
+
+
+def differences(saved: dict, current: dict, label, skip: frozenset = frozenset()) -> list[str]:
+    """``<label(key)> old -> new`` for each key of ``saved`` or ``current`` (but ``skip``) whose values differ."""
     return [
-        f"{'accelerate launch: ' if key in LAUNCH_FACTS else '--'}{key} {saved.get(key)!r} -> {current.get(key)!r}"
+        f"{label(key)} {saved.get(key)!r} -> {current.get(key)!r}"
         for key in sorted((saved.keys() | current.keys()) - skip)
         if saved.get(key) != current.get(key)
     ]
@@ -555,8 +566,9 @@ def resolved_trajectory(args: argparse.Namespace, model, train_examples: int | N
     """The values in effect of `RESOLVED_ARGS` (as JSON values): the model config's fields of the model flags, the
     CLIP a fresh model was built from, and the training set's size (a stream's: its --max_train_samples)."""
     values = {key: getattr(model.config, key) for key in MODEL_FLAGS}
-    clip = None if args.model_name_or_path else clip_source(args)
-    values["clip_model_name_or_path"] = str(Path(clip).resolve()) if clip and os.path.exists(clip) else clip
+    values["clip_model_name_or_path"] = (
+        None if args.model_name_or_path else comparable_path(clip_source(args))
+    )
     values["train_examples"] = train_examples
     if train_examples is None:
         values["max_train_samples"] = args.max_train_samples
@@ -569,12 +581,11 @@ def check_resolved(path: Path, resolved: dict) -> None:
     saved_path = path / RESOLVED_ARGS_NAME
     if not saved_path.is_file():  # a checkpoint of an earlier version: its flags were compared as given
         return
-    saved = json.loads(saved_path.read_text())
-    changed = [
-        f"{'training set size' if key == 'train_examples' else '--' + key} {saved.get(key)!r} -> {resolved.get(key)!r}"
-        for key in sorted(saved.keys() | resolved.keys())
-        if saved.get(key) != resolved.get(key)
-    ]
+    changed = differences(
+        json.loads(saved_path.read_text()),
+        resolved,
+        lambda key: "training set size" if key == "train_examples" else f"--{key}",
+    )
     if changed:
         raise ValueError(
             f"Cannot resume from {path}: these values in effect differ from the run that wrote it (defaults "
@@ -1129,6 +1140,11 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         accelerator.print(f"resumed from {resume_path} at step {step}")
 
     # 4. training loop
+    def checkpoint() -> Path:
+        """``step_N`` of the run as it stands (step, schedule, stream position, seconds so far)."""
+        state = TrainingState(step, scheduler.state_dict(), position, time.time() - started)
+        return save_training_checkpoint(accelerator, output_dir, state, args)
+
     checkpoint_every = args.checkpointing_steps
     steps_per_epoch = None if streamed else len(train_loader)
     bar = tqdm(
@@ -1161,12 +1177,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                     record = log_losses(accelerator, out, step, scheduler.get_last_lr()[0], log_path)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", rfm=record["rfm"])
                 if checkpoint_every and step % checkpoint_every == 0:
-                    save_training_checkpoint(
-                        accelerator,
-                        output_dir,
-                        TrainingState(step, scheduler.state_dict(), position, time.time() - started),
-                        args,
-                    )
+                    checkpoint()
                 if args.eval_steps and step % args.eval_steps == 0 and val_set is not None:
                     evaluate_in_training(
                         args, accelerator, accelerator.unwrap_model(model), val_set, step, log_path
@@ -1184,18 +1195,12 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                 position.epoch, position.batch = position.epoch + 1, 0
         bar.close()
     if stop["signal"] is not None:
-        state = TrainingState(step, scheduler.state_dict(), position, time.time() - started)
-        path = save_training_checkpoint(accelerator, output_dir, state, args)
+        path = checkpoint()
         accelerator.print(f"stopped by signal {stop['signal']} at step {step}; checkpoint saved to {path}")
         accelerator.end_training()
         return {"stopped_at": step, "stopped_by_signal": int(stop["signal"])}
     if checkpoint_every:
-        save_training_checkpoint(
-            accelerator,
-            output_dir,
-            TrainingState(step, scheduler.state_dict(), position, time.time() - started),
-            args,
-        )
+        checkpoint()
     train_seconds = time.time() - started
 
     # 5. save the model, final evaluation, artifacts, push

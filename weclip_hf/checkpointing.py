@@ -132,6 +132,12 @@ def checkpoint_problem(path: Path) -> str | None:
     return damaged_file(path)
 
 
+def _starts_with(file: Path, magic: bytes) -> bool:
+    """Whether ``file``'s first bytes are ``magic`` (read without the rest of the file)."""
+    with open(file, "rb") as stream:
+        return stream.read(len(magic)) == magic
+
+
 def damaged_file(path: Path) -> str | None:
     """What is wrong with the first damaged file of checkpoint folder ``path`` (None when none is): a torch zip
     archive (``optimizer.bin``, the random states, ...) that is cut short or fails its CRCs, or safetensors weights
@@ -143,7 +149,7 @@ def damaged_file(path: Path) -> str | None:
             if file.suffix == ".safetensors":
                 with safe_open(file, "pt"):
                     pass
-            elif file.read_bytes()[:4] == b"PK\x03\x04":  # torch.save's zip archive
+            elif _starts_with(file, b"PK\x03\x04"):  # torch.save's zip archive
                 with zipfile.ZipFile(file) as archive:
                     bad = archive.testzip()
                 if bad is not None:

@@ -13,15 +13,18 @@ from .presets import EvaluationSettings
 
 def longest_edge_size(height: int, width: int, longest_edge: int) -> tuple[int, int]:
     """Size with the long side = ``longest_edge`` and the other side int-truncated (375x500 -> 384x512)."""
-    longest = max(height, width)
-    return int(height * longest_edge / longest), int(width * longest_edge / longest)  # multiply first: exact
+    return _scaled_size(height, width, longest_edge, max(height, width))
 
 
 def shortest_edge_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:
     """Size with the short side = ``shortest_edge`` and the other side int-truncated, as transformers'
     ``get_resize_output_image_size`` (``default_to_square=False``) computes it (30x40 -> 32 gives 32x42)."""
-    shortest = min(height, width)
-    return int(height * shortest_edge / shortest), int(width * shortest_edge / shortest)
+    return _scaled_size(height, width, shortest_edge, min(height, width))
+
+
+def _scaled_size(height: int, width: int, target: int, side: int) -> tuple[int, int]:
+    """(height, width) scaled so that ``side`` (one of them) becomes ``target``, int-truncated."""
+    return int(height * target / side), int(width * target / side)  # multiply first: exact
 
 
 def resize_longest_edge(pixel_values: torch.Tensor, longest_edge: int = 512) -> torch.Tensor:

@@ -66,12 +66,18 @@ def check_backbone_source(name_or_path: str, what: str) -> None:
             f"{str(name_or_path)!r} is a saved WeCLIP model, not a {what} checkpoint: load it with "
             "AutoModelForSemanticSegmentation.from_pretrained."
         )
+    check_backbone_type(name_or_path, model_type, what)
+    require_safetensors(path)
+
+
+def check_backbone_type(name_or_path: str, model_type: str | None, what: str) -> None:
+    """Refuse a backbone checkpoint whose ``model_type`` is not one of ``what``'s (`BACKBONE_MODEL_TYPES`): a
+    local folder's before loading, a Hub checkpoint's once its config is read."""
     if model_type not in BACKBONE_MODEL_TYPES[what]:
         raise ValueError(
             f"{str(name_or_path)!r} holds a {model_type!r} model, not a {what} checkpoint "
             f"({' or '.join(map(repr, BACKBONE_MODEL_TYPES[what]))})."
         )
-    require_safetensors(path)
 
 
 def split_backbone_keywords(kwargs: dict, config_fields: set[str], constructor: str) -> tuple[dict, dict]:

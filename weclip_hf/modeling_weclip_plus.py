@@ -18,13 +18,19 @@ import re
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModel, Dinov2Config, Dinov2WithRegistersConfig
+from transformers import AutoModel
 
 from .branch_losses import weclip_plus_losses
 from .cam import cam_box_masks
 from .configuration_weclip_plus import WeCLIPPlusConfig
 from .dino_branch import WeCLIPPlusDinoBranch
-from .model_loading import HUB_OPTIONS, check_backbone_source, hub_id_or_none, split_backbone_keywords
+from .model_loading import (
+    HUB_OPTIONS,
+    check_backbone_source,
+    check_backbone_type,
+    hub_id_or_none,
+    split_backbone_keywords,
+)
 from .modeling_weclip import (
     CLIPVisionFeatures,
     WeCLIPCAMOutput,
@@ -155,11 +161,7 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
         check_backbone_source(clip_name_or_path, "CLIP")  # before the DINOv2 is loaded
         check_backbone_source(dino_name_or_path, "DINOv2")
         dino = AutoModel.from_pretrained(dino_name_or_path, use_safetensors=True, **hub)
-        if not isinstance(dino.config, (Dinov2Config, Dinov2WithRegistersConfig)):
-            raise ValueError(
-                f"{dino_name_or_path!r} holds a {dino.config.model_type!r} model, not a DINOv2 ('dinov2' or "
-                "'dinov2_with_registers')."
-            )
+        check_backbone_type(dino_name_or_path, dino.config.model_type, "DINOv2")  # a Hub checkpoint's
         # the config.json written names the DINOv2 by its Hub id, never by a local path
         dino.config._name_or_path = hub_id_or_none(str(dino_name_or_path)) or ""
         model = super().from_clip(
