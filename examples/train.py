@@ -914,7 +914,7 @@ def evaluate_in_training(args, accelerator: Accelerator, model, val_set, step: i
         accelerator=accelerator,
         progress=False,
     )
-    scores = {f"eval_{k}_miou": v["mean_iou"] for k, v in res.items()}
+    scores = {f"eval_{MIOU_NAMES[mode]}": result["mean_iou"] for mode, result in res.items()}
     accelerator.print(f"step {step}: {scores}")
     accelerator.log(scores, step=step)
     if accelerator.is_main_process:

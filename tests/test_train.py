@@ -547,21 +547,21 @@ def test_eval_steps_prints_and_logs_eval_miou(toy_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out, stdout = toy_run  # 3 steps, evaluated at step 2
-    printed = [line for line in stdout.splitlines() if re.match(r"step \d+: \{'eval_pred_miou': ", line)]
+    printed = [line for line in stdout.splitlines() if re.match(r"step \d+: \{'eval_miou': ", line)]
     assert [line.split(":")[0] for line in printed] == ["step 2"]
-    evals = [r for r in read_log(out) if "eval_pred_miou" in r]
+    evals = [r for r in read_log(out) if "eval_miou" in r]
     assert [r["step"] for r in evals] == [2]
     for record, line in zip(evals, printed):
-        assert set(record) == {"step", "eval_pred_miou", "eval_pseudo_miou"}
-        assert 0.0 <= record["eval_pred_miou"] <= 1.0 and 0.0 <= record["eval_pseudo_miou"] <= 1.0
-        assert repr(record["eval_pred_miou"]) in line and repr(record["eval_pseudo_miou"]) in line
+        assert set(record) == {"step", "eval_miou", "eval_pseudo_label_miou"}
+        assert 0.0 <= record["eval_miou"] <= 1.0 and 0.0 <= record["eval_pseudo_label_miou"] <= 1.0
+        assert repr(record["eval_miou"]) in line and repr(record["eval_pseudo_label_miou"]) in line
     assert [r["step"] for r in read_log(out) if "loss" in r] == [1, 2, 3]
     # the tracker received the same figures as the log
     scalars = EventAccumulator(str(out / "weclip")).Reload()  # the run's scalars (hparams in a subfolder)
     logged = {}
     for record in read_log(out):  # a step may have a training and an evaluation record
         logged.setdefault(record["step"], {}).update(record)
-    for tag in ("loss", "seg_loss", "affinity_loss", "eval_pred_miou", "eval_pseudo_miou"):
+    for tag in ("loss", "seg_loss", "affinity_loss", "eval_miou", "eval_pseudo_label_miou"):
         values = {e.step: e.value for e in scalars.Scalars(tag)}
         assert values and all(
             values[step] == pytest.approx(logged[step][tag], rel=1e-6) for step in values

@@ -198,11 +198,11 @@ def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch):
         results = train_with_trainer.main(["--output_dir", str(tmp_path), "--max_train_steps", "2"])
     finally:
         torch.set_num_threads(before)
-    scores = ("eval_pred_miou", "eval_cam_miou", "eval_pseudo_miou")
+    scores = ("eval_miou", "eval_cam_miou", "eval_pseudo_label_miou")
     assert set(results) == {*scores, *speed_metrics("eval"), "epoch", "train_seconds"}
     assert all(0.0 <= results[k] <= 1.0 for k in scores)
     assert json.loads((tmp_path / "eval_results.json").read_text()) == results
-    assert f"| miou | {results['eval_pred_miou']:.4f} |" in (tmp_path / "README.md").read_text()
+    assert f"| miou | {results['eval_miou']:.4f} |" in (tmp_path / "README.md").read_text()
     from transformers import pipeline
 
     segmenter = pipeline("image-segmentation", model=str(tmp_path))
@@ -352,7 +352,7 @@ def test_weclip_trainer_evaluates_images_of_several_sizes_in_batches_as_one_by_o
         ).evaluate()
         for size in (4, 1)
     ]
-    for key in ("eval_pred_miou", "eval_pseudo_miou"):
+    for key in ("eval_miou", "eval_pseudo_label_miou"):
         assert results[0][key] == pytest.approx(results[1][key], abs=1e-12), key
 
 
@@ -370,26 +370,24 @@ def test_weclip_trainer_scores_the_validation_set_during_training_and_keeps_the_
         eval_steps=2,
         save_steps=2,
         load_best_model_at_end=True,
-        metric_for_best_model="pred_miou",
+        metric_for_best_model="miou",
     )
     trainer.train()
-    evaluations = [h for h in trainer.state.log_history if "eval_pred_miou" in h]
+    evaluations = [h for h in trainer.state.log_history if "eval_miou" in h]
     assert [h["step"] for h in evaluations] == [2, 4]
-    assert all(0.0 <= h[k] <= 1.0 for h in evaluations for k in ("eval_pred_miou", "eval_pseudo_miou"))
-    best = max(evaluations, key=lambda h: h["eval_pred_miou"])
-    assert trainer.state.best_metric == best["eval_pred_miou"]
+    assert all(0.0 <= h[k] <= 1.0 for h in evaluations for k in ("eval_miou", "eval_pseudo_label_miou"))
+    best = max(evaluations, key=lambda h: h["eval_miou"])
+    assert trainer.state.best_metric == best["eval_miou"]
     assert trainer.state.best_model_checkpoint.endswith(f"checkpoint-{best['step']}")
     trainer.create_model_card()  # the card gives the figures of the model it describes: the best one
     from huggingface_hub import ModelCard
 
     (result,) = ModelCard.load(tmp_path / "README.md").data.eval_results
-    assert result.metric_value == pytest.approx(best["eval_pred_miou"])
+    assert result.metric_value == pytest.approx(best["eval_miou"])
     # the numbers are evaluate_segmentation's on the model as it is now (the best one, reloaded)
     loader = torch.utils.data.DataLoader(val_set, batch_size=8, collate_fn=collate)
     direct = evaluate_segmentation(model, loader, ["pred"], progress=False)["pred"]["mean_iou"]
-    assert (
-        trainer.evaluate()["eval_pred_miou"] == pytest.approx(direct) == pytest.approx(best["eval_pred_miou"])
-    )
+    assert trainer.evaluate()["eval_miou"] == pytest.approx(direct) == pytest.approx(best["eval_miou"])
 
 
 def test_weclip_trainer_evaluates_named_sets_and_refuses_none(tmp_path):
@@ -399,7 +397,7 @@ def test_weclip_trainer_evaluates_named_sets_and_refuses_none(tmp_path):
     metrics = trainer.evaluate({"a": toy_evaluation_set(2), "b": toy_evaluation_set(3)})
     # Trainer.log adds the epoch, as to Trainer.evaluate's metrics
     speed = {*speed_metrics("eval_a"), *speed_metrics("eval_b")}
-    assert set(metrics) == {"eval_a_pred_miou", "eval_b_pred_miou", *speed, "epoch"}
+    assert set(metrics) == {"eval_a_miou", "eval_b_miou", *speed, "epoch"}
     assert metrics["eval_b_samples_per_second"] > 0
 
 
@@ -462,13 +460,13 @@ def test_weclip_trainer_uses_the_fused_adamw_it_is_asked_for(tmp_path):
 def test_weclip_trainer_evaluates_a_named_set_and_scores_nothing_as_nan(tmp_path):
     sets = {"a": toy_evaluation_set(2), "b": toy_evaluation_set(3)}
     trainer = weclip_trainer(toy_model(), tmp_path, max_steps=1, eval_modes=("pred",), eval_dataset=sets)
-    assert set(trainer.evaluate("b")) == {"eval_pred_miou", *speed_metrics("eval"), "epoch"}
+    assert set(trainer.evaluate("b")) == {"eval_miou", *speed_metrics("eval"), "epoch"}
     with pytest.raises(ValueError, match=r"No evaluation set named 'c'; the trainer's are \['a', 'b'\]"):
         trainer.evaluate("c")
     ignored = [{**item, "labels": torch.full_like(item["labels"], 255)} for item in toy_evaluation_set(2)]
     with pytest.warns(RuntimeWarning, match="no valid pixel"):
         metrics = trainer.evaluate(ignored)
-    assert math.isnan(metrics["eval_pred_miou"])  # comparable by metric_for_best_model, unlike None
+    assert math.isnan(metrics["eval_miou"])  # comparable by metric_for_best_model, unlike None
 
 
 def test_weclip_trainer_evaluates_under_the_runs_mixed_precision(tmp_path):
@@ -547,7 +545,7 @@ def test_weclip_trainer_full_bf16_evaluation_with_memory_metrics(tmp_path):
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}  # cast as Trainer casts, outside train()
     loader = torch.utils.data.DataLoader(val_set, batch_size=8, collate_fn=collate)
     direct = evaluate_segmentation(model, loader, ["pred"], progress=False)["pred"]["mean_iou"]
-    assert metrics["eval_pred_miou"] == pytest.approx(direct)
+    assert metrics["eval_miou"] == pytest.approx(direct)
     assert {"eval_mem_cpu_alloc_delta", "eval_mem_cpu_peaked_delta"} <= set(metrics)
 
 
@@ -560,7 +558,7 @@ def test_weclip_trainer_loads_the_evaluation_with_the_arguments_workers(tmp_path
     )  # fmt: skip
     loader = workers._evaluation_loader(val_set)
     assert (loader.num_workers, loader.prefetch_factor, len(loader.dataset)) == (1, 3, 3)
-    assert workers.evaluate(val_set)["eval_pred_miou"] == plain.evaluate(val_set)["eval_pred_miou"]
+    assert workers.evaluate(val_set)["eval_miou"] == plain.evaluate(val_set)["eval_miou"]
 
 
 def test_weclip_trainer_refuses_label_smoothing_and_a_best_model_metric_it_does_not_report(tmp_path):
@@ -568,29 +566,36 @@ def test_weclip_trainer_refuses_label_smoothing_and_a_best_model_metric_it_does_
         weclip_trainer(toy_model(), tmp_path, max_steps=1, label_smoothing_factor=0.1)
     best = dict(max_steps=2, eval_strategy="steps", eval_steps=1, save_steps=1, load_best_model_at_end=True)
     best["eval_dataset"] = toy_evaluation_set(1)
-    for metric in (None, "miou", "cam_miou"):  # None: Trainer's "loss"; "cam" is not among the eval_modes
+    # None: Trainer's "loss"; "cam" is not among the eval_modes; pred_miou: the mode's name, not the figure's
+    for metric in (None, "cam_miou", "pred_miou", "eval_a_miou"):
         with pytest.raises(
-            ValueError, match=r"metric_for_best_model='(loss|miou|cam_miou)', which the evaluation"
+            ValueError, match=r"metric_for_best_model='(loss|cam_miou|pred_miou|eval_a_miou)', which"
         ):
             weclip_trainer(toy_model(), tmp_path, metric_for_best_model=metric, **best)
-    for metric in ("pred_miou", "eval_pseudo_miou", "eval_a_pred_miou"):
+    for metric in ("miou", "eval_miou", "eval_pseudo_label_miou"):
+        weclip_trainer(toy_model(), tmp_path, metric_for_best_model=metric, **best)
+    best["eval_dataset"] = {"a": toy_evaluation_set(1), "b": toy_evaluation_set(1)}
+    for metric in ("miou", "eval_c_miou", "a_cam_miou"):  # a dict: the set's name comes first
+        with pytest.raises(
+            ValueError, match=r"which the evaluation does not report: choose one of \['eval_a_miou'"
+        ):
+            weclip_trainer(toy_model(), tmp_path, metric_for_best_model=metric, **best)
+    for metric in ("a_miou", "eval_b_pseudo_label_miou"):
         weclip_trainer(toy_model(), tmp_path, metric_for_best_model=metric, **best)
 
 
 def test_weclip_trainer_card_reports_a_named_evaluation_set(tmp_path):
-    """With a dict eval_dataset the figures are logged as eval_<name>_<mode>_miou: the card said "No evaluation"."""
+    """With a dict eval_dataset the figures are logged as eval_<name>_miou: the card said "No evaluation"."""
     from huggingface_hub import ModelCard
 
     sets = {"a": toy_evaluation_set(2), "b": toy_evaluation_set(3)}
     trainer = weclip_trainer(
-        toy_model(), tmp_path, max_steps=1, eval_dataset=sets, metric_for_best_model="eval_b_pred_miou"
+        toy_model(), tmp_path, max_steps=1, eval_dataset=sets, metric_for_best_model="eval_b_miou"
     )
     metrics = trainer.evaluate()
     trainer.create_model_card()
     (result,) = ModelCard.load(tmp_path / "README.md").data.eval_results
-    assert result.metric_value == pytest.approx(
-        metrics["eval_b_pred_miou"]
-    )  # the set the best model is chosen by
+    assert result.metric_value == pytest.approx(metrics["eval_b_miou"])  # the set the best model is chosen by
 
 
 def test_weclip_trainer_evaluates_a_subset_with_the_crf_and_names_a_raw_split(tmp_path):
@@ -599,7 +604,7 @@ def test_weclip_trainer_evaluates_a_subset_with_the_crf_and_names_a_raw_split(tm
     val_set = toy_evaluation_set(3)
     trainer = weclip_trainer(toy_model(), tmp_path, max_steps=1, eval_modes=("pred", "pred_crf"))
     metrics = trainer.evaluate(torch.utils.data.Subset(val_set, [0, 2]))
-    assert 0.0 <= metrics["eval_pred_crf_miou"] <= 1.0
+    assert 0.0 <= metrics["eval_miou_crf"] <= 1.0
     with pytest.raises(
         ValueError, match=r"eval_dataset items hold \['image', 'label'\], not the 'pixel_values'"
     ):
@@ -690,13 +695,13 @@ def test_weclip_trainer_writes_the_weclip_model_card_with_its_evaluation(tmp_pat
         eval_dataset=toy_evaluation_set(2),
     )
     trainer.train()
-    evaluation = next(h for h in trainer.state.log_history if "eval_pred_miou" in h)
+    evaluation = next(h for h in trainer.state.log_history if "eval_miou" in h)
     trainer.create_model_card(dataset="someone/pets", tags="toy")
     card = ModelCard.load(tmp_path / "README.md")
     (result,) = (
         card.data.eval_results
     )  # the decoder's mIoU is the model's result; the pseudo labels only listed
     assert (result.metric_name, result.dataset_type) == ("miou", "someone/pets")
-    assert result.metric_value == pytest.approx(evaluation["eval_pred_miou"])
-    assert f"| pseudo_label_miou | {evaluation['eval_pseudo_miou']:.4f} |" in card.text
+    assert result.metric_value == pytest.approx(evaluation["eval_miou"])
+    assert f"| pseudo_label_miou | {evaluation['eval_pseudo_label_miou']:.4f} |" in card.text
     assert "WeCLIPTrainer" in card.text and {"weclip", "toy"} <= set(card.data.tags)

@@ -24,7 +24,6 @@ from .presets import EvaluationSettings
 from .training import WeCLIPDataCollator, official_adamw, warmup_poly_factor
 
 # the model card's names of the evaluation's figures (examples/train.py's metrics.json names)
-CARD_NAMES = {f"eval_{mode}_miou": name for mode, name in MIOU_NAMES.items()}
 
 # `TrainingArguments.optim` values that mean torch's AdamW: WeCLIPTrainer then builds the official one
 ADAMW_NAMES = frozenset({"adamw_torch", "adamw_torch_fused"})
@@ -87,9 +86,10 @@ class WeCLIPTrainer(Trainer):
       the training set's epoch (its crops) is right also in a run resumed mid-epoch (`TrainingSetEpochCallback`);
     - `evaluate` scores ``eval_dataset`` (`weclip_hf.data.loading.evaluation_set`: images with their masks at the
       original size) with `evaluate_segmentation` under the run's mixed precision, and returns
-      ``{prefix}_{mode}_miou`` per mode of ``eval_modes`` ("pred": the decoder, "pseudo": the RFM pseudo labels,
-      "cam", "pred_msf", the CRF modes with the dataset's ``normalization``; NaN where no pixel could be scored), so
-      that ``eval_strategy``, callbacks and ``metric_for_best_model="pred_miou"`` work; every process scores every
+      per mode of ``eval_modes`` ("pred": the decoder, "pseudo": the RFM pseudo labels, "cam", "pred_msf", the CRF
+      modes with the dataset's ``normalization``) its mIoU under train.py's metrics.json name (``eval_miou``,
+      ``eval_pseudo_label_miou``, ``eval_cam_miou``, ...: `MIOU_NAMES`; NaN where no pixel could be scored), so
+      that ``eval_strategy``, callbacks and ``metric_for_best_model="miou"`` work; every process scores every
       N-th image and the confusion matrices are summed. ``compute_metrics`` and ``preprocess_logits_for_metrics``
       are refused (no logits are gathered for them), ``predict`` is not supported (see its error).
     """
@@ -142,13 +142,16 @@ class WeCLIPTrainer(Trainer):
             )
         if args.load_best_model_at_end:
             metric = args.metric_for_best_model or "loss"
-            names = [f"{mode}_miou" for mode in self.eval_modes]
-            if metric.removeprefix("eval_") not in names:  # a dict eval_dataset: "eval_<name>_<mode>_miou"
-                if not any(metric.endswith(f"_{name}") for name in names):
-                    raise ValueError(
-                        f"load_best_model_at_end compares metric_for_best_model={metric!r}, which the evaluation does "
-                        f"not report: choose one of {names} (eval_modes {list(self.eval_modes)})."
-                    )
+            names = [MIOU_NAMES[mode] for mode in self.eval_modes]
+            sets = (
+                list(self.eval_dataset) if isinstance(self.eval_dataset, dict) else [""]
+            )  # eval_<set>_<name>
+            reported = [f"eval_{f'{s}_' if s else ''}{name}" for s in sets for name in names]
+            if metric not in reported and f"eval_{metric}" not in reported:
+                raise ValueError(
+                    f"load_best_model_at_end compares metric_for_best_model={metric!r}, which the evaluation does "
+                    f"not report: choose one of {reported} (eval_modes {list(self.eval_modes)})."
+                )
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """`Trainer`'s push of a checkpoint's model files, with the model's code files (``*.py``, which
@@ -205,7 +208,7 @@ class WeCLIPTrainer(Trainer):
         metric_key_prefix: str = "eval",
     ) -> dict[str, float]:
         """mIoU of each of ``eval_modes`` on ``eval_dataset`` (default: the trainer's; a name: that entry of a dict
-        ``eval_dataset``), logged and returned as ``{metric_key_prefix}_{mode}_miou`` with `Trainer`'s speed metrics
+        ``eval_dataset``), logged and returned as ``{metric_key_prefix}_{MIOU_NAMES[mode]}`` with `Trainer`'s speed metrics
         (``{metric_key_prefix}_runtime``, ``..._samples_per_second``, ...); a dict of datasets is scored per name
         (``eval_{name}_...``), as `Trainer` does; with ``skip_memory_metrics=False`` the memory metrics are returned
         too. Outside ``train()``, ``fp16_full_eval`` / ``bf16_full_eval`` cast the model as `Trainer` does. The
@@ -234,7 +237,9 @@ class WeCLIPTrainer(Trainer):
             )
         # NaN, not None, where no pixel was scored (evaluate_segmentation warned): `metric_for_best_model` compares
         metrics = {
-            f"{metric_key_prefix}_{mode}_miou": math.nan if result["mean_iou"] is None else result["mean_iou"]
+            f"{metric_key_prefix}_{MIOU_NAMES[mode]}": math.nan
+            if result["mean_iou"] is None
+            else result["mean_iou"]
             for mode, result in scores.items()
         }
         batches = math.ceil(len(dataset) / (self.args.per_device_eval_batch_size * accelerator.num_processes))
@@ -338,7 +343,7 @@ class WeCLIPTrainer(Trainer):
     def _card_evaluation(self) -> dict[str, float]:
         """The finite figures (by their card names) of the evaluation that scored the model as it is now."""
         prefix = self._card_prefix()
-        names = {f"{prefix}{key.removeprefix('eval')}": card for key, card in CARD_NAMES.items()}
+        names = {f"{prefix}_{name}": name for name in MIOU_NAMES.values()}
         evaluations = [entry for entry in self.state.log_history if any(k in names for k in entry)]
         best = self.state.best_model_checkpoint
         if self.args.load_best_model_at_end and best is not None:
