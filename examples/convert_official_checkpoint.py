@@ -40,8 +40,7 @@ from huggingface_hub import ModelCard
 from weclip_hf import WeCLIPImageProcessor
 from weclip_hf.batch_jobs import sha256_of
 from weclip_hf.configuration_weclip_plus import DINO_VARIANTS
-from weclip_hf.conversion import OFFICIAL_PRESETS, dino_variant_name
-from weclip_hf.convert import convert_official_checkpoint
+from weclip_hf.conversion import OFFICIAL_PRESETS, convert_official_checkpoint, dino_variant_name
 from weclip_hf.hub import METHODS, make_model_card, publish_folder, save_model_card
 from weclip_hf.model_loading import public_source_name
 from weclip_hf.presets import CLIP_MODEL, get_preset

@@ -53,7 +53,7 @@ from weclip_hf.data.loading import (
     evaluation_set,
     load_dataset_splits,
     names_no_dataset,
-    process_share,
+    process_subset,
     training_set,
 )
 from weclip_hf.data.toy import default_clip_model
@@ -904,7 +904,7 @@ def log_losses(accelerator: Accelerator, out, step: int, lr: float, log_path: Pa
 def evaluate_in_training(args, accelerator: Accelerator, model, val_set, step: int, log_path: Path) -> None:
     """``--eval_steps``: decoder and pseudo-label mIoU on the validation set, every process evaluating every
     num_processes-th image (the confusion matrices are summed); printed, tracked and logged."""
-    shard = process_share(val_set, accelerator.process_index, accelerator.num_processes)
+    shard = process_subset(val_set, accelerator.process_index, accelerator.num_processes)
     loader = DataLoader(shard, batch_size=args.per_device_eval_batch_size, collate_fn=collate_by_size)
     res = evaluate_segmentation(
         model,

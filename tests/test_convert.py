@@ -1,4 +1,4 @@
-"""Tests of the official-checkpoint converter (`weclip_hf.convert`) and its example script.
+"""Tests of the official-checkpoint converter (`weclip_hf.conversion`) and its example script.
 
 Official-layout state dicts are synthesised here at tiny sizes (and once at ViT-B/16 sizes on the meta
 device); the reference computations below run CLIP and the decoder directly from the official layout
@@ -20,7 +20,7 @@ from conftest import require_data
 from torch import nn
 
 from weclip_hf import WeCLIPForSemanticSegmentation
-from weclip_hf.convert import (
+from weclip_hf.conversion import (
     KeyTable,
     Rename,
     convert_official_checkpoint,

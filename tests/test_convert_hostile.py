@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from weclip_hf.convert import convert_official_checkpoint, load_official_checkpoint
+from weclip_hf.conversion import convert_official_checkpoint, load_official_checkpoint
 from weclip_hf.safe_loading import MAX_MEMBER_BYTES
 
 MEMORY_BUDGET = 2**30  # peak resident memory growth allowed for one refused file

@@ -69,7 +69,7 @@ def test_attention_maps_needed_gives_the_affinity_exactly_its_maps(model, use_rf
     plan = plan_pairs(LABELS, "cpu")
     features = model.forward_clip_features(pixel_values, attention_maps_needed(cfg, use_rfm))
     gradcams = _gradcams(model, features.hidden[-1], plan, features.grid)
-    maps = patch_attention_maps(features.attention, gradcams.last_attention, plan)
+    maps = patch_attention_maps(features.attention, gradcams.last_attention)
     assert maps.shape == (4, wanted, 12, 12)  # the collected blocks' maps plus the last block's
     a_dec = torch.rand(4, 12, 12)
     cam_affinity(maps, cfg, use_rfm, a_dec)
@@ -145,7 +145,6 @@ def test_patch_attention_maps_put_the_last_block_map_last():
     for i in range(2):
         assert torch.equal(maps[:, i], block[i][:, 1:, 1:])
     assert torch.equal(maps[:, -1], last[:, 1:, 1:])
-    assert torch.equal(patch_attention_maps(block, last, plan_pairs(LABELS, "cpu")), maps)  # plan: ignored
 
 
 def test_class_scores_background_and_labels_use_only_present_classes():

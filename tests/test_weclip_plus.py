@@ -659,7 +659,7 @@ def test_rfm_plus_pseudo_label_path(use_box_mask):
     torch.testing.assert_close(
         details.weighted_gradcams, prediction_weighted_cams(expected.cams, probabilities, plan)
     )
-    maps = patch_attention_maps(clip.attention, expected.last_attention, plan)
+    maps = patch_attention_maps(clip.attention, expected.last_attention)
     affinity = rfm_affinity(maps, model.config.rfm_num_maps, out.decoder_affinity)
     masks = cam_box_masks(expected.cams, model.config.cam_box_threshold) if use_box_mask else None
     refined = refine_cams(details.weighted_gradcams, transition_matrix(affinity.affinity), plan.image, masks)

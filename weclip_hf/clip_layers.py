@@ -85,23 +85,33 @@ def eager_clip_layer(layer: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, t
     return x + clip_mlp(layer.mlp, layer.layer_norm2(x)), probs
 
 
-def eager_attention(attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Explicit (eager) CLIP self-attention on normalized tokens: (output [B, T, C], probs [B, heads, T, T]).
-    The probabilities are float32 whatever the weights' dtype (the maps feed normalisations)."""
-    b, t, c = h.shape
-    shape = (b, t, attn.num_heads, attn.head_dim)
-    q = attn.q_proj(h).view(shape).transpose(1, 2)
-    k = attn.k_proj(h).view(shape).transpose(1, 2)
-    v = attn.v_proj(h).view(shape).transpose(1, 2)
+def attention_heads(attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CLIP self-attention's query, key and value of normalized tokens ``h`` [B, T, C]: each [B, heads, T, d]."""
+    shape = (*h.shape[:2], attn.num_heads, attn.head_dim)
+    return tuple(proj(h).view(shape).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+
+
+def attention_probabilities(attn: nn.Module, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """The attention probabilities [B, heads, T, T] of `attention_heads`' query and key, float32 whatever the
+    weights' dtype (the maps feed normalisations)."""
     # scaling q rather than the [T, T] scores saves a pass over them (and is what the official CLIP does; the
     # two orders round differently unless the scale is a power of two, as it is for head size 64)
-    probs = torch.softmax((q * attn.scale) @ k.transpose(-1, -2), dim=-1, dtype=torch.float32)
-    out = (probs.to(v.dtype) @ v).transpose(1, 2).reshape(b, t, c)
+    return torch.softmax((query * attn.scale) @ key.transpose(-1, -2), dim=-1, dtype=torch.float32)
+
+
+def eager_attention(attn: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Explicit (eager) CLIP self-attention on normalized tokens: (output [B, T, C], float32 probabilities
+    [B, heads, T, T])."""
+    q, k, v = attention_heads(attn, h)
+    probs = attention_probabilities(attn, q, k)
+    out = (probs.to(v.dtype) @ v).transpose(1, 2).flatten(2)
     return attn.out_proj(out), probs
 
 
 __all__ = [
     "QUICK_GELU_SLOPE",
+    "attention_heads",
+    "attention_probabilities",
     "clip_layer",
     "clip_mlp",
     "eager_attention",

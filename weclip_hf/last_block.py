@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .clip_layers import attention_heads, attention_probabilities
+
 
 @dataclass
 class LastBlockPass:
@@ -60,13 +62,11 @@ def run_last_block(layer: nn.Module, x: torch.Tensor) -> LastBlockPass:
 
     Every image runs, also one without a pair: its attention map is still the affinity's last map."""
     attn = layer.self_attn
-    b, t, c = x.shape
     h = layer.layer_norm1(x)
-    shape = (b, t, attn.num_heads, attn.head_dim)
-    q, k, v = (proj(h).view(shape).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-    probs = torch.softmax((q * attn.scale) @ k.transpose(-1, -2), dim=-1)  # as `_attention`
+    q, k, v = attention_heads(attn, h)
+    probs = attention_probabilities(attn, q, k)
     attended = probs @ v
-    x1 = x + attn.out_proj(attended.transpose(1, 2).reshape(b, t, c))
+    x1 = x + attn.out_proj(attended.transpose(1, 2).flatten(2))
     normed, rstd = _normalized(layer.layer_norm2, x1)
     z = layer.mlp.fc1(layer.layer_norm2(x1))
     with torch.enable_grad():  # the activation's derivative, whatever the activation (elementwise)
@@ -89,7 +89,7 @@ def _shift_gradient(
     """Gradient w.r.t. a shift added to every patch token of layer_norm1's output, per pair: [P, D].
 
     Args: grad_output: [P, T, D] gradient w.r.t. the block output of each pair (pairs of image
-    ``pair_image``); slots: `pair_slots` of the pairs.
+    ``pair_image``); slots: each pair's rank within its image and the most pairs of one image (a `PairPlan`'s ``slot``, ``max_classes``).
     """
     layer, attn = block.layer, block.layer.self_attn
     p, t, c = grad_output.shape
@@ -149,18 +149,6 @@ def _per_image_transposed_product(
     return product.view(b, heads, t, num_slots, width)[pair_image, :, :, slot]
 
 
-def pair_slots(pair_image: torch.Tensor, num_images: int) -> tuple[torch.Tensor, int]:
-    """Each pair's rank among the pairs of its image (in pair order), and the most pairs of one image: the
-    packing of `_per_image_transposed_product`. Reads the largest count on the host (a sync on an
-    accelerator); a `PairPlan` holds both already (``slot``, ``max_classes``)."""
-    counts = torch.bincount(pair_image, minlength=num_images)
-    order = torch.argsort(pair_image, stable=True)
-    first = counts.cumsum(0) - counts  # index of each image's first pair in image order
-    slot = torch.empty_like(pair_image)
-    slot[order] = torch.arange(pair_image.shape[0], device=pair_image.device) - first[pair_image[order]]
-    return slot, int(counts.max()) if pair_image.numel() else 0
-
-
 class _ShiftedBlock(torch.autograd.Function):
     """The block output of each pair's image as a function of a shift of its patch tokens after layer_norm1,
     at shift 0: the forward copies the saved output, the backward is `_shift_gradient`."""
@@ -183,18 +171,16 @@ class _ShiftedBlock(torch.autograd.Function):
 
 
 def pair_block_outputs(
-    block: LastBlockPass, pair_image: torch.Tensor, slots: tuple[torch.Tensor, int] | None = None
+    block: LastBlockPass, pair_image: torch.Tensor, slots: tuple[torch.Tensor, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(shift [P, D], outputs [P, T, D])``: the block output of each pair's image, differentiable w.r.t. a
     (zero) shift of its patch tokens after layer_norm1. The gradient of a pair's target w.r.t. ``shift`` is
     the sum over patch tokens of its gradient w.r.t. layer_norm1's output.
 
-    ``slots``: each pair's rank within its image and the most pairs of one image (`pair_slots`; a `PairPlan`'s
-    ``slot`` and ``max_classes``); None derives them here, with one host read."""
-    if slots is None:
-        slots = pair_slots(pair_image, block.output.shape[0])
+    ``slots``: each pair's rank within its image and the most pairs of one image (a `PairPlan`'s ``slot`` and
+    ``max_classes``)."""
     shift = block.output.new_zeros(pair_image.shape[0], block.output.shape[-1], requires_grad=True)
     return shift, _ShiftedBlock.apply(shift, block, pair_image, slots)
 
 
-__all__ = ["LastBlockPass", "run_last_block", "pair_block_outputs", "pair_slots"]
+__all__ = ["LastBlockPass", "run_last_block", "pair_block_outputs"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -9,6 +11,9 @@ import torch.nn.functional as F
 from .chunking import images_per_chunk
 from .patch_grid import grid_neighbourhood
 from .upsampling import upsample_bilinear_channels_last, upsample_bilinear_channels_last_adjoint
+
+if TYPE_CHECKING:
+    from .configuration_weclip import WeCLIPConfig
 
 
 def _global_count(count: torch.Tensor, across_processes: bool) -> tuple[torch.Tensor, int]:
@@ -141,3 +146,20 @@ def affinity_loss(
     pos_loss = world * (pos * (1 - affinity)).sum() / pos_count
     neg_loss = world * (neg * affinity).sum() / neg_count
     return 0.5 * pos_loss + 0.5 * neg_loss, pos_count, neg_count
+
+
+def weclip_loss(
+    config: WeCLIPConfig,
+    logits: torch.Tensor,
+    decoder_affinity: torch.Tensor,
+    labels: torch.Tensor,
+    across_processes: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """WeCLIP's training loss on ``labels`` [B, H, W] (pseudo or pixel labels): ``(seg + affinity_loss_weight *
+    aff, seg, aff)``, the `segmentation_loss` of ``logits`` [B, K, h, w] and the `affinity_loss` of
+    ``decoder_affinity`` [B, h*w, h*w] against the labels' `affinity_targets`."""
+    ignore_index = config.semantic_loss_ignore_index
+    seg = segmentation_loss(logits, labels, ignore_index, across_processes)
+    targets = affinity_targets(labels, tuple(logits.shape[-2:]), config.affinity_radius, ignore_index)
+    aff, _, _ = affinity_loss(decoder_affinity, targets, across_processes)
+    return seg + config.affinity_loss_weight * aff, seg, aff

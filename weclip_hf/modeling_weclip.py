@@ -31,7 +31,7 @@ from .clip_layers import quick_gelu_mlp
 from .configuration_weclip import WeCLIPConfig, check_prompt_template, class_name_lists
 from .feature_head import WeCLIPFeatureHead
 from .last_block import pair_block_outputs, run_last_block
-from .losses import affinity_loss, affinity_targets, segmentation_loss
+from .losses import weclip_loss
 from .model_loading import (
     HUB_OPTIONS,
     check_backbone_source,
@@ -376,19 +376,20 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         self.register_load_state_dict_post_hook(_forget_step_mirror)
         self.decoder = WeCLIPDecoder(config)
         self.post_init()
-        self.freeze_clip()
+        self.freeze_backbones()
 
     # ---- frozen CLIP ---------------------------------------------------------------------------
 
-    def freeze_clip(self) -> None:
-        """Freeze the CLIP towers (no gradient, eval mode). Called after construction and loading."""
+    def freeze_backbones(self) -> None:
+        """Freeze the frozen backbones (WeCLIP: the CLIP towers; no gradient, eval mode). Called after construction,
+        loading and every `train`."""
         for name in self._FROZEN:
             getattr(self, name).requires_grad_(False).eval()
         self.logit_scale.requires_grad_(False)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.freeze_clip()
+        self.freeze_backbones()
         return self
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
@@ -428,7 +429,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             )
         refuse_missing_weights(path, info["missing_keys"], allowed_missing)
         in_aligned_memory(model)
-        model.freeze_clip()
+        model.freeze_backbones()
         return (model, info) if want_info else model
 
     @classmethod
@@ -566,7 +567,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         return clip_features(self.vision_model, pixel_values, num_attention_maps, output_attentions)
 
     def last_block_pair_embeddings(
-        self, x: torch.Tensor, pair_image: torch.Tensor, slots: tuple[torch.Tensor, int] | None = None
+        self, x: torch.Tensor, pair_image: torch.Tensor, slots: tuple[torch.Tensor, int]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The last CLIP block run once per image in float32 (half-precision weights are upcast), and each
         (image, class) pair's image embedding as a function of a shift of the patch tokens after the block's
@@ -574,7 +575,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
 
         Args: x: [B, 1+N, D] input tokens of the last block (detached). pair_image: [P] image of each pair.
             slots: each pair's rank within its image and the most pairs of one image (a `PairPlan`'s ``slot``
-            and ``max_classes``); None: derived, with a host read (`weclip_hf.last_block.pair_slots`).
+            and ``max_classes``).
         Returns: (ln1 output [B, 1+N, D] — the GradCAM activations, zero shift [P, D] requiring grad,
         L2-normalized image embedding [P, E] of each pair's image, differentiable w.r.t. the shift,
         head-averaged attention [B, 1+N, 1+N]). The gradient of a pair's target w.r.t. its shift is the sum
@@ -950,10 +951,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             # training under DDP: normalise by the global batch's counts, so N processes of B images
             # give the gradient of one process of N x B images
             synced = self.training and torch.is_grad_enabled()
-            seg = segmentation_loss(logits, target, cfg.semantic_loss_ignore_index, across_processes=synced)
-            aff_targets = affinity_targets(target, grid, cfg.affinity_radius, cfg.semantic_loss_ignore_index)
-            aff, _, _ = affinity_loss(decoder_affinity, aff_targets, across_processes=synced)
-            loss = seg + cfg.affinity_loss_weight * aff
+            loss, seg, aff = weclip_loss(cfg, logits, decoder_affinity, target, across_processes=synced)
 
         if self.training:
             self._advance_step()

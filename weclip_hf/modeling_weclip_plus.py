@@ -120,10 +120,10 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
         self.dino_branch = WeCLIPPlusDinoBranch(config)
         self.post_init()  # initializes the DINO branch (the rest is initialized already)
 
-    def freeze_clip(self) -> None:
-        """Freeze the CLIP towers and the DINOv2 (no gradient, eval mode). Called after construction and
-        loading."""
-        super().freeze_clip()
+    def freeze_backbones(self) -> None:
+        """Freeze the CLIP towers and the DINOv2 (no gradient, eval mode). Called after construction, loading and
+        every `train`."""
+        super().freeze_backbones()
         if "dino_branch" in self._modules:  # absent while WeCLIP's constructor runs
             self.dino_branch.freeze()
 
@@ -173,7 +173,7 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
             **kwargs,
         )
         model.dino_branch.backbone.load_state_dict(dino.state_dict())
-        model.freeze_clip()
+        model.freeze_backbones()
         return model
 
     # ---- pseudo labels ---------------------------------------------------------------------------

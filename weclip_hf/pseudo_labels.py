@@ -184,16 +184,13 @@ def _gradcams_of_images(
     return PairGradCAMs(cams, probs.detach(), last_attention.detach())
 
 
-def patch_attention_maps(
-    block_attention: list[torch.Tensor], last_attention: torch.Tensor, plan: PairPlan | None = None
-) -> torch.Tensor:
+def patch_attention_maps(block_attention: list[torch.Tensor], last_attention: torch.Tensor) -> torch.Tensor:
     """The candidate maps of the affinity: patch-to-patch parts of the collected blocks' maps, then the last
     block's: [B, L, N, N] float32, oldest first.
 
     Args:
         block_attention: head-averaged maps [B, 1+N, 1+N] of the last blocks before the final one.
         last_attention: [B, 1+N, 1+N] the last block's map per image (`PairGradCAMs.last_attention`).
-        plan: unused (the last block's map is per image); accepted so that earlier calls keep working.
     """
     return torch.stack([a[:, 1:, 1:].float() for a in (*block_attention, last_attention)], dim=1)
 

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import speed_metrics
 
-from .data.loading import collate_by_size, process_share
+from .data.loading import collate_by_size, process_subset
 from .evaluation import MIOU_NAMES, MODES, evaluate_segmentation
 from .hub import make_model_card, save_model_card, split_model_metrics
 from .normalization import PixelNormalization
@@ -255,7 +255,7 @@ class WeCLIPTrainer(Trainer):
         args = self.args
         workers = args.dataloader_num_workers
         return DataLoader(
-            process_share(dataset, self.accelerator.process_index, self.accelerator.num_processes),
+            process_subset(dataset, self.accelerator.process_index, self.accelerator.num_processes),
             batch_size=args.per_device_eval_batch_size,
             collate_fn=collate_by_size,
             num_workers=workers,

@@ -69,7 +69,7 @@ def measure_breakdown(args, bench, model, optimizer, batch, use_rfm) -> dict:
     gradcams = gradcam_piece()
 
     def affinity_piece():
-        maps = patch_attention_maps(clip.attention, gradcams.last_attention, plan)
+        maps = patch_attention_maps(clip.attention, gradcams.last_attention)
         affinity = cam_affinity(maps, cfg, use_rfm, decoder_affinity).affinity
         return affinity, transition_matrix(affinity)
 

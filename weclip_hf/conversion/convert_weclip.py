@@ -232,7 +232,7 @@ def convert_official_checkpoint(
     if tokenizer is None or isinstance(tokenizer, (str, Path)):
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or clip))
     model.update_class_embeddings(tokenizer)
-    model.freeze_clip()
+    model.freeze_backbones()
     model.eval()
     model.conversion_report = report
     return model

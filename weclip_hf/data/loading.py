@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler, Subset, get_worker_info
 
-from ..batch_jobs import group_by_size
+from ..batch_jobs import group_by_size, process_share
 from ..normalization import PixelNormalization
 from ..presets import Preset, get_preset
 from .adapters import (
@@ -356,10 +356,10 @@ def training_set(
     return WeakSegmentationDataset(train, columns, num_classes, augment, seed=seed), summary
 
 
-def process_share(dataset: Dataset, process_index: int, num_processes: int) -> Subset:
-    """One process's share of an evaluation set: every ``num_processes``-th example from ``process_index`` (the
-    shares' confusion matrices are summed; a share may be empty)."""
-    return Subset(dataset, range(process_index, len(dataset), num_processes))
+def process_subset(dataset: Dataset, process_index: int, num_processes: int) -> Subset:
+    """One process's share of an evaluation set (`process_share`'s examples; the shares' confusion matrices are
+    summed; a share may be empty)."""
+    return Subset(dataset, process_share(len(dataset), process_index, num_processes))
 
 
 # the flags (and DataSource fields) that name a dataset; a script given none of them uses the toy world
