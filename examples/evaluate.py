@@ -39,7 +39,7 @@ from weclip_hf.data.loading import (
     names_no_dataset,
 )
 from weclip_hf.data.toy import check_toy_classes
-from weclip_hf.evaluation import MIOU_NAMES, evaluate_segmentation
+from weclip_hf.evaluation import MIOU_NAMES, evaluate_segmentation, processor_input_size
 from weclip_hf.metrics import per_class_iou
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, EvaluationSettings, get_preset
@@ -57,19 +57,22 @@ from weclip_hf.script_arguments import (
 
 def evaluation_settings(preset: str | None, toy: bool) -> EvaluationSettings:
     """The evaluation settings the flags start from: the preset's; without one, the toy recipe's on the toy world,
-    else no CRF and the long side of the model's image processor (`processor_long_side`, set once it is loaded)."""
+    else no CRF; without a preset the images are resized as the model's image processor resizes them
+    (`input_size`, once it is loaded)."""
     if preset or toy:
         return get_preset(preset or "toy").evaluation
     return EvaluationSettings(eval_long_side=None, crf=False)
 
 
-def processor_long_side(args: argparse.Namespace, image_processor: WeCLIPImageProcessor) -> int | None:
-    """``--eval_long_side`` when given or set by a preset or the toy world; else the long side the model's saved
-    image processor resizes to (what the pipeline predicts on), or None (images kept at their size) for a
-    processor that does not resize to a long side."""
-    if args.eval_long_side is not None or args.preset or args.toy or not image_processor.do_resize:
+def input_size(
+    args: argparse.Namespace, image_processor: WeCLIPImageProcessor
+) -> int | dict[str, int] | None:
+    """What the images are resized to before prediction: ``--eval_long_side`` when given or set by a preset; else
+    the ``size`` of the model's saved image processor (a long side, a short side or a fixed size: what the
+    pipeline predicts on), or None (images kept at their size) for a processor that does not resize."""
+    if args.eval_long_side is not None or args.preset:
         return args.eval_long_side
-    return image_processor.size.get("longest_edge")
+    return processor_input_size(image_processor)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -105,7 +108,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "dataset splits; the flags below override them. Default on the toy world: the toy preset's",
     )
     p.add_argument(
-        "--eval_long_side", type=at_least_one, help="resize the long side before prediction (VOC: 512)"
+        "--eval_long_side",
+        type=at_least_one,
+        help="resize the long side to N before prediction (VOC: 512); default: the preset's, without --preset "
+        "as the model's saved image processor resizes (what the pipeline predicts on)",
     )
     p.add_argument("--msf", action="store_true", help="multi-scale + flip (--scales)")
     p.add_argument(
@@ -202,7 +208,7 @@ def format_table(results: dict[str, dict], id2label: dict[int, str]) -> str:
 def settings_report(args: argparse.Namespace) -> dict:
     """The evaluation settings used, as the JSON records them (scales and flip only with --msf)."""
     return {
-        "eval_long_side": args.eval_long_side,
+        "input_size": args.input_size,
         "msf_scales": list(args.scales) if args.msf else None,
         "flip": args.msf,
         "crf": args.crf,
@@ -224,7 +230,7 @@ def main(argv=None) -> dict:
         ),
     )
     normalization = PixelNormalization.from_image_processor(image_processor)
-    args.eval_long_side = processor_long_side(args, image_processor)
+    args.input_size = input_size(args, image_processor)
     _, val, _ = load_dataset_splits(
         DataSource.from_args(args, toy_sizes=(1, args.toy_val_images)),
         validation_split=args.validation_split,
@@ -257,7 +263,7 @@ def main(argv=None) -> dict:
         loader,
         modes,
         scales=args.scales,
-        long_side=args.eval_long_side,
+        input_size=args.input_size,
         crf_params=args.crf_params,
         normalization=normalization,
     )

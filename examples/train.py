@@ -58,7 +58,7 @@ from weclip_hf.data.loading import (
 )
 from weclip_hf.data.toy import default_clip_model
 from weclip_hf.data.transforms import TrainAugmentation
-from weclip_hf.evaluation import MIOU_NAMES, evaluate_segmentation, write_overlays
+from weclip_hf.evaluation import MIOU_NAMES, evaluate_segmentation, processor_input_size, write_overlays
 from weclip_hf.host_memory import retain_freed_host_memory
 from weclip_hf.hub import (
     create_hub_repo,
@@ -338,8 +338,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument(
         "--eval_long_side",
         type=at_least_one,
-        help="resize the long side before prediction; default: the recipe's "
-        f"({recipe_values('eval_long_side')}: images kept at their size)",
+        help="the saved image processor resizes the long side to N, and the evaluation predicts on images so "
+        f"resized; default: the recipe's ({recipe_values('eval_long_side')}: to --crop_size x --crop_size, the toy "
+        "world's image size)",
     )
     train.add_argument("--no_msf", action="store_true", help="skip multi-scale + flip evaluation")
     train.add_argument(
@@ -901,16 +902,19 @@ def log_losses(accelerator: Accelerator, out, step: int, lr: float, log_path: Pa
     return record
 
 
-def evaluate_in_training(args, accelerator: Accelerator, model, val_set, step: int, log_path: Path) -> None:
-    """``--eval_steps``: decoder and pseudo-label mIoU on the validation set, every process evaluating every
-    num_processes-th image (the confusion matrices are summed); printed, tracked and logged."""
+def evaluate_in_training(
+    args, accelerator: Accelerator, model, val_set, step: int, log_path: Path, input_size: dict | None
+) -> None:
+    """``--eval_steps``: decoder and pseudo-label mIoU on the validation set (the images resized to ``input_size``,
+    as the saved processor resizes them), every process evaluating every num_processes-th image (the confusion
+    matrices are summed); printed, tracked and logged."""
     shard = process_subset(val_set, accelerator.process_index, accelerator.num_processes)
     loader = DataLoader(shard, batch_size=args.per_device_eval_batch_size, collate_fn=collate_by_size)
     res = evaluate_segmentation(
         model,
         loader,
         ("pred", "pseudo"),
-        long_side=args.eval_long_side,
+        input_size=input_size,
         accelerator=accelerator,
         progress=False,
     )
@@ -921,14 +925,14 @@ def evaluate_in_training(args, accelerator: Accelerator, model, val_set, step: i
         append_log(log_path, {"step": step, **scores})
 
 
-def final_evaluation(args, model, val_set, output_dir: Path) -> dict:
-    """The trained model on the validation set (main process): decoder, CAM and RFM pseudo-label mIoU, the
-    multi-scale decoder unless ``--no_msf``, per-class IoU, the toy world's baselines, and the overlays written
-    to ``output_dir``."""
+def final_evaluation(args, model, val_set, output_dir: Path, input_size: dict | None) -> dict:
+    """The trained model on the validation set (main process; the images resized to ``input_size``, as the saved
+    processor resizes them): decoder, CAM and RFM pseudo-label mIoU, the multi-scale decoder unless
+    ``--no_msf``, per-class IoU, the toy world's baselines, and the overlays written to ``output_dir``."""
     cfg = model.config
     loader = DataLoader(val_set, batch_size=args.per_device_eval_batch_size, collate_fn=collate_by_size)
     modes = ["pred", "cam", "pseudo"] + ([] if args.no_msf else ["pred_msf"])
-    res = evaluate_segmentation(model, loader, modes, scales=args.msf_scales, long_side=args.eval_long_side)
+    res = evaluate_segmentation(model, loader, modes, scales=args.msf_scales, input_size=input_size)
     names = dict(MIOU_NAMES)
     if args.fully_supervised:  # the decoder's figures named apart from a weakly supervised model's
         names.update(pred="fully_supervised_miou", pred_msf="fully_supervised_miou_msf")
@@ -1052,21 +1056,22 @@ def schedule_notes(cfg, counter: int, max_train_steps: int) -> list[str]:
     step counter (``training_step``), which a model of ``--model_name_or_path`` brings from its training at
     ``counter``; this run's step ``s`` is the model's step ``counter + s``."""
     stages = (
-        ("the RFM", cfg.rfm_start_step, "--rfm_start_step, or --preset, sets it", "the pseudo labels are the CAMs'"),
+        ("the RFM", cfg.rfm_start_step, "--rfm_start_step, or --preset, sets it", "the pseudo labels are the CAMs'",
+         " metrics.json's pseudo_label_miou applies the RFM to the trained model all the same."),
         ("WeCLIP+'s self-training", getattr(cfg, "self_training_start_step", None),
-         "config.self_training_start_step", "the prediction never overwrites the pseudo labels"),
+         "config.self_training_start_step", "the prediction never overwrites the pseudo labels", ""),
     )  # fmt: skip
     origin = f" (the model of --model_name_or_path has trained {counter} steps)" if counter else ""
     at = "model step" if counter else "step"
     notes = []
-    for what, start, source, never in stages:
+    for what, start, source, never, aside in stages:
         if start is None:
             continue
         first = start - counter + 1  # this run's first step with it
         if first > max_train_steps:
             notes.append(
                 f"{what} starts at {at} {start}, after this run's {max_train_steps} steps{origin}: {never} "
-                f"throughout ({source})."
+                f"throughout ({source}).{aside}"
             )
         elif counter:
             when = "its first step" if first <= 1 else f"its step {first}"
@@ -1180,7 +1185,13 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                     checkpoint()
                 if args.eval_steps and step % args.eval_steps == 0 and val_set is not None:
                     evaluate_in_training(
-                        args, accelerator, accelerator.unwrap_model(model), val_set, step, log_path
+                        args,
+                        accelerator,
+                        accelerator.unwrap_model(model),
+                        val_set,
+                        step,
+                        log_path,
+                        processor_input_size(image_processor),
                     )
                     model.train()
                 if step >= args.max_train_steps or stop["signal"] is not None:
@@ -1236,7 +1247,8 @@ def finish_training(
         image_processor.save_pretrained(output_dir)
     metrics: dict = {"train_steps": step, "train_seconds": round(train_seconds, 1)}
     if val_set is not None and accelerator.is_main_process:
-        metrics.update(final_evaluation(args, unwrapped, val_set, output_dir))
+        input_size = processor_input_size(image_processor)  # scored as the pipeline predicts
+        metrics.update(final_evaluation(args, unwrapped, val_set, output_dir, input_size))
     metrics["total_seconds"] = round(time.time() - started, 1)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -92,7 +92,12 @@ def test_single_scale_cli_writes_json_and_per_class_table(model_dir, data_path, 
     assert 0.0 <= report["miou"] <= 1.0  # train.py's metrics.json names (MIOU_NAMES)
     assert set(report) == {"model", "split", "num_images", "evaluation", "miou", "per_class_iou"}
     # no --preset on a local dataset: the long side of the model's saved processor (48), single scale, no CRF
-    assert report["evaluation"] == {"eval_long_side": 48, "msf_scales": None, "flip": False, "crf": False}
+    assert report["evaluation"] == {
+        "input_size": {"longest_edge": 48},
+        "msf_scales": None,
+        "flip": False,
+        "crf": False,
+    }
     assert list(report["per_class_iou"]["pred"]) == CLASSES
     table = proc.stdout
     assert "| class | pred |" in table and "**mIoU**" in table
@@ -325,7 +330,7 @@ def test_images_below_one_patch_after_the_resize_are_predicted_not_refused(tiny_
     pixel_values = torch.randn(1, 3, *size)
     for msf in (False, True):
         labels = predict_labels(
-            tiny_model, pixel_values, size, msf=msf, long_side=64 if max(size) > 64 else None
+            tiny_model, pixel_values, size, msf=msf, input_size=64 if max(size) > 64 else None
         )
         assert labels.shape == (1, *size)
 
@@ -345,22 +350,53 @@ def test_pseudo_label_modes_evaluate_images_below_one_patch(tiny_model):
     assert all(results[mode]["mean_iou"] is not None for mode in results)  # the 151 pixels were scored
 
 
-def test_the_default_long_side_is_the_saved_processors_unless_given_or_preset():
-    """Without --preset or --eval_long_side, local data is predicted as the pipeline would (the processor's long
-    side); a processor that does not resize to a long side keeps the image size."""
+def test_the_default_input_size_is_the_saved_processors_unless_given_or_preset():
+    """Without --preset or --eval_long_side, data is predicted as the pipeline would: resized as the saved
+    processor resizes (a long side, a short side or a fixed size; the fixed size was ignored: images were scored
+    at their own size); a processor that does not resize keeps the image size."""
     from weclip_hf import WeCLIPImageProcessor
 
     script = load_script()
     processor = WeCLIPImageProcessor(size={"longest_edge": 48}, patch_size=8)
     local = ["--model_name_or_path", "m", "--data_dir", "d"]
-    assert script.processor_long_side(script.parse_args(local), processor) == 48
-    assert script.processor_long_side(script.parse_args([*local, "--eval_long_side", "64"]), processor) == 64
-    assert script.processor_long_side(script.parse_args([*local, "--preset", "voc"]), processor) == 512
-    assert (
-        script.processor_long_side(script.parse_args(["--model_name_or_path", "m"]), processor) is None
-    )  # toy
-    fixed = WeCLIPImageProcessor(size={"height": 96, "width": 96}, patch_size=8)
-    assert script.processor_long_side(script.parse_args(local), fixed) is None
+    assert script.input_size(script.parse_args(local), processor) == {"longest_edge": 48}
+    assert script.input_size(script.parse_args([*local, "--eval_long_side", "64"]), processor) == 64
+    assert script.input_size(script.parse_args([*local, "--preset", "voc"]), processor) == 512
+    assert script.input_size(script.parse_args([*local, "--preset", "toy"]), processor) is None  # its size
+    toy = script.parse_args(["--model_name_or_path", "m"])
+    for size in ({"height": 96, "width": 80}, {"shortest_edge": 32}):
+        resizing = WeCLIPImageProcessor(size=size, patch_size=8)
+        assert (
+            script.input_size(script.parse_args(local), resizing) == script.input_size(toy, resizing) == size
+        )
+    keeping = WeCLIPImageProcessor(size={"height": 96, "width": 96}, do_resize=False, patch_size=8)
+    assert script.input_size(script.parse_args(local), keeping) is None
+
+
+def test_evaluation_predicts_on_the_images_the_processor_gives_the_pipeline(tiny_model):
+    """`evaluate_segmentation(input_size=processor.size)` runs the model on images of the size the processor gives
+    the pipeline, for each kind of processor size (an int: the long side), and scores at the masks' size."""
+    from weclip_hf import WeCLIPImageProcessor
+    from weclip_hf.evaluation import evaluate_segmentation
+
+    image = np.random.default_rng(0).integers(0, 256, (30, 52, 3), dtype=np.uint8)
+    batch = {"pixel_values": torch.randn(1, 3, 30, 52), "labels": torch.zeros(1, 30, 52, dtype=torch.long)}
+    seen = []
+    hook = tiny_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(tuple(kwargs["pixel_values"].shape[-2:])), with_kwargs=True
+    )
+    try:
+        sizes = [{"height": 24, "width": 24}, {"shortest_edge": 20}, {"longest_edge": 40}]
+        for size, processor_size in [*zip(sizes, sizes), (40, {"longest_edge": 40}), (None, None)]:
+            processor = WeCLIPImageProcessor(
+                size=processor_size, do_resize=size is not None, do_pad=False, patch_size=8
+            )
+            expected = tuple(processor(image, return_tensors="pt")["pixel_values"].shape[-2:])
+            seen.clear()
+            scores = evaluate_segmentation(tiny_model, [batch], ["pred"], input_size=size, progress=False)
+            assert seen == [expected] and scores["pred"]["mean_iou"] is not None, size
+    finally:
+        hook.remove()
 
 
 def test_crf_reads_the_image_at_its_size_not_the_long_side_resized_one(monkeypatch):
@@ -386,7 +422,7 @@ def test_crf_reads_the_image_at_its_size_not_the_long_side_resized_one(monkeypat
     monkeypatch.setattr(evaluation, "crf_refine_labels", recording_crf)
     x = torch.randn(1, 3, 30, 30, generator=torch.Generator().manual_seed(0))
     evaluation.predict_labels(
-        PoolingModel(), x, (30, 30), long_side=16, crf=True, normalization=IMAGENET_NORMALIZATION
+        PoolingModel(), x, (30, 30), input_size=16, crf=True, normalization=IMAGENET_NORMALIZATION
     )
     assert torch.equal(seen["image"], IMAGENET_NORMALIZATION.denormalize(x))
 

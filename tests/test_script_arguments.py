@@ -112,8 +112,12 @@ def test_evaluate_on_the_toy_world_without_preset_uses_the_toy_recipe():
     args = evaluate_script.parse_args(["--model_name_or_path", "m", "--msf"])
     assert args.scales == list(toy.msf_scales) == [1.0, 1.125]
     assert (args.eval_long_side, args.crf) == (toy.eval_long_side, toy.crf)
+    from weclip_hf import WeCLIPImageProcessor
+
+    # the toy model's processor (96 x 96, the toy world's size): the images are predicted as the pipeline would
+    args.input_size = evaluate_script.input_size(args, WeCLIPImageProcessor(size={"height": 96, "width": 96}))
     assert evaluate_script.settings_report(args) == {
-        "eval_long_side": None,
+        "input_size": {"height": 96, "width": 96},
         "msf_scales": [1.0, 1.125],
         "flip": True,
         "crf": False,

@@ -333,6 +333,9 @@ def test_schedule_notes_count_from_the_models_step_counter(tiny_config):
         "the RFM starts at step 10, after this run's 10 steps: the pseudo labels are the CAMs' throughout"
         in notes(tiny_config, 0, 10)[0]
     )
+    assert notes(tiny_config, 0, 10)[0].endswith(
+        "pseudo_label_miou applies the RFM to the trained model all the same."
+    )
     assert "from its first step" in notes(tiny_config, 30, 5)[0]  # a counter past the start
     assert (
         "after this run's 5 steps (the model of --model_name_or_path has trained 4 steps)"

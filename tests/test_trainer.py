@@ -705,3 +705,30 @@ def test_weclip_trainer_writes_the_weclip_model_card_with_its_evaluation(tmp_pat
     assert result.metric_value == pytest.approx(evaluation["eval_miou"])
     assert f"| pseudo_label_miou | {evaluation['eval_pseudo_label_miou']:.4f} |" in card.text
     assert "WeCLIPTrainer" in card.text and {"weclip", "toy"} <= set(card.data.tags)
+
+
+def test_weclip_trainer_evaluates_at_eval_long_side_else_as_its_processor_resizes(tmp_path):
+    """Without eval_long_side the images were scored at their own size whatever the trainer's processor does:
+    the figures were not those of the pipeline's predictions."""
+    val_set = toy_evaluation_set(1)  # 96 x 96 images
+    cases = [
+        (dict(trainer_kwargs={"processing_class": WeCLIPImageProcessor(), "eval_long_side": 48}), (48, 48)),
+        (
+            dict(trainer_kwargs={"processing_class": WeCLIPImageProcessor(size={"height": 64, "width": 80})}),
+            (64, 80),
+        ),
+        (
+            dict(trainer_kwargs={"processing_class": WeCLIPImageProcessor(size={"shortest_edge": 32})}),
+            (32, 32),
+        ),
+        (dict(), (96, 96)),  # no processor: the images' own size
+    ]
+    for arguments, expected in cases:
+        model = toy_model()
+        seen = []
+        model.register_forward_pre_hook(
+            lambda module, args, kwargs, seen=seen: seen.append(tuple(kwargs["pixel_values"].shape[-2:])),
+            with_kwargs=True,
+        )
+        weclip_trainer(model, tmp_path, max_steps=1, eval_modes=("pred",), **arguments).evaluate(val_set)
+        assert seen == [expected], arguments

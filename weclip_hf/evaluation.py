@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .batch_jobs import save_image
 from .crf import WECLIP, CRFParams, crf_refine_labels
-from .inference import image_logits, image_pseudo_labels, multiscale_flip_logits, resize_longest_edge
+from .inference import image_logits, image_pseudo_labels, multiscale_flip_logits, resize_images
 from .metrics import confusion_matrix, scores_from_confusion
 from .normalization import PixelNormalization
 from .presets import EvaluationSettings
@@ -35,6 +35,17 @@ MIOU_NAMES = {
     "cam": "cam_miou",
     "pseudo": "pseudo_label_miou",
 }
+
+
+def processor_input_size(image_processor) -> dict[str, int] | None:
+    """The ``input_size`` of `evaluate_segmentation` that scores what the pipeline predicts with
+    ``image_processor``: its ``size`` when it resizes; None (images kept at their size) when it does not, or for
+    anything but an image processor with a ``size``."""
+    if not getattr(image_processor, "do_resize", False) or not isinstance(
+        getattr(image_processor, "size", None), dict
+    ):
+        return None
+    return dict(image_processor.size)
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -68,12 +79,13 @@ def _require_normalization(normalization: PixelNormalization | None) -> PixelNor
 
 def prediction_logits(
     model, pixel_values: torch.Tensor, size: tuple[int, int], msf: bool = False,
-    scales: Sequence[float] = EvaluationSettings.msf_scales, long_side: int | None = None,
+    scales: Sequence[float] = EvaluationSettings.msf_scales, input_size: int | Mapping[str, int] | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """Float logits [B, K, H, W] at ``size``: optional long-side resize, (multi-scale + flip) logits, bilinear
-    upsampling."""
-    if long_side is not None:
-        pixel_values = resize_longest_edge(pixel_values, long_side)
+    """Float logits [B, K, H, W] at ``size``: the images resized to ``input_size`` (`resize_images`: an int is the
+    long side, a mapping an image processor's ``size``; None: kept at their size), (multi-scale + flip) logits,
+    bilinear upsampling."""
+    if input_size is not None:
+        pixel_values = resize_images(pixel_values, input_size)
     if msf:
         logits = multiscale_flip_logits(model, pixel_values, scales=scales)
     else:
@@ -96,22 +108,24 @@ def labels_from_logits(
 
 def predict_labels(
     model, pixel_values: torch.Tensor, size: tuple[int, int], msf: bool = False,
-    scales: Sequence[float] = EvaluationSettings.msf_scales, long_side: int | None = None, crf: bool = False,
+    scales: Sequence[float] = EvaluationSettings.msf_scales, input_size: int | Mapping[str, int] | None = None,
+    crf: bool = False,
     crf_params: CRFParams = WECLIP, normalization: PixelNormalization | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """Predicted label maps [B, H, W] at ``size``: `prediction_logits` (optional long-side resize, (multi-scale +
-    flip) logits, bilinear upsampling), then `labels_from_logits` (argmax, or the dense CRF with ``crf_params`` on
+    """Predicted label maps [B, H, W] at ``size``: `prediction_logits` (the resize to ``input_size``, (multi-scale
+    + flip) logits, bilinear upsampling), then `labels_from_logits` (argmax, or the dense CRF with ``crf_params`` on
     the image at ``size``, recovered with ``normalization``, required with ``crf``; default WeCLIP's evaluation
     setting, see `weclip_hf.crf`)."""
     if crf:
         _require_normalization(normalization)
     with in_eval_mode(model), torch.no_grad():
-        logits = prediction_logits(model, pixel_values, size, msf, scales, long_side)
+        logits = prediction_logits(model, pixel_values, size, msf, scales, input_size)
     return labels_from_logits(logits, pixel_values, crf, crf_params, normalization)
 
 
 def _score_batch(
-    model, batch: dict, modes: Sequence[str], matrices: dict, scales: Sequence[float], long_side: int | None,
+    model, batch: dict, modes: Sequence[str], matrices: dict, scales: Sequence[float],
+    input_size: int | Mapping[str, int] | None,
     crf_params: CRFParams, normalization: PixelNormalization | None,
 ) -> None:  # fmt: skip
     """Add one batch's confusion matrix per mode to ``matrices``."""
@@ -125,7 +139,7 @@ def _score_batch(
         if mode.startswith("pred"):
             msf = "msf" in mode
             if msf not in logits:
-                logits[msf] = prediction_logits(model, pixel_values, size, msf, scales, long_side)
+                logits[msf] = prediction_logits(model, pixel_values, size, msf, scales, input_size)
             pred = labels_from_logits(logits[msf], pixel_values, "crf" in mode, crf_params, normalization)
         else:
             if "class_labels" not in batch:
@@ -145,7 +159,7 @@ def evaluate_segmentation(
     batches: Iterable[dict | list[dict]],
     modes: Sequence[str] = ("pred",),
     scales: Sequence[float] = EvaluationSettings.msf_scales,
-    long_side: int | None = None,
+    input_size: int | Mapping[str, int] | None = None,
     accelerator=None,
     progress: bool = True,
     max_batches: int | None = None,
@@ -154,7 +168,9 @@ def evaluate_segmentation(
 ) -> dict[str, dict]:
     """mIoU per mode over ``batches`` of ``pixel_values`` [B, 3, H, W], ``labels`` [B, H, W] and (for the
     pseudo-label modes) ``class_labels`` [B, C]; an item may be a list of such batches (images of several sizes:
-    `weclip_hf.data.loading.collate_by_size`).
+    `weclip_hf.data.loading.collate_by_size`). The decoder's modes predict on the images resized to ``input_size``
+    (an int: the long side, VOC's 512; a mapping: an image processor's ``size``, so that the figures are those of
+    the pipeline with that processor; None: kept at their size), upsampled back to the masks' size.
 
     Modes: ``pred`` (decoder, single scale), ``pred_msf`` (multi-scale + flip), ``pred_crf`` /
     ``pred_msf_crf`` (the same followed by the dense CRF of `weclip_hf.crf` with ``crf_params``, default
@@ -181,7 +197,7 @@ def evaluate_segmentation(
             if max_batches is not None and i >= max_batches:
                 break
             for batch in loaded if isinstance(loaded, list) else [loaded]:  # `collate_by_size`: one per size
-                _score_batch(model, batch, modes, matrices, scales, long_side, crf_params, normalization)
+                _score_batch(model, batch, modes, matrices, scales, input_size, crf_params, normalization)
     results = {}
     for mode, cm in matrices.items():
         if cm is None:

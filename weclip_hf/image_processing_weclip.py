@@ -40,7 +40,7 @@ from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import ChannelDimension
 
 from .image_reading import channel_format, image_list, image_size, label_tensor, to_rgb_array
-from .inference import longest_edge_size, shortest_edge_size
+from .inference import resized_size
 from .normalization import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, PixelNormalization
 
 
@@ -362,16 +362,6 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             raise ValueError(f"size values must be positive integers, got {given!r}.")
         return {k: int(v) for k, v in size.items()}
 
-    @staticmethod
-    def _resized_size(height: int, width: int, size: dict[str, int]) -> tuple[int, int]:
-        """The size an image of (height, width) is resized to (each side at least 1 px)."""
-        if "longest_edge" in size:
-            h, w = longest_edge_size(height, width, size["longest_edge"])
-            return max(1, h), max(1, w)
-        if "shortest_edge" in size:
-            return shortest_edge_size(height, width, size["shortest_edge"])
-        return size["height"], size["width"]
-
     def _padded_size(self, height: int, width: int, do_pad: bool) -> tuple[int, int]:
         """The size after padding: at least one patch, with ``do_pad`` a multiple of ``patch_size``."""
         p = self.patch_size
@@ -434,7 +424,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             original_sizes.append(array.shape[:2])
             x = normalization.normalize(torch.from_numpy(array).permute(2, 0, 1))
             if opts["do_resize"]:
-                target = self._resized_size(*x.shape[-2:], opts["size"])
+                target = resized_size(*x.shape[-2:], opts["size"])
                 if target != tuple(x.shape[-2:]):
                     x = F.interpolate(x[None], size=target, mode="bilinear", align_corners=False)[0]
             pixels.append(x)
@@ -470,7 +460,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         """[K, h, w] logits of one image -> [K, H, W] at ``target`` = its original (H, W), the padding that the
         geometry options ``opts`` (do_resize, size, do_pad) imply cropped."""
         height, width = target
-        resized = self._resized_size(height, width, opts["size"]) if opts["do_resize"] else (height, width)
+        resized = resized_size(height, width, opts["size"]) if opts["do_resize"] else (height, width)
         padded = self._padded_size(*resized, opts["do_pad"])
         p = self.patch_size
         logits = logits[None].float()

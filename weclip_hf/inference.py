@@ -3,7 +3,7 @@ multi-scale + flip logits (DESIGN Part 1)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,11 +27,33 @@ def _scaled_size(height: int, width: int, target: int, side: int) -> tuple[int, 
     return int(height * target / side), int(width * target / side)  # multiply first: exact
 
 
+def resized_size(height: int, width: int, size: int | Mapping[str, int]) -> tuple[int, int]:
+    """The (height, width) an image is resized to (each side at least 1 px): an int ``size`` is the long side (the
+    official evaluation's 512); a mapping is an image processor's ``size``: ``{"longest_edge": L}``,
+    ``{"shortest_edge": S}`` or ``{"height": h, "width": w}``."""
+    if not isinstance(size, Mapping):
+        size = {"longest_edge": size}
+    if "longest_edge" in size:
+        height, width = longest_edge_size(height, width, size["longest_edge"])
+    elif "shortest_edge" in size:
+        height, width = shortest_edge_size(height, width, size["shortest_edge"])
+    else:
+        height, width = size["height"], size["width"]
+    return max(1, height), max(1, width)
+
+
+def resize_images(pixel_values: torch.Tensor, size: int | Mapping[str, int]) -> torch.Tensor:
+    """Bilinear (align_corners=False) resize of normalized images [B, 3, H, W] to `resized_size` (an int: the long
+    side), as the official evaluation resizes the normalized tensor; images already at that size are returned."""
+    target = resized_size(*pixel_values.shape[-2:], size)
+    if target == tuple(pixel_values.shape[-2:]):
+        return pixel_values
+    return F.interpolate(pixel_values, size=target, mode="bilinear", align_corners=False)
+
+
 def resize_longest_edge(pixel_values: torch.Tensor, longest_edge: int = 512) -> torch.Tensor:
-    """Bilinear (align_corners=False) resize of normalized images [B, 3, H, W] so the long side is
-    ``longest_edge``, as the official evaluation resizes the normalized tensor."""
-    size = longest_edge_size(*pixel_values.shape[-2:], longest_edge)
-    return F.interpolate(pixel_values, size=size, mode="bilinear", align_corners=False)
+    """`resize_images` to a long side of ``longest_edge`` (the official evaluation's resize)."""
+    return resize_images(pixel_values, longest_edge)
 
 
 def pad_to_patch(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:

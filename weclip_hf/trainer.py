@@ -17,7 +17,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import speed_metrics
 
 from .data.loading import collate_by_size, process_subset
-from .evaluation import MIOU_NAMES, MODES, evaluate_segmentation
+from .evaluation import MIOU_NAMES, MODES, evaluate_segmentation, processor_input_size
 from .hub import make_model_card, save_model_card, split_model_metrics
 from .normalization import PixelNormalization
 from .presets import EvaluationSettings
@@ -85,7 +85,9 @@ class WeCLIPTrainer(Trainer):
     - the model's step counter, which starts the RFM, counts optimizer steps also with gradient accumulation, and
       the training set's epoch (its crops) is right also in a run resumed mid-epoch (`TrainingSetEpochCallback`);
     - `evaluate` scores ``eval_dataset`` (`weclip_hf.data.loading.evaluation_set`: images with their masks at the
-      original size) with `evaluate_segmentation` under the run's mixed precision, and returns
+      original size; the model predicts on images resized to ``eval_long_side`` when given, else as
+      ``processing_class`` resizes them: the pipeline's predictions) with `evaluate_segmentation` under the run's
+      mixed precision, and returns
       per mode of ``eval_modes`` ("pred": the decoder, "pseudo": the RFM pseudo labels, "cam", "pred_msf", the CRF
       modes with the dataset's ``normalization``) its mIoU under train.py's metrics.json name (``eval_miou``,
       ``eval_pseudo_label_miou``, ``eval_cam_miou``, ...: `MIOU_NAMES`; NaN where no pixel could be scored), so
@@ -152,6 +154,13 @@ class WeCLIPTrainer(Trainer):
                     f"load_best_model_at_end compares metric_for_best_model={metric!r}, which the evaluation does "
                     f"not report: choose one of {reported} (eval_modes {list(self.eval_modes)})."
                 )
+
+    def _evaluation_input_size(self) -> int | dict[str, int] | None:
+        """What the evaluation resizes the images to: ``eval_long_side`` when given, else as ``processing_class``
+        (a WeCLIP image processor) resizes them, so that the figures are the pipeline's; else their own size."""
+        if self.eval_long_side is not None:
+            return self.eval_long_side
+        return processor_input_size(self.processing_class)
 
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """`Trainer`'s push of a checkpoint's model files, with the model's code files (``*.py``, which
@@ -230,7 +239,7 @@ class WeCLIPTrainer(Trainer):
                 self._evaluation_loader(dataset),
                 self.eval_modes,
                 scales=self.eval_scales,
-                long_side=self.eval_long_side,
+                input_size=self._evaluation_input_size(),
                 accelerator=accelerator,
                 progress=False,
                 normalization=_normalization(dataset),
