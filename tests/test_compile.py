@@ -137,3 +137,22 @@ def test_compiled_model_saves_and_loads_as_the_plain_model(tmp_path):
     assert not any("_orig_mod" in key for key in expected)
     for key, value in loaded.state_dict().items():
         assert torch.equal(value, expected[key]), key
+
+
+@pytest.mark.parametrize("method", ["weclip", "weclip_plus"])
+def test_exported_with_a_dynamic_batch_the_model_predicts_any_batch_as_eager(method):
+    """`torch.export` with a dynamic batch failed ("Constraints violated (batch)"): the CPU's chunk count, computed
+    from the batch size, fixed it; a `torch.jit.trace` at batch 2 failed at batch 4. While a graph is captured the
+    batch is one chunk."""
+    model = _model(method).eval()
+    pixels = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    batch = torch.export.Dim("batch", min=1, max=8)
+    exported = torch.export.export(model, (pixels[:2],), dynamic_shapes=({0: batch},), strict=False).module()
+    model.config.return_dict = False
+    traced = torch.jit.trace(model, (pixels[:2],), check_trace=False)
+    model.config.return_dict = True
+    with torch.no_grad():
+        for n in (1, 3, 5):
+            expected = model(pixels[:n]).logits
+            torch.testing.assert_close(exported(pixels[:n])["logits"], expected, rtol=0, atol=1e-5)
+            torch.testing.assert_close(traced(pixels[:n])[0], expected, rtol=0, atol=1e-5)

@@ -32,11 +32,19 @@ CPU_ATTENTION_CHUNK_BYTES = 32 * 2**20
 def images_per_chunk(
     num_images: int, bytes_per_image: int, device: torch.device | str, budget: int = CPU_CHUNK_BYTES
 ) -> int:
-    """Images per chunk: all ``num_images`` off the CPU; on the CPU as many as keep ``bytes_per_image`` times the
-    chunk within ``budget`` bytes (at least one)."""
+    """Images per chunk: all ``num_images`` off the CPU and while a graph is traced (`torch.compile`,
+    `torch.export`, `torch.jit.trace`: a chunk count computed from the batch size would fix the batch size of the
+    graph); on the CPU as many as keep ``bytes_per_image`` times the chunk within ``budget`` bytes (at least one)."""
+    if is_capturing_graph():
+        return num_images
     if torch.device(device).type != "cpu":
         return max(num_images, 1)
     return max(1, min(num_images, budget // max(bytes_per_image, 1)))
+
+
+def is_capturing_graph() -> bool:
+    """Whether a graph is being captured: torch.compile / torch.export (strict or not) or torch.jit.trace."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
 def images_per_attention_chunk(
@@ -45,6 +53,12 @@ def images_per_attention_chunk(
     """Images per chunk for CLIP blocks over ``num_tokens`` tokens (the first L-1 blocks, the GradCAM block): their
     float32 attention probabilities, [heads, T, T] per image, within `CPU_ATTENTION_CHUNK_BYTES`."""
     return images_per_chunk(num_images, num_heads * num_tokens**2 * 4, device, CPU_ATTENTION_CHUNK_BYTES)
+
+
+def batch_chunks(x: torch.Tensor, chunk: int) -> list[torch.Tensor]:
+    """``x`` split along the batch into chunks of ``chunk``: ``[x]`` itself when one chunk holds the batch (no
+    split, and while a graph is traced no guard on the batch size: `torch.export` with a dynamic batch)."""
+    return [x] if chunk >= x.shape[0] else list(x.split(chunk))
 
 
 def concat_chunks(chunks: list[torch.Tensor]) -> torch.Tensor | None:
@@ -57,6 +71,8 @@ def concat_chunks(chunks: list[torch.Tensor]) -> torch.Tensor | None:
 __all__ = [
     "CPU_ATTENTION_CHUNK_BYTES",
     "CPU_CHUNK_BYTES",
+    "batch_chunks",
+    "is_capturing_graph",
     "concat_chunks",
     "images_per_attention_chunk",
     "images_per_chunk",

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .chunking import concat_chunks, images_per_attention_chunk
+from .chunking import batch_chunks, concat_chunks, images_per_attention_chunk
 from .clip_layers import clip_layer, eager_clip_layer
 
 
@@ -98,7 +98,7 @@ def clip_features(
         return CLIPVisionFeatures.concat(
             [
                 _clip_blocks(layers, part, grid, num_attention_maps, output_attentions)
-                for part in x.split(chunk)
+                for part in batch_chunks(x, chunk)
             ]
         )
 

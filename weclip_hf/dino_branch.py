@@ -10,6 +10,7 @@ of both libraries agree already. Official torch.hub weights are renamed by
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 from transformers.models.dinov2.modeling_dinov2 import Dinov2Embeddings
 
+from .chunking import is_capturing_graph
 from .clip_features import frozen_tower_grad_mode
 from .configuration_weclip_plus import WeCLIPPlusConfig
 from .feature_head import WeCLIPFeatureHead
@@ -39,7 +41,8 @@ def hub_position_embeddings(
         positions follow the offset scale.
     """
     cls_pos, patch_pos = position_embeddings[:, :1], position_embeddings[:, 1:]
-    m = int(round(patch_pos.shape[1] ** 0.5))
+    m = math.isqrt(int(patch_pos.shape[1]))  # int(): `torch.jit.trace` gives shapes as tensors
+    grid = (int(grid[0]), int(grid[1]))
     d = patch_pos.shape[-1]
     patch_pos = patch_pos.reshape(1, m, m, d).permute(0, 3, 1, 2).float()
     scale = ((grid[0] + offset) / m, (grid[1] + offset) / m)
@@ -60,7 +63,7 @@ class Dinov2EmbeddingsWithHubPositions(Dinov2Embeddings):
     embeddings' tensor, storage, dtype, device or version (any in-place change through the tensor, e.g.
     `load_state_dict`) or the inference mode differs; the entry holds the embeddings it was made from, so their
     storage cannot be reused by another tensor while it is kept. Not kept while the embeddings take gradients or
-    under `torch.compile` (which traces the resize). Edits through ``.data`` bypass the version: call
+    while a graph is captured (`torch.compile`, `torch.export`, `torch.jit.trace`: the resize is traced). Edits through ``.data`` bypass the version: call
     `interpolate_pos_encoding` after such an edit only with a new grid, or delete ``_resized_positions``."""
 
     def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -70,7 +73,7 @@ class Dinov2EmbeddingsWithHubPositions(Dinov2Embeddings):
             return position
         patch_h, patch_w = self.patch_embeddings.patch_size
         grid = (height // patch_h, width // patch_w)
-        if (torch.is_grad_enabled() and position.requires_grad) or torch.compiler.is_compiling():
+        if (torch.is_grad_enabled() and position.requires_grad) or is_capturing_graph():
             return hub_position_embeddings(position, grid)
         key = (
             grid,
