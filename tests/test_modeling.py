@@ -208,6 +208,46 @@ def test_rfm_switches_on_from_step_counter(tiny_config):
     assert model(pixel_values, class_labels=class_labels, use_rfm=False).used_rfm is False
 
 
+def _replace_step(model, step):
+    model.training_step = torch.tensor(step)
+
+
+def _load_step(model, step):
+    model.load_state_dict({**model.state_dict(), "training_step": torch.tensor(step)})
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda model, step: model.training_step.fill_(step),
+        lambda model, step: model.training_step.copy_(torch.tensor(step)),
+        _replace_step,
+        _load_step,
+    ],
+    ids=["fill_", "copy_", "replace", "load_state_dict"],
+)
+def test_outside_writes_to_the_step_counter_decide_the_next_rfm(tiny_config, write, monkeypatch):
+    """The host mirror of `training_step` follows a write made outside the model (it kept its old value: the RFM
+    stayed off and the write was undone), yet is read from the buffer only after such a write."""
+    tiny_config.rfm_start_step = 5
+    model = WeCLIPForSemanticSegmentation(tiny_config).train()
+    pixel_values, class_labels = _inputs(batch=2, height=16, width=16)
+    assert model(pixel_values, class_labels=class_labels).used_rfm is False
+    reads = []
+    to_int = torch.Tensor.__int__
+    monkeypatch.setattr(
+        torch.Tensor, "__int__", lambda t: (t is model.training_step and reads.append(t)) or to_int(t)
+    )
+    assert [model(pixel_values, class_labels=class_labels).used_rfm for _ in range(2)] == [False, False]
+    assert reads == []  # no device sync on the steps nobody else wrote
+    write(model, 100)
+    assert model(pixel_values, class_labels=class_labels).used_rfm is True
+    assert len(reads) == 1 and int(model.training_step) == 101
+    write(model, 0)
+    assert model(pixel_values, class_labels=class_labels).used_rfm is False
+    assert int(model.training_step) == 1
+
+
 def test_full_supervision_with_pixel_labels(tiny_model):
     pixel_values, _ = _inputs()
     labels = torch.randint(0, 5, (3, 48, 40))
@@ -252,7 +292,7 @@ def test_a_whole_model_pickles_and_torch_saves(tmp_path, tiny_model):
     pixel_values, _ = _inputs()
     torch.testing.assert_close(loaded(pixel_values).logits, tiny_model(pixel_values).logits, rtol=0, atol=0)
     assert loaded._current_step() == 5
-    # the load hook still runs on the unpickled model: the host mirror of training_step follows a loaded state
+    # the host mirror of training_step follows a state loaded into the unpickled model
     state = {**loaded.state_dict(), "training_step": torch.tensor(9)}
     loaded.load_state_dict(state)
     assert loaded._current_step() == 9

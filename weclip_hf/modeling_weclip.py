@@ -249,10 +249,10 @@ def _pseudo_label_stage(method):
     return torch.compiler.disable(wrapper)
 
 
-def _forget_step_mirror(module: nn.Module, incompatible_keys) -> None:
-    """Load hook: `training_step` may have changed, so the host mirror is read again (a module-level function, not
-    a lambda, so that the model pickles)."""
-    module._step = None
+def _version_of(tensor: torch.Tensor) -> int | None:
+    """``tensor``'s in-place write counter (torch bumps it on every in-place write); None for an inference tensor,
+    which keeps none."""
+    return None if tensor.is_inference() else tensor._version
 
 
 class WeCLIPPreTrainedModel(PreTrainedModel):
@@ -372,8 +372,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         self.register_buffer("class_text_embeds", class_embeds.clone())
         self.register_buffer("background_text_embeds", background_embeds.clone())
         self.register_buffer("training_step", torch.zeros((), dtype=torch.long))
-        self._step: int | None = None  # host mirror of training_step (avoids a device sync per step)
-        self.register_load_state_dict_post_hook(_forget_step_mirror)
+        # host mirror of training_step (avoids a device sync per step): (the buffer, its write counter, its value)
+        self._step_mirror: tuple[torch.Tensor, int | None, int] | None = None
         self.decoder = WeCLIPDecoder(config)
         self.post_init()
         self.freeze_backbones()
@@ -817,23 +817,31 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         """Set the training-step counter (e.g. to resume a schedule); RFM starts at ``config.rfm_start_step``."""
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}.")
-        self.training_step.fill_(int(step))
-        self._step = int(step)
+        self._write_step(int(step))
 
     # The step counter lives on the host: eager under `torch.compile`, whose graphs would otherwise specialise on
     # (and be recompiled for) every step's value.
     @torch.compiler.disable
     def _current_step(self) -> int:
-        """The training-step counter, read from the buffer once and mirrored on the host after that."""
-        if self._step is None:
-            self._step = int(self.training_step)
-        return self._step
+        """The training-step counter, mirrored on the host: the buffer is read (a device sync) only when it was
+        replaced (``model.training_step = ...``, ``.to(device)``) or written in place (``fill_``, ``copy_``,
+        ``load_state_dict``, an averaged model's update) since the mirror was taken, so outside writes count."""
+        buffer, mirror = self.training_step, self._step_mirror
+        version = _version_of(buffer)
+        if mirror is None or mirror[0] is not buffer or version is None or mirror[1] != version:
+            self._step_mirror = mirror = (buffer, version, int(buffer))
+        return mirror[2]
+
+    def _write_step(self, step: int) -> None:
+        """Write ``step`` to the buffer and mirror it (with the buffer's write counter after the write)."""
+        buffer = self.training_step
+        buffer.fill_(step)
+        self._step_mirror = (buffer, _version_of(buffer), step)
 
     @torch.compiler.disable
     def _advance_step(self) -> None:
         """One training forward done (weak or fully supervised): count it in the buffer and its mirror."""
-        self._step = self._current_step() + 1
-        self.training_step.fill_(self._step)
+        self._write_step(self._current_step() + 1)
 
     def _frozen_clip_pass(
         self,
