@@ -155,3 +155,48 @@ def test_config_names_label_names_that_are_not_strings():
     """(was: "id2label must name ids 0..2 ..., got ids [0, 1, 2]", blaming the ids)"""
     with pytest.raises(ValueError, match=r"label_names must be strings, got \[1, 2\]"):
         WeCLIPConfig(class_names=["a", "b"], label_names=[1, 2])
+
+
+FIVE = ["cat", "dog", "car", "tree", "bus"]
+
+
+def test_class_names_set_on_a_built_config_renumber_its_labels(tmp_path):
+    """(was: num_labels stayed at 5 from id2label while num_foreground_classes said 5 classes: a model of it
+    crashed in the loss on "index 5 is out of bounds" and did not save)"""
+    config = make_tiny_config(id2label=RENAMED)
+    config.class_names = FIVE
+    assert config.num_labels == 6 and config.num_foreground_classes == 5 and config.label_names == FIVE
+    assert config.id2label == {0: "bg", **dict(enumerate(FIVE, 1))}  # the background's display name kept
+    assert config.label2id == {name: i for i, name in config.id2label.items()}
+    config.save_pretrained(tmp_path)
+    assert WeCLIPConfig.from_pretrained(tmp_path).id2label == config.id2label
+    config.label_names = ["Cat", "Dog", "Car", "Tree", "Bus"]
+    config.class_names = list(FIVE)  # the same names: the display names stay
+    assert config.label_names == ["Cat", "Dog", "Car", "Tree", "Bus"]
+    for bad, message in (
+        ("bus", "must be a list of names"),
+        (["a", "a"], "more than once"),
+        ([], "at least one"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            config.class_names = bad
+    assert config.class_names == FIVE and config.num_labels == 6  # untouched by the refused assignments
+
+
+def test_a_model_of_a_config_given_new_class_names_trains():
+    config = make_tiny_config()
+    config.class_names = FIVE
+    model = WeCLIPForSemanticSegmentation(config).train()
+    class_labels = torch.zeros(2, 5)
+    class_labels[:, 4] = 1
+    out = model(torch.randn(2, 3, 32, 32), class_labels=class_labels, use_rfm=False)
+    assert out.logits.shape[1] == 6 and torch.isfinite(out.loss)
+
+
+def test_class_names_changed_under_a_built_model_are_refused_by_name(tiny_model):
+    tiny_model.config.class_names = FIVE
+    pixel_values = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"built for 4: .*update_class_embeddings\(tokenizer, class_names"):
+        tiny_model(pixel_values)
+    tiny_model.update_class_embeddings(CharTokenizer(), class_names=FIVE)  # as the message says
+    assert tiny_model(pixel_values).logits.shape[1] == 6

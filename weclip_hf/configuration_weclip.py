@@ -182,7 +182,12 @@ class WeCLIPConfig(PreTrainedConfig):
         projection_dim (`int`): dimension of the joint image-text embedding space (512 for ViT-B/16).
         logit_scale_init_value (`float`): initial log of the CLIP logit scale (loaded from the checkpoint).
         class_names (`list[str]`): foreground class names as written in the text prompts, in label-id order
-            (id 1 = first name). Default: the 20 VOC prompt names of the official code.
+            (id 1 = first name). Default: the 20 VOC prompt names of the official code. The number of labels
+            (`num_labels`, `num_foreground_classes`) follows them: names assigned to a built config
+            (``config.class_names = [...]``) also replace `id2label`, `label2id` and `label_names` as given
+            here without `label_names` (set `label_names` or `id2label` after them for other display names). A
+            built model needs `WeCLIPForSemanticSegmentation.update_class_embeddings` instead, which also encodes
+            the new prompts and resizes the classifier.
         label_names (`list[str]`, *optional*): display names for `id2label` (default: `class_names`).
         background_names (`list[str]`): background words, each encoded as its own prompt (VOC: 25 words).
         prompt_template (`str`): the single prompt template, `"a clean origami {}."`.
@@ -351,8 +356,16 @@ class WeCLIPConfig(PreTrainedConfig):
         super().save_pretrained(save_directory, *args, **kwargs)
 
     def __setattr__(self, key, value):
-        """An ``id2label`` set on a built config is checked against ``class_names`` and keeps ``label2id`` (and
-        `label_names`) in step with it."""
+        """Keeps the label fields of a built config in step, as transformers' ``num_labels`` follows ``id2label``:
+        an ``id2label`` is checked against ``class_names`` and sets ``label2id`` (and `label_names`); new
+        ``class_names`` are checked as the constructor checks them and give ``id2label``, ``label2id`` and
+        `label_names` as the constructor would (the background's display name kept)."""
+        built = "id2label" in self.__dict__
+        if key == "class_names" and built and value != self.class_names:
+            value, _, labels = class_name_lists(value, None, self.background_names, None)
+            super().__setattr__(key, value)
+            self.id2label = dict(enumerate([self.id2label[0], *labels[1:]]))
+            return
         if key == "id2label" and value is not None and "class_names" in self.__dict__:
             value = dict(enumerate(_label_list(value, len(self.class_names))))
             super().__setattr__("label2id", {name: i for i, name in value.items()})

@@ -538,7 +538,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         )
         fg = self.encode_text(tokenizer, [template.format(c) for c in classes])
         bg = self.encode_text(tokenizer, [template.format(c) for c in backgrounds])
-        new_count = len(classes) != cfg.num_foreground_classes
+        new_count = (
+            len(classes) + 1 != self.decoder.classifier.out_channels
+        )  # (the config may say so already)
         if not new_count and classes != cfg.class_names and int(self.training_step) > 0:
             logger.warning(
                 f"update_class_embeddings: the classes {cfg.class_names} become {classes}, but the decoder was "
@@ -686,6 +688,17 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
 
     # ---- forward ---------------------------------------------------------------------------------
 
+    def _check_classes(self) -> None:
+        """Refuse a config whose classes were changed under the built model (``model.config.class_names = ...``):
+        its text embeddings and classifier are still for the old ones."""
+        classes, built = self.config.num_foreground_classes, self.class_text_embeds.shape[0]
+        if built != classes or self.decoder.classifier.out_channels != classes + 1:
+            raise ValueError(
+                f"config.class_names names {classes} classes but the model was built for {built}: change a built "
+                "model's classes with model.update_class_embeddings(tokenizer, class_names=[...]), which also "
+                "encodes their prompts and resizes the classifier."
+            )
+
     def _check_inputs(
         self,
         pixel_values: torch.Tensor,
@@ -694,6 +707,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         pixel_mask: torch.Tensor | None = None,
     ) -> None:
         """Validate the public inputs with errors that name the problem."""
+        self._check_classes()
         for name, value in (
             ("pixel_values", pixel_values),
             ("class_labels", class_labels),
