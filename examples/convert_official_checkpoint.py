@@ -42,6 +42,7 @@ from weclip_hf.batch_jobs import sha256_of
 from weclip_hf.configuration_weclip_plus import DINO_VARIANTS
 from weclip_hf.conversion import OFFICIAL_PRESETS, convert_official_checkpoint, dino_variant_name
 from weclip_hf.hub import METHODS, make_model_card, publish_folder, save_model_card
+from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.model_loading import public_source_name
 from weclip_hf.presets import CLIP_MODEL, get_preset
 
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> Path:
         logger.info("Removed what %s held (--overwrite_output_dir)", output_dir)
     model.save_pretrained(output_dir)
 
-    WeCLIPImageProcessor(patch_size=model.config.vision_config.patch_size).save_pretrained(output_dir)
+    WeCLIPImageProcessor(**processor_settings(model.config)).save_pretrained(output_dir)
 
     save_model_card(build_model_card(args, model, checkpoint_sha256), output_dir)
     logger.info("Wrote %s", output_dir)

@@ -40,6 +40,7 @@ from weclip_hf.data.loading import (
 )
 from weclip_hf.data.toy import check_toy_classes
 from weclip_hf.evaluation import MIOU_NAMES, evaluate_segmentation, processor_input_size
+from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.metrics import per_class_iou
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, EvaluationSettings, get_preset
@@ -224,7 +225,7 @@ def main(argv=None) -> dict:
         check_toy_classes(cfg.class_names, args.model_name_or_path)
     image_processor = WeCLIPImageProcessor.from_saved_or_default(
         args.model_name_or_path,
-        cfg.vision_config.patch_size,
+        **processor_settings(cfg),
         on_missing=lambda: print(
             f"{args.model_name_or_path} holds no image processor: normalizing with WeCLIP's ImageNet statistics"
         ),

@@ -71,6 +71,7 @@ from weclip_hf.data.loading import DataSource, load_dataset_splits, names_no_dat
 from weclip_hf.data.toy import check_toy_classes, default_clip_model
 from weclip_hf.data.transforms import multi_hot, normalize
 from weclip_hf.hub import create_hub_repo
+from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.inference import image_pseudo_labels
 from weclip_hf.metrics import confusion_matrix, nan_to_none, per_class_iou, scores_from_confusion
 from weclip_hf.normalization import PixelNormalization
@@ -263,7 +264,7 @@ def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, PixelNormal
             check_toy_classes(model.config.class_names, args.model)
     else:
         model = bare_clip_model(args).to(device).eval()
-    processor = WeCLIPImageProcessor.from_saved_or_default(args.model, model.config.vision_config.patch_size)
+    processor = WeCLIPImageProcessor.from_saved_or_default(args.model, **processor_settings(model.config))
     return model, PixelNormalization.from_image_processor(processor)
 
 

@@ -72,6 +72,7 @@ from weclip_hf.data.decoding import (
 )
 from weclip_hf.data.loading import DataSource, load_dataset_splits, names_no_dataset
 from weclip_hf.data.transforms import load_rgb_uint8
+from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.inference import image_logits, multiscale_flip_logits
 from weclip_hf.presets import EvaluationSettings, preset_of_config
 from weclip_hf.script_arguments import (
@@ -266,7 +267,7 @@ def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImage
     )
     model = model.to(device).eval()
     processor = WeCLIPImageProcessor.from_saved_or_default(
-        args.model_name_or_path, model.config.vision_config.patch_size
+        args.model_name_or_path, **processor_settings(model.config)
     )
     return model, processor
 

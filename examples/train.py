@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForSemanticSegmentation
 
-from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
+from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.checkpointing import (
     StreamPosition,
     TrainingState,
@@ -67,6 +67,7 @@ from weclip_hf.hub import (
     save_model_card,
     split_model_metrics,
 )
+from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.metrics import per_class_iou
 from weclip_hf.model_loading import public_source_name
 from weclip_hf.modeling_weclip import WeCLIPSemanticSegmenterOutput
@@ -753,16 +754,14 @@ def compiled_forward(args, model, device: torch.device):
     return torch.compile(model, backend=args.torch_compile_backend, mode=mode)
 
 
-def build_image_processor(args, patch_size: int) -> WeCLIPImageProcessor:
+def build_image_processor(args, config: WeCLIPConfig) -> WeCLIPImageProcessor:
     """The processor saved with the model, whose normalization the training and evaluation data use: that of
     ``--image_processor_name_or_path``, else of ``--model_name_or_path`` (if it holds one), else the default;
-    its size is this run's evaluation size."""
-    size = processor_size(args.eval_long_side, args.crop_size)
+    its size is this run's evaluation size, its patch size and label ignore index the model's (``config``)."""
+    settings = {**processor_settings(config), "size": processor_size(args.eval_long_side, args.crop_size)}
     if args.image_processor_name_or_path:  # named on the command line: it must hold one
-        return WeCLIPImageProcessor.from_pretrained(
-            args.image_processor_name_or_path, size=size, patch_size=patch_size
-        )
-    return WeCLIPImageProcessor.from_saved_or_default(args.model_name_or_path, patch_size, size=size)
+        return WeCLIPImageProcessor.from_pretrained(args.image_processor_name_or_path, **settings)
+    return WeCLIPImageProcessor.from_saved_or_default(args.model_name_or_path, **settings)
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -1020,7 +1019,7 @@ def load_data_and_model(
     )
     model = build_model(args, names)
     cfg = model.config
-    image_processor = build_image_processor(args, cfg.vision_config.patch_size)
+    image_processor = build_image_processor(args, cfg)
     accelerator.print(
         f"recipe {args.recipe} (preset: {args.preset}), {cfg.num_foreground_classes} classes, "
         f"{args.max_train_steps} steps of {args.per_device_train_batch_size} x "

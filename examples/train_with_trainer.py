@@ -32,6 +32,7 @@ from weclip_hf.checkpointing import claim_output_dir, remove_previous_run
 from weclip_hf.data.loading import DataSource, evaluation_set, load_dataset_splits, training_set
 from weclip_hf.data.toy import default_clip_model
 from weclip_hf.data.transforms import TrainAugmentation
+from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.modeling_weclip_plus import model_from_backbones
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, get_preset, processor_size
@@ -108,7 +109,7 @@ def main(argv=None) -> dict:
     model = model_from_backbones(clip, args.dino_model_name_or_path, plus, **config_kwargs)
     cfg = model.config
     size = processor_size(preset.evaluation.eval_long_side, recipe.crop_size)
-    processor = WeCLIPImageProcessor(size=size, patch_size=cfg.vision_config.patch_size)
+    processor = WeCLIPImageProcessor(size=size, **processor_settings(cfg))
     normalization = PixelNormalization.from_image_processor(processor)
     # images of different sizes (VOC's) are batched by size (`collate_by_size`), so evaluation batches as training
     eval_batch_size = recipe.per_device_train_batch_size

@@ -191,6 +191,23 @@ def test_push_to_hub_ships_the_processor_saved_with_the_model(tmp_path, monkeypa
     assert WeCLIPImageProcessor.from_pretrained(tmp_path / "hub").size == {"height": 96, "width": 96}
 
 
+def test_push_to_hub_of_a_model_built_in_memory_ships_a_processor_of_its_ignore_index(tmp_path, monkeypatch):
+    from huggingface_hub import HfApi
+
+    from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
+
+    config = make_tiny_config(semantic_loss_ignore_index=100)
+    monkeypatch.setattr(
+        HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(repo_id="me/" + repo_id)
+    )
+    monkeypatch.setattr(
+        HfApi, "upload_folder", lambda self, folder_path, **kw: shutil.copytree(folder_path, tmp_path / "hub")
+    )
+    WeCLIPForSemanticSegmentation(config).push_to_hub("toy")
+    processor = WeCLIPImageProcessor.from_pretrained(tmp_path / "hub")
+    assert processor.ignore_index == 100 and processor.patch_size == config.vision_config.patch_size
+
+
 def test_push_to_hub_of_a_model_built_on_a_clip_folder_ships_a_weclip_processor_tags_and_description(
     tiny_clip, tmp_path, monkeypatch
 ):

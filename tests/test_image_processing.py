@@ -146,6 +146,22 @@ def test_labels_resized_nearest_and_padding():
     assert (out.labels[0, 15:] == 255).all() and (out.pixel_values[0, :, 15:] == 0).all()  # 15 -> 16 rows
 
 
+def test_labels_are_padded_with_the_ignore_index(tmp_path):
+    """(was: always 255, which a model of another ``semantic_loss_ignore_index`` refused as a class id)"""
+    proc = WeCLIPImageProcessor(size={"height": 12, "width": 12}, do_pad=True, patch_size=8, ignore_index=100)
+    label = np.zeros((30, 40), np.uint8)
+    assert proc(_image(), segmentation_maps=label).labels[0, 12:].unique().tolist() == [100]
+    assert proc(_image(), segmentation_maps=label, ignore_index=-1).labels[0, 12:].unique().tolist() == [-1]
+    assert WeCLIPImageProcessor(patch_size=8, size=12, do_pad=True)(_image(), segmentation_maps=label).labels[
+        0, 12:
+    ].unique().tolist() == [255]  # the default
+    proc.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "preprocessor_config.json").read_text())["ignore_index"] == 100
+    assert WeCLIPImageProcessor.from_pretrained(tmp_path).ignore_index == 100
+    with pytest.raises(ValueError, match="ignore_index must be an integer"):
+        WeCLIPImageProcessor(ignore_index=True)
+
+
 def test_mixed_sizes_in_one_batch_raise():
     with pytest.raises(ValueError, match="different sizes"):
         WeCLIPImageProcessor()([_image(30, 40), _image(40, 30)])

@@ -9,7 +9,7 @@ import torch
 from conftest import TINY_TEXT, TINY_VISION, CharTokenizer, make_tiny_config
 from reference_weclip import reference_affinity_loss, reference_pseudo_labels
 
-from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
+from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor, processor_settings
 from weclip_hf.losses import affinity_loss, affinity_targets, segmentation_loss
 
 
@@ -246,6 +246,22 @@ def test_outside_writes_to_the_step_counter_decide_the_next_rfm(tiny_config, wri
     write(model, 0)
     assert model(pixel_values, class_labels=class_labels).used_rfm is False
     assert int(model.training_step) == 1
+
+
+def test_labels_of_a_processor_with_the_models_settings_are_taken():
+    """A processor built with `processor_settings` pads labels with the model's ignore index (100 here); one of
+    255 is refused, naming the fix."""
+    model = WeCLIPForSemanticSegmentation(make_tiny_config(semantic_loss_ignore_index=100)).eval()
+    image = np.random.default_rng(0).integers(0, 255, (33, 33, 3), dtype=np.uint8)
+    mask = np.zeros((33, 33), np.uint8)
+    mask[5:10, 5:10], mask[0, 0] = 2, 100
+    fit = WeCLIPImageProcessor(**processor_settings(model.config), size=33, do_pad=True)
+    inputs = fit(image, segmentation_maps=mask)
+    assert inputs.labels.unique().tolist() == [0, 2, 100]
+    assert torch.isfinite(model(inputs.pixel_values, labels=inputs.labels).loss)
+    other = WeCLIPImageProcessor(patch_size=8, size=33, do_pad=True)(image, segmentation_maps=mask)
+    with pytest.raises(ValueError, match=r"\[255\]; .*ignore_index=100 .*processor_settings\(model.config\)"):
+        model(other.pixel_values, labels=other.labels)
 
 
 def test_full_supervision_with_pixel_labels(tiny_model):

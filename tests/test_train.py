@@ -711,6 +711,20 @@ def test_class_names_also_name_the_labels_of_a_fresh_model(tiny_clip):
     assert model.config.class_names == names and model.config.label_names == names
 
 
+def test_the_processor_saved_with_a_model_pads_labels_with_its_ignore_index(tmp_path):
+    """(was: the processor padded labels with 255 whatever the model's semantic_loss_ignore_index)"""
+    from conftest import make_tiny_config
+
+    from weclip_hf import WeCLIPImageProcessor
+
+    train = train_module()
+    config = make_tiny_config(semantic_loss_ignore_index=100)
+    WeCLIPImageProcessor().save_pretrained(tmp_path)  # a processor of 255, e.g. one saved before
+    for extra in ([], ["--image_processor_name_or_path", str(tmp_path)]):
+        processor = train.build_image_processor(train.parse_args(["--dataset_name", "d", *extra]), config)
+        assert processor.ignore_index == 100 and processor.patch_size == config.vision_config.patch_size
+
+
 # ---- training_step and make_train_loader, called directly (no model, no run) ------------------------------
 
 

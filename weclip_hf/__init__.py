@@ -19,7 +19,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSeg
 
 from .configuration_weclip import WeCLIPConfig
 from .configuration_weclip_plus import WeCLIPPlusConfig
-from .image_processing_weclip import WeCLIPImageProcessor
+from .image_processing_weclip import WeCLIPImageProcessor, processor_settings
 from .inference import multiscale_flip_logits, resize_longest_edge
 from .modeling_weclip import (
     WeCLIPCAMOutput,
@@ -79,6 +79,7 @@ __all__ = [
     "WeCLIPPlusSemanticSegmenterOutput",
     "WeCLIPPlusCAMOutput",
     "WeCLIPImageProcessor",
+    "processor_settings",
     "WeCLIPImageSegmentationPipeline",
     "register_segmentation_pipeline",
     "WeCLIPDataCollator",

@@ -16,7 +16,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from transformers import PreTrainedConfig, PreTrainedModel
 
-from .image_processing_weclip import WeCLIPImageProcessor
+from .image_processing_weclip import WeCLIPImageProcessor, processor_settings
 from .model_loading import hub_id_or_none
 
 # What a model repository may hold. Everything else in a folder (checkpoints, logs, tracker folders with the
@@ -380,7 +380,7 @@ def push_model_to_hub(
     is written before the repository is created: a model that cannot be saved leaves no empty repository."""
     if image_processor is None:
         image_processor = saved_image_processor(model.config) or WeCLIPImageProcessor(
-            patch_size=model.config.vision_config.patch_size
+            **processor_settings(model.config)
         )
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder, **save_kwargs)

@@ -59,6 +59,7 @@ class WeCLIPImageProcessorKwargs(TypedDict, total=False):
     data_format: str | ChannelDimension | None
     return_tensors: str | None
     do_pad: bool
+    ignore_index: int
     patch_size: int
 
 
@@ -69,6 +70,13 @@ _SIZE_FORMS = ({"longest_edge"}, {"shortest_edge"}, {"height", "width"})
 # keys transformers writes into preprocessor_config.json next to the settings (or older versions wrote), which
 # loading passes back to the constructor
 _CONFIG_METADATA = ("image_processor_type", "processor_class", "feature_extractor_type", "auto_map")
+
+
+def processor_settings(config) -> dict[str, int]:
+    """The settings a model's processor takes from the model's config (a `WeCLIPConfig`): the CLIP patch size and
+    the ignored label id (``semantic_loss_ignore_index``, what ``labels`` are padded with), so that a processor
+    built or saved with a model matches it: ``WeCLIPImageProcessor(**processor_settings(model.config))``."""
+    return {"patch_size": config.vision_config.patch_size, "ignore_index": config.semantic_loss_ignore_index}
 
 
 def _refuse_unknown(where: str, given, valid: Sequence[str]) -> None:
@@ -200,6 +208,9 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         do_pad (`bool`): zero-pad (after normalization) at the bottom/right to a multiple of ``patch_size``
             (default False: the model floors the patch grid like the official code). Images smaller than one
             patch are always padded up to one patch.
+        ignore_index (`int`): the label id of the ``labels``' padding (default 255), which the loss ignores: the
+            model config's ``semantic_loss_ignore_index`` (`processor_settings` gives it), as
+            Mask2FormerImageProcessor's ``ignore_index``.
         patch_size (`int`): the CLIP patch size (16); constructor only.
     """
 
@@ -218,6 +229,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
     input_data_format = None
     return_tensors = "pt"
     do_pad = False
+    ignore_index = 255
     patch_size = 16
 
     def __init__(
@@ -233,6 +245,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         input_data_format: str | ChannelDimension | None = None,
         return_tensors: str | None = "pt",
         do_pad: bool = False,
+        ignore_index: int = 255,
         patch_size: int = 16,
         **kwargs,
     ):
@@ -255,6 +268,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             input_data_format=input_data_format,
             return_tensors=return_tensors,
             do_pad=do_pad,
+            ignore_index=ignore_index,
         )
         if isinstance(options["input_data_format"], ChannelDimension):
             options["input_data_format"] = options["input_data_format"].value  # JSON-serialisable
@@ -329,6 +343,13 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         for name in ("do_resize", "do_rescale", "do_normalize", "do_convert_rgb", "do_pad"):
             opts[name] = _check_bool(name, opts[name])
         opts["size"] = self._check_size(opts["size"])
+        index = opts["ignore_index"]
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise ValueError(
+                f"ignore_index must be an integer label id (the model config's semantic_loss_ignore_index), got "
+                f"{index!r}."
+            )
+        opts["ignore_index"] = int(index)
         factor = opts["rescale_factor"]
         if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not 0 < factor < math.inf:
             raise ValueError(f"rescale_factor must be a positive number, got {factor!r}.")
@@ -386,12 +407,14 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         data_format: str | ChannelDimension | None = None,
         return_tensors: str | None = None,
         do_pad: bool | None = None,
+        ignore_index: int | None = None,
         **kwargs,
     ) -> BatchFeature:
         """Images (one, a list, or a 4-D array/tensor batch) and optional ``segmentation_maps`` (integer class-id
-        maps, one per image; 255 ignored) ->
+        maps, one per image; ``ignore_index`` ignored) ->
         ``pixel_values`` [B, C, H', W'] float32 ([B, H', W', C] with ``data_format="channels_last"``; and
-        ``labels`` [B, H', W'] int64, resized with nearest neighbour, padding 255). Options default to the instance's settings; all images of a batch must end up the same
+        ``labels`` [B, H', W'] int64, resized with nearest neighbour, padding
+        ``ignore_index``). Options default to the instance's settings; all images of a batch must end up the same
         size."""
         opts = self._resolve(
             do_resize=do_resize,
@@ -406,6 +429,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             data_format=data_format,
             return_tensors=return_tensors,
             do_pad=do_pad,
+            ignore_index=ignore_index,
             **kwargs,
         )
         images, single = image_list(images)
@@ -444,7 +468,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             labels = torch.stack(
                 [self._resize_label(m, size_hw) for m in _label_maps(segmentation_maps, original_sizes)]
             )
-            data["labels"] = F.pad(labels, pad, value=255)
+            data["labels"] = F.pad(labels, pad, value=opts["ignore_index"])
         if opts["return_tensors"] == "np":
             data = {k: v.numpy() for k, v in data.items()}
         return BatchFeature(data=data, tensor_type=opts["return_tensors"])
@@ -516,6 +540,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
 __all__ = [
     "WeCLIPImageProcessor",
     "WeCLIPImageProcessorKwargs",
+    "processor_settings",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "CLIP_MEAN",

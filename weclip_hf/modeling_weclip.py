@@ -762,10 +762,14 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             ignore = self.config.semantic_loss_ignore_index
             bad = (labels != ignore) & ((labels < 0) | (labels >= self.config.num_labels))
             message = f"labels contain ids outside [0, {self.config.num_labels - 1}] (ignore index {ignore})"
+            hint = (  # e.g. the padding of a processor built without this config
+                f"a WeCLIPImageProcessor pads labels with its ignore_index: build it with ignore_index={ignore} "
+                "(WeCLIPImageProcessor(**weclip_hf.processor_settings(model.config)))."
+            )
             if labels.device.type != "cpu":
-                _check_values(~bad.any(), message + ".")
+                _check_values(~bad.any(), f"{message}; {hint}")
             elif bad.any():
-                raise ValueError(f"{message}: {sorted(labels[bad].unique().tolist())[:10]}.")
+                raise ValueError(f"{message}: {sorted(labels[bad].unique().tolist())[:10]}; {hint}")
         if pixel_mask is not None and pixel_mask.shape != (b, *pixel_values.shape[-2:]):
             raise ValueError(
                 f"pixel_mask must have shape [B, H, W] = {(b, *pixel_values.shape[-2:])} (1 for image pixels, 0 for "
