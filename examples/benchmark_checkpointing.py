@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from benchmarking.workloads import build_model, synthetic_batch  # noqa: E402
 
-from weclip_hf.modeling_weclip import WeCLIPDecoderBlock  # noqa: E402
+from weclip_hf.decoder import WeCLIPDecoderBlock  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

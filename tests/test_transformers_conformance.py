@@ -20,7 +20,7 @@ from transformers import PreTrainedModel
 from transformers_suite import load
 
 from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
-from weclip_hf.modeling_weclip import WeCLIPDecoderBlock
+from weclip_hf.decoder import WeCLIPDecoderBlock
 
 suite = load()
 ModelTesterMixin = suite.modeling.ModelTesterMixin

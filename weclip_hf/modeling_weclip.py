@@ -1,8 +1,9 @@
 """WeCLIP: a frozen CLIP, a small trainable decoder, and online pseudo labels from GradCAM + RFM.
 
-Reading order: outputs, decoder modules, the pretrained-model base, then the task model, whose forward reads as
-numbered steps (frozen CLIP, decoder, pseudo labels, losses). The frozen CLIP tower runs in `clip_features`, the
-pseudo-label stages in `pseudo_labels`, the loading checks in `model_loading`, the Hub upload in `hub`.
+Reading order: outputs, the pretrained-model base, then the task model, whose forward reads as numbered steps
+(frozen CLIP, decoder, pseudo labels, losses). The frozen CLIP tower runs in `clip_features`, the decoder is in
+`decoder`, the pseudo-label stages in `pseudo_labels`, the loading checks in `model_loading`, the Hub upload in
+`hub`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPTextModel, CLIPVisionModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.utils import ModelOutput
 from transformers.utils import logging as hf_logging
@@ -27,9 +27,8 @@ from .affinity import transition_matrix
 from .cam import cam_box_masks, refine_cams, upsample_normalized
 from .chunking import images_per_attention_chunk
 from .clip_features import CLIPVisionFeatures, clip_features, in_float32, vision_outputs
-from .clip_layers import quick_gelu_mlp
 from .configuration_weclip import WeCLIPConfig, check_prompt_template, class_name_lists
-from .feature_head import WeCLIPFeatureHead
+from .decoder import WeCLIPDecoder, feature_affinity
 from .last_block import pair_block_outputs, run_last_block
 from .losses import weclip_loss
 from .model_loading import (
@@ -108,85 +107,6 @@ class WeCLIPSemanticSegmenterOutput(SemanticSegmenterOutput):
     decoder_affinity: torch.FloatTensor | None = None
     used_rfm: bool | None = None
     cam_details: WeCLIPCAMOutput | None = None
-
-
-# --------------------------------------------------------------------------------------------------
-# Decoder
-
-
-class WeCLIPDecoderAttention(nn.Module):
-    """Multi-head self-attention with packed q/k/v (SDPA)."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        self.num_heads = num_heads
-        self.in_proj = nn.Linear(dim, 3 * dim)
-        self.out_proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = self.in_proj(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
-
-
-class WeCLIPDecoderBlock(GradientCheckpointingLayer):
-    """Pre-LN transformer block: LN -> MHA -> residual, LN -> MLP (QuickGELU) -> residual. Under transformers'
-    gradient checkpointing (``model.gradient_checkpointing_enable()``) a training forward keeps only its input and
-    recomputes the rest in the backward."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: int):
-        super().__init__()
-        self.layer_norm1 = nn.LayerNorm(dim)
-        self.self_attn = WeCLIPDecoderAttention(dim, num_heads)
-        self.layer_norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.ModuleDict(
-            {"fc1": nn.Linear(dim, mlp_ratio * dim), "fc2": nn.Linear(mlp_ratio * dim, dim)}
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + quick_gelu_mlp(self.mlp["fc1"], self.mlp["fc2"], self.layer_norm2(x))
-
-
-class WeCLIPDecoder(WeCLIPFeatureHead):
-    """`WeCLIPFeatureHead` on the CLIP layers (per-layer MLPs -> concat -> 1x1 fuse -> Dropout2d) -> 3-layer
-    transformer -> 1x1 classifier."""
-
-    def __init__(self, config: WeCLIPConfig):
-        dim = config.decoder_hidden_size
-        width = config.vision_config.hidden_size
-        super().__init__(width, dim, config.num_feature_layers, config.decoder_dropout)
-        self.blocks = nn.ModuleList(
-            WeCLIPDecoderBlock(dim, config.decoder_num_heads, config.decoder_mlp_ratio)
-            for _ in range(config.decoder_num_layers)
-        )
-        self.classifier = nn.Conv2d(dim, config.num_labels, kernel_size=1)
-
-    def forward(
-        self, layer_tokens: list[torch.Tensor], grid: tuple[int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Args: layer_tokens: per feature layer [B, N, D] patch tokens. Returns (logits [B, K, h, w],
-        fused features [B, dim, h, w] after dropout). Runs in the dtype of its weights (under autocast: the
-        autocast dtype)."""
-        features = super().forward(layer_tokens, grid)
-        return self.decode(features), features
-
-    def decode(self, features: torch.Tensor) -> torch.Tensor:
-        """The transformer and the classifier on fused features [B, dim, h, w]: logits [B, K, h, w]."""
-        b, _, h, w = features.shape
-        x = features.flatten(2).transpose(1, 2)  # [B, N, dim]
-        for block in self.blocks:
-            x = block(x)
-        return self.classifier(x.transpose(1, 2).reshape(b, -1, h, w))
-
-
-def feature_affinity(features: torch.Tensor) -> torch.Tensor:
-    """``sigmoid(F^T F)`` per image of decoder features [B, C, h, w]: [B, N, N], in float32 whatever the
-    caller's autocast."""
-    flat = features.flatten(2).float()
-    with torch.autocast(features.device.type, enabled=False):
-        return torch.sigmoid(flat.transpose(1, 2) @ flat)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from transformers import AutoModel
 from .branch_losses import weclip_plus_losses
 from .cam import cam_box_masks
 from .configuration_weclip_plus import WeCLIPPlusConfig
+from .decoder import feature_affinity
 from .dino_branch import WeCLIPPlusDinoBranch
 from .model_loading import (
     HUB_OPTIONS,
@@ -38,7 +39,6 @@ from .modeling_weclip import (
     WeCLIPSemanticSegmenterOutput,
     _outside_inference_mode,
     _pseudo_label_stage,
-    feature_affinity,
 )
 from .presets import DINO_MODEL
 from .pseudo_labels import (
