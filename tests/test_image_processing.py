@@ -400,6 +400,23 @@ def test_label_tensors_raise_no_warnings(dtype):
     assert out.labels.dtype == torch.long and set(out.labels.unique().tolist()) == {0, 3}
 
 
+@pytest.mark.parametrize(
+    "value, message",
+    [(0.99, r"fractional values such as \[0\.99"), (np.nan, "NaN or infinite"), (np.inf, "NaN or infinite")],
+)
+@pytest.mark.parametrize("kind", [np.asarray, torch.from_numpy])
+def test_float_label_maps_must_hold_whole_numbers(value, message, kind):
+    """A float map was cast to ids silently: 0.99 became 0, NaN -9.2e18."""
+    label = np.full((30, 40), 3.0, np.float32)
+    proc = WeCLIPImageProcessor(size={"longest_edge": 32})
+    assert proc(_image(), segmentation_maps=kind(label)).labels.unique().tolist() == [3]
+    label[0, :5] = value
+    with pytest.raises(
+        ValueError, match=rf"Label map is a float map with {message}.*: label maps hold integer class ids"
+    ):
+        proc(_image(), segmentation_maps=kind(label))
+
+
 # ---- normalization, defined once (weclip_hf.normalization): the processor's, the datasets', the CRF's ---------------
 
 

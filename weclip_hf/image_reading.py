@@ -184,7 +184,8 @@ def image_list(images) -> tuple[list, bool]:
 
 
 def label_tensor(label: Image.Image | np.ndarray | torch.Tensor | str | Path) -> torch.Tensor:
-    """Label map (PIL, array, tensor, path) -> int64 [H, W] tensor. Palette/L PNGs keep their indices."""
+    """Label map (PIL, array, tensor, path) -> int64 [H, W] tensor. Palette/L PNGs keep their indices; a float map
+    is read only when every value is a whole number (else a ValueError, as for NaN or inf)."""
     if isinstance(label, (str, Path)):
         with Image.open(label) as opened:
             return label_tensor(opened.copy())
@@ -192,19 +193,39 @@ def label_tensor(label: Image.Image | np.ndarray | torch.Tensor | str | Path) ->
         if label.mode not in ("L", "P", "I", "I;16"):
             raise ValueError(f"Label maps must be single-channel (mode L/P/I), got mode {label.mode}.")
         label = np.asarray(label)
-    if isinstance(label, torch.Tensor):
-        label = label.detach().cpu().to(torch.int64)
-    else:
-        label = torch.from_numpy(np.asarray(label).astype(np.int64))
+    label = _tensor_to_numpy(label) if isinstance(label, torch.Tensor) else np.asarray(label)
+    if label.dtype.kind == "f":  # class ids stored as floats: only whole numbers, which the cast keeps
+        check_integral_label_map(label)
+    label = torch.from_numpy(label.astype(np.int64))
     if label.ndim != 2:
         raise ValueError(f"Label maps must be 2-D [H, W], got shape {tuple(label.shape)}.")
     return label
+
+
+def check_integral_label_map(label: np.ndarray, name: str = "") -> None:
+    """Refuse a float label map that the int64 cast would change: NaN/inf or fractional values (0.99 -> 0).
+    ``name``: the map as messages name it (a mask's file or row)."""
+    finite = np.isfinite(label)
+    fractional = finite & (label != np.round(label))
+    if finite.all() and not fractional.any():
+        return
+    problem = (
+        f"NaN or infinite values ({int((~finite).sum())} pixels)"
+        if not finite.all()
+        else f"fractional values such as {np.unique(label[fractional])[:3].tolist()}"
+    )
+    raise ValueError(
+        f"Label map {name + ' ' if name else ''}is a float map with {problem}: label maps hold integer class ids, "
+        "and reading these as ids would change them. Pass an integer map (resize masks with nearest-neighbour, "
+        "not bilinear, interpolation)."
+    )
 
 
 __all__ = [
     "CHANNEL_COUNTS",
     "UNIT_RANGE_TOLERANCE",
     "channel_format",
+    "check_integral_label_map",
     "image_list",
     "image_size",
     "label_tensor",
