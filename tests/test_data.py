@@ -56,6 +56,18 @@ def test_label_rows_ids_multi_hot_and_errors():
         normalize_label_row([0.5, 0.0, 0.0, 0.0], 4)
 
 
+def test_class_ids_written_as_floats_are_named_as_such():
+    """Rows such as [5.0] (as pandas writes ids) failed on "Multi-hot labels of row 0 have width 1, expected 8",
+    which did not say that float rows are read as multi-hot vectors."""
+    hint = r"Float rows are read as multi-hot vectors .* store them as integers"
+    with pytest.raises(ValueError, match=rf"width 1, expected 4\. {hint} \(\[3\], not \[3\.0\]\)"):
+        normalize_label_row([3.0], 4)
+    with pytest.raises(ValueError, match=rf"must be 0/1, got \[1\.0, 2\.0, 3\.0, 4\.0\]\. {hint}"):
+        normalize_label_row([1.0, 2.0, 3.0, 4.0], 4)  # ids of every class, as wide as a multi-hot row
+    with pytest.raises(ValueError, match=r"width 2, expected 4\.$"):
+        normalize_label_row([0.5, 1.0], 4)  # no ids: no hint
+
+
 def test_integer_multi_hot_rows_are_read_as_multi_hot_or_refused_never_as_ids():
     """Multi-hot rows of 0/1 integers (as JSON writes them) were read as class ids: [1, 0, 0, 1] failed on "id(s)
     [0, 0] outside 1..4", gave classes [1, 2] with zero_based, and [1, 1, 1, 1] (every class) gave class 1."""

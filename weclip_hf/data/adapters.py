@@ -261,10 +261,23 @@ def normalize_label_row(
     if multi_hot is None and binary is not None:
         multi_hot = multi_hot_rows(binary, zero_based, lambda _: where)
     if (values.dtype.kind in "fb" or multi_hot and binary is not None) and len(values) > 0:
+        # float rows are multi-hot only (README "Training on your own data"): ids written as floats, e.g. [5.0] by
+        # pandas, are refused, saying so, rather than read by their width
+        integral = values.dtype.kind == "f" and bool(
+            (np.isfinite(values) & (values == np.round(values))).all()
+        )
+        hint = (
+            " Float rows are read as multi-hot vectors (one 0/1 value per class); if these are class ids, store "
+            f"them as integers ({values.astype(np.int64).tolist()}, not {values.tolist()})."
+            if integral
+            else ""
+        )
         if len(values) != num_classes:
-            raise ValueError(f"Multi-hot labels of {where} have width {len(values)}, expected {num_classes}.")
+            raise ValueError(
+                f"Multi-hot labels of {where} have width {len(values)}, expected {num_classes}.{hint}"
+            )
         if not np.isin(values, (0, 1)).all():
-            raise ValueError(f"Multi-hot labels of {where} must be 0/1, got {values.tolist()}.")
+            raise ValueError(f"Multi-hot labels of {where} must be 0/1, got {values.tolist()}.{hint}")
         return [int(i) + 1 for i in np.nonzero(values)[0]]
     first = 0 if zero_based else 1  # the user's numbering: errors show their ids and range
     given = values.astype(np.int64)
