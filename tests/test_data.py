@@ -168,6 +168,34 @@ def test_masks_with_channels_are_refused_by_the_check_and_the_reading():
     ].shape == (8, 8)
 
 
+@pytest.mark.parametrize("layout", ["hwc", "chw", "unit_float"])
+def test_array_columns_are_read_as_the_image_processor_reads_arrays(layout):
+    """A `datasets.Array3D` image column (given as nested lists) passed the data check, then training failed at
+    step 1: "Unsupported image type list". It reads as its PIL images do (HWC, CHW, floats in [0, 1])."""
+    from weclip_hf.data.loading import evaluation_set, training_set
+
+    image = np.random.default_rng(0).integers(0, 256, (8, 6, 3), dtype=np.uint8)
+    mask = np.zeros((8, 6), np.uint8)
+    mask[2:5, 1:4] = 2
+    stored = {"hwc": image, "chw": image.transpose(2, 0, 1), "unit_float": image.astype(np.float32) / 255}[
+        layout
+    ]
+    features = datasets.Features(
+        {
+            "image": datasets.Array3D(stored.shape, str(stored.dtype)),
+            "mask": datasets.Array2D(mask.shape, "uint8"),
+            "image_labels": datasets.List(datasets.Value("int64")),
+        }
+    )
+    arrays = datasets.Dataset.from_dict({"image": [stored], "mask": [mask], "image_labels": [[2]]}, features)
+    pictures = _dataset([mask], [Image.fromarray(image)]).add_column("image_labels", [[2]])
+    augment = TrainAugmentation(8, (0.5, 2.0), normalization=IMAGENET_NORMALIZATION)
+    trained = [training_set(d, 2, augment, seed=1)[0][0] for d in (arrays, pictures)]
+    assert _same_items(*trained) and 2 in trained[0]["labels"]
+    scored = [evaluation_set(d, 2, 255, IMAGENET_NORMALIZATION)[0][0] for d in (arrays, pictures)]
+    assert _same_items(*scored)
+
+
 def test_a_folder_of_class_subfolders_gives_each_image_its_folders_class(tmp_path):
     """An imagefolder laid out as ``train/<class>/*.png`` (a classification dataset: a ClassLabel ``label`` column)
     gives each image its folder's class, matched by name (it was taken for a mask column and crashed)."""
@@ -820,4 +848,5 @@ def test_width_height_is_pils_order_for_images_and_arrays():
     assert width_height(Image.new("RGB", (7, 5))) == (7, 5)
     assert width_height(np.zeros((5, 7), np.uint8)) == (7, 5)
     assert width_height(np.zeros((5, 7, 3), np.uint8)) == (7, 5)
+    assert width_height(np.zeros((3, 5, 7), np.uint8)) == (7, 5)  # CHW, as the image processor reads it
     assert width_height(None) is None

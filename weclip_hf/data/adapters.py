@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..image_reading import image_size
 from .decoding import UnreadableImageError, decode_image, describe, file_path, row_name, split_name, undecoded
 
 IMAGE_COLUMNS = ("image", "img", "pixel_values", "jpg", "png")
@@ -558,4 +559,7 @@ def width_height(image) -> tuple[int, int] | None:
     if hasattr(image, "getbbox"):  # PIL
         return tuple(image.size)
     shape = np.shape(image)
+    if len(shape) == 3:  # HWC or CHW, told apart as the image processor does
+        height, width = image_size(np.asarray(image))
+        return (width, height)
     return (shape[1], shape[0]) if len(shape) >= 2 else None

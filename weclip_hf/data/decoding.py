@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 SKIP_HINT = "pass skip_unreadable=True (examples/train.py: --skip_unreadable_images) to skip unreadable files"
 
 
@@ -46,12 +48,15 @@ def describe(value: Any, column: str, row: str) -> str:
 
 def decode_image(value: Any, column: str, row: str, feature: Any = None) -> Any:
     """A stored image (``{"bytes", "path"}`` dict or path) -> fully decoded PIL image, as ``datasets`` would
-    decode it (EXIF orientation, ``feature.mode``); PIL images and arrays are returned as they are.
+    decode it (EXIF orientation, ``feature.mode``); nested lists (an array column) become a NumPy array, read by the
+    rules of the image processor; PIL images and arrays are returned as they are.
 
     Raises `UnreadableImageError` naming the file (or ``row``) and ``column`` when it cannot be read.
     """
     if isinstance(value, (str, os.PathLike)):
         value = {"bytes": None, "path": os.fspath(value)}
+    if isinstance(value, (list, tuple)):  # an array column (`datasets.Array3D`, nested lists): read as NumPy
+        return _nested_array(value, column, row)
     if not isinstance(value, dict):
         return value
     import datasets
@@ -62,6 +67,16 @@ def decode_image(value: Any, column: str, row: str, feature: Any = None) -> Any:
     # FileNotFoundError): all of them mean "cannot read this file"
     except Exception as err:
         raise UnreadableImageError(describe(value, column, row), f"{type(err).__name__}: {err}") from err
+
+
+def _nested_array(value: list | tuple, column: str, row: str) -> np.ndarray:
+    """Nested lists (how ``datasets`` gives an array column's values) -> the NumPy array that the image processor
+    reads ([H, W], [H, W, C] or [C, H, W]; uint8 0-255 or floats in [0, 1]); ragged lists raise
+    `UnreadableImageError` naming the row and column."""
+    try:
+        return np.asarray(value)
+    except ValueError as err:  # ragged: "setting an array element with a sequence" / "inhomogeneous shape"
+        raise UnreadableImageError(describe(value, column, row), f"not an array of pixels ({err})") from err
 
 
 def undecoded(dataset, columns: Iterable[str | None]):
