@@ -276,6 +276,15 @@ def test_evaluate_segmentation_leaves_absent_classes_out_of_the_mean():
         evaluate_segmentation(EncodedPrediction(), batches, ["bogus"])
 
 
+@pytest.mark.parametrize("bad", [12, -1])
+def test_labels_outside_the_classes_are_refused_not_dropped(bad):
+    """Reference ids outside 0..C other than the ignore index left the confusion matrix without a word."""
+    ref = torch.tensor([[[0, 1], [bad, 255]]])
+    batches = [{"pixel_values": torch.zeros(1, 3, 2, 2), "labels": ref}]
+    with pytest.raises(ValueError, match=rf"class id\(s\) \[{bad}\] outside 0..2 \(ignore index 255\)"):
+        evaluate_segmentation(EncodedPrediction(), batches, ["pred"], progress=False)
+
+
 def test_no_valid_pixel_gives_none_means_and_a_warning():
     ref = torch.full((1, 2, 2), 255)  # every pixel ignored
     batches = [{"pixel_values": torch.zeros(1, 3, 2, 2), "labels": ref}]

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .batch_jobs import save_image
 from .crf import WECLIP, CRFParams, crf_refine_labels
+from .data.adapters import check_mask_ids
 from .inference import image_logits, image_pseudo_labels, multiscale_flip_logits, resize_images
 from .metrics import confusion_matrix, scores_from_confusion
 from .normalization import PixelNormalization
@@ -133,6 +134,8 @@ def _score_batch(
     # the images go to the model (batches come from a DataLoader on the host); `class_labels` stay on the host,
     # where the model plans its (image, class) pairs
     pixel_values, labels = batch["pixel_values"].to(model_device(model)), batch["labels"]
+    # ids outside 0..C would silently leave the confusion matrix (the data pipeline checks its masks, naming files)
+    check_mask_ids(torch.as_tensor(labels).cpu(), num_labels - 1, ignore, "'labels' of an evaluation batch")
     size = tuple(labels.shape[-2:])
     logits = {}  # per `msf`: shared by a mode and its CRF mode
     for mode in modes:
@@ -167,7 +170,8 @@ def evaluate_segmentation(
     normalization: PixelNormalization | None = None,
 ) -> dict[str, dict]:
     """mIoU per mode over ``batches`` of ``pixel_values`` [B, 3, H, W], ``labels`` [B, H, W] and (for the
-    pseudo-label modes) ``class_labels`` [B, C]; an item may be a list of such batches (images of several sizes:
+    pseudo-label modes) ``class_labels`` [B, C] (``labels``: ids 0..C or the ignore index, else a ValueError names
+    the others); an item may be a list of such batches (images of several sizes:
     `weclip_hf.data.loading.collate_by_size`). The decoder's modes predict on the images resized to ``input_size``
     (an int: the long side, VOC's 512; a mapping: an image processor's ``size``, so that the figures are those of
     the pipeline with that processor; None: kept at their size), upsampled back to the masks' size.
@@ -208,7 +212,7 @@ def evaluate_segmentation(
         if int(cm.sum()) == 0:  # every mean would be NaN, which JSON cannot hold
             warnings.warn(
                 f"Evaluation ({mode!r}): no valid pixel was scored -- every ground-truth pixel is the ignore "
-                f"index {ignore} (e.g. all-{ignore} masks) or outside 0..{num_labels - 1}, or there was no "
+                f"index {ignore} (e.g. all-{ignore} masks), or there was no "
                 "image; mean_iou, mean_accuracy and overall_accuracy are None (null in JSON).",
                 RuntimeWarning,
                 stacklevel=2,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..image_reading import image_size
+from ..image_reading import check_integral_label_map, image_size
 from .decoding import UnreadableImageError, decode_image, describe, file_path, row_name, split_name, undecoded
 
 IMAGE_COLUMNS = ("image", "img", "pixel_values", "jpg", "png")
@@ -101,7 +101,8 @@ def resolve_columns(
 
 
 def mask_array(mask, name: str = "") -> np.ndarray:
-    """A mask image as its [H, W] array of class ids; a mask with channels (RGB) is refused, saying what to do."""
+    """A mask image as its [H, W] array of class ids; a mask with channels (RGB), or of floats that are not whole
+    numbers, is refused, saying what to do."""
     array = np.asarray(mask)
     if array.ndim != 2:
         raise ValueError(
@@ -109,25 +110,36 @@ def mask_array(mask, name: str = "") -> np.ndarray:
             "(PNG mode L or P). A colour-coded mask must be mapped to its class ids first; a grey mask saved as RGB "
             "can be converted with PIL's .convert('L')."
         )
+    if array.dtype.kind == "f":  # a float mask (PIL mode F, a float array column): whole ids only
+        check_integral_label_map(array, name or "(unnamed)")
     return array
 
 
+def check_mask_ids(mask, num_classes: int, ignore_index: int = 255, name: str = "") -> None:
+    """Refuse a mask ([H, W] array, or a tensor on the host) holding ids outside 0..C other than ``ignore_index``:
+    scoring would drop their pixels, and training would cast them to uint8, wrapping 261 to 5."""
+    values = np.asarray(mask)
+    outside = ((values < 0) | (values > num_classes)) & (values != ignore_index)
+    if not outside.any():
+        return
+    bad = [int(i) for i in np.unique(values[outside])]
+    lossy = name.lower().endswith((".jpg", ".jpeg", ".jpg'", ".jpeg'"))  # a path, quoted or not
+    hint = (
+        "JPEG is lossy (the edges get ids between the classes'): save masks as PNG"
+        if lossy
+        else "check --class_names / the preset"
+    )
+    raise ValueError(
+        f"Mask {name or '(unnamed)'} contains class id(s) {bad} outside 0..{num_classes} "
+        f"(ignore index {ignore_index}); {hint}."
+    )
+
+
 def labels_from_mask(mask, num_classes: int, ignore_index: int = 255, name: str = "") -> list[int]:
-    """Present foreground ids (1..C) of a mask; raises on ids outside the class list."""
-    ids = np.unique(mask_array(mask, name))
-    bad = [int(i) for i in ids if i != ignore_index and not 0 <= i <= num_classes]
-    if bad:
-        lossy = name.lower().endswith((".jpg", ".jpeg", ".jpg'", ".jpeg'"))  # a path, quoted or not
-        hint = (
-            "JPEG is lossy (the edges get ids between the classes'): save masks as PNG"
-            if lossy
-            else "check --class_names / the preset"
-        )
-        raise ValueError(
-            f"Mask {name or '(unnamed)'} contains class id(s) {bad} outside 0..{num_classes} "
-            f"(ignore index {ignore_index}); {hint}."
-        )
-    return [int(i) for i in ids if 0 < i <= num_classes]
+    """Present foreground ids (1..C) of a mask; raises on ids outside the class list (`check_mask_ids`)."""
+    array = mask_array(mask, name)
+    check_mask_ids(array, num_classes, ignore_index, name)
+    return [int(i) for i in np.unique(array) if 0 < i <= num_classes]
 
 
 def class_name_ids(class_names: Sequence[str | Sequence[str]]) -> dict[str, int]:
@@ -445,13 +457,15 @@ def row_image_labels(
         if streamed:
             warnings.warn(f"Skipped unreadable {err.source}: {err.reason}", stacklevel=1)
         return {"image_labels": [], "_unreadable": err.source}
-    if columns.labels is not None:
+    if columns.labels is None:
+        ids = _mask_image_labels(example, columns, image, mask, row, num_classes, ignore_index)
+    else:
         path = file_path(example[columns.image])
         name = row + (f" (image file {path!r})" if path else "")
         value = _class_label_names(example[columns.labels], features.get(columns.labels))
         ids = normalize_label_row(value, num_classes, zero_based, name, lookup, multi_hot)
-    else:
-        ids = _mask_image_labels(example, columns, image, mask, row, num_classes, ignore_index)
+        if mask is not None:  # scored, or trained on with full supervision: checked as masks that give labels
+            checked_mask(example, columns, image, mask, row, num_classes, ignore_index)
     return {"image_labels": ids, "_unreadable": None}
 
 
@@ -481,23 +495,36 @@ def _decoded_pair(example: dict, columns: Columns, row: str, features: Mapping) 
 def _mask_image_labels(
     example: dict, columns: Columns, image, mask, row: str, num_classes: int, ignore_index: int
 ) -> list[int]:
-    """The foreground ids in an example's ``mask``, which must exist and have its ``image``'s size."""
+    """The foreground ids in an example's ``mask``, which must exist and pass `checked_mask`."""
     if mask is None:
         raise ValueError(
             f"{row.capitalize()} has no mask (column {columns.mask!r} is empty) and the dataset has no "
             "image-level label column to take its labels from."
         )
+    array = checked_mask(example, columns, image, mask, row, num_classes, ignore_index)
+    return [int(i) for i in np.unique(array) if 0 < i <= num_classes]
+
+
+def checked_mask(
+    example: dict, columns: Columns, image, mask, row: str, num_classes: int, ignore_index: int
+) -> np.ndarray:
+    """An example's decoded ``mask`` as its [H, W] array of ids, refused (naming its file, else its column and
+    ``row``) when it has channels (`mask_array`), ids outside 0..C other than ``ignore_index`` (`check_mask_ids`)
+    or another size than its decoded ``image`` (EXIF orientation applied: `EXIF_HINT` when the sizes are
+    swapped). Every mask the data pipeline reads passes here, whatever the columns: a mask of another size would
+    be stretched to its image, or its image's predictions to it."""
     mask_name = describe(example[columns.mask], columns.mask, row)
-    ids = labels_from_mask(mask, num_classes, ignore_index, mask_name)
-    if width_height(image) != width_height(mask):
-        turned = width_height(image) == width_height(mask)[::-1]
+    array = mask_array(mask, mask_name)
+    check_mask_ids(array, num_classes, ignore_index, mask_name)
+    if width_height(image) != width_height(array):
+        turned = width_height(image) == width_height(array)[::-1]
         raise ValueError(
             f"Image and mask of {row} differ in size (width, height): image "
             f"{_file_or_column(example[columns.image], columns.image)} {width_height(image)}, mask "
-            f"{_file_or_column(example[columns.mask], columns.mask)} {width_height(mask)}."
+            f"{_file_or_column(example[columns.mask], columns.mask)} {width_height(array)}."
             + (EXIF_HINT if turned else "")
         )
-    return ids
+    return array
 
 
 def _file_or_column(value, column: str) -> str:

@@ -20,6 +20,7 @@ from .adapters import (
     Columns,
     LabelSummary,
     add_image_labels,
+    checked_mask,
     dataset_columns,
     is_streaming,
     mask_array,
@@ -30,16 +31,27 @@ from .transforms import TrainAugmentation, load_rgb_uint8, multi_hot, normalize
 
 
 def read_example(
-    example: dict, columns: Columns, row: str, features=None
+    example: dict,
+    columns: Columns,
+    row: str,
+    features=None,
+    num_classes: int | None = None,
+    ignore_index: int = 255,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The image (uint8 [H, W, 3]) and mask ([H, W] array of ids, or None) of an example; an unreadable file
-    raises `UnreadableImageError` naming it (``row`` where it has no path). ``features``: the dataset's (modes)."""
+    raises `UnreadableImageError` naming it (``row`` where it has no path). ``features``: the dataset's (modes).
+    With ``num_classes``, the mask is refused unless it has ids 0..C or ``ignore_index`` and its image's size
+    (`checked_mask`, as `add_image_labels` checks a split ahead: here also a stream's, and a split whose labels a
+    datasets cache holds)."""
     features = features or {}
     image = decode_image(example[columns.image], columns.image, row, features.get(columns.image))
     mask = None
     if columns.mask is not None and example.get(columns.mask) is not None:
         mask = decode_image(example[columns.mask], columns.mask, row, features.get(columns.mask))
-        mask = mask_array(mask, describe(example[columns.mask], columns.mask, row))
+        if num_classes is None:
+            mask = mask_array(mask, describe(example[columns.mask], columns.mask, row))
+        else:
+            mask = checked_mask(example, columns, image, mask, row, num_classes, ignore_index)
     return load_rgb_uint8(image), mask
 
 
@@ -53,8 +65,8 @@ def train_item(
     features=None,
 ) -> dict[str, torch.Tensor]:
     """One training example: augmented image, multi-hot image labels, pixel mask, (mask labels if any)."""
-    image, mask = read_example(example, columns, row, features)
-    mask = None if mask is None else mask.astype(np.uint8)
+    image, mask = read_example(example, columns, row, features, num_classes, augment.ignore_index)
+    mask = None if mask is None else mask.astype(np.uint8)  # checked ids (0..C, ignore): the cast keeps them
     image, mask, valid = augment(image, mask, rng)
     item = {
         "pixel_values": normalize(image, augment.normalization),
@@ -170,14 +182,22 @@ class StreamingWeakSegmentationDataset(IterableDataset):
 
 class EvalSegmentationDataset(Dataset):
     """Evaluation examples at the original size: normalized image, mask labels, multi-hot labels.
-    ``normalization``: the statistics of the model's image processor (`PixelNormalization.from_image_processor`)."""
+    ``normalization``: the statistics of the model's image processor (`PixelNormalization.from_image_processor`);
+    masks are checked against ``num_classes`` and ``ignore_index`` as they are read (`read_example`)."""
 
-    def __init__(self, dataset, columns: Columns, num_classes: int, normalization: PixelNormalization):
+    def __init__(
+        self,
+        dataset,
+        columns: Columns,
+        num_classes: int,
+        normalization: PixelNormalization,
+        ignore_index: int = 255,
+    ):
         if columns.mask is None:
             raise ValueError("Evaluation needs a mask column (pixel ground truth).")
         self.dataset = undecoded(dataset, [columns.image, columns.mask])
         self.columns, self.num_classes, self.split = columns, num_classes, split_name(dataset)
-        self.normalization = normalization
+        self.normalization, self.ignore_index = normalization, ignore_index
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -185,7 +205,8 @@ class EvalSegmentationDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         example = self.dataset[index]
         row = f"evaluation example {index}" + (f" of split {self.split!r}" if self.split else "")
-        image, mask = read_example(example, self.columns, row, getattr(self.dataset, "features", None))
+        features = getattr(self.dataset, "features", None)
+        image, mask = read_example(example, self.columns, row, features, self.num_classes, self.ignore_index)
         if mask is None:
             raise ValueError(f"{row.capitalize()} has no mask (column {self.columns.mask!r} is empty).")
         return {
@@ -310,7 +331,7 @@ def evaluation_set(
             class_names=class_names,
             skip_unreadable=skip_unreadable,
         )
-    return EvalSegmentationDataset(val, columns, num_classes, normalization), summary
+    return EvalSegmentationDataset(val, columns, num_classes, normalization, ignore_index), summary
 
 
 def training_set(
