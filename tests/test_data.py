@@ -1,5 +1,7 @@
 """Dataset adapters and training transforms: column resolution, label checks, augmentation."""
 
+import functools
+
 import datasets
 import numpy as np
 import pytest
@@ -910,3 +912,17 @@ def test_width_height_is_pils_order_for_images_and_arrays():
     assert width_height(np.zeros((5, 7, 3), np.uint8)) == (7, 5)
     assert width_height(np.zeros((3, 5, 7), np.uint8)) == (7, 5)  # CHW, as the image processor reads it
     assert width_height(None) is None
+
+
+def test_labels_cached_under_other_checking_code_are_recomputed(tmp_path, monkeypatch):
+    """`datasets` keyed the label map by the function's name: labels cached before a change of the checks were
+    reused (a mask the new checks refuse went through). The key holds the code that reads and checks the rows."""
+    from weclip_hf.data import adapters
+
+    rows = {"image": [np.zeros((4, 4, 3), np.uint8)], "labels": [[1]]}
+    dataset = datasets.Dataset.from_dict(rows)
+    label_row = functools.partial(lambda example, idx: {"image_labels": [1]})
+    key = adapters.label_map_fingerprint(dataset, label_row)
+    assert adapters.label_map_fingerprint(dataset, label_row) == key  # deterministic: the cache is used
+    monkeypatch.setattr(adapters, "_code_digest", lambda: "other checking code")
+    assert adapters.label_map_fingerprint(dataset, label_row) != key

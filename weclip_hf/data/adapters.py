@@ -9,14 +9,18 @@ rows of width C (booleans, floats, or integers 0/1: see `multi_hot_rows`) or cla
 from __future__ import annotations
 
 import functools
+import hashlib
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from .. import image_reading
 from ..image_reading import check_integral_label_map, image_size
+from . import decoding
 from .decoding import UnreadableImageError, decode_image, describe, file_path, row_name, split_name, undecoded
 
 IMAGE_COLUMNS = ("image", "img", "pixel_values", "jpg", "png")
@@ -533,13 +537,34 @@ def _file_or_column(value, column: str) -> str:
     return f"file {path!r}" if path else f"in column {column!r}"
 
 
+def _code_digest() -> str:
+    """SHA-256 of the modules that read and check label rows, images and masks: part of the label map's cache key,
+    so that `datasets` recomputes (and rechecks) labels it cached under code with other rules (it keys a function
+    by its name, not its code)."""
+    digest = hashlib.sha256()
+    for module in (__file__, decoding.__file__, image_reading.__file__):
+        digest.update(Path(module).read_bytes())
+    return digest.hexdigest()
+
+
+def label_map_fingerprint(dataset, label_row) -> str:
+    """The cache key of ``dataset``'s label map: its fingerprint, the mapped function with its arguments and the
+    code that reads and checks the rows (`_code_digest`)."""
+    from datasets.fingerprint import Hasher
+
+    return Hasher.hash([dataset._fingerprint, label_row, _code_digest()])
+
+
 def _map_label_rows(dataset, label_row, num_proc: int | None, with_mask: bool):
     """``dataset`` with the ``image_labels`` and ``_unreadable`` columns of `row_image_labels` (``label_row``):
-    a lazy map on a stream (keeping its features known), a map over every row (in ``num_proc`` processes)
-    otherwise."""
+    a lazy map on a stream (keeping its features known), a map over every row (in ``num_proc`` processes,
+    cached under `label_map_fingerprint`) otherwise."""
     if not is_streaming(dataset):
         desc = "image-level labels, reading every image" + (" and mask" if with_mask else "")
-        return dataset.map(label_row, with_indices=True, num_proc=num_proc, desc=desc)
+        fingerprint = label_map_fingerprint(dataset, label_row)
+        return dataset.map(
+            label_row, with_indices=True, num_proc=num_proc, desc=desc, new_fingerprint=fingerprint
+        )
     import datasets
 
     features = None
