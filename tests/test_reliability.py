@@ -175,16 +175,16 @@ def test_exploding_training_stops_at_the_non_finite_segmentation_loss(tmp_path, 
 
 
 def test_non_finite_affinity_loss_is_named(tmp_path, tiny_clip, monkeypatch):
-    import weclip_hf.modeling_weclip as modeling
+    import weclip_hf.losses as losses
 
-    real_affinity_loss, calls = modeling.affinity_loss, []
+    real_affinity_loss, calls = losses.affinity_loss, []
 
     def affinity_loss_nan_at_step_2(*args, **kwargs):
         loss, *rest = real_affinity_loss(*args, **kwargs)
         calls.append(1)
         return (loss * float("nan") if len(calls) == 3 else loss), *rest
 
-    monkeypatch.setattr(modeling, "affinity_loss", affinity_loss_nan_at_step_2)
+    monkeypatch.setattr(losses, "affinity_loss", affinity_loss_nan_at_step_2)  # as `weclip_loss` calls it
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     out = tmp_path / "nan"
     try:
