@@ -300,6 +300,31 @@ def test_save_load_roundtrip_keeps_everything(tmp_path, tiny_model):
     torch.testing.assert_close(loaded(pixel_values).logits, tiny_model(pixel_values).logits, rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore:The following device_map keys do not match")
+@pytest.mark.parametrize("placement", ["vision tower on disk", "too little memory for auto"])
+def test_offloaded_or_split_loading_is_refused(tmp_path, tiny_model, placement):
+    """accelerate's offload hooks never materialize the weights WeCLIP reads directly (fused paths, the GradCAM
+    block): such a model crashed in its forward ('Tensor on device cpu is not on the expected device meta'), so
+    loading refuses it and names what works; one device, or "auto" where everything fits, loads and predicts."""
+    if placement == "vision tower on disk":
+        device_map = {name.split(".")[0]: "cpu" for name in tiny_model.state_dict()} | {
+            "vision_model": "disk"
+        }
+        placement = {"device_map": device_map}
+    else:  # accelerate offloads what does not fit
+        placement = {"device_map": "auto", "max_memory": {"cpu": 20_000}}
+    tiny_model.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"device_map=.*disk: .*device_map='cpu'.*model\.to\(device\)"):
+        WeCLIPForSemanticSegmentation.from_pretrained(
+            tmp_path, offload_folder=tmp_path / "offload", **placement
+        )
+    pixel_values, _ = _inputs()
+    expected = tiny_model(pixel_values).logits
+    for device_map in ("cpu", {"": "cpu"}, "auto"):  # "auto" puts everything on this machine's one device
+        loaded = WeCLIPForSemanticSegmentation.from_pretrained(tmp_path, device_map=device_map)
+        torch.testing.assert_close(loaded(pixel_values).logits, expected, rtol=0, atol=0)
+
+
 def test_a_whole_model_pickles_and_torch_saves(tmp_path, tiny_model):
     """`torch.save(model)`, `pickle` and spawned workers need a picklable model (a lambda load hook was not)."""
     tiny_model.set_training_step(5)

@@ -4,8 +4,8 @@ the loaded weights must cover, each refused with an error that says what to do.
 - before loading: a folder of this model type (`check_model_folder`), without new text-embedding names
   (`refuse_new_text_names`), with safetensors weights only (`safetensors_only`);
 - while loading: a truncated file or weights that do not fit the config become `ValueError`s (`loading_errors`);
-- after loading: no weight of the model left random (`refuse_missing_weights`), the tensors in 64-byte aligned
-  memory (`in_aligned_memory`).
+- after loading: no weight of the model left random (`refuse_missing_weights`), the whole model on one device
+  (`refuse_split_placement`), the tensors in 64-byte aligned memory (`in_aligned_memory`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
 
@@ -227,6 +228,46 @@ def refuse_missing_weights(path: str, missing_keys: list[str], allowed_missing: 
         )
 
 
+def _placed_devices(model: nn.Module) -> dict[str, list[str]]:
+    """The devices that accelerate's ``hf_device_map`` (or, without one, the tensors) put ``model`` on, each with
+    the modules there: ``{"cpu": ["decoder", ...], "disk": ["vision_model"]}``."""
+    device_map = getattr(model, "hf_device_map", None) or {}
+    placed: dict[str, list[str]] = {}
+    for module, device in device_map.items():
+        name = device if device in ("disk", "meta") else str(torch.device(device))
+        placed.setdefault(name, []).append(module or "(whole model)")
+    if len(placed) <= 1 and not placed.keys() & {"disk", "meta"}:  # one device by the map: meta tensors still
+        tensors = (*model.named_parameters(), *model.named_buffers())
+        meta = [name for name, tensor in tensors if tensor.device.type == "meta"]
+        if meta:
+            placed["meta"] = meta
+    return placed
+
+
+def refuse_split_placement(path: str, model: nn.Module, kwargs: dict) -> None:
+    """Refuse a model that `from_pretrained`'s ``device_map`` spread over several devices, offloaded to "disk" or
+    left on the meta device: WeCLIP reads the weights of its frozen towers and decoder directly (fused
+    projections, the GradCAM block's own backward, float32 copies), which accelerate's offload hooks never
+    materialize, so its forward would fail deep in torch ("Tensor on device cpu is not on the expected device
+    meta")."""
+    placed = _placed_devices(model)
+    if len(placed) <= 1 and not placed.keys() & {"disk", "meta"}:
+        return
+    asked = ", ".join(f"{k}={kwargs[k]!r}" for k in ("device_map", "max_memory") if kwargs.get(k) is not None)
+    where = "; ".join(
+        f"{device}: {', '.join(modules[:4])}{' ...' if len(modules) > 4 else ''}"
+        for device, modules in placed.items()
+    )
+    raise ValueError(
+        f"{path!r} was loaded with {asked or 'a device_map'}, which placed the model on several devices or "
+        f"offloaded it ({where}). WeCLIP runs on one device only: its forward reads the weights of the CLIP towers "
+        "and the decoder directly, which accelerate's offloading does not provide. Load it with "
+        "device_map='cpu' or a single device (device_map='cuda:0', {'': 0}), device_map='auto' only where the "
+        "whole model fits one device (no max_memory below its size), or without device_map and then "
+        "model.to(device)."
+    )
+
+
 def in_aligned_memory(module: nn.Module) -> None:
     """Copy every CPU parameter and buffer that does not start on a 64-byte boundary into fresh memory.
 
@@ -247,6 +288,7 @@ __all__ = [
     "loading_errors",
     "refuse_missing_weights",
     "refuse_new_text_names",
+    "refuse_split_placement",
     "require_safetensors",
     "safetensors_only",
     "saved_config_dict",

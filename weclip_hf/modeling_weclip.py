@@ -39,6 +39,7 @@ from .model_loading import (
     in_aligned_memory,
     loading_errors,
     refuse_missing_weights,
+    refuse_split_placement,
     safetensors_only,
     split_backbone_keywords,
 )
@@ -348,6 +349,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                 pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
             )
         refuse_missing_weights(path, info["missing_keys"], allowed_missing)
+        refuse_split_placement(path, model, kwargs)
         in_aligned_memory(model)
         model.freeze_backbones()
         return (model, info) if want_info else model
