@@ -325,6 +325,18 @@ def test_offloaded_or_split_loading_is_refused(tmp_path, tiny_model, placement):
         torch.testing.assert_close(loaded(pixel_values).logits, expected, rtol=0, atol=0)
 
 
+def test_a_model_split_over_accelerators_is_refused_and_one_accelerator_is_not():
+    """The device maps accelerate gives several GPUs (indices), checked without GPUs on a stand-in module."""
+    from weclip_hf.model_loading import refuse_split_placement
+
+    module = torch.nn.Linear(2, 2)
+    module.hf_device_map = {"vision_model": 0, "decoder": 0}
+    refuse_split_placement("folder", module, {"device_map": "auto"})
+    module.hf_device_map = {"vision_model": 0, "decoder": 1}
+    with pytest.raises(ValueError, match=r"device_map='auto'.*several devices.*0: vision_model; 1: decoder"):
+        refuse_split_placement("folder", module, {"device_map": "auto"})
+
+
 def test_a_whole_model_pickles_and_torch_saves(tmp_path, tiny_model):
     """`torch.save(model)`, `pickle` and spawned workers need a picklable model (a lambda load hook was not)."""
     tiny_model.set_training_step(5)

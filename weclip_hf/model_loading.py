@@ -228,14 +228,23 @@ def refuse_missing_weights(path: str, missing_keys: list[str], allowed_missing: 
         )
 
 
+def _device_name(device: int | str | torch.device) -> str:
+    """A ``device_map`` value as one name per device ("cuda:0" for 0 and "cuda:0"; "disk", "meta" as given)."""
+    if device in ("disk", "meta"):
+        return str(device)
+    try:
+        return str(torch.device(device))
+    except RuntimeError:  # an accelerator index where torch sees no accelerator
+        return str(device)
+
+
 def _placed_devices(model: nn.Module) -> dict[str, list[str]]:
     """The devices that accelerate's ``hf_device_map`` (or, without one, the tensors) put ``model`` on, each with
     the modules there: ``{"cpu": ["decoder", ...], "disk": ["vision_model"]}``."""
     device_map = getattr(model, "hf_device_map", None) or {}
     placed: dict[str, list[str]] = {}
     for module, device in device_map.items():
-        name = device if device in ("disk", "meta") else str(torch.device(device))
-        placed.setdefault(name, []).append(module or "(whole model)")
+        placed.setdefault(_device_name(device), []).append(module or "(whole model)")
     if len(placed) <= 1 and not placed.keys() & {"disk", "meta"}:  # one device by the map: meta tensors still
         tensors = (*model.named_parameters(), *model.named_buffers())
         meta = [name for name, tensor in tensors if tensor.device.type == "meta"]
