@@ -146,6 +146,29 @@ def test_labels_resized_nearest_and_padding():
     assert (out.labels[0, 15:] == 255).all() and (out.pixel_values[0, :, 15:] == 0).all()  # 15 -> 16 rows
 
 
+def _truncated_png(folder, name: str = "trunc.png"):
+    """A PNG cut after 300 bytes (header intact: it opens, then fails to decode) and an intact one."""
+    Image.fromarray(_image(64, 64)).save(folder / "ok.png")
+    (folder / name).write_bytes((folder / "ok.png").read_bytes()[:300])
+    return str(folder / "ok.png"), str(folder / name)
+
+
+def test_an_unreadable_file_is_named_with_its_place_in_the_list(tmp_path):
+    """PIL's 'image file is truncated' names no file: a service could not tell which input to drop."""
+    ok, truncated = _truncated_png(tmp_path)
+    proc = WeCLIPImageProcessor()
+    with pytest.raises(OSError, match=r"Cannot read file '.*trunc\.png' \(images\[1\]\): OSError: "):
+        proc([ok, truncated])
+    with pytest.raises(OSError, match=r"Cannot read file '.*trunc\.png': .*truncated") as single:
+        proc(truncated)  # an OSError as PIL's (a ValueError as the training data's), the original chained
+    assert isinstance(single.value, ValueError) and str(single.value.__cause__) == "image file is truncated"
+    with pytest.raises(OSError, match=r"'.*missing\.png' \(images\[0\]\): FileNotFoundError"):
+        proc([str(tmp_path / "missing.png"), ok])
+    with pytest.raises(OSError, match=r"Cannot read file '.*trunc\.png'"):
+        proc(ok, segmentation_maps=truncated)
+    assert proc([ok, ok])["pixel_values"].shape[0] == 2
+
+
 def test_labels_are_padded_with_the_ignore_index(tmp_path):
     """(was: always 255, which a model of another ``semantic_loss_ignore_index`` refused as a class id)"""
     proc = WeCLIPImageProcessor(size={"height": 12, "width": 12}, do_pad=True, patch_size=8, ignore_index=100)

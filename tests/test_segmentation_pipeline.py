@@ -111,6 +111,17 @@ def test_pipeline_takes_bfloat16_tensors(segmenter):
     _assert_same_segments([segmenter(image.bfloat16())], [expected])
 
 
+def test_an_unreadable_file_is_named(segmenter, tmp_path):
+    """A truncated file among a batch's paths raises an error naming it (PIL's names no file)."""
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), np.uint8)).save(
+        tmp_path / "ok.png"
+    )
+    (tmp_path / "trunc.png").write_bytes((tmp_path / "ok.png").read_bytes()[:60])
+    paths = [str(tmp_path / name) for name in ("ok.png", "trunc.png", "ok.png")]
+    with pytest.raises(OSError, match=r"Cannot read file '.*trunc\.png': .*Fix or remove it"):
+        segmenter(paths, batch_size=4)
+
+
 def test_no_error_is_logged_for_a_weclip_model(model_dir, transformers_logs):
     segmenter = pipeline("image-segmentation", model=str(model_dir))
     assert isinstance(segmenter, WeCLIPImageSegmentationPipeline)

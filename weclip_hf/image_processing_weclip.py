@@ -39,7 +39,14 @@ from transformers.image_processing_outputs import SemanticSegmentationPostProces
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature, get_size_dict
 from transformers.image_utils import ChannelDimension
 
-from .image_reading import channel_format, image_list, image_size, label_tensor, to_rgb_array
+from .image_reading import (
+    UnreadableImageError,
+    channel_format,
+    image_list,
+    image_size,
+    label_tensor,
+    to_rgb_array,
+)
 from .inference import resized_size
 from .normalization import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, PixelNormalization
 
@@ -443,8 +450,13 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             opts["image_std"],
         )
         pixels, original_sizes = [], []
-        for image in images:
-            array = to_rgb_array(image, opts["input_data_format"], opts["do_rescale"], opts["do_convert_rgb"])
+        for index, image in enumerate(images):
+            try:
+                array = to_rgb_array(
+                    image, opts["input_data_format"], opts["do_rescale"], opts["do_convert_rgb"]
+                )
+            except UnreadableImageError as err:  # name the file's place in the list too
+                raise (err if single else err.within(f"images[{index}]")) from err.__cause__
             original_sizes.append(array.shape[:2])
             x = normalization.normalize(torch.from_numpy(array).permute(2, 0, 1))
             if opts["do_resize"]:

@@ -15,13 +15,16 @@ or a 4-D array or tensor as a batch ([B, C, H, W] or [B, H, W, C]: each image re
 ``do_rescale=False`` means the input is already rescaled (transformers' meaning): the values are used as
 given (no 0-255 reading, no [0, 1] guess, no range check). ``do_convert_rgb=False`` keeps the channels as given
 (no gray -> RGB, no alpha dropping). `image_size` gives an input's (height, width) as read, without reading its
-pixels; `label_tensor` reads a label map (class ids, not colours).
+pixels; `label_tensor` reads a label map (class ids, not colours). A file that cannot be opened or decoded
+(truncated, not an image, missing) raises `UnreadableImageError` naming it (`read_image_file`).
 
 Imports only NumPy, torch, PIL and transformers: the module ships with a saved model's remote code.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,42 @@ _BATCH_HINT = (
     " A 4-D array or tensor is read as a batch only as the processor's whole `images` argument; elsewhere (in a"
     " list, or given to a pipeline) pass a list of images."
 )
+
+
+class UnreadableImageError(ValueError, OSError):
+    """An image or mask that cannot be opened or decoded: ``source`` names its file (or row), ``reason`` says what
+    failed. An `OSError` as PIL's own errors for such files (``image file is truncated``), which name no file."""
+
+    def __init__(self, source: str, reason: str, fix: str = "fix or remove it"):
+        super().__init__(f"Cannot read {source}: {reason}. {fix[:1].upper()}{fix[1:]}.")
+        self.source, self.reason, self.fix = source, reason, fix
+
+    def within(self, where: str) -> UnreadableImageError:
+        """The same error with ``where`` (e.g. ``images[3]``) added to its source."""
+        return type(self)(f"{self.source} ({where})", self.reason, self.fix)
+
+
+@contextmanager
+def naming_unreadable(
+    source: str, error: type[UnreadableImageError] = UnreadableImageError
+) -> Iterator[None]:
+    """Turn any error raised inside into an ``error`` naming ``source`` (the original chained): damaged files
+    raise OSError, SyntaxError, ValueError, EOFError, zlib.error, ... and missing ones FileNotFoundError, all of
+    which mean "cannot read this file"."""
+    try:
+        yield
+    except UnreadableImageError:
+        raise
+    except Exception as err:
+        raise error(source, f"{type(err).__name__}: {err}") from err
+
+
+def read_image_file(path: str | Path) -> Image.Image:
+    """The image at ``path``, fully decoded (the file closed again); `UnreadableImageError` naming the file when
+    it cannot be read."""
+    with naming_unreadable(f"file {str(path)!r}"), Image.open(path) as opened:
+        opened.load()
+        return opened.copy()
 
 
 def channel_format(input_data_format: str | ChannelDimension | None) -> ChannelDimension | None:
@@ -74,7 +113,7 @@ def _is_channels_first(shape: tuple[int, ...], input_data_format, prefer_first: 
 def image_size(image, input_data_format=None) -> tuple[int, int]:
     """(height, width) of an image as the processor reads it (EXIF orientation and channel axis applied)."""
     if isinstance(image, (str, Path)):
-        with Image.open(image) as opened:
+        with naming_unreadable(f"file {str(image)!r}"), Image.open(image) as opened:
             return image_size(opened)
     if isinstance(image, Image.Image):
         width, height = image.size
@@ -96,8 +135,7 @@ def to_rgb_array(
 ) -> np.ndarray:
     """Any supported image -> float32 [H, W, C] array: 0-255 RGB values by default (see the module docstring)."""
     if isinstance(image, (str, Path)):
-        with Image.open(image) as opened:
-            return to_rgb_array(opened.copy(), input_data_format, do_rescale, do_convert_rgb)
+        return to_rgb_array(read_image_file(image), input_data_format, do_rescale, do_convert_rgb)
     if isinstance(image, Image.Image):
         image = ImageOps.exif_transpose(image)
         if do_convert_rgb and do_rescale:  # the default reading (16-bit modes through 8-bit, as before)
@@ -187,8 +225,7 @@ def label_tensor(label: Image.Image | np.ndarray | torch.Tensor | str | Path) ->
     """Label map (PIL, array, tensor, path) -> int64 [H, W] tensor. Palette/L PNGs keep their indices; a float map
     is read only when every value is a whole number (else a ValueError, as for NaN or inf)."""
     if isinstance(label, (str, Path)):
-        with Image.open(label) as opened:
-            return label_tensor(opened.copy())
+        return label_tensor(read_image_file(label))
     if isinstance(label, Image.Image):
         if label.mode not in ("L", "P", "I", "I;16"):
             raise ValueError(f"Label maps must be single-channel (mode L/P/I), got mode {label.mode}.")
@@ -224,10 +261,13 @@ def check_integral_label_map(label: np.ndarray, name: str = "") -> None:
 __all__ = [
     "CHANNEL_COUNTS",
     "UNIT_RANGE_TOLERANCE",
+    "UnreadableImageError",
     "channel_format",
     "check_integral_label_map",
     "image_list",
     "image_size",
     "label_tensor",
+    "naming_unreadable",
+    "read_image_file",
     "to_rgb_array",
 ]

@@ -49,7 +49,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 
 from .image_processing_weclip import WeCLIPImageProcessor
-from .image_reading import image_size
+from .image_reading import image_size, read_image_file
 
 TASK = "image-segmentation"
 # the Auto classes whose models ImageSegmentationPipeline serves (its name tables are theirs)
@@ -77,7 +77,7 @@ def open_image(image, timeout: float | None = None):
     if image.startswith(("http://", "https://")):
         return Image.open(BytesIO(httpx.get(image, timeout=timeout, follow_redirects=True).content))
     if os.path.isfile(image):
-        return Image.open(image)
+        return read_image_file(image)  # decoded here, so that a damaged file's error names it
     data = image.split(",", 1)[1] if image.startswith("data:image/") else image
     try:
         return Image.open(BytesIO(base64.b64decode(data, validate=True)))

@@ -14,15 +14,17 @@ from typing import Any
 
 import numpy as np
 
+from .. import image_reading
+
 SKIP_HINT = "pass skip_unreadable=True (examples/train.py: --skip_unreadable_images) to skip unreadable files"
 
 
-class UnreadableImageError(ValueError):
-    """An image or mask that cannot be decoded. ``source`` names its file (or row) and column."""
+class UnreadableImageError(image_reading.UnreadableImageError):
+    """An image or mask of a dataset that cannot be decoded. ``source`` names its file (or row) and column; the
+    message says how to skip such files."""
 
-    def __init__(self, source: str, reason: str):
-        super().__init__(f"Cannot read {source}: {reason}. Fix or remove it, or {SKIP_HINT}.")
-        self.source, self.reason = source, reason
+    def __init__(self, source: str, reason: str, fix: str = f"fix or remove it, or {SKIP_HINT}"):
+        super().__init__(source, reason, fix)
 
 
 def file_path(value: Any) -> str | None:
@@ -61,12 +63,8 @@ def decode_image(value: Any, column: str, row: str, feature: Any = None) -> Any:
         return value
     import datasets
 
-    try:
+    with image_reading.naming_unreadable(describe(value, column, row), UnreadableImageError):
         return datasets.Image(mode=getattr(feature, "mode", None)).decode_example(value)
-    # damaged files raise OSError, SyntaxError, ValueError, EOFError, zlib.error, ... (and missing ones
-    # FileNotFoundError): all of them mean "cannot read this file"
-    except Exception as err:
-        raise UnreadableImageError(describe(value, column, row), f"{type(err).__name__}: {err}") from err
 
 
 def _nested_array(value: list | tuple, column: str, row: str) -> np.ndarray:
