@@ -5,6 +5,7 @@ import json
 import os
 import pickle
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,24 @@ def test_checkpoint_round_trip_restores_weights_scheduler_and_position(checkpoin
     assert state.step == 1 and state.position == StreamPosition(2, 5)
     assert torch.equal(fresh.weight, model.weight)
     assert fresh_scheduler.get_last_lr() == scheduler.get_last_lr()
+
+
+def _modes(folder: Path) -> dict[str, int]:
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir() if p.is_file()}
+
+
+def test_checkpoint_files_are_as_readable_as_the_rest_of_the_folder(tmp_path):
+    """save_state's model.safetensors was 0600 (safetensors' mode whatever the umask) beside 0644 files: another
+    user or a container could resume from or evaluate the checkpoint's other files but not its weights."""
+    accelerator, _, _, scheduler = _accelerated()
+    state = TrainingState(step=1, scheduler=scheduler.state_dict(), position=StreamPosition())
+    previous = os.umask(0o022)
+    try:
+        path = save_checkpoint(accelerator, tmp_path / "run", state)
+    finally:
+        os.umask(previous)
+    modes = _modes(path)
+    assert "model.safetensors" in modes and set(modes.values()) == {0o644}, modes
 
 
 @pytest.mark.parametrize("form", ["raw_pickle", "torch_save"])
@@ -176,6 +195,8 @@ def test_train_resume_ignores_a_planted_custom_checkpoint(tmp_path, tiny_clip):
     torch.save(Payload(marker), out / "step_1" / "custom_checkpoint_0.pkl")
     metrics = train_in_process(*common, "--resume_from_checkpoint", "latest")
     assert metrics["train_steps"] == 2 and not marker.exists()
+    modes = _modes(out / "step_2")  # the weights as readable as the checkpoint's other files
+    assert modes["model.safetensors"] == modes["training_state.json"] == modes["optimizer.bin"], modes
     assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2]
 
 

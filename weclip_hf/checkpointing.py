@@ -24,6 +24,8 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .model_loading import weights_readable_as
+
 TRAINING_STATE_NAME = "training_state.json"
 # written by earlier weclip-hf versions through register_for_checkpointing: read tensor-only, never unpickled
 LEGACY_SCHEDULER_NAME = "custom_checkpoint_0.pkl"
@@ -69,6 +71,7 @@ def save_checkpoint(
     if accelerator.is_main_process:
         for name, content in {TRAINING_STATE_NAME: asdict(state), **(extra_json or {})}.items():
             (tmp / name).write_text(json.dumps(content, indent=1))
+        weights_readable_as(tmp, tmp / TRAINING_STATE_NAME)  # save_state's safetensors files are 0600
         old = output_dir / f"step_{state.step}.old"
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)

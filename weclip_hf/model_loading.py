@@ -5,7 +5,8 @@ the loaded weights must cover, each refused with an error that says what to do.
   (`refuse_new_text_names`), with safetensors weights only (`safetensors_only`);
 - while loading: a truncated file or weights that do not fit the config become `ValueError`s (`loading_errors`);
 - after loading: no weight of the model left random (`refuse_missing_weights`), the whole model on one device
-  (`refuse_split_placement`), the tensors in 64-byte aligned memory (`in_aligned_memory`).
+  (`refuse_split_placement`), the tensors in 64-byte aligned memory (`in_aligned_memory`);
+- when saving: the weight files as readable as the rest of the folder (`weights_readable_as`).
 """
 
 from __future__ import annotations
@@ -290,6 +291,15 @@ def in_aligned_memory(module: nn.Module) -> None:
             tensor.data = tensor.data.clone()
 
 
+def weights_readable_as(folder: Path, reference: Path) -> None:
+    """Give the safetensors files in ``folder`` the permission bits of ``reference`` (a file written beside them
+    with the process's umask): safetensors (>= 0.8) writes them with mode 0600 whatever the umask, so that another
+    user or a container could not load them (safetensors issue 782)."""
+    mode = reference.stat().st_mode & 0o777
+    for weights in folder.glob("*.safetensors"):
+        weights.chmod(mode)
+
+
 __all__ = [
     "TEXT_EMBEDDING_NAMES",
     "check_model_folder",
@@ -301,4 +311,5 @@ __all__ = [
     "require_safetensors",
     "safetensors_only",
     "saved_config_dict",
+    "weights_readable_as",
 ]

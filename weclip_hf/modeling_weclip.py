@@ -42,6 +42,7 @@ from .model_loading import (
     refuse_split_placement,
     safetensors_only,
     split_backbone_keywords,
+    weights_readable_as,
 )
 from .par import par_refine
 from .pseudo_labels import (
@@ -314,17 +315,14 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         return self
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        """`PreTrainedModel.save_pretrained`, with the weight files as readable as the folder's config.json:
-        safetensors (>= 0.8) writes them with mode 0600 whatever the umask, so that another user or a container
-        could not load the model (safetensors issue 782). A config that would not load again is refused before
-        anything is written (`WeCLIPConfig.validate`)."""
+        """`PreTrainedModel.save_pretrained`, with the weight files as readable as the folder's config.json
+        (`weights_readable_as`: safetensors writes them 0600). A config that would not load again is refused
+        before anything is written (`WeCLIPConfig.validate`)."""
         self.config.validate()
         super().save_pretrained(save_directory, *args, **kwargs)
         folder = Path(save_directory)
         if (folder / "config.json").is_file():  # the main process's folder (others save nothing)
-            mode = (folder / "config.json").stat().st_mode & 0o777
-            for weights in folder.glob("*.safetensors"):
-                weights.chmod(mode)
+            weights_readable_as(folder, folder / "config.json")
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
