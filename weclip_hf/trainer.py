@@ -82,7 +82,6 @@ class WeCLIPTrainer(Trainer):
       whole run after ``warmup_steps`` of warm-up (`warmup_poly_factor`; `Trainer`'s decays from 1 at the warm-up's
       end). Another ``optim`` or ``lr_scheduler_type``, ``optimizer_cls_and_kwargs=`` or ``optimizers=`` (a given
       optimizer keeps `Trainer`'s schedule too) get `Trainer`'s own;
-    - ``class_labels`` stay on the host (no device-to-host sync per step where the model plans its pairs);
     - the model's step counter, which starts the RFM, counts optimizer steps also with gradient accumulation, and
       the training set's epoch (its crops) is right also in a run resumed mid-epoch (`TrainingSetEpochCallback`);
     - `evaluate` scores ``eval_dataset`` (`weclip_hf.data.loading.evaluation_set`: images with their masks at the
@@ -171,16 +170,6 @@ class WeCLIPTrainer(Trainer):
             for code in Path(checkpoint_folder).glob("*.py"):
                 shutil.copy(code, Path(self.args.output_dir) / code.name)
         super()._push_from_checkpoint(checkpoint_folder)
-
-    def _prepare_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """`Trainer`'s, except that ``class_labels`` stay where the collator left them (the host), as in
-        ``examples/train.py``: the model plans its (image, class) pairs there, and labels moved to the GPU cost a
-        device-to-host sync every step."""
-        class_labels = inputs.get("class_labels") if isinstance(inputs, dict) else None
-        prepared = super()._prepare_inputs(inputs)
-        if class_labels is not None:
-            prepared["class_labels"] = class_labels
-        return prepared
 
     def training_step(
         self,
