@@ -226,11 +226,25 @@ def row_record(example: dict, columns, split: str) -> dict:
 
 class LabelledImages(Dataset):
     """Rows of a split (image-level labels added): the image normalized with ``normalization`` [3, H, W], the
-    RGB image, the mask if any, multi-hot labels [C], the stored image value (copied to the output) and the row's
-    `row_record`."""
+    RGB image, the mask if any (checked as it is read: `read_example`), multi-hot labels [C], the stored image value
+    (copied to the output) and the row's `row_record`."""
 
-    def __init__(self, dataset, columns, num_classes: int, positions: list[int], split: str, normalization):
-        self.dataset, self.columns, self.num_classes = dataset, columns, num_classes
+    def __init__(
+        self,
+        dataset,
+        columns,
+        num_classes: int,
+        ignore_index: int,
+        positions: list[int],
+        split: str,
+        normalization,
+    ):
+        self.dataset, self.columns, self.num_classes, self.ignore_index = (
+            dataset,
+            columns,
+            num_classes,
+            ignore_index,
+        )
         self.positions, self.split, self.normalization = positions, split, normalization
 
     def __len__(self) -> int:
@@ -239,7 +253,9 @@ class LabelledImages(Dataset):
     def __getitem__(self, i: int) -> dict:
         example = self.dataset[self.positions[i]]
         row = row_name(example["source_row"], self.split)
-        image, mask = read_example(example, self.columns, row, self.dataset.features)
+        image, mask = read_example(
+            example, self.columns, row, self.dataset.features, self.num_classes, self.ignore_index
+        )
         return {
             "row": example["source_row"],
             "record": row_record(example, self.columns, self.split),
@@ -496,7 +512,15 @@ def main(argv=None) -> dict | None:
     for split, (dataset, columns, _, is_pseudo) in splits.items():
         todo = rows_to_do(out, split, dataset, columns, args, state)
         loader = DataLoader(
-            LabelledImages(dataset, columns, cfg.num_foreground_classes, todo, split, normalization),
+            LabelledImages(
+                dataset,
+                columns,
+                cfg.num_foreground_classes,
+                cfg.semantic_loss_ignore_index,
+                todo,
+                split,
+                normalization,
+            ),
             batch_size=args.batch_size,
             num_workers=num_workers,
             collate_fn=list,

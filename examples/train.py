@@ -901,6 +901,15 @@ def log_losses(accelerator: Accelerator, out, step: int, lr: float, log_path: Pa
     return record
 
 
+def miou_names(args) -> dict[str, str]:
+    """Each evaluation mode's figure name in metrics.json, the log and the trackers (`MIOU_NAMES`); with
+    ``--fully_supervised`` the decoder's figures are named apart from a weakly supervised model's."""
+    names = dict(MIOU_NAMES)
+    if args.fully_supervised:
+        names.update(pred="fully_supervised_miou", pred_msf="fully_supervised_miou_msf")
+    return names
+
+
 def evaluate_in_training(
     args, accelerator: Accelerator, model, val_set, step: int, log_path: Path, input_size: dict | None
 ) -> None:
@@ -917,7 +926,8 @@ def evaluate_in_training(
         accelerator=accelerator,
         progress=False,
     )
-    scores = {f"eval_{MIOU_NAMES[mode]}": result["mean_iou"] for mode, result in res.items()}
+    names = miou_names(args)
+    scores = {f"eval_{names[mode]}": result["mean_iou"] for mode, result in res.items()}
     accelerator.print(f"step {step}: {scores}")
     accelerator.log(scores, step=step)
     if accelerator.is_main_process:
@@ -932,9 +942,7 @@ def final_evaluation(args, model, val_set, output_dir: Path, input_size: dict | 
     loader = DataLoader(val_set, batch_size=args.per_device_eval_batch_size, collate_fn=collate_by_size)
     modes = ["pred", "cam", "pseudo"] + ([] if args.no_msf else ["pred_msf"])
     res = evaluate_segmentation(model, loader, modes, scales=args.msf_scales, input_size=input_size)
-    names = dict(MIOU_NAMES)
-    if args.fully_supervised:  # the decoder's figures named apart from a weakly supervised model's
-        names.update(pred="fully_supervised_miou", pred_msf="fully_supervised_miou_msf")
+    names = miou_names(args)
     metrics = {names[mode]: result["mean_iou"] for mode, result in res.items()}
     if "pred_msf" in res:
         metrics["msf_scales"] = list(args.msf_scales)

@@ -914,15 +914,24 @@ def test_width_height_is_pils_order_for_images_and_arrays():
     assert width_height(None) is None
 
 
+def _one_label(example: dict, idx: int) -> dict:
+    return {"image_labels": [1], "_unreadable": None}
+
+
 def test_labels_cached_under_other_checking_code_are_recomputed(tmp_path, monkeypatch):
     """`datasets` keyed the label map by the function's name: labels cached before a change of the checks were
-    reused (a mask the new checks refuse went through). The key holds the code that reads and checks the rows."""
+    reused (a mask the new checks refuse went through). The map is cached under a key that holds the code that
+    reads and checks the rows."""
     from weclip_hf.data import adapters
 
-    rows = {"image": [np.zeros((4, 4, 3), np.uint8)], "labels": [[1]]}
-    dataset = datasets.Dataset.from_dict(rows)
-    label_row = functools.partial(lambda example, idx: {"image_labels": [1]})
-    key = adapters.label_map_fingerprint(dataset, label_row)
-    assert adapters.label_map_fingerprint(dataset, label_row) == key  # deterministic: the cache is used
+    datasets.Dataset.from_dict({"x": [1, 2, 3]}).save_to_disk(tmp_path / "d")
+    dataset = datasets.load_from_disk(tmp_path / "d")  # on disk: map results are cached
+    label_row = functools.partial(_one_label)
+    mapped = adapters._map_label_rows(dataset, label_row, None, with_mask=False)
+    assert mapped._fingerprint == adapters.label_map_fingerprint(dataset, label_row)
+    assert (
+        adapters._map_label_rows(dataset, label_row, None, with_mask=False).cache_files == mapped.cache_files
+    )
     monkeypatch.setattr(adapters, "_code_digest", lambda: "other checking code")
-    assert adapters.label_map_fingerprint(dataset, label_row) != key
+    remapped = adapters._map_label_rows(dataset, label_row, None, with_mask=False)
+    assert remapped.cache_files != mapped.cache_files and remapped["image_labels"] == [[1], [1], [1]]

@@ -194,9 +194,18 @@ def test_a_model_of_a_config_given_new_class_names_trains():
 
 
 def test_class_names_changed_under_a_built_model_are_refused_by_name(tiny_model):
-    tiny_model.config.class_names = FIVE
+    """Another count or the same count of other names (the model kept the old classes' text embeddings while
+    id2label showed the new names)."""
+    encoded = list(tiny_model.config.class_names)
     pixel_values = torch.randn(1, 3, 32, 32)
-    with pytest.raises(ValueError, match=r"built for 4: .*update_class_embeddings\(tokenizer, class_names"):
-        tiny_model(pixel_values)
+    for names in (FIVE, ["w", "x", "y", "z"]):
+        tiny_model.config.class_names = names
+        with pytest.raises(
+            ValueError, match=rf"encoded for \{encoded!r}.*update_class_embeddings\(tokenizer, class_na"
+        ):
+            tiny_model(pixel_values)
+    tiny_model.config.class_names = encoded
+    assert tiny_model(pixel_values).logits.shape[1] == 5  # back to the encoded names: accepted
+    tiny_model.config.class_names = FIVE
     tiny_model.update_class_embeddings(CharTokenizer(), class_names=FIVE)  # as the message says
     assert tiny_model(pixel_values).logits.shape[1] == 6

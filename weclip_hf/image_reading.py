@@ -51,6 +51,10 @@ class UnreadableImageError(ValueError, OSError):
         super().__init__(f"Cannot read {source}: {reason}. {fix[:1].upper()}{fix[1:]}.")
         self.source, self.reason, self.fix = source, reason, fix
 
+    def __reduce__(self):
+        """Pickles with its three arguments (a DataLoader worker sends it to the main process, which re-raises it)."""
+        return type(self), (self.source, self.reason, self.fix)
+
     def within(self, where: str) -> UnreadableImageError:
         """The same error with ``where`` (e.g. ``images[3]``) added to its source."""
         return type(self)(f"{self.source} ({where})", self.reason, self.fix)
@@ -239,13 +243,19 @@ def label_tensor(label: Image.Image | np.ndarray | torch.Tensor | str | Path) ->
     return label
 
 
+def whole_numbers(values: np.ndarray) -> np.ndarray:
+    """Which of ``values`` (floats) are finite whole numbers, which an integer cast keeps."""
+    return np.isfinite(values) & (values == np.round(values))
+
+
 def check_integral_label_map(label: np.ndarray, name: str = "") -> None:
     """Refuse a float label map that the int64 cast would change: NaN/inf or fractional values (0.99 -> 0).
     ``name``: the map as messages name it (a mask's file or row)."""
-    finite = np.isfinite(label)
-    fractional = finite & (label != np.round(label))
-    if finite.all() and not fractional.any():
+    whole = whole_numbers(label)
+    if whole.all():
         return
+    finite = np.isfinite(label)
+    fractional = finite & ~whole
     problem = (
         f"NaN or infinite values ({int((~finite).sum())} pixels)"
         if not finite.all()
@@ -264,6 +274,7 @@ __all__ = [
     "UnreadableImageError",
     "channel_format",
     "check_integral_label_map",
+    "whole_numbers",
     "image_list",
     "image_size",
     "label_tensor",

@@ -239,6 +239,11 @@ def _device_name(device: int | str | torch.device) -> str:
         return str(device)
 
 
+def _one_device(placed: dict[str, list[str]]) -> bool:
+    """Whether `_placed_devices` found the model on one device, neither "disk" nor "meta"."""
+    return len(placed) <= 1 and not placed.keys() & {"disk", "meta"}
+
+
 def _placed_devices(model: nn.Module) -> dict[str, list[str]]:
     """The devices that accelerate's ``hf_device_map`` (or, without one, the tensors) put ``model`` on, each with
     the modules there: ``{"cpu": ["decoder", ...], "disk": ["vision_model"]}``."""
@@ -246,7 +251,7 @@ def _placed_devices(model: nn.Module) -> dict[str, list[str]]:
     placed: dict[str, list[str]] = {}
     for module, device in device_map.items():
         placed.setdefault(_device_name(device), []).append(module or "(whole model)")
-    if len(placed) <= 1 and not placed.keys() & {"disk", "meta"}:  # one device by the map: meta tensors still
+    if _one_device(placed):  # one device by the map: meta tensors still
         tensors = (*model.named_parameters(), *model.named_buffers())
         meta = [name for name, tensor in tensors if tensor.device.type == "meta"]
         if meta:
@@ -261,7 +266,7 @@ def refuse_split_placement(path: str, model: nn.Module, kwargs: dict) -> None:
     materialize, so its forward would fail deep in torch ("Tensor on device cpu is not on the expected device
     meta")."""
     placed = _placed_devices(model)
-    if len(placed) <= 1 and not placed.keys() & {"disk", "meta"}:
+    if _one_device(placed):
         return
     asked = ", ".join(f"{k}={kwargs[k]!r}" for k in ("device_map", "max_memory") if kwargs.get(k) is not None)
     where = "; ".join(
@@ -272,9 +277,9 @@ def refuse_split_placement(path: str, model: nn.Module, kwargs: dict) -> None:
         f"{path!r} was loaded with {asked or 'a device_map'}, which placed the model on several devices or "
         f"offloaded it ({where}). WeCLIP runs on one device only: its forward reads the weights of the CLIP towers "
         "and the decoder directly, which accelerate's offloading does not provide. Load it with "
-        "device_map='cpu' or a single device (device_map='cuda:0', {'': 0}), device_map='auto' only where the "
-        "whole model fits one device (no max_memory below its size), or without device_map and then "
-        "model.to(device)."
+        "device_map='cpu' or a single device (device_map='cuda:0' or {'': 0}; 'auto' spreads a model over every "
+        "visible GPU, so only with one visible device and no max_memory below the model's size), or without "
+        "device_map and then model.to(device)."
     )
 
 

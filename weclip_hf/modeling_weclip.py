@@ -296,6 +296,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         self.register_buffer("training_step", torch.zeros((), dtype=torch.long))
         # host mirror of training_step (avoids a device sync per step): (the buffer, its write counter, its value)
         self._step_mirror: tuple[torch.Tensor, int | None, int] | None = None
+        self._encoded_class_names = list(
+            config.class_names
+        )  # the classes of class_text_embeds (`_check_classes`)
         self.decoder = WeCLIPDecoder(config)
         self.post_init()
         self.freeze_backbones()
@@ -479,6 +482,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         cfg.background_names, cfg.prompt_template = backgrounds, template
         self.class_text_embeds = fg.to(self.class_text_embeds.dtype)
         self.background_text_embeds = bg.to(self.background_text_embeds.dtype)
+        self._encoded_class_names = list(classes)
 
     def forward_clip_features(
         self, pixel_values: torch.Tensor, num_attention_maps: int = 0, output_attentions: bool = False
@@ -611,12 +615,14 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
     def _check_classes(self) -> None:
         """Refuse a config whose classes were changed under the built model (``model.config.class_names = ...``):
         its text embeddings and classifier are still for the old ones."""
-        classes, built = self.config.num_foreground_classes, self.class_text_embeds.shape[0]
-        if built != classes or self.decoder.classifier.out_channels != classes + 1:
+        names, encoded = list(self.config.class_names), self._encoded_class_names
+        built = self.class_text_embeds.shape[0]
+        if names != encoded or built != len(names) or self.decoder.classifier.out_channels != len(names) + 1:
             raise ValueError(
-                f"config.class_names names {classes} classes but the model was built for {built}: change a built "
-                "model's classes with model.update_class_embeddings(tokenizer, class_names=[...]), which also "
-                "encodes their prompts and resizes the classifier."
+                f"config.class_names is {names} but the model's text embeddings were encoded for {encoded} (its "
+                f"classifier has {self.decoder.classifier.out_channels - 1} classes): change a built model's classes "
+                "with model.update_class_embeddings(tokenizer, class_names=[...]), which also encodes their prompts "
+                "and resizes the classifier."
             )
 
     def _check_inputs(

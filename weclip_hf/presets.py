@@ -104,7 +104,9 @@ class TrainingRecipe:
 class EvaluationSettings:
     """How a preset's model is evaluated (DESIGN Part 1, inference)."""
 
-    eval_long_side: int | None = 512  # resize the long side before prediction; None: keep the size
+    # the long side the saved processor resizes to, and the evaluation with it; None: the processor resizes to the
+    # training crop (the toy world's image size: `processor_size`)
+    eval_long_side: int | None = 512
     msf_scales: tuple[float, ...] = (1.0, 0.75)  # multi-scale + flip scales
     crf: bool = True  # the paper's headline numbers use dense CRF post-processing
 

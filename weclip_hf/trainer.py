@@ -23,8 +23,6 @@ from .normalization import PixelNormalization
 from .presets import EvaluationSettings
 from .training import WeCLIPDataCollator, official_adamw, warmup_poly_factor
 
-# the model card's names of the evaluation's figures (examples/train.py's metrics.json names)
-
 # `TrainingArguments.optim` values that mean torch's AdamW: WeCLIPTrainer then builds the official one
 ADAMW_NAMES = frozenset({"adamw_torch", "adamw_torch_fused"})
 

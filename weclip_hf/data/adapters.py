@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import image_reading
-from ..image_reading import check_integral_label_map, image_size
+from ..image_reading import check_integral_label_map, image_size, whole_numbers
 from . import decoding
 from .decoding import UnreadableImageError, decode_image, describe, file_path, row_name, split_name, undecoded
 
@@ -280,9 +280,7 @@ def normalize_label_row(
     if (values.dtype.kind in "fb" or multi_hot and binary is not None) and len(values) > 0:
         # float rows are multi-hot only (README "Training on your own data"): ids written as floats, e.g. [5.0] by
         # pandas, are refused, saying so, rather than read by their width
-        integral = values.dtype.kind == "f" and bool(
-            (np.isfinite(values) & (values == np.round(values))).all()
-        )
+        integral = values.dtype.kind == "f" and bool(whole_numbers(values).all())
         hint = (
             " Float rows are read as multi-hot vectors (one 0/1 value per class); if these are class ids, store "
             f"them as integers ({values.astype(np.int64).tolist()}, not {values.tolist()})."
@@ -604,8 +602,9 @@ def _summarised(dataset, hidden: list[str], skip_empty: bool, skip_unreadable: b
 
 
 def width_height(image) -> tuple[int, int] | None:
-    """(width, height) of a PIL image or an [H, W(, C)] array-like (PIL's order, which messages show; the
-    image processor's `image_size` gives (height, width)); None for None."""
+    """(width, height) of a PIL image or an array-like [H, W], [H, W, C] or [C, H, W] (read as the image processor
+    reads arrays; PIL's order, which messages show; the processor's `image_size` gives (height, width)); None for
+    None."""
     if image is None:
         return None
     if hasattr(image, "getbbox"):  # PIL
