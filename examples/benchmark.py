@@ -62,6 +62,7 @@ from benchmarking.workloads import (  # noqa: E402
 from weclip_hf.host_memory import retain_freed_host_memory  # noqa: E402
 from weclip_hf.inference import longest_edge_size, multiscale_flip_logits  # noqa: E402
 from weclip_hf.par_triton import triton_available  # noqa: E402
+from weclip_hf.script_arguments import add_device_flag  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
 # Arguments
@@ -71,11 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
-    p.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device (default: cuda where available, else cpu)",
-    )
+    add_device_flag(p)
     p.add_argument(
         "--method",
         choices=sorted(METHOD_NAMES),

@@ -29,15 +29,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from weclip_hf import crf as dense_crf_module  # noqa: E402
+from weclip_hf.script_arguments import add_device_flag  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device (default: cuda where available, else cpu)",
-    )
+    add_device_flag(p)
     p.add_argument("--num_threads", type=int, default=None, help="torch.set_num_threads for the run")
     p.add_argument(
         "--crf_images",

@@ -25,7 +25,6 @@ import json
 import math
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader
 from transformers import AutoModelForSemanticSegmentation
 
@@ -49,6 +48,7 @@ from weclip_hf.script_arguments import (
     IMAGE_COLUMN_HELP,
     MASK_COLUMN_HELP,
     add_data_source_flags,
+    add_device_flag,
     at_least_one,
     check_model_folder,
     first_paragraph,
@@ -152,11 +152,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="skip images and masks that cannot be read, listing them (default: an error naming the file)",
     )
-    p.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device (default: cuda where available, else cpu)",
-    )
+    add_device_flag(p)
     p.add_argument(
         "--output_json",
         help="also write the results (mIoU of each mode, per-class IoU, settings) to this JSON file "

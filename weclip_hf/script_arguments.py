@@ -64,6 +64,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def add_device_flag(parser) -> None:
+    """``--device``: the torch device a script runs its model on (default: cuda where available, else cpu)."""
+    import torch
+
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda where available, else cpu)",
+    )
+
+
 def add_data_source_flags(group, **help_texts: str) -> None:
     """Add --dataset_name, --data_dir and --dataset_path to ``group`` as mutually exclusive flags (argparse
     then refuses two of them, naming both); ``help_texts``: the help of each, by flag name (default:

@@ -41,8 +41,8 @@ def read_example(
     """The image (uint8 [H, W, 3]) and mask ([H, W] array of ids, or None) of an example; an unreadable file
     raises `UnreadableImageError` naming it (``row`` where it has no path). ``features``: the dataset's (modes).
     With ``num_classes``, the mask is refused unless it has ids 0..C or ``ignore_index`` and its image's size
-    (`checked_mask`, as `add_image_labels` checks a split ahead: here also a stream's, and a split whose labels a
-    datasets cache holds)."""
+    (`checked_mask`, as `add_image_labels` checks a split ahead: here also a stream's, whose images are not read
+    ahead; the uint8 cast of training masks relies on it)."""
     features = features or {}
     image = decode_image(example[columns.image], columns.image, row, features.get(columns.image))
     mask = None
