@@ -133,6 +133,34 @@ def test_evaluation_set_reads_a_label_column_as_the_training_set():
     assert labels(labels_column="tags", class_names=["cat", "dog"]) == [[1], [2], [1, 2]]
 
 
+def test_class_ids_in_the_other_numbering_than_their_masks_are_refused():
+    """Zero-based ids of a set where class 0 never occurs read as 1-based ones without --labels_zero_based (and
+    1-based ids with it, where class C never occurs): every class shifted by one, silently, though the masks beside
+    them showed the right classes."""
+    masks = [np.full((8, 8), c, np.uint8) for c in (2, 3, 2)] + [np.tile(np.array([2, 3], np.uint8), (8, 4))]
+
+    def read(rows, zero_based=False, num_classes=3):
+        labelled, _ = add_image_labels(
+            _dataset(masks).add_column("labels", rows), Columns("image", "mask", "labels"), num_classes,
+            zero_based=zero_based,
+        )  # fmt: skip
+        return labelled["image_labels"]
+
+    zero_based = [[1], [2], [1], [1, 2]]  # classes 2, 3, 2, {2, 3}
+    with pytest.raises(ValueError, match=r"read as 1-based class ids, disagree with its masks: 4 of the 4 rows .* "
+                       r"0 as read \(e.g. row 0: ids \[1\], mask classes \[2\] of 1..3\).* pass --labels_zero_based"):  # fmt: skip
+        read(zero_based)
+    assert read(zero_based, zero_based=True) == [[2], [3], [2], [2, 3]]
+    one_based = [[2], [3], [2], [2, 3]]
+    with pytest.raises(ValueError, match=r"read as zero-based class ids, disagree .* ids \[2\], mask classes "
+                       r"\[2\] of 1..4\).* drop --labels_zero_based"):  # fmt: skip
+        read(one_based, zero_based=True, num_classes=4)  # read as classes 3, 4, 3, {3, 4}
+    assert read(one_based) == one_based
+    # labels that differ from the masks otherwise (image tags, a few errors) are the user's: kept as read
+    assert read([[2], [2], [2], [2, 3]]) == [[2], [2], [2], [2, 3]]
+    assert read([[1], [2], [2], [2, 3]]) == [[1], [2], [2], [2, 3]]  # one shifted row of four
+
+
 def test_a_validation_split_without_masks_says_how_to_train_without_evaluation():
     from weclip_hf.data.loading import evaluation_set, with_split_name
 

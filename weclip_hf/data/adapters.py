@@ -312,6 +312,43 @@ def normalize_label_row(
     return sorted({int(i) + 1 - first for i in given})
 
 
+def check_label_numbering(
+    labels: Sequence[Sequence[int]],
+    mask_labels: Sequence[Sequence[int] | None],
+    num_classes: int,
+    zero_based: bool,
+    split: str | None = None,
+) -> None:
+    """Refuse a column of class ids whose rows name the classes of their masks (``mask_labels``: None where a row
+    has no mask or holds no ids) more often when read in the other numbering, on at least half of the rows with
+    masks: `--labels_zero_based` forgotten (zero-based ids without class 0 read as 1-based) or given wrongly would
+    shift every class by one, silently. ``labels``: the rows read as classes 1..C."""
+    shift = 1 if not zero_based else -1  # class of an id in the other numbering, relative to the one read
+    pairs = [(set(ids), set(shown)) for ids, shown in zip(labels, mask_labels) if shown is not None]
+    agree = sum(ids == shown for ids, shown in pairs)
+    other = [i for i, (ids, shown) in enumerate(pairs) if {c + shift for c in ids} == shown and ids != shown]
+    if len(other) <= agree or 2 * len(other) < len(pairs):
+        return
+    rows = [i for i, shown in enumerate(mask_labels) if shown is not None]
+    first = rows[other[0]]
+    given = sorted(c - zero_based for c in labels[first])  # the row's ids as the user wrote them
+    reading, fix = (
+        ("1-based", "pass --labels_zero_based (zero_based=True)")
+        if not zero_based
+        else (
+            "zero-based",
+            "drop --labels_zero_based (zero_based=False)",
+        )
+    )
+    raise ValueError(
+        f"The image-level labels of {'split ' + repr(split) if split else 'the dataset'}, read as {reading} class "
+        f"ids, disagree with its masks: {len(other)} of the {len(pairs)} rows with masks name their masks' "
+        f"classes only when read in the other numbering, {agree} as read (e.g. {row_name(first, None)}: ids "
+        f"{given}, mask classes {sorted(mask_labels[first])} of 1..{num_classes}). Every class would be shifted "
+        f"by one: {fix} (or correct the label column)."
+    )
+
+
 @dataclass
 class LabelSummary:
     """What preprocessing did to the dataset: printed, never silent."""
@@ -399,8 +436,9 @@ def add_image_labels(
     # a list: IterableDataset.remove_columns("x") drops every column whose name is in the string "x"
     # (datasets 5.2: "_image_labels" would also drop "image" and "image_labels")
     hidden = ["_image_labels"] if columns.labels == "_image_labels" else []
-    if streamed:
+    if streamed:  # read row by row: no column to compare with the masks
         return _filtered_stream(dataset, hidden, skip_empty, skip_unreadable)
+    check_label_numbering(dataset["image_labels"], dataset["_mask_labels"], num_classes, zero_based, split)
     return _summarised(dataset, hidden, skip_empty, skip_unreadable)
 
 
@@ -458,17 +496,20 @@ def row_image_labels(
             raise
         if streamed:
             warnings.warn(f"Skipped unreadable {err.source}: {err.reason}", stacklevel=1)
-        return {"image_labels": [], "_unreadable": err.source}
+        return {"image_labels": [], "_unreadable": err.source, "_mask_labels": None}
     if columns.labels is None:
         ids = _mask_image_labels(example, columns, image, mask, row, num_classes, ignore_index)
-    else:
-        path = file_path(example[columns.image])
-        name = row + (f" (image file {path!r})" if path else "")
-        value = _class_label_names(example[columns.labels], features.get(columns.labels))
-        ids = normalize_label_row(value, num_classes, zero_based, name, lookup, multi_hot)
-        if mask is not None:  # scored, or trained on with full supervision: checked as masks that give labels
-            checked_mask(example, columns, image, mask, row, num_classes, ignore_index)
-    return {"image_labels": ids, "_unreadable": None}
+        return {"image_labels": ids, "_unreadable": None, "_mask_labels": None}
+    path = file_path(example[columns.image])
+    name = row + (f" (image file {path!r})" if path else "")
+    value = _class_label_names(example[columns.labels], features.get(columns.labels))
+    ids = normalize_label_row(value, num_classes, zero_based, name, lookup, multi_hot)
+    shown = None  # the mask's classes beside a row of class ids, for `check_label_numbering`
+    if mask is not None:  # scored, or trained on with full supervision: checked as masks that give labels
+        array = checked_mask(example, columns, image, mask, row, num_classes, ignore_index)
+        if np.asarray(value).dtype.kind in "iu" and not multi_hot:
+            shown = [int(i) for i in np.unique(array) if 0 < i <= num_classes]
+    return {"image_labels": ids, "_unreadable": None, "_mask_labels": shown}
 
 
 def _class_label_names(value, feature):
@@ -570,6 +611,7 @@ def _map_label_rows(dataset, label_row, num_proc: int | None, with_mask: bool):
         features = dataset.features.copy()
         features["image_labels"] = datasets.List(datasets.Value("int64"))
         features["_unreadable"] = datasets.Value("string")
+        features["_mask_labels"] = datasets.List(datasets.Value("int64"))
     return dataset.map(label_row, with_indices=True, features=features)
 
 
@@ -578,7 +620,7 @@ def _filtered_stream(dataset, hidden: list[str], skip_empty: bool, skip_unreadab
     (``skip_empty``) examples filtered out as they are read, the working columns dropped."""
     if skip_unreadable:
         dataset = dataset.filter(lambda source: source is None, input_columns="_unreadable")
-    dataset = dataset.remove_columns(hidden + ["_unreadable"])
+    dataset = dataset.remove_columns(hidden + ["_unreadable", "_mask_labels"])
     if skip_empty:
         dataset = dataset.filter(lambda ids: len(ids) > 0, input_columns="image_labels")
     return dataset, LabelSummary(streamed=True, skip_empty=skip_empty, skip_unreadable=skip_unreadable)
@@ -590,7 +632,7 @@ def _summarised(dataset, hidden: list[str], skip_empty: bool, skip_unreadable: b
     unreadable = [source for source in dataset["_unreadable"] if source is not None]
     if unreadable:
         dataset = dataset.filter(lambda source: source is None, input_columns="_unreadable")
-    dataset = dataset.remove_columns(hidden + ["_unreadable"])
+    dataset = dataset.remove_columns(hidden + ["_unreadable", "_mask_labels"])
     summary = LabelSummary(total=len(dataset), skip_unreadable=skip_unreadable, unreadable=unreadable)
     for ids in dataset["image_labels"]:
         summary.class_counts.update(ids)
