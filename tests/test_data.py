@@ -1,6 +1,7 @@
 """Dataset adapters and training transforms: column resolution, label checks, augmentation."""
 
 import functools
+import json
 
 import datasets
 import numpy as np
@@ -826,6 +827,36 @@ def test_a_missing_data_dir_or_dataset_path_is_named(tmp_path):
         load_dataset_splits(DataSource(data_dir=str(tmp_path / "nope")))
     with pytest.raises(FileNotFoundError, match=r"--dataset_path .*nope: the directory does not exist"):
         load_dataset_splits(DataSource(dataset_path=str(tmp_path / "nope")))
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("nulls", [False, True])
+def test_an_imagefolder_with_labels_in_train_and_masks_in_validation_loads(tmp_path, streaming, nulls):
+    """README's own layout (image-level labels only for training, masks to score the validation split) failed in
+    `datasets` ("Metadata files ... have different features"), also with the other split's field written null."""
+    from weclip_hf.data.loading import DataSource, load_dataset_splits
+
+    for split in ("train", "validation"):
+        (tmp_path / split).mkdir()
+        rows = []
+        for i in range(2):
+            Image.new("RGB", (8, 8)).save(tmp_path / split / f"{i}.png")
+            if split == "train":
+                rows.append(
+                    {"file_name": f"{i}.png", "image_labels": [i + 1]}
+                    | ({"label_file_name": None} if nulls else {})
+                )
+            else:
+                Image.fromarray(np.full((8, 8), i + 1, np.uint8)).save(tmp_path / split / f"{i}_mask.png")
+                rows.append(
+                    {"file_name": f"{i}.png", "label_file_name": f"{i}_mask.png"}
+                    | ({"image_labels": None} if nulls else {})
+                )
+        (tmp_path / split / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train, val, _ = load_dataset_splits(DataSource(data_dir=str(tmp_path), streaming=streaming))
+    assert sorted(train.features) == ["image", "image_labels"] and sorted(val.features) == ["image", "label"]
+    assert [row["image_labels"] for row in train] == [[1], [2]]
+    assert [np.asarray(row["label"]).max() for row in val] == [1, 2]
 
 
 def test_an_imagefolder_whose_metadata_has_no_rows_is_named(tmp_path):

@@ -482,7 +482,7 @@ def load_dataset_splits(
     elif source.data_dir:
         check_local_dataset(source.data_dir, "--data_dir")
         check_imagefolder_metadata(source.data_dir)
-        ds = datasets.load_dataset("imagefolder", data_dir=source.data_dir, streaming=source.streaming)
+        ds = load_imagefolder(source.data_dir, source.streaming)
     elif source.dataset_name:
         ds = datasets.load_dataset(
             source.dataset_name, source.dataset_config_name, streaming=source.streaming
@@ -560,6 +560,29 @@ def check_imagefolder_metadata(data_dir: str) -> None:
                 f"--data_dir {data_dir}: {path} lists no images (it has no rows); an imagefolder needs one row "
                 "per image (file_name and its labels or mask)."
             )
+
+
+def load_imagefolder(data_dir: str, streaming: bool = False):
+    """The splits of an imagefolder. Where its splits' metadata files hold different fields (image-level labels
+    in train/, masks in validation/: README "Training on your own data"), which `datasets` refuses in one load
+    ("have different features"), each split is loaded on its own, its columns of nothing but nulls dropped."""
+    import datasets
+    from datasets.data_files import get_data_patterns
+
+    try:
+        return datasets.load_dataset("imagefolder", data_dir=data_dir, streaming=streaming)
+    except ValueError as err:
+        if "have different features" not in str(err):
+            raise
+    splits = {}
+    for split, patterns in get_data_patterns(str(Path(data_dir).expanduser())).items():
+        ds = datasets.load_dataset(
+            "imagefolder", data_dir=data_dir, data_files={split: patterns}, split=split, streaming=streaming
+        )
+        features = ds.features or {}
+        nulls = [k for k, v in features.items() if isinstance(v, datasets.Value) and v.dtype == "null"]
+        splits[str(split)] = ds.remove_columns(nulls) if nulls else ds
+    return (datasets.IterableDatasetDict if streaming else datasets.DatasetDict)(splits)
 
 
 def check_not_empty(split, source: str | None) -> None:
