@@ -197,11 +197,13 @@ def test_class_names_changed_under_a_built_model_are_refused_by_name(tiny_model)
     """Another count or the same count of other names (the model kept the old classes' text embeddings while
     id2label showed the new names)."""
     encoded = list(tiny_model.config.class_names)
+    prompts = [tiny_model.config.prompt_template.format(name) for name in encoded]
     pixel_values = torch.randn(1, 3, 32, 32)
     for names in (FIVE, ["w", "x", "y", "z"]):
         tiny_model.config.class_names = names
         with pytest.raises(
-            ValueError, match=rf"encoded for \{encoded!r}.*update_class_embeddings\(tokenizer, class_na"
+            ValueError,
+            match=rf"the text embeddings encode \{prompts!r}.*update_class_embeddings\(tokenizer, class_na",
         ):
             tiny_model(pixel_values)
     tiny_model.config.class_names = encoded
@@ -209,3 +211,72 @@ def test_class_names_changed_under_a_built_model_are_refused_by_name(tiny_model)
     tiny_model.config.class_names = FIVE
     tiny_model.update_class_embeddings(CharTokenizer(), class_names=FIVE)  # as the message says
     assert tiny_model(pixel_values).logits.shape[1] == 6
+
+
+@pytest.mark.parametrize(
+    "field, value", [("background_names", ["sea"]), ("prompt_template", "a photo of a {}.")]
+)
+def test_background_words_or_template_changed_under_a_built_model_are_refused(tiny_model, field, value):
+    """The class names were checked, not the other inputs of the text embeddings: a new template or background
+    word on a built model's config ran with the old embeddings."""
+    setattr(tiny_model.config, field, value)
+    with pytest.raises(ValueError, match=r"where the text embeddings encode .*update_class_embeddings"):
+        tiny_model(torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("class_names", ["car", "dog", "cat", "tree"]),
+        ("prompt_template", "a photo of a {}."),
+        ("background_names", ["sea", "grass", "road"]),
+    ],
+)
+def test_text_embedding_names_edited_in_config_json_are_refused_at_loading(
+    tiny_model, tmp_path, field, value
+):
+    """config.json's class_names (or template, background words) edited by hand loaded silently with the old
+    text embeddings: the CAM of "car" made with the "cat" prompt. The config records the prompts of the stored
+    embeddings (``encoded_prompts``), which loading compares; a config.json of before, without them, loads."""
+    tiny_model.update_class_embeddings(CharTokenizer())
+    tiny_model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["encoded_prompts"]["class"] == ["a clean origami cat.", "a clean origami dog.",
+                                                  "a clean origami car.", "a clean origami tree."]  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(ValueError, match=r"gives the .* prompts .* where the text embeddings encode .*edited in "
+                       r"config.json\?\). Restore them"):  # fmt: skip
+        WeCLIPForSemanticSegmentation.from_pretrained(tmp_path)
+    del config["encoded_prompts"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = WeCLIPForSemanticSegmentation.from_pretrained(tmp_path)  # a folder of before: taken as its names
+    assert loaded.config.encoded_prompts == tiny_model.config.encoded_prompts
+
+
+def test_a_weak_label_forward_on_placeholder_text_embeddings_warns(tiny_config, tmp_path, caplog):
+    """A model built from its config (CLIP weights loaded by name with load_state_dict) trained on random
+    placeholder text embeddings without a word; computed or loaded embeddings are no placeholders."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    def warnings_of(step) -> str:
+        caplog.clear()
+        hf_logging.get_logger("weclip_hf.modeling_weclip").warning_once.cache_clear()
+        with caplog.at_level(logging.WARNING):
+            step()
+        return caplog.text
+
+    model = WeCLIPForSemanticSegmentation(tiny_config)
+    pixel_values, class_labels = torch.randn(1, 3, 32, 32), torch.tensor([[1.0, 0, 0, 0]])
+    assert "" == warnings_of(lambda: model(pixel_values))  # no CAMs made: nothing to say
+    assert "text embeddings are placeholders" in warnings_of(
+        lambda: model(pixel_values, class_labels=class_labels)
+    )
+    assert "saved are placeholders" in warnings_of(lambda: model.save_pretrained(tmp_path / "a"))
+    fresh = WeCLIPForSemanticSegmentation(tiny_config)
+    fresh.load_state_dict(model.state_dict())
+    for ready in (fresh, WeCLIPForSemanticSegmentation.from_pretrained(tmp_path / "a")):
+        assert "placeholders" not in warnings_of(lambda m=ready: m(pixel_values, class_labels=class_labels))
+    model.update_class_embeddings(CharTokenizer())
+    assert "placeholders" not in warnings_of(lambda: model(pixel_values, class_labels=class_labels))

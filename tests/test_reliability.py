@@ -55,7 +55,7 @@ def test_class_count_mismatch_is_refused(saved):
     config["class_names"].append("boat")
     config["id2label"][str(len(config["class_names"]))] = "boat"
     (saved / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="do not match its config"):
+    with pytest.raises(ValueError, match="do not match the model's config.*E.g. the number of classes"):
         WeCLIPForSemanticSegmentation.from_pretrained(saved)
 
 
@@ -78,6 +78,42 @@ def test_weights_missing_from_the_file_are_refused(saved, dropped):
     assert len(kept) < len(weights)
     save_file(kept, saved / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match=rf"lack {len(weights) - len(kept)} tensor.*left random: {dropped}"):
+        WeCLIPForSemanticSegmentation.from_pretrained(saved)
+
+
+@pytest.mark.parametrize(
+    "override, problem",
+    [
+        (
+            {"decoder_num_layers": 1},
+            r"hold \d+ tensor\(s\) the model has no place for, which would be dropped",
+        ),
+        ({"decoder_num_layers": 5}, r"lack \d+ tensor\(s\) of the model, which would be left random"),
+        ({"decoder_hidden_size": 128}, r"do not match the model's config"),
+    ],
+)
+def test_keyword_arguments_that_change_the_shape_are_named(saved, override, problem):
+    """``from_pretrained(folder, decoder_num_layers=1)`` dropped trained decoder blocks with transformers' log
+    table only (the logits moved by 0.14 of 0.21); more layers or another width were blamed on the folder."""
+    ((name, value),) = override.items()
+    with pytest.raises(
+        ValueError, match=rf"{problem}.*keyword arguments \({name}={value}\) change the model's shape"
+    ):
+        WeCLIPForSemanticSegmentation.from_pretrained(saved, **override)
+
+
+def test_tensors_a_saved_model_has_no_place_for_are_refused(saved):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(saved / "model.safetensors")
+    save_file(
+        {**weights, "decoder.extra.weight": torch.zeros(2)},
+        saved / "model.safetensors",
+        metadata={"format": "pt"},
+    )
+    with pytest.raises(
+        ValueError, match=r"hold 1 tensor\(s\) .* dropped: decoder.extra.weight. Load it with the class"
+    ):
         WeCLIPForSemanticSegmentation.from_pretrained(saved)
 
 

@@ -149,6 +149,15 @@ def class_name_lists(
     return class_names, background_names, [background_label, *label_names]
 
 
+def text_prompts(class_names: list[str], background_names: list[str], template: str) -> dict[str, list[str]]:
+    """The CLIP prompts of the class and background text embeddings, ``{"class": [...], "background": [...]}``:
+    each name filled into the prompt ``template``."""
+    return {
+        "class": [template.format(name) for name in class_names],
+        "background": [template.format(name) for name in background_names],
+    }
+
+
 def check_prompt_template(template: str) -> None:
     """Refuse a prompt template without the ``{}`` that the class name fills."""
     if "{}" not in template:
@@ -214,6 +223,11 @@ class WeCLIPConfig(PreTrainedConfig):
             is used (paper: 15,000; the official VOC run effectively used 9,145, see the `voc` preset).
         semantic_loss_ignore_index (`int`): ignored label value (255).
         initializer_range (`float`): std of the decoder's normal initialisation.
+        encoded_prompts (`dict`, *optional*): the prompts the model's stored text embeddings encode (``{"class":
+            [...], "background": [...]}``), written by the model when it encodes them
+            (`WeCLIPForSemanticSegmentation.update_class_embeddings`) or loads them. A saved model whose
+            `class_names`, `background_names` or `prompt_template` no longer give these prompts (config.json edited
+            by hand) is refused at loading. None: not recorded (a config of before, or not encoded yet).
     """
 
     model_type = "weclip"
@@ -248,6 +262,7 @@ class WeCLIPConfig(PreTrainedConfig):
         rfm_start_step: int = 15000,
         semantic_loss_ignore_index: int = 255,
         initializer_range: float = 0.02,
+        encoded_prompts: dict[str, list[str]] | None = None,
         **kwargs,
     ):
         if "num_labels" in kwargs and kwargs["num_labels"] != len(class_names or VOC_PROMPT_NAMES) + 1:
@@ -298,6 +313,7 @@ class WeCLIPConfig(PreTrainedConfig):
         self.rfm_start_step = rfm_start_step
         self.semantic_loss_ignore_index = semantic_loss_ignore_index
         self.initializer_range = initializer_range
+        self.encoded_prompts = encoded_prompts
         self._check_fields()
 
         kwargs["id2label"] = dict(enumerate(labels))

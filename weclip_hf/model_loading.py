@@ -195,10 +195,23 @@ def safetensors_only(pretrained_model_name_or_path: str | os.PathLike, kwargs: d
     require_safetensors(os.path.join(folder, kwargs["subfolder"]) if kwargs.get("subfolder") else folder)
 
 
+def shape_overrides(config_class: type, kwargs: dict) -> str:
+    """The keyword arguments of a `from_pretrained` call that set config fields (``"decoder_num_layers=1"``), for
+    the messages of weights that do not fit: they may have changed the model's shape; "" when none."""
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if k in config_class.field_names())
+
+
+def _fix(overrides: str, otherwise: str) -> str:
+    """The fix a message of weights that do not fit the model names: loading without the ``overrides`` given."""
+    if overrides:
+        return f"The keyword arguments ({overrides}) change the model's shape: load without them."
+    return otherwise
+
+
 @contextlib.contextmanager
-def loading_errors(path: str) -> Iterator[None]:
+def loading_errors(path: str, overrides: str = "") -> Iterator[None]:
     """Turn transformers' errors for a truncated weights file and for weights that do not match the config into
-    `ValueError`s that name ``path`` and the fix."""
+    `ValueError`s that name ``path`` and the fix (``overrides``: `shape_overrides`)."""
     from safetensors import SafetensorError
 
     try:
@@ -210,22 +223,49 @@ def loading_errors(path: str) -> Iterator[None]:
     except RuntimeError as err:
         if "mismatched" not in str(err):
             raise
-        raise ValueError(
-            f"The weights of {path!r} do not match its config (e.g. the number of classes in "
-            f"class_names vs the decoder classifier): {err}"
-        ) from err
+        fix = _fix(overrides, "(E.g. the number of classes in class_names vs the decoder classifier.)")
+        raise ValueError(f"The weights of {path!r} do not match the model's config: {err} {fix}") from err
 
 
-def refuse_missing_weights(path: str, missing_keys: list[str], allowed_missing: re.Pattern | None) -> None:
+def _listed(keys: list[str]) -> str:
+    """The first 8 of ``keys``, and how many more."""
+    return ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+
+
+def refuse_missing_weights(
+    model_class: type,
+    path: str,
+    missing_keys: list[str],
+    allowed_missing: re.Pattern | None,
+    overrides: str = "",
+) -> None:
     """Refuse weights of ``path`` that lack tensors of the model (they would be left random), except those
-    matching ``allowed_missing``."""
+    matching ``allowed_missing`` (``overrides``: `shape_overrides`)."""
     missing = sorted(k for k in missing_keys if allowed_missing is None or not allowed_missing.search(k))
     if missing:
-        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        name = model_class.__name__
+        fix = _fix(
+            overrides,
+            f"Save the model again with save_pretrained; to start from pretrained backbones use "
+            f"{name}.{model_class._from_backbones}(...).",
+        )
         raise ValueError(
             f"The weights of {path!r} lack {len(missing)} tensor(s) of the model, which would be left random: "
-            f"{shown}. Save the model again with save_pretrained; to start from a CLIP checkpoint use "
-            "WeCLIPForSemanticSegmentation.from_clip(...)."
+            f"{_listed(missing)}. {fix}"
+        )
+
+
+def refuse_unused_weights(path: str, unexpected_keys: list[str], overrides: str = "") -> None:
+    """Refuse a saved model's weights (``path``) that hold tensors the model has no place for: trained weights
+    that would be dropped, e.g. decoder blocks beyond a ``decoder_num_layers`` given at loading (transformers
+    only logs them)."""
+    if unexpected_keys:
+        fix = _fix(
+            overrides, "Load it with the class its config.json names (AutoModelForSemanticSegmentation)."
+        )
+        raise ValueError(
+            f"The weights of {path!r} hold {len(unexpected_keys)} tensor(s) the model has no place for, which "
+            f"would be dropped: {_listed(sorted(unexpected_keys))}. {fix}"
         )
 
 
@@ -311,6 +351,8 @@ __all__ = [
     "in_aligned_memory",
     "loading_errors",
     "refuse_missing_weights",
+    "refuse_unused_weights",
+    "shape_overrides",
     "refuse_new_text_names",
     "refuse_split_placement",
     "require_safetensors",

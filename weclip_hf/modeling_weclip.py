@@ -27,7 +27,7 @@ from .affinity import transition_matrix
 from .cam import cam_box_masks, refine_cams, upsample_normalized
 from .chunking import images_per_attention_chunk
 from .clip_features import CLIPVisionFeatures, clip_features, in_float32, vision_outputs
-from .configuration_weclip import WeCLIPConfig, check_prompt_template, class_name_lists
+from .configuration_weclip import WeCLIPConfig, check_prompt_template, class_name_lists, text_prompts
 from .decoder import WeCLIPDecoder, feature_affinity
 from .last_block import pair_block_outputs, run_last_block
 from .losses import weclip_loss
@@ -40,7 +40,9 @@ from .model_loading import (
     loading_errors,
     refuse_missing_weights,
     refuse_split_placement,
+    refuse_unused_weights,
     safetensors_only,
+    shape_overrides,
     split_backbone_keywords,
     weights_readable_as,
 )
@@ -125,6 +127,22 @@ def _placeholder_text_embeds(config: WeCLIPConfig) -> tuple[torch.Tensor, torch.
     sizes = (config.num_foreground_classes, len(config.background_names))
     embeds = torch.randn(sum(sizes), config.projection_dim, generator=generator)
     return F.normalize(embeds, dim=-1).split(sizes)
+
+
+def _prompts_changed(encoded: dict[str, list[str]], prompts: dict[str, list[str]]) -> str:
+    """What differs between the prompts the text embeddings encode and those a config gives, for messages."""
+    return "; ".join(
+        f"the {kind} prompts {prompts[kind]} where the text embeddings encode {encoded.get(kind)}"
+        for kind in ("class", "background")
+        if encoded.get(kind) != prompts[kind]
+    )
+
+
+def _text_embeds_loaded(model: WeCLIPForSemanticSegmentation, incompatible) -> None:
+    """`load_state_dict` post-hook: text embeddings read from a state dict are no placeholders (taken as the
+    config's prompts, as a saved model's)."""
+    if "class_text_embeds" not in incompatible.missing_keys:
+        model._placeholder_text_embeds = False
 
 
 def _check_values(ok: torch.Tensor, message: str) -> None:
@@ -296,9 +314,13 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         self.register_buffer("training_step", torch.zeros((), dtype=torch.long))
         # host mirror of training_step (avoids a device sync per step): (the buffer, its write counter, its value)
         self._step_mirror: tuple[torch.Tensor, int | None, int] | None = None
-        self._encoded_class_names = list(
-            config.class_names
-        )  # the classes of class_text_embeds (`_check_classes`)
+        # what class_text_embeds / background_text_embeds encode (`_check_classes`): placeholders until
+        # update_class_embeddings computes them or they are loaded
+        self._encoded_prompts = text_prompts(
+            config.class_names, config.background_names, config.prompt_template
+        )
+        self._placeholder_text_embeds = True
+        self.register_load_state_dict_post_hook(_text_embeds_loaded)
         self.decoder = WeCLIPDecoder(config)
         self.post_init()
         self.freeze_backbones()
@@ -320,8 +342,15 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, with the weight files as readable as the folder's config.json
         (`weights_readable_as`: safetensors writes them 0600). A config that would not load again is refused
-        before anything is written (`WeCLIPConfig.validate`)."""
+        before anything is written (`WeCLIPConfig.validate`). The config records the prompts of the text
+        embeddings (``encoded_prompts``; none for placeholders, with a warning), which loading checks."""
         self.config.validate()
+        if self._placeholder_text_embeds:
+            logger.warning(
+                f"{type(self).__name__}.save_pretrained: the text embeddings saved are placeholders (random unit "
+                "vectors, never computed): call model.update_class_embeddings(tokenizer) first."
+            )
+        self.config.encoded_prompts = None if self._placeholder_text_embeds else self._encoded_prompts
         super().save_pretrained(save_directory, *args, **kwargs)
         folder = Path(save_directory)
         if (folder / "config.json").is_file():  # the main process's folder (others save nothing)
@@ -345,15 +374,36 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         path = str(pretrained_model_name_or_path)
         safetensors_only(path, kwargs)
         want_info = kwargs.pop("output_loading_info", False)
-        with loading_errors(path):
+        overrides = shape_overrides(cls.config_class, kwargs)
+        with loading_errors(path, overrides):
             model, info = super().from_pretrained(
                 pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
             )
-        refuse_missing_weights(path, info["missing_keys"], allowed_missing)
+        refuse_missing_weights(cls, path, info["missing_keys"], allowed_missing, overrides)
         refuse_split_placement(path, model, kwargs)
+        if allowed_missing is None:  # a saved model (from_clip logs a CLIP checkpoint's other tensors)
+            refuse_unused_weights(path, info["unexpected_keys"], overrides)
+            model._took_stored_text_embeds(path)
         in_aligned_memory(model)
         model.freeze_backbones()
         return (model, info) if want_info else model
+
+    def _took_stored_text_embeds(self, path: str) -> None:
+        """Take the loaded text embeddings as the prompts of the config: those its ``encoded_prompts`` records
+        (refused when its names no longer give them: config.json edited by hand), else (a config of before) those
+        its names give."""
+        config = self.config
+        prompts = text_prompts(config.class_names, config.background_names, config.prompt_template)
+        recorded = config.encoded_prompts
+        if recorded is not None and recorded != prompts:
+            raise ValueError(
+                f"The config of {path!r} gives {_prompts_changed(recorded, prompts)} (its class_names, "
+                "background_names or prompt_template edited in config.json?). Restore them; to change the classes, "
+                "load the model and call model.update_class_embeddings(tokenizer, class_names=[...]) (id2label "
+                "renames the labels only)."
+            )
+        self._encoded_prompts, self._placeholder_text_embeds = prompts, False
+        config.encoded_prompts = prompts
 
     @classmethod
     def from_clip(
@@ -459,8 +509,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             cfg.background_names if background_names is None else background_names,
             None,
         )
-        fg = self.encode_text(tokenizer, [template.format(c) for c in classes])
-        bg = self.encode_text(tokenizer, [template.format(c) for c in backgrounds])
+        prompts = text_prompts(classes, backgrounds, template)
+        fg = self.encode_text(tokenizer, prompts["class"])
+        bg = self.encode_text(tokenizer, prompts["background"])
         new_count = (
             len(classes) + 1 != self.decoder.classifier.out_channels
         )  # (the config may say so already)
@@ -482,7 +533,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         cfg.background_names, cfg.prompt_template = backgrounds, template
         self.class_text_embeds = fg.to(self.class_text_embeds.dtype)
         self.background_text_embeds = bg.to(self.background_text_embeds.dtype)
-        self._encoded_class_names = list(classes)
+        self._encoded_prompts, self._placeholder_text_embeds = prompts, False
+        cfg.encoded_prompts = prompts
 
     def forward_clip_features(
         self, pixel_values: torch.Tensor, num_attention_maps: int = 0, output_attentions: bool = False
@@ -612,17 +664,27 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
 
     # ---- forward ---------------------------------------------------------------------------------
 
-    def _check_classes(self) -> None:
-        """Refuse a config whose classes were changed under the built model (``model.config.class_names = ...``):
-        its text embeddings and classifier are still for the old ones."""
-        names, encoded = list(self.config.class_names), self._encoded_class_names
-        built = self.class_text_embeds.shape[0]
-        if names != encoded or built != len(names) or self.decoder.classifier.out_channels != len(names) + 1:
+    def _check_classes(self, weak_labels: bool = False) -> None:
+        """Refuse a config whose classes, background words or prompt template were changed under the built model
+        (``model.config.class_names = ...``): its text embeddings and classifier are still for the old ones. With
+        ``weak_labels`` (CAMs to be made), warn once when the text embeddings are still placeholders."""
+        config, encoded = self.config, self._encoded_prompts
+        prompts = text_prompts(config.class_names, config.background_names, config.prompt_template)
+        names, classes = list(config.class_names), self.decoder.classifier.out_channels - 1
+        if prompts != encoded or self.class_text_embeds.shape[0] != len(names) or classes != len(names):
             raise ValueError(
-                f"config.class_names is {names} but the model's text embeddings were encoded for {encoded} (its "
-                f"classifier has {self.decoder.classifier.out_channels - 1} classes): change a built model's classes "
-                "with model.update_class_embeddings(tokenizer, class_names=[...]), which also encodes their prompts "
-                "and resizes the classifier."
+                f"The config gives {_prompts_changed(encoded, prompts) or f'{len(names)} classes'} and the "
+                f"classifier has {classes} classes: its class_names, background_names or prompt_template were changed "
+                "under the built model. Change a built model's classes with model.update_class_embeddings("
+                "tokenizer, class_names=[...], background_names=..., prompt_template=...), which also encodes their "
+                "prompts and resizes the classifier."
+            )
+        if weak_labels and self._placeholder_text_embeds:
+            logger.warning_once(
+                f"{type(self).__name__}: the class and background text embeddings are placeholders (random unit "
+                "vectors): the model was built from its config and they were neither computed nor loaded, so its "
+                "CAMs and pseudo labels mean nothing. Call model.update_class_embeddings(tokenizer) (or build the "
+                f"model with {type(self).__name__}.{self._from_backbones}(...), or load a saved one)."
             )
 
     def _check_inputs(
@@ -633,7 +695,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         pixel_mask: torch.Tensor | None = None,
     ) -> None:
         """Validate the public inputs with errors that name the problem."""
-        self._check_classes()
+        self._check_classes(weak_labels=class_labels is not None)
         for name, value in (
             ("pixel_values", pixel_values),
             ("class_labels", class_labels),
