@@ -338,7 +338,7 @@ def write_report(out: Path, names: list[str], label_path: dict, id2label, model_
     }
     remove_temporary_files([out])
     save_json(report, out / "class_fractions.json")
-    print(f"{report['num_images']} label maps in {out / 'labels'}; {len(report['skipped'])} inputs skipped")
+    print(f"{report['num_images']} label maps in {out / 'labels'}; skipped inputs: {len(report['skipped'])}")
     return report
 
 

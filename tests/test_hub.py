@@ -104,7 +104,7 @@ def test_converter_training_and_push_cards_come_from_one_builder(
     # the card describes the model, not the machine's run: no derived flags or local paths
     assert "`max_train_steps`: `1`" in training_card
     assert not any(f"`{k}`" in training_card for k in ("given_model_flags", "rfm_start_source", "output_dir"))
-    assert "a 12-pixel patch grid" in training_card  # the tiny CLIP's patches, not ViT-B/16's
+    assert "12 x 12 pixels a cell" in training_card  # the tiny CLIP's patches, not ViT-B/16's
     assert str(tiny_clip) not in training_card  # a local CLIP folder by its name (the path named the machine)
     assert f"`clip_model_name_or_path`: `{Path(tiny_clip).name} (a local folder)`" in training_card
     assert "| miou | 0.5000 |" in push_card

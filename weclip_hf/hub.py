@@ -128,8 +128,8 @@ processor = AutoImageProcessor.from_pretrained("{{ repo_id }}", trust_remote_cod
 {% endif %}## Intended use and limitations
 Research on weakly supervised semantic segmentation: the classes are fixed to the label set below and
 the model was trained from image-level labels{{ weak_note }}. Predictions follow object extents coarsely
-(a {{ patch_size }}-pixel patch grid upsampled); expect errors on thin structures, small objects and classes that
-co-occur with their context (e.g. boats and water). Not for safety-critical use.
+(the patch grid, {{ patch_size }} x {{ patch_size }} pixels a cell, upsampled); expect errors on thin structures,
+small objects and classes that co-occur with their context (e.g. boats and water). Not for safety-critical use.
 
 Labels: {{ labels }}
 
