@@ -826,8 +826,25 @@ def test_a_backbone_that_is_no_folder_or_a_saved_weclip_is_named(tiny_clip, tmp_
         FileNotFoundError, match=r"has no model.safetensors, only pickle weights \(pytorch_model"
     ):
         WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(tiny_clip, str(dino))
-    with pytest.raises(TypeError, match="takes the DINOv2's config from dino_name_or_path"):
+    with pytest.raises(
+        TypeError, match=r"reads dino_config \(from dino_name_or_path\) from the checkpoint: leave it"
+    ):
         WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(tiny_clip, str(dino), dino_config={})
+
+
+@pytest.mark.parametrize(
+    "field", ["vision_config", "text_config", "projection_dim", "logit_scale_init_value"]
+)
+def test_backbone_constructors_refuse_the_fields_they_read_from_the_clip(tiny_clip, field):
+    """(was: "WeCLIPConfig() got multiple values for keyword argument 'vision_config'"; a logit_scale_init_value
+    was stored and the checkpoint's scale used)"""
+    message = (
+        rf"\.from_clip(_and_dino)? reads {field} \(from clip_name_or_path\) from the checkpoint: leave it out"
+    )
+    for build in (lambda: WeCLIPForSemanticSegmentation.from_clip(tiny_clip, **{field: {}}),
+                  lambda: WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(tiny_clip, "x", **{field: {}})):  # fmt: skip
+        with pytest.raises(TypeError, match=message):
+            build()
 
 
 def test_fresh_dino_head_gets_the_decoder_initialization(plus_model):

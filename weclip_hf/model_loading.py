@@ -82,15 +82,31 @@ def check_backbone_type(name_or_path: str, model_type: str | None, what: str) ->
         )
 
 
-def split_backbone_keywords(kwargs: dict, config_fields: set[str], constructor: str) -> tuple[dict, dict]:
+# the config fields that `from_clip` reads from the CLIP checkpoint, with the argument naming it
+CLIP_CHECKPOINT_FIELDS = dict.fromkeys(
+    ("vision_config", "text_config", "projection_dim", "logit_scale_init_value"), "clip_name_or_path"
+)
+
+
+def split_backbone_keywords(
+    kwargs: dict, config_fields: set[str], constructor: str, from_checkpoints: dict[str, str]
+) -> tuple[dict, dict]:
     """(config fields, loading options) of the keywords given to a constructor from pretrained backbones
-    (``constructor``: its name, for the error): anything else is refused, naming it."""
+    (``constructor``: its name, for the error): the fields it reads from the checkpoints (``from_checkpoints``:
+    field -> the argument naming the checkpoint) and anything else are refused, naming them."""
     unknown = sorted(k for k in kwargs if k not in config_fields and k not in MODEL_LOADING_OPTIONS)
     if unknown:
         raise TypeError(
             f"{constructor} got unknown keyword argument(s) {unknown}: it takes config fields (those of the "
             f"model's config class) and the loading options {list(MODEL_LOADING_OPTIONS)}. A preset's fields: "
             "weclip_hf.presets.preset_config_kwargs(name)."
+        )
+    taken = [f"{k} (from {from_checkpoints[k]})" for k in sorted(kwargs) if k in from_checkpoints]
+    if taken:
+        raise TypeError(
+            f"{constructor} reads {', '.join(taken)} from the checkpoint: leave "
+            f"{'it' if len(taken) == 1 else 'them'} out (for another backbone, save one with that config and pass "
+            "its folder)."
         )
     loading = {k: v for k, v in kwargs.items() if k in MODEL_LOADING_OPTIONS}
     return {k: v for k, v in kwargs.items() if k not in loading}, loading

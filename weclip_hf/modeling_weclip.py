@@ -32,6 +32,7 @@ from .decoder import WeCLIPDecoder, feature_affinity
 from .last_block import pair_block_outputs, run_last_block
 from .losses import weclip_loss
 from .model_loading import (
+    CLIP_CHECKPOINT_FIELDS,
     HUB_OPTIONS,
     check_backbone_source,
     check_model_folder,
@@ -421,7 +422,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         from transformers import AutoTokenizer, CLIPConfig
 
         kwargs, loading = split_backbone_keywords(
-            kwargs, cls.config_class.field_names(), f"{cls.__name__}.from_clip"
+            kwargs, cls.config_class.field_names(), f"{cls.__name__}.from_clip", CLIP_CHECKPOINT_FIELDS
         )
         check_backbone_source(clip_name_or_path, "CLIP")
         hub = {k: v for k, v in loading.items() if k in HUB_OPTIONS}

@@ -26,6 +26,7 @@ from .configuration_weclip_plus import WeCLIPPlusConfig
 from .decoder import feature_affinity
 from .dino_branch import WeCLIPPlusDinoBranch
 from .model_loading import (
+    CLIP_CHECKPOINT_FIELDS,
     HUB_OPTIONS,
     check_backbone_source,
     check_backbone_type,
@@ -151,12 +152,12 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
         ``kwargs`` set the other `WeCLIPPlusConfig` fields (e.g. ``decoder_num_layers=5`` for ViT-L) and the
         loading options of `from_clip` (``token``, ``cache_dir``, ``local_files_only``, ... fetch both checkpoints;
         ``revision`` is the CLIP's)."""
-        split_backbone_keywords(kwargs, cls.config_class.field_names(), f"{cls.__name__}.from_clip_and_dino")
-        if "dino_config" in kwargs:
-            raise TypeError(
-                "from_clip_and_dino takes the DINOv2's config from dino_name_or_path: leave dino_config out (to "
-                "change the model, save a DINOv2 with that config and pass its folder)."
-            )
+        split_backbone_keywords(
+            kwargs,
+            cls.config_class.field_names(),
+            f"{cls.__name__}.from_clip_and_dino",
+            {**CLIP_CHECKPOINT_FIELDS, "dino_config": "dino_name_or_path"},
+        )
         hub = {k: v for k, v in kwargs.items() if k in HUB_OPTIONS and k != "revision"}
         check_backbone_source(clip_name_or_path, "CLIP")  # before the DINOv2 is loaded
         check_backbone_source(dino_name_or_path, "DINOv2")
