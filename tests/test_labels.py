@@ -280,3 +280,44 @@ def test_a_weak_label_forward_on_placeholder_text_embeddings_warns(tiny_config, 
         assert "placeholders" not in warnings_of(lambda m=ready: m(pixel_values, class_labels=class_labels))
     model.update_class_embeddings(CharTokenizer())
     assert "placeholders" not in warnings_of(lambda: model(pixel_values, class_labels=class_labels))
+
+
+SPELLED_AS_ONE = "names are compared as CLIP's tokenizer reads them"
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [(dict(class_names=["Cat", "cat", "dog"]), rf"class_names must name each class once, got 'Cat' / 'cat' more than once \({SPELLED_AS_ONE}"),
+     (dict(class_names=[" dog", "dog  "]), "class_names must name each class once, got ' dog' / 'dog  '"),
+     (dict(class_names=["", "dog"]), r"class_names must not hold an empty name, got \['', 'dog'\]"),
+     (dict(background_names=["sky", "Sky"]), "background_names must name each background word once, got 'Sky' / 'sky'"),
+     (dict(class_names=["cat", "sky"], background_names=["Sky"]), r"class_names and background_names must not share a name, got \['sky'\] in both"),
+     (dict(class_names=["a", "b"], label_names=["x", "x"]), r"label_names must name each label once, got 'x' more than once in the labels of ids 0..2 \['background', 'x', 'x'\]"),
+     (dict(class_names=["a", "b"], label_names=["background", "x"]), "label_names must name each label once, got 'background' more than once"),
+     (dict(class_names=["background", "x"]), "id2label .*must name each label once, got 'background' more than once")],
+)  # fmt: skip
+def test_names_that_read_as_one_are_refused_naming_them(tiny_model, names, message):
+    """CLIP's tokenizer lowercases: 'Cat' and 'cat' got one text embedding, so class 2 never won a pixel; repeated
+    label names lost a class from label2id (['background', 'x']: the background's); an empty class name, repeated
+    background words and a class that is also a background word were taken too. The constructor and
+    update_class_embeddings (which refuses them before changing anything) name them."""
+    with pytest.raises(ValueError, match=message):
+        WeCLIPConfig(**names)
+    before = tiny_model.config.to_dict()
+    with pytest.raises(ValueError, match=message):
+        tiny_model.update_class_embeddings(CharTokenizer(), **names)
+    assert tiny_model.config.to_dict() == before
+
+
+def test_label_names_set_on_a_built_config_that_read_as_one_are_refused(tiny_model):
+    config = tiny_model.config
+    before = dict(config.id2label)
+    for assign, message in (
+        (lambda: setattr(config, "id2label", {**RENAMED, 2: "Kitten"}), "id2label must name each label once, got 'Kitten' / 'kitten'"),
+        (lambda: setattr(config, "label_names", ["a", "b", "c", "background"]), "got 'background' more than once"),
+        (lambda: setattr(config, "class_names", ["x", "y", "Background"]), "got 'Background' / 'background' more than once"),
+        (lambda: setattr(config, "class_names", ["x", "X"]), "class_names must name each class once, got 'X' / 'x'"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            assign()
+    assert config.id2label == before and config.label2id == {n: i for i, n in before.items()}

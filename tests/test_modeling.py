@@ -1,7 +1,6 @@
 """WeCLIPForSemanticSegmentation: shapes, frozen CLIP, batched == per-image reference, save/load, Auto."""
 
 import json
-import re
 
 import numpy as np
 import pytest
@@ -391,7 +390,7 @@ def test_new_classes_in_half_precision_and_names_that_are_not_lists_of_names(tin
     assert model(torch.randn(1, 3, 32, 32)).logits.shape[1] == 3
     for names, message in (("cow", r"class_names must be a list of names, got the string 'cow': write \['cow'\]"),
                            ([], "class_names must hold at least one"),
-                           (["cow", "cow"], r"must name each class once, got \['cow'\] more than once")):  # fmt: skip
+                           (["cow", "cow"], r"must name each class once, got 'cow' more than once")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             model.update_class_embeddings(CharTokenizer(), class_names=names)
         with pytest.raises(ValueError, match=message):
@@ -625,17 +624,91 @@ def test_hostile_config_json_is_refused_before_any_module_is_built(tmp_path, tin
 
 @pytest.mark.parametrize(
     "field, value",
-    [("rfm_start_step", -5), ("decoder_dropout", 1.5), ("par_dilations", "abc"), ("cam_box_threshold", "x")],
-)
-def test_a_value_set_out_of_range_after_building_is_refused_before_saving(tmp_path, tiny_model, field, value):
-    """A config edited after construction (attribute, `update`) is checked when saved: a folder whose config.json
-    would not load again is never written, by the model or the config."""
+    [("cam_box_threshold", 1.5), ("cam_box_threshold", "x"), ("cam_bg_exponent", -1.0), ("par_temperature", 0.0),
+     ("par_num_iter", -3), ("attention_num_maps", 0), ("attention_num_maps", 99), ("rfm_num_maps", 99),
+     ("affinity_radius", 0), ("num_feature_layers", 0), ("rfm_start_step", -5), ("decoder_dropout", 1.5),
+     ("par_dilations", "abc"), ("prompt_template", "a {} of {}"), ("background_names", ["sky", "Sky"])],
+)  # fmt: skip
+def test_a_value_set_on_a_built_config_is_refused_as_the_constructor_refuses_it(tiny_model, field, value):
+    """`model.config.cam_box_threshold = 1.5`, transformers' way to change a threshold, was used by the forward
+    (all-background pseudo labels; ``num_feature_layers = 0``: a bare IndexError) and refused only by
+    save_pretrained. An assignment or `update` now gets the constructor's error and changes nothing."""
+    with pytest.raises(ValueError) as constructed:
+        make_tiny_config(**{field: value})
+    before = getattr(tiny_model.config, field)
+    for assign in (lambda: setattr(tiny_model.config, field, value),
+                   lambda: tiny_model.config.update({field: value})):  # fmt: skip
+        with pytest.raises(ValueError) as assigned:
+            assign()
+        assert str(assigned.value) == str(constructed.value)
+    assert getattr(tiny_model.config, field) == before
+
+
+def test_fields_checked_together_may_be_set_one_after_the_other(tiny_model):
+    """The decoder's heads must divide its width: either may be set first (transformers' `update` and from_dict
+    set fields one at a time), and the pair is checked when the config is saved or loaded."""
+    config = tiny_model.config
+    config.update({"decoder_num_heads": 64, "decoder_hidden_size": 128})  # 64 heads of a width of 32 first
+    config.validate()
+    config.cam_box_threshold = 0.7  # a value in range is taken as before
+    assert (config.decoder_num_heads, config.decoder_hidden_size, config.cam_box_threshold) == (64, 128, 0.7)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("decoder_num_heads", 5, r"decoder_hidden_size \(32\) must be divisible by decoder_num_heads \(5\)"),
+     ("background_names", ["sky", "Cat"], r"class_names and background_names must not share a name, got \['cat'\]")],
+)  # fmt: skip
+def test_fields_that_do_not_fit_each_other_are_refused_before_saving(
+    tmp_path, tiny_model, field, value, message
+):
+    """A config edited after construction so that two fields disagree is checked when saved: a folder whose
+    config.json would not load again is never written, by the model or the config."""
     tiny_model.config.validate()  # the built config passes
-    tiny_model.config.update({field: value})
+    tiny_model.config.update({field: value})  # each value alone is in range
     for owner in (tiny_model, tiny_model.config):
-        with pytest.raises(ValueError, match=f"not saved: {re.escape(field)}"):
+        with pytest.raises(ValueError, match=f"not saved: {message}"):
             owner.save_pretrained(tmp_path / "saved")
         assert not (tmp_path / "saved").exists()
+
+
+def test_a_sub_config_given_at_loading_is_checked_with_the_rest(tmp_path, tiny_model):
+    """transformers merges a partial sub-config given at loading after the constructor's checks: a 2-layer CLIP
+    under num_feature_layers=2 loaded, and its forward failed on a shape."""
+    tiny_model.save_pretrained(tmp_path)
+    for load in (WeCLIPConfig.from_pretrained, WeCLIPForSemanticSegmentation.from_pretrained):
+        with pytest.raises(
+            ValueError,
+            match=r"^The keyword arguments \(vision_config\) do not fit the config of .*: num_feature_layers must "
+            r"be an integer in \[1, 1\], got 2\.",
+        ):
+            load(tmp_path, vision_config={"num_hidden_layers": 2})
+    with pytest.raises(ValueError, match=r"\(vision_config\) do not fit.*at least 2 layers"):
+        WeCLIPConfig.from_pretrained(tmp_path, vision_config={"num_hidden_layers": 1})
+    loaded = WeCLIPConfig.from_pretrained(tmp_path, vision_config={"layer_norm_eps": 1e-6})  # one that fits
+    assert loaded.vision_config.layer_norm_eps == 1e-6 and loaded.vision_config.num_hidden_layers == 3
+
+
+@pytest.mark.parametrize(
+    "template, problem",
+    [("a {{}} photo", r"it has no replacement field \('\{\{\}\}' is a literal '\{\}'\)"),
+     ("a {} of {}", r"its replacement fields are \['\{\}', '\{\}'\]"),
+     ("a {} {x}", r"its replacement fields are \['\{\}', '\{x\}'\]"),
+     ("a {0} photo", r"its replacement fields are \['\{0\}'\]"),
+     ("a {} photo}", "it is not a format string")],
+)  # fmt: skip
+def test_a_prompt_template_must_take_the_class_name_exactly_once(tiny_model, template, problem):
+    """'a {{}} photo' passed ("{}" in it) and gave every class the same prompt; 'a {} of {}' and 'a {} {x}' passed
+    the config and failed later with a bare IndexError / KeyError."""
+    message = (
+        rf"prompt_template must hold exactly one '\{{\}}', which the class name fills, got .*: {problem}"
+    )
+    for refuse in (lambda: make_tiny_config(prompt_template=template),
+                   lambda: setattr(tiny_model.config, "prompt_template", template),
+                   lambda: tiny_model.update_class_embeddings(CharTokenizer(), prompt_template=template)):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            refuse()
+    assert make_tiny_config(prompt_template="a {{}} {}").prompt_template.format("cat") == "a {} cat"
 
 
 def test_a_refused_value_names_its_source_the_keywords_or_the_file(tmp_path, tiny_model):

@@ -525,11 +525,11 @@ def test_weclip_trainer_pushes_no_token_and_loadable_step_commits(tmp_path, monk
 
 
 def test_weclip_trainer_refuses_a_config_its_checkpoints_could_not_save(tmp_path):
-    """A config edited out of range after the model was built fails at the trainer's construction, not at its
-    first checkpoint save (steps in)."""
+    """A config edited after the model was built so that its fields disagree (each is checked alone as it is
+    set) fails at the trainer's construction, not at its first checkpoint save (steps in)."""
     model = toy_model()
-    model.config.rfm_start_step = -1
-    with pytest.raises(ValueError, match="not saved: rfm_start_step"):
+    model.config.decoder_num_heads = 7
+    with pytest.raises(ValueError, match=r"not saved: decoder_hidden_size \(\d+\) must be divisible"):
         weclip_trainer(model, tmp_path)
 
 

@@ -142,6 +142,37 @@ def test_config_rejects_bad_values(kwargs, message):
         make_tiny_plus_config(**kwargs)
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [("dino_position_interpolation", "nearest"), ("cam_feature_block", -3), ("rfm_use_box_mask", "yes"),
+     ("branch_logit_weights", [0.0, 0.0]), ("dice_loss_weight", -1.0), ("self_training_start_step", -1),
+     ("self_training_threshold", 1.5), ("rfm_num_maps", 4), ("cam_box_threshold", 1.5)],
+)  # fmt: skip
+def test_a_value_set_on_a_built_config_is_refused_as_the_constructor_refuses_it(field, value):
+    """WeCLIP+'s fields set on a built config are checked as WeCLIP's are (the forward read them unchecked)."""
+    with pytest.raises(ValueError) as constructed:
+        make_tiny_plus_config(**{field: value})
+    config = make_tiny_plus_config()
+    before = getattr(config, field)
+    with pytest.raises(ValueError) as assigned:
+        setattr(config, field, value)
+    assert str(assigned.value) == str(constructed.value) and getattr(config, field) == before
+    config.self_training_start_step = None  # in range: taken
+    assert config.self_training_start_step is None
+
+
+def test_a_dino_config_given_at_loading_is_checked(tmp_path):
+    make_tiny_plus_config().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"\(dino_config\) do not fit the config .*dino_config.patch_size"):
+        WeCLIPPlusConfig.from_pretrained(tmp_path, dino_config={"patch_size": 0})
+    assert (
+        WeCLIPPlusConfig.from_pretrained(
+            tmp_path, dino_config={"layer_norm_eps": 1e-5}
+        ).dino_config.patch_size
+        == 2
+    )
+
+
 def test_config_rejects_a_dino_config_of_another_kind():
     with pytest.raises(TypeError, match="dino_config"):
         make_tiny_plus_config(dino_config=CLIPVisionConfig(**TINY_VISION))

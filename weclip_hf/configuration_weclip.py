@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import inspect
 import os
+import string
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 from transformers import CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
 
@@ -97,10 +100,65 @@ def _clip_towers(
         raise TypeError(f"vision_config must be a CLIPVisionConfig or dict, got {type(vision_config)}")
     if not isinstance(text_config, CLIPTextConfig):
         raise TypeError(f"text_config must be a CLIPTextConfig or dict, got {type(text_config)}")
+    _check_clip_towers(vision_config, text_config)
+    return vision_config, text_config
+
+
+def _check_clip_towers(vision_config: CLIPVisionConfig, text_config: CLIPTextConfig) -> None:
+    """Refuse CLIP towers of impossible or absurd sizes, or a vision tower too shallow for WeCLIP."""
     _check_tower("vision_config", vision_config)
     _check_tower("text_config", text_config)
     _check_int("vision_config.patch_size", vision_config.patch_size, 1, vision_config.image_size)
-    return vision_config, text_config
+    if vision_config.num_hidden_layers < 2:
+        raise ValueError("WeCLIP needs a CLIP vision tower with at least 2 layers.")
+
+
+def _name_key(name: str) -> str:
+    """A name as CLIP's tokenizer reads it (lower case, runs of spaces as one, none around it): names of one key
+    are one prompt."""
+    return " ".join(name.split()).lower()
+
+
+def _check_distinct(field: str, names: list[str], noun: str, where: str = "") -> None:
+    """Refuse an empty name or names that read as one (`_name_key`: 'Cat' and 'cat'), naming them."""
+    if not all(_name_key(n) for n in names):
+        raise ValueError(f"{field} must not hold an empty name, got {names!r}.")
+    spellings: dict[str, list[str]] = {}
+    for name in names:
+        spellings.setdefault(_name_key(name), []).append(name)
+    repeated = [" / ".join(map(repr, sorted(set(s)))) for s in spellings.values() if len(s) > 1]
+    if repeated:
+        raise ValueError(
+            f"{field} must name each {noun} once, got {', '.join(repeated)} more than once{where} (names are "
+            "compared as CLIP's tokenizer reads them: case and extra spaces ignored)."
+        )
+
+
+def _name_list(field: str, names, noun: str) -> list[str]:
+    """``names`` (class names or background words) as a list, checked alone: 1 to MAX_CLASSES strings, none empty
+    and no two read as one by the tokenizer (one prompt embedding: the second name could never win a pixel)."""
+    if isinstance(names, str):  # list("cat") would be three classes
+        raise ValueError(f"{field} must be a list of names, got the string {names!r}: write [{names!r}].")
+    names = list(names)
+    if not names:
+        raise ValueError(f"{field} must hold at least one {noun}.")
+    if len(names) > MAX_CLASSES:
+        raise ValueError(f"{field} must hold at most {MAX_CLASSES} names, got {len(names)}.")
+    if not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{field} must be a list of strings, got {names!r}.")
+    _check_distinct(field, names, noun)
+    return names
+
+
+def _check_label_names(field: str, labels: list[str]) -> None:
+    """Refuse display names of ids 0..C (background first) of which two read as one: `label2id` would keep one."""
+    _check_distinct(field, labels, "label", f" in the labels of ids 0..{len(labels) - 1} {labels}")
+
+
+def _default_label_names(class_names: list[str]) -> list[str]:
+    """The display names of ``class_names`` when none are given: VOC's labels for VOC's prompt names, else the
+    names themselves."""
+    return list(VOC_LABELS) if class_names == VOC_PROMPT_NAMES else list(class_names)
 
 
 def class_name_lists(
@@ -127,26 +185,28 @@ def class_name_lists(
                 "of them."
             )
         background_label, label_names = names[0], names[1:]
+    labels_given = "id2label" if id2label is not None else "label_names" if label_names is not None else None
     if label_names is None:
-        label_names = list(VOC_LABELS) if class_names == VOC_PROMPT_NAMES else list(class_names)
-    background_names = list(VOC_BACKGROUND_NAMES if background_names is None else background_names)
-    if not class_names:
-        raise ValueError("class_names must hold at least one foreground class name.")
-    if not background_names:
-        raise ValueError("background_names must hold at least one background word.")
-    for field, names in (("class_names", class_names), ("background_names", background_names)):
-        if len(names) > MAX_CLASSES or not all(isinstance(n, str) for n in names):
-            raise ValueError(
-                f"{field} must be a list of at most {MAX_CLASSES} strings, got {len(names)} entries."
-            )
+        label_names = _default_label_names(class_names)
+    class_names = _name_list("class_names", class_names, "class")
+    background_names = _name_list(
+        "background_names",
+        VOC_BACKGROUND_NAMES if background_names is None else background_names,
+        "background word",
+    )
+    shared = sorted({_name_key(n) for n in class_names} & {_name_key(n) for n in background_names})
+    if shared:  # one prompt as a class and as background: the class competes with itself in the CAM
+        raise ValueError(
+            f"class_names and background_names must not share a name, got {shared} in both (compared as CLIP's "
+            "tokenizer reads them): remove it from one of them."
+        )
     if len(label_names) != len(class_names):
         raise ValueError(
             f"label_names has {len(label_names)} entries but class_names has {len(class_names)}."
         )
-    repeated = sorted({n for n in class_names if class_names.count(n) > 1})
-    if repeated:  # two classes of one name: one prompt, and label2id would keep one of them
-        raise ValueError(f"class_names must name each class once, got {repeated} more than once.")
-    return class_names, background_names, [background_label, *label_names]
+    labels = [background_label, *label_names]
+    _check_label_names(labels_given or "id2label (the class_names by default)", labels)
+    return class_names, background_names, labels
 
 
 def text_prompts(class_names: list[str], background_names: list[str], template: str) -> dict[str, list[str]]:
@@ -159,9 +219,27 @@ def text_prompts(class_names: list[str], background_names: list[str], template: 
 
 
 def check_prompt_template(template: str) -> None:
-    """Refuse a prompt template without the ``{}`` that the class name fills."""
-    if "{}" not in template:
-        raise ValueError(f"prompt_template must contain '{{}}', got {template!r}.")
+    """Refuse a prompt template that ``template.format(name)`` does not fill with the class name exactly once: it
+    needs one empty replacement field ``{}`` and no other (``{{`` and ``}}`` are literal braces)."""
+    if not isinstance(template, str):
+        raise ValueError(f"prompt_template must be a string holding '{{}}', got {template!r}.")
+    try:
+        fields = [
+            "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
+            for _, name, spec, conversion in string.Formatter().parse(template)
+            if name is not None
+        ]
+    except ValueError as err:  # a lone brace
+        problem = f"it is not a format string ({err}; write a literal brace as '{{{{' or '}}}}')"
+    else:
+        if fields == ["{}"]:
+            return
+        problem = f"its replacement fields are {fields}" if fields else "it has no replacement field"
+        if "{{" in template and not fields:
+            problem += " ('{{}}' is a literal '{}')"
+    raise ValueError(
+        f"prompt_template must hold exactly one '{{}}', which the class name fills, got {template!r}: {problem}."
+    )
 
 
 def _renamed(kwargs: dict, old: str, new: str, value: int | None, depth: int) -> int | None:
@@ -179,6 +257,53 @@ def _renamed(kwargs: dict, old: str, new: str, value: int | None, depth: int) ->
     warnings.warn(f"WeCLIPConfig: {old!r} is deprecated, use {new!r}.", FutureWarning, stacklevel=3)
     _check_int(old, old_value, 1, MAX_LAYERS)
     return min(old_value, depth)
+
+
+def _depth(config: WeCLIPConfig) -> int:
+    """The number of layers of the config's CLIP vision tower."""
+    return config.vision_config.num_hidden_layers
+
+
+def _check_dilations(name: str, dilations) -> None:
+    """Refuse PAR dilations unless a non-empty list of positive integers."""
+    if not isinstance(dilations, (list, tuple)) or not dilations:
+        raise ValueError(f"{name} must be a list of at least one dilation, got {dilations!r}.")
+    for dilation in dilations:
+        _check_int(f"{name}[...]", dilation, 1, 4096)
+
+
+# A check of one field: (config, field name, value). The bounds read nothing of the config but the CLIP depth
+# (fixed under a built model), so each field is checked when set on a built config as in its constructor.
+FieldCheck = Callable[[Any, str, Any], None]
+
+# Every field checked alone, by the constructor and when set on a built config (``model.config.x = v``, as
+# transformers users change a threshold), so that the forward never reads a value the constructor refuses.
+# Checks of fields against each other (decoder width and heads; class and background names) run in the
+# constructor and `validate` only, as one of them may be set before the other.
+WECLIP_FIELD_CHECKS: dict[str, FieldCheck] = {
+    "projection_dim": lambda c, n, v: _check_int(n, v, 1, MAX_WIDTH),
+    "decoder_hidden_size": lambda c, n, v: _check_int(n, v, 1, MAX_WIDTH),
+    "decoder_num_layers": lambda c, n, v: _check_int(n, v, 0, MAX_LAYERS),
+    "decoder_num_heads": lambda c, n, v: _check_int(n, v, 1, MAX_WIDTH),
+    "decoder_mlp_ratio": lambda c, n, v: _check_int(n, v, 1, 64),
+    "decoder_dropout": lambda c, n, v: _check_number(n, v, 0.0, 1.0, high_open=True),
+    "cam_bg_exponent": lambda c, n, v: _check_number(n, v, 0.0, 100.0, low_open=True),
+    "par_num_iter": lambda c, n, v: _check_int(n, v, 0, MAX_PAR_ITERATIONS),
+    "par_dilations": lambda c, n, v: _check_dilations(n, v),
+    "par_temperature": lambda c, n, v: _check_number(n, v, 0.0, 1e6, low_open=True),
+    "par_pos_weight": lambda c, n, v: _check_number(n, v, 0.0, 1e6),
+    "affinity_radius": lambda c, n, v: _check_int(n, v, 1, 1024),
+    "affinity_loss_weight": lambda c, n, v: _check_number(n, v, 0.0, 1e6),
+    "rfm_start_step": lambda c, n, v: _check_int(n, v, 0, 10**12),
+    "semantic_loss_ignore_index": lambda c, n, v: _check_int(n, v, -(2**31), 2**31 - 1),
+    "initializer_range": lambda c, n, v: _check_number(n, v, 0.0, 10.0),
+    "prompt_template": lambda c, n, v: check_prompt_template(v),
+    "cam_box_threshold": lambda c, n, v: _check_number(n, v, 0.0, 1.0, low_open=True, high_open=True),
+    "num_feature_layers": lambda c, n, v: _check_int(n, v, 1, _depth(c) - 1),
+    "attention_num_maps": lambda c, n, v: _check_int(n, v, 1, _depth(c)),
+    "rfm_num_maps": lambda c, n, v: _check_int(n, v, 1, _depth(c)),
+    "background_names": lambda c, n, v: _name_list(n, v, "background word"),
+}
 
 
 class WeCLIPConfig(PreTrainedConfig):
@@ -232,6 +357,7 @@ class WeCLIPConfig(PreTrainedConfig):
 
     model_type = "weclip"
     sub_configs = {"vision_config": CLIPVisionConfig, "text_config": CLIPTextConfig}
+    field_checks = WECLIP_FIELD_CHECKS  # the fields checked alone (`__setattr__`), with their checks
 
     def __init__(
         self,
@@ -277,13 +403,6 @@ class WeCLIPConfig(PreTrainedConfig):
             class_names, label_names, background_names, kwargs.pop("id2label", None)
         )
         num_layers = self.vision_config.num_hidden_layers
-        if num_layers < 2:
-            raise ValueError("WeCLIP needs a CLIP vision tower with at least 2 layers.")
-        if num_feature_layers is not None and not 1 <= num_feature_layers <= num_layers - 1:
-            raise ValueError(
-                f"num_feature_layers must be in [1, {num_layers - 1}] for a {num_layers}-layer CLIP, "
-                f"got {num_feature_layers}."
-            )
         attention_num_maps = _renamed(
             kwargs, "cam_attention_layers", "attention_num_maps", attention_num_maps, num_layers
         )
@@ -305,7 +424,7 @@ class WeCLIPConfig(PreTrainedConfig):
         self.cam_box_threshold = cam_box_threshold
         self.cam_bg_exponent = cam_bg_exponent
         self.par_num_iter = par_num_iter
-        self.par_dilations = list(par_dilations)
+        self.par_dilations = list(par_dilations) if isinstance(par_dilations, tuple) else par_dilations
         self.par_temperature = par_temperature
         self.par_pos_weight = par_pos_weight
         self.affinity_radius = affinity_radius
@@ -320,37 +439,17 @@ class WeCLIPConfig(PreTrainedConfig):
         super().__init__(**kwargs)
 
     def _check_fields(self) -> None:
-        """Refuse a field outside its range, naming it (the towers and names are checked as they are built)."""
-        _check_int("projection_dim", self.projection_dim, 1, MAX_WIDTH)
-        _check_int("decoder_hidden_size", self.decoder_hidden_size, 1, MAX_WIDTH)
-        _check_int("decoder_num_layers", self.decoder_num_layers, 0, MAX_LAYERS)
-        _check_int("decoder_num_heads", self.decoder_num_heads, 1, self.decoder_hidden_size)
-        _check_int("decoder_mlp_ratio", self.decoder_mlp_ratio, 1, 64)
-        _check_number("decoder_dropout", self.decoder_dropout, 0.0, 1.0, high_open=True)
-        _check_number("cam_bg_exponent", self.cam_bg_exponent, 0.0, 100.0, low_open=True)
-        _check_int("par_num_iter", self.par_num_iter, 0, MAX_PAR_ITERATIONS)
-        if not self.par_dilations:
-            raise ValueError("par_dilations must hold at least one dilation, got [].")
-        for dilation in self.par_dilations:
-            _check_int("par_dilations[...]", dilation, 1, 4096)
-        _check_number("par_temperature", self.par_temperature, 0.0, 1e6, low_open=True)
-        _check_number("par_pos_weight", self.par_pos_weight, 0.0, 1e6)
-        _check_int("affinity_radius", self.affinity_radius, 1, 1024)
-        _check_number("affinity_loss_weight", self.affinity_loss_weight, 0.0, 1e6)
-        _check_int("rfm_start_step", self.rfm_start_step, 0, 10**12)
-        _check_int("semantic_loss_ignore_index", self.semantic_loss_ignore_index, -(2**31), 2**31 - 1)
-        _check_number("initializer_range", self.initializer_range, 0.0, 10.0)
-        check_prompt_template(self.prompt_template)
-        _check_number("cam_box_threshold", self.cam_box_threshold, 0.0, 1.0, low_open=True, high_open=True)
-        _check_int("num_feature_layers", self.num_feature_layers, 1, self.vision_config.num_hidden_layers - 1)
+        """Refuse a field outside its range or fields that do not fit each other, naming them: the CLIP towers,
+        each field alone (`field_checks`) and the decoder's width against its heads (the class and background
+        names are checked as the constructor reads them)."""
+        _check_clip_towers(self.vision_config, self.text_config)
+        for name, check in self.field_checks.items():
+            check(self, name, getattr(self, name))
         if self.decoder_hidden_size % self.decoder_num_heads:
             raise ValueError(
                 f"decoder_hidden_size ({self.decoder_hidden_size}) must be divisible by decoder_num_heads "
                 f"({self.decoder_num_heads})."
             )
-        num_layers = self.vision_config.num_hidden_layers
-        _check_int("attention_num_maps", self.attention_num_maps, 1, num_layers)
-        _check_int("rfm_num_maps", self.rfm_num_maps, 1, num_layers)
 
     def validate(self) -> None:
         """transformers' save-time check, extended: refuse to write a config.json that would not load again, i.e.
@@ -372,18 +471,24 @@ class WeCLIPConfig(PreTrainedConfig):
         super().save_pretrained(save_directory, *args, **kwargs)
 
     def __setattr__(self, key, value):
-        """Keeps the label fields of a built config in step, as transformers' ``num_labels`` follows ``id2label``:
-        an ``id2label`` is checked against ``class_names`` and sets ``label2id`` (and `label_names`); new
-        ``class_names`` are checked as the constructor checks them and give ``id2label``, ``label2id`` and
-        `label_names` as the constructor would (the background's display name kept)."""
+        """Checks a field set on a built config as the constructor checks it (`field_checks`: fields checked
+        alone; see `validate` for those checked together), and keeps the label fields in step, as transformers'
+        ``num_labels`` follows ``id2label``: an ``id2label`` is checked against ``class_names`` and sets
+        ``label2id`` (and `label_names`); new ``class_names`` give ``id2label``, ``label2id`` and `label_names` as
+        the constructor would (the background's display name kept)."""
         built = "id2label" in self.__dict__
+        if built and key in self.field_checks:
+            self.field_checks[key](self, key, value)
         if key == "class_names" and built and value != self.class_names:
-            value, _, labels = class_name_lists(value, None, self.background_names, None)
+            value = _name_list(key, value, "class")
+            labels = dict(enumerate([self.id2label[0], *_default_label_names(value)]))
+            _check_label_names("id2label (the new class_names)", list(labels.values()))
             super().__setattr__(key, value)
-            self.id2label = dict(enumerate([self.id2label[0], *labels[1:]]))
+            self.id2label = labels
             return
         if key == "id2label" and value is not None and "class_names" in self.__dict__:
             value = dict(enumerate(_label_list(value, len(self.class_names))))
+            _check_label_names(key, list(value.values()))
             super().__setattr__("label2id", {name: i for i, name in value.items()})
         super().__setattr__(key, value)
 
@@ -404,7 +509,9 @@ class WeCLIPConfig(PreTrainedConfig):
 
         The label names come from ``id2label`` (the field transformers users edit), or from ``label_names`` in a
         config.json written before, where that field named the labels and ``id2label`` followed it; names passed
-        here (``class_names``, ``label_names`` or ``id2label``) replace the file's."""
+        here (``class_names``, ``label_names`` or ``id2label``) replace the file's. transformers merges a partial
+        sub-config (``vision_config={"num_hidden_layers": 2}``) into the built config afterwards, so the result
+        is checked again as a whole (`_check_fields`)."""
         config_dict = dict(config_dict)
         own = {k: kwargs.pop(k) for k in list(kwargs) if k in cls._constructor_arguments()}
         stored = {str(k): v for k, v in (config_dict.get("id2label") or {}).items()}
@@ -416,7 +523,10 @@ class WeCLIPConfig(PreTrainedConfig):
         else:
             stale = ("id2label", "label2id") if "label_names" in config_dict else ("label2id",)
         config_dict = {k: v for k, v in config_dict.items() if k not in stale}
-        return super().from_dict({**config_dict, **own}, **kwargs)
+        loaded = super().from_dict({**config_dict, **own}, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded  # (config, unused kwargs) when asked for
+        config._check_fields()
+        return loaded
 
     @classmethod
     def field_names(cls) -> set[str]:

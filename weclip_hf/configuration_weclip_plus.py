@@ -6,7 +6,15 @@ from dataclasses import dataclass
 
 from transformers import AutoConfig, Dinov2Config, Dinov2WithRegistersConfig
 
-from .configuration_weclip import MAX_LAYERS, MAX_WIDTH, WeCLIPConfig, _check_int, _check_number
+from .configuration_weclip import (
+    MAX_LAYERS,
+    MAX_WIDTH,
+    WECLIP_FIELD_CHECKS,
+    WeCLIPConfig,
+    _check_int,
+    _check_number,
+    _depth,
+)
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,48 @@ def _as_dino_config(dino_config) -> Dinov2Config | Dinov2WithRegistersConfig:
     return dino_config
 
 
+def _check_position_interpolation(name: str, value) -> None:
+    """Refuse a DINOv2 position-embedding rule other than `POSITION_INTERPOLATIONS`."""
+    if value not in POSITION_INTERPOLATIONS:
+        raise ValueError(f"{name} must be one of {POSITION_INTERPOLATIONS}, got {value!r}.")
+
+
+def _check_bool(name: str, value) -> None:
+    """Refuse anything but True or False."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}.")
+
+
+def _check_branch_weights(name: str, weights) -> None:
+    """Refuse branch weights unless two non-negative numbers [clip, dino], not both 0."""
+    if not isinstance(weights, (list, tuple)) or len(weights) != 2:
+        raise ValueError(f"{name} must be two numbers [clip, dino], got {weights!r}.")
+    for weight in weights:
+        _check_number(f"{name}[...]", weight, 0.0, 1e6)
+    if sum(weights) <= 0:
+        raise ValueError(f"{name} must not both be 0, got {list(weights)}.")
+
+
+def _check_optional_step(name: str, step) -> None:
+    """Refuse a step unless None (never) or a non-negative integer."""
+    if step is not None:
+        _check_int(name, step, 0, 10**12)
+
+
+# WeCLIP's fields and WeCLIP+'s own, each checked alone (see `WECLIP_FIELD_CHECKS`)
+WECLIP_PLUS_FIELD_CHECKS = {
+    **WECLIP_FIELD_CHECKS,
+    "dino_position_interpolation": lambda c, n, v: _check_position_interpolation(n, v),
+    "cam_feature_block": lambda c, n, v: _check_int(n, v, -(_depth(c) - 1), -1),
+    "rfm_use_box_mask": lambda c, n, v: _check_bool(n, v),
+    "branch_logit_weights": lambda c, n, v: _check_branch_weights(n, v),
+    "dice_loss_weight": lambda c, n, v: _check_number(n, v, 0.0, 1e6),
+    "cross_branch_loss_weight": lambda c, n, v: _check_number(n, v, 0.0, 1e6),
+    "self_training_start_step": lambda c, n, v: _check_optional_step(n, v),
+    "self_training_threshold": lambda c, n, v: _check_number(n, v, 0.0, 1.0),
+}
+
+
 class WeCLIPPlusConfig(WeCLIPConfig):
     r"""Configuration of [`WeCLIPPlusForSemanticSegmentation`]: every [`WeCLIPConfig`] field, with the
     WeCLIP+ defaults of the official VOC config where they differ, plus the DINOv2 branch and the new losses.
@@ -136,6 +186,7 @@ class WeCLIPPlusConfig(WeCLIPConfig):
 
     model_type = "weclip_plus"
     sub_configs = {**WeCLIPConfig.sub_configs, "dino_config": AutoConfig}
+    field_checks = WECLIP_PLUS_FIELD_CHECKS
 
     def __init__(
         self,
@@ -156,27 +207,16 @@ class WeCLIPPlusConfig(WeCLIPConfig):
     ):
         dino_config = _as_dino_config(dino_config)
         _check_dino_tower("dino_config", dino_config)
-        if dino_position_interpolation not in POSITION_INTERPOLATIONS:
-            raise ValueError(
-                f"dino_position_interpolation must be one of {POSITION_INTERPOLATIONS}, "
-                f"got {dino_position_interpolation!r}."
-            )
-        if not isinstance(rfm_use_box_mask, bool):
-            raise ValueError(f"rfm_use_box_mask must be True or False, got {rfm_use_box_mask!r}.")
-        if not isinstance(branch_logit_weights, (list, tuple)) or len(branch_logit_weights) != 2:
-            raise ValueError(
-                f"branch_logit_weights must be two numbers [clip, dino], got {branch_logit_weights!r}."
-            )
-        for weight in branch_logit_weights:
-            _check_number("branch_logit_weights[...]", weight, 0.0, 1e6)
-        if sum(branch_logit_weights) <= 0:
-            raise ValueError(f"branch_logit_weights must not both be 0, got {list(branch_logit_weights)}.")
-        _check_number("dice_loss_weight", dice_loss_weight, 0.0, 1e6)
-        _check_number("cross_branch_loss_weight", cross_branch_loss_weight, 0.0, 1e6)
-        if self_training_start_step is not None:
-            _check_int("self_training_start_step", self_training_start_step, 0, 10**12)
-        _check_number("self_training_threshold", self_training_threshold, 0.0, 1.0)
-
+        # set before WeCLIP's constructor, which checks every field of `field_checks` once the CLIP is known
+        self.dino_config = dino_config
+        self.dino_position_interpolation = dino_position_interpolation
+        self.cam_feature_block = cam_feature_block
+        self.rfm_use_box_mask = rfm_use_box_mask
+        self.branch_logit_weights = branch_logit_weights
+        self.dice_loss_weight = dice_loss_weight
+        self.cross_branch_loss_weight = cross_branch_loss_weight
+        self.self_training_start_step = self_training_start_step
+        self.self_training_threshold = self_training_threshold
         super().__init__(
             num_feature_layers=num_feature_layers,
             attention_num_maps=attention_num_maps,
@@ -184,21 +224,15 @@ class WeCLIPPlusConfig(WeCLIPConfig):
             rfm_start_step=rfm_start_step,
             **kwargs,
         )
-        depth = self.vision_config.num_hidden_layers
+        self.branch_logit_weights = [float(w) for w in branch_logit_weights]
         # WeCLIP+ averages / chooses from the last 6 maps by default (WeCLIP: 8 / 6), at most the CLIP depth
         if attention_num_maps is None and "cam_attention_layers" not in kwargs:
-            self.attention_num_maps = min(6, depth)
-        _check_int("cam_feature_block", cam_feature_block, -(depth - 1), -1)
+            self.attention_num_maps = min(6, self.vision_config.num_hidden_layers)
 
-        self.dino_config = dino_config
-        self.dino_position_interpolation = dino_position_interpolation
-        self.cam_feature_block = cam_feature_block
-        self.rfm_use_box_mask = rfm_use_box_mask
-        self.branch_logit_weights = [float(w) for w in branch_logit_weights]
-        self.dice_loss_weight = dice_loss_weight
-        self.cross_branch_loss_weight = cross_branch_loss_weight
-        self.self_training_start_step = self_training_start_step
-        self.self_training_threshold = self_training_threshold
+    def _check_fields(self) -> None:
+        """WeCLIP's checks (with WeCLIP+'s fields, `field_checks`) and the DINOv2's sizes."""
+        _check_dino_tower("dino_config", self.dino_config)
+        super()._check_fields()
 
     @property
     def dino_num_register_tokens(self) -> int:
