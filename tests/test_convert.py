@@ -889,7 +889,32 @@ def test_clip_from_a_transformers_folder(official, clip_folder, converted_tiny):
         state, expected = model.state_dict(), reference.state_dict()
         assert state.keys() == expected.keys()
         assert all(torch.equal(state[k], expected[k]) for k in expected)
-        assert all(k.startswith("encoder.") for k in model.conversion_report.ignored if k != "par.kernel")
+        assert set(model.conversion_report.ignored) == {"par.kernel"}
+
+
+def test_clip_from_a_folder_is_one_line_of_the_report_and_every_tensor_read_is_counted(
+    official, clip_folder, converted_tiny
+):
+    """With --clip, the report counts the checkpoint's CLIP tensors it read (as the --tokenizer route does) and
+    names the given CLIP in one sentence (it listed every encoder.* tensor, and counted the decoder's only)."""
+    reference, tokenizer = converted_tiny
+    model = convert_official_checkpoint(
+        dict(official), clip=str(clip_folder), preset="voc", tokenizer=tokenizer, decoder_num_heads=4
+    )
+    report, encoder = model.conversion_report, [k for k in official if k.startswith("encoder.")]
+    summary, counts = report.summary(), reference.conversion_report.summary().split(". ")[0]
+    assert (
+        sorted(report.replaced) == sorted(encoder) and sum(report.source_dtypes.values()) == len(official) - 1
+    )
+    assert summary.startswith(f"{len(official) - 1} official tensors") and summary.split(". ")[0] == counts
+    clip_parts = ("vision_model.", "text_model.", "visual_projection.", "text_projection.", "logit_scale")
+    n_clip = sum(k.startswith(clip_parts) and not k.endswith("position_ids") for k in model.state_dict())
+    assert (
+        f"CLIP: {n_clip} tensors from the CLIP `tiny-clip (a local folder)`, instead of the checkpoint's "
+        in summary
+    )
+    assert f"{len(encoder)} CLIP tensors (encoder.*" in summary and "encoder.visual" not in summary
+    assert str(clip_folder) not in summary  # a local folder by its name only (the summary goes on the card)
 
 
 def test_clip_folder_that_differs_from_the_checkpoint_is_named(official, clip_folder, converted_tiny):

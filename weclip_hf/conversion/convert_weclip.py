@@ -11,6 +11,7 @@ import torch
 
 from ..configuration_weclip import WeCLIPConfig
 from ..configuration_weclip_plus import WeCLIPPlusConfig
+from ..model_loading import public_source_name
 from ..safe_loading import check_finite, load_official_checkpoint
 from .config_inference import (
     build_config,
@@ -18,7 +19,7 @@ from .config_inference import (
     check_clip_matches,
     infer_config_from_official,
 )
-from .report import ConversionReport, raise_for_keys
+from .report import ConversionReport, count_dtypes, raise_for_keys
 from .weclip_keys import (
     PAR_KERNEL_KEY,
     decoder_to_official,
@@ -69,6 +70,7 @@ def official_to_weclip(
     state_dict: dict[str, torch.Tensor],
     config: WeCLIPConfig,
     clip_state_dict: dict[str, torch.Tensor] | None = None,
+    clip_source: str | None = None,
 ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
     """Map a whole official WeCLIP or WeCLIP+ state dict to ours, checked against ``config``.
 
@@ -78,8 +80,9 @@ def official_to_weclip(
         config: the target config (e.g. from `infer_config_from_official`): a `WeCLIPPlusConfig` for a
             WeCLIP+ checkpoint, a `WeCLIPConfig` for a WeCLIP one.
         clip_state_dict: CLIP weights in our names (``CLIPModel`` layout) to use instead of the
-            checkpoint's ``encoder.*``; then ``encoder.*`` may be absent, and if present it is ignored
-            here (`convert_official_checkpoint` compares it first).
+            checkpoint's ``encoder.*``; then ``encoder.*`` may be absent, and if present it is read but not used
+            (``report.replaced``; `convert_official_checkpoint` compares it first).
+        clip_source: how the report names the CLIP model of ``clip_state_dict`` (default "the given CLIP model").
     Returns:
         ``(our_state_dict, report)``: every key of the config's model except the text embeddings
         (``report.computed``), with ``training_step`` = 0; float32.
@@ -93,22 +96,26 @@ def official_to_weclip(
         vision, text, proj, report = official_to_hf_clip(weclip_part)
         clip_part = {**vision, **text, **proj}
     else:
-        report = ConversionReport(prefix="encoder.")
         clip_part = {
             k: v.detach().to(torch.float32)
             for k, v in clip_state_dict.items()
             if not k.endswith("position_ids")
         }
-        for key in weclip_part:
-            if key.startswith("encoder."):
-                report.ignored[key] = "CLIP taken from the given CLIP model instead"
+        replaced = {k: v for k, v in weclip_part.items() if k.startswith("encoder.")}
+        report = ConversionReport(
+            prefix="encoder.",
+            source_dtypes=count_dtypes(replaced),
+            replaced=list(replaced),
+            clip_keys=list(clip_part),
+            clip_source=clip_source or "the given CLIP model",
+        )
     decoder, decoder_report = official_to_decoder(weclip_part)
     report.merge(decoder_report)
     dino: dict[str, torch.Tensor] = {}
     if isinstance(config, WeCLIPPlusConfig):
         dino, dino_report = official_to_dino(state_dict)
         report.merge(dino_report)
-    handled = set(report.mapped) | set(report.ignored)
+    handled = {*report.mapped, *report.ignored, *report.replaced}
     raise_for_keys(
         "Unknown keys in the checkpoint (no mapping for them)", [k for k in state_dict if k not in handled]
     )
@@ -180,7 +187,7 @@ def convert_official_checkpoint(
         clip: optional transformers CLIP folder or Hub id for the CLIP part (e.g. when the checkpoint holds
             only the decoder). Its layer count, width and patch size must be the checkpoint's (`check_clip_matches`).
             If the checkpoint also holds ``encoder.*``, it is compared with this CLIP (up to fp16 rounding) and a
-            difference raises, unless ``check_clip=False``; its ``encoder.*`` tensors are then ignored.
+            difference raises, unless ``check_clip=False``; its ``encoder.*`` tensors are then not used.
         preset: ``"voc"`` or ``"coco"`` for a WeCLIP checkpoint, ``"voc-plus"`` or ``"coco-plus"`` for a WeCLIP+
             one (class names, background words, thresholds; a checkpoint of the other method is refused). The
             DINOv2 of a WeCLIP+ checkpoint always comes from its ``dino_encoder.*`` tensors.
@@ -222,7 +229,8 @@ def convert_official_checkpoint(
             )
     else:
         config = infer_config_from_official(state, preset, **config_overrides)
-    ours, report = official_to_weclip(state, config, clip_state_dict=clip_sd)
+    clip_source = f"the CLIP `{public_source_name(str(clip))}`" if clip is not None else None
+    ours, report = official_to_weclip(state, config, clip_state_dict=clip_sd, clip_source=clip_source)
     model = model_class(config)(config)
     result = model.load_state_dict(ours, strict=False)
     raise_for_keys(

@@ -13,11 +13,13 @@ class ConversionReport:
 
     Attributes:
         mapped: official key -> the key(s) of ours it became.
-        ignored: official key -> why it was dropped (constant buffer, archive metadata, CLIP taken
-            from elsewhere).
+        ignored: official key -> why it was dropped (constant buffer, archive metadata).
         computed: keys of ours that no checkpoint holds and are computed after loading.
         prefix: the prefix found in front of the CLIP keys (``"encoder."`` or ``""``).
-        source_dtypes: dtype name -> number of official tensors stored in it.
+        source_dtypes: dtype name -> number of official tensors stored in it (every tensor read, replaced ones too).
+        replaced: official keys read but not used: a given CLIP model (``clip_source``) holds their weights.
+        clip_keys: our keys filled from the given CLIP model instead of the checkpoint; none without one.
+        clip_source: how the summary names the given CLIP model.
     """
 
     mapped: dict[str, list[str]] = field(default_factory=dict)
@@ -25,21 +27,35 @@ class ConversionReport:
     computed: list[str] = field(default_factory=list)
     prefix: str = ""
     source_dtypes: dict[str, int] = field(default_factory=dict)
+    replaced: list[str] = field(default_factory=list)
+    clip_keys: list[str] = field(default_factory=list)
+    clip_source: str = "the given CLIP model"
 
     def merge(self, other: ConversionReport) -> ConversionReport:
         """Add ``other``'s keys and dtype counts to this report (in place) and return it."""
         self.mapped.update(other.mapped)
         self.ignored.update(other.ignored)
         self.computed = sorted(set(self.computed) | set(other.computed))
+        self.replaced += other.replaced
+        self.clip_keys += other.clip_keys
         for k, v in other.source_dtypes.items():
             self.source_dtypes[k] = self.source_dtypes.get(k, 0) + v
         return self
 
     def summary(self) -> str:
-        """One paragraph for logs and model cards."""
-        n_out = sum(len(v) for v in self.mapped.values())
+        """One paragraph for logs and model cards: the tensors read and written, and one line for a given CLIP
+        model (not one entry per tensor it replaced)."""
+        n_in = len(self.mapped) + len(self.replaced)
+        n_out = sum(len(v) for v in self.mapped.values()) + len(self.clip_keys)
         dtypes = ", ".join(f"{n} {d}" for d, n in sorted(self.source_dtypes.items()))
-        lines = [f"{len(self.mapped)} official tensors ({dtypes}) -> {n_out} tensors (float32)."]
+        lines = [f"{n_in} official tensors ({dtypes}) -> {n_out} tensors (float32)."]
+        if self.clip_keys:
+            instead = (
+                f", instead of the checkpoint's {len(self.replaced)} CLIP tensors ({self.prefix}*; read, not used)"
+                if self.replaced
+                else ""
+            )
+            lines.append(f"CLIP: {len(self.clip_keys)} tensors from {self.clip_source}{instead}.")
         if self.ignored:
             lines.append("Ignored: " + "; ".join(f"{k} ({why})" for k, why in self.ignored.items()) + ".")
         if self.computed:
