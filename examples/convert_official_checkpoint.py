@@ -73,7 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--overwrite_output_dir",
         action="store_true",
-        help="convert into an --output_dir that holds files (e.g. a trained model): remove them first",
+        help="convert into an --output_dir that holds files (e.g. a trained model): they are removed once the "
+        "conversion has succeeded (a failed one leaves the folder as it was)",
     )
     parser.add_argument(
         "--no_check_clip",
@@ -120,7 +121,7 @@ def check_output_dir_contents(parser: argparse.ArgumentParser, args: argparse.Na
         parser.error(
             f"--output_dir {args.output_dir!r} is not empty ({folder_contents(output_dir)}): the converted model "
             "would be written beside files it does not describe. Choose a new or empty folder, or give "
-            "--overwrite_output_dir to remove what it holds first."
+            "--overwrite_output_dir to remove what it holds once the conversion has succeeded."
         )
     inputs = {"--checkpoint": args.checkpoint, "--clip": args.clip, "--tokenizer": args.tokenizer}
     inputs["the working directory"] = os.getcwd()

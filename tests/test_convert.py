@@ -832,6 +832,14 @@ def test_script_refuses_an_output_dir_that_is_not_empty_before_converting(tmp_pa
     error = capsys.readouterr().err
     for text in ("is not empty", "metrics.json", "step_250/", "train_log.jsonl", "--overwrite_output_dir"):
         assert text in error, text
+    # the folder is cleared after a successful conversion, not before (a failed one leaves it whole): the
+    # refusal and --help say so
+    assert "to remove what it holds once the conversion has succeeded" in error
+    with pytest.raises(SystemExit):
+        script.parse_args(["--help"])
+    assert "removed once the conversion has succeeded (a failed one leaves" in " ".join(
+        capsys.readouterr().out.split()
+    )
     assert sorted(out.rglob("*")) == before
     (tmp_path / "empty").mkdir()
     for folder in ("empty", "new"):
