@@ -41,7 +41,7 @@ from weclip_hf import WeCLIPImageProcessor
 from weclip_hf.batch_jobs import sha256_of
 from weclip_hf.configuration_weclip_plus import DINO_VARIANTS
 from weclip_hf.conversion import OFFICIAL_PRESETS, convert_official_checkpoint, dino_variant_name
-from weclip_hf.hub import METHODS, make_model_card, publish_folder, save_model_card
+from weclip_hf.hub import METHODS, card_repo_id, make_model_card, publish_folder, save_model_card
 from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.model_loading import public_source_name
 from weclip_hf.presets import CLIP_MODEL, get_preset
@@ -185,15 +185,13 @@ transformers format with `examples/convert_official_checkpoint.py`.
   prompt `{model.config.prompt_template}`
 - Preset: `{args.preset}` ({get_preset(args.preset).description})
 - Conversion: {model.conversion_report.summary()}"""
-    repo_id = args.hub_model_id or args.output_dir
+    repo_id = card_repo_id(args.hub_model_id, args.output_dir)
     return make_model_card(
         model.config,
-        model_name=Path(repo_id).name,
+        model_name=repo_id.split("/")[-1],
         source=source,
-        base_model=[
-            DEFAULT_TOKENIZER,
-            dino_hub_id(model.config),
-        ],  # the official CLIP (its tokenizer's repository)
+        # the CLIP used: --clip (a local folder is left unnamed, as train.py's cards do), else the official one
+        base_model=[args.clip or CLIP_MODEL, dino_hub_id(model.config)],
         repo_id=repo_id,
         tags=[args.preset],
         license=None,  # the official weights' license, not this package's

@@ -61,6 +61,7 @@ from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.evaluation import MIOU_NAMES, evaluate_segmentation, processor_input_size, write_overlays
 from weclip_hf.host_memory import retain_freed_host_memory
 from weclip_hf.hub import (
+    card_repo_id,
     create_hub_repo,
     make_model_card,
     publish_folder,
@@ -978,7 +979,7 @@ def write_card(args, cfg, output_dir: Path, summary: dict) -> None:
     metrics, other_metrics = split_model_metrics(figures)
     card = make_model_card(
         cfg,
-        args.hub_model_id or output_dir.name,
+        card_repo_id(args.hub_model_id, output_dir),
         "Trained with `examples/train.py` of weclip-hf.",
         metrics=metrics,
         other_metrics=other_metrics,
@@ -986,7 +987,6 @@ def write_card(args, cfg, output_dir: Path, summary: dict) -> None:
         dataset_description=dataset_description(args),
         weakly_supervised=not args.fully_supervised,
         training_args=card_args(args),
-        repo_id=args.hub_model_id,
     )
     save_model_card(card, output_dir)
 

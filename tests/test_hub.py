@@ -122,6 +122,47 @@ def test_converter_card_keeps_where_the_weights_came_from(converter_card):
     )  # the preset tag; the official weights' license is not ours
 
 
+def _converter_card_for(tmp_path: Path, **given) -> str:
+    """The converter's card of a tiny WeCLIP for arguments ``given`` (the others as the converter's defaults)."""
+    args = Namespace(
+        **{
+            "checkpoint": "WeCLIP.pth",
+            "clip": None,
+            "tokenizer": None,
+            "preset": "voc",
+            "output_dir": str(tmp_path / "conv_ok"),
+            "hub_model_id": None,
+            **given,
+        }
+    )
+    model = SimpleNamespace(config=make_tiny_config(), conversion_report=ConversionReport())
+    return _import_example("convert_official_checkpoint").build_model_card(args, model, "ab" * 32)
+
+
+def test_a_converted_card_names_the_clip_given_with_clip(tmp_path):
+    """--clip's CLIP is the base model (it named the official CLIP whatever CLIP was used); a local folder is left
+    out of the metadata and the method sentence, as train.py's cards do, and named by its folder's name only."""
+    official = _converter_card_for(tmp_path)
+    assert official.data.base_model == "openai/clip-vit-base-patch16"  # no --clip: the checkpoint's own CLIP
+    hub = _converter_card_for(tmp_path, clip="me/other-clip")
+    assert hub.data.base_model == "me/other-clip" and "A frozen CLIP (me/other-clip) provides" in hub.content
+    (tmp_path / "my-clip").mkdir()
+    local = _converter_card_for(tmp_path, clip=str(tmp_path / "my-clip"), tokenizer=str(tmp_path / "my-clip"))
+    assert local.data.base_model is None and "A frozen CLIP (a CLIP ViT) provides features" in local.content
+    assert "openai/clip-vit-base-patch16" not in local.content and str(tmp_path) not in local.content
+    assert "`my-clip (a local folder)` (transformers CLIP)" in local.content
+
+
+def test_a_converted_card_loads_the_hub_id_or_the_folder_name_not_its_path(tmp_path):
+    """The usage snippets load --hub_model_id, else the --output_dir folder's name, as train.py's cards do (they held
+    the absolute --output_dir, a path of the converting machine)."""
+    card = _converter_card_for(tmp_path).content
+    assert 'model="conv_ok"' in card and str(tmp_path) not in card and card.startswith("---")
+    assert "\n# conv_ok\n" in card
+    pushed = _converter_card_for(tmp_path, hub_model_id="me/weclip-voc").content
+    assert 'model="me/weclip-voc"' in pushed and "\n# weclip-voc\n" in pushed
+
+
 def test_local_paths_are_not_named_as_base_model(tmp_path):
     from weclip_hf.model_loading import hub_id_or_none
 

@@ -166,6 +166,12 @@ def backbone_hub_ids(config: PreTrainedConfig) -> list[str | None]:
     return [config.vision_config._name_or_path or None, getattr(dino, "_name_or_path", None) or None]
 
 
+def card_repo_id(hub_model_id: str | None, output_dir: str | Path) -> str:
+    """What a script's model card calls the model and its usage snippets load: the Hub repository id, else the
+    output folder's name (never its path, which tells the machine's layout and the user's name)."""
+    return hub_model_id or Path(output_dir).resolve().name
+
+
 def make_model_card(
     config,
     model_name: str,

@@ -18,7 +18,7 @@ from transformers.trainer_utils import speed_metrics
 
 from .data.loading import collate_by_size, process_subset
 from .evaluation import MIOU_NAMES, MODES, evaluate_segmentation, processor_input_size
-from .hub import make_model_card, save_model_card, split_model_metrics
+from .hub import card_repo_id, make_model_card, save_model_card, split_model_metrics
 from .normalization import PixelNormalization
 from .presets import EvaluationSettings
 from .training import WeCLIPDataCollator, official_adamw, warmup_poly_factor
@@ -327,7 +327,7 @@ class WeCLIPTrainer(Trainer):
         metrics, other_metrics = split_model_metrics(self._card_evaluation())
         card = make_model_card(
             self.model.config,
-            model_name or Path(self.args.output_dir).name,
+            card_repo_id(model_name, self.args.output_dir),
             "Trained with `WeCLIPTrainer` of weclip-hf (transformers' `Trainer`).",
             metrics=metrics,
             other_metrics=other_metrics,
