@@ -33,9 +33,13 @@ from transformers import AutoModelForSemanticSegmentation
 
 from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.checkpointing import (
+    TRAINING_ARGS_NAME,
     StreamPosition,
     TrainingState,
+    check_unchanged,
     claim_output_dir,
+    comparable_path,
+    differences,
     find_checkpoint,
     load_checkpoint,
     lock_output_dir,
@@ -512,19 +516,12 @@ PATH_ARGS = (
 )  # fmt: skip
 # how accelerate runs the training (the global batch, the data shards, the arithmetic): recorded beside the flags
 LAUNCH_FACTS = ("num_processes", "mixed_precision")
-TRAINING_ARGS_NAME = "training_args.json"
 # flags whose value in effect is known once the data and model are loaded (None: the preset's, the dataset's, the
 # saved model's or the package's; max_train_samples: the training set's size): a checkpoint records those values
 # (`resolved_trajectory`, resolved_args.json), which a resumed run compares once loaded (`check_resolved`), so that
 # restating a default changes nothing and a dataset changed under the same flags is found
 RESOLVED_ARGS = frozenset({*MODEL_FLAGS, "clip_model_name_or_path", "max_train_samples"})
 RESOLVED_ARGS_NAME = "resolved_args.json"
-
-
-def comparable_path(name: str | None) -> str | None:
-    """A local path as its resolved absolute form (``data`` and ``./data/`` are the same folder); a Hub id or
-    None as given."""
-    return str(Path(name).resolve()) if name and os.path.exists(name) else name
 
 
 def trajectory_args(args: argparse.Namespace, accelerator: Accelerator | None = None) -> dict:
@@ -550,19 +547,12 @@ def changed_trajectory_args(
 ) -> list[str]:
     """``--flag old -> new`` for each trajectory argument of ``args`` (and launch fact of ``accelerator``) that
     differs from ``saved`` (a checkpoint's), but those in ``skip`` (compared by their resolved values)."""
-    current = trajectory_args(args, accelerator)
-    return differences(
-        saved, current, lambda key: f"accelerate launch: {key}" if key in LAUNCH_FACTS else f"--{key}", skip
-    )
+    return differences(saved, trajectory_args(args, accelerator), trajectory_label, skip)
 
 
-def differences(saved: dict, current: dict, label, skip: frozenset = frozenset()) -> list[str]:
-    """``<label(key)> old -> new`` for each key of ``saved`` or ``current`` (but ``skip``) whose values differ."""
-    return [
-        f"{label(key)} {saved.get(key)!r} -> {current.get(key)!r}"
-        for key in sorted((saved.keys() | current.keys()) - skip)
-        if saved.get(key) != current.get(key)
-    ]
+def trajectory_label(key: str) -> str:
+    """How messages name a trajectory argument: its flag, or a launch fact as accelerate's."""
+    return f"accelerate launch: {key}" if key in LAUNCH_FACTS else f"--{key}"
 
 
 def resolved_trajectory(args: argparse.Namespace, model, train_examples: int | None) -> dict:
@@ -580,23 +570,16 @@ def resolved_trajectory(args: argparse.Namespace, model, train_examples: int | N
 
 def check_resolved(path: Path, resolved: dict) -> None:
     """Refuse to resume from checkpoint ``path`` when a value in effect differs from its run's (`resolved_trajectory`):
-    a changed model setting or CLIP, or a training set of another size (its data changed under the same flags)."""
-    saved_path = path / RESOLVED_ARGS_NAME
-    if not saved_path.is_file():  # a checkpoint of an earlier version: its flags were compared as given
-        return
-    changed = differences(
-        json.loads(saved_path.read_text()),
+    a changed model setting or CLIP, or a training set of another size (its data changed under the same flags). A
+    checkpoint of an earlier version records none: its flags were compared as given."""
+    check_unchanged(
+        path,
         resolved,
-        lambda key: "training set size" if key == "train_examples" else f"--{key}",
+        RESOLVED_ARGS_NAME,
+        label=lambda key: "training set size" if key == "train_examples" else f"--{key}",
+        what="these values in effect",
+        fix="Resume on the run's data and settings (values once the defaults are resolved and the data loaded)",
     )
-    if changed:
-        raise ValueError(
-            f"Cannot resume from {path}: these values in effect differ from the run that wrote it (defaults "
-            "resolved, data loaded), and would change its training: "
-            + "; ".join(changed)
-            + ". Resume on the "
-            "run's data and settings, or start a new run (another --output_dir, or --overwrite_output_dir)."
-        )
 
 
 def check_resume(
@@ -611,18 +594,11 @@ def check_resume(
             "left to train (the run it comes from is complete, its model is in its --output_dir). To train for "
             "longer, start a new run, e.g. --model_name_or_path <that output_dir> with more --max_train_steps."
         )
-    saved_path = path / TRAINING_ARGS_NAME
-    if not saved_path.is_file():  # a checkpoint of an earlier version
-        log(f"Note: {path} records no training arguments ({TRAINING_ARGS_NAME}): they cannot be checked.")
-        return
     resolved_later = RESOLVED_ARGS if (path / RESOLVED_ARGS_NAME).is_file() else frozenset()
-    changed = changed_trajectory_args(json.loads(saved_path.read_text()), args, accelerator, resolved_later)
-    if changed:
-        raise ValueError(
-            f"Cannot resume from {path}: these arguments differ from the run that wrote it, and would change its "
-            "training: " + "; ".join(changed) + ". Resume with the checkpoint's values, or start a new run "
-            "(another --output_dir, or --overwrite_output_dir)."
-        )
+    if not check_unchanged(
+        path, trajectory_args(args, accelerator), label=trajectory_label, skip=resolved_later
+    ):  # a checkpoint of an earlier version
+        log(f"Note: {path} records no training arguments ({TRAINING_ARGS_NAME}): they cannot be checked.")
 
 
 def save_training_checkpoint(accelerator, output_dir: Path, state: TrainingState, args) -> Path:

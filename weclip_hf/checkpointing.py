@@ -27,6 +27,8 @@ from pathlib import Path
 from .model_loading import weights_readable_as
 
 TRAINING_STATE_NAME = "training_state.json"
+# the arguments that shape a run's training, which each of its checkpoints records and a resumed run must repeat
+TRAINING_ARGS_NAME = "training_args.json"
 # written by earlier weclip-hf versions through register_for_checkpointing: read tensor-only, never unpickled
 LEGACY_SCHEDULER_NAME = "custom_checkpoint_0.pkl"
 LEGACY_POSITION_NAME = "custom_checkpoint_1.pkl"
@@ -215,6 +217,50 @@ def load_checkpoint(accelerator, model, optimizer, path: Path) -> TrainingState:
         if "torch_cuda_manual_seed" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["torch_cuda_manual_seed"])
     return state
+
+
+def comparable_path(name: str | None) -> str | None:
+    """A local path as its resolved absolute form (``data`` and ``./data/`` are the same folder); a Hub id or
+    None as given."""
+    return str(Path(name).resolve()) if name and os.path.exists(name) else name
+
+
+def differences(
+    saved: dict, current: dict, label=lambda key: f"--{key}", skip: frozenset = frozenset()
+) -> list[str]:
+    """``<label(key)> old -> new`` for each key of ``saved`` or ``current`` (but ``skip``) whose values differ."""
+    return [
+        f"{label(key)} {saved.get(key)!r} -> {current.get(key)!r}"
+        for key in sorted((saved.keys() | current.keys()) - skip)
+        if saved.get(key) != current.get(key)
+    ]
+
+
+def check_unchanged(
+    path: Path,
+    current: dict,
+    file_name: str = TRAINING_ARGS_NAME,
+    *,
+    label=lambda key: f"--{key}",
+    skip: frozenset = frozenset(),
+    what: str = "these arguments",
+    fix: str = "Resume with the checkpoint's values",
+) -> bool:
+    """Refuse (a ValueError listing each ``label(key) old -> new``) to resume from checkpoint ``path`` when a value
+    of ``current`` (JSON values) differs from what its run recorded in ``file_name``: the resumed run would go on
+    training another run than the one it continues. False when the checkpoint records nothing (written by an
+    earlier version), True when every value matches. Shared by examples/train.py and train_with_trainer.py."""
+    saved_path = path / file_name
+    if not saved_path.is_file():
+        return False
+    changed = differences(json.loads(saved_path.read_text()), current, label, skip)
+    if changed:
+        raise ValueError(
+            f"Cannot resume from {path}: {what} differ from the run that wrote it, and would change its training: "
+            + "; ".join(changed)
+            + f". {fix}, or start a new run (another --output_dir, or --overwrite_output_dir)."
+        )
+    return True
 
 
 def lock_output_dir(output_dir: Path):
