@@ -1,172 +1,266 @@
 #!/usr/bin/env python
 """Train WeCLIP with transformers' `Trainer`: the recipe of examples/train.py (crops, pseudo labels, optimizer,
-schedule) in Trainer's loop, for code built around Trainer (callbacks, its checkpoints, its trackers).
+schedule) in Trainer's loop, every `TrainingArguments` flag on the command line, for code built around Trainer
+(callbacks, its checkpoints, its trackers).
 
     python examples/train_with_trainer.py                   # the offline toy world
     python examples/train_with_trainer.py --preset voc --dataset_name jxie/pascal-voc-2012 --output_dir weclip-voc
+    python examples/train_with_trainer.py --data_dir my-data --class_names cat dog --max_steps 3000 \\
+        --gradient_accumulation_steps 2 --eval_strategy steps --eval_steps 500 --save_steps 500 \\
+        --load_best_model_at_end --metric_for_best_model miou --save_total_limit 2 --report_to tensorboard --bf16
 
-`WeCLIPTrainer` (`weclip_hf.trainer`) is `Trainer` with WeCLIP's collator (the masks of a training set never reach
-the model unless it is to be fully supervised), the official optimizer and warm-up + linear schedule built from the
-`TrainingArguments`, and an evaluation that scores segmentations (mIoU of the decoder, the CAM and the RFM pseudo
-labels), so that `eval_strategy`, callbacks and `load_best_model_at_end` work. The training set comes from
-`weclip_hf.data.loading.training_set` (image-level labels from a label column or the masks, random crops), the
-validation set from `evaluation_set`; no gradient clipping (``max_grad_norm=0``), as the official code.
-`--resume_from_checkpoint` continues a run exactly (Trainer restores the RNG and the data position; the model's step
-counter, which starts the RFM, is a saved buffer). examples/train.py is the complete script (streaming, several
-processes on a CPU, signals, multi-scale evaluation, overlays, a model card, the Hub).
+The arguments are this script's (`WeCLIPArguments`: data and model) and `TrainingArguments`, parsed by
+`HfArgumentParser` as transformers' run_semantic_segmentation.py. The `TrainingArguments` defaults are the recipe's
+(`recipe_defaults`: that of --preset, else the toy world's without a dataset, else VOC's): its batch, learning rate,
+weight decay, warm-up and steps, no gradient clipping (``max_grad_norm=0``, as the official code), and its
+evaluations and checkpoints at the same points of the schedule however long the run (--max_steps); a flag given
+replaces the recipe's value. `WeCLIPTrainer` (`weclip_hf.trainer`) is `Trainer` with WeCLIP's collator, the official
+optimizer and warm-up + linear schedule built from the `TrainingArguments`, and an evaluation that scores
+segmentations (``eval_miou`` of the decoder, ``eval_cam_miou``, ``eval_pseudo_label_miou`` of the RFM pseudo labels).
+
+`--resume_from_checkpoint` (a checkpoint-N folder, or 'latest') continues a run exactly (Trainer restores the RNG
+and the data position; the model's step counter, which starts the RFM, is a saved buffer): each checkpoint records
+the arguments that shape the training (training_args.json), and a resume that changes one is refused.
+examples/train.py is the complete script (streaming, several processes on a CPU, signals, multi-scale evaluation,
+overlays, a model card, the Hub).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from transformers import TrainingArguments, set_seed
+from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from weclip_hf import WeCLIPImageProcessor
-from weclip_hf.checkpointing import claim_output_dir, remove_previous_run
-from weclip_hf.data.loading import DataSource, evaluation_set, load_dataset_splits, training_set
+from weclip_hf.checkpointing import check_unchanged, claim_output_dir, comparable_path, remove_previous_run
+from weclip_hf.data.loading import (
+    DataSource,
+    evaluation_set,
+    load_dataset_splits,
+    names_no_dataset,
+    training_set,
+)
 from weclip_hf.data.toy import default_clip_model
 from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.modeling_weclip_plus import model_from_backbones
 from weclip_hf.normalization import PixelNormalization
-from weclip_hf.presets import PRESETS, get_preset, processor_size
+from weclip_hf.presets import PRESETS, TrainingRecipe, get_preset, preset_config_kwargs, processor_size
 from weclip_hf.script_arguments import (
-    add_data_source_flags,
-    at_least_one,
+    CLASS_NAMES_HELP,
+    DATA_SOURCE_HELP,
+    DATASET_CONFIG_HELP,
+    IMAGE_COLUMN_HELP,
+    MASK_COLUMN_HELP,
     check_dino_fits_preset,
+    check_one_data_source,
     check_preset_fits_data,
     first_paragraph,
-    recipe_values,
 )
-from weclip_hf.trainer import WeCLIPTrainer
+from weclip_hf.trainer import RecordRunCallback, WeCLIPTrainer, trajectory_arguments
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=first_paragraph(__doc__))
-    add_data_source_flags(p, dataset_name="Hub dataset id (default: the offline toy world)")
-    p.add_argument(
-        "--preset",
+def _flag(help: str, **metadata):
+    """A `WeCLIPArguments` field without a default, with its ``--help`` text."""
+    return field(default=None, metadata={"help": help, **metadata})
+
+
+@dataclass
+class WeCLIPArguments:
+    """The data and the model of the run (`TrainingArguments` holds the rest)."""
+
+    preset: str | None = _flag(
+        "the recipe (TrainingArguments defaults) and config values of weclip_hf.presets; default: the toy "
+        "world's without a dataset, else VOC's recipe with WeCLIPConfig's values",
         choices=sorted(PRESETS),
-        help="the recipe and classes (default: toy without a dataset, else voc)",
     )
-    p.add_argument(
-        "--clip_model_name_or_path", help="default: the toy CLIP for the toy world, else CLIP ViT-B/16"
+    dataset_name: str | None = _flag("Hub dataset id (default: the offline toy world)")
+    dataset_config_name: str | None = _flag(DATASET_CONFIG_HELP)
+    data_dir: str | None = _flag(DATA_SOURCE_HELP["data_dir"])
+    dataset_path: str | None = _flag(DATA_SOURCE_HELP["dataset_path"])
+    train_split: str | None = _flag("the split to train on (default: the preset's, 'train_aug' else 'train')")
+    validation_split: str | None = _flag(
+        "the split scored (default: 'validation' where the dataset has it; 'none': no evaluation)"
     )
-    p.add_argument(
-        "--dino_model_name_or_path",
-        help="WeCLIP+ on this DINOv2 (default for a WeCLIP+ preset: facebook/dinov2-small)",
+    image_column: str | None = _flag(IMAGE_COLUMN_HELP)
+    mask_column: str | None = _flag(MASK_COLUMN_HELP)
+    labels_column: str | None = _flag(
+        "image-level labels: ids 1..C (0..C-1 with --labels_zero_based), multi-hot rows, or class names"
     )
-    p.add_argument(
-        "--output_dir",
-        default="outputs/weclip-toy-trainer",
-        help="where the model, its processor and the checkpoints go (default: outputs/weclip-toy-trainer)",
+    labels_zero_based: bool = field(default=False, metadata={"help": "image-level ids are 0..C-1"})
+    class_names: list[str] | None = _flag(CLASS_NAMES_HELP)
+    background_names: list[str] | None = _flag(
+        "background words, one CLIP prompt each (default: the preset's, else VOC's 25)"
     )
-    p.add_argument(
-        "--max_train_steps",
-        type=at_least_one,
-        help=f"default: the preset's ({recipe_values('max_train_steps')})",
+    clip_model_name_or_path: str | None = _flag("default: the toy CLIP for the toy world, else CLIP ViT-B/16")
+    dino_model_name_or_path: str | None = _flag(
+        "WeCLIP+ on this DINOv2 (default for a WeCLIP+ preset: facebook/dinov2-small)"
     )
-    p.add_argument("--resume_from_checkpoint", help="a checkpoint-N folder of --output_dir, or 'latest'")
-    p.add_argument(
-        "--overwrite_output_dir",
-        action="store_true",
-        help="start over in an --output_dir that holds a previous run (its checkpoints and metrics are removed)",
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "start over in an --output_dir that holds a previous run (its checkpoints are removed)"
+        },
     )
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of the decoder's weights, the crops and the toy world (0)"
+
+
+# `WeCLIPArguments` a resumed run may change (they do not shape its training), and those that are local paths
+RESUMABLE = ("validation_split", "overwrite_output_dir")
+PATHS = ("data_dir", "dataset_path", "clip_model_name_or_path", "dino_model_name_or_path")
+
+
+def recipe_defaults(recipe: TrainingRecipe, max_steps: int, evaluate: bool) -> dict:
+    """`TrainingArguments` defaults of a preset's ``recipe`` for a run of ``max_steps``, whose evaluations (when
+    ``evaluate``) and checkpoints fall at the recipe's points of its schedule (voc: every 1/15 of the run)."""
+
+    def every(steps: int) -> int:
+        return max(1, round(steps * max_steps / recipe.max_train_steps))
+
+    return dict(
+        output_dir="outputs/weclip-toy-trainer",
+        seed=0,  # also the toy world's
+        per_device_train_batch_size=recipe.per_device_train_batch_size,
+        # images of different sizes (VOC's) are batched by size (`collate_by_size`), so evaluation batches as training
+        per_device_eval_batch_size=recipe.per_device_train_batch_size,
+        learning_rate=recipe.learning_rate,
+        weight_decay=recipe.weight_decay,
+        warmup_steps=recipe.num_warmup_steps,
+        max_steps=max_steps,
+        max_grad_norm=0.0,  # the official recipe clips no gradient
+        dataloader_drop_last=True,  # whole batches, as examples/train.py
+        dataloader_pin_memory=torch.cuda.is_available(),
+        eval_strategy="steps" if recipe.eval_steps and evaluate else "no",
+        eval_steps=every(recipe.eval_steps) if recipe.eval_steps else None,
+        save_steps=every(recipe.checkpointing_steps or recipe.max_train_steps),
+        logging_steps=50,
     )
-    args = p.parse_args(argv)
-    check_dino_fits_preset(p, args)
-    check_preset_fits_data(p, args)
-    return args
+
+
+def parse_args(argv=None) -> tuple[WeCLIPArguments, TrainingArguments]:
+    """The script's arguments and `TrainingArguments`, the flags left out taking the recipe's values."""
+
+    def parser(**kwargs) -> HfArgumentParser:
+        return HfArgumentParser((WeCLIPArguments, TrainingArguments), **kwargs)
+
+    given, _ = parser(add_help=False).parse_known_args(argv)  # what the defaults depend on
+    recipe = get_preset(given.preset or ("toy" if names_no_dataset(given) else "voc")).training
+    max_steps = given.max_steps if given.max_steps > 0 else recipe.max_train_steps
+    full = parser(description=first_paragraph(__doc__))
+    full.set_defaults(**recipe_defaults(recipe, max_steps, given.validation_split != "none"))
+    args, training_args = full.parse_args_into_dataclasses(argv)
+    check_one_data_source(full, args)
+    check_dino_fits_preset(full, args)
+    check_preset_fits_data(full, args)
+    return args, training_args
+
+
+def trajectory(args: WeCLIPArguments, training_args: TrainingArguments) -> dict:
+    """The arguments that shape the run's training (JSON values): what its checkpoints record and a resume repeats."""
+    values = {k: v for k, v in dataclasses.asdict(args).items() if k not in RESUMABLE}
+    values.update({k: comparable_path(values[k]) for k in PATHS if values[k]})
+    return {**values, **trajectory_arguments(training_args)}
+
+
+def checkpoint_to_resume(training_args: TrainingArguments) -> str | None:
+    """The checkpoint of --resume_from_checkpoint ('latest': the newest checkpoint-N of --output_dir)."""
+    spec, output_dir = training_args.resume_from_checkpoint, training_args.output_dir
+    if spec != "latest":
+        return spec
+    latest = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if latest is None:
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint latest: {output_dir} holds no checkpoint-N to resume from; leave the flag "
+            "out to start a new run."
+        )
+    return latest
 
 
 def main(argv=None) -> dict:
     """Train as the command line ``argv`` says, save the model and its processor, return the validation mIoU."""
-    args = parse_args(argv)
-    # "latest": Trainer's True, its last checkpoint in --output_dir
-    resume = True if args.resume_from_checkpoint == "latest" else args.resume_from_checkpoint
-    is_main = PartialState().is_main_process
-    previous_run = claim_output_dir(
-        Path(args.output_dir), bool(resume), args.overwrite_output_dir, "checkpoint-*"
+    args, training_args = parse_args(argv)
+    output_dir = Path(training_args.output_dir)
+    resume = checkpoint_to_resume(training_args)
+    previous_run = claim_output_dir(output_dir, bool(resume), args.overwrite_output_dir, "checkpoint-*")
+    recorded = trajectory(args, training_args)
+    label = lambda key: "processes (world_size)" if key == "world_size" else f"--{key}"  # noqa: E731
+    if resume and not check_unchanged(Path(resume), recorded, label=label):
+        print(f"Note: {resume} records no training arguments: they cannot be checked.")
+
+    # data and model
+    source = dataclasses.replace(DataSource.from_args(args), seed=training_args.seed)
+    preset = get_preset(args.preset or ("toy" if source.toy else "voc"))  # the recipe of parse_args
+    set_seed(training_args.seed)  # the decoder's initial weights
+    train_raw, val_raw, names = load_dataset_splits(
+        source, train_split=args.train_split, validation_split=args.validation_split, preset=args.preset
     )
-    source = DataSource.from_args(args)
-    preset = get_preset(args.preset or ("toy" if source.toy else "voc"))
-    recipe = preset.training
-    if args.max_train_steps:
-        recipe = dataclasses.replace(recipe, max_train_steps=args.max_train_steps)
-    set_seed(args.seed)  # the decoder's initial weights
-    train_raw, val_raw, names = load_dataset_splits(source, preset=args.preset)
-    clip = args.clip_model_name_or_path or default_clip_model(toy=preset.name == "toy")  # the preset's CLIP
+    if val_raw is None and training_args.eval_strategy != "no":
+        raise ValueError(
+            f"--eval_strategy {training_args.eval_strategy.value} (the recipe's or given) evaluates during training, "
+            "but the dataset has no validation split: name one (--validation_split), or give --eval_strategy no."
+        )
+    config_kwargs = preset_config_kwargs(
+        args.preset or ("toy" if source.toy else None)
+    )  # as examples/train.py
+    config_kwargs.update({k: v for k, v in names.items() if v is not None})
+    if args.class_names:  # they name the classes now: the preset's display names were for its own
+        config_kwargs.pop("label_names", None)
+    given = {"class_names": args.class_names, "background_names": args.background_names}
+    config_kwargs.update({k: v for k, v in given.items() if v})
+    clip = args.clip_model_name_or_path or default_clip_model(toy=preset.name == "toy")
     plus = preset.model_type == "weclip_plus"
-    config_kwargs = {**preset.config_kwargs(), **{k: v for k, v in names.items() if v is not None}}
     model = model_from_backbones(clip, args.dino_model_name_or_path, plus, **config_kwargs)
     cfg = model.config
-    size = processor_size(preset.evaluation.eval_long_side, recipe.crop_size)
-    processor = WeCLIPImageProcessor(size=size, **processor_settings(cfg))
-    normalization = PixelNormalization.from_image_processor(processor)
-    # images of different sizes (VOC's) are batched by size (`collate_by_size`), so evaluation batches as training
-    eval_batch_size = recipe.per_device_train_batch_size
-    training_args = TrainingArguments(
-        args.output_dir,
-        per_device_train_batch_size=recipe.per_device_train_batch_size,
-        per_device_eval_batch_size=eval_batch_size,
-        learning_rate=recipe.learning_rate,
-        weight_decay=recipe.weight_decay,
-        warmup_steps=recipe.num_warmup_steps,
-        max_steps=recipe.max_train_steps,
-        max_grad_norm=0.0,  # the official recipe clips no gradient
-        dataloader_drop_last=True,  # whole batches, as examples/train.py
-        dataloader_pin_memory=torch.cuda.is_available(),
-        eval_strategy="steps" if recipe.eval_steps and val_raw is not None else "no",
-        eval_steps=recipe.eval_steps or None,
-        logging_steps=50,
-        save_steps=recipe.checkpointing_steps or recipe.max_train_steps,
-        seed=args.seed,
-        report_to="none",
+    processor = WeCLIPImageProcessor(
+        size=processor_size(preset.evaluation.eval_long_side, preset.training.crop_size),
+        **processor_settings(cfg),
     )
+    normalization = PixelNormalization.from_image_processor(processor)
+    columns = dict(
+        image_column=args.image_column,
+        mask_column=args.mask_column,
+        labels_column=args.labels_column,
+        labels_zero_based=args.labels_zero_based,
+        class_names=list(zip(cfg.label_names, cfg.class_names)),
+        labelling=training_args.main_process_first,  # one process reads the images for the labels
+    )
+    recipe = preset.training
     augment = TrainAugmentation(
         recipe.crop_size, (recipe.scale_min, recipe.scale_max), normalization=normalization
     )
+    # the crops and flips seeded as examples/train.py's
     train_set, summary = training_set(
-        train_raw,
-        cfg.num_foreground_classes,
-        augment,
-        class_names=list(zip(cfg.label_names, cfg.class_names)),
-        seed=args.seed,  # the crops and flips, as examples/train.py's
-        labelling=training_args.main_process_first,  # one process reads the images for the labels
+        train_raw, cfg.num_foreground_classes, augment, seed=training_args.seed, **columns
     )
     print(f"train: {summary}")
-
     val_set = None
     if val_raw is not None:
         val_set, _ = evaluation_set(
-            val_raw,
-            cfg.num_foreground_classes,
-            cfg.semantic_loss_ignore_index,
-            normalization,
-            labelling=training_args.main_process_first,
-            class_names=list(zip(cfg.label_names, cfg.class_names)),  # a label column of names, as training's
+            val_raw, cfg.num_foreground_classes, cfg.semantic_loss_ignore_index, normalization, **columns
         )
+
+    # training
     trainer = WeCLIPTrainer(
         model,
         training_args,
         train_dataset=train_set,
         eval_dataset=val_set,
         processing_class=processor,  # saved with the model and in every checkpoint
+        callbacks=[RecordRunCallback(recorded)],  # training_args.json in every checkpoint
         eval_modes=("pred", "cam", "pseudo"),
         eval_long_side=preset.evaluation.eval_long_side,
     )
-    if previous_run and is_main:  # --overwrite_output_dir, now that the data and model are loaded
+    if (
+        previous_run and PartialState().is_main_process
+    ):  # --overwrite_output_dir, once the data and model load
         remove_previous_run(previous_run)
     trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(args.output_dir)
+    trainer.save_model(training_args.output_dir)
     results = {}
     if val_set is not None:
         results = trainer.evaluate()  # the model as saved (with load_best_model_at_end, the best one)
@@ -175,7 +269,7 @@ def main(argv=None) -> dict:
         )
     trainer.create_model_card(dataset=args.dataset_name)  # README.md, with these figures
     if results and trainer.is_world_process_zero():
-        Path(args.output_dir, "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps(results, indent=2))
     return results
 

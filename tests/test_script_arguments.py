@@ -24,6 +24,7 @@ def load_script(name: str):
     """examples/<name>.py as a module of another name (examples/evaluate.py is not the Hugging Face `evaluate`)."""
     spec = importlib.util.spec_from_file_location(f"weclip_{name}_script", TRAIN.parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # importlib's recipe: dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -172,6 +173,7 @@ def script_parser(name: str, monkeypatch) -> argparse.ArgumentParser:
         raise ParserBuilt(parser)
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", catch)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_known_args", catch)  # HfArgumentParser's
     with pytest.raises(ParserBuilt) as built:
         script.parse_args([])
     return built.value.args[0]

@@ -183,8 +183,8 @@ def test_trainer_trains_the_decoder_with_the_recipe_and_resumes_exactly(tmp_path
         assert torch.equal(a, b), name
 
 
-def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch):
-    """examples/train_with_trainer.py end to end, on a toy world of 16 + 4 images: a model the pipeline loads."""
+def trainer_script(monkeypatch):
+    """examples/train_with_trainer.py, freshly imported, on a toy world of 16 + 4 images."""
     real = toy.make_toy_dataset
     monkeypatch.setattr(
         toy, "make_toy_dataset", lambda n, seed=0: real(min(n, 16) if n > 4 else n, seed=seed)
@@ -193,11 +193,24 @@ def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch):
     sys.modules.pop("train_with_trainer", None)
     import train_with_trainer
 
+    return train_with_trainer
+
+
+def run_script(script, *argv) -> dict:
+    """``script.main(argv)``, restoring torch's thread count (Trainer sets it)."""
     before = torch.get_num_threads()
     try:
-        results = train_with_trainer.main(["--output_dir", str(tmp_path), "--max_train_steps", "2"])
+        return script.main([str(a) for a in argv])
     finally:
         torch.set_num_threads(before)
+
+
+def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch):
+    """examples/train_with_trainer.py end to end, on a toy world of 16 + 4 images: a model the pipeline loads; the
+    TrainingArguments flags given reach Trainer."""
+    script = trainer_script(monkeypatch)
+    flags = ["--max_steps", 2, "--learning_rate", 1e-3, "--logging_steps", 1, "--save_total_limit", 1]
+    results = run_script(script, "--output_dir", tmp_path, *flags)
     scores = ("eval_miou", "eval_cam_miou", "eval_pseudo_label_miou")
     assert set(results) == {*scores, *speed_metrics("eval"), "epoch", "train_seconds"}
     assert all(0.0 <= results[k] <= 1.0 for k in scores)
@@ -210,18 +223,91 @@ def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch):
     masks = segmenter(image)
     assert masks and {m["label"] for m in masks} <= set(TOY.config["class_names"]) | {"background"}
     assert all(m["mask"].size == image.size for m in masks)
+    # the toy recipe checkpoints at half the run (step 1 of 2); --save_total_limit 1 kept the last one
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
     assert (tmp_path / "checkpoint-2" / "model.safetensors").is_file()
     # the processor is saved in every checkpoint too: the pipeline loads one as it loads the model
     assert (tmp_path / "checkpoint-2" / "preprocessor_config.json").is_file()
+    # --learning_rate and --logging_steps replaced the recipe's 2e-3 and 50: the warm-up's rates of 1e-3, each step
+    history = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+    factor = warmup_poly_factor(TOY.training.num_warmup_steps, 2)
+    assert [h["learning_rate"] for h in history if "loss" in h] == pytest.approx(
+        [1e-3 * factor(t) for t in (0, 1)]
+    )
+    recorded = json.loads((tmp_path / "checkpoint-2" / "training_args.json").read_text())
+    assert recorded["learning_rate"] == 1e-3 and recorded["max_steps"] == 2 and recorded["seed"] == 0
     # a second run into the folder would replace the model and keep the old checkpoints beside its own: refused
-    again = ["--output_dir", str(tmp_path), "--max_train_steps", "1", "--seed", "5"]
+    again = ["--output_dir", tmp_path, "--max_steps", 1, "--seed", 5]
     with pytest.raises(FileExistsError, match=r"holds checkpoints of a previous run \(checkpoint-2\)"):
-        train_with_trainer.main(again)
-    try:
-        train_with_trainer.main([*again, "--overwrite_output_dir"])
-    finally:
-        torch.set_num_threads(before)
+        run_script(script, *again)
+    shutil.copytree(tmp_path, tmp_path.parent / "resumed")  # for the resume below
+    run_script(script, *again, "--overwrite_output_dir")
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1"]
+
+    # a resume that changes what shapes the training (the toy world and crops of another seed, another schedule)
+    # is refused before anything loads, naming each change; how often it logs may change
+    resumed = tmp_path.parent / "resumed"
+    resume = ["--output_dir", resumed, *flags, "--resume_from_checkpoint", "latest"]
+    with pytest.raises(
+        ValueError, match=r"Cannot resume from .*checkpoint-2: these arguments differ"
+    ) as refused:
+        run_script(script, *resume, "--max_steps", 6, "--seed", 3)
+    assert "--max_steps 2 -> 6; --seed 0 -> 3." in str(refused.value)
+    run_script(script, *resume, "--logging_steps", 7)
+
+
+def test_train_with_trainer_flags_replace_the_recipe_defaults(monkeypatch):
+    """Every TrainingArguments flag is the script's; the recipe (the preset's) fills those left out, its evaluations
+    and checkpoints at its points of the schedule however long the run."""
+    script = trainer_script(monkeypatch)
+    _, toy_args = script.parse_args([])
+    recipe = TOY.training
+    assert (toy_args.learning_rate, toy_args.per_device_train_batch_size) == (recipe.learning_rate, 8)
+    assert (toy_args.warmup_steps, toy_args.max_steps, toy_args.weight_decay) == (20, 500, 0.01)
+    assert (toy_args.max_grad_norm, toy_args.save_steps, toy_args.eval_strategy, toy_args.seed) == (
+        0,
+        250,
+        "no",
+        0,
+    )
+    voc = ["--preset", "voc", "--dataset_name", "d"]
+    _, voc_args = script.parse_args(voc)
+    assert (voc_args.max_steps, voc_args.per_device_train_batch_size, voc_args.warmup_steps) == (30000, 4, 50)
+    assert (voc_args.eval_strategy, voc_args.eval_steps, voc_args.save_steps) == ("steps", 2000, 2000)
+    args, given = script.parse_args(
+        [
+            *voc, "--max_steps", "600", "--learning_rate", "1e-3", "--gradient_accumulation_steps", "2",
+            "--save_total_limit", "2", "--load_best_model_at_end", "--metric_for_best_model", "miou",
+            "--report_to", "tensorboard", "--logging_steps", "5", "--bf16", "--use_cpu", "--weight_decay", "0",
+            "--validation_split", "val", "--labels_column", "tags", "--class_names", "cat", "dog",
+        ]
+    )  # fmt: skip
+    assert (given.max_steps, given.eval_steps, given.save_steps) == (600, 40, 40)  # every 1/15 of the run
+    assert (given.learning_rate, given.weight_decay, given.warmup_steps) == (1e-3, 0.0, 50)
+    assert (given.gradient_accumulation_steps, given.save_total_limit, given.logging_steps) == (2, 2, 5)
+    assert given.load_best_model_at_end and given.metric_for_best_model == "miou" and given.bf16
+    assert given.report_to == ["tensorboard"]
+    assert (args.validation_split, args.labels_column, args.class_names) == ("val", "tags", ["cat", "dog"])
+    _, unscored = script.parse_args([*voc, "--validation_split", "none"])
+    assert unscored.eval_strategy == "no"
+
+
+def test_train_with_trainer_refuses_evaluation_without_a_validation_split(tmp_path, monkeypatch):
+    script = trainer_script(monkeypatch)
+    argv = [
+        "--output_dir",
+        tmp_path,
+        "--max_steps",
+        1,
+        "--validation_split",
+        "none",
+        "--eval_strategy",
+        "steps",
+    ]
+    with pytest.raises(
+        ValueError, match="the dataset has no validation split: name one .*--eval_strategy no"
+    ):
+        run_script(script, *argv, "--eval_steps", 1)
 
 
 def test_trainer_trains_weclip_plus_heads_and_keeps_both_backbones_frozen(tmp_path):

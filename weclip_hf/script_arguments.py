@@ -84,6 +84,14 @@ def add_data_source_flags(group, **help_texts: str) -> None:
         exclusive.add_argument(f"--{flag}", help=help_texts.get(flag, DATA_SOURCE_HELP[flag]))
 
 
+def check_one_data_source(parser: argparse.ArgumentParser, args) -> None:
+    """Refuse two data-source flags, as `add_data_source_flags`' exclusive group does, for a script whose flags come
+    from a dataclass (`HfArgumentParser`)."""
+    given = [f"--{flag}" for flag in DATA_SOURCE_FLAGS if getattr(args, flag, None)]
+    if len(given) > 1:
+        parser.error(f"{' and '.join(given)} each name a dataset: give one of them.")
+
+
 def check_preset_fits_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse a ``--preset`` of a real dataset (its classes) without a dataset: the toy world would be read."""
     if args.preset and args.preset != "toy" and names_no_dataset(args):

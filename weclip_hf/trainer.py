@@ -3,6 +3,7 @@ the `TrainingArguments`, and an evaluation that scores segmentations (mIoU) inst
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -14,8 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import speed_metrics
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, speed_metrics
 
+from .checkpointing import TRAINING_ARGS_NAME
 from .data.loading import collate_by_size, process_subset
 from .evaluation import MIOU_NAMES, MODES, evaluate_segmentation, processor_input_size
 from .hub import card_repo_id, make_model_card, save_model_card, split_model_metrics
@@ -38,6 +40,38 @@ def _normalization(dataset) -> PixelNormalization | None:
     while dataset is not None and not hasattr(dataset, "normalization"):
         dataset = getattr(dataset, "dataset", None)
     return getattr(dataset, "normalization", None)
+
+
+# `TrainingArguments` that shape the weights a run's steps produce (the batch, the optimizer and its schedule, the
+# seeds, the arithmetic); the others (how often it logs, evaluates and saves, where to, the loader's workers) may
+# change when a run is resumed. With the number of processes (the global batch), `trajectory_arguments` records them.
+TRAJECTORY_ARGUMENTS = (
+    "per_device_train_batch_size", "gradient_accumulation_steps", "dataloader_drop_last", "train_sampling_strategy",
+    "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim",
+    "optim_args", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "max_steps", "num_train_epochs",
+    "seed", "data_seed", "bf16", "fp16", "label_smoothing_factor",
+)  # fmt: skip
+
+
+def trajectory_arguments(args: TrainingArguments) -> dict:
+    """The `TRAJECTORY_ARGUMENTS` of ``args`` and its ``world_size`` (as JSON values): what a resumed run repeats."""
+    values = args.to_dict()
+    recorded = {name: values[name] for name in TRAJECTORY_ARGUMENTS if name in values}
+    return json.loads(json.dumps({**recorded, "world_size": args.world_size}))
+
+
+class RecordRunCallback(TrainerCallback):
+    """Writes ``values`` (a run's arguments that shape its training, JSON) as ``training_args.json`` into every
+    checkpoint `Trainer` saves, so that a run resumed from it can be compared with the run that wrote it
+    (`weclip_hf.checkpointing.check_unchanged`; `Trainer`'s own ``training_args.bin`` is a pickle)."""
+
+    def __init__(self, values: dict):
+        self.values = values
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            (folder / TRAINING_ARGS_NAME).write_text(json.dumps(self.values, indent=1) + "\n")
 
 
 class UnpickledSecret(str):
