@@ -339,3 +339,44 @@ def test_every_loss_term_is_checked_for_non_finite_values(term, shown, monkeypat
     train_script.check_losses_finite(SimpleNamespace(**finite), 7, lambda flags: torch.cat([flags, flags]))
     with pytest.raises(ValueError, match="none of the loss terms"):
         train_script.check_losses_finite(SimpleNamespace(seg_loss=None), 7)
+
+
+class _WithHead(WeCLIPForSemanticSegmentation):
+    """A user's subclass with a trained head of its own, named in ``_TRAINED``."""
+
+    _TRAINED = (*WeCLIPForSemanticSegmentation._TRAINED, "aux")
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.aux = torch.nn.Linear(config.decoder_hidden_size, 2)
+        self.post_init()
+
+
+class _WithUnnamedHead(WeCLIPForSemanticSegmentation):
+    def __init__(self, config):
+        super().__init__(config)
+        self.aux = torch.nn.Linear(config.decoder_hidden_size, 2)
+
+
+def test_a_subclass_with_a_new_trained_head_starts_from_a_saved_model_or_a_clip(saved, tiny_clip):
+    """A subclass adding a head could neither load a WeCLIP folder nor use from_clip ("lack 2 tensor(s) ...
+    use from_clip(...)", said to from_clip itself): the modules it names in ``_TRAINED`` beyond its base's may be
+    missing (initialised as the decoder); one it does not name is refused, saying how to name it."""
+    torch.manual_seed(0)
+    model = _WithHead.from_pretrained(saved)
+    base = WeCLIPForSemanticSegmentation.from_pretrained(saved)
+    assert torch.equal(model.decoder.classifier.weight, base.decoder.classifier.weight)
+    assert 0 < model.aux.weight.std() < 0.05 and not model.aux.bias.any()  # the decoder's rule (std 0.02)
+    assert (
+        model.aux.weight.requires_grad
+        and not model.vision_model.embeddings.patch_embedding.weight.requires_grad
+    )
+    _WithHead.from_clip(str(tiny_clip), class_names=["cat", "dog"])
+    with pytest.raises(
+        ValueError, match=r"lack 2 tensor\(s\).*aux.bias, aux.weight.*_WithUnnamedHead._TRAINED"
+    ):
+        _WithUnnamedHead.from_pretrained(saved)
+    with pytest.raises(
+        ValueError, match=r"lack 2 tensor\(s\).*aux.bias, aux.weight.*_WithUnnamedHead._TRAINED"
+    ):
+        _WithUnnamedHead.from_clip(str(tiny_clip), class_names=["cat", "dog"])

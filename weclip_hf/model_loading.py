@@ -260,11 +260,18 @@ def refuse_missing_weights(
     missing = sorted(k for k in missing_keys if allowed_missing is None or not allowed_missing.search(k))
     if missing:
         name = model_class.__name__
-        fix = _fix(
-            overrides,
-            f"Save the model again with save_pretrained; to start from pretrained backbones use "
-            f"{name}.{model_class._from_backbones}(...).",
-        )
+        if not model_class.__module__.startswith("weclip_hf."):  # a user's subclass: maybe its new modules
+            otherwise = (
+                f"If they are modules {name} adds, name them in {name}._TRAINED (e.g. _TRAINED = "
+                f"(*{model_class.__mro__[1].__name__}._TRAINED, 'head')): they then start from the decoder's "
+                "initialisation when a folder or backbone checkpoint lacks them."
+            )
+        else:
+            otherwise = (
+                f"Save the model again with save_pretrained; to start from pretrained backbones use "
+                f"{name}.{model_class._from_backbones}(...)."
+            )
+        fix = _fix(overrides, otherwise)
         raise ValueError(
             f"The weights of {path!r} lack {len(missing)} tensor(s) of the model, which would be left random: "
             f"{_listed(missing)}. {fix}"

@@ -380,7 +380,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             model, info = super().from_pretrained(
                 pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
             )
-        refuse_missing_weights(cls, path, info["missing_keys"], allowed_missing, overrides)
+        allowed = [p.pattern for p in (allowed_missing, cls._added_by_subclass()) if p is not None]
+        allowed_pattern = re.compile("|".join(allowed)) if allowed else None
+        refuse_missing_weights(cls, path, info["missing_keys"], allowed_pattern, overrides)
         refuse_split_placement(path, model, kwargs)
         if allowed_missing is None:  # a saved model (from_clip logs a CLIP checkpoint's other tensors)
             refuse_unused_weights(path, info["unexpected_keys"], overrides)
@@ -388,6 +390,15 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         in_aligned_memory(model)
         model.freeze_backbones()
         return (model, info) if want_info else model
+
+    @classmethod
+    def _added_by_subclass(cls) -> re.Pattern | None:
+        """The weights of the trained modules a user's subclass adds (the names in its ``_TRAINED`` beyond those
+        of the weclip-hf class it derives from): no saved WeCLIP folder or backbone checkpoint holds them, so they
+        may be missing at loading and start from the decoder's initialisation (`_init_weights`)."""
+        base = next(k for k in cls.__mro__ if k.__module__.startswith("weclip_hf."))
+        added = [name for name in cls._TRAINED if name not in base._TRAINED]
+        return re.compile("^(" + "|".join(map(re.escape, added)) + r")\.") if added else None
 
     def _took_stored_text_embeds(self, path: str) -> None:
         """Take the loaded text embeddings as the prompts of the config: those its ``encoded_prompts`` records
