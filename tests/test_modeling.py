@@ -92,6 +92,11 @@ def test_config_reads_deprecated_names(tmp_path):
         (dict(vision_config={**TINY_VISION, "hidden_size": -32}), "vision_config.hidden_size"),
         (dict(text_config={**TINY_TEXT, "vocab_size": 10**9}), "text_config.vocab_size"),
         (dict(par_num_iter=2.5), "par_num_iter"),
+        (
+            dict(semantic_loss_ignore_index=1),
+            r"semantic_loss_ignore_index \(1\) is a label id",
+        ),  # class 1 unlearned
+        (dict(semantic_loss_ignore_index=0), r"semantic_loss_ignore_index \(0\) is a label id .*Use 255"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):

@@ -441,7 +441,7 @@ class WeCLIPConfig(PreTrainedConfig):
     def _check_fields(self) -> None:
         """Refuse a field outside its range or fields that do not fit each other, naming them: the CLIP towers,
         each field alone (`field_checks`) and the decoder's width against its heads (the class and background
-        names are checked as the constructor reads them)."""
+        names are checked as the constructor reads them), and the ignore index against the label ids."""
         _check_clip_towers(self.vision_config, self.text_config)
         for name, check in self.field_checks.items():
             check(self, name, getattr(self, name))
@@ -449,6 +449,13 @@ class WeCLIPConfig(PreTrainedConfig):
             raise ValueError(
                 f"decoder_hidden_size ({self.decoder_hidden_size}) must be divisible by decoder_num_heads "
                 f"({self.decoder_num_heads})."
+            )
+        num_classes = len(self.class_names)
+        if 0 <= self.semantic_loss_ignore_index <= num_classes:
+            raise ValueError(
+                f"semantic_loss_ignore_index ({self.semantic_loss_ignore_index}) is a label id (0: the background, "
+                f"1..{num_classes}: the classes): its pixels would be left out of the loss and the scores. Use 255 "
+                f"(or another value outside 0..{num_classes})."
             )
 
     def validate(self) -> None:
