@@ -204,9 +204,8 @@ def main(argv=None) -> dict:
             f"--eval_strategy {training_args.eval_strategy.value} (the recipe's or given) evaluates during training, "
             "but the dataset has no validation split: name one (--validation_split), or give --eval_strategy no."
         )
-    config_kwargs = preset_config_kwargs(
-        args.preset or ("toy" if source.toy else None)
-    )  # as examples/train.py
+    # the config of examples/train.py
+    config_kwargs = preset_config_kwargs(args.preset or ("toy" if source.toy else None))
     config_kwargs.update({k: v for k, v in names.items() if v is not None})
     if args.class_names:  # they name the classes now: the preset's display names were for its own
         config_kwargs.pop("label_names", None)
