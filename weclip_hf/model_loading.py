@@ -260,7 +260,8 @@ def refuse_missing_weights(
     missing = sorted(k for k in missing_keys if allowed_missing is None or not allowed_missing.search(k))
     if missing:
         name = model_class.__name__
-        if not model_class.__module__.startswith("weclip_hf."):  # a user's subclass: maybe its new modules
+        # a user's subclass (each class of the package names its backbone constructor): maybe its new modules
+        if "_from_backbones" not in vars(model_class):
             otherwise = (
                 f"If they are modules {name} adds, name them in {name}._TRAINED (e.g. _TRAINED = "
                 f"(*{model_class.__mro__[1].__name__}._TRAINED, 'head')): they then start from the decoder's "

@@ -396,7 +396,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         """The weights of the trained modules a user's subclass adds (the names in its ``_TRAINED`` beyond those
         of the weclip-hf class it derives from): no saved WeCLIP folder or backbone checkpoint holds them, so they
         may be missing at loading and start from the decoder's initialisation (`_init_weights`)."""
-        base = next(k for k in cls.__mro__ if k.__module__.startswith("weclip_hf."))
+        # the package's class (also as remote code, under another module name): each names its backbone constructor
+        base = next(k for k in cls.__mro__ if "_from_backbones" in vars(k))
         added = [name for name in cls._TRAINED if name not in base._TRAINED]
         return re.compile("^(" + "|".join(map(re.escape, added)) + r")\.") if added else None
 
