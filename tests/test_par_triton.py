@@ -16,7 +16,7 @@ from weclip_hf.par import par_affinity, par_affinity_eager, par_iteration, par_i
 # (batch, maps, height, width, dilations): odd sizes that are no multiple of the kernel's block; one map; 21 maps
 # (VOC with every class, 32 map slots in the kernel); dilations larger than the image (every neighbour clamped)
 CASES = [
-    (2, 3, 23, 37, [1, 2, 4, 8, 12, 24]),
+    (2, 3, 13, 21, [1, 2, 4, 8, 12, 24]),
     (1, 1, 5, 4, [1, 3]),
     (2, 21, 9, 11, [1, 2, 4]),
     (1, 2, 17, 16, [1, 2, 4, 8, 12, 24]),
@@ -25,7 +25,8 @@ CASES = [
 
 def kernel_vs_eager(device: str) -> dict:
     """Max abs differences between the kernels (`par_affinity`, `par_iteration` on ``device``) and the eager path
-    (on the CPU) for each case, and between `par_refine` (5 iterations) and the eager path on the first."""
+    (on the CPU) for each case, and between `par_refine` (5 iterations) and the eager path on the last (the
+    interpreter runs a kernel's programs one by one: small cases keep the test at seconds)."""
     g = torch.Generator().manual_seed(0)
     diffs = {}
     for b, c, h, w, dilations in CASES:
@@ -37,7 +38,7 @@ def kernel_vs_eager(device: str) -> dict:
         ours = par_iteration(scores.to(device), weights.to(device), dilations).cpu()
         expected = par_iteration_eager(scores, weights, dilations)
         diffs[f"iteration {b}x{c}x{h}x{w} d={dilations}"] = float((ours - expected).abs().max())
-    b, c, h, w, dilations = CASES[0]
+    b, c, h, w, dilations = CASES[-1]
     image, scores = torch.randn(b, 3, h, w, generator=g), torch.rand(b, c, h, w, generator=g)
     weights, expected = par_affinity_eager(image, dilations), scores
     for _ in range(5):
