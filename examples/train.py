@@ -33,6 +33,7 @@ from transformers import AutoModelForSemanticSegmentation
 
 from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.checkpointing import (
+    OVERWRITE_AND_RESUME,
     TRAINING_ARGS_NAME,
     StreamPosition,
     TrainingState,
@@ -45,6 +46,7 @@ from weclip_hf.checkpointing import (
     lock_output_dir,
     read_training_state,
     remove_previous_run,
+    resumes_in_place,
     save_checkpoint,
     truncate_log,
 )
@@ -333,7 +335,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument(
         "--overwrite_output_dir",
         action="store_true",
-        help="start a fresh run in an --output_dir that holds a previous run's checkpoints",
+        help="start a fresh run (or resume another folder's checkpoint) in an --output_dir that holds a previous "
+        "run's checkpoints or results, removing them",
     )
     train.add_argument("--resume_from_checkpoint", help="a step_N folder or 'latest'")
     train.add_argument(
@@ -365,12 +368,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--logging_steps", type=at_least_one, default=10, help="log the losses every N steps (10)"
     )
     train.add_argument(
-        "--with_tracking", action="store_true", help="log losses and metrics to the trackers of --report_to"
+        "--with_tracking",
+        action="store_true",
+        help="log losses and metrics to the trackers of --report_to (default: all, every one installed)",
     )
     train.add_argument(
         "--report_to",
-        default="all",
-        help="trackers of --with_tracking, as accelerate's log_with (default: all, every one installed)",
+        help="trackers to log losses and metrics to, as accelerate's log_with (e.g. tensorboard): naming one turns "
+        "--with_tracking on; 'none': no tracking",
     )
     train.add_argument(
         "--push_to_hub",
@@ -380,16 +385,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     train.add_argument("--hub_model_id", help="the Hub repository (default: the --output_dir folder name)")
     train.add_argument("--hub_token", help="Hub token (default: the logged-in one); never written to disk")
     args = p.parse_args(argv)
-    if args.overwrite_output_dir and args.resume_from_checkpoint:
-        p.error(
-            "--overwrite_output_dir starts a fresh run and --resume_from_checkpoint continues one: give one of them."
-        )
+    if args.overwrite_output_dir and resumes_in_place(Path(args.output_dir), args.resume_from_checkpoint):
+        p.error(OVERWRITE_AND_RESUME)
     backbones = [f for f in ("clip_model_name_or_path", "dino_model_name_or_path") if getattr(args, f)]
     if args.model_name_or_path and backbones:
         p.error(
             f"--{backbones[0]} builds a fresh model from a backbone, and --model_name_or_path continues a trained "
             "one (its backbones are in it): give one of them."
         )
+    if args.with_tracking and args.report_to == "none":
+        p.error("--with_tracking logs to trackers and --report_to none to none: give one of them.")
+    # as transformers' --report_to: naming a tracker is asking for tracking
+    args.with_tracking = args.with_tracking or args.report_to not in (None, "none")
+    if args.with_tracking and args.report_to is None:
+        args.report_to = "all"
     check_dino_fits_preset(p, args)
     check_preset_fits_data(p, args)
     if args.no_msf and args.msf_scales:
@@ -419,6 +428,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 SECRET_ARGS = ("hub_token",)
+# the trackers' project (accelerate's init_trackers): TensorBoard writes its event files under <--output_dir>/weclip
+TRACKER_PROJECT = "weclip"
 # flags that set config fields of the model; the first four fix its weights or text embeddings
 MODEL_FLAGS = (
     "class_names",
@@ -1072,7 +1083,9 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         torch.set_num_threads(args.num_threads or cpu_threads_per_process(accelerator.num_processes))
         retained = not args.release_host_memory and retain_freed_host_memory()
     output_dir = Path(args.output_dir)
-    previous_run = claim_output_dir(output_dir, bool(args.resume_from_checkpoint), args.overwrite_output_dir)
+    previous_run = claim_output_dir(
+        output_dir, args.resume_from_checkpoint, args.overwrite_output_dir, tracker_dirs=(TRACKER_PROJECT,)
+    )
     resume_path = None
     if args.resume_from_checkpoint:  # checked before the data and model are loaded
         resume_path = find_checkpoint(output_dir, args.resume_from_checkpoint, log=accelerator.print)
@@ -1107,7 +1120,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     position = StreamPosition()  # streamed data: pass and batch (map-style: derived from the step)
     if args.with_tracking:
         accelerator.init_trackers(
-            "weclip", {k: v for k, v in public_args(args).items() if isinstance(v, (int, float, str, bool))}
+            TRACKER_PROJECT,
+            {k: v for k, v in public_args(args).items() if isinstance(v, (int, float, str, bool))},
         )
 
     # 3. resume

@@ -186,7 +186,9 @@ def main(argv=None) -> dict:
     args, training_args = parse_args(argv)
     output_dir = Path(training_args.output_dir)
     resume = checkpoint_to_resume(training_args)
-    previous_run = claim_output_dir(output_dir, bool(resume), args.overwrite_output_dir, "checkpoint-*")
+    previous_run = claim_output_dir(
+        output_dir, training_args.resume_from_checkpoint, args.overwrite_output_dir, "checkpoint-*"
+    )
     recorded = trajectory(args, training_args)
     label = lambda key: "processes (world_size)" if key == "world_size" else f"--{key}"  # noqa: E731
     if resume and not check_unchanged(Path(resume), recorded, label=label):

@@ -253,13 +253,37 @@ def test_hub_token_never_reaches_disk_or_the_hub(tmp_path, tiny_clip, monkeypatc
 def test_claim_output_dir_refuses_old_checkpoints_unless_resumed_or_overwritten(tmp_path):
     (tmp_path / "step_5").mkdir()
     (tmp_path / "train_log.jsonl").write_text('{"step": 5}\n')
-    assert claim_output_dir(tmp_path, resume=True, overwrite=False) == []  # a resumed run continues them
+    assert (
+        claim_output_dir(tmp_path, resume_from="latest", overwrite=False) == []
+    )  # a resumed run continues them
     with pytest.raises(FileExistsError, match="step_5.*--resume_from_checkpoint latest"):
-        claim_output_dir(tmp_path, resume=False, overwrite=False)
-    previous = claim_output_dir(tmp_path, resume=False, overwrite=True)
+        claim_output_dir(tmp_path, resume_from=None, overwrite=False)
+    previous = claim_output_dir(tmp_path, resume_from=None, overwrite=True)
     assert (tmp_path / "step_5").is_dir()  # removed only once the run is set up
     remove_previous_run(previous)
     assert not (tmp_path / "step_5").exists() and not (tmp_path / "train_log.jsonl").exists()
+
+
+def test_claim_output_dir_refuses_a_finished_run_to_a_checkpoint_of_another_folder(tmp_path):
+    """Resuming another run's checkpoint into a folder replaced its model, metrics and card and mixed the two logs
+    (every check was skipped for a resumed run); only a checkpoint of the folder itself continues its run."""
+    run, other = tmp_path / "run", tmp_path / "other"
+    for folder in (run / "step_2", run / "weclip", other / "step_4"):
+        folder.mkdir(parents=True)
+    (run / "model.safetensors").write_bytes(b"")
+    (run / "metrics.json").write_text("{}")
+    with pytest.raises(FileExistsError, match=f"holds checkpoints .*step_2.*{other / 'step_4'} is a checkpoint "
+                       "of another folder.*--overwrite_output_dir"):  # fmt: skip
+        claim_output_dir(run, resume_from=str(other / "step_4"), overwrite=False)
+    in_place = str(run / ".." / "run" / "step_2")  # the folder's own checkpoint, however it is spelled
+    assert claim_output_dir(run, resume_from=in_place, overwrite=False) == []
+    with pytest.raises(ValueError, match="--overwrite_output_dir .* would remove"):  # step_2 itself
+        claim_output_dir(run, resume_from=in_place, overwrite=True)
+    assert claim_output_dir(tmp_path / "new", resume_from=str(other / "step_4"), overwrite=False) == []
+    # replaced on request: the checkpoints, metrics and the trackers' folder go (TensorBoard: one curve per run)
+    previous = claim_output_dir(run, str(other / "step_4"), overwrite=True, tracker_dirs=("weclip",))
+    remove_previous_run(previous)
+    assert sorted(p.name for p in run.iterdir()) == ["model.safetensors"]
 
 
 def test_truncate_log_keeps_the_steps_up_to_the_checkpoint_and_drops_a_cut_line(tmp_path):

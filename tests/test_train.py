@@ -132,6 +132,34 @@ def test_resume_repeats_uninterrupted_run_exactly(tmp_path, tiny_clip, reference
     assert 0 < before <= metrics["train_seconds"] <= metrics["total_seconds"]
 
 
+def test_resuming_another_runs_checkpoint_into_a_finished_run_is_refused(tmp_path, tiny_clip, reference_run):
+    """A checkpoint of another run resumed into a folder that holds a finished run replaced its model, metrics and
+    card and mixed both runs' logs and checkpoints without a word: refused as a fresh run there is, unless
+    --overwrite_output_dir, which then leaves the resumed run alone in the folder."""
+    out = tmp_path / "finished"
+    shutil.copytree(reference_run, out)
+
+    def results() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != ".lock"}
+
+    before = results()
+    resume = [
+        *resumable_args(tiny_clip),
+        "--output_dir",
+        out,
+        "--resume_from_checkpoint",
+        reference_run / "step_3",
+    ]
+    with pytest.raises(FileExistsError, match=r"holds checkpoints of a previous run .*step_3 is a checkpoint of "
+                       r"another folder: resume it into a new --output_dir, or .*--overwrite_output_dir"):  # fmt: skip
+        train_in_process(*resume)
+    assert results() == before
+    train_in_process(*resume, "--overwrite_output_dir")
+    assert [r["step"] for r in read_log(out)] == [4, 5, 6]
+    assert [r["loss"] for r in read_log(out)] == [r["loss"] for r in read_log(reference_run)[3:]]
+    assert sorted(p.name for p in out.glob("step_*")) == ["step_4", "step_5", "step_6"]
+
+
 def test_dataloader_workers_give_the_same_batches(tmp_path, tiny_clip, reference_run):
     """Augmentation is keyed on (seed, epoch, index): 2 workers train exactly as the main process (the reference
     run), also after the epoch boundary (16 images, batch 4: the second epoch starts at step 5)."""
@@ -688,17 +716,34 @@ def test_push_to_hub_fails_before_training_when_the_hub_cannot_be_reached(tmp_pa
 
 
 def test_tracked_runs_log_the_final_metrics(tmp_path, tiny_clip):
-    """--with_tracking: the final evaluation's figures reach the trackers (also without --eval_steps)."""
+    """--with_tracking: the final evaluation's figures reach the trackers (also without --eval_steps); --report_to
+    alone tracks too, and --overwrite_output_dir removes the previous run's event files (TensorBoard showed both
+    runs as one curve)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "tracked"
-    metrics = train_in_process(
-        "--clip_model_name_or_path", tiny_clip, "--output_dir", out, "--max_train_steps", 1,
-        "--with_tracking", "--report_to", "tensorboard", *FAST,
-    )  # fmt: skip
+    run = ["--clip_model_name_or_path", tiny_clip, "--output_dir", out, "--max_train_steps", 1, *FAST]
+    metrics = train_in_process(*run, "--with_tracking", "--report_to", "tensorboard")
     folders = {p.parent for p in out.rglob("events.out.tfevents*")}
     scalars = {tag for f in folders for tag in EventAccumulator(str(f)).Reload().Tags()["scalars"]}
     assert "final_miou" in scalars and metrics["miou"] >= 0
+    train_in_process(*run, "--report_to", "tensorboard", "--overwrite_output_dir", "--max_train_steps", 2)
+    (events,) = (out / "weclip").glob("events.out.tfevents*")  # the second run's only
+    assert [e.step for e in EventAccumulator(str(events)).Reload().Scalars("loss")] == [1, 2]
+
+
+def test_naming_a_tracker_turns_tracking_on(capsys):
+    """--report_to without --with_tracking was accepted and ignored; as transformers', it asks for tracking."""
+    parse = train_module().parse_args
+    assert [(a.with_tracking, a.report_to) for a in (parse([]), parse(["--with_tracking"]))] == [
+        (False, None),
+        (True, "all"),
+    ]
+    assert parse(["--report_to", "tensorboard"]).with_tracking
+    assert not parse(["--report_to", "none"]).with_tracking
+    with pytest.raises(SystemExit):
+        parse(["--with_tracking", "--report_to", "none"])
+    assert "--with_tracking logs to trackers and --report_to none to none" in capsys.readouterr().err
 
 
 def test_class_names_also_name_the_labels_of_a_fresh_model(tiny_clip):

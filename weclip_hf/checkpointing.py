@@ -296,31 +296,67 @@ def lock_output_dir(output_dir: Path):
 
 # what a finished run of examples/train.py leaves in its output folder besides its step_N checkpoints
 FINISHED_RUN_FILES = ("model.safetensors", "metrics.json", "train_log.jsonl")
+OVERWRITE_AND_RESUME = (
+    "--overwrite_output_dir starts a fresh run and --resume_from_checkpoint continues one of this --output_dir "
+    "(whose checkpoints --overwrite_output_dir would remove): give one of them."
+)
+
+
+def resumes_in_place(output_dir: Path, resume_from: str | None) -> bool:
+    """Whether checkpoint ``resume_from`` (``latest``: the newest in ``output_dir``) is one of the run in
+    ``output_dir``, which resuming it continues; None: a fresh run."""
+    if resume_from is None:
+        return False
+    return resume_from == "latest" or Path(resume_from).resolve().parent == output_dir.resolve()
 
 
 def claim_output_dir(
-    output_dir: Path, resume: bool, overwrite: bool, checkpoints: str = "step_*"
+    output_dir: Path,
+    resume_from: str | None,
+    overwrite: bool,
+    checkpoints: str = "step_*",
+    tracker_dirs: tuple[str, ...] = (),
 ) -> list[Path]:
     """Check that ``output_dir`` may take this run (examples/train.py: created and locked by `lock_output_dir`);
-    returns what `remove_previous_run` removes once the run is set up. A fresh run (not ``resume``,
-    ``--resume_from_checkpoint``) refuses a folder that holds a previous run's checkpoints (the folders matching
-    ``checkpoints``: train.py's ``step_N``, `Trainer`'s ``checkpoint-*``) or results (its model, metrics or log:
-    they would be replaced without a word and the logs mixed) unless ``overwrite`` (``--overwrite_output_dir``):
-    then the checkpoints, log, metrics and overlays are to be removed (the model files are replaced at the end;
-    ``--model_name_or_path`` may be this folder's model)."""
+    returns what `remove_previous_run` removes once the run is set up. A run that is not continued from a
+    checkpoint of this folder (``resume_from``, ``--resume_from_checkpoint``: see `resumes_in_place`; a fresh run,
+    or one resumed from another folder's checkpoint) refuses a folder that holds a previous run's checkpoints (the
+    folders matching ``checkpoints``: train.py's ``step_N``, `Trainer`'s ``checkpoint-*``) or results (its model,
+    metrics or log: they would be replaced without a word and the logs mixed) unless ``overwrite``
+    (``--overwrite_output_dir``): then the checkpoints, log, metrics, overlays and the folders its trackers wrote
+    (``tracker_dirs``, e.g. TensorBoard's event files: two runs would show as one curve) are to be removed (the
+    model files are replaced at the end; ``--model_name_or_path`` may be this folder's model)."""
+    in_place = resumes_in_place(output_dir, resume_from)
+    if in_place and overwrite:
+        raise ValueError(OVERWRITE_AND_RESUME)
     old = sorted((p for p in output_dir.glob(checkpoints) if p.is_dir()), key=lambda p: (len(p.name), p.name))
     finished = [name for name in FINISHED_RUN_FILES if (output_dir / name).exists()]
-    if resume or not (old or finished):
+    if in_place or not (old or finished):
         return []
     if not overwrite:
         held = f"checkpoints of a previous run ({', '.join(p.name for p in old[-3:])})" if old else ""
         held = held or f"a previous run's results ({', '.join(finished)})"
-        resume_hint = "Continue it with --resume_from_checkpoint latest, start" if old else "Start"
-        raise FileExistsError(
-            f"{output_dir} holds {held}. {resume_hint} over with --overwrite_output_dir, or choose another "
-            "--output_dir."
-        )
-    return [*old, output_dir / "overlays", output_dir / "train_log.jsonl", output_dir / "metrics.json"]
+        if resume_from is not None:
+            hint = (
+                f"--resume_from_checkpoint {resume_from} is a checkpoint of another folder: resume it into a new "
+                "--output_dir, or replace that run with --overwrite_output_dir."
+            )
+        elif old:
+            hint = (
+                "Continue it with --resume_from_checkpoint latest, start over with --overwrite_output_dir, or "
+                "choose another --output_dir."
+            )
+        else:
+            hint = "Start over with --overwrite_output_dir, or choose another --output_dir."
+        raise FileExistsError(f"{output_dir} holds {held}. {hint}")
+    trackers = [output_dir / name for name in tracker_dirs]
+    return [
+        *old,
+        output_dir / "overlays",
+        output_dir / "train_log.jsonl",
+        output_dir / "metrics.json",
+        *trackers,
+    ]
 
 
 def remove_previous_run(paths: list[Path]) -> None:
