@@ -1171,12 +1171,14 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
             loader = accelerator.skip_first_batches(train_loader, offset) if offset else train_loader
             pass_ended = True
             for batch in loader:
+                # the learning rate of this step's update (training_step steps the scheduler after it)
+                lr = scheduler.get_last_lr()[0]
                 out = training_step(args, accelerator, train_forward, optimizer, scheduler, batch, step)
                 step += 1
                 position.batch += 1
                 bar.update(1)
                 if step % args.logging_steps == 0 or step == args.max_train_steps:
-                    record = log_losses(accelerator, out, step, scheduler.get_last_lr()[0], log_path)
+                    record = log_losses(accelerator, out, step, lr, log_path)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", rfm=record["rfm"])
                 if checkpoint_every and step % checkpoint_every == 0:
                     checkpoint()

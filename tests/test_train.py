@@ -160,6 +160,17 @@ def test_resuming_another_runs_checkpoint_into_a_finished_run_is_refused(tmp_pat
     assert sorted(p.name for p in out.glob("step_*")) == ["step_4", "step_5", "step_6"]
 
 
+def test_the_log_gives_the_learning_rate_of_each_steps_update(tiny_clip, reference_run):
+    """Step s updates with the rate of schedule step s - 1 (the scheduler steps after the optimizer): the log gave
+    the next step's (step 1: the warm-up's full first increment instead of ~1e-6 x the rate)."""
+    from weclip_hf.training import warmup_poly_factor
+
+    args = train_module().parse_args([*map(str, resumable_args(tiny_clip))])
+    factor = warmup_poly_factor(args.num_warmup_steps, args.max_train_steps)
+    used = [args.learning_rate * factor(t) for t in range(args.max_train_steps)]
+    assert [r["lr"] for r in read_log(reference_run)] == pytest.approx(used, rel=1e-9)
+
+
 def test_dataloader_workers_give_the_same_batches(tmp_path, tiny_clip, reference_run):
     """Augmentation is keyed on (seed, epoch, index): 2 workers train exactly as the main process (the reference
     run), also after the epoch boundary (16 images, batch 4: the second epoch starts at step 5)."""
