@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import signal
 import time
 from collections.abc import Callable
@@ -430,6 +431,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 SECRET_ARGS = ("hub_token",)
 # the trackers' project (accelerate's init_trackers): TensorBoard writes its event files under <--output_dir>/weclip
 TRACKER_PROJECT = "weclip"
+# flags of train.py that examples/evaluate.py takes with the same meaning: the validation data (the toy world's
+# only without a dataset) and how much of it is scored
+EVALUATE_DATA_FLAGS = (
+    "dataset_name", "data_dir", "dataset_path", "dataset_config_name", "validation_split", "image_column",
+    "mask_column", "labels_column", "labels_zero_based", "max_eval_samples", "skip_unreadable_images",
+)  # fmt: skip
+EVALUATE_TOY_FLAGS = ("toy_val_images", "seed")
 # flags that set config fields of the model; the first four fix its weights or text embeddings
 MODEL_FLAGS = (
     "class_names",
@@ -854,6 +862,18 @@ def make_train_loader(
 
 
 @contextlib.contextmanager
+def signals_handled_by(handler: Callable):
+    """Within the block, Ctrl-C / SIGTERM call ``handler(signum, frame)``; on leaving it, the handlers before it
+    are back."""
+    handlers = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, previous in handlers.items():
+            signal.signal(sig, previous)
+
+
+@contextlib.contextmanager
 def stop_on_signals():
     """Within the block, Ctrl-C / SIGTERM only ask the loop to stop (``stop["signal"]``: the signal number, else
     None) so that it can save a checkpoint; on leaving it they act at once again (final evaluation, saving)."""
@@ -862,12 +882,23 @@ def stop_on_signals():
     def request_stop(signum, frame):
         stop["signal"] = signum
 
-    handlers = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with signals_handled_by(request_stop):
         yield stop
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def explain_signals(explain: Callable[[int], str], log=print):
+    """Within the block, Ctrl-C / SIGTERM stop the run at once, as outside it (SIGINT: `KeyboardInterrupt`,
+    SIGTERM: exit status 143 = 128 + 15), but first log ``explain(signum)``: what is saved and what is not."""
+
+    def stop_now(signum, frame):
+        log(explain(signum))
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    with signals_handled_by(stop_now):
+        yield
 
 
 def append_log(log_path: Path, record: dict) -> None:
@@ -1244,26 +1275,74 @@ def finish_training(
     if accelerator.is_main_process:
         unwrapped.save_pretrained(output_dir)
         image_processor.save_pretrained(output_dir)
-    metrics: dict = {"train_steps": step, "train_seconds": round(train_seconds, 1)}
-    if val_set is not None and accelerator.is_main_process:
-        input_size = processor_input_size(image_processor)  # scored as the pipeline predicts
-        metrics.update(final_evaluation(args, unwrapped, val_set, output_dir, input_size))
-    metrics["total_seconds"] = round(time.time() - started, 1)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
-        accelerator.log(
-            {f"final_{k}": v for k, v in summary.items()}, step=step
-        )  # --with_tracking's trackers
-        write_card(args, cfg, output_dir, summary)
-        accelerator.print(json.dumps(summary, indent=2))
-        if args.push_to_hub:
-            publish_folder(
-                output_dir, args.hub_model_id, token=args.hub_token, commit_message="End of training"
-            )
+    written: list[str] = []  # of metrics.json and README.md, for the message of a signal
+
+    def explain(signum: int) -> str:
+        return unfinished_message(args, step, signum, written, evaluable=val_set is not None)
+
+    with explain_signals(explain, accelerator.print):
+        metrics: dict = {"train_steps": step, "train_seconds": round(train_seconds, 1)}
+        if val_set is not None and accelerator.is_main_process:
+            input_size = processor_input_size(image_processor)  # scored as the pipeline predicts
+            metrics.update(final_evaluation(args, unwrapped, val_set, output_dir, input_size))
+        metrics["total_seconds"] = round(time.time() - started, 1)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            written.append("metrics.json")
+            summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
+            accelerator.log(
+                {f"final_{k}": v for k, v in summary.items()}, step=step
+            )  # --with_tracking's trackers
+            write_card(args, cfg, output_dir, summary)
+            written.append("README.md")
+            accelerator.print(json.dumps(summary, indent=2))
+            if args.push_to_hub:
+                publish_folder(
+                    output_dir, args.hub_model_id, token=args.hub_token, commit_message="End of training"
+                )
     accelerator.end_training()
     return metrics
+
+
+def unfinished_message(
+    args: argparse.Namespace, step: int, signum: int, written: list[str], evaluable: bool
+) -> str:
+    """What a run stopped by signal ``signum`` after its training (in the final evaluation, the writing of its
+    metrics and card, or the push) has saved, what it has not (``written``: of metrics.json and README.md), and how
+    to finish: `evaluate_command` scores the saved model (``evaluable``: the run has a validation split)."""
+    output_dir = Path(args.output_dir)
+    files = "model.safetensors, config.json, preprocessor_config.json"
+    saved = f"the trained model (step {step}) is saved in {output_dir} ({files})"
+    missing = [name for name in ("metrics.json", "README.md") if name not in written]
+    if not missing:  # only the push was left
+        return (
+            f"stopped by signal {signum} while pushing to {args.hub_model_id}: {saved} with its metrics.json and "
+            f"README.md; push the folder again (huggingface_hub's upload_folder)."
+        )
+    finish = f"; score it with: {evaluate_command(args)}" if evaluable else ""
+    return (
+        f"stopped by signal {signum} after the training: {saved}, but not {' and '.join(missing)}{finish} "
+        "(or train again with --overwrite_output_dir)."
+    )
+
+
+def evaluate_command(args: argparse.Namespace) -> str:
+    """The examples/evaluate.py command line that scores the model of this run's ``--output_dir`` on its
+    validation data as the final evaluation does (the CAM / RFM pseudo labels, the multi-scale decoder unless
+    ``--no_msf``; the saved processor's size)."""
+    flags = EVALUATE_DATA_FLAGS + (EVALUATE_TOY_FLAGS if names_no_dataset(args) else ())
+    words = ["python", "examples/evaluate.py", "--model_name_or_path", args.output_dir, "--pseudo_labels"]
+    for flag in flags:
+        value = getattr(args, flag)
+        if value is True:
+            words.append(f"--{flag}")
+        elif value is not None and value is not False:  # a seed of 0 is given
+            words += [f"--{flag}", str(value)]
+    if not args.no_msf:
+        words += ["--msf", "--scales", *map(str, args.msf_scales)]
+    words += ["--batch_size", str(args.per_device_eval_batch_size)]
+    return shlex.join(words)
 
 
 if __name__ == "__main__":

@@ -208,6 +208,16 @@ def train_module():
     return train
 
 
+def evaluate_module():
+    """examples/evaluate.py imported as a module (not named ``evaluate``: that is the Hugging Face library)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("weclip_evaluate_script", ROOT / "examples" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def train_in_process(*args, threads: int | None = 1) -> dict:
     """``main`` of examples/train.py with ``args`` in this process (no interpreter start-up) on ``threads`` CPU
     threads (None: the script's own choice), restored afterwards; returns the run's metrics. For runs that need no

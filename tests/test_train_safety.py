@@ -4,11 +4,13 @@ at start, the model is saved before the final evaluation, Ctrl-C works after the
 
 import json
 import os
+import shlex
 import signal
 import sys
+import time
 
 import pytest
-from conftest import FAST, TRAIN, train_in_process
+from conftest import FAST, TRAIN, evaluate_module, train_in_process
 
 SHORT = [
     *FAST,
@@ -70,7 +72,9 @@ def test_the_model_is_saved_before_a_failing_final_evaluation(tmp_path, tiny_cli
     assert WeCLIPForSemanticSegmentation.from_pretrained(out).training_step.item() == 1
 
 
-def test_ctrl_c_during_the_final_evaluation_interrupts_it(tmp_path, tiny_clip, train, monkeypatch):
+def test_ctrl_c_during_the_final_evaluation_interrupts_it(tmp_path, tiny_clip, train, monkeypatch, capsys):
+    """... saying what is saved, what is not and how to finish (it exited without a word, leaving a folder that
+    neither a resume nor a plain rerun would take)."""
     evaluated = []
 
     def interrupted(*args, **kwargs):
@@ -79,12 +83,34 @@ def test_ctrl_c_during_the_final_evaluation_interrupts_it(tmp_path, tiny_clip, t
         return {}
 
     monkeypatch.setattr(train, "evaluate_segmentation", interrupted)
+    out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        train_in_process(
-            "--clip_model_name_or_path", tiny_clip, "--output_dir", str(tmp_path / "run"), *SHORT
-        )
+        train_in_process("--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), *SHORT)
     assert evaluated == []
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    message = capsys.readouterr().out
+    assert (
+        f"stopped by signal 2 after the training: the trained model (step 1) is saved in {out} (" in message
+    )
+    assert "but not metrics.json and README.md; score it with: python examples/evaluate.py" in message
+    assert not (out / "metrics.json").exists()
+    # a command evaluate.py takes, on the run's model and validation data
+    command = shlex.split(message.split("score it with: ")[1].split(" (or train again")[0])
+    args = evaluate_module().parse_args(command[2:])
+    assert args.model_name_or_path == str(out) and args.toy_val_images == 2 and args.pseudo_labels
+
+
+def test_sigterm_after_the_training_says_what_is_saved_and_exits_with_143(train, capsys):
+    """SIGTERM in the final evaluation (``explain_signals``) stops at once, as a killed process (143), after the
+    message; the handlers before it are back afterwards."""
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        with train.explain_signals(lambda signum: f"stopped by signal {signum}: the model is saved"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # interrupted by the handler
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert capsys.readouterr().out == "stopped by signal 15: the model is saved\n"
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_model_name_or_path_applies_the_model_flags_it_is_given(tmp_path, tiny_clip, train, capsys):
