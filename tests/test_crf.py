@@ -4,7 +4,6 @@ and against `pydensecrf` (the C++ implementation WeCLIP evaluates with) where `p
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -136,11 +135,9 @@ def test_unknown_override_and_wrong_params_type_raise():
 
 
 def test_evaluate_script_flags_cover_every_param():
-    spec = importlib.util.spec_from_file_location(
-        "weclip_evaluate_script_crf", ROOT / "examples" / "evaluate.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from conftest import evaluate_module
+
+    script = evaluate_module()
     args = script.parse_args(["--model_name_or_path", "m"])
     assert args.crf_params == WECLIP
     flags = [

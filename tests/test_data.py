@@ -677,14 +677,9 @@ def test_class_name_labels_map_through_the_class_names_or_name_the_unknown(tmp_p
 
 
 def _train_script():
-    import importlib.util
-    from pathlib import Path
+    from conftest import train_module
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "train.py"
-    spec = importlib.util.spec_from_file_location("weclip_train_script_data", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return train_module()
 
 
 def test_train_rejects_max_train_samples_zero(capsys):
@@ -773,10 +768,9 @@ def test_a_model_trained_with_clip_statistics_is_saved_evaluated_and_served_with
     """train.py takes the statistics of --image_processor_name_or_path for its data, saves that processor with
     the model (what the pipeline and evaluate.py load) and draws its overlays with it (the image panel is the
     validation image, exactly)."""
-    import importlib.util
     import json
 
-    from conftest import FAST, ROOT, run_train
+    from conftest import FAST, run_train
 
     from weclip_hf import WeCLIPImageProcessor
     from weclip_hf.data.loading import DataSource, evaluation_set, load_dataset_splits
@@ -800,11 +794,9 @@ def test_a_model_trained_with_clip_statistics_is_saved_evaluated_and_served_with
     panel = overlay[TITLE_HEIGHT : TITLE_HEIGHT + size[0], : size[1]]
     assert np.array_equal(panel, resize_rgb(image, size))
 
-    spec = importlib.util.spec_from_file_location(
-        "weclip_evaluate_script_data", ROOT / "examples" / "evaluate.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from conftest import evaluate_module
+
+    script = evaluate_module()
     used = []
     monkeypatch.setattr(
         script, "evaluation_set", lambda *a, **k: used.append(a[3]) or evaluation_set(*a, **k)

@@ -2,7 +2,6 @@
 hand-computed confusion matrix."""
 
 import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_config
+from conftest import evaluate_module, make_tiny_config
 from PIL import Image
 
 from weclip_hf.crf import WECLIP
@@ -25,12 +24,7 @@ SCRIPT = ROOT / "examples" / "evaluate.py"
 CLASSES = ["background", "cat", "dog", "car", "tree"]
 
 
-def load_script():
-    """examples/evaluate.py as a module (not named `evaluate`: that is the Hugging Face library)."""
-    spec = importlib.util.spec_from_file_location("weclip_evaluate_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+load_script = evaluate_module  # examples/evaluate.py as a module
 
 
 @pytest.fixture(scope="module")
