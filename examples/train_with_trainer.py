@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,10 +150,18 @@ def parse_args(argv=None) -> tuple[WeCLIPArguments, TrainingArguments]:
         return HfArgumentParser((WeCLIPArguments, TrainingArguments), **kwargs)
 
     given, _ = parser(add_help=False).parse_known_args(argv)  # what the defaults depend on
+    flags = {str(token).split("=")[0] for token in (sys.argv[1:] if argv is None else argv)}
     recipe = get_preset(given.preset or ("toy" if names_no_dataset(given) else "voc")).training
     max_steps = given.max_steps if given.max_steps > 0 else recipe.max_train_steps
     full = parser(description=first_paragraph(__doc__))
-    full.set_defaults(**recipe_defaults(recipe, max_steps, given.validation_split != "none"))
+    if "--max_train_steps" in flags:
+        full.error(
+            "--max_train_steps is examples/train.py's flag: give Trainer's --max_steps (or --num_train_epochs)."
+        )
+    defaults = recipe_defaults(recipe, max_steps, given.validation_split != "none")
+    if "--num_train_epochs" in flags and given.max_steps <= 0:  # Trainer counts epochs only without max_steps
+        defaults["max_steps"] = -1
+    full.set_defaults(**defaults)
     args, training_args = full.parse_args_into_dataclasses(argv)
     check_one_data_source(full, args)
     check_dino_fits_preset(full, args)

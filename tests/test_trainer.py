@@ -290,6 +290,12 @@ def test_train_with_trainer_flags_replace_the_recipe_defaults(monkeypatch):
     assert (args.validation_split, args.labels_column, args.class_names) == ("val", "tags", ["cat", "dog"])
     _, unscored = script.parse_args([*voc, "--validation_split", "none"])
     assert unscored.eval_strategy == "no"
+    # epochs count where no --max_steps is given (the recipe's max_steps overrode them silently)
+    _, by_epochs = script.parse_args(["--num_train_epochs", "2"])
+    assert (by_epochs.max_steps, by_epochs.num_train_epochs) == (-1, 2)
+    assert script.parse_args(["--num_train_epochs=2", "--max_steps", "7"])[1].max_steps == 7
+    with pytest.raises(SystemExit):  # train.py's flag: a one-line error naming Trainer's
+        script.parse_args(["--max_train_steps", "10"])
 
 
 def test_train_with_trainer_refuses_evaluation_without_a_validation_split(tmp_path, monkeypatch):

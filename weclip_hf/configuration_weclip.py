@@ -10,8 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 from transformers import CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
+from transformers.utils import logging
 
 from .presets import VOC_BACKGROUND_NAMES, VOC_LABELS, VOC_PROMPT_NAMES, get_preset
+
+logger = logging.get_logger(__name__)
 
 # Sane bounds for a config read from an untrusted config.json: each is far above any real model (ViT-bigG: 48
 # layers, width 1664; the VOC/COCO label sets: 20/80 classes) and far below what would exhaust memory or time.
@@ -119,18 +122,29 @@ def _name_key(name: str) -> str:
     return " ".join(name.split()).lower()
 
 
-def _check_distinct(field: str, names: list[str], noun: str, where: str = "") -> None:
-    """Refuse an empty name or names that read as one (`_name_key`: 'Cat' and 'cat'), naming them."""
-    if not all(_name_key(n) for n in names):
-        raise ValueError(f"{field} must not hold an empty name, got {names!r}.")
+def _repeated(names: list[str], key: Callable[[str], str]) -> list[str]:
+    """The names of ``names`` that read as one under ``key``, each group as "'Cat' / 'cat'"."""
     spellings: dict[str, list[str]] = {}
     for name in names:
-        spellings.setdefault(_name_key(name), []).append(name)
-    repeated = [" / ".join(map(repr, sorted(set(s)))) for s in spellings.values() if len(s) > 1]
+        spellings.setdefault(key(name), []).append(name)
+    return [" / ".join(map(repr, sorted(set(s)))) for s in spellings.values() if len(s) > 1]
+
+
+def _check_distinct(field: str, names: list[str], noun: str, where: str = "", prompts: bool = True) -> None:
+    """Refuse an empty name or names that read as one, naming them: as CLIP's tokenizer reads them (`_name_key`:
+    'Cat' and 'cat' are one prompt) for prompt names, exactly for display names (``prompts=False``: label2id's
+    keys)."""
+    if not all(_name_key(n) for n in names):
+        raise ValueError(f"{field} must not hold an empty name, got {names!r}.")
+    repeated = _repeated(names, _name_key if prompts else str)
     if repeated:
+        how = (
+            " (names are compared as CLIP's tokenizer reads them: case and extra spaces ignored)"
+            if prompts
+            else ""
+        )
         raise ValueError(
-            f"{field} must name each {noun} once, got {', '.join(repeated)} more than once{where} (names are "
-            "compared as CLIP's tokenizer reads them: case and extra spaces ignored)."
+            f"{field} must name each {noun} once, got {', '.join(repeated)} more than once{where}{how}."
         )
 
 
@@ -146,13 +160,34 @@ def _name_list(field: str, names, noun: str) -> list[str]:
         raise ValueError(f"{field} must hold at most {MAX_CLASSES} names, got {len(names)}.")
     if not all(isinstance(n, str) for n in names):
         raise ValueError(f"{field} must be a list of strings, got {names!r}.")
-    _check_distinct(field, names, noun)
+    if field != "background_names":
+        _check_distinct(field, names, noun)
+    elif not all(_name_key(n) for n in names):
+        raise ValueError(f"{field} must not hold an empty name, got {names!r}.")
+    elif _repeated(
+        names, _name_key
+    ):  # a warning: harmless (one prompt twice), and saved models hold such lists
+        logger.warning_once(f"{field} repeats {', '.join(_repeated(names, _name_key))}: each is one prompt.")
     return names
 
 
 def _check_label_names(field: str, labels: list[str]) -> None:
     """Refuse display names of ids 0..C (background first) of which two read as one: `label2id` would keep one."""
-    _check_distinct(field, labels, "label", f" in the labels of ids 0..{len(labels) - 1} {labels}")
+    _check_distinct(
+        field, labels, "label", f" in the labels of ids 0..{len(labels) - 1} {labels}", prompts=False
+    )
+
+
+def _check_ignore_index(ignore_index: int, num_classes: int) -> None:
+    """Refuse an ignore index that is a label id (0: the background, 1..C: the classes): those pixels would be
+    left out of the loss and the scores."""
+    if 0 <= ignore_index <= num_classes:
+        fix = "255" if num_classes < 255 else "-100"
+        raise ValueError(
+            f"semantic_loss_ignore_index ({ignore_index}) is a label id (0: the background, 1..{num_classes}: the "
+            f"classes): its pixels would be left out of the loss and the scores. Use {fix} (any value outside "
+            f"0..{num_classes})."
+        )
 
 
 def _default_label_names(class_names: list[str]) -> list[str]:
@@ -195,10 +230,11 @@ def class_name_lists(
         "background word",
     )
     shared = sorted({_name_key(n) for n in class_names} & {_name_key(n) for n in background_names})
-    if shared:  # one prompt as a class and as background: the class competes with itself in the CAM
-        raise ValueError(
-            f"class_names and background_names must not share a name, got {shared} in both (compared as CLIP's "
-            "tokenizer reads them): remove it from one of them."
+    if shared:  # a warning: saved models of before hold such names, and their embeddings fix the word count
+        logger.warning_once(
+            f"class_names and background_names share {shared} (compared as CLIP's tokenizer reads them): such a "
+            "class competes with its own prompt as background in the CAM. For a new model give background_names "
+            "without it (--background_names)."
         )
     if len(label_names) != len(class_names):
         raise ValueError(
@@ -352,7 +388,8 @@ class WeCLIPConfig(PreTrainedConfig):
             [...], "background": [...]}``), written by the model when it encodes them
             (`WeCLIPForSemanticSegmentation.update_class_embeddings`) or loads them. A saved model whose
             `class_names`, `background_names` or `prompt_template` no longer give these prompts (config.json edited
-            by hand) is refused at loading. None: not recorded (a config of before, or not encoded yet).
+            by hand) is refused at loading. ``{}``: placeholders, never computed; None: not recorded (a config of
+            before, or not encoded yet).
     """
 
     model_type = "weclip"
@@ -450,13 +487,7 @@ class WeCLIPConfig(PreTrainedConfig):
                 f"decoder_hidden_size ({self.decoder_hidden_size}) must be divisible by decoder_num_heads "
                 f"({self.decoder_num_heads})."
             )
-        num_classes = len(self.class_names)
-        if 0 <= self.semantic_loss_ignore_index <= num_classes:
-            raise ValueError(
-                f"semantic_loss_ignore_index ({self.semantic_loss_ignore_index}) is a label id (0: the background, "
-                f"1..{num_classes}: the classes): its pixels would be left out of the loss and the scores. Use 255 "
-                f"(or another value outside 0..{num_classes})."
-            )
+        _check_ignore_index(self.semantic_loss_ignore_index, len(self.class_names))
 
     def validate(self) -> None:
         """transformers' save-time check, extended: refuse to write a config.json that would not load again, i.e.
@@ -486,8 +517,11 @@ class WeCLIPConfig(PreTrainedConfig):
         built = "id2label" in self.__dict__
         if built and key in self.field_checks:
             self.field_checks[key](self, key, value)
+        if built and key == "semantic_loss_ignore_index":
+            _check_ignore_index(value, len(self.class_names))
         if key == "class_names" and built and value != self.class_names:
             value = _name_list(key, value, "class")
+            _check_ignore_index(self.semantic_loss_ignore_index, len(value))
             labels = dict(enumerate([self.id2label[0], *_default_label_names(value)]))
             _check_label_names("id2label (the new class_names)", list(labels.values()))
             super().__setattr__(key, value)

@@ -344,14 +344,14 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         """`PreTrainedModel.save_pretrained`, with the weight files as readable as the folder's config.json
         (`weights_readable_as`: safetensors writes them 0600). A config that would not load again is refused
         before anything is written (`WeCLIPConfig.validate`). The config records the prompts of the text
-        embeddings (``encoded_prompts``; none for placeholders, with a warning), which loading checks."""
+        embeddings (``encoded_prompts``; ``{}`` for placeholders, with a warning), which loading checks."""
         self.config.validate()
         if self._placeholder_text_embeds:
             logger.warning(
                 f"{type(self).__name__}.save_pretrained: the text embeddings saved are placeholders (random unit "
                 "vectors, never computed): call model.update_class_embeddings(tokenizer) first."
             )
-        self.config.encoded_prompts = None if self._placeholder_text_embeds else self._encoded_prompts
+        self.config.encoded_prompts = {} if self._placeholder_text_embeds else self._encoded_prompts
         super().save_pretrained(save_directory, *args, **kwargs)
         folder = Path(save_directory)
         if (folder / "config.json").is_file():  # the main process's folder (others save nothing)
@@ -404,10 +404,12 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
     def _took_stored_text_embeds(self, path: str) -> None:
         """Take the loaded text embeddings as the prompts of the config: those its ``encoded_prompts`` records
         (refused when its names no longer give them: config.json edited by hand), else (a config of before) those
-        its names give."""
+        its names give; ``{}`` records placeholders (saved before they were ever computed), which stay so."""
         config = self.config
         prompts = text_prompts(config.class_names, config.background_names, config.prompt_template)
         recorded = config.encoded_prompts
+        if recorded == {}:
+            return
         if recorded is not None and recorded != prompts:
             raise ValueError(
                 f"The config of {path!r} gives {_prompts_changed(recorded, prompts)} (its class_names, "
