@@ -1,7 +1,7 @@
 """Native half precision, output flags and initialisation (issue 19, items 2-4).
 
-The half-precision checks run on a briefly trained toy model (100 steps of the toy recipe, in process,
-~45 s on a 2-core CPU): a random model has near-ties that any rounding flips, a trained one does not.
+The half-precision checks run on a briefly trained toy model (40 steps of the toy recipe on 320 images, in process,
+~10 s on a 2-core CPU): a random model has near-ties that any rounding flips, a trained one does not.
 """
 
 import pytest
@@ -16,15 +16,15 @@ NUM_VAL = 50
 
 @pytest.fixture(scope="session")
 def trained_toy(tmp_path_factory):
-    """A toy-world WeCLIP trained for 100 steps (decoder mIoU ~0.63) and 50 validation images of its world."""
+    """A toy-world WeCLIP trained for 40 steps and 50 validation images of its world."""
     out = tmp_path_factory.mktemp("toy") / "model"
     train_in_process(
         "--output_dir",
         out,
         "--max_train_steps",
-        100,
+        40,
         "--toy_train_images",
-        800,
+        320,
         "--toy_val_images",
         8,
         "--no_msf",
@@ -64,8 +64,11 @@ def test_half_precision_weights_agree_with_float32(trained_toy, dtype):
     for use_rfm in (False, True):
         pred, pseudo = _predict(half, pixel_values, class_labels, use_rfm)
         ref_pred, ref_pseudo = _predict(reference, pixel_values, class_labels, use_rfm)
-        assert (pred == ref_pred).float().mean() >= 0.99
-        assert (pseudo == ref_pseudo).float().mean() >= 0.99
+        agree, agree_pseudo = (pred == ref_pred).float().mean(), (pseudo == ref_pseudo).float().mean()
+        print(
+            f"{dtype}, rfm {use_rfm}: predictions {agree:.2%}, pseudo labels {agree_pseudo:.2%} equal to float32"
+        )
+        assert agree >= 0.99 and agree_pseudo >= 0.99
 
 
 def test_model_to_bfloat16_and_the_pipeline(trained_toy):
