@@ -42,7 +42,7 @@ from weclip_hf.evaluation import MIOU_NAMES, evaluate_segmentation, processor_in
 from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.metrics import per_class_iou
 from weclip_hf.normalization import PixelNormalization
-from weclip_hf.presets import PRESETS, EvaluationSettings, get_preset
+from weclip_hf.presets import PRESETS, EvaluationSettings, evaluation_of_config, get_preset
 from weclip_hf.script_arguments import (
     DATASET_CONFIG_HELP,
     IMAGE_COLUMN_HELP,
@@ -59,10 +59,16 @@ from weclip_hf.script_arguments import (
 def evaluation_settings(preset: str | None, toy: bool) -> EvaluationSettings:
     """The evaluation settings the flags start from: the preset's; without one, the toy recipe's on the toy world,
     else no CRF; without a preset the images are resized as the model's image processor resizes them
-    (`input_size`, once it is loaded)."""
+    (`input_size`) and the scales are those of the model's preset (`resolved_scales`), once it is loaded."""
     if preset or toy:
         return get_preset(preset or "toy").evaluation
-    return EvaluationSettings(eval_long_side=None, crf=False)
+    return EvaluationSettings(eval_long_side=None, msf_scales=(), crf=False)
+
+
+def resolved_scales(args: argparse.Namespace, config) -> list[float]:
+    """The multi-scale scales: ``--scales`` or the preset's; else those of the model's preset
+    (`evaluation_of_config`, as examples/segment.py: WeCLIP+'s 1.0 1.5 for a WeCLIP+ model)."""
+    return list(args.scales or evaluation_of_config(config).msf_scales)
 
 
 def input_size(
@@ -119,7 +125,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--scales",
         type=positive_float,
         nargs="+",
-        help="multi-scale scales (default: the preset's, VOC 1.0 0.75, toy 1.0 1.125)",
+        help="multi-scale scales (default: the preset's, VOC 1.0 0.75, toy 1.0 1.125; without --preset those of "
+        "the model's preset, found by its classes, else of its model type's VOC preset: WeCLIP+ 1.0 1.5)",
     )
     p.add_argument(
         "--crf",
@@ -228,6 +235,7 @@ def main(argv=None) -> dict:
     )
     normalization = PixelNormalization.from_image_processor(image_processor)
     args.input_size = input_size(args, image_processor)
+    args.scales = resolved_scales(args, cfg)
     _, val, _ = load_dataset_splits(
         DataSource.from_args(args, toy_sizes=(1, args.toy_val_images)),
         validation_split=args.validation_split,

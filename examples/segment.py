@@ -74,7 +74,7 @@ from weclip_hf.data.loading import DataSource, load_dataset_splits, names_no_dat
 from weclip_hf.data.transforms import load_rgb_uint8
 from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.inference import image_logits, multiscale_flip_logits
-from weclip_hf.presets import EvaluationSettings, preset_of_config
+from weclip_hf.presets import evaluation_of_config
 from weclip_hf.script_arguments import (
     DATASET_CONFIG_HELP,
     add_data_source_flags,
@@ -126,7 +126,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=positive_float,
         nargs="+",
         help="default: the evaluation scales of the model's preset (found by its classes: toy 1.0 1.125), else "
-        "1.0 0.75",
+        "of its model type's VOC preset (WeCLIP 1.0 0.75, WeCLIP+ 1.0 1.5)",
     )
     p.add_argument("--crf", action="store_true", help="dense CRF post-processing (weclip_hf.crf)")
     p.add_argument(
@@ -273,9 +273,9 @@ def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImage
 
 
 def default_scales(config) -> list[float]:
-    """The multi-scale + flip scales of the preset the model was trained with (`preset_of_config`), else VOC's."""
-    preset = preset_of_config(config)
-    return list((preset.evaluation if preset else EvaluationSettings()).msf_scales)
+    """The multi-scale + flip scales of the model's preset (`evaluation_of_config`: that of its classes, else its
+    model type's VOC preset's)."""
+    return list(evaluation_of_config(config).msf_scales)
 
 
 @torch.no_grad()

@@ -83,6 +83,7 @@ from weclip_hf.modeling_weclip_plus import model_from_backbones
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import (
     PRESETS,
+    VOC_PRESET_OF_MODEL_TYPE,
     TrainingRecipe,
     get_preset,
     preset_config_kwargs,
@@ -101,6 +102,7 @@ from weclip_hf.script_arguments import (
     first_paragraph,
     non_negative,
     positive_float,
+    recipe_name,
     recipe_values,
 )
 from weclip_hf.training import WeCLIPDataCollator, create_optimizer_and_scheduler
@@ -167,7 +169,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--preset",
         choices=sorted(PRESETS),
         help="config values, training recipe and evaluation settings of weclip_hf.presets (RFM start: voc 9145, "
-        "coco 40000); a --dataset_name without --preset trains with the VOC schedule and config defaults; "
+        "coco 40000); a --dataset_name without --preset trains with the VOC recipe of the model type (voc, "
+        "voc-plus for WeCLIP+: --dino_model_name_or_path or a WeCLIP+ --model_name_or_path) and config defaults; "
         "without a dataset the toy preset runs on the offline toy world",
     )
     model.add_argument(
@@ -200,7 +203,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=int,
         help="step at which RFM switches on. Default: the preset's (voc 9145, where the official "
         "run's RFM really started; coco 40000), the toy recipe's 150, else the config default "
-        "15000 (the paper's) -- also for --dataset_name without --preset",
+        "15000 (the paper's; WeCLIP+'s 0) -- also for --dataset_name without --preset",
     )
     model.add_argument(
         "--cam_box_threshold",
@@ -233,7 +236,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     train = p.add_argument_group(
         "training",
         "a flag of the recipe left out takes the recipe's value: the toy recipe's without a dataset, else the "
-        "--preset's (voc without one)",
+        "--preset's (without one voc, voc-plus for a WeCLIP+ model)",
     )
     train.add_argument(
         "--output_dir",
@@ -410,7 +413,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         k for k in MODEL_FLAGS if getattr(args, k) is not None
     ]  # before the recipe fills
     offline = args.dataset_name is None and args.data_dir is None and args.dataset_path is None
-    args.recipe = "toy" if offline else (args.preset or "voc")
+    try:
+        args.recipe = recipe_name(args)  # WeCLIP+'s VOC recipe for a WeCLIP+ model without --preset
+    except (OSError, ValueError) as err:
+        p.error(str(err))
     args.rfm_start_source = rfm_start_source(args)
     preset = get_preset(args.recipe)
     defaults = preset.recipe()
@@ -638,6 +644,16 @@ def exit_status(metrics: dict) -> int:
     return 128 + signum if signum else 0
 
 
+def recipe_source(args: argparse.Namespace) -> str:
+    """Why the run follows its recipe (printed with the configuration)."""
+    if args.preset:
+        return f"--preset {args.preset}"
+    if args.recipe == "toy":
+        return "no dataset: the toy world's"
+    model = "WeCLIP+" if args.recipe == VOC_PRESET_OF_MODEL_TYPE["weclip_plus"] else "WeCLIP"
+    return f"no --preset: the VOC recipe of a {model} model, with the config defaults"
+
+
 def rfm_start_source(args: argparse.Namespace) -> str:
     """Where the RFM start step of this run comes from (printed with the configuration)."""
     if args.rfm_start_step is not None:
@@ -648,6 +664,10 @@ def rfm_start_source(args: argparse.Namespace) -> str:
         return "the toy recipe"
     if args.preset:
         return f"--preset {args.preset}"
+    if args.recipe == VOC_PRESET_OF_MODEL_TYPE["weclip_plus"]:
+        return (
+            "WeCLIP+'s config default: RFM+ from the first step, as the official code and --preset voc-plus"
+        )
     return "config default = the paper's 15000, as no --preset was given; --preset voc would use 9145"
 
 
@@ -1047,7 +1067,7 @@ def load_data_and_model(
     cfg = model.config
     image_processor = build_image_processor(args, cfg)
     accelerator.print(
-        f"recipe {args.recipe} (preset: {args.preset}), {cfg.num_foreground_classes} classes, "
+        f"recipe {args.recipe} ({recipe_source(args)}), {cfg.num_foreground_classes} classes, "
         f"{args.max_train_steps} steps of {args.per_device_train_batch_size} x "
         f"{accelerator.num_processes} images, lr {args.learning_rate}, RFM from step "
         f"{cfg.rfm_start_step} ({args.rfm_start_source}), on {accelerator.device}"

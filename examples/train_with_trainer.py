@@ -11,7 +11,8 @@ schedule) in Trainer's loop, every `TrainingArguments` flag on the command line,
 
 The arguments are this script's (`WeCLIPArguments`: data and model) and `TrainingArguments`, parsed by
 `HfArgumentParser` as transformers' run_semantic_segmentation.py. The `TrainingArguments` defaults are the recipe's
-(`recipe_defaults`: that of --preset, else the toy world's without a dataset, else VOC's): its batch, learning rate,
+(`recipe_defaults`: that of --preset, else the toy world's without a dataset, else VOC's: voc-plus for WeCLIP+,
+--dino_model_name_or_path): its batch, learning rate,
 weight decay, warm-up and steps, no gradient clipping (``max_grad_norm=0``, as the official code), and its
 evaluations and checkpoints at the same points of the schedule however long the run (--max_steps); a flag given
 replaces the recipe's value. `WeCLIPTrainer` (`weclip_hf.trainer`) is `Trainer` with WeCLIP's collator, the official
@@ -44,7 +45,6 @@ from weclip_hf.data.loading import (
     DataSource,
     evaluation_set,
     load_dataset_splits,
-    names_no_dataset,
     training_set,
 )
 from weclip_hf.data.toy import default_clip_model
@@ -63,6 +63,7 @@ from weclip_hf.script_arguments import (
     check_one_data_source,
     check_preset_fits_data,
     first_paragraph,
+    recipe_name,
 )
 from weclip_hf.trainer import RecordRunCallback, WeCLIPTrainer, trajectory_arguments
 
@@ -151,7 +152,7 @@ def parse_args(argv=None) -> tuple[WeCLIPArguments, TrainingArguments]:
 
     given, _ = parser(add_help=False).parse_known_args(argv)  # what the defaults depend on
     flags = {str(token).split("=")[0] for token in (sys.argv[1:] if argv is None else argv)}
-    recipe = get_preset(given.preset or ("toy" if names_no_dataset(given) else "voc")).training
+    recipe = get_preset(recipe_name(given)).training  # WeCLIP+'s VOC recipe with --dino_model_name_or_path
     max_steps = given.max_steps if given.max_steps > 0 else recipe.max_train_steps
     full = parser(description=first_paragraph(__doc__))
     if "--max_train_steps" in flags:
@@ -205,7 +206,7 @@ def main(argv=None) -> dict:
 
     # data and model
     source = dataclasses.replace(DataSource.from_args(args), seed=training_args.seed)
-    preset = get_preset(args.preset or ("toy" if source.toy else "voc"))  # the recipe of parse_args
+    preset = get_preset(recipe_name(args))  # the recipe of parse_args
     set_seed(training_args.seed)  # the decoder's initial weights
     train_raw, val_raw, names = load_dataset_splits(
         source, train_split=args.train_split, validation_split=args.validation_split, preset=args.preset

@@ -124,7 +124,8 @@ def test_evaluate_on_the_toy_world_without_preset_uses_the_toy_recipe():
         "crf": False,
     }
     local = evaluate_script.parse_args(["--model_name_or_path", "m", "--data_dir", "d"])
-    assert local.scales == [1.0, 0.75] and local.crf is False  # a local dataset: as before
+    assert local.crf is False  # a local dataset: as before
+    assert evaluate_script.resolved_scales(local, make_tiny_config()) == [1.0, 0.75]  # the model's
     voc = evaluate_script.parse_args(["--model_name_or_path", "m", "--preset", "voc"])
     assert (voc.eval_long_side, voc.scales, voc.crf) == (512, [1.0, 0.75], True)
 
@@ -157,7 +158,10 @@ def test_help_texts(capsys):
     assert "(voc/coco/voc-plus 4, toy/coco-plus 8)" in text  # --per_device_train_batch_size
     assert "(voc/coco/toy 0.002, voc-plus/coco-plus 0.0002)" in text  # --learning_rate
     assert "default: outputs/weclip-toy, also with a --preset or a dataset" in text
-    assert "the toy recipe's without a dataset, else the --preset's (voc without one)" in text
+    assert (
+        "the toy recipe's without a dataset, else the --preset's (without one voc, voc-plus for a WeCLIP+ model)"
+        in text
+    )
     assert first_paragraph("One\nline.\n\nMore.") == "One\nline."
 
 

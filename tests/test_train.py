@@ -621,7 +621,10 @@ def test_help_and_parsed_args_name_the_rfm_start(capsys):
     with pytest.raises(SystemExit):
         train_script.parse_args(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    assert "else the config default 15000 (the paper's) -- also for --dataset_name without" in help_text
+    assert (
+        "else the config default 15000 (the paper's; WeCLIP+'s 0) -- also for --dataset_name without"
+        in help_text
+    )
     args = train_script.parse_args(["--dataset_name", "some/voc-like"])
     assert args.recipe == "voc" and args.rfm_start_step is None
     assert args.rfm_start_source.startswith("config default = the paper's 15000, as no --preset was given")

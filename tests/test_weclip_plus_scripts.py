@@ -202,6 +202,59 @@ def test_voc_plus_preset_sets_the_weclip_plus_recipe(train_script):
     assert voc.learning_rate == 2e-3 and voc.msf_scales == [1.0, 0.75]
 
 
+def saved_config(folder: Path, model_type: str) -> str:
+    """A folder whose config.json names ``model_type`` (all train.py's parse_args reads of a saved model)."""
+    folder.mkdir()
+    (folder / "config.json").write_text(f'{{"model_type": "{model_type}"}}')
+    return str(folder)
+
+
+def test_weclip_plus_without_a_preset_trains_with_the_weclip_plus_voc_recipe(train_script, tmp_path):
+    """A WeCLIP+ on a dataset without --preset trained with WeCLIP's VOC recipe (lr 2e-3, 10x WeCLIP+'s; scales
+    1.0 0.75) and printed "RFM from step 0 (config default = the paper's 15000 ...)"."""
+    plus = saved_config(tmp_path / "plus", "weclip_plus")
+    for model in (["--dino_model_name_or_path", "x"], ["--model_name_or_path", plus]):
+        args = train_script.parse_args(["--data_dir", "d", *model])
+        assert args.recipe == "voc-plus" and (args.learning_rate, args.msf_scales) == (2e-4, [1.0, 1.5])
+        assert train_script.recipe_source(args) == (
+            "no --preset: the VOC recipe of a WeCLIP+ model, with the config defaults"
+        )
+    dino = train_script.parse_args(["--data_dir", "d", "--dino_model_name_or_path", "x"])
+    assert dino.rfm_start_source.startswith("WeCLIP+'s config default: RFM+ from the first step")
+    weclip = saved_config(tmp_path / "weclip", "weclip")
+    for model in ([], ["--model_name_or_path", weclip]):
+        args = train_script.parse_args(["--data_dir", "d", *model])
+        assert args.recipe == "voc" and (args.learning_rate, args.msf_scales) == (2e-3, [1.0, 0.75])
+    assert "the paper's 15000" in train_script.parse_args(["--data_dir", "d"]).rfm_start_source
+    toy = train_script.parse_args(["--dino_model_name_or_path", "x"])  # no dataset: the toy world's
+    assert toy.recipe == "toy"
+
+
+def test_weclip_plus_without_a_preset_takes_the_weclip_plus_voc_recipe_in_train_with_trainer(monkeypatch):
+    monkeypatch.syspath_prepend(str(TRAIN.parent))
+    parse_args = importlib.import_module("train_with_trainer").parse_args
+    _, plus = parse_args(["--data_dir", "d", "--dino_model_name_or_path", "x", "--output_dir", "o"])
+    _, weclip = parse_args(["--data_dir", "d", "--output_dir", "o"])
+    assert (plus.learning_rate, weclip.learning_rate) == (2e-4, 2e-3)
+
+
+def test_evaluate_without_a_preset_takes_the_scales_of_segment_py(monkeypatch):
+    """evaluate.py --msf without --preset scored a WeCLIP+ model at WeCLIP's scales 1.0 0.75, segment.py at 1.0 1.5."""
+    from conftest import make_tiny_config, make_tiny_plus_config
+
+    monkeypatch.syspath_prepend(str(TRAIN.parent))
+    segment = importlib.import_module("segment")
+    evaluate = load_evaluate_script()
+    args = evaluate.parse_args(["--model_name_or_path", "m", "--data_dir", "d", "--msf"])
+    plus, weclip = make_tiny_plus_config(), make_tiny_config()  # classes of no preset
+    assert evaluate.resolved_scales(args, plus) == segment.default_scales(plus) == [1.0, 1.5]
+    assert evaluate.resolved_scales(args, weclip) == segment.default_scales(weclip) == [1.0, 0.75]
+    given = evaluate.parse_args(["--model_name_or_path", "m", "--data_dir", "d", "--scales", "1", "2"])
+    assert evaluate.resolved_scales(given, plus) == [1.0, 2.0]
+    voc = evaluate.parse_args(["--model_name_or_path", "m", "--data_dir", "d", "--preset", "voc"])
+    assert evaluate.resolved_scales(voc, plus) == [1.0, 0.75]  # the preset named wins
+
+
 @pytest.mark.parametrize("script", ["train", "train_with_trainer"])
 def test_dino_with_a_weclip_preset_is_refused_before_loading_data(script, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(TRAIN.parent))

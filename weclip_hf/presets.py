@@ -282,6 +282,18 @@ def preset_of_config(config) -> Preset | None:
     return None
 
 
+# the preset whose recipe and evaluation settings a model of each type follows on a dataset without --preset: the
+# VOC recipe of WeCLIP / WeCLIP+ (a WeCLIP+ model trained with WeCLIP's would get 10x its learning rate)
+VOC_PRESET_OF_MODEL_TYPE = {"weclip": "voc", "weclip_plus": "voc-plus"}
+
+
+def evaluation_of_config(config) -> EvaluationSettings:
+    """The evaluation settings of the model of ``config``: those of the preset it was trained with
+    (`preset_of_config`), else of its model type's VOC preset (the recipe of a run without --preset)."""
+    preset = preset_of_config(config) or get_preset(VOC_PRESET_OF_MODEL_TYPE.get(config.model_type, "voc"))
+    return preset.evaluation
+
+
 def preset_config_kwargs(name: str | None) -> dict:
     """Config keyword arguments of the preset called ``name`` (none without a name)."""
     return get_preset(name).config_kwargs() if name else {}

@@ -8,11 +8,13 @@ import inspect
 import math
 from pathlib import Path
 
+from transformers import PretrainedConfig
+
 from .checkpointing import TRAINING_STATE_NAME
 from .configuration_weclip import WeCLIPConfig
 from .data.adapters import IMAGE_COLUMNS, MASK_COLUMNS
 from .data.loading import DATA_SOURCE_FLAGS, names_no_dataset
-from .presets import PRESETS, get_preset
+from .presets import PRESETS, VOC_PRESET_OF_MODEL_TYPE, get_preset
 
 # --help texts of flags several scripts share
 DATA_SOURCE_HELP = {
@@ -110,6 +112,28 @@ def check_dino_fits_preset(parser: argparse.ArgumentParser, args: argparse.Names
             f"--dino_model_name_or_path builds WeCLIP+, but --preset {args.preset} is a WeCLIP preset: use a "
             f"WeCLIP+ preset ({', '.join(plus)}), or leave out --preset."
         )
+
+
+def model_type_of_args(args: argparse.Namespace) -> str:
+    """The type of the model a training run trains: WeCLIP+ with ``--dino_model_name_or_path``, the saved
+    config's with ``--model_name_or_path`` (read before any data: it picks the recipe), else WeCLIP."""
+    if getattr(args, "dino_model_name_or_path", None):
+        return "weclip_plus"
+    source = getattr(args, "model_name_or_path", None)
+    if not source:
+        return "weclip"
+    check_model_folder(source)
+    return PretrainedConfig.get_config_dict(source)[0].get("model_type", "weclip")
+
+
+def recipe_name(args: argparse.Namespace) -> str:
+    """The preset whose training recipe a run follows: ``--preset``; without one the toy world's on no dataset,
+    else the VOC preset of the model type (`VOC_PRESET_OF_MODEL_TYPE`: WeCLIP+'s for a WeCLIP+ model)."""
+    if args.preset:
+        return args.preset
+    if names_no_dataset(args):
+        return "toy"
+    return VOC_PRESET_OF_MODEL_TYPE[model_type_of_args(args)]
 
 
 def _shown(value) -> str:
