@@ -11,7 +11,9 @@
 The input is any dataset `examples/train.py` accepts (the toy world by default, a Hub dataset, an imagefolder or
 a saved dataset; image-level labels as ids, multi-hot rows or class names, or taken from masks). The pseudo
 masks come from the CAMs of the frozen CLIP: with --model (a trained WeCLIP folder) refined with its RFM, else
-from a bare CLIP (--clip_model_name_or_path, through `WeCLIPForSemanticSegmentation.from_clip`) without it.
+from a bare CLIP (--clip_model_name_or_path, through `WeCLIPForSemanticSegmentation.from_clip`; WeCLIP presets
+only) without it. A trained WeCLIP+'s CAMs (--mode cam too) are weighted by its decoder's prediction (RFM+'s
+re-weighting), so they are not the frozen CLIP's alone.
 
 Output (--output_dir), an imagefolder that `datasets.load_dataset("imagefolder", data_dir=...)` and `train.py
 --data_dir` read: ``<split>/images/`` (the images, copied), ``<split>/masks/`` (palette PNGs whose values are the
@@ -130,7 +132,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--clip_model_name_or_path", help="a bare CLIP (default: the toy world's, else ViT-B/16)"
     )
     model.add_argument(
-        "--preset", choices=sorted(PRESETS), help="class names and CAM settings of a bare CLIP"
+        "--preset",
+        choices=sorted(PRESETS),
+        help="class names and CAM settings of a bare CLIP (a WeCLIP preset: WeCLIP+'s need --model), and the "
+        "dataset's splits",
     )
     model.add_argument("--class_names", nargs="+", help=CLASS_NAMES_HELP)
     model.add_argument(
@@ -159,6 +164,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.mode = args.mode or ("rfm" if args.model else "cam")
     if args.mode == "rfm" and not args.model:
         p.error("--mode rfm needs --model (a trained WeCLIP: the RFM uses its decoder)")
+    if not args.model and args.preset and get_preset(args.preset).model_type == "weclip_plus":
+        bare = ", ".join(sorted(name for name, preset in PRESETS.items() if preset.model_type == "weclip"))
+        p.error(
+            f"--preset {args.preset} is a WeCLIP+ preset, whose CAMs are weighted by a trained decoder (RFM+): "
+            f"give --model (a trained WeCLIP+ folder), or a WeCLIP preset ({bare}) for a bare CLIP."
+        )
     if args.model and (args.clip_model_name_or_path or args.class_names or args.background_names):
         p.error("--model fixes the CLIP and the class names: drop --clip_model_name_or_path / --class_names")
     return args

@@ -255,6 +255,25 @@ def test_evaluate_without_a_preset_takes_the_scales_of_segment_py(monkeypatch):
     assert evaluate.resolved_scales(voc, plus) == [1.0, 0.75]  # the preset named wins
 
 
+def test_a_weclip_plus_preset_for_a_bare_clip_is_refused(capsys):
+    """generate_pseudo_labels.py --preset voc-plus without --model failed in from_clip with a TypeError."""
+    spec = importlib.util.spec_from_file_location(
+        "weclip_pseudo_labels_script", ROOT / "examples" / "generate_pseudo_labels.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit):
+        script.parse_args(["--output_dir", "o", "--data_dir", "d", "--preset", "voc-plus"])
+    error = " ".join(capsys.readouterr().err.split())
+    assert (
+        "--preset voc-plus is a WeCLIP+ preset, whose CAMs are weighted by a trained decoder (RFM+)" in error
+    )
+    assert "give --model (a trained WeCLIP+ folder), or a WeCLIP preset (coco, toy, voc)" in error
+    assert script.parse_args(["--output_dir", "o", "--data_dir", "d", "--preset", "voc"]).preset == "voc"
+    with_model = ["--output_dir", "o", "--data_dir", "d", "--preset", "voc-plus", "--model", "m"]
+    assert script.parse_args(with_model).preset == "voc-plus"
+
+
 @pytest.mark.parametrize("script", ["train", "train_with_trainer"])
 def test_dino_with_a_weclip_preset_is_refused_before_loading_data(script, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(TRAIN.parent))
