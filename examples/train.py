@@ -100,6 +100,7 @@ from weclip_hf.script_arguments import (
     check_preset_fits_data,
     config_values,
     first_paragraph,
+    model_type_of_args,
     non_negative,
     positive_float,
     recipe_name,
@@ -231,6 +232,33 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--decoder_hidden_size", type=int, help=f"decoder width ({config_values('decoder_hidden_size')})"
     )
     model.add_argument("--decoder_dropout", type=float, help="Dropout2d after the feature fusion (0.1)")
+    plus = p.add_argument_group(
+        "WeCLIP+ model",
+        "WeCLIPPlusConfig fields (refused for a WeCLIP model); a flag left out takes the WeCLIP+ --preset's value, "
+        "else the config's; with --model_name_or_path, the saved config's",
+    )
+    plus.add_argument(
+        "--self_training_start_step",
+        type=non_negative,
+        help="first step at which confident prediction pixels overwrite the pseudo labels "
+        f"({config_values('self_training_start_step', '18001')}; beyond --max_train_steps: never)",
+    )
+    plus.add_argument(
+        "--self_training_threshold",
+        type=float,
+        help="softmax confidence above which self-training overwrites a pixel (0.75)",
+    )
+    plus.add_argument(
+        "--branch_logit_weights",
+        type=float,
+        nargs=2,
+        metavar=("W_CLIP", "W_DINO"),
+        help="the prediction's weights of the CLIP and DINOv2 branches' logits (0.5 0.5)",
+    )
+    plus.add_argument("--dice_loss_weight", type=float, help="weight of the Dice loss (1.0)")
+    plus.add_argument(
+        "--cross_branch_loss_weight", type=float, help="weight of each cross-branch CE term (0.1)"
+    )
     model.add_argument("--fully_supervised", action="store_true", help="train on the ground-truth masks")
     model.add_argument("--ignore_padding", action="store_true", help="crop padding -> ignore (not official)")
     train = p.add_argument_group(
@@ -410,11 +438,18 @@ def parse_args(argv=None) -> argparse.Namespace:
             "--msf_scales are the scales of the multi-scale evaluation, which --no_msf turns off: give one."
         )
     args.given_model_flags = [
-        k for k in MODEL_FLAGS if getattr(args, k) is not None
+        k for k in CONFIG_FLAGS if getattr(args, k) is not None
     ]  # before the recipe fills
     offline = args.dataset_name is None and args.data_dir is None and args.dataset_path is None
     try:
         args.recipe = recipe_name(args)  # WeCLIP+'s VOC recipe for a WeCLIP+ model without --preset
+        plus_flags = [k for k in PLUS_MODEL_FLAGS if k in args.given_model_flags]
+        if plus_flags and not trains_weclip_plus(args):
+            p.error(
+                f"--{plus_flags[0]} sets a WeCLIP+ config field, but this run trains WeCLIP: give "
+                "--dino_model_name_or_path, a WeCLIP+ --preset (voc-plus, coco-plus) or a WeCLIP+ "
+                f"--model_name_or_path, or leave out --{plus_flags[0]}."
+            )
     except (OSError, ValueError) as err:
         p.error(str(err))
     args.rfm_start_source = rfm_start_source(args)
@@ -458,6 +493,16 @@ MODEL_FLAGS = (
     "decoder_dropout",
 )
 WEIGHT_FLAGS = MODEL_FLAGS[:4]
+# flags that set WeCLIPPlusConfig fields (refused for a WeCLIP model); unlike MODEL_FLAGS they are compared as given
+# on a resume (not in RESOLVED_ARGS: checkpoints written before these flags record no values in effect for them)
+PLUS_MODEL_FLAGS = (
+    "self_training_start_step",
+    "self_training_threshold",
+    "branch_logit_weights",
+    "dice_loss_weight",
+    "cross_branch_loss_weight",
+)
+CONFIG_FLAGS = (*MODEL_FLAGS, *PLUS_MODEL_FLAGS)
 # the loss terms of the output (WeCLIP's two, then WeCLIP+'s, absent from WeCLIP's output) and their names in errors
 LOSS_TERMS = {
     "seg_loss": "segmentation",
@@ -644,6 +689,13 @@ def exit_status(metrics: dict) -> int:
     return 128 + signum if signum else 0
 
 
+def trains_weclip_plus(args: argparse.Namespace) -> bool:
+    """Whether the run trains WeCLIP+: a WeCLIP+ --preset, --dino_model_name_or_path or a WeCLIP+
+    --model_name_or_path."""
+    preset_plus = bool(args.preset) and get_preset(args.preset).model_type == "weclip_plus"
+    return preset_plus or model_type_of_args(args) == "weclip_plus"
+
+
 def recipe_source(args: argparse.Namespace) -> str:
     """Why the run follows its recipe (printed with the configuration)."""
     if args.preset:
@@ -747,7 +799,7 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
     plus = (get_preset(preset).model_type == "weclip_plus") if preset else False  # parse_args: --dino fits
     overrides = preset_config_kwargs(preset)
     overrides.update({k: v for k, v in names.items() if v is not None})
-    for key in MODEL_FLAGS:
+    for key in CONFIG_FLAGS:
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     if args.class_names:  # they name the classes now: the preset's display names were for its own

@@ -230,6 +230,57 @@ def test_weclip_plus_without_a_preset_trains_with_the_weclip_plus_voc_recipe(tra
     assert toy.recipe == "toy"
 
 
+PLUS_FLAGS = {
+    "self_training_start_step": 100,
+    "self_training_threshold": 0.9,
+    "branch_logit_weights": [0.25, 0.75],
+    "dice_loss_weight": 0.5,
+    "cross_branch_loss_weight": 0.2,
+}
+
+
+def test_weclip_plus_config_flags_set_the_config_and_are_refused_for_weclip(
+    train_script, tmp_path, monkeypatch, capsys
+):
+    from conftest import make_tiny_plus_config
+
+    flags = [
+        "--self_training_start_step",
+        "100",
+        "--self_training_threshold",
+        "0.9",
+        "--branch_logit_weights",
+    ]
+    flags += ["0.25", "0.75", "--dice_loss_weight", "0.5", "--cross_branch_loss_weight", "0.2"]
+    built = {}
+    monkeypatch.setattr(train_script, "model_from_backbones", lambda clip, dino, plus, **kw: built.update(kw))
+    train_script.build_model(
+        train_script.parse_args(["--data_dir", "d", "--dino_model_name_or_path", "x", *flags]), {}
+    )
+    assert {k: built[k] for k in PLUS_FLAGS} == PLUS_FLAGS
+    config = make_tiny_plus_config(**PLUS_FLAGS)  # values the config takes
+    assert {k: getattr(config, k) for k in PLUS_FLAGS} == PLUS_FLAGS
+
+    class Saved:  # the saved WeCLIP+ of --model_name_or_path: the flags are config overrides, as the others
+        @staticmethod
+        def from_pretrained(path, **overrides):
+            return overrides
+
+    monkeypatch.setattr(train_script, "AutoModelForSemanticSegmentation", Saved)
+    plus = saved_config(tmp_path / "plus", "weclip_plus")
+    args = train_script.parse_args(["--data_dir", "d", "--model_name_or_path", plus, *flags])
+    assert train_script.build_model(args, {}) == PLUS_FLAGS
+    weclip = saved_config(tmp_path / "weclip", "weclip")
+    for model in ([], ["--preset", "voc"], ["--model_name_or_path", weclip]):
+        with pytest.raises(SystemExit):
+            train_script.parse_args(["--data_dir", "d", *model, "--dice_loss_weight", "0.5"])
+        error = " ".join(capsys.readouterr().err.split())
+        assert "--dice_loss_weight sets a WeCLIP+ config field, but this run trains WeCLIP" in error
+    assert (
+        train_script.parse_args(["--data_dir", "d", "--preset", "voc-plus", *flags]).dice_loss_weight == 0.5
+    )
+
+
 def test_weclip_plus_without_a_preset_takes_the_weclip_plus_voc_recipe_in_train_with_trainer(monkeypatch):
     monkeypatch.syspath_prepend(str(TRAIN.parent))
     parse_args = importlib.import_module("train_with_trainer").parse_args
