@@ -133,7 +133,8 @@ def recipe_name(args: argparse.Namespace) -> str:
         return args.preset
     if names_no_dataset(args):
         return "toy"
-    return VOC_PRESET_OF_MODEL_TYPE[model_type_of_args(args)]
+    # another model type: WeCLIP's; loading the model then names the folder's type
+    return VOC_PRESET_OF_MODEL_TYPE.get(model_type_of_args(args), "voc")
 
 
 def _shown(value) -> str:
