@@ -76,6 +76,7 @@ from weclip_hf.hub import (
     split_model_metrics,
 )
 from weclip_hf.image_processing_weclip import processor_settings
+from weclip_hf.losses import LOSS_TERMS, present_losses
 from weclip_hf.metrics import per_class_iou
 from weclip_hf.model_loading import public_source_name
 from weclip_hf.modeling_weclip import WeCLIPSemanticSegmenterOutput
@@ -503,21 +504,8 @@ PLUS_MODEL_FLAGS = (
     "cross_branch_loss_weight",
 )
 CONFIG_FLAGS = (*MODEL_FLAGS, *PLUS_MODEL_FLAGS)
-# the loss terms of the output (WeCLIP's two, then WeCLIP+'s, absent from WeCLIP's output) and their names in errors
-LOSS_TERMS = {
-    "seg_loss": "segmentation",
-    "affinity_loss": "affinity",
-    "dice_loss": "Dice",
-    "clip_from_dino_loss": "CLIP-from-DINO cross-branch",
-    "dino_from_clip_loss": "DINO-from-CLIP cross-branch",
-}
 # the losses of the training log: the total and every term
 LOGGED_LOSSES = ("loss", *LOSS_TERMS)
-
-
-def present_losses(out, names) -> dict[str, torch.Tensor]:
-    """The losses of ``out`` among ``names`` that it has (WeCLIP's output lacks WeCLIP+'s terms), in that order."""
-    return {name: getattr(out, name) for name in names if getattr(out, name, None) is not None}
 
 
 def check_losses_finite(out, step: int, gather=None) -> None:

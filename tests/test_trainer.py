@@ -402,6 +402,21 @@ def test_weclip_trainer_builds_the_official_optimizer_and_schedule_from_the_argu
     assert trainer.data_collator == WeCLIPDataCollator()
 
 
+def test_weclip_trainer_logs_each_loss_term_beside_the_total(tmp_path):
+    """The Trainer's logs held the total loss only (train.py's log every term): each term's mean since the last
+    log is given, and with gradient accumulation they add up to the logged total as the loss weights say."""
+    model = toy_model()
+    trainer = weclip_trainer(model, tmp_path, max_steps=2, gradient_accumulation_steps=2, max_grad_norm=0.0)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 2
+    weight = model.config.affinity_loss_weight
+    for record in logged:
+        assert record["loss"] == pytest.approx(
+            record["seg_loss"] + weight * record["affinity_loss"], rel=1e-5
+        )
+
+
 def test_weclip_trainer_keeps_the_optimizer_and_schedule_that_are_asked_for(tmp_path):
     trainer = weclip_trainer(
         toy_model(), tmp_path, learning_rate=1e-3, max_steps=3, optim="sgd", lr_scheduler_type="constant"

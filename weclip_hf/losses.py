@@ -12,6 +12,22 @@ from .chunking import images_per_chunk
 from .patch_grid import grid_neighbourhood
 from .upsampling import upsample_bilinear_channels_last, upsample_bilinear_channels_last_adjoint
 
+# the loss terms of a model output (WeCLIP's two, then WeCLIP+'s, absent from WeCLIP's output) and their names in
+# messages; the training logs give each beside the total ``loss``
+LOSS_TERMS = {
+    "seg_loss": "segmentation",
+    "affinity_loss": "affinity",
+    "dice_loss": "Dice",
+    "clip_from_dino_loss": "CLIP-from-DINO cross-branch",
+    "dino_from_clip_loss": "DINO-from-CLIP cross-branch",
+}
+
+
+def present_losses(out, names) -> dict[str, torch.Tensor]:
+    """The losses of ``out`` among ``names`` that it has (WeCLIP's output lacks WeCLIP+'s terms), in that order."""
+    return {name: getattr(out, name) for name in names if getattr(out, name, None) is not None}
+
+
 if TYPE_CHECKING:
     from .configuration_weclip import WeCLIPConfig
 

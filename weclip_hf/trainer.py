@@ -21,6 +21,7 @@ from .checkpointing import TRAINING_ARGS_NAME
 from .data.loading import collate_by_size, process_subset
 from .evaluation import MIOU_NAMES, MODES, evaluate_segmentation, processor_input_size
 from .hub import card_repo_id, make_model_card, save_model_card, split_model_metrics
+from .losses import LOSS_TERMS, present_losses
 from .normalization import PixelNormalization
 from .presets import EvaluationSettings
 from .training import WeCLIPDataCollator, official_adamw, warmup_poly_factor
@@ -114,6 +115,8 @@ class WeCLIPTrainer(Trainer):
       whole run after ``warmup_steps`` of warm-up (`warmup_poly_factor`; `Trainer`'s decays from 1 at the warm-up's
       end). Another ``optim`` or ``lr_scheduler_type``, ``optimizer_cls_and_kwargs=`` or ``optimizers=`` (a given
       optimizer keeps `Trainer`'s schedule too) get `Trainer`'s own;
+    - its training logs give each loss term (``seg_loss``, ``affinity_loss``; WeCLIP+'s ``dice_loss`` and
+      cross-branch ones) beside ``loss``, as examples/train.py's do;
     - the model's step counter, which starts the RFM, counts optimizer steps also with gradient accumulation, and
       the training set's epoch (its crops) is right also in a run resumed mid-epoch (`TrainingSetEpochCallback`);
     - `evaluate` scores ``eval_dataset`` (`weclip_hf.data.loading.evaluation_set`: images with their masks at the
@@ -152,6 +155,9 @@ class WeCLIPTrainer(Trainer):
         self.eval_long_side = eval_long_side
         self.eval_scales = eval_scales
         self._optimizer_given = self.optimizer is not None
+        self._loss_terms: tuple[list[str], torch.Tensor, int] | None = (
+            None  # (names, sums, forwards) since a log
+        )
 
     def _check_unsupported_arguments(self) -> None:
         """Refuse, at once, what the arguments ask for that this trainer cannot do: label smoothing (WeCLIP's losses
@@ -214,6 +220,32 @@ class WeCLIPTrainer(Trainer):
         ``examples/train.py`` (the counter would otherwise count forwards)."""
         self.accelerator.unwrap_model(model).set_training_step(self.state.global_step)
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        """`Trainer.compute_loss`, summing the loss terms of training forwards (segmentation, affinity; WeCLIP+'s
+        Dice and cross-branch ones: `LOSS_TERMS`) for `log`, which gives their means beside ``loss``."""
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        terms = present_losses(outputs, LOSS_TERMS)
+        if model.training and terms:
+            values = torch.stack([t.detach().float() for t in terms.values()])
+            names, sums, count = self._loss_terms or (list(terms), torch.zeros_like(values), 0)
+            self._loss_terms = (names, sums + values, count + 1)
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """`Trainer.log`, a training log with the mean of each loss term since the last one (over every process)."""
+        if "loss" in logs and self._loss_terms is not None:
+            names, sums, count = self._loss_terms
+            means = self.accelerator.gather(sums / count).view(-1, len(names)).mean(dim=0)
+            logs = {**logs, **dict(zip(names, means.tolist()))}
+            self._loss_terms = None
+        super().log(logs, start_time)
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         """The official AdamW for ``optim`` AdamW, else `Trainer`'s optimizer."""
