@@ -107,7 +107,7 @@ from weclip_hf.script_arguments import (
     recipe_name,
     recipe_values,
 )
-from weclip_hf.training import WeCLIPDataCollator, create_optimizer_and_scheduler
+from weclip_hf.training import WeCLIPDataCollator, create_optimizer_and_scheduler, schedule_notes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -1134,36 +1134,6 @@ def load_data_and_model(
         class_names=list(zip(cfg.label_names, cfg.class_names)),
     )
     return model, image_processor, train_set, val_set
-
-
-def schedule_notes(cfg, counter: int, max_train_steps: int) -> list[str]:
-    """Notes on when the RFM (and WeCLIP+'s self-training) act in this run: the model switches them on by its own
-    step counter (``training_step``), which a model of ``--model_name_or_path`` brings from its training at
-    ``counter``; this run's step ``s`` is the model's step ``counter + s``."""
-    stages = (
-        ("the RFM", cfg.rfm_start_step, "--rfm_start_step, or --preset, sets it", "the pseudo labels are the CAMs'",
-         " metrics.json's pseudo_label_miou applies the RFM to the trained model all the same."),
-        ("WeCLIP+'s self-training", getattr(cfg, "self_training_start_step", None),
-         "config.self_training_start_step", "the prediction never overwrites the pseudo labels", ""),
-    )  # fmt: skip
-    origin = f" (the model of --model_name_or_path has trained {counter} steps)" if counter else ""
-    at = "model step" if counter else "step"
-    notes = []
-    for what, start, source, never, aside in stages:
-        if start is None:
-            continue
-        first = start - counter + 1  # this run's first step with it
-        if first > max_train_steps:
-            notes.append(
-                f"{what} starts at {at} {start}, after this run's {max_train_steps} steps{origin}: {never} "
-                f"throughout ({source}).{aside}"
-            )
-        elif counter:
-            when = "its first step" if first <= 1 else f"its step {first}"
-            notes.append(
-                f"{what} acts in this run from {when}: it starts at {at} {start} ({source}){origin}."
-            )
-    return notes
 
 
 def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:

@@ -66,6 +66,7 @@ from weclip_hf.script_arguments import (
     recipe_name,
 )
 from weclip_hf.trainer import RecordRunCallback, WeCLIPTrainer, trajectory_arguments
+from weclip_hf.training import schedule_notes
 
 
 def _flag(help: str, **metadata):
@@ -99,6 +100,9 @@ class WeCLIPArguments:
     class_names: list[str] | None = _flag(CLASS_NAMES_HELP)
     background_names: list[str] | None = _flag(
         "background words, one CLIP prompt each (default: the preset's, else VOC's 25)"
+    )
+    rfm_start_step: int | None = _flag(
+        "the training step from which the RFM refines the pseudo labels (default: the preset's, else the config's)"
     )
     clip_model_name_or_path: str | None = _flag("default: the toy CLIP for the toy world, else CLIP ViT-B/16")
     dino_model_name_or_path: str | None = _flag(
@@ -223,10 +227,15 @@ def main(argv=None) -> dict:
         config_kwargs.pop("label_names", None)
     given = {"class_names": args.class_names, "background_names": args.background_names}
     config_kwargs.update({k: v for k, v in given.items() if v})
+    if args.rfm_start_step is not None:
+        config_kwargs["rfm_start_step"] = args.rfm_start_step
     clip = args.clip_model_name_or_path or default_clip_model(toy=preset.name == "toy")
     plus = preset.model_type == "weclip_plus"
     model = model_from_backbones(clip, args.dino_model_name_or_path, plus, **config_kwargs)
     cfg = model.config
+    if training_args.max_steps > 0:  # when the RFM (and WeCLIP+'s self-training) act, if not in this run
+        for note in schedule_notes(cfg, 0, training_args.max_steps, "--rfm_start_step, or --preset, sets it"):
+            print(f"Note: {note}")
     processor = WeCLIPImageProcessor(
         size=processor_size(preset.evaluation.eval_long_side, preset.training.crop_size),
         **processor_settings(cfg),

@@ -205,12 +205,13 @@ def run_script(script, *argv) -> dict:
         torch.set_num_threads(before)
 
 
-def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch):
+def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch, capsys):
     """examples/train_with_trainer.py end to end, on a toy world of 16 + 4 images: a model the pipeline loads; the
-    TrainingArguments flags given reach Trainer."""
+    TrainingArguments flags given reach Trainer; a run too short for the RFM says so (it never acted, silently)."""
     script = trainer_script(monkeypatch)
     flags = ["--max_steps", 2, "--learning_rate", 1e-3, "--logging_steps", 1, "--save_total_limit", 1]
     results = run_script(script, "--output_dir", tmp_path, *flags)
+    assert "Note: the RFM starts at step 150, after this run's 2 steps" in capsys.readouterr().out
     scores = ("eval_miou", "eval_cam_miou", "eval_pseudo_label_miou")
     assert set(results) == {*scores, *speed_metrics("eval"), "epoch", "train_seconds"}
     assert all(0.0 <= results[k] <= 1.0 for k in scores)
@@ -254,6 +255,10 @@ def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch):
         run_script(script, *resume, "--max_steps", 6, "--seed", 3)
     assert "--max_steps 2 -> 6; --seed 0 -> 3." in str(refused.value)
     run_script(script, *resume, "--logging_steps", 7)
+    capsys.readouterr()
+    run_script(script, "--output_dir", tmp_path.parent / "rfm", *flags, "--rfm_start_step", 1)
+    assert "the RFM starts" not in capsys.readouterr().out  # it acts from the run's second step
+    assert json.loads((tmp_path.parent / "rfm" / "config.json").read_text())["rfm_start_step"] == 1
 
 
 def test_train_with_trainer_flags_replace_the_recipe_defaults(monkeypatch):

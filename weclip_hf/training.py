@@ -85,3 +85,36 @@ def official_adamw(
     return torch.optim.AdamW(
         params, lr=learning_rate, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused
     )
+
+
+def schedule_notes(
+    cfg, counter: int, max_train_steps: int, rfm_source: str = "--rfm_start_step, or --preset, sets it"
+) -> list[str]:
+    """Notes on when the RFM (and WeCLIP+'s self-training) act in a run of ``max_train_steps``: the model switches
+    them on by its own step counter (``training_step``), which a model of ``--model_name_or_path`` brings from its
+    training at ``counter``; the run's step ``s`` is the model's step ``counter + s``. ``rfm_source``: what sets
+    the RFM's start in the calling script."""
+    stages = (
+        ("the RFM", cfg.rfm_start_step, rfm_source, "the pseudo labels are the CAMs'",
+         " metrics.json's pseudo_label_miou applies the RFM to the trained model all the same."),
+        ("WeCLIP+'s self-training", getattr(cfg, "self_training_start_step", None),
+         "config.self_training_start_step", "the prediction never overwrites the pseudo labels", ""),
+    )  # fmt: skip
+    origin = f" (the model of --model_name_or_path has trained {counter} steps)" if counter else ""
+    at = "model step" if counter else "step"
+    notes = []
+    for what, start, source, never, aside in stages:
+        if start is None:
+            continue
+        first = start - counter + 1  # this run's first step with it
+        if first > max_train_steps:
+            notes.append(
+                f"{what} starts at {at} {start}, after this run's {max_train_steps} steps{origin}: {never} "
+                f"throughout ({source}).{aside}"
+            )
+        elif counter:
+            when = "its first step" if first <= 1 else f"its step {first}"
+            notes.append(
+                f"{what} acts in this run from {when}: it starts at {at} {start} ({source}){origin}."
+            )
+    return notes
