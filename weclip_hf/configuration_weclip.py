@@ -130,14 +130,19 @@ def _repeated(names: list[str], key: Callable[[str], str]) -> list[str]:
     return [" / ".join(map(repr, sorted(set(s)))) for s in spellings.values() if len(s) > 1]
 
 
-def _check_distinct(field: str, names: list[str], noun: str, where: str = "", prompts: bool = True) -> None:
+def _check_distinct(
+    field: str, names: list[str], noun: str, where: str = "", prompts: bool = True, warn_repeats: bool = False
+) -> None:
     """Refuse an empty name or names that read as one, naming them: as CLIP's tokenizer reads them (`_name_key`:
     'Cat' and 'cat' are one prompt) for prompt names, exactly for display names (``prompts=False``: label2id's
-    keys)."""
+    keys). ``warn_repeats``: repeats only warn (background words: one prompt twice is harmless, and saved models
+    hold such lists)."""
     if not all(_name_key(n) for n in names):
         raise ValueError(f"{field} must not hold an empty name, got {names!r}.")
     repeated = _repeated(names, _name_key if prompts else str)
-    if repeated:
+    if repeated and warn_repeats:
+        logger.warning_once(f"{field} repeats {', '.join(repeated)}: each is one prompt.")
+    elif repeated:
         how = (
             " (names are compared as CLIP's tokenizer reads them: case and extra spaces ignored)"
             if prompts
@@ -160,14 +165,7 @@ def _name_list(field: str, names, noun: str) -> list[str]:
         raise ValueError(f"{field} must hold at most {MAX_CLASSES} names, got {len(names)}.")
     if not all(isinstance(n, str) for n in names):
         raise ValueError(f"{field} must be a list of strings, got {names!r}.")
-    if field != "background_names":
-        _check_distinct(field, names, noun)
-    elif not all(_name_key(n) for n in names):
-        raise ValueError(f"{field} must not hold an empty name, got {names!r}.")
-    elif _repeated(
-        names, _name_key
-    ):  # a warning: harmless (one prompt twice), and saved models hold such lists
-        logger.warning_once(f"{field} repeats {', '.join(_repeated(names, _name_key))}: each is one prompt.")
+    _check_distinct(field, names, noun, warn_repeats=field == "background_names")
     return names
 
 
@@ -179,8 +177,9 @@ def _check_label_names(field: str, labels: list[str]) -> None:
 
 
 def _check_ignore_index(ignore_index: int, num_classes: int) -> None:
-    """Refuse an ignore index that is a label id (0: the background, 1..C: the classes): those pixels would be
-    left out of the loss and the scores."""
+    """Refuse an ignore index that is no int32 or is a label id (0: the background, 1..C: the classes): those
+    pixels would be left out of the loss and the scores."""
+    _check_int("semantic_loss_ignore_index", ignore_index, -(2**31), 2**31 - 1)
     if 0 <= ignore_index <= num_classes:
         fix = "255" if num_classes < 255 else "-100"
         raise ValueError(
@@ -309,7 +308,8 @@ def _check_dilations(name: str, dilations) -> None:
 
 
 # A check of one field: (config, field name, value). The bounds read nothing of the config but the CLIP depth
-# (fixed under a built model), so each field is checked when set on a built config as in its constructor.
+# (fixed under a built model) and the class count (whose setter checks the ignore index again), so each field is
+# checked when set on a built config as in its constructor.
 FieldCheck = Callable[[Any, str, Any], None]
 
 # Every field checked alone, by the constructor and when set on a built config (``model.config.x = v``, as
@@ -331,7 +331,7 @@ WECLIP_FIELD_CHECKS: dict[str, FieldCheck] = {
     "affinity_radius": lambda c, n, v: _check_int(n, v, 1, 1024),
     "affinity_loss_weight": lambda c, n, v: _check_number(n, v, 0.0, 1e6),
     "rfm_start_step": lambda c, n, v: _check_int(n, v, 0, 10**12),
-    "semantic_loss_ignore_index": lambda c, n, v: _check_int(n, v, -(2**31), 2**31 - 1),
+    "semantic_loss_ignore_index": lambda c, n, v: _check_ignore_index(v, len(c.class_names)),
     "initializer_range": lambda c, n, v: _check_number(n, v, 0.0, 10.0),
     "prompt_template": lambda c, n, v: check_prompt_template(v),
     "cam_box_threshold": lambda c, n, v: _check_number(n, v, 0.0, 1.0, low_open=True, high_open=True),
@@ -478,7 +478,7 @@ class WeCLIPConfig(PreTrainedConfig):
     def _check_fields(self) -> None:
         """Refuse a field outside its range or fields that do not fit each other, naming them: the CLIP towers,
         each field alone (`field_checks`) and the decoder's width against its heads (the class and background
-        names are checked as the constructor reads them), and the ignore index against the label ids."""
+        names are checked as the constructor reads them)."""
         _check_clip_towers(self.vision_config, self.text_config)
         for name, check in self.field_checks.items():
             check(self, name, getattr(self, name))
@@ -487,7 +487,6 @@ class WeCLIPConfig(PreTrainedConfig):
                 f"decoder_hidden_size ({self.decoder_hidden_size}) must be divisible by decoder_num_heads "
                 f"({self.decoder_num_heads})."
             )
-        _check_ignore_index(self.semantic_loss_ignore_index, len(self.class_names))
 
     def validate(self) -> None:
         """transformers' save-time check, extended: refuse to write a config.json that would not load again, i.e.
@@ -517,8 +516,6 @@ class WeCLIPConfig(PreTrainedConfig):
         built = "id2label" in self.__dict__
         if built and key in self.field_checks:
             self.field_checks[key](self, key, value)
-        if built and key == "semantic_loss_ignore_index":
-            _check_ignore_index(value, len(self.class_names))
         if key == "class_names" and built and value != self.class_names:
             value = _name_list(key, value, "class")
             _check_ignore_index(self.semantic_loss_ignore_index, len(value))

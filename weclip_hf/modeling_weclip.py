@@ -130,6 +130,11 @@ def _placeholder_text_embeds(config: WeCLIPConfig) -> tuple[torch.Tensor, torch.
     return F.normalize(embeds, dim=-1).split(sizes)
 
 
+def _config_prompts(config: WeCLIPConfig) -> dict[str, list[str]]:
+    """The prompts ``config``'s class names, background words and template give (`text_prompts`)."""
+    return text_prompts(config.class_names, config.background_names, config.prompt_template)
+
+
 def _prompts_changed(encoded: dict[str, list[str]], prompts: dict[str, list[str]]) -> str:
     """What differs between the prompts the text embeddings encode and those a config gives, for messages."""
     return "; ".join(
@@ -317,9 +322,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         self._step_mirror: tuple[torch.Tensor, int | None, int] | None = None
         # what class_text_embeds / background_text_embeds encode (`_check_classes`): placeholders until
         # update_class_embeddings computes them or they are loaded
-        self._encoded_prompts = text_prompts(
-            config.class_names, config.background_names, config.prompt_template
-        )
+        self._encoded_prompts = _config_prompts(config)
         self._placeholder_text_embeds = True
         self.register_load_state_dict_post_hook(_text_embeds_loaded)
         self.decoder = WeCLIPDecoder(config)
@@ -406,7 +409,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         (refused when its names no longer give them: config.json edited by hand), else (a config of before) those
         its names give; ``{}`` records placeholders (saved before they were ever computed), which stay so."""
         config = self.config
-        prompts = text_prompts(config.class_names, config.background_names, config.prompt_template)
+        prompts = _config_prompts(config)
         recorded = config.encoded_prompts
         if recorded == {}:
             return
@@ -684,7 +687,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         (``model.config.class_names = ...``): its text embeddings and classifier are still for the old ones. With
         ``weak_labels`` (CAMs to be made), warn once when the text embeddings are still placeholders."""
         config, encoded = self.config, self._encoded_prompts
-        prompts = text_prompts(config.class_names, config.background_names, config.prompt_template)
+        prompts = _config_prompts(config)
         names, classes = list(config.class_names), self.decoder.classifier.out_channels - 1
         if prompts != encoded or self.class_text_embeds.shape[0] != len(names) or classes != len(names):
             raise ValueError(

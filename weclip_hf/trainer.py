@@ -155,9 +155,8 @@ class WeCLIPTrainer(Trainer):
         self.eval_long_side = eval_long_side
         self.eval_scales = eval_scales
         self._optimizer_given = self.optimizer is not None
-        self._loss_terms: tuple[list[str], torch.Tensor, int] | None = (
-            None  # (names, sums, forwards) since a log
-        )
+        # the loss terms of the training forwards since the last log: (names, sums, forwards)
+        self._loss_terms: tuple[list[str], torch.Tensor, int] | None = None
 
     def _check_unsupported_arguments(self) -> None:
         """Refuse, at once, what the arguments ask for that this trainer cannot do: label smoothing (WeCLIP's losses
