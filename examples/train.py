@@ -44,7 +44,7 @@ from weclip_hf.checkpointing import (
     differences,
     find_checkpoint,
     load_checkpoint,
-    lock_output_dir,
+    output_dir_held,
     read_training_state,
     remove_previous_run,
     resumes_in_place,
@@ -1082,12 +1082,10 @@ def main(argv=None) -> dict:
             "normalized per batch by pixels its forward labels): drop --gradient_accumulation_steps and give a "
             "larger --per_device_train_batch_size or more processes (one global batch, exactly)."
         )
-    lock = lock_output_dir(Path(args.output_dir)) if accelerator.is_main_process else None
-    try:
+    if not accelerator.is_main_process:
         return train(args, accelerator)
-    finally:
-        if lock is not None:
-            lock.close()
+    with output_dir_held(Path(args.output_dir)):
+        return train(args, accelerator)
 
 
 def load_data_and_model(

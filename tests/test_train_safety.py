@@ -12,6 +12,8 @@ import time
 import pytest
 from conftest import FAST, TRAIN, evaluate_module, train_in_process
 
+from weclip_hf.checkpointing import lock_output_dir
+
 SHORT = [
     *FAST,
     "--num_overlays",
@@ -35,7 +37,7 @@ def train():
 
 def test_a_second_run_on_a_locked_output_dir_is_refused_at_start(tmp_path, tiny_clip, train):
     out = tmp_path / "run"
-    held = train.lock_output_dir(out)  # another run holds the folder
+    held = lock_output_dir(out)  # another run holds the folder
     try:
         with pytest.raises(
             RuntimeError, match=f"{out}.*in use by another training run \\(pid {os.getpid()}\\)"
@@ -48,6 +50,32 @@ def test_a_second_run_on_a_locked_output_dir_is_refused_at_start(tmp_path, tiny_
         "--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), *SHORT
     )  # released: runs
     assert (out / "model.safetensors").exists()
+
+
+def test_a_run_refused_after_locking_its_new_output_dir_leaves_no_folder(tmp_path, tiny_clip):
+    out = tmp_path / "run"
+    with pytest.raises(Exception, match="checkpoint"):
+        train_in_process(
+            "--clip_model_name_or_path",
+            tiny_clip,
+            "--output_dir",
+            str(out),
+            "--resume_from_checkpoint",
+            "latest",
+        )
+    assert not out.exists()
+    kept = tmp_path / "kept"  # a folder of the user's own is never removed, however empty
+    kept.mkdir()
+    with pytest.raises(Exception, match="checkpoint"):
+        train_in_process(
+            "--clip_model_name_or_path",
+            tiny_clip,
+            "--output_dir",
+            str(kept),
+            "--resume_from_checkpoint",
+            "latest",
+        )
+    assert kept.is_dir()
 
 
 def test_an_unwritable_output_dir_is_found_before_training(tmp_path, tiny_clip, train):

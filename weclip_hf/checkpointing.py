@@ -11,7 +11,7 @@ Checkpoints are written to ``step_N.tmp`` and renamed, so a crash never leaves a
 ``latest`` still checks each candidate and falls back past a damaged one, naming it.
 
 The run's folder (``--output_dir`` of examples/train.py, whose flags the messages name) is held by one run at a
-time (`lock_output_dir`), kept from mixing a fresh run with an old one's checkpoints (`claim_output_dir`, `remove_previous_run`), and
+time (`lock_output_dir`, `output_dir_held`), kept from mixing a fresh run with an old one's checkpoints (`claim_output_dir`, `remove_previous_run`), and
 its log cut back to the step a resumed run starts from (`truncate_log`).
 """
 
@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import zipfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -292,6 +293,21 @@ def lock_output_dir(output_dir: Path):
     lock.write(f"pid {os.getpid()}")
     lock.flush()
     return lock
+
+
+@contextmanager
+def output_dir_held(output_dir: Path):
+    """`lock_output_dir` for the block; a folder the block created and left holding nothing but its lock (a
+    run refused by a later check, or failing before it wrote anything) is removed on leaving, so that a
+    mistyped flag leaves no empty run folder behind."""
+    created = not output_dir.exists()
+    lock = lock_output_dir(output_dir)
+    try:
+        yield
+    finally:
+        lock.close()
+        if created and [p.name for p in output_dir.iterdir()] == [".lock"]:
+            shutil.rmtree(output_dir, ignore_errors=True)
 
 
 # what a finished run of examples/train.py leaves in its output folder besides its step_N checkpoints
