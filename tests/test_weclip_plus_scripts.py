@@ -373,3 +373,33 @@ def test_a_fresh_model_is_weclip_plus_when_a_dino_is_given(tiny_clip, tiny_dino,
         default.dino_branch.backbone.state_dict()["embeddings.cls_token"],
         plus.dino_branch.backbone.state_dict()["embeddings.cls_token"],
     )
+
+
+def test_weclip_trainer_logs_weclip_plus_loss_terms_that_add_up_to_the_total(tiny_clip, tiny_dino, tmp_path):
+    """The Trainer's logs give WeCLIP+'s Dice and cross-branch terms beside WeCLIP's, from the first step with
+    self-training on, and with gradient accumulation their weighted sum is the logged total."""
+    from test_trainer import weclip_trainer
+
+    from weclip_hf.modeling_weclip_plus import model_from_backbones
+    from weclip_hf.presets import PRESETS
+
+    torch.manual_seed(0)
+    names = {k: PRESETS["toy"].config[k] for k in ("class_names", "background_names")}
+    small = dict(decoder_hidden_size=32, decoder_num_layers=1, decoder_num_heads=2, par_num_iter=2)
+    model = model_from_backbones(
+        tiny_clip, str(tiny_dino), **names, **small, self_training_start_step=0, dice_loss_weight=0.5
+    )
+    trainer = weclip_trainer(model, tmp_path, max_steps=2, gradient_accumulation_steps=2, max_grad_norm=0.0)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 2
+    cfg = model.config
+    for record in logged:
+        expected = (
+            record["seg_loss"]
+            + cfg.affinity_loss_weight * record["affinity_loss"]
+            + cfg.cross_branch_loss_weight * (record["clip_from_dino_loss"] + record["dino_from_clip_loss"])
+            + cfg.dice_loss_weight * record["dice_loss"]
+        )
+        assert record["dice_loss"] > 0 and record["clip_from_dino_loss"] > 0
+        assert record["loss"] == pytest.approx(expected, rel=1e-5)
