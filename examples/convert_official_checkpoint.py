@@ -40,7 +40,12 @@ from huggingface_hub import ModelCard
 from weclip_hf import WeCLIPImageProcessor
 from weclip_hf.batch_jobs import sha256_of
 from weclip_hf.configuration_weclip_plus import DINO_VARIANTS
-from weclip_hf.conversion import OFFICIAL_PRESETS, convert_official_checkpoint, dino_variant_name
+from weclip_hf.conversion import (
+    OFFICIAL_PRESETS,
+    convert_official_checkpoint,
+    dino_variant_name,
+    is_official_clip,
+)
 from weclip_hf.hub import METHODS, card_repo_id, make_model_card, publish_folder, save_model_card
 from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.model_loading import public_source_name
@@ -163,6 +168,14 @@ def dino_hub_id(config) -> str | None:
     return DINO_VARIANTS[variant].hub_id if variant else None
 
 
+def clip_hub_id(args: argparse.Namespace, config) -> str | None:
+    """The CLIP a card names as base model: --clip (a local folder is left unnamed, as train.py's cards do), else
+    the official one when the checkpoint's own CLIP has its sizes; None for a CLIP of another shape."""
+    if args.clip:
+        return args.clip
+    return CLIP_MODEL if is_official_clip(config.vision_config) else None
+
+
 def build_model_card(args: argparse.Namespace, model, checkpoint_sha256: str) -> ModelCard:
     """The model card (`weclip_hf.hub.make_model_card`), its source section saying where the weights came
     from: the checkpoint and its hash, the CLIP weights, the text embeddings, the preset and the conversion."""
@@ -190,8 +203,7 @@ transformers format with `examples/convert_official_checkpoint.py`.
         model.config,
         model_name=repo_id.split("/")[-1],
         source=source,
-        # the CLIP used: --clip (a local folder is left unnamed, as train.py's cards do), else the official one
-        base_model=[args.clip or CLIP_MODEL, dino_hub_id(model.config)],
+        base_model=[clip_hub_id(args, model.config), dino_hub_id(model.config)],
         repo_id=repo_id,
         tags=[args.preset],
         license=None,  # the official weights' license, not this package's

@@ -749,6 +749,8 @@ def test_script_writes_a_loadable_folder(tmp_path, real_vocab_checkpoint):
         and "`voc`" in card
         and "image-segmentation" in card
     )
+    # the checkpoint's own CLIP is tiny: not the official ViT-B/16, which the card named as its base model
+    assert "openai/clip-vit-base-patch16" not in card and "base_model" not in card
 
 
 def test_script_push_to_hub_uses_the_hub_api(tmp_path, real_vocab_checkpoint):
@@ -1263,3 +1265,13 @@ def test_weclip_plus_with_clip_from_a_transformers_folder(official_plus, clip_fo
         assert all(
             torch.equal(state[k], v) for k, v in expected.items() if k.startswith(("dino_", "decoder."))
         )
+
+
+def test_only_a_clip_of_the_official_sizes_is_named_as_the_official_clip():
+    from transformers import CLIPVisionConfig
+
+    from weclip_hf.conversion import is_official_clip
+
+    assert is_official_clip(CLIPVisionConfig(patch_size=16))  # OpenAI's ViT-B/16
+    assert not is_official_clip(CLIPVisionConfig())  # ViT-B/32
+    assert not is_official_clip(CLIPVisionConfig(patch_size=16, hidden_size=1024, num_hidden_layers=24))

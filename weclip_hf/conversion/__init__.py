@@ -21,6 +21,7 @@ from .config_inference import (
     infer_config_from_official,
     infer_decoder_kwargs,
     infer_dino_config,
+    is_official_clip,
 )
 from .convert_weclip import convert_official_checkpoint, official_to_weclip, weclip_to_official
 from .key_renaming import KeyTable, Rename
@@ -62,6 +63,7 @@ __all__ = [
     "infer_config_from_official",
     "infer_decoder_kwargs",
     "infer_dino_config",
+    "is_official_clip",
     "load_official_checkpoint",
     "official_to_decoder",
     "official_to_dino",

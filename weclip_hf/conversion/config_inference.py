@@ -195,6 +195,18 @@ def dino_variant_name(dino_config: Dinov2Config | Dinov2WithRegistersConfig) -> 
     return None
 
 
+# the image tower of `CLIP_MODEL` (OpenAI's ViT-B/16), which the official checkpoints hold
+OFFICIAL_CLIP_VISION = dict(
+    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, patch_size=16, image_size=224
+)
+
+
+def is_official_clip(vision_config) -> bool:
+    """Whether a CLIP vision config has the sizes of `CLIP_MODEL`'s (a checkpoint's own CLIP of another shape
+    is not that model, whatever its training)."""
+    return all(getattr(vision_config, k) == v for k, v in OFFICIAL_CLIP_VISION.items())
+
+
 def check_checkpoint_method(state_dict: dict[str, torch.Tensor], model_type: str, chosen_by: str) -> None:
     """Refuse an official checkpoint of another method than ``model_type`` (``"weclip"`` / ``"weclip_plus"``),
     naming the presets that fit it; ``chosen_by`` says what asked for ``model_type`` (e.g. ``"preset 'voc'"``).
