@@ -1274,4 +1274,6 @@ def test_only_a_clip_of_the_official_sizes_is_named_as_the_official_clip():
 
     assert is_official_clip(CLIPVisionConfig(patch_size=16))  # OpenAI's ViT-B/16
     assert not is_official_clip(CLIPVisionConfig())  # ViT-B/32
-    assert not is_official_clip(CLIPVisionConfig(patch_size=16, hidden_size=1024, num_hidden_layers=24))
+    assert not is_official_clip(
+        CLIPVisionConfig(patch_size=16, hidden_size=1024, num_attention_heads=16, num_hidden_layers=24)
+    )
