@@ -39,7 +39,7 @@ from accelerate import PartialState
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from weclip_hf import WeCLIPImageProcessor
+from weclip_hf import WeCLIPConfig, WeCLIPImageProcessor, WeCLIPPlusConfig
 from weclip_hf.checkpointing import check_unchanged, claim_output_dir, comparable_path, remove_previous_run
 from weclip_hf.data.loading import (
     DataSource,
@@ -55,6 +55,7 @@ from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, TrainingRecipe, get_preset, preset_config_kwargs, processor_size
 from weclip_hf.script_arguments import (
     CLASS_NAMES_HELP,
+    CONFIG_OVERRIDES_HELP,
     DATA_SOURCE_HELP,
     DATASET_CONFIG_HELP,
     IMAGE_COLUMN_HELP,
@@ -63,7 +64,9 @@ from weclip_hf.script_arguments import (
     check_one_data_source,
     check_preset_fits_data,
     first_paragraph,
+    parse_config_overrides,
     recipe_name,
+    recipe_values,
 )
 from weclip_hf.trainer import RecordRunCallback, WeCLIPTrainer, trajectory_arguments
 from weclip_hf.training import schedule_notes
@@ -104,6 +107,10 @@ class WeCLIPArguments:
     rfm_start_step: int | None = _flag(
         "the training step from which the RFM refines the pseudo labels (default: the preset's, else the config's)"
     )
+    crop_size: int | None = _flag(
+        f"side of the square training crops (default: the recipe's: {recipe_values('crop_size')})"
+    )
+    config_overrides: str | None = _flag(CONFIG_OVERRIDES_HELP)
     clip_model_name_or_path: str | None = _flag("default: the toy CLIP for the toy world, else CLIP ViT-B/16")
     dino_model_name_or_path: str | None = _flag(
         "WeCLIP+ on this DINOv2 (default for a WeCLIP+ preset: facebook/dinov2-small)"
@@ -171,7 +178,20 @@ def parse_args(argv=None) -> tuple[WeCLIPArguments, TrainingArguments]:
     check_one_data_source(full, args)
     check_dino_fits_preset(full, args)
     check_preset_fits_data(full, args)
+    if args.crop_size is not None and args.crop_size < 1:
+        full.error(f"--crop_size must be >= 1, got {args.crop_size}.")
+    if args.config_overrides:
+        try:
+            parse_config_overrides(args.config_overrides, config_class(args))
+        except ValueError as error:
+            full.error(str(error))
     return args, training_args
+
+
+def config_class(args: WeCLIPArguments) -> type[WeCLIPConfig]:
+    """The config class of the run's model: WeCLIP+'s with a DINOv2 or a WeCLIP+ preset (`model_from_backbones`)."""
+    plus = args.dino_model_name_or_path or get_preset(recipe_name(args)).model_type == "weclip_plus"
+    return WeCLIPPlusConfig if plus else WeCLIPConfig
 
 
 def trajectory(args: WeCLIPArguments, training_args: TrainingArguments) -> dict:
@@ -229,6 +249,8 @@ def main(argv=None) -> dict:
     config_kwargs.update({k: v for k, v in given.items() if v})
     if args.rfm_start_step is not None:
         config_kwargs["rfm_start_step"] = args.rfm_start_step
+    if args.config_overrides:
+        config_kwargs.update(parse_config_overrides(args.config_overrides, config_class(args)))
     clip = args.clip_model_name_or_path or default_clip_model(toy=preset.name == "toy")
     plus = preset.model_type == "weclip_plus"
     model = model_from_backbones(clip, args.dino_model_name_or_path, plus, **config_kwargs)
@@ -236,8 +258,11 @@ def main(argv=None) -> dict:
     if training_args.max_steps > 0:  # when the RFM (and WeCLIP+'s self-training) act, if not in this run
         for note in schedule_notes(cfg, 0, training_args.max_steps, "--rfm_start_step, or --preset, sets it"):
             print(f"Note: {note}")
+    recipe = preset.training
+    if args.crop_size is not None:
+        recipe = dataclasses.replace(recipe, crop_size=args.crop_size)
     processor = WeCLIPImageProcessor(
-        size=processor_size(preset.evaluation.eval_long_side, preset.training.crop_size),
+        size=processor_size(preset.evaluation.eval_long_side, recipe.crop_size),
         **processor_settings(cfg),
     )
     normalization = PixelNormalization.from_image_processor(processor)
@@ -249,7 +274,6 @@ def main(argv=None) -> dict:
         class_names=list(zip(cfg.label_names, cfg.class_names)),
         labelling=training_args.main_process_first,  # one process reads the images for the labels
     )
-    recipe = preset.training
     augment = TrainAugmentation(
         recipe.crop_size, (recipe.scale_min, recipe.scale_max), normalization=normalization
     )

@@ -303,6 +303,42 @@ def test_train_with_trainer_flags_replace_the_recipe_defaults(monkeypatch):
         script.parse_args(["--max_train_steps", "10"])
 
 
+def test_train_with_trainer_sets_config_fields_and_the_crop_that_no_other_flag_sets(
+    tmp_path, monkeypatch, capsys
+):
+    """--config_overrides (transformers' example scripts' flag) sets any config field, --crop_size the training
+    crops (and the saved processor's size on the toy world); a misspelt field is refused at parsing."""
+    script = trainer_script(monkeypatch)
+    overrides = "attention_num_maps=3,par_dilations=[1,2],decoder_dropout=0.0"
+    flags = ["--max_steps", 1, "--save_strategy", "no", "--validation_split", "none", "--eval_strategy", "no"]
+    run_script(script, "--output_dir", tmp_path, *flags, "--config_overrides", overrides, "--crop_size", 64)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["attention_num_maps"], config["par_dilations"], config["decoder_dropout"]) == (
+        3,
+        [1, 2],
+        0.0,
+    )
+    assert WeCLIPImageProcessor.from_pretrained(tmp_path).size == {"height": 64, "width": 64}
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        script.parse_args(["--config_overrides", "atention_num_maps=3"])
+    assert (
+        "WeCLIPConfig has no field 'atention_num_maps' (did you mean attention_num_maps"
+        in capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        script.parse_args(["--config_overrides", "attention_num_maps"])
+    assert "expected field=value pairs" in capsys.readouterr().err
+    plus = script.parse_args(
+        ["--dino_model_name_or_path", "d", "--config_overrides", "dice_loss_weight=0.5"]
+    )[0]
+    assert script.parse_config_overrides(plus.config_overrides, script.config_class(plus)) == {
+        "dice_loss_weight": 0.5
+    }
+    with pytest.raises(SystemExit):  # a WeCLIP+ field for a WeCLIP run
+        script.parse_args(["--config_overrides", "dice_loss_weight=0.5"])
+
+
 def test_train_with_trainer_refuses_evaluation_without_a_validation_split(tmp_path, monkeypatch):
     script = trainer_script(monkeypatch)
     argv = [

@@ -4,8 +4,11 @@ mutually exclusive data-source flags, and the check that --model_name_or_path na
 from __future__ import annotations
 
 import argparse
+import difflib
 import inspect
+import json
 import math
+import re
 from pathlib import Path
 
 from transformers import PretrainedConfig
@@ -29,6 +32,44 @@ CLASS_NAMES_HELP = (
     "the foreground classes, one CLIP prompt name each; they are also the display names (config.id2label), "
     "replacing a preset's (edit id2label in the saved config.json to show others)"
 )
+
+
+CONFIG_OVERRIDES_HELP = (
+    "config fields of the fresh model that no flag sets, as transformers' example scripts take them: "
+    "'attention_num_maps=5,dice_loss_weight=0.5' (JSON values: numbers, true/false, null, [1,2,4]; a bare word is "
+    "a string); applied after --preset's and the other flags' values"
+)
+
+
+def config_fields(config_class: type[WeCLIPConfig]) -> set[str]:
+    """The keyword arguments of ``config_class`` and of the WeCLIP configs it extends (WeCLIPPlusConfig passes
+    WeCLIPConfig's through ``**kwargs``)."""
+    classes = [cls for cls in config_class.__mro__ if isinstance(cls, type) and issubclass(cls, WeCLIPConfig)]
+    names = {name for cls in classes for name in inspect.signature(cls).parameters}
+    return names - {"self", "kwargs"}
+
+
+def parse_config_overrides(text: str, config_class: type[WeCLIPConfig]) -> dict:
+    """``--config_overrides`` ('field=value,...', as transformers' run_clm.py takes it) as keyword arguments of
+    ``config_class``: each field one of its fields (a misspelt one is refused, with the closest names), each
+    value read as JSON (a bare word: a string). The config checks the values when the model is built."""
+    fields = config_fields(config_class)
+    overrides = {}
+    for item in re.split(r",(?![^\[]*\])", text):  # a comma inside [...] belongs to a list
+        key, equals, value = (part.strip() for part in item.partition("="))
+        if not equals or not key:
+            raise ValueError(
+                f"--config_overrides {text!r}: expected field=value pairs separated by commas, got {item!r}."
+            )
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"--config_overrides: {config_class.__name__} has no field {key!r}{hint}.")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
 
 
 def _integer(text: str) -> int:
