@@ -170,7 +170,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        help="config values, training recipe and evaluation settings of weclip_hf.presets (RFM start: voc 9145, "
+        help="config values, training recipe and evaluation settings of weclip_hf.presets (RFM start: voc 9144, "
         "coco 40000); a --dataset_name without --preset trains with the VOC recipe of the model type (voc, "
         "voc-plus for WeCLIP+: --dino_model_name_or_path or a WeCLIP+ --model_name_or_path) and config defaults; "
         "without a dataset the toy preset runs on the offline toy world",
@@ -203,7 +203,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument(
         "--rfm_start_step",
         type=int,
-        help="step at which RFM switches on. Default: the preset's (voc 9145, where the official "
+        help="step at which RFM switches on. Default: the preset's (voc 9144, where the official "
         "run's RFM really started; coco 40000), the toy recipe's 150, else the config default "
         "15000 (the paper's; WeCLIP+'s 0) -- also for --dataset_name without --preset",
     )
@@ -708,7 +708,7 @@ def rfm_start_source(args: argparse.Namespace) -> str:
         return (
             "WeCLIP+'s config default: RFM+ from the first step, as the official code and --preset voc-plus"
         )
-    return "config default = the paper's 15000, as no --preset was given; --preset voc would use 9145"
+    return "config default = the paper's 15000, as no --preset was given; --preset voc would use 9144"
 
 
 # ---- data -------------------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ def train_outputs(model, pixel_values, ref):
 def test_converted_folder(converted_dir, model):
     names = {p.name for p in converted_dir.iterdir()}
     assert {"config.json", "model.safetensors", "README.md"} <= names
-    assert model.config.num_labels == 21 and model.config.rfm_start_step == 9145
+    assert model.config.num_labels == 21 and model.config.rfm_start_step == 9144
     assert not any(p.requires_grad for p in model.vision_model.parameters())
 
 

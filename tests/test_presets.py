@@ -104,3 +104,31 @@ def test_fresh_model_defaults_preset_kwargs_and_clip():
         default_clip_model(toy=True) == str(toy_clip_path()) and (toy_clip_path() / "config.json").is_file()
     )
     assert default_clip_model(toy=False) == CLIP_MODEL == "openai/clip-vit-base-patch16"
+
+
+def first_official_rfm_step(
+    max_steps: int, threshold: int, validate_every: int | None, validation_size: int
+) -> int:
+    """The 0-based training step at which the official code first refines with the RFM: its counter grows by one
+    at the start of every forward, validation forwards included, and the RFM is on when it exceeds ``threshold``."""
+    counter = 0
+    for step in range(max_steps):
+        counter += 1
+        if counter > threshold:
+            return step
+        if validate_every and (step + 1) % validate_every == 0:
+            counter += validation_size
+    raise AssertionError("the RFM never starts")
+
+
+@pytest.mark.parametrize(
+    "name, official",
+    [
+        ("voc", dict(max_steps=30000, threshold=15000, validate_every=2000, validation_size=1464)),
+        ("coco", dict(max_steps=80000, threshold=40000, validate_every=None, validation_size=0)),
+    ],
+)
+def test_the_rfm_starts_at_the_step_the_official_run_started_it(name, official):
+    """The official VOC run validates 1,464 train images every 2,000 iterations and its counter counts them: its
+    RFM started at 0-based step 9,144 (the preset said 9,145, one step late); COCO's run never validates."""
+    assert PRESETS[name].config["rfm_start_step"] == first_official_rfm_step(**official)

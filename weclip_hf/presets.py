@@ -154,9 +154,11 @@ PRESETS: dict[str, Preset] = {
             background_names=VOC_BACKGROUND_NAMES,
             cam_box_threshold=0.4,
             rfm_num_maps=6,
-            # The official counter also counted validation forwards: RFM really started at training
-            # iteration ~9,145 of the 30k VOC run (DESIGN Part 1, RFM). The config default stays 15,000.
-            rfm_start_step=9145,
+            # The official counter also counted validation forwards (4 x 1,464 before it passed 15,000, and
+            # it grows before the check `iter_num > 15000`): RFM really started at the 9,145th training
+            # iteration of the 30k VOC run, 0-based step 9,144 (DESIGN Part 1, RFM). The config default
+            # stays 15,000.
+            rfm_start_step=9144,
         ),
         # the SBD-augmented "train_aug" set of 10,582 images the paper trains on, else "train"
         # (column layout unverified live: the Hub cannot be reached from here)
@@ -183,7 +185,7 @@ PRESETS: dict[str, Preset] = {
             class_names=TOY_CLASS_NAMES,
             background_names=TOY_BACKGROUND_NAMES,
             prompt_template=TOY_PROMPT_TEMPLATE,
-            # RFM from 30% of the schedule, where the official VOC run's really started (9,145 of 30,000; see
+            # RFM from 30% of the schedule, where the official VOC run's really started (9,144 of 30,000; see
             # the voc preset); at 250 (the paper's nominal half) the decoder was 0.704 / 0.731 / 0.697 on
             # validation / --seed 7 / --seed 11, at 150 0.723 / 0.738 / 0.704 (docs/toy-world.md)
             rfm_start_step=150,
