@@ -1118,3 +1118,20 @@ def test_gradients_reach_the_pixels_when_asked_for_and_never_the_frozen_towers(p
         out.loss, reference.loss
     )
     assert not model.forward_clip_features(pixel_values.detach()).hidden[-1].requires_grad
+
+
+@pytest.mark.parametrize("variant", sorted(DINO_VARIANTS))
+def test_the_decoder_depth_defaults_to_the_official_one_for_the_dinov2(variant):
+    """The official configs pair ViT-L DINOv2s with a 5-layer decoder: a WeCLIP+ on one built a 3-layer decoder
+    (the voc-plus preset, train.py) unless the user knew to ask; a depth given or saved is kept."""
+    dino = dino_variant_config(variant)
+    assert WeCLIPPlusConfig.from_preset("voc-plus", dino_config=dino).decoder_num_layers == (
+        DINO_VARIANTS[variant].decoder_num_layers
+    )
+    assert WeCLIPPlusConfig(dino_config=dino, decoder_num_layers=2).decoder_num_layers == 2
+    saved = WeCLIPPlusConfig(dino_config=dino, decoder_num_layers=4).to_dict()
+    assert WeCLIPPlusConfig.from_dict(saved).decoder_num_layers == 4
+
+
+def test_a_dinov2_of_other_sizes_gets_weclips_decoder_depth():
+    assert WeCLIPPlusConfig(dino_config=dict(TINY_DINO)).decoder_num_layers == 3

@@ -64,6 +64,25 @@ def dino_variant_config(name: str, **overrides) -> Dinov2Config | Dinov2WithRegi
     return Dinov2Config(**{**kwargs, **overrides})
 
 
+def dino_variant_name(dino_config: Dinov2Config | Dinov2WithRegistersConfig) -> str | None:
+    """The official DINOv2 variant (a `DINO_VARIANTS` key, e.g. ``"dinov2_vits14"``) of these sizes, else None."""
+    fields = ("hidden_size", "num_hidden_layers", "patch_size", "image_size")
+    for name in DINO_VARIANTS:
+        variant = dino_variant_config(name)
+        if type(variant) is type(dino_config) and all(
+            getattr(variant, f) == getattr(dino_config, f) for f in fields
+        ):
+            return name
+    return None
+
+
+def official_decoder_depth(dino_config: Dinov2Config | Dinov2WithRegistersConfig) -> int | None:
+    """The decoder depth the official configs pair with this DINOv2 (5 for ViT-L, 3 for ViT-S/B); None for a
+    DINOv2 of other sizes."""
+    name = dino_variant_name(dino_config)
+    return DINO_VARIANTS[name].decoder_num_layers if name else None
+
+
 def _check_dino_tower(name: str, config) -> None:
     """Refuse DINOv2 sizes that are not positive or would build an absurdly large model, naming the field."""
     _check_int(f"{name}.num_hidden_layers", config.num_hidden_layers, 1, MAX_LAYERS)
@@ -181,7 +200,9 @@ class WeCLIPPlusConfig(WeCLIPConfig):
             ``n_iter > 18000`` / ``> 40000``); None: never.
         self_training_threshold (`float`): confidence (max softmax probability) above which a pixel is
             overwritten (0.75).
-        kwargs: the other [`WeCLIPConfig`] fields (CLIP towers, class names, decoder, PAR, affinity loss).
+        kwargs: the other [`WeCLIPConfig`] fields (CLIP towers, class names, decoder, PAR, affinity loss);
+            ``decoder_num_layers`` defaults to the official depth for the DINOv2 (`official_decoder_depth`: 5 for
+            ViT-L, 3 for ViT-S/B and other sizes).
     """
 
     model_type = "weclip_plus"
@@ -207,6 +228,9 @@ class WeCLIPPlusConfig(WeCLIPConfig):
     ):
         dino_config = _as_dino_config(dino_config)
         _check_dino_tower("dino_config", dino_config)
+        if "decoder_num_layers" not in kwargs and official_decoder_depth(dino_config):
+            # the official configs' `decoder_layer` for the DINOv2 (ViT-L: 5); a saved config gives its own
+            kwargs["decoder_num_layers"] = official_decoder_depth(dino_config)
         # set before WeCLIP's constructor, which checks every field of `field_checks` once the CLIP is known
         self.dino_config = dino_config
         self.dino_position_interpolation = dino_position_interpolation
@@ -240,4 +264,11 @@ class WeCLIPPlusConfig(WeCLIPConfig):
         return getattr(self.dino_config, "num_register_tokens", 0)
 
 
-__all__ = ["WeCLIPPlusConfig", "DINO_VARIANTS", "DinoVariant", "dino_variant_config"]
+__all__ = [
+    "WeCLIPPlusConfig",
+    "DINO_VARIANTS",
+    "DinoVariant",
+    "dino_variant_config",
+    "dino_variant_name",
+    "official_decoder_depth",
+]

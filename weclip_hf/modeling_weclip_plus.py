@@ -149,7 +149,8 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
         """Build WeCLIP+ from any CLIP checkpoint and any DINOv2 checkpoint (`Dinov2Model` or
         `Dinov2WithRegistersModel`; Hub ids or local folders, safetensors only): both backbones' weights, a
         fresh decoder and DINO head, class embeddings from the CLIP checkpoint's tokenizer (or ``tokenizer``).
-        ``kwargs`` set the other `WeCLIPPlusConfig` fields (e.g. ``decoder_num_layers=5`` for ViT-L) and the
+        ``kwargs`` set the other `WeCLIPPlusConfig` fields (the decoder depth defaults to the official one for
+        the DINOv2: 5 for ViT-L, 3 for ViT-S/B) and the
         loading options of `from_clip` (``token``, ``cache_dir``, ``local_files_only``, ... fetch both checkpoints;
         ``revision`` is the CLIP's)."""
         split_backbone_keywords(

@@ -13,10 +13,10 @@ Checkpoint files are read by `weclip_hf.safe_loading.load_official_checkpoint` (
 declared sizes are checked before anything is read).
 """
 
+from ..configuration_weclip_plus import dino_variant_name
 from ..safe_loading import load_official_checkpoint
 from .config_inference import (
     OFFICIAL_PRESETS,
-    dino_variant_name,
     infer_clip_configs,
     infer_config_from_official,
     infer_decoder_kwargs,

@@ -13,7 +13,7 @@ import torch
 from transformers import Dinov2Config, Dinov2WithRegistersConfig
 
 from ..configuration_weclip import WeCLIPConfig
-from ..configuration_weclip_plus import DINO_VARIANTS, WeCLIPPlusConfig, dino_variant_config
+from ..configuration_weclip_plus import WeCLIPPlusConfig
 from ..presets import get_preset
 from .report import raise_for_keys
 from .weclip_keys import TEXT_BLOCKS, VISION_BLOCKS, clip_prefix
@@ -181,18 +181,6 @@ def infer_dino_config(
         registers = int(state_dict[p + "register_tokens"].shape[1])
         return Dinov2WithRegistersConfig(**kwargs, num_register_tokens=registers)
     return Dinov2Config(**kwargs)
-
-
-def dino_variant_name(dino_config: Dinov2Config | Dinov2WithRegistersConfig) -> str | None:
-    """The official DINOv2 variant (a `DINO_VARIANTS` key, e.g. ``"dinov2_vits14"``) of these sizes, else None."""
-    fields = ("hidden_size", "num_hidden_layers", "patch_size", "image_size")
-    for name in DINO_VARIANTS:
-        variant = dino_variant_config(name)
-        if type(variant) is type(dino_config) and all(
-            getattr(variant, f) == getattr(dino_config, f) for f in fields
-        ):
-            return name
-    return None
 
 
 # the image tower of `CLIP_MODEL` (OpenAI's ViT-B/16), which the official checkpoints hold
