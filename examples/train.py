@@ -210,7 +210,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument(
         "--cam_box_threshold",
         type=float,
-        help=f"box threshold on the GradCAM ({config_values('cam_box_threshold')})",
+        help=f"box threshold on the GradCAM ({config_values('cam_box_threshold')}; WeCLIP+: only with the "
+        "box mask of coco-plus, rfm_use_box_mask)",
     )
     model.add_argument(
         "--attention_num_maps",
@@ -795,6 +796,17 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
     return model_from_backbones(clip_source(args), args.dino_model_name_or_path, plus, **overrides)
 
 
+def unread_flags(args: argparse.Namespace, cfg: WeCLIPConfig) -> list[str]:
+    """Notes on model flags given that this model never reads: --cam_box_threshold of a WeCLIP+ without the box
+    mask (voc-plus's recipe)."""
+    if "cam_box_threshold" in args.given_model_flags and not getattr(cfg, "rfm_use_box_mask", True):
+        return [
+            "--cam_box_threshold has no effect: this WeCLIP+ model masks no box (rfm_use_box_mask false, as the "
+            "voc-plus recipe; coco-plus's masks one)."
+        ]
+    return []
+
+
 def clip_source(args) -> str:
     """The CLIP a fresh model is built from: --clip_model_name_or_path, else the recipe's default (the toy CLIP
     shipped in the package for the toy recipe)."""
@@ -1112,7 +1124,10 @@ def load_data_and_model(
         + (f" with {torch.get_num_threads()} threads" if accelerator.device.type == "cpu" else "")
         + (", freed host memory kept for reuse" if retained else "")
     )
-    for note in schedule_notes(cfg, int(model.training_step), args.max_train_steps):
+    for note in [
+        *schedule_notes(cfg, int(model.training_step), args.max_train_steps),
+        *unread_flags(args, cfg),
+    ]:
         accelerator.print(f"Note: {note}")
     if val_raw is None:
         why = (

@@ -166,6 +166,12 @@ def parse_args(argv=None) -> tuple[WeCLIPArguments, TrainingArguments]:
     recipe = get_preset(recipe_name(given)).training  # WeCLIP+'s VOC recipe with --dino_model_name_or_path
     max_steps = given.max_steps if given.max_steps > 0 else recipe.max_train_steps
     full = parser(description=first_paragraph(__doc__))
+    for action in full._actions:  # Trainer's text says biases and norms are exempt: WeCLIPTrainer's are not
+        if action.dest == "weight_decay":
+            action.help = (
+                "weight decay; the official AdamW (the default --optim) decays every trained parameter, biases "
+                "and norms too; another --optim gets Trainer's optimizer, which exempts them"
+            )
     if "--max_train_steps" in flags:
         full.error(
             "--max_train_steps is examples/train.py's flag: give Trainer's --max_steps (or --num_train_epochs)."

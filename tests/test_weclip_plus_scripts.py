@@ -403,3 +403,16 @@ def test_weclip_trainer_logs_weclip_plus_loss_terms_that_add_up_to_the_total(tin
         )
         assert record["dice_loss"] > 0 and record["clip_from_dino_loss"] > 0
         assert record["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_box_threshold_that_a_weclip_plus_without_box_mask_never_reads_is_noted(train_script):
+    from conftest import make_tiny_plus_config
+
+    args = train_script.parse_args(["--data_dir", "d", "--preset", "voc-plus", "--cam_box_threshold", "0.9"])
+    (note,) = train_script.unread_flags(args, make_tiny_plus_config(rfm_use_box_mask=False))
+    assert note.startswith("--cam_box_threshold has no effect")
+    assert train_script.unread_flags(args, make_tiny_plus_config(rfm_use_box_mask=True)) == []
+    unset = train_script.parse_args(
+        ["--data_dir", "d", "--preset", "voc-plus"]
+    )  # the preset's value: no note
+    assert train_script.unread_flags(unset, make_tiny_plus_config(rfm_use_box_mask=False)) == []
