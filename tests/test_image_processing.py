@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from conftest import SHARED, require_data
 from PIL import Image
+from transformers import AutoImageProcessor
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 
 from weclip_hf import WeCLIPImageProcessor
@@ -311,6 +312,10 @@ def test_every_option_survives_save_and_load(tmp_path):
     np.testing.assert_array_equal(loaded(_image()).pixel_values, proc(_image()).pixel_values)
     overridden = WeCLIPImageProcessor.from_pretrained(tmp_path, do_pad=False, patch_size=16)
     assert overridden.do_pad is False and overridden.patch_size == 16
+    # a misspelt keyword at loading was dropped by transformers without a word (the processor kept padding)
+    with pytest.raises(TypeError, match=r"from_pretrained got unknown argument\(s\) \['do_pading'\]"):
+        AutoImageProcessor.from_pretrained(tmp_path, do_pading=False)
+    assert WeCLIPImageProcessor.from_pretrained(tmp_path, foo=1, return_unused_kwargs=True)[1] == {"foo": 1}
 
 
 def test_rescale_options_follow_transformers():
@@ -336,7 +341,18 @@ def test_float_images_just_above_one_count_as_unit_range():
     torch.testing.assert_close(proc(unit).pixel_values[..., 1:, 1:], ref[..., 1:, 1:], rtol=1e-5, atol=1e-5)
     white = proc(np.full((30, 40, 3), 255, np.uint8)).pixel_values
     assert proc(np.full((30, 40, 3), 1.0005, np.float32)).pixel_values.allclose(white)
-    assert not proc(np.full((30, 40, 3), 1.5, np.float32)).pixel_values.allclose(ref)  # 0-255 values
+    dark = np.full((30, 40, 3), 2.0, np.float32)  # 0-255 values
+    assert proc(dark).pixel_values.allclose(proc(dark.astype(np.uint8)).pixel_values)
+
+
+@pytest.mark.parametrize("high", [1.002, 1.068, 1.9])
+def test_float_images_between_one_and_two_are_refused_as_ambiguous(high):
+    """A [0, 1] image that overshoots 1 a little (bicubic resizing) was read as 0-255 values, almost black, and
+    segmented as background without a word; no rule tells it from a black 0-255 image."""
+    unit = _image().astype(np.float32) / 255
+    unit[0, 0, 0] = high
+    with pytest.raises(ValueError, match=f"Float pixel values up to {high:.4g} are ambiguous.*np.clip"):
+        WeCLIPImageProcessor()(unit)
 
 
 def test_channel_axis_rule_and_input_data_format():

@@ -120,6 +120,12 @@ def test_an_unreadable_file_is_named(segmenter, tmp_path):
     paths = [str(tmp_path / name) for name in ("ok.png", "trunc.png", "ok.png")]
     with pytest.raises(OSError, match=r"Cannot read file '.*trunc\.png': .*Fix or remove it"):
         segmenter(paths, batch_size=4)
+    # a missing file: named as by the processor (it was "neither a URL, an existing file nor a base64 image")
+    for missing in (str(tmp_path / "nope.png"), "nope.jpg"):
+        with pytest.raises(OSError, match=r"Cannot read file '.*nope\.(png|jpg)': FileNotFoundError"):
+            segmenter(missing)
+    with pytest.raises(ValueError, match="neither a URL, an existing file nor a base64"):
+        segmenter("not an image")
 
 
 def test_no_error_is_logged_for_a_weclip_model(model_dir, transformers_logs):

@@ -86,6 +86,11 @@ def processor_settings(config) -> dict[str, int]:
     return {"patch_size": config.vision_config.patch_size, "ignore_index": config.semantic_loss_ignore_index}
 
 
+def _public(kwargs: dict) -> dict:
+    """``kwargs`` without transformers' internal loading markers (``_from_auto``, ...)."""
+    return {k: v for k, v in kwargs.items() if not k.startswith("_")}
+
+
 def _refuse_unknown(where: str, given, valid: Sequence[str]) -> None:
     """TypeError naming the keywords of ``given`` that are not in ``valid`` (for typos such as ``image_means``)."""
     unknown = sorted(set(given) - set(valid))
@@ -299,13 +304,16 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         foreign = {k: v for k, v in image_processor_dict.items() if k not in known}
         foreign.update({k: kwargs.pop(k) for k in list(kwargs) if k in foreign})  # overrides of those keys
         own = {k: v for k, v in image_processor_dict.items() if k in known}
-        loaded = super().from_dict(own, **kwargs)
-        processor = (
-            loaded[0] if isinstance(loaded, tuple) else loaded
-        )  # (processor, unused kwargs) on request
+        return_unused = kwargs.pop("return_unused_kwargs", False)
+        processor, unused = super().from_dict(own, **kwargs, return_unused_kwargs=True)
+        if not return_unused and "_from_pipeline" not in unused:  # a pipeline passes its model's kwargs too
+            # transformers drops unknown keywords (a typo such as do_pading=True) without a word
+            _refuse_unknown(
+                f"{cls.__name__}.from_pretrained", _public(unused), cls.valid_kwargs.__annotations__
+            )
         for name, value in foreign.items():
             setattr(processor, name, value)
-        return loaded
+        return (processor, unused) if return_unused else processor
 
     @classmethod
     def from_saved_or_default(

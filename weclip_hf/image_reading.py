@@ -4,8 +4,9 @@ Inputs accepted (``to_rgb_array``): PIL images (EXIF orientation applied; graysc
 dropped, no compositing), CMYK, 16-bit and float modes converted to RGB: the 16-bit "I;16" modes scaled from
 0-65535 whatever their values, 32-bit "I" read as 0-255 when its values fit, else as 0-65535), NumPy arrays and
 torch tensors of shape [H, W], [H, W, C] or [C, H, W] with C = 1, 3 or 4, and file paths. Values: uint8 as 0-255,
-uint16 scaled to 0-255, bool as 0/255, floats in [0, 1 + 1e-3] scaled to 0-255 (so 1.0000001 still counts as 1), other
-floats and integers taken as 0-255; bfloat16 (and other float dtypes NumPy lacks) are read as float32.
+uint16 scaled to 0-255, bool as 0/255, floats in [0, 1 + 1e-3] scaled to 0-255 (so 1.0000001 still counts as 1),
+floats up to 2 refused as ambiguous (a [0, 1] image that overshoots, or a black 0-255 one), other floats and
+integers taken as 0-255; bfloat16 (and other float dtypes NumPy lacks) are read as float32.
 Channel axis: ``input_data_format`` ("channels_first" / "channels_last") when given; otherwise the end of the
 shape whose length is 1, 3 or 4, and when both ends are (e.g. [3, H, 4]), torch tensors are read
 channels-first and NumPy arrays channels-last (the usual layout of each). Empty images, NaN/inf values and
@@ -34,6 +35,9 @@ from transformers.image_utils import ChannelDimension
 
 CHANNEL_COUNTS = (1, 3, 4)  # the lengths that mark a channel axis when guessing the layout
 UNIT_RANGE_TOLERANCE = 1e-3  # floats up to 1 + this count as [0, 1] images
+# floats whose maximum lies between 1 + the tolerance and this are refused: a [0, 1] image that overshoots (bicubic
+# resizing) or a 0-255 image darker than 1% grey, which no rule can tell apart
+AMBIGUOUS_FLOAT_MAX = 2.0
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
 _RAW_MODES = ("RGB", "L", "F", *_SIXTEEN_BIT_MODES)  # read with np.asarray, without PIL's RGB conversion
 _EXIF_ORIENTATION = 0x0112
@@ -210,8 +214,15 @@ def _pixel_values(array: np.ndarray) -> np.ndarray:
             f"Pixel values must lie in [0, 255] (or [0, 1] for floats), got [{low}, {high}]; "
             "pass do_rescale=False for images that are already rescaled."
         )
-    if np.issubdtype(array.dtype, np.floating) and high <= 1.0 + UNIT_RANGE_TOLERANCE:
-        values = np.minimum(values, 1.0) * 255.0
+    if np.issubdtype(array.dtype, np.floating):
+        if high <= 1.0 + UNIT_RANGE_TOLERANCE:
+            return np.minimum(values, 1.0) * 255.0
+        if high < AMBIGUOUS_FLOAT_MAX:
+            raise ValueError(
+                f"Float pixel values up to {high:.4g} are ambiguous: a [0, 1] image that overshoots 1 (e.g. after "
+                "bicubic resizing) or an almost black 0-255 image. Clip a [0, 1] image to [0, 1] "
+                "(np.clip(image, 0, 1)), or pass 0-255 values as uint8."
+            )
     return values
 
 
