@@ -152,7 +152,7 @@ def test_help_texts(capsys):
     assert "toy 500" in text and "toy 250" in text  # --max_train_steps, --checkpointing_steps
     assert "default: all" in text  # --report_to
     # the defaults of the flags left out, as the presets set them (the toy preset's differ from VOC's)
-    assert "box threshold on the GradCAM (voc/voc-plus 0.4, coco/coco-plus 0.7, toy 0.8, else 0.4)" in text
+    assert "box threshold on the GradCAM (voc/voc-plus 0.4, coco/coco-plus 0.7, toy 0.8, else 0.4;" in text
     assert "decoder width (toy 128, else 256)" in text
     assert "PAR neighbour dilations (toy 1 2 4 8, else 1 2 4 8 12 24)" in text
     assert "(voc/coco/voc-plus 4, toy/coco-plus 8)" in text  # --per_device_train_batch_size
