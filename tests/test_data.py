@@ -986,3 +986,36 @@ def test_labels_cached_under_other_checking_code_are_recomputed(tmp_path, monkey
     monkeypatch.setattr(adapters, "_code_digest", lambda: "other checking code")
     remapped = adapters._map_label_rows(dataset, label_row, None, with_mask=False)
     assert remapped.cache_files != mapped.cache_files and remapped["image_labels"] == [[1], [1], [1]]
+
+
+def _classified(labels, feature, masks=None):
+    """A split 'train' of black 8 x 8 images with a label column ``label`` of ``feature`` (and ``masks``)."""
+    from weclip_hf.data.loading import with_split_name
+
+    columns = {"image": [Image.fromarray(np.zeros((8, 8, 3), np.uint8))] * len(labels), "label": labels}
+    features = {"image": datasets.Image(), "label": feature}
+    if masks is not None:
+        columns["mask"], features["mask"] = [Image.fromarray(m) for m in masks], datasets.Image()
+    return with_split_name(datasets.Dataset.from_dict(columns, features=datasets.Features(features)), "train")
+
+
+def test_whole_class_names_win_over_comma_synonyms():
+    """ImageNet-1k's ClassLabel names "Cardigan, Cardigan Welsh corgi" (264) and "cardigan" (474): the synonym
+    "cardigan" of the first captured the name of the second, and every cardigan trained as the corgi."""
+    from weclip_hf.data.adapters import class_name_ids
+
+    names = ["Cardigan, Cardigan Welsh corgi", "cardigan"]
+    assert class_name_ids(names) == {
+        "cardigan, cardigan welsh corgi": 1,
+        "cardigan": 2,
+        "cardigan welsh corgi": 1,
+    }
+    labelled, summary = add_image_labels(
+        _classified([0, 1, 1], datasets.ClassLabel(names=names)), Columns("image", None, "label"), 2,
+        class_names=names,
+    )  # fmt: skip
+    assert labelled["image_labels"] == [[1], [2], [2]] and summary.class_counts == {1: 1, 2: 2}
+    shared = ["sea lion, seal", "harbor seal, seal"]  # a synonym of two classes names neither
+    assert "seal" not in class_name_ids(shared) and class_name_ids(shared)["harbor seal"] == 2
+    with pytest.raises(ValueError, match=r"unknown class name\(s\) \['seal'\]"):
+        normalize_label_row(["seal"], 2, class_names=shared)

@@ -149,12 +149,20 @@ def labels_from_mask(mask, num_classes: int, ignore_index: int = 255, name: str 
 def class_name_ids(class_names: Sequence[str | Sequence[str]]) -> dict[str, int]:
     """Lower-cased class name -> id 1..C. Entry i names class i + 1: one name or several (e.g. the label
     name and the prompt name); comma-separated prompt synonyms (``"person with clothes,people,human"``)
-    count as names too. A name shared by two classes maps to the first."""
+    count as names too. A whole name wins over a synonym (ImageNet's ``"cardigan"`` is the class so named, not
+    the one named ``"Cardigan, Cardigan Welsh corgi"``); a whole name of two classes maps to the first; a synonym
+    of two classes maps to neither, so that a row using it is refused as unknown rather than read as one."""
+    entries = [[names] if isinstance(names, str) else list(names) for names in class_names]
     lookup: dict[str, int] = {}
-    for index, names in enumerate(class_names, start=1):
-        for name in [names] if isinstance(names, str) else names:
-            for alias in [name, *name.split(",")]:
-                lookup.setdefault(alias.strip().lower(), index)
+    synonyms: dict[str, set[int]] = {}
+    for index, names in enumerate(entries, start=1):
+        for name in names:
+            lookup.setdefault(name.strip().lower(), index)
+            for alias in name.split(","):
+                synonyms.setdefault(alias.strip().lower(), set()).add(index)
+    for alias, ids in synonyms.items():
+        if alias and alias not in lookup and len(ids) == 1:
+            lookup[alias] = min(ids)
     return lookup
 
 
