@@ -46,6 +46,7 @@ from weclip_hf.presets import PRESETS, EvaluationSettings, evaluation_of_config,
 from weclip_hf.script_arguments import (
     DATASET_CONFIG_HELP,
     IMAGE_COLUMN_HELP,
+    LABELS_COLUMN_HELP,
     MASK_COLUMN_HELP,
     add_data_source_flags,
     add_device_flag,
@@ -96,8 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--mask_column", help=MASK_COLUMN_HELP)
     p.add_argument(
         "--labels_column",
-        help="image-level labels for the CAM / RFM pseudo labels (default: a label column found by name, else the "
-        "masks): ids 1..C (0..C-1 with --labels_zero_based), multi-hot rows, or class names",
+        help=f"for the CAM / RFM pseudo labels: {LABELS_COLUMN_HELP}",
     )
     p.add_argument("--labels_zero_based", action="store_true", help="image-level ids are 0..C-1")
     toy_val_images = get_preset("toy").dataset.toy_sizes[1]

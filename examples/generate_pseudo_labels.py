@@ -82,6 +82,7 @@ from weclip_hf.script_arguments import (
     CLASS_NAMES_HELP,
     DATASET_CONFIG_HELP,
     IMAGE_COLUMN_HELP,
+    LABELS_COLUMN_HELP,
     MASK_COLUMN_HELP,
     add_data_source_flags,
     first_paragraph,
@@ -120,7 +121,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--validation_split", help="also copy this split, with its ground-truth masks")
     data.add_argument("--image_column", help=IMAGE_COLUMN_HELP)
     data.add_argument("--mask_column", help=MASK_COLUMN_HELP)
-    data.add_argument("--labels_column", help="image-level labels: ids 1..C, multi-hot rows or class names")
+    data.add_argument("--labels_column", help=LABELS_COLUMN_HELP)
     data.add_argument("--labels_zero_based", action="store_true", help="image-level ids are 0..C-1")
     data.add_argument("--max_samples", type=int, help="the first N images of --split")
     data.add_argument("--toy_images", type=int, help="toy world: images of the split (default: train.py's)")
@@ -202,6 +203,8 @@ def load_splits(args, num_classes: int, ignore_index: int, class_names, state: P
             args.labels_column if is_pseudo else None,
             require_mask=not is_pseudo,
             features=dataset.features,
+            class_names=class_names,
+            example=lambda dataset=dataset: dataset[0],
         )
         dataset = dataset.add_column(
             "source_row", list(range(len(dataset)))

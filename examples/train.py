@@ -94,6 +94,7 @@ from weclip_hf.script_arguments import (
     CLASS_NAMES_HELP,
     DATASET_CONFIG_HELP,
     IMAGE_COLUMN_HELP,
+    LABELS_COLUMN_HELP,
     MASK_COLUMN_HELP,
     add_data_source_flags,
     at_least_one,
@@ -127,10 +128,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     data.add_argument("--image_column", help=IMAGE_COLUMN_HELP)
     data.add_argument("--mask_column", help=MASK_COLUMN_HELP)
-    data.add_argument(
-        "--labels_column",
-        help="image-level labels: ids 1..C (0..C-1 with --labels_zero_based), multi-hot rows, or class names",
-    )
+    data.add_argument("--labels_column", help=LABELS_COLUMN_HELP)
     data.add_argument("--labels_zero_based", action="store_true", help="image-level ids are 0..C-1")
     data.add_argument("--skip_empty_images", action="store_true", help="drop images without any class")
     data.add_argument(

@@ -59,6 +59,7 @@ from weclip_hf.script_arguments import (
     DATA_SOURCE_HELP,
     DATASET_CONFIG_HELP,
     IMAGE_COLUMN_HELP,
+    LABELS_COLUMN_HELP,
     MASK_COLUMN_HELP,
     check_dino_fits_preset,
     check_one_data_source,
@@ -96,9 +97,7 @@ class WeCLIPArguments:
     )
     image_column: str | None = _flag(IMAGE_COLUMN_HELP)
     mask_column: str | None = _flag(MASK_COLUMN_HELP)
-    labels_column: str | None = _flag(
-        "image-level labels: ids 1..C (0..C-1 with --labels_zero_based), multi-hot rows, or class names"
-    )
+    labels_column: str | None = _flag(LABELS_COLUMN_HELP)
     labels_zero_based: bool = field(default=False, metadata={"help": "image-level ids are 0..C-1"})
     class_names: list[str] | None = _flag(CLASS_NAMES_HELP)
     background_names: list[str] | None = _flag(

@@ -2,6 +2,7 @@
 
 import functools
 import json
+import re
 
 import datasets
 import numpy as np
@@ -159,7 +160,10 @@ def test_class_ids_in_the_other_numbering_than_their_masks_are_refused():
     assert read(one_based) == one_based
     # labels that differ from the masks otherwise (image tags, a few errors) are the user's: kept as read
     assert read([[2], [2], [2], [2, 3]]) == [[2], [2], [2], [2, 3]]
-    assert read([[1], [2], [2], [2, 3]]) == [[1], [2], [2], [2, 3]]  # one shifted row of four
+    assert read([[1], [3], [2], [2, 3]]) == [[1], [3], [2], [2, 3]]  # one shifted row of four
+    # two of four: no numbering (as many rows agree), but too many rows name none of their masks' classes
+    with pytest.raises(ValueError, match=r"column 'labels'\) and its masks .* disagree: on 2 of the 4 rows"):
+        read([[1], [2], [2], [2, 3]])
 
 
 def test_a_validation_split_without_masks_says_how_to_train_without_evaluation():
@@ -1019,3 +1023,150 @@ def test_whole_class_names_win_over_comma_synonyms():
     assert "seal" not in class_name_ids(shared) and class_name_ids(shared)["harbor seal"] == 2
     with pytest.raises(ValueError, match=r"unknown class name\(s\) \['seal'\]"):
         normalize_label_row(["seal"], 2, class_names=shared)
+
+
+_TRIMAP = np.array([[1, 2], [3, 2]], np.uint8).repeat(4, 0).repeat(4, 1)  # pet / background / border, 8 x 8
+
+
+@pytest.mark.parametrize(
+    "feature, breeds",
+    [
+        (datasets.ClassLabel(names=list("abcdefgh")), [6, 4, 0, 7]),
+        (datasets.List(datasets.Value("string")), [["g"], ["e"], ["a"], ["h"]]),
+        (datasets.List(datasets.Value("float32")), [np.eye(8)[i].tolist() for i in (6, 4, 0, 7)]),
+    ],
+    ids=["class_label", "class_names", "multi_hot"],
+)
+def test_a_label_column_that_disagrees_with_its_masks_is_refused(feature, breeds):
+    """Oxford-IIIT-Pet's layout (a breed ClassLabel beside a trimap: 1 pet, 2 background, 3 border) was read without
+    a word: the CAMs made for the breed, the trimap scored as classes 1..3. Only integer ids met their masks."""
+    from weclip_hf.data.loading import evaluation_set
+
+    pets = _classified(breeds, feature, [_TRIMAP] * 4)
+    with pytest.raises(ValueError, match=r"split 'train' \(column 'label'\) and its masks \(column 'mask'\) "
+                       r"disagree: on 3 of the 4 rows .* \(e.g. row 0: label classes \[7\], mask classes \[1, 2, 3\] "
+                       r"of 1..8\)\. If the masks are not maps .* --mask_column .* --labels_column none"):  # fmt: skip
+        evaluation_set(
+            pets, 8, 255, IMAGENET_NORMALIZATION, labels_column="label", class_names=list("abcdefgh")
+        )
+    masks = [np.where(_TRIMAP == 1, c, 0).astype(np.uint8) for c in (7, 5, 1, 2)]  # one row of four wrong
+    dataset, _ = evaluation_set(_classified(breeds, feature, masks), 8, 255, IMAGENET_NORMALIZATION,
+                                labels_column="label", class_names=list("abcdefgh"))  # fmt: skip
+    assert dataset.dataset["image_labels"] == [[7], [5], [1], [8]]  # a few errors stay the user's
+
+
+def test_columns_that_cannot_hold_masks_are_not_taken_for_masks():
+    """An imagefolder's ``"label": 5`` given as --labels_column label was also taken as the mask column ("has shape
+    ()"), and a string column of class names ``label`` found by name was read as mask files ("Cannot read file
+    'heart'")."""
+    from weclip_hf.data.loading import training_set
+
+    ints = {"image": datasets.Image(), "label": datasets.Value("int64")}
+    assert resolve_columns(["image", "label"], labels_column="label", features=ints) == Columns(
+        "image", None, "label"
+    )
+    strings = {"image": datasets.Image(), "label": datasets.Value("string")}
+    with pytest.raises(ValueError, match="needs a mask column or an image-level label column"):
+        resolve_columns(["image", "label"], features=strings, example=lambda: {"label": "heart"})
+    paths = resolve_columns(["image", "label"], features=strings, example=lambda: {"label": "masks/0.PNG"})
+    assert paths == Columns("image", "label", None)  # mask files given by path are read as before
+    named = _classified(["heart", "cat"], datasets.Value("string"))
+    augment = TrainAugmentation(8, (1.0, 1.0), normalization=IMAGENET_NORMALIZATION)
+    dataset, _ = training_set(named, 2, augment, labels_column="label", class_names=["cat", "heart"])
+    assert dataset.dataset["image_labels"] == [[2], [1]]
+
+
+def test_a_classification_column_of_other_classes_leaves_the_labels_to_the_masks():
+    """scene_parse_150 (image, annotation, scene_category ClassLabel): the scene was taken as the image-level labels
+    ("unknown class name(s) ['airport_terminal']"), and --labels_column none was refused."""
+    from weclip_hf.data.loading import evaluation_set
+
+    scenes = _classified(
+        [0, 1], datasets.ClassLabel(names=["airport_terminal", "art_gallery"]), [_TRIMAP] * 2
+    )
+    features, available = scenes.features, scenes.column_names
+    assert resolve_columns(available, features=features, class_names=list("abc")).labels is None
+    assert resolve_columns(available, features=features).labels == "label"  # without class names: as before
+    assert (
+        resolve_columns(available, features=features, mask_column="mask", labels_column="none").labels is None
+    )
+    with pytest.raises(
+        ValueError, match="--labels_column none takes the image-level labels from the masks, but"
+    ):
+        resolve_columns(["image", "label"], features=features, labels_column="none")
+    dataset, _ = evaluation_set(scenes, 3, 255, IMAGENET_NORMALIZATION, class_names=list("abc"))
+    assert dataset.dataset["image_labels"] == [[1, 2, 3]] * 2
+    tags = scenes.add_column(
+        "classes", [["c"], ["c"]]
+    )  # a label column found by name: "none" still says masks
+    dataset, _ = evaluation_set(
+        tags, 3, 255, IMAGENET_NORMALIZATION, labels_column="none", class_names=list("abc")
+    )
+    assert dataset.dataset["image_labels"] == [[1, 2, 3]] * 2
+
+
+@pytest.mark.parametrize(
+    "feature, rows, test",
+    [
+        (datasets.ClassLabel(names=["cat", "dog"]), [1, -1], "r['label'] != -1"),
+        (datasets.List(datasets.ClassLabel(names=["cat", "dog"])), [[1], [0, -1]], "-1 not in r['label']"),
+    ],
+    ids=["class_label", "list_of_class_labels"],
+)
+def test_an_unlabelled_class_label_row_is_named_with_the_filter_that_leaves_it_out(feature, rows, test):
+    """datasets' -1 (an unlabelled row, common on the Hub) failed with its bare "Invalid integer class label -1"."""
+    with pytest.raises(ValueError, match=r"\(column 'label'\) of row 1 of split 'train' hold the class index -1, "
+                       rf"datasets' mark of an unlabelled row: .*dataset\.filter\(lambda r: {re.escape(test)}\)"):  # fmt: skip
+        add_image_labels(
+            _classified(rows, feature), Columns("image", None, "label"), 2, class_names=["cat", "dog"]
+        )
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_field_of_a_detection_column_is_a_label_column(streamed):
+    """A detection column ``objects: {category, bbox}`` failed "must be a flat list, got shape ()": its field is
+    named with a dot, as datasets' flatten() names it."""
+    from weclip_hf.data.loading import with_split_name
+
+    category = datasets.List(datasets.ClassLabel(names=["cat", "dog"]))
+    features = datasets.Features({"image": datasets.Image(), "objects": {"category": category,
+                                  "bbox": datasets.List(datasets.List(datasets.Value("float32"), length=4))}})  # fmt: skip
+    objects = [{"category": [1], "bbox": [[0, 0, 2, 2]]}, {"category": [0, 1], "bbox": [[0, 0, 2, 2]] * 2}]
+    image = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    detection = with_split_name(datasets.Dataset.from_dict({"image": [image] * 2, "objects": objects}, features),
+                                "train")  # fmt: skip
+    with pytest.raises(ValueError, match=r"available columns: \['image', 'objects'\]\. Pass --mask_column or "
+                       r"--labels_column \(a struct column's field is named with a dot: 'objects\.category'\)"):  # fmt: skip
+        resolve_columns(detection.column_names, features=features)
+    columns = resolve_columns(detection.column_names, labels_column="objects.category", features=features)
+    source = detection.to_iterable_dataset() if streamed else detection
+    labelled, _ = add_image_labels(source, columns, 2, class_names=["cat", "dog"])
+    assert [row["image_labels"] for row in labelled] == [[2], [1, 2]]
+    with pytest.raises(ValueError, match=r"\(column 'objects'\) of row 0 of split 'train' are a struct with fields "
+                       r"\['category', 'bbox'\], not classes: .* --labels_column objects\.category"):  # fmt: skip
+        add_image_labels(detection, Columns("image", None, "objects"), 2, class_names=["cat", "dog"])
+
+
+def test_label_lists_of_a_metadata_csv_are_json_lists(tmp_path):
+    """An imagefolder's metadata.csv holds one string per cell: "[5]" was read as the class name '[5]'."""
+    from weclip_hf.data.loading import DataSource, load_dataset_splits
+
+    (tmp_path / "train").mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / "train" / f"{i}.png")
+    cells = ['"[2, 1]"', '"[""dog""]"', "dog"]  # ids, names (quoted as CSV quotes them), one name as it is
+    (tmp_path / "train" / "metadata.csv").write_text(
+        "file_name,image_labels\n" + "".join(f"{i}.png,{cell}\n" for i, cell in enumerate(cells))
+    )
+    train, _, _ = load_dataset_splits(DataSource(data_dir=str(tmp_path)), validation_split="none")
+    labelled, _ = add_image_labels(
+        train, Columns("image", None, "image_labels"), 2, class_names=["cat", "dog"]
+    )
+    assert labelled["image_labels"] == [[1, 2], [2], [2]]
+    with pytest.raises(
+        ValueError,
+        match=r"column 'image_labels'\) of row 0 .*, '\[2, 1', read as a JSON list but are not one .* \[3, 7\]",
+    ):
+        add_image_labels(
+            train.map(lambda r: {"image_labels": "[2, 1"}), Columns("image", None, "image_labels"), 2
+        )

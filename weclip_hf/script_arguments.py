@@ -15,7 +15,7 @@ from transformers import PretrainedConfig
 
 from .checkpointing import TRAINING_STATE_NAME
 from .configuration_weclip import WeCLIPConfig
-from .data.adapters import IMAGE_COLUMNS, MASK_COLUMNS
+from .data.adapters import FROM_MASKS, IMAGE_COLUMNS, MASK_COLUMNS
 from .data.loading import DATA_SOURCE_FLAGS, names_no_dataset
 from .presets import PRESETS, VOC_PRESET_OF_MODEL_TYPE, get_preset
 
@@ -28,6 +28,11 @@ DATA_SOURCE_HELP = {
 DATASET_CONFIG_HELP = "configuration of the --dataset_name dataset (load_dataset's name; default: none)"
 IMAGE_COLUMN_HELP = f"the image column (default: the first of {', '.join(IMAGE_COLUMNS)} the dataset has)"
 MASK_COLUMN_HELP = f"the mask column (default: the first of {', '.join(MASK_COLUMNS)} the dataset has)"
+LABELS_COLUMN_HELP = (
+    "image-level labels: ids 1..C (0..C-1 with --labels_zero_based), multi-hot rows, or class names; a field of a "
+    f"struct column as objects.category; '{FROM_MASKS}': the labels from the masks (default: a label column found by "
+    "name, else the masks)"
+)
 CLASS_NAMES_HELP = (
     "the foreground classes, one CLIP prompt name each; they are also the display names (config.id2label), "
     "replacing a preset's (edit id2label in the saved config.json to show others)"

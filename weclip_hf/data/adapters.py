@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +27,7 @@ from .decoding import UnreadableImageError, decode_image, describe, file_path, r
 IMAGE_COLUMNS = ("image", "img", "pixel_values", "jpg", "png")
 MASK_COLUMNS = ("annotation", "mask", "label", "segmentation", "semantic_mask", "seg")
 LABEL_COLUMNS = ("image_labels", "labels", "classes", "class_labels", "cls_labels")
+FROM_MASKS = "none"  # --labels_column none: no label column, the image-level labels come from the masks
 
 
 @dataclass
@@ -54,14 +56,47 @@ def dataset_columns(dataset) -> list[str]:
 def class_label_columns(features: Mapping | None) -> list[str]:
     """The columns of ``features`` that hold classification labels (`datasets.ClassLabel`, or lists of them): an
     image's class, e.g. the class folder of an imagefolder (``train/cat/1.jpg``), never a mask."""
+    return [name for name, feature in (features or {}).items() if _class_label(feature) is not None]
+
+
+def _class_label(feature):
+    """The `datasets.ClassLabel` of a label feature (one class, or a list of them), else None."""
     import datasets
 
-    def is_class_label(feature) -> bool:
-        return isinstance(feature, datasets.ClassLabel) or isinstance(
-            getattr(feature, "feature", None), datasets.ClassLabel
-        )
+    for candidate in (feature, getattr(feature, "feature", None)):
+        if isinstance(candidate, datasets.ClassLabel):
+            return candidate
+    return None
 
-    return [name for name, feature in (features or {}).items() if is_class_label(feature)]
+
+def struct_fields(features: Mapping | None, prefix: str = "") -> list[str]:
+    """The fields of the struct columns of ``features``, named as `datasets.Dataset.flatten` names their columns
+    (``objects.category`` of a detection column ``objects: {category, bbox}``): label columns a user may name."""
+    fields = []
+    for name, feature in (features or {}).items():
+        if isinstance(feature, dict):
+            fields += [f"{prefix}{name}.{field}" for field in feature]
+            fields += struct_fields(feature, f"{prefix}{name}.")
+    return fields
+
+
+def may_hold_masks(feature, first_value: Callable[[], object] | None = None) -> bool:
+    """Whether a column of datasets ``feature`` (None: not declared) can hold masks, as the loader reads them: images,
+    arrays, bytes, or strings that are paths of image files (``first_value``: the value of the column's first row,
+    read for strings only; None: strings may be paths). Class labels, numbers, flat lists and structs cannot."""
+    import datasets
+    from PIL import Image
+
+    if feature is None or isinstance(feature, (datasets.Image, datasets.Array2D, datasets.Array3D)):
+        return True
+    if isinstance(feature, datasets.Value):
+        if feature.dtype in ("string", "large_string"):
+            value = first_value() if first_value is not None else ""
+            return first_value is None or (
+                isinstance(value, str) and Path(value).suffix.lower() in Image.registered_extensions()
+            )
+        return feature.dtype in ("binary", "large_binary")
+    return getattr(getattr(feature, "feature", None), "feature", None) is not None  # nested lists: an array
 
 
 def resolve_columns(
@@ -72,16 +107,31 @@ def resolve_columns(
     require_mask: bool = False,
     features: Mapping | None = None,
     missing_mask_hint: str = "",
+    *,
+    class_names: Sequence[str | Sequence[str]] | None = None,
+    example: Callable[[], Mapping] | None = None,
 ) -> Columns:
-    """Pick the image, mask and label columns (explicit names first, then common names). With the dataset's
-    ``features``, a classification label column (`class_label_columns`: an image's class) is a label column,
-    never a mask. ``missing_mask_hint``: said after the error of a required mask column that is not found."""
-    class_labels = class_label_columns(features)
+    """Pick the image, mask and label columns (explicit names first, then common names). ``missing_mask_hint``: said
+    after the error of a required mask column that is not found.
 
-    def pick(explicit, candidates, what, required, hint=""):
+    With the dataset's ``features``, a classification label column (`class_label_columns`: an image's class) is a
+    label column, never a mask, and a mask column found by name must be able to hold masks (`may_hold_masks`;
+    ``example``: gives the dataset's first row, read to tell paths from class names in a column of strings). With
+    a mask column and the run's ``class_names``, a classification column found by name whose classes are not all
+    the run's (e.g. scene_parse_150's ``scene_category``) is passed over: the masks give the labels, as they do
+    for ``labels_column="none"`` (`FROM_MASKS`). A label column may be a struct column's field, named with a dot
+    (`struct_fields`: ``objects.category``)."""
+    features = features or {}
+    class_labels = class_label_columns(features)
+    fields = struct_fields(features)
+
+    def pick(explicit, candidates, what, required, hint="", also=()):
         if explicit is not None:
-            if explicit not in available:
-                raise ValueError(f"{what} column {explicit!r} not found; available columns: {available}.")
+            if explicit not in (*available, *also):
+                shown = f" (struct fields: {list(also)})" if also else ""
+                raise ValueError(
+                    f"{what} column {explicit!r} not found; available columns: {available}{shown}."
+                )
             return explicit
         found = next((c for c in candidates if c in available), None)
         if found is None and required:
@@ -91,15 +141,38 @@ def resolve_columns(
             )
         return found
 
+    def first_value(column: str) -> Callable[[], object] | None:
+        return None if example is None else lambda: example().get(column)
+
     image = pick(image_column, IMAGE_COLUMNS, "image", True)
-    mask_candidates = [c for c in MASK_COLUMNS if c not in (image, *class_labels)]
+    mask_candidates = [
+        c
+        for c in MASK_COLUMNS
+        if c not in (image, labels_column, *class_labels)
+        and (c not in features or may_hold_masks(features[c], first_value(c)))
+    ]
     mask = pick(mask_column, mask_candidates, "mask", require_mask, missing_mask_hint)
     label_candidates = [c for c in (*LABEL_COLUMNS, *class_labels) if c not in (image, mask)]
-    labels = pick(labels_column, label_candidates, "labels", False)
+    if mask is not None and class_names is not None:  # labels from the masks rather than from other classes
+        lookup = class_name_ids(class_names)
+        label_candidates = [
+            c
+            for c in label_candidates
+            if c not in class_labels
+            or all(n.strip().lower() in lookup for n in _class_label(features[c]).names)
+        ]
+    from_masks = labels_column == FROM_MASKS and FROM_MASKS not in available
+    labels = None if from_masks else pick(labels_column, label_candidates, "labels", False, also=fields)
+    if from_masks and mask is None:
+        raise ValueError(
+            f"--labels_column {FROM_MASKS} takes the image-level labels from the masks, but no mask column was found "
+            f"(looked for {mask_candidates}); available columns: {available}. Pass --mask_column."
+        )
     if mask is None and labels is None:
+        fields_hint = f" (a struct column's field is named with a dot: {fields[0]!r})" if fields else ""
         raise ValueError(
             f"The dataset needs a mask column or an image-level label column; available columns: {available}. "
-            "Pass --mask_column or --labels_column."
+            f"Pass --mask_column or --labels_column{fields_hint}."
         )
     return Columns(image=image, mask=mask, labels=labels)
 
@@ -357,6 +430,37 @@ def check_label_numbering(
     )
 
 
+def check_labels_match_masks(
+    labels: Sequence[Sequence[int]],
+    mask_labels: Sequence[Sequence[int] | None],
+    columns: Columns,
+    num_classes: int,
+    split: str | None = None,
+) -> None:
+    """Refuse a label column (``labels``: its rows read as classes 1..C, whatever their kind) none of whose classes
+    is in the row's mask (``mask_labels``: the masks' classes, None where a row has no mask) on more than a quarter
+    of the rows where both name a class. A few such rows are errors, which stay the user's; more say that labels
+    and masks describe different things (a pet's breed beside a trimap of pet / background / border, a scene
+    category), and one of them would be read as classes it does not hold, silently."""
+    pairs = [
+        (i, set(ids), set(shown)) for i, (ids, shown) in enumerate(zip(labels, mask_labels)) if ids and shown
+    ]
+    disagree = [(i, ids, shown) for i, ids, shown in pairs if not ids & shown]
+    if 4 * len(disagree) <= len(pairs):
+        return
+    first, ids, shown = disagree[0]
+    raise ValueError(
+        f"The image-level labels of {'split ' + repr(split) if split else 'the dataset'} (column {columns.labels!r}) "
+        f"and its masks (column {columns.mask!r}) disagree: on {len(disagree)} of the {len(pairs)} rows where both "
+        f"name a class, no class of the labels is in the mask (e.g. {row_name(first, None)}: label classes "
+        f"{sorted(ids)}, mask classes {sorted(shown)} of 1..{num_classes}). If the masks are not maps of the run's "
+        "class ids (e.g. a trimap of object / background / border), they cannot be used: pass --mask_column of "
+        "the class-id masks, or drop it (for training, a dataset without the column); if the label column does "
+        f"not hold the images' classes (e.g. a scene category), pass --labels_column of the column that does, or "
+        f"--labels_column {FROM_MASKS} to take the labels from the masks."
+    )
+
+
 @dataclass
 class LabelSummary:
     """What preprocessing did to the dataset: printed, never silent."""
@@ -423,16 +527,18 @@ def add_image_labels(
     counts.
     """
     streamed, split = is_streaming(dataset), split_name(dataset)
+    dataset = with_struct_field(dataset, columns.labels)
     features = dataset.features or {}  # the image features' modes, for decoding
     check_images = not streamed or columns.labels is None  # a stream's images are checked by its reader
     dataset, columns = _label_columns_ready(dataset, columns)
+    multi_hot = None if streamed else _multi_hot_column(dataset, columns.labels, num_classes, zero_based)
     label_row = functools.partial(
         row_image_labels,
         columns=columns,
         num_classes=num_classes,
         ignore_index=ignore_index,
         zero_based=zero_based,
-        multi_hot=None if streamed else _multi_hot_column(dataset, columns.labels, num_classes, zero_based),
+        multi_hot=multi_hot,
         lookup=class_name_ids(class_names) if class_names is not None else None,
         features=features,
         split=split,
@@ -446,7 +552,10 @@ def add_image_labels(
     hidden = ["_image_labels"] if columns.labels == "_image_labels" else []
     if streamed:  # read row by row: no column to compare with the masks
         return _filtered_stream(dataset, hidden, skip_empty, skip_unreadable)
-    check_label_numbering(dataset["image_labels"], dataset["_mask_labels"], num_classes, zero_based, split)
+    labels, mask_labels = dataset["image_labels"], dataset["_mask_labels"]
+    if not multi_hot and _integer_feature(features.get(columns.labels)):  # class ids, in the user's numbering
+        check_label_numbering(labels, mask_labels, num_classes, zero_based, split)
+    check_labels_match_masks(labels, mask_labels, columns, num_classes, split)
     return _summarised(dataset, hidden, skip_empty, skip_unreadable)
 
 
@@ -463,16 +572,50 @@ def _label_columns_ready(dataset, columns: Columns):
     return undecoded(dataset, [columns.image, columns.mask]), columns
 
 
-def _multi_hot_column(dataset, column: str | None, num_classes: int, zero_based: bool) -> bool:
+def _multi_hot_column(dataset, column: str | None, num_classes: int, zero_based: bool) -> bool | None:
     """Whether the integer label ``column`` of a random-access dataset holds multi-hot rows (`multi_hot_rows`,
-    decided on the whole column: one row can seldom tell); False without a label column or with other rows."""
+    decided on the whole column: one row can seldom tell); False without a label column or with other rows; None
+    for a column of strings (JSON lists, as metadata.csv holds them: decided row by row)."""
     if column is None or column in class_label_columns(dataset.features):
         return False
+    if _value_dtype(dataset.features.get(column)) in ("string", "large_string"):
+        return None
     rows = binary_rows(dataset.with_format("arrow")[column], num_classes)
     if rows is None:
         return False
     split = split_name(dataset)
     return multi_hot_rows(rows, zero_based, lambda i: row_name(i, split))
+
+
+def _value_dtype(feature) -> str | None:
+    """The dtype of a label feature's values (``"int64"`` of `datasets.Value` or a list of them), else None."""
+    import datasets
+
+    inner = getattr(feature, "feature", feature)
+    return inner.dtype if isinstance(inner, datasets.Value) else None
+
+
+def _integer_feature(feature) -> bool:
+    """Whether a label column of ``feature`` holds integers (one, or a list): class ids unless multi-hot."""
+    return (_value_dtype(feature) or "").startswith(("int", "uint"))
+
+
+def with_struct_field(dataset, column: str | None):
+    """``dataset`` with ``column`` when it names a struct column's field (`struct_fields`: ``objects.category``),
+    as `datasets.Dataset.flatten` gives it (a stream: a lazy map, its features kept); else ``dataset``."""
+    if column is None or "." not in column or column in dataset_columns(dataset):
+        return dataset
+    if not is_streaming(dataset):
+        return dataset.flatten()
+    struct, *path = column.split(".")
+    features = dataset.features.copy() if dataset.features is not None else None
+    if features is not None:
+        features[column] = functools.reduce(lambda feature, key: feature[key], path, features[struct])
+    return dataset.map(
+        lambda value: {column: functools.reduce(lambda v, key: v[key], path, value)},
+        input_columns=struct,
+        features=features,
+    )
 
 
 def row_image_labels(
@@ -510,27 +653,67 @@ def row_image_labels(
         return {"image_labels": ids, "_unreadable": None, "_mask_labels": None}
     path = file_path(example[columns.image])
     name = row + (f" (image file {path!r})" if path else "")
-    value = _class_label_names(example[columns.labels], features.get(columns.labels))
+    column = "image_labels" if columns.labels == "_image_labels" else columns.labels  # the user's name
+    value = label_value(example[columns.labels], features.get(columns.labels), column, name)
     ids = normalize_label_row(value, num_classes, zero_based, name, lookup, multi_hot)
-    shown = None  # the mask's classes beside a row of class ids, for `check_label_numbering`
+    shown = (
+        None  # the mask's classes beside the row, for `check_label_numbering` and `check_labels_match_masks`
+    )
     if mask is not None:  # scored, or trained on with full supervision: checked as masks that give labels
         array = checked_mask(example, columns, image, mask, row, num_classes, ignore_index)
-        if np.asarray(value).dtype.kind in "iu" and not multi_hot:
-            shown = [int(i) for i in np.unique(array) if 0 < i <= num_classes]
+        shown = [int(i) for i in np.unique(array) if 0 < i <= num_classes]
     return {"image_labels": ids, "_unreadable": None, "_mask_labels": shown}
 
 
-def _class_label_names(value, feature):
-    """Classification labels (`datasets.ClassLabel` indices, one or a list) as their names, which the class-name
-    lookup maps to ids (the dataset's class order need not be the model's); other label values as they are."""
-    import datasets
+def label_value(value, feature, column: str, name: str):
+    """A label column's value as `normalize_label_row` reads it: `datasets.ClassLabel` indices (one or a list) as
+    their names, which the class-name lookup maps to ids (the dataset's class order need not be the model's); a
+    JSON list written as a string (a metadata.csv cell ``"[3, 7]"``) as its list; other values as they are. A
+    struct (a detection column's ``{category, bbox}``) or an index the ClassLabel lacks (-1: an unlabelled row) is
+    refused, naming the row (``name``), the ``column`` and what to do."""
+    if isinstance(value, Mapping):
+        fields = list(value)
+        field = next((f for f in fields if f.lower().startswith(("categor", "label", "class"))), None)
+        raise ValueError(
+            f"Image labels (column {column!r}) of {name} are a struct with fields {fields}, not classes: name the "
+            f"field that holds them with a dot, e.g. --labels_column {column}.{field or (fields or ['FIELD'])[0]}."
+        )
+    if isinstance(value, str) and value.strip().startswith("["):
+        return _json_list(value, column, name)
+    class_label = _class_label(feature)
+    if class_label is None:
+        return value
+    indices = [int(v) for v in (value if class_label is not feature else [value])]
+    bad = [i for i in indices if not 0 <= i < class_label.num_classes]
+    if bad:
+        test = f"r[{column!r}] != -1" if class_label is feature else f"-1 not in r[{column!r}]"
+        what = (
+            "-1, datasets' mark of an unlabelled row: leave such rows out first"
+            if -1 in bad
+            else f"{bad}, outside the ClassLabel's 0..{class_label.num_classes - 1}: leave such rows out or fix them"
+        )
+        raise ValueError(
+            f"Image labels (column {column!r}) of {name} hold the class index {what} (e.g. "
+            f"dataset.filter(lambda r: {test}), saved with save_to_disk for train.py's --dataset_path)."
+        )
+    names = [class_label.int2str(i) for i in indices]
+    return names if class_label is not feature else names[0]
 
-    if isinstance(feature, datasets.ClassLabel):
-        return feature.int2str(int(value))
-    inner = getattr(feature, "feature", None)
-    if isinstance(inner, datasets.ClassLabel):
-        return [inner.int2str(int(v)) for v in value]
-    return value
+
+def _json_list(value: str, column: str, name: str) -> list:
+    """A label row written as a JSON list (``"[3, 7]"``, ``'["cat", "dog"]'``) -> the list, else a ValueError."""
+    try:
+        row = json.loads(value)
+    except json.JSONDecodeError as err:
+        row, reason = None, str(err)
+    else:
+        reason = f"a {type(row).__name__}"
+    if not isinstance(row, list):
+        raise ValueError(
+            f"Image labels (column {column!r}) of {name}, {value!r}, read as a JSON list but are not one "
+            f'({reason}): write several labels of a row as a JSON list, [3, 7] or ["cat", "dog"].'
+        )
+    return row
 
 
 def _decoded_pair(example: dict, columns: Columns, row: str, features: Mapping) -> tuple:

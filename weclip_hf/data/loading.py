@@ -17,6 +17,7 @@ from ..batch_jobs import group_by_size, process_share
 from ..normalization import PixelNormalization
 from ..presets import Preset, get_preset
 from .adapters import (
+    FROM_MASKS,
     Columns,
     LabelSummary,
     add_image_labels,
@@ -25,6 +26,7 @@ from .adapters import (
     is_streaming,
     mask_array,
     resolve_columns,
+    struct_fields,
 )
 from .decoding import UnreadableImageError, decode_image, describe, split_name, undecoded
 from .transforms import TrainAugmentation, load_rgb_uint8, multi_hot, normalize
@@ -309,7 +311,7 @@ def evaluation_set(
     split's (``labels_zero_based``, ``class_names``: give the training set's), else from its masks: the column
     ``labels_column`` (the masks when the split lacks it), without it one found by name (`resolve_columns`)."""
     val = materialize(val, max_samples, skip_unreadable=skip_unreadable)
-    present = labels_column is None or labels_column in val.column_names
+    present = labels_column in (None, FROM_MASKS, *val.column_names, *struct_fields(val.features))
     columns = resolve_columns(
         val.column_names,
         image_column,
@@ -319,6 +321,8 @@ def evaluation_set(
         features=val.features,
         missing_mask_hint=f" Evaluating split {split_name(val)!r} needs its pixel ground truth (train.py: "
         "--validation_split none trains without evaluation).",
+        class_names=class_names,
+        example=lambda: val[0],
     )
     columns = columns if present else Columns(columns.image, columns.mask)
     with labelling():
@@ -356,7 +360,14 @@ def training_set(
     labels' summary. Columns are found by name unless given; ``require_mask``: fail without a mask column (full
     supervision); ``labelling``: the context of `add_image_labels` (e.g. ``accelerator.main_process_first``)."""
     columns = resolve_columns(
-        dataset_columns(train), image_column, mask_column, labels_column, require_mask, train.features
+        dataset_columns(train),
+        image_column,
+        mask_column,
+        labels_column,
+        require_mask,
+        train.features,
+        class_names=class_names,
+        example=lambda: next(iter(train), {}),
     )
     with labelling():
         train, summary = add_image_labels(
