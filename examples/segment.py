@@ -15,7 +15,8 @@ imagefolder or saved dataset. Images are read as the "image-segmentation" pipeli
 grayscale, CMYK, 16-bit, images below one patch); a file that cannot be read is skipped and listed, never fatal.
 
 Outputs in --output_dir: ``labels/<name>.png`` (palette PNG whose pixel values are the ids of the model's
-``config.id2label``; ``<name>``: the path relative to the inputs' common folder, or the row number of a dataset),
+``config.id2label``; ``<name>``: the path relative to the inputs' common folder without its suffix, with it where
+two inputs would share a name (``a.jpg``, ``a.png``, ``a.png.png``), or the row number of a dataset),
 ``overlays/<name>.png`` for the first --num_overlays inputs, and ``class_fractions.json`` (per image and overall:
 the fraction of pixels of each class; the skipped inputs with the reason). Re-running the same command after an
 interruption continues: images whose label map exists are skipped (every file is written atomically), provided
@@ -31,6 +32,7 @@ Phases: arguments -> inputs -> model -> segmentation loop (each process its shar
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import glob
 import os
@@ -173,12 +175,24 @@ def find_image_files(patterns: list[str]) -> list[Path]:
 
 
 def output_names(paths: list[Path]) -> list[str]:
-    """Output names: paths relative to the files' common folder without suffix (``sub/a``); where two files differ
-    only in their suffix (a.jpg, a.png), both keep it (``a.jpg``, ``a.png``)."""
+    """Distinct output names: paths relative to the files' common folder without suffix (``sub/a``); where
+    that name is another file's too (a.jpg, a.png), or another file's name with suffix (a.png, a.png.png), the
+    file keeps its suffix (``a.jpg``, ``a.png``, ``a.png.png``): unique, as the relative paths are."""
     root = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path()
+    relative = [p.relative_to(root).as_posix() for p in paths]
     stems = [p.relative_to(root).with_suffix("").as_posix() for p in paths]
-    counts = {s: stems.count(s) for s in set(stems)}
-    return [s if counts[s] == 1 else p.relative_to(root).as_posix() for s, p in zip(stems, paths)]
+    counts = collections.Counter(stems)
+    with_suffix = {i for i, stem in enumerate(stems) if counts[stem] > 1}
+    while True:  # a stem equal to a relative path kept: that file keeps its suffix too (grows, so it ends)
+        taken = {relative[i] for i in with_suffix}
+        clashing = {i for i, stem in enumerate(stems) if i not in with_suffix and stem in taken}
+        if not clashing:
+            break
+        with_suffix |= clashing
+    names = [relative[i] if i in with_suffix else stem for i, stem in enumerate(stems)]
+    if len(set(names)) != len(names):  # never: one output would overwrite another's
+        raise RuntimeError(f"output names not unique: {sorted(n for n in names if names.count(n) > 1)}")
+    return names
 
 
 def input_record(stored, where, position: int) -> dict:

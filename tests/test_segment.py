@@ -342,6 +342,34 @@ def test_glob_patterns_and_output_names(images):
         segment.find_image_files([f"{images}/*.tiff"])
 
 
+def test_output_names_are_unique_where_a_stem_is_another_files_name(images, toy_weclip_dir, tmp_path):
+    """a.png, a.jpg and a.png.png: a.png's name was a.png.png's ("a.png"), so one label map was overwritten by
+    the other ("2 label maps ... skipped inputs: 0") and never made on a re-run; now each file gets its own."""
+    paths = [tmp_path / "in" / name for name in ("a.jpg", "a.png", "a.png.png", "b.png", "b.jpg.png")]
+    assert segment.output_names(paths) == ["a.jpg", "a.png", "a.png.png", "b", "b.jpg"]  # unique stems kept
+    paths[0].parent.mkdir()
+    for source, path in zip(("toy0.png", "toy2.png", "sub/toy1.png"), paths):
+        shutil.copyfile(images / source, path)
+    out = tmp_path / "out"
+    argv = [
+        "--model_name_or_path",
+        str(toy_weclip_dir),
+        "--images",
+        str(paths[0].parent),
+        "--output_dir",
+        str(out),
+    ]
+    report = segment.main(argv)
+    assert sorted(report["images"]) == ["a.jpg", "a.png", "a.png.png"] and report["skipped"] == []
+    for name in report["images"]:
+        assert json.loads((out / ".state" / "inputs" / f"{name}.json").read_text())["source"].endswith(
+            f"/{name}"
+        )
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("labels/*.png")}
+    assert segment.main(argv)["images"] == report["images"]  # a re-run has nothing left to do
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("labels/*.png")} == before
+
+
 def test_palette_and_display_size():
     assert len({tuple(c) for c in PALETTE[:21]}) == 21  # VOC's 21 labels: distinct colours
     assert tuple(PALETTE[15]) == (192, 128, 128) and tuple(PALETTE[255]) == (
