@@ -12,7 +12,9 @@ launch --multi_gpu --num_processes N``, as ``accelerate launch --cpu`` starts on
 
 Inputs: folders (searched recursively), files and glob patterns (``--images``), or a split of a Hub dataset,
 imagefolder or saved dataset. Images are read as the "image-segmentation" pipeline reads them (EXIF orientation,
-grayscale, CMYK, 16-bit, images below one patch); a file that cannot be read is skipped and listed, never fatal.
+grayscale, CMYK, 16-bit, images below one patch); a file that cannot be read (a broken link too) is skipped and
+listed by its path, never fatal. What this script writes in --output_dir (labels/, overlays/, .state/) is never an
+input: --output_dir may lie inside an --images folder, or be it.
 
 Outputs in --output_dir: ``labels/<name>.png`` (palette PNG whose pixel values are the ids of the model's
 ``config.id2label``; ``<name>``: the path relative to the inputs' common folder without its suffix, with it where
@@ -92,6 +94,7 @@ from weclip_hf.visualization import (
     present_class_cams,
 )
 
+OUTPUT_FOLDERS = ("labels", "overlays", STATE_DIR)  # what this script writes in --output_dir
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -109,7 +112,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="replace the label maps made from other inputs of the same names (refused without it)",
     )
     source = p.add_argument_group("inputs (--images, or a dataset split)")
-    source.add_argument("--images", nargs="+", help="image files, folders (recursive) and glob patterns")
+    source.add_argument(
+        "--images",
+        nargs="+",
+        help="image files, folders (recursive) and glob patterns (the outputs in --output_dir left out)",
+    )
     add_data_source_flags(source)
     source.add_argument("--dataset_config_name", help=DATASET_CONFIG_HELP)
     source.add_argument(
@@ -152,26 +159,45 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---- inputs -----------------------------------------------------------------------------------------
 
 
-def find_image_files(patterns: list[str]) -> list[Path]:
+def find_image_files(patterns: list[str], output_dir: Path) -> list[Path]:
     """Files of ``--images``, sorted, once each: files named as they are; in folders (recursive) and glob
-    matches, the files with an image suffix PIL knows."""
+    matches, the files with an image suffix PIL knows. What this script writes in ``output_dir``
+    (`OUTPUT_FOLDERS`) is left out, so that an --output_dir inside an --images folder is not segmented by the
+    next run; broken links are kept, to be listed as unreadable."""
     suffixes = set(Image.registered_extensions())
+    written = [(output_dir / folder).resolve() for folder in OUTPUT_FOLDERS]
     found: set[Path] = set()
     for pattern in patterns:
-        if Path(pattern).is_file():
-            found.add(Path(pattern).resolve())
-            continue
-        matches = (
-            [Path(pattern)]
-            if Path(pattern).is_dir()
-            else [Path(m) for m in glob.glob(pattern, recursive=True)]
-        )
-        files = [f for m in matches for f in (m.rglob("*") if m.is_dir() else [m])]
-        images = [f.resolve() for f in files if f.is_file() and f.suffix.lower() in suffixes]
+        if Path(pattern).is_file():  # named as it is, whatever its suffix
+            images = [resolved(Path(pattern))]
+        else:
+            matches = (
+                [Path(pattern)]
+                if Path(pattern).is_dir()
+                else [Path(m) for m in glob.glob(pattern, recursive=True)]
+            )
+            files = [f for m in matches for f in (m.rglob("*") if m.is_dir() else [m])]
+            images = [
+                resolved(f) for f in files if is_file_or_broken_link(f) and f.suffix.lower() in suffixes
+            ]
+        images = [f for f in images if not any(f.is_relative_to(folder) for folder in written)]
         if not images:
-            raise FileNotFoundError(f"--images {pattern!r}: no image file there.")
+            raise FileNotFoundError(
+                f"--images {pattern!r}: no image file there (the outputs in --output_dir {str(output_dir)!r} "
+                "are left out)."
+            )
         found.update(images)
     return sorted(found)
+
+
+def is_file_or_broken_link(path: Path) -> bool:
+    """A file, or a link to nothing (unreadable: listed as skipped, not dropped silently)."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
+def resolved(path: Path) -> Path:
+    """The absolute path of a file, links followed (a broken link: itself, in its resolved folder)."""
+    return path.resolve() if path.exists() else path.parent.resolve() / path.name
 
 
 def output_names(paths: list[Path]) -> list[str]:
@@ -225,11 +251,12 @@ class ImageInputs(Dataset):
     def read(self, position: int) -> np.ndarray:
         """The RGB image uint8 [H, W, 3] of an input; `UnreadableImageError` naming it where it cannot be read."""
         value, row = self.stored[position], self.where(position)
-        image = decode_image(value, "image", row)
+        column = getattr(self.stored, "column", None)  # files of --images: named by their path alone
+        image = decode_image(value, column, row)
         try:
             return load_rgb_uint8(image)
         except (ValueError, TypeError) as err:  # decoded, but not an image the processor reads
-            raise UnreadableImageError(describe(value, "image", row), f"{type(err).__name__}: {err}") from err
+            raise UnreadableImageError(describe(value, column, row), f"{type(err).__name__}: {err}") from err
 
 
 class DatasetImages:
@@ -248,7 +275,7 @@ class DatasetImages:
 def load_inputs(args) -> tuple:
     """(stored images: paths or a `DatasetImages`, output names, position -> description for messages)."""
     if args.images:
-        paths = find_image_files(args.images)
+        paths = find_image_files(args.images, Path(args.output_dir))
         return [str(p) for p in paths], output_names(paths), functools.partial(row_name, split=None)
     source = DataSource.from_args(args)
     _, split, _ = load_dataset_splits(source, validation_split=args.split, need_train=False)

@@ -99,7 +99,9 @@ def test_label_maps_overlays_and_class_fractions(run, images):
     assert report["images"]["toy0"] == pytest.approx(expected) and len(expected) > 1
     assert sum(report["classes"].values()) == pytest.approx(1.0)
     [skipped] = report["skipped"]
-    assert skipped["input"] == "truncated" and str(images / "truncated.png") in skipped["reason"]
+    # a file of --images is named by its path alone: it has no dataset column or row
+    assert skipped["input"] == "truncated"
+    assert skipped["reason"].startswith(f"file {str(images / 'truncated.png')!r}: OSError")
 
 
 def test_awkward_images_are_read_as_the_pipeline_reads_them(run, images, toy_weclip_dir):
@@ -330,7 +332,7 @@ def test_dataset_split_bfloat16_msf_and_crf(toy_weclip_dir, tmp_path):
 
 
 def test_glob_patterns_and_output_names(images):
-    files = segment.find_image_files([f"{images}/**/toy*.png", str(images / "notes.txt")])
+    files = segment.find_image_files([f"{images}/**/toy*.png", str(images / "notes.txt")], images / "seg")
     assert [f.name for f in files] == ["notes.txt", "toy1.png", "toy3.png", "toy0.png", "toy2.png"]
     assert segment.output_names(files) == ["notes", "sub/toy1", "sub/toy3", "toy0", "toy2"]
     assert segment.output_names([images / "a.jpg", images / "a.png", images / "b.png"]) == [
@@ -339,7 +341,7 @@ def test_glob_patterns_and_output_names(images):
         "b",
     ]
     with pytest.raises(FileNotFoundError, match="no image file"):
-        segment.find_image_files([f"{images}/*.tiff"])
+        segment.find_image_files([f"{images}/*.tiff"], images / "seg")
 
 
 def test_output_names_are_unique_where_a_stem_is_another_files_name(images, toy_weclip_dir, tmp_path):
@@ -368,6 +370,49 @@ def test_output_names_are_unique_where_a_stem_is_another_files_name(images, toy_
     before = {p: p.stat().st_mtime_ns for p in out.rglob("labels/*.png")}
     assert segment.main(argv)["images"] == report["images"]  # a re-run has nothing left to do
     assert {p: p.stat().st_mtime_ns for p in out.rglob("labels/*.png")} == before
+
+
+def test_outputs_inside_the_images_folder_are_not_inputs_of_the_next_run(images, toy_weclip_dir, tmp_path):
+    """--output_dir inside the --images folder: a re-run segmented the label maps and overlays of the first
+    ("2 inputs", then "4 inputs": seg/labels/seg/labels/toy1, ...); now they are left out, and a re-run is done."""
+    shutil.copytree(images / "sub", tmp_path / "photos")
+    out = tmp_path / "photos" / "seg"
+    argv = ["--model_name_or_path", str(toy_weclip_dir), "--images", str(tmp_path / "photos")]
+    argv += ["--output_dir", str(out), "--num_overlays", "-1"]
+    first = segment.main(argv)
+    assert sorted(first["images"]) == ["toy1", "toy3"] and len(list(out.rglob("*.png"))) == 4
+    assert segment.main(argv) == first
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "labels/toy1.png",
+        "labels/toy3.png",
+        "overlays/toy1.png",
+        "overlays/toy3.png",
+    ]
+    # an output named on the command line is left out too; so are the outputs of an --output_dir that is the
+    # --images folder itself (the images there are still inputs)
+    with pytest.raises(FileNotFoundError, match=r"no image file there \(the outputs in --output_dir"):
+        segment.find_image_files([str(out / "labels" / "toy1.png")], out)
+    for folder in segment.OUTPUT_FOLDERS:
+        shutil.copytree(out / "labels", tmp_path / "both" / folder)
+    shutil.copyfile(images / "toy0.png", tmp_path / "both" / "toy0.png")
+    assert segment.find_image_files([str(tmp_path / "both")], tmp_path / "both") == [
+        tmp_path / "both" / "toy0.png"
+    ]
+
+
+def test_a_broken_link_is_listed_as_skipped(images, toy_weclip_dir, tmp_path):
+    """A link to a missing file among the inputs was dropped without a word; it is an unreadable input."""
+    (tmp_path / "in").mkdir()
+    shutil.copyfile(images / "toy0.png", tmp_path / "in" / "a.png")
+    (tmp_path / "in" / "gone.png").symlink_to(tmp_path / "missing.png")
+    report = segment.main(
+        ["--model_name_or_path", str(toy_weclip_dir), "--images", str(tmp_path / "in")]
+        + ["--output_dir", str(tmp_path / "out")]
+    )
+    assert list(report["images"]) == ["a"]
+    [skipped] = report["skipped"]
+    assert skipped["input"] == "gone"
+    assert skipped["reason"].startswith(f"file {str(tmp_path / 'in' / 'gone.png')!r}: FileNotFoundError")
 
 
 def test_palette_and_display_size():

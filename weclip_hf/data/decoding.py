@@ -39,16 +39,17 @@ def file_path(value: Any) -> str | None:
     return path or None
 
 
-def describe(value: Any, column: str, row: str) -> str:
+def describe(value: Any, column: str | None, row: str) -> str:
     """Where a stored image lives, for messages: ``file 'a.png' (column 'image', row 3 of split 'train')``, or
-    ``column 'image' of row 3 of split 'train' (stored as bytes, no file path)``."""
+    ``column 'image' of row 3 of split 'train' (stored as bytes, no file path)``; a file that is no dataset's
+    (``column`` None: a file of a list) by its path alone, ``file 'a.png'``."""
     path = file_path(value)
     if path:
-        return f"file {path!r} (column {column!r}, {row})"
+        return f"file {path!r}" + (f" (column {column!r}, {row})" if column is not None else "")
     return f"column {column!r} of {row} (stored as bytes, no file path)"
 
 
-def decode_image(value: Any, column: str, row: str, feature: Any = None) -> Any:
+def decode_image(value: Any, column: str | None, row: str, feature: Any = None) -> Any:
     """A stored image (``{"bytes", "path"}`` dict or path) -> fully decoded PIL image, as ``datasets`` would
     decode it (EXIF orientation, ``feature.mode``); nested lists (an array column) become a NumPy array, read by the
     rules of the image processor; PIL images and arrays are returned as they are.
