@@ -158,7 +158,7 @@ def _expand_runs(values: torch.Tensor, starts: torch.Tensor, total: int) -> torc
     """`[total]`: `values[i]` from `starts[i]` (increasing, `starts[0] == 0`) up to the next start."""
     steps = torch.zeros(total, dtype=values.dtype, device=values.device)
     steps[starts] = torch.diff(values, prepend=values.new_zeros(1))
-    return steps.cumsum(dim=0)
+    return steps.cumsum_(dim=0)
 
 
 def _sort_by(columns: list[torch.Tensor], ranges: list[int]) -> torch.Tensor:
@@ -362,10 +362,11 @@ def _splat_entries(simplices: _Simplices, vertices: _Vertices, bary: torch.Tenso
     position = _expand_runs(first_point - entry_start - 1, entry_start, total)
     position += torch.arange(1, total + 1, device=bary.device)  # index into `order`
     entry_point = simplices.order.index_select(0, position)
-    entry_corner = _expand_runs(corner_index, entry_start, total)
+    del position  # [P * (d + 1)] int64 each, as are the two below: the peak of the lattice's memory
+    bary_index = _expand_runs(corner_index, entry_start, total).add_(entry_point * n1)
     return _SplatEntries(
         point=entry_point,
-        bary=bary.view(-1).index_select(0, entry_point * n1 + entry_corner),
+        bary=bary.view(-1).index_select(0, bary_index),
         offsets=entry_start[vertices.first],
     )
 
@@ -405,12 +406,15 @@ def _build_lattice(features: torch.Tensor) -> _Lattice:
     keys = _lattice_keys(enclosing.rem0, batch)
     simplices = _simplices(keys, enclosing.rank)
     vertices = _vertices(_corner_keys(keys, enclosing.rank, simplices), simplices)
-    splat = _splat_entries(simplices, vertices, enclosing.bary)
+    bary = enclosing.bary
+    del enclosing  # its corners and ranks ([d + 1, P] float and int64) are not needed for the splat
+    splat = _splat_entries(simplices, vertices, bary)
+    del simplices
     blur_index, blur_weight = _blur_neighbours(vertices.keys, keys.strides, features.dtype)
     return _Lattice(
         num_vertices=vertices.keys.numel(),
         vertex=vertices.of_point,
-        bary=enclosing.bary,
+        bary=bary,
         splat_point=splat.point,
         splat_bary=splat.bary,
         splat_offsets=splat.offsets,
@@ -440,38 +444,46 @@ class _MeanFieldEnergy:
         batch, num_classes, height, width = probs.shape
         points, dtype, device = batch * height * width, probs.dtype, probs.device
         num_vertices = sum(lattice.num_vertices for lattice in lattices)
+        num_entries = sum(lattice.splat_point.numel() for lattice in lattices)
+        num_corners = sum(lattice.vertex.shape[1] for lattice in lattices)
         index_dtype = torch.int32 if num_vertices + points < 2**31 else torch.long
         ones = torch.ones(points, 1, dtype=dtype, device=device)
-        splat_index, splat_weight, splat_offsets, slice_index, slice_weight = [], [], [], [], []
+        # all lattices' splat entries and slice bags, written in place (concatenating copies would double them)
+        self.splat_index = torch.empty(num_entries, dtype=index_dtype, device=device)
+        self.splat_weight = torch.empty(num_entries, dtype=dtype, device=device)
+        self.splat_offsets = torch.empty(num_vertices, dtype=index_dtype, device=device)
+        self.slice_index = torch.empty(points, num_corners + 1, dtype=index_dtype, device=device)
+        self.slice_weight = torch.empty(points, num_corners + 1, dtype=dtype, device=device)
         self.blur_index, self.blur_weight, self.sizes = [], [], []
-        start, num_entries = 0, 0
+        start, entry_start, corner_start = 0, 0, 0
         for lattice, weight in zip(lattices, weights):
+            entries = slice(entry_start, entry_start + lattice.splat_point.numel())
+            corners = slice(corner_start, corner_start + lattice.vertex.shape[1])
             blur_index = [index.to(index_dtype) for index in lattice.blur_index]
-            splat_point = lattice.splat_point.to(index_dtype)
-            splat_start = lattice.splat_offsets.to(index_dtype)
+            splat_point = self.splat_index[entries].copy_(lattice.splat_point)
+            splat_start = self.splat_offsets[start : start + lattice.num_vertices].copy_(
+                lattice.splat_offsets
+            )
             mass = F.embedding_bag(
                 splat_point, ones, splat_start, mode="sum", per_sample_weights=lattice.splat_bary
             )
+            splat_start += entry_start
             mass = _blur(mass, blur_index, lattice.blur_weight)
             vertex = lattice.vertex.to(index_dtype)
             norm = F.embedding_bag(vertex, mass, mode="sum", per_sample_weights=lattice.bary)
             norm = (norm[:, 0] + 1e-20).rsqrt()  # [P]
-            splat_index.append(splat_point)
-            splat_weight.append(lattice.splat_bary * norm.index_select(0, lattice.splat_point))
-            splat_offsets.append(splat_start + num_entries)
-            slice_index.append(vertex + start)
-            slice_weight.append(lattice.bary * (weight * norm[:, None]))
+            torch.mul(
+                lattice.splat_bary, norm.index_select(0, lattice.splat_point), out=self.splat_weight[entries]
+            )
+            torch.add(vertex, start, out=self.slice_index[:, corners])
+            torch.mul(lattice.bary, weight * norm[:, None], out=self.slice_weight[:, corners])
             self.blur_index.append(blur_index)
             self.blur_weight.append(lattice.blur_weight)
             self.sizes.append(lattice.num_vertices)
             start += lattice.num_vertices
-            num_entries += splat_point.numel()
-        slice_index.append(torch.arange(start, start + points, dtype=index_dtype, device=device)[:, None])
-        slice_weight.append(ones)
-        self.splat_index, self.splat_weight = torch.cat(splat_index), torch.cat(splat_weight)
-        self.splat_offsets = torch.cat(splat_offsets)
-        self.slice_index = torch.cat(slice_index, dim=1)  # [P, sum(d_k + 1) + 1]
-        self.slice_weight = torch.cat(slice_weight, dim=1)
+            entry_start, corner_start = entries.stop, corners.stop
+        self.slice_index[:, -1] = torch.arange(start, start + points, dtype=index_dtype, device=device)
+        self.slice_weight[:, -1] = 1.0
         self.table = torch.empty(num_vertices + points, num_classes, dtype=dtype, device=device)
         log_unary = self.table[num_vertices:]  # [P, C], pixel-major
         log_unary.view(batch, height, width, num_classes).copy_(probs.permute(0, 2, 3, 1))
@@ -593,6 +605,7 @@ def _mean_field(image: torch.Tensor, probs: torch.Tensor, params: CRFParams) -> 
         ones = torch.ones(batch, 1, height, width, dtype=dtype, device=device)
         pos_norm = _spatial_filter(ones, params.pos_xy_std).rsqrt()  # [B, 1, H, W]
     energy_of = _MeanFieldEnergy(lattices, weights, probs.to(dtype))
+    del lattices, position, colour  # the energy holds what it needs of them (int32 indices): free the rest
 
     q = energy_of.log_unary.softmax(dim=1)  # [P, C]
     for _ in range(params.num_iters):
