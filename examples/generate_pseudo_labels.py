@@ -348,11 +348,14 @@ def example_name(row: int) -> str:
     return f"{row:06d}"
 
 
-def write_example(out: Path, split: str, item: dict, mask, name: str, confusion: dict | None) -> None:
-    """The image, the mask and, last, the record (the mark that the example is done)."""
+def write_example(
+    out: Path, split: str, item: dict, mask, name: str, confusion: dict | None, num_labels: int
+) -> None:
+    """The image, the mask (`label_map_image`: 16-bit for more than 256 labels, ``num_labels``) and, last, the
+    record (the mark that the example is done)."""
     folder = out / split
     image_path = save_stored_image(item["stored"], item["rgb"], folder / "images" / name)
-    save_image(label_map_image(mask), folder / "masks" / f"{name}.png")
+    save_image(label_map_image(mask, num_labels), folder / "masks" / f"{name}.png")
     record = {
         "file_name": image_path.relative_to(folder).as_posix(),
         "mask_file_name": f"masks/{name}.png",
@@ -421,15 +424,16 @@ def write_pseudo_masks(model, group: list[dict], args, out: Path, split: str) ->
         if args.num_overlays < 0 or item["row"] < args.num_overlays:
             panels = {f"{args.mode.upper()} pseudo mask": masks[k]}
             if item["mask"] is not None:
-                panels["ground truth"] = np.minimum(item["mask"], 255)
+                panels["ground truth"] = item["mask"]
             figure = overlay_figure(
                 item["rgb"],
                 panels,
                 cfg.id2label,
                 present_class_cams(cams[k], item["class_labels"], cfg.id2label),
+                ignore_index=cfg.semantic_loss_ignore_index,
             )
             save_image(figure, out / "overlays" / f"{name}.png")
-        write_example(out, split, item, masks[k], name, confusion)
+        write_example(out, split, item, masks[k], name, confusion, cfg.num_labels)
 
 
 def rows_to_do(out: Path, split: str, dataset, columns, args, state: PartialState) -> list[int]:
@@ -545,7 +549,8 @@ def main(argv=None) -> dict | None:
                     write_pseudo_masks(model, group, args, out, split)
                 else:
                     for item in group:
-                        write_example(out, split, item, item["mask"], example_name(item["row"]), None)
+                        name = example_name(item["row"])
+                        write_example(out, split, item, item["mask"], name, None, cfg.num_labels)
 
     # 3. metadata and report (main process), the dataset saved or pushed
     state.wait_for_everyone()

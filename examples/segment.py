@@ -368,12 +368,12 @@ def overlay(model, item: dict, labels: torch.Tensor) -> Image.Image:
 def write_report(out: Path, names: list[str], label_path: dict, id2label, model_name: str) -> dict:
     """class_fractions.json: per image and over all images, the fraction of pixels of each class; the skipped
     inputs."""
-    per_image, totals = {}, np.zeros(256, dtype=np.int64)
+    per_image, totals = {}, np.zeros(max(256, len(id2label)), dtype=np.int64)  # ids 0..C
     for name in names:
         if label_path[name].exists():
-            labels = np.asarray(Image.open(label_path[name]))
+            labels = np.asarray(Image.open(label_path[name]))  # palette indices, or 16-bit ids: 0..C
             per_image[name] = class_fractions(labels, id2label)
-            totals += np.bincount(labels.ravel(), minlength=256)
+            totals += np.bincount(labels.ravel(), minlength=len(totals))
     report = {
         "model": model_name,
         "num_images": len(per_image),
@@ -444,7 +444,7 @@ def main(argv=None) -> dict | None:
                 save_json(item["record"], record_path[name])
                 if args.num_overlays < 0 or item["position"] < args.num_overlays:
                     save_image(overlay(model, item, labels), out / "overlays" / f"{name}.png")
-                save_image(label_map_image(labels), label_path[name])
+                save_image(label_map_image(labels, model.config.num_labels), label_path[name])
     for entry in skipped:
         print(f"skipped {entry['input']}: {entry['reason']}")
     write_skipped(out, state.process_index, skipped)

@@ -232,6 +232,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--decoder_hidden_size", type=int, help=f"decoder width ({config_values('decoder_hidden_size')})"
     )
     model.add_argument("--decoder_dropout", type=float, help="Dropout2d after the feature fusion (0.1)")
+    model.add_argument(
+        "--semantic_loss_ignore_index",
+        type=int,
+        help="the label id of ignored mask pixels (255, VOC's void); no class id may equal it: -100 for more than "
+        "254 classes. The masks' own ignored pixels must carry it",
+    )
     plus = p.add_argument_group(
         "WeCLIP+ model",
         "WeCLIPPlusConfig fields (refused for a WeCLIP model); a flag left out takes the WeCLIP+ --preset's value, "
@@ -502,7 +508,10 @@ PLUS_MODEL_FLAGS = (
     "dice_loss_weight",
     "cross_branch_loss_weight",
 )
-CONFIG_FLAGS = (*MODEL_FLAGS, *PLUS_MODEL_FLAGS)
+# flags that set other config fields, compared as given on a resume as PLUS_MODEL_FLAGS (added after RESOLVED_ARGS
+# was recorded): the ignore index (`mask_dtype` of the training masks follows it)
+LOSS_FLAGS = ("semantic_loss_ignore_index",)
+CONFIG_FLAGS = (*MODEL_FLAGS, *PLUS_MODEL_FLAGS, *LOSS_FLAGS)
 # the losses of the training log: the total and every term
 LOGGED_LOSSES = ("loss", *LOSS_TERMS)
 

@@ -280,7 +280,10 @@ def main(argv=None) -> dict:
         labelling=training_args.main_process_first,  # one process reads the images for the labels
     )
     augment = TrainAugmentation(
-        recipe.crop_size, (recipe.scale_min, recipe.scale_max), normalization=normalization
+        recipe.crop_size,
+        (recipe.scale_min, recipe.scale_max),
+        ignore_index=cfg.semantic_loss_ignore_index,  # --config_overrides may set it (-100: > 254 classes)
+        normalization=normalization,
     )
     # the crops and flips seeded as examples/train.py's
     train_set, summary = training_set(

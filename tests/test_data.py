@@ -383,6 +383,32 @@ def test_train_augmentation_crops_pads_and_flips_deterministically():
         assert crop.shape == (16, 16, 3)
 
 
+@pytest.mark.parametrize(
+    ("num_classes", "ignore_index", "dtype"),
+    [(20, 255, np.uint8), (20, -100, np.int16), (300, -100, np.int32), (300, 65535, np.uint16)],
+)
+def test_training_masks_hold_every_class_id_and_the_ignore_index(num_classes, ignore_index, dtype):
+    """A model of semantic_loss_ignore_index -100 (what the config asks for beyond 254 classes) crashed on every
+    mask ("Python integer -100 out of bounds for uint8"); class ids above 255 would have wrapped. VOC keeps uint8."""
+    from weclip_hf.data.loading import training_set
+    from weclip_hf.data.transforms import mask_dtype
+
+    assert mask_dtype(num_classes, ignore_index) == dtype
+    mask = np.zeros((8, 8), np.int32)
+    mask[:4], mask[4:, :4] = num_classes, ignore_index  # the last class, ignored pixels
+    data = _labelled([mask]) if ignore_index >= 0 else datasets.Dataset.from_dict(
+        {"image": [np.zeros((8, 8, 3), np.uint8).tolist()], "mask": [mask.tolist()], "image_labels": [[1]]}
+    )  # fmt: skip
+    augment = TrainAugmentation(
+        12, (1.0, 1.0), ignore_index=ignore_index, normalization=IMAGENET_NORMALIZATION
+    )
+    train, _ = training_set(data, num_classes, augment, require_mask=True)
+    item = train[0]
+    padding = ~item["pixel_mask"].bool()
+    assert padding.any() and (item["labels"][padding] == ignore_index).all()
+    assert item["labels"].unique().tolist() == sorted({0, num_classes, ignore_index})
+
+
 def test_normalize_and_multi_hot():
     black = normalize(np.zeros((2, 2, 3), np.uint8), IMAGENET_NORMALIZATION)
     official = np.float32([-123.675 / 58.395, -116.28 / 57.12, -103.53 / 57.375])  # float64, rounded once

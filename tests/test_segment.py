@@ -426,6 +426,39 @@ def test_palette_and_display_size():
     assert display_size(3000, 4000) == (576, 768) and display_size(1, 1) == (256, 256)
 
 
+def test_label_maps_of_more_than_255_classes_and_an_ignore_index_of_minus_100():
+    """Overlays, label map PNGs and class fractions refused ids outside 0..255 ("labels must hold ids 0..255 for a
+    palette PNG"): a model of 300 classes (ignore index -100) failed at its final evaluation's overlays."""
+    from weclip_hf.visualization import (
+        VOID_COLOUR,
+        class_fractions,
+        label_colours,
+        label_map_image,
+        overlay_figure,
+    )
+
+    labels = np.array([[0, 15, 255], [256, 299, -100]], np.int32)
+    colours = label_colours(labels, ignore_index=-100)
+    assert (colours[0] == PALETTE[[0, 15, 255]]).all() and (colours[1, 2] == VOID_COLOUR).all()
+    assert (
+        len({tuple(c) for c in colours[1, :2]} | {tuple(c) for c in colours[0]}) == 5
+    )  # 256, 299: their own
+    id2label = {i: f"c{i}" for i in range(300)}
+    assert class_fractions(labels, id2label, ignore_index=-100) == {
+        name: 1 / 6 for name in ("ignore", "c0", "c15", "c255", "c256", "c299")
+    }
+    png = io.BytesIO()
+    label_map_image(labels[:, :2], num_labels=300).save(
+        png, format="PNG"
+    )  # 16 bits, for every image of the model
+    assert np.asarray(Image.open(png)).tolist() == [[0, 15], [256, 299]]
+    assert label_map_image(np.zeros((2, 2), np.int64), num_labels=300).mode == "I;16"
+    assert label_map_image(np.zeros((2, 2), np.int64), num_labels=21).mode == "P"
+    image = np.zeros((2, 3, 3), np.uint8)
+    figure = overlay_figure(image, {"ground truth": labels}, id2label, ignore_index=-100)
+    assert figure.width > 2 * display_size(2, 3)[1]  # image, label map, legend
+
+
 def test_atomic_write_leaves_the_old_file_or_nothing(tmp_path):
     def fail_halfway(tmp: Path):
         tmp.write_bytes(b"half")

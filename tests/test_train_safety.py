@@ -141,6 +141,23 @@ def test_sigterm_after_the_training_says_what_is_saved_and_exits_with_143(train,
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_semantic_loss_ignore_index_is_a_flag_and_an_ignore_index_of_minus_100_trains(tmp_path, tiny_clip):
+    """More than 254 classes need an ignore index outside 0..C (the config says "Use -100"), which train.py had no
+    flag for; and a model of -100 crashed on every mask ("Python integer -100 out of bounds for uint8"), the crop
+    padding of --fully_supervised included. Fresh and saved models take the flag; the overlays draw -100."""
+    run = [*SHORT, "--fully_supervised", "--num_overlays", "1"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    train_in_process("--clip_model_name_or_path", tiny_clip, "--output_dir", first, *run,
+                     "--semantic_loss_ignore_index", -100)  # fmt: skip
+    assert json.loads((first / "config.json").read_text())["semantic_loss_ignore_index"] == -100
+    assert json.loads((first / "preprocessor_config.json").read_text())["ignore_index"] == -100
+    assert (first / "overlays" / "val_000.png").is_file()
+    train_in_process(
+        "--model_name_or_path", first, "--output_dir", second, *run, "--semantic_loss_ignore_index", 300
+    )
+    assert json.loads((second / "config.json").read_text())["semantic_loss_ignore_index"] == 300
+
+
 def test_model_name_or_path_applies_the_model_flags_it_is_given(tmp_path, tiny_clip, train, capsys):
     first = tmp_path / "first"
     train_in_process("--clip_model_name_or_path", tiny_clip, "--output_dir", str(first), *SHORT)

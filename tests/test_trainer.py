@@ -307,9 +307,15 @@ def test_train_with_trainer_sets_config_fields_and_the_crop_that_no_other_flag_s
     tmp_path, monkeypatch, capsys
 ):
     """--config_overrides (transformers' example scripts' flag) sets any config field, --crop_size the training
-    crops (and the saved processor's size on the toy world); a misspelt field is refused at parsing."""
+    crops (and the saved processor's size on the toy world); a misspelt field is refused at parsing. The training
+    masks follow an ignore index set so (they were padded, and checked, with 255 whatever the model's)."""
     script = trainer_script(monkeypatch)
-    overrides = "attention_num_maps=3,par_dilations=[1,2],decoder_dropout=0.0"
+    augments = []
+    real_training_set = script.training_set
+    monkeypatch.setattr(
+        script, "training_set", lambda *a, **k: augments.append(a[2]) or real_training_set(*a, **k)
+    )
+    overrides = "attention_num_maps=3,par_dilations=[1,2],decoder_dropout=0.0,semantic_loss_ignore_index=-100"
     flags = ["--max_steps", 1, "--save_strategy", "no", "--validation_split", "none", "--eval_strategy", "no"]
     run_script(script, "--output_dir", tmp_path, *flags, "--config_overrides", overrides, "--crop_size", 64)
     config = json.loads((tmp_path / "config.json").read_text())
@@ -318,6 +324,7 @@ def test_train_with_trainer_sets_config_fields_and_the_crop_that_no_other_flag_s
         [1, 2],
         0.0,
     )
+    assert config["semantic_loss_ignore_index"] == -100 and augments[0].ignore_index == -100
     assert WeCLIPImageProcessor.from_pretrained(tmp_path).size == {"height": 64, "width": 64}
     capsys.readouterr()
     with pytest.raises(SystemExit):

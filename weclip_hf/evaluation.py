@@ -253,12 +253,13 @@ def _write_overlay(model, item: dict, output_dir: Path, name: str, normalization
     figure = overlay_figure(
         image,
         {
-            "ground truth": item["labels"].clamp(max=255),
+            "ground truth": item["labels"],
             "CAM pseudo labels": cam_labels[0],
             "RFM pseudo labels": rfm_labels[0],
             "prediction": pred[0],
         },
         id2label,
         cams=present_class_cams(cams[0], item["class_labels"], id2label),
+        ignore_index=model.config.semantic_loss_ignore_index,
     )
     return save_image(figure, output_dir / "overlays" / name).relative_to(output_dir).as_posix()

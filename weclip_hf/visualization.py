@@ -3,7 +3,8 @@
 96 px toy images are readable.
 
 Used by `weclip_hf.evaluation.write_overlays` (examples/train.py), `examples/segment.py` and `examples/generate_pseudo_labels.py`.
-Label maps hold the ids of ``config.id2label`` (0 = background, 1..C = classes, 255 = ignore).
+Label maps hold the ids of ``config.id2label`` (0 = background, 1..C = classes, 255 = ignore by default: the
+config's ``semantic_loss_ignore_index``, e.g. -100 for more than 254 classes).
 """
 
 from __future__ import annotations
@@ -20,34 +21,57 @@ TITLE_HEIGHT = 22  # px of the title strip above each panel
 FONT_SIZE = 14
 
 
-def label_palette() -> np.ndarray:
-    """The PASCAL VOC colour map: [256, 3] uint8, id 0 black, 255 = (224, 224, 192) (VOC's void colour).
-
-    Bit ``j`` of the red / green / blue value of id ``i`` is bit ``3 * (7 - j)`` / ``+ 1`` / ``+ 2`` of ``i``, so
-    small ids get well separated colours."""
-    ids = np.arange(256)[:, None, None]
+def bit_colours(ids: np.ndarray) -> np.ndarray:
+    """Label ids [N] (>= 0) -> their PASCAL VOC colour-map colours [N, 3] uint8: bit ``j`` of the red / green /
+    blue value of id ``i`` is bit ``3 * (7 - j)`` / ``+ 1`` / ``+ 2`` of ``i``, so small ids get well separated
+    colours, and ids up to 2**24 distinct ones (more than 255 classes)."""
+    ids = np.asarray(ids, dtype=np.int64)[:, None, None]
     bit = np.arange(8)[None, :, None]  # the bit of the colour value, from the most significant one
     channel = np.arange(3)[None, None, :]
-    bits = (ids >> (3 * bit + channel)) & 1  # [256, 8, 3]
+    bits = (ids >> (3 * bit + channel)) & 1  # [N, 8, 3]
     return (bits << (7 - bit)).sum(axis=1).astype(np.uint8)
 
 
+def label_palette() -> np.ndarray:
+    """The PASCAL VOC colour map: [256, 3] uint8, id 0 black, 255 = (224, 224, 192) (VOC's void colour)."""
+    return bit_colours(np.arange(256))
+
+
 PALETTE = label_palette()
+VOID_COLOUR = PALETTE[255]  # of ignored pixels (VOC's void borders), whatever the ignore index
+
+
+def label_colours(labels: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """A label map [H, W] of any integer ids -> its colours [H, W, 3] uint8 (`bit_colours`; ``ignore_index`` and
+    any negative id in `VOID_COLOUR`), computed once per distinct id."""
+    ids, inverse = np.unique(labels, return_inverse=True)
+    colours = bit_colours(np.maximum(ids, 0))
+    colours[(ids == ignore_index) | (ids < 0)] = VOID_COLOUR
+    return colours[inverse.reshape(labels.shape)]
 
 
 def as_label_array(labels: torch.Tensor | np.ndarray) -> np.ndarray:
-    """A label map [H, W] (tensor or array of ids 0..255) -> uint8 array."""
+    """A label map [H, W] (tensor or array of integer ids, e.g. more than 255 classes or an ignore index of -100)
+    -> a uint8 array for ids 0..255 stored as uint8, else int32 (both of which PIL resizes)."""
     array = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     if array.ndim != 2:
         raise ValueError(f"labels must be a 2-D label map [H, W], got shape {array.shape}.")
-    if array.size and (array.min() < 0 or array.max() > 255):
-        raise ValueError(f"labels must hold ids 0..255 for a palette PNG, got {array.min()}..{array.max()}.")
-    return array.astype(np.uint8)
+    if array.dtype.kind not in "iub":
+        raise ValueError(f"labels must hold integer ids, got dtype {array.dtype}.")
+    return array if array.dtype == np.uint8 else array.astype(np.int32)
 
 
-def label_map_image(labels: torch.Tensor | np.ndarray) -> Image.Image:
-    """A label map [H, W] -> palette ("P") PIL image: the pixel values are the ids, shown in `PALETTE`'s colours."""
-    image = Image.fromarray(as_label_array(labels), mode="P")
+def label_map_image(labels: torch.Tensor | np.ndarray, num_labels: int = 256) -> Image.Image:
+    """A label map [H, W] -> PNG-ready PIL image whose pixel values are the ids: a palette ("P") image in `PALETTE`'s
+    colours for ids 0..255, a 16-bit greyscale ("I;16") one for a model of more than 256 labels (``num_labels``,
+    ids 0..65535), so that all label maps of a model are of one kind."""
+    array = as_label_array(labels)
+    low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+    if low < 0 or high > 65535:
+        raise ValueError(f"labels must hold ids 0..65535 for a PNG, got {low}..{high}.")
+    if num_labels > 256 or high > 255:
+        return Image.fromarray(array.astype(np.uint16))  # mode "I;16"
+    image = Image.fromarray(array.astype(np.uint8), mode="P")
     image.putpalette(PALETTE.tobytes())
     return image
 
@@ -57,14 +81,14 @@ def class_fractions(
 ) -> dict[str, float]:
     """The fraction of the pixels of a label map [H, W] that each present class covers (ignored pixels count
     in the total, under ``"ignore"``); ids missing from ``id2label`` are named by their number."""
-    array = as_label_array(labels)
-    return fractions_from_counts(np.bincount(array.ravel(), minlength=256), id2label, ignore_index)
+    ids, counts = np.unique(as_label_array(labels), return_counts=True)
+    return {label_name(int(i), id2label, ignore_index): float(c / counts.sum()) for i, c in zip(ids, counts)}
 
 
 def fractions_from_counts(
     counts: np.ndarray, id2label: Mapping[int, str], ignore_index: int = 255
 ) -> dict[str, float]:
-    """Pixel counts per id [256] -> name -> fraction of all pixels, for the ids with pixels."""
+    """Pixel counts per id [N] -> name -> fraction of all pixels, for the ids with pixels."""
     total = counts.sum()
     return {
         label_name(int(i), id2label, ignore_index): float(counts[i] / total) for i in np.nonzero(counts)[0]
@@ -105,9 +129,11 @@ def blend(image: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndar
     return mixed.round().astype(np.uint8)
 
 
-def blend_labels(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """image uint8 [H, W, 3] with the label map [H, W] (same size) painted over it in `PALETTE` colours."""
-    return blend(image, PALETTE[labels], alpha)
+def blend_labels(
+    image: np.ndarray, labels: np.ndarray, alpha: float = 0.5, ignore_index: int = 255
+) -> np.ndarray:
+    """image uint8 [H, W, 3] with the label map [H, W] (same size) painted over it in `label_colours`."""
+    return blend(image, label_colours(labels, ignore_index), alpha)
 
 
 def heat_colours(values: np.ndarray) -> np.ndarray:
@@ -151,7 +177,7 @@ def legend(ids: list[int], id2label: Mapping[int, str], ignore_index: int = 255)
         top = TITLE_HEIGHT + k * row + 2
         draw.rectangle(
             [4, top, 4 + FONT_SIZE, top + FONT_SIZE],
-            fill=tuple(int(c) for c in PALETTE[index]),
+            fill=tuple(int(c) for c in label_colours(np.array([index]), ignore_index)[0]),
             outline="gray",
         )
         draw.text((12 + FONT_SIZE, top), name, fill="black", font=font)
@@ -170,6 +196,7 @@ def overlay_figure(
 ) -> Image.Image:
     """One figure: the image, then each of ``label_maps`` (title -> [H, W] ids) blended over it, and a legend of
     the classes they show; below, a heat map of each of ``cams`` (title, e.g. a class name -> [h, w] in [0, 1]).
+    Ids may be any integers: more than 255 classes, ``ignore_index`` (e.g. -100) shown in `VOID_COLOUR`.
 
     ``image``: uint8 [H, W, 3], the size of the label maps. Panels are shown at `display_size`."""
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
@@ -181,7 +208,7 @@ def overlay_figure(
         if labels.shape != image.shape[:2]:
             raise ValueError(f"label map {title!r} has size {labels.shape}, the image {image.shape[:2]}.")
     top = [titled(shown, "image")] + [
-        titled(blend_labels(shown, resize_labels(labels, size), alpha), title)
+        titled(blend_labels(shown, resize_labels(labels, size), alpha, ignore_index), title)
         for title, labels in maps.items()
     ]
     ids = np.unique(np.concatenate([labels.ravel() for labels in maps.values()])).tolist() if maps else []
@@ -201,10 +228,11 @@ def overlay_figure(
 
 
 def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 label map [H, W] -> [size] (nearest neighbour)."""
+    """Label map [H, W] (`as_label_array`) -> [size] (nearest neighbour), of the same dtype."""
     if labels.shape == tuple(size):
         return labels
-    return np.asarray(Image.fromarray(labels).resize((size[1], size[0]), Image.NEAREST))
+    resized = Image.fromarray(labels).resize((size[1], size[0]), Image.NEAREST)
+    return np.asarray(resized).astype(labels.dtype, copy=False)  # PIL reads 16 bits as int32
 
 
 def present_class_cams(
@@ -224,6 +252,7 @@ __all__ = [
     "class_fractions",
     "display_size",
     "fractions_from_counts",
+    "label_colours",
     "label_map_image",
     "label_palette",
     "legend",

@@ -29,7 +29,7 @@ from .adapters import (
     struct_fields,
 )
 from .decoding import UnreadableImageError, decode_image, describe, split_name, undecoded
-from .transforms import TrainAugmentation, load_rgb_uint8, multi_hot, normalize
+from .transforms import TrainAugmentation, load_rgb_uint8, mask_dtype, multi_hot, normalize
 
 
 def read_example(
@@ -44,7 +44,7 @@ def read_example(
     raises `UnreadableImageError` naming it (``row`` where it has no path). ``features``: the dataset's (modes).
     With ``num_classes``, the mask is refused unless it has ids 0..C or ``ignore_index`` and its image's size
     (`checked_mask`, as `add_image_labels` checks a split ahead: here also a stream's, whose images are not read
-    ahead; the uint8 cast of training masks relies on it)."""
+    ahead; the `mask_dtype` cast of training masks relies on it)."""
     features = features or {}
     image = decode_image(example[columns.image], columns.image, row, features.get(columns.image))
     mask = None
@@ -68,7 +68,8 @@ def train_item(
 ) -> dict[str, torch.Tensor]:
     """One training example: augmented image, multi-hot image labels, pixel mask, (mask labels if any)."""
     image, mask = read_example(example, columns, row, features, num_classes, augment.ignore_index)
-    mask = None if mask is None else mask.astype(np.uint8)  # checked ids (0..C, ignore): the cast keeps them
+    if mask is not None:  # checked ids (0..C, ignore): the cast keeps them
+        mask = mask.astype(mask_dtype(num_classes, augment.ignore_index), copy=False)
     image, mask, valid = augment(image, mask, rng)
     item = {
         "pixel_values": normalize(image, augment.normalization),

@@ -23,7 +23,8 @@ from ..normalization import PixelNormalization
 
 @dataclass
 class TrainAugmentation:
-    """Random rescale, flip and crop of an (image, mask) pair; returns uint8 arrays and a pixel mask.
+    """Random rescale, flip and crop of an (image, mask) pair; returns the image and mask (the mask keeps its dtype,
+    `mask_dtype`: it must hold ``ignore_index``, the crop's padding) and a pixel mask.
     ``normalization`` (keyword, required): the statistics the crops are normalized with, those of the image
     processor saved with the model (`PixelNormalization.from_image_processor`)."""
 
@@ -41,8 +42,10 @@ class TrainAugmentation:
         scale = rng.uniform(*self.scale_range)
         size = (max(1, int(w * scale)), max(1, int(h * scale)))
         image = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
-        if mask is not None:
-            mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+        if mask is not None:  # PIL reads a 16-bit mask as int32 ("I"): back to the mask's dtype
+            mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST)).astype(
+                mask.dtype, copy=False
+            )
         if rng.random() < self.flip_prob:
             image = image[:, ::-1]
             mask = None if mask is None else mask[:, ::-1]
@@ -58,12 +61,19 @@ class TrainAugmentation:
         canvas[oy : oy + h, ox : ox + w] = image
         valid[oy : oy + h, ox : ox + w] = True
         label = None
-        if mask is not None:
-            label = np.full((ph, pw), self.ignore_index, dtype=np.uint8)
+        if mask is not None:  # of the mask's dtype (`mask_dtype`), which holds the ignore index
+            label = np.full((ph, pw), self.ignore_index, dtype=mask.dtype)
             label[oy : oy + h, ox : ox + w] = mask
         y0, x0 = rng.integers(0, ph - c + 1), rng.integers(0, pw - c + 1)
         window = (slice(y0, y0 + c), slice(x0, x0 + c))
         return canvas[window], None if label is None else label[window], valid[window]
+
+
+def mask_dtype(num_classes: int, ignore_index: int) -> np.dtype:
+    """The smallest integer dtype of a training mask that holds ids 0..``num_classes`` and ``ignore_index``: uint8
+    for VOC's 20 classes and 255 (memory and speed), int16 / uint16 / int32 for an ignore index of -100 or more
+    than 255 classes (a uint8 mask could not hold them)."""
+    return np.result_type(np.min_scalar_type(num_classes), np.min_scalar_type(ignore_index))
 
 
 def normalize(image: np.ndarray, normalization: PixelNormalization) -> torch.Tensor:
