@@ -853,9 +853,11 @@ def test_a_missing_data_dir_or_dataset_path_is_named(tmp_path):
 
 @pytest.mark.parametrize("streaming", [False, True])
 @pytest.mark.parametrize("nulls", [False, True])
-def test_an_imagefolder_with_labels_in_train_and_masks_in_validation_loads(tmp_path, streaming, nulls):
+@pytest.mark.parametrize("flag", ["data_dir", "dataset_name"])
+def test_an_imagefolder_with_labels_in_train_and_masks_in_validation_loads(tmp_path, streaming, nulls, flag):
     """README's own layout (image-level labels only for training, masks to score the validation split) failed in
-    `datasets` ("Metadata files ... have different features"), also with the other split's field written null."""
+    `datasets` ("Metadata files ... have different features"), also with the other split's field written null; the
+    same folder as --dataset_name failed after --data_dir was fixed."""
     from weclip_hf.data.loading import DataSource, load_dataset_splits
 
     for split in ("train", "validation"):
@@ -875,7 +877,7 @@ def test_an_imagefolder_with_labels_in_train_and_masks_in_validation_loads(tmp_p
                     | ({"image_labels": None} if nulls else {})
                 )
         (tmp_path / split / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    train, val, _ = load_dataset_splits(DataSource(data_dir=str(tmp_path), streaming=streaming))
+    train, val, _ = load_dataset_splits(DataSource(**{flag: str(tmp_path)}, streaming=streaming))
     assert sorted(train.features) == ["image", "image_labels"] and sorted(val.features) == ["image", "label"]
     assert [row["image_labels"] for row in train] == [[1], [2]]
     assert [np.asarray(row["label"]).max() for row in val] == [1, 2]

@@ -494,11 +494,9 @@ def load_dataset_splits(
     elif source.data_dir:
         check_local_dataset(source.data_dir, "--data_dir")
         check_imagefolder_metadata(source.data_dir)
-        ds = load_imagefolder(source.data_dir, source.streaming)
+        ds = load_folder_dataset("imagefolder", source.streaming, data_dir=source.data_dir)
     elif source.dataset_name:
-        ds = datasets.load_dataset(
-            source.dataset_name, source.dataset_config_name, streaming=source.streaming
-        )
+        ds = load_folder_dataset(source.dataset_name, source.streaming, name=source.dataset_config_name)
     else:
         raise ValueError("Give a dataset_name, data_dir or dataset_path (or toy=True).")
     layout = get_preset(preset or "voc").dataset
@@ -574,22 +572,30 @@ def check_imagefolder_metadata(data_dir: str) -> None:
             )
 
 
-def load_imagefolder(data_dir: str, streaming: bool = False):
-    """The splits of an imagefolder. Where its splits' metadata files hold different fields (image-level labels
-    in train/, masks in validation/: README "Training on your own data"), which `datasets` refuses in one load
-    ("have different features"), each split is loaded on its own, its columns of nothing but nulls dropped."""
+def load_folder_dataset(
+    path: str, streaming: bool = False, *, data_dir: str | None = None, name: str | None = None
+):
+    """The splits of a folder-based dataset: ``path`` "imagefolder" with ``data_dir`` (--data_dir), or a local folder
+    or Hub repository (--dataset_name, its config ``name``). Where its splits' metadata files hold different fields
+    (image-level labels in train/, masks in validation/: README "Training on your own data"), which `datasets`
+    refuses in one load ("have different features"), each split is loaded on its own (its files found by
+    `datasets`' own split patterns), its columns of nothing but nulls dropped."""
     import datasets
     from datasets.data_files import get_data_patterns
 
     try:
-        return datasets.load_dataset("imagefolder", data_dir=data_dir, streaming=streaming)
+        return datasets.load_dataset(path, name, data_dir=data_dir, streaming=streaming)
     except ValueError as err:
         if "have different features" not in str(err):
             raise
+    local = Path(data_dir or path).expanduser()
+    base = (
+        str(local) if local.is_dir() else f"hf://datasets/{path}"
+    )  # a Hub repository: its files, as `datasets`
     splits = {}
-    for split, patterns in get_data_patterns(str(Path(data_dir).expanduser())).items():
+    for split, patterns in get_data_patterns(base).items():
         ds = datasets.load_dataset(
-            "imagefolder", data_dir=data_dir, data_files={split: patterns}, split=split, streaming=streaming
+            path, name, data_dir=data_dir, data_files={split: patterns}, split=split, streaming=streaming
         )
         features = ds.features or {}
         nulls = [k for k, v in features.items() if isinstance(v, datasets.Value) and v.dtype == "null"]
