@@ -96,12 +96,14 @@ from weclip_hf.script_arguments import (
     IMAGE_COLUMN_HELP,
     LABELS_COLUMN_HELP,
     MASK_COLUMN_HELP,
+    TRAIN_VAL_SPLIT_HELP,
     add_data_source_flags,
     at_least_one,
     check_dino_fits_preset,
     check_preset_fits_data,
     config_values,
     first_paragraph,
+    fraction,
     model_type_of_args,
     non_negative,
     positive_float,
@@ -126,6 +128,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="the split scored during and after training (default: the preset's, 'validation', when the dataset "
         "has it; 'none': no evaluation)",
     )
+    data.add_argument("--train_val_split", type=fraction, help=TRAIN_VAL_SPLIT_HELP)
     data.add_argument("--image_column", help=IMAGE_COLUMN_HELP)
     data.add_argument("--mask_column", help=MASK_COLUMN_HELP)
     data.add_argument("--labels_column", help=LABELS_COLUMN_HELP)
@@ -430,6 +433,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(
             f"--{backbones[0]} builds a fresh model from a backbone, and --model_name_or_path continues a trained "
             "one (its backbones are in it): give one of them."
+        )
+    if args.train_val_split and args.validation_split == "none":
+        p.error(
+            "--train_val_split holds out a validation split, and --validation_split none asks for none: give one."
         )
     if args.with_tracking and args.report_to == "none":
         p.error("--with_tracking logs to trackers and --report_to none to none: give one of them.")
@@ -1118,6 +1125,7 @@ def load_data_and_model(
         train_split=args.train_split,
         validation_split=args.validation_split,
         preset=args.preset,
+        train_val_split=args.train_val_split,
         log=accelerator.print,
     )
     model = build_model(args, names)

@@ -28,6 +28,7 @@ overlays, a model card, the Hub).
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -61,10 +62,12 @@ from weclip_hf.script_arguments import (
     IMAGE_COLUMN_HELP,
     LABELS_COLUMN_HELP,
     MASK_COLUMN_HELP,
+    TRAIN_VAL_SPLIT_HELP,
     check_dino_fits_preset,
     check_one_data_source,
     check_preset_fits_data,
     first_paragraph,
+    fraction,
     parse_config_overrides,
     recipe_name,
     recipe_values,
@@ -95,6 +98,7 @@ class WeCLIPArguments:
     validation_split: str | None = _flag(
         "the split scored (default: 'validation' where the dataset has it; 'none': no evaluation)"
     )
+    train_val_split: float | None = _flag(TRAIN_VAL_SPLIT_HELP)
     image_column: str | None = _flag(IMAGE_COLUMN_HELP)
     mask_column: str | None = _flag(MASK_COLUMN_HELP)
     labels_column: str | None = _flag(LABELS_COLUMN_HELP)
@@ -185,6 +189,11 @@ def parse_args(argv=None) -> tuple[WeCLIPArguments, TrainingArguments]:
     check_preset_fits_data(full, args)
     if args.crop_size is not None and args.crop_size < 1:
         full.error(f"--crop_size must be >= 1, got {args.crop_size}.")
+    if args.train_val_split is not None:
+        try:
+            fraction(str(args.train_val_split))
+        except argparse.ArgumentTypeError as error:
+            full.error(f"--train_val_split {error}")
     if args.config_overrides:
         try:
             parse_config_overrides(args.config_overrides, config_class(args))
@@ -238,7 +247,11 @@ def main(argv=None) -> dict:
     preset = get_preset(recipe_name(args))  # the recipe of parse_args
     set_seed(training_args.seed)  # the decoder's initial weights
     train_raw, val_raw, names = load_dataset_splits(
-        source, train_split=args.train_split, validation_split=args.validation_split, preset=args.preset
+        source,
+        train_split=args.train_split,
+        validation_split=args.validation_split,
+        preset=args.preset,
+        train_val_split=args.train_val_split,
     )
     if val_raw is None and training_args.eval_strategy != "no":
         raise ValueError(

@@ -13,6 +13,7 @@ from PIL import Image
 from weclip_hf.data.adapters import (
     Columns,
     add_image_labels,
+    is_streaming,
     labels_from_mask,
     normalize_label_row,
     resolve_columns,
@@ -539,6 +540,51 @@ def test_a_validation_split_that_is_not_there_is_refused_unless_none(tmp_path):
         load_dataset_splits(toy, train_split="bogus")
     assert load_dataset_splits(toy, validation_split="none")[1] is None
     assert len(load_dataset_splits(toy, validation_split="validation")[1]) == 2
+
+
+def test_train_val_split_holds_out_seeded_rows_of_a_dataset_without_a_validation_split(tmp_path):
+    """A dataset with only a train split got no evaluation: --train_val_split (transformers') holds out a fraction
+    of it, the same rows for the same seed (a resume), none unless asked, and not of a split that exists."""
+    from weclip_hf.data.loading import DataSource, load_dataset_splits
+
+    rows = {
+        "train": datasets.Dataset.from_dict(
+            {"image": [[[[i, 0, 0]]] for i in range(20)], "image_labels": [[1]] * 20}
+        )
+    }
+    path = str(tmp_path / "train_only")
+    datasets.DatasetDict(rows).save_to_disk(path)
+    notes = []
+
+    def held_out(seed: int, **kwargs) -> tuple[list[int], list[int]]:
+        train, val, _ = load_dataset_splits(
+            DataSource(dataset_path=path, seed=seed), log=notes.append, **kwargs
+        )
+        return [r["image"][0][0][0] for r in train], val and [r["image"][0][0][0] for r in val]
+
+    train, val = held_out(3, train_val_split=0.25)
+    assert len(val) == 5 and sorted(train + val) == list(range(20))
+    assert held_out(3, train_val_split=0.25) == (train, val) and held_out(4, train_val_split=0.25)[1] != val
+    assert "no 'validation' split: --train_val_split 0.25 holds out 5 of the 20 images of 'train'" in notes[0]
+    assert held_out(3) == (list(range(20)), None)  # off unless asked
+    assert held_out(3, train_val_split=0.25, validation_split="none")[1] is None
+    _, val, _ = load_dataset_splits(DataSource(dataset_path=path), train_val_split=0.25)
+    with pytest.raises(ValueError, match="Image labels of row 0 of split 'validation'"):  # named as the split
+        add_image_labels(val.map(lambda r: {"image_labels": [9]}), Columns("image", None, "image_labels"), 2)
+    both = _save_splits(tmp_path / "both", {"train": 4, "validation": 2})
+    assert (
+        len(load_dataset_splits(DataSource(dataset_path=both), train_val_split=0.5)[1]) == 2
+    )  # the dataset's
+    streamed, val, _ = load_dataset_splits(
+        DataSource(dataset_path=path, streaming=True), train_val_split=0.25
+    )
+    assert is_streaming(streamed) and len(val) == 5  # a saved dataset is divided before it is streamed
+    (tmp_path / "folder" / "train").mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (4, 4)).save(tmp_path / "folder" / "train" / f"{i}.png")
+    folder = DataSource(data_dir=str(tmp_path / "folder"), streaming=True)
+    with pytest.raises(ValueError, match="--train_val_split holds out rows of a training split read whole"):
+        load_dataset_splits(folder, train_val_split=0.25)
 
 
 # ---- unreadable files, class-name labels (issue 25.4) -----------------------------------------------------

@@ -760,6 +760,24 @@ def test_naming_a_tracker_turns_tracking_on(capsys):
     assert "--with_tracking logs to trackers and --report_to none to none" in capsys.readouterr().err
 
 
+def test_train_val_split_is_a_fraction_and_needs_a_validation_split(capsys):
+    """--train_val_split (transformers'): a fraction in (0, 1), off by default, refused beside --validation_split
+    none; train_with_trainer.py takes it too."""
+    train = train_module()
+    assert train.parse_args(["--dataset_name", "d"]).train_val_split is None
+    assert train.parse_args(["--dataset_name", "d", "--train_val_split", "0.15"]).train_val_split == 0.15
+    for argv in (["--train_val_split", "1.5"], ["--train_val_split", "0.1", "--validation_split", "none"]):
+        with pytest.raises(SystemExit):
+            train.parse_args(["--dataset_name", "d", *argv])
+    assert "must be a fraction between 0 and 1" in capsys.readouterr().err
+    sys.path.insert(0, str(ROOT / "examples"))
+    import train_with_trainer
+
+    assert train_with_trainer.parse_args(["--train_val_split", "0.2"])[0].train_val_split == 0.2
+    with pytest.raises(SystemExit):
+        train_with_trainer.parse_args(["--train_val_split", "1.5"])
+
+
 def test_class_names_also_name_the_labels_of_a_fresh_model(tiny_clip):
     """--class_names replace a preset's classes and its display names, also when as many are given (as
     generate_pseudo_labels.py builds its fresh models)."""

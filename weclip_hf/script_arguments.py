@@ -112,6 +112,21 @@ def positive_float(text: str) -> float:
     return value
 
 
+def fraction(text: str) -> float:
+    """argparse type of a fraction strictly between 0 and 1 (--train_val_split)."""
+    value = positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction between 0 and 1 (e.g. 0.15), got {text}")
+    return value
+
+
+TRAIN_VAL_SPLIT_HELP = (
+    "a dataset without the validation split: hold this fraction of the training split out for validation (e.g. "
+    "0.15, transformers' --train_val_split; default: none held out, no evaluation). The rows are drawn by --seed: "
+    "the same on every run and resume of that seed"
+)
+
+
 def add_device_flag(parser) -> None:
     """``--device``: the torch device a script runs its model on (default: cuda where available, else cpu)."""
     import torch

@@ -461,10 +461,14 @@ def load_dataset_splits(
     validation_split: str | None = None,
     preset: str | None = None,
     need_train: bool = True,
+    train_val_split: float | None = None,
     log: Callable[[str], None] = print,
 ):
     """(train, validation or None, names) of a `DataSource`; ``names`` holds the class/background names (and
     prompt template) they imply.
+
+    ``train_val_split``: where the dataset lacks the validation split (and it is not "none"), that fraction of the
+    training split is held out as it (`hold_out_validation`, seeded by ``source.seed``), with a note through ``log``.
 
     Without ``train_split`` the preset's preferred splits are tried in order (VOC: "train_aug", then
     "train", with a note through ``log``). With ``need_train=False`` (evaluation) a missing training split gives
@@ -514,12 +518,34 @@ def load_dataset_splits(
     validation_split = validation_split or layout.validation_split
     names = _names(get_preset(preset)) if preset else {}
     train = with_split_name(ds[train_split], train_split) if train_split in ds else None
+    val = with_split_name(ds[validation_split], validation_split) if validation_split in ds else None
+    if train_val_split and train is not None and val is None and validation_split != "none":
+        train, val = hold_out_validation(train, train_val_split, source.seed, validation_split)
+        log(
+            f"Note: the dataset has no {validation_split!r} split: --train_val_split {train_val_split} holds out "
+            f"{len(val)} of the {len(train) + len(val)} images of {train_split!r} for it (drawn by seed "
+            f"{source.seed}); training on the other {len(train)}."
+        )
     if source.streaming and train is not None and not is_streaming(train):
         train = with_split_name(train.to_iterable_dataset(num_shards=min(len(train), 64)), train_split)
-    val = with_split_name(ds[validation_split], validation_split) if validation_split in ds else None
     for split in (train, val):
         check_not_empty(split, source.name)
     return train, val, names
+
+
+def hold_out_validation(train, fraction: float, seed: int, name: str = "validation"):
+    """(train, validation): ``fraction`` of the rows of a training split held out as a validation split named
+    ``name`` (transformers' --train_val_split), drawn by ``seed``: the same rows on every run and resume of that
+    seed. A stream cannot be divided so: refused, saying what to do."""
+    if is_streaming(train):
+        raise ValueError(
+            "--train_val_split holds out rows of a training split read whole, not streamed: give the dataset a "
+            "validation split (--validation_split), or drop --streaming."
+        )
+    parts = train.train_test_split(test_size=fraction, seed=seed)
+    return with_split_name(parts["train"], split_name(train)), with_split_name(
+        parts["test"], name, replace=True
+    )
 
 
 def check_local_dataset(path: str, flag: str) -> None:
@@ -618,12 +644,12 @@ def _names(preset: Preset) -> dict:
     return {k: kwargs[k] for k in keys if k in kwargs}
 
 
-def with_split_name(dataset, name: str):
+def with_split_name(dataset, name: str, replace: bool = False):
     """``dataset`` knowing the name of its split (messages name it: "row 3 of split 'train'"). ``datasets``
     records it for Hub and imagefolder splits, not for ``load_from_disk``, in-memory data or streams made with
-    ``to_iterable_dataset``."""
+    ``to_iterable_dataset``; ``replace``: also over the one it has (rows held out of another split)."""
     import datasets
 
-    if getattr(dataset, "split", None) is None and hasattr(dataset, "_split"):
+    if (replace or getattr(dataset, "split", None) is None) and hasattr(dataset, "_split"):
         dataset._split = datasets.NamedSplit(name)  # no public setter; the attribute both dataset types share
     return dataset
