@@ -66,6 +66,7 @@ from weclip_hf.batch_jobs import (
     write_skipped,
 )
 from weclip_hf.crf import CRF_PRESETS, crf_refine_labels
+from weclip_hf.data.adapters import IMAGE_COLUMNS
 from weclip_hf.data.decoding import (
     UnreadableImageError,
     decode_image,
@@ -81,6 +82,7 @@ from weclip_hf.inference import image_logits, multiscale_flip_logits
 from weclip_hf.presets import evaluation_of_config
 from weclip_hf.script_arguments import (
     DATASET_CONFIG_HELP,
+    IMAGE_COLUMN_HELP,
     add_data_source_flags,
     check_model_folder,
     first_paragraph,
@@ -122,7 +124,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     source.add_argument(
         "--split", default="validation", help="the dataset split to segment (default: validation)"
     )
-    source.add_argument("--image_column", default="image", help="the dataset's image column (default: image)")
+    source.add_argument("--image_column", help=IMAGE_COLUMN_HELP)
     p.add_argument(
         "--batch_size", type=int, default=8, help="images per forward (8; same-size images are batched)"
     )
@@ -277,6 +279,19 @@ class DatasetImages:
         return self.dataset[index][self.column]
 
 
+def image_column(available: list[str], given: str | None) -> str:
+    """The split's image column: ``given`` (--image_column), else the first of `IMAGE_COLUMNS` it has, as train.py
+    and evaluate.py pick it (`img`, `pixel_values`, ...)."""
+    if given is not None and given not in available:
+        raise ValueError(f"--image_column {given!r} not found; columns: {available}.")
+    found = given or next((c for c in IMAGE_COLUMNS if c in available), None)
+    if found is None:
+        raise ValueError(
+            f"No image column found (looked for {list(IMAGE_COLUMNS)}); columns: {available}. Pass --image_column."
+        )
+    return found
+
+
 def load_inputs(args) -> tuple:
     """(stored images: paths or a `DatasetImages`, output names, position -> description for messages)."""
     if args.images:
@@ -286,12 +301,11 @@ def load_inputs(args) -> tuple:
     _, split, _ = load_dataset_splits(source, validation_split=args.split, need_train=False)
     if split is None:
         raise ValueError(f"--split {args.split!r} not found in the dataset.")
-    if args.image_column not in split.column_names:
-        raise ValueError(f"--image_column {args.image_column!r} not found; columns: {split.column_names}.")
+    column = image_column(split.column_names, args.image_column)
     digits = max(6, len(str(len(split) - 1)))
     names = [f"{i:0{digits}d}" for i in range(len(split))]
     return (
-        DatasetImages(split, args.image_column),
+        DatasetImages(split, column),
         names,
         functools.partial(dataset_row, split=args.split, dataset=source.name),
     )

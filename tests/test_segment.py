@@ -290,6 +290,32 @@ def test_run_settings_record_the_weights_of_a_local_model_folder(tmp_path):
     check(hub, "openai/clip-vit-base-patch16")  # recorded before the weights were: a Hub id is accepted
 
 
+def test_a_dataset_split_image_column_is_found_as_train_py_finds_it(toy_weclip_dir, tmp_path):
+    """segment.py looked for a column named "image" only (a `pixel_values` dataset, sidewalk-semantic's layout, was
+    refused); it finds the image column as train.py and evaluate.py do, or names the choices."""
+    import datasets
+
+    toy, _, _ = generate_toy_images(1, seed=9)
+    split = datasets.Dataset.from_dict({"pixel_values": [Image.fromarray(toy[0])], "label": [[1]]})
+    datasets.DatasetDict({"test": split}).save_to_disk(tmp_path / "data")
+    argv = [
+        "--model_name_or_path",
+        str(toy_weclip_dir),
+        "--dataset_path",
+        str(tmp_path / "data"),
+        "--split",
+        "test",
+    ]
+    assert sorted(segment.main([*argv, "--output_dir", str(tmp_path / "out")])["images"]) == ["000000"]
+    with pytest.raises(
+        ValueError, match=r"--image_column 'photo' not found; columns: \['pixel_values', 'label'\]"
+    ):
+        segment.main([*argv, "--output_dir", str(tmp_path / "other"), "--image_column", "photo"])
+    assert segment.image_column(["photo", "img"], None) == "img"
+    with pytest.raises(ValueError, match=r"No image column found .*Pass --image_column"):
+        segment.image_column(["photo"], None)
+
+
 def test_dataset_split_bfloat16_msf_and_crf(toy_weclip_dir, tmp_path):
     """A saved dataset's split (rows named by number); bfloat16 weights; multi-scale + flip and the CRF."""
     import datasets
