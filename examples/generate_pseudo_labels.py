@@ -69,7 +69,13 @@ from weclip_hf.batch_jobs import (
 )
 from weclip_hf.data.adapters import add_image_labels, resolve_columns
 from weclip_hf.data.decoding import file_path, row_name
-from weclip_hf.data.loading import DataSource, load_dataset_splits, names_no_dataset, read_example
+from weclip_hf.data.loading import (
+    DataSource,
+    dataset_classes_note,
+    load_dataset_splits,
+    names_no_dataset,
+    read_example,
+)
 from weclip_hf.data.toy import check_toy_classes, default_clip_model
 from weclip_hf.data.transforms import multi_hot, normalize
 from weclip_hf.hub import create_hub_repo
@@ -305,6 +311,16 @@ def bare_clip_model(args) -> WeCLIPForSemanticSegmentation:
     if args.class_names:
         kwargs.pop("label_names", None)
         kwargs["class_names"] = args.class_names
+    elif (
+        preset is None
+    ):  # a dataset's ClassLabel names, as train.py takes them (else the config's VOC classes)
+        source = DataSource.from_args(args)
+        names = load_dataset_splits(
+            source, train_split=args.split, validation_split="none", labels_column=args.labels_column
+        )[2]
+        if names:
+            print(dataset_classes_note(names["class_names"]))
+            kwargs.update(names)
     if args.background_names:
         kwargs["background_names"] = args.background_names
     clip = args.clip_model_name_or_path

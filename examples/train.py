@@ -57,6 +57,7 @@ from weclip_hf.data.loading import (
     EpochShuffleSampler,
     StreamingWeakSegmentationDataset,
     collate_by_size,
+    dataset_classes_note,
     evaluation_set,
     load_dataset_splits,
     names_no_dataset,
@@ -1126,9 +1127,13 @@ def load_data_and_model(
         validation_split=args.validation_split,
         preset=args.preset,
         train_val_split=args.train_val_split,
+        labels_column=args.labels_column,
         log=accelerator.print,
     )
     model = build_model(args, names)
+    from_dataset = not (args.preset or args.class_names or args.model_name_or_path or names_no_dataset(args))
+    if "class_names" in names and from_dataset:
+        accelerator.print(dataset_classes_note(names["class_names"]))
     cfg = model.config
     image_processor = build_image_processor(args, cfg)
     accelerator.print(

@@ -44,6 +44,7 @@ from weclip_hf import WeCLIPConfig, WeCLIPImageProcessor, WeCLIPPlusConfig
 from weclip_hf.checkpointing import check_unchanged, claim_output_dir, comparable_path, remove_previous_run
 from weclip_hf.data.loading import (
     DataSource,
+    dataset_classes_note,
     evaluation_set,
     load_dataset_splits,
     training_set,
@@ -252,7 +253,10 @@ def main(argv=None) -> dict:
         validation_split=args.validation_split,
         preset=args.preset,
         train_val_split=args.train_val_split,
+        labels_column=args.labels_column,
     )
+    if "class_names" in names and not (args.preset or args.class_names or source.toy):
+        print(dataset_classes_note(names["class_names"]))
     if val_raw is None and training_args.eval_strategy != "no":
         raise ValueError(
             f"--eval_strategy {training_args.eval_strategy.value} (the recipe's or given) evaluates during training, "

@@ -809,6 +809,44 @@ def test_train_skip_unreadable_images_flag(tmp_path, tiny_clip, capsys):
     assert (tmp_path / "skip" / "model.safetensors").exists()
 
 
+def test_class_names_come_from_a_classlabel_column_unless_given(tmp_path, tiny_clip, capsys):
+    """Without --class_names and --preset, a dataset whose label column is a ClassLabel (or a list of them) trained
+    on VOC's 20 classes and failed ("unknown class name(s) ['heart']"): its names are the classes now, as
+    transformers' example scripts take id2label from it; --class_names and --preset still win."""
+    from weclip_hf.data.loading import DataSource, class_label_names, load_dataset_splits
+
+    names = ["sky dog", "heart", "cat"]
+    image = Image.new("RGB", (24, 24))
+    single = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    listed = datasets.Features(
+        {"image": datasets.Image(), "tags": datasets.Sequence(datasets.ClassLabel(names=names))}
+    )
+    rows = {"image": [image] * 2, "label": [1, 2]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=single)}).save_to_disk(
+        tmp_path / "d"
+    )
+    source = DataSource(dataset_path=str(tmp_path / "d"))
+    assert load_dataset_splits(source)[2] == {"class_names": names}
+    assert load_dataset_splits(source, preset="toy")[2]["class_names"] != names
+    tags = datasets.Dataset.from_dict({"image": [image], "tags": [[0, 2]]}, features=listed)
+    assert class_label_names(tags) == names and class_label_names(tags, labels_column="image") is None
+    assert class_label_names(tags.add_column("labels", [[1]])) is None  # the label column picked is not one
+    flags = ["--dataset_path", str(tmp_path / "d"), "--validation_split", "none", "--clip_model_name_or_path",
+             tiny_clip, "--max_train_steps", "1", "--crop_size", "24", "--per_device_train_batch_size", "2",
+             "--num_threads", "2", "--num_overlays", "0"]  # fmt: skip
+    script = _train_script()
+    script.main([*flags, "--output_dir", str(tmp_path / "from_data")])
+    assert "Note: the classes are the names of the dataset's label column" in capsys.readouterr().out
+    assert json.loads((tmp_path / "from_data" / "config.json").read_text())["class_names"] == names
+    script.main([*flags, "--output_dir", str(tmp_path / "given"), "--class_names", "cat", "heart", "sky dog"])
+    assert "Note: the classes are" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "given" / "config.json").read_text())["class_names"] == [
+        "cat",
+        "heart",
+        "sky dog",
+    ]
+
+
 @pytest.mark.parametrize("statistics", ["imagenet", "clip"])
 def test_training_and_evaluation_items_are_the_image_processors_pixel_values(tmp_path, statistics):
     """The datasets normalize with the model's processor's statistics, by its arithmetic: a training crop and an

@@ -293,3 +293,20 @@ def test_awkward_files_are_read_or_skipped_and_named(awkward_folder, tiny_clip, 
         assert row["mask"].size == row["image"].size, source
     assert loaded[sources.index("rotated.jpg")]["mask"].size == (40, 64)
     assert loaded[sources.index("one_pixel.png")]["mask"].size == (1, 1)
+
+
+def test_a_bare_clip_takes_the_classes_of_a_classlabel_column(tmp_path, tiny_clip, capsys):
+    """Without --class_names and --preset, a dataset labelled by a ClassLabel got VOC's 20 classes and failed
+    ("unknown class name(s)"): its names are the classes, as in train.py."""
+    import datasets
+
+    names = ["heart", "cat"]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    rows = {"image": [Image.fromarray(t) for t in generate_toy_images(2, seed=1)[0]], "label": [0, 1]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(
+        tmp_path / "d"
+    )
+    argv = ["--clip_model_name_or_path", tiny_clip, "--dataset_path", str(tmp_path / "d"), "--split", "train"]
+    report = generate.main([*argv, "--output_dir", str(tmp_path / "out"), "--num_overlays", "0"])
+    assert "Note: the classes are the names of the dataset's label column" in capsys.readouterr().out
+    assert report["splits"]["train"]["num_images"] == 2

@@ -56,10 +56,10 @@ def dataset_columns(dataset) -> list[str]:
 def class_label_columns(features: Mapping | None) -> list[str]:
     """The columns of ``features`` that hold classification labels (`datasets.ClassLabel`, or lists of them): an
     image's class, e.g. the class folder of an imagefolder (``train/cat/1.jpg``), never a mask."""
-    return [name for name, feature in (features or {}).items() if _class_label(feature) is not None]
+    return [name for name, feature in (features or {}).items() if class_label_feature(feature) is not None]
 
 
-def _class_label(feature):
+def class_label_feature(feature):
     """The `datasets.ClassLabel` of a label feature (one class, or a list of them), else None."""
     import datasets
 
@@ -159,7 +159,7 @@ def resolve_columns(
             c
             for c in label_candidates
             if c not in class_labels
-            or all(n.strip().lower() in lookup for n in _class_label(features[c]).names)
+            or all(n.strip().lower() in lookup for n in class_label_feature(features[c]).names)
         ]
     from_masks = labels_column == FROM_MASKS and FROM_MASKS not in available
     labels = None if from_masks else pick(labels_column, label_candidates, "labels", False, also=fields)
@@ -680,7 +680,7 @@ def label_value(value, feature, column: str, name: str):
         )
     if isinstance(value, str) and value.strip().startswith("["):
         return _json_list(value, column, name)
-    class_label = _class_label(feature)
+    class_label = class_label_feature(feature)
     if class_label is None:
         return value
     indices = [int(v) for v in (value if class_label is not feature else [value])]

@@ -18,10 +18,13 @@ from ..normalization import PixelNormalization
 from ..presets import Preset, get_preset
 from .adapters import (
     FROM_MASKS,
+    LABEL_COLUMNS,
     Columns,
     LabelSummary,
     add_image_labels,
     checked_mask,
+    class_label_columns,
+    class_label_feature,
     dataset_columns,
     is_streaming,
     mask_array,
@@ -462,10 +465,14 @@ def load_dataset_splits(
     preset: str | None = None,
     need_train: bool = True,
     train_val_split: float | None = None,
+    labels_column: str | None = None,
     log: Callable[[str], None] = print,
 ):
     """(train, validation or None, names) of a `DataSource`; ``names`` holds the class/background names (and
     prompt template) they imply.
+
+    Without a ``preset``, ``names`` holds the class names of the dataset's classification label column
+    (`class_label_names`; ``labels_column`` where given), as transformers' example scripts take id2label from it.
 
     ``train_val_split``: where the dataset lacks the validation split (and it is not "none"), that fraction of the
     training split is held out as it (`hold_out_validation`, seeded by ``source.seed``), with a note through ``log``.
@@ -530,7 +537,30 @@ def load_dataset_splits(
         train = with_split_name(train.to_iterable_dataset(num_shards=min(len(train), 64)), train_split)
     for split in (train, val):
         check_not_empty(split, source.name)
+    if not preset:
+        classes = class_label_names(train if train is not None else val, labels_column)
+        names = {"class_names": classes} if classes else names
     return train, val, names
+
+
+def class_label_names(dataset, labels_column: str | None = None) -> list[str] | None:
+    """The class names of a split's image-level label column when it is a classification label (`datasets.ClassLabel`
+    or a list of them), in its order; None otherwise. The column is ``labels_column``, else the one the data
+    pipeline picks (`resolve_columns`: the first of `LABEL_COLUMNS`, then of `class_label_columns`)."""
+    features = getattr(dataset, "features", None) or {}
+    candidates = [labels_column] if labels_column else [*LABEL_COLUMNS, *class_label_columns(features)]
+    column = next((c for c in candidates if c in features), None)
+    class_label = class_label_feature(features.get(column))
+    return list(class_label.names) if class_label is not None else None
+
+
+def dataset_classes_note(names: list[str]) -> str:
+    """The note of a run whose classes are its dataset's `class_label_names` (no --class_names, no --preset)."""
+    shown = names if len(names) <= 12 else [*names[:12], f"... {len(names)} in all"]
+    return (
+        f"Note: the classes are the names of the dataset's label column (a ClassLabel): {shown}. --class_names or "
+        "--preset choose others."
+    )
 
 
 def hold_out_validation(train, fraction: float, seed: int, name: str = "validation"):
