@@ -397,8 +397,9 @@ def test_training_masks_hold_every_class_id_and_the_ignore_index(num_classes, ig
     assert mask_dtype(num_classes, ignore_index) == dtype
     mask = np.zeros((8, 8), np.int32)
     mask[:4], mask[4:, :4] = num_classes, ignore_index  # the last class, ignored pixels
-    data = _labelled([mask]) if ignore_index >= 0 else datasets.Dataset.from_dict(
-        {"image": [np.zeros((8, 8, 3), np.uint8).tolist()], "mask": [mask.tolist()], "image_labels": [[1]]}
+    labelled = _labelled([mask]).remove_columns("image_labels").add_column("image_labels", [[num_classes]])
+    data = labelled if ignore_index >= 0 else datasets.Dataset.from_dict(
+        {"image": [np.zeros((8, 8, 3), np.uint8).tolist()], "mask": [mask.tolist()], "image_labels": [[num_classes]]}
     )  # fmt: skip
     augment = TrainAugmentation(
         12, (1.0, 1.0), ignore_index=ignore_index, normalization=IMAGENET_NORMALIZATION
