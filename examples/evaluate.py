@@ -15,6 +15,9 @@ DeepLab's, and every `--crf_<parameter>` flag overrides one field of `weclip_hf.
 
 Images are normalized with the statistics of the model folder's image processor (preprocessor_config.json,
 the one training saved; WeCLIP's ImageNet statistics, with a note, for a folder without one).
+
+Under `accelerate launch` (or torchrun) each process scores every num_processes-th image and the confusion matrices
+are summed: the figures of one process, in a fraction of the time; the main process prints and writes them.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ import argparse
 import dataclasses
 import json
 import math
+from contextlib import nullcontext
 from pathlib import Path
 
+from accelerate import Accelerator, PartialState
 from torch.utils.data import DataLoader
 from transformers import AutoModelForSemanticSegmentation
 
@@ -36,6 +41,7 @@ from weclip_hf.data.loading import (
     evaluation_set,
     load_dataset_splits,
     names_no_dataset,
+    process_subset,
 )
 from weclip_hf.data.toy import check_toy_classes
 from weclip_hf.evaluation import MIOU_NAMES, evaluate_segmentation, processor_input_size
@@ -222,7 +228,12 @@ def settings_report(args: argparse.Namespace) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     check_model_folder(args.model_name_or_path)
-    model = AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path).to(args.device).eval()
+    # under `accelerate launch` / torchrun each process scores its share of the images (confusion matrices summed)
+    cpu = args.device == "cpu"
+    accelerator = Accelerator(cpu=cpu) if PartialState(cpu=cpu).num_processes > 1 else None
+    device = accelerator.device if accelerator is not None else args.device
+    main_process = accelerator is None or accelerator.is_main_process
+    model = AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path).to(device).eval()
     cfg = model.config
     if args.toy:
         check_toy_classes(cfg.class_names, args.model_name_or_path)
@@ -256,10 +267,16 @@ def main(argv=None) -> dict:
         labels_column=args.labels_column,
         labels_zero_based=args.labels_zero_based,
         class_names=list(zip(cfg.label_names, cfg.class_names)),  # a label column of names
+        labelling=accelerator.main_process_first if accelerator is not None else nullcontext,
     )
-    print(f"{args.validation_split}: {summary}")
-
-    loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate_by_size)  # images of any size
+    if main_process:
+        print(f"{args.validation_split}: {summary}")
+    share = (
+        dataset
+        if accelerator is None
+        else process_subset(dataset, accelerator.process_index, accelerator.num_processes)
+    )
+    loader = DataLoader(share, batch_size=args.batch_size, collate_fn=collate_by_size)  # images of any size
     modes = ["pred"] + (["pred_msf"] if args.msf else [])
     modes += [f"{m}_crf" for m in modes] if args.crf else []
     modes += ["cam", "pseudo"] if args.pseudo_labels else []
@@ -271,8 +288,10 @@ def main(argv=None) -> dict:
         input_size=args.input_size,
         crf_params=args.crf_params,
         normalization=normalization,
+        accelerator=accelerator,
     )
-    print(format_table(results, cfg.id2label))
+    if main_process:
+        print(format_table(results, cfg.id2label))
     report = {
         "model": args.model_name_or_path,
         "split": args.validation_split,
@@ -282,9 +301,12 @@ def main(argv=None) -> dict:
         **{MIOU_NAMES[m]: r["mean_iou"] for m, r in results.items()},  # train.py's metrics.json names
         "per_class_iou": {m: per_class_iou(r["per_category_iou"], cfg.id2label) for m, r in results.items()},
     }
-    if args.output_json:
+    if args.output_json and main_process:
         # allow_nan=False: a NaN would make invalid JSON (evaluate_segmentation gives None instead)
         Path(args.output_json).write_text(json.dumps(report, indent=2, allow_nan=False))
+    if accelerator is not None:  # a process group left to the interpreter's exit aborted a process (gloo)
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
     return report
 
 

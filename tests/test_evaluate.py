@@ -4,6 +4,7 @@ hand-computed confusion matrix."""
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,45 @@ def data_path(tmp_path_factory):
     val = datasets.Dataset.from_dict({"image": images, "mask": masks}, features=features)
     datasets.DatasetDict({"validation": val}).save_to_disk(path)
     return path
+
+
+def test_processes_of_a_launch_score_their_shares_of_the_images(model_dir, data_path, tmp_path):
+    """Under torchrun each process read and scored every image (the table printed and the JSON written by each):
+    now every process scores its share (2 + 1 of the 3 images, one batch each) and the main process reports the
+    figures of one process."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    flags = [
+        "--model_name_or_path",
+        model_dir,
+        "--dataset_path",
+        data_path,
+        "--pseudo_labels",
+        "--device",
+        "cpu",
+    ]
+    flags = [*map(str, flags), "--batch_size", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", str(SCRIPT), *flags, "--output_json", str(tmp_path / "two.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("validation: ") == 1 and proc.stdout.count("mIoU") == 1
+    shares = sorted(
+        int(n) for n in re.findall(r"evaluating:\s+0%\|[^|]*\| 0/(\d)", proc.stderr)
+    )  # progress bars
+    assert shares == [1, 2]  # images per process, not 3 each
+    two = json.loads((tmp_path / "two.json").read_text())
+    one = load_script().main([*flags, "--output_json", str(tmp_path / "one.json")])
+    for name in ("miou", "cam_miou", "pseudo_label_miou"):
+        assert two[name] == pytest.approx(one[name], abs=1e-6), name
+    for mode, ious in one["per_class_iou"].items():
+        assert {k: v for k, v in two["per_class_iou"][mode].items() if v is not None} == pytest.approx(
+            {k: v for k, v in ious.items() if v is not None}, abs=1e-6
+        )
 
 
 def test_single_scale_cli_writes_json_and_per_class_table(model_dir, data_path, tmp_path):
