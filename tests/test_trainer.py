@@ -790,6 +790,8 @@ metrics = trainer.evaluate()
 rank = trainer.accelerator.process_index
 with open(f"{sys.argv[1]}/rank{rank}.json", "w") as f:
     json.dump({"processes": trainer.accelerator.num_processes, **metrics}, f)
+trainer.accelerator.wait_for_everyone()
+trainer.accelerator.end_training()  # the process group left to the interpreter's exit aborted a process (gloo)
 """
 
 
