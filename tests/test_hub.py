@@ -122,8 +122,18 @@ def test_converter_card_keeps_where_the_weights_came_from(converter_card):
     )  # the preset tag; the official weights' license is not ours
 
 
+def _official_sized(config):
+    """``config`` with the image-tower sizes of the official checkpoints' CLIP (ViT-B/16), on its config only."""
+    from weclip_hf.conversion.config_inference import OFFICIAL_CLIP_VISION
+
+    for key, value in OFFICIAL_CLIP_VISION.items():
+        setattr(config.vision_config, key, value)
+    return config
+
+
 def _converter_card_for(tmp_path: Path, **given) -> str:
-    """The converter's card of a tiny WeCLIP for arguments ``given`` (the others as the converter's defaults)."""
+    """The converter's card of a tiny WeCLIP whose CLIP has the official sizes, for arguments ``given`` (the
+    others as the converter's defaults)."""
     args = Namespace(
         **{
             "checkpoint": "WeCLIP.pth",
@@ -135,7 +145,7 @@ def _converter_card_for(tmp_path: Path, **given) -> str:
             **given,
         }
     )
-    model = SimpleNamespace(config=make_tiny_config(), conversion_report=ConversionReport())
+    model = SimpleNamespace(config=_official_sized(make_tiny_config()), conversion_report=ConversionReport())
     return _import_example("convert_official_checkpoint").build_model_card(args, model, "ab" * 32)
 
 
@@ -322,7 +332,7 @@ def test_a_converted_weclip_plus_card_names_the_official_dinov2():
     args = Namespace(
         checkpoint="x.pth", clip=None, tokenizer=None, preset="voc-plus", output_dir="o", hub_model_id=None
     )
-    config = make_tiny_plus_config(dino_config=dino_variant_config("dinov2_vits14"))
+    config = _official_sized(make_tiny_plus_config(dino_config=dino_variant_config("dinov2_vits14")))
     model = SimpleNamespace(config=config, conversion_report=ConversionReport())
     card = _import_example("convert_official_checkpoint").build_model_card(args, model, "ab" * 32)
     assert card.data.base_model == ["openai/clip-vit-base-patch16", "facebook/dinov2-small"]
