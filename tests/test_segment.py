@@ -290,6 +290,11 @@ def test_run_settings_record_the_weights_of_a_local_model_folder(tmp_path):
     check(hub, "openai/clip-vit-base-patch16")  # recorded before the weights were: a Hub id is accepted
 
 
+def split_argv(model_dir, data) -> list[str]:
+    """segment.py's flags for the ``test`` split of the dataset saved at ``data``."""
+    return ["--model_name_or_path", str(model_dir), "--dataset_path", str(data), "--split", "test"]
+
+
 def test_a_dataset_split_image_column_is_found_as_train_py_finds_it(toy_weclip_dir, tmp_path):
     """segment.py looked for a column named "image" only (a `pixel_values` dataset, sidewalk-semantic's layout, was
     refused); it finds the image column as train.py and evaluate.py do, or names the choices."""
@@ -298,14 +303,7 @@ def test_a_dataset_split_image_column_is_found_as_train_py_finds_it(toy_weclip_d
     toy, _, _ = generate_toy_images(1, seed=9)
     split = datasets.Dataset.from_dict({"pixel_values": [Image.fromarray(toy[0])], "label": [[1]]})
     datasets.DatasetDict({"test": split}).save_to_disk(tmp_path / "data")
-    argv = [
-        "--model_name_or_path",
-        str(toy_weclip_dir),
-        "--dataset_path",
-        str(tmp_path / "data"),
-        "--split",
-        "test",
-    ]
+    argv = split_argv(toy_weclip_dir, tmp_path / "data")
     assert sorted(segment.main([*argv, "--output_dir", str(tmp_path / "out")])["images"]) == ["000000"]
     with pytest.raises(
         ValueError, match=r"--image_column 'photo' not found; columns: \['pixel_values', 'label'\]"
@@ -325,14 +323,7 @@ def test_dataset_split_bfloat16_msf_and_crf(toy_weclip_dir, tmp_path):
         {"image": [Image.fromarray(t) for t in toy]}, features=datasets.Features({"image": datasets.Image()})
     )
     datasets.DatasetDict({"test": split}).save_to_disk(tmp_path / "data")
-    argv = [
-        "--model_name_or_path",
-        str(toy_weclip_dir),
-        "--dataset_path",
-        str(tmp_path / "data"),
-        "--split",
-        "test",
-    ]
+    argv = split_argv(toy_weclip_dir, tmp_path / "data")
     plain = segment.main([*argv, "--output_dir", str(tmp_path / "plain")])
     assert sorted(plain["images"]) == ["000000", "000001"]
     runs = {"bfloat16": ["--dtype", "bfloat16"], "msf_crf": ["--msf", "--scales", "1.0", "1.25", "--crf"]}
