@@ -59,6 +59,7 @@ from weclip_hf.script_arguments import (
     at_least_one,
     check_model_folder,
     first_paragraph,
+    fraction,
     positive_float,
 )
 
@@ -113,7 +114,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=toy_val_images,
         help=f"toy world: validation images (default: {toy_val_images}, the training run's)",
     )
-    p.add_argument("--seed", type=int, default=0, help="toy world seed (default: 0; the training run's)")
+    p.add_argument(
+        "--train_val_split",
+        type=fraction,
+        help="score the rows of the training split that train.py's --train_val_split held out (a dataset without "
+        "the validation split; give the training run's --seed too)",
+    )
+    p.add_argument(
+        "--train_split", help="the split --train_val_split holds rows out of (default: the training run's)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="toy world seed, and the rows --train_val_split holds out (default: 0; the training run's)",
+    )
     p.add_argument(
         "--preset",
         choices=sorted(PRESETS),
@@ -249,9 +264,11 @@ def main(argv=None) -> dict:
     args.scales = resolved_scales(args, cfg)
     _, val, _ = load_dataset_splits(
         DataSource.from_args(args, toy_sizes=(1, args.toy_val_images)),
+        train_split=args.train_split,
         validation_split=args.validation_split,
         preset=args.preset,
         need_train=False,
+        train_val_split=args.train_val_split,
     )
     if val is None:
         raise ValueError(f"Split {args.validation_split!r} not found in the dataset.")

@@ -1395,6 +1395,8 @@ def evaluate_command(args: argparse.Namespace) -> str:
     validation data as the final evaluation does (the CAM / RFM pseudo labels, the multi-scale decoder unless
     ``--no_msf``; the saved processor's size)."""
     flags = EVALUATE_DATA_FLAGS + (EVALUATE_TOY_FLAGS if names_no_dataset(args) else ())
+    if args.train_val_split:  # the held-out rows: that split of that seed
+        flags = tuple(dict.fromkeys((*flags, "train_val_split", "train_split", "seed")))
     words = ["python", "examples/evaluate.py", "--model_name_or_path", args.output_dir, "--pseudo_labels"]
     for flag in flags:
         value = getattr(args, flag)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import evaluate_module, make_tiny_config
+from conftest import evaluate_module, make_tiny_config, train_module
 from PIL import Image
 
 from weclip_hf.crf import WECLIP
@@ -97,6 +97,29 @@ def test_processes_of_a_launch_score_their_shares_of_the_images(model_dir, data_
         assert {k: v for k, v in two["per_class_iou"][mode].items() if v is not None} == pytest.approx(
             {k: v for k, v in ious.items() if v is not None}, abs=1e-6
         )
+
+
+def test_rows_held_out_by_train_val_split_are_scored_as_the_training_run_scored_them(model_dir, tmp_path):
+    """A run of train.py with --train_val_split on a dataset with only a train split had no evaluate.py command
+    (the split 'validation' does not exist): evaluate.py holds out the same rows, and train.py's command says so."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    rows = {
+        "image": [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(8)],
+        "mask": [Image.fromarray(np.full((16, 16), 1 + i % 3, np.uint8)) for i in range(8)],
+    }
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})
+    path = str(tmp_path / "train_only")
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(path)
+    flags = ["--model_name_or_path", str(model_dir), "--dataset_path", path, "--device", "cpu"]
+    with pytest.raises(ValueError, match="'validation' not found"):
+        load_script().main(flags)
+    held_out = ["--train_val_split", "0.25", "--seed", "3"]
+    assert load_script().main([*flags, *held_out])["num_images"] == 2
+    train = train_module()
+    command = train.evaluate_command(train.parse_args(["--dataset_path", path, *held_out]))
+    assert "--train_val_split 0.25" in command and "--seed 3" in command
 
 
 def test_single_scale_cli_writes_json_and_per_class_table(model_dir, data_path, tmp_path):

@@ -521,7 +521,10 @@ def load_dataset_splits(
                 f"the SBD-augmented 10,582 images); training on {train_split!r} ({size}; VOC 2012 'train' alone "
                 "has 1,464). Pass --train_split to choose another."
             )
-    check_split_names(list(ds), train_split if need_train else None, validation_split)
+    # a validation split that --train_val_split holds out of the training split need not exist
+    check_split_names(
+        list(ds), train_split if need_train else None, None if train_val_split else validation_split
+    )
     validation_split = validation_split or layout.validation_split
     names = _names(get_preset(preset)) if preset else {}
     train = with_split_name(ds[train_split], train_split) if train_split in ds else None
