@@ -265,6 +265,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar=("W_CLIP", "W_DINO"),
         help="the prediction's weights of the CLIP and DINOv2 branches' logits (0.5 0.5)",
     )
+    plus.add_argument(
+        "--rfm_use_box_mask",
+        action=argparse.BooleanOptionalAction,
+        help=f"RFM+ keeps each class's propagated CAM inside its box ({config_values('rfm_use_box_mask', 'False')}; "
+        "--no-rfm_use_box_mask: off)",
+    )
     plus.add_argument("--dice_loss_weight", type=float, help="weight of the Dice loss (1.0)")
     plus.add_argument(
         "--cross_branch_loss_weight", type=float, help="weight of each cross-branch CE term (0.1)"
@@ -510,6 +516,7 @@ WEIGHT_FLAGS = MODEL_FLAGS[:4]
 # flags that set WeCLIPPlusConfig fields (refused for a WeCLIP model); unlike MODEL_FLAGS they are compared as given
 # on a resume (not in RESOLVED_ARGS: checkpoints written before these flags record no values in effect for them)
 PLUS_MODEL_FLAGS = (
+    "rfm_use_box_mask",
     "self_training_start_step",
     "self_training_threshold",
     "branch_logit_weights",
@@ -817,7 +824,7 @@ def unread_flags(args: argparse.Namespace, cfg: WeCLIPConfig) -> list[str]:
     if "cam_box_threshold" in args.given_model_flags and not getattr(cfg, "rfm_use_box_mask", True):
         return [
             "--cam_box_threshold has no effect: this WeCLIP+ model masks no box (rfm_use_box_mask false, as the "
-            "voc-plus recipe; coco-plus's masks one)."
+            "voc-plus recipe; coco-plus's masks one, as --rfm_use_box_mask does)."
         ]
     return []
 
