@@ -569,6 +569,8 @@ def test_train_val_split_holds_out_seeded_rows_of_a_dataset_without_a_validation
     assert "no 'validation' split: --train_val_split 0.25 holds out 5 of the 20 images of 'train'" in notes[0]
     assert held_out(3) == (list(range(20)), None)  # off unless asked
     assert held_out(3, train_val_split=0.25, validation_split="none")[1] is None
+    with pytest.raises(ValueError, match="Validation split 'valid' not found"):  # a typo is not held out
+        held_out(3, train_val_split=0.25, validation_split="valid")
     _, val, _ = load_dataset_splits(DataSource(dataset_path=path), train_val_split=0.25)
     with pytest.raises(ValueError, match="Image labels of row 0 of split 'validation'"):  # named as the split
         add_image_labels(val.map(lambda r: {"image_labels": [9]}), Columns("image", None, "image_labels"), 2)
@@ -832,6 +834,14 @@ def test_class_names_come_from_a_classlabel_column_unless_given(tmp_path, tiny_c
     tags = datasets.Dataset.from_dict({"image": [image], "tags": [[0, 2]]}, features=listed)
     assert class_label_names(tags) == names and class_label_names(tags, labels_column="image") is None
     assert class_label_names(tags.add_column("labels", [[1]])) is None  # the label column picked is not one
+    scene = datasets.Features(
+        {"image": datasets.Image(), "annotation": datasets.Image(), "scene": datasets.ClassLabel(names=names)}
+    )
+    beside_masks = datasets.Dataset.from_dict(
+        {"image": [image], "annotation": [image], "scene": [0]}, features=scene
+    )
+    assert class_label_names(beside_masks) is None  # scene_parse_150's scene_category is no image's classes
+    assert class_label_names(beside_masks, labels_column="scene") == names  # unless named as the labels
     flags = ["--dataset_path", str(tmp_path / "d"), "--validation_split", "none", "--clip_model_name_or_path",
              tiny_clip, "--max_train_steps", "1", "--crop_size", "24", "--per_device_train_batch_size", "2",
              "--num_threads", "2", "--num_overlays", "0"]  # fmt: skip
@@ -1183,6 +1193,17 @@ def test_columns_that_cannot_hold_masks_are_not_taken_for_masks():
         resolve_columns(["image", "label"], features=strings, example=lambda: {"label": "heart"})
     paths = resolve_columns(["image", "label"], features=strings, example=lambda: {"label": "masks/0.PNG"})
     assert paths == Columns("image", "label", None)  # mask files given by path are read as before
+    polygons = {  # COCO's segmentation column: float coordinates, no mask
+        "image": datasets.Image(),
+        "segmentation": datasets.Sequence(datasets.Sequence(datasets.Value("float32"))),
+        "image_labels": datasets.Sequence(datasets.Value("int64")),
+    }
+    assert resolve_columns(list(polygons), features=polygons) == Columns("image", None, "image_labels")
+    arrays = {
+        "image": datasets.Image(),
+        "mask": datasets.Sequence(datasets.Sequence(datasets.Value("uint8"))),
+    }
+    assert resolve_columns(list(arrays), features=arrays) == Columns("image", "mask", None)
     named = _classified(["heart", "cat"], datasets.Value("string"))
     augment = TrainAugmentation(8, (1.0, 1.0), normalization=IMAGENET_NORMALIZATION)
     dataset, _ = training_set(named, 2, augment, labels_column="label", class_names=["cat", "heart"])

@@ -316,6 +316,8 @@ def test_every_option_survives_save_and_load(tmp_path):
     with pytest.raises(TypeError, match=r"from_pretrained got unknown argument\(s\) \['do_pading'\]"):
         AutoImageProcessor.from_pretrained(tmp_path, do_pading=False)
     assert WeCLIPImageProcessor.from_pretrained(tmp_path, foo=1, return_unused_kwargs=True)[1] == {"foo": 1}
+    # loader keywords that are no processor options pass, as transformers lets them (use_fast: with its notice)
+    assert WeCLIPImageProcessor.from_pretrained(tmp_path, trust_remote_code=True, use_fast=False).do_pad
 
 
 def test_rescale_options_follow_transformers():

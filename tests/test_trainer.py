@@ -342,6 +342,15 @@ def test_train_with_trainer_sets_config_fields_and_the_crop_that_no_other_flag_s
     assert script.parse_config_overrides(plus.config_overrides, script.config_class(plus)) == {
         "dice_loss_weight": 0.5
     }
+    assert script.parse_config_overrides("rfm_use_box_mask=True", script.config_class(plus)) == {
+        "rfm_use_box_mask": True  # Python's spelling, as transformers' update_from_string reads it
+    }
+    quoted = 'prompt_template="a photo of a {}, in the wild",rfm_start_step=None,decoder_dropout=0'
+    assert script.parse_config_overrides(quoted, script.WeCLIPConfig) == {
+        "prompt_template": "a photo of a {}, in the wild",  # a comma in double quotes belongs to the value
+        "rfm_start_step": None,
+        "decoder_dropout": 0,
+    }
     with pytest.raises(SystemExit):  # a WeCLIP+ field for a WeCLIP run
         script.parse_args(["--config_overrides", "dice_loss_weight=0.5"])
 

@@ -86,9 +86,14 @@ def processor_settings(config) -> dict[str, int]:
     return {"patch_size": config.vision_config.patch_size, "ignore_index": config.semantic_loss_ignore_index}
 
 
+# keywords of transformers' loaders that reach `from_dict` without being processor options: dropped, as transformers
+# drops them (``trust_remote_code=True`` given to the class itself, ``use_fast`` / ``backend`` of the fast processors)
+_LOADER_KEYWORDS = frozenset({"trust_remote_code", "use_fast", "backend", "device"})
+
+
 def _public(kwargs: dict) -> dict:
-    """``kwargs`` without transformers' internal loading markers (``_from_auto``, ...)."""
-    return {k: v for k, v in kwargs.items() if not k.startswith("_")}
+    """``kwargs`` without transformers' internal loading markers (``_from_auto``, ...) and loader keywords."""
+    return {k: v for k, v in kwargs.items() if not k.startswith("_") and k not in _LOADER_KEYWORDS}
 
 
 def _refuse_unknown(where: str, given, valid: Sequence[str]) -> None:

@@ -57,10 +57,12 @@ def config_fields(config_class: type[WeCLIPConfig]) -> set[str]:
 def parse_config_overrides(text: str, config_class: type[WeCLIPConfig]) -> dict:
     """``--config_overrides`` ('field=value,...', as transformers' run_clm.py takes it) as keyword arguments of
     ``config_class``: each field one of its fields (a misspelt one is refused, with the closest names), each
-    value read as JSON (a bare word: a string). The config checks the values when the model is built."""
+    value read as JSON (True / False / None too; a bare word: a string; a string holding a comma in double quotes).
+    The config checks the values when the model is built."""
     fields = config_fields(config_class)
     overrides = {}
-    for item in re.split(r",(?![^\[]*\])", text):  # a comma inside [...] belongs to a list
+    # a comma inside [...] or "..." belongs to the value
+    for item in re.findall(r'(?:[^,\["]|\[[^\]]*\]|"[^"]*")+', text) or [text]:
         key, equals, value = (part.strip() for part in item.partition("="))
         if not equals or not key:
             raise ValueError(
@@ -70,11 +72,17 @@ def parse_config_overrides(text: str, config_class: type[WeCLIPConfig]) -> dict:
             close = difflib.get_close_matches(key, sorted(fields), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(f"--config_overrides: {config_class.__name__} has no field {key!r}{hint}.")
+        if value in _PYTHON_WORDS:
+            overrides[key] = _PYTHON_WORDS[value]
+            continue
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
     return overrides
+
+
+_PYTHON_WORDS = {"True": True, "False": False, "None": None}  # as transformers' update_from_string reads them
 
 
 def _integer(text: str) -> int:

@@ -83,7 +83,8 @@ def struct_fields(features: Mapping | None, prefix: str = "") -> list[str]:
 def may_hold_masks(feature, first_value: Callable[[], object] | None = None) -> bool:
     """Whether a column of datasets ``feature`` (None: not declared) can hold masks, as the loader reads them: images,
     arrays, bytes, or strings that are paths of image files (``first_value``: the value of the column's first row,
-    read for strings only; None: strings may be paths). Class labels, numbers, flat lists and structs cannot."""
+    read for strings only; None: strings may be paths). Class labels, numbers, flat lists, lists of float
+    coordinates (polygons) and structs cannot."""
     import datasets
     from PIL import Image
 
@@ -96,7 +97,13 @@ def may_hold_masks(feature, first_value: Callable[[], object] | None = None) -> 
                 isinstance(value, str) and Path(value).suffix.lower() in Image.registered_extensions()
             )
         return feature.dtype in ("binary", "large_binary")
-    return getattr(getattr(feature, "feature", None), "feature", None) is not None  # nested lists: an array
+    inner, depth = feature, 0
+    while getattr(inner, "feature", None) is not None:
+        inner, depth = inner.feature, depth + 1
+    # nested lists of integers: an array of class ids (lists of float coordinates are polygons, COCO's)
+    return (
+        depth >= 2 and isinstance(inner, datasets.Value) and inner.dtype.startswith(("int", "uint", "bool"))
+    )
 
 
 def resolve_columns(

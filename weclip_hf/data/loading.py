@@ -19,6 +19,7 @@ from ..presets import Preset, get_preset
 from .adapters import (
     FROM_MASKS,
     LABEL_COLUMNS,
+    MASK_COLUMNS,
     Columns,
     LabelSummary,
     add_image_labels,
@@ -521,10 +522,10 @@ def load_dataset_splits(
                 f"the SBD-augmented 10,582 images); training on {train_split!r} ({size}; VOC 2012 'train' alone "
                 "has 1,464). Pass --train_split to choose another."
             )
-    # a validation split that --train_val_split holds out of the training split need not exist
-    check_split_names(
-        list(ds), train_split if need_train else None, None if train_val_split else validation_split
-    )
+    # the default validation split, which --train_val_split holds out of the training split, need not exist; a split
+    # named otherwise must (a mistyped --validation_split would be held out under that name)
+    held_out = train_val_split and validation_split in (None, layout.validation_split)
+    check_split_names(list(ds), train_split if need_train else None, None if held_out else validation_split)
     validation_split = validation_split or layout.validation_split
     names = _names(get_preset(preset)) if preset else {}
     train = with_split_name(ds[train_split], train_split) if train_split in ds else None
@@ -549,9 +550,13 @@ def load_dataset_splits(
 def class_label_names(dataset, labels_column: str | None = None) -> list[str] | None:
     """The class names of a split's image-level label column when it is a classification label (`datasets.ClassLabel`
     or a list of them), in its order; None otherwise. The column is ``labels_column``, else the one the data
-    pipeline picks (`resolve_columns`: the first of `LABEL_COLUMNS`, then of `class_label_columns`)."""
+    pipeline picks (`resolve_columns`: the first of `LABEL_COLUMNS`, then of `class_label_columns` where the split has
+    no mask column: beside masks, such a column may describe something else, e.g. a scene)."""
     features = getattr(dataset, "features", None) or {}
-    candidates = [labels_column] if labels_column else [*LABEL_COLUMNS, *class_label_columns(features)]
+    class_labels = class_label_columns(features)
+    has_masks = any(c in features and c not in class_labels for c in MASK_COLUMNS)
+    # beside masks, a ClassLabel column not named as labels is no image's classes (scene_parse_150's scene_category)
+    candidates = [labels_column] if labels_column else [*LABEL_COLUMNS, *([] if has_masks else class_labels)]
     column = next((c for c in candidates if c in features), None)
     class_label = class_label_feature(features.get(column))
     return list(class_label.names) if class_label is not None else None
@@ -576,7 +581,7 @@ def hold_out_validation(train, fraction: float, seed: int, name: str = "validati
             "validation split (--validation_split), or drop --streaming."
         )
     parts = train.train_test_split(test_size=fraction, seed=seed)
-    return with_split_name(parts["train"], split_name(train)), with_split_name(
+    return with_split_name(parts["train"], split_name(train) or "train"), with_split_name(
         parts["test"], name, replace=True
     )
 
