@@ -166,7 +166,7 @@ def resolve_columns(
             c
             for c in label_candidates
             if c not in class_labels
-            or all(n.strip().lower() in lookup for n in class_label_feature(features[c]).names)
+            or all(lookup_key(n) in lookup for n in class_label_feature(features[c]).names)
         ]
     from_masks = labels_column == FROM_MASKS and FROM_MASKS not in available
     labels = None if from_masks else pick(labels_column, label_candidates, "labels", False, also=fields)
@@ -226,8 +226,13 @@ def labels_from_mask(mask, num_classes: int, ignore_index: int = 255, name: str 
     return [int(i) for i in np.unique(array) if 0 < i <= num_classes]
 
 
+def lookup_key(name: str) -> str:
+    """A class name as `class_name_ids` keys it: case and surrounding spaces aside."""
+    return name.strip().lower()
+
+
 def class_name_ids(class_names: Sequence[str | Sequence[str]]) -> dict[str, int]:
-    """Lower-cased class name -> id 1..C. Entry i names class i + 1: one name or several (e.g. the label
+    """Class name (`lookup_key`) -> id 1..C. Entry i names class i + 1: one name or several (e.g. the label
     name and the prompt name); comma-separated prompt synonyms (``"person with clothes,people,human"``)
     count as names too. A whole name wins over a synonym (ImageNet's ``"cardigan"`` is the class so named, not
     the one named ``"Cardigan, Cardigan Welsh corgi"``); a whole name of two classes maps to the first; a synonym
@@ -237,9 +242,9 @@ def class_name_ids(class_names: Sequence[str | Sequence[str]]) -> dict[str, int]
     synonyms: dict[str, set[int]] = {}
     for index, names in enumerate(entries, start=1):
         for name in names:
-            lookup.setdefault(name.strip().lower(), index)
+            lookup.setdefault(lookup_key(name), index)
             for alias in name.split(","):
-                synonyms.setdefault(alias.strip().lower(), set()).add(index)
+                synonyms.setdefault(lookup_key(alias), set()).add(index)
     for alias, ids in synonyms.items():
         if alias and alias not in lookup and len(ids) == 1:
             lookup[alias] = min(ids)
@@ -257,8 +262,8 @@ def ids_from_names(
             "them to ids (class_names=...; examples/train.py maps them through the run's class names)."
         )
     lookup = class_names if isinstance(class_names, Mapping) else class_name_ids(class_names)
-    unknown = [n for n in names if not isinstance(n, str) or n.strip().lower() not in lookup]
-    ids = sorted({lookup[n.strip().lower()] for n in names if n not in unknown})
+    unknown = [n for n in names if not isinstance(n, str) or lookup_key(n) not in lookup]
+    ids = sorted({lookup[lookup_key(n)] for n in names if n not in unknown})
     if unknown or any(i > num_classes for i in ids):
         canonical: dict[int, str] = {}
         for alias, index in lookup.items():
