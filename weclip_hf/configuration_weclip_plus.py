@@ -228,9 +228,11 @@ class WeCLIPPlusConfig(WeCLIPConfig):
     ):
         dino_config = _as_dino_config(dino_config)
         _check_dino_tower("dino_config", dino_config)
-        if "decoder_num_layers" not in kwargs and official_decoder_depth(dino_config):
-            # the official configs' `decoder_layer` for the DINOv2 (ViT-L: 5); a saved config gives its own
-            kwargs["decoder_num_layers"] = official_decoder_depth(dino_config)
+        if "decoder_num_layers" not in kwargs:  # a saved config gives its own
+            # the official configs' `decoder_layer` for the DINOv2 (ViT-L: 5); other sizes: WeCLIP's default
+            depth = official_decoder_depth(dino_config)
+            if depth is not None:
+                kwargs["decoder_num_layers"] = depth
         # set before WeCLIP's constructor, which checks every field of `field_checks` once the CLIP is known
         self.dino_config = dino_config
         self.dino_position_interpolation = dino_position_interpolation
