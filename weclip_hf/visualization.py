@@ -82,17 +82,23 @@ def class_fractions(
     """The fraction of the pixels of a label map [H, W] that each present class covers (ignored pixels count
     in the total, under ``"ignore"``); ids missing from ``id2label`` are named by their number."""
     ids, counts = np.unique(as_label_array(labels), return_counts=True)
-    return {label_name(int(i), id2label, ignore_index): float(c / counts.sum()) for i, c in zip(ids, counts)}
+    return _fractions(ids, counts, id2label, ignore_index)
 
 
 def fractions_from_counts(
     counts: np.ndarray, id2label: Mapping[int, str], ignore_index: int = 255
 ) -> dict[str, float]:
     """Pixel counts per id [N] -> name -> fraction of all pixels, for the ids with pixels."""
+    ids = np.nonzero(counts)[0]
+    return _fractions(ids, counts[ids], id2label, ignore_index)
+
+
+def _fractions(
+    ids: np.ndarray, counts: np.ndarray, id2label: Mapping[int, str], ignore_index: int
+) -> dict[str, float]:
+    """Label ids and their pixel counts -> name (`label_name`) -> fraction of all the pixels counted."""
     total = counts.sum()
-    return {
-        label_name(int(i), id2label, ignore_index): float(counts[i] / total) for i in np.nonzero(counts)[0]
-    }
+    return {label_name(int(i), id2label, ignore_index): float(c / total) for i, c in zip(ids, counts)}
 
 
 def label_name(index: int, id2label: Mapping[int, str], ignore_index: int = 255) -> str:
