@@ -41,8 +41,9 @@ CLASS_NAMES_HELP = (
 
 CONFIG_OVERRIDES_HELP = (
     "config fields of the fresh model that no flag sets, as transformers' example scripts take them: "
-    "'attention_num_maps=5,dice_loss_weight=0.5' (JSON values: numbers, true/false, null, [1,2,4]; a bare word is "
-    "a string); applied after --preset's and the other flags' values"
+    "'attention_num_maps=5,dice_loss_weight=0.5' (JSON values: numbers, true/false, null, [1,2,4], also Python's "
+    "True/False/None; a bare word is a string, a value holding a comma in double quotes); applied after --preset's "
+    "and the other flags' values"
 )
 
 
@@ -52,6 +53,9 @@ def config_fields(config_class: type[WeCLIPConfig]) -> set[str]:
     classes = [cls for cls in config_class.__mro__ if isinstance(cls, type) and issubclass(cls, WeCLIPConfig)]
     names = {name for cls in classes for name in inspect.signature(cls).parameters}
     return names - {"self", "kwargs"}
+
+
+_PYTHON_WORDS = {"True": True, "False": False, "None": None}  # as transformers' update_from_string reads them
 
 
 def parse_config_overrides(text: str, config_class: type[WeCLIPConfig]) -> dict:
@@ -80,9 +84,6 @@ def parse_config_overrides(text: str, config_class: type[WeCLIPConfig]) -> dict:
         except json.JSONDecodeError:
             overrides[key] = value
     return overrides
-
-
-_PYTHON_WORDS = {"True": True, "False": False, "None": None}  # as transformers' update_from_string reads them
 
 
 def _integer(text: str) -> int:

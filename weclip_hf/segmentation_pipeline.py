@@ -82,10 +82,8 @@ def open_image(image, timeout: float | None = None):
     try:
         return Image.open(BytesIO(base64.b64decode(data, validate=True)))
     except (binascii.Error, ValueError, OSError) as err:
-        if (
-            "/" in image or os.sep in image or Path(image).suffix
-        ):  # a path: the processor's missing-file error
-            read_image_file(image)
+        if "/" in image or os.sep in image or Path(image).suffix:
+            read_image_file(image)  # a path: the processor's missing-file error
         raise ValueError(
             f"image {image[:80]!r} is neither a URL, an existing file nor a base64-encoded image ({err})."
         ) from err

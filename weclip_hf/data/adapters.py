@@ -668,9 +668,8 @@ def row_image_labels(
     column = "image_labels" if columns.labels == "_image_labels" else columns.labels  # the user's name
     value = label_value(example[columns.labels], features.get(columns.labels), column, name)
     ids = normalize_label_row(value, num_classes, zero_based, name, lookup, multi_hot)
-    shown = (
-        None  # the mask's classes beside the row, for `check_label_numbering` and `check_labels_match_masks`
-    )
+    # the mask's classes beside the row, for `check_label_numbering` and `check_labels_match_masks`
+    shown = None
     if mask is not None:  # scored, or trained on with full supervision: checked as masks that give labels
         array = checked_mask(example, columns, image, mask, row, num_classes, ignore_index)
         shown = [int(i) for i in np.unique(array) if 0 < i <= num_classes]

@@ -653,9 +653,8 @@ def load_folder_dataset(
         if "have different features" not in str(err):
             raise
     local = Path(data_dir or path).expanduser()
-    base = (
-        str(local) if local.is_dir() else f"hf://datasets/{path}"
-    )  # a Hub repository: its files, as `datasets`
+    # a Hub repository: its files, as `datasets` reads them
+    base = str(local) if local.is_dir() else f"hf://datasets/{path}"
     splits = {}
     for split, patterns in get_data_patterns(base).items():
         ds = datasets.load_dataset(
