@@ -11,8 +11,11 @@ import sys
 import pytest
 from conftest import FAST, TRAIN, make_tiny_config, train_in_process
 
+from weclip_hf.checkpointing import TRAINING_ARGS_NAME
 from weclip_hf.presets import get_preset
+from weclip_hf.run_signals import exit_status
 from weclip_hf.script_arguments import check_model_folder, first_paragraph
+from weclip_hf.trajectory import changed_trajectory_args, trajectory_args
 
 sys.path.insert(0, str(TRAIN.parent))
 import generate_pseudo_labels  # noqa: E402
@@ -224,7 +227,7 @@ def test_evaluate_refuses_a_missing_model_folder_before_loading_anything():
 
 
 def test_changed_trajectory_arguments_are_listed_and_free_ones_ignored():
-    saved = train.trajectory_args(train.parse_args(["--learning_rate", "0.002", "--seed", "1"]))
+    saved = trajectory_args(train.parse_args(["--learning_rate", "0.002", "--seed", "1"]))
     changed = train.parse_args(
         [
             "--learning_rate",
@@ -239,34 +242,30 @@ def test_changed_trajectory_arguments_are_listed_and_free_ones_ignored():
             "9",
         ]
     )
-    assert train.changed_trajectory_args(saved, changed) == ["--learning_rate 0.002 -> 0.001"]
+    assert changed_trajectory_args(saved, changed) == ["--learning_rate 0.002 -> 0.001"]
     same = train.parse_args(["--learning_rate", "0.002", "--seed", "1", "--output_dir", "elsewhere"])
-    assert train.changed_trajectory_args(saved, same) == []
+    assert changed_trajectory_args(saved, same) == []
     assert "hub_token" not in saved and "output_dir" not in saved
 
 
 def test_num_workers_is_part_of_a_streamed_trajectory_only():
-    assert "num_workers" not in train.trajectory_args(train.parse_args(["--num_workers", "2"]))
-    assert train.trajectory_args(train.parse_args(["--streaming", "--num_workers", "2"]))["num_workers"] == 2
+    assert "num_workers" not in trajectory_args(train.parse_args(["--num_workers", "2"]))
+    assert trajectory_args(train.parse_args(["--streaming", "--num_workers", "2"]))["num_workers"] == 2
 
 
 def test_the_shuffle_buffer_is_part_of_a_streamed_trajectory_only():
-    assert "shuffle_buffer_size" not in train.trajectory_args(
-        train.parse_args(["--shuffle_buffer_size", "5"])
-    )
-    streamed = train.trajectory_args(train.parse_args(["--streaming", "--shuffle_buffer_size", "5"]))
+    assert "shuffle_buffer_size" not in trajectory_args(train.parse_args(["--shuffle_buffer_size", "5"]))
+    streamed = trajectory_args(train.parse_args(["--streaming", "--shuffle_buffer_size", "5"]))
     assert streamed["shuffle_buffer_size"] == 5
 
 
 def test_local_folders_are_compared_by_where_they_are(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     monkeypatch.chdir(tmp_path)
-    saved = train.trajectory_args(train.parse_args(["--data_dir", "data"]))
+    saved = trajectory_args(train.parse_args(["--data_dir", "data"]))
     assert saved["data_dir"] == str(tmp_path / "data")
-    assert train.changed_trajectory_args(saved, train.parse_args(["--data_dir", "./data/"])) == []
-    assert (
-        train.changed_trajectory_args(saved, train.parse_args(["--data_dir", str(tmp_path / "data")])) == []
-    )
+    assert changed_trajectory_args(saved, train.parse_args(["--data_dir", "./data/"])) == []
+    assert changed_trajectory_args(saved, train.parse_args(["--data_dir", str(tmp_path / "data")])) == []
 
 
 def test_the_launch_is_part_of_the_trajectory():
@@ -277,19 +276,17 @@ def test_the_launch_is_part_of_the_trajectory():
         num_processes, mixed_precision = 2, "no"
 
     args = train.parse_args([])
-    saved = train.trajectory_args(args, Launch())
+    saved = trajectory_args(args, Launch())
     assert {saved["num_processes"], saved["mixed_precision"]} == {"2", "no"}
     Launch.num_processes = 1
-    assert train.changed_trajectory_args(saved, args, Launch()) == [
-        "accelerate launch: num_processes '2' -> '1'"
-    ]
+    assert changed_trajectory_args(saved, args, Launch()) == ["accelerate launch: num_processes '2' -> '1'"]
 
 
 def test_resume_refuses_changed_arguments_and_a_finished_checkpoint(tmp_path, tiny_clip):
     out = tmp_path / "run"
     common = ["--clip_model_name_or_path", tiny_clip, "--output_dir", out, *FAST, "--num_overlays", 0]
     train_in_process(*common, "--max_train_steps", 2, "--checkpointing_steps", 1)
-    saved = json.loads((out / "step_1" / train.TRAINING_ARGS_NAME).read_text())
+    saved = json.loads((out / "step_1" / TRAINING_ARGS_NAME).read_text())
     assert saved["learning_rate"] == 0.002 and saved["max_train_steps"] == 2
     resume = [*common, "--max_train_steps", 2, "--resume_from_checkpoint"]
     with pytest.raises(
@@ -314,9 +311,9 @@ def test_a_resumed_run_may_change_how_often_it_logs(tmp_path, tiny_clip):
 
 
 def test_exit_status_of_a_stopped_run():
-    assert train.exit_status({"stopped_at": 3, "stopped_by_signal": int(signal.SIGINT)}) == 130
-    assert train.exit_status({"stopped_at": 3, "stopped_by_signal": int(signal.SIGTERM)}) == 143
-    assert train.exit_status({"train_steps": 3}) == 0
+    assert exit_status({"stopped_at": 3, "stopped_by_signal": int(signal.SIGINT)}) == 130
+    assert exit_status({"stopped_at": 3, "stopped_by_signal": int(signal.SIGTERM)}) == 143
+    assert exit_status({"train_steps": 3}) == 0
 
 
 def test_local_data_is_not_called_the_toy_world():

@@ -31,6 +31,8 @@ from conftest import (
 )
 from PIL import Image
 
+from weclip_hf.run_signals import exit_status
+
 
 @pytest.fixture(scope="module")
 def toy_run(tiny_clip, tmp_path_factory) -> tuple[Path, str]:
@@ -116,7 +118,7 @@ def test_resume_repeats_uninterrupted_run_exactly(tmp_path, tiny_clip, reference
     args, out = [*resumable_args(tiny_clip), "--output_dir", tmp_path / "b"], tmp_path / "b"
     stopped = train_stopped_at(3, *args, monkeypatch=monkeypatch)
     assert stopped == {"stopped_at": 3, "stopped_by_signal": signal.SIGINT}
-    assert train_module().exit_status(stopped) == 130
+    assert exit_status(stopped) == 130
     assert not (out / "model.safetensors").exists()
     train_in_process(*args, "--resume_from_checkpoint", "latest")
     assert f"resumed from {out / 'step_3'} at step 3" in capsys.readouterr().out

@@ -13,6 +13,7 @@ import pytest
 from conftest import FAST, TRAIN, evaluate_module, train_in_process
 
 from weclip_hf.checkpointing import lock_output_dir
+from weclip_hf.run_signals import explain_signals
 
 SHORT = [
     *FAST,
@@ -133,7 +134,7 @@ def test_sigterm_after_the_training_says_what_is_saved_and_exits_with_143(train,
     message; the handlers before it are back afterwards."""
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as stopped:
-        with train.explain_signals(lambda signum: f"stopped by signal {signum}: the model is saved"):
+        with explain_signals(lambda signum: f"stopped by signal {signum}: the model is saved"):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # interrupted by the handler
     assert stopped.value.code == 128 + signal.SIGTERM

@@ -1,0 +1,191 @@
+"""Which arguments of examples/train.py define a training run's trajectory, what a checkpoint records of them, and
+the checks a resumed run passes (`check_resume` before the data and model load, `check_resolved` after).
+
+A resumed run must produce the weights the uninterrupted run would have: every argument that changes them (data,
+model, optimization, schedule, seed, how accelerate launched the run) is recorded in the checkpoint
+(``training_args.json``) and compared, and so are the values in effect of the flags whose defaults come from a
+preset, a dataset or a saved model (``resolved_args.json``). The other arguments (`RESUMABLE_CHANGES`) are free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from .checkpointing import (
+    TRAINING_ARGS_NAME,
+    TrainingState,
+    check_unchanged,
+    comparable_path,
+    differences,
+    read_training_state,
+    save_checkpoint,
+)
+
+# arguments never written to disk (trackers, logs, checkpoints, model cards)
+SECRET_ARGS = ("hub_token",)
+
+# flags that set config fields of the model; the first four fix its weights or text embeddings
+MODEL_FLAGS = (
+    "class_names",
+    "background_names",
+    "prompt_template",
+    "decoder_hidden_size",
+    "rfm_start_step",
+    "cam_box_threshold",
+    "attention_num_maps",
+    "rfm_num_maps",
+    "par_dilations",
+    "decoder_dropout",
+)
+WEIGHT_FLAGS = MODEL_FLAGS[:4]
+# flags that set WeCLIPPlusConfig fields (refused for a WeCLIP model); unlike MODEL_FLAGS they are compared as given
+# on a resume (not in RESOLVED_ARGS: checkpoints written before these flags record no values in effect for them)
+PLUS_MODEL_FLAGS = (
+    "rfm_use_box_mask",
+    "self_training_start_step",
+    "self_training_threshold",
+    "branch_logit_weights",
+    "dice_loss_weight",
+    "cross_branch_loss_weight",
+)
+# flags that set other config fields, compared as given on a resume as PLUS_MODEL_FLAGS (added after RESOLVED_ARGS
+# was recorded): the ignore index (`mask_dtype` of the training masks follows it)
+LOSS_FLAGS = ("semantic_loss_ignore_index",)
+CONFIG_FLAGS = (*MODEL_FLAGS, *PLUS_MODEL_FLAGS, *LOSS_FLAGS)
+
+
+def public_args(args: argparse.Namespace) -> dict:
+    """The run's arguments without secrets: what trackers, logs and the model card may record."""
+    return {k: v for k, v in vars(args).items() if k not in SECRET_ARGS}
+
+
+# Arguments a resumed run may change: they cannot change which weights the training steps produce. Each step's
+# randomness is a function of (seed, step, process) and a map-style dataset's batches of (seed, epoch, index),
+# so how often the run logs, checkpoints and evaluates, how the evaluation is done (only its figures change),
+# where the output goes, what is reported or published, and how the host computes (threads, allocator,
+# torch.compile: the same operations) are free. Everything else (data, model, optimization, schedule, seed)
+# defines the trajectory, and a resume that changes it is refused. Derived values (recipe, given_model_flags,
+# rfm_start_source, resolved) follow the flags and are not compared themselves (`RESOLVED_ARGS`: by their values in
+# effect, once the data and model are loaded).
+RESUMABLE_CHANGES = frozenset(
+    {
+        "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
+        "logging_steps", "checkpointing_steps", "with_tracking", "report_to",
+        "eval_steps", "eval_long_side", "no_msf", "msf_scales", "num_overlays", "per_device_eval_batch_size",
+        "max_eval_samples", "validation_split", "toy_val_images",
+        "num_workers", "num_threads", "release_host_memory",
+        "torch_compile", "torch_compile_backend", "torch_compile_mode",
+        "push_to_hub", "hub_model_id",
+        "recipe", "given_model_flags", "rfm_start_source", "resolved",
+    }
+)  # fmt: skip
+# a streamed training split is divided among the DataLoader workers by shard: their number orders the batches;
+# the shuffle buffer only exists for a stream
+STREAMING_TRAJECTORY_ARGS = frozenset({"num_workers"})
+STREAMING_ONLY_ARGS = frozenset({"shuffle_buffer_size"})
+# local folders, compared by where they are (``data`` and ``./data`` are the same); Hub ids as given
+PATH_ARGS = (
+    "data_dir", "dataset_path", "clip_model_name_or_path", "dino_model_name_or_path", "model_name_or_path",
+    "image_processor_name_or_path",
+)  # fmt: skip
+# how accelerate runs the training (the global batch, the data shards, the arithmetic): recorded beside the flags
+LAUNCH_FACTS = ("num_processes", "mixed_precision")
+# flags whose value in effect is known once the data and model are loaded (None: the preset's, the dataset's, the
+# saved model's or the package's; max_train_samples: the training set's size): a checkpoint records those values
+# (`resolved_trajectory`, resolved_args.json), which a resumed run compares once loaded (`check_resolved`), so that
+# restating a default changes nothing and a dataset changed under the same flags is found
+RESOLVED_ARGS = frozenset({*MODEL_FLAGS, "clip_model_name_or_path", "max_train_samples"})
+RESOLVED_ARGS_NAME = "resolved_args.json"
+
+
+def trajectory_args(args: argparse.Namespace, accelerator: Accelerator | None = None) -> dict:
+    """The arguments that define this run's training trajectory (as JSON values), and with ``accelerator`` its
+    `LAUNCH_FACTS`: what a checkpoint records and a resumed run must repeat."""
+    free = (
+        RESUMABLE_CHANGES - STREAMING_TRAJECTORY_ARGS
+        if args.streaming
+        else RESUMABLE_CHANGES | STREAMING_ONLY_ARGS
+    )
+    values = {k: v for k, v in public_args(args).items() if k not in free}
+    values.update({key: comparable_path(values[key]) for key in PATH_ARGS if values.get(key)})
+    if accelerator is not None:
+        values.update({key: str(getattr(accelerator, key)) for key in LAUNCH_FACTS})
+    return json.loads(json.dumps(values))
+
+
+def changed_trajectory_args(
+    saved: dict,
+    args: argparse.Namespace,
+    accelerator: Accelerator | None = None,
+    skip: frozenset = frozenset(),
+) -> list[str]:
+    """``--flag old -> new`` for each trajectory argument of ``args`` (and launch fact of ``accelerator``) that
+    differs from ``saved`` (a checkpoint's), but those in ``skip`` (compared by their resolved values)."""
+    return differences(saved, trajectory_args(args, accelerator), trajectory_label, skip)
+
+
+def trajectory_label(key: str) -> str:
+    """How messages name a trajectory argument: its flag, or a launch fact as accelerate's."""
+    return f"accelerate launch: {key}" if key in LAUNCH_FACTS else f"--{key}"
+
+
+def resolved_trajectory(
+    args: argparse.Namespace, model, clip_source: str | None, train_examples: int | None
+) -> dict:
+    """The values in effect of `RESOLVED_ARGS` (as JSON values): the model config's fields of the model flags, the
+    CLIP a fresh model was built from (``clip_source``; None for a saved model continued), and the training set's
+    size (a stream's: its --max_train_samples)."""
+    values = {key: getattr(model.config, key) for key in MODEL_FLAGS}
+    values["clip_model_name_or_path"] = comparable_path(clip_source)
+    values["train_examples"] = train_examples
+    if train_examples is None:
+        values["max_train_samples"] = args.max_train_samples
+    return json.loads(json.dumps(values))
+
+
+def check_resolved(path: Path, resolved: dict) -> None:
+    """Refuse to resume from checkpoint ``path`` when a value in effect differs from its run's (`resolved_trajectory`):
+    a changed model setting or CLIP, or a training set of another size (its data changed under the same flags). A
+    checkpoint of an earlier version records none: its flags were compared as given."""
+    check_unchanged(
+        path,
+        resolved,
+        RESOLVED_ARGS_NAME,
+        label=lambda key: "training set size" if key == "train_examples" else f"--{key}",
+        what="these values in effect",
+        fix="Resume on the run's data and settings (values once the defaults are resolved and the data loaded)",
+    )
+
+
+def check_resume(
+    args: argparse.Namespace, path: Path, accelerator: Accelerator | None = None, log=print
+) -> None:
+    """Refuse to resume from checkpoint ``path`` a run whose trajectory arguments differ from the checkpoint's
+    (listing each), or one that has no step left to train."""
+    step = read_training_state(path).step
+    if step >= args.max_train_steps:
+        raise ValueError(
+            f"Checkpoint {path} is at step {step}, and --max_train_steps is {args.max_train_steps}: there is nothing "
+            "left to train (the run it comes from is complete, its model is in its --output_dir). To train for "
+            "longer, start a new run, e.g. --model_name_or_path <that output_dir> with more --max_train_steps."
+        )
+    resolved_later = RESOLVED_ARGS if (path / RESOLVED_ARGS_NAME).is_file() else frozenset()
+    if not check_unchanged(
+        path, trajectory_args(args, accelerator), label=trajectory_label, skip=resolved_later
+    ):  # a checkpoint of an earlier version
+        log(f"Note: {path} records no training arguments ({TRAINING_ARGS_NAME}): they cannot be checked.")
+
+
+def save_training_checkpoint(accelerator, output_dir: Path, state: TrainingState, args) -> Path:
+    """`save_checkpoint` with the run's `trajectory_args` (``training_args.json``, for `check_resume`) and its
+    `resolved_trajectory` (``resolved_args.json``, for `check_resolved`) in it."""
+    return save_checkpoint(
+        accelerator,
+        output_dir,
+        state,
+        {TRAINING_ARGS_NAME: trajectory_args(args, accelerator), RESOLVED_ARGS_NAME: args.resolved},
+    )
