@@ -2,6 +2,7 @@
 classes and the pipeline load it with ``trust_remote_code=True`` and give the package's logits; where it is
 imported, they use the package's classes without ``trust_remote_code``."""
 
+import ast
 import builtins
 import importlib.util
 import json
@@ -22,7 +23,8 @@ from weclip_hf.hub import publishable_files
 
 # hub.py: `push_to_hub` imports it lazily, so the remote copy must have it too; clip_features.py and
 # model_loading.py: the frozen CLIP tower the model runs and the checks its from_pretrained makes; image_reading.py:
-# how the processor reads its inputs
+# how the processor reads its inputs; par_kernels.py: PAR's Triton kernels, which par_triton.py imports on first use
+# (without them a GPU runs the eager PAR, 4-10x slower)
 CODE_FILES = {
     "configuration_weclip.py",
     "modeling_weclip.py",
@@ -31,6 +33,7 @@ CODE_FILES = {
     "image_processing_weclip.py",
     "image_reading.py",
     "hub.py",
+    "par_kernels.py",
 }
 
 # Run in a fresh interpreter: weclip_hf is made unimportable before anything else is imported.
@@ -98,6 +101,16 @@ torch.save(
 '''
 
 
+def relative_imports(file) -> set[str]:
+    """The package's modules that ``file`` imports anywhere in it, in every form (``from .a import b``, ``from . import
+    a``): transformers ships only those its own pattern finds (``get_relative_imports``)."""
+    names = set()
+    for node in ast.walk(ast.parse(file.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            names |= {node.module} if node.module else {alias.name for alias in node.names}
+    return names
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """A tiny random WeCLIP and its processor saved with save_pretrained, and a fixed RGB test image."""
@@ -126,6 +139,7 @@ def test_saved_folder_has_auto_map_and_code(saved):
     for name in sorted(code):
         # every relative import is shipped, every absolute one is a third-party package or the standard library
         assert {f"{m}.py" for m in get_relative_imports(folder / name)} <= code, name
+        assert {f"{m}.py" for m in relative_imports(folder / name)} <= code, name
         for module in get_imports(folder / name):
             assert module != "weclip_hf" and importlib.util.find_spec(module) is not None, (name, module)
     assert CODE_FILES <= set(publishable_files(folder))

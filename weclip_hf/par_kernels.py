@@ -6,8 +6,11 @@ launches them), so that a run that never takes them never defines them.
 Triton defines these as compiled or as interpreted functions (``TRITON_INTERPRET=1``) when this module is imported.
 """
 
-import triton
-import triton.language as tl
+try:  # an import in a try block is one transformers does not require of a trust_remote_code folder's users
+    import triton
+    import triton.language as tl
+except ImportError:  # without Triton `weclip_hf.par_triton.kernels` finds none: the eager path runs
+    raise
 
 
 @triton.jit

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from types import ModuleType
+from typing import NamedTuple
 
 import torch
 
@@ -21,29 +21,38 @@ import torch
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+class ParKernels(NamedTuple):
+    """The two kernels of `weclip_hf.par_kernels`."""
+
+    affinity: object  # par_affinity_kernel: the neighbour weights
+    iteration: object  # par_iteration_kernel: one refinement pass
+
+
 @functools.cache
-def kernels() -> ModuleType | None:
-    """`weclip_hf.par_kernels`, imported on the first call (Triton defines its kernels then); None without Triton,
-    or where ``TRITON_INTERPRET`` changed since this module was imported (the kernels would be defined for the
-    other mode: the eager path runs)."""
+def kernels() -> ParKernels | None:
+    """The kernels of `weclip_hf.par_kernels`, imported on the first call (Triton defines them then); None without
+    Triton, or where ``TRITON_INTERPRET`` changed since this module was imported (the kernels would be defined for
+    the other mode: the eager path runs)."""
     if (os.environ.get("TRITON_INTERPRET", "0") == "1") != INTERPRETING:
         return None
     try:
-        from . import par_kernels
+        # `from .module import names` is the form of relative import that transformers follows when it copies a
+        # saved folder's code for trust_remote_code (`from . import par_kernels` left the kernels out of it)
+        from .par_kernels import par_affinity_kernel, par_iteration_kernel
     except ImportError:  # CPU-only PyTorch: the eager path runs
         return None
-    return par_kernels
+    return ParKernels(par_affinity_kernel, par_iteration_kernel)
 
 
-def _loaded_kernels() -> ModuleType:
+def _loaded_kernels() -> ParKernels:
     """`kernels`, or a clear error for a direct launch where they cannot run."""
-    module = kernels()
-    if module is None:
+    loaded = kernels()
+    if loaded is None:
         raise RuntimeError(
             "PAR's Triton kernels cannot run here (no Triton, or TRITON_INTERPRET changed since "
             "weclip_hf.par_triton was imported); weclip_hf.par.par_affinity / par_iteration take the eager path"
         )
-    return module
+    return loaded
 
 
 def triton_available(tensor: torch.Tensor) -> bool:
@@ -107,7 +116,7 @@ def par_iteration_triton(scores: torch.Tensor, weights: torch.Tensor, offsets: t
     block = 256
     with _on_device(scores), torch.profiler.record_function("weclip::par_iteration_kernel"):
         maps = min(_next_power_of_2(c), 16)
-        _loaded_kernels().par_iteration_kernel[(_cdiv(h * w, block), b, _cdiv(c, maps))](
+        _loaded_kernels().iteration[(_cdiv(h * w, block), b, _cdiv(c, maps))](
             scores, weights, offsets, out, b, c, h, w, offsets.shape[1], MAPS=maps, BLOCK=block
         )
     return out
@@ -126,7 +135,7 @@ def par_affinity_triton(
         return out
     block = 128
     with _on_device(image), torch.profiler.record_function("weclip::par_affinity_kernel"):
-        _loaded_kernels().par_affinity_kernel[(_cdiv(h * w, block), b)](
+        _loaded_kernels().affinity[(_cdiv(h * w, block), b)](
             image.contiguous(),
             offsets,
             position,
