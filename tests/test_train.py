@@ -84,7 +84,12 @@ def test_fully_supervised_flag(tmp_path, tiny_clip):
     assert "eval_miou" not in evaluation
     # a fresh run into the same folder would mix its checkpoints and log with this one's: refused ...
     again = [*run, "--max_train_steps", 1]
-    with pytest.raises(FileExistsError, match=r"previous run \(step_2\).*--overwrite_output_dir"):
+    # (its training is done: no --resume_from_checkpoint is offered, which would find nothing left to train)
+    finished = (
+        r"holds a finished run: its trained model \(model.safetensors, metrics.json, train_log.jsonl\) and "
+    )
+    with pytest.raises(FileExistsError, match=finished + r"checkpoints \(step_2\)\. [^-]*--overwrite_output_dir, or "
+                       r"choose another --output_dir\.$"):  # fmt: skip
         train_in_process(*again)
     # ... unless asked, and only once the new run is set up: a missing dataset leaves the old run whole ...
     with pytest.raises(FileNotFoundError, match="--data_dir"):

@@ -350,12 +350,20 @@ def claim_output_dir(
     if in_place or not (old or finished):
         return []
     if not overwrite:
-        held = f"checkpoints of a previous run ({', '.join(p.name for p in old[-3:])})" if old else ""
+        names = ", ".join(p.name for p in old[-3:])
+        held = f"checkpoints of a previous run ({names})" if old else ""
         held = held or f"a previous run's results ({', '.join(finished)})"
+        trained = old and "model.safetensors" in finished  # saved once the training is done
         if resume_from is not None:
             hint = (
                 f"--resume_from_checkpoint {resume_from} is a checkpoint of another folder: resume it into a new "
                 "--output_dir, or replace that run with --overwrite_output_dir."
+            )
+        elif trained:
+            held = f"a finished run: its trained model ({', '.join(finished)}) and checkpoints ({names})"
+            hint = (
+                "Its training is done (resuming it would leave nothing to train): start over with "
+                "--overwrite_output_dir, or choose another --output_dir."
             )
         elif old:
             hint = (
