@@ -313,8 +313,11 @@ def test_every_option_survives_save_and_load(tmp_path):
     overridden = WeCLIPImageProcessor.from_pretrained(tmp_path, do_pad=False, patch_size=16)
     assert overridden.do_pad is False and overridden.patch_size == 16
     # a misspelt keyword at loading was dropped by transformers without a word (the processor kept padding)
-    with pytest.raises(TypeError, match=r"from_pretrained got unknown argument\(s\) \['do_pading'\]"):
+    with pytest.raises(TypeError, match=r"from_pretrained got unknown argument\(s\) \['do_pading'\]") as typo:
         AutoImageProcessor.from_pretrained(tmp_path, do_pading=False)
+    assert "'do_pad'" in str(typo.value) and "data_format" not in str(typo.value).replace(
+        "input_data_format", ""
+    )
     assert WeCLIPImageProcessor.from_pretrained(tmp_path, foo=1, return_unused_kwargs=True)[1] == {"foo": 1}
     # loader keywords that are no processor options pass, as transformers lets them (use_fast: with its notice)
     assert WeCLIPImageProcessor.from_pretrained(tmp_path, trust_remote_code=True, use_fast=False).do_pad
@@ -379,6 +382,11 @@ def test_do_convert_rgb_false_keeps_the_channels():
     assert gray.shape == (1, 1, 30, 40)
     pil = proc(Image.fromarray(_RGBA), do_convert_rgb=False, image_mean=[0.5] * 4, image_std=[0.5] * 4)
     assert pil.pixel_values.shape == (1, 4, 30, 40)
+    # the default 3-value statistics do not fit a 1-channel image: the error says so and how RGB is kept
+    with pytest.raises(
+        ValueError, match=r"do not fit images of 1 channel\(s\).*do_convert_rgb \(on by default\)"
+    ):
+        proc(_image()[..., 0], do_convert_rgb=False)
 
 
 @pytest.mark.parametrize("height, width", [(1500, 20), (20, 1500), (1, 65), (1, 1), (1, 2000), (7, 9)])

@@ -314,8 +314,8 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         if not return_unused and "_from_pipeline" not in unused:  # a pipeline passes its model's kwargs too
             # transformers drops unknown keywords (a typo such as do_pading=True) without a word
             _refuse_unknown(
-                f"{cls.__name__}.from_pretrained", _public(unused), cls.valid_kwargs.__annotations__
-            )
+                f"{cls.__name__}.from_pretrained", _public(unused), _INIT_OPTIONS
+            )  # the settings (data_format is a per-call option, refused by the constructor)
         for name, value in foreign.items():
             setattr(processor, name, value)
         return (processor, unused) if return_unused else processor

@@ -82,8 +82,9 @@ class PixelNormalization:
         """mean and std as [C, 1, 1] tensors for images of ``channels`` channels."""
         if len(self.mean) not in (1, channels) or len(self.std) not in (1, channels):
             raise ValueError(
-                f"image_mean / image_std: the normalization's mean {self.mean} and std {self.std} need 1 or "
-                f"{channels} values for images of {channels} channels."
+                f"image_mean / image_std: the normalization's mean {self.mean} and std {self.std} do not fit "
+                f"images of {channels} channel(s) (they need one value, or one per channel). The processor's "
+                "do_convert_rgb (on by default) makes every image 3-channel RGB."
             )
         mean = torch.tensor(self.mean, dtype=dtype, device=device).view(-1, 1, 1)
         std = torch.tensor(self.std, dtype=dtype, device=device).view(-1, 1, 1)
