@@ -20,7 +20,14 @@ from tqdm.auto import tqdm
 from .batch_jobs import save_image
 from .crf import WECLIP, CRFParams, crf_refine_labels
 from .data.adapters import check_mask_ids
-from .inference import image_logits, image_pseudo_labels, multiscale_flip_logits, resize_images
+from .inference import (
+    image_logits,
+    image_pseudo_labels,
+    multiscale_flip_logits,
+    pad_to_multiple,
+    resize_images,
+    upsample_cropping_padding,
+)
 from .metrics import confusion_matrix, scores_from_confusion
 from .normalization import PixelNormalization
 from .presets import EvaluationSettings
@@ -40,13 +47,16 @@ MIOU_NAMES = {
 
 def processor_input_size(image_processor) -> dict[str, int] | None:
     """The ``input_size`` of `evaluate_segmentation` that scores what the pipeline predicts with
-    ``image_processor``: its ``size`` when it resizes; None (images kept at their size) when it does not, or for
-    anything but an image processor with a ``size``."""
-    if not getattr(image_processor, "do_resize", False) or not isinstance(
+    ``image_processor``: its ``size`` when it resizes, and its patch size as ``size_divisor`` when it pads
+    (``do_pad``); None (images kept as they are) when it does neither, or for anything but an image processor."""
+    geometry = {}
+    if getattr(image_processor, "do_resize", False) and isinstance(
         getattr(image_processor, "size", None), dict
     ):
-        return None
-    return dict(image_processor.size)
+        geometry.update(image_processor.size)
+    if getattr(image_processor, "do_pad", False) and getattr(image_processor, "patch_size", None):
+        geometry["size_divisor"] = int(image_processor.patch_size)
+    return geometry or None
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -83,14 +93,22 @@ def prediction_logits(
     scales: Sequence[float] = EvaluationSettings.msf_scales, input_size: int | Mapping[str, int] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Float logits [B, K, H, W] at ``size``: the images resized to ``input_size`` (`resize_images`: an int is the
-    long side, a mapping an image processor's ``size``; None: kept at their size), (multi-scale + flip) logits,
-    bilinear upsampling."""
+    long side, a mapping an image processor's ``size``; None: kept at their size) and, with its ``size_divisor``
+    (`processor_input_size` of a processor that pads), zero-padded to a multiple of it, (multi-scale + flip) logits,
+    bilinear upsampling (the padding cropped, as the processor's post-processing crops it)."""
     if input_size is not None:
         pixel_values = resize_images(pixel_values, input_size)
+    resized = tuple(pixel_values.shape[-2:])
+    divisor = input_size.get("size_divisor") if isinstance(input_size, Mapping) else None
+    if divisor:
+        pixel_values = pad_to_multiple(pixel_values, divisor)
     if msf:
         logits = multiscale_flip_logits(model, pixel_values, scales=scales)
     else:
         logits = image_logits(model, pixel_values)  # images below one patch are padded, not refused
+    padded = tuple(pixel_values.shape[-2:])
+    if padded != resized:
+        return upsample_cropping_padding(logits.float(), size, resized, padded)
     return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
 
 
@@ -173,8 +191,9 @@ def evaluate_segmentation(
     pseudo-label modes) ``class_labels`` [B, C] (``labels``: ids 0..C or the ignore index, else a ValueError names
     the others); an item may be a list of such batches (images of several sizes:
     `weclip_hf.data.loading.collate_by_size`). The decoder's modes predict on the images resized to ``input_size``
-    (an int: the long side, VOC's 512; a mapping: an image processor's ``size``, so that the figures are those of
-    the pipeline with that processor; None: kept at their size), upsampled back to the masks' size.
+    (an int: the long side, VOC's 512; a mapping: an image processor's ``size`` and, where it pads, its
+    ``size_divisor`` (`processor_input_size`), so that the figures are those of the pipeline with that processor;
+    None: kept at their size), upsampled back to the masks' size.
 
     Modes: ``pred`` (decoder, single scale), ``pred_msf`` (multi-scale + flip), ``pred_crf`` /
     ``pred_msf_crf`` (the same followed by the dense CRF of `weclip_hf.crf` with ``crf_params``, default

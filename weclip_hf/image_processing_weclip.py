@@ -47,7 +47,7 @@ from .image_reading import (
     label_tensor,
     to_rgb_array,
 )
-from .inference import resized_size
+from .inference import resized_size, upsample_cropping_padding
 from .normalization import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, PixelNormalization
 
 
@@ -515,9 +515,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         logits = logits[None].float()
         if padded != resized and tuple(logits.shape[-2:]) == (padded[0] // p, padded[1] // p):
             # the logits cover the padded image: upsample to its extent in target pixels, crop the padding
-            full = (round(height * padded[0] / resized[0]), round(width * padded[1] / resized[1]))
-            up = F.interpolate(logits, size=full, mode="bilinear", align_corners=False)
-            return up[0, :, :height, :width]
+            return upsample_cropping_padding(logits, target, resized, padded)[0]
         return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)[0]
 
     def post_process_semantic_segmentation(

@@ -30,14 +30,15 @@ def _scaled_size(height: int, width: int, target: int, side: int) -> tuple[int, 
 def resized_size(height: int, width: int, size: int | Mapping[str, int]) -> tuple[int, int]:
     """The (height, width) an image is resized to (each side at least 1 px): an int ``size`` is the long side (the
     official evaluation's 512); a mapping is an image processor's ``size``: ``{"longest_edge": L}``,
-    ``{"shortest_edge": S}`` or ``{"height": h, "width": w}``."""
+    ``{"shortest_edge": S}`` or ``{"height": h, "width": w}`` (other keys, such as an evaluation's
+    ``size_divisor``, say nothing of the size: a mapping of none of these keeps it)."""
     if not isinstance(size, Mapping):
         size = {"longest_edge": size}
     if "longest_edge" in size:
         height, width = longest_edge_size(height, width, size["longest_edge"])
     elif "shortest_edge" in size:
         height, width = shortest_edge_size(height, width, size["shortest_edge"])
-    else:
+    elif "height" in size:
         height, width = size["height"], size["width"]
     return max(1, height), max(1, width)
 
@@ -54,6 +55,24 @@ def resize_images(pixel_values: torch.Tensor, size: int | Mapping[str, int]) -> 
 def resize_longest_edge(pixel_values: torch.Tensor, longest_edge: int = 512) -> torch.Tensor:
     """`resize_images` to a long side of ``longest_edge`` (the official evaluation's resize)."""
     return resize_images(pixel_values, longest_edge)
+
+
+def pad_to_multiple(pixel_values: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Zero-pad normalized images [B, 3, H, W] at the bottom/right to a multiple of ``multiple`` in each side, as
+    the image processor's ``do_pad`` pads them to its patch size."""
+    height, width = pixel_values.shape[-2:]
+    return F.pad(pixel_values, (0, -width % multiple, 0, -height % multiple))
+
+
+def upsample_cropping_padding(
+    logits: torch.Tensor, size: tuple[int, int], resized: tuple[int, int], padded: tuple[int, int]
+) -> torch.Tensor:
+    """Logits [B, K, h, w] of images resized to ``resized`` and zero-padded at the bottom/right to ``padded``,
+    upsampled bilinearly to ``size`` (H, W) of the images before both: to the padded extent at that scale, then the
+    padding cropped (the unpadded part is not stretched over the whole image)."""
+    height, width = size
+    full = (round(height * padded[0] / resized[0]), round(width * padded[1] / resized[1]))
+    return F.interpolate(logits, size=full, mode="bilinear", align_corners=False)[..., :height, :width]
 
 
 def pad_to_patch(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
