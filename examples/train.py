@@ -948,7 +948,14 @@ def load_data_and_model(
         + (", freed host memory kept for reuse" if retained else "")
     )
     for note in [
-        *schedule_notes(cfg, int(model.training_step), args.max_train_steps),
+        *schedule_notes(
+            cfg,
+            int(model.training_step),
+            args.max_train_steps,
+            rfm_aside=" metrics.json's pseudo_label_miou applies the RFM to the trained model all the same."
+            if val_raw is not None
+            else "",
+        ),
         *unread_flags(args, cfg),
     ]:
         accelerator.print(f"Note: {note}")
@@ -1040,10 +1047,18 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         accelerator.print(f"resumed from {resume_path} at step {step}")
 
     # 4. training loop
+    # the checkpoint of the step the run stands at, once written (the loop's, or the one resumed from in this folder)
+    written = {}
+    if resume_path is not None and resume_path.resolve().parent == output_dir.resolve():
+        written[step] = resume_path
+
     def checkpoint() -> Path:
-        """``step_N`` of the run as it stands (step, schedule, stream position, seconds so far)."""
-        state = TrainingState(step, scheduler.state_dict(), position, time.time() - started)
-        return save_training_checkpoint(accelerator, output_dir, state, args)
+        """``step_N`` of the run as it stands (step, schedule, stream position, seconds so far), written once."""
+        if step not in written:
+            state = TrainingState(step, scheduler.state_dict(), position, time.time() - started)
+            written.clear()
+            written[step] = save_training_checkpoint(accelerator, output_dir, state, args)
+        return written[step]
 
     checkpoint_every = args.checkpointing_steps
     steps_per_epoch = None if streamed else len(train_loader)
@@ -1107,7 +1122,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         accelerator.print(f"stopped by signal {stop['signal']} at step {step}; checkpoint saved to {path}")
         accelerator.end_training()
         return {"stopped_at": step, "stopped_by_signal": int(stop["signal"])}
-    if checkpoint_every:
+    if checkpoint_every:  # the last step's (written by the loop where it falls on --checkpointing_steps)
         checkpoint()
     train_seconds = time.time() - started
 
@@ -1188,9 +1203,14 @@ def unfinished_message(
             f"README.md; push the folder again (huggingface_hub's upload_folder)."
         )
     finish = f"; score it with: {evaluate_command(args)}" if evaluable else ""
+    resume = (
+        ", or finish the run: the same command with --resume_from_checkpoint latest (its last checkpoint)"
+        if args.checkpointing_steps
+        else ""
+    )
     return (
         f"stopped by signal {signum} after the training: {saved}, but not {' and '.join(missing)}{finish} "
-        "(or train again with --overwrite_output_dir)."
+        f"(or train again with --overwrite_output_dir){resume}."
     )
 
 

@@ -70,6 +70,27 @@ def test_checkpoint_round_trip_restores_weights_scheduler_and_position(checkpoin
     assert fresh_scheduler.get_last_lr() == scheduler.get_last_lr()
 
 
+def test_a_checkpoint_that_cannot_be_written_says_why_and_leaves_the_previous_one(checkpoint, monkeypatch):
+    """A full disk made torch.save fail with "unexpected pos 2133568 vs 2133456" and left the partial step_N.tmp on
+    it: the error now says what failed, the space left and that step_1 is intact, and the partial folder is gone."""
+    path, model, scheduler = checkpoint
+    accelerator = _accelerated()[0]
+
+    def disk_full(folder):
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "optimizer.bin").write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2133568 vs 2133456")
+
+    monkeypatch.setattr(accelerator, "save_state", disk_full)
+    state = TrainingState(step=2, scheduler=scheduler.state_dict(), position=StreamPosition())
+    with pytest.raises(CheckpointError, match=r"Writing checkpoint step_2 in .* failed \(RuntimeError: .*unexpected "
+                       r"pos.*\); \d+ MiB are left on its disk\. The partial step_2\.tmp was removed and the "
+                       r"checkpoints before it \(step_1\) are intact"):  # fmt: skip
+        save_checkpoint(accelerator, path.parent, state)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["step_1"]
+    assert find_checkpoint(path.parent, "latest") == path
+
+
 def _modes(folder: Path) -> dict[str, int]:
     return {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir() if p.is_file()}
 

@@ -294,7 +294,7 @@ def test_resume_refuses_changed_arguments_and_a_finished_checkpoint(tmp_path, ti
     ):
         train_in_process(*resume, out / "step_1", "--learning_rate", "0.001", "--seed", 3)
     with pytest.raises(
-        ValueError, match="at step 2, and --max_train_steps is 2: there is nothing left to train"
+        ValueError, match="at step 2, and --max_train_steps is 2: the run is complete .* nothing left to do"
     ):
         train_in_process(*resume, "latest")
     assert json.loads((out / "metrics.json").read_text())["train_steps"] == 2  # untouched

@@ -382,14 +382,31 @@ def test_schedule_notes_count_from_the_models_step_counter(tiny_config):
         "the RFM starts at step 10, after this run's 10 steps: the pseudo labels are the CAMs' throughout"
         in notes(tiny_config, 0, 10)[0]
     )
-    assert notes(tiny_config, 0, 10)[0].endswith(
-        "pseudo_label_miou applies the RFM to the trained model all the same."
+    assert notes(tiny_config, 0, 10)[0].endswith("throughout (--rfm_start_step, or --preset, sets it).")
+    assert notes(tiny_config, 0, 10, rfm_aside=" Scored all the same.")[0].endswith(
+        "sets it). Scored all the same."
     )
     assert "from its first step" in notes(tiny_config, 30, 5)[0]  # a counter past the start
     assert (
         "after this run's 5 steps (the model of --model_name_or_path has trained 4 steps)"
         in notes(tiny_config, 4, 5)[0]
     )
+
+
+def test_the_rfm_note_promises_its_pseudo_label_figure_only_where_there_is_an_evaluation(
+    tmp_path, tiny_clip, capsys
+):
+    """Without a validation split train.py promised "metrics.json's pseudo_label_miou applies the RFM" and wrote no
+    such figure."""
+    run = ["--clip_model_name_or_path", tiny_clip, *FAST, "--max_train_steps", 1, "--rfm_start_step", 5]
+    metrics = train_in_process(*run, "--output_dir", tmp_path / "none", "--validation_split", "none")
+    printed = capsys.readouterr().out
+    assert (
+        "the RFM starts at step 5, after this run's 1 steps" in printed and "pseudo_label_miou" not in metrics
+    )
+    assert "pseudo_label_miou applies the RFM" not in printed
+    metrics = train_in_process(*run, "--output_dir", tmp_path / "scored", "--num_overlays", 0)
+    assert "pseudo_label_miou applies the RFM" in capsys.readouterr().out and "pseudo_label_miou" in metrics
 
 
 def test_accelerates_gradient_accumulation_is_refused_not_ignored(tmp_path, monkeypatch):

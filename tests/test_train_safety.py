@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import FAST, TRAIN, evaluate_module, train_in_process
+from conftest import FAST, TRAIN, evaluate_module, read_log, train_in_process
 
 from weclip_hf.checkpointing import lock_output_dir
 from weclip_hf.run_signals import explain_signals
@@ -127,6 +127,36 @@ def test_ctrl_c_during_the_final_evaluation_interrupts_it(tmp_path, tiny_clip, t
     command = shlex.split(message.split("score it with: ")[1].split(" (or train again")[0])
     args = evaluate_module().parse_args(command[2:])
     assert args.model_name_or_path == str(out) and args.toy_val_images == 2 and args.pseudo_labels
+    # ... or the run finishes from its last checkpoint (step_1): the model saved again as it was, evaluated, carded,
+    # without a step trained or checkpoint written twice (a resume of the last step was refused: "nothing left")
+    assert message.rstrip().endswith(
+        "the same command with --resume_from_checkpoint latest (its last checkpoint)."
+    )
+    monkeypatch.undo()
+    weights = (out / "model.safetensors").read_bytes()
+    checkpoint = (out / "step_1" / "model.safetensors").stat().st_mtime_ns
+    resume = ["--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), *SHORT]
+    metrics = train_in_process(*resume, "--resume_from_checkpoint", "latest")
+    assert metrics["train_steps"] == 1 and "miou" in metrics and (out / "README.md").is_file()
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert (out / "step_1" / "model.safetensors").stat().st_mtime_ns == checkpoint
+    assert [r["step"] for r in read_log(out) if "loss" in r] == [1]
+    assert "is the run's last step: its training is done" in capsys.readouterr().out
+    with pytest.raises(
+        ValueError, match=r"the run is complete \(.* holds its model.safetensors, metrics.json, README"
+    ):
+        train_in_process(*resume, "--resume_from_checkpoint", "latest")
+
+
+def test_each_checkpoint_is_written_once(tmp_path, tiny_clip, train, monkeypatch):
+    """The last step fell on --checkpointing_steps and was written twice (twice its disk space at the end, and a
+    window in which neither copy was step_N)."""
+    saved = []
+    save = train.save_training_checkpoint
+    monkeypatch.setattr(train, "save_training_checkpoint", lambda *a: saved.append(a[2].step) or save(*a))
+    run = ["--clip_model_name_or_path", tiny_clip, "--output_dir", tmp_path / "run", *SHORT]
+    train_in_process(*run, "--max_train_steps", 2, "--checkpointing_steps", 1, "--validation_split", "none")
+    assert saved == [1, 2]
 
 
 def test_sigterm_after_the_training_says_what_is_saved_and_exits_with_143(train, capsys):

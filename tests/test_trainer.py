@@ -239,9 +239,7 @@ def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch, capsy
     assert recorded["learning_rate"] == 1e-3 and recorded["max_steps"] == 2 and recorded["seed"] == 0
     # a second run into the folder would replace the model and keep the old checkpoints beside its own: refused
     again = ["--output_dir", tmp_path, "--max_steps", 1, "--seed", 5]
-    with pytest.raises(
-        FileExistsError, match=r"holds a finished run: its trained model .* checkpoints \(checkpoint-2\)"
-    ):
+    with pytest.raises(FileExistsError, match=r"holds checkpoints of a previous run \(checkpoint-2\)"):
         run_script(script, *again)
     shutil.copytree(tmp_path, tmp_path.parent / "resumed")  # for the resume below
     run_script(script, *again, "--overwrite_output_dir")
@@ -352,6 +350,13 @@ def test_train_with_trainer_sets_config_fields_and_the_crop_that_no_other_flag_s
         "prompt_template": "a photo of a {}, in the wild",  # a comma in double quotes belongs to the value
         "rfm_start_step": None,
         "decoder_dropout": 0,
+    }
+    # numbers as Python writes them, which JSON does not read (".5" was kept as a string); words stay words
+    assert script.parse_config_overrides(
+        "cam_box_threshold=.5,prompt_template=a {}", script.WeCLIPConfig
+    ) == {
+        "cam_box_threshold": 0.5,
+        "prompt_template": "a {}",
     }
     with pytest.raises(SystemExit):  # a WeCLIP+ field for a WeCLIP run
         script.parse_args(["--config_overrides", "dice_loss_weight=0.5"])

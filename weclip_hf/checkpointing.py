@@ -69,11 +69,15 @@ def save_checkpoint(
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            for name, content in {TRAINING_STATE_NAME: asdict(state), **(extra_json or {})}.items():
+                (tmp / name).write_text(json.dumps(content, indent=1))
+    except (OSError, RuntimeError) as error:  # torch.save reports a full disk as "unexpected pos ..."
+        raise _write_failed(output_dir, final.name, tmp, error) from error
     if accelerator.is_main_process:
-        for name, content in {TRAINING_STATE_NAME: asdict(state), **(extra_json or {})}.items():
-            (tmp / name).write_text(json.dumps(content, indent=1))
         weights_readable_as(tmp, tmp / TRAINING_STATE_NAME)  # save_state's safetensors files are 0600
         old = output_dir / f"step_{state.step}.old"
         if final.exists():
@@ -83,6 +87,27 @@ def save_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _write_failed(output_dir: Path, name: str, tmp: Path, error: Exception) -> CheckpointError:
+    """The error of a checkpoint ``name`` that could not be written (its partial ``tmp`` removed): the cause, the
+    space left on the disk (a full disk is the usual one, which torch.save reports as "unexpected pos"), and that the
+    checkpoints written before are intact."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    free = shutil.disk_usage(output_dir).free / 2**20
+    intact = sorted(
+        (p for p in output_dir.glob("step_*") if checkpoint_step(p) is not None), key=checkpoint_step
+    )
+    before = (
+        f"the checkpoints before it ({', '.join(p.name for p in intact[-3:])}) are intact"
+        if intact
+        else ("no checkpoint was written before it")
+    )
+    return CheckpointError(
+        f"Writing checkpoint {name} in {output_dir} failed ({type(error).__name__}: {error}); {free:.0f} MiB are "
+        f"left on its disk. The partial {tmp.name} was removed and {before}: free space and resume with "
+        "--resume_from_checkpoint latest."
+    )
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -353,7 +378,8 @@ def claim_output_dir(
         names = ", ".join(p.name for p in old[-3:])
         held = f"checkpoints of a previous run ({names})" if old else ""
         held = held or f"a previous run's results ({', '.join(finished)})"
-        trained = old and "model.safetensors" in finished  # saved once the training is done
+        # examples/train.py's model and metrics: written once its training is done and evaluated
+        trained = old and {"model.safetensors", "metrics.json"} <= set(finished)
         if resume_from is not None:
             hint = (
                 f"--resume_from_checkpoint {resume_from} is a checkpoint of another folder: resume it into a new "
@@ -362,8 +388,8 @@ def claim_output_dir(
         elif trained:
             held = f"a finished run: its trained model ({', '.join(finished)}) and checkpoints ({names})"
             hint = (
-                "Its training is done (resuming it would leave nothing to train): start over with "
-                "--overwrite_output_dir, or choose another --output_dir."
+                "It is complete (resuming it would leave nothing to do): start over with --overwrite_output_dir, "
+                "or choose another --output_dir."
             )
         elif old:
             hint = (

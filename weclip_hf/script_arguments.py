@@ -82,8 +82,17 @@ def parse_config_overrides(text: str, config_class: type[WeCLIPConfig]) -> dict:
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
-            overrides[key] = value
+            overrides[key] = _number_or_text(value)
     return overrides
+
+
+def _number_or_text(value: str) -> float | str:
+    """A value JSON does not read: a number as Python writes it (``.5``, ``5.``, as transformers'
+    update_from_string reads it), else the text itself."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def _integer(text: str) -> int:

@@ -88,15 +88,19 @@ def official_adamw(
 
 
 def schedule_notes(
-    cfg, counter: int, max_train_steps: int, rfm_source: str = "--rfm_start_step, or --preset, sets it"
+    cfg,
+    counter: int,
+    max_train_steps: int,
+    rfm_source: str = "--rfm_start_step, or --preset, sets it",
+    rfm_aside: str = "",
 ) -> list[str]:
     """Notes on when the RFM (and WeCLIP+'s self-training) act in a run of ``max_train_steps``: the model switches
     them on by its own step counter (``training_step``), which a model of ``--model_name_or_path`` brings from its
     training at ``counter``; the run's step ``s`` is the model's step ``counter + s``. ``rfm_source``: what sets
-    the RFM's start in the calling script."""
+    the RFM's start in the calling script; ``rfm_aside``: added to the note of an RFM that never acts (what the
+    script reports of it all the same)."""
     stages = (
-        ("the RFM", cfg.rfm_start_step, rfm_source, "the pseudo labels are the CAMs'",
-         " metrics.json's pseudo_label_miou applies the RFM to the trained model all the same."),
+        ("the RFM", cfg.rfm_start_step, rfm_source, "the pseudo labels are the CAMs'", rfm_aside),
         ("WeCLIP+'s self-training", getattr(cfg, "self_training_start_step", None),
          "config.self_training_start_step", "the prediction never overwrites the pseudo labels", ""),
     )  # fmt: skip

@@ -100,6 +100,9 @@ LAUNCH_FACTS = ("num_processes", "mixed_precision")
 # restating a default changes nothing and a dataset changed under the same flags is found
 RESOLVED_ARGS = frozenset({*MODEL_FLAGS, "clip_model_name_or_path", "max_train_samples"})
 RESOLVED_ARGS_NAME = "resolved_args.json"
+# what a run writes in its --output_dir once its training is done (the model) and evaluated (metrics.json), the model
+# card last: a run whose folder holds them all is complete
+COMPLETED_RUN_FILES = ("model.safetensors", "metrics.json", "README.md")
 
 
 def trajectory_args(args: argparse.Namespace, accelerator: Accelerator | None = None) -> dict:
@@ -165,19 +168,32 @@ def check_resume(
     args: argparse.Namespace, path: Path, accelerator: Accelerator | None = None, log=print
 ) -> None:
     """Refuse to resume from checkpoint ``path`` a run whose trajectory arguments differ from the checkpoint's
-    (listing each), or one that has no step left to train."""
+    (listing each), one past its --max_train_steps, or a complete one (its --output_dir holds `COMPLETED_RUN_FILES`).
+    The run's last checkpoint resumes to what follows the training: saving the model, the final evaluation, the
+    card (a run cut off there, or by a full disk, is finished so)."""
     step = read_training_state(path).step
-    if step >= args.max_train_steps:
+    output_dir = Path(args.output_dir)
+    if step > args.max_train_steps:
         raise ValueError(
-            f"Checkpoint {path} is at step {step}, and --max_train_steps is {args.max_train_steps}: there is nothing "
-            "left to train (the run it comes from is complete, its model is in its --output_dir). To train for "
-            "longer, start a new run, e.g. --model_name_or_path <that output_dir> with more --max_train_steps."
+            f"Checkpoint {path} is at step {step}, past --max_train_steps {args.max_train_steps}: a resumed run "
+            "only continues its run. For a model trained for fewer steps, start a new run."
+        )
+    if step == args.max_train_steps and all((output_dir / name).is_file() for name in COMPLETED_RUN_FILES):
+        raise ValueError(
+            f"Checkpoint {path} is at step {step}, and --max_train_steps is {args.max_train_steps}: the run is "
+            f"complete ({output_dir} holds its {', '.join(COMPLETED_RUN_FILES)}), there is nothing left to do. To "
+            f"train longer, start a new run from its model: --model_name_or_path {output_dir} with another "
+            "--output_dir and the --max_train_steps to add."
         )
     resolved_later = RESOLVED_ARGS if (path / RESOLVED_ARGS_NAME).is_file() else frozenset()
     if not check_unchanged(
         path, trajectory_args(args, accelerator), label=trajectory_label, skip=resolved_later
     ):  # a checkpoint of an earlier version
         log(f"Note: {path} records no training arguments ({TRAINING_ARGS_NAME}): they cannot be checked.")
+    if step == args.max_train_steps:
+        log(
+            f"Note: {path} is the run's last step: its training is done; the model is saved and evaluated now."
+        )
 
 
 def save_training_checkpoint(accelerator, output_dir: Path, state: TrainingState, args) -> Path:
