@@ -199,6 +199,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.crf_params = crf_params_from_args(args)
     except ValueError as err:
         p.error(str(err))
+    if args.output_json and Path(args.output_json).is_dir():
+        p.error(
+            f"--output_json {args.output_json} is a folder: give a file name, e.g. {args.output_json}/eval.json."
+        )
     return args
 
 
@@ -243,6 +247,10 @@ def settings_report(args: argparse.Namespace) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     check_model_folder(args.model_name_or_path)
+    if (
+        args.output_json
+    ):  # its folder made now: a path that cannot be written fails before the evaluation runs
+        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
     # under `accelerate launch` / torchrun each process scores its share of the images (confusion matrices summed)
     cpu = args.device == "cpu"
     accelerator = Accelerator(cpu=cpu) if PartialState(cpu=cpu).num_processes > 1 else None
@@ -320,7 +328,7 @@ def main(argv=None) -> dict:
     }
     if args.output_json and main_process:
         # allow_nan=False: a NaN would make invalid JSON (evaluate_segmentation gives None instead)
-        Path(args.output_json).write_text(json.dumps(report, indent=2, allow_nan=False))
+        Path(args.output_json).write_text(json.dumps(report, indent=2, allow_nan=False), encoding="utf-8")
     if accelerator is not None:  # a process group left to the interpreter's exit aborted a process (gloo)
         accelerator.wait_for_everyone()
         accelerator.end_training()

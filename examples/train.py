@@ -793,7 +793,7 @@ def make_train_loader(
 
 def append_log(log_path: Path, record: dict) -> None:
     """One JSON line of the training log (``train_log.jsonl``)."""
-    with open(log_path, "a") as f:
+    with open(log_path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
 
 
@@ -1170,7 +1170,7 @@ def finish_training(
         metrics["total_seconds"] = round(time.time() - started, 1)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
             written.append("metrics.json")
             summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
             accelerator.log(

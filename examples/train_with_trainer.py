@@ -338,7 +338,7 @@ def main(argv=None) -> dict:
         )
     trainer.create_model_card(dataset=args.dataset_name)  # README.md, with these figures
     if results and trainer.is_world_process_zero():
-        (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         print(json.dumps(results, indent=2))
     return results
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from reference_weclip import reference_box_mask, reference_normalize, reference_par, reference_transition
 from scipy import ndimage
+from torch.overrides import TorchFunctionMode
 
 import weclip_hf.cam as weclip_cam
 from weclip_hf.affinity import mean_attention_affinity, rfm_affinity, rfm_keep_rule, transition_matrix
@@ -74,6 +75,27 @@ def test_box_mask_edge_quirk_and_empty_cam():
 def test_box_threshold_uses_truncated_uint8_peak():
     cam = torch.tensor([[[0.0, 0.40, 0.398, 0.997]]])  # peak 254 -> threshold int(0.4 * 254) = 101
     assert box_threshold_mask(cam, 0.4).tolist() == [[[False, True, False, True]]]  # 102 > 101, 101 !> 101
+
+
+class _NoFloat64(TorchFunctionMode):
+    """Fails on any float64 tensor made (Apple's MPS has no float64)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        assert not (isinstance(out, torch.Tensor) and out.dtype == torch.float64), func
+        return out
+
+
+def test_box_threshold_mask_needs_no_float64_and_thresholds_as_the_official_float64_product():
+    """The threshold was computed as peak.double() * threshold on the CAMs' device, which fails on Apple's MPS."""
+    cams = torch.rand(64, 5, 7, generator=torch.Generator().manual_seed(0))
+    for threshold in (0.4, 0.35, 0.7, 0.9):
+        with _NoFloat64():
+            ours = box_threshold_mask(cams, threshold)
+        cam_u8 = (cams * 255).floor()
+        peaks = cam_u8.amax(dim=(-2, -1)).long().tolist()
+        expected = cam_u8 > torch.tensor([int(threshold * p) for p in peaks], dtype=cams.dtype)[:, None, None]
+        assert torch.equal(ours, expected), threshold
 
 
 def test_gradcam_and_normalization():

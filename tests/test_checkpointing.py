@@ -190,6 +190,17 @@ def test_latest_skips_a_damaged_newer_checkpoint_and_names_it(checkpoint):
     assert "model.safetensors" in messages[-1]
 
 
+def test_latest_restores_a_checkpoint_moved_aside_by_a_cut_off_rewrite(checkpoint):
+    """Writing step_N again renames the old one step_N.old first; a kill between the renames left step_N.old and
+    step_N.tmp, both ignored: latest resumed from an earlier checkpoint."""
+    path, _, _ = checkpoint
+    shutil.copytree(path, path.parent / "step_1.tmp")  # the new write, maybe incomplete
+    os.replace(path, path.parent / "step_1.old")
+    messages = []
+    assert find_checkpoint(path.parent, "latest", log=messages.append) == path
+    assert messages == ["restored checkpoint step_1 from step_1.old (a later write of that step was cut off)"]
+
+
 # ---- the training script ------------------------------------------------------------------------------
 
 

@@ -2,7 +2,10 @@
 
 import functools
 import json
+import os
 import re
+import subprocess
+import sys
 
 import datasets
 import numpy as np
@@ -986,6 +989,19 @@ def test_an_imagefolder_whose_metadata_has_no_rows_is_named(tmp_path):
     (tmp_path / "train" / "metadata.jsonl").write_text("\n")
     with pytest.raises(ValueError, match=r"train/metadata.jsonl lists no images \(it has no rows\)"):
         load_dataset_splits(DataSource(data_dir=str(tmp_path)))
+
+
+def test_metadata_is_read_as_utf_8_whatever_the_locale(tmp_path):
+    """`datasets` reads metadata.jsonl as UTF-8; the check before it read it in the locale's encoding, so a dataset
+    with non-ASCII file names failed under LC_ALL=C (and cp1252 on Windows) with a UnicodeDecodeError."""
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "metadata.jsonl").write_text(
+        '{"file_name": "сосна_Á.png", "image_labels": [1]}\n', "utf-8"
+    )
+    check = f"from weclip_hf.data.loading import check_imagefolder_metadata; check_imagefolder_metadata({str(tmp_path)!r})"
+    ascii_locale = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    run = subprocess.run([sys.executable, "-c", check], env=ascii_locale, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
 
 
 def test_pascal_vocs_own_folder_layout_is_named(tmp_path):

@@ -122,8 +122,10 @@ def test_rows_held_out_by_train_val_split_are_scored_as_the_training_run_scored_
     assert "--train_val_split 0.25" in command and "--seed 3" in command
 
 
-def test_single_scale_cli_writes_json_and_per_class_table(model_dir, data_path, tmp_path):
-    out = tmp_path / "val.json"
+def test_single_scale_cli_writes_json_and_per_class_table(model_dir, data_path, tmp_path, capsys):
+    out = (
+        tmp_path / "reports" / "val.json"
+    )  # its folder is made (the JSON was lost after the whole evaluation)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
     proc = subprocess.run(
         [
@@ -148,6 +150,9 @@ def test_single_scale_cli_writes_json_and_per_class_table(model_dir, data_path, 
     assert report["split"] == "validation" and report["num_images"] == 3
     assert 0.0 <= report["miou"] <= 1.0  # train.py's metrics.json names (MIOU_NAMES)
     assert set(report) == {"model", "split", "num_images", "evaluation", "miou", "per_class_iou"}
+    with pytest.raises(SystemExit):
+        load_script().parse_args(["--model_name_or_path", str(model_dir), "--output_json", str(tmp_path)])
+    assert "is a folder: give a file name" in capsys.readouterr().err
     # no --preset on a local dataset: the long side of the model's saved processor (48), single scale, no CRF
     assert report["evaluation"] == {
         "input_size": {"longest_edge": 48},

@@ -8,6 +8,7 @@ import shlex
 import signal
 import sys
 import time
+import types
 
 import pytest
 from conftest import FAST, TRAIN, evaluate_module, read_log, train_in_process
@@ -51,6 +52,28 @@ def test_a_second_run_on_a_locked_output_dir_is_refused_at_start(tmp_path, tiny_
         "--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), *SHORT
     )  # released: runs
     assert (out / "model.safetensors").exists()
+
+
+def test_the_output_dir_lock_works_without_fcntl_as_on_windows(tmp_path, monkeypatch):
+    """train.py could not start on Windows: the lock imported fcntl, which Windows lacks. There msvcrt locks the lock
+    file's first byte (a stand-in here records the locks as Windows would hold them: per file, refused when held)."""
+    held = set()
+
+    def locking(fd, mode, nbytes):
+        key = os.path.realpath(f"/proc/self/fd/{fd}")
+        if key in held:
+            raise PermissionError(13, "Permission denied")
+        held.add(key)
+
+    monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` raises ImportError
+    monkeypatch.setitem(sys.modules, "msvcrt", types.SimpleNamespace(locking=locking, LK_NBLCK=2))
+    first = lock_output_dir(tmp_path / "run")
+    try:
+        with pytest.raises(RuntimeError, match=r"in use by another training run \(pid \d+\)"):
+            lock_output_dir(tmp_path / "run")
+    finally:
+        first.close()
+    assert len(held) == 1 and (tmp_path / "run" / ".lock").read_text() == f"pid {os.getpid()}"
 
 
 def test_a_run_refused_after_locking_its_new_output_dir_leaves_no_folder(tmp_path, tiny_clip):

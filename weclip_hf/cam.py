@@ -8,6 +8,9 @@ official code visits them).
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -59,8 +62,15 @@ def box_threshold_mask(cams: torch.Tensor, threshold: float) -> torch.Tensor:
     """
     cam_u8 = (cams * 255).floor()
     peak = cam_u8.amax(dim=(-2, -1), keepdim=True)
-    thr = (peak.double() * threshold).floor().to(cams.dtype)
-    return cam_u8 > thr
+    return cam_u8 > uint8_thresholds(threshold, cams.device)[peak.long()].to(cams.dtype)
+
+
+@functools.lru_cache(maxsize=8)
+def uint8_thresholds(threshold: float, device: torch.device) -> torch.Tensor:
+    """``int(threshold * v)`` for each uint8 peak ``v`` in 0..255, in Python's float64 arithmetic as the official
+    code computes it: a table on ``device``, so that devices without float64 (Apple's MPS) run the box mask too."""
+    with torch.inference_mode(False):  # kept in the cache: usable outside any inference mode
+        return torch.tensor([math.floor(threshold * v) for v in range(256)], device=device)
 
 
 def box_mask(binary: torch.Tensor) -> torch.Tensor:

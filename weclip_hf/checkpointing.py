@@ -74,7 +74,7 @@ def save_checkpoint(
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             for name, content in {TRAINING_STATE_NAME: asdict(state), **(extra_json or {})}.items():
-                (tmp / name).write_text(json.dumps(content, indent=1))
+                (tmp / name).write_text(json.dumps(content, indent=1), encoding="utf-8")
     except (OSError, RuntimeError) as error:  # torch.save reports a full disk as "unexpected pos ..."
         raise _write_failed(output_dir, final.name, tmp, error) from error
     if accelerator.is_main_process:
@@ -121,7 +121,7 @@ def read_training_state(path: Path) -> TrainingState:
     json_path = path / TRAINING_STATE_NAME
     if json_path.exists():
         try:
-            raw = json.loads(json_path.read_text())
+            raw = json.loads(json_path.read_text(encoding="utf-8"))
             return TrainingState(
                 step=int(raw["step"]),
                 scheduler=dict(raw["scheduler"]),
@@ -201,6 +201,7 @@ def find_checkpoint(output_dir: Path, spec: str, log=print) -> Path:
         if problem:
             raise CheckpointError(f"Cannot resume from {path}: {problem}.")
         return path
+    _restore_replaced(output_dir, log)
     steps = sorted(
         (p for p in output_dir.glob("step_*") if p.is_dir() and checkpoint_step(p) is not None),
         key=checkpoint_step,
@@ -216,6 +217,16 @@ def find_checkpoint(output_dir: Path, spec: str, log=print) -> Path:
     raise CheckpointError(
         f"No complete checkpoint in {output_dir} ({', '.join(p.name for p in steps)} are damaged)."
     )
+
+
+def _restore_replaced(output_dir: Path, log=print) -> None:
+    """Rename back each ``step_N.old`` that has no ``step_N``: `save_checkpoint` moved that complete checkpoint
+    aside to write ``step_N`` again and was cut off before the new one took its name."""
+    for old in output_dir.glob("step_*.old"):
+        final = old.with_suffix("")
+        if old.is_dir() and checkpoint_step(final) is not None and not final.exists():
+            os.replace(old, final)
+            log(f"restored checkpoint {final.name} from {old.name} (a later write of that step was cut off)")
 
 
 def load_checkpoint(accelerator, model, optimizer, path: Path) -> TrainingState:
@@ -279,7 +290,7 @@ def check_unchanged(
     saved_path = path / file_name
     if not saved_path.is_file():
         return False
-    changed = differences(json.loads(saved_path.read_text()), current, label, skip)
+    changed = differences(json.loads(saved_path.read_text(encoding="utf-8")), current, label, skip)
     if changed:
         raise ValueError(
             f"Cannot resume from {path}: {what} differ from the run that wrote it, and would change its training: "
@@ -293,21 +304,20 @@ def lock_output_dir(output_dir: Path):
     """Create ``output_dir``, check that it is writable and hold an exclusive lock on it for this run (released
     by the OS when the process ends, even when killed): a second run on the same folder is refused at start
     instead of interleaving its logs and checkpoints with this one's. Returns the open lock file."""
-    import fcntl
-
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe = output_dir / f".write_probe_{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
-        lock = open(output_dir / ".lock", "a+")  # held open for the whole run
+        lock = open(output_dir / ".lock", "a+", encoding="utf-8")  # held open for the whole run
     except OSError as error:
         raise PermissionError(f"--output_dir {output_dir} is not writable: {error}") from error
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.seek(0)
-        holder = lock.read().strip() or "another process"
+    if not _try_lock(lock):
+        try:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+        except OSError:  # Windows: the holder's locked byte cannot be read
+            holder = "another process"
         lock.close()
         raise RuntimeError(
             f"--output_dir {output_dir} is in use by another training run ({holder}); wait for it to finish or "
@@ -318,6 +328,27 @@ def lock_output_dir(output_dir: Path):
     lock.write(f"pid {os.getpid()}")
     lock.flush()
     return lock
+
+
+def _try_lock(handle) -> bool:
+    """Take an exclusive lock on the open file ``handle`` without waiting; whether it was free. POSIX: ``flock``;
+    Windows (no fcntl): msvcrt's lock of the file's first byte. The OS releases either when the process ends."""
+    try:
+        import fcntl
+    except ImportError:
+        import msvcrt
+
+        handle.seek(0)
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 @contextmanager
@@ -425,14 +456,14 @@ def truncate_log(log_path: Path, step: int) -> None:
     if not log_path.exists():
         return
     kept = []
-    for line in log_path.read_text().splitlines():
+    for line in log_path.read_text(encoding="utf-8").splitlines():
         try:
             if json.loads(line)["step"] <= step:
                 kept.append(line + "\n")
         except (json.JSONDecodeError, KeyError):  # a line cut short by the kill
             continue
     tmp = log_path.with_suffix(".tmp")
-    tmp.write_text("".join(kept))
+    tmp.write_text("".join(kept), encoding="utf-8")
     os.replace(tmp, log_path)
 
 

@@ -358,7 +358,7 @@ def saved_image_processor(config: PreTrainedConfig) -> WeCLIPImageProcessor | No
     path = os.path.join(getattr(config, "_name_or_path", None) or "", "preprocessor_config.json")
     if not os.path.isfile(path):
         return None
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         saved = json.load(f)
     if not isinstance(saved, dict) or saved.get("image_processor_type") != WeCLIPImageProcessor.__name__:
         return None

@@ -133,7 +133,7 @@ def saved_config_dict(folder: str) -> dict:
     config_file = os.path.join(folder, "config.json")
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"{folder!r} has no config.json: not a saved model folder.")
-    with open(config_file) as f:
+    with open(config_file, encoding="utf-8") as f:
         try:
             saved = json.load(f)
         except json.JSONDecodeError as err:

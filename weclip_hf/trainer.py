@@ -72,7 +72,9 @@ class RecordRunCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-            (folder / TRAINING_ARGS_NAME).write_text(json.dumps(self.values, indent=1) + "\n")
+            (folder / TRAINING_ARGS_NAME).write_text(
+                json.dumps(self.values, indent=1) + "\n", encoding="utf-8"
+            )
 
 
 class UnpickledSecret(str):

@@ -599,7 +599,7 @@ def check_saved_splits(dataset_path: str) -> None:
     an IndexError)."""
     root = Path(dataset_path).expanduser()
     for state in sorted([root / "state.json", *root.glob("*/state.json")]):
-        if state.is_file() and not json.loads(state.read_text()).get("_data_files", [None]):
+        if state.is_file() and not json.loads(state.read_text(encoding="utf-8")).get("_data_files", [None]):
             split = state.parent.name if state.parent != root else "the dataset"
             raise ValueError(
                 f"Split {split!r} of --dataset_path {dataset_path} is empty: it has no examples."
@@ -627,7 +627,7 @@ def check_imagefolder_metadata(data_dir: str) -> None:
             "its mask: README 'Training on your own data')."
         )
     for path in (p for p in found if p.name in METADATA_NAMES):
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         header = 1 if path.suffix == ".csv" else 0
         if len(lines) <= header:
             raise ValueError(
