@@ -4,6 +4,7 @@ for other models."""
 
 import json
 import logging
+import pickle
 from contextlib import contextmanager
 
 import numpy as np
@@ -216,6 +217,21 @@ def test_batches_of_one_size_run_as_one_forward(any_segmenter):
         batched = any_segmenter(images, batch_size=4)
     _assert_same_segments(batched, alone)
     assert shapes == [(4, 3, 38, 64)]
+
+
+def test_the_batch_collation_pickles_for_spawned_workers_and_collates_as_transformers(segmenter):
+    """DataLoader workers started with 'spawn' (macOS, Windows) pickle the collate function; transformers' is a
+    closure ("Can't pickle local object 'pad_collate_fn.<locals>.inner'"): pipeline(images, num_workers=2,
+    batch_size=2) failed there."""
+    from transformers.pipelines.base import pad_collate_fn
+
+    images = [_noise(24, 40, seed) for seed in range(2)]
+    iterator = segmenter.get_iterator(images, 1, 2, {}, {}, {})
+    collate = pickle.loads(pickle.dumps(iterator.loader.loader.collate_fn))
+    items = [segmenter.preprocess(image) for image in images]
+    ours, theirs = collate(items), pad_collate_fn(None, segmenter.image_processor)(items)
+    assert ours.keys() == theirs.keys() and ours["target_size"] == theirs["target_size"]
+    assert torch.equal(ours["pixel_values"], theirs["pixel_values"])
 
 
 def test_other_models_get_transformers_behaviour(transformers_logs):

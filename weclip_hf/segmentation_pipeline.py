@@ -112,6 +112,17 @@ def collate_mixed_sizes(items: list[dict], collate: Callable[[list[dict]], dict]
     return {**batch, "pixel_values": pixel_values, PIXEL_SIZES: sizes}
 
 
+def concatenate_items(items: list[dict]) -> dict:
+    """Preprocessed images of one size -> one batch as transformers' pipelines collate an image processor's outputs
+    (tensors concatenated along the batch, other values listed), as a module-level function: DataLoader workers
+    started with 'spawn' (macOS, Windows) pickle the collate function, and transformers' is a closure."""
+    return {
+        key: torch.cat([item[key] for item in items]) if isinstance(items[0][key], torch.Tensor) else
+        [item[key] for item in items]
+        for key in items[0]
+    }  # fmt: skip
+
+
 def size_groups(sizes: list[tuple[int, int]]) -> dict[tuple[int, int], list[int]]:
     """Sizes (h, w) of a batch's images -> the batch indices of each distinct size (in order of appearance)."""
     groups: dict[tuple[int, int], list[int]] = {}
@@ -178,7 +189,7 @@ class WeCLIPImageSegmentationPipeline(ImageSegmentationPipeline):
                     "WeCLIPImageSegmentationPipeline expects (postprocess -> forward -> DataLoader): batches of "
                     "images of different sizes cannot be collated. Use batch_size=1 or report this."
                 )
-            loader.collate_fn = partial(collate_mixed_sizes, collate=loader.collate_fn)
+            loader.collate_fn = partial(collate_mixed_sizes, collate=concatenate_items)
         return iterator
 
     def _forward(self, model_inputs):
