@@ -25,7 +25,9 @@ interruption continues where it stopped (every file is written atomically; an im
 ``.state/`` exists and names the same input: the size and SHA-256 of the row's image and mask bytes, and its
 image-level labels). Rows of another input under the same row numbers (another dataset, toy seed or labels
 column) are refused, or with --overwrite_output_dir replaced (and the records of rows this run does not have
-dropped, so that the dataset written is this run's). A re-run with other settings, or with another model saved at
+dropped, so that the dataset written is this run's). Until a run is done, its folder is marked unfinished and
+holds no metadata.jsonl (nor report), so that an interrupted run is not read as the earlier dataset with some of
+this run's masks; `train.py --data_dir` refuses it. A re-run with other settings, or with another model saved at
 the same --model or --clip_model_name_or_path folder (its weights are recorded by their SHA-256), is refused.
 
 Several processes take every n-th image each (on CPUs: ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
@@ -59,6 +61,8 @@ from weclip_hf.batch_jobs import (
     copy_file,
     decoding_workers,
     group_by_size,
+    mark_finished,
+    mark_unfinished,
     process_share,
     read_record,
     remove_temporary_files,
@@ -95,6 +99,7 @@ from weclip_hf.script_arguments import (
 )
 from weclip_hf.visualization import label_map_image, overlay_figure, present_class_cams
 
+REPORT = "pseudo_label_report.json"
 # the keys of an example's record (in .state/) that metadata.jsonl leaves out
 STATE_KEYS = ("confusion", "input")
 # the formats whose bytes are copied as they are (others are re-encoded as PNG)
@@ -499,7 +504,8 @@ def finish(args, out: Path, splits: dict, id2label: dict) -> dict:
         if scores:  # the split has masks
             report["scores"] = scores
     remove_temporary_files([out])
-    save_json(report, out / "pseudo_label_report.json")
+    save_json(report, out / REPORT)
+    mark_finished(out)
     for mode, scores in report.get("scores", {}).items():
         ious = ", ".join(f"{name} {percent(v)}" for name, v in scores["per_class_iou"].items())
         print(f"{mode.upper()} pseudo masks: mIoU {percent(scores['mean_iou'])} ({ious})")
@@ -543,15 +549,23 @@ def main(argv=None) -> dict | None:
 
     # 2. pseudo masks of --split, ground-truth masks of --validation_split: this process's share, without those
     # an earlier run did from the same input
+    todo = {
+        split: rows_to_do(out, split, dataset, columns, args, state)
+        for split, (dataset, columns, *_) in splits.items()
+    }
+    # until `finish`, the folder is no dataset: neither the old one nor a mix of two runs
+    if state.is_main_process:
+        finished = [*(out / split / "metadata.jsonl" for split in splits), out / REPORT]
+        mark_unfinished(out, "examples/generate_pseudo_labels.py", finished)
+    state.wait_for_everyone()
     for split, (dataset, columns, _, is_pseudo) in splits.items():
-        todo = rows_to_do(out, split, dataset, columns, args, state)
         loader = DataLoader(
             LabelledImages(
                 dataset,
                 columns,
                 cfg.num_foreground_classes,
                 cfg.semantic_loss_ignore_index,
-                todo,
+                todo[split],
                 split,
                 normalization,
             ),

@@ -249,6 +249,49 @@ def test_rows_of_another_dataset_under_the_same_numbers_are_refused_or_replaced(
         generate.main(reseeded)
 
 
+def test_an_interrupted_overwriting_run_leaves_no_dataset_and_its_rerun_finishes_it(
+    tiny_clip, tmp_path, monkeypatch
+):
+    """The toy world of seed 0, then seed 1 with --overwrite_output_dir killed after one image's record: the folder
+    keeps no metadata.jsonl of the old run (which `datasets` would read with the new masks) and --data_dir refuses
+    it; the same command run again writes seed 1's dataset."""
+    import datasets
+
+    from weclip_hf.data.loading import DataSource, load_dataset_splits
+
+    out = tmp_path / "out"
+    argv = ["--clip_model_name_or_path", tiny_clip, "--toy_images", "2", "--output_dir", str(out)]
+    generate.main(argv)
+    save_json, records = generate.save_json, []
+
+    def interrupted_save(data, path):
+        if Path(path).parent.name == "train":  # an image's record
+            if records:
+                raise KeyboardInterrupt
+            records.append(path)
+        return save_json(data, path)
+
+    monkeypatch.setattr(generate, "save_json", interrupted_save)
+    reseeded = [*argv, "--seed", "1", "--overwrite_output_dir"]
+    with pytest.raises(KeyboardInterrupt):
+        generate.main(reseeded)
+    monkeypatch.undo()
+    assert not (out / "train" / "metadata.jsonl").exists() and not (out / "pseudo_label_report.json").exists()
+    source = DataSource(data_dir=str(out))
+    with pytest.raises(
+        ValueError, match="--data_dir .* unfinished run of examples/generate_pseudo_labels.py"
+    ):
+        load_dataset_splits(source, train_split="train", validation_split="none")
+    generate.main(reseeded)
+    train, _, _ = load_dataset_splits(source, train_split="train", validation_split="none")
+    toy = make_toy_dataset(2, seed=1).cast_column("image", datasets.Image(decode=False))
+    assert train["image_labels"] == toy["image_labels"]
+    stored = train.cast_column("image", datasets.Image(decode=False))["image"]
+    assert [Path(image["path"]).read_bytes() for image in stored] == [
+        image["bytes"] for image in toy["image"]
+    ]
+
+
 @pytest.fixture
 def awkward_folder(tmp_path) -> Path:
     """An imagefolder "train" split with image-level labels as class names: toy images, a grayscale one, a CMYK

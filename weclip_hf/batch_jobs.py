@@ -12,6 +12,10 @@
   other settings is refused rather than mixing two kinds of outputs in one folder. A model given as a local folder
   is recorded by its weights too (`weights_sha256`), so that another model saved at the same path is another
   setting.
+- While a run rewrites a folder whose finished outputs are read as a whole (a dataset's metadata), the folder is
+  marked unfinished (`mark_unfinished`, until `mark_finished`) and those outputs are removed first, so that an
+  interrupted run leaves no folder that reads as the earlier result with some of the new files in it; readers
+  refuse a marked folder (`check_finished`).
 - Each process lists the inputs it could not read in ``.state/skipped-<rank>.json`` (`write_skipped`); the main
   process merges them (`read_skipped`) once every process is done.
 """
@@ -30,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 STATE_DIR = ".state"  # hidden: `datasets` and globs skip it
+UNFINISHED = "unfinished.json"  # in STATE_DIR from `mark_unfinished` to `mark_finished`
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -215,6 +220,32 @@ def check_run_settings(
         )
 
 
+def mark_unfinished(output_dir: str | Path, writer: str, finished_outputs: Iterable[str | Path]) -> None:
+    """Mark ``output_dir`` as being rewritten by ``writer`` (the script, named by `check_finished`), then remove
+    ``finished_outputs`` (the files a finished run writes last, which make the folder readable as a result), so
+    that a run killed before `mark_finished` leaves no folder read as the old result mixed with new files."""
+    save_json({"writer": writer}, Path(output_dir) / STATE_DIR / UNFINISHED)
+    for path in finished_outputs:
+        Path(path).unlink(missing_ok=True)
+
+
+def mark_finished(output_dir: str | Path) -> None:
+    """Lift `mark_unfinished`'s mark: every output of the run is written."""
+    (Path(output_dir) / STATE_DIR / UNFINISHED).unlink(missing_ok=True)
+
+
+def check_finished(folder: str | Path, flag: str) -> None:
+    """Refuse a ``folder`` (given as ``flag``) that a run marked unfinished (`mark_unfinished`): killed or still
+    running, it may hold files of two runs."""
+    record = read_record(Path(folder) / STATE_DIR / UNFINISHED)
+    if record is not None:
+        raise ValueError(
+            f"{flag} {folder} holds the outputs of an unfinished run of {record['writer']} (interrupted, or still "
+            "running): some of its files may be an earlier run's. Re-run the command that wrote it (it continues "
+            f"where it stopped), or choose another {flag}."
+        )
+
+
 def write_skipped(output_dir: str | Path, rank: int, skipped: list[dict]) -> Path:
     """List the inputs process ``rank`` could not read (each ``{"input", "reason"}``) in its state file."""
     return save_json(skipped, Path(output_dir) / STATE_DIR / f"skipped-{rank}.json")
@@ -240,12 +271,15 @@ def remove_temporary_files(folders: Iterable[str | Path]) -> None:
 
 __all__ = [
     "STATE_DIR",
+    "check_finished",
     "check_recorded_inputs",
     "check_run_settings",
     "content_fingerprint",
     "copy_file",
     "decoding_workers",
     "group_by_size",
+    "mark_finished",
+    "mark_unfinished",
     "process_share",
     "read_record",
     "read_skipped",

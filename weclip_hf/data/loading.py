@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler, Subset, get_worker_info
 
-from ..batch_jobs import group_by_size, process_share
+from ..batch_jobs import check_finished, group_by_size, process_share
 from ..normalization import PixelNormalization
 from ..presets import Preset, get_preset
 from .adapters import (
@@ -505,6 +505,7 @@ def load_dataset_splits(
         ds = datasets.load_from_disk(source.dataset_path)
     elif source.data_dir:
         check_local_dataset(source.data_dir, "--data_dir")
+        check_finished(source.data_dir, "--data_dir")  # an interrupted generate_pseudo_labels.py
         check_imagefolder_metadata(source.data_dir)
         ds = load_folder_dataset("imagefolder", source.streaming, data_dir=source.data_dir)
     elif source.dataset_name:
