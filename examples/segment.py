@@ -21,8 +21,9 @@ Outputs in --output_dir: ``labels/<name>.png`` (palette PNG whose pixel values a
 two inputs would share a name (``a.jpg``, ``a.png``, ``a.png.png``), or the row number of a dataset),
 ``overlays/<name>.png`` for the first --num_overlays inputs, and ``class_fractions.json`` (per image and overall:
 the fraction of pixels of each class; the skipped inputs with the reason). Re-running the same command after an
-interruption continues: images whose label map exists are skipped (every file is written atomically), provided
-the label map was made from the same image: ``.state/inputs/<name>.json`` records each one's input by its
+interruption continues: images whose label map exists are skipped (every file is written atomically, flushed to
+disk first; one that cannot be read, empty or cut short by a power loss, is redone), provided the label map was
+made from the same image: ``.state/inputs/<name>.json`` records each one's input by its
 content (size and SHA-256 of its bytes). A label map of another input of the same name (a changed file, another
 folder) is refused, or with --overwrite_output_dir replaced. A re-run with other settings, or with another model
 saved at the same --model_name_or_path folder (its weights are recorded by their SHA-256), is refused: choose
@@ -57,6 +58,7 @@ from weclip_hf.batch_jobs import (
     content_fingerprint,
     decoding_workers,
     group_by_size,
+    is_whole_image,
     process_share,
     read_record,
     read_skipped,
@@ -435,7 +437,8 @@ def main(argv=None) -> dict | None:
     for name in (names[i] for i in share if names[i] in changed):
         for path in (label_path[name], out / "overlays" / f"{name}.png"):
             path.unlink(missing_ok=True)
-    todo = [i for i in share if names[i] not in done]
+    # a label map that cannot be read (empty or cut short: a power loss) is redone
+    todo = [i for i in share if names[i] not in done or not is_whole_image(label_path[names[i]])]
     state.print(
         f"{len(names)} inputs; this process segments {len(todo)} (the others: done or another process's)"
     )

@@ -202,6 +202,19 @@ def test_outputs_recorded_without_the_model_weights_are_refused(finished_run):
         segment.main(argv)
 
 
+def test_a_damaged_label_map_is_redone(finished_run):
+    """A label map left empty or cut short (a power loss after its rename): a re-run takes it as not done and
+    writes it again, where it crashed at the report (PIL's UnidentifiedImageError); the whole one is kept."""
+    _, argv, out = finished_run
+    whole = {p: p.read_bytes() for p in (out / "labels").glob("*.png")}
+    damaged, kept = sorted(whole)
+    kept_at = kept.stat().st_mtime_ns
+    for size in (0, len(whole[damaged]) // 2):
+        damaged.write_bytes(whole[damaged][:size])
+        assert segment.main(argv)["num_images"] == 2
+        assert damaged.read_bytes() == whole[damaged] and kept.stat().st_mtime_ns == kept_at
+
+
 def test_label_maps_of_another_input_of_the_same_name_are_refused_or_replaced(
     run, images, toy_weclip_dir, tmp_path
 ):
@@ -489,6 +502,20 @@ def test_atomic_write_leaves_the_old_file_or_nothing(tmp_path):
     with pytest.raises(OSError):
         write_atomic(path, fail_halfway)
     assert path.read_bytes() == b"old" and list(tmp_path.iterdir()) == [path]
+
+
+def test_atomic_write_flushes_the_whole_file_to_disk_before_the_rename(tmp_path, monkeypatch):
+    """The file is fsynced, with all its bytes, before it takes its name: a power loss after the rename leaves the
+    whole file, not an empty one that counts as done."""
+    path, events, fsync = tmp_path / "a.json", [], os.fsync
+
+    def recorded_fsync(fd):
+        events.append({"size": os.fstat(fd).st_size, "renamed": path.exists()})
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recorded_fsync)
+    write_atomic(path, lambda tmp: tmp.write_text("0123456789"))
+    assert events == [{"size": 10, "renamed": False}] and path.read_text() == "0123456789"
 
 
 def test_two_processes_split_the_inputs(run, images, toy_weclip_dir, tmp_path):

@@ -1,8 +1,9 @@
 """Running a model over many inputs, resumably and in several processes (`examples/segment.py`,
 `examples/generate_pseudo_labels.py`): one set of output files per input.
 
-- Every file is written atomically (a hidden temporary file in the same folder, then a rename), so an interrupted
-  run leaves whole files or none; an input whose last file exists is done, and a re-run skips it.
+- Every file is written atomically (a hidden temporary file in the same folder, flushed to disk, then a rename),
+  so an interrupted run, or a power loss, leaves whole files or none; an input whose last file exists is done, and
+  a re-run skips it (a label map that cannot be read all the same is redone: `is_whole_image`).
 - Each output's record names the input it was made from, by content (`content_fingerprint`): a re-run skips an
   output only if this run's input of that name is the same, and refuses one made from another input
   (`check_recorded_inputs`), rather than reporting another input's result as this one's.
@@ -38,16 +39,30 @@ UNFINISHED = "unfinished.json"  # in STATE_DIR from `mark_unfinished` to `mark_f
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a hidden temporary file next to ``path``, then rename it to ``path``."""
+    """Call ``write(tmp)`` on a hidden temporary file next to ``path``, flush it to disk (fsync: a power loss after
+    the rename must not leave an empty or cut-short file under the final name), then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
+        with open(tmp, "r+b") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def is_whole_image(path: str | Path) -> bool:
+    """Whether ``path`` is an image file read to its end with matching checksums (PIL's ``verify``): False for a
+    missing, empty or cut-short one (a power loss after its rename), which a re-run then redoes."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, SyntaxError):  # PIL's UnidentifiedImageError is an OSError, a bad checksum a SyntaxError
+        return False
+    return True
 
 
 def save_image(image: Image.Image, path: str | Path) -> Path:
@@ -278,6 +293,7 @@ __all__ = [
     "copy_file",
     "decoding_workers",
     "group_by_size",
+    "is_whole_image",
     "mark_finished",
     "mark_unfinished",
     "process_share",
