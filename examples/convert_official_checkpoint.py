@@ -21,7 +21,10 @@ Examples:
 
 The --output_dir must be new or empty: one that holds files (a trained model, its metrics, logs, overlays and
 step_N checkpoints) is refused before converting, as the converted model would be written beside what it does not
-describe. --overwrite_output_dir removes what it holds once the conversion has succeeded, before writing.
+describe. The model is written into a hidden sibling folder (``.<name>.converting``) that takes the place of
+--output_dir when it is complete, so that a conversion killed on the way leaves no half-written folder that
+`from_pretrained` would load (the next run removes the hidden one). --overwrite_output_dir replaces the folder and
+what it holds once the new one is complete.
 
 Checkpoints are read safely (`torch.load(weights_only=True)`; a pickle that needs code is refused). An
 OpenAI TorchScript `ViT-B-16.pt` is read without running its code; see `weclip_hf.safe_loading`.
@@ -33,6 +36,7 @@ import argparse
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from huggingface_hub import ModelCard
@@ -117,12 +121,12 @@ def folder_contents(folder: Path, most: int = 10) -> str:
 
 def check_output_dir_contents(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse an --output_dir that holds files (the converted model would be written beside them) unless
-    --overwrite_output_dir; with it, refuse one that holds the inputs or the working directory, which removing
-    its contents would delete."""
+    --overwrite_output_dir, and one that holds the inputs or the working directory, which replacing the folder
+    would delete."""
     output_dir = Path(args.output_dir)
-    if not output_dir.is_dir() or not any(output_dir.iterdir()):
+    if not output_dir.is_dir():
         return
-    if not args.overwrite_output_dir:
+    if any(output_dir.iterdir()) and not args.overwrite_output_dir:
         parser.error(
             f"--output_dir {args.output_dir!r} is not empty ({folder_contents(output_dir)}): the converted model "
             "would be written beside files it does not describe. Choose a new or empty folder, or give "
@@ -134,20 +138,28 @@ def check_output_dir_contents(parser: argparse.ArgumentParser, args: argparse.Na
     for name, path in inputs.items():
         if path is not None and Path(path).exists() and Path(path).resolve().is_relative_to(folder):
             parser.error(
-                f"--overwrite_output_dir would delete {name} ({path}), which is inside --output_dir "
-                f"{args.output_dir!r}: choose another --output_dir."
+                f"the converted folder takes the place of --output_dir {args.output_dir!r}, which would delete "
+                f"{name} ({path}) inside it: choose another --output_dir."
             )
 
 
-def clear_folder(folder: Path) -> None:
-    """Remove everything ``folder`` holds (it stays, empty); a missing folder is left missing."""
-    if not folder.is_dir():
-        return
-    for path in folder.iterdir():
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+def write_whole_folder(output_dir: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(folder)`` on a hidden sibling of ``output_dir`` (``.<name>.converting``), then put it in the
+    place of ``output_dir`` (an existing one is moved aside to ``.<name>.replaced``, then removed): a conversion
+    killed on the way leaves the old folder, or none, never a half-written model that `from_pretrained` loads.
+    What a killed run left in those siblings is removed first."""
+    output_dir = output_dir.resolve()  # "." has no name; a link keeps pointing at the folder
+    staging, replaced = (
+        output_dir.with_name(f".{output_dir.name}.{step}") for step in ("converting", "replaced")
+    )
+    for leftover in (staging, replaced):
+        shutil.rmtree(leftover, ignore_errors=True)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    write(staging)
+    if output_dir.exists():
+        os.replace(output_dir, replaced)
+    os.replace(staging, output_dir)
+    shutil.rmtree(replaced, ignore_errors=True)
 
 
 def dino_description(config) -> str:
@@ -224,15 +236,16 @@ def main(argv: list[str] | None = None) -> Path:
     )
     logger.info(model.conversion_report.summary())
     checkpoint_sha256 = sha256_of(Path(args.checkpoint))
-    if args.overwrite_output_dir:  # after a successful conversion: a failed one leaves the folder as it was
-        clear_folder(output_dir)
-        logger.info("Removed what %s held (--overwrite_output_dir)", output_dir)
-    model.save_pretrained(output_dir)
+    card = build_model_card(args, model, checkpoint_sha256)
 
-    WeCLIPImageProcessor(**processor_settings(model.config)).save_pretrained(output_dir)
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        WeCLIPImageProcessor(**processor_settings(model.config)).save_pretrained(folder)
+        save_model_card(card, folder)
 
-    save_model_card(build_model_card(args, model, checkpoint_sha256), output_dir)
-    logger.info("Wrote %s", output_dir)
+    # after a successful conversion, and whole: a failed or killed one leaves the folder as it was
+    write_whole_folder(output_dir, write)
+    logger.info("Wrote %s%s", output_dir, " (replacing what it held)" if args.overwrite_output_dir else "")
 
     if args.push_to_hub:
         publish_folder(

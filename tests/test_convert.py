@@ -851,21 +851,37 @@ def test_script_refuses_an_output_dir_that_is_not_empty_before_converting(tmp_pa
     assert "would delete --checkpoint" in capsys.readouterr().err
 
 
-def test_script_overwrite_output_dir_replaces_a_trained_model(tmp_path, real_vocab_checkpoint):
-    """--overwrite_output_dir: a failed conversion leaves the folder as it was; a successful one removes what the
-    folder held (the old run's metrics, log, overlays, checkpoints) and writes the converted model alone."""
+def test_script_overwrite_output_dir_replaces_a_trained_model(tmp_path, real_vocab_checkpoint, monkeypatch):
+    """--overwrite_output_dir: a failed conversion, or one killed after the weights are saved (before the
+    processor and the card), leaves the folder as it was, and a killed one into a new folder leaves none (it left a
+    half-written folder that `from_pretrained` loaded and a re-run refused as "not empty"); a successful one
+    removes what the folder held (the old run's metrics, log, overlays, checkpoints) and the killed run's hidden
+    folder, and writes the converted model alone."""
     checkpoint, _ = real_vocab_checkpoint
+    script = _script()
     out = trained_run_folder(tmp_path / "weclip-toy")
     before = sorted(out.rglob("*"))
     argv = ["--checkpoint", str(checkpoint), "--tokenizer", str(TOKENIZER), "--output_dir", str(out)]
     with pytest.raises(ValueError, match="classes but preset 'coco' has 81"):
-        _script().main([*argv, "--preset", "coco", "--overwrite_output_dir"])
+        script.main([*argv, "--preset", "coco", "--overwrite_output_dir"])
     assert sorted(out.rglob("*")) == before
-    _script().main([*argv, "--preset", "voc", "--overwrite_output_dir"])
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(script.WeCLIPImageProcessor, "save_pretrained", killed)
+        for folder in (out, tmp_path / "new"):
+            with pytest.raises(KeyboardInterrupt):
+                script.main([*argv[:-1], str(folder), "--preset", "voc", "--overwrite_output_dir"])
+    assert (tmp_path / ".weclip-toy.converting" / "model.safetensors").is_file()  # the half-written folder
+    assert sorted(out.rglob("*")) == before and not (tmp_path / "new").exists()
+    script.main([*argv, "--preset", "voc", "--overwrite_output_dir"])
     names = {p.name for p in out.iterdir()}
     assert names >= {"README.md", "config.json", "model.safetensors", "preprocessor_config.json"}
     assert not names & {"metrics.json", "train_log.jsonl", "overlays", "step_250", "step_500"}
     assert isinstance(WeCLIPForSemanticSegmentation.from_pretrained(out), WeCLIPForSemanticSegmentation)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".new.converting", "weclip-toy"]
 
 
 # ---- CLIP from a transformers folder -----------------------------------------------------------------
