@@ -131,7 +131,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--batch_size", type=int, default=8, help="images per forward (8; same-size images are batched)"
     )
     p.add_argument(
-        "--dtype", choices=sorted(DTYPES), default="float32", help="model weights (bfloat16 on GPU)"
+        "--dtype",
+        choices=sorted(DTYPES),
+        default="float32",
+        help="dtype of the model weights (default: float32, on every device; on a GPU, bfloat16 halves their "
+        "memory)",
     )
     p.add_argument("--msf", action="store_true", help="multi-scale + flip (--scales)")
     p.add_argument(

@@ -361,6 +361,19 @@ def test_dataset_split_bfloat16_msf_and_crf(toy_weclip_dir, tmp_path):
         segment.main(swapped)
 
 
+def test_help_says_the_default_dtype(capsys):
+    """--help gives --dtype's default (float32 on every device), where it read as if bfloat16 were the GPU's."""
+    with pytest.raises(SystemExit):
+        segment.parse_args(["--help"])
+    assert "(default: float32, on every device; on a GPU, bfloat16" in " ".join(
+        capsys.readouterr().out.split()
+    )
+    assert (
+        segment.parse_args(["--model_name_or_path", "m", "--images", "x", "--output_dir", "o"]).dtype
+        == "float32"
+    )
+
+
 def test_glob_patterns_and_output_names(images):
     files = segment.find_image_files([f"{images}/**/toy*.png", str(images / "notes.txt")], images / "seg")
     assert [f.name for f in files] == ["notes.txt", "toy1.png", "toy3.png", "toy0.png", "toy2.png"]
