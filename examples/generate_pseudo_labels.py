@@ -396,13 +396,15 @@ def record_path(out: Path, split: str, name: str) -> Path:
 def finish_split(out: Path, split: str) -> list[dict]:
     """metadata.jsonl of a split from the records of every process and run; files of examples without a record
     (an interrupted run's) removed. Returns the records."""
-    records = [json.loads(p.read_text()) for p in sorted((out / STATE_DIR / split).glob("*.json"))]
+    records = [
+        json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / STATE_DIR / split).glob("*.json"))
+    ]
     kept = {r[k] for r in records for k in ("file_name", "mask_file_name")}
     for path in [*(out / split).glob("images/*"), *(out / split).glob("masks/*")]:
         if path.relative_to(out / split).as_posix() not in kept:
             path.unlink()
     lines = "".join(json.dumps({k: v for k, v in r.items() if k not in STATE_KEYS}) + "\n" for r in records)
-    write_atomic(out / split / "metadata.jsonl", lambda tmp: tmp.write_text(lines))
+    write_atomic(out / split / "metadata.jsonl", lambda tmp: tmp.write_text(lines, encoding="utf-8"))
     return records
 
 

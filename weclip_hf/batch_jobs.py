@@ -77,7 +77,7 @@ def save_image(image: Image.Image, path: str | Path) -> Path:
 def save_json(data, path: str | Path) -> Path:
     """Write ``data`` as JSON atomically (no NaN: JSON cannot hold it)."""
     text = json.dumps(data, indent=2, allow_nan=False)
-    return write_atomic(path, lambda tmp: tmp.write_text(text))
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def copy_file(source: str | Path, path: str | Path) -> Path:
@@ -143,7 +143,7 @@ def content_fingerprint(value: Any) -> dict[str, int | str] | None:
 def read_record(path: str | Path) -> dict | None:
     """The JSON record at ``path``, or None where there is none."""
     path = Path(path)
-    return json.loads(path.read_text()) if path.exists() else None
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 def check_recorded_inputs(
@@ -216,7 +216,7 @@ def check_run_settings(
     if is_main_process and not path.exists():
         save_json(settings, path)
     wait()
-    recorded = json.loads(path.read_text())
+    recorded = json.loads(path.read_text(encoding="utf-8"))
     unknown = [k for k in models if weights_key(k) not in recorded and settings[weights_key(k)] is not None]
     if unknown:
         raise ValueError(
@@ -271,7 +271,7 @@ def read_skipped(output_dir: str | Path, done: Callable[[str], bool]) -> list[di
     fixed and processed by a later run)."""
     found: dict[str, dict] = {}
     for path in sorted((Path(output_dir) / STATE_DIR).glob("skipped-*.json")):
-        for entry in json.loads(path.read_text()):
+        for entry in json.loads(path.read_text(encoding="utf-8")):
             if not done(entry["input"]):
                 found[entry["input"]] = entry
     return [found[k] for k in sorted(found)]
