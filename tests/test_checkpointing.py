@@ -19,6 +19,7 @@ from weclip_hf.checkpointing import (
     claim_output_dir,
     find_checkpoint,
     load_checkpoint,
+    lock_output_dir,
     remove_previous_run,
     save_checkpoint,
     truncate_log,
@@ -294,6 +295,38 @@ def test_claim_output_dir_refuses_old_checkpoints_unless_resumed_or_overwritten(
     assert (tmp_path / "step_5").is_dir()  # removed only once the run is set up
     remove_previous_run(previous)
     assert not (tmp_path / "step_5").exists() and not (tmp_path / "train_log.jsonl").exists()
+
+
+def test_claim_output_dir_refuses_links_and_a_users_files_it_would_replace(tmp_path):
+    """A folder with the user's own README.md and config.json was taken and both replaced without a word; links
+    planted where a run writes (overlays/, step_N, the tracker folder, README.md, .lock) were written through,
+    outside the folder, and --overwrite_output_dir left linked folders in place."""
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    run.mkdir()
+    outside.mkdir()
+    (run / "README.md").write_text("# my notes\n")
+    (run / "config.json").write_text('{"mine": 1}')
+    with pytest.raises(FileExistsError, match=r"holds files that a run writes, which it would replace \(README.md, "
+                       r"config.json\)\. Start over with --overwrite_output_dir"):  # fmt: skip
+        claim_output_dir(run, resume_from=None, overwrite=False)
+    assert claim_output_dir(run, resume_from=None, overwrite=True)  # replaced when asked
+    for name in ("overlays", "step_3", "weclip", "README.md", ".lock"):
+        link = run / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(outside)
+        for overwrite in (False, True):
+            with pytest.raises(
+                FileExistsError, match=f"symbolic links where a run writes \\({name} -> {outside}\\)"
+            ):
+                if name == ".lock":
+                    lock_output_dir(run)
+                else:
+                    claim_output_dir(run, resume_from=None, overwrite=overwrite, tracker_dirs=("weclip",))
+        link.unlink()
+    (run / "overlays").symlink_to(outside)
+    (outside / "keep.png").write_bytes(b"png")
+    remove_previous_run([run / "overlays"])  # a link is removed itself, never what it points to
+    assert not (run / "overlays").exists() and (outside / "keep.png").exists()
 
 
 def test_claim_output_dir_refuses_a_finished_run_to_a_checkpoint_of_another_folder(tmp_path):

@@ -373,3 +373,34 @@ def test_a_model_built_from_hub_backbones_names_them_as_its_base_model(tiny_clip
     assert "A frozen CLIP (me/tiny-clip)" in str(card)
     local = WeCLIPForSemanticSegmentation.from_clip(tiny_clip)  # a local folder: not recorded
     assert make_model_card(local.config, "weclip", "Uploaded.").data.base_model is None
+
+
+def test_publishing_uploads_the_model_and_its_code_never_other_files_or_links(tmp_path):
+    """The allow-list took every *.py and overlays/*.png of the folder (a planted deploy.py with a token was
+    uploaded) and followed links (a metrics.json linking to a secret outside the folder uploaded the secret)."""
+    import torch
+
+    from weclip_hf import WeCLIPForSemanticSegmentation
+    from weclip_hf.hub import publishable_files
+
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    torch.manual_seed(0)
+    WeCLIPForSemanticSegmentation(make_tiny_config()).save_pretrained(run)
+    code = {p.name for p in run.glob("*.py")}
+    assert {"modeling_weclip.py", "par_kernels.py"} <= code
+    outside.mkdir()
+    (outside / "secret.env").write_text("HF_TOKEN=hf_secret\n")
+    (run / "deploy.py").write_text('TOKEN = "hf_secret"\n')
+    (run / "overlays").mkdir()
+    for name in ("val_000.png", "figure1.png"):
+        (run / "overlays" / name).write_bytes(b"png")
+    (run / "metrics.json").symlink_to(outside / "secret.env")
+    (run / "overlays" / "val_009.png").symlink_to(outside / "secret.env")
+    files = publishable_files(run)
+    assert {f for f in files if f.endswith(".py")} == code  # what save_pretrained shipped, not deploy.py
+    assert "overlays/val_000.png" in files and "model.safetensors" in files
+    assert not {"deploy.py", "overlays/figure1.png", "metrics.json", "overlays/val_009.png"} & set(files)
+    shutil.rmtree(run / "overlays")
+    (run / "overlays").symlink_to(outside)
+    (outside / "val_001.png").write_bytes(b"png")
+    assert not [f for f in publishable_files(run) if f.startswith("overlays")]  # behind a linked folder

@@ -304,6 +304,7 @@ def lock_output_dir(output_dir: Path):
     """Create ``output_dir``, check that it is writable and hold an exclusive lock on it for this run (released
     by the OS when the process ends, even when killed): a second run on the same folder is refused at start
     instead of interleaving its logs and checkpoints with this one's. Returns the open lock file."""
+    check_no_links(output_dir, (".lock",))  # opening a linked one would truncate the file it points to
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe = output_dir / f".write_probe_{os.getpid()}"
@@ -368,6 +369,8 @@ def output_dir_held(output_dir: Path):
 
 # what a finished run of examples/train.py leaves in its output folder besides its step_N checkpoints
 FINISHED_RUN_FILES = ("model.safetensors", "metrics.json", "train_log.jsonl")
+# what else a run writes there, replacing what the folder holds under those names (a user's own notes included)
+RUN_WRITES = ("README.md", "config.json", "preprocessor_config.json", "overlays", ".lock")
 OVERWRITE_AND_RESUME = (
     "--overwrite_output_dir starts a fresh run and --resume_from_checkpoint continues one of this --output_dir "
     "(whose checkpoints --overwrite_output_dir would remove): give one of them."
@@ -401,14 +404,17 @@ def claim_output_dir(
     in_place = resumes_in_place(output_dir, resume_from)
     if in_place and overwrite:
         raise ValueError(OVERWRITE_AND_RESUME)
+    check_no_links(output_dir, (*FINISHED_RUN_FILES, *RUN_WRITES, *tracker_dirs), checkpoints)
     old = sorted((p for p in output_dir.glob(checkpoints) if p.is_dir()), key=lambda p: (len(p.name), p.name))
     finished = [name for name in FINISHED_RUN_FILES if (output_dir / name).exists()]
-    if in_place or not (old or finished):
+    replaced = [name for name in RUN_WRITES[:3] if (output_dir / name).exists()]
+    if in_place or not (old or finished or replaced):
         return []
     if not overwrite:
         names = ", ".join(p.name for p in old[-3:])
         held = f"checkpoints of a previous run ({names})" if old else ""
-        held = held or f"a previous run's results ({', '.join(finished)})"
+        held = held or (f"a previous run's results ({', '.join(finished)})" if finished else "")
+        held = held or f"files that a run writes, which it would replace ({', '.join(replaced)})"
         # examples/train.py's model and metrics: written once its training is done and evaluated
         trained = old and {"model.safetensors", "metrics.json"} <= set(finished)
         if resume_from is not None:
@@ -440,13 +446,27 @@ def claim_output_dir(
     ]
 
 
+def check_no_links(output_dir: Path, names: tuple[str, ...], pattern: str | None = None) -> None:
+    """Refuse an ``output_dir`` where an entry a run writes or removes (``names``, and those matching
+    ``pattern``: its checkpoints) is a symbolic link: the run would write, or remove, through it outside the
+    folder."""
+    entries = [output_dir / name for name in names]
+    entries += list(output_dir.glob(pattern)) if pattern else []
+    linked = [f"{path.name} -> {os.readlink(path)}" for path in entries if path.is_symlink()]
+    if linked:
+        raise FileExistsError(
+            f"{output_dir} holds symbolic links where a run writes ({', '.join(linked)}): it would write or remove "
+            "through them, outside the folder. Remove the links, or choose another --output_dir."
+        )
+
+
 def remove_previous_run(paths: list[Path]) -> None:
     """Remove what `claim_output_dir` found of the run ``--overwrite_output_dir`` replaces: called once the new run
     has loaded its data and model, so that a mistyped flag or a missing dataset leaves the old run whole."""
     for path in paths:
-        if path.is_dir():
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
-        else:
+        else:  # a file, or a link (itself, never what it points to)
             path.unlink(missing_ok=True)
 
 

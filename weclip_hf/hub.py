@@ -15,6 +15,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from transformers import PreTrainedConfig, PreTrainedModel
+from transformers.dynamic_module_utils import get_relative_import_files
 
 from .image_processing_weclip import WeCLIPImageProcessor, processor_settings
 from .model_loading import hub_id_or_none
@@ -29,7 +30,9 @@ PUBLISHED_FILES = (
     "README.md",
     "metrics.json",
 )
-PUBLISHED_PATTERNS = ("model-*-of-*.safetensors", "overlays/*.png", "*.py")
+# the weight shards and train.py's overlays (`write_overlays`'s names); the code files are those the configs' auto_map
+# needs (`shipped_code_files`), never any other .py of the folder
+PUBLISHED_PATTERNS = ("model-*-of-*.safetensors", "overlays/val_*.png")
 
 
 @dataclass(frozen=True)
@@ -290,13 +293,43 @@ def save_model_card(card: ModelCard, output_dir: str | Path) -> Path:
 
 
 def publishable_files(folder: str | Path) -> list[str]:
-    """The files of ``folder`` (paths relative to it) that `publish_folder` uploads: `PUBLISHED_FILES` and
-    `PUBLISHED_PATTERNS`, never hidden files."""
+    """The files of ``folder`` (paths relative to it) that `publish_folder` uploads: `PUBLISHED_FILES`,
+    `PUBLISHED_PATTERNS` and `shipped_code_files`; never hidden files, nor links or files behind a linked folder
+    (the upload would read what they point to, outside the folder)."""
     folder = Path(folder)
-    found = {name for name in PUBLISHED_FILES if (folder / name).is_file()}
+    found = {name for name in PUBLISHED_FILES if (folder / name).is_file()} | shipped_code_files(folder)
     for pattern in PUBLISHED_PATTERNS:
         found.update(str(p.relative_to(folder)) for p in folder.glob(pattern) if p.is_file())
-    return sorted(f for f in found if not any(part.startswith(".") for part in Path(f).parts))
+    return sorted(f for f in found if not _hidden_or_linked(folder, f))
+
+
+def shipped_code_files(folder: str | Path) -> set[str]:
+    """The code files the model of ``folder`` loads with ``trust_remote_code``: the modules its configs'
+    ``auto_map`` names and, transitively, what they import relatively (what `save_pretrained` copied)."""
+    folder = Path(folder)
+    modules = set()
+    for name in ("config.json", "preprocessor_config.json"):
+        path = folder / name
+        if path.is_file() and not path.is_symlink():
+            auto_map = json.loads(path.read_text(encoding="utf-8")).get("auto_map") or {}
+            refs = [
+                ref for value in auto_map.values() for ref in (value if isinstance(value, list) else [value])
+            ]
+            modules |= {ref.split("--")[-1].split(".")[0] for ref in refs if isinstance(ref, str)}
+    files = set()
+    for module in modules:
+        path = folder / f"{module}.py"
+        if path.is_file():
+            files |= {path.name, *(Path(f).name for f in get_relative_import_files(path))}
+    return files
+
+
+def _hidden_or_linked(folder: Path, relative: str) -> bool:
+    """Whether ``folder / relative`` is hidden (a dot in its path), a link, or under a linked folder."""
+    parts = Path(relative).parts
+    return any(
+        part.startswith(".") or folder.joinpath(*parts[: i + 1]).is_symlink() for i, part in enumerate(parts)
+    )
 
 
 def create_hub_repo(
