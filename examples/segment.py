@@ -14,7 +14,8 @@ Inputs: folders (searched recursively), files and glob patterns (``--images``), 
 imagefolder or saved dataset. Images are read as the "image-segmentation" pipeline reads them (EXIF orientation,
 grayscale, CMYK, 16-bit, images below one patch); a file that cannot be read (a broken link too) is skipped and
 listed by its path, never fatal. What this script writes in --output_dir (labels/, overlays/, .state/) is never an
-input: --output_dir may lie inside an --images folder, or be it.
+input: --output_dir may lie inside an --images folder, or be it. The script writes no links there: a link among its
+outputs (those folders or what they hold, class_fractions.json) is refused, as it would write into another folder.
 
 Outputs in --output_dir: ``labels/<name>.png`` (palette PNG whose pixel values are the ids of the model's
 ``config.id2label``; ``<name>``: the path relative to the inputs' common folder without its suffix, with it where
@@ -53,6 +54,7 @@ from transformers import AutoModelForSemanticSegmentation
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.batch_jobs import (
     STATE_DIR,
+    check_no_links,
     check_recorded_inputs,
     check_run_settings,
     content_fingerprint,
@@ -62,6 +64,7 @@ from weclip_hf.batch_jobs import (
     process_share,
     read_record,
     read_skipped,
+    remove_file,
     remove_temporary_files,
     save_image,
     save_json,
@@ -99,6 +102,7 @@ from weclip_hf.visualization import (
 )
 
 OUTPUT_FOLDERS = ("labels", "overlays", STATE_DIR)  # what this script writes in --output_dir
+REPORT = "class_fractions.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -403,7 +407,7 @@ def write_report(out: Path, names: list[str], label_path: dict, id2label, model_
         "skipped": read_skipped(out, lambda name: name not in label_path or label_path[name].exists()),
     }
     remove_temporary_files([out])
-    save_json(report, out / "class_fractions.json")
+    save_json(report, out / REPORT)
     print(f"{report['num_images']} label maps in {out / 'labels'}; skipped inputs: {len(report['skipped'])}")
     return report
 
@@ -416,6 +420,7 @@ def main(argv=None) -> dict | None:
     args = parse_args(argv)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # CPU processes: see the docstring
     out = Path(args.output_dir)
+    check_no_links(out, [*OUTPUT_FOLDERS, REPORT])
     model, processor = load_model(args, state.device)
     if args.scales is None:
         args.scales = default_scales(model.config)
@@ -440,7 +445,7 @@ def main(argv=None) -> dict | None:
     # --overwrite_output_dir: another input's outputs go before this one's record is written
     for name in (names[i] for i in share if names[i] in changed):
         for path in (label_path[name], out / "overlays" / f"{name}.png"):
-            path.unlink(missing_ok=True)
+            remove_file(path, out)
     # a label map that cannot be read (empty or cut short: a power loss) is redone
     todo = [i for i in share if names[i] not in done or not is_whole_image(label_path[names[i]])]
     state.print(

@@ -458,6 +458,39 @@ def test_a_broken_link_is_listed_as_skipped(images, toy_weclip_dir, tmp_path):
     assert skipped["reason"].startswith(f"file {str(tmp_path / 'in' / 'gone.png')!r}: FileNotFoundError")
 
 
+def test_links_among_the_outputs_are_refused_and_never_followed(images, toy_weclip_dir, tmp_path):
+    """Links planted in --output_dir (labels/, overlays/, class_fractions.json, a folder inside .state/): the run
+    wrote and replaced files in the folders they point to, also with --overwrite_output_dir; now it is refused,
+    naming each link, before anything is written, and the removal helpers never delete through a link."""
+    from weclip_hf.batch_jobs import remove_file, remove_temporary_files
+
+    decoys = [tmp_path / f"decoy{i}" for i in range(3)]
+    for decoy in decoys:
+        decoy.mkdir()
+        (decoy / "toy0.png").write_bytes(b"keep")
+        (decoy / ".toy0.png.tmp-1").write_bytes(b"keep")
+    out = tmp_path / "seg1"
+    (out / ".state").mkdir(parents=True)
+    for name, target in (("labels", decoys[0]), ("overlays", decoys[1]), (".state/inputs", decoys[2])):
+        (out / name).symlink_to(target)
+    (out / "class_fractions.json").symlink_to(decoys[0] / "toy0.png")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("decoy*/*")}
+    argv = ["--model_name_or_path", str(toy_weclip_dir), "--images", str(images / "toy0.png")]
+    argv += ["--output_dir", str(out), "--num_overlays", "1", "--overwrite_output_dir"]
+    with pytest.raises(
+        ValueError, match=r"holds links where this script writes.*Remove the links"
+    ) as refused:
+        segment.main(argv)
+    for name in ("labels", "overlays", ".state/inputs", "class_fractions.json"):
+        assert f"{out / name} -> " in str(refused.value), name
+    remove_temporary_files([out])
+    with pytest.raises(ValueError, match=r"seg1/labels is a link .* would delete a file of another folder"):
+        remove_file(out / "labels" / "toy0.png", out)
+    remove_file(out / "class_fractions.json", out)  # the link itself, not its target
+    assert {p: p.read_bytes() for p in tmp_path.rglob("decoy*/*")} == before
+    assert not (out / "class_fractions.json").is_symlink()
+
+
 def test_palette_and_display_size():
     assert len({tuple(c) for c in PALETTE[:21]}) == 21  # VOC's 21 labels: distinct colours
     assert tuple(PALETTE[15]) == (192, 128, 128) and tuple(PALETTE[255]) == (

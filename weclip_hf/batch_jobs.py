@@ -19,15 +19,19 @@
   refuse a marked folder (`check_finished`).
 - Each process lists the inputs it could not read in ``.state/skipped-<rank>.json`` (`write_skipped`); the main
   process merges them (`read_skipped`) once every process is done.
+- A job writes no links: one among its outputs was planted there, and writing or deleting through it would change
+  another folder's files, so `check_no_links` refuses it before anything is written, and the removal helpers
+  (`remove_file`, `remove_temporary_files`) never follow one.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -241,12 +245,12 @@ def mark_unfinished(output_dir: str | Path, writer: str, finished_outputs: Itera
     that a run killed before `mark_finished` leaves no folder read as the old result mixed with new files."""
     save_json({"writer": writer}, Path(output_dir) / STATE_DIR / UNFINISHED)
     for path in finished_outputs:
-        Path(path).unlink(missing_ok=True)
+        remove_file(path, output_dir)
 
 
 def mark_finished(output_dir: str | Path) -> None:
     """Lift `mark_unfinished`'s mark: every output of the run is written."""
-    (Path(output_dir) / STATE_DIR / UNFINISHED).unlink(missing_ok=True)
+    remove_file(Path(output_dir) / STATE_DIR / UNFINISHED, output_dir)
 
 
 def check_finished(folder: str | Path, flag: str) -> None:
@@ -277,16 +281,64 @@ def read_skipped(output_dir: str | Path, done: Callable[[str], bool]) -> list[di
     return [found[k] for k in sorted(found)]
 
 
+def walk_entries(folder: str | Path) -> Iterator[os.DirEntry]:
+    """Every entry under ``folder``, recursively; links are listed, never followed (nothing for a missing
+    ``folder``)."""
+    try:
+        with os.scandir(folder) as scan:
+            entries = list(scan)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for entry in entries:
+        yield entry
+        if entry.is_dir(follow_symlinks=False):
+            yield from walk_entries(entry.path)
+
+
+def check_no_links(output_dir: str | Path, names: Iterable[str]) -> None:
+    """Refuse links among a script's outputs ``names`` (paths relative to ``output_dir``: its files, and its
+    folders with everything in them): the script writes none, so a link there was planted, and files written or
+    deleted through it would be another folder's. ``output_dir`` itself may be a link (to a larger disk, say)."""
+    output_dir = Path(output_dir)
+    links = []
+    for path in (output_dir / name for name in names):
+        links += [path] if path.is_symlink() else [Path(e.path) for e in walk_entries(path) if e.is_symlink()]
+    if links:
+        shown = ", ".join(f"{link} -> {os.readlink(link)}" for link in links[:5])
+        more = f", and {len(links) - 5} more" if len(links) > 5 else ""
+        raise ValueError(
+            f"--output_dir {output_dir} holds links where this script writes its outputs ({shown}{more}): the "
+            "files it writes or deletes there would be another folder's. Remove the links, or choose another "
+            "--output_dir."
+        )
+
+
+def remove_file(path: str | Path, root: str | Path) -> None:
+    """Delete the file ``path`` under the folder ``root`` if it exists (a link: the link, never its target).
+    Raises ValueError where a folder between ``root`` and ``path`` is a link: the file would be another folder's."""
+    path, root = Path(path), Path(root)
+    linked = [f for f in path.parents if f.is_relative_to(root) and f != root and f.is_symlink()]
+    if linked:
+        raise ValueError(
+            f"{linked[-1]} is a link (to {os.readlink(linked[-1])}): removing {path} would delete a file of "
+            "another folder. Remove the link, or choose another --output_dir."
+        )
+    path.unlink(missing_ok=True)
+
+
 def remove_temporary_files(folders: Iterable[str | Path]) -> None:
-    """Delete the temporary files that interrupted atomic writes left in ``folders`` (recursively)."""
+    """Delete the temporary files that interrupted atomic writes left in ``folders`` (recursively; links are not
+    followed)."""
     for folder in folders:
-        for tmp in Path(folder).rglob(".*.tmp-*"):
-            tmp.unlink(missing_ok=True)
+        for entry in walk_entries(folder):
+            if fnmatch.fnmatchcase(entry.name, ".*.tmp-*") and not entry.is_dir(follow_symlinks=False):
+                os.unlink(entry.path)
 
 
 __all__ = [
     "STATE_DIR",
     "check_finished",
+    "check_no_links",
     "check_recorded_inputs",
     "check_run_settings",
     "content_fingerprint",
@@ -299,11 +351,13 @@ __all__ = [
     "process_share",
     "read_record",
     "read_skipped",
+    "remove_file",
     "remove_temporary_files",
     "save_bytes",
     "save_image",
     "save_json",
     "sha256_of",
+    "walk_entries",
     "weights_key",
     "weights_sha256",
     "write_atomic",
