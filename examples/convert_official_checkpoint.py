@@ -42,7 +42,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard
 
 from weclip_hf import WeCLIPImageProcessor
-from weclip_hf.batch_jobs import sha256_of
+from weclip_hf.batch_jobs import folder_contents, sha256_of
 from weclip_hf.configuration_weclip_plus import DINO_VARIANTS
 from weclip_hf.conversion import (
     OFFICIAL_PRESETS,
@@ -106,17 +106,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.clip is None and args.tokenizer is None:
         args.tokenizer = DEFAULT_TOKENIZER  # the tokenizer of the OpenAI ViT-B/16 the official code used
     return args
-
-
-def folder_contents(folder: Path, most: int = 10) -> str:
-    """The names in ``folder``, folders with a trailing ``/``: the first ``most`` and how many more, sorted with
-    code (``.py``) and hidden files last (a saved model's copies of its code say little)."""
-    names = sorted(
-        (p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()),
-        key=lambda name: (name.endswith(".py") or name.startswith("."), name),
-    )
-    more = f", and {len(names) - most} more" if len(names) > most else ""
-    return ", ".join(names[:most]) + more
 
 
 def check_output_dir_contents(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -29,6 +29,10 @@ dropped, so that the dataset written is this run's). Until a run is done, its fo
 holds no metadata.jsonl (nor report), so that an interrupted run is not read as the earlier dataset with some of
 this run's masks; `train.py --data_dir` refuses it. A re-run with other settings, or with another model saved at
 the same --model or --clip_model_name_or_path folder (its weights are recorded by their SHA-256), is refused.
+A run deletes the files of its split folders it has no record of, so --output_dir must not be, hold or lie inside
+the input dataset (--data_dir, --dataset_path), a non-empty folder this script did not write (no
+``.state/settings.json``) is refused unless --overwrite_output_dir, and a link among its outputs (split folders,
+``.state/``, ``overlays/``, or inside them) always: it would write and delete through it.
 
 Several processes take every n-th image each (on CPUs: ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
 --num_processes N``, as ``accelerate launch --cpu`` starts one process).
@@ -54,17 +58,21 @@ from transformers import AutoModelForSemanticSegmentation
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.batch_jobs import (
+    SETTINGS,
     STATE_DIR,
+    check_no_links,
     check_recorded_inputs,
     check_run_settings,
     content_fingerprint,
     copy_file,
     decoding_workers,
+    folder_contents,
     group_by_size,
     mark_finished,
     mark_unfinished,
     process_share,
     read_record,
+    remove_file,
     remove_temporary_files,
     save_bytes,
     save_image,
@@ -74,6 +82,7 @@ from weclip_hf.batch_jobs import (
 from weclip_hf.data.adapters import add_image_labels, resolve_columns
 from weclip_hf.data.decoding import file_path, row_name
 from weclip_hf.data.loading import (
+    DATA_SOURCE_FLAGS,
     DataSource,
     dataset_classes_note,
     load_dataset_splits,
@@ -123,7 +132,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--overwrite_output_dir",
         action="store_true",
-        help="replace the outputs of rows whose input changed (refused without it), drop those of other rows",
+        help="replace the outputs of rows whose input changed (refused without it), drop those of other rows; "
+        "write into a non-empty folder this script did not write, deleting the files of its split folders",
     )
     data = p.add_argument_group("data (default: the offline toy world)")
     add_data_source_flags(data)
@@ -184,7 +194,31 @@ def parse_args(argv=None) -> argparse.Namespace:
         )
     if args.model and (args.clip_model_name_or_path or args.class_names or args.background_names):
         p.error("--model fixes the CLIP and the class names: drop --clip_model_name_or_path / --class_names")
+    check_output_dir(p, args)
     return args
+
+
+def check_output_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse an --output_dir that is, holds or lies inside the input dataset's folder, and, unless
+    --overwrite_output_dir, a non-empty one that this script did not write (no ``.state/settings.json``): the run
+    deletes the files of its split folders (``<split>/images``, ``masks``) that it did not write."""
+    out = Path(args.output_dir).resolve()
+    inputs = {flag: getattr(args, flag) for flag in DATA_SOURCE_FLAGS if getattr(args, flag)}
+    for flag, value in inputs.items():  # a --dataset_name that is no local folder: a Hub id
+        data = Path(value).resolve()
+        if data.exists() and (out.is_relative_to(data) or data.is_relative_to(out)):
+            where = "is" if out == data else "lies inside" if out.is_relative_to(data) else "holds"
+            parser.error(
+                f"--output_dir {args.output_dir!r} {where} the input dataset (--{flag} {value!r}), whose files "
+                "the run would replace or delete: choose an --output_dir outside it."
+            )
+    foreign = out.is_dir() and any(out.iterdir()) and not (out / STATE_DIR / SETTINGS).exists()
+    if foreign and not args.overwrite_output_dir:
+        parser.error(
+            f"--output_dir {args.output_dir!r} is not empty ({folder_contents(out)}) and was not written by this "
+            f"script (it has no {STATE_DIR}/{SETTINGS}): the run would delete the files of its split folders that "
+            "it did not write. Choose a new or empty folder, or give --overwrite_output_dir to replace what it holds."
+        )
 
 
 # ---- data -------------------------------------------------------------------------------------------
@@ -402,7 +436,7 @@ def finish_split(out: Path, split: str) -> list[dict]:
     kept = {r[k] for r in records for k in ("file_name", "mask_file_name")}
     for path in [*(out / split).glob("images/*"), *(out / split).glob("masks/*")]:
         if path.relative_to(out / split).as_posix() not in kept:
-            path.unlink()
+            remove_file(path, out)
     lines = "".join(json.dumps({k: v for k, v in r.items() if k not in STATE_KEYS}) + "\n" for r in records)
     write_atomic(out / split / "metadata.jsonl", lambda tmp: tmp.write_text(lines, encoding="utf-8"))
     return records
@@ -482,9 +516,9 @@ def rows_to_do(out: Path, split: str, dataset, columns, args, state: PartialStat
 def drop_records(out: Path, split: str, args, names: set[str]) -> None:
     """--overwrite_output_dir: the records (and overlays) of examples to redo or drop, before any is rewritten."""
     for name in names:
-        record_path(out, split, name).unlink(missing_ok=True)
+        remove_file(record_path(out, split, name), out)
         if split == args.split:
-            (out / "overlays" / f"{name}.png").unlink(missing_ok=True)
+            remove_file(out / "overlays" / f"{name}.png", out)
 
 
 def percent(value: float | None) -> str:
@@ -530,9 +564,13 @@ def finish(args, out: Path, splits: dict, id2label: dict) -> dict:
 def main(argv=None) -> dict | None:
     """Generate the pseudo-labelled dataset as the command line ``argv`` says; the main process returns the
     report."""
+    # every process checks --output_dir (`check_output_dir`) before PartialState's rendezvous: before the main
+    # process writes in it
     args = parse_args(argv)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # CPU processes: see the docstring
     out = Path(args.output_dir)
+    splits = [split for split in (args.split, args.validation_split) if split]
+    check_no_links(out, [*splits, STATE_DIR, "overlays", REPORT])
     settings = {k: getattr(args, k) for k in ("model", "clip_model_name_or_path", "preset", "mode", "split")}
     settings.update(class_names=args.class_names, background_names=args.background_names)
     models = ("model", "clip_model_name_or_path")

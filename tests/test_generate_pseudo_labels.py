@@ -292,6 +292,48 @@ def test_an_interrupted_overwriting_run_leaves_no_dataset_and_its_rerun_finishes
     ]
 
 
+def test_an_output_dir_of_the_input_data_of_other_files_or_with_links_is_refused(tiny_clip, tmp_path, capsys):
+    """The run deleted every file of ``<output_dir>/<split>/images`` and ``masks`` it had no record of: the input
+    dataset's images given as --output_dir too (and its metadata.jsonl replaced), and the files of a folder
+    behind a link. Now an --output_dir that is, lies inside or holds the input data is refused, also with
+    --overwrite_output_dir; a non-empty one this script did not write (no .state/settings.json) without it; a
+    link among the outputs always, naming it. Nothing is written or deleted."""
+    data = tmp_path / "mydata"
+    (data / "train" / "images").mkdir(parents=True)
+    toy, _, _ = generate_toy_images(2, seed=0)
+    for name, image in zip(("cat1", "dog2"), toy):
+        Image.fromarray(image).save(data / "train" / "images" / f"{name}.jpg")
+    rows = [
+        {"file_name": f"images/{n}.jpg", "image_labels": [c]}
+        for n, c in (("cat1", "circle"), ("dog2", "square"))
+    ]
+    (data / "train" / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    decoy = tmp_path / "decoy"
+    decoy.mkdir()
+    (decoy / "precious.txt").write_text("keep")
+    (tmp_path / "pl1" / "train").mkdir(parents=True)
+    (tmp_path / "pl1" / "train" / "images").symlink_to(decoy)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    model = ["--clip_model_name_or_path", tiny_clip, "--preset", "toy"]
+    for flag, out, where in (
+        ("--data_dir", data, "is"),
+        ("--dataset_path", data, "is"),
+        ("--data_dir", data / "train" / "pseudo", "lies inside"),
+        ("--data_dir", tmp_path, "holds"),
+    ):
+        with pytest.raises(SystemExit):
+            generate.main([flag, str(data), "--output_dir", str(out), *model, "--overwrite_output_dir"])
+        assert f"{where} the input dataset ({flag} {str(data)!r})" in capsys.readouterr().err
+    argv = ["--output_dir", str(tmp_path / "pl1"), "--toy_images", "3", *model]
+    with pytest.raises(SystemExit):
+        generate.main(argv)
+    assert "is not empty (train/) and was not written by this script" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"holds links .*pl1/train/images -> .*decoy\)"):
+        generate.main([*argv, "--overwrite_output_dir"])
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert not (tmp_path / "pl1" / ".state").exists()
+
+
 @pytest.fixture
 def awkward_folder(tmp_path) -> Path:
     """An imagefolder "train" split with image-level labels as class names: toy images, a grayscale one, a CMYK

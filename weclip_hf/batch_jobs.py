@@ -40,6 +40,7 @@ from PIL import Image
 
 STATE_DIR = ".state"  # hidden: `datasets` and globs skip it
 UNFINISHED = "unfinished.json"  # in STATE_DIR from `mark_unfinished` to `mark_finished`
+SETTINGS = "settings.json"  # in STATE_DIR: `check_run_settings` writes it before any output
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -214,7 +215,7 @@ def check_run_settings(
     is a changed setting. Raises ValueError naming the settings that differ, or, where a model is a local folder,
     for outputs recorded without its weights (by a version before they were recorded: which weights wrote them
     cannot be told)."""
-    path = Path(output_dir) / STATE_DIR / "settings.json"
+    path = Path(output_dir) / STATE_DIR / SETTINGS
     settings = {**settings, **{weights_key(k): weights_sha256(settings[k]) for k in models}}
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back
     if is_main_process and not path.exists():
@@ -281,6 +282,17 @@ def read_skipped(output_dir: str | Path, done: Callable[[str], bool]) -> list[di
     return [found[k] for k in sorted(found)]
 
 
+def folder_contents(folder: Path, most: int = 10) -> str:
+    """The names in ``folder``, folders with a trailing ``/``: the first ``most`` and how many more, sorted with
+    code (``.py``) and hidden files last (a saved model's copies of its code say little)."""
+    names = sorted(
+        (p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()),
+        key=lambda name: (name.endswith(".py") or name.startswith("."), name),
+    )
+    more = f", and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
+
+
 def walk_entries(folder: str | Path) -> Iterator[os.DirEntry]:
     """Every entry under ``folder``, recursively; links are listed, never followed (nothing for a missing
     ``folder``)."""
@@ -336,6 +348,7 @@ def remove_temporary_files(folders: Iterable[str | Path]) -> None:
 
 
 __all__ = [
+    "SETTINGS",
     "STATE_DIR",
     "check_finished",
     "check_no_links",
@@ -344,6 +357,7 @@ __all__ = [
     "content_fingerprint",
     "copy_file",
     "decoding_workers",
+    "folder_contents",
     "group_by_size",
     "is_whole_image",
     "mark_finished",
