@@ -316,7 +316,8 @@ def test_claim_output_dir_refuses_links_and_a_users_files_it_would_replace(tmp_p
         link.symlink_to(outside)
         for overwrite in (False, True):
             with pytest.raises(
-                FileExistsError, match=f"symbolic links where a run writes \\({name} -> {outside}\\)"
+                ValueError,
+                match=f"holds links where this script writes its outputs \\({run / name} -> {outside}\\)",
             ):
                 if name == ".lock":
                     lock_output_dir(run)

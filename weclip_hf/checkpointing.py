@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .batch_jobs import check_no_links
 from .model_loading import weights_readable_as
 
 TRAINING_STATE_NAME = "training_state.json"
@@ -404,7 +405,8 @@ def claim_output_dir(
     in_place = resumes_in_place(output_dir, resume_from)
     if in_place and overwrite:
         raise ValueError(OVERWRITE_AND_RESUME)
-    check_no_links(output_dir, (*FINISHED_RUN_FILES, *RUN_WRITES, *tracker_dirs), checkpoints)
+    checkpoint_names = [p.name for p in output_dir.glob(checkpoints)]
+    check_no_links(output_dir, (*FINISHED_RUN_FILES, *RUN_WRITES, *tracker_dirs, *checkpoint_names))
     old = sorted((p for p in output_dir.glob(checkpoints) if p.is_dir()), key=lambda p: (len(p.name), p.name))
     finished = [name for name in FINISHED_RUN_FILES if (output_dir / name).exists()]
     replaced = [name for name in RUN_WRITES[:3] if (output_dir / name).exists()]
@@ -444,20 +446,6 @@ def claim_output_dir(
         output_dir / "metrics.json",
         *trackers,
     ]
-
-
-def check_no_links(output_dir: Path, names: tuple[str, ...], pattern: str | None = None) -> None:
-    """Refuse an ``output_dir`` where an entry a run writes or removes (``names``, and those matching
-    ``pattern``: its checkpoints) is a symbolic link: the run would write, or remove, through it outside the
-    folder."""
-    entries = [output_dir / name for name in names]
-    entries += list(output_dir.glob(pattern)) if pattern else []
-    linked = [f"{path.name} -> {os.readlink(path)}" for path in entries if path.is_symlink()]
-    if linked:
-        raise FileExistsError(
-            f"{output_dir} holds symbolic links where a run writes ({', '.join(linked)}): it would write or remove "
-            "through them, outside the folder. Remove the links, or choose another --output_dir."
-        )
 
 
 def remove_previous_run(paths: list[Path]) -> None:
