@@ -54,7 +54,7 @@ TINY_VISION = dict(
 )
 TINY_TEXT = dict(
     hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, vocab_size=99,
-    max_position_embeddings=16, bos_token_id=0, eos_token_id=2, pad_token_id=1,
+    max_position_embeddings=64, bos_token_id=0, eos_token_id=2, pad_token_id=1,
 )  # fmt: skip
 
 
@@ -115,11 +115,14 @@ class CharTokenizer:
     """A stand-in for a CLIP tokenizer (one id per character, begin 0, end 2, padding 1) for text embeddings of a
     tiny random CLIP text tower."""
 
-    def __call__(self, prompts, padding, truncation, return_tensors, max_length):
+    def __call__(self, prompts, padding=False, truncation=False, return_tensors=None, max_length=None):
+        tokens = [[0, *(3 + (ord(ch) % 90) for ch in p), 2] for p in prompts]
+        if not truncation:  # as transformers' tokenizers: lists of ids at their length
+            return {"input_ids": tokens}
         ids = torch.ones(len(prompts), max_length, dtype=torch.long)
-        for i, p in enumerate(prompts):
-            toks = [3 + (ord(ch) % 90) for ch in p][: max_length - 2]
-            ids[i, : len(toks) + 2] = torch.tensor([0, *toks, 2])
+        for i, toks in enumerate(tokens):
+            kept = [*toks[: max_length - 1], 2] if len(toks) > max_length else toks
+            ids[i, : len(kept)] = torch.tensor(kept)
         return {"input_ids": ids, "attention_mask": (ids != 1).long()}
 
 

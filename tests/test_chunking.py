@@ -44,7 +44,8 @@ def test_chunked_clip_features_and_gradcams_equal_the_whole_batch(model, chunk, 
     ):
         torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
     torch.testing.assert_close(chunked_cams.cams, whole_cams.cams, rtol=0, atol=1e-6)
-    torch.testing.assert_close(chunked_cams.text_probs, whole_cams.text_probs, rtol=0, atol=1e-7)
+    # as test_pseudo_labels' per-pair comparison: float32 sums in another order, amplified by the logit scale
+    torch.testing.assert_close(chunked_cams.text_probs, whole_cams.text_probs, rtol=0, atol=1e-6)
     torch.testing.assert_close(chunked_cams.last_attention, whole_cams.last_attention, rtol=0, atol=1e-7)
 
 

@@ -142,6 +142,21 @@ def test_new_class_names_become_the_display_names(tiny_model):
     assert tiny_model.config.label_names == ["Boat", "Bird", "Sofa", "Cow"]  # nothing changed by the refusal
 
 
+def test_class_names_whose_prompts_clip_would_cut_are_refused(tiny_model):
+    """Prompts longer than the text tower's positions were cut without a word: two class names that differ only
+    past that point got one embedding (cosine 1.0), and the second class never won a pixel. Distinct embeddings
+    otherwise (the tiny tokenizer's prompts used to be cut at 16 tokens to one common prefix)."""
+    tiny_model.update_class_embeddings(CharTokenizer(), class_names=["boat", "bird"])
+    boat, bird = tiny_model.class_text_embeds
+    assert float(boat @ bird) < 0.999
+    positions = tiny_model.config.text_config.max_position_embeddings
+    long_names = ["very " * (positions // 5) + colour + " car" for colour in ("red", "blue")]
+    with pytest.raises(ValueError, match=rf"is \d+ tokens long .* CLIP reads {positions}: it would be cut \(2 "
+                       r"prompt\(s\) of 2\)\. Shorten that class name"):  # fmt: skip
+        tiny_model.update_class_embeddings(CharTokenizer(), class_names=long_names)
+    assert tiny_model.config.class_names == ["boat", "bird"]  # nothing changed by the refusal
+
+
 def test_label_names_given_at_loading_keep_the_background_name(tiny_model, tmp_path):
     tiny_model.config.id2label = RENAMED  # background shown as "bg"
     tiny_model.save_pretrained(tmp_path)

@@ -129,10 +129,13 @@ def test_pair_gradcams_equal_a_block_copy_per_pair(model):
         logits = model.logit_scale.exp() * image_embeds @ text.t()
         probs = logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
         (grads,) = torch.autograd.grad(probs.gather(1, plan.class_index[:, None]).sum(), target)
+    # float32 sums in another order, amplified by the logit scale: GradCAMs within 1e-5 (issue 22's bound for the
+    # batched path), probabilities within 1e-6 (they were equal to 1e-7 only while the tiny tokenizer's prompts, cut
+    # at 16 tokens, gave every class one embedding and so uniform probabilities)
     torch.testing.assert_close(
-        ours.cams, gradcam(target[:, 1:].detach(), grads[:, 1:], grid), rtol=0, atol=1e-6
+        ours.cams, gradcam(target[:, 1:].detach(), grads[:, 1:], grid), rtol=0, atol=1e-5
     )
-    torch.testing.assert_close(ours.text_probs, probs.detach(), rtol=0, atol=1e-7)
+    torch.testing.assert_close(ours.text_probs, probs.detach(), rtol=0, atol=1e-6)
     torch.testing.assert_close(ours.last_attention[plan.image], attention, rtol=0, atol=1e-7)
     assert ours.last_attention.shape == (4, 13, 13)  # per image, the image without a pair included
 

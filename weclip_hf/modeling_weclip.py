@@ -151,6 +151,20 @@ def _text_embeds_loaded(model: WeCLIPForSemanticSegmentation, incompatible) -> N
         model._placeholder_text_embeds = False
 
 
+def _check_prompt_lengths(tokenizer, prompts: list[str], max_length: int) -> None:
+    """Refuse prompts longer than the ``max_length`` tokens CLIP's text tower reads: cut there, two class names that
+    differ only past it would get one embedding (the second never wins a pixel), and a cut name is not the class."""
+    lengths = [len(ids) for ids in tokenizer(prompts, padding=False, truncation=False)["input_ids"]]
+    too_long = [(prompt, n) for prompt, n in zip(prompts, lengths) if n > max_length]
+    if too_long:
+        prompt, n = too_long[0]
+        raise ValueError(
+            f"The prompt {prompt!r} is {n} tokens long (with its start and end tokens), and CLIP reads {max_length}: "
+            f"it would be cut ({len(too_long)} prompt(s) of {len(prompts)}). Shorten that class name (or "
+            "--prompt_template / prompt_template)."
+        )
+
+
 def _check_values(ok: torch.Tensor, message: str) -> None:
     """Refuse bad input values without a host sync on accelerators.
 
@@ -490,12 +504,10 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                 "embedding. Use the tokenizer saved with this CLIP checkpoint."
             )
         device = self.text_projection.weight.device
+        max_length = self.config.text_config.max_position_embeddings
+        _check_prompt_lengths(tokenizer, prompts, max_length)
         batch = tokenizer(
-            prompts,
-            padding="max_length",
-            truncation=True,
-            return_tensors="pt",
-            max_length=self.config.text_config.max_position_embeddings,
+            prompts, padding="max_length", truncation=True, return_tensors="pt", max_length=max_length
         )
         out = self.text_model(
             input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
