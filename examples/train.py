@@ -39,6 +39,7 @@ from weclip_hf.checkpointing import (
     find_checkpoint,
     load_checkpoint,
     output_dir_held,
+    prune_checkpoints,
     remove_previous_run,
     resumes_in_place,
     truncate_log,
@@ -383,6 +384,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=non_negative,
         help="save a step_N checkpoint every N steps and at the end (0: never); default: the recipe's "
         f"({recipe_values('checkpointing_steps')})",
+    )
+    train.add_argument(
+        "--checkpoints_total_limit",
+        type=at_least_one,
+        help="keep the N newest step_N checkpoints, removing older ones as new ones are written (the one just "
+        "written always stays; a resumed run may change it); default: keep all (a ViT-B/16 checkpoint is ~670 MB)",
     )
     train.add_argument(
         "--overwrite_output_dir",
@@ -1058,6 +1065,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
             state = TrainingState(step, scheduler.state_dict(), position, time.time() - started)
             written.clear()
             written[step] = save_training_checkpoint(accelerator, output_dir, state, args)
+            if args.checkpoints_total_limit and accelerator.is_main_process:
+                prune_checkpoints(output_dir, args.checkpoints_total_limit, written[step], accelerator.print)
         return written[step]
 
     checkpoint_every = args.checkpointing_steps

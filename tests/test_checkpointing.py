@@ -20,6 +20,7 @@ from weclip_hf.checkpointing import (
     find_checkpoint,
     load_checkpoint,
     lock_output_dir,
+    prune_checkpoints,
     remove_previous_run,
     save_checkpoint,
     truncate_log,
@@ -200,6 +201,47 @@ def test_latest_restores_a_checkpoint_moved_aside_by_a_cut_off_rewrite(checkpoin
     messages = []
     assert find_checkpoint(path.parent, "latest", log=messages.append) == path
     assert messages == ["restored checkpoint step_1 from step_1.old (a later write of that step was cut off)"]
+
+
+def _copy_checkpoint(path: Path, step: int) -> Path:
+    """A complete copy of checkpoint ``path`` as ``step_<step>`` beside it."""
+    copy = shutil.copytree(path, path.parent / f"step_{step}")
+    state = json.loads((copy / "training_state.json").read_text())
+    (copy / "training_state.json").write_text(json.dumps({**state, "step": step}))
+    return copy
+
+
+def test_prune_keeps_the_newest_and_the_one_just_written_and_never_touches_what_is_not_a_checkpoint(
+    checkpoint, tmp_path
+):
+    """--checkpoints_total_limit 2 after step_4 is written (the run resumed from step_1, a step_5 of its earlier
+    segment is there): step_4 and step_5 stay, the older complete ones go; a link (its target intact), a folder
+    holding a link, a damaged and a .tmp one are left and not counted."""
+    path, _, _ = checkpoint
+    run = path.parent
+    for step in (2, 3, 4, 5):
+        _copy_checkpoint(path, step)
+    elsewhere = _copy_checkpoint(path, 9).rename(tmp_path / "elsewhere")
+    (run / "step_9").symlink_to(elsewhere, target_is_directory=True)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("keep")
+    (_copy_checkpoint(path, 8) / "notes.txt").symlink_to(secret)
+    (_copy_checkpoint(path, 0) / "optimizer.bin").write_bytes((path / "optimizer.bin").read_bytes()[:100])
+    shutil.copytree(path, run / "step_6.tmp")
+    messages = []
+    removed = prune_checkpoints(run, 2, run / "step_4", log=messages.append)
+    assert removed == ["step_3", "step_2", "step_1"]
+    left = sorted(p.name for p in run.iterdir())
+    assert left == ["step_0", "step_4", "step_5", "step_6.tmp", "step_8", "step_9"]
+    assert (elsewhere / "model.safetensors").is_file() and secret.read_text() == "keep"
+    assert messages[-1] == "removed checkpoints step_3, step_2, step_1 (--checkpoints_total_limit 2)"
+    assert any(m.startswith("Note: step_0 is left") and "optimizer.bin" in m for m in messages)
+    assert any(m.startswith("Note: step_8 is left") and "notes.txt" in m for m in messages)
+    # the one just written stays even where a newer one (of the run's earlier segment) is counted first
+    assert prune_checkpoints(run, 1, run / "step_4", log=messages.append) == ["step_5"]
+    assert (run / "step_4").is_dir() and not (run / "step_5").exists()
+    with pytest.raises(ValueError, match="--checkpoints_total_limit must be at least 1"):
+        prune_checkpoints(run, 0, run / "step_4")
 
 
 # ---- the training script ------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ def parse_error(parse, argv, capsys) -> str:
             ["--checkpointing_steps", "epoch"],
             "argument --checkpointing_steps: expected a whole number, got 'epoch'",
         ),
+        (["--checkpoints_total_limit", "0"], "argument --checkpoints_total_limit: must be >= 1, got 0"),
         (["--max_train_steps", "0"], "argument --max_train_steps: must be >= 1, got 0"),
         (["--toy_train_images", "0"], "argument --toy_train_images: must be >= 1, got 0"),
         (["--learning_rate", "0"], "argument --learning_rate: must be a finite number > 0, got 0"),

@@ -430,7 +430,8 @@ def test_resume_compares_values_in_effect_so_restating_a_default_is_no_change(
     tmp_path, tiny_clip, monkeypatch
 ):
     """Restating what the run used by default (the toy recipe's RFM start and classes, the training set's size) is
-    accepted on resume (it was refused as "None -> 150"); a value that differs in effect is refused, naming it."""
+    accepted on resume (it was refused as "None -> 150"); a value that differs in effect is refused, naming it. A
+    resumed run may change --checkpoints_total_limit (3 steps, one checkpoint each, 2 kept: step_2 and step_3)."""
     from weclip_hf.presets import preset_config_kwargs
 
     toy = preset_config_kwargs("toy")
@@ -449,8 +450,11 @@ def test_resume_compares_values_in_effect_so_restating_a_default_is_no_change(
     with pytest.raises(ValueError, match=r"values in effect differ.*--rfm_start_step 150 -> 2\."):
         train_in_process(*resume, "--rfm_start_step", 2)
     restated = ["--rfm_start_step", toy["rfm_start_step"], "--class_names", *toy["class_names"]]
-    metrics = train_in_process(*resume, *restated, "--max_train_samples", 16)
+    # a resumed run may keep fewer checkpoints than its first segment (which kept all): the two newest stay
+    limit = ["--checkpoints_total_limit", 2]
+    metrics = train_in_process(*resume, *restated, "--max_train_samples", 16, *limit)
     assert metrics["train_steps"] == 3
+    assert sorted(p.name for p in (tmp_path / "o").glob("step_*")) == ["step_2", "step_3"]
 
 
 def test_resume_on_data_of_another_size_is_refused(tmp_path, tiny_clip, monkeypatch):

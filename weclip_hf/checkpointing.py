@@ -8,7 +8,8 @@ restored with ``torch.load(weights_only=False)``, i.e. by unpickling arbitrary c
 registered: a pickle planted in a shared or downloaded checkpoint is never executed.
 
 Checkpoints are written to ``step_N.tmp`` and renamed, so a crash never leaves an incomplete ``step_N``;
-``latest`` still checks each candidate and falls back past a damaged one, naming it.
+``latest`` still checks each candidate and falls back past a damaged one, naming it. `prune_checkpoints` keeps the
+newest ones (``--checkpoints_total_limit``).
 
 The run's folder (``--output_dir`` of examples/train.py, whose flags the messages name) is held by one run at a
 time (`lock_output_dir`, `output_dir_held`), kept from mixing a fresh run with an old one's checkpoints (`claim_output_dir`, `remove_previous_run`), and
@@ -25,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .batch_jobs import check_no_links
+from .batch_jobs import check_no_links, walk_entries
 from .model_loading import weights_readable_as
 
 TRAINING_STATE_NAME = "training_state.json"
@@ -218,6 +219,62 @@ def find_checkpoint(output_dir: Path, spec: str, log=print) -> Path:
     raise CheckpointError(
         f"No complete checkpoint in {output_dir} ({', '.join(p.name for p in steps)} are damaged)."
     )
+
+
+def prune_checkpoints(output_dir: Path, limit: int, written: Path, log=print) -> list[str]:
+    """Remove the oldest ``step_N`` of ``output_dir`` beyond the ``limit`` newest (by N), as
+    ``--checkpoints_total_limit`` asks, and return their names.
+
+    ``written``, the checkpoint just saved (where the run stands: what ``latest`` and finishing the run resume from),
+    is always kept and counts as one. Only this run's complete checkpoints count and are removed: a link, a folder
+    holding links (planted: deleting through it would delete another folder's files), a ``.tmp`` / ``.old`` and a
+    damaged one (``latest`` skips it) are left, named in a note. Each removed one is first renamed
+    ``step_N.removing``, so that a kill midway leaves no partial ``step_N``; a failed removal is a note, not the end
+    of the run."""
+    if limit < 1:
+        raise ValueError(
+            f"--checkpoints_total_limit must be at least 1 (the checkpoint just written), got {limit}; leave it out "
+            "to keep every checkpoint."
+        )
+    others = sorted(
+        (p for p in output_dir.glob("step_*") if checkpoint_step(p) is not None and p.name != written.name),
+        key=checkpoint_step,
+        reverse=True,
+    )
+    kept, removed = 1, []
+    for path in others:
+        problem = _not_prunable(path)
+        if problem:
+            log(f"Note: {path.name} is left, not counted in --checkpoints_total_limit {limit}: {problem}")
+        elif kept < limit:
+            kept += 1
+        else:
+            aside = path.with_name(f"{path.name}.removing")
+            try:
+                os.replace(path, aside)
+                shutil.rmtree(aside)  # never follows the links it finds (there are none: checked)
+            except OSError as error:
+                log(
+                    f"Note: could not remove checkpoint {path.name} (--checkpoints_total_limit {limit}): {error}"
+                )
+                continue
+            removed.append(path.name)
+    if removed:
+        log(
+            f"removed checkpoint{'s' * (len(removed) > 1)} {', '.join(removed)} (--checkpoints_total_limit {limit})"
+        )
+    return removed
+
+
+def _not_prunable(path: Path) -> str | None:
+    """Why `prune_checkpoints` leaves ``step_N`` folder ``path`` (None: a complete checkpoint without links)."""
+    if path.is_symlink() or not path.is_dir():
+        return "it is a link or not a folder, not a checkpoint this run wrote"
+    links = [entry.name for entry in walk_entries(path) if entry.is_symlink()]
+    if links:
+        return f"it holds links ({', '.join(links[:3])}), which this run never writes"
+    problem = checkpoint_problem(path)
+    return f"it is not a complete checkpoint ({problem})" if problem else None
 
 
 def _restore_replaced(output_dir: Path, log=print) -> None:

@@ -65,16 +65,16 @@ def public_args(args: argparse.Namespace) -> dict:
 
 # Arguments a resumed run may change: they cannot change which weights the training steps produce. Each step's
 # randomness is a function of (seed, step, process) and a map-style dataset's batches of (seed, epoch, index),
-# so how often the run logs, checkpoints and evaluates, how the evaluation is done (only its figures change),
-# where the output goes, what is reported or published, and how the host computes (threads, allocator,
-# torch.compile: the same operations) are free. Everything else (data, model, optimization, schedule, seed)
-# defines the trajectory, and a resume that changes it is refused. Derived values (recipe, given_model_flags,
+# so how often the run logs, checkpoints and evaluates, how many checkpoints it keeps, how the evaluation is done
+# (only its figures change), where the output goes, what is reported or published, and how the host computes
+# (threads, allocator, torch.compile: the same operations) are free. Everything else (data, model, optimization,
+# schedule, seed) defines the trajectory, and a resume that changes it is refused. Derived values (recipe, given_model_flags,
 # rfm_start_source, resolved) follow the flags and are not compared themselves (`RESOLVED_ARGS`: by their values in
 # effect, once the data and model are loaded).
 RESUMABLE_CHANGES = frozenset(
     {
         "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
-        "logging_steps", "checkpointing_steps", "with_tracking", "report_to",
+        "logging_steps", "checkpointing_steps", "checkpoints_total_limit", "with_tracking", "report_to",
         "eval_steps", "eval_long_side", "no_msf", "msf_scales", "num_overlays", "per_device_eval_batch_size",
         "max_eval_samples", "validation_split", "toy_val_images",
         "num_workers", "num_threads", "release_host_memory",
