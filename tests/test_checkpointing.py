@@ -181,6 +181,9 @@ def test_latest_skips_a_damaged_newer_checkpoint_and_names_it(checkpoint):
     (run / "step_8" / "optimizer.bin").write_bytes(optimizer_state[:100])
     assert find_checkpoint(run, "latest", log=messages.append) == path
     assert any("step_8" in m and "optimizer.bin is damaged" in m for m in messages)
+    (run / "step_8" / "optimizer.bin").write_bytes(b"")  # empty (a disk full at its first write): as damaged
+    assert find_checkpoint(run, "latest", log=messages.append) == path
+    assert any("step_8" in m and "optimizer.bin is damaged (it is empty)" in m for m in messages)
     (run / "step_8" / "model.safetensors").write_bytes((path / "model.safetensors").read_bytes()[:-8])
     (run / "step_8" / "optimizer.bin").write_bytes(optimizer_state)
     messages.clear()

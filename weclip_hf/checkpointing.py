@@ -178,6 +178,10 @@ def damaged_file(path: Path) -> str | None:
     from safetensors import safe_open
 
     for file in sorted(f for f in path.iterdir() if f.is_file()):
+        if file.suffix in (".bin", ".pkl", ".pt", ".safetensors") and file.stat().st_size == 0:
+            return (
+                f"{file} is damaged (it is empty)"  # a torch archive's check below starts at its first bytes
+            )
         try:
             if file.suffix == ".safetensors":
                 with safe_open(file, "pt"):
