@@ -91,6 +91,7 @@ from weclip_hf.data.loading import (
 )
 from weclip_hf.data.toy import check_toy_classes, default_clip_model
 from weclip_hf.data.transforms import multi_hot, normalize
+from weclip_hf.evaluation import processor_input_size
 from weclip_hf.hub import create_hub_repo
 from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.inference import image_pseudo_labels
@@ -330,17 +331,16 @@ class LabelledImages(Dataset):
 # ---- model ------------------------------------------------------------------------------------------
 
 
-def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, PixelNormalization]:
-    """The trained WeCLIP of --model and the normalization of its image processor, or a bare CLIP with the
-    preset's (or the toy world's) classes and the default processor's normalization."""
+def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImageProcessor]:
+    """The trained WeCLIP of --model and its image processor, or a bare CLIP with the preset's (or the toy world's)
+    classes and the default processor."""
     if args.model:
         model = AutoModelForSemanticSegmentation.from_pretrained(args.model).to(device).eval()
         if args.toy:
             check_toy_classes(model.config.class_names, args.model)
     else:
         model = bare_clip_model(args).to(device).eval()
-    processor = WeCLIPImageProcessor.from_saved_or_default(args.model, **processor_settings(model.config))
-    return model, PixelNormalization.from_image_processor(processor)
+    return model, WeCLIPImageProcessor.from_saved_or_default(args.model, **processor_settings(model.config))
 
 
 def bare_clip_model(args) -> WeCLIPForSemanticSegmentation:
@@ -369,12 +369,15 @@ def bare_clip_model(args) -> WeCLIPForSemanticSegmentation:
 
 
 @torch.no_grad()
-def pseudo_masks(model, items: list[dict], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+def pseudo_masks(
+    model, items: list[dict], mode: str, max_size: dict | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Pseudo masks [B, H, W] and the CAMs [B, C, h, w] of same-size ``items`` (``mode`` "rfm": refined with the
-    RFM of the model's decoder); images below one patch are zero-padded and the masks cropped back."""
+    RFM of the model's decoder); images below one patch are zero-padded and the masks cropped back, images larger
+    than ``max_size`` (the processor's input size) computed at that size and their masks upsampled."""
     pixel_values = torch.stack([item["pixel_values"] for item in items]).to(model.device)
     class_labels = torch.stack([item["class_labels"] for item in items])
-    return image_pseudo_labels(model, pixel_values, class_labels, use_rfm=mode == "rfm")
+    return image_pseudo_labels(model, pixel_values, class_labels, use_rfm=mode == "rfm", max_size=max_size)
 
 
 # ---- outputs ----------------------------------------------------------------------------------------
@@ -466,10 +469,10 @@ def pseudo_label_scores(records: list[dict], id2label: dict) -> dict:
 def write_pseudo_masks(model, group: list[dict], args, out: Path, split: str) -> None:
     """Pseudo masks of same-size images; where masks exist, their confusion with CAM (and RFM) masks."""
     cfg = model.config
-    masks, cams = pseudo_masks(model, group, args.mode)
+    masks, cams = pseudo_masks(model, group, args.mode, args.max_size)
     scored = {args.mode: masks}
     if args.mode == "rfm" and any(item["mask"] is not None for item in group):
-        scored["cam"] = pseudo_masks(model, group, "cam")[0]
+        scored["cam"] = pseudo_masks(model, group, "cam", args.max_size)[0]
     for k, item in enumerate(group):
         name = example_name(item["row"])
         confusion = None
@@ -581,7 +584,9 @@ def main(argv=None) -> dict | None:
         )
 
     # 1. model and data
-    model, normalization = load_model(args, state.device)
+    model, processor = load_model(args, state.device)
+    normalization = PixelNormalization.from_image_processor(processor)
+    args.max_size = processor_input_size(processor)  # a larger photo's pseudo masks are computed at that size
     cfg = model.config
     class_names = list(zip(cfg.label_names, cfg.class_names))
     splits = load_splits(args, cfg.num_foreground_classes, cfg.semantic_loss_ignore_index, class_names, state)

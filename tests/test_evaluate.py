@@ -471,6 +471,33 @@ def test_evaluation_predicts_on_the_images_the_processor_gives_the_pipeline(tiny
         hook.remove()
 
 
+def test_pseudo_label_modes_run_at_most_at_the_input_size(tiny_model):
+    """The CAM modes ran CLIP at each image's own size: a 3 MP photo asked for 35 GB (its attention over 47k
+    patches). An image larger than the input size is scored at that size, its labels upsampled to the mask's; a
+    smaller one keeps its size (VOC's images under the official protocol)."""
+    from weclip_hf.evaluation import evaluate_segmentation
+
+    seen = []
+    hook = tiny_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(tuple(kwargs["pixel_values"].shape[-2:])), with_kwargs=True
+    )
+    try:
+        for size in ((60, 100), (20, 30)):
+            batch = {
+                "pixel_values": torch.randn(1, 3, *size),
+                "labels": torch.zeros(1, *size, dtype=torch.long),
+                "class_labels": torch.tensor([[1.0, 0.0, 0.0, 0.0]]),
+            }
+            seen.clear()
+            scores = evaluate_segmentation(
+                tiny_model, [batch], ["cam", "pseudo"], input_size=40, progress=False
+            )
+            assert scores["cam"]["mean_iou"] is not None
+            assert seen == [(24, 40) if size == (60, 100) else size] * 2, seen
+    finally:
+        hook.remove()
+
+
 def test_evaluation_pads_as_a_padding_processor_does_and_scores_the_pipelines_labels(tiny_model):
     """With ``do_pad`` the pipeline predicts on the image padded to a multiple of the patch size and crops the
     padding from the upsampled logits; the evaluation predicted on the unpadded image (up to 14% of an image's

@@ -167,7 +167,10 @@ def _score_batch(
                 raise ValueError(
                     f"Mode {mode!r} scores pseudo labels: the batches need 'class_labels' [B, C]."
                 )
-            pred, _ = image_pseudo_labels(model, pixel_values, batch["class_labels"], mode == "pseudo")
+            # at the image's size, at most the model's input size (a large photo's CAMs would not fit in memory)
+            pred, _ = image_pseudo_labels(
+                model, pixel_values, batch["class_labels"], mode == "pseudo", max_size=input_size
+            )
             if pred.shape[-2:] != size:
                 pred = F.interpolate(pred[:, None].float(), size=size, mode="nearest")[:, 0].long()
         cm = confusion_matrix(pred, labels, num_labels, ignore_index=ignore)
@@ -199,7 +202,8 @@ def evaluate_segmentation(
     ``pred_msf_crf`` (the same followed by the dense CRF of `weclip_hf.crf` with ``crf_params``, default
     WeCLIP's evaluation setting, on the images recovered with ``normalization``, which these modes need:
     `PixelNormalization.from_image_processor` of the model's processor), ``cam`` (pseudo labels from the
-    frozen CLIP CAMs without RFM), ``pseudo`` (pseudo labels with RFM). Returns
+    frozen CLIP CAMs without RFM), ``pseudo`` (pseudo labels with RFM), both at the image's size, at most
+    ``input_size`` (a larger image is reduced to it, its labels upsampled). Returns
     ``{mode: scores}`` as `scores_from_confusion` gives them (``mean_iou``, ``per_category_iou``, ...),
     except that when no pixel could be scored (every ground-truth pixel ignored) the means are None, not
     NaN, with a warning saying so.

@@ -97,15 +97,32 @@ def image_logits(model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Te
 
 
 def image_pseudo_labels(
-    model: torch.nn.Module, pixel_values: torch.Tensor, class_labels: torch.Tensor, use_rfm: bool
+    model: torch.nn.Module,
+    pixel_values: torch.Tensor,
+    class_labels: torch.Tensor,
+    use_rfm: bool,
+    max_size: int | Mapping[str, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pseudo labels [B, H, W] of images [B, 3, H, W] of any size of at least 1 px with image-level
     ``class_labels`` [B, C] (``use_rfm``: refined with the decoder's affinity), and the CAMs [B, C, h, w]; an
-    image with a side smaller than one patch is zero-padded and its labels cropped back."""
+    image with a side smaller than one patch is zero-padded and its labels cropped back. Images larger than
+    ``max_size`` (a `resized_size` size: the model's input size) are computed at that size and their labels
+    upsampled (nearest): the CAMs run CLIP over every patch, whose attention grows with the square of their
+    number (a 3 MP photo needed 35 GB at its own size)."""
     height, width = pixel_values.shape[-2:]
+    reduced = resized_size(height, width, max_size) if max_size is not None else (height, width)
+    if reduced[0] * reduced[1] < height * width:
+        pixel_values = F.interpolate(pixel_values, size=reduced, mode="bilinear", align_corners=False)
+    else:
+        reduced = (height, width)
     padded = pad_to_patch(pixel_values, model.config.vision_config.patch_size)
     out = model(pixel_values=padded, class_labels=class_labels, use_rfm=use_rfm)
-    return out.pseudo_labels[..., :height, :width], out.cams
+    labels = out.pseudo_labels[..., : reduced[0], : reduced[1]]
+    if reduced != (height, width):
+        labels = F.interpolate(labels[:, None].float(), size=(height, width), mode="nearest")[:, 0].to(
+            labels.dtype
+        )
+    return labels, out.cams
 
 
 @torch.no_grad()
