@@ -1,14 +1,20 @@
+import math
 from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from weclip_hf import inference
 from weclip_hf.inference import (
     image_logits,
     image_pseudo_labels,
     longest_edge_size,
     multiscale_flip_logits,
     pad_to_patch,
+    upsample_cropping_padding,
+    upsampled_labels,
+    upsampling_size,
 )
 from weclip_hf.presets import EvaluationSettings
 
@@ -61,3 +67,54 @@ def test_image_logits_of_an_image_below_one_patch_are_the_top_left_crop():
         F.avg_pool2d(padded[:, :2], 2), size=(4, 5), mode="bilinear", align_corners=False
     )
     torch.testing.assert_close(image_logits(model, ramp), expected[..., :3, :5])
+
+
+def tied_logits(non_finite: bool = False) -> torch.Tensor:
+    """Logits [2, 7, 5, 6] with exact ties across any chunking: small integers, and classes 5 and 6 copies of
+    classes 1 and 2 (the first must keep the pixel); ``non_finite``: NaNs (also tied) and infinities."""
+    logits = torch.randint(0, 3, (2, 7, 5, 6), generator=torch.Generator().manual_seed(0)).float()
+    logits[:, 5:] = logits[:, 1:3]
+    if non_finite:
+        logits[0, [1, 5], 2, 2] = float("nan")  # NaN ranks first in the argmax; the first NaN wins
+        logits[0, 4, 0, 0] = logits[1, 6, 4, 5] = float("inf")  # bilinear weights of 0 times inf give NaN
+        logits[1, 0, 3, 3] = float("-inf")
+    return logits
+
+
+@pytest.mark.parametrize("non_finite", [False, True])
+@pytest.mark.parametrize("padding", [(None, None), ((20, 22), (24, 24))])
+def test_upsampled_labels_are_exactly_the_argmax_of_the_whole_upsampling(padding, non_finite):
+    """Any chunking of the classes gives the labels of upsampling all classes then the argmax, bit for bit:
+    ties (the first class), NaN and the padding crop included; int64 as the argmax (and SegFormer's labels)."""
+    logits, size = tied_logits(non_finite), (23, 29)
+    expected = upsample_cropping_padding(logits, size, *padding).argmax(dim=1)
+    plane_bytes = 4 * 2 * math.prod(upsampling_size(size, *padding))  # one class of the batch, float32
+    for chunk in range(1, 8):
+        labels = upsampled_labels(logits, size, *padding, budget=chunk * plane_bytes)
+        assert labels.dtype == torch.int64 and torch.equal(labels, expected), chunk
+    assert upsampled_labels(logits.half(), size, *padding, budget=3 * plane_bytes).equal(expected)
+
+
+def test_upsampled_labels_hold_at_most_the_budget_of_class_planes(monkeypatch):
+    """The classes are upsampled in chunks whose float32 planes fit ``budget`` (at least one class); all classes
+    at once when they fit (small images: one upsampling and argmax, as before)."""
+    logits, size = tied_logits(), (23, 29)
+    plane_bytes = 4 * 2 * 23 * 29
+    chunks = []
+    upsample = inference.upsample_cropping_padding
+
+    def recording(x, *args):
+        out = upsample(x, *args)
+        chunks.append((x.shape[1], out.numel() * out.element_size()))
+        return out
+
+    monkeypatch.setattr(inference, "upsample_cropping_padding", recording)
+    for budget, expected in [(3 * plane_bytes + 5, [3, 3, 1]), (plane_bytes - 1, [1] * 7), (10**9, [7])]:
+        chunks.clear()
+        upsampled_labels(logits, size, budget=budget)
+        assert [c for c, _ in chunks] == expected
+        assert all(b <= max(budget, plane_bytes) for _, b in chunks)
+    chunks.clear()
+    monkeypatch.setattr(inference, "LABELS_CHUNK_BYTES", 2 * plane_bytes)  # the default budget
+    upsampled_labels(logits, size)
+    assert [c for c, _ in chunks] == [2, 2, 2, 1]

@@ -8,7 +8,13 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from .chunking import is_capturing_graph
 from .presets import EvaluationSettings
+
+# upsampled float32 class planes `upsampled_labels` holds at once: labels of large images without all their classes
+# at the full size (a 24 MP image: 96 MB a class, 7.8 GB for COCO's 81); small images take all classes at once
+# (21 classes up to 3.1 MP, 81 up to 0.8 MP)
+LABELS_CHUNK_BYTES = 256 * 2**20
 
 
 def longest_edge_size(height: int, width: int, longest_edge: int) -> tuple[int, int]:
@@ -64,15 +70,77 @@ def pad_to_multiple(pixel_values: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(pixel_values, (0, -width % multiple, 0, -height % multiple))
 
 
+def upsampling_size(
+    size: tuple[int, int], resized: tuple[int, int] | None = None, padded: tuple[int, int] | None = None
+) -> tuple[int, int]:
+    """The size logits are upsampled to for ``size`` (H, W): ``size`` itself, or for images resized to ``resized``
+    and zero-padded to ``padded`` the padded extent at that scale (the padding is cropped after)."""
+    if resized is None or padded is None:
+        return tuple(size)
+    height, width = size
+    return round(height * padded[0] / resized[0]), round(width * padded[1] / resized[1])
+
+
 def upsample_cropping_padding(
-    logits: torch.Tensor, size: tuple[int, int], resized: tuple[int, int], padded: tuple[int, int]
+    logits: torch.Tensor,
+    size: tuple[int, int],
+    resized: tuple[int, int] | None = None,
+    padded: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Logits [B, K, h, w] of images resized to ``resized`` and zero-padded at the bottom/right to ``padded``,
     upsampled bilinearly to ``size`` (H, W) of the images before both: to the padded extent at that scale, then the
-    padding cropped (the unpadded part is not stretched over the whole image)."""
+    padding cropped (the unpadded part is not stretched over the whole image); without them, plainly to ``size``."""
     height, width = size
-    full = (round(height * padded[0] / resized[0]), round(width * padded[1] / resized[1]))
+    full = upsampling_size(size, resized, padded)
     return F.interpolate(logits, size=full, mode="bilinear", align_corners=False)[..., :height, :width]
+
+
+def classes_per_chunk(num_classes: int, bytes_per_class: int, budget: int) -> int:
+    """Classes `upsampled_labels` upsamples at once: as many as keep ``bytes_per_class`` times the chunk within
+    ``budget`` bytes (at least one); all of them while a graph is captured (no loop over a shape-dependent count)."""
+    if is_capturing_graph():
+        return num_classes
+    return max(1, min(num_classes, budget // max(bytes_per_class, 1)))
+
+
+def upsampled_labels(
+    logits: torch.Tensor,
+    size: tuple[int, int],
+    resized: tuple[int, int] | None = None,
+    padded: tuple[int, int] | None = None,
+    budget: int | None = None,
+) -> torch.Tensor:
+    """Label maps [B, H, W] (int64): exactly the argmax over classes of `upsample_cropping_padding` of ``logits``
+    [B, K, h, w] as float32, with at most ``budget`` bytes (`LABELS_CHUNK_BYTES`) of upsampled class planes at once.
+
+    Bilinear upsampling is independent per class, so the classes go a chunk at a time and a running maximum is
+    kept: a later chunk takes a pixel only with a strictly larger value (or a NaN over a number), as the argmax
+    keeps the first maximum (and ranks NaN highest). When all classes fit the budget (small images), one chunk.
+    """
+    num_classes = logits.shape[1]
+    full = upsampling_size(size, resized, padded)
+    chunk = classes_per_chunk(
+        num_classes, 4 * logits.shape[0] * full[0] * full[1], LABELS_CHUNK_BYTES if budget is None else budget
+    )
+
+    def upsampled(start: int) -> torch.Tensor:
+        return upsample_cropping_padding(logits[:, start : start + chunk].float(), size, resized, padded)
+
+    if chunk >= num_classes:
+        return upsampled(0).argmax(dim=1)
+    best, labels = upsampled(0).max(dim=1)  # [B, H, W]: the running maximum and its class
+    # reused across chunks (fresh tensors of this size cost as much in page faults as the work on them)
+    values, indices = torch.empty_like(best), torch.empty_like(labels)
+    wins = torch.empty_like(best, dtype=torch.bool)
+    finite = bool(torch.isfinite(logits).all())  # else upsampled NaNs (of NaN or inf logits) need ranking
+    for start in range(chunk, num_classes, chunk):
+        torch.max(upsampled(start), dim=1, out=(values, indices))
+        torch.gt(values, best, out=wins)
+        if not finite:
+            wins |= values.isnan() & ~best.isnan()
+        torch.where(wins, indices.add_(start), labels, out=labels)
+        torch.maximum(best, values, out=best)  # NaN stays: nothing beats it, as in the argmax
+    return labels
 
 
 def pad_to_patch(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
