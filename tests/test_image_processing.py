@@ -419,6 +419,36 @@ def test_post_process_crops_the_padding_before_upsampling():
     assert (stretched[:, :6] == 1).all() and (stretched[:, 6:] == 2).all()
 
 
+def test_labels_only_upsample_a_chunk_of_classes_at_a_time(monkeypatch):
+    """Without the scores, the labels come from upsampling a few classes at a time within the budget (81 classes
+    of a 24 MP image held 7.8 GB of float32 at once), sized per image, and equal the scores' argmax exactly
+    (padding cropped, ties to the first class); int64, as SegFormer's."""
+    from weclip_hf import inference
+
+    proc = WeCLIPImageProcessor(size={"longest_edge": 40}, do_pad=True, patch_size=8)
+    logits = torch.randint(0, 3, (2, 7, 5, 2), generator=torch.Generator().manual_seed(0)).float()
+    logits[:, 5:] = logits[:, 1:3]  # ties across chunks
+    sizes = [(40, 12), (20, 6)]  # both padded to a 16 px wide extent: upsampled to (40, 16), (20, 8)
+    scores = proc.post_process_semantic_segmentation(
+        {"logits": logits}, sizes, return_segmentation_scores=True
+    )
+    chunks = []
+    upsample = inference.upsample_cropping_padding
+
+    def recording(x, *args):
+        chunks.append((x.shape[1], tuple(args[1:])))
+        return upsample(x, *args)
+
+    budget = 2 * 4 * 40 * 16  # two classes of the first image, all of the second
+    monkeypatch.setattr(inference, "LABELS_CHUNK_BYTES", budget)
+    monkeypatch.setattr(inference, "upsample_cropping_padding", recording)
+    labels = proc.post_process_semantic_segmentation({"logits": logits}, sizes)
+    assert [c for c, _ in chunks] == [2, 2, 2, 1, 7]
+    assert all(padding == ((40, 12), (40, 16)) for _, padding in chunks)
+    for got, out in zip(labels, scores):
+        assert got.dtype == torch.int64 and torch.equal(got, out.segmentation)
+
+
 def test_segmentation_scores_match_segformer():
     from transformers import SegformerImageProcessorPil
     from transformers.modeling_outputs import SemanticSegmenterOutput

@@ -47,7 +47,7 @@ from .image_reading import (
     label_tensor,
     to_rgb_array,
 )
-from .inference import resized_size, upsample_cropping_padding
+from .inference import resized_size, upsample_cropping_padding, upsampled_labels
 from .normalization import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, PixelNormalization
 
 
@@ -505,18 +505,19 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             label = F.interpolate(label[None, None].float(), size=tuple(size), mode="nearest")[0, 0].long()
         return label
 
-    def _upsample_logits(self, logits: torch.Tensor, target: tuple[int, int], opts: dict) -> torch.Tensor:
-        """[K, h, w] logits of one image -> [K, H, W] at ``target`` = its original (H, W), the padding that the
-        geometry options ``opts`` (do_resize, size, do_pad) imply cropped."""
+    def _padding(
+        self, logits: torch.Tensor, target: tuple[int, int], opts: dict
+    ) -> tuple[tuple[int, int], tuple[int, int]] | tuple[None, None]:
+        """(resized, padded) sizes of the image whose [K, h, w] ``logits`` are upsampled to ``target`` = its
+        original (H, W), when the geometry options ``opts`` (do_resize, size, do_pad) imply padding that the logits
+        cover (to crop after upsampling: `upsample_cropping_padding`); else (None, None), a plain upsampling."""
         height, width = target
         resized = resized_size(height, width, opts["size"]) if opts["do_resize"] else (height, width)
         padded = self._padded_size(*resized, opts["do_pad"])
         p = self.patch_size
-        logits = logits[None].float()
         if padded != resized and tuple(logits.shape[-2:]) == (padded[0] // p, padded[1] // p):
-            # the logits cover the padded image: upsample to its extent in target pixels, crop the padding
-            return upsample_cropping_padding(logits, target, resized, padded)[0]
-        return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)[0]
+            return resized, padded
+        return None, None
 
     def post_process_semantic_segmentation(
         self,
@@ -539,7 +540,9 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         ``target_sizes`` may be asked for (as in transformers). Without ``target_sizes`` the maps stay on the
         logit grid. With ``return_segmentation_scores`` each item is a `SemanticSegmentationPostProcessorOutput`
         with ``segmentation`` [H, W] and ``segmentation_scores`` [num_labels, H, W] (the upsampled logits), as
-        SegFormer's processor returns.
+        SegFormer's processor returns. Without them the label maps (int64, as SegFormer's) are the argmax of the
+        same upsampling, exactly, computed a chunk of classes at a time (`weclip_hf.inference.upsampled_labels`):
+        a large image never holds all its classes at the full size (81 classes at 24 MP: 7.8 GB of float32).
         """
         opts = self._resolve(do_resize=do_resize, size=size, do_pad=do_pad)
         logits = _output_logits(outputs)
@@ -549,7 +552,15 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             sizes = _target_sizes(target_sizes)
             if len(sizes) != len(logits):
                 raise ValueError(f"Got {len(sizes)} target sizes for a batch of {len(logits)} logits.")
-            scores = [self._upsample_logits(x, size, opts) for x, size in zip(logits, sizes)]
+            padding = [self._padding(x, size, opts) for x, size in zip(logits, sizes)]
+            if not return_segmentation_scores:  # class chunk by chunk: never all classes at the full size
+                return [
+                    upsampled_labels(x[None], size, *pad)[0] for x, size, pad in zip(logits, sizes, padding)
+                ]
+            scores = [
+                upsample_cropping_padding(x[None].float(), size, *pad)[0]
+                for x, size, pad in zip(logits, sizes, padding)
+            ]
         if not return_segmentation_scores:
             return [s.argmax(dim=0) for s in scores]
         return [
