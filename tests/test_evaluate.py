@@ -330,6 +330,35 @@ def test_evaluate_segmentation_matches_a_hand_computed_confusion():
     assert scores["overall_accuracy"] == pytest.approx(4 / 7)
 
 
+def test_the_argmax_modes_upsample_a_chunk_of_classes_at_a_time(tiny_model, monkeypatch):
+    """``pred`` (evaluate_segmentation, predict_labels) takes the argmax class chunk by chunk within the budget
+    (`upsampled_labels`), never all classes at the full size, with the labels of the whole upsampling."""
+    from weclip_hf import evaluation, inference
+
+    patch = tiny_model.config.vision_config.patch_size
+    pixel_values = torch.randn(1, 3, 30, 53, generator=torch.Generator().manual_seed(0))
+    input_size = {"longest_edge": 40, "size_divisor": patch}  # a padding processor's
+    with torch.no_grad():
+        logits = evaluation.prediction_logits(tiny_model, pixel_values, (30, 53), input_size=input_size)
+    chunks = []
+    upsample = inference.upsample_cropping_padding
+
+    def recording(x, *args):
+        chunks.append(x.shape[1])
+        return upsample(x, *args)
+
+    monkeypatch.setattr(inference, "LABELS_CHUNK_BYTES", 1)  # one class at a time
+    monkeypatch.setattr(inference, "upsample_cropping_padding", recording)
+    labels = predict_labels(tiny_model, pixel_values, (30, 53), input_size=input_size)
+    assert chunks == [1] * logits.shape[1] and torch.equal(labels, logits.argmax(dim=1))
+    chunks.clear()
+    ref = torch.tensor([[[0, 0, 1], [1, 2, 255]]])
+    pred = ref.clamp(max=2)[:, None].float().repeat(1, 3, 1, 1)  # EncodedPrediction: channel 0 is the class
+    batches = [{"pixel_values": pred, "labels": ref}]
+    scores = evaluate_segmentation(EncodedPrediction(), batches, ["pred"], progress=False)["pred"]
+    assert chunks == [1, 1, 1] and scores["overall_accuracy"] == 1
+
+
 def test_evaluate_segmentation_leaves_absent_classes_out_of_the_mean():
     ref = torch.tensor([[[0, 0], [1, 1]]])
     batches = [{"pixel_values": ref[:, None].float().repeat(1, 3, 1, 1), "labels": ref}]

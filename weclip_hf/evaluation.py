@@ -27,6 +27,7 @@ from .inference import (
     pad_to_multiple,
     resize_images,
     upsample_cropping_padding,
+    upsampled_labels,
 )
 from .metrics import confusion_matrix, scores_from_confusion
 from .normalization import PixelNormalization
@@ -88,14 +89,12 @@ def _require_normalization(normalization: PixelNormalization | None) -> PixelNor
     return normalization
 
 
-def prediction_logits(
-    model, pixel_values: torch.Tensor, size: tuple[int, int], msf: bool = False,
-    scales: Sequence[float] = EvaluationSettings.msf_scales, input_size: int | Mapping[str, int] | None = None,
-) -> torch.Tensor:  # fmt: skip
-    """Float logits [B, K, H, W] at ``size``: the images resized to ``input_size`` (`resize_images`: an int is the
-    long side, a mapping an image processor's ``size``; None: kept at their size) and, with its ``size_divisor``
-    (`processor_input_size` of a processor that pads), zero-padded to a multiple of it, (multi-scale + flip) logits,
-    bilinear upsampling (the padding cropped, as the processor's post-processing crops it)."""
+def _grid_logits(
+    model, pixel_values: torch.Tensor, msf: bool, scales: Sequence[float],
+    input_size: int | Mapping[str, int] | None,
+) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:  # fmt: skip
+    """(multi-scale + flip) logits [B, K, h, w] on the logit grid of the images resized to ``input_size`` and
+    zero-padded to its ``size_divisor`` (see `prediction_logits`), with the resized and the padded size."""
     if input_size is not None:
         pixel_values = resize_images(pixel_values, input_size)
     resized = tuple(pixel_values.shape[-2:])
@@ -106,10 +105,19 @@ def prediction_logits(
         logits = multiscale_flip_logits(model, pixel_values, scales=scales)
     else:
         logits = image_logits(model, pixel_values)  # images below one patch are padded, not refused
-    padded = tuple(pixel_values.shape[-2:])
-    if padded != resized:
-        return upsample_cropping_padding(logits.float(), size, resized, padded)
-    return F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+    return logits, resized, tuple(pixel_values.shape[-2:])
+
+
+def prediction_logits(
+    model, pixel_values: torch.Tensor, size: tuple[int, int], msf: bool = False,
+    scales: Sequence[float] = EvaluationSettings.msf_scales, input_size: int | Mapping[str, int] | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Float logits [B, K, H, W] at ``size``: the images resized to ``input_size`` (`resize_images`: an int is the
+    long side, a mapping an image processor's ``size``; None: kept at their size) and, with its ``size_divisor``
+    (`processor_input_size` of a processor that pads), zero-padded to a multiple of it, (multi-scale + flip) logits,
+    bilinear upsampling (the padding cropped, as the processor's post-processing crops it)."""
+    logits, resized, padded = _grid_logits(model, pixel_values, msf, scales, input_size)
+    return upsample_cropping_padding(logits.float(), size, resized, padded)
 
 
 def labels_from_logits(
@@ -125,6 +133,19 @@ def labels_from_logits(
     return crf_refine_labels(image, logits.softmax(dim=1), crf_params)
 
 
+def _grid_labels(
+    grid: tuple[torch.Tensor, tuple[int, int], tuple[int, int]], pixel_values: torch.Tensor,
+    size: tuple[int, int], crf: bool, crf_params: CRFParams, normalization: PixelNormalization | None,
+) -> torch.Tensor:  # fmt: skip
+    """Label maps [B, H, W] at ``size`` of `_grid_logits`' ``grid``: the argmax of their upsampling, a chunk of
+    classes at a time (`upsampled_labels`: never all classes at the full size), or `labels_from_logits`' CRF."""
+    logits, resized, padded = grid
+    if not crf:
+        return upsampled_labels(logits, size, resized, padded)
+    upsampled = upsample_cropping_padding(logits.float(), size, resized, padded)
+    return labels_from_logits(upsampled, pixel_values, crf, crf_params, normalization)
+
+
 def predict_labels(
     model, pixel_values: torch.Tensor, size: tuple[int, int], msf: bool = False,
     scales: Sequence[float] = EvaluationSettings.msf_scales, input_size: int | Mapping[str, int] | None = None,
@@ -134,12 +155,12 @@ def predict_labels(
     """Predicted label maps [B, H, W] at ``size``: `prediction_logits` (the resize to ``input_size``, (multi-scale
     + flip) logits, bilinear upsampling), then `labels_from_logits` (argmax, or the dense CRF with ``crf_params`` on
     the image at ``size``, recovered with ``normalization``, required with ``crf``; default WeCLIP's evaluation
-    setting, see `weclip_hf.crf`)."""
+    setting, see `weclip_hf.crf`); the argmax without upsampling all classes at once (`upsampled_labels`)."""
     if crf:
         _require_normalization(normalization)
     with in_eval_mode(model), torch.no_grad():
-        logits = prediction_logits(model, pixel_values, size, msf, scales, input_size)
-    return labels_from_logits(logits, pixel_values, crf, crf_params, normalization)
+        grid = _grid_logits(model, pixel_values, msf, scales, input_size)
+    return _grid_labels(grid, pixel_values, size, crf, crf_params, normalization)
 
 
 def _score_batch(
@@ -155,13 +176,13 @@ def _score_batch(
     # ids outside 0..C would silently leave the confusion matrix (the data pipeline checks its masks, naming files)
     check_mask_ids(torch.as_tensor(labels).cpu(), num_labels - 1, ignore, "'labels' of an evaluation batch")
     size = tuple(labels.shape[-2:])
-    logits = {}  # per `msf`: shared by a mode and its CRF mode
+    grids = {}  # per `msf`: shared by a mode and its CRF mode
     for mode in modes:
         if mode.startswith("pred"):
             msf = "msf" in mode
-            if msf not in logits:
-                logits[msf] = prediction_logits(model, pixel_values, size, msf, scales, input_size)
-            pred = labels_from_logits(logits[msf], pixel_values, "crf" in mode, crf_params, normalization)
+            if msf not in grids:
+                grids[msf] = _grid_logits(model, pixel_values, msf, scales, input_size)
+            pred = _grid_labels(grids[msf], pixel_values, size, "crf" in mode, crf_params, normalization)
         else:
             if "class_labels" not in batch:
                 raise ValueError(
