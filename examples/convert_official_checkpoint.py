@@ -21,10 +21,10 @@ Examples:
 
 The --output_dir must be new or empty: one that holds files (a trained model, its metrics, logs, overlays and
 step_N checkpoints) is refused before converting, as the converted model would be written beside what it does not
-describe. The model is written into a hidden sibling folder (``.<name>.converting``) that takes the place of
---output_dir when it is complete, so that a conversion killed on the way leaves no half-written folder that
-`from_pretrained` would load (the next run removes the hidden one). --overwrite_output_dir replaces the folder and
-what it holds once the new one is complete.
+describe. The model is written into a hidden folder inside it (``.converting``) and moved into place when complete,
+config.json last, so that a conversion killed on the way leaves no half-written model that `from_pretrained` would
+load (the next run removes the hidden folder). --overwrite_output_dir removes what the folder holds once the new
+model is complete.
 
 Checkpoints are read safely (`torch.load(weights_only=True)`; a pickle that needs code is refused). An
 OpenAI TorchScript `ViT-B-16.pt` is read without running its code; see `weclip_hf.safe_loading`.
@@ -57,6 +57,8 @@ from weclip_hf.presets import CLIP_MODEL, get_preset
 
 logger = logging.getLogger("convert_official_checkpoint")
 DEFAULT_TOKENIZER = CLIP_MODEL
+# the hidden folder in --output_dir the converted model is written to until it is complete (`write_whole_folder`)
+STAGING = ".converting"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -110,12 +112,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_output_dir_contents(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse an --output_dir that holds files (the converted model would be written beside them) unless
-    --overwrite_output_dir, and one that holds the inputs or the working directory, which replacing the folder
-    would delete."""
+    --overwrite_output_dir; with it, refuse one that holds the inputs or the working directory, which removing its
+    contents would delete. A killed conversion's hidden staging folder does not count."""
     output_dir = Path(args.output_dir)
-    if not output_dir.is_dir():
+    if not output_dir.is_dir() or not [p for p in output_dir.iterdir() if p.name != STAGING]:
         return
-    if any(output_dir.iterdir()) and not args.overwrite_output_dir:
+    if not args.overwrite_output_dir:
         parser.error(
             f"--output_dir {args.output_dir!r} is not empty ({folder_contents(output_dir)}): the converted model "
             "would be written beside files it does not describe. Choose a new or empty folder, or give "
@@ -127,28 +129,32 @@ def check_output_dir_contents(parser: argparse.ArgumentParser, args: argparse.Na
     for name, path in inputs.items():
         if path is not None and Path(path).exists() and Path(path).resolve().is_relative_to(folder):
             parser.error(
-                f"the converted folder takes the place of --output_dir {args.output_dir!r}, which would delete "
-                f"{name} ({path}) inside it: choose another --output_dir."
+                f"--overwrite_output_dir would delete {name} ({path}), which is inside --output_dir "
+                f"{args.output_dir!r}: choose another --output_dir."
             )
 
 
 def write_whole_folder(output_dir: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(folder)`` on a hidden sibling of ``output_dir`` (``.<name>.converting``), then put it in the
-    place of ``output_dir`` (an existing one is moved aside to ``.<name>.replaced``, then removed): a conversion
-    killed on the way leaves the old folder, or none, never a half-written model that `from_pretrained` loads.
-    What a killed run left in those siblings is removed first."""
-    output_dir = output_dir.resolve()  # "." has no name; a link keeps pointing at the folder
-    staging, replaced = (
-        output_dir.with_name(f".{output_dir.name}.{step}") for step in ("converting", "replaced")
-    )
-    for leftover in (staging, replaced):
-        shutil.rmtree(leftover, ignore_errors=True)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    """Call ``write(folder)`` on a hidden folder inside ``output_dir`` (`STAGING`: on its disk, and the folder
+    itself stays, be it a mount point or the working directory), then, once it is complete, remove what
+    ``output_dir`` held (--overwrite_output_dir; checked by `check_output_dir_contents`) and move the new files in,
+    config.json last: a conversion killed on the way leaves the old model whole, or a folder without config.json
+    that `from_pretrained` refuses, never a half-written model that it loads. A killed run's staging folder is
+    removed first."""
+    staging = output_dir / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
     write(staging)
-    if output_dir.exists():
-        os.replace(output_dir, replaced)
-    os.replace(staging, output_dir)
-    shutil.rmtree(replaced, ignore_errors=True)
+    for old in output_dir.iterdir():
+        if old.name == STAGING:
+            continue
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+    for new in sorted(staging.iterdir(), key=lambda path: path.name == "config.json"):
+        os.replace(new, output_dir / new.name)
+    staging.rmdir()
 
 
 def dino_description(config) -> str:

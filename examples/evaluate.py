@@ -247,9 +247,7 @@ def settings_report(args: argparse.Namespace) -> dict:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     check_model_folder(args.model_name_or_path)
-    if (
-        args.output_json
-    ):  # its folder made now: a path that cannot be written fails before the evaluation runs
+    if args.output_json:  # its folder made now: a missing one lost the JSON after the whole evaluation
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
     # under `accelerate launch` / torchrun each process scores its share of the images (confusion matrices summed)
     cpu = args.device == "cpu"

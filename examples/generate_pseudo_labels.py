@@ -58,7 +58,6 @@ from transformers import AutoModelForSemanticSegmentation
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.batch_jobs import (
-    SETTINGS,
     STATE_DIR,
     check_no_links,
     check_recorded_inputs,
@@ -213,12 +212,14 @@ def check_output_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) 
                 f"--output_dir {args.output_dir!r} {where} the input dataset (--{flag} {value!r}), whose files "
                 "the run would replace or delete: choose an --output_dir outside it."
             )
-    foreign = out.is_dir() and any(out.iterdir()) and not (out / STATE_DIR / SETTINGS).exists()
+    # its own: it holds the state folder, which the main process makes first (so that another process of the run,
+    # checking while the main one starts writing, finds it as its own too: no barrier precedes this on GPUs)
+    foreign = out.is_dir() and any(out.iterdir()) and not (out / STATE_DIR).is_dir()
     if foreign and not args.overwrite_output_dir:
         parser.error(
             f"--output_dir {args.output_dir!r} is not empty ({folder_contents(out)}) and was not written by this "
-            f"script (it has no {STATE_DIR}/{SETTINGS}): the run would delete the files of its split folders that "
-            "it did not write. Choose a new or empty folder, or give --overwrite_output_dir to replace what it holds."
+            f"script (it has no {STATE_DIR}/): the run would delete the files of its split folders that it did not "
+            "write. Choose a new or empty folder, or give --overwrite_output_dir to write into it all the same."
         )
 
 
@@ -567,8 +568,7 @@ def finish(args, out: Path, splits: dict, id2label: dict) -> dict:
 def main(argv=None) -> dict | None:
     """Generate the pseudo-labelled dataset as the command line ``argv`` says; the main process returns the
     report."""
-    # every process checks --output_dir (`check_output_dir`) before PartialState's rendezvous: before the main
-    # process writes in it
+    # every process checks --output_dir (`check_output_dir`); the main process then makes its state folder first
     args = parse_args(argv)
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # CPU processes: see the docstring
     out = Path(args.output_dir)

@@ -1212,8 +1212,9 @@ def unfinished_message(
             f"README.md; push the folder again (huggingface_hub's upload_folder)."
         )
     finish = f"; score it with: {evaluate_command(args)}" if evaluable else ""
+    again = " without --overwrite_output_dir" if args.overwrite_output_dir else ""
     resume = (
-        ", or finish the run: the same command with --resume_from_checkpoint latest (its last checkpoint)"
+        f", or finish the run: the same command{again} with --resume_from_checkpoint latest (its last checkpoint)"
         if args.checkpointing_steps
         else ""
     )

@@ -96,6 +96,13 @@ def test_box_threshold_mask_needs_no_float64_and_thresholds_as_the_official_floa
         peaks = cam_u8.amax(dim=(-2, -1)).long().tolist()
         expected = cam_u8 > torch.tensor([int(threshold * p) for p in peaks], dtype=cams.dtype)[:, None, None]
         assert torch.equal(ours, expected), threshold
+    # a diverged run's CAMs: a NaN (or inf) peak gives no box, as the float64 product's NaN threshold did (the
+    # table lookup indexed out of its range: an IndexError on the CPU, a device-side assert on CUDA)
+    diverged = cams[:3].clone()
+    diverged[0, 0, 0], diverged[1, 0, 0] = float("nan"), float("inf")
+    assert not box_threshold_mask(diverged, 0.4)[:2].any() and torch.equal(
+        box_threshold_mask(diverged, 0.4)[2], box_threshold_mask(cams[2:3], 0.4)[0]
+    )
 
 
 def test_gradcam_and_normalization():

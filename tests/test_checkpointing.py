@@ -231,6 +231,7 @@ def test_prune_keeps_the_newest_and_the_one_just_written_and_never_touches_what_
     (_copy_checkpoint(path, 8) / "notes.txt").symlink_to(secret)
     (_copy_checkpoint(path, 0) / "optimizer.bin").write_bytes((path / "optimizer.bin").read_bytes()[:100])
     shutil.copytree(path, run / "step_6.tmp")
+    shutil.copytree(path, run / "step_7.removing")  # a removal a kill cut short: finished now
     messages = []
     removed = prune_checkpoints(run, 2, run / "step_4", log=messages.append)
     assert removed == ["step_3", "step_2", "step_1"]

@@ -853,8 +853,8 @@ def test_script_refuses_an_output_dir_that_is_not_empty_before_converting(tmp_pa
 
 def test_script_overwrite_output_dir_replaces_a_trained_model(tmp_path, real_vocab_checkpoint, monkeypatch):
     """--overwrite_output_dir: a failed conversion, or one killed after the weights are saved (before the
-    processor and the card), leaves the folder as it was, and a killed one into a new folder leaves none (it left a
-    half-written folder that `from_pretrained` loaded and a re-run refused as "not empty"); a successful one
+    processor and the card), leaves the folder as it was, and a killed one into a new folder leaves no config.json (it
+    left a half-written folder that `from_pretrained` loaded and a re-run refused as "not empty"); a successful one
     removes what the folder held (the old run's metrics, log, overlays, checkpoints) and the killed run's hidden
     folder, and writes the converted model alone."""
     checkpoint, _ = real_vocab_checkpoint
@@ -874,14 +874,19 @@ def test_script_overwrite_output_dir_replaces_a_trained_model(tmp_path, real_voc
         for folder in (out, tmp_path / "new"):
             with pytest.raises(KeyboardInterrupt):
                 script.main([*argv[:-1], str(folder), "--preset", "voc", "--overwrite_output_dir"])
-    assert (tmp_path / ".weclip-toy.converting" / "model.safetensors").is_file()  # the half-written folder
-    assert sorted(out.rglob("*")) == before and not (tmp_path / "new").exists()
+    assert (out / ".converting" / "model.safetensors").is_file()  # the half-written model, hidden
+    assert sorted(p for p in out.rglob("*") if ".converting" not in p.parts) == before
+    assert [p.name for p in (tmp_path / "new").iterdir()] == [".converting"]  # no config.json: not loadable
     script.main([*argv, "--preset", "voc", "--overwrite_output_dir"])
     names = {p.name for p in out.iterdir()}
     assert names >= {"README.md", "config.json", "model.safetensors", "preprocessor_config.json"}
-    assert not names & {"metrics.json", "train_log.jsonl", "overlays", "step_250", "step_500"}
+    assert not names & {"metrics.json", "train_log.jsonl", "overlays", "step_250", "step_500", ".converting"}
     assert isinstance(WeCLIPForSemanticSegmentation.from_pretrained(out), WeCLIPForSemanticSegmentation)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".new.converting", "weclip-toy"]
+    # an empty working directory is a fine --output_dir (the folder itself stays: a mount point, say)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    script.main([*argv[:-1], ".", "--preset", "voc"])
+    assert (tmp_path / "cwd" / "config.json").is_file() and not (tmp_path / "cwd" / ".converting").exists()
 
 
 # ---- CLIP from a transformers folder -----------------------------------------------------------------

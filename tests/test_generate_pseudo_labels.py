@@ -296,7 +296,7 @@ def test_an_output_dir_of_the_input_data_of_other_files_or_with_links_is_refused
     """The run deleted every file of ``<output_dir>/<split>/images`` and ``masks`` it had no record of: the input
     dataset's images given as --output_dir too (and its metadata.jsonl replaced), and the files of a folder
     behind a link. Now an --output_dir that is, lies inside or holds the input data is refused, also with
-    --overwrite_output_dir; a non-empty one this script did not write (no .state/settings.json) without it; a
+    --overwrite_output_dir; a non-empty one this script did not write (no .state/) without it; a
     link among the outputs always, naming it. Nothing is written or deleted."""
     data = tmp_path / "mydata"
     (data / "train" / "images").mkdir(parents=True)

@@ -358,6 +358,10 @@ def test_train_with_trainer_sets_config_fields_and_the_crop_that_no_other_flag_s
         "cam_box_threshold": 0.5,
         "prompt_template": "a {}",
     }
+    # words float() would take stay words (the config refuses them by name)
+    assert script.parse_config_overrides("prompt_template=nan", script.WeCLIPConfig) == {
+        "prompt_template": "nan"
+    }
     with pytest.raises(SystemExit):  # a WeCLIP+ field for a WeCLIP run
         script.parse_args(["--config_overrides", "dice_loss_weight=0.5"])
 

@@ -58,11 +58,15 @@ def box_threshold_mask(cams: torch.Tensor, threshold: float) -> torch.Tensor:
     """Binary map of the cells above the box threshold, exactly as the official uint8 path: [P, h, w] bool.
 
     ``cam_u8 = uint8(cam * 255)`` (truncating), threshold ``int(threshold * max(cam_u8))``, strictly
-    greater. An all-zero CAM gives an empty map.
+    greater. An all-zero CAM gives an empty map, and so does a non-finite one (a diverged run: its threshold is NaN,
+    as the float64 product gives it).
     """
     cam_u8 = (cams * 255).floor()
     peak = cam_u8.amax(dim=(-2, -1), keepdim=True)
-    return cam_u8 > uint8_thresholds(threshold, cams.device)[peak.long()].to(cams.dtype)
+    finite = peak.isfinite()
+    index = torch.where(finite, peak, 0).long().clamp_(0, 255)
+    thresholds = uint8_thresholds(threshold, cams.device)[index].to(cams.dtype)
+    return cam_u8 > thresholds.masked_fill(~finite, float("nan"))
 
 
 @functools.lru_cache(maxsize=8)

@@ -73,12 +73,15 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     try:
         accelerator.save_state(str(tmp))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            for name, content in {TRAINING_STATE_NAME: asdict(state), **(extra_json or {})}.items():
-                (tmp / name).write_text(json.dumps(content, indent=1), encoding="utf-8")
     except (OSError, RuntimeError) as error:  # torch.save reports a full disk as "unexpected pos ..."
         raise _write_failed(output_dir, final.name, tmp, error) from error
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        try:
+            for name, content in {TRAINING_STATE_NAME: asdict(state), **(extra_json or {})}.items():
+                (tmp / name).write_text(json.dumps(content, indent=1), encoding="utf-8")
+        except OSError as error:
+            raise _write_failed(output_dir, final.name, tmp, error) from error
     if accelerator.is_main_process:
         weights_readable_as(tmp, tmp / TRAINING_STATE_NAME)  # save_state's safetensors files are 0600
         old = output_dir / f"step_{state.step}.old"
@@ -97,9 +100,7 @@ def _write_failed(output_dir: Path, name: str, tmp: Path, error: Exception) -> C
     checkpoints written before are intact."""
     shutil.rmtree(tmp, ignore_errors=True)
     free = shutil.disk_usage(output_dir).free / 2**20
-    intact = sorted(
-        (p for p in output_dir.glob("step_*") if checkpoint_step(p) is not None), key=checkpoint_step
-    )
+    intact = checkpoint_folders(output_dir)
     before = (
         f"the checkpoints before it ({', '.join(p.name for p in intact[-3:])}) are intact"
         if intact
@@ -116,6 +117,13 @@ def checkpoint_step(path: Path) -> int | None:
     """N of a folder named ``step_N``, else None."""
     prefix, _, number = path.name.partition("_")
     return int(number) if prefix == "step" and number.isdigit() else None
+
+
+def checkpoint_folders(output_dir: Path) -> list[Path]:
+    """The ``step_N`` entries of ``output_dir`` (not ``.tmp`` / ``.old`` / ``.removing``), by increasing N."""
+    return sorted(
+        (p for p in output_dir.glob("step_*") if checkpoint_step(p) is not None), key=checkpoint_step
+    )
 
 
 def read_training_state(path: Path) -> TrainingState:
@@ -208,11 +216,7 @@ def find_checkpoint(output_dir: Path, spec: str, log=print) -> Path:
             raise CheckpointError(f"Cannot resume from {path}: {problem}.")
         return path
     _restore_replaced(output_dir, log)
-    steps = sorted(
-        (p for p in output_dir.glob("step_*") if p.is_dir() and checkpoint_step(p) is not None),
-        key=checkpoint_step,
-        reverse=True,
-    )
+    steps = [p for p in reversed(checkpoint_folders(output_dir)) if p.is_dir()]
     if not steps:
         raise CheckpointError(f"No step_N checkpoint in {output_dir} to resume from.")
     for path in steps:
@@ -231,20 +235,19 @@ def prune_checkpoints(output_dir: Path, limit: int, written: Path, log=print) ->
 
     ``written``, the checkpoint just saved (where the run stands: what ``latest`` and finishing the run resume from),
     is always kept and counts as one. Only this run's complete checkpoints count and are removed: a link, a folder
-    holding links (planted: deleting through it would delete another folder's files), a ``.tmp`` / ``.old`` and a
-    damaged one (``latest`` skips it) are left, named in a note. Each removed one is first renamed
-    ``step_N.removing``, so that a kill midway leaves no partial ``step_N``; a failed removal is a note, not the end
-    of the run."""
+    holding links (planted: deleting through it would delete another folder's files) and a damaged one (``latest``
+    skips it) are left, named in a note (``.tmp`` / ``.old`` folders are no ``step_N``: never touched). Each removed
+    one is first renamed ``step_N.removing``, so that a kill midway leaves no partial ``step_N`` (the next pruning
+    finishes its removal); a failed removal is a note, not the end of the run."""
     if limit < 1:
         raise ValueError(
             f"--checkpoints_total_limit must be at least 1 (the checkpoint just written), got {limit}; leave it out "
             "to keep every checkpoint."
         )
-    others = sorted(
-        (p for p in output_dir.glob("step_*") if checkpoint_step(p) is not None and p.name != written.name),
-        key=checkpoint_step,
-        reverse=True,
-    )
+    for leftover in output_dir.glob("step_*.removing"):  # a removal a kill cut short
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+    others = [p for p in reversed(checkpoint_folders(output_dir)) if p.name != written.name]
     kept, removed = 1, []
     for path in others:
         problem = _not_prunable(path)
@@ -287,7 +290,10 @@ def _restore_replaced(output_dir: Path, log=print) -> None:
     for old in output_dir.glob("step_*.old"):
         final = old.with_suffix("")
         if old.is_dir() and checkpoint_step(final) is not None and not final.exists():
-            os.replace(old, final)
+            try:
+                os.replace(old, final)
+            except FileNotFoundError:  # another process of the run restored it first
+                continue
             log(f"restored checkpoint {final.name} from {old.name} (a later write of that step was cut off)")
 
 
@@ -505,6 +511,8 @@ def claim_output_dir(
         output_dir / "overlays",
         output_dir / "train_log.jsonl",
         output_dir / "metrics.json",
+        output_dir
+        / "README.md",  # the old run's card: with it, a run cut off before its own would look complete
         *trackers,
     ]
 

@@ -86,13 +86,14 @@ def parse_config_overrides(text: str, config_class: type[WeCLIPConfig]) -> dict:
     return overrides
 
 
+# a decimal number JSON does not read (".5", "5.", "+1"); not "nan", "inf" or "1_0", which float() also takes
+_PYTHON_NUMBER = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?")
+
+
 def _number_or_text(value: str) -> float | str:
-    """A value JSON does not read: a number as Python writes it (``.5``, ``5.``, as transformers'
+    """A value JSON does not read: a decimal number as Python writes it (``.5``, ``5.``, as transformers'
     update_from_string reads it), else the text itself."""
-    try:
-        return float(value)
-    except ValueError:
-        return value
+    return float(value) if _PYTHON_NUMBER.fullmatch(value) else value
 
 
 def _integer(text: str) -> int:
