@@ -8,6 +8,7 @@ device); the reference computations below run CLIP and the decoder directly from
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -882,11 +883,19 @@ def test_script_overwrite_output_dir_replaces_a_trained_model(tmp_path, real_voc
     assert names >= {"README.md", "config.json", "model.safetensors", "preprocessor_config.json"}
     assert not names & {"metrics.json", "train_log.jsonl", "overlays", "step_250", "step_500", ".converting"}
     assert isinstance(WeCLIPForSemanticSegmentation.from_pretrained(out), WeCLIPForSemanticSegmentation)
-    # an empty working directory is a fine --output_dir (the folder itself stays: a mount point, say)
-    (tmp_path / "cwd").mkdir()
-    monkeypatch.chdir(tmp_path / "cwd")
-    script.main([*argv[:-1], ".", "--preset", "voc"])
-    assert (tmp_path / "cwd" / "config.json").is_file() and not (tmp_path / "cwd" / ".converting").exists()
+    # an empty working directory is a fine --output_dir, and the folder itself stays (a mount point, say): the
+    # model is moved into it, config.json last
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert script.parse_args([*argv[:-1], "."]).output_dir == "."
+    inode, moved = cwd.stat().st_ino, []
+    monkeypatch.setattr(script.os, "replace", lambda a, b: moved.append(Path(b).name) or os.rename(a, b))
+    script.write_whole_folder(
+        Path("."),
+        lambda folder: folder.mkdir() or [(folder / n).write_text("{}") for n in ("config.json", "a")],
+    )
+    assert cwd.stat().st_ino == inode and moved == ["a", "config.json"] and sorted(os.listdir(cwd)) == moved
 
 
 # ---- CLIP from a transformers folder -----------------------------------------------------------------

@@ -171,15 +171,24 @@ def test_ctrl_c_during_the_final_evaluation_interrupts_it(tmp_path, tiny_clip, t
         train_in_process(*resume, "--resume_from_checkpoint", "latest")
 
 
-def test_each_checkpoint_is_written_once(tmp_path, tiny_clip, train, monkeypatch):
+def test_each_checkpoint_is_written_once(tmp_path, tiny_clip, train, monkeypatch, capsys):
     """The last step fell on --checkpointing_steps and was written twice (twice its disk space at the end, and a
-    window in which neither copy was step_N)."""
+    window in which neither copy was step_N). Without a validation split the RFM note promised "metrics.json's
+    pseudo_label_miou" all the same, and no such figure was written."""
     saved = []
     save = train.save_training_checkpoint
     monkeypatch.setattr(train, "save_training_checkpoint", lambda *a: saved.append(a[2].step) or save(*a))
     run = ["--clip_model_name_or_path", tiny_clip, "--output_dir", tmp_path / "run", *SHORT]
-    train_in_process(*run, "--max_train_steps", 2, "--checkpointing_steps", 1, "--validation_split", "none")
+    metrics = train_in_process(
+        *run, "--max_train_steps", 2, "--checkpointing_steps", 1, "--validation_split", "none"
+    )
     assert saved == [1, 2]
+    printed = capsys.readouterr().out
+    assert (
+        "the RFM starts at step 150, after this run's 2 steps" in printed
+        and "pseudo_label_miou" not in printed
+    )
+    assert "pseudo_label_miou" not in metrics
 
 
 def test_sigterm_after_the_training_says_what_is_saved_and_exits_with_143(train, capsys):
