@@ -31,7 +31,7 @@ this run's masks; `train.py --data_dir` refuses it. A re-run with other settings
 the same --model or --clip_model_name_or_path folder (its weights are recorded by their SHA-256), is refused.
 A run deletes the files of its split folders it has no record of, so --output_dir must not be, hold or lie inside
 the input dataset (--data_dir, --dataset_path), a non-empty folder this script did not write (no
-``.state/settings.json``) is refused unless --overwrite_output_dir, and a link among its outputs (split folders,
+``.state/``) is refused unless --overwrite_output_dir, and a link among its outputs (split folders,
 ``.state/``, ``overlays/``, or inside them) always: it would write and delete through it.
 
 Several processes take every n-th image each (on CPUs: ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
@@ -200,7 +200,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def check_output_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse an --output_dir that is, holds or lies inside the input dataset's folder, and, unless
-    --overwrite_output_dir, a non-empty one that this script did not write (no ``.state/settings.json``): the run
+    --overwrite_output_dir, a non-empty one that this script did not write (no ``.state/``): the run
     deletes the files of its split folders (``<split>/images``, ``masks``) that it did not write."""
     out = Path(args.output_dir).resolve()
     inputs = {flag: getattr(args, flag) for flag in DATA_SOURCE_FLAGS if getattr(args, flag)}

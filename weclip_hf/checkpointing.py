@@ -104,7 +104,7 @@ def _write_failed(output_dir: Path, name: str, tmp: Path, error: Exception) -> C
     before = (
         f"the checkpoints before it ({', '.join(p.name for p in intact[-3:])}) are intact"
         if intact
-        else ("no checkpoint was written before it")
+        else "no checkpoint was written before it"
     )
     return CheckpointError(
         f"Writing checkpoint {name} in {output_dir} failed ({type(error).__name__}: {error}); {free:.0f} MiB are "
@@ -186,10 +186,9 @@ def damaged_file(path: Path) -> str | None:
     from safetensors import safe_open
 
     for file in sorted(f for f in path.iterdir() if f.is_file()):
+        # an empty archive: the check of a torch archive below starts at its first bytes
         if file.suffix in (".bin", ".pkl", ".pt", ".safetensors") and file.stat().st_size == 0:
-            return (
-                f"{file} is damaged (it is empty)"  # a torch archive's check below starts at its first bytes
-            )
+            return f"{file} is damaged (it is empty)"
         try:
             if file.suffix == ".safetensors":
                 with safe_open(file, "pt"):
@@ -511,8 +510,8 @@ def claim_output_dir(
         output_dir / "overlays",
         output_dir / "train_log.jsonl",
         output_dir / "metrics.json",
-        output_dir
-        / "README.md",  # the old run's card: with it, a run cut off before its own would look complete
+        # the old run's card: with it, a run cut off before writing its own would look complete
+        output_dir / "README.md",
         *trackers,
     ]
 

@@ -26,6 +26,7 @@ from .inference import (
     multiscale_flip_logits,
     pad_to_multiple,
     resize_images,
+    resize_label_maps,
     upsample_cropping_padding,
     upsampled_labels,
 )
@@ -193,7 +194,7 @@ def _score_batch(
                 model, pixel_values, batch["class_labels"], mode == "pseudo", max_size=input_size
             )
             if pred.shape[-2:] != size:
-                pred = F.interpolate(pred[:, None].float(), size=size, mode="nearest")[:, 0].long()
+                pred = resize_label_maps(pred, size)
         cm = confusion_matrix(pred, labels, num_labels, ignore_index=ignore)
         matrices[mode] = cm if matrices[mode] is None else matrices[mode] + cm
 

@@ -180,17 +180,20 @@ def image_pseudo_labels(
     height, width = pixel_values.shape[-2:]
     reduced = resized_size(height, width, max_size) if max_size is not None else (height, width)
     if reduced[0] * reduced[1] < height * width:
-        pixel_values = F.interpolate(pixel_values, size=reduced, mode="bilinear", align_corners=False)
+        pixel_values = resize_images(pixel_values, max_size)
     else:
         reduced = (height, width)
     padded = pad_to_patch(pixel_values, model.config.vision_config.patch_size)
     out = model(pixel_values=padded, class_labels=class_labels, use_rfm=use_rfm)
     labels = out.pseudo_labels[..., : reduced[0], : reduced[1]]
     if reduced != (height, width):
-        labels = F.interpolate(labels[:, None].float(), size=(height, width), mode="nearest")[:, 0].to(
-            labels.dtype
-        )
+        labels = resize_label_maps(labels, (height, width))
     return labels, out.cams
+
+
+def resize_label_maps(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Label maps [B, h, w] resized to ``size`` (H, W) by nearest neighbour, in their dtype."""
+    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].to(labels.dtype)
 
 
 @torch.no_grad()
