@@ -1056,7 +1056,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     # 4. training loop
     # the checkpoint of the step the run stands at, once written (the loop's, or the one resumed from in this folder)
     written = {}
-    if resume_path is not None and resume_path.resolve().parent == output_dir.resolve():
+    if resume_path is not None and resumes_in_place(output_dir, args.resume_from_checkpoint):
         written[step] = resume_path
 
     def checkpoint() -> Path:
