@@ -534,6 +534,21 @@ def test_denormalize_gives_back_every_uint8_value(normalization):
     assert not torch.equal(other.denormalize(normalized), every)
 
 
+@pytest.mark.parametrize("block_values", [1, 100, 10**9], ids=["row-by-row", "uneven-blocks", "one-block"])
+def test_normalize_in_blocks_of_rows_is_the_official_arithmetic(block_values, monkeypatch):
+    """The float64 temporaries are bounded by computing a block of rows at a time: bit-identical to the
+    one-shot official formula, batched or not, whatever the input's strides (HWC arrays read as CHW)."""
+    import weclip_hf.normalization as normalization
+
+    monkeypatch.setattr(normalization, "NORMALIZE_BLOCK_VALUES", block_values)
+    images = np.stack([_image(13, 7), _image(13, 7, seed=1)])
+    batch = torch.from_numpy(images).permute(0, 3, 1, 2)  # channels-last strides, as the processor reads them
+    out = IMAGENET_NORMALIZATION.normalize(batch)
+    expected = torch.stack([_official(a) for a in images])
+    assert out.dtype == torch.float32 and torch.equal(out, expected)
+    assert torch.equal(IMAGENET_NORMALIZATION.normalize(batch[1].float()), expected[1])
+
+
 def test_pixel_normalization_checks_its_statistics():
     with pytest.raises(ValueError, match="std positive"):
         PixelNormalization(mean=(0.0,), std=(0.0,))

@@ -25,6 +25,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # [0, 1] units (the image processor's); x
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's own statistics, [0, 1] units
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+NORMALIZE_BLOCK_VALUES = 1 << 22  # float64 values `PixelNormalization.normalize` holds at once (32 MiB)
 
 
 def to_pixel_units(values, unit: float) -> tuple[float, ...]:
@@ -92,10 +93,17 @@ class PixelNormalization:
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixel values [..., C, H, W] (uint8 or float) -> float32 normalized values, computed in float64 and
-        rounded once (the official arithmetic). Computed on the CPU or a device with float64."""
-        x = pixels.to(torch.float64)
-        mean, std = self._statistics(x.shape[-3], x.dtype, x.device)
-        return ((x - mean) / std).to(torch.float32)
+        rounded once (the official arithmetic), a block of rows at a time (float64 temporaries of at most
+        ``NORMALIZE_BLOCK_VALUES`` values: a 24 MP photo needs its float32 result, not ~2 GB). Computed on the
+        CPU or a device with float64."""
+        mean, std = self._statistics(pixels.shape[-3], torch.float64, pixels.device)
+        out = torch.empty_like(pixels, dtype=torch.float32)
+        height = pixels.shape[-2]
+        rows = max(1, NORMALIZE_BLOCK_VALUES * height // max(1, pixels.numel()))
+        for top in range(0, height, rows):
+            block = pixels[..., top : top + rows, :].to(torch.float64)
+            out[..., top : top + rows, :] = block.sub_(mean).div_(std)
+        return out
 
     def denormalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Normalized images [..., C, H, W] -> uint8 pixel values (rounded, clipped to 0-255), on their
