@@ -152,21 +152,26 @@ def test_train_script_two_processes_match_one(tiny_clip, tmp_path, compiled):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     two = tmp_path / "two"
     compile_flags = ["--torch_compile", "--torch_compile_backend", "aot_eager"] if compiled else []
-    proc = subprocess.run(
-        train_command(
-            *args,
-            *compile_flags,
-            "--output_dir",
-            two,
-            threads=1,
-            launcher=(torchrun, "--nproc_per_node", "2"),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**train_env(threads=1), "ACCELERATE_USE_CPU": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    def run_two(output_dir, *extra):
+        proc = subprocess.run(
+            train_command(
+                *args,
+                *compile_flags,
+                "--output_dir",
+                output_dir,
+                *extra,
+                threads=1,
+                launcher=(torchrun, "--nproc_per_node", "2"),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**train_env(threads=1), "ACCELERATE_USE_CPU": "1"},
+        )
+        assert proc.returncode == 0, proc.stderr[-4000:]
+
+    run_two(two)
     args[args.index("--per_device_train_batch_size") + 1] = 4
     one = tmp_path / "one"
     train_in_process(*args, "--output_dir", one, threads=1)  # one thread, as each torchrun process
@@ -216,3 +221,12 @@ def test_train_script_two_processes_match_one(tiny_clip, tmp_path, compiled):
     assert (diff <= tolerance).float().mean() >= 0.9999
     assert diff.mean() < tolerance / 100
     assert json.loads((two / "metrics.json").read_text())["train_steps"] == 3
+
+    if not compiled:  # a two-process run resumed by two processes ends where the uninterrupted one did
+        resumed = tmp_path / "resumed"
+        args[args.index("--per_device_train_batch_size") + 1] = 2
+        run_two(resumed, "--resume_from_checkpoint", two / "step_2")
+        weights_resumed = load_file(resumed / "model.safetensors")
+        assert weights_resumed.keys() == weights_two.keys()
+        for name in weights_two:
+            assert torch.equal(weights_resumed[name], weights_two[name]), name

@@ -308,7 +308,9 @@ def load_checkpoint(accelerator, model, optimizer, path: Path) -> TrainingState:
 
     state = read_training_state(path)
     weights = path / "model.safetensors"
-    _read(weights, lambda f: load_model(accelerator.unwrap_model(model), f, device=str(accelerator.device)))
+    # read on the host and copied into the parameters where they live: safetensors refuses the "cpu:0" that
+    # accelerate names each process's device in a multi-process CPU run
+    _read(weights, lambda f: load_model(accelerator.unwrap_model(model), f, device="cpu"))
     optimizer.load_state_dict(_read(path / "optimizer.bin", _tensor_only_load))
     if accelerator.scaler is not None and (path / "scaler.pt").exists():
         accelerator.scaler.load_state_dict(_read(path / "scaler.pt", _tensor_only_load))
