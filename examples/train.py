@@ -33,6 +33,7 @@ from transformers import AutoModelForSemanticSegmentation
 from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.checkpointing import (
     OVERWRITE_AND_RESUME,
+    FrozenWeights,
     StreamPosition,
     TrainingState,
     claim_output_dir,
@@ -389,7 +390,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--checkpoints_total_limit",
         type=at_least_one,
         help="keep the N newest step_N checkpoints, removing older ones as new ones are written (the one just "
-        "written always stays; a resumed run may change it); default: keep all (a ViT-B/16 checkpoint is ~670 MB)",
+        "written always stays; a resumed run may change it); default: keep all (a checkpoint of ViT-B/16 is ~24 MB: the frozen CLIP is left out)",
     )
     train.add_argument(
         "--overwrite_output_dir",
@@ -1056,6 +1057,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     # 4. training loop
     # the checkpoint of the step the run stands at, once written (the loop's, or the one resumed from in this folder)
     written = {}
+    frozen = FrozenWeights.of(accelerator.unwrap_model(model))  # the backbones, which checkpoints leave out
     if resume_path is not None and resumes_in_place(output_dir, args.resume_from_checkpoint):
         written[step] = resume_path
 
@@ -1064,7 +1066,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         if step not in written:
             state = TrainingState(step, scheduler.state_dict(), position, time.time() - started)
             written.clear()
-            written[step] = save_training_checkpoint(accelerator, output_dir, state, args)
+            written[step] = save_training_checkpoint(accelerator, output_dir, state, args, frozen)
             if args.checkpoints_total_limit and accelerator.is_main_process:
                 prune_checkpoints(output_dir, args.checkpoints_total_limit, written[step], accelerator.print)
         return written[step]

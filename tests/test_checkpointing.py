@@ -14,6 +14,7 @@ from conftest import FAST, train_in_process
 
 from weclip_hf.checkpointing import (
     CheckpointError,
+    FrozenWeights,
     StreamPosition,
     TrainingState,
     claim_output_dir,
@@ -70,6 +71,61 @@ def test_checkpoint_round_trip_restores_weights_scheduler_and_position(checkpoin
     assert state.step == 1 and state.position == StreamPosition(2, 5)
     assert torch.equal(fresh.weight, model.weight)
     assert fresh_scheduler.get_last_lr() == scheduler.get_last_lr()
+
+
+def _with_frozen_backbone(seed: int, backbone_seed: int = 0):
+    """A prepared CPU model whose first layer is frozen (a stand-in for the CLIP towers), one step trained."""
+    from accelerate import Accelerator
+
+    torch.manual_seed(backbone_seed)
+    backbone = torch.nn.Linear(4, 4).requires_grad_(False)
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(backbone, torch.nn.Linear(4, 3))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    accelerator = Accelerator(cpu=True)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    return accelerator, model, optimizer
+
+
+def test_checkpoints_leave_out_the_frozen_backbone_and_resume_only_with_the_same_one(tmp_path):
+    """A training checkpoint holds what trains (ViT-B/16: the decoder, not the ~600 MB frozen CLIP); resuming
+    restores it beside the backbone the resumed run loaded, which must be the one its run trained with."""
+    from safetensors.torch import load_file
+
+    accelerator, model, optimizer = _with_frozen_backbone(seed=0)
+    frozen = FrozenWeights.of(model)
+    assert frozen.names == {"0.weight", "0.bias"}
+    state = TrainingState(step=1, scheduler={}, position=StreamPosition())
+    path = save_checkpoint(accelerator, tmp_path / "run", state, frozen=frozen)
+    assert load_file(path / "model.safetensors").keys() == {"1.weight", "1.bias"}
+    assert json.loads((path / "frozen_weights.json").read_text()) == {
+        "parameters_left_out": 2,
+        "sha256": frozen.sha256,
+    }
+
+    accelerator, fresh, fresh_optimizer = _with_frozen_backbone(seed=1)  # same backbone, other head
+    assert not torch.equal(fresh[1].weight, model[1].weight)
+    load_checkpoint(accelerator, fresh, fresh_optimizer, path)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    assert fresh_optimizer.state_dict()["state"].keys() == optimizer.state_dict()["state"].keys()
+
+    accelerator, other, other_optimizer = _with_frozen_backbone(seed=0, backbone_seed=1)
+    with pytest.raises(
+        CheckpointError, match="the frozen backbones loaded now are not the ones its run trained"
+    ):
+        load_checkpoint(accelerator, other, other_optimizer, path)
+    # a checkpoint that lacks a weight which trains (or holds one the model lacks) is refused, naming it
+    accelerator, fresh, fresh_optimizer = _with_frozen_backbone(seed=1)
+    from safetensors.torch import save_file
+
+    save_file(
+        {"1.weight": model[1].weight.detach(), "2.bias": model[1].bias.detach()}, path / "model.safetensors"
+    )
+    with pytest.raises(CheckpointError, match=r"does not hold this model's weights \(missing: 1\.bias; not in the "
+                       r"model: 2\.bias\)"):  # fmt: skip
+        load_checkpoint(accelerator, fresh, fresh_optimizer, path)
 
 
 def test_a_checkpoint_that_cannot_be_written_says_why_and_leaves_the_previous_one(checkpoint, monkeypatch):

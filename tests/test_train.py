@@ -133,6 +133,9 @@ def test_resume_repeats_uninterrupted_run_exactly(tmp_path, tiny_clip, reference
 
     a, b = load_file(reference_run / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) and int(b["training_step"]) == 6
+    # the checkpoint resumed from held the decoder, buffers and text embeddings, not the frozen CLIP towers
+    held = load_file(out / "step_3" / "model.safetensors").keys()
+    assert held == {k for k in a if k.startswith("decoder.") or "_text_embeds" in k or k == "training_step"}
     # the run's times count the segment before the stop too (they counted the resumed segment only)
     before = json.loads((out / "step_3" / "training_state.json").read_text())["seconds"]
     metrics = json.loads((out / "metrics.json").read_text())

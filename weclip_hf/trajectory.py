@@ -17,6 +17,7 @@ from accelerate import Accelerator
 
 from .checkpointing import (
     TRAINING_ARGS_NAME,
+    FrozenWeights,
     TrainingState,
     check_unchanged,
     comparable_path,
@@ -196,12 +197,15 @@ def check_resume(
         )
 
 
-def save_training_checkpoint(accelerator, output_dir: Path, state: TrainingState, args) -> Path:
+def save_training_checkpoint(
+    accelerator, output_dir: Path, state: TrainingState, args, frozen: FrozenWeights
+) -> Path:
     """`save_checkpoint` with the run's `trajectory_args` (``training_args.json``, for `check_resume`) and its
-    `resolved_trajectory` (``resolved_args.json``, for `check_resolved`) in it."""
+    `resolved_trajectory` (``resolved_args.json``, for `check_resolved`) in it, without the ``frozen`` weights."""
     return save_checkpoint(
         accelerator,
         output_dir,
         state,
         {TRAINING_ARGS_NAME: trajectory_args(args, accelerator), RESOLVED_ARGS_NAME: args.resolved},
+        frozen,
     )
