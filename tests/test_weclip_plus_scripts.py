@@ -75,7 +75,8 @@ def test_training_writes_a_weclip_plus_with_a_frozen_dinov2(plus_run, tiny_dino)
     saved = load_file(out / "model.safetensors")
     dino = Dinov2Model.from_pretrained(tiny_dino).state_dict()
     assert all(torch.equal(saved[f"dino_branch.backbone.{k}"], v) for k, v in dino.items())  # frozen
-    first = load_file(out / "step_1" / "model.safetensors")
+    first = load_file(out / "step_1" / "model.safetensors")  # a checkpoint: the frozen backbones left out
+    assert not any(k.startswith(("dino_branch.backbone.", "vision_model.", "text_model.")) for k in first)
     for prefix in ("dino_branch.head.", "decoder."):  # trained
         assert any(not torch.equal(first[k], saved[k]) for k in saved if k.startswith(prefix)), prefix
     card = (out / "README.md").read_text()
