@@ -82,6 +82,7 @@ from weclip_hf.data.adapters import add_image_labels, resolve_columns
 from weclip_hf.data.decoding import file_path, row_name
 from weclip_hf.data.loading import (
     DATA_SOURCE_FLAGS,
+    PSEUDO_LABEL_REPORT,
     DataSource,
     dataset_classes_note,
     load_dataset_splits,
@@ -108,7 +109,7 @@ from weclip_hf.script_arguments import (
 )
 from weclip_hf.visualization import label_map_image, overlay_figure, present_class_cams
 
-REPORT = "pseudo_label_report.json"
+REPORT = PSEUDO_LABEL_REPORT
 # the keys of an example's record (in .state/) that metadata.jsonl leaves out
 STATE_KEYS = ("confusion", "input")
 # the formats whose bytes are copied as they are (others are re-encoded as PNG)

@@ -53,6 +53,7 @@ from weclip_hf.data.loading import (
     collate_by_size,
     dataset_classes_note,
     evaluation_set,
+    holds_pseudo_masks,
     load_dataset_splits,
     names_no_dataset,
     process_subset,
@@ -902,6 +903,11 @@ def write_card(args, cfg, output_dir: Path, summary: dict) -> None:
         dataset_name=args.dataset_name,
         dataset_description=dataset_description(args),
         weakly_supervised=not args.fully_supervised,
+        mask_source=(
+            "the pseudo masks of a first stage (examples/generate_pseudo_labels.py)"
+            if holds_pseudo_masks(args.data_dir)
+            else None
+        ),
         training_args=card_args(args),
     )
     save_model_card(card, output_dir)

@@ -114,6 +114,11 @@ def test_round_trip_load_as_a_dataset_and_train(cam_run, tiny_clip, capsys):
         "train: 6 images" in capsys.readouterr().out
     )  # the generated split, not the toy world's 4,000 images
     assert metrics["train_steps"] == 2 and 0.0 <= metrics["fully_supervised_miou"] <= 1.0
+    card = (
+        out.parent / "two_stage" / "README.md"
+    ).read_text()  # says what the masks were, not "pixel labels"
+    assert "trained on the pseudo masks of a first stage (examples/generate_pseudo_labels.py)" in card
+    assert "(here: the pseudo masks of a first stage" in card and "pixel labels" not in card
 
 
 def iou_values(report: dict, mode: str) -> list[float]:

@@ -88,6 +88,7 @@ METHODS = {
     ),
 }
 
+DATASET_MASKS = "the dataset's pixel masks"  # what a fully supervised run trains on, unless told otherwise
 CARD_TEMPLATE = """---
 {{ card_data }}
 ---
@@ -184,6 +185,7 @@ def make_model_card(
     base_model: str | Sequence[str | None] | None = None,
     training_args: dict | None = None,
     weakly_supervised: bool = True,
+    mask_source: str | None = None,
     repo_id: str | None = None,
     tags: Sequence[str] = (),
     license: str | None = "mit",
@@ -203,7 +205,9 @@ def make_model_card(
         base_model: the backbones' Hub ids, CLIP's first (WeCLIP+: then DINOv2's); local folders and None are left
             out (the metadata names Hub models only); default: those ``config`` records (`backbone_hub_ids`).
         training_args: run arguments to list (the section is left out without them).
-        weakly_supervised: False for a fully supervised (pixel-label) run.
+        weakly_supervised: False for a fully supervised run (on the masks of its data).
+        mask_source: what those masks are, for a fully supervised run (default: "pixel labels"; a two-stage run:
+            the pseudo masks of a first stage).
         repo_id: the repository id the usage snippets load (default ``model_name``).
         tags: extra Hub tags (e.g. the dataset preset).
         license: the card's license; None for weights whose license is not this package's.
@@ -270,14 +274,18 @@ def make_model_card(
         paper=method.paper,
         code=method.code,
         backbones=method.backbones.format(base_model=clip or "a CLIP ViT"),
-        supervision="from image-level labels" if weakly_supervised else "on pixel labels (fully supervised)",
+        supervision=(
+            "from image-level labels"
+            if weakly_supervised
+            else f"on {mask_source or 'pixel labels'} (fully supervised)"
+        ),
         num_labels=config.num_labels,
         num_foreground=config.num_labels - 1,
         source=source,
         results_table=table,
         repo_id=repo_id or model_name,
         training_args=args,
-        weak_note="" if weakly_supervised else " (here: the dataset's pixel masks instead)",
+        weak_note="" if weakly_supervised else f" (here: {mask_source or DATASET_MASKS} instead)",
         patch_size=config.vision_config.patch_size,
         model_file=f"modeling_{config.model_type}.py",
         labels=", ".join(config.id2label[i] for i in range(config.num_labels)),

@@ -609,6 +609,13 @@ def check_saved_splits(dataset_path: str) -> None:
 
 # the metadata files of an imagefolder (`datasets`' folder-based builder)
 METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
+# the report beside the splits of an imagefolder of pseudo masks that examples/generate_pseudo_labels.py wrote
+PSEUDO_LABEL_REPORT = "pseudo_label_report.json"
+
+
+def holds_pseudo_masks(data_dir: str | None) -> bool:
+    """Whether ``data_dir`` is a folder of pseudo masks written by examples/generate_pseudo_labels.py."""
+    return data_dir is not None and (Path(data_dir) / PSEUDO_LABEL_REPORT).is_file()
 
 
 # the folders of PASCAL VOC's own release (VOCdevkit/VOC2012), which is not an imagefolder
