@@ -81,8 +81,8 @@ from weclip_hf.data.decoding import (
     undecoded,
 )
 from weclip_hf.data.loading import DataSource, load_dataset_splits, names_no_dataset
-from weclip_hf.data.transforms import load_rgb_uint8
 from weclip_hf.image_processing_weclip import processor_settings
+from weclip_hf.image_reading import to_rgb_uint8
 from weclip_hf.inference import image_logits, multiscale_flip_logits
 from weclip_hf.presets import evaluation_of_config
 from weclip_hf.script_arguments import (
@@ -94,7 +94,6 @@ from weclip_hf.script_arguments import (
     positive_float,
 )
 from weclip_hf.visualization import (
-    class_fractions,
     fractions_from_counts,
     label_map_image,
     overlay_figure,
@@ -271,7 +270,7 @@ class ImageInputs(Dataset):
         column = getattr(self.stored, "column", None)  # files of --images: named by their path alone
         image = decode_image(value, column, row)
         try:
-            return load_rgb_uint8(image)
+            return to_rgb_uint8(image)
         except (ValueError, TypeError) as err:  # decoded, but not an image the processor reads
             raise UnreadableImageError(describe(value, column, row), f"{type(err).__name__}: {err}") from err
 
@@ -396,8 +395,9 @@ def write_report(out: Path, names: list[str], label_path: dict, id2label, model_
     for name in names:
         if label_path[name].exists():
             labels = np.asarray(Image.open(label_path[name]))  # palette indices, or 16-bit ids: 0..C
-            per_image[name] = class_fractions(labels, id2label)
-            totals += np.bincount(labels.ravel(), minlength=len(totals))
+            counts = np.bincount(labels.ravel(), minlength=len(totals))  # a pass, not np.unique's sort
+            per_image[name] = fractions_from_counts(counts, id2label)
+            totals += counts
     report = {
         "model": model_name,
         "num_images": len(per_image),

@@ -867,7 +867,7 @@ def test_training_and_evaluation_items_are_the_image_processors_pixel_values(tmp
     evaluation image (after the evaluation's long-side resize) are bit for bit what the processor gives."""
     from weclip_hf import WeCLIPImageProcessor
     from weclip_hf.data.loading import EvalSegmentationDataset, train_item
-    from weclip_hf.data.transforms import load_rgb_uint8
+    from weclip_hf.image_reading import to_rgb_uint8
     from weclip_hf.inference import resize_longest_edge
     from weclip_hf.normalization import CLIP_MEAN, CLIP_STD, PixelNormalization
 
@@ -876,7 +876,7 @@ def test_training_and_evaluation_items_are_the_image_processors_pixel_values(tmp
     normalization = PixelNormalization.from_image_processor(processor)
     columns = Columns("image", "mask")
     ds, _ = add_image_labels(_write_pairs(tmp_path, count=2), columns, 2)
-    image = load_rgb_uint8(tmp_path / "img_1.png")
+    image = to_rgb_uint8(tmp_path / "img_1.png")
 
     evaluation = EvalSegmentationDataset(ds, columns, 2, normalization)[1]["pixel_values"]
     served = processor(image).pixel_values

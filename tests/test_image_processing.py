@@ -14,6 +14,7 @@ from transformers.image_processing_outputs import SemanticSegmentationPostProces
 
 from weclip_hf import WeCLIPImageProcessor
 from weclip_hf.image_processing_weclip import CLIP_MEAN, CLIP_STD, image_size
+from weclip_hf.image_reading import to_rgb_array, to_rgb_uint8
 from weclip_hf.inference import longest_edge_size, resize_longest_edge
 from weclip_hf.normalization import CLIP_NORMALIZATION, IMAGENET_NORMALIZATION, PixelNormalization
 
@@ -69,6 +70,10 @@ def test_pil_modes_are_converted(mode):
     )
     out = WeCLIPImageProcessor(size={"longest_edge": 40})(image).pixel_values
     assert out.shape == (1, 3, 30, 40) and torch.isfinite(out).all()
+    # the datasets' and segment.py's uint8 reading (PIL's conversion for 8-bit modes) gives the same values
+    uint8 = to_rgb_uint8(image)
+    assert uint8.dtype == np.uint8 and uint8.flags.writeable
+    assert np.array_equal(uint8, np.clip(to_rgb_array(image) + 0.5, 0, 255).astype(np.uint8))
 
 
 def test_sixteen_bit_matches_eight_bit():

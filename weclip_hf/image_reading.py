@@ -168,6 +168,16 @@ def to_rgb_array(
     raise TypeError(f"Unsupported image type {type(image).__name__}; expected PIL, numpy, torch or a path.")
 
 
+def to_rgb_uint8(image) -> np.ndarray:
+    """Any supported image -> uint8 [H, W, 3]: `to_rgb_array`'s 0-255 RGB values, rounded. An 8-bit PIL image (or a
+    file of one) is converted by PIL directly, the same values without three float32 copies of it."""
+    if isinstance(image, (str, Path)):
+        image = read_image_file(image)
+    if isinstance(image, Image.Image) and image.mode not in (*_SIXTEEN_BIT_MODES, "F"):
+        return np.array(ImageOps.exif_transpose(image).convert("RGB"))  # a writable copy (asarray's is not)
+    return np.clip(to_rgb_array(image) + 0.5, 0, 255).astype(np.uint8)
+
+
 def _tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
     """A tensor on any device -> NumPy array; float dtypes NumPy lacks (bfloat16, float8) become float32."""
     tensor = tensor.detach().cpu()
@@ -292,4 +302,5 @@ __all__ = [
     "naming_unreadable",
     "read_image_file",
     "to_rgb_array",
+    "to_rgb_uint8",
 ]

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, Sampler, Subset, get_worker_info
 
 from ..batch_jobs import check_finished, group_by_size, process_share
+from ..image_reading import to_rgb_uint8
 from ..normalization import PixelNormalization
 from ..presets import Preset, get_preset
 from .adapters import (
@@ -33,7 +34,7 @@ from .adapters import (
     struct_fields,
 )
 from .decoding import UnreadableImageError, decode_image, describe, split_name, undecoded
-from .transforms import TrainAugmentation, load_rgb_uint8, mask_dtype, multi_hot, normalize
+from .transforms import TrainAugmentation, mask_dtype, multi_hot, normalize
 
 
 def read_example(
@@ -58,7 +59,7 @@ def read_example(
             mask = mask_array(mask, describe(example[columns.mask], columns.mask, row))
         else:
             mask = checked_mask(example, columns, image, mask, row, num_classes, ignore_index)
-    return load_rgb_uint8(image), mask
+    return to_rgb_uint8(image), mask
 
 
 def train_item(

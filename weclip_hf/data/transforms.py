@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..image_reading import to_rgb_array
 from ..normalization import PixelNormalization
 
 
@@ -88,8 +87,3 @@ def multi_hot(label_ids: list[int], num_classes: int) -> torch.Tensor:
     if label_ids:
         out[torch.as_tensor(label_ids) - 1] = 1.0
     return out
-
-
-def load_rgb_uint8(image) -> np.ndarray:
-    """Any supported image -> uint8 [H, W, 3] (see `to_rgb_array`)."""
-    return np.clip(to_rgb_array(image) + 0.5, 0, 255).astype(np.uint8)
