@@ -167,15 +167,17 @@ def test_upsampled_cross_entropy_passes_gradcheck():
     assert torch.autograd.gradcheck(lambda z: _UpsampledCrossEntropy.apply(z, target, weights), (logits,))
 
 
-def test_par_refines_only_the_maps_in_use(monkeypatch):
-    """Maps past an image's ``num_maps`` are zero and stay zero under PAR: skipping them (one image per chunk)
-    gives the result of refining every map exactly."""
+@pytest.mark.parametrize("images_per_chunk", [1, 2])
+def test_par_refines_only_the_maps_in_use(images_per_chunk, monkeypatch):
+    """Maps past an image's ``num_maps`` are zero and stay zero under PAR: skipping them (one image per chunk, or
+    two whose counts differ: the chunk refines as many maps as its image with the most) gives the result of
+    refining every map exactly."""
     g = torch.Generator().manual_seed(2)
     image, scores = torch.randn(3, 3, 20, 18, generator=g), torch.rand(3, 4, 20, 18, generator=g)
     num_maps = torch.tensor([2, 4, 1])
     scores[0, 2:] = 0
     scores[2, 1:] = 0
-    monkeypatch.setattr(par, "images_per_chunk", lambda num_images, *args, **kwargs: 1)
+    monkeypatch.setattr(par, "images_per_chunk", lambda num_images, *args, **kwargs: images_per_chunk)
     every_map = par.par_refine(image, scores, [1, 2, 4], num_iter=4)
     skipped = par.par_refine(image, scores, [1, 2, 4], num_iter=4, num_maps=num_maps)
     torch.testing.assert_close(skipped, every_map, rtol=0, atol=0)

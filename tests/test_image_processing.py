@@ -579,6 +579,10 @@ def test_crf_predictions_recover_the_image_with_the_processors_statistics(tiny_m
     monkeypatch.setattr(evaluation, "crf_refine_labels", fake_crf)
     evaluation.predict_labels(tiny_model, pixel_values, (16, 24), crf=True, normalization=CLIP_NORMALIZATION)
     assert torch.equal(seen["image"][0], torch.from_numpy(image).permute(2, 0, 1))
+    # labels at another size than the image: the CRF sees the image resized to them as the official code does
+    evaluation.predict_labels(tiny_model, pixel_values, (11, 31), crf=True, normalization=CLIP_NORMALIZATION)
+    resized = F.interpolate(pixel_values, size=(11, 31), mode="bilinear", align_corners=False)
+    assert torch.equal(seen["image"], CLIP_NORMALIZATION.denormalize(resized))
     with pytest.raises(ValueError, match="normalization"):
         evaluation.predict_labels(tiny_model, pixel_values, (16, 24), crf=True)
     with pytest.raises(ValueError, match="normalization"):
