@@ -378,7 +378,9 @@ def overlay(model, item: dict, labels: torch.Tensor) -> Image.Image:
     class_labels = present.float()[None]
     pixel_values = item["pixel_values"][None].to(model.device, model.dtype)
     with torch.no_grad():
-        cams = model(pixel_values=pixel_values, class_labels=class_labels, use_rfm=False).cams[0]
+        cams = model(
+            pixel_values=pixel_values, class_labels=class_labels, use_rfm=False, return_loss=False
+        ).cams[0]
     id2label = model.config.id2label
     return overlay_figure(
         item["rgb"],

@@ -212,6 +212,31 @@ def test_rfm_switches_on_from_step_counter(tiny_config):
     assert model(pixel_values, class_labels=class_labels, use_rfm=False).used_rfm is False
 
 
+@pytest.mark.parametrize("plus", [False, True], ids=["weclip", "weclip_plus"])
+def test_return_loss_false_gives_the_same_pseudo_labels_without_the_loss(plus):
+    """``return_loss=False`` (CLIPModel's flag; the evaluation's and segment.py's CAMs) computes no loss, and the
+    decoder affinity only for the RFM: the logits, pseudo labels and CAMs are the same."""
+    from conftest import make_tiny_plus_config
+
+    from weclip_hf import WeCLIPPlusForSemanticSegmentation
+
+    torch.manual_seed(0)
+    if plus:
+        model = WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config()).eval()
+    else:
+        model = WeCLIPForSemanticSegmentation(make_tiny_config()).eval()
+    pixel_values, class_labels = _inputs(batch=2)
+    class_labels = class_labels[:, : model.config.num_labels - 1]
+    for use_rfm in (False, True):
+        with torch.no_grad():
+            full = model(pixel_values, class_labels=class_labels, use_rfm=use_rfm)
+            lean = model(pixel_values, class_labels=class_labels, use_rfm=use_rfm, return_loss=False)
+        assert full.loss is not None and lean.loss is None and lean.seg_loss is None
+        assert (lean.decoder_affinity is not None) == use_rfm
+        for name in ("logits", "pseudo_labels", "cams"):
+            assert torch.equal(getattr(lean, name), getattr(full, name)), (use_rfm, name)
+
+
 def _replace_step(model, step):
     model.training_step = torch.tensor(step)
 

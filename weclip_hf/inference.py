@@ -186,7 +186,7 @@ def image_pseudo_labels(
     else:
         reduced = (height, width)
     padded = pad_to_patch(pixel_values, model.config.vision_config.patch_size)
-    out = model(pixel_values=padded, class_labels=class_labels, use_rfm=use_rfm)
+    out = model(pixel_values=padded, class_labels=class_labels, use_rfm=use_rfm, return_loss=False)
     labels = out.pseudo_labels[..., : reduced[0], : reduced[1]]
     if reduced != (height, width):
         labels = resize_label_maps(labels, (height, width))

@@ -292,6 +292,7 @@ class FrozenCLIPPass:
     tokens: list[torch.Tensor]  # the decoder's input: [B, N, D] patch tokens of its feature layers
     hidden_states: tuple | None  # the vision outputs the flags ask for
     attentions: tuple | None
+    return_loss: bool = True  # compute the loss when there are labels (weak or pixel ones)
 
     @property
     def weak(self) -> bool:
@@ -299,9 +300,14 @@ class FrozenCLIPPass:
         return self.class_labels is not None
 
     @property
+    def has_loss(self) -> bool:
+        """A loss will be computed: labels (weak or pixel ones) were given and ``return_loss`` is on."""
+        return self.return_loss and (self.weak or self.has_pixel_labels)
+
+    @property
     def needs_affinity(self) -> bool:
-        """A loss will be computed (weak or pixel labels), and with it the decoder affinity."""
-        return self.weak or self.has_pixel_labels
+        """The decoder affinity is needed: by the loss, or by the RFM of this step's pseudo labels."""
+        return self.has_loss or bool(self.rfm)
 
 
 class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
@@ -888,6 +894,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         use_rfm: bool | None,
         output_hidden_states: bool | list[int] | None,
         output_attentions: bool | None,
+        return_loss: bool = True,
     ) -> FrozenCLIPPass:
         """The start of a forward (this model's and WeCLIP+'s): the inputs checked, the weak labels as floats,
         this step's RFM decision, and the frozen CLIP's first L-1 blocks with the attention maps the pseudo labels
@@ -909,7 +916,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         hidden_states, attentions = vision_outputs(
             self.vision_model, clip, output_hidden_states, output_attentions
         )
-        return FrozenCLIPPass(class_labels, labels is not None, rfm, clip, tokens, hidden_states, attentions)
+        return FrozenCLIPPass(
+            class_labels, labels is not None, rfm, clip, tokens, hidden_states, attentions, return_loss
+        )
 
     def _ignore_padding(self, details: WeCLIPCAMOutput, pixel_mask: torch.Tensor | None) -> torch.Tensor:
         """The pseudo labels of ``details`` with the crop padding (``pixel_mask`` 0) set to the ignore index, also
@@ -932,6 +941,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         output_hidden_states: bool | list[int] | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        return_loss: bool = True,
     ) -> WeCLIPSemanticSegmenterOutput | tuple:
         r"""
         Args:
@@ -957,6 +967,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             return_dict: return a `WeCLIPSemanticSegmenterOutput` (default: `config.return_dict`, True); False: its
                 ``to_tuple()``, the fields that are not None in the dataclass order (``logits`` first unless a
                 loss was computed, which then comes first), as every transformers model does.
+            return_loss: False: no loss (nor its decoder affinity, unless the RFM needs it), for callers that
+                want the pseudo labels or CAMs only (as CLIPModel's ``return_loss``).
 
         Returns:
             `WeCLIPSemanticSegmenterOutput`: ``logits`` [B, num_labels, h, w] on the patch grid; with labels
@@ -969,7 +981,14 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         # 1. Frozen CLIP: the first L-1 blocks, with attention maps only where this step's CAM (attention
         # refinement) or RFM needs them; the other blocks run SDPA.
         start = self._frozen_clip_pass(
-            pixel_values, class_labels, labels, pixel_mask, use_rfm, output_hidden_states, output_attentions
+            pixel_values,
+            class_labels,
+            labels,
+            pixel_mask,
+            use_rfm,
+            output_hidden_states,
+            output_attentions,
+            return_loss,
         )
         clip, rfm, grid = start.clip, start.rfm, start.clip.grid
 
@@ -991,7 +1010,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         # 4. Losses on the pseudo labels (or on the given pixel labels).
         loss = seg = aff = None
         target = labels if labels is not None else pseudo
-        if target is not None:
+        if start.has_loss:
             # training under DDP: normalise by the global batch's counts, so N processes of B images
             # give the gradient of one process of N x B images
             synced = self.training and torch.is_grad_enabled()

@@ -235,6 +235,7 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
         output_hidden_states: bool | list[int] | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
+        return_loss: bool = True,
     ) -> WeCLIPPlusSemanticSegmenterOutput | tuple:
         r"""
         Args: as [`WeCLIPForSemanticSegmentation.forward`] (``output_hidden_states`` and
@@ -250,7 +251,14 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
         return_dict = cfg.return_dict if return_dict is None else return_dict
         # 1. Frozen CLIP: the first L-1 blocks, with the attention maps this step's pseudo labels need.
         start = self._frozen_clip_pass(
-            pixel_values, class_labels, labels, pixel_mask, use_rfm, output_hidden_states, output_attentions
+            pixel_values,
+            class_labels,
+            labels,
+            pixel_mask,
+            use_rfm,
+            output_hidden_states,
+            output_attentions,
+            return_loss,
         )
         clip, rfm = start.clip, start.rfm
 
@@ -279,7 +287,7 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
         # 5. Losses on the pseudo labels (or on the given pixel labels).
         terms = None
         target = labels if labels is not None else pseudo
-        if target is not None:
+        if start.has_loss:
             terms = weclip_plus_losses(
                 cfg,
                 logits,
