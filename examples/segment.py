@@ -19,7 +19,9 @@ outputs (those folders or what they hold, class_fractions.json) is refused, as i
 
 Outputs in --output_dir: ``labels/<name>.png`` (palette PNG whose pixel values are the ids of the model's
 ``config.id2label``; ``<name>``: the path relative to the inputs' common folder without its suffix, with it where
-two inputs would share a name (``a.jpg``, ``a.png``, ``a.png.png``), or the row number of a dataset),
+two inputs would share a name, whatever its letter case (``a.jpg``, ``a.png``, ``a.png.png``; ``Photo.jpg``,
+``photo.png``: one file on macOS and Windows), or the row number of a dataset; paths that differ in case only
+are refused),
 ``overlays/<name>.png`` for the first --num_overlays inputs, and ``class_fractions.json`` (per image and overall:
 the fraction of pixels of each class; the skipped inputs with the reason). Re-running the same command after an
 interruption continues: images whose label map exists are skipped (every file is written atomically, flushed to
@@ -217,22 +219,32 @@ def resolved(path: Path) -> Path:
 
 
 def output_names(paths: list[Path]) -> list[str]:
-    """Distinct output names: paths relative to the files' common folder without suffix (``sub/a``); where
-    that name is another file's too (a.jpg, a.png), or another file's name with suffix (a.png, a.png.png), the
-    file keeps its suffix (``a.jpg``, ``a.png``, ``a.png.png``): unique, as the relative paths are."""
+    """Distinct output names, also to a file system that ignores letter case (macOS's, Windows'): paths relative to
+    the files' common folder without suffix (``sub/a``); where that name is another file's too, whatever the case
+    (a.jpg, a.png; Photo.jpg, photo.png), or another file's name with suffix (a.png, a.png.png), the file keeps
+    its suffix (``a.jpg``, ``a.png``, ``a.png.png``). Paths that differ in letter case only (A.jpg, a.jpg, which
+    only a case-sensitive file system holds) are refused: their outputs would be one file on the other kind."""
     root = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path()
     relative = [p.relative_to(root).as_posix() for p in paths]
+    same_case = collections.defaultdict(list)
+    for path in relative:
+        same_case[path.casefold()].append(path)
+    if clashes := [sorted(group) for group in same_case.values() if len(group) > 1]:
+        raise ValueError(
+            f"Input paths that differ in letter case only: {clashes[:5]}. Their outputs would be one file where "
+            "letter case is ignored (macOS, Windows): rename one, or segment them in separate runs."
+        )
     stems = [p.relative_to(root).with_suffix("").as_posix() for p in paths]
-    counts = collections.Counter(stems)
-    with_suffix = {i for i, stem in enumerate(stems) if counts[stem] > 1}
+    counts = collections.Counter(stem.casefold() for stem in stems)
+    with_suffix = {i for i, stem in enumerate(stems) if counts[stem.casefold()] > 1}
     while True:  # a stem equal to a relative path kept: that file keeps its suffix too (grows, so it ends)
-        taken = {relative[i] for i in with_suffix}
-        clashing = {i for i, stem in enumerate(stems) if i not in with_suffix and stem in taken}
+        taken = {relative[i].casefold() for i in with_suffix}
+        clashing = {i for i, stem in enumerate(stems) if i not in with_suffix and stem.casefold() in taken}
         if not clashing:
             break
         with_suffix |= clashing
     names = [relative[i] if i in with_suffix else stem for i, stem in enumerate(stems)]
-    if len(set(names)) != len(names):  # never: one output would overwrite another's
+    if len({n.casefold() for n in names}) != len(names):  # never: one output would overwrite another's
         raise RuntimeError(f"output names not unique: {sorted(n for n in names if names.count(n) > 1)}")
     return names
 

@@ -392,6 +392,12 @@ def test_output_names_are_unique_where_a_stem_is_another_files_name(images, toy_
     the other ("2 label maps ... skipped inputs: 0") and never made on a re-run; now each file gets its own."""
     paths = [tmp_path / "in" / name for name in ("a.jpg", "a.png", "a.png.png", "b.png", "b.jpg.png")]
     assert segment.output_names(paths) == ["a.jpg", "a.png", "a.png.png", "b", "b.jpg"]  # unique stems kept
+    # names that differ in letter case only are one file on macOS and Windows: kept apart by the suffix there
+    cased = [tmp_path / "in" / name for name in ("Photo.jpg", "photo.png", "sub/A.png", "SUB/b.png", "c.PNG")]
+    assert segment.output_names(cased) == ["Photo.jpg", "photo.png", "sub/A", "SUB/b", "c"]
+    # and paths that differ only in case (a case-sensitive file system's) are refused, naming them
+    with pytest.raises(ValueError, match=r"differ in letter case only: \[\['A.jpg', 'a.jpg'\]\]"):
+        segment.output_names([tmp_path / "A.jpg", tmp_path / "a.jpg", tmp_path / "b.jpg"])
     paths[0].parent.mkdir()
     for source, path in zip(("toy0.png", "toy2.png", "sub/toy1.png"), paths):
         shutil.copyfile(images / source, path)
