@@ -116,6 +116,13 @@ def test_checkpoints_leave_out_the_frozen_backbone_and_resume_only_with_the_same
         CheckpointError, match="the frozen backbones loaded now are not the ones its run trained"
     ):
         load_checkpoint(accelerator, other, other_optimizer, path)
+    # a checkpoint of an earlier version holds every weight (no frozen_weights.json): it restores them all
+    accelerator, model, optimizer = _with_frozen_backbone(seed=0, backbone_seed=1)
+    earlier = save_checkpoint(accelerator, tmp_path / "earlier", state)
+    assert load_file(earlier / "model.safetensors").keys() == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    accelerator, fresh, fresh_optimizer = _with_frozen_backbone(seed=1)
+    load_checkpoint(accelerator, fresh, fresh_optimizer, earlier)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
     # a checkpoint that lacks a weight which trains (or holds one the model lacks) is refused, naming it
     accelerator, fresh, fresh_optimizer = _with_frozen_backbone(seed=1)
     from safetensors.torch import save_file
