@@ -223,28 +223,30 @@ def output_names(paths: list[Path]) -> list[str]:
     the files' common folder without suffix (``sub/a``); where that name is another file's too, whatever the case
     (a.jpg, a.png; Photo.jpg, photo.png), or another file's name with suffix (a.png, a.png.png), the file keeps
     its suffix (``a.jpg``, ``a.png``, ``a.png.png``). Paths that differ in letter case only (A.jpg, a.jpg, which
-    only a case-sensitive file system holds) are refused: their outputs would be one file on the other kind."""
+    only a case-sensitive file system holds) are refused: their outputs would be one file on the other kind. Letter
+    case is compared as `str.lower` does, character by character (``casefold`` would also equate ß and ss, which
+    those file systems keep apart)."""
     root = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path()
     relative = [p.relative_to(root).as_posix() for p in paths]
     same_case = collections.defaultdict(list)
     for path in relative:
-        same_case[path.casefold()].append(path)
+        same_case[path.lower()].append(path)
     if clashes := [sorted(group) for group in same_case.values() if len(group) > 1]:
         raise ValueError(
             f"Input paths that differ in letter case only: {clashes[:5]}. Their outputs would be one file where "
             "letter case is ignored (macOS, Windows): rename one, or segment them in separate runs."
         )
     stems = [p.relative_to(root).with_suffix("").as_posix() for p in paths]
-    counts = collections.Counter(stem.casefold() for stem in stems)
-    with_suffix = {i for i, stem in enumerate(stems) if counts[stem.casefold()] > 1}
+    counts = collections.Counter(stem.lower() for stem in stems)
+    with_suffix = {i for i, stem in enumerate(stems) if counts[stem.lower()] > 1}
     while True:  # a stem equal to a relative path kept: that file keeps its suffix too (grows, so it ends)
-        taken = {relative[i].casefold() for i in with_suffix}
-        clashing = {i for i, stem in enumerate(stems) if i not in with_suffix and stem.casefold() in taken}
+        taken = {relative[i].lower() for i in with_suffix}
+        clashing = {i for i, stem in enumerate(stems) if i not in with_suffix and stem.lower() in taken}
         if not clashing:
             break
         with_suffix |= clashing
     names = [relative[i] if i in with_suffix else stem for i, stem in enumerate(stems)]
-    if len({n.casefold() for n in names}) != len(names):  # never: one output would overwrite another's
+    if len({n.lower() for n in names}) != len(names):  # never: one output would overwrite another's
         raise RuntimeError(f"output names not unique: {sorted(n for n in names if names.count(n) > 1)}")
     return names
 

@@ -135,6 +135,34 @@ def test_checkpoints_leave_out_the_frozen_backbone_and_resume_only_with_the_same
         load_checkpoint(accelerator, fresh, fresh_optimizer, path)
 
 
+def test_checkpoints_leave_out_every_name_of_a_frozen_parameter(tmp_path):
+    """A frozen parameter under two names (tied) and a submodule named ``module`` (DDP's prefix): every key of a
+    frozen parameter is left out, and the checkpoint resumes."""
+    from accelerate import Accelerator
+    from safetensors.torch import load_file
+
+    def build(seed: int):
+        torch.manual_seed(0)
+        model = torch.nn.ModuleDict({"module": torch.nn.Linear(4, 4), "tied": torch.nn.Linear(4, 4)})
+        model["tied"].weight = model["module"].weight
+        model.requires_grad_(False)
+        torch.manual_seed(seed)
+        model["head"] = torch.nn.Linear(4, 3)
+        optimizer = torch.optim.AdamW(model["head"].parameters(), lr=1e-2)
+        accelerator = Accelerator(cpu=True)
+        return (accelerator, *accelerator.prepare(model, optimizer))
+
+    accelerator, model, optimizer = build(seed=0)
+    frozen = FrozenWeights.of(model)
+    assert frozen.names == {"module.weight", "module.bias", "tied.weight", "tied.bias"}
+    state = TrainingState(step=1, scheduler={}, position=StreamPosition())
+    path = save_checkpoint(accelerator, tmp_path / "run", state, frozen=frozen)
+    assert load_file(path / "model.safetensors").keys() == {"head.weight", "head.bias"}
+    accelerator, fresh, fresh_optimizer = build(seed=1)
+    load_checkpoint(accelerator, fresh, fresh_optimizer, path)
+    assert torch.equal(fresh["head"].weight, model["head"].weight)
+
+
 def test_a_checkpoint_that_cannot_be_written_says_why_and_leaves_the_previous_one(checkpoint, monkeypatch):
     """A full disk made torch.save fail with "unexpected pos 2133568 vs 2133456" and left the partial step_N.tmp on
     it: the error now says what failed, the space left and that step_1 is intact, and the partial folder is gone."""

@@ -118,7 +118,7 @@ def test_round_trip_load_as_a_dataset_and_train(cam_run, tiny_clip, capsys):
         out.parent / "two_stage" / "README.md"
     ).read_text()  # says what the masks were, not "pixel labels"
     assert "trained on the pseudo masks of a first stage (examples/generate_pseudo_labels.py)" in card
-    assert "(here: the pseudo masks of a first stage" in card and "pixel labels" not in card
+    assert "(here: the pseudo masks of a first stage" in card and "pixel masks" not in card
 
 
 def iou_values(report: dict, mode: str) -> list[float]:

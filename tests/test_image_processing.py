@@ -552,6 +552,12 @@ def test_normalize_in_blocks_of_rows_is_the_official_arithmetic(block_values, mo
     expected = torch.stack([_official(a) for a in images])
     assert out.dtype == torch.float32 and torch.equal(out, expected)
     assert torch.equal(IMAGENET_NORMALIZATION.normalize(batch[1].float()), expected[1])
+    # a float64 input (whose float64 rows are views of it) is left as it was, and gradients still reach it
+    given = batch[0].double().requires_grad_()
+    assert torch.equal(IMAGENET_NORMALIZATION.normalize(given), expected[0])
+    assert torch.equal(given.detach(), batch[0].double())
+    IMAGENET_NORMALIZATION.normalize(given).sum().backward()
+    assert given.grad is not None and torch.isfinite(given.grad).all()
 
 
 def test_pixel_normalization_checks_its_statistics():

@@ -225,6 +225,10 @@ def test_return_loss_false_gives_the_same_pseudo_labels_without_the_loss(plus):
         model = WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config()).eval()
     else:
         model = WeCLIPForSemanticSegmentation(make_tiny_config()).eval()
+    from transformers.utils import can_return_loss
+
+    # None by default (not True): transformers' Trainer would ask every batch for a loss, also unlabelled ones
+    assert not can_return_loss(type(model))
     pixel_values, class_labels = _inputs(batch=2)
     class_labels = class_labels[:, : model.config.num_labels - 1]
     for use_rfm in (False, True):

@@ -398,6 +398,8 @@ def test_output_names_are_unique_where_a_stem_is_another_files_name(images, toy_
     # and paths that differ only in case (a case-sensitive file system's) are refused, naming them
     with pytest.raises(ValueError, match=r"differ in letter case only: \[\['A.jpg', 'a.jpg'\]\]"):
         segment.output_names([tmp_path / "A.jpg", tmp_path / "a.jpg", tmp_path / "b.jpg"])
+    # compared character by character: ß is not ss there (str.casefold would say it is)
+    assert segment.output_names([tmp_path / "Straße.jpg", tmp_path / "STRASSE.png"]) == ["Straße", "STRASSE"]
     paths[0].parent.mkdir()
     for source, path in zip(("toy0.png", "toy2.png", "sub/toy1.png"), paths):
         shutil.copyfile(images / source, path)

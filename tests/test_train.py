@@ -80,7 +80,8 @@ def test_fully_supervised_flag(tmp_path, tiny_clip):
     metrics = json.loads((out / "metrics.json").read_text())
     assert "fully_supervised_miou" in metrics and "miou" not in metrics
     card = (out / "README.md").read_text()
-    assert "trained on pixel labels (fully supervised)" in card and "(here: the dataset's pixel masks" in card
+    assert "trained on the dataset's pixel masks (fully supervised)" in card
+    assert "(here: the dataset's pixel masks instead)" in card
     # the evaluation during training names the decoder's figure as metrics.json does
     (evaluation,) = [record for record in read_log(out) if "eval_fully_supervised_miou" in record]
     assert "eval_miou" not in evaluation

@@ -80,7 +80,10 @@ class FrozenWeights:
         """The frozen parameters of ``model`` (unwrapped) and their digest (~0.3 s for ViT-B/16's on a CPU core)."""
         import torch
 
-        named = sorted((name, p) for name, p in model.named_parameters() if not p.requires_grad)
+        # every name of a tied parameter too: each is a key of the state dict
+        named = sorted(
+            (name, p) for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad
+        )
         digest = hashlib.sha256()
         for name, parameter in named:
             values = parameter.detach().reshape(-1).contiguous().cpu()
@@ -139,12 +142,14 @@ def save_checkpoint(
 
 
 def _leave_out(names: frozenset[str]):
-    """A save_state pre-hook that removes ``names`` (unwrapped model names) from the state dicts it saves."""
+    """A save_state pre-hook that removes ``names`` (unwrapped model names; under DDP the state dict may name them
+    ``module.<name>``) from the state dicts it saves."""
 
     def hook(models, weights, output_dir) -> None:
         for state_dict in weights:
-            for key in [k for k in state_dict if k.removeprefix("module.") in names]:
-                del state_dict[key]
+            for name in names:
+                key = name if name in state_dict else f"module.{name}"
+                state_dict.pop(key, None)
 
     return hook
 
@@ -371,8 +376,8 @@ def load_checkpoint(accelerator, model, optimizer, path: Path) -> TrainingState:
     missing, unexpected = _read(
         path / "model.safetensors", lambda f: load_model(unwrapped, f, strict=False, device="cpu")
     )
-    if unexpected or set(missing) != left_out:
-        absent = sorted(set(missing) - left_out)
+    absent = sorted(set(missing) - left_out)  # a frozen weight it holds anyway is read back (the same values)
+    if absent or unexpected:
         raise CheckpointError(
             f"Cannot resume from {path / 'model.safetensors'}: it does not hold this model's weights ("
             + "; ".join(

@@ -206,8 +206,8 @@ def make_model_card(
             out (the metadata names Hub models only); default: those ``config`` records (`backbone_hub_ids`).
         training_args: run arguments to list (the section is left out without them).
         weakly_supervised: False for a fully supervised run (on the masks of its data).
-        mask_source: what those masks are, for a fully supervised run (default: "pixel labels"; a two-stage run:
-            the pseudo masks of a first stage).
+        mask_source: what those masks are, for a fully supervised run (default: `DATASET_MASKS`, "the dataset's
+            pixel masks"; a two-stage run: the pseudo masks of a first stage).
         repo_id: the repository id the usage snippets load (default ``model_name``).
         tags: extra Hub tags (e.g. the dataset preset).
         license: the card's license; None for weights whose license is not this package's.
@@ -277,7 +277,7 @@ def make_model_card(
         supervision=(
             "from image-level labels"
             if weakly_supervised
-            else f"on {mask_source or 'pixel labels'} (fully supervised)"
+            else f"on {mask_source or DATASET_MASKS} (fully supervised)"
         ),
         num_labels=config.num_labels,
         num_foreground=config.num_labels - 1,

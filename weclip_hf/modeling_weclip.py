@@ -941,7 +941,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         output_hidden_states: bool | list[int] | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
-        return_loss: bool = True,
+        return_loss: bool | None = None,
     ) -> WeCLIPSemanticSegmenterOutput | tuple:
         r"""
         Args:
@@ -968,7 +968,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                 ``to_tuple()``, the fields that are not None in the dataclass order (``logits`` first unless a
                 loss was computed, which then comes first), as every transformers model does.
             return_loss: False: no loss (nor its decoder affinity, unless the RFM needs it), for callers that
-                want the pseudo labels or CAMs only (as CLIPModel's ``return_loss``).
+                want the pseudo labels or CAMs only (as CLIPModel's ``return_loss``); None (default) or True: the
+                loss whenever there are labels. (A default of None keeps transformers' Trainer from asking every
+                batch for a loss, as it would with ``True``: `transformers.utils.can_return_loss`.)
 
         Returns:
             `WeCLIPSemanticSegmenterOutput`: ``logits`` [B, num_labels, h, w] on the patch grid; with labels
@@ -988,7 +990,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             use_rfm,
             output_hidden_states,
             output_attentions,
-            return_loss,
+            return_loss is not False,
         )
         clip, rfm, grid = start.clip, start.rfm, start.clip.grid
 

@@ -235,7 +235,7 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
         output_hidden_states: bool | list[int] | None = None,
         output_attentions: bool | None = None,
         return_dict: bool | None = None,
-        return_loss: bool = True,
+        return_loss: bool | None = None,
     ) -> WeCLIPPlusSemanticSegmenterOutput | tuple:
         r"""
         Args: as [`WeCLIPForSemanticSegmentation.forward`] (``output_hidden_states`` and
@@ -258,7 +258,7 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
             use_rfm,
             output_hidden_states,
             output_attentions,
-            return_loss,
+            return_loss is not False,
         )
         clip, rfm = start.clip, start.rfm
 

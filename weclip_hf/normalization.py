@@ -101,8 +101,8 @@ class PixelNormalization:
         height = pixels.shape[-2]
         rows = max(1, NORMALIZE_BLOCK_VALUES * height // max(1, pixels.numel()))
         for top in range(0, height, rows):
-            block = pixels[..., top : top + rows, :].to(torch.float64)
-            out[..., top : top + rows, :] = block.sub_(mean).div_(std)
+            block = pixels[..., top : top + rows, :].to(torch.float64)  # a view of a float64 input
+            out[..., top : top + rows, :] = (block - mean) / std
         return out
 
     def denormalize(self, pixel_values: torch.Tensor) -> torch.Tensor:
