@@ -894,7 +894,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         use_rfm: bool | None,
         output_hidden_states: bool | list[int] | None,
         output_attentions: bool | None,
-        return_loss: bool = True,
+        return_loss: bool | None = None,
     ) -> FrozenCLIPPass:
         """The start of a forward (this model's and WeCLIP+'s): the inputs checked, the weak labels as floats,
         this step's RFM decision, and the frozen CLIP's first L-1 blocks with the attention maps the pseudo labels
@@ -916,8 +916,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         hidden_states, attentions = vision_outputs(
             self.vision_model, clip, output_hidden_states, output_attentions
         )
+        wants_loss = return_loss is not False  # None (the forward's default): the loss where there are labels
         return FrozenCLIPPass(
-            class_labels, labels is not None, rfm, clip, tokens, hidden_states, attentions, return_loss
+            class_labels, labels is not None, rfm, clip, tokens, hidden_states, attentions, wants_loss
         )
 
     def _ignore_padding(self, details: WeCLIPCAMOutput, pixel_mask: torch.Tensor | None) -> torch.Tensor:
@@ -990,7 +991,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             use_rfm,
             output_hidden_states,
             output_attentions,
-            return_loss is not False,
+            return_loss,
         )
         clip, rfm, grid = start.clip, start.rfm, start.clip.grid
 

@@ -258,7 +258,7 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
             use_rfm,
             output_hidden_states,
             output_attentions,
-            return_loss is not False,
+            return_loss,
         )
         clip, rfm = start.clip, start.rfm
 
