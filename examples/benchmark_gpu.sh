@@ -18,11 +18,15 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
+# the versions, and whether CUDA runs (one interpreter start: importing torch and transformers takes seconds)
+versions=$("$python" -c "import sys, torch, transformers
+print(sys.version.split()[0], torch.__version__, transformers.__version__, int(torch.cuda.is_available()))")
+cuda=${versions##* }
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
-  "$python" -c "import sys, torch, transformers; print(sys.version.split()[0], torch.__version__, transformers.__version__)"
+  echo "${versions% *}"
 } | tee "$out/gpu.txt"
 # PAR's Triton kernels against the eager path on this GPU first (a failure is reported, the figures still run)
-if "$python" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+if [ "$cuda" = 1 ]; then
     "$python" -m pytest -q -p no:cacheprovider tests/test_par_triton.py -k cuda 2>&1 | tee "$out/cuda_tests.txt" || true
 fi
 run() {  # run PRECISION [flags]: one benchmark run, its JSON and log under OUT_DIR
@@ -37,14 +41,14 @@ run bf16 --method weclip_plus --profile_ops "$@"
 # the whole model compiled (torch.compile, CUDA graphs): WeCLIP's training and single-scale inference at 320, on the
 # GPU only (each setting compiles on its first run: 204 s on an H200; tests/test_compile.py covers the compiled model
 # on a CPU)
-if "$python" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+if [ "$cuda" = 1 ]; then
     PYTHONUNBUFFERED=1 "$python" examples/benchmark.py --autocast bf16 --compile model --no_breakdown --no_reference \
         --infer_sizes 320 --output_json "$out/bench_compiled.json" "$@" 2>&1 | tee "$out/bench_compiled.log"
 fi
 # fp32 for comparison (lighter), PAR's eager iterations compiled
 run none --batch_sizes 4,64 --no_breakdown --compile_par --profile_ops "$@"
 # native half-precision weights vs float32 (inference time and peak memory), on the GPU only
-if "$python" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+if [ "$cuda" = 1 ]; then
     PYTHONUNBUFFERED=1 "$python" examples/benchmark_half_precision.py --device cuda --batch_size 16 --repeats 10 \
         2>&1 | tee "$out/half_precision.txt"
 else

@@ -21,24 +21,8 @@ def run_offline(command: list[str], timeout: int, **env) -> str:
     return proc.stdout
 
 
-def test_benchmark_tiny_runs_and_compares_both_paths(tmp_path):
-    output_json = tmp_path / "bench.json"
-    out = run_offline(
-        [
-            sys.executable,
-            str(REPO / "examples" / "benchmark.py"),
-            "--tiny",
-            "--device",
-            "cpu",
-            "--compile_par",
-            "--profile_ops",
-            "--method",
-            "weclip_plus",
-            "--output_json",
-            str(output_json),
-        ],
-        timeout=120,
-    )
+def check_tiny_report(out: str) -> None:
+    """The tables of `benchmark.py --tiny --method weclip_plus --profile_ops` (with the reference path)."""
     assert "| section | setting | ours | reference | ratio |" in out
     assert "| train step |" in out and "| inference (CLIP + decoder) |" in out and "| share: PAR |" in out
     # PAR as the model runs it (the margins) next to the official form (the scores), with their labels' agreement
@@ -77,31 +61,64 @@ def test_benchmark_tiny_runs_and_compares_both_paths(tmp_path):
     )
     assert len(plus_vs_weclip) == 4 and all(float(r) > 0 for r in plus_vs_weclip), out
     assert "Host syncs in one training step" in out
-    # --profile_ops: per setting, the matrix products' share and the top operators of one step by self time
+    assert "Where one training step's time goes" in out
+    check_profiled_operators(out, settings=4)
+
+
+def check_profiled_operators(out: str, settings: int) -> None:
+    """`--profile_ops`: per setting, the matrix products' share and the top operators of one step by self time,
+    and the weclip_hf source lines that time comes from (innermost frame), shares in decreasing order."""
     profiles = re.findall(
         r"\| (WeCLIP\+?, batch 2, crop 64, RFM o(?:n|ff)) \| ([\d.]+) ms / ([\d.]+) ms \| ([\d.]+)% \| (.+) \|",
         out,
     )
-    assert len(profiles) == 4, out
+    assert len(profiles) == settings, out
     for _, profiled, step, matrix, top in profiles:
         assert float(profiled) > 0 and float(step) > 0, out
         shares = [float(x) for x in re.findall(r" ([\d.]+)%", " " + top)]
         assert 0 < float(matrix) <= 100 and len(shares) == 8 and 0 < sum(shares) <= 100.05, top
         assert "aten::" in top and shares == sorted(shares, reverse=True), top
-    # ... and the weclip_hf source lines that time comes from (innermost frame), shares in decreasing order
     where = re.findall(r"\| (WeCLIP\+?, batch 2, RFM o(?:n|ff)) \| (.+py\(\d+\): .+) \|", out)
-    assert len(where) == 4, out
+    assert len(where) == settings, out
     for _, lines in where:
         shares = [float(x) for x in re.findall(r" ([\d.]+)%", lines)]
         assert 0 < sum(shares) <= 100.05 and shares == sorted(shares, reverse=True), lines
+
+
+def test_gpu_script_runs_every_measurement_on_a_cpu(tmp_path):
+    """`examples/benchmark_gpu.sh` (the one command of a GPU session) with --tiny on a CPU, end to end: its bf16 run
+    is the benchmark with every table (both pseudo-label paths, the PAR forms, WeCLIP+ next to WeCLIP, operator
+    profiles), its fp32 run adds PAR compiled vs eager; both JSON files; the half-precision part skipped without
+    CUDA. (The benchmark's other flags have their own tests below.)"""
+    run_offline(
+        ["bash", str(REPO / "examples" / "benchmark_gpu.sh"), str(tmp_path), "--tiny", "--device", "cpu"]
+        # the fp32 run's batch sizes are a GPU's (4,64): the tiny default instead
+        + ["--batch_sizes", "2"],
+        timeout=300,
+        PYTHON=sys.executable,
+    )
+    check_tiny_report((tmp_path / "bench_bf16.log").read_text())
+    assert "'autocast': 'bf16'" in (tmp_path / "bench_bf16.log").read_text()
+    fp32 = (tmp_path / "bench_none.log").read_text()
+    assert "'autocast': 'none'" in fp32 and len(re.findall(r"\| train step \|", fp32)) == 2
+    check_profiled_operators(fp32, settings=2)
     # PAR iterations compiled (two forms) vs eager, side by side, computing the same function
     compiled = re.findall(
         r"\| PAR iterations: torch.compile \((.+?)\) vs eager \|.*max abs diff ([\d.e+-]+)\).*\*\*([\d.]+)x",
-        out,
+        fp32,
     )
-    assert [form for form, _, _ in compiled] == ["the eager iteration", "ring sum, weights [B, H, K, W]"], out
-    assert all(float(diff) < 1e-5 and float(ratio) > 0 for _, diff, ratio in compiled), out
-    assert output_json.is_file() and '"speedup"' in output_json.read_text()
+    assert [form for form, _, _ in compiled] == ["the eager iteration", "ring sum, weights [B, H, K, W]"], (
+        fp32
+    )
+    assert all(float(diff) < 1e-5 and float(ratio) > 0 for _, diff, ratio in compiled), fp32
+    for precision in ("bf16", "none"):
+        assert '"speedup"' in (tmp_path / f"bench_{precision}.json").read_text()
+    assert "half-precision comparison is skipped" in (tmp_path / "half_precision.txt").read_text()
+    import torch
+    import transformers
+
+    versions = (tmp_path / "gpu.txt").read_text().splitlines()[-1].split()
+    assert versions[1:] == [torch.__version__, transformers.__version__], versions
 
 
 def test_benchmark_times_par_kernels_against_eager_where_they_run():
@@ -112,7 +129,7 @@ def test_benchmark_times_par_kernels_against_eager_where_they_run():
         "import sys, torch; sys.path.insert(0, 'examples'); import benchmark as b; "
         "from benchmarking.instruments import Bench; from benchmarking.par_measurements import measure_par_kernels; "
         "from benchmarking.report import render_table; from benchmarking.workloads import build_model; "
-        "args = b.parse_args(['--tiny', '--device', 'cpu', '--crop', '32', '--batch_sizes', '2', '--warmup', '0', "
+        "args = b.parse_args(['--tiny', '--device', 'cpu', '--crop', '16', '--batch_sizes', '2', '--warmup', '0', "
         "'--repeats', '1']); model = build_model(True, torch.device('cpu'), 0); "
         "rows = [measure_par_kernels(args, Bench(torch.device('cpu')), model, 2)]; "
         "print(render_table(dict(env=dict(device_type='cpu'), training=[], breakdown=[], par_kernels=rows, "
@@ -155,32 +172,6 @@ def test_flop_counter_counts_cpu_sdpa_like_eager_attention():
             attention(q, k, v)
         counted.append(counter.total)
     assert counted[0] == counted[1] == 2 * 2 * (2 * 4 * 17 * 17 * 8)  # two batched matmuls
-
-
-def test_gpu_script_runs_end_to_end_on_a_cpu(tmp_path):
-    """`examples/benchmark_gpu.sh` (the one command of a GPU session) with --tiny on a CPU: both precisions'
-    tables and JSON files, WeCLIP+ next to WeCLIP, the half-precision part skipped without CUDA. The smallest
-    settings (the benchmark's own flags are `test_benchmark_tiny_runs_and_compares_both_paths`'s to test)."""
-    smallest = ["--batch_sizes", "2", "--rfm", "on", "--no_reference", "--infer_sizes", "32"]
-    run_offline(
-        [
-            "bash",
-            str(REPO / "examples" / "benchmark_gpu.sh"),
-            str(tmp_path),
-            "--tiny",
-            "--device",
-            "cpu",
-            *smallest,
-        ],
-        timeout=300,
-        PYTHON=sys.executable,
-    )
-    for precision in ("bf16", "none"):
-        assert (tmp_path / f"bench_{precision}.json").is_file()
-        assert "| train step |" in (tmp_path / f"bench_{precision}.log").read_text()
-    assert "| WeCLIP+ vs WeCLIP |" in (tmp_path / "bench_bf16.log").read_text()
-    assert "Where one training step's time goes" in (tmp_path / "bench_none.log").read_text()
-    assert "half-precision comparison is skipped" in (tmp_path / "half_precision.txt").read_text()
 
 
 def test_operator_shares_count_the_kernels_no_operator_launched():
