@@ -76,6 +76,7 @@ from weclip_hf.batch_jobs import (
     save_bytes,
     save_image,
     save_json,
+    save_overlay,
     write_atomic,
 )
 from weclip_hf.data.adapters import add_image_labels, resolve_columns
@@ -494,7 +495,7 @@ def write_pseudo_masks(model, group: list[dict], args, out: Path, split: str) ->
                 present_class_cams(cams[k], item["class_labels"], cfg.id2label),
                 ignore_index=cfg.semantic_loss_ignore_index,
             )
-            save_image(figure, out / "overlays" / f"{name}.png")
+            save_overlay(figure, out / "overlays" / f"{name}.png")
         write_example(out, split, item, masks[k], name, confusion, cfg.num_labels)
 
 

@@ -70,6 +70,7 @@ from weclip_hf.batch_jobs import (
     remove_temporary_files,
     save_image,
     save_json,
+    save_overlay,
     write_skipped,
 )
 from weclip_hf.crf import CRF_PRESETS, crf_refine_labels
@@ -485,7 +486,7 @@ def main(argv=None) -> dict | None:
                 name = names[item["position"]]
                 save_json(item["record"], record_path[name])
                 if args.num_overlays < 0 or item["position"] < args.num_overlays:
-                    save_image(overlay(model, item, labels), out / "overlays" / f"{name}.png")
+                    save_overlay(overlay(model, item, labels), out / "overlays" / f"{name}.png")
                 save_image(label_map_image(labels, model.config.num_labels), label_path[name])
     for entry in skipped:
         print(f"skipped {entry['input']}: {entry['reason']}")

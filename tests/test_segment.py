@@ -558,6 +558,22 @@ def test_atomic_write_leaves_the_old_file_or_nothing(tmp_path):
     assert path.read_bytes() == b"old" and list(tmp_path.iterdir()) == [path]
 
 
+def test_overlays_are_saved_at_the_fastest_png_level_with_the_same_pixels(tmp_path):
+    """`save_overlay`: a preview, PNG-compressed at level 1 (its zlib header's FLEVEL 0, "fastest"; PIL's default
+    level 6 gives FLEVEL 2), the pixels as given."""
+    from weclip_hf.batch_jobs import save_image, save_overlay
+
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    pixels[:20] = 7  # something to compress
+    levels = {}
+    for save in (save_overlay, save_image):
+        path = save(Image.fromarray(pixels), tmp_path / f"{save.__name__}.png")
+        assert np.array_equal(np.asarray(Image.open(path)), pixels)
+        data = path.read_bytes()
+        levels[save.__name__] = data[data.index(b"IDAT") + 5] >> 6  # the zlib stream's FLG byte
+    assert levels == {"save_overlay": 0, "save_image": 2}
+
+
 def test_atomic_write_flushes_the_whole_file_to_disk_before_the_rename(tmp_path, monkeypatch):
     """The file is fsynced, with all its bytes, before it takes its name: a power loss after the rename leaves the
     whole file, not an empty one that counts as done."""

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .batch_jobs import save_image
+from .batch_jobs import save_overlay
 from .crf import WECLIP, CRFParams, crf_refine_labels
 from .data.adapters import check_mask_ids
 from .inference import (
@@ -307,4 +307,4 @@ def _write_overlay(model, item: dict, output_dir: Path, name: str, normalization
         cams=present_class_cams(cams[0], item["class_labels"], id2label),
         ignore_index=model.config.semantic_loss_ignore_index,
     )
-    return save_image(figure, output_dir / "overlays" / name).relative_to(output_dir).as_posix()
+    return save_overlay(figure, output_dir / "overlays" / name).relative_to(output_dir).as_posix()
