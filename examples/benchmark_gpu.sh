@@ -12,7 +12,12 @@
 # own (run 6); the bf16 run comes first, and each run's log is written as it goes.
 # `bash examples/benchmark_gpu.sh /tmp/bench --tiny` runs it on a CPU in seconds.
 set -euo pipefail
-out=${1:?usage: bash examples/benchmark_gpu.sh OUT_DIR [examples/benchmark.py flags]}
+usage="usage: bash examples/benchmark_gpu.sh OUT_DIR [examples/benchmark.py flags]"
+case ${1:-} in
+    -h | --help) echo "$usage"; sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "$usage (the first argument is the output folder, got $1)" >&2; exit 2 ;;
+esac
+out=${1:?$usage}
 shift
 mkdir -p "$out"
 out=$(cd "$out" && pwd)

@@ -962,13 +962,18 @@ def load_data_and_model(
         + (", freed host memory kept for reuse" if retained else "")
     )
     for note in [
-        *schedule_notes(
-            cfg,
-            int(model.training_step),
-            args.max_train_steps,
-            rfm_aside=" metrics.json's pseudo_label_miou applies the RFM to the trained model all the same."
-            if val_raw is not None
-            else "",
+        # a fully supervised run trains on the masks: when the RFM or self-training would start does not matter
+        *(
+            []
+            if args.fully_supervised
+            else schedule_notes(
+                cfg,
+                int(model.training_step),
+                args.max_train_steps,
+                rfm_aside=" metrics.json's pseudo_label_miou applies the RFM to the trained model all the same."
+                if val_raw is not None
+                else "",
+            )
         ),
         *unread_flags(args, cfg),
     ]:

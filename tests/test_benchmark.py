@@ -174,6 +174,18 @@ def test_flop_counter_counts_cpu_sdpa_like_eager_attention():
     assert counted[0] == counted[1] == 2 * 2 * (2 * 4 * 17 * 17 * 8)  # two batched matmuls
 
 
+def test_gpu_script_help_and_a_flag_for_the_output_folder(tmp_path):
+    """`benchmark_gpu.sh --help` prints its usage and header (it ran ``mkdir -p --help``); a flag where the output
+    folder goes is refused, naming it, before anything is made."""
+    script = str(REPO / "examples" / "benchmark_gpu.sh")
+    shown = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert shown.returncode == 0 and shown.stdout.startswith("usage: bash examples/benchmark_gpu.sh OUT_DIR")
+    assert "Writes OUT_DIR/gpu.txt" in shown.stdout
+    refused = subprocess.run(["bash", script, "--tiny"], capture_output=True, text=True, cwd=tmp_path)
+    assert refused.returncode == 2 and "the first argument is the output folder, got --tiny" in refused.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_operator_shares_count_the_kernels_no_operator_launched():
     """On CUDA, kernels that no aten operator launched (PAR's Triton kernels) have no operator row; their time
     (all kernels' less the operators') is a row of its own, so that the shares add up to the profiled device time.

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -684,3 +685,29 @@ def test_prediction_runs_in_eval_mode_and_modes_are_named(tiny_model):
     with pytest.raises(ValueError, match=r"Mode 'cam' scores pseudo labels: the batches need 'class_labels'"):
         evaluate_segmentation(tiny_model, [batch], ["cam"], progress=False)
     assert tiny_model.training  # back in its mode after the error
+
+
+def test_a_model_folder_without_its_processor_is_scored_at_the_default_size_with_a_note(
+    model_dir, data_path, tmp_path, capsys
+):
+    """A folder saved with `model.save_pretrained` alone: the note says the images are read at the default
+    processor's long side (512, not the 48 of the processor the model was saved with; a user got a far lower mIoU
+    told only about the normalization), and the report records that size."""
+    folder = Path(shutil.copytree(model_dir, tmp_path / "model-only"))
+    (folder / "preprocessor_config.json").unlink()
+    argv = ["--model_name_or_path", str(folder), "--dataset_path", str(data_path), "--device", "cpu"]
+    report = load_script().main(argv)
+    out = capsys.readouterr().out
+    assert "holds no image processor (preprocessor_config.json)" in out and "long side 512" in out, out
+    assert report["evaluation"]["input_size"] == {"longest_edge": 512}
+    assert load_script().main([*argv, "--eval_long_side", "48"])["evaluation"]["input_size"] == 48
+
+
+def test_an_evaluation_without_a_split_is_refused_without_suggesting_none(model_dir, data_path):
+    """'none' (no evaluation) is a training option: evaluate.py's message for a missing split does not offer it,
+    and --validation_split none is refused as a split the dataset lacks."""
+    argv = ["--model_name_or_path", str(model_dir), "--dataset_path", str(data_path), "--device", "cpu"]
+    for split in ("val", "none"):
+        with pytest.raises(ValueError, match=rf"Validation split '{split}' not found") as error:
+            load_script().main([*argv, "--validation_split", split])
+        assert "'none'" not in str(error.value).replace(f"'{split}' not found", ""), error.value

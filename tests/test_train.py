@@ -73,10 +73,12 @@ def test_toy_default_writes_model_metrics_overlays_and_card(toy_run):
     assert results and results[0]["mask"].size == (96, 96)
 
 
-def test_fully_supervised_flag(tmp_path, tiny_clip):
+def test_fully_supervised_flag(tmp_path, tiny_clip, capsys):
     out = tmp_path / "full"
     run = ["--clip_model_name_or_path", tiny_clip, "--output_dir", out, *FAST]
     train_in_process(*run, "--max_train_steps", 2, "--fully_supervised", "--eval_steps", 2)
+    # no note on when the RFM starts ("the pseudo labels are the CAMs' throughout"): the masks are the targets
+    assert "the RFM starts at" not in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert "fully_supervised_miou" in metrics and "miou" not in metrics
     card = (out / "README.md").read_text()

@@ -447,16 +447,17 @@ class DataSource:
         return self.dataset_path or self.data_dir or self.dataset_name
 
 
-def check_split_names(available: list[str], train_split: str | None, validation_split: str | None) -> None:
-    """Refuse a training split (None: none needed) or validation split (None: the preset's; "none": no evaluation)
-    that is not among the dataset's ``available`` splits: a misspelt name would mean no evaluation, or for the toy
-    world the flag ignored, without a word."""
+def check_split_names(
+    available: list[str], train_split: str | None, validation_split: str | None, training: bool = True
+) -> None:
+    """Refuse a training split (None: none needed) or validation split (None: the preset's; "none": no evaluation,
+    while ``training`` only: an evaluation needs one) that is not among the dataset's ``available`` splits: a
+    misspelt name would mean no evaluation, or for the toy world the flag ignored, without a word."""
     if train_split is not None and train_split not in available:
         raise ValueError(f"Split {train_split!r} not found; available splits: {available}.")
-    if validation_split not in (None, "none") and validation_split not in available:
-        raise ValueError(
-            f"Validation split {validation_split!r} not found; available splits: {available} ('none': no evaluation)."
-        )
+    if validation_split not in (None, "none" if training else None) and validation_split not in available:
+        none = " ('none': no evaluation)" if training else ""
+        raise ValueError(f"Validation split {validation_split!r} not found; available splits: {available}{none}.")
 
 
 def load_dataset_splits(
@@ -487,7 +488,9 @@ def load_dataset_splits(
     if source.toy:
         from .toy import TOY_VALIDATION_SEED_OFFSET, make_toy_dataset
 
-        check_split_names(["train", "validation"], train_split if need_train else None, validation_split)
+        check_split_names(
+            ["train", "validation"], train_split if need_train else None, validation_split, need_train
+        )
         toy_sizes = source.toy_sizes or get_preset("toy").dataset.toy_sizes
         train = with_split_name(make_toy_dataset(toy_sizes[0], seed=source.seed), "train")
         val = None
@@ -527,7 +530,9 @@ def load_dataset_splits(
     # the default validation split, which --train_val_split holds out of the training split, need not exist; a split
     # named otherwise must (a mistyped --validation_split would be held out under that name)
     held_out = train_val_split and validation_split in (None, layout.validation_split)
-    check_split_names(list(ds), train_split if need_train else None, None if held_out else validation_split)
+    check_split_names(
+        list(ds), train_split if need_train else None, None if held_out else validation_split, need_train
+    )
     validation_split = validation_split or layout.validation_split
     names = _names(get_preset(preset)) if preset else {}
     train = with_split_name(ds[train_split], train_split) if train_split in ds else None
