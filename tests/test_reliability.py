@@ -380,3 +380,19 @@ def test_a_subclass_with_a_new_trained_head_starts_from_a_saved_model_or_a_clip(
         ValueError, match=r"lack 2 tensor\(s\).*aux.bias, aux.weight.*_WithUnnamedHead._TRAINED"
     ):
         _WithUnnamedHead.from_clip(str(tiny_clip), class_names=["cat", "dog"])
+
+
+@pytest.mark.parametrize("missing", ["CLIP", "DINOv2"])
+def test_a_backbone_the_hub_cannot_give_is_named(tiny_clip, missing):
+    """Offline, a Hub id that is not in the cache: transformers' "couldn't connect" error named neither the
+    checkpoint nor what it was for (a train.py run without --clip_model_name_or_path fetched the default CLIP)."""
+    from weclip_hf import WeCLIPPlusForSemanticSegmentation
+
+    nowhere = "weclip-hf-tests/not-a-model"
+    with pytest.raises(
+        OSError, match=rf"Could not load the {missing} checkpoint '{nowhere}': (?s:.*)local folder"
+    ):
+        if missing == "CLIP":
+            WeCLIPForSemanticSegmentation.from_clip(nowhere)
+        else:
+            WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(tiny_clip, nowhere)

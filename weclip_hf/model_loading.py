@@ -72,6 +72,22 @@ def check_backbone_source(name_or_path: str, what: str) -> None:
     require_safetensors(path)
 
 
+@contextlib.contextmanager
+def naming_the_checkpoint(name_or_path: str, what: str) -> Iterator[None]:
+    """Re-raise a failure to fetch a backbone checkpoint of the Hub (``what``: "CLIP" / "DINOv2") naming it:
+    transformers' error for a checkpoint it cannot reach (offline, or not in the cache) names neither the id nor
+    what it was for."""
+    try:
+        yield
+    except OSError as error:
+        if os.path.isdir(os.path.expanduser(str(name_or_path))):
+            raise
+        raise OSError(
+            f"Could not load the {what} checkpoint {str(name_or_path)!r}: {error}\nWithout the network, give a local "
+            f"folder of a {what} model written by save_pretrained (or run once where the Hub is reachable, to cache it)."
+        ) from error
+
+
 def check_backbone_type(name_or_path: str, model_type: str | None, what: str) -> None:
     """Refuse a backbone checkpoint whose ``model_type`` is not one of ``what``'s (`BACKBONE_MODEL_TYPES`): a
     local folder's before loading, a Hub checkpoint's once its config is read."""
@@ -374,6 +390,7 @@ __all__ = [
     "check_model_folder",
     "in_aligned_memory",
     "loading_errors",
+    "naming_the_checkpoint",
     "refuse_missing_weights",
     "refuse_unused_weights",
     "shape_overrides",

@@ -39,6 +39,7 @@ from .model_loading import (
     hub_id_or_none,
     in_aligned_memory,
     loading_errors,
+    naming_the_checkpoint,
     refuse_missing_weights,
     refuse_split_placement,
     refuse_unused_weights,
@@ -463,7 +464,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         )
         check_backbone_source(clip_name_or_path, "CLIP")
         hub = {k: v for k, v in loading.items() if k in HUB_OPTIONS}
-        clip_config = CLIPConfig.from_pretrained(clip_name_or_path, **hub)
+        with naming_the_checkpoint(clip_name_or_path, "CLIP"):  # its first download
+            clip_config = CLIPConfig.from_pretrained(clip_name_or_path, **hub)
         if class_names is not None:
             kwargs["class_names"] = class_names
         if background_names is not None:

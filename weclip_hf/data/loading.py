@@ -457,7 +457,9 @@ def check_split_names(
         raise ValueError(f"Split {train_split!r} not found; available splits: {available}.")
     if validation_split not in (None, "none" if training else None) and validation_split not in available:
         none = " ('none': no evaluation)" if training else ""
-        raise ValueError(f"Validation split {validation_split!r} not found; available splits: {available}{none}.")
+        raise ValueError(
+            f"Validation split {validation_split!r} not found; available splits: {available}{none}."
+        )
 
 
 def load_dataset_splits(
