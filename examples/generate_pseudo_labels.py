@@ -106,6 +106,7 @@ from weclip_hf.script_arguments import (
     LABELS_COLUMN_HELP,
     MASK_COLUMN_HELP,
     add_data_source_flags,
+    check_model_folder,
     first_paragraph,
 )
 from weclip_hf.visualization import label_map_image, overlay_figure, present_class_cams
@@ -572,6 +573,8 @@ def main(argv=None) -> dict | None:
     report."""
     # every process checks --output_dir (`check_output_dir`); the main process then makes its state folder first
     args = parse_args(argv)
+    if args.model:  # before --output_dir is made
+        check_model_folder(args.model, "--model")
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # CPU processes: see the docstring
     out = Path(args.output_dir)
     splits = [split for split in (args.split, args.validation_split) if split]

@@ -97,6 +97,7 @@ from weclip_hf.script_arguments import (
     add_data_source_flags,
     at_least_one,
     check_dino_fits_preset,
+    check_model_folder,
     check_preset_fits_data,
     config_values,
     first_paragraph,
@@ -650,6 +651,7 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
                 "its weights or text embeddings. Start from --clip_model_name_or_path instead."
             )
         overrides = {k: getattr(args, k) for k in args.given_model_flags}
+        check_model_folder(args.model_name_or_path)
         return AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path, **overrides)
     preset = args.preset or ("toy" if args.recipe == "toy" else None)
     plus = (get_preset(preset).model_type == "weclip_plus") if preset else False  # parse_args: --dino fits

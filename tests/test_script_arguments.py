@@ -219,6 +219,32 @@ def test_model_folder_checks(tmp_path):
     check_model_folder("openai/clip-vit-base-patch16")  # a Hub id passes
 
 
+def test_model_folder_checks_name_a_folder_that_is_no_weclip_model(tmp_path, tiny_clip, toy_weclip_dir):
+    """The scripts load with the Auto classes, whose errors for these say "Unrecognized model" and list a hundred
+    model types: a folder without config.json, and a CLIP's folder, are named with what to give instead."""
+    with pytest.raises(FileNotFoundError, match=r"has no config.json: not a saved model folder"):
+        check_model_folder(str(tmp_path))
+    with pytest.raises(
+        ValueError, match=r"holds a 'clip' model, not a WeCLIP one.*--clip_model_name_or_path"
+    ):
+        check_model_folder(str(tiny_clip))
+    check_model_folder(str(toy_weclip_dir))  # a WeCLIP folder passes
+    # each script that loads a saved model checks it first
+    clip_refused = r"holds a 'clip' model, not a WeCLIP one"
+    with pytest.raises(ValueError, match=f"--model_name_or_path {tiny_clip} {clip_refused}"):
+        train_in_process("--model_name_or_path", tiny_clip, "--output_dir", tmp_path / "run", *FAST)
+    out = tmp_path / "pseudo"
+    with pytest.raises(ValueError, match=f"--model {tiny_clip} {clip_refused}"):
+        generate_pseudo_labels.main(["--model", str(tiny_clip), "--output_dir", str(out)])
+    assert not out.exists()  # refused before its output folder is made
+    for script, more in (
+        (segment, ["--images", str(tmp_path), "--output_dir", str(out)]),
+        (evaluate_script, []),
+    ):
+        with pytest.raises(ValueError, match=f"--model_name_or_path {tiny_clip} {clip_refused}"):
+            script.main(["--model_name_or_path", str(tiny_clip), *more])
+
+
 def test_evaluate_refuses_a_missing_model_folder_before_loading_anything():
     with pytest.raises(FileNotFoundError, match="/tmp/nope-weclip: no such folder"):
         evaluate_script.main(["--model_name_or_path", "/tmp/nope-weclip"])

@@ -17,6 +17,7 @@ from .checkpointing import TRAINING_STATE_NAME
 from .configuration_weclip import WeCLIPConfig
 from .data.adapters import FROM_MASKS, IMAGE_COLUMNS, MASK_COLUMNS
 from .data.loading import DATA_SOURCE_FLAGS, names_no_dataset
+from .model_loading import WECLIP_MODEL_TYPES, saved_config_dict
 from .presets import PRESETS, VOC_PRESET_OF_MODEL_TYPE, get_preset
 
 # --help texts of flags several scripts share
@@ -277,3 +278,16 @@ def check_model_folder(name_or_path: str, flag: str = "--model_name_or_path") ->
         raise FileNotFoundError(f"{flag} {name_or_path}: no such folder.")
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{flag} {name_or_path} is a file; give the folder of a saved model.")
+    if path.is_dir():  # transformers' errors say "Unrecognized model" and list a hundred model types
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{flag} {name_or_path} has no config.json: not a saved model folder (train.py's --output_dir "
+                "holds one: config.json, model.safetensors, preprocessor_config.json)."
+            )
+        model_type = saved_config_dict(str(path)).get("model_type")
+        if model_type not in WECLIP_MODEL_TYPES:
+            raise ValueError(
+                f"{flag} {name_or_path} holds a {model_type!r} model, not a WeCLIP one. A WeCLIP is trained on a CLIP "
+                "(examples/train.py --clip_model_name_or_path FOLDER_OR_HUB_ID) or converted from official weights "
+                "(examples/convert_official_checkpoint.py)."
+            )
