@@ -444,6 +444,7 @@ def main(argv=None) -> dict | None:
         args.scales = default_scales(model.config)
     settings = {k: getattr(args, k) for k in ("model_name_or_path", "dtype", "msf", "crf", "crf_preset")}
     settings["scales"] = args.scales if args.msf else None
+    values, names, where = load_inputs(args)  # before anything is written: a run without inputs leaves nothing
     replace = [*OUTPUT_FOLDERS, REPORT] if args.overwrite_output_dir else None
     if check_run_settings(
         out, settings, state.is_main_process, state.wait_for_everyone, ("model_name_or_path",), replace
@@ -453,7 +454,6 @@ def main(argv=None) -> dict | None:
         )
 
     # 1. inputs: this process's share, without those an earlier run did from the same input
-    values, names, where = load_inputs(args)
     label_path = {name: out / "labels" / f"{name}.png" for name in names}
     record_path = {name: out / STATE_DIR / "inputs" / f"{name}.json" for name in names}
     position = {name: i for i, name in enumerate(names)}

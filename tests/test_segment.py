@@ -404,6 +404,22 @@ def test_glob_patterns_and_output_names(images):
         segment.find_image_files([f"{images}/*.tiff"], images / "seg")
 
 
+def test_a_run_without_inputs_leaves_no_output_folder(images, toy_weclip_dir, tmp_path):
+    """No image file there: refused before anything is written (it left --output_dir/.state behind)."""
+    out = tmp_path / "out"
+    argv = [
+        "--model_name_or_path",
+        str(toy_weclip_dir),
+        "--images",
+        f"{images}/*.tiff",
+        "--output_dir",
+        str(out),
+    ]
+    with pytest.raises(FileNotFoundError, match="no image file"):
+        segment.main(argv)
+    assert not out.exists()
+
+
 def test_output_names_are_unique_where_a_stem_is_another_files_name(images, toy_weclip_dir, tmp_path):
     """a.png, a.jpg and a.png.png: a.png's name was a.png.png's ("a.png"), so one label map was overwritten by
     the other ("2 label maps ... skipped inputs: 0") and never made on a re-run; now each file gets its own."""
