@@ -396,3 +396,12 @@ def test_a_backbone_the_hub_cannot_give_is_named(tiny_clip, missing):
             WeCLIPForSemanticSegmentation.from_clip(nowhere)
         else:
             WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(tiny_clip, nowhere)
+
+
+def test_a_relative_path_to_no_folder_is_named(tmp_path, monkeypatch):
+    """``from_pretrained("outputs/nope")`` where outputs/ exists but nope does not: transformers took it for a Hub
+    id and, offline, said "couldn't connect" without naming it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"No model folder at 'outputs/nope' \(nor a Hub model"):
+        WeCLIPForSemanticSegmentation.from_pretrained("outputs/nope")

@@ -53,6 +53,22 @@ def public_source_name(name: str | None) -> str | None:
 BACKBONE_MODEL_TYPES = {"CLIP": ("clip",), "DINOv2": ("dinov2", "dinov2_with_registers")}
 
 
+def names_a_missing_folder(name_or_path: str | os.PathLike) -> bool:
+    """Whether ``name_or_path`` is a local path to no folder rather than a Hub id: absolute, starting with ``.`` or
+    ``~``, of more than two parts (a Hub id is ``name`` or ``namespace/name``), or in a folder that exists
+    (``outputs/run-that-does-not-exist``). transformers tries a Hub id there and, offline, names neither."""
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if path.exists():
+        return False
+    return (
+        path.is_absolute()
+        or name.startswith((".", "~"))
+        or name.count("/") > 1
+        or (path.parent != Path(".") and path.parent.is_dir())
+    )
+
+
 def check_backbone_source(name_or_path: str, what: str) -> None:
     """Refuse, before any download is tried, a backbone ``name_or_path`` (``what``: "CLIP" / "DINOv2") that is a
     path to no folder, the folder of a saved WeCLIP model (which `from_pretrained` loads), a local folder of another
@@ -243,11 +259,19 @@ def _fix(overrides: str, otherwise: str) -> str:
 @contextlib.contextmanager
 def loading_errors(path: str, overrides: str = "") -> Iterator[None]:
     """Turn transformers' errors for a truncated weights file and for weights that do not match the config into
-    `ValueError`s that name ``path`` and the fix (``overrides``: `shape_overrides`)."""
+    `ValueError`s that name ``path`` and the fix (``overrides``: `shape_overrides`), and its error for a Hub id
+    it could not load where ``path`` looks like a missing local folder (`names_a_missing_folder`) into a
+    `FileNotFoundError` naming it."""
     from safetensors import SafetensorError
 
     try:
         yield
+    except OSError as err:
+        if not names_a_missing_folder(path):
+            raise
+        raise FileNotFoundError(
+            f"No model folder at {path!r} (nor a Hub model of that id that could be loaded: {err})"
+        ) from err
     except SafetensorError as err:
         raise ValueError(
             f"The weights file of {path!r} is truncated or corrupted ({err}); save or download it again."
@@ -390,6 +414,7 @@ __all__ = [
     "check_model_folder",
     "in_aligned_memory",
     "loading_errors",
+    "names_a_missing_folder",
     "naming_the_checkpoint",
     "refuse_missing_weights",
     "refuse_unused_weights",

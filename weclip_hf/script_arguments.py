@@ -17,7 +17,7 @@ from .checkpointing import TRAINING_STATE_NAME
 from .configuration_weclip import WeCLIPConfig
 from .data.adapters import FROM_MASKS, IMAGE_COLUMNS, MASK_COLUMNS
 from .data.loading import DATA_SOURCE_FLAGS, names_no_dataset
-from .model_loading import WECLIP_MODEL_TYPES, saved_config_dict
+from .model_loading import WECLIP_MODEL_TYPES, names_a_missing_folder, saved_config_dict
 from .presets import PRESETS, VOC_PRESET_OF_MODEL_TYPE, get_preset
 
 # --help texts of flags several scripts share
@@ -268,13 +268,7 @@ def check_model_folder(name_or_path: str, flag: str = "--model_name_or_path") ->
             "model.safetensors) at the end of training; to finish an interrupted run, rerun train.py with "
             "--resume_from_checkpoint latest."
         )
-    looks_like_a_path = (
-        path.is_absolute()
-        or name_or_path.startswith((".", "~"))
-        or name_or_path.count("/") > 1  # a Hub id is "name" or "namespace/name"
-        or (path.parent != Path(".") and path.parent.is_dir())  # outputs/run-that-does-not-exist
-    )
-    if not path.exists() and looks_like_a_path:
+    if names_a_missing_folder(name_or_path):
         raise FileNotFoundError(f"{flag} {name_or_path}: no such folder.")
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{flag} {name_or_path} is a file; give the folder of a saved model.")
