@@ -28,8 +28,7 @@ column) are refused, or with --overwrite_output_dir replaced (and the records of
 dropped, so that the dataset written is this run's). Until a run is done, its folder is marked unfinished and
 holds no metadata.jsonl (nor report), so that an interrupted run is not read as the earlier dataset with some of
 this run's masks; `train.py --data_dir` refuses it. A re-run with other settings, or with another model saved at
-the same --model or --clip_model_name_or_path folder (its weights are recorded by their SHA-256), is refused, or
-with --overwrite_output_dir started over (the earlier run's outputs removed).
+the same --model or --clip_model_name_or_path folder (its weights are recorded by their SHA-256), is refused.
 A run deletes the files of its split folders it has no record of, so --output_dir must not be, hold or lie inside
 the input dataset (--data_dir, --dataset_path), a non-empty folder this script did not write (no
 ``.state/``) is refused unless --overwrite_output_dir, and a link among its outputs (split folders,
@@ -137,8 +136,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--overwrite_output_dir",
         action="store_true",
         help="replace the outputs of rows whose input changed (refused without it), drop those of other rows; "
-        "start over where the folder holds a run with other settings; write into a non-empty folder this script "
-        "did not write, deleting the files of its split folders",
+        "write into a non-empty folder this script did not write, deleting the files of its split folders",
     )
     data = p.add_argument_group("data (default: the offline toy world)")
     add_data_source_flags(data)
@@ -580,16 +578,11 @@ def main(argv=None) -> dict | None:
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # CPU processes: see the docstring
     out = Path(args.output_dir)
     splits = [split for split in (args.split, args.validation_split) if split]
-    outputs = [*splits, STATE_DIR, "overlays", REPORT]
-    check_no_links(out, outputs)
+    check_no_links(out, [*splits, STATE_DIR, "overlays", REPORT])
     settings = {k: getattr(args, k) for k in ("model", "clip_model_name_or_path", "preset", "mode", "split")}
     settings.update(class_names=args.class_names, background_names=args.background_names)
     models = ("model", "clip_model_name_or_path")
-    replace = outputs if args.overwrite_output_dir else None
-    if check_run_settings(out, settings, state.is_main_process, state.wait_for_everyone, models, replace):
-        state.print(
-            f"Note: --overwrite_output_dir: {out} held the outputs of a run with other settings: removed."
-        )
+    check_run_settings(out, settings, state.is_main_process, state.wait_for_everyone, models=models)
     if args.push_to_hub and state.is_main_process:  # fail now, not after labelling everything
         args.hub_dataset_id = create_hub_repo(
             args.hub_dataset_id or out.resolve().name, token=args.hub_token, repo_type="dataset"

@@ -30,7 +30,7 @@ made from the same image: ``.state/inputs/<name>.json`` records each one's input
 content (size and SHA-256 of its bytes). A label map of another input of the same name (a changed file, another
 folder) is refused, or with --overwrite_output_dir replaced. A re-run with other settings, or with another model
 saved at the same --model_name_or_path folder (its weights are recorded by their SHA-256), is refused: choose
-another --output_dir, or start over with --overwrite_output_dir (the earlier run's outputs are removed).
+another --output_dir.
 
 Phases: arguments -> inputs -> model -> segmentation loop (each process its share) -> report (main process).
 """
@@ -119,8 +119,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--overwrite_output_dir",
         action="store_true",
-        help="replace the label maps made from other inputs of the same names, and start over where the folder "
-        "holds a run with other settings (both refused without it)",
+        help="replace the label maps made from other inputs of the same names (refused without it)",
     )
     source = p.add_argument_group("inputs (--images, or a dataset split)")
     source.add_argument(
@@ -445,13 +444,9 @@ def main(argv=None) -> dict | None:
     settings = {k: getattr(args, k) for k in ("model_name_or_path", "dtype", "msf", "crf", "crf_preset")}
     settings["scales"] = args.scales if args.msf else None
     values, names, where = load_inputs(args)  # before anything is written: a run without inputs leaves nothing
-    replace = [*OUTPUT_FOLDERS, REPORT] if args.overwrite_output_dir else None
-    if check_run_settings(
-        out, settings, state.is_main_process, state.wait_for_everyone, ("model_name_or_path",), replace
-    ):
-        state.print(
-            f"Note: --overwrite_output_dir: {out} held the outputs of a run with other settings: removed."
-        )
+    check_run_settings(
+        out, settings, state.is_main_process, state.wait_for_everyone, models=("model_name_or_path",)
+    )
 
     # 1. inputs: this process's share, without those an earlier run did from the same input
     label_path = {name: out / "labels" / f"{name}.png" for name in names}

@@ -202,23 +202,6 @@ def test_outputs_recorded_without_the_model_weights_are_refused(finished_run):
         segment.main(argv)
 
 
-def test_overwrite_output_dir_starts_over_where_the_settings_changed(finished_run, capsys):
-    """--overwrite_output_dir with other settings (--msf) or another model saved at the same folder: the earlier
-    run's outputs (labels/, overlays/, .state/, class_fractions.json) are removed and the run starts over, with a
-    note; a file of the user's in the folder stays. Without the flag both are refused (tests above)."""
-    model, argv, out = finished_run
-    (out / "notes.txt").write_text("mine")
-    stale = out / "labels" / "stale.png"  # not an output of this run's inputs: gone with the earlier run's
-    shutil.copy(next((out / "labels").glob("*.png")), stale)
-    report = segment.main([*argv, "--msf", "--overwrite_output_dir"])
-    assert "held the outputs of a run with other settings: removed" in capsys.readouterr().out
-    assert report["num_images"] == 2 and not stale.exists() and (out / "notes.txt").read_text() == "mine"
-    assert json.loads((out / ".state" / "settings.json").read_text())["msf"] is True
-    save_another_model_at(model)
-    assert segment.main([*argv, "--msf", "--overwrite_output_dir"])["num_images"] == 2
-    assert segment.main([*argv, "--msf"])["num_images"] == 2  # the new run's settings are the recorded ones
-
-
 def test_a_damaged_label_map_is_redone(finished_run):
     """A label map left empty or cut short (a power loss after its rename): a re-run takes it as not done and
     writes it again, where it crashed at the report (PIL's UnidentifiedImageError); the whole one is kept."""

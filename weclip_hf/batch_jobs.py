@@ -212,8 +212,7 @@ def check_run_settings(
     is_main_process: bool,
     wait: Callable[[], None],
     models: tuple[str, ...] = (),
-    replace: Iterable[str] | None = None,
-) -> bool:
+):
     """Record ``settings`` (JSON values) in a fresh ``output_dir``, or check them against the recorded ones.
 
     ``wait``: a barrier of all processes (``PartialState().wait_for_everyone``): the main process records, then
@@ -221,49 +220,20 @@ def check_run_settings(
     `weights_sha256` of each is a setting too (`weights_key`), so a model saved over the old one at the same path
     is a changed setting. Raises ValueError naming the settings that differ, or, where a model is a local folder,
     for outputs recorded without its weights (by a version before they were recorded: which weights wrote them
-    cannot be told). ``replace`` (a script's --overwrite_output_dir): instead, the run starts over: the earlier
-    run's outputs, these names in ``output_dir`` (the script's files and folders; ``.state`` too), are removed and
-    this run's settings recorded. Returns whether it started over."""
+    cannot be told)."""
     path = Path(output_dir) / STATE_DIR / SETTINGS
     settings = {**settings, **{weights_key(k): weights_sha256(settings[k]) for k in models}}
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back
     if is_main_process and not path.exists():
         save_json(settings, path)
     wait()
-    try:
-        _compare_run_settings(output_dir, settings, json.loads(path.read_text(encoding="utf-8")), models)
-    except ValueError:
-        if replace is None:
-            raise
-        wait()  # every process has read the settings before they go
-        if is_main_process:
-            remove_outputs(output_dir, replace)
-            save_json(settings, path)
-        wait()
-        return True
-    return False
-
-
-def remove_outputs(output_dir: str | Path, names: Iterable[str]) -> None:
-    """Delete the files and folders ``names`` in ``output_dir`` (links themselves, never what they point to)."""
-    for name in names:
-        path = Path(output_dir) / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-
-
-def _compare_run_settings(
-    output_dir: str | Path, settings: dict, recorded: dict, models: tuple[str, ...]
-) -> None:
-    """`check_run_settings`' errors: ``settings`` (with their weights) against the ``recorded`` ones."""
+    recorded = json.loads(path.read_text(encoding="utf-8"))
     unknown = [k for k in models if weights_key(k) not in recorded and settings[weights_key(k)] is not None]
     if unknown:
         raise ValueError(
             f"{output_dir} holds outputs of a run that did not record the weights of its model (written before "
             f"they were recorded): whether they come from the model now at {settings[unknown[0]]} cannot be "
-            "told. Choose another --output_dir, or give --overwrite_output_dir to start over (its outputs removed)."
+            "told. Choose another --output_dir (or delete this one) for a run with it."
         )
     changed = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
     if changed:
@@ -272,8 +242,7 @@ def _compare_run_settings(
         note = "".join(f" The model at {settings[k]} is not the one that wrote them." for k in replaced)
         raise ValueError(
             f"{output_dir} holds outputs of a run with other settings ({shown}).{note} Re-run with the recorded "
-            "settings to continue it, choose another --output_dir, or give --overwrite_output_dir to start over (its "
-            "outputs removed)."
+            "settings to continue it, or choose another --output_dir."
         )
 
 
@@ -405,7 +374,6 @@ __all__ = [
     "remove_file",
     "remove_temporary_files",
     "save_bytes",
-    "remove_outputs",
     "save_image",
     "save_overlay",
     "save_json",
