@@ -443,7 +443,8 @@ def main(argv=None) -> dict | None:
         args.scales = default_scales(model.config)
     settings = {k: getattr(args, k) for k in ("model_name_or_path", "dtype", "msf", "crf", "crf_preset")}
     settings["scales"] = args.scales if args.msf else None
-    values, names, where = load_inputs(args)  # before anything is written: a run without inputs leaves nothing
+    # the inputs before anything is written: a run without inputs leaves nothing
+    values, names, where = load_inputs(args)
     check_run_settings(
         out, settings, state.is_main_process, state.wait_for_everyone, models=("model_name_or_path",)
     )
