@@ -23,13 +23,13 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"; } |
+    tee "$out/gpu.txt"
 # the versions, and whether CUDA runs (one interpreter start: importing torch and transformers takes seconds)
 versions=$("$python" -c "import sys, torch, transformers
 print(sys.version.split()[0], torch.__version__, transformers.__version__, int(torch.cuda.is_available()))")
 cuda=${versions##* }
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null || echo "no nvidia-smi"
-  echo "${versions% *}"
-} | tee "$out/gpu.txt"
+echo "${versions% *}" | tee -a "$out/gpu.txt"
 # PAR's Triton kernels against the eager path on this GPU first (a failure is reported, the figures still run)
 if [ "$cuda" = 1 ]; then
     "$python" -m pytest -q -p no:cacheprovider tests/test_par_triton.py -k cuda 2>&1 | tee "$out/cuda_tests.txt" || true

@@ -99,8 +99,8 @@ def naming_the_checkpoint(name_or_path: str, what: str) -> Iterator[None]:
         if os.path.isdir(os.path.expanduser(str(name_or_path))):
             raise
         raise OSError(
-            f"Could not load the {what} checkpoint {str(name_or_path)!r}: {error}\nWithout the network, give a local "
-            f"folder of a {what} model written by save_pretrained (or run once where the Hub is reachable, to cache it)."
+            f"Could not load the {what} checkpoint {str(name_or_path)!r}: {error}\nWhere the Hub cannot be reached, "
+            f"give a local folder of a {what} model written by save_pretrained (or run once where it can, to cache it)."
         ) from error
 
 

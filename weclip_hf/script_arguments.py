@@ -258,8 +258,9 @@ def first_paragraph(doc: str) -> str:
 
 
 def check_model_folder(name_or_path: str, flag: str = "--model_name_or_path") -> None:
-    """Refuse, with a message saying what to give instead, a ``name_or_path`` that is a path to no folder, or a
-    training checkpoint (``step_N`` of examples/train.py) rather than a saved model. Hub ids pass."""
+    """Refuse, with a message saying what to give instead, a ``name_or_path`` that is a path to no folder
+    (`names_a_missing_folder`), a file, a training checkpoint (``step_N`` of examples/train.py) rather than a saved
+    model, a folder without config.json or one of another model type (a CLIP's). Hub ids pass."""
     path = Path(name_or_path).expanduser()
     if (path / TRAINING_STATE_NAME).is_file():
         raise ValueError(

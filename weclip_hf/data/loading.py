@@ -484,8 +484,8 @@ def load_dataset_splits(
 
     Without ``train_split`` the preset's preferred splits are tried in order (VOC: "train_aug", then
     "train", with a note through ``log``). With ``need_train=False`` (evaluation) a missing training split gives
-    ``train=None``. A ``validation_split`` given must exist ("none": no validation set); without it the preset's is
-    used when the dataset has it.
+    ``train=None``. A ``validation_split`` given must exist ("none": no validation set, when training only: an
+    evaluation refuses it); without it the preset's is used when the dataset has it.
     """
     if source.toy:
         from .toy import TOY_VALIDATION_SEED_OFFSET, make_toy_dataset
