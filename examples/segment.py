@@ -30,7 +30,7 @@ made from the same image: ``.state/inputs/<name>.json`` records each one's input
 content (size and SHA-256 of its bytes). A label map of another input of the same name (a changed file, another
 folder) is refused, or with --overwrite_output_dir replaced. A re-run with other settings, or with another model
 saved at the same --model_name_or_path folder (its weights are recorded by their SHA-256), is refused: choose
-another --output_dir, or start over with --overwrite_output_dir (the earlier run's recorded outputs are removed).
+another --output_dir.
 
 Phases: arguments -> inputs -> model -> segmentation loop (each process its share) -> report (main process).
 """
@@ -42,7 +42,6 @@ import collections
 import functools
 import glob
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -120,8 +119,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--overwrite_output_dir",
         action="store_true",
-        help="replace the label maps made from other inputs of the same names, and start over where the folder "
-        "holds a run with other settings (removing the outputs that run recorded; both refused without it)",
+        help="replace the label maps made from other inputs of the same names (refused without it)",
     )
     source = p.add_argument_group("inputs (--images, or a dataset split)")
     source.add_argument(
@@ -345,21 +343,6 @@ def dataset_row(index: int, split: str, dataset: str) -> str:
 # ---- model and segmentation -------------------------------------------------------------------------
 
 
-def remove_earlier_run(out: Path) -> int:
-    """Delete what an earlier run recorded writing in ``out``: the label map and overlay of each input recorded in
-    ``.state/inputs`` (every output's record is written before it), the report and ``.state``; anything else in the
-    folder (a user's own files, in labels/ too) stays. Returns the number of inputs whose outputs went."""
-    inputs = out / STATE_DIR / "inputs"
-    records = sorted(inputs.rglob("*.json"))
-    for record in records:
-        name = record.relative_to(inputs).with_suffix("").as_posix()
-        for path in (out / "labels" / f"{name}.png", out / "overlays" / f"{name}.png"):
-            remove_file(path, out)
-    remove_file(out / REPORT, out)
-    shutil.rmtree(out / STATE_DIR)  # no link inside: check_no_links
-    return len(records)
-
-
 def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImageProcessor]:
     """The model of ``--model_name_or_path`` in evaluation mode on ``device``, and its image processor."""
     check_model_folder(args.model_name_or_path)
@@ -462,26 +445,9 @@ def main(argv=None) -> dict | None:
     settings["scales"] = args.scales if args.msf else None
     # the inputs before anything is written: a run without inputs leaves nothing
     values, names, where = load_inputs(args)
-    check_settings = functools.partial(
-        check_run_settings,
-        out,
-        settings,
-        state.is_main_process,
-        state.wait_for_everyone,
-        ("model_name_or_path",),
+    check_run_settings(
+        out, settings, state.is_main_process, state.wait_for_everyone, models=("model_name_or_path",)
     )
-    try:
-        check_settings()
-    except ValueError as error:  # a run with other settings (or another model) wrote this folder
-        if not args.overwrite_output_dir:
-            raise ValueError(f"{error} Or start over with --overwrite_output_dir.") from error
-        state.wait_for_everyone()  # every process has read the old settings
-        if state.is_main_process:
-            removed = remove_earlier_run(out)
-            print(
-                f"Note: --overwrite_output_dir: {out} held a run with other settings; its {removed} outputs removed."
-            )
-        check_settings()  # this run's settings recorded
 
     # 1. inputs: this process's share, without those an earlier run did from the same input
     label_path = {name: out / "labels" / f"{name}.png" for name in names}

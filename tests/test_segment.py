@@ -202,42 +202,6 @@ def test_outputs_recorded_without_the_model_weights_are_refused(finished_run):
         segment.main(argv)
 
 
-def test_overwrite_output_dir_starts_over_removing_only_what_the_earlier_run_recorded(
-    finished_run, images, capsys
-):
-    """Other settings (--msf), or another model at the same folder, with --overwrite_output_dir: the earlier run's
-    recorded outputs (label maps and overlays of its inputs, the report, .state) are removed and the run starts
-    over; a user's own files, in labels/ too, stay. Without the flag the refusal names it."""
-    model, argv, out = finished_run
-    earlier = sorted(p.relative_to(out) for p in (out / "labels").rglob("*.png"))
-    assert len(earlier) == 2
-    mine = [out / "notes.txt", out / "labels" / "my_ground_truth.png", out / "overlays" / "mine.png"]
-    for path in mine:
-        path.parent.mkdir(exist_ok=True)
-        path.write_text("mine")
-    with pytest.raises(
-        ValueError, match=r"other settings \(msf: False -> True.*Or start over with --overwrite"
-    ):
-        segment.main([*argv, "--msf"])
-    # the new run on two other images: the earlier run's label maps (of images/sub: toy1, toy3) must go
-    assert argv[2:4] == ["--images", str(images / "sub")]
-    other = [*argv[:3], str(images / "toy0.png"), str(images / "toy2.png"), *argv[4:]]
-    report = segment.main([*other, "--msf", "--overwrite_output_dir"])
-    assert "held a run with other settings; its 2 outputs removed" in capsys.readouterr().out
-    assert not any((out / p).exists() for p in earlier)
-    assert all(path.read_text() == "mine" for path in mine)
-    assert sorted(report["images"]) == ["toy0", "toy2"]
-    assert sorted(p.name for p in (out / "labels").glob("*.png")) == [
-        "my_ground_truth.png",
-        "toy0.png",
-        "toy2.png",
-    ]
-    assert json.loads((out / ".state" / "settings.json").read_text())["msf"] is True
-    save_another_model_at(model)  # and another model at the same folder
-    assert segment.main([*other, "--msf", "--overwrite_output_dir"])["num_images"] == 2
-    assert all(path.read_text() == "mine" for path in mine)
-
-
 def test_a_damaged_label_map_is_redone(finished_run):
     """A label map left empty or cut short (a power loss after its rename): a re-run takes it as not done and
     writes it again, where it crashed at the report (PIL's UnidentifiedImageError); the whole one is kept."""
