@@ -155,7 +155,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--crf",
         action="store_true",
         help="dense CRF post-processing (weclip_hf.crf); memory: ~530 bytes per pixel more (12 MP: 6.4 GB; "
-        "README, Segmenting a folder of images)",
+        "docs/scripts.md, Segmenting a folder of images)",
     )
     p.add_argument(
         "--crf_preset",

@@ -371,7 +371,7 @@ def normalize_label_row(
     if multi_hot is None and binary is not None:
         multi_hot = multi_hot_rows(binary, zero_based, lambda _: where)
     if (values.dtype.kind in "fb" or multi_hot and binary is not None) and len(values) > 0:
-        # float rows are multi-hot only (README "Training on your own data"): ids written as floats, e.g. [5.0] by
+        # float rows are multi-hot only (docs/training.md, "The data"): ids written as floats, e.g. [5.0] by
         # pandas, are refused, saying so, rather than read by their width
         integral = values.dtype.kind == "f" and bool(whole_numbers(values).all())
         hint = (

@@ -640,7 +640,7 @@ def check_imagefolder_metadata(data_dir: str) -> None:
             f"--data_dir {data_dir} is laid out as PASCAL VOC's own release (JPEGImages/, SegmentationClass/, "
             "ImageSets/), not as an imagefolder: use the Hub dataset (--dataset_name, README 'Reproducing VOC "
             "and COCO') or build an imagefolder (train/ and validation/ with a metadata.jsonl naming each image and "
-            "its mask: README 'Training on your own data')."
+            "its mask: docs/training.md, 'The data')."
         )
     for path in (p for p in found if p.name in METADATA_NAMES):
         lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -657,7 +657,7 @@ def load_folder_dataset(
 ):
     """The splits of a folder-based dataset: ``path`` "imagefolder" with ``data_dir`` (--data_dir), or a local folder
     or Hub repository (--dataset_name, its config ``name``). Where its splits' metadata files hold different fields
-    (image-level labels in train/, masks in validation/: README "Training on your own data"), which `datasets`
+    (image-level labels in train/, masks in validation/: docs/training.md, "The data"), which `datasets`
     refuses in one load ("have different features"), each split is loaded on its own (its files found by
     `datasets`' own split patterns), its columns of nothing but nulls dropped."""
     import datasets
