@@ -213,6 +213,33 @@ def test_rfm_switches_on_from_step_counter(tiny_config):
 
 
 @pytest.mark.parametrize("plus", [False, True], ids=["weclip", "weclip_plus"])
+def test_only_training_steps_advance_the_step_counter(plus):
+    """A forward in train mode counts only where it can be a training step (gradients on, labels given): an
+    inference call on a model left in train mode (a pipeline, a look between steps in a notebook) advanced the
+    saved counter that starts the RFM, shifting the schedule."""
+    from conftest import make_tiny_plus_config
+
+    from weclip_hf import WeCLIPPlusForSemanticSegmentation
+
+    torch.manual_seed(0)
+    if plus:
+        model = WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config()).train()
+    else:
+        model = WeCLIPForSemanticSegmentation(make_tiny_config()).train()
+    pixel_values, class_labels = _inputs(batch=2, height=16, width=16)
+    class_labels = class_labels[:, : model.config.num_labels - 1]
+    labels = torch.zeros(2, 16, 16, dtype=torch.long)
+    model(pixel_values)
+    with torch.no_grad():
+        model(pixel_values, class_labels=class_labels)
+        model(pixel_values, labels=labels)
+    assert int(model.training_step) == 0
+    model(pixel_values, class_labels=class_labels)
+    model(pixel_values, labels=labels, return_loss=False)  # a loss of the user's own: still a training step
+    assert int(model.training_step) == 2
+
+
+@pytest.mark.parametrize("plus", [False, True], ids=["weclip", "weclip_plus"])
 def test_return_loss_false_gives_the_same_pseudo_labels_without_the_loss(plus):
     """``return_loss=False`` (CLIPModel's flag; the evaluation's and segment.py's CAMs) computes no loss, and the
     decoder affinity only for the RFM: the logits, pseudo labels and CAMs are the same."""

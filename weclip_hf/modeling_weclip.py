@@ -317,8 +317,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
     The CLIP towers (`vision_model`, `text_model`, `visual_projection`, `text_projection`, `logit_scale`,
     named as in `CLIPModel` so CLIP checkpoints load by name) are frozen: no gradient, always in eval mode.
     Class and background text embeddings are computed once (`update_class_embeddings`) and stored as
-    buffers, so inference never tokenizes. `training_step` (a saved buffer) counts training forwards
-    and switches the RFM on at `config.rfm_start_step`.
+    buffers, so inference never tokenizes. `training_step` (a saved buffer) counts training forwards (train
+    mode, gradients enabled, labels given) and switches the RFM on at `config.rfm_start_step`.
     """
 
     _FROZEN = ("vision_model", "text_model", "visual_projection", "text_projection")
@@ -883,9 +883,12 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         self._step_mirror = (buffer, _version_of(buffer), step)
 
     @torch.compiler.disable
-    def _advance_step(self) -> None:
-        """One training forward done (weak or fully supervised): count it in the buffer and its mirror."""
-        self._write_step(self._current_step() + 1)
+    def _advance_step(self, start: FrozenCLIPPass) -> None:
+        """Count the forward ``start`` began in the buffer and its mirror where it is a training step: train mode,
+        gradients enabled and labels given (weak or pixel ones). A forward without labels or gradients (a
+        pipeline or `no_grad` call on a model left in train mode) leaves the RFM's schedule where it is."""
+        if self.training and torch.is_grad_enabled() and (start.weak or start.has_pixel_labels):
+            self._write_step(self._current_step() + 1)
 
     def _frozen_clip_pass(
         self,
@@ -1021,8 +1024,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             synced = self.training and torch.is_grad_enabled()
             loss, seg, aff = weclip_loss(cfg, logits, decoder_affinity, target, across_processes=synced)
 
-        if self.training:
-            self._advance_step()
+        self._advance_step(start)
 
         output = WeCLIPSemanticSegmenterOutput(
             loss=loss,

@@ -301,8 +301,7 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
                 across_processes=self.training and torch.is_grad_enabled(),
             )
 
-        if self.training:
-            self._advance_step()
+        self._advance_step(start)
 
         output = WeCLIPPlusSemanticSegmenterOutput(
             loss=terms.loss if terms else None,
