@@ -481,7 +481,9 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         if len(shapes) > 1:
             raise ValueError(
                 f"Images of one batch end up with different sizes {sorted(shapes)}; process them one by one "
-                "or use a fixed size={'height': h, 'width': w}."
+                "or use a fixed size={'height': h, 'width': w} (padding them to one size would change their "
+                "logits: every CLIP token attends to the padding). The 'image-segmentation' pipeline takes "
+                "images of mixed sizes, batching those of one size."
             )
         size_hw = tuple(pixels[0].shape[-2:])
         padded = self._padded_size(*size_hw, opts["do_pad"])
