@@ -29,8 +29,9 @@ disk first; one that cannot be read, empty or cut short by a power loss, is redo
 made from the same image: ``.state/inputs/<name>.json`` records each one's input by its
 content (size and SHA-256 of its bytes). A label map of another input of the same name (a changed file, another
 folder) is refused, or with --overwrite_output_dir replaced. A re-run with other settings, or with another model
-saved at the same --model_name_or_path folder (its weights are recorded by their SHA-256), is refused: choose
-another --output_dir.
+saved at the same --model_name_or_path folder (its weights are recorded by their SHA-256), is refused, or with
+--overwrite_output_dir starts over: it removes the earlier run's label maps, overlays, records and report, the
+files each input's record lists as written for it (before it wrote them), never other files of the folder.
 
 Phases: arguments -> inputs -> model -> segmentation loop (each process its share) -> report (main process).
 """
@@ -55,7 +56,10 @@ from transformers import AutoModelForSemanticSegmentation
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.batch_jobs import (
+    OUTPUTS,
+    SETTINGS,
     STATE_DIR,
+    SettingsChanged,
     check_no_links,
     check_recorded_inputs,
     check_run_settings,
@@ -66,6 +70,7 @@ from weclip_hf.batch_jobs import (
     process_share,
     read_record,
     read_skipped,
+    recorded_outputs,
     remove_file,
     remove_temporary_files,
     save_image,
@@ -103,8 +108,10 @@ from weclip_hf.visualization import (
     present_class_cams,
 )
 
-OUTPUT_FOLDERS = ("labels", "overlays", STATE_DIR)  # what this script writes in --output_dir
+IMAGE_FOLDERS = ("labels", "overlays")  # the images this script writes in --output_dir
+OUTPUT_FOLDERS = (*IMAGE_FOLDERS, STATE_DIR)  # all it writes there, with class_fractions.json
 REPORT = "class_fractions.json"
+MODEL_SETTINGS = ("model_name_or_path",)  # the settings that name a model: its weights are recorded too
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -119,7 +126,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--overwrite_output_dir",
         action="store_true",
-        help="replace the label maps made from other inputs of the same names (refused without it)",
+        help="replace the label maps made from other inputs of the same names, and start over where the folder "
+        "holds a run with other settings (both refused without it)",
     )
     source = p.add_argument_group("inputs (--images, or a dataset split)")
     source.add_argument(
@@ -429,6 +437,60 @@ def write_report(out: Path, names: list[str], label_path: dict, id2label, model_
     return report
 
 
+# ---- starting over (--overwrite_output_dir over a run with other settings) --------------------------
+
+
+def earlier_run(out: Path) -> dict[Path, list[Path]]:
+    """The input records of the run in ``out``, each with the files it lists as written for its input. Raises
+    ValueError where a record lists none (written by a version before records listed them): which files that run
+    wrote cannot be told from a user's own."""
+    records = sorted((out / STATE_DIR / "inputs").rglob("*.json"))
+    listed = {path: recorded_outputs(read_record(path), out, IMAGE_FOLDERS) for path in records}
+    if unlisted := [path for path, outputs in listed.items() if outputs is None]:
+        raise ValueError(
+            f"{out} holds outputs of a run with other settings whose records do not list the files it wrote "
+            f"({unlisted[0]}; written by an earlier version): starting over there could delete files of your own. "
+            "Choose another --output_dir."
+        )
+    return listed
+
+
+def start_over(out: Path, listed: dict[Path, list[Path]]) -> None:
+    """Remove the earlier run ``listed`` (`earlier_run`): each input's files, then its record; the report and the
+    lists of skipped inputs; its settings last, so that an interrupted start-over leaves a folder the same command
+    finishes. Other files in ``out`` stay, in labels/ and overlays/ too."""
+    for record, outputs in listed.items():
+        for path in [*outputs, record]:
+            remove_file(path, out)
+    state = out / STATE_DIR
+    for path in [out / REPORT, *sorted(state.glob("skipped-*.json")), state / SETTINGS]:
+        remove_file(path, out)
+
+
+def record_settings(out: Path, settings: dict, state: PartialState, overwrite: bool) -> None:
+    """`check_run_settings` for this script's ``settings``; where ``out`` holds a run with other ones,
+    ``overwrite`` (--overwrite_output_dir) starts over (`start_over`), else the refusal says so."""
+    check = functools.partial(
+        check_run_settings, out, settings, state.is_main_process, state.wait_for_everyone, MODEL_SETTINGS
+    )
+    try:
+        check()
+    except SettingsChanged as err:
+        if not overwrite:
+            raise SettingsChanged(
+                f"{err} Or give --overwrite_output_dir to start over: it removes that run's label maps, overlays "
+                "and report (the files its records list; other files stay)."
+            ) from None
+        listed = earlier_run(out)  # in every process: a refusal stops them all
+        state.wait_for_everyone()  # every process has read the earlier settings and records
+        if state.is_main_process:
+            print(
+                f"--overwrite_output_dir: removing the {len(listed)} inputs' outputs of the earlier run in {out}"
+            )
+            start_over(out, listed)
+        check()  # the main process records this run's settings, the others wait for it
+
+
 # ---- main -------------------------------------------------------------------------------------------
 
 
@@ -445,9 +507,7 @@ def main(argv=None) -> dict | None:
     settings["scales"] = args.scales if args.msf else None
     # the inputs before anything is written: a run without inputs leaves nothing
     values, names, where = load_inputs(args)
-    check_run_settings(
-        out, settings, state.is_main_process, state.wait_for_everyone, models=("model_name_or_path",)
-    )
+    record_settings(out, settings, state, args.overwrite_output_dir)
 
     # 1. inputs: this process's share, without those an earlier run did from the same input
     label_path = {name: out / "labels" / f"{name}.png" for name in names}
@@ -460,9 +520,11 @@ def main(argv=None) -> dict | None:
         args.overwrite_output_dir,
     )
     share = process_share(len(names), state.process_index, state.num_processes)
-    # --overwrite_output_dir: another input's outputs go before this one's record is written
+    # --overwrite_output_dir: another input's outputs go before this one's record is written (those its record
+    # lists; a record of an earlier version lists none: the label map and overlay of the name)
     for name in (names[i] for i in share if names[i] in changed):
-        for path in (label_path[name], out / "overlays" / f"{name}.png"):
+        listed = recorded_outputs(read_record(record_path[name]), out, IMAGE_FOLDERS)
+        for path in listed if listed is not None else (label_path[name], out / "overlays" / f"{name}.png"):
             remove_file(path, out)
     # a label map that cannot be read (empty or cut short: a power loss) is redone
     todo = [i for i in share if names[i] not in done or not is_whole_image(label_path[names[i]])]
@@ -477,17 +539,23 @@ def main(argv=None) -> dict | None:
         collate_fn=list,
     )
 
-    # 2. segmentation: the record of the input first, then the overlay, the label map last (an input is done
-    # when its label map exists and its record names the same input)
+    # 2. segmentation: the record of the input first (with the files written for it), then the overlay, the
+    # label map last (an input is done when its label map exists and its record names the same input)
     skipped = []
     for batch in tqdm(loader, desc="segmenting", disable=not state.is_local_main_process):
         skipped += [{"input": names[b["position"]], "reason": b["error"]} for b in batch if "error" in b]
         for group in group_by_size([b for b in batch if "error" not in b]):
             for item, labels in zip(group, segment(model, processor, group, args)):
                 name = names[item["position"]]
-                save_json(item["record"], record_path[name])
-                if args.num_overlays < 0 or item["position"] < args.num_overlays:
-                    save_overlay(overlay(model, item, labels), out / "overlays" / f"{name}.png")
+                with_overlay = args.num_overlays < 0 or item["position"] < args.num_overlays
+                overlay_path = out / "overlays" / f"{name}.png"
+                outputs = [overlay_path] * with_overlay + [label_path[name]]
+                save_json(
+                    {**item["record"], OUTPUTS: [p.relative_to(out).as_posix() for p in outputs]},
+                    record_path[name],
+                )
+                if with_overlay:
+                    save_overlay(overlay(model, item, labels), overlay_path)
                 save_image(label_map_image(labels, model.config.num_labels), label_path[name])
     for entry in skipped:
         print(f"skipped {entry['input']}: {entry['reason']}")

@@ -178,6 +178,72 @@ def finished_run(images, toy_weclip_dir, tmp_path) -> tuple[Path, list[str], Pat
     return model, argv, out
 
 
+def test_overwrite_output_dir_starts_over_removing_only_what_the_earlier_run_wrote(
+    images, toy_weclip_dir, tmp_path
+):
+    """A run over a, b, c (an overlay of a only), then one with --msf over a and b into the same folder: refused,
+    naming --overwrite_output_dir, nothing touched; with it, the earlier run's label maps (c's too), overlay,
+    records and report go, and the folder holds what a fresh --msf run writes. A user's own files stay: an overlay
+    named after b (the earlier run wrote none for it), a PNG in labels/, a file beside them. A folder whose records
+    do not list their files (an earlier version's) is refused."""
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    for name, source in (("a", "toy0.png"), ("b", "toy2.png"), ("c", "sub/toy1.png")):
+        shutil.copyfile(images / source, inputs / f"{name}.png")
+    model = ["--model_name_or_path", str(toy_weclip_dir)]
+    segment.main([*model, "--images", str(inputs), "--output_dir", str(out), "--num_overlays", "1"])
+    own = {
+        out / "overlays" / "b.png": b"my overlay",
+        out / "labels" / "mine.png": b"mine",
+        out / "notes.txt": b"x",
+    }
+    for path, data in own.items():
+        path.write_bytes(data)
+    again = [*model, "--images", str(inputs / "a.png"), str(inputs / "b.png"), "--msf"]
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(
+        ValueError, match=r"other settings \(msf: False -> True.*--overwrite_output_dir to start over"
+    ):
+        segment.main([*again, "--output_dir", str(out)])
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    report = segment.main([*again, "--output_dir", str(out), "--overwrite_output_dir"])
+    fresh = segment.main([*again, "--output_dir", str(tmp_path / "fresh")])
+    assert report == fresh and set(report["images"]) == {"a", "b"}
+    for name in ("a", "b"):
+        assert (out / "labels" / f"{name}.png").read_bytes() == (
+            tmp_path / "fresh" / "labels" / f"{name}.png"
+        ).read_bytes()
+    assert all(path.read_bytes() == data for path, data in own.items())
+    assert {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()} == {
+        "labels/a.png", "labels/b.png", "labels/mine.png", "overlays/b.png", "notes.txt", "class_fractions.json",
+        ".state/settings.json", ".state/inputs/a.json", ".state/inputs/b.json", ".state/skipped-0.json",
+    }  # fmt: skip
+    record = json.loads((out / ".state" / "inputs" / "a.json").read_text())
+    del record["outputs"]
+    (out / ".state" / "inputs" / "a.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"records do not list the files it wrote .*a.json"):
+        segment.main([*model, "--images", str(inputs), "--output_dir", str(out), "--overwrite_output_dir"])
+    assert (out / "labels" / "a.png").exists() and (out / "labels" / "b.png").exists()
+
+
+def test_recorded_outputs_lie_in_the_writers_folders(tmp_path):
+    """A record's ``outputs`` are read as paths under the output folder's named folders; one outside (``..``,
+    another folder) is refused rather than deleted; a record without them (or none) lists nothing."""
+    from weclip_hf.batch_jobs import recorded_outputs
+
+    listed = recorded_outputs(
+        {"outputs": ["labels/a.png", "overlays/sub/a.png"]}, tmp_path, ("labels", "overlays")
+    )
+    assert listed == [tmp_path / "labels" / "a.png", tmp_path / "overlays" / "sub" / "a.png"]
+    assert (
+        recorded_outputs({"input": {}}, tmp_path, ("labels",)) is None
+        and recorded_outputs(None, tmp_path, ()) is None
+    )
+    for outside in ("labels/../../x.png", "images/a.png", "/etc/passwd"):
+        with pytest.raises(ValueError, match="lists outputs outside"):
+            recorded_outputs({"outputs": [outside]}, tmp_path, ("labels", "overlays"))
+
+
 def test_another_model_saved_at_the_same_folder_is_refused(finished_run):
     """A retrained model saved at the same --model_name_or_path: the re-run is refused (it would report the old
     model's label maps as done), and nothing of the folder is rewritten."""
@@ -605,9 +671,13 @@ def test_atomic_write_flushes_the_whole_file_to_disk_before_the_rename(tmp_path,
 
 
 def test_two_processes_split_the_inputs(run, images, toy_weclip_dir, tmp_path):
-    """`accelerate launch` with two CPU processes: each segments every other input, the main one reports them all."""
+    """`accelerate launch` with two CPU processes: each segments every other input, the main one reports them all;
+    they start over in a folder that holds a run with other settings (--overwrite_output_dir: the main process
+    removes it while the other waits)."""
     reference, _ = run
     out = tmp_path / "out"
+    earlier = ["--model_name_or_path", str(toy_weclip_dir), "--images", str(images / "sub"), "--msf"]
+    segment.main([*earlier, "--output_dir", str(out), "--num_overlays", "-1"])  # labels/toy1.png, overlays/
     launcher = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--multi_gpu"]
     launcher += [
         "--num_processes",
@@ -622,7 +692,7 @@ def test_two_processes_split_the_inputs(run, images, toy_weclip_dir, tmp_path):
     command = [*launcher, str(SCRIPT), "--model_name_or_path", str(toy_weclip_dir), "--images", str(images)]
     env = {**train_env(threads=1), "ACCELERATE_USE_CPU": "1"}
     proc = subprocess.run(
-        [*command, "--output_dir", str(out), "--batch_size", "4"],
+        [*command, "--output_dir", str(out), "--batch_size", "4", "--overwrite_output_dir"],
         capture_output=True,
         text=True,
         env=env,
@@ -636,6 +706,8 @@ def test_two_processes_split_the_inputs(run, images, toy_weclip_dir, tmp_path):
     assert set(report["images"]) == set(READABLE) and [s["input"] for s in report["skipped"]] == ["truncated"]
     for name in READABLE:
         assert np.mean(label_map(out, name) == label_map(reference, name)) > 0.999, name
+    assert not (out / "labels" / "toy1.png").exists() and not list((out / "overlays").iterdir())
+    assert json.loads((out / ".state" / "settings.json").read_text())["msf"] is False
 
 
 def test_decoding_workers_default_to_two_on_an_accelerator_and_none_on_the_cpu():

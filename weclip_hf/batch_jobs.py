@@ -6,11 +6,12 @@
   a re-run skips it (a label map that cannot be read all the same is redone: `is_whole_image`).
 - Each output's record names the input it was made from, by content (`content_fingerprint`): a re-run skips an
   output only if this run's input of that name is the same, and refuses one made from another input
-  (`check_recorded_inputs`), rather than reporting another input's result as this one's.
+  (`check_recorded_inputs`), rather than reporting another input's result as this one's. A record written before
+  its outputs may list them (``"outputs"``, `recorded_outputs`): what a later run may delete as that run's.
 - Process ``rank`` of ``world_size`` takes inputs ``rank, rank + world_size, ...`` (`process_share`); the inputs
   of a batch are run in groups of one size (`group_by_size`).
 - `check_run_settings` records the settings that change the outputs in ``.state/settings.json``: a re-run with
-  other settings is refused rather than mixing two kinds of outputs in one folder. A model given as a local folder
+  other settings is refused (`SettingsChanged`) rather than mixing two kinds of outputs in one folder. A model given as a local folder
   is recorded by its weights too (`weights_sha256`), so that another model saved at the same path is another
   setting.
 - While a run rewrites a folder whose finished outputs are read as a whole (a dataset's metadata), the folder is
@@ -41,6 +42,11 @@ from PIL import Image
 STATE_DIR = ".state"  # hidden: `datasets` and globs skip it
 UNFINISHED = "unfinished.json"  # in STATE_DIR from `mark_unfinished` to `mark_finished`
 SETTINGS = "settings.json"  # in STATE_DIR: `check_run_settings` writes it before any output
+OUTPUTS = "outputs"  # in an input's record: the files written for it, relative to the output folder
+
+
+class SettingsChanged(ValueError):
+    """The output folder holds a run with other settings (`check_run_settings`)."""
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -157,6 +163,23 @@ def read_record(path: str | Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
+def recorded_outputs(
+    record: dict | None, output_dir: str | Path, folders: Iterable[str]
+) -> list[Path] | None:
+    """The files ``record`` lists as written for its input (``record["outputs"]``: paths relative to
+    ``output_dir``), or None where it lists none (no record, or one of a version that did not list them). Raises
+    ValueError for a listed path outside ``folders`` (the writer's output folders, relative to ``output_dir``): a
+    record names only what its run wrote there."""
+    if record is None or OUTPUTS not in record:
+        return None
+    output_dir = Path(output_dir)
+    paths = [output_dir / name for name in record[OUTPUTS]]
+    inside = [output_dir / folder for folder in folders]
+    if outside := [p for p in paths if ".." in p.parts or not any(p.is_relative_to(f) for f in inside)]:
+        raise ValueError(f"A record in {output_dir} lists outputs outside {sorted(folders)}: {outside[:3]}.")
+    return paths
+
+
 def check_recorded_inputs(
     output_dir: str | Path,
     recorded: dict[str, dict | None],
@@ -218,7 +241,7 @@ def check_run_settings(
     ``wait``: a barrier of all processes (``PartialState().wait_for_everyone``): the main process records, then
     every process compares. ``models``: the keys of ``settings`` that name a model (a local folder or a Hub id);
     `weights_sha256` of each is a setting too (`weights_key`), so a model saved over the old one at the same path
-    is a changed setting. Raises ValueError naming the settings that differ, or, where a model is a local folder,
+    is a changed setting. Raises `SettingsChanged` naming the settings that differ, or ValueError, where a model is a local folder,
     for outputs recorded without its weights (by a version before they were recorded: which weights wrote them
     cannot be told)."""
     path = Path(output_dir) / STATE_DIR / SETTINGS
@@ -240,7 +263,7 @@ def check_run_settings(
         shown = ", ".join(f"{k}: {recorded.get(k)!r} -> {settings.get(k)!r}" for k in changed)
         replaced = [k for k in models if weights_key(k) in changed and settings[k] == recorded.get(k)]
         note = "".join(f" The model at {settings[k]} is not the one that wrote them." for k in replaced)
-        raise ValueError(
+        raise SettingsChanged(
             f"{output_dir} holds outputs of a run with other settings ({shown}).{note} Re-run with the recorded "
             "settings to continue it, or choose another --output_dir."
         )
@@ -354,8 +377,10 @@ def remove_temporary_files(folders: Iterable[str | Path]) -> None:
 
 
 __all__ = [
+    "OUTPUTS",
     "SETTINGS",
     "STATE_DIR",
+    "SettingsChanged",
     "check_finished",
     "check_no_links",
     "check_recorded_inputs",
@@ -371,6 +396,7 @@ __all__ = [
     "process_share",
     "read_record",
     "read_skipped",
+    "recorded_outputs",
     "remove_file",
     "remove_temporary_files",
     "save_bytes",
