@@ -219,6 +219,16 @@ def test_batches_of_one_size_run_as_one_forward(any_segmenter):
     assert shapes == [(4, 3, 38, 64)]
 
 
+def test_a_model_loaded_with_return_dict_false_gives_the_same_segments(model_dir, segmenter):
+    """``from_pretrained(folder, return_dict=False)`` (tuple outputs): the pipeline's postprocess read the outputs
+    by name and failed ("'tuple' object does not support item assignment"), one image or a batch of mixed sizes."""
+    model = WeCLIPForSemanticSegmentation.from_pretrained(model_dir, return_dict=False)
+    tuples = pipeline("image-segmentation", model=model, image_processor=segmenter.image_processor)
+    images = [_noise(h, w, seed) for seed, (h, w) in enumerate(MIXED_SIZES[:2])]
+    for batch_size in (1, 2):
+        _assert_same_segments(tuples(images, batch_size=batch_size), segmenter(images, batch_size=1))
+
+
 def test_the_batch_collation_pickles_for_spawned_workers_and_collates_as_transformers(segmenter):
     """DataLoader workers started with 'spawn' (macOS, Windows) pickle the collate function; transformers' is a
     closure ("Can't pickle local object 'pad_collate_fn.<locals>.inner'"): pipeline(images, num_workers=2,

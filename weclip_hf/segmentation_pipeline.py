@@ -193,9 +193,11 @@ class WeCLIPImageSegmentationPipeline(ImageSegmentationPipeline):
         return iterator
 
     def _forward(self, model_inputs):
-        """The parent's forward; a batch of mixed sizes (`PIXEL_SIZES`) runs the model once per distinct size on
-        the unpadded images, and its logits come back zero-padded to a common grid with each image's own
-        grid size under `LOGITS_SIZES` (the outputs keep only ``logits``)."""
+        """The parent's forward, with outputs as a `ModelOutput` also for a model loaded with ``return_dict=False``
+        (the parent's postprocess reads them by name); a batch of mixed sizes (`PIXEL_SIZES`) runs the model once
+        per distinct size on the unpadded images, and its logits come back zero-padded to a common grid with each
+        image's own grid size under `LOGITS_SIZES` (the outputs keep only ``logits``)."""
+        model_inputs["return_dict"] = True
         sizes = model_inputs.pop(PIXEL_SIZES, None)
         if sizes is None:
             return super()._forward(model_inputs)
