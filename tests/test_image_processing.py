@@ -328,31 +328,6 @@ def test_every_option_survives_save_and_load(tmp_path):
     assert WeCLIPImageProcessor.from_pretrained(tmp_path, trust_remote_code=True, use_fast=False).do_pad
 
 
-@pytest.mark.parametrize("plus", [False, True], ids=["weclip", "weclip_plus"])
-def test_auto_processor_gives_the_image_processor_and_its_errors(plus, tmp_path):
-    """AutoProcessor on a saved model folder gives its WeCLIPImageProcessor, as for other vision models; a keyword
-    the processor refuses is refused with its TypeError (AutoProcessor swallowed it, asked "Do you wish to run the
-    custom code? [y/N]" and said the folder held no processor)."""
-    from conftest import make_tiny_config, make_tiny_plus_config
-    from transformers import AutoProcessor
-
-    from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPPlusForSemanticSegmentation
-
-    model = (
-        WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config())
-        if plus
-        else WeCLIPForSemanticSegmentation(make_tiny_config())
-    )
-    model.save_pretrained(tmp_path)
-    WeCLIPImageProcessor(patch_size=model.config.vision_config.patch_size, do_pad=True).save_pretrained(
-        tmp_path
-    )
-    loaded = AutoProcessor.from_pretrained(tmp_path)
-    assert type(loaded) is WeCLIPImageProcessor and loaded.do_pad
-    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['do_reduce_labels'\]"):
-        AutoProcessor.from_pretrained(tmp_path, do_reduce_labels=True)
-
-
 def test_rescale_options_follow_transformers():
     array = _image()
     proc = WeCLIPImageProcessor(do_resize=False)

@@ -431,6 +431,33 @@ def test_auto_classes_and_pipeline(tmp_path, tiny_model):
     assert (union == 1).all()  # masks partition the image
 
 
+@pytest.mark.parametrize("plus", [False, True], ids=["weclip", "weclip_plus"])
+def test_auto_model_and_auto_processor_load_a_saved_folder(plus, tmp_path):
+    """AutoModel gives the model (it said "Unrecognized configuration class"), AutoProcessor its
+    WeCLIPImageProcessor, as for other vision models; a keyword the processor refuses is refused with its
+    TypeError (AutoProcessor swallowed it, asked "Do you wish to run the custom code? [y/N]" and said the folder
+    held no processor)."""
+    from conftest import make_tiny_plus_config
+    from transformers import AutoModel, AutoProcessor
+
+    from weclip_hf import WeCLIPPlusForSemanticSegmentation
+
+    model = (
+        WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config())
+        if plus
+        else WeCLIPForSemanticSegmentation(make_tiny_config())
+    )
+    model.save_pretrained(tmp_path)
+    WeCLIPImageProcessor(patch_size=model.config.vision_config.patch_size, do_pad=True).save_pretrained(
+        tmp_path
+    )
+    assert type(AutoModel.from_pretrained(tmp_path)) is type(model)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is WeCLIPImageProcessor and loaded.do_pad
+    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['do_reduce_labels'\]"):
+        AutoProcessor.from_pretrained(tmp_path, do_reduce_labels=True)
+
+
 def test_update_class_embeddings_with_new_classes(tiny_model):
     tiny_model.update_class_embeddings(CharTokenizer(), class_names=["boat", "bird"])
     assert tiny_model.config.num_labels == 3 and tiny_model.config.id2label[2] == "bird"

@@ -1,8 +1,9 @@
 """weclip-hf: WeCLIP weakly supervised semantic segmentation for Hugging Face transformers.
 
 Importing the package registers "weclip" and "weclip_plus" (WeCLIP+, with a frozen DINOv2) with AutoConfig,
-AutoModelForSemanticSegmentation, AutoImageProcessor and AutoProcessor (which gives the image processor, as for
-other vision models; unregistered, it swallowed the processor's errors and asked about remote code), and makes `WeCLIPImageSegmentationPipeline` the
+AutoModelForSemanticSegmentation, AutoModel (the same class: the package has no headless base model),
+AutoImageProcessor and AutoProcessor (which gives the image processor, as for other vision models; unregistered,
+it swallowed the processor's errors and asked about remote code), and makes `WeCLIPImageSegmentationPipeline` the
 "image-segmentation" pipeline class (the same as transformers' for other models), so
 ``pipeline("image-segmentation", model=folder)`` works, reads inputs as `WeCLIPImageProcessor` does and logs
 no "not supported" error.
@@ -16,7 +17,13 @@ not installed. Where it is imported, the Auto classes keep using the package's o
 ``trust_remote_code`` needed).
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, AutoProcessor
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForSemanticSegmentation,
+    AutoProcessor,
+)
 
 from .configuration_weclip import WeCLIPConfig
 from .configuration_weclip_plus import WeCLIPPlusConfig
@@ -38,12 +45,14 @@ from .training import WeCLIPDataCollator, create_optimizer_and_scheduler
 
 AutoConfig.register("weclip", WeCLIPConfig, exist_ok=True)
 AutoModelForSemanticSegmentation.register(WeCLIPConfig, WeCLIPForSemanticSegmentation, exist_ok=True)
+AutoModel.register(WeCLIPConfig, WeCLIPForSemanticSegmentation, exist_ok=True)
 AutoImageProcessor.register(
     WeCLIPConfig, image_processor_classes={"pil": WeCLIPImageProcessor}, exist_ok=True
 )
 AutoProcessor.register(WeCLIPConfig, WeCLIPImageProcessor, exist_ok=True)
 AutoConfig.register("weclip_plus", WeCLIPPlusConfig, exist_ok=True)
 AutoModelForSemanticSegmentation.register(WeCLIPPlusConfig, WeCLIPPlusForSemanticSegmentation, exist_ok=True)
+AutoModel.register(WeCLIPPlusConfig, WeCLIPPlusForSemanticSegmentation, exist_ok=True)
 AutoImageProcessor.register(
     WeCLIPPlusConfig, image_processor_classes={"pil": WeCLIPImageProcessor}, exist_ok=True
 )
