@@ -445,7 +445,7 @@ def earlier_run(out: Path) -> dict[Path, list[Path]]:
     ValueError where a record lists none (written by a version before records listed them): which files that run
     wrote cannot be told from a user's own."""
     records = sorted((out / STATE_DIR / "inputs").rglob("*.json"))
-    listed = {path: recorded_outputs(read_record(path), out, IMAGE_FOLDERS) for path in records}
+    listed = {path: recorded_outputs(path, out, IMAGE_FOLDERS) for path in records}
     if unlisted := [path for path, outputs in listed.items() if outputs is None]:
         raise ValueError(
             f"{out} holds outputs of a run with other settings whose records do not list the files it wrote "
@@ -513,21 +513,22 @@ def main(argv=None) -> dict | None:
     label_path = {name: out / "labels" / f"{name}.png" for name in names}
     record_path = {name: out / STATE_DIR / "inputs" / f"{name}.json" for name in names}
     position = {name: i for i, name in enumerate(names)}
-    done, changed = check_recorded_inputs(
+    done, _ = check_recorded_inputs(
         out,
         {name: read_record(record_path[name]) for name in names if label_path[name].exists()},
         lambda name: input_record(values, where, position[name]),
         args.overwrite_output_dir,
     )
     share = process_share(len(names), state.process_index, state.num_processes)
-    # --overwrite_output_dir: another input's outputs go before this one's record is written (those its record
-    # lists; a record of an earlier version lists none: the label map and overlay of the name)
-    for name in (names[i] for i in share if names[i] in changed):
-        listed = recorded_outputs(read_record(record_path[name]), out, IMAGE_FOLDERS)
-        for path in listed if listed is not None else (label_path[name], out / "overlays" / f"{name}.png"):
-            remove_file(path, out)
     # a label map that cannot be read (empty or cut short: a power loss) is redone
     todo = [i for i in share if names[i] not in done or not is_whole_image(label_path[names[i]])]
+    # an input redone: what an earlier record of its name lists goes before the new record is written (another
+    # input's outputs, --overwrite_output_dir; an earlier attempt's, which this run may not write again); without
+    # a list (no record, an earlier version's) its label map only: an overlay of that name may be a user's file
+    for name in (names[i] for i in todo):
+        listed = recorded_outputs(record_path[name], out, IMAGE_FOLDERS)
+        for path in listed if listed is not None else [label_path[name]]:
+            remove_file(path, out)
     state.print(
         f"{len(names)} inputs; this process segments {len(todo)} (the others: done or another process's)"
     )

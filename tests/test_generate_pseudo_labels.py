@@ -250,7 +250,9 @@ def test_rows_of_another_dataset_under_the_same_numbers_are_refused_or_replaced(
     assert {p: p.stat().st_mtime_ns for p in done} == done
     record = out / ".state" / "train" / "000000.json"
     record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "input"}))
-    with pytest.raises(ValueError, match="'000000' of an unrecorded input"):  # an older version's record
+    with pytest.raises(
+        ValueError, match="'000000' without a record of its input"
+    ):  # an older version's record
         generate.main(reseeded)
 
 

@@ -226,22 +226,72 @@ def test_overwrite_output_dir_starts_over_removing_only_what_the_earlier_run_wro
     assert (out / "labels" / "a.png").exists() and (out / "labels" / "b.png").exists()
 
 
-def test_recorded_outputs_lie_in_the_writers_folders(tmp_path):
-    """A record's ``outputs`` are read as paths under the output folder's named folders; one outside (``..``,
-    another folder) is refused rather than deleted; a record without them (or none) lists nothing."""
-    from weclip_hf.batch_jobs import recorded_outputs
-
-    listed = recorded_outputs(
-        {"outputs": ["labels/a.png", "overlays/sub/a.png"]}, tmp_path, ("labels", "overlays")
-    )
-    assert listed == [tmp_path / "labels" / "a.png", tmp_path / "overlays" / "sub" / "a.png"]
+def test_an_input_redone_takes_only_what_its_record_lists(images, toy_weclip_dir, tmp_path):
+    """--output_dir = the images folder holding a user's own labels/a.png and overlays/a.png: the run refuses the
+    label map (no record of its input); with --overwrite_output_dir it replaces it and keeps the overlay (no
+    overlay written: it was deleted as the name's). A label map cut short is redone without overlays: the
+    overlay the earlier attempt listed goes with it (it stayed, unlisted, through a later start-over)."""
+    folder = tmp_path / "photos"
+    (folder / "labels").mkdir(parents=True)
+    (folder / "overlays").mkdir()
+    shutil.copyfile(images / "toy0.png", folder / "a.png")
+    (folder / "labels" / "a.png").write_bytes(b"mine")
+    (folder / "overlays" / "a.png").write_bytes(b"my overlay")
+    argv = ["--model_name_or_path", str(toy_weclip_dir), "--images", str(folder), "--output_dir", str(folder)]
+    with pytest.raises(ValueError, match="'a' without a record of its input"):
+        segment.main(argv)
+    assert segment.main([*argv, "--overwrite_output_dir"])["num_images"] == 1
     assert (
-        recorded_outputs({"input": {}}, tmp_path, ("labels",)) is None
-        and recorded_outputs(None, tmp_path, ()) is None
+        label_map(folder, "a").shape == (96, 96)
+        and (folder / "overlays" / "a.png").read_bytes() == b"my overlay"
     )
-    for outside in ("labels/../../x.png", "images/a.png", "/etc/passwd"):
-        with pytest.raises(ValueError, match="lists outputs outside"):
-            recorded_outputs({"outputs": [outside]}, tmp_path, ("labels", "overlays"))
+    out = tmp_path / "out"
+    argv = [
+        "--model_name_or_path",
+        str(toy_weclip_dir),
+        "--images",
+        str(folder / "a.png"),
+        "--output_dir",
+        str(out),
+    ]
+    segment.main([*argv, "--num_overlays", "-1"])
+    label = (out / "labels" / "a.png").read_bytes()
+    (out / "labels" / "a.png").write_bytes(label[:100])  # a power loss
+    segment.main(argv)
+    assert (out / "labels" / "a.png").read_bytes() == label and not (out / "overlays" / "a.png").exists()
+    assert json.loads((out / ".state" / "inputs" / "a.json").read_text())["outputs"] == ["labels/a.png"]
+
+
+def test_recorded_outputs_lie_in_the_writers_folders(tmp_path):
+    """A record's ``outputs`` are read as files under the output folder's named folders; anything else (``..``,
+    another folder, the folder itself, a string, null) is refused, naming the record, rather than deleted; no
+    record, or one without them, lists nothing; a record file that holds no JSON object is named too (it was a
+    bare JSONDecodeError)."""
+    from weclip_hf.batch_jobs import read_record, recorded_outputs
+
+    record, folders = tmp_path / "a.json", ("labels", "overlays")
+
+    def listed(value):
+        record.write_text(json.dumps({"input": {}, "outputs": value}))
+        return recorded_outputs(record, tmp_path, folders)
+
+    assert listed(["labels/a.png", "overlays/sub/a.png"]) == [
+        tmp_path / "labels" / "a.png",
+        tmp_path / "overlays" / "sub" / "a.png",
+    ]
+    assert recorded_outputs(tmp_path / "none.json", tmp_path, folders) is None
+    record.write_text(json.dumps({"input": {}}))
+    assert recorded_outputs(record, tmp_path, folders) is None
+    for outside in (["labels/../../x.png"], ["images/a.png"], ["/etc/passwd"], ["labels"]):
+        with pytest.raises(ValueError, match=f"{record} lists outputs outside"):
+            listed(outside)
+    for malformed in ("labels/a.png", None, [3]):
+        with pytest.raises(ValueError, match=f"{record} lists its outputs as .*not as a list of paths"):
+            listed(malformed)
+    for damaged in ("", "null", "[1, 2]"):
+        record.write_text(damaged)
+        with pytest.raises(ValueError, match=f"{record} holds no record"):
+            read_record(record)
 
 
 def test_another_model_saved_at_the_same_folder_is_refused(finished_run):
@@ -266,6 +316,17 @@ def test_outputs_recorded_without_the_model_weights_are_refused(finished_run):
     settings_file.write_text(json.dumps(settings))
     with pytest.raises(ValueError, match="did not record the weights of its model.*another --output_dir"):
         segment.main(argv)
+
+
+def test_a_damaged_settings_file_is_named_and_never_taken_for_other_settings(finished_run):
+    """An emptied .state/settings.json gave a bare JSONDecodeError; with --overwrite_output_dir it must not be
+    taken for a run with other settings (whose outputs a start-over removes)."""
+    _, argv, out = finished_run
+    (out / ".state" / "settings.json").write_text("")
+    for flags in ([], ["--overwrite_output_dir"]):
+        with pytest.raises(ValueError, match=r"settings.json holds no record .*another --output_dir"):
+            segment.main([*argv, *flags])
+    assert len(list((out / "labels").glob("*.png"))) == 2
 
 
 def test_a_damaged_label_map_is_redone(finished_run):
@@ -313,7 +374,7 @@ def test_label_maps_of_another_input_of_the_same_name_are_refused_or_replaced(
     )
     assert segment.main([*argv, "--images", str(tmp_path / "dY")])["images"] == report["images"]  # now done
     (state / "inputs" / "b.json").unlink()
-    with pytest.raises(ValueError, match="'b' of an unrecorded input"):
+    with pytest.raises(ValueError, match="'b' without a record of its input"):
         segment.main([*argv, "--images", str(tmp_path / "dY")])
 
 

@@ -158,25 +158,42 @@ def content_fingerprint(value: Any) -> dict[str, int | str] | None:
 
 
 def read_record(path: str | Path) -> dict | None:
-    """The JSON record at ``path``, or None where there is none."""
+    """The JSON record at ``path``, or None where there is none. Raises ValueError naming a file that holds no
+    record (edited or damaged: the writers write records whole)."""
     path = Path(path)
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        record = err
+    if not isinstance(record, dict):
+        raise ValueError(
+            f"{path} holds no record ({record}): a file of an earlier run's state, edited or damaged. Choose "
+            "another --output_dir."
+        )
+    return record
 
 
-def recorded_outputs(
-    record: dict | None, output_dir: str | Path, folders: Iterable[str]
-) -> list[Path] | None:
-    """The files ``record`` lists as written for its input (``record["outputs"]``: paths relative to
+def recorded_outputs(path: str | Path, output_dir: str | Path, folders: Iterable[str]) -> list[Path] | None:
+    """The files the record at ``path`` lists as written for its input (``"outputs"``: paths relative to
     ``output_dir``), or None where it lists none (no record, or one of a version that did not list them). Raises
-    ValueError for a listed path outside ``folders`` (the writer's output folders, relative to ``output_dir``): a
-    record names only what its run wrote there."""
+    ValueError for a list that is not one of files inside ``folders`` (the writer's output folders, relative to
+    ``output_dir``): a record names only files its run wrote there."""
+    record = read_record(path)
     if record is None or OUTPUTS not in record:
         return None
-    output_dir = Path(output_dir)
-    paths = [output_dir / name for name in record[OUTPUTS]]
+    listed, output_dir = record[OUTPUTS], Path(output_dir)
+    if not isinstance(listed, list) or not all(isinstance(name, str) for name in listed):
+        raise ValueError(
+            f"{path} lists its outputs as {listed!r}, not as a list of paths: edited or damaged."
+        )
+    paths = [output_dir / name for name in listed]
     inside = [output_dir / folder for folder in folders]
-    if outside := [p for p in paths if ".." in p.parts or not any(p.is_relative_to(f) for f in inside)]:
-        raise ValueError(f"A record in {output_dir} lists outputs outside {sorted(folders)}: {outside[:3]}.")
+    if outside := [
+        p for p in paths if ".." in p.parts or not any(p.parent.is_relative_to(f) for f in inside)
+    ]:
+        raise ValueError(f"{path} lists outputs outside {sorted(folders)}: {outside[:3]}: edited or damaged.")
     return paths
 
 
@@ -203,7 +220,8 @@ def check_recorded_inputs(
         shown = [
             f"{name!r} made from {record['source']}, not from this run's {now['source']} (their contents differ)"
             if record is not None and "input" in record
-            else f"{name!r} of an unrecorded input (written by a version before inputs were recorded)"
+            else f"{name!r} without a record of its input (written by a version before inputs were recorded, or "
+            "not by this script)"
             for name, (record, now) in list(changed.items())[:5]
         ]
         more = f"; and {len(changed) - 5} more" if len(changed) > 5 else ""
@@ -250,7 +268,7 @@ def check_run_settings(
     if is_main_process and not path.exists():
         save_json(settings, path)
     wait()
-    recorded = json.loads(path.read_text(encoding="utf-8"))
+    recorded = read_record(path)
     unknown = [k for k in models if weights_key(k) not in recorded and settings[weights_key(k)] is not None]
     if unknown:
         raise ValueError(
