@@ -47,7 +47,6 @@ from benchmarking.par_measurements import measure_par_compile, measure_par_kerne
 from benchmarking.reference_comparison import measure_reference  # noqa: E402
 from benchmarking.report import render_op_shares, render_syncs, render_table  # noqa: E402
 from benchmarking.workloads import (  # noqa: E402
-    METHOD_NAMES,
     autocast_context,
     build_model,
     clip_forward_fn,
@@ -62,6 +61,7 @@ from benchmarking.workloads import (  # noqa: E402
 from weclip_hf.host_memory import retain_freed_host_memory  # noqa: E402
 from weclip_hf.inference import longest_edge_size, multiscale_flip_logits  # noqa: E402
 from weclip_hf.par_triton import triton_available  # noqa: E402
+from weclip_hf.presets import METHOD_NAMES  # noqa: E402
 from weclip_hf.script_arguments import add_device_flag  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------

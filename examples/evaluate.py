@@ -58,6 +58,7 @@ from weclip_hf.script_arguments import (
     add_device_flag,
     at_least_one,
     check_model_folder,
+    check_preset_fits_model,
     first_paragraph,
     fraction,
     positive_float,
@@ -187,6 +188,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "(default: none written)",
     )
     args = p.parse_args(argv)
+    check_preset_fits_model(p, args)
     args.toy = names_no_dataset(args)
     settings = evaluation_settings(args.preset, args.toy)
     if args.eval_long_side is None:

@@ -96,9 +96,9 @@ from weclip_hf.script_arguments import (
     TRAIN_VAL_SPLIT_HELP,
     add_data_source_flags,
     at_least_one,
-    check_dino_fits_preset,
     check_model_folder,
     check_preset_fits_data,
+    check_preset_fits_model,
     config_values,
     first_paragraph,
     fraction,
@@ -465,7 +465,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.with_tracking = args.with_tracking or args.report_to not in (None, "none")
     if args.with_tracking and args.report_to is None:
         args.report_to = "all"
-    check_dino_fits_preset(p, args)
+    check_preset_fits_model(p, args)
     check_preset_fits_data(p, args)
     if args.no_msf and args.msf_scales:
         p.error(

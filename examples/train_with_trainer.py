@@ -64,9 +64,9 @@ from weclip_hf.script_arguments import (
     LABELS_COLUMN_HELP,
     MASK_COLUMN_HELP,
     TRAIN_VAL_SPLIT_HELP,
-    check_dino_fits_preset,
     check_one_data_source,
     check_preset_fits_data,
+    check_preset_fits_model,
     first_paragraph,
     fraction,
     parse_config_overrides,
@@ -186,7 +186,7 @@ def parse_args(argv=None) -> tuple[WeCLIPArguments, TrainingArguments]:
     full.set_defaults(**defaults)
     args, training_args = full.parse_args_into_dataclasses(argv)
     check_one_data_source(full, args)
-    check_dino_fits_preset(full, args)
+    check_preset_fits_model(full, args)
     check_preset_fits_data(full, args)
     if args.crop_size is not None and args.crop_size < 1:
         full.error(f"--crop_size must be >= 1, got {args.crop_size}.")

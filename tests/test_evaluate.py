@@ -452,7 +452,7 @@ def test_pseudo_label_modes_evaluate_images_below_one_patch(tiny_model):
     assert all(results[mode]["mean_iou"] is not None for mode in results)  # the 151 pixels were scored
 
 
-def test_the_default_input_size_is_the_saved_processors_unless_given_or_preset():
+def test_the_default_input_size_is_the_saved_processors_unless_given_or_preset(tmp_path):
     """Without --preset or --eval_long_side, data is predicted as the pipeline would: resized as the saved
     processor resizes (a long side, a short side or a fixed size; the fixed size was ignored: images were scored
     at their own size); a processor that does not resize keeps the image size."""
@@ -460,7 +460,8 @@ def test_the_default_input_size_is_the_saved_processors_unless_given_or_preset()
 
     script = load_script()
     processor = WeCLIPImageProcessor(size={"longest_edge": 48}, patch_size=8)
-    local = ["--model_name_or_path", "m", "--data_dir", "d"]
+    make_tiny_config().save_pretrained(tmp_path)  # --preset is checked against the model's type
+    local = ["--model_name_or_path", str(tmp_path), "--data_dir", "d"]
     assert script.input_size(script.parse_args(local), processor) == {"longest_edge": 48}
     assert script.input_size(script.parse_args([*local, "--eval_long_side", "64"]), processor) == 64
     assert script.input_size(script.parse_args([*local, "--preset", "voc"]), processor) == 512

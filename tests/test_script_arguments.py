@@ -112,7 +112,7 @@ def test_evaluate_and_segment_take_one_data_source(capsys):
     )
 
 
-def test_evaluate_on_the_toy_world_without_preset_uses_the_toy_recipe():
+def test_evaluate_on_the_toy_world_without_preset_uses_the_toy_recipe(tmp_path):
     toy = get_preset("toy").evaluation
     args = evaluate_script.parse_args(["--model_name_or_path", "m", "--msf"])
     assert args.scales == list(toy.msf_scales) == [1.0, 1.125]
@@ -130,7 +130,8 @@ def test_evaluate_on_the_toy_world_without_preset_uses_the_toy_recipe():
     local = evaluate_script.parse_args(["--model_name_or_path", "m", "--data_dir", "d"])
     assert local.crf is False  # a local dataset: as before
     assert evaluate_script.resolved_scales(local, make_tiny_config()) == [1.0, 0.75]  # the model's
-    voc = evaluate_script.parse_args(["--model_name_or_path", "m", "--preset", "voc"])
+    make_tiny_config().save_pretrained(tmp_path)  # --preset is checked against the model's type
+    voc = evaluate_script.parse_args(["--model_name_or_path", str(tmp_path), "--preset", "voc"])
     assert (voc.eval_long_side, voc.scales, voc.crf) == (512, [1.0, 0.75], True)
 
 

@@ -292,7 +292,7 @@ def test_weclip_plus_without_a_preset_takes_the_weclip_plus_voc_recipe_in_train_
     assert (plus.learning_rate, weclip.learning_rate) == (2e-4, 2e-3)
 
 
-def test_evaluate_without_a_preset_takes_the_scales_of_segment_py(monkeypatch):
+def test_evaluate_without_a_preset_takes_the_scales_of_segment_py(monkeypatch, tmp_path):
     """evaluate.py --msf without --preset scored a WeCLIP+ model at WeCLIP's scales 1.0 0.75, segment.py at 1.0 1.5."""
     from conftest import make_tiny_config, make_tiny_plus_config
 
@@ -305,8 +305,11 @@ def test_evaluate_without_a_preset_takes_the_scales_of_segment_py(monkeypatch):
     assert evaluate.resolved_scales(args, weclip) == segment.default_scales(weclip) == [1.0, 0.75]
     given = evaluate.parse_args(["--model_name_or_path", "m", "--data_dir", "d", "--scales", "1", "2"])
     assert evaluate.resolved_scales(given, plus) == [1.0, 2.0]
-    voc = evaluate.parse_args(["--model_name_or_path", "m", "--data_dir", "d", "--preset", "voc"])
-    assert evaluate.resolved_scales(voc, plus) == [1.0, 0.75]  # the preset named wins
+    weclip.save_pretrained(
+        tmp_path
+    )  # a preset must fit the model's type (test_a_saved_model_with_a_preset_...)
+    toy = evaluate.parse_args(["--model_name_or_path", str(tmp_path), "--data_dir", "d", "--preset", "toy"])
+    assert evaluate.resolved_scales(toy, weclip) == [1.0, 1.125]  # the preset named wins
 
 
 def test_a_weclip_plus_preset_for_a_bare_clip_is_refused(capsys):
@@ -326,6 +329,33 @@ def test_a_weclip_plus_preset_for_a_bare_clip_is_refused(capsys):
     assert script.parse_args(["--output_dir", "o", "--data_dir", "d", "--preset", "voc"]).preset == "voc"
     with_model = ["--output_dir", "o", "--data_dir", "d", "--preset", "voc-plus", "--model", "m"]
     assert script.parse_args(with_model).preset == "voc-plus"
+
+
+@pytest.mark.parametrize("script", ["train", "evaluate"])
+def test_a_saved_model_with_a_preset_of_the_other_method_is_refused(script, tmp_path, monkeypatch, capsys):
+    """A WeCLIP+ --model_name_or_path with --preset voc trained on WeCLIP's recipe (learning rate 10x) and
+    evaluate.py scored it with WeCLIP's scales (1.0 0.75), silently; a WeCLIP folder with voc-plus likewise."""
+    from conftest import make_tiny_config, make_tiny_plus_config
+
+    monkeypatch.syspath_prepend(str(TRAIN.parent))
+    parse_args = importlib.import_module(script).parse_args
+    make_tiny_plus_config().save_pretrained(tmp_path / "plus")
+    make_tiny_config().save_pretrained(tmp_path / "weclip")
+    for model, preset, method, fitting in (
+        ("plus", "voc", "WeCLIP+", "coco-plus, voc-plus"),
+        ("weclip", "voc-plus", "WeCLIP", "coco, toy, voc"),
+    ):
+        with pytest.raises(SystemExit):
+            parse_args(
+                ["--model_name_or_path", str(tmp_path / model), "--dataset_name", "d", "--preset", preset]
+            )
+        error = " ".join(capsys.readouterr().err.split())
+        assert f"{tmp_path / model} is a {method} model, but --preset {preset} is a" in error
+        assert f"use a {method} preset ({fitting}), or leave out --preset" in error
+    args = parse_args(
+        ["--model_name_or_path", str(tmp_path / "plus"), "--dataset_name", "d", "--preset", "voc-plus"]
+    )
+    assert args.preset == "voc-plus"
 
 
 @pytest.mark.parametrize("script", ["train", "train_with_trainer"])

@@ -287,6 +287,7 @@ def preset_of_config(config) -> Preset | None:
 # the preset whose recipe and evaluation settings a model of each type follows on a dataset without --preset: the
 # VOC recipe of WeCLIP / WeCLIP+ (a WeCLIP+ model trained with WeCLIP's would get 10x its learning rate)
 VOC_PRESET_OF_MODEL_TYPE = {"weclip": "voc", "weclip_plus": "voc-plus"}
+METHOD_NAMES = {"weclip": "WeCLIP", "weclip_plus": "WeCLIP+"}  # model type -> the method's name
 
 
 def evaluation_of_config(config) -> EvaluationSettings:

@@ -18,7 +18,7 @@ from .configuration_weclip import WeCLIPConfig
 from .data.adapters import FROM_MASKS, IMAGE_COLUMNS, MASK_COLUMNS
 from .data.loading import DATA_SOURCE_FLAGS, names_no_dataset
 from .model_loading import WECLIP_MODEL_TYPES, names_a_missing_folder, saved_config_dict
-from .presets import PRESETS, VOC_PRESET_OF_MODEL_TYPE, get_preset
+from .presets import METHOD_NAMES, PRESETS, VOC_PRESET_OF_MODEL_TYPE, get_preset
 
 # --help texts of flags several scripts share
 DATA_SOURCE_HELP = {
@@ -185,13 +185,28 @@ def check_preset_fits_data(parser: argparse.ArgumentParser, args: argparse.Names
         )
 
 
-def check_dino_fits_preset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse ``--dino_model_name_or_path`` (which builds WeCLIP+) with a WeCLIP ``--preset``."""
-    if args.dino_model_name_or_path and args.preset and get_preset(args.preset).model_type != "weclip_plus":
-        plus = sorted(name for name, preset in PRESETS.items() if preset.model_type == "weclip_plus")
+def check_preset_fits_model(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a ``--preset`` of another model type than the run's model: ``--dino_model_name_or_path`` builds
+    WeCLIP+, a ``--model_name_or_path`` folder is of its saved type (the other method's recipe or evaluation
+    would run silently: WeCLIP's learning rate is 10x WeCLIP+'s, its scales 1.0 0.75 where WeCLIP+'s are 1.0
+    1.5); the toy preset fits a saved model of either type."""
+    if not args.preset:
+        return
+    if getattr(args, "dino_model_name_or_path", None):
+        model_type, source = "weclip_plus", "--dino_model_name_or_path builds WeCLIP+"
+    elif getattr(args, "model_name_or_path", None):
+        if get_preset(args.preset).dataset.toy_sizes is not None:
+            return  # the toy world's settings serve both methods (WeCLIP+ trains and is scored there with them)
+        model_type = model_type_of_args(args)
+        source = f"--model_name_or_path {args.model_name_or_path} is a {METHOD_NAMES.get(model_type, model_type)} model"
+    else:
+        return
+    preset_type = get_preset(args.preset).model_type
+    if model_type != preset_type:
+        fitting = sorted(name for name, preset in PRESETS.items() if preset.model_type == model_type)
         parser.error(
-            f"--dino_model_name_or_path builds WeCLIP+, but --preset {args.preset} is a WeCLIP preset: use a "
-            f"WeCLIP+ preset ({', '.join(plus)}), or leave out --preset."
+            f"{source}, but --preset {args.preset} is a {METHOD_NAMES[preset_type]} preset: use a "
+            f"{METHOD_NAMES.get(model_type, model_type)} preset ({', '.join(fitting)}), or leave out --preset."
         )
 
 

@@ -3,7 +3,7 @@ host syncs, the operators' shares)."""
 
 from __future__ import annotations
 
-from .workloads import METHOD_NAMES
+from weclip_hf.presets import METHOD_NAMES
 
 GIB = 1024**3
 

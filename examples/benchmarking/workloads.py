@@ -17,8 +17,6 @@ from weclip_hf import (
     WeCLIPPlusForSemanticSegmentation,
 )
 
-METHOD_NAMES = {"weclip": "WeCLIP", "weclip_plus": "WeCLIP+"}
-
 
 def int_list(text: str | int) -> list[int]:
     """A comma-separated list of counts or sizes on the command line ("4,16") as integers."""

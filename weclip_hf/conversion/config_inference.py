@@ -14,14 +14,13 @@ from transformers import Dinov2Config, Dinov2WithRegistersConfig
 
 from ..configuration_weclip import WeCLIPConfig
 from ..configuration_weclip_plus import WeCLIPPlusConfig
-from ..presets import get_preset
+from ..presets import METHOD_NAMES, get_preset
 from .report import raise_for_keys
 from .weclip_keys import TEXT_BLOCKS, VISION_BLOCKS, clip_prefix
 from .weclip_plus_keys import DINO_BLOCKS, DINO_PREFIX, DINO_PREFIXES, is_weclip_plus_checkpoint
 
 # the presets an official checkpoint converts with, by the `model_type` they build
 OFFICIAL_PRESETS = {"weclip": ("voc", "coco"), "weclip_plus": ("voc-plus", "coco-plus")}
-METHOD_NAMES = {"weclip": "WeCLIP", "weclip_plus": "WeCLIP+"}
 _FUSE_LAYERS = "decoder_fts_fuse.linears_modulelist."  # one projection per CLIP layer the decoder fuses
 _FUSE_PROJ = _FUSE_LAYERS + "0.proj.weight"  # [decoder width, CLIP width]
 
@@ -193,6 +192,20 @@ def is_official_clip(vision_config) -> bool:
     """Whether a CLIP vision config has the sizes of `CLIP_MODEL`'s (a checkpoint's own CLIP of another shape
     is not that model, whatever its training)."""
     return all(getattr(vision_config, k) == v for k, v in OFFICIAL_CLIP_VISION.items())
+
+
+def official_preset(state_dict: dict[str, torch.Tensor]) -> str:
+    """The preset an official checkpoint converts with when none is named: of its method (WeCLIP+ where it holds
+    a DINOv2 branch) and of the dataset whose classes + background its classifier predicts (COCO's 81, else VOC's
+    21: `build_config` then names a count that fits neither)."""
+    presets = OFFICIAL_PRESETS["weclip_plus" if is_weclip_plus_checkpoint(state_dict) else "weclip"]
+    num_labels = (
+        int(state_dict["decoder.linear_pred.weight"].shape[0])
+        if "decoder.linear_pred.weight" in state_dict
+        else None
+    )
+    fitting = [name for name in presets if len(get_preset(name).config["class_names"]) + 1 == num_labels]
+    return fitting[0] if fitting else presets[0]
 
 
 def check_checkpoint_method(state_dict: dict[str, torch.Tensor], model_type: str, chosen_by: str) -> None:
