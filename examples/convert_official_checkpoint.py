@@ -4,7 +4,8 @@
 The folder holds `config.json` + `model.safetensors` (`AutoModelForSemanticSegmentation.from_pretrained`
 and `pipeline("image-segmentation")` load it after `import weclip_hf`), the image processor and a model
 card (README.md) that says where the weights came from. The preset says the method: ``voc`` / ``coco`` for
-WeCLIP, ``voc-plus`` / ``coco-plus`` for WeCLIP+ (whose checkpoint also holds its DINOv2, ``dino_encoder.*``).
+WeCLIP, ``voc-plus`` / ``coco-plus`` for WeCLIP+ (whose checkpoint also holds its DINOv2, ``dino_encoder.*``);
+without --preset the checkpoint's own is taken (its method, and COCO's or VOC's classes by its classifier).
 
 Examples:
     # the official checkpoint holds CLIP (encoder.*) and the decoder; the tokenizer gives the text embeddings
@@ -75,8 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--preset",
         choices=[name for names in OFFICIAL_PRESETS.values() for name in names],
-        default="voc",
-        help="dataset preset and method: voc / coco (WeCLIP), voc-plus / coco-plus (WeCLIP+)",
+        default=None,
+        help="dataset preset and method: voc / coco (WeCLIP), voc-plus / coco-plus (WeCLIP+); default: the "
+        "checkpoint's (WeCLIP+ where it holds a DINOv2 branch; COCO where its classifier predicts 81 classes, else "
+        "VOC)",
     )
     parser.add_argument(
         "--output_dir", required=True, help="where to write the converted model: a new or empty folder"
@@ -229,6 +232,9 @@ def main(argv: list[str] | None = None) -> Path:
         tokenizer=args.tokenizer,
         check_clip=not args.no_check_clip,
     )
+    if args.preset is None:
+        args.preset = model.conversion_report.preset
+        logger.info("Preset %s: the checkpoint's method and classes (--preset names another)", args.preset)
     logger.info(model.conversion_report.summary())
     checkpoint_sha256 = sha256_of(Path(args.checkpoint))
     card = build_model_card(args, model, checkpoint_sha256)

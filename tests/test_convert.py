@@ -1214,6 +1214,19 @@ def test_method_mismatch_is_a_clear_error(official, official_plus, plus_config, 
         official_to_weclip(official, plus_config)
 
 
+def test_the_default_preset_is_the_checkpoints_method_and_dataset(official, official_plus):
+    """Without a preset a checkpoint converts with its own: WeCLIP+ where it holds a DINOv2 branch, COCO where its
+    classifier predicts 81 classes; another count gets the VOC preset, whose count check names it."""
+    from weclip_hf.conversion import official_preset
+
+    def predicting(state, num_labels):
+        weight = state["decoder.linear_pred.weight"]
+        return {**state, "decoder.linear_pred.weight": weight.new_zeros(num_labels, *weight.shape[1:])}
+
+    assert [official_preset(predicting(official, n)) for n in (21, 81, 5)] == ["voc", "coco", "voc"]
+    assert [official_preset(predicting(official_plus, n)) for n in (21, 81)] == ["voc-plus", "coco-plus"]
+
+
 def test_broken_weclip_plus_checkpoints_are_named(official_plus, plus_config):
     for key in ("dino_encoder.blocks.1.ls2.gamma", "dino_decoder_fts_fuse.linear_fuse.bias"):
         with pytest.raises(ValueError, match=r"Missing keys.*" + key.replace(".", r"\.")):
@@ -1268,7 +1281,7 @@ def test_script_converts_a_weclip_plus_checkpoint(tmp_path):
     ]
     with pytest.raises(ValueError, match="classes but preset 'coco-plus' has 81"):
         _script().main([str(a) for a in argv])
-    argv[5] = "voc-plus"
+    del argv[4:6]  # no --preset: the checkpoint's (it was refused as "preset 'voc' builds WeCLIP")
     _script().main([str(a) for a in argv])
     model = AutoModelForSemanticSegmentation.from_pretrained(out)
     assert isinstance(model, WeCLIPPlusForSemanticSegmentation) and model.config.dino_num_register_tokens == 4

@@ -22,6 +22,7 @@ from .config_inference import (
     infer_decoder_kwargs,
     infer_dino_config,
     is_official_clip,
+    official_preset,
 )
 from .convert_weclip import convert_official_checkpoint, official_to_weclip, weclip_to_official
 from .key_renaming import KeyTable, Rename
@@ -64,6 +65,7 @@ __all__ = [
     "infer_decoder_kwargs",
     "infer_dino_config",
     "is_official_clip",
+    "official_preset",
     "load_official_checkpoint",
     "official_to_decoder",
     "official_to_dino",

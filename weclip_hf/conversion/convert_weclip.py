@@ -18,6 +18,7 @@ from .config_inference import (
     check_checkpoint_method,
     check_clip_matches,
     infer_config_from_official,
+    official_preset,
 )
 from .report import ConversionReport, count_dtypes, raise_for_keys
 from .weclip_keys import (
@@ -173,7 +174,7 @@ def _compare_clip(
 def convert_official_checkpoint(
     checkpoint: str | Path | dict[str, torch.Tensor],
     clip: str | None = None,
-    preset: str = "voc",
+    preset: str | None = None,
     tokenizer: Any = None,
     check_clip: bool = True,
     **config_overrides: Any,
@@ -190,7 +191,9 @@ def convert_official_checkpoint(
             difference raises, unless ``check_clip=False``; its ``encoder.*`` tensors are then not used.
         preset: ``"voc"`` or ``"coco"`` for a WeCLIP checkpoint, ``"voc-plus"`` or ``"coco-plus"`` for a WeCLIP+
             one (class names, background words, thresholds; a checkpoint of the other method is refused). The
-            DINOv2 of a WeCLIP+ checkpoint always comes from its ``dino_encoder.*`` tensors.
+            DINOv2 of a WeCLIP+ checkpoint always comes from its ``dino_encoder.*`` tensors. Default: the
+            checkpoint's own (`official_preset`: its method, and COCO's or VOC's classes by its classifier);
+            ``model.conversion_report.preset`` says which.
         tokenizer: a CLIP tokenizer or its path; default the tokenizer of ``clip``. Needed to compute the
             class text embeddings.
         config_overrides: passed to the config (e.g. ``decoder_num_heads``; ``dino_heads``).
@@ -210,6 +213,7 @@ def convert_official_checkpoint(
         check_finite(state, "the checkpoint's state dict")
     else:
         state = load_official_checkpoint(checkpoint)  # refuses NaN / inf itself
+    preset = preset or official_preset(state)
     clip_sd = None
     if clip is not None:
         from transformers import CLIPConfig, CLIPModel
@@ -242,5 +246,6 @@ def convert_official_checkpoint(
     model.update_class_embeddings(tokenizer)
     model.freeze_backbones()
     model.eval()
+    report.preset = preset
     model.conversion_report = report
     return model

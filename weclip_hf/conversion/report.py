@@ -20,6 +20,7 @@ class ConversionReport:
         replaced: official keys read but not used: a given CLIP model (``clip_source``) holds their weights.
         clip_keys: our keys filled from the given CLIP model instead of the checkpoint; none without one.
         clip_source: how the summary names the given CLIP model.
+        preset: the preset the model was converted with (its class names and method constants).
     """
 
     mapped: dict[str, list[str]] = field(default_factory=dict)
@@ -30,6 +31,7 @@ class ConversionReport:
     replaced: list[str] = field(default_factory=list)
     clip_keys: list[str] = field(default_factory=list)
     clip_source: str = "the given CLIP model"
+    preset: str | None = None
 
     def merge(self, other: ConversionReport) -> ConversionReport:
         """Add ``other``'s keys and dtype counts to this report (in place) and return it."""
