@@ -213,9 +213,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     model.add_argument(
         "--rfm_start_step",
         type=int,
-        help="step at which RFM switches on. Default: the preset's (voc 9144, where the official "
-        "run's RFM really started; coco 40000), the toy recipe's 150, else the config default "
-        "15000 (the paper's; WeCLIP+'s 0) -- also for --dataset_name without --preset",
+        help="the training steps after which the RFM acts (N: from step N+1 of the log on). Default: the preset's "
+        "(voc 9144, where the official run's RFM really started; coco 40000), the toy recipe's 150, else the config "
+        "default 15000 (the paper's; WeCLIP+'s 0) -- also for --dataset_name without --preset",
     )
     model.add_argument(
         "--cam_box_threshold",
@@ -258,7 +258,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     plus.add_argument(
         "--self_training_start_step",
         type=non_negative,
-        help="first step at which confident prediction pixels overwrite the pseudo labels "
+        help="the training steps after which confident prediction pixels overwrite the pseudo labels "
         f"({config_values('self_training_start_step', '18001')}; beyond --max_train_steps: never)",
     )
     plus.add_argument(
@@ -958,8 +958,13 @@ def load_data_and_model(
     accelerator.print(
         f"recipe {args.recipe} ({recipe_source(args)}), {cfg.num_foreground_classes} classes, "
         f"{args.max_train_steps} steps of {args.per_device_train_batch_size} x "
-        f"{accelerator.num_processes} images, lr {args.learning_rate}, RFM from step "
-        f"{cfg.rfm_start_step} ({args.rfm_start_source}), on {accelerator.device}"
+        f"{accelerator.num_processes} images, lr {args.learning_rate}, "
+        + (
+            "fully supervised (no pseudo labels)"
+            if args.fully_supervised
+            else f"RFM after {cfg.rfm_start_step} steps ({args.rfm_start_source})"
+        )
+        + f", on {accelerator.device}"
         + (f" with {torch.get_num_threads()} threads" if accelerator.device.type == "cpu" else "")
         + (", freed host memory kept for reuse" if retained else "")
     )

@@ -109,7 +109,8 @@ class WeCLIPArguments:
         "background words, one CLIP prompt each (default: the preset's, else VOC's 25)"
     )
     rfm_start_step: int | None = _flag(
-        "the training step from which the RFM refines the pseudo labels (default: the preset's, else the config's)"
+        "the training steps after which the RFM refines the pseudo labels (N: from step N+1 on; default: the "
+        "preset's, else the config's)"
     )
     crop_size: int | None = _flag(
         f"side of the square training crops (default: the recipe's: {recipe_values('crop_size')})"

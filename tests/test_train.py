@@ -77,8 +77,11 @@ def test_fully_supervised_flag(tmp_path, tiny_clip, capsys):
     out = tmp_path / "full"
     run = ["--clip_model_name_or_path", tiny_clip, "--output_dir", out, *FAST]
     train_in_process(*run, "--max_train_steps", 2, "--fully_supervised", "--eval_steps", 2)
-    # no note on when the RFM starts ("the pseudo labels are the CAMs' throughout"): the masks are the targets
-    assert "the RFM starts at" not in capsys.readouterr().out
+    # no note on when the RFM starts ("the pseudo labels are the CAMs' throughout"): the masks are the targets;
+    # the configuration line says so where it said "RFM from step 150"
+    printed = capsys.readouterr().out
+    assert "the RFM acts after" not in printed and "RFM after" not in printed
+    assert "lr 0.002, fully supervised (no pseudo labels), on cpu" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert "fully_supervised_miou" in metrics and "miou" not in metrics
     card = (out / "README.md").read_text()
@@ -356,7 +359,9 @@ def test_imagefolder_dataset(tmp_path, tiny_clip, capsys):
     assert (out / "model.safetensors").exists()
     printed = " ".join(capsys.readouterr().out.split())
     assert "Note: --validation_split none: no evaluation" in printed
-    assert "Note: the RFM starts at step 15000, after this run's 2 steps" in printed  # no preset: the paper's
+    assert (
+        "Note: the RFM acts after 15000 steps, and this run ends after 2 steps" in printed
+    )  # no preset: the paper's
 
 
 def test_a_run_from_a_trained_model_notes_when_its_counter_switches_the_rfm_on(
@@ -369,7 +374,7 @@ def test_a_run_from_a_trained_model_notes_when_its_counter_switches_the_rfm_on(
     train_in_process(*run, "--rfm_start_step", 8, "--max_train_steps", 4, "--validation_split", "none")
     assert [r["rfm"] for r in read_log(out)] == [False, False, True, True]
     printed = " ".join(capsys.readouterr().out.split())
-    assert "Note: the RFM acts in this run from its step 3: it starts at model step 8" in printed
+    assert "Note: the RFM acts in this run from its step 3: after 8 model steps" in printed
     assert "has trained 6 steps" in printed
 
 
@@ -387,7 +392,7 @@ def test_schedule_notes_count_from_the_models_step_counter(tiny_config):
     tiny_config.rfm_start_step = 10
     assert notes(tiny_config, 0, 20) == []  # a fresh run that reaches the RFM: nothing to note
     assert (
-        "the RFM starts at step 10, after this run's 10 steps: the pseudo labels are the CAMs' throughout"
+        "the RFM acts after 10 steps, and this run ends after 10 steps: the pseudo labels are the CAMs' throughout"
         in notes(tiny_config, 0, 10)[0]
     )
     assert notes(tiny_config, 0, 10)[0].endswith("throughout (--rfm_start_step, or --preset, sets it).")
@@ -396,8 +401,8 @@ def test_schedule_notes_count_from_the_models_step_counter(tiny_config):
     )
     assert "from its first step" in notes(tiny_config, 30, 5)[0]  # a counter past the start
     assert (
-        "after this run's 5 steps (the model of --model_name_or_path has trained 4 steps)"
-        in notes(tiny_config, 4, 5)[0]
+        "the RFM acts after 10 model steps, and this run ends after 9 model steps (the model of "
+        "--model_name_or_path has trained 4 steps)" in notes(tiny_config, 4, 5)[0]
     )
 
 
@@ -405,7 +410,7 @@ def test_the_rfm_note_promises_its_pseudo_label_figure_where_there_is_an_evaluat
     """The toy recipe's RFM starts at step 150, after the run's 3 steps: its note says metrics.json scores the RFM
     all the same (a run without a validation split does not say so: test_each_checkpoint_is_written_once)."""
     out, printed = toy_run
-    assert "the RFM starts at step 150, after this run's 3 steps" in printed
+    assert "the RFM acts after 150 steps, and this run ends after 3 steps" in printed
     assert "pseudo_label_miou applies the RFM" in printed and "pseudo_label_miou" in json.loads(
         (out / "metrics.json").read_text()
     )
@@ -604,7 +609,7 @@ def test_resume_into_a_new_folder_across_a_pass_boundary(tmp_path, tiny_clip, st
     train_in_process(*common, "--output_dir", tmp_path / "a")
     output = capsys.readouterr().out
     assert ("train: streamed" in output) == streaming
-    assert "RFM from step 15000 (config default = the paper's 15000, as no --preset was given" in output
+    assert "RFM after 15000 steps (config default = the paper's 15000, as no --preset was given" in output
     checkpoint = tmp_path / "a" / "step_2"
     train_in_process(*common, "--output_dir", tmp_path / "b", "--resume_from_checkpoint", checkpoint)
     assert f"resumed from {checkpoint} at step 2" in capsys.readouterr().out

@@ -185,7 +185,7 @@ def test_each_checkpoint_is_written_once(tmp_path, tiny_clip, train, monkeypatch
     assert saved == [1, 2]
     printed = capsys.readouterr().out
     assert (
-        "the RFM starts at step 150, after this run's 2 steps" in printed
+        "the RFM acts after 150 steps, and this run ends after 2 steps" in printed
         and "pseudo_label_miou" not in printed
     )
     assert "pseudo_label_miou" not in metrics
@@ -228,7 +228,7 @@ def test_model_name_or_path_applies_the_model_flags_it_is_given(tmp_path, tiny_c
     train_in_process(
         *again, "--output_dir", tmp_path / "second", "--rfm_start_step", 7, "--decoder_dropout", 0.3
     )
-    assert "RFM from step 7 (--rfm_start_step)" in capsys.readouterr().out
+    assert "RFM after 7 steps (--rfm_start_step)" in capsys.readouterr().out
     config = json.loads((tmp_path / "second" / "config.json").read_text())
     assert config["rfm_start_step"] == 7 and config["decoder_dropout"] == 0.3
     # the toy recipe's own values (e.g. RFM from 150) do not override the saved model's config

@@ -211,7 +211,7 @@ def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch, capsy
     script = trainer_script(monkeypatch)
     flags = ["--max_steps", 2, "--learning_rate", 1e-3, "--logging_steps", 1, "--save_total_limit", 1]
     results = run_script(script, "--output_dir", tmp_path, *flags)
-    assert "Note: the RFM starts at step 150, after this run's 2 steps" in capsys.readouterr().out
+    assert "Note: the RFM acts after 150 steps, and this run ends after 2 steps" in capsys.readouterr().out
     scores = ("eval_miou", "eval_cam_miou", "eval_pseudo_label_miou")
     assert set(results) == {*scores, *speed_metrics("eval"), "epoch", "train_seconds"}
     assert all(0.0 <= results[k] <= 1.0 for k in scores)

@@ -95,8 +95,9 @@ def schedule_notes(
     rfm_aside: str = "",
 ) -> list[str]:
     """Notes on when the RFM (and WeCLIP+'s self-training) act in a run of ``max_train_steps``: the model switches
-    them on by its own step counter (``training_step``), which a model of ``--model_name_or_path`` brings from its
-    training at ``counter``; the run's step ``s`` is the model's step ``counter + s``. ``rfm_source``: what sets
+    them on by its own step counter (``training_step``: the steps done), which a model of ``--model_name_or_path``
+    brings from its training at ``counter``; a stage that starts at ``n`` acts after ``n`` steps, from the run's
+    step ``n - counter + 1`` (steps counted from 1, as the logs count them). ``rfm_source``: what sets
     the RFM's start in the calling script; ``rfm_aside``: added to the note of an RFM that never acts (what the
     script reports of it all the same)."""
     stages = (
@@ -105,7 +106,7 @@ def schedule_notes(
          "config.self_training_start_step", "the prediction never overwrites the pseudo labels", ""),
     )  # fmt: skip
     origin = f" (the model of --model_name_or_path has trained {counter} steps)" if counter else ""
-    at = "model step" if counter else "step"
+    steps = "model steps" if counter else "steps"
     notes = []
     for what, start, source, never, aside in stages:
         if start is None:
@@ -113,12 +114,10 @@ def schedule_notes(
         first = start - counter + 1  # this run's first step with it
         if first > max_train_steps:
             notes.append(
-                f"{what} starts at {at} {start}, after this run's {max_train_steps} steps{origin}: {never} "
-                f"throughout ({source}).{aside}"
+                f"{what} acts after {start} {steps}, and this run ends after {counter + max_train_steps} {steps}{origin}: "
+                f"{never} throughout ({source}).{aside}"
             )
         elif counter:
             when = "its first step" if first <= 1 else f"its step {first}"
-            notes.append(
-                f"{what} acts in this run from {when}: it starts at {at} {start} ({source}){origin}."
-            )
+            notes.append(f"{what} acts in this run from {when}: after {start} {steps} ({source}){origin}.")
     return notes
