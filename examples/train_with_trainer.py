@@ -67,6 +67,7 @@ from weclip_hf.script_arguments import (
     check_one_data_source,
     check_preset_fits_data,
     check_preset_fits_model,
+    check_toy_flags,
     first_paragraph,
     fraction,
     parse_config_overrides,
@@ -75,6 +76,8 @@ from weclip_hf.script_arguments import (
 )
 from weclip_hf.trainer import RecordRunCallback, WeCLIPTrainer, trajectory_arguments
 from weclip_hf.training import schedule_notes
+
+TOY_SIZES = get_preset("toy").dataset.toy_sizes  # the toy world's (training, validation) images
 
 
 def _flag(help: str, **metadata):
@@ -108,6 +111,8 @@ class WeCLIPArguments:
     background_names: list[str] | None = _flag(
         "background words, one CLIP prompt each (default: the preset's, else VOC's 25)"
     )
+    toy_train_images: int | None = _flag(f"toy world: training images ({TOY_SIZES[0]})")
+    toy_val_images: int | None = _flag(f"toy world: validation images ({TOY_SIZES[1]})")
     rfm_start_step: int | None = _flag(
         "the training steps after which the RFM refines the pseudo labels (N: from step N+1 on; default: the "
         "preset's, else the config's)"
@@ -187,6 +192,7 @@ def parse_args(argv=None) -> tuple[WeCLIPArguments, TrainingArguments]:
     full.set_defaults(**defaults)
     args, training_args = full.parse_args_into_dataclasses(argv)
     check_one_data_source(full, args)
+    check_toy_flags(full, args)
     check_preset_fits_model(full, args)
     check_preset_fits_data(full, args)
     if args.crop_size is not None and args.crop_size < 1:
@@ -245,7 +251,9 @@ def main(argv=None) -> dict:
         print(f"Note: {resume} records no training arguments: they cannot be checked.")
 
     # data and model
-    source = dataclasses.replace(DataSource.from_args(args), seed=training_args.seed)
+    given = (args.toy_train_images, args.toy_val_images)
+    toy_sizes = tuple(size or default for size, default in zip(given, TOY_SIZES))
+    source = dataclasses.replace(DataSource.from_args(args, toy_sizes), seed=training_args.seed)
     preset = get_preset(recipe_name(args))  # the recipe of parse_args
     set_seed(training_args.seed)  # the decoder's initial weights
     train_raw, val_raw, names = load_dataset_splits(

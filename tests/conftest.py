@@ -43,6 +43,7 @@ FAST = [
     "1",
     "--no_msf",
 ]
+FAST_ON_DATA = FAST[4:]  # FAST without the toy world's sizes, which a dataset flag refuses
 
 TINY_VISION = dict(
     hidden_size=32,

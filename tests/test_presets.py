@@ -68,9 +68,12 @@ def test_train_script_builds_the_toy_model_from_the_toy_preset(tmp_path):
         assert getattr(config, key) == value, key
 
 
-def test_evaluate_script_takes_its_settings_from_the_preset():
+def test_evaluate_script_takes_its_settings_from_the_preset(tmp_path):
+    from conftest import make_tiny_config
+
     evaluate = _script("evaluate")
-    base = ["--model_name_or_path", "m"]
+    make_tiny_config().save_pretrained(tmp_path)  # --preset is checked against the model's type
+    base = ["--model_name_or_path", str(tmp_path)]
     voc = evaluate.parse_args([*base, "--preset", "voc"])
     settings = get_preset("voc").evaluation
     assert (voc.crf, voc.eval_long_side, voc.scales) == (settings.crf, settings.eval_long_side, [1.0, 0.75])

@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import (
     FAST,
+    FAST_ON_DATA,
     ROOT,
     TRAIN,
     read_log,
@@ -101,7 +102,7 @@ def test_fully_supervised_flag(tmp_path, tiny_clip, capsys):
         train_in_process(*again)
     # ... unless asked, and only once the new run is set up: a missing dataset leaves the old run whole ...
     with pytest.raises(FileNotFoundError, match="--data_dir"):
-        train_in_process(*again, "--overwrite_output_dir", "--data_dir", tmp_path / "typo")
+        train_in_process(*run[:4], *FAST_ON_DATA, "--overwrite_output_dir", "--data_dir", tmp_path / "typo")
     assert [r["step"] for r in read_log(out) if "loss" in r] == [1, 2] and (out / "metrics.json").exists()
     assert sorted(p.name for p in out.glob("step_*")) == ["step_2"]
     # ... and a run that starts replaces it: the previous run's checkpoints and log are gone, the new run's there
@@ -471,7 +472,7 @@ def test_resume_on_data_of_another_size_is_refused(tmp_path, tiny_clip, monkeypa
 
     data, out = tmp_path / "data", tmp_path / "o"
     _write_mask_dataset(data)
-    run = ["--dataset_path", data, "--clip_model_name_or_path", tiny_clip, "--output_dir", out, *FAST]
+    run = ["--dataset_path", data, "--clip_model_name_or_path", tiny_clip, "--output_dir", out, *FAST_ON_DATA]
     run += ["--class_names", "a", "b", "c", "--background_names", "sky", "--crop_size", 64]
     run += ["--max_train_steps", 4, "--checkpointing_steps", 1, "--validation_split", "none"]
     train_stopped_at(1, *run, monkeypatch=monkeypatch)

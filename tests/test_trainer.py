@@ -206,11 +206,15 @@ def run_script(script, *argv) -> dict:
 
 
 def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch, capsys):
-    """examples/train_with_trainer.py end to end, on a toy world of 16 + 4 images: a model the pipeline loads; the
-    TrainingArguments flags given reach Trainer; a run too short for the RFM says so (it never acted, silently)."""
+    """examples/train_with_trainer.py end to end, on a toy world of 12 + 3 images (--toy_train_images /
+    --toy_val_images): a model the pipeline loads; the TrainingArguments flags given reach Trainer; a run too short
+    for the RFM says so (it never acted, silently)."""
     script = trainer_script(monkeypatch)
     flags = ["--max_steps", 2, "--learning_rate", 1e-3, "--logging_steps", 1, "--save_total_limit", 1]
+    flags += ["--toy_train_images", 12, "--toy_val_images", 3]
     results = run_script(script, "--output_dir", tmp_path, *flags)
+    batch = TOY.training.per_device_train_batch_size
+    assert results["epoch"] == pytest.approx(2 / (12 // batch))  # 12 training images (16 without the flag)
     assert "Note: the RFM acts after 150 steps, and this run ends after 2 steps" in capsys.readouterr().out
     scores = ("eval_miou", "eval_cam_miou", "eval_pseudo_label_miou")
     assert set(results) == {*scores, *speed_metrics("eval"), "epoch", "train_seconds"}
@@ -257,7 +261,7 @@ def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch, capsy
     run_script(script, *resume, "--logging_steps", 7)
     capsys.readouterr()
     run_script(script, "--output_dir", tmp_path.parent / "rfm", *flags, "--rfm_start_step", 1)
-    assert "the RFM starts" not in capsys.readouterr().out  # it acts from the run's second step
+    assert "the RFM acts after" not in capsys.readouterr().out  # it acts from the run's second step
     assert json.loads((tmp_path.parent / "rfm" / "config.json").read_text())["rfm_start_step"] == 1
 
 

@@ -359,6 +359,25 @@ def test_a_saved_model_with_a_preset_of_the_other_method_is_refused(script, tmp_
 
 
 @pytest.mark.parametrize("script", ["train", "train_with_trainer"])
+def test_the_toy_worlds_sizes_are_refused_with_a_dataset(script, monkeypatch, capsys):
+    """--toy_train_images with --data_dir was ignored without a word (train_with_trainer.py had no such flag)."""
+    monkeypatch.syspath_prepend(str(TRAIN.parent))
+    parse_args = importlib.import_module(script).parse_args
+    for flags, message in (
+        (
+            ["--data_dir", "d", "--toy_val_images", "3"],
+            "--toy_val_images sizes the toy world, which --data_dir",
+        ),
+        (["--toy_train_images", "0"], "toy_train_images: must be >= 1, got 0"),
+    ):
+        with pytest.raises(SystemExit):
+            parse_args(flags)
+        assert message in " ".join(capsys.readouterr().err.split())
+    args = parse_args(["--toy_train_images", "12"])
+    assert (args[0] if isinstance(args, tuple) else args).toy_train_images == 12
+
+
+@pytest.mark.parametrize("script", ["train", "train_with_trainer"])
 def test_dino_with_a_weclip_preset_is_refused_before_loading_data(script, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(TRAIN.parent))
     parse_args = importlib.import_module(script).parse_args

@@ -175,6 +175,21 @@ def check_one_data_source(parser: argparse.ArgumentParser, args) -> None:
         parser.error(f"{' and '.join(given)} each name a dataset: give one of them.")
 
 
+TOY_FLAGS = ("toy_train_images", "toy_val_images")  # the toy world's sizes (train.py, train_with_trainer.py)
+
+
+def check_toy_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a toy world's size below 1, or given with a dataset (which replaces the toy world: the flag would be
+    ignored)."""
+    given = [flag for flag in TOY_FLAGS if getattr(args, flag, None) is not None]
+    for flag in given:
+        if getattr(args, flag) < 1:
+            parser.error(f"argument --{flag}: must be >= 1, got {getattr(args, flag)}")  # as `at_least_one`
+    if given and not names_no_dataset(args):
+        source = next(f"--{flag}" for flag in DATA_SOURCE_FLAGS if getattr(args, flag, None))
+        parser.error(f"--{given[0]} sizes the toy world, which {source} replaces: leave it out.")
+
+
 def check_preset_fits_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse a ``--preset`` of a real dataset (its classes) without a dataset: the toy world would be read."""
     if args.preset and args.preset != "toy" and names_no_dataset(args):
