@@ -260,7 +260,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--self_training_start_step",
         type=non_negative,
         help="the training steps after which confident prediction pixels overwrite the pseudo labels "
-        f"({config_values('self_training_start_step', '18001')}; beyond --max_train_steps: never)",
+        f"({config_values('self_training_start_step', '18001')}; --max_train_steps or more: never)",
     )
     plus.add_argument(
         "--self_training_threshold",

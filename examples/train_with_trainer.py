@@ -134,7 +134,7 @@ class WeCLIPArguments:
 
 
 # `WeCLIPArguments` a resumed run may change (they do not shape its training), and those that are local paths
-RESUMABLE = ("validation_split", "overwrite_output_dir")
+RESUMABLE = ("validation_split", "toy_val_images", "overwrite_output_dir")
 PATHS = ("data_dir", "dataset_path", "clip_model_name_or_path", "dino_model_name_or_path")
 
 

@@ -258,7 +258,7 @@ def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch, capsy
     ) as refused:
         run_script(script, *resume, "--max_steps", 6, "--seed", 3)
     assert "--max_steps 2 -> 6; --seed 0 -> 3." in str(refused.value)
-    run_script(script, *resume, "--logging_steps", 7)
+    run_script(script, *resume, "--logging_steps", 7, "--toy_val_images", 2)  # as train.py's resume allows
     capsys.readouterr()
     run_script(script, "--output_dir", tmp_path.parent / "rfm", *flags, "--rfm_start_step", 1)
     assert "the RFM acts after" not in capsys.readouterr().out  # it acts from the run's second step

@@ -191,6 +191,13 @@ class WeCLIPModelTest(ModelTesterMixin, unittest.TestCase):
     def test_inputs_embeds(self):
         pass
 
+    @unittest.skip(
+        reason="the mixin loads the model classes other than AutoModel's through AutoModel's, and WeCLIP's only "
+        "class is AutoModel's (registered so that AutoModel loads a WeCLIP folder): it would pass without a check"
+    )
+    def test_torch_save_load(self):
+        pass
+
     @unittest.skip(reason="WeCLIP is a vision model: it takes pixel_values, not input_ids or inputs_embeds")
     def test_inputs_embeds_matches_input_ids(self):
         pass

@@ -342,7 +342,7 @@ def test_a_saved_model_with_a_preset_of_the_other_method_is_refused(script, tmp_
     make_tiny_plus_config().save_pretrained(tmp_path / "plus")
     make_tiny_config().save_pretrained(tmp_path / "weclip")
     for model, preset, method, fitting in (
-        ("plus", "voc", "WeCLIP+", "coco-plus, voc-plus"),
+        ("plus", "voc", "WeCLIP+", "coco-plus, toy, voc-plus"),
         ("weclip", "voc-plus", "WeCLIP", "coco, toy, voc"),
     ):
         with pytest.raises(SystemExit):
@@ -356,6 +356,9 @@ def test_a_saved_model_with_a_preset_of_the_other_method_is_refused(script, tmp_
         ["--model_name_or_path", str(tmp_path / "plus"), "--dataset_name", "d", "--preset", "voc-plus"]
     )
     assert args.preset == "voc-plus"
+    with pytest.raises(SystemExit):  # a usage error, not a traceback
+        parse_args(["--model_name_or_path", str(tmp_path / "nope"), "--dataset_name", "d", "--preset", "voc"])
+    assert f"error: --model_name_or_path {tmp_path / 'nope'}: no such folder" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("script", ["train", "train_with_trainer"])

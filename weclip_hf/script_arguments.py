@@ -204,21 +204,30 @@ def check_preset_fits_model(parser: argparse.ArgumentParser, args: argparse.Name
     """Refuse a ``--preset`` of another model type than the run's model: ``--dino_model_name_or_path`` builds
     WeCLIP+, a ``--model_name_or_path`` folder is of its saved type (the other method's recipe or evaluation
     would run silently: WeCLIP's learning rate is 10x WeCLIP+'s, its scales 1.0 0.75 where WeCLIP+'s are 1.0
-    1.5); the toy preset fits a saved model of either type."""
+    1.5); the toy preset fits a saved model of either type. A model folder that cannot be read is a usage error."""
     if not args.preset:
         return
-    if getattr(args, "dino_model_name_or_path", None):
+    saved = not getattr(args, "dino_model_name_or_path", None)
+    if not saved:
         model_type, source = "weclip_plus", "--dino_model_name_or_path builds WeCLIP+"
     elif getattr(args, "model_name_or_path", None):
         if get_preset(args.preset).dataset.toy_sizes is not None:
             return  # the toy world's settings serve both methods (WeCLIP+ trains and is scored there with them)
-        model_type = model_type_of_args(args)
-        source = f"--model_name_or_path {args.model_name_or_path} is a {METHOD_NAMES.get(model_type, model_type)} model"
+        try:
+            model_type = model_type_of_args(args)
+        except (OSError, ValueError) as err:
+            parser.error(str(err))
+        method = METHOD_NAMES.get(model_type, model_type)
+        source = f"--model_name_or_path {args.model_name_or_path} is a {method} model"
     else:
         return
     preset_type = get_preset(args.preset).model_type
     if model_type != preset_type:
-        fitting = sorted(name for name, preset in PRESETS.items() if preset.model_type == model_type)
+        fitting = sorted(
+            name
+            for name, preset in PRESETS.items()
+            if preset.model_type == model_type or (saved and preset.dataset.toy_sizes is not None)
+        )
         parser.error(
             f"{source}, but --preset {args.preset} is a {METHOD_NAMES[preset_type]} preset: use a "
             f"{METHOD_NAMES.get(model_type, model_type)} preset ({', '.join(fitting)}), or leave out --preset."
