@@ -106,7 +106,9 @@ from weclip_hf.script_arguments import (
     LABELS_COLUMN_HELP,
     MASK_COLUMN_HELP,
     add_data_source_flags,
+    at_least_one,
     check_model_folder,
+    check_toy_flags,
     first_paragraph,
 )
 from weclip_hf.visualization import label_map_image, overlay_figure, present_class_cams
@@ -141,15 +143,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     data = p.add_argument_group("data (default: the offline toy world)")
     add_data_source_flags(data)
     data.add_argument("--dataset_config_name", help=DATASET_CONFIG_HELP)
-    data.add_argument("--split", default="train", help="the split to pseudo-label")
+    data.add_argument("--split", default="train", help="the split to pseudo-label (default: train)")
     data.add_argument("--validation_split", help="also copy this split, with its ground-truth masks")
     data.add_argument("--image_column", help=IMAGE_COLUMN_HELP)
     data.add_argument("--mask_column", help=MASK_COLUMN_HELP)
     data.add_argument("--labels_column", help=LABELS_COLUMN_HELP)
     data.add_argument("--labels_zero_based", action="store_true", help="image-level ids are 0..C-1")
     data.add_argument("--max_samples", type=int, help="the first N images of --split")
-    data.add_argument("--toy_images", type=int, help="toy world: images of the split (default: train.py's)")
-    data.add_argument("--toy_val_images", type=int, help="toy world: validation images (default: train.py's)")
+    toy_train_images, toy_val_images = get_preset("toy").dataset.toy_sizes
+    data.add_argument(
+        "--toy_train_images",
+        "--toy_images",
+        type=at_least_one,
+        help=f"toy world: images of the split ({toy_train_images}, train.py's)",
+    )
+    data.add_argument(
+        "--toy_val_images",
+        type=at_least_one,
+        help=f"toy world: validation images ({toy_val_images}, train.py's)",
+    )
     data.add_argument("--seed", type=int, default=0, help="toy world seed (train.py's --seed)")
     model = p.add_argument_group("model")
     model.add_argument("--model", "--model_name_or_path", dest="model", help="a trained WeCLIP folder (RFM)")
@@ -185,6 +197,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--hub_dataset_id", help="default: the --output_dir folder name")
     run.add_argument("--hub_token", help="Hub token (default: the logged-in one); never written to disk")
     args = p.parse_args(argv)
+    check_toy_flags(p, args)
     args.toy = names_no_dataset(args)
     args.mode = args.mode or ("rfm" if args.model else "cam")
     if args.mode == "rfm" and not args.model:
@@ -234,7 +247,7 @@ def load_splits(args, num_classes: int, ignore_index: int, class_names, state: P
     --validation_split (which needs masks). Unreadable images are dropped and listed (the LabelSummary)."""
     toy_sizes = get_preset("toy").dataset.toy_sizes
     source = DataSource.from_args(
-        args, toy_sizes=(args.toy_images or toy_sizes[0], args.toy_val_images or toy_sizes[1])
+        args, toy_sizes=(args.toy_train_images or toy_sizes[0], args.toy_val_images or toy_sizes[1])
     )
     train, val, _ = load_dataset_splits(
         source, train_split=args.split, validation_split=args.validation_split, preset=args.preset

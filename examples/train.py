@@ -1210,6 +1210,16 @@ def finish_training(
             write_card(args, cfg, output_dir, summary)
             written.append("README.md")
             accelerator.print(json.dumps(summary, indent=2))
+            saved = [
+                "the model (from_pretrained and the pipeline load the folder)",
+                "metrics.json",
+                "its card",
+            ]
+            if args.num_overlays and val_set is not None:
+                saved.append("overlays/")
+            if args.checkpointing_steps:
+                saved.append("the checkpoints step_N/")
+            accelerator.print(f"Saved to {output_dir}: {', '.join(saved)}.")
             if args.push_to_hub:
                 publish_folder(
                     output_dir, args.hub_model_id, token=args.hub_token, commit_message="End of training"

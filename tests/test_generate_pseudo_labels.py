@@ -20,7 +20,7 @@ from weclip_hf.presets import TOY_CLASS_NAMES
 
 SCRIPT = ROOT / "examples" / "generate_pseudo_labels.py"
 EXIF_ORIENTATION = 0x0112
-TOY = ["--toy_images", "6", "--toy_val_images", "2", "--batch_size", "4"]
+TOY = ["--toy_train_images", "6", "--toy_val_images", "2", "--batch_size", "4"]
 
 
 def load_script():
@@ -153,6 +153,23 @@ def test_masks_and_scores_are_the_models(cam_run, tiny_clip):
     assert iou_values(report, "cam") == pytest.approx(expected_scores, abs=1e-3, nan_ok=True)
 
 
+def test_toy_world_sizes_are_train_pys_flags(capsys):
+    """The toy world's sizes are named as train.py names them (--toy_images stays an alias), refused below 1 (0
+    labelled the whole default world) and with a dataset (ignored without a word)."""
+    args = generate.parse_args(["--output_dir", "o", "--toy_images", "3", "--toy_val_images", "2"])
+    assert (args.toy_train_images, args.toy_val_images) == (3, 2)
+    for flags, message in (
+        (["--toy_val_images", "0"], "toy_val_images: must be >= 1, got 0"),
+        (
+            ["--data_dir", "d", "--toy_train_images", "3"],
+            "--toy_train_images sizes the toy world, which --data_dir",
+        ),
+    ):
+        with pytest.raises(SystemExit):
+            generate.parse_args(["--output_dir", "o", *flags])
+        assert message in " ".join(capsys.readouterr().err.split())
+
+
 def test_a_model_of_other_classes_does_not_label_the_toy_world(tmp_path):
     """Without a dataset the script reads the toy world: a model of other classes would count its mask ids as its own
     classes (the report said "aeroplane 100.0")."""
@@ -212,7 +229,7 @@ def test_another_model_saved_at_the_same_folder_is_refused(toy_weclip_dir, tiny_
     model, clip = (
         Path(shutil.copytree(p, tmp_path / n)) for p, n in ((toy_weclip_dir, "m"), (tiny_clip, "c"))
     )
-    small = ["--toy_images", "2", "--batch_size", "2"]
+    small = ["--toy_train_images", "2", "--batch_size", "2"]
     for flag, folder in (("--model", model), ("--clip_model_name_or_path", clip)):
         argv = [flag, str(folder), *small, "--output_dir", str(tmp_path / f"out{flag}")]
         generate.main(argv)
@@ -232,13 +249,13 @@ def test_rows_of_another_dataset_under_the_same_numbers_are_refused_or_replaced(
 
     out = tmp_path / "out"
     argv = ["--clip_model_name_or_path", tiny_clip, "--batch_size", "2", "--output_dir", str(out)]
-    generate.main([*argv, "--toy_images", "2"])
+    generate.main([*argv, "--toy_train_images", "2"])
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     with pytest.raises(ValueError, match=r"2 outputs of other inputs.*'000000' made from row 0 of split 'train', "
                        r"not from this run's row 0 .*--overwrite_output_dir"):  # fmt: skip
-        generate.main([*argv, "--toy_images", "2", "--seed", "1"])
+        generate.main([*argv, "--toy_train_images", "2", "--seed", "1"])
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
-    reseeded = [*argv, "--toy_images", "1", "--seed", "1"]
+    reseeded = [*argv, "--toy_train_images", "1", "--seed", "1"]
     assert generate.main([*reseeded, "--overwrite_output_dir"])["splits"]["train"]["num_images"] == 1
     [image] = (out / "train" / "images").iterdir()
     toy = make_toy_dataset(1, seed=1).cast_column("image", datasets.Image(decode=False))
@@ -267,7 +284,7 @@ def test_an_interrupted_overwriting_run_leaves_no_dataset_and_its_rerun_finishes
     from weclip_hf.data.loading import DataSource, load_dataset_splits
 
     out = tmp_path / "out"
-    argv = ["--clip_model_name_or_path", tiny_clip, "--toy_images", "2", "--output_dir", str(out)]
+    argv = ["--clip_model_name_or_path", tiny_clip, "--toy_train_images", "2", "--output_dir", str(out)]
     generate.main(argv)
     save_json, records = generate.save_json, []
 
@@ -331,7 +348,7 @@ def test_an_output_dir_of_the_input_data_of_other_files_or_with_links_is_refused
         with pytest.raises(SystemExit):
             generate.main([flag, str(data), "--output_dir", str(out), *model, "--overwrite_output_dir"])
         assert f"{where} the input dataset ({flag} {str(data)!r})" in capsys.readouterr().err
-    argv = ["--output_dir", str(tmp_path / "pl1"), "--toy_images", "3", *model]
+    argv = ["--output_dir", str(tmp_path / "pl1"), "--toy_train_images", "3", *model]
     with pytest.raises(SystemExit):
         generate.main(argv)
     assert "is not empty (train/) and was not written by this script" in capsys.readouterr().err

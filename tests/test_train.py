@@ -47,7 +47,12 @@ def toy_run(tiny_clip, tmp_path_factory) -> tuple[Path, str]:
 
 
 def test_toy_default_writes_model_metrics_overlays_and_card(toy_run):
-    out, _ = toy_run
+    out, printed = toy_run
+    # the last line names the folder and what it holds (the main job ended on its metrics, the folder unnamed)
+    assert printed.rstrip().endswith(
+        f"Saved to {out}: the model (from_pretrained and the pipeline load the folder), metrics.json, its card, "
+        "overlays/, the checkpoints step_N/."
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     for key in (
         "cam_miou",
