@@ -106,7 +106,7 @@ from weclip_hf.script_arguments import (
     LABELS_COLUMN_HELP,
     MASK_COLUMN_HELP,
     add_data_source_flags,
-    at_least_one,
+    add_toy_size_flags,
     check_model_folder,
     check_toy_flags,
     first_paragraph,
@@ -150,18 +150,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--labels_column", help=LABELS_COLUMN_HELP)
     data.add_argument("--labels_zero_based", action="store_true", help="image-level ids are 0..C-1")
     data.add_argument("--max_samples", type=int, help="the first N images of --split")
-    toy_train_images, toy_val_images = get_preset("toy").dataset.toy_sizes
-    data.add_argument(
-        "--toy_train_images",
-        "--toy_images",
-        type=at_least_one,
-        help=f"toy world: images of the split ({toy_train_images}, train.py's)",
-    )
-    data.add_argument(
-        "--toy_val_images",
-        type=at_least_one,
-        help=f"toy world: validation images ({toy_val_images}, train.py's)",
-    )
+    add_toy_size_flags(data, "images of the split, train.py's", aliases=("--toy_images",))
     data.add_argument("--seed", type=int, default=0, help="toy world seed (train.py's --seed)")
     model = p.add_argument_group("model")
     model.add_argument("--model", "--model_name_or_path", dest="model", help="a trained WeCLIP folder (RFM)")

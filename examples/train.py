@@ -95,6 +95,7 @@ from weclip_hf.script_arguments import (
     MASK_COLUMN_HELP,
     TRAIN_VAL_SPLIT_HELP,
     add_data_source_flags,
+    add_toy_size_flags,
     at_least_one,
     check_model_folder,
     check_preset_fits_data,
@@ -166,13 +167,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument(
         "--max_eval_samples", type=at_least_one, help="score the first N validation images (default: all)"
     )
-    toy_train_images, toy_val_images = get_preset("toy").dataset.toy_sizes
-    data.add_argument(
-        "--toy_train_images", type=at_least_one, help=f"toy world: training images ({toy_train_images})"
-    )
-    data.add_argument(
-        "--toy_val_images", type=at_least_one, help=f"toy world: validation images ({toy_val_images})"
-    )
+    add_toy_size_flags(data)
     model = p.add_argument_group(
         "model",
         "config values; a flag left out takes the --preset's value (the toy preset's without a dataset), else "

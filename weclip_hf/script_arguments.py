@@ -178,6 +178,16 @@ def check_one_data_source(parser: argparse.ArgumentParser, args) -> None:
 TOY_FLAGS = ("toy_train_images", "toy_val_images")  # the toy world's sizes (train.py, train_with_trainer.py)
 
 
+def add_toy_size_flags(group, images_of: str = "training images", aliases: tuple[str, ...] = ()) -> None:
+    """Add --toy_train_images (also named ``aliases``) and --toy_val_images to ``group``: the toy world's sizes,
+    by default the toy preset's (`check_toy_flags` refuses them with a dataset)."""
+    train, val = get_preset("toy").dataset.toy_sizes
+    group.add_argument(
+        "--toy_train_images", *aliases, type=at_least_one, help=f"toy world: {images_of} ({train})"
+    )
+    group.add_argument("--toy_val_images", type=at_least_one, help=f"toy world: validation images ({val})")
+
+
 def check_toy_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse a toy world's size below 1, or given with a dataset (which replaces the toy world: the flag would be
     ignored)."""
