@@ -11,9 +11,9 @@
 - Process ``rank`` of ``world_size`` takes inputs ``rank, rank + world_size, ...`` (`process_share`); the inputs
   of a batch are run in groups of one size (`group_by_size`).
 - `check_run_settings` records the settings that change the outputs in ``.state/settings.json``: a re-run with
-  other settings is refused (`SettingsChanged`) rather than mixing two kinds of outputs in one folder. A model given as a local folder
-  is recorded by its weights too (`weights_sha256`), so that another model saved at the same path is another
-  setting.
+  other settings is refused (`SettingsChanged`) rather than mixing two kinds of outputs in one folder. A model
+  given as a local folder is recorded by its weights too (`weights_sha256`), so that another model saved at the
+  same path is another setting.
 - While a run rewrites a folder whose finished outputs are read as a whole (a dataset's metadata), the folder is
   marked unfinished (`mark_unfinished`, until `mark_finished`) and those outputs are removed first, so that an
   interrupted run leaves no folder that reads as the earlier result with some of the new files in it; readers
@@ -259,9 +259,9 @@ def check_run_settings(
     ``wait``: a barrier of all processes (``PartialState().wait_for_everyone``): the main process records, then
     every process compares. ``models``: the keys of ``settings`` that name a model (a local folder or a Hub id);
     `weights_sha256` of each is a setting too (`weights_key`), so a model saved over the old one at the same path
-    is a changed setting. Raises `SettingsChanged` naming the settings that differ, or ValueError, where a model is a local folder,
-    for outputs recorded without its weights (by a version before they were recorded: which weights wrote them
-    cannot be told)."""
+    is a changed setting. Raises `SettingsChanged` naming the settings that differ, or ValueError, where a model
+    is a local folder, for outputs recorded without its weights (by a version before they were recorded: which
+    weights wrote them cannot be told)."""
     path = Path(output_dir) / STATE_DIR / SETTINGS
     settings = {**settings, **{weights_key(k): weights_sha256(settings[k]) for k in models}}
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back

@@ -380,8 +380,9 @@ class WeCLIPConfig(PreTrainedConfig):
         par_pos_weight (`float`): weight w2 of the positional PAR affinity (0.01).
         affinity_radius (`int`): Chebyshev radius of the pairs used by the affinity loss (8).
         affinity_loss_weight (`float`): weight of the affinity loss in the total loss (0.1).
-        rfm_start_step (`int`): training step (0-based count of training forwards: train mode, gradients on, labels given) from which the RFM
-            is used (paper: 15,000; the official VOC run effectively used 9,144, see the `voc` preset).
+        rfm_start_step (`int`): training step (0-based count of training forwards: train mode, gradients on,
+            labels given) from which the RFM is used (paper: 15,000; the official VOC run effectively used 9,144,
+            see the `voc` preset).
         semantic_loss_ignore_index (`int`): ignored label value (255).
         initializer_range (`float`): std of the decoder's normal initialisation.
         encoded_prompts (`dict`, *optional*): the prompts the model's stored text embeddings encode (``{"class":

@@ -114,8 +114,8 @@ def schedule_notes(
         first = start - counter + 1  # this run's first step with it
         if first > max_train_steps:
             notes.append(
-                f"{what} acts after {start} {steps}, and this run ends after {counter + max_train_steps} {steps}{origin}: "
-                f"{never} throughout ({source}).{aside}"
+                f"{what} acts after {start} {steps}, and this run ends after {counter + max_train_steps} "
+                f"{steps}{origin}: {never} throughout ({source}).{aside}"
             )
         elif counter:
             when = "its first step" if first <= 1 else f"its step {first}"
