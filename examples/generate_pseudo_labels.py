@@ -234,10 +234,7 @@ def check_output_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 def load_splits(args, num_classes: int, ignore_index: int, class_names, state: PartialState) -> dict:
     """{split: (dataset with image_labels and a ``source_row`` column, its columns)}: --split and, if asked,
     --validation_split (which needs masks). Unreadable images are dropped and listed (the LabelSummary)."""
-    toy_sizes = get_preset("toy").dataset.toy_sizes
-    source = DataSource.from_args(
-        args, toy_sizes=(args.toy_train_images or toy_sizes[0], args.toy_val_images or toy_sizes[1])
-    )
+    source = DataSource.from_args(args, toy_sizes=(args.toy_train_images, args.toy_val_images))
     train, val, _ = load_dataset_splits(
         source, train_split=args.split, validation_split=args.validation_split, preset=args.preset
     )

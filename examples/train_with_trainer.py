@@ -251,8 +251,7 @@ def main(argv=None) -> dict:
         print(f"Note: {resume} records no training arguments: they cannot be checked.")
 
     # data and model
-    given = (args.toy_train_images, args.toy_val_images)
-    toy_sizes = tuple(size or default for size, default in zip(given, TOY_SIZES))
+    toy_sizes = (args.toy_train_images, args.toy_val_images)
     source = dataclasses.replace(DataSource.from_args(args, toy_sizes), seed=training_args.seed)
     preset = get_preset(recipe_name(args))  # the recipe of parse_args
     set_seed(training_args.seed)  # the decoder's initial weights

@@ -93,6 +93,9 @@ def test_checkpointing_steps_are_whole_numbers_and_the_toy_world_defaults_are_th
     load_dataset_splits(DataSource(toy=True, seed=3))
     train_size, val_size = get_preset("toy").dataset.toy_sizes
     assert made == [(train_size, 3), (val_size, 3 + toy.TOY_VALIDATION_SEED_OFFSET)]
+    made.clear()  # one size given (--toy_val_images alone): the other is the preset's
+    load_dataset_splits(DataSource(toy=True, toy_sizes=(None, 5), seed=3))
+    assert made == [(train_size, 3), (5, 3 + toy.TOY_VALIDATION_SEED_OFFSET)]
 
 
 def test_fresh_model_defaults_preset_kwargs_and_clip():

@@ -414,8 +414,8 @@ class DataSource:
     """Where a script's data comes from: a Hub dataset, an imagefolder, a saved DatasetDict, or the toy world.
 
     ``streaming``: stream Hub datasets and imagefolders, and read the training split of a saved DatasetDict as a
-    ``datasets.IterableDataset``. ``toy_sizes``: the toy world's (train, validation) images, default the toy
-    preset's; ``seed``: the toy world's seed.
+    ``datasets.IterableDataset``. ``toy_sizes``: the toy world's (train, validation) images, each None for the toy
+    preset's (the scripts' --toy_train_images / --toy_val_images left out); ``seed``: the toy world's seed.
     """
 
     dataset_name: str | None = None
@@ -424,11 +424,11 @@ class DataSource:
     dataset_path: str | None = None
     streaming: bool = False
     toy: bool = False
-    toy_sizes: tuple[int, int] | None = None
+    toy_sizes: tuple[int | None, int | None] | None = None
     seed: int = 0
 
     @classmethod
-    def from_args(cls, args, toy_sizes: tuple[int, int] | None = None) -> DataSource:
+    def from_args(cls, args, toy_sizes: tuple[int | None, int | None] | None = None) -> DataSource:
         """The source named by a script's parsed data-source flags (`add_data_source_flags`, --dataset_config_name,
         and --streaming and --seed where the script has them): the toy world when no dataset is named."""
         names = {flag: getattr(args, flag, None) for flag in DATA_SOURCE_FLAGS}
@@ -493,7 +493,11 @@ def load_dataset_splits(
         check_split_names(
             ["train", "validation"], train_split if need_train else None, validation_split, need_train
         )
-        toy_sizes = source.toy_sizes or get_preset("toy").dataset.toy_sizes
+        default_sizes = get_preset("toy").dataset.toy_sizes
+        toy_sizes = [
+            default if size is None else size
+            for size, default in zip(source.toy_sizes or (None, None), default_sizes)
+        ]
         train = with_split_name(make_toy_dataset(toy_sizes[0], seed=source.seed), "train")
         val = None
         if validation_split != "none":
