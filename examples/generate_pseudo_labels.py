@@ -28,7 +28,9 @@ column) are refused, or with --overwrite_output_dir replaced (and the records of
 dropped, so that the dataset written is this run's). Until a run is done, its folder is marked unfinished and
 holds no metadata.jsonl (nor report), so that an interrupted run is not read as the earlier dataset with some of
 this run's masks; `train.py --data_dir` refuses it. A re-run with other settings, or with another model saved at
-the same --model or --clip_model_name_or_path folder (its weights are recorded by their SHA-256), is refused.
+the same --model or --clip_model_name_or_path folder (its weights are recorded by their SHA-256), is refused, or
+with --overwrite_output_dir starts over: it removes the earlier run's dataset (the files of its split folders, its
+records and report, the overlays its records list as written: other files of overlays/ stay).
 A run deletes the files of its split folders it has no record of, so --output_dir must not be, hold or lie inside
 the input dataset (--data_dir, --dataset_path), a non-empty folder this script did not write (no
 ``.state/``) is refused unless --overwrite_output_dir, and a link among its outputs (split folders,
@@ -43,8 +45,10 @@ Phases: arguments -> data -> model -> pseudo masks (each process its share) -> m
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -58,10 +62,12 @@ from transformers import AutoModelForSemanticSegmentation
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.batch_jobs import (
+    OUTPUTS,
+    SETTINGS,
     STATE_DIR,
     check_no_links,
     check_recorded_inputs,
-    check_run_settings,
+    check_run_settings_or_start_over,
     content_fingerprint,
     copy_file,
     decoding_workers,
@@ -71,6 +77,7 @@ from weclip_hf.batch_jobs import (
     mark_unfinished,
     process_share,
     read_record,
+    recorded_outputs,
     remove_file,
     remove_temporary_files,
     save_bytes,
@@ -114,8 +121,10 @@ from weclip_hf.script_arguments import (
 from weclip_hf.visualization import label_map_image, overlay_figure, present_class_cams
 
 REPORT = PSEUDO_LABEL_REPORT
+# the name `check_finished` gives the readers of an unfinished folder
+WRITER = "examples/generate_pseudo_labels.py"
 # the keys of an example's record (in .state/) that metadata.jsonl leaves out
-STATE_KEYS = ("confusion", "input")
+STATE_KEYS = ("confusion", "input", OUTPUTS)
 # the formats whose bytes are copied as they are (others are re-encoded as PNG)
 COPIED_FORMATS = {
     "JPEG": ".jpg",
@@ -137,8 +146,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--overwrite_output_dir",
         action="store_true",
-        help="replace the outputs of rows whose input changed (refused without it), drop those of other rows; "
-        "write into a non-empty folder this script did not write, deleting the files of its split folders",
+        help="replace the outputs of rows whose input changed, drop those of other rows; start over where the "
+        "folder holds a run with other settings (all refused without it); write into a non-empty folder this "
+        "script did not write, deleting the files of its split folders",
     )
     data = p.add_argument_group("data (default: the offline toy world)")
     add_data_source_flags(data)
@@ -410,22 +420,37 @@ def example_name(row: int) -> str:
 
 
 def write_example(
-    out: Path, split: str, item: dict, mask, name: str, confusion: dict | None, num_labels: int
+    out: Path,
+    split: str,
+    item: dict,
+    mask,
+    name: str,
+    confusion: dict | None,
+    num_labels: int,
+    overlay: Path | None = None,
 ) -> None:
     """The image, the mask (`label_map_image`: 16-bit for more than 256 labels, ``num_labels``) and, last, the
-    record (the mark that the example is done)."""
+    record (the mark that the example is done), which lists the files written for it (``overlay`` too, written
+    before)."""
     folder = out / split
     image_path = save_stored_image(item["stored"], item["rgb"], folder / "images" / name)
-    save_image(label_map_image(mask, num_labels), folder / "masks" / f"{name}.png")
+    mask_path = save_image(label_map_image(mask, num_labels), folder / "masks" / f"{name}.png")
     record = {
         "file_name": image_path.relative_to(folder).as_posix(),
-        "mask_file_name": f"masks/{name}.png",
+        "mask_file_name": mask_path.relative_to(folder).as_posix(),
         "image_labels": list(item["image_labels"]),
         "source": str(item["record"]["source"]),
     }
+    outputs = [p.relative_to(out).as_posix() for p in (image_path, mask_path, overlay) if p is not None]
     save_json(
-        {**record, "input": item["record"]["input"], "confusion": confusion}, record_path(out, split, name)
+        {**record, "input": item["record"]["input"], "confusion": confusion, OUTPUTS: outputs},
+        record_path(out, split, name),
     )
+
+
+def finished_outputs(out: Path, splits) -> list[Path]:
+    """The files a finished run writes last, which make ``out`` a dataset: the splits' metadata, the report."""
+    return [*(out / split / "metadata.jsonl" for split in splits), out / REPORT]
 
 
 def record_path(out: Path, split: str, name: str) -> Path:
@@ -484,6 +509,7 @@ def write_pseudo_masks(model, group: list[dict], args, out: Path, split: str) ->
                 mode: sparse_confusion(pred[k], item["mask"], cfg.num_labels, cfg.semantic_loss_ignore_index)
                 for mode, pred in scored.items()
             }
+        overlay = None
         if args.num_overlays < 0 or item["row"] < args.num_overlays:
             panels = {f"{args.mode.upper()} pseudo mask": masks[k]}
             if item["mask"] is not None:
@@ -495,8 +521,8 @@ def write_pseudo_masks(model, group: list[dict], args, out: Path, split: str) ->
                 present_class_cams(cams[k], item["class_labels"], cfg.id2label),
                 ignore_index=cfg.semantic_loss_ignore_index,
             )
-            save_overlay(figure, out / "overlays" / f"{name}.png")
-        write_example(out, split, item, masks[k], name, confusion, cfg.num_labels)
+            overlay = save_overlay(figure, out / "overlays" / f"{name}.png")
+        write_example(out, split, item, masks[k], name, confusion, cfg.num_labels, overlay)
 
 
 def rows_to_do(out: Path, split: str, dataset, columns, args, state: PartialState) -> list[int]:
@@ -519,12 +545,20 @@ def rows_to_do(out: Path, split: str, dataset, columns, args, state: PartialStat
     return [i for i in share if example_name(rows[i]) not in done]
 
 
+def split_folders(split: str) -> tuple[str, ...]:
+    """The folders (relative to --output_dir) that hold the files written for the examples of ``split``."""
+    return f"{split}/images", f"{split}/masks", "overlays"
+
+
 def drop_records(out: Path, split: str, args, names: set[str]) -> None:
-    """--overwrite_output_dir: the records (and overlays) of examples to redo or drop, before any is rewritten."""
+    """--overwrite_output_dir: the records of examples to redo or drop and the files they list, before any is
+    rewritten (a record of a version that listed none: its overlay by name, which that version wrote there)."""
     for name in names:
-        remove_file(record_path(out, split, name), out)
-        if split == args.split:
-            remove_file(out / "overlays" / f"{name}.png", out)
+        listed = recorded_outputs(record_path(out, split, name), out, split_folders(split))
+        if listed is None:
+            listed = [out / "overlays" / f"{name}.png"] if split == args.split else []
+        for path in [*listed, record_path(out, split, name)]:
+            remove_file(path, out)
 
 
 def percent(value: float | None) -> str:
@@ -564,6 +598,54 @@ def finish(args, out: Path, splits: dict, id2label: dict) -> dict:
     return report
 
 
+# ---- starting over (--overwrite_output_dir over a run with other settings) --------------------------
+
+
+def earlier_run(out: Path) -> dict[str, dict[Path, list[Path]]]:
+    """The example records of the run in ``out``, by split, each with the files it lists as written for its
+    example. Raises ValueError where a record lists none (written by a version before records listed them): which
+    overlays that run wrote cannot be told from a user's own."""
+    splits = sorted(p.name for p in (out / STATE_DIR).iterdir() if p.is_dir())
+    check_no_links(out, splits)  # this run's outputs were checked; the earlier run's split folders may differ
+    listed = {
+        split: {
+            path: recorded_outputs(path, out, split_folders(split))
+            for path in sorted((out / STATE_DIR / split).glob("*.json"))
+        }
+        for split in splits
+    }
+    if unlisted := [path for records in listed.values() for path, files in records.items() if files is None]:
+        raise ValueError(
+            f"{out} holds a dataset of a run with other settings whose records do not list the files it wrote "
+            f"({unlisted[0]}; written by an earlier version): starting over there could delete overlays of your "
+            "own. Choose another --output_dir."
+        )
+    return listed
+
+
+def remove_earlier_run(out: Path, listed: dict[str, dict[Path, list[Path]]]) -> None:
+    """Remove the earlier run ``listed`` (`earlier_run`): the folder marked unfinished and its metadata and report
+    removed first (`mark_unfinished`); each example's files, then its record; the other files of its split
+    folders (an interrupted run's: the run deletes them as its own); its settings last, so that an interrupted
+    start-over leaves a folder the same command finishes. Other files in ``out`` stay, in overlays/ too."""
+    num_examples = sum(len(records) for records in listed.values())
+    print(f"--overwrite_output_dir: removing the {num_examples} examples of the earlier run in {out}")
+    mark_unfinished(out, WRITER, finished_outputs(out, listed))
+    for records in listed.values():
+        for record, outputs in records.items():
+            for path in [*outputs, record]:
+                remove_file(path, out)
+    for split in listed:
+        for path in [*(out / split).glob("images/*"), *(out / split).glob("masks/*")]:
+            remove_file(path, out)
+    remove_file(out / STATE_DIR / SETTINGS, out)
+
+
+def start_over(out: Path) -> Callable[[], None]:
+    """The removal of the earlier run in ``out`` (`check_run_settings_or_start_over`'s ``start_over``)."""
+    return functools.partial(remove_earlier_run, out, earlier_run(out))
+
+
 # ---- main -------------------------------------------------------------------------------------------
 
 
@@ -581,7 +663,15 @@ def main(argv=None) -> dict | None:
     settings = {k: getattr(args, k) for k in ("model", "clip_model_name_or_path", "preset", "mode", "split")}
     settings.update(class_names=args.class_names, background_names=args.background_names)
     models = ("model", "clip_model_name_or_path")
-    check_run_settings(out, settings, state.is_main_process, state.wait_for_everyone, models=models)
+    check_run_settings_or_start_over(
+        out,
+        settings,
+        state.is_main_process,
+        state.wait_for_everyone,
+        models,
+        start_over=functools.partial(start_over, out) if args.overwrite_output_dir else None,
+        removes="that run's dataset: its split folders' files, its records, report and the overlays they list",
+    )
     if args.push_to_hub and state.is_main_process:  # fail now, not after labelling everything
         args.hub_dataset_id = create_hub_repo(
             args.hub_dataset_id or out.resolve().name, token=args.hub_token, repo_type="dataset"
@@ -604,8 +694,7 @@ def main(argv=None) -> dict | None:
     }
     # until `finish`, the folder is no dataset: neither the old one nor a mix of two runs
     if state.is_main_process:
-        finished = [*(out / split / "metadata.jsonl" for split in splits), out / REPORT]
-        mark_unfinished(out, "examples/generate_pseudo_labels.py", finished)
+        mark_unfinished(out, WRITER, finished_outputs(out, splits))
     state.wait_for_everyone()
     for split, (dataset, columns, _, is_pseudo) in splits.items():
         loader = DataLoader(

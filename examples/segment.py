@@ -43,6 +43,7 @@ import collections
 import functools
 import glob
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,10 +60,9 @@ from weclip_hf.batch_jobs import (
     OUTPUTS,
     SETTINGS,
     STATE_DIR,
-    SettingsChanged,
     check_no_links,
     check_recorded_inputs,
-    check_run_settings,
+    check_run_settings_or_start_over,
     content_fingerprint,
     decoding_workers,
     group_by_size,
@@ -455,10 +455,11 @@ def earlier_run(out: Path) -> dict[Path, list[Path]]:
     return listed
 
 
-def start_over(out: Path, listed: dict[Path, list[Path]]) -> None:
+def remove_earlier_run(out: Path, listed: dict[Path, list[Path]]) -> None:
     """Remove the earlier run ``listed`` (`earlier_run`): each input's files, then its record; the report and the
     lists of skipped inputs; its settings last, so that an interrupted start-over leaves a folder the same command
     finishes. Other files in ``out`` stay, in labels/ and overlays/ too."""
+    print(f"--overwrite_output_dir: removing the {len(listed)} inputs' outputs of the earlier run in {out}")
     for record, outputs in listed.items():
         for path in [*outputs, record]:
             remove_file(path, out)
@@ -467,28 +468,9 @@ def start_over(out: Path, listed: dict[Path, list[Path]]) -> None:
         remove_file(path, out)
 
 
-def record_settings(out: Path, settings: dict, state: PartialState, overwrite: bool) -> None:
-    """`check_run_settings` for this script's ``settings``; where ``out`` holds a run with other ones,
-    ``overwrite`` (--overwrite_output_dir) starts over (`start_over`), else the refusal says so."""
-    check = functools.partial(
-        check_run_settings, out, settings, state.is_main_process, state.wait_for_everyone, MODEL_SETTINGS
-    )
-    try:
-        check()
-    except SettingsChanged as err:
-        if not overwrite:
-            raise SettingsChanged(
-                f"{err} Or give --overwrite_output_dir to start over: it removes that run's label maps, overlays "
-                "and report (the files its records list; other files stay)."
-            ) from None
-        listed = earlier_run(out)  # in every process: a refusal stops them all
-        state.wait_for_everyone()  # every process has read the earlier settings and records
-        if state.is_main_process:
-            print(
-                f"--overwrite_output_dir: removing the {len(listed)} inputs' outputs of the earlier run in {out}"
-            )
-            start_over(out, listed)
-        check()  # the main process records this run's settings, the others wait for it
+def start_over(out: Path) -> Callable[[], None]:
+    """The removal of the earlier run in ``out`` (`check_run_settings_or_start_over`'s ``start_over``)."""
+    return functools.partial(remove_earlier_run, out, earlier_run(out))
 
 
 # ---- main -------------------------------------------------------------------------------------------
@@ -507,7 +489,15 @@ def main(argv=None) -> dict | None:
     settings["scales"] = args.scales if args.msf else None
     # the inputs before anything is written: a run without inputs leaves nothing
     values, names, where = load_inputs(args)
-    record_settings(out, settings, state, args.overwrite_output_dir)
+    check_run_settings_or_start_over(
+        out,
+        settings,
+        state.is_main_process,
+        state.wait_for_everyone,
+        MODEL_SETTINGS,
+        start_over=functools.partial(start_over, out) if args.overwrite_output_dir else None,
+        removes="that run's label maps, overlays and report (the files its records list; other files stay)",
+    )
 
     # 1. inputs: this process's share, without those an earlier run did from the same input
     label_path = {name: out / "labels" / f"{name}.png" for name in names}

@@ -299,3 +299,17 @@ def save_another_model_at(folder: Path) -> None:
     path = Path(folder) / "model.safetensors"
     tensors = {k: v + 0.01 if v.is_floating_point() else v for k, v in load_file(path).items()}
     save_file(tensors, path, metadata={"format": "pt"})
+
+
+def interrupted_after(function, calls: int, called: list | None = None):
+    """``function`` that raises KeyboardInterrupt (a Ctrl-C, a kill) when called once ``calls`` calls have run;
+    ``called`` collects the positional arguments of each call that ran."""
+    called = [] if called is None else called
+
+    def interrupted(*args, **kwargs):
+        if len(called) == calls:
+            raise KeyboardInterrupt
+        called.append(args)
+        return function(*args, **kwargs)
+
+    return interrupted

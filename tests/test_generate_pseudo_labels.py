@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, save_another_model_at, train_in_process
+from conftest import ROOT, interrupted_after, save_another_model_at, train_in_process
 from huggingface_hub import HfApi
 from PIL import Image
 
@@ -190,15 +190,8 @@ def test_interrupted_rfm_run_loses_nothing(toy_weclip_dir, tmp_path, monkeypatch
     argv = ["--model", str(toy_weclip_dir), *TOY, "--batch_size", "2"]
     whole = generate.main([*argv, "--output_dir", str(tmp_path / "whole")])
     assert whole["mode"] == "rfm" and set(whole["scores"]) == {"cam", "rfm"}
-    save_json, records = generate.save_json, []
-
-    def interrupted_save(data, path):
-        if len(records) == 3:
-            raise KeyboardInterrupt
-        records.append(path)
-        return save_json(data, path)
-
-    monkeypatch.setattr(generate, "save_json", interrupted_save)
+    records = []
+    monkeypatch.setattr(generate, "save_json", interrupted_after(generate.save_json, 3, records))
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         generate.main([*argv, "--output_dir", str(out)])
@@ -206,7 +199,7 @@ def test_interrupted_rfm_run_loses_nothing(toy_weclip_dir, tmp_path, monkeypatch
     assert (
         len(list((out / "train" / "masks").glob("*.png"))) == 4
     )  # the 4th image's mask is written, not its record
-    before = {p: Path(p).stat().st_mtime_ns for p in records}
+    before = {Path(p): Path(p).stat().st_mtime_ns for _, p in records}  # save_json(data, path)
     resumed = generate.main([*argv, "--output_dir", str(out)])
     assert all(
         Path(p).stat().st_mtime_ns == t for p, t in before.items()
@@ -314,6 +307,69 @@ def test_an_interrupted_overwriting_run_leaves_no_dataset_and_its_rerun_finishes
     assert [Path(image["path"]).read_bytes() for image in stored] == [
         image["bytes"] for image in toy["image"]
     ]
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` by its relative path, with its bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_overwrite_output_dir_starts_over_a_run_with_other_settings(tiny_clip, tmp_path, monkeypatch):
+    """A run of 3 toy images with a validation split and an overlay of row 0, then one with other background
+    names, 2 images, no validation split, no overlays: refused, naming --overwrite_output_dir, nothing touched;
+    with it (interrupted once during the start-over, which leaves an unfinished folder the same command finishes)
+    the folder holds what a fresh run writes, the earlier validation split and overlay gone, and a user's own
+    files kept: an overlay named after row 1 (the earlier run wrote none for it) and a file beside them. A folder
+    whose records do not list their files (an earlier version's) is refused."""
+    from weclip_hf.data.loading import DataSource, load_dataset_splits
+
+    out = tmp_path / "out"
+    clip = ["--clip_model_name_or_path", tiny_clip, "--batch_size", "2"]
+    first = [*clip, "--toy_train_images", "3", "--toy_val_images", "1", "--validation_split", "validation"]
+    generate.main([*first, "--num_overlays", "1", "--output_dir", str(out)])
+    own = {"overlays/000001.png": b"my overlay", "notes.txt": b"x"}
+    for name, data in own.items():
+        (out / name).write_bytes(data)
+    again = [*clip, "--toy_train_images", "2", "--background_names", "ground", "sky"]
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    with pytest.raises(
+        ValueError,
+        match=r"other settings \(background_names: None -> \['ground', 'sky'\]\).*--overwrite_output_dir "
+        "to start over",
+    ):
+        generate.main([*again, "--output_dir", str(out)])
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    monkeypatch.setattr(generate, "remove_file", interrupted_after(generate.remove_file, 3))
+    with pytest.raises(KeyboardInterrupt):
+        generate.main([*again, "--output_dir", str(out), "--overwrite_output_dir"])
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="unfinished run of examples/generate_pseudo_labels.py"):
+        load_dataset_splits(DataSource(data_dir=str(out)), train_split="train", validation_split="none")
+    report = generate.main([*again, "--output_dir", str(out), "--overwrite_output_dir"])
+    assert report == generate.main([*again, "--output_dir", str(tmp_path / "fresh")])
+    fresh = folder_files(tmp_path / "fresh")
+    assert folder_files(out) == {**fresh, **own}
+    assert not (out / "validation").exists() or not any((out / "validation").rglob("*.*"))
+    record = out / ".state" / "train" / "000000.json"
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "outputs"}))
+    with pytest.raises(ValueError, match=r"records do not list the files it wrote \(.*000000.json"):
+        generate.main([*first, "--output_dir", str(out), "--overwrite_output_dir"])
+    assert (out / "train" / "masks" / "000000.png").exists()
+
+
+def test_a_row_redone_takes_only_the_overlay_its_record_lists(tiny_clip, tmp_path):
+    """Rows of another toy seed with --overwrite_output_dir: the earlier overlay of row 0 goes with its record, a
+    user's overlay named after row 1 (for which the earlier run wrote none) stays."""
+    out = tmp_path / "out"
+    argv = ["--clip_model_name_or_path", tiny_clip, "--toy_train_images", "2", "--output_dir", str(out)]
+    generate.main([*argv, "--num_overlays", "1"])
+    assert json.loads((out / ".state" / "train" / "000000.json").read_text())["outputs"] == [
+        "train/images/000000.bmp", "train/masks/000000.png", "overlays/000000.png"
+    ]  # fmt: skip
+    (out / "overlays" / "000001.png").write_bytes(b"my overlay")
+    generate.main([*argv, "--seed", "1", "--overwrite_output_dir"])
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["000001.png"]
+    assert (out / "overlays" / "000001.png").read_bytes() == b"my overlay"
 
 
 def test_an_output_dir_of_the_input_data_of_other_files_or_with_links_is_refused(tiny_clip, tmp_path, capsys):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, save_another_model_at, train_env
+from conftest import ROOT, interrupted_after, save_another_model_at, train_env
 from PIL import Image
 
 from weclip_hf.batch_jobs import decoding_workers, write_atomic
@@ -136,18 +136,12 @@ def test_interrupted_run_resumes_without_losing_or_redoing_anything(
     out = tmp_path / "out"
     argv = ["--model_name_or_path", str(toy_weclip_dir), "--images", str(images), "--output_dir", str(out)]
     argv += ["--batch_size", "2"]
-    save_image, written = segment.save_image, []
-
-    def interrupted_save(image, path):
-        if len(written) == 3:
-            raise KeyboardInterrupt
-        written.append(Path(path))
-        return save_image(image, path)
-
-    monkeypatch.setattr(segment, "save_image", interrupted_save)
+    calls = []
+    monkeypatch.setattr(segment, "save_image", interrupted_after(segment.save_image, 3, calls))
     with pytest.raises(KeyboardInterrupt):
         segment.main(argv)
     monkeypatch.undo()
+    written = [Path(path) for _, path in calls]  # save_image(image, path)
     assert (
         sorted(out.rglob("labels/**/*.png")) == sorted(written)
         and not (out / "class_fractions.json").exists()

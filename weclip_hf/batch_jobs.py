@@ -13,7 +13,8 @@
 - `check_run_settings` records the settings that change the outputs in ``.state/settings.json``: a re-run with
   other settings is refused (`SettingsChanged`) rather than mixing two kinds of outputs in one folder. A model
   given as a local folder is recorded by its weights too (`weights_sha256`), so that another model saved at the
-  same path is another setting.
+  same path is another setting. With --overwrite_output_dir the run starts over instead
+  (`check_run_settings_or_start_over`): the writer removes what the earlier run wrote, by its records.
 - While a run rewrites a folder whose finished outputs are read as a whole (a dataset's metadata), the folder is
   marked unfinished (`mark_unfinished`, until `mark_finished`) and those outputs are removed first, so that an
   interrupted run leaves no folder that reads as the earlier result with some of the new files in it; readers
@@ -28,6 +29,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 import os
@@ -287,6 +289,38 @@ def check_run_settings(
         )
 
 
+def check_run_settings_or_start_over(
+    output_dir: str | Path,
+    settings: dict,
+    is_main_process: bool,
+    wait: Callable[[], None],
+    models: tuple[str, ...],
+    start_over: Callable[[], Callable[[], None]] | None,
+    removes: str,
+) -> None:
+    """`check_run_settings`, and where ``output_dir`` holds a run with other settings, start over
+    (--overwrite_output_dir) or refuse.
+
+    ``start_over`` (None without --overwrite_output_dir: the refusal names the flag and what it ``removes``) is
+    called in every process, where it reads the earlier run (a refusal there stops them all), and returns the
+    removal of that run, which the main process runs once every process has read it; then this run's settings are
+    recorded. The removal takes the earlier settings last, so that an interrupted start-over is finished by the
+    same command."""
+    check = functools.partial(check_run_settings, output_dir, settings, is_main_process, wait, models)
+    try:
+        check()
+    except SettingsChanged as err:
+        if start_over is None:
+            raise SettingsChanged(
+                f"{err} Or give --overwrite_output_dir to start over: it removes {removes}."
+            ) from None
+        remove = start_over()
+        wait()  # every process has read the earlier settings and records
+        if is_main_process:
+            remove()
+        check()  # the main process records this run's settings, the others wait for it
+
+
 def mark_unfinished(output_dir: str | Path, writer: str, finished_outputs: Iterable[str | Path]) -> None:
     """Mark ``output_dir`` as being rewritten by ``writer`` (the script, named by `check_finished`), then remove
     ``finished_outputs`` (the files a finished run writes last, which make the folder readable as a result), so
@@ -403,6 +437,7 @@ __all__ = [
     "check_no_links",
     "check_recorded_inputs",
     "check_run_settings",
+    "check_run_settings_or_start_over",
     "content_fingerprint",
     "copy_file",
     "decoding_workers",
