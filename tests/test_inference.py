@@ -40,10 +40,11 @@ class RecordingModel(torch.nn.Module):
     def __init__(self, patch_size: int = 4):
         super().__init__()
         self.config = SimpleNamespace(vision_config=SimpleNamespace(patch_size=patch_size))
-        self.sizes = []
+        self.sizes, self.inputs = [], []
 
     def forward(self, pixel_values):
         self.sizes.append(tuple(pixel_values.shape[-2:]))
+        self.inputs.append(pixel_values)
         return SimpleNamespace(logits=F.avg_pool2d(pixel_values[:, :2], 2))
 
 
@@ -52,6 +53,17 @@ def test_multiscale_flip_runs_the_evaluation_scales_by_default():
     multiscale_flip_logits(model, torch.rand(1, 3, 32, 40))
     expected = [(round(32 * s), round(40 * s)) for s in EvaluationSettings.msf_scales]
     assert EvaluationSettings.msf_scales == (1.0, 0.75) and model.sizes == expected
+
+
+def test_multiscale_resizes_by_scale_factor_as_the_official_code():
+    """A 375 x 500 image at 0.75 (281.25 x 375): resized by ``scale_factor`` (samples 1/0.75 apart, as the official
+    `validate()` calls F.interpolate), not to the size (samples 375/281 apart), whose pixels differ."""
+    model, image = RecordingModel(), torch.rand(1, 3, 375, 500, generator=torch.Generator().manual_seed(0))
+    multiscale_flip_logits(model, image, scales=(1.0, 0.75), flip=False)
+    official = F.interpolate(image, scale_factor=0.75, mode="bilinear", align_corners=False)
+    by_size = F.interpolate(image, size=(281, 375), mode="bilinear", align_corners=False)
+    assert model.sizes == [(375, 500), (281, 375)] and torch.equal(model.inputs[1], official)
+    assert not torch.allclose(by_size, official, atol=1e-3)
 
 
 def test_longest_edge_size_truncates_the_short_side():

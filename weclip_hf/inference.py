@@ -18,7 +18,10 @@ LABELS_CHUNK_BYTES = 256 * 2**20
 
 
 def longest_edge_size(height: int, width: int, longest_edge: int) -> tuple[int, int]:
-    """Size with the long side = ``longest_edge`` and the other side int-truncated (375x500 -> 384x512)."""
+    """Size with the long side = ``longest_edge`` and the other side int-truncated (375x500 -> 384x512).
+
+    The official evaluation multiplies by the ratio ``512 / long side`` instead, which for some sizes falls short
+    (103x103 -> 511x511); for VOC's and COCO's long sides (500, 640) both give the same sizes."""
     return _scaled_size(height, width, longest_edge, max(height, width))
 
 
@@ -207,11 +210,11 @@ def multiscale_flip_logits(
 ) -> torch.Tensor:
     """Multi-scale + flip logits on the scale-1 logit grid: [B, K, h, w].
 
-    For each scale the image is resized bilinearly to (int(s*H), int(s*W)); the logits of the image
-    and of its horizontal flip (flipped back) are averaged (what the official `validate()` computes, as
-    the parity reference shows: summing them would double the logits); each scale's logits are resized
-    bilinearly to the scale-1 logit grid and the scales are averaged there. Upsample the result to the label size and take
-    the argmax for predictions (`WeCLIPImageProcessor.post_process_semantic_segmentation`).
+    For each scale the image is resized bilinearly by ``scale_factor=s`` to (int(s*H), int(s*W)); the logits of
+    the image and of its horizontal flip (flipped back) are averaged (what the official `validate()` computes, as
+    the parity reference shows: summing them would double the logits); each scale's logits are resized bilinearly
+    to the scale-1 logit grid and the scales are averaged there. Upsample the result to the label size and take the
+    argmax for predictions (`WeCLIPImageProcessor.post_process_semantic_segmentation`).
     """
     height, width = pixel_values.shape[-2:]
     patch = model.config.vision_config.patch_size
@@ -219,10 +222,12 @@ def multiscale_flip_logits(
     total = None
     for scale in scales:
         size = (max(1, int(height * scale)), max(1, int(width * scale)))
+        # by scale_factor, as the official code: the samples lie 1/scale apart, not (side / int(scale * side))
+        resize = {"scale_factor": scale} if min(height, width) * scale >= 1 else {"size": size}
         image = (
             pixel_values
             if size == (height, width)
-            else F.interpolate(pixel_values, size=size, mode="bilinear", align_corners=False)
+            else F.interpolate(pixel_values, **resize, mode="bilinear", align_corners=False)
         )
         batch = torch.cat([image, image.flip(-1)]) if flip else image
         logits = image_logits(model, batch).float()
