@@ -113,7 +113,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--toy_val_images",
         type=at_least_one,
         default=toy_val_images,
-        help=f"toy world: validation images (default: {toy_val_images}, the training run's)",
+        help=f"toy world: images scored (default: {toy_val_images}, the training run's validation images; with "
+        "--validation_split train the first training images)",
     )
     p.add_argument(
         "--train_val_split",

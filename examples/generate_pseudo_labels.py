@@ -197,6 +197,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--hub_token", help="Hub token (default: the logged-in one); never written to disk")
     args = p.parse_args(argv)
     check_toy_flags(p, args)
+    if args.validation_split == args.split:  # one folder for both: the copies would replace the pseudo masks
+        p.error(
+            f"--validation_split {args.split!r} is the --split pseudo-labelled: give another split (or none)."
+        )
     args.toy = names_no_dataset(args)
     args.mode = args.mode or ("rfm" if args.model else "cam")
     if args.mode == "rfm" and not args.model:

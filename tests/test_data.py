@@ -544,6 +544,10 @@ def test_a_validation_split_that_is_not_there_is_refused_unless_none(tmp_path):
         load_dataset_splits(toy, train_split="bogus")
     assert load_dataset_splits(toy, validation_split="none")[1] is None
     assert len(load_dataset_splits(toy, validation_split="validation")[1]) == 2
+    # "train" scored the validation images under that name: it is the first training images
+    train, scored, _ = load_dataset_splits(DataSource(toy=True, toy_sizes=(3, 2)), validation_split="train")
+    assert scored.split == "train" and scored["image_labels"] == train["image_labels"][:2]
+    assert scored["image"][1].tobytes() == train["image"][1].tobytes()
 
 
 def test_train_val_split_holds_out_seeded_rows_of_a_dataset_without_a_validation_split(tmp_path):

@@ -155,10 +155,12 @@ def test_masks_and_scores_are_the_models(cam_run, tiny_clip):
 
 def test_toy_world_sizes_are_train_pys_flags(capsys):
     """The toy world's sizes are named as train.py names them (--toy_images stays an alias), refused below 1 (0
-    labelled the whole default world) and with a dataset (ignored without a word)."""
+    labelled the whole default world) and with a dataset (ignored without a word). A --validation_split that is
+    the --split is refused: both write one folder, and its copies with ground truth replaced the pseudo masks."""
     args = generate.parse_args(["--output_dir", "o", "--toy_images", "3", "--toy_val_images", "2"])
     assert (args.toy_train_images, args.toy_val_images) == (3, 2)
     for flags, message in (
+        (["--validation_split", "train"], "--validation_split 'train' is the --split pseudo-labelled"),
         (["--toy_val_images", "0"], "toy_val_images: must be >= 1, got 0"),
         (
             ["--data_dir", "d", "--toy_train_images", "3"],

@@ -415,7 +415,8 @@ class DataSource:
 
     ``streaming``: stream Hub datasets and imagefolders, and read the training split of a saved DatasetDict as a
     ``datasets.IterableDataset``. ``toy_sizes``: the toy world's (train, validation) images, each None for the toy
-    preset's (the scripts' --toy_train_images / --toy_val_images left out); ``seed``: the toy world's seed.
+    preset's (the scripts' --toy_train_images / --toy_val_images left out; a validation split named "train" is the
+    first training images); ``seed``: the toy world's seed.
     """
 
     dataset_name: str | None = None
@@ -500,9 +501,10 @@ def load_dataset_splits(
         ]
         train = with_split_name(make_toy_dataset(toy_sizes[0], seed=source.seed), "train")
         val = None
-        if validation_split != "none":
-            seed = source.seed + TOY_VALIDATION_SEED_OFFSET
-            val = with_split_name(make_toy_dataset(toy_sizes[1], seed=seed), "validation")
+        if validation_split != "none":  # "train": the first training images (a training-set score)
+            name = validation_split or "validation"
+            seed = source.seed + (0 if name == "train" else TOY_VALIDATION_SEED_OFFSET)
+            val = with_split_name(make_toy_dataset(toy_sizes[1], seed=seed), name)
         names = _names(get_preset("toy"))
         if source.streaming:
             train = with_split_name(train.to_iterable_dataset(num_shards=min(len(train), 64)), "train")
