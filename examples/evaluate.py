@@ -104,6 +104,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--image_column", help=IMAGE_COLUMN_HELP)
     p.add_argument("--mask_column", help=MASK_COLUMN_HELP)
     p.add_argument(
+        "--semantic_loss_ignore_index",
+        type=int,
+        help="the label id of the masks' ignored pixels, where not the model's (its config's, 255: VOC's void); no "
+        "class id may equal it",
+    )
+    p.add_argument(
         "--labels_column",
         help=f"for the CAM / RFM pseudo labels: {LABELS_COLUMN_HELP}",
     )
@@ -237,13 +243,31 @@ def format_table(results: dict[str, dict], id2label: dict[int, str]) -> str:
     return "\n".join(lines)
 
 
-def settings_report(args: argparse.Namespace) -> dict:
+def other_classes_note(args: argparse.Namespace, config) -> str | None:
+    """A note where ``--preset`` is of other classes than the model's (a VOC model scored with the COCO preset's
+    settings, say): the preset's settings apply all the same, unlike the model's own without it."""
+    preset = get_preset(args.preset).config if args.preset else {}
+    names = preset.get("class_names")
+    if names is None or list(config.class_names) == list(names):
+        return None
+    shown = preset.get("label_names") or names  # display names (VOC's, COCO's), else the prompt names
+    scales = " ".join(map(str, args.scales)) if args.msf else "none"
+    return (
+        f"Note: --preset {args.preset}'s classes ({len(names)}: {shown[0]}, ...) are not the model's "
+        f"({len(config.class_names)}: {config.label_names[0]}, ...); its evaluation settings apply all the same "
+        f"(input size {args.input_size}, multi-scale {scales}, CRF {'on' if args.crf else 'off'}). Leave out "
+        "--preset for the model's own."
+    )
+
+
+def settings_report(args: argparse.Namespace, ignore_index: int) -> dict:
     """The evaluation settings used, as the JSON records them (scales and flip only with --msf)."""
     return {
         "input_size": args.input_size,
         "msf_scales": list(args.scales) if args.msf else None,
         "flip": args.msf,
         "crf": args.crf,
+        "ignore_index": ignore_index,
     }
 
 
@@ -259,6 +283,8 @@ def main(argv=None) -> dict:
     main_process = accelerator is None or accelerator.is_main_process
     model = AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path).to(device).eval()
     cfg = model.config
+    if args.semantic_loss_ignore_index is not None:  # the masks' (checked: no class id)
+        cfg.semantic_loss_ignore_index = args.semantic_loss_ignore_index
     if args.toy:
         check_toy_classes(cfg.class_names, args.model_name_or_path)
     image_processor = WeCLIPImageProcessor.from_saved_or_default(
@@ -275,6 +301,8 @@ def main(argv=None) -> dict:
     normalization = PixelNormalization.from_image_processor(image_processor)
     args.input_size = input_size(args, image_processor)
     args.scales = resolved_scales(args, cfg)
+    if main_process and (note := other_classes_note(args, cfg)):
+        print(note)
     _, val, _ = load_dataset_splits(
         DataSource.from_args(args, toy_sizes=(1, args.toy_val_images)),
         train_split=args.train_split,
@@ -326,7 +354,7 @@ def main(argv=None) -> dict:
         "model": args.model_name_or_path,
         "split": args.validation_split,
         "num_images": len(dataset),
-        "evaluation": settings_report(args),
+        "evaluation": settings_report(args, cfg.semantic_loss_ignore_index),
         **({"crf": {"preset": args.crf_preset, **dataclasses.asdict(args.crf_params)}} if args.crf else {}),
         **{MIOU_NAMES[m]: r["mean_iou"] for m, r in results.items()},  # train.py's metrics.json names
         "per_class_iou": {m: per_class_iou(r["per_category_iou"], cfg.id2label) for m, r in results.items()},

@@ -160,6 +160,7 @@ def test_single_scale_cli_writes_json_and_per_class_table(model_dir, data_path, 
         "msf_scales": None,
         "flip": False,
         "crf": False,
+        "ignore_index": 255,
     }
     assert list(report["per_class_iou"]["pred"]) == CLASSES
     table = proc.stdout
@@ -476,6 +477,30 @@ def test_the_default_input_size_is_the_saved_processors_unless_given_or_preset(t
     assert script.input_size(script.parse_args(local), keeping) is None
 
 
+def test_a_preset_of_other_classes_than_the_models_is_named_in_a_note(tmp_path):
+    """--preset coco or toy on a model of VOC's classes (or of its own): the preset's evaluation settings apply,
+    which was said nowhere; --preset voc on a VOC model gives no note."""
+    from weclip_hf.presets import preset_config_kwargs
+
+    script = load_script()
+    config = make_tiny_config(**{k: v for k, v in preset_config_kwargs("voc").items() if "names" in k})
+    config.save_pretrained(tmp_path)
+    local = ["--model_name_or_path", str(tmp_path), "--data_dir", "d"]
+
+    def note(*flags):
+        args = script.parse_args([*local, *flags])
+        args.input_size, args.scales = script.input_size(args, None), script.resolved_scales(args, config)
+        return script.other_classes_note(args, config)
+
+    assert note("--preset", "voc") is None and note() is None
+    assert note("--preset", "coco", "--msf") == (
+        "Note: --preset coco's classes (80: person, ...) are not the model's (20: aeroplane, ...); its evaluation "
+        "settings apply all the same (input size 512, multi-scale 1.0 0.75, CRF off). Leave out --preset for the "
+        "model's own."
+    )
+    assert "--preset toy's classes (8: circle, ...)" in note("--preset", "toy")
+
+
 def test_evaluation_predicts_on_the_images_the_processor_gives_the_pipeline(tiny_model):
     """`evaluate_segmentation(input_size=processor.size)` runs the model on images of the size the processor gives
     the pipeline, for each kind of processor size (an int: the long side), and scores at the masks' size."""
@@ -712,3 +737,33 @@ def test_an_evaluation_without_a_split_is_refused_without_suggesting_none(model_
         with pytest.raises(ValueError, match=rf"Validation split '{split}' not found") as error:
             load_script().main([*argv, "--validation_split", split])
         assert "'none'" not in str(error.value).replace(f"'{split}' not found", ""), error.value
+
+
+def test_masks_of_another_ignore_value_are_scored_with_semantic_loss_ignore_index(
+    model_dir, data_path, tmp_path
+):
+    """The dataset's masks with void 254 instead of 255: refused, naming the flag (there was no way to say it but
+    editing the model's config); with --semantic_loss_ignore_index 254 scored as the 255 masks are. A class id is
+    refused as the ignore value."""
+    import datasets
+
+    val = datasets.load_from_disk(str(data_path))["validation"]
+    masks = [
+        Image.fromarray(np.where(np.asarray(m) == 255, 254, np.asarray(m)).astype(np.uint8))
+        for m in val["mask"]
+    ]
+    path = tmp_path / "void254"
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})
+    void254 = datasets.Dataset.from_dict({"image": val["image"], "mask": masks}, features=features)
+    datasets.DatasetDict({"validation": void254}).save_to_disk(str(path))
+    argv = ["--model_name_or_path", str(model_dir), "--device", "cpu"]
+    with pytest.raises(
+        ValueError, match=r"class id\(s\) \[254\] outside 0..4 .*--semantic_loss_ignore_index"
+    ):
+        load_script().main([*argv, "--dataset_path", str(path)])
+    report = load_script().main([*argv, "--dataset_path", str(path), "--semantic_loss_ignore_index", "254"])
+    reference = load_script().main([*argv, "--dataset_path", str(data_path)])
+    assert report["evaluation"]["ignore_index"] == 254 and report["miou"] == reference["miou"]
+    assert report["per_class_iou"] == reference["per_class_iou"]
+    with pytest.raises(ValueError, match=r"semantic_loss_ignore_index \(3\) is a label id"):
+        load_script().main([*argv, "--dataset_path", str(data_path), "--semantic_loss_ignore_index", "3"])

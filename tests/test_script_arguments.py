@@ -121,11 +121,12 @@ def test_evaluate_on_the_toy_world_without_preset_uses_the_toy_recipe(tmp_path):
 
     # the toy model's processor (96 x 96, the toy world's size): the images are predicted as the pipeline would
     args.input_size = evaluate_script.input_size(args, WeCLIPImageProcessor(size={"height": 96, "width": 96}))
-    assert evaluate_script.settings_report(args) == {
+    assert evaluate_script.settings_report(args, 255) == {
         "input_size": {"height": 96, "width": 96},
         "msf_scales": [1.0, 1.125],
         "flip": True,
         "crf": False,
+        "ignore_index": 255,
     }
     local = evaluate_script.parse_args(["--model_name_or_path", "m", "--data_dir", "d"])
     assert local.crf is False  # a local dataset: as before

@@ -211,7 +211,7 @@ def check_mask_ids(mask, num_classes: int, ignore_index: int = 255, name: str = 
     hint = (
         "JPEG is lossy (the edges get ids between the classes'): save masks as PNG"
         if lossy
-        else "check --class_names / the preset"
+        else "check --class_names / the preset, or, where it marks ignored pixels, --semantic_loss_ignore_index"
     )
     raise ValueError(
         f"Mask {name or '(unnamed)'} contains class id(s) {bad} outside 0..{num_classes} "
