@@ -121,7 +121,7 @@ from weclip_hf.script_arguments import (
 from weclip_hf.visualization import label_map_image, overlay_figure, present_class_cams
 
 REPORT = PSEUDO_LABEL_REPORT
-# the name `check_finished` gives the readers of an unfinished folder
+# the writer recorded in the settings, which `check_finished` names to the readers of an unfinished folder
 WRITER = "examples/generate_pseudo_labels.py"
 # the keys of an example's record (in .state/) that metadata.jsonl leaves out
 STATE_KEYS = ("confusion", "input", OUTPUTS)
@@ -675,6 +675,7 @@ def main(argv=None) -> dict | None:
         models,
         start_over=functools.partial(start_over, out) if args.overwrite_output_dir else None,
         removes="that run's dataset: its split folders' files, its records, report and the overlays they list",
+        writer=WRITER,
     )
     if args.push_to_hub and state.is_main_process:  # fail now, not after labelling everything
         args.hub_dataset_id = create_hub_repo(

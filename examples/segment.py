@@ -497,6 +497,7 @@ def main(argv=None) -> dict | None:
         MODEL_SETTINGS,
         start_over=functools.partial(start_over, out) if args.overwrite_output_dir else None,
         removes="that run's label maps, overlays and report (the files its records list; other files stay)",
+        writer="examples/segment.py",
     )
 
     # 1. inputs: this process's share, without those an earlier run did from the same input

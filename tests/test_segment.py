@@ -300,6 +300,35 @@ def test_another_model_saved_at_the_same_folder_is_refused(finished_run):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
+def test_a_folder_of_the_other_batch_script_is_refused_naming_its_writer(finished_run, tmp_path):
+    """generate_pseudo_labels.py into segment.py's folder (and back): refused, naming the script that wrote it,
+    also with --overwrite_output_dir, nothing touched (it said the folder's run "did not record the weights of its
+    model", a fix for another cause). A folder whose settings record no writer (an earlier version's) continues."""
+    spec = importlib.util.spec_from_file_location(
+        "weclip_labels_script", ROOT / "examples" / "generate_pseudo_labels.py"
+    )
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    model, argv, out = finished_run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    labelling = ["--model", str(model), "--toy_train_images", "2"]
+    for flags in ([], ["--overwrite_output_dir"]):
+        with pytest.raises(
+            ValueError,
+            match=f"{out} holds the outputs of examples/segment.py, not of examples/generate_pseudo_labels.py",
+        ):
+            generate.main([*labelling, "--output_dir", str(out), *flags])
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    generate.main([*labelling, "--output_dir", str(tmp_path / "labels")])
+    with pytest.raises(ValueError, match="holds the outputs of examples/generate_pseudo_labels.py, not of "):
+        segment.main([*argv[:-1], str(tmp_path / "labels"), "--overwrite_output_dir"])
+    settings = out / ".state" / "settings.json"
+    settings.write_text(
+        json.dumps({k: v for k, v in json.loads(settings.read_text()).items() if k != "writer"})
+    )
+    assert segment.main(argv)["num_images"] == 2
+
+
 def test_outputs_recorded_without_the_model_weights_are_refused(finished_run):
     """A folder written before the weights were recorded (settings.json without them): which model wrote it
     cannot be told, so a run with a local model folder is refused and says to choose another --output_dir."""

@@ -45,6 +45,7 @@ STATE_DIR = ".state"  # hidden: `datasets` and globs skip it
 UNFINISHED = "unfinished.json"  # in STATE_DIR from `mark_unfinished` to `mark_finished`
 SETTINGS = "settings.json"  # in STATE_DIR: `check_run_settings` writes it before any output
 OUTPUTS = "outputs"  # in an input's record: the files written for it, relative to the output folder
+WRITER = "writer"  # in SETTINGS: the script that writes the folder
 
 
 class SettingsChanged(ValueError):
@@ -255,22 +256,31 @@ def check_run_settings(
     is_main_process: bool,
     wait: Callable[[], None],
     models: tuple[str, ...] = (),
+    writer: str | None = None,
 ):
     """Record ``settings`` (JSON values) in a fresh ``output_dir``, or check them against the recorded ones.
 
     ``wait``: a barrier of all processes (``PartialState().wait_for_everyone``): the main process records, then
     every process compares. ``models``: the keys of ``settings`` that name a model (a local folder or a Hub id);
     `weights_sha256` of each is a setting too (`weights_key`), so a model saved over the old one at the same path
-    is a changed setting. Raises `SettingsChanged` naming the settings that differ, or ValueError, where a model
-    is a local folder, for outputs recorded without its weights (by a version before they were recorded: which
-    weights wrote them cannot be told)."""
+    is a changed setting. ``writer``: the script, recorded too. Raises ValueError for outputs of another writer,
+    `SettingsChanged` naming the settings that differ, or ValueError, where a model is a local folder, for outputs
+    recorded without its weights (by a version before they were recorded: which weights wrote them cannot be
+    told)."""
     path = Path(output_dir) / STATE_DIR / SETTINGS
     settings = {**settings, **{weights_key(k): weights_sha256(settings[k]) for k in models}}
-    settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back
+    settings = json.loads(json.dumps({**settings, WRITER: writer} if writer else settings))  # tuples -> lists
     if is_main_process and not path.exists():
         save_json(settings, path)
     wait()
     recorded = read_record(path)
+    if recorded.get(WRITER, writer) != writer:
+        raise ValueError(
+            f"{output_dir} holds the outputs of {recorded[WRITER]}, not of {writer}: its files are not this "
+            "script's to continue or replace. Choose another --output_dir."
+        )
+    if WRITER not in recorded:  # written by a version that did not record its writer
+        settings.pop(WRITER, None)
     unknown = [k for k in models if weights_key(k) not in recorded and settings[weights_key(k)] is not None]
     if unknown:
         raise ValueError(
@@ -297,6 +307,7 @@ def check_run_settings_or_start_over(
     models: tuple[str, ...],
     start_over: Callable[[], Callable[[], None]] | None,
     removes: str,
+    writer: str,
 ) -> None:
     """`check_run_settings`, and where ``output_dir`` holds a run with other settings, start over
     (--overwrite_output_dir) or refuse.
@@ -304,9 +315,9 @@ def check_run_settings_or_start_over(
     ``start_over`` (None without --overwrite_output_dir: the refusal names the flag and what it ``removes``) is
     called in every process, where it reads the earlier run (a refusal there stops them all), and returns the
     removal of that run, which the main process runs once every process has read it; then this run's settings are
-    recorded. The removal takes the earlier settings last, so that an interrupted start-over is finished by the
+    recorded. ``writer``: the script (`check_run_settings`). The removal takes the earlier settings last, so that an interrupted start-over is finished by the
     same command."""
-    check = functools.partial(check_run_settings, output_dir, settings, is_main_process, wait, models)
+    check = functools.partial(check_run_settings, output_dir, settings, is_main_process, wait, models, writer)
     try:
         check()
     except SettingsChanged as err:
@@ -432,6 +443,7 @@ __all__ = [
     "OUTPUTS",
     "SETTINGS",
     "STATE_DIR",
+    "WRITER",
     "SettingsChanged",
     "check_finished",
     "check_no_links",
