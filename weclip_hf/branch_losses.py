@@ -73,17 +73,24 @@ def cross_branch_losses(
     ignore: torch.Tensor | None = None,
     ignore_index: int = 255,
     across_processes: bool = False,
+    size: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each branch trained on the other's prediction: (balanced CE of the CLIP branch against the DINO
-    branch's argmax, balanced CE of the DINO branch against the CLIP branch's argmax).
+    branch's argmax, balanced CE of the DINO branch against the CLIP branch's argmax), at the label size.
 
     Args:
-        logits_clip, logits_dino: [B, K, H, W] branch logits at the label size.
+        logits_clip, logits_dino: [B, K, h, w] branch logits, upsampled bilinearly (align_corners=False) to
+            ``size`` (H, W; None: their own), the targets' argmax taken there (`segmentation_loss` upsamples
+            the scores inside, without keeping them).
         ignore: [B, H, W] bool, pixels left out of both terms (e.g. crop padding); None: every pixel counts.
     A term whose target has no background (or no foreground) pixel contributes 0 for that half (the official
     code gives NaN). The targets carry no gradient.
     """
-    targets = [branch_predictions(x.detach())[1] for x in (logits_dino, logits_clip)]
+    size = tuple(size or logits_clip.shape[-2:])
+    with torch.no_grad():
+        targets = [
+            branch_predictions(upsample_bilinear(x.float(), size))[1] for x in (logits_dino, logits_clip)
+        ]
     if ignore is not None:
         targets = [t.masked_fill(ignore, ignore_index) for t in targets]
     return (
@@ -145,9 +152,7 @@ def weclip_plus_losses(
     ignore_index = config.semantic_loss_ignore_index
     grid = tuple(logits.shape[-2:])
     size = labels.shape[-2:]
-    full, full_clip, full_dino = (
-        upsample_bilinear(x.float(), tuple(size)) for x in (logits, logits_clip, logits_dino)
-    )
+    full = upsample_bilinear(logits.float(), tuple(size))
     aff_targets = affinity_targets(labels, grid, config.affinity_radius, ignore_index)
     ignore = labels == ignore_index
     overwritten = None
@@ -157,7 +162,7 @@ def weclip_plus_losses(
     dice = dice_loss(full, labels, ignore_index)
     aff, _, _ = affinity_loss(decoder_affinity, aff_targets, across_processes)
     clip_from_dino, dino_from_clip = cross_branch_losses(
-        full_clip, full_dino, ignore, ignore_index, across_processes
+        logits_clip, logits_dino, ignore, ignore_index, across_processes, size=tuple(size)
     )
     loss = (
         seg
