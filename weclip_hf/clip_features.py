@@ -85,7 +85,8 @@ def clip_features(
 ) -> CLIPVisionFeatures:
     """The frozen tower on ``pixel_values`` [B, 3, H, W] up to (not including) the last block: the block outputs,
     the head-averaged attention maps of the last ``num_attention_maps`` of those L-1 blocks (the other blocks run
-    SDPA) and, with ``output_attentions``, every block's per-head maps (all blocks then run eagerly).
+    the configured attention, SDPA by default) and, with ``output_attentions``, every block's per-head maps (all
+    blocks then run eagerly).
 
     On a CPU a few images at a time go through all the blocks (`weclip_hf.chunking`: their [heads, T, T]
     attention maps within the budget), so that each chunk's activations stay in the cache from block to

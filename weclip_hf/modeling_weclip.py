@@ -149,7 +149,7 @@ def _text_embeds_loaded(model: WeCLIPForSemanticSegmentation, incompatible) -> N
     """`load_state_dict` post-hook: text embeddings read from a state dict are no placeholders (taken as the
     config's prompts, as a saved model's)."""
     if "class_text_embeds" not in incompatible.missing_keys:
-        model._placeholder_text_embeds = False
+        model._text_embeds_are_placeholders = False
 
 
 def _check_prompt_lengths(tokenizer, prompts: list[str], max_length: int) -> None:
@@ -232,6 +232,8 @@ class WeCLIPPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True  # runs and matches SDPA on a CPU (torch 2.13; compiled by inductor)
     _supports_flash_attn = True  # FlashAttention 2/3: GPU only, left to transformers' checks (not run here)
+    # device_map="auto" needs these to place the model; a placement split over devices is refused after loading
+    # (`model_loading.refuse_split_placement`: the forward reads the frozen weights directly)
     _no_split_modules = ["CLIPEncoderLayer", "CLIPVisionEmbeddings", "CLIPTextEmbeddings"]
 
     @classmethod
@@ -243,8 +245,9 @@ class WeCLIPPreTrainedModel(PreTrainedModel):
         return True
 
     def _init_weights(self, module: nn.Module) -> None:
-        """The decoder: normal(std=initializer_range) weights, zero biases, unit LayerNorms. The CLIP towers
-        are initialised by CLIP's own scheme (transformers dispatches them to `CLIPPreTrainedModel`), the
+        """The trained modules (`_TRAINED`: the decoder, and WeCLIP+'s DINO head): normal(std=initializer_range)
+        weights, zero biases, unit LayerNorms. The CLIP towers (and WeCLIP+'s DINOv2) are initialised by their
+        own scheme (transformers dispatches them to `CLIPPreTrainedModel`, `Dinov2PreTrainedModel`), the
         projections as `CLIPModel` does; the text-embedding buffers get fixed unit vectors (seeded, so
         independent of the global RNG) until `update_class_embeddings` computes the real ones."""
         cfg = self.config
@@ -344,7 +347,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         # what class_text_embeds / background_text_embeds encode (`_check_classes`): placeholders until
         # update_class_embeddings computes them or they are loaded
         self._encoded_prompts = _config_prompts(config)
-        self._placeholder_text_embeds = True
+        self._text_embeds_are_placeholders = True
         self.register_load_state_dict_post_hook(_text_embeds_loaded)
         self.decoder = WeCLIPDecoder(config)
         self.post_init()
@@ -370,12 +373,12 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         before anything is written (`WeCLIPConfig.validate`). The config records the prompts of the text
         embeddings (``encoded_prompts``; ``{}`` for placeholders, with a warning), which loading checks."""
         self.config.validate()
-        if self._placeholder_text_embeds:
+        if self._text_embeds_are_placeholders:
             logger.warning(
                 f"{type(self).__name__}.save_pretrained: the text embeddings saved are placeholders (random unit "
                 "vectors, never computed): call model.update_class_embeddings(tokenizer) first."
             )
-        self.config.encoded_prompts = {} if self._placeholder_text_embeds else self._encoded_prompts
+        self.config.encoded_prompts = {} if self._text_embeds_are_placeholders else self._encoded_prompts
         super().save_pretrained(save_directory, *args, **kwargs)
         folder = Path(save_directory)
         if (folder / "config.json").is_file():  # the main process's folder (others save nothing)
@@ -441,7 +444,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                 "load the model and call model.update_class_embeddings(tokenizer, class_names=[...]) (id2label "
                 "renames the labels only)."
             )
-        self._encoded_prompts, self._placeholder_text_embeds = prompts, False
+        self._encoded_prompts, self._text_embeds_are_placeholders = prompts, False
         config.encoded_prompts = prompts
 
     @classmethod
@@ -571,7 +574,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         cfg.background_names, cfg.prompt_template = backgrounds, template
         self.class_text_embeds = fg.to(self.class_text_embeds.dtype)
         self.background_text_embeds = bg.to(self.background_text_embeds.dtype)
-        self._encoded_prompts, self._placeholder_text_embeds = prompts, False
+        self._encoded_prompts, self._text_embeds_are_placeholders = prompts, False
         cfg.encoded_prompts = prompts
 
     def forward_clip_features(
@@ -717,7 +720,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
                 "tokenizer, class_names=[...], background_names=..., prompt_template=...), which also encodes their "
                 "prompts and resizes the classifier."
             )
-        if weak_labels and self._placeholder_text_embeds:
+        if weak_labels and self._text_embeds_are_placeholders:
             logger.warning_once(
                 f"{type(self).__name__}: the class and background text embeddings are placeholders (random unit "
                 "vectors): the model was built from its config and they were neither computed nor loaded, so its "
@@ -903,7 +906,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
     ) -> FrozenCLIPPass:
         """The start of a forward (this model's and WeCLIP+'s): the inputs checked, the weak labels as floats,
         this step's RFM decision, and the frozen CLIP's first L-1 blocks with the attention maps the pseudo labels
-        need (the other blocks run SDPA), plus the vision outputs the flags (None: the config's) ask for."""
+        need (the other blocks run the configured attention, SDPA by default), plus the vision outputs the flags (None: the config's) ask for."""
         cfg = self.config
         if output_hidden_states is None:
             output_hidden_states = cfg.output_hidden_states
@@ -987,7 +990,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         cfg = self.config
         return_dict = cfg.return_dict if return_dict is None else return_dict
         # 1. Frozen CLIP: the first L-1 blocks, with attention maps only where this step's CAM (attention
-        # refinement) or RFM needs them; the other blocks run SDPA.
+        # refinement) or RFM needs them; the other blocks run the configured attention (SDPA by default).
         start = self._frozen_clip_pass(
             pixel_values,
             class_labels,

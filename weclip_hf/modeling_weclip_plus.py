@@ -116,6 +116,14 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
     _TRAINED = ("decoder", "dino_branch")
     _fresh_in_clip_checkpoint = re.compile(r"^decoder\.|^dino_branch\.|_text_embeds$|^training_step$")
     _from_backbones = "from_clip_and_dino"
+    _no_split_modules = [
+        *WeCLIPForSemanticSegmentation._no_split_modules,
+        "Dinov2Layer",
+        "Dinov2Embeddings",
+        "Dinov2EmbeddingsWithHubPositions",
+        "Dinov2WithRegistersLayer",
+        "Dinov2WithRegistersEmbeddings",
+    ]
 
     def __init__(self, config: WeCLIPPlusConfig):
         super().__init__(config)  # CLIP towers, text embeddings, step counter, decoder with the CLIP head
@@ -269,13 +277,14 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
 
         # 3. The shared decoder on both branches; the prediction is their weighted sum. The affinity is that
         # of the concatenated branch features (both after their heads' dropout).
-        logits_clip, clip_features = self.decoder(start.tokens, clip.grid)
+        logits_clip, clip_head_features = self.decoder(start.tokens, clip.grid)
         logits_dino = self.decoder.decode(dino.features)
         weight_clip, weight_dino = cfg.branch_logit_weights
         logits = weight_clip * logits_clip + weight_dino * logits_dino
         decoder_affinity = None
         if start.needs_affinity:
-            decoder_affinity = feature_affinity(torch.cat([clip_features, dino.features], dim=1))  # [B, N, N]
+            head_features = torch.cat([clip_head_features, dino.features], dim=1)
+            decoder_affinity = feature_affinity(head_features)  # [B, N, N]
 
         # 4. Pseudo labels from the frozen CLIP with RFM+ (weak supervision).
         details = pseudo = cams = None
