@@ -83,11 +83,14 @@ def resolved_scales(args: argparse.Namespace, config) -> list[float]:
 def input_size(
     args: argparse.Namespace, image_processor: WeCLIPImageProcessor
 ) -> int | dict[str, int] | None:
-    """What the images are resized to before prediction: ``--eval_long_side`` when given or set by a preset; else
-    the ``size`` of the model's saved image processor (a long side, a short side or a fixed size: what the
+    """What the images are resized to before prediction: ``--eval_long_side`` when given; else the preset's
+    evaluation size (`Preset.input_size`: its long side, else its training crop, as train.py scores its models);
+    else the ``size`` of the model's saved image processor (a long side, a short side or a fixed size: what the
     pipeline predicts on), or None (images kept at their size) for a processor that does not resize."""
-    if args.eval_long_side is not None or args.preset:
+    if args.eval_long_side is not None:
         return args.eval_long_side
+    if args.preset:
+        return get_preset(args.preset).input_size()
     return processor_input_size(image_processor)
 
 
@@ -155,7 +158,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=positive_float,
         nargs="+",
         help="multi-scale scales (default: the preset's, VOC 1.0 0.75, toy 1.0 1.125; without --preset those of "
-        "the model's preset, found by its classes, else of its model type's VOC preset: WeCLIP+ 1.0 1.5)",
+        "the model's preset (its config's training_preset, else found by its classes), else of its model type's "
+        "VOC preset: WeCLIP+ 1.0 1.5)",
     )
     p.add_argument(
         "--crf",

@@ -156,8 +156,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--scales",
         type=positive_float,
         nargs="+",
-        help="default: the evaluation scales of the model's preset (found by its classes: toy 1.0 1.125), else "
-        "of its model type's VOC preset (WeCLIP 1.0 0.75, WeCLIP+ 1.0 1.5)",
+        help="default: the evaluation scales of the model's preset (its config's training_preset, else found by "
+        "its classes: toy 1.0 1.125), else of its model type's VOC preset (WeCLIP 1.0 0.75, WeCLIP+ 1.0 1.5)",
     )
     p.add_argument(
         "--crf",
@@ -365,8 +365,8 @@ def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImage
 
 
 def default_scales(config) -> list[float]:
-    """The multi-scale + flip scales of the model's preset (`evaluation_of_config`: that of its classes, else its
-    model type's VOC preset's)."""
+    """The multi-scale + flip scales of the model's preset (`evaluation_of_config`: the one it was trained with,
+    else that of its classes, else its model type's VOC preset's)."""
     return list(evaluation_of_config(config).msf_scales)
 
 

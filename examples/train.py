@@ -109,6 +109,7 @@ from weclip_hf.script_arguments import (
     positive_float,
     recipe_name,
     recipe_values,
+    saved_training_preset,
 )
 from weclip_hf.training import WeCLIPDataCollator, create_optimizer_and_scheduler, schedule_notes
 from weclip_hf.trajectory import (
@@ -177,8 +178,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--preset",
         choices=sorted(PRESETS),
         help="config values, training recipe and evaluation settings of weclip_hf.presets (RFM start: voc 9144, "
-        "coco 40000); a --dataset_name without --preset trains with the VOC recipe of the model type (voc, "
-        "voc-plus for WeCLIP+: --dino_model_name_or_path or a WeCLIP+ --model_name_or_path) and config defaults; "
+        "coco 40000); a --dataset_name without --preset trains with the recipe a --model_name_or_path was "
+        "trained with (its config's training_preset), else the VOC recipe of the model type (voc, voc-plus for "
+        "WeCLIP+: --dino_model_name_or_path or a WeCLIP+ --model_name_or_path) and config defaults; "
         "without a dataset the toy preset runs on the offline toy world",
     )
     model.add_argument(
@@ -554,8 +556,10 @@ def recipe_source(args: argparse.Namespace) -> str:
     """Why the run follows its recipe (printed with the configuration)."""
     if args.preset:
         return f"--preset {args.preset}"
-    if args.recipe == "toy":
+    if args.recipe == "toy" and names_no_dataset(args):
         return "no dataset: the toy world's"
+    if args.model_name_or_path and args.recipe == saved_training_preset(args):
+        return "no --preset: the one --model_name_or_path was trained with"
     model = "WeCLIP+" if args.recipe == VOC_PRESET_OF_MODEL_TYPE["weclip_plus"] else "WeCLIP"
     return f"no --preset: the VOC recipe of a {model} model, with the config defaults"
 
@@ -947,6 +951,9 @@ def load_data_and_model(
         log=accelerator.print,
     )
     model = build_model(args, names)
+    model.config.training_preset = (
+        args.recipe
+    )  # its evaluation settings are the model's (evaluate.py, segment.py)
     from_dataset = not (args.preset or args.class_names or args.model_name_or_path or names_no_dataset(args))
     if "class_names" in names and from_dataset:
         accelerator.print(dataset_classes_note(names["class_names"]))

@@ -285,6 +285,7 @@ def main(argv=None) -> dict:
     plus = preset.model_type == "weclip_plus"
     model = model_from_backbones(clip, args.dino_model_name_or_path, plus, **config_kwargs)
     cfg = model.config
+    cfg.training_preset = preset.name  # its evaluation settings are the model's (evaluate.py, segment.py)
     if training_args.max_steps > 0:  # when the RFM (and WeCLIP+'s self-training) act, if not in this run
         for note in schedule_notes(cfg, 0, training_args.max_steps, "--rfm_start_step, or --preset, sets it"):
             print(f"Note: {note}")

@@ -466,7 +466,11 @@ def test_the_default_input_size_is_the_saved_processors_unless_given_or_preset(t
     assert script.input_size(script.parse_args(local), processor) == {"longest_edge": 48}
     assert script.input_size(script.parse_args([*local, "--eval_long_side", "64"]), processor) == 64
     assert script.input_size(script.parse_args([*local, "--preset", "voc"]), processor) == 512
-    assert script.input_size(script.parse_args([*local, "--preset", "toy"]), processor) is None  # its size
+    # the toy preset's: its training crop, as train.py scores (the images were kept at their own size)
+    assert script.input_size(script.parse_args([*local, "--preset", "toy"]), processor) == {
+        "height": 96,
+        "width": 96,
+    }
     toy = script.parse_args(["--model_name_or_path", "m"])
     for size in ({"height": 96, "width": 80}, {"shortest_edge": 32}):
         resizing = WeCLIPImageProcessor(size=size, patch_size=8)

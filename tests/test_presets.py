@@ -68,6 +68,31 @@ def test_train_script_builds_the_toy_model_from_the_toy_preset(tmp_path):
         assert getattr(config, key) == value, key
 
 
+def test_a_model_records_its_training_preset_whose_settings_it_keeps(tmp_path):
+    """A model trained with the toy recipe on a dataset of its own classes was scored by evaluate.py and
+    segment.py at VOC's scales (its preset was found by class names only) and, continued by train.py without
+    --preset, trained with VOC's recipe (crop 320, its processor saved at long side 512): its config records the
+    recipe (`training_preset`), whose evaluation settings and recipe follow it; without a record, as before."""
+    from conftest import make_tiny_config
+
+    from weclip_hf.presets import evaluation_of_config
+
+    own = make_tiny_config(training_preset="toy")  # cat, dog, car, tree: no preset's classes
+    assert evaluation_of_config(own).msf_scales == get_preset("toy").evaluation.msf_scales == (1.0, 1.125)
+    assert evaluation_of_config(make_tiny_config()).msf_scales == (1.0, 0.75)  # not recorded: VOC's
+    own.save_pretrained(tmp_path / "own")
+    train = _script("train")
+    args = train.parse_args(["--data_dir", "d", "--model_name_or_path", str(tmp_path / "own")])
+    assert args.recipe == "toy" and args.crop_size == get_preset("toy").training.crop_size
+    assert train.recipe_source(args) == "no --preset: the one --model_name_or_path was trained with"
+    given = train.parse_args(
+        ["--data_dir", "d", "--model_name_or_path", str(tmp_path / "own"), "--preset", "voc"]
+    )
+    assert given.recipe == "voc"
+    with pytest.raises(ValueError, match="training_preset must be a non-empty string or None"):
+        make_tiny_config(training_preset=3)
+
+
 def test_evaluate_script_takes_its_settings_from_the_preset(tmp_path):
     from conftest import make_tiny_config
 

@@ -64,6 +64,8 @@ def test_toy_default_writes_model_metrics_overlays_and_card(toy_run):
     ):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert metrics["train_steps"] == 3
+    # the recipe is the model's: evaluate.py and segment.py take its evaluation settings, a continuing run its recipe
+    assert json.loads((out / "config.json").read_text())["training_preset"] == "toy"
     assert metrics["overlays"][0] == "overlays/val_000.png"  # relative to the folder: valid where it moves
     overlay = Image.open(out / metrics["overlays"][0])
     # image | ground truth | CAM and RFM pseudo labels | prediction, each upscaled 3x, the legend to their right

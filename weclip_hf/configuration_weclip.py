@@ -153,6 +153,12 @@ def _check_distinct(
         )
 
 
+def _check_optional_name(name: str, value) -> None:
+    """A field holding a name or None."""
+    if value is not None and not (isinstance(value, str) and value):
+        raise ValueError(f"{name} must be a non-empty string or None, got {value!r}.")
+
+
 def _name_list(field: str, names, noun: str) -> list[str]:
     """``names`` (class names or background words) as a list, checked alone: 1 to MAX_CLASSES strings, none empty
     and no two read as one by the tokenizer (one prompt embedding: the second name could never win a pixel)."""
@@ -331,6 +337,7 @@ WECLIP_FIELD_CHECKS: dict[str, FieldCheck] = {
     "affinity_radius": lambda c, n, v: _check_int(n, v, 1, 1024),
     "affinity_loss_weight": lambda c, n, v: _check_number(n, v, 0.0, 1e6),
     "rfm_start_step": lambda c, n, v: _check_int(n, v, 0, 10**12),
+    "training_preset": lambda c, n, v: _check_optional_name(n, v),
     "semantic_loss_ignore_index": lambda c, n, v: _check_ignore_index(v, len(c.class_names)),
     "initializer_range": lambda c, n, v: _check_number(n, v, 0.0, 10.0),
     "prompt_template": lambda c, n, v: check_prompt_template(v),
@@ -385,6 +392,10 @@ class WeCLIPConfig(PreTrainedConfig):
             see the `voc` preset).
         semantic_loss_ignore_index (`int`): ignored label value (255).
         initializer_range (`float`): std of the decoder's normal initialisation.
+        training_preset (`str`, *optional*): the `weclip_hf.presets` preset whose recipe trained the model
+            (examples/train.py records it): its evaluation settings are the model's (`evaluation_of_config`:
+            evaluate.py, segment.py) and a run continuing it follows its recipe. None: not recorded (the preset is
+            then found by the class names, else the model type's VOC preset).
         encoded_prompts (`dict`, *optional*): the prompts the model's stored text embeddings encode (``{"class":
             [...], "background": [...]}``), written by the model when it encodes them
             (`WeCLIPForSemanticSegmentation.update_class_embeddings`) or loads them. A saved model whose
@@ -427,6 +438,7 @@ class WeCLIPConfig(PreTrainedConfig):
         semantic_loss_ignore_index: int = 255,
         initializer_range: float = 0.02,
         encoded_prompts: dict[str, list[str]] | None = None,
+        training_preset: str | None = None,
         **kwargs,
     ):
         if "num_labels" in kwargs and kwargs["num_labels"] != len(class_names or VOC_PROMPT_NAMES) + 1:
@@ -471,6 +483,7 @@ class WeCLIPConfig(PreTrainedConfig):
         self.semantic_loss_ignore_index = semantic_loss_ignore_index
         self.initializer_range = initializer_range
         self.encoded_prompts = encoded_prompts
+        self.training_preset = training_preset
         self._check_fields()
 
         kwargs["id2label"] = dict(enumerate(labels))

@@ -135,6 +135,11 @@ class Preset:
         """The config keyword arguments, with fresh copies of the lists."""
         return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in self.config.items()}
 
+    def input_size(self) -> int | dict[str, int]:
+        """The size its models are evaluated at (the saved processor's, `processor_size`): the evaluation's long
+        side, else the training crop."""
+        return self.evaluation.eval_long_side or processor_size(None, self.training.crop_size)
+
     def recipe(self) -> dict:
         """``examples/train.py``'s defaults: the training recipe and the in-training evaluation settings."""
         evaluation = {
@@ -291,9 +296,13 @@ METHOD_NAMES = {"weclip": "WeCLIP", "weclip_plus": "WeCLIP+"}  # model type -> t
 
 
 def evaluation_of_config(config) -> EvaluationSettings:
-    """The evaluation settings of the model of ``config``: those of the preset it was trained with
-    (`preset_of_config`), else of its model type's VOC preset (the recipe of a run without --preset)."""
-    preset = preset_of_config(config) or get_preset(VOC_PRESET_OF_MODEL_TYPE.get(config.model_type, "voc"))
+    """The evaluation settings of the model of ``config``: those of the preset it was trained with (its
+    ``training_preset``, recorded by examples/train.py; else found by its classes: `preset_of_config`), else of its
+    model type's VOC preset (the recipe of a run without --preset)."""
+    recorded = getattr(config, "training_preset", None)
+    preset = PRESETS.get(recorded) if recorded else None
+    preset = preset or preset_of_config(config)
+    preset = preset or get_preset(VOC_PRESET_OF_MODEL_TYPE.get(config.model_type, "voc"))
     return preset.evaluation
 
 

@@ -256,15 +256,27 @@ def model_type_of_args(args: argparse.Namespace) -> str:
     return PretrainedConfig.get_config_dict(source)[0].get("model_type", "weclip")
 
 
+def saved_training_preset(args: argparse.Namespace) -> str | None:
+    """The preset whose recipe trained the model of ``--model_name_or_path`` (its config's ``training_preset``),
+    where recorded and known; None without one."""
+    source = getattr(args, "model_name_or_path", None)
+    if not source or getattr(args, "dino_model_name_or_path", None):
+        return None
+    check_model_folder(source)
+    recorded = PretrainedConfig.get_config_dict(source)[0].get("training_preset")
+    return recorded if recorded in PRESETS else None
+
+
 def recipe_name(args: argparse.Namespace) -> str:
     """The preset whose training recipe a run follows: ``--preset``; without one the toy world's on no dataset,
-    else the VOC preset of the model type (`VOC_PRESET_OF_MODEL_TYPE`: WeCLIP+'s for a WeCLIP+ model)."""
+    else the one a ``--model_name_or_path`` was trained with (`saved_training_preset`), else the VOC preset of the
+    model type (`VOC_PRESET_OF_MODEL_TYPE`: WeCLIP+'s for a WeCLIP+ model)."""
     if args.preset:
         return args.preset
     if names_no_dataset(args):
         return "toy"
     # another model type: WeCLIP's; loading the model then names the folder's type
-    return VOC_PRESET_OF_MODEL_TYPE.get(model_type_of_args(args), "voc")
+    return saved_training_preset(args) or VOC_PRESET_OF_MODEL_TYPE.get(model_type_of_args(args), "voc")
 
 
 def _shown(value) -> str:

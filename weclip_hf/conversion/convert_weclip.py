@@ -246,6 +246,6 @@ def convert_official_checkpoint(
     model.update_class_embeddings(tokenizer)
     model.freeze_backbones()
     model.eval()
-    report.preset = preset
+    report.preset = model.config.training_preset = preset  # the official recipe: its evaluation settings
     model.conversion_report = report
     return model
