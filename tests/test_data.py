@@ -58,8 +58,11 @@ def test_label_rows_ids_multi_hot_and_errors():
     assert normalize_label_row([0.0, 1.0, 1.0, 0.0], 4) == [2, 3]
     with pytest.raises(ValueError, match="width 3, expected 4"):
         normalize_label_row([0.0, 1.0, 1.0], 4)
-    with pytest.raises(ValueError, match=r"\[5\] outside 1..4"):
+    with pytest.raises(ValueError, match=r"\[5\] outside 1..4\.$"):
         normalize_label_row([5], 4)
+    # an id 0 where every id fits 0..C-1: the zero-based numbering, named (the flag was not)
+    with pytest.raises(ValueError, match=r"\[0\] outside 1..4\. Ids 0..3 number .* give --labels_zero_based"):
+        normalize_label_row([0, 3], 4)
     with pytest.raises(ValueError, match="must be 0/1"):
         normalize_label_row([0.5, 0.0, 0.0, 0.0], 4)
 
@@ -574,7 +577,17 @@ def test_train_val_split_holds_out_seeded_rows_of_a_dataset_without_a_validation
     assert len(val) == 5 and sorted(train + val) == list(range(20))
     assert held_out(3, train_val_split=0.25) == (train, val) and held_out(4, train_val_split=0.25)[1] != val
     assert "no 'validation' split: --train_val_split 0.25 holds out 5 of the 20 images of 'train'" in notes[0]
-    assert held_out(3) == (list(range(20)), None)  # off unless asked
+    assert held_out(3) == (list(range(20)), None)  # off unless asked, which a note says
+    assert (
+        notes[-1]
+        == "Note: the dataset has no 'validation' split; --train_val_split holds out a share of 'train' for one."
+    )
+    test_split = _save_splits(tmp_path / "test_split", {"train": 2, "test": 2})  # the split to score named
+    load_dataset_splits(DataSource(dataset_path=test_split), log=notes.append)
+    assert (
+        notes[-1]
+        == "Note: the dataset has no 'validation' split; its other splits ('test') can be scored: --validation_split NAME."
+    )
     assert held_out(3, train_val_split=0.25, validation_split="none")[1] is None
     with pytest.raises(ValueError, match="Validation split 'valid' not found"):  # a typo is not held out
         held_out(3, train_val_split=0.25, validation_split="valid")
@@ -983,6 +996,26 @@ def test_an_imagefolder_with_labels_in_train_and_masks_in_validation_loads(tmp_p
     assert sorted(train.features) == ["image", "image_labels"] and sorted(val.features) == ["image", "label"]
     assert [row["image_labels"] for row in train] == [[1], [2]]
     assert [np.asarray(row["label"]).max() for row in val] == [1, 2]
+
+
+def test_a_folder_per_class_train_split_beside_a_validation_split_with_masks_loads(tmp_path):
+    """train/<class>/*.png next to validation/ with a metadata.jsonl of masks (two layouts docs/training.md names):
+    `datasets` read train/ with validation/'s columns, its class folders' names as mask files ("Cannot read file
+    'airplane'"); each split is now read as its own layout."""
+    from weclip_hf.data.loading import DataSource, load_dataset_splits
+
+    for name in ("cat", "dog"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "train" / name / "0.png")
+    (tmp_path / "validation").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "validation" / "0.png")
+    Image.fromarray(np.full((8, 8), 2, np.uint8)).save(tmp_path / "validation" / "0_mask.png")
+    (tmp_path / "validation" / "metadata.jsonl").write_text(
+        '{"file_name": "0.png", "label_file_name": "0_mask.png"}\n'
+    )
+    train, val, names = load_dataset_splits(DataSource(data_dir=str(tmp_path)))
+    assert names == {"class_names": ["cat", "dog"]} and train["label"] == [0, 1]
+    assert np.asarray(val[0]["label"]).max() == 2
 
 
 def test_an_imagefolder_whose_metadata_has_no_rows_is_named(tmp_path):

@@ -305,6 +305,38 @@ def test_a_model_that_cannot_be_saved_creates_no_repository(tmp_path, monkeypatc
     assert created == []
 
 
+def test_a_repository_that_cannot_be_created_is_named_with_the_remedy_of_its_cause(monkeypatch):
+    """Offline mode, no network, a refused token, an error of the Hub: each said "Log in (`hf auth login`) or pass
+    a token with write access", the remedy of one cause."""
+    import requests
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    from weclip_hf.hub import create_hub_repo
+
+    def response(status: int) -> requests.Response:
+        answer = requests.Response()
+        answer.status_code = status
+        return answer
+
+    causes = {
+        "Offline mode is on \\(HF_HUB_OFFLINE=1\\)": OfflineModeIsEnabled("offline"),
+        "cannot be reached from here": requests.ConnectionError("no route"),
+        "Log in \\(`hf auth login`\\)": HfHubHTTPError("401", response=response(401)),
+        "The Hub answered with an error": HfHubHTTPError("500", response=response(500)),
+    }
+    for remedy, err in causes.items():
+
+        def create_repo(*args, err=err, **kwargs):
+            raise err
+
+        monkeypatch.setattr(HfApi, "create_repo", create_repo)
+        with pytest.raises(
+            RuntimeError, match=f"Cannot create or reach the Hub repository 'me/m' .*{remedy}"
+        ):
+            create_hub_repo("me/m")
+
+
 def test_a_failed_upload_says_the_folder_is_intact_and_how_to_publish_it(tmp_path, monkeypatch):
     from huggingface_hub import HfApi
 

@@ -352,10 +352,25 @@ def create_hub_repo(
     # offline mode, no network, no or a read-only token: Hub, OSError and HTTP errors alike
     except Exception as err:
         raise RuntimeError(
-            f"Cannot create or reach the Hub repository {repo_id!r} ({type(err).__name__}: {err}). Log in "
-            "(`hf auth login`) or pass a token with write access, or run without pushing and publish the saved "
-            "folder later with weclip_hf.hub.publish_folder(folder, repo_id)."
+            f"Cannot create or reach the Hub repository {repo_id!r} ({type(err).__name__}: {err}). "
+            f"{_hub_remedy(err)}, or run without pushing and publish the saved folder later with "
+            "weclip_hf.hub.publish_folder(folder, repo_id)."
         ) from err
+
+
+def _hub_remedy(err: Exception) -> str:
+    """What to do about ``err``, raised by a Hub call: offline mode, a refused token, an error of the Hub, no
+    connection."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if isinstance(err, OfflineModeIsEnabled):
+        return "Offline mode is on (HF_HUB_OFFLINE=1): unset it where the Hub can be reached"
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    if status in (401, 403):
+        return "Log in (`hf auth login`) or pass a token with write access"
+    if isinstance(err, HfHubHTTPError):
+        return "The Hub answered with an error: try again later"
+    return "The Hub cannot be reached from here: check the network connection"
 
 
 def publish_folder(

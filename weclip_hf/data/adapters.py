@@ -398,6 +398,8 @@ def normalize_label_row(
             if binary is not None
             else ""
         )
+        if not zero_based and 0 in bad and all(0 <= i < num_classes for i in given):
+            hint += f" Ids 0..{num_classes - 1} number the classes from 0: give --labels_zero_based."
         raise ValueError(
             f"Image labels of {where} contain id(s) {bad} outside "
             f"{first}..{first + num_classes - 1}{numbering}.{hint}"

@@ -552,6 +552,18 @@ def load_dataset_splits(
             f"{len(val)} of the {len(train) + len(val)} images of {train_split!r} for it (drawn by seed "
             f"{source.seed}); training on the other {len(train)}."
         )
+    others = [name for name in ds if name != train_split]
+    if (
+        val is None and validation_split != "none" and need_train
+    ):  # before "no evaluation": what would give one
+        log(
+            f"Note: the dataset has no {validation_split!r} split; "
+            + (
+                f"its other splits ({', '.join(map(repr, others))}) can be scored: --validation_split NAME."
+                if others
+                else f"--train_val_split holds out a share of {train_split!r} for one."
+            )
+        )
     if source.streaming and train is not None and not is_streaming(train):
         train = with_split_name(train.to_iterable_dataset(num_shards=min(len(train), 64)), train_split)
     for split in (train, val):
@@ -664,17 +676,20 @@ def load_folder_dataset(
     """The splits of a folder-based dataset: ``path`` "imagefolder" with ``data_dir`` (--data_dir), or a local folder
     or Hub repository (--dataset_name, its config ``name``). Where its splits' metadata files hold different fields
     (image-level labels in train/, masks in validation/: docs/training.md, "The data"), which `datasets`
-    refuses in one load ("have different features"), each split is loaded on its own (its files found by
-    `datasets`' own split patterns), its columns of nothing but nulls dropped."""
+    refuses in one load ("have different features"), or where some split folders hold a metadata file and others
+    none (a folder per class in train/: `datasets` would read those with the other split's columns), each split is
+    loaded on its own (its files found by `datasets`' own split patterns), its columns of nothing but nulls
+    dropped."""
     import datasets
     from datasets.data_files import get_data_patterns
 
-    try:
-        return datasets.load_dataset(path, name, data_dir=data_dir, streaming=streaming)
-    except ValueError as err:
-        if "have different features" not in str(err):
-            raise
     local = Path(data_dir or path).expanduser()
+    if not _split_folders_differ_in_metadata(local):
+        try:
+            return datasets.load_dataset(path, name, data_dir=data_dir, streaming=streaming)
+        except ValueError as err:
+            if "have different features" not in str(err):
+                raise
     # a Hub repository: its files, as `datasets` reads them
     base = str(local) if local.is_dir() else f"hf://datasets/{path}"
     splits = {}
@@ -686,6 +701,18 @@ def load_folder_dataset(
         nulls = [k for k, v in features.items() if isinstance(v, datasets.Value) and v.dtype == "null"]
         splits[str(split)] = ds.remove_columns(nulls) if nulls else ds
     return (datasets.IterableDatasetDict if streaming else datasets.DatasetDict)(splits)
+
+
+def _split_folders_differ_in_metadata(folder: Path) -> bool:
+    """Whether some of a local ``folder``'s split folders hold an imagefolder metadata file and others none."""
+    if not folder.is_dir():
+        return False
+    held = {
+        any(p.name in METADATA_NAMES for p in split.rglob("metadata.*"))
+        for split in folder.iterdir()
+        if split.is_dir() and not split.name.startswith(".")
+    }
+    return len(held) > 1
 
 
 def check_not_empty(split, source: str | None) -> None:
