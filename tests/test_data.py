@@ -60,9 +60,6 @@ def test_label_rows_ids_multi_hot_and_errors():
         normalize_label_row([0.0, 1.0, 1.0], 4)
     with pytest.raises(ValueError, match=r"\[5\] outside 1..4\.$"):
         normalize_label_row([5], 4)
-    # an id 0 where every id fits 0..C-1: the zero-based numbering, named (the flag was not)
-    with pytest.raises(ValueError, match=r"\[0\] outside 1..4\. Ids 0..3 number .* give --labels_zero_based"):
-        normalize_label_row([0, 3], 4)
     with pytest.raises(ValueError, match="must be 0/1"):
         normalize_label_row([0.5, 0.0, 0.0, 0.0], 4)
 
@@ -953,8 +950,14 @@ def test_a_model_trained_with_clip_statistics_is_saved_evaluated_and_served_with
 def test_zero_based_label_errors_show_the_users_own_ids_and_range():
     with pytest.raises(ValueError, match=r"id\(s\) \[4\] outside 0..3 \(--labels_zero_based\)"):
         normalize_label_row([0, 4], 4, zero_based=True)
-    with pytest.raises(ValueError, match=r"id\(s\) \[0\] outside 1..4\.$"):
+    # an id 0 where every id fits 0..C-1: the zero-based numbering, named (the flag was not)
+    with pytest.raises(
+        ValueError,
+        match=r"id\(s\) \[0\] outside 1..4\. Ids 0..3 number the classes from 0: give --labels_zero_based\.$",
+    ):
         normalize_label_row([0, 2], 4)
+    with pytest.raises(ValueError, match=r"id\(s\) \[0, 4\] outside 1..3\.$"):  # 4 fits no numbering: no hint
+        normalize_label_row([0, 4], 3)
 
 
 def test_a_missing_data_dir_or_dataset_path_is_named(tmp_path):
