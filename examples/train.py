@@ -893,8 +893,8 @@ def card_args(args) -> dict:
     return {k: public_source_name(str(v)) if k in PATH_ARGS else v for k, v in listed.items()}
 
 
-def write_card(args, cfg, output_dir: Path, summary: dict) -> None:
-    """The model card (README.md) of the trained model in ``output_dir``, with its mIoU figures."""
+def write_card(args, cfg, output_dir: Path, summary: dict, split: str | None = None) -> None:
+    """The model card (README.md) of the trained model in ``output_dir``, with its mIoU figures on ``split``."""
     figures = {k: v for k, v in summary.items() if "miou" in k}
     metrics, other_metrics = split_model_metrics(figures)
     card = make_model_card(
@@ -905,6 +905,7 @@ def write_card(args, cfg, output_dir: Path, summary: dict) -> None:
         other_metrics=other_metrics,
         dataset_name=args.dataset_name,
         dataset_description=dataset_description(args),
+        dataset_split=split,
         weakly_supervised=not args.fully_supervised,
         mask_source=(
             "the pseudo masks of a first stage (examples/generate_pseudo_labels.py)"
@@ -1209,7 +1210,7 @@ def finish_training(
             accelerator.log(
                 {f"final_{k}": v for k, v in summary.items()}, step=step
             )  # --with_tracking's trackers
-            write_card(args, cfg, output_dir, summary)
+            write_card(args, cfg, output_dir, summary, val_set.split if val_set is not None else None)
             written.append("README.md")
             accelerator.print(json.dumps(summary, indent=2))
             saved = [

@@ -366,11 +366,14 @@ def test_the_card_claims_only_the_models_own_results_on_its_dataset(tmp_path):
         "miou_msf": 0.52,
         "baseline_bg_miou": 0.1,
     }
-    train.write_card(args, make_tiny_config(), tmp_path, summary)
+    train.write_card(args, make_tiny_config(), tmp_path, summary, "validation")
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.datasets is None and card.data.base_model is None  # no Hub dataset, a local CLIP
     results = card.data.eval_results
     assert {r.metric_name for r in results} == {"miou", "miou_msf"}
     assert {r.dataset_name for r in results} == {"my_shapes (a local dataset)"}
+    # the split scored, named (the card said "On my_shapes (a local dataset)" only)
+    assert {r.dataset_split for r in results} == {"validation"}
+    assert "On my_shapes (a local dataset), split 'validation':" in card.content
     assert "toy" not in card.content.split("## Training arguments")[0].lower()
     assert "| cam_miou | 0.4000 |" in card.content and "| baseline_bg_miou | 0.1000 |" in card.content

@@ -191,6 +191,7 @@ def make_model_card(
     license: str | None = "mit",
     other_metrics: dict[str, float] | None = None,
     dataset_description: str | None = None,
+    dataset_split: str | None = None,
 ) -> ModelCard:
     """The model card of a weclip-hf model: metadata (model-index when metrics are given), the method (from
     `METHODS`, by ``config.model_type``), source, results, usage, limitations, labels and citation.
@@ -215,6 +216,7 @@ def make_model_card(
             CAM mIoU, trivial baselines).
         dataset_description: how the results table names the data, for data that is not a Hub dataset (a local
             folder, the toy world); default ``dataset_name``.
+        dataset_split: the split the ``metrics`` were measured on (the model-index's, and the table's title).
     Raises:
         ValueError: when ``config.model_type`` has no entry in `METHODS`.
     """
@@ -235,6 +237,7 @@ def make_model_card(
             task_type="image-segmentation",
             dataset_type=dataset_name or "custom",
             dataset_name=dataset_description or dataset_name or "custom",
+            dataset_split=dataset_split,
             metric_type="mean_iou",
             metric_name=key,
             metric_value=float(value),
@@ -263,7 +266,8 @@ def make_model_card(
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in listed.items() if isinstance(v, (int, float)))
     table = f"| metric | value |\n|---|---|\n{rows}" if rows else "No evaluation was run."
     if rows and dataset_description:
-        table = f"On {dataset_description}:\n\n{table}"
+        split = f", split {dataset_split!r}" if dataset_split else ""
+        table = f"On {dataset_description}{split}:\n\n{table}"
     args = "\n".join(f"- `{k}`: `{v}`" for k, v in (training_args or {}).items())
     return ModelCard.from_template(
         data,
