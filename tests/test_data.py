@@ -593,8 +593,11 @@ def test_train_val_split_holds_out_seeded_rows_of_a_dataset_without_a_validation
         add_image_labels(val.map(lambda r: {"image_labels": [9]}), Columns("image", None, "image_labels"), 2)
     both = _save_splits(tmp_path / "both", {"train": 4, "validation": 2})
     assert (
-        len(load_dataset_splits(DataSource(dataset_path=both), train_val_split=0.5)[1]) == 2
-    )  # the dataset's
+        len(load_dataset_splits(DataSource(dataset_path=both), train_val_split=0.5, log=notes.append)[1]) == 2
+    )  # the dataset's, which a note says (the flag was ignored without a word)
+    assert notes[-1] == (
+        "Note: --train_val_split 0.5 holds out nothing: the dataset has its own 'validation' split, which is scored."
+    )
     streamed, val, _ = load_dataset_splits(
         DataSource(dataset_path=path, streaming=True), train_val_split=0.25
     )

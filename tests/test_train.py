@@ -72,7 +72,9 @@ def test_toy_default_writes_model_metrics_overlays_and_card(toy_run):
     assert overlay.width > 5 * 3 * 96 and overlay.height > 3 * 96
     card = (out / "README.md").read_text()
     assert "weclip" in card and "mean_iou" in card and "Zhang" in card and "limitations" in card
-    assert "On the toy world of weclip-hf (generated offline), split 'validation':" in card  # the split scored
+    assert (
+        "On the toy world of weclip-hf (generated offline), split 'validation':" in card
+    )  # the split scored
     from transformers import pipeline
 
     import weclip_hf  # noqa: F401  (registers the Auto classes)

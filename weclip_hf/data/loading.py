@@ -552,6 +552,11 @@ def load_dataset_splits(
             f"{len(val)} of the {len(train) + len(val)} images of {train_split!r} for it (drawn by seed "
             f"{source.seed}); training on the other {len(train)}."
         )
+    if train_val_split and validation_split in ds:  # transformers' rule: the dataset's own split wins
+        log(
+            f"Note: --train_val_split {train_val_split} holds out nothing: the dataset has its own "
+            f"{validation_split!r} split, which is scored."
+        )
     others = [name for name in ds if name != train_split]
     if (
         val is None and validation_split != "none" and need_train
