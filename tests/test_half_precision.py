@@ -197,3 +197,23 @@ def test_initialisation_follows_clip_for_the_towers_and_is_seed_independent_for_
 
 def test_get_input_embeddings_is_the_patch_embedding(tiny_model):
     assert tiny_model.get_input_embeddings() is tiny_model.vision_model.embeddings.patch_embedding
+
+
+def test_the_float32_copy_of_a_half_precision_block_is_made_once_per_weights(tiny_config):
+    """The CAM path's float32 copies of the last block (and post-LayerNorm, projection) of a half-precision model
+    were made again at every forward: one copy now while the weights stay the same; a write into them (loading) or
+    a move makes a new one, whose values are the new weights'; float32 modules are used as they are."""
+    from weclip_hf import WeCLIPForSemanticSegmentation
+    from weclip_hf.clip_features import in_float32
+
+    model = WeCLIPForSemanticSegmentation(tiny_config).to(torch.bfloat16)
+    block = model.vision_model.encoder.layers[-1]
+    first = in_float32(block)
+    assert in_float32(block) is first and next(first.parameters()).dtype == torch.float32
+    weight = block.mlp.fc1.weight
+    with torch.no_grad():
+        weight.add_(1.0)  # as load_state_dict writes the loaded values
+    again = in_float32(block)
+    assert again is not first and torch.equal(again.mlp.fc1.weight, weight.float())
+    model.float()
+    assert in_float32(block) is block

@@ -16,6 +16,7 @@ run the same tower.
 from __future__ import annotations
 
 import copy
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -174,12 +175,23 @@ def select_layers(
     return tuple(s if i in kept else None for i, s in enumerate(states))
 
 
+# the float32 copies `in_float32` made, by module: (the weights' identity when copied, the copy)
+_FLOAT32_COPIES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]] = weakref.WeakKeyDictionary()
+
+
 def in_float32(module: nn.Module) -> nn.Module:
     """``module`` itself when its weights are float32, else a float32 copy (for the precision-critical CAM
-    path of a model loaded in half precision; the frozen weights it copies never change)."""
-    if all(p.dtype == torch.float32 for p in module.parameters()):
+    path of a model loaded in half precision). The copy is made once and kept while the frozen weights it copies
+    stay the same tensors, unchanged in place (their storage and version counter: loading, ``.to()`` or an
+    in-place write makes a new copy); it was made again at every forward."""
+    parameters = list(module.parameters())
+    if all(p.dtype == torch.float32 for p in parameters):
         return module
-    return copy.deepcopy(module).float()
+    key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in parameters)
+    cached = _FLOAT32_COPIES.get(module)
+    if cached is None or cached[0] != key:
+        cached = _FLOAT32_COPIES[module] = (key, copy.deepcopy(module).float())
+    return cached[1]
 
 
 __all__ = [
