@@ -952,9 +952,8 @@ def load_data_and_model(
         log=accelerator.print,
     )
     model = build_model(args, names)
-    model.config.training_preset = (
-        args.recipe
-    )  # its evaluation settings are the model's (evaluate.py, segment.py)
+    # the recipe's evaluation settings are the model's (evaluate.py, segment.py), and a continuing run's recipe
+    model.config.training_preset = args.recipe
     from_dataset = not (args.preset or args.class_names or args.model_name_or_path or names_no_dataset(args))
     if "class_names" in names and from_dataset:
         accelerator.print(dataset_classes_note(names["class_names"]))

@@ -315,8 +315,8 @@ def check_run_settings_or_start_over(
     ``start_over`` (None without --overwrite_output_dir: the refusal names the flag and what it ``removes``) is
     called in every process, where it reads the earlier run (a refusal there stops them all), and returns the
     removal of that run, which the main process runs once every process has read it; then this run's settings are
-    recorded. ``writer``: the script (`check_run_settings`). The removal takes the earlier settings last, so that an interrupted start-over is finished by the
-    same command."""
+    recorded. ``writer``: the script (`check_run_settings`). The removal takes the earlier settings last, so that
+    an interrupted start-over is finished by the same command."""
     check = functools.partial(check_run_settings, output_dir, settings, is_main_process, wait, models, writer)
     try:
         check()

@@ -906,7 +906,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
     ) -> FrozenCLIPPass:
         """The start of a forward (this model's and WeCLIP+'s): the inputs checked, the weak labels as floats,
         this step's RFM decision, and the frozen CLIP's first L-1 blocks with the attention maps the pseudo labels
-        need (the other blocks run the configured attention, SDPA by default), plus the vision outputs the flags (None: the config's) ask for."""
+        need (the other blocks run the configured attention, SDPA by default), plus the vision outputs the flags
+        (None: the config's) ask for."""
         cfg = self.config
         if output_hidden_states is None:
             output_hidden_states = cfg.output_hidden_states

@@ -249,21 +249,25 @@ def model_type_of_args(args: argparse.Namespace) -> str:
     config's with ``--model_name_or_path`` (read before any data: it picks the recipe), else WeCLIP."""
     if getattr(args, "dino_model_name_or_path", None):
         return "weclip_plus"
+    return saved_config(args).get("model_type", "weclip")
+
+
+def saved_config(args: argparse.Namespace) -> dict:
+    """The config.json of ``--model_name_or_path`` (checked as a model folder), read before any data; ``{}``
+    without one."""
     source = getattr(args, "model_name_or_path", None)
     if not source:
-        return "weclip"
+        return {}
     check_model_folder(source)
-    return PretrainedConfig.get_config_dict(source)[0].get("model_type", "weclip")
+    return PretrainedConfig.get_config_dict(source)[0]
 
 
 def saved_training_preset(args: argparse.Namespace) -> str | None:
     """The preset whose recipe trained the model of ``--model_name_or_path`` (its config's ``training_preset``),
     where recorded and known; None without one."""
-    source = getattr(args, "model_name_or_path", None)
-    if not source or getattr(args, "dino_model_name_or_path", None):
+    if getattr(args, "dino_model_name_or_path", None):
         return None
-    check_model_folder(source)
-    recorded = PretrainedConfig.get_config_dict(source)[0].get("training_preset")
+    recorded = saved_config(args).get("training_preset")
     return recorded if recorded in PRESETS else None
 
 

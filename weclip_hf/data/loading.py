@@ -557,10 +557,9 @@ def load_dataset_splits(
             f"Note: --train_val_split {train_val_split} holds out nothing: the dataset has its own "
             f"{validation_split!r} split, which is scored."
         )
-    others = [name for name in ds if name != train_split]
-    if (
-        val is None and validation_split != "none" and need_train
-    ):  # before "no evaluation": what would give one
+    # before train.py's "no evaluation": what would give one
+    if val is None and validation_split != "none" and need_train:
+        others = [name for name in ds if name != train_split]
         log(
             f"Note: the dataset has no {validation_split!r} split; "
             + (
