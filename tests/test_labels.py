@@ -277,7 +277,7 @@ def test_a_weak_label_forward_on_placeholder_text_embeddings_warns(tiny_config, 
 
     def warnings_of(step) -> str:
         caplog.clear()
-        hf_logging.get_logger("weclip_hf.modeling_weclip").warning_once.cache_clear()
+        hf_logging.get_logger("weclip_hf.class_embeddings").warning_once.cache_clear()
         with caplog.at_level(logging.WARNING):
             step()
         return caplog.text

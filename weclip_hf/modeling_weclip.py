@@ -3,7 +3,8 @@
 Reading order: outputs, the pretrained-model base, then the task model, whose forward reads as numbered steps
 (frozen CLIP, decoder, pseudo labels, losses). The frozen CLIP tower runs in `clip_features`, the decoder is in
 `decoder`, the pseudo-label stages in `pseudo_labels`, the loading checks in `model_loading`, the Hub upload in
-`hub`.
+`hub`; the model's text embeddings are `class_embeddings`', its step counter `training_step`'s, its input checks
+`input_checks`'.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from transformers.utils import logging as hf_logging
 from .affinity import transition_matrix
 from .cam import cam_box_masks, refine_cams, upsample_normalized
 from .chunking import images_per_attention_chunk
+from .class_embeddings import ClassEmbeddingsMixin, placeholder_text_embeds
 from .clip_features import CLIPVisionFeatures, clip_features, in_float32, vision_outputs
-from .configuration_weclip import WeCLIPConfig, check_prompt_template, class_name_lists, text_prompts
+from .configuration_weclip import WeCLIPConfig
 from .decoder import WeCLIPDecoder, feature_affinity
+from .input_checks import check_inputs
 from .last_block import pair_block_outputs, run_last_block
 from .losses import weclip_loss
 from .model_loading import (
@@ -62,6 +65,7 @@ from .pseudo_labels import (
     patch_attention_maps,
     plan_pairs,
 )
+from .training_step import TrainingStepMixin
 
 logger = hf_logging.get_logger(__name__)
 
@@ -122,65 +126,6 @@ class WeCLIPSemanticSegmenterOutput(SemanticSegmenterOutput):
 _FRESH_IN_CLIP_CHECKPOINT = re.compile(r"^decoder\.|_text_embeds$|^training_step$")
 
 
-def _placeholder_text_embeds(config: WeCLIPConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed unit vectors (seeded, independent of the global RNG) standing in for the class and background text
-    embeddings until `update_class_embeddings` computes the real ones: [C, E] and [Nb, E]."""
-    generator = torch.Generator().manual_seed(0)
-    sizes = (config.num_foreground_classes, len(config.background_names))
-    embeds = torch.randn(sum(sizes), config.projection_dim, generator=generator)
-    return F.normalize(embeds, dim=-1).split(sizes)
-
-
-def _config_prompts(config: WeCLIPConfig) -> dict[str, list[str]]:
-    """The prompts ``config``'s class names, background words and template give (`text_prompts`)."""
-    return text_prompts(config.class_names, config.background_names, config.prompt_template)
-
-
-def _prompts_changed(encoded: dict[str, list[str]], prompts: dict[str, list[str]]) -> str:
-    """What differs between the prompts the text embeddings encode and those a config gives, for messages."""
-    return "; ".join(
-        f"the {kind} prompts {prompts[kind]} where the text embeddings encode {encoded.get(kind)}"
-        for kind in ("class", "background")
-        if encoded.get(kind) != prompts[kind]
-    )
-
-
-def _text_embeds_loaded(model: WeCLIPForSemanticSegmentation, incompatible) -> None:
-    """`load_state_dict` post-hook: text embeddings read from a state dict are no placeholders (taken as the
-    config's prompts, as a saved model's)."""
-    if "class_text_embeds" not in incompatible.missing_keys:
-        model._text_embeds_are_placeholders = False
-
-
-def _check_prompt_lengths(tokenizer, prompts: list[str], max_length: int) -> None:
-    """Refuse prompts longer than the ``max_length`` tokens CLIP's text tower reads: cut there, two class names that
-    differ only past it would get one embedding (the second never wins a pixel), and a cut name is not the class."""
-    lengths = [len(ids) for ids in tokenizer(prompts, padding=False, truncation=False)["input_ids"]]
-    too_long = [(prompt, n) for prompt, n in zip(prompts, lengths) if n > max_length]
-    if too_long:
-        prompt, n = too_long[0]
-        raise ValueError(
-            f"The prompt {prompt!r} is {n} tokens long (with its start and end tokens), and CLIP reads {max_length}: "
-            f"it would be cut ({len(too_long)} prompt(s) of {len(prompts)}). Shorten that class name (or "
-            "--prompt_template / prompt_template)."
-        )
-
-
-def _check_values(ok: torch.Tensor, message: str) -> None:
-    """Refuse bad input values without a host sync on accelerators.
-
-    On the CPU: a `ValueError` right away. Elsewhere, and in a graph `torch.compile` traces (where reading the
-    flag would break the graph): an assertion (`torch._assert_async`) that fails with ``message`` (a
-    `RuntimeError`) when the graph runs, on an accelerator at the next synchronising call; reading the flag back
-    would stall the step.
-    """
-    if ok.device.type == "cpu" and not torch.compiler.is_compiling():
-        if not bool(ok):
-            raise ValueError(message)
-    else:
-        torch._assert_async(ok, message)
-
-
 def _outside_inference_mode(forward):
     """Run ``forward`` under `torch.no_grad` instead of `torch.inference_mode`: the pseudo labels' GradCAM takes
     gradients within the forward, which no tensor made in inference mode can carry (outside it, the same forward)."""
@@ -208,12 +153,6 @@ def _pseudo_label_stage(method):
             return method(self, pixel_values.detach().float(), *args, **kwargs)
 
     return torch.compiler.disable(wrapper)
-
-
-def _version_of(tensor: torch.Tensor) -> int | None:
-    """``tensor``'s in-place write counter (torch bumps it on every in-place write); None for an inference tensor,
-    which keeps none."""
-    return None if tensor.is_inference() else tensor._version
 
 
 class WeCLIPPreTrainedModel(PreTrainedModel):
@@ -266,7 +205,7 @@ class WeCLIPPreTrainedModel(PreTrainedModel):
             init.normal_(module.visual_projection.weight, std=cfg.vision_config.hidden_size**-0.5 * factor)
             init.normal_(module.text_projection.weight, std=cfg.text_config.hidden_size**-0.5 * factor)
             init.constant_(module.logit_scale, cfg.logit_scale_init_value)
-            class_embeds, background_embeds = _placeholder_text_embeds(cfg)
+            class_embeds, background_embeds = placeholder_text_embeds(cfg)
             init.copy_(module.class_text_embeds, class_embeds)
             init.copy_(module.background_text_embeds, background_embeds)
             init.zeros_(module.training_step)
@@ -304,9 +243,14 @@ class FrozenCLIPPass:
         return self.class_labels is not None
 
     @property
+    def labelled(self) -> bool:
+        """Labels were given (weak or pixel ones): a training forward counts as a step."""
+        return self.weak or self.has_pixel_labels
+
+    @property
     def has_loss(self) -> bool:
         """A loss will be computed: labels (weak or pixel ones) were given and ``return_loss`` is on."""
-        return self.return_loss and (self.weak or self.has_pixel_labels)
+        return self.return_loss and self.labelled
 
     @property
     def needs_affinity(self) -> bool:
@@ -314,7 +258,7 @@ class FrozenCLIPPass:
         return self.has_loss or bool(self.rfm)
 
 
-class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
+class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeCLIPPreTrainedModel):
     """WeCLIP for semantic segmentation trained from image-level labels.
 
     The CLIP towers (`vision_model`, `text_model`, `visual_projection`, `text_projection`, `logit_scale`,
@@ -338,17 +282,8 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         )
         self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value), requires_grad=False)
-        class_embeds, background_embeds = _placeholder_text_embeds(config)
-        self.register_buffer("class_text_embeds", class_embeds.clone())
-        self.register_buffer("background_text_embeds", background_embeds.clone())
-        self.register_buffer("training_step", torch.zeros((), dtype=torch.long))
-        # host mirror of training_step (avoids a device sync per step): (the buffer, its write counter, its value)
-        self._step_mirror: tuple[torch.Tensor, int | None, int] | None = None
-        # what class_text_embeds / background_text_embeds encode (`_check_classes`): placeholders until
-        # update_class_embeddings computes them or they are loaded
-        self._encoded_prompts = _config_prompts(config)
-        self._text_embeds_are_placeholders = True
-        self.register_load_state_dict_post_hook(_text_embeds_loaded)
+        self._init_class_embeddings(config)
+        self._init_training_step()
         self.decoder = WeCLIPDecoder(config)
         self.post_init()
         self.freeze_backbones()
@@ -373,12 +308,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         before anything is written (`WeCLIPConfig.validate`). The config records the prompts of the text
         embeddings (``encoded_prompts``; ``{}`` for placeholders, with a warning), which loading checks."""
         self.config.validate()
-        if self._text_embeds_are_placeholders:
-            logger.warning(
-                f"{type(self).__name__}.save_pretrained: the text embeddings saved are placeholders (random unit "
-                "vectors, never computed): call model.update_class_embeddings(tokenizer) first."
-            )
-        self.config.encoded_prompts = {} if self._text_embeds_are_placeholders else self._encoded_prompts
+        self._record_encoded_prompts()
         super().save_pretrained(save_directory, *args, **kwargs)
         folder = Path(save_directory)
         if (folder / "config.json").is_file():  # the main process's folder (others save nothing)
@@ -427,25 +357,6 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         base = next(k for k in cls.__mro__ if "_from_backbones" in vars(k))
         added = [name for name in cls._TRAINED if name not in base._TRAINED]
         return re.compile("^(" + "|".join(map(re.escape, added)) + r")\.") if added else None
-
-    def _took_stored_text_embeds(self, path: str) -> None:
-        """Take the loaded text embeddings as the prompts of the config: those its ``encoded_prompts`` records
-        (refused when its names no longer give them: config.json edited by hand), else (a config of before) those
-        its names give; ``{}`` records placeholders (saved before they were ever computed), which stay so."""
-        config = self.config
-        prompts = _config_prompts(config)
-        recorded = config.encoded_prompts
-        if recorded == {}:
-            return
-        if recorded is not None and recorded != prompts:
-            raise ValueError(
-                f"The config of {path!r} gives {_prompts_changed(recorded, prompts)} (its class_names, "
-                "background_names or prompt_template edited in config.json?). Restore them; to change the classes, "
-                "load the model and call model.update_class_embeddings(tokenizer, class_names=[...]) (id2label "
-                "renames the labels only)."
-            )
-        self._encoded_prompts, self._text_embeds_are_placeholders = prompts, False
-        config.encoded_prompts = prompts
 
     @classmethod
     def from_clip(
@@ -503,79 +414,6 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             tokenizer = AutoTokenizer.from_pretrained(tokenizer or clip_name_or_path, **hub)
         model.update_class_embeddings(tokenizer)
         return model
-
-    @torch.no_grad()
-    def encode_text(self, tokenizer, prompts: list[str]) -> torch.Tensor:
-        """L2-normalized CLIP text embeddings of ``prompts``: [len(prompts), projection_dim]."""
-        eos = self.config.text_config.eos_token_id
-        if eos != 2 and getattr(tokenizer, "eos_token_id", eos) != eos:  # 2: CLIP's legacy argmax pooling
-            raise ValueError(
-                f"The tokenizer's end-of-text id ({tokenizer.eos_token_id}) differs from the CLIP text config's "
-                f"eos_token_id ({eos}): CLIP pools the text at that token, so every prompt would get the same "
-                "embedding. Use the tokenizer saved with this CLIP checkpoint."
-            )
-        device = self.text_projection.weight.device
-        max_length = self.config.text_config.max_position_embeddings
-        _check_prompt_lengths(tokenizer, prompts, max_length)
-        batch = tokenizer(
-            prompts, padding="max_length", truncation=True, return_tensors="pt", max_length=max_length
-        )
-        out = self.text_model(
-            input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-        )
-        return F.normalize(self.text_projection(out.pooler_output), dim=-1)
-
-    @torch.no_grad()
-    def update_class_embeddings(
-        self,
-        tokenizer,
-        class_names: list[str] | None = None,
-        background_names: list[str] | None = None,
-        label_names: list[str] | None = None,
-        prompt_template: str | None = None,
-    ) -> None:
-        """(Re)compute the class and background text embeddings, e.g. for new class names.
-
-        New ``class_names`` also become the display names (``config.id2label``) unless ``label_names`` are given
-        (VOC's prompt names: VOC's label names, as the config's constructor gives them). A different number of
-        classes re-initializes the decoder's classifier (it must be trained again).
-        """
-        cfg = self.config
-        template = prompt_template or cfg.prompt_template
-        check_prompt_template(template)
-        renamed = class_names is not None or label_names is not None
-        classes, backgrounds, labels = class_name_lists(  # checked as the config checks them
-            cfg.class_names if class_names is None else class_names,  # [] is refused, not the old names kept
-            label_names,
-            cfg.background_names if background_names is None else background_names,
-            None,
-        )
-        prompts = text_prompts(classes, backgrounds, template)
-        fg = self.encode_text(tokenizer, prompts["class"])
-        bg = self.encode_text(tokenizer, prompts["background"])
-        new_count = (
-            len(classes) + 1 != self.decoder.classifier.out_channels
-        )  # (the config may say so already)
-        if not new_count and classes != cfg.class_names and int(self.training_step) > 0:
-            logger.warning(
-                f"update_class_embeddings: the classes {cfg.class_names} become {classes}, but the decoder was "
-                f"trained ({int(self.training_step)} steps) for the old ones and keeps its classifier: train it "
-                "again before reading its predictions under the new names."
-            )
-        cfg.class_names = classes
-        if renamed:
-            cfg.label_names = labels[1:]
-        if new_count:
-            old = self.decoder.classifier
-            classifier = nn.Conv2d(old.in_channels, cfg.num_labels, 1)
-            self.decoder.classifier = classifier.to(old.weight)  # its device and dtype
-            nn.init.normal_(self.decoder.classifier.weight, std=cfg.initializer_range)
-            nn.init.zeros_(self.decoder.classifier.bias)
-        cfg.background_names, cfg.prompt_template = backgrounds, template
-        self.class_text_embeds = fg.to(self.class_text_embeds.dtype)
-        self.background_text_embeds = bg.to(self.background_text_embeds.dtype)
-        self._encoded_prompts, self._text_embeds_are_placeholders = prompts, False
-        cfg.encoded_prompts = prompts
 
     def forward_clip_features(
         self, pixel_values: torch.Tensor, num_attention_maps: int = 0, output_attentions: bool = False
@@ -705,29 +543,6 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
 
     # ---- forward ---------------------------------------------------------------------------------
 
-    def _check_classes(self, weak_labels: bool = False) -> None:
-        """Refuse a config whose classes, background words or prompt template were changed under the built model
-        (``model.config.class_names = ...``): its text embeddings and classifier are still for the old ones. With
-        ``weak_labels`` (CAMs to be made), warn once when the text embeddings are still placeholders."""
-        config, encoded = self.config, self._encoded_prompts
-        prompts = _config_prompts(config)
-        names, classes = list(config.class_names), self.decoder.classifier.out_channels - 1
-        if prompts != encoded or self.class_text_embeds.shape[0] != len(names) or classes != len(names):
-            raise ValueError(
-                f"The config gives {_prompts_changed(encoded, prompts) or f'{len(names)} classes'} and the "
-                f"classifier has {classes} classes: its class_names, background_names or prompt_template were changed "
-                "under the built model. Change a built model's classes with model.update_class_embeddings("
-                "tokenizer, class_names=[...], background_names=..., prompt_template=...), which also encodes their "
-                "prompts and resizes the classifier."
-            )
-        if weak_labels and self._text_embeds_are_placeholders:
-            logger.warning_once(
-                f"{type(self).__name__}: the class and background text embeddings are placeholders (random unit "
-                "vectors): the model was built from its config and they were neither computed nor loaded, so its "
-                "CAMs and pseudo labels mean nothing. Call model.update_class_embeddings(tokenizer) (or build the "
-                f"model with {type(self).__name__}.{self._from_backbones}(...), or load a saved one)."
-            )
-
     def _check_inputs(
         self,
         pixel_values: torch.Tensor,
@@ -735,75 +550,9 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
         labels: torch.Tensor | None,
         pixel_mask: torch.Tensor | None = None,
     ) -> None:
-        """Validate the public inputs with errors that name the problem."""
+        """Refuse classes changed under the built model (`_check_classes`), then bad inputs (`check_inputs`)."""
         self._check_classes(weak_labels=class_labels is not None)
-        for name, value in (
-            ("pixel_values", pixel_values),
-            ("class_labels", class_labels),
-            ("labels", labels),
-            ("pixel_mask", pixel_mask),
-        ):
-            if value is not None and not isinstance(value, torch.Tensor):
-                raise TypeError(
-                    f"{name} must be a torch.Tensor, got {type(value).__name__}; convert it with torch.as_tensor."
-                )
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-            channels_last = pixel_values.ndim == 4 and pixel_values.shape[-1] == 3
-            raise ValueError(
-                f"pixel_values must have shape [B, 3, H, W], got {tuple(pixel_values.shape)}"
-                + (
-                    " (channels last: call the image processor without data_format='channels_last', or "
-                    "permute(0, 3, 1, 2) them)."
-                    if channels_last
-                    else "."
-                )
-            )
-        patch = self.config.vision_config.patch_size
-        if min(pixel_values.shape[-2:]) < patch:
-            raise ValueError(
-                f"Images of {tuple(pixel_values.shape[-2:])} pixels are smaller than one {patch}x{patch} "
-                "patch; resize them (the image processor does)."
-            )
-        if not pixel_values.is_floating_point():
-            raise TypeError(f"pixel_values must be a float tensor, got {pixel_values.dtype}.")
-        b = pixel_values.shape[0]
-        if class_labels is not None:
-            c = self.config.num_foreground_classes
-            if class_labels.ndim != 2 or class_labels.shape != (b, c):
-                raise ValueError(
-                    f"class_labels must be multi-hot of shape [batch, num_foreground_classes] = [{b}, {c}], "
-                    f"got {tuple(class_labels.shape)}."
-                )
-            binary = (class_labels == 0) | (class_labels == 1)  # bool, integer and float labels alike
-            _check_values(
-                binary.all(), "class_labels must contain only 0 and 1 (multi-hot image-level labels)."
-            )
-        if labels is not None:
-            if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-                raise TypeError(
-                    f"labels must be an integer tensor of class ids (e.g. torch.long), got {labels.dtype}; "
-                    "pixel masks are ids, not probabilities."
-                )
-            if labels.shape != (b, *pixel_values.shape[-2:]):
-                raise ValueError(
-                    f"labels must have shape [B, H, W] = {(b, *pixel_values.shape[-2:])}, got {tuple(labels.shape)}."
-                )
-            ignore = self.config.semantic_loss_ignore_index
-            bad = (labels != ignore) & ((labels < 0) | (labels >= self.config.num_labels))
-            message = f"labels contain ids outside [0, {self.config.num_labels - 1}] (ignore index {ignore})"
-            hint = (  # e.g. the padding of a processor built without this config
-                f"a WeCLIPImageProcessor pads labels with its ignore_index: build it with ignore_index={ignore} "
-                "(WeCLIPImageProcessor(**weclip_hf.processor_settings(model.config)))."
-            )
-            if labels.device.type != "cpu":
-                _check_values(~bad.any(), f"{message}; {hint}")
-            elif bad.any():
-                raise ValueError(f"{message}: {sorted(labels[bad].unique().tolist())[:10]}; {hint}")
-        if pixel_mask is not None and pixel_mask.shape != (b, *pixel_values.shape[-2:]):
-            raise ValueError(
-                f"pixel_mask must have shape [B, H, W] = {(b, *pixel_values.shape[-2:])} (1 for image pixels, 0 for "
-                f"padding), got {tuple(pixel_mask.shape)}."
-            )
+        check_inputs(self.config, pixel_values, class_labels, labels, pixel_mask)
 
     def push_to_hub(
         self,
@@ -859,39 +608,6 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         """The vision tower's patch embedding (as transformers' vision models return)."""
         return self.vision_model.embeddings.patch_embedding
-
-    def set_training_step(self, step: int) -> None:
-        """Set the training-step counter (e.g. to resume a schedule); RFM starts at ``config.rfm_start_step``."""
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}.")
-        self._write_step(int(step))
-
-    # The step counter lives on the host: eager under `torch.compile`, whose graphs would otherwise specialise on
-    # (and be recompiled for) every step's value.
-    @torch.compiler.disable
-    def _current_step(self) -> int:
-        """The training-step counter, mirrored on the host: the buffer is read (a device sync) only when it was
-        replaced (``model.training_step = ...``, ``.to(device)``) or written in place (``fill_``, ``copy_``,
-        ``load_state_dict``, an averaged model's update) since the mirror was taken, so outside writes count."""
-        buffer, mirror = self.training_step, self._step_mirror
-        version = _version_of(buffer)
-        if mirror is None or mirror[0] is not buffer or version is None or mirror[1] != version:
-            self._step_mirror = mirror = (buffer, version, int(buffer))
-        return mirror[2]
-
-    def _write_step(self, step: int) -> None:
-        """Write ``step`` to the buffer and mirror it (with the buffer's write counter after the write)."""
-        buffer = self.training_step
-        buffer.fill_(step)
-        self._step_mirror = (buffer, _version_of(buffer), step)
-
-    @torch.compiler.disable
-    def _advance_step(self, start: FrozenCLIPPass) -> None:
-        """Count the forward ``start`` began in the buffer and its mirror where it is a training step: train mode,
-        gradients enabled and labels given (weak or pixel ones). A forward without labels or gradients (a
-        pipeline or `no_grad` call on a model left in train mode) leaves the RFM's schedule where it is."""
-        if self.training and torch.is_grad_enabled() and (start.weak or start.has_pixel_labels):
-            self._write_step(self._current_step() + 1)
 
     def _frozen_clip_pass(
         self,
@@ -1028,7 +744,7 @@ class WeCLIPForSemanticSegmentation(WeCLIPPreTrainedModel):
             synced = self.training and torch.is_grad_enabled()
             loss, seg, aff = weclip_loss(cfg, logits, decoder_affinity, target, across_processes=synced)
 
-        self._advance_step(start)
+        self._count_training_forward(start.labelled)
 
         output = WeCLIPSemanticSegmenterOutput(
             loss=loss,

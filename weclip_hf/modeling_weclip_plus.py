@@ -310,7 +310,7 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
                 across_processes=self.training and torch.is_grad_enabled(),
             )
 
-        self._advance_step(start)
+        self._count_training_forward(start.labelled)
 
         output = WeCLIPPlusSemanticSegmenterOutput(
             loss=terms.loss if terms else None,

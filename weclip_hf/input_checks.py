@@ -1,0 +1,100 @@
+"""The checks of a forward's public inputs (shapes, dtypes, label values), with errors that name the problem.
+
+On an accelerator, value checks do not sync the host (`check_values`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .configuration_weclip import WeCLIPConfig
+
+
+def check_values(ok: torch.Tensor, message: str) -> None:
+    """Refuse bad input values without a host sync on accelerators.
+
+    On the CPU: a `ValueError` right away. Elsewhere, and in a graph `torch.compile` traces (where reading the
+    flag would break the graph): an assertion (`torch._assert_async`) that fails with ``message`` (a
+    `RuntimeError`) when the graph runs, on an accelerator at the next synchronising call; reading the flag back
+    would stall the step.
+    """
+    if ok.device.type == "cpu" and not torch.compiler.is_compiling():
+        if not bool(ok):
+            raise ValueError(message)
+    else:
+        torch._assert_async(ok, message)
+
+
+def check_inputs(
+    config: WeCLIPConfig,
+    pixel_values: torch.Tensor,
+    class_labels: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    pixel_mask: torch.Tensor | None = None,
+) -> None:
+    """Validate the public inputs of a forward against ``config`` with errors that name the problem."""
+    for name, value in (
+        ("pixel_values", pixel_values),
+        ("class_labels", class_labels),
+        ("labels", labels),
+        ("pixel_mask", pixel_mask),
+    ):
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"{name} must be a torch.Tensor, got {type(value).__name__}; convert it with torch.as_tensor."
+            )
+    if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+        channels_last = pixel_values.ndim == 4 and pixel_values.shape[-1] == 3
+        raise ValueError(
+            f"pixel_values must have shape [B, 3, H, W], got {tuple(pixel_values.shape)}"
+            + (
+                " (channels last: call the image processor without data_format='channels_last', or "
+                "permute(0, 3, 1, 2) them)."
+                if channels_last
+                else "."
+            )
+        )
+    patch = config.vision_config.patch_size
+    if min(pixel_values.shape[-2:]) < patch:
+        raise ValueError(
+            f"Images of {tuple(pixel_values.shape[-2:])} pixels are smaller than one {patch}x{patch} "
+            "patch; resize them (the image processor does)."
+        )
+    if not pixel_values.is_floating_point():
+        raise TypeError(f"pixel_values must be a float tensor, got {pixel_values.dtype}.")
+    b = pixel_values.shape[0]
+    if class_labels is not None:
+        c = config.num_foreground_classes
+        if class_labels.ndim != 2 or class_labels.shape != (b, c):
+            raise ValueError(
+                f"class_labels must be multi-hot of shape [batch, num_foreground_classes] = [{b}, {c}], "
+                f"got {tuple(class_labels.shape)}."
+            )
+        binary = (class_labels == 0) | (class_labels == 1)  # bool, integer and float labels alike
+        check_values(binary.all(), "class_labels must contain only 0 and 1 (multi-hot image-level labels).")
+    if labels is not None:
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(
+                f"labels must be an integer tensor of class ids (e.g. torch.long), got {labels.dtype}; "
+                "pixel masks are ids, not probabilities."
+            )
+        if labels.shape != (b, *pixel_values.shape[-2:]):
+            raise ValueError(
+                f"labels must have shape [B, H, W] = {(b, *pixel_values.shape[-2:])}, got {tuple(labels.shape)}."
+            )
+        ignore = config.semantic_loss_ignore_index
+        bad = (labels != ignore) & ((labels < 0) | (labels >= config.num_labels))
+        message = f"labels contain ids outside [0, {config.num_labels - 1}] (ignore index {ignore})"
+        hint = (  # e.g. the padding of a processor built without this config
+            f"a WeCLIPImageProcessor pads labels with its ignore_index: build it with ignore_index={ignore} "
+            "(WeCLIPImageProcessor(**weclip_hf.processor_settings(model.config)))."
+        )
+        if labels.device.type != "cpu":
+            check_values(~bad.any(), f"{message}; {hint}")
+        elif bad.any():
+            raise ValueError(f"{message}: {sorted(labels[bad].unique().tolist())[:10]}; {hint}")
+    if pixel_mask is not None and pixel_mask.shape != (b, *pixel_values.shape[-2:]):
+        raise ValueError(
+            f"pixel_mask must have shape [B, H, W] = {(b, *pixel_values.shape[-2:])} (1 for image pixels, 0 for "
+            f"padding), got {tuple(pixel_mask.shape)}."
+        )
