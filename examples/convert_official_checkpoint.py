@@ -82,6 +82,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "VOC)",
     )
     parser.add_argument(
+        "--class_names",
+        nargs="+",
+        default=None,
+        help="the foreground classes of a checkpoint trained on other classes than the preset's, in the order of "
+        "its classifier (the preset still gives the method's constants); default: the preset's",
+    )
+    parser.add_argument(
         "--output_dir", required=True, help="where to write the converted model: a new or empty folder"
     )
     parser.add_argument(
@@ -199,6 +206,11 @@ def build_model_card(args: argparse.Namespace, model, checkpoint_sha256: str) ->
         if model.config.model_type == "weclip_plus"
         else ""
     )
+    own_classes = (
+        f"; its method constants with the checkpoint's own classes: {', '.join(model.config.class_names)}"
+        if args.class_names
+        else ""
+    )
     source = f"""Converted from an official checkpoint (trained with the official code) to the `weclip_hf`
 transformers format with `examples/convert_official_checkpoint.py`.
 
@@ -206,7 +218,7 @@ transformers format with `examples/convert_official_checkpoint.py`.
 - CLIP weights from: {clip_source}{dino_source}
 - Text embeddings: computed at conversion with the CLIP tokenizer `{public_source_name(args.tokenizer or args.clip)}`,
   prompt `{model.config.prompt_template}`
-- Preset: `{args.preset}` ({get_preset(args.preset).description})
+- Preset: `{args.preset}` ({get_preset(args.preset).description}){own_classes}
 - Conversion: {model.conversion_report.summary()}"""
     repo_id = card_repo_id(args.hub_model_id, args.output_dir)
     return make_model_card(
@@ -231,6 +243,7 @@ def main(argv: list[str] | None = None) -> Path:
         preset=args.preset,
         tokenizer=args.tokenizer,
         check_clip=not args.no_check_clip,
+        **({"class_names": args.class_names} if args.class_names else {}),
     )
     if args.preset is None:
         args.preset = model.conversion_report.preset

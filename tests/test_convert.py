@@ -1320,3 +1320,146 @@ def test_only_a_clip_of_the_official_sizes_is_named_as_the_official_clip():
     assert not is_official_clip(
         CLIPVisionConfig(patch_size=16, hidden_size=1024, num_attention_heads=16, num_hidden_layers=24)
     )
+
+
+# ---- checkpoints as the official training scripts (and forks of them) save them ----------------------
+
+
+def with_forward_cache(state: dict, grid: int = 3) -> OrderedDict:
+    """``state`` as the official training scripts save it: the official CLIP forward registers the position
+    embedding resized to its last input's grid (``encoder.visual.positional_embedding_new``, fp16, after the
+    CLIP keys) on the model, so every trained checkpoint holds it."""
+    width = state["encoder.visual.positional_embedding"].shape[-1]
+    keys = list(state)
+    cut = max(i for i, k in enumerate(keys) if k.startswith("encoder.")) + 1
+    cache = {"encoder.visual.positional_embedding_new": torch.randn(1 + grid * grid, width).half()}
+    return OrderedDict([*list(state.items())[:cut], *cache.items(), *list(state.items())[cut:]])
+
+
+def test_the_resized_position_embedding_of_trained_checkpoints_is_dropped(
+    official, official_plus, converted_tiny, clip_folder
+):
+    """Every checkpoint the official scripts save holds ``encoder.visual.positional_embedding_new`` (a cache of the
+    official forward): WeCLIP's and WeCLIP+'s convert as without it, also with a given CLIP; it was refused as an
+    unknown CLIP key."""
+    reference, tokenizer = converted_tiny
+    for clip in (None, str(clip_folder)):
+        model = convert_official_checkpoint(
+            with_forward_cache(official), clip=clip, preset="voc", tokenizer=tokenizer, decoder_num_heads=4
+        )
+        state = model.state_dict()
+        assert all(torch.equal(state[k], v) for k, v in reference.state_dict().items())
+    report = convert_official_checkpoint(
+        with_forward_cache(official), preset="voc", tokenizer=tokenizer, decoder_num_heads=4
+    ).conversion_report
+    assert "resized to its last input" in report.ignored["encoder.visual.positional_embedding_new"]
+    plus_kwargs = dict(preset="voc-plus", tokenizer=FakeCLIPTokenizer(TINY["vocab"]), **PLUS_KWARGS)
+    plain = convert_official_checkpoint(dict(official_plus), **plus_kwargs).state_dict()
+    trained = convert_official_checkpoint(with_forward_cache(official_plus), **plus_kwargs).state_dict()
+    assert all(torch.equal(trained[k], v) for k, v in plain.items())
+
+
+def test_training_checkpoint_entries_beside_the_weights(tmp_path, official, caplog):
+    """The weights under "model" / "state_dict" / "model_state_dict" of a training checkpoint are taken, the other
+    entries (optimizer state, iteration) named in a warning; several state dicts or none are refused by name."""
+    import logging
+
+    optimizer = {"state": {0: {"exp_avg": torch.zeros(3), "step": torch.tensor(5.0)}}, "param_groups": []}
+    for entry in ("model", "state_dict", "model_state_dict"):
+        path = tmp_path / f"{entry}.pth"
+        torch.save({entry: dict(official), "optimizer": optimizer, "iter": 30000}, path)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            loaded = load_official_checkpoint(path)
+        assert loaded.keys() == official.keys()
+        assert f"converting the weights under '{entry}'; left out: iter, optimizer" in caplog.text
+    torch.save({"model": dict(official), "state_dict": dict(official)}, tmp_path / "two.pth")
+    with pytest.raises(ValueError, match="several state dicts \\('state_dict', 'model'\\)"):
+        load_official_checkpoint(tmp_path / "two.pth")
+    torch.save({"weights": dict(official), "iter": 3}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="not tensors: \\['iter', 'weights'\\].*may be under 'weights'"):
+        load_official_checkpoint(tmp_path / "other.pth")
+    torch.save({0: torch.zeros(2)}, tmp_path / "ints.pth")
+    with pytest.raises(ValueError, match="parameter names as keys, got 1 key\\(s\\) of other types: \\[0\\]"):
+        load_official_checkpoint(tmp_path / "ints.pth")
+    with pytest.raises(ValueError, match="parameter names as keys"):
+        convert_official_checkpoint({0: torch.zeros(2)}, tokenizer=FakeCLIPTokenizer(TINY["vocab"]))
+
+
+def test_bare_openai_clip_names_with_a_given_clip(official, clip_folder, converted_tiny):
+    """A checkpoint whose CLIP keys carry no ``encoder.`` (OpenAI's names) converts with a given CLIP too (its
+    CLIP tensors read, compared, not used); a key no table maps is still named."""
+    reference, tokenizer = converted_tiny
+    bare = {k.removeprefix("encoder."): v for k, v in official.items()}
+    for check_clip in (True, False):
+        model = convert_official_checkpoint(
+            bare,
+            clip=str(clip_folder),
+            check_clip=check_clip,
+            preset="voc",
+            tokenizer=tokenizer,
+            decoder_num_heads=4,
+        )
+        state = model.state_dict()
+        assert all(torch.equal(state[k], v) for k, v in reference.state_dict().items())
+        assert len(model.conversion_report.replaced) == len(_clip_only(official))
+    with pytest.raises(ValueError, match=r"Unknown keys in the checkpoint .*encoder\.visual\.extra"):
+        convert_official_checkpoint(
+            {**official, "encoder.visual.extra": torch.zeros(2)},
+            clip=str(clip_folder),
+            check_clip=False,
+            preset="voc",
+            tokenizer=tokenizer,
+            decoder_num_heads=4,
+        )
+
+
+def test_a_checkpoint_of_other_classes_converts_with_its_class_names(tmp_path, official_plus):
+    """A classifier of another count names the method's presets and --class_names; with the checkpoint's own class
+    names it converts (the preset's method constants, the given classes as labels) and the card says so."""
+    from transformers import AutoModelForSemanticSegmentation
+
+    from weclip_hf.presets import get_preset
+
+    require_data(TOKENIZER, "the CLIP tokenizer (49,408 tokens, as the official checkpoints)")
+    with pytest.raises(
+        ValueError, match=r"pass the matching --preset \(voc-plus: 21, coco-plus: 81\).*--class_names"
+    ):
+        infer_config_from_official(official_plus, "coco-plus", **PLUS_KWARGS)
+    sd = make_official_state_dict(vocab=49408, context=77, num_classes=4)
+    checkpoint, out = tmp_path / "three_classes.pth", tmp_path / "converted"
+    torch.save(sd, checkpoint)
+    argv = ["--checkpoint", checkpoint, "--tokenizer", TOKENIZER, "--output_dir", out]
+    with pytest.raises(
+        ValueError, match=r"predicts 4 classes but preset 'voc' has 21 .*\(voc: 21, coco: 81\)"
+    ):
+        _script().main([str(a) for a in argv])
+    with pytest.raises(ValueError, match="predicts 4 classes but the class names given have 3"):
+        _script().main([str(a) for a in [*argv, "--class_names", "cat", "dog"]])
+    _script().main([str(a) for a in [*argv, "--class_names", "cat", "dog", "bird"]])
+    model = AutoModelForSemanticSegmentation.from_pretrained(out)
+    assert model.config.id2label == {0: "background", 1: "cat", 2: "dog", 3: "bird"}
+    assert model.config.rfm_num_maps == get_preset("voc").config["rfm_num_maps"]
+    assert "with the checkpoint's own classes: cat, dog, bird" in (out / "README.md").read_text()
+
+
+def test_a_weclip_plus_checkpoint_with_a_24_block_clip_warns(caplog):
+    """The official WeCLIP+ code divides the CLIP logit scale by 4 for a 24-block CLIP (its unused ViT-L/14 path),
+    which this package does not: the conversion says so."""
+    import logging
+
+    sd = make_official_plus_state_dict(vision_layers=24, vision_width=64)
+    with caplog.at_level(logging.WARNING):
+        convert_official_checkpoint(
+            sd, preset="voc-plus", tokenizer=FakeCLIPTokenizer(TINY["vocab"]), **PLUS_KWARGS
+        )
+    assert "24-block CLIP (ViT-L/14)" in caplog.text and "divides the CLIP logit scale by 4" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        convert_official_checkpoint(
+            make_official_plus_state_dict(),
+            preset="voc-plus",
+            tokenizer=FakeCLIPTokenizer(TINY["vocab"]),
+            **PLUS_KWARGS,
+        )
+    assert "24-block" not in caplog.text

@@ -435,3 +435,44 @@ def test_member_that_inflates_to_less_than_its_directory_declares(tmp_path):
         _declare_size(deflated, "short/data/0", 64)  # 48 bytes inflate, with their true CRC
         # read here (TorchScript): the member is named; read by torch.load: torch's miniz error names the record
         _refused(partial(load_official_checkpoint, deflated), str(deflated), "data/0")
+
+
+def test_files_that_are_no_checkpoint_are_named_for_what_they_are(tmp_path):
+    """An empty file, a web page saved in place of a download, text, a folder: each is named for what it is (all
+    were called legacy pickles, the folder missing); a legacy pickle still is one."""
+    cases = {
+        "empty.pth": (b"", "the file is empty \\(0 bytes\\)"),
+        "page.pth": (b"\n  <!DOCTYPE html><html><body>Sign in</body></html>", "an HTML or XML page"),
+        "notes.pth": (b"weights: see the release page\n", "neither a torch.save zip archive"),
+    }
+    for name, (content, expected) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=expected):
+            load_official_checkpoint(tmp_path / name)
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(ValueError, match="legacy \\(pre-1.6\\) torch.save pickle"):
+        load_official_checkpoint(legacy)
+    with pytest.raises(
+        ValueError, match="is a folder: pass the checkpoint file itself \\(this folder holds .*legacy.pth"
+    ):
+        load_official_checkpoint(tmp_path)
+
+
+def test_a_safetensors_file_of_the_official_weights_is_read(tmp_path):
+    """The official weights re-saved as safetensors load as the torch.save file does (the safe format); a damaged
+    one is named."""
+    from safetensors.torch import save_file
+
+    state = OrderedDict(
+        [("encoder.visual.proj", torch.randn(4, 3)), ("decoder.linear_pred.bias", torch.randn(2))]
+    )
+    save_file(dict(state), tmp_path / "weclip.safetensors")
+    loaded = load_official_checkpoint(tmp_path / "weclip.safetensors")
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], v) for k, v in state.items())
+    raw = (tmp_path / "weclip.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(
+        raw[:-8]
+    )  # the header now declares more bytes than the file has
+    with pytest.raises(ValueError, match="damaged safetensors file"):
+        load_official_checkpoint(tmp_path / "cut.safetensors")

@@ -39,6 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.utils import logging as hf_logging
+
+logger = hf_logging.get_logger(__name__)
 
 # Caps on what an archive may declare, checked on its zip directory before any member is read. Real
 # checkpoints: the official WeCLIP ViT-B/16 checkpoint is ~600 MB, OpenAI's ViT-L/14 TorchScript archive ~900 MB,
@@ -587,11 +590,7 @@ def load_torch_archive(
                 f"{path}: the file is truncated or corrupted: it starts as a zip archive but its end (the zip "
                 f"directory) is missing or unreadable; {path.stat().st_size:,} bytes on disk. {_REDOWNLOAD}"
             )
-        raise ValueError(
-            f"{path}: not a zip archive. torch.save has written zip archives since PyTorch 1.6; an older "
-            "(legacy) pickle is not read because the sizes it declares cannot be checked before loading. "
-            "Re-save it with torch.save(state_dict, path) in a trusted environment."
-        )
+        raise ValueError(f"{path}: {_not_an_archive(path)}")
     with open_zip(path) as archive:
         infos = check_zip_directory(archive, path, max_total_bytes, max_member_bytes)
         try:
@@ -612,7 +611,106 @@ def load_torch_archive(
         ) from err
 
 
+def _not_an_archive(path: Path) -> str:
+    """What a file that is no zip archive is, from its first bytes, and what to do (for `load_torch_archive`)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        return f"the file is empty (0 bytes). {_REDOWNLOAD}"
+    if head[:1] == b"\x80":  # a pickle's PROTO opcode
+        return (
+            "not a zip archive but a legacy (pre-1.6) torch.save pickle, which is not read because the sizes it "
+            "declares cannot be checked before loading. Re-save it with torch.save(state_dict, path) in a trusted "
+            "environment."
+        )
+    if head.lstrip()[:1] == b"<":
+        return (
+            f"an HTML or XML page ({head.lstrip()[:40]!r}...), not a checkpoint: a download that returned a web "
+            f"page (a sign-in, quota or confirmation page) instead of the file. {_REDOWNLOAD}"
+        )
+    return (
+        f"neither a torch.save zip archive, a TorchScript archive nor a safetensors file (it starts with "
+        f"{head[:16]!r}). {_REDOWNLOAD}"
+    )
+
+
+# ---- 3c. safetensors files: read by safetensors (no code, sizes checked by its loader) -----------------
+
+
+def is_safetensors_file(path: Path) -> bool:
+    """Whether ``path`` starts like a safetensors file: an 8-byte little-endian header length that fits in the
+    file, then a JSON object."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size
+
+
+def read_safetensors_file(path: Path, max_total_bytes: int = MAX_ARCHIVE_BYTES) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (an official checkpoint re-saved in that format), at most
+    ``max_total_bytes`` on disk."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    size = path.stat().st_size
+    if size > max_total_bytes:
+        raise ValueError(
+            f"{path}: {_size(size)} exceeds the cap of {_size(max_total_bytes)} for a checkpoint."
+        )
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise ValueError(f"{path}: damaged safetensors file ({err}). {_REDOWNLOAD}") from err
+
+
 # ---- 4. an official checkpoint file -> a state dict --------------------------------------------------
+
+# Where training checkpoints keep the model's weights beside their other entries (optimizer, iteration, ...).
+_WEIGHT_ENTRIES = ("state_dict", "model", "model_state_dict")
+
+
+def _weights_entry(state: Any, path: Path) -> Any:
+    """The model's state dict of a checkpoint file: ``state`` itself, or the one entry of `_WEIGHT_ENTRIES`
+    that holds a dict (nested ones too); the entries left beside it are named in a warning."""
+    while isinstance(state, dict) and not all(isinstance(v, torch.Tensor) for v in state.values()):
+        entries = [k for k in _WEIGHT_ENTRIES if isinstance(state.get(k), dict)]
+        if len(entries) > 1:
+            raise ValueError(
+                f"{path}: holds several state dicts ({', '.join(map(repr, entries))}): save the model's alone, "
+                "e.g. torch.save(checkpoint['model'], path)."
+            )
+        if not entries:
+            break
+        others = sorted(map(str, set(state) - {entries[0]}))
+        if others:
+            logger.warning(
+                f"{path}: converting the weights under {entries[0]!r}; left out: {', '.join(others)}."
+            )
+        state = state[entries[0]]
+    return state
+
+
+def check_state_dict(state: Any, path: str | Path) -> None:
+    """Refuse anything but a dict of string keys to tensors, naming what was found."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict of tensors, got a {type(state).__name__}.")
+    bad_keys = [k for k in state if not isinstance(k, str)]
+    if bad_keys:
+        raise ValueError(
+            f"{path}: expected a state dict with parameter names as keys, got {len(bad_keys)} key(s) of other "
+            f"types: {bad_keys[:10]}."
+        )
+    not_tensors = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        nested = [k for k in not_tensors if isinstance(state[k], dict)]
+        hint = (
+            f" A training checkpoint? Its model's weights may be under {', '.join(map(repr, nested))}: save that "
+            "entry alone."
+            if nested
+            else ""
+        )
+        raise ValueError(f"{path}: expected a state dict of tensors; not tensors: {not_tensors[:10]}.{hint}")
 
 
 def load_official_checkpoint(
@@ -625,29 +723,32 @@ def load_official_checkpoint(
     members against ``max_member_bytes`` each and ``max_total_bytes`` in all (defaults 2 GiB / 4 GiB; the
     official ViT-B/16 checkpoint is ~600 MB), zip-bomb compression ratios, and every tensor view against its
     storage (no negative, out-of-bounds, broadcast or overlapping view with more elements than its storage).
-    A ``{"state_dict": ...}`` / ``{"model": ...}`` wrapper and a DDP ``module.`` prefix are removed.
+    A safetensors file (the official weights re-saved) is read too. The weights under ``"state_dict"``,
+    ``"model"`` or ``"model_state_dict"`` of a training checkpoint are taken (its other entries named in a
+    warning), and a DDP ``module.`` prefix is removed.
     Raises:
-        FileNotFoundError, or ValueError naming the file and the member or tensor key: a check failed, the
-        file is truncated or corrupted (a CRC-32 mismatch; a NaN or infinite weight), needs code to unpickle
-        (it is never executed), or is a legacy (non-zip) pickle.
+        FileNotFoundError, or ValueError naming the file and the member or tensor key: a folder, a file that is
+        no checkpoint (empty, a web page, another format), a check failed, the file is truncated or corrupted (a
+        CRC-32 mismatch; a NaN or infinite weight), needs code to unpickle (it is never executed), or is a legacy
+        (non-zip) pickle.
     """
     path = Path(path)
+    if path.is_dir():
+        files = sorted(p.name for p in path.iterdir() if p.suffix in (".pth", ".pt", ".bin", ".safetensors"))
+        raise ValueError(
+            f"{path} is a folder: pass the checkpoint file itself"
+            + (f" (this folder holds {', '.join(files[:5])})." if files else ".")
+        )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if is_torchscript_archive(path):
         state = read_torchscript_archive(path, max_total_bytes, max_member_bytes)
+    elif not zipfile.is_zipfile(path) and is_safetensors_file(path):
+        state = read_safetensors_file(path, max_total_bytes)
     else:
         state = load_torch_archive(path, max_total_bytes, max_member_bytes)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and set(state) == {wrapper} and isinstance(state[wrapper], dict):
-            state = state[wrapper]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        bad = (
-            type(state).__name__
-            if not isinstance(state, dict)
-            else sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))[:10]
-        )
-        raise ValueError(f"{path}: expected a state dict of tensors, got {bad}.")
+    state = _weights_entry(state, path)
+    check_state_dict(state, path)
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     check_tensor_views(state, path, max_total_bytes)  # again, on what torch.load built
@@ -681,11 +782,14 @@ __all__ = [
     "MAX_METADATA_BYTES",
     "check_crcs",
     "check_finite",
+    "check_state_dict",
     "check_tensor_views",
     "check_view",
     "check_zip_directory",
+    "is_safetensors_file",
     "is_torchscript_archive",
     "load_official_checkpoint",
     "load_torch_archive",
+    "read_safetensors_file",
     "read_torchscript_archive",
 ]

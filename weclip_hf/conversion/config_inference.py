@@ -259,12 +259,22 @@ def build_config(
     elif decoder["num_feature_layers"] == vision["num_hidden_layers"] - 1:
         decoder["num_feature_layers"] = None  # the default: all blocks but the last
     kwargs.update(decoder)
+    if (
+        "class_names" in overrides
+    ):  # the checkpoint's own classes: the preset's display names are VOC's / COCO's
+        kwargs.pop("label_names", None)
     kwargs.update(overrides)
     preset_labels = len(kwargs["class_names"]) + 1  # checked first: the preset's other counts may not fit
     if preset_labels != num_labels:
+        counts = ", ".join(
+            f"{name}: {len(get_preset(name).config['class_names']) + 1}"
+            for name in OFFICIAL_PRESETS[chosen.model_type]
+        )
+        given = "the class names given have" if "class_names" in overrides else f"preset {preset!r} has"
         raise ValueError(
-            f"decoder.linear_pred predicts {num_labels} classes but preset {preset!r} has {preset_labels} "
-            "(background + foreground): pass the matching --preset (voc: 21, coco: 81)."
+            f"decoder.linear_pred predicts {num_labels} classes but {given} {preset_labels} (background + "
+            f"foreground): pass the matching --preset ({counts}), or the checkpoint's own foreground classes in "
+            "the order of its classifier (--class_names; class_names=[...])."
         )
     config_class = WeCLIPPlusConfig if plus else WeCLIPConfig
     return config_class(vision_config=vision, text_config=text, projection_dim=projection_dim, **kwargs)

@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.utils import logging as hf_logging
 
 from ..configuration_weclip import WeCLIPConfig
 from ..configuration_weclip_plus import WeCLIPPlusConfig
 from ..model_loading import public_source_name
-from ..safe_loading import check_finite, load_official_checkpoint
+from ..safe_loading import check_finite, check_state_dict, load_official_checkpoint
 from .config_inference import (
     build_config,
     check_checkpoint_method,
@@ -23,8 +24,11 @@ from .config_inference import (
 from .report import ConversionReport, count_dtypes, raise_for_keys
 from .weclip_keys import (
     PAR_KERNEL_KEY,
+    clip_prefix,
     decoder_to_official,
     hf_to_official_clip,
+    holds_clip,
+    is_known_clip_key,
     official_to_decoder,
     official_to_hf_clip,
 )
@@ -33,6 +37,7 @@ from .weclip_plus_keys import dino_to_official, official_to_dino, without_dino
 # Our buffers that no official checkpoint holds: the text embeddings are computed after loading.
 COMPUTED_KEYS = ("class_text_embeds", "background_text_embeds")
 _PROJECTION_KEYS = ("visual_projection.weight", "text_projection.weight", "logit_scale")
+logger = hf_logging.get_logger(__name__)
 
 
 def model_class(config: WeCLIPConfig) -> type:
@@ -102,9 +107,11 @@ def official_to_weclip(
             for k, v in clip_state_dict.items()
             if not k.endswith("position_ids")
         }
-        replaced = {k: v for k, v in weclip_part.items() if k.startswith("encoder.")}
+        # the checkpoint's own CLIP (read, not used); bare OpenAI names or under encoder.
+        prefix = clip_prefix(weclip_part) if holds_clip(weclip_part) else "encoder."
+        replaced = {k: v for k, v in weclip_part.items() if is_known_clip_key(k, prefix)}
         report = ConversionReport(
-            prefix="encoder.",
+            prefix=prefix,
             source_dtypes=count_dtypes(replaced),
             replaced=list(replaced),
             clip_keys=list(clip_part),
@@ -210,6 +217,7 @@ def convert_official_checkpoint(
         )
     if isinstance(checkpoint, dict):
         state = checkpoint
+        check_state_dict(state, "the checkpoint's state dict")
         check_finite(state, "the checkpoint's state dict")
     else:
         state = load_official_checkpoint(checkpoint)  # refuses NaN / inf itself
@@ -224,7 +232,7 @@ def convert_official_checkpoint(
         check_clip_matches(state, vision, clip)
         clip_sd = CLIPModel.from_pretrained(clip).state_dict()
         config = build_config(vision, text, clip_config.projection_dim, state, preset, config_overrides)
-        if check_clip and any(k.startswith(("encoder.", "visual.")) for k in state):
+        if check_clip and holds_clip(without_dino(state)):
             v, t, p, _ = official_to_hf_clip(without_dino(state))
             raise_for_keys(
                 f"The checkpoint's CLIP differs from {clip!r} for",
@@ -233,6 +241,13 @@ def convert_official_checkpoint(
             )
     else:
         config = infer_config_from_official(state, preset, **config_overrides)
+    if config.model_type == "weclip_plus" and config.vision_config.num_hidden_layers == 24:
+        logger.warning(
+            "A WeCLIP+ checkpoint with a 24-block CLIP (ViT-L/14): the official code's path for it (clip_flag 14, "
+            "unused by its configs) divides the CLIP logit scale by 4 in the GradCAM scores; this package does not, "
+            "so the pseudo labels of further training differ from the official code's (the predictions, from the "
+            "decoder, do not)."
+        )
     clip_source = f"the CLIP `{public_source_name(str(clip))}`" if clip is not None else None
     ours, report = official_to_weclip(state, config, clip_state_dict=clip_sd, clip_source=clip_source)
     model = model_class(config)(config)

@@ -102,6 +102,10 @@ class KeyTable:
                 return rule, part, match.groupdict()
         return None
 
+    def owns_official(self, name: str) -> bool:
+        """Whether ``name`` (without prefix) is an official name that a rule of this table renames."""
+        return self._match_official(name) is not None
+
     def owns_ours(self, key: str) -> bool:
         """Whether ``key`` is one of our names that a rule of this table produces."""
         return self._match_ours(key) is not None

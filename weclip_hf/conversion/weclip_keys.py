@@ -6,7 +6,10 @@ The official code saves ``torch.save(model.state_dict())`` of its ``WeCLIP`` mod
   ``logit_scale``), some tensors possibly in fp16; OpenAI's ``ViT-B-16.pt`` holds the same keys without
   ``encoder.`` (plus hyper-parameters, `CLIP_METADATA_KEYS`);
 - ``decoder_fts_fuse.*`` and ``decoder.*``: the trained decoder;
-- ``par.kernel``: a constant buffer (the 8 one-hot 3x3 neighbour kernels of PAR), checked and dropped.
+- ``par.kernel``: a constant buffer (the 8 one-hot 3x3 neighbour kernels of PAR), checked and dropped;
+- ``encoder.visual.positional_embedding_new``: in every checkpoint the official training scripts save (its CLIP
+  forward registers the position embedding resized to the last input as a parameter), dropped
+  (`CLIP_FORWARD_CACHE_KEYS`).
 
 `CLIP_KEYS` maps the OpenAI CLIP names to transformers ``CLIPModel`` names (``visual.proj`` and
 ``text_projection`` are ``x @ proj``, hence transposed; each block's ``attn.in_proj_*`` packs q, k, v), and
@@ -23,6 +26,10 @@ from .report import ConversionReport, count_dtypes, raise_for_keys
 
 # Keys of the OpenAI TorchScript archive that are model hyper-parameters, not weights.
 CLIP_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+# What the official CLIP's forward registers on the model (`self.positional_embedding_new = upsample_pos_emb(...)`,
+# an nn.Parameter): the position embedding resized to the grid of the last input, recomputed from
+# visual.positional_embedding at every forward.
+CLIP_FORWARD_CACHE_KEYS = ("visual.positional_embedding_new",)
 PAR_KERNEL_KEY = "par.kernel"
 _PAR_NEIGHBOURS = ((0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2))
 VISION_BLOCKS = "visual.transformer.resblocks."  # official block stems (`Rename.block_stem`)
@@ -110,6 +117,20 @@ def clip_prefix(state_dict: dict[str, torch.Tensor]) -> str:
     )
 
 
+def holds_clip(state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether an official state dict holds a CLIP image tower (``visual.*`` or ``encoder.visual.*``)."""
+    return any(k.startswith(("encoder.visual.", "visual.")) for k in state_dict)
+
+
+def is_known_clip_key(key: str, prefix: str) -> bool:
+    """Whether ``key`` is an official CLIP key under ``prefix`` that the conversion maps or drops (a weight,
+    archive metadata, the official forward's cache)."""
+    name = key[len(prefix) :]
+    return key.startswith(prefix) and (
+        name in CLIP_METADATA_KEYS or name in CLIP_FORWARD_CACHE_KEYS or CLIP_KEYS.owns_official(name)
+    )
+
+
 def is_clip_key(key: str, prefix: str = "") -> bool:
     """Whether an official key belongs to the CLIP part: everything under ``prefix`` but the decoder and
     ``par`` (so an unknown key there is reported as an unknown CLIP key, never skipped)."""
@@ -135,10 +156,15 @@ def official_to_hf_clip(
     prefix = clip_prefix(state_dict)
     clip = {k: v for k, v in state_dict.items() if is_clip_key(k, prefix)}
     report = ConversionReport(prefix=prefix, source_dtypes=count_dtypes(clip))
-    metadata = [k for k in clip if k[len(prefix) :] in CLIP_METADATA_KEYS]
-    for key in metadata:
-        report.ignored[key] = "CLIP hyper-parameter stored in the archive, not a weight"
-    weights = {k: v for k, v in clip.items() if k not in metadata}
+    for key in clip:
+        name = key[len(prefix) :]
+        if name in CLIP_METADATA_KEYS:
+            report.ignored[key] = "CLIP hyper-parameter stored in the archive, not a weight"
+        elif name in CLIP_FORWARD_CACHE_KEYS:
+            report.ignored[key] = (
+                "the position embedding the official forward resized to its last input, recomputed at every forward"
+            )
+    weights = {k: v for k, v in clip.items() if k not in report.ignored}
     out, report.mapped, unknown = CLIP_KEYS.to_ours(weights, prefix)
     raise_for_keys("Unknown CLIP keys in the checkpoint (no mapping for them)", unknown)
     blocks = CLIP_KEYS.block_counts(weights, prefix)
