@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import shlex
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -515,19 +516,23 @@ EVALUATE_TOY_FLAGS = ("toy_val_images", "seed")
 LOGGED_LOSSES = ("loss", *LOSS_TERMS)
 
 
-def check_losses_finite(out, step: int, gather=None) -> None:
-    """Raise `FloatingPointError` naming the first non-finite loss term of ``out`` (one host read per step).
+def check_losses_finite(out, step: int, gather=None, stop_requested: bool = False) -> bool:
+    """Raise `FloatingPointError` naming the first non-finite loss term of ``out``; return whether this or another
+    process was asked to stop (Ctrl-C / SIGTERM, ``stop_requested`` here). One host read per step.
 
-    ``gather``: `Accelerator.gather`, so that every process stops when one has a non-finite loss (instead of the
-    others waiting forever in the backward's all-reduce)."""
+    ``gather``: `Accelerator.gather`: both flags travel in one gather, so that every process stops at the same step
+    when one has a non-finite loss or got the signal (instead of the others waiting forever in the backward's
+    all-reduce, or at the checkpoint's barrier while one trains on)."""
     terms = present_losses(out, LOSS_TERMS)
     if not terms:
         raise ValueError(
             f"The model returned none of the loss terms {list(LOSS_TERMS)}: nothing to train on."
         )
     finite = torch.stack([v.detach().float() for v in terms.values()]).isfinite().all().to(torch.int32)
-    if bool((gather(finite.reshape(1)) if gather else finite).all()):
-        return
+    flags = torch.stack([finite, finite.new_tensor(int(stop_requested))]).reshape(1, 2)
+    flags = (gather(flags) if gather else flags).reshape(-1, 2).cpu()
+    if bool(flags[:, 0].all()):
+        return bool(flags[:, 1].any())
     bad = [(name, value) for name, value in terms.items() if not torch.isfinite(value)]
     where = f"{LOSS_TERMS[bad[0][0]]} loss ({bad[0][1].item()})" if bad else "loss in another process"
     raise FloatingPointError(
@@ -761,19 +766,25 @@ def training_step(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     batch: dict,
     step: int,
-) -> WeCLIPSemanticSegmenterOutput:
-    """One optimizer step on ``batch`` (moved to the device here); returns the model output."""
+    stop_requested: bool = False,
+) -> tuple[WeCLIPSemanticSegmenterOutput, bool]:
+    """One optimizer step on ``batch`` (moved to the device here); returns the model output and whether a process
+    was asked to stop (``stop_requested`` here; agreed by all, `check_losses_finite`)."""
     batch = to_device(batch, accelerator.device)
     # every step's randomness (decoder dropout) is a function of (seed, step, process): a resumed run repeats an
     # uninterrupted one exactly
     torch.manual_seed((args.seed * 1_000_003 + step) * 64 + accelerator.process_index)
     out = train_forward(**batch)  # what `WeCLIPDataCollator` chose for --fully_supervised / --ignore_padding
-    check_losses_finite(out, step, accelerator.gather if accelerator.num_processes > 1 else None)
+    gather = accelerator.gather if accelerator.num_processes > 1 else None
+    stop = check_losses_finite(out, step, gather, stop_requested)
     accelerator.backward(out.loss)
     optimizer.step()
-    scheduler.step()
+    # fp16: a step the gradient scaler skipped (inf/NaN gradients) leaves the learning-rate schedule where it is,
+    # as transformers' Trainer does
+    if not accelerator.optimizer_step_was_skipped:
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return out
+    return out, stop
 
 
 def make_train_loader(
@@ -795,12 +806,25 @@ def make_train_loader(
         drop_last=True,
         pin_memory=torch.cuda.is_available(),
     )
+    # batches stay on the host: `to_device` moves all but the image-level labels, from which the model
+    # plans its (image, class) pairs without a device-to-host sync
+    train_loader = accelerator.prepare_data_loader(train_loader, device_placement=False)
     if not streamed and len(train_loader) == 0:
         raise ValueError(
-            f"{len(train_set)} training images are fewer than one batch of "
-            f"{args.per_device_train_batch_size}."
+            f"{len(train_set)} training images are fewer than one {global_batch(args, accelerator)}."
         )
     return train_loader, sampler
+
+
+def global_batch(args, accelerator: Accelerator) -> str:
+    """One optimizer step's images, in words for messages: "batch of 4 images", or with several processes "global
+    batch of 4 x 2 processes = 8 images"."""
+    per_device, n = args.per_device_train_batch_size, accelerator.num_processes
+    return (
+        f"global batch of {per_device} x {n} processes = {per_device * n} images"
+        if n > 1
+        else (f"batch of {per_device} images")
+    )
 
 
 def append_log(log_path: Path, record: dict) -> None:
@@ -855,14 +879,27 @@ def evaluate_in_training(
         append_log(log_path, {"step": step, **scores})
 
 
-def final_evaluation(args, model, val_set, output_dir: Path, input_size: dict | None) -> dict:
-    """The trained model on the validation set (main process; the images resized to ``input_size``, as the saved
-    processor resizes them): decoder, CAM and RFM pseudo-label mIoU, the multi-scale decoder unless
-    ``--no_msf``, per-class IoU, the toy world's baselines, and the overlays written to ``output_dir``."""
+def final_evaluation(
+    args, accelerator: Accelerator, model, val_set, output_dir: Path, input_size: dict | None
+) -> dict:
+    """The trained model on the validation set (the images resized to ``input_size``, as the saved processor
+    resizes them): decoder, CAM and RFM pseudo-label mIoU, the multi-scale decoder unless ``--no_msf``, per-class
+    IoU, the toy world's baselines, and the overlays written to ``output_dir`` (main process). Every process scores
+    every num_processes-th image and the confusion matrices are summed (as in `evaluate_in_training`): the figures
+    of one process, and no process waits at a barrier through the others' evaluation."""
     cfg = model.config
-    loader = DataLoader(val_set, batch_size=args.per_device_eval_batch_size, collate_fn=collate_by_size)
+    shard = process_subset(val_set, accelerator.process_index, accelerator.num_processes)
+    loader = DataLoader(shard, batch_size=args.per_device_eval_batch_size, collate_fn=collate_by_size)
     modes = ["pred", "cam", "pseudo"] + ([] if args.no_msf else ["pred_msf"])
-    res = evaluate_segmentation(model, loader, modes, scales=args.msf_scales, input_size=input_size)
+    res = evaluate_segmentation(
+        model,
+        loader,
+        modes,
+        scales=args.msf_scales,
+        input_size=input_size,
+        accelerator=accelerator,
+        progress=accelerator.is_local_main_process,
+    )
     names = miou_names(args)
     metrics = {names[mode]: result["mean_iou"] for mode, result in res.items()}
     if "pred_msf" in res:
@@ -871,7 +908,8 @@ def final_evaluation(args, model, val_set, output_dir: Path, input_size: dict | 
     metrics["per_class_iou"] = per_class_iou(res["pred"]["per_category_iou"], cfg.id2label)
     if args.recipe == "toy":
         metrics.update(toy_baselines(val_set, cfg.num_labels))
-    metrics["overlays"] = write_overlays(model, val_set, output_dir, args.num_overlays)
+    if accelerator.is_main_process:
+        metrics["overlays"] = write_overlays(model, val_set, output_dir, args.num_overlays)
     return metrics
 
 
@@ -923,12 +961,15 @@ def main(argv=None) -> dict:
     accelerator = Accelerator(
         log_with=args.report_to if args.with_tracking else None, project_dir=args.output_dir
     )
-    if accelerator.gradient_accumulation_steps > 1:  # accelerate launch --gradient_accumulation_steps N
+    # accelerate configured for accumulation (ACCELERATE_GRADIENT_ACCUMULATION_STEPS, a DeepSpeed config; `accelerate
+    # launch --gradient_accumulation_steps` sets it for DeepSpeed only, and is ignored otherwise, unseen here)
+    if accelerator.gradient_accumulation_steps > 1:
         raise ValueError(
             f"accelerate asks for gradient accumulation over {accelerator.gradient_accumulation_steps} batches, "
             "which train.py does not do (it steps the optimizer after every batch, and WeCLIP's losses are "
-            "normalized per batch by pixels its forward labels): drop --gradient_accumulation_steps and give a "
-            "larger --per_device_train_batch_size or more processes (one global batch, exactly)."
+            "normalized per batch by pixels its forward labels): remove the accumulation from the accelerate "
+            "configuration (ACCELERATE_GRADIENT_ACCUMULATION_STEPS, the DeepSpeed config) and give a larger "
+            "--per_device_train_batch_size or more processes (one global batch, exactly)."
         )
     if not accelerator.is_main_process:
         return train(args, accelerator)
@@ -1044,9 +1085,6 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     optimizer, scheduler = create_optimizer_and_scheduler(model, recipe)
     model, optimizer = accelerator.prepare(model, optimizer)
     train_forward = compiled_forward(args, model, accelerator.device) if args.torch_compile else model
-    # batches stay on the host: `to_device` moves all but the image-level labels, from which the model
-    # plans its (image, class) pairs without a device-to-host sync
-    train_loader = accelerator.prepare_data_loader(train_loader, device_placement=False)
     if previous_run and accelerator.is_main_process:  # --overwrite_output_dir, now that the run is set up
         remove_previous_run(previous_run)
     accelerator.wait_for_everyone()
@@ -1102,8 +1140,15 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         disable=not accelerator.is_local_main_process,
     )
     model.train()
+    # a signal is acted on when every process knows of it: one process after the step it came in, several after the
+    # step whose loss check agreed on it (`training_step`), all after the same step
+    stop_agreed = False
     with stop_on_signals() as stop:  # leaving it, Ctrl-C / SIGTERM act at once again
-        while step < args.max_train_steps and stop["signal"] is None:
+
+        def stopping() -> bool:
+            return stop_agreed or (accelerator.num_processes == 1 and stop["signal"] is not None)
+
+        while step < args.max_train_steps and not stopping():
             # a resumed pass is replayed from its start; the batches already trained on are skipped
             if streamed:
                 epoch, offset = position.epoch, position.batch
@@ -1119,7 +1164,16 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
             for batch in loader:
                 # the learning rate of this step's update (training_step steps the scheduler after it)
                 lr = scheduler.get_last_lr()[0]
-                out = training_step(args, accelerator, train_forward, optimizer, scheduler, batch, step)
+                out, stop_agreed = training_step(
+                    args,
+                    accelerator,
+                    train_forward,
+                    optimizer,
+                    scheduler,
+                    batch,
+                    step,
+                    stop["signal"] is not None,
+                )
                 step += 1
                 position.batch += 1
                 bar.update(1)
@@ -1139,22 +1193,28 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                         processor_input_size(image_processor),
                     )
                     model.train()
-                if step >= args.max_train_steps or stop["signal"] is not None:
+                if step >= args.max_train_steps or stopping():
                     pass_ended = False
                     break
             if streamed and pass_ended:
                 if position.batch == 0:
                     raise ValueError(
-                        f"The training stream holds fewer than one batch of "
-                        f"{args.per_device_train_batch_size} images."
+                        f"The training stream holds fewer than one {global_batch(args, accelerator)}."
                     )
                 position.epoch, position.batch = position.epoch + 1, 0
         bar.close()
-    if stop["signal"] is not None:
+        # a signal after the last agreement (one process: any signal): asked of every process once more
+        if not stop_agreed:
+            flag = torch.tensor([int(stop["signal"] is not None)], device=accelerator.device)
+            several = accelerator.num_processes > 1
+            stop_agreed = bool(accelerator.gather(flag).any()) if several else bool(flag)
+    if stop_agreed:
         path = checkpoint()
-        accelerator.print(f"stopped by signal {stop['signal']} at step {step}; checkpoint saved to {path}")
+        # the signal of this process, or (another process got it) SIGTERM
+        signum = int(stop["signal"] or signal.SIGTERM)
+        accelerator.print(f"stopped by signal {signum} at step {step}; checkpoint saved to {path}")
         accelerator.end_training()
-        return {"stopped_at": step, "stopped_by_signal": int(stop["signal"])}
+        return {"stopped_at": step, "stopped_by_signal": signum}
     if checkpoint_every:  # the last step's (written by the loop where it falls on --checkpointing_steps)
         checkpoint()
     train_seconds = time.time() - started
@@ -1197,9 +1257,9 @@ def finish_training(
 
     with explain_signals(explain, accelerator.print):
         metrics: dict = {"train_steps": step, "train_seconds": round(train_seconds, 1)}
-        if val_set is not None and accelerator.is_main_process:
+        if val_set is not None:
             input_size = processor_input_size(image_processor)  # scored as the pipeline predicts
-            metrics.update(final_evaluation(args, unwrapped, val_set, output_dir, input_size))
+            metrics.update(final_evaluation(args, accelerator, unwrapped, val_set, output_dir, input_size))
         metrics["total_seconds"] = round(time.time() - started, 1)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:

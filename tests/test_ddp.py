@@ -189,6 +189,12 @@ def test_train_script_two_processes_match_one(tiny_clip, tmp_path, compiled):
         "eval_fully_supervised_miou"  # the decoder's figure of a --fully_supervised run (metrics.json's name)
     )
     assert evals[0][0][decoder] == pytest.approx(evals[1][0][decoder], abs=2e-3)
+    # the final evaluation is sharded too (it ran on the main process alone, the other waiting at a barrier that
+    # times out on a long evaluation): the same figures, each of the two processes writing no file of its own
+    finals = [json.loads((run / "metrics.json").read_text()) for run in (two, one)]
+    scores = [{k: v for k, v in m.items() if isinstance(v, float) and "seconds" not in k} for m in finals]
+    assert scores[0].keys() == scores[1].keys() and len(scores[0]) >= 3
+    assert scores[0] == pytest.approx(scores[1], abs=2e-3)
     log_two, log_one = ([r for r in read_log(run) if "loss" in r] for run in (two, one))
     assert [r["step"] for r in log_two] == [1, 2, 3]
     for a, b in zip(log_two, log_one):  # measured: 1e-7 apart

@@ -341,6 +341,26 @@ def test_every_loss_term_is_checked_for_non_finite_values(term, shown, monkeypat
         train_script.check_losses_finite(SimpleNamespace(seg_loss=None), 7)
 
 
+def test_a_stop_signal_is_agreed_by_every_process_in_the_step_check(monkeypatch):
+    """A Ctrl-C / SIGTERM that one process got travels in the step's one gather with the loss flags: every process
+    learns it after the same step (one process stopping alone left the others waiting in the next collective)."""
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(TRAIN.parent))
+    import train as train_script
+
+    out = SimpleNamespace(seg_loss=torch.tensor(1.0), affinity_loss=torch.tensor(0.5))
+    assert train_script.check_losses_finite(out, 3) is False
+    assert train_script.check_losses_finite(out, 3, stop_requested=True) is True
+
+    def another_process(stopped: bool):
+        return lambda flags: torch.cat([flags, torch.tensor([[1, int(stopped)]], dtype=flags.dtype)])
+
+    assert train_script.check_losses_finite(out, 3, another_process(True)) is True
+    assert train_script.check_losses_finite(out, 3, another_process(False), stop_requested=True) is True
+    assert train_script.check_losses_finite(out, 3, another_process(False)) is False
+
+
 class _WithHead(WeCLIPForSemanticSegmentation):
     """A user's subclass with a trained head of its own, named in ``_TRAINED``."""
 

@@ -428,7 +428,8 @@ def test_the_rfm_note_promises_its_pseudo_label_figure_where_there_is_an_evaluat
 
 
 def test_accelerates_gradient_accumulation_is_refused_not_ignored(tmp_path, monkeypatch):
-    """`accelerate launch --gradient_accumulation_steps 2` sets this variable; train.py stepped every batch."""
+    """An accelerate configured for accumulation (this variable; `accelerate launch --gradient_accumulation_steps 2`
+    sets it for DeepSpeed only) is refused: train.py stepped every batch."""
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "2")
     with pytest.raises(ValueError, match="gradient accumulation over 2 batches, which train.py does not do"):
         train_in_process("--output_dir", tmp_path / "o", *FAST, "--max_train_steps", 1)
@@ -859,12 +860,16 @@ class _FakeAccelerator:
 
     device = torch.device("cpu")
     num_processes = 1
+    optimizer_step_was_skipped = False
 
     def __init__(self, process_index: int = 0):
         self.process_index = process_index
 
     def backward(self, loss):
         loss.backward()
+
+    def prepare_data_loader(self, loader, device_placement=True):
+        return loader
 
 
 def _training_steps(
@@ -896,6 +901,32 @@ def _training_steps(
     for step in range(steps):
         train.training_step(args, accelerator, forward, optimizer, scheduler, batch, step)
     return records, optimizer, scheduler
+
+
+def test_a_step_the_gradient_scaler_skipped_leaves_the_schedule(monkeypatch):
+    """fp16: a step whose update the gradient scaler skipped (inf/NaN gradients) does not advance the learning-rate
+    schedule (as transformers' Trainer); a step that updated does."""
+    monkeypatch.setattr(_FakeAccelerator, "optimizer_step_was_skipped", True)
+    _, _, skipped = _training_steps(steps=2)  # lr 0.1 / (step + 1)
+    monkeypatch.setattr(_FakeAccelerator, "optimizer_step_was_skipped", False)
+    _, _, stepped = _training_steps(steps=2)
+    assert (skipped.last_epoch, stepped.last_epoch) == (0, 2)
+
+
+def test_fewer_images_than_one_global_batch_are_named(monkeypatch):
+    """With several processes the prepared loader may hold no batch although one process's would: the message names
+    the global batch (it was a ZeroDivisionError at the first step)."""
+
+    class _TwoProcesses(_FakeAccelerator):
+        num_processes = 2
+
+        def prepare_data_loader(self, loader, device_placement=True):
+            return []  # 6 images, batches of 4: one batch, sharded over two processes, none each
+
+    with pytest.raises(
+        ValueError, match=r"6 training images are fewer than one global batch of 4 x 2 processes = 8"
+    ):
+        _loader(6, 4, accelerator=_TwoProcesses())
 
 
 def test_training_step_gives_the_model_the_batch_as_collated():
@@ -936,7 +967,7 @@ class _Indices(torch.utils.data.Dataset):
         }
 
 
-def _loader(length=10, batch_size=4, seed=1, **flags):
+def _loader(length=10, batch_size=4, seed=1, accelerator=None, **flags):
     args = argparse.Namespace(
         seed=seed,
         num_workers=0,
@@ -945,7 +976,7 @@ def _loader(length=10, batch_size=4, seed=1, **flags):
         ignore_padding=False,
     )
     return train_module().make_train_loader(
-        argparse.Namespace(**{**vars(args), **flags}), _Indices(length), _FakeAccelerator()
+        argparse.Namespace(**{**vars(args), **flags}), _Indices(length), accelerator or _FakeAccelerator()
     )
 
 
