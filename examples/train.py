@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import os
 import shlex
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForSemanticSegmentation
@@ -359,6 +360,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=at_least_one,
         help="CPU training: torch threads per process. Default: the cores available to this process "
         "divided by the local processes (`accelerate launch` alone would pin a CPU run to 1 thread)",
+    )
+    train.add_argument(
+        "--ddp_timeout",
+        type=at_least_one,
+        default=1800,
+        help="several processes: seconds one waits for the others at a collective before the run fails (the main "
+        "process labelling a large dataset first, the slowest shard of an evaluation); 1800 as transformers' "
+        "TrainingArguments.ddp_timeout (torch's NCCL default is 600)",
     )
     train.add_argument(
         "--release_host_memory",
@@ -955,12 +964,19 @@ def write_card(args, cfg, output_dir: Path, summary: dict, split: str | None = N
     save_model_card(card, output_dir)
 
 
+def make_accelerator(args: argparse.Namespace) -> Accelerator:
+    """The run's `Accelerator`: its trackers, its output folder and the process group's ``--ddp_timeout``."""
+    return Accelerator(
+        log_with=args.report_to if args.with_tracking else None,
+        project_dir=args.output_dir,
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=args.ddp_timeout))],
+    )
+
+
 def main(argv=None) -> dict:
     """Run training as the command line ``argv`` says; returns the final metrics."""
     args = parse_args(argv)
-    accelerator = Accelerator(
-        log_with=args.report_to if args.with_tracking else None, project_dir=args.output_dir
-    )
+    accelerator = make_accelerator(args)
     # accelerate configured for accumulation (ACCELERATE_GRADIENT_ACCUMULATION_STEPS, a DeepSpeed config; `accelerate
     # launch --gradient_accumulation_steps` sets it for DeepSpeed only, and is ignored otherwise, unseen here)
     if accelerator.gradient_accumulation_steps > 1:

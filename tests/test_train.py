@@ -427,6 +427,17 @@ def test_the_rfm_note_promises_its_pseudo_label_figure_where_there_is_an_evaluat
     )
 
 
+def test_the_process_group_waits_ddp_timeout_seconds(tmp_path):
+    """--ddp_timeout (default 1800 s, transformers' TrainingArguments.ddp_timeout) is the process group's timeout:
+    torch's NCCL default of 600 s failed runs whose main process labels a large dataset first."""
+    train = train_module()
+    for flags, seconds in (([], 1800), (["--ddp_timeout", "7200"], 7200)):
+        args = train.parse_args(["--output_dir", str(tmp_path / "o"), *flags])
+        assert train.make_accelerator(args).init_handler.timeout.total_seconds() == seconds
+    with pytest.raises(SystemExit):
+        train.parse_args(["--output_dir", str(tmp_path / "o"), "--ddp_timeout", "0"])
+
+
 def test_accelerates_gradient_accumulation_is_refused_not_ignored(tmp_path, monkeypatch):
     """An accelerate configured for accumulation (this variable; `accelerate launch --gradient_accumulation_steps 2`
     sets it for DeepSpeed only) is refused: train.py stepped every batch."""

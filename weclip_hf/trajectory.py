@@ -78,7 +78,7 @@ RESUMABLE_CHANGES = frozenset(
         "logging_steps", "checkpointing_steps", "checkpoints_total_limit", "with_tracking", "report_to",
         "eval_steps", "eval_long_side", "no_msf", "msf_scales", "num_overlays", "per_device_eval_batch_size",
         "max_eval_samples", "validation_split", "toy_val_images",
-        "num_workers", "num_threads", "release_host_memory",
+        "num_workers", "num_threads", "release_host_memory", "ddp_timeout",
         "torch_compile", "torch_compile_backend", "torch_compile_mode",
         "push_to_hub", "hub_model_id",
         "recipe", "given_model_flags", "rfm_start_source", "resolved",
