@@ -20,7 +20,6 @@ import datetime
 import json
 import os
 import shlex
-import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -525,23 +524,24 @@ EVALUATE_TOY_FLAGS = ("toy_val_images", "seed")
 LOGGED_LOSSES = ("loss", *LOSS_TERMS)
 
 
-def check_losses_finite(out, step: int, gather=None, stop_requested: bool = False) -> bool:
-    """Raise `FloatingPointError` naming the first non-finite loss term of ``out``; return whether this or another
-    process was asked to stop (Ctrl-C / SIGTERM, ``stop_requested`` here). One host read per step.
+def check_losses_finite(out, step: int, gather=None, stop_signal: int = 0) -> int:
+    """Raise `FloatingPointError` naming the first non-finite loss term of ``out``; return the signal (Ctrl-C /
+    SIGTERM) that this process (``stop_signal``) or another got, the largest number; 0 for none. One host read per
+    step.
 
-    ``gather``: `Accelerator.gather`: both flags travel in one gather, so that every process stops at the same step
-    when one has a non-finite loss or got the signal (instead of the others waiting forever in the backward's
-    all-reduce, or at the checkpoint's barrier while one trains on)."""
+    ``gather``: `Accelerator.gather`: the finite flag and the signal travel in one gather, so that every process
+    stops at the same step when one has a non-finite loss or got the signal (instead of the others waiting forever
+    in the backward's all-reduce, or at the checkpoint's barrier while one trains on)."""
     terms = present_losses(out, LOSS_TERMS)
     if not terms:
         raise ValueError(
             f"The model returned none of the loss terms {list(LOSS_TERMS)}: nothing to train on."
         )
     finite = torch.stack([v.detach().float() for v in terms.values()]).isfinite().all().to(torch.int32)
-    flags = torch.stack([finite, finite.new_tensor(int(stop_requested))]).reshape(1, 2)
+    flags = torch.stack([finite, finite.new_tensor(int(stop_signal))]).reshape(1, 2)
     flags = (gather(flags) if gather else flags).reshape(-1, 2).cpu()
     if bool(flags[:, 0].all()):
-        return bool(flags[:, 1].any())
+        return int(flags[:, 1].max())
     bad = [(name, value) for name, value in terms.items() if not torch.isfinite(value)]
     where = f"{LOSS_TERMS[bad[0][0]]} loss ({bad[0][1].item()})" if bad else "loss in another process"
     raise FloatingPointError(
@@ -775,17 +775,17 @@ def training_step(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     batch: dict,
     step: int,
-    stop_requested: bool = False,
-) -> tuple[WeCLIPSemanticSegmenterOutput, bool]:
+    stop_signal: int = 0,
+) -> tuple[WeCLIPSemanticSegmenterOutput, int]:
     """One optimizer step on ``batch`` (moved to the device here); returns the model output and whether a process
-    was asked to stop (``stop_requested`` here; agreed by all, `check_losses_finite`)."""
+    got a signal (its number, 0 for none; ``stop_signal``: this process's; agreed by all, `check_losses_finite`)."""
     batch = to_device(batch, accelerator.device)
     # every step's randomness (decoder dropout) is a function of (seed, step, process): a resumed run repeats an
     # uninterrupted one exactly
     torch.manual_seed((args.seed * 1_000_003 + step) * 64 + accelerator.process_index)
     out = train_forward(**batch)  # what `WeCLIPDataCollator` chose for --fully_supervised / --ignore_padding
     gather = accelerator.gather if accelerator.num_processes > 1 else None
-    stop = check_losses_finite(out, step, gather, stop_requested)
+    stop = check_losses_finite(out, step, gather, stop_signal)
     accelerator.backward(out.loss)
     optimizer.step()
     # fp16: a step the gradient scaler skipped (inf/NaN gradients) leaves the learning-rate schedule where it is,
@@ -829,11 +829,9 @@ def global_batch(args, accelerator: Accelerator) -> str:
     """One optimizer step's images, in words for messages: "batch of 4 images", or with several processes "global
     batch of 4 x 2 processes = 8 images"."""
     per_device, n = args.per_device_train_batch_size, accelerator.num_processes
-    return (
-        f"global batch of {per_device} x {n} processes = {per_device * n} images"
-        if n > 1
-        else (f"batch of {per_device} images")
-    )
+    if n == 1:
+        return f"batch of {per_device} images"
+    return f"global batch of {per_device} x {n} processes = {per_device * n} images"
 
 
 def append_log(log_path: Path, record: dict) -> None:
@@ -1158,11 +1156,11 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     model.train()
     # a signal is acted on when every process knows of it: one process after the step it came in, several after the
     # step whose loss check agreed on it (`training_step`), all after the same step
-    stop_agreed = False
+    stop_agreed = 0  # the signal every process knows of (its number)
     with stop_on_signals() as stop:  # leaving it, Ctrl-C / SIGTERM act at once again
 
         def stopping() -> bool:
-            return stop_agreed or (accelerator.num_processes == 1 and stop["signal"] is not None)
+            return bool(stop_agreed) or (accelerator.num_processes == 1 and stop["signal"] is not None)
 
         while step < args.max_train_steps and not stopping():
             # a resumed pass is replayed from its start; the batches already trained on are skipped
@@ -1188,7 +1186,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                     scheduler,
                     batch,
                     step,
-                    stop["signal"] is not None,
+                    stop["signal"] or 0,
                 )
                 step += 1
                 position.batch += 1
@@ -1198,7 +1196,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                     bar.set_postfix(loss=f"{record['loss']:.3f}", rfm=record["rfm"])
                 if checkpoint_every and step % checkpoint_every == 0:
                     checkpoint()
-                if args.eval_steps and step % args.eval_steps == 0 and val_set is not None:
+                # (not once stopping: the checkpoint first, within a signal's grace period)
+                if args.eval_steps and step % args.eval_steps == 0 and val_set is not None and not stopping():
                     evaluate_in_training(
                         args,
                         accelerator,
@@ -1221,16 +1220,14 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         bar.close()
         # a signal after the last agreement (one process: any signal): asked of every process once more
         if not stop_agreed:
-            flag = torch.tensor([int(stop["signal"] is not None)], device=accelerator.device)
+            flag = torch.tensor([stop["signal"] or 0], device=accelerator.device)
             several = accelerator.num_processes > 1
-            stop_agreed = bool(accelerator.gather(flag).any()) if several else bool(flag)
+            stop_agreed = int(accelerator.gather(flag).max() if several else flag)
     if stop_agreed:
         path = checkpoint()
-        # the signal of this process, or (another process got it) SIGTERM
-        signum = int(stop["signal"] or signal.SIGTERM)
-        accelerator.print(f"stopped by signal {signum} at step {step}; checkpoint saved to {path}")
+        accelerator.print(f"stopped by signal {stop_agreed} at step {step}; checkpoint saved to {path}")
         accelerator.end_training()
-        return {"stopped_at": step, "stopped_by_signal": signum}
+        return {"stopped_at": step, "stopped_by_signal": stop_agreed}
     if checkpoint_every:  # the last step's (written by the loop where it falls on --checkpointing_steps)
         checkpoint()
     train_seconds = time.time() - started

@@ -1379,6 +1379,21 @@ def test_training_checkpoint_entries_beside_the_weights(tmp_path, official, capl
     torch.save({"weights": dict(official), "iter": 3}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="not tensors: \\['iter', 'weights'\\].*may be under 'weights'"):
         load_official_checkpoint(tmp_path / "other.pth")
+    metadata = {"model": {"arch": "ViT-B/16", "layers": 12}, "state_dict": dict(official)}
+    torch.save(metadata, tmp_path / "metadata.pth")  # a "model" entry of settings is no second state dict
+    assert load_official_checkpoint(tmp_path / "metadata.pth").keys() == official.keys()
+    looped = {"x": torch.zeros(2), "iter": 3}
+    looped["model"] = looped  # a pickle may hold a dict inside itself
+    torch.save(looped, tmp_path / "looped.pth")
+    with pytest.raises(ValueError, match="its entries hold themselves"):
+        load_official_checkpoint(tmp_path / "looped.pth")
+    given = convert_official_checkpoint(  # a dict given is read as a file's contents
+        {"model": {"module." + k: v for k, v in official.items()}, "iter": 3},
+        preset="voc",
+        tokenizer=FakeCLIPTokenizer(TINY["vocab"]),
+        decoder_num_heads=4,
+    )
+    assert given.conversion_report.mapped.keys() >= {"decoder.linear_pred.weight", "encoder.visual.proj"}
     torch.save({0: torch.zeros(2)}, tmp_path / "ints.pth")
     with pytest.raises(ValueError, match="parameter names as keys, got 1 key\\(s\\) of other types: \\[0\\]"):
         load_official_checkpoint(tmp_path / "ints.pth")

@@ -444,6 +444,11 @@ def test_files_that_are_no_checkpoint_are_named_for_what_they_are(tmp_path):
         "empty.pth": (b"", "the file is empty \\(0 bytes\\)"),
         "page.pth": (b"\n  <!DOCTYPE html><html><body>Sign in</body></html>", "an HTML or XML page"),
         "notes.pth": (b"weights: see the release page\n", "neither a torch.save zip archive"),
+        "bom.pth": (b"\xef\xbb\xbf<html><body>quota exceeded</body></html>", "an HTML or XML page"),
+        "lfs.pth": (
+            b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 599\n",
+            "a Git LFS pointer",
+        ),
     }
     for name, (content, expected) in cases.items():
         (tmp_path / name).write_bytes(content)
@@ -471,8 +476,7 @@ def test_a_safetensors_file_of_the_official_weights_is_read(tmp_path):
     loaded = load_official_checkpoint(tmp_path / "weclip.safetensors")
     assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], v) for k, v in state.items())
     raw = (tmp_path / "weclip.safetensors").read_bytes()
-    (tmp_path / "cut.safetensors").write_bytes(
-        raw[:-8]
-    )  # the header now declares more bytes than the file has
-    with pytest.raises(ValueError, match="damaged safetensors file"):
-        load_official_checkpoint(tmp_path / "cut.safetensors")
+    for name, cut in (("cut_data", len(raw) - 8), ("cut_header", 30)):  # in the tensors, in the JSON header
+        (tmp_path / f"{name}.safetensors").write_bytes(raw[:cut])
+        with pytest.raises(ValueError, match="damaged safetensors file"):
+            load_official_checkpoint(tmp_path / f"{name}.safetensors")

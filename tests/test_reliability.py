@@ -343,22 +343,24 @@ def test_every_loss_term_is_checked_for_non_finite_values(term, shown, monkeypat
 
 def test_a_stop_signal_is_agreed_by_every_process_in_the_step_check(monkeypatch):
     """A Ctrl-C / SIGTERM that one process got travels in the step's one gather with the loss flags: every process
-    learns it after the same step (one process stopping alone left the others waiting in the next collective)."""
+    learns it (its number) after the same step (one process stopping alone left the others waiting in the next
+    collective)."""
+    import signal
     from types import SimpleNamespace
 
     monkeypatch.syspath_prepend(str(TRAIN.parent))
     import train as train_script
 
     out = SimpleNamespace(seg_loss=torch.tensor(1.0), affinity_loss=torch.tensor(0.5))
-    assert train_script.check_losses_finite(out, 3) is False
-    assert train_script.check_losses_finite(out, 3, stop_requested=True) is True
+    assert train_script.check_losses_finite(out, 3) == 0
+    assert train_script.check_losses_finite(out, 3, stop_signal=signal.SIGINT) == signal.SIGINT
 
-    def another_process(stopped: bool):
-        return lambda flags: torch.cat([flags, torch.tensor([[1, int(stopped)]], dtype=flags.dtype)])
+    def another_process(signum: int):
+        return lambda flags: torch.cat([flags, torch.tensor([[1, signum]], dtype=flags.dtype)])
 
-    assert train_script.check_losses_finite(out, 3, another_process(True)) is True
-    assert train_script.check_losses_finite(out, 3, another_process(False), stop_requested=True) is True
-    assert train_script.check_losses_finite(out, 3, another_process(False)) is False
+    assert train_script.check_losses_finite(out, 3, another_process(signal.SIGINT)) == signal.SIGINT
+    assert train_script.check_losses_finite(out, 3, another_process(0), stop_signal=signal.SIGTERM) == 15
+    assert train_script.check_losses_finite(out, 3, another_process(0)) == 0
 
 
 class _WithHead(WeCLIPForSemanticSegmentation):

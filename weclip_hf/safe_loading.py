@@ -1,6 +1,8 @@
 """Read torch checkpoint archives without running their code or trusting the sizes they declare.
 
-Both formats are zip archives: ``torch.save`` writes ``<root>/data.pkl`` and one member ``<root>/data/<key>``
+(A safetensors file, the safe format, is read by safetensors itself: `read_safetensors_file`; a file that is none
+of these formats is named for what its first bytes say it is: empty, a legacy pickle, a web page, a Git LFS
+pointer.) The torch formats are zip archives: ``torch.save`` writes ``<root>/data.pkl`` and one member ``<root>/data/<key>``
 per tensor storage; a TorchScript archive (``torch.jit.save``, e.g. OpenAI's ``ViT-B-16.pt``) adds
 ``<root>/code/`` and ``constants.pkl``. Nothing is read before these checks pass:
 
@@ -578,7 +580,8 @@ def load_torch_archive(
 
     Raises:
         ValueError: a file that is not a zip archive (a legacy pre-1.6 ``torch.save`` pickle, whose sizes
-            cannot be checked before loading; or a truncated archive), that needs code to load (it is never
+            cannot be checked before loading; a truncated archive; an empty file, a web page, a Git LFS pointer or
+            another format, each named: `_not_an_archive`), that needs code to load (it is never
             executed), whose bytes do not match their CRC-32 (a corrupted file), or that fails a check (naming
             the member or tensor key).
     """
@@ -623,7 +626,12 @@ def _not_an_archive(path: Path) -> str:
             "declares cannot be checked before loading. Re-save it with torch.save(state_dict, path) in a trusted "
             "environment."
         )
-    if head.lstrip()[:1] == b"<":
+    if head.startswith(b"version https://git-lfs"):
+        return (
+            "a Git LFS pointer (a text file naming the checkpoint), not the checkpoint: fetch the file itself "
+            "(git lfs pull, or the repository's download link)."
+        )
+    if head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"<":  # after a UTF-8 byte-order mark, if any
         return (
             f"an HTML or XML page ({head.lstrip()[:40]!r}...), not a checkpoint: a download that returned a web "
             f"page (a sign-in, quota or confirmation page) instead of the file. {_REDOWNLOAD}"
@@ -637,14 +645,19 @@ def _not_an_archive(path: Path) -> str:
 # ---- 3c. safetensors files: read by safetensors (no code, sizes checked by its loader) -----------------
 
 
+# safetensors' own cap on the JSON header
+_MAX_SAFETENSORS_HEADER = 100 * 2**20
+
+
 def is_safetensors_file(path: Path) -> bool:
-    """Whether ``path`` starts like a safetensors file: an 8-byte little-endian header length that fits in the
-    file, then a JSON object."""
+    """Whether ``path`` starts like a safetensors file: an 8-byte little-endian header length (at most
+    safetensors' 100 MB), then a JSON object. (A zip archive's byte 8 is its compression method, never ``{``; a
+    file cut short is left to `read_safetensors_file` to name.)"""
     with open(path, "rb") as f:
         head = f.read(9)
-    if len(head) < 9 or head[8:9] != b"{":
-        return False
-    return 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size
+    return (
+        len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= _MAX_SAFETENSORS_HEADER
+    )
 
 
 def read_safetensors_file(path: Path, max_total_bytes: int = MAX_ARCHIVE_BYTES) -> dict[str, torch.Tensor]:
@@ -670,14 +683,23 @@ def read_safetensors_file(path: Path, max_total_bytes: int = MAX_ARCHIVE_BYTES) 
 _WEIGHT_ENTRIES = ("state_dict", "model", "model_state_dict")
 
 
-def _weights_entry(state: Any, path: Path) -> Any:
-    """The model's state dict of a checkpoint file: ``state`` itself, or the one entry of `_WEIGHT_ENTRIES`
-    that holds a dict (nested ones too); the entries left beside it are named in a warning."""
+def _holds_tensors(value: Any) -> bool:
+    """Whether ``value`` is a dict with a tensor among its values."""
+    return isinstance(value, dict) and any(isinstance(v, torch.Tensor) for v in value.values())
+
+
+def _weights_entry(state: Any, source: str | Path) -> Any:
+    """The model's state dict of a checkpoint: ``state`` itself, or the one entry of `_WEIGHT_ENTRIES` that holds
+    tensors (nested ones too, each dict once); the entries left beside it are named in a warning."""
+    seen = set()
     while isinstance(state, dict) and not all(isinstance(v, torch.Tensor) for v in state.values()):
-        entries = [k for k in _WEIGHT_ENTRIES if isinstance(state.get(k), dict)]
+        if id(state) in seen:  # a dict holding itself (a pickle may): no state dict of weights
+            raise ValueError(f"{source}: its entries hold themselves; no state dict of tensors to read.")
+        seen.add(id(state))
+        entries = [k for k in _WEIGHT_ENTRIES if _holds_tensors(state.get(k))]
         if len(entries) > 1:
             raise ValueError(
-                f"{path}: holds several state dicts ({', '.join(map(repr, entries))}): save the model's alone, "
+                f"{source}: holds several state dicts ({', '.join(map(repr, entries))}): save the model's alone, "
                 "e.g. torch.save(checkpoint['model'], path)."
             )
         if not entries:
@@ -685,7 +707,7 @@ def _weights_entry(state: Any, path: Path) -> Any:
         others = sorted(map(str, set(state) - {entries[0]}))
         if others:
             logger.warning(
-                f"{path}: converting the weights under {entries[0]!r}; left out: {', '.join(others)}."
+                f"{source}: converting the weights under {entries[0]!r}; left out: {', '.join(others)}."
             )
         state = state[entries[0]]
     return state
@@ -705,7 +727,7 @@ def check_state_dict(state: Any, path: str | Path) -> None:
     if not_tensors:
         nested = [k for k in not_tensors if isinstance(state[k], dict)]
         hint = (
-            f" A training checkpoint? Its model's weights may be under {', '.join(map(repr, nested))}: save that "
+            f" A training checkpoint? Its model's weights may be under {', '.join(map(repr, nested))}: use that "
             "entry alone."
             if nested
             else ""
@@ -741,18 +763,26 @@ def load_official_checkpoint(
         )
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if is_torchscript_archive(path):
-        state = read_torchscript_archive(path, max_total_bytes, max_member_bytes)
-    elif not zipfile.is_zipfile(path) and is_safetensors_file(path):
+    if is_safetensors_file(path):
         state = read_safetensors_file(path, max_total_bytes)
+    elif is_torchscript_archive(path):
+        state = read_torchscript_archive(path, max_total_bytes, max_member_bytes)
     else:
         state = load_torch_archive(path, max_total_bytes, max_member_bytes)
-    state = _weights_entry(state, path)
-    check_state_dict(state, path)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
+    state = model_state_dict(state, path)
     check_tensor_views(state, path, max_total_bytes)  # again, on what torch.load built
     check_finite(state, str(path))
+    return state
+
+
+def model_state_dict(state: Any, source: str | Path) -> dict[str, torch.Tensor]:
+    """The model's weights of a loaded checkpoint (a file's contents or a dict given as such): the entry of a
+    training checkpoint that holds them (`_weights_entry`), checked to be names -> tensors (`check_state_dict`),
+    without a DDP ``module.`` prefix."""
+    state = _weights_entry(state, source)
+    check_state_dict(state, source)
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return dict(state)
 
 
@@ -790,6 +820,7 @@ __all__ = [
     "is_torchscript_archive",
     "load_official_checkpoint",
     "load_torch_archive",
+    "model_state_dict",
     "read_safetensors_file",
     "read_torchscript_archive",
 ]

@@ -259,9 +259,8 @@ def build_config(
     elif decoder["num_feature_layers"] == vision["num_hidden_layers"] - 1:
         decoder["num_feature_layers"] = None  # the default: all blocks but the last
     kwargs.update(decoder)
-    if (
-        "class_names" in overrides
-    ):  # the checkpoint's own classes: the preset's display names are VOC's / COCO's
+    # the checkpoint's own classes: the preset's display names are VOC's / COCO's
+    if "class_names" in overrides:
         kwargs.pop("label_names", None)
     kwargs.update(overrides)
     preset_labels = len(kwargs["class_names"]) + 1  # checked first: the preset's other counts may not fit

@@ -13,7 +13,7 @@ from transformers.utils import logging as hf_logging
 from ..configuration_weclip import WeCLIPConfig
 from ..configuration_weclip_plus import WeCLIPPlusConfig
 from ..model_loading import public_source_name
-from ..safe_loading import check_finite, check_state_dict, load_official_checkpoint
+from ..safe_loading import check_finite, load_official_checkpoint, model_state_dict
 from .config_inference import (
     build_config,
     check_checkpoint_method,
@@ -86,8 +86,9 @@ def official_to_weclip(
         config: the target config (e.g. from `infer_config_from_official`): a `WeCLIPPlusConfig` for a
             WeCLIP+ checkpoint, a `WeCLIPConfig` for a WeCLIP one.
         clip_state_dict: CLIP weights in our names (``CLIPModel`` layout) to use instead of the
-            checkpoint's ``encoder.*``; then ``encoder.*`` may be absent, and if present it is read but not used
-            (``report.replaced``; `convert_official_checkpoint` compares it first).
+            checkpoint's CLIP (``encoder.*``, or OpenAI's bare names); then it may be absent, and if present its
+            keys are read but not used (``report.replaced``; `convert_official_checkpoint` compares them first;
+            a key no CLIP table knows is still refused).
         clip_source: how the report names the CLIP model of ``clip_state_dict`` (default "the given CLIP model").
     Returns:
         ``(our_state_dict, report)``: every key of the config's model except the text embeddings
@@ -190,8 +191,9 @@ def convert_official_checkpoint(
     preset) from an official checkpoint of that method.
 
     Args:
-        checkpoint: path of the official ``.pth`` (read by `load_official_checkpoint`) or its state dict;
-            a NaN or infinite value in it is refused.
+        checkpoint: path of the official ``.pth`` (read by `load_official_checkpoint`) or its contents (a
+            training checkpoint's weights entry and a DDP ``module.`` prefix taken as from a file:
+            `model_state_dict`); a NaN or infinite value in it is refused.
         clip: optional transformers CLIP folder or Hub id for the CLIP part (e.g. when the checkpoint holds
             only the decoder). Its layer count, width and patch size must be the checkpoint's (`check_clip_matches`).
             If the checkpoint also holds ``encoder.*``, it is compared with this CLIP (up to fp16 rounding) and a
@@ -216,8 +218,7 @@ def convert_official_checkpoint(
             "PATH_OR_HF_ID, e.g. openai/clip-vit-base-patch16) or clip= (--clip), whose tokenizer is used."
         )
     if isinstance(checkpoint, dict):
-        state = checkpoint
-        check_state_dict(state, "the checkpoint's state dict")
+        state = model_state_dict(checkpoint, "the checkpoint's state dict")
         check_finite(state, "the checkpoint's state dict")
     else:
         state = load_official_checkpoint(checkpoint)  # refuses NaN / inf itself

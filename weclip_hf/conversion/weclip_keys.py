@@ -122,13 +122,20 @@ def holds_clip(state_dict: dict[str, torch.Tensor]) -> bool:
     return any(k.startswith(("encoder.visual.", "visual.")) for k in state_dict)
 
 
+def dropped_clip_key(name: str) -> str | None:
+    """Why the conversion drops an official CLIP name (without prefix): archive metadata, the official forward's
+    cache; None for any other name."""
+    if name in CLIP_METADATA_KEYS:
+        return "CLIP hyper-parameter stored in the archive, not a weight"
+    if name in CLIP_FORWARD_CACHE_KEYS:
+        return "the position embedding the official forward resized to its last input, recomputed at every forward"
+    return None
+
+
 def is_known_clip_key(key: str, prefix: str) -> bool:
-    """Whether ``key`` is an official CLIP key under ``prefix`` that the conversion maps or drops (a weight,
-    archive metadata, the official forward's cache)."""
+    """Whether ``key`` is an official CLIP key under ``prefix`` that the conversion maps or drops."""
     name = key[len(prefix) :]
-    return key.startswith(prefix) and (
-        name in CLIP_METADATA_KEYS or name in CLIP_FORWARD_CACHE_KEYS or CLIP_KEYS.owns_official(name)
-    )
+    return key.startswith(prefix) and (dropped_clip_key(name) is not None or CLIP_KEYS.owns_official(name))
 
 
 def is_clip_key(key: str, prefix: str = "") -> bool:
@@ -157,13 +164,8 @@ def official_to_hf_clip(
     clip = {k: v for k, v in state_dict.items() if is_clip_key(k, prefix)}
     report = ConversionReport(prefix=prefix, source_dtypes=count_dtypes(clip))
     for key in clip:
-        name = key[len(prefix) :]
-        if name in CLIP_METADATA_KEYS:
-            report.ignored[key] = "CLIP hyper-parameter stored in the archive, not a weight"
-        elif name in CLIP_FORWARD_CACHE_KEYS:
-            report.ignored[key] = (
-                "the position embedding the official forward resized to its last input, recomputed at every forward"
-            )
+        if reason := dropped_clip_key(key[len(prefix) :]):
+            report.ignored[key] = reason
     weights = {k: v for k, v in clip.items() if k not in report.ignored}
     out, report.mapped, unknown = CLIP_KEYS.to_ours(weights, prefix)
     raise_for_keys("Unknown CLIP keys in the checkpoint (no mapping for them)", unknown)
