@@ -52,6 +52,7 @@ def converter_card() -> str:
         preset="voc",
         output_dir="out/weclip-voc",
         hub_model_id=None,
+        class_names=None,
     )
     report = ConversionReport(mapped={"decoder.linear_pred.weight": ["decoder.classifier.weight"]})
     model = SimpleNamespace(config=make_tiny_config(), conversion_report=report)
@@ -142,6 +143,7 @@ def _converter_card_for(tmp_path: Path, **given) -> str:
             "preset": "voc",
             "output_dir": str(tmp_path / "conv_ok"),
             "hub_model_id": None,
+            "class_names": None,
             **given,
         }
     )
@@ -362,7 +364,13 @@ def test_a_converted_weclip_plus_card_names_the_official_dinov2():
     from weclip_hf.configuration_weclip_plus import dino_variant_config
 
     args = Namespace(
-        checkpoint="x.pth", clip=None, tokenizer=None, preset="voc-plus", output_dir="o", hub_model_id=None
+        checkpoint="x.pth",
+        clip=None,
+        tokenizer=None,
+        preset="voc-plus",
+        output_dir="o",
+        hub_model_id=None,
+        class_names=None,
     )
     config = _official_sized(make_tiny_plus_config(dino_config=dino_variant_config("dinov2_vits14")))
     model = SimpleNamespace(config=config, conversion_report=ConversionReport())
