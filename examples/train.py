@@ -777,8 +777,8 @@ def training_step(
     step: int,
     stop_signal: int = 0,
 ) -> tuple[WeCLIPSemanticSegmenterOutput, int]:
-    """One optimizer step on ``batch`` (moved to the device here); returns the model output and whether a process
-    got a signal (its number, 0 for none; ``stop_signal``: this process's; agreed by all, `check_losses_finite`)."""
+    """One optimizer step on ``batch`` (moved to the device here); returns the model output and the signal that a
+    process got (its number, 0 for none; ``stop_signal``: this process's), agreed by all (`check_losses_finite`)."""
     batch = to_device(batch, accelerator.device)
     # every step's randomness (decoder dropout) is a function of (seed, step, process): a resumed run repeats an
     # uninterrupted one exactly

@@ -713,14 +713,14 @@ def _weights_entry(state: Any, source: str | Path) -> Any:
     return state
 
 
-def check_state_dict(state: Any, path: str | Path) -> None:
+def check_state_dict(state: Any, source: str | Path) -> None:
     """Refuse anything but a dict of string keys to tensors, naming what was found."""
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict of tensors, got a {type(state).__name__}.")
+        raise ValueError(f"{source}: expected a state dict of tensors, got a {type(state).__name__}.")
     bad_keys = [k for k in state if not isinstance(k, str)]
     if bad_keys:
         raise ValueError(
-            f"{path}: expected a state dict with parameter names as keys, got {len(bad_keys)} key(s) of other "
+            f"{source}: expected a state dict with parameter names as keys, got {len(bad_keys)} key(s) of other "
             f"types: {bad_keys[:10]}."
         )
     not_tensors = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
@@ -732,7 +732,9 @@ def check_state_dict(state: Any, path: str | Path) -> None:
             if nested
             else ""
         )
-        raise ValueError(f"{path}: expected a state dict of tensors; not tensors: {not_tensors[:10]}.{hint}")
+        raise ValueError(
+            f"{source}: expected a state dict of tensors; not tensors: {not_tensors[:10]}.{hint}"
+        )
 
 
 def load_official_checkpoint(
