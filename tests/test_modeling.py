@@ -1000,3 +1000,33 @@ def test_an_ignore_index_that_is_a_label_id_is_refused_however_it_arrives(tiny_c
     with pytest.raises(ValueError, match=r"\(255\) is a label id .*Use -100 \(any value outside 0..300\)"):
         make_tiny_config(class_names=many)
     assert make_tiny_config(class_names=many, semantic_loss_ignore_index=-100).num_labels == 301
+
+
+def test_the_decoder_starts_as_the_official_codes_or_by_initializer_range():
+    """The trained modules start as the official code's (PyTorch's defaults: Linear / Conv2d Kaiming-uniform
+    weights and uniform biases in +-1/sqrt(fan_in); the attention's packed q/k/v Xavier-uniform over [3 dim, dim],
+    its biases zero), or with ``initializer_range`` as transformers' usual normal(std) and zero biases; a new
+    classifier of other classes follows the same rule."""
+    import math
+
+    torch.manual_seed(0)
+    model = WeCLIPForSemanticSegmentation(make_tiny_config())
+    attention, fc1 = model.decoder.blocks[0].self_attn, model.decoder.blocks[0].mlp["fc1"]
+    dim = attention.out_proj.weight.shape[0]
+    assert float(attention.in_proj.weight.abs().max()) <= math.sqrt(6 / (4 * dim))
+    assert float(attention.in_proj.weight.std()) == pytest.approx(math.sqrt(2 / (4 * dim)), rel=0.15)
+    assert not attention.in_proj.bias.any() and not attention.out_proj.bias.any()
+    for layer in (fc1, attention.out_proj, model.decoder.fuse, model.decoder.classifier):
+        bound = layer.weight[0].numel() ** -0.5
+        assert float(layer.weight.abs().max()) <= bound and float(
+            layer.weight.std()
+        ) > 0.8 * bound / math.sqrt(3)
+    assert float(fc1.bias.abs().max()) <= fc1.in_features**-0.5 and fc1.bias.any()
+    model.update_class_embeddings(CharTokenizer(), class_names=["a", "b"])
+    bound = model.decoder.classifier.weight[0].numel() ** -0.5
+    assert float(model.decoder.classifier.weight.abs().max()) <= bound and model.decoder.classifier.bias.any()
+
+    normal = WeCLIPForSemanticSegmentation(make_tiny_config(initializer_range=0.02))
+    fc1 = normal.decoder.blocks[0].mlp["fc1"]
+    assert float(fc1.weight.std()) == pytest.approx(0.02, rel=0.15) and not fc1.bias.any()
+    assert float(normal.decoder.blocks[0].self_attn.in_proj.weight.std()) == pytest.approx(0.02, rel=0.15)

@@ -15,6 +15,7 @@ from torch import nn
 from transformers.utils import logging as hf_logging
 
 from .configuration_weclip import WeCLIPConfig, check_prompt_template, class_name_lists, text_prompts
+from .decoder import init_trained_layer
 
 logger = hf_logging.get_logger(__name__)
 
@@ -143,9 +144,8 @@ class ClassEmbeddingsMixin:
         if new_count:
             old = self.decoder.classifier
             classifier = nn.Conv2d(old.in_channels, cfg.num_labels, 1)
+            init_trained_layer(classifier, cfg.initializer_range)
             self.decoder.classifier = classifier.to(old.weight)  # its device and dtype
-            nn.init.normal_(self.decoder.classifier.weight, std=cfg.initializer_range)
-            nn.init.zeros_(self.decoder.classifier.bias)
         cfg.background_names, cfg.prompt_template = backgrounds, template
         self.class_text_embeds = fg.to(self.class_text_embeds.dtype)
         self.background_text_embeds = bg.to(self.background_text_embeds.dtype)

@@ -339,7 +339,7 @@ WECLIP_FIELD_CHECKS: dict[str, FieldCheck] = {
     "rfm_start_step": lambda c, n, v: _check_int(n, v, 0, 10**12),
     "training_preset": lambda c, n, v: _check_optional_name(n, v),
     "semantic_loss_ignore_index": lambda c, n, v: _check_ignore_index(v, len(c.class_names)),
-    "initializer_range": lambda c, n, v: _check_number(n, v, 0.0, 10.0),
+    "initializer_range": lambda c, n, v: v is None or _check_number(n, v, 0.0, 10.0),
     "prompt_template": lambda c, n, v: check_prompt_template(v),
     "cam_box_threshold": lambda c, n, v: _check_number(n, v, 0.0, 1.0, low_open=True, high_open=True),
     "num_feature_layers": lambda c, n, v: _check_int(n, v, 1, _depth(c) - 1),
@@ -391,7 +391,11 @@ class WeCLIPConfig(PreTrainedConfig):
             labels given) from which the RFM is used (paper: 15,000; the official VOC run effectively used 9,144,
             see the `voc` preset).
         semantic_loss_ignore_index (`int`): ignored label value (255).
-        initializer_range (`float`): std of the decoder's normal initialisation.
+        initializer_range (`float`, *optional*): how the trained modules (the decoder; WeCLIP+'s DINO head) start.
+            None (default): as the official code's, PyTorch's module defaults (Kaiming-uniform weights and uniform
+            biases in +-1/sqrt(fan_in); the decoder attention's packed q/k/v projection Xavier-uniform, its biases
+            zero: `weclip_hf.decoder.init_trained_layer`). A float: normal(std=initializer_range) weights and zero
+            biases, transformers' usual rule.
         training_preset (`str`, *optional*): the `weclip_hf.presets` preset whose recipe trained the model
             (examples/train.py records it): its evaluation settings are the model's (`evaluation_of_config`:
             evaluate.py, segment.py) and a run continuing it follows its recipe. None: not recorded (the preset is
@@ -436,7 +440,7 @@ class WeCLIPConfig(PreTrainedConfig):
         affinity_loss_weight: float = 0.1,
         rfm_start_step: int = 15000,
         semantic_loss_ignore_index: int = 255,
-        initializer_range: float = 0.02,
+        initializer_range: float | None = None,
         encoded_prompts: dict[str, list[str]] | None = None,
         training_preset: str | None = None,
         **kwargs,

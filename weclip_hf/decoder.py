@@ -3,14 +3,42 @@ classifier, and the affinity of its fused features (the RFM's and the affinity l
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .clip_layers import quick_gelu_mlp
 from .configuration_weclip import WeCLIPConfig
 from .feature_head import WeCLIPFeatureHead
+
+
+def init_trained_layer(layer: nn.Linear | nn.Conv2d, initializer_range: float | None) -> None:
+    """Initialise a trained layer (`WeCLIPConfig.initializer_range`): None, as the official code's, PyTorch's
+    defaults (Kaiming-uniform weights with a = sqrt(5), biases uniform in +-1/sqrt(fan_in)); a float,
+    normal(std=initializer_range) weights and zero biases. Through `transformers.initialization`, which leaves
+    loaded tensors alone."""
+    if initializer_range is None:
+        init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
+        if layer.bias is not None:
+            fan_in = layer.weight[0].numel()  # input features x kernel size
+            init.uniform_(layer.bias, -(fan_in**-0.5), fan_in**-0.5)
+    else:
+        init.normal_(layer.weight, std=initializer_range)
+        if layer.bias is not None:
+            init.zeros_(layer.bias)
+
+
+def init_official_attention(attention: WeCLIPDecoderAttention) -> None:
+    """The official decoder attention's own rule (torch's ``nn.MultiheadAttention``): the packed q/k/v projection
+    Xavier-uniform over its [3 dim, dim] weight, both projections' biases zero (the output projection's weight keeps
+    the Linear default)."""
+    init.xavier_uniform_(attention.in_proj.weight)
+    init.zeros_(attention.in_proj.bias)
+    init.zeros_(attention.out_proj.bias)
 
 
 class WeCLIPDecoderAttention(nn.Module):

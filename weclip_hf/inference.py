@@ -20,8 +20,9 @@ LABELS_CHUNK_BYTES = 256 * 2**20
 def longest_edge_size(height: int, width: int, longest_edge: int) -> tuple[int, int]:
     """Size with the long side = ``longest_edge`` and the other side int-truncated (375x500 -> 384x512).
 
-    The official evaluation multiplies by the ratio ``512 / long side`` instead, which for some sizes falls short
-    (103x103 -> 511x511); for VOC's and COCO's long sides (500, 640) both give the same sizes."""
+    The official evaluation multiplies by the ratio ``512 / long side`` instead, which for some sizes falls 1 px
+    short (103x103 -> 511x511; 151 of the (long side, side) pairs up to 1000, mostly squares); for VOC's long side
+    (500) and COCO's usual one (640) both give the same sizes."""
     return _scaled_size(height, width, longest_edge, max(height, width))
 
 

@@ -30,7 +30,13 @@ from .chunking import images_per_attention_chunk
 from .class_embeddings import ClassEmbeddingsMixin, placeholder_text_embeds
 from .clip_features import CLIPVisionFeatures, clip_features, in_float32, vision_outputs
 from .configuration_weclip import WeCLIPConfig
-from .decoder import WeCLIPDecoder, feature_affinity
+from .decoder import (
+    WeCLIPDecoder,
+    WeCLIPDecoderAttention,
+    feature_affinity,
+    init_official_attention,
+    init_trained_layer,
+)
 from .input_checks import check_inputs
 from .last_block import pair_block_outputs, run_last_block
 from .losses import weclip_loss
@@ -184,8 +190,9 @@ class WeCLIPPreTrainedModel(PreTrainedModel):
         return True
 
     def _init_weights(self, module: nn.Module) -> None:
-        """The trained modules (`_TRAINED`: the decoder, and WeCLIP+'s DINO head): normal(std=initializer_range)
-        weights, zero biases, unit LayerNorms. The CLIP towers (and WeCLIP+'s DINOv2) are initialised by their
+        """The trained modules (`_TRAINED`: the decoder, and WeCLIP+'s DINO head): as the official code's
+        (`config.initializer_range` None: PyTorch's module defaults, the decoder attention's own rule) or
+        normal(std=initializer_range) weights and zero biases (`init_trained_layer`), unit LayerNorms. The CLIP towers (and WeCLIP+'s DINOv2) are initialised by their
         own scheme (transformers dispatches them to `CLIPPreTrainedModel`, `Dinov2PreTrainedModel`), the
         projections as `CLIPModel` does; the text-embedding buffers get fixed unit vectors (seeded, so
         independent of the global RNG) until `update_class_embeddings` computes the real ones."""
@@ -194,9 +201,10 @@ class WeCLIPPreTrainedModel(PreTrainedModel):
         trained = [getattr(self, name, None) for name in getattr(self, "_TRAINED", ())]
         if any(m is not None and any(module is layer for layer in m.modules()) for m in trained):
             if isinstance(module, (nn.Linear, nn.Conv2d)):
-                init.normal_(module.weight, std=cfg.initializer_range)
-                if module.bias is not None:
-                    init.zeros_(module.bias)
+                init_trained_layer(module, cfg.initializer_range)
+            # after its two Linears (transformers visits a module's children first, as nn.Module.apply)
+            elif isinstance(module, WeCLIPDecoderAttention) and cfg.initializer_range is None:
+                init_official_attention(module)
             elif isinstance(module, nn.LayerNorm):
                 init.ones_(module.weight)
                 init.zeros_(module.bias)

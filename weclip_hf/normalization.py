@@ -3,9 +3,10 @@ and evaluation datasets, the CRF and the training overlays share.
 
 WeCLIP normalizes 0-255 pixel values with ImageNet statistics on that scale, ``(x - mean) / std`` with mean
 (123.675, 116.28, 103.53) and std (58.395, 57.12, 57.375), computed in float64 (NumPy on a uint8 image and
-Python floats) and rounded once to float32. `PixelNormalization` computes it the same way, so it gives the
-official pixel values bit for bit (float32 arithmetic, with the std ``float32(0.224) * 255 = 57.120003``,
-was 1 ulp off on most of them).
+Python floats) and rounded once to float32 in its evaluation; its training transforms normalise the float32 crop
+in float32. `PixelNormalization` computes it in float64 everywhere, so it gives the official evaluation pixels bit
+for bit (float32 arithmetic, with the std ``float32(0.224) * 255 = 57.120003``, was 1 ulp off on most of them) and
+the training crops' within 1 ulp (2.4e-7).
 
 `WeCLIPImageProcessor` keeps transformers' units (``image_mean``/``image_std`` apply to pixels rescaled by
 ``rescale_factor``, [0, 1] for 1/255); `PixelNormalization.from_image_processor` turns its settings into
