@@ -17,14 +17,10 @@ STEPS = 5
 
 
 def _model(method: str):
-    """A tiny model whose decoder starts small (normal, std 0.02): five SGD steps at lr 0.1 then stay where the
-    compiled graph's float reordering moves the losses by ~1e-5 (from PyTorch's default draw, the official one,
-    the steps are larger and step 3 drifts to 1.1e-4)."""
     torch.manual_seed(0)
     if method == "weclip_plus":
-        config = make_tiny_plus_config(rfm_start_step=RFM_START, initializer_range=0.02)
-        return WeCLIPPlusForSemanticSegmentation(config)
-    return WeCLIPForSemanticSegmentation(make_tiny_config(rfm_start_step=RFM_START, initializer_range=0.02))
+        return WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config(rfm_start_step=RFM_START))
+    return WeCLIPForSemanticSegmentation(make_tiny_config(rfm_start_step=RFM_START))
 
 
 def _batch(model) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1009,8 +1009,9 @@ def test_the_decoder_starts_as_the_official_codes_or_by_initializer_range():
     classifier of other classes follows the same rule."""
     import math
 
+    assert WeCLIPConfig().initializer_range is None  # the default (the tiny test configs set 0.02)
     torch.manual_seed(0)
-    model = WeCLIPForSemanticSegmentation(make_tiny_config())
+    model = WeCLIPForSemanticSegmentation(make_tiny_config(initializer_range=None))
     attention, fc1 = model.decoder.blocks[0].self_attn, model.decoder.blocks[0].mlp["fc1"]
     dim = attention.out_proj.weight.shape[0]
     assert float(attention.in_proj.weight.abs().max()) <= math.sqrt(6 / (4 * dim))
@@ -1026,7 +1027,17 @@ def test_the_decoder_starts_as_the_official_codes_or_by_initializer_range():
     bound = model.decoder.classifier.weight[0].numel() ** -0.5
     assert float(model.decoder.classifier.weight.abs().max()) <= bound and model.decoder.classifier.bias.any()
 
-    normal = WeCLIPForSemanticSegmentation(make_tiny_config(initializer_range=0.02))
+    from conftest import make_tiny_plus_config
+
+    from weclip_hf import WeCLIPPlusForSemanticSegmentation
+
+    plus = WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config(initializer_range=None))
+    for layer in (plus.dino_branch.head.layer_mlps[0].fc1, plus.dino_branch.head.fuse):  # WeCLIP+'s DINO head
+        bound = layer.weight[0].numel() ** -0.5
+        assert float(layer.weight.abs().max()) <= bound and float(layer.bias.abs().max()) <= bound
+        assert layer.bias.any()
+
+    normal = WeCLIPForSemanticSegmentation(make_tiny_config())
     fc1 = normal.decoder.blocks[0].mlp["fc1"]
     assert float(fc1.weight.std()) == pytest.approx(0.02, rel=0.15) and not fc1.bias.any()
     assert float(normal.decoder.blocks[0].self_attn.in_proj.weight.std()) == pytest.approx(0.02, rel=0.15)
