@@ -192,12 +192,13 @@ class WeCLIPPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         """The trained modules (`_TRAINED`: the decoder, and WeCLIP+'s DINO head): as the official code's
         (`config.initializer_range` None: PyTorch's module defaults, the decoder attention's own rule) or
-        normal(std=initializer_range) weights and zero biases (`init_trained_layer`), unit LayerNorms. The CLIP towers (and WeCLIP+'s DINOv2) are initialised by their
-        own scheme (transformers dispatches them to `CLIPPreTrainedModel`, `Dinov2PreTrainedModel`), the
-        projections as `CLIPModel` does; the text-embedding buffers get fixed unit vectors (seeded, so
-        independent of the global RNG) until `update_class_embeddings` computes the real ones."""
+        normal(std=initializer_range) weights and zero biases (`init_trained_layer`), unit LayerNorms. The CLIP
+        towers (and WeCLIP+'s DINOv2) are initialised by their own scheme (transformers dispatches them to
+        `CLIPPreTrainedModel`, `Dinov2PreTrainedModel`), the projections as `CLIPModel` does; the text-embedding
+        buffers get fixed unit vectors (seeded, so independent of the global RNG) until `update_class_embeddings`
+        computes the real ones."""
         cfg = self.config
-        # transformers visits the modules that own parameters (custom code: containers are skipped)
+        # transformers visits every module, containers too (`is_custom_code` is False; custom code skips them)
         trained = [getattr(self, name, None) for name in getattr(self, "_TRAINED", ())]
         if any(m is not None and any(module is layer for layer in m.modules()) for m in trained):
             if isinstance(module, (nn.Linear, nn.Conv2d)):
