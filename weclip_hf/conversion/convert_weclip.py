@@ -233,7 +233,7 @@ def convert_official_checkpoint(
         check_clip_matches(state, vision, clip)
         clip_sd = CLIPModel.from_pretrained(clip).state_dict()
         config = build_config(vision, text, clip_config.projection_dim, state, preset, config_overrides)
-        if check_clip and holds_clip(without_dino(state)):
+        if check_clip and holds_clip(state):  # (the DINO branch's keys are dino_encoder.*: never a CLIP's)
             v, t, p, _ = official_to_hf_clip(without_dino(state))
             raise_for_keys(
                 f"The checkpoint's CLIP differs from {clip!r} for",
