@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -21,6 +22,18 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("default", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Every test starts with the process's torch thread count: the count changes float rounding (CPU bilinear
+    resizing differs by 1 ulp between 1 and 2 threads), so a test that sets it (an example script run in this process
+    with --num_threads, as tests/test_toy.py's) must not change the figures of the tests after it, whichever worker
+    runs them (pytest-xdist; tests/test_remote_code.py compared a fresh process's pixels with this one's)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -186,6 +199,24 @@ def tiny_clip(tmp_path_factory):
 def train_env(threads: int = 2) -> dict[str, str]:
     """Environment of an examples/train.py subprocess: offline, ``threads`` CPU threads."""
     return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": str(threads)}
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for a process group of a test run beside others: pytest-xdist)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(processes: int = 2) -> list[str]:
+    """The torchrun command line of ``processes`` local processes, its rendezvous on a free port (``--standalone``:
+    another test's process group may be running beside it)."""
+    return [
+        os.path.join(os.path.dirname(sys.executable), "torchrun"),
+        "--standalone",
+        "--nproc_per_node",
+        str(processes),
+    ]
 
 
 def train_command(*args, threads: int = 2, launcher: tuple[str, ...] = (sys.executable,)) -> list[str]:

@@ -7,16 +7,23 @@ the global batch's counts (see `weclip_hf.losses`), so the averaged gradient is 
 import gc
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import FAST, make_tiny_config, read_log, train_command, train_env, train_in_process
+from conftest import (
+    FAST,
+    free_port,
+    make_tiny_config,
+    read_log,
+    torchrun,
+    train_command,
+    train_env,
+    train_in_process,
+)
 
 
 def _batch():
@@ -77,17 +84,11 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ddp_results(tmp_path_factory):
     """Loss and gradients of DDP over 2 spawned CPU processes (gloo), 2 images each, for every mode."""
     out = str(tmp_path_factory.mktemp("ddp") / "ddp.pt")
-    mp.start_processes(_worker, args=(2, _free_port(), out), nprocs=2, start_method="spawn")
+    mp.start_processes(_worker, args=(2, free_port(), out), nprocs=2, start_method="spawn")
     return torch.load(out)
 
 
@@ -149,7 +150,6 @@ def test_train_script_two_processes_match_one(tiny_clip, tmp_path, compiled):
         "--fully_supervised",
     ]
     args[args.index("--per_device_train_batch_size") + 1] = 2
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     two = tmp_path / "two"
     compile_flags = ["--torch_compile", "--torch_compile_backend", "aot_eager"] if compiled else []
 
@@ -162,7 +162,7 @@ def test_train_script_two_processes_match_one(tiny_clip, tmp_path, compiled):
                 output_dir,
                 *extra,
                 threads=1,
-                launcher=(torchrun, "--nproc_per_node", "2"),
+                launcher=torchrun(2),
             ),
             capture_output=True,
             text=True,

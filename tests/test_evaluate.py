@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import evaluate_module, make_tiny_config, train_module
+from conftest import evaluate_module, make_tiny_config, torchrun, train_module
 from PIL import Image
 
 from weclip_hf.crf import WECLIP
@@ -65,7 +65,6 @@ def test_processes_of_a_launch_score_their_shares_of_the_images(model_dir, data_
     """Under torchrun each process read and scored every image (the table printed and the JSON written by each):
     now every process scores its share (2 + 1 of the 3 images, one batch each) and the main process reports the
     figures of one process."""
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     flags = [
         "--model_name_or_path",
         model_dir,
@@ -78,7 +77,7 @@ def test_processes_of_a_launch_score_their_shares_of_the_images(model_dir, data_
     flags = [*map(str, flags), "--batch_size", "1"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", str(SCRIPT), *flags, "--output_json", str(tmp_path / "two.json")],
+        [*torchrun(2), str(SCRIPT), *flags, "--output_json", str(tmp_path / "two.json")],
         capture_output=True,
         text=True,
         env=env,

@@ -3,7 +3,7 @@
 The official-layout weights are regenerated from the spec, saved as an official ``.pth``, converted with
 `examples/convert_official_checkpoint.py` in a subprocess, loaded with ``from_pretrained``, and compared
 with the ``fp32_*`` arrays (the official code without its two hidden fp16 casts) using the tolerances of
-the parity README. The model is converted and run once per module. Run with ``-s`` to see the figures.
+the parity README. The model is converted and run once per module. Run with ``-s -n 0`` to see the figures (``-n 0``: in this process; pytest-xdist workers print nothing).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ The official-layout weights are regenerated from the spec, saved as an official 
 `examples/convert_official_checkpoint.py --preset voc-plus` (so parity covers the converter: the key tables of
 CLIP, decoder, torch.hub DINOv2 and DINO head, and the config inferred from the shapes), loaded with
 ``from_pretrained``; the model runs once per module and is compared with the ``fp32_*`` arrays (the official
-code without its two hidden fp16 casts). Run with ``-s`` to see the figures.
+code without its two hidden fp16 casts). Run with ``-s -n 0`` to see the figures (``-n 0``: in this process; pytest-xdist workers print nothing).
 
 Tolerances: 1e-4 (relative to max(1, max |ref|) for logits, to max |ref| for intermediates, absolute for
 probabilities and the affinity), >= 99.9% equal pixels for labels. The CLIP of this set has sharp attention

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, interrupted_after, save_another_model_at, train_env
+from conftest import ROOT, free_port, interrupted_after, save_another_model_at, train_env
 from PIL import Image
 
 from weclip_hf.batch_jobs import decoding_workers, write_atomic
@@ -772,6 +772,8 @@ def test_two_processes_split_the_inputs(run, images, toy_weclip_dir, tmp_path):
         "no",
         "--dynamo_backend",
         "no",
+        "--main_process_port",
+        str(free_port()),
     ]
     command = [*launcher, str(SCRIPT), "--model_name_or_path", str(toy_weclip_dir), "--images", str(images)]
     env = {**train_env(threads=1), "ACCELERATE_USE_CPU": "1"}

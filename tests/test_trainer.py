@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, torchrun
 from transformers import Trainer, TrainingArguments
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
@@ -822,15 +822,13 @@ trainer.accelerator.end_training()  # the process group left to the interpreter'
 def test_weclip_trainer_evaluation_sums_every_processs_share(tmp_path):
     """Two CPU processes (torchrun, gloo): each scores every 2nd image, the confusion matrices are summed, and both
     report the single process's figures, also where one process has no image."""
-    import os
     import subprocess
 
     from conftest import train_env
 
     script = tmp_path / "evaluate_each.py"
     script.write_text(EVALUATE_ON_EACH_PROCESS)
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    command = [torchrun, "--nproc_per_node", "2", str(script), str(tmp_path), str(ROOT / "tests")]
+    command = [*torchrun(2), str(script), str(tmp_path), str(ROOT / "tests")]
     proc = subprocess.run(command, env=train_env(1), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
