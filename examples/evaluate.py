@@ -184,6 +184,12 @@ def parse_args(argv=None) -> argparse.Namespace:
             choices=choices,
             help=f"CRFParams.{field.name} (default: the preset's; {values})",
         )
+    p.add_argument(
+        "--skip_empty_images",
+        action=argparse.BooleanOptionalAction,
+        help="leave out the images without any class, as COCO's official validation list does (default: the "
+        "preset's, coco and coco-plus on, else off)",
+    )
     p.add_argument("--pseudo_labels", action="store_true", help="also score CAM / RFM pseudo labels")
     p.add_argument("--batch_size", type=at_least_one, default=1, help="images per forward (default: 1)")
     p.add_argument("--max_eval_samples", type=at_least_one, help="evaluate the first N images (N >= 1)")
@@ -208,6 +214,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.scales = list(settings.msf_scales)
     if args.crf is None:
         args.crf = settings.crf
+    if args.skip_empty_images is None:
+        args.skip_empty_images = bool(args.preset) and get_preset(args.preset).dataset.skip_empty_images
     try:
         args.crf_params = crf_params_from_args(args)
     except ValueError as err:
@@ -272,6 +280,7 @@ def settings_report(args: argparse.Namespace, ignore_index: int) -> dict:
         "flip": args.msf,
         "crf": args.crf,
         "ignore_index": ignore_index,
+        "skip_empty_images": args.skip_empty_images,
     }
 
 
@@ -330,6 +339,7 @@ def main(argv=None) -> dict:
         labels_zero_based=args.labels_zero_based,
         class_names=list(zip(cfg.label_names, cfg.class_names)),  # a label column of names
         labelling=accelerator.main_process_first if accelerator is not None else nullcontext,
+        skip_empty=args.skip_empty_images,
     )
     if main_process:
         print(f"{args.validation_split}: {summary}")

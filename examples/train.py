@@ -146,7 +146,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--mask_column", help=MASK_COLUMN_HELP)
     data.add_argument("--labels_column", help=LABELS_COLUMN_HELP)
     data.add_argument("--labels_zero_based", action="store_true", help="image-level ids are 0..C-1")
-    data.add_argument("--skip_empty_images", action="store_true", help="drop images without any class")
+    data.add_argument(
+        "--skip_empty_images",
+        action=argparse.BooleanOptionalAction,
+        help="leave out the images without any class, in training and evaluation, as COCO's official lists "
+        f"do (default: the preset's, {recipe_values('skip_empty_images')}; --no-skip_empty_images keeps them)",
+    )
     data.add_argument(
         "--streaming",
         action="store_true",
@@ -518,6 +523,7 @@ TRACKER_PROJECT = "weclip"
 EVALUATE_DATA_FLAGS = (
     "dataset_name", "data_dir", "dataset_path", "dataset_config_name", "validation_split", "image_column",
     "mask_column", "labels_column", "labels_zero_based", "max_eval_samples", "skip_unreadable_images",
+    "skip_empty_images",
 )  # fmt: skip
 EVALUATE_TOY_FLAGS = ("toy_val_images", "seed")
 # the losses of the training log: the total and every term
@@ -646,6 +652,7 @@ def prepare_data(
             labels_column=args.labels_column,  # read as the training split's
             labels_zero_based=args.labels_zero_based,
             class_names=class_names,
+            skip_empty=args.skip_empty_images,
         )
         accelerator.print(f"validation: {val_summary}")
     return train_set, val_set

@@ -304,6 +304,7 @@ def main(argv=None) -> dict:
         labels_zero_based=args.labels_zero_based,
         class_names=list(zip(cfg.label_names, cfg.class_names)),
         labelling=training_args.main_process_first,  # one process reads the images for the labels
+        skip_empty=preset.dataset.skip_empty_images,  # COCO's: the images of the official lists
     )
     augment = TrainAugmentation(
         recipe.crop_size,

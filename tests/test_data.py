@@ -333,6 +333,24 @@ def test_add_image_labels_summarises_and_applies_empty_policy():
     assert len(ds) == 1 and summary.skipped == 1
 
 
+def test_evaluation_set_leaves_out_images_without_a_class_when_asked():
+    """COCO's official validation list leaves out the images without any annotation: ``skip_empty`` (the coco
+    presets' default) drops them from the scored set, named in the summary; without it every image is scored."""
+    from weclip_hf.data.loading import evaluation_set
+
+    full = np.zeros((8, 8), np.uint8)
+    full[2:4, 2:4] = 2
+    empty = np.zeros((8, 8), np.uint8)
+    kept, summary = evaluation_set(_dataset([empty, full, empty]), 2, 255, IMAGENET_NORMALIZATION)
+    assert len(kept) == 3 and summary.skipped == 0
+    dropped, summary = evaluation_set(
+        _dataset([empty, full, empty]), 2, 255, IMAGENET_NORMALIZATION, skip_empty=True
+    )
+    assert len(dropped) == 1 and (summary.total, summary.empty, summary.skipped) == (3, 2, 2)
+    assert "3 images, 2 with an empty label set (2 skipped)" in str(summary)
+    assert dropped[0]["labels"].tolist() == full.tolist()
+
+
 def test_add_image_labels_in_several_processes_matches_one():
     masks = [np.full((8, 8), i % 3, np.uint8) for i in range(4)]
     one, summary = add_image_labels(_dataset(masks), Columns("image", "mask"), num_classes=2)

@@ -120,6 +120,9 @@ def test_rows_held_out_by_train_val_split_are_scored_as_the_training_run_scored_
     train = train_module()
     command = train.evaluate_command(train.parse_args(["--dataset_path", path, *held_out]))
     assert "--train_val_split 0.25" in command and "--seed 3" in command
+    assert "skip_empty_images" not in command  # evaluate.py's default without --preset: every image scored
+    skipping = train.evaluate_command(train.parse_args(["--dataset_path", path, "--skip_empty_images"]))
+    assert "--skip_empty_images" in skipping.split()  # the images of the run's evaluation
 
 
 def test_single_scale_cli_writes_json_and_per_class_table(model_dir, data_path, tmp_path, capsys):
@@ -160,6 +163,7 @@ def test_single_scale_cli_writes_json_and_per_class_table(model_dir, data_path, 
         "flip": False,
         "crf": False,
         "ignore_index": 255,
+        "skip_empty_images": False,
     }
     assert list(report["per_class_iou"]["pred"]) == CLASSES
     table = proc.stdout

@@ -55,8 +55,12 @@ def test_train_script_takes_its_recipe_from_the_preset(name, argv):
     assert args.eval_long_side == preset.evaluation.eval_long_side
     if preset.dataset.toy_sizes:
         assert (args.toy_train_images, args.toy_val_images) == preset.dataset.toy_sizes
+    # COCO's official lists leave out the unannotated images; the toy world keeps every image
+    assert args.skip_empty_images is preset.dataset.skip_empty_images is (name == "coco")
     # a flag given on the command line wins over the preset
     assert _script("train").parse_args([*argv, "--max_train_steps", "3"]).max_train_steps == 3
+    given = "--no-skip_empty_images" if name == "coco" else "--skip_empty_images"
+    assert _script("train").parse_args([*argv, given]).skip_empty_images is (name != "coco")
 
 
 def test_train_script_builds_the_toy_model_from_the_toy_preset(tmp_path):
@@ -103,9 +107,13 @@ def test_evaluate_script_takes_its_settings_from_the_preset(tmp_path):
     settings = get_preset("voc").evaluation
     assert (voc.crf, voc.eval_long_side, voc.scales) == (settings.crf, settings.eval_long_side, [1.0, 0.75])
     assert evaluate.parse_args([*base, "--preset", "voc", "--no-crf"]).crf is False
-    assert evaluate.parse_args([*base, "--preset", "coco"]).crf is False
-    plain = evaluate.parse_args(base)  # no preset: no resize, no CRF unless asked
-    assert (plain.crf, plain.eval_long_side) == (False, None)
+    coco = evaluate.parse_args([*base, "--preset", "coco"])
+    assert coco.crf is False and coco.skip_empty_images is True and voc.skip_empty_images is False
+    assert (
+        evaluate.parse_args([*base, "--preset", "coco", "--no-skip_empty_images"]).skip_empty_images is False
+    )
+    plain = evaluate.parse_args(base)  # no preset: no resize, no CRF, every image scored unless asked
+    assert (plain.crf, plain.eval_long_side, plain.skip_empty_images) == (False, None, False)
     assert evaluate.parse_args([*base, "--crf", "--scales", "1.0", "1.5"]).scales == [1.0, 1.5]
 
 

@@ -127,6 +127,7 @@ def test_evaluate_on_the_toy_world_without_preset_uses_the_toy_recipe(tmp_path):
         "flip": True,
         "crf": False,
         "ignore_index": 255,
+        "skip_empty_images": False,
     }
     local = evaluate_script.parse_args(["--model_name_or_path", "m", "--data_dir", "d"])
     assert local.crf is False  # a local dataset: as before

@@ -308,10 +308,12 @@ def evaluation_set(
     labels_column: str | None = None,
     labels_zero_based: bool = False,
     class_names: Sequence[str | Sequence[str]] | None = None,
+    skip_empty: bool = False,
 ) -> tuple[EvalSegmentationDataset, LabelSummary]:
     """The evaluation dataset of a validation split (its first ``max_samples`` examples; a streamed split read
     once) with its image-level labels, and their summary; ``labelling``: the context of `add_image_labels` (e.g.
-    ``accelerator.main_process_first``, so that one process fills the datasets cache).
+    ``accelerator.main_process_first``, so that one process fills the datasets cache); ``skip_empty``: the images
+    without any class (of those first ``max_samples``) left out, as COCO's official validation list does.
 
     The image-level labels (what the CAMs are made for) come from the split's label column, read as the training
     split's (``labels_zero_based``, ``class_names``: give the training set's), else from its masks: the column
@@ -338,6 +340,7 @@ def evaluation_set(
             num_classes,
             ignore_index,
             labels_zero_based,
+            skip_empty,
             class_names=class_names,
             skip_unreadable=skip_unreadable,
         )
