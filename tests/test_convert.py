@@ -1478,3 +1478,14 @@ def test_a_weclip_plus_checkpoint_with_a_24_block_clip_warns(caplog):
             **PLUS_KWARGS,
         )
     assert "24-block" not in caplog.text
+
+
+@pytest.mark.parametrize("prefix", ["", "encoder."])
+def test_a_clip_checkpoint_given_as_a_weclip_checkpoint_is_named_for_what_it_is(prefix):
+    """A CLIP alone (OpenAI's ViT-B-16.pt layout, or the encoder.* of a WeCLIP checkpoint without its decoder) was
+    refused as "missing keys" of the decoder: it is named as a CLIP checkpoint, with the way to use it."""
+    clip_only = make_official_state_dict(prefix=prefix, with_decoder=False)
+    with pytest.raises(
+        ValueError, match=r"holds a CLIP .* and no WeCLIP decoder .*--clip_model_name_or_path"
+    ):
+        infer_config_from_official(clip_only, "voc")

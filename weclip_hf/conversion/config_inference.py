@@ -16,7 +16,7 @@ from ..configuration_weclip import WeCLIPConfig
 from ..configuration_weclip_plus import WeCLIPPlusConfig
 from ..presets import METHOD_NAMES, get_preset
 from .report import raise_for_keys
-from .weclip_keys import TEXT_BLOCKS, VISION_BLOCKS, clip_prefix
+from .weclip_keys import TEXT_BLOCKS, VISION_BLOCKS, clip_prefix, holds_clip
 from .weclip_plus_keys import DINO_BLOCKS, DINO_PREFIX, DINO_PREFIXES, is_weclip_plus_checkpoint
 
 # the presets an official checkpoint converts with, by the `model_type` they build
@@ -133,6 +133,15 @@ def infer_decoder_kwargs(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
         "decoder.linear_pred.weight",
         "decoder.transformer.resblocks.0.mlp.c_fc.weight",
     ]
+    if holds_clip(state_dict) and not any(
+        k.startswith(("decoder.", "decoder_fts_fuse.")) for k in state_dict
+    ):
+        raise ValueError(
+            "The checkpoint holds a CLIP (visual.* tensors) and no WeCLIP decoder (decoder.*, decoder_fts_fuse.*): "
+            "a CLIP checkpoint (e.g. OpenAI's ViT-B-16.pt), not a trained WeCLIP. Convert a checkpoint the official "
+            "training saved (--checkpoint; its CLIP, or one given with --clip); a WeCLIP to train starts from a CLIP "
+            "in transformers' layout: examples/train.py --clip_model_name_or_path openai/clip-vit-base-patch16."
+        )
     raise_for_keys("Cannot infer the decoder sizes; missing keys", [k for k in need if k not in state_dict])
     keys = list(state_dict)
     dim = int(state_dict["decoder_fts_fuse.linear_fuse.weight"].shape[0])
