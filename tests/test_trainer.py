@@ -152,6 +152,55 @@ def trainer_for(model, train_set, output_dir, recipe) -> Trainer:
     )
 
 
+@pytest.mark.parametrize("fully_supervised", [False, True])
+def test_plain_trainer_evaluates_the_loss_and_predicts_the_logits_given_the_label_names(
+    tmp_path, fully_supervised
+):
+    """Trainer takes every forward argument whose name holds "label" (class_labels, labels) as the labels and scores
+    a loss only for batches that hold all of them: ``label_names`` names the one the collator gives (docs/training.md).
+    Its evaluation and predict gather the output fields but `keys_to_ignore_at_inference` (a Python bool among them
+    crashed the gathering): the predictions are the logits, whatever compute_metrics receives."""
+    recipe = dataclasses.replace(TOY.training, per_device_train_batch_size=2, max_train_steps=1)
+    data, _ = training_set(make_toy_dataset(4, seed=0), 8, toy_augmentation())
+    model = toy_model()
+    trainer = trainer_for(model, data, tmp_path, recipe)
+    trainer.data_collator = WeCLIPDataCollator(fully_supervised=fully_supervised)
+    trainer.args.label_names = ["labels" if fully_supervised else "class_labels"]
+    trainer.label_names = trainer.args.label_names  # Trainer reads them at construction
+    seen = []
+    trainer.compute_metrics = lambda prediction: (
+        seen.append(prediction) or {"pixels": prediction.predictions.size}
+    )
+    metrics = trainer.evaluate(data)
+    assert math.isfinite(metrics["eval_loss"]) and metrics["eval_pixels"] == 4 * 9 * 12 * 12
+    (prediction,) = seen
+    assert prediction.predictions.shape == (4, 9, 12, 12)  # [images, background + 8 classes, grid]
+    expected_labels = (4, 96, 96) if fully_supervised else (4, 8)
+    assert prediction.label_ids.shape == expected_labels
+    predicted = trainer.predict(data)
+    assert predicted.predictions.shape == (4, 9, 12, 12) and math.isfinite(predicted.metrics["test_loss"])
+
+
+def test_the_configs_leave_every_output_field_but_the_predictions_out_of_trainers_gathering():
+    from weclip_hf import WeCLIPConfig, WeCLIPPlusConfig
+    from weclip_hf.modeling_weclip import WeCLIPSemanticSegmenterOutput
+    from weclip_hf.modeling_weclip_plus import WeCLIPPlusSemanticSegmenterOutput
+
+    kept = {
+        "loss",
+        "logits",
+        "hidden_states",
+        "attentions",
+    }  # hidden states and attentions only when asked for
+    for config, output in (
+        (WeCLIPConfig, WeCLIPSemanticSegmenterOutput),
+        (WeCLIPPlusConfig, WeCLIPPlusSemanticSegmenterOutput),
+    ):
+        fields = {field.name for field in dataclasses.fields(output)}
+        assert set(config.keys_to_ignore_at_inference) == fields - kept, config
+        assert "keys_to_ignore_at_inference" not in config().to_dict()  # a class attribute, not saved
+
+
 def test_trainer_trains_the_decoder_with_the_recipe_and_resumes_exactly(tmp_path):
     recipe = dataclasses.replace(
         TOY.training, per_device_train_batch_size=4, num_warmup_steps=2, max_train_steps=6

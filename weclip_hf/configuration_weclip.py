@@ -410,6 +410,12 @@ class WeCLIPConfig(PreTrainedConfig):
 
     model_type = "weclip"
     sub_configs = {"vision_config": CLIPVisionConfig, "text_config": CLIPTextConfig}
+    # the output fields Trainer's evaluation and predict leave out (it gathers the rest): the logits are the
+    # predictions; the losses' terms, the pseudo labels and CAMs, the [B, N, N] affinity and the Python bool
+    # `used_rfm` (which Trainer cannot gather) are training's
+    keys_to_ignore_at_inference = [
+        "seg_loss", "affinity_loss", "pseudo_labels", "cams", "decoder_affinity", "used_rfm", "cam_details",
+    ]  # fmt: skip
     field_checks = WECLIP_FIELD_CHECKS  # the fields checked alone (`__setattr__`), with their checks
 
     def __init__(

@@ -207,6 +207,11 @@ class WeCLIPPlusConfig(WeCLIPConfig):
 
     model_type = "weclip_plus"
     sub_configs = {**WeCLIPConfig.sub_configs, "dino_config": AutoConfig}
+    # and the branches' logits (`logits` is their weighted sum), WeCLIP+'s loss terms and self-training mask
+    keys_to_ignore_at_inference = [
+        *WeCLIPConfig.keys_to_ignore_at_inference, "logits_clip", "logits_dino", "dice_loss", "clip_from_dino_loss",
+        "dino_from_clip_loss", "self_training_mask",
+    ]  # fmt: skip
     field_checks = WECLIP_PLUS_FIELD_CHECKS
 
     def __init__(

@@ -1,7 +1,9 @@
 """What a WeCLIP training loop needs besides the model: the collator that gives the model its training inputs, and
 the official optimizer with its warm-up + poly schedule. ``examples/train.py`` uses them; so does
 `weclip_hf.trainer.WeCLIPTrainer`, and a plain `transformers.Trainer` takes them as
-``Trainer(..., data_collator=WeCLIPDataCollator(), optimizers=create_optimizer_and_scheduler(model, recipe))``.
+``Trainer(..., data_collator=WeCLIPDataCollator(), optimizers=create_optimizer_and_scheduler(model, recipe))``
+with ``TrainingArguments(label_names=["class_labels"])`` (``["labels"]`` for ``fully_supervised``): without it
+Trainer expects both label arguments of the forward in every batch and evaluates no loss.
 """
 
 from __future__ import annotations
