@@ -244,6 +244,87 @@ def test_push_to_hub_ships_the_processor_saved_with_the_model(tmp_path, monkeypa
     assert WeCLIPImageProcessor.from_pretrained(tmp_path / "hub").size == {"height": 96, "width": 96}
 
 
+def _capture_uploads(monkeypatch, into: Path) -> list[dict]:
+    """HfApi's repository creation and upload stubbed: each upload's folder copied to ``into``/<n>, its keywords
+    returned in the list."""
+    from huggingface_hub import HfApi
+
+    commits = []
+    monkeypatch.setattr(
+        HfApi,
+        "create_repo",
+        lambda self, repo_id, **kw: SimpleNamespace(repo_id="me/" + repo_id.split("/")[-1]),
+    )
+
+    def upload_folder(self, folder_path, **kwargs):
+        shutil.copytree(folder_path, into / str(len(commits)))
+        commits.append(kwargs)
+
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return commits
+
+
+def test_push_to_hub_ships_the_processor_saved_in_a_subfolder_or_a_hub_repository(
+    tmp_path, monkeypatch, caplog
+):
+    """A model loaded with subfolder= or from a Hub id (here through an offline cache) uploaded the default processor
+    (long side 512), silently: the processor saved beside its weights is found where they were; the default, where
+    there is none, is named in a warning."""
+    import logging
+
+    import torch
+
+    from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
+
+    torch.manual_seed(0)
+    config = make_tiny_config()
+    size = {"height": 96, "width": 96}
+    repo = tmp_path / "repo"
+    WeCLIPForSemanticSegmentation(config).save_pretrained(repo / "sub")
+    WeCLIPImageProcessor(size=size, patch_size=config.vision_config.patch_size).save_pretrained(repo / "sub")
+    # the Hub cache's layout of the repository me/weclip-toy at one commit
+    cache, commit = tmp_path / "cache", "0" * 40
+    (cache / "models--me--weclip-toy" / "refs").mkdir(parents=True)
+    (cache / "models--me--weclip-toy" / "refs" / "main").write_text(commit)
+    shutil.copytree(repo / "sub", cache / "models--me--weclip-toy" / "snapshots" / commit)
+    uploads = tmp_path / "uploads"
+    _capture_uploads(monkeypatch, uploads)
+    WeCLIPForSemanticSegmentation.from_pretrained(repo, subfolder="sub").push_to_hub("toy")
+    WeCLIPForSemanticSegmentation.from_pretrained("me/weclip-toy", cache_dir=cache).push_to_hub("toy")
+    for n in range(2):
+        assert WeCLIPImageProcessor.from_pretrained(uploads / str(n)).size == size, n
+    (repo / "sub" / "preprocessor_config.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="weclip_hf.hub"):
+        WeCLIPForSemanticSegmentation.from_pretrained(repo, subfolder="sub").push_to_hub("toy")
+    assert WeCLIPImageProcessor.from_pretrained(uploads / "2").size == {"longest_edge": 512}
+    assert "no WeCLIP image processor saved where the model was loaded from" in caplog.text
+
+
+def test_save_pretrained_with_push_to_hub_uploads_as_push_to_hub(tmp_path, monkeypatch):
+    """transformers' save_pretrained(..., push_to_hub=True) uploaded the weights with a placeholder card and no
+    image processor: it saves the folder, then uploads as push_to_hub (repo_id: the folder's name by default)."""
+    from huggingface_hub import ModelCard
+
+    from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
+
+    uploads = tmp_path / "uploads"
+    commits = _capture_uploads(monkeypatch, uploads)
+    model = WeCLIPForSemanticSegmentation(make_tiny_config())
+    model.save_pretrained(tmp_path / "weclip-cats", push_to_hub=True, commit_message="first", tags=["pets"])
+    model.save_pretrained(
+        tmp_path / "local", push_to_hub=True, repo_id="me/weclip-dogs", max_shard_size="1GB"
+    )
+    assert (tmp_path / "weclip-cats" / "model.safetensors").is_file()
+    assert [c["repo_id"] for c in commits] == ["me/weclip-cats", "me/weclip-dogs"]
+    assert commits[0]["commit_message"] == "first"
+    for n in ("0", "1"):
+        assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= {
+            p.name for p in (uploads / n).iterdir()
+        }
+        WeCLIPImageProcessor.from_pretrained(uploads / n)
+    assert "pets" in ModelCard.load(uploads / "0" / "README.md").data.tags
+
+
 def test_push_to_hub_of_a_model_built_in_memory_ships_a_processor_of_its_ignore_index(tmp_path, monkeypatch):
     from huggingface_hub import HfApi
 

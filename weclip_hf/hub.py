@@ -16,9 +16,12 @@ from pathlib import Path
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.dynamic_module_utils import get_relative_import_files
+from transformers.utils import logging as hf_logging
 
 from .image_processing_weclip import WeCLIPImageProcessor, processor_settings
 from .model_loading import hub_id_or_none
+
+logger = hf_logging.get_logger(__name__)
 
 # What a model repository may hold. Everything else in a folder (checkpoints, logs, tracker folders with the
 # run's arguments, hidden temporary files of an interrupted save) is never uploaded.
@@ -411,18 +414,23 @@ def publish_folder(
         ) from err
 
 
-def saved_image_processor(config: PreTrainedConfig) -> WeCLIPImageProcessor | None:
-    """The image processor saved in the folder a model of ``config`` was loaded from (its training's normalization
-    and sizes), or None (a model built in memory, a Hub id, a folder without a WeCLIP preprocessor_config.json:
-    that of a CLIP checkpoint a model was built from with `from_clip` is CLIP's)."""
-    path = os.path.join(getattr(config, "_name_or_path", None) or "", "preprocessor_config.json")
-    if not os.path.isfile(path):
+def saved_image_processor(model: PreTrainedModel, token: str | None = None) -> WeCLIPImageProcessor | None:
+    """The image processor saved where ``model`` was loaded from (its training's normalization and sizes): its folder,
+    or its Hub repository (through the cache, the load's subfolder and revision: `from_pretrained` records them in
+    ``model._loaded_from``); None for a model built in memory, a source without a WeCLIP preprocessor_config.json
+    (that of a CLIP checkpoint a model was built from with `from_clip` is CLIP's) or one that cannot be read."""
+    source = getattr(model, "_loaded_from", None) or {
+        "pretrained_model_name_or_path": model.config._name_or_path
+    }
+    if not source["pretrained_model_name_or_path"]:
         return None
-    with open(path, encoding="utf-8") as f:
-        saved = json.load(f)
-    if not isinstance(saved, dict) or saved.get("image_processor_type") != WeCLIPImageProcessor.__name__:
+    try:
+        saved, _ = WeCLIPImageProcessor.get_image_processor_dict(**source, token=token)
+    except OSError:  # none saved there, or the Hub cannot be reached
         return None
-    return WeCLIPImageProcessor.from_pretrained(os.path.dirname(path))
+    if saved.get("image_processor_type") != WeCLIPImageProcessor.__name__:
+        return None
+    return WeCLIPImageProcessor.from_dict(saved)
 
 
 def push_model_to_hub(
@@ -445,8 +453,14 @@ def push_model_to_hub(
     (`WeCLIPForSemanticSegmentation.push_to_hub`, whose docstring says what each argument defaults to). The folder
     is written before the repository is created: a model that cannot be saved leaves no empty repository."""
     if image_processor is None:
-        image_processor = saved_image_processor(model.config) or WeCLIPImageProcessor(
-            **processor_settings(model.config)
+        image_processor = saved_image_processor(model, token)
+    if image_processor is None:
+        image_processor = WeCLIPImageProcessor(**processor_settings(model.config))
+        logger.warning(
+            "push_to_hub: no image_processor given and no WeCLIP image processor saved where the model was loaded "
+            f"from: uploading the default one ({image_processor.size}, {image_processor.image_mean} / "
+            f"{image_processor.image_std}). Pass the processor the model was trained with (image_processor=...) if it "
+            "was trained at another size or with other statistics."
         )
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder, **save_kwargs)

@@ -128,6 +128,12 @@ class WeCLIPSemanticSegmenterOutput(SemanticSegmenterOutput):
 # --------------------------------------------------------------------------------------------------
 # Pretrained-model base
 
+# the keywords of push_to_hub that save_pretrained(..., push_to_hub=True) passes on, with the repository's id
+_PUSH_KEYWORDS = (
+    "repo_id", "image_processor", "model_card", "metrics", "commit_message", "private", "token", "revision",
+    "create_pr", "tags", "commit_description",
+)  # fmt: skip
+
 # Weights a CLIP checkpoint cannot hold: `from_clip` initializes them, any other load must find them.
 _FRESH_IN_CLIP_CHECKPOINT = re.compile(r"^decoder\.|_text_embeds$|^training_step$")
 
@@ -311,17 +317,24 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
         self.freeze_backbones()
         return self
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *args, push_to_hub: bool = False, **kwargs
+    ) -> None:
         """`PreTrainedModel.save_pretrained`, with the weight files as readable as the folder's config.json
         (`weights_readable_as`: safetensors writes them 0600). A config that would not load again is refused
         before anything is written (`WeCLIPConfig.validate`). The config records the prompts of the text
-        embeddings (``encoded_prompts``; ``{}`` for placeholders, with a warning), which loading checks."""
+        embeddings (``encoded_prompts``; ``{}`` for placeholders, with a warning), which loading checks.
+        ``push_to_hub=True`` then uploads the model as `push_to_hub` does (with an image processor and the WeCLIP
+        card; ``repo_id``, default the folder's name, and the upload keywords of `push_to_hub`)."""
+        hub = {key: kwargs.pop(key) for key in _PUSH_KEYWORDS if key in kwargs}
         self.config.validate()
         self._record_encoded_prompts()
         super().save_pretrained(save_directory, *args, **kwargs)
         folder = Path(save_directory)
         if (folder / "config.json").is_file():  # the main process's folder (others save nothing)
             weights_readable_as(folder, folder / "config.json")
+        if push_to_hub:
+            self.push_to_hub(hub.pop("repo_id", None) or folder.resolve().name, **hub, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
@@ -330,7 +343,12 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
         the file (they would otherwise be left random) or a class count that does not match the weights; CLIP
         is frozen again after loading."""
         check_model_folder(cls, pretrained_model_name_or_path, kwargs)
-        return cls._load_checked(pretrained_model_name_or_path, *args, **kwargs)
+        loaded = cls._load_checked(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # where its image processor was saved beside it (push_to_hub ships that one; never the token)
+        where = {key: kwargs[key] for key in ("subfolder", "revision", "cache_dir") if kwargs.get(key)}
+        model._loaded_from = {"pretrained_model_name_or_path": str(pretrained_model_name_or_path), **where}
+        return loaded
 
     @classmethod
     def _load_checked(
