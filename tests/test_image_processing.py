@@ -716,6 +716,14 @@ def test_post_processing_takes_the_tuple_of_return_dict_false(tiny_model):
     assert torch.equal(as_dict[0], as_tuple[0])
     with pytest.raises(ValueError, match="a loss comes first"):
         processor.post_process_semantic_segmentation((torch.tensor(1.0), torch.zeros(1, 3, 4, 5)))
+    # the logits themselves (weclip_hf.inference.multiscale_flip_logits' result, whose docstring says to pass it)
+    logits = tiny_model(**inputs).logits.detach()
+    as_logits = processor.post_process_semantic_segmentation(logits, target_sizes=[(30, 40)])
+    assert torch.equal(as_dict[0], as_logits[0])
+    with pytest.raises(
+        ValueError, match=r"Expected \[B, num_labels, h, w\] logits, got a tensor of shape \(3, 4, 5\)"
+    ):
+        processor.post_process_semantic_segmentation(torch.zeros(3, 4, 5))
 
 
 def test_from_saved_or_default_loads_the_saved_processor_else_the_default(tmp_path):

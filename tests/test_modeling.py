@@ -8,7 +8,13 @@ import torch
 from conftest import TINY_TEXT, TINY_VISION, CharTokenizer, make_tiny_config
 from reference_weclip import reference_affinity_loss, reference_pseudo_labels
 
-from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor, processor_settings
+from weclip_hf import (
+    WeCLIPConfig,
+    WeCLIPForSemanticSegmentation,
+    WeCLIPImageProcessor,
+    WeCLIPPlusConfig,
+    processor_settings,
+)
 from weclip_hf.losses import affinity_loss, affinity_targets, segmentation_loss
 
 
@@ -772,6 +778,14 @@ def test_a_sub_config_given_at_loading_is_checked_with_the_rest(tmp_path, tiny_m
             load(tmp_path, vision_config={"num_hidden_layers": 2})
     with pytest.raises(ValueError, match=r"\(vision_config\) do not fit.*at least 2 layers"):
         WeCLIPConfig.from_pretrained(tmp_path, vision_config={"num_hidden_layers": 1})
+    # the Auto classes read the config with from_dict: the refusal names the keywords there too
+    from transformers import AutoConfig, AutoModelForSemanticSegmentation
+
+    for load in (AutoConfig.from_pretrained, AutoModelForSemanticSegmentation.from_pretrained):
+        with pytest.raises(
+            ValueError, match=r"^The keyword arguments \(vision_config\) do not fit the saved config: "
+        ):
+            load(tmp_path, vision_config={"num_hidden_layers": 2})
     loaded = WeCLIPConfig.from_pretrained(tmp_path, vision_config={"layer_norm_eps": 1e-6})  # one that fits
     assert loaded.vision_config.layer_norm_eps == 1e-6 and loaded.vision_config.num_hidden_layers == 3
 
@@ -810,6 +824,17 @@ def test_a_refused_value_names_its_source_the_keywords_or_the_file(tmp_path, tin
             ValueError, match=rf"^The keyword arguments \({name}\) do not fit the config of .*good"
         ):
             WeCLIPForSemanticSegmentation.from_pretrained(tmp_path / "good", **keywords)
+    # the transformers way of relabelling says the WeCLIP way
+    for keywords in ({"num_labels": 3}, {"id2label": {0: "background", 1: "cat"}}):
+        with pytest.raises(
+            ValueError, match=r"To change the classes .*update_class_embeddings\(tokenizer, class_names"
+        ):
+            WeCLIPForSemanticSegmentation.from_pretrained(tmp_path / "good", **keywords)
+    # a config of another model type: named as such (it was refused for text-embedding names, or a size mismatch)
+    with pytest.raises(
+        ValueError, match=r"^config= is a 'weclip_plus' config, and .*good.* holds a 'weclip' checkpoint"
+    ):
+        WeCLIPForSemanticSegmentation.from_pretrained(tmp_path / "good", config=WeCLIPPlusConfig())
     tiny_model.save_pretrained(tmp_path / "bad")
     config = json.loads((tmp_path / "bad" / "config.json").read_text())
     (tmp_path / "bad" / "config.json").write_text(json.dumps({**config, "cam_box_threshold": 3.0}))

@@ -60,6 +60,18 @@ def _check_tower(name: str, config) -> None:
         _check_int(f"{name}.max_position_embeddings", config.max_position_embeddings, 1, 8192)
 
 
+class RefusedOverrides(ValueError):
+    """A saved config refused with the keyword arguments given to load it (`WeCLIPConfig.from_dict`)."""
+
+
+# how a loaded model's classes change (the transformers way, num_labels / id2label, cannot: the labels follow the
+# class names, whose text embeddings the model computes)
+RELABEL_HINT = (
+    " To change the classes of a model: load it, then call model.update_class_embeddings(tokenizer, class_names=[...])"
+    " (their text embeddings; another number of classes starts a new classifier, to be trained)."
+)
+
+
 def _label_list(id2label: dict, num_classes: int) -> list[str]:
     """The names of ``id2label`` (keys int or, as read from JSON, str) in id order, checked to be background + one
     name per class: ids 0..num_classes."""
@@ -72,7 +84,7 @@ def _label_list(id2label: dict, num_classes: int) -> list[str]:
     if sorted(by_id) != list(range(num_classes + 1)) or not all(isinstance(n, str) for n in by_id.values()):
         raise ValueError(
             f"id2label must name ids 0..{num_classes} (background + the {num_classes} class_names), got ids "
-            f"{sorted(by_id)}: the number of labels follows class_names."
+            f"{sorted(by_id)}: the number of labels follows class_names.{RELABEL_HINT}"
         )
     return [by_id[i] for i in range(num_classes + 1)]
 
@@ -455,6 +467,7 @@ class WeCLIPConfig(PreTrainedConfig):
             raise ValueError(
                 f"num_labels ({kwargs['num_labels']!r}) must equal the number of class_names + 1 (background) = "
                 f"{len(class_names or VOC_PROMPT_NAMES) + 1}; it is derived from class_names, leave it out."
+                + RELABEL_HINT
             )
         kwargs.pop("num_labels", None)
         kwargs.pop("label2id", None)  # derived from id2label
@@ -585,9 +598,20 @@ class WeCLIPConfig(PreTrainedConfig):
         else:
             stale = ("id2label", "label2id") if "label_names" in config_dict else ("label2id",)
         config_dict = {k: v for k, v in config_dict.items() if k not in stale}
-        loaded = super().from_dict({**config_dict, **own}, **kwargs)
-        config = loaded[0] if isinstance(loaded, tuple) else loaded  # (config, unused kwargs) when asked for
-        config._check_fields()
+        overrides = sorted(own.keys() | (kwargs.keys() & (cls.field_names() | set(cls.sub_configs))))
+        try:
+            loaded = super().from_dict({**config_dict, **own}, **kwargs)
+            config = (
+                loaded[0] if isinstance(loaded, tuple) else loaded
+            )  # (config, unused kwargs) when asked for
+            config._check_fields()
+        except (ValueError, TypeError) as err:
+            if not overrides:
+                raise
+            # AutoConfig and the Auto model classes call from_dict directly: the refusal names the keywords too
+            raise RefusedOverrides(
+                f"The keyword arguments ({', '.join(overrides)}) do not fit the saved config: {err}"
+            ) from err
         return loaded
 
     @classmethod
@@ -612,7 +636,10 @@ class WeCLIPConfig(PreTrainedConfig):
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except (ValueError, TypeError) as err:
-            raise cls._loading_error(str(pretrained_model_name_or_path), kwargs, err) from err
+            cause = (
+                err.__cause__ if isinstance(err, RefusedOverrides) else err
+            )  # from_dict's, told again here
+            raise cls._loading_error(str(pretrained_model_name_or_path), kwargs, cause) from err
 
     @classmethod
     def _loading_error(cls, path: str, kwargs: dict, err: Exception) -> ValueError:

@@ -118,8 +118,14 @@ def _refuse_cropping_size(own_type: str, config: dict, overrides: dict) -> None:
 
 
 def _output_logits(outputs) -> torch.Tensor:
-    """The logits of a model output: a `ModelOutput` or dict (``logits``), or the tuple of ``return_dict=False``
-    without a loss (logits first)."""
+    """The logits of a model output: a `ModelOutput` or dict (``logits``), the tuple of ``return_dict=False``
+    without a loss (logits first), or [B, num_labels, h, w] logits themselves (`weclip_hf.inference`'s)."""
+    if isinstance(outputs, torch.Tensor):
+        if outputs.ndim != 4:
+            raise ValueError(
+                f"Expected [B, num_labels, h, w] logits, got a tensor of shape {tuple(outputs.shape)}."
+            )
+        return outputs
     if hasattr(outputs, "logits"):
         return outputs.logits
     if isinstance(outputs, dict):
@@ -132,7 +138,7 @@ def _output_logits(outputs) -> torch.Tensor:
             )
         return outputs[0]
     raise TypeError(
-        f"Expected a model output, a dict with 'logits' or a tuple, got {type(outputs).__name__}."
+        f"Expected a model output, a dict with 'logits', a tuple or logits, got {type(outputs).__name__}."
     )
 
 

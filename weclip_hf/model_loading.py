@@ -206,6 +206,13 @@ def check_model_folder(
                 "official weights use examples/convert_official_checkpoint.py."
             )
     elif given is not None and os.path.isfile(os.path.join(folder, "config.json")):
+        saved_type = saved_config_dict(folder).get("model_type")
+        if getattr(given, "model_type", None) != saved_type:
+            raise ValueError(
+                f"config= is a {getattr(given, 'model_type', type(given).__name__)!r} config, and {folder!r} holds a "
+                f"{saved_type!r} checkpoint: give a config of its type (AutoConfig.from_pretrained of the folder, "
+                "changed) or leave config= out."
+            )
         # the Auto classes read the config (and its overrides) first; config.json leaves out default values
         saved = {**model_class.config_class().to_dict(), **saved_config_dict(folder)}
         refuse_new_text_names({k for k in TEXT_EMBEDDING_NAMES if getattr(given, k) != saved[k]})
