@@ -1,5 +1,5 @@
 """What gradient checkpointing saves in a training step: the bytes of the tensors autograd keeps for the backward
-(each storage counted once), without and with ``model.gradient_checkpointing_enable()``, and the decoder's
+(each storage counted once), without and with ``model.activation_checkpointing_enable()``, and the decoder's
 gradients of both runs compared.
 
     python examples/benchmark_checkpointing.py                 # ViT-B/16 (random), VOC classes, crop 320, batch 4
@@ -84,9 +84,9 @@ def main(argv=None) -> dict:
         args.batch_size, crop, crop, model.config.num_foreground_classes, device, args.seed
     )
     without, grads_without = saved_bytes(model, pixel_values, class_labels)
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     with_checkpointing, grads_with = saved_bytes(model, pixel_values, class_labels)
-    model.gradient_checkpointing_disable()
+    model.activation_checkpointing_disable()
     difference = max((grads_with[n] - g).abs().max().item() for n, g in grads_without.items())
     mib = 2.0**20
     print(f"crop {crop}, batch {args.batch_size}, {'tiny config' if args.tiny else 'ViT-B/16'}, fp32, RFM on")

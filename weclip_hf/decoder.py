@@ -59,7 +59,7 @@ class WeCLIPDecoderAttention(nn.Module):
 
 class WeCLIPDecoderBlock(GradientCheckpointingLayer):
     """Pre-LN transformer block: LN -> MHA -> residual, LN -> MLP (QuickGELU) -> residual. Under transformers'
-    gradient checkpointing (``model.gradient_checkpointing_enable()``) a training forward keeps only its input and
+    gradient checkpointing (``model.activation_checkpointing_enable()``) a training forward keeps only its input and
     recomputes the rest in the backward."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: int):
