@@ -664,6 +664,13 @@ def main(argv=None) -> dict | None:
     out = Path(args.output_dir)
     splits = [split for split in (args.split, args.validation_split) if split]
     check_no_links(out, [*splits, STATE_DIR, "overlays", REPORT])
+    # 1. model and data, before anything is written: a run that fails there (a mistyped --split) leaves nothing
+    model, processor = load_model(args, state.device)
+    normalization = PixelNormalization.from_image_processor(processor)
+    args.max_size = processor_input_size(processor)  # a larger photo's pseudo masks are computed at that size
+    cfg = model.config
+    class_names = list(zip(cfg.label_names, cfg.class_names))
+    splits = load_splits(args, cfg.num_foreground_classes, cfg.semantic_loss_ignore_index, class_names, state)
     settings = {k: getattr(args, k) for k in ("model", "clip_model_name_or_path", "preset", "mode", "split")}
     settings.update(class_names=args.class_names, background_names=args.background_names)
     models = ("model", "clip_model_name_or_path")
@@ -682,13 +689,6 @@ def main(argv=None) -> dict | None:
             args.hub_dataset_id or out.resolve().name, token=args.hub_token, repo_type="dataset"
         )
 
-    # 1. model and data
-    model, processor = load_model(args, state.device)
-    normalization = PixelNormalization.from_image_processor(processor)
-    args.max_size = processor_input_size(processor)  # a larger photo's pseudo masks are computed at that size
-    cfg = model.config
-    class_names = list(zip(cfg.label_names, cfg.class_names))
-    splits = load_splits(args, cfg.num_foreground_classes, cfg.semantic_loss_ignore_index, class_names, state)
     num_workers = decoding_workers(args.num_workers, state.device.type)
 
     # 2. pseudo masks of --split, ground-truth masks of --validation_split: this process's share, without those

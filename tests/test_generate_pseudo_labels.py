@@ -462,18 +462,41 @@ def test_awkward_files_are_read_or_skipped_and_named(awkward_folder, tiny_clip, 
     assert loaded[sources.index("one_pixel.png")]["mask"].size == (1, 1)
 
 
+def save_labelled_dataset(path: Path) -> None:
+    """A saved dataset of 2 toy images in a "train" split, labelled by a ClassLabel column (heart, cat)."""
+    import datasets
+
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["heart", "cat"])}
+    )
+    rows = {"image": [Image.fromarray(t) for t in generate_toy_images(2, seed=1)[0]], "label": [0, 1]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(path)
+
+
 def test_a_bare_clip_takes_the_classes_of_a_classlabel_column(tmp_path, tiny_clip, capsys):
     """Without --class_names and --preset, a dataset labelled by a ClassLabel got VOC's 20 classes and failed
     ("unknown class name(s)"): its names are the classes, as in train.py."""
-    import datasets
-
-    names = ["heart", "cat"]
-    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
-    rows = {"image": [Image.fromarray(t) for t in generate_toy_images(2, seed=1)[0]], "label": [0, 1]}
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(
-        tmp_path / "d"
-    )
+    save_labelled_dataset(tmp_path / "d")
     argv = ["--clip_model_name_or_path", tiny_clip, "--dataset_path", str(tmp_path / "d"), "--split", "train"]
     report = generate.main([*argv, "--output_dir", str(tmp_path / "out"), "--num_overlays", "0"])
     assert "Note: the classes are the names of the dataset's label column" in capsys.readouterr().out
     assert report["splits"]["train"]["num_images"] == 2
+
+
+def test_a_run_that_fails_before_writing_leaves_no_settings_to_refuse_the_corrected_command(
+    tmp_path, tiny_clip
+):
+    """A mistyped --split or --class_names fails while the data is read: it recorded its settings first, so the
+    corrected command was refused as "a run with other settings". Now the failed run leaves no folder."""
+    save_labelled_dataset(tmp_path / "d")
+    out = tmp_path / "out"
+    argv = ["--clip_model_name_or_path", tiny_clip, "--dataset_path", str(tmp_path / "d")]
+    argv += ["--output_dir", str(out)]
+    for mistake, message in (
+        (["--split", "trian"], "Split 'trian' not found"),
+        (["--split", "train", "--class_names", "heart", "kat"], r"unknown class name\(s\) \['cat'\]"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            generate.main([*argv, *mistake])
+        assert not out.exists()
+    assert generate.main([*argv, "--split", "train"])["splits"]["train"]["num_images"] == 2
