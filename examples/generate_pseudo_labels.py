@@ -24,8 +24,8 @@ ids of ``config.id2label``), ``<split>/metadata.jsonl`` (``file_name``, ``mask_f
 interruption continues where it stopped (every file is written atomically; an image is done when its record in
 ``.state/`` exists and names the same input: the size and SHA-256 of the row's image and mask bytes, and its
 image-level labels). Rows of another input under the same row numbers (another dataset, toy seed or labels
-column) are refused, or with --overwrite_output_dir replaced (and the records of rows this run does not have
-dropped, so that the dataset written is this run's). Until a run is done, its folder is marked unfinished and
+column) are refused, or with --overwrite_output_dir replaced; so are rows this run does not have (an earlier run
+of more images), or with it dropped, so that the dataset written is this run's. Until a run is done, its folder is marked unfinished and
 holds no metadata.jsonl (nor report), so that an interrupted run is not read as the earlier dataset with some of
 this run's masks; `train.py --data_dir` refuses it. A re-run with other settings, or with another model saved at
 the same --model or --clip_model_name_or_path folder (its weights are recorded by their SHA-256), is refused, or
@@ -531,7 +531,8 @@ def write_pseudo_masks(model, group: list[dict], args, out: Path, split: str) ->
 
 def rows_to_do(out: Path, split: str, dataset, columns, args, state: PartialState) -> list[int]:
     """The positions in ``dataset`` of this process's share that an earlier run did not do from the same input;
-    with --overwrite_output_dir, the records of the others dropped first (`check_recorded_inputs`)."""
+    with --overwrite_output_dir, the records of the others, and of rows this run does not have, dropped first
+    (refused without it: `check_recorded_inputs`, `check_no_other_rows`)."""
     rows = list(dataset["source_row"])  # one column read, not the images
     position = {example_name(row): i for i, row in enumerate(rows)}
     recorded = {p.stem: read_record(p) for p in (out / STATE_DIR / split).glob("*.json")}
@@ -541,12 +542,28 @@ def rows_to_do(out: Path, split: str, dataset, columns, args, state: PartialStat
         lambda name: row_record(dataset[position[name]], columns, split),
         args.overwrite_output_dir,
     )
+    check_no_other_rows(out, split, recorded.keys() - position.keys(), args.overwrite_output_dir)
     share = process_share(len(dataset), state.process_index, state.num_processes)
     if args.overwrite_output_dir:
         drop_records(out, split, args, changed & {example_name(rows[i]) for i in share})
         if state.is_main_process:  # rows this run does not have: their files go in finish_split
             drop_records(out, split, args, recorded.keys() - position.keys())
     return [i for i in share if example_name(rows[i]) not in done]
+
+
+def check_no_other_rows(out: Path, split: str, others: set[str], overwrite: bool) -> None:
+    """Refuse, unless ``overwrite`` (--overwrite_output_dir: their records are dropped), the records in ``out`` of
+    rows of ``split`` that this run does not have (an earlier run of more rows): the dataset written would list
+    them as this run's."""
+    if others and not overwrite:
+        shown = ", ".join(repr(name) for name in sorted(others)[:5])
+        more = f", and {len(others) - 5} more" if len(others) > 5 else ""
+        raise ValueError(
+            f"{out} holds the outputs of {len(others)} rows of split {split!r} that this run does not have "
+            f"({shown}{more}: an earlier run's, of more rows: another --max_samples or toy size), which the "
+            "dataset written would list as this run's. Re-run with the earlier inputs, choose another "
+            "--output_dir, or give --overwrite_output_dir to drop them."
+        )
 
 
 def split_folders(split: str) -> tuple[str, ...]:

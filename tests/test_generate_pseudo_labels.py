@@ -500,3 +500,22 @@ def test_a_run_that_fails_before_writing_leaves_no_settings_to_refuse_the_correc
             generate.main([*argv, *mistake])
         assert not out.exists()
     assert generate.main([*argv, "--split", "train"])["splits"]["train"]["num_images"] == 2
+
+
+def test_rows_an_earlier_run_had_and_this_run_does_not_are_refused_or_dropped(tiny_clip, tmp_path):
+    """3 toy images, then 2 into the same --output_dir: the dataset and report of the second run listed the third
+    row as its own. Now it is refused, naming the row, nothing rewritten; with --overwrite_output_dir the third
+    row is dropped; --max_samples too."""
+    out = tmp_path / "out"
+    argv = ["--clip_model_name_or_path", tiny_clip, "--batch_size", "3", "--output_dir", str(out)]
+    generate.main([*argv, "--toy_train_images", "3"])
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    for fewer in (["--toy_train_images", "2"], ["--toy_train_images", "3", "--max_samples", "2"]):
+        with pytest.raises(
+            ValueError, match=r"1 rows of split 'train' that this run does not have \('000002'"
+        ):
+            generate.main([*argv, *fewer])
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    report = generate.main([*argv, "--toy_train_images", "2", "--overwrite_output_dir"])
+    assert report["splits"]["train"]["num_images"] == 2
+    assert len((out / "train" / "metadata.jsonl").read_text().splitlines()) == 2
