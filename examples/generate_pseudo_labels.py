@@ -23,18 +23,18 @@ ids of ``config.id2label``), ``<split>/metadata.jsonl`` (``file_name``, ``mask_f
 ``overlays/`` (--num_overlays), --save_to_disk, --push_to_hub. Re-running the same command after an
 interruption continues where it stopped (every file is written atomically; an image is done when its record in
 ``.state/`` exists and names the same input: the size and SHA-256 of the row's image and mask bytes, and its
-image-level labels). Rows of another input under the same row numbers (another dataset, toy seed or labels
-column) are refused, or with --overwrite_output_dir replaced; so are rows this run does not have (an earlier run
-of more images), or with it dropped, so that the dataset written is this run's. Until a run is done, its folder is marked unfinished and
-holds no metadata.jsonl (nor report), so that an interrupted run is not read as the earlier dataset with some of
-this run's masks; `train.py --data_dir` refuses it. A re-run with other settings, or with another model saved at
-the same --model or --clip_model_name_or_path folder (its weights are recorded by their SHA-256), is refused, or
-with --overwrite_output_dir starts over: it removes the earlier run's dataset (the files of its split folders, its
-records and report, the overlays its records list as written: other files of overlays/ stay).
-A run deletes the files of its split folders it has no record of, so --output_dir must not be, hold or lie inside
-the input dataset (--data_dir, --dataset_path), a non-empty folder this script did not write (no
-``.state/``) is refused unless --overwrite_output_dir, and a link among its outputs (split folders,
-``.state/``, ``overlays/``, or inside them) always: it would write and delete through it.
+image-level labels). Rows of another input under the same row numbers (another dataset, toy seed or labels column)
+are refused, or with --overwrite_output_dir replaced; so are rows this run does not have (an earlier run of more
+images), or with it dropped, so that the dataset written is this run's. Until a run is done, its folder is marked
+unfinished and holds no metadata.jsonl (nor report), so that an interrupted run is not read as the earlier dataset
+with some of this run's masks; `train.py --data_dir` refuses it. A re-run with other settings, or with another
+model saved at the same --model or --clip_model_name_or_path folder (its weights and config.json are recorded by
+their SHA-256, its image processor by its settings), is refused, or with --overwrite_output_dir starts over: it
+removes the earlier run's dataset (the files of its split folders, its records and report, the overlays its records
+list as written: other files of overlays/ stay). A run deletes the files of its split folders it has no record of,
+so --output_dir must not be, hold or lie inside the input dataset (--data_dir, --dataset_path), a non-empty folder
+this script did not write (no ``.state/``) is refused unless --overwrite_output_dir, and a link among its outputs
+(split folders, ``.state/``, ``overlays/``, or inside them) always: it would write and delete through it.
 
 Several processes take every n-th image each (on CPUs: ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
 --num_processes N``, as ``accelerate launch --cpu`` starts one process).
@@ -73,6 +73,7 @@ from weclip_hf.batch_jobs import (
     decoding_workers,
     folder_contents,
     group_by_size,
+    image_processor_setting,
     mark_finished,
     mark_unfinished,
     process_share,
@@ -690,6 +691,7 @@ def main(argv=None) -> dict | None:
     splits = load_splits(args, cfg.num_foreground_classes, cfg.semantic_loss_ignore_index, class_names, state)
     settings = {k: getattr(args, k) for k in ("model", "clip_model_name_or_path", "preset", "mode", "split")}
     settings.update(class_names=args.class_names, background_names=args.background_names)
+    settings["image_processor"] = image_processor_setting(processor)
     models = ("model", "clip_model_name_or_path")
     check_run_settings_or_start_over(
         out,

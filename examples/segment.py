@@ -29,9 +29,10 @@ disk first; one that cannot be read, empty or cut short by a power loss, is redo
 made from the same image: ``.state/inputs/<name>.json`` records each one's input by its
 content (size and SHA-256 of its bytes). A label map of another input of the same name (a changed file, another
 folder) is refused, or with --overwrite_output_dir replaced. A re-run with other settings, or with another model
-saved at the same --model_name_or_path folder (its weights are recorded by their SHA-256), is refused, or with
---overwrite_output_dir starts over: it removes the earlier run's label maps, overlays, records and report, the
-files each input's record lists as written for it (before it wrote them), never other files of the folder.
+saved at the same --model_name_or_path folder (its weights and config.json are recorded by their SHA-256, its image
+processor by its settings), is refused, or with --overwrite_output_dir starts over: it removes the earlier run's
+label maps, overlays, records and report, the files each input's record lists as written for it (before it wrote
+them), never other files of the folder.
 
 Phases: arguments -> inputs -> model -> segmentation loop (each process its share) -> report (main process).
 """
@@ -66,6 +67,7 @@ from weclip_hf.batch_jobs import (
     content_fingerprint,
     decoding_workers,
     group_by_size,
+    image_processor_setting,
     is_whole_image,
     process_share,
     read_record,
@@ -487,6 +489,7 @@ def main(argv=None) -> dict | None:
         args.scales = default_scales(model.config)
     settings = {k: getattr(args, k) for k in ("model_name_or_path", "dtype", "msf", "crf", "crf_preset")}
     settings["scales"] = args.scales if args.msf else None
+    settings["image_processor"] = image_processor_setting(processor)
     # the inputs before anything is written: a run without inputs leaves nothing
     values, names, where = load_inputs(args)
     check_run_settings_or_start_over(

@@ -236,6 +236,18 @@ def test_another_model_saved_at_the_same_folder_is_refused(toy_weclip_dir, tiny_
         assert {p: p.stat().st_mtime_ns for p in (tmp_path / f"out{flag}").rglob("*")} == before
 
 
+def test_another_image_processor_in_the_model_folder_is_refused(toy_weclip_dir, tmp_path):
+    """Another preprocessor_config.json saved in the --model folder (another input size: other pseudo masks): the
+    re-run kept the old masks as done. Now it is refused, naming the setting."""
+    model = Path(shutil.copytree(toy_weclip_dir, tmp_path / "m"))
+    argv = ["--model", str(model), "--toy_train_images", "2", "--output_dir", str(tmp_path / "out")]
+    generate.main(argv)
+    processor = model / "preprocessor_config.json"
+    processor.write_text(json.dumps({**json.loads(processor.read_text()), "size": {"longest_edge": 48}}))
+    with pytest.raises(ValueError, match=r"other settings \(image_processor: .*'longest_edge': 96.* -> .*48"):
+        generate.main(argv)
+
+
 def test_rows_of_another_dataset_under_the_same_numbers_are_refused_or_replaced(tiny_clip, tmp_path):
     """The toy world of seed 0, then of seed 1 into the same --output_dir: the second run is refused, naming the
     rows (it kept seed 0's images and masks as seed 1's), and rewrites nothing; with --overwrite_output_dir and

@@ -300,6 +300,33 @@ def test_another_model_saved_at_the_same_folder_is_refused(finished_run):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
+def edit_json(path: Path, **changes) -> None:
+    """Set ``changes`` in the JSON object saved at ``path``."""
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_another_image_processor_or_config_in_the_model_folder_is_refused(finished_run):
+    """Another preprocessor_config.json (another input size: other label maps) or config.json saved in the model
+    folder: the re-run kept the old label maps as done (only the weights were recorded). Now it is refused, naming
+    the setting, and nothing is rewritten; a folder of a version that recorded no processor is refused saying so."""
+    model, argv, out = finished_run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    edit_json(model / "preprocessor_config.json", size={"longest_edge": 48})
+    with pytest.raises(ValueError, match=r"other settings \(image_processor: .*'longest_edge': 96.* -> .*48"):
+        segment.main(argv)
+    edit_json(model / "preprocessor_config.json", size={"longest_edge": 96})
+    edit_json(model / "config.json", cam_bg_exponent=3)
+    with pytest.raises(ValueError, match="model_name_or_path_weights_sha256: .* is not the one that wrote"):
+        segment.main(argv)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    settings = out / ".state" / "settings.json"  # an earlier version's, which recorded no processor
+    settings.write_text(
+        json.dumps({k: v for k, v in json.loads(settings.read_text()).items() if k != "image_processor"})
+    )
+    with pytest.raises(ValueError, match=r"\(image_processor: not recorded by the version that wrote them"):
+        segment.main(argv)
+
+
 def test_a_folder_of_the_other_batch_script_is_refused_naming_its_writer(finished_run, tmp_path):
     """generate_pseudo_labels.py into segment.py's folder (and back): refused, naming the script that wrote it,
     also with --overwrite_output_dir, nothing touched (it said the folder's run "did not record the weights of its
@@ -426,8 +453,8 @@ def test_content_fingerprint_is_of_the_bytes_however_stored(tmp_path):
 
 
 def test_run_settings_record_the_weights_of_a_local_model_folder(tmp_path):
-    """`check_run_settings` with ``models``: a local folder's safetensors files by their SHA-256, a Hub id by its
-    name only (also in a folder recorded without weights, as before)."""
+    """`check_run_settings` with ``models``: a local folder's safetensors files and config.json by their SHA-256, a
+    Hub id by its name only (also in a folder recorded without weights, as before)."""
     import hashlib
 
     from weclip_hf.batch_jobs import check_run_settings, weights_sha256
@@ -436,7 +463,10 @@ def test_run_settings_record_the_weights_of_a_local_model_folder(tmp_path):
     model.mkdir()
     (model / "model.safetensors").write_bytes(b"weights")
     (model / "config.json").write_text("{}")
-    assert weights_sha256(str(model)) == {"model.safetensors": hashlib.sha256(b"weights").hexdigest()}
+    assert weights_sha256(str(model)) == {
+        "model.safetensors": hashlib.sha256(b"weights").hexdigest(),
+        "config.json": hashlib.sha256(b"{}").hexdigest(),
+    }
     assert weights_sha256("openai/clip-vit-base-patch16") is None and weights_sha256(None) is None
 
     def check(out: Path, name_or_path: str):

@@ -12,9 +12,10 @@
   of a batch are run in groups of one size (`group_by_size`).
 - `check_run_settings` records the settings that change the outputs in ``.state/settings.json``: a re-run with
   other settings is refused (`SettingsChanged`) rather than mixing two kinds of outputs in one folder. A model
-  given as a local folder is recorded by its weights too (`weights_sha256`), so that another model saved at the
-  same path is another setting. With --overwrite_output_dir the run starts over instead
-  (`check_run_settings_or_start_over`): the writer removes what the earlier run wrote, by its records.
+  given as a local folder is recorded by its weights and config.json too (`weights_sha256`), so that another model
+  saved at the same path is another setting; so is its image processor (`image_processor_setting`). With
+  --overwrite_output_dir the run starts over instead (`check_run_settings_or_start_over`): the writer removes what
+  the earlier run wrote, by its records.
 - While a run rewrites a folder whose finished outputs are read as a whole (a dataset's metadata), the folder is
   marked unfinished (`mark_unfinished`, until `mark_finished`) and those outputs are removed first, so that an
   interrupted run leaves no folder that reads as the earlier result with some of the new files in it; readers
@@ -237,12 +238,21 @@ def check_recorded_inputs(
 
 
 def weights_sha256(name_or_path: str | None) -> dict[str, str] | None:
-    """The identity of a model's weights: the SHA-256 of each safetensors file of a local model folder (the files
-    `from_pretrained` reads), by file name; None for a Hub id (no such local folder) or no model."""
+    """The identity of a model's weights and configuration: the SHA-256 of each safetensors file and of
+    ``config.json`` of a local model folder (the files `from_pretrained` reads), by file name; None for a Hub id (no
+    such local folder) or no model."""
     folder = Path(name_or_path).expanduser() if name_or_path else None
     if folder is None or not folder.is_dir():
         return None
-    return {p.name: sha256_of(p) for p in sorted(folder.glob("*.safetensors"))}
+    files = [*sorted(folder.glob("*.safetensors")), *sorted(folder.glob("config.json"))]
+    return {p.name: sha256_of(p) for p in files}
+
+
+def image_processor_setting(processor) -> dict:
+    """An image processor's settings as a run setting (its ``to_dict``): a re-run whose model folder holds another
+    preprocessor_config.json (other sizes or statistics, other outputs) is another setting. Keys that name the
+    processor's class for `AutoProcessor`, not how it processes, are left out."""
+    return {k: v for k, v in processor.to_dict().items() if not k.startswith("_") and k != "processor_class"}
 
 
 def weights_key(model_key: str) -> str:
@@ -293,6 +303,8 @@ def check_run_settings(
         shown = ", ".join(f"{k}: {recorded.get(k)!r} -> {settings.get(k)!r}" for k in changed)
         replaced = [k for k in models if weights_key(k) in changed and settings[k] == recorded.get(k)]
         note = "".join(f" The model at {settings[k]} is not the one that wrote them." for k in replaced)
+        if unrecorded := [k for k in changed if k not in recorded]:
+            note += f" ({', '.join(unrecorded)}: not recorded by the version that wrote them.)"
         raise SettingsChanged(
             f"{output_dir} holds outputs of a run with other settings ({shown}).{note} Re-run with the recorded "
             "settings to continue it, or choose another --output_dir."
@@ -455,6 +467,7 @@ __all__ = [
     "decoding_workers",
     "folder_contents",
     "group_by_size",
+    "image_processor_setting",
     "is_whole_image",
     "mark_finished",
     "mark_unfinished",
