@@ -754,6 +754,21 @@ def test_atomic_write_leaves_the_old_file_or_nothing(tmp_path):
     assert path.read_bytes() == b"old" and list(tmp_path.iterdir()) == [path]
 
 
+def test_atomic_write_of_the_longest_file_name_and_removal_of_its_temporary_files(tmp_path):
+    """A valid 249-character name failed (its temporary file's name, ``.{name}.tmp-{pid}``, was too long for the
+    file system); the temporary files an interrupted write leaves, of this version and an earlier one, are
+    removed."""
+    from weclip_hf.batch_jobs import remove_temporary_files, save_image
+
+    path = save_image(Image.new("RGB", (2, 2)), tmp_path / f"{'a' * 245}.png")
+    assert Image.open(path).size == (2, 2) and list(tmp_path.iterdir()) == [path]
+    left = [tmp_path / ".tmp-123-0a1b2c3d", tmp_path / ".a.png.tmp-123"]
+    for temporary in left:
+        temporary.write_bytes(b"half")
+    remove_temporary_files([tmp_path])
+    assert list(tmp_path.iterdir()) == [path]
+
+
 def test_overlays_are_saved_at_the_fastest_png_level_with_the_same_pixels(tmp_path):
     """`save_overlay`: a preview, PNG-compressed at level 1 (its zlib header's FLEVEL 0, "fastest"; PIL's default
     level 6 gives FLEVEL 2), the pixels as given."""

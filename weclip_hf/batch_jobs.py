@@ -34,6 +34,7 @@ import functools
 import hashlib
 import json
 import os
+import secrets
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -44,6 +45,9 @@ from PIL import Image
 
 STATE_DIR = ".state"  # hidden: `datasets` and globs skip it
 UNFINISHED = "unfinished.json"  # in STATE_DIR from `mark_unfinished` to `mark_finished`
+# the names of `write_atomic`'s temporary files; an earlier version's were ".{name}.tmp-{pid}"
+TEMPORARY_PREFIX = ".tmp-"
+TEMPORARY_PATTERNS = (f"{TEMPORARY_PREFIX}*", ".*.tmp-*")
 SETTINGS = "settings.json"  # in STATE_DIR: `check_run_settings` writes it before any output
 OUTPUTS = "outputs"  # in an input's record: the files written for it, relative to the output folder
 WRITER = "writer"  # in SETTINGS: the script that writes the folder
@@ -55,10 +59,12 @@ class SettingsChanged(ValueError):
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a hidden temporary file next to ``path``, flush it to disk (fsync: a power loss after
-    the rename must not leave an empty or cut-short file under the final name), then rename it to ``path``."""
+    the rename must not leave an empty or cut-short file under the final name), then rename it to ``path``. The
+    temporary name is short (`TEMPORARY_PREFIX`, the process id and a random part), so that any name the file system
+    takes for ``path`` can be written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f"{TEMPORARY_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
     try:
         write(tmp)
         with open(tmp, "r+b") as f:
@@ -447,7 +453,8 @@ def remove_temporary_files(folders: Iterable[str | Path]) -> None:
     followed)."""
     for folder in folders:
         for entry in walk_entries(folder):
-            if fnmatch.fnmatchcase(entry.name, ".*.tmp-*") and not entry.is_dir(follow_symlinks=False):
+            temporary = any(fnmatch.fnmatchcase(entry.name, pattern) for pattern in TEMPORARY_PATTERNS)
+            if temporary and not entry.is_dir(follow_symlinks=False):
                 os.unlink(entry.path)
 
 
