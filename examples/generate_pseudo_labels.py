@@ -81,6 +81,7 @@ from weclip_hf.batch_jobs import (
     recorded_outputs,
     remove_file,
     remove_temporary_files,
+    run_resumable,
     save_bytes,
     save_image,
     save_json,
@@ -752,4 +753,4 @@ def main(argv=None) -> dict | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_resumable(main)

@@ -75,6 +75,7 @@ from weclip_hf.batch_jobs import (
     recorded_outputs,
     remove_file,
     remove_temporary_files,
+    run_resumable,
     save_image,
     save_json,
     save_overlay,
@@ -569,8 +570,4 @@ def exit_status(report: dict | None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(exit_status(main()))
-    except KeyboardInterrupt:  # every label map written is whole: the same command continues
-        print("Interrupted: run the same command again to continue.")
-        raise SystemExit(130) from None
+    run_resumable(main, exit_status)

@@ -531,3 +531,20 @@ def test_rows_an_earlier_run_had_and_this_run_does_not_are_refused_or_dropped(ti
     report = generate.main([*argv, "--toy_train_images", "2", "--overwrite_output_dir"])
     assert report["splits"]["train"]["num_images"] == 2
     assert len((out / "train" / "metadata.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("script", ["generate_pseudo_labels.py", "segment.py"])
+def test_ctrl_c_says_how_to_continue_and_exits_130(script, monkeypatch, capsys):
+    """Ctrl-C ended generate_pseudo_labels.py with a KeyboardInterrupt traceback; both scripts now say that the same
+    command continues and exit with 130."""
+    import argparse
+    import runpy
+
+    def interrupted(parser, argv=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", interrupted)
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(ROOT / "examples" / script), run_name="__main__")
+    assert exited.value.code == 130
+    assert "Interrupted: run the same command again to continue." in capsys.readouterr().out

@@ -38,7 +38,7 @@ import secrets
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from PIL import Image
@@ -376,6 +376,17 @@ def check_finished(folder: str | Path, flag: str) -> None:
         )
 
 
+def run_resumable(main: Callable[[], Any], exit_status: Callable[[Any], int] = lambda result: 0) -> NoReturn:
+    """Run a job's ``main`` and exit with ``exit_status`` of its result; on Ctrl-C say that the same command
+    continues it (every file written is whole) and exit with 130, without a traceback."""
+    try:
+        status = exit_status(main())
+    except KeyboardInterrupt:
+        print("Interrupted: run the same command again to continue.")
+        raise SystemExit(130) from None
+    raise SystemExit(status)
+
+
 def write_skipped(output_dir: str | Path, rank: int, skipped: list[dict]) -> Path:
     """List the inputs process ``rank`` could not read (each ``{"input", "reason"}``) in its state file."""
     return save_json(skipped, Path(output_dir) / STATE_DIR / f"skipped-{rank}.json")
@@ -484,6 +495,7 @@ __all__ = [
     "recorded_outputs",
     "remove_file",
     "remove_temporary_files",
+    "run_resumable",
     "save_bytes",
     "save_image",
     "save_json",
