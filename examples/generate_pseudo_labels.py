@@ -251,10 +251,11 @@ def load_splits(args, num_classes: int, ignore_index: int, class_names, state: P
     """{split: (dataset with image_labels and a ``source_row`` column, its columns)}: --split and, if asked,
     --validation_split (which needs masks). Unreadable images are dropped and listed (the LabelSummary)."""
     source = DataSource.from_args(args, toy_sizes=(args.toy_train_images, args.toy_val_images))
+    # a --validation_split the dataset lacks is refused by load_dataset_splits; without one, "none" asks for none
+    # (and for no note on how train.py would find one)
     train, val, _ = load_dataset_splits(
-        source, train_split=args.split, validation_split=args.validation_split, preset=args.preset
+        source, train_split=args.split, validation_split=args.validation_split or "none", preset=args.preset
     )
-    # a --validation_split the dataset lacks was refused by load_dataset_splits; "none" copies none
     if args.max_samples:
         train = train.select(range(min(args.max_samples, len(train))))
     splits = {}
