@@ -171,7 +171,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--crf_preset",
         choices=sorted(CRF_PRESETS),
-        default="weclip",
         help="CRF parameters of --crf: WeCLIP's evaluation (weclip, the default) or DeepLab's",
     )
     p.add_argument("--num_overlays", type=int, default=0, help="overlays of the first N inputs (0; -1: all)")
@@ -183,6 +182,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("give either --images or one of --dataset_name / --data_dir / --dataset_path")
     if args.batch_size < 1:
         p.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    # a flag of a step that does not run would change nothing, yet be recorded as a setting
+    for flag, value, switch in (
+        ("--scales", args.scales, "--msf"),
+        ("--crf_preset", args.crf_preset, "--crf"),
+    ):
+        if value is not None and not getattr(args, switch.lstrip("-")):
+            p.error(f"{flag} acts only with {switch}: add {switch}, or drop {flag}.")
+    args.crf_preset = args.crf_preset or "weclip"
     return args
 
 

@@ -143,7 +143,7 @@ def test_segment_takes_the_scales_of_the_models_preset():
     assert segment.default_scales(make_tiny_config()) == [1.0, 0.75]  # classes of no preset
     args = ["--model_name_or_path", "m", "--output_dir", "o", "--images", "x"]
     assert segment.parse_args(args).scales is None  # resolved from the model once it is loaded
-    assert segment.parse_args([*args, "--scales", "1", "2"]).scales == [1.0, 2.0]
+    assert segment.parse_args([*args, "--msf", "--scales", "1", "2"]).scales == [1.0, 2.0]
 
 
 def test_help_texts(capsys):

@@ -554,6 +554,21 @@ def test_help_says_the_default_dtype(capsys):
     )
 
 
+def test_scales_without_msf_and_a_crf_preset_without_crf_are_refused(capsys):
+    """--scales without --msf and --crf_preset without --crf changed nothing, yet were recorded as settings (a
+    later run with the defaults was refused): now refused, naming the switch; with it they are taken."""
+    argv = ["--model_name_or_path", "m", "--images", "x", "--output_dir", "o"]
+    for flags, switch in ((["--scales", "1", "0.5"], "--msf"), (["--crf_preset", "deeplab"], "--crf")):
+        with pytest.raises(SystemExit):
+            segment.parse_args([*argv, *flags])
+        assert (
+            f"{flags[0]} acts only with {switch}: add {switch}, or drop {flags[0]}" in capsys.readouterr().err
+        )
+    args = segment.parse_args([*argv, "--msf", "--scales", "1", "0.5", "--crf", "--crf_preset", "deeplab"])
+    assert (args.scales, args.crf_preset) == ([1.0, 0.5], "deeplab")
+    assert segment.parse_args(argv).crf_preset == "weclip"
+
+
 def test_glob_patterns_and_output_names(images):
     files = segment.find_image_files([f"{images}/**/toy*.png", str(images / "notes.txt")], images / "seg")
     assert [f.name for f in files] == ["notes.txt", "toy1.png", "toy3.png", "toy0.png", "toy2.png"]
