@@ -20,21 +20,22 @@ Output (--output_dir), an imagefolder that `datasets.load_dataset("imagefolder",
 ids of ``config.id2label``), ``<split>/metadata.jsonl`` (``file_name``, ``mask_file_name``, ``image_labels``,
 ``source``); with --validation_split, that split copied with its ground-truth masks. Where the input has masks,
 ``pseudo_label_report.json`` scores the pseudo masks (per-class IoU; CAM, and with --model RFM). Optional:
-``overlays/`` (--num_overlays), --save_to_disk, --push_to_hub. Re-running the same command after an
-interruption continues where it stopped (every file is written atomically; an image is done when its record in
-``.state/`` exists and names the same input: the size and SHA-256 of the row's image and mask bytes, and its
-image-level labels). Rows of another input under the same row numbers (another dataset, toy seed or labels column)
-are refused, or with --overwrite_output_dir replaced; so are rows this run does not have (an earlier run of more
-images), or with it dropped, so that the dataset written is this run's. Until a run is done, its folder is marked
-unfinished and holds no metadata.jsonl (nor report), so that an interrupted run is not read as the earlier dataset
-with some of this run's masks; `train.py --data_dir` refuses it. A re-run with other settings, or with another
-model saved at the same --model or --clip_model_name_or_path folder (its weights and config.json are recorded by
-their SHA-256, its image processor by its settings), is refused, or with --overwrite_output_dir starts over: it
-removes the earlier run's dataset (the files of its split folders, its records and report, the overlays its records
-list as written: other files of overlays/ stay). A run deletes the files of its split folders it has no record of,
-so --output_dir must not be, hold or lie inside the input dataset (--data_dir, --dataset_path), a non-empty folder
-this script did not write (no ``.state/``) is refused unless --overwrite_output_dir, and a link among its outputs
-(split folders, ``.state/``, ``overlays/``, or inside them) always: it would write and delete through it.
+``overlays/`` (--num_overlays; a re-run draws those that done rows lack), --save_to_disk, --push_to_hub. Re-running
+the same command after an interruption continues where it stopped (every file is written atomically; an image is
+done when its record in ``.state/`` exists and names the same input: the size and SHA-256 of the row's image and
+mask bytes, and its image-level labels). Rows of another input under the same row numbers (another dataset, toy
+seed or labels column) are refused, or with --overwrite_output_dir replaced; so are rows this run does not have (an
+earlier run of more images), or with it dropped, so that the dataset written is this run's. Until a run is done,
+its folder is marked unfinished and holds no metadata.jsonl (nor report), so that an interrupted run is not read as
+the earlier dataset with some of this run's masks; `train.py --data_dir` refuses it. A re-run with other settings,
+or with another model saved at the same --model or --clip_model_name_or_path folder (its weights and config.json
+are recorded by their SHA-256, its image processor by its settings), is refused, or with --overwrite_output_dir
+starts over: it removes the earlier run's dataset (the files of its split folders, its records and report, the
+overlays its records list as written: other files of overlays/ stay). A run deletes the files of its split folders
+it has no record of, so --output_dir must not be, hold or lie inside the input dataset (--data_dir,
+--dataset_path), a non-empty folder this script did not write (no ``.state/``) is refused unless
+--overwrite_output_dir, and a link among its outputs (split folders, ``.state/``, ``overlays/``, or inside them)
+always: it would write and delete through it.
 
 Several processes take every n-th image each (on CPUs: ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
 --num_processes N``, as ``accelerate launch --cpu`` starts one process).
@@ -74,6 +75,7 @@ from weclip_hf.batch_jobs import (
     folder_contents,
     group_by_size,
     image_processor_setting,
+    is_whole_image,
     mark_finished,
     mark_unfinished,
     process_share,
@@ -86,6 +88,7 @@ from weclip_hf.batch_jobs import (
     save_image,
     save_json,
     save_overlay,
+    wants_overlay,
     write_atomic,
 )
 from weclip_hf.data.adapters import add_image_labels, resolve_columns
@@ -305,7 +308,7 @@ def row_record(example: dict, columns, split: str) -> dict:
 
 
 class LabelledImages(Dataset):
-    """Rows of a split (image-level labels added): the image normalized with ``normalization`` [3, H, W], the
+    """Rows of a split (image-level labels added), at ``positions``: the image normalized with ``normalization`` [3, H, W], the
     RGB image, the mask if any (checked as it is read: `read_example`), multi-hot labels [C], the stored image value
     (copied to the output) and the row's `row_record`."""
 
@@ -337,6 +340,7 @@ class LabelledImages(Dataset):
             example, self.columns, row, self.dataset.features, self.num_classes, self.ignore_index
         )
         return {
+            "position": self.positions[i],
             "row": example["source_row"],
             "record": row_record(example, self.columns, self.split),
             "stored": example[self.columns.image],
@@ -501,8 +505,10 @@ def pseudo_label_scores(records: list[dict], id2label: dict) -> dict:
     return report
 
 
-def write_pseudo_masks(model, group: list[dict], args, out: Path, split: str) -> None:
-    """Pseudo masks of same-size images; where masks exist, their confusion with CAM (and RFM) masks."""
+def write_pseudo_masks(model, group: list[dict], args, out: Path, split: str, overlay_only: set[int]) -> None:
+    """Pseudo masks of same-size images; where masks exist, their confusion with CAM (and RFM) masks. The rows in
+    ``overlay_only`` (positions: done, their overlay missing) get their overlay only, of the mask written
+    (`add_overlay`)."""
     cfg = model.config
     masks, cams = pseudo_masks(model, group, args.mode, args.max_size)
     scored = {args.mode: masks}
@@ -510,6 +516,9 @@ def write_pseudo_masks(model, group: list[dict], args, out: Path, split: str) ->
         scored["cam"] = pseudo_masks(model, group, "cam", args.max_size)[0]
     for k, item in enumerate(group):
         name = example_name(item["row"])
+        if item["position"] in overlay_only:
+            add_overlay(out, split, item, cams[k], cfg, args.mode)
+            continue
         confusion = None
         if item["mask"] is not None:
             confusion = {
@@ -517,19 +526,55 @@ def write_pseudo_masks(model, group: list[dict], args, out: Path, split: str) ->
                 for mode, pred in scored.items()
             }
         overlay = None
-        if args.num_overlays < 0 or item["row"] < args.num_overlays:
-            panels = {f"{args.mode.upper()} pseudo mask": masks[k]}
-            if item["mask"] is not None:
-                panels["ground truth"] = item["mask"]
-            figure = overlay_figure(
-                item["rgb"],
-                panels,
-                cfg.id2label,
-                present_class_cams(cams[k], item["class_labels"], cfg.id2label),
-                ignore_index=cfg.semantic_loss_ignore_index,
+        if wants_overlay(item["row"], args.num_overlays):
+            overlay = save_overlay(
+                example_overlay(item, masks[k], cams[k], cfg, args.mode), overlay_path(out, name)
             )
-            overlay = save_overlay(figure, out / "overlays" / f"{name}.png")
         write_example(out, split, item, masks[k], name, confusion, cfg.num_labels, overlay)
+
+
+def example_overlay(item: dict, mask, cams: torch.Tensor, cfg, mode: str) -> Image.Image:
+    """The overlay figure of an example: the image, its pseudo ``mask`` (and ground truth), the CAMs [C, h, w] of
+    its classes."""
+    panels = {f"{mode.upper()} pseudo mask": mask}
+    if item["mask"] is not None:
+        panels["ground truth"] = item["mask"]
+    return overlay_figure(
+        item["rgb"],
+        panels,
+        cfg.id2label,
+        present_class_cams(cams, item["class_labels"], cfg.id2label),
+        ignore_index=cfg.semantic_loss_ignore_index,
+    )
+
+
+def add_overlay(out: Path, split: str, item: dict, cams: torch.Tensor, cfg, mode: str) -> None:
+    """The overlay of a done example (asked for by a later run), of the mask written: its record lists it first."""
+    name = example_name(item["row"])
+    record = read_record(record_path(out, split, name))
+    outputs = [f"{split}/{record[key]}" for key in ("file_name", "mask_file_name")]
+    save_json({**record, OUTPUTS: [*outputs, f"overlays/{name}.png"]}, record_path(out, split, name))
+    with Image.open(out / split / record["mask_file_name"]) as image:
+        mask = np.asarray(image)
+    save_overlay(example_overlay(item, mask, cams, cfg, mode), overlay_path(out, name))
+
+
+def overlay_path(out: Path, name: str) -> Path:
+    """The overlay of the example named ``name`` (`example_name`)."""
+    return out / "overlays" / f"{name}.png"
+
+
+def missing_overlays(out: Path, dataset, todo: list[int], args, state: PartialState) -> set[int]:
+    """The positions in ``dataset`` of this process's share that are done (not in ``todo``) and whose overlay is
+    asked for (--num_overlays) but missing: an earlier run drew none."""
+    rows = list(dataset["source_row"])  # one column read, not the images
+    share = process_share(len(dataset), state.process_index, state.num_processes)
+    return {
+        i
+        for i in set(share) - set(todo)
+        if wants_overlay(rows[i], args.num_overlays)
+        and not is_whole_image(overlay_path(out, example_name(rows[i])))
+    }
 
 
 def rows_to_do(out: Path, split: str, dataset, columns, args, state: PartialState) -> list[int]:
@@ -718,6 +763,11 @@ def main(argv=None) -> dict | None:
         split: rows_to_do(out, split, dataset, columns, args, state)
         for split, (dataset, columns, *_) in splits.items()
     }
+    # and the overlays asked for of done rows of --split that an earlier run did not draw
+    overlay_only = {
+        split: missing_overlays(out, dataset, todo[split], args, state) if is_pseudo else set()
+        for split, (dataset, _, _, is_pseudo) in splits.items()
+    }
     # until `finish`, the folder is no dataset: neither the old one nor a mix of two runs
     if state.is_main_process:
         mark_unfinished(out, WRITER, finished_outputs(out, splits))
@@ -729,7 +779,7 @@ def main(argv=None) -> dict | None:
                 columns,
                 cfg.num_foreground_classes,
                 cfg.semantic_loss_ignore_index,
-                todo[split],
+                sorted([*todo[split], *overlay_only[split]]),
                 split,
                 normalization,
             ),
@@ -740,7 +790,7 @@ def main(argv=None) -> dict | None:
         for batch in tqdm(loader, desc=split, disable=not state.is_local_main_process):
             for group in group_by_size(batch):
                 if is_pseudo:
-                    write_pseudo_masks(model, group, args, out, split)
+                    write_pseudo_masks(model, group, args, out, split, overlay_only[split])
                 else:
                     for item in group:
                         name = example_name(item["row"])

@@ -20,19 +20,18 @@ outputs (those folders or what they hold, class_fractions.json) is refused, as i
 Outputs in --output_dir: ``labels/<name>.png`` (palette PNG whose pixel values are the ids of the model's
 ``config.id2label``; ``<name>``: the path relative to the inputs' common folder without its suffix, with it where
 two inputs would share a name, whatever its letter case (``a.jpg``, ``a.png``, ``a.png.png``; ``Photo.jpg``,
-``photo.png``: one file on macOS and Windows), or the row number of a dataset; paths that differ in case only
-are refused),
-``overlays/<name>.png`` for the first --num_overlays inputs, and ``class_fractions.json`` (per image and overall:
-the fraction of pixels of each class; the skipped inputs with the reason). Re-running the same command after an
-interruption continues: images whose label map exists are skipped (every file is written atomically, flushed to
-disk first; one that cannot be read, empty or cut short by a power loss, is redone), provided the label map was
-made from the same image: ``.state/inputs/<name>.json`` records each one's input by its
-content (size and SHA-256 of its bytes). A label map of another input of the same name (a changed file, another
-folder) is refused, or with --overwrite_output_dir replaced. A re-run with other settings, or with another model
-saved at the same --model_name_or_path folder (its weights and config.json are recorded by their SHA-256, its image
-processor by its settings), is refused, or with --overwrite_output_dir starts over: it removes the earlier run's
-label maps, overlays, records and report, the files each input's record lists as written for it (before it wrote
-them), never other files of the folder.
+``photo.png``: one file on macOS and Windows), or the row number of a dataset; paths that differ in case only are
+refused), ``overlays/<name>.png`` for the first --num_overlays inputs (a re-run draws those that done inputs lack),
+and ``class_fractions.json`` (per image and overall: the fraction of pixels of each class; the skipped inputs with
+the reason). Re-running the same command after an interruption continues: images whose label map exists are skipped
+(every file is written atomically, flushed to disk first; one that cannot be read, empty or cut short by a power
+loss, is redone), provided the label map was made from the same image: ``.state/inputs/<name>.json`` records each
+one's input by its content (size and SHA-256 of its bytes). A label map of another input of the same name (a
+changed file, another folder) is refused, or with --overwrite_output_dir replaced. A re-run with other settings, or
+with another model saved at the same --model_name_or_path folder (its weights and config.json are recorded by their
+SHA-256, its image processor by its settings), is refused, or with --overwrite_output_dir starts over: it removes
+the earlier run's label maps, overlays, records and report, the files each input's record lists as written for it
+(before it wrote them), never other files of the folder.
 
 Phases: arguments -> inputs -> model -> segmentation loop (each process its share) -> report (main process).
 """
@@ -79,6 +78,7 @@ from weclip_hf.batch_jobs import (
     save_image,
     save_json,
     save_overlay,
+    wants_overlay,
     write_skipped,
 )
 from weclip_hf.crf import CRF_PRESETS, crf_refine_labels
@@ -423,6 +423,12 @@ def overlay(model, item: dict, labels: torch.Tensor) -> Image.Image:
     )
 
 
+def read_label_map(path: Path) -> torch.Tensor:
+    """A label map written by this script: the ids [H, W] (int64) of its palette indices or 16-bit values."""
+    with Image.open(path) as image:
+        return torch.from_numpy(np.asarray(image).astype(np.int64))
+
+
 def write_report(out: Path, names: list[str], label_path: dict, id2label, model_name: str) -> dict:
     """class_fractions.json: per image and over all images, the fraction of pixels of each class; the skipped
     inputs."""
@@ -524,6 +530,16 @@ def main(argv=None) -> dict | None:
     share = process_share(len(names), state.process_index, state.num_processes)
     # a label map that cannot be read (empty or cut short: a power loss) is redone
     todo = [i for i in share if names[i] not in done or not is_whole_image(label_path[names[i]])]
+    overlay_path = {name: out / "overlays" / f"{name}.png" for name in names}
+    # a done input whose overlay is asked for and missing (an earlier run without --num_overlays): its overlay, of
+    # the label map written
+    overlay_only = {
+        i
+        for i in share
+        if i not in todo
+        and wants_overlay(i, args.num_overlays)
+        and not is_whole_image(overlay_path[names[i]])
+    }
     # an input redone: what an earlier record of its name lists goes before the new record is written (another
     # input's outputs, --overwrite_output_dir; an earlier attempt's, which this run may not write again); without
     # a list (no record, an earlier version's) its label map only: an overlay of that name may be a user's file
@@ -532,11 +548,12 @@ def main(argv=None) -> dict | None:
         for path in listed if listed is not None else [label_path[name]]:
             remove_file(path, out)
     state.print(
-        f"{len(names)} inputs; this process segments {len(todo)} (the others: done or another process's)"
+        f"{len(names)} inputs; this process segments {len(todo)} and draws {len(overlay_only)} overlays of done "
+        "ones (the others: done or another process's)"
     )
     num_workers = decoding_workers(args.num_workers, state.device.type)
     loader = DataLoader(
-        ImageInputs(values, where, todo, processor),
+        ImageInputs(values, where, sorted([*todo, *overlay_only]), processor),
         batch_size=args.batch_size,
         num_workers=num_workers,
         collate_fn=list,
@@ -548,18 +565,23 @@ def main(argv=None) -> dict | None:
     for batch in tqdm(loader, desc="segmenting", disable=not state.is_local_main_process):
         skipped += [{"input": names[b["position"]], "reason": b["error"]} for b in batch if "error" in b]
         for group in group_by_size([b for b in batch if "error" not in b]):
-            for item, labels in zip(group, segment(model, processor, group, args)):
+            redone = [item for item in group if item["position"] not in overlay_only]
+            predicted = iter(segment(model, processor, redone, args) if redone else [])
+            for item in group:
                 name = names[item["position"]]
-                with_overlay = args.num_overlays < 0 or item["position"] < args.num_overlays
-                overlay_path = out / "overlays" / f"{name}.png"
-                outputs = [overlay_path] * with_overlay + [label_path[name]]
+                # an input of overlay_only has its label map: its overlay shows that one
+                drawn_only = item["position"] in overlay_only
+                labels = read_label_map(label_path[name]) if drawn_only else next(predicted)
+                with_overlay = wants_overlay(item["position"], args.num_overlays)
+                outputs = [overlay_path[name]] * with_overlay + [label_path[name]]
                 save_json(
                     {**item["record"], OUTPUTS: [p.relative_to(out).as_posix() for p in outputs]},
                     record_path[name],
                 )
                 if with_overlay:
-                    save_overlay(overlay(model, item, labels), overlay_path)
-                save_image(label_map_image(labels, model.config.num_labels), label_path[name])
+                    save_overlay(overlay(model, item, labels), overlay_path[name])
+                if not drawn_only:
+                    save_image(label_map_image(labels, model.config.num_labels), label_path[name])
     for entry in skipped:
         print(f"skipped {entry['input']}: {entry['reason']}")
     write_skipped(out, state.process_index, skipped)

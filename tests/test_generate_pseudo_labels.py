@@ -386,6 +386,24 @@ def test_a_row_redone_takes_only_the_overlay_its_record_lists(tiny_clip, tmp_pat
     assert (out / "overlays" / "000001.png").read_bytes() == b"my overlay"
 
 
+def test_overlays_asked_for_in_a_rerun_of_a_finished_run_are_drawn_of_its_masks(tiny_clip, tmp_path):
+    """A finished run without overlays, run again with --num_overlays 1: it drew none (its rows were done). Now row
+    0's overlay is drawn, of the mask written, which stays as it was; its record lists it."""
+    out = tmp_path / "out"
+    argv = ["--clip_model_name_or_path", tiny_clip, "--toy_train_images", "2", "--output_dir", str(out)]
+    generate.main(argv)
+    masks = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "train" / "masks").iterdir()}
+    metadata = (out / "train" / "metadata.jsonl").read_text()
+    generate.main([*argv, "--num_overlays", "1"])
+    assert [p.name for p in (out / "overlays").iterdir()] == ["000000.png"]
+    assert Image.open(out / "overlays" / "000000.png").width > 2 * 3 * 96  # image, mask, legend and CAMs
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in masks} == masks
+    assert (out / "train" / "metadata.jsonl").read_text() == metadata
+    assert json.loads((out / ".state" / "train" / "000000.json").read_text())["outputs"] == [
+        "train/images/000000.bmp", "train/masks/000000.png", "overlays/000000.png"
+    ]  # fmt: skip
+
+
 def test_an_output_dir_of_the_input_data_of_other_files_or_with_links_is_refused(tiny_clip, tmp_path, capsys):
     """The run deleted every file of ``<output_dir>/<split>/images`` and ``masks`` it had no record of: the input
     dataset's images given as --output_dir too (and its metadata.jsonl replaced), and the files of a folder

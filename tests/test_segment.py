@@ -379,6 +379,22 @@ def test_a_damaged_settings_file_is_named_and_never_taken_for_other_settings(fin
     assert len(list((out / "labels").glob("*.png"))) == 2
 
 
+def test_overlays_asked_for_in_a_rerun_of_a_finished_run_are_drawn_of_its_label_maps(finished_run):
+    """A finished run without overlays, run again with --num_overlays 1: it drew none (its inputs were done). Now
+    the first input's overlay is drawn, of the label map written, which stays as it was; its record lists it."""
+    _, argv, out = finished_run
+    labels = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "labels").rglob("*.png")}
+    segment.main([*argv, "--num_overlays", "1"])
+    assert [p.name for p in (out / "overlays").iterdir()] == ["toy1.png"]
+    assert Image.open(out / "overlays" / "toy1.png").width > 2 * 3 * 96  # image, label map, legend and CAMs
+    assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in labels} == labels
+    record = json.loads((out / ".state" / "inputs" / "toy1.json").read_text())
+    assert record["outputs"] == ["overlays/toy1.png", "labels/toy1.png"]
+    drawn = (out / "overlays" / "toy1.png").stat().st_mtime_ns
+    segment.main([*argv, "--num_overlays", "1"])  # done, overlay too
+    assert (out / "overlays" / "toy1.png").stat().st_mtime_ns == drawn
+
+
 def test_a_damaged_label_map_is_redone(finished_run):
     """A label map left empty or cut short (a power loss after its rename): a re-run takes it as not done and
     writes it again, where it crashed at the report (PIL's UnidentifiedImageError); the whole one is kept."""

@@ -140,6 +140,11 @@ def group_by_size(items: list[dict], key: str = "pixel_values") -> list[list[dic
     return list(groups.values())
 
 
+def wants_overlay(index: int, num_overlays: int) -> bool:
+    """Whether the input at ``index`` gets an overlay: one of the first ``num_overlays`` (--num_overlays; -1: all)."""
+    return num_overlays < 0 or index < num_overlays
+
+
 def sha256_of(path: str | Path) -> str:
     """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
     digest = hashlib.sha256()
@@ -502,6 +507,7 @@ __all__ = [
     "save_overlay",
     "sha256_of",
     "walk_entries",
+    "wants_overlay",
     "weights_key",
     "weights_sha256",
     "write_atomic",
