@@ -10,7 +10,8 @@
 Several processes take every n-th input each (`accelerate launch`; on CPUs: ``ACCELERATE_USE_CPU=1 accelerate
 launch --multi_gpu --num_processes N``, as ``accelerate launch --cpu`` starts one process).
 
-Inputs: folders (searched recursively), files and glob patterns (``--images``), or a split of a Hub dataset,
+Inputs: folders (searched recursively; hidden files and folders, and the output folders of earlier runs, left
+out), files and glob patterns (``--images``), or a split of a Hub dataset,
 imagefolder or saved dataset. Images are read as the "image-segmentation" pipeline reads them (EXIF orientation,
 grayscale, CMYK, 16-bit, images below one patch); a file that cannot be read (a broken link too) is skipped and
 listed by its path, never fatal. What this script writes in --output_dir (labels/, overlays/, .state/) is never an
@@ -197,8 +198,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def find_image_files(patterns: list[str], output_dir: Path) -> list[Path]:
-    """Files of ``--images``, sorted, once each: files named as they are; in folders (recursive) and glob
-    matches, the files with an image suffix PIL knows. What this script writes in ``output_dir``
+    """Files of ``--images``, sorted, once each: files named as they are; in folders (recursive: `folder_files`)
+    and glob matches, the files with an image suffix PIL knows. What this script writes in ``output_dir``
     (`OUTPUT_FOLDERS`) is left out, so that an --output_dir inside an --images folder is not segmented by the
     next run; broken links are kept, to be listed as unreadable."""
     suffixes = set(Image.registered_extensions())
@@ -213,7 +214,7 @@ def find_image_files(patterns: list[str], output_dir: Path) -> list[Path]:
                 if Path(pattern).is_dir()
                 else [Path(m) for m in glob.glob(pattern, recursive=True)]
             )
-            files = [f for m in matches for f in (m.rglob("*") if m.is_dir() else [m])]
+            files = [f for m in matches for f in (folder_files(m) if m.is_dir() else [m])]
             images = [
                 resolved(f) for f in files if is_file_or_broken_link(f) and f.suffix.lower() in suffixes
             ]
@@ -225,6 +226,23 @@ def find_image_files(patterns: list[str], output_dir: Path) -> list[Path]:
             )
         found.update(images)
     return sorted(found)
+
+
+def folder_files(folder: Path) -> list[Path]:
+    """The files under ``folder``, recursively, as glob patterns find them: hidden files and folders (``.name``)
+    left out, and so are the folders that hold a run of this script or generate_pseudo_labels.py (their
+    ``.state/settings.json``: label maps, overlays, masks), named in a note."""
+    files = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir() or entry.is_symlink():
+            files.append(entry)
+        elif (entry / STATE_DIR / SETTINGS).is_file():
+            print(f"Note: left out {entry}: the output folder of a run ({STATE_DIR}/{SETTINGS}), not photos.")
+        else:
+            files += folder_files(entry)
+    return files
 
 
 def is_file_or_broken_link(path: Path) -> bool:

@@ -678,6 +678,28 @@ def test_outputs_inside_the_images_folder_are_not_inputs_of_the_next_run(images,
     ]
 
 
+def test_another_runs_output_folder_and_hidden_files_in_the_images_folder_are_not_inputs(
+    images, toy_weclip_dir, tmp_path, capsys
+):
+    """A run into photos/seg-a, then one into another --output_dir over photos: it segmented seg-a's label maps
+    and overlays as photos (only its own folder was left out), and hidden files that glob patterns skip. Now both
+    are left out, the run folder named in a note."""
+    photos = Path(shutil.copytree(images / "sub", tmp_path / "photos"))
+    (photos / ".cache").mkdir()
+    for hidden in (photos / ".cache" / "thumb.png", photos / ".toy1.png"):
+        shutil.copyfile(photos / "toy1.png", hidden)
+    model = ["--model_name_or_path", str(toy_weclip_dir), "--num_overlays", "1"]
+    segment.main([*model, "--images", str(photos / "toy1.png"), "--output_dir", str(photos / "seg-a")])
+    capsys.readouterr()
+    report = segment.main([*model, "--images", str(photos), "--output_dir", str(tmp_path / "seg-b")])
+    assert sorted(report["images"]) == ["toy1", "toy3"]
+    assert f"Note: left out {photos / 'seg-a'}: the output folder of a run" in capsys.readouterr().out
+    assert segment.find_image_files([f"{photos}/*.png"], tmp_path / "seg-b") == [
+        photos / "toy1.png",
+        photos / "toy3.png",
+    ]
+
+
 def test_a_broken_link_is_listed_as_skipped(images, toy_weclip_dir, tmp_path):
     """A link to a missing file among the inputs was dropped without a word; it is an unreadable input."""
     (tmp_path / "in").mkdir()
