@@ -16,9 +16,10 @@ only) without it. A trained WeCLIP+'s CAMs (--mode cam too) are weighted by its 
 re-weighting), so they are not the frozen CLIP's alone.
 
 Output (--output_dir), an imagefolder that `datasets.load_dataset("imagefolder", data_dir=...)` and `train.py
---data_dir` read: ``<split>/images/`` (the images, copied), ``<split>/masks/`` (palette PNGs whose values are the
-ids of ``config.id2label``), ``<split>/metadata.jsonl`` (``file_name``, ``mask_file_name``, ``image_labels``,
-``source``); with --validation_split, that split copied with its ground-truth masks. Where the input has masks,
+--data_dir` read (splits named train, validation or test, the names `datasets` reads back as they are; others are
+refused): ``<split>/images/`` (the images, copied), ``<split>/masks/`` (palette PNGs whose values are the ids of
+``config.id2label``), ``<split>/metadata.jsonl`` (``file_name``, ``mask_file_name``, ``image_labels``, ``source``);
+with --validation_split, that split copied with its ground-truth masks. Where the input has masks,
 ``pseudo_label_report.json`` scores the pseudo masks (per-class IoU; CAM, and with --model RFM). Optional:
 ``overlays/`` (--num_overlays; a re-run draws those that done rows lack), --save_to_disk, --push_to_hub. Re-running
 the same command after an interruption continues where it stopped (every file is written atomically; an image is
@@ -98,6 +99,7 @@ from weclip_hf.data.loading import (
     PSEUDO_LABEL_REPORT,
     DataSource,
     dataset_classes_note,
+    imagefolder_split_name,
     load_dataset_splits,
     names_no_dataset,
     read_example,
@@ -206,6 +208,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(
             f"--validation_split {args.split!r} is the --split pseudo-labelled: give another split (or none)."
         )
+    check_split_names(p, args)
     args.toy = names_no_dataset(args)
     args.mode = args.mode or ("rfm" if args.model else "cam")
     if args.mode == "rfm" and not args.model:
@@ -220,6 +223,26 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--model fixes the CLIP and the class names: drop --clip_model_name_or_path / --class_names")
     check_output_dir(p, args)
     return args
+
+
+def check_split_names(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a --split or --validation_split that the dataset written could not be read back with: its folder
+    keeps the name, which `datasets`' imagefolder reads as another split or as none (`imagefolder_split_name`)."""
+    for flag, name in (("--split", args.split), ("--validation_split", args.validation_split)):
+        if name in (None, "none") or (read := imagefolder_split_name(name)) == name:
+            continue
+        read_as = (
+            f"as split {read!r}"
+            if read
+            else "as no split (beside the other splits it is left out; alone, every file of the folder, masks "
+            "too, is read as one 'train' split)"
+        )
+        parser.error(
+            f"{flag} {name!r}: the dataset written keeps the split's name, and `datasets`' imagefolder (train.py "
+            f"--data_dir, load_dataset('imagefolder', data_dir=...)) reads a folder {name!r} {read_as}. Give a "
+            "split named train, validation or test: save yours under one of those names (e.g. "
+            f"DatasetDict({{'train': dataset[{name!r}]}}).save_to_disk(path), then --dataset_path path)."
+        )
 
 
 def check_output_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -156,7 +156,8 @@ def test_masks_and_scores_are_the_models(cam_run, tiny_clip):
 def test_toy_world_sizes_are_train_pys_flags(capsys):
     """The toy world's sizes are named as train.py names them (--toy_images stays an alias), refused below 1 (0
     labelled the whole default world) and with a dataset (ignored without a word). A --validation_split that is
-    the --split is refused: both write one folder, and its copies with ground truth replaced the pseudo masks."""
+    the --split is refused: both write one folder, and its copies with ground truth replaced the pseudo masks. So
+    is a split name that `datasets` reads back as another split or as none (the dataset written lost it)."""
     args = generate.parse_args(["--output_dir", "o", "--toy_images", "3", "--toy_val_images", "2"])
     assert (args.toy_train_images, args.toy_val_images) == (3, 2)
     for flags, message in (
@@ -165,6 +166,16 @@ def test_toy_world_sizes_are_train_pys_flags(capsys):
         (
             ["--data_dir", "d", "--toy_train_images", "3"],
             "--toy_train_images sizes the toy world, which --data_dir",
+        ),
+        # the output keeps the split's name, which `datasets` reads back as another split, or as none
+        (["--split", "train_aug"], "--split 'train_aug': the dataset written keeps the split's name"),
+        (
+            ["--validation_split", "val"],
+            "reads a folder 'val' as split 'validation'. Give a split named train,",
+        ),
+        (
+            ["--split", "unlabeled"],
+            "reads a folder 'unlabeled' as no split (beside the other splits it is left",
         ),
     ):
         with pytest.raises(SystemExit):
@@ -519,14 +530,14 @@ def test_a_bare_clip_takes_the_classes_of_a_classlabel_column(tmp_path, tiny_cli
 def test_a_run_that_fails_before_writing_leaves_no_settings_to_refuse_the_corrected_command(
     tmp_path, tiny_clip
 ):
-    """A mistyped --split or --class_names fails while the data is read: it recorded its settings first, so the
+    """A --split the dataset lacks or a mistyped --class_names fails while the data is read: it recorded its settings first, so the
     corrected command was refused as "a run with other settings". Now the failed run leaves no folder."""
     save_labelled_dataset(tmp_path / "d")
     out = tmp_path / "out"
     argv = ["--clip_model_name_or_path", tiny_clip, "--dataset_path", str(tmp_path / "d")]
     argv += ["--output_dir", str(out)]
     for mistake, message in (
-        (["--split", "trian"], "Split 'trian' not found"),
+        (["--split", "test"], "Split 'test' not found"),
         (["--split", "train", "--class_names", "heart", "kat"], r"unknown class name\(s\) \['cat'\]"),
     ):
         with pytest.raises(ValueError, match=message):

@@ -710,6 +710,24 @@ def load_folder_dataset(
     return (datasets.IterableDatasetDict if streaming else datasets.DatasetDict)(splits)
 
 
+def imagefolder_split_name(name: str) -> str | None:
+    """The split as which `datasets`' imagefolder reads a folder ``name`` back (`get_data_patterns`, the rule
+    `load_folder_dataset` and ``load_dataset("imagefolder", data_dir=...)`` follow): ``name`` itself for train,
+    validation and test; another name for one it takes as a spelling of those (val, dev: validation; training,
+    train_aug: train); None for a name it reads as no split (unlabeled, trainaug: beside other splits left out, alone
+    read with every file of the folder as one train split)."""
+    import tempfile
+
+    from datasets.data_files import get_data_patterns
+
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / name).mkdir()
+        (Path(folder) / name / "metadata.jsonl").touch()
+        patterns = get_data_patterns(folder)
+    found = [str(split) for split, globs in patterns.items() if globs != ["**"]]
+    return found[0] if found else None
+
+
 def _split_folders_differ_in_metadata(folder: Path) -> bool:
     """Whether some of a local ``folder``'s split folders hold an imagefolder metadata file and others none."""
     if not folder.is_dir():
