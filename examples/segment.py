@@ -45,7 +45,7 @@ import functools
 import glob
 import os
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -115,6 +115,7 @@ from weclip_hf.visualization import (
 IMAGE_FOLDERS = ("labels", "overlays")  # the images this script writes in --output_dir
 OUTPUT_FOLDERS = (*IMAGE_FOLDERS, STATE_DIR)  # all it writes there, with class_fractions.json
 REPORT = "class_fractions.json"
+OUTPUT_SUFFIXES = (".png", ".json")  # of an input's files: its label map and overlay, its record
 MODEL_SETTINGS = ("model_name_or_path",)  # the settings that name a model: its weights are recorded too
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -258,8 +259,10 @@ def resolved(path: Path) -> Path:
 def output_names(paths: list[Path]) -> list[str]:
     """Distinct output names, also to a file system that ignores letter case (macOS's, Windows'): paths relative to
     the files' common folder without suffix (``sub/a``); where that name is another file's too, whatever the case
-    (a.jpg, a.png; Photo.jpg, photo.png), or another file's name with suffix (a.png, a.png.png), the file keeps
-    its suffix (``a.jpg``, ``a.png``, ``a.png.png``). Paths that differ in letter case only (A.jpg, a.jpg, which
+    (a.jpg, a.png; Photo.jpg, photo.png), or another file's name with suffix (a.png, a.png.png), or where its
+    outputs would be the folder of another's (scan.jpg beside scan.png/page1.png: labels/scan.png), the file keeps
+    its suffix (``a.jpg``, ``a.png``, ``a.png.png``; ``scan.jpg``); where they would be one all the same, refused.
+    Paths that differ in letter case only (A.jpg, a.jpg, which
     only a case-sensitive file system holds) are refused: their outputs would be one file on the other kind. Letter
     case is compared as `str.lower` does, character by character (``casefold`` would also equate ß and ss, which
     those file systems keep apart)."""
@@ -276,16 +279,38 @@ def output_names(paths: list[Path]) -> list[str]:
     stems = [p.relative_to(root).with_suffix("").as_posix() for p in paths]
     counts = collections.Counter(stem.lower() for stem in stems)
     with_suffix = {i for i, stem in enumerate(stems) if counts[stem.lower()] > 1}
-    while True:  # a stem equal to a relative path kept: that file keeps its suffix too (grows, so it ends)
-        taken = {relative[i].lower() for i in with_suffix}
-        clashing = {i for i, stem in enumerate(stems) if i not in with_suffix and stem.lower() in taken}
+    # a stem equal to a relative path kept, or whose output files are another name's folder (scan.jpg and
+    # scan.png/page1.png: labels/scan.png): that file keeps its suffix too (grows, so it ends)
+    while True:
+        names = [relative[i] if i in with_suffix else stem for i, stem in enumerate(stems)]
+        taken, folders = {relative[i].lower() for i in with_suffix}, output_folders(names)
+        clashing = {
+            i
+            for i, stem in enumerate(stems)
+            if i not in with_suffix and (stem.lower() in taken or is_folder(stem, folders))
+        }
         if not clashing:
             break
         with_suffix |= clashing
-    names = [relative[i] if i in with_suffix else stem for i, stem in enumerate(stems)]
     if len({n.lower() for n in names}) != len(names):  # never: one output would overwrite another's
         raise RuntimeError(f"output names not unique: {sorted(n for n in names if names.count(n) > 1)}")
+    if clashes := [relative[i] for i, name in enumerate(names) if is_folder(name, folders)]:
+        raise ValueError(
+            "Inputs whose outputs would be the folders of other inputs' outputs, with their suffixes too: "
+            f"{clashes[:5]} (a.png, a.jpg and a folder a.png.png/). Rename one, or segment them in separate runs."
+        )
     return names
+
+
+def output_folders(names: list[str]) -> set[str]:
+    """The folders of the outputs of ``names`` (``sub`` of ``sub/a``), in lower case."""
+    return {str(parent).lower() for name in names for parent in PurePosixPath(name).parents}
+
+
+def is_folder(name: str, folders: set[str]) -> bool:
+    """Whether an output file of ``name`` (``<name>.png``, its record ``<name>.json``) would be one of the
+    ``folders`` of other outputs (`output_folders`), whatever the letter case."""
+    return any(f"{name}{suffix}".lower() in folders for suffix in OUTPUT_SUFFIXES)
 
 
 def input_record(stored, where, position: int) -> dict:

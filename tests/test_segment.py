@@ -650,6 +650,30 @@ def test_output_names_are_unique_where_a_stem_is_another_files_name(images, toy_
     assert {p: p.stat().st_mtime_ns for p in out.rglob("labels/*.png")} == before
 
 
+def test_a_file_whose_outputs_would_be_another_inputs_folder_keeps_its_suffix(
+    images, toy_weclip_dir, tmp_path
+):
+    """scan.jpg beside a folder scan.png/ (page1.png): the label map labels/scan.png was the folder of
+    labels/scan.png/page1.png, and every run failed with FileExistsError; a.jpg beside a.json/ clashed so in
+    .state/inputs. Now such a file keeps its suffix; where even that clashes, the inputs are refused."""
+    folder = tmp_path / "in"
+    for path in (
+        folder / "scan.jpg",
+        folder / "scan.png" / "page1.png",
+        folder / "a.jpg",
+        folder / "A.JSON" / "b.png",
+    ):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(images / "sub" / "toy1.png").save(path)
+    names = ["A.JSON/b", "a.jpg", "scan.jpg", "scan.png/page1"]
+    assert segment.output_names(sorted(p for p in folder.rglob("*") if p.is_file())) == names
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", str(toy_weclip_dir), "--images", str(folder), "--output_dir", str(out)]
+    assert sorted(segment.main(argv)["images"]) == names and sorted(segment.main(argv)["images"]) == names
+    with pytest.raises(ValueError, match=r"would be the folders of other inputs' outputs.*\['s.png'\]"):
+        segment.output_names([folder / "s.png", folder / "s.jpg", folder / "s.png.png" / "p.png"])
+
+
 def test_outputs_inside_the_images_folder_are_not_inputs_of_the_next_run(images, toy_weclip_dir, tmp_path):
     """--output_dir inside the --images folder: a re-run segmented the label maps and overlays of the first
     ("2 inputs", then "4 inputs": seg/labels/seg/labels/toy1, ...); now they are left out, and a re-run is done."""
