@@ -10,13 +10,14 @@
 Several processes take every n-th input each (`accelerate launch`; on CPUs: ``ACCELERATE_USE_CPU=1 accelerate
 launch --multi_gpu --num_processes N``, as ``accelerate launch --cpu`` starts one process).
 
-Inputs: folders (searched recursively; hidden files and folders, and the output folders of earlier runs, left
-out), files and glob patterns (``--images``), or a split of a Hub dataset,
-imagefolder or saved dataset. Images are read as the "image-segmentation" pipeline reads them (EXIF orientation,
-grayscale, CMYK, 16-bit, images below one patch); a file that cannot be read (a broken link too) is skipped and
-listed by its path, never fatal. What this script writes in --output_dir (labels/, overlays/, .state/) is never an
-input: --output_dir may lie inside an --images folder, or be it. The script writes no links there: a link among its
-outputs (those folders or what they hold, class_fractions.json) is refused, as it would write into another folder.
+Inputs: folders (searched recursively, linked folders too; hidden files and folders, and the output folders of
+earlier runs, left out; a file is named by its path there, links not followed), files and glob patterns
+(``--images``), or a split of a Hub dataset, imagefolder or saved dataset. Images are read as the
+"image-segmentation" pipeline reads them (EXIF orientation, grayscale, CMYK, 16-bit, images below one patch); a
+file that cannot be read (a broken link too) is skipped and listed by its path, never fatal. What this script
+writes in --output_dir (labels/, overlays/, .state/) is never an input: --output_dir may lie inside an --images
+folder, or be it. The script writes no links there: a link among its outputs (those folders or what they hold,
+class_fractions.json) is refused, as it would write into another folder.
 
 Outputs in --output_dir: ``labels/<name>.png`` (palette PNG whose pixel values are the ids of the model's
 ``config.id2label``; ``<name>``: the path relative to the inputs' common folder without its suffix, with it where
@@ -199,16 +200,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def find_image_files(patterns: list[str], output_dir: Path) -> list[Path]:
-    """Files of ``--images``, sorted, once each: files named as they are; in folders (recursive: `folder_files`)
-    and glob matches, the files with an image suffix PIL knows. What this script writes in ``output_dir``
-    (`OUTPUT_FOLDERS`) is left out, so that an --output_dir inside an --images folder is not segmented by the
-    next run; broken links are kept, to be listed as unreadable."""
+    """Files of ``--images``, sorted, once each (a file reached by several paths, through links: by `link_last`'s
+    first), by their paths as given (made absolute; links not followed, so that a linked file is
+    named as it is in the folder): files named as they are; in folders (recursive, linked folders too:
+    `folder_files`) and glob matches, the files with an image suffix PIL knows. What this script writes in
+    ``output_dir`` (`OUTPUT_FOLDERS`) is left out, so that an --output_dir inside an --images folder is not
+    segmented by the next run; broken links are kept, to be listed as unreadable."""
     suffixes = set(Image.registered_extensions())
     written = [(output_dir / folder).resolve() for folder in OUTPUT_FOLDERS]
-    found: set[Path] = set()
+    found: dict[Path, Path] = {}  # the file (links followed) -> the path it is named by
     for pattern in patterns:
         if Path(pattern).is_file():  # named as it is, whatever its suffix
-            images = [resolved(Path(pattern))]
+            images = [Path(pattern)]
         else:
             matches = (
                 [Path(pattern)]
@@ -216,33 +219,42 @@ def find_image_files(patterns: list[str], output_dir: Path) -> list[Path]:
                 else [Path(m) for m in glob.glob(pattern, recursive=True)]
             )
             files = [f for m in matches for f in (folder_files(m) if m.is_dir() else [m])]
-            images = [
-                resolved(f) for f in files if is_file_or_broken_link(f) and f.suffix.lower() in suffixes
-            ]
-        images = [f for f in images if not any(f.is_relative_to(folder) for folder in written)]
+            images = [f for f in files if is_file_or_broken_link(f) and f.suffix.lower() in suffixes]
+        images = [f for f in images if not any(resolved(f).is_relative_to(folder) for folder in written)]
         if not images:
             raise FileNotFoundError(
                 f"--images {pattern!r}: no image file there (the outputs in --output_dir {str(output_dir)!r} "
                 "are left out)."
             )
-        found.update(images)
-    return sorted(found)
+        for image in map(Path, map(os.path.abspath, images)):
+            found[resolved(image)] = min(found.get(resolved(image), image), image, key=link_last)
+    return sorted(found.values())
 
 
-def folder_files(folder: Path) -> list[Path]:
+def link_last(path: Path) -> tuple[bool, Path]:
+    """The order in which the paths of one file name it: a path without links first, then in sorted order."""
+    return path != resolved(path), path
+
+
+def folder_files(folder: Path, scanned: set[Path] | None = None) -> list[Path]:
     """The files under ``folder``, recursively, as glob patterns find them: hidden files and folders (``.name``)
     left out, and so are the folders that hold a run of this script or generate_pseudo_labels.py (their
-    ``.state/settings.json``: label maps, overlays, masks), named in a note."""
+    ``.state/settings.json``: label maps, overlays, masks), named in a note. Linked folders are followed, each
+    folder once (``scanned``: those done, links followed), so that a link to a folder above ends."""
+    scanned = set() if scanned is None else scanned
+    if folder.resolve() in scanned:
+        return []
+    scanned.add(folder.resolve())
     files = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
-        if not entry.is_dir() or entry.is_symlink():
+        if not entry.is_dir():  # a file, a link to one, or a broken link
             files.append(entry)
         elif (entry / STATE_DIR / SETTINGS).is_file():
             print(f"Note: left out {entry}: the output folder of a run ({STATE_DIR}/{SETTINGS}), not photos.")
         else:
-            files += folder_files(entry)
+            files += folder_files(entry, scanned)
     return files
 
 

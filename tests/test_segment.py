@@ -724,6 +724,26 @@ def test_another_runs_output_folder_and_hidden_files_in_the_images_folder_are_no
     ]
 
 
+def test_linked_folders_are_followed_and_linked_files_named_as_they_are(images, tmp_path):
+    """A linked subfolder was skipped without a word (rglob follows no folder link) and a linked file was named
+    after its target (elsewhere/real_name.png: "real_name", its common folder moved). Now linked folders are
+    followed, once each (a link to a folder above ends), files are named by their paths in the folder, and a file
+    reached twice is one input, named by its path without links."""
+    photos, elsewhere = tmp_path.resolve() / "photos", tmp_path.resolve() / "elsewhere"  # no link above them
+    (elsewhere / "album").mkdir(parents=True)
+    photos.mkdir()
+    shutil.copyfile(images / "toy0.png", photos / "toy0.png")
+    shutil.copyfile(images / "toy2.png", elsewhere / "real_name.png")
+    shutil.copyfile(images / "sub" / "toy1.png", elsewhere / "album" / "x.png")
+    links = {"alias.png": elsewhere / "real_name.png", "linked": elsewhere / "album", "loop": photos}
+    links["same.png"] = photos / "toy0.png"
+    for name, target in links.items():
+        (photos / name).symlink_to(target)
+    files = segment.find_image_files([str(photos)], tmp_path / "out")
+    assert files == [photos / "alias.png", photos / "linked" / "x.png", photos / "toy0.png"]
+    assert segment.output_names(files) == ["alias", "linked/x", "toy0"]
+
+
 def test_a_broken_link_is_listed_as_skipped(images, toy_weclip_dir, tmp_path):
     """A link to a missing file among the inputs was dropped without a word; it is an unreadable input."""
     (tmp_path / "in").mkdir()
