@@ -331,9 +331,9 @@ def row_record(example: dict, columns, split: str) -> dict:
 
 
 class LabelledImages(Dataset):
-    """Rows of a split (image-level labels added), at ``positions``: the image normalized with ``normalization`` [3, H, W], the
-    RGB image, the mask if any (checked as it is read: `read_example`), multi-hot labels [C], the stored image value
-    (copied to the output) and the row's `row_record`."""
+    """Rows of a split (image-level labels added), at ``positions``: the image normalized with ``normalization``
+    [3, H, W], the RGB image, the mask if any (checked as it is read: `read_example`), multi-hot labels [C], the
+    stored image value (copied to the output), the row's `row_record` and its position."""
 
     def __init__(
         self,
@@ -752,7 +752,8 @@ def main(argv=None) -> dict | None:
     out = Path(args.output_dir)
     splits = [split for split in (args.split, args.validation_split) if split]
     check_no_links(out, [*splits, STATE_DIR, "overlays", REPORT])
-    # 1. model and data, before anything is written: a run that fails there (a mistyped --split) leaves nothing
+    # 1. model and data, before anything is written: a run that fails there (a --split the dataset lacks, a
+    # mistyped class name) leaves nothing
     model, processor = load_model(args, state.device)
     normalization = PixelNormalization.from_image_processor(processor)
     args.max_size = processor_input_size(processor)  # a larger photo's pseudo masks are computed at that size

@@ -530,8 +530,9 @@ def test_a_bare_clip_takes_the_classes_of_a_classlabel_column(tmp_path, tiny_cli
 def test_a_run_that_fails_before_writing_leaves_no_settings_to_refuse_the_corrected_command(
     tmp_path, tiny_clip
 ):
-    """A --split the dataset lacks or a mistyped --class_names fails while the data is read: it recorded its settings first, so the
-    corrected command was refused as "a run with other settings". Now the failed run leaves no folder."""
+    """A --split the dataset lacks or a mistyped --class_names fails while the data is read: it recorded its
+    settings first, so the corrected command was refused as "a run with other settings". Now the failed run leaves
+    no folder."""
     save_labelled_dataset(tmp_path / "d")
     out = tmp_path / "out"
     argv = ["--clip_model_name_or_path", tiny_clip, "--dataset_path", str(tmp_path / "d")]

@@ -714,8 +714,8 @@ def imagefolder_split_name(name: str) -> str | None:
     """The split as which `datasets`' imagefolder reads a folder ``name`` back (`get_data_patterns`, the rule
     `load_folder_dataset` and ``load_dataset("imagefolder", data_dir=...)`` follow): ``name`` itself for train,
     validation and test; another name for one it takes as a spelling of those (val, dev: validation; training,
-    train_aug: train); None for a name it reads as no split (unlabeled, trainaug: beside other splits left out, alone
-    read with every file of the folder as one train split)."""
+    train_aug: train); None for a name it reads as no split (unlabeled, trainaug: beside other splits left out,
+    alone read with every file of the folder as one train split)."""
     import tempfile
 
     from datasets.data_files import get_data_patterns
