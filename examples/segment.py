@@ -201,11 +201,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def find_image_files(patterns: list[str], output_dir: Path) -> list[Path]:
     """Files of ``--images``, sorted, once each (a file reached by several paths, through links: by `link_last`'s
-    first), by their paths as given (made absolute; links not followed, so that a linked file is
-    named as it is in the folder): files named as they are; in folders (recursive, linked folders too:
-    `folder_files`) and glob matches, the files with an image suffix PIL knows. What this script writes in
-    ``output_dir`` (`OUTPUT_FOLDERS`) is left out, so that an --output_dir inside an --images folder is not
-    segmented by the next run; broken links are kept, to be listed as unreadable."""
+    first), by their paths as given (made absolute; links not followed, so that a linked file is named as it is in
+    the folder): files named as they are; in folders (recursive, linked folders too: `folder_files`) and glob
+    matches, the files with an image suffix PIL knows. What this script writes in ``output_dir``
+    (`OUTPUT_FOLDERS`) is left out, so that an --output_dir inside an --images folder is not segmented by the next
+    run; broken links are kept, to be listed as unreadable."""
     suffixes = set(Image.registered_extensions())
     written = [(output_dir / folder).resolve() for folder in OUTPUT_FOLDERS]
     found: dict[Path, Path] = {}  # the file (links followed) -> the path it is named by
@@ -236,15 +236,14 @@ def link_last(path: Path) -> tuple[bool, Path]:
     return path != resolved(path), path
 
 
-def folder_files(folder: Path, scanned: set[Path] | None = None) -> list[Path]:
+def folder_files(folder: Path, above: frozenset[Path] = frozenset()) -> list[Path]:
     """The files under ``folder``, recursively, as glob patterns find them: hidden files and folders (``.name``)
     left out, and so are the folders that hold a run of this script or generate_pseudo_labels.py (their
-    ``.state/settings.json``: label maps, overlays, masks), named in a note. Linked folders are followed, each
-    folder once (``scanned``: those done, links followed), so that a link to a folder above ends."""
-    scanned = set() if scanned is None else scanned
-    if folder.resolve() in scanned:
+    ``.state/settings.json``: label maps, overlays, masks), named in a note. Linked folders are followed, except a
+    link to a folder it is in (``above``: the folders it is in, links followed), so that the scan ends."""
+    if folder.resolve() in above:
         return []
-    scanned.add(folder.resolve())
+    above = above | {folder.resolve()}
     files = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
@@ -254,7 +253,7 @@ def folder_files(folder: Path, scanned: set[Path] | None = None) -> list[Path]:
         elif (entry / STATE_DIR / SETTINGS).is_file():
             print(f"Note: left out {entry}: the output folder of a run ({STATE_DIR}/{SETTINGS}), not photos.")
         else:
-            files += folder_files(entry, scanned)
+            files += folder_files(entry, above)
     return files
 
 
@@ -274,10 +273,9 @@ def output_names(paths: list[Path]) -> list[str]:
     (a.jpg, a.png; Photo.jpg, photo.png), or another file's name with suffix (a.png, a.png.png), or where its
     outputs would be the folder of another's (scan.jpg beside scan.png/page1.png: labels/scan.png), the file keeps
     its suffix (``a.jpg``, ``a.png``, ``a.png.png``; ``scan.jpg``); where they would be one all the same, refused.
-    Paths that differ in letter case only (A.jpg, a.jpg, which
-    only a case-sensitive file system holds) are refused: their outputs would be one file on the other kind. Letter
-    case is compared as `str.lower` does, character by character (``casefold`` would also equate ß and ss, which
-    those file systems keep apart)."""
+    Paths that differ in letter case only (A.jpg, a.jpg, which only a case-sensitive file system holds) are
+    refused: their outputs would be one file on the other kind. Letter case is compared as `str.lower` does,
+    character by character (``casefold`` would also equate ß and ss, which those file systems keep apart)."""
     root = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path()
     relative = [p.relative_to(root).as_posix() for p in paths]
     same_case = collections.defaultdict(list)
@@ -299,14 +297,14 @@ def output_names(paths: list[Path]) -> list[str]:
         clashing = {
             i
             for i, stem in enumerate(stems)
-            if i not in with_suffix and (stem.lower() in taken or is_folder(stem, folders))
+            if i not in with_suffix and (stem.lower() in taken or clashes_with_folder(stem, folders))
         }
         if not clashing:
             break
         with_suffix |= clashing
     if len({n.lower() for n in names}) != len(names):  # never: one output would overwrite another's
         raise RuntimeError(f"output names not unique: {sorted(n for n in names if names.count(n) > 1)}")
-    if clashes := [relative[i] for i, name in enumerate(names) if is_folder(name, folders)]:
+    if clashes := [relative[i] for i, name in enumerate(names) if clashes_with_folder(name, folders)]:
         raise ValueError(
             "Inputs whose outputs would be the folders of other inputs' outputs, with their suffixes too: "
             f"{clashes[:5]} (a.png, a.jpg and a folder a.png.png/). Rename one, or segment them in separate runs."
@@ -319,7 +317,7 @@ def output_folders(names: list[str]) -> set[str]:
     return {str(parent).lower() for name in names for parent in PurePosixPath(name).parents}
 
 
-def is_folder(name: str, folders: set[str]) -> bool:
+def clashes_with_folder(name: str, folders: set[str]) -> bool:
     """Whether an output file of ``name`` (``<name>.png``, its record ``<name>.json``) would be one of the
     ``folders`` of other outputs (`output_folders`), whatever the letter case."""
     return any(f"{name}{suffix}".lower() in folders for suffix in OUTPUT_SUFFIXES)

@@ -736,12 +736,19 @@ def test_linked_folders_are_followed_and_linked_files_named_as_they_are(images, 
     shutil.copyfile(images / "toy2.png", elsewhere / "real_name.png")
     shutil.copyfile(images / "sub" / "toy1.png", elsewhere / "album" / "x.png")
     links = {"alias.png": elsewhere / "real_name.png", "linked": elsewhere / "album", "loop": photos}
-    links["same.png"] = photos / "toy0.png"
+    (photos / "real").mkdir()
+    shutil.copyfile(images / "sub" / "toy3.png", photos / "real" / "y.png")
+    links.update({"same.png": photos / "toy0.png", "a_link": photos / "real"})
     for name, target in links.items():
         (photos / name).symlink_to(target)
     files = segment.find_image_files([str(photos)], tmp_path / "out")
-    assert files == [photos / "alias.png", photos / "linked" / "x.png", photos / "toy0.png"]
-    assert segment.output_names(files) == ["alias", "linked/x", "toy0"]
+    assert files == [
+        photos / "alias.png",
+        photos / "linked" / "x.png",
+        photos / "real" / "y.png",
+        photos / "toy0.png",
+    ]
+    assert segment.output_names(files) == ["alias", "linked/x", "real/y", "toy0"]
 
 
 def test_a_broken_link_is_listed_as_skipped(images, toy_weclip_dir, tmp_path):
