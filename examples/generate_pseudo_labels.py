@@ -226,23 +226,36 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def check_split_names(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse a --split or --validation_split that the dataset written could not be read back with: its folder
-    keeps the name, which `datasets`' imagefolder reads as another split or as none (`imagefolder_split_name`)."""
+    """Refuse a --split or --validation_split that the dataset written could not be read back as a split of its own:
+    its folder keeps the name, which `datasets`' imagefolder reads as no split (unlabeled, trainaug) or as the same
+    split as the other one's (val beside validation); a name it reads as another split (VOC's train_aug as train,
+    val as validation) is noted (`imagefolder_split_name`)."""
+    where = "`datasets`' imagefolder (train.py --data_dir, load_dataset('imagefolder', data_dir=...))"
+    remedy = (
+        "Save the split under a name it reads (train, validation, test), e.g. "
+        "DatasetDict({'train': dataset[name]}).save_to_disk(path), then --dataset_path path."
+    )
+    read: dict[str, str] = {}
     for flag, name in (("--split", args.split), ("--validation_split", args.validation_split)):
-        if name in (None, "none") or (read := imagefolder_split_name(name)) == name:
+        if name in (None, "none"):
             continue
-        read_as = (
-            f"as split {read!r}"
-            if read
-            else "as no split (beside the other splits it is left out; alone, every file of the folder, masks "
-            "too, is read as one 'train' split)"
-        )
-        parser.error(
-            f"{flag} {name!r}: the dataset written keeps the split's name, and `datasets`' imagefolder (train.py "
-            f"--data_dir, load_dataset('imagefolder', data_dir=...)) reads a folder {name!r} {read_as}. Give a "
-            "split named train, validation or test: save yours under one of those names (e.g. "
-            f"DatasetDict({{'train': dataset[{name!r}]}}).save_to_disk(path), then --dataset_path path)."
-        )
+        split = imagefolder_split_name(name)
+        if split is None:
+            parser.error(
+                f"{flag} {name!r}: the dataset written keeps the split's name, and {where} reads a folder {name!r} "
+                "as no split (beside the other splits it is left out; alone, every file of the folder, masks too, "
+                f"is read as one 'train' split). {remedy}"
+            )
+        if split in read.values():
+            parser.error(
+                f"{flag} {name!r}: {where} reads it back as split {split!r}, as the other split written: the two "
+                f"would be one. {remedy}"
+            )
+        read[name] = split
+        if split != name:
+            print(
+                f"Note: {flag} {name!r} is written as a folder {name!r}, which {where} reads back as split {split!r}."
+            )
 
 
 def check_output_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -167,20 +167,28 @@ def test_toy_world_sizes_are_train_pys_flags(capsys):
             ["--data_dir", "d", "--toy_train_images", "3"],
             "--toy_train_images sizes the toy world, which --data_dir",
         ),
-        # the output keeps the split's name, which `datasets` reads back as another split, or as none
-        (["--split", "train_aug"], "--split 'train_aug': the dataset written keeps the split's name"),
-        (
-            ["--validation_split", "val"],
-            "reads a folder 'val' as split 'validation'. Give a split named train,",
-        ),
+        # the output keeps the split's name, which `datasets` reads back as none, or as the other split's
         (
             ["--split", "unlabeled"],
             "reads a folder 'unlabeled' as no split (beside the other splits it is left",
+        ),
+        (
+            ["--split", "val", "--validation_split", "validation"],
+            "--validation_split 'validation': `datasets`' imagefolder (train.py --data_dir, load_dataset('imagefolder', "
+            "data_dir=...)) reads it back as split 'validation', as the other split written",
         ),
     ):
         with pytest.raises(SystemExit):
             generate.parse_args(["--output_dir", "o", *flags])
         assert message in " ".join(capsys.readouterr().err.split())
+    # VOC's train_aug is read back as train (train.py's voc preset takes it there): noted, not refused
+    args = generate.parse_args(["--output_dir", "o", "--split", "train_aug", "--validation_split", "val"])
+    assert (args.split, args.validation_split) == ("train_aug", "val")
+    out = " ".join(capsys.readouterr().out.split())
+    assert (
+        "--split 'train_aug' is written as a folder 'train_aug', which" in out and "as split 'train'" in out
+    )
+    assert "--validation_split 'val' is written as a folder 'val'" in out and "as split 'validation'" in out
 
 
 def test_a_model_of_other_classes_does_not_label_the_toy_world(tmp_path):
