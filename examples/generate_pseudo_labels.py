@@ -16,8 +16,8 @@ only) without it. A trained WeCLIP+'s CAMs (--mode cam too) are weighted by its 
 re-weighting), so they are not the frozen CLIP's alone.
 
 Output (--output_dir), an imagefolder that `datasets.load_dataset("imagefolder", data_dir=...)` and `train.py
---data_dir` read (splits named train, validation or test, the names `datasets` reads back as they are; others are
-refused): ``<split>/images/`` (the images, copied), ``<split>/masks/`` (palette PNGs whose values are the ids of
+--data_dir` read (each split's folder keeps its name, read back by `datasets`' rules: `check_split_names`):
+``<split>/images/`` (the images, copied), ``<split>/masks/`` (palette PNGs whose values are the ids of
 ``config.id2label``), ``<split>/metadata.jsonl`` (``file_name``, ``mask_file_name``, ``image_labels``, ``source``);
 with --validation_split, that split copied with its ground-truth masks. Where the input has masks,
 ``pseudo_label_report.json`` scores the pseudo masks (per-class IoU; CAM, and with --model RFM). Optional:

@@ -601,9 +601,8 @@ class WeCLIPConfig(PreTrainedConfig):
         overrides = sorted(own.keys() | (kwargs.keys() & (cls.field_names() | set(cls.sub_configs))))
         try:
             loaded = super().from_dict({**config_dict, **own}, **kwargs)
-            config = (
-                loaded[0] if isinstance(loaded, tuple) else loaded
-            )  # (config, unused kwargs) when asked for
+            # (config, unused kwargs) when asked for
+            config = loaded[0] if isinstance(loaded, tuple) else loaded
             config._check_fields()
         except (ValueError, TypeError) as err:
             if not overrides:
@@ -636,9 +635,8 @@ class WeCLIPConfig(PreTrainedConfig):
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except (ValueError, TypeError) as err:
-            cause = (
-                err.__cause__ if isinstance(err, RefusedOverrides) else err
-            )  # from_dict's, told again here
+            # from_dict's refusal, told again here with the folder
+            cause = err.__cause__ if isinstance(err, RefusedOverrides) else err
             raise cls._loading_error(str(pretrained_model_name_or_path), kwargs, cause) from err
 
     @classmethod

@@ -10,6 +10,7 @@ Reading order: outputs, the pretrained-model base, then the task model, whose fo
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import re
 from dataclasses import dataclass
@@ -127,12 +128,6 @@ class WeCLIPSemanticSegmenterOutput(SemanticSegmenterOutput):
 
 # --------------------------------------------------------------------------------------------------
 # Pretrained-model base
-
-# the keywords of push_to_hub that save_pretrained(..., push_to_hub=True) passes on, with the repository's id
-_PUSH_KEYWORDS = (
-    "repo_id", "image_processor", "model_card", "metrics", "commit_message", "private", "token", "revision",
-    "create_pr", "tags", "commit_description",
-)  # fmt: skip
 
 # Weights a CLIP checkpoint cannot hold: `from_clip` initializes them, any other load must find them.
 _FRESH_IN_CLIP_CHECKPOINT = re.compile(r"^decoder\.|_text_embeds$|^training_step$")
@@ -326,7 +321,9 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
         embeddings (``encoded_prompts``; ``{}`` for placeholders, with a warning), which loading checks.
         ``push_to_hub=True`` then uploads the model as `push_to_hub` does (with an image processor and the WeCLIP
         card; ``repo_id``, default the folder's name, and the upload keywords of `push_to_hub`)."""
-        hub = {key: kwargs.pop(key) for key in _PUSH_KEYWORDS if key in kwargs}
+        # push_to_hub's keywords (its repo_id too) go to the upload, the others to the save (and the upload's save)
+        upload = inspect.signature(type(self).push_to_hub).parameters.keys() - {"self", "kwargs"}
+        hub = {key: kwargs.pop(key) for key in upload & kwargs.keys()}
         self.config.validate()
         self._record_encoded_prompts()
         super().save_pretrained(save_directory, *args, **kwargs)

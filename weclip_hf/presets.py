@@ -301,19 +301,15 @@ VOC_PRESET_OF_MODEL_TYPE = {"weclip": "voc", "weclip_plus": "voc-plus"}
 METHOD_NAMES = {"weclip": "WeCLIP", "weclip_plus": "WeCLIP+"}  # model type -> the method's name
 
 
-def preset_of_model(config) -> Preset:
-    """The preset whose settings the model of ``config`` is evaluated with: the one it was trained with (its
-    ``training_preset``, recorded by examples/train.py; else found by its classes: `preset_of_config`), else its
+def evaluation_of_config(config) -> EvaluationSettings:
+    """The evaluation settings of the model of ``config``: those of the preset it was trained with (its
+    ``training_preset``, recorded by examples/train.py; else found by its classes: `preset_of_config`), else of its
     model type's VOC preset (the recipe of a run without --preset)."""
     recorded = getattr(config, "training_preset", None)
     preset = PRESETS.get(recorded) if recorded else None
     preset = preset or preset_of_config(config)
-    return preset or get_preset(VOC_PRESET_OF_MODEL_TYPE.get(config.model_type, "voc"))
-
-
-def evaluation_of_config(config) -> EvaluationSettings:
-    """The evaluation settings of the model of ``config`` (those of `preset_of_model`)."""
-    return preset_of_model(config).evaluation
+    preset = preset or get_preset(VOC_PRESET_OF_MODEL_TYPE.get(config.model_type, "voc"))
+    return preset.evaluation
 
 
 def preset_config_kwargs(name: str | None) -> dict:
