@@ -16,7 +16,7 @@ from ..configuration_weclip import WeCLIPConfig
 from ..configuration_weclip_plus import WeCLIPPlusConfig
 from ..presets import METHOD_NAMES, get_preset
 from .report import raise_for_keys
-from .weclip_keys import TEXT_BLOCKS, VISION_BLOCKS, clip_prefix, holds_clip
+from .weclip_keys import DECODER_PREFIXES, TEXT_BLOCKS, VISION_BLOCKS, clip_prefix, find_clip_prefix
 from .weclip_plus_keys import DINO_BLOCKS, DINO_PREFIX, DINO_PREFIXES, is_weclip_plus_checkpoint
 
 # the presets an official checkpoint converts with, by the `model_type` they build
@@ -133,8 +133,8 @@ def infer_decoder_kwargs(state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
         "decoder.linear_pred.weight",
         "decoder.transformer.resblocks.0.mlp.c_fc.weight",
     ]
-    if holds_clip(state_dict) and not any(
-        k.startswith(("decoder.", "decoder_fts_fuse.")) for k in state_dict
+    if find_clip_prefix(state_dict) is not None and not any(
+        k.startswith(DECODER_PREFIXES) for k in state_dict
     ):
         raise ValueError(
             "The checkpoint holds a CLIP (visual.* tensors) and no WeCLIP decoder (decoder.*, decoder_fts_fuse.*): "

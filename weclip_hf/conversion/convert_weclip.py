@@ -24,10 +24,9 @@ from .config_inference import (
 from .report import ConversionReport, count_dtypes, raise_for_keys
 from .weclip_keys import (
     PAR_KERNEL_KEY,
-    clip_prefix,
     decoder_to_official,
+    find_clip_prefix,
     hf_to_official_clip,
-    holds_clip,
     is_known_clip_key,
     official_to_decoder,
     official_to_hf_clip,
@@ -109,7 +108,7 @@ def official_to_weclip(
             if not k.endswith("position_ids")
         }
         # the checkpoint's own CLIP (read, not used); bare OpenAI names or under encoder.
-        prefix = clip_prefix(weclip_part) if holds_clip(weclip_part) else "encoder."
+        prefix = found if (found := find_clip_prefix(weclip_part)) is not None else "encoder."
         replaced = {k: v for k, v in weclip_part.items() if is_known_clip_key(k, prefix)}
         report = ConversionReport(
             prefix=prefix,
@@ -233,7 +232,9 @@ def convert_official_checkpoint(
         check_clip_matches(state, vision, clip)
         clip_sd = CLIPModel.from_pretrained(clip).state_dict()
         config = build_config(vision, text, clip_config.projection_dim, state, preset, config_overrides)
-        if check_clip and holds_clip(state):  # (the DINO branch's keys are dino_encoder.*: never a CLIP's)
+        if (
+            check_clip and find_clip_prefix(state) is not None
+        ):  # (the DINO branch's keys are dino_encoder.*: never a CLIP's)
             v, t, p, _ = official_to_hf_clip(without_dino(state))
             raise_for_keys(
                 f"The checkpoint's CLIP differs from {clip!r} for",

@@ -104,22 +104,26 @@ DECODER_PREFIXES = ("decoder.", "decoder_fts_fuse.")  # official
 # ---- CLIP --------------------------------------------------------------------------------------------
 
 
-def clip_prefix(state_dict: dict[str, torch.Tensor]) -> str:
-    """``"encoder."`` when the CLIP keys carry the official WeCLIP prefix, else ``""``."""
+def find_clip_prefix(state_dict: dict[str, torch.Tensor]) -> str | None:
+    """The prefix of an official state dict's CLIP keys: ``"encoder."`` (official WeCLIP checkpoint), ``""``
+    (OpenAI CLIP), or None when it holds no CLIP image tower."""
     if any(k.startswith("encoder.visual.") for k in state_dict):
         return "encoder."
     if any(k.startswith("visual.") for k in state_dict):
         return ""
-    raise ValueError(
-        "No CLIP image tower found: expected keys 'visual.*' (OpenAI CLIP) or 'encoder.visual.*' (official "
-        f"WeCLIP checkpoint); got e.g. {sorted(state_dict)[:5]}. For a checkpoint without CLIP weights, pass "
-        "clip= (--clip), a transformers CLIP folder or Hub id."
-    )
+    return None
 
 
-def holds_clip(state_dict: dict[str, torch.Tensor]) -> bool:
-    """Whether an official state dict holds a CLIP image tower (``visual.*`` or ``encoder.visual.*``)."""
-    return any(k.startswith(("encoder.visual.", "visual.")) for k in state_dict)
+def clip_prefix(state_dict: dict[str, torch.Tensor]) -> str:
+    """``find_clip_prefix``, refusing a state dict without a CLIP image tower."""
+    prefix = find_clip_prefix(state_dict)
+    if prefix is None:
+        raise ValueError(
+            "No CLIP image tower found: expected keys 'visual.*' (OpenAI CLIP) or 'encoder.visual.*' (official "
+            f"WeCLIP checkpoint); got e.g. {sorted(state_dict)[:5]}. For a checkpoint without CLIP weights, pass "
+            "clip= (--clip), a transformers CLIP folder or Hub id."
+        )
+    return prefix
 
 
 def dropped_clip_key(name: str) -> str | None:
