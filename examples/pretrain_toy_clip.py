@@ -61,6 +61,7 @@ from weclip_hf.data.toy import (
     TOY_PROMPT_TEMPLATE,
     TOY_VALIDATION_SEED_OFFSET,
     generate_toy_world,
+    toy_baselines,
     toy_clip_path,
 )
 from weclip_hf.data.transforms import multi_hot as multi_hot_row
@@ -345,24 +346,6 @@ def cam_pseudo_labels(
     return scores.argmax(dim=1).numpy().astype(np.uint8)
 
 
-def baselines(masks: np.ndarray, labels: list[list[int]]) -> dict[str, float]:
-    """mIoU of label-aware trivial predictions (all background; whole image; centred disk)."""
-    num_labels = len(TOY_CLASS_NAMES) + 1
-    size = masks.shape[-1]
-    first = np.array([present[0] if present else 0 for present in labels], dtype=np.uint8)
-    ys, xs = np.mgrid[0:size, 0:size] + 0.5
-    disk = (ys - size / 2) ** 2 + (xs - size / 2) ** 2 <= (size * 0.3) ** 2
-    return {
-        "all_background": mean_iou(np.zeros_like(masks), masks, num_labels),
-        "whole_image_first_class": mean_iou(
-            np.broadcast_to(first[:, None, None], masks.shape), masks, num_labels
-        ),
-        "centred_disk_first_class": mean_iou(
-            np.where(disk[None], first[:, None, None], 0), masks, num_labels
-        ),
-    }
-
-
 def evaluate(model: CLIPModel, text_inputs: dict, world: dict, batch_size: int = 50) -> dict[str, float]:
     """Zero-shot mAP of the class prompts, background-word top-1 accuracy and the mean cosine of the image to
     its background word and to its classes, and GradCAM pseudo-label mIoU, on a held-out toy split."""
@@ -560,7 +543,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     train_seconds = time.time() - train_start
 
     final = dict(history[-1]) if history else evaluate(model, text_inputs, heldout)
-    final.update(baselines(heldout["masks"], heldout["labels"]))
+    first_classes = np.array([present[0] if present else 0 for present in heldout["labels"]])
+    final.update(toy_baselines(heldout["masks"], first_classes, len(TOY_CLASS_NAMES) + 1))
     report = {
         "gate": {k: v for k, v in final.items() if k not in ("step", "seconds")},
         "train_seconds": round(train_seconds, 1),

@@ -33,18 +33,12 @@ from transformers import AutoModelForSemanticSegmentation
 
 from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.checkpointing import (
-    OVERWRITE_AND_RESUME,
     FrozenWeights,
     StreamPosition,
     TrainingState,
-    claim_output_dir,
     find_checkpoint,
     load_checkpoint,
-    output_dir_held,
     prune_checkpoints,
-    remove_previous_run,
-    resumes_in_place,
-    truncate_log,
 )
 from weclip_hf.data.adapters import is_streaming
 from weclip_hf.data.loading import (
@@ -60,7 +54,7 @@ from weclip_hf.data.loading import (
     process_subset,
     training_set,
 )
-from weclip_hf.data.toy import default_clip_model
+from weclip_hf.data.toy import default_clip_model, toy_baselines
 from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.evaluation import MIOU_NAMES, evaluate_segmentation, processor_input_size, write_overlays
 from weclip_hf.host_memory import retain_freed_host_memory
@@ -86,6 +80,14 @@ from weclip_hf.presets import (
     get_preset,
     preset_config_kwargs,
     processor_size,
+)
+from weclip_hf.run_folder import (
+    OVERWRITE_AND_RESUME,
+    claim_output_dir,
+    output_dir_held,
+    remove_previous_run,
+    resumes_in_place,
+    truncate_log,
 )
 from weclip_hf.run_signals import exit_status, explain_signals, stop_on_signals
 from weclip_hf.script_arguments import (
@@ -731,27 +733,16 @@ def to_device(batch: dict, device: torch.device) -> dict:
 # ---- outputs ----------------------------------------------------------------------------------------
 
 
-def toy_baselines(val_set, num_labels: int) -> dict[str, float]:
-    """Trivial baselines: all background; whole image = first present class; centred disk of it."""
-    from weclip_hf.metrics import confusion_matrix, scores_from_confusion
-
-    cms = {k: torch.zeros(num_labels, num_labels, dtype=torch.long) for k in ("bg", "whole", "disk")}
-    for i in range(len(val_set)):
-        item = val_set[i]
-        labels = item["labels"]
-        h, w = labels.shape
-        present = item["class_labels"].nonzero()
-        first = int(present[0]) + 1 if len(present) else 0
-        yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        disk = ((yy - h / 2) ** 2 + (xx - w / 2) ** 2) <= (min(h, w) / 4) ** 2
-        preds = {
-            "bg": torch.zeros_like(labels),
-            "whole": torch.full_like(labels, first),
-            "disk": torch.where(disk, first, 0),
-        }
-        for k, pred in preds.items():
-            cms[k] += confusion_matrix(pred, labels, num_labels)
-    return {f"baseline_{k}_miou": scores_from_confusion(cm)["mean_iou"] for k, cm in cms.items()}
+def toy_baselines_of(val_set, num_labels: int) -> dict[str, float]:
+    """``toy_baselines`` of the validation set, as metrics.json's ``baseline_{bg,whole,disk}_miou``."""
+    items = [val_set[i] for i in range(len(val_set))]
+    masks = torch.stack([item["labels"] for item in items]).numpy()
+    # the lowest present class id (class_labels index + 1), 0 for an image without one
+    present = torch.stack([item["class_labels"] for item in items]) > 0
+    first = torch.where(present.any(dim=1), present.int().argmax(dim=1) + 1, 0).numpy()
+    scores = toy_baselines(masks, first, num_labels)
+    short = {"all_background": "bg", "whole_image_first_class": "whole", "centred_disk_first_class": "disk"}
+    return {f"baseline_{short[name]}_miou": value for name, value in scores.items()}
 
 
 def cpu_threads_per_process(num_processes: int) -> int:
@@ -921,7 +912,7 @@ def final_evaluation(
     # null: class absent from predictions and ground truth
     metrics["per_class_iou"] = per_class_iou(res["pred"]["per_category_iou"], cfg.id2label)
     if args.recipe == "toy":
-        metrics.update(toy_baselines(val_set, cfg.num_labels))
+        metrics.update(toy_baselines_of(val_set, cfg.num_labels))
     if accelerator.is_main_process:
         metrics["overlays"] = write_overlays(model, val_set, output_dir, args.num_overlays)
     return metrics

@@ -41,7 +41,7 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from weclip_hf import WeCLIPConfig, WeCLIPImageProcessor, WeCLIPPlusConfig
-from weclip_hf.checkpointing import check_unchanged, claim_output_dir, comparable_path, remove_previous_run
+from weclip_hf.checkpointing import check_unchanged, comparable_path
 from weclip_hf.data.loading import (
     DataSource,
     dataset_classes_note,
@@ -55,6 +55,7 @@ from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.modeling_weclip_plus import model_from_backbones
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, TrainingRecipe, get_preset, preset_config_kwargs, processor_size
+from weclip_hf.run_folder import claim_output_dir, remove_previous_run
 from weclip_hf.script_arguments import (
     CLASS_NAMES_HELP,
     CONFIG_OVERRIDES_HELP,

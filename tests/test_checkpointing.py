@@ -17,15 +17,12 @@ from weclip_hf.checkpointing import (
     FrozenWeights,
     StreamPosition,
     TrainingState,
-    claim_output_dir,
     find_checkpoint,
     load_checkpoint,
-    lock_output_dir,
     prune_checkpoints,
-    remove_previous_run,
     save_checkpoint,
-    truncate_log,
 )
+from weclip_hf.run_folder import claim_output_dir, lock_output_dir, remove_previous_run, truncate_log
 
 
 class Payload:

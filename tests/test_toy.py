@@ -325,3 +325,18 @@ def test_diagnose_script_tiny_run(tmp_path):
         assert len(row["mious"]) == 2 and all(0.0 < miou <= 1.0 for miou in row["mious"])
     for row in rows[1:]:  # the RFM keeps at least one of its maps in every image
         assert len(row["keep"]) == cfg.rfm_num_maps and sum(row["keep"]) >= 1.0 - 1e-6
+
+
+def test_toy_baselines_score_the_predictions_they_name():
+    """Each trivial prediction scores 1.0 on a world made of exactly it, and the disk follows the first class."""
+    size, num_labels = 16, 4
+    ys, xs = np.mgrid[0:size, 0:size]
+    disk = (ys - size / 2) ** 2 + (xs - size / 2) ** 2 <= (size / 4) ** 2
+    masks = np.stack([np.zeros((size, size)), np.full((size, size), 2), np.where(disk, 3, 0)]).astype(
+        np.uint8
+    )
+    for index, name in enumerate(["all_background", "whole_image_first_class", "centred_disk_first_class"]):
+        first = np.array([0, 2, 3])[index : index + 1]
+        assert toy.toy_baselines(masks[index : index + 1], first, num_labels)[name] == 1.0
+    scores = toy.toy_baselines(masks, np.array([0, 2, 3]), num_labels)
+    assert scores["all_background"] < 1.0 and scores["centred_disk_first_class"] < 1.0

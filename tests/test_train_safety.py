@@ -13,7 +13,7 @@ import types
 import pytest
 from conftest import FAST, TRAIN, evaluate_module, read_log, train_in_process
 
-from weclip_hf.checkpointing import lock_output_dir
+from weclip_hf.run_folder import lock_output_dir
 from weclip_hf.run_signals import explain_signals
 
 SHORT = [

@@ -423,6 +423,27 @@ def _present_classes(masks: np.ndarray) -> list[list[int]]:
     return [sorted(int(c) for c in np.unique(m) if c != 0) for m in masks]
 
 
+def toy_baselines(masks: np.ndarray, first_classes: np.ndarray, num_labels: int) -> dict[str, float]:
+    """mIoU of three label-aware trivial predictions of ``masks`` [N, H, W]: all background, the whole image as
+    the image's first (lowest) present class ``first_classes`` [N] (0 for none), and a centred disk of it
+    (radius a quarter of the shorter side): what the weakly supervised figures are compared with."""
+    from ..metrics import confusion_matrix, scores_from_confusion
+
+    height, width = masks.shape[-2:]
+    ys, xs = np.mgrid[0:height, 0:width]
+    disk = (ys - height / 2) ** 2 + (xs - width / 2) ** 2 <= (min(height, width) / 4) ** 2
+    first = first_classes.astype(masks.dtype)[:, None, None]
+    predictions = {
+        "all_background": np.zeros_like(masks),
+        "whole_image_first_class": np.broadcast_to(first, masks.shape),
+        "centred_disk_first_class": np.where(disk, first, 0),
+    }
+    return {
+        name: float(scores_from_confusion(confusion_matrix(prediction, masks, num_labels))["mean_iou"])
+        for name, prediction in predictions.items()
+    }
+
+
 def _can_fork() -> bool:
     """Whether worker processes can be forked cheaply and safely here: on Linux, outside daemonic processes (a
     DataLoader worker, which may not start children)."""
