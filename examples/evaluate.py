@@ -59,6 +59,8 @@ from weclip_hf.script_arguments import (
     at_least_one,
     check_model_folder,
     check_preset_fits_model,
+    check_switched_flags,
+    check_toy_flags,
     first_paragraph,
     fraction,
     positive_float,
@@ -121,7 +123,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--toy_val_images",
         type=at_least_one,
-        default=toy_val_images,
         help=f"toy world: images scored (default: {toy_val_images}, the training run's validation images; with "
         "--validation_split train the first training images)",
     )
@@ -169,8 +170,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--crf_preset",
         choices=sorted(CRF_PRESETS),
-        default="weclip",
-        help="CRF parameters that the --crf_* flags override: WeCLIP's evaluation (default) or DeepLab's",
+        help="CRF parameters that the --crf_* flags override: WeCLIP's evaluation (default) or DeepLab's; with "
+        "the CRF on (--crf, or the preset's)",
     )
     for field in dataclasses.fields(CRFParams):
         values = ", ".join(
@@ -192,7 +193,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--pseudo_labels", action="store_true", help="also score CAM / RFM pseudo labels")
     p.add_argument("--batch_size", type=at_least_one, default=1, help="images per forward (default: 1)")
-    p.add_argument("--max_eval_samples", type=at_least_one, help="evaluate the first N images (N >= 1)")
+    p.add_argument(
+        "--max_eval_samples",
+        type=at_least_one,
+        help="evaluate the first N images (N >= 1); those without any class among them are then left out with "
+        "--skip_empty_images (the coco presets' default), as the output says",
+    )
     p.add_argument(
         "--skip_unreadable_images",
         action="store_true",
@@ -207,13 +213,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     check_preset_fits_model(p, args)
     args.toy = names_no_dataset(args)
+    check_toy_flags(p, args)
+    if args.toy_val_images is None:
+        args.toy_val_images = get_preset("toy").dataset.toy_sizes[1]
     settings = evaluation_settings(args.preset, args.toy)
     if args.eval_long_side is None:
         args.eval_long_side = settings.eval_long_side
-    if args.scales is None:
-        args.scales = list(settings.msf_scales)
     if args.crf is None:
         args.crf = settings.crf
+    crf_flags = ["crf_preset", *(f"crf_{field.name}" for field in dataclasses.fields(CRFParams))]
+    check_switched_flags(p, args, {"scales": "msf", **dict.fromkeys(crf_flags, "crf")})
+    if args.scales is None:
+        args.scales = list(settings.msf_scales)
+    args.crf_preset = args.crf_preset or "weclip"
     if args.skip_empty_images is None:
         args.skip_empty_images = bool(args.preset) and get_preset(args.preset).dataset.skip_empty_images
     try:

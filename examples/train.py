@@ -174,7 +174,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "naming its file, before training for map-style data, when met for --streaming)",
     )
     data.add_argument(
-        "--max_eval_samples", type=at_least_one, help="score the first N validation images (default: all)"
+        "--max_eval_samples",
+        type=at_least_one,
+        help="score the first N validation images (default: all); those without any class among them are then left "
+        "out where empty images are skipped (--skip_empty_images, the coco presets)",
     )
     add_toy_size_flags(data)
     model = p.add_argument_group(

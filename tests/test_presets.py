@@ -97,7 +97,7 @@ def test_a_model_records_its_training_preset_whose_settings_it_keeps(tmp_path):
         make_tiny_config(training_preset=3)
 
 
-def test_evaluate_script_takes_its_settings_from_the_preset(tmp_path):
+def test_evaluate_script_takes_its_settings_from_the_preset(tmp_path, capsys):
     from conftest import make_tiny_config
 
     evaluate = _script("evaluate")
@@ -114,7 +114,18 @@ def test_evaluate_script_takes_its_settings_from_the_preset(tmp_path):
     )
     plain = evaluate.parse_args(base)  # no preset: no resize, no CRF, every image scored unless asked
     assert (plain.crf, plain.eval_long_side, plain.skip_empty_images) == (False, None, False)
-    assert evaluate.parse_args([*base, "--crf", "--scales", "1.0", "1.5"]).scales == [1.0, 1.5]
+    assert evaluate.parse_args([*base, "--crf", "--msf", "--scales", "1.0", "1.5"]).scales == [1.0, 1.5]
+    # a flag of a step that does not run is refused, as segment.py refuses it; the preset's CRF counts as on
+    assert evaluate.parse_args([*base, "--preset", "voc", "--crf_bi_w", "5"]).crf_params.bi_w == 5
+    for flags, refused in (
+        (["--scales", "1.0", "0.5"], "--scales acts only with --msf"),
+        (["--crf_bi_w", "5"], "--crf_bi_w acts only with --crf"),
+        (["--preset", "voc", "--no-crf", "--crf_preset", "deeplab"], "--crf_preset acts only with --crf"),
+        (["--data_dir", str(tmp_path), "--toy_val_images", "2"], "--toy_val_images sizes the toy world"),
+    ):
+        with pytest.raises(SystemExit):
+            evaluate.parse_args([*base, *flags])
+        assert refused in capsys.readouterr().err
 
 
 def test_checkpointing_steps_are_whole_numbers_and_the_toy_world_defaults_are_the_presets(monkeypatch):

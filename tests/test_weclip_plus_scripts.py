@@ -306,7 +306,9 @@ def test_evaluate_without_a_preset_takes_the_scales_of_segment_py(monkeypatch, t
     plus, weclip = make_tiny_plus_config(), make_tiny_config()  # classes of no preset
     assert evaluate.resolved_scales(args, plus) == segment.default_scales(plus) == [1.0, 1.5]
     assert evaluate.resolved_scales(args, weclip) == segment.default_scales(weclip) == [1.0, 0.75]
-    given = evaluate.parse_args(["--model_name_or_path", "m", "--data_dir", "d", "--scales", "1", "2"])
+    given = evaluate.parse_args(
+        ["--model_name_or_path", "m", "--data_dir", "d", "--msf", "--scales", "1", "2"]
+    )
     assert evaluate.resolved_scales(given, plus) == [1.0, 2.0]
     weclip.save_pretrained(
         tmp_path

@@ -200,6 +200,16 @@ def check_toy_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         parser.error(f"--{given[0]} sizes the toy world, which {source} replaces: leave it out.")
 
 
+def check_switched_flags(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, switches: dict[str, str]
+) -> None:
+    """Refuse a flag given without the switch of the step it sets (``{"scales": "msf"}``: --scales without --msf):
+    that step does not run, so the flag would change nothing, yet read as a setting of the results."""
+    for flag, switch in switches.items():
+        if getattr(args, flag) is not None and not getattr(args, switch):
+            parser.error(f"--{flag} acts only with --{switch}: add --{switch}, or drop --{flag}.")
+
+
 def check_preset_fits_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse a ``--preset`` of a real dataset (its classes) without a dataset: the toy world would be read."""
     if args.preset and args.preset != "toy" and names_no_dataset(args):
