@@ -57,7 +57,7 @@ from weclip_hf.script_arguments import (
     add_data_source_flags,
     add_device_flag,
     at_least_one,
-    check_model_folder,
+    check_model_argument,
     check_preset_fits_model,
     check_switched_flags,
     check_toy_flags,
@@ -298,7 +298,7 @@ def settings_report(args: argparse.Namespace, ignore_index: int) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    check_model_folder(args.model_name_or_path)
+    check_model_argument(args.model_name_or_path)
     if args.output_json:  # its folder made now: a missing one lost the JSON after the whole evaluation
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
     # under `accelerate launch` / torchrun each process scores its share of the images (confusion matrices summed)

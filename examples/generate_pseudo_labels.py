@@ -121,7 +121,7 @@ from weclip_hf.script_arguments import (
     MASK_COLUMN_HELP,
     add_data_source_flags,
     add_toy_size_flags,
-    check_model_folder,
+    check_model_argument,
     check_toy_flags,
     first_paragraph,
 )
@@ -760,7 +760,7 @@ def main(argv=None) -> dict | None:
     # every process checks --output_dir (`check_output_dir`); the main process then makes its state folder first
     args = parse_args(argv)
     if args.model:  # before --output_dir is made
-        check_model_folder(args.model, "--model")
+        check_model_argument(args.model, "--model")
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # CPU processes: see the docstring
     out = Path(args.output_dir)
     splits = [split for split in (args.split, args.validation_split) if split]

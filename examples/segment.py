@@ -102,7 +102,7 @@ from weclip_hf.script_arguments import (
     DATASET_CONFIG_HELP,
     IMAGE_COLUMN_HELP,
     add_data_source_flags,
-    check_model_folder,
+    check_model_argument,
     check_switched_flags,
     first_paragraph,
     positive_float,
@@ -411,7 +411,7 @@ def dataset_row(index: int, split: str, dataset: str) -> str:
 
 def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImageProcessor]:
     """The model of ``--model_name_or_path`` in evaluation mode on ``device``, and its image processor."""
-    check_model_folder(args.model_name_or_path)
+    check_model_argument(args.model_name_or_path)
     model = AutoModelForSemanticSegmentation.from_pretrained(
         args.model_name_or_path, dtype=DTYPES[args.dtype]
     )

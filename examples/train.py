@@ -100,7 +100,6 @@ from weclip_hf.script_arguments import (
     add_data_source_flags,
     add_toy_size_flags,
     at_least_one,
-    check_model_folder,
     check_preset_fits_data,
     check_preset_fits_model,
     check_toy_flags,
@@ -112,6 +111,7 @@ from weclip_hf.script_arguments import (
     positive_float,
     recipe_name,
     recipe_values,
+    saved_config,
     saved_training_preset,
 )
 from weclip_hf.training import WeCLIPDataCollator, create_optimizer_and_scheduler, schedule_notes
@@ -496,7 +496,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     try:
         args.recipe = recipe_name(args)  # WeCLIP+'s VOC recipe for a WeCLIP+ model without --preset
         plus_flags = [k for k in PLUS_MODEL_FLAGS if k in args.given_model_flags]
-        if plus_flags and not trains_weclip_plus(args):
+        if plus_flags and model_type_of_args(args) != "weclip_plus":
             p.error(
                 f"--{plus_flags[0]} sets a WeCLIP+ config field, but this run trains WeCLIP: give "
                 "--dino_model_name_or_path, a WeCLIP+ --preset (voc-plus, coco-plus) or a WeCLIP+ "
@@ -568,13 +568,6 @@ NOT_ON_CARD = frozenset(
         "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
     }
 )  # fmt: skip
-
-
-def trains_weclip_plus(args: argparse.Namespace) -> bool:
-    """Whether the run trains WeCLIP+: a WeCLIP+ --preset, --dino_model_name_or_path or a WeCLIP+
-    --model_name_or_path."""
-    preset_plus = bool(args.preset) and get_preset(args.preset).model_type == "weclip_plus"
-    return preset_plus or model_type_of_args(args) == "weclip_plus"
 
 
 def recipe_source(args: argparse.Namespace) -> str:
@@ -678,10 +671,9 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
                 "its weights or text embeddings. Start from --clip_model_name_or_path instead."
             )
         overrides = {k: getattr(args, k) for k in args.given_model_flags}
-        check_model_folder(args.model_name_or_path)
+        saved_config(args)  # checked before loading (read once: parse_args may have read it)
         return AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path, **overrides)
     preset = args.preset or ("toy" if args.recipe == "toy" else None)
-    plus = (get_preset(preset).model_type == "weclip_plus") if preset else False  # parse_args: --dino fits
     overrides = preset_config_kwargs(preset)
     overrides.update({k: v for k, v in names.items() if v is not None})
     for key in CONFIG_FLAGS:
@@ -689,6 +681,7 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
             overrides[key] = getattr(args, key)
     if args.class_names:  # they name the classes now: the preset's display names were for its own
         overrides.pop("label_names", None)
+    plus = model_type_of_args(args) == "weclip_plus"
     return model_from_backbones(clip_source(args), args.dino_model_name_or_path, plus, **overrides)
 
 

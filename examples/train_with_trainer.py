@@ -71,6 +71,7 @@ from weclip_hf.script_arguments import (
     check_toy_flags,
     first_paragraph,
     fraction,
+    model_type_of_args,
     parse_config_overrides,
     recipe_name,
     recipe_values,
@@ -213,8 +214,7 @@ def parse_args(argv=None) -> tuple[WeCLIPArguments, TrainingArguments]:
 
 def config_class(args: WeCLIPArguments) -> type[WeCLIPConfig]:
     """The config class of the run's model: WeCLIP+'s with a DINOv2 or a WeCLIP+ preset (`model_from_backbones`)."""
-    plus = args.dino_model_name_or_path or get_preset(recipe_name(args)).model_type == "weclip_plus"
-    return WeCLIPPlusConfig if plus else WeCLIPConfig
+    return WeCLIPPlusConfig if model_type_of_args(args) == "weclip_plus" else WeCLIPConfig
 
 
 def trajectory(args: WeCLIPArguments, training_args: TrainingArguments) -> dict:
@@ -283,7 +283,7 @@ def main(argv=None) -> dict:
     if args.config_overrides:
         config_kwargs.update(parse_config_overrides(args.config_overrides, config_class(args)))
     clip = args.clip_model_name_or_path or default_clip_model(toy=preset.name == "toy")
-    plus = preset.model_type == "weclip_plus"
+    plus = model_type_of_args(args) == "weclip_plus"
     model = model_from_backbones(clip, args.dino_model_name_or_path, plus, **config_kwargs)
     cfg = model.config
     cfg.training_preset = preset.name  # its evaluation settings are the model's (evaluate.py, segment.py)

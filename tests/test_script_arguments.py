@@ -14,7 +14,7 @@ from conftest import FAST, TRAIN, make_tiny_config, train_in_process
 from weclip_hf.checkpointing import TRAINING_ARGS_NAME
 from weclip_hf.presets import get_preset
 from weclip_hf.run_signals import exit_status
-from weclip_hf.script_arguments import check_model_folder, first_paragraph
+from weclip_hf.script_arguments import check_model_argument, first_paragraph
 from weclip_hf.trajectory import changed_trajectory_args, trajectory_args
 
 sys.path.insert(0, str(TRAIN.parent))
@@ -213,25 +213,25 @@ def test_diagnose_toy_cams_sweeps_attention_num_maps_under_both_names():
 
 def test_model_folder_checks(tmp_path):
     with pytest.raises(FileNotFoundError, match="--model_name_or_path /tmp/nope-weclip: no such folder"):
-        check_model_folder("/tmp/nope-weclip")
+        check_model_argument("/tmp/nope-weclip")
     checkpoint = tmp_path / "step_4"
     checkpoint.mkdir()
     (checkpoint / "training_state.json").write_text("{}")
     with pytest.raises(ValueError, match="is a training checkpoint.*Give the run's --output_dir"):
-        check_model_folder(str(checkpoint))
-    check_model_folder("openai/clip-vit-base-patch16")  # a Hub id passes
+        check_model_argument(str(checkpoint))
+    check_model_argument("openai/clip-vit-base-patch16")  # a Hub id passes
 
 
 def test_model_folder_checks_name_a_folder_that_is_no_weclip_model(tmp_path, tiny_clip, toy_weclip_dir):
     """The scripts load with the Auto classes, whose errors for these say "Unrecognized model" and list a hundred
     model types: a folder without config.json, and a CLIP's folder, are named with what to give instead."""
     with pytest.raises(FileNotFoundError, match=r"has no config.json: not a saved model folder"):
-        check_model_folder(str(tmp_path))
+        check_model_argument(str(tmp_path))
     with pytest.raises(
         ValueError, match=r"holds a 'clip' model, not a WeCLIP one.*--clip_model_name_or_path"
     ):
-        check_model_folder(str(tiny_clip))
-    check_model_folder(str(toy_weclip_dir))  # a WeCLIP folder passes
+        check_model_argument(str(tiny_clip))
+    check_model_argument(str(toy_weclip_dir))  # a WeCLIP folder passes
     # each script that loads a saved model checks it first
     clip_refused = r"holds a 'clip' model, not a WeCLIP one"
     with pytest.raises(ValueError, match=f"--model_name_or_path {tiny_clip} {clip_refused}"):

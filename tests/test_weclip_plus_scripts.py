@@ -287,6 +287,51 @@ def test_weclip_plus_config_flags_set_the_config_and_are_refused_for_weclip(
     )
 
 
+def test_train_reads_the_saved_config_once(train_script, tmp_path, monkeypatch):
+    """parse_args, the run's description (`recipe_source`) and `build_model` each asked the saved model of
+    --model_name_or_path something (its type, its recipe, is it WeCLIP+?) and read its config.json again: ten
+    times a run. It is read once; a Hub id's is fetched once."""
+    import builtins
+    from unittest import mock
+
+    from weclip_hf.script_arguments import PretrainedConfig
+
+    class Saved:  # loading is transformers' (it reads config.json itself): only the script's own reads count
+        @staticmethod
+        def from_pretrained(path, **overrides):
+            return overrides
+
+    monkeypatch.setattr(train_script, "AutoModelForSemanticSegmentation", Saved)
+    real_open = builtins.open
+    opened = []
+
+    def counting_open(file, *args, **kwargs):
+        if str(file).endswith("config.json"):
+            opened.append(file)
+        return real_open(file, *args, **kwargs)
+
+    plus = saved_config(tmp_path / "plus", "weclip_plus")
+    # without --preset the recipe asks the type and recorded preset; with one, the preset is checked against it
+    for preset in ([], ["--preset", "voc-plus"]):
+        argv = ["--data_dir", "d", "--model_name_or_path", plus, *preset, "--dice_loss_weight", "0.5"]
+        opened.clear()
+        with mock.patch("builtins.open", counting_open):
+            args = train_script.parse_args(argv)
+            train_script.recipe_source(args)
+            train_script.build_model(args, {})
+        assert opened == [str(Path(plus) / "config.json")]
+    hub_config = ({"model_type": "weclip_plus"}, {})
+    with mock.patch.object(PretrainedConfig, "get_config_dict", return_value=hub_config) as fetch:
+        args = train_script.parse_args(
+            ["--data_dir", "d", "--model_name_or_path", "org/weclip", "--dice_loss_weight", "0.5"]
+        )
+        assert args.recipe == "voc-plus"
+        train_script.recipe_source(args)
+        train_script.build_model(args, {})
+    fetch.assert_called_once_with("org/weclip")
+    assert not any(key.startswith("_") for key in train_script.card_args(args))  # the cache is no argument
+
+
 def test_weclip_plus_without_a_preset_takes_the_weclip_plus_voc_recipe_in_train_with_trainer(monkeypatch):
     monkeypatch.syspath_prepend(str(TRAIN.parent))
     parse_args = importlib.import_module("train_with_trainer").parse_args

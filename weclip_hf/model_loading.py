@@ -69,12 +69,20 @@ def names_a_missing_folder(name_or_path: str | os.PathLike) -> bool:
     )
 
 
+def is_path_to_no_folder(name_or_path: str | os.PathLike) -> bool:
+    """Whether ``name_or_path`` is written as a local path (starting with ``.``, ``/`` or ``~``, as no Hub id does)
+    and names no folder: refused before transformers reads anything. A relative path into a folder that exists
+    (``outputs/nope``) may still be a Hub id there; `names_a_missing_folder` takes it for a path once the Hub failed."""
+    name = str(name_or_path)
+    return name.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(name))
+
+
 def check_backbone_source(name_or_path: str, what: str) -> None:
     """Refuse, before any download is tried, a backbone ``name_or_path`` (``what``: "CLIP" / "DINOv2") that is a
     path to no folder, the folder of a saved WeCLIP model (which `from_pretrained` loads), a local folder of another
     model type (the other backbone: its weights were reported missing) or without safetensors weights."""
     path = os.path.expanduser(str(name_or_path))
-    if str(name_or_path).startswith((".", "/", "~")) and not os.path.isdir(path):
+    if is_path_to_no_folder(name_or_path):
         raise FileNotFoundError(f"No {what} checkpoint folder at {str(name_or_path)!r}.")
     if not os.path.isfile(os.path.join(path, "config.json")):
         return  # a Hub id: checked by transformers, and after loading
@@ -181,7 +189,7 @@ def check_model_folder(
     """Refuse, before transformers reads anything, a missing local folder, a folder of another model type and
     text-embedding names (in ``kwargs`` or a given config) other than the saved ones."""
     path = str(pretrained_model_name_or_path)
-    if path.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):
+    if is_path_to_no_folder(path):
         raise FileNotFoundError(f"No model folder at {path!r}.")
     refuse_new_text_names(kwargs.keys() & set(TEXT_EMBEDDING_NAMES))
     folder = os.path.join(os.path.expanduser(path), kwargs.get("subfolder") or "")
@@ -206,7 +214,8 @@ def check_model_folder(
                 "official weights use examples/convert_official_checkpoint.py."
             )
     elif given is not None and os.path.isfile(os.path.join(folder, "config.json")):
-        saved_type = saved_config_dict(folder).get("model_type")
+        saved_dict = saved_config_dict(folder)
+        saved_type = saved_dict.get("model_type")
         if getattr(given, "model_type", None) != saved_type:
             raise ValueError(
                 f"config= is a {getattr(given, 'model_type', type(given).__name__)!r} config, and {folder!r} holds a "
@@ -214,7 +223,7 @@ def check_model_folder(
                 "changed) or leave config= out."
             )
         # the Auto classes read the config (and its overrides) first; config.json leaves out default values
-        saved = {**model_class.config_class().to_dict(), **saved_config_dict(folder)}
+        saved = {**model_class.config_class().to_dict(), **saved_dict}
         refuse_new_text_names({k for k in TEXT_EMBEDDING_NAMES if getattr(given, k) != saved[k]})
 
 
@@ -420,6 +429,7 @@ __all__ = [
     "TEXT_EMBEDDING_NAMES",
     "check_model_folder",
     "in_aligned_memory",
+    "is_path_to_no_folder",
     "loading_errors",
     "names_a_missing_folder",
     "naming_the_checkpoint",

@@ -255,21 +255,34 @@ def check_preset_fits_model(parser: argparse.ArgumentParser, args: argparse.Name
 
 
 def model_type_of_args(args: argparse.Namespace) -> str:
-    """The type of the model a training run trains: WeCLIP+ with ``--dino_model_name_or_path``, the saved
-    config's with ``--model_name_or_path`` (read before any data: it picks the recipe), else WeCLIP."""
+    """The type of the model a run trains or scores: WeCLIP+ with ``--dino_model_name_or_path``, the saved config's
+    with ``--model_name_or_path`` (read before any data: it picks the recipe), else the ``--preset``'s (WeCLIP
+    without one)."""
     if getattr(args, "dino_model_name_or_path", None):
         return "weclip_plus"
-    return saved_config(args).get("model_type", "weclip")
+    if getattr(args, "model_name_or_path", None):
+        return saved_config(args).get("model_type", "weclip")
+    preset = getattr(args, "preset", None)
+    return get_preset(preset).model_type if preset else "weclip"
+
+
+# the attribute of an arguments namespace where `saved_config` keeps what it read: a leading underscore, so that the
+# recorded arguments leave it out (`weclip_hf.trajectory.public_args`)
+SAVED_CONFIG_CACHE = "_saved_config"
 
 
 def saved_config(args: argparse.Namespace) -> dict:
-    """The config.json of ``--model_name_or_path`` (checked as a model folder), read before any data; ``{}``
-    without one."""
+    """The config.json of ``--model_name_or_path`` (checked by `check_model_argument`; a Hub id's fetched) as a dict,
+    read once: kept on ``args`` (`SAVED_CONFIG_CACHE`) for the run's later questions; ``{}`` without one."""
     source = getattr(args, "model_name_or_path", None)
     if not source:
         return {}
-    check_model_folder(source)
-    return PretrainedConfig.get_config_dict(source)[0]
+    cached = vars(args).get(SAVED_CONFIG_CACHE)
+    if cached is None or cached[0] != source:
+        local = check_model_argument(source)
+        cached = (source, PretrainedConfig.get_config_dict(source)[0] if local is None else local)
+        setattr(args, SAVED_CONFIG_CACHE, cached)
+    return cached[1]
 
 
 def saved_training_preset(args: argparse.Namespace) -> str | None:
@@ -332,10 +345,11 @@ def first_paragraph(doc: str) -> str:
     return doc.strip().split("\n\n")[0]
 
 
-def check_model_folder(name_or_path: str, flag: str = "--model_name_or_path") -> None:
-    """Refuse, with a message saying what to give instead, a ``name_or_path`` that is a path to no folder
-    (`names_a_missing_folder`), a file, a training checkpoint (``step_N`` of examples/train.py) rather than a saved
-    model, a folder without config.json or one of another model type (a CLIP's). Hub ids pass."""
+def check_model_argument(name_or_path: str, flag: str = "--model_name_or_path") -> dict | None:
+    """Refuse, with a message naming ``flag`` and saying what to give instead, a ``name_or_path`` that is a path to no
+    folder (`names_a_missing_folder`), a file, a training checkpoint (``step_N`` of examples/train.py) rather than a
+    saved model, a folder without config.json or one of another model type (a CLIP's). Return the folder's
+    config.json as a dict; None for a Hub id, which passes unread."""
     path = Path(name_or_path).expanduser()
     if (path / TRAINING_STATE_NAME).is_file():
         raise ValueError(
@@ -348,16 +362,20 @@ def check_model_folder(name_or_path: str, flag: str = "--model_name_or_path") ->
         raise FileNotFoundError(f"{flag} {name_or_path}: no such folder.")
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{flag} {name_or_path} is a file; give the folder of a saved model.")
-    if path.is_dir():  # transformers' errors say "Unrecognized model" and list a hundred model types
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"{flag} {name_or_path} has no config.json: not a saved model folder (train.py's --output_dir "
-                "holds one: config.json, model.safetensors, preprocessor_config.json)."
-            )
-        model_type = saved_config_dict(str(path)).get("model_type")
-        if model_type not in WECLIP_MODEL_TYPES:
-            raise ValueError(
-                f"{flag} {name_or_path} holds a {model_type!r} model, not a WeCLIP one. A WeCLIP is trained on a CLIP "
-                "(examples/train.py --clip_model_name_or_path FOLDER_OR_HUB_ID) or converted from official weights "
-                "(examples/convert_official_checkpoint.py)."
-            )
+    if not path.is_dir():
+        return None
+    # transformers' errors say "Unrecognized model" and list a hundred model types
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{flag} {name_or_path} has no config.json: not a saved model folder (train.py's --output_dir "
+            "holds one: config.json, model.safetensors, preprocessor_config.json)."
+        )
+    saved = saved_config_dict(str(path))
+    model_type = saved.get("model_type")
+    if model_type not in WECLIP_MODEL_TYPES:
+        raise ValueError(
+            f"{flag} {name_or_path} holds a {model_type!r} model, not a WeCLIP one. A WeCLIP is trained on a CLIP "
+            "(examples/train.py --clip_model_name_or_path FOLDER_OR_HUB_ID) or converted from official weights "
+            "(examples/convert_official_checkpoint.py)."
+        )
+    return saved

@@ -60,8 +60,9 @@ CONFIG_FLAGS = (*MODEL_FLAGS, *PLUS_MODEL_FLAGS, *LOSS_FLAGS)
 
 
 def public_args(args: argparse.Namespace) -> dict:
-    """The run's arguments without secrets: what trackers, logs and the model card may record."""
-    return {k: v for k, v in vars(args).items() if k not in SECRET_ARGS}
+    """The run's arguments without secrets, nor what a script keeps on the namespace under a leading underscore (the
+    saved config read: `script_arguments.saved_config`): what trackers, logs and the model card may record."""
+    return {k: v for k, v in vars(args).items() if k not in SECRET_ARGS and not k.startswith("_")}
 
 
 # Arguments a resumed run may change: they cannot change which weights the training steps produce. Each step's
