@@ -112,7 +112,7 @@ from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.inference import image_pseudo_labels
 from weclip_hf.metrics import confusion_matrix, nan_to_none, per_class_iou, scores_from_confusion
 from weclip_hf.normalization import PixelNormalization
-from weclip_hf.presets import PRESETS, get_preset, preset_config_kwargs
+from weclip_hf.presets import PRESETS, get_preset, preset_config_kwargs, with_class_names
 from weclip_hf.script_arguments import (
     CLASS_NAMES_HELP,
     DATASET_CONFIG_HELP,
@@ -406,13 +406,9 @@ def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImage
 def bare_clip_model(args) -> WeCLIPForSemanticSegmentation:
     """A WeCLIP on the bare CLIP of --clip_model_name_or_path with the preset's (or the toy world's) classes."""
     preset = args.preset or ("toy" if args.toy else None)
-    kwargs = preset_config_kwargs(preset)
-    if args.class_names:
-        kwargs.pop("label_names", None)
-        kwargs["class_names"] = args.class_names
-    elif (
-        preset is None
-    ):  # a dataset's ClassLabel names, as train.py takes them (else the config's VOC classes)
+    kwargs = with_class_names(preset_config_kwargs(preset), args.class_names)
+    # without a preset or --class_names: a dataset's ClassLabel names, as train.py takes them (else VOC's)
+    if preset is None and args.class_names is None:
         source = DataSource.from_args(args)
         names = load_dataset_splits(
             source, train_split=args.split, validation_split="none", labels_column=args.labels_column

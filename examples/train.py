@@ -80,6 +80,7 @@ from weclip_hf.presets import (
     get_preset,
     preset_config_kwargs,
     processor_size,
+    with_class_names,
 )
 from weclip_hf.run_folder import (
     OVERWRITE_AND_RESUME,
@@ -679,10 +680,10 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
     for key in CONFIG_FLAGS:
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
-    if args.class_names:  # they name the classes now: the preset's display names were for its own
-        overrides.pop("label_names", None)
     plus = model_type_of_args(args) == "weclip_plus"
-    return model_from_backbones(clip_source(args), args.dino_model_name_or_path, plus, **overrides)
+    return model_from_backbones(
+        clip_source(args), args.dino_model_name_or_path, plus, **with_class_names(overrides, args.class_names)
+    )
 
 
 def unread_flags(args: argparse.Namespace, cfg: WeCLIPConfig) -> list[str]:

@@ -54,7 +54,14 @@ from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.modeling_weclip_plus import model_from_backbones
 from weclip_hf.normalization import PixelNormalization
-from weclip_hf.presets import PRESETS, TrainingRecipe, get_preset, preset_config_kwargs, processor_size
+from weclip_hf.presets import (
+    PRESETS,
+    TrainingRecipe,
+    get_preset,
+    preset_config_kwargs,
+    processor_size,
+    with_class_names,
+)
 from weclip_hf.run_folder import claim_output_dir, remove_previous_run
 from weclip_hf.script_arguments import (
     CLASS_NAMES_HELP,
@@ -274,10 +281,9 @@ def main(argv=None) -> dict:
     # the config of examples/train.py
     config_kwargs = preset_config_kwargs(args.preset or ("toy" if source.toy else None))
     config_kwargs.update({k: v for k, v in names.items() if v is not None})
-    if args.class_names:  # they name the classes now: the preset's display names were for its own
-        config_kwargs.pop("label_names", None)
-    given = {"class_names": args.class_names, "background_names": args.background_names}
-    config_kwargs.update({k: v for k, v in given.items() if v})
+    config_kwargs = with_class_names(config_kwargs, args.class_names)
+    if args.background_names:
+        config_kwargs["background_names"] = args.background_names
     if args.rfm_start_step is not None:
         config_kwargs["rfm_start_step"] = args.rfm_start_step
     if args.config_overrides:

@@ -12,7 +12,7 @@ from typing import Any
 from transformers import CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
 from transformers.utils import logging
 
-from .presets import VOC_BACKGROUND_NAMES, VOC_LABELS, VOC_PROMPT_NAMES, get_preset
+from .presets import VOC_BACKGROUND_NAMES, VOC_LABELS, VOC_PROMPT_NAMES, get_preset, with_class_names
 
 logger = logging.get_logger(__name__)
 
@@ -664,10 +664,7 @@ class WeCLIPConfig(PreTrainedConfig):
                 f"Preset {name!r} configures a {preset.model_type!r} model, not a {cls.model_type!r} one: use the "
                 f"config class of {preset.model_type!r}."
             )
-        preset_kwargs = preset.config_kwargs()
-        if "class_names" in kwargs:  # other classes: the preset's display names were for its own
-            preset_kwargs.pop("label_names", None)
-        return cls(**{**preset_kwargs, **kwargs})
+        return cls(**{**with_class_names(preset.config_kwargs(), kwargs.get("class_names")), **kwargs})
 
     @property
     def num_foreground_classes(self) -> int:

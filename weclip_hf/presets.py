@@ -315,3 +315,11 @@ def evaluation_of_config(config) -> EvaluationSettings:
 def preset_config_kwargs(name: str | None) -> dict:
     """Config keyword arguments of the preset called ``name`` (none without a name)."""
     return get_preset(name).config_kwargs() if name else {}
+
+
+def with_class_names(config_kwargs: dict, class_names: list[str] | None) -> dict:
+    """``config_kwargs`` (a preset's, and a dataset's names) with ``class_names``, where given, as the classes: the
+    display names they held (``label_names``) left out, as they named the preset's own."""
+    if class_names is None:
+        return config_kwargs
+    return {**{k: v for k, v in config_kwargs.items() if k != "label_names"}, "class_names": class_names}

@@ -14,7 +14,7 @@ from transformers import Dinov2Config, Dinov2WithRegistersConfig
 
 from ..configuration_weclip import WeCLIPConfig
 from ..configuration_weclip_plus import WeCLIPPlusConfig
-from ..presets import METHOD_NAMES, get_preset
+from ..presets import METHOD_NAMES, get_preset, with_class_names
 from .report import raise_for_keys
 from .weclip_keys import DECODER_PREFIXES, TEXT_BLOCKS, VISION_BLOCKS, clip_prefix, find_clip_prefix
 from .weclip_plus_keys import DINO_BLOCKS, DINO_PREFIX, DINO_PREFIXES, is_weclip_plus_checkpoint
@@ -269,9 +269,7 @@ def build_config(
         decoder["num_feature_layers"] = None  # the default: all blocks but the last
     kwargs.update(decoder)
     # the checkpoint's own classes: the preset's display names are VOC's / COCO's
-    if "class_names" in overrides:
-        kwargs.pop("label_names", None)
-    kwargs.update(overrides)
+    kwargs = {**with_class_names(kwargs, overrides.get("class_names")), **overrides}
     preset_labels = len(kwargs["class_names"]) + 1  # checked first: the preset's other counts may not fit
     if preset_labels != num_labels:
         counts = ", ".join(
