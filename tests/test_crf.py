@@ -134,13 +134,14 @@ def test_unknown_override_and_wrong_params_type_raise():
         dense_crf(image, probs, {"num_iters": 3})  # type: ignore[arg-type]
 
 
-def test_evaluate_script_flags_cover_every_param():
+def test_evaluate_script_flags_cover_every_param(capsys):
     from conftest import evaluate_module
 
     script = evaluate_module()
     args = script.parse_args(["--model_name_or_path", "m"])
     assert args.crf_params == WECLIP
     flags = [
+        "--crf",
         "--crf_preset",
         "deeplab",
         "--crf_num_iters",
@@ -160,9 +161,13 @@ def test_evaluate_script_flags_cover_every_param():
     ]
     args = script.parse_args(["--model_name_or_path", "m", *flags])
     assert args.crf_params == CRFParams(5, 2.0, 2.0, 5.0, 50.0, 4.0, "gaussian")
-    assert script.parse_args(["--model_name_or_path", "m", "--crf_preset", "deeplab"]).crf_params == DEEPLAB
+    assert (
+        script.parse_args(["--model_name_or_path", "m", "--crf", "--crf_preset", "deeplab"]).crf_params
+        == DEEPLAB
+    )
     with pytest.raises(SystemExit):
-        script.parse_args(["--model_name_or_path", "m", "--crf_bi_rgb_std", "0"])
+        script.parse_args(["--model_name_or_path", "m", "--crf", "--crf_bi_rgb_std", "0"])
+    assert "`bi_rgb_std` must be a finite number > 0, got 0.0" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------------------------------

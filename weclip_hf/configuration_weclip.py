@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import string
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -12,52 +11,24 @@ from typing import Any
 from transformers import CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
 from transformers.utils import logging
 
+from .config_checks import (
+    MAX_LAYERS,
+    MAX_PAR_ITERATIONS,
+    MAX_WIDTH,
+    check_clip_towers,
+    check_dilations,
+    check_ignore_index,
+    check_int,
+    check_label_names,
+    check_number,
+    check_optional_name,
+    check_prompt_template,
+    name_key,
+    name_list,
+)
 from .presets import VOC_BACKGROUND_NAMES, VOC_LABELS, VOC_PROMPT_NAMES, get_preset, with_class_names
 
 logger = logging.get_logger(__name__)
-
-# Sane bounds for a config read from an untrusted config.json: each is far above any real model (ViT-bigG: 48
-# layers, width 1664; the VOC/COCO label sets: 20/80 classes) and far below what would exhaust memory or time.
-MAX_CLASSES = 10_000
-MAX_LAYERS = 256
-MAX_WIDTH = 16_384
-MAX_PAR_ITERATIONS = 1_000
-
-
-def _check_int(name: str, value, low: int, high: int) -> None:
-    """Refuse ``value`` unless it is an integer in [low, high], naming the field."""
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}.")
-
-
-def _check_number(
-    name: str, value, low: float, high: float, low_open: bool = False, high_open: bool = False
-) -> None:
-    """Refuse ``value`` unless it is a finite number in the interval, naming the field."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
-    if ok and ((low_open and value == low) or (high_open and value == high)):
-        ok = False
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be a number in {interval}, got {value!r}.")
-
-
-def _check_tower(name: str, config) -> None:
-    """Refuse CLIP tower sizes that are not positive or would build an absurdly large model."""
-    _check_int(f"{name}.num_hidden_layers", config.num_hidden_layers, 1, MAX_LAYERS)
-    _check_int(f"{name}.hidden_size", config.hidden_size, 1, MAX_WIDTH)
-    _check_int(f"{name}.intermediate_size", config.intermediate_size, 1, 4 * MAX_WIDTH)
-    _check_int(f"{name}.num_attention_heads", config.num_attention_heads, 1, config.hidden_size)
-    if config.hidden_size % config.num_attention_heads:
-        raise ValueError(
-            f"{name}.hidden_size ({config.hidden_size}) must be divisible by num_attention_heads "
-            f"({config.num_attention_heads})."
-        )
-    if hasattr(config, "image_size"):
-        _check_int(f"{name}.image_size", config.image_size, 1, 8192)
-    if hasattr(config, "vocab_size"):
-        _check_int(f"{name}.vocab_size", config.vocab_size, 1, 1_000_000)
-        _check_int(f"{name}.max_position_embeddings", config.max_position_embeddings, 1, 8192)
 
 
 class RefusedOverrides(ValueError):
@@ -115,96 +86,8 @@ def _clip_towers(
         raise TypeError(f"vision_config must be a CLIPVisionConfig or dict, got {type(vision_config)}")
     if not isinstance(text_config, CLIPTextConfig):
         raise TypeError(f"text_config must be a CLIPTextConfig or dict, got {type(text_config)}")
-    _check_clip_towers(vision_config, text_config)
+    check_clip_towers(vision_config, text_config)
     return vision_config, text_config
-
-
-def _check_clip_towers(vision_config: CLIPVisionConfig, text_config: CLIPTextConfig) -> None:
-    """Refuse CLIP towers of impossible or absurd sizes, or a vision tower too shallow for WeCLIP."""
-    _check_tower("vision_config", vision_config)
-    _check_tower("text_config", text_config)
-    _check_int("vision_config.patch_size", vision_config.patch_size, 1, vision_config.image_size)
-    if vision_config.num_hidden_layers < 2:
-        raise ValueError("WeCLIP needs a CLIP vision tower with at least 2 layers.")
-
-
-def _name_key(name: str) -> str:
-    """A name as CLIP's tokenizer reads it (lower case, runs of spaces as one, none around it): names of one key
-    are one prompt."""
-    return " ".join(name.split()).lower()
-
-
-def _repeated(names: list[str], key: Callable[[str], str]) -> list[str]:
-    """The names of ``names`` that read as one under ``key``, each group as "'Cat' / 'cat'"."""
-    spellings: dict[str, list[str]] = {}
-    for name in names:
-        spellings.setdefault(key(name), []).append(name)
-    return [" / ".join(map(repr, sorted(set(s)))) for s in spellings.values() if len(s) > 1]
-
-
-def _check_distinct(
-    field: str, names: list[str], noun: str, where: str = "", prompts: bool = True, warn_repeats: bool = False
-) -> None:
-    """Refuse an empty name or names that read as one, naming them: as CLIP's tokenizer reads them (`_name_key`:
-    'Cat' and 'cat' are one prompt) for prompt names, exactly for display names (``prompts=False``: label2id's
-    keys). ``warn_repeats``: repeats only warn (background words: one prompt twice is harmless, and saved models
-    hold such lists)."""
-    if not all(_name_key(n) for n in names):
-        raise ValueError(f"{field} must not hold an empty name, got {names!r}.")
-    repeated = _repeated(names, _name_key if prompts else str)
-    if repeated and warn_repeats:
-        logger.warning_once(f"{field} repeats {', '.join(repeated)}: each is one prompt.")
-    elif repeated:
-        how = (
-            " (names are compared as CLIP's tokenizer reads them: case and extra spaces ignored)"
-            if prompts
-            else ""
-        )
-        raise ValueError(
-            f"{field} must name each {noun} once, got {', '.join(repeated)} more than once{where}{how}."
-        )
-
-
-def _check_optional_name(name: str, value) -> None:
-    """A field holding a name or None."""
-    if value is not None and not (isinstance(value, str) and value):
-        raise ValueError(f"{name} must be a non-empty string or None, got {value!r}.")
-
-
-def _name_list(field: str, names, noun: str) -> list[str]:
-    """``names`` (class names or background words) as a list, checked alone: 1 to MAX_CLASSES strings, none empty
-    and no two read as one by the tokenizer (one prompt embedding: the second name could never win a pixel)."""
-    if isinstance(names, str):  # list("cat") would be three classes
-        raise ValueError(f"{field} must be a list of names, got the string {names!r}: write [{names!r}].")
-    names = list(names)
-    if not names:
-        raise ValueError(f"{field} must hold at least one {noun}.")
-    if len(names) > MAX_CLASSES:
-        raise ValueError(f"{field} must hold at most {MAX_CLASSES} names, got {len(names)}.")
-    if not all(isinstance(n, str) for n in names):
-        raise ValueError(f"{field} must be a list of strings, got {names!r}.")
-    _check_distinct(field, names, noun, warn_repeats=field == "background_names")
-    return names
-
-
-def _check_label_names(field: str, labels: list[str]) -> None:
-    """Refuse display names of ids 0..C (background first) of which two read as one: `label2id` would keep one."""
-    _check_distinct(
-        field, labels, "label", f" in the labels of ids 0..{len(labels) - 1} {labels}", prompts=False
-    )
-
-
-def _check_ignore_index(ignore_index: int, num_classes: int) -> None:
-    """Refuse an ignore index that is no int32 or is a label id (0: the background, 1..C: the classes): those
-    pixels would be left out of the loss and the scores."""
-    _check_int("semantic_loss_ignore_index", ignore_index, -(2**31), 2**31 - 1)
-    if 0 <= ignore_index <= num_classes:
-        fix = "255" if num_classes < 255 else "-100"
-        raise ValueError(
-            f"semantic_loss_ignore_index ({ignore_index}) is a label id (0: the background, 1..{num_classes}: the "
-            f"classes): its pixels would be left out of the loss and the scores. Use {fix} (any value outside "
-            f"0..{num_classes})."
-        )
 
 
 def _default_label_names(class_names: list[str]) -> list[str]:
@@ -240,13 +123,13 @@ def class_name_lists(
     labels_given = "id2label" if id2label is not None else "label_names" if label_names is not None else None
     if label_names is None:
         label_names = _default_label_names(class_names)
-    class_names = _name_list("class_names", class_names, "class")
-    background_names = _name_list(
+    class_names = name_list("class_names", class_names, "class")
+    background_names = name_list(
         "background_names",
         VOC_BACKGROUND_NAMES if background_names is None else background_names,
         "background word",
     )
-    shared = sorted({_name_key(n) for n in class_names} & {_name_key(n) for n in background_names})
+    shared = sorted({name_key(n) for n in class_names} & {name_key(n) for n in background_names})
     if shared:  # a warning: saved models of before hold such names, and their embeddings fix the word count
         logger.warning_once(
             f"class_names and background_names share {shared} (compared as CLIP's tokenizer reads them): such a "
@@ -258,7 +141,7 @@ def class_name_lists(
             f"label_names has {len(label_names)} entries but class_names has {len(class_names)}."
         )
     labels = [background_label, *label_names]
-    _check_label_names(labels_given or "id2label (the class_names by default)", labels)
+    check_label_names(labels_given or "id2label (the class_names by default)", labels)
     return class_names, background_names, labels
 
 
@@ -269,30 +152,6 @@ def text_prompts(class_names: list[str], background_names: list[str], template: 
         "class": [template.format(name) for name in class_names],
         "background": [template.format(name) for name in background_names],
     }
-
-
-def check_prompt_template(template: str) -> None:
-    """Refuse a prompt template that ``template.format(name)`` does not fill with the class name exactly once: it
-    needs one empty replacement field ``{}`` and no other (``{{`` and ``}}`` are literal braces)."""
-    if not isinstance(template, str):
-        raise ValueError(f"prompt_template must be a string holding '{{}}', got {template!r}.")
-    try:
-        fields = [
-            "{" + name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "") + "}"
-            for _, name, spec, conversion in string.Formatter().parse(template)
-            if name is not None
-        ]
-    except ValueError as err:  # a lone brace
-        problem = f"it is not a format string ({err}; write a literal brace as '{{{{' or '}}}}')"
-    else:
-        if fields == ["{}"]:
-            return
-        problem = f"its replacement fields are {fields}" if fields else "it has no replacement field"
-        if "{{" in template and not fields:
-            problem += " ('{{}}' is a literal '{}')"
-    raise ValueError(
-        f"prompt_template must hold exactly one '{{}}', which the class name fills, got {template!r}: {problem}."
-    )
 
 
 def _renamed(kwargs: dict, old: str, new: str, value: int | None, depth: int) -> int | None:
@@ -308,7 +167,7 @@ def _renamed(kwargs: dict, old: str, new: str, value: int | None, depth: int) ->
             f"Give {new} only; {old} is its deprecated name (got both: {old_value!r} and {value!r})."
         )
     warnings.warn(f"WeCLIPConfig: {old!r} is deprecated, use {new!r}.", FutureWarning, stacklevel=3)
-    _check_int(old, old_value, 1, MAX_LAYERS)
+    check_int(old, old_value, 1, MAX_LAYERS)
     return min(old_value, depth)
 
 
@@ -317,17 +176,6 @@ def _depth(config: WeCLIPConfig) -> int:
     return config.vision_config.num_hidden_layers
 
 
-def _check_dilations(name: str, dilations) -> None:
-    """Refuse PAR dilations unless a non-empty list of positive integers."""
-    if not isinstance(dilations, (list, tuple)) or not dilations:
-        raise ValueError(f"{name} must be a list of at least one dilation, got {dilations!r}.")
-    for dilation in dilations:
-        _check_int(f"{name}[...]", dilation, 1, 4096)
-
-
-# A check of one field: (config, field name, value). The bounds read nothing of the config but the CLIP depth
-# (fixed under a built model) and the class count (whose setter checks the ignore index again), so each field is
-# checked when set on a built config as in its constructor.
 FieldCheck = Callable[[Any, str, Any], None]
 
 # Every field checked alone, by the constructor and when set on a built config (``model.config.x = v``, as
@@ -335,29 +183,29 @@ FieldCheck = Callable[[Any, str, Any], None]
 # Checks of fields against each other (decoder width and heads; class and background names) run in the
 # constructor and `validate` only, as one of them may be set before the other.
 WECLIP_FIELD_CHECKS: dict[str, FieldCheck] = {
-    "projection_dim": lambda c, n, v: _check_int(n, v, 1, MAX_WIDTH),
-    "decoder_hidden_size": lambda c, n, v: _check_int(n, v, 1, MAX_WIDTH),
-    "decoder_num_layers": lambda c, n, v: _check_int(n, v, 0, MAX_LAYERS),
-    "decoder_num_heads": lambda c, n, v: _check_int(n, v, 1, MAX_WIDTH),
-    "decoder_mlp_ratio": lambda c, n, v: _check_int(n, v, 1, 64),
-    "decoder_dropout": lambda c, n, v: _check_number(n, v, 0.0, 1.0, high_open=True),
-    "cam_bg_exponent": lambda c, n, v: _check_number(n, v, 0.0, 100.0, low_open=True),
-    "par_num_iter": lambda c, n, v: _check_int(n, v, 0, MAX_PAR_ITERATIONS),
-    "par_dilations": lambda c, n, v: _check_dilations(n, v),
-    "par_temperature": lambda c, n, v: _check_number(n, v, 0.0, 1e6, low_open=True),
-    "par_pos_weight": lambda c, n, v: _check_number(n, v, 0.0, 1e6),
-    "affinity_radius": lambda c, n, v: _check_int(n, v, 1, 1024),
-    "affinity_loss_weight": lambda c, n, v: _check_number(n, v, 0.0, 1e6),
-    "rfm_start_step": lambda c, n, v: _check_int(n, v, 0, 10**12),
-    "training_preset": lambda c, n, v: _check_optional_name(n, v),
-    "semantic_loss_ignore_index": lambda c, n, v: _check_ignore_index(v, len(c.class_names)),
-    "initializer_range": lambda c, n, v: v is None or _check_number(n, v, 0.0, 10.0),
+    "projection_dim": lambda c, n, v: check_int(n, v, 1, MAX_WIDTH),
+    "decoder_hidden_size": lambda c, n, v: check_int(n, v, 1, MAX_WIDTH),
+    "decoder_num_layers": lambda c, n, v: check_int(n, v, 0, MAX_LAYERS),
+    "decoder_num_heads": lambda c, n, v: check_int(n, v, 1, MAX_WIDTH),
+    "decoder_mlp_ratio": lambda c, n, v: check_int(n, v, 1, 64),
+    "decoder_dropout": lambda c, n, v: check_number(n, v, 0.0, 1.0, high_open=True),
+    "cam_bg_exponent": lambda c, n, v: check_number(n, v, 0.0, 100.0, low_open=True),
+    "par_num_iter": lambda c, n, v: check_int(n, v, 0, MAX_PAR_ITERATIONS),
+    "par_dilations": lambda c, n, v: check_dilations(n, v),
+    "par_temperature": lambda c, n, v: check_number(n, v, 0.0, 1e6, low_open=True),
+    "par_pos_weight": lambda c, n, v: check_number(n, v, 0.0, 1e6),
+    "affinity_radius": lambda c, n, v: check_int(n, v, 1, 1024),
+    "affinity_loss_weight": lambda c, n, v: check_number(n, v, 0.0, 1e6),
+    "rfm_start_step": lambda c, n, v: check_int(n, v, 0, 10**12),
+    "training_preset": lambda c, n, v: check_optional_name(n, v),
+    "semantic_loss_ignore_index": lambda c, n, v: check_ignore_index(v, len(c.class_names)),
+    "initializer_range": lambda c, n, v: v is None or check_number(n, v, 0.0, 10.0),
     "prompt_template": lambda c, n, v: check_prompt_template(v),
-    "cam_box_threshold": lambda c, n, v: _check_number(n, v, 0.0, 1.0, low_open=True, high_open=True),
-    "num_feature_layers": lambda c, n, v: _check_int(n, v, 1, _depth(c) - 1),
-    "attention_num_maps": lambda c, n, v: _check_int(n, v, 1, _depth(c)),
-    "rfm_num_maps": lambda c, n, v: _check_int(n, v, 1, _depth(c)),
-    "background_names": lambda c, n, v: _name_list(n, v, "background word"),
+    "cam_box_threshold": lambda c, n, v: check_number(n, v, 0.0, 1.0, low_open=True, high_open=True),
+    "num_feature_layers": lambda c, n, v: check_int(n, v, 1, _depth(c) - 1),
+    "attention_num_maps": lambda c, n, v: check_int(n, v, 1, _depth(c)),
+    "rfm_num_maps": lambda c, n, v: check_int(n, v, 1, _depth(c)),
+    "background_names": lambda c, n, v: name_list(n, v, "background word"),
 }
 
 
@@ -516,7 +364,7 @@ class WeCLIPConfig(PreTrainedConfig):
         """Refuse a field outside its range or fields that do not fit each other, naming them: the CLIP towers,
         each field alone (`field_checks`) and the decoder's width against its heads (the class and background
         names are checked as the constructor reads them)."""
-        _check_clip_towers(self.vision_config, self.text_config)
+        check_clip_towers(self.vision_config, self.text_config)
         for name, check in self.field_checks.items():
             check(self, name, getattr(self, name))
         if self.decoder_hidden_size % self.decoder_num_heads:
@@ -554,16 +402,16 @@ class WeCLIPConfig(PreTrainedConfig):
         if built and key in self.field_checks:
             self.field_checks[key](self, key, value)
         if key == "class_names" and built and value != self.class_names:
-            value = _name_list(key, value, "class")
-            _check_ignore_index(self.semantic_loss_ignore_index, len(value))
+            value = name_list(key, value, "class")
+            check_ignore_index(self.semantic_loss_ignore_index, len(value))
             labels = dict(enumerate([self.id2label[0], *_default_label_names(value)]))
-            _check_label_names("id2label (the new class_names)", list(labels.values()))
+            check_label_names("id2label (the new class_names)", list(labels.values()))
             super().__setattr__(key, value)
             self.id2label = labels
             return
         if key == "id2label" and value is not None and "class_names" in self.__dict__:
             value = dict(enumerate(_label_list(value, len(self.class_names))))
-            _check_label_names(key, list(value.values()))
+            check_label_names(key, list(value.values()))
             super().__setattr__("label2id", {name: i for i, name in value.items()})
         super().__setattr__(key, value)
 

@@ -6,15 +6,8 @@ from dataclasses import dataclass
 
 from transformers import AutoConfig, Dinov2Config, Dinov2WithRegistersConfig
 
-from .configuration_weclip import (
-    MAX_LAYERS,
-    MAX_WIDTH,
-    WECLIP_FIELD_CHECKS,
-    WeCLIPConfig,
-    _check_int,
-    _check_number,
-    _depth,
-)
+from .config_checks import check_int, check_number, check_transformer_shape
+from .configuration_weclip import WECLIP_FIELD_CHECKS, WeCLIPConfig, _depth
 
 
 @dataclass(frozen=True)
@@ -85,19 +78,12 @@ def official_decoder_depth(dino_config: Dinov2Config | Dinov2WithRegistersConfig
 
 def _check_dino_tower(name: str, config) -> None:
     """Refuse DINOv2 sizes that are not positive or would build an absurdly large model, naming the field."""
-    _check_int(f"{name}.num_hidden_layers", config.num_hidden_layers, 1, MAX_LAYERS)
-    _check_int(f"{name}.hidden_size", config.hidden_size, 1, MAX_WIDTH)
-    _check_int(f"{name}.num_attention_heads", config.num_attention_heads, 1, config.hidden_size)
-    if config.hidden_size % config.num_attention_heads:
-        raise ValueError(
-            f"{name}.hidden_size ({config.hidden_size}) must be divisible by num_attention_heads "
-            f"({config.num_attention_heads})."
-        )
-    _check_number(f"{name}.mlp_ratio", config.mlp_ratio, 0.0, 64.0, low_open=True)
-    _check_int(f"{name}.image_size", config.image_size, 1, 8192)
-    _check_int(f"{name}.patch_size", config.patch_size, 1, config.image_size)
-    _check_int(f"{name}.num_channels", config.num_channels, 3, 3)
-    _check_int(
+    check_transformer_shape(name, config)
+    check_number(f"{name}.mlp_ratio", config.mlp_ratio, 0.0, 64.0, low_open=True)
+    check_int(f"{name}.image_size", config.image_size, 1, 8192)
+    check_int(f"{name}.patch_size", config.patch_size, 1, config.image_size)
+    check_int(f"{name}.num_channels", config.num_channels, 3, 3)
+    check_int(
         f"{name}.num_register_tokens", getattr(config, "num_register_tokens", 0), 0, MAX_REGISTER_TOKENS
     )
 
@@ -140,7 +126,7 @@ def _check_branch_weights(name: str, weights) -> None:
     if not isinstance(weights, (list, tuple)) or len(weights) != 2:
         raise ValueError(f"{name} must be two numbers [clip, dino], got {weights!r}.")
     for weight in weights:
-        _check_number(f"{name}[...]", weight, 0.0, 1e6)
+        check_number(f"{name}[...]", weight, 0.0, 1e6)
     if sum(weights) <= 0:
         raise ValueError(f"{name} must not both be 0, got {list(weights)}.")
 
@@ -148,20 +134,20 @@ def _check_branch_weights(name: str, weights) -> None:
 def _check_optional_step(name: str, step) -> None:
     """Refuse a step unless None (never) or a non-negative integer."""
     if step is not None:
-        _check_int(name, step, 0, 10**12)
+        check_int(name, step, 0, 10**12)
 
 
 # WeCLIP's fields and WeCLIP+'s own, each checked alone (see `WECLIP_FIELD_CHECKS`)
 WECLIP_PLUS_FIELD_CHECKS = {
     **WECLIP_FIELD_CHECKS,
     "dino_position_interpolation": lambda c, n, v: _check_position_interpolation(n, v),
-    "cam_feature_block": lambda c, n, v: _check_int(n, v, -(_depth(c) - 1), -1),
+    "cam_feature_block": lambda c, n, v: check_int(n, v, -(_depth(c) - 1), -1),
     "rfm_use_box_mask": lambda c, n, v: _check_bool(n, v),
     "branch_logit_weights": lambda c, n, v: _check_branch_weights(n, v),
-    "dice_loss_weight": lambda c, n, v: _check_number(n, v, 0.0, 1e6),
-    "cross_branch_loss_weight": lambda c, n, v: _check_number(n, v, 0.0, 1e6),
+    "dice_loss_weight": lambda c, n, v: check_number(n, v, 0.0, 1e6),
+    "cross_branch_loss_weight": lambda c, n, v: check_number(n, v, 0.0, 1e6),
     "self_training_start_step": lambda c, n, v: _check_optional_step(n, v),
-    "self_training_threshold": lambda c, n, v: _check_number(n, v, 0.0, 1.0),
+    "self_training_threshold": lambda c, n, v: check_number(n, v, 0.0, 1.0),
 }
 
 
