@@ -1381,3 +1381,34 @@ def test_label_lists_of_a_metadata_csv_are_json_lists(tmp_path):
         add_image_labels(
             train.map(lambda r: {"image_labels": "[2, 1"}), Columns("image", None, "image_labels"), 2
         )
+
+
+def _png_bytes(array: np.ndarray, format: str = "PNG") -> bytes:
+    """``array`` encoded as an image file's bytes (PNG unless ``format``)."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=format)
+    return buffer.getvalue()
+
+
+def test_image_and_mask_columns_of_raw_bytes_are_decoded():
+    """A `datasets.Value("binary")` column (raw bytes, no {bytes, path} dict) passed the label pass, then the first
+    training item failed "Unsupported image type bytes"; a mask column of bytes failed "has shape ()"."""
+    from weclip_hf.data.decoding import UnreadableImageError
+    from weclip_hf.data.loading import training_set
+
+    images = [_png_bytes(np.full((8, 8, 3), i, np.uint8)) for i in (0, 1)]
+    masks = [_png_bytes(np.full((8, 8), c, np.uint8)) for c in (1, 2)]
+    augment = TrainAugmentation(8, (1.0, 1.0), normalization=IMAGENET_NORMALIZATION)
+    labelled = datasets.Dataset.from_dict({"image": images, "labels": [[1], [2]]})
+    dataset, _ = training_set(labelled, 2, augment, class_names=["cat", "dog"])
+    assert dataset[0]["pixel_values"].shape == (3, 8, 8) and dataset[1]["class_labels"].tolist() == [0, 1]
+    masked = datasets.Dataset.from_dict({"image": images, "mask": masks})
+    dataset, summary = training_set(masked, 2, augment, require_mask=True)
+    assert summary.class_counts == {1: 1, 2: 1} and dataset[1]["labels"].unique().tolist() == [2]
+    broken = datasets.Dataset.from_dict({"image": [images[0], b"\x89PNG broken"], "labels": [[1], [2]]})
+    with pytest.raises(
+        UnreadableImageError, match=r"column 'image' of row 1 \(stored as bytes, no file path\)"
+    ):
+        training_set(broken, 2, augment)

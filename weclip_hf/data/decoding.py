@@ -50,14 +50,17 @@ def describe(value: Any, column: str | None, row: str) -> str:
 
 
 def decode_image(value: Any, column: str | None, row: str, feature: Any = None) -> Any:
-    """A stored image (``{"bytes", "path"}`` dict or path) -> fully decoded PIL image, as ``datasets`` would
-    decode it (EXIF orientation, ``feature.mode``); nested lists (an array column) become a NumPy array, read by the
-    rules of the image processor; PIL images and arrays are returned as they are.
+    """A stored image (``{"bytes", "path"}`` dict, path, or a file's raw bytes: a `datasets.Value("binary")` column)
+    -> fully decoded PIL image, as ``datasets`` would decode it (EXIF orientation, ``feature.mode``); nested lists
+    (an array column) become a NumPy array, read by the rules of the image processor; PIL images and arrays are
+    returned as they are.
 
     Raises `UnreadableImageError` naming the file (or ``row``) and ``column`` when it cannot be read.
     """
     if isinstance(value, (str, os.PathLike)):
         value = {"bytes": None, "path": os.fspath(value)}
+    if isinstance(value, (bytes, bytearray)):
+        value = {"bytes": bytes(value), "path": None}
     if isinstance(value, (list, tuple)):  # an array column (`datasets.Array3D`, nested lists): read as NumPy
         return _nested_array(value, column, row)
     if not isinstance(value, dict):
