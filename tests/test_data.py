@@ -1412,3 +1412,42 @@ def test_image_and_mask_columns_of_raw_bytes_are_decoded():
         UnreadableImageError, match=r"column 'image' of row 1 \(stored as bytes, no file path\)"
     ):
         training_set(broken, 2, augment)
+
+
+def _pandas_parquet(root, **columns) -> None:
+    """Splits train and validation of two rows of ``columns`` written by pandas (images as {bytes, path} structs,
+    no datasets feature metadata), with an image column of black 8 x 8 PNGs."""
+    import pandas as pd
+
+    (root / "data").mkdir()
+    image = {"bytes": _png_bytes(np.zeros((8, 8, 3), np.uint8)), "path": None}
+    for split in ("train", "validation"):
+        frame = pd.DataFrame({"image": [image] * 2, **columns})
+        frame.to_parquet(root / "data" / f"{split}-00000-of-00001.parquet")
+
+
+def test_parquet_of_pandas_image_structs_gives_masks_and_struct_labels(tmp_path):
+    """pandas writes images as {bytes, path} structs without datasets' feature metadata: a struct column ``mask`` was
+    no mask column (and left out of the columns looked for), and --labels_column objects.category flattened the
+    image column too ("KeyError: 'image'")."""
+    from weclip_hf.data.loading import DataSource, evaluation_set, load_dataset_splits, training_set
+
+    mask = {"bytes": _png_bytes(np.ones((8, 8), np.uint8)), "path": None}
+    objects = {"category": [1], "bbox": [[0.0, 0.0, 1.0, 1.0]]}
+    _pandas_parquet(tmp_path, mask=[mask] * 2, objects=[objects] * 2)
+    train, val, _ = load_dataset_splits(DataSource(dataset_name=str(tmp_path)), log=lambda _: None)
+    assert resolve_columns(val.column_names, features=val.features).mask == "mask"
+    dataset, _ = evaluation_set(val, 2, 255, IMAGENET_NORMALIZATION, class_names=["cat", "dog"])
+    assert dataset[0]["labels"].unique().tolist() == [1]
+    augment = TrainAugmentation(8, (1.0, 1.0), normalization=IMAGENET_NORMALIZATION)
+    train = train.remove_columns("mask")
+    dataset, _ = training_set(train, 2, augment, labels_column="objects.category", class_names=["cat", "dog"])
+    assert dataset[0]["class_labels"].tolist() == [1, 0] and dataset[1]["pixel_values"].shape == (3, 8, 8)
+    stream, _ = training_set(train.to_iterable_dataset(), 2, augment, labels_column="objects.category")
+    assert [item["class_labels"].tolist() for item in stream] == [[1, 0]] * 2
+    with pytest.raises(ValueError, match=r"a struct column's field is named with a dot: 'objects\.category'"):
+        resolve_columns(train.column_names, features=train.features)
+    numbers = {"image": datasets.Image(), "mask": datasets.Value("int64")}
+    with pytest.raises(ValueError, match=r"\['annotation', 'label', .*\]\); available columns: \['image', 'mask'\]\. "
+                       r"Pass --mask_column\. Passed over: 'mask' \(Value\('int64'\)\), which cannot hold masks\."):  # fmt: skip
+        resolve_columns(list(numbers), features=numbers, require_mask=True)

@@ -69,26 +69,35 @@ def class_label_feature(feature):
     return None
 
 
+def image_struct(feature) -> bool:
+    """Whether a feature is a struct of an image file's ``bytes`` and ``path``: how `datasets.Image` stores an image,
+    and how pandas writes one to Parquet (without the metadata that would make it a `datasets.Image`)."""
+    return isinstance(feature, dict) and set(feature) == {"bytes", "path"}
+
+
 def struct_fields(features: Mapping | None, prefix: str = "") -> list[str]:
-    """The fields of the struct columns of ``features``, named as `datasets.Dataset.flatten` names their columns
-    (``objects.category`` of a detection column ``objects: {category, bbox}``): label columns a user may name."""
+    """The fields of the struct columns of ``features`` (images stored as structs aside: `image_struct`), named as
+    `datasets.Dataset.flatten` names their columns (``objects.category`` of a detection column ``objects:
+    {category, bbox}``): label columns a user may name."""
     fields = []
     for name, feature in (features or {}).items():
-        if isinstance(feature, dict):
+        if isinstance(feature, dict) and not image_struct(feature):
             fields += [f"{prefix}{name}.{field}" for field in feature]
             fields += struct_fields(feature, f"{prefix}{name}.")
     return fields
 
 
 def may_hold_masks(feature, first_value: Callable[[], object] | None = None) -> bool:
-    """Whether a column of datasets ``feature`` (None: not declared) can hold masks, as the loader reads them: images,
-    arrays, bytes, or strings that are paths of image files (``first_value``: the value of the column's first row,
-    read for strings only; None: strings may be paths). Class labels, numbers, flat lists, lists of float
-    coordinates (polygons) and structs cannot."""
+    """Whether a column of datasets ``feature`` (None: not declared) can hold masks, as the loader reads them: images
+    (also as ``{bytes, path}`` structs: `image_struct`), arrays, bytes, or strings that are paths of image files
+    (``first_value``: the value of the column's first row, read for strings only; None: strings may be paths).
+    Class labels, numbers, flat lists, lists of float coordinates (polygons) and other structs cannot."""
     import datasets
     from PIL import Image
 
-    if feature is None or isinstance(feature, (datasets.Image, datasets.Array2D, datasets.Array3D)):
+    if feature is None or image_struct(feature):
+        return True
+    if isinstance(feature, (datasets.Image, datasets.Array2D, datasets.Array3D)):
         return True
     if isinstance(feature, datasets.Value):
         if feature.dtype in ("string", "large_string"):
@@ -158,7 +167,11 @@ def resolve_columns(
         if c not in (image, labels_column, *class_labels)
         and (c not in features or may_hold_masks(features[c], first_value(c)))
     ]
-    mask = pick(mask_column, mask_candidates, "mask", require_mask, missing_mask_hint)
+    # columns of a mask's name that cannot hold masks (class labels aside), named in the error of no mask column
+    skipped = (*mask_candidates, image, labels_column, *class_labels)
+    passed = [c for c in MASK_COLUMNS if c in features and c not in skipped]
+    passed_hint = "".join(f" Passed over: {c!r} ({features[c]}), which cannot hold masks." for c in passed)
+    mask = pick(mask_column, mask_candidates, "mask", require_mask, passed_hint + missing_mask_hint)
     label_candidates = [c for c in (*LABEL_COLUMNS, *class_labels) if c not in (image, mask)]
     if mask is not None and class_names is not None:  # labels from the masks rather than from other classes
         lookup = class_name_ids(class_names)
@@ -615,13 +628,19 @@ def _integer_feature(feature) -> bool:
 
 
 def with_struct_field(dataset, column: str | None):
-    """``dataset`` with ``column`` when it names a struct column's field (`struct_fields`: ``objects.category``),
-    as `datasets.Dataset.flatten` gives it (a stream: a lazy map, its features kept); else ``dataset``."""
+    """``dataset`` with ``column`` added when it names a struct column's field (`struct_fields`:
+    ``objects.category``), as `datasets.Dataset.flatten` gives it, the other columns as they are (an image stored
+    as a ``{bytes, path}`` struct stays one); else ``dataset``. A random-access dataset gets the field's Arrow
+    column (no copy, unless rows were selected: then the dataset is rewritten once), a stream a lazy map, its
+    features kept."""
+    import datasets
+
     if column is None or "." not in column or column in dataset_columns(dataset):
         return dataset
-    if not is_streaming(dataset):
-        return dataset.flatten()
     struct, *path = column.split(".")
+    if not is_streaming(dataset):
+        field = dataset.select_columns([struct]).flatten().select_columns([column])
+        return datasets.concatenate_datasets([dataset, field], split=dataset.split, axis=1)
     features = dataset.features.copy() if dataset.features is not None else None
     if features is not None:
         features[column] = functools.reduce(lambda feature, key: feature[key], path, features[struct])
