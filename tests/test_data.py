@@ -1451,3 +1451,19 @@ def test_parquet_of_pandas_image_structs_gives_masks_and_struct_labels(tmp_path)
     with pytest.raises(ValueError, match=r"\['annotation', 'label', .*\]\); available columns: \['image', 'mask'\]\. "
                        r"Pass --mask_column\. Passed over: 'mask' \(Value\('int64'\)\), which cannot hold masks\."):  # fmt: skip
         resolve_columns(list(numbers), features=numbers, require_mask=True)
+
+
+def test_class_names_come_from_a_class_label_field_of_a_struct_column(tmp_path):
+    """A ``List(ClassLabel)`` field named with a dot (--labels_column objects.category) gave no class names: a run
+    without --class_names trained VOC's 20 classes, cat and dog read as ids 8 and 12."""
+    from weclip_hf.data.loading import DataSource, load_dataset_splits
+
+    category = datasets.List(datasets.ClassLabel(names=["cat", "dog"]))
+    features = datasets.Features({"image": datasets.Image(), "objects": {"category": category}})
+    image = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    rows = {"image": [image] * 2, "objects": [{"category": [1]}, {"category": [0]}]}
+    split = datasets.Dataset.from_dict(rows, features=features)
+    datasets.DatasetDict({"train": split}).save_to_disk(tmp_path / "saved")
+    source = DataSource(dataset_path=str(tmp_path / "saved"))
+    _, _, names = load_dataset_splits(source, labels_column="objects.category", log=lambda _: None)
+    assert names == {"class_names": ["cat", "dog"]}

@@ -87,6 +87,20 @@ def struct_fields(features: Mapping | None, prefix: str = "") -> list[str]:
     return fields
 
 
+def column_feature(features: Mapping | None, column: str | None):
+    """The feature of ``column``: a column of ``features``, or a struct column's field named with a dot
+    (`struct_fields`: ``objects.category``); None when ``features`` has neither."""
+    features = features or {}
+    if column is None or column in features:
+        return features.get(column)
+    feature = features
+    for key in column.split("."):
+        if not isinstance(feature, Mapping) or key not in feature:
+            return None
+        feature = feature[key]
+    return feature
+
+
 def may_hold_masks(feature, first_value: Callable[[], object] | None = None) -> bool:
     """Whether a column of datasets ``feature`` (None: not declared) can hold masks, as the loader reads them: images
     (also as ``{bytes, path}`` structs: `image_struct`), arrays, bytes, or strings that are paths of image files
@@ -643,7 +657,7 @@ def with_struct_field(dataset, column: str | None):
         return datasets.concatenate_datasets([dataset, field], split=dataset.split, axis=1)
     features = dataset.features.copy() if dataset.features is not None else None
     if features is not None:
-        features[column] = functools.reduce(lambda feature, key: feature[key], path, features[struct])
+        features[column] = column_feature(features, column)
     return dataset.map(
         lambda value: {column: functools.reduce(lambda v, key: v[key], path, value)},
         input_columns=struct,

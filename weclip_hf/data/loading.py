@@ -27,6 +27,7 @@ from .adapters import (
     checked_mask,
     class_label_columns,
     class_label_feature,
+    column_feature,
     dataset_columns,
     is_streaming,
     mask_array,
@@ -583,16 +584,17 @@ def load_dataset_splits(
 
 def class_label_names(dataset, labels_column: str | None = None) -> list[str] | None:
     """The class names of a split's image-level label column when it is a classification label (`datasets.ClassLabel`
-    or a list of them), in its order; None otherwise. The column is ``labels_column``, else the one the data
-    pipeline picks (`resolve_columns`: the first of `LABEL_COLUMNS`, then of `class_label_columns` where the split has
-    no mask column: beside masks, such a column may describe something else, e.g. a scene)."""
+    or a list of them), in its order; None otherwise. The column is ``labels_column`` (a struct column's field
+    named with a dot too: ``objects.category``), else the one the data pipeline picks (`resolve_columns`: the first
+    of `LABEL_COLUMNS`, then of `class_label_columns` where the split has no mask column: beside masks, such a
+    column may describe something else, e.g. a scene)."""
     features = getattr(dataset, "features", None) or {}
     class_labels = class_label_columns(features)
     has_masks = any(c in features and c not in class_labels for c in MASK_COLUMNS)
     # beside masks, a ClassLabel column not named as labels is no image's classes (scene_parse_150's scene_category)
     candidates = [labels_column] if labels_column else [*LABEL_COLUMNS, *([] if has_masks else class_labels)]
-    column = next((c for c in candidates if c in features), None)
-    class_label = class_label_feature(features.get(column))
+    column = next((c for c in candidates if column_feature(features, c) is not None), None)
+    class_label = class_label_feature(column_feature(features, column))
     return list(class_label.names) if class_label is not None else None
 
 
