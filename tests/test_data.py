@@ -1467,3 +1467,33 @@ def test_class_names_come_from_a_class_label_field_of_a_struct_column(tmp_path):
     source = DataSource(dataset_path=str(tmp_path / "saved"))
     _, _, names = load_dataset_splits(source, labels_column="objects.category", log=lambda _: None)
     assert names == {"class_names": ["cat", "dog"]}
+
+
+@pytest.mark.parametrize("stored", ["jpg_file", "jpeg_bytes", "jpeg_named_png"])
+def test_masks_stored_as_jpeg_are_refused(tmp_path, stored):
+    """A JPEG mask of class 5 read as classes 1..7 (its edges' artefacts) and was taken when they stayed within 0..C:
+    phantom image-level labels and ground truth. Refused by the file's suffix, the bytes or the format PIL read."""
+    from weclip_hf.data.loading import training_set
+
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 5
+    image = Image.fromarray(np.zeros((16, 16, 3), np.uint8))
+    if stored == "jpeg_bytes":
+        masks = [{"bytes": _png_bytes(mask, "JPEG"), "path": None}]
+    else:
+        path = tmp_path / ("mask.jpg" if stored == "jpg_file" else "mask.png")
+        Image.fromarray(mask).save(path, format="JPEG")
+        masks = [str(path)]
+    features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})
+    data = datasets.Dataset.from_dict({"image": [image], "mask": masks}, features=features)
+    augment = TrainAugmentation(8, (1.0, 1.0), normalization=IMAGENET_NORMALIZATION)
+    with pytest.raises(
+        ValueError, match=r"Mask .* is stored as JPEG, which is lossy .* re-save the masks as PNG"
+    ):
+        training_set(data, 20, augment, require_mask=True)
+    for lossless in ("PNG", "BMP", "TIFF"):  # read as they were
+        data = datasets.Dataset.from_dict(
+            {"image": [image], "mask": [{"bytes": _png_bytes(mask, lossless), "path": None}]},
+            features=features,
+        )
+        assert training_set(data, 20, augment, require_mask=True)[1].class_counts == {5: 1}

@@ -22,7 +22,16 @@ import numpy as np
 from .. import image_reading
 from ..image_reading import check_integral_label_map, image_size, whole_numbers
 from . import decoding
-from .decoding import UnreadableImageError, decode_image, describe, file_path, row_name, split_name, undecoded
+from .decoding import (
+    UnreadableImageError,
+    decode_image,
+    describe,
+    file_path,
+    row_name,
+    split_name,
+    stored_as_jpeg,
+    undecoded,
+)
 
 IMAGE_COLUMNS = ("image", "img", "pixel_values", "jpg", "png")
 MASK_COLUMNS = ("annotation", "mask", "label", "segmentation", "semantic_mask", "seg")
@@ -789,11 +798,16 @@ def checked_mask(
     example: dict, columns: Columns, image, mask, row: str, num_classes: int, ignore_index: int
 ) -> np.ndarray:
     """An example's decoded ``mask`` as its [H, W] array of ids, refused (naming its file, else its column and
-    ``row``) when it has channels (`mask_array`), ids outside 0..C other than ``ignore_index`` (`check_mask_ids`)
+    ``row``) when it is stored as JPEG (`stored_as_jpeg`: lossy, its edges hold ids of other classes), has channels (`mask_array`), ids outside 0..C other than ``ignore_index`` (`check_mask_ids`)
     or another size than its decoded ``image`` (EXIF orientation applied: `EXIF_HINT` when the sizes are
     swapped). Every mask the data pipeline reads passes here, whatever the columns: a mask of another size would
     be stretched to its image, or its image's predictions to it."""
     mask_name = describe(example[columns.mask], columns.mask, row)
+    if stored_as_jpeg(example[columns.mask], mask):
+        raise ValueError(
+            f"Mask {mask_name} is stored as JPEG, which is lossy (its edges get ids between the classes': phantom "
+            "classes in the image-level labels and the ground truth): re-save the masks as PNG."
+        )
     array = mask_array(mask, mask_name)
     check_mask_ids(array, num_classes, ignore_index, mask_name)
     if width_height(image) != width_height(array):

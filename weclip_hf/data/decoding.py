@@ -39,6 +39,15 @@ def file_path(value: Any) -> str | None:
     return path or None
 
 
+def stored_as_jpeg(value: Any, decoded: Any = None) -> bool:
+    """Whether a stored image is a JPEG, by what is at hand without decoding it again: its file's suffix, its bytes'
+    magic number (FF D8 FF), or the format PIL read it as (``decoded``: the decoded image, if any)."""
+    data = value.get("bytes") if isinstance(value, dict) else value
+    magic = isinstance(data, (bytes, bytearray)) and data[:3] == b"\xff\xd8\xff"
+    suffix = os.path.splitext(file_path(value) or "")[1].lower()
+    return magic or suffix in (".jpg", ".jpeg") or getattr(decoded, "format", None) == "JPEG"
+
+
 def describe(value: Any, column: str | None, row: str) -> str:
     """Where a stored image lives, for messages: ``file 'a.png' (column 'image', row 3 of split 'train')``, or
     ``column 'image' of row 3 of split 'train' (stored as bytes, no file path)``; a file that is no dataset's
