@@ -1497,3 +1497,28 @@ def test_masks_stored_as_jpeg_are_refused(tmp_path, stored):
             features=features,
         )
         assert training_set(data, 20, augment, require_mask=True)[1].class_counts == {5: 1}
+
+
+def test_a_training_set_in_which_no_image_has_a_class_is_refused():
+    """Binary 0/255 masks (255: the ignore index) gave a run where no training image had a class; it trained, and
+    scored cam_miou and pseudo_label_miou 1.0 on a background that was all there was to score."""
+    from weclip_hf.data.loading import evaluation_set, training_set
+
+    binary = np.zeros((8, 8), np.uint8)
+    binary[2:6, 2:6] = 255
+    augment = TrainAugmentation(8, (1.0, 1.0), normalization=IMAGENET_NORMALIZATION)
+    cause = r"No image of the dataset has a class: its masks \(column 'mask'\) hold no class id 1\.\.2, only 0 .*255"
+    with pytest.raises(ValueError, match=cause + r".* binary mask's foreground .* mask // 255.*ignore_index"):
+        training_set(_dataset([binary, binary]), 2, augment)
+    with pytest.raises(ValueError, match=r"every row of its label column 'image_labels' is empty"):
+        training_set(_dataset([binary, binary]).add_column("image_labels", [[], []]), 2, augment)
+    with pytest.warns(UserWarning, match=cause):
+        evaluation_set(_dataset([binary, binary]), 2, 255, IMAGENET_NORMALIZATION)
+    stream, summary = training_set(
+        _dataset([binary, binary]).to_iterable_dataset(), 2, augment
+    )  # counts unknown
+    assert summary.streamed
+    _, summary = training_set(
+        _dataset([binary, binary // 255]), 2, augment
+    )  # one image with a class is enough
+    assert summary.class_counts == {1: 1}

@@ -543,6 +543,23 @@ class LabelSummary:
         return text
 
 
+def no_class_cause(
+    summary: LabelSummary, columns: Columns, num_classes: int, ignore_index: int, split: str | None
+) -> str | None:
+    """Why no image of a labelled split has a class (its ``summary`` counts none; ``columns``: where its labels came
+    from), or None when some image has one, the split has no image, or, streamed, the counts are not known."""
+    if summary.streamed or summary.class_counts or summary.total == 0:
+        return None
+    where = f"split {split!r}" if split else "the dataset"
+    if columns.labels is not None:
+        return f"No image of {where} has a class: every row of its label column {columns.labels!r} is empty."
+    return (
+        f"No image of {where} has a class: its masks (column {columns.mask!r}) hold no class id 1..{num_classes}, "
+        f"only 0 (background) and the ignore index {ignore_index}. A binary mask's foreground is 255, VOC's void: "
+        "map it to class 1 (e.g. mask // 255), or give --semantic_loss_ignore_index of the dataset."
+    )
+
+
 EXIF_HINT = (
     " The sizes are swapped: images are read upright (their EXIF orientation applied, as datasets decodes them),"
     " so a mask drawn on the stored pixels of a turned photo must be turned the same way."

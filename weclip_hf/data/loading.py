@@ -31,6 +31,7 @@ from .adapters import (
     dataset_columns,
     is_streaming,
     mask_array,
+    no_class_cause,
     resolve_columns,
     struct_fields,
 )
@@ -345,6 +346,9 @@ def evaluation_set(
             class_names=class_names,
             skip_unreadable=skip_unreadable,
         )
+    cause = no_class_cause(summary, columns, num_classes, ignore_index, split_name(val))
+    if cause:  # every scored pixel background or ignored: its mIoUs would say nothing
+        warnings.warn(f"{cause} Its scores measure nothing but the background.", stacklevel=2)
     return EvalSegmentationDataset(val, columns, num_classes, normalization, ignore_index), summary
 
 
@@ -368,7 +372,10 @@ def training_set(
     """The training dataset of a ``datasets`` split (a streamed one gives a `StreamingWeakSegmentationDataset`):
     image-level labels from the label column or the masks (`add_image_labels`), crops by ``augment``; and the
     labels' summary. Columns are found by name unless given; ``require_mask``: fail without a mask column (full
-    supervision); ``labelling``: the context of `add_image_labels` (e.g. ``accelerator.main_process_first``)."""
+    supervision); ``labelling``: the context of `add_image_labels` (e.g. ``accelerator.main_process_first``).
+
+    A split in which no image has a class is refused (`no_class_cause`: nothing to learn); a streamed split, whose
+    labels are read as it is, is not checked."""
     columns = resolve_columns(
         dataset_columns(train),
         image_column,
@@ -390,6 +397,9 @@ def training_set(
             class_names=class_names,
             skip_unreadable=skip_unreadable,
         )
+    cause = no_class_cause(summary, columns, num_classes, augment.ignore_index, split_name(train))
+    if cause:
+        raise ValueError(f"{cause} Training would learn nothing.")
     if is_streaming(train):
         dataset = StreamingWeakSegmentationDataset(
             train, columns, num_classes, augment, seed, shuffle_buffer_size, skip_unreadable
