@@ -1522,3 +1522,16 @@ def test_a_training_set_in_which_no_image_has_a_class_is_refused():
         _dataset([binary, binary // 255]), 2, augment
     )  # one image with a class is enough
     assert summary.class_counts == {1: 1}
+
+
+def test_a_null_label_row_is_an_empty_label_set():
+    """``"image_labels": null`` in metadata.jsonl (an empty metadata.csv cell) failed "must be a flat list, got
+    shape ()", while ``[]`` was read as no labels."""
+    assert normalize_label_row(None, 4) == []
+    features = datasets.Features(
+        {"image": datasets.Image(), "image_labels": datasets.List(datasets.Value("int64"))}
+    )
+    image = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    data = datasets.Dataset.from_dict({"image": [image] * 2, "image_labels": [[2], None]}, features=features)
+    labelled, summary = add_image_labels(data, Columns("image", None, "image_labels"), 2)
+    assert labelled["image_labels"] == [[2], []] and summary.empty == 1

@@ -394,8 +394,11 @@ def normalize_label_row(
 ) -> list[int]:
     """An image-level label row (ids, multi-hot of width C, or class names mapped through ``class_names``,
     see `class_name_ids`) -> sorted foreground ids 1..C. ``multi_hot``: whether integer rows are multi-hot, as
-    `multi_hot_rows` decided for the whole label column; None: decided from this row alone."""
+    `multi_hot_rows` decided for the whole label column; None: decided from this row alone. None (``null`` in
+    metadata.jsonl, an empty metadata.csv cell) is an empty label set, as ``[]`` is."""
     where = name or "(unnamed)"
+    if row is None:
+        return []
     if isinstance(row, (str, int, np.integer)) and not isinstance(row, bool):  # one class: its name or id
         row = [row]
     values = np.asarray(row)
