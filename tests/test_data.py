@@ -1448,8 +1448,9 @@ def test_parquet_of_pandas_image_structs_gives_masks_and_struct_labels(tmp_path)
     with pytest.raises(ValueError, match=r"a struct column's field is named with a dot: 'objects\.category'"):
         resolve_columns(train.column_names, features=train.features)
     numbers = {"image": datasets.Image(), "mask": datasets.Value("int64")}
+    passed = r"Passed over: 'mask' \(Value\('int64'\)\), which cannot hold masks\."
     with pytest.raises(ValueError, match=r"\['annotation', 'label', .*\]\); available columns: \['image', 'mask'\]\. "
-                       r"Pass --mask_column\. Passed over: 'mask' \(Value\('int64'\)\), which cannot hold masks\."):  # fmt: skip
+                       r"Pass --mask_column\. " + passed):  # fmt: skip
         resolve_columns(list(numbers), features=numbers, require_mask=True)
 
 
@@ -1535,3 +1536,20 @@ def test_a_null_label_row_is_an_empty_label_set():
     data = datasets.Dataset.from_dict({"image": [image] * 2, "image_labels": [[2], None]}, features=features)
     labelled, summary = add_image_labels(data, Columns("image", None, "image_labels"), 2)
     assert labelled["image_labels"] == [[2], []] and summary.empty == 1
+
+
+def test_masks_in_a_label_column_are_named_as_masks():
+    """Segmentation masks in an Image column named ``labels`` were read as image-level labels: "Image labels of row 0
+    must be a flat list, got shape (8, 8)" named neither the column nor --mask_column."""
+    features = {"image": datasets.Image(), "labels": datasets.Image()}
+    hint = r"Column 'labels', taken as the image-level labels, holds Image\(.*\): it looks like masks"
+    hint += r".*--mask_column labels"
+    with pytest.raises(ValueError, match=hint + r".*--labels_column"):
+        resolve_columns(list(features), features=features)
+    arrays = {"image": datasets.Image(), "masks": datasets.List(datasets.List(datasets.Value("uint8")))}
+    with pytest.raises(
+        ValueError, match=r"Column 'masks', taken as the image-level labels, holds List\(List"
+    ):
+        resolve_columns(list(arrays), labels_column="masks", features=arrays)
+    with pytest.raises(ValueError, match=r"got shape \(8, 8\): a mask\? .*--mask_column"):  # undeclared
+        normalize_label_row(np.zeros((8, 8), np.uint8), 2, name="row 0")

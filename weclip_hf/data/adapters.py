@@ -110,6 +110,22 @@ def column_feature(features: Mapping | None, column: str | None):
     return feature
 
 
+def holds_images(feature) -> bool:
+    """Whether a declared feature holds images or 2-D arrays of integers: a mask column if anything, never
+    image-level labels. Images: `datasets.Image`, ``{bytes, path}`` structs (`image_struct`), array features;
+    nested lists of integers are arrays of class ids (lists of float coordinates are polygons, COCO's)."""
+    import datasets
+
+    if image_struct(feature) or isinstance(feature, (datasets.Image, datasets.Array2D, datasets.Array3D)):
+        return True
+    inner, depth = feature, 0
+    while getattr(inner, "feature", None) is not None:
+        inner, depth = inner.feature, depth + 1
+    return (
+        depth >= 2 and isinstance(inner, datasets.Value) and inner.dtype.startswith(("int", "uint", "bool"))
+    )
+
+
 def may_hold_masks(feature, first_value: Callable[[], object] | None = None) -> bool:
     """Whether a column of datasets ``feature`` (None: not declared) can hold masks, as the loader reads them: images
     (also as ``{bytes, path}`` structs: `image_struct`), arrays, bytes, or strings that are paths of image files
@@ -118,9 +134,7 @@ def may_hold_masks(feature, first_value: Callable[[], object] | None = None) -> 
     import datasets
     from PIL import Image
 
-    if feature is None or image_struct(feature):
-        return True
-    if isinstance(feature, (datasets.Image, datasets.Array2D, datasets.Array3D)):
+    if feature is None or holds_images(feature):
         return True
     if isinstance(feature, datasets.Value):
         if feature.dtype in ("string", "large_string"):
@@ -129,13 +143,7 @@ def may_hold_masks(feature, first_value: Callable[[], object] | None = None) -> 
                 isinstance(value, str) and Path(value).suffix.lower() in Image.registered_extensions()
             )
         return feature.dtype in ("binary", "large_binary")
-    inner, depth = feature, 0
-    while getattr(inner, "feature", None) is not None:
-        inner, depth = inner.feature, depth + 1
-    # nested lists of integers: an array of class ids (lists of float coordinates are polygons, COCO's)
-    return (
-        depth >= 2 and isinstance(inner, datasets.Value) and inner.dtype.startswith(("int", "uint", "bool"))
-    )
+    return False
 
 
 def resolve_columns(
@@ -210,6 +218,12 @@ def resolve_columns(
         raise ValueError(
             f"--labels_column {FROM_MASKS} takes the image-level labels from the masks, but no mask column was found "
             f"(looked for {mask_candidates}); available columns: {available}. Pass --mask_column."
+        )
+    if labels is not None and holds_images(column_feature(features, labels)):
+        raise ValueError(
+            f"Column {labels!r}, taken as the image-level labels, holds {column_feature(features, labels)}: it looks "
+            f"like masks, not lists of classes. Pass --mask_column {labels} (the labels then come from the masks), "
+            "or --labels_column of the column that holds the image-level labels."
         )
     if mask is None and labels is None:
         fields_hint = f" (a struct column's field is named with a dot: {fields[0]!r})" if fields else ""
@@ -403,7 +417,12 @@ def normalize_label_row(
         row = [row]
     values = np.asarray(row)
     if values.ndim != 1:
-        raise ValueError(f"Image labels of {where} must be a flat list, got shape {values.shape}.")
+        hint = (
+            ": a mask? Pass its column as --mask_column, and --labels_column for the labels"
+            if values.ndim > 1
+            else ""
+        )
+        raise ValueError(f"Image labels of {where} must be a flat list, got shape {values.shape}{hint}.")
     if values.dtype.kind in "USO" and len(values) > 0:
         return ids_from_names(list(row), num_classes, class_names, name)
     binary = binary_rows([values], num_classes) if values.dtype.kind in "iu" else None
@@ -818,10 +837,11 @@ def checked_mask(
     example: dict, columns: Columns, image, mask, row: str, num_classes: int, ignore_index: int
 ) -> np.ndarray:
     """An example's decoded ``mask`` as its [H, W] array of ids, refused (naming its file, else its column and
-    ``row``) when it is stored as JPEG (`stored_as_jpeg`: lossy, its edges hold ids of other classes), has channels (`mask_array`), ids outside 0..C other than ``ignore_index`` (`check_mask_ids`)
-    or another size than its decoded ``image`` (EXIF orientation applied: `EXIF_HINT` when the sizes are
-    swapped). Every mask the data pipeline reads passes here, whatever the columns: a mask of another size would
-    be stretched to its image, or its image's predictions to it."""
+    ``row``) when it is stored as JPEG (`stored_as_jpeg`: lossy, its edges hold ids of other classes), has
+    channels (`mask_array`), ids outside 0..C other than ``ignore_index`` (`check_mask_ids`) or another size than
+    its decoded ``image`` (EXIF orientation applied: `EXIF_HINT` when the sizes are swapped). Every mask the data
+    pipeline reads passes here, whatever the columns: a mask of another size would be stretched to its image, or
+    its image's predictions to it."""
     mask_name = describe(example[columns.mask], columns.mask, row)
     if stored_as_jpeg(example[columns.mask], mask):
         raise ValueError(
