@@ -335,6 +335,7 @@ def main(argv=None) -> dict:
         preset=args.preset,
         need_train=False,
         train_val_split=args.train_val_split,
+        dataset_classes=False,  # the model's classes
     )
     if val is None:
         raise ValueError(f"Split {args.validation_split!r} not found in the dataset.")

@@ -293,7 +293,11 @@ def load_splits(args, num_classes: int, ignore_index: int, class_names, state: P
     # a --validation_split the dataset lacks is refused by load_dataset_splits; without one, "none" asks for none
     # (and for no note on how train.py would find one)
     train, val, _ = load_dataset_splits(
-        source, train_split=args.split, validation_split=args.validation_split or "none", preset=args.preset
+        source,
+        train_split=args.split,
+        validation_split=args.validation_split or "none",
+        preset=args.preset,
+        dataset_classes=False,  # the model's classes
     )
     if args.max_samples:
         train = train.select(range(min(args.max_samples, len(train))))

@@ -388,7 +388,9 @@ def load_inputs(args) -> tuple:
         paths = find_image_files(args.images, Path(args.output_dir))
         return [str(p) for p in paths], output_names(paths), functools.partial(row_name, split=None)
     source = DataSource.from_args(args)
-    _, split, _ = load_dataset_splits(source, validation_split=args.split, need_train=False)
+    _, split, _ = load_dataset_splits(
+        source, validation_split=args.split, need_train=False, dataset_classes=False
+    )
     if split is None:
         raise ValueError(f"--split {args.split!r} not found in the dataset.")
     column = image_column(split.column_names, args.image_column)

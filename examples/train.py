@@ -999,6 +999,8 @@ def load_data_and_model(
         preset=args.preset,
         train_val_split=args.train_val_split,
         labels_column=args.labels_column,
+        # the dataset's ClassLabel names are the classes of a new model not given --class_names
+        dataset_classes=not (args.class_names or args.model_name_or_path),
         log=accelerator.print,
     )
     model = build_model(args, names)

@@ -270,6 +270,7 @@ def main(argv=None) -> dict:
         preset=args.preset,
         train_val_split=args.train_val_split,
         labels_column=args.labels_column,
+        dataset_classes=not args.class_names,
     )
     if "class_names" in names and not (args.preset or args.class_names or source.toy):
         print(dataset_classes_note(names["class_names"]))

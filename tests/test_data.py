@@ -1553,3 +1553,22 @@ def test_masks_in_a_label_column_are_named_as_masks():
         resolve_columns(list(arrays), labels_column="masks", features=arrays)
     with pytest.raises(ValueError, match=r"got shape \(8, 8\): a mask\? .*--mask_column"):  # undeclared
         normalize_label_row(np.zeros((8, 8), np.uint8), 2, name="row 0")
+
+
+def test_class_label_names_holding_the_background_are_refused_naming_the_column(tmp_path):
+    """A ``List(ClassLabel)`` column naming ``background`` (common in segmentation datasets) gave the run's classes,
+    then WeCLIPConfig failed "id2label ... 'background' more than once", naming no column."""
+    from weclip_hf.data.loading import DataSource, load_dataset_splits
+
+    classes = datasets.List(datasets.ClassLabel(names=["background", "cat", "dog"]))
+    features = datasets.Features({"image": datasets.Image(), "labels": classes})
+    image = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    split = datasets.Dataset.from_dict({"image": [image], "labels": [[0, 1]]}, features=features)
+    datasets.DatasetDict({"train": split}).save_to_disk(tmp_path / "saved")
+    source = DataSource(dataset_path=str(tmp_path / "saved"))
+    with pytest.raises(ValueError, match=r"column 'labels' name 'background'.* background prompts.*--class_names "
+                       r"without it.*--labels_column none"):  # fmt: skip
+        load_dataset_splits(source, log=lambda _: None)
+    assert (
+        load_dataset_splits(source, dataset_classes=False, log=lambda _: None)[2] == {}
+    )  # --class_names given

@@ -30,6 +30,7 @@ from .adapters import (
     column_feature,
     dataset_columns,
     is_streaming,
+    lookup_key,
     mask_array,
     no_class_cause,
     resolve_columns,
@@ -486,13 +487,15 @@ def load_dataset_splits(
     need_train: bool = True,
     train_val_split: float | None = None,
     labels_column: str | None = None,
+    dataset_classes: bool = True,
     log: Callable[[str], None] = print,
 ):
     """(train, validation or None, names) of a `DataSource`; ``names`` holds the class/background names (and
     prompt template) they imply.
 
     Without a ``preset``, ``names`` holds the class names of the dataset's classification label column
-    (`class_label_names`; ``labels_column`` where given), as transformers' example scripts take id2label from it.
+    (`class_label_names`; ``labels_column`` where given), as transformers' example scripts take id2label from it;
+    ``dataset_classes=False``: not read (a run whose classes are given, or are its model's).
 
     ``train_val_split``: where the dataset lacks the validation split (and it is not "none"), that fraction of the
     training split is held out as it (`hold_out_validation`, seeded by ``source.seed``), with a note through ``log``.
@@ -586,7 +589,7 @@ def load_dataset_splits(
         train = with_split_name(train.to_iterable_dataset(num_shards=min(len(train), 64)), train_split)
     for split in (train, val):
         check_not_empty(split, source.name)
-    if not preset:
+    if not preset and dataset_classes:
         classes = class_label_names(train if train is not None else val, labels_column)
         names = {"class_names": classes} if classes else names
     return train, val, names
@@ -597,7 +600,8 @@ def class_label_names(dataset, labels_column: str | None = None) -> list[str] | 
     or a list of them), in its order; None otherwise. The column is ``labels_column`` (a struct column's field
     named with a dot too: ``objects.category``), else the one the data pipeline picks (`resolve_columns`: the first
     of `LABEL_COLUMNS`, then of `class_label_columns` where the split has no mask column: beside masks, such a
-    column may describe something else, e.g. a scene)."""
+    column may describe something else, e.g. a scene). Names that include the background are refused, naming the
+    column: WeCLIP's classes are the foreground ones."""
     features = getattr(dataset, "features", None) or {}
     class_labels = class_label_columns(features)
     has_masks = any(c in features and c not in class_labels for c in MASK_COLUMNS)
@@ -605,7 +609,17 @@ def class_label_names(dataset, labels_column: str | None = None) -> list[str] | 
     candidates = [labels_column] if labels_column else [*LABEL_COLUMNS, *([] if has_masks else class_labels)]
     column = next((c for c in candidates if column_feature(features, c) is not None), None)
     class_label = class_label_feature(column_feature(features, column))
-    return list(class_label.names) if class_label is not None else None
+    if class_label is None:
+        return None
+    background = [name for name in class_label.names if lookup_key(name).strip("_") == "background"]
+    if background:
+        raise ValueError(
+            f"The classes of the dataset's label column {column!r} name {background[0]!r}: WeCLIP's classes are the "
+            "foreground ones (its background comes from its background prompts, --background_names), so the run's "
+            "classes cannot be this column's. Give --class_names without it (classes 1..C, in the masks' id order), "
+            "with --labels_column none to read the image-level labels from the masks."
+        )
+    return list(class_label.names)
 
 
 def dataset_classes_note(names: list[str]) -> str:
