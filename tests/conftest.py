@@ -238,20 +238,41 @@ def run_train(*args, check=True, timeout=300, threads=2):
     return proc
 
 
-def train_module():
-    """examples/train.py imported as the module ``train``."""
-    if str(TRAIN.parent) not in sys.path:
-        sys.path.insert(0, str(TRAIN.parent))
-    import train
+EXAMPLES = ROOT / "examples"
 
-    return train
+
+def example_module(name: str):
+    """examples/<name>.py (or a module of examples/benchmarking: ``"benchmarking.instruments"``) imported as the
+    module ``name``, once per process, with examples/ on sys.path only while it is imported (sys.path is then
+    restored, also of what the script itself inserts), so that no test finds a script by a plain ``import`` of
+    another name later (examples/evaluate.py would shadow Hugging Face's ``evaluate``: `evaluate_module`)."""
+    import importlib
+
+    if name.split(".")[0] == "evaluate":
+        raise ValueError("examples/evaluate.py is `evaluate_module()`: `evaluate` is Hugging Face's library")
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        if not Path(getattr(loaded, "__file__", None) or "").is_relative_to(EXAMPLES):
+            raise ImportError(f"sys.modules[{name!r}] is not examples/'s: {loaded!r}")
+        return loaded
+    saved = sys.path[:]
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path[:] = saved
+
+
+def train_module():
+    """examples/train.py imported as the module ``train`` (`example_module`)."""
+    return example_module("train")
 
 
 def evaluate_module():
-    """examples/evaluate.py imported as a module (not named ``evaluate``: that is the Hugging Face library)."""
+    """examples/evaluate.py imported as a fresh module (not named ``evaluate``: that is the Hugging Face library)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("weclip_evaluate_script", ROOT / "examples" / "evaluate.py")
+    spec = importlib.util.spec_from_file_location("weclip_evaluate_script", EXAMPLES / "evaluate.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,7 +1,6 @@
 """The benchmark's tiny CPU mode runs end to end (so it cannot rot) and reports both pseudo-label paths,
 the PAR paths (eager, torch.compile; PAR's Triton kernels under Triton's interpreter) and WeCLIP+ next to WeCLIP."""
 
-import importlib
 import os
 import re
 import subprocess
@@ -9,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import example_module
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -147,11 +147,8 @@ def test_benchmark_times_par_kernels_against_eager_where_they_run():
 
 
 def _example_module(name: str = "benchmark"):
-    """A module of examples/ (default examples/benchmark.py; `benchmarking.instruments`...), its directory on sys.path
-    once, as the script itself expects."""
-    if str(REPO / "examples") not in sys.path:
-        sys.path.insert(0, str(REPO / "examples"))
-    return importlib.import_module(name)
+    """A module of examples/ (default examples/benchmark.py; `benchmarking.instruments`...): `conftest.example_module`."""
+    return example_module(name)
 
 
 def test_flop_counter_counts_cpu_sdpa_like_eager_attention():
@@ -319,8 +316,7 @@ def test_chunk_benchmark_times_each_chunk_size_and_restores_the_model(tmp_path):
     assert [(r["batch"], r["rfm"]) for r in rows] == [(3, False), (3, True)]
     assert all(set(r["seconds"]) == expected and min(r["seconds"].values()) > 0 for r in rows)
 
-    sys.path.insert(0, str(REPO / "examples"))
-    import benchmark_chunks
+    benchmark_chunks = example_module("benchmark_chunks")
 
     import weclip_hf.chunking as chunking
 
@@ -334,8 +330,7 @@ def test_chunk_benchmark_times_each_chunk_size_and_restores_the_model(tmp_path):
 def test_checkpointing_benchmark_counts_less_kept_for_backward_and_equal_gradients():
     """`examples/benchmark_checkpointing.py` on the tiny model: checkpointing keeps less for the backward (the
     decoder's blocks almost nothing) and gives the same gradients."""
-    sys.path.insert(0, str(REPO / "examples"))
-    import benchmark_checkpointing
+    benchmark_checkpointing = example_module("benchmark_checkpointing")
 
     result = benchmark_checkpointing.main(["--tiny"])
     assert result["with"]["all"] < result["without"]["all"]

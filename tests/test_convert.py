@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from collections import OrderedDict
 from pathlib import Path
 from unittest import mock
@@ -17,7 +16,7 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import require_data
+from conftest import example_module, require_data
 from torch import nn
 
 from weclip_hf import WeCLIPForSemanticSegmentation
@@ -685,12 +684,7 @@ def test_torchscript_archive_with_foreign_globals_is_refused(tmp_path):
 
 
 def _script():
-    sys.path.insert(0, str(REPO / "examples"))
-    try:
-        import convert_official_checkpoint as script
-    finally:
-        sys.path.pop(0)
-    return script
+    return example_module("convert_official_checkpoint")
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 from argparse import Namespace
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import FAST, ROOT, make_tiny_config, train_in_process
+from conftest import FAST, ROOT, example_module, make_tiny_config, train_in_process
 
 from weclip_hf.conversion import ConversionReport
 from weclip_hf.hub import METHODS, make_model_card
@@ -25,11 +24,7 @@ def _sections(card: str) -> list[str]:
 
 
 def _import_example(name: str):
-    sys.path.insert(0, str(ROOT / "examples"))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.pop(0)
+    return example_module(name)
 
 
 def test_the_citation_is_written_once_in_the_code():

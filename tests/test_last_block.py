@@ -1,12 +1,9 @@
 """The last CLIP block run once per image (weclip_hf.last_block): its outputs and the per-pair shift gradients
 against autograd through a copy of the block per pair."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-from conftest import make_tiny_config
+from conftest import example_module, make_tiny_config
 
 from weclip_hf import WeCLIPForSemanticSegmentation
 from weclip_hf.clip_layers import eager_clip_layer
@@ -84,9 +81,7 @@ def test_gradcams_of_a_planned_batch_read_nothing_on_the_host():
     """After `plan_pairs` (the pseudo labels' one host read), the GradCAMs of an unchunked batch (an
     accelerator's case) never wait for the device (the benchmark's `HostSyncFinder`: scalar reads,
     data-dependent shapes, host copies): the packing of the pairs comes from the plan."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    from benchmarking.instruments import HostSyncFinder
-
+    HostSyncFinder = example_module("benchmarking.instruments").HostSyncFinder
     from weclip_hf.pseudo_labels import plan_pairs
 
     torch.manual_seed(0)

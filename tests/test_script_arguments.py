@@ -9,7 +9,7 @@ import signal
 import sys
 
 import pytest
-from conftest import FAST, TRAIN, make_tiny_config, train_in_process
+from conftest import FAST, TRAIN, example_module, make_tiny_config, train_in_process, train_module
 
 from weclip_hf.checkpointing import TRAINING_ARGS_NAME
 from weclip_hf.presets import get_preset
@@ -17,10 +17,9 @@ from weclip_hf.run_signals import exit_status
 from weclip_hf.script_arguments import check_model_argument, first_paragraph
 from weclip_hf.trajectory import changed_trajectory_args, trajectory_args
 
-sys.path.insert(0, str(TRAIN.parent))
-import generate_pseudo_labels  # noqa: E402
-import segment  # noqa: E402
-import train  # noqa: E402
+generate_pseudo_labels = example_module("generate_pseudo_labels")
+segment = example_module("segment")
+train = train_module()
 
 
 def load_script(name: str):

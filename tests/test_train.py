@@ -23,6 +23,7 @@ from conftest import (
     FAST_ON_DATA,
     ROOT,
     TRAIN,
+    example_module,
     read_log,
     resumable_args,
     run_train,
@@ -673,9 +674,7 @@ def test_eval_steps_prints_and_logs_eval_miou(toy_run):
 
 
 def test_help_and_parsed_args_name_the_rfm_start(capsys):
-    sys.path.insert(0, str(TRAIN.parent))
-    import train as train_script
-
+    train_script = train_module()
     with pytest.raises(SystemExit):
         train_script.parse_args(["--help"])
     help_text = " ".join(capsys.readouterr().out.split())
@@ -726,9 +725,7 @@ def test_model_push_to_hub_uploads_weights_processor_and_card(tmp_path, tiny_mod
 
 def test_cpu_threads_share_the_cores_among_local_processes(monkeypatch):
     """`accelerate launch` sets OMP_NUM_THREADS=1 on a CPU; the script spreads the cores itself."""
-    sys.path.insert(0, str(TRAIN.parent))
-    import train as train_script
-
+    train_script = train_module()
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert train_script.cpu_threads_per_process(1) == 8
@@ -828,9 +825,7 @@ def test_train_val_split_is_a_fraction_and_needs_a_validation_split(capsys):
         with pytest.raises(SystemExit):
             train.parse_args(["--dataset_name", "d", *argv])
     assert "must be a fraction between 0 and 1" in capsys.readouterr().err
-    sys.path.insert(0, str(ROOT / "examples"))
-    import train_with_trainer
-
+    train_with_trainer = example_module("train_with_trainer")
     assert train_with_trainer.parse_args(["--train_val_split", "0.2"])[0].train_val_split == 0.2
     with pytest.raises(SystemExit):
         train_with_trainer.parse_args(["--train_val_split", "1.5"])

@@ -11,7 +11,7 @@ import time
 import types
 
 import pytest
-from conftest import FAST, TRAIN, evaluate_module, read_log, train_in_process
+from conftest import FAST, evaluate_module, read_log, train_in_process, train_module
 
 from weclip_hf.run_folder import lock_output_dir
 from weclip_hf.run_signals import explain_signals
@@ -31,10 +31,7 @@ SHORT = [
 
 @pytest.fixture
 def train():
-    sys.path.insert(0, str(TRAIN.parent))
-    import train
-
-    return train
+    return train_module()
 
 
 def test_a_second_run_on_a_locked_output_dir_is_refused_at_start(tmp_path, tiny_clip, train):

@@ -13,7 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, ROOT, TRAIN, read_log, train_in_process, train_stopped_at
+from conftest import (
+    FAST,
+    ROOT,
+    evaluate_module,
+    example_module,
+    read_log,
+    train_in_process,
+    train_module,
+    train_stopped_at,
+)
 from safetensors.torch import load_file
 
 NUM_TOY_VAL = 4  # FAST's --toy_val_images
@@ -103,10 +112,12 @@ def test_resume_repeats_the_uninterrupted_run_exactly(
 
 def load_evaluate_script():
     """examples/evaluate.py as a module (not named `evaluate`: that is the Hugging Face library)."""
-    spec = importlib.util.spec_from_file_location("weclip_evaluate_script", ROOT / "examples" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return evaluate_module()
+
+
+def load_script(name: str):
+    """examples/<name>.py as a module, examples/evaluate.py not as ``evaluate`` (`conftest.example_module`)."""
+    return evaluate_module() if name == "evaluate" else example_module(name)
 
 
 def test_evaluate_script_scores_the_saved_model_as_training_did(plus_run, tmp_path):
@@ -189,13 +200,7 @@ def test_pipeline_segments_like_the_model(plus_run, tmp_path):
 
 @pytest.fixture(scope="module")
 def train_script():
-    import sys
-
-    if str(TRAIN.parent) not in sys.path:
-        sys.path.insert(0, str(TRAIN.parent))
-    import train
-
-    return train
+    return train_module()
 
 
 def test_voc_plus_preset_sets_the_weclip_plus_recipe(train_script):
@@ -332,20 +337,18 @@ def test_train_reads_the_saved_config_once(train_script, tmp_path, monkeypatch):
     assert not any(key.startswith("_") for key in train_script.card_args(args))  # the cache is no argument
 
 
-def test_weclip_plus_without_a_preset_takes_the_weclip_plus_voc_recipe_in_train_with_trainer(monkeypatch):
-    monkeypatch.syspath_prepend(str(TRAIN.parent))
-    parse_args = importlib.import_module("train_with_trainer").parse_args
+def test_weclip_plus_without_a_preset_takes_the_weclip_plus_voc_recipe_in_train_with_trainer():
+    parse_args = example_module("train_with_trainer").parse_args
     _, plus = parse_args(["--data_dir", "d", "--dino_model_name_or_path", "x", "--output_dir", "o"])
     _, weclip = parse_args(["--data_dir", "d", "--output_dir", "o"])
     assert (plus.learning_rate, weclip.learning_rate) == (2e-4, 2e-3)
 
 
-def test_evaluate_without_a_preset_takes_the_scales_of_segment_py(monkeypatch, tmp_path):
+def test_evaluate_without_a_preset_takes_the_scales_of_segment_py(tmp_path):
     """evaluate.py --msf without --preset scored a WeCLIP+ model at WeCLIP's scales 1.0 0.75, segment.py at 1.0 1.5."""
     from conftest import make_tiny_config, make_tiny_plus_config
 
-    monkeypatch.syspath_prepend(str(TRAIN.parent))
-    segment = importlib.import_module("segment")
+    segment = example_module("segment")
     evaluate = load_evaluate_script()
     args = evaluate.parse_args(["--model_name_or_path", "m", "--data_dir", "d", "--msf"])
     plus, weclip = make_tiny_plus_config(), make_tiny_config()  # classes of no preset
@@ -382,13 +385,12 @@ def test_a_weclip_plus_preset_for_a_bare_clip_is_refused(capsys):
 
 
 @pytest.mark.parametrize("script", ["train", "evaluate"])
-def test_a_saved_model_with_a_preset_of_the_other_method_is_refused(script, tmp_path, monkeypatch, capsys):
+def test_a_saved_model_with_a_preset_of_the_other_method_is_refused(script, tmp_path, capsys):
     """A WeCLIP+ --model_name_or_path with --preset voc trained on WeCLIP's recipe (learning rate 10x) and
     evaluate.py scored it with WeCLIP's scales (1.0 0.75), silently; a WeCLIP folder with voc-plus likewise."""
     from conftest import make_tiny_config, make_tiny_plus_config
 
-    monkeypatch.syspath_prepend(str(TRAIN.parent))
-    parse_args = importlib.import_module(script).parse_args
+    parse_args = load_script(script).parse_args
     make_tiny_plus_config().save_pretrained(tmp_path / "plus")
     make_tiny_config().save_pretrained(tmp_path / "weclip")
     for model, preset, method, fitting in (
@@ -412,10 +414,9 @@ def test_a_saved_model_with_a_preset_of_the_other_method_is_refused(script, tmp_
 
 
 @pytest.mark.parametrize("script", ["train", "train_with_trainer"])
-def test_the_toy_worlds_sizes_are_refused_with_a_dataset(script, monkeypatch, capsys):
+def test_the_toy_worlds_sizes_are_refused_with_a_dataset(script, capsys):
     """--toy_train_images with --data_dir was ignored without a word (train_with_trainer.py had no such flag)."""
-    monkeypatch.syspath_prepend(str(TRAIN.parent))
-    parse_args = importlib.import_module(script).parse_args
+    parse_args = load_script(script).parse_args
     for flags, message in (
         (
             ["--data_dir", "d", "--toy_val_images", "3"],
@@ -431,9 +432,8 @@ def test_the_toy_worlds_sizes_are_refused_with_a_dataset(script, monkeypatch, ca
 
 
 @pytest.mark.parametrize("script", ["train", "train_with_trainer"])
-def test_dino_with_a_weclip_preset_is_refused_before_loading_data(script, monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(TRAIN.parent))
-    parse_args = importlib.import_module(script).parse_args
+def test_dino_with_a_weclip_preset_is_refused_before_loading_data(script, capsys):
+    parse_args = load_script(script).parse_args
     with pytest.raises(SystemExit):
         parse_args(["--dataset_name", "d", "--preset", "voc", "--dino_model_name_or_path", "x"])
     error = " ".join(capsys.readouterr().err.split())
@@ -445,10 +445,9 @@ def test_dino_with_a_weclip_preset_is_refused_before_loading_data(script, monkey
 
 
 @pytest.mark.parametrize("script", ["train", "train_with_trainer"])
-def test_a_dataset_preset_without_a_dataset_is_refused(script, monkeypatch, capsys):
+def test_a_dataset_preset_without_a_dataset_is_refused(script, capsys):
     """--preset voc without data read the toy world and failed on the class names, leaving a locked folder."""
-    monkeypatch.syspath_prepend(str(TRAIN.parent))
-    parse_args = importlib.import_module(script).parse_args
+    parse_args = load_script(script).parse_args
     with pytest.raises(SystemExit):
         parse_args(["--preset", "voc"])
     error = " ".join(capsys.readouterr().err.split())
