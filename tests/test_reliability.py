@@ -139,11 +139,21 @@ def test_saved_folder_is_safetensors_only(saved):
 
 
 def test_nothing_touches_the_network_offline(saved, monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
+    """Every connection or name lookup is recorded (and refused): transformers swallows exceptions on some paths
+    (a revision's resolution, a pipeline component's loading), so the refusal alone could pass unseen."""
+    attempts = []
 
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+    def refuser(name):
+        def refuse(*args, **kwargs):
+            attempts.append((name, args[1:] if name == "socket.connect" else args))
+            raise OSError(f"network access attempted: {name}")
+
+        return refuse
+
+    monkeypatch.setattr(socket, "create_connection", refuser("create_connection"))
+    monkeypatch.setattr(socket, "getaddrinfo", refuser("getaddrinfo"))
+    monkeypatch.setattr(socket.socket, "connect", refuser("socket.connect"))
+    monkeypatch.setattr(socket.socket, "connect_ex", refuser("socket.connect_ex"))
     model = WeCLIPForSemanticSegmentation.from_pretrained(saved)
     WeCLIPImageProcessor(patch_size=8).save_pretrained(saved)
     from transformers import pipeline
@@ -153,6 +163,7 @@ def test_nothing_touches_the_network_offline(saved, monkeypatch):
 
     assert segmenter(Image.fromarray(np.zeros((40, 40, 3), np.uint8)))
     assert model(torch.randn(1, 3, 32, 32)).logits.shape[1] == 5
+    assert attempts == []
 
 
 def test_cam_normalization_never_divides_by_zero():
