@@ -780,7 +780,7 @@ def test_script_push_to_hub_uses_the_hub_api(tmp_path, real_vocab_checkpoint):
     assert sorted(upload.call_args.kwargs["allow_patterns"]) == sorted(p.name for p in out.iterdir())
 
 
-def test_script_argument_errors():
+def test_script_argument_errors(capsys):
     script = _script()
     # the minimal command: no --tokenizer nor --clip -> the OpenAI ViT-B/16 tokenizer (Hub id)
     args = script.parse_args(["--checkpoint", "x.pth", "--preset", "voc", "--output_dir", "o"])
@@ -788,6 +788,7 @@ def test_script_argument_errors():
     assert script.parse_args(["--checkpoint", "x.pth", "--output_dir", "o", "--clip", "c"]).tokenizer is None
     with pytest.raises(SystemExit):
         script.parse_args(["--checkpoint", "x.pth", "--output_dir", "o", "--tokenizer", "t", "--push_to_hub"])
+    assert "error: --push_to_hub needs --hub_model_id" in capsys.readouterr().err
 
 
 def test_script_refuses_an_output_dir_that_is_a_file_before_converting(tmp_path, capsys):

@@ -428,7 +428,7 @@ def test_the_rfm_note_promises_its_pseudo_label_figure_where_there_is_an_evaluat
     )
 
 
-def test_the_process_group_waits_ddp_timeout_seconds(tmp_path):
+def test_the_process_group_waits_ddp_timeout_seconds(tmp_path, capsys):
     """--ddp_timeout (default 1800 s, transformers' TrainingArguments.ddp_timeout) is the process group's timeout:
     torch's NCCL default of 600 s failed runs whose main process labels a large dataset first."""
     train = train_module()
@@ -437,6 +437,7 @@ def test_the_process_group_waits_ddp_timeout_seconds(tmp_path):
         assert train.make_accelerator(args).init_handler.timeout.total_seconds() == seconds
     with pytest.raises(SystemExit):
         train.parse_args(["--output_dir", str(tmp_path / "o"), "--ddp_timeout", "0"])
+    assert "error: argument --ddp_timeout: must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_accelerates_gradient_accumulation_is_refused_not_ignored(tmp_path, monkeypatch):
@@ -821,14 +822,25 @@ def test_train_val_split_is_a_fraction_and_needs_a_validation_split(capsys):
     train = train_module()
     assert train.parse_args(["--dataset_name", "d"]).train_val_split is None
     assert train.parse_args(["--dataset_name", "d", "--train_val_split", "0.15"]).train_val_split == 0.15
-    for argv in (["--train_val_split", "1.5"], ["--train_val_split", "0.1", "--validation_split", "none"]):
+    for argv, message in (
+        (
+            ["--train_val_split", "1.5"],
+            "argument --train_val_split: must be a fraction between 0 and 1 (e.g. 0.15), got 1.5",
+        ),
+        (
+            ["--train_val_split", "0.1", "--validation_split", "none"],
+            "--train_val_split holds out a validation split, and --validation_split none asks for none: give one.",
+        ),
+    ):
         with pytest.raises(SystemExit):
             train.parse_args(["--dataset_name", "d", *argv])
-    assert "must be a fraction between 0 and 1" in capsys.readouterr().err
+        assert f"error: {message}" in capsys.readouterr().err
     train_with_trainer = example_module("train_with_trainer")
     assert train_with_trainer.parse_args(["--train_val_split", "0.2"])[0].train_val_split == 0.2
     with pytest.raises(SystemExit):
         train_with_trainer.parse_args(["--train_val_split", "1.5"])
+    error = capsys.readouterr().err
+    assert "error: --train_val_split must be a fraction between 0 and 1 (e.g. 0.15), got 1.5" in error
 
 
 def test_class_names_also_name_the_labels_of_a_fresh_model(tiny_clip):

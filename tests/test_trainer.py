@@ -314,7 +314,7 @@ def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch, capsy
     assert json.loads((tmp_path.parent / "rfm" / "config.json").read_text())["rfm_start_step"] == 1
 
 
-def test_train_with_trainer_flags_replace_the_recipe_defaults(monkeypatch):
+def test_train_with_trainer_flags_replace_the_recipe_defaults(monkeypatch, capsys):
     """Every TrainingArguments flag is the script's; the recipe (the preset's) fills those left out, its evaluations
     and checkpoints at its points of the schedule however long the run."""
     script = trainer_script(monkeypatch)
@@ -352,8 +352,13 @@ def test_train_with_trainer_flags_replace_the_recipe_defaults(monkeypatch):
     _, by_epochs = script.parse_args(["--num_train_epochs", "2"])
     assert (by_epochs.max_steps, by_epochs.num_train_epochs) == (-1, 2)
     assert script.parse_args(["--num_train_epochs=2", "--max_steps", "7"])[1].max_steps == 7
+    capsys.readouterr()
     with pytest.raises(SystemExit):  # train.py's flag: a one-line error naming Trainer's
         script.parse_args(["--max_train_steps", "10"])
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.endswith(
+        "error: --max_train_steps is examples/train.py's flag: give Trainer's --max_steps (or --num_train_epochs)."
+    )
 
 
 def test_train_with_trainer_sets_config_fields_and_the_crop_that_no_other_flag_sets(
@@ -415,8 +420,12 @@ def test_train_with_trainer_sets_config_fields_and_the_crop_that_no_other_flag_s
     assert script.parse_config_overrides("prompt_template=nan", script.WeCLIPConfig) == {
         "prompt_template": "nan"
     }
+    capsys.readouterr()
     with pytest.raises(SystemExit):  # a WeCLIP+ field for a WeCLIP run
         script.parse_args(["--config_overrides", "dice_loss_weight=0.5"])
+    assert (
+        "error: --config_overrides: WeCLIPConfig has no field 'dice_loss_weight'" in capsys.readouterr().err
+    )
 
 
 def test_train_with_trainer_refuses_evaluation_without_a_validation_split(tmp_path, monkeypatch):
