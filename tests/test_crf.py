@@ -343,12 +343,14 @@ def test_matches_pydensecrf_on_a_synthetic_image(dcrf, params: CRFParams):
 VOC_PHOTOS = ["vainf_0000", "vainf_0120", "vainf_0293", "vainf_0582"]
 
 
-@pytest.mark.skipif(not VOC_MINI.is_dir(), reason=f"voc-mini photos not found at {VOC_MINI}")
 def test_matches_pydensecrf_on_voc_photos_batched(dcrf):
     """Four real photos (192x192 crops, 21 classes, WeCLIP's parameters), refined in one batch, against
     pydensecrf image by image: >= 99.95% equal labels for easy and hard inputs (all 14 photos at 513x513:
     BENCHMARKS.md)."""
+    from conftest import require_data
     from PIL import Image
+
+    require_data(VOC_MINI, "the voc-mini photos")
 
     crop = slice(160, 352)
     images, labels = [], []
