@@ -129,8 +129,6 @@ def test_variant_configs_match_the_official_table(name):
         (dict(cross_branch_loss_weight=float("nan")), "cross_branch_loss_weight"),
         (dict(self_training_start_step=-1), "self_training_start_step"),
         (dict(self_training_threshold=1.5), "self_training_threshold"),
-        (dict(rfm_num_maps=4), "rfm_num_maps"),
-        (dict(num_feature_layers=3), "num_feature_layers"),
         (dict(dino_config={**TINY_DINO, "num_attention_heads": 5}), "dino_config.hidden_size"),
         (dict(dino_config={**TINY_DINO, "patch_size": 0}), "dino_config.patch_size"),
         (dict(dino_config={**TINY_DINO, "num_hidden_layers": 10**5}), "dino_config.num_hidden_layers"),
@@ -138,6 +136,7 @@ def test_variant_configs_match_the_official_table(name):
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):
+    """WeCLIP+'s own fields and its DINOv2 (WeCLIPConfig's fields: tests/test_modeling.py)."""
     with pytest.raises(ValueError, match=message):
         make_tiny_plus_config(**kwargs)
 
