@@ -1,6 +1,7 @@
 """The benchmark's tiny CPU mode runs end to end (so it cannot rot) and reports both pseudo-label paths,
 the PAR paths (eager, torch.compile; PAR's Triton kernels under Triton's interpreter) and WeCLIP+ next to WeCLIP."""
 
+import json
 import os
 import re
 import subprocess
@@ -336,3 +337,17 @@ def test_checkpointing_benchmark_counts_less_kept_for_backward_and_equal_gradien
     assert result["with"]["all"] < result["without"]["all"]
     assert result["with"]["decoder_blocks"] < 0.2 * result["without"]["decoder_blocks"]
     assert result["max_grad_difference"] == 0.0
+
+
+def test_host_memory_benchmark_reports_the_faults_of_both_settings(tmp_path, capsys):
+    """`examples/benchmark_host_memory.py`, two small allocations: its table and JSON (no figure claimed here: the
+    faults depend on the kernel's transparent huge pages; the mechanism: tests/test_host_memory.py)."""
+    output_json = tmp_path / "host_memory.json"
+    argv = ["--size_mib", "8", "--warmup", "1", "--allocations", "2", "--output_json", str(output_json)]
+    result = example_module("benchmark_host_memory").main(argv)
+    out = capsys.readouterr().out
+    assert out.startswith("2 allocations of 8 MiB after 1 (transparent huge pages: ")
+    assert "| glibc's defaults | " in out and "| retained | " in out
+    assert json.loads(output_json.read_text()) == result
+    assert result["transparent_huge_pages"] in ("always", "madvise", "never", "unknown")
+    assert all(isinstance(n, int) and n >= 0 for n in result["faults"].values()), result
