@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 TRAIN = ROOT / "examples" / "train.py"
 # examples/train.py run inside the test process leaves the process's allocator alone: by default the script keeps
-# freed host memory for reuse (`weclip_hf.host_memory`, glibc settings for the whole process), and a later test that
-# measures memory growth would then see reused pages (tests/test_convert_hostile.py: 191 MiB for 256 MiB)
+# freed host memory for reuse (`weclip_hf.host_memory`, glibc settings for the whole process), which would change the
+# allocator of every later test in this worker
 IN_PROCESS = ["--release_host_memory"]
 
 FAST = [

@@ -351,3 +351,18 @@ def test_host_memory_benchmark_reports_the_faults_of_both_settings(tmp_path, cap
     assert json.loads(output_json.read_text()) == result
     assert result["transparent_huge_pages"] in ("always", "madvise", "never", "unknown")
     assert all(isinstance(n, int) and n >= 0 for n in result["faults"].values()), result
+
+
+def test_safe_loading_benchmark_reports_the_class_reader_and_a_refusal(tmp_path, capsys):
+    """`examples/benchmark_safe_loading.py` on 1 and 2 MiB of spaces: its table and JSON (the times it measures are
+    no claim here; what is refused and that nothing large is allocated first: tests/test_convert_hostile.py)."""
+    output_json = tmp_path / "safe_loading.json"
+    result = example_module("benchmark_safe_loading").main(
+        ["--spaces_mib", "1", "--repeats", "1", "--output_json", str(output_json)]
+    )
+    out = capsys.readouterr().out
+    assert "| class reader, 1 MiB of spaces | " in out and "| class reader, 2 MiB of spaces | " in out
+    assert "| stride-0 view of 3e9 elements refused | " in out
+    assert json.loads(output_json.read_text()) == result
+    assert set(result) == {"class_reader", "stride0_refusal"}
+    assert all(v > 0 for k, v in result["class_reader"].items() if k != "spaces_mib")
