@@ -22,6 +22,7 @@ from weclip_hf.data.toy import (
     generate_toy_world,
     make_toy_dataset,
     render_workers,
+    toy_baselines,
     toy_clip_path,
 )
 
@@ -230,11 +231,20 @@ def test_shipped_clip_loads_offline_and_is_finite():
 
 
 def test_shipped_metrics_beat_baselines():
+    """The shipped toy CLIP's gate figures against the baselines recomputed here, on the pretraining's held-out
+    world (its size and seed in the report's args), as examples/pretrain_toy_clip.py computed them."""
     report = json.loads((toy_clip_path() / "pretraining_metrics.json").read_text())
-    gate = report["gate"]
+    args, gate = report["args"], report["gate"]
+    script = _load_example()
+    heldout = generate_toy_world(
+        args["eval_size"], seed=args["eval_seed"], object_radius=script.PRETRAIN_OBJECT_RADIUS
+    )
+    first_classes = np.array([present[0] if present else 0 for present in heldout["labels"]])
+    baselines = toy_baselines(heldout["masks"], first_classes, len(TOY_CLASS_NAMES) + 1)
+    assert baselines == {name: gate[name] for name in baselines}
+    assert gate["cam_miou"] > baselines["centred_disk_first_class"] > baselines["all_background"]
     assert gate["zero_shot_map"] > 2 * gate["zero_shot_base_rate"]
     assert gate["background_top1"] > 3 / len(TOY_BACKGROUND_NAMES)  # chance: 1 / 6
-    assert gate["cam_miou"] > gate["centred_disk_first_class"] > gate["all_background"]
 
 
 def test_pretraining_script_tiny_run(tmp_path):
