@@ -27,7 +27,12 @@ def load_script(name: str):
     spec = importlib.util.spec_from_file_location(f"weclip_{name}_script", TRAIN.parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # importlib's recipe: dataclasses look their module up there
-    spec.loader.exec_module(module)
+    saved = sys.path[:]
+    sys.path.insert(0, str(TRAIN.parent))  # as when run: its sibling modules (benchmark.py's benchmarking/)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
     return module
 
 
