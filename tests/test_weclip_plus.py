@@ -213,6 +213,28 @@ def reference_dinov2_patch_tokens(
     return model.layernorm(x)[:, 1 + registers :]
 
 
+def test_a_model_class_refuses_the_config_of_the_other_method(tmp_path):
+    """WeCLIP+'s config subclasses WeCLIP's: a WeCLIP built from it lacked the DINO branch yet saved itself as
+    'weclip_plus' (a folder that no longer loaded), and a WeCLIP+ from WeCLIP's failed on a missing attribute."""
+    from transformers import AutoConfig
+
+    plus, weclip = make_tiny_plus_config(), make_tiny_config()
+    with pytest.raises(
+        ValueError, match="WeCLIPForSemanticSegmentation is built from a WeCLIPConfig .* got a "
+    ):
+        WeCLIPForSemanticSegmentation(plus)
+    with pytest.raises(
+        ValueError, match="WeCLIPPlusForSemanticSegmentation is built from a WeCLIPPlusConfig"
+    ):
+        WeCLIPPlusForSemanticSegmentation(weclip)
+    WeCLIPForSemanticSegmentation(weclip).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="AutoModelForSemanticSegmentation"):
+        WeCLIPPlusForSemanticSegmentation.from_pretrained(
+            tmp_path, config=AutoConfig.from_pretrained(tmp_path)
+        )
+    assert type(AutoModelForSemanticSegmentation.from_config(plus)) is WeCLIPPlusForSemanticSegmentation
+
+
 @pytest.mark.parametrize("size", [(44, 44), (54, 72)])  # 22 x 22 and a non-square 27 x 36 grid
 def test_hub_position_rule_matches_the_hub_model(size):
     torch.manual_seed(0)

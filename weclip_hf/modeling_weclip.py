@@ -268,6 +268,20 @@ class FrozenCLIPPass:
         return self.has_loss or bool(self.rfm)
 
 
+def _check_config_type(model_class: type, config) -> None:
+    """Refuse a config of another model type than ``model_class``'s: WeCLIP+'s config subclasses WeCLIP's, so a
+    WeCLIP built from it would silently lack the DINO branch, and a WeCLIP+ from WeCLIP's fail deep inside."""
+    expected = model_class.config_class
+    given = getattr(config, "model_type", None)
+    if given != expected.model_type:
+        raise ValueError(
+            f"{model_class.__name__} is built from a {expected.__name__} (model_type {expected.model_type!r}), got "
+            f"a {type(config).__name__} (model_type {given!r}). Build the model its config names with "
+            "AutoModelForSemanticSegmentation.from_config(config) (or load a folder with "
+            "AutoModelForSemanticSegmentation.from_pretrained)."
+        )
+
+
 class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeCLIPPreTrainedModel):
     """WeCLIP for semantic segmentation trained from image-level labels.
 
@@ -284,6 +298,7 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
     _from_backbones = "from_clip"  # the constructor from pretrained backbones (named in errors)
 
     def __init__(self, config: WeCLIPConfig):
+        _check_config_type(type(self), config)
         super().__init__(config)
         self.vision_model = CLIPVisionModel._from_config(config.vision_config)
         self.text_model = CLIPTextModel._from_config(config.text_config)
