@@ -37,6 +37,7 @@ from weclip_hf import WeCLIPImageProcessor
 from weclip_hf.crf import CRF_PRESETS, CRFParams
 from weclip_hf.data.loading import (
     DataSource,
+    LabelReading,
     collate_by_size,
     evaluation_set,
     load_dataset_splits,
@@ -344,15 +345,10 @@ def main(argv=None) -> dict:
         cfg.num_foreground_classes,
         cfg.semantic_loss_ignore_index,
         normalization,
-        args.image_column,
-        args.mask_column,
-        args.max_eval_samples,
-        args.skip_unreadable_images,
-        labels_column=args.labels_column,
-        labels_zero_based=args.labels_zero_based,
-        class_names=list(zip(cfg.label_names, cfg.class_names)),  # a label column of names
+        # the model's classes, which a label column of names maps through
+        LabelReading.from_args(args, class_names=list(zip(cfg.label_names, cfg.class_names))),
+        max_samples=args.max_eval_samples,
         labelling=accelerator.main_process_first if accelerator is not None else nullcontext,
-        skip_empty=args.skip_empty_images,
     )
     if main_process:
         print(f"{args.validation_split}: {summary}")

@@ -44,6 +44,7 @@ from weclip_hf.data.adapters import is_streaming
 from weclip_hf.data.loading import (
     DataSource,
     EpochShuffleSampler,
+    LabelReading,
     StreamingWeakSegmentationDataset,
     collate_by_size,
     dataset_classes_note,
@@ -618,18 +619,14 @@ def prepare_data(
         ignore_index=ignore_index,
         normalization=normalization,
     )
+    # the validation split's label column read as the training split's
+    reading = LabelReading.from_args(args, class_names)
     train_set, summary = training_set(
         train,
         num_classes,
         augment,
-        image_column=args.image_column,
-        mask_column=args.mask_column,
-        labels_column=args.labels_column,
-        labels_zero_based=args.labels_zero_based,
-        class_names=class_names,
+        reading,
         require_mask=args.fully_supervised,
-        skip_empty=args.skip_empty_images,
-        skip_unreadable=args.skip_unreadable_images,
         seed=args.seed,
         shuffle_buffer_size=args.shuffle_buffer_size,
         labelling=accelerator.main_process_first,
@@ -643,15 +640,9 @@ def prepare_data(
             num_classes,
             ignore_index,
             normalization,
-            args.image_column,
-            args.mask_column,
-            args.max_eval_samples,
-            args.skip_unreadable_images,
+            reading,
+            max_samples=args.max_eval_samples,
             labelling=accelerator.main_process_first,
-            labels_column=args.labels_column,  # read as the training split's
-            labels_zero_based=args.labels_zero_based,
-            class_names=class_names,
-            skip_empty=args.skip_empty_images,
         )
         accelerator.print(f"validation: {val_summary}")
     return train_set, val_set

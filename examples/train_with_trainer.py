@@ -44,6 +44,7 @@ from weclip_hf import WeCLIPConfig, WeCLIPImageProcessor, WeCLIPPlusConfig
 from weclip_hf.checkpointing import check_unchanged, comparable_path
 from weclip_hf.data.loading import (
     DataSource,
+    LabelReading,
     dataset_classes_note,
     evaluation_set,
     load_dataset_splits,
@@ -305,15 +306,12 @@ def main(argv=None) -> dict:
         **processor_settings(cfg),
     )
     normalization = PixelNormalization.from_image_processor(processor)
-    columns = dict(
-        image_column=args.image_column,
-        mask_column=args.mask_column,
-        labels_column=args.labels_column,
-        labels_zero_based=args.labels_zero_based,
-        class_names=list(zip(cfg.label_names, cfg.class_names)),
-        labelling=training_args.main_process_first,  # one process reads the images for the labels
+    reading = dataclasses.replace(
+        LabelReading.from_args(args, class_names=list(zip(cfg.label_names, cfg.class_names))),
         skip_empty=preset.dataset.skip_empty_images,  # COCO's: the images of the official lists
     )
+    # one process reads the images for the labels
+    labelling = training_args.main_process_first
     augment = TrainAugmentation(
         recipe.crop_size,
         (recipe.scale_min, recipe.scale_max),
@@ -322,13 +320,18 @@ def main(argv=None) -> dict:
     )
     # the crops and flips seeded as examples/train.py's
     train_set, summary = training_set(
-        train_raw, cfg.num_foreground_classes, augment, seed=training_args.seed, **columns
+        train_raw, cfg.num_foreground_classes, augment, reading, seed=training_args.seed, labelling=labelling
     )
     print(f"train: {summary}")
     val_set = None
     if val_raw is not None:
         val_set, _ = evaluation_set(
-            val_raw, cfg.num_foreground_classes, cfg.semantic_loss_ignore_index, normalization, **columns
+            val_raw,
+            cfg.num_foreground_classes,
+            cfg.semantic_loss_ignore_index,
+            normalization,
+            reading,
+            labelling=labelling,
         )
 
     # training

@@ -124,14 +124,14 @@ def test_a_label_column_decides_multi_hot_as_a_whole():
 def test_evaluation_set_reads_a_label_column_as_the_training_set():
     """The validation split's label column was read with the defaults: zero-based ids as 1-based ones (the CAMs
     scored for the wrong classes) and class names refused for want of the class names."""
-    from weclip_hf.data.loading import evaluation_set
+    from weclip_hf.data.loading import LabelReading, evaluation_set
 
     masks = [np.full((8, 8), i, np.uint8) for i in (1, 2)] + [np.tile(np.array([1, 2], np.uint8), (8, 4))]
     val = _dataset(masks).add_column("image_labels", [[0], [1], [0, 1]])
     val = val.add_column("tags", [["cat"], ["dog"], ["dog", "cat"]])
 
-    def labels(**kwargs):
-        dataset, _ = evaluation_set(val, 2, 255, IMAGENET_NORMALIZATION, **kwargs)
+    def labels(**reading):
+        dataset, _ = evaluation_set(val, 2, 255, IMAGENET_NORMALIZATION, LabelReading(**reading))
         return dataset.dataset["image_labels"]
 
     assert labels(labels_column="absent") == [[1], [2], [1, 2]]  # the masks'
@@ -295,7 +295,7 @@ def test_array_columns_are_read_as_the_image_processor_reads_arrays(layout):
 def test_a_folder_of_class_subfolders_gives_each_image_its_folders_class(tmp_path):
     """An imagefolder laid out as ``train/<class>/*.png`` (a classification dataset: a ClassLabel ``label`` column)
     gives each image its folder's class, matched by name (it was taken for a mask column and crashed)."""
-    from weclip_hf.data.loading import DataSource, load_dataset_splits, training_set
+    from weclip_hf.data.loading import DataSource, LabelReading, load_dataset_splits, training_set
     from weclip_hf.data.transforms import TrainAugmentation
     from weclip_hf.normalization import CLIP_NORMALIZATION
 
@@ -304,9 +304,8 @@ def test_a_folder_of_class_subfolders_gives_each_image_its_folders_class(tmp_pat
         Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "train" / name / f"{i}.png")
     train, _, _ = load_dataset_splits(DataSource(data_dir=str(tmp_path)), validation_split="none")
     augment = TrainAugmentation(16, (1.0, 1.0), normalization=CLIP_NORMALIZATION)
-    dataset, summary = training_set(
-        train, 2, augment, class_names=["Dog", "cat"]
-    )  # another order, another case
+    # another order, another case
+    dataset, summary = training_set(train, 2, augment, LabelReading(class_names=["Dog", "cat"]))
     by_class = sorted(dataset[i]["class_labels"].tolist() for i in range(len(dataset)))
     assert by_class == [[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]] and summary.class_counts == {1: 1, 2: 2}
     one_id = datasets.Dataset.from_dict(  # a plain integer column: one class id per image
@@ -336,7 +335,7 @@ def test_add_image_labels_summarises_and_applies_empty_policy():
 def test_evaluation_set_leaves_out_images_without_a_class_when_asked():
     """COCO's official validation list leaves out the images without any annotation: ``skip_empty`` (the coco
     presets' default) drops them from the scored set, named in the summary; without it every image is scored."""
-    from weclip_hf.data.loading import evaluation_set
+    from weclip_hf.data.loading import LabelReading, evaluation_set
 
     full = np.zeros((8, 8), np.uint8)
     full[2:4, 2:4] = 2
@@ -344,7 +343,7 @@ def test_evaluation_set_leaves_out_images_without_a_class_when_asked():
     kept, summary = evaluation_set(_dataset([empty, full, empty]), 2, 255, IMAGENET_NORMALIZATION)
     assert len(kept) == 3 and summary.skipped == 0
     dropped, summary = evaluation_set(
-        _dataset([empty, full, empty]), 2, 255, IMAGENET_NORMALIZATION, skip_empty=True
+        _dataset([empty, full, empty]), 2, 255, IMAGENET_NORMALIZATION, LabelReading(skip_empty=True)
     )
     assert len(dropped) == 1 and (summary.total, summary.empty, summary.skipped) == (3, 2, 2)
     assert "3 images, 2 with an empty label set (2 skipped)" in str(summary)
@@ -1148,6 +1147,30 @@ def test_data_source_from_args_names_the_toy_world_when_no_dataset_is_named():
     assert source == DataSource("org/ds", "c", streaming=True, seed=4) and source.name == "org/ds"
 
 
+def test_label_reading_from_args_maps_the_scripts_flags():
+    """The scripts' reading flags map onto one `LabelReading` (train.py's and evaluate.py's skip flags; the
+    trainer script has none: its skips are the defaults)."""
+    import argparse
+
+    from weclip_hf.data.loading import LabelReading
+
+    flags = argparse.Namespace(
+        image_column="img",
+        mask_column="seg",
+        labels_column="tags",
+        labels_zero_based=True,
+        skip_empty_images=True,
+        skip_unreadable_images=True,
+    )
+    assert LabelReading.from_args(flags, ["cat"]) == LabelReading(
+        "img", "seg", "tags", True, ["cat"], True, True
+    )
+    columns_only = argparse.Namespace(
+        image_column=None, mask_column=None, labels_column=None, labels_zero_based=False
+    )
+    assert LabelReading.from_args(columns_only) == LabelReading()
+
+
 def test_an_explicit_validation_split_wins_over_the_presets(tmp_path):
     from weclip_hf.data.loading import DataSource, load_dataset_splits
 
@@ -1240,18 +1263,18 @@ _TRIMAP = np.array([[1, 2], [3, 2]], np.uint8).repeat(4, 0).repeat(4, 1)  # pet 
 def test_a_label_column_that_disagrees_with_its_masks_is_refused(feature, breeds):
     """Oxford-IIIT-Pet's layout (a breed ClassLabel beside a trimap: 1 pet, 2 background, 3 border) was read without
     a word: the CAMs made for the breed, the trimap scored as classes 1..3. Only integer ids met their masks."""
-    from weclip_hf.data.loading import evaluation_set
+    from weclip_hf.data.loading import LabelReading, evaluation_set
 
     pets = _classified(breeds, feature, [_TRIMAP] * 4)
+    breed_labels = LabelReading(labels_column="label", class_names=list("abcdefgh"))
     with pytest.raises(ValueError, match=r"split 'train' \(column 'label'\) and its masks \(column 'mask'\) "
                        r"disagree: on 3 of the 4 rows .* \(e.g. row 0: label classes \[7\], mask classes \[1, 2, 3\] "
                        r"of 1..8\)\. If the masks are not maps .* --mask_column .* --labels_column none"):  # fmt: skip
-        evaluation_set(
-            pets, 8, 255, IMAGENET_NORMALIZATION, labels_column="label", class_names=list("abcdefgh")
-        )
+        evaluation_set(pets, 8, 255, IMAGENET_NORMALIZATION, breed_labels)
     masks = [np.where(_TRIMAP == 1, c, 0).astype(np.uint8) for c in (7, 5, 1, 2)]  # one row of four wrong
-    dataset, _ = evaluation_set(_classified(breeds, feature, masks), 8, 255, IMAGENET_NORMALIZATION,
-                                labels_column="label", class_names=list("abcdefgh"))  # fmt: skip
+    dataset, _ = evaluation_set(
+        _classified(breeds, feature, masks), 8, 255, IMAGENET_NORMALIZATION, breed_labels
+    )
     assert dataset.dataset["image_labels"] == [[7], [5], [1], [8]]  # a few errors stay the user's
 
 
@@ -1259,7 +1282,7 @@ def test_columns_that_cannot_hold_masks_are_not_taken_for_masks():
     """An imagefolder's ``"label": 5`` given as --labels_column label was also taken as the mask column ("has shape
     ()"), and a string column of class names ``label`` found by name was read as mask files ("Cannot read file
     'heart'")."""
-    from weclip_hf.data.loading import training_set
+    from weclip_hf.data.loading import LabelReading, training_set
 
     ints = {"image": datasets.Image(), "label": datasets.Value("int64")}
     assert resolve_columns(["image", "label"], labels_column="label", features=ints) == Columns(
@@ -1283,14 +1306,16 @@ def test_columns_that_cannot_hold_masks_are_not_taken_for_masks():
     assert resolve_columns(list(arrays), features=arrays) == Columns("image", "mask", None)
     named = _classified(["heart", "cat"], datasets.Value("string"))
     augment = TrainAugmentation(8, (1.0, 1.0), normalization=IMAGENET_NORMALIZATION)
-    dataset, _ = training_set(named, 2, augment, labels_column="label", class_names=["cat", "heart"])
+    dataset, _ = training_set(
+        named, 2, augment, LabelReading(labels_column="label", class_names=["cat", "heart"])
+    )
     assert dataset.dataset["image_labels"] == [[2], [1]]
 
 
 def test_a_classification_column_of_other_classes_leaves_the_labels_to_the_masks():
     """scene_parse_150 (image, annotation, scene_category ClassLabel): the scene was taken as the image-level labels
     ("unknown class name(s) ['airport_terminal']"), and --labels_column none was refused."""
-    from weclip_hf.data.loading import evaluation_set
+    from weclip_hf.data.loading import LabelReading, evaluation_set
 
     scenes = _classified(
         [0, 1], datasets.ClassLabel(names=["airport_terminal", "art_gallery"]), [_TRIMAP] * 2
@@ -1305,14 +1330,13 @@ def test_a_classification_column_of_other_classes_leaves_the_labels_to_the_masks
         ValueError, match="--labels_column none takes the image-level labels from the masks, but"
     ):
         resolve_columns(["image", "label"], features=features, labels_column="none")
-    dataset, _ = evaluation_set(scenes, 3, 255, IMAGENET_NORMALIZATION, class_names=list("abc"))
+    dataset, _ = evaluation_set(scenes, 3, 255, IMAGENET_NORMALIZATION, LabelReading(class_names=list("abc")))
     assert dataset.dataset["image_labels"] == [[1, 2, 3]] * 2
     tags = scenes.add_column(
         "classes", [["c"], ["c"]]
     )  # a label column found by name: "none" still says masks
-    dataset, _ = evaluation_set(
-        tags, 3, 255, IMAGENET_NORMALIZATION, labels_column="none", class_names=list("abc")
-    )
+    from_masks = LabelReading(labels_column="none", class_names=list("abc"))
+    dataset, _ = evaluation_set(tags, 3, 255, IMAGENET_NORMALIZATION, from_masks)
     assert dataset.dataset["image_labels"] == [[1, 2, 3]] * 2
 
 
@@ -1396,13 +1420,13 @@ def test_image_and_mask_columns_of_raw_bytes_are_decoded():
     """A `datasets.Value("binary")` column (raw bytes, no {bytes, path} dict) passed the label pass, then the first
     training item failed "Unsupported image type bytes"; a mask column of bytes failed "has shape ()"."""
     from weclip_hf.data.decoding import UnreadableImageError
-    from weclip_hf.data.loading import training_set
+    from weclip_hf.data.loading import LabelReading, training_set
 
     images = [_png_bytes(np.full((8, 8, 3), i, np.uint8)) for i in (0, 1)]
     masks = [_png_bytes(np.full((8, 8), c, np.uint8)) for c in (1, 2)]
     augment = TrainAugmentation(8, (1.0, 1.0), normalization=IMAGENET_NORMALIZATION)
     labelled = datasets.Dataset.from_dict({"image": images, "labels": [[1], [2]]})
-    dataset, _ = training_set(labelled, 2, augment, class_names=["cat", "dog"])
+    dataset, _ = training_set(labelled, 2, augment, LabelReading(class_names=["cat", "dog"]))
     assert dataset[0]["pixel_values"].shape == (3, 8, 8) and dataset[1]["class_labels"].tolist() == [0, 1]
     masked = datasets.Dataset.from_dict({"image": images, "mask": masks})
     dataset, summary = training_set(masked, 2, augment, require_mask=True)
@@ -1430,20 +1454,29 @@ def test_parquet_of_pandas_image_structs_gives_masks_and_struct_labels(tmp_path)
     """pandas writes images as {bytes, path} structs without datasets' feature metadata: a struct column ``mask`` was
     no mask column (and left out of the columns looked for), and --labels_column objects.category flattened the
     image column too ("KeyError: 'image'")."""
-    from weclip_hf.data.loading import DataSource, evaluation_set, load_dataset_splits, training_set
+    from weclip_hf.data.loading import (
+        DataSource,
+        LabelReading,
+        evaluation_set,
+        load_dataset_splits,
+        training_set,
+    )
 
     mask = {"bytes": _png_bytes(np.ones((8, 8), np.uint8)), "path": None}
     objects = {"category": [1], "bbox": [[0.0, 0.0, 1.0, 1.0]]}
     _pandas_parquet(tmp_path, mask=[mask] * 2, objects=[objects] * 2)
     train, val, _ = load_dataset_splits(DataSource(dataset_name=str(tmp_path)), log=lambda _: None)
     assert resolve_columns(val.column_names, features=val.features).mask == "mask"
-    dataset, _ = evaluation_set(val, 2, 255, IMAGENET_NORMALIZATION, class_names=["cat", "dog"])
+    dataset, _ = evaluation_set(val, 2, 255, IMAGENET_NORMALIZATION, LabelReading(class_names=["cat", "dog"]))
     assert dataset[0]["labels"].unique().tolist() == [1]
     augment = TrainAugmentation(8, (1.0, 1.0), normalization=IMAGENET_NORMALIZATION)
     train = train.remove_columns("mask")
-    dataset, _ = training_set(train, 2, augment, labels_column="objects.category", class_names=["cat", "dog"])
+    categories = LabelReading(labels_column="objects.category", class_names=["cat", "dog"])
+    dataset, _ = training_set(train, 2, augment, categories)
     assert dataset[0]["class_labels"].tolist() == [1, 0] and dataset[1]["pixel_values"].shape == (3, 8, 8)
-    stream, _ = training_set(train.to_iterable_dataset(), 2, augment, labels_column="objects.category")
+    stream, _ = training_set(
+        train.to_iterable_dataset(), 2, augment, LabelReading(labels_column="objects.category")
+    )
     assert [item["class_labels"].tolist() for item in stream] == [[1, 0]] * 2
     with pytest.raises(ValueError, match=r"a struct column's field is named with a dot: 'objects\.category'"):
         resolve_columns(train.column_names, features=train.features)

@@ -297,42 +297,73 @@ def materialize(dataset, limit: int | None = None, skip_unreadable: bool = False
     )
 
 
+@dataclass(frozen=True)
+class LabelReading:
+    """How a split's images, masks and image-level labels are read (`resolve_columns`, `add_image_labels`): the
+    training and validation splits of a run read alike.
+
+    ``image_column``, ``mask_column``, ``labels_column``: the columns, found by name where None (``labels_column``
+    "none": the labels come from the masks); ``labels_zero_based``: the label column's ids are 0..C-1;
+    ``class_names``: the run's classes, which a label column of names maps through (give the training set's);
+    ``skip_empty``: images without any class are left out; ``skip_unreadable``: unreadable images and masks are
+    dropped and listed rather than an error.
+    """
+
+    image_column: str | None = None
+    mask_column: str | None = None
+    labels_column: str | None = None
+    labels_zero_based: bool = False
+    class_names: Sequence[str | Sequence[str]] | None = None
+    skip_empty: bool = False
+    skip_unreadable: bool = False
+
+    @classmethod
+    def from_args(cls, args, class_names: Sequence[str | Sequence[str]] | None = None) -> LabelReading:
+        """The reading of a script's parsed flags (--image_column, --mask_column, --labels_column,
+        --labels_zero_based, and --skip_empty_images and --skip_unreadable_images where the script has them) with
+        the run's ``class_names``."""
+        return cls(
+            image_column=getattr(args, "image_column", None),
+            mask_column=getattr(args, "mask_column", None),
+            labels_column=getattr(args, "labels_column", None),
+            labels_zero_based=getattr(args, "labels_zero_based", False),
+            class_names=class_names,
+            skip_empty=getattr(args, "skip_empty_images", False),
+            skip_unreadable=getattr(args, "skip_unreadable_images", False),
+        )
+
+
 def evaluation_set(
     val,
     num_classes: int,
     ignore_index: int,
     normalization: PixelNormalization,
-    image_column: str | None = None,
-    mask_column: str | None = None,
-    max_samples: int | None = None,
-    skip_unreadable: bool = False,
-    labelling: Callable[[], AbstractContextManager] = nullcontext,
+    reading: LabelReading = LabelReading(),
     *,
-    labels_column: str | None = None,
-    labels_zero_based: bool = False,
-    class_names: Sequence[str | Sequence[str]] | None = None,
-    skip_empty: bool = False,
+    max_samples: int | None = None,
+    labelling: Callable[[], AbstractContextManager] = nullcontext,
 ) -> tuple[EvalSegmentationDataset, LabelSummary]:
     """The evaluation dataset of a validation split (its first ``max_samples`` examples; a streamed split read
     once) with its image-level labels, and their summary; ``labelling``: the context of `add_image_labels` (e.g.
-    ``accelerator.main_process_first``, so that one process fills the datasets cache); ``skip_empty``: the images
-    without any class (of those first ``max_samples``) left out, as COCO's official validation list does.
+    ``accelerator.main_process_first``, so that one process fills the datasets cache); ``reading.skip_empty``: the
+    images without any class (of those first ``max_samples``) left out, as COCO's official validation list does.
 
     The image-level labels (what the CAMs are made for) come from the split's label column, read as the training
-    split's (``labels_zero_based``, ``class_names``: give the training set's), else from its masks: the column
-    ``labels_column`` (the masks when the split lacks it), without it one found by name (`resolve_columns`)."""
-    val = materialize(val, max_samples, skip_unreadable=skip_unreadable)
+    split's (``reading``: give the training set's), else from its masks: the column ``reading.labels_column`` (the
+    masks when the split lacks it), without it one found by name (`resolve_columns`)."""
+    val = materialize(val, max_samples, skip_unreadable=reading.skip_unreadable)
+    labels_column = reading.labels_column
     present = labels_column in (None, FROM_MASKS, *val.column_names, *struct_fields(val.features))
     columns = resolve_columns(
         val.column_names,
-        image_column,
-        mask_column,
+        reading.image_column,
+        reading.mask_column,
         labels_column if present else None,
         require_mask=True,
         features=val.features,
         missing_mask_hint=f" Evaluating split {split_name(val)!r} needs its pixel ground truth (train.py: "
         "--validation_split none trains without evaluation).",
-        class_names=class_names,
+        class_names=reading.class_names,
         example=lambda: val[0],
     )
     columns = columns if present else Columns(columns.image, columns.mask)
@@ -342,10 +373,10 @@ def evaluation_set(
             columns,
             num_classes,
             ignore_index,
-            labels_zero_based,
-            skip_empty,
-            class_names=class_names,
-            skip_unreadable=skip_unreadable,
+            reading.labels_zero_based,
+            reading.skip_empty,
+            class_names=reading.class_names,
+            skip_unreadable=reading.skip_unreadable,
         )
     cause = no_class_cause(summary, columns, num_classes, ignore_index, split_name(val))
     if cause:  # every scored pixel background or ignored: its mIoUs would say nothing
@@ -357,34 +388,29 @@ def training_set(
     train,
     num_classes: int,
     augment: TrainAugmentation,
+    reading: LabelReading = LabelReading(),
     *,
-    image_column: str | None = None,
-    mask_column: str | None = None,
-    labels_column: str | None = None,
-    labels_zero_based: bool = False,
-    class_names: Sequence[str | Sequence[str]] | None = None,
     require_mask: bool = False,
-    skip_empty: bool = False,
-    skip_unreadable: bool = False,
     seed: int = 0,
     shuffle_buffer_size: int = 1000,
     labelling: Callable[[], AbstractContextManager] = nullcontext,
 ) -> tuple[WeakSegmentationDataset | StreamingWeakSegmentationDataset, LabelSummary]:
     """The training dataset of a ``datasets`` split (a streamed one gives a `StreamingWeakSegmentationDataset`):
     image-level labels from the label column or the masks (`add_image_labels`), crops by ``augment``; and the
-    labels' summary. Columns are found by name unless given; ``require_mask``: fail without a mask column (full
-    supervision); ``labelling``: the context of `add_image_labels` (e.g. ``accelerator.main_process_first``).
+    labels' summary. Columns are found by name unless ``reading`` names them; ``require_mask``: fail without a
+    mask column (full supervision); ``labelling``: the context of `add_image_labels` (e.g.
+    ``accelerator.main_process_first``).
 
     A split in which no image has a class is refused (`no_class_cause`: nothing to learn); a streamed split, whose
     labels are read as it is, is not checked."""
     columns = resolve_columns(
         dataset_columns(train),
-        image_column,
-        mask_column,
-        labels_column,
+        reading.image_column,
+        reading.mask_column,
+        reading.labels_column,
         require_mask,
         train.features,
-        class_names=class_names,
+        class_names=reading.class_names,
         example=lambda: next(iter(train), {}),
     )
     with labelling():
@@ -393,17 +419,17 @@ def training_set(
             columns,
             num_classes,
             augment.ignore_index,
-            labels_zero_based,
-            skip_empty,
-            class_names=class_names,
-            skip_unreadable=skip_unreadable,
+            reading.labels_zero_based,
+            reading.skip_empty,
+            class_names=reading.class_names,
+            skip_unreadable=reading.skip_unreadable,
         )
     cause = no_class_cause(summary, columns, num_classes, augment.ignore_index, split_name(train))
     if cause:
         raise ValueError(f"{cause} Training would learn nothing.")
     if is_streaming(train):
         dataset = StreamingWeakSegmentationDataset(
-            train, columns, num_classes, augment, seed, shuffle_buffer_size, skip_unreadable
+            train, columns, num_classes, augment, seed, shuffle_buffer_size, reading.skip_unreadable
         )
         return dataset, summary
     return WeakSegmentationDataset(train, columns, num_classes, augment, seed=seed), summary
