@@ -92,8 +92,9 @@ from weclip_hf.batch_jobs import (
     wants_overlay,
     write_atomic,
 )
-from weclip_hf.data.adapters import add_image_labels, resolve_columns
+from weclip_hf.data.columns import resolve_columns
 from weclip_hf.data.decoding import file_path, row_name
+from weclip_hf.data.image_labels import add_image_labels
 from weclip_hf.data.loading import (
     DATA_SOURCE_FLAGS,
     PSEUDO_LABEL_REPORT,

@@ -84,7 +84,7 @@ from weclip_hf.batch_jobs import (
     write_skipped,
 )
 from weclip_hf.crf import CRF_PRESETS, crf_refine_labels
-from weclip_hf.data.adapters import IMAGE_COLUMNS
+from weclip_hf.data.columns import IMAGE_COLUMNS
 from weclip_hf.data.decoding import (
     UnreadableImageError,
     decode_image,

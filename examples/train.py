@@ -40,7 +40,7 @@ from weclip_hf.checkpointing import (
     load_checkpoint,
     prune_checkpoints,
 )
-from weclip_hf.data.adapters import is_streaming
+from weclip_hf.data.columns import is_streaming
 from weclip_hf.data.loading import (
     DataSource,
     EpochShuffleSampler,

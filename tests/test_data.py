@@ -1,4 +1,5 @@
-"""Dataset adapters and training transforms: column resolution, label checks, augmentation."""
+"""Dataset columns, image-level labels, mask checks and training transforms: column resolution, label checks,
+augmentation."""
 
 import functools
 import json
@@ -13,15 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from weclip_hf.data.adapters import (
-    Columns,
-    add_image_labels,
-    is_streaming,
-    labels_from_mask,
-    normalize_label_row,
-    resolve_columns,
-)
+from weclip_hf.data.columns import Columns, is_streaming, resolve_columns
 from weclip_hf.data.decoding import decode_image
+from weclip_hf.data.image_labels import add_image_labels
+from weclip_hf.data.label_rows import normalize_label_row
+from weclip_hf.data.masks import check_mask_ids, present_classes
 from weclip_hf.data.transforms import TrainAugmentation, multi_hot, normalize
 from weclip_hf.normalization import IMAGENET_NORMALIZATION
 
@@ -39,17 +36,18 @@ def test_resolve_columns_finds_common_names_and_lists_available():
         resolve_columns(["image", "mask"], mask_column="seg")
 
 
-def test_labels_from_mask_names_image_and_bad_id():
+def test_mask_classes_and_bad_ids_name_the_image():
     mask = np.zeros((4, 4), np.uint8)
     mask[0, 0], mask[1, 1], mask[2, 2] = 3, 255, 1
-    assert labels_from_mask(mask, 3) == [1, 3]
+    check_mask_ids(mask, 3)
+    assert present_classes(mask, 3) == [1, 3]
     mask[3, 3] = 9
     with pytest.raises(ValueError, match=r"img_7.*\[9\] outside 0..3 .*check --class_names"):
-        labels_from_mask(mask, 3, name="img_7")
+        check_mask_ids(mask, 3, name="img_7")
     with pytest.raises(
         ValueError, match=r"JPEG is lossy .*: save masks as PNG"
     ):  # the likely cause, not the names
-        labels_from_mask(mask, 3, name="file 'masks/7.jpg'")
+        check_mask_ids(mask, 3, name="file 'masks/7.jpg'")
 
 
 def test_label_rows_ids_multi_hot_and_errors():
@@ -1183,7 +1181,7 @@ def test_an_explicit_validation_split_wins_over_the_presets(tmp_path):
 
 
 def test_width_height_is_pils_order_for_images_and_arrays():
-    from weclip_hf.data.adapters import width_height
+    from weclip_hf.data.masks import width_height
 
     assert width_height(Image.new("RGB", (7, 5))) == (7, 5)
     assert width_height(np.zeros((5, 7), np.uint8)) == (7, 5)
@@ -1200,18 +1198,19 @@ def test_labels_cached_under_other_checking_code_are_recomputed(tmp_path, monkey
     """`datasets` keyed the label map by the function's name: labels cached before a change of the checks were
     reused (a mask the new checks refuse went through). The map is cached under a key that holds the code that
     reads and checks the rows."""
-    from weclip_hf.data import adapters
+    from weclip_hf.data import image_labels
 
     datasets.Dataset.from_dict({"x": [1, 2, 3]}).save_to_disk(tmp_path / "d")
     dataset = datasets.load_from_disk(tmp_path / "d")  # on disk: map results are cached
     label_row = functools.partial(_one_label)
-    mapped = adapters._map_label_rows(dataset, label_row, None, with_mask=False)
-    assert mapped._fingerprint == adapters.label_map_fingerprint(dataset, label_row)
+    mapped = image_labels._map_label_rows(dataset, label_row, None, with_mask=False)
+    assert mapped._fingerprint == image_labels.label_map_fingerprint(dataset, label_row)
     assert (
-        adapters._map_label_rows(dataset, label_row, None, with_mask=False).cache_files == mapped.cache_files
+        image_labels._map_label_rows(dataset, label_row, None, with_mask=False).cache_files
+        == mapped.cache_files
     )
-    monkeypatch.setattr(adapters, "_code_digest", lambda: "other checking code")
-    remapped = adapters._map_label_rows(dataset, label_row, None, with_mask=False)
+    monkeypatch.setattr(image_labels, "_code_digest", lambda: "other checking code")
+    remapped = image_labels._map_label_rows(dataset, label_row, None, with_mask=False)
     assert remapped.cache_files != mapped.cache_files and remapped["image_labels"] == [[1], [1], [1]]
 
 
@@ -1229,7 +1228,7 @@ def _classified(labels, feature, masks=None):
 def test_whole_class_names_win_over_comma_synonyms():
     """ImageNet-1k's ClassLabel names "Cardigan, Cardigan Welsh corgi" (264) and "cardigan" (474): the synonym
     "cardigan" of the first captured the name of the second, and every cardigan trained as the corgi."""
-    from weclip_hf.data.adapters import class_name_ids
+    from weclip_hf.data.label_rows import class_name_ids
 
     names = ["Cardigan, Cardigan Welsh corgi", "cardigan"]
     assert class_name_ids(names) == {

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .batch_jobs import save_overlay
 from .crf import WECLIP, CRFParams, crf_refine_labels
-from .data.adapters import check_mask_ids
+from .data.masks import check_mask_ids
 from .inference import (
     image_logits,
     image_pseudo_labels,

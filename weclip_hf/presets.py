@@ -76,7 +76,7 @@ TOY_PROMPT_TEMPLATE = "a photo of a {}."
 class DatasetLayout:
     """Where a preset's data lives: Hub id and splits (training: the first of ``train_splits`` the dataset has).
 
-    Columns are found by name (`weclip_hf.data.adapters.resolve_columns`) or given as flags."""
+    Columns are found by name (`weclip_hf.data.columns.resolve_columns`) or given as flags."""
 
     dataset_name: str | None = None
     train_splits: tuple[str, ...] = ("train",)

@@ -15,7 +15,7 @@ from transformers import PretrainedConfig
 
 from .checkpointing import TRAINING_STATE_NAME
 from .configuration_weclip import WeCLIPConfig
-from .data.adapters import FROM_MASKS, IMAGE_COLUMNS, MASK_COLUMNS
+from .data.columns import FROM_MASKS, IMAGE_COLUMNS, MASK_COLUMNS
 from .data.loading import DATA_SOURCE_FLAGS, names_no_dataset
 from .model_loading import WECLIP_MODEL_TYPES, names_a_missing_folder, saved_config_dict
 from .presets import METHOD_NAMES, PRESETS, VOC_PRESET_OF_MODEL_TYPE, get_preset

@@ -1,1 +1,2 @@
-"""Datasets for WeCLIP: Hub dataset adapters, training transforms and the procedural toy world."""
+"""Datasets for WeCLIP: a dataset's columns, image-level labels and mask checks, decoding, training transforms,
+loading and the procedural toy world."""

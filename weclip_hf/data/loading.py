@@ -17,26 +17,22 @@ from ..batch_jobs import check_finished, group_by_size, process_share
 from ..image_reading import to_rgb_uint8
 from ..normalization import PixelNormalization
 from ..presets import Preset, get_preset
-from .adapters import (
+from .columns import (
     FROM_MASKS,
     LABEL_COLUMNS,
     MASK_COLUMNS,
     Columns,
-    LabelSummary,
-    add_image_labels,
-    checked_mask,
     class_label_columns,
-    class_label_feature,
     column_feature,
     dataset_columns,
     is_streaming,
-    lookup_key,
-    mask_array,
-    no_class_cause,
     resolve_columns,
     struct_fields,
 )
 from .decoding import UnreadableImageError, decode_image, describe, split_name, undecoded
+from .image_labels import LabelSummary, add_image_labels, no_class_cause
+from .label_rows import class_label_feature, lookup_key
+from .masks import checked_mask, mask_array
 from .transforms import TrainAugmentation, mask_dtype, multi_hot, normalize
 
 
