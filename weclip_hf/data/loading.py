@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -329,6 +330,31 @@ class LabelReading:
         )
 
 
+def labelled_split(
+    split,
+    columns: Columns,
+    num_classes: int,
+    ignore_index: int,
+    reading: LabelReading,
+    labelling: Callable[[], AbstractContextManager] = nullcontext,
+) -> tuple[Any, LabelSummary, str | None]:
+    """``split`` with its image-level labels (`add_image_labels` as ``reading`` says, inside ``labelling``), their
+    summary, and why no image of it has a class (`no_class_cause`; None when some image has one)."""
+    name = split_name(split)
+    with labelling():
+        split, summary = add_image_labels(
+            split,
+            columns,
+            num_classes,
+            ignore_index,
+            reading.labels_zero_based,
+            reading.skip_empty,
+            class_names=reading.class_names,
+            skip_unreadable=reading.skip_unreadable,
+        )
+    return split, summary, no_class_cause(summary, columns, num_classes, ignore_index, name)
+
+
 def evaluation_set(
     val,
     num_classes: int,
@@ -363,18 +389,7 @@ def evaluation_set(
         example=lambda: val[0],
     )
     columns = columns if present else Columns(columns.image, columns.mask)
-    with labelling():
-        val, summary = add_image_labels(
-            val,
-            columns,
-            num_classes,
-            ignore_index,
-            reading.labels_zero_based,
-            reading.skip_empty,
-            class_names=reading.class_names,
-            skip_unreadable=reading.skip_unreadable,
-        )
-    cause = no_class_cause(summary, columns, num_classes, ignore_index, split_name(val))
+    val, summary, cause = labelled_split(val, columns, num_classes, ignore_index, reading, labelling)
     if cause:  # every scored pixel background or ignored: its mIoUs would say nothing
         warnings.warn(f"{cause} Its scores measure nothing but the background.", stacklevel=2)
     return EvalSegmentationDataset(val, columns, num_classes, normalization, ignore_index), summary
@@ -409,18 +424,9 @@ def training_set(
         class_names=reading.class_names,
         example=lambda: next(iter(train), {}),
     )
-    with labelling():
-        train, summary = add_image_labels(
-            train,
-            columns,
-            num_classes,
-            augment.ignore_index,
-            reading.labels_zero_based,
-            reading.skip_empty,
-            class_names=reading.class_names,
-            skip_unreadable=reading.skip_unreadable,
-        )
-    cause = no_class_cause(summary, columns, num_classes, augment.ignore_index, split_name(train))
+    train, summary, cause = labelled_split(
+        train, columns, num_classes, augment.ignore_index, reading, labelling
+    )
     if cause:
         raise ValueError(f"{cause} Training would learn nothing.")
     if is_streaming(train):
