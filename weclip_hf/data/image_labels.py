@@ -230,6 +230,11 @@ def _mask_image_labels(
     return present_classes(array, num_classes)
 
 
+def _split_phrase(split: str | None) -> str:
+    """How messages name a split: ``split 'train'``, or ``the dataset`` for one without a name."""
+    return f"split {split!r}" if split else "the dataset"
+
+
 def check_label_numbering(
     labels: Sequence[Sequence[int]],
     mask_labels: Sequence[Sequence[int] | None],
@@ -259,7 +264,7 @@ def check_label_numbering(
         )
     )
     raise ValueError(
-        f"The image-level labels of {'split ' + repr(split) if split else 'the dataset'}, read as {reading} class "
+        f"The image-level labels of {_split_phrase(split)}, read as {reading} class "
         f"ids, disagree with its masks: {len(other)} of the {len(pairs)} rows with masks name their masks' "
         f"classes only when read in the other numbering, {agree} as read (e.g. {row_name(first, None)}: ids "
         f"{given}, mask classes {sorted(mask_labels[first])} of 1..{num_classes}). Every class would be shifted "
@@ -287,7 +292,7 @@ def check_labels_match_masks(
         return
     first, ids, shown = disagree[0]
     raise ValueError(
-        f"The image-level labels of {'split ' + repr(split) if split else 'the dataset'} (column {columns.labels!r}) "
+        f"The image-level labels of {_split_phrase(split)} (column {columns.labels!r}) "
         f"and its masks (column {columns.mask!r}) disagree: on {len(disagree)} of the {len(pairs)} rows where both "
         f"name a class, no class of the labels is in the mask (e.g. {row_name(first, None)}: label classes "
         f"{sorted(ids)}, mask classes {sorted(shown)} of 1..{num_classes}). If the masks are not maps of the run's "
@@ -305,7 +310,7 @@ def no_class_cause(
     from), or None when some image has one, the split has no image, or, streamed, the counts are not known."""
     if summary.streamed or summary.class_counts or summary.total == 0:
         return None
-    where = f"split {split!r}" if split else "the dataset"
+    where = _split_phrase(split)
     if columns.labels is not None:
         return f"No image of {where} has a class: every row of its label column {columns.labels!r} is empty."
     return (
