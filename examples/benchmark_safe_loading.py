@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from benchmarking.instruments import Bench
 
 from weclip_hf import safe_loading
 from weclip_hf.conversion import load_official_checkpoint
@@ -38,16 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def median_seconds(call, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
-def class_reader_seconds(spaces: int, repeats: int) -> float:
+def class_reader_seconds(bench: Bench, spaces: int, repeats: int) -> float:
     """The class declarations of a code file ending in ``spaces`` spaces, as `safe_loading` reads them."""
     text = CLASS_CODE + " " * spaces
 
@@ -55,14 +44,13 @@ def class_reader_seconds(spaces: int, repeats: int) -> float:
         matches = list(safe_loading._CLASS_RE.finditer(text))
         assert [m.group(1) for m in matches] == ["Tree"]
 
-    return median_seconds(read, repeats)
+    return bench.median(read, warmup=0, repeats=repeats)
 
 
-def stride0_refusal(folder: Path, repeats: int) -> tuple[float, int]:
+def stride0_refusal(bench: Bench, folder: Path, repeats: int) -> tuple[float, int]:
     """(seconds, peak resident memory growth in bytes) of refusing a stride-0 view of 3e9 elements."""
     path = folder / "expanded.pth"
     torch.save({"w": torch.zeros(1).expand(3_000_000_000)}, path)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     def refuse():
         try:
@@ -71,17 +59,18 @@ def stride0_refusal(folder: Path, repeats: int) -> tuple[float, int]:
             return
         raise AssertionError(f"{path} was not refused")
 
-    seconds = median_seconds(refuse, repeats)
-    growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    return seconds, growth * (1 if sys.platform == "darwin" else 1024)  # ru_maxrss: KiB on Linux
+    with bench.peak_memory() as peak:
+        seconds = bench.median(refuse, warmup=0, repeats=repeats)
+    return seconds, peak["peak_bytes"]
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     n = args.spaces_mib * 2**20
-    one, two = class_reader_seconds(n, args.repeats), class_reader_seconds(2 * n, args.repeats)
+    bench = Bench(torch.device("cpu"))
+    one, two = class_reader_seconds(bench, n, args.repeats), class_reader_seconds(bench, 2 * n, args.repeats)
     with tempfile.TemporaryDirectory() as folder:
-        seconds, growth = stride0_refusal(Path(folder), args.repeats)
+        seconds, growth = stride0_refusal(bench, Path(folder), args.repeats)
     result = {
         "class_reader": {
             "spaces_mib": args.spaces_mib,
