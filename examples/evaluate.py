@@ -60,8 +60,8 @@ from weclip_hf.script_arguments import (
     at_least_one,
     check_model_argument,
     check_preset_fits_model,
+    check_source_flags,
     check_switched_flags,
-    check_toy_flags,
     first_paragraph,
     fraction,
     positive_float,
@@ -214,7 +214,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     check_preset_fits_model(p, args)
     args.toy = names_no_dataset(args)
-    check_toy_flags(p, args)
+    check_source_flags(p, args)
     if args.toy_val_images is None:
         args.toy_val_images = get_preset("toy").dataset.toy_sizes[1]
     settings = evaluation_settings(args.preset, args.toy)

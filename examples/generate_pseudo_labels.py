@@ -123,7 +123,7 @@ from weclip_hf.script_arguments import (
     add_data_source_flags,
     add_toy_size_flags,
     check_model_argument,
-    check_toy_flags,
+    check_source_flags,
     first_paragraph,
 )
 from weclip_hf.visualization import label_map_image, overlay_figure, present_class_cams
@@ -204,7 +204,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--hub_dataset_id", help="default: the --output_dir folder name")
     run.add_argument("--hub_token", help="Hub token (default: the logged-in one); never written to disk")
     args = p.parse_args(argv)
-    check_toy_flags(p, args)
+    check_source_flags(p, args)
     if args.validation_split == args.split:  # one folder for both: the copies would replace the pseudo masks
         p.error(
             f"--validation_split {args.split!r} is the --split pseudo-labelled: give another split (or none)."

@@ -103,6 +103,7 @@ from weclip_hf.script_arguments import (
     IMAGE_COLUMN_HELP,
     add_data_source_flags,
     check_model_argument,
+    check_source_flags,
     check_switched_flags,
     first_paragraph,
     positive_float,
@@ -186,6 +187,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("give either --images or one of --dataset_name / --data_dir / --dataset_path")
     if args.batch_size < 1:
         p.error(f"--batch_size must be >= 1, got {args.batch_size}")
+    check_source_flags(p, args)
     check_switched_flags(p, args, {"scales": "msf", "crf_preset": "crf"})
     args.crf_preset = args.crf_preset or "weclip"
     return args

@@ -104,7 +104,7 @@ from weclip_hf.script_arguments import (
     at_least_one,
     check_preset_fits_data,
     check_preset_fits_model,
-    check_toy_flags,
+    check_source_flags,
     config_values,
     first_paragraph,
     fraction,
@@ -486,7 +486,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.report_to = "all"
     check_preset_fits_model(p, args)
     check_preset_fits_data(p, args)
-    check_toy_flags(p, args)
+    check_source_flags(p, args)
     if args.no_msf and args.msf_scales:
         p.error(
             "--msf_scales are the scales of the multi-scale evaluation, which --no_msf turns off: give one."

@@ -76,7 +76,7 @@ from weclip_hf.script_arguments import (
     check_one_data_source,
     check_preset_fits_data,
     check_preset_fits_model,
-    check_toy_flags,
+    check_source_flags,
     first_paragraph,
     fraction,
     model_type_of_args,
@@ -202,7 +202,7 @@ def parse_args(argv=None) -> tuple[WeCLIPArguments, TrainingArguments]:
     full.set_defaults(**defaults)
     args, training_args = full.parse_args_into_dataclasses(argv)
     check_one_data_source(full, args)
-    check_toy_flags(full, args)
+    check_source_flags(full, args)
     check_preset_fits_model(full, args)
     check_preset_fits_data(full, args)
     if args.crop_size is not None and args.crop_size < 1:

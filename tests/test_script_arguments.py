@@ -116,6 +116,33 @@ def test_evaluate_and_segment_take_one_data_source(capsys):
     )
 
 
+@pytest.mark.parametrize(
+    "script, required",
+    [
+        ("train", []),
+        ("train_with_trainer", []),
+        ("evaluate", ["--model_name_or_path", "m"]),
+        ("generate_pseudo_labels", ["--output_dir", "o"]),
+        ("segment", ["--model_name_or_path", "m", "--output_dir", "o"]),
+    ],
+)
+def test_a_dataset_configuration_without_a_hub_dataset_is_refused(script, required, tmp_path, capsys):
+    """--dataset_config_name with --data_dir / --dataset_path / --images / the toy world was ignored without a
+    word."""
+    parse = load_script(script).parse_args
+    sources = [["--data_dir", str(tmp_path)], ["--dataset_path", str(tmp_path)]]
+    sources += [["--images", "a.png"]] if script == "segment" else [[]]
+    for source in sources:
+        message = parse_error(parse, [*required, *source, "--dataset_config_name", "full"], capsys)
+        read = f"{source[0]} is read" if source else "the offline toy world is used"
+        assert message.endswith(
+            f"error: --dataset_config_name chooses a configuration of a --dataset_name dataset, and {read} "
+            "without one: leave it out."
+        )
+    if script == "train":  # the configuration of a Hub dataset stays accepted
+        assert parse(["--dataset_name", "d", "--dataset_config_name", "full"]).dataset_config_name == "full"
+
+
 def test_evaluate_on_the_toy_world_without_preset_uses_the_toy_recipe(tmp_path):
     toy = get_preset("toy").evaluation
     args = evaluate_script.parse_args(["--model_name_or_path", "m", "--msf"])

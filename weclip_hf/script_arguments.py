@@ -180,7 +180,7 @@ TOY_FLAGS = ("toy_train_images", "toy_val_images")  # the toy world's sizes (tra
 
 def add_toy_size_flags(group, images_of: str = "training images", aliases: tuple[str, ...] = ()) -> None:
     """Add --toy_train_images (also named ``aliases``) and --toy_val_images to ``group``: the toy world's sizes,
-    by default the toy preset's (`check_toy_flags` refuses them with a dataset)."""
+    by default the toy preset's (`check_source_flags` refuses them with a dataset)."""
     train, val = get_preset("toy").dataset.toy_sizes
     group.add_argument(
         "--toy_train_images", *aliases, type=at_least_one, help=f"toy world: {images_of} ({train})"
@@ -188,16 +188,23 @@ def add_toy_size_flags(group, images_of: str = "training images", aliases: tuple
     group.add_argument("--toy_val_images", type=at_least_one, help=f"toy world: validation images ({val})")
 
 
-def check_toy_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Refuse a toy world's size below 1, or given with a dataset (which replaces the toy world: the flag would be
-    ignored)."""
+def check_source_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse the flags that the data source named would leave unread: a toy world's size below 1, or given with a
+    dataset (which replaces the toy world), and --dataset_config_name without --dataset_name (a folder, a saved
+    dataset, image files and the toy world have no configurations)."""
     given = [flag for flag in TOY_FLAGS if getattr(args, flag, None) is not None]
     for flag in given:
         if getattr(args, flag) < 1:
             parser.error(f"argument --{flag}: must be >= 1, got {getattr(args, flag)}")  # as `at_least_one`
+    source = next((f"--{flag}" for flag in (*DATA_SOURCE_FLAGS, "images") if getattr(args, flag, None)), None)
     if given and not names_no_dataset(args):
-        source = next(f"--{flag}" for flag in DATA_SOURCE_FLAGS if getattr(args, flag, None))
         parser.error(f"--{given[0]} sizes the toy world, which {source} replaces: leave it out.")
+    if getattr(args, "dataset_config_name", None) and not getattr(args, "dataset_name", None):
+        read = f"{source} is read" if source else "the offline toy world is used"
+        parser.error(
+            f"--dataset_config_name chooses a configuration of a --dataset_name dataset, and {read} without one: "
+            "leave it out."
+        )
 
 
 def check_switched_flags(
