@@ -18,7 +18,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import os
 import shlex
 import time
 from collections.abc import Callable
@@ -68,6 +67,7 @@ from weclip_hf.hub import (
     split_model_metrics,
 )
 from weclip_hf.image_processing_weclip import processor_settings
+from weclip_hf.local_cores import cores_per_local_process
 from weclip_hf.losses import LOSS_TERMS, present_losses
 from weclip_hf.metrics import per_class_iou
 from weclip_hf.model_loading import public_source_name
@@ -733,21 +733,10 @@ def toy_baselines_of(val_set, num_labels: int) -> dict[str, float]:
     return {f"baseline_{short[name]}_miou": value for name, value in scores.items()}
 
 
-def cpu_threads_per_process(num_processes: int) -> int:
-    """The CPU cores this process may run on, shared among the local processes (at least 1).
-
-    ``accelerate launch`` without a config sets ``OMP_NUM_THREADS=1`` for a CPU run, which would leave
-    all but one core idle; a CPU run therefore sets its thread count itself (``--num_threads``).
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", num_processes))
-    return max(1, cores // max(1, local))
-
-
 def default_num_workers(device_type: str, num_processes: int) -> int:
     """DataLoader workers when ``--num_workers`` is not given: up to 4 per process on an accelerator, 0 on
     the CPU."""
-    return 0 if device_type == "cpu" else min(4, cpu_threads_per_process(num_processes))
+    return 0 if device_type == "cpu" else min(4, cores_per_local_process(num_processes))
 
 
 # ---- main -------------------------------------------------------------------------------------------
@@ -1057,7 +1046,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     set_seed(args.seed)
     retained = False
     if accelerator.device.type == "cpu":
-        torch.set_num_threads(args.num_threads or cpu_threads_per_process(accelerator.num_processes))
+        torch.set_num_threads(args.num_threads or cores_per_local_process(accelerator.num_processes))
         retained = not args.release_host_memory and retain_freed_host_memory()
     output_dir = Path(args.output_dir)
     previous_run = claim_output_dir(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -165,7 +166,7 @@ def test_render_workers_default(monkeypatch):
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert render_workers(100) == 1
     if toy.sys.platform == "linux":
-        cpus = len(toy.os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
         assert render_workers(4000) == max(1, min(cpus, 8))
         monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cpus))
         assert render_workers(4000) == 1

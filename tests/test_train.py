@@ -33,6 +33,7 @@ from conftest import (
 )
 from PIL import Image
 
+from weclip_hf.local_cores import cores_per_local_process
 from weclip_hf.run_signals import exit_status
 
 
@@ -729,12 +730,12 @@ def test_cpu_threads_share_the_cores_among_local_processes(monkeypatch):
     train_script = train_module()
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
-    assert train_script.cpu_threads_per_process(1) == 8
-    assert train_script.cpu_threads_per_process(2) == 4
+    assert cores_per_local_process(1) == 8
+    assert cores_per_local_process(2) == 4
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # torchrun's local process count wins
-    assert train_script.cpu_threads_per_process(3) == 2
+    assert cores_per_local_process(3) == 2
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
-    assert train_script.cpu_threads_per_process(16) == 1
+    assert cores_per_local_process(16) == 1
     assert train_script.default_num_workers("cpu", 16) == 0  # workers would take the training threads' cores
     assert train_script.default_num_workers("cuda", 16) == 1
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")

@@ -18,7 +18,6 @@ import colorsys
 import functools
 import io
 import multiprocessing
-import os
 import pathlib
 import sys
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
+from ..local_cores import cores_per_local_process
 from ..presets import CLIP_MODEL, TOY_BACKGROUND_NAMES, TOY_CLASS_NAMES
 from ..presets import TOY_PROMPT_TEMPLATE as TOY_PROMPT_TEMPLATE  # re-exported with the world
 
@@ -458,8 +458,7 @@ def render_workers(num_images: int) -> int:
     rendering")."""
     if num_images < 512 or not _can_fork():
         return 1
-    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(1, min(len(os.sched_getaffinity(0)) // local_processes, 8))
+    return min(cores_per_local_process(), 8)
 
 
 def _map_ranges(fn: Callable[[int, int], T], num_items: int, workers: int | None) -> list[T]:
