@@ -19,7 +19,9 @@ per tensor storage; a TorchScript archive (``torch.jit.save``, e.g. OpenAI's ``V
 3. Only then are storages read: by this module for TorchScript (no code compiled or run, each member
    checked against its CRC-32 as it is read), by ``torch.load(weights_only=True)`` for ``torch.save``
    archives once every member matches its CRC-32 (`check_crcs`; torch.load does not check them).
-4. The loaded state dict holds no NaN or infinite value (`check_finite`).
+
+What an official checkpoint file then holds (the model's weights among a training checkpoint's entries, no NaN)
+is `weclip_hf.conversion.checkpoint_file`'s concern.
 
 Every refusal is one ``ValueError`` that names the file and the archive member or tensor key.
 """
@@ -41,9 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers.utils import logging as hf_logging
-
-logger = hf_logging.get_logger(__name__)
 
 # Caps on what an archive may declare, checked on its zip directory before any member is read. Real
 # checkpoints: the official WeCLIP ViT-B/16 checkpoint is ~600 MB, OpenAI's ViT-L/14 TorchScript archive ~900 MB,
@@ -58,7 +57,7 @@ MAX_METADATA_BYTES = 8 * 2**20
 MAX_COMPRESSION_RATIO = 100
 _RATIO_FLOOR = 2**20
 _MAX_NDIM = 64
-_REDOWNLOAD = "Download or copy the checkpoint again."
+REDOWNLOAD = "Download or copy the checkpoint again."
 _ZIP_MAGIC = b"PK\x03\x04"  # a zip archive starts with a local file header
 
 _STORAGE_DTYPES = {
@@ -146,7 +145,7 @@ def open_zip(path: Path) -> Iterator[zipfile.ZipFile]:
         with zipfile.ZipFile(path) as archive:
             yield archive
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
-        raise ValueError(f"{path}: damaged zip archive ({err}). {_REDOWNLOAD}") from err
+        raise ValueError(f"{path}: damaged zip archive ({err}). {REDOWNLOAD}") from err
 
 
 def check_crcs(archive: zipfile.ZipFile, path: Path) -> None:
@@ -160,7 +159,7 @@ def check_crcs(archive: zipfile.ZipFile, path: Path) -> None:
     if damaged is not None:
         raise ValueError(
             f"{path}: the file is corrupted: archive member {damaged!r} does not match the CRC-32 written "
-            f"with it (its bytes changed after torch.save). {_REDOWNLOAD}"
+            f"with it (its bytes changed after torch.save). {REDOWNLOAD}"
         )
 
 
@@ -591,7 +590,7 @@ def load_torch_archive(
         if starts_like_zip:
             raise ValueError(
                 f"{path}: the file is truncated or corrupted: it starts as a zip archive but its end (the zip "
-                f"directory) is missing or unreadable; {path.stat().st_size:,} bytes on disk. {_REDOWNLOAD}"
+                f"directory) is missing or unreadable; {path.stat().st_size:,} bytes on disk. {REDOWNLOAD}"
             )
         raise ValueError(f"{path}: {_not_an_archive(path)}")
     with open_zip(path) as archive:
@@ -619,7 +618,7 @@ def _not_an_archive(path: Path) -> str:
     with open(path, "rb") as f:
         head = f.read(64)
     if not head:
-        return f"the file is empty (0 bytes). {_REDOWNLOAD}"
+        return f"the file is empty (0 bytes). {REDOWNLOAD}"
     if head[:1] == b"\x80":  # a pickle's PROTO opcode
         return (
             "not a zip archive but a legacy (pre-1.6) torch.save pickle, which is not read because the sizes it "
@@ -634,11 +633,11 @@ def _not_an_archive(path: Path) -> str:
     if head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"<":  # after a UTF-8 byte-order mark, if any
         return (
             f"an HTML or XML page ({head.lstrip()[:40]!r}...), not a checkpoint: a download that returned a web "
-            f"page (a sign-in, quota or confirmation page) instead of the file. {_REDOWNLOAD}"
+            f"page (a sign-in, quota or confirmation page) instead of the file. {REDOWNLOAD}"
         )
     return (
         f"neither a torch.save zip archive, a TorchScript archive nor a safetensors file (it starts with "
-        f"{head[:16]!r}). {_REDOWNLOAD}"
+        f"{head[:16]!r}). {REDOWNLOAD}"
     )
 
 
@@ -674,155 +673,17 @@ def read_safetensors_file(path: Path, max_total_bytes: int = MAX_ARCHIVE_BYTES) 
     try:
         return load_file(path, device="cpu")
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-        raise ValueError(f"{path}: damaged safetensors file ({err}). {_REDOWNLOAD}") from err
-
-
-# ---- 4. an official checkpoint file -> a state dict --------------------------------------------------
-
-# Where training checkpoints keep the model's weights beside their other entries (optimizer, iteration, ...).
-_WEIGHT_ENTRIES = ("state_dict", "model", "model_state_dict")
-
-
-def _holds_tensors(value: Any) -> bool:
-    """Whether ``value`` is a dict with a tensor among its values."""
-    return isinstance(value, dict) and any(isinstance(v, torch.Tensor) for v in value.values())
-
-
-def _weights_entry(state: Any, source: str | Path) -> Any:
-    """The model's state dict of a checkpoint: ``state`` itself, or the one entry of `_WEIGHT_ENTRIES` that holds
-    tensors (nested ones too, each dict once); the entries left beside it are named in a warning."""
-    seen = set()
-    while isinstance(state, dict) and not all(isinstance(v, torch.Tensor) for v in state.values()):
-        if id(state) in seen:  # a dict holding itself (a pickle may): no state dict of weights
-            raise ValueError(f"{source}: its entries hold themselves; no state dict of tensors to read.")
-        seen.add(id(state))
-        entries = [k for k in _WEIGHT_ENTRIES if _holds_tensors(state.get(k))]
-        if len(entries) > 1:
-            raise ValueError(
-                f"{source}: holds several state dicts ({', '.join(map(repr, entries))}): save the model's alone, "
-                "e.g. torch.save(checkpoint['model'], path)."
-            )
-        if not entries:
-            break
-        others = sorted(map(str, set(state) - {entries[0]}))
-        if others:
-            logger.warning(
-                f"{source}: converting the weights under {entries[0]!r}; left out: {', '.join(others)}."
-            )
-        state = state[entries[0]]
-    return state
-
-
-def check_state_dict(state: Any, source: str | Path) -> None:
-    """Refuse anything but a dict of string keys to tensors, naming what was found."""
-    if not isinstance(state, dict):
-        raise ValueError(f"{source}: expected a state dict of tensors, got a {type(state).__name__}.")
-    bad_keys = [k for k in state if not isinstance(k, str)]
-    if bad_keys:
-        raise ValueError(
-            f"{source}: expected a state dict with parameter names as keys, got {len(bad_keys)} key(s) of other "
-            f"types: {bad_keys[:10]}."
-        )
-    not_tensors = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
-    if not_tensors:
-        nested = [k for k in not_tensors if isinstance(state[k], dict)]
-        hint = (
-            f" A training checkpoint? Its model's weights may be under {', '.join(map(repr, nested))}: use that "
-            "entry alone."
-            if nested
-            else ""
-        )
-        raise ValueError(
-            f"{source}: expected a state dict of tensors; not tensors: {not_tensors[:10]}.{hint}"
-        )
-
-
-def load_official_checkpoint(
-    path: str | Path, *, max_total_bytes: int = MAX_ARCHIVE_BYTES, max_member_bytes: int = MAX_MEMBER_BYTES
-) -> dict[str, torch.Tensor]:
-    """Read an official checkpoint safely: a ``torch.save`` state dict (`load_torch_archive`:
-    ``weights_only=True``, CPU) or an OpenAI TorchScript CLIP archive (`read_torchscript_archive`; no code runs).
-
-    Before anything is inflated, the sizes the archive declares are checked (see the module docstring):
-    members against ``max_member_bytes`` each and ``max_total_bytes`` in all (defaults 2 GiB / 4 GiB; the
-    official ViT-B/16 checkpoint is ~600 MB), zip-bomb compression ratios, and every tensor view against its
-    storage (no negative, out-of-bounds, broadcast or overlapping view with more elements than its storage).
-    A safetensors file (the official weights re-saved) is read too. The weights under ``"state_dict"``,
-    ``"model"`` or ``"model_state_dict"`` of a training checkpoint are taken (its other entries named in a
-    warning), and a DDP ``module.`` prefix is removed.
-    Raises:
-        FileNotFoundError, or ValueError naming the file and the member or tensor key: a folder, a file that is
-        no checkpoint (empty, a web page, another format), a check failed, the file is truncated or corrupted (a
-        CRC-32 mismatch; a NaN or infinite weight), needs code to unpickle (it is never executed), or is a legacy
-        (non-zip) pickle.
-    """
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(p.name for p in path.iterdir() if p.suffix in (".pth", ".pt", ".bin", ".safetensors"))
-        raise ValueError(
-            f"{path} is a folder: pass the checkpoint file itself"
-            + (f" (this folder holds {', '.join(files[:5])})." if files else ".")
-        )
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if is_safetensors_file(path):
-        state = read_safetensors_file(path, max_total_bytes)
-    elif is_torchscript_archive(path):
-        state = read_torchscript_archive(path, max_total_bytes, max_member_bytes)
-    else:
-        state = load_torch_archive(path, max_total_bytes, max_member_bytes)
-    state = model_state_dict(state, path)
-    check_tensor_views(state, path, max_total_bytes)  # again, on what torch.load built
-    check_finite(state, str(path))
-    return state
-
-
-def model_state_dict(state: Any, source: str | Path) -> dict[str, torch.Tensor]:
-    """The model's weights of a loaded checkpoint (a file's contents or a dict given as such): the entry of a
-    training checkpoint that holds them (`_weights_entry`), checked to be names -> tensors (`check_state_dict`),
-    without a DDP ``module.`` prefix."""
-    state = _weights_entry(state, source)
-    check_state_dict(state, source)
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-    return dict(state)
-
-
-def check_finite(state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Refuse NaN or infinite values in any floating tensor of ``state_dict`` (no trained weight holds one).
-
-    Raises:
-        ValueError: naming ``source`` and every such tensor with its counts.
-    """
-    bad = []
-    for key, value in state_dict.items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            nan = int(torch.isnan(value).sum())
-            inf = int(torch.isinf(value).sum())
-            bad.append(f"{key!r} ({nan:,} NaN, {inf:,} inf of {value.numel():,} values)")
-    if bad:
-        raise ValueError(
-            f"{source}: {len(bad)} tensor(s) hold non-finite values: {', '.join(bad)}. The checkpoint is "
-            f"corrupted or was saved from a diverged training run; it is not converted. {_REDOWNLOAD}"
-        )
+        raise ValueError(f"{path}: damaged safetensors file ({err}). {REDOWNLOAD}") from err
 
 
 __all__ = [
     "MAX_ARCHIVE_BYTES",
-    "MAX_COMPRESSION_RATIO",
     "MAX_MEMBER_BYTES",
-    "MAX_METADATA_BYTES",
-    "check_crcs",
-    "check_finite",
-    "check_state_dict",
+    "REDOWNLOAD",
     "check_tensor_views",
-    "check_view",
-    "check_zip_directory",
     "is_safetensors_file",
     "is_torchscript_archive",
-    "load_official_checkpoint",
     "load_torch_archive",
-    "model_state_dict",
     "read_safetensors_file",
     "read_torchscript_archive",
 ]

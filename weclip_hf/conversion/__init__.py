@@ -7,14 +7,13 @@
 - `config_inference`: a `WeCLIPConfig` / `WeCLIPPlusConfig` from an official state dict's shapes and a preset;
 - `convert_weclip`: the whole state dict both ways (WeCLIP and WeCLIP+), checked against a config, and
   `convert_official_checkpoint`, the end-to-end conversion;
-- `report`: the `ConversionReport` of what became of every key.
-
-Checkpoint files are read by `weclip_hf.safe_loading.load_official_checkpoint` (no code of the file runs,
-declared sizes are checked before anything is read).
+- `report`: the `ConversionReport` of what became of every key;
+- `checkpoint_file`: an official checkpoint file -> its model's state dict (`load_official_checkpoint`), the file
+  read by `weclip_hf.safe_loading` (no code of it runs, declared sizes are checked before anything is read).
 """
 
 from ..configuration_weclip_plus import dino_variant_name
-from ..safe_loading import load_official_checkpoint
+from .checkpoint_file import load_official_checkpoint
 from .config_inference import (
     OFFICIAL_PRESETS,
     infer_clip_configs,

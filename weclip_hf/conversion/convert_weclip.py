@@ -13,7 +13,7 @@ from transformers.utils import logging as hf_logging
 from ..configuration_weclip import WeCLIPConfig
 from ..configuration_weclip_plus import WeCLIPPlusConfig
 from ..model_loading import public_source_name
-from ..safe_loading import check_finite, load_official_checkpoint, model_state_dict
+from .checkpoint_file import check_finite, load_official_checkpoint, model_state_dict
 from .config_inference import (
     build_config,
     check_checkpoint_method,
