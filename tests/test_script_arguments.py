@@ -11,11 +11,11 @@ import sys
 import pytest
 from conftest import FAST, TRAIN, example_module, make_tiny_config, train_in_process, train_module
 
-from weclip_hf.checkpointing import TRAINING_ARGS_NAME
+from weclip_hf.checkpointing import TRAINING_ARGS_NAME, differences
 from weclip_hf.presets import get_preset
 from weclip_hf.run_signals import exit_status
 from weclip_hf.script_arguments import check_model_argument, first_paragraph
-from weclip_hf.trajectory import changed_trajectory_args, trajectory_args
+from weclip_hf.trajectory import trajectory_args, trajectory_label
 
 generate_pseudo_labels = example_module("generate_pseudo_labels")
 segment = example_module("segment")
@@ -285,6 +285,11 @@ def test_evaluate_refuses_a_missing_model_folder_before_loading_anything():
 
 
 # ---- resume -----------------------------------------------------------------------------------------
+
+
+def changed_trajectory_args(saved: dict, args, accelerator=None) -> list[str]:
+    """``--flag old -> new`` for each trajectory argument (launch fact) that a resume of ``saved`` would refuse."""
+    return differences(saved, trajectory_args(args, accelerator), trajectory_label)
 
 
 def test_changed_trajectory_arguments_are_listed_and_free_ones_ignored():

@@ -21,7 +21,6 @@ from .checkpointing import (
     TrainingState,
     check_unchanged,
     comparable_path,
-    differences,
     read_training_state,
     save_checkpoint,
 )
@@ -120,17 +119,6 @@ def trajectory_args(args: argparse.Namespace, accelerator: Accelerator | None = 
     if accelerator is not None:
         values.update({key: str(getattr(accelerator, key)) for key in LAUNCH_FACTS})
     return json.loads(json.dumps(values))
-
-
-def changed_trajectory_args(
-    saved: dict,
-    args: argparse.Namespace,
-    accelerator: Accelerator | None = None,
-    skip: frozenset = frozenset(),
-) -> list[str]:
-    """``--flag old -> new`` for each trajectory argument of ``args`` (and launch fact of ``accelerator``) that
-    differs from ``saved`` (a checkpoint's), but those in ``skip`` (compared by their resolved values)."""
-    return differences(saved, trajectory_args(args, accelerator), trajectory_label, skip)
 
 
 def trajectory_label(key: str) -> str:
