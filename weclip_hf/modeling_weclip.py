@@ -129,9 +129,6 @@ class WeCLIPSemanticSegmenterOutput(SemanticSegmenterOutput):
 # --------------------------------------------------------------------------------------------------
 # Pretrained-model base
 
-# Weights a CLIP checkpoint cannot hold: `from_clip` initializes them, any other load must find them.
-_FRESH_IN_CLIP_CHECKPOINT = re.compile(r"^decoder\.|_text_embeds$|^training_step$")
-
 
 def _outside_inference_mode(forward):
     """Run ``forward`` under `torch.no_grad` instead of `torch.inference_mode`: the pseudo labels' GradCAM takes
@@ -294,7 +291,6 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
 
     _FROZEN = ("vision_model", "text_model", "visual_projection", "text_projection")
     _TRAINED = ("decoder",)  # modules `_init_weights` initializes with the decoder rule
-    _fresh_in_clip_checkpoint = _FRESH_IN_CLIP_CHECKPOINT  # what `from_clip` may find missing
     _from_backbones = "from_clip"  # the constructor from pretrained backbones (named in errors)
 
     def __init__(self, config: WeCLIPConfig):
@@ -388,6 +384,13 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
         return (model, info) if want_info else model
 
     @classmethod
+    def _fresh_in_clip_checkpoint(cls) -> re.Pattern:
+        """The weights a CLIP checkpoint cannot hold, which `from_clip` initializes (any other load must find
+        them): the trained modules' (`_TRAINED`), the text embeddings and the training step counter."""
+        trained = "|".join(map(re.escape, cls._TRAINED))
+        return re.compile(rf"^({trained})\.|_text_embeds$|^training_step$")
+
+    @classmethod
     def _added_by_subclass(cls) -> re.Pattern | None:
         """The weights of the trained modules a user's subclass adds (the names in its ``_TRAINED`` beyond those
         of the weclip-hf class it derives from): no saved WeCLIP folder or backbone checkpoint holds them, so they
@@ -439,7 +442,7 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
             model, info = cls._load_checked(
                 clip_name_or_path,
                 config=config,
-                allowed_missing=cls._fresh_in_clip_checkpoint,
+                allowed_missing=cls._fresh_in_clip_checkpoint(),
                 output_loading_info=True,
                 **loading,
             )

@@ -14,7 +14,6 @@ loading and freezing, the pseudo-label stages, PAR, the losses) with what WeCLIP
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
@@ -114,7 +113,6 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
     config: WeCLIPPlusConfig
     config_class = WeCLIPPlusConfig
     _TRAINED = ("decoder", "dino_branch")
-    _fresh_in_clip_checkpoint = re.compile(r"^decoder\.|^dino_branch\.|_text_embeds$|^training_step$")
     _from_backbones = "from_clip_and_dino"
     _no_split_modules = [
         *WeCLIPForSemanticSegmentation._no_split_modules,
