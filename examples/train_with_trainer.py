@@ -63,7 +63,7 @@ from weclip_hf.presets import (
     processor_size,
     with_class_names,
 )
-from weclip_hf.run_folder import claim_output_dir, remove_previous_run
+from weclip_hf.run_folder import TRAINER_CHECKPOINTS, claim_output_dir, remove_previous_run
 from weclip_hf.script_arguments import (
     CLASS_NAMES_HELP,
     CONFIG_OVERRIDES_HELP,
@@ -252,7 +252,12 @@ def main(argv=None) -> dict:
     output_dir = Path(training_args.output_dir)
     resume = checkpoint_to_resume(training_args)
     previous_run = claim_output_dir(
-        output_dir, training_args.resume_from_checkpoint, args.overwrite_output_dir, "checkpoint-*"
+        output_dir,
+        training_args.resume_from_checkpoint,
+        args.overwrite_output_dir,
+        TRAINER_CHECKPOINTS,
+        tracker_dirs=("runs",),  # TensorBoardCallback's events: <output_dir>/runs/<time>_<host>
+        results=("eval_results.json",),
     )
     recorded = trajectory(args, training_args)
     label = lambda key: "processes (world_size)" if key == "world_size" else f"--{key}"  # noqa: E731

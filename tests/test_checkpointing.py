@@ -22,7 +22,13 @@ from weclip_hf.checkpointing import (
     prune_checkpoints,
     save_checkpoint,
 )
-from weclip_hf.run_folder import claim_output_dir, lock_output_dir, remove_previous_run, truncate_log
+from weclip_hf.run_folder import (
+    TRAINER_CHECKPOINTS,
+    claim_output_dir,
+    lock_output_dir,
+    remove_previous_run,
+    truncate_log,
+)
 
 
 class Payload:
@@ -484,6 +490,48 @@ def test_claim_output_dir_refuses_a_finished_run_to_a_checkpoint_of_another_fold
     previous = claim_output_dir(run, str(other / "step_4"), overwrite=True, tracker_dirs=("weclip",))
     remove_previous_run(previous)
     assert sorted(p.name for p in run.iterdir()) == ["model.safetensors"]
+
+
+def test_overwriting_a_run_removes_its_checkpoints_and_results_only(tmp_path):
+    """--overwrite_output_dir removed every folder named step_* (a user's step_by_step_notes/ included), and the
+    Trainer script's left the old run's eval_results.json and TensorBoard events beside the new model."""
+    run = tmp_path / "run"
+    for name in (
+        "step_2",
+        "step_4.tmp",
+        "step_3.old",
+        "step_1.removing",
+        "step_by_step_notes",
+        "checkpoint-3",
+    ):
+        (run / name).mkdir(parents=True)
+    (run / "step_notes.txt").write_text("mine")
+    (run / "train_log.jsonl").write_text('{"step": 4}\n')
+    with pytest.raises(FileExistsError, match=r"holds checkpoints of a previous run \(step_3.old, step_4.tmp, "
+                       r"step_1.removing\)\."):  # fmt: skip
+        claim_output_dir(run, resume_from=None, overwrite=False)
+    remove_previous_run(claim_output_dir(run, resume_from=None, overwrite=True))
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint-3", "step_by_step_notes", "step_notes.txt"]
+
+    trainer_run = tmp_path / "trainer_run"
+    for name in ("checkpoint-3", "tmp-checkpoint-5", "checkpoint_notes", "runs/Dec06_20-33-44_vm", "step_2"):
+        (trainer_run / name).mkdir(parents=True)
+    for name in ("model.safetensors", "eval_results.json", "README.md"):
+        (trainer_run / name).write_text("{}")
+    trainer = {
+        "checkpoints": TRAINER_CHECKPOINTS,
+        "tracker_dirs": ("runs",),
+        "results": ("eval_results.json",),
+    }
+    with pytest.raises(FileExistsError, match=r"holds a finished run: its trained model \(model.safetensors, "
+                       r"eval_results.json\) and checkpoints \(checkpoint-3, tmp-checkpoint-5\)"):  # fmt: skip
+        claim_output_dir(trainer_run, resume_from=None, overwrite=False, **trainer)
+    remove_previous_run(claim_output_dir(trainer_run, resume_from=None, overwrite=True, **trainer))
+    assert sorted(p.name for p in trainer_run.iterdir()) == [
+        "checkpoint_notes",
+        "model.safetensors",
+        "step_2",
+    ]
 
 
 def test_truncate_log_keeps_the_steps_up_to_the_checkpoint_and_drops_a_cut_line(tmp_path):

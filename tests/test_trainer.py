@@ -292,7 +292,10 @@ def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch, capsy
     assert recorded["learning_rate"] == 1e-3 and recorded["max_steps"] == 2 and recorded["seed"] == 0
     # a second run into the folder would replace the model and keep the old checkpoints beside its own: refused
     again = ["--output_dir", tmp_path, "--max_steps", 1, "--seed", 5]
-    with pytest.raises(FileExistsError, match=r"holds checkpoints of a previous run \(checkpoint-2\)"):
+    finished = (
+        r"holds a finished run: its trained model \(model.safetensors, eval_results.json\) and checkpoints"
+    )
+    with pytest.raises(FileExistsError, match=finished + r" \(checkpoint-2\)\. It is complete"):
         run_script(script, *again)
     shutil.copytree(tmp_path, tmp_path.parent / "resumed")  # for the resume below
     run_script(script, *again, "--overwrite_output_dir")

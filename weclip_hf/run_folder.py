@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,8 +83,13 @@ def output_dir_held(output_dir: Path):
             shutil.rmtree(output_dir, ignore_errors=True)
 
 
-# what a finished run of examples/train.py leaves in its output folder besides its step_N checkpoints
-FINISHED_RUN_FILES = ("model.safetensors", "metrics.json", "train_log.jsonl")
+# what a finished run of examples/train.py leaves in its output folder besides its model (model.safetensors) and its
+# step_N checkpoints: its results (`claim_output_dir`'s ``results``)
+RUN_RESULTS = ("metrics.json", "train_log.jsonl")
+# the folders a run's checkpoints occupy: train.py's step_N (step_N.tmp / .old / .removing: a save or a removal cut
+# short), `Trainer`'s checkpoint-N (tmp-checkpoint-N while it is written); a user's step_notes/ is none of them
+STEP_CHECKPOINTS = re.compile(r"step_\d+(\.(tmp|old|removing))?")
+TRAINER_CHECKPOINTS = re.compile(r"(tmp-)?checkpoint-\d+")
 # what else a run writes there, replacing what the folder holds under those names (a user's own notes included)
 RUN_WRITES = ("README.md", "config.json", "preprocessor_config.json", "overlays", ".lock")
 OVERWRITE_AND_RESUME = (
@@ -104,25 +110,27 @@ def claim_output_dir(
     output_dir: Path,
     resume_from: str | None,
     overwrite: bool,
-    checkpoints: str = "step_*",
+    checkpoints: re.Pattern = STEP_CHECKPOINTS,
     tracker_dirs: tuple[str, ...] = (),
+    results: tuple[str, ...] = RUN_RESULTS,
 ) -> list[Path]:
     """Check that ``output_dir`` may take this run (examples/train.py: created and locked by `lock_output_dir`);
     returns what `remove_previous_run` removes once the run is set up. A run that is not continued from a
     checkpoint of this folder (``resume_from``, ``--resume_from_checkpoint``: see `resumes_in_place`; a fresh run,
     or one resumed from another folder's checkpoint) refuses a folder that holds a previous run's checkpoints (the
-    folders matching ``checkpoints``: train.py's ``step_N``, `Trainer`'s ``checkpoint-*``) or results (its model,
-    metrics or log: they would be replaced without a word and the logs mixed) unless ``overwrite``
-    (``--overwrite_output_dir``): then the checkpoints, log, metrics, overlays and the folders its trackers wrote
-    (``tracker_dirs``, e.g. TensorBoard's event files: two runs would show as one curve) are to be removed (the
-    model files are replaced at the end; ``--model_name_or_path`` may be this folder's model)."""
+    folders whose names match ``checkpoints``: `STEP_CHECKPOINTS`, `TRAINER_CHECKPOINTS`) or results (its model and
+    ``results``, e.g. metrics and log: they would be replaced without a word and the logs mixed) unless
+    ``overwrite`` (``--overwrite_output_dir``): then the checkpoints, results, overlays, card and the folders its
+    trackers wrote (``tracker_dirs``, e.g. TensorBoard's event files: two runs would show as one curve) are to be
+    removed (the model files are replaced at the end; ``--model_name_or_path`` may be this folder's model)."""
     in_place = resumes_in_place(output_dir, resume_from)
     if in_place and overwrite:
         raise ValueError(OVERWRITE_AND_RESUME)
-    checkpoint_names = [p.name for p in output_dir.glob(checkpoints)]
-    check_no_links(output_dir, (*FINISHED_RUN_FILES, *RUN_WRITES, *tracker_dirs, *checkpoint_names))
-    old = sorted((p for p in output_dir.glob(checkpoints) if p.is_dir()), key=lambda p: (len(p.name), p.name))
-    finished = [name for name in FINISHED_RUN_FILES if (output_dir / name).exists()]
+    named = [p for p in output_dir.iterdir() if checkpoints.fullmatch(p.name)] if output_dir.is_dir() else []
+    finished_files = ("model.safetensors", *results)
+    check_no_links(output_dir, (*finished_files, *RUN_WRITES, *tracker_dirs, *(p.name for p in named)))
+    old = sorted((p for p in named if p.is_dir()), key=lambda p: (len(p.name), p.name))
+    finished = [name for name in finished_files if (output_dir / name).exists()]
     replaced = [name for name in RUN_WRITES[:3] if (output_dir / name).exists()]
     if in_place or not (old or finished or replaced):
         return []
@@ -131,8 +139,8 @@ def claim_output_dir(
         held = f"checkpoints of a previous run ({names})" if old else ""
         held = held or (f"a previous run's results ({', '.join(finished)})" if finished else "")
         held = held or f"files that a run writes, which it would replace ({', '.join(replaced)})"
-        # examples/train.py's model and metrics: written once its training is done and evaluated
-        trained = old and {"model.safetensors", "metrics.json"} <= set(finished)
+        # the model and the results (train.py's metrics): written once the training is done and evaluated
+        trained = old and {"model.safetensors", results[0]} <= set(finished)
         if resume_from is not None:
             hint = (
                 f"--resume_from_checkpoint {resume_from} is a checkpoint of another folder: resume it into a new "
@@ -156,8 +164,7 @@ def claim_output_dir(
     return [
         *old,
         output_dir / "overlays",
-        output_dir / "train_log.jsonl",
-        output_dir / "metrics.json",
+        *(output_dir / name for name in results),
         # the old run's card: with it, a run cut off before writing its own would look complete
         output_dir / "README.md",
         *trackers,
