@@ -326,11 +326,12 @@ def test_prune_keeps_the_newest_and_the_one_just_written_and_never_touches_what_
     (_copy_checkpoint(path, 0) / "optimizer.bin").write_bytes((path / "optimizer.bin").read_bytes()[:100])
     shutil.copytree(path, run / "step_6.tmp")
     shutil.copytree(path, run / "step_7.removing")  # a removal a kill cut short: finished now
+    (run / "step_notes.removing").mkdir()  # a user's folder of that shape: no checkpoint, kept
     messages = []
     removed = prune_checkpoints(run, 2, run / "step_4", log=messages.append)
     assert removed == ["step_3", "step_2", "step_1"]
     left = sorted(p.name for p in run.iterdir())
-    assert left == ["step_0", "step_4", "step_5", "step_6.tmp", "step_8", "step_9"]
+    assert left == ["step_0", "step_4", "step_5", "step_6.tmp", "step_8", "step_9", "step_notes.removing"]
     assert (elsewhere / "model.safetensors").is_file() and secret.read_text() == "keep"
     assert messages[-1] == "removed checkpoints step_3, step_2, step_1 (--checkpoints_total_limit 2)"
     assert any(m.startswith("Note: step_0 is left") and "optimizer.bin" in m for m in messages)

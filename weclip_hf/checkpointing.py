@@ -300,8 +300,12 @@ def prune_checkpoints(output_dir: Path, limit: int, written: Path, log=print) ->
             f"--checkpoints_total_limit must be at least 1 (the checkpoint just written), got {limit}; leave it out "
             "to keep every checkpoint."
         )
-    for leftover in output_dir.glob("step_*.removing"):  # a removal a kill cut short
-        if leftover.is_dir() and not leftover.is_symlink():
+    for leftover in output_dir.glob("step_*.removing"):  # a removal a kill cut short (step_N.removing only)
+        if (
+            leftover.is_dir()
+            and not leftover.is_symlink()
+            and checkpoint_step(leftover.with_suffix("")) is not None
+        ):
             shutil.rmtree(leftover, ignore_errors=True)
     others = [p for p in reversed(checkpoint_folders(output_dir)) if p.name != written.name]
     kept, removed = 1, []
