@@ -1,4 +1,5 @@
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +17,7 @@ from weclip_hf.inference import (
     upsampled_labels,
     upsampling_size,
 )
-from weclip_hf.presets import EvaluationSettings
+from weclip_hf.presets import get_preset
 
 
 @torch.no_grad()
@@ -37,9 +38,11 @@ def test_image_pseudo_labels_match_the_model_and_crop_padded_tiny_images(tiny_mo
 class RecordingModel(torch.nn.Module):
     """Logits: a 2 x 2 average pool of the first two channels (varying in space); records the input sizes."""
 
-    def __init__(self, patch_size: int = 4):
+    def __init__(self, patch_size: int = 4, preset: str = "voc"):
         super().__init__()
-        self.config = SimpleNamespace(vision_config=SimpleNamespace(patch_size=patch_size))
+        self.config = SimpleNamespace(
+            vision_config=SimpleNamespace(patch_size=patch_size), training_preset=preset
+        )
         self.sizes, self.inputs = [], []
 
     def forward(self, pixel_values):
@@ -48,11 +51,37 @@ class RecordingModel(torch.nn.Module):
         return SimpleNamespace(logits=F.avg_pool2d(pixel_values[:, :2], 2))
 
 
-def test_multiscale_flip_runs_the_evaluation_scales_by_default():
-    model = RecordingModel()
-    multiscale_flip_logits(model, torch.rand(1, 3, 32, 40))
-    expected = [(round(32 * s), round(40 * s)) for s in EvaluationSettings.msf_scales]
-    assert EvaluationSettings.msf_scales == (1.0, 0.75) and model.sizes == expected
+@pytest.mark.parametrize("preset", ["voc", "voc-plus", "toy"])
+def test_multiscale_flip_runs_the_models_evaluation_scales_by_default(preset):
+    """The default was WeCLIP's VOC scales (1.0, 0.75) for every model: a WeCLIP+ model's are 1.0 and 1.5, the toy
+    world's 1.0 and 1.125, as examples/evaluate.py and segment.py run them."""
+    model = RecordingModel(preset=preset)
+    multiscale_flip_logits(model, torch.rand(1, 3, 32, 40), flip=False)
+    scales = get_preset(preset).evaluation.msf_scales
+    assert scales == {"voc": (1.0, 0.75), "voc-plus": (1.0, 1.5), "toy": (1.0, 1.125)}[preset]
+    assert model.sizes == [(int(32 * s), int(40 * s)) for s in scales]
+
+
+def test_multiscale_flip_refuses_impossible_scales_and_names_the_input_as_given():
+    """Scales of -2 or 0 ran the model on a one-pixel image (logits constant in space), [] and 1.0 failed with
+    Python's TypeErrors; a channels-last input was named by its shape after the flip and padding."""
+    model, image = RecordingModel(), torch.rand(1, 3, 32, 40)
+    for scales in ([-2.0], [0.0], [], [1.0, float("nan")], [1.0, "0.5"]):
+        with pytest.raises(
+            ValueError, match=re.escape(f"scales must be one or more finite numbers > 0, got {scales}")
+        ):
+            multiscale_flip_logits(model, image, scales=scales)
+    with pytest.raises(
+        TypeError, match=r"scales must be a sequence of numbers, e\.g\. \(1\.0, 0\.75\), got 1\.0\."
+    ):
+        multiscale_flip_logits(model, image, scales=1.0)
+    with pytest.raises(
+        ValueError, match=r"pixel_values must have shape \[B, 3, H, W\], got \(1, 32, 40, 3\) \(channels last"
+    ):
+        multiscale_flip_logits(model, image.permute(0, 2, 3, 1))
+    with pytest.raises(TypeError, match="pixel_values must be a torch.Tensor, got ndarray"):
+        multiscale_flip_logits(model, image.numpy())
+    assert model.sizes == []
 
 
 def test_multiscale_resizes_by_scale_factor_as_the_official_code():

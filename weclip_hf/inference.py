@@ -3,13 +3,15 @@ multi-scale + flip logits (DESIGN Part 1)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .chunking import is_capturing_graph
-from .presets import EvaluationSettings
+from .input_checks import check_inputs
+from .presets import evaluation_of_config
 
 # upsampled float32 class planes `upsampled_labels` holds at once: labels of large images without all their classes
 # at the full size (a 24 MP image: 96 MB a class, 7.8 GB for COCO's 81); small images take all classes at once
@@ -206,17 +208,21 @@ def resize_label_maps(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tens
 def multiscale_flip_logits(
     model: torch.nn.Module,
     pixel_values: torch.Tensor,
-    scales: Sequence[float] = EvaluationSettings.msf_scales,
+    scales: Sequence[float] | None = None,
     flip: bool = True,
 ) -> torch.Tensor:
     """Multi-scale + flip logits on the scale-1 logit grid: [B, K, h, w].
 
+    ``scales``: finite numbers > 0; default: the evaluation scales of the model's preset (`evaluation_of_config`:
+    WeCLIP on VOC 1.0 and 0.75, WeCLIP+ 1.0 and 1.5), those examples/evaluate.py and segment.py run.
     For each scale the image is resized bilinearly by ``scale_factor=s`` to (int(s*H), int(s*W)); the logits of
     the image and of its horizontal flip (flipped back) are averaged (what the official `validate()` computes, as
     the parity reference shows: summing them would double the logits); each scale's logits are resized bilinearly
     to the scale-1 logit grid and the scales are averaged there. Upsample the result to the label size and take the
     argmax for predictions (`WeCLIPImageProcessor.post_process_semantic_segmentation`).
     """
+    check_inputs(model.config, pixel_values, None, None)  # as given, before the flip doubles the batch
+    scales = evaluation_of_config(model.config).msf_scales if scales is None else checked_scales(scales)
     height, width = pixel_values.shape[-2:]
     patch = model.config.vision_config.patch_size
     grid = (max(1, height // patch), max(1, width // patch))  # the scale-1 logit grid
@@ -239,3 +245,17 @@ def multiscale_flip_logits(
             logits = F.interpolate(logits, size=grid, mode="bilinear", align_corners=False)
         total = logits if total is None else total + logits
     return total / len(scales)
+
+
+def checked_scales(scales: Iterable[float]) -> tuple[float, ...]:
+    """``scales`` as a tuple, refusing a single number, none, or one that is not a finite number > 0 (a scale of
+    -2 or 0 ran the model on a one-pixel image: logits constant in space)."""
+    if isinstance(scales, (int, float, str)) or not isinstance(scales, Iterable):
+        raise TypeError(f"scales must be a sequence of numbers, e.g. (1.0, 0.75), got {scales!r}.")
+    scales = tuple(scales)
+    finite = [
+        isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in scales
+    ]
+    if not scales or not all(finite):
+        raise ValueError(f"scales must be one or more finite numbers > 0, got {list(scales)}.")
+    return scales
