@@ -295,6 +295,29 @@ def test_unknown_or_misspelled_options_raise_naming_them():
         WeCLIPImageProcessor(rescale_factor=-1.0)
 
 
+def test_device_moves_the_returned_tensors_per_call(tmp_path):
+    """transformers' processors take ``device`` per call (``processor(images, return_tensors="pt", device="cuda")``):
+    it was refused as unknown. It moves pixel_values and labels; it is no setting (given at loading, it was dropped
+    without a word: refused, naming the per-call option; the pipeline's own is its business)."""
+    proc = WeCLIPImageProcessor(patch_size=8)
+    plain = proc(_image(), segmentation_maps=np.zeros((30, 40), np.int64))
+    moved = proc(_image(), segmentation_maps=np.zeros((30, 40), np.int64), return_tensors="pt", device="meta")
+    assert {moved.pixel_values.device.type, moved.labels.device.type} == {"meta"}
+    assert (moved.pixel_values.shape, moved.labels.shape) == (plain.pixel_values.shape, plain.labels.shape)
+    with pytest.raises(ValueError, match=r"device='cpu' moves the returned torch tensors: give return_tensors='pt' "
+                       r"with it \(got return_tensors='np'\)\."):  # fmt: skip
+        proc(_image(), return_tensors="np", device="cpu")
+    with pytest.raises(
+        TypeError, match=r"WeCLIPImageProcessor.__init__ got unknown argument\(s\) \['device'\]"
+    ):
+        WeCLIPImageProcessor(device="cpu")
+    proc.save_pretrained(tmp_path)
+    assert "device" not in json.loads((tmp_path / "preprocessor_config.json").read_text())
+    with pytest.raises(TypeError, match=r"from_pretrained got device='cpu': the processor keeps no device; give it "
+                       r"per call, processor\(images, return_tensors='pt', device=...\)\."):  # fmt: skip
+        AutoImageProcessor.from_pretrained(tmp_path, device="cpu")
+
+
 def test_every_option_survives_save_and_load(tmp_path):
     options = dict(
         do_resize=True,

@@ -68,11 +68,15 @@ class WeCLIPImageProcessorKwargs(TypedDict, total=False):
     do_pad: bool
     ignore_index: int
     patch_size: int
+    device: str | torch.device | None
 
 
 _CALL_OPTIONS = tuple(k for k in WeCLIPImageProcessorKwargs.__annotations__ if k != "patch_size")
-# data_format is per call only: the saved settings feed the model (pipeline, Trainer), which takes channels first
-_INIT_OPTIONS = tuple(k for k in WeCLIPImageProcessorKwargs.__annotations__ if k != "data_format")
+# per call only: data_format (the saved settings feed the model, pipeline and Trainer, which take channels first) and
+# device (where the returned tensors go; `from_dict` takes none)
+_INIT_OPTIONS = tuple(
+    k for k in WeCLIPImageProcessorKwargs.__annotations__ if k not in ("data_format", "device")
+)
 _SIZE_FORMS = ({"longest_edge"}, {"shortest_edge"}, {"height", "width"})
 # keys transformers writes into preprocessor_config.json next to the settings (or older versions wrote), which
 # loading passes back to the constructor
@@ -88,7 +92,7 @@ def processor_settings(config) -> dict[str, int]:
 
 # keywords of transformers' loaders that reach `from_dict` without being processor options: dropped, as transformers
 # drops them (``trust_remote_code=True`` given to the class itself, ``use_fast`` / ``backend`` of the fast processors)
-_LOADER_KEYWORDS = frozenset({"trust_remote_code", "use_fast", "backend", "device"})
+_LOADER_KEYWORDS = frozenset({"trust_remote_code", "use_fast", "backend"})
 
 
 def _public(kwargs: dict) -> dict:
@@ -311,6 +315,14 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         given: WeCLIP does not crop, and that size alone would shrink its inputs far below the 512 px it is
         evaluated at."""
         _refuse_cropping_size(cls.__name__, image_processor_dict, kwargs)
+        device = kwargs.pop(
+            "device", None
+        )  # a per-call option: the pipeline passes its own, which it applies
+        if device is not None and "_from_pipeline" not in kwargs:
+            raise TypeError(
+                f"{cls.__name__}.from_pretrained got device={device!r}: the processor keeps no device; give it per "
+                "call, processor(images, return_tensors='pt', device=...)."
+            )
         known = (*_INIT_OPTIONS, *_CONFIG_METADATA)
         foreign = {k: v for k, v in image_processor_dict.items() if k not in known}
         foreign.update({k: kwargs.pop(k) for k in list(kwargs) if k in foreign})  # overrides of those keys
@@ -366,6 +378,12 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             for name in _CALL_OPTIONS
         }
         opts["data_format"] = overrides.get("data_format") or ChannelDimension.FIRST  # per call only
+        opts["device"] = overrides.get("device")
+        if opts["device"] is not None and opts["return_tensors"] != "pt":
+            raise ValueError(
+                f"device={opts['device']!r} moves the returned torch tensors: give return_tensors='pt' with it "
+                f"(got return_tensors={opts['return_tensors']!r})."
+            )
         for name in ("do_resize", "do_rescale", "do_normalize", "do_convert_rgb", "do_pad"):
             opts[name] = _check_bool(name, opts[name])
         opts["size"] = self._check_size(opts["size"])
@@ -434,6 +452,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         return_tensors: str | None = None,
         do_pad: bool | None = None,
         ignore_index: int | None = None,
+        device: str | torch.device | None = None,
         **kwargs,
     ) -> BatchFeature:
         """Images (one, a list, or a 4-D array/tensor batch) and optional ``segmentation_maps`` (integer class-id
@@ -441,7 +460,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         ``pixel_values`` [B, C, H', W'] float32 ([B, H', W', C] with ``data_format="channels_last"``; and
         ``labels`` [B, H', W'] int64, resized with nearest neighbour, padding
         ``ignore_index``). Options default to the instance's settings; all images of a batch must end up the same
-        size."""
+        size. ``device`` (with ``return_tensors="pt"``): where the returned tensors go."""
         opts = self._resolve(
             do_resize=do_resize,
             size=size,
@@ -456,6 +475,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             return_tensors=return_tensors,
             do_pad=do_pad,
             ignore_index=ignore_index,
+            device=device,
             **kwargs,
         )
         images, single = image_list(images)
@@ -504,7 +524,8 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             data["labels"] = F.pad(labels, pad, value=opts["ignore_index"])
         if opts["return_tensors"] == "np":
             data = {k: v.numpy() for k, v in data.items()}
-        return BatchFeature(data=data, tensor_type=opts["return_tensors"])
+        batch = BatchFeature(data=data, tensor_type=opts["return_tensors"])
+        return batch if opts["device"] is None else batch.to(opts["device"])
 
     @staticmethod
     def _resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
