@@ -52,6 +52,7 @@ from weclip_hf.data.loading import (
 )
 from weclip_hf.data.toy import default_clip_model
 from weclip_hf.data.transforms import TrainAugmentation
+from weclip_hf.hub import publish_folder
 from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.modeling_weclip_plus import model_from_backbones
 from weclip_hf.normalization import PixelNormalization
@@ -355,7 +356,9 @@ def main(argv=None) -> dict:
     ):  # --overwrite_output_dir, once the data and model load
         remove_previous_run(previous_run)
     trainer.train(resume_from_checkpoint=resume)
-    trainer.save_model(training_args.output_dir)
+    # saved before the evaluation (which casts it with --fp16_full_eval), not pushed (as save_model does with
+    # --push_to_hub): the push below publishes it with the card and figures of that evaluation
+    trainer.save_model(training_args.output_dir, _internal_call=True)
     results = {}
     if val_set is not None:
         results = trainer.evaluate()  # the model as saved (with load_best_model_at_end, the best one)
@@ -366,6 +369,15 @@ def main(argv=None) -> dict:
     if results and trainer.is_world_process_zero():
         (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         print(json.dumps(results, indent=2))
+    if training_args.push_to_hub and trainer.is_world_process_zero():
+        # one commit of the allowed files (`publishable_files`): the model, its card, eval_results.json
+        publish_folder(
+            output_dir,
+            trainer.hub_model_id,  # the full id of the repository the trainer created
+            token=training_args.hub_token,
+            revision=training_args.hub_revision,
+            commit_message="End of training",
+        )
     return results
 
 

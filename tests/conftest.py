@@ -144,6 +144,14 @@ class CharTokenizer:
         return {"input_ids": ids, "attention_mask": (ids != 1).long()}
 
 
+def created_repo(api, repo_id: str, **kwargs):
+    """A stand-in for ``HfApi.create_repo``: the repository ``repo_id``, the user "me"'s for a name given
+    without a user (the Hub answers the full id)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(repo_id=repo_id if "/" in repo_id else f"me/{repo_id}")
+
+
 def require_data(path: Path, what: str) -> Path:
     """``path`` when it exists; else skip the test with the reason (shown in the summary with ``-rs``), or fail it
     when ``WECLIP_STRICT_TEST_DATA=1`` (CI sets it, so CI cannot go green on skipped data tests)."""

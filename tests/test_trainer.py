@@ -6,11 +6,12 @@ import json
 import math
 import shutil
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import ROOT, torchrun
+from conftest import ROOT, created_repo, torchrun
 from transformers import Trainer, TrainingArguments
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
@@ -447,6 +448,57 @@ def test_train_with_trainer_refuses_evaluation_without_a_validation_split(tmp_pa
         ValueError, match="the dataset has no validation split: name one .*--eval_strategy no"
     ):
         run_script(script, *argv, "--eval_steps", 1)
+
+
+def fake_hub(monkeypatch) -> list[dict]:
+    """Stubs the Hub's create_repo (`conftest.created_repo`: a name without a user is the user "me"'s) and
+    upload_folder; returns the commits, each as its repository, message and the text of each file it holds
+    (None for a binary file)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import filter_repo_objects
+
+    commits = []
+
+    def upload_folder(
+        self, *, repo_id, folder_path, commit_message, allow_patterns=None, ignore_patterns=None, **kw
+    ):
+        folder = Path(folder_path)
+        found = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+        files = filter_repo_objects(found, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns)
+        texts = {f: (folder / f).read_text() if f.endswith((".md", ".json")) else None for f in files}
+        commits.append({"repo_id": repo_id, "message": commit_message, "files": texts})
+        return SimpleNamespace(done=lambda: True)
+
+    monkeypatch.setattr(HfApi, "create_repo", created_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return commits
+
+
+def test_train_with_trainer_pushes_the_final_model_card_and_figures_in_one_commit(tmp_path, monkeypatch):
+    """save_model pushed a "Model save" commit before the final evaluation: the published card said "No
+    evaluation was run." and eval_results.json was never published. One commit after the evaluation holds the
+    model, the card with its figures and eval_results.json, and none of the folder's other files
+    (training_args.bin)."""
+    commits = fake_hub(monkeypatch)
+    script = trainer_script(monkeypatch)
+    flags = ["--max_steps", 1, "--save_strategy", "no", "--toy_train_images", 8, "--toy_val_images", 2]
+    results = run_script(
+        script, "--output_dir", tmp_path, *flags, "--push_to_hub", "--hub_model_id", "me/toy"
+    )
+    assert [(c["repo_id"], c["message"]) for c in commits] == [("me/toy", "End of training")]
+    files = commits[0]["files"]
+    assert sorted(f for f in files if not f.endswith(".py")) == [
+        "README.md",
+        "config.json",
+        "eval_results.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+    ]
+    assert {"configuration_weclip.py", "modeling_weclip.py"} <= set(files)  # the code auto_map loads
+    assert (tmp_path / "training_args.bin").is_file()  # saved, not published
+    assert json.loads(files["eval_results.json"]) == results
+    assert f"| miou | {results['eval_miou']:.4f} |" in files["README.md"]
+    assert files["README.md"] == (tmp_path / "README.md").read_text()
 
 
 def test_trainer_trains_weclip_plus_heads_and_keeps_both_backbones_frozen(tmp_path):

@@ -23,8 +23,9 @@ from .model_loading import hub_id_or_none
 
 logger = hf_logging.get_logger(__name__)
 
-# What a model repository may hold. Everything else in a folder (checkpoints, logs, tracker folders with the
-# run's arguments, hidden temporary files of an interrupted save) is never uploaded.
+# What a model repository may hold (the figures: train.py's metrics.json, train_with_trainer.py's
+# eval_results.json). Everything else in a folder (checkpoints, logs, tracker folders with the run's
+# arguments, Trainer's training_args.bin, hidden temporary files of an interrupted save) is never uploaded.
 PUBLISHED_FILES = (
     "config.json",
     "preprocessor_config.json",
@@ -32,6 +33,7 @@ PUBLISHED_FILES = (
     "model.safetensors.index.json",
     "README.md",
     "metrics.json",
+    "eval_results.json",
 )
 # the weight shards and train.py's overlays (`write_overlays`'s names); the code files are those the configs' auto_map
 # needs (`shipped_code_files`), never any other .py of the folder
