@@ -917,10 +917,12 @@ def write_card(args, cfg, output_dir: Path, summary: dict, split: str | None = N
     """The model card (README.md) of the trained model in ``output_dir``, with its mIoU figures on ``split``."""
     figures = {k: v for k, v in summary.items() if "miou" in k}
     metrics, other_metrics = split_model_metrics(figures)
+    repo_id = card_repo_id(args.hub_model_id, output_dir)
     card = make_model_card(
         cfg,
-        card_repo_id(args.hub_model_id, output_dir),
+        repo_id.split("/")[-1],
         "Trained with `examples/train.py` of weclip-hf.",
+        repo_id=repo_id,
         metrics=metrics,
         other_metrics=other_metrics,
         dataset_name=args.dataset_name,
@@ -1057,7 +1059,9 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         resume_path = find_checkpoint(output_dir, args.resume_from_checkpoint, log=accelerator.print)
         check_resume(args, resume_path, accelerator, log=accelerator.print)
     if args.push_to_hub and accelerator.is_main_process:  # fail now, not after the training
-        accelerator.print(f"pushing to {create_hub_repo(args.hub_model_id, token=args.hub_token)} at the end")
+        # the repository's full id (user/name, also for a name given without a user), which the card loads
+        args.hub_model_id = create_hub_repo(args.hub_model_id, token=args.hub_token)
+        accelerator.print(f"pushing to {args.hub_model_id} at the end")
     started = time.time()
 
     # 1. data and model

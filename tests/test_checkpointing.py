@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, train_in_process
+from conftest import FAST, created_repo, train_in_process
 
 from weclip_hf.checkpointing import (
     CheckpointError,
@@ -382,9 +382,7 @@ def test_hub_token_never_reaches_disk_or_the_hub(tmp_path, tiny_clip, monkeypatc
 
     token = "hf_SeCrEt0123456789abcdefXYZ"
     uploaded = {}
-    monkeypatch.setattr(
-        HfApi, "create_repo", lambda self, repo_id, **kw: type("R", (), {"repo_id": "me/" + repo_id})()
-    )
+    monkeypatch.setattr(HfApi, "create_repo", created_repo)
 
     def upload_folder(self, repo_id, folder_path, allow_patterns, **kwargs):
         assert self.token == token

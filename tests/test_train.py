@@ -23,6 +23,7 @@ from conftest import (
     FAST_ON_DATA,
     ROOT,
     TRAIN,
+    created_repo,
     example_module,
     read_log,
     resumable_args,
@@ -533,12 +534,12 @@ def test_bad_dataset_errors_name_the_problem(tmp_path, tiny_clip):
 
 
 def test_push_to_hub_uploads_the_output_folder(tmp_path, tiny_clip, monkeypatch):
+    """The folder is uploaded to the repository create_repo returns (the user's, for a name without one), and
+    its card's usage code loads that repository (it named the bare --hub_model_id, which does not exist)."""
     from huggingface_hub import HfApi
 
     calls = {}
-    monkeypatch.setattr(
-        HfApi, "create_repo", lambda self, repo_id, **kw: type("R", (), {"repo_id": "me/" + repo_id})()
-    )
+    monkeypatch.setattr(HfApi, "create_repo", created_repo)
 
     def upload_folder(self, repo_id, folder_path, allow_patterns, **kwargs):
         calls.update(repo_id=repo_id, files=sorted(os.listdir(folder_path)), allow=allow_patterns)
@@ -561,6 +562,10 @@ def test_push_to_hub_uploads_the_output_folder(tmp_path, tiny_clip, monkeypatch)
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "metrics.json"):
         assert name in calls["files"], name
     assert not [f for f in calls["allow"] if f.startswith("step_")]  # checkpoints stay local
+    card = (out / "README.md").read_text()
+    assert 'segmenter = pipeline("image-segmentation", model="me/weclip-toy-test")\n' in card
+    assert 'from_pretrained("me/weclip-toy-test", trust_remote_code=True)\n' in card
+    assert "\n# weclip-toy-test\n" in card  # the repository's name, as the converter's cards title it
 
 
 def test_inference_notebook_runs_headless(toy_run, monkeypatch):

@@ -501,6 +501,21 @@ def test_train_with_trainer_pushes_the_final_model_card_and_figures_in_one_commi
     assert files["README.md"] == (tmp_path / "README.md").read_text()
 
 
+def test_weclip_trainer_cards_load_the_repository_the_trainer_created(tmp_path, monkeypatch):
+    """With ``hub_model_id`` a name without a user, the cards' usage code loaded that name (`push_to_hub`
+    passes the last part of hub_model_id as model_name), a repository that does not exist: it loads the full
+    id the Hub gave the repository, in the pushed card and in the one the script writes
+    (create_model_card())."""
+    commits = fake_hub(monkeypatch)
+    trainer = weclip_trainer(toy_model(), tmp_path, push_to_hub=True, hub_model_id="weclip", max_steps=1)
+    trainer.push_to_hub()
+    trainer.create_model_card()
+    for card in (commits[0]["files"]["README.md"], (tmp_path / "README.md").read_text()):
+        assert 'segmenter = pipeline("image-segmentation", model="me/weclip")\n' in card
+        assert 'processor = AutoImageProcessor.from_pretrained("me/weclip", trust_remote_code=True)\n' in card
+        assert "\n# weclip\n" in card
+
+
 def test_trainer_trains_weclip_plus_heads_and_keeps_both_backbones_frozen(tmp_path):
     from conftest import make_tiny_plus_config
 

@@ -383,19 +383,24 @@ class WeCLIPTrainer(Trainer):
         dataset: str | list[str] | None = None,
         dataset_args: str | list[str] | None = None,
     ) -> None:
-        """The WeCLIP model card (`weclip_hf.hub.make_model_card`: the method, results, usage, labels, citation) in
-        the output folder, as `examples/train.py` writes it, instead of `Trainer`'s generic one (`push_to_hub` calls
-        this). Results: the evaluation of the model as it is (with ``load_best_model_at_end``, the best one's; else
-        the last): the decoder's mIoU as the model's results, the CAM and pseudo-label mIoU listed only.
-        ``language``, ``tasks``, ``dataset_tags`` and ``dataset_args`` have no place in it."""
+        """The WeCLIP model card (`weclip_hf.hub.make_model_card`: the method, results, usage, labels,
+        citation) in the output folder, as `examples/train.py` writes it, instead of `Trainer`'s generic one
+        (`push_to_hub` calls this). Its code loads the repository `Trainer` pushes to, else ``model_name`` or
+        the output folder's name; its title is ``model_name``, else that repository's name. Results: the
+        evaluation of the model as it is (with ``load_best_model_at_end``, the best one's; else the last): the
+        decoder's mIoU as the model's results, the CAM and pseudo-label mIoU listed only. ``language``,
+        ``tasks``, ``dataset_tags`` and ``dataset_args`` have no place in it."""
         if not self.is_world_process_zero():
             return
         dataset_name = dataset[0] if isinstance(dataset, list) else dataset
         metrics, other_metrics = split_model_metrics(self._card_evaluation())
+        # the full id of the repository `init_hf_repo` created (user/name): `push_to_hub` gives its name only
+        repo_id = self.hub_model_id or card_repo_id(model_name, self.args.output_dir)
         card = make_model_card(
             self.model.config,
-            card_repo_id(model_name, self.args.output_dir),
+            model_name or repo_id.split("/")[-1],
             "Trained with `WeCLIPTrainer` of weclip-hf (transformers' `Trainer`).",
+            repo_id=repo_id,
             metrics=metrics,
             other_metrics=other_metrics,
             dataset_name=dataset_name,
