@@ -41,7 +41,7 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from weclip_hf import WeCLIPConfig, WeCLIPImageProcessor, WeCLIPPlusConfig
-from weclip_hf.checkpointing import check_unchanged, comparable_path
+from weclip_hf.checkpointing import check_unchanged, comparable_path, existing_checkpoint_folder
 from weclip_hf.data.loading import (
     DataSource,
     LabelReading,
@@ -234,10 +234,13 @@ def trajectory(args: WeCLIPArguments, training_args: TrainingArguments) -> dict:
 
 
 def checkpoint_to_resume(training_args: TrainingArguments) -> str | None:
-    """The checkpoint of --resume_from_checkpoint ('latest': the newest checkpoint-N of --output_dir)."""
+    """The checkpoint of --resume_from_checkpoint ('latest': the newest checkpoint-N of --output_dir); a
+    folder that does not exist is refused."""
     spec, output_dir = training_args.resume_from_checkpoint, training_args.output_dir
+    if spec is None:
+        return None
     if spec != "latest":
-        return spec
+        return str(existing_checkpoint_folder(spec))
     latest = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
     if latest is None:
         raise FileNotFoundError(

@@ -450,6 +450,23 @@ def test_train_with_trainer_refuses_evaluation_without_a_validation_split(tmp_pa
         run_script(script, *argv, "--eval_steps", 1)
 
 
+def test_train_with_trainer_refuses_a_checkpoint_folder_that_does_not_exist_at_once(
+    tmp_path, monkeypatch, capsys
+):
+    """A mistyped --resume_from_checkpoint said the checkpoint "records no training arguments", loaded the data
+    and the model, and then failed in Trainer ("Can't find a valid checkpoint"); it is refused before anything
+    loads, as examples/train.py refuses it."""
+    from weclip_hf.checkpointing import CheckpointError
+
+    script = trainer_script(monkeypatch)
+    monkeypatch.setattr(script, "load_dataset_splits", lambda *a, **k: pytest.fail("the data was loaded"))
+    missing = tmp_path / "checkpoint-7"
+    with pytest.raises(CheckpointError) as refused:
+        run_script(script, "--output_dir", tmp_path, "--resume_from_checkpoint", missing)
+    assert str(refused.value) == f"Checkpoint folder {missing} does not exist."
+    assert capsys.readouterr().out == ""
+
+
 def fake_hub(monkeypatch) -> list[dict]:
     """Stubs the Hub's create_repo (`conftest.created_repo`: a name without a user is the user "me"'s) and
     upload_folder; returns the commits, each as its repository, message and the text of each file it holds

@@ -260,13 +260,20 @@ def damaged_file(path: Path) -> str | None:
     return None
 
 
+def existing_checkpoint_folder(spec: str | Path) -> Path:
+    """The checkpoint folder ``spec`` names; a CheckpointError when there is no such folder (a mistyped path),
+    before a resumed run loads anything. Shared by examples/train.py and train_with_trainer.py."""
+    path = Path(spec)
+    if not path.is_dir():
+        raise CheckpointError(f"Checkpoint folder {path} does not exist.")
+    return path
+
+
 def find_checkpoint(output_dir: Path, spec: str, log=print) -> Path:
     """The folder to resume from: ``spec`` itself, or for ``latest`` the newest complete ``step_N`` in
     ``output_dir`` (damaged or incomplete newer ones are skipped with a message naming them)."""
     if spec != "latest":
-        path = Path(spec)
-        if not path.is_dir():
-            raise CheckpointError(f"Checkpoint folder {path} does not exist.")
+        path = existing_checkpoint_folder(spec)
         problem = checkpoint_problem(path)
         if problem:
             raise CheckpointError(f"Cannot resume from {path}: {problem}.")
