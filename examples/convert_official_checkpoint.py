@@ -51,7 +51,14 @@ from weclip_hf.conversion import (
     dino_variant_name,
     is_official_clip,
 )
-from weclip_hf.hub import METHODS, card_repo_id, make_model_card, publish_folder, save_model_card
+from weclip_hf.hub import (
+    METHODS,
+    card_repo_id,
+    create_hub_repo,
+    make_model_card,
+    publish_folder,
+    save_model_card,
+)
 from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.model_loading import public_source_name
 from weclip_hf.presets import CLIP_MODEL, get_preset
@@ -236,6 +243,8 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     output_dir = Path(args.output_dir)
+    if args.push_to_hub:  # fail now, not after the conversion; the full id (user/name) is what the card loads
+        args.hub_model_id = create_hub_repo(args.hub_model_id, token=args.hub_token, private=args.private)
 
     model = convert_official_checkpoint(
         args.checkpoint,

@@ -748,16 +748,18 @@ def test_script_writes_a_loadable_folder(tmp_path, real_vocab_checkpoint):
     assert "openai/clip-vit-base-patch16" not in card and "base_model" not in card
 
 
-def test_script_push_to_hub_uses_the_hub_api(tmp_path, real_vocab_checkpoint):
+@pytest.mark.parametrize("hub_model_id", ["me/weclip-test", "weclip-test"])
+def test_script_push_to_hub_uses_the_hub_api(tmp_path, real_vocab_checkpoint, hub_model_id):
+    """A --hub_model_id without the user gave a card that loads the bare name, not the repository created."""
+    from conftest import created_repo
     from huggingface_hub import HfApi
 
     checkpoint, _ = real_vocab_checkpoint
     out = tmp_path / "pushed"
     with (
-        mock.patch.object(HfApi, "create_repo") as create_repo,
+        mock.patch.object(HfApi, "create_repo", autospec=True, side_effect=created_repo) as create_repo,
         mock.patch.object(HfApi, "upload_folder") as upload,
     ):
-        create_repo.return_value.repo_id = "me/weclip-test"
         _script().main(
             [
                 "--checkpoint",
@@ -770,11 +772,13 @@ def test_script_push_to_hub_uses_the_hub_api(tmp_path, real_vocab_checkpoint):
                 str(out),
                 "--push_to_hub",
                 "--hub_model_id",
-                "me/weclip-test",
+                hub_model_id,
             ]
         )
-    create_repo.assert_called_once()
-    assert create_repo.call_args.args[0] == "me/weclip-test"
+    assert [c.args[1] for c in create_repo.call_args_list] == [hub_model_id, "me/weclip-test"]
+    card = (out / "README.md").read_text()
+    assert 'from_pretrained("me/weclip-test", trust_remote_code=True)' in card
+    assert 'model="me/weclip-test"' in card
     assert upload.call_args.kwargs["folder_path"] == str(out)
     assert upload.call_args.kwargs["repo_id"] == "me/weclip-test"
     assert sorted(upload.call_args.kwargs["allow_patterns"]) == sorted(p.name for p in out.iterdir())
