@@ -334,6 +334,30 @@ def test_local_folders_are_compared_by_where_they_are(tmp_path, monkeypatch):
     assert changed_trajectory_args(saved, train.parse_args(["--data_dir", str(tmp_path / "data")])) == []
 
 
+def test_the_shipped_toy_clip_is_recorded_by_its_place_in_the_package(tmp_path):
+    """A toy run's checkpoint recorded the package's toy CLIP by its absolute path: resuming it from a moved clone or
+    a new virtualenv (the same weights, which frozen_weights.json checks) was refused. Checkpoints of earlier
+    versions, which recorded that path, resume too; another CLIP folder is still compared by where it is."""
+    import json
+
+    from weclip_hf.data.toy import toy_clip_path
+    from weclip_hf.trajectory import RESOLVED_ARGS_NAME, SHIPPED_TOY_CLIP, check_resolved, recorded_clip
+
+    assert recorded_clip(str(toy_clip_path())) == SHIPPED_TOY_CLIP == "weclip_hf/toy_clip"
+    assert recorded_clip("openai/clip-vit-base-patch16") == "openai/clip-vit-base-patch16"
+    (tmp_path / "clip").mkdir()
+    assert recorded_clip(str(tmp_path / "." / "clip")) == str(tmp_path / "clip")
+    checkpoint = tmp_path / "step_3"
+    checkpoint.mkdir()
+    for recorded in ("/old/venv/lib/python3.11/site-packages/weclip_hf/toy_clip", SHIPPED_TOY_CLIP):
+        (checkpoint / RESOLVED_ARGS_NAME).write_text(json.dumps({"clip_model_name_or_path": recorded}))
+        check_resolved(checkpoint, {"clip_model_name_or_path": recorded_clip(str(toy_clip_path()))})
+    with pytest.raises(
+        ValueError, match=r"--clip_model_name_or_path 'weclip_hf/toy_clip' -> 'openai/clip-vit-"
+    ):
+        check_resolved(checkpoint, {"clip_model_name_or_path": "openai/clip-vit-base-patch16"})
+
+
 def test_the_launch_is_part_of_the_trajectory():
     """The number of processes (global batch, data shards) and accelerate's mixed precision are recorded with
     the flags: resuming a 2-process run in 1 process is refused, naming them."""

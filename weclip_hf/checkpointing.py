@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -453,15 +454,18 @@ def check_unchanged(
     skip: frozenset = frozenset(),
     what: str = "these arguments",
     fix: str = "Resume with the checkpoint's values",
+    saved_as: Callable[[dict], dict] | None = None,
 ) -> bool:
     """Refuse (a ValueError listing each ``label(key) old -> new``) to resume from checkpoint ``path`` when a value
     of ``current`` (JSON values) differs from what its run recorded in ``file_name``: the resumed run would go on
     training another run than the one it continues. False when the checkpoint records nothing (written by an
-    earlier version), True when every value matches. Shared by examples/train.py and train_with_trainer.py."""
+    earlier version), True when every value matches; ``saved_as``: the recorded values as ``current`` states them
+    (an earlier version's way of recording one). Shared by examples/train.py and train_with_trainer.py."""
     saved_path = path / file_name
     if not saved_path.is_file():
         return False
-    changed = differences(json.loads(saved_path.read_text(encoding="utf-8")), current, label, skip)
+    saved = json.loads(saved_path.read_text(encoding="utf-8"))
+    changed = differences(saved_as(saved) if saved_as else saved, current, label, skip)
     if changed:
         raise ValueError(
             f"Cannot resume from {path}: {what} differ from the run that wrote it, and would change its training: "

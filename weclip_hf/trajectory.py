@@ -133,11 +133,25 @@ def resolved_trajectory(
     CLIP a fresh model was built from (``clip_source``; None for a saved model continued), and the training set's
     size (a stream's: its --max_train_samples)."""
     values = {key: getattr(model.config, key) for key in MODEL_FLAGS}
-    values["clip_model_name_or_path"] = comparable_path(clip_source)
+    values["clip_model_name_or_path"] = recorded_clip(clip_source)
     values["train_examples"] = train_examples
     if train_examples is None:
         values["max_train_samples"] = args.max_train_samples
     return json.loads(json.dumps(values))
+
+
+# how a checkpoint names the toy CLIP shipped in the package: the same weights wherever the package is installed (a
+# clone moved, a new virtualenv), as the checkpoint's frozen_weights.json hashes check
+SHIPPED_TOY_CLIP = "weclip_hf/toy_clip"
+
+
+def recorded_clip(source: str | None) -> str | None:
+    """How a checkpoint records the CLIP a fresh model was built from: the package's toy CLIP (a ``.../weclip_hf/
+    toy_clip`` folder, also as a checkpoint of an earlier version recorded it) as `SHIPPED_TOY_CLIP`, another local
+    folder by where it is (`comparable_path`), a Hub id as given."""
+    if source and Path(source).parts[-2:] == tuple(SHIPPED_TOY_CLIP.split("/")):
+        return SHIPPED_TOY_CLIP
+    return comparable_path(source)
 
 
 def check_resolved(path: Path, resolved: dict) -> None:
@@ -151,6 +165,10 @@ def check_resolved(path: Path, resolved: dict) -> None:
         label=lambda key: "training set size" if key == "train_examples" else f"--{key}",
         what="these values in effect",
         fix="Resume on the run's data and settings (values once the defaults are resolved and the data loaded)",
+        saved_as=lambda saved: {
+            **saved,
+            "clip_model_name_or_path": recorded_clip(saved.get("clip_model_name_or_path")),
+        },
     )
 
 
