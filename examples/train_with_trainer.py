@@ -38,10 +38,16 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from weclip_hf import WeCLIPConfig, WeCLIPImageProcessor, WeCLIPPlusConfig
-from weclip_hf.checkpointing import check_unchanged, comparable_path, existing_checkpoint_folder
+from weclip_hf.checkpointing import (
+    CheckpointError,
+    check_unchanged,
+    comparable_path,
+    existing_checkpoint_folder,
+)
 from weclip_hf.data.loading import (
     DataSource,
     LabelReading,
@@ -235,12 +241,18 @@ def trajectory(args: WeCLIPArguments, training_args: TrainingArguments) -> dict:
 
 def checkpoint_to_resume(training_args: TrainingArguments) -> str | None:
     """The checkpoint of --resume_from_checkpoint ('latest': the newest checkpoint-N of --output_dir); a
-    folder that does not exist is refused."""
+    folder that does not exist, or holds no Trainer checkpoint (its trainer_state.json), is refused."""
     spec, output_dir = training_args.resume_from_checkpoint, training_args.output_dir
     if spec is None:
         return None
     if spec != "latest":
-        return str(existing_checkpoint_folder(spec))
+        path = existing_checkpoint_folder(spec)
+        if not (path / TRAINER_STATE_NAME).is_file():
+            raise CheckpointError(
+                f"{path} is no Trainer checkpoint (it holds no {TRAINER_STATE_NAME}): give a checkpoint-N folder "
+                "of a train_with_trainer.py run, or 'latest'."
+            )
+        return str(path)
     latest = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
     if latest is None:
         raise FileNotFoundError(

@@ -464,6 +464,14 @@ def test_train_with_trainer_refuses_a_checkpoint_folder_that_does_not_exist_at_o
     with pytest.raises(CheckpointError) as refused:
         run_script(script, "--output_dir", tmp_path, "--resume_from_checkpoint", missing)
     assert str(refused.value) == f"Checkpoint folder {missing} does not exist."
+    not_one = tmp_path / "step_3"  # a folder, but no Trainer checkpoint (e.g. one of examples/train.py)
+    not_one.mkdir()
+    with pytest.raises(CheckpointError) as refused:
+        run_script(script, "--output_dir", tmp_path / "o", "--resume_from_checkpoint", not_one)
+    assert str(refused.value) == (
+        f"{not_one} is no Trainer checkpoint (it holds no trainer_state.json): give a checkpoint-N folder of a "
+        "train_with_trainer.py run, or 'latest'."
+    )
     assert capsys.readouterr().out == ""
 
 
