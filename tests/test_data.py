@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 
 import datasets
 import numpy as np
@@ -1547,10 +1548,18 @@ def test_a_training_set_in_which_no_image_has_a_class_is_refused():
         training_set(_dataset([binary, binary]).add_column("image_labels", [[], []]), 2, augment)
     with pytest.warns(UserWarning, match=cause):
         evaluation_set(_dataset([binary, binary]), 2, 255, IMAGENET_NORMALIZATION)
-    stream, summary = training_set(
-        _dataset([binary, binary]).to_iterable_dataset(), 2, augment
-    )  # counts unknown
-    assert summary.streamed
+    # a stream's labels are not counted: its first images are read, and a warning names the cause (it trained)
+    streamed = (
+        r"None of the first 2 images of the dataset has a class: its masks \(column 'mask'\) hold no class"
+    )
+    with pytest.warns(
+        UserWarning, match=streamed + r".* If no image of the stream has one, training learns nothing"
+    ):
+        stream, summary = training_set(_dataset([binary, binary]).to_iterable_dataset(), 2, augment)
+    assert summary.streamed and len(list(stream)) == 2  # the stream still reads from its start
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an image with a class among the first: no warning
+        training_set(_dataset([binary, binary, binary // 255]).to_iterable_dataset(), 2, augment)
     _, summary = training_set(
         _dataset([binary, binary // 255]), 2, augment
     )  # one image with a class is enough

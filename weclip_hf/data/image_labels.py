@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -303,21 +304,44 @@ def check_labels_match_masks(
     )
 
 
+# the first images of a streamed split whose labels are read before training (a stream's are never counted)
+STREAM_CHECK_ROWS = 64
+
+
 def no_class_cause(
-    summary: LabelSummary, columns: Columns, num_classes: int, ignore_index: int, split: str | None
+    summary: LabelSummary,
+    columns: Columns,
+    num_classes: int,
+    ignore_index: int,
+    split: str | None,
+    first: bool = False,
 ) -> str | None:
     """Why no image of a labelled split has a class (its ``summary`` counts none; ``columns``: where its labels came
-    from), or None when some image has one, the split has no image, or, streamed, the counts are not known."""
+    from), or None when some image has one, the split has no image, or, streamed, the counts are not known;
+    ``first``: the summary counts the split's first images only (`streamed_no_class_cause`)."""
     if summary.streamed or summary.class_counts or summary.total == 0:
         return None
     where = _split_phrase(split)
+    subject = f"None of the first {summary.total} images of {where}" if first else f"No image of {where}"
     if columns.labels is not None:
-        return f"No image of {where} has a class: every row of its label column {columns.labels!r} is empty."
+        return f"{subject} has a class: every row of its label column {columns.labels!r} is empty."
     return (
-        f"No image of {where} has a class: its masks (column {columns.mask!r}) hold no class id 1..{num_classes}, "
+        f"{subject} has a class: its masks (column {columns.mask!r}) hold no class id 1..{num_classes}, "
         f"only 0 (background) and the ignore index {ignore_index}. A binary mask's foreground is 255, VOC's void: "
         "map it to class 1 (e.g. mask // 255), or give --semantic_loss_ignore_index of the dataset."
     )
+
+
+def streamed_no_class_cause(
+    stream, columns: Columns, num_classes: int, ignore_index: int, rows: int = STREAM_CHECK_ROWS
+) -> str | None:
+    """`no_class_cause` of the first ``rows`` images of a labelled stream (`add_image_labels`; empty label sets
+    kept), read now: binary 0/255 masks, say, show in the first images, not after a pass over the stream."""
+    first = list(itertools.islice(stream.select_columns(["image_labels"]), rows))
+    summary = LabelSummary(total=len(first))
+    for row in first:
+        summary.class_counts.update(row["image_labels"])
+    return no_class_cause(summary, columns, num_classes, ignore_index, split_name(stream), first=True)
 
 
 def _code_digest() -> str:

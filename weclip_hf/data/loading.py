@@ -31,7 +31,7 @@ from .columns import (
     struct_fields,
 )
 from .decoding import UnreadableImageError, decode_image, describe, split_name, undecoded
-from .image_labels import LabelSummary, add_image_labels, no_class_cause
+from .image_labels import LabelSummary, add_image_labels, no_class_cause, streamed_no_class_cause
 from .label_rows import class_label_feature, lookup_key
 from .masks import checked_mask, mask_array
 from .transforms import TrainAugmentation, mask_dtype, multi_hot, normalize
@@ -413,7 +413,7 @@ def training_set(
     ``accelerator.main_process_first``).
 
     A split in which no image has a class is refused (`no_class_cause`: nothing to learn); a streamed split, whose
-    labels are read as it is, is not checked."""
+    labels are read as it is, is warned of when none of its first images has one (`streamed_no_class_cause`)."""
     columns = resolve_columns(
         dataset_columns(train),
         reading.image_column,
@@ -429,6 +429,14 @@ def training_set(
     )
     if cause:
         raise ValueError(f"{cause} Training would learn nothing.")
+    if (
+        is_streaming(train) and not reading.skip_empty
+    ):  # skipped empty images: no batch of the stream, an error
+        cause = streamed_no_class_cause(train, columns, num_classes, augment.ignore_index)
+        if cause:
+            warnings.warn(
+                f"{cause} If no image of the stream has one, training learns nothing.", stacklevel=2
+            )
     if is_streaming(train):
         dataset = StreamingWeakSegmentationDataset(
             train, columns, num_classes, augment, seed, shuffle_buffer_size, reading.skip_unreadable
