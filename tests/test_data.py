@@ -1487,6 +1487,28 @@ def test_parquet_of_pandas_image_structs_gives_masks_and_struct_labels(tmp_path)
         resolve_columns(list(numbers), features=numbers, require_mask=True)
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_parquet_splits_of_different_columns_load_each_on_its_own(tmp_path, streaming):
+    """Labels in train/, masks in validation/ as Parquet: `datasets` failed the load ("column names don't match"),
+    streamed when the validation split was first read, with the training split's columns."""
+    import pandas as pd
+
+    from weclip_hf.data.loading import load_folder_dataset
+
+    (tmp_path / "data").mkdir()
+    image = {"bytes": _png_bytes(np.zeros((8, 8, 3), np.uint8)), "path": None}
+    mask = {"bytes": _png_bytes(np.ones((8, 8), np.uint8)), "path": None}
+    pd.DataFrame({"image": [image] * 2, "image_labels": [[1], [2]]}).to_parquet(
+        tmp_path / "data" / "train.parquet"
+    )
+    pd.DataFrame({"image": [image] * 2, "mask": [mask] * 2}).to_parquet(
+        tmp_path / "data" / "validation.parquet"
+    )
+    splits = load_folder_dataset(str(tmp_path), streaming)
+    assert sorted(next(iter(splits["train"]))) == ["image", "image_labels"]
+    assert sorted(next(iter(splits["validation"]))) == ["image", "mask"]
+
+
 def test_class_names_come_from_a_class_label_field_of_a_struct_column(tmp_path):
     """A ``List(ClassLabel)`` field named with a dot (--labels_column objects.category) gave no class names: a run
     without --class_names trained VOC's 20 classes, cat and dog read as ids 8 and 12."""

@@ -744,20 +744,25 @@ def load_folder_dataset(
 ):
     """The splits of a folder-based dataset: ``path`` "imagefolder" with ``data_dir`` (--data_dir), or a local folder
     or Hub repository (--dataset_name, its config ``name``). Where its splits' metadata files hold different fields
-    (image-level labels in train/, masks in validation/: docs/training.md, "The data"), which `datasets`
-    refuses in one load ("have different features"), or where some split folders hold a metadata file and others
+    (image-level labels in train/, masks in validation/: docs/training.md, "The data") or its Parquet splits
+    different columns, which `datasets` refuses in one load (`_splits_differ_in_columns`), or where some split folders hold a metadata file and others
     none (a folder per class in train/: `datasets` would read those with the other split's columns), each split is
     loaded on its own (its files found by `datasets`' own split patterns), its columns of nothing but nulls
     dropped."""
     import datasets
     from datasets.data_files import get_data_patterns
+    from datasets.exceptions import DatasetGenerationError
 
     local = Path(data_dir or path).expanduser()
     if not _split_folders_differ_in_metadata(local):
         try:
-            return datasets.load_dataset(path, name, data_dir=data_dir, streaming=streaming)
-        except ValueError as err:
-            if "have different features" not in str(err):
+            ds = datasets.load_dataset(path, name, data_dir=data_dir, streaming=streaming)
+            # a stream's columns are those of the first file: a split of other columns fails when first read
+            for split in ds.values() if streaming else ():
+                next(iter(split), None)
+            return ds
+        except (ValueError, DatasetGenerationError) as err:
+            if not _splits_differ_in_columns(err):
                 raise
     # a Hub repository: its files, as `datasets` reads them
     base = str(local) if local.is_dir() else f"hf://datasets/{path}"
@@ -770,6 +775,17 @@ def load_folder_dataset(
         nulls = [k for k, v in features.items() if isinstance(v, datasets.Value) and v.dtype == "null"]
         splits[str(split)] = ds.remove_columns(nulls) if nulls else ds
     return (datasets.IterableDatasetDict if streaming else datasets.DatasetDict)(splits)
+
+
+def _splits_differ_in_columns(error: BaseException) -> bool:
+    """Whether `datasets` refused a load because its splits hold different columns: metadata files of other fields
+    ("have different features"), or Parquet files of other columns (a ``DatasetGenerationError`` caused by "column
+    names don't match")."""
+    causes = []
+    while error is not None and len(causes) < 10:
+        causes.append(str(error))
+        error = error.__cause__ or error.__context__
+    return any("have different features" in text or "column names don't match" in text for text in causes)
 
 
 def imagefolder_split_name(name: str) -> str | None:
