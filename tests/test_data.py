@@ -1488,9 +1488,10 @@ def test_parquet_of_pandas_image_structs_gives_masks_and_struct_labels(tmp_path)
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-def test_parquet_splits_of_different_columns_load_each_on_its_own(tmp_path, streaming):
+def test_splits_of_different_columns_or_metadata_formats_load_each_on_its_own(tmp_path, streaming):
     """Labels in train/, masks in validation/ as Parquet: `datasets` failed the load ("column names don't match"),
-    streamed when the validation split was first read, with the training split's columns."""
+    streamed when the validation split was first read, with the training split's columns; metadata.csv in one
+    split and metadata.jsonl in another failed ("different extensions")."""
     import pandas as pd
 
     from weclip_hf.data.loading import load_folder_dataset
@@ -1507,6 +1508,17 @@ def test_parquet_splits_of_different_columns_load_each_on_its_own(tmp_path, stre
     splits = load_folder_dataset(str(tmp_path), streaming)
     assert sorted(next(iter(splits["train"]))) == ["image", "image_labels"]
     assert sorted(next(iter(splits["validation"]))) == ["image", "mask"]
+    # an imagefolder with metadata.csv in train/ and metadata.jsonl in validation/: "different extensions"
+    for split, metadata in (("train", 'file_name,image_labels\n0.png,"[2]"\n'), ("validation", None)):
+        (tmp_path / "folder" / split).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "folder" / split / "0.png")
+        if metadata:
+            (tmp_path / "folder" / split / "metadata.csv").write_text(metadata)
+    (tmp_path / "folder" / "validation" / "metadata.jsonl").write_text(
+        '{"file_name": "0.png", "image_labels": [1]}\n'
+    )
+    splits = load_folder_dataset("imagefolder", streaming, data_dir=str(tmp_path / "folder"))
+    assert [next(iter(splits[s]))["image_labels"] for s in ("train", "validation")] == ["[2]", [1]]
 
 
 def test_class_names_come_from_a_class_label_field_of_a_struct_column(tmp_path):

@@ -744,11 +744,11 @@ def load_folder_dataset(
 ):
     """The splits of a folder-based dataset: ``path`` "imagefolder" with ``data_dir`` (--data_dir), or a local folder
     or Hub repository (--dataset_name, its config ``name``). Where its splits' metadata files hold different fields
-    (image-level labels in train/, masks in validation/: docs/training.md, "The data") or its Parquet splits
-    different columns, which `datasets` refuses in one load (`_splits_differ_in_columns`), or where some split folders hold a metadata file and others
-    none (a folder per class in train/: `datasets` would read those with the other split's columns), each split is
-    loaded on its own (its files found by `datasets`' own split patterns), its columns of nothing but nulls
-    dropped."""
+    (image-level labels in train/, masks in validation/: docs/training.md, "The data") or formats, or its Parquet
+    splits different columns, which `datasets` refuses in one load (`_splits_load_apart`), or where some split
+    folders hold a metadata file and others none (a folder per class in train/: `datasets` would read those with
+    the other split's columns), each split is loaded on its own (its files found by `datasets`' own split
+    patterns), its columns of nothing but nulls dropped."""
     import datasets
     from datasets.data_files import get_data_patterns
     from datasets.exceptions import DatasetGenerationError
@@ -762,7 +762,7 @@ def load_folder_dataset(
                 next(iter(split), None)
             return ds
         except (ValueError, DatasetGenerationError) as err:
-            if not _splits_differ_in_columns(err):
+            if not _splits_load_apart(err):
                 raise
     # a Hub repository: its files, as `datasets` reads them
     base = str(local) if local.is_dir() else f"hf://datasets/{path}"
@@ -777,15 +777,21 @@ def load_folder_dataset(
     return (datasets.IterableDatasetDict if streaming else datasets.DatasetDict)(splits)
 
 
-def _splits_differ_in_columns(error: BaseException) -> bool:
-    """Whether `datasets` refused a load because its splits hold different columns: metadata files of other fields
-    ("have different features"), or Parquet files of other columns (a ``DatasetGenerationError`` caused by "column
-    names don't match")."""
+def _splits_load_apart(error: BaseException) -> bool:
+    """Whether `datasets` refused a load because its splits differ, which a load of each split on its own reads:
+    metadata files of other fields ("have different features") or formats (metadata.csv in one, .jsonl in another:
+    "different extensions"), Parquet files of other columns (a ``DatasetGenerationError`` caused by "column names
+    don't match")."""
     causes = []
     while error is not None and len(causes) < 10:
         causes.append(str(error))
         error = error.__cause__ or error.__context__
-    return any("have different features" in text or "column names don't match" in text for text in causes)
+    refusals = (
+        "have different features",
+        "metadata files with different extensions",
+        "column names don't match",
+    )
+    return any(refusal in text for text in causes for refusal in refusals)
 
 
 def imagefolder_split_name(name: str) -> str | None:
