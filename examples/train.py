@@ -742,6 +742,15 @@ def default_num_workers(device_type: str, num_processes: int) -> int:
 # ---- main -------------------------------------------------------------------------------------------
 
 
+def step_seed(seed: int, step: int, process_index: int) -> int:
+    """The seed of one process's step (its decoder dropout): a function of (seed, step, process), so that a resumed
+    run repeats an uninterrupted one exactly, and distinct for every (step, process) of a run: processes 0-63 in
+    the low 64 values of a step's block, as always, each further 64 in a block of their own (process 64 at step s
+    had process 0's seed of step s + 1)."""
+    value = (seed * 1_000_003 + step) * 64 + process_index % 64 + (process_index // 64) * 2**62
+    return value % 2**64  # torch.manual_seed's range
+
+
 def training_step(
     args: argparse.Namespace,
     accelerator: Accelerator,
@@ -755,9 +764,7 @@ def training_step(
     """One optimizer step on ``batch`` (moved to the device here); returns the model output and the signal that a
     process got (its number, 0 for none; ``stop_signal``: this process's), agreed by all (`check_losses_finite`)."""
     batch = to_device(batch, accelerator.device)
-    # every step's randomness (decoder dropout) is a function of (seed, step, process): a resumed run repeats an
-    # uninterrupted one exactly
-    torch.manual_seed((args.seed * 1_000_003 + step) * 64 + accelerator.process_index)
+    torch.manual_seed(step_seed(args.seed, step, accelerator.process_index))
     out = train_forward(**batch)  # what `WeCLIPDataCollator` chose for --fully_supervised / --ignore_padding
     gather = accelerator.gather if accelerator.num_processes > 1 else None
     stop = check_losses_finite(out, step, gather, stop_signal)

@@ -747,6 +747,18 @@ def test_cpu_threads_share_the_cores_among_local_processes(monkeypatch):
     assert train_script.default_num_workers("cuda", 1) == 4
 
 
+def test_every_step_of_every_process_has_its_own_seed():
+    """The per-step seed was (seed * 1_000_003 + step) * 64 + process: beyond 64 processes, process 64's step s drew
+    process 0's dropout of step s + 1. Processes 0-63 keep their seeds (a resumed run of an earlier version repeats
+    it exactly)."""
+    step_seed = train_module().step_seed
+    seeds = [step_seed(3, step, rank) for step in range(50) for rank in range(200)]
+    assert len(set(seeds)) == len(seeds) and all(0 <= s < 2**64 for s in seeds)
+    assert step_seed(3, 7, 5) == (3 * 1_000_003 + 7) * 64 + 5
+    assert step_seed(-1, 0, 0) == (-1_000_003 * 64) % 2**64  # a negative --seed is in torch's range too
+    torch.manual_seed(step_seed(-1, 0, 0))
+
+
 def test_torch_compile_trains_as_the_eager_run(tmp_path, tiny_clip, reference_run):
     """``--torch_compile`` (backend aot_eager: Dynamo's graphs and AOTAutograd, no code generation) trains as the
     eager run does: the same losses at every step, RFM off then on, within float32 summation order; the module
