@@ -1102,8 +1102,9 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     # 3. resume
     step = 0
     log_path = output_dir / "train_log.jsonl"
+    frozen = FrozenWeights.of(accelerator.unwrap_model(model))  # the backbones, which checkpoints leave out
     if resume_path is not None:
-        state = load_checkpoint(accelerator, model, optimizer, resume_path)
+        state = load_checkpoint(accelerator, model, optimizer, resume_path, frozen)
         scheduler.load_state_dict(state.scheduler)
         step, position = state.step, state.position
         if state.seconds is None:
@@ -1119,7 +1120,6 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     # 4. training loop
     # the checkpoint of the step the run stands at, once written (the loop's, or the one resumed from in this folder)
     written = {}
-    frozen = FrozenWeights.of(accelerator.unwrap_model(model))  # the backbones, which checkpoints leave out
     if resume_path is not None and resumes_in_place(output_dir, args.resume_from_checkpoint):
         written[step] = resume_path
 

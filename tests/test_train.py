@@ -147,7 +147,16 @@ def test_resume_repeats_uninterrupted_run_exactly(tmp_path, tiny_clip, reference
     assert stopped == {"stopped_at": 3, "stopped_by_signal": signal.SIGINT}
     assert exit_status(stopped) == 130
     assert not (out / "model.safetensors").exists()
+    from weclip_hf.checkpointing import FrozenWeights
+
+    hashed, of = [], FrozenWeights.of.__func__
+    monkeypatch.setattr(
+        FrozenWeights, "of", classmethod(lambda cls, model: hashed.append(1) or of(cls, model))
+    )
     train_in_process(*args, "--resume_from_checkpoint", "latest")
+    assert (
+        len(hashed) == 1
+    )  # the frozen backbones are hashed once: checked against the checkpoint, then recorded
     assert f"resumed from {out / 'step_3'} at step 3" in capsys.readouterr().out
     assert read_log(out) == read_log(reference_run)
     assert [r["rfm"] for r in read_log(out)] == [False] * 3 + [True] * 3

@@ -365,9 +365,11 @@ def _restore_replaced(output_dir: Path, log=print) -> None:
             log(f"restored checkpoint {final.name} from {old.name} (a later write of that step was cut off)")
 
 
-def load_checkpoint(accelerator, model, optimizer, path: Path) -> TrainingState:
+def load_checkpoint(
+    accelerator, model, optimizer, path: Path, frozen: FrozenWeights | None = None
+) -> TrainingState:
     """Restore ``model`` (safetensors; a checkpoint that leaves the frozen parameters out restores the rest, once
-    ``model``'s frozen ones are found to be its run's), ``optimizer``, the grad scaler and this process's random
+    ``model``'s frozen ones, ``frozen`` where the caller has them, are found to be its run's), ``optimizer``, the grad scaler and this process's random
     states from checkpoint ``path`` (tensor-only loads) and return its plain-data state. Only these named files are
     read, never a pickle of an object registered with accelerate; a file that cannot be read is named in the
     error."""
@@ -379,7 +381,7 @@ def load_checkpoint(accelerator, model, optimizer, path: Path) -> TrainingState:
 
     state = read_training_state(path)
     unwrapped = accelerator.unwrap_model(model)
-    left_out = _check_frozen_weights(unwrapped, path)
+    left_out = _check_frozen_weights(frozen or FrozenWeights.of(unwrapped), path)
     # read on the host and copied into the parameters where they live: safetensors refuses the "cpu:0" that
     # accelerate names each process's device in a multi-process CPU run
     missing, unexpected = _read(
@@ -410,14 +412,13 @@ def load_checkpoint(accelerator, model, optimizer, path: Path) -> TrainingState:
     return state
 
 
-def _check_frozen_weights(model, path: Path) -> frozenset[str]:
+def _check_frozen_weights(frozen: FrozenWeights, path: Path) -> frozenset[str]:
     """The parameters checkpoint ``path`` leaves out (none for a checkpoint with every weight), after checking that
-    ``model``'s are the ones its run trained with (`FrozenWeights`)."""
+    the model's ``frozen`` ones are the ones its run trained with."""
     record_path = path / FROZEN_WEIGHTS_NAME
     if not record_path.exists():
         return frozenset()
     record = _read(record_path, lambda f: json.loads(f.read_text(encoding="utf-8")))
-    frozen = FrozenWeights.of(model)
     if not isinstance(record, dict) or record.get("sha256") != frozen.sha256:
         raise CheckpointError(
             f"Cannot resume from {path}: the frozen backbones loaded now are not the ones its run trained with "
