@@ -4,6 +4,7 @@ multi-scale + flip logits (DESIGN Part 1)."""
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 
 import torch
@@ -248,14 +249,14 @@ def multiscale_flip_logits(
 
 
 def checked_scales(scales: Iterable[float]) -> tuple[float, ...]:
-    """``scales`` as a tuple, refusing a single number, none, or one that is not a finite number > 0 (a scale of
+    """``scales`` as a tuple of floats, refusing a single number, none, or one that is not a finite number > 0 (a scale of
     -2 or 0 ran the model on a one-pixel image: logits constant in space)."""
-    if isinstance(scales, (int, float, str)) or not isinstance(scales, Iterable):
+    if isinstance(scales, (numbers.Number, str)) or not isinstance(scales, Iterable):
         raise TypeError(f"scales must be a sequence of numbers, e.g. (1.0, 0.75), got {scales!r}.")
     scales = tuple(scales)
     finite = [
-        isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in scales
+        isinstance(s, numbers.Real) and not isinstance(s, bool) and math.isfinite(s) and s > 0 for s in scales
     ]
     if not scales or not all(finite):
         raise ValueError(f"scales must be one or more finite numbers > 0, got {list(scales)}.")
-    return scales
+    return tuple(map(float, scales))
