@@ -439,3 +439,34 @@ def test_logits_are_refused_and_a_unit_range_image_warned():
     with pytest.warns(UserWarning, match=r"`image` holds values in \[0, 1\]: the CRF reads 0-255 RGB"):
         dense_crf(image.float() / 255, probs)
     assert dense_crf(image, probs).shape == probs.shape
+
+
+def test_non_finite_values_and_images_of_another_scale_are_refused():
+    """One NaN probability passed every check and the lattice spread it: the whole image came out class 0; a
+    normalized image (values about -2..2.6) or a 16-bit one was refined on another colour scale without a word (a
+    16-bit one failed "lattice is too fine"); a bfloat16 softmax (sums within ~3e-3 of 1) was refused as logits."""
+    from weclip_hf.crf import dense_crf
+    from weclip_hf.normalization import IMAGENET_NORMALIZATION
+
+    g = torch.Generator().manual_seed(0)
+    probs = (torch.randn(4, 20, 30, generator=g) * 3).softmax(dim=0)
+    image = torch.randint(0, 256, (3, 20, 30), generator=g, dtype=torch.uint8)
+    nan = probs.clone()
+    nan[:, 5, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"^`probs` holds 4 NaN or infinite value\(s\) of 2400\.$"):
+        dense_crf(image, nan)
+    with pytest.raises(ValueError, match=r"^`image` holds 1 NaN or infinite value\(s\) of 1800\.$"):
+        dense_crf(image.float().index_put_((torch.tensor([0]),) * 3, torch.tensor(float("inf"))), probs)
+    for other, shown in (
+        (IMAGENET_NORMALIZATION.normalize(image), r"\[-2\.\d+, 2\.\d+\]"),
+        (image.float() * 257, r"\[0, 6\.55e\+04\]"),
+    ):
+        with pytest.raises(ValueError, match=r"`image` must hold RGB values in 0-255 \(uint8, or floats of that "
+                           rf"range\), got values in {shown}: a normalized image goes back with "
+                           r"`PixelNormalization\.denormalize`, a 16-bit one is divided by 257\."):  # fmt: skip
+            dense_crf(other, probs)
+    bf16 = (torch.randn(21, 40, 50, generator=g) * 3).bfloat16().softmax(dim=0)
+    assert float((bf16.float().sum(0) - 1).abs().max()) > 1e-3  # beyond float32's tolerance
+    assert dense_crf(torch.zeros(3, 40, 50, dtype=torch.uint8), bf16).shape == bf16.shape
+    with pytest.raises(ValueError, match=r"got values in \[.*\]: they do not sum to 1\.$"):
+        dense_crf(image, probs / 2)

@@ -558,14 +558,31 @@ def _check_inputs(image: torch.Tensor, probs: torch.Tensor) -> None:
         raise ValueError(f"`probs` must have at least one class and pixel, got shape {tuple(probs.shape)}.")
     if image.device != probs.device:
         raise ValueError(f"`image` is on {image.device} and `probs` on {probs.device}; use one device.")
+    # one NaN passes every comparison below, and the lattice spreads it to every pixel (all labelled class 0)
+    for name, tensor in (("probs", probs), ("image", image)):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"`{name}` holds {bad} NaN or infinite value(s) of {tensor.numel()}.")
     low, high = (float(v) for v in probs.aminmax())
-    sums = probs.sum(dim=-3)
-    if low < 0 or high > 1 + 1e-4 or float((sums - 1).abs().max()) > 1e-3:
+    # a softmax rounded to bfloat16 sums to 1 within its precision (~3e-3), not within float32's
+    tolerance = max(1e-3, torch.finfo(probs.dtype).eps)
+    if low < 0 or high > 1 + 1e-4 or float((probs.float().sum(dim=-3) - 1).abs().max()) > tolerance:
+        hint = (
+            "logits need `.softmax(dim=-3)` first" if low < 0 or high > 1 + 1e-4 else "they do not sum to 1"
+        )
         raise ValueError(
             f"`probs` must be probabilities (0-1, summing to 1 over the classes), got values in [{low:.3g}, "
-            f"{high:.3g}]: logits need `.softmax(dim=-3)` first."
+            f"{high:.3g}]: {hint}."
         )
-    if image.is_floating_point() and image.numel() and float(image.max()) <= 1.0 and float(image.min()) >= 0:
+    if image.numel():
+        image_low, image_high = (float(v) for v in image.aminmax())
+        if image_low < 0 or image_high > 255:  # a normalized image, or 16-bit values: another colour scale
+            raise ValueError(
+                f"`image` must hold RGB values in 0-255 (uint8, or floats of that range), got values in "
+                f"[{image_low:.3g}, {image_high:.3g}]: a normalized image goes back with "
+                "`PixelNormalization.denormalize`, a 16-bit one is divided by 257."
+            )
+    if image.is_floating_point() and image.numel() and image_high <= 1.0:
         warnings.warn(
             "`image` holds values in [0, 1]: the CRF reads 0-255 RGB (the bilateral kernel's colour scale); "
             "multiply by 255 (a black image may ignore this).",

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .chunking import is_capturing_graph
-from .input_checks import check_inputs
+from .input_checks import check_image_batch
 from .presets import evaluation_of_config
 
 # upsampled float32 class planes `upsampled_labels` holds at once: labels of large images without all their classes
@@ -222,7 +222,7 @@ def multiscale_flip_logits(
     to the scale-1 logit grid and the scales are averaged there. Upsample the result to the label size and take the
     argmax for predictions (`WeCLIPImageProcessor.post_process_semantic_segmentation`).
     """
-    check_inputs(model.config, pixel_values, None, None)  # as given, before the flip doubles the batch
+    check_image_batch(pixel_values)  # as given, before the flip doubles the batch
     scales = evaluation_of_config(model.config).msf_scales if scales is None else checked_scales(scales)
     height, width = pixel_values.shape[-2:]
     patch = model.config.vision_config.patch_size

@@ -25,24 +25,14 @@ def check_values(ok: torch.Tensor, message: str) -> None:
         torch._assert_async(ok, message)
 
 
-def check_inputs(
-    config: WeCLIPConfig,
-    pixel_values: torch.Tensor,
-    class_labels: torch.Tensor | None,
-    labels: torch.Tensor | None,
-    pixel_mask: torch.Tensor | None = None,
-) -> None:
-    """Validate the public inputs of a forward against ``config`` with errors that name the problem."""
-    for name, value in (
-        ("pixel_values", pixel_values),
-        ("class_labels", class_labels),
-        ("labels", labels),
-        ("pixel_mask", pixel_mask),
-    ):
-        if value is not None and not isinstance(value, torch.Tensor):
-            raise TypeError(
-                f"{name} must be a torch.Tensor, got {type(value).__name__}; convert it with torch.as_tensor."
-            )
+def check_image_batch(pixel_values) -> None:
+    """Refuse ``pixel_values`` that are no float tensor of shape [B, 3, H, W] (of any size: the inference helpers
+    pad images smaller than a patch), naming what they are."""
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(
+            f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}; convert it with "
+            "torch.as_tensor."
+        )
     if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
         channels_last = pixel_values.ndim == 4 and pixel_values.shape[-1] == 3
         raise ValueError(
@@ -54,14 +44,30 @@ def check_inputs(
                 else "."
             )
         )
+    if not pixel_values.is_floating_point():
+        raise TypeError(f"pixel_values must be a float tensor, got {pixel_values.dtype}.")
+
+
+def check_inputs(
+    config: WeCLIPConfig,
+    pixel_values: torch.Tensor,
+    class_labels: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    pixel_mask: torch.Tensor | None = None,
+) -> None:
+    """Validate the public inputs of a forward against ``config`` with errors that name the problem."""
+    check_image_batch(pixel_values)
+    for name, value in (("class_labels", class_labels), ("labels", labels), ("pixel_mask", pixel_mask)):
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"{name} must be a torch.Tensor, got {type(value).__name__}; convert it with torch.as_tensor."
+            )
     patch = config.vision_config.patch_size
     if min(pixel_values.shape[-2:]) < patch:
         raise ValueError(
             f"Images of {tuple(pixel_values.shape[-2:])} pixels are smaller than one {patch}x{patch} "
             "patch; resize them (the image processor does)."
         )
-    if not pixel_values.is_floating_point():
-        raise TypeError(f"pixel_values must be a float tensor, got {pixel_values.dtype}.")
     b = pixel_values.shape[0]
     if class_labels is not None:
         c = config.num_foreground_classes
