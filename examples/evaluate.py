@@ -285,6 +285,24 @@ def other_classes_note(args: argparse.Namespace, config) -> str | None:
     )
 
 
+# the flags that choose the images scored and how their labels are read (the toy world's size and seed only without a
+# dataset, the seed also for the rows --train_val_split holds out): the JSON records those given
+DATA_FLAGS = (
+    "dataset_name", "dataset_config_name", "data_dir", "dataset_path", "validation_split", "train_split",
+    "train_val_split", "max_eval_samples", "image_column", "mask_column", "labels_column", "labels_zero_based",
+    "skip_unreadable_images",
+)  # fmt: skip
+
+
+def data_report(args: argparse.Namespace) -> dict:
+    """The data flags of this evaluation (`DATA_FLAGS`, given or defaulted) as the JSON records them: two datasets,
+    or two held-out draws, gave JSON alike but for the scores."""
+    flags = DATA_FLAGS + (
+        ("toy_val_images", "seed") if args.toy else ("seed",) if args.train_val_split else ()
+    )
+    return {flag: getattr(args, flag) for flag in flags if getattr(args, flag) not in (None, False)}
+
+
 def settings_report(args: argparse.Namespace, ignore_index: int) -> dict:
     """The evaluation settings used, as the JSON records them (scales and flip only with --msf)."""
     return {
@@ -377,6 +395,8 @@ def main(argv=None) -> dict:
         "model": args.model_name_or_path,
         "split": args.validation_split,
         "num_images": len(dataset),
+        "data": data_report(args),
+        "preset": args.preset,
         "evaluation": settings_report(args, cfg.semantic_loss_ignore_index),
         **({"crf": {"preset": args.crf_preset, **dataclasses.asdict(args.crf_params)}} if args.crf else {}),
         **{MIOU_NAMES[m]: r["mean_iou"] for m, r in results.items()},  # train.py's metrics.json names

@@ -116,7 +116,14 @@ def test_rows_held_out_by_train_val_split_are_scored_as_the_training_run_scored_
     with pytest.raises(ValueError, match="'validation' not found"):
         load_script().main(flags)
     held_out = ["--train_val_split", "0.25", "--seed", "3"]
-    assert load_script().main([*flags, *held_out])["num_images"] == 2
+    report = load_script().main([*flags, *held_out])
+    assert report["num_images"] == 2  # the JSON says which rows: another --seed draws others (it did not say)
+    assert report["data"] == {
+        "dataset_path": path,
+        "validation_split": "validation",
+        "train_val_split": 0.25,
+        "seed": 3,
+    }
     train = train_module()
     command = train.evaluate_command(train.parse_args(["--dataset_path", path, *held_out]))
     assert "--train_val_split 0.25" in command and "--seed 3" in command
@@ -152,7 +159,19 @@ def test_single_scale_cli_writes_json_and_per_class_table(model_dir, data_path, 
     report = json.loads(out.read_text())
     assert report["split"] == "validation" and report["num_images"] == 3
     assert 0.0 <= report["miou"] <= 1.0  # train.py's metrics.json names (MIOU_NAMES)
-    assert set(report) == {"model", "split", "num_images", "evaluation", "miou", "per_class_iou"}
+    assert set(report) == {
+        "model",
+        "split",
+        "num_images",
+        "data",
+        "preset",
+        "evaluation",
+        "miou",
+        "per_class_iou",
+    }
+    # which images were scored: two datasets gave JSON alike but for the scores
+    assert report["data"] == {"dataset_path": str(data_path), "validation_split": "validation"}
+    assert report["preset"] is None
     with pytest.raises(SystemExit):
         load_script().parse_args(["--model_name_or_path", str(model_dir), "--output_json", str(tmp_path)])
     assert "is a folder: give a file name" in capsys.readouterr().err
