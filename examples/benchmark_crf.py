@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--crf_images",
         default=None,
         help="VOC-layout folder (JPEGImages/, SegmentationClass/) whose photos, centre-cropped to "
-        "--crf_size, and blurred / shifted noisy ground truth are the CRF inputs (default: "
+        "--crf_size (smaller ones left out), and blurred / shifted noisy ground truth are the CRF inputs (default: "
         "synthetic)",
     )
     p.add_argument(
@@ -75,15 +75,24 @@ def crf_inputs(args) -> list[tuple[str, np.ndarray, torch.Tensor]]:
     scenes = []
     if args.crf_images:
         root = Path(args.crf_images)
-        for path in sorted((root / "JPEGImages").glob("*.jpg"))[: args.crf_count]:
+        for path in sorted((root / "JPEGImages").glob("*.jpg")):
             image = Image.open(path).convert("RGB")
+            if min(image.size) < size:  # PIL would pad the crop with black: another input than a photo
+                print(
+                    f"Note: {path.name} ({image.width} x {image.height}) is smaller than --crf_size {size}: left out"
+                )
+                continue
+            if len(scenes) == args.crf_count:
+                break
             mask = Image.open(root / "SegmentationClass" / f"{path.stem}.png")
-            top, left = max((image.height - size) // 2, 0), max((image.width - size) // 2, 0)
+            top, left = (image.height - size) // 2, (image.width - size) // 2
             box = (left, top, left + size, top + size)
             labels = torch.from_numpy(np.array(mask.crop(box)).astype(np.int64))
             scenes.append(
                 (path.stem, np.array(image.crop(box)), torch.where(labels >= num_classes, 0, labels))
             )
+        if not scenes:
+            raise ValueError(f"No photo of {root / 'JPEGImages'} is at least --crf_size {size} on each side.")
     else:
         for i in range(args.crf_count):  # smooth random regions of 1-4 classes with class colours + noise
             coarse = torch.randn(num_classes, size // 64 + 2, size // 64 + 2, generator=g)

@@ -413,6 +413,31 @@ def test_benchmark_crf_mode_runs(tmp_path):
         assert all(row["equal_labels"] == 1.0 and row["reference_seconds"] > 0 for row in rows[:2])
 
 
+def test_benchmark_crf_leaves_out_photos_smaller_than_its_size(tmp_path, capsys):
+    """A 375 x 300 photo at --crf_size 513 was timed as a 513 x 513 input with 213 black rows (PIL pads a crop
+    larger than the image); its help said centre-cropped."""
+    from conftest import example_module
+    from PIL import Image
+
+    benchmark_crf = example_module("benchmark_crf")
+    for folder in ("JPEGImages", "SegmentationClass"):
+        (tmp_path / folder).mkdir()
+    for name, (width, height) in {"a_small": (30, 20), "b_large": (50, 40)}.items():
+        Image.new("RGB", (width, height), (200, 10, 10)).save(tmp_path / "JPEGImages" / f"{name}.jpg")
+        Image.new("L", (width, height), 1).save(tmp_path / "SegmentationClass" / f"{name}.png")
+    args = benchmark_crf.parse_args(["--crf_images", str(tmp_path), "--crf_size", "32", "--crf_count", "2"])
+    inputs = benchmark_crf.crf_inputs(args)
+    assert [name for name, _, _ in inputs] == ["b_large easy", "b_large hard"]
+    assert all(image.shape == (32, 32, 3) and image.min() > 0 for _, image, _ in inputs)  # no black padding
+    assert "Note: a_small.jpg (30 x 20) is smaller than --crf_size 32: left out" in capsys.readouterr().out
+    with pytest.raises(
+        ValueError, match=r"No photo of .*JPEGImages is at least --crf_size 64 on each side\."
+    ):
+        benchmark_crf.crf_inputs(
+            benchmark_crf.parse_args(["--crf_images", str(tmp_path), "--crf_size", "64"])
+        )
+
+
 def test_unary_clips_probabilities_at_1e_5():
     """The unary is -log(max(p, 1e-5)), as pydensecrf's unary_from_softmax (clip 1e-5)."""
     from weclip_hf.crf import dense_crf
