@@ -42,10 +42,10 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from weclip_hf import WeCLIPConfig, WeCLIPImageProcessor, WeCLIPPlusConfig
+from weclip_hf.batch_jobs import comparable_path
 from weclip_hf.checkpointing import (
     CheckpointError,
     check_unchanged,
-    comparable_path,
     existing_checkpoint_folder,
 )
 from weclip_hf.data.loading import (

@@ -300,6 +300,25 @@ def test_another_model_saved_at_the_same_folder_is_refused(finished_run):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 
 
+def test_the_same_model_folder_given_by_another_path_continues(finished_run, monkeypatch):
+    """The model folder of a finished run given as a relative path or with a trailing slash was refused as another
+    setting ("model_name_or_path: '/abs/model' -> 'model'"), and its remedy, --overwrite_output_dir, deleted the
+    work. Now a local folder is recorded and compared by its resolved path (its weights by their SHA-256), also
+    where a run of an earlier version recorded it as given."""
+    model, argv, out = finished_run
+    settings = out / ".state" / "settings.json"
+    assert json.loads(settings.read_text())["model_name_or_path"] == str(model.resolve())
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    monkeypatch.chdir(model.parent)
+    for given in ("model", f"{model}/", "./model/"):
+        assert segment.main(["--model_name_or_path", given, *argv[2:]])["num_images"] == 2, given
+    edit_json(settings, model_name_or_path="./model/")  # as an earlier version recorded it
+    assert segment.main(argv)["num_images"] == 2
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("labels/*.png")} == {
+        p: t for p, t in before.items() if p.parent.name == "labels"
+    }
+
+
 def edit_json(path: Path, **changes) -> None:
     """Set ``changes`` in the JSON object saved at ``path``."""
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))

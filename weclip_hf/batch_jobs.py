@@ -12,8 +12,9 @@
   of a batch are run in groups of one size (`group_by_size`).
 - `check_run_settings` records the settings that change the outputs in ``.state/settings.json``: a re-run with
   other settings is refused (`SettingsChanged`) rather than mixing two kinds of outputs in one folder. A model
-  given as a local folder is recorded by its weights and config.json too (`weights_sha256`), so that another model
-  saved at the same path is another setting; so is its image processor (`image_processor_setting`). With
+  given as a local folder is recorded by its resolved path (`comparable_path`: the same folder however given) and
+  by its weights and config.json (`weights_sha256`), so that another model saved at the same path is another
+  setting; so is its image processor (`image_processor_setting`). With
   --overwrite_output_dir the run starts over instead (`check_run_settings_or_start_over`): the writer removes what
   the earlier run wrote, by its records.
 - While a run rewrites a folder whose finished outputs are read as a whole (a dataset's metadata), the folder is
@@ -248,6 +249,12 @@ def check_recorded_inputs(
     return done, set(changed)
 
 
+def comparable_path(name: str | None) -> str | None:
+    """A local path as its resolved absolute form (``data`` and ``./data/`` are the same folder); a Hub id or
+    None as given."""
+    return str(Path(name).resolve()) if name and os.path.exists(name) else name
+
+
 def weights_sha256(name_or_path: str | None) -> dict[str, str] | None:
     """The identity of a model's weights and configuration: the SHA-256 of each safetensors file and of
     ``config.json`` of a local model folder (the files `from_pretrained` reads), by file name; None for a Hub id (no
@@ -283,18 +290,23 @@ def check_run_settings(
 
     ``wait``: a barrier of all processes (``PartialState().wait_for_everyone``): the main process records, then
     every process compares. ``models``: the keys of ``settings`` that name a model (a local folder or a Hub id);
-    `weights_sha256` of each is a setting too (`weights_key`), so a model saved over the old one at the same path
-    is a changed setting. ``writer``: the script, recorded too. Raises ValueError for outputs of another writer,
+    a local folder is recorded and compared by its resolved path (`comparable_path`: ``m``, ``./m/`` and
+    ``/abs/m`` are one folder; also where an earlier version recorded it as given), and `weights_sha256` of each
+    is a setting too (`weights_key`), so a model saved over the old one at the same path is a changed setting.
+    ``writer``: the script, recorded too. Raises ValueError for outputs of another writer,
     `SettingsChanged` naming the settings that differ, or ValueError, where a model is a local folder, for outputs
     recorded without its weights (by a version before they were recorded: which weights wrote them cannot be
     told)."""
     path = Path(output_dir) / STATE_DIR / SETTINGS
-    settings = {**settings, **{weights_key(k): weights_sha256(settings[k]) for k in models}}
+    settings = {**settings, **{k: comparable_path(settings[k]) for k in models}}
+    settings.update({weights_key(k): weights_sha256(settings[k]) for k in models})
     settings = json.loads(json.dumps({**settings, WRITER: writer} if writer else settings))  # tuples -> lists
     if is_main_process and not path.exists():
         save_json(settings, path)
     wait()
     recorded = read_record(path)
+    # a model folder recorded as given (by a version before paths were resolved): compared by where it is
+    recorded.update({k: comparable_path(recorded[k]) for k in models if k in recorded})
     if recorded.get(WRITER, writer) != writer:
         raise ValueError(
             f"{output_dir} holds the outputs of {recorded[WRITER]}, not of {writer}: its files are not this "

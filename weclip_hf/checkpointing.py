@@ -429,12 +429,6 @@ def _check_frozen_weights(frozen: FrozenWeights, path: Path) -> frozenset[str]:
     return frozen.names
 
 
-def comparable_path(name: str | None) -> str | None:
-    """A local path as its resolved absolute form (``data`` and ``./data/`` are the same folder); a Hub id or
-    None as given."""
-    return str(Path(name).resolve()) if name and os.path.exists(name) else name
-
-
 def differences(
     saved: dict, current: dict, label=lambda key: f"--{key}", skip: frozenset = frozenset()
 ) -> list[str]:

@@ -15,12 +15,12 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from .batch_jobs import comparable_path
 from .checkpointing import (
     TRAINING_ARGS_NAME,
     FrozenWeights,
     TrainingState,
     check_unchanged,
-    comparable_path,
     read_training_state,
     save_checkpoint,
 )
