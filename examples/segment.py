@@ -31,9 +31,9 @@ loss, is redone), provided the label map was made from the same image: ``.state/
 one's input by its content (size and SHA-256 of its bytes). A label map of another input of the same name (a
 changed file, another folder) is refused, or with --overwrite_output_dir replaced. A re-run with other settings, or
 with another model saved at the same --model_name_or_path folder (its weights and config.json are recorded by their
-SHA-256, its image processor by its settings), is refused, or with --overwrite_output_dir starts over: it removes
-the earlier run's label maps, overlays, records and report, the files each input's record lists as written for it
-(before it wrote them), never other files of the folder.
+SHA-256, its image processor by its settings; a Hub id's of the revision it resolves to), is refused, or with
+--overwrite_output_dir starts over: it removes the earlier run's label maps, overlays, records and report, the files
+each input's record lists as written for it (before it wrote them), never other files of the folder.
 
 Phases: arguments -> inputs -> model -> segmentation loop (each process its share) -> report (main process).
 """

@@ -319,6 +319,42 @@ def test_the_same_model_folder_given_by_another_path_continues(finished_run, mon
     }
 
 
+def test_a_hub_model_whose_revision_moved_to_other_weights_is_refused(
+    images, toy_weclip_dir, tmp_path, monkeypatch
+):
+    """A Hub id whose main revision moved to other weights (on the Hub, or offline the Hub cache's refs/main): the
+    re-run continued with them, mixing two models' label maps in one folder (only a local folder's weights were
+    recorded). Now the weights of the snapshot transformers resolves are recorded as a local folder's: the re-run
+    is refused, and nothing is rewritten. Served offline from a Hub cache holding two revisions of me/weclip."""
+    import huggingface_hub
+
+    repo, first, second = tmp_path / "hub" / "models--me--weclip", "a" * 40, "b" * 40
+    for commit in (first, second):
+        shutil.copytree(toy_weclip_dir, repo / "snapshots" / commit)
+    save_another_model_at(repo / "snapshots" / second)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(first)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", "me/weclip", "--images", str(images / "sub"), "--output_dir", str(out)]
+    assert segment.main(argv)["num_images"] == 2
+    assert segment.main(argv)["num_images"] == 2  # the same revision: continued
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    (repo / "refs" / "main").write_text(second)
+    with pytest.raises(
+        ValueError,
+        match="model_name_or_path_weights_sha256: .* The model at me/weclip is not the one that wrote",
+    ):
+        segment.main(argv)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    # a folder of an earlier version, which recorded a Hub id's weights as None: which wrote it cannot be told
+    edit_json(out / ".state" / "settings.json", model_name_or_path_weights_sha256=None)
+    with pytest.raises(
+        ValueError, match="did not record the weights of its model.*now at me/weclip cannot be"
+    ):
+        segment.main(argv)
+
+
 def edit_json(path: Path, **changes) -> None:
     """Set ``changes`` in the JSON object saved at ``path``."""
     path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
@@ -487,12 +523,16 @@ def test_content_fingerprint_is_of_the_bytes_however_stored(tmp_path):
     assert content_fingerprint(None) is None
 
 
-def test_run_settings_record_the_weights_of_a_local_model_folder(tmp_path):
+def test_run_settings_record_the_weights_of_a_local_model_folder(tmp_path, monkeypatch):
     """`check_run_settings` with ``models``: a local folder's safetensors files and config.json by their SHA-256, a
-    Hub id by its name only (also in a folder recorded without weights, as before)."""
+    Hub id absent from the Hub cache by its name only (also in a folder recorded without weights, as before)."""
     import hashlib
 
+    import huggingface_hub
+
     from weclip_hf.batch_jobs import check_run_settings, weights_sha256
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
 
     model = tmp_path / "model"
     model.mkdir()

@@ -14,7 +14,8 @@
   other settings is refused (`SettingsChanged`) rather than mixing two kinds of outputs in one folder. A model
   given as a local folder is recorded by its resolved path (`comparable_path`: the same folder however given) and
   by its weights and config.json (`weights_sha256`), so that another model saved at the same path is another
-  setting; so is its image processor (`image_processor_setting`). With
+  setting; a Hub id by those of the revision it resolves to (`model_folder`: its snapshot in the Hub cache), so
+  that a repository moved to other weights is one too; so is its image processor (`image_processor_setting`). With
   --overwrite_output_dir the run starts over instead (`check_run_settings_or_start_over`): the writer removes what
   the earlier run wrote, by its records.
 - While a run rewrites a folder whose finished outputs are read as a whole (a dataset's metadata), the folder is
@@ -43,6 +44,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 from PIL import Image
+from transformers.utils import cached_file
 
 STATE_DIR = ".state"  # hidden: `datasets` and globs skip it
 UNFINISHED = "unfinished.json"  # in STATE_DIR from `mark_unfinished` to `mark_finished`
@@ -255,12 +257,31 @@ def comparable_path(name: str | None) -> str | None:
     return str(Path(name).resolve()) if name and os.path.exists(name) else name
 
 
+def model_folder(name_or_path: str) -> Path | None:
+    """The folder `from_pretrained` reads a model from: a local folder, or for a Hub id its snapshot in the Hub
+    cache at the revision the id resolves to now (the Hub's main, or offline the cache's refs/main); None where there
+    is neither (a Hub id not in the cache, a path to no folder)."""
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir():
+        return folder
+    try:
+        config = cached_file(
+            name_or_path,
+            "config.json",
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
+    except OSError:  # no Hub id either
+        return None
+    return Path(config).parent if config else None
+
+
 def weights_sha256(name_or_path: str | None) -> dict[str, str] | None:
     """The identity of a model's weights and configuration: the SHA-256 of each safetensors file and of
-    ``config.json`` of a local model folder (the files `from_pretrained` reads), by file name; None for a Hub id (no
-    such local folder) or no model."""
-    folder = Path(name_or_path).expanduser() if name_or_path else None
-    if folder is None or not folder.is_dir():
+    ``config.json`` in its `model_folder` (the files `from_pretrained` reads: a local folder's, or a Hub id's at the
+    revision it resolves to), by file name; None for no model, or one in no such folder."""
+    folder = model_folder(name_or_path) if name_or_path else None
+    if folder is None:
         return None
     files = [*sorted(folder.glob("*.safetensors")), *sorted(folder.glob("config.json"))]
     return {p.name: sha256_of(p) for p in files}
@@ -294,9 +315,9 @@ def check_run_settings(
     ``/abs/m`` are one folder; also where an earlier version recorded it as given), and `weights_sha256` of each
     is a setting too (`weights_key`), so a model saved over the old one at the same path is a changed setting.
     ``writer``: the script, recorded too. Raises ValueError for outputs of another writer,
-    `SettingsChanged` naming the settings that differ, or ValueError, where a model is a local folder, for outputs
-    recorded without its weights (by a version before they were recorded: which weights wrote them cannot be
-    told)."""
+    `SettingsChanged` naming the settings that differ, or ValueError, where a model's weights are found, for outputs
+    of the same model recorded without them (by a version before they were recorded, or before a Hub id's were:
+    which weights wrote them cannot be told)."""
     path = Path(output_dir) / STATE_DIR / SETTINGS
     settings = {**settings, **{k: comparable_path(settings[k]) for k in models}}
     settings.update({weights_key(k): weights_sha256(settings[k]) for k in models})
@@ -314,7 +335,14 @@ def check_run_settings(
         )
     if WRITER not in recorded:  # written by a version that did not record its writer
         settings.pop(WRITER, None)
-    unknown = [k for k in models if weights_key(k) not in recorded and settings[weights_key(k)] is not None]
+    # the same model, whose weights an earlier version did not record (of any model; of a Hub id's: None)
+    unknown = [
+        k
+        for k in models
+        if recorded.get(k) == settings[k]
+        and recorded.get(weights_key(k)) is None
+        and settings[weights_key(k)] is not None
+    ]
     if unknown:
         raise ValueError(
             f"{output_dir} holds outputs of a run that did not record the weights of its model (written before "
