@@ -14,10 +14,11 @@ Inputs: folders (searched recursively, linked folders too; hidden files and fold
 earlier runs, left out; a file is named by its path there, links not followed), files and glob patterns
 (``--images``), or a split of a Hub dataset, imagefolder or saved dataset. Images are read as the
 "image-segmentation" pipeline reads them (EXIF orientation, grayscale, CMYK, 16-bit, images below one patch); a
-file that cannot be read (a broken link too) is skipped and listed by its path, never fatal. What this script
-writes in --output_dir (labels/, overlays/, .state/) is never an input: --output_dir may lie inside an --images
-folder, or be it. The script writes no links there: a link among its outputs (those folders or what they hold,
-class_fractions.json) is refused, as it would write into another folder.
+file that cannot be read (a broken link too) is skipped and listed by its path, never fatal (one an earlier run
+did: its label map and overlay removed, as on a first run it has none). What this script writes in --output_dir
+(labels/, overlays/, .state/) is never an input: --output_dir may lie inside an --images folder, or be it. The
+script writes no links there: a link among its outputs (those folders or what they hold, class_fractions.json) is
+refused, as it would write into another folder.
 
 Outputs in --output_dir: ``labels/<name>.png`` (palette PNG whose pixel values are the ids of the model's
 ``config.id2label``; ``<name>``: the path relative to the inputs' common folder without its suffix, with it where
@@ -320,10 +321,15 @@ def clashes_with_folder(name: str, folders: set[str]) -> bool:
     return any(f"{name}{suffix}".lower() in folders for suffix in OUTPUT_SUFFIXES)
 
 
-def input_record(stored, where, position: int) -> dict:
-    """What the input at ``position`` is: ``{"source": its file or row, "input": its content_fingerprint}``."""
+def input_record(stored, where, position: int) -> dict | None:
+    """What the input at ``position`` is: ``{"source": its file or row, "input": its content_fingerprint}``; None
+    where its file cannot be read (gone, a broken link: `ImageInputs` lists it as skipped)."""
     value = stored[position]
-    return {"source": file_path(value) or where(position), "input": content_fingerprint(value)}
+    try:
+        fingerprint = content_fingerprint(value)
+    except OSError:
+        return None
+    return {"source": file_path(value) or where(position), "input": fingerprint}
 
 
 class ImageInputs(Dataset):
@@ -569,7 +575,8 @@ def main(argv=None) -> dict | None:
         writer="examples/segment.py",
     )
 
-    # 1. inputs: this process's share, without those an earlier run did from the same input
+    # 1. inputs: this process's share, without those an earlier run did from the same input (one that cannot be
+    # read now is redone: its earlier outputs go, and it is listed as skipped)
     label_path = {name: out / "labels" / f"{name}.png" for name in names}
     record_path = {name: out / STATE_DIR / "inputs" / f"{name}.json" for name in names}
     position = {name: i for i, name in enumerate(names)}

@@ -825,6 +825,40 @@ def test_a_broken_link_is_listed_as_skipped(images, toy_weclip_dir, tmp_path):
     assert skipped["reason"].startswith(f"file {str(tmp_path / 'in' / 'gone.png')!r}: FileNotFoundError")
 
 
+def test_a_done_input_that_became_a_broken_link_is_listed_as_skipped(images, toy_weclip_dir, tmp_path):
+    """An input done by an earlier run whose link now points to a missing file: the re-run stopped with a bare
+    FileNotFoundError (its content fingerprinted to compare with its record). Now it is skipped and listed by its
+    path, as on a first run: the report is a fresh run's, the label map and overlay of the earlier input gone (they
+    are not this run's result), the other input left done."""
+    (tmp_path / "in").mkdir()
+    shutil.copyfile(images / "toy0.png", tmp_path / "in" / "a.png")
+    (tmp_path / "in" / "link.png").symlink_to(images / "toy2.png")
+    argv = [
+        "--model_name_or_path",
+        str(toy_weclip_dir),
+        "--images",
+        str(tmp_path / "in"),
+        "--num_overlays",
+        "-1",
+    ]
+    out = tmp_path / "out"
+    assert sorted(segment.main([*argv, "--output_dir", str(out)])["images"]) == ["a", "link"]
+    kept = (out / "labels" / "a.png").stat().st_mtime_ns
+    (tmp_path / "in" / "link.png").unlink()
+    (tmp_path / "in" / "link.png").symlink_to(tmp_path / "missing.png")
+    report = segment.main([*argv, "--output_dir", str(out)])
+    assert report == segment.main([*argv, "--output_dir", str(tmp_path / "fresh")])
+    assert list(report["images"]) == ["a"]
+    [skipped] = report["skipped"]
+    assert skipped["input"] == "link"
+    assert skipped["reason"].startswith(f"file {str(tmp_path / 'in' / 'link.png')!r}: FileNotFoundError")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == [
+        "labels/a.png",
+        "overlays/a.png",
+    ]
+    assert (out / "labels" / "a.png").stat().st_mtime_ns == kept
+
+
 def test_links_among_the_outputs_are_refused_and_never_followed(images, toy_weclip_dir, tmp_path):
     """Links planted in --output_dir (labels/, overlays/, class_fractions.json, a folder inside .state/): the run
     wrote and replaced files in the folders they point to, also with --overwrite_output_dir; now it is refused,

@@ -218,18 +218,22 @@ def recorded_outputs(path: str | Path, output_dir: str | Path, folders: Iterable
 def check_recorded_inputs(
     output_dir: str | Path,
     recorded: dict[str, dict | None],
-    current: Callable[[str], dict],
+    current: Callable[[str], dict | None],
     overwrite: bool,
 ) -> tuple[set[str], set[str]]:
     """(done, changed): the outputs an earlier run finished (``recorded``: output name -> the record of the input
     it was made from, ``{"source", "input"}``; None where it has none) split into those made from this run's input
-    of that name (``current(name)``, a record of the same form; compared by ``input``) and the others.
+    of that name (``current(name)``, a record of the same form; compared by ``input``) and the others. A name
+    whose input cannot be read now (``current(name)`` None) is in neither: the caller redoes it, and lists it as
+    skipped when it fails to read it.
 
     Raises ValueError naming the changed ones unless ``overwrite`` (--overwrite_output_dir: the caller redoes
     them): an output of another input is neither kept as this one's nor replaced without a word."""
     done, changed = set(), {}
     for name in sorted(recorded):
         record, now = recorded[name], json.loads(json.dumps(current(name)))  # tuples -> lists, as read back
+        if now is None:
+            continue
         if record is not None and record.get("input") == now["input"]:
             done.add(name)
         else:
