@@ -80,6 +80,7 @@ from weclip_hf.batch_jobs import (
     mark_finished,
     mark_unfinished,
     process_share,
+    read_input_record,
     read_record,
     recorded_outputs,
     remove_file,
@@ -620,7 +621,7 @@ def rows_to_do(out: Path, split: str, dataset, columns, args, state: PartialStat
     (refused without it: `check_recorded_inputs`, `check_no_other_rows`)."""
     rows = list(dataset["source_row"])  # one column read, not the images
     position = {example_name(row): i for i, row in enumerate(rows)}
-    recorded = {p.stem: read_record(p) for p in (out / STATE_DIR / split).glob("*.json")}
+    recorded = {p.stem: read_input_record(p) for p in (out / STATE_DIR / split).glob("*.json")}
     done, changed = check_recorded_inputs(
         out,
         {name: record for name, record in recorded.items() if name in position},
@@ -709,8 +710,8 @@ def finish(args, out: Path, splits: dict, id2label: dict) -> dict:
 
 def earlier_run(out: Path) -> dict[str, dict[Path, list[Path]]]:
     """The example records of the run in ``out``, by split, each with the files it lists as written for its
-    example. Raises ValueError where a record lists none (written by a version before records listed them): which
-    overlays that run wrote cannot be told from a user's own."""
+    example. Raises ValueError where a record lists none (written by a version before records listed them, or
+    damaged): which overlays that run wrote cannot be told from a user's own."""
     splits = sorted(p.name for p in (out / STATE_DIR).iterdir() if p.is_dir())
     check_no_links(out, splits)  # this run's outputs were checked; the earlier run's split folders may differ
     listed = {
@@ -723,8 +724,8 @@ def earlier_run(out: Path) -> dict[str, dict[Path, list[Path]]]:
     if unlisted := [path for records in listed.values() for path, files in records.items() if files is None]:
         raise ValueError(
             f"{out} holds a dataset of a run with other settings whose records do not list the files it wrote "
-            f"({unlisted[0]}; written by an earlier version): starting over there could delete overlays of your "
-            "own. Choose another --output_dir."
+            f"({unlisted[0]}; written by an earlier version, or damaged): starting over there could delete "
+            "overlays of your own. Choose another --output_dir."
         )
     return listed
 

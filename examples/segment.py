@@ -72,7 +72,7 @@ from weclip_hf.batch_jobs import (
     image_processor_setting,
     is_whole_image,
     process_share,
-    read_record,
+    read_input_record,
     read_skipped,
     recorded_outputs,
     remove_file,
@@ -516,15 +516,15 @@ def write_report(out: Path, names: list[str], label_path: dict, id2label, model_
 
 def earlier_run(out: Path) -> dict[Path, list[Path]]:
     """The input records of the run in ``out``, each with the files it lists as written for its input. Raises
-    ValueError where a record lists none (written by a version before records listed them): which files that run
-    wrote cannot be told from a user's own."""
+    ValueError where a record lists none (written by a version before records listed them, or damaged): which files
+    that run wrote cannot be told from a user's own."""
     records = sorted((out / STATE_DIR / "inputs").rglob("*.json"))
     listed = {path: recorded_outputs(path, out, IMAGE_FOLDERS) for path in records}
     if unlisted := [path for path, outputs in listed.items() if outputs is None]:
         raise ValueError(
             f"{out} holds outputs of a run with other settings whose records do not list the files it wrote "
-            f"({unlisted[0]}; written by an earlier version): starting over there could delete files of your own. "
-            "Choose another --output_dir."
+            f"({unlisted[0]}; written by an earlier version, or damaged): starting over there could delete files of "
+            "your own. Choose another --output_dir."
         )
     return listed
 
@@ -582,7 +582,7 @@ def main(argv=None) -> dict | None:
     position = {name: i for i, name in enumerate(names)}
     done, _ = check_recorded_inputs(
         out,
-        {name: read_record(record_path[name]) for name in names if label_path[name].exists()},
+        {name: read_input_record(record_path[name]) for name in names if label_path[name].exists()},
         lambda name: input_record(values, where, position[name]),
         args.overwrite_output_dir,
     )

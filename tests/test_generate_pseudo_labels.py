@@ -405,6 +405,25 @@ def test_a_row_redone_takes_only_the_overlay_its_record_lists(tiny_clip, tmp_pat
     assert (out / "overlays" / "000001.png").read_bytes() == b"my overlay"
 
 
+def test_a_damaged_row_record_is_taken_as_none(tiny_clip, tmp_path):
+    """An emptied row record (.state/train/000000.json) stopped every run over the folder, also with
+    --overwrite_output_dir, with "holds no record ... Choose another --output_dir". Now it is taken as no record:
+    the row's outputs are refused as those of an input that cannot be told, naming --overwrite_output_dir, which
+    redoes the row."""
+    out = tmp_path / "out"
+    argv = ["--clip_model_name_or_path", tiny_clip, "--toy_train_images", "2", "--output_dir", str(out)]
+    generate.main(argv)
+    record = out / ".state" / "train" / "000000.json"
+    whole = json.loads(record.read_text())
+    record.write_bytes(b"")
+    with pytest.raises(
+        ValueError, match=r"'000000' without a record of its input \(.*or its record damaged\)"
+    ):
+        generate.main(argv)
+    assert generate.main([*argv, "--overwrite_output_dir"])["splits"]["train"]["num_images"] == 2
+    assert json.loads(record.read_text())["input"] == whole["input"]
+
+
 def test_overlays_asked_for_in_a_rerun_of_a_finished_run_are_drawn_of_its_masks(tiny_clip, tmp_path):
     """A finished run without overlays, run again with --num_overlays 1: it drew none (its rows were done). Now row
     0's overlay is drawn, of the mask written, which stays as it was; its record lists it."""

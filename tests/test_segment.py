@@ -434,6 +434,25 @@ def test_a_damaged_settings_file_is_named_and_never_taken_for_other_settings(fin
     assert len(list((out / "labels").glob("*.png"))) == 2
 
 
+def test_a_damaged_input_record_is_taken_as_none(finished_run):
+    """An emptied input record (.state/inputs/toy1.json) stopped every run over the folder, also with
+    --overwrite_output_dir, with "holds no record ... Choose another --output_dir". Now it is taken as no record:
+    its label map is refused as one of an input that cannot be told, naming --overwrite_output_dir, which redoes
+    it; the other input stays done."""
+    _, argv, out = finished_run
+    record, kept = out / ".state" / "inputs" / "toy1.json", out / "labels" / "toy3.png"
+    whole, kept_at = record.read_bytes(), kept.stat().st_mtime_ns
+    record.write_bytes(b"")
+    with pytest.raises(
+        ValueError,
+        match=r"1 outputs of other inputs.*'toy1' without a record of its input \(.*or its record damaged\)"
+        r".*--overwrite_output_dir to replace them",
+    ):
+        segment.main(argv)
+    assert segment.main([*argv, "--overwrite_output_dir"])["num_images"] == 2
+    assert record.read_bytes() == whole and kept.stat().st_mtime_ns == kept_at
+
+
 def test_overlays_asked_for_in_a_rerun_of_a_finished_run_are_drawn_of_its_label_maps(finished_run):
     """A finished run without overlays, run again with --num_overlays 1: it drew none (its inputs were done). Now
     the first input's overlay is drawn, of the label map written, which stays as it was; its record lists it."""

@@ -6,8 +6,10 @@
   a re-run skips it (a label map that cannot be read all the same is redone: `is_whole_image`).
 - Each output's record names the input it was made from, by content (`content_fingerprint`): a re-run skips an
   output only if this run's input of that name is the same, and refuses one made from another input
-  (`check_recorded_inputs`), rather than reporting another input's result as this one's. A record written before
-  its outputs may list them (``"outputs"``, `recorded_outputs`): what a later run may delete as that run's.
+  (`check_recorded_inputs`), rather than reporting another input's result as this one's; a damaged record is read
+  as none (`read_input_record`), so that it is refused or redone as such rather than stopping every run. A record
+  written before its outputs may list them (``"outputs"``, `recorded_outputs`): what a later run may delete as that
+  run's.
 - Process ``rank`` of ``world_size`` takes inputs ``rank, rank + world_size, ...`` (`process_share`); the inputs
   of a batch are run in groups of one size (`group_by_size`).
 - `check_run_settings` records the settings that change the outputs in ``.state/settings.json``: a re-run with
@@ -193,12 +195,22 @@ def read_record(path: str | Path) -> dict | None:
     return record
 
 
+def read_input_record(path: str | Path) -> dict | None:
+    """The record of one input's outputs at ``path`` (`read_record`), or None where there is none or it is damaged
+    (edited, or cut short): that input's outputs are then of an input that cannot be told, refused or redone as
+    those without a record (`check_recorded_inputs`), rather than stopping every run over the folder."""
+    try:
+        return read_record(path)
+    except ValueError:  # the file holds no record
+        return None
+
+
 def recorded_outputs(path: str | Path, output_dir: str | Path, folders: Iterable[str]) -> list[Path] | None:
-    """The files the record at ``path`` lists as written for its input (``"outputs"``: paths relative to
-    ``output_dir``), or None where it lists none (no record, or one of a version that did not list them). Raises
-    ValueError for a list that is not one of files inside ``folders`` (the writer's output folders, relative to
-    ``output_dir``): a record names only files its run wrote there."""
-    record = read_record(path)
+    """The files the input record at ``path`` lists as written for its input (``"outputs"``: paths relative to
+    ``output_dir``), or None where it lists none (no record, a damaged one, or one of a version that did not list
+    them). Raises ValueError for a list that is not one of files inside ``folders`` (the writer's output folders,
+    relative to ``output_dir``): a record names only files its run wrote there."""
+    record = read_input_record(path)
     if record is None or OUTPUTS not in record:
         return None
     listed, output_dir = record[OUTPUTS], Path(output_dir)
@@ -243,7 +255,7 @@ def check_recorded_inputs(
             f"{name!r} made from {record['source']}, not from this run's {now['source']} (their contents differ)"
             if record is not None and "input" in record
             else f"{name!r} without a record of its input (written by a version before inputs were recorded, or "
-            "not by this script)"
+            "not by this script; or its record damaged)"
             for name, (record, now) in list(changed.items())[:5]
         ]
         more = f"; and {len(changed) - 5} more" if len(changed) > 5 else ""
@@ -539,6 +551,7 @@ __all__ = [
     "mark_finished",
     "mark_unfinished",
     "process_share",
+    "read_input_record",
     "read_record",
     "read_skipped",
     "recorded_outputs",
