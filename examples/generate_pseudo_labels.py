@@ -26,9 +26,10 @@ the same command after an interruption continues where it stopped (every file is
 done when its record in ``.state/`` exists and names the same input: the size and SHA-256 of the row's image and
 mask bytes, and its image-level labels). Rows of another input under the same row numbers (another dataset, toy
 seed or labels column) are refused, or with --overwrite_output_dir replaced; so are rows this run does not have (an
-earlier run of more images), or with it dropped, so that the dataset written is this run's. Until a run is done,
-its folder is marked unfinished and holds no metadata.jsonl (nor report), so that an interrupted run is not read as
-the earlier dataset with some of this run's masks; `train.py --data_dir` refuses it. A re-run with other settings,
+earlier run of more images, or a row whose image is unreadable now), or with it dropped, so that the dataset
+written is this run's. Until a run is done, its folder is marked unfinished and holds no metadata.jsonl (nor
+report), so that an interrupted run is not read as the earlier dataset with some of this run's masks; `train.py
+--data_dir` refuses it. A re-run with other settings,
 or with another model saved at the same --model or --clip_model_name_or_path folder (its weights and config.json
 are recorded by their SHA-256, its image processor by its settings; a Hub id's of the revision it resolves to), is
 refused, or with --overwrite_output_dir starts over: it removes the earlier run's dataset (the files of its split
@@ -289,8 +290,9 @@ def check_output_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) 
 
 
 def load_splits(args, num_classes: int, ignore_index: int, class_names, state: PartialState) -> dict:
-    """{split: (dataset with image_labels and a ``source_row`` column, its columns)}: --split and, if asked,
-    --validation_split (which needs masks). Unreadable images are dropped and listed (the LabelSummary)."""
+    """{split: (dataset with image_labels and a ``source_row`` column, its columns, its unreadable rows, whether
+    it is pseudo-labelled)}: --split and, if asked, --validation_split (which needs masks). Unreadable images are
+    dropped and listed (the LabelSummary; `unreadable_rows`)."""
     source = DataSource.from_args(args, toy_sizes=(args.toy_train_images, args.toy_val_images))
     # a --validation_split the dataset lacks is refused by load_dataset_splits; without one, "none" asks for none
     # (and for no note on how train.py would find one)
@@ -317,9 +319,8 @@ def load_splits(args, num_classes: int, ignore_index: int, class_names, state: P
             class_names=class_names,
             example=lambda dataset=dataset: dataset[0],
         )
-        dataset = dataset.add_column(
-            "source_row", list(range(len(dataset)))
-        )  # names stay when rows are dropped
+        num_rows = len(dataset)
+        dataset = dataset.add_column("source_row", list(range(num_rows)))  # names stay when rows are dropped
         with state.main_process_first():
             dataset, summary = add_image_labels(
                 dataset,
@@ -331,8 +332,16 @@ def load_splits(args, num_classes: int, ignore_index: int, class_names, state: P
                 skip_unreadable=True,
             )
         state.print(f"{name}: {summary}")
-        splits[name] = (dataset, columns, summary.unreadable, is_pseudo)
+        unreadable = unreadable_rows(num_rows, dataset["source_row"], summary.unreadable)
+        splits[name] = (dataset, columns, unreadable, is_pseudo)
     return splits
+
+
+def unreadable_rows(num_rows: int, kept: list[int], sources: list[str]) -> dict[str, str]:
+    """The rows of a split of ``num_rows`` that were dropped as unreadable (those not ``kept``), by `example_name`,
+    each with its file or row as ``sources`` (the LabelSummary's, in row order) names it."""
+    dropped = sorted(set(range(num_rows)) - set(kept))
+    return {example_name(row): source for row, source in zip(dropped, sources, strict=True)}
 
 
 def row_record(example: dict, columns, split: str) -> dict:
@@ -615,10 +624,13 @@ def missing_overlays(out: Path, dataset, todo: list[int], args, state: PartialSt
     }
 
 
-def rows_to_do(out: Path, split: str, dataset, columns, args, state: PartialState) -> list[int]:
+def rows_to_do(
+    out: Path, split: str, dataset, columns, unreadable: dict[str, str], args, state: PartialState
+) -> list[int]:
     """The positions in ``dataset`` of this process's share that an earlier run did not do from the same input;
-    with --overwrite_output_dir, the records of the others, and of rows this run does not have, dropped first
-    (refused without it: `check_recorded_inputs`, `check_no_other_rows`)."""
+    with --overwrite_output_dir, the records of the others, and of rows this run does not have (``unreadable``
+    among them: `unreadable_rows`), dropped first (refused without it: `check_recorded_inputs`,
+    `check_no_other_rows`)."""
     rows = list(dataset["source_row"])  # one column read, not the images
     position = {example_name(row): i for i, row in enumerate(rows)}
     recorded = {p.stem: read_input_record(p) for p in (out / STATE_DIR / split).glob("*.json")}
@@ -628,7 +640,7 @@ def rows_to_do(out: Path, split: str, dataset, columns, args, state: PartialStat
         lambda name: row_record(dataset[position[name]], columns, split),
         args.overwrite_output_dir,
     )
-    check_no_other_rows(out, split, recorded.keys() - position.keys(), args.overwrite_output_dir)
+    check_no_other_rows(out, split, recorded.keys() - position.keys(), unreadable, args.overwrite_output_dir)
     share = process_share(len(dataset), state.process_index, state.num_processes)
     if args.overwrite_output_dir:
         drop_records(out, split, args, changed & {example_name(rows[i]) for i in share})
@@ -637,19 +649,34 @@ def rows_to_do(out: Path, split: str, dataset, columns, args, state: PartialStat
     return [i for i in share if example_name(rows[i]) not in done]
 
 
-def check_no_other_rows(out: Path, split: str, others: set[str], overwrite: bool) -> None:
+def check_no_other_rows(
+    out: Path, split: str, others: set[str], unreadable: dict[str, str], overwrite: bool
+) -> None:
     """Refuse, unless ``overwrite`` (--overwrite_output_dir: their records are dropped), the records in ``out`` of
-    rows of ``split`` that this run does not have (an earlier run of more rows): the dataset written would list
-    them as this run's."""
-    if others and not overwrite:
-        shown = ", ".join(repr(name) for name in sorted(others)[:5])
-        more = f", and {len(others) - 5} more" if len(others) > 5 else ""
+    rows of ``split`` that this run does not have: rows it skipped as unreadable (``unreadable``: their image or
+    mask changed since an earlier run did them), or rows of an earlier run of more rows. The dataset written would
+    list them as this run's."""
+    if not others or overwrite:
+        return
+    if now_unreadable := sorted(others & unreadable.keys()):
+        shown = some_of([f"{name!r}: {unreadable[name]}" for name in now_unreadable])
         raise ValueError(
-            f"{out} holds the outputs of {len(others)} rows of split {split!r} that this run does not have "
-            f"({shown}{more}: an earlier run's, of more rows: another --max_samples or toy size), which the "
-            "dataset written would list as this run's. Re-run with the earlier inputs, choose another "
-            "--output_dir, or give --overwrite_output_dir to drop them."
+            f"{out} holds the outputs of {len(now_unreadable)} rows of split {split!r} that an earlier run did and "
+            f"whose image or mask this run could not read ({shown}). Fix the files and re-run, or give "
+            "--overwrite_output_dir to drop their outputs."
         )
+    raise ValueError(
+        f"{out} holds the outputs of {len(others)} rows of split {split!r} that this run does not have "
+        f"({some_of([repr(name) for name in sorted(others)])}: an earlier run's, of more rows: another "
+        "--max_samples or toy size), which the dataset written would list as this run's. Re-run with the earlier "
+        "inputs, choose another --output_dir, or give --overwrite_output_dir to drop them."
+    )
+
+
+def some_of(entries: list[str], most: int = 5) -> str:
+    """The first ``most`` of ``entries``, comma-separated, and how many more."""
+    more = f", and {len(entries) - most} more" if len(entries) > most else ""
+    return ", ".join(entries[:most]) + more
 
 
 def split_folders(split: str) -> tuple[str, ...]:
@@ -682,7 +709,10 @@ def finish(args, out: Path, splits: dict, id2label: dict) -> dict:
     }
     for split, (_, _, unreadable, is_pseudo) in splits.items():
         records = finish_split(out, split)
-        report["splits"][split] = {"num_images": len(records), "skipped_unreadable": unreadable}
+        report["splits"][split] = {
+            "num_images": len(records),
+            "skipped_unreadable": list(unreadable.values()),
+        }
         scores = pseudo_label_scores(records, id2label) if is_pseudo else {}
         if scores:  # the split has masks
             report["scores"] = scores
@@ -799,8 +829,8 @@ def main(argv=None) -> dict | None:
     # 2. pseudo masks of --split, ground-truth masks of --validation_split: this process's share, without those
     # an earlier run did from the same input
     todo = {
-        split: rows_to_do(out, split, dataset, columns, args, state)
-        for split, (dataset, columns, *_) in splits.items()
+        split: rows_to_do(out, split, dataset, columns, unreadable, args, state)
+        for split, (dataset, columns, unreadable, _) in splits.items()
     }
     # and the overlays asked for of done rows of --split that an earlier run did not draw
     overlay_only = {

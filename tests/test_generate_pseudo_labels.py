@@ -5,6 +5,7 @@ loses nothing."""
 import importlib.util
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -591,6 +592,41 @@ def test_rows_an_earlier_run_had_and_this_run_does_not_are_refused_or_dropped(ti
     report = generate.main([*argv, "--toy_train_images", "2", "--overwrite_output_dir"])
     assert report["splits"]["train"]["num_images"] == 2
     assert len((out / "train" / "metadata.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_row_done_earlier_whose_image_is_now_unreadable_is_named_as_such(tiny_clip, tmp_path):
+    """A row done by an earlier run whose image was cut short since: the re-run, which skips it as unreadable, was
+    refused as if the folder held a row of an earlier run of more rows ("another --max_samples or toy size"). Now
+    the refusal names the row as done earlier with its image now unreadable, nothing rewritten; with
+    --overwrite_output_dir its outputs are dropped and it is listed as skipped."""
+    folder = tmp_path / "folder" / "train"
+    folder.mkdir(parents=True)
+    toy, _, labels = generate_toy_images(2, seed=4)
+    with open(folder / "metadata.jsonl", "w") as f:
+        for i, name in enumerate(("a.png", "b.png")):
+            Image.fromarray(toy[i]).save(folder / name)
+            f.write(
+                json.dumps({"file_name": name, "classes": [TOY_CLASS_NAMES[c - 1] for c in labels[i]]}) + "\n"
+            )
+    out = tmp_path / "out"
+    argv = ["--data_dir", str(folder.parent), "--preset", "toy", "--clip_model_name_or_path", tiny_clip]
+    argv += ["--labels_column", "classes", "--output_dir", str(out)]
+    assert generate.main(argv)["splits"]["train"]["num_images"] == 2
+    (folder / "a.png").write_bytes((folder / "a.png").read_bytes()[:300])
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    out_dir, image = re.escape(str(out)), re.escape(str(folder / "a.png"))
+    with pytest.raises(
+        ValueError,
+        match=rf"^{out_dir} holds the outputs of 1 rows of split 'train' that an earlier run did and whose image "
+        rf"or mask this run could not read \('000000': file '{image}'.*\)\. Fix the files and re-run, or give "
+        r"--overwrite_output_dir to drop their outputs\.$",
+    ):
+        generate.main(argv)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    report = generate.main([*argv, "--overwrite_output_dir"])
+    assert report["splits"]["train"]["num_images"] == 1
+    [skipped] = report["splits"]["train"]["skipped_unreadable"]
+    assert skipped.startswith(f"file '{folder / 'a.png'}'")
 
 
 @pytest.mark.parametrize("script", ["generate_pseudo_labels.py", "segment.py"])
