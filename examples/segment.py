@@ -22,9 +22,9 @@ refused, as it would write into another folder.
 
 Outputs in --output_dir: ``labels/<name>.png`` (palette PNG whose pixel values are the ids of the model's
 ``config.id2label``; ``<name>``: the path relative to the inputs' common folder without its suffix, with it where
-two inputs would share a name, whatever its letter case (``a.jpg``, ``a.png``, ``a.png.png``; ``Photo.jpg``,
-``photo.png``: one file on macOS and Windows), or the row number of a dataset; paths that differ in case only are
-refused), ``overlays/<name>.png`` for the first --num_overlays inputs (a re-run draws those that done inputs lack),
+two inputs would share a name, whatever its letter case or Unicode normalization (``a.jpg``, ``a.png``,
+``a.png.png``; ``Photo.jpg``, ``photo.png``, or café with é composed or not: one file on macOS and Windows), or the
+row number of a dataset; paths that differ in case or normalization only are refused), ``overlays/<name>.png`` for the first --num_overlays inputs (a re-run draws those that done inputs lack),
 and ``class_fractions.json`` (per image and overall: the fraction of pixels of each class; the skipped inputs with
 the reason). Re-running the same command after an interruption continues: images whose label map exists are skipped
 (every file is written atomically, flushed to disk first; one that cannot be read, empty or cut short by a power
@@ -46,6 +46,7 @@ import collections
 import functools
 import glob
 import os
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
@@ -266,41 +267,42 @@ def resolved(path: Path) -> Path:
 
 
 def output_names(paths: list[Path]) -> list[str]:
-    """Distinct output names, also to a file system that ignores letter case (macOS's, Windows'): paths relative to
-    the files' common folder without suffix (``sub/a``); where that name is another file's too, whatever the case
-    (a.jpg, a.png; Photo.jpg, photo.png), or another file's name with suffix (a.png, a.png.png), or where its
+    """Distinct output names, also to a file system that ignores letter case and Unicode normalization (macOS's,
+    Windows'): paths relative to the files' common folder without suffix (``sub/a``); where that name is another
+    file's too, whatever the case or normalization (`folded`: a.jpg, a.png; Photo.jpg, photo.png; café.jpg with é
+    composed, café.png with e and an accent), or another file's name with suffix (a.png, a.png.png), or where its
     outputs would be the folder of another's (scan.jpg beside scan.png/page1.png: labels/scan.png), the file keeps
     its suffix (``a.jpg``, ``a.png``, ``a.png.png``; ``scan.jpg``); where they would be one all the same, refused.
-    Paths that differ in letter case only (A.jpg, a.jpg, which only a case-sensitive file system holds) are
-    refused: their outputs would be one file on the other kind. Letter case is compared as `str.lower` does,
-    character by character (``casefold`` would also equate ß and ss, which those file systems keep apart)."""
+    Paths that differ in letter case or normalization only (A.jpg, a.jpg, which only a file system that keeps them
+    apart holds) are refused: their outputs would be one file on the other kind."""
     root = Path(os.path.commonpath([p.parent for p in paths])) if paths else Path()
     relative = [p.relative_to(root).as_posix() for p in paths]
     same_case = collections.defaultdict(list)
     for path in relative:
-        same_case[path.lower()].append(path)
+        same_case[folded(path)].append(path)
     if clashes := [sorted(group) for group in same_case.values() if len(group) > 1]:
         raise ValueError(
-            f"Input paths that differ in letter case only: {clashes[:5]}. Their outputs would be one file where "
-            "letter case is ignored (macOS, Windows): rename one, or segment them in separate runs."
+            f"Input paths that differ in letter case or Unicode normalization only: {clashes[:5]}. Their outputs "
+            "would be one file where those are ignored (macOS, Windows): rename one, or segment them in separate "
+            "runs."
         )
     stems = [p.relative_to(root).with_suffix("").as_posix() for p in paths]
-    counts = collections.Counter(stem.lower() for stem in stems)
-    with_suffix = {i for i, stem in enumerate(stems) if counts[stem.lower()] > 1}
+    counts = collections.Counter(map(folded, stems))
+    with_suffix = {i for i, stem in enumerate(stems) if counts[folded(stem)] > 1}
     # a stem equal to a relative path kept, or whose output files are another name's folder (scan.jpg and
     # scan.png/page1.png: labels/scan.png): that file keeps its suffix too (grows, so it ends)
     while True:
         names = [relative[i] if i in with_suffix else stem for i, stem in enumerate(stems)]
-        taken, folders = {relative[i].lower() for i in with_suffix}, output_folders(names)
+        taken, folders = {folded(relative[i]) for i in with_suffix}, output_folders(names)
         clashing = {
             i
             for i, stem in enumerate(stems)
-            if i not in with_suffix and (stem.lower() in taken or clashes_with_folder(stem, folders))
+            if i not in with_suffix and (folded(stem) in taken or clashes_with_folder(stem, folders))
         }
         if not clashing:
             break
         with_suffix |= clashing
-    if len({n.lower() for n in names}) != len(names):  # never: one output would overwrite another's
+    if len(set(map(folded, names))) != len(names):  # never: one output would overwrite another's
         raise RuntimeError(f"output names not unique: {sorted(n for n in names if names.count(n) > 1)}")
     if clashes := [relative[i] for i, name in enumerate(names) if clashes_with_folder(name, folders)]:
         raise ValueError(
@@ -310,15 +312,22 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
+def folded(name: str) -> str:
+    """``name`` as a file system that ignores letter case and Unicode normalization compares it (macOS's, Windows'):
+    composed (NFC), then in lower case as `str.lower` makes it, character by character (``casefold`` would also
+    equate ß and ss, which those file systems keep apart)."""
+    return unicodedata.normalize("NFC", name).lower()
+
+
 def output_folders(names: list[str]) -> set[str]:
-    """The folders of the outputs of ``names`` (``sub`` of ``sub/a``), in lower case."""
-    return {str(parent).lower() for name in names for parent in PurePosixPath(name).parents}
+    """The folders of the outputs of ``names`` (``sub`` of ``sub/a``), `folded`."""
+    return {folded(str(parent)) for name in names for parent in PurePosixPath(name).parents}
 
 
 def clashes_with_folder(name: str, folders: set[str]) -> bool:
     """Whether an output file of ``name`` (``<name>.png``, its record ``<name>.json``) would be one of the
-    ``folders`` of other outputs (`output_folders`), whatever the letter case."""
-    return any(f"{name}{suffix}".lower() in folders for suffix in OUTPUT_SUFFIXES)
+    ``folders`` of other outputs (`output_folders`), whatever the letter case or normalization."""
+    return any(folded(f"{name}{suffix}") in folders for suffix in OUTPUT_SUFFIXES)
 
 
 def input_record(stored, where, position: int) -> dict | None:

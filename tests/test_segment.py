@@ -5,6 +5,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -701,7 +702,9 @@ def test_output_names_are_unique_where_a_stem_is_another_files_name(images, toy_
     cased = [tmp_path / "in" / name for name in ("Photo.jpg", "photo.png", "sub/A.png", "SUB/b.png", "c.PNG")]
     assert segment.output_names(cased) == ["Photo.jpg", "photo.png", "sub/A", "SUB/b", "c"]
     # and paths that differ only in case (a case-sensitive file system's) are refused, naming them
-    with pytest.raises(ValueError, match=r"differ in letter case only: \[\['A.jpg', 'a.jpg'\]\]"):
+    with pytest.raises(
+        ValueError, match=r"differ in letter case or Unicode normalization only: \[\['A.jpg', 'a.jpg'\]\]"
+    ):
         segment.output_names([tmp_path / "A.jpg", tmp_path / "a.jpg", tmp_path / "b.jpg"])
     # compared character by character: ß is not ss there (str.casefold would say it is)
     assert segment.output_names([tmp_path / "Straße.jpg", tmp_path / "STRASSE.png"]) == ["Straße", "STRASSE"]
@@ -726,6 +729,20 @@ def test_output_names_are_unique_where_a_stem_is_another_files_name(images, toy_
     before = {p: p.stat().st_mtime_ns for p in out.rglob("labels/*.png")}
     assert segment.main(argv)["images"] == report["images"]  # a re-run has nothing left to do
     assert {p: p.stat().st_mtime_ns for p in out.rglob("labels/*.png")} == before
+
+
+def test_output_names_are_unique_where_names_differ_in_unicode_normalization_only(tmp_path):
+    """café with é composed (NFC) or as e and an accent (NFD): two files on Linux, one on macOS (APFS, HFS+), where
+    their outputs were one file (labels/café.png). Now they keep their suffixes, as names that differ in letter case
+    do, and paths that differ in normalization (or case) only are refused."""
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    paths = [tmp_path / f"{decomposed}.png", tmp_path / f"{composed.upper()}.jpg", tmp_path / "b.png"]
+    assert segment.output_names(paths) == [f"{decomposed}.png", f"{composed.upper()}.jpg", "b"]
+    same = [f"{decomposed}.jpg", f"{composed}.jpg"]
+    with pytest.raises(
+        ValueError, match=f"differ in letter case or Unicode normalization only: {re.escape(str([same]))}"
+    ):
+        segment.output_names([tmp_path / name for name in same])
 
 
 def test_a_file_whose_outputs_would_be_another_inputs_folder_keeps_its_suffix(
