@@ -15,7 +15,7 @@ earlier runs, left out; a file is named by its path there, links not followed), 
 (``--images``), or a split of a Hub dataset, imagefolder or saved dataset. Images are read as the
 "image-segmentation" pipeline reads them (EXIF orientation, grayscale, CMYK, 16-bit, images below one patch); a
 file that cannot be read (a broken link too) is skipped and listed by its path, never fatal (one an earlier run
-did: its label map and overlay removed, as on a first run it has none). What this script writes in --output_dir
+did is refused, its outputs kept, or with --overwrite_output_dir dropped and skipped). What this script writes in --output_dir
 (labels/, overlays/, .state/) is never an input: --output_dir may lie inside an --images folder, or be it. The
 script writes no links there: a link among its outputs (those folders or what they hold, class_fractions.json) is
 refused, as it would write into another folder.
@@ -585,7 +585,7 @@ def main(argv=None) -> dict | None:
     )
 
     # 1. inputs: this process's share, without those an earlier run did from the same input (one that cannot be
-    # read now is redone: its earlier outputs go, and it is listed as skipped)
+    # read now is refused, or with --overwrite_output_dir redone: its earlier outputs go, and it is listed as skipped)
     label_path = {name: out / "labels" / f"{name}.png" for name in names}
     record_path = {name: out / STATE_DIR / "inputs" / f"{name}.json" for name in names}
     position = {name: i for i, name in enumerate(names)}

@@ -863,9 +863,10 @@ def test_a_broken_link_is_listed_as_skipped(images, toy_weclip_dir, tmp_path):
 
 def test_a_done_input_that_became_a_broken_link_is_listed_as_skipped(images, toy_weclip_dir, tmp_path):
     """An input done by an earlier run whose link now points to a missing file: the re-run stopped with a bare
-    FileNotFoundError (its content fingerprinted to compare with its record). Now it is skipped and listed by its
-    path, as on a first run: the report is a fresh run's, the label map and overlay of the earlier input gone (they
-    are not this run's result), the other input left done."""
+    FileNotFoundError (its content fingerprinted to compare with its record). Now the re-run is refused, naming it,
+    its outputs kept (a drive not mounted, say); with --overwrite_output_dir it is skipped and listed by its path, as
+    on a first run: the report is a fresh run's, the label map and overlay of the earlier input gone (they are not
+    this run's result), the other input left done."""
     (tmp_path / "in").mkdir()
     shutil.copyfile(images / "toy0.png", tmp_path / "in" / "a.png")
     (tmp_path / "in" / "link.png").symlink_to(images / "toy2.png")
@@ -882,7 +883,15 @@ def test_a_done_input_that_became_a_broken_link_is_listed_as_skipped(images, toy
     kept = (out / "labels" / "a.png").stat().st_mtime_ns
     (tmp_path / "in" / "link.png").unlink()
     (tmp_path / "in" / "link.png").symlink_to(tmp_path / "missing.png")
-    report = segment.main([*argv, "--output_dir", str(out)])
+    with pytest.raises(ValueError) as refused:
+        segment.main([*argv, "--output_dir", str(out)])
+    assert str(refused.value) == (
+        f"{out} holds the outputs of 1 inputs that an earlier run did and this run cannot read ('link': a broken "
+        "link, a file not readable). Fix them and re-run, or give --overwrite_output_dir to drop their outputs "
+        "(they are then listed as skipped)."
+    )
+    assert (out / "labels" / "link.png").is_file() and (out / "overlays" / "link.png").is_file()
+    report = segment.main([*argv, "--output_dir", str(out), "--overwrite_output_dir"])
     assert report == segment.main([*argv, "--output_dir", str(tmp_path / "fresh")])
     assert list(report["images"]) == ["a"]
     [skipped] = report["skipped"]

@@ -235,16 +235,18 @@ def check_recorded_inputs(
 ) -> tuple[set[str], set[str]]:
     """(done, changed): the outputs an earlier run finished (``recorded``: output name -> the record of the input
     it was made from, ``{"source", "input"}``; None where it has none) split into those made from this run's input
-    of that name (``current(name)``, a record of the same form; compared by ``input``) and the others. A name
-    whose input cannot be read now (``current(name)`` None) is in neither: the caller redoes it, and lists it as
-    skipped when it fails to read it.
+    of that name (``current(name)``, a record of the same form; compared by ``input``) and the others, among them
+    those whose input cannot be read now (``current(name)`` None: a broken link, a file not readable).
 
-    Raises ValueError naming the changed ones unless ``overwrite`` (--overwrite_output_dir: the caller redoes
-    them): an output of another input is neither kept as this one's nor replaced without a word."""
-    done, changed = set(), {}
+    Raises ValueError naming the changed ones, or else the unreadable ones, unless ``overwrite``
+    (--overwrite_output_dir: the caller redoes them, and lists an unreadable one as skipped): an output of another
+    input is neither kept as this one's nor replaced without a word, and one whose input cannot be read now (a drive
+    not mounted, say) is not removed without a word."""
+    done, changed, unreadable = set(), {}, []
     for name in sorted(recorded):
         record, now = recorded[name], json.loads(json.dumps(current(name)))  # tuples -> lists, as read back
         if now is None:
+            unreadable.append(name)
             continue
         if record is not None and record.get("input") == now["input"]:
             done.add(name)
@@ -264,7 +266,14 @@ def check_recorded_inputs(
             f"which a re-run would take as done: {'; '.join(shown)}{more}. Choose another --output_dir, or give "
             "--overwrite_output_dir to replace them with this run's."
         )
-    return done, set(changed)
+    if unreadable and not overwrite:
+        more = f", and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
+        raise ValueError(
+            f"{output_dir} holds the outputs of {len(unreadable)} inputs that an earlier run did and this run cannot "
+            f"read ({', '.join(map(repr, unreadable[:5]))}{more}: a broken link, a file not readable). Fix them and "
+            "re-run, or give --overwrite_output_dir to drop their outputs (they are then listed as skipped)."
+        )
+    return done, {*changed, *unreadable}
 
 
 def comparable_path(name: str | None) -> str | None:
