@@ -138,15 +138,17 @@ def test_evaluation_set_reads_a_label_column_as_the_training_set():
     assert labels(labels_column="tags", class_names=["cat", "dog"]) == [[1], [2], [1, 2]]
 
 
-def test_class_ids_in_the_other_numbering_than_their_masks_are_refused():
+@pytest.mark.parametrize("column", ["labels", "image_labels"])
+def test_class_ids_in_the_other_numbering_than_their_masks_are_refused(column):
     """Zero-based ids of a set where class 0 never occurs read as 1-based ones without --labels_zero_based (and
     1-based ids with it, where class C never occurs): every class shifted by one, silently, though the masks beside
-    them showed the right classes."""
+    them showed the right classes. A column named ``image_labels`` (renamed while read) escaped the check, and was
+    named '_image_labels' in the messages."""
     masks = [np.full((8, 8), c, np.uint8) for c in (2, 3, 2)] + [np.tile(np.array([2, 3], np.uint8), (8, 4))]
 
     def read(rows, zero_based=False, num_classes=3):
         labelled, _ = add_image_labels(
-            _dataset(masks).add_column("labels", rows), Columns("image", "mask", "labels"), num_classes,
+            _dataset(masks).add_column(column, rows), Columns("image", "mask", column), num_classes,
             zero_based=zero_based,
         )  # fmt: skip
         return labelled["image_labels"]
@@ -165,7 +167,9 @@ def test_class_ids_in_the_other_numbering_than_their_masks_are_refused():
     assert read([[2], [2], [2], [2, 3]]) == [[2], [2], [2], [2, 3]]
     assert read([[1], [3], [2], [2, 3]]) == [[1], [3], [2], [2, 3]]  # one shifted row of four
     # two of four: no numbering (as many rows agree), but too many rows name none of their masks' classes
-    with pytest.raises(ValueError, match=r"column 'labels'\) and its masks .* disagree: on 2 of the 4 rows"):
+    with pytest.raises(
+        ValueError, match=rf"column '{column}'\) and its masks .* disagree: on 2 of the 4 rows"
+    ):
         read([[1], [2], [2], [2, 3]])
 
 

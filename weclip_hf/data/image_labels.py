@@ -92,6 +92,7 @@ def add_image_labels(
     dataset = with_struct_field(dataset, columns.labels)
     features = dataset.features or {}  # the image features' modes, for decoding
     check_images = not streamed or columns.labels is None  # a stream's images are checked by its reader
+    given = columns  # as the dataset names them (``features``' keys, what messages name)
     dataset, columns = _label_columns_ready(dataset, columns)
     multi_hot = None if streamed else _multi_hot_column(dataset, columns.labels, num_classes, zero_based)
     label_row = functools.partial(
@@ -115,9 +116,9 @@ def add_image_labels(
     if streamed:  # read row by row: no column to compare with the masks
         return _filtered_stream(dataset, hidden, skip_empty, skip_unreadable)
     labels, mask_labels = dataset["image_labels"], dataset["_mask_labels"]
-    if not multi_hot and _integer_feature(features.get(columns.labels)):  # class ids, in the user's numbering
+    if not multi_hot and _integer_feature(features.get(given.labels)):  # class ids, in the user's numbering
         check_label_numbering(labels, mask_labels, num_classes, zero_based, split)
-    check_labels_match_masks(labels, mask_labels, columns, num_classes, split)
+    check_labels_match_masks(labels, mask_labels, given, num_classes, split)
     return _summarised(dataset, hidden, skip_empty, skip_unreadable)
 
 
