@@ -18,7 +18,8 @@ re-weighting), so they are not the frozen CLIP's alone.
 Output (--output_dir), an imagefolder that `datasets.load_dataset("imagefolder", data_dir=...)` and `train.py
 --data_dir` read (each split's folder keeps its name, read back by `datasets`' rules: `check_split_names`):
 ``<split>/images/`` (the images, copied), ``<split>/masks/`` (palette PNGs whose values are the ids of
-``config.id2label``), ``<split>/metadata.jsonl`` (``file_name``, ``mask_file_name``, ``image_labels``, ``source``);
+``config.id2label``), ``<split>/metadata.jsonl`` (``file_name``, ``mask_file_name``, ``image_labels`` by class
+name, ``source``);
 with --validation_split, that split copied with its ground-truth masks. Where the input has masks,
 ``pseudo_label_report.json`` scores the pseudo masks (per-class IoU; CAM, and with --model RFM). Optional:
 ``overlays/`` (--num_overlays; a re-run draws those that done rows lack), --save_to_disk, --push_to_hub. Re-running
@@ -516,9 +517,11 @@ def record_path(out: Path, split: str, name: str) -> Path:
     return out / STATE_DIR / split / f"{name}.json"
 
 
-def finish_split(out: Path, split: str) -> list[dict]:
-    """metadata.jsonl of a split from the records of every process and run; files of examples without a record
-    (an interrupted run's) removed. Returns the records."""
+def finish_split(out: Path, split: str, id2label: dict) -> list[dict]:
+    """metadata.jsonl of a split from the records of every process and run, the image-level labels by class name
+    (``id2label``: the masks' ids, which the names tell a second stage in another class order, whose labels would
+    then disagree with the masks, from one in this order); files of examples without a record (an interrupted
+    run's) removed. Returns the records."""
     records = [
         json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / STATE_DIR / split).glob("*.json"))
     ]
@@ -526,7 +529,14 @@ def finish_split(out: Path, split: str) -> list[dict]:
     for path in [*(out / split).glob("images/*"), *(out / split).glob("masks/*")]:
         if path.relative_to(out / split).as_posix() not in kept:
             remove_file(path, out)
-    lines = "".join(json.dumps({k: v for k, v in r.items() if k not in STATE_KEYS}) + "\n" for r in records)
+    rows = [
+        {
+            **{k: v for k, v in r.items() if k not in STATE_KEYS},
+            "image_labels": [id2label[i] for i in r["image_labels"]],
+        }
+        for r in records
+    ]
+    lines = "".join(json.dumps(row) + "\n" for row in rows)
     write_atomic(out / split / "metadata.jsonl", lambda tmp: tmp.write_text(lines, encoding="utf-8"))
     return records
 
@@ -708,7 +718,7 @@ def finish(args, out: Path, splits: dict, id2label: dict) -> dict:
         "splits": {},
     }
     for split, (_, _, unreadable, is_pseudo) in splits.items():
-        records = finish_split(out, split)
+        records = finish_split(out, split, id2label)
         report["splits"][split] = {
             "num_images": len(records),
             "skipped_unreadable": list(unreadable.values()),
