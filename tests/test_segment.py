@@ -859,6 +859,16 @@ def test_a_broken_link_is_listed_as_skipped(images, toy_weclip_dir, tmp_path):
     [skipped] = report["skipped"]
     assert skipped["input"] == "gone"
     assert skipped["reason"].startswith(f"file {str(tmp_path / 'in' / 'gone.png')!r}: FileNotFoundError")
+    # a damaged list of another process's skipped inputs (edited, cut short) stopped the report with a bare
+    # JSONDecodeError: left out with a warning, the inputs this run could not read still listed
+    damaged = tmp_path / "out" / ".state" / "skipped-3.json"
+    damaged.write_text('[{"input": "gone", "rea')
+    with pytest.warns(UserWarning, match=rf"{re.escape(str(damaged))}: not a list of skipped inputs"):
+        again = segment.main(
+            ["--model_name_or_path", str(toy_weclip_dir), "--images", str(tmp_path / "in")]
+            + ["--output_dir", str(tmp_path / "out")]
+        )
+    assert again == report
 
 
 def test_a_done_input_that_became_a_broken_link_is_listed_as_skipped(images, toy_weclip_dir, tmp_path):

@@ -40,6 +40,7 @@ import json
 import os
 import secrets
 import shutil
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -464,12 +465,21 @@ def write_skipped(output_dir: str | Path, rank: int, skipped: list[dict]) -> Pat
 
 def read_skipped(output_dir: str | Path, done: Callable[[str], bool]) -> list[dict]:
     """The skipped inputs of every process's state file, once each, sorted, except those now ``done`` (an input
-    fixed and processed by a later run)."""
+    fixed and processed by a later run); a damaged state file (edited, or cut short) is left out with a warning
+    naming it: its inputs, not done, are tried again by this run, which lists those it cannot read."""
     found: dict[str, dict] = {}
     for path in sorted((Path(output_dir) / STATE_DIR).glob("skipped-*.json")):
-        for entry in json.loads(path.read_text(encoding="utf-8")):
-            if not done(entry["input"]):
-                found[entry["input"]] = entry
+        try:
+            entries = json.loads(path.read_text(encoding="utf-8"))
+            names = [entry["input"] for entry in entries]
+        except (ValueError, TypeError, KeyError) as err:
+            warnings.warn(
+                f"{path}: not a list of skipped inputs ({err!r}); left out of the report.", stacklevel=2
+            )
+            continue
+        for name, entry in zip(names, entries):
+            if not done(name):
+                found[name] = entry
     return [found[k] for k in sorted(found)]
 
 
