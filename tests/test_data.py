@@ -1523,6 +1523,12 @@ def test_splits_of_different_columns_or_metadata_formats_load_each_on_its_own(tm
     )
     splits = load_folder_dataset("imagefolder", streaming, data_dir=str(tmp_path / "folder"))
     assert [next(iter(splits[s]))["image_labels"] for s in ("train", "validation")] == ["[2]", [1]]
+    # the first image of a stream unreadable: loaded (the split's reader meets it, --skip_unreadable_images)
+    (tmp_path / "broken" / "train").mkdir(parents=True)
+    (tmp_path / "broken" / "train" / "0.png").write_bytes(b"not a png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "broken" / "train" / "1.png")
+    splits = load_folder_dataset("imagefolder", streaming, data_dir=str(tmp_path / "broken"))
+    assert list(splits) == ["train"]
 
 
 def test_class_names_come_from_a_class_label_field_of_a_struct_column(tmp_path):

@@ -758,8 +758,9 @@ def load_folder_dataset(
         try:
             ds = datasets.load_dataset(path, name, data_dir=data_dir, streaming=streaming)
             # a stream's columns are those of the first file: a split of other columns fails when first read
+            # (undecoded: an unreadable first image is for the reader, --skip_unreadable_images, to meet)
             for split in ds.values() if streaming else ():
-                next(iter(split), None)
+                next(iter(split.decode(False)), None)
             return ds
         except (ValueError, DatasetGenerationError) as err:
             if not _splits_load_apart(err):
