@@ -300,7 +300,9 @@ def data_report(args: argparse.Namespace) -> dict:
     flags = DATA_FLAGS + (
         ("toy_val_images", "seed") if args.toy else ("seed",) if args.train_val_split else ()
     )
-    return {flag: getattr(args, flag) for flag in flags if getattr(args, flag) not in (None, False)}
+    values = {flag: getattr(args, flag) for flag in flags}
+    # by identity: a seed of 0 equals False, but is a value
+    return {flag: value for flag, value in values.items() if value is not None and value is not False}
 
 
 def settings_report(args: argparse.Namespace, ignore_index: int) -> dict:

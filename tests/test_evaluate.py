@@ -124,6 +124,9 @@ def test_rows_held_out_by_train_val_split_are_scored_as_the_training_run_scored_
         "train_val_split": 0.25,
         "seed": 3,
     }
+    script = load_script()
+    default_seed = script.data_report(script.parse_args([*flags, "--train_val_split", "0.25"]))
+    assert default_seed["seed"] == 0  # the default seed is recorded too (a 0 was taken for a flag left out)
     train = train_module()
     command = train.evaluate_command(train.parse_args(["--dataset_path", path, *held_out]))
     assert "--train_val_split 0.25" in command and "--seed 3" in command
