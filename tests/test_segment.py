@@ -305,7 +305,8 @@ def test_the_same_model_folder_given_by_another_path_continues(finished_run, mon
     """The model folder of a finished run given as a relative path or with a trailing slash was refused as another
     setting ("model_name_or_path: '/abs/model' -> 'model'"), and its remedy, --overwrite_output_dir, deleted the
     work. Now a local folder is recorded and compared by its resolved path (its weights by their SHA-256), also
-    where a run of an earlier version recorded it as given."""
+    where a run of an earlier version recorded it as given, and the recorded weights at another path (a project
+    folder moved) are the recorded model."""
     model, argv, out = finished_run
     settings = out / ".state" / "settings.json"
     assert json.loads(settings.read_text())["model_name_or_path"] == str(model.resolve())
@@ -315,6 +316,9 @@ def test_the_same_model_folder_given_by_another_path_continues(finished_run, mon
         assert segment.main(["--model_name_or_path", given, *argv[2:]])["num_images"] == 2, given
     edit_json(settings, model_name_or_path="./model/")  # as an earlier version recorded it
     assert segment.main(argv)["num_images"] == 2
+    moved = model.parent / "moved" / "model"  # the project folder moved: the same weights elsewhere
+    shutil.copytree(model, moved)
+    assert segment.main(["--model_name_or_path", str(moved), *argv[2:]])["num_images"] == 2
     assert {p: p.stat().st_mtime_ns for p in out.rglob("labels/*.png")} == {
         p: t for p, t in before.items() if p.parent.name == "labels"
     }

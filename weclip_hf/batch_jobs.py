@@ -337,9 +337,10 @@ def check_run_settings(
 
     ``wait``: a barrier of all processes (``PartialState().wait_for_everyone``): the main process records, then
     every process compares. ``models``: the keys of ``settings`` that name a model (a local folder or a Hub id);
-    a local folder is recorded and compared by its resolved path (`comparable_path`: ``m``, ``./m/`` and
-    ``/abs/m`` are one folder; also where an earlier version recorded it as given), and `weights_sha256` of each
-    is a setting too (`weights_key`), so a model saved over the old one at the same path is a changed setting.
+    a local folder is recorded by its resolved path (`comparable_path`: ``m``, ``./m/`` and ``/abs/m`` are one
+    folder; also where an earlier version recorded it as given), and `weights_sha256` of each is a setting too
+    (`weights_key`), so a model saved over the old one at the same path is a changed setting, and one of the
+    recorded weights at another path (the project folder moved) is the recorded model.
     ``writer``: the script, recorded too. Raises ValueError for outputs of another writer,
     `SettingsChanged` naming the settings that differ, or ValueError, where a model's weights are found, for outputs
     of the same model recorded without them (by a version before they were recorded, or before a Hub id's were:
@@ -354,6 +355,10 @@ def check_run_settings(
     recorded = read_record(path)
     # a model folder recorded as given (by a version before paths were resolved): compared by where it is
     recorded.update({k: comparable_path(recorded[k]) for k in models if k in recorded})
+    # a model of the recorded weights is the recorded model wherever it is now (a project folder moved)
+    for k in models:
+        if settings[weights_key(k)] is not None and recorded.get(weights_key(k)) == settings[weights_key(k)]:
+            recorded[k] = settings[k]
     if recorded.get(WRITER, writer) != writer:
         raise ValueError(
             f"{output_dir} holds the outputs of {recorded[WRITER]}, not of {writer}: its files are not this "
