@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import zipfile
 from collections.abc import Callable
@@ -169,6 +170,13 @@ def _write_failed(output_dir: Path, name: str, tmp: Path, error: Exception) -> C
         f"left on its disk. The partial {tmp.name} was removed and {before}: free space and resume with "
         "--resume_from_checkpoint latest."
     )
+
+
+# what a save (`save_checkpoint`: step_N.tmp, step_N.old) or a removal (`prune_checkpoints`: step_N.removing) of a
+# checkpoint cut short leaves beside it
+LEFTOVER_SUFFIXES = ("tmp", "old", "removing")
+# the name of a checkpoint folder or of such a leftover (a user's step_notes/ is neither)
+CHECKPOINT_ENTRY = re.compile(rf"step_\d+(\.({'|'.join(LEFTOVER_SUFFIXES)}))?")
 
 
 def checkpoint_step(path: Path) -> int | None:

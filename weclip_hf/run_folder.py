@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .batch_jobs import check_no_links
+from .checkpointing import CHECKPOINT_ENTRY
 
 
 def lock_output_dir(output_dir: Path):
@@ -86,9 +87,8 @@ def output_dir_held(output_dir: Path):
 # what a finished run of examples/train.py leaves in its output folder besides its model (model.safetensors) and its
 # step_N checkpoints: its results (`claim_output_dir`'s ``results``)
 RUN_RESULTS = ("metrics.json", "train_log.jsonl")
-# the folders a run's checkpoints occupy: train.py's step_N (step_N.tmp / .old / .removing: a save or a removal cut
-# short), `Trainer`'s checkpoint-N (tmp-checkpoint-N while it is written); a user's step_notes/ is none of them
-STEP_CHECKPOINTS = re.compile(r"step_\d+(\.(tmp|old|removing))?")
+# the folders a `Trainer` run's checkpoints occupy: checkpoint-N (tmp-checkpoint-N while it is written); train.py's:
+# `CHECKPOINT_ENTRY`
 TRAINER_CHECKPOINTS = re.compile(r"(tmp-)?checkpoint-\d+")
 # what else a run writes there, replacing what the folder holds under those names (a user's own notes included)
 RUN_WRITES = ("README.md", "config.json", "preprocessor_config.json", "overlays", ".lock")
@@ -110,7 +110,7 @@ def claim_output_dir(
     output_dir: Path,
     resume_from: str | None,
     overwrite: bool,
-    checkpoints: re.Pattern = STEP_CHECKPOINTS,
+    checkpoints: re.Pattern = CHECKPOINT_ENTRY,
     tracker_dirs: tuple[str, ...] = (),
     results: tuple[str, ...] = RUN_RESULTS,
 ) -> list[Path]:
@@ -118,7 +118,7 @@ def claim_output_dir(
     returns what `remove_previous_run` removes once the run is set up. A run that is not continued from a
     checkpoint of this folder (``resume_from``, ``--resume_from_checkpoint``: see `resumes_in_place`; a fresh run,
     or one resumed from another folder's checkpoint) refuses a folder that holds a previous run's checkpoints (the
-    folders whose names match ``checkpoints``: `STEP_CHECKPOINTS`, `TRAINER_CHECKPOINTS`) or results (its model and
+    folders whose names match ``checkpoints``: `CHECKPOINT_ENTRY`, `TRAINER_CHECKPOINTS`) or results (its model and
     ``results``, e.g. metrics and log: they would be replaced without a word and the logs mixed) unless
     ``overwrite`` (``--overwrite_output_dir``): then the checkpoints, results, overlays, card and the folders its
     trackers wrote (``tracker_dirs``, e.g. TensorBoard's event files: two runs would show as one curve) are to be
