@@ -154,9 +154,8 @@ def test_resume_repeats_uninterrupted_run_exactly(tmp_path, tiny_clip, reference
         FrozenWeights, "of", classmethod(lambda cls, model: hashed.append(1) or of(cls, model))
     )
     train_in_process(*args, "--resume_from_checkpoint", "latest")
-    assert (
-        len(hashed) == 1
-    )  # the frozen backbones are hashed once: checked against the checkpoint, then recorded
+    # the frozen backbones are hashed once: checked against the checkpoint, then recorded
+    assert len(hashed) == 1
     assert f"resumed from {out / 'step_3'} at step 3" in capsys.readouterr().out
     assert read_log(out) == read_log(reference_run)
     assert [r["rfm"] for r in read_log(out)] == [False] * 3 + [True] * 3

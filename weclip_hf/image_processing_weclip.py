@@ -315,9 +315,8 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         given: WeCLIP does not crop, and that size alone would shrink its inputs far below the 512 px it is
         evaluated at."""
         _refuse_cropping_size(cls.__name__, image_processor_dict, kwargs)
-        device = kwargs.pop(
-            "device", None
-        )  # a per-call option: the pipeline passes its own, which it applies
+        # a per-call option: the pipeline passes its own, which it applies
+        device = kwargs.pop("device", None)
         if device is not None and "_from_pipeline" not in kwargs:
             raise TypeError(
                 f"{cls.__name__}.from_pretrained got device={device!r}: the processor keeps no device; give it per "

@@ -429,9 +429,8 @@ def training_set(
     )
     if cause:
         raise ValueError(f"{cause} Training would learn nothing.")
-    if (
-        is_streaming(train) and not reading.skip_empty
-    ):  # skipped empty images: no batch of the stream, an error
+    # (with skipped empty images, a stream of no class yields no batch: an error at its first pass)
+    if is_streaming(train) and not reading.skip_empty:
         cause = streamed_no_class_cause(train, columns, num_classes, augment.ignore_index)
         if cause:
             warnings.warn(
