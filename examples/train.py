@@ -36,6 +36,7 @@ from weclip_hf.checkpointing import (
     StreamPosition,
     TrainingState,
     find_checkpoint,
+    holds_frozen_weights,
     load_checkpoint,
     prune_checkpoints,
 )
@@ -1105,6 +1106,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     frozen = FrozenWeights.of(accelerator.unwrap_model(model))  # the backbones, which checkpoints leave out
     if resume_path is not None:
         state = load_checkpoint(accelerator, model, optimizer, resume_path, frozen)
+        if holds_frozen_weights(resume_path):  # an earlier version's: the backbones were read back from it
+            frozen = FrozenWeights.of(accelerator.unwrap_model(model))
         scheduler.load_state_dict(state.scheduler)
         step, position = state.step, state.position
         if state.seconds is None:

@@ -18,6 +18,7 @@ from weclip_hf.checkpointing import (
     StreamPosition,
     TrainingState,
     find_checkpoint,
+    holds_frozen_weights,
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
@@ -126,6 +127,9 @@ def test_checkpoints_leave_out_the_frozen_backbone_and_resume_only_with_the_same
     accelerator, fresh, fresh_optimizer = _with_frozen_backbone(seed=1)
     load_checkpoint(accelerator, fresh, fresh_optimizer, earlier)
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    # its backbones replaced the loaded ones: train.py records those (their digest taken before was another)
+    assert holds_frozen_weights(earlier) and not holds_frozen_weights(path)
+    assert FrozenWeights.of(fresh).sha256 != frozen.sha256
     # a checkpoint that lacks a weight which trains (or holds one the model lacks) is refused, naming it
     accelerator, fresh, fresh_optimizer = _with_frozen_backbone(seed=1)
     from safetensors.torch import save_file

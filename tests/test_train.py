@@ -28,6 +28,7 @@ from conftest import (
     read_log,
     resumable_args,
     run_train,
+    save_another_model_at,
     train_in_process,
     train_module,
     train_stopped_at,
@@ -170,6 +171,33 @@ def test_resume_repeats_uninterrupted_run_exactly(tmp_path, tiny_clip, reference
     before = json.loads((out / "step_3" / "training_state.json").read_text())["seconds"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 < before <= metrics["train_seconds"] <= metrics["total_seconds"]
+
+
+def test_a_checkpoint_of_an_earlier_version_records_the_backbones_it_held(tmp_path, tiny_clip, monkeypatch):
+    """A checkpoint written before checkpoints left the frozen backbones out holds them, and resuming it reads them
+    back over those loaded from --clip_model_name_or_path: the resumed run's checkpoints recorded the digest of the
+    backbones loaded before (those of the CLIP folder now), so a later resume took that CLIP's backbones for the
+    run's without a word. They record those the run trains with."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    clip = tmp_path / "clip"
+    shutil.copytree(tiny_clip, clip)
+    run = [*resumable_args(clip), "--output_dir", tmp_path / "a"]
+    train_stopped_at(1, *run, monkeypatch=monkeypatch)
+    step_1 = tmp_path / "a" / "step_1"
+    trained_with = json.loads((step_1 / "frozen_weights.json").read_text())["sha256"]
+    # as an earlier version wrote it: every weight, the backbones of the run's CLIP among them
+    model = train_module().build_model(train_module().parse_args([*map(str, resumable_args(clip))]), {})
+    full = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file({**full, **load_file(step_1 / "model.safetensors")}, step_1 / "model.safetensors")
+    (step_1 / "frozen_weights.json").unlink()
+    save_another_model_at(clip)  # the CLIP folder now holds other weights
+    train_stopped_at(2, *run, "--resume_from_checkpoint", "latest", monkeypatch=monkeypatch)
+    assert (
+        json.loads((tmp_path / "a" / "step_2" / "frozen_weights.json").read_text())["sha256"] == trained_with
+    )
 
 
 def test_resuming_another_runs_checkpoint_into_a_finished_run_is_refused(tmp_path, tiny_clip, reference_run):

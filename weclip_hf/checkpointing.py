@@ -420,12 +420,18 @@ def load_checkpoint(
     return state
 
 
+def holds_frozen_weights(path: Path) -> bool:
+    """Whether checkpoint ``path`` holds the frozen backbones too (written by a version before they were left out,
+    without ``frozen_weights.json``): resuming it reads them back from it."""
+    return not (path / FROZEN_WEIGHTS_NAME).exists()
+
+
 def _check_frozen_weights(frozen: FrozenWeights, path: Path) -> frozenset[str]:
     """The parameters checkpoint ``path`` leaves out (none for a checkpoint with every weight), after checking that
     the model's ``frozen`` ones are the ones its run trained with."""
-    record_path = path / FROZEN_WEIGHTS_NAME
-    if not record_path.exists():
+    if holds_frozen_weights(path):
         return frozenset()
+    record_path = path / FROZEN_WEIGHTS_NAME
     record = _read(record_path, lambda f: json.loads(f.read_text(encoding="utf-8")))
     if not isinstance(record, dict) or record.get("sha256") != frozen.sha256:
         raise CheckpointError(
