@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
@@ -745,11 +746,12 @@ def default_num_workers(device_type: str, num_processes: int) -> int:
 
 def step_seed(seed: int, step: int, process_index: int) -> int:
     """The seed of one process's step (its decoder dropout): a function of (seed, step, process), so that a resumed
-    run repeats an uninterrupted one exactly, and distinct for every (step, process) of a run: processes 0-63 in
-    the low 64 values of a step's block, as always, each further 64 in a block of their own (process 64 at step s
-    had process 0's seed of step s + 1)."""
-    value = (seed * 1_000_003 + step) * 64 + process_index % 64 + (process_index // 64) * 2**62
-    return value % 2**64  # torch.manual_seed's range
+    run repeats an uninterrupted one exactly. Processes 0-63: ``(seed * 1_000_003 + step) * 64 + process``, as
+    always, distinct for every (step, process); further ones (whose formula would repeat process 0's seed of a
+    later step) a 64-bit hash of the three (`numpy.random.SeedSequence`)."""
+    if process_index < 64:
+        return ((seed * 1_000_003 + step) * 64 + process_index) % 2**64  # torch.manual_seed's range
+    return int(np.random.SeedSequence([seed % 2**64, step, process_index]).generate_state(1, np.uint64)[0])
 
 
 def training_step(

@@ -788,7 +788,7 @@ def test_every_step_of_every_process_has_its_own_seed():
     process 0's dropout of step s + 1. Processes 0-63 keep their seeds (a resumed run of an earlier version repeats
     it exactly)."""
     step_seed = train_module().step_seed
-    seeds = [step_seed(3, step, rank) for step in range(50) for rank in range(200)]
+    seeds = [step_seed(3, step, rank) for step in range(50) for rank in [*range(200), 256, 320, 4096]]
     assert len(set(seeds)) == len(seeds) and all(0 <= s < 2**64 for s in seeds)
     assert step_seed(3, 7, 5) == (3 * 1_000_003 + 7) * 64 + 5
     assert step_seed(-1, 0, 0) == (-1_000_003 * 64) % 2**64  # a negative --seed is in torch's range too
