@@ -61,7 +61,7 @@ from benchmarking.workloads import (  # noqa: E402
 from weclip_hf.host_memory import retain_freed_host_memory  # noqa: E402
 from weclip_hf.inference import longest_edge_size, multiscale_flip_logits  # noqa: E402
 from weclip_hf.par_triton import triton_available  # noqa: E402
-from weclip_hf.presets import METHOD_NAMES  # noqa: E402
+from weclip_hf.presets import METHOD_NAMES, evaluation_of_config  # noqa: E402
 from weclip_hf.script_arguments import add_device_flag  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------
@@ -245,10 +245,12 @@ def measure_training(args, bench, model, optimizer, batch, use_rfm) -> dict:
 
 
 def measure_inference(args, bench, model) -> list[dict]:
-    """CLIP + decoder only (`model(pixel_values)`): single scale and multi-scale (1.0, 0.75) + flip, timed
-    side by side with a plain CLIP forward of the same batch (runs interleaved)."""
+    """CLIP + decoder only (`model(pixel_values)`): single scale and multi-scale + flip at the model's evaluation
+    scales (`evaluation_of_config`: WeCLIP 1.0, 0.75; WeCLIP+ 1.0, 1.5), timed side by side with a plain CLIP
+    forward of the same batch (runs interleaved)."""
     device = bench.device
     model.eval()
+    scales = evaluation_of_config(model.config).msf_scales
     rows = []
     for side in args.infer_sizes:
         # a square crop-sized image for the training crop, else the VOC aspect (500x375 -> 512x384)
@@ -261,7 +263,7 @@ def measure_inference(args, bench, model) -> list[dict]:
 
         def multiscale_flip(pixel_values=pixel_values):
             with torch.no_grad(), autocast_context(args, device):
-                return multiscale_flip_logits(model, pixel_values)
+                return multiscale_flip_logits(model, pixel_values, scales)
 
         fns = dict(
             single=single, multiscale_flip=multiscale_flip, clip=clip_forward_fn(args, model, pixel_values)
@@ -273,6 +275,7 @@ def measure_inference(args, bench, model) -> list[dict]:
                     method=model.config.model_type,
                     size=list(size),
                     mode=mode,
+                    scales=[1.0] if mode == "single" else list(scales),
                     batch=args.infer_batch_size,
                     seconds=medians[mode],
                     clip_forward_seconds=medians["clip"],

@@ -32,7 +32,6 @@ from .inference import (
 )
 from .metrics import confusion_matrix, scores_from_confusion
 from .normalization import PixelNormalization
-from .presets import EvaluationSettings
 from .visualization import overlay_figure, present_class_cams
 
 MODES = ("pred", "pred_msf", "pred_crf", "pred_msf_crf", "cam", "pseudo")
@@ -111,7 +110,7 @@ def _grid_logits(
 
 def prediction_logits(
     model, pixel_values: torch.Tensor, size: tuple[int, int], msf: bool = False,
-    scales: Sequence[float] = EvaluationSettings.msf_scales, input_size: int | Mapping[str, int] | None = None,
+    scales: Sequence[float] | None = None, input_size: int | Mapping[str, int] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """Float logits [B, K, H, W] at ``size``: the images resized to ``input_size`` (`resize_images`: an int is the
     long side, a mapping an image processor's ``size``; None: kept at their size) and, with its ``size_divisor``
@@ -149,7 +148,7 @@ def _grid_labels(
 
 def predict_labels(
     model, pixel_values: torch.Tensor, size: tuple[int, int], msf: bool = False,
-    scales: Sequence[float] = EvaluationSettings.msf_scales, input_size: int | Mapping[str, int] | None = None,
+    scales: Sequence[float] | None = None, input_size: int | Mapping[str, int] | None = None,
     crf: bool = False,
     crf_params: CRFParams = WECLIP, normalization: PixelNormalization | None = None,
 ) -> torch.Tensor:  # fmt: skip
@@ -204,7 +203,7 @@ def evaluate_segmentation(
     model,
     batches: Iterable[dict | list[dict]],
     modes: Sequence[str] = ("pred",),
-    scales: Sequence[float] = EvaluationSettings.msf_scales,
+    scales: Sequence[float] | None = None,
     input_size: int | Mapping[str, int] | None = None,
     accelerator=None,
     progress: bool = True,

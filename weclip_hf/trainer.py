@@ -23,7 +23,6 @@ from .evaluation import MIOU_NAMES, MODES, evaluate_segmentation, processor_inpu
 from .hub import card_repo_id, make_model_card, save_model_card, split_model_metrics
 from .losses import LOSS_TERMS, present_losses
 from .normalization import PixelNormalization
-from .presets import EvaluationSettings
 from .training import WeCLIPDataCollator, official_adamw, warmup_poly_factor
 
 # `TrainingArguments.optim` values that mean torch's AdamW: WeCLIPTrainer then builds the official one
@@ -141,7 +140,7 @@ class WeCLIPTrainer(Trainer):
         *trainer_args,
         eval_modes: Sequence[str] = ("pred", "pseudo"),
         eval_long_side: int | None = None,
-        eval_scales: Sequence[float] = EvaluationSettings.msf_scales,
+        eval_scales: Sequence[float] | None = None,
         **trainer_kwargs,
     ):
         unknown = sorted(set(eval_modes) - set(MODES))

@@ -163,7 +163,9 @@ def _training_setting(row: dict) -> str:
 
 def _inference_setting(row: dict) -> str:
     """An inference row's setting: size, scales, batch."""
-    mode = "single scale" if row["mode"] == "single" else "scales 1, 0.75 + flip"
+    mode = (
+        "single scale" if row["mode"] == "single" else f"scales {', '.join(map(str, row['scales']))} + flip"
+    )
     return f"{row['size'][0]}x{row['size'][1]}, {mode}, batch {row['batch']}"
 
 
@@ -173,17 +175,29 @@ def _method_prefix(row: dict) -> str:
 
 
 def _method_pairs(result: dict) -> list[tuple[dict, dict, str]]:
-    """(WeCLIP+ row, WeCLIP row, setting) for every training and inference setting measured for both."""
+    """(WeCLIP+ row, WeCLIP row, setting) for every training and inference setting measured for both: the
+    multi-scale inference of each at its own evaluation scales (the WeCLIP row's named where they differ)."""
     pairs = []
     for key, describe in (
         ("training", lambda r: "train step, " + _training_setting(r)),
         ("inference", lambda r: "inference " + _inference_setting(r)),
     ):
-        weclip = {describe(r): r for r in result[key] if r.get("method", "weclip") == "weclip"}
+        weclip = {_pair_key(r): r for r in result[key] if r.get("method", "weclip") == "weclip"}
         for row in result[key]:
-            if row.get("method") == "weclip_plus" and describe(row) in weclip:
-                pairs.append((row, weclip[describe(row)], describe(row)))
+            other = weclip.get(_pair_key(row))
+            if row.get("method") == "weclip_plus" and other is not None:
+                scales = other.get("scales", row.get("scales"))
+                note = (
+                    f" (WeCLIP: scales {', '.join(map(str, scales))})" if scales != row.get("scales") else ""
+                )
+                pairs.append((row, other, describe(row) + note))
     return pairs
+
+
+def _pair_key(row: dict) -> tuple:
+    """What a WeCLIP+ row and a WeCLIP row share to be compared: the setting, but the multi-scale inference's
+    scales (each method's own)."""
+    return tuple(sorted((k, str(v)) for k, v in row.items() if k in ("batch", "crop", "rfm", "size", "mode")))
 
 
 def render_syncs(result: dict) -> str:
