@@ -25,7 +25,8 @@ logger = hf_logging.get_logger(__name__)
 
 # What a model repository may hold (the figures: train.py's metrics.json, train_with_trainer.py's
 # eval_results.json). Everything else in a folder (checkpoints, logs, tracker folders with the run's
-# arguments, Trainer's training_args.bin, hidden temporary files of an interrupted save) is never uploaded.
+# arguments, Trainer's training_args.bin, hidden temporary files of an interrupted save) is never uploaded by
+# `publish_folder` (`Trainer`'s own step commits upload what it uploads).
 PUBLISHED_FILES = (
     "config.json",
     "preprocessor_config.json",
