@@ -418,14 +418,18 @@ def test_a_folder_of_the_other_batch_script_is_refused_naming_its_writer(finishe
 
 def test_outputs_recorded_without_the_model_weights_are_refused(finished_run):
     """A folder written before the weights were recorded (settings.json without them): which model wrote it
-    cannot be told, so a run with a local model folder is refused and says to choose another --output_dir."""
+    cannot be told, so a run with a local model folder is refused and says to choose another --output_dir, or to
+    start over with --overwrite_output_dir (which did not help: such a folder could not be continued at all)."""
     _, argv, out = finished_run
     settings_file = out / ".state" / "settings.json"
     settings = json.loads(settings_file.read_text())
-    del settings["model_name_or_path_weights_sha256"]
+    weights = settings.pop("model_name_or_path_weights_sha256")
     settings_file.write_text(json.dumps(settings))
-    with pytest.raises(ValueError, match="did not record the weights of its model.*another --output_dir"):
+    with pytest.raises(ValueError, match="did not record the weights of its model.*another --output_dir for a run "
+                       "with it. Or give --overwrite_output_dir to start over: it removes"):  # fmt: skip
         segment.main(argv)
+    assert segment.main([*argv, "--overwrite_output_dir"])["num_images"] == 2
+    assert json.loads(settings_file.read_text())["model_name_or_path_weights_sha256"] == weights
 
 
 def test_a_damaged_settings_file_is_named_and_never_taken_for_other_settings(finished_run):

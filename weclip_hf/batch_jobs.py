@@ -341,10 +341,10 @@ def check_run_settings(
     folder; also where an earlier version recorded it as given), and `weights_sha256` of each is a setting too
     (`weights_key`), so a model saved over the old one at the same path is a changed setting, and one of the
     recorded weights at another path (the project folder moved) is the recorded model.
-    ``writer``: the script, recorded too. Raises ValueError for outputs of another writer,
-    `SettingsChanged` naming the settings that differ, or ValueError, where a model's weights are found, for outputs
-    of the same model recorded without them (by a version before they were recorded, or before a Hub id's were:
-    which weights wrote them cannot be told)."""
+    ``writer``: the script, recorded too. Raises ValueError for outputs of another writer, and `SettingsChanged`
+    naming the settings that differ, or, where a model's weights are found, for outputs of the same model recorded
+    without them (by a version before they were recorded, or before a Hub id's were: which weights wrote them
+    cannot be told)."""
     path = Path(output_dir) / STATE_DIR / SETTINGS
     settings = {**settings, **{k: comparable_path(settings[k]) for k in models}}
     settings.update({weights_key(k): weights_sha256(settings[k]) for k in models})
@@ -374,11 +374,13 @@ def check_run_settings(
         and recorded.get(weights_key(k)) is None
         and settings[weights_key(k)] is not None
     ]
-    if unknown:
-        raise ValueError(
+    if (
+        unknown
+    ):  # other settings, as far as can be told: a start-over (--overwrite_output_dir) may replace them
+        raise SettingsChanged(
             f"{output_dir} holds outputs of a run that did not record the weights of its model (written before "
             f"they were recorded): whether they come from the model now at {settings[unknown[0]]} cannot be "
-            "told. Choose another --output_dir (or delete this one) for a run with it."
+            "told. Choose another --output_dir for a run with it."
         )
     changed = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
     if changed:
