@@ -92,6 +92,7 @@ from weclip_hf.batch_jobs import (
     save_image,
     save_json,
     save_overlay,
+    some_of,
     wants_overlay,
     write_atomic,
 )
@@ -681,12 +682,6 @@ def check_no_other_rows(
         "--max_samples or toy size), which the dataset written would list as this run's. Re-run with the earlier "
         "inputs, choose another --output_dir, or give --overwrite_output_dir to drop them."
     )
-
-
-def some_of(entries: list[str], most: int = 5) -> str:
-    """The first ``most`` of ``entries``, comma-separated, and how many more."""
-    more = f", and {len(entries) - most} more" if len(entries) > most else ""
-    return ", ".join(entries[:most]) + more
 
 
 def split_folders(split: str) -> tuple[str, ...]:

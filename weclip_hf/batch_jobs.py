@@ -259,19 +259,17 @@ def check_recorded_inputs(
             if record is not None and "input" in record
             else f"{name!r} without a record of its input (written by a version before inputs were recorded, or "
             "not by this script; or its record damaged)"
-            for name, (record, now) in list(changed.items())[:5]
+            for name, (record, now) in changed.items()
         ]
-        more = f"; and {len(changed) - 5} more" if len(changed) > 5 else ""
         raise ValueError(
             f"{output_dir} holds {len(changed)} outputs of other inputs under the names of this run's inputs, "
-            f"which a re-run would take as done: {'; '.join(shown)}{more}. Choose another --output_dir, or give "
+            f"which a re-run would take as done: {some_of(shown, separator='; ')}. Choose another --output_dir, or give "
             "--overwrite_output_dir to replace them with this run's."
         )
     if unreadable and not overwrite:
-        more = f", and {len(unreadable) - 5} more" if len(unreadable) > 5 else ""
         raise ValueError(
             f"{output_dir} holds the outputs of {len(unreadable)} inputs that an earlier run did and this run cannot "
-            f"read ({', '.join(map(repr, unreadable[:5]))}{more}: a broken link, a file not readable). Fix them and "
+            f"read ({some_of(list(map(repr, unreadable)))}: a broken link, a file not readable). Fix them and "
             "re-run, or give --overwrite_output_dir to drop their outputs (they are then listed as skipped)."
         )
     return done, {*changed, *unreadable}
@@ -490,6 +488,12 @@ def read_skipped(output_dir: str | Path, done: Callable[[str], bool]) -> list[di
     return [found[k] for k in sorted(found)]
 
 
+def some_of(entries: list[str], most: int = 5, separator: str = ", ") -> str:
+    """The first ``most`` of ``entries`` joined by ``separator``, and how many more (what messages list)."""
+    more = f"{separator}and {len(entries) - most} more" if len(entries) > most else ""
+    return separator.join(entries[:most]) + more
+
+
 def folder_contents(folder: Path, most: int = 10) -> str:
     """The names in ``folder``, folders with a trailing ``/``: the first ``most`` and how many more, sorted with
     code (``.py``) and hidden files last (a saved model's copies of its code say little)."""
@@ -497,8 +501,7 @@ def folder_contents(folder: Path, most: int = 10) -> str:
         (p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()),
         key=lambda name: (name.endswith(".py") or name.startswith("."), name),
     )
-    more = f", and {len(names) - most} more" if len(names) > most else ""
-    return ", ".join(names[:most]) + more
+    return some_of(names, most)
 
 
 def walk_entries(folder: str | Path) -> Iterator[os.DirEntry]:
@@ -524,10 +527,9 @@ def check_no_links(output_dir: str | Path, names: Iterable[str]) -> None:
     for path in (output_dir / name for name in names):
         links += [path] if path.is_symlink() else [Path(e.path) for e in walk_entries(path) if e.is_symlink()]
     if links:
-        shown = ", ".join(f"{link} -> {os.readlink(link)}" for link in links[:5])
-        more = f", and {len(links) - 5} more" if len(links) > 5 else ""
+        shown = some_of([f"{link} -> {os.readlink(link)}" for link in links])
         raise ValueError(
-            f"--output_dir {output_dir} holds links where this script writes its outputs ({shown}{more}): the "
+            f"--output_dir {output_dir} holds links where this script writes its outputs ({shown}): the "
             "files it writes or deletes there would be another folder's. Remove the links, or choose another "
             "--output_dir."
         )
@@ -589,6 +591,7 @@ __all__ = [
     "save_json",
     "save_overlay",
     "sha256_of",
+    "some_of",
     "walk_entries",
     "wants_overlay",
     "weights_key",
