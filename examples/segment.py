@@ -82,6 +82,7 @@ from weclip_hf.batch_jobs import (
     save_image,
     save_json,
     save_overlay,
+    some_of,
     wants_overlay,
     write_skipped,
 )
@@ -658,7 +659,22 @@ def main(argv=None) -> dict | None:
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
+    if others := other_inputs(out, names):
+        print(
+            f"Note: {out} also holds the outputs of {len(others)} inputs this run does not have ({some_of(others)}): "
+            "an earlier run's, of other inputs or named from another common folder; class_fractions.json lists this "
+            "run's."
+        )
     return write_report(out, names, label_path, model.config.id2label, args.model_name_or_path)
+
+
+def other_inputs(out: Path, names: list[str]) -> list[str]:
+    """The names of the inputs whose outputs ``out`` holds (their records) that are none of this run's ``names``:
+    an earlier run's over other inputs, or over the same ones named from another common folder (an input from
+    another folder added renames them all)."""
+    records = (out / STATE_DIR / "inputs").rglob("*.json")
+    recorded = {p.relative_to(out / STATE_DIR / "inputs").with_suffix("").as_posix() for p in records}
+    return sorted(recorded - set(names))
 
 
 def exit_status(report: dict | None) -> int:

@@ -854,6 +854,23 @@ def test_linked_folders_are_followed_and_linked_files_named_as_they_are(images, 
     assert segment.output_names(files) == ["alias", "linked/x", "real/y", "toy0"]
 
 
+def test_outputs_of_inputs_this_run_does_not_have_are_noted(images, toy_weclip_dir, tmp_path, capsys):
+    """An input from another folder added to --images changes the inputs' common folder, so every output name: the
+    re-run redid all and left the earlier names' label maps beside the new ones without a word (the report lists
+    this run's only). They are named in a note; the folder is not touched otherwise."""
+    out = tmp_path / "out"
+    argv = ["--model_name_or_path", str(toy_weclip_dir), "--output_dir", str(out)]
+    assert sorted(segment.main([*argv, "--images", str(images / "sub")])["images"]) == ["toy1", "toy3"]
+    capsys.readouterr()
+    report = segment.main([*argv, "--images", str(images / "sub"), str(images / "toy0.png")])
+    assert sorted(report["images"]) == ["sub/toy1", "sub/toy3", "toy0"]
+    assert (
+        f"Note: {out} also holds the outputs of 2 inputs this run does not have (toy1, toy3): an earlier run's, of "
+        "other inputs or named from another common folder; class_fractions.json lists this run's."
+    ) in capsys.readouterr().out
+    assert (out / "labels" / "toy1.png").is_file() and (out / "labels" / "sub" / "toy1.png").is_file()
+
+
 def test_a_broken_link_is_listed_as_skipped(images, toy_weclip_dir, tmp_path):
     """A link to a missing file among the inputs was dropped without a word; it is an unreadable input."""
     (tmp_path / "in").mkdir()
