@@ -372,9 +372,8 @@ def check_run_settings(
         and recorded.get(weights_key(k)) is None
         and settings[weights_key(k)] is not None
     ]
-    if (
-        unknown
-    ):  # other settings, as far as can be told: a start-over (--overwrite_output_dir) may replace them
+    # other settings, as far as can be told: a start-over (--overwrite_output_dir) may replace them
+    if unknown:
         raise SettingsChanged(
             f"{output_dir} holds outputs of a run that did not record the weights of its model (written before "
             f"they were recorded): whether they come from the model now at {settings[unknown[0]]} cannot be "

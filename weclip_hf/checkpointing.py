@@ -317,11 +317,7 @@ def prune_checkpoints(output_dir: Path, limit: int, written: Path, log=print) ->
             "to keep every checkpoint."
         )
     for leftover in output_dir.glob("step_*.removing"):  # a removal a kill cut short (step_N.removing only)
-        if (
-            leftover.is_dir()
-            and not leftover.is_symlink()
-            and checkpoint_step(leftover.with_suffix("")) is not None
-        ):
+        if leftover.is_dir() and not leftover.is_symlink() and CHECKPOINT_ENTRY.fullmatch(leftover.name):
             shutil.rmtree(leftover, ignore_errors=True)
     others = [p for p in reversed(checkpoint_folders(output_dir)) if p.name != written.name]
     kept, removed = 1, []
@@ -377,10 +373,10 @@ def load_checkpoint(
     accelerator, model, optimizer, path: Path, frozen: FrozenWeights | None = None
 ) -> TrainingState:
     """Restore ``model`` (safetensors; a checkpoint that leaves the frozen parameters out restores the rest, once
-    ``model``'s frozen ones, ``frozen`` where the caller has them, are found to be its run's), ``optimizer``, the grad scaler and this process's random
-    states from checkpoint ``path`` (tensor-only loads) and return its plain-data state. Only these named files are
-    read, never a pickle of an object registered with accelerate; a file that cannot be read is named in the
-    error."""
+    ``model``'s frozen ones, ``frozen`` where the caller has them, are found to be its run's), ``optimizer``, the
+    grad scaler and this process's random states from checkpoint ``path`` (tensor-only loads) and return its
+    plain-data state. Only these named files are read, never a pickle of an object registered with accelerate; a
+    file that cannot be read is named in the error."""
     import random
 
     import numpy as np
@@ -389,7 +385,9 @@ def load_checkpoint(
 
     state = read_training_state(path)
     unwrapped = accelerator.unwrap_model(model)
-    left_out = _check_frozen_weights(frozen or FrozenWeights.of(unwrapped), path)
+    # a checkpoint of an earlier version holds every weight: nothing to check (its backbones are read back)
+    held = holds_frozen_weights(path)
+    left_out = frozenset() if held else _check_frozen_weights(frozen or FrozenWeights.of(unwrapped), path)
     # read on the host and copied into the parameters where they live: safetensors refuses the "cpu:0" that
     # accelerate names each process's device in a multi-process CPU run
     missing, unexpected = _read(
@@ -427,10 +425,8 @@ def holds_frozen_weights(path: Path) -> bool:
 
 
 def _check_frozen_weights(frozen: FrozenWeights, path: Path) -> frozenset[str]:
-    """The parameters checkpoint ``path`` leaves out (none for a checkpoint with every weight), after checking that
-    the model's ``frozen`` ones are the ones its run trained with."""
-    if holds_frozen_weights(path):
-        return frozenset()
+    """The parameters checkpoint ``path`` leaves out, after checking that the model's ``frozen`` ones are the ones
+    its run trained with (its ``frozen_weights.json``)."""
     record_path = path / FROZEN_WEIGHTS_NAME
     record = _read(record_path, lambda f: json.loads(f.read_text(encoding="utf-8")))
     if not isinstance(record, dict) or record.get("sha256") != frozen.sha256:
