@@ -1071,3 +1071,135 @@ def test_the_decoder_starts_as_the_official_codes_or_by_initializer_range():
     fc1 = normal.decoder.blocks[0].mlp["fc1"]
     assert float(fc1.weight.std()) == pytest.approx(0.02, rel=0.15) and not fc1.bias.any()
     assert float(normal.decoder.blocks[0].self_attn.in_proj.weight.std()) == pytest.approx(0.02, rel=0.15)
+
+
+# ---- the public API's edges (an outside review as a transformers user) -----------------------------------------
+
+
+def test_from_pretrained_takes_a_config_given_by_its_path(tmp_path):
+    """``config=`` may be a config's folder (transformers: a config, a path or an id); it was refused as a 'str'
+    config, and a folder of another model type is still refused naming both."""
+    model = WeCLIPForSemanticSegmentation(make_tiny_config()).eval()
+    model.update_class_embeddings(CharTokenizer())
+    model.save_pretrained(tmp_path / "m")
+    make_tiny_config(par_num_iter=5).save_pretrained(tmp_path / "c")
+    loaded = WeCLIPForSemanticSegmentation.from_pretrained(tmp_path / "m", config=str(tmp_path / "c"))
+    assert loaded.config.par_num_iter == 5
+    from conftest import make_tiny_plus_config
+
+    make_tiny_plus_config().save_pretrained(tmp_path / "plus")
+    with pytest.raises(ValueError, match="'weclip_plus' config, and .* holds a 'weclip' checkpoint"):
+        WeCLIPForSemanticSegmentation.from_pretrained(tmp_path / "m", config=tmp_path / "plus")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("num_feature_layers", 1),
+        ("decoder_num_layers", 0),
+        ("decoder_hidden_size", 16),
+        ("decoder_dropout", 0.5),
+    ],
+)
+def test_an_architecture_changed_under_the_built_model_is_refused(tmp_path, field, value):
+    """The fields the modules are built from, set on a built model's config: num_feature_layers changed the
+    output without a word (the feature head zipped fewer layers), the others saved a folder that did not load
+    (or changed nothing): the forward and save_pretrained refuse them, naming the field; set back, all runs."""
+    model = WeCLIPForSemanticSegmentation(make_tiny_config()).eval()
+    model.update_class_embeddings(CharTokenizer())
+    pixel_values, _ = _inputs(batch=2)
+    before = model(pixel_values).logits
+    built = getattr(model.config, field)
+    setattr(model.config, field, value)
+    match = rf"model\.config\.{field} is {value!r}, built with {built!r}"
+    with pytest.raises(ValueError, match=match):
+        model(pixel_values)
+    with pytest.raises(ValueError, match=match):
+        model.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
+    setattr(model.config, field, built)
+    torch.testing.assert_close(model(pixel_values).logits, before)
+
+
+def test_a_tower_size_changed_under_the_built_model_is_refused():
+    model = WeCLIPForSemanticSegmentation(make_tiny_config()).eval()
+    model.config.vision_config.num_hidden_layers = 2
+    with pytest.raises(ValueError, match=r"vision_config\.num_hidden_layers is 2, built with 3"):
+        model(_inputs(batch=2)[0])
+
+
+@pytest.mark.parametrize("value", ["x", float("nan"), float("inf"), True])
+def test_config_refuses_a_bad_logit_scale(value):
+    """logit_scale_init_value was never checked: a string saved and loaded, then failed deep in torch; NaN made
+    every CAM NaN and labelled the whole image as its first class."""
+    with pytest.raises(ValueError, match="logit_scale_init_value must be a number"):
+        make_tiny_config(logit_scale_init_value=value)
+    config = make_tiny_config()
+    with pytest.raises(ValueError, match="logit_scale_init_value must be a number"):
+        config.logit_scale_init_value = value
+
+
+def test_config_refuses_a_clip_tower_of_other_than_three_channels():
+    """A 1-channel CLIP was accepted and could never run (the inputs are checked for RGB, its patch conv wants 1)."""
+    with pytest.raises(
+        ValueError, match=r"vision_config\.num_channels must be an integer in \[3, 3\], got 1"
+    ):
+        make_tiny_config(vision_config=dict(TINY_VISION, num_channels=1))
+
+
+def test_generate_pseudo_labels_refuses_features_of_other_images():
+    """generate_pseudo_labels with another batch's features labelled each image with another image's CAMs."""
+    from weclip_hf.pseudo_labels import attention_maps_needed
+
+    model = WeCLIPForSemanticSegmentation(make_tiny_config()).eval()
+    model.update_class_embeddings(CharTokenizer())
+    pixel_values, class_labels = _inputs(batch=2)
+    features = model.forward_clip_features(pixel_values, attention_maps_needed(model.config, False))
+    with pytest.raises(
+        ValueError, match=r"features are those of 2 image\(s\) of a \(6, 5\) patch grid, and "
+    ):
+        model.generate_pseudo_labels(pixel_values[1:], class_labels[1:], features)
+    with pytest.raises(ValueError, match=r"and pixel_values are 2 image\(s\) of a \(5, 5\) grid"):
+        model.generate_pseudo_labels(pixel_values[..., :40, :], class_labels, features)
+    with pytest.raises(ValueError, match=r"decoder_affinity must be \[B, N, N\] = \[2, 30, 30\]"):
+        model.generate_pseudo_labels(
+            pixel_values, class_labels, features, torch.zeros(1, 30, 30), use_rfm=True
+        )
+    assert model.generate_pseudo_labels(pixel_values, class_labels, features).pseudo_labels.shape == (
+        2,
+        48,
+        40,
+    )
+
+
+def test_from_clip_reads_torch_dtype_as_dtype(tiny_clip):
+    """from_pretrained takes transformers' deprecated ``torch_dtype``; from_clip refused it as unknown."""
+    model = WeCLIPForSemanticSegmentation.from_clip(
+        tiny_clip, class_names=["cat"], tokenizer=CharTokenizer(), torch_dtype=torch.float16
+    )
+    assert model.dtype == torch.float16
+
+
+def test_from_preset_records_the_preset_whatever_the_classes():
+    """A preset's config with other classes lost the preset's evaluation settings (COCO's no-CRF became VOC's
+    CRF), as its preset was then found by the classes only."""
+    from weclip_hf.presets import evaluation_of_config, get_preset
+
+    for name in ("coco", "toy"):
+        config = WeCLIPConfig.from_preset(name, class_names=["a", "b"])
+        assert config.training_preset == name
+        assert evaluation_of_config(config) == get_preset(name).evaluation
+    assert WeCLIPConfig.from_preset("coco", training_preset="voc").training_preset == "voc"
+
+
+@pytest.mark.parametrize("size", [0, -5, 2.5, True, {"longest_edge": 0}, {"height": 4, "width": -1}])
+def test_resizing_refuses_sizes_that_are_not_positive_integers(size):
+    """resize_longest_edge(x, 0) gave a 1 x 1 image (sizes were clamped to 1 px); the processor refuses them."""
+    from weclip_hf import resize_longest_edge
+    from weclip_hf.inference import resize_images
+
+    with pytest.raises(ValueError, match="positive integers"):
+        resize_images(torch.zeros(1, 3, 40, 60), size)
+    if not isinstance(size, dict):
+        with pytest.raises(ValueError, match="positive integers"):
+            resize_longest_edge(torch.zeros(1, 3, 40, 60), size)

@@ -70,6 +70,8 @@ def check_clip_towers(vision_config: CLIPVisionConfig, text_config: CLIPTextConf
     check_tower("vision_config", vision_config)
     check_tower("text_config", text_config)
     check_int("vision_config.patch_size", vision_config.patch_size, 1, vision_config.image_size)
+    # the images are RGB (`check_inputs`); a tower of other channels could never run
+    check_int("vision_config.num_channels", vision_config.num_channels, 3, 3)
     if vision_config.num_hidden_layers < 2:
         raise ValueError("WeCLIP needs a CLIP vision tower with at least 2 layers.")
 

@@ -184,6 +184,7 @@ FieldCheck = Callable[[Any, str, Any], None]
 # constructor and `validate` only, as one of them may be set before the other.
 WECLIP_FIELD_CHECKS: dict[str, FieldCheck] = {
     "projection_dim": lambda c, n, v: check_int(n, v, 1, MAX_WIDTH),
+    "logit_scale_init_value": lambda c, n, v: check_number(n, v, -100.0, 100.0),
     "decoder_hidden_size": lambda c, n, v: check_int(n, v, 1, MAX_WIDTH),
     "decoder_num_layers": lambda c, n, v: check_int(n, v, 0, MAX_LAYERS),
     "decoder_num_heads": lambda c, n, v: check_int(n, v, 1, MAX_WIDTH),
@@ -207,6 +208,13 @@ WECLIP_FIELD_CHECKS: dict[str, FieldCheck] = {
     "rfm_num_maps": lambda c, n, v: check_int(n, v, 1, _depth(c)),
     "background_names": lambda c, n, v: name_list(n, v, "background word"),
 }
+
+
+# the sizes of a tower's config (CLIP's, DINOv2's) its weights' shapes follow (None where a tower has no such field)
+TOWER_SIZES = (
+    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "mlp_ratio", "patch_size",
+    "image_size", "num_channels", "vocab_size", "max_position_embeddings", "num_register_tokens",
+)  # fmt: skip
 
 
 class WeCLIPConfig(PreTrainedConfig):
@@ -277,6 +285,11 @@ class WeCLIPConfig(PreTrainedConfig):
         "seg_loss", "affinity_loss", "pseudo_labels", "cams", "decoder_affinity", "used_rfm", "cam_details",
     ]  # fmt: skip
     field_checks = WECLIP_FIELD_CHECKS  # the fields checked alone (`__setattr__`), with their checks
+    # the fields the model's modules are built from (besides the towers' sizes, `architecture`)
+    architecture_fields = (
+        "projection_dim", "decoder_hidden_size", "decoder_num_layers", "decoder_num_heads", "decoder_mlp_ratio",
+        "decoder_dropout", "num_feature_layers",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -415,6 +428,16 @@ class WeCLIPConfig(PreTrainedConfig):
             super().__setattr__("label2id", {name: i for i, name in value.items()})
         super().__setattr__(key, value)
 
+    def architecture(self) -> dict[str, object]:
+        """What the model's modules are built from: the `architecture_fields` and the sizes of the sub-configs'
+        towers (``"vision_config.hidden_size"``, ...). A built model refuses to run or save once its config's
+        differ from those it was built with (`WeCLIPForSemanticSegmentation._check_architecture`)."""
+        values = {name: getattr(self, name) for name in self.architecture_fields}
+        for tower in self.sub_configs:
+            sub = getattr(self, tower)
+            values.update({f"{tower}.{size}": getattr(sub, size, None) for size in TOWER_SIZES})
+        return values
+
     @property
     def label_names(self) -> list[str]:
         """Display names of the foreground classes: ``id2label``'s names of ids 1..C (one per ``class_names``)."""
@@ -505,14 +528,17 @@ class WeCLIPConfig(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> WeCLIPConfig:
-        """The config of a preset of `weclip_hf.presets` (e.g. ``"voc"``, ``"toy"``), ``kwargs`` applied."""
+        """The config of a preset of `weclip_hf.presets` (e.g. ``"voc"``, ``"toy"``), ``kwargs`` applied. It records
+        the preset as its ``training_preset`` (unless ``kwargs`` give one), so that the model is evaluated with the
+        preset's settings (`evaluation_of_config`) whatever its classes."""
         preset = get_preset(name)
         if preset.model_type != cls.model_type:
             raise ValueError(
                 f"Preset {name!r} configures a {preset.model_type!r} model, not a {cls.model_type!r} one: use the "
                 f"config class of {preset.model_type!r}."
             )
-        return cls(**{**with_class_names(preset.config_kwargs(), kwargs.get("class_names")), **kwargs})
+        config_kwargs = with_class_names(preset.config_kwargs(), kwargs.get("class_names"))
+        return cls(**{**config_kwargs, "training_preset": name, **kwargs})
 
     @property
     def num_foreground_classes(self) -> int:

@@ -199,6 +199,7 @@ class WeCLIPPlusConfig(WeCLIPConfig):
         "dino_from_clip_loss", "self_training_mask",
     ]  # fmt: skip
     field_checks = WECLIP_PLUS_FIELD_CHECKS
+    architecture_fields = (*WeCLIPConfig.architecture_fields, "dino_position_interpolation")
 
     def __init__(
         self,

@@ -47,6 +47,9 @@ def resized_size(height: int, width: int, size: int | Mapping[str, int]) -> tupl
     ``size_divisor``, say nothing of the size: a mapping of none of these keeps it)."""
     if not isinstance(size, Mapping):
         size = {"longest_edge": size}
+    sides = [size[k] for k in ("longest_edge", "shortest_edge", "height", "width") if k in size]
+    if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in sides):
+        raise ValueError(f"The size to resize to must be given in positive integers, got {size!r}.")
     if "longest_edge" in size:
         height, width = longest_edge_size(height, width, size["longest_edge"])
     elif "shortest_edge" in size:

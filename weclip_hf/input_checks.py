@@ -48,6 +48,30 @@ def check_image_batch(pixel_values) -> None:
         raise TypeError(f"pixel_values must be a float tensor, got {pixel_values.dtype}.")
 
 
+def check_features_of(
+    pixel_values: torch.Tensor, features, patch_size: int, decoder_affinity: torch.Tensor | None = None
+) -> None:
+    """Refuse CLIP features (`forward_clip_features`, a `CLIPVisionFeatures`) or a decoder affinity [B, N, N] made
+    from other images than ``pixel_values`` [B, 3, H, W]: another batch size or patch grid (one batch's features
+    given with another's images would label each image with another's CAMs)."""
+    batch, grid = (
+        pixel_values.shape[0],
+        (pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size),
+    )
+    given = (features.hidden[-1].shape[0], tuple(features.grid))
+    if given != (batch, grid):
+        raise ValueError(
+            f"features are those of {given[0]} image(s) of a {given[1]} patch grid, and pixel_values are {batch} "
+            f"image(s) of a {grid} grid: give the forward_clip_features of these pixel_values."
+        )
+    tokens = grid[0] * grid[1]
+    if decoder_affinity is not None and tuple(decoder_affinity.shape) != (batch, tokens, tokens):
+        raise ValueError(
+            f"decoder_affinity must be [B, N, N] = {[batch, tokens, tokens]} for these pixel_values, got "
+            f"{list(decoder_affinity.shape)}."
+        )
+
+
 def check_inputs(
     config: WeCLIPConfig,
     pixel_values: torch.Tensor,

@@ -21,6 +21,10 @@ from pathlib import Path
 import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
+from transformers import AutoConfig
+from transformers.utils import logging as hf_logging
+
+logger = hf_logging.get_logger(__name__)
 
 WECLIP_MODEL_TYPES = ("weclip", "weclip_plus")  # the model types of this package's saved folders
 # keywords of `from_clip` / `from_clip_and_dino` that say how to fetch a checkpoint (as for `from_pretrained`), not
@@ -133,7 +137,11 @@ def split_backbone_keywords(
 ) -> tuple[dict, dict]:
     """(config fields, loading options) of the keywords given to a constructor from pretrained backbones
     (``constructor``: its name, for the error): the fields it reads from the checkpoints (``from_checkpoints``:
-    field -> the argument naming the checkpoint) and anything else are refused, naming them."""
+    field -> the argument naming the checkpoint) and anything else are refused, naming them. ``torch_dtype`` is
+    read as ``dtype`` (a ``dtype`` given too wins), as `from_pretrained` reads transformers' deprecated name."""
+    if "torch_dtype" in kwargs:
+        logger.warning_once("`torch_dtype` is deprecated! Use `dtype` instead!")
+        kwargs = {"dtype": kwargs["torch_dtype"], **{k: v for k, v in kwargs.items() if k != "torch_dtype"}}
     unknown = sorted(k for k in kwargs if k not in config_fields and k not in MODEL_LOADING_OPTIONS)
     if unknown:
         raise TypeError(
@@ -214,6 +222,8 @@ def check_model_folder(
                 "official weights use examples/convert_official_checkpoint.py."
             )
     elif given is not None and os.path.isfile(os.path.join(folder, "config.json")):
+        if isinstance(given, (str, os.PathLike)):  # a config's folder or Hub id, as from_pretrained takes it
+            given = AutoConfig.from_pretrained(given, **{k: kwargs[k] for k in HUB_OPTIONS if k in kwargs})
         saved_dict = saved_config_dict(folder)
         saved_type = saved_dict.get("model_type")
         if getattr(given, "model_type", None) != saved_type:

@@ -38,7 +38,7 @@ from .decoder import (
     init_official_attention,
     init_trained_layer,
 )
-from .input_checks import check_inputs
+from .input_checks import check_features_of, check_inputs
 from .last_block import pair_block_outputs, run_last_block
 from .losses import weclip_loss
 from .model_loading import (
@@ -306,8 +306,27 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
         self._init_class_embeddings(config)
         self._init_training_step()
         self.decoder = WeCLIPDecoder(config)
+        self._built_architecture = config.architecture()  # what `_check_architecture` holds the config to
         self.post_init()
         self.freeze_backbones()
+
+    def _check_architecture(self) -> None:
+        """Refuse a config whose architecture (`WeCLIPConfig.architecture`: the layers, widths, dropout the modules
+        are built from) was changed under the built model (``model.config.num_feature_layers = 2``): the model
+        would still run the one it was built with, or save weights its config.json does not describe."""
+        built, now = self._built_architecture, self.config.architecture()
+        changed = [
+            f"{name} is {now[name]!r}, built with {built[name]!r}"
+            for name in built
+            if now[name] != built[name]
+        ]
+        if changed:
+            raise ValueError(
+                f"model.config.{'; '.join(changed)}: a field the modules are built from was changed under the built "
+                "model, which still runs (and would save) the architecture it was built with. Set it back; for "
+                f"another architecture build a new model from the changed config ({type(self).__name__}(config), "
+                f"or {type(self).__name__}.{self._from_backbones}(...) with the field) and train it."
+            )
 
     # ---- frozen CLIP ---------------------------------------------------------------------------
 
@@ -336,6 +355,7 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
         upload = inspect.signature(type(self).push_to_hub).parameters.keys() - {"self", "kwargs"}
         hub = {key: kwargs.pop(key) for key in upload & kwargs.keys()}
         self.config.validate()
+        self._check_architecture()
         self._record_encoded_prompts()
         super().save_pretrained(save_directory, *args, **kwargs)
         folder = Path(save_directory)
@@ -517,6 +537,7 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
         caller's autocast (mixed precision): bf16 here moves the CAMs and boxes visibly.
         """
         self._check_inputs(pixel_values, class_labels, None)
+        check_features_of(pixel_values, features, self.config.vision_config.patch_size, decoder_affinity)
         plan = plan_pairs(class_labels, pixel_values.device)
         gradcams = self.pair_gradcams(features.hidden[-1], plan, features.grid)
         masks = cam_box_masks(gradcams.cams, self.config.cam_box_threshold)
@@ -592,7 +613,9 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
         labels: torch.Tensor | None,
         pixel_mask: torch.Tensor | None = None,
     ) -> None:
-        """Refuse classes changed under the built model (`_check_classes`), then bad inputs (`check_inputs`)."""
+        """Refuse an architecture or classes changed under the built model (`_check_architecture`,
+        `_check_classes`), then bad inputs (`check_inputs`)."""
+        self._check_architecture()
         self._check_classes(weak_labels=class_labels is not None)
         check_inputs(self.config, pixel_values, class_labels, labels, pixel_mask)
 

@@ -24,6 +24,7 @@ from .cam import cam_box_masks
 from .configuration_weclip_plus import WeCLIPPlusConfig
 from .decoder import feature_affinity
 from .dino_branch import WeCLIPPlusDinoBranch
+from .input_checks import check_features_of
 from .model_loading import (
     CLIP_CHECKPOINT_FIELDS,
     HUB_OPTIONS,
@@ -215,6 +216,7 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
             raise ValueError("RFM+ needs class_probabilities: [B, 1 + C, h, w] softmax of the prediction.")
         cfg = self.config
         self._check_inputs(pixel_values, class_labels, None)
+        check_features_of(pixel_values, features, self.config.vision_config.patch_size, decoder_affinity)
         plan = plan_pairs(class_labels, pixel_values.device)
         gradcams = self.pair_gradcams(features.hidden[cfg.cam_feature_block], plan, features.grid)
         masks = cam_box_masks(gradcams.cams, cfg.cam_box_threshold) if cfg.rfm_use_box_mask else None
