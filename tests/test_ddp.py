@@ -1,7 +1,8 @@
 """Distributed data parallel on CPU (gloo): N processes of B images train like one process of N x B images.
 
 WeCLIP's losses are means over the pixels / pairs of the whole batch; under DDP the model normalises by
-the global batch's counts (see `weclip_hf.losses`), so the averaged gradient is the global-batch gradient.
+the global batch's counts (see `weclip_hf.losses`; WeCLIP+'s Dice: its sums), so the averaged gradient is the
+global-batch gradient.
 """
 
 import gc
@@ -18,6 +19,7 @@ from conftest import (
     FAST,
     free_port,
     make_tiny_config,
+    make_tiny_plus_config,
     read_log,
     torchrun,
     train_command,
@@ -40,17 +42,20 @@ def _batch():
 
 
 def _loss(model, mode: str, share: slice = slice(None)):
-    """Weak supervision (pseudo labels, RFM off/on) or full supervision on pixel labels."""
+    """Weak supervision (pseudo labels, RFM off/on) or full supervision on pixel labels (WeCLIP+: its Dice and
+    cross-branch terms too)."""
     pixel_values, class_labels, labels = (t[share] for t in _batch())
-    if mode == "pixel_labels":
+    if mode in ("pixel_labels", "plus_pixel_labels"):
         return model(pixel_values, labels=labels).loss
     return model(pixel_values, class_labels=class_labels, use_rfm=mode == "weak_rfm").loss
 
 
-def _model():
-    from weclip_hf import WeCLIPForSemanticSegmentation
+def _model(mode: str):
+    from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPPlusForSemanticSegmentation
 
     torch.manual_seed(0)
+    if mode.startswith("plus"):
+        return WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config(decoder_dropout=0.0)).train()
     return WeCLIPForSemanticSegmentation(make_tiny_config(decoder_dropout=0.0)).train()
 
 
@@ -58,7 +63,7 @@ def _gradients(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-MODES = ("pixel_labels", "weak", "weak_rfm")
+MODES = ("pixel_labels", "weak", "weak_rfm", "plus_pixel_labels")
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
@@ -67,7 +72,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     results = {}
     for mode in MODES:
-        model = torch.nn.parallel.DistributedDataParallel(_model())
+        model = torch.nn.parallel.DistributedDataParallel(_model(mode))
         loss = _loss(model, mode, slice(rank * 4 // world, (rank + 1) * 4 // world))
         loss.backward()
         dist.all_reduce(loss := loss.detach())
@@ -98,7 +103,7 @@ def test_ddp_gradient_equals_the_global_batch_gradient(ddp_results, mode):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the workers: thread count changes float rounding
     try:
-        model = _model()
+        model = _model(mode)
         loss = _loss(model, mode)
         loss.backward()
     finally:
@@ -108,7 +113,7 @@ def test_ddp_gradient_equals_the_global_batch_gradient(ddp_results, mode):
     torch.testing.assert_close(ddp["loss"], loss.detach(), rtol=1e-4, atol=1e-6)
     # pixel labels: the same targets, so float rounding only. Pseudo labels: a random tiny model has
     # near-ties that batch composition flips at a pixel or two (~1e-4 of a gradient's scale each).
-    tolerance = 1e-5 if mode == "pixel_labels" else 2e-3
+    tolerance = 1e-5 if mode.endswith("pixel_labels") else 2e-3
     for name, grad in single.items():
         scale = grad.abs().max().item()
         torch.testing.assert_close(ddp["grads"][name], grad, rtol=0, atol=tolerance * scale + 1e-12, msg=name)

@@ -328,10 +328,25 @@ def test_dino_input_is_resized_down_to_a_patch_multiple():
     assert resize_to_patch_multiple(resized, 14) is resized
 
 
-def test_dino_branch_rejects_images_below_one_patch():
-    branch = WeCLIPPlusDinoBranch(make_tiny_plus_config(dino_config={**TINY_DINO, "patch_size": 14}))
-    with pytest.raises(ValueError, match="14x14 DINOv2 patch"):
-        branch.patch_tokens(torch.randn(1, 3, 13, 40))
+def test_images_below_one_dino_patch_are_stretched_to_one():
+    """A DINOv2 patch (14) larger than the CLIP's (8): the inference helpers pad thin images to one CLIP patch
+    only, and the DINO branch refused them ('smaller than one 14x14 DINOv2 patch'); a side below one DINO patch is
+    stretched to one now."""
+    from conftest import CharTokenizer
+
+    from weclip_hf.inference import image_logits, image_pseudo_labels, multiscale_flip_logits
+
+    assert resize_to_patch_multiple(torch.randn(1, 3, 13, 40), 14).shape[-2:] == (14, 28)
+    config = make_tiny_plus_config(dino_config={**TINY_DINO, "patch_size": 14})
+    model = WeCLIPPlusForSemanticSegmentation(config).eval()
+    model.update_class_embeddings(CharTokenizer())
+    thin = torch.randn(1, 3, 6, 40)  # below a CLIP patch: padded to 8 rows
+    with torch.no_grad():
+        assert image_logits(model, thin).shape == (1, 5, 6, 40)
+        assert image_logits(model, torch.randn(1, 3, 10, 40)).shape == (1, 5, 1, 5)  # the CLIP patch grid
+        assert multiscale_flip_logits(model, torch.randn(1, 3, 12, 60)).shape[0] == 1
+    labels, _ = image_pseudo_labels(model, thin, torch.tensor([[1.0, 0, 0, 0]]), use_rfm=False)
+    assert labels.shape == (1, 6, 40)
 
 
 def test_dino_branch_is_batch_independent():

@@ -8,26 +8,37 @@ from dataclasses import dataclass
 import torch
 
 from .configuration_weclip_plus import WeCLIPPlusConfig
-from .losses import affinity_loss, affinity_targets, segmentation_loss
+from .losses import affinity_loss, affinity_targets, segmentation_loss, summed_over_processes
 from .upsampling import upsample_bilinear
 
 DICE_EPS = 1e-7
 
 
-def dice_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+def dice_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255, across_processes: bool = False
+) -> torch.Tensor:
     """``1 - mean_k 2 * inter_k / (union_k + 1e-7)`` over ALL K classes, sums over the batch and the pixels.
 
     Args:
         logits: [B, K, H, W] at the label size. labels: [B, H, W] int, ``ignore_index`` excluded.
+        across_processes: sums over the global batch (distributed training; every process must call it).
     ``inter_k = sum(p_k * [y = k])``, ``union_k = sum(p_k) + sum([y = k])``, p = softmax over K. A class
     absent from the labels contributes ``2 * 0 / (sum p_k + 1e-7) = 0`` to the mean (a constant offset, as in
-    the official code); no term can be NaN. Sums are over this process's batch.
+    the official code); no term can be NaN.
     """
     valid = labels != ignore_index
     probs = logits.float().softmax(dim=1)
     inter, label_count = _class_sums(probs, labels, valid)
     prob_sum = (probs * valid[:, None]).sum(dim=(0, 2, 3))
-    return 1 - (2 * inter / (prob_sum + label_count + DICE_EPS)).mean()
+    sums = torch.stack([inter, prob_sum, label_count])  # [3, K]
+    total, world = summed_over_processes(sums, across_processes)
+    if world > 1:  # the global batch's sums, differentiable through this process's share
+        sums = sums + (total - sums.detach())
+    inter, prob_sum, label_count = sums.unbind()
+    dice = 1 - (2 * inter / (prob_sum + label_count + DICE_EPS)).mean()
+    # DDP averages the processes' gradients: each carries `world` times its share of the global Dice's (whose value
+    # every process returns)
+    return dice if world == 1 else dice.detach() + world * (dice - dice.detach())
 
 
 def _class_sums(
@@ -147,7 +158,8 @@ def weclip_plus_losses(
         decoder_affinity: [B, h*w, h*w]. labels: [B, H, W] pseudo (or pixel) labels, ``ignore_index`` ignored.
         self_training: overwrite confident pixels (`self_training_labels`) before the segmentation and Dice
             losses (the caller decides from `config.self_training_start_step`).
-        across_processes: normalise the CE and affinity terms by the counts of the global batch (DDP).
+        across_processes: the CE and affinity terms normalised by the counts of the global batch, the Dice term's
+            sums over it (DDP).
     """
     ignore_index = config.semantic_loss_ignore_index
     grid = tuple(logits.shape[-2:])
@@ -159,7 +171,7 @@ def weclip_plus_losses(
     if self_training:
         labels, overwritten = self_training_labels(labels, full, config.self_training_threshold, ignore_index)
     seg = segmentation_loss(logits, labels, ignore_index, across_processes)  # upsamples inside, chunk-wise
-    dice = dice_loss(full, labels, ignore_index)
+    dice = dice_loss(full, labels, ignore_index, across_processes)
     aff, _, _ = affinity_loss(decoder_affinity, aff_targets, across_processes)
     clip_from_dino, dino_from_clip = cross_branch_losses(
         logits_clip, logits_dino, ignore, ignore_index, across_processes, size=tuple(size)

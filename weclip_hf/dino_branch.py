@@ -118,8 +118,10 @@ def dinov2_backbone(
 
 def resize_to_patch_multiple(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
     """[B, 3, H, W] -> [B, 3, floor(H/p)*p, floor(W/p)*p]: bilinear, align_corners=False, no antialias (the
-    official DINO input); unchanged when H and W are multiples already."""
-    h, w = (s // patch_size * patch_size for s in pixel_values.shape[-2:])
+    official DINO input); unchanged when H and W are multiples already. A side below one patch is stretched to one
+    (p): the inference helpers pad images to one CLIP patch, which may be smaller than the DINOv2's (a patch-8 CLIP
+    beside a patch-14 DINOv2)."""
+    h, w = (max(patch_size, s // patch_size * patch_size) for s in pixel_values.shape[-2:])
     if (h, w) == tuple(pixel_values.shape[-2:]):
         return pixel_values
     return F.interpolate(pixel_values, size=(h, w), mode="bilinear", align_corners=False)
@@ -158,15 +160,10 @@ class WeCLIPPlusDinoBranch(nn.Module):
     def patch_tokens(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Final LayerNorm-ed patch tokens of the frozen DINOv2 on the image resized to a patch multiple.
 
-        Args: pixel_values: [B, 3, H, W] normalized images (ImageNet statistics, as for CLIP), H, W >= patch.
+        Args: pixel_values: [B, 3, H, W] normalized images (ImageNet statistics, as for CLIP).
         Returns: ([B, gh*gw, C] row-major tokens, (gh, gw)).
         """
         patch = self.backbone.config.patch_size
-        if min(pixel_values.shape[-2:]) < patch:
-            raise ValueError(
-                f"Images of {tuple(pixel_values.shape[-2:])} pixels are smaller than one {patch}x{patch} "
-                "DINOv2 patch; resize them."
-            )
         image = resize_to_patch_multiple(pixel_values, patch)
         with frozen_tower_grad_mode(pixel_values):
             hidden = self.backbone(pixel_values=image).last_hidden_state  # [B, 1 + R + gh*gw, C]

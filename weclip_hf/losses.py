@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from .configuration_weclip import WeCLIPConfig
 
 
-def _global_count(count: torch.Tensor, across_processes: bool) -> tuple[torch.Tensor, int]:
-    """``(count summed over all processes, number of processes)``; ``(count, 1)`` when not distributed.
+def summed_over_processes(count: torch.Tensor, across_processes: bool) -> tuple[torch.Tensor, int]:
+    """``(count summed over all processes (detached), number of processes)``; ``(count, 1)`` when not distributed.
 
     A loss ``world * local_sum / global_count`` makes DDP's gradient average equal to the gradient of
     the global-batch loss: the same result as one process with the whole batch (as DETR's losses do).
@@ -63,8 +63,8 @@ def segmentation_loss(
     bg = valid & (labels == 0)
     fg = valid & (labels != 0)
     dtype = _score_dtype(logits)
-    bg_count, world = _global_count(bg.sum().to(dtype), across_processes)
-    fg_count, _ = _global_count(fg.sum().to(dtype), across_processes)
+    bg_count, world = summed_over_processes(bg.sum().to(dtype), across_processes)
+    fg_count, _ = summed_over_processes(fg.sum().to(dtype), across_processes)
     # each pixel's share of the loss: 0.5 / (its half's pixel count), 0 for ignored pixels
     weights = world * 0.5 * (bg / bg_count.clamp(min=1.0) + fg / fg_count.clamp(min=1.0))
     target = torch.where(valid, labels, torch.zeros_like(labels)).long()
@@ -156,8 +156,8 @@ def affinity_loss(
     """
     pos = (targets == 1).to(affinity.dtype)
     neg = (targets == 0).to(affinity.dtype)
-    pos_count, world = _global_count(pos.sum(), across_processes)
-    neg_count, _ = _global_count(neg.sum(), across_processes)
+    pos_count, world = summed_over_processes(pos.sum(), across_processes)
+    neg_count, _ = summed_over_processes(neg.sum(), across_processes)
     pos_count, neg_count = pos_count + 1, neg_count + 1
     pos_loss = world * (pos * (1 - affinity)).sum() / pos_count
     neg_loss = world * (neg * affinity).sum() / neg_count

@@ -229,7 +229,7 @@ PRESETS: dict[str, Preset] = {
         evaluation=EvaluationSettings(eval_long_side=None, msf_scales=(1.0, 1.125), crf=False),
     ),
     # WeCLIP+ (DESIGN-weclip-plus.md sections 13, 14 and 18): RFM+ from step 0, decoder lr 2e-4 (the official
-    # 2e-5 x 10), self-training from step 18,000 / 40,000 (the official "n_iter > N"), scales 1.0 and 1.5 + flip
+    # 2e-5 x 10), self-training from step 18,001 / 40,001 (the official "n_iter > N"), scales 1.0 and 1.5 + flip
     "voc-plus": Preset(
         name="voc-plus",
         description="PASCAL VOC 2012 train_aug, image-level labels (WeCLIP+: frozen CLIP + frozen DINOv2)",
