@@ -336,12 +336,15 @@ def main(argv=None) -> dict:
     image_processor = WeCLIPImageProcessor.from_saved_or_default(
         args.model_name_or_path,
         **processor_settings(cfg),
-        on_missing=lambda: print(
-            f"Note: {args.model_name_or_path} holds no image processor (preprocessor_config.json): the images are "
-            "read as the default WeCLIPImageProcessor reads them (WeCLIP's ImageNet statistics, long side "
-            f"{WeCLIPImageProcessor().size['longest_edge']} unless --eval_long_side says otherwise). A model trained "
-            "at another size or with other statistics scores lower: save its processor in the folder "
-            "(processor.save_pretrained), as train.py does."
+        on_missing=lambda: (
+            main_process
+            and print(
+                f"Note: {args.model_name_or_path} holds no image processor (preprocessor_config.json): the images are "
+                "read as the default WeCLIPImageProcessor reads them (WeCLIP's ImageNet statistics, long side "
+                f"{WeCLIPImageProcessor().size['longest_edge']} unless --eval_long_side says otherwise). A model trained "
+                "at another size or with other statistics scores lower: save its processor in the folder "
+                "(processor.save_pretrained), as train.py does."
+            )
         ),
     )
     normalization = PixelNormalization.from_image_processor(image_processor)

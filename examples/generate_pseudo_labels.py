@@ -213,7 +213,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(
             f"--validation_split {args.split!r} is the --split pseudo-labelled: give another split (or none)."
         )
-    check_split_names(p, args)
+    args.split_notes = check_split_names(p, args)
     args.toy = names_no_dataset(args)
     args.mode = args.mode or ("rfm" if args.model else "cam")
     if args.mode == "rfm" and not args.model:
@@ -230,11 +230,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def check_split_names(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def check_split_names(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
     """Refuse a --split or --validation_split that the dataset written could not be read back as a split of its own:
     its folder keeps the name, which `datasets`' imagefolder reads as no split (unlabeled, trainaug) or as the same
-    split as the other one's (val beside validation); a name it reads as another split (VOC's train_aug as train,
-    val as validation) is noted (`imagefolder_split_name`)."""
+    split as the other one's (val beside validation). Returns the notes on names it reads as another split (VOC's
+    train_aug as train, val as validation: `imagefolder_split_name`), which the main process prints."""
+    notes = []
     where = "`datasets`' imagefolder (train.py --data_dir, load_dataset('imagefolder', data_dir=...))"
     remedy = (
         "Save the split under a name it reads (train, validation, test), e.g. "
@@ -258,9 +259,10 @@ def check_split_names(parser: argparse.ArgumentParser, args: argparse.Namespace)
             )
         read[name] = split
         if split != name:
-            print(
+            notes.append(
                 f"Note: {flag} {name!r} is written as a folder {name!r}, which {where} reads back as split {split!r}."
             )
+    return notes
 
 
 def check_output_dir(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -799,6 +801,8 @@ def main(argv=None) -> dict | None:
     if args.model:  # before --output_dir is made
         check_model_argument(args.model, "--model")
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # CPU processes: see the docstring
+    for note in args.split_notes:
+        state.print(note)
     out = Path(args.output_dir)
     splits = [split for split in (args.split, args.validation_split) if split]
     check_no_links(out, [*splits, STATE_DIR, "overlays", REPORT])

@@ -218,7 +218,7 @@ def find_image_files(patterns: list[str], output_dir: Path) -> list[Path]:
                 if Path(pattern).is_dir()
                 else [Path(m) for m in glob.glob(pattern, recursive=True)]
             )
-            files = [f for m in matches for f in (folder_files(m) if m.is_dir() else [m])]
+            files = [f for m in matches for f in (folder_files(m, output_dir) if m.is_dir() else [m])]
             images = [f for f in files if is_file_or_broken_link(f) and f.suffix.lower() in suffixes]
         images = [f for f in images if not any(resolved(f).is_relative_to(folder) for folder in written)]
         if not images:
@@ -236,11 +236,13 @@ def link_last(path: Path) -> tuple[bool, Path]:
     return path != resolved(path), path
 
 
-def folder_files(folder: Path, above: frozenset[Path] = frozenset()) -> list[Path]:
+def folder_files(folder: Path, output_dir: Path, above: frozenset[Path] = frozenset()) -> list[Path]:
     """The files under ``folder``, recursively, as glob patterns find them: hidden files and folders (``.name``)
-    left out, and so are the folders that hold a run of this script or generate_pseudo_labels.py (their
-    ``.state/settings.json``: label maps, overlays, masks), named in a note. Linked folders are followed, except a
-    link to a folder it is in (``above``: the folders it is in, links followed), so that the scan ends."""
+    left out, and so are the folders that hold an earlier run of this script or generate_pseudo_labels.py (their
+    ``.state/settings.json``: label maps, overlays, masks), named in a note; this run's ``output_dir`` is scanned
+    whatever its state (its outputs are left out by `find_image_files`), so that every process, and every run, finds
+    the same files while the main process writes its state. Linked folders are followed, except a link to a folder
+    it is in (``above``: the folders it is in, links followed), so that the scan ends."""
     if folder.resolve() in above:
         return []
     above = above | {folder.resolve()}
@@ -250,10 +252,12 @@ def folder_files(folder: Path, above: frozenset[Path] = frozenset()) -> list[Pat
             continue
         if not entry.is_dir():  # a file, a link to one, or a broken link
             files.append(entry)
-        elif (entry / STATE_DIR / SETTINGS).is_file():
-            print(f"Note: left out {entry}: the output folder of a run ({STATE_DIR}/{SETTINGS}), not photos.")
+        elif (entry / STATE_DIR / SETTINGS).is_file() and entry.resolve() != output_dir.resolve():
+            PartialState().print(
+                f"Note: left out {entry}: the output folder of a run ({STATE_DIR}/{SETTINGS}), not photos."
+            )
         else:
-            files += folder_files(entry, above)
+            files += folder_files(entry, output_dir, above)
     return files
 
 
@@ -497,9 +501,11 @@ def read_label_map(path: Path) -> torch.Tensor:
         return torch.from_numpy(np.asarray(image).astype(np.int64))
 
 
-def write_report(out: Path, names: list[str], label_path: dict, id2label, model_name: str) -> dict:
+def write_report(
+    out: Path, names: list[str], label_path: dict, id2label, model_name: str, num_processes: int
+) -> dict:
     """class_fractions.json: per image and over all images, the fraction of pixels of each class; the skipped
-    inputs."""
+    inputs (of the run's ``num_processes`` processes' lists)."""
     per_image, totals = {}, np.zeros(max(256, len(id2label)), dtype=np.int64)  # ids 0..C
     for name in names:
         if label_path[name].exists():
@@ -513,7 +519,9 @@ def write_report(out: Path, names: list[str], label_path: dict, id2label, model_
         "classes": fractions_from_counts(totals, id2label) if per_image else {},
         "images": per_image,
         # an earlier run's inputs that are not this run's are not reported
-        "skipped": read_skipped(out, lambda name: name not in label_path or label_path[name].exists()),
+        "skipped": read_skipped(
+            out, num_processes, lambda name: name not in label_path or label_path[name].exists()
+        ),
     }
     remove_temporary_files([out])
     save_json(report, out / REPORT)
@@ -665,7 +673,9 @@ def main(argv=None) -> dict | None:
             "an earlier run's, of other inputs or named from another common folder; class_fractions.json lists this "
             "run's."
         )
-    return write_report(out, names, label_path, model.config.id2label, args.model_name_or_path)
+    return write_report(
+        out, names, label_path, model.config.id2label, args.model_name_or_path, state.num_processes
+    )
 
 
 def other_inputs(out: Path, names: list[str]) -> list[str]:

@@ -517,7 +517,12 @@ def test_label_maps_of_another_input_of_the_same_name_are_refused_or_replaced(
     report = segment.main([*argv, "--images", str(tmp_path / "dY"), "--overwrite_output_dir"])
     assert set(report["images"]) == {"a", "b"} and report["skipped"] == []  # dX's c is not this run's
     assert np.mean(label_map(out, "a") == label_map(reference, "toy2")) > 0.999
-    assert {p.name for p, t in before.items() if p.stat().st_mtime_ns != t} >= {"a.png", "a.json"}
+    # the list of process 1 (of a run of two) is removed: this run tried its input again
+    assert not (state / "skipped-1.json").exists()
+    assert {p.name for p, t in before.items() if p.exists() and p.stat().st_mtime_ns != t} >= {
+        "a.png",
+        "a.json",
+    }
     assert all(
         before[p] == p.stat().st_mtime_ns for p in (out / "labels" / "b.png", out / "overlays" / "b.png")
     )
@@ -805,6 +810,25 @@ def test_outputs_inside_the_images_folder_are_not_inputs_of_the_next_run(images,
     ]
 
 
+def test_photos_in_the_runs_own_output_dir_stay_inputs_of_its_re_runs(
+    images, toy_weclip_dir, tmp_path, capsys
+):
+    """A photo in --output_dir, itself in the --images folder: the first run segmented it, a re-run left the folder
+    out as 'the output folder of a run' (its own .state/settings.json) and dropped the photo from its report; under
+    two processes, whether a process scanned before the main one wrote the settings decided which inputs it had
+    (one input never done, another done twice under two names)."""
+    photos = Path(shutil.copytree(images / "sub", tmp_path / "photos"))
+    out = photos / "seg"
+    out.mkdir()
+    shutil.copyfile(images / "toy0.png", out / "extra.png")
+    argv = ["--model_name_or_path", str(toy_weclip_dir), "--images", str(photos), "--output_dir", str(out)]
+    first = segment.main(argv)
+    assert sorted(first["images"]) == ["seg/extra", "toy1", "toy3"]
+    capsys.readouterr()
+    assert segment.main(argv) == first
+    assert "left out" not in capsys.readouterr().out
+
+
 def test_another_runs_output_folder_and_hidden_files_in_the_images_folder_are_not_inputs(
     images, toy_weclip_dir, tmp_path, capsys
 ):
@@ -884,16 +908,18 @@ def test_a_broken_link_is_listed_as_skipped(images, toy_weclip_dir, tmp_path):
     [skipped] = report["skipped"]
     assert skipped["input"] == "gone"
     assert skipped["reason"].startswith(f"file {str(tmp_path / 'in' / 'gone.png')!r}: FileNotFoundError")
-    # a damaged list of another process's skipped inputs (edited, cut short) stopped the report with a bare
-    # JSONDecodeError: left out with a warning, the inputs this run could not read still listed
-    damaged = tmp_path / "out" / ".state" / "skipped-3.json"
-    damaged.write_text('[{"input": "gone", "rea')
-    with pytest.warns(UserWarning, match=rf"{re.escape(str(damaged))}: not a list of skipped inputs"):
-        again = segment.main(
-            ["--model_name_or_path", str(toy_weclip_dir), "--images", str(tmp_path / "in")]
-            + ["--output_dir", str(tmp_path / "out")]
-        )
+    # the list of a process this run does not have (an earlier run's with more processes) gave its stale reason
+    # for an input this run tried again (last file read won), and a damaged one (edited, cut short) stopped the
+    # report with a bare JSONDecodeError: both are removed, the reasons this run found reported
+    state = tmp_path / "out" / ".state"
+    (state / "skipped-1.json").write_text('[{"input": "gone", "reason": "an earlier run\'s"}]')
+    (state / "skipped-3.json").write_text('[{"input": "gone", "rea')
+    again = segment.main(
+        ["--model_name_or_path", str(toy_weclip_dir), "--images", str(tmp_path / "in")]
+        + ["--output_dir", str(tmp_path / "out")]
+    )
     assert again == report
+    assert sorted(state.glob("skipped-*.json")) == [state / "skipped-0.json"]
 
 
 def test_a_done_input_that_became_a_broken_link_is_listed_as_skipped(images, toy_weclip_dir, tmp_path):

@@ -25,7 +25,7 @@
   interrupted run leaves no folder that reads as the earlier result with some of the new files in it; readers
   refuse a marked folder (`check_finished`).
 - Each process lists the inputs it could not read in ``.state/skipped-<rank>.json`` (`write_skipped`); the main
-  process merges them (`read_skipped`) once every process is done.
+  process merges this run's (`read_skipped`) once every process is done.
 - A job writes no links: one among its outputs was planted there, and writing or deleting through it would change
   another folder's files, so `check_no_links` refuses it before anything is written, and the removal helpers
   (`remove_file`, `remove_temporary_files`) never follow one.
@@ -467,12 +467,17 @@ def write_skipped(output_dir: str | Path, rank: int, skipped: list[dict]) -> Pat
     return save_json(skipped, Path(output_dir) / STATE_DIR / f"skipped-{rank}.json")
 
 
-def read_skipped(output_dir: str | Path, done: Callable[[str], bool]) -> list[dict]:
-    """The skipped inputs of every process's state file, once each, sorted, except those now ``done`` (an input
-    fixed and processed by a later run); a damaged state file (edited, or cut short) is left out with a warning
-    naming it: its inputs, not done, are tried again by this run, which lists those it cannot read."""
+def read_skipped(output_dir: str | Path, num_processes: int, done: Callable[[str], bool]) -> list[dict]:
+    """The skipped inputs of the state files of this run's ``num_processes`` processes, once each, sorted, except
+    those now ``done`` (an input fixed and processed by a later run). The files of other processes (an earlier run's
+    with more processes, whose inputs this run tried again: their reasons are stale) are removed; a damaged state
+    file (edited, or cut short) is left out with a warning naming it."""
     found: dict[str, dict] = {}
-    for path in sorted((Path(output_dir) / STATE_DIR).glob("skipped-*.json")):
+    state = Path(output_dir) / STATE_DIR
+    ours = [state / f"skipped-{rank}.json" for rank in range(num_processes)]
+    for stale in set(state.glob("skipped-*.json")) - set(ours):
+        remove_file(stale, output_dir)
+    for path in (path for path in ours if path.exists()):
         try:
             entries = json.loads(path.read_text(encoding="utf-8"))
             names = [entry["input"] for entry in entries]
