@@ -333,19 +333,19 @@ def main(argv=None) -> dict:
         cfg.semantic_loss_ignore_index = args.semantic_loss_ignore_index
     if args.toy:
         check_toy_classes(cfg.class_names, args.model_name_or_path)
-    image_processor = WeCLIPImageProcessor.from_saved_or_default(
-        args.model_name_or_path,
-        **processor_settings(cfg),
-        on_missing=lambda: (
-            main_process
-            and print(
+
+    def note_missing_processor() -> None:  # by the main process (every process loads the model)
+        if main_process:
+            print(
                 f"Note: {args.model_name_or_path} holds no image processor (preprocessor_config.json): the images are "
                 "read as the default WeCLIPImageProcessor reads them (WeCLIP's ImageNet statistics, long side "
                 f"{WeCLIPImageProcessor().size['longest_edge']} unless --eval_long_side says otherwise). A model trained "
                 "at another size or with other statistics scores lower: save its processor in the folder "
                 "(processor.save_pretrained), as train.py does."
             )
-        ),
+
+    image_processor = WeCLIPImageProcessor.from_saved_or_default(
+        args.model_name_or_path, **processor_settings(cfg), on_missing=note_missing_processor
     )
     normalization = PixelNormalization.from_image_processor(image_processor)
     args.input_size = input_size(args, image_processor)

@@ -410,20 +410,26 @@ class LabelledImages(Dataset):
 # ---- model ------------------------------------------------------------------------------------------
 
 
-def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImageProcessor]:
+def load_model(args, state: PartialState) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImageProcessor]:
     """The trained WeCLIP of --model and its image processor, or a bare CLIP with the preset's (or the toy world's)
-    classes and the default processor."""
+    classes and the default processor, on the process's device (notes and warnings given by the main process)."""
     if args.model:
-        model = AutoModelForSemanticSegmentation.from_pretrained(args.model).to(device).eval()
+        model = AutoModelForSemanticSegmentation.from_pretrained(args.model).to(state.device).eval()
         if args.toy:
             check_toy_classes(model.config.class_names, args.model)
     else:
-        model = bare_clip_model(args).to(device).eval()
-    return model, WeCLIPImageProcessor.from_saved_or_default(args.model, **processor_settings(model.config))
+        model = bare_clip_model(args, state.print).to(state.device).eval()
+    processor = WeCLIPImageProcessor.from_saved_or_default(
+        args.model,
+        **processor_settings(model.config),
+        on_missing=None if state.is_main_process else lambda: None,
+    )
+    return model, processor
 
 
-def bare_clip_model(args) -> WeCLIPForSemanticSegmentation:
-    """A WeCLIP on the bare CLIP of --clip_model_name_or_path with the preset's (or the toy world's) classes."""
+def bare_clip_model(args, note: Callable[[str], None] = print) -> WeCLIPForSemanticSegmentation:
+    """A WeCLIP on the bare CLIP of --clip_model_name_or_path with the preset's (or the toy world's) classes
+    (``note`` prints where they come from, when from the dataset)."""
     preset = args.preset or ("toy" if args.toy else None)
     kwargs = with_class_names(preset_config_kwargs(preset), args.class_names)
     # without a preset or --class_names: a dataset's ClassLabel names, as train.py takes them (else VOC's)
@@ -433,7 +439,7 @@ def bare_clip_model(args) -> WeCLIPForSemanticSegmentation:
             source, train_split=args.split, validation_split="none", labels_column=args.labels_column
         )[2]
         if names:
-            print(dataset_classes_note(names["class_names"]))
+            note(dataset_classes_note(names["class_names"]))
             kwargs.update(names)
     if args.background_names:
         kwargs["background_names"] = args.background_names
@@ -808,7 +814,7 @@ def main(argv=None) -> dict | None:
     check_no_links(out, [*splits, STATE_DIR, "overlays", REPORT])
     # 1. model and data, before anything is written: a run that fails there (a --split the dataset lacks, a
     # mistyped class name) leaves nothing
-    model, processor = load_model(args, state.device)
+    model, processor = load_model(args, state)
     normalization = PixelNormalization.from_image_processor(processor)
     args.max_size = processor_input_size(processor)  # a larger photo's pseudo masks are computed at that size
     cfg = model.config

@@ -199,13 +199,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---- inputs -----------------------------------------------------------------------------------------
 
 
-def find_image_files(patterns: list[str], output_dir: Path) -> list[Path]:
+def find_image_files(
+    patterns: list[str], output_dir: Path, note: Callable[[str], None] = print
+) -> list[Path]:
     """Files of ``--images``, sorted, once each (a file reached by several paths, through links: by `link_last`'s
     first), by their paths as given (made absolute; links not followed, so that a linked file is named as it is in
     the folder): files named as they are; in folders (recursive, linked folders too: `folder_files`) and glob
     matches, the files with an image suffix PIL knows. What this script writes in ``output_dir``
     (`OUTPUT_FOLDERS`) is left out, so that an --output_dir inside an --images folder is not segmented by the next
-    run; broken links are kept, to be listed as unreadable."""
+    run; broken links are kept, to be listed as unreadable. ``note`` prints the folders left out."""
     suffixes = set(Image.registered_extensions())
     written = [(output_dir / folder).resolve() for folder in OUTPUT_FOLDERS]
     found: dict[Path, Path] = {}  # the file (links followed) -> the path it is named by
@@ -218,7 +220,7 @@ def find_image_files(patterns: list[str], output_dir: Path) -> list[Path]:
                 if Path(pattern).is_dir()
                 else [Path(m) for m in glob.glob(pattern, recursive=True)]
             )
-            files = [f for m in matches for f in (folder_files(m, output_dir) if m.is_dir() else [m])]
+            files = [f for m in matches for f in (folder_files(m, output_dir, note) if m.is_dir() else [m])]
             images = [f for f in files if is_file_or_broken_link(f) and f.suffix.lower() in suffixes]
         images = [f for f in images if not any(resolved(f).is_relative_to(folder) for folder in written)]
         if not images:
@@ -236,13 +238,16 @@ def link_last(path: Path) -> tuple[bool, Path]:
     return path != resolved(path), path
 
 
-def folder_files(folder: Path, output_dir: Path, above: frozenset[Path] = frozenset()) -> list[Path]:
+def folder_files(
+    folder: Path, output_dir: Path, note: Callable[[str], None] = print, above: frozenset[Path] = frozenset()
+) -> list[Path]:
     """The files under ``folder``, recursively, as glob patterns find them: hidden files and folders (``.name``)
     left out, and so are the folders that hold an earlier run of this script or generate_pseudo_labels.py (their
     ``.state/settings.json``: label maps, overlays, masks), named in a note; this run's ``output_dir`` is scanned
     whatever its state (its outputs are left out by `find_image_files`), so that every process, and every run, finds
-    the same files while the main process writes its state. Linked folders are followed, except a link to a folder
-    it is in (``above``: the folders it is in, links followed), so that the scan ends."""
+    the same files while the main process writes its state; ``note`` prints the folders left out. Linked folders are
+    followed, except a link to a folder it is in (``above``: the folders it is in, links followed), so that the scan
+    ends."""
     if folder.resolve() in above:
         return []
     above = above | {folder.resolve()}
@@ -253,11 +258,9 @@ def folder_files(folder: Path, output_dir: Path, above: frozenset[Path] = frozen
         if not entry.is_dir():  # a file, a link to one, or a broken link
             files.append(entry)
         elif (entry / STATE_DIR / SETTINGS).is_file() and entry.resolve() != output_dir.resolve():
-            PartialState().print(
-                f"Note: left out {entry}: the output folder of a run ({STATE_DIR}/{SETTINGS}), not photos."
-            )
+            note(f"Note: left out {entry}: the output folder of a run ({STATE_DIR}/{SETTINGS}), not photos.")
         else:
-            files += folder_files(entry, output_dir, above)
+            files += folder_files(entry, output_dir, note, above)
     return files
 
 
@@ -404,10 +407,11 @@ def image_column(available: list[str], given: str | None) -> str:
     return found
 
 
-def load_inputs(args) -> tuple:
-    """(stored images: paths or a `DatasetImages`, output names, position -> description for messages)."""
+def load_inputs(args, note: Callable[[str], None] = print) -> tuple:
+    """(stored images: paths or a `DatasetImages`, output names, position -> description for messages); ``note``
+    prints the folders of --images left out (`folder_files`)."""
     if args.images:
-        paths = find_image_files(args.images, Path(args.output_dir))
+        paths = find_image_files(args.images, Path(args.output_dir), note)
         return [str(p) for p in paths], output_names(paths), functools.partial(row_name, split=None)
     source = DataSource.from_args(args)
     _, split, _ = load_dataset_splits(
@@ -433,15 +437,18 @@ def dataset_row(index: int, split: str, dataset: str) -> str:
 # ---- model and segmentation -------------------------------------------------------------------------
 
 
-def load_model(args, device) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImageProcessor]:
-    """The model of ``--model_name_or_path`` in evaluation mode on ``device``, and its image processor."""
+def load_model(args, state: PartialState) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImageProcessor]:
+    """The model of ``--model_name_or_path`` in evaluation mode on the process's device, and its image processor
+    (the warning of a folder without one given by the main process)."""
     check_model_argument(args.model_name_or_path)
     model = AutoModelForSemanticSegmentation.from_pretrained(
         args.model_name_or_path, dtype=DTYPES[args.dtype]
     )
-    model = model.to(device).eval()
+    model = model.to(state.device).eval()
     processor = WeCLIPImageProcessor.from_saved_or_default(
-        args.model_name_or_path, **processor_settings(model.config)
+        args.model_name_or_path,
+        **processor_settings(model.config),
+        on_missing=None if state.is_main_process else lambda: None,
     )
     return model, processor
 
@@ -574,14 +581,14 @@ def main(argv=None) -> dict | None:
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # CPU processes: see the docstring
     out = Path(args.output_dir)
     check_no_links(out, [*OUTPUT_FOLDERS, REPORT])
-    model, processor = load_model(args, state.device)
+    model, processor = load_model(args, state)
     if args.scales is None:
         args.scales = default_scales(model.config)
     settings = {k: getattr(args, k) for k in ("model_name_or_path", "dtype", "msf", "crf", "crf_preset")}
     settings["scales"] = args.scales if args.msf else None
     settings["image_processor"] = image_processor_setting(processor)
     # the inputs before anything is written: a run without inputs leaves nothing
-    values, names, where = load_inputs(args)
+    values, names, where = load_inputs(args, state.print)
     check_run_settings_or_start_over(
         out,
         settings,

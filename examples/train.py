@@ -581,7 +581,7 @@ def recipe_source(args: argparse.Namespace) -> str:
     if args.recipe == "toy" and names_no_dataset(args):
         return "no dataset: the toy world's"
     if args.model_name_or_path and args.recipe == saved_training_preset(args):
-        return "no --preset: the one --model_name_or_path was trained with"
+        return "no --preset: the one --model_name_or_path records (its config's training_preset)"
     model = "WeCLIP+" if args.recipe == VOC_PRESET_OF_MODEL_TYPE["weclip_plus"] else "WeCLIP"
     return f"no --preset: the VOC recipe of a {model} model, with the config defaults"
 

@@ -539,15 +539,15 @@ def test_awkward_files_are_read_or_skipped_and_named(awkward_folder, tiny_clip, 
     assert loaded[sources.index("one_pixel.png")]["mask"].size == (1, 1)
 
 
-def save_labelled_dataset(path: Path) -> None:
-    """A saved dataset of 2 toy images in a "train" split, labelled by a ClassLabel column (heart, cat)."""
+def save_labelled_dataset(path: Path, split: str = "train") -> None:
+    """A saved dataset of 2 toy images in a ``split`` split, labelled by a ClassLabel column (heart, cat)."""
     import datasets
 
     features = datasets.Features(
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=["heart", "cat"])}
     )
     rows = {"image": [Image.fromarray(t) for t in generate_toy_images(2, seed=1)[0]], "label": [0, 1]}
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(path)
+    datasets.DatasetDict({split: datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(path)
 
 
 def test_a_bare_clip_takes_the_classes_of_a_classlabel_column(tmp_path, tiny_clip, capsys):
@@ -561,6 +561,22 @@ def test_a_bare_clip_takes_the_classes_of_a_classlabel_column(tmp_path, tiny_cli
     # train.py's note on a dataset without a validation split named a flag this script does not have
     assert "no 'validation' split" not in printed and "--train_val_split" not in printed
     assert report["splits"]["train"]["num_images"] == 2
+
+
+def test_the_note_on_a_split_read_back_under_another_name_is_printed_by_the_run(tmp_path, tiny_clip, capsys):
+    """The note moved from the argument parsing (every process printed it) to the main process of the run."""
+    save_labelled_dataset(tmp_path / "d", split="train_aug")
+    argv = [
+        "--clip_model_name_or_path",
+        tiny_clip,
+        "--dataset_path",
+        str(tmp_path / "d"),
+        "--split",
+        "train_aug",
+    ]
+    generate.main([*argv, "--output_dir", str(tmp_path / "out"), "--num_overlays", "0"])
+    printed = " ".join(capsys.readouterr().out.split())
+    assert printed.count("--split 'train_aug' is written as a folder 'train_aug', which") == 1
 
 
 def test_a_run_that_fails_before_writing_leaves_no_settings_to_refuse_the_corrected_command(

@@ -1124,7 +1124,27 @@ def test_an_architecture_changed_under_the_built_model_is_refused(tmp_path, fiel
 def test_a_tower_size_changed_under_the_built_model_is_refused():
     model = WeCLIPForSemanticSegmentation(make_tiny_config()).eval()
     model.config.vision_config.num_hidden_layers = 2
-    with pytest.raises(ValueError, match=r"vision_config\.num_hidden_layers is 2, built with 3"):
+    model.config.decoder_dropout = 0.5
+    # every field named; the remedy of a field the weights fit (dropout) is loading anew with it
+    with pytest.raises(
+        ValueError,
+        match=r"model\.config\.decoder_dropout is 0\.5, built with 0\.1; model\.config\.vision_config\."
+        r"num_hidden_layers is 2, built with 3: .*from_pretrained\(folder, decoder_dropout=\.\.\.\)",
+    ):
+        model(_inputs(batch=2)[0])
+
+
+def test_a_config_of_another_type_put_under_the_built_model_is_refused():
+    """A WeCLIP config put under a built WeCLIP+ (no DINOv2 fields) failed with a bare KeyError."""
+    from conftest import make_tiny_plus_config
+
+    from weclip_hf import WeCLIPPlusForSemanticSegmentation
+
+    model = WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config()).eval()
+    model.config = make_tiny_config()
+    with pytest.raises(
+        ValueError, match=r"model\.config\.dino_position_interpolation is None, built with 'hub'"
+    ):
         model(_inputs(batch=2)[0])
 
 

@@ -88,7 +88,10 @@ def test_a_model_records_its_training_preset_whose_settings_it_keeps(tmp_path):
     train = _script("train")
     args = train.parse_args(["--data_dir", "d", "--model_name_or_path", str(tmp_path / "own")])
     assert args.recipe == "toy" and args.crop_size == get_preset("toy").training.crop_size
-    assert train.recipe_source(args) == "no --preset: the one --model_name_or_path was trained with"
+    assert (
+        train.recipe_source(args)
+        == "no --preset: the one --model_name_or_path records (its config's training_preset)"
+    )
     given = train.parse_args(
         ["--data_dir", "d", "--model_name_or_path", str(tmp_path / "own"), "--preset", "voc"]
     )

@@ -922,6 +922,30 @@ def test_a_broken_link_is_listed_as_skipped(images, toy_weclip_dir, tmp_path):
     assert sorted(state.glob("skipped-*.json")) == [state / "skipped-0.json"]
 
 
+def test_a_damaged_list_of_skipped_inputs_is_left_out_with_a_warning(
+    images, toy_weclip_dir, tmp_path, monkeypatch
+):
+    """A list of this run's skipped inputs damaged before the report reads it (edited, cut short) stopped the
+    report with a bare JSONDecodeError: it is left out with a warning naming it."""
+    (tmp_path / "in").mkdir()
+    shutil.copyfile(images / "toy0.png", tmp_path / "in" / "a.png")
+    (tmp_path / "in" / "gone.png").symlink_to(tmp_path / "missing.png")
+
+    def write_damaged(output_dir, rank, skipped):
+        path = Path(output_dir) / ".state" / f"skipped-{rank}.json"
+        path.write_text('[{"input": "gone", "rea')
+        return path
+
+    monkeypatch.setattr(segment, "write_skipped", write_damaged)
+    damaged = tmp_path / "out" / ".state" / "skipped-0.json"
+    with pytest.warns(UserWarning, match=rf"{re.escape(str(damaged))}: not a list of skipped inputs"):
+        report = segment.main(
+            ["--model_name_or_path", str(toy_weclip_dir), "--images", str(tmp_path / "in")]
+            + ["--output_dir", str(tmp_path / "out")]
+        )
+    assert list(report["images"]) == ["a"] and report["skipped"] == []
+
+
 def test_a_done_input_that_became_a_broken_link_is_listed_as_skipped(images, toy_weclip_dir, tmp_path):
     """An input done by an earlier run whose link now points to a missing file: the re-run stopped with a bare
     FileNotFoundError (its content fingerprinted to compare with its record). Now the re-run is refused, naming it,

@@ -1171,3 +1171,18 @@ def test_the_decoder_depth_defaults_to_the_official_one_for_the_dinov2(variant):
 
 def test_a_dinov2_of_other_sizes_gets_weclips_decoder_depth():
     assert WeCLIPPlusConfig(dino_config=dict(TINY_DINO)).decoder_num_layers == 3
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("use_swiglu_ffn", True), ("qkv_bias", False), ("use_mask_token", False)]
+)
+def test_a_dino_field_changed_under_the_built_model_is_refused(tmp_path, field, value):
+    """DINOv2 fields that shape its weights, set on a built WeCLIP+'s config, saved a folder that did not load
+    (the architecture check looked at the sizes only)."""
+    model = WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config()).eval()
+    setattr(model.config.dino_config, field, value)
+    with pytest.raises(
+        ValueError, match=rf"model\.config\.dino_config\.{field} is {value}, built with {not value}"
+    ):
+        model.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()

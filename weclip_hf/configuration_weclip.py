@@ -210,10 +210,12 @@ WECLIP_FIELD_CHECKS: dict[str, FieldCheck] = {
 }
 
 
-# the sizes of a tower's config (CLIP's, DINOv2's) its weights' shapes follow (None where a tower has no such field)
+# the fields of a tower's config (CLIP's, DINOv2's) its modules are built from: its weights' shapes and the layers'
+# settings (None where a tower has no such field)
 TOWER_SIZES = (
     "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "mlp_ratio", "patch_size",
-    "image_size", "num_channels", "vocab_size", "max_position_embeddings", "num_register_tokens",
+    "image_size", "num_channels", "vocab_size", "max_position_embeddings", "num_register_tokens", "qkv_bias",
+    "use_swiglu_ffn", "use_mask_token", "hidden_act", "layer_norm_eps",
 )  # fmt: skip
 
 
@@ -265,7 +267,7 @@ class WeCLIPConfig(PreTrainedConfig):
             zero: `weclip_hf.decoder.init_trained_layer`). A float: normal(std=initializer_range) weights and zero
             biases, transformers' usual rule.
         training_preset (`str`, *optional*): the `weclip_hf.presets` preset whose recipe trained the model
-            (examples/train.py records it): its evaluation settings are the model's (`evaluation_of_config`:
+            (examples/train.py records it), or that it was built from (`from_preset`): its evaluation settings are the model's (`evaluation_of_config`:
             evaluate.py, segment.py) and a run continuing it follows its recipe. None: not recorded (the preset is
             then found by the class names, else the model type's VOC preset).
         encoded_prompts (`dict`, *optional*): the prompts the model's stored text embeddings encode (``{"class":

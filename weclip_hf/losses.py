@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 
 def summed_over_processes(count: torch.Tensor, across_processes: bool) -> tuple[torch.Tensor, int]:
-    """``(count summed over all processes (detached), number of processes)``; ``(count, 1)`` when not distributed.
+    """``(count summed over all processes, detached, number of processes)``; ``(count, 1)`` (as given) when not
+    distributed.
 
     A loss ``world * local_sum / global_count`` makes DDP's gradient average equal to the gradient of
     the global-batch loss: the same result as one process with the whole batch (as DETR's losses do).

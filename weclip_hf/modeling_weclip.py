@@ -316,16 +316,16 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
         would still run the one it was built with, or save weights its config.json does not describe."""
         built, now = self._built_architecture, self.config.architecture()
         changed = [
-            f"{name} is {now[name]!r}, built with {built[name]!r}"
-            for name in built
-            if now[name] != built[name]
+            f"model.config.{name} is {now.get(name)!r}, built with {value!r}"
+            for name, value in built.items()
+            if now.get(name) != value
         ]
         if changed:
             raise ValueError(
-                f"model.config.{'; '.join(changed)}: a field the modules are built from was changed under the built "
-                "model, which still runs (and would save) the architecture it was built with. Set it back; for "
-                f"another architecture build a new model from the changed config ({type(self).__name__}(config), "
-                f"or {type(self).__name__}.{self._from_backbones}(...) with the field) and train it."
+                f"{'; '.join(changed)}: a field the modules are built from was changed under the built model, which "
+                "still runs (and would save) what it was built with. Set it back; for another value load the model "
+                "anew with it where its weights fit (from_pretrained(folder, decoder_dropout=...)), else build a new "
+                f"model from the changed config ({type(self).__name__}(config)) and train it."
             )
 
     # ---- frozen CLIP ---------------------------------------------------------------------------

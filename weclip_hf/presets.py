@@ -303,7 +303,7 @@ METHOD_NAMES = {"weclip": "WeCLIP", "weclip_plus": "WeCLIP+"}  # model type -> t
 
 def evaluation_of_config(config) -> EvaluationSettings:
     """The evaluation settings of the model of ``config``: those of the preset it was trained with (its
-    ``training_preset``, recorded by examples/train.py; else found by its classes: `preset_of_config`), else of its
+    ``training_preset``, recorded by examples/train.py and `WeCLIPConfig.from_preset`; else found by its classes: `preset_of_config`), else of its
     model type's VOC preset (the recipe of a run without --preset)."""
     recorded = getattr(config, "training_preset", None)
     preset = PRESETS.get(recorded) if recorded else None
