@@ -319,6 +319,33 @@ def test_a_folder_of_class_subfolders_gives_each_image_its_folders_class(tmp_pat
     assert ids["image_labels"] == [[1], [2]]
 
 
+@pytest.mark.parametrize("column", ["labels", "image_labels"])
+def test_a_classlabel_column_is_read_by_its_names_whatever_its_name(column):
+    """A ClassLabel column named ``image_labels`` (the first name the columns are looked for under) lost its names
+    (looked up under its internal name) and its indices were read as 1-based ids: cat trained as dog."""
+    image = Image.fromarray(np.zeros((32, 32, 3), np.uint8))
+    labels = datasets.Sequence(datasets.ClassLabel(names=["cat", "dog", "bird"]))
+    dataset = datasets.Dataset.from_dict(
+        {"image": [image, image], column: [[1], [2]]},
+        features=datasets.Features({"image": datasets.Image(), column: labels}),
+    )
+    read, _ = add_image_labels(dataset, Columns("image", None, column), 3, class_names=["cat", "dog", "bird"])
+    assert read["image_labels"] == [[2], [3]]
+
+
+def test_a_row_with_a_mask_and_a_null_label_cell_takes_its_labels_from_the_mask():
+    """Tagged rows beside fully annotated ones (metadata.jsonl rows with labels only, others with masks only): the
+    annotated rows' null label cells were read as empty label sets, and trained as background. A row with a mask
+    and no labels takes the mask's classes; an explicit ``[]`` stays an empty set, a tagged row keeps its tags."""
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:4, 2:4] = 2
+    both = mask.copy()
+    both[5:7, 5:7] = 1
+    dataset = _dataset([mask, mask, both]).add_column("labels", [None, [], [1]])
+    read, summary = add_image_labels(dataset, Columns("image", "mask", "labels"), num_classes=2)
+    assert read["image_labels"] == [[2], [], [1]] and summary.empty == 1
+
+
 def test_add_image_labels_summarises_and_applies_empty_policy():
     full = np.zeros((8, 8), np.uint8)
     full[2:4, 2:4] = 2
@@ -1547,10 +1574,13 @@ def test_class_names_come_from_a_class_label_field_of_a_struct_column(tmp_path):
     assert names == {"class_names": ["cat", "dog"]}
 
 
-@pytest.mark.parametrize("stored", ["jpg_file", "jpeg_bytes", "jpeg_named_png"])
-def test_masks_stored_as_jpeg_are_refused(tmp_path, stored):
+@pytest.mark.parametrize(
+    "stored", ["jpg_file", "jpeg_bytes", "jpeg_named_png", "tiff_jpeg", "avif", "jpeg2000"]
+)
+def test_masks_stored_lossy_are_refused(tmp_path, stored):
     """A JPEG mask of class 5 read as classes 1..7 (its edges' artefacts) and was taken when they stayed within 0..C:
-    phantom image-level labels and ground truth. Refused by the file's suffix, the bytes or the format PIL read."""
+    phantom image-level labels and ground truth. Refused by the file's suffix, the bytes or the format PIL read; so
+    are the other lossy storages (a TIFF with JPEG compression gave every image all 8 classes)."""
     from weclip_hf.data.loading import training_set
 
     mask = np.zeros((16, 16), np.uint8)
@@ -1558,6 +1588,11 @@ def test_masks_stored_as_jpeg_are_refused(tmp_path, stored):
     image = Image.fromarray(np.zeros((16, 16, 3), np.uint8))
     if stored == "jpeg_bytes":
         masks = [{"bytes": _png_bytes(mask, "JPEG"), "path": None}]
+    elif stored in ("tiff_jpeg", "avif", "jpeg2000"):
+        path = tmp_path / {"tiff_jpeg": "mask.tif", "avif": "mask.avif", "jpeg2000": "mask.jp2"}[stored]
+        options = {"compression": "jpeg"} if stored == "tiff_jpeg" else {}
+        Image.fromarray(mask).save(path, **options)
+        masks = [str(path)]
     else:
         path = tmp_path / ("mask.jpg" if stored == "jpg_file" else "mask.png")
         Image.fromarray(mask).save(path, format="JPEG")
@@ -1565,8 +1600,11 @@ def test_masks_stored_as_jpeg_are_refused(tmp_path, stored):
     features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})
     data = datasets.Dataset.from_dict({"image": [image], "mask": masks}, features=features)
     augment = TrainAugmentation(8, (1.0, 1.0), normalization=IMAGENET_NORMALIZATION)
+    lossy = {"tiff_jpeg": "TIFF with JPEG compression", "avif": "AVIF", "jpeg2000": "JPEG 2000"}.get(
+        stored, "JPEG"
+    )
     with pytest.raises(
-        ValueError, match=r"Mask .* is stored as JPEG, which is lossy .* re-save the masks as PNG"
+        ValueError, match=rf"Mask .* is stored as {lossy}, which is lossy .* re-save the masks as PNG"
     ):
         training_set(data, 20, augment, require_mask=True)
     for lossless in ("PNG", "BMP", "TIFF"):  # read as they were

@@ -39,13 +39,27 @@ def file_path(value: Any) -> str | None:
     return path or None
 
 
-def stored_as_jpeg(value: Any, decoded: Any = None) -> bool:
-    """Whether a stored image is a JPEG, by what is at hand without decoding it again: its file's suffix, its bytes'
-    magic number (FF D8 FF), or the format PIL read it as (``decoded``: the decoded image, if any)."""
+# formats PIL reads that are lossy as they are usually saved (PIL cannot tell a lossless JPEG 2000 or AVIF), and the
+# TIFF compressions that are
+LOSSY_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "JPEG2000": "JPEG 2000", "AVIF": "AVIF", "HEIF": "HEIF"}
+LOSSY_TIFF_COMPRESSIONS = {"jpeg": "JPEG", "tiff_jpeg": "JPEG", "webp": "WebP"}
+
+
+def lossy_storage(value: Any, decoded: Any = None) -> str | None:
+    """The lossy format a stored image is kept in (``"JPEG"``, ``"JPEG 2000"``, ``"AVIF"``, ``"HEIF"``, a TIFF with
+    JPEG or WebP compression as ``"TIFF with JPEG compression"``), else None, by what is at hand without decoding it
+    again: its file's suffix, its bytes' magic number (JPEG's FF D8 FF), or the format PIL read it as (``decoded``:
+    the decoded image, if any)."""
     data = value.get("bytes") if isinstance(value, dict) else value
     magic = isinstance(data, (bytes, bytearray)) and data[:3] == b"\xff\xd8\xff"
     suffix = os.path.splitext(file_path(value) or "")[1].lower()
-    return magic or suffix in (".jpg", ".jpeg") or getattr(decoded, "format", None) == "JPEG"
+    if magic or suffix in (".jpg", ".jpeg"):
+        return "JPEG"
+    read_as = getattr(decoded, "format", None)
+    if read_as == "TIFF":
+        compression = LOSSY_TIFF_COMPRESSIONS.get(decoded.info.get("compression"))
+        return f"TIFF with {compression} compression" if compression else None
+    return LOSSY_FORMATS.get(read_as)
 
 
 def describe(value: Any, column: str | None, row: str) -> str:

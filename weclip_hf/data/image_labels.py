@@ -179,27 +179,33 @@ def row_image_labels(
     check_images: bool,
     skip_unreadable: bool,
 ) -> dict:
-    """One example's ``image_labels`` (from its label column or its mask) and ``_unreadable`` (the file that could
-    not be read, with ``skip_unreadable``; else None), its image and mask read and checked if ``check_images``."""
+    """One example's ``image_labels`` (from its label column, or from its mask: without a label column, or where the
+    row's label cell is null and it has a mask, as tagged rows beside fully annotated ones) and ``_unreadable`` (the
+    file that could not be read, with ``skip_unreadable``; else None), its image and mask read and checked if
+    ``check_images`` or its labels come from the mask."""
     if streamed:
         row = f"an example of streamed split {split!r}" if split else "an example of the stream"
     else:
         row = row_name(idx, split)
+    from_mask = columns.labels is None or (
+        example[columns.labels] is None and columns.mask is not None and example[columns.mask] is not None
+    )
     try:
-        image, mask = _decoded_pair(example, columns, row, features) if check_images else (None, None)
+        decode = check_images or from_mask
+        image, mask = _decoded_pair(example, columns, row, features) if decode else (None, None)
     except UnreadableImageError as err:
         if not skip_unreadable:
             raise
         if streamed:
             warnings.warn(f"Skipped unreadable {err.source}: {err.reason}", stacklevel=1)
         return {"image_labels": [], "_unreadable": err.source, "_mask_labels": None}
-    if columns.labels is None:
+    if from_mask:
         ids = _mask_image_labels(example, columns, image, mask, row, num_classes, ignore_index)
         return {"image_labels": ids, "_unreadable": None, "_mask_labels": None}
     path = file_path(example[columns.image])
     name = row + (f" (image file {path!r})" if path else "")
     column = "image_labels" if columns.labels == "_image_labels" else columns.labels  # the user's name
-    value = label_value(example[columns.labels], features.get(columns.labels), column, name)
+    value = label_value(example[columns.labels], features.get(column), column, name)
     ids = normalize_label_row(value, num_classes, zero_based, name, lookup, multi_hot)
     # the mask's classes beside the row, for `check_label_numbering` and `check_labels_match_masks`
     shown = None

@@ -158,7 +158,8 @@ def normalize_label_row(
     """An image-level label row (ids, multi-hot of width C, or class names mapped through ``class_names``,
     see `class_name_ids`) -> sorted foreground ids 1..C. ``multi_hot``: whether integer rows are multi-hot, as
     `multi_hot_rows` decided for the whole label column; None: decided from this row alone. None (``null`` in
-    metadata.jsonl, an empty metadata.csv cell) is an empty label set, as ``[]`` is."""
+    metadata.jsonl, an empty metadata.csv cell) is an empty label set, as ``[]`` is (a row with a mask takes its
+    labels from the mask instead: `row_image_labels`)."""
     where = name or "(unnamed)"
     if row is None:
         return []

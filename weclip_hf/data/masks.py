@@ -7,7 +7,7 @@ import numpy as np
 
 from ..image_reading import check_integral_label_map, image_size
 from .columns import Columns
-from .decoding import describe, file_path, stored_as_jpeg
+from .decoding import describe, file_path, lossy_storage
 
 EXIF_HINT = (
     " The sizes are swapped: images are read upright (their EXIF orientation applied, as datasets decodes them),"
@@ -59,15 +59,16 @@ def checked_mask(
     example: dict, columns: Columns, image, mask, row: str, num_classes: int, ignore_index: int
 ) -> np.ndarray:
     """An example's decoded ``mask`` as its [H, W] array of ids, refused (naming its file, else its column and
-    ``row``) when it is stored as JPEG (`stored_as_jpeg`: lossy, its edges hold ids of other classes), has
+    ``row``) when it is stored in a lossy format (`lossy_storage`: JPEG's edges hold ids of other classes), has
     channels (`mask_array`), ids outside 0..C other than ``ignore_index`` (`check_mask_ids`) or another size than
     its decoded ``image`` (EXIF orientation applied: `EXIF_HINT` when the sizes are swapped). Every mask the data
     pipeline reads passes here, whatever the columns: a mask of another size would be stretched to its image, or
     its image's predictions to it."""
     mask_name = describe(example[columns.mask], columns.mask, row)
-    if stored_as_jpeg(example[columns.mask], mask):
+    lossy = lossy_storage(example[columns.mask], mask)
+    if lossy:
         raise ValueError(
-            f"Mask {mask_name} is stored as JPEG, which is lossy (its edges get ids between the classes': phantom "
+            f"Mask {mask_name} is stored as {lossy}, which is lossy (its edges get ids between the classes': phantom "
             "classes in the image-level labels and the ground truth): re-save the masks as PNG."
         )
     array = mask_array(mask, mask_name)
