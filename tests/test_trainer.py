@@ -901,19 +901,43 @@ def test_weclip_trainer_refuses_label_smoothing_and_a_best_model_metric_it_does_
     # None: Trainer's "loss"; "cam" is not among the eval_modes; pred_miou: the mode's name, not the figure's
     for metric in (None, "cam_miou", "pred_miou", "eval_a_miou"):
         with pytest.raises(
-            ValueError, match=r"metric_for_best_model='(loss|cam_miou|pred_miou|eval_a_miou)', which"
+            ValueError,
+            match=r"metric_for_best_model='(loss|cam_miou|pred_miou|eval_a_miou)', which .* set metric_for_best",
         ):
             weclip_trainer(toy_model(), tmp_path, metric_for_best_model=metric, **best)
     for metric in ("miou", "eval_miou", "eval_pseudo_label_miou"):
         weclip_trainer(toy_model(), tmp_path, metric_for_best_model=metric, **best)
     best["eval_dataset"] = {"a": toy_evaluation_set(1), "b": toy_evaluation_set(1)}
     for metric in ("miou", "eval_c_miou", "a_cam_miou"):  # a dict: the set's name comes first
-        with pytest.raises(
-            ValueError, match=r"which the evaluation does not report: choose one of \['eval_a_miou'"
-        ):
+        with pytest.raises(ValueError, match=r"set metric_for_best_model to one of \['eval_a_miou'"):
             weclip_trainer(toy_model(), tmp_path, metric_for_best_model=metric, **best)
     for metric in ("a_miou", "eval_b_pseudo_label_miou"):
         weclip_trainer(toy_model(), tmp_path, metric_for_best_model=metric, **best)
+
+
+def test_weclip_trainer_refuses_a_best_model_metric_it_does_not_report_without_load_best_model_at_end(
+    tmp_path,
+):
+    """Trainer looks metric_for_best_model up at every evaluation, also for save_strategy="best", a metric given
+    alone, and reduce_lr_on_plateau (which defaults it to "loss"): only load_best_model_at_end was checked, and the
+    others crashed with a KeyError at the first evaluation."""
+    steps = dict(max_steps=2, eval_strategy="steps", eval_steps=1, eval_dataset=toy_evaluation_set(1))
+    for arguments, used_by in (
+        (dict(save_strategy="best", metric_for_best_model="loss"), r'\(save_strategy="best"\)'),
+        (dict(metric_for_best_model="cam_miou"), r"\(the record of the best model, state.best_metric\)"),
+        (dict(lr_scheduler_type="reduce_lr_on_plateau"), r"\(lr_scheduler_type='reduce_lr_on_plateau'\)"),
+    ):
+        with pytest.raises(
+            ValueError, match=used_by + r": set metric_for_best_model to one of \['eval_miou'"
+        ):
+            weclip_trainer(toy_model(), tmp_path, **arguments, **steps)
+    trainer = weclip_trainer(
+        toy_model(), tmp_path, lr_scheduler_type="reduce_lr_on_plateau", metric_for_best_model="miou", **steps
+    )
+    trainer.train()  # the plateau schedule steps on the mIoU
+    assert [h["step"] for h in trainer.state.log_history if "eval_miou" in h] == [1, 2]
+    # no evaluation during training: nothing looks the metric up
+    weclip_trainer(toy_model(), tmp_path, max_steps=1, metric_for_best_model="loss")
 
 
 def test_weclip_trainer_card_reports_a_named_evaluation_set(tmp_path):

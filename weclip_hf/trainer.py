@@ -161,9 +161,9 @@ class WeCLIPTrainer(Trainer):
 
     def _check_unsupported_arguments(self) -> None:
         """Refuse, at once, what the arguments ask for that this trainer cannot do: label smoothing (WeCLIP's losses
-        take none; it was ignored, or crashed with full supervision) and a best model by a metric its evaluation
-        does not report (found only at the first evaluation, maybe thousands of steps in); metric functions, which
-        it would never call; a model config that its first checkpoint could not save (`WeCLIPConfig.validate`)."""
+        take none; it was ignored, or crashed with full supervision) and a ``metric_for_best_model`` its evaluation does
+        not report (found only at the first evaluation, maybe thousands of steps in); metric functions, which it
+        would never call; a model config that its first checkpoint could not save (`WeCLIPConfig.validate`)."""
         config = getattr(self.model, "config", None)
         if callable(getattr(config, "validate", None)):
             config.validate()
@@ -180,18 +180,36 @@ class WeCLIPTrainer(Trainer):
                 f"label_smoothing_factor={args.label_smoothing_factor}: WeCLIP's segmentation and affinity losses take "
                 "no label smoothing; leave it at 0."
             )
-        if args.load_best_model_at_end:
-            metric = args.metric_for_best_model or "loss"
-            names = [MIOU_NAMES[mode] for mode in self.eval_modes]
-            sets = (
-                list(self.eval_dataset) if isinstance(self.eval_dataset, dict) else [""]
-            )  # eval_<set>_<name>
-            reported = [f"eval_{f'{s}_' if s else ''}{name}" for s in sets for name in names]
-            if metric not in reported and f"eval_{metric}" not in reported:
-                raise ValueError(
-                    f"load_best_model_at_end compares metric_for_best_model={metric!r}, which the evaluation does "
-                    f"not report: choose one of {reported} (eval_modes {list(self.eval_modes)})."
-                )
+        self._check_best_model_metric()
+
+    def _check_best_model_metric(self) -> None:
+        """Refuse a ``metric_for_best_model`` that the evaluation during training does not report: `Trainer` looks
+        it up at every evaluation (for the best checkpoint, ``load_best_model_at_end``, ``save_strategy="best"``,
+        ``lr_scheduler_type="reduce_lr_on_plateau"``, which also default it to "loss") and raised a KeyError there."""
+        args = self.args
+        metric = args.metric_for_best_model
+        if metric is None or _name(args.eval_strategy) == "no":
+            return
+        names = [MIOU_NAMES[mode] for mode in self.eval_modes]
+        # eval_<set>_<name> for a dict of sets
+        sets = list(self.eval_dataset) if isinstance(self.eval_dataset, dict) else [""]
+        reported = [f"eval_{f'{s}_' if s else ''}{name}" for s in sets for name in names]
+        if metric in reported or f"eval_{metric}" in reported:
+            return
+        users = [
+            "load_best_model_at_end" if args.load_best_model_at_end else "",
+            'save_strategy="best"' if _name(args.save_strategy) == "best" else "",
+            f"lr_scheduler_type={_name(args.lr_scheduler_type)!r}"
+            if _name(args.lr_scheduler_type) in ("reduce_lr_on_plateau", "greedy")
+            else "",
+        ]
+        users = ", ".join(user for user in users if user) or "the record of the best model, state.best_metric"
+        raise ValueError(
+            f"metric_for_best_model={metric!r}, which the evaluation does not report, is looked up at every "
+            f"evaluation during training ({users}): set metric_for_best_model to one of {reported} (the mIoU of "
+            f"eval_modes {list(self.eval_modes)}; WeCLIPTrainer reports no loss, the metric transformers picks when "
+            "load_best_model_at_end or a plateau schedule is given none)."
+        )
 
     def _evaluation_input_size(self) -> int | dict[str, int] | None:
         """What the evaluation resizes the images to: ``eval_long_side`` when given, else as ``processing_class``
