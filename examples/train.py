@@ -118,7 +118,13 @@ from weclip_hf.script_arguments import (
     saved_config,
     saved_training_preset,
 )
-from weclip_hf.training import WeCLIPDataCollator, create_optimizer_and_scheduler, schedule_notes
+from weclip_hf.training import (
+    WeCLIPDataCollator,
+    check_fills_a_batch,
+    create_optimizer_and_scheduler,
+    global_batch,
+    schedule_notes,
+)
 from weclip_hf.trajectory import (
     CONFIG_FLAGS,
     PATH_ARGS,
@@ -803,20 +809,9 @@ def make_train_loader(
     # batches stay on the host: `to_device` moves all but the image-level labels, from which the model
     # plans its (image, class) pairs without a device-to-host sync
     train_loader = accelerator.prepare_data_loader(train_loader, device_placement=False)
-    if not streamed and len(train_loader) == 0:
-        raise ValueError(
-            f"{len(train_set)} training images are fewer than one {global_batch(args, accelerator)}."
-        )
+    if not streamed:
+        check_fills_a_batch(len(train_set), args.per_device_train_batch_size, accelerator.num_processes)
     return train_loader, sampler
-
-
-def global_batch(args, accelerator: Accelerator) -> str:
-    """One optimizer step's images, in words for messages: "batch of 4 images", or with several processes "global
-    batch of 4 x 2 processes = 8 images"."""
-    per_device, n = args.per_device_train_batch_size, accelerator.num_processes
-    if n == 1:
-        return f"batch of {per_device} images"
-    return f"global batch of {per_device} x {n} processes = {per_device * n} images"
 
 
 def append_log(log_path: Path, record: dict) -> None:
@@ -1207,7 +1202,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
             if streamed and pass_ended:
                 if position.batch == 0:
                     raise ValueError(
-                        f"The training stream holds fewer than one {global_batch(args, accelerator)}."
+                        "The training stream holds fewer than one "
+                        f"{global_batch(args.per_device_train_batch_size, accelerator.num_processes)}."
                     )
                 position.epoch, position.batch = position.epoch + 1, 0
         bar.close()

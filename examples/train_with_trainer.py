@@ -92,7 +92,7 @@ from weclip_hf.script_arguments import (
     recipe_values,
 )
 from weclip_hf.trainer import RecordRunCallback, WeCLIPTrainer, trajectory_arguments
-from weclip_hf.training import schedule_notes
+from weclip_hf.training import check_fills_a_batch, schedule_notes
 
 TOY_SIZES = get_preset("toy").dataset.toy_sizes  # the toy world's (training, validation) images
 
@@ -344,6 +344,11 @@ def main(argv=None) -> dict:
         train_raw, cfg.num_foreground_classes, augment, reading, seed=training_args.seed, labelling=labelling
     )
     print(f"train: {summary}")
+    # whole batches (the recipe's): a smaller set trained no step, then saved and scored its model as trained
+    if training_args.dataloader_drop_last:
+        check_fills_a_batch(
+            len(train_set), training_args.per_device_train_batch_size, training_args.world_size
+        )
     val_set = None
     if val_raw is not None:
         val_set, _ = evaluation_set(

@@ -450,6 +450,22 @@ def test_train_with_trainer_refuses_evaluation_without_a_validation_split(tmp_pa
         run_script(script, *argv, "--eval_steps", 1)
 
 
+def test_train_with_trainer_refuses_a_training_set_smaller_than_one_batch(tmp_path, monkeypatch):
+    """With whole batches only (the recipe's --dataloader_drop_last), 4 toy images in batches of 8 trained 0 steps,
+    and the run then saved, scored and carded its untrained model as a finished one; it is refused before training,
+    as examples/train.py refuses it."""
+    script = trainer_script(monkeypatch)
+    monkeypatch.setattr(script.WeCLIPTrainer, "train", lambda *a, **k: pytest.fail("the run trained"))
+    argv = ["--output_dir", tmp_path, "--max_steps", 3, "--toy_train_images", 4, "--toy_val_images", 2]
+    with pytest.raises(ValueError) as refused:
+        run_script(script, *argv)
+    assert str(refused.value) == (
+        "4 training images are fewer than one batch of 8 images: train on more images, or give a smaller "
+        "--per_device_train_batch_size (or fewer processes)."
+    )
+    assert not (tmp_path / "model.safetensors").exists()
+
+
 def test_train_with_trainer_refuses_a_checkpoint_folder_that_does_not_exist_at_once(
     tmp_path, monkeypatch, capsys
 ):

@@ -47,6 +47,24 @@ class WeCLIPDataCollator:
         return {key: torch.stack([example[key] for example in examples]) for key in keys}
 
 
+def global_batch(per_device: int, processes: int) -> str:
+    """One optimizer step's images, in words for messages: "batch of 4 images", or with several processes "global
+    batch of 4 x 2 processes = 8 images"."""
+    if processes == 1:
+        return f"batch of {per_device} images"
+    return f"global batch of {per_device} x {processes} processes = {per_device * processes} images"
+
+
+def check_fills_a_batch(num_images: int, per_device: int, processes: int) -> None:
+    """Refuse a training set of fewer images than one global batch: a loader of whole batches (``drop_last``) gives
+    it none, so the run would train no step and then save and score its model as a trained one."""
+    if num_images < per_device * processes:
+        raise ValueError(
+            f"{num_images} training images are fewer than one {global_batch(per_device, processes)}: train on more "
+            "images, or give a smaller --per_device_train_batch_size (or fewer processes)."
+        )
+
+
 def warmup_poly_factor(num_warmup_steps: int, max_train_steps: int) -> Callable[[int], float]:
     """The official learning-rate factor at step t: warm-up ``1 - (1 - t/W)(1 - 1e-6)`` for t < W, then the poly
     decay (power 1) ``1 - t/T`` of the whole schedule, floored at 0."""
