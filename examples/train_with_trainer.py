@@ -188,7 +188,10 @@ def parse_args(argv=None) -> tuple[WeCLIPArguments, TrainingArguments]:
     def parser(**kwargs) -> HfArgumentParser:
         return HfArgumentParser((WeCLIPArguments, TrainingArguments), **kwargs)
 
-    given, _ = parser(add_help=False).parse_known_args(argv)  # what the defaults depend on
+    # what the defaults depend on; num_train_epochs None unless given (in any spelling: --num-train-epochs, --num_tr)
+    first = parser(add_help=False)
+    first.set_defaults(num_train_epochs=None)
+    given, _ = first.parse_known_args(argv)
     flags = {str(token).split("=")[0] for token in (sys.argv[1:] if argv is None else argv)}
     recipe = get_preset(recipe_name(given)).training  # WeCLIP+'s VOC recipe with --dino_model_name_or_path
     max_steps = given.max_steps if given.max_steps > 0 else recipe.max_train_steps
@@ -204,7 +207,8 @@ def parse_args(argv=None) -> tuple[WeCLIPArguments, TrainingArguments]:
             "--max_train_steps is examples/train.py's flag: give Trainer's --max_steps (or --num_train_epochs)."
         )
     defaults = recipe_defaults(recipe, max_steps, given.validation_split != "none")
-    if "--num_train_epochs" in flags and given.max_steps <= 0:  # Trainer counts epochs only without max_steps
+    # Trainer counts epochs only without max_steps
+    if given.num_train_epochs is not None and given.max_steps <= 0:
         defaults["max_steps"] = -1
     full.set_defaults(**defaults)
     args, training_args = full.parse_args_into_dataclasses(argv)

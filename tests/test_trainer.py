@@ -356,6 +356,9 @@ def test_train_with_trainer_flags_replace_the_recipe_defaults(monkeypatch, capsy
     _, by_epochs = script.parse_args(["--num_train_epochs", "2"])
     assert (by_epochs.max_steps, by_epochs.num_train_epochs) == (-1, 2)
     assert script.parse_args(["--num_train_epochs=2", "--max_steps", "7"])[1].max_steps == 7
+    # the flag was found by its spelling: --help's alias and an abbreviation trained the recipe's 500 steps
+    for spelling in ("--num-train-epochs", "--num_train_ep"):
+        assert script.parse_args([spelling, "2"])[1].max_steps == -1, spelling
     capsys.readouterr()
     with pytest.raises(SystemExit):  # train.py's flag: a one-line error naming Trainer's
         script.parse_args(["--max_train_steps", "10"])
