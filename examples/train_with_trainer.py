@@ -14,8 +14,8 @@ The arguments are this script's (`WeCLIPArguments`: data and model) and `Trainin
 (`recipe_defaults`: that of --preset, else the toy world's without a dataset, else VOC's: voc-plus for WeCLIP+,
 --dino_model_name_or_path): its batch, learning rate,
 weight decay, warm-up and steps, no gradient clipping (``max_grad_norm=0``, as the official code), and its
-evaluations and checkpoints at the same points of the schedule however long the run (--max_steps); a flag given
-replaces the recipe's value. `WeCLIPTrainer` (`weclip_hf.trainer`) is `Trainer` with WeCLIP's collator, the official
+evaluations and checkpoints at the same points of the schedule however long the run (--max_steps, or
+--num_train_epochs: as ratios of the run); a flag given replaces the recipe's value. `WeCLIPTrainer` (`weclip_hf.trainer`) is `Trainer` with WeCLIP's collator, the official
 optimizer and warm-up + linear schedule built from the `TrainingArguments`, and an evaluation that scores
 segmentations (``eval_miou`` of the decoder, ``eval_cam_miou``, ``eval_pseudo_label_miou`` of the RFM pseudo labels).
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,17 +151,23 @@ class WeCLIPArguments:
     )
 
 
+# the largest ratio of a run below 1, which Trainer reads as its last step (ceil(WHOLE_RUN x steps) = steps)
+WHOLE_RUN = math.nextafter(1.0, 0.0)
 # `WeCLIPArguments` a resumed run may change (they do not shape its training), and those that are local paths
 RESUMABLE = ("validation_split", "toy_val_images", "overwrite_output_dir")
 PATHS = ("data_dir", "dataset_path", "clip_model_name_or_path", "dino_model_name_or_path")
 
 
 def recipe_defaults(recipe: TrainingRecipe, max_steps: int, evaluate: bool) -> dict:
-    """`TrainingArguments` defaults of a preset's ``recipe`` for a run of ``max_steps``, whose evaluations (when
-    ``evaluate``) and checkpoints fall at the recipe's points of its schedule (voc: every 1/15 of the run)."""
+    """`TrainingArguments` defaults of a preset's ``recipe`` for a run of ``max_steps`` (-1: of --num_train_epochs,
+    whose steps Trainer counts), whose evaluations (when ``evaluate``) and checkpoints fall at the recipe's points of
+    its schedule (voc: every 1/15 of the run; for a run of epochs, as ratios of it)."""
 
-    def every(steps: int) -> int:
-        return max(1, round(steps * max_steps / recipe.max_train_steps))
+    def every(steps: int) -> int | float:
+        if max_steps > 0:
+            return max(1, round(steps * max_steps / recipe.max_train_steps))
+        # Trainer reads a value < 1 as a ratio of the run (ceil(ratio x steps)), 1 as step 1
+        return min(steps / recipe.max_train_steps, WHOLE_RUN)
 
     return dict(
         output_dir="outputs/weclip-toy-trainer",
@@ -195,6 +202,9 @@ def parse_args(argv=None) -> tuple[WeCLIPArguments, TrainingArguments]:
     flags = {str(token).split("=")[0] for token in (sys.argv[1:] if argv is None else argv)}
     recipe = get_preset(recipe_name(given)).training  # WeCLIP+'s VOC recipe with --dino_model_name_or_path
     max_steps = given.max_steps if given.max_steps > 0 else recipe.max_train_steps
+    # Trainer counts epochs only without max_steps
+    if given.num_train_epochs is not None and given.max_steps <= 0:
+        max_steps = -1
     full = parser(description=first_paragraph(__doc__))
     for action in full._actions:  # Trainer's text says biases and norms are exempt: WeCLIPTrainer's are not
         if action.dest == "weight_decay":
@@ -206,11 +216,7 @@ def parse_args(argv=None) -> tuple[WeCLIPArguments, TrainingArguments]:
         full.error(
             "--max_train_steps is examples/train.py's flag: give Trainer's --max_steps (or --num_train_epochs)."
         )
-    defaults = recipe_defaults(recipe, max_steps, given.validation_split != "none")
-    # Trainer counts epochs only without max_steps
-    if given.num_train_epochs is not None and given.max_steps <= 0:
-        defaults["max_steps"] = -1
-    full.set_defaults(**defaults)
+    full.set_defaults(**recipe_defaults(recipe, max_steps, given.validation_split != "none"))
     args, training_args = full.parse_args_into_dataclasses(argv)
     check_one_data_source(full, args)
     check_source_flags(full, args)

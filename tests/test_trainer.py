@@ -356,6 +356,10 @@ def test_train_with_trainer_flags_replace_the_recipe_defaults(monkeypatch, capsy
     _, by_epochs = script.parse_args(["--num_train_epochs", "2"])
     assert (by_epochs.max_steps, by_epochs.num_train_epochs) == (-1, 2)
     assert script.parse_args(["--num_train_epochs=2", "--max_steps", "7"])[1].max_steps == 7
+    # a run of epochs: the recipe's points of the schedule as ratios of the run (they were the steps of 500)
+    assert (by_epochs.save_steps, by_epochs.eval_steps) == (0.5, None)
+    _, voc_epochs = script.parse_args([*voc, "--num_train_epochs", "1"])
+    assert voc_epochs.eval_steps == voc_epochs.save_steps == pytest.approx(1 / 15)
     # the flag was found by its spelling: --help's alias and an abbreviation trained the recipe's 500 steps
     for spelling in ("--num-train-epochs", "--num_train_ep"):
         assert script.parse_args([spelling, "2"])[1].max_steps == -1, spelling
@@ -366,6 +370,20 @@ def test_train_with_trainer_flags_replace_the_recipe_defaults(monkeypatch, capsy
     assert error.endswith(
         "error: --max_train_steps is examples/train.py's flag: give Trainer's --max_steps (or --num_train_epochs)."
     )
+
+
+def test_train_with_trainer_checkpoints_a_run_of_epochs_at_the_recipes_points(tmp_path, monkeypatch):
+    """With --num_train_epochs the recipe's points stayed steps of its 500-step run (toy: a checkpoint every 250
+    steps, none within a 2-step run; VOC: 2,000 of a ~2,645-step epoch): they are ratios of the run Trainer counts;
+    a point at the end of the recipe's run falls on the run's last step (Trainer reads a ratio of 1 as step 1)."""
+    script = trainer_script(monkeypatch)
+    # 16 images in batches of 8: one epoch is 2 steps, the toy recipe checkpoints at half of it
+    flags = ["--num_train_epochs", 1, "--validation_split", "none", "--toy_train_images", 16]
+    run_script(script, "--output_dir", tmp_path, *flags)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    once = dataclasses.replace(TOY.training, checkpointing_steps=None)
+    whole_run = script.recipe_defaults(once, -1, evaluate=False)["save_steps"]
+    assert whole_run < 1 and all(math.ceil(steps * whole_run) == steps for steps in (1, 7, 2645, 10**7))
 
 
 def test_train_with_trainer_sets_config_fields_and_the_crop_that_no_other_flag_sets(
