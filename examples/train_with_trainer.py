@@ -21,7 +21,8 @@ segmentations (``eval_miou`` of the decoder, ``eval_cam_miou``, ``eval_pseudo_la
 
 `--resume_from_checkpoint` (a checkpoint-N folder, or 'latest') continues a run exactly (Trainer restores the RNG
 and the data position; the model's step counter, which starts the RFM, is a saved buffer): each checkpoint records
-the arguments that shape the training (training_args.json), and a resume that changes one is refused.
+the arguments that shape the training (training_args.json), and a resume that changes one is refused, as is a
+checkpoint saved with --save_only_model (it holds no optimizer or schedule state to continue).
 examples/train.py is the complete script (streaming, several processes on a CPU, signals, multi-scale evaluation,
 overlays, a model card, the Hub).
 """
@@ -39,7 +40,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from transformers import HfArgumentParser, TrainingArguments, set_seed
-from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer import OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from weclip_hf import WeCLIPConfig, WeCLIPImageProcessor, WeCLIPPlusConfig
@@ -249,9 +250,25 @@ def trajectory(args: WeCLIPArguments, training_args: TrainingArguments) -> dict:
     return {**values, **trajectory_arguments(training_args)}
 
 
+def missing_training_state(folder: Path) -> list[str]:
+    """What a Trainer checkpoint lacks of the state an exact resume restores: "optimizer" (optimizer.pt, or its
+    sharded or DeepSpeed folder) and "scheduler" (scheduler.pt); one saved with --save_only_model lacks both."""
+    folders = [path.name for path in folder.iterdir() if path.is_dir()]
+    # DeepSpeed keeps both in its global_step<N> folder
+    deepspeed = any(name.startswith("global_step") for name in folders)
+    optimizer = (
+        deepspeed
+        or any((folder / name).is_file() for name in (OPTIMIZER_NAME, OPTIMIZER_NAME_BIN))
+        or any("optimizer" in name for name in folders)
+    )
+    scheduler = deepspeed or (folder / SCHEDULER_NAME).is_file()
+    return [what for what, saved in (("optimizer", optimizer), ("scheduler", scheduler)) if not saved]
+
+
 def checkpoint_to_resume(training_args: TrainingArguments) -> str | None:
-    """The checkpoint of --resume_from_checkpoint ('latest': the newest checkpoint-N of --output_dir); a
-    folder that does not exist, or holds no Trainer checkpoint (its trainer_state.json), is refused."""
+    """The checkpoint of --resume_from_checkpoint ('latest': the newest checkpoint-N of --output_dir); a folder that
+    does not exist, holds no Trainer checkpoint (its trainer_state.json), or no optimizer or scheduler state (saved
+    with --save_only_model: the run would restart its warm-up and AdamW's moments) is refused."""
     spec, output_dir = training_args.resume_from_checkpoint, training_args.output_dir
     if spec is None:
         return None
@@ -262,14 +279,23 @@ def checkpoint_to_resume(training_args: TrainingArguments) -> str | None:
                 f"{path} is no Trainer checkpoint (it holds no {TRAINER_STATE_NAME}): give a checkpoint-N folder "
                 "of a train_with_trainer.py run, or 'latest'."
             )
-        return str(path)
-    latest = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-    if latest is None:
-        raise FileNotFoundError(
-            f"--resume_from_checkpoint latest: {output_dir} holds no checkpoint-N to resume from; leave the flag "
-            "out to start a new run."
+    else:
+        latest = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+        if latest is None:
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint latest: {output_dir} holds no checkpoint-N to resume from; leave the "
+                "flag out to start a new run."
+            )
+        path = Path(latest)
+    missing = missing_training_state(path)
+    if missing:
+        raise CheckpointError(
+            f"{path} holds no {' or '.join(missing)} state ({OPTIMIZER_NAME}, {SCHEDULER_NAME}): it was saved with "
+            "--save_only_model, and a run cannot be resumed from it exactly (its warm-up and AdamW's moments would "
+            "start over). Resume from a checkpoint of a run without --save_only_model, or leave "
+            "--resume_from_checkpoint out to start a new run."
         )
-    return latest
+    return str(path)
 
 
 def main(argv=None) -> dict:

@@ -512,6 +512,35 @@ def test_train_with_trainer_refuses_a_checkpoint_folder_that_does_not_exist_at_o
     assert capsys.readouterr().out == ""
 
 
+def test_train_with_trainer_refuses_a_checkpoint_saved_without_optimizer_and_schedule(tmp_path, monkeypatch):
+    """A checkpoint of --save_only_model (no optimizer.pt, scheduler.pt, rng_state.pth) was resumed, restarting the
+    warm-up and AdamW's moments where the script promises an exact continuation; it is refused before anything
+    loads, given by name or as 'latest'; a checkpoint of Trainer's usual files is taken."""
+    from weclip_hf.checkpointing import CheckpointError
+
+    script = trainer_script(monkeypatch)
+    monkeypatch.setattr(script, "load_dataset_splits", lambda *a, **k: pytest.fail("the data was loaded"))
+    # the files Trainer writes into a checkpoint of --save_only_model on a CPU (besides the model's code)
+    model_only = ("config.json", "model.safetensors", "trainer_state.json", "training_args.bin")
+    folder = tmp_path / "checkpoint-3"
+    folder.mkdir()
+    for name in model_only:
+        (folder / name).write_text("{}")
+    for spec in (folder, "latest"):
+        with pytest.raises(CheckpointError) as refused:
+            run_script(script, "--output_dir", tmp_path, "--resume_from_checkpoint", spec)
+        assert str(refused.value) == (
+            f"{folder} holds no optimizer or scheduler state (optimizer.pt, scheduler.pt): it was saved with "
+            "--save_only_model, and a run cannot be resumed from it exactly (its warm-up and AdamW's moments would "
+            "start over). Resume from a checkpoint of a run without --save_only_model, or leave "
+            "--resume_from_checkpoint out to start a new run."
+        )
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        (folder / name).write_text("")
+    given = TrainingArguments(tmp_path, resume_from_checkpoint="latest", report_to="none", use_cpu=True)
+    assert script.checkpoint_to_resume(given) == str(folder)
+
+
 def fake_hub(monkeypatch) -> list[dict]:
     """Stubs the Hub's create_repo (`conftest.created_repo`: a name without a user is the user "me"'s) and
     upload_folder; returns the commits, each as its repository, message and the text of each file it holds
