@@ -676,6 +676,27 @@ def test_weclip_trainer_resumes_exactly_in_the_middle_of_a_later_epoch(tmp_path)
         assert torch.equal(a, b), name
 
 
+def test_weclip_trainer_gives_persistent_loader_workers_each_epochs_crops(tmp_path):
+    """The training set's epoch (which seeds its crops and flips) was a plain attribute set in the main process, which
+    never reached persistent DataLoader workers: with them every epoch drew epoch 0's crops. 12 images in batches of
+    4: steps 4-6 are epoch 1, and a persistent worker gives the batches the main process gives."""
+
+    def batches(output_dir, **loading) -> list[torch.Tensor]:
+        trainer = weclip_trainer(toy_model(), output_dir, max_steps=6, max_grad_norm=0.0, seed=0, **loading)
+        seen, compute_loss = [], trainer.compute_loss
+        trainer.compute_loss = lambda model, inputs, *a, **k: (
+            seen.append(inputs["pixel_values"].clone()) or compute_loss(model, inputs, *a, **k)
+        )
+        trainer.train()
+        return seen
+
+    main = batches(tmp_path / "main")
+    workers = batches(tmp_path / "workers", dataloader_num_workers=1, dataloader_persistent_workers=True)
+    assert len(main) == len(workers) == 6
+    for step, (a, b) in enumerate(zip(main, workers), 1):
+        assert torch.equal(a, b), f"step {step}"
+
+
 def test_weclip_trainer_builds_the_official_optimizer_and_schedule_from_the_arguments(tmp_path):
     model = toy_model()
     trainer = weclip_trainer(

@@ -86,7 +86,25 @@ def train_item(
     return item
 
 
-class WeakSegmentationDataset(Dataset):
+class SharedEpoch:
+    """The epoch that seeds a training set's crops and flips, held in shared memory (a 0-dim int64 tensor, which
+    torch's DataLoader workers share, forked or spawned): set as a plain attribute in the main process, it never
+    reached the workers of ``persistent_workers=True``, which drew every epoch's crops as the first epoch's."""
+
+    def __init__(self):
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the crops and flips drawn now."""
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the crops and flips of ``epoch``, in this process and in the DataLoader's workers."""
+        self._epoch.fill_(epoch)
+
+
+class WeakSegmentationDataset(SharedEpoch, Dataset):
     """Training examples: augmented image, multi-hot image labels, pixel mask, (mask labels if any).
 
     Augmentation randomness is a function of (seed, epoch, index), so a resumed run sees exactly the
@@ -100,10 +118,8 @@ class WeakSegmentationDataset(Dataset):
     ):
         self.dataset = undecoded(dataset, [columns.image, columns.mask])
         self.columns, self.num_classes, self.split = columns, num_classes, split_name(dataset)
-        self.augment, self.seed, self.epoch = augment, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.augment, self.seed = augment, seed
+        super().__init__()
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -122,7 +138,7 @@ class WeakSegmentationDataset(Dataset):
         )
 
 
-class StreamingWeakSegmentationDataset(IterableDataset):
+class StreamingWeakSegmentationDataset(SharedEpoch, IterableDataset):
     """Training examples from a streamed ``datasets.IterableDataset`` (no length, no random access).
 
     Order: a shuffle buffer of ``shuffle_buffer_size`` examples (and shuffled shards) seeded by
@@ -152,11 +168,13 @@ class StreamingWeakSegmentationDataset(IterableDataset):
         if shuffle_buffer_size > 0:
             dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer_size)
         self.dataset, self.columns, self.num_classes = dataset, columns, num_classes
-        self.augment, self.seed, self.epoch = augment, seed, 0
+        self.augment, self.seed = augment, seed
         self.skip_unreadable, self.skipped = skip_unreadable, []
+        super().__init__()
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        """Draw the crops and flips, and the shuffle (``datasets``'), of pass ``epoch``."""
+        super().set_epoch(epoch)
         self.dataset.set_epoch(epoch)
 
     def __iter__(self):
