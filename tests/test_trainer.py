@@ -76,6 +76,20 @@ def test_collator_refuses_full_supervision_without_masks():
         WeCLIPDataCollator(fully_supervised=True)(examples)
 
 
+def test_collator_names_the_sizes_of_images_that_do_not_stack():
+    """An evaluation set of VOC-like sizes under plain Trainer with per_device_eval_batch_size > 1 failed with torch's
+    bare "stack expects each tensor to be equal size"; the error names the sizes and what to do."""
+    other = example(1)
+    other["pixel_values"] = torch.zeros(3, 6, 10)
+    with pytest.raises(ValueError) as refused:
+        WeCLIPDataCollator()([example(0), other])
+    assert str(refused.value) == (
+        "WeCLIPDataCollator stacks a batch's images, and these differ in size (height, width): [(6, 10), (8, 8)]. "
+        "Evaluate images of different sizes with per_device_eval_batch_size=1, or with "
+        "weclip_hf.trainer.WeCLIPTrainer, which batches them by size."
+    )
+
+
 def test_warmup_poly_factor_is_the_official_schedule():
     factor = warmup_poly_factor(4, 20)
     assert factor(0) == pytest.approx(1e-6)  # warm-up from 1e-6 of the base rate

@@ -44,7 +44,20 @@ class WeCLIPDataCollator:
                     "and the training examples have none: WeakSegmentationDataset's have one."
                 )
             keys.append("pixel_mask")
+        check_one_size(examples)
         return {key: torch.stack([example[key] for example in examples]) for key in keys}
+
+
+def check_one_size(examples: list[dict[str, torch.Tensor]]) -> None:
+    """Refuse examples whose images differ in size (a batch of an evaluation set of VOC-like images): they do not
+    stack (torch raised a bare RuntimeError)."""
+    sizes = sorted({tuple(example["pixel_values"].shape[-2:]) for example in examples})
+    if len(sizes) > 1:
+        raise ValueError(
+            f"WeCLIPDataCollator stacks a batch's images, and these differ in size (height, width): {sizes}. "
+            "Evaluate images of different sizes with per_device_eval_batch_size=1, or with "
+            "weclip_hf.trainer.WeCLIPTrainer, which batches them by size."
+        )
 
 
 def global_batch(per_device: int, processes: int) -> str:
