@@ -184,7 +184,9 @@ def recipe_defaults(recipe: TrainingRecipe, max_steps: int, evaluate: bool) -> d
         dataloader_drop_last=True,  # whole batches, as examples/train.py
         dataloader_pin_memory=torch.cuda.is_available(),
         eval_strategy="steps" if recipe.eval_steps and evaluate else "no",
-        eval_steps=every(recipe.eval_steps) if recipe.eval_steps else None,
+        # a recipe without evaluations (toy): an --eval_strategy steps run evaluates at its checkpoints (at Trainer's
+        # logging_steps, a run of epochs mixed steps with ratios, which load_best_model_at_end refuses)
+        eval_steps=every(recipe.eval_steps or recipe.checkpointing_steps or recipe.max_train_steps),
         save_steps=every(recipe.checkpointing_steps or recipe.max_train_steps),
         logging_steps=50,
     )

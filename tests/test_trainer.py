@@ -371,7 +371,13 @@ def test_train_with_trainer_flags_replace_the_recipe_defaults(monkeypatch, capsy
     assert (by_epochs.max_steps, by_epochs.num_train_epochs) == (-1, 2)
     assert script.parse_args(["--num_train_epochs=2", "--max_steps", "7"])[1].max_steps == 7
     # a run of epochs: the recipe's points of the schedule as ratios of the run (they were the steps of 500)
-    assert (by_epochs.save_steps, by_epochs.eval_steps) == (0.5, None)
+    assert (by_epochs.save_steps, by_epochs.eval_steps) == (0.5, 0.5)
+    # the toy recipe evaluates nowhere: asked to, at its checkpoints (at 50 logging steps the run's ratios and
+    # steps were mixed, refused with load_best_model_at_end)
+    _, best = script.parse_args(
+        ["--num_train_epochs", "2", "--eval_strategy", "steps", "--load_best_model_at_end"]
+    )
+    assert best.eval_steps == best.save_steps == 0.5
     _, voc_epochs = script.parse_args([*voc, "--num_train_epochs", "1"])
     assert voc_epochs.eval_steps == voc_epochs.save_steps == pytest.approx(1 / 15)
     # the flag was found by its spelling: --help's alias and an abbreviation trained the recipe's 500 steps
