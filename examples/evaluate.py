@@ -337,10 +337,10 @@ def main(argv=None) -> dict:
     def note_missing_processor() -> None:  # by the main process (every process loads the model)
         if main_process:
             print(
-                f"Note: {args.model_name_or_path} holds no image processor (preprocessor_config.json): the images are "
-                "read as the default WeCLIPImageProcessor reads them (WeCLIP's ImageNet statistics, long side "
-                f"{WeCLIPImageProcessor().size['longest_edge']} unless --eval_long_side says otherwise). A model trained "
-                "at another size or with other statistics scores lower: save its processor in the folder "
+                f"Note: {args.model_name_or_path} holds no image processor (preprocessor_config.json): the images "
+                "are read as the default WeCLIPImageProcessor reads them (WeCLIP's ImageNet statistics, long side "
+                f"{WeCLIPImageProcessor().size['longest_edge']} unless --eval_long_side says otherwise). A model "
+                "trained at another size or with other statistics scores lower: save its processor in the folder "
                 "(processor.save_pretrained), as train.py does."
             )
 

@@ -12,12 +12,12 @@ schedule) in Trainer's loop, every `TrainingArguments` flag on the command line,
 The arguments are this script's (`WeCLIPArguments`: data and model) and `TrainingArguments`, parsed by
 `HfArgumentParser` as transformers' run_semantic_segmentation.py. The `TrainingArguments` defaults are the recipe's
 (`recipe_defaults`: that of --preset, else the toy world's without a dataset, else VOC's: voc-plus for WeCLIP+,
---dino_model_name_or_path): its batch, learning rate,
-weight decay, warm-up and steps, no gradient clipping (``max_grad_norm=0``, as the official code), and its
-evaluations and checkpoints at the same points of the schedule however long the run (--max_steps, or
---num_train_epochs: as ratios of the run); a flag given replaces the recipe's value. `WeCLIPTrainer` (`weclip_hf.trainer`) is `Trainer` with WeCLIP's collator, the official
-optimizer and warm-up + linear schedule built from the `TrainingArguments`, and an evaluation that scores
-segmentations (``eval_miou`` of the decoder, ``eval_cam_miou``, ``eval_pseudo_label_miou`` of the RFM pseudo labels).
+--dino_model_name_or_path): its batch, learning rate, weight decay, warm-up and steps, no gradient clipping
+(``max_grad_norm=0``, as the official code), and its evaluations and checkpoints at the same points of the schedule
+however long the run (--max_steps, or --num_train_epochs: as ratios of the run); a flag given replaces the recipe's
+value. `WeCLIPTrainer` (`weclip_hf.trainer`) is `Trainer` with WeCLIP's collator, the official optimizer and
+warm-up + linear schedule built from the `TrainingArguments`, and an evaluation that scores segmentations
+(``eval_miou`` of the decoder, ``eval_cam_miou``, ``eval_pseudo_label_miou`` of the RFM pseudo labels).
 
 `--resume_from_checkpoint` (a checkpoint-N folder, or 'latest') continues a run exactly (Trainer restores the RNG
 and the data position; the model's step counter, which starts the RFM, is a saved buffer): each checkpoint records

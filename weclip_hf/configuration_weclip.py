@@ -212,7 +212,7 @@ WECLIP_FIELD_CHECKS: dict[str, FieldCheck] = {
 
 # the fields of a tower's config (CLIP's, DINOv2's) its modules are built from: its weights' shapes and the layers'
 # settings (None where a tower has no such field)
-TOWER_SIZES = (
+TOWER_FIELDS = (
     "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "mlp_ratio", "patch_size",
     "image_size", "num_channels", "vocab_size", "max_position_embeddings", "num_register_tokens", "qkv_bias",
     "use_swiglu_ffn", "use_mask_token", "hidden_act", "layer_norm_eps",
@@ -267,9 +267,9 @@ class WeCLIPConfig(PreTrainedConfig):
             zero: `weclip_hf.decoder.init_trained_layer`). A float: normal(std=initializer_range) weights and zero
             biases, transformers' usual rule.
         training_preset (`str`, *optional*): the `weclip_hf.presets` preset whose recipe trained the model
-            (examples/train.py records it), or that it was built from (`from_preset`): its evaluation settings are the model's (`evaluation_of_config`:
-            evaluate.py, segment.py) and a run continuing it follows its recipe. None: not recorded (the preset is
-            then found by the class names, else the model type's VOC preset).
+            (examples/train.py records it), or that it was built from (`from_preset`): its evaluation settings are
+            the model's (`evaluation_of_config`: evaluate.py, segment.py) and a run continuing it follows its recipe.
+            None: not recorded (the preset is then found by the class names, else the model type's VOC preset).
         encoded_prompts (`dict`, *optional*): the prompts the model's stored text embeddings encode (``{"class":
             [...], "background": [...]}``), written by the model when it encodes them
             (`WeCLIPForSemanticSegmentation.update_class_embeddings`) or loads them. A saved model whose
@@ -287,7 +287,7 @@ class WeCLIPConfig(PreTrainedConfig):
         "seg_loss", "affinity_loss", "pseudo_labels", "cams", "decoder_affinity", "used_rfm", "cam_details",
     ]  # fmt: skip
     field_checks = WECLIP_FIELD_CHECKS  # the fields checked alone (`__setattr__`), with their checks
-    # the fields the model's modules are built from (besides the towers' sizes, `architecture`)
+    # the fields the model's modules are built from (besides the towers' `TOWER_FIELDS`: `architecture`)
     architecture_fields = (
         "projection_dim", "decoder_hidden_size", "decoder_num_layers", "decoder_num_heads", "decoder_mlp_ratio",
         "decoder_dropout", "num_feature_layers",
@@ -431,13 +431,13 @@ class WeCLIPConfig(PreTrainedConfig):
         super().__setattr__(key, value)
 
     def architecture(self) -> dict[str, object]:
-        """What the model's modules are built from: the `architecture_fields` and the sizes of the sub-configs'
-        towers (``"vision_config.hidden_size"``, ...). A built model refuses to run or save once its config's
+        """What the model's modules are built from: the `architecture_fields` and the `TOWER_FIELDS` of the
+        sub-configs' towers (``"vision_config.hidden_size"``, ...). A built model refuses to run or save once its config's
         differ from those it was built with (`WeCLIPForSemanticSegmentation._check_architecture`)."""
         values = {name: getattr(self, name) for name in self.architecture_fields}
         for tower in self.sub_configs:
             sub = getattr(self, tower)
-            values.update({f"{tower}.{size}": getattr(sub, size, None) for size in TOWER_SIZES})
+            values.update({f"{tower}.{field}": getattr(sub, field, None) for field in TOWER_FIELDS})
         return values
 
     @property
