@@ -473,6 +473,40 @@ def test_claim_output_dir_refuses_links_and_a_users_files_it_would_replace(tmp_p
     assert not (run / "overlays").exists() and (outside / "keep.png").exists()
 
 
+def test_links_planted_at_names_a_run_writes_but_cannot_list_are_refused(tmp_path):
+    """Links planted at the names of the model's code files (modeling_weclip.py), Trainer's training_args.bin or the
+    log's temporary file were written through (a victim file outside got the source, the arguments, the log); a
+    *.safetensors link had its target's mode opened (a private key made readable); the write probe's fixed name
+    emptied the file its link pointed to. A link at the folder's top is refused, whatever its name; the probe and the
+    log's rewrite use fresh random names; the weights' modes never follow a link."""
+    from weclip_hf.model_loading import weights_readable_as
+
+    run, victim = tmp_path / "run", tmp_path / "victim"
+    run.mkdir()
+    victim.write_text("precious")
+    victim.chmod(0o600)
+    for name in ("modeling_weclip.py", "training_args.bin", "train_log.tmp", "notes.safetensors"):
+        (run / name).symlink_to(victim)
+        with pytest.raises(
+            ValueError, match=f"holds links where this script writes its outputs \\({run / name} -> "
+        ):
+            claim_output_dir(run, resume_from=None, overwrite=False)
+        (run / name).unlink()
+    (run / "notes.safetensors").symlink_to(victim)
+    (run / "config.json").write_text("{}")
+    (run / "config.json").chmod(0o644)
+    weights_readable_as(run, run / "config.json")
+    assert victim.stat().st_mode & 0o777 == 0o600
+    (run / "notes.safetensors").unlink()
+    for pid in range(os.getpid() - 2, os.getpid() + 3):
+        (run / f".write_probe_{pid}").symlink_to(victim)
+    lock_output_dir(run).close()
+    assert victim.read_text() == "precious"
+    (run / "train_log.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
+    truncate_log(run / "train_log.jsonl", 1)
+    assert victim.read_text() == "precious" and (run / "train_log.jsonl").read_text() == '{"step": 1}\n'
+
+
 def test_claim_output_dir_refuses_a_finished_run_to_a_checkpoint_of_another_folder(tmp_path):
     """Resuming another run's checkpoint into a folder replaced its model, metrics and card and mixed the two logs
     (every check was skipped for a resumed run); only a checkpoint of the folder itself continues its run."""

@@ -431,7 +431,8 @@ def weights_readable_as(folder: Path, reference: Path) -> None:
     with the process's umask): safetensors (>= 0.8) writes them with mode 0600 whatever the umask, so that another
     user or a container could not load them (safetensors issue 782)."""
     mode = reference.stat().st_mode & 0o777
-    for weights in folder.glob("*.safetensors"):
+    # a link among them was planted: chmod would open up the file it points to (a private key made readable)
+    for weights in (path for path in folder.glob("*.safetensors") if not path.is_symlink()):
         weights.chmod(mode)
 
 

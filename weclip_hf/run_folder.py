@@ -10,10 +10,11 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from .batch_jobs import check_no_links
+from .batch_jobs import check_no_links, write_atomic
 from .checkpointing import CHECKPOINT_ENTRY
 
 
@@ -24,9 +25,10 @@ def lock_output_dir(output_dir: Path):
     check_no_links(output_dir, (".lock",))  # opening a linked one would truncate the file it points to
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / f".write_probe_{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # a new file of a name no one can have planted a link at (a fixed name's link was emptied through)
+        descriptor, probe = tempfile.mkstemp(prefix=".write_probe_", dir=output_dir)
+        os.close(descriptor)
+        os.unlink(probe)
         lock = open(output_dir / ".lock", "a+", encoding="utf-8")  # held open for the whole run
     except OSError as error:
         raise PermissionError(f"--output_dir {output_dir} is not writable: {error}") from error
@@ -126,9 +128,16 @@ def claim_output_dir(
     in_place = resumes_in_place(output_dir, resume_from)
     if in_place and overwrite:
         raise ValueError(OVERWRITE_AND_RESUME)
-    named = [p for p in output_dir.iterdir() if checkpoints.fullmatch(p.name)] if output_dir.is_dir() else []
+    entries = list(output_dir.iterdir()) if output_dir.is_dir() else []
+    named = [p for p in entries if checkpoints.fullmatch(p.name)]
     finished_files = ("model.safetensors", *results)
-    check_no_links(output_dir, (*finished_files, *RUN_WRITES, *tracker_dirs, *(p.name for p in named)))
+    # a run writes into the folder by more names than it can list (the model's code files, Trainer's
+    # training_args.bin, a log's temporary file): a link at its top was planted, as one among its outputs
+    top_links = [p.name for p in entries if p.is_symlink()]
+    outputs = dict.fromkeys(
+        (*finished_files, *RUN_WRITES, *tracker_dirs, *(p.name for p in named), *top_links)
+    )
+    check_no_links(output_dir, outputs)
     old = sorted((p for p in named if p.is_dir()), key=lambda p: (len(p.name), p.name))
     finished = [name for name in finished_files if (output_dir / name).exists()]
     replaced = [name for name in RUN_WRITES[:3] if (output_dir / name).exists()]
@@ -193,6 +202,4 @@ def truncate_log(log_path: Path, step: int) -> None:
                 kept.append(line + "\n")
         except (json.JSONDecodeError, KeyError):  # a line cut short by the kill
             continue
-    tmp = log_path.with_suffix(".tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    os.replace(tmp, log_path)
+    write_atomic(log_path, lambda tmp: tmp.write_text("".join(kept), encoding="utf-8"))
