@@ -127,6 +127,7 @@ from weclip_hf.training import (
 )
 from weclip_hf.trajectory import (
     CONFIG_FLAGS,
+    LAUNCH_FACTS,
     PATH_ARGS,
     PLUS_MODEL_FLAGS,
     WEIGHT_FLAGS,
@@ -589,7 +590,9 @@ def recipe_source(args: argparse.Namespace) -> str:
     if args.model_name_or_path and args.recipe == saved_training_preset(args):
         return "no --preset: the one --model_name_or_path records (its config's training_preset)"
     model = "WeCLIP+" if args.recipe == VOC_PRESET_OF_MODEL_TYPE["weclip_plus"] else "WeCLIP"
-    return f"no --preset: the VOC recipe of a {model} model, with the config defaults"
+    # a continued model keeps its config (a preset's config values are never applied to it)
+    config = "the config of --model_name_or_path" if args.model_name_or_path else "the config defaults"
+    return f"no --preset: the VOC recipe of a {model} model, with {config}"
 
 
 def rfm_start_source(args: argparse.Namespace) -> str:
@@ -664,14 +667,17 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
     preset; preset, recipe and model flags applied), or the saved model of ``--model_name_or_path`` with the model
     flags given on the command line applied to its config."""
     if args.model_name_or_path:
-        fixed = [k for k in args.given_model_flags if k in WEIGHT_FLAGS]
+        # checked before loading (read once: parse_args may have read it)
+        saved = saved_config(args)
+        # a flag of the weights or text embeddings restating the trained model's value changes nothing
+        fixed = [k for k in args.given_model_flags if k in WEIGHT_FLAGS and getattr(args, k) != saved.get(k)]
         if fixed:
             raise ValueError(
-                f"--{fixed[0]} cannot be applied to the trained model of --model_name_or_path: it would change "
-                "its weights or text embeddings. Start from --clip_model_name_or_path instead."
+                f"--{fixed[0]} {getattr(args, fixed[0])!r} cannot be applied to the trained model of "
+                f"--model_name_or_path (its {fixed[0]}: {saved.get(fixed[0])!r}): it would change its weights or text "
+                "embeddings. Start from --clip_model_name_or_path instead."
             )
-        overrides = {k: getattr(args, k) for k in args.given_model_flags}
-        saved_config(args)  # checked before loading (read once: parse_args may have read it)
+        overrides = {k: getattr(args, k) for k in args.given_model_flags if k not in WEIGHT_FLAGS}
         return AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path, **overrides)
     preset = args.preset or ("toy" if args.recipe == "toy" else None)
     overrides = preset_config_kwargs(preset)
@@ -910,16 +916,27 @@ def dataset_description(args) -> str:
     return "the toy world of weclip-hf (generated offline)"
 
 
-def card_args(args) -> dict:
+def card_args(args, accelerator: Accelerator | None = None) -> dict:
     """The arguments the model card lists: those given or filled by the recipe, without this machine's
-    (`NOT_ON_CARD`), the toy world's sizes only where the toy world was trained on, local folders by their names."""
+    (`NOT_ON_CARD`), the toy world's sizes only where the toy world was trained on, local folders by their names;
+    with ``accelerator``, how it launched the run (`LAUNCH_FACTS`: the processes, whose number times the per-device
+    batch is the global one, and the mixed precision)."""
     unused = NOT_ON_CARD if names_no_dataset(args) else NOT_ON_CARD | {"toy_train_images", "toy_val_images"}
     listed = {k: v for k, v in public_args(args).items() if v is not None and k not in unused}
-    return {k: public_source_name(str(v)) if k in PATH_ARGS else v for k, v in listed.items()}
+    launch = {key: getattr(accelerator, key) for key in LAUNCH_FACTS} if accelerator is not None else {}
+    return {**{k: public_source_name(str(v)) if k in PATH_ARGS else v for k, v in listed.items()}, **launch}
 
 
-def write_card(args, cfg, output_dir: Path, summary: dict, split: str | None = None) -> None:
-    """The model card (README.md) of the trained model in ``output_dir``, with its mIoU figures on ``split``."""
+def write_card(
+    args,
+    cfg,
+    output_dir: Path,
+    summary: dict,
+    split: str | None = None,
+    accelerator: Accelerator | None = None,
+) -> None:
+    """The model card (README.md) of the trained model in ``output_dir``, with its mIoU figures on ``split`` and the
+    launch of ``accelerator`` among its training arguments."""
     figures = {k: v for k, v in summary.items() if "miou" in k}
     metrics, other_metrics = split_model_metrics(figures)
     repo_id = card_repo_id(args.hub_model_id, output_dir)
@@ -939,7 +956,7 @@ def write_card(args, cfg, output_dir: Path, summary: dict, split: str | None = N
             if holds_pseudo_masks(args.data_dir)
             else None
         ),
-        training_args=card_args(args),
+        training_args=card_args(args, accelerator),
     )
     save_model_card(card, output_dir)
 
@@ -1020,6 +1037,7 @@ def load_data_and_model(
                 cfg,
                 int(model.training_step),
                 args.max_train_steps,
+                rfm_source=args.rfm_start_source,
                 rfm_aside=" metrics.json's pseudo_label_miou applies the RFM to the trained model all the same."
                 if val_raw is not None
                 else "",
@@ -1271,7 +1289,8 @@ def finish_training(
             accelerator.log(
                 {f"final_{k}": v for k, v in summary.items()}, step=step
             )  # --with_tracking's trackers
-            write_card(args, cfg, output_dir, summary, val_set.split if val_set is not None else None)
+            split = val_set.split if val_set is not None else None
+            write_card(args, cfg, output_dir, summary, split, accelerator)
             written.append("README.md")
             accelerator.print(json.dumps(summary, indent=2))
             saved = [

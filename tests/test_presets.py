@@ -96,6 +96,12 @@ def test_a_model_records_its_training_preset_whose_settings_it_keeps(tmp_path):
         ["--data_dir", "d", "--model_name_or_path", str(tmp_path / "own"), "--preset", "voc"]
     )
     assert given.recipe == "voc"
+    # a continued model without a record keeps its config, which the printout said were the config defaults
+    make_tiny_config().save_pretrained(tmp_path / "unrecorded")
+    args = train.parse_args(["--data_dir", "d", "--model_name_or_path", str(tmp_path / "unrecorded")])
+    assert train.recipe_source(args) == (
+        "no --preset: the VOC recipe of a WeCLIP model, with the config of --model_name_or_path"
+    )
     with pytest.raises(ValueError, match="training_preset must be a non-empty string or None"):
         make_tiny_config(training_preset=3)
 

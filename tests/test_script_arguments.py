@@ -358,6 +358,38 @@ def test_the_shipped_toy_clip_is_recorded_by_its_place_in_the_package(tmp_path):
         check_resolved(checkpoint, {"clip_model_name_or_path": "openai/clip-vit-base-patch16"})
 
 
+def test_an_earlier_checkpoint_compares_the_later_resolved_flags_as_given(tmp_path):
+    """The WeCLIP+ and loss flags are compared by their values in effect since their checkpoints record them; one of
+    an earlier version (resolved_args.json without them) compares them as given, as it did, not as None."""
+    import argparse
+    import json
+
+    from weclip_hf.trajectory import RESOLVED_ARGS_NAME, check_resolved, check_resume
+
+    checkpoint = tmp_path / "step_3"
+    checkpoint.mkdir()
+    state = {"step": 3, "scheduler": {}, "position": {"epoch": 0, "batch": 0}}
+    (checkpoint / "training_state.json").write_text(json.dumps(state))
+    (checkpoint / "training_args.json").write_text(
+        json.dumps(
+            {"max_train_steps": 6, "streaming": False, "dice_loss_weight": None, "rfm_start_step": None}
+        )
+    )
+    (checkpoint / RESOLVED_ARGS_NAME).write_text(json.dumps({"rfm_start_step": 150}))
+    check_resolved(checkpoint, {"rfm_start_step": 150, "dice_loss_weight": 1.0})
+    args = argparse.Namespace(
+        output_dir=str(tmp_path), max_train_steps=6, streaming=False, rfm_start_step=150
+    )
+    check_resume(argparse.Namespace(**vars(args), dice_loss_weight=None), checkpoint, log=lambda _: None)
+    with pytest.raises(ValueError, match=r"--dice_loss_weight None -> 1\.0"):
+        check_resume(argparse.Namespace(**vars(args), dice_loss_weight=1.0), checkpoint, log=lambda _: None)
+    # recorded by a checkpoint of this version: compared in effect, whatever the flag
+    (checkpoint / RESOLVED_ARGS_NAME).write_text(json.dumps({"rfm_start_step": 150, "dice_loss_weight": 1.0}))
+    check_resume(argparse.Namespace(**vars(args), dice_loss_weight=1.0), checkpoint, log=lambda _: None)
+    with pytest.raises(ValueError, match=r"--dice_loss_weight 1\.0 -> 0\.5"):
+        check_resolved(checkpoint, {"rfm_start_step": 150, "dice_loss_weight": 0.5})
+
+
 def test_the_launch_is_part_of_the_trajectory():
     """The number of processes (global batch, data shards) and accelerate's mixed precision are recorded with
     the flags: resuming a 2-process run in 1 process is refused, naming them."""

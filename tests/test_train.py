@@ -435,6 +435,11 @@ def test_the_card_lists_the_toy_worlds_sizes_only_for_the_toy_world(tmp_path):
     own_data = train.card_args(train.parse_args(["--preset", "toy", "--data_dir", str(tmp_path)]))
     assert "toy_train_images" not in own_data and "toy_val_images" not in own_data
     assert own_data["data_dir"] == f"{tmp_path.name} (a local folder)"  # never the path
+    # the launch: with the per-device batch alone the card did not give the global one, nor bf16 figures as such
+    from types import SimpleNamespace
+
+    launched = train.card_args(train.parse_args([]), SimpleNamespace(num_processes=2, mixed_precision="bf16"))
+    assert (launched["num_processes"], launched["mixed_precision"]) == (2, "bf16")
 
 
 def test_schedule_notes_count_from_the_models_step_counter(tiny_config):
@@ -520,6 +525,7 @@ def test_resume_compares_values_in_effect_so_restating_a_default_is_no_change(
     with pytest.raises(ValueError, match=r"values in effect differ.*--rfm_start_step 150 -> 2\."):
         train_in_process(*resume, "--rfm_start_step", 2)
     restated = ["--rfm_start_step", toy["rfm_start_step"], "--class_names", *toy["class_names"]]
+    restated += ["--semantic_loss_ignore_index", 255]  # compared as given before: "None -> 255"
     # a resumed run may keep fewer checkpoints than its first segment (which kept all): the two newest stay
     limit = ["--checkpoints_total_limit", 2]
     metrics = train_in_process(*resume, *restated, "--max_train_samples", 16, *limit)

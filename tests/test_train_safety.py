@@ -234,5 +234,14 @@ def test_model_name_or_path_applies_the_model_flags_it_is_given(tmp_path, tiny_c
         json.loads((tmp_path / "third" / "config.json").read_text())["rfm_start_step"]
         == json.loads((first / "config.json").read_text())["rfm_start_step"]
     )
-    with pytest.raises(ValueError, match="--decoder_hidden_size cannot be applied to the trained model"):
+    saved = json.loads((first / "config.json").read_text())
+    with pytest.raises(
+        ValueError,
+        match=rf"--decoder_hidden_size 64 cannot be applied to the trained model of --model_name_or_path \(its "
+        rf"decoder_hidden_size: {saved['decoder_hidden_size']}\)",
+    ):
         train_in_process(*again, "--output_dir", tmp_path / "fourth", "--decoder_hidden_size", 64)
+    # restating the trained model's own values changes nothing (it was refused as a change of its weights)
+    restated = ["--decoder_hidden_size", saved["decoder_hidden_size"], "--class_names", *saved["class_names"]]
+    train_in_process(*again, "--output_dir", tmp_path / "fifth", *restated)
+    assert json.loads((tmp_path / "fifth" / "config.json").read_text())["class_names"] == saved["class_names"]

@@ -97,13 +97,22 @@ def test_resume_repeats_the_uninterrupted_run_exactly(
     tmp_path, tiny_clip, tiny_dino, plus_run, capsys, monkeypatch
 ):
     """A run stopped (Ctrl-C) at step 3, resumed (``latest``) to step 6, repeats the uninterrupted run bit for bit:
-    log (every loss, the learning rates, RFM+ from step 4, after the resume) and weights."""
+    log (every loss, the learning rates, RFM+ from step 4, after the resume) and weights. The resume restates the
+    WeCLIP+ and loss flags' defaults, which were refused as changes ("--dice_loss_weight None -> 1.0"): they are
+    compared by their values in effect, as the other model flags; a value that differs in effect is refused."""
+    from transformers import AutoConfig
+
     reference, _ = plus_run
     out = tmp_path / "run"
     args = [*plus_args(tiny_clip, tiny_dino), "--toy_train_images", 16, "--output_dir", out, "--no_msf"]
     assert train_stopped_at(3, *args, monkeypatch=monkeypatch)["stopped_at"] == 3
     assert len(read_log(out)) == 3
-    train_in_process(*args, "--resume_from_checkpoint", "latest")
+    config = AutoConfig.from_pretrained(reference)
+    resume = [*args, "--resume_from_checkpoint", "latest"]
+    with pytest.raises(ValueError, match=r"values in effect differ.*--dice_loss_weight 1\.0 -> 0\.5\."):
+        train_in_process(*resume, "--dice_loss_weight", 0.5)
+    restated = ["--dice_loss_weight", config.dice_loss_weight, "--no-rfm_use_box_mask"]
+    train_in_process(*resume, *restated, "--semantic_loss_ignore_index", config.semantic_loss_ignore_index)
     assert f"resumed from {out / 'step_3'} at step 3" in capsys.readouterr().out
     assert read_log(out) == read_log(reference)
     a, b = load_file(reference / "model.safetensors"), load_file(out / "model.safetensors")
@@ -222,11 +231,16 @@ def test_weclip_plus_without_a_preset_trains_with_the_weclip_plus_voc_recipe(tra
     """A WeCLIP+ on a dataset without --preset trained with WeCLIP's VOC recipe (lr 2e-3, 10x WeCLIP+'s; scales
     1.0 0.75) and printed "RFM from step 0 (config default = the paper's 15000 ...)"."""
     plus = saved_config(tmp_path / "plus", "weclip_plus")
-    for model in (["--dino_model_name_or_path", "x"], ["--model_name_or_path", plus]):
+    for model, config in (
+        (["--dino_model_name_or_path", "x"], "the config defaults"),
+        # a continued model keeps its config
+        (["--model_name_or_path", plus], "the config of --model_name_or_path"),
+    ):
         args = train_script.parse_args(["--data_dir", "d", *model])
         assert args.recipe == "voc-plus" and (args.learning_rate, args.msf_scales) == (2e-4, [1.0, 1.5])
-        assert train_script.recipe_source(args) == (
-            "no --preset: the VOC recipe of a WeCLIP+ model, with the config defaults"
+        assert (
+            train_script.recipe_source(args)
+            == f"no --preset: the VOC recipe of a WeCLIP+ model, with {config}"
         )
     dino = train_script.parse_args(["--data_dir", "d", "--dino_model_name_or_path", "x"])
     assert dino.rfm_start_source.startswith("WeCLIP+'s config default: RFM+ from the first step")

@@ -42,8 +42,7 @@ MODEL_FLAGS = (
     "decoder_dropout",
 )
 WEIGHT_FLAGS = MODEL_FLAGS[:4]
-# flags that set WeCLIPPlusConfig fields (refused for a WeCLIP model); unlike MODEL_FLAGS they are compared as given
-# on a resume (not in RESOLVED_ARGS: checkpoints written before these flags record no values in effect for them)
+# flags that set WeCLIPPlusConfig fields (refused for a WeCLIP model)
 PLUS_MODEL_FLAGS = (
     "rfm_use_box_mask",
     "self_training_start_step",
@@ -52,8 +51,7 @@ PLUS_MODEL_FLAGS = (
     "dice_loss_weight",
     "cross_branch_loss_weight",
 )
-# flags that set other config fields, compared as given on a resume as PLUS_MODEL_FLAGS (added after RESOLVED_ARGS
-# was recorded): the ignore index (`mask_dtype` of the training masks follows it)
+# flags that set other config fields: the ignore index (`mask_dtype` of the training masks follows it)
 LOSS_FLAGS = ("semantic_loss_ignore_index",)
 CONFIG_FLAGS = (*MODEL_FLAGS, *PLUS_MODEL_FLAGS, *LOSS_FLAGS)
 
@@ -99,7 +97,9 @@ LAUNCH_FACTS = ("num_processes", "mixed_precision")
 # saved model's or the package's; max_train_samples: the training set's size): a checkpoint records those values
 # (`resolved_trajectory`, resolved_args.json), which a resumed run compares once loaded (`check_resolved`), so that
 # restating a default changes nothing and a dataset changed under the same flags is found
-RESOLVED_ARGS = frozenset({*MODEL_FLAGS, "clip_model_name_or_path", "max_train_samples"})
+RESOLVED_ARGS = frozenset({*CONFIG_FLAGS, "clip_model_name_or_path", "max_train_samples"})
+# of them, those a checkpoint of an earlier version did not record (compared as given there)
+LATER_RESOLVED_ARGS = frozenset({*PLUS_MODEL_FLAGS, *LOSS_FLAGS})
 RESOLVED_ARGS_NAME = "resolved_args.json"
 # what a run writes in its --output_dir once its training is done (the model) and evaluated (metrics.json), the model
 # card last: a run whose folder holds them all is complete
@@ -132,7 +132,8 @@ def resolved_trajectory(
     """The values in effect of `RESOLVED_ARGS` (as JSON values): the model config's fields of the model flags, the
     CLIP a fresh model was built from (``clip_source``; None for a saved model continued), and the training set's
     size (a stream's: its --max_train_samples)."""
-    values = {key: getattr(model.config, key) for key in MODEL_FLAGS}
+    # the WeCLIP+ fields of a WeCLIP+ model only (a WeCLIP config has none, and refuses their flags)
+    values = {key: getattr(model.config, key) for key in CONFIG_FLAGS if hasattr(model.config, key)}
     values["clip_model_name_or_path"] = recorded_clip(clip_source)
     values["train_examples"] = train_examples
     if train_examples is None:
@@ -154,14 +155,23 @@ def recorded_clip(source: str | None) -> str | None:
     return comparable_path(source)
 
 
+def recorded_resolved(path: Path) -> frozenset[str]:
+    """The values in effect checkpoint ``path`` records (the keys of its resolved_args.json; none for an earlier
+    version's), which `check_resolved` compares instead of the flags as given."""
+    file = path / RESOLVED_ARGS_NAME
+    return frozenset(json.loads(file.read_text(encoding="utf-8"))) if file.is_file() else frozenset()
+
+
 def check_resolved(path: Path, resolved: dict) -> None:
     """Refuse to resume from checkpoint ``path`` when a value in effect differs from its run's (`resolved_trajectory`):
     a changed model setting or CLIP, or a training set of another size (its data changed under the same flags). A
-    checkpoint of an earlier version records none: its flags were compared as given."""
+    checkpoint of an earlier version records none, or not those of `LATER_RESOLVED_ARGS`: they were compared as
+    given (`check_resume`)."""
     check_unchanged(
         path,
         resolved,
         RESOLVED_ARGS_NAME,
+        skip=frozenset(LATER_RESOLVED_ARGS - recorded_resolved(path)),
         label=lambda key: "training set size" if key == "train_examples" else f"--{key}",
         what="these values in effect",
         fix="Resume on the run's data and settings (values once the defaults are resolved and the data loaded)",
@@ -193,7 +203,8 @@ def check_resume(
             f"train longer, start a new run from its model: --model_name_or_path {output_dir} with another "
             "--output_dir and the --max_train_steps to add."
         )
-    resolved_later = RESOLVED_ARGS if (path / RESOLVED_ARGS_NAME).is_file() else frozenset()
+    recorded = recorded_resolved(path)
+    resolved_later = RESOLVED_ARGS - (LATER_RESOLVED_ARGS - recorded) if recorded else frozenset()
     if not check_unchanged(
         path, trajectory_args(args, accelerator), label=trajectory_label, skip=resolved_later
     ):  # a checkpoint of an earlier version
