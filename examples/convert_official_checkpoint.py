@@ -22,10 +22,10 @@ Examples:
 
 The --output_dir must be new or empty: one that holds files (a trained model, its metrics, logs, overlays and
 step_N checkpoints) is refused before converting, as the converted model would be written beside what it does not
-describe. The model is written into a hidden folder inside it (``.converting``) and moved into place when complete,
-config.json last, so that a conversion killed on the way leaves no half-written model that `from_pretrained` would
-load (the next run removes the hidden folder). --overwrite_output_dir removes what the folder holds once the new
-model is complete.
+describe. The model is written into a fresh hidden folder inside it (``.converting-XXXXXXXX``, private to the run)
+and moved into place when complete, config.json last, so that a conversion killed on the way leaves no half-written
+model that `from_pretrained` would load (the next run removes the hidden folder; a link by that name is refused).
+--overwrite_output_dir removes what the folder holds once the new model is complete.
 
 Checkpoints are read safely (`torch.load(weights_only=True)`; a pickle that needs code is refused). An
 OpenAI TorchScript `ViT-B-16.pt` is read without running its code; see `weclip_hf.safe_loading`.
@@ -37,6 +37,7 @@ import argparse
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,7 +66,8 @@ from weclip_hf.presets import CLIP_MODEL, get_preset
 
 logger = logging.getLogger("convert_official_checkpoint")
 DEFAULT_TOKENIZER = CLIP_MODEL
-# the hidden folder in --output_dir the converted model is written to until it is complete (`write_whole_folder`)
+# the name of the hidden folders in --output_dir the converted model is written to until it is complete: each run
+# makes its own, STAGING-XXXXXXXX (`write_whole_folder`)
 STAGING = ".converting"
 
 
@@ -132,7 +134,17 @@ def check_output_dir_contents(parser: argparse.ArgumentParser, args: argparse.Na
     --overwrite_output_dir; with it, refuse one that holds the inputs or the working directory, which removing its
     contents would delete. A killed conversion's hidden staging folder does not count."""
     output_dir = Path(args.output_dir)
-    if not output_dir.is_dir() or not [p for p in output_dir.iterdir() if p.name != STAGING]:
+    if not output_dir.is_dir():
+        return
+    # no run makes a link or a file by a hidden folder's name: it was planted, and the model would be written into
+    # what it points to
+    planted = [p for p in output_dir.iterdir() if is_staging(p) and (p.is_symlink() or not p.is_dir())]
+    if planted:
+        parser.error(
+            f"--output_dir {args.output_dir!r} holds {planted[0].name!r}, which is not the hidden folder a killed "
+            "conversion leaves but a link or a file: remove it, or choose another --output_dir."
+        )
+    if not [p for p in output_dir.iterdir() if not is_staging(p)]:
         return
     if not args.overwrite_output_dir:
         parser.error(
@@ -151,26 +163,46 @@ def check_output_dir_contents(parser: argparse.ArgumentParser, args: argparse.Na
             )
 
 
+def is_staging(path: Path) -> bool:
+    """Whether ``path`` is named as the hidden folder of a conversion (`STAGING`, or a run's own
+    ``STAGING-XXXXXXXX``)."""
+    return path.name == STAGING or path.name.startswith(f"{STAGING}-")
+
+
+def remove_leftover_staging(output_dir: Path) -> None:
+    """Remove the hidden folders killed conversions left in ``output_dir`` (`is_staging`): a link or a file by its
+    name is unlinked, never followed (a planted ``.converting`` link to another folder would have had the model
+    written into that folder, and its files moved into ``output_dir``); a folder is removed with what it holds (links
+    in it are unlinked, not followed)."""
+    for leftover in [p for p in output_dir.iterdir() if is_staging(p)]:
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
+
+
 def write_whole_folder(output_dir: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(folder)`` on a hidden folder inside ``output_dir`` (`STAGING`: on its disk, and the folder
-    itself stays, be it a mount point or the working directory), then, once it is complete, remove what
-    ``output_dir`` held (--overwrite_output_dir; checked by `check_output_dir_contents`) and move the new files in,
-    config.json last: a conversion killed on the way leaves the old model whole, or a folder without config.json
-    that `from_pretrained` refuses, never a half-written model that it loads. A killed run's staging folder is
-    removed first."""
-    staging = output_dir / STAGING
-    shutil.rmtree(staging, ignore_errors=True)
+    """Call ``write(folder)`` on a fresh hidden folder inside ``output_dir`` (``STAGING-XXXXXXXX``, made by
+    `tempfile.mkdtemp`: private to this run, so no one can have planted it; on the disk of ``output_dir``, and the
+    folder itself stays, be it a mount point or the working directory), then, once it is complete, remove what
+    ``output_dir`` held (--overwrite_output_dir; checked by `check_output_dir_contents`) and move the names this run
+    wrote in, config.json last: a conversion killed on the way leaves the old model whole, or a folder without
+    config.json that `from_pretrained` refuses, never a half-written model that it loads. Killed runs' hidden
+    folders are removed first (`remove_leftover_staging`: a link is unlinked, never followed)."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    remove_leftover_staging(output_dir)
+    staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=f"{STAGING}-"))
     write(staging)
+    written = sorted((p.name for p in staging.iterdir()), key=lambda name: name == "config.json")
     for old in output_dir.iterdir():
-        if old.name == STAGING:
+        if old.name == staging.name:
             continue
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old)
         else:
             old.unlink()
-    for new in sorted(staging.iterdir(), key=lambda path: path.name == "config.json"):
-        os.replace(new, output_dir / new.name)
+    for name in written:
+        os.replace(staging / name, output_dir / name)
     staging.rmdir()
 
 

@@ -874,9 +874,15 @@ def test_script_overwrite_output_dir_replaces_a_trained_model(tmp_path, real_voc
         for folder in (out, tmp_path / "new"):
             with pytest.raises(KeyboardInterrupt):
                 script.main([*argv[:-1], str(folder), "--preset", "voc", "--overwrite_output_dir"])
-    assert (out / ".converting" / "model.safetensors").is_file()  # the half-written model, hidden
-    assert sorted(p for p in out.rglob("*") if ".converting" not in p.parts) == before
-    assert [p.name for p in (tmp_path / "new").iterdir()] == [".converting"]  # no config.json: not loadable
+    # the half-written model, hidden in the run's own folder
+    (staging,) = out.glob(".converting-*")
+    assert (staging / "model.safetensors").is_file()
+    assert (
+        sorted(p for p in out.rglob("*") if not p.relative_to(out).parts[0].startswith(".converting"))
+        == before
+    )
+    # no config.json: not loadable
+    assert [p.name[: len(".converting-")] for p in (tmp_path / "new").iterdir()] == [".converting-"]
     script.main([*argv, "--preset", "voc", "--overwrite_output_dir"])
     names = {p.name for p in out.iterdir()}
     assert names >= {"README.md", "config.json", "model.safetensors", "preprocessor_config.json"}
@@ -892,9 +898,42 @@ def test_script_overwrite_output_dir_replaces_a_trained_model(tmp_path, real_voc
     monkeypatch.setattr(script.os, "replace", lambda a, b: moved.append(Path(b).name) or os.rename(a, b))
     script.write_whole_folder(
         Path("."),
-        lambda folder: folder.mkdir() or [(folder / n).write_text("{}") for n in ("config.json", "a")],
+        lambda folder: [(folder / n).write_text("{}") for n in ("config.json", "a")],
     )
     assert cwd.stat().st_ino == inode and moved == ["a", "config.json"] and sorted(os.listdir(cwd)) == moved
+
+
+def test_script_never_follows_a_planted_converting_link(tmp_path, real_vocab_checkpoint, capsys):
+    """A `.converting` link planted in --output_dir (to another folder, say a victim's) was followed: the model was
+    written into the victim's folder (its config.json and README.md overwritten), then every file there moved into
+    --output_dir, leaving it empty. Now the link is refused before converting, and the run writes into a fresh
+    folder of its own (`tempfile.mkdtemp`); called directly, `write_whole_folder` unlinks such a link, never
+    following it, and moves only the names it wrote."""
+    checkpoint, _ = real_vocab_checkpoint
+    script = _script()
+    victim, out = tmp_path / "victim", tmp_path / "out"
+    victim.mkdir()
+    out.mkdir()
+    held = {"my_thesis.tex": "precious", "config.json": "x"}
+    for name, text in held.items():
+        (victim / name).write_text(text)
+    (out / ".converting").symlink_to(victim)
+    argv = ["--checkpoint", str(checkpoint), "--tokenizer", str(TOKENIZER), "--preset", "voc"]
+    for extra in ([], ["--overwrite_output_dir"]):
+        with pytest.raises(SystemExit):
+            script.main([*argv, "--output_dir", str(out), *extra])
+        assert "holds '.converting', which is not the hidden folder" in capsys.readouterr().err
+    assert {p.name: p.read_text() for p in victim.iterdir()} == held
+    assert [p.name for p in out.iterdir()] == [".converting"] and (out / ".converting").is_symlink()
+    # the write itself never follows it, nor a link named as a run's own hidden folder
+    (out / ".converting-planted").symlink_to(victim)
+    staged = []
+    script.write_whole_folder(
+        out, lambda folder: staged.append(folder) or (folder / "config.json").write_text("{}")
+    )
+    assert staged[0].parent == out and staged[0].name.startswith(".converting-") and not staged[0].exists()
+    assert {p.name: p.read_text() for p in victim.iterdir()} == held
+    assert [p.name for p in out.iterdir()] == ["config.json"]
 
 
 # ---- CLIP from a transformers folder -----------------------------------------------------------------
