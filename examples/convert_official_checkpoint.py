@@ -63,6 +63,7 @@ from weclip_hf.hub import (
 from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.model_loading import public_source_name
 from weclip_hf.presets import CLIP_MODEL, get_preset
+from weclip_hf.script_arguments import check_hub_token
 
 logger = logging.getLogger("convert_official_checkpoint")
 DEFAULT_TOKENIZER = CLIP_MODEL
@@ -116,6 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hub_token", default=None, help="Hub token (default: the logged-in one)")
     parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
     args = parser.parse_args(argv)
+    check_hub_token(parser, args.hub_token)
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
     output_dir = Path(args.output_dir)

@@ -126,6 +126,7 @@ from weclip_hf.script_arguments import (
     MASK_COLUMN_HELP,
     add_data_source_flags,
     add_toy_size_flags,
+    check_hub_token,
     check_model_argument,
     check_source_flags,
     first_paragraph,
@@ -208,6 +209,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument("--hub_dataset_id", help="default: the --output_dir folder name")
     run.add_argument("--hub_token", help="Hub token (default: the logged-in one); never written to disk")
     args = p.parse_args(argv)
+    check_hub_token(p, args.hub_token)
     check_source_flags(p, args)
     if args.validation_split == args.split:  # one folder for both: the copies would replace the pseudo masks
         p.error(

@@ -82,6 +82,7 @@ from weclip_hf.script_arguments import (
     LABELS_COLUMN_HELP,
     MASK_COLUMN_HELP,
     TRAIN_VAL_SPLIT_HELP,
+    check_hub_token,
     check_one_data_source,
     check_preset_fits_data,
     check_preset_fits_model,
@@ -221,6 +222,7 @@ def parse_args(argv=None) -> tuple[WeCLIPArguments, TrainingArguments]:
         )
     full.set_defaults(**recipe_defaults(recipe, max_steps, given.validation_split != "none"))
     args, training_args = full.parse_args_into_dataclasses(argv)
+    check_hub_token(full, training_args.hub_token)
     check_one_data_source(full, args)
     check_source_flags(full, args)
     check_preset_fits_model(full, args)

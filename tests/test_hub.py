@@ -434,6 +434,54 @@ def test_a_failed_upload_says_the_folder_is_intact_and_how_to_publish_it(tmp_pat
         publish_folder(tmp_path, "toy")
 
 
+def test_hub_errors_never_quote_the_token(tmp_path, monkeypatch):
+    """A token with a stray line end (``hf_SeCrEt\\r``, read from a CRLF file) made httpx refuse the request with
+    ``LocalProtocolError: Illegal header value b'Bearer hf_SeCrEt\\r'``, which create_hub_repo and publish_folder
+    put verbatim into their errors (and chained, so that a traceback printed it again), saying "check the network
+    connection". Now the token is redacted from the text, the cause that quotes it is not chained, and the remedy
+    says to strip it; an error that does not quote the token is still chained."""
+    import traceback
+
+    from huggingface_hub import HfApi
+
+    from weclip_hf import WeCLIPForSemanticSegmentation
+    from weclip_hf.hub import REDACTED_TOKEN, create_hub_repo, publish_folder
+
+    class LocalProtocolError(Exception):
+        pass
+
+    def refused(self, *args, **kwargs):
+        raise LocalProtocolError(f"Illegal header value {f'Bearer {self.token}'.encode()!r}")
+
+    def shown(err: BaseException) -> str:
+        """What a traceback of ``err`` says, its chained causes too (no source lines: the test's own quote it)."""
+        return "".join(traceback.format_exception(err, limit=0))
+
+    monkeypatch.setattr(HfApi, "create_repo", refused)
+    for token in ("hf_SeCrEt\r", "hf_SeC\x00rEt\n"):
+        with pytest.raises(RuntimeError, match="Cannot create or reach") as raised:
+            create_hub_repo("me/m", token=token)
+        message = str(raised.value)
+        assert "SeC" not in shown(raised.value) and "rEt" not in shown(raised.value)
+        assert f"b'Bearer {REDACTED_TOKEN}'" in message
+        assert "strip it" in message and "network" not in message and raised.value.__cause__ is None
+    WeCLIPForSemanticSegmentation(make_tiny_config()).save_pretrained(tmp_path)
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(repo_id=repo_id))
+    monkeypatch.setattr(HfApi, "upload_folder", refused)
+    with pytest.raises(RuntimeError, match="the folder is intact") as raised:
+        publish_folder(tmp_path, "me/m", token="hf_SeCrEt\r")
+    assert "SeCrEt" not in shown(raised.value) and f"b'Bearer {REDACTED_TOKEN}'" in str(raised.value)
+    assert raised.value.__cause__ is None
+
+    def down(self, **kwargs):
+        raise ConnectionError("network down")
+
+    monkeypatch.setattr(HfApi, "upload_folder", down)
+    with pytest.raises(RuntimeError, match=r"\(ConnectionError: network down\)") as raised:
+        publish_folder(tmp_path, "me/m", token="hf_SeCrEt")
+    assert isinstance(raised.value.__cause__, ConnectionError)
+
+
 def test_a_converted_weclip_plus_card_names_the_official_dinov2():
     from conftest import make_tiny_plus_config
 

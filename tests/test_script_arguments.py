@@ -221,6 +221,38 @@ def script_parser(name: str, monkeypatch) -> argparse.ArgumentParser:
     return built.value.args[0]
 
 
+@pytest.mark.parametrize(
+    "script, required",
+    [
+        ("train", []),
+        ("train_with_trainer", []),
+        ("generate_pseudo_labels", ["--output_dir", "o"]),
+        ("convert_official_checkpoint", ["--checkpoint", "c.pth", "--output_dir", "o"]),
+    ],
+)
+def test_a_hub_token_with_whitespace_or_control_characters_is_refused_unshown(script, required, capsys):
+    """A --hub_token read from a file with its line end (``--hub_token "$(cat token.txt)"`` of a CRLF file:
+    ``hf_SeCrEt\\r``) was taken: the HTTP library refused it at the upload, after the run's work, with an error that
+    quoted it (``Illegal header value b'Bearer hf_SeCrEt\\r'``), which the scripts printed, with "check the network
+    connection". Now each script refuses it at parse time, saying what to do and never showing the token."""
+    parse = load_script(script).parse_args
+    for token in ("hf_SeCrEt\r", "hf_SeCrEt\n", " hf_SeCrEt", "hf_Se CrEt", "hf_SeC\trEt", "hf_SeCrEt\x00"):
+        with pytest.raises(SystemExit) as exit_info:
+            parse([*required, "--hub_token", token])
+        assert exit_info.value.code == 2
+        shown = capsys.readouterr()
+        assert (
+            shown.err.strip()
+            .splitlines()[-1]
+            .endswith(
+                "error: --hub_token holds whitespace or control characters (a line end copied from a file?): strip it."
+            )
+        )
+        assert "CrEt" not in shown.out + shown.err
+    parsed = parse([*required, "--hub_token", "hf_SeCrEt"])
+    assert (parsed[1] if isinstance(parsed, tuple) else parsed).hub_token == "hf_SeCrEt"
+
+
 @pytest.mark.parametrize("name", sorted(path.stem for path in TRAIN.parent.glob("*.py")))
 def test_every_flag_says_what_it_does_in_help(name, monkeypatch):
     """Each flag of each script has a help text (argparse.SUPPRESS: a flag hidden on purpose)."""

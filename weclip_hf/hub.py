@@ -361,18 +361,57 @@ def create_hub_repo(
         return api.create_repo(repo_id, private=private, repo_type=repo_type, exist_ok=True).repo_id
     # offline mode, no network, no or a read-only token: Hub, OSError and HTTP errors alike
     except Exception as err:
+        quoted, cause = _without_token(err, token)
         raise RuntimeError(
-            f"Cannot create or reach the Hub repository {repo_id!r} ({type(err).__name__}: {err}). "
-            f"{_hub_remedy(err)}, or run without pushing and publish the saved folder later with "
+            f"Cannot create or reach the Hub repository {repo_id!r} ({quoted}). "
+            f"{_hub_remedy(err, token)}, or run without pushing and publish the saved folder later with "
             "weclip_hf.hub.publish_folder(folder, repo_id)."
-        ) from err
+        ) from cause
 
 
-def _hub_remedy(err: Exception) -> str:
-    """What to do about ``err``, raised by a Hub call: offline mode, a refused token, an error of the Hub, no
-    connection."""
+# what stands for a Hub token in the errors this module raises
+REDACTED_TOKEN = "<hub token>"
+
+
+def has_stray_characters(token: str | None) -> bool:
+    """Whether a Hub token holds whitespace or control characters (a line end copied from a file, say): an HTTP
+    library refuses it in a header, and its error quotes the header, token and all."""
+    return token is not None and any(c.isspace() or not c.isprintable() for c in token)
+
+
+def _without_token(err: Exception, token: str | None) -> tuple[str, Exception | None]:
+    """``err`` as the errors of this module quote it ("Type: message"), with ``token`` replaced by `REDACTED_TOKEN`,
+    and the cause to chain to them: ``err``, or None where its chain quotes the token (a traceback prints the cause's
+    message too). The token is replaced as it is, as Python quotes it as text or as bytes (httpx refuses one with
+    `has_stray_characters`: ``Illegal header value b'Bearer hf_...\\r'``), and then each run of 4 or more printable
+    characters of it, whatever else quotes them."""
+    quoted = f"{type(err).__name__}: {err}"
+    # the characters of `has_stray_characters` cut the token into runs
+    cut = "".join(c if c.isprintable() and not c.isspace() else " " for c in token or "")
+    runs = [run for run in cut.split() if len(run) >= 4]
+    if not runs:
+        return quoted, err
+    forms = [token, repr(token)[1:-1], repr(token.encode())[2:-1], *sorted(runs, key=len, reverse=True)]
+    for form in forms:
+        quoted = quoted.replace(form, REDACTED_TOKEN)
+    chain, seen = err, []
+    while chain is not None and not any(chain is other for other in seen):
+        if any(run in str(chain) for run in runs):
+            return quoted, None
+        seen.append(chain)
+        chain = chain.__cause__ or chain.__context__
+    return quoted, err
+
+
+def _hub_remedy(err: Exception, token: str | None = None) -> str:
+    """What to do about ``err``, raised by a Hub call with ``token``: a token with stray characters, offline mode, a
+    refused token, an error of the Hub, no connection."""
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+    if has_stray_characters(token):
+        return (
+            "The Hub token holds whitespace or control characters (a line end copied from a file?): strip it"
+        )
     if isinstance(err, OfflineModeIsEnabled):
         return "Offline mode is on (HF_HUB_OFFLINE=1): unset it where the Hub can be reached"
     status = getattr(getattr(err, "response", None), "status_code", None)
@@ -411,10 +450,11 @@ def publish_folder(
             allow_patterns=[glob.escape(f) for f in files],
         )
     except Exception as err:  # as in create_hub_repo: the network, the Hub or the token
+        quoted, cause = _without_token(err, token)
         raise RuntimeError(
-            f"Uploading {folder} to {repo_id!r} failed ({type(err).__name__}: {err}); the folder is intact: publish "
+            f"Uploading {folder} to {repo_id!r} failed ({quoted}); the folder is intact: publish "
             f"it again with weclip_hf.hub.publish_folder({str(folder)!r}, {repo_id!r})."
-        ) from err
+        ) from cause
 
 
 def saved_image_processor(model: PreTrainedModel, token: str | None = None) -> WeCLIPImageProcessor | None:

@@ -17,6 +17,7 @@ from .checkpointing import TRAINING_STATE_NAME
 from .configuration_weclip import WeCLIPConfig
 from .data.columns import FROM_MASKS, IMAGE_COLUMNS, MASK_COLUMNS
 from .data.loading import DATA_SOURCE_FLAGS, names_no_dataset
+from .hub import has_stray_characters
 from .model_loading import WECLIP_MODEL_TYPES, names_a_missing_folder, saved_config_dict
 from .presets import METHOD_NAMES, PRESETS, VOC_PRESET_OF_MODEL_TYPE, get_preset
 
@@ -145,6 +146,16 @@ TRAIN_VAL_SPLIT_HELP = (
     "0.15, transformers' --train_val_split; default: none held out, no evaluation). The rows are drawn by --seed: "
     "the same on every run and resume of that seed"
 )
+
+
+def check_hub_token(parser: argparse.ArgumentParser, token: str | None) -> None:
+    """Refuse a --hub_token that holds whitespace or control characters (`weclip_hf.hub.has_stray_characters`; say
+    ``--hub_token "$(cat token.txt)"`` of a file with Windows line ends): the HTTP library would refuse it at the
+    upload, after the run's work, in an error quoting it. The message never shows the token."""
+    if has_stray_characters(token):
+        parser.error(
+            "--hub_token holds whitespace or control characters (a line end copied from a file?): strip it."
+        )
 
 
 def add_device_flag(parser) -> None:
