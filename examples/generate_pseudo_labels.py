@@ -30,15 +30,15 @@ seed or labels column) are refused, or with --overwrite_output_dir replaced; so 
 earlier run of more images, or a row whose image is unreadable now), or with it dropped, so that the dataset
 written is this run's. Until a run is done, its folder is marked unfinished and holds no metadata.jsonl (nor
 report), so that an interrupted run is not read as the earlier dataset with some of this run's masks; `train.py
---data_dir` refuses it. A re-run with other settings,
-or with another model saved at the same --model or --clip_model_name_or_path folder (its weights and config.json
-are recorded by their SHA-256, its image processor by its settings; a Hub id's of the revision it resolves to), is
-refused, or with --overwrite_output_dir starts over: it removes the earlier run's dataset (the files of its split
-folders, its records and report, the overlays its records list as written: other files of overlays/ stay). A run
-deletes the files of its split folders it has no record of, so --output_dir must not be, hold or lie inside the
-input dataset (--data_dir, --dataset_path), a non-empty folder this script did not write (no ``.state/``) is
-refused unless --overwrite_output_dir, and a link among its outputs (split folders, ``.state/``, ``overlays/``, or
-inside them) always: it would write and delete through it.
+--data_dir` refuses it. A re-run with other settings, or with another model saved at the same --model or
+--clip_model_name_or_path folder (its weights and config.json are recorded by their SHA-256, its image processor by
+its settings; a Hub id's of the revision it resolves to), is refused, or with --overwrite_output_dir starts over:
+it removes the earlier run's dataset (the files of its split folders, its records and report, the overlays its
+records list as written: other files of overlays/ stay). A run deletes the files of its split folders it has no
+record of, so --output_dir must not be, hold or lie inside the input dataset (--data_dir, --dataset_path), a
+non-empty folder this script did not write (no ``.state/``) is refused unless --overwrite_output_dir, and a link
+among its outputs (split folders, ``.state/``, ``overlays/``, or inside them) always: it would write and delete
+through it.
 
 Several processes take every n-th image each (on CPUs: ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
 --num_processes N``, as ``accelerate launch --cpu`` starts one process).

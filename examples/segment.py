@@ -15,17 +15,17 @@ earlier runs, left out; a file is named by its path there, links not followed), 
 (``--images``), or a split of a Hub dataset, imagefolder or saved dataset. Images are read as the
 "image-segmentation" pipeline reads them (EXIF orientation, grayscale, CMYK, 16-bit, images below one patch); a
 file that cannot be read (a broken link too) is skipped and listed by its path, never fatal (one an earlier run
-did is refused, its outputs kept, or with --overwrite_output_dir dropped and skipped). What this script writes in --output_dir
-(labels/, overlays/, .state/) is never an input: --output_dir may lie inside an --images folder, or be it. The
-script writes no links there: a link among its outputs (those folders or what they hold, class_fractions.json) is
-refused, as it would write into another folder.
+did is refused, its outputs kept, or with --overwrite_output_dir dropped and skipped). What this script writes in
+--output_dir (labels/, overlays/, .state/) is never an input: --output_dir may lie inside an --images folder, or be
+it. The script writes no links there: a link among its outputs (those folders or what they hold,
+class_fractions.json) is refused, as it would write into another folder.
 
 Outputs in --output_dir: ``labels/<name>.png`` (palette PNG whose pixel values are the ids of the model's
 ``config.id2label``; ``<name>``: the path relative to the inputs' common folder without its suffix, with it where
 two inputs would share a name, whatever its letter case or Unicode normalization (``a.jpg``, ``a.png``,
 ``a.png.png``; ``Photo.jpg``, ``photo.png``, or café with é composed or not: one file on macOS and Windows), or the
-row number of a dataset; paths that differ in case or normalization only are refused), ``overlays/<name>.png`` for the first --num_overlays inputs (a re-run draws those that done inputs lack),
-and ``class_fractions.json`` (per image and overall: the fraction of pixels of each class; the skipped inputs with
+row number of a dataset; paths that differ in case or normalization only are refused), ``overlays/<name>.png``
+for the first --num_overlays inputs (a re-run draws those that done inputs lack), and ``class_fractions.json`` (per image and overall: the fraction of pixels of each class; the skipped inputs with
 the reason). Re-running the same command after an interruption continues: images whose label map exists are skipped
 (every file is written atomically, flushed to disk first; one that cannot be read, empty or cut short by a power
 loss, is redone), provided the label map was made from the same image: ``.state/inputs/<name>.json`` records each

@@ -171,6 +171,7 @@ def recipe_defaults(recipe: TrainingRecipe, max_steps: int, evaluate: bool) -> d
         # Trainer reads a value < 1 as a ratio of the run (ceil(ratio x steps)), 1 as step 1
         return min(steps / recipe.max_train_steps, WHOLE_RUN)
 
+    checkpoints = every(recipe.checkpointing_steps or recipe.max_train_steps)
     return dict(
         output_dir="outputs/weclip-toy-trainer",
         seed=0,  # also the toy world's
@@ -187,8 +188,8 @@ def recipe_defaults(recipe: TrainingRecipe, max_steps: int, evaluate: bool) -> d
         eval_strategy="steps" if recipe.eval_steps and evaluate else "no",
         # a recipe without evaluations (toy): an --eval_strategy steps run evaluates at its checkpoints (at Trainer's
         # logging_steps, a run of epochs mixed steps with ratios, which load_best_model_at_end refuses)
-        eval_steps=every(recipe.eval_steps or recipe.checkpointing_steps or recipe.max_train_steps),
-        save_steps=every(recipe.checkpointing_steps or recipe.max_train_steps),
+        eval_steps=every(recipe.eval_steps) if recipe.eval_steps else checkpoints,
+        save_steps=checkpoints,
         logging_steps=50,
     )
 

@@ -432,8 +432,8 @@ class WeCLIPConfig(PreTrainedConfig):
 
     def architecture(self) -> dict[str, object]:
         """What the model's modules are built from: the `architecture_fields` and the `TOWER_FIELDS` of the
-        sub-configs' towers (``"vision_config.hidden_size"``, ...). A built model refuses to run or save once its config's
-        differ from those it was built with (`WeCLIPForSemanticSegmentation._check_architecture`)."""
+        sub-configs' towers (``"vision_config.hidden_size"``, ...). A built model refuses to run or save once its
+        config's differ from those it was built with (`WeCLIPForSemanticSegmentation._check_architecture`)."""
         values = {name: getattr(self, name) for name in self.architecture_fields}
         for tower in self.sub_configs:
             sub = getattr(self, tower)

@@ -394,11 +394,11 @@ def _without_token(err: Exception, token: str | None) -> tuple[str, Exception | 
     forms = [token, repr(token)[1:-1], repr(token.encode())[2:-1], *sorted(runs, key=len, reverse=True)]
     for form in forms:
         quoted = quoted.replace(form, REDACTED_TOKEN)
-    chain, seen = err, []
-    while chain is not None and not any(chain is other for other in seen):
+    chain, seen = err, set()
+    while chain is not None and id(chain) not in seen:
         if any(run in str(chain) for run in runs):
             return quoted, None
-        seen.append(chain)
+        seen.add(id(chain))
         chain = chain.__cause__ or chain.__context__
     return quoted, err
 

@@ -252,8 +252,8 @@ def multiscale_flip_logits(
 
 
 def checked_scales(scales: Iterable[float]) -> tuple[float, ...]:
-    """``scales`` as a tuple of floats, refusing a single number, none, or one that is not a finite number > 0 (a scale of
-    -2 or 0 ran the model on a one-pixel image: logits constant in space)."""
+    """``scales`` as a tuple of floats, refusing a single number, none, or one that is not a finite number > 0 (a
+    scale of -2 or 0 ran the model on a one-pixel image: logits constant in space)."""
     if isinstance(scales, (numbers.Number, str)) or not isinstance(scales, Iterable):
         raise TypeError(f"scales must be a sequence of numbers, e.g. (1.0, 0.75), got {scales!r}.")
     scales = tuple(scales)

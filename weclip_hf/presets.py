@@ -302,9 +302,9 @@ METHOD_NAMES = {"weclip": "WeCLIP", "weclip_plus": "WeCLIP+"}  # model type -> t
 
 
 def evaluation_of_config(config) -> EvaluationSettings:
-    """The evaluation settings of the model of ``config``: those of the preset it was trained with (its
-    ``training_preset``, recorded by examples/train.py and `WeCLIPConfig.from_preset`; else found by its classes: `preset_of_config`), else of its
-    model type's VOC preset (the recipe of a run without --preset)."""
+    """The evaluation settings of the model of ``config``: those of the preset it was trained with or built from
+    (its ``training_preset``, recorded by examples/train.py and `WeCLIPConfig.from_preset`; else found by its
+    classes: `preset_of_config`), else of its model type's VOC preset (the recipe of a run without --preset)."""
     recorded = getattr(config, "training_preset", None)
     preset = PRESETS.get(recorded) if recorded else None
     preset = preset or preset_of_config(config)

@@ -161,9 +161,9 @@ class WeCLIPTrainer(Trainer):
 
     def _check_unsupported_arguments(self) -> None:
         """Refuse, at once, what the arguments ask for that this trainer cannot do: label smoothing (WeCLIP's losses
-        take none; it was ignored, or crashed with full supervision) and a ``metric_for_best_model`` its evaluation does
-        not report (found only at the first evaluation, maybe thousands of steps in); metric functions, which it
-        would never call; a model config that its first checkpoint could not save (`WeCLIPConfig.validate`)."""
+        take none; it was ignored, or crashed with full supervision) and a ``metric_for_best_model`` its evaluation
+        does not report (found only at the first evaluation, maybe thousands of steps in); metric functions, which
+        it would never call; a model config that its first checkpoint could not save (`WeCLIPConfig.validate`)."""
         config = getattr(self.model, "config", None)
         if callable(getattr(config, "validate", None)):
             config.validate()
