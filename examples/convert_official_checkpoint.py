@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +62,7 @@ from weclip_hf.hub import (
 from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.model_loading import public_source_name
 from weclip_hf.presets import CLIP_MODEL, get_preset
+from weclip_hf.run_folder import remove_entry
 from weclip_hf.script_arguments import check_hub_token
 
 logger = logging.getLogger("convert_official_checkpoint")
@@ -177,10 +177,7 @@ def remove_leftover_staging(output_dir: Path) -> None:
     written into that folder, and its files moved into ``output_dir``); a folder is removed with what it holds (links
     in it are unlinked, not followed)."""
     for leftover in [p for p in output_dir.iterdir() if is_staging(p)]:
-        if leftover.is_dir() and not leftover.is_symlink():
-            shutil.rmtree(leftover)
-        else:
-            leftover.unlink()
+        remove_entry(leftover)
 
 
 def write_whole_folder(output_dir: Path, write: Callable[[Path], None]) -> None:
@@ -197,12 +194,8 @@ def write_whole_folder(output_dir: Path, write: Callable[[Path], None]) -> None:
     write(staging)
     written = sorted((p.name for p in staging.iterdir()), key=lambda name: name == "config.json")
     for old in output_dir.iterdir():
-        if old.name == staging.name:
-            continue
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
+        if old.name != staging.name:
+            remove_entry(old)
     for name in written:
         os.replace(staging / name, output_dir / name)
     staging.rmdir()

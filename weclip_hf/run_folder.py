@@ -184,10 +184,16 @@ def remove_previous_run(paths: list[Path]) -> None:
     """Remove what `claim_output_dir` found of the run ``--overwrite_output_dir`` replaces: called once the new run
     has loaded its data and model, so that a mistyped flag or a missing dataset leaves the old run whole."""
     for path in paths:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:  # a file, or a link (itself, never what it points to)
-            path.unlink(missing_ok=True)
+        remove_entry(path, ignore_errors=True)
+
+
+def remove_entry(path: Path, ignore_errors: bool = False) -> None:
+    """Remove ``path``: a folder with what it holds (links in it are unlinked), a file or a link by its name (a
+    link itself, never what it points to)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=ignore_errors)
+    else:
+        path.unlink(missing_ok=ignore_errors)
 
 
 def truncate_log(log_path: Path, step: int) -> None:
