@@ -222,6 +222,41 @@ def test_errors_name_the_argument():
         confusion_matrix(np.zeros((3, 4)), np.zeros((3, 4), int), 3)
     with pytest.raises(ValueError, match="square"):
         scores_from_confusion(np.zeros((3, 4)))
+    with pytest.raises(ValueError, match="maps of several sizes go one"):
+        confusion_matrix([np.zeros((2, 2), int), np.zeros((3, 3), int)], [np.zeros((2, 2), int)] * 2, 3)
+    for not_a_count in (True, 2.0, torch.tensor(2.0), "2"):
+        with pytest.raises(ValueError, match="num_labels"):
+            MeanIoU(not_a_count)
+
+
+def test_num_labels_of_numpy_and_torch_integers():
+    """A count computed from the maps (``labels.max() + 1``) is a numpy or 0-d torch integer."""
+    pred, ref = random_maps(5)
+    expected = confusion_matrix(pred, ref, NUM_LABELS)
+    with_int = MeanIoU(NUM_LABELS)
+    with_int.update(pred, ref)
+    for count in (np.int64(NUM_LABELS), np.uint8(NUM_LABELS), torch.tensor(NUM_LABELS)):
+        assert torch.equal(confusion_matrix(pred, ref, count), expected)
+        metric = MeanIoU(count)
+        metric.update(pred, ref)
+        assert metric.num_labels == NUM_LABELS and type(metric.num_labels) is int
+        assert torch.equal(metric.confusion, with_int.confusion)
+
+
+def test_ignore_index_none_drops_no_pixel():
+    """As the Hub metric (``label != None`` is all True): every pixel counts, 255 as an out-of-range label."""
+    pred = np.array([[0, 1, 2, 255]])
+    ref = np.array([[0, 255, 2, 1]])
+    expected = np.zeros((3, 3), dtype=np.int64)
+    expected[0, 0] = expected[2, 2] = 1
+    np.testing.assert_array_equal(confusion_matrix(pred, ref, 3, ignore_index=None).numpy(), expected)
+    metric = MeanIoU(3, ignore_index=None)
+    metric.update(pred, ref)
+    # 0 and 2 right; reference 255 (predicted 1) and reference 1 (predicted 255) both count against class 1
+    assert metric.confusion.sum() == 4
+    assert_scores_equal(
+        metric.compute(), reference_scores(reference_areas(pred, ref, 3, hub=True, ignore_index=None))
+    )
 
 
 EVALUATE_SCRIPT = """
@@ -233,7 +268,7 @@ inputs = json.loads(sys.stdin.read())
 metric = evaluate.load(inputs["path"], keep_in_memory=True)
 out = {}
 for name, case in inputs["cases"].items():
-    preds = [np.array(p, dtype=np.int64) for p in case.pop("predictions")]
+    preds = [np.array(p, dtype=case.pop("dtype", "int64")) for p in case.pop("predictions")]
     refs = [np.array(r, dtype=np.int64) for r in case.pop("references")]
     if "label_map" in case:
         case["label_map"] = {int(k): v for k, v in case["label_map"].items()}
@@ -279,6 +314,20 @@ def evaluate_results(tmp_path_factory: pytest.TempPathFactory) -> dict:
             "ignore_index": 255,
             "label_map": {1: 2, 2: 1},
             "reduce_labels": True,
+        },
+        "fractional": {
+            "predictions": [[[0.9, 1.9]]],
+            "references": [[[0, 1]]],
+            "num_labels": 2,
+            "ignore_index": 255,
+            "dtype": "float32",
+        },
+        "whole_floats": {
+            "predictions": [[[0.0, 1.0]]],
+            "references": [[[0, 1]]],
+            "num_labels": 2,
+            "ignore_index": 255,
+            "dtype": "float32",
         },
         "shape": {
             "predictions": [[[0, 1]]],
@@ -347,6 +396,9 @@ def test_evaluate_module_agrees_with_functional_on_in_range_maps(evaluate_result
     )
     assert evaluate_results["nan"]["per_category_iou"] == [1.0, 0.0, 0.0]
     assert "shape" in evaluate_results["shape"]["error"]
+    # a float map is read as labels only when it holds whole numbers (truncating 0.9 to 0 scored 1.0 here)
+    assert "fractional values" in evaluate_results["fractional"]["error"]
+    assert evaluate_results["whole_floats"]["mean_iou"] == 1.0
 
 
 @pytest.mark.parametrize(

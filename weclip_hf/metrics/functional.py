@@ -20,6 +20,7 @@ predictions come from an argmax and references are in range or ``ignore_index``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +46,30 @@ def _as_long_tensor(x: Any, name: str, device: torch.device | None = None) -> to
     return tensor.to(device=device if device is not None else tensor.device, dtype=torch.long)
 
 
+def _check_num_labels(num_labels: Any) -> int:
+    """``num_labels`` as an int: any integer (a numpy or 0-d torch one included, e.g. ``labels.max() + 1``) from 1."""
+    if (
+        isinstance(num_labels, torch.Tensor)
+        and num_labels.numel() == 1
+        and not num_labels.is_floating_point()
+    ):
+        num_labels = num_labels.item()
+    if not isinstance(num_labels, numbers.Integral) or isinstance(num_labels, bool) or num_labels < 1:
+        raise ValueError(f"`num_labels` must be a positive int, got {num_labels!r}.")
+    return int(num_labels)
+
+
+def _shape(x: Any, name: str) -> tuple[int, ...]:
+    """The shape of a label map, or an error naming the accepted ones (maps of several sizes in one list)."""
+    try:
+        return tuple(np.shape(x))
+    except ValueError as error:
+        raise ValueError(
+            f"`{name}` must be one label map [H, W] or maps of one size [B, H, W]; maps of several sizes go one "
+            f"`update` (or `confusion_matrix` call) each ({error})."
+        ) from None
+
+
 def _map_references(
     ref: torch.Tensor, label_map: Mapping[int, int] | None, reduce_labels: bool
 ) -> torch.Tensor:
@@ -64,7 +89,7 @@ def confusion_matrix(
     pred: ArrayLike,
     ref: ArrayLike,
     num_labels: int,
-    ignore_index: int = 255,
+    ignore_index: int | None = 255,
     label_map: Mapping[int, int] | None = None,
     reduce_labels: bool = False,
     out_of_range_bin: bool = False,
@@ -75,7 +100,8 @@ def confusion_matrix(
         pred: predicted label map(s), `[B, H, W]` or `[H, W]`, tensor or array of integers.
         ref: reference label map(s) of the same shape.
         num_labels: number of classes.
-        ignore_index: reference value whose pixels are dropped (after `label_map` / `reduce_labels`).
+        ignore_index: reference value whose pixels are dropped (after `label_map` / `reduce_labels`); None
+            drops none.
         label_map: old -> new reference labels; all lookups use the original labels.
         reduce_labels: map reference 0 to 255 and subtract 1 from the others (ADE20k style).
         out_of_range_bin: count labels outside `[0, num_labels)` in an extra last row (references other
@@ -87,9 +113,8 @@ def confusion_matrix(
         on the device of `pred`; rows are references, columns predictions. Without `out_of_range_bin`,
         pairs with a value outside `[0, num_labels)` are not counted.
     """
-    if not isinstance(num_labels, int) or num_labels < 1:
-        raise ValueError(f"`num_labels` must be a positive int, got {num_labels!r}.")
-    pred_shape, ref_shape = tuple(np.shape(pred)), tuple(np.shape(ref))
+    num_labels = _check_num_labels(num_labels)
+    pred_shape, ref_shape = _shape(pred, "pred"), _shape(ref, "ref")
     if pred_shape != ref_shape:
         raise ValueError(
             f"`pred` and `ref` must have the same shape, got pred {pred_shape} and ref {ref_shape}."
@@ -97,14 +122,13 @@ def confusion_matrix(
     pred_t = _as_long_tensor(pred, "pred")
     ref_t = _map_references(_as_long_tensor(ref, "ref", pred_t.device), label_map, reduce_labels)
     pred_t, ref_t = pred_t.reshape(-1), ref_t.reshape(-1)
+    keep = torch.ones_like(ref_t, dtype=torch.bool) if ignore_index is None else ref_t != ignore_index
     if out_of_range_bin:
-        keep = ref_t != ignore_index
         pred_t = torch.where((pred_t >= 0) & (pred_t < num_labels), pred_t, num_labels)[keep]
         ref_t = torch.where((ref_t >= 0) & (ref_t < num_labels), ref_t, num_labels)[keep]
         size = num_labels + 1
     else:
-        keep = (ref_t != ignore_index) & (ref_t >= 0) & (ref_t < num_labels)
-        keep &= (pred_t >= 0) & (pred_t < num_labels)
+        keep &= (ref_t >= 0) & (ref_t < num_labels) & (pred_t >= 0) & (pred_t < num_labels)
         pred_t, ref_t, size = pred_t[keep], ref_t[keep], num_labels
     counts = torch.bincount(ref_t * size + pred_t, minlength=size * size)
     return counts.reshape(size, size)
@@ -179,20 +203,24 @@ class MeanIoU:
 
     Labels outside `[0, num_labels)` count as in the Hub metric (see the module docstring): `confusion`
     (`LongTensor[num_labels + 1, num_labels + 1]`, rows = references, columns = predictions, the last row and
-    column for out-of-range labels) lives on the device of the last `update` and can be reduced across
-    processes before `compute`, e.g. `metric.confusion = accelerator.reduce(metric.confusion, "sum")`.
+    column for out-of-range labels) lives on the device of the last `update`. Across processes, either update
+    with what `accelerator.gather_for_metrics((pred, ref))` returns (every process then holds every image once),
+    or update each process with its own images and sum once before `compute`:
+    ``metric.confusion = accelerator.reduce(metric.confusion, "sum")``. The sum counts each image once only when
+    the processes' images do not overlap: a DataLoader passed through `accelerator.prepare` repeats images to
+    fill the last batch of every process (use `gather_for_metrics` there), and summing again before a second
+    `compute` counts everything again.
     """
 
     def __init__(
         self,
         num_labels: int,
-        ignore_index: int = 255,
+        ignore_index: int | None = 255,
         label_map: Mapping[int, int] | None = None,
         reduce_labels: bool = False,
         device: torch.device | str | None = None,
     ) -> None:
-        if not isinstance(num_labels, int) or num_labels < 1:
-            raise ValueError(f"`num_labels` must be a positive int, got {num_labels!r}.")
+        num_labels = _check_num_labels(num_labels)
         self.num_labels = num_labels
         self.ignore_index = ignore_index
         self.label_map = dict(label_map) if label_map else None

@@ -51,10 +51,19 @@ def _histogram(values, num_labels):
     return np.bincount(values, minlength=num_labels)
 
 
+def _label_map(x, name):
+    """One map as int64 labels; a float map must hold whole numbers (the Hub metric compares float values exactly,
+    so truncating 0.9 to class 0 would score it differently)."""
+    x = np.asarray(x)
+    if np.issubdtype(x.dtype, np.floating) and not np.array_equal(x, np.round(x)):
+        raise ValueError(f"{name} must hold integer labels, got a {x.dtype} map with fractional values.")
+    return x.astype(np.int64)
+
+
 def _areas(pred, ref, num_labels, ignore_index, label_map, reduce_labels):
     """Intersection, prediction and reference areas `[3, num_labels]` of one image."""
-    pred = np.asarray(pred, dtype=np.int64)
-    original = np.asarray(ref, dtype=np.int64)
+    pred = _label_map(pred, "a prediction")
+    original = _label_map(ref, "a reference")
     if pred.shape != original.shape:
         raise ValueError(
             f"a prediction of shape {pred.shape} was paired with a reference of shape {original.shape}."
