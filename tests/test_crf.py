@@ -4,6 +4,7 @@ and against `pydensecrf` (the C++ implementation WeCLIP evaluates with) where `p
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -492,6 +493,29 @@ def test_non_finite_values_and_images_of_another_scale_are_refused():
             dense_crf(other, probs)
     bf16 = (torch.randn(21, 40, 50, generator=g) * 3).bfloat16().softmax(dim=0)
     assert float((bf16.float().sum(0) - 1).abs().max()) > 1e-3  # beyond float32's tolerance
-    assert dense_crf(torch.zeros(3, 40, 50, dtype=torch.uint8), bf16).shape == bf16.shape
+    black = torch.zeros(3, 40, 50, dtype=torch.uint8)
+    assert dense_crf(black, bf16).shape == bf16.shape
+    # a bfloat16 model's softmax cast up afterwards keeps its rounding (it was refused as "do not sum to 1")
+    for upcast in (bf16.float(), bf16.half()):
+        torch.testing.assert_close(
+            dense_crf(black, upcast), dense_crf(black, bf16).to(upcast.dtype), atol=1e-2, rtol=0
+        )
     with pytest.raises(ValueError, match=r"got values in \[.*\]: they do not sum to 1\.$"):
         dense_crf(image, probs / 2)
+
+
+def test_probabilities_that_need_gradients_refine_without_a_warning():
+    """``dense_crf(image, logits.softmax(0))`` with logits that need gradients made torch warn about converting
+    such a tensor to a Python number (the input checks); the result is the detached one's, without gradients."""
+    from weclip_hf.crf import crf_refine_labels, dense_crf
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(3, 12, 16, generator=g) * 3).requires_grad_()
+    image = torch.randint(0, 256, (3, 12, 16), generator=g, dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        refined = dense_crf(image, logits.softmax(0))
+        labels = crf_refine_labels(image, logits.softmax(0))
+    assert not refined.requires_grad
+    torch.testing.assert_close(refined, dense_crf(image, logits.detach().softmax(0)), rtol=0, atol=0)
+    assert torch.equal(labels, refined.argmax(0))
