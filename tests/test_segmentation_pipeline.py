@@ -12,7 +12,8 @@ import pytest
 import torch
 from conftest import make_tiny_config, make_tiny_plus_config
 from PIL import Image
-from transformers import pipeline
+from transformers import PretrainedConfig, PreTrainedModel, pipeline
+from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 from transformers.utils import logging as hf_logging
 
@@ -271,6 +272,37 @@ def test_other_models_get_transformers_behaviour(transformers_logs):
     assert not [r for r in transformers_logs if r.levelno >= logging.ERROR]
     with pytest.raises(TypeError, match="Incorrect format"):  # transformers' input rules, not WeCLIP's
         segmenter(np.zeros((30, 40, 3), np.uint8))
+
+
+class _PixelsOnlySegmenter(PreTrainedModel):
+    """A custom (remote-code style) model whose forward takes ``pixel_values`` only, as many do."""
+
+    config_class = PretrainedConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.conv = torch.nn.Conv2d(3, config.num_labels, 1)
+        self.post_init()
+
+    def forward(self, pixel_values):
+        return SemanticSegmenterOutput(logits=self.conv(pixel_values))
+
+
+def test_a_model_whose_forward_takes_only_pixel_values_runs_as_with_transformers():
+    """The pipeline is the task's class for every model: it passed ``return_dict=True`` to any model's forward,
+    which failed for one without that keyword ("forward() got an unexpected keyword argument 'return_dict'")."""
+    from transformers import SegformerImageProcessorPil
+
+    torch.manual_seed(0)
+    model = _PixelsOnlySegmenter(PretrainedConfig(num_labels=3))
+    processor = SegformerImageProcessorPil(size={"height": 32, "width": 32})
+    segmenter = pipeline("image-segmentation", model=model, image_processor=processor)
+    stock = pipeline(
+        "image-segmentation", model=model, image_processor=processor, pipeline_class=ImageSegmentationPipeline
+    )
+    assert isinstance(segmenter, WeCLIPImageSegmentationPipeline)
+    images = [_noise(30, 40, 0), _noise(20, 20, 1)]
+    _assert_same_segments(segmenter(images, batch_size=2), stock(images, batch_size=2))
 
 
 def test_an_unexpected_pipeline_iterator_layout_is_named(any_segmenter, monkeypatch):

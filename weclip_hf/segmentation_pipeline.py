@@ -48,6 +48,8 @@ from transformers import (
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 
+from .configuration_weclip import WeCLIPConfig
+from .configuration_weclip_plus import WeCLIPPlusConfig
 from .image_processing_weclip import WeCLIPImageProcessor
 from .image_reading import image_size, read_image_file
 
@@ -61,6 +63,9 @@ TASK_AUTO_CLASSES = (
 )
 PIXEL_SIZES = "pixel_sizes"  # a collated batch of mixed sizes: [B, 2] each image's unpadded (h, w) in pixels
 LOGITS_SIZES = "logits_sizes"  # its model outputs: [B, 2] each image's (h, w) on the logit grid
+# the models whose forward ``_forward`` asks for a `ModelOutput` (``return_dict=True``); other models' forward may
+# not take the keyword
+WECLIP_MODEL_TYPES = (WeCLIPConfig.model_type, WeCLIPPlusConfig.model_type)
 
 
 def open_image(image, timeout: float | None = None):
@@ -193,11 +198,13 @@ class WeCLIPImageSegmentationPipeline(ImageSegmentationPipeline):
         return iterator
 
     def _forward(self, model_inputs):
-        """The parent's forward, with outputs as a `ModelOutput` also for a model loaded with ``return_dict=False``
-        (the parent's postprocess reads them by name); a batch of mixed sizes (`PIXEL_SIZES`) runs the model once
+        """The parent's forward, with a WeCLIP model's outputs as a `ModelOutput` also when it was loaded with
+        ``return_dict=False`` (the parent's postprocess reads them by name; other models get no ``return_dict``,
+        which their forward may not take); a batch of mixed sizes (`PIXEL_SIZES`) runs the model once
         per distinct size on the unpadded images, and its logits come back zero-padded to a common grid with each
         image's own grid size under `LOGITS_SIZES` (the outputs keep only ``logits``)."""
-        model_inputs["return_dict"] = True
+        if getattr(self.model.config, "model_type", None) in WECLIP_MODEL_TYPES:
+            model_inputs["return_dict"] = True
         sizes = model_inputs.pop(PIXEL_SIZES, None)
         if sizes is None:
             return super()._forward(model_inputs)
