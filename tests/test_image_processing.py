@@ -84,6 +84,18 @@ def test_sixteen_bit_matches_eight_bit():
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode, byte_order", [("I;16", "<"), ("I;16L", "<"), ("I;16B", ">"), ("I;16N", "=")])
+def test_every_sixteen_bit_mode_is_read_on_the_sixteen_bit_scale(mode, byte_order):
+    """Pillow's 16-bit modes of every byte order ("I;16N": the machine's own) are read as the uint16 array: an
+    unlisted one went through PIL's RGB conversion, which clips every value to 255 (50% grey read as white)."""
+    gray = np.asarray(Image.fromarray(_image()).convert("L")).astype(np.uint16) * 257
+    image = Image.frombytes(mode, (40, 30), gray.astype(f"{byte_order}u2").tobytes())
+    assert image.mode == mode
+    proc = WeCLIPImageProcessor(size={"longest_edge": 40})
+    torch.testing.assert_close(proc(image).pixel_values, proc(gray).pixel_values, rtol=0, atol=1e-5)
+    assert np.array_equal(to_rgb_uint8(image), to_rgb_uint8(gray))
+
+
 def test_a_dark_sixteen_bit_image_is_read_on_the_sixteen_bit_scale():
     """A 16-bit image whose values all lie below 256 is a dark image (as the same uint16 array is), not an 8-bit one:
     one brighter pixel must not change how the rest is read."""

@@ -38,7 +38,8 @@ UNIT_RANGE_TOLERANCE = 1e-3  # floats up to 1 + this count as [0, 1] images
 # floats whose maximum lies between 1 + the tolerance and this are refused: a [0, 1] image that overshoots (bicubic
 # resizing) or a 0-255 image darker than 1% grey, which no rule can tell apart
 AMBIGUOUS_FLOAT_MAX = 2.0
-_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")
+# Pillow's 16-bit modes of each byte order ("I;16N": the machine's own) and 32-bit "I"
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _RAW_MODES = ("RGB", "L", "F", *_SIXTEEN_BIT_MODES)  # read with np.asarray, without PIL's RGB conversion
 _EXIF_ORIENTATION = 0x0112
 _BATCH_HINT = (
