@@ -801,6 +801,28 @@ def test_one_segmentation_map_for_a_list_of_one_image_and_maps_of_another_size_n
         proc([image, image], segmentation_maps=[label, label[:10, :10]])
 
 
+def test_one_segmentation_map_with_a_channel_axis_is_one_map():
+    """A single [H, W, 1] map (a channel axis, as transformers' processors take it) was read as a batch of H maps:
+    "Got 1 images but 30 segmentation maps"."""
+    proc = WeCLIPImageProcessor(size={"longest_edge": 40})
+    image, label = _image(), np.random.default_rng(1).integers(0, 5, (30, 40)).astype(np.uint8)
+    expected = proc(image, segmentation_maps=label).labels
+    for one in (label[..., None], torch.from_numpy(label)[..., None]):
+        assert torch.equal(proc(image, segmentation_maps=one).labels, expected)
+    # a [B, H, W] batch of maps one pixel wide is still a batch: its first axis counts the images
+    thin = [_image(30, 1, seed) for seed in range(2)]
+    maps = np.stack([label[:, :1], label[:, 1:2]])
+    assert proc(thin, segmentation_maps=maps, do_resize=False).labels[:, :30, :1].tolist() == maps.tolist()
+
+
+def test_statistics_that_do_not_fit_the_channels_are_named_as_given():
+    """The error named the statistics in 0-255 pixel units ("mean (127.5, 127.5)"), not the values given."""
+    with pytest.raises(
+        ValueError, match=r"image_mean \[0\.5, 0\.5\] and image_std \[0\.25, 0\.25\] do not fit images of 3 "
+    ):
+        WeCLIPImageProcessor(image_mean=[0.5, 0.5], image_std=[0.25, 0.25])(_image())
+
+
 def test_target_sizes_of_another_form_are_named():
     proc = WeCLIPImageProcessor(size={"longest_edge": 40}, patch_size=8)
     outputs = {"logits": torch.randn(2, 5, 3, 5)}

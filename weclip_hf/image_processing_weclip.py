@@ -165,6 +165,17 @@ def _statistics(name: str, value) -> list[float]:
     return [float(v) for v in values]
 
 
+def _check_statistics_fit(image_mean: list[float], image_std: list[float], channels: int) -> None:
+    """ValueError naming ``image_mean`` / ``image_std`` as given when they do not fit images of ``channels``
+    channels (one value, or one per channel)."""
+    if len(image_mean) not in (1, channels) or len(image_std) not in (1, channels):
+        raise ValueError(
+            f"image_mean {image_mean} and image_std {image_std} do not fit images of {channels} channel(s): give "
+            "one value, or one per channel. The processor's do_convert_rgb (on by default) makes every image "
+            "3-channel RGB."
+        )
+
+
 def _target_sizes(target_sizes) -> list[tuple[int, int]]:
     """``target_sizes`` of post-processing (a list of (height, width), or a [B, 2] tensor) -> (height, width) pairs
     of positive ints; a single pair for a whole batch, or anything else, is refused with what to pass."""
@@ -184,11 +195,15 @@ def _target_sizes(target_sizes) -> list[tuple[int, int]]:
 
 
 def _label_maps(segmentation_maps, image_sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
-    """``segmentation_maps`` of a call (one map: an image, a path or a 2-D array; several: a list or a 3-D [B, H, W]
-    array) -> one int64 [H, W] map per image, each of its image's size ``image_sizes``."""
-    several = isinstance(segmentation_maps, (list, tuple)) or (
-        isinstance(segmentation_maps, (np.ndarray, torch.Tensor)) and segmentation_maps.ndim == 3
-    )
+    """``segmentation_maps`` of a call (one map: an image, a path, a 2-D array or an [H, W, 1] one; several: a list
+    or a 3-D [B, H, W] array, whose first axis counts the images) -> one int64 [H, W] map per image, each of its
+    image's size ``image_sizes``."""
+    array = isinstance(segmentation_maps, (np.ndarray, torch.Tensor))
+    shape = tuple(segmentation_maps.shape) if array else ()
+    if len(shape) == 3 and shape[-1] == 1 and shape[0] != len(image_sizes):
+        # one map with a channel axis, not a batch of H maps
+        segmentation_maps = segmentation_maps[..., 0]
+    several = isinstance(segmentation_maps, (list, tuple)) or (array and segmentation_maps.ndim == 3)
     maps = [label_tensor(m) for m in (segmentation_maps if several else [segmentation_maps])]
     if len(maps) != len(image_sizes):
         raise ValueError(f"Got {len(image_sizes)} images but {len(maps)} segmentation maps (one per image).")
@@ -496,6 +511,8 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             except UnreadableImageError as err:  # name the file's place in the list too
                 raise (err if single else err.within(f"images[{index}]")) from err.__cause__
             original_sizes.append(array.shape[:2])
+            if opts["do_normalize"]:
+                _check_statistics_fit(opts["image_mean"], opts["image_std"], array.shape[-1])
             x = normalization.normalize(torch.from_numpy(array).permute(2, 0, 1))
             if opts["do_resize"]:
                 target = resized_size(*x.shape[-2:], opts["size"])
