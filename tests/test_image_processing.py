@@ -853,6 +853,31 @@ def test_a_clip_processor_config_says_which_size_to_give(tmp_path):
     assert loaded.size == {"longest_edge": 512} and loaded.image_mean == list(CLIP_MEAN)
 
 
+def test_another_processors_label_reduction_is_refused_and_its_crop_size_only_when_it_crops(tmp_path):
+    """A SegFormer or BEiT ADE20k config (do_reduce_labels: true) loaded and its labels were silently left
+    unreduced; a BEiT config that does not crop (do_center_crop: false, crop_size present) was refused for a center
+    crop."""
+    ade = {"image_processor_type": "SegformerImageProcessor", "size": {"height": 64, "width": 64},
+           "do_reduce_labels": True}  # fmt: skip
+    image, label = _image(), np.random.default_rng(1).integers(0, 5, (30, 40)).astype(np.uint8)
+    proc = WeCLIPImageProcessor.from_dict(ade)
+    # images alone: nothing to reduce
+    assert proc(image).pixel_values.shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match=r"do_reduce_labels=True .*set processor\.do_reduce_labels = False"):
+        proc(image, segmentation_maps=label)
+    proc.do_reduce_labels = False
+    expected = WeCLIPImageProcessor(size={"height": 64, "width": 64})(image, segmentation_maps=label).labels
+    assert torch.equal(proc(image, segmentation_maps=label).labels, expected)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(ade))
+    loaded = WeCLIPImageProcessor.from_pretrained(tmp_path, do_reduce_labels=False)
+    assert torch.equal(loaded(image, segmentation_maps=label).labels, expected)
+    beit = {"image_processor_type": "BeitImageProcessor", "size": {"height": 64, "width": 64},
+            "do_center_crop": False, "crop_size": {"height": 32, "width": 32}}  # fmt: skip
+    assert WeCLIPImageProcessor.from_dict(beit).size == {"height": 64, "width": 64}
+    with pytest.raises(ValueError, match=r"its size .* goes with its center crop to \{'height': 32"):
+        WeCLIPImageProcessor.from_dict({**beit, "do_center_crop": True})
+
+
 def test_an_int_or_pair_size_is_a_fixed_size_as_transformers_reads_it():
     """``size=n`` is n x n and ``size=(h, w)`` is h x w (transformers' ``get_size_dict`` with
     ``default_to_square=True``, as SegFormer's processor reads it), in the constructor and per call."""

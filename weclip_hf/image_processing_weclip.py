@@ -81,6 +81,8 @@ _SIZE_FORMS = ({"longest_edge"}, {"shortest_edge"}, {"height", "width"})
 # keys transformers writes into preprocessor_config.json next to the settings (or older versions wrote), which
 # loading passes back to the constructor
 _CONFIG_METADATA = ("image_processor_type", "processor_class", "feature_extractor_type", "auto_map")
+# keys of other processors' configs that change the class ids of segmentation maps, which WeCLIP does not apply
+_LABEL_REDUCTION_KEYS = ("do_reduce_labels", "reduce_labels")
 
 
 def processor_settings(config) -> dict[str, int]:
@@ -108,10 +110,10 @@ def _refuse_unknown(where: str, given, valid: Sequence[str]) -> None:
 
 
 def _refuse_cropping_size(own_type: str, config: dict, overrides: dict) -> None:
-    """ValueError for a loaded config of another processor type that center-crops (``crop_size`` or
-    ``do_center_crop``) when no ``size`` override is given (see `WeCLIPImageProcessor.from_dict`)."""
+    """ValueError for a loaded config of another processor type that center-crops (``do_center_crop``; without
+    that key, a ``crop_size``) when no ``size`` override is given (see `WeCLIPImageProcessor.from_dict`)."""
     other = config.get("image_processor_type") not in (None, own_type)
-    crops = config.get("do_center_crop") or "crop_size" in config
+    crops = config.get("do_center_crop", "crop_size" in config)
     if other and crops and "size" in config and overrides.get("size") is None:
         raise ValueError(
             f"This preprocessor config is {config['image_processor_type']}'s: its size {config['size']!r} goes "
@@ -119,6 +121,19 @@ def _refuse_cropping_size(own_type: str, config: dict, overrides: dict) -> None:
             "size: loading its config, give size={'longest_edge': 512}, or the size to use, to from_pretrained; "
             "its statistics are kept)."
         )
+
+
+def _refuse_label_reduction(processor: BaseImageProcessor) -> None:
+    """ValueError when ``processor`` carries another processor's label reduction (``do_reduce_labels``, formerly
+    ``reduce_labels``: kept from a loaded ADE20k config), which it does not apply to segmentation maps."""
+    for key in _LABEL_REDUCTION_KEYS:
+        if getattr(processor, key, False):
+            raise ValueError(
+                f"This processor has {key}=True (from another processor's config): that maps label 0 to 255 and "
+                "the other class ids down by one, which WeCLIP does not do, so these segmentation maps would be "
+                f"used unreduced. Reduce the labels yourself and set processor.{key} = False (or load with "
+                f"{key}=False)."
+            )
 
 
 def _output_logits(outputs) -> torch.Tensor:
@@ -328,7 +343,8 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         attributes, as transformers keeps them, rather than refused like unknown constructor keywords. The size of
         a processor that center-crops (CLIP's short side 224, then a 224 x 224 crop) is refused unless ``size`` is
         given: WeCLIP does not crop, and that size alone would shrink its inputs far below the 512 px it is
-        evaluated at."""
+        evaluated at. A config that reduces labels (``do_reduce_labels``: SegFormer's and BEiT's ADE20k ones) loads,
+        but ``segmentation_maps`` are then refused: WeCLIP would leave them unreduced."""
         _refuse_cropping_size(cls.__name__, image_processor_dict, kwargs)
         # a per-call option: the pipeline passes its own, which it applies
         device = kwargs.pop("device", None)
@@ -492,6 +508,8 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             device=device,
             **kwargs,
         )
+        if segmentation_maps is not None:
+            _refuse_label_reduction(self)
         images, single = image_list(images)
         if not images:
             raise ValueError("No images given.")
