@@ -1,5 +1,7 @@
 """WeCLIPImageProcessor: normalization, resize, input modes, labels, post-processing, errors."""
 
+import base64
+import io
 import json
 import warnings
 
@@ -8,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import SHARED, require_data
+from huggingface_hub.utils import httpx
 from PIL import Image
 from transformers import AutoImageProcessor
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
@@ -151,6 +154,28 @@ def test_numpy_layouts_tensors_and_floats_agree():
 def test_bad_images_raise(image, message):
     with pytest.raises(ValueError, match=message):
         WeCLIPImageProcessor()(image)
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_urls_base64_strings_and_nested_lists_are_read_as_transformers_processors_read_them(monkeypatch):
+    """transformers' processors take URLs and base64 strings (``fetch_images``) and nested lists of images
+    (``make_flat_list_of_images``, one level): every string was read as a path ("Cannot read file 'iVBORw0KGgo..."),
+    a nested list refused ("Unsupported image type list")."""
+    array = _image()
+    png = _png_bytes(array)
+    monkeypatch.setattr(httpx, "get", lambda url, **kwargs: httpx.Response(200, content=png))
+    proc = WeCLIPImageProcessor(size={"longest_edge": 40})
+    expected = proc(array).pixel_values
+    encoded = base64.b64encode(png).decode()
+    for image in (encoded, f"data:image/png;base64,{encoded}", "https://example.com/photo.png"):
+        torch.testing.assert_close(proc(image).pixel_values, expected, rtol=0, atol=0)
+    nested = proc([[array], [Image.fromarray(array), encoded]]).pixel_values
+    torch.testing.assert_close(nested, expected.expand(3, -1, -1, -1), rtol=0, atol=0)
 
 
 def test_labels_resized_nearest_and_padding():

@@ -13,8 +13,9 @@ patch size.
 the call's ``do_resize``/``size``/``do_pad`` when they differ from the instance's).
 
 Inputs are read by `weclip_hf.image_reading` (PIL images in any mode, NumPy arrays and torch tensors HWC or
-CHW, file paths -> 0-255 RGB values; the rules are in its docstring). The processor takes one image, a list of
-images, or a 4-D array or tensor as a batch ([B, C, H, W] or [B, H, W, C]: each image read by those rules).
+CHW, file paths, URLs and base64 strings -> 0-255 RGB values; the rules are in its docstring). The processor takes
+one image, a list of images (a list of lists flattened one level, as transformers' processors), or a 4-D array or
+tensor as a batch ([B, C, H, W] or [B, H, W, C]: each image read by those rules).
 
 ``do_rescale=False`` means the input is already rescaled (transformers' meaning): the values are used as
 given (no 0-255 reading, no [0, 1] guess, no range check) and normalized with ``image_mean``/``image_std``
@@ -45,6 +46,7 @@ from .image_reading import (
     image_list,
     image_size,
     label_tensor,
+    open_image,
     to_rgb_array,
 )
 from .inference import resized_size, upsample_cropping_padding, upsampled_labels
@@ -485,8 +487,9 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         device: str | torch.device | None = None,
         **kwargs,
     ) -> BatchFeature:
-        """Images (one, a list, or a 4-D array/tensor batch) and optional ``segmentation_maps`` (integer class-id
-        maps, one per image; ``ignore_index`` ignored) ->
+        """Images (one, a list or a list of lists, or a 4-D array/tensor batch; paths, URLs or base64 strings
+        among them opened by `open_image`) and optional ``segmentation_maps`` (integer class-id maps, one per
+        image; ``ignore_index`` ignored) ->
         ``pixel_values`` [B, C, H', W'] float32 ([B, H', W', C] with ``data_format="channels_last"``; and
         ``labels`` [B, H', W'] int64, resized with nearest neighbour, padding
         ``ignore_index``). Options default to the instance's settings; all images of a batch must end up the same
@@ -524,7 +527,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         for index, image in enumerate(images):
             try:
                 array = to_rgb_array(
-                    image, opts["input_data_format"], opts["do_rescale"], opts["do_convert_rgb"]
+                    open_image(image), opts["input_data_format"], opts["do_rescale"], opts["do_convert_rgb"]
                 )
             except UnreadableImageError as err:  # name the file's place in the list too
                 raise (err if single else err.within(f"images[{index}]")) from err.__cause__

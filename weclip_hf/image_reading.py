@@ -10,8 +10,11 @@ integers taken as 0-255; bfloat16 (and other float dtypes NumPy lacks) are read 
 Channel axis: ``input_data_format`` ("channels_first" / "channels_last") when given; otherwise the end of the
 shape whose length is 1, 3 or 4, and when both ends are (e.g. [3, H, 4]), torch tensors are read
 channels-first and NumPy arrays channels-last (the usual layout of each). Empty images, NaN/inf values and
-other channel counts raise a ValueError. A call's ``images`` (`image_list`) are one image, a list of images,
-or a 4-D array or tensor as a batch ([B, C, H, W] or [B, H, W, C]: each image read by the rules above).
+other channel counts raise a ValueError. A call's ``images`` (`image_list`) are one image, a list of images
+(a list of lists is flattened one level, as transformers does), or a 4-D array or tensor as a batch ([B, C, H, W]
+or [B, H, W, C]: each image read by the rules above). `open_image` opens what the processor and the pipeline
+take besides: URLs and base64 strings (plain or ``data:image/...;base64,``), as transformers' ``load_image``, in
+their own PIL mode.
 
 ``do_rescale=False`` means the input is already rescaled (transformers' meaning): the values are used as
 given (no 0-255 reading, no [0, 1] guess, no range check). ``do_convert_rgb=False`` keeps the channels as given
@@ -19,17 +22,25 @@ given (no 0-255 reading, no [0, 1] guess, no range check). ``do_convert_rgb=Fals
 pixels; `label_tensor` reads a label map (class ids, not colours). A file that cannot be opened or decoded
 (truncated, not an image, missing) raises `UnreadableImageError` naming it (`read_image_file`).
 
-Imports only NumPy, torch, PIL and transformers: the module ships with a saved model's remote code.
+Imports only NumPy, torch, PIL, transformers and huggingface_hub (which transformers requires; its HTTP client
+fetches URLs): the module ships with a saved model's remote code.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import torch
+
+# the HTTP client transformers' load_image uses
+from huggingface_hub.utils import httpx
 from PIL import Image, ImageOps
 from transformers.image_utils import ChannelDimension
 
@@ -86,6 +97,33 @@ def read_image_file(path: str | Path) -> Image.Image:
     with naming_unreadable(f"file {str(path)!r}"), Image.open(path) as opened:
         opened.load()
         return opened.copy()
+
+
+def open_image(image, timeout: float | None = None):
+    """Path, URL or base64 string -> PIL image in its own mode; PIL images, arrays and tensors pass through."""
+    if isinstance(image, Path):
+        return read_image_file(image)
+    if isinstance(image, (Image.Image, np.ndarray, torch.Tensor)):
+        return image
+    if not isinstance(image, str):
+        raise TypeError(
+            f"Unsupported image type {type(image).__name__}; expected a path, URL, base64 string, PIL image, "
+            "NumPy array or torch tensor."
+        )
+    if image.startswith(("http://", "https://")):
+        return Image.open(BytesIO(httpx.get(image, timeout=timeout, follow_redirects=True).content))
+    if os.path.isfile(image):
+        # decoded here, so that a damaged file's error names it
+        return read_image_file(image)
+    data = image.split(",", 1)[1] if image.startswith("data:image/") else image
+    try:
+        return Image.open(BytesIO(base64.b64decode(data, validate=True)))
+    except (binascii.Error, ValueError, OSError) as err:
+        if "/" in image or os.sep in image or Path(image).suffix:
+            read_image_file(image)  # a path: the processor's missing-file error
+        raise ValueError(
+            f"image {image[:80]!r} is neither a URL, an existing file nor a base64-encoded image ({err})."
+        ) from err
 
 
 def channel_format(input_data_format: str | ChannelDimension | None) -> ChannelDimension | None:
@@ -239,7 +277,10 @@ def _pixel_values(array: np.ndarray) -> np.ndarray:
 
 def image_list(images) -> tuple[list, bool]:
     """``images`` of a call -> (its images, whether it is one image): a list or tuple, or a 4-D array or tensor
-    [B, C, H, W] / [B, H, W, C], is a batch; anything else one image."""
+    [B, C, H, W] / [B, H, W, C], is a batch; a list of lists one batch of all their images (flattened one level,
+    as transformers' ``make_flat_list_of_images``); anything else one image."""
+    if isinstance(images, (list, tuple)) and images and all(isinstance(i, (list, tuple)) for i in images):
+        return [image for group in images for image in group], False
     if isinstance(images, (list, tuple)):
         return list(images), False
     if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 4:
@@ -301,6 +342,7 @@ __all__ = [
     "image_size",
     "label_tensor",
     "naming_unreadable",
+    "open_image",
     "read_image_file",
     "to_rgb_array",
     "to_rgb_uint8",

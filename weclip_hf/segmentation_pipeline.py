@@ -24,20 +24,12 @@ processor or model it behaves exactly like its parent.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import os
 from collections.abc import Callable
 from functools import partial
-from io import BytesIO
-from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import transformers
-from huggingface_hub.utils import httpx  # the HTTP client transformers' load_image uses
-from PIL import Image
 from torch.utils.data import DataLoader
 from transformers import (
     AutoModelForImageSegmentation,
@@ -51,7 +43,7 @@ from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 from .configuration_weclip import WeCLIPConfig
 from .configuration_weclip_plus import WeCLIPPlusConfig
 from .image_processing_weclip import WeCLIPImageProcessor
-from .image_reading import image_size, read_image_file
+from .image_reading import image_size, open_image
 
 TASK = "image-segmentation"
 # the Auto classes whose models ImageSegmentationPipeline serves (its name tables are theirs)
@@ -66,32 +58,6 @@ LOGITS_SIZES = "logits_sizes"  # its model outputs: [B, 2] each image's (h, w) o
 # the models whose forward ``_forward`` asks for a `ModelOutput` (``return_dict=True``); other models' forward may
 # not take the keyword
 WECLIP_MODEL_TYPES = (WeCLIPConfig.model_type, WeCLIPPlusConfig.model_type)
-
-
-def open_image(image, timeout: float | None = None):
-    """Path, URL or base64 string -> PIL image in its own mode; PIL images, arrays and tensors pass through."""
-    if isinstance(image, Path):
-        image = str(image)
-    if isinstance(image, (Image.Image, np.ndarray, torch.Tensor)):
-        return image
-    if not isinstance(image, str):
-        raise TypeError(
-            f"Unsupported image type {type(image).__name__}; expected a path, URL, base64 string, PIL image, "
-            "NumPy array or torch tensor."
-        )
-    if image.startswith(("http://", "https://")):
-        return Image.open(BytesIO(httpx.get(image, timeout=timeout, follow_redirects=True).content))
-    if os.path.isfile(image):
-        return read_image_file(image)  # decoded here, so that a damaged file's error names it
-    data = image.split(",", 1)[1] if image.startswith("data:image/") else image
-    try:
-        return Image.open(BytesIO(base64.b64decode(data, validate=True)))
-    except (binascii.Error, ValueError, OSError) as err:
-        if "/" in image or os.sep in image or Path(image).suffix:
-            read_image_file(image)  # a path: the processor's missing-file error
-        raise ValueError(
-            f"image {image[:80]!r} is neither a URL, an existing file nor a base64-encoded image ({err})."
-        ) from err
 
 
 def pad_and_stack(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
