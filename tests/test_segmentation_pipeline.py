@@ -2,6 +2,8 @@
 "not supported" error, batches of mixed image sizes (WeCLIP and WeCLIP+), and transformers' behaviour unchanged
 for other models."""
 
+import base64
+import io
 import json
 import logging
 import pickle
@@ -128,6 +130,30 @@ def test_an_unreadable_file_is_named(segmenter, tmp_path):
             segmenter(missing)
     with pytest.raises(ValueError, match="neither a URL, an existing file nor a base64"):
         segmenter("not an image")
+
+
+def test_line_wrapped_base64_is_read_and_long_strings_are_named_briefly(segmenter):
+    """base64 wrapped at 76 columns (the base64 tool, base64.encodebytes) or ending in a newline was refused and,
+    containing '/', read as a missing file, its error quoting the whole string twice (2 million characters for a
+    400 x 600 PNG)."""
+    array = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    png = buffer.getvalue()
+    expected = segmenter.preprocess(Image.fromarray(array))["pixel_values"]
+    wrapped, plain = base64.encodebytes(png).decode(), base64.b64encode(png).decode()
+    for text in (wrapped, f"{plain}\n", f"data:image/png;base64,{wrapped}"):
+        assert torch.equal(segmenter.preprocess(text)["pixel_values"], expected)
+    truncated = base64.encodebytes(png[: len(png) // 2]).decode()
+    with pytest.raises(
+        OSError, match=r"Cannot read base64 image 'iVBOR.{55}'\.\.\. \(\d+ characters\) \(not a URL"
+    ) as err:
+        segmenter(truncated)
+    assert len(str(err.value)) < 400 and "truncated" in str(err.value)
+    with pytest.raises(ValueError, match=r"neither a URL, an existing file nor a base64") as err:
+        # not base64 (a character short), and no path
+        segmenter(plain[:-1])
+    assert len(str(err.value)) < 400
 
 
 def test_no_error_is_logged_for_a_weclip_model(model_dir, transformers_logs):

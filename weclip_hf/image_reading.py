@@ -31,10 +31,12 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -53,6 +55,10 @@ AMBIGUOUS_FLOAT_MAX = 2.0
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _RAW_MODES = ("RGB", "L", "F", *_SIXTEEN_BIT_MODES)  # read with np.asarray, without PIL's RGB conversion
 _EXIF_ORIENTATION = 0x0112
+# the longest input string an error message quotes whole (paths); longer ones (base64 images) by their start
+_QUOTED_LENGTH = 200
+# text made of base64's characters only, which `open_image` does not read as a path
+_BASE64_TEXT = re.compile(r"[A-Za-z0-9+/]*=*")
 _BATCH_HINT = (
     " A 4-D array or tensor is read as a batch only as the processor's whole `images` argument; elsewhere (in a"
     " list, or given to a pipeline) pass a list of images."
@@ -91,16 +97,27 @@ def naming_unreadable(
         raise error(source, f"{type(err).__name__}: {err}") from err
 
 
-def read_image_file(path: str | Path) -> Image.Image:
-    """The image at ``path``, fully decoded (the file closed again); `UnreadableImageError` naming the file when
-    it cannot be read."""
-    with naming_unreadable(f"file {str(path)!r}"), Image.open(path) as opened:
+def read_image_file(path: str | Path | BinaryIO, source: str | None = None) -> Image.Image:
+    """The image at ``path`` (or in a binary file object), fully decoded (the file closed again);
+    `UnreadableImageError` naming ``source`` (by default the file) when it cannot be read."""
+    with naming_unreadable(source or f"file {str(path)!r}"), Image.open(path) as opened:
         opened.load()
         return opened.copy()
 
 
+def _quoted(text: str) -> str:
+    """``text`` quoted for an error message: whole up to `_QUOTED_LENGTH` characters, else its start and its length
+    (a base64 image runs to millions)."""
+    if len(text) <= _QUOTED_LENGTH:
+        return repr(text)
+    return f"{text[:60]!r}... ({len(text)} characters)"
+
+
 def open_image(image, timeout: float | None = None):
-    """Path, URL or base64 string -> PIL image in its own mode; PIL images, arrays and tensors pass through."""
+    """Path, URL or base64 string (plain or ``data:image/...;base64,``, line-wrapped or not) -> PIL image in its own
+    mode; PIL images, arrays and tensors pass through. A string that is no existing file is read as base64 when it
+    decodes as such, else as a missing file when it looks like a path (a separator or a suffix, and characters
+    base64 lacks); errors quote a long string by its start and length (`_quoted`)."""
     if isinstance(image, Path):
         return read_image_file(image)
     if isinstance(image, (Image.Image, np.ndarray, torch.Tensor)):
@@ -115,15 +132,20 @@ def open_image(image, timeout: float | None = None):
     if os.path.isfile(image):
         # decoded here, so that a damaged file's error names it
         return read_image_file(image)
-    data = image.split(",", 1)[1] if image.startswith("data:image/") else image
+    # base64 as transformers' load_image reads it: line breaks and other whitespace ignored
+    data = "".join((image.partition(",")[2] if image.startswith("data:image/") else image).split())
     try:
-        return Image.open(BytesIO(base64.b64decode(data, validate=True)))
-    except (binascii.Error, ValueError, OSError) as err:
-        if "/" in image or os.sep in image or Path(image).suffix:
-            read_image_file(image)  # a path: the processor's missing-file error
+        encoded = base64.b64decode(data, validate=True)
+    except binascii.Error as err:
+        if not _BASE64_TEXT.fullmatch(data) and ("/" in image or os.sep in image or Path(image).suffix):
+            # a path: the processor's missing-file error
+            read_image_file(image)
         raise ValueError(
-            f"image {image[:80]!r} is neither a URL, an existing file nor a base64-encoded image ({err})."
+            f"image {_quoted(image)} is neither a URL, an existing file nor a base64-encoded image ({err})."
         ) from err
+    return read_image_file(
+        BytesIO(encoded), f"base64 image {_quoted(image)} (not a URL nor an existing file)"
+    )
 
 
 def channel_format(input_data_format: str | ChannelDimension | None) -> ChannelDimension | None:
