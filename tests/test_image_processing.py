@@ -168,7 +168,11 @@ def test_urls_base64_strings_and_nested_lists_are_read_as_transformers_processor
     a nested list refused ("Unsupported image type list")."""
     array = _image()
     png = _png_bytes(array)
-    monkeypatch.setattr(httpx, "get", lambda url, **kwargs: httpx.Response(200, content=png))
+    monkeypatch.setattr(
+        httpx,
+        "get",
+        lambda url, **kwargs: httpx.Response(200, content=png, request=httpx.Request("GET", url)),
+    )
     proc = WeCLIPImageProcessor(size={"longest_edge": 40})
     expected = proc(array).pixel_values
     encoded = base64.b64encode(png).decode()

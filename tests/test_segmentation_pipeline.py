@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_config, make_tiny_plus_config
+from huggingface_hub.utils import httpx
 from PIL import Image
 from transformers import PretrainedConfig, PreTrainedModel, pipeline
 from transformers.modeling_outputs import SemanticSegmenterOutput
@@ -154,6 +155,34 @@ def test_line_wrapped_base64_is_read_and_long_strings_are_named_briefly(segmente
         # not base64 (a character short), and no path
         segmenter(plain[:-1])
     assert len(str(err.value)) < 400
+
+
+def test_a_url_that_cannot_be_read_is_named(segmenter, monkeypatch):
+    """Offline, a URL raised httpx's "[Errno -2] Name or service not known" and a 404 page PIL's "cannot identify
+    image file <_io.BytesIO ...>", neither naming the URL (httpx mocked: no network)."""
+    url = "https://example.invalid/photo_17.jpg"
+
+    def offline(address, **kwargs):
+        raise httpx.ConnectError("[Errno -2] Name or service not known")
+
+    def not_found(address, **kwargs):
+        return httpx.Response(404, text="<html>Not Found</html>", request=httpx.Request("GET", address))
+
+    def html_page(address, **kwargs):
+        return httpx.Response(
+            200, text="<html>a page, not an image</html>", request=httpx.Request("GET", address)
+        )
+
+    for get, reason in ((offline, "ConnectError: .*Name or service"), (not_found, "HTTPStatusError: .*404"),
+                        (html_page, "UnidentifiedImageError")):  # fmt: skip
+        monkeypatch.setattr(httpx, "get", get)
+        with pytest.raises(OSError, match=rf"Cannot read URL '{url}': {reason}"):
+            segmenter([url])
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(buffer, "PNG")
+    monkeypatch.setattr(httpx, "get", lambda address, **kwargs: httpx.Response(
+        200, content=buffer.getvalue(), request=httpx.Request("GET", address)))  # fmt: skip
+    assert all(s["mask"].size == (40, 30) for s in segmenter(url))
 
 
 def test_no_error_is_logged_for_a_weclip_model(model_dir, transformers_logs):

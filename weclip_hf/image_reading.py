@@ -117,7 +117,8 @@ def open_image(image, timeout: float | None = None):
     """Path, URL or base64 string (plain or ``data:image/...;base64,``, line-wrapped or not) -> PIL image in its own
     mode; PIL images, arrays and tensors pass through. A string that is no existing file is read as base64 when it
     decodes as such, else as a missing file when it looks like a path (a separator or a suffix, and characters
-    base64 lacks); errors quote a long string by its start and length (`_quoted`)."""
+    base64 lacks); errors quote a long string by its start and length (`_quoted`). A URL that cannot be fetched
+    (no connection, an HTTP error status) or is no image raises `UnreadableImageError` naming it."""
     if isinstance(image, Path):
         return read_image_file(image)
     if isinstance(image, (Image.Image, np.ndarray, torch.Tensor)):
@@ -128,7 +129,10 @@ def open_image(image, timeout: float | None = None):
             "NumPy array or torch tensor."
         )
     if image.startswith(("http://", "https://")):
-        return Image.open(BytesIO(httpx.get(image, timeout=timeout, follow_redirects=True).content))
+        with naming_unreadable(f"URL {_quoted(image)}"):
+            response = httpx.get(image, timeout=timeout, follow_redirects=True)
+            response.raise_for_status()
+        return read_image_file(BytesIO(response.content), f"URL {_quoted(image)}")
     if os.path.isfile(image):
         # decoded here, so that a damaged file's error names it
         return read_image_file(image)
