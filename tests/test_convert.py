@@ -962,8 +962,10 @@ def test_clip_from_a_transformers_folder(official, clip_folder, converted_tiny):
     reference, tokenizer = converted_tiny
     kwargs = dict(clip=str(clip_folder), preset="voc", tokenizer=tokenizer, decoder_num_heads=4)
     decoder_only = {k: v for k, v in official.items() if not k.startswith("encoder.")}
-    for checkpoint in (decoder_only, dict(official)):  # without, then with (checked) encoder.* tensors
-        model = convert_official_checkpoint(checkpoint, **kwargs)
+    # without encoder.* tensors (a CLIP of other sizes than the official one, taken on the user's word), then
+    # with them (checked)
+    for checkpoint, check_clip in ((decoder_only, False), (dict(official), True)):
+        model = convert_official_checkpoint(checkpoint, check_clip=check_clip, **kwargs)
         state, expected = model.state_dict(), reference.state_dict()
         assert state.keys() == expected.keys()
         assert all(torch.equal(state[k], expected[k]) for k in expected)
@@ -1030,6 +1032,45 @@ def test_clip_that_does_not_match_the_checkpoint_is_named(sizes, with_clip, expe
         message = str(caught.value)
         assert "does not match the CLIP of the checkpoint" in message and str(TOY_CLIP) in message, message
         assert expected in message and "(checkpoint vs --clip)" in message, message
+
+
+def test_a_checkpoint_without_clip_takes_a_clip_of_other_sizes_than_the_official_one_only_when_told(
+    official, tiny_official_config, clip_folder, tmp_path, monkeypatch
+):
+    """A checkpoint without its own CLIP tells the width and the layers its decoder reads, not the patch size:
+    a --clip of its width and depth but another patch size (a ViT-B/32 for the official ViT-B/16) was taken
+    without a word, and the model built on features its decoder was never trained on. Now a CLIP of other
+    sizes than the official one is refused, naming --no_check_clip, which takes it; the official sizes are
+    taken as before."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from weclip_hf.conversion import config_inference
+
+    c = tiny_official_config
+    vision = {**c.vision_config.to_dict(), "patch_size": 16, "image_size": 64}  # TINY's: patch 8, image 32
+    folder = tmp_path / "other-patch-clip"
+    CLIPModel(
+        CLIPConfig(vision_config=vision, text_config=c.text_config.to_dict(), projection_dim=c.projection_dim)
+    ).save_pretrained(folder)
+    decoder_only = {k: v for k, v in official.items() if not k.startswith("encoder.")}
+    kwargs = dict(
+        clip=str(folder), preset="voc", tokenizer=FakeCLIPTokenizer(TINY["vocab"]), decoder_num_heads=4
+    )
+    with pytest.raises(ValueError) as caught:
+        convert_official_checkpoint(decoder_only, **kwargs)
+    message = str(caught.value)
+    for text in ("holds no CLIP of its own", "patch size", str(folder), "openai/clip-vit-base-patch16"):
+        assert text in message, text
+    assert "--no_check_clip" in message and "patch_size 16 vs 16" not in message, message
+    model = convert_official_checkpoint(decoder_only, check_clip=False, **kwargs)  # on the user's word
+    assert model.config.vision_config.patch_size == 16
+    # a CLIP of the official sizes (here made TINY's) is taken without the flag, the other one still refused
+    official_sizes = {k: getattr(c.vision_config, k) for k in config_inference.OFFICIAL_CLIP_VISION}
+    monkeypatch.setattr(config_inference, "OFFICIAL_CLIP_VISION", official_sizes)
+    taken = convert_official_checkpoint(decoder_only, **{**kwargs, "clip": str(clip_folder)})
+    assert taken.config.vision_config.patch_size == TINY["patch"]
+    with pytest.raises(ValueError, match="--no_check_clip"):
+        convert_official_checkpoint(decoder_only, **kwargs)
 
 
 def test_checkpoint_without_clip_needs_clip(official):
@@ -1340,8 +1381,11 @@ def test_weclip_plus_with_clip_from_a_transformers_folder(official_plus, clip_fo
     without_clip = {k: v for k, v in official_plus.items() if not k.startswith("encoder.")}
     expected, _ = official_to_weclip(official_plus, plus_config)
     folder = CLIPModel.from_pretrained(clip_folder).state_dict()
-    for checkpoint in (without_clip, dict(official_plus)):
-        state = convert_official_checkpoint(checkpoint, **kwargs, **PLUS_KWARGS).state_dict()
+    # a CLIP of other sizes than the official one is taken for a checkpoint without its own on the user's word
+    for checkpoint, check_clip in ((without_clip, False), (dict(official_plus), True)):
+        state = convert_official_checkpoint(
+            checkpoint, check_clip=check_clip, **kwargs, **PLUS_KWARGS
+        ).state_dict()
         assert all(torch.equal(state[k], v) for k, v in folder.items() if not k.endswith("position_ids"))
         assert all(
             torch.equal(state[k], v) for k, v in expected.items() if k.startswith(("dino_", "decoder."))

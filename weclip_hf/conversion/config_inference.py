@@ -14,7 +14,7 @@ from transformers import Dinov2Config, Dinov2WithRegistersConfig
 
 from ..configuration_weclip import WeCLIPConfig
 from ..configuration_weclip_plus import WeCLIPPlusConfig
-from ..presets import METHOD_NAMES, get_preset, with_class_names
+from ..presets import CLIP_MODEL, METHOD_NAMES, get_preset, with_class_names
 from .report import raise_for_keys
 from .weclip_keys import DECODER_PREFIXES, TEXT_BLOCKS, VISION_BLOCKS, clip_prefix, find_clip_prefix
 from .weclip_plus_keys import DINO_BLOCKS, DINO_PREFIX, DINO_PREFIXES, is_weclip_plus_checkpoint
@@ -201,6 +201,28 @@ def is_official_clip(vision_config) -> bool:
     """Whether a CLIP vision config has the sizes of `CLIP_MODEL`'s (a checkpoint's own CLIP of another shape
     is not that model, whatever its training)."""
     return all(getattr(vision_config, k) == v for k, v in OFFICIAL_CLIP_VISION.items())
+
+
+def check_clip_is_official(state_dict: dict[str, torch.Tensor], vision_config, clip_name: str) -> None:
+    """Refuse, for a checkpoint that holds no CLIP of its own, a CLIP (``vision_config``: its vision config)
+    of other sizes than `CLIP_MODEL`'s: the decoder tells the width and the layers it reads
+    (`check_clip_matches`), not the patch size, so a ViT-B/32 would pass for the official ViT-B/16 and the
+    model run on features its decoder was never trained on."""
+    if find_clip_prefix(state_dict) is not None or is_official_clip(vision_config):
+        return
+    differ = ", ".join(
+        f"{k} {getattr(vision_config, k)} vs {v}"
+        for k, v in OFFICIAL_CLIP_VISION.items()
+        if getattr(vision_config, k) != v
+    )
+    raise ValueError(
+        f"The checkpoint holds no CLIP of its own (no encoder.visual.* tensors): the CLIP {clip_name!r} "
+        "(--clip / clip=) has the width and the layers its decoder reads, but the patch size and the weights "
+        "of the CLIP it was trained with cannot be read from it, and this one is not the official "
+        f"{CLIP_MODEL} ({differ}; "
+        f"--clip vs official). Pass --clip {CLIP_MODEL} (the CLIP of the official checkpoints), or, if the "
+        "checkpoint was trained with this CLIP, --no_check_clip (check_clip=False) to use it."
+    )
 
 
 def official_preset(state_dict: dict[str, torch.Tensor]) -> str:

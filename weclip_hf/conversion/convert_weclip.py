@@ -17,6 +17,7 @@ from .checkpoint_file import check_finite, load_official_checkpoint, model_state
 from .config_inference import (
     build_config,
     check_checkpoint_method,
+    check_clip_is_official,
     check_clip_matches,
     infer_config_from_official,
     official_preset,
@@ -194,9 +195,14 @@ def convert_official_checkpoint(
             training checkpoint's weights entry and a DDP ``module.`` prefix taken as from a file:
             `model_state_dict`); a NaN or infinite value in it is refused.
         clip: optional transformers CLIP folder or Hub id for the CLIP part (e.g. when the checkpoint holds
-            only the decoder). Its layer count, width and patch size must be the checkpoint's (`check_clip_matches`).
+            only the decoder). Its layer count, width and patch size must be those of the checkpoint's own
+            CLIP, or, without one, its width and at least the layers the decoder reads (`check_clip_matches`).
             If the checkpoint also holds ``encoder.*``, it is compared with this CLIP (up to fp16 rounding) and a
             difference raises, unless ``check_clip=False``; its ``encoder.*`` tensors are then not used.
+        check_clip: with ``clip``: compare the checkpoint's own CLIP with it, or, for a checkpoint without one
+            (whose patch size and CLIP weights cannot be read from it), refuse a CLIP of other sizes than
+            the official ``openai/clip-vit-base-patch16`` (`check_clip_is_official`). False: use ``clip`` as
+            it is.
         preset: ``"voc"`` or ``"coco"`` for a WeCLIP checkpoint, ``"voc-plus"`` or ``"coco-plus"`` for a WeCLIP+
             one (class names, background words, thresholds; a checkpoint of the other method is refused). The
             DINOv2 of a WeCLIP+ checkpoint always comes from its ``dino_encoder.*`` tensors. Default: the
@@ -230,6 +236,8 @@ def convert_official_checkpoint(
         vision = clip_config.vision_config.to_dict()
         text = clip_config.text_config.to_dict()
         check_clip_matches(state, vision, clip)
+        if check_clip:
+            check_clip_is_official(state, clip_config.vision_config, clip)
         clip_sd = CLIPModel.from_pretrained(clip).state_dict()
         config = build_config(vision, text, clip_config.projection_dim, state, preset, config_overrides)
         if (
