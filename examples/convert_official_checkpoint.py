@@ -48,6 +48,7 @@ from weclip_hf.batch_jobs import folder_contents, sha256_of
 from weclip_hf.configuration_weclip_plus import DINO_VARIANTS
 from weclip_hf.conversion import (
     OFFICIAL_PRESETS,
+    check_clip_source,
     convert_official_checkpoint,
     dino_variant_name,
     is_official_clip,
@@ -129,6 +130,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         where = "is" if existing == output_dir else f"is inside {str(existing)!r}, which is"
         parser.error(f"--output_dir {args.output_dir!r} {where} an existing file, not a folder")
     check_output_dir_contents(parser, args)
+    if args.clip is not None:
+        # before the checkpoint is read (and a --push_to_hub repository created)
+        try:
+            check_clip_source(args.clip)
+        except (OSError, ValueError) as err:
+            parser.error(str(err))
     if args.clip is None and args.tokenizer is None:
         args.tokenizer = DEFAULT_TOKENIZER  # the tokenizer of the OpenAI ViT-B/16 the official code used
     return args

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections import OrderedDict
 from pathlib import Path
 from unittest import mock
@@ -1071,6 +1072,62 @@ def test_a_checkpoint_without_clip_takes_a_clip_of_other_sizes_than_the_official
     assert taken.config.vision_config.patch_size == TINY["patch"]
     with pytest.raises(ValueError, match="--no_check_clip"):
         convert_official_checkpoint(decoder_only, **kwargs)
+
+
+def test_a_clip_or_tokenizer_that_cannot_be_loaded_is_named_before_the_checkpoint_is_read(
+    tmp_path, capsys, official
+):
+    """--clip and --tokenizer were loaded by transformers as they were: a path to no folder gave "Repo id must
+    be in the form 'repo_name'", a file (OpenAI's ViT-B-16.pt) "the config file ... is not a valid JSON file",
+    a saved WeCLIP model was taken as a CLIP (its decoder tensors listed as unexpected), and an id the Hub
+    could not serve (offline) an error naming neither the id nor the flag, the tokenizer's only after the
+    whole checkpoint was read and converted. Now each is named with its flag and what to pass, --clip at
+    parsing and the tokenizer before the checkpoint is read."""
+    script = _script()
+    openai_file = tmp_path / "ViT-B-16.pt"
+    openai_file.write_bytes(b"PK")
+    saved = tmp_path / "weclip-voc"
+    saved.mkdir()
+    (saved / "config.json").write_text('{"model_type": "weclip"}')
+    refusals = {
+        "/missing/clip": "No CLIP checkpoint folder at '/missing/clip'",
+        str(openai_file): "is a file, not a CLIP checkpoint folder",
+        str(saved): "is a saved WeCLIP model, not a CLIP checkpoint",
+    }
+    argv = ["--checkpoint", "x.pth", "--output_dir", str(tmp_path / "out")]
+    for clip, expected in refusals.items():
+        with mock.patch.object(script, "convert_official_checkpoint") as convert, pytest.raises(SystemExit):
+            script.main([*argv, "--clip", clip])
+        convert.assert_not_called()
+        error = capsys.readouterr().err
+        assert expected in error and "--clip" in error and "openai/clip-vit-base-patch16" in error, error
+        with pytest.raises((OSError, ValueError), match=expected):
+            convert_official_checkpoint(dict(official), clip=clip, tokenizer=FakeCLIPTokenizer(TINY["vocab"]))
+    unreachable = [
+        (
+            dict(clip="nobody/no-such-clip"),
+            "CLIP tokenizer (--clip / clip=) checkpoint 'nobody/no-such-clip'",
+        ),
+        (dict(tokenizer="nobody/none"), "CLIP tokenizer (--tokenizer / tokenizer=) checkpoint 'nobody/none'"),
+        (
+            dict(tokenizer="/missing/tokenizer"),
+            "No CLIP tokenizer folder at '/missing/tokenizer' (--tokenizer",
+        ),
+    ]
+    for kwargs, expected in unreachable:
+        with (
+            mock.patch("weclip_hf.conversion.convert_weclip.load_official_checkpoint") as load,
+            pytest.raises(OSError, match=re.escape(expected)),
+        ):
+            convert_official_checkpoint("x.pth", preset="voc", **kwargs)
+        load.assert_not_called()
+    # the CLIP itself, its tokenizer given: the id and the flag
+    with pytest.raises(
+        OSError, match=re.escape("the CLIP (--clip / clip=) checkpoint 'nobody/no-such-clip'")
+    ):
+        convert_official_checkpoint(
+            dict(official), clip="nobody/no-such-clip", tokenizer=FakeCLIPTokenizer(TINY["vocab"])
+        )
 
 
 def test_checkpoint_without_clip_needs_clip(official):

@@ -23,7 +23,12 @@ from .config_inference import (
     is_official_clip,
     official_preset,
 )
-from .convert_weclip import convert_official_checkpoint, official_to_weclip, weclip_to_official
+from .convert_weclip import (
+    check_clip_source,
+    convert_official_checkpoint,
+    official_to_weclip,
+    weclip_to_official,
+)
 from .key_renaming import KeyTable, Rename
 from .report import ConversionReport
 from .weclip_keys import (
@@ -52,6 +57,7 @@ __all__ = [
     "ConversionReport",
     "KeyTable",
     "Rename",
+    "check_clip_source",
     "check_par_kernel",
     "convert_hub_dinov2_state_dict",
     "convert_official_checkpoint",

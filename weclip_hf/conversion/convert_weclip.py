@@ -4,15 +4,23 @@ and the end-to-end conversion (safe loading, config inference, text embeddings).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from ..configuration_weclip import WeCLIPConfig
 from ..configuration_weclip_plus import WeCLIPPlusConfig
-from ..model_loading import public_source_name
+from ..model_loading import (
+    check_backbone_source,
+    is_path_to_no_folder,
+    naming_the_checkpoint,
+    public_source_name,
+)
+from ..presets import CLIP_MODEL
 from .checkpoint_file import check_finite, load_official_checkpoint, model_state_dict
 from .config_inference import (
     build_config,
@@ -179,6 +187,41 @@ def _compare_clip(
     return bad
 
 
+def check_clip_source(clip: str) -> None:
+    """Refuse, before the checkpoint is read, a ``clip`` that is no transformers CLIP folder or Hub id: a file
+    (OpenAI's ``ViT-B-16.pt``), a path to no folder, a saved WeCLIP model, a folder of another model type or
+    without safetensors weights (`check_backbone_source`), each error saying what --clip takes."""
+    takes = f"--clip / clip= takes a transformers CLIP folder (save_pretrained) or Hub id, e.g. {CLIP_MODEL}."
+    if os.path.isfile(os.path.expanduser(clip)):
+        raise ValueError(
+            f"The CLIP {clip!r} is a file, not a CLIP checkpoint folder: {takes} (OpenAI's ViT-B-16.pt holds "
+            f"the weights of {CLIP_MODEL}.)"
+        )
+    try:
+        check_backbone_source(clip, "CLIP")
+    except (OSError, ValueError) as err:
+        raise type(err)(f"{err} {takes}") from err
+
+
+def load_clip_tokenizer(tokenizer: str | Path | None, clip: str | None) -> PreTrainedTokenizerBase:
+    """The CLIP tokenizer of the folder or Hub id ``tokenizer`` (default ``clip``'s), a failure to load it
+    naming it and the argument that gave it (`naming_the_checkpoint`)."""
+    from transformers import AutoTokenizer
+
+    name, argument = (
+        (str(tokenizer), "--tokenizer / tokenizer=")
+        if tokenizer is not None
+        else (str(clip), "--clip / clip=")
+    )
+    if is_path_to_no_folder(name):
+        raise FileNotFoundError(
+            f"No CLIP tokenizer folder at {name!r} ({argument}): give a CLIP tokenizer folder or Hub id, "
+            f"e.g. {CLIP_MODEL}."
+        )
+    with naming_the_checkpoint(name, f"CLIP tokenizer ({argument})"):
+        return AutoTokenizer.from_pretrained(name)
+
+
 def convert_official_checkpoint(
     checkpoint: str | Path | dict[str, torch.Tensor],
     clip: str | None = None,
@@ -208,20 +251,24 @@ def convert_official_checkpoint(
             DINOv2 of a WeCLIP+ checkpoint always comes from its ``dino_encoder.*`` tensors. Default: the
             checkpoint's own (`official_preset`: its method, and COCO's or VOC's classes by its classifier);
             ``model.conversion_report.preset`` says which.
-        tokenizer: a CLIP tokenizer or its path; default the tokenizer of ``clip``. Needed to compute the
-            class text embeddings.
+        tokenizer: a CLIP tokenizer or its folder or Hub id; default the tokenizer of ``clip``. Needed to
+            compute the class text embeddings; loaded (and ``clip`` checked: `check_clip_source`) before the
+            checkpoint is read.
         config_overrides: passed to the config (e.g. ``decoder_num_heads``; ``dino_heads``).
     Returns:
         The model in eval mode, CLIP (and DINOv2) frozen, text embeddings computed;
         ``model.conversion_report`` holds the `ConversionReport`.
     """
-    from transformers import AutoTokenizer
-
     if tokenizer is None and clip is None:
         raise ValueError(
             "A CLIP tokenizer is needed to compute the class text embeddings: pass tokenizer= (--tokenizer "
             "PATH_OR_HF_ID, e.g. openai/clip-vit-base-patch16) or clip= (--clip), whose tokenizer is used."
         )
+    if clip is not None:
+        check_clip_source(clip)
+    # before the checkpoint is read and converted: a tokenizer that cannot be loaded fails first
+    if tokenizer is None or isinstance(tokenizer, (str, Path)):
+        tokenizer = load_clip_tokenizer(tokenizer, clip)
     if isinstance(checkpoint, dict):
         state = model_state_dict(checkpoint, "the checkpoint's state dict")
         check_finite(state, "the checkpoint's state dict")
@@ -232,13 +279,15 @@ def convert_official_checkpoint(
     if clip is not None:
         from transformers import CLIPConfig, CLIPModel
 
-        clip_config = CLIPConfig.from_pretrained(clip)
+        with naming_the_checkpoint(clip, "CLIP (--clip / clip=)"):
+            clip_config = CLIPConfig.from_pretrained(clip)
         vision = clip_config.vision_config.to_dict()
         text = clip_config.text_config.to_dict()
         check_clip_matches(state, vision, clip)
         if check_clip:
             check_clip_is_official(state, clip_config.vision_config, clip)
-        clip_sd = CLIPModel.from_pretrained(clip).state_dict()
+        with naming_the_checkpoint(clip, "CLIP (--clip / clip=)"):
+            clip_sd = CLIPModel.from_pretrained(clip).state_dict()
         config = build_config(vision, text, clip_config.projection_dim, state, preset, config_overrides)
         if (
             check_clip and find_clip_prefix(state) is not None
@@ -266,8 +315,6 @@ def convert_official_checkpoint(
         "Model keys not filled by the conversion", [k for k in result.missing_keys if k not in COMPUTED_KEYS]
     )
     raise_for_keys("Converted keys the model does not have", list(result.unexpected_keys))
-    if tokenizer is None or isinstance(tokenizer, (str, Path)):
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or clip))
     model.update_class_embeddings(tokenizer)
     model.freeze_backbones()
     model.eval()
