@@ -1498,6 +1498,28 @@ def test_the_resized_position_embedding_of_trained_checkpoints_is_dropped(
     assert all(torch.equal(trained[k], v) for k, v in plain.items())
 
 
+def test_the_report_breaks_down_by_dtype_the_tensors_it_counts_and_names_the_dropped_ones(
+    official, converted_tiny, clip_folder
+):
+    """The dropped ``encoder.visual.positional_embedding_new`` was in the dtype breakdown and not in the count
+    ("158 official tensors (1 float16, 158 float32)"; the real WeCLIP's "386 official tensors (148 float16,
+    239 float32)"), and with --clip counted among the checkpoint's CLIP tensors read, not used, and missing
+    from "Ignored:". Now the breakdown sums to the count, and the key is under "Ignored:" either way."""
+    _, tokenizer = converted_tiny
+    cached = with_forward_cache(official)
+    dropped = "encoder.visual.positional_embedding_new"
+    for clip in (None, str(clip_folder)):
+        report = convert_official_checkpoint(
+            cached, clip=clip, preset="voc", tokenizer=tokenizer, decoder_num_heads=4
+        ).conversion_report
+        counted = len(report.mapped) + len(report.replaced)
+        assert sum(report.source_dtypes.values()) == counted == len(cached) - 2, report.source_dtypes
+        assert set(report.ignored) == {"par.kernel", dropped} and dropped not in report.replaced
+        summary = report.summary()
+        assert summary.startswith(f"{counted} official tensors (") and f"Ignored: {dropped} (" in summary
+    assert f"instead of the checkpoint's {len(_clip_only(official))} CLIP tensors" in summary
+
+
 def test_training_checkpoint_entries_beside_the_weights(tmp_path, official, caplog):
     """The weights under "model" / "state_dict" / "model_state_dict" of a training checkpoint are taken, the other
     entries (optimizer state, iteration) named in a warning; several state dicts or none are refused by name."""

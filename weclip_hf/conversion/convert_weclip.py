@@ -34,6 +34,7 @@ from .report import ConversionReport, count_dtypes, raise_for_keys
 from .weclip_keys import (
     PAR_KERNEL_KEY,
     decoder_to_official,
+    dropped_clip_keys,
     find_clip_prefix,
     hf_to_official_clip,
     is_known_clip_key,
@@ -118,9 +119,11 @@ def official_to_weclip(
         }
         # the checkpoint's own CLIP (read, not used); bare OpenAI names or under encoder.
         prefix = found if (found := find_clip_prefix(weclip_part)) is not None else "encoder."
-        replaced = {k: v for k, v in weclip_part.items() if is_known_clip_key(k, prefix)}
+        dropped = dropped_clip_keys(weclip_part, prefix)
+        replaced = {k: v for k, v in weclip_part.items() if is_known_clip_key(k, prefix) and k not in dropped}
         report = ConversionReport(
             prefix=prefix,
+            ignored=dropped,
             source_dtypes=count_dtypes(replaced),
             replaced=list(replaced),
             clip_keys=list(clip_part),

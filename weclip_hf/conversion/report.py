@@ -13,10 +13,12 @@ class ConversionReport:
 
     Attributes:
         mapped: official key -> the key(s) of ours it became.
-        ignored: official key -> why it was dropped (constant buffer, archive metadata).
+        ignored: official key -> why it was dropped (constant buffer, archive metadata, the official forward's
+            cache); not counted among the tensors read.
         computed: keys of ours that no checkpoint holds and are computed after loading.
         prefix: the prefix found in front of the CLIP keys (``"encoder."`` or ``""``).
-        source_dtypes: dtype name -> number of official tensors stored in it (every tensor read, replaced ones too).
+        source_dtypes: dtype name -> number of official tensors stored in it: those of ``mapped`` and
+            ``replaced``, which the summary counts.
         replaced: official keys read but not used: a given CLIP model (``clip_source``) holds their weights.
         clip_keys: our keys filled from the given CLIP model instead of the checkpoint; none without one.
         clip_source: how the summary names the given CLIP model.

@@ -136,6 +136,13 @@ def dropped_clip_key(name: str) -> str | None:
     return None
 
 
+def dropped_clip_keys(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, str]:
+    """The official CLIP keys under ``prefix`` of ``state_dict`` that the conversion drops, each with why
+    (`dropped_clip_key`): the report's ``ignored``, never counted among the tensors read."""
+    names = {k: k[len(prefix) :] for k in state_dict if k.startswith(prefix)}
+    return {k: why for k, name in names.items() if (why := dropped_clip_key(name))}
+
+
 def is_known_clip_key(key: str, prefix: str) -> bool:
     """Whether ``key`` is an official CLIP key under ``prefix`` that the conversion maps or drops."""
     name = key[len(prefix) :]
@@ -166,11 +173,9 @@ def official_to_hf_clip(
     """
     prefix = clip_prefix(state_dict)
     clip = {k: v for k, v in state_dict.items() if is_clip_key(k, prefix)}
-    report = ConversionReport(prefix=prefix, source_dtypes=count_dtypes(clip))
-    for key in clip:
-        if reason := dropped_clip_key(key[len(prefix) :]):
-            report.ignored[key] = reason
+    report = ConversionReport(prefix=prefix, ignored=dropped_clip_keys(clip, prefix))
     weights = {k: v for k, v in clip.items() if k not in report.ignored}
+    report.source_dtypes = count_dtypes(weights)
     out, report.mapped, unknown = CLIP_KEYS.to_ours(weights, prefix)
     raise_for_keys("Unknown CLIP keys in the checkpoint (no mapping for them)", unknown)
     blocks = CLIP_KEYS.block_counts(weights, prefix)
