@@ -323,6 +323,48 @@ def test_flipped_weight_bytes_are_refused_by_their_crc(tmp_path):
     _refused(partial(convert_official_checkpoint, path, tokenizer=object()), "corrupted", "'flipped/data/0'")
 
 
+def _zero_crcs(path: Path, member: str | None = None) -> None:
+    """Write 0 as the CRC-32 of ``member`` (default: every member) in its local header and the zip directory,
+    as ``torch.serialization.set_crc32_options(False)`` writes them."""
+    raw = bytearray(path.read_bytes())
+    # local headers, then directory entries: (signature, offsets of the CRC-32, the name's length, the name)
+    for signature, crc_at, length_at, name_at in ((b"PK\x03\x04", 14, 26, 30), (b"PK\x01\x02", 16, 28, 46)):
+        entry = raw.find(signature)
+        while entry != -1:
+            name_length = struct.unpack_from("<H", raw, entry + length_at)[0]
+            if member is None or raw[entry + name_at : entry + name_at + name_length].decode() == member:
+                struct.pack_into("<I", raw, entry + crc_at, 0)
+            entry = raw.find(signature, entry + 4)
+    path.write_bytes(bytes(raw))
+
+
+def test_a_checkpoint_saved_without_crc32s_is_read(tmp_path):
+    """``torch.serialization.set_crc32_options(False)`` writes every CRC-32 as 0, and torch.load reads such a
+    file: it was refused as a "damaged zip archive (Bad CRC-32 for file 'nocrc/data.pkl')". Now an archive
+    (torch.save or TorchScript) whose CRC-32s are all 0 is read, there being nothing to check; one whose other
+    members hold theirs is still refused."""
+    weights = {"w": torch.arange(8.0), "h": torch.ones(3, dtype=torch.float16)}
+    path = tmp_path / "nocrc.pth"
+    before = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(weights, path)
+    finally:
+        torch.serialization.set_crc32_options(before)
+    with zipfile.ZipFile(path) as archive:
+        assert {info.CRC for info in archive.infolist()} == {0}
+    loaded = load_official_checkpoint(path)
+    assert loaded.keys() == weights.keys() and all(torch.equal(loaded[k], v) for k, v in weights.items())
+    view = _tensor(_Storage("0", 4), 0, (4,), (1,))
+    scripted = _torchscript_archive(tmp_path / "nocrc.pt", view, {"0": torch.arange(4.0).numpy().tobytes()})
+    _zero_crcs(scripted)
+    assert torch.equal(load_official_checkpoint(scripted)["w"], torch.arange(4.0))
+    one = tmp_path / "one.pth"
+    torch.save(weights, one)
+    _zero_crcs(one, "one/data.pkl")
+    _refused(partial(load_official_checkpoint, one), str(one), "'one/data.pkl'")
+
+
 def test_non_finite_weights_are_refused_and_named(tmp_path):
     weights = {"a": torch.ones(8), "b": torch.ones(4, 4).half(), "c": torch.ones(3), "n": torch.arange(3)}
     weights["a"][2] = float("nan")

@@ -18,7 +18,9 @@ per tensor storage; a TorchScript archive (``torch.jit.save``, e.g. OpenAI's ``V
    ``max_total_bytes``.
 3. Only then are storages read: by this module for TorchScript (no code compiled or run, each member
    checked against its CRC-32 as it is read), by ``torch.load(weights_only=True)`` for ``torch.save``
-   archives once every member matches its CRC-32 (`check_crcs`; torch.load does not check them).
+   archives once every member matches its CRC-32 (`check_crcs`; torch.load does not check them). An archive
+   saved without CRC-32s (all 0: ``torch.serialization.set_crc32_options(False)``) has none to check
+   (`skip_absent_crcs`).
 
 What an official checkpoint file then holds (the model's weights among a training checkpoint's entries, no NaN)
 is `weclip_hf.conversion.checkpoint_file`'s concern.
@@ -43,6 +45,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.utils import logging as hf_logging
+
+logger = hf_logging.get_logger(__name__)
 
 # Caps on what an archive may declare, checked on its zip directory before any member is read. Real
 # checkpoints: the official WeCLIP ViT-B/16 checkpoint is ~600 MB, OpenAI's ViT-L/14 TorchScript archive ~900 MB,
@@ -140,12 +145,30 @@ def check_zip_directory(
 
 @contextmanager
 def open_zip(path: Path) -> Iterator[zipfile.ZipFile]:
-    """``zipfile.ZipFile(path)``, with a damaged archive (directory or member) reported as a ValueError."""
+    """``zipfile.ZipFile(path)``, with a damaged archive (directory or member) reported as a ValueError; one
+    saved without CRC-32s is read without checking them (`skip_absent_crcs`)."""
     try:
         with zipfile.ZipFile(path) as archive:
+            skip_absent_crcs(archive, path)
             yield archive
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as err:
         raise ValueError(f"{path}: damaged zip archive ({err}). {REDOWNLOAD}") from err
+
+
+def skip_absent_crcs(archive: zipfile.ZipFile, path: Path) -> None:
+    """Read an archive whose CRC-32s are all 0 without checking them: it was saved without them
+    (``torch.serialization.set_crc32_options(False)``, which torch.load reads), and zipfile would call every
+    member read damaged. A 0 among real CRC-32s is still checked (and refused)."""
+    infos = archive.infolist()
+    if infos and all(info.CRC == 0 for info in infos):
+        # once: the archive is opened to tell its format, then to read it
+        logger.warning_once(
+            f"{path}: saved without CRC-32s (torch.serialization.set_crc32_options(False)): its bytes cannot "
+            "be checked for corruption (NaN or infinite weights are still refused)."
+        )
+        for info in infos:
+            # zipfile compares the bytes read with a CRC-32 that is not None only
+            info.CRC = None
 
 
 def check_crcs(archive: zipfile.ZipFile, path: Path) -> None:
