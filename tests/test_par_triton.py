@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from weclip_hf.par import par_affinity, par_affinity_eager, par_iteration, par_iteration_eager, par_refine
+from weclip_hf.par import (
+    par_affinity,
+    par_affinity_eager,
+    par_iteration,
+    par_iteration_eager,
+    par_refine,
+    ring_offsets,
+)
+from weclip_hf.par_triton import triton_available
 
 # (batch, maps, height, width, dilations): odd sizes that are no multiple of the kernel's block; one map; 21 maps
 # (VOC with every class, 32 map slots in the kernel); dilations larger than the image (every neighbour clamped)
@@ -45,6 +53,8 @@ def kernel_vs_eager(device: str) -> dict:
         expected = par_iteration_eager(expected, weights, dilations)
     refined = par_refine(image.to(device), scores.to(device), dilations, num_iter=5).cpu()
     diffs["par_refine, 5 iterations"] = float((refined - expected).abs().max())
+    # a failed launch would have turned the kernels off: the eager path compared with itself
+    assert triton_available(image.to(device)), "PAR's kernels could not launch: the eager path ran"
     return diffs
 
 
@@ -186,3 +196,64 @@ def test_a_changed_interpreter_switch_takes_the_eager_path(monkeypatch):
             par_triton.par_iteration_triton(torch.rand(1, 2, 5, 6), torch.rand(8, 1, 5, 6), offsets)
     finally:
         par_triton.kernels.cache_clear()
+
+
+def test_a_kernel_that_cannot_launch_turns_the_kernels_off_for_the_eager_path(monkeypatch, caplog):
+    """Triton builds a kernel's launcher at its first launch: where it cannot (no C compiler, an unwritable cache, a
+    GPU its ptxas does not know), `par_refine` gives the eager path's result, with one warning naming the cause, and
+    later calls take the eager path without trying again. A call that does not fit the kernel is not hidden."""
+    from weclip_hf import par_triton
+
+    if par_triton.kernels() is None:
+        pytest.skip("Triton is not installed (it comes with the dev extras on Linux)")
+    no_compiler = RuntimeError(
+        "Failed to find C compiler. Please specify via CC environment variable or set triton.knobs.build.impl."
+    )
+    launches = []
+
+    class FailingKernel:
+        """A kernel whose launch raises ``error`` (as Triton's launch does where it cannot build the launcher)."""
+
+        def __init__(self, error: Exception):
+            self.error = error
+
+        def __getitem__(self, grid):
+            def launch(*args, **meta):
+                launches.append(grid)
+                raise self.error
+
+            return launch
+
+    loaded = par_triton.kernels()
+    failing = loaded._replace(affinity=FailingKernel(no_compiler), iteration=FailingKernel(no_compiler))
+    monkeypatch.setattr(par_triton, "kernels", lambda: failing)
+    # a device the kernels run on (this CPU); the failure's record is reset after the test
+    monkeypatch.setattr(par_triton, "INTERPRETING", True)
+    monkeypatch.setattr(par_triton, "_launch_failure", None, raising=False)
+    g = torch.Generator().manual_seed(0)
+    image, scores, dilations = (
+        torch.randn(2, 3, 9, 11, generator=g),
+        torch.rand(2, 3, 9, 11, generator=g),
+        [1, 2],
+    )
+    weights, expected = par_affinity_eager(image, dilations), scores
+    for _ in range(3):
+        expected = par_iteration_eager(expected, weights, dilations)
+    with caplog.at_level("WARNING"):
+        refined = par_refine(image, scores, dilations, num_iter=3)
+        again = par_refine(image, scores, dilations, num_iter=3)
+    assert torch.equal(refined, expected) and torch.equal(again, expected)
+    assert len(launches) == 1 and not par_triton.triton_available(image)
+    warnings = [record.getMessage() for record in caplog.records if "cannot launch" in record.getMessage()]
+    assert len(warnings) == 1 and str(no_compiler) in warnings[0], caplog.text
+    # a direct launch says why
+    offsets = ring_offsets((1,), torch.device("cpu"))
+    with pytest.raises(par_triton.KernelLaunchError, match="Failed to find C compiler"):
+        par_triton.par_iteration_triton(torch.rand(1, 2, 5, 6), torch.rand(8, 1, 5, 6), offsets)
+    # a call that does not fit the kernel (Triton binds the arguments first) is a bug to see, not a fallback
+    monkeypatch.setattr(par_triton, "_launch_failure", None)
+    wrong_call = TypeError("dynamic_func() missing 1 required positional argument: 'BLOCK'")
+    monkeypatch.setattr(par_triton, "kernels", lambda: loaded._replace(iteration=FailingKernel(wrong_call)))
+    with pytest.raises(TypeError, match="BLOCK"):
+        par_iteration(torch.rand(1, 2, 5, 6), torch.rand(8, 1, 5, 6), [1])
+    assert par_triton.triton_available(image)

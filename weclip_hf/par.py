@@ -3,6 +3,7 @@ position affinities between each pixel and its dilated 3x3 ring neighbours."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .chunking import concat_chunks, images_per_chunk
-from .par_triton import par_affinity_triton, par_iteration_triton, triton_available
+from .par_triton import KernelLaunchError, par_affinity_triton, par_iteration_triton, triton_available
 
 # The 8 neighbours of a 3x3 ring as (row, col) offsets in units of the dilation, in the official order
 # (0,0) (0,1) (0,2) (1,0) (1,2) (2,0) (2,1) (2,2) of the kernel grid.
@@ -39,12 +40,16 @@ def par_affinity(
     Colour: ``-(|I_n - I| / (sd + 1e-8) / w1)^2`` with sd the unbiased std over the neighbours, averaged
     over channels, softmax over neighbours. Position: ``-(dist / std(dist) / w1)^2`` (distance d or
     d*sqrt(2)), softmax over neighbours, times ``pos_weight``, added. One Triton kernel where it can run
-    (`weclip_hf.par_triton`), else `par_affinity_eager`.
+    (`weclip_hf.par_triton`; where it cannot launch, the eager path from then on), else `par_affinity_eager`.
     """
     if triton_available(image):
         key = tuple(dilations)
         position = _position_term(key, temperature, image.device, image.dtype)
-        return par_affinity_triton(image, ring_offsets(key, image.device), position, temperature, pos_weight)
+        # a failed launch turned the kernels off (one warning says why): the eager path, now and from now on
+        with contextlib.suppress(KernelLaunchError):
+            return par_affinity_triton(
+                image, ring_offsets(key, image.device), position, temperature, pos_weight
+            )
     return par_affinity_eager(image, dilations, temperature, pos_weight)
 
 
@@ -158,9 +163,12 @@ def par_iteration(scores: torch.Tensor, weights: torch.Tensor, dilations: list[i
     """One PAR iteration: every score becomes the ``weights``-weighted sum of its ring neighbours' scores
     (replicate padding). scores [B, C, H, W], weights [8*D, B, H, W] from `par_affinity`.
 
-    One Triton kernel where it can run (CUDA with Triton: `weclip_hf.par_triton`), else `par_iteration_eager`."""
+    One Triton kernel where it can run (CUDA with Triton: `weclip_hf.par_triton`; where it cannot launch, the eager
+    path from then on), else `par_iteration_eager`."""
     if triton_available(scores) and triton_available(weights):
-        return par_iteration_triton(scores, weights, ring_offsets(tuple(dilations), scores.device))
+        # a failed launch turned the kernels off (one warning says why): the eager path, now and from now on
+        with contextlib.suppress(KernelLaunchError):
+            return par_iteration_triton(scores, weights, ring_offsets(tuple(dilations), scores.device))
     return par_iteration_eager(scores, weights, dilations)
 
 

@@ -6,11 +6,26 @@ launches them), so that a run that never takes them never defines them.
 Triton defines these as compiled or as interpreted functions (``TRITON_INTERPRET=1``) when this module is imported.
 """
 
+import subprocess
+
 try:  # an import in a try block is one transformers does not require of a trust_remote_code folder's users
     import triton
     import triton.language as tl
+    from triton.runtime import errors as triton_errors
 except ImportError:  # without Triton `weclip_hf.par_triton.kernels` finds none: the eager path runs
     raise
+
+# What a launch raises where Triton cannot build or load the kernels here: no C compiler or Python headers for its
+# launcher, an unwritable cache, no driver, a GPU that its bundled ptxas does not know (a RuntimeError before
+# Triton 3.2), too little shared memory. Not an error in the kernels' source (CompilationError, or InterpreterError
+# under the interpreter) nor a call that does not fit them (TypeError, ValueError): those are bugs to see.
+LAUNCH_ERRORS = (
+    RuntimeError,
+    OSError,
+    subprocess.SubprocessError,
+    triton_errors.OutOfResources,
+    getattr(triton_errors, "PTXASError", RuntimeError),
+)
 
 
 @triton.jit

@@ -5,7 +5,9 @@ kernels run and launches them; the kernels are `weclip_hf.par_kernels`, imported
 
 Used for float32 CUDA tensors when Triton is installed (it ships with PyTorch's CUDA wheels). The same kernels
 run on a CPU under Triton's interpreter (``TRITON_INTERPRET=1``, set before this module is imported and left
-so), which is how the tests check them without a GPU.
+so), which is how the tests check them without a GPU. Where Triton cannot launch them (it builds a kernel's launcher
+at its first launch: no C compiler, an unwritable cache, a GPU its ptxas does not know), the first failed launch
+turns them off for the process with one warning, and PAR takes the eager path (`KernelLaunchError`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ import os
 from typing import NamedTuple
 
 import torch
+from transformers.utils import logging as hf_logging
+
+logger = hf_logging.get_logger(__name__)
 
 # Triton defines the kernels compiled or interpreted when they are first imported: read the switch once, here
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -26,6 +31,16 @@ class ParKernels(NamedTuple):
 
     affinity: object  # par_affinity_kernel: the neighbour weights
     iteration: object  # par_iteration_kernel: one refinement pass
+    # LAUNCH_ERRORS: what a launch raises where Triton cannot build or load the kernels
+    launch_errors: tuple[type[Exception], ...]
+
+
+class KernelLaunchError(RuntimeError):
+    """Triton could not build or load a kernel here (its cause chained); the kernels are off for the process."""
+
+
+# why the kernels are off for the process (the first failed launch's error), None while they run
+_launch_failure: str | None = None
 
 
 @functools.cache
@@ -38,10 +53,10 @@ def kernels() -> ParKernels | None:
     try:
         # `from .module import names` is the form of relative import that transformers follows when it copies a
         # saved folder's code for trust_remote_code (`from . import par_kernels` left the kernels out of it)
-        from .par_kernels import par_affinity_kernel, par_iteration_kernel
+        from .par_kernels import LAUNCH_ERRORS, par_affinity_kernel, par_iteration_kernel
     except ImportError:  # CPU-only PyTorch: the eager path runs
         return None
-    return ParKernels(par_affinity_kernel, par_iteration_kernel)
+    return ParKernels(par_affinity_kernel, par_iteration_kernel, LAUNCH_ERRORS)
 
 
 def _loaded_kernels() -> ParKernels:
@@ -58,8 +73,10 @@ def _loaded_kernels() -> ParKernels:
 def triton_available(tensor: torch.Tensor) -> bool:
     """Whether the kernels take ``tensor``: float32, no gradient asked for (the kernels have no backward), Triton
     installed, and a CUDA device that Triton compiles for (compute capability 7.0 or newer, as `torch.compile`
-    requires; or Triton's interpreter, on any device)."""
+    requires; or Triton's interpreter, on any device); and no launch has failed in this process."""
     if tensor.dtype != torch.float32 or (tensor.requires_grad and torch.is_grad_enabled()):
+        return False
+    if _launch_failure is not None:
         return False
     if not INTERPRETING and not (tensor.device.type == "cuda" and _compiles_for(tensor.device.index)):
         return False  # decided without importing Triton
@@ -95,6 +112,26 @@ def _check_launch(
         raise ValueError(f"PAR kernel: inputs on {data.device}, {other.device} and {offsets.device}")
 
 
+def _launch(name: str, grid: tuple[int, ...], *args, **meta) -> None:
+    """Launches kernel ``name`` of `ParKernels` on ``grid``. Where Triton cannot build or load it here
+    (``launch_errors``), turns the kernels off for the process, warning once with the cause, and raises
+    `KernelLaunchError` (`weclip_hf.par` then takes the eager path)."""
+    global _launch_failure
+    loaded = _loaded_kernels()
+    try:
+        getattr(loaded, name)[grid](*args, **meta)
+    except loaded.launch_errors as error:
+        cause = f"{type(error).__name__}: {error}"
+        if _launch_failure is None:
+            logger.warning(
+                f"PAR's Triton kernels cannot launch here ({cause}); PAR takes the eager path (same results, "
+                "slower on a GPU) for the rest of this process. Fix Triton's setup (e.g. a C compiler, CC=..., "
+                "or a writable TRITON_CACHE_DIR) to use them."
+            )
+            _launch_failure = cause
+        raise KernelLaunchError(f"PAR kernel {name} could not launch: {cause}") from error
+
+
 def _on_device(tensor: torch.Tensor):
     """The tensor's CUDA device as the current one while a kernel launches (Triton launches on the current
     device); nothing elsewhere. (The launches are also named for torch.profiler, whose operator rows would not
@@ -116,9 +153,8 @@ def par_iteration_triton(scores: torch.Tensor, weights: torch.Tensor, offsets: t
     block = 256
     with _on_device(scores), torch.profiler.record_function("weclip::par_iteration_kernel"):
         maps = min(_next_power_of_2(c), 16)
-        _loaded_kernels().iteration[(_cdiv(h * w, block), b, _cdiv(c, maps))](
-            scores, weights, offsets, out, b, c, h, w, offsets.shape[1], MAPS=maps, BLOCK=block
-        )
+        grid, sizes = (_cdiv(h * w, block), b, _cdiv(c, maps)), (b, c, h, w, offsets.shape[1])
+        _launch("iteration", grid, scores, weights, offsets, out, *sizes, MAPS=maps, BLOCK=block)
     return out
 
 
@@ -135,7 +171,9 @@ def par_affinity_triton(
         return out
     block = 128
     with _on_device(image), torch.profiler.record_function("weclip::par_affinity_kernel"):
-        _loaded_kernels().affinity[(_cdiv(h * w, block), b)](
+        _launch(
+            "affinity",
+            (_cdiv(h * w, block), b),
             image.contiguous(),
             offsets,
             position,
