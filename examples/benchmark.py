@@ -159,7 +159,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "examples/train.py applies",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs (default 0)")
-    p.add_argument("--output_json", default=None, help="also write every figure to this JSON file")
+    p.add_argument(
+        "--output_json",
+        default=None,
+        help="also write every figure to this JSON file (where a phase fails: those of the phases done, and "
+        "its error)",
+    )
     args = p.parse_args(argv)
     defaults = dict(
         batch_sizes="4,16,64",
@@ -332,30 +337,11 @@ def profile_training_grid(args, bench, model, optimizer, result: dict) -> None:
             row["op_shares"] = operator_shares(step, bench)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    if args.num_threads:
-        torch.set_num_threads(args.num_threads)
-    device = torch.device(args.device)
-    args.host_memory = "default"
-    if device.type == "cpu" and not args.release_host_memory and retain_freed_host_memory():
-        args.host_memory = "retained"  # for the step and the CLIP forward alike: one process
-    bench = Bench(device)
-    start = time.perf_counter()
+def measure_all(args, bench, result: dict) -> None:
+    """Every measurement the flags ask for, each phase's figures added to ``result`` as it ends."""
+    device = bench.device
     model = compiled(args, build_model(args.tiny, device, args.seed))
     optimizer = trainable_optimizer(model)
-    result = dict(
-        env=environment(device, args),
-        args={k: v for k, v in vars(args).items()},
-        training=[],
-        breakdown=[],
-        par_compile=[],
-        par_kernels=[],
-        reference=[],
-        inference=[],
-    )
-    print(f"# WeCLIP benchmark: {result['env']}", flush=True)
-
     measure_training_grid(args, bench, model, optimizer, result)
     if not args.no_breakdown:
         for use_rfm in args.rfm:
@@ -390,9 +376,14 @@ def main(argv: list[str] | None = None) -> dict:
             del model, optimizer
             model = compiled(args, build_model(args.tiny, device, args.seed))
             profile_training_grid(args, bench, model, trainable_optimizer(model), result)
-    result["total_seconds"] = time.perf_counter() - start
 
+
+def report(args, result: dict) -> None:
+    """Prints the tables of ``result`` and writes it to ``--output_json``: those of the phases done where a later
+    one failed (``result["error"]`` says which error stopped the run)."""
     print()
+    if "error" in result:
+        print(f"The run stopped at {result['error']}: the figures of the phases done before it.\n")
     print(render_table(result))
     print()
     print(render_syncs(result))
@@ -407,6 +398,38 @@ def main(argv: list[str] | None = None) -> dict:
         )
     if args.output_json:
         Path(args.output_json).write_text(json.dumps(result, indent=2, default=str))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    device = torch.device(args.device)
+    args.host_memory = "default"
+    if device.type == "cpu" and not args.release_host_memory and retain_freed_host_memory():
+        args.host_memory = "retained"  # for the step and the CLIP forward alike: one process
+    bench = Bench(device)
+    start = time.perf_counter()
+    result = dict(
+        env=environment(device, args),
+        args={k: v for k, v in vars(args).items()},
+        training=[],
+        breakdown=[],
+        par_compile=[],
+        par_kernels=[],
+        reference=[],
+        inference=[],
+    )
+    print(f"# WeCLIP benchmark: {result['env']}", flush=True)
+    try:
+        measure_all(args, bench, result)
+    # a failed (or interrupted) phase: the tables and JSON of those done, then its error
+    except BaseException as error:
+        result["error"] = f"{type(error).__name__}: {error}"
+        raise
+    finally:
+        result["total_seconds"] = time.perf_counter() - start
+        report(args, result)
     return result
 
 

@@ -4,7 +4,8 @@
 # runs are compared with the fp32 reference path once (on a CPU copy of the model).
 # Writes OUT_DIR/gpu.txt, OUT_DIR/cuda_tests.txt (the CUDA test of PAR's kernels),
 # OUT_DIR/bench_{bf16,compiled,none}.json (every figure; compiled: on CUDA only) and .log (the printed tables),
-# OUT_DIR/half_precision.txt.
+# OUT_DIR/half_precision.txt, and OUT_DIR/status.txt: each measurement's exit status. A measurement that fails
+# does not stop the later ones (GPU time is scarce); the script then exits 1, after them all.
 #
 #   bash examples/benchmark_gpu.sh OUT_DIR [more examples/benchmark.py flags, e.g. --batch_sizes 4,32]
 #
@@ -30,15 +31,25 @@ versions=$("$python" -c "import sys, torch, transformers
 print(sys.version.split()[0], torch.__version__, transformers.__version__, int(torch.cuda.is_available()))")
 cuda=${versions##* }
 echo "${versions% *}" | tee -a "$out/gpu.txt"
-# PAR's Triton kernels against the eager path on this GPU first (a failure is reported, the figures still run)
+statuses=()
+failed=0
+measure() {  # measure NAME LOG COMMAND...: runs COMMAND, its output shown and written to LOG; notes its exit status
+    local name=$1 log=$2 status=0
+    shift 2
+    PYTHONUNBUFFERED=1 "$@" 2>&1 | tee "$log" || status=$?
+    statuses+=("$name: exit $status")
+    [ "$status" = 0 ] || failed=$((failed + 1))
+}
+# PAR's Triton kernels against the eager path on this GPU first
 if [ "$cuda" = 1 ]; then
-    "$python" -m pytest -q -p no:cacheprovider tests/test_par_triton.py -k cuda 2>&1 | tee "$out/cuda_tests.txt" || true
+    measure "CUDA test of PAR's kernels" "$out/cuda_tests.txt" "$python" -m pytest -q -p no:cacheprovider \
+        tests/test_par_triton.py -k cuda
 fi
 run() {  # run PRECISION [flags]: one benchmark run, its JSON and log under OUT_DIR
     local precision=$1
     shift
-    PYTHONUNBUFFERED=1 "$python" examples/benchmark.py --autocast "$precision" --reference_warmup 0 \
-        --reference_repeats 1 --output_json "$out/bench_$precision.json" "$@" 2>&1 | tee "$out/bench_$precision.log"
+    measure "benchmark $precision" "$out/bench_$precision.log" "$python" examples/benchmark.py --autocast "$precision" \
+        --reference_warmup 0 --reference_repeats 1 --output_json "$out/bench_$precision.json" "$@"
 }
 # everything: training, breakdown, PAR's kernels vs eager, reference, inference, WeCLIP+ next to WeCLIP, and each
 # operator's share of a step and the weclip_hf source lines it comes from (torch.profiler, after every timed figure)
@@ -47,15 +58,21 @@ run bf16 --method weclip_plus --profile_ops "$@"
 # GPU only (each setting compiles on its first run: 204 s on an H200; tests/test_compile.py covers the compiled model
 # on a CPU)
 if [ "$cuda" = 1 ]; then
-    PYTHONUNBUFFERED=1 "$python" examples/benchmark.py --autocast bf16 --compile model --no_breakdown --no_reference \
-        --infer_sizes 320 --output_json "$out/bench_compiled.json" "$@" 2>&1 | tee "$out/bench_compiled.log"
+    measure "benchmark compiled" "$out/bench_compiled.log" "$python" examples/benchmark.py --autocast bf16 \
+        --compile model --no_breakdown --no_reference --infer_sizes 320 --output_json "$out/bench_compiled.json" "$@"
 fi
 # fp32 for comparison (lighter), PAR's eager iterations compiled
 run none --batch_sizes 4,64 --no_breakdown --compile_par --profile_ops "$@"
 # native half-precision weights vs float32 (inference time and peak memory), on the GPU only
 if [ "$cuda" = 1 ]; then
-    PYTHONUNBUFFERED=1 "$python" examples/benchmark_half_precision.py --device cuda --batch_size 16 --repeats 10 \
-        2>&1 | tee "$out/half_precision.txt"
+    measure "half precision" "$out/half_precision.txt" "$python" examples/benchmark_half_precision.py \
+        --device cuda --batch_size 16 --repeats 10
 else
     echo "no CUDA device: the half-precision comparison is skipped" | tee "$out/half_precision.txt"
+fi
+echo
+printf '%s\n' "Exit status of each measurement:" "${statuses[@]/#/  }" | tee "$out/status.txt"
+if [ "$failed" != 0 ]; then
+    echo "$failed measurement(s) failed: their logs in $out say why" >&2
+    exit 1
 fi

@@ -184,6 +184,69 @@ def test_gpu_script_help_and_a_flag_for_the_output_folder(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_gpu_script_runs_every_measurement_when_one_fails(tmp_path):
+    """GPU time is scarce: a failed run of `benchmark_gpu.sh` (here the first, bf16) does not skip the later ones;
+    each one's exit status is listed at the end (and in status.txt), and the script exits 1. (A PYTHON that fails
+    the bf16 benchmark and stands in for the others: the script's flow, in a second.)"""
+    python = tmp_path / "python"
+    python.write_text(
+        "#!/usr/bin/env bash\n"
+        'case " $* " in\n'
+        '    *" examples/benchmark.py --autocast bf16 "*) echo "bf16 run crashed" >&2; exit 3 ;;\n'
+        '    *" examples/benchmark.py "*) echo "benchmark run: $*"; exit 0 ;;\n'
+        "esac\n"
+        f'exec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o755)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=str(python), HF_HUB_OFFLINE="1")
+    run = subprocess.run(
+        ["bash", str(REPO / "examples" / "benchmark_gpu.sh"), str(out), "--tiny"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "bf16 run crashed" in (out / "bench_bf16.log").read_text()
+    assert "--autocast none" in (out / "bench_none.log").read_text()
+    assert (out / "half_precision.txt").exists()
+    statuses = ["Exit status of each measurement:", "  benchmark bf16: exit 3", "  benchmark none: exit 0"]
+    assert (out / "status.txt").read_text().splitlines() == statuses
+    assert run.stdout.splitlines()[-3:] == statuses and "1 measurement(s) failed" in run.stderr
+
+
+def test_a_failed_phase_keeps_the_figures_of_the_phases_done(tmp_path, monkeypatch, capsys):
+    """A crash in a late phase (here the profiler of --profile_ops) still prints the tables and writes the JSON of
+    the phases done, with the error that stopped the run, then raises it."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    benchmark = _example_module()
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("the profiler crashed")
+
+    monkeypatch.setattr(benchmark, "operator_shares", crash)
+    saved = tmp_path / "bench.json"
+    flags = [
+        "--tiny",
+        "--device",
+        "cpu",
+        "--no_breakdown",
+        "--no_reference",
+        "--no_inference",
+        "--profile_ops",
+    ]
+    # --release_host_memory: in this process, leave glibc's settings alone (as the test above)
+    flags += ["--release_host_memory", "--output_json", str(saved)]
+    with pytest.raises(RuntimeError, match="the profiler crashed"):
+        benchmark.main(flags)
+    result = json.loads(saved.read_text())
+    assert result["error"] == "RuntimeError: the profiler crashed" and len(result["training"]) == 2
+    printed = capsys.readouterr().out
+    assert "The run stopped at RuntimeError: the profiler crashed" in printed
+    assert len(re.findall(r"\| train step \|", printed)) == 2
+
+
 def test_operator_shares_count_the_kernels_no_operator_launched():
     """On CUDA, kernels that no aten operator launched (PAR's Triton kernels) have no operator row; their time
     (all kernels' less the operators') is a row of its own, so that the shares add up to the profiled device time.
