@@ -7,6 +7,8 @@
 Each dtype runs in its own subprocess, so its peak memory is its own: the CUDA allocator's peak on a GPU, the
 process's peak resident memory (ru_maxrss, includes the Python runtime) on the CPU. Weights are random (real
 CLIP weights need a download); speed and memory do not depend on their values.
+A dtype whose process fails has the end of its error output printed; the others still run, and the script then
+exits 1.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import subprocess
 import sys
 
 DTYPES = ("float32", "bfloat16", "float16")
+# lines of a failed measurement's error output shown (its traceback's end, with the error)
+ERROR_LINES = 15
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -68,39 +72,43 @@ def measure(args: argparse.Namespace, dtype_name: str) -> dict:
     return {"dtype": dtype_name, "median_s": sorted(times[1:])[len(times[1:]) // 2], "peak_mb": peak_mb}
 
 
+def measure_in_subprocess(args: argparse.Namespace, dtype_name: str) -> dict | None:
+    """`measure` of ``dtype_name`` in a process of its own; None where it failed, the end of its error output
+    printed."""
+    command = [sys.executable, __file__, "--one", dtype_name, "--device", args.device]
+    for flag in ("batch_size", "size", "repeats", "num_threads"):
+        command += [f"--{flag}", str(getattr(args, flag))]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-ERROR_LINES:])
+        print(f"{dtype_name}: failed (exit status {proc.returncode}):\n{tail}\n", file=sys.stderr, flush=True)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> list[dict]:
+    """The table of every dtype measured; where one failed (its error printed), the others still run, and the
+    script exits 1 at the end."""
     args = parse_args(argv)
     if args.one:
         print(json.dumps(measure(args, args.one)))
         return []
-    rows = []
-    for dtype in args.dtypes.split(","):
-        command = [
-            sys.executable,
-            __file__,
-            "--one",
-            dtype,
-            "--device",
-            args.device,
-            "--batch_size",
-            str(args.batch_size),
-            "--size",
-            str(args.size),
-            "--repeats",
-            str(args.repeats),
-            "--num_threads",
-            str(args.num_threads),
-        ]
-        proc = subprocess.run(command, capture_output=True, text=True, check=True)
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    base = rows[0]
-    print(f"inference, batch {args.batch_size}, {args.size} px, {args.device}, {args.num_threads} thread(s)")
-    print("| weights | median time | vs first | peak memory | vs first |\n|---|---|---|---|---|")
+    measured = [(dtype, measure_in_subprocess(args, dtype)) for dtype in args.dtypes.split(",")]
+    rows = [row for _, row in measured if row is not None]
+    if rows:
+        base = rows[0]
+        print(
+            f"inference, batch {args.batch_size}, {args.size} px, {args.device}, {args.num_threads} thread(s)"
+        )
+        print("| weights | median time | vs first | peak memory | vs first |\n|---|---|---|---|---|")
     for row in rows:
         print(
             f"| {row['dtype']} | {row['median_s']:.3f} s | {row['median_s'] / base['median_s']:.2f}x | "
             f"{row['peak_mb']:.0f} MB | {row['peak_mb'] / base['peak_mb']:.2f}x |"
         )
+    failed = [dtype for dtype, row in measured if row is None]
+    if failed:
+        raise SystemExit(f"benchmark_half_precision: {', '.join(failed)} failed (the errors are above)")
     return rows
 
 

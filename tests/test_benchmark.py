@@ -429,3 +429,16 @@ def test_safe_loading_benchmark_reports_the_class_reader_and_a_refusal(tmp_path,
     assert json.loads(output_json.read_text()) == result
     assert set(result) == {"class_reader", "stride0_refusal"}
     assert all(v > 0 for k, v in result["class_reader"].items() if k != "spaces_mib")
+
+
+def test_half_precision_benchmark_reports_a_failed_dtype_and_runs_the_others(capsys):
+    """`examples/benchmark_half_precision.py` measures each dtype in a subprocess: one that fails (here a dtype
+    torch lacks) prints the end of its error and the next dtypes still run; the script then exits 1."""
+    half_precision = _example_module("benchmark_half_precision")
+    flags = ["--dtypes", "float8_nonesuch,float32", "--size", "16", "--batch_size", "1", "--repeats", "1"]
+    with pytest.raises(SystemExit, match="float8_nonesuch failed"):
+        half_precision.main(flags)
+    printed = capsys.readouterr()
+    assert "float8_nonesuch: failed (exit status 1)" in printed.err
+    assert "AttributeError: module 'torch' has no attribute 'float8_nonesuch'" in printed.err
+    assert re.search(r"\| float32 \| [\d.]+ s \| 1.00x \|", printed.out), printed.out
