@@ -442,3 +442,19 @@ def test_half_precision_benchmark_reports_a_failed_dtype_and_runs_the_others(cap
     assert "float8_nonesuch: failed (exit status 1)" in printed.err
     assert "AttributeError: module 'torch' has no attribute 'float8_nonesuch'" in printed.err
     assert re.search(r"\| float32 \| [\d.]+ s \| 1.00x \|", printed.out), printed.out
+
+
+def test_benchmark_needs_neither_pytest_nor_hypothesis():
+    """The benchmark runs on a GPU machine without the tests' dependencies: its tiny configs come from
+    `tests/tiny_configs.py`, not from `conftest` (which imports pytest and hypothesis). Here they are absent (None in
+    sys.modules: their import fails as an uninstalled package's)."""
+    code = (
+        "import runpy, sys\n"
+        "for name in ('pytest', '_pytest', 'hypothesis'):\n"
+        "    sys.modules[name] = None\n"
+        "sys.path.insert(0, 'examples')\n"
+        "sys.argv = ['examples/benchmark.py', '--help']\n"
+        "runpy.run_path('examples/benchmark.py', run_name='__main__')\n"
+    )
+    out = run_offline([sys.executable, "-c", code], timeout=120)
+    assert out.startswith("usage: benchmark.py"), out

@@ -4,8 +4,8 @@ forward as functions of nothing), `breakdown` (the step's stages timed one by on
 compiled forms and Triton kernels against eager), `reference_comparison` (the batched pseudo labels against the
 per-image/per-class reference) and `report` (the tables).
 
-The tiny test configs (`tests/conftest.py`) and the reference (`tests/reference_weclip.py`) live in tests/, which
-goes on sys.path here.
+The tiny test configs (`tests/tiny_configs.py`, which needs neither pytest nor hypothesis) and the reference
+(`tests/reference_weclip.py`) live in tests/, which goes on sys.path here.
 """
 
 import sys

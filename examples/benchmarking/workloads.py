@@ -8,7 +8,7 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_config, make_tiny_plus_config  # tests/, on sys.path (`__init__.py`)
+from tiny_configs import make_tiny_config, make_tiny_plus_config  # tests/, on sys.path (`__init__.py`)
 
 from weclip_hf import (
     WeCLIPConfig,
