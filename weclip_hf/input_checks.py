@@ -11,12 +11,16 @@ from .configuration_weclip import WeCLIPConfig
 
 
 def check_values(ok: torch.Tensor, message: str) -> None:
-    """Refuse bad input values without a host sync on accelerators.
+    """Refuse bad input values without a host sync on accelerators (reading the flag back would stall the step).
 
-    On the CPU: a `ValueError` right away. Elsewhere, and in a graph `torch.compile` traces (where reading the
-    flag would break the graph): an assertion (`torch._assert_async`) that fails with ``message`` (a
-    `RuntimeError`) when the graph runs, on an accelerator at the next synchronising call; reading the flag back
-    would stall the step.
+    On the CPU: a `ValueError` right away; in a graph `torch.compile` traces there (where reading the flag would
+    break the graph), a `RuntimeError` with ``message`` when the graph runs. Elsewhere an assertion on the device
+    (`torch._assert_async`): on CUDA a failed one prints ``message`` in the device's assertion line on the
+    process's output, not in the error: Python raises ``CUDA error: device-side assert triggered`` at a later
+    synchronising call, at whatever line comes next (``CUDA_LAUNCH_BLOCKING=1``: here), and the process's CUDA
+    context is unusable after it (a notebook's kernel must restart). To find the bad value, run the batch on the
+    CPU, or check it before the forward (docs/troubleshooting.md). ``message`` must stay under 255 characters:
+    CUDA refuses a longer one on every call, good values too.
     """
     if ok.device.type == "cpu" and not torch.compiler.is_compiling():
         if not bool(ok):
