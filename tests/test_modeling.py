@@ -1223,3 +1223,17 @@ def test_resizing_refuses_sizes_that_are_not_positive_integers(size):
     if not isinstance(size, dict):
         with pytest.raises(ValueError, match="positive integers"):
             resize_longest_edge(torch.zeros(1, 3, 40, 60), size)
+
+
+def test_value_checks_off_the_cpu_give_the_device_a_message_it_accepts(monkeypatch):
+    """CUDA's device assertion refuses a message of 255 characters or more on every call (good values too): off
+    the CPU, `check_values` gives the device the message cut below that."""
+    from weclip_hf.input_checks import DEVICE_MESSAGE_LIMIT, check_values
+
+    given = []
+    monkeypatch.setattr(torch, "_assert_async", lambda ok, message: given.append((ok.device.type, message)))
+    long_message = "labels contain ids outside [0, 20]; " * 10
+    check_values(torch.ones((), dtype=torch.bool, device="meta"), long_message)
+    assert given == [("meta", long_message[: DEVICE_MESSAGE_LIMIT - 1])]
+    with pytest.raises(ValueError, match=r"^(labels contain ids outside \[0, 20\]; ){10}$"):
+        check_values(torch.zeros((), dtype=torch.bool), long_message)

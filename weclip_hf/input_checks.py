@@ -9,6 +9,9 @@ import torch
 
 from .configuration_weclip import WeCLIPConfig
 
+# CUDA's device assertion refuses a message this long or longer on every call, good values too
+DEVICE_MESSAGE_LIMIT = 255
+
 
 def check_values(ok: torch.Tensor, message: str) -> None:
     """Refuse bad input values without a host sync on accelerators (reading the flag back would stall the step).
@@ -19,14 +22,14 @@ def check_values(ok: torch.Tensor, message: str) -> None:
     process's output, not in the error: Python raises ``CUDA error: device-side assert triggered`` at a later
     synchronising call, at whatever line comes next (``CUDA_LAUNCH_BLOCKING=1``: here), and the process's CUDA
     context is unusable after it (a notebook's kernel must restart). To find the bad value, run the batch on the
-    CPU, or check it before the forward (docs/troubleshooting.md). ``message`` must stay under 255 characters:
-    CUDA refuses a longer one on every call, good values too.
+    CPU, or check it before the forward (docs/troubleshooting.md). The device gets ``message`` cut below
+    `DEVICE_MESSAGE_LIMIT` characters (CUDA refuses a longer one on every call, good values too).
     """
     if ok.device.type == "cpu" and not torch.compiler.is_compiling():
         if not bool(ok):
             raise ValueError(message)
     else:
-        torch._assert_async(ok, message)
+        torch._assert_async(ok, message[: DEVICE_MESSAGE_LIMIT - 1])
 
 
 def check_image_batch(pixel_values) -> None:
