@@ -88,6 +88,7 @@ from weclip_hf.presets import (
 from weclip_hf.run_folder import (
     OVERWRITE_AND_RESUME,
     claim_output_dir,
+    logged_evaluation,
     output_dir_held,
     remove_previous_run,
     resumes_in_place,
@@ -1120,6 +1121,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     # 3. resume
     step = 0
     log_path = output_dir / "train_log.jsonl"
+    evaluation_missed = False  # the evaluation of the step resumed at, not in the log
     frozen = FrozenWeights.of(accelerator.unwrap_model(model))  # the backbones, which checkpoints leave out
     if resume_path is not None:
         state = load_checkpoint(accelerator, model, optimizer, resume_path, frozen)
@@ -1133,6 +1135,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
             )
         else:  # the run's times count its earlier segments too
             started -= state.seconds
+        # read by every process before the main one cuts the log back (which keeps the records of ``step``)
+        evaluation_missed = not logged_evaluation(log_path, step)
         if accelerator.is_main_process:
             truncate_log(log_path, step)
         accelerator.print(f"resumed from {resume_path} at step {step}")
@@ -1153,6 +1157,18 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                 prune_checkpoints(output_dir, args.checkpoints_total_limit, written[step], accelerator.print)
         return written[step]
 
+    def evaluation_due() -> bool:
+        """Whether ``--eval_steps`` evaluates the step the run stands at."""
+        return bool(args.eval_steps) and step % args.eval_steps == 0 and val_set is not None
+
+    def evaluate() -> None:
+        """``--eval_steps``' evaluation of the step the run stands at (`evaluate_in_training`), logged."""
+        input_size = processor_input_size(image_processor)
+        evaluate_in_training(
+            args, accelerator, accelerator.unwrap_model(model), val_set, step, log_path, input_size
+        )
+        model.train()
+
     checkpoint_every = args.checkpointing_steps
     steps_per_epoch = None if streamed else len(train_loader)
     bar = tqdm(
@@ -1162,6 +1178,10 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         disable=not accelerator.is_local_main_process,
     )
     model.train()
+    # a run stopped (or killed) at an evaluation step saved the checkpoint first: its evaluation is done now, as the
+    # uninterrupted run did it before the next step (the steps' dropout is seeded by the step: no change to them)
+    if evaluation_missed and evaluation_due():
+        evaluate()
     # a signal is acted on when every process knows of it: one process after the step it came in, several after the
     # step whose loss check agreed on it (`training_step`), all after the same step
     stop_agreed = 0  # the signal every process knows of (its number)
@@ -1205,17 +1225,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
                 if checkpoint_every and step % checkpoint_every == 0:
                     checkpoint()
                 # (not once stopping: the checkpoint first, within a signal's grace period)
-                if args.eval_steps and step % args.eval_steps == 0 and val_set is not None and not stopping():
-                    evaluate_in_training(
-                        args,
-                        accelerator,
-                        accelerator.unwrap_model(model),
-                        val_set,
-                        step,
-                        log_path,
-                        processor_input_size(image_processor),
-                    )
-                    model.train()
+                if evaluation_due() and not stopping():
+                    evaluate()
                 if step >= args.max_train_steps or stopping():
                     pass_ended = False
                     break

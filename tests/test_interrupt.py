@@ -7,7 +7,8 @@ end. The second kill provably lands mid-write: that run hangs inside ``accelerat
 checkpoint's first file is written (a test hook in the launcher), and is killed once the test has seen the
 partial checkpoint folder. The final loss curve (``train_log.jsonl``) and weights (``model.safetensors``) must be
 bit-identical to those of the uninterrupted `reference_run`, and every ``step_N`` checkpoint a resume could pick
-must be complete (checkpoints are written to ``step_N.tmp`` and renamed).
+must be complete (checkpoints are written to ``step_N.tmp`` and renamed). A run killed in the evaluation of a step
+of --eval_steps, once that step's checkpoint is written (``HANG_IN_EVALUATION``), is resumed with that evaluation.
 """
 
 import json
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from conftest import read_log, resumable_args, train_command, train_env
+from conftest import read_log, resumable_args, run_train, train_command, train_env
 
 STEPS = (
     6  # resumable_args: 16 toy images in batches of 4, two epochs: resumes land mid-epoch and across epochs
@@ -50,17 +51,38 @@ sys.path.insert(0, os.path.dirname(sys.argv[0]))
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
+# Runs examples/train.py (argv[1:]) with its first evaluation (the first of --eval_steps) hanging, once it has
+# written $WECLIP_TEST_HUNG.
+HANG_IN_EVALUATION = """
+import os, runpy, sys, time
+import weclip_hf.evaluation as evaluation
+
+def hang(*args, **kwargs):
+    with open(os.environ["WECLIP_TEST_HUNG"], "w") as marker:
+        marker.write("evaluating")
+    time.sleep(600)
+
+evaluation.evaluate_segmentation = hang
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
 
 def _start(
-    args: list, log_file: Path, hang_at: str | None = None, hung: Path | None = None
+    args: list,
+    log_file: Path,
+    hang_at: str | None = None,
+    hung: Path | None = None,
+    hook: str = HANG_MID_WRITE,
 ) -> subprocess.Popen:
-    """Start examples/train.py (one CPU thread) with stdout and stderr going to ``log_file``; with ``hang_at``
-    (``step_N``), its checkpoint writer hangs after the first file it writes for that checkpoint, whose path it
-    writes to ``hung`` (see ``HANG_MID_WRITE``)."""
+    """Start examples/train.py (one CPU thread) with stdout and stderr going to ``log_file``; with ``hung``, run by
+    the launcher ``hook``: by default its checkpoint writer hangs after the first file it writes for checkpoint
+    ``hang_at`` (``step_N``), whose path it writes to ``hung`` (see ``HANG_MID_WRITE``)."""
     launcher, env = (sys.executable,), {**train_env(threads=1), "PYTHONUNBUFFERED": "1"}
-    if hang_at is not None:
-        launcher = (sys.executable, "-c", HANG_MID_WRITE)
-        env.update(WECLIP_TEST_HANG_AT=hang_at, WECLIP_TEST_HUNG=str(hung))
+    if hung is not None:
+        launcher = (sys.executable, "-c", hook)
+        env.update(WECLIP_TEST_HANG_AT=str(hang_at), WECLIP_TEST_HUNG=str(hung))
     with open(log_file, "w") as log:
         command = train_command(*args, threads=1, launcher=launcher)
         return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -189,3 +211,27 @@ def test_sigkill_mid_step_and_mid_checkpoint_write_then_resume_repeats_the_run(
     different = [k for k in killed if not torch.equal(killed[k], uninterrupted[k])]
     assert not different, f"weights differ (killed after step {step}): {different[:5]}"
     assert int(killed["training_step"]) == STEPS
+
+
+def test_sigkill_in_the_evaluation_of_a_checkpoint_step_then_resume_repeats_the_log(tmp_path, tiny_clip):
+    """A run killed in the evaluation of a step of --eval_steps that is also a checkpoint step (every one with the
+    VOC preset) had written the checkpoint first: the resumed run started after that step, and its log never got the
+    step's evaluation. It evaluates it first: the log repeats the uninterrupted run's, that evaluation included."""
+    common = [*resumable_args(tiny_clip), "--max_train_steps", 4, "--eval_steps", 3, "--num_overlays", 0]
+    reference, out, hung = tmp_path / "reference", tmp_path / "killed", tmp_path / "hung"
+    run_train(*common, "--output_dir", reference, threads=1)
+    proc = _start([*common, "--output_dir", out], tmp_path / "first.log", hung=hung, hook=HANG_IN_EVALUATION)
+    try:
+        _wait_for(proc, lambda: hung.exists() and hung.read_text(), "a hang in the evaluation of step 3")
+        _kill(proc)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert max(_checkpoint_steps(out)) == 3
+    resumed = _start(
+        [*common, "--output_dir", out, "--resume_from_checkpoint", "latest"], tmp_path / "second.log"
+    )
+    _finish(resumed, tmp_path / "second.log")
+    assert _resumed_from(tmp_path / "second.log") == (str(out / "step_3"), 3)
+    assert read_log(out) == read_log(reference)
+    assert [r["step"] for r in read_log(out) if "eval_miou" in r] == [3]

@@ -173,6 +173,23 @@ def test_resume_repeats_uninterrupted_run_exactly(tmp_path, tiny_clip, reference
     assert 0 < before <= metrics["train_seconds"] <= metrics["total_seconds"]
 
 
+def test_a_run_stopped_at_an_evaluation_step_evaluates_it_when_resumed(tmp_path, tiny_clip, monkeypatch):
+    """Ctrl-C at a step of --eval_steps saves the checkpoint and skips the evaluation: the resumed run starts after
+    that step, so its log lacked the step's evaluation. The resumed run evaluates it first: the log (and the
+    weights) repeat the uninterrupted run's; resumed again from that step, it is not evaluated twice."""
+    run = [*resumable_args(tiny_clip), "--max_train_steps", 4, "--eval_steps", 3, "--num_overlays", 0]
+    train_in_process(*run, "--output_dir", tmp_path / "a")
+    out = tmp_path / "b"
+    train_stopped_at(3, *run, "--output_dir", out, monkeypatch=monkeypatch)
+    assert not [r for r in read_log(out) if "eval_miou" in r]
+    train_stopped_at(
+        4, *run, "--output_dir", out, "--resume_from_checkpoint", "latest", monkeypatch=monkeypatch
+    )
+    train_in_process(*run, "--output_dir", out, "--resume_from_checkpoint", out / "step_3")
+    assert read_log(out) == read_log(tmp_path / "a")
+    assert [r["step"] for r in read_log(out) if "eval_miou" in r] == [3]
+
+
 def test_a_checkpoint_of_an_earlier_version_records_the_backbones_it_held(tmp_path, tiny_clip, monkeypatch):
     """A checkpoint written before checkpoints left the frozen backbones out holds them, and resuming it reads them
     back over those loaded from --clip_model_name_or_path: the resumed run's checkpoints recorded the digest of the

@@ -209,3 +209,18 @@ def truncate_log(log_path: Path, step: int) -> None:
         except (json.JSONDecodeError, KeyError):  # a line cut short by the kill
             continue
     write_atomic(log_path, lambda tmp: tmp.write_text("".join(kept), encoding="utf-8"))
+
+
+def logged_evaluation(log_path: Path, step: int) -> bool:
+    """Whether the log holds an evaluation record (``eval_*`` figures) of ``step``: a run stopped or killed at an
+    evaluation step saved its checkpoint before evaluating, so the resumed run has that evaluation to do."""
+    if not log_path.exists():
+        return False
+    for line in log_path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by the kill
+            continue
+        if record.get("step") == step and any(key.startswith("eval_") for key in record):
+            return True
+    return False
