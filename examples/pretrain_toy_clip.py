@@ -12,9 +12,9 @@ the closed vocabulary, ``preprocessor_config.json`` and ``pretraining_metrics.js
 a held-out split: zero-shot mAP, background-word top-1, GradCAM pseudo-label mIoU and trivial
 baselines) to ``--output_dir``.
 
-Run (the shipped weights were made with the defaults)::
+Run (the shipped weights were made with the defaults; only an explicit ``--output_dir`` replaces them)::
 
-    python examples/pretrain_toy_clip.py            # writes weclip_hf/toy_clip/
+    python examples/pretrain_toy_clip.py --output_dir weclip_hf/toy_clip   # replaces the shipped CLIP
 
 Before the joint training, the text tower alone spends ``--text_warmup_steps`` making the prompt embeddings
 orthogonal (a random text tower maps every prompt to nearly one vector and the joint loss then sits on a
@@ -62,7 +62,6 @@ from weclip_hf.data.toy import (
     TOY_VALIDATION_SEED_OFFSET,
     generate_toy_world,
     toy_baselines,
-    toy_clip_path,
 )
 from weclip_hf.data.transforms import multi_hot as multi_hot_row
 from weclip_hf.metrics import confusion_matrix, scores_from_confusion
@@ -92,8 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--output_dir",
         type=pathlib.Path,
-        default=toy_clip_path(),
-        help="where the CLIP is written (default: weclip_hf/toy_clip, the shipped one replaced)",
+        required=True,
+        help="where the CLIP is written (required: weclip_hf/toy_clip replaces the CLIP shipped in the package, "
+        "which the toy runs and their checkpoints use)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the training images and the weights (0)")
     parser.add_argument("--train_pool_size", type=int, default=6000, help="toy images generated once")

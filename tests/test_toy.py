@@ -277,6 +277,15 @@ def test_pretraining_script_tiny_run(tmp_path):
     assert all(torch.isfinite(p).all() for p in reloaded.parameters())
 
 
+def test_pretraining_script_requires_output_dir(capsys):
+    """Without --output_dir, a trial run replaced the CLIP shipped in the package (weclip_hf/toy_clip), which the
+    toy runs and their checkpoints use; it is required, so only weclip_hf/toy_clip named replaces it."""
+    script = _load_example()
+    with pytest.raises(SystemExit):
+        script.parse_args(["--max_steps", "2"])
+    assert "--output_dir" in capsys.readouterr().err
+
+
 def test_probe_pure_patches_and_recall():
     probe = _load_example("probe_toy_clip")
     masks = torch.zeros(1, 4, 6, dtype=torch.long)
