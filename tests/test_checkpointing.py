@@ -293,6 +293,25 @@ def test_latest_skips_a_damaged_newer_checkpoint_and_names_it(checkpoint):
     assert "model.safetensors" in messages[-1]
 
 
+@pytest.mark.parametrize("name", ["training_args.json", "resolved_args.json", "frozen_weights.json"])
+def test_latest_skips_a_checkpoint_whose_json_file_is_damaged(checkpoint, name):
+    """A newer checkpoint whose recorded arguments or frozen-weights digest were cut short stopped the resume with a
+    bare JSONDecodeError naming no file (or, for frozen_weights.json, once data and model were loaded), and
+    ``latest`` did not fall back to the one before. Every JSON file of a checkpoint is checked with the others."""
+    path, _, _ = checkpoint
+    run = path.parent
+    newer = run / "step_8"
+    shutil.copytree(path, newer)
+    state = json.loads((newer / "training_state.json").read_text())
+    (newer / "training_state.json").write_text(json.dumps({**state, "step": 8}))
+    (newer / name).write_text('{"seed": 4')  # cut short
+    messages = []
+    assert find_checkpoint(run, "latest", log=messages.append) == path
+    assert any("step_8" in m and f"{name} is damaged" in m for m in messages)
+    with pytest.raises(CheckpointError, match=f"step_8.{name} is damaged"):
+        find_checkpoint(run, str(newer))
+
+
 def test_latest_restores_a_checkpoint_moved_aside_by_a_cut_off_rewrite(checkpoint):
     """Writing step_N again renames the old one step_N.old first; a kill between the renames left step_N.old and
     step_N.tmp, both ignored: latest resumed from an earlier checkpoint."""

@@ -247,8 +247,9 @@ def _starts_with(file: Path, magic: bytes) -> bool:
 
 def damaged_file(path: Path) -> str | None:
     """What is wrong with the first damaged file of checkpoint folder ``path`` (None when none is): a torch zip
-    archive (``optimizer.bin``, the random states, ...) that is cut short or fails its CRCs, or safetensors weights
-    whose header or length do not hold. Reads the files once, without unpickling anything."""
+    archive (``optimizer.bin``, the random states, ...) that is cut short or fails its CRCs, safetensors weights
+    whose header or length do not hold, or a JSON file (the recorded arguments, the frozen weights' digest) that does
+    not parse. Reads the files once, without unpickling anything."""
     from safetensors import safe_open
 
     for file in sorted(f for f in path.iterdir() if f.is_file()):
@@ -259,6 +260,8 @@ def damaged_file(path: Path) -> str | None:
             if file.suffix == ".safetensors":
                 with safe_open(file, "pt"):
                     pass
+            elif file.suffix == ".json":
+                json.loads(file.read_text(encoding="utf-8"))
             elif _starts_with(file, b"PK\x03\x04"):  # torch.save's zip archive
                 with zipfile.ZipFile(file) as archive:
                     bad = archive.testzip()
