@@ -33,6 +33,7 @@ from weclip_hf.data.transforms import multi_hot, normalize
 from weclip_hf.metrics import confusion_matrix, scores_from_confusion
 from weclip_hf.normalization import IMAGENET_NORMALIZATION
 from weclip_hf.pseudo_labels import attention_maps_needed
+from weclip_hf.script_arguments import at_least_one
 
 DEV_SEEDS = (5_000_000, 6_000_000)
 
@@ -40,7 +41,9 @@ DEV_SEEDS = (5_000_000, 6_000_000)
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=pathlib.Path, help="a trained toy model (RFM diagnostics)")
-    parser.add_argument("--num_images", type=int, default=300, help="images per dev seed (default: 300)")
+    parser.add_argument(
+        "--num_images", type=at_least_one, default=300, help="images per dev seed (default: 300)"
+    )
     parser.add_argument(
         "--box_thresholds",
         type=float,
@@ -56,8 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[2, 3],
         help="attention_num_maps values swept without --model (default: 2 3)",
     )
-    parser.add_argument("--batch_size", type=int, default=25, help="images per forward (default: 25)")
-    parser.add_argument("--num_threads", type=int, default=2, help="torch threads (default: 2)")
+    parser.add_argument(
+        "--batch_size", type=at_least_one, default=25, help="images per forward (default: 25)"
+    )
+    parser.add_argument("--num_threads", type=at_least_one, default=2, help="torch threads (default: 2)")
     return parser.parse_args(argv)
 
 

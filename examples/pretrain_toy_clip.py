@@ -66,6 +66,7 @@ from weclip_hf.data.toy import (
 from weclip_hf.data.transforms import multi_hot as multi_hot_row
 from weclip_hf.metrics import confusion_matrix, scores_from_confusion
 from weclip_hf.normalization import IMAGENET_NORMALIZATION
+from weclip_hf.script_arguments import at_least_one, non_negative, positive_float
 
 # ImageNet statistics on 0-255 pixels: WeCLIP's faithful default normalisation (DESIGN Part 1); the
 # pretraining keeps its float32 arithmetic, with which the shipped toy CLIP was made.
@@ -96,8 +97,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "which the toy runs and their checkpoints use)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the training images and the weights (0)")
-    parser.add_argument("--train_pool_size", type=int, default=6000, help="toy images generated once")
-    parser.add_argument("--eval_size", type=int, default=200, help="held-out images for the gate metrics")
+    parser.add_argument(
+        "--train_pool_size", type=at_least_one, default=6000, help="toy images generated once"
+    )
+    parser.add_argument(
+        "--eval_size", type=at_least_one, default=200, help="held-out images for the gate metrics"
+    )
     parser.add_argument(
         "--eval_seed",
         type=int,
@@ -105,12 +110,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seed of the held-out images (default: that of the toy validation world of --seed 0)",
     )
     parser.add_argument(
-        "--per_device_train_batch_size", type=int, default=32, help="whole toy images per step"
+        "--per_device_train_batch_size", type=at_least_one, default=32, help="whole toy images per step"
     )
-    parser.add_argument("--mosaic_batch_size", type=int, default=16, help="2 x 2 mosaics of tiles per step")
-    parser.add_argument("--mosaic_grid", type=int, default=2, help="n: mosaics of n x n tiles")
     parser.add_argument(
-        "--tile_pool_size", type=int, default=12000, help="half-size single-object toy images"
+        "--mosaic_batch_size", type=non_negative, default=16, help="2 x 2 mosaics of tiles per step"
+    )
+    parser.add_argument("--mosaic_grid", type=at_least_one, default=2, help="n: mosaics of n x n tiles")
+    parser.add_argument(
+        "--tile_pool_size", type=at_least_one, default=12000, help="half-size single-object toy images"
     )
     parser.add_argument("--tile_loss_weight", type=float, default=1.0, help="of the mosaic tiles' loss (1.0)")
     parser.add_argument(
@@ -125,30 +132,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning_rate", type=float, default=2e-3, help="AdamW's peak learning rate (2e-3)")
     parser.add_argument("--weight_decay", type=float, default=0.05, help="AdamW's weight decay (0.05)")
     parser.add_argument(
-        "--warmup_steps", type=int, default=200, help="linear warm-up steps, then cosine decay (200)"
+        "--warmup_steps", type=non_negative, default=200, help="linear warm-up steps, then cosine decay (200)"
     )
     parser.add_argument(
         "--max_train_steps",
         "--max_steps",
         dest="max_train_steps",
-        type=int,
+        type=non_negative,
         default=3200,
         help="joint training steps (3200)",
     )
-    parser.add_argument("--eval_steps", type=int, default=200, help="evaluate every this many steps")
+    parser.add_argument("--eval_steps", type=at_least_one, default=200, help="evaluate every this many steps")
     parser.add_argument(
         "--checkpoint_dir", type=pathlib.Path, default=None, help="save step_N/ here at each evaluation"
     )
     parser.add_argument(
-        "--text_warmup_steps", type=int, default=100, help="text-only steps that spread the prompt embeddings"
+        "--text_warmup_steps",
+        type=non_negative,
+        default=100,
+        help="text-only steps that spread the prompt embeddings",
     )
-    parser.add_argument("--logit_scale", type=float, default=10.0, help="exp(logit_scale) at the start")
+    parser.add_argument(
+        "--logit_scale", type=positive_float, default=10.0, help="exp(logit_scale) at the start"
+    )
     parser.add_argument("--freeze_logit_scale", action="store_true", help="keep it fixed (default: learnt)")
     parser.add_argument("--logit_bias", type=float, default=-5.0, help="initial bias of the sigmoid loss")
-    parser.add_argument("--num_threads", type=int, default=1, help="torch threads (1)")
-    parser.add_argument("--vision_layers", type=int, default=3, help="blocks of the vision tower (3)")
-    parser.add_argument("--vision_width", type=int, default=128, help="width of the vision tower (128)")
-    parser.add_argument("--patch_size", type=int, default=8, help="patch side of the vision tower, in px (8)")
+    parser.add_argument("--num_threads", type=at_least_one, default=1, help="torch threads (1)")
+    parser.add_argument(
+        "--vision_layers", type=at_least_one, default=3, help="blocks of the vision tower (3)"
+    )
+    parser.add_argument(
+        "--vision_width", type=at_least_one, default=128, help="width of the vision tower (128)"
+    )
+    parser.add_argument(
+        "--patch_size", type=at_least_one, default=8, help="patch side of the vision tower, in px (8)"
+    )
     return parser.parse_args(argv)
 
 
@@ -459,6 +477,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     print(f"parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M", flush=True)
 
     n = args.mosaic_grid
+    if TOY_IMAGE_SIZE % args.patch_size:
+        raise ValueError(f"--patch_size {args.patch_size} must split the {TOY_IMAGE_SIZE} px image")
     if TOY_IMAGE_SIZE % (n * args.patch_size):
         raise ValueError(f"--mosaic_grid {n} must split the {TOY_IMAGE_SIZE} px image into whole patches")
     world = generate_toy_world(args.train_pool_size, seed=args.seed, object_radius=PRETRAIN_OBJECT_RADIUS)

@@ -28,6 +28,7 @@ from transformers import CLIPImageProcessorPil, CLIPModel
 
 from weclip_hf.data.toy import TOY_CLASS_NAMES, generate_toy_world, toy_clip_path
 from weclip_hf.metrics import confusion_matrix, scores_from_confusion
+from weclip_hf.script_arguments import at_least_one
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,14 +39,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=toy_clip_path(),
         help="the CLIP folder to probe (default: the tiny CLIP shipped in weclip_hf/toy_clip)",
     )
-    parser.add_argument("--num_images", type=int, default=600, help="toy images of --seed (default: 600)")
+    parser.add_argument(
+        "--num_images", type=at_least_one, default=600, help="toy images of --seed (default: 600)"
+    )
     parser.add_argument(
         "--seed", type=int, default=5_000_000, help="toy world seed (default: 5000000, a dev split)"
     )
     parser.add_argument(
-        "--steps", type=int, default=400, help="full-batch Adam steps per probe (default: 400)"
+        "--steps", type=at_least_one, default=400, help="full-batch Adam steps per probe (default: 400)"
     )
-    parser.add_argument("--num_threads", type=int, default=2, help="torch threads (default: 2)")
+    parser.add_argument("--num_threads", type=at_least_one, default=2, help="torch threads (default: 2)")
     return parser.parse_args(argv)
 
 

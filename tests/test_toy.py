@@ -286,6 +286,37 @@ def test_pretraining_script_requires_output_dir(capsys):
     assert "--output_dir" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "script, flag, value",
+    [
+        ("pretrain_toy_clip", "--eval_steps", "0"),
+        ("pretrain_toy_clip", "--mosaic_grid", "0"),
+        ("pretrain_toy_clip", "--logit_scale", "0"),
+        ("pretrain_toy_clip", "--eval_size", "0"),
+        ("pretrain_toy_clip", "--train_pool_size", "0"),
+        ("pretrain_toy_clip", "--per_device_train_batch_size", "0"),
+        ("pretrain_toy_clip", "--num_threads", "0"),
+        ("probe_toy_clip", "--num_images", "0"),
+        ("diagnose_toy_cams", "--num_images", "0"),
+        ("diagnose_toy_cams", "--batch_size", "0"),
+    ],
+)
+def test_toy_scripts_refuse_counts_out_of_range_naming_the_flag(script, flag, value, capsys):
+    """Such values ended in a ZeroDivisionError, "math domain error", "stack expects a non-empty TensorList" or a
+    torch error (a batch of 0 images: a CLIP trained on mosaics only, exit status 0); refused as train.py does."""
+    module = _load_example(script)
+    output_dir = ["--output_dir", "unused"] if script == "pretrain_toy_clip" else []
+    with pytest.raises(SystemExit):
+        module.parse_args([*output_dir, flag, value])
+    assert f"argument {flag}: must be" in capsys.readouterr().err
+
+
+def test_pretraining_names_a_patch_size_that_does_not_split_the_image(tmp_path):
+    """It blamed --mosaic_grid 2 for a --patch_size that does not split the 96 px image."""
+    with pytest.raises(ValueError, match="--patch_size 7 must split the 96 px image"):
+        _load_example().main(["--patch_size", "7", "--output_dir", str(tmp_path)])
+
+
 def test_probe_pure_patches_and_recall():
     probe = _load_example("probe_toy_clip")
     masks = torch.zeros(1, 4, 6, dtype=torch.long)
