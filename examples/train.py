@@ -381,7 +381,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--num_threads",
         type=at_least_one,
         help="CPU training: torch threads per process. Default: the cores available to this process "
-        "divided by the local processes (`accelerate launch` alone would pin a CPU run to 1 thread)",
+        "divided by the local processes (`accelerate launch` alone would pin a CPU run to 1 thread). A resume may "
+        "change it, its weights then equal to the uninterrupted run's up to float rounding",
     )
     train.add_argument(
         "--ddp_timeout",

@@ -66,7 +66,9 @@ def public_args(args: argparse.Namespace) -> dict:
 # randomness is a function of (seed, step, process) and a map-style dataset's batches of (seed, epoch, index),
 # so how often the run logs, checkpoints and evaluates, how many checkpoints it keeps, how the evaluation is done
 # (only its figures change), where the output goes, what is reported or published, and how the host computes
-# (threads, allocator, torch.compile: the same operations) are free. Everything else (data, model, optimization,
+# (threads, allocator, torch.compile: the same operations) are free; a change of threads or of torch.compile
+# changes the order of float sums, so the weights are then equal up to float32 rounding (~1e-5), not bit for bit
+# (the default --num_threads follows the cores available). Everything else (data, model, optimization,
 # schedule, seed) defines the trajectory, and a resume that changes it is refused. Derived values (recipe, given_model_flags,
 # rfm_start_source, resolved) follow the flags and are not compared themselves (`RESOLVED_ARGS`: by their values in
 # effect, once the data and model are loaded).
