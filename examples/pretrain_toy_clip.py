@@ -144,7 +144,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--eval_steps", type=at_least_one, default=200, help="evaluate every this many steps")
     parser.add_argument(
-        "--checkpoint_dir", type=pathlib.Path, default=None, help="save step_N/ here at each evaluation"
+        "--checkpoint_dir",
+        type=pathlib.Path,
+        default=None,
+        help="save step_N/ here at each evaluation (a CLIP folder as --output_dir's, without the metrics)",
     )
     parser.add_argument(
         "--text_warmup_steps",
@@ -464,8 +467,26 @@ def learning_rate(step: int, args: argparse.Namespace) -> float:
     return args.learning_rate * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
+def save_clip(model: CLIPModel, tokenizer: CLIPTokenizer, folder: pathlib.Path) -> None:
+    """Write the CLIP loadable as the shipped one (weights, tokenizer, image processor) to ``folder``."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    CLIPImageProcessorPil(
+        do_resize=False,
+        do_center_crop=False,
+        do_rescale=False,
+        do_normalize=True,
+        image_mean=list(IMAGE_MEAN),
+        image_std=list(IMAGE_STD),
+    ).save_pretrained(folder)
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_args(argv)
+    # before the training: an --output_dir (or --checkpoint_dir) that cannot be a folder fails now, not after it
+    for folder in (args.output_dir, args.checkpoint_dir):
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.num_threads)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -559,7 +580,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             history.append(metrics)
             print(json.dumps(metrics), flush=True)
             if args.checkpoint_dir is not None:  # every evaluated state, to inspect a long run early
-                model.save_pretrained(args.checkpoint_dir / f"step_{step + 1}")
+                save_clip(model, tokenizer, args.checkpoint_dir / f"step_{step + 1}")
     train_seconds = time.time() - train_start
 
     final = dict(history[-1]) if history else evaluate(model, text_inputs, heldout)
@@ -578,17 +599,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         },
         "heldout": {"num_images": args.eval_size, "seed": args.eval_seed},
     }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.output_dir)
-    tokenizer.save_pretrained(args.output_dir)
-    CLIPImageProcessorPil(
-        do_resize=False,
-        do_center_crop=False,
-        do_rescale=False,
-        do_normalize=True,
-        image_mean=list(IMAGE_MEAN),
-        image_std=list(IMAGE_STD),
-    ).save_pretrained(args.output_dir)
+    save_clip(model, tokenizer, args.output_dir)
     (args.output_dir / "pretraining_metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["gate"], indent=2))
     print(f"elapsed {time.time() - start_time:.0f}s (training {train_seconds:.0f}s)")

@@ -10,7 +10,7 @@ import pathlib
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, CLIPModel, CLIPTokenizer
+from transformers import AutoTokenizer, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
 from weclip_hf.data import toy
 from weclip_hf.data.toy import (
@@ -268,6 +268,10 @@ def test_pretraining_script_tiny_run(tmp_path):
             "1",
             "--output_dir",
             str(tmp_path),
+            "--eval_steps",
+            "2",
+            "--checkpoint_dir",
+            str(tmp_path / "checkpoints"),
         ]
     )
     assert {"zero_shot_map", "background_top1", "cam_miou", "centred_disk_first_class"} <= set(gate)
@@ -275,6 +279,25 @@ def test_pretraining_script_tiny_run(tmp_path):
         assert (tmp_path / name).is_file(), name
     reloaded = CLIPModel.from_pretrained(tmp_path)
     assert all(torch.isfinite(p).all() for p in reloaded.parameters())
+    # a step folder is a CLIP folder as the final one (it held only the weights: the probe and train.py refused it)
+    step = tmp_path / "checkpoints" / "step_2"
+    final = {p.name for p in tmp_path.iterdir() if p.is_file()} - {"pretraining_metrics.json"}
+    assert {p.name for p in step.iterdir()} == final
+    assert (
+        CLIPImageProcessorPil.from_pretrained(step).to_dict()
+        == CLIPImageProcessorPil.from_pretrained(tmp_path).to_dict()
+    )
+
+
+def test_pretraining_refuses_an_output_dir_that_is_a_file_before_training(tmp_path, monkeypatch):
+    """An --output_dir that is a file failed with FileExistsError once the whole training was done (54 minutes)."""
+    script = _load_example()
+    monkeypatch.setattr(
+        script, "build_model", lambda *args: pytest.fail("trained before checking --output_dir")
+    )
+    (tmp_path / "file").touch()
+    with pytest.raises(FileExistsError, match="file"):
+        script.main(["--output_dir", str(tmp_path / "file")])
 
 
 def test_pretraining_script_requires_output_dir(capsys):
