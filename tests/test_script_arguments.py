@@ -422,6 +422,31 @@ def test_an_earlier_checkpoint_compares_the_later_resolved_flags_as_given(tmp_pa
         check_resolved(checkpoint, {"rfm_start_step": 150, "dice_loss_weight": 0.5})
 
 
+def test_one_refusal_names_the_resolved_flags_the_run_gave_too(tmp_path):
+    """A resume that did not restate the run's flags was refused for --max_train_steps, and once that was restated,
+    the data and model loaded, refused again for --rfm_start_step (compared by its value in effect): the first
+    refusal names it too. Alone, a flag the run gave and the resume leaves out is left to the values in effect."""
+    import argparse
+    import json
+
+    from weclip_hf.trajectory import RESOLVED_ARGS_NAME, check_resume
+
+    checkpoint = tmp_path / "step_2"
+    checkpoint.mkdir()
+    state = {"step": 2, "scheduler": {}, "position": {"epoch": 0, "batch": 0}}
+    (checkpoint / "training_state.json").write_text(json.dumps(state))
+    saved = {"max_train_steps": 8, "streaming": False, "rfm_start_step": 4, "cam_box_threshold": None}
+    (checkpoint / "training_args.json").write_text(json.dumps(saved))
+    (checkpoint / RESOLVED_ARGS_NAME).write_text(json.dumps({"rfm_start_step": 4, "cam_box_threshold": 0.8}))
+    args = dict(output_dir=str(tmp_path), streaming=False, rfm_start_step=None, cam_box_threshold=None)
+    with pytest.raises(
+        ValueError,
+        match=r"--max_train_steps 8 -> 6.* Restate too .*: --rfm_start_step 4 \(not given now\)\.$",
+    ):
+        check_resume(argparse.Namespace(**args, max_train_steps=6), checkpoint, log=lambda _: None)
+    check_resume(argparse.Namespace(**args, max_train_steps=8), checkpoint, log=lambda _: None)
+
+
 def test_the_launch_is_part_of_the_trajectory():
     """The number of processes (global batch, data shards) and accelerate's mixed precision are recorded with
     the flags: resuming a 2-process run in 1 process is refused, naming them."""

@@ -207,14 +207,36 @@ def check_resume(
         )
     recorded = recorded_resolved(path)
     resolved_later = RESOLVED_ARGS - (LATER_RESOLVED_ARGS - recorded) if recorded else frozenset()
-    if not check_unchanged(
-        path, trajectory_args(args, accelerator), label=trajectory_label, skip=resolved_later
-    ):  # a checkpoint of an earlier version
+    current = trajectory_args(args, accelerator)
+    try:
+        unchanged = check_unchanged(path, current, label=trajectory_label, skip=resolved_later)
+    except ValueError as error:  # one refusal names every flag to restate
+        given = given_resolved_changes(path, current, resolved_later)
+        if not given:
+            raise
+        raise ValueError(
+            f"{error} Restate too what the run gave (checked by the values in effect, once the data and model are "
+            f"loaded): {'; '.join(given)}."
+        ) from None
+    if not unchanged:  # a checkpoint of an earlier version
         log(f"Note: {path} records no training arguments ({TRAINING_ARGS_NAME}): they cannot be checked.")
     if step == args.max_train_steps:
         log(
             f"Note: {path} is the run's last step: its training is done; the model is saved and evaluated now."
         )
+
+
+def given_resolved_changes(path: Path, current: dict, keys: frozenset[str]) -> list[str]:
+    """``--key value (now ... / not given now)`` for each of ``keys`` (flags compared by their values in effect, `check_resolved`)
+    that the run of checkpoint ``path`` gave and the resumed run gives otherwise or leaves out: named with a
+    refusal of the flags as given, which would otherwise come in a second round, once the data and model are
+    loaded (a default may still resolve to the run's value: alone, they are not refused here)."""
+    saved = json.loads((path / TRAINING_ARGS_NAME).read_text(encoding="utf-8"))
+    return [
+        f"--{key} {saved[key]!r} ({'not given now' if current.get(key) is None else f'now {current[key]!r}'})"
+        for key in sorted(keys)
+        if saved.get(key) is not None and saved[key] != current.get(key)
+    ]
 
 
 def save_training_checkpoint(
