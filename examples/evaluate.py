@@ -124,8 +124,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--toy_val_images",
         type=at_least_one,
-        help=f"toy world: images scored (default: {toy_val_images}, the training run's validation images; with "
-        "--validation_split train the first training images)",
+        help=f"toy world: images scored (default: {toy_val_images}, the toy recipe's validation images: give the "
+        "training run's --toy_val_images if it set one; with --validation_split train the first training images)",
     )
     p.add_argument(
         "--train_val_split",
@@ -140,7 +140,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--seed",
         type=int,
         default=0,
-        help="toy world seed, and the rows --train_val_split holds out (default: 0; the training run's)",
+        help="toy world seed, and the rows --train_val_split holds out (default: 0, the recipe's: give the training "
+        "run's --seed if it set one; the model does not record it)",
     )
     p.add_argument(
         "--preset",

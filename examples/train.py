@@ -423,7 +423,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--checkpoints_total_limit",
         type=at_least_one,
         help="keep the N newest step_N checkpoints, removing older ones as new ones are written (the one just "
-        "written always stays; a resumed run may change it); default: keep all (a checkpoint of ViT-B/16 is ~24 MB: the frozen CLIP is left out)",
+        "written always stays; a resumed run may change it); default: keep all (a VOC/COCO checkpoint is ~70 MB: the frozen CLIP is left out)",
     )
     train.add_argument(
         "--overwrite_output_dir",
