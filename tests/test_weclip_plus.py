@@ -497,6 +497,28 @@ def test_affinity_loss_uses_the_labels_before_self_training():
     torch.testing.assert_close(trained.loss, total)
 
 
+def test_ignored_label_pixels_are_left_out_of_the_cross_branch_terms():
+    """Pixels whose label is ignored (crop padding) count in neither cross-branch term: each branch against the
+    other's argmax upsampled to the label size, with those pixels set to the ignore index."""
+    config = make_tiny_plus_config()
+    generator = torch.Generator().manual_seed(4)
+    logits_clip, logits_dino = 3 * torch.randn(2, 2, 5, 4, 4, generator=generator)
+    logits = 0.5 * logits_clip + 0.5 * logits_dino
+    affinity = torch.rand(2, 16, 16, generator=generator)
+    labels = torch.randint(0, 5, (2, 32, 32), generator=generator)
+    labels[:, 20:] = 255
+    labels[1, :, 24:] = 255
+    out = weclip_plus_losses(config, logits, logits_clip, logits_dino, affinity, labels)
+    targets = [
+        F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+        .argmax(1)
+        .masked_fill(labels == 255, 255)
+        for x in (logits_dino, logits_clip)
+    ]
+    torch.testing.assert_close(out.clip_from_dino_loss, segmentation_loss(logits_clip, targets[0]))
+    torch.testing.assert_close(out.dino_from_clip_loss, segmentation_loss(logits_dino, targets[1]))
+
+
 # ---- parity with the official code (parity-plus, fp32 variant) -----------------------------------------
 
 
@@ -743,6 +765,29 @@ def test_decoder_affinity_is_that_of_both_branches(plus_model):
         features = torch.cat([clip_features, plus_model.dino_branch(pixel_values, clip.grid).features], dim=1)
     flat = features.flatten(2)
     torch.testing.assert_close(out.decoder_affinity, torch.sigmoid(flat.transpose(1, 2) @ flat))
+
+
+def test_the_affinity_loss_reaches_the_dino_head_through_the_decoder_affinity(plus_model):
+    """The affinity of the concatenated [CLIP; DINO] features carries the gradient of both halves: the affinity
+    loss trains the DINO head as the same loss written on the branches' features does."""
+    # a random DINO head: fresh heads give features so small that the affinity is 0.5 and its gradient ~1e-7
+    randomize_(plus_model.dino_branch.head, seed=1)
+    pixel_values, _ = tiny_plus_inputs()
+    labels = torch.randint(0, 5, (2, 48, 64), generator=torch.Generator().manual_seed(5))
+    weight = plus_model.dino_branch.head.fuse.weight
+    loss = plus_model(pixel_values, labels=labels).affinity_loss
+    # a detached DINO half leaves the head out of the graph: a zero gradient
+    (ours,) = torch.autograd.grad(loss, weight, allow_unused=True, materialize_grads=True)
+    clip = plus_model.forward_clip_features(pixel_values)
+    _, clip_features = plus_model.decoder([clip.hidden[-1][:, 1:]], clip.grid)
+    features = torch.cat([clip_features, plus_model.dino_branch(pixel_values, clip.grid).features], dim=1)
+    flat = features.flatten(2)
+    targets = affinity_targets(labels, clip.grid, plus_model.config.affinity_radius)
+    (expected,) = torch.autograd.grad(
+        affinity_loss(torch.sigmoid(flat.transpose(1, 2) @ flat), targets)[0], weight
+    )
+    assert expected.abs().max() > 1e-3
+    torch.testing.assert_close(ours, expected)
 
 
 def test_self_training_starts_at_its_step(plus_model):
