@@ -80,6 +80,20 @@ def test_class_sums_masked_equal_scattered_with_their_gradients():
     torch.testing.assert_close(grads[0], grads[1])
 
 
+def test_class_sums_leave_out_invalid_pixels_whatever_their_label():
+    """Both formulations sum over the ``valid`` pixels only, also where an invalid pixel holds a class id (a
+    `dice_loss` ignore index inside 0..K-1): against a direct sum over the valid pixels."""
+    g = torch.Generator().manual_seed(4)
+    probs = torch.rand(2, 4, 5, 6, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 4, (2, 5, 6), generator=g)
+    valid = torch.rand(2, 5, 6, generator=g) > 0.3
+    one_hot = (labels[:, None] == torch.arange(4).view(1, 4, 1, 1)) & valid[:, None]
+    expected = (probs * one_hot).sum((0, 2, 3)), one_hot.sum((0, 2, 3)).double()
+    for sums in (_class_sums_masked(probs, labels, valid), _class_sums_scattered(probs, labels, valid)):
+        for ours, theirs in zip(sums, expected):
+            torch.testing.assert_close(ours, theirs)
+
+
 def test_dice_gradient_matches_a_one_hot_formulation():
     """`dice_loss` (float32) against the same Dice written with a one-hot mask, value and
     gradient."""
