@@ -379,6 +379,9 @@ def test_the_shipped_toy_clip_is_recorded_by_its_place_in_the_package(tmp_path):
     assert recorded_clip("openai/clip-vit-base-patch16") == "openai/clip-vit-base-patch16"
     (tmp_path / "clip").mkdir()
     assert recorded_clip(str(tmp_path / "." / "clip")) == str(tmp_path / "clip")
+    # a folder of the same name outside a weclip_hf folder is another CLIP
+    (tmp_path / "toy_clip").mkdir()
+    assert recorded_clip(str(tmp_path / "toy_clip")) == str(tmp_path / "toy_clip")
     checkpoint = tmp_path / "step_3"
     checkpoint.mkdir()
     for recorded in ("/old/venv/lib/python3.11/site-packages/weclip_hf/toy_clip", SHIPPED_TOY_CLIP):
@@ -408,7 +411,9 @@ def test_an_earlier_checkpoint_compares_the_later_resolved_flags_as_given(tmp_pa
         )
     )
     (checkpoint / RESOLVED_ARGS_NAME).write_text(json.dumps({"rfm_start_step": 150}))
-    check_resolved(checkpoint, {"rfm_start_step": 150, "dice_loss_weight": 1.0})
+    check_resolved(
+        checkpoint, {"rfm_start_step": 150, "dice_loss_weight": 1.0, "semantic_loss_ignore_index": 255}
+    )
     args = argparse.Namespace(
         output_dir=str(tmp_path), max_train_steps=6, streaming=False, rfm_start_step=150
     )
