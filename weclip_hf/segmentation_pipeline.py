@@ -40,10 +40,9 @@ from transformers import (
 from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.pipelines.image_segmentation import ImageSegmentationPipeline
 
-from .configuration_weclip import WeCLIPConfig
-from .configuration_weclip_plus import WeCLIPPlusConfig
 from .image_processing_weclip import WeCLIPImageProcessor
 from .image_reading import image_size, open_image
+from .model_loading import WECLIP_MODEL_TYPES
 
 TASK = "image-segmentation"
 # the Auto classes whose models ImageSegmentationPipeline serves (its name tables are theirs)
@@ -55,9 +54,6 @@ TASK_AUTO_CLASSES = (
 )
 PIXEL_SIZES = "pixel_sizes"  # a collated batch of mixed sizes: [B, 2] each image's unpadded (h, w) in pixels
 LOGITS_SIZES = "logits_sizes"  # its model outputs: [B, 2] each image's (h, w) on the logit grid
-# the models whose forward ``_forward`` asks for a `ModelOutput` (``return_dict=True``); other models' forward may
-# not take the keyword
-WECLIP_MODEL_TYPES = (WeCLIPConfig.model_type, WeCLIPPlusConfig.model_type)
 
 
 def pad_and_stack(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
