@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -196,31 +197,34 @@ def remove_entry(path: Path, ignore_errors: bool = False) -> None:
         path.unlink(missing_ok=ignore_errors)
 
 
+def _log_records(log_path: Path) -> Iterator[tuple[str, dict]]:
+    """The lines of the log that parse, each with its record (a line a kill cut short is left out); none without a
+    log."""
+    if not log_path.exists():
+        return
+    for line in log_path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        yield line, record
+
+
 def truncate_log(log_path: Path, step: int) -> None:
     """Drop the log records after ``step``: a run killed between checkpoints logged steps that the resumed
     run repeats, and a line the kill cut short (the rewrite is atomic)."""
     if not log_path.exists():
         return
-    kept = []
-    for line in log_path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line + "\n")
-        except (json.JSONDecodeError, KeyError):  # a line cut short by the kill
-            continue
+    kept = [
+        line + "\n" for line, record in _log_records(log_path) if "step" in record and record["step"] <= step
+    ]
     write_atomic(log_path, lambda tmp: tmp.write_text("".join(kept), encoding="utf-8"))
 
 
 def logged_evaluation(log_path: Path, step: int) -> bool:
     """Whether the log holds an evaluation record (``eval_*`` figures) of ``step``: a run stopped or killed at an
     evaluation step saved its checkpoint before evaluating, so the resumed run has that evaluation to do."""
-    if not log_path.exists():
-        return False
-    for line in log_path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by the kill
-            continue
-        if record.get("step") == step and any(key.startswith("eval_") for key in record):
-            return True
-    return False
+    return any(
+        record.get("step") == step and any(key.startswith("eval_") for key in record)
+        for _, record in _log_records(log_path)
+    )
