@@ -99,6 +99,23 @@ def test_every_sixteen_bit_mode_is_read_on_the_sixteen_bit_scale(mode, byte_orde
     assert np.array_equal(to_rgb_uint8(image), to_rgb_uint8(gray))
 
 
+@pytest.mark.parametrize("mode, byte_order", [("I;16", "<"), ("I;16L", "<"), ("I;16B", ">"), ("I;16N", "=")])
+def test_every_sixteen_bit_label_map_mode_is_read_as_its_ids(mode, byte_order):
+    """A 16-bit mask (ids past 255, as COCO-stuff's) opens in any of Pillow's 16-bit modes (a big-endian TIFF as
+    "I;16B"): each is read as its ids, where all but "I;16" were refused as not single-channel."""
+    ids = np.random.default_rng(1).integers(0, 1200, (30, 40)).astype(np.uint16)
+    ids[0, :3] = [255, 256, 65535]
+    label = Image.frombytes(mode, (40, 30), ids.astype(f"{byte_order}u2").tobytes())
+    assert label.mode == mode
+    out = WeCLIPImageProcessor(size={"longest_edge": 40})(_image(), segmentation_maps=label).labels
+    assert out.dtype == torch.long and torch.equal(out[0], torch.from_numpy(ids.astype(np.int64)))
+
+
+def test_a_label_map_with_channels_is_refused_naming_its_mode():
+    with pytest.raises(ValueError, match=r"Label maps must be single-channel .*got mode RGB"):
+        WeCLIPImageProcessor()(_image(), segmentation_maps=Image.fromarray(_image()))
+
+
 def test_a_dark_sixteen_bit_image_is_read_on_the_sixteen_bit_scale():
     """A 16-bit image whose values all lie below 256 is a dark image (as the same uint16 array is), not an 8-bit one:
     one brighter pixel must not change how the rest is read."""

@@ -54,6 +54,7 @@ AMBIGUOUS_FLOAT_MAX = 2.0
 # Pillow's 16-bit modes of each byte order ("I;16N": the machine's own) and 32-bit "I"
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _RAW_MODES = ("RGB", "L", "F", *_SIXTEEN_BIT_MODES)  # read with np.asarray, without PIL's RGB conversion
+_LABEL_MODES = ("L", "P", *_SIXTEEN_BIT_MODES)  # the single-channel integer modes a label map is read from
 _EXIF_ORIENTATION = 0x0112
 # the longest input string an error message quotes whole (paths); longer ones (base64 images) by their start
 _QUOTED_LENGTH = 200
@@ -315,13 +316,18 @@ def image_list(images) -> tuple[list, bool]:
 
 
 def label_tensor(label: Image.Image | np.ndarray | torch.Tensor | str | Path) -> torch.Tensor:
-    """Label map (PIL, array, tensor, path) -> int64 [H, W] tensor. Palette/L PNGs keep their indices; a float map
-    is read only when every value is a whole number (else a ValueError, as for NaN or inf)."""
+    """Label map (PIL, array, tensor, path) -> int64 [H, W] tensor. Palette/L PNGs keep their indices, 16-bit and
+    32-bit maps (`_LABEL_MODES`, any byte order) their ids; a float map is read only when every value is a whole
+    number (else a ValueError, as for NaN or inf)."""
     if isinstance(label, (str, Path)):
         return label_tensor(read_image_file(label))
     if isinstance(label, Image.Image):
-        if label.mode not in ("L", "P", "I", "I;16"):
-            raise ValueError(f"Label maps must be single-channel (mode L/P/I), got mode {label.mode}.")
+        if label.mode not in _LABEL_MODES:
+            raise ValueError(
+                f"Label maps must be single-channel images of class ids (mode {'/'.join(_LABEL_MODES)}), got mode "
+                f"{label.mode}."
+            )
+        # the array's dtype carries the byte order ("I;16B": big-endian uint16), which the int64 cast reads
         label = np.asarray(label)
     label = _tensor_to_numpy(label) if isinstance(label, torch.Tensor) else np.asarray(label)
     if label.dtype.kind == "f":  # class ids stored as floats: only whole numbers, which the cast keeps
