@@ -1089,10 +1089,13 @@ def test_a_clip_or_tokenizer_that_cannot_be_loaded_is_named_before_the_checkpoin
     saved = tmp_path / "weclip-voc"
     saved.mkdir()
     (saved / "config.json").write_text('{"model_type": "weclip"}')
+    empty = tmp_path / "empty"  # passed at parsing, then read as a CLIP of CLIPConfig's defaults
+    empty.mkdir()
     refusals = {
         "/missing/clip": "No CLIP checkpoint folder at '/missing/clip'",
         str(openai_file): "is a file, not a CLIP checkpoint folder",
         str(saved): "is a saved WeCLIP model, not a CLIP checkpoint",
+        str(empty): "has no config.json: not a CLIP checkpoint folder",
     }
     argv = ["--checkpoint", "x.pth", "--output_dir", str(tmp_path / "out")]
     for clip, expected in refusals.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import pickle
+import shutil
 from unittest import mock
 
 import numpy as np
@@ -942,6 +943,28 @@ def test_a_backbone_that_is_no_folder_or_a_saved_weclip_is_named(tiny_clip, tmp_
         TypeError, match=r"reads dino_config \(from dino_name_or_path\) from the checkpoint: leave it"
     ):
         WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(tiny_clip, str(dino), dino_config={})
+
+
+def test_a_backbone_that_is_a_file_or_a_folder_without_config_json_is_named(tiny_clip, tmp_path):
+    """A file (OpenAI's ViT-B-16.pt) was refused as "No CLIP checkpoint folder at" its path, which exists; a folder
+    without config.json was built with CLIPConfig's defaults (transformers reads no config there), its weights then
+    refused as not matching the config or missing. Each now names the path and what it lacks, as transformers'
+    OSErrors for missing files do."""
+    openai_file = tmp_path / "ViT-B-16.pt"
+    openai_file.write_bytes(b"PK")
+    with pytest.raises(NotADirectoryError, match=r"ViT-B-16.pt' is a file, not a CLIP checkpoint folder"):
+        WeCLIPForSemanticSegmentation.from_clip(str(openai_file))
+    with pytest.raises(NotADirectoryError, match=r"ViT-B-16.pt' is a file, not a DINOv2 checkpoint folder"):
+        WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(tiny_clip, str(openai_file))
+    without_config = tmp_path / "clip-without-config"
+    shutil.copytree(tiny_clip, without_config, ignore=shutil.ignore_patterns("config.json"))
+    message = (
+        r"clip-without-config' has no config.json: not a {} checkpoint folder written by save_pretrained"
+    )
+    with pytest.raises(FileNotFoundError, match=message.format("CLIP")):
+        WeCLIPForSemanticSegmentation.from_clip(str(without_config))
+    with pytest.raises(FileNotFoundError, match=message.format("DINOv2")):
+        WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(tiny_clip, str(without_config))
 
 
 @pytest.mark.parametrize(

@@ -83,13 +83,25 @@ def is_path_to_no_folder(name_or_path: str | os.PathLike) -> bool:
 
 def check_backbone_source(name_or_path: str, what: str) -> None:
     """Refuse, before any download is tried, a backbone ``name_or_path`` (``what``: "CLIP" / "DINOv2") that is a
-    path to no folder, the folder of a saved WeCLIP model (which `from_pretrained` loads), a local folder of another
-    model type (the other backbone: its weights were reported missing) or without safetensors weights."""
+    file, a path to no folder, a local folder without config.json (transformers would build the config's defaults),
+    the folder of a saved WeCLIP model (which `from_pretrained` loads), a local folder of another model type (the
+    other backbone: its weights were reported missing) or without safetensors weights. Missing files raise OSErrors
+    (as transformers' own), the wrong model a ValueError."""
     path = os.path.expanduser(str(name_or_path))
+    folder = f"a {what} checkpoint folder written by save_pretrained"
+    if os.path.isfile(path):
+        raise NotADirectoryError(
+            f"{str(name_or_path)!r} is a file, not a {what} checkpoint folder: give {folder} (config.json and "
+            "model.safetensors) or a Hub id."
+        )
     if is_path_to_no_folder(name_or_path):
         raise FileNotFoundError(f"No {what} checkpoint folder at {str(name_or_path)!r}.")
-    if not os.path.isfile(os.path.join(path, "config.json")):
+    if not os.path.isdir(path):
         return  # a Hub id: checked by transformers, and after loading
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(
+            f"{str(name_or_path)!r} has no config.json: not {folder} (config.json and model.safetensors)."
+        )
     model_type = saved_config_dict(path).get("model_type")
     if model_type in WECLIP_MODEL_TYPES:
         raise ValueError(

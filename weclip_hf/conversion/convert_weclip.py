@@ -4,7 +4,6 @@ and the end-to-end conversion (safe loading, config inference, text embeddings).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -192,18 +191,20 @@ def _compare_clip(
 
 def check_clip_source(clip: str) -> None:
     """Refuse, before the checkpoint is read, a ``clip`` that is no transformers CLIP folder or Hub id: a file
-    (OpenAI's ``ViT-B-16.pt``), a path to no folder, a saved WeCLIP model, a folder of another model type or
-    without safetensors weights (`check_backbone_source`), each error saying what --clip takes."""
+    (OpenAI's ``ViT-B-16.pt``), a path to no folder, a folder without config.json, a saved WeCLIP model, a folder of
+    another model type or without safetensors weights (`check_backbone_source`), each error saying what --clip
+    takes."""
     takes = f"--clip / clip= takes a transformers CLIP folder (save_pretrained) or Hub id, e.g. {CLIP_MODEL}."
-    if os.path.isfile(os.path.expanduser(clip)):
-        raise ValueError(
-            f"The CLIP {clip!r} is a file, not a CLIP checkpoint folder: {takes} (OpenAI's ViT-B-16.pt holds "
-            f"the weights of {CLIP_MODEL}.)"
-        )
     try:
         check_backbone_source(clip, "CLIP")
     except (OSError, ValueError) as err:
-        raise type(err)(f"{err} {takes}") from err
+        # a file: most likely OpenAI's own checkpoint
+        openai = (
+            f" (OpenAI's ViT-B-16.pt holds the weights of {CLIP_MODEL}.)"
+            if isinstance(err, NotADirectoryError)
+            else ""
+        )
+        raise type(err)(f"{err} {takes}{openai}") from err
 
 
 def load_clip_tokenizer(tokenizer: str | Path | None, clip: str | None) -> PreTrainedTokenizerBase:
