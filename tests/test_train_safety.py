@@ -34,6 +34,16 @@ def train():
     return train_module()
 
 
+@pytest.fixture
+def python_sigint_handler():
+    """Ctrl-C raising KeyboardInterrupt (Python's own handler) for the test, however pytest was started: Python
+    leaves SIGINT ignored when it starts so (``nohup python -m pytest ... &`` from a script), and train.py gives
+    back the handler it found; the one before is restored after."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_a_second_run_on_a_locked_output_dir_is_refused_at_start(tmp_path, tiny_clip, train):
     out = tmp_path / "run"
     held = lock_output_dir(out)  # another run holds the folder
@@ -121,9 +131,11 @@ def test_the_model_is_saved_before_a_failing_final_evaluation(tmp_path, tiny_cli
     assert WeCLIPForSemanticSegmentation.from_pretrained(out).training_step.item() == 1
 
 
-def test_ctrl_c_during_the_final_evaluation_interrupts_it(tmp_path, tiny_clip, train, monkeypatch, capsys):
+def test_ctrl_c_during_the_final_evaluation_interrupts_it(
+    tmp_path, tiny_clip, train, monkeypatch, capsys, python_sigint_handler
+):
     """... saying what is saved, what is not and how to finish (it exited without a word, leaving a folder that
-    neither a resume nor a plain rerun would take)."""
+    neither a resume nor a plain rerun would take); the handler it found (Python's) is back afterwards."""
     evaluated = []
 
     def interrupted(*args, **kwargs):
