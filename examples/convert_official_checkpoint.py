@@ -26,7 +26,8 @@ step_N checkpoints) is refused before converting, as the converted model would b
 describe. The model is written into a fresh hidden folder inside it (``.converting-XXXXXXXX``, private to the run)
 and moved into place when complete, config.json last, so that a conversion killed on the way leaves no half-written
 model that `from_pretrained` would load (the next run removes the hidden folder; a link by that name is refused).
---overwrite_output_dir removes what the folder holds once the new model is complete.
+--overwrite_output_dir removes what the folder holds once the new model is complete, except its version control
+(.git, .gitattributes, ...: a `git clone` of a Hub repository stays one, the old model's files shown as replaced).
 
 Checkpoints are read safely (`torch.load(weights_only=True)`; a pickle that needs code is refused). An
 OpenAI TorchScript `ViT-B-16.pt` is read without running its code; see `weclip_hf.safe_loading`.
@@ -72,6 +73,9 @@ DEFAULT_TOKENIZER = CLIP_MODEL
 # the name of the hidden folders in --output_dir the converted model is written to until it is complete: each run
 # makes its own, STAGING-XXXXXXXX (`write_whole_folder`)
 STAGING = ".converting"
+# the entries of a version-controlled --output_dir (a `git clone` of a Hub repository) that are its repository, not
+# a model's files: --overwrite_output_dir keeps them, and a folder holding nothing else counts as empty
+VERSION_CONTROL = (".git", ".gitattributes", ".gitignore", ".gitmodules", ".hg", ".hgignore", ".svn")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -107,7 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--overwrite_output_dir",
         action="store_true",
         help="convert into an --output_dir that holds files (e.g. a trained model): they are removed once the "
-        "conversion has succeeded (a failed one leaves the folder as it was)",
+        "conversion has succeeded (a failed one leaves the folder as it was); its version control (.git, "
+        ".gitattributes, ...) is kept",
     )
     parser.add_argument(
         "--no_check_clip",
@@ -144,7 +149,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_output_dir_contents(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse an --output_dir that holds files (the converted model would be written beside them) unless
     --overwrite_output_dir; with it, refuse one that holds the inputs or the working directory, which removing its
-    contents would delete. A killed conversion's hidden staging folder does not count."""
+    contents would delete. A killed conversion's hidden staging folder and the folder's version control
+    (`VERSION_CONTROL`, which --overwrite_output_dir keeps) do not count."""
     output_dir = Path(args.output_dir)
     if not output_dir.is_dir():
         return
@@ -156,13 +162,15 @@ def check_output_dir_contents(parser: argparse.ArgumentParser, args: argparse.Na
             f"--output_dir {args.output_dir!r} holds {planted[0].name!r}, which is not the hidden folder a killed "
             "conversion leaves but a link or a file: remove it, or choose another --output_dir."
         )
-    if not [p for p in output_dir.iterdir() if not is_staging(p)]:
+    if not [p for p in output_dir.iterdir() if not is_staging(p) and not is_version_control(p)]:
         return
     if not args.overwrite_output_dir:
+        kept = folder_contents(output_dir, only=is_version_control)
         parser.error(
             f"--output_dir {args.output_dir!r} is not empty ({folder_contents(output_dir)}): the converted model "
             "would be written beside files it does not describe. Choose a new or empty folder, or give "
-            "--overwrite_output_dir to remove what it holds once the conversion has succeeded."
+            "--overwrite_output_dir to remove what it holds once the conversion has succeeded"
+            + (f" (its version control ({kept}) is kept)." if kept else ".")
         )
     inputs = {"--checkpoint": args.checkpoint, "--clip": args.clip, "--tokenizer": args.tokenizer}
     inputs["the working directory"] = os.getcwd()
@@ -181,6 +189,11 @@ def is_staging(path: Path) -> bool:
     return path.name == STAGING or path.name.startswith(f"{STAGING}-")
 
 
+def is_version_control(path: Path) -> bool:
+    """Whether ``path`` is an entry of the folder's version control (`VERSION_CONTROL`), which is kept."""
+    return path.name in VERSION_CONTROL
+
+
 def remove_leftover_staging(output_dir: Path) -> None:
     """Remove the hidden folders killed conversions left in ``output_dir`` (`is_staging`): a link or a file by its
     name is unlinked, never followed (a planted ``.converting`` link to another folder would have had the model
@@ -194,8 +207,8 @@ def write_whole_folder(output_dir: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(folder)`` on a fresh hidden folder inside ``output_dir`` (``STAGING-XXXXXXXX``, made by
     `tempfile.mkdtemp`: private to this run, so no one can have planted it; on the disk of ``output_dir``, and the
     folder itself stays, be it a mount point or the working directory), then, once it is complete, remove what
-    ``output_dir`` held (--overwrite_output_dir; checked by `check_output_dir_contents`) and move the names this run
-    wrote in, config.json last: a conversion killed on the way leaves the old model whole, or a folder without
+    ``output_dir`` held but its version control (--overwrite_output_dir; checked by `check_output_dir_contents`;
+    `is_version_control`) and move the names this run wrote in, config.json last: a conversion killed on the way leaves the old model whole, or a folder without
     config.json that `from_pretrained` refuses, never a half-written model that it loads. Killed runs' hidden
     folders are removed first (`remove_leftover_staging`: a link is unlinked, never followed)."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -204,7 +217,7 @@ def write_whole_folder(output_dir: Path, write: Callable[[Path], None]) -> None:
     write(staging)
     written = sorted((p.name for p in staging.iterdir()), key=lambda name: name == "config.json")
     for old in output_dir.iterdir():
-        if old.name != staging.name:
+        if old.name != staging.name and not is_version_control(old):
             remove_entry(old)
     for name in written:
         os.replace(staging / name, output_dir / name)

@@ -904,6 +904,38 @@ def test_script_overwrite_output_dir_replaces_a_trained_model(tmp_path, real_voc
     assert cwd.stat().st_ino == inode and moved == ["a", "config.json"] and sorted(os.listdir(cwd)) == moved
 
 
+def test_script_overwrite_output_dir_keeps_a_clones_version_control(tmp_path, real_vocab_checkpoint, capsys):
+    """--overwrite_output_dir into a `git clone` of a Hub repository removed its .git (history, unpushed commits)
+    and .gitattributes (which sends *.safetensors to LFS): the folder was no repository any more. Version control
+    entries are now kept, said so in the refusal, and a clone that holds nothing else counts as empty."""
+    checkpoint, _ = real_vocab_checkpoint
+    script = _script()
+    out = trained_run_folder(tmp_path / "hub-clone")
+    vcs = {
+        ".git/HEAD": "ref: refs/heads/main\n",
+        ".gitattributes": "*.safetensors filter=lfs diff=lfs merge=lfs -text\n",
+        ".gitignore": "*.tmp\n",
+    }
+    for name, text in vcs.items():
+        (out / name).parent.mkdir(exist_ok=True)
+        (out / name).write_text(text)
+    argv = ["--checkpoint", str(checkpoint), "--tokenizer", str(TOKENIZER), "--preset", "voc"]
+    with pytest.raises(SystemExit):
+        script.main([*argv, "--output_dir", str(out)])
+    assert "its version control (.git/, .gitattributes, .gitignore) is kept" in capsys.readouterr().err
+    script.main([*argv, "--output_dir", str(out), "--overwrite_output_dir"])
+    assert {name: (out / name).read_text() for name in vcs} == vcs
+    names = {p.name for p in out.iterdir()}
+    assert names >= {"config.json", "model.safetensors", "README.md", *(name.split("/")[0] for name in vcs)}
+    assert not names & {"metrics.json", "train_log.jsonl", "overlays", "step_250", "step_500"}
+    assert isinstance(WeCLIPForSemanticSegmentation.from_pretrained(out), WeCLIPForSemanticSegmentation)
+    # a fresh clone (its version control alone) takes a conversion without --overwrite_output_dir
+    fresh = tmp_path / "fresh-clone"
+    (fresh / ".git").mkdir(parents=True)
+    (fresh / ".gitattributes").write_text(vcs[".gitattributes"])
+    assert script.parse_args([*argv, "--output_dir", str(fresh)]).output_dir == str(fresh)
+
+
 def test_script_never_follows_a_planted_converting_link(tmp_path, real_vocab_checkpoint, capsys):
     """A `.converting` link planted in --output_dir (to another folder, say a victim's) was followed: the model was
     written into the victim's folder (its config.json and README.md overwritten), then every file there moved into

@@ -498,11 +498,12 @@ def some_of(entries: list[str], most: int = 5, separator: str = ", ") -> str:
     return separator.join(entries[:most]) + more
 
 
-def folder_contents(folder: Path, most: int = 10) -> str:
-    """The names in ``folder``, folders with a trailing ``/``: the first ``most`` and how many more, sorted with
-    code (``.py``) and hidden files last (a saved model's copies of its code say little)."""
+def folder_contents(folder: Path, most: int = 10, only: Callable[[Path], bool] | None = None) -> str:
+    """The names in ``folder`` (those ``only`` takes, when given), folders with a trailing ``/``: the first ``most``
+    and how many more, sorted with code (``.py``) and hidden files last (a saved model's copies of its code say
+    little)."""
     names = sorted(
-        (p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()),
+        (p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if only is None or only(p)),
         key=lambda name: (name.endswith(".py") or name.startswith("."), name),
     )
     return some_of(names, most)
