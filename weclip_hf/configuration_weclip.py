@@ -493,13 +493,25 @@ class WeCLIPConfig(PreTrainedConfig):
         return cls._constructor_arguments() | set(cls().to_dict()) | {"num_labels"}
 
     @classmethod
+    def constructor_defaults(cls) -> dict:
+        """The keyword arguments of this config's constructors (its own and its WeCLIP bases') with their defaults,
+        its own over its bases' (WeCLIP+'s ``rfm_start_step`` 0 over WeCLIP's 15000). A default None stands for a
+        value the constructor derives (from the CLIP's depth, VOC's names)."""
+        defaults = {}
+        # the bases first, so that a subclass's default replaces its base's
+        for klass in reversed(cls.__mro__[: cls.__mro__.index(WeCLIPConfig) + 1]):
+            parameters = inspect.signature(klass.__init__).parameters.values()
+            defaults.update(
+                {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+            )
+        return defaults
+
+    @classmethod
     def _constructor_arguments(cls) -> set[str]:
         """The keyword arguments of this config's constructors (its own and its WeCLIP bases'), without the
-        sub-configs (transformers merges a partial sub-config dict into the loaded one) and ``kwargs``."""
-        names = {"id2label", "label2id"}
-        for klass in cls.__mro__[: cls.__mro__.index(WeCLIPConfig) + 1]:
-            names |= set(inspect.signature(klass.__init__).parameters)
-        return names - {"self", "kwargs", *cls.sub_configs}
+        sub-configs (transformers merges a partial sub-config dict into the loaded one); ``self`` and ``kwargs``
+        have no default."""
+        return {"id2label", "label2id", *cls.constructor_defaults()} - set(cls.sub_configs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):

@@ -353,7 +353,7 @@ def config_values(field: str, default: str | None = None) -> str:
     """The value of a config field in each preset that sets it, then the config's ``default`` (WeCLIPConfig's
     keyword default unless given), for --help: "toy 128, else 256"."""
     if default is None:
-        default = _shown(inspect.signature(WeCLIPConfig).parameters[field].default)
+        default = _shown(WeCLIPConfig.constructor_defaults()[field])
     given = {name: preset.config[field] for name, preset in PRESETS.items() if field in preset.config}
     return f"{values_by_preset(given)}, else {default}"
 

@@ -470,6 +470,8 @@ def process_subset(dataset: Dataset, process_index: int, num_processes: int) -> 
 
 # the flags (and DataSource fields) that name a dataset; a script given none of them uses the toy world
 DATA_SOURCE_FLAGS = ("dataset_name", "data_dir", "dataset_path")
+# the config fields a dataset's names set for a fresh model (`load_dataset_splits`), over its preset's
+DATASET_NAME_FIELDS = ("class_names", "label_names", "background_names", "prompt_template")
 
 
 def names_no_dataset(args) -> bool:
@@ -853,8 +855,7 @@ def check_not_empty(split, source: str | None) -> None:
 def _names(preset: Preset) -> dict:
     """The names a dataset implies: its preset's class names, display names, background words, prompt."""
     kwargs = preset.config_kwargs()
-    keys = ("class_names", "label_names", "background_names", "prompt_template")
-    return {k: kwargs[k] for k in keys if k in kwargs}
+    return {k: kwargs[k] for k in DATASET_NAME_FIELDS if k in kwargs}
 
 
 def with_split_name(dataset, name: str, replace: bool = False):
