@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForSemanticSegmentation
 
-from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
+from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor, WeCLIPPlusConfig
 from weclip_hf.checkpointing import (
     FrozenWeights,
     StreamPosition,
@@ -43,6 +43,7 @@ from weclip_hf.checkpointing import (
 )
 from weclip_hf.data.columns import is_streaming
 from weclip_hf.data.loading import (
+    DATASET_NAME_FIELDS,
     DataSource,
     EpochShuffleSampler,
     LabelReading,
@@ -136,6 +137,7 @@ from weclip_hf.trajectory import (
     check_resolved,
     check_resume,
     public_args,
+    recorded_clip,
     resolved_trajectory,
     save_training_checkpoint,
 )
@@ -683,8 +685,7 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
             )
         overrides = {k: getattr(args, k) for k in args.given_model_flags if k not in WEIGHT_FLAGS}
         return AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path, **overrides)
-    preset = args.preset or ("toy" if args.recipe == "toy" else None)
-    overrides = preset_config_kwargs(preset)
+    overrides = preset_config_kwargs(config_preset(args))
     overrides.update({k: v for k, v in names.items() if v is not None})
     for key in CONFIG_FLAGS:
         if getattr(args, key, None) is not None:
@@ -693,6 +694,34 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
     return model_from_backbones(
         clip_source(args), args.dino_model_name_or_path, plus, **with_class_names(overrides, args.class_names)
     )
+
+
+def config_preset(args: argparse.Namespace) -> str | None:
+    """The preset whose config values a fresh model takes: --preset, else the toy one for the toy recipe."""
+    return args.preset or ("toy" if args.recipe == "toy" else None)
+
+
+def resolved_before_loading(args: argparse.Namespace) -> dict:
+    """The values in effect of `RESOLVED_ARGS` that the arguments fix (as `resolved_trajectory` states them), which
+    `check_resume` compares before the data and model load: a model flag as given, else the saved config's value
+    (--model_name_or_path), else the preset's, else the config's default; the CLIP of a fresh model; a stream's
+    --max_train_samples. Left to the values once loaded: the names and prompt a dataset may set
+    (`DATASET_NAME_FIELDS`), the fields the config derives (from the CLIP's depth) and the training set's size."""
+    if args.model_name_or_path:
+        defaults = saved_config(args)
+    else:
+        config_class = WeCLIPPlusConfig if model_type_of_args(args) == "weclip_plus" else WeCLIPConfig
+        defaults = {**config_class.constructor_defaults(), **preset_config_kwargs(config_preset(args))}
+        defaults = {key: value for key, value in defaults.items() if key not in DATASET_NAME_FIELDS}
+    values = {
+        key: defaults.get(key) if getattr(args, key) is None else getattr(args, key) for key in CONFIG_FLAGS
+    }
+    # a None default is derived by the config, or a field this model type lacks
+    known = {key: value for key, value in values.items() if value is not None}
+    known["clip_model_name_or_path"] = None if args.model_name_or_path else recorded_clip(clip_source(args))
+    if args.streaming:
+        known["max_train_samples"] = args.max_train_samples
+    return json.loads(json.dumps(known))
 
 
 def unread_flags(args: argparse.Namespace, cfg: WeCLIPConfig) -> list[str]:
@@ -1084,7 +1113,9 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     resume_path = None
     if args.resume_from_checkpoint:  # checked before the data and model are loaded
         resume_path = find_checkpoint(output_dir, args.resume_from_checkpoint, log=accelerator.print)
-        check_resume(args, resume_path, accelerator, log=accelerator.print)
+        check_resume(
+            args, resume_path, accelerator, log=accelerator.print, known=resolved_before_loading(args)
+        )
     if args.push_to_hub and accelerator.is_main_process:  # fail now, not after the training
         # the repository's full id (user/name, also for a name given without a user), which the card loads
         args.hub_model_id = create_hub_repo(args.hub_model_id, token=args.hub_token)

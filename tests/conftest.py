@@ -277,6 +277,19 @@ def resumable_args(clip: str) -> list:
     return ["--clip_model_name_or_path", clip, *steps, *FAST, "--toy_train_images", 16]
 
 
+def resolved_known_and_built(*args) -> tuple[dict, dict]:
+    """train.py's values in effect of the command line ``args`` as a resume compares them: those the arguments fix,
+    before the data and model load (`resolved_before_loading`), and all, once its model is built
+    (`resolved_trajectory`, without a dataset's names; 8 training images)."""
+    from weclip_hf.trajectory import resolved_trajectory
+
+    train = train_module()
+    parsed = train.parse_args([str(arg) for arg in args])
+    model = train.build_model(parsed, {})
+    clip = None if parsed.model_name_or_path else train.clip_source(parsed)
+    return train.resolved_before_loading(parsed), resolved_trajectory(parsed, model, clip, 8)
+
+
 @pytest.fixture(scope="session")
 def reference_run(tiny_clip, tmp_path_factory) -> Path:
     """The output folder of one uninterrupted `resumable_args` run (a subprocess on one thread), which the

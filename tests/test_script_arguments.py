@@ -9,7 +9,15 @@ import signal
 import sys
 
 import pytest
-from conftest import FAST, TRAIN, example_module, make_tiny_config, train_in_process, train_module
+from conftest import (
+    FAST,
+    TRAIN,
+    example_module,
+    make_tiny_config,
+    resolved_known_and_built,
+    train_in_process,
+    train_module,
+)
 
 from weclip_hf.checkpointing import TRAINING_ARGS_NAME, differences
 from weclip_hf.presets import get_preset
@@ -450,6 +458,33 @@ def test_one_refusal_names_the_resolved_flags_the_run_gave_too(tmp_path):
     ):
         check_resume(argparse.Namespace(**args, max_train_steps=6), checkpoint, log=lambda _: None)
     check_resume(argparse.Namespace(**args, max_train_steps=8), checkpoint, log=lambda _: None)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        [],
+        ["--rfm_start_step", 7, "--decoder_dropout", 0.2, "--par_dilations", 1, 2],
+        ["--preset", "voc", "--dataset_name", "user/voc", "--rfm_num_maps", 3, "--attention_num_maps", 3],
+        ["--dataset_name", "user/data", "--class_names", "a", "b", "--semantic_loss_ignore_index", 254],
+    ],
+)
+def test_the_values_in_effect_the_arguments_fix_are_those_of_the_model_built(tiny_clip, flags):
+    """A resume compares the values in effect that its arguments fix before the data and model load (a flag left
+    out, so refused at once): each must be the built model's, or a resume that would go on exactly is refused. The
+    toy recipe, flags given, a preset, no preset; the names a dataset may set are left to the built model."""
+    known, built = resolved_known_and_built("--clip_model_name_or_path", tiny_clip, *flags)
+    assert {"rfm_start_step", "decoder_hidden_size", "clip_model_name_or_path"} <= known.keys()
+    assert known == {key: built[key] for key in known}
+    assert "prompt_template" not in known and ("class_names" in known) == ("--class_names" in flags)
+
+
+def test_the_values_in_effect_the_arguments_fix_for_a_saved_model_are_its_configs(toy_weclip_dir):
+    """--model_name_or_path: a flag left out takes the saved config's value, known before the model loads."""
+    known, built = resolved_known_and_built("--model_name_or_path", toy_weclip_dir, "--decoder_dropout", 0.3)
+    assert {"rfm_start_step", "class_names", "prompt_template", "decoder_dropout"} <= known.keys()
+    assert known == {key: built[key] for key in known}
+    assert known["decoder_dropout"] == 0.3 and known["clip_model_name_or_path"] is None
 
 
 def test_the_launch_is_part_of_the_trajectory():

@@ -550,6 +550,35 @@ def test_resume_compares_values_in_effect_so_restating_a_default_is_no_change(
     assert sorted(p.name for p in (tmp_path / "o").glob("step_*")) == ["step_2", "step_3"]
 
 
+def test_a_resolved_flag_left_out_is_refused_before_the_data_and_model_load(tmp_path, tiny_clip, monkeypatch):
+    """A resume whose only change is a model flag the run gave and now leaves out (--rfm_start_step 2, which then
+    resolves to the toy recipe's 150) was refused only once the data and model were loaded (the arguments listed it
+    only with another refusal): the arguments and the checkpoint's record fix that value, so it is refused first,
+    naming what to restate; so is such a flag given otherwise. Restated, the run resumes."""
+    run = ["--clip_model_name_or_path", tiny_clip, "--output_dir", tmp_path / "o", *FAST]
+    run += ["--toy_train_images", 8, "--max_train_steps", 2]
+    run += ["--checkpointing_steps", 1, "--validation_split", "none"]
+    train_stopped_at(1, *run, "--rfm_start_step", 2, monkeypatch=monkeypatch)
+    resume = [*run, "--resume_from_checkpoint", "latest"]
+    train = train_module()
+    loaded = []
+    load = train.load_data_and_model
+    monkeypatch.setattr(train, "load_data_and_model", lambda *a: loaded.append(a) or load(*a))
+    with pytest.raises(
+        ValueError,
+        match=r"values in effect differ .*: --rfm_start_step 2 -> 150\. Restate what the run gave: "
+        r"--rfm_start_step 2 \(not given now\), or start a new run",
+    ):
+        train_in_process(*resume)
+    with pytest.raises(
+        ValueError, match=r"--rfm_start_step 2 -> 3\. Restate .*: --rfm_start_step 2 \(now 3\),"
+    ):
+        train_in_process(*resume, "--rfm_start_step", 3)
+    assert loaded == []
+    assert train_in_process(*resume, "--rfm_start_step", 2)["train_steps"] == 2
+    assert len(loaded) == 1
+
+
 def test_resume_on_data_of_another_size_is_refused(tmp_path, tiny_clip, monkeypatch):
     """The same flags on a dataset that changed (12 training images, then 8): the resumed batches would not be the
     run's; refused, naming both sizes (it resumed without a word)."""

@@ -19,6 +19,7 @@ from conftest import (
     evaluate_module,
     example_module,
     read_log,
+    resolved_known_and_built,
     train_in_process,
     train_module,
     train_stopped_at,
@@ -117,6 +118,21 @@ def test_resume_repeats_the_uninterrupted_run_exactly(
     assert read_log(out) == read_log(reference)
     a, b = load_file(reference / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# voc-plus with maps the tiny CLIP's 3 blocks hold
+VOC_PLUS = ["--preset", "voc-plus", "--dataset_name", "u/voc", "--rfm_num_maps", 3, "--attention_num_maps", 3]
+
+
+@pytest.mark.parametrize("flags", [[], VOC_PLUS])
+def test_the_values_in_effect_the_arguments_fix_are_the_weclip_plus_models(tiny_clip, tiny_dino, flags):
+    """WeCLIP+'s fields left out, known before the data and model load (a resume compares them there), are the built
+    model's: WeCLIP+'s defaults (RFM+ from step 0) or the WeCLIP+ preset's, not WeCLIP's."""
+    backbones = ["--clip_model_name_or_path", tiny_clip, "--dino_model_name_or_path", tiny_dino]
+    known, built = resolved_known_and_built(*backbones, *flags)
+    plus = {"rfm_start_step", "dice_loss_weight", "branch_logit_weights", "self_training_start_step"}
+    assert plus <= known.keys()
+    assert known == {key: built[key] for key in known}
 
 
 def load_evaluate_script():

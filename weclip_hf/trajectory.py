@@ -1,5 +1,6 @@
 """Which arguments of examples/train.py define a training run's trajectory, what a checkpoint records of them, and
-the checks a resumed run passes (`check_resume` before the data and model load, `check_resolved` after).
+the checks a resumed run passes (`check_resume` before the data and model load, with the values in effect the
+arguments fix already; `check_resolved` after, with all of them).
 
 A resumed run must produce the weights the uninterrupted run would have: every argument that changes them (data,
 model, optimization, schedule, seed, how accelerate launched the run) is recorded in the checkpoint
@@ -97,8 +98,9 @@ PATH_ARGS = (
 LAUNCH_FACTS = ("num_processes", "mixed_precision")
 # flags whose value in effect is known once the data and model are loaded (None: the preset's, the dataset's, the
 # saved model's or the package's; max_train_samples: the training set's size): a checkpoint records those values
-# (`resolved_trajectory`, resolved_args.json), which a resumed run compares once loaded (`check_resolved`), so that
-# restating a default changes nothing and a dataset changed under the same flags is found
+# (`resolved_trajectory`, resolved_args.json), which a resumed run compares (`check_resolved`: those the arguments
+# fix before the data and model load, the others once loaded), so that restating a default changes nothing and a
+# dataset changed under the same flags is found
 RESOLVED_ARGS = frozenset({*CONFIG_FLAGS, "clip_model_name_or_path", "max_train_samples"})
 # of them, those a checkpoint of an earlier version did not record (compared as given there)
 LATER_RESOLVED_ARGS = frozenset({*PLUS_MODEL_FLAGS, *LOSS_FLAGS})
@@ -164,19 +166,28 @@ def recorded_resolved(path: Path) -> frozenset[str]:
     return frozenset(json.loads(file.read_text(encoding="utf-8"))) if file.is_file() else frozenset()
 
 
-def check_resolved(path: Path, resolved: dict) -> None:
+def check_resolved(
+    path: Path,
+    resolved: dict,
+    *,
+    known_only: bool = False,
+    fix: str = "Resume on the run's data and settings (values once the defaults are resolved and the data loaded)",
+) -> None:
     """Refuse to resume from checkpoint ``path`` when a value in effect differs from its run's (`resolved_trajectory`):
     a changed model setting or CLIP, or a training set of another size (its data changed under the same flags). A
     checkpoint of an earlier version records none, or not those of `LATER_RESOLVED_ARGS`: they were compared as
-    given (`check_resume`)."""
+    given (`check_resume`). ``known_only``: ``resolved`` holds the values known before the data and model load, and
+    the keys it leaves out are compared later; ``fix``: the remedy the refusal names."""
+    recorded = recorded_resolved(path)
+    unknown = recorded - resolved.keys() if known_only else frozenset()
     check_unchanged(
         path,
         resolved,
         RESOLVED_ARGS_NAME,
-        skip=frozenset(LATER_RESOLVED_ARGS - recorded_resolved(path)),
+        skip=frozenset(LATER_RESOLVED_ARGS - recorded) | unknown,
         label=lambda key: "training set size" if key == "train_examples" else f"--{key}",
         what="these values in effect",
-        fix="Resume on the run's data and settings (values once the defaults are resolved and the data loaded)",
+        fix=fix,
         saved_as=lambda saved: {
             **saved,
             "clip_model_name_or_path": recorded_clip(saved.get("clip_model_name_or_path")),
@@ -185,12 +196,17 @@ def check_resolved(path: Path, resolved: dict) -> None:
 
 
 def check_resume(
-    args: argparse.Namespace, path: Path, accelerator: Accelerator | None = None, log=print
+    args: argparse.Namespace,
+    path: Path,
+    accelerator: Accelerator | None = None,
+    log=print,
+    known: dict | None = None,
 ) -> None:
     """Refuse to resume from checkpoint ``path`` a run whose trajectory arguments differ from the checkpoint's
-    (listing each), one past its --max_train_steps, or a complete one (its --output_dir holds `COMPLETED_RUN_FILES`).
-    The run's last checkpoint resumes to what follows the training: saving the model, the final evaluation, the
-    card (a run cut off there, or by a full disk, is finished so)."""
+    (listing each), one whose values in effect ``known`` already (those the arguments fix, as `resolved_trajectory`
+    states them) differ from its run's, one past its --max_train_steps, or a complete one (its --output_dir holds
+    `COMPLETED_RUN_FILES`). The run's last checkpoint resumes to what follows the training: saving the model, the
+    final evaluation, the card (a run cut off there, or by a full disk, is finished so)."""
     step = read_training_state(path).step
     output_dir = Path(args.output_dir)
     if step > args.max_train_steps:
@@ -220,6 +236,13 @@ def check_resume(
         ) from None
     if not unchanged:  # a checkpoint of an earlier version
         log(f"Note: {path} records no training arguments ({TRAINING_ARGS_NAME}): they cannot be checked.")
+    elif known:
+        # a flag the run gave and this one leaves out (or gives otherwise): refused before anything loads
+        given = given_resolved_changes(path, current, frozenset(known))
+        restate = (
+            f"Restate what the run gave: {'; '.join(given)}" if given else "Resume with the run's settings"
+        )
+        check_resolved(path, known, known_only=True, fix=restate)
     if step == args.max_train_steps:
         log(
             f"Note: {path} is the run's last step: its training is done; the model is saved and evaluated now."
@@ -229,8 +252,8 @@ def check_resume(
 def given_resolved_changes(path: Path, current: dict, keys: frozenset[str]) -> list[str]:
     """``--key value (now ... / not given now)`` for each of ``keys`` (flags compared by their values in effect, `check_resolved`)
     that the run of checkpoint ``path`` gave and the resumed run gives otherwise or leaves out: named with a
-    refusal of the flags as given, which would otherwise come in a second round, once the data and model are
-    loaded (a default may still resolve to the run's value: alone, they are not refused here)."""
+    refusal of the flags as given, or of the values in effect the arguments fix, as what to restate (a default
+    may still resolve to the run's value: alone, a flag left out is not refused)."""
     saved = json.loads((path / TRAINING_ARGS_NAME).read_text(encoding="utf-8"))
     return [
         f"--{key} {saved[key]!r} ({'not given now' if current.get(key) is None else f'now {current[key]!r}'})"
