@@ -384,7 +384,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=at_least_one,
         help="CPU training: torch threads per process. Default: the cores available to this process "
         "divided by the local processes (`accelerate launch` alone would pin a CPU run to 1 thread). A resume may "
-        "change it, its weights then equal to the uninterrupted run's up to float rounding",
+        "change it, its weights then equal to the uninterrupted run's up to float rounding (checkpoints record it: "
+        "such a resume is warned)",
     )
     train.add_argument(
         "--ddp_timeout",
@@ -1103,8 +1104,11 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     """Phases 1-5 of the module docstring, in an ``--output_dir`` this process holds the lock on."""
     set_seed(args.seed)
     retained = False
+    # the torch threads of a CPU run, which order its float sums (checkpoints record them)
+    threads = None
     if accelerator.device.type == "cpu":
-        torch.set_num_threads(args.num_threads or cores_per_local_process(accelerator.num_processes))
+        threads = args.num_threads or cores_per_local_process(accelerator.num_processes)
+        torch.set_num_threads(threads)
         retained = not args.release_host_memory and retain_freed_host_memory()
     output_dir = Path(args.output_dir)
     previous_run = claim_output_dir(
@@ -1113,9 +1117,8 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     resume_path = None
     if args.resume_from_checkpoint:  # checked before the data and model are loaded
         resume_path = find_checkpoint(output_dir, args.resume_from_checkpoint, log=accelerator.print)
-        check_resume(
-            args, resume_path, accelerator, log=accelerator.print, known=resolved_before_loading(args)
-        )
+        known = resolved_before_loading(args)
+        check_resume(args, resume_path, accelerator, log=accelerator.print, known=known, threads=threads)
     if args.push_to_hub and accelerator.is_main_process:  # fail now, not after the training
         # the repository's full id (user/name, also for a name given without a user), which the card loads
         args.hub_model_id = create_hub_repo(args.hub_model_id, token=args.hub_token)
@@ -1182,7 +1185,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     def checkpoint() -> Path:
         """``step_N`` of the run as it stands (step, schedule, stream position, seconds so far), written once."""
         if step not in written:
-            state = TrainingState(step, scheduler.state_dict(), position, time.time() - started)
+            state = TrainingState(step, scheduler.state_dict(), position, time.time() - started, threads)
             written.clear()
             written[step] = save_training_checkpoint(accelerator, output_dir, state, args, frozen)
             if args.checkpoints_total_limit and accelerator.is_main_process:

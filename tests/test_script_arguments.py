@@ -460,6 +460,38 @@ def test_one_refusal_names_the_resolved_flags_the_run_gave_too(tmp_path):
     check_resume(argparse.Namespace(**args, max_train_steps=8), checkpoint, log=lambda _: None)
 
 
+def test_a_resume_with_other_threads_is_warned_not_refused(tmp_path):
+    """A CPU run resumed with another thread count (--num_threads, whose default follows the cores available) ends
+    within float rounding of the uninterrupted run, not bit for bit: checkpoints record the count, and such a resume
+    is warned, naming both. The same count, a run on an accelerator (None) or a checkpoint of an earlier version
+    (no record) resume without a word."""
+    import argparse
+    import json
+
+    from weclip_hf.trajectory import check_resume
+
+    checkpoint = tmp_path / "step_2"
+    checkpoint.mkdir()
+    state = {"step": 2, "scheduler": {}, "position": {"epoch": 0, "batch": 0}}
+    (checkpoint / "training_args.json").write_text(json.dumps({"max_train_steps": 8, "streaming": False}))
+    args = argparse.Namespace(output_dir=str(tmp_path), streaming=False, max_train_steps=8)
+
+    def printed(recorded: dict, threads: int | None) -> list[str]:
+        (checkpoint / "training_state.json").write_text(json.dumps({**state, **recorded}))
+        lines = []
+        check_resume(args, checkpoint, log=lines.append, threads=threads)
+        return lines
+
+    assert printed({"threads": 4}, 2) == [
+        f"Warning: {checkpoint} was trained with 4 torch threads per process, and this run computes with 2 "
+        "(--num_threads; its default follows the cores available): float sums then run in another order, so the "
+        "weights and metrics.json equal the uninterrupted run's only up to float32 rounding (~1e-5), not bit for "
+        "bit. For an exact resume, resume with --num_threads 4."
+    ]
+    assert printed({"threads": 4}, 4) == printed({"threads": None}, 2) == printed({"threads": 4}, None) == []
+    assert printed({}, 2) == []
+
+
 @pytest.mark.parametrize(
     "flags",
     [

@@ -579,6 +579,25 @@ def test_a_resolved_flag_left_out_is_refused_before_the_data_and_model_load(tmp_
     assert len(loaded) == 1
 
 
+def test_checkpoints_record_the_threads_and_a_resume_with_others_is_warned(
+    tmp_path, tiny_clip, capsys, monkeypatch
+):
+    """A CPU run's checkpoints record its torch threads; resumed with others (1, then 2), it goes on, warned that its
+    weights then equal the uninterrupted run's up to float rounding only (it said nothing, and could not)."""
+    out = tmp_path / "o"
+    run = ["--clip_model_name_or_path", tiny_clip, "--output_dir", out, *FAST, "--toy_train_images", 8]
+    run += ["--max_train_steps", 2, "--checkpointing_steps", 1, "--validation_split", "none"]
+    train_stopped_at(1, *run, monkeypatch=monkeypatch)
+    assert json.loads((out / "step_1" / "training_state.json").read_text())["threads"] == 1
+    capsys.readouterr()
+    assert train_in_process(*run, "--resume_from_checkpoint", "latest", threads=2)["train_steps"] == 2
+    assert (
+        f"Warning: {out / 'step_1'} was trained with 1 torch threads per process, and this run computes with 2 "
+        in capsys.readouterr().out
+    )
+    assert json.loads((out / "step_2" / "training_state.json").read_text())["threads"] == 2
+
+
 def test_resume_on_data_of_another_size_is_refused(tmp_path, tiny_clip, monkeypatch):
     """The same flags on a dataset that changed (12 training images, then 8): the resumed batches would not be the
     run's; refused, naming both sizes (it resumed without a word)."""

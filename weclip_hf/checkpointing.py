@@ -57,13 +57,15 @@ class StreamPosition:
 
 @dataclass
 class TrainingState:
-    """What a checkpoint holds besides tensors: the step, the scheduler's state, the stream position and the
-    run's wall-clock seconds so far, over all its resumed segments (None in a checkpoint of an earlier version)."""
+    """What a checkpoint holds besides tensors: the step, the scheduler's state, the stream position, the run's
+    wall-clock seconds so far, over all its resumed segments, and the torch threads per process of a CPU run, which
+    order its float sums (None on an accelerator; both None in a checkpoint of an earlier version)."""
 
     step: int
     scheduler: dict
     position: StreamPosition
     seconds: float | None = None
+    threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +205,7 @@ def read_training_state(path: Path) -> TrainingState:
                 scheduler=dict(raw["scheduler"]),
                 position=StreamPosition(**raw["position"]),
                 seconds=None if raw.get("seconds") is None else float(raw["seconds"]),
+                threads=None if raw.get("threads") is None else int(raw["threads"]),
             )
         except (ValueError, KeyError, TypeError) as error:
             raise CheckpointError(f"{json_path} is not a valid training state: {error}") from error

@@ -69,10 +69,11 @@ def public_args(args: argparse.Namespace) -> dict:
 # (only its figures change), where the output goes, what is reported or published, and how the host computes
 # (threads, allocator, torch.compile: the same operations) are free; a change of threads or of torch.compile
 # changes the order of float sums, so the weights are then equal up to float32 rounding (~1e-5), not bit for bit
-# (the default --num_threads follows the cores available). Everything else (data, model, optimization,
+# (the default --num_threads follows the cores available; checkpoints record a CPU run's threads, and a resume with
+# others is warned: `thread_change_warning`). Everything else (data, model, optimization,
 # schedule, seed) defines the trajectory, and a resume that changes it is refused. Derived values (recipe, given_model_flags,
 # rfm_start_source, resolved) follow the flags and are not compared themselves (`RESOLVED_ARGS`: by their values in
-# effect, once the data and model are loaded).
+# effect, those the arguments fix before the data and model load, the others once loaded).
 RESUMABLE_CHANGES = frozenset(
     {
         "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
@@ -201,13 +202,16 @@ def check_resume(
     accelerator: Accelerator | None = None,
     log=print,
     known: dict | None = None,
+    threads: int | None = None,
 ) -> None:
     """Refuse to resume from checkpoint ``path`` a run whose trajectory arguments differ from the checkpoint's
     (listing each), one whose values in effect ``known`` already (those the arguments fix, as `resolved_trajectory`
     states them) differ from its run's, one past its --max_train_steps, or a complete one (its --output_dir holds
     `COMPLETED_RUN_FILES`). The run's last checkpoint resumes to what follows the training: saving the model, the
-    final evaluation, the card (a run cut off there, or by a full disk, is finished so)."""
-    step = read_training_state(path).step
+    final evaluation, the card (a run cut off there, or by a full disk, is finished so). A CPU run computing with
+    other ``threads`` than the checkpoint's run is warned (`thread_change_warning`), not refused."""
+    state = read_training_state(path)
+    step = state.step
     output_dir = Path(args.output_dir)
     if step > args.max_train_steps:
         raise ValueError(
@@ -243,10 +247,23 @@ def check_resume(
             f"Restate what the run gave: {'; '.join(given)}" if given else "Resume with the run's settings"
         )
         check_resolved(path, known, known_only=True, fix=restate)
+    if state.threads is not None and threads is not None and state.threads != threads:
+        log(thread_change_warning(path, state.threads, threads))
     if step == args.max_train_steps:
         log(
             f"Note: {path} is the run's last step: its training is done; the model is saved and evaluated now."
         )
+
+
+def thread_change_warning(path: Path, recorded: int, threads: int) -> str:
+    """The warning of a CPU run resumed from checkpoint ``path`` (trained with ``recorded`` torch threads per
+    process) with ``threads``: its float sums run in another order (`RESUMABLE_CHANGES`)."""
+    return (
+        f"Warning: {path} was trained with {recorded} torch threads per process, and this run computes with "
+        f"{threads} (--num_threads; its default follows the cores available): float sums then run in another "
+        "order, so the weights and metrics.json equal the uninterrupted run's only up to float32 rounding (~1e-5), "
+        f"not bit for bit. For an exact resume, resume with --num_threads {recorded}."
+    )
 
 
 def given_resolved_changes(path: Path, current: dict, keys: frozenset[str]) -> list[str]:
