@@ -592,7 +592,7 @@ def test_checkpoints_record_the_threads_and_a_resume_with_others_is_warned(
     capsys.readouterr()
     assert train_in_process(*run, "--resume_from_checkpoint", "latest", threads=2)["train_steps"] == 2
     assert (
-        f"Warning: {out / 'step_1'} was trained with 1 torch threads per process, and this run computes with 2 "
+        f"Warning: {out / 'step_1'} was trained with --num_threads 1 (torch threads per process) and this run with 2 "
         in capsys.readouterr().out
     )
     assert json.loads((out / "step_2" / "training_state.json").read_text())["threads"] == 2

@@ -259,10 +259,10 @@ def thread_change_warning(path: Path, recorded: int, threads: int) -> str:
     """The warning of a CPU run resumed from checkpoint ``path`` (trained with ``recorded`` torch threads per
     process) with ``threads``: its float sums run in another order (`RESUMABLE_CHANGES`)."""
     return (
-        f"Warning: {path} was trained with {recorded} torch threads per process, and this run computes with "
-        f"{threads} (--num_threads; its default follows the cores available): float sums then run in another "
-        "order, so the weights and metrics.json equal the uninterrupted run's only up to float32 rounding (~1e-5), "
-        f"not bit for bit. For an exact resume, resume with --num_threads {recorded}."
+        f"Warning: {path} was trained with --num_threads {recorded} (torch threads per process) and this run with "
+        f"{threads} (the default follows the cores available): float sums then run in another order, so the weights "
+        "and metrics.json equal the uninterrupted run's only up to float32 rounding (~1e-5), not bit for bit."
+        f" For an exact resume, resume with --num_threads {recorded}."
     )
 
 
