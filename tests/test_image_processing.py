@@ -111,6 +111,18 @@ def test_every_sixteen_bit_label_map_mode_is_read_as_its_ids(mode, byte_order):
     assert out.dtype == torch.long and torch.equal(out[0], torch.from_numpy(ids.astype(np.int64)))
 
 
+def test_a_float_label_map_image_is_read_as_a_float_array_is():
+    """A mask in PIL's float mode "F" (a float TIFF) is read as the same float array: whole ids kept, a fractional
+    value refused (it was refused as not single-channel whatever its values)."""
+    ids = np.random.default_rng(2).integers(0, 300, (30, 40)).astype(np.float32)
+    proc = WeCLIPImageProcessor(size={"longest_edge": 40})
+    out = proc(_image(), segmentation_maps=Image.fromarray(ids, mode="F")).labels
+    assert torch.equal(out[0], torch.from_numpy(ids.astype(np.int64)))
+    ids[3, 4] = 0.5
+    with pytest.raises(ValueError, match=r"fractional values such as \[0\.5\]"):
+        proc(_image(), segmentation_maps=Image.fromarray(ids, mode="F"))
+
+
 def test_a_label_map_with_channels_is_refused_naming_its_mode():
     with pytest.raises(ValueError, match=r"Label maps must be single-channel .*got mode RGB"):
         WeCLIPImageProcessor()(_image(), segmentation_maps=Image.fromarray(_image()))

@@ -54,7 +54,8 @@ AMBIGUOUS_FLOAT_MAX = 2.0
 # Pillow's 16-bit modes of each byte order ("I;16N": the machine's own) and 32-bit "I"
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _RAW_MODES = ("RGB", "L", "F", *_SIXTEEN_BIT_MODES)  # read with np.asarray, without PIL's RGB conversion
-_LABEL_MODES = ("L", "P", *_SIXTEEN_BIT_MODES)  # the single-channel integer modes a label map is read from
+# the single-channel modes a label map is read from ("F": float ids, read only when whole, as float arrays)
+_LABEL_MODES = ("L", "P", "F", *_SIXTEEN_BIT_MODES)
 _EXIF_ORIENTATION = 0x0112
 # the longest input string an error message quotes whole (paths); longer ones (base64 images) by their start
 _QUOTED_LENGTH = 200
@@ -317,8 +318,8 @@ def image_list(images) -> tuple[list, bool]:
 
 def label_tensor(label: Image.Image | np.ndarray | torch.Tensor | str | Path) -> torch.Tensor:
     """Label map (PIL, array, tensor, path) -> int64 [H, W] tensor. Palette/L PNGs keep their indices, 16-bit and
-    32-bit maps (`_LABEL_MODES`, any byte order) their ids; a float map is read only when every value is a whole
-    number (else a ValueError, as for NaN or inf)."""
+    32-bit maps (`_LABEL_MODES`, any byte order) their ids; a float map (an array, or PIL's mode "F") is read only
+    when every value is a whole number (else a ValueError, as for NaN or inf)."""
     if isinstance(label, (str, Path)):
         return label_tensor(read_image_file(label))
     if isinstance(label, Image.Image):
