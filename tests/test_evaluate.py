@@ -366,7 +366,8 @@ def test_the_argmax_modes_upsample_a_chunk_of_classes_at_a_time(tiny_model, monk
     pixel_values = torch.randn(1, 3, 30, 53, generator=torch.Generator().manual_seed(0))
     input_size = {"longest_edge": 40, "size_divisor": patch}  # a padding processor's
     with torch.no_grad():
-        logits = evaluation.prediction_logits(tiny_model, pixel_values, (30, 53), input_size=input_size)
+        grid, resized, padded = evaluation._grid_logits(tiny_model, pixel_values, False, None, input_size)
+    logits = inference.upsample_cropping_padding(grid.float(), (30, 53), resized, padded)
     chunks = []
     upsample = inference.upsample_cropping_padding
 

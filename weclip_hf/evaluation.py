@@ -93,8 +93,10 @@ def _grid_logits(
     model, pixel_values: torch.Tensor, msf: bool, scales: Sequence[float],
     input_size: int | Mapping[str, int] | None,
 ) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:  # fmt: skip
-    """(multi-scale + flip) logits [B, K, h, w] on the logit grid of the images resized to ``input_size`` and
-    zero-padded to its ``size_divisor`` (see `prediction_logits`), with the resized and the padded size."""
+    """(multi-scale + flip) logits [B, K, h, w] on the logit grid of the images resized to ``input_size``
+    (`resize_images`: an int is the long side, a mapping an image processor's ``size``; None: kept at their size)
+    and, with its ``size_divisor`` (`processor_input_size` of a processor that pads), zero-padded to a multiple of
+    it, with the resized and the padded size."""
     if input_size is not None:
         pixel_values = resize_images(pixel_values, input_size)
     resized = tuple(pixel_values.shape[-2:])
@@ -106,18 +108,6 @@ def _grid_logits(
     else:
         logits = image_logits(model, pixel_values)  # images below one patch are padded, not refused
     return logits, resized, tuple(pixel_values.shape[-2:])
-
-
-def prediction_logits(
-    model, pixel_values: torch.Tensor, size: tuple[int, int], msf: bool = False,
-    scales: Sequence[float] | None = None, input_size: int | Mapping[str, int] | None = None,
-) -> torch.Tensor:  # fmt: skip
-    """Float logits [B, K, H, W] at ``size``: the images resized to ``input_size`` (`resize_images`: an int is the
-    long side, a mapping an image processor's ``size``; None: kept at their size) and, with its ``size_divisor``
-    (`processor_input_size` of a processor that pads), zero-padded to a multiple of it, (multi-scale + flip) logits,
-    bilinear upsampling (the padding cropped, as the processor's post-processing crops it)."""
-    logits, resized, padded = _grid_logits(model, pixel_values, msf, scales, input_size)
-    return upsample_cropping_padding(logits.float(), size, resized, padded)
 
 
 def labels_from_logits(
@@ -152,10 +142,10 @@ def predict_labels(
     crf: bool = False,
     crf_params: CRFParams = WECLIP, normalization: PixelNormalization | None = None,
 ) -> torch.Tensor:  # fmt: skip
-    """Predicted label maps [B, H, W] at ``size``: `prediction_logits` (the resize to ``input_size``, (multi-scale
-    + flip) logits, bilinear upsampling), then `labels_from_logits` (argmax, or the dense CRF with ``crf_params`` on
-    the image at ``size``, recovered with ``normalization``, required with ``crf``; default WeCLIP's evaluation
-    setting, see `weclip_hf.crf`); the argmax without upsampling all classes at once (`upsampled_labels`)."""
+    """Predicted label maps [B, H, W] at ``size``: `_grid_logits` (the resize to ``input_size``, (multi-scale +
+    flip) logits on the logit grid), then `_grid_labels` (the argmax of their bilinear upsampling, a chunk of classes
+    at a time (`upsampled_labels`), or the dense CRF with ``crf_params`` on the image at ``size``, recovered with
+    ``normalization``, required with ``crf``; default WeCLIP's evaluation setting, see `weclip_hf.crf`)."""
     if crf:
         _require_normalization(normalization)
     with in_eval_mode(model), torch.no_grad():
