@@ -110,14 +110,12 @@ def _grid_logits(
     return logits, resized, tuple(pixel_values.shape[-2:])
 
 
-def labels_from_logits(
-    logits: torch.Tensor, pixel_values: torch.Tensor, crf: bool = False, crf_params: CRFParams = WECLIP,
-    normalization: PixelNormalization | None = None,
+def _crf_labels(
+    logits: torch.Tensor, pixel_values: torch.Tensor, crf_params: CRFParams,
+    normalization: PixelNormalization | None,
 ) -> torch.Tensor:  # fmt: skip
-    """Label maps [B, H, W] of ``logits`` [B, K, H, W]: the argmax, or with ``crf`` the dense CRF's (``crf_params``)
-    on the images ``pixel_values`` resized to the logits' size and recovered with ``normalization``."""
-    if not crf:
-        return logits.argmax(dim=1)
+    """Label maps [B, H, W] of ``logits`` [B, K, H, W]: the dense CRF's (``crf_params``) on the images
+    ``pixel_values`` resized to the logits' size and recovered with ``normalization``."""
     resized = F.interpolate(pixel_values, size=logits.shape[-2:], mode="bilinear", align_corners=False)
     image = _require_normalization(normalization).denormalize(resized)  # uint8 [B, 3, H, W]
     return crf_refine_labels(image, logits.softmax(dim=1), crf_params)
@@ -128,12 +126,12 @@ def _grid_labels(
     size: tuple[int, int], crf: bool, crf_params: CRFParams, normalization: PixelNormalization | None,
 ) -> torch.Tensor:  # fmt: skip
     """Label maps [B, H, W] at ``size`` of `_grid_logits`' ``grid``: the argmax of their upsampling, a chunk of
-    classes at a time (`upsampled_labels`: never all classes at the full size), or `labels_from_logits`' CRF."""
+    classes at a time (`upsampled_labels`: never all classes at the full size), or `_crf_labels`' CRF."""
     logits, resized, padded = grid
     if not crf:
         return upsampled_labels(logits, size, resized, padded)
     upsampled = upsample_cropping_padding(logits.float(), size, resized, padded)
-    return labels_from_logits(upsampled, pixel_values, crf, crf_params, normalization)
+    return _crf_labels(upsampled, pixel_values, crf_params, normalization)
 
 
 def predict_labels(
