@@ -298,8 +298,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_with_143(tmp_path, tiny_clip):
     assert not list(out.glob("*.tmp"))
 
 
-def _write_mask_dataset(root: Path, with_masks: bool = True, multi_label: bool = False):
-    """A DatasetDict in the Hub layout: image + mask column (VOC style) or image + multi-label column."""
+def _write_mask_dataset(root: Path, with_masks: bool = True):
+    """A DatasetDict in the Hub layout: image, mask (VOC style) and multi-label ``classes`` columns; the train split
+    without its masks when not ``with_masks``, the validation split (its first 4 rows) always with them."""
     import datasets
 
     rng = np.random.default_rng(0)
