@@ -152,10 +152,12 @@ def weclip_plus_losses(
     ``self_training``) the confident-pixel overwrite, then the losses on the prediction.
 
     Args:
+        config: the weights, thresholds and ignore index (``semantic_loss_ignore_index``) of the losses.
         logits: [B, K, h, w] the prediction (weighted sum of the branches) on the patch grid; logits_clip,
             logits_dino: [B, K, h, w] the branches. Each is upsampled bilinearly (align_corners=False) to the
             label size.
-        decoder_affinity: [B, h*w, h*w]. labels: [B, H, W] pseudo (or pixel) labels, ``ignore_index`` ignored.
+        decoder_affinity: [B, h*w, h*w]. labels: [B, H, W] pseudo (or pixel) labels, the config's
+            ``semantic_loss_ignore_index`` ignored.
         self_training: overwrite confident pixels (`self_training_labels`) before the segmentation and Dice
             losses (the caller decides from `config.self_training_start_step`).
         across_processes: the CE and affinity terms normalised by the counts of the global batch, the Dice term's

@@ -741,7 +741,8 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
             class_labels: [B, C] multi-hot image-level labels (weak supervision; float, integer or bool
                 tensor). Gives `pseudo_labels` and the WeCLIP loss. A row of zeros yields all-background
                 pseudo labels.
-            labels: [B, H, W] integer pixel labels, 255 ignored (full supervision: the same losses on these labels).
+            labels: [B, H, W] integer pixel labels, ``config.semantic_loss_ignore_index`` (default 255) ignored
+                (full supervision: the same losses on these labels).
                 When both are given, the loss uses `labels` and the pseudo labels are still returned.
             use_rfm: force the RFM on/off; `None` decides from `training_step >= config.rfm_start_step`.
             pixel_mask: [B, H, W] 1 for real pixels, 0 for crop padding. Where given, padded pixels get the
