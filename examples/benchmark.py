@@ -34,19 +34,19 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import torch  # noqa: E402
-from benchmarking.breakdown import measure_breakdown  # noqa: E402
-from benchmarking.instruments import (  # noqa: E402
+import torch
+from benchmarking.breakdown import measure_breakdown
+from benchmarking.instruments import (
     Bench,
     FlopCounter,
     HostSyncFinder,
     minor_page_faults,
     operator_shares,
 )
-from benchmarking.par_measurements import measure_par_compile, measure_par_kernels  # noqa: E402
-from benchmarking.reference_comparison import measure_reference  # noqa: E402
-from benchmarking.report import render_op_shares, render_syncs, render_table  # noqa: E402
-from benchmarking.workloads import (  # noqa: E402
+from benchmarking.par_measurements import measure_par_compile, measure_par_kernels
+from benchmarking.reference_comparison import measure_reference
+from benchmarking.report import render_op_shares, render_syncs, render_table
+from benchmarking.workloads import (
     autocast_context,
     build_model,
     clip_forward_fn,
@@ -58,11 +58,11 @@ from benchmarking.workloads import (  # noqa: E402
     training_step,
 )
 
-from weclip_hf.host_memory import retain_freed_host_memory  # noqa: E402
-from weclip_hf.inference import longest_edge_size, multiscale_flip_logits  # noqa: E402
-from weclip_hf.par_triton import triton_available  # noqa: E402
-from weclip_hf.presets import METHOD_NAMES, evaluation_of_config  # noqa: E402
-from weclip_hf.script_arguments import add_device_flag  # noqa: E402
+from weclip_hf.host_memory import retain_freed_host_memory
+from weclip_hf.inference import longest_edge_size, multiscale_flip_logits
+from weclip_hf.par_triton import triton_available
+from weclip_hf.presets import METHOD_NAMES, evaluation_of_config
+from weclip_hf.script_arguments import add_device_flag
 
 # --------------------------------------------------------------------------------------------------
 # Arguments

@@ -20,10 +20,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-from benchmarking.workloads import build_model, synthetic_batch  # noqa: E402
+import torch
+from benchmarking.workloads import build_model, synthetic_batch
 
-from weclip_hf.decoder import WeCLIPDecoderBlock  # noqa: E402
+from weclip_hf.decoder import WeCLIPDecoderBlock
 
 
 def parse_args(argv=None) -> argparse.Namespace:

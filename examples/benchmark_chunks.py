@@ -23,9 +23,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-from benchmarking.instruments import Bench  # noqa: E402
-from benchmarking.workloads import (  # noqa: E402
+import torch
+from benchmarking.instruments import Bench
+from benchmarking.workloads import (
     build_model,
     clip_forward_fn,
     int_list,
@@ -34,9 +34,9 @@ from benchmarking.workloads import (  # noqa: E402
     training_step,
 )
 
-import weclip_hf.chunking as chunking  # noqa: E402
-from weclip_hf.host_memory import retain_freed_host_memory  # noqa: E402
-from weclip_hf.pseudo_labels import attention_maps_needed  # noqa: E402
+import weclip_hf.chunking as chunking
+from weclip_hf.host_memory import retain_freed_host_memory
+from weclip_hf.pseudo_labels import attention_maps_needed
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -24,12 +24,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-from weclip_hf import crf as dense_crf_module  # noqa: E402
-from weclip_hf.script_arguments import add_device_flag  # noqa: E402
+from weclip_hf import crf as dense_crf_module
+from weclip_hf.script_arguments import add_device_flag
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -11,14 +11,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import settings  # noqa: E402
+import pytest
+import torch
+from hypothesis import settings
 
 # the tiny configs, in a module that the benchmark imports too (re-exported: the tests import them from here)
-from tiny_configs import (  # noqa: E402, F401
+from tiny_configs import (  # noqa: F401
     TINY_DINO,
     TINY_TEXT,
     TINY_VISION,
