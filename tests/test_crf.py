@@ -12,12 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from weclip_hf import crf
 from weclip_hf.crf import (
     CRF_PRESETS,
     DEEPLAB,
     WECLIP,
     CRFParams,
     _build_lattice,
+    _class_chunks,
     _MeanFieldEnergy,
     _spatial_filter,
     crf_refine_labels,
@@ -209,6 +211,36 @@ def test_deterministic():
     image, mask = square_image()
     probs = blurred_probs(mask)
     assert torch.equal(dense_crf(image, probs), dense_crf(image, probs))
+
+
+def test_class_chunks_are_the_fewest_of_at_most_the_chunk_size(monkeypatch):
+    """A VOC model's 21 classes are filtered in one pass, a COCO model's 81 in three of 27."""
+    assert [(c.start, c.stop) for c in _class_chunks(21)] == [(0, 21)]
+    assert [(c.start, c.stop) for c in _class_chunks(81)] == [(0, 27), (27, 54), (54, 81)]
+    monkeypatch.setattr(crf, "_CLASS_CHUNK", 3)
+    assert [(c.start, c.stop) for c in _class_chunks(7)] == [(0, 2), (2, 4), (4, 7)]
+    assert [(c.start, c.stop) for c in _class_chunks(1)] == [(0, 1)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("params", [WECLIP, CRFParams(pos_filter="gaussian")], ids=["lattice", "gaussian"])
+def test_classes_filtered_in_chunks_give_the_unchunked_result(monkeypatch, params: CRFParams, dtype):
+    """Chunks of at most `_CLASS_CHUNK` classes are filtered (what bounds the memory), bit for bit as one."""
+    image, mask = square_image()
+    extra = torch.rand(5, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    probs = torch.cat([blurred_probs(mask), extra]).mul(4).softmax(dim=0).to(dtype)  # 7 classes
+    unchunked = dense_crf(image, probs, params)
+    monkeypatch.setattr(crf, "_CLASS_CHUNK", 3)
+    widths, filter_values = [], F.embedding_bag  # the classes (columns) of every splat, blur and slice
+
+    def embedding_bag(input: torch.Tensor, weight: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        widths.append(weight.shape[1])
+        return filter_values(input, weight, *args, **kwargs)
+
+    monkeypatch.setattr(F, "embedding_bag", embedding_bag)
+    chunked = dense_crf(image, probs, params)
+    assert max(widths) == 3, sorted(set(widths))
+    assert torch.equal(chunked, unchunked)
 
 
 @pytest.mark.parametrize("params", [WECLIP, DEEPLAB], ids=["weclip", "deeplab"])

@@ -28,12 +28,15 @@ normalisation. The lattice only approximates the Gaussians (and is not exactly t
 it is the model `pydensecrf`, and so every published CRF number, uses.
 
 The lattices are built once per call (vertices found by sorting int64 keys, first per simplex, then per
-corner; neighbours by `searchsorted`). One mean-field iteration then filters all classes of both kernels
+corner; neighbours by `searchsorted`). One mean-field iteration then filters the classes of both kernels
 together with `F.embedding_bag`: one call splats `[B*H*W, C]` onto the vertices of both lattices (the
-normalisation folded into the weights), calls with bags of three blur each lattice direction, and one call
-with bags of 6 + 3 corners + the pixel's own unary row slices the energy `log P + messages` directly. The
-same code runs on CPU and GPU, batched (each image has its own block of lattice keys, so images never
-interact). Where the time goes and how it compares with `pydensecrf`: `examples/benchmark_crf.py`,
+normalisation folded into the weights), calls with bags of three blur each lattice direction, one call with
+bags of 6 + 3 corners slices the messages, and `log P` is added to them; the softmax then replaces the
+energy a block of pixels at a time. Up to `_CLASS_CHUNK` (32) classes are filtered in one pass; more (a COCO
+model's 81) in chunks of at most that many, each written over its classes of Q (a class's filtering reads
+only its own column), so that the memory beyond Q and log P stays bounded; the result is the same, bit for
+bit. The same code runs on CPU and GPU, batched (each image has its own block of lattice keys, so images
+never interact). Where the time goes and how it compares with `pydensecrf`: `examples/benchmark_crf.py`,
 BENCHMARKS.md.
 
 Agreement with `pydensecrf` (`tests/test_crf.py`, numbers in BENCHMARKS.md): on the 14 `voc-mini` photos
@@ -62,6 +65,15 @@ __all__ = ["CRF_PRESETS", "DEEPLAB", "WECLIP", "CRFParams", "crf_refine_labels",
 
 _UNARY_CLIP = 1e-5
 """Probabilities are clipped from below before the log, like `pydensecrf.utils.unary_from_softmax`."""
+
+_CLASS_CHUNK = 32
+"""Most classes filtered in one pass of a mean-field iteration; more are filtered in chunks (a VOC model's 21
+in one, a COCO model's 81 in three), which bounds the memory the filtering needs (docs/scripts.md). Each pass
+reads all the lattices' indices, so chunks stay large: 81 classes on a 513x513 photo took 2.35 s in one pass,
+2.69 s in three and 3.15 s in six (one CPU thread)."""
+
+_SOFTMAX_ELEMENTS = 2**20
+"""Elements (pixels x classes) of each block of the in-place softmax: 4 MB of float32."""
 
 
 @dataclass(frozen=True)
@@ -433,13 +445,20 @@ def _blur(
 
 
 class _MeanFieldEnergy:
-    """`log P + sum_k w_k N_k k_k N_k Q` for every pixel and class: one splat and one slice for all kernels.
+    """`log P + sum_k w_k N_k k_k N_k Q` for every pixel and class: one splat and one slice for all lattices.
 
-    The slice reads a table of the blurred vertex values of every lattice followed by the log-probabilities,
-    so each pixel's bag (d_k + 1 corners per lattice, then its own unary row, weight 1) sums to the energy.
+    The slice reads the blurred vertex values of every lattice, so each pixel's bag (d_k + 1 corners per
+    lattice) sums to its messages; its unary is added after them. A smoothness kernel filtered exactly
+    (`exact_smoothness`: its weight and std) adds its message last.
     """
 
-    def __init__(self, lattices: list[_Lattice], weights: list[float], probs: torch.Tensor) -> None:
+    def __init__(
+        self,
+        lattices: list[_Lattice],
+        weights: list[float],
+        probs: torch.Tensor,
+        exact_smoothness: tuple[float, float] | None = None,
+    ) -> None:
         """`probs` `[B, C, H, W]` in the working dtype; the lattices' points are its pixels, row-major."""
         batch, num_classes, height, width = probs.shape
         points, dtype, device = batch * height * width, probs.dtype, probs.device
@@ -452,9 +471,9 @@ class _MeanFieldEnergy:
         self.splat_index = torch.empty(num_entries, dtype=index_dtype, device=device)
         self.splat_weight = torch.empty(num_entries, dtype=dtype, device=device)
         self.splat_offsets = torch.empty(num_vertices, dtype=index_dtype, device=device)
-        self.slice_index = torch.empty(points, num_corners + 1, dtype=index_dtype, device=device)
-        self.slice_weight = torch.empty(points, num_corners + 1, dtype=dtype, device=device)
-        self.blur_index, self.blur_weight, self.sizes = [], [], []
+        self.slice_index = torch.empty(points, num_corners, dtype=index_dtype, device=device)
+        self.slice_weight = torch.empty(points, num_corners, dtype=dtype, device=device)
+        self.blur_index, self.blur_weight, self.rows = [], [], []
         start, entry_start, corner_start = 0, 0, 0
         for lattice, weight in zip(lattices, weights):
             entries = slice(entry_start, entry_start + lattice.splat_point.numel())
@@ -479,27 +498,36 @@ class _MeanFieldEnergy:
             torch.mul(lattice.bary, weight * norm[:, None], out=self.slice_weight[:, corners])
             self.blur_index.append(blur_index)
             self.blur_weight.append(lattice.blur_weight)
-            self.sizes.append(lattice.num_vertices)
+            self.rows.append(slice(start, start + lattice.num_vertices))
             start += lattice.num_vertices
             entry_start, corner_start = entries.stop, corners.stop
-        self.slice_index[:, -1] = torch.arange(start, start + points, dtype=index_dtype, device=device)
-        self.slice_weight[:, -1] = 1.0
-        self.table = torch.empty(num_vertices + points, num_classes, dtype=dtype, device=device)
-        log_unary = self.table[num_vertices:]  # [P, C], pixel-major
+        log_unary = torch.empty(points, num_classes, dtype=dtype, device=device)  # [P, C], pixel-major
         log_unary.view(batch, height, width, num_classes).copy_(probs.permute(0, 2, 3, 1))
-        log_unary.clamp_(_UNARY_CLIP, 1.0).log_()
-        self.log_unary = log_unary
+        self.log_unary = log_unary.clamp_(_UNARY_CLIP, 1.0).log_()
+        self.exact_smoothness = exact_smoothness
+        if exact_smoothness is not None:
+            ones = torch.ones(batch, 1, height, width, dtype=dtype, device=device)
+            self.exact_norm = _spatial_filter(ones, exact_smoothness[1]).rsqrt()  # [B, 1, H, W]
 
-    def __call__(self, q: torch.Tensor) -> torch.Tensor:
-        """Energies `[P, C]` for the distribution `q` `[P, C]`."""
+    def __call__(self, q: torch.Tensor, classes: slice = slice(None)) -> torch.Tensor:
+        """Energies `[P, k]` of the k classes `classes` for their distribution `q` `[P, k]`.
+
+        Each class is filtered on its own, so a chunk's energies are those of the same classes filtered
+        with all the others (bitwise: `F.embedding_bag` sums each column in bag order whatever the columns).
+        """
         values = F.embedding_bag(
             self.splat_index, q, self.splat_offsets, mode="sum", per_sample_weights=self.splat_weight
-        )  # [M_1 + M_2 + ..., C]
-        start = 0
-        for size, blur_index, blur_weight in zip(self.sizes, self.blur_index, self.blur_weight):
-            self.table[start : start + size] = _blur(values[start : start + size], blur_index, blur_weight)
-            start += size
-        return F.embedding_bag(self.slice_index, self.table, mode="sum", per_sample_weights=self.slice_weight)
+        )  # [M_1 + M_2 + ..., k]
+        for rows, blur_index, blur_weight in zip(self.rows, self.blur_index, self.blur_weight):
+            values[rows] = _blur(values[rows], blur_index, blur_weight)
+        energy = F.embedding_bag(self.slice_index, values, mode="sum", per_sample_weights=self.slice_weight)
+        energy += self.log_unary[:, classes]
+        if self.exact_smoothness is not None:
+            batch, _, height, width = self.exact_norm.shape
+            q_maps = q.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
+            message = self.exact_norm * _spatial_filter(self.exact_norm * q_maps, self.exact_smoothness[1])
+            energy += self.exact_smoothness[0] * message.permute(0, 2, 3, 1).reshape(q.shape)
+        return energy
 
 
 # --------------------------------------------------------------------------------------------------
@@ -521,6 +549,36 @@ def _spatial_filter(values: torch.Tensor, std: float) -> torch.Tensor:
     rows = sum(tap * padded[..., shift : shift + width] for shift, tap in enumerate(taps))
     padded = F.pad(rows, (0, 0, radius, radius))
     return sum(tap * padded[..., shift : shift + height, :] for shift, tap in enumerate(taps))
+
+
+# --------------------------------------------------------------------------------------------------
+# Mean-field iterations
+
+
+def _class_chunks(num_classes: int) -> list[slice]:
+    """Fewest consecutive ranges of at most `_CLASS_CHUNK` classes covering `num_classes`, sizes within 1."""
+    chunks = math.ceil(num_classes / _CLASS_CHUNK)
+    bounds = [num_classes * i // chunks for i in range(chunks + 1)]
+    return [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
+
+
+def _energies(energy_of: _MeanFieldEnergy, q: torch.Tensor) -> torch.Tensor:
+    """Energies `[P, C]` for the distribution `q` `[P, C]`: a new tensor of all classes at once, or, for more
+    than `_CLASS_CHUNK` classes, `q` itself, overwritten chunk by chunk (a class's energy reads only its own
+    column of `q`), so that only a chunk's messages are held besides it."""
+    chunks = _class_chunks(q.shape[1])
+    if len(chunks) == 1:
+        return energy_of(q)
+    for classes in chunks:
+        q[:, classes] = energy_of(q[:, classes].contiguous(), classes)
+    return q
+
+
+def _softmax_(energy: torch.Tensor) -> torch.Tensor:
+    """`energy` `[P, C]` replaced by its softmax over the classes, a block of pixels at a time."""
+    for block in energy.split(max(1, _SOFTMAX_ELEMENTS // energy.shape[1])):
+        block.copy_(block.softmax(dim=1))
+    return energy
 
 
 # --------------------------------------------------------------------------------------------------
@@ -617,24 +675,18 @@ def _mean_field(image: torch.Tensor, probs: torch.Tensor, params: CRFParams) -> 
     position = _positions(batch, height, width, dtype, device)
     colour = image.to(dtype).flatten(2).transpose(1, 2)  # [B, H * W, 3]
     lattices = [_build_lattice(torch.cat([position / params.bi_xy_std, colour / params.bi_rgb_std], dim=-1))]
-    weights = [params.bi_w]
+    weights, exact_smoothness = [params.bi_w], None
     if params.pos_filter == "lattice":
         lattices.append(_build_lattice(position / params.pos_xy_std))
         weights.append(params.pos_w)
     else:
-        ones = torch.ones(batch, 1, height, width, dtype=dtype, device=device)
-        pos_norm = _spatial_filter(ones, params.pos_xy_std).rsqrt()  # [B, 1, H, W]
-    energy_of = _MeanFieldEnergy(lattices, weights, probs.to(dtype))
+        exact_smoothness = (params.pos_w, params.pos_xy_std)
+    energy_of = _MeanFieldEnergy(lattices, weights, probs.to(dtype), exact_smoothness)
     del lattices, position, colour  # the energy holds what it needs of them (int32 indices): free the rest
 
     q = energy_of.log_unary.softmax(dim=1)  # [P, C]
     for _ in range(params.num_iters):
-        energy = energy_of(q)
-        if params.pos_filter == "gaussian":
-            q_maps = q.view(batch, height, width, num_classes).permute(0, 3, 1, 2)
-            pos_message = pos_norm * _spatial_filter(pos_norm * q_maps, params.pos_xy_std)
-            energy += params.pos_w * pos_message.permute(0, 2, 3, 1).reshape(-1, num_classes)
-        q = energy.softmax(dim=1)
+        q = _softmax_(_energies(energy_of, q))
     return q
 
 
