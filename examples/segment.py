@@ -173,8 +173,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--crf",
         action="store_true",
-        help="dense CRF post-processing (weclip_hf.crf); memory per pixel grows with the classes: ~950 bytes more "
-        "for 21 classes, ~2,500 for 81 (12 MP: 11.4 GB, 30 GB; docs/scripts.md, Segmenting a folder of images)",
+        help="dense CRF post-processing (weclip_hf.crf); memory per pixel grows with the classes: ~800 bytes more "
+        "for 21 classes, ~1,900 for 81 (12 MP: 9.6 GB, 23 GB; docs/scripts.md, Segmenting a folder of images)",
     )
     p.add_argument(
         "--crf_preset",
