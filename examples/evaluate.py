@@ -34,7 +34,6 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForSemanticSegmentation
 
 from weclip_hf import WeCLIPImageProcessor
-from weclip_hf.crf import CRF_PRESETS, CRFParams
 from weclip_hf.data.loading import (
     DataSource,
     LabelReading,
@@ -51,10 +50,12 @@ from weclip_hf.metrics import per_class_iou
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import PRESETS, EvaluationSettings, evaluation_of_config, get_preset
 from weclip_hf.script_arguments import (
+    CRF_PARAMETER_FLAGS,
     DATASET_CONFIG_HELP,
     IMAGE_COLUMN_HELP,
     LABELS_COLUMN_HELP,
     MASK_COLUMN_HELP,
+    add_crf_parameter_flags,
     add_data_source_flags,
     add_device_flag,
     at_least_one,
@@ -62,6 +63,7 @@ from weclip_hf.script_arguments import (
     check_preset_fits_model,
     check_source_flags,
     check_switched_flags,
+    crf_params_from_args,
     first_paragraph,
     fraction,
     positive_float,
@@ -169,24 +171,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         help="dense CRF post-processing (pure PyTorch); default: the preset's (VOC on), else off",
     )
-    p.add_argument(
-        "--crf_preset",
-        choices=sorted(CRF_PRESETS),
-        help="CRF parameters that the --crf_* flags override: WeCLIP's evaluation (default) or DeepLab's; with "
-        "the CRF on (--crf, or the preset's)",
+    add_crf_parameter_flags(
+        p,
+        "CRF parameters that the --crf_* flags override: WeCLIP's evaluation (default) or DeepLab's; with the CRF "
+        "on (--crf, or the preset's)",
     )
-    for field in dataclasses.fields(CRFParams):
-        values = ", ".join(
-            f"{name} {getattr(preset, field.name)}" for name, preset in sorted(CRF_PRESETS.items())
-        )
-        kind = {"num_iters": int, "pos_filter": str}.get(field.name, float)
-        choices = ["lattice", "gaussian"] if field.name == "pos_filter" else None
-        p.add_argument(
-            f"--crf_{field.name}",
-            type=kind,
-            choices=choices,
-            help=f"CRFParams.{field.name} (default: the preset's; {values})",
-        )
     p.add_argument(
         "--skip_empty_images",
         action=argparse.BooleanOptionalAction,
@@ -223,32 +212,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.eval_long_side = settings.eval_long_side
     if args.crf is None:
         args.crf = settings.crf
-    crf_flags = ["crf_preset", *(f"crf_{field.name}" for field in dataclasses.fields(CRFParams))]
-    check_switched_flags(p, args, {"scales": "msf", **dict.fromkeys(crf_flags, "crf")})
+    check_switched_flags(p, args, {"scales": "msf", **dict.fromkeys(CRF_PARAMETER_FLAGS, "crf")})
     if args.scales is None:
         args.scales = list(settings.msf_scales)
     args.crf_preset = args.crf_preset or "weclip"
     if args.skip_empty_images is None:
         args.skip_empty_images = bool(args.preset) and get_preset(args.preset).dataset.skip_empty_images
-    try:
-        args.crf_params = crf_params_from_args(args)
-    except ValueError as err:
-        p.error(str(err))
+    args.crf_params = crf_params_from_args(p, args)
     if args.output_json and Path(args.output_json).is_dir():
         p.error(
             f"--output_json {args.output_json} is a folder: give a file name, e.g. {args.output_json}/eval.json."
         )
     return args
-
-
-def crf_params_from_args(args: argparse.Namespace) -> CRFParams:
-    """The `--crf_preset` parameters with every given `--crf_<field>` flag applied."""
-    overrides = {
-        field.name: getattr(args, f"crf_{field.name}")
-        for field in dataclasses.fields(CRFParams)
-        if getattr(args, f"crf_{field.name}") is not None
-    }
-    return dataclasses.replace(CRF_PRESETS[args.crf_preset], **overrides)
 
 
 def format_table(results: dict[str, dict], id2label: dict[int, str]) -> str:

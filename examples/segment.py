@@ -86,7 +86,7 @@ from weclip_hf.batch_jobs import (
     wants_overlay,
     write_skipped,
 )
-from weclip_hf.crf import CRF_PRESETS, crf_refine_labels
+from weclip_hf.crf import crf_refine_labels
 from weclip_hf.data.columns import IMAGE_COLUMNS
 from weclip_hf.data.decoding import (
     UnreadableImageError,
@@ -102,12 +102,16 @@ from weclip_hf.image_reading import to_rgb_uint8
 from weclip_hf.inference import image_logits, multiscale_flip_logits
 from weclip_hf.presets import evaluation_of_config
 from weclip_hf.script_arguments import (
+    CRF_PARAMETER_FLAGS,
     DATASET_CONFIG_HELP,
     IMAGE_COLUMN_HELP,
+    add_crf_parameter_flags,
     add_data_source_flags,
     check_model_argument,
     check_source_flags,
     check_switched_flags,
+    crf_overrides,
+    crf_params_from_args,
     first_paragraph,
     positive_float,
 )
@@ -176,10 +180,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="dense CRF post-processing (weclip_hf.crf); memory per pixel grows with the classes: ~800 bytes more "
         "for 21 classes, ~1,900 for 81 (12 MP: 9.6 GB, 23 GB; docs/scripts.md, Segmenting a folder of images)",
     )
-    p.add_argument(
-        "--crf_preset",
-        choices=sorted(CRF_PRESETS),
-        help="CRF parameters of --crf: WeCLIP's evaluation (weclip, the default) or DeepLab's",
+    add_crf_parameter_flags(
+        p,
+        "CRF parameters that the --crf_* flags override: WeCLIP's evaluation (weclip, the default) or DeepLab's",
     )
     p.add_argument("--num_overlays", type=int, default=0, help="overlays of the first N inputs (0; -1: all)")
     p.add_argument(
@@ -191,7 +194,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.batch_size < 1:
         p.error(f"--batch_size must be >= 1, got {args.batch_size}")
     check_source_flags(p, args)
-    check_switched_flags(p, args, {"scales": "msf", "crf_preset": "crf"})
+    check_switched_flags(p, args, {"scales": "msf", **dict.fromkeys(CRF_PARAMETER_FLAGS, "crf")})
+    args.crf_params = crf_params_from_args(p, args)
     args.crf_preset = args.crf_preset or "weclip"
     return args
 
@@ -478,7 +482,7 @@ def segment(model, processor, items: list[dict], args) -> list[torch.Tensor]:
         crf_refine_labels(
             torch.from_numpy(item["rgb"]).to(model.device).permute(2, 0, 1).float(),
             out.segmentation_scores.softmax(dim=0),
-            CRF_PRESETS[args.crf_preset],
+            args.crf_params,
         )
         for item, out in zip(items, outputs)
     ]
@@ -585,6 +589,8 @@ def main(argv=None) -> dict | None:
     if args.scales is None:
         args.scales = default_scales(model.config)
     settings = {k: getattr(args, k) for k in ("model_name_or_path", "dtype", "msf", "crf", "crf_preset")}
+    if crf_overrides(args):  # recorded only when given, so that a folder of an earlier version goes on
+        settings["crf_overrides"] = crf_overrides(args)
     settings["scales"] = args.scales if args.msf else None
     settings["image_processor"] = image_processor_setting(processor)
     # the inputs before anything is written: a run without inputs leaves nothing

@@ -137,11 +137,17 @@ def test_unknown_override_and_wrong_params_type_raise():
         dense_crf(image, probs, {"num_iters": 3})  # type: ignore[arg-type]
 
 
-def test_evaluate_script_flags_cover_every_param(capsys):
-    from conftest import evaluate_module
+@pytest.mark.parametrize("script_of", ["evaluate", "segment"])
+def test_script_flags_cover_every_param(script_of, capsys):
+    """evaluate.py and segment.py take the same CRF flags (segment.py took only --crf_preset, so parameters tuned
+    with evaluate.py could not segment a folder)."""
+    from conftest import evaluate_module, example_module
 
-    script = evaluate_module()
-    args = script.parse_args(["--model_name_or_path", "m"])
+    script = evaluate_module() if script_of == "evaluate" else example_module("segment")
+    model = ["--model_name_or_path", "m"] + (
+        ["--images", "x", "--output_dir", "o"] if script_of == "segment" else []
+    )
+    args = script.parse_args(model)
     assert args.crf_params == WECLIP
     flags = [
         "--crf",
@@ -162,14 +168,14 @@ def test_evaluate_script_flags_cover_every_param(capsys):
         "--crf_pos_filter",
         "gaussian",
     ]
-    args = script.parse_args(["--model_name_or_path", "m", *flags])
+    args = script.parse_args([*model, *flags])
     assert args.crf_params == CRFParams(5, 2.0, 2.0, 5.0, 50.0, 4.0, "gaussian")
-    assert (
-        script.parse_args(["--model_name_or_path", "m", "--crf", "--crf_preset", "deeplab"]).crf_params
-        == DEEPLAB
-    )
+    assert script.parse_args([*model, "--crf", "--crf_preset", "deeplab"]).crf_params == DEEPLAB
     with pytest.raises(SystemExit):
-        script.parse_args(["--model_name_or_path", "m", "--crf", "--crf_bi_rgb_std", "0"])
+        script.parse_args([*model, "--crf_bi_rgb_std", "4"])
+    assert "--crf_bi_rgb_std acts only with --crf" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.parse_args([*model, "--crf", "--crf_bi_rgb_std", "0"])
     assert "`bi_rgb_std` must be a finite number > 0, got 0.0" in capsys.readouterr().err
 
 

@@ -677,6 +677,29 @@ def test_scales_without_msf_and_a_crf_preset_without_crf_are_refused(capsys):
     assert segment.parse_args(argv).crf_preset == "weclip"
 
 
+def test_crf_parameter_flags_reach_the_crf_and_are_recorded(toy_weclip_dir, tmp_path):
+    """The --crf_<field> flags evaluate.py takes refine the label maps (segment.py took only --crf_preset): with
+    --crf_num_iters 0 the CRF keeps the model's labels, with its default 10 iterations it moves some; a re-run with
+    other parameters into the same folder is refused as a run of other settings."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for i, image in enumerate(generate_toy_images(2, seed=9)[0]):
+        Image.fromarray(image).save(inputs / f"toy{i}.png")
+    model = ["--model_name_or_path", str(toy_weclip_dir), "--images", str(inputs)]
+    runs = {"plain": [], "no_iterations": ["--crf", "--crf_num_iters", "0"], "crf": ["--crf"]}
+    for name, flags in runs.items():
+        segment.main([*model, "--output_dir", str(tmp_path / name), *flags])
+    plain = [label_map(tmp_path / "plain", f"toy{i}") for i in range(2)]
+    assert all(np.array_equal(label_map(tmp_path / "no_iterations", f"toy{i}"), plain[i]) for i in range(2))
+    assert not all(np.array_equal(label_map(tmp_path / "crf", f"toy{i}"), plain[i]) for i in range(2))
+    settings = json.loads((tmp_path / "no_iterations" / segment.STATE_DIR / "settings.json").read_text())
+    assert settings["crf_overrides"] == {"num_iters": 0}
+    with pytest.raises(ValueError, match="crf_overrides"):
+        segment.main(
+            [*model, "--output_dir", str(tmp_path / "no_iterations"), "--crf", "--crf_num_iters", "3"]
+        )
+
+
 def test_glob_patterns_and_output_names(images):
     files = segment.find_image_files([f"{images}/**/toy*.png", str(images / "notes.txt")], images / "seg")
     assert [f.name for f in files] == ["notes.txt", "toy1.png", "toy3.png", "toy0.png", "toy2.png"]

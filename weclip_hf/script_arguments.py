@@ -4,6 +4,7 @@ mutually exclusive data-source flags, and the check that --model_name_or_path na
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import inspect
 import json
@@ -15,6 +16,7 @@ from transformers import PretrainedConfig
 
 from .checkpointing import TRAINING_STATE_NAME
 from .configuration_weclip import WeCLIPConfig
+from .crf import CRF_PRESETS, CRFParams
 from .data.columns import FROM_MASKS, IMAGE_COLUMNS, MASK_COLUMNS
 from .data.loading import DATA_SOURCE_FLAGS, names_no_dataset
 from .hub import has_stray_characters
@@ -216,6 +218,43 @@ def check_source_flags(parser: argparse.ArgumentParser, args: argparse.Namespace
             f"--dataset_config_name chooses a configuration of a --dataset_name dataset, and {read} without one: "
             "leave it out."
         )
+
+
+# the flags of the CRF's parameters (`add_crf_parameter_flags`), which act only with the CRF on
+CRF_PARAMETER_FLAGS = ("crf_preset", *(f"crf_{field.name}" for field in dataclasses.fields(CRFParams)))
+
+
+def add_crf_parameter_flags(parser, preset_help: str) -> None:
+    """Add --crf_preset (``preset_help``) and a --crf_<field> flag per `CRFParams` field, each overriding the
+    preset's value (evaluate.py, segment.py; `crf_params_from_args` reads them)."""
+    parser.add_argument("--crf_preset", choices=sorted(CRF_PRESETS), help=preset_help)
+    for field in dataclasses.fields(CRFParams):
+        values = ", ".join(
+            f"{name} {getattr(preset, field.name)}" for name, preset in sorted(CRF_PRESETS.items())
+        )
+        kind = {"num_iters": int, "pos_filter": str}.get(field.name, float)
+        choices = ["lattice", "gaussian"] if field.name == "pos_filter" else None
+        parser.add_argument(
+            f"--crf_{field.name}",
+            type=kind,
+            choices=choices,
+            help=f"CRFParams.{field.name} (default: the preset's; {values})",
+        )
+
+
+def crf_overrides(args: argparse.Namespace) -> dict:
+    """The `CRFParams` fields given as --crf_<field> flags, by field name."""
+    fields = (field.name for field in dataclasses.fields(CRFParams))
+    return {name: getattr(args, f"crf_{name}") for name in fields if getattr(args, f"crf_{name}") is not None}
+
+
+def crf_params_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> CRFParams:
+    """The --crf_preset parameters (WeCLIP's evaluation when not given) with every --crf_<field> flag applied; a
+    value `CRFParams` refuses is a parser error naming it."""
+    try:
+        return dataclasses.replace(CRF_PRESETS[args.crf_preset or "weclip"], **crf_overrides(args))
+    except ValueError as err:
+        parser.error(str(err))
 
 
 def check_switched_flags(
