@@ -484,8 +484,9 @@ def test_a_resume_with_other_threads_is_warned_not_refused(tmp_path):
 
     assert printed({"threads": 4}, 2) == [
         f"Warning: {checkpoint} was trained with --num_threads 4 (torch threads per process) and this run with 2 "
-        "(the default follows the cores available): float sums then run in another order, so the weights and metrics.json equal the uninterrupted run's only up to float32 rounding (~1e-5), not bit for "
-        "bit. For an exact resume, resume with --num_threads 4."
+        "(the default follows the cores available): float sums then run in another order, so the weights and "
+        "metrics.json equal the uninterrupted run's only up to float32 rounding (~1e-5), not bit for bit. For an "
+        "exact resume, resume with --num_threads 4."
     ]
     assert printed({"threads": 4}, 4) == printed({"threads": None}, 2) == printed({"threads": 4}, None) == []
     assert printed({}, 2) == []

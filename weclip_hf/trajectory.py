@@ -70,8 +70,8 @@ def public_args(args: argparse.Namespace) -> dict:
 # (threads, allocator, torch.compile: the same operations) are free; a change of threads or of torch.compile
 # changes the order of float sums, so the weights are then equal up to float32 rounding (~1e-5), not bit for bit
 # (the default --num_threads follows the cores available; checkpoints record a CPU run's threads, and a resume with
-# others is warned: `thread_change_warning`). Everything else (data, model, optimization,
-# schedule, seed) defines the trajectory, and a resume that changes it is refused. Derived values (recipe, given_model_flags,
+# others is warned: `thread_change_warning`). Everything else (data, model, optimization, schedule, seed) defines
+# the trajectory, and a resume that changes it is refused. Derived values (recipe, given_model_flags,
 # rfm_start_source, resolved) follow the flags and are not compared themselves (`RESOLVED_ARGS`: by their values in
 # effect, those the arguments fix before the data and model load, the others once loaded).
 RESUMABLE_CHANGES = frozenset(
@@ -267,10 +267,10 @@ def thread_change_warning(path: Path, recorded: int, threads: int) -> str:
 
 
 def given_resolved_changes(path: Path, current: dict, keys: frozenset[str]) -> list[str]:
-    """``--key value (now ... / not given now)`` for each of ``keys`` (flags compared by their values in effect, `check_resolved`)
-    that the run of checkpoint ``path`` gave and the resumed run gives otherwise or leaves out: named with a
-    refusal of the flags as given, or of the values in effect the arguments fix, as what to restate (a default
-    may still resolve to the run's value: alone, a flag left out is not refused)."""
+    """``--key value (now ... / not given now)`` for each of ``keys`` (flags compared by their values in effect,
+    `check_resolved`) that the run of checkpoint ``path`` gave and the resumed run gives otherwise or leaves out:
+    named with a refusal of the flags as given, or of the values in effect the arguments fix, as what to restate (a
+    default may still resolve to the run's value: alone, a flag left out is not refused)."""
     saved = json.loads((path / TRAINING_ARGS_NAME).read_text(encoding="utf-8"))
     return [
         f"--{key} {saved[key]!r} ({'not given now' if current.get(key) is None else f'now {current[key]!r}'})"
