@@ -9,6 +9,7 @@ from scipy import ndimage
 from torch.overrides import TorchFunctionMode
 
 import weclip_hf.cam as weclip_cam
+from weclip_hf import WeCLIPConfig
 from weclip_hf.affinity import mean_attention_affinity, rfm_affinity, rfm_keep_rule, transition_matrix
 from weclip_hf.cam import box_mask, box_threshold_mask, gradcam, minmax_normalize, refine_cams
 from weclip_hf.connected_components import components_by_closure, components_by_propagation
@@ -131,6 +132,43 @@ def test_par_matches_conv_reference():
     for b in range(2):
         ref = reference_par(image[b : b + 1], scores[b : b + 1], [1, 2, 4], 4)
         torch.testing.assert_close(ours[b : b + 1], ref, rtol=1e-5, atol=1e-6)
+
+
+def test_par_of_an_image_with_a_flat_region_stays_finite_and_matches_the_reference():
+    """Where all ring neighbours share one colour (zero padding, a uniform background) their std is 0: the 1e-8 in
+    ``|I_n - I| / (sd + 1e-8)`` makes the colour term 0 there (uniform weights), where 0 / 0 would spread NaN."""
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(1, 3, 24, 24, generator=g)
+    image[..., 8:, 8:] = 0.5
+    scores = torch.rand(1, 2, 24, 24, generator=g)
+    ours = par_refine(image, scores, [1, 2], num_iter=3)
+    assert ours.isfinite().all()
+    torch.testing.assert_close(ours, reference_par(image, scores, [1, 2], 3), rtol=1e-5, atol=1e-6)
+
+
+def test_par_defaults_are_the_configs():
+    """`par_refine` called without settings refines as a default `WeCLIPConfig` (20 iterations, w1 0.3, w2 0.01)."""
+    config = WeCLIPConfig()
+    g = torch.Generator().manual_seed(0)
+    image, scores = torch.randn(1, 3, 12, 12, generator=g), torch.rand(1, 2, 12, 12, generator=g)
+    settings = dict(
+        num_iter=config.par_num_iter, temperature=config.par_temperature, pos_weight=config.par_pos_weight
+    )
+    torch.testing.assert_close(
+        par_refine(image, scores, [1, 2]), par_refine(image, scores, [1, 2], **settings), rtol=0, atol=0
+    )
+
+
+def test_par_refines_half_precision_inputs_in_float32():
+    """Images and scores in bfloat16 (a model run in half precision) are refined in float32: as their float32 copies."""
+    g = torch.Generator().manual_seed(0)
+    image, scores = torch.randn(1, 3, 12, 12, generator=g), torch.rand(1, 2, 12, 12, generator=g)
+    image, scores = image.bfloat16(), scores.bfloat16()
+    refined = par_refine(image, scores, [1, 2], num_iter=3)
+    assert refined.dtype == torch.float32
+    torch.testing.assert_close(
+        refined, par_refine(image.float(), scores.float(), [1, 2], num_iter=3), rtol=0, atol=0
+    )
 
 
 def test_rfm_keeps_layers_with_mass_above_mean():
