@@ -1032,6 +1032,23 @@ def test_an_ignore_index_that_is_a_label_id_is_refused_however_it_arrives(tiny_c
     assert make_tiny_config(class_names=many, semantic_loss_ignore_index=-100).num_labels == 301
 
 
+def test_decoder_affinity_is_float32_for_half_precision_features_and_under_autocast():
+    """``sigmoid(F^T F)`` of the decoder's features is computed in float32: bfloat16 features (a half-precision
+    model) give their float32 copy's affinity, and a bfloat16 autocast leaves the product alone."""
+    from weclip_hf.decoder import feature_affinity
+
+    features = torch.randn(2, 8, 3, 4, generator=torch.Generator().manual_seed(0)) / 2
+    half = features.bfloat16()
+    expected = torch.sigmoid(half.float().flatten(2).transpose(1, 2) @ half.float().flatten(2))
+    ours = feature_affinity(half)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = feature_affinity(features)
+    assert under_autocast.dtype == torch.float32
+    torch.testing.assert_close(under_autocast, feature_affinity(features), rtol=0, atol=1e-6)
+
+
 def test_the_decoder_starts_as_the_official_codes_or_by_initializer_range():
     """The trained modules start as the official code's (PyTorch's defaults: Linear / Conv2d Kaiming-uniform
     weights and uniform biases in +-1/sqrt(fan_in); the attention's packed q/k/v Xavier-uniform over [3 dim, dim],
@@ -1053,6 +1070,10 @@ def test_the_decoder_starts_as_the_official_codes_or_by_initializer_range():
             layer.weight.std()
         ) > 0.8 * bound / math.sqrt(3)
     assert float(fc1.bias.abs().max()) <= fc1.in_features**-0.5 and fc1.bias.any()
+    # uniform over the whole +-bound: both signs, out to half the bound
+    for layer in (fc1, model.decoder.fuse):
+        bound = layer.weight[0].numel() ** -0.5
+        assert float(layer.bias.min()) < -bound / 2 and float(layer.bias.max()) > bound / 2
     model.update_class_embeddings(CharTokenizer(), class_names=["a", "b"])
     bound = model.decoder.classifier.weight[0].numel() ** -0.5
     assert float(model.decoder.classifier.weight.abs().max()) <= bound and model.decoder.classifier.bias.any()
