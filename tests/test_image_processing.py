@@ -363,6 +363,10 @@ def test_unknown_or_misspelled_options_raise_naming_them():
             proc(_image(), **bad)
     with pytest.raises(ValueError, match="rescale_factor"):
         WeCLIPImageProcessor(rescale_factor=-1.0)
+    # a size of 0 is refused as the processor is built (not only when a resize to it fails)
+    for size in ({"longest_edge": 0}, {"height": 0, "width": 8}):
+        with pytest.raises(ValueError, match="size values must be positive integers"):
+            WeCLIPImageProcessor(size=size)
 
 
 def test_device_moves_the_returned_tensors_per_call(tmp_path):
@@ -515,6 +519,18 @@ def test_post_process_crops_the_padding_before_upsampling():
     unpadded = WeCLIPImageProcessor(size={"longest_edge": 40}, patch_size=8)
     (stretched,) = unpadded.post_process_semantic_segmentation({"logits": logits}, target_sizes=[(40, 12)])
     assert (stretched[:, :6] == 1).all() and (stretched[:, 6:] == 2).all()
+    # logits of another grid than the padded input's (5 x 2) cover no padding: upsampled plainly, not cropped
+    other = torch.randn(1, 3, 5, 3, generator=torch.Generator().manual_seed(0))
+    for scores in (False, True):
+        plain, cropped = (
+            p.post_process_semantic_segmentation(
+                {"logits": other}, [(40, 12)], return_segmentation_scores=scores
+            )[0]
+            for p in (unpadded, proc)
+        )
+        if scores:
+            plain, cropped = plain.segmentation_scores, cropped.segmentation_scores
+        assert torch.equal(plain, cropped)
 
 
 def test_labels_only_upsample_a_chunk_of_classes_at_a_time(monkeypatch):
@@ -564,6 +580,23 @@ def test_segmentation_scores_match_segformer():
             assert x.segmentation_scores.shape == (5, *m.shape)
     as_tensor = ours.post_process_semantic_segmentation(outputs, torch.tensor([[8, 12], [5, 7]]))
     assert all(torch.equal(x, y) for x, y in zip(as_tensor, maps))
+
+
+def test_segmentation_scores_of_half_precision_logits_are_float32():
+    """bfloat16 logits (a model run in half precision) are upsampled in float32, as the labels are: the scores are
+    those of the logits' float32 copy and their argmax is the labels."""
+    logits = torch.randn(1, 4, 3, 5, generator=torch.Generator().manual_seed(0)).bfloat16()
+    proc = WeCLIPImageProcessor()
+    (out,) = proc.post_process_semantic_segmentation(
+        {"logits": logits}, [(37, 61)], return_segmentation_scores=True
+    )
+    (expected,) = proc.post_process_semantic_segmentation(
+        {"logits": logits.float()}, [(37, 61)], return_segmentation_scores=True
+    )
+    assert out.segmentation_scores.dtype == torch.float32
+    torch.testing.assert_close(out.segmentation_scores, expected.segmentation_scores, rtol=0, atol=0)
+    (labels,) = proc.post_process_semantic_segmentation({"logits": logits}, [(37, 61)])
+    assert torch.equal(out.segmentation, labels)
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int64, torch.float32])
