@@ -220,6 +220,9 @@ def test_errors_name_the_argument():
         confusion_matrix(np.zeros((3, 4), int), np.zeros((3, 4), int), 0)
     with pytest.raises(TypeError, match="pred"):
         confusion_matrix(np.zeros((3, 4)), np.zeros((3, 4), int), 3)
+    for floats in (torch.zeros(3, 4), torch.zeros(3, 4, dtype=torch.complex64)):  # tensors too: not truncated
+        with pytest.raises(TypeError, match="`ref` must hold integer labels"):
+            confusion_matrix(torch.zeros(3, 4, dtype=torch.long), floats, 3)
     with pytest.raises(ValueError, match="square"):
         scores_from_confusion(np.zeros((3, 4)))
     with pytest.raises(ValueError, match="maps of several sizes go one"):
@@ -227,6 +230,15 @@ def test_errors_name_the_argument():
     for not_a_count in (True, 2.0, torch.tensor(2.0), "2"):
         with pytest.raises(ValueError, match="num_labels"):
             MeanIoU(not_a_count)
+
+
+def test_boolean_maps_count_as_labels_0_and_1():
+    """Boolean maps (a binary segmentation) count as labels 0 and 1, as NumPy arrays and tensors alike."""
+    g = np.random.default_rng(0)
+    pred, ref = g.random((2, 5, 6)) > 0.5, g.random((2, 5, 6)) > 0.5
+    expected = confusion_matrix(pred.astype(np.int64), ref.astype(np.int64), 2)
+    assert int(expected.sum()) == pred.size and torch.equal(confusion_matrix(pred, ref, 2), expected)
+    assert torch.equal(confusion_matrix(torch.from_numpy(pred), torch.from_numpy(ref), 2), expected)
 
 
 def test_num_labels_of_numpy_and_torch_integers():
