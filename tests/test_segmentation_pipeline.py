@@ -196,6 +196,26 @@ def test_no_error_is_logged_for_a_weclip_model(model_dir, transformers_logs):
     assert any("is not supported for image-segmentation" in r.getMessage() for r in transformers_logs)
 
 
+def test_building_the_pipeline_looks_for_no_video_processor(model_dir, monkeypatch):
+    """A saved folder's preprocessor_config.json names remote code (its auto_map): a look for a video processor
+    there would ask on stdin whether to trust it (under pytest the question fails silently). None is looked for."""
+    import builtins
+
+    import transformers.pipelines as pipelines
+
+    assert "auto_map" in json.loads((model_dir / "preprocessor_config.json").read_text())
+    asked = []
+
+    def refuse(*args, **kwargs):
+        asked.append(args)
+        raise AssertionError("asked for a video processor")
+
+    monkeypatch.setattr(pipelines.AutoVideoProcessor, "from_pretrained", refuse)
+    monkeypatch.setattr(builtins, "input", refuse)
+    pipeline("image-segmentation", model=str(model_dir))
+    assert asked == []
+
+
 def test_saved_pipeline_needs_no_remote_code(segmenter, tmp_path):
     segmenter.save_pretrained(tmp_path)
     assert "custom_pipelines" not in json.loads((tmp_path / "config.json").read_text())
