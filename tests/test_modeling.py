@@ -530,6 +530,9 @@ _ONE, _TWO = torch.randn(1, 3, 32, 32), torch.randn(2, 3, 32, 32)
         (torch.randn(2, 3, 32, 32), torch.ones(2, 3), None, ValueError, "class_labels"),
         (torch.randn(2, 3, 32, 32), torch.full((2, 4), 0.5), None, ValueError, "only 0 and 1"),
         (torch.randn(1, 3, 32, 32), None, torch.full((1, 32, 32), 7), ValueError, "outside"),
+        (_ONE, None, torch.full((1, 32, 32), 5), ValueError, r"outside \[0, 4\]"),  # num_labels itself
+        (_ONE, None, torch.full((1, 32, 32), -1), ValueError, r"outside \[0, 4\]"),
+        (_TWO, torch.tensor([[1, 0, 0.5, 0], [0, 1, 1, 0]]), None, ValueError, "only 0 and 1"),
         (_ONE, None, torch.zeros(1, 16, 16, dtype=torch.long), ValueError, "labels must"),
         (_TWO, [[1, 0, 0, 0]] * 2, None, TypeError, "class_labels must be a torch.Tensor, got list"),
         (_TWO, np.eye(2, 4), None, TypeError, "class_labels must be a torch.Tensor, got ndarray"),
@@ -542,6 +545,12 @@ _ONE, _TWO = torch.randn(1, 3, 32, 32), torch.randn(2, 3, 32, 32)
 def test_bad_inputs_raise_clear_errors(tiny_model, pixel_values, class_labels, labels, error, message):
     with pytest.raises(error, match=message):
         tiny_model(pixel_values, class_labels=class_labels, labels=labels)
+
+
+def test_an_image_of_exactly_one_patch_is_accepted(tiny_model):
+    """The smallest image a forward takes is one patch (8 px here): a 1 x 1 logit grid, not a refusal."""
+    patch = tiny_model.config.vision_config.patch_size
+    assert tiny_model(torch.randn(1, 3, patch, patch)).logits.shape[-2:] == (1, 1)
 
 
 @pytest.mark.parametrize("dtype", [torch.bool, torch.long, torch.uint8])
