@@ -12,7 +12,10 @@ from weclip_hf.inference import (
     image_pseudo_labels,
     longest_edge_size,
     multiscale_flip_logits,
+    pad_to_multiple,
     pad_to_patch,
+    resize_label_maps,
+    resized_size,
     upsample_cropping_padding,
     upsampled_labels,
     upsampling_size,
@@ -98,6 +101,40 @@ def test_multiscale_resizes_by_scale_factor_as_the_official_code():
 def test_longest_edge_size_truncates_the_short_side():
     assert longest_edge_size(333, 500, 512) == (340, 512)  # 333 * 512 / 500 = 340.99
     assert longest_edge_size(500, 333, 512) == (512, 340)
+    # multiplied before dividing: exact where the official ratio 512 / 103 falls short (103 * 4.97... = 511.99...)
+    assert longest_edge_size(103, 103, 512) == (512, 512) and longest_edge_size(103, 50, 512) == (512, 248)
+
+
+def test_pad_to_multiple_zero_pads_the_bottom_and_right_up_to_the_next_multiple():
+    """30 x 41 to a multiple of 16: 32 x 48, the image at the top left and zeros around it; a multiple stays."""
+    image = torch.rand(1, 3, 30, 41) + 1
+    padded = pad_to_multiple(image, 16)
+    assert padded.shape[-2:] == (32, 48) and torch.equal(padded[..., :30, :41], image)
+    assert not padded[..., 30:, :].any() and not padded[..., :, 41:].any()
+    assert pad_to_multiple(padded, 16).shape == padded.shape
+
+
+def test_upsampling_size_is_the_nearest_pixel_of_the_padded_extent():
+    """43 rows resized to 20 and padded to 24 span 43 * 24 / 20 = 51.6 rows at the original scale: 52, the nearest
+    (51 would shrink the cropped image part); without padding, the size itself."""
+    assert upsampling_size((43, 12), (20, 12), (24, 16)) == (52, 16)
+    assert upsampling_size((43, 12)) == (43, 12)
+
+
+def test_resize_label_maps_keeps_the_labels_dtype():
+    """Label maps resized by nearest neighbour keep their integer dtype (they were float32 after the resize)."""
+    labels = torch.tensor([[[0, 1], [2, 255]]])
+    resized = resize_label_maps(labels, (4, 4))
+    assert resized.dtype == torch.int64
+    assert torch.equal(resized, labels.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2))
+    assert resize_label_maps(labels.to(torch.uint8), (4, 4)).dtype == torch.uint8
+
+
+def test_resized_size_refuses_a_size_below_one_pixel():
+    """A side of 0 (or less) is refused, naming the size, in every form: it resized to one pixel."""
+    for size in (0, {"longest_edge": 0}, {"shortest_edge": -1}, {"height": 0, "width": 8}):
+        with pytest.raises(ValueError, match="size to resize to must be given in positive integers"):
+            resized_size(30, 40, size)
 
 
 def test_image_logits_of_an_image_below_one_patch_are_the_top_left_crop():
