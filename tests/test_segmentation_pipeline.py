@@ -216,6 +216,17 @@ def test_building_the_pipeline_looks_for_no_video_processor(model_dir, monkeypat
     assert asked == []
 
 
+def test_masks_have_the_size_the_processor_reads_with_its_input_data_format(model_dir):
+    """An array whose layout is ambiguous ([3, 40, 3]) is read by the processor's input_data_format: here channels
+    first, a 40 x 3 image, and its masks are 40 x 3 (a guess would read 3 x 40 and stretch them)."""
+    processor = WeCLIPImageProcessor(
+        size={"longest_edge": 64}, patch_size=8, input_data_format="channels_first"
+    )
+    segmenter = pipeline("image-segmentation", model=str(model_dir), image_processor=processor)
+    masks = segmenter(np.random.default_rng(0).integers(0, 256, (3, 40, 3), dtype=np.uint8))
+    assert masks and all(m["mask"].size == (3, 40) for m in masks)  # PIL: (width, height)
+
+
 def test_saved_pipeline_needs_no_remote_code(segmenter, tmp_path):
     segmenter.save_pretrained(tmp_path)
     assert "custom_pipelines" not in json.loads((tmp_path / "config.json").read_text())
