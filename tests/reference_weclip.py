@@ -1,7 +1,8 @@
-"""Slow, obviously-correct reference of the WeCLIP pseudo-label path: one image, one class at a time.
+"""Slow, obviously-correct reference of the WeCLIP pseudo-label path: one image, one class at a time; and of the
+decoder: one image, one head at a time.
 
-Written independently of `weclip_hf.cam` / `weclip_hf.par`, following DESIGN Part 1 step by step
-with explicit loops, NumPy and SciPy (connected components), the way the official code runs. The tests
+Written independently of `weclip_hf.cam` / `weclip_hf.par` / `weclip_hf.decoder`, following DESIGN Part 1 step by
+step with explicit loops, NumPy and SciPy (connected components), the way the official code runs. The tests
 prove the batched implementation equal to it; the benchmark times it as the "slow path".
 """
 
@@ -195,3 +196,82 @@ def reference_affinity_loss(affinity: torch.Tensor, labels: torch.Tensor, grid, 
                     neg_sum += float(affinity[b, i, j])
                     n_neg += 1
     return 0.5 * pos_sum / (n_pos + 1) + 0.5 * neg_sum / (n_neg + 1)
+
+
+def reference_layer_norm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
+) -> torch.Tensor:
+    """LayerNorm over the last dim written out: biased variance, PyTorch's default eps."""
+    centred = x - x.mean(dim=-1, keepdim=True)
+    return centred / torch.sqrt(centred.square().mean(dim=-1, keepdim=True) + eps) * weight + bias
+
+
+def reference_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``x @ weight^T + bias`` (a Linear, or a 1x1 conv of weight [out, in, 1, 1] on tokens)."""
+    return x @ weight.reshape(weight.shape[0], -1).t() + bias
+
+
+def reference_decoder_block(x: torch.Tensor, params: dict[str, torch.Tensor], num_heads: int) -> torch.Tensor:
+    """One decoder block on the tokens [N, dim] of one image, from its parameters (``block.state_dict()``) as DESIGN
+    Part 1 and the official code build it: x + MHA(ln_1(x)), then + MLP(ln_2(x)) with QuickGELU.
+
+    The attention is torch's ``nn.MultiheadAttention`` (the official module): the packed in_proj weight [3 dim, dim]
+    holds the q, k and v rows in that order; head i reads features i*hd..(i+1)*hd of each; scores q k^T / sqrt(hd),
+    softmax over the keys; the heads concatenated in order, then out_proj."""
+    dim = x.shape[-1]
+    head_dim = dim // num_heads
+    h = reference_layer_norm(x, params["layer_norm1.weight"], params["layer_norm1.bias"])
+    in_weight, in_bias = params["self_attn.in_proj.weight"], params["self_attn.in_proj.bias"]
+    q, k, v = (
+        reference_linear(h, in_weight[i * dim : (i + 1) * dim], in_bias[i * dim : (i + 1) * dim])
+        for i in range(3)
+    )
+    heads = []
+    for head in range(num_heads):
+        cols = slice(head * head_dim, (head + 1) * head_dim)
+        scores = q[:, cols] @ k[:, cols].t() / math.sqrt(head_dim)  # [N, N]: query x key
+        heads.append(torch.softmax(scores, dim=-1) @ v[:, cols])
+    attended = torch.cat(heads, dim=-1)
+    x = x + reference_linear(attended, params["self_attn.out_proj.weight"], params["self_attn.out_proj.bias"])
+    h = reference_layer_norm(x, params["layer_norm2.weight"], params["layer_norm2.bias"])
+    z = reference_linear(h, params["mlp.fc1.weight"], params["mlp.fc1.bias"])
+    z = z * torch.sigmoid(1.702 * z)  # QuickGELU
+    return x + reference_linear(z, params["mlp.fc2.weight"], params["mlp.fc2.bias"])
+
+
+def reference_feature_head(layer_tokens: list[torch.Tensor], params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The feature head (official ``SegFormerHead``) on one image's patch tokens [N, D] per input, from its
+    parameters, in eval mode (no dropout): per input fc2(ReLU(fc1(t))), concatenated in input order, 1x1 fuse conv.
+    Returns the fused tokens [N, dim] (row-major over the grid)."""
+    projected = []
+    for i, tokens in enumerate(layer_tokens):
+        mlp = f"layer_mlps.{i}."
+        hidden = torch.relu(reference_linear(tokens, params[mlp + "fc1.weight"], params[mlp + "fc1.bias"]))
+        projected.append(reference_linear(hidden, params[mlp + "fc2.weight"], params[mlp + "fc2.bias"]))
+    return reference_linear(torch.cat(projected, dim=-1), params["fuse.weight"], params["fuse.bias"])
+
+
+def reference_decoder(
+    layer_tokens: list[torch.Tensor], grid: tuple[int, int], decoder: torch.nn.Module, num_heads: int
+) -> torch.Tensor:
+    """WeCLIP's decoder (eval mode) on one image's CLIP patch tokens [N, D] per feature layer: the feature head, the
+    blocks in order (no positional embedding, no final LayerNorm), the 1x1 classifier. Returns logits [K, h, w],
+    token n at cell (n // w, n % w)."""
+    params = decoder.state_dict()
+    x = reference_feature_head(layer_tokens, params)
+    for i in range(len(decoder.blocks)):
+        prefix = f"blocks.{i}."
+        block = {name[len(prefix) :]: t for name, t in params.items() if name.startswith(prefix)}
+        x = reference_decoder_block(x, block, num_heads)
+    return reference_grid_map(
+        reference_linear(x, params["classifier.weight"], params["classifier.bias"]), grid
+    )
+
+
+def reference_grid_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Tokens [N, C] of a row-major (h, w) grid as a map [C, h, w]: token n at cell (n // w, n % w)."""
+    h, w = grid
+    out = tokens.new_zeros(tokens.shape[1], h, w)
+    for n in range(h * w):
+        out[:, n // w, n % w] = tokens[n]
+    return out
