@@ -117,6 +117,18 @@ def test_gradcam_and_normalization():
     assert torch.isfinite(minmax_normalize(torch.zeros(2, 3, 3))).all()  # constant CAM: no division by zero
 
 
+def test_gradcam_normalizes_twice_as_the_official_code():
+    """A hand-computed CAM [0, 1.6078432, 4] (channel weight 1): 4 + 1e-7 rounds to 4 in float32, so the first
+    min-max pass gives a peak of exactly 1 and the second 1 / float32(1 + 1e-7) = 1 / (1 + 2^-23) = 1 - 2^-23. Its
+    uint8 peak is then 254, not 255: the box threshold is int(0.4 * 254) = 101 and the middle cell (uint8 102) is in
+    the mask; after one pass the threshold would be int(0.4 * 255) = 102 and the cell out."""
+    activations = torch.tensor([[[0.0], [1.6078432], [4.0]]])  # [P=1, N=3, D=1]
+    cams = gradcam(activations, torch.ones(1, 3, 1), (1, 3))
+    assert float(cams[0, 0, 2]) == 1 - 2**-23
+    assert (cams * 255).floor().tolist() == [[[0.0, 102.0, 254.0]]]
+    assert box_threshold_mask(cams, 0.4).tolist() == [[[False, True, True]]]
+
+
 def test_transition_matrix_matches_reference():
     aff = torch.rand(2, 30, 30, generator=torch.Generator().manual_seed(0))
     ours = transition_matrix(aff)
