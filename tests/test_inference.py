@@ -98,6 +98,27 @@ def test_multiscale_resizes_by_scale_factor_as_the_official_code():
     assert not torch.allclose(by_size, official, atol=1e-3)
 
 
+@pytest.mark.parametrize("flip", [True, False])
+def test_multiscale_flip_is_the_mean_over_scales_of_each_scales_flip_averaged_logits(flip):
+    """Against a loop over scales and flips of `image_logits` (logits that vary in space and are not mirror
+    symmetric: a random image's pooled pixels): per scale the flipped view's logits are flipped back and averaged
+    with the plain view's, resized to the scale-1 logit grid, and the three scales averaged (not summed, nor
+    halved as for two)."""
+    model = RecordingModel(patch_size=2)  # logits on the patch grid: 2 x 2 pools
+    image = torch.randn(2, 3, 32, 40, generator=torch.Generator().manual_seed(0))
+    scales = (1.0, 0.75, 0.5)
+    expected = []
+    for scale in scales:
+        scaled = F.interpolate(image, scale_factor=scale, mode="bilinear", align_corners=False)
+        views = [image_logits(model, scaled)]
+        if flip:
+            views.append(image_logits(model, scaled.flip(-1)).flip(-1))
+        per_scale = torch.stack(views).mean(0)
+        expected.append(F.interpolate(per_scale, size=(16, 20), mode="bilinear", align_corners=False))
+    ours = multiscale_flip_logits(model, image, scales=scales, flip=flip)
+    torch.testing.assert_close(ours, torch.stack(expected).mean(0), rtol=1e-6, atol=1e-6)
+
+
 def test_longest_edge_size_truncates_the_short_side():
     assert longest_edge_size(333, 500, 512) == (340, 512)  # 333 * 512 / 500 = 340.99
     assert longest_edge_size(500, 333, 512) == (512, 340)
