@@ -9,7 +9,8 @@ registered: a pickle planted in a shared or downloaded checkpoint is never execu
 
 A training run's checkpoints leave out the frozen parameters (`FrozenWeights`: the CLIP towers, WeCLIP+'s
 DINOv2; a ViT-B/16 checkpoint is 24 MB with the toy decoder, 69 MB with VOC's, instead of 595 MB and more), which
-the resumed run loads from its backbones as the first run did; ``frozen_weights.json`` records their SHA-256, and a resume whose backbones differ is refused.
+the resumed run loads from its backbones as the first run did; ``frozen_weights.json`` records their SHA-256, and a
+resume whose backbones differ is refused.
 
 Checkpoints are written to ``step_N.tmp`` and renamed, so a crash never leaves an incomplete ``step_N``;
 ``latest`` still checks each candidate and falls back past a damaged one, naming it. `prune_checkpoints` keeps the
