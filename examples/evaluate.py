@@ -63,10 +63,10 @@ from weclip_hf.script_arguments import (
     check_preset_fits_model,
     check_source_flags,
     check_switched_flags,
-    crf_params_from_args,
     first_paragraph,
     fraction,
     positive_float,
+    resolve_crf_flags,
 )
 
 
@@ -215,10 +215,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_switched_flags(p, args, {"scales": "msf", **dict.fromkeys(CRF_PARAMETER_FLAGS, "crf")})
     if args.scales is None:
         args.scales = list(settings.msf_scales)
-    args.crf_preset = args.crf_preset or "weclip"
+    resolve_crf_flags(p, args)
     if args.skip_empty_images is None:
         args.skip_empty_images = bool(args.preset) and get_preset(args.preset).dataset.skip_empty_images
-    args.crf_params = crf_params_from_args(p, args)
     if args.output_json and Path(args.output_json).is_dir():
         p.error(
             f"--output_json {args.output_json} is a folder: give a file name, e.g. {args.output_json}/eval.json."

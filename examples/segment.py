@@ -111,9 +111,9 @@ from weclip_hf.script_arguments import (
     check_source_flags,
     check_switched_flags,
     crf_overrides,
-    crf_params_from_args,
     first_paragraph,
     positive_float,
+    resolve_crf_flags,
 )
 from weclip_hf.visualization import (
     fractions_from_counts,
@@ -195,8 +195,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--batch_size must be >= 1, got {args.batch_size}")
     check_source_flags(p, args)
     check_switched_flags(p, args, {"scales": "msf", **dict.fromkeys(CRF_PARAMETER_FLAGS, "crf")})
-    args.crf_params = crf_params_from_args(p, args)
-    args.crf_preset = args.crf_preset or "weclip"
+    resolve_crf_flags(p, args)
     return args
 
 
@@ -589,8 +588,9 @@ def main(argv=None) -> dict | None:
     if args.scales is None:
         args.scales = default_scales(model.config)
     settings = {k: getattr(args, k) for k in ("model_name_or_path", "dtype", "msf", "crf", "crf_preset")}
-    if crf_overrides(args):  # recorded only when given, so that a folder of an earlier version goes on
-        settings["crf_overrides"] = crf_overrides(args)
+    # the CRF's overrides recorded only when given, so that a folder of an earlier version goes on
+    if overrides := crf_overrides(args):
+        settings["crf_overrides"] = overrides
     settings["scales"] = args.scales if args.msf else None
     settings["image_processor"] = image_processor_setting(processor)
     # the inputs before anything is written: a run without inputs leaves nothing

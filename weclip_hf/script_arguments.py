@@ -226,7 +226,7 @@ CRF_PARAMETER_FLAGS = ("crf_preset", *(f"crf_{field.name}" for field in dataclas
 
 def add_crf_parameter_flags(parser, preset_help: str) -> None:
     """Add --crf_preset (``preset_help``) and a --crf_<field> flag per `CRFParams` field, each overriding the
-    preset's value (evaluate.py, segment.py; `crf_params_from_args` reads them)."""
+    preset's value (evaluate.py, segment.py; `resolve_crf_flags` reads them)."""
     parser.add_argument("--crf_preset", choices=sorted(CRF_PRESETS), help=preset_help)
     for field in dataclasses.fields(CRFParams):
         values = ", ".join(
@@ -248,11 +248,12 @@ def crf_overrides(args: argparse.Namespace) -> dict:
     return {name: getattr(args, f"crf_{name}") for name in fields if getattr(args, f"crf_{name}") is not None}
 
 
-def crf_params_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> CRFParams:
-    """The --crf_preset parameters (WeCLIP's evaluation when not given) with every --crf_<field> flag applied; a
-    value `CRFParams` refuses is a parser error naming it."""
+def resolve_crf_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Set ``args.crf_preset`` (WeCLIP's evaluation, "weclip", when not given) and ``args.crf_params``: its
+    parameters with every --crf_<field> flag applied; a value `CRFParams` refuses is a parser error naming it."""
+    args.crf_preset = args.crf_preset or "weclip"
     try:
-        return dataclasses.replace(CRF_PRESETS[args.crf_preset or "weclip"], **crf_overrides(args))
+        args.crf_params = dataclasses.replace(CRF_PRESETS[args.crf_preset], **crf_overrides(args))
     except ValueError as err:
         parser.error(str(err))
 
