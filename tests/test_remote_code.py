@@ -156,6 +156,8 @@ def test_remote_code_loads_without_the_package(saved, tmp_path):
         HF_HOME=str(tmp_path / "hf_home"),
         HF_MODULES_CACHE=str(tmp_path / "hf_modules"),
         TRANSFORMERS_VERBOSITY="error",
+        # the fresh process resizes with this one's torch threads (1 ulp of bilinear resizing depends on them)
+        OMP_NUM_THREADS=str(torch.get_num_threads()),
     )
     run = subprocess.run(
         [sys.executable, str(script), str(folder), str(image_path), str(out)],
