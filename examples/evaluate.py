@@ -48,16 +48,18 @@ from weclip_hf.evaluation import MIOU_NAMES, evaluate_segmentation, processor_in
 from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.metrics import per_class_iou
 from weclip_hf.normalization import PixelNormalization
-from weclip_hf.presets import PRESETS, EvaluationSettings, evaluation_of_config, get_preset
+from weclip_hf.presets import PRESETS, EvaluationSettings, get_preset
 from weclip_hf.script_arguments import (
     CRF_PARAMETER_FLAGS,
     DATASET_CONFIG_HELP,
     IMAGE_COLUMN_HELP,
     LABELS_COLUMN_HELP,
     MASK_COLUMN_HELP,
+    MODEL_SCALES_HELP,
     add_crf_parameter_flags,
     add_data_source_flags,
     add_device_flag,
+    add_multiscale_flags,
     at_least_one,
     check_model_argument,
     check_preset_fits_model,
@@ -65,24 +67,18 @@ from weclip_hf.script_arguments import (
     check_switched_flags,
     first_paragraph,
     fraction,
-    positive_float,
     resolve_crf_flags,
+    scales_in_effect,
 )
 
 
 def evaluation_settings(preset: str | None, toy: bool) -> EvaluationSettings:
     """The evaluation settings the flags start from: the preset's; without one, the toy recipe's on the toy world,
     else no CRF; without a preset the images are resized as the model's image processor resizes them
-    (`input_size`) and the scales are those of the model's preset (`resolved_scales`), once it is loaded."""
+    (`input_size`) and the scales are those of the model's preset (`scales_in_effect`), once it is loaded."""
     if preset or toy:
         return get_preset(preset or "toy").evaluation
     return EvaluationSettings(eval_long_side=None, msf_scales=(), crf=False)
-
-
-def resolved_scales(args: argparse.Namespace, config) -> list[float]:
-    """The multi-scale scales: ``--scales`` or the preset's; else those of the model's preset
-    (`evaluation_of_config`, as examples/segment.py: WeCLIP+'s 1.0 1.5 for a WeCLIP+ model)."""
-    return list(args.scales or evaluation_of_config(config).msf_scales)
 
 
 def input_size(
@@ -157,14 +153,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="resize the long side to N before prediction (VOC: 512); default: the preset's, without --preset "
         "as the model's saved image processor resizes (what the pipeline predicts on)",
     )
-    p.add_argument("--msf", action="store_true", help="multi-scale + flip (--scales)")
-    p.add_argument(
-        "--scales",
-        type=positive_float,
-        nargs="+",
-        help="multi-scale scales (default: the preset's, VOC 1.0 0.75, toy 1.0 1.125; without --preset those of "
-        "the model's preset (its config's training_preset, else found by its classes), else of its model type's "
-        "VOC preset: WeCLIP+ 1.0 1.5)",
+    add_multiscale_flags(
+        p, f"the preset's, VOC 1.0 0.75, toy 1.0 1.125; without --preset {MODEL_SCALES_HELP}"
     )
     p.add_argument(
         "--crf",
@@ -324,7 +314,7 @@ def main(argv=None) -> dict:
     )
     normalization = PixelNormalization.from_image_processor(image_processor)
     args.input_size = input_size(args, image_processor)
-    args.scales = resolved_scales(args, cfg)
+    args.scales = scales_in_effect(args.scales, cfg)
     if main_process and (note := other_classes_note(args, cfg)):
         print(note)
     _, val, _ = load_dataset_splits(

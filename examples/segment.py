@@ -100,20 +100,20 @@ from weclip_hf.data.loading import DataSource, load_dataset_splits, names_no_dat
 from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.image_reading import to_rgb_uint8
 from weclip_hf.inference import image_logits, multiscale_flip_logits
-from weclip_hf.presets import evaluation_of_config
 from weclip_hf.script_arguments import (
     CRF_PARAMETER_FLAGS,
     DATASET_CONFIG_HELP,
     IMAGE_COLUMN_HELP,
     add_crf_parameter_flags,
     add_data_source_flags,
+    add_multiscale_flags,
     check_model_argument,
     check_source_flags,
     check_switched_flags,
     crf_overrides,
     first_paragraph,
-    positive_float,
     resolve_crf_flags,
+    scales_in_effect,
 )
 from weclip_hf.visualization import (
     fractions_from_counts,
@@ -166,14 +166,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="dtype of the model weights (default: float32, on every device; on a GPU, bfloat16 halves their "
         "memory)",
     )
-    p.add_argument("--msf", action="store_true", help="multi-scale + flip (--scales)")
-    p.add_argument(
-        "--scales",
-        type=positive_float,
-        nargs="+",
-        help="default: the evaluation scales of the model's preset (its config's training_preset, else found by "
-        "its classes: toy 1.0 1.125), else of its model type's VOC preset (WeCLIP 1.0 0.75, WeCLIP+ 1.0 1.5)",
-    )
+    add_multiscale_flags(p)
     p.add_argument(
         "--crf",
         action="store_true",
@@ -456,12 +449,6 @@ def load_model(args, state: PartialState) -> tuple[WeCLIPForSemanticSegmentation
     return model, processor
 
 
-def default_scales(config) -> list[float]:
-    """The multi-scale + flip scales of the model's preset (`evaluation_of_config`: the one it was trained with,
-    else that of its classes, else its model type's VOC preset's)."""
-    return list(evaluation_of_config(config).msf_scales)
-
-
 @torch.no_grad()
 def segment(model, processor, items: list[dict], args) -> list[torch.Tensor]:
     """Label maps [H, W] (the images' own sizes) of same-size processed ``items``: (multi-scale + flip) logits,
@@ -585,8 +572,7 @@ def main(argv=None) -> dict | None:
     out = Path(args.output_dir)
     check_no_links(out, [*OUTPUT_FOLDERS, REPORT])
     model, processor = load_model(args, state)
-    if args.scales is None:
-        args.scales = default_scales(model.config)
+    args.scales = scales_in_effect(args.scales, model.config)
     settings = {k: getattr(args, k) for k in ("model_name_or_path", "dtype", "msf", "crf", "crf_preset")}
     # the CRF's overrides recorded only when given, so that a folder of an earlier version goes on
     if overrides := crf_overrides(args):

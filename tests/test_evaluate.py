@@ -20,6 +20,7 @@ from PIL import Image
 
 from weclip_hf.crf import WECLIP
 from weclip_hf.evaluation import MIOU_NAMES, evaluate_segmentation, predict_labels
+from weclip_hf.script_arguments import scales_in_effect
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "evaluate.py"
@@ -519,7 +520,7 @@ def test_a_preset_of_other_classes_than_the_models_is_named_in_a_note(tmp_path):
 
     def note(*flags):
         args = script.parse_args([*local, *flags])
-        args.input_size, args.scales = script.input_size(args, None), script.resolved_scales(args, config)
+        args.input_size, args.scales = script.input_size(args, None), scales_in_effect(args.scales, config)
         return script.other_classes_note(args, config)
 
     assert note("--preset", "voc") is None and note() is None

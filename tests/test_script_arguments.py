@@ -22,7 +22,7 @@ from conftest import (
 from weclip_hf.checkpointing import TRAINING_ARGS_NAME, differences
 from weclip_hf.presets import get_preset
 from weclip_hf.run_signals import exit_status
-from weclip_hf.script_arguments import check_model_argument, first_paragraph
+from weclip_hf.script_arguments import check_model_argument, first_paragraph, scales_in_effect
 from weclip_hf.trajectory import trajectory_args, trajectory_label
 
 generate_pseudo_labels = example_module("generate_pseudo_labels")
@@ -170,7 +170,7 @@ def test_evaluate_on_the_toy_world_without_preset_uses_the_toy_recipe(tmp_path):
     }
     local = evaluate_script.parse_args(["--model_name_or_path", "m", "--data_dir", "d"])
     assert local.crf is False  # a local dataset: as before
-    assert evaluate_script.resolved_scales(local, make_tiny_config()) == [1.0, 0.75]  # the model's
+    assert scales_in_effect(local.scales, make_tiny_config()) == [1.0, 0.75]  # the model's
     make_tiny_config().save_pretrained(tmp_path)  # --preset is checked against the model's type
     voc = evaluate_script.parse_args(["--model_name_or_path", str(tmp_path), "--preset", "voc"])
     assert (voc.eval_long_side, voc.scales, voc.crf) == (512, [1.0, 0.75], True)
@@ -178,8 +178,8 @@ def test_evaluate_on_the_toy_world_without_preset_uses_the_toy_recipe(tmp_path):
 
 def test_segment_takes_the_scales_of_the_models_preset():
     toy = make_tiny_config(**get_preset("toy").config_kwargs())
-    assert segment.default_scales(toy) == [1.0, 1.125]
-    assert segment.default_scales(make_tiny_config()) == [1.0, 0.75]  # classes of no preset
+    assert scales_in_effect(None, toy) == [1.0, 1.125]
+    assert scales_in_effect(None, make_tiny_config()) == [1.0, 0.75]  # classes of no preset
     args = ["--model_name_or_path", "m", "--output_dir", "o", "--images", "x"]
     assert segment.parse_args(args).scales is None  # resolved from the model once it is loaded
     assert segment.parse_args([*args, "--msf", "--scales", "1", "2"]).scales == [1.0, 2.0]

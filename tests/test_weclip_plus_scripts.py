@@ -26,6 +26,8 @@ from conftest import (
 )
 from safetensors.torch import load_file
 
+from weclip_hf.script_arguments import scales_in_effect
+
 NUM_TOY_VAL = 4  # FAST's --toy_val_images
 
 
@@ -378,21 +380,21 @@ def test_evaluate_without_a_preset_takes_the_scales_of_segment_py(tmp_path):
     """evaluate.py --msf without --preset scored a WeCLIP+ model at WeCLIP's scales 1.0 0.75, segment.py at 1.0 1.5."""
     from conftest import make_tiny_config, make_tiny_plus_config
 
-    segment = example_module("segment")
     evaluate = load_evaluate_script()
     args = evaluate.parse_args(["--model_name_or_path", "m", "--data_dir", "d", "--msf"])
     plus, weclip = make_tiny_plus_config(), make_tiny_config()  # classes of no preset
-    assert evaluate.resolved_scales(args, plus) == segment.default_scales(plus) == [1.0, 1.5]
-    assert evaluate.resolved_scales(args, weclip) == segment.default_scales(weclip) == [1.0, 0.75]
+    # evaluate.py and segment.py resolve the scales with scales_in_effect
+    assert scales_in_effect(args.scales, plus) == [1.0, 1.5]
+    assert scales_in_effect(args.scales, weclip) == [1.0, 0.75]
     given = evaluate.parse_args(
         ["--model_name_or_path", "m", "--data_dir", "d", "--msf", "--scales", "1", "2"]
     )
-    assert evaluate.resolved_scales(given, plus) == [1.0, 2.0]
+    assert scales_in_effect(given.scales, plus) == [1.0, 2.0]
     weclip.save_pretrained(
         tmp_path
     )  # a preset must fit the model's type (test_a_saved_model_with_a_preset_...)
     toy = evaluate.parse_args(["--model_name_or_path", str(tmp_path), "--data_dir", "d", "--preset", "toy"])
-    assert evaluate.resolved_scales(toy, weclip) == [1.0, 1.125]  # the preset named wins
+    assert scales_in_effect(toy.scales, weclip) == [1.0, 1.125]  # the preset named wins
 
 
 def test_a_weclip_plus_preset_for_a_bare_clip_is_refused(capsys):

@@ -21,7 +21,7 @@ from .data.columns import FROM_MASKS, IMAGE_COLUMNS, MASK_COLUMNS
 from .data.loading import DATA_SOURCE_FLAGS, names_no_dataset
 from .hub import has_stray_characters
 from .model_loading import WECLIP_MODEL_TYPES, names_a_missing_folder, saved_config_dict
-from .presets import METHOD_NAMES, PRESETS, VOC_PRESET_OF_MODEL_TYPE, get_preset
+from .presets import METHOD_NAMES, PRESETS, VOC_PRESET_OF_MODEL_TYPE, evaluation_of_config, get_preset
 
 # --help texts of flags several scripts share
 DATA_SOURCE_HELP = {
@@ -218,6 +218,29 @@ def check_source_flags(parser: argparse.ArgumentParser, args: argparse.Namespace
             f"--dataset_config_name chooses a configuration of a --dataset_name dataset, and {read} without one: "
             "leave it out."
         )
+
+
+# where the multi-scale scales come from without --scales (or a preset's), once the model is loaded
+MODEL_SCALES_HELP = (
+    "those of the model's preset (its config's training_preset, else found by its classes: toy 1.0 1.125), else of "
+    "its model type's VOC preset (WeCLIP 1.0 0.75, WeCLIP+ 1.0 1.5)"
+)
+
+
+def add_multiscale_flags(parser, scales_default: str = MODEL_SCALES_HELP) -> None:
+    """Add --msf (multi-scale + flip inference) and --scales, its scales (``scales_default`` says their default;
+    `scales_in_effect` resolves it) (evaluate.py, segment.py)."""
+    parser.add_argument("--msf", action="store_true", help="multi-scale + flip (--scales)")
+    parser.add_argument(
+        "--scales", type=positive_float, nargs="+", help=f"multi-scale scales (default: {scales_default})"
+    )
+
+
+def scales_in_effect(scales: list[float] | None, config) -> list[float]:
+    """``scales`` (--scales, or a preset's), else the evaluation scales of the model's preset of ``config``
+    (`evaluation_of_config`: the one it was trained with, else that of its classes, else its model type's VOC
+    preset's), as `weclip_hf.inference.multiscale_flip_logits` defaults them."""
+    return list(scales or evaluation_of_config(config).msf_scales)
 
 
 # the flags of the CRF's parameters (`add_crf_parameter_flags`), which act only with the CRF on
