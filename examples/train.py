@@ -742,13 +742,18 @@ def clip_source(args) -> str:
     return args.clip_model_name_or_path or default_clip_model(toy=args.recipe == "toy")
 
 
+def compile_mode(args, device: torch.device) -> str | None:
+    """The torch.compile mode in effect on ``device``: --torch_compile_mode, else with inductor reduce-overhead on a
+    GPU and default elsewhere (None: another backend's default)."""
+    if args.torch_compile_mode is None and args.torch_compile_backend == "inductor":
+        return "reduce-overhead" if device.type == "cuda" else "default"
+    return args.torch_compile_mode
+
+
 def compiled_forward(args, model, device: torch.device):
     """``--torch_compile``: ``model`` (as prepared: under DDP the wrapper, whose graphs torch splits at its gradient
     buckets) through `torch.compile`; the module itself stays uncompiled for evaluation and saving."""
-    mode = args.torch_compile_mode
-    if mode is None and args.torch_compile_backend == "inductor":
-        mode = "reduce-overhead" if device.type == "cuda" else "default"
-    return torch.compile(model, backend=args.torch_compile_backend, mode=mode)
+    return torch.compile(model, backend=args.torch_compile_backend, mode=compile_mode(args, device))
 
 
 def build_image_processor(args, config: WeCLIPConfig) -> WeCLIPImageProcessor:
