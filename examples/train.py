@@ -33,6 +33,7 @@ from transformers import AutoModelForSemanticSegmentation
 
 from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor, WeCLIPPlusConfig
 from weclip_hf.checkpointing import (
+    Computation,
     FrozenWeights,
     StreamPosition,
     TrainingState,
@@ -756,6 +757,14 @@ def compiled_forward(args, model, device: torch.device):
     return torch.compile(model, backend=args.torch_compile_backend, mode=compile_mode(args, device))
 
 
+def run_computation(args, device: torch.device, threads: int | None) -> Computation:
+    """How this run computes on ``device`` with ``threads`` (a CPU run's; None on an accelerator), which orders
+    its float sums: what its checkpoints record and a resume compares (`computation_change_warning`)."""
+    if not args.torch_compile:
+        return Computation(device.type, torch_compile=False, threads=threads)
+    return Computation(device.type, True, args.torch_compile_backend, compile_mode(args, device), threads)
+
+
 def build_image_processor(args, config: WeCLIPConfig) -> WeCLIPImageProcessor:
     """The processor saved with the model, whose normalization the training and evaluation data use: that of
     ``--image_processor_name_or_path``, else of ``--model_name_or_path`` (if it holds one), else the default;
@@ -1109,12 +1118,14 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     """Phases 1-5 of the module docstring, in an ``--output_dir`` this process holds the lock on."""
     set_seed(args.seed)
     retained = False
-    # the torch threads of a CPU run, which order its float sums (checkpoints record them)
+    # the torch threads of a CPU run, which order its float sums as the device and torch.compile do (checkpoints
+    # record all three)
     threads = None
     if accelerator.device.type == "cpu":
         threads = args.num_threads or cores_per_local_process(accelerator.num_processes)
         torch.set_num_threads(threads)
         retained = not args.release_host_memory and retain_freed_host_memory()
+    computation = run_computation(args, accelerator.device, threads)
     output_dir = Path(args.output_dir)
     previous_run = claim_output_dir(
         output_dir, args.resume_from_checkpoint, args.overwrite_output_dir, tracker_dirs=(TRACKER_PROJECT,)
@@ -1123,7 +1134,9 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     if args.resume_from_checkpoint:  # checked before the data and model are loaded
         resume_path = find_checkpoint(output_dir, args.resume_from_checkpoint, log=accelerator.print)
         known = resolved_before_loading(args)
-        check_resume(args, resume_path, accelerator, log=accelerator.print, known=known, threads=threads)
+        check_resume(
+            args, resume_path, accelerator, log=accelerator.print, known=known, computation=computation
+        )
     if args.push_to_hub and accelerator.is_main_process:  # fail now, not after the training
         # the repository's full id (user/name, also for a name given without a user), which the card loads
         args.hub_model_id = create_hub_repo(args.hub_model_id, token=args.hub_token)
@@ -1190,7 +1203,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
     def checkpoint() -> Path:
         """``step_N`` of the run as it stands (step, schedule, stream position, seconds so far), written once."""
         if step not in written:
-            state = TrainingState(step, scheduler.state_dict(), position, time.time() - started, threads)
+            state = TrainingState(step, scheduler.state_dict(), position, time.time() - started, computation)
             written.clear()
             written[step] = save_training_checkpoint(accelerator, output_dir, state, args, frozen)
             if args.checkpoints_total_limit and accelerator.is_main_process:

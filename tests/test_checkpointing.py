@@ -14,6 +14,7 @@ from conftest import FAST, created_repo, train_in_process
 
 from weclip_hf.checkpointing import (
     CheckpointError,
+    Computation,
     FrozenWeights,
     StreamPosition,
     TrainingState,
@@ -58,10 +59,16 @@ def _accelerated(seed: int = 0):
     return accelerator, model, optimizer, scheduler
 
 
+# how the run of the `checkpoint` fixture computed: every item recorded, read back as written
+COMPUTED = Computation("cuda", True, "inductor", "reduce-overhead", threads=None)
+
+
 @pytest.fixture
 def checkpoint(tmp_path):
     accelerator, model, optimizer, scheduler = _accelerated()
-    state = TrainingState(step=1, scheduler=scheduler.state_dict(), position=StreamPosition(2, 5), threads=3)
+    state = TrainingState(
+        step=1, scheduler=scheduler.state_dict(), position=StreamPosition(2, 5), computation=COMPUTED
+    )
     path = save_checkpoint(accelerator, tmp_path / "run", state)
     return path, model, scheduler
 
@@ -72,7 +79,7 @@ def test_checkpoint_round_trip_restores_weights_scheduler_and_position(checkpoin
     accelerator, fresh, fresh_optimizer, fresh_scheduler = _accelerated(seed=1)
     state = load_checkpoint(accelerator, fresh, fresh_optimizer, path)
     fresh_scheduler.load_state_dict(state.scheduler)
-    assert state.step == 1 and state.position == StreamPosition(2, 5) and state.threads == 3
+    assert state.step == 1 and state.position == StreamPosition(2, 5) and state.computation == COMPUTED
     assert torch.equal(fresh.weight, model.weight)
     assert fresh_scheduler.get_last_lr() == scheduler.get_last_lr()
 

@@ -460,14 +460,19 @@ def test_one_refusal_names_the_resolved_flags_the_run_gave_too(tmp_path):
     check_resume(argparse.Namespace(**args, max_train_steps=8), checkpoint, log=lambda _: None)
 
 
-def test_a_resume_with_other_threads_is_warned_not_refused(tmp_path):
-    """A CPU run resumed with another thread count (--num_threads, whose default follows the cores available) ends
-    within float rounding of the uninterrupted run, not bit for bit: checkpoints record the count, and such a resume
-    is warned, naming both. The same count, a run on an accelerator (None) or a checkpoint of an earlier version
-    (no record) resume without a word."""
+def test_a_resume_that_computes_otherwise_is_warned_not_refused(tmp_path):
+    """A resume on another device type, with torch.compile otherwise (on or off, another backend or mode) or with
+    other CPU threads (--num_threads, whose default follows the cores available) sums floats in another order: it
+    ends within float32 rounding of the uninterrupted run, not bit for bit. Checkpoints record how their run computed
+    (`Computation`) and such a resume is warned, in one message naming each change and what to pass for an exact
+    resume (only the threads were recorded, and a change of them warned). The same computation resumes without a
+    word, and so does an item either side does not record: a GPU run's threads, or what a checkpoint of an earlier
+    version left out (it recorded the threads only, or nothing)."""
     import argparse
     import json
+    from dataclasses import asdict, replace
 
+    from weclip_hf.checkpointing import Computation
     from weclip_hf.trajectory import check_resume
 
     checkpoint = tmp_path / "step_2"
@@ -476,20 +481,54 @@ def test_a_resume_with_other_threads_is_warned_not_refused(tmp_path):
     (checkpoint / "training_args.json").write_text(json.dumps({"max_train_steps": 8, "streaming": False}))
     args = argparse.Namespace(output_dir=str(tmp_path), streaming=False, max_train_steps=8)
 
-    def printed(recorded: dict, threads: int | None) -> list[str]:
-        (checkpoint / "training_state.json").write_text(json.dumps({**state, **recorded}))
+    def printed(recorded: dict | Computation, current: Computation | None) -> list[str]:
+        record = {"computation": asdict(recorded)} if isinstance(recorded, Computation) else recorded
+        (checkpoint / "training_state.json").write_text(json.dumps({**state, **record}))
         lines = []
-        check_resume(args, checkpoint, log=lines.append, threads=threads)
+        check_resume(args, checkpoint, log=lines.append, computation=current)
         return lines
 
-    assert printed({"threads": 4}, 2) == [
-        f"Warning: {checkpoint} was trained with --num_threads 4 (torch threads per process) and this run with 2 "
-        "(the default follows the cores available): float sums then run in another order, so the weights and "
-        "metrics.json equal the uninterrupted run's only up to float32 rounding (~1e-5), not bit for bit. For an "
-        "exact resume, resume with --num_threads 4."
-    ]
-    assert printed({"threads": 4}, 4) == printed({"threads": None}, 2) == printed({"threads": 4}, None) == []
-    assert printed({}, 2) == []
+    def warning(changes: str, remedy: str) -> list[str]:
+        return [
+            f"Warning: {checkpoint} was trained computing otherwise than this run: {changes}. Float sums then run in "
+            "another order, so the weights and metrics.json equal the uninterrupted run's only up to float32 "
+            f"rounding (~1e-5), not bit for bit. For an exact resume, resume {remedy}."
+        ]
+
+    cpu = Computation(device="cpu", torch_compile=False, threads=4)
+    compiled = replace(
+        cpu, torch_compile=True, torch_compile_backend="inductor", torch_compile_mode="default"
+    )
+    gpu = Computation("cuda", True, "inductor", "reduce-overhead", threads=None)
+    threads = "torch threads per process (--num_threads, by default the cores available) 4 -> 2"
+    assert printed(cpu, replace(cpu, threads=2)) == warning(threads, "with --num_threads 4")
+    assert printed(cpu, compiled) == warning(
+        "--torch_compile off -> on (inductor, mode default)", "without --torch_compile"
+    )
+    assert printed(compiled, replace(compiled, torch_compile_mode="max-autotune", threads=2)) == warning(
+        f"--torch_compile on (inductor, mode default) -> on (inductor, mode max-autotune); {threads}",
+        "with --torch_compile --torch_compile_backend inductor --torch_compile_mode default, with --num_threads 4",
+    )
+    # a backend with no mode of its own (--torch_compile_mode left out)
+    eager = replace(compiled, torch_compile_backend="eager", torch_compile_mode=None)
+    assert printed(eager, cpu) == warning(
+        "--torch_compile on (eager) -> off", "with --torch_compile --torch_compile_backend eager"
+    )
+    # a GPU run resumed on the CPU (accelerate's --cpu, CUDA_VISIBLE_DEVICES empty): its threads are not compared
+    assert printed(gpu, compiled) == warning(
+        "device type cuda -> cpu; --torch_compile on (inductor, mode reduce-overhead) -> on (inductor, mode default)",
+        "on a cuda device (without accelerate's --cpu), with --torch_compile --torch_compile_backend inductor "
+        "--torch_compile_mode reduce-overhead",
+    )
+    assert printed(compiled, Computation("cuda", torch_compile=False)) == warning(
+        "device type cpu -> cuda; --torch_compile on (inductor, mode default) -> off",
+        "on the CPU (accelerate launch --cpu), with --torch_compile --torch_compile_backend inductor "
+        "--torch_compile_mode default",
+    )
+    assert printed(cpu, cpu) == printed(gpu, gpu) == printed(cpu, None) == []
+    # a checkpoint written before devices and torch.compile were recorded: its threads only, or nothing
+    assert printed({"threads": 4}, replace(cpu, threads=2)) == warning(threads, "with --num_threads 4")
+    assert printed({"threads": 4}, compiled) == printed({"threads": None}, gpu) == printed({}, gpu) == []
 
 
 @pytest.mark.parametrize(

@@ -589,14 +589,58 @@ def test_checkpoints_record_the_threads_and_a_resume_with_others_is_warned(
     run = ["--clip_model_name_or_path", tiny_clip, "--output_dir", out, *FAST, "--toy_train_images", 8]
     run += ["--max_train_steps", 2, "--checkpointing_steps", 1, "--validation_split", "none"]
     train_stopped_at(1, *run, monkeypatch=monkeypatch)
-    assert json.loads((out / "step_1" / "training_state.json").read_text())["threads"] == 1
+    assert recorded_computation(out / "step_1")["threads"] == 1
     capsys.readouterr()
     assert train_in_process(*run, "--resume_from_checkpoint", "latest", threads=2)["train_steps"] == 2
     assert (
-        f"Warning: {out / 'step_1'} was trained with --num_threads 1 (torch threads per process) and this run with 2 "
-        in capsys.readouterr().out
+        f"Warning: {out / 'step_1'} was trained computing otherwise than this run: torch threads per process "
+        "(--num_threads, by default the cores available) 1 -> 2. " in capsys.readouterr().out
     )
-    assert json.loads((out / "step_2" / "training_state.json").read_text())["threads"] == 2
+    assert recorded_computation(out / "step_2")["threads"] == 2
+
+
+def recorded_computation(checkpoint: Path) -> dict:
+    """How the run of ``checkpoint`` computed, as its training_state.json records it."""
+    return json.loads((checkpoint / "training_state.json").read_text())["computation"]
+
+
+def test_checkpoints_record_the_device_and_compilation_and_a_resume_otherwise_is_warned(
+    tmp_path, tiny_clip, capsys, monkeypatch
+):
+    """A checkpoint records the device type and torch.compile of its run beside the threads; one of a compiled GPU run
+    (its record planted: no GPU, and no compilation, in the test) resumed on the CPU eagerly goes on, warned that
+    its weights then equal the uninterrupted run's up to float rounding only, naming both changes and what to pass
+    (the device was not recorded, torch.compile not compared: it resumed without a word)."""
+    out = tmp_path / "o"
+    run = ["--clip_model_name_or_path", tiny_clip, "--output_dir", out, *FAST, "--toy_train_images", 8]
+    run += ["--max_train_steps", 2, "--checkpointing_steps", 1, "--validation_split", "none"]
+    train_stopped_at(1, *run, monkeypatch=monkeypatch)
+    state_file = out / "step_1" / "training_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["computation"] == {
+        "device": "cpu", "torch_compile": False, "torch_compile_backend": None, "torch_compile_mode": None,
+        "threads": 1,
+    }  # fmt: skip
+    # as a GPU run's compiled training forward with the default mode there (its threads not recorded)
+    compiled = {
+        "torch_compile": True,
+        "torch_compile_backend": "inductor",
+        "torch_compile_mode": "reduce-overhead",
+    }
+    state_file.write_text(
+        json.dumps({**state, "computation": {"device": "cuda", **compiled, "threads": None}})
+    )
+    capsys.readouterr()
+    assert train_in_process(*run, "--resume_from_checkpoint", "latest")["train_steps"] == 2
+    printed = capsys.readouterr().out
+    assert (
+        f"Warning: {out / 'step_1'} was trained computing otherwise than this run: device type cuda -> cpu; "
+        "--torch_compile on (inductor, mode reduce-overhead) -> off. " in printed
+    )
+    assert (
+        "For an exact resume, resume on a cuda device (without accelerate's --cpu), with --torch_compile "
+        "--torch_compile_backend inductor --torch_compile_mode reduce-overhead.\n" in printed
+    )
 
 
 def test_resume_on_data_of_another_size_is_refused(tmp_path, tiny_clip, monkeypatch):
@@ -870,7 +914,8 @@ def test_every_step_of_every_process_has_its_own_seed():
 def test_torch_compile_trains_as_the_eager_run(tmp_path, tiny_clip, reference_run):
     """``--torch_compile`` (backend aot_eager: Dynamo's graphs and AOTAutograd, no code generation) trains as the
     eager run does: the same losses at every step, RFM off then on, within float32 summation order; the module
-    saved is the plain one (same keys as the eager run's weights)."""
+    saved is the plain one (same keys as the eager run's weights); its checkpoints record the compilation (backend
+    aot_eager, which has no mode), which a resume compares."""
     from torch._dynamo.utils import counters
 
     counters.clear()
@@ -884,6 +929,10 @@ def test_torch_compile_trains_as_the_eager_run(tmp_path, tiny_clip, reference_ru
         "aot_eager",
     )
     assert counters["stats"]["unique_graphs"] > 0  # the training forward ran compiled
+    assert recorded_computation(out / "step_6") == {
+        "device": "cpu", "torch_compile": True, "torch_compile_backend": "aot_eager", "torch_compile_mode": None,
+        "threads": 1,
+    }  # fmt: skip
     eager, compiled = read_log(reference_run), read_log(out)
     assert [r["step"] for r in compiled] == [r["step"] for r in eager]
     rfm = [r["rfm"] for r in eager]

@@ -2,8 +2,9 @@
 
 A checkpoint folder ``step_N`` holds what ``Accelerator.save_state`` writes for the model, optimizer and
 random states (safetensors, and tensor-only files that accelerate reads back with
-``torch.load(weights_only=True)``) plus ``training_state.json``: the step, the LR scheduler and where a
-streamed run is in its data. Objects registered with ``accelerator.register_for_checkpointing`` are
+``torch.load(weights_only=True)``) plus ``training_state.json``: the step, the LR scheduler, where a
+streamed run is in its data and how the run computed (`Computation`: the device type, torch.compile, a CPU run's
+threads, which order its float sums). Objects registered with ``accelerator.register_for_checkpointing`` are
 restored with ``torch.load(weights_only=False)``, i.e. by unpickling arbitrary code, so nothing is
 registered: a pickle planted in a shared or downloaded checkpoint is never executed.
 
@@ -56,17 +57,41 @@ class StreamPosition:
     batch: int = 0
 
 
+@dataclass(frozen=True)
+class Computation:
+    """How a training run computes, which orders its float sums (a run resumed computing otherwise ends within
+    float32 rounding of the uninterrupted one, not bit for bit): the device type ("cpu", "cuda", "mps", "xpu"),
+    whether its training forward runs through torch.compile, with which backend and mode in effect (None: the
+    backend's default; both None when not compiled), and the torch threads per process of a CPU run (None on an
+    accelerator). None where a checkpoint does not record an item: one of an earlier version recorded the threads
+    only (``threads`` in its training_state.json), or nothing."""
+
+    device: str | None = None
+    torch_compile: bool | None = None
+    torch_compile_backend: str | None = None
+    torch_compile_mode: str | None = None
+    threads: int | None = None
+
+    @classmethod
+    def from_record(cls, raw: dict) -> Computation:
+        """The computation a ``training_state.json`` (parsed: ``raw``) records: its ``computation``, or the
+        ``threads`` alone that checkpoints recorded before."""
+        if "computation" in raw:
+            return cls(**raw["computation"])
+        return cls(threads=None if raw.get("threads") is None else int(raw["threads"]))
+
+
 @dataclass
 class TrainingState:
     """What a checkpoint holds besides tensors: the step, the scheduler's state, the stream position, the run's
-    wall-clock seconds so far, over all its resumed segments, and the torch threads per process of a CPU run, which
-    order its float sums (None on an accelerator; both None in a checkpoint of an earlier version)."""
+    wall-clock seconds so far, over all its resumed segments (None in a checkpoint of an earlier version), and how
+    it computed (`Computation`)."""
 
     step: int
     scheduler: dict
     position: StreamPosition
     seconds: float | None = None
-    threads: int | None = None
+    computation: Computation = Computation()
 
 
 @dataclass(frozen=True)
@@ -206,7 +231,7 @@ def read_training_state(path: Path) -> TrainingState:
                 scheduler=dict(raw["scheduler"]),
                 position=StreamPosition(**raw["position"]),
                 seconds=None if raw.get("seconds") is None else float(raw["seconds"]),
-                threads=None if raw.get("threads") is None else int(raw["threads"]),
+                computation=Computation.from_record(raw),
             )
         except (ValueError, KeyError, TypeError) as error:
             raise CheckpointError(f"{json_path} is not a valid training state: {error}") from error

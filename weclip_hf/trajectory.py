@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from .batch_jobs import comparable_path
 from .checkpointing import (
     TRAINING_ARGS_NAME,
+    Computation,
     FrozenWeights,
     TrainingState,
     check_unchanged,
@@ -67,11 +68,12 @@ def public_args(args: argparse.Namespace) -> dict:
 # randomness is a function of (seed, step, process) and a map-style dataset's batches of (seed, epoch, index),
 # so how often the run logs, checkpoints and evaluates, how many checkpoints it keeps, how the evaluation is done
 # (only its figures change), where the output goes, what is reported or published, and how the host computes
-# (threads, allocator, torch.compile: the same operations) are free; a change of threads or of torch.compile
-# changes the order of float sums, so the weights are then equal up to float32 rounding (~1e-5), not bit for bit
-# (the default --num_threads follows the cores available; checkpoints record a CPU run's threads, and a resume with
-# others is warned: `thread_change_warning`). Everything else (data, model, optimization, schedule, seed) defines
-# the trajectory, and a resume that changes it is refused. Derived values (recipe, given_model_flags,
+# (threads, allocator, torch.compile, the device: the same operations) are free; a change of threads, of
+# torch.compile or of the device type changes the order of float sums, so the weights are then equal up to
+# float32 rounding (~1e-5), not bit for bit (the default --num_threads follows the cores available, the device
+# accelerate's --cpu and the GPUs visible; checkpoints record how their run computed, `Computation`, and a resume
+# that computes otherwise is warned: `computation_change_warning`). Everything else (data, model, optimization,
+# schedule, seed) defines the trajectory, and a resume that changes it is refused. Derived values (recipe, given_model_flags,
 # rfm_start_source, resolved) follow the flags and are not compared themselves (`RESOLVED_ARGS`: by their values in
 # effect, those the arguments fix before the data and model load, the others once loaded).
 RESUMABLE_CHANGES = frozenset(
@@ -202,14 +204,15 @@ def check_resume(
     accelerator: Accelerator | None = None,
     log=print,
     known: dict | None = None,
-    threads: int | None = None,
+    computation: Computation | None = None,
 ) -> None:
     """Refuse to resume from checkpoint ``path`` a run whose trajectory arguments differ from the checkpoint's
     (listing each), one whose values in effect ``known`` already (those the arguments fix, as `resolved_trajectory`
     states them) differ from its run's, one past its --max_train_steps, or a complete one (its --output_dir holds
     `COMPLETED_RUN_FILES`). The run's last checkpoint resumes to what follows the training: saving the model, the
-    final evaluation, the card (a run cut off there, or by a full disk, is finished so). A CPU run computing with
-    other ``threads`` than the checkpoint's run is warned (`thread_change_warning`), not refused."""
+    final evaluation, the card (a run cut off there, or by a full disk, is finished so). A run computing otherwise
+    than the checkpoint's (``computation``: another device type, torch.compile, CPU threads) is warned
+    (`computation_change_warning`), not refused."""
     state = read_training_state(path)
     step = state.step
     output_dir = Path(args.output_dir)
@@ -247,22 +250,68 @@ def check_resume(
             f"Restate what the run gave: {'; '.join(given)}" if given else "Resume with the run's settings"
         )
         check_resolved(path, known, known_only=True, fix=restate)
-    if state.threads is not None and threads is not None and state.threads != threads:
-        log(thread_change_warning(path, state.threads, threads))
+    warning = (
+        None if computation is None else computation_change_warning(path, state.computation, computation)
+    )
+    if warning:
+        log(warning)
     if step == args.max_train_steps:
         log(
             f"Note: {path} is the run's last step: its training is done; the model is saved and evaluated now."
         )
 
 
-def thread_change_warning(path: Path, recorded: int, threads: int) -> str:
-    """The warning of a CPU run resumed from checkpoint ``path`` (trained with ``recorded`` torch threads per
-    process) with ``threads``: its float sums run in another order (`RESUMABLE_CHANGES`)."""
+def computation_terms(computation: Computation) -> dict[str, tuple[str, str]]:
+    """How a resume warning states each item ``computation`` records, by label: (its value, what to pass to compute
+    so); the items it does not record are left out."""
+    terms = {}
+    if computation.device is not None:
+        terms["device type"] = device_terms(computation.device)
+    if computation.torch_compile is not None:
+        terms["--torch_compile"] = compile_terms(computation)
+    if computation.threads is not None:
+        terms["torch threads per process (--num_threads, by default the cores available)"] = (
+            str(computation.threads),
+            f"with --num_threads {computation.threads}",
+        )
+    return terms
+
+
+def device_terms(device: str) -> tuple[str, str]:
+    """(How a resume warning names the device type ``device``, how to run on one)."""
+    if device == "cpu":
+        return device, "on the CPU (accelerate launch --cpu)"
+    return device, f"on a {device} device (without accelerate's --cpu)"
+
+
+def compile_terms(computation: Computation) -> tuple[str, str]:
+    """(How a resume warning names the torch.compile of ``computation``, the flags that compile so)."""
+    if not computation.torch_compile:
+        return "off", "without --torch_compile"
+    backend, mode = computation.torch_compile_backend, computation.torch_compile_mode
+    if mode is None:  # the backend's default
+        return f"on ({backend})", f"with --torch_compile --torch_compile_backend {backend}"
     return (
-        f"Warning: {path} was trained with --num_threads {recorded} (torch threads per process) and this run with "
-        f"{threads} (the default follows the cores available): float sums then run in another order, so the weights "
-        "and metrics.json equal the uninterrupted run's only up to float32 rounding (~1e-5), not bit for bit."
-        f" For an exact resume, resume with --num_threads {recorded}."
+        f"on ({backend}, mode {mode})",
+        f"with --torch_compile --torch_compile_backend {backend} --torch_compile_mode {mode}",
+    )
+
+
+def computation_change_warning(path: Path, recorded: Computation, current: Computation) -> str | None:
+    """The warning of a run resumed from checkpoint ``path``, whose run computed as ``recorded``, computing as
+    ``current`` (None when no item both record differs): its float sums run in another order (`RESUMABLE_CHANGES`).
+    It names each change and what to pass for an exact resume."""
+    was, now = computation_terms(recorded), computation_terms(current)
+    changed = [label for label in was if label in now and was[label][0] != now[label][0]]
+    if not changed:
+        return None
+    return (
+        f"Warning: {path} was trained computing otherwise than this run: "
+        + "; ".join(f"{label} {was[label][0]} -> {now[label][0]}" for label in changed)
+        + ". Float sums then run in another order, so the weights and metrics.json equal the uninterrupted run's "
+        "only up to float32 rounding (~1e-5), not bit for bit. For an exact resume, resume "
+        + ", ".join(was[label][1] for label in changed)
+        + "."
     )
 
 
