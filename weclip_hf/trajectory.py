@@ -73,9 +73,9 @@ def public_args(args: argparse.Namespace) -> dict:
 # float32 rounding (~1e-5), not bit for bit (the default --num_threads follows the cores available, the device
 # accelerate's --cpu and the GPUs visible; checkpoints record how their run computed, `Computation`, and a resume
 # that computes otherwise is warned: `computation_change_warning`). Everything else (data, model, optimization,
-# schedule, seed) defines the trajectory, and a resume that changes it is refused. Derived values (recipe, given_model_flags,
-# rfm_start_source, resolved) follow the flags and are not compared themselves (`RESOLVED_ARGS`: by their values in
-# effect, those the arguments fix before the data and model load, the others once loaded).
+# schedule, seed) defines the trajectory, and a resume that changes it is refused. Derived values (recipe,
+# given_model_flags, rfm_start_source, resolved) follow the flags and are not compared themselves (`RESOLVED_ARGS`:
+# by their values in effect, those the arguments fix before the data and model load, the others once loaded).
 RESUMABLE_CHANGES = frozenset(
     {
         "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
