@@ -67,6 +67,7 @@ from weclip_hf.script_arguments import (
     check_switched_flags,
     first_paragraph,
     fraction,
+    naming_the_model_flag,
     resolve_crf_flags,
     scales_in_effect,
 )
@@ -292,7 +293,9 @@ def main(argv=None) -> dict:
     accelerator = Accelerator(cpu=cpu) if PartialState(cpu=cpu).num_processes > 1 else None
     device = accelerator.device if accelerator is not None else args.device
     main_process = accelerator is None or accelerator.is_main_process
-    model = AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path).to(device).eval()
+    with naming_the_model_flag(args.model_name_or_path):
+        model = AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path)
+    model = model.to(device).eval()
     cfg = model.config
     if args.semantic_loss_ignore_index is not None:  # the masks' (checked: no class id)
         cfg.semantic_loss_ignore_index = args.semantic_loss_ignore_index

@@ -130,6 +130,7 @@ from weclip_hf.script_arguments import (
     check_model_argument,
     check_source_flags,
     first_paragraph,
+    naming_the_model_flag,
 )
 from weclip_hf.visualization import label_map_image, overlay_figure, present_class_cams
 
@@ -416,7 +417,9 @@ def load_model(args, state: PartialState) -> tuple[WeCLIPForSemanticSegmentation
     """The trained WeCLIP of --model and its image processor, or a bare CLIP with the preset's (or the toy world's)
     classes and the default processor, on the process's device (notes and warnings given by the main process)."""
     if args.model:
-        model = AutoModelForSemanticSegmentation.from_pretrained(args.model).to(state.device).eval()
+        with naming_the_model_flag(args.model, "--model"):
+            model = AutoModelForSemanticSegmentation.from_pretrained(args.model)
+        model = model.to(state.device).eval()
         if args.toy:
             check_toy_classes(model.config.class_names, args.model)
     else:

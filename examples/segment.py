@@ -112,6 +112,7 @@ from weclip_hf.script_arguments import (
     check_switched_flags,
     crf_overrides,
     first_paragraph,
+    naming_the_model_flag,
     resolve_crf_flags,
     scales_in_effect,
 )
@@ -437,9 +438,10 @@ def load_model(args, state: PartialState) -> tuple[WeCLIPForSemanticSegmentation
     """The model of ``--model_name_or_path`` in evaluation mode on the process's device, and its image processor
     (the warning of a folder without one given by the main process)."""
     check_model_argument(args.model_name_or_path)
-    model = AutoModelForSemanticSegmentation.from_pretrained(
-        args.model_name_or_path, dtype=DTYPES[args.dtype]
-    )
+    with naming_the_model_flag(args.model_name_or_path):
+        model = AutoModelForSemanticSegmentation.from_pretrained(
+            args.model_name_or_path, dtype=DTYPES[args.dtype]
+        )
     model = model.to(state.device).eval()
     processor = WeCLIPImageProcessor.from_saved_or_default(
         args.model_name_or_path,

@@ -115,6 +115,7 @@ from weclip_hf.script_arguments import (
     first_paragraph,
     fraction,
     model_type_of_args,
+    naming_the_model_flag,
     non_negative,
     positive_float,
     recipe_name,
@@ -686,7 +687,8 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
                 "embeddings. Start from --clip_model_name_or_path instead."
             )
         overrides = {k: getattr(args, k) for k in args.given_model_flags if k not in WEIGHT_FLAGS}
-        return AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path, **overrides)
+        with naming_the_model_flag(args.model_name_or_path):
+            return AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path, **overrides)
     overrides = preset_config_kwargs(config_preset(args))
     overrides.update({k: v for k, v in names.items() if v is not None})
     for key in CONFIG_FLAGS:

@@ -11,6 +11,7 @@ import sys
 import pytest
 from conftest import (
     FAST,
+    IN_PROCESS,
     TRAIN,
     example_module,
     make_tiny_config,
@@ -638,3 +639,24 @@ def test_the_card_claims_only_the_models_own_results_on_its_dataset(tmp_path):
     assert "On my_shapes (a local dataset), split 'validation':" in card.content
     assert "toy" not in card.content.split("## Training arguments")[0].lower()
     assert "| cam_miou | 0.4000 |" in card.content and "| baseline_bg_miou | 0.1000 |" in card.content
+
+
+@pytest.mark.parametrize(
+    "script, argv",
+    [
+        ("evaluate", ["--model_name_or_path", "{model}"]),
+        ("segment", ["--model_name_or_path", "{model}", "--images", "{tmp}", "--output_dir", "{tmp}/out"]),
+        ("generate_pseudo_labels", ["--model", "{model}", "--output_dir", "{tmp}/out"]),
+        ("train", ["--model_name_or_path", "{model}", "--output_dir", "{tmp}/out", *FAST, *IN_PROCESS]),
+    ],
+)
+def test_a_saved_model_the_hub_cannot_give_is_named_with_its_flag(script, argv, tmp_path):
+    """Offline, a --model_name_or_path (--model) Hub id not in the cache: each script stopped with transformers'
+    "couldn't connect" error alone, naming neither the id nor the flag that gave it."""
+    nowhere = "weclip-hf-tests/not-a-model"
+    flag = "--model" if script == "generate_pseudo_labels" else "--model_name_or_path"
+    argv = [arg.format(model=nowhere, tmp=tmp_path) for arg in argv]
+    with pytest.raises(
+        OSError, match=rf"Could not load the WeCLIP \({flag}\) checkpoint '{nowhere}': (?s:.*)local"
+    ):
+        load_script(script).main(argv)

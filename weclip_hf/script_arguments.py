@@ -10,6 +10,7 @@ import inspect
 import json
 import math
 import re
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from transformers import PretrainedConfig
@@ -20,7 +21,12 @@ from .crf import CRF_PRESETS, CRFParams
 from .data.columns import FROM_MASKS, IMAGE_COLUMNS, MASK_COLUMNS
 from .data.loading import DATA_SOURCE_FLAGS, names_no_dataset
 from .hub import has_stray_characters
-from .model_loading import WECLIP_MODEL_TYPES, names_a_missing_folder, saved_config_dict
+from .model_loading import (
+    WECLIP_MODEL_TYPES,
+    names_a_missing_folder,
+    naming_the_checkpoint,
+    saved_config_dict,
+)
 from .presets import METHOD_NAMES, PRESETS, VOC_PRESET_OF_MODEL_TYPE, evaluation_of_config, get_preset
 
 # --help texts of flags several scripts share
@@ -352,6 +358,12 @@ def model_type_of_args(args: argparse.Namespace) -> str:
 SAVED_CONFIG_CACHE = "_saved_config"
 
 
+def naming_the_model_flag(name_or_path: str, flag: str = "--model_name_or_path") -> AbstractContextManager:
+    """`naming_the_checkpoint` for the saved WeCLIP model a script loads from ``flag``: a Hub id it cannot fetch
+    (offline and not in the cache) is named with the flag that gave it."""
+    return naming_the_checkpoint(name_or_path, f"WeCLIP ({flag})")
+
+
 def saved_config(args: argparse.Namespace) -> dict:
     """The config.json of ``--model_name_or_path`` (checked by `check_model_argument`; a Hub id's fetched) as a dict,
     read once: kept on ``args`` (`SAVED_CONFIG_CACHE`) for the run's later questions; ``{}`` without one."""
@@ -361,7 +373,10 @@ def saved_config(args: argparse.Namespace) -> dict:
     cached = vars(args).get(SAVED_CONFIG_CACHE)
     if cached is None or cached[0] != source:
         local = check_model_argument(source)
-        cached = (source, PretrainedConfig.get_config_dict(source)[0] if local is None else local)
+        if local is None:
+            with naming_the_model_flag(source):
+                local = PretrainedConfig.get_config_dict(source)[0]
+        cached = (source, local)
         setattr(args, SAVED_CONFIG_CACHE, cached)
     return cached[1]
 
