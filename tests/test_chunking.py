@@ -1,6 +1,7 @@
 """Cache blocking on CPUs (weclip_hf.chunking): the chunked pseudo-label work equals the whole-batch work."""
 
 import dataclasses
+from unittest import mock
 
 import pytest
 import torch
@@ -10,7 +11,13 @@ import weclip_hf.chunking as chunking
 import weclip_hf.par as par
 import weclip_hf.pseudo_labels as pseudo_labels
 from weclip_hf import WeCLIPForSemanticSegmentation
-from weclip_hf.chunking import CPU_ATTENTION_CHUNK_BYTES, CPU_CHUNK_BYTES, images_per_chunk
+from weclip_hf.chunking import (
+    CPU_ATTENTION_CHUNK_BYTES,
+    CPU_CHUNK_BYTES,
+    batch_chunks,
+    concat_chunks,
+    images_per_chunk,
+)
 from weclip_hf.pseudo_labels import plan_pairs
 
 LABELS = torch.tensor([[1, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0], [1, 1, 0, 1], [0, 1, 0, 0]])
@@ -20,7 +27,39 @@ def test_images_per_chunk_fits_the_budget_on_cpus_only():
     assert images_per_chunk(16, 8, "cpu", budget=32) == 4
     assert images_per_chunk(16, 100, "cpu", budget=32) == 1  # at least one image
     assert images_per_chunk(3, 1, "cpu", budget=32) == 3  # never more than the batch
+    assert images_per_chunk(3, 0, "cpu", budget=32) == 3  # nothing per image (no classes): the whole batch
     assert images_per_chunk(16, 100, "meta", budget=32) == 16  # an accelerator gets the whole batch
+    assert images_per_chunk(16, 100, torch.device("cuda"), budget=32) == 16  # any device but the CPU
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the int() of the traced batch size
+def test_images_per_chunk_is_the_whole_batch_while_a_graph_is_captured():
+    """A chunk count computed from the batch size would fix the traced graph's batch: `torch.jit.trace` for
+    real, torch.compile and torch.export through the flags `is_capturing_graph` reads."""
+    seen = []
+
+    def record(x: torch.Tensor) -> torch.Tensor:
+        # traced, the batch size (and so the whole batch's count) is a 0-d tensor
+        seen.append(int(images_per_chunk(x.shape[0], 100, "cpu", budget=32)))
+        return x * 2
+
+    torch.jit.trace(record, torch.ones(16), check_trace=False)
+    for flag in ("is_compiling", "is_exporting"):
+        with mock.patch.object(torch.compiler, flag, return_value=True):
+            seen.append(images_per_chunk(16, 100, "cpu", budget=32))
+    assert seen == [16, 16, 16]
+    assert images_per_chunk(16, 100, "cpu", budget=32) == 1  # eager: chunked
+
+
+def test_batch_chunks_and_concat_chunks_pass_a_single_chunk_through():
+    """One chunk holding the batch is the batch itself, in and out (no split, no copy); no chunks concatenate to
+    None."""
+    x = torch.arange(12.0).reshape(4, 3)
+    assert batch_chunks(x, 4)[0] is x and batch_chunks(x, 5)[0] is x
+    assert [len(c) for c in batch_chunks(x, 3)] == [3, 1]
+    assert concat_chunks([x]) is x
+    assert torch.equal(concat_chunks(batch_chunks(x, 3)), x)
+    assert concat_chunks([]) is None
 
 
 @pytest.fixture
