@@ -434,6 +434,90 @@ def test_train_augmentation_crops_pads_and_flips_deterministically():
         assert crop.shape == (16, 16, 3)
 
 
+def _valid_box(valid: np.ndarray) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the one rectangle of True pixels in a crop's ``valid``."""
+    rows, cols = np.flatnonzero(valid.any(1)), np.flatnonzero(valid.any(0))
+    top, left, height, width = rows[0], cols[0], len(rows), len(cols)
+    assert valid.sum() == height * width, "the valid pixels are not one rectangle"
+    return int(top), int(left), height, width
+
+
+def _photo_and_mask(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """A random uint8 photo [height, width, 3] and a mask of ids 0, 1, 2 and 255."""
+    g = np.random.default_rng(7)
+    image = g.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return image, g.choice(np.uint8([0, 1, 2, 255]), (height, width))
+
+
+@pytest.mark.parametrize("flip_prob", [0.0, 1.0])
+def test_train_augmentation_rescales_as_pil_then_flips_horizontally(flip_prob):
+    """DESIGN: rescale by PIL bilinear on uint8 (the mask by nearest: no ids between classes), a horizontal flip
+    of image and mask together, raw 0 pixels and the ignore index as padding."""
+    image, mask = _photo_and_mask(6, 10)
+    augment = TrainAugmentation(24, (2.0, 2.0), flip_prob=flip_prob, normalization=IMAGENET_NORMALIZATION)
+    crop, crop_mask, valid = augment(image, mask, np.random.default_rng(0))
+    top, left, height, width = _valid_box(valid)
+    assert (height, width) == (12, 20)
+    expected = np.asarray(Image.fromarray(image).resize((20, 12), Image.BILINEAR))
+    expected_mask = np.asarray(Image.fromarray(mask).resize((20, 12), Image.NEAREST))
+    if flip_prob:
+        expected, expected_mask = expected[:, ::-1], expected_mask[:, ::-1]
+    window = (slice(top, top + height), slice(left, left + width))
+    assert np.array_equal(crop[window], expected) and np.array_equal(crop_mask[window], expected_mask)
+    assert (crop[~valid] == 0).all() and (crop_mask[~valid] == 255).all()
+
+
+def test_train_augmentation_draws_one_scale_per_image_within_its_range():
+    """Height and width are rescaled by one factor drawn from ``scale_range`` (PIL's size is (width, height))."""
+    image, mask = _photo_and_mask(6, 10)
+    augment = TrainAugmentation(24, (1.0, 2.0), flip_prob=0.0, normalization=IMAGENET_NORMALIZATION)
+    sizes = set()
+    for seed in range(8):
+        _, _, height, width = _valid_box(augment(image, mask, np.random.default_rng(seed))[2])
+        # some factor in [1, 2] gives both sizes (int() of the scaled side)
+        low, high = max(1.0, height / 6, width / 10), min(2.0, (height + 1) / 6, (width + 1) / 10)
+        assert low < high, (height, width)
+        sizes.add((height, width))
+    assert len(sizes) > 2
+
+
+def test_train_augmentation_crops_every_window_and_pads_at_every_offset():
+    """The random crop takes any window of a larger image (offsets 0..H-c), and a smaller image lands at any
+    offset of the padded crop (0..c-H), with equal odds."""
+    image = np.zeros((10, 10, 3), np.uint8)
+    image[..., 0] = np.arange(100).reshape(10, 10)  # each pixel's value gives its position
+    augment = TrainAugmentation(9, (1.0, 1.0), flip_prob=0.0, normalization=IMAGENET_NORMALIZATION)
+    windows = set()
+    for seed in range(40):
+        crop, _, valid = augment(image, None, np.random.default_rng(seed))
+        y0, x0 = divmod(int(crop[0, 0, 0]), 10)
+        assert valid.all() and np.array_equal(crop, image[y0 : y0 + 9, x0 : x0 + 9])
+        windows.add((y0, x0))
+    assert windows == {(0, 0), (0, 1), (1, 0), (1, 1)}
+    image, mask = _photo_and_mask(6, 7)
+    padded = TrainAugmentation(8, (1.0, 1.0), flip_prob=0.0, normalization=IMAGENET_NORMALIZATION)
+    offsets = {_valid_box(padded(image, mask, np.random.default_rng(seed))[2])[:2] for seed in range(40)}
+    assert offsets == {(top, left) for top in range(3) for left in range(2)}
+
+
+def test_train_augmentation_defaults_are_the_official_recipe():
+    """DESIGN's recipe: crop 320, rescale in [0.5, 2.0], flip with p = 0.5 (the training scripts pass no flip
+    probability), VOC's ignore index 255."""
+    official = TrainAugmentation(320, (0.5, 2.0), 0.5, 255, normalization=IMAGENET_NORMALIZATION)
+    assert TrainAugmentation(normalization=IMAGENET_NORMALIZATION) == official
+
+
+def test_train_augmentation_keeps_the_mask_dtype():
+    """An int16 mask (ignore index -100) comes back int16, padded with -100: PIL reads it as int32."""
+    image = np.zeros((6, 5, 3), np.uint8)
+    mask = np.full((6, 5), 3, np.int16)
+    mask[0] = -100
+    augment = TrainAugmentation(8, (1.0, 1.0), ignore_index=-100, normalization=IMAGENET_NORMALIZATION)
+    _, crop_mask, valid = augment(image, mask, np.random.default_rng(0))
+    assert crop_mask.dtype == np.int16 and set(np.unique(crop_mask)) == {-100, 3}
+    assert (crop_mask[~valid] == -100).all()
+
+
 @pytest.mark.parametrize(
     ("num_classes", "ignore_index", "dtype"),
     [(20, 255, np.uint8), (20, -100, np.int16), (300, -100, np.int32), (300, 65535, np.uint16)],
