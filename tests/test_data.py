@@ -49,6 +49,10 @@ def test_mask_classes_and_bad_ids_name_the_image():
         ValueError, match=r"JPEG is lossy .*: save masks as PNG"
     ):  # the likely cause, not the names
         check_mask_ids(mask, 3, name="file 'masks/7.jpg'")
+    signed = np.zeros((4, 4), np.int16)
+    signed[0, 0], signed[1, 1] = -100, -1  # the ignore index of -100 is no class; -1 is outside 0..C
+    with pytest.raises(ValueError, match=r"\[-1\] outside 0..3 \(ignore index -100\)"):
+        check_mask_ids(signed, 3, ignore_index=-100)
 
 
 def test_label_rows_ids_multi_hot_and_errors():
@@ -413,7 +417,9 @@ def test_add_image_labels_names_a_photo_turned_by_its_exif_orientation(tmp_path,
     )
     ds = ds.cast_column("image", datasets.Image()).cast_column("mask", datasets.Image())
     ds = ds.add_column("image_labels", [[1]]) if labels else ds
-    with pytest.raises(ValueError, match=r"\(6, 10\), mask .* \(10, 6\)\. The sizes are swapped: .*EXIF"):
+    # the files named (not their columns), the sizes as (width, height)
+    swapped = r"image file '.*photo\.jpg' \(6, 10\), mask file '.*mask\.png' \(10, 6\)\. The sizes are swapped: .*EXIF"
+    with pytest.raises(ValueError, match=swapped):
         add_image_labels(ds, Columns("image", "mask", labels), 2)
 
 
