@@ -59,6 +59,8 @@ def test_label_rows_ids_multi_hot_and_errors():
     assert normalize_label_row([3, 1, 3], 4) == [1, 3]
     assert normalize_label_row([0, 2], 4, zero_based=True) == [1, 3]
     assert normalize_label_row([0.0, 1.0, 1.0, 0.0], 4) == [2, 3]
+    assert normalize_label_row([True, False, False, True], 4) == [1, 4]  # booleans are multi-hot too
+    assert normalize_label_row(np.array([True, False, True, True]), 4) == [1, 3, 4]
     with pytest.raises(ValueError, match="width 3, expected 4"):
         normalize_label_row([0.0, 1.0, 1.0], 4)
     with pytest.raises(ValueError, match=r"\[5\] outside 1..4\.$"):
@@ -1367,6 +1369,18 @@ def test_whole_class_names_win_over_comma_synonyms():
     assert "seal" not in class_name_ids(shared) and class_name_ids(shared)["harbor seal"] == 2
     with pytest.raises(ValueError, match=r"unknown class name\(s\) \['seal'\]"):
         normalize_label_row(["seal"], 2, class_names=shared)
+    # a whole name of two classes maps to the first (its docstring)
+    assert class_name_ids(["dog", ("hound", "dog")])["dog"] == 1
+
+
+def test_class_names_past_the_run_s_classes_are_refused():
+    """A lookup that knows more names than the model has classes (the run's first C) refuses a row naming a
+    later one: its id would be past 1..C."""
+    names = ["cat", "dog", "bird"]
+    assert normalize_label_row(["dog", "cat"], 2, class_names=names) == [1, 2]
+    past = r"unknown class name\(s\) \['bird'\]; .* 2 classes: \['cat', 'dog'\]"
+    with pytest.raises(ValueError, match=past):
+        normalize_label_row(["bird", "cat"], 2, class_names=names)
 
 
 _TRIMAP = np.array([[1, 2], [3, 2]], np.uint8).repeat(4, 0).repeat(4, 1)  # pet / background / border, 8 x 8
