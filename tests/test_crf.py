@@ -529,6 +529,10 @@ def test_non_finite_values_and_images_of_another_scale_are_refused():
                            rf"range\), got values in {shown}: a normalized image goes back with "
                            r"`PixelNormalization\.denormalize`, a 16-bit one is divided by 257\."):  # fmt: skip
             dense_crf(other, probs)
+    # the bounds: 255 is white, anything above it another scale
+    assert dense_crf(torch.full((3, 20, 30), 255.0), probs, num_iters=0).shape == probs.shape
+    with pytest.raises(ValueError, match=r"must hold RGB values in 0-255 .* got values in \[256, 256\]"):
+        dense_crf(torch.full((3, 20, 30), 255.5), probs, num_iters=0)  # 255.5 shown rounded
     bf16 = (torch.randn(21, 40, 50, generator=g) * 3).bfloat16().softmax(dim=0)
     assert float((bf16.float().sum(0) - 1).abs().max()) > 1e-3  # beyond float32's tolerance
     black = torch.zeros(3, 40, 50, dtype=torch.uint8)
@@ -540,6 +544,28 @@ def test_non_finite_values_and_images_of_another_scale_are_refused():
         )
     with pytest.raises(ValueError, match=r"got values in \[.*\]: they do not sum to 1\.$"):
         dense_crf(image, probs / 2)
+
+
+def test_image_and_probs_on_two_devices_are_refused():
+    """`image` and `probs` must share a device ("meta" stands in for an accelerator)."""
+    from weclip_hf.crf import dense_crf
+
+    probs = torch.full((2, 4, 5), 0.5)
+    with pytest.raises(ValueError, match=r"`image` is on meta and `probs` on cpu; use one device\."):
+        dense_crf(torch.zeros(3, 4, 5, device="meta"), probs)
+
+
+def test_exact_smoothness_kernel_is_truncated_at_four_stds():
+    """`pos_filter="gaussian"` filters with the Gaussian truncated at 4 std (module docstring): an impulse's
+    response is exp(-k^2 / (2 std^2)) out to 4 std and zero past it."""
+    from weclip_hf.crf import _spatial_filter
+
+    impulse = torch.zeros(1, 1, 1, 21, dtype=torch.float64)
+    impulse[..., 10] = 1.0
+    response = _spatial_filter(impulse, 2.0)[0, 0, 0]
+    offsets = torch.arange(-10, 11, dtype=torch.float64)
+    expected = torch.where(offsets.abs() <= 8, torch.exp(-(offsets**2) / 8), 0.0)
+    torch.testing.assert_close(response, expected, rtol=1e-12, atol=0)
 
 
 def test_probabilities_that_need_gradients_refine_without_a_warning():
