@@ -350,6 +350,77 @@ def test_a_row_with_a_mask_and_a_null_label_cell_takes_its_labels_from_the_mask(
     dataset = _dataset([mask, mask, both]).add_column("labels", [None, [], [1]])
     read, summary = add_image_labels(dataset, Columns("image", "mask", "labels"), num_classes=2)
     assert read["image_labels"] == [[2], [], [1]] and summary.empty == 1
+    # a null label cell without a mask is an empty label set (no mask to read: not an error)
+    image = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "mask": datasets.Image(),
+            "labels": datasets.List(datasets.Value("int64")),
+        }
+    )
+    neither = datasets.Dataset.from_dict(
+        {"image": [image, image], "mask": [Image.fromarray(mask), None], "labels": [None, None]},
+        features=features,
+    )
+    read, summary = add_image_labels(neither, Columns("image", "mask", "labels"), num_classes=2)
+    assert read["image_labels"] == [[2], []] and summary.empty == 1
+
+
+def test_the_numbering_check_refuses_only_a_shift_on_half_the_rows_with_masks():
+    """`check_label_numbering` refuses ids that name their masks' classes only shifted by one on more rows than
+    name them as read and on at least half of the rows with masks; rows of other classes (a few wrong ones, image
+    tags) count against a shift."""
+    from weclip_hf.data.image_labels import check_label_numbering
+
+    shifted, agree, other = ([1], [2]), ([2], [2]), ([3], [1])  # (ids read 1-based, mask classes)
+
+    def check(*rows, zero_based=False):
+        labels, masks = zip(*rows)
+        check_label_numbering(list(labels), list(masks), 3, zero_based)
+
+    check(shifted, shifted, agree, other, other)  # 2 of 5: under half
+    with pytest.raises(ValueError, match=r"3 of the 5 rows with masks .*, 1 as read"):
+        check(shifted, shifted, shifted, agree, other)
+    check(([2], [1]), ([3], [2]), agree, other, other, zero_based=True)  # zero-based ids read one higher
+    with pytest.raises(ValueError, match=r"2 of the 4 rows with masks .*, 0 as read"):
+        check(([2], [1]), ([3], [2]), other, other, zero_based=True)
+
+
+def test_the_label_cache_key_covers_every_module_that_reads_and_checks_rows(tmp_path, monkeypatch):
+    """`datasets` caches the label map under `_code_digest`: a change to any module that reads or checks the
+    rows, images or masks must change it, or labels cached under the old rules are reused unchecked."""
+    from weclip_hf import image_reading
+    from weclip_hf.data import columns, decoding, image_labels, label_rows, masks
+
+    before = image_labels._code_digest()
+    for module in (image_labels, columns, label_rows, masks, decoding, image_reading):
+        edited = tmp_path / f"{module.__name__}.py"
+        edited.write_bytes(open(module.__file__, "rb").read() + b"# edited")
+        with monkeypatch.context() as patch:
+            patch.setattr(module, "__file__", str(edited))
+            assert image_labels._code_digest() != before, module.__name__
+    assert image_labels._code_digest() == before
+
+
+def test_an_integer_multi_hot_column_is_never_refused_for_its_numbering():
+    """Multi-hot rows have no numbering: rows naming their masks' classes shifted by one are refused as labels
+    that disagree with the masks, never with "pass --labels_zero_based"."""
+    masks = [np.full((8, 8), 2, np.uint8)] * 3
+    dataset = _dataset(masks).add_column("labels", [[1, 0, 0]] * 3)  # class 1, the masks' class 2
+    with pytest.raises(ValueError, match=r"disagree: on 3 of the 3 rows") as refused:
+        add_image_labels(dataset, Columns("image", "mask", "labels"), num_classes=3)
+    assert "labels_zero_based" not in str(refused.value)
+
+
+def test_no_class_cause_is_none_for_a_split_without_images():
+    from weclip_hf.data.image_labels import LabelSummary, no_class_cause
+
+    for columns in (Columns("image", "mask"), Columns("image", None, "labels")):
+        assert no_class_cause(LabelSummary(total=0), columns, 2, 255, "train") is None
+        assert "No image of split 'train' has a class" in no_class_cause(
+            LabelSummary(total=3), columns, 2, 255, "train"
+        )
 
 
 def test_add_image_labels_summarises_and_applies_empty_policy():
