@@ -6,6 +6,7 @@ import os
 import pickle
 import shutil
 import stat
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -328,6 +329,129 @@ def test_latest_restores_a_checkpoint_moved_aside_by_a_cut_off_rewrite(checkpoin
     messages = []
     assert find_checkpoint(path.parent, "latest", log=messages.append) == path
     assert messages == ["restored checkpoint step_1 from step_1.old (a later write of that step was cut off)"]
+
+
+def test_rewriting_a_step_replaces_it_whole_and_atomically(checkpoint, monkeypatch):
+    """A second write of step_N leaves no step_N.old and none of a cut-off write's step_N.tmp files; a write cut
+    off between its renames keeps the previous step_N (as step_N.old, which `latest` restores), never deleted in
+    place."""
+    path, _, scheduler = checkpoint
+    run = path.parent
+    (run / "step_1.tmp").mkdir()
+    (run / "step_1.tmp" / "stale.bin").write_bytes(b"from a cut-off write")
+    state = TrainingState(step=1, scheduler=scheduler.state_dict(), position=StreamPosition(3, 0))
+    save_checkpoint(_accelerated()[0], run, state)
+    assert sorted(p.name for p in run.iterdir()) == ["step_1"] and not (path / "stale.bin").exists()
+    assert json.loads((path / "training_state.json").read_text())["position"] == {"epoch": 3, "batch": 0}
+    replace = os.replace
+
+    def cut_off(source, target):
+        if Path(source).name == "step_1.tmp":
+            raise KeyboardInterrupt  # killed between moving step_1 aside and renaming the new one
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", cut_off)
+    again = TrainingState(step=1, scheduler={}, position=StreamPosition())
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(_accelerated()[0], run, again)
+    monkeypatch.setattr(os, "replace", replace)
+    assert find_checkpoint(run, "latest", log=lambda _: None) == path
+    assert json.loads((path / "training_state.json").read_text())["position"] == {"epoch": 3, "batch": 0}
+
+
+def test_a_checkpoint_without_its_optimizer_or_of_another_step_is_skipped(checkpoint):
+    """`latest` skips a newer step_N without optimizer.bin, and one whose training state holds another step than
+    its name (a folder copied or renamed by hand), naming each."""
+    path, _, _ = checkpoint
+    run = path.parent
+    (_copy_checkpoint(path, 8) / "optimizer.bin").unlink()
+    shutil.copytree(path, run / "step_9")  # holds step 1
+    messages = []
+    assert find_checkpoint(run, "latest", log=messages.append) == path
+    assert [m.split(":")[0] for m in messages] == ["skipping checkpoint step_9", "skipping checkpoint step_8"]
+    assert "holds step 1, not the step its name says" in messages[0] and "has no optimizer.bin" in messages[1]
+
+
+def test_an_archive_whose_data_fails_its_crc_is_damaged(checkpoint):
+    """A torch archive (optimizer.bin) with a byte changed inside a member, its length and headers intact, is
+    damaged: `latest` falls back past it."""
+    path, _, _ = checkpoint
+    newer = _copy_checkpoint(path, 8)
+    data = bytearray((newer / "optimizer.bin").read_bytes())
+    with zipfile.ZipFile(newer / "optimizer.bin") as archive:
+        member = max(archive.infolist(), key=lambda info: info.compress_size)
+    with open(newer / "optimizer.bin", "rb") as stream:  # the member's data follow its local header
+        stream.seek(member.header_offset + 26)
+        name_length, extra_length = (int.from_bytes(stream.read(2), "little") for _ in range(2))
+    start = member.header_offset + 30 + name_length + extra_length
+    data[start + member.compress_size // 2] ^= 0xFF
+    (newer / "optimizer.bin").write_bytes(bytes(data))
+    messages = []
+    assert find_checkpoint(path.parent, "latest", log=messages.append) == path
+    assert any("step_8" in m and "fails its CRC" in m for m in messages)
+
+
+def test_the_frozen_weights_hook_leaves_out_names_under_ddp_too():
+    """Under DDP the state dict names a parameter ``module.<name>``: left out all the same."""
+    from weclip_hf.checkpointing import _leave_out
+
+    weights = [{"module.backbone.weight": 1, "module.head.weight": 2}, {"backbone.weight": 3, "head.bias": 4}]
+    _leave_out(frozenset({"backbone.weight"}))(None, weights, None)
+    assert weights == [{"module.head.weight": 2}, {"head.bias": 4}]
+
+
+def test_a_checkpoint_missing_a_trained_weight_is_refused(checkpoint):
+    """model.safetensors without one of the model's trained weights is refused, naming it (only the frozen ones
+    may be left out)."""
+    from safetensors.torch import load_file, save_file
+
+    path, _, _ = checkpoint
+    weights = load_file(path / "model.safetensors")
+    save_file({"weight": weights["weight"]}, path / "model.safetensors")
+    accelerator, fresh, fresh_optimizer, _ = _accelerated(seed=1)
+    with pytest.raises(CheckpointError, match=r"does not hold this model's weights \(missing: bias\)"):
+        load_checkpoint(accelerator, fresh, fresh_optimizer, path)
+
+
+def test_resuming_restores_the_random_states(checkpoint):
+    """torch's, numpy's and Python's random generators continue from the checkpoint, whatever was drawn since."""
+    import random
+
+    import numpy as np
+
+    path, _, _ = checkpoint
+
+    def draws():
+        return torch.rand(3).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(3)]
+
+    accelerator, fresh, fresh_optimizer, _ = _accelerated(seed=1)
+    load_checkpoint(accelerator, fresh, fresh_optimizer, path)
+    first = draws()
+    assert draws() != first
+    load_checkpoint(accelerator, fresh, fresh_optimizer, path)
+    assert draws() == first
+
+
+def test_differences_name_a_value_added_as_well_as_changed():
+    """Keys of either side count: an argument the checkpoint did not record is a difference too."""
+    from weclip_hf.checkpointing import differences
+
+    assert differences({"lr": 1, "seed": 0}, {"lr": 1, "seed": 2, "crop": 320}, skip=frozenset({"lr"})) == [
+        "--crop None -> 320",
+        "--seed 0 -> 2",
+    ]
+
+
+def test_check_unchanged_tells_an_unrecorded_checkpoint_from_a_matching_one(tmp_path):
+    """False when the checkpoint records no arguments (an earlier version's: its caller says so), True when they
+    match, a ValueError naming each change otherwise."""
+    from weclip_hf.checkpointing import TRAINING_ARGS_NAME, check_unchanged
+
+    assert check_unchanged(tmp_path, {"seed": 0}) is False
+    (tmp_path / TRAINING_ARGS_NAME).write_text(json.dumps({"seed": 0}))
+    assert check_unchanged(tmp_path, {"seed": 0}) is True
+    with pytest.raises(ValueError, match=r"these arguments differ .*: --seed 0 -> 1\. "):
+        check_unchanged(tmp_path, {"seed": 1})
 
 
 def _copy_checkpoint(path: Path, step: int) -> Path:
