@@ -343,6 +343,25 @@ def test_full_supervision_with_pixel_labels(tiny_model):
     assert int(tiny_model.training_step) == before + 1
 
 
+def test_the_loss_takes_the_configs_affinity_radius_and_weight():
+    """The output's loss terms are the loss functions' on its own logits and affinity, with the config's
+    affinity_radius and affinity_loss_weight (a radius of 1 on the 6 x 5 grid: the default 8 spans it whole)."""
+    torch.manual_seed(0)
+    model = WeCLIPForSemanticSegmentation(
+        make_tiny_config(affinity_radius=1, affinity_loss_weight=0.3)
+    ).eval()
+    pixel_values, _ = _inputs()
+    labels = torch.randint(0, 5, (3, 48, 40), generator=torch.Generator().manual_seed(2))
+    labels[:, :3] = 255
+    out = model(pixel_values, labels=labels)
+    targets = affinity_targets(labels, (6, 5), radius=1)
+    expected_aff, _, _ = affinity_loss(out.decoder_affinity, targets)
+    expected_seg = segmentation_loss(out.logits, labels)
+    assert out.affinity_loss.item() == pytest.approx(expected_aff.item(), rel=1e-6)
+    assert out.seg_loss.item() == pytest.approx(expected_seg.item(), rel=1e-6)
+    assert out.loss.item() == pytest.approx(expected_seg.item() + 0.3 * expected_aff.item(), rel=1e-6)
+
+
 def unaligned_tensors(model: torch.nn.Module) -> list[str]:
     """Names of the parameters and buffers whose data does not start on a 64-byte boundary."""
     named = [*model.named_parameters(), *model.named_buffers()]
