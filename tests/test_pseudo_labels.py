@@ -159,6 +159,9 @@ def test_class_scores_background_and_labels_use_only_present_classes():
     assert (scores[1, 2:] == 0).all()  # image 1 has one class: the other slots stay 0
     torch.testing.assert_close(scores[0, 0], (1 - refined[:2].amax(0)) ** 2)
     assert (scores[2, 0] == 1).all() and (scores[2, 1:] == 0).all()  # no class: all background
+    # no class in the whole batch: the background slot alone, all ones
+    no_class = plan_pairs(torch.zeros(2, 4), "cpu")
+    assert torch.equal(class_scores(refined[:0], no_class, bg_exponent=2.0), torch.ones(2, 1, 3, 2))
 
     scores[1, 2:] = 5.0  # unused slots never win, whatever their score
     labels = labels_from_scores(scores, plan)
@@ -167,6 +170,8 @@ def test_class_scores_background_and_labels_use_only_present_classes():
         assert set(labels[b].unique().tolist()) <= set(allowed)
     expected = torch.tensor([0, 1, 3])[scores[0, :3].argmax(0)]
     assert torch.equal(labels[0], expected)
+    # image 1: its background or its class 3 (label 4), as if the unused slots were not there
+    assert torch.equal(labels[1], torch.tensor([0, 4])[scores[1, :2].argmax(0)])
     assert (labels[2] == 0).all()
 
 
@@ -181,8 +186,11 @@ def test_background_margins_are_zero_in_unused_slots_and_label_like_the_scores()
 
     margins[1, 1:] = 5.0  # unused slots never win; a pixel where no margin is above 0 is background
     margins[0, :, 0, 0] = torch.tensor([0.0, -1.0, 0.0])
+    # any margin above 0 wins: here image 0's second class (label 3)
+    margins[0, :, 0, 1] = torch.tensor([-1.0, 1e-30, 0.0])
     labels = labels_from_margins(margins, plan)
-    assert set(labels[1].unique().tolist()) <= {0, 4} and labels[0, 0, 0] == 0 and (labels[2] == 0).all()
+    assert torch.equal(labels[1], torch.where(margins[1, 0] > 0, 4, 0)) and (labels[2] == 0).all()
+    assert labels[0, 0, 0] == 0 and labels[0, 0, 1] == 3
 
 
 @pytest.mark.parametrize("images_per_chunk", [None, 1])
