@@ -465,13 +465,17 @@ def test_self_training_overwrites_confident_pixels_only():
     logits = torch.zeros(1, 3, 2, 3)
     logits[0, 2, 0, :] = 5.0  # top row: confident class 2 (p = 0.987)
     logits[0, 1, 1, 0] = 0.5  # weak preference: p = 0.45, kept
+    logits[0, 0, 1, 1] = 1.0  # a logit above the threshold, its probability (0.58) below it: kept
     new, overwritten = self_training_labels(labels, logits, threshold=0.75)
     assert new.tolist() == [[[2, 2, 255], [2, 0, 1]]]  # the ignored pixel stays ignored
     assert overwritten.tolist() == [[[True, True, False], [False, False, False]]]
 
 
 def test_affinity_loss_uses_the_labels_before_self_training():
-    config = make_tiny_plus_config(self_training_threshold=0.5)
+    """Also: each term weighted by the config's weight, the affinity targets of its affinity_radius (1: the default 8
+    spans the 4 x 4 grid whole), the Dice loss on the labels after the overwrite."""
+    weights = dict(affinity_loss_weight=0.3, cross_branch_loss_weight=0.2, dice_loss_weight=0.7)
+    config = make_tiny_plus_config(self_training_threshold=0.5, affinity_radius=1, **weights)
     generator = torch.Generator().manual_seed(3)
     logits_clip, logits_dino = 3 * torch.randn(2, 2, 5, 4, 4, generator=generator)
     logits = 0.5 * logits_clip + 0.5 * logits_dino
@@ -488,12 +492,13 @@ def test_affinity_loss_uses_the_labels_before_self_training():
     torch.testing.assert_close(plain.affinity_loss, expected_aff)
     full = F.interpolate(logits, size=(32, 32), mode="bilinear", align_corners=False)
     torch.testing.assert_close(trained.seg_loss, segmentation_loss(full, trained.labels))
+    torch.testing.assert_close(trained.dice_loss, dice_loss(full, trained.labels))
     assert not torch.isclose(trained.seg_loss, plain.seg_loss)
     total = (
         trained.seg_loss
-        + 0.1 * trained.affinity_loss
-        + 0.1 * (trained.clip_from_dino_loss + trained.dino_from_clip_loss)
-        + trained.dice_loss
+        + 0.3 * trained.affinity_loss
+        + 0.2 * (trained.clip_from_dino_loss + trained.dino_from_clip_loss)
+        + 0.7 * trained.dice_loss
     )
     torch.testing.assert_close(trained.loss, total)
 
