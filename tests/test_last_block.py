@@ -14,10 +14,17 @@ SLOTS = (torch.tensor([0, 1, 0, 0, 1, 2]), 3)  # each pair's rank in its image, 
 
 
 def _layer(hidden_act: str) -> torch.nn.Module:
+    """The tiny model's last CLIP block, its LayerNorms' affine parts drawn away from the identity (a trained CLIP's
+    are: the backward must apply them)."""
     torch.manual_seed(0)
     config = make_tiny_config()
     config.vision_config.hidden_act = hidden_act
-    return WeCLIPForSemanticSegmentation(config).vision_model.encoder.layers[-1].eval()
+    layer = WeCLIPForSemanticSegmentation(config).vision_model.encoder.layers[-1].eval()
+    with torch.no_grad():
+        for norm in (layer.layer_norm1, layer.layer_norm2):
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(0.0, 0.1)
+    return layer
 
 
 @pytest.mark.parametrize("hidden_act", ["quick_gelu", "gelu"])
