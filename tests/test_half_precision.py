@@ -144,6 +144,26 @@ def test_hidden_states_and_attentions_equal_clip_vision_model(tiny_model):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
+def test_position_embeddings_are_resized_bilinearly_at_other_sizes(tiny_model):
+    """Off the tower's native size the patch position embeddings are resized bilinearly (align_corners=False) as
+    the official code does (DESIGN Part 1), not bicubically as transformers' `interpolate_pos_encoding`; the class
+    token keeps its own: the embeddings (hidden_states[0]) of a 48 x 40 image (a 6 x 5 grid, from 4 x 4)."""
+    vision = tiny_model.vision_model
+    emb = vision.embeddings
+    pixel_values = torch.randn(2, 3, 48, 40, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = tiny_model(pixel_values, output_hidden_states=[0])
+        pos = emb.position_embedding.weight
+        grid = pos[1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+        grid = torch.nn.functional.interpolate(grid, size=(6, 5), mode="bilinear", align_corners=False)
+        patches = emb.patch_embedding(pixel_values) + grid
+        tokens = torch.cat(
+            [(emb.class_embedding + pos[0]).expand(2, 1, -1), patches.flatten(2).transpose(1, 2)], 1
+        )
+        expected = vision.pre_layrnorm(tokens)
+    torch.testing.assert_close(out.hidden_states[0], expected, rtol=1e-6, atol=1e-6)
+
+
 def test_output_flags_from_config_and_tuple_outputs(tiny_config):
     tiny_config.output_hidden_states = True
     model = WeCLIPForSemanticSegmentation(tiny_config).eval()
