@@ -693,6 +693,17 @@ def test_pixel_normalization_checks_its_statistics():
         PixelNormalization(mean=(1.0, 2.0), std=(1.0,)).normalize(torch.zeros(3, 2, 2))
     rescale_only = PixelNormalization.from_settings(True, 1 / 255, False, CLIP_MEAN, CLIP_STD)
     assert rescale_only == PixelNormalization((0.0,), (255.0,))
+    # no statistics at all: refused at construction, not at the first image
+    for mean, std in (((), (1.0,)), ((0.0,), ())):
+        with pytest.raises(ValueError, match="at least one value"):
+            PixelNormalization(mean=mean, std=std)
+    # one number for all channels, as transformers' processors take it
+    assert PixelNormalization.from_settings(True, 1 / 255, True, 0.5, 0.25) == PixelNormalization(
+        (127.5,), (63.75,)
+    )
+    # denormalize clips to 0-255 (a uint8 cast would wrap around)
+    beyond = IMAGENET_NORMALIZATION.normalize(torch.tensor([-40.0, 300.0]).view(1, 2, 1).expand(3, 2, 1))
+    assert IMAGENET_NORMALIZATION.denormalize(beyond).view(3, 2).tolist() == [[0, 255]] * 3
 
 
 def test_crf_predictions_recover_the_image_with_the_processors_statistics(tiny_model, monkeypatch):
