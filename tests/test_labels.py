@@ -155,6 +155,10 @@ def test_class_names_whose_prompts_clip_would_cut_are_refused(tiny_model):
                        r"prompt\(s\) of 2\)\. Shorten that class name"):  # fmt: skip
         tiny_model.update_class_embeddings(CharTokenizer(), class_names=long_names)
     assert tiny_model.config.class_names == ["boat", "bird"]  # nothing changed by the refusal
+    # a prompt of exactly the tokens CLIP reads (its start and end tokens included) is not cut: taken
+    fits = "x" * (positions - 2 - len(tiny_model.config.prompt_template.format("")))
+    tiny_model.update_class_embeddings(CharTokenizer(), class_names=[fits, "bird"])
+    assert tiny_model.config.class_names == [fits, "bird"]
 
 
 def test_label_names_given_at_loading_keep_the_background_name(tiny_model, tmp_path):
