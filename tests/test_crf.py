@@ -523,7 +523,7 @@ def test_non_finite_values_and_images_of_another_scale_are_refused():
         dense_crf(image.float().index_put_((torch.tensor([0]),) * 3, torch.tensor(float("inf"))), probs)
     for other, shown in (
         (IMAGENET_NORMALIZATION.normalize(image), r"\[-2\.\d+, 2\.\d+\]"),
-        (image.float() * 257, r"\[0, 6\.55e\+04\]"),
+        (image.float() * 257, r"\[0, 65535\]"),
     ):
         with pytest.raises(ValueError, match=r"`image` must hold RGB values in 0-255 \(uint8, or floats of that "
                            rf"range\), got values in {shown}: a normalized image goes back with "
@@ -531,8 +531,15 @@ def test_non_finite_values_and_images_of_another_scale_are_refused():
             dense_crf(other, probs)
     # the bounds: 255 is white, anything above it another scale
     assert dense_crf(torch.full((3, 20, 30), 255.0), probs, num_iters=0).shape == probs.shape
-    with pytest.raises(ValueError, match=r"must hold RGB values in 0-255 .* got values in \[256, 256\]"):
-        dense_crf(torch.full((3, 20, 30), 255.5), probs, num_iters=0)  # 255.5 shown rounded
+    # the values are shown as they are: 255.5 was "[256, 256]", probabilities up to 1.0002 "[0, 1]" (3 digits)
+    with pytest.raises(
+        ValueError, match=r"must hold RGB values in 0-255 .* got values in \[255\.5, 255\.5\]"
+    ):
+        dense_crf(torch.full((3, 20, 30), 255.5), probs, num_iters=0)
+    above_one = probs.double().clone()
+    above_one[:, 0, 0] = torch.tensor([1.0002, 0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match=r"got values in \[0, 1\.0002\]: logits need"):
+        dense_crf(image, above_one, num_iters=0)
     bf16 = (torch.randn(21, 40, 50, generator=g) * 3).bfloat16().softmax(dim=0)
     assert float((bf16.float().sum(0) - 1).abs().max()) > 1e-3  # beyond float32's tolerance
     black = torch.zeros(3, 40, 50, dtype=torch.uint8)

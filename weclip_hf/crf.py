@@ -632,15 +632,15 @@ def _check_inputs(image: torch.Tensor, probs: torch.Tensor) -> None:
             "logits need `.softmax(dim=-3)` first" if low < 0 or high > 1 + 1e-4 else "they do not sum to 1"
         )
         raise ValueError(
-            f"`probs` must be probabilities (0-1, summing to 1 over the classes), got values in [{low:.3g}, "
-            f"{high:.3g}]: {hint}."
+            f"`probs` must be probabilities (0-1, summing to 1 over the classes), got values in [{low:.6g}, "
+            f"{high:.6g}]: {hint}."
         )
     if image.numel():
         image_low, image_high = (float(v) for v in image.aminmax())
         if image_low < 0 or image_high > 255:  # a normalized image, or 16-bit values: another colour scale
             raise ValueError(
                 f"`image` must hold RGB values in 0-255 (uint8, or floats of that range), got values in "
-                f"[{image_low:.3g}, {image_high:.3g}]: a normalized image goes back with "
+                f"[{image_low:.6g}, {image_high:.6g}]: a normalized image goes back with "
                 "`PixelNormalization.denormalize`, a 16-bit one is divided by 257."
             )
     if image.is_floating_point() and image.numel() and image_high <= 1.0:
