@@ -95,16 +95,20 @@ STRICT_ENV = "WECLIP_STRICT_TEST_DATA"
 
 
 class CharTokenizer:
-    """A stand-in for a CLIP tokenizer (one id per character, begin 0, end 2, padding 1) for text embeddings of a
-    tiny random CLIP text tower."""
+    """A stand-in for a CLIP tokenizer (one id per character, begin 0, end ``eos_token_id`` (2 unless given),
+    padding 1) for text embeddings of a tiny random CLIP text tower."""
+
+    def __init__(self, eos_token_id: int = 2):
+        self.eos_token_id = eos_token_id
 
     def __call__(self, prompts, padding=False, truncation=False, return_tensors=None, max_length=None):
-        tokens = [[0, *(3 + (ord(ch) % 90) for ch in p), 2] for p in prompts]
+        end = self.eos_token_id
+        tokens = [[0, *(3 + (ord(ch) % 90) for ch in p), end] for p in prompts]
         if not truncation:  # as transformers' tokenizers: lists of ids at their length
             return {"input_ids": tokens}
         ids = torch.ones(len(prompts), max_length, dtype=torch.long)
         for i, toks in enumerate(tokens):
-            kept = [*toks[: max_length - 1], 2] if len(toks) > max_length else toks
+            kept = [*toks[: max_length - 1], end] if len(toks) > max_length else toks
             ids[i, : len(kept)] = torch.tensor(kept)
         return {"input_ids": ids, "attention_mask": (ids != 1).long()}
 

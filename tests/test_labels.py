@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import CharTokenizer, make_tiny_config
+from conftest import TINY_TEXT, CharTokenizer, make_tiny_config
 from transformers import AutoConfig, AutoModelForSemanticSegmentation, pipeline
 
 from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
@@ -301,6 +301,40 @@ def test_a_weak_label_forward_on_placeholder_text_embeddings_warns(tiny_config, 
     assert "placeholders" not in warnings_of(lambda: fresh(pixel_values, class_labels=class_labels))
     model.update_class_embeddings(CharTokenizer())
     assert "placeholders" not in warnings_of(lambda: model(pixel_values, class_labels=class_labels))
+
+
+def test_the_placeholder_text_embeddings_are_unit_vectors(tiny_model):
+    """A model built from its config holds placeholder text embeddings until update_class_embeddings: unit
+    vectors, as the computed ones, one per class and per background word."""
+    embeds = (tiny_model.class_text_embeds, tiny_model.background_text_embeds)
+    assert [tuple(e.shape) for e in embeds] == [(4, 16), (3, 16)]
+    for e in embeds:
+        torch.testing.assert_close(e.norm(dim=-1), torch.ones(len(e)))
+
+
+def test_a_tokenizer_of_another_end_of_text_id_than_the_text_config_is_refused():
+    """CLIP pools a prompt's text at the config's eos_token_id: a tokenizer ending its prompts with another id
+    would give every prompt one embedding. A config's eos_token_id of 2 (CLIP configs of before, pooled at the
+    largest id) is not compared: their tokenizers end with another id (49407)."""
+    model = WeCLIPForSemanticSegmentation(make_tiny_config(text_config={**TINY_TEXT, "eos_token_id": 98}))
+    with pytest.raises(
+        ValueError, match=r"end-of-text id \(2\) differs from the CLIP text config's eos_token_id \(98\)"
+    ):
+        model.update_class_embeddings(CharTokenizer())
+    model.update_class_embeddings(CharTokenizer(eos_token_id=98))
+    # pooled at each prompt's end: four classes, four embeddings
+    assert len(torch.unique(model.class_text_embeds, dim=0)) == 4
+    legacy = WeCLIPForSemanticSegmentation(make_tiny_config())
+    legacy.update_class_embeddings(CharTokenizer(eos_token_id=98))
+    assert len(torch.unique(legacy.class_text_embeds, dim=0)) == 4
+
+
+def test_a_classifier_of_another_class_count_than_the_config_is_refused(tiny_model):
+    """The classifier's class count is checked on its own: a classifier swapped for one of 6 classes, the config's
+    names and text embeddings unchanged, would give logits of classes that no label names."""
+    tiny_model.decoder.classifier = torch.nn.Conv2d(tiny_model.decoder.classifier.in_channels, 7, 1)
+    with pytest.raises(ValueError, match=r"The config gives 4 classes and the classifier has 6 classes"):
+        tiny_model(torch.randn(1, 3, 32, 32))
 
 
 SPELLED_AS_ONE = "names are compared as CLIP's tokenizer reads them"

@@ -523,6 +523,12 @@ def test_renaming_the_classes_of_a_trained_decoder_warns(tiny_model, caplog):
     with caplog.at_level(logging.WARNING):
         tiny_model.update_class_embeddings(CharTokenizer(), class_names=["w", "x", "y", "z"])
     assert "the decoder was trained (10 steps) for the old ones and keeps its classifier" in caplog.text
+    # one step trained it already
+    tiny_model.set_training_step(1)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        tiny_model.update_class_embeddings(CharTokenizer(), class_names=["a", "b", "c", "d"])
+    assert "the decoder was trained (1 steps) for the old ones" in caplog.text
 
 
 def test_update_class_embeddings_names_voc_prompts_as_the_config_does(tiny_model):
@@ -1120,6 +1126,11 @@ def test_the_decoder_starts_as_the_official_codes_or_by_initializer_range():
     fc1 = normal.decoder.blocks[0].mlp["fc1"]
     assert float(fc1.weight.std()) == pytest.approx(0.02, rel=0.15) and not fc1.bias.any()
     assert float(normal.decoder.blocks[0].self_attn.in_proj.weight.std()) == pytest.approx(0.02, rel=0.15)
+    # a classifier resized for new classes: normal(std=initializer_range), zero biases (21 x 32 weights)
+    normal.update_class_embeddings(CharTokenizer(), class_names=[f"class {i}" for i in range(20)])
+    classifier = normal.decoder.classifier
+    assert classifier.out_channels == 21 and not classifier.bias.any()
+    assert float(classifier.weight.std()) == pytest.approx(0.02, rel=0.15)
 
 
 # ---- the public API's edges (an outside review as a transformers user) -----------------------------------------
@@ -1243,9 +1254,7 @@ def test_generate_pseudo_labels_refuses_features_of_other_images():
 
 def test_from_clip_reads_torch_dtype_as_dtype(tiny_clip):
     """from_pretrained takes transformers' deprecated ``torch_dtype``; from_clip refused it as unknown."""
-    model = WeCLIPForSemanticSegmentation.from_clip(
-        tiny_clip, class_names=["cat"], tokenizer=CharTokenizer(), torch_dtype=torch.float16
-    )
+    model = WeCLIPForSemanticSegmentation.from_clip(tiny_clip, class_names=["cat"], torch_dtype=torch.float16)
     assert model.dtype == torch.float16
 
 
