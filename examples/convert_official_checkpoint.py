@@ -210,8 +210,8 @@ def write_whole_folder(output_dir: Path, write: Callable[[Path], None]) -> None:
     ``output_dir`` held but its version control (--overwrite_output_dir; checked by `check_output_dir_contents`;
     `is_version_control`) and move the names this run wrote in, config.json last: a conversion killed on the way
     leaves the old model whole, or a folder without config.json that `from_pretrained` refuses, never a
-    half-written model that it loads. Killed runs' hidden
-    folders are removed first (`remove_leftover_staging`: a link is unlinked, never followed)."""
+    half-written model that it loads. Killed runs' hidden folders are removed first (`remove_leftover_staging`: a
+    link is unlinked, never followed)."""
     output_dir.mkdir(parents=True, exist_ok=True)
     remove_leftover_staging(output_dir)
     staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=f"{STAGING}-"))
