@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -261,33 +262,60 @@ def check_resume(
         )
 
 
-def computation_terms(computation: Computation) -> dict[str, tuple[str, str]]:
+@dataclass(frozen=True)
+class ScriptTerms:
+    """How a training script is told to compute as a `Computation` records, which a resume warning names as the way
+    back: ``cpu`` (how to run on the CPU), ``device`` (on a device of type ``{device}``), ``compile_off`` (without
+    torch.compile; the backend and mode are --torch_compile_backend and --torch_compile_mode in both scripts),
+    ``threads`` (how the warning names the torch threads), ``set_threads`` (how to run with ``{threads}``); and
+    ``figures``, the file of the run's final evaluation."""
+
+    cpu: str
+    device: str
+    compile_off: str
+    threads: str
+    set_threads: str
+    figures: str
+
+
+# examples/train.py's (train_with_trainer.py's: `weclip_hf.trainer.TRAINER_TERMS`)
+TRAIN_TERMS = ScriptTerms(
+    cpu="on the CPU (accelerate launch --cpu)",
+    device="on a {device} device (without accelerate's --cpu)",
+    compile_off="without --torch_compile",
+    threads="torch threads per process (--num_threads, by default the cores available)",
+    set_threads="with --num_threads {threads}",
+    figures="metrics.json",
+)
+
+
+def computation_terms(
+    computation: Computation, script: ScriptTerms = TRAIN_TERMS
+) -> dict[str, tuple[str, str]]:
     """How a resume warning states each item ``computation`` records, by label: (its value, what to pass to compute
-    so); the items it does not record are left out."""
+    so, in the ``script``'s terms); the items it does not record are left out."""
     terms = {}
     if computation.device is not None:
-        terms["device type"] = device_terms(computation.device)
+        terms["device type"] = device_terms(computation.device, script)
     if computation.torch_compile is not None:
-        terms["--torch_compile"] = compile_terms(computation)
+        terms["--torch_compile"] = compile_terms(computation, script)
     if computation.threads is not None:
-        terms["torch threads per process (--num_threads, by default the cores available)"] = (
+        terms[script.threads] = (
             str(computation.threads),
-            f"with --num_threads {computation.threads}",
+            script.set_threads.format(threads=computation.threads),
         )
     return terms
 
 
-def device_terms(device: str) -> tuple[str, str]:
-    """(How a resume warning names the device type ``device``, how to run on one)."""
-    if device == "cpu":
-        return device, "on the CPU (accelerate launch --cpu)"
-    return device, f"on a {device} device (without accelerate's --cpu)"
+def device_terms(device: str, script: ScriptTerms = TRAIN_TERMS) -> tuple[str, str]:
+    """(How a resume warning names the device type ``device``, how to run on one by the ``script``'s flags)."""
+    return device, script.cpu if device == "cpu" else script.device.format(device=device)
 
 
-def compile_terms(computation: Computation) -> tuple[str, str]:
-    """(How a resume warning names the torch.compile of ``computation``, the flags that compile so)."""
+def compile_terms(computation: Computation, script: ScriptTerms = TRAIN_TERMS) -> tuple[str, str]:
+    """(How a resume warning names the torch.compile of ``computation``, the ``script``'s flags that compile so)."""
     if not computation.torch_compile:
-        return "off", "without --torch_compile"
+        return "off", script.compile_off
     backend, mode = computation.torch_compile_backend, computation.torch_compile_mode
     if mode is None:  # the backend's default
         return f"on ({backend})", f"with --torch_compile --torch_compile_backend {backend}"
@@ -297,19 +325,22 @@ def compile_terms(computation: Computation) -> tuple[str, str]:
     )
 
 
-def computation_change_warning(path: Path, recorded: Computation, current: Computation) -> str | None:
+def computation_change_warning(
+    path: Path, recorded: Computation, current: Computation, script: ScriptTerms = TRAIN_TERMS
+) -> str | None:
     """The warning of a run resumed from checkpoint ``path``, whose run computed as ``recorded``, computing as
     ``current`` (None when no item both record differs): its float sums run in another order (`RESUMABLE_CHANGES`).
-    It names each change and what to pass for an exact resume."""
-    was, now = computation_terms(recorded), computation_terms(current)
+    It names each change and what to pass for an exact resume, in the ``script``'s terms (examples/train.py's by
+    default; train_with_trainer.py's: `weclip_hf.trainer.TRAINER_TERMS`)."""
+    was, now = computation_terms(recorded, script), computation_terms(current, script)
     changed = [label for label in was if label in now and was[label][0] != now[label][0]]
     if not changed:
         return None
     return (
         f"Warning: {path} was trained computing otherwise than this run: "
         + "; ".join(f"{label} {was[label][0]} -> {now[label][0]}" for label in changed)
-        + ". Float sums then run in another order, so the weights and metrics.json equal the uninterrupted run's "
-        "only up to float32 rounding (~1e-5), not bit for bit. For an exact resume, resume "
+        + f". Float sums then run in another order, so the weights and {script.figures} equal the uninterrupted "
+        "run's only up to float32 rounding (~1e-5), not bit for bit. For an exact resume, resume "
         + ", ".join(was[label][1] for label in changed)
         + "."
     )
