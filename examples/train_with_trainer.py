@@ -22,7 +22,9 @@ warm-up + linear schedule built from the `TrainingArguments`, and an evaluation 
 `--resume_from_checkpoint` (a checkpoint-N folder, or 'latest') continues a run exactly (Trainer restores the RNG
 and the data position; the model's step counter, which starts the RFM, is a saved buffer): each checkpoint records
 the arguments that shape the training (training_args.json), and a resume that changes one is refused, as is a
-checkpoint saved with --save_only_model (it holds no optimizer or schedule state to continue).
+checkpoint saved with --save_only_model (it holds no optimizer or schedule state to continue); it records how the run
+computed too (computation.json: the device type, torch.compile, a CPU run's threads), and a resume that computes
+otherwise is warned (its float sums run in another order), naming the flags of an exact resume.
 examples/train.py is the complete script (streaming, several processes on a CPU, signals, multi-scale evaluation,
 overlays, a model card, the Hub).
 """
@@ -47,6 +49,7 @@ from weclip_hf import WeCLIPConfig, WeCLIPImageProcessor, WeCLIPPlusConfig
 from weclip_hf.batch_jobs import comparable_path
 from weclip_hf.checkpointing import (
     CheckpointError,
+    Computation,
     check_unchanged,
     existing_checkpoint_folder,
 )
@@ -94,8 +97,16 @@ from weclip_hf.script_arguments import (
     recipe_name,
     recipe_values,
 )
-from weclip_hf.trainer import RecordRunCallback, WeCLIPTrainer, trajectory_arguments
+from weclip_hf.trainer import (
+    TRAINER_TERMS,
+    RecordRunCallback,
+    WeCLIPTrainer,
+    recorded_computation,
+    trainer_computation,
+    trajectory_arguments,
+)
 from weclip_hf.training import check_fills_a_batch, schedule_notes
+from weclip_hf.trajectory import computation_change_warning
 
 TOY_SIZES = get_preset("toy").dataset.toy_sizes  # the toy world's (training, validation) images
 
@@ -303,6 +314,20 @@ def checkpoint_to_resume(training_args: TrainingArguments) -> str | None:
     return str(path)
 
 
+def check_resume(path: Path, recorded: dict, computation: Computation) -> None:
+    """Refuse to resume from checkpoint ``path`` a run whose arguments that shape the training (``recorded``,
+    `trajectory`) differ from its run's, naming each; warn, not refuse, a run that computes otherwise
+    (``computation``: another device type, torch.compile, CPU threads), whose float sums then run in another order
+    (`computation_change_warning` in the Trainer's flags). A checkpoint of an earlier version records neither, or no
+    computation: what it lacks is not compared."""
+    label = lambda key: "processes (world_size)" if key == "world_size" else f"--{key}"  # noqa: E731
+    if not check_unchanged(path, recorded, label=label):
+        print(f"Note: {path} records no training arguments: they cannot be checked.")
+    warning = computation_change_warning(path, recorded_computation(path), computation, TRAINER_TERMS)
+    if warning:
+        print(warning)
+
+
 def main(argv=None) -> dict:
     """Train as the command line ``argv`` says, save the model and its processor, return the validation mIoU."""
     args, training_args = parse_args(argv)
@@ -317,9 +342,9 @@ def main(argv=None) -> dict:
         results=("eval_results.json",),
     )
     recorded = trajectory(args, training_args)
-    label = lambda key: "processes (world_size)" if key == "world_size" else f"--{key}"  # noqa: E731
-    if resume and not check_unchanged(Path(resume), recorded, label=label):
-        print(f"Note: {resume} records no training arguments: they cannot be checked.")
+    computation = trainer_computation(training_args)
+    if resume:
+        check_resume(Path(resume), recorded, computation)
 
     # data and model
     toy_sizes = (args.toy_train_images, args.toy_val_images)
@@ -408,7 +433,8 @@ def main(argv=None) -> dict:
         train_dataset=train_set,
         eval_dataset=val_set,
         processing_class=processor,  # saved with the model and in every checkpoint
-        callbacks=[RecordRunCallback(recorded)],  # training_args.json in every checkpoint
+        # training_args.json and computation.json in every checkpoint
+        callbacks=[RecordRunCallback(recorded, computation)],
         eval_modes=("pred", "cam", "pseudo"),
         eval_long_side=preset.evaluation.eval_long_side,
     )

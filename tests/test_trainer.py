@@ -8,6 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from unittest.mock import Mock
 
 import pytest
 import torch
@@ -559,6 +560,119 @@ def test_train_with_trainer_refuses_a_checkpoint_saved_without_optimizer_and_sch
         (folder / name).write_text("")
     given = TrainingArguments(tmp_path, resume_from_checkpoint="latest", report_to="none", use_cpu=True)
     assert script.checkpoint_to_resume(given) == str(folder)
+
+
+class DataLoading(Exception):
+    """Raised by a stub of the data loading: a resumed run passed its checks, which run before anything loads."""
+
+
+def test_train_with_trainer_records_how_its_run_computed_and_warns_a_resume_that_computes_otherwise(
+    tmp_path, monkeypatch, capsys
+):
+    """A Trainer run resumed on another device type (--use_cpu, CUDA_VISIBLE_DEVICES), with torch.compile on or off
+    or with another backend or mode, or with other torch threads (OMP_NUM_THREADS) sums floats in another order: it
+    ends within float32 rounding of the uninterrupted run only. It resumed without a word (its checkpoints recorded
+    nothing of it); each checkpoint records its run's `Computation` (computation.json), and such a resume is warned,
+    not refused, before anything loads, by examples/train.py's warning naming the Trainer's flags. The same
+    computation resumes without a word, and so does a checkpoint written before the record."""
+    script = trainer_script(monkeypatch)
+    out = tmp_path / "o"
+    run = ["--output_dir", out, "--max_steps", 1, "--save_steps", 1, "--toy_train_images", 8]
+    run_script(script, *run, "--validation_split", "none")
+    checkpoint = out / "checkpoint-1"
+    record_file = checkpoint / "computation.json"
+    threads = torch.get_num_threads()
+    eager_cpu = {
+        "device": "cpu",
+        "torch_compile": False,
+        "torch_compile_backend": None,
+        "torch_compile_mode": None,
+    }
+    assert json.loads(record_file.read_text()) == {**eager_cpu, "threads": threads}
+    monkeypatch.setattr(script, "load_dataset_splits", Mock(side_effect=DataLoading))
+
+    def printed(*flags) -> str:
+        capsys.readouterr()
+        with pytest.raises(DataLoading):
+            run_script(
+                script, *run, "--validation_split", "none", "--resume_from_checkpoint", "latest", *flags
+            )
+        return capsys.readouterr().out
+
+    def warning(changes: str, remedy: str) -> str:
+        return (
+            f"Warning: {checkpoint} was trained computing otherwise than this run: {changes}. Float sums then run in "
+            "another order, so the weights and eval_results.json equal the uninterrupted run's only up to "
+            f"float32 rounding (~1e-5), not bit for bit. For an exact resume, resume {remedy}.\n"
+        )
+
+    assert printed() == ""
+    # the run's compiled training forward on a GPU (the record planted: no GPU here), resumed eagerly on the CPU
+    compiled = {"torch_compile": True, "torch_compile_backend": "inductor", "torch_compile_mode": "default"}
+    record_file.write_text(json.dumps({"device": "cuda", **compiled, "threads": None}))
+    assert printed() == warning(
+        "device type cuda -> cpu; --torch_compile on (inductor, mode default) -> off",
+        "on a cuda device (without --use_cpu), with --torch_compile --torch_compile_backend inductor "
+        "--torch_compile_mode default",
+    )
+    # other threads (the Trainer has no flag for them)
+    record_file.write_text(json.dumps({**eager_cpu, "threads": threads + 1}))
+    assert printed() == warning(
+        f"torch threads per process (OMP_NUM_THREADS, by default the cores available) {threads + 1} -> {threads}",
+        f"with OMP_NUM_THREADS={threads + 1}",
+    )
+    # torch.compile turned on by its flag, or by a backend (nothing compiles before the data and model load)
+    record_file.write_text(json.dumps({**eager_cpu, "threads": threads}))
+    off = "without --torch_compile (nor --torch_compile_backend or --torch_compile_mode, which turn it on)"
+    assert printed("--torch_compile") == warning("--torch_compile off -> on (inductor, mode default)", off)
+    assert printed("--torch_compile_backend", "eager") == warning("--torch_compile off -> on (eager)", off)
+    # a checkpoint written before the record
+    record_file.unlink()
+    assert printed("--torch_compile") == ""
+
+
+def test_trainer_computation_is_what_the_trainer_computes_with(tmp_path):
+    """`trainer_computation` records the torch.compile that `Trainer` runs: with no backend given, the one
+    `TrainingArguments` picks (inductor on a CPU or GPU); with no mode given, accelerate's "default", which is
+    inductor's default mode on every device (examples/train.py picks reduce-overhead on a GPU), and no mode of
+    another backend's (torch passes it none: None, as train.py records a backend's default). A change of any is
+    warned naming the Trainer's flags."""
+    from weclip_hf.checkpointing import Computation
+    from weclip_hf.trainer import TRAINER_TERMS, trainer_computation
+    from weclip_hf.trajectory import computation_change_warning
+
+    def computation(**arguments) -> Computation:
+        return trainer_computation(TrainingArguments(tmp_path, use_cpu=True, report_to="none", **arguments))
+
+    threads = torch.get_num_threads()
+    eager = Computation("cpu", False, None, None, threads)
+    assert computation() == eager
+    inductor = Computation("cpu", True, "inductor", "default", threads)
+    assert computation(torch_compile=True) == inductor
+    assert computation(torch_compile_mode="max-autotune") == Computation(
+        "cpu", True, "inductor", "max-autotune", threads
+    )
+    assert computation(torch_compile_backend="eager") == Computation("cpu", True, "eager", None, threads)
+    assert computation(torch_compile_backend="eager", torch_compile_mode="default") == computation(
+        torch_compile_backend="eager"
+    )
+
+    def remedy(recorded: Computation, current: Computation) -> str:
+        warning = computation_change_warning(tmp_path, recorded, current, TRAINER_TERMS)
+        return warning.split("For an exact resume, resume ")[1]
+
+    gpu = dataclasses.replace(inductor, device="cuda", torch_compile_mode="max-autotune", threads=None)
+    assert remedy(inductor, gpu) == (
+        "on the CPU (--use_cpu), with --torch_compile --torch_compile_backend inductor --torch_compile_mode default."
+    )
+    assert remedy(gpu, inductor) == (
+        "on a cuda device (without --use_cpu), with --torch_compile --torch_compile_backend inductor "
+        "--torch_compile_mode max-autotune."
+    )
+    assert remedy(computation(torch_compile_backend="eager"), inductor) == (
+        "with --torch_compile --torch_compile_backend eager."
+    )
+    assert computation_change_warning(tmp_path, inductor, inductor, TRAINER_TERMS) is None
 
 
 def fake_hub(monkeypatch) -> list[dict]:

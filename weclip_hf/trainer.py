@@ -3,6 +3,7 @@ the `TrainingArguments`, and an evaluation that scores segmentations (mIoU) inst
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -12,18 +13,20 @@ from enum import Enum
 from pathlib import Path
 
 import torch
+from accelerate.utils import DynamoBackend, TorchDynamoPlugin
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, speed_metrics
 
-from .checkpointing import TRAINING_ARGS_NAME
+from .checkpointing import TRAINING_ARGS_NAME, Computation
 from .data.loading import collate_by_size, process_subset
 from .evaluation import MIOU_NAMES, MODES, evaluate_segmentation, processor_input_size
 from .hub import card_repo_id, make_model_card, save_model_card, split_model_metrics
 from .losses import LOSS_TERMS, present_losses
 from .normalization import PixelNormalization
 from .training import WeCLIPDataCollator, official_adamw, warmup_poly_factor
+from .trajectory import ScriptTerms
 
 # `TrainingArguments.optim` values that mean torch's AdamW: WeCLIPTrainer then builds the official one
 ADAMW_NAMES = frozenset({"adamw_torch", "adamw_torch_fused"})
@@ -60,20 +63,66 @@ def trajectory_arguments(args: TrainingArguments) -> dict:
     return json.loads(json.dumps({**recorded, "world_size": args.world_size}))
 
 
+# how a run computed (`trainer_computation`), which each checkpoint of examples/train_with_trainer.py records (absent:
+# one written before it did) and a resume that computes otherwise is warned of (`computation_change_warning`)
+COMPUTATION_NAME = "computation.json"
+# how examples/train_with_trainer.py is told to compute so: `TrainingArguments` flags, the threads by the environment
+# (train.py's: `weclip_hf.trajectory.TRAIN_TERMS`)
+TRAINER_TERMS = ScriptTerms(
+    cpu="on the CPU (--use_cpu)",
+    device="on a {device} device (without --use_cpu)",
+    compile_off="without --torch_compile (nor --torch_compile_backend or --torch_compile_mode, which turn it on)",
+    threads="torch threads per process (OMP_NUM_THREADS, by default the cores available)",
+    set_threads="with OMP_NUM_THREADS={threads}",
+    figures="eval_results.json",
+)
+
+
+def trainer_computation(args: TrainingArguments) -> Computation:
+    """How `Trainer` computes with ``args``, which orders its float sums: the device type; torch.compile as
+    accelerate's plugin that `Trainer` builds runs it (its ACCELERATE_DYNAMO_* environment too): without
+    --torch_compile_backend the backend `TrainingArguments` picks, inductor on a CPU or GPU, and without
+    --torch_compile_mode accelerate's "default", which is inductor's default mode on every device (examples/train.py
+    picks reduce-overhead on a GPU) and, for another backend, its own default (torch passes it no mode), recorded
+    None as train.py records it; and a CPU run's torch threads (OMP_NUM_THREADS, else torch's or accelerate's
+    default; None on an accelerator)."""
+    device = args.device.type
+    threads = torch.get_num_threads() if device == "cpu" else None
+    plugin = TorchDynamoPlugin(backend=args.torch_compile_backend, mode=args.torch_compile_mode)
+    if plugin.backend == DynamoBackend.NO:
+        return Computation(device, torch_compile=False, threads=threads)
+    backend = plugin.backend.value.lower()
+    # "default" is no mode for a backend but inductor (torch passes it none): its own default
+    mode = None if backend != "inductor" and plugin.mode == "default" else plugin.mode
+    return Computation(device, True, backend, mode, threads)
+
+
+def recorded_computation(path: Path) -> Computation:
+    """How the run of Trainer checkpoint ``path`` computed (its ``computation.json``); nothing recorded (every item
+    None: nothing is compared) for a checkpoint written before the record."""
+    file = path / COMPUTATION_NAME
+    return Computation(**json.loads(file.read_text(encoding="utf-8"))) if file.is_file() else Computation()
+
+
 class RecordRunCallback(TrainerCallback):
     """Writes ``values`` (a run's arguments that shape its training, JSON) as ``training_args.json`` into every
     checkpoint `Trainer` saves, so that a run resumed from it can be compared with the run that wrote it
-    (`weclip_hf.checkpointing.check_unchanged`; `Trainer`'s own ``training_args.bin`` is a pickle)."""
+    (`weclip_hf.checkpointing.check_unchanged`; `Trainer`'s own ``training_args.bin`` is a pickle), and with
+    ``computation`` (`trainer_computation`) ``computation.json``, which a resume compares
+    (`weclip_hf.trajectory.computation_change_warning` with `TRAINER_TERMS`)."""
 
-    def __init__(self, values: dict):
+    def __init__(self, values: dict, computation: Computation | None = None):
         self.values = values
+        self.computation = computation
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-            (folder / TRAINING_ARGS_NAME).write_text(
-                json.dumps(self.values, indent=1) + "\n", encoding="utf-8"
-            )
+            records = {TRAINING_ARGS_NAME: self.values}
+            if self.computation is not None:
+                records[COMPUTATION_NAME] = dataclasses.asdict(self.computation)
+            for name, record in records.items():
+                (folder / name).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
 class UnpickledSecret(str):
