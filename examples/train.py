@@ -747,10 +747,11 @@ def clip_source(args) -> str:
 
 def compile_mode(args, device: torch.device) -> str | None:
     """The torch.compile mode in effect on ``device``: --torch_compile_mode, else with inductor reduce-overhead on a
-    GPU and default elsewhere (None: another backend's default)."""
-    if args.torch_compile_mode is None and args.torch_compile_backend == "inductor":
+    GPU and default elsewhere (None: another backend's default, which torch passes it for "default" too)."""
+    mode, inductor = args.torch_compile_mode, args.torch_compile_backend == "inductor"
+    if mode is None and inductor:
         return "reduce-overhead" if device.type == "cuda" else "default"
-    return args.torch_compile_mode
+    return None if mode == "default" and not inductor else mode
 
 
 def compiled_forward(args, model, device: torch.device):

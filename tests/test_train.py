@@ -643,6 +643,24 @@ def test_checkpoints_record_the_device_and_compilation_and_a_resume_otherwise_is
     )
 
 
+def test_a_backends_default_mode_is_recorded_as_no_mode():
+    """torch.compile passes a backend other than inductor no mode for --torch_compile_mode default, the compile
+    without the flag: both record no mode (recorded "default" and None, a resume from one to the other was warned
+    as another compile); inductor's modes are recorded as in effect."""
+    train = train_module()
+    cpu = torch.device("cpu")
+
+    def recorded(*flags: str):
+        return train.run_computation(train.parse_args(["--torch_compile", *flags]), cpu, 1)
+
+    eager = recorded("--torch_compile_backend", "eager")
+    assert eager.torch_compile_mode is None
+    assert recorded("--torch_compile_backend", "eager", "--torch_compile_mode", "default") == eager
+    assert recorded("--torch_compile_backend", "eager", "--torch_compile_mode", "max-autotune") != eager
+    assert recorded().torch_compile_mode == "default"  # inductor's on the CPU
+    assert recorded("--torch_compile_mode", "default") == recorded()
+
+
 def test_resume_on_data_of_another_size_is_refused(tmp_path, tiny_clip, monkeypatch):
     """The same flags on a dataset that changed (12 training images, then 8): the resumed batches would not be the
     run's; refused, naming both sizes (it resumed without a word)."""
