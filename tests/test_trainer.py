@@ -673,6 +673,9 @@ def test_trainer_computation_is_what_the_trainer_computes_with(tmp_path):
         "with --torch_compile --torch_compile_backend eager."
     )
     assert computation_change_warning(tmp_path, inductor, inductor, TRAINER_TERMS) is None
+    # a backend accelerate does not know is refused naming the flag (accelerate: "'FOO' is not a valid DynamoBackend")
+    with pytest.raises(ValueError, match=r"--torch_compile_backend .foo. is no torch.compile backend"):
+        computation(torch_compile_backend="foo")
 
 
 def fake_hub(monkeypatch) -> list[dict]:

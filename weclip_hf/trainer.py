@@ -88,7 +88,14 @@ def trainer_computation(args: TrainingArguments) -> Computation:
     default; None on an accelerator)."""
     device = args.device.type
     threads = torch.get_num_threads() if device == "cpu" else None
-    plugin = TorchDynamoPlugin(backend=args.torch_compile_backend, mode=args.torch_compile_mode)
+    try:
+        plugin = TorchDynamoPlugin(backend=args.torch_compile_backend, mode=args.torch_compile_mode)
+    except ValueError as error:  # accelerate's names the backend in capitals only
+        known = ", ".join(backend.value.lower() for backend in DynamoBackend if backend != DynamoBackend.NO)
+        raise ValueError(
+            f"--torch_compile_backend {args.torch_compile_backend!r} is no torch.compile backend accelerate runs "
+            f"({error}): give one of {known}."
+        ) from error
     if plugin.backend == DynamoBackend.NO:
         return Computation(device, torch_compile=False, threads=threads)
     backend = plugin.backend.value.lower()
