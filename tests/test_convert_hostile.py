@@ -221,14 +221,17 @@ def _rewrite(
     return out
 
 
-def _declare_size(path: Path, member: str, size: int) -> None:
-    """Patch the zip directory so that ``member`` declares ``size`` uncompressed bytes (the data stay small)."""
+def _declare_size(path: Path, member: str, size: int, compressed: bool = False) -> None:
+    """Patch the zip directory so that ``member`` declares ``size`` uncompressed bytes (the data stay small);
+    ``compressed``: ``size`` bytes of (stored) data too."""
     raw = bytearray(path.read_bytes())
     entry = raw.find(b"PK\x01\x02")  # central directory entries
     while entry != -1:
         name_length = struct.unpack_from("<H", raw, entry + 28)[0]
         if raw[entry + 46 : entry + 46 + name_length].decode() == member:
             struct.pack_into("<I", raw, entry + 24, size)
+            if compressed:
+                struct.pack_into("<I", raw, entry + 20, size)
             path.write_bytes(bytes(raw))
             return
         entry = raw.find(b"PK\x01\x02", entry + 4)
@@ -435,6 +438,10 @@ def test_stride0_view_of_3e9_elements_is_refused(tmp_path):
         (0, (2, 3), (0, 1), "6 elements but its storage holds 4"),  # overlapping, larger than its storage
         (0, (2,), (1, 1), "malformed view"),
         (0, (2.0,), (1,), "malformed view"),
+        (1, (4,), (1,), "reaches element 4, past the end"),  # one element past the end
+        (5, (0,), (1,), "starts past the end"),  # an empty view, but past its storage
+        (0, (0, 2**63), (1, 1), "malformed view"),  # over int64: torch could not build it
+        (0, (1,) * 65, (1,) * 65, "65 dimensions"),
     ],
 )
 def test_views_outside_their_storage_are_refused(tmp_path, offset, size, stride, expected):
@@ -574,3 +581,112 @@ def test_a_safetensors_file_of_the_official_weights_is_read(tmp_path):
         (tmp_path / f"{name}.safetensors").write_bytes(raw[:cut])
         with pytest.raises(ValueError, match="damaged safetensors file"):
             load_official_checkpoint(tmp_path / f"{name}.safetensors")
+
+
+# ---- the zip directory, the pickle and TorchScript's module tree: more refusals -------------------------------
+
+
+def test_zip_directories_that_torch_never_writes_are_refused(tmp_path):
+    """A member named twice (which copy a reader takes is its own choice), a method other than stored or deflated,
+    a stored member declaring more bytes than it holds, and data said to lie past the end of the file."""
+    saved = tmp_path / "saved.pth"
+    torch.save({"w": torch.arange(4.0)}, saved)
+    twice = _rewrite(saved, tmp_path / "twice.pth", lambda name, data: data)
+    with zipfile.ZipFile(twice, "a") as archive, pytest.warns(UserWarning, match="Duplicate name"):
+        archive.writestr("saved/data/0", bytes(16))
+    _refused(partial(load_official_checkpoint, twice), str(twice), "'saved/data/0' appears twice")
+    lzma = _rewrite(saved, tmp_path / "lzma.pth", lambda name, data: data, zipfile.ZIP_LZMA)
+    _refused(partial(load_official_checkpoint, lzma), str(lzma), "compression method 14")
+    longer = _rewrite(saved, tmp_path / "longer.pth", lambda name, data: data)
+    _declare_size(longer, "saved/data/0", 64)  # 16 bytes stored
+    _refused(
+        partial(load_official_checkpoint, longer), "'saved/data/0' is stored uncompressed but declares 64"
+    )
+    past = _rewrite(saved, tmp_path / "past.pth", lambda name, data: data)
+    size = past.stat().st_size - 100  # under the file's size, but past its end from the member's offset
+    _declare_size(past, "saved/data/0", size, compressed=True)
+    _refused(partial(load_official_checkpoint, past), str(past), "'saved/data/0'", "past the end of the file")
+
+
+def test_a_plain_archive_naming_torchscript_classes_is_refused(tmp_path):
+    """Classes of TorchScript code (``__torch__.*``) and its list builders are stubbed only in a TorchScript
+    archive, which is read here; a torch.save archive naming them needs code to load, and is refused as such."""
+    for module, name in (("__torch__.payload", "Payload"), ("torch.jit._pickle", "build_intlist")):
+        path = _write_archive(tmp_path / "named.pth", _pickle({"w": _Call(_Global(module, name), [1])}), {})
+        _refused(partial(load_official_checkpoint, path), str(path), f"needs code to load ({module}.{name})")
+
+
+def test_torch_load_reads_the_checked_archive_with_weights_only(tmp_path, monkeypatch):
+    """The restricted unpickler is the first guard; torch.load's own weights-only unpickler is the second."""
+    path = tmp_path / "plain.pth"
+    torch.save({"w": torch.ones(2)}, path)
+    calls, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *args, **kwargs: calls.append(kwargs) or load(*args, **kwargs))
+    assert torch.equal(load_official_checkpoint(path)["w"], torch.ones(2))
+    assert [call["weights_only"] for call in calls] == [True]
+
+
+def test_memo_indices_out_of_sequence_by_one_are_refused(tmp_path):
+    # BINPUT 1 as the pickle's first memo entry (0 expected)
+    path = _write_archive(tmp_path / "memo.pth", b"\x80\x02Nq\x01.", {})
+    _refused(partial(load_official_checkpoint, path), "memo index 1 out of sequence (0 objects memoised")
+
+
+def test_a_tensor_that_no_key_reaches_is_checked_too(tmp_path):
+    """A tensor the pickle builds where no dict value or list item holds it (here: a dict key) is still a view
+    torch.load builds: checked as ``<unnamed tensor i>``."""
+    outside = _tensor(_Storage("0", 4), 2, (4,), (1,))  # past the end of its storage
+    path = _write_archive(tmp_path / "key.pth", _pickle({outside: 1}), {"0": bytes(16)})
+    _refused(partial(load_official_checkpoint, path), str(path), "'<unnamed tensor 0>'", "past the end")
+
+
+def _scripted(path: Path, state: object, storages: dict[str, bytes], code: str = TREE_CODE) -> Path:
+    """A TorchScript archive whose data.pkl is ``state`` (a module: `_Call` of a ``__torch__`` class)."""
+    return _write_archive(path, _pickle(state), storages, code)
+
+
+def test_torchscript_archives_read_only_declared_weights_of_declared_modules(tmp_path):
+    """A tensor attribute that its class does not declare as a parameter or buffer (an attention mask) is not a
+    weight; a module of an undeclared class, a data.pkl that holds no module, and a module without weights are
+    refused as unreadable, each naming the file."""
+    values = {"0": torch.arange(4.0).numpy().tobytes()}
+    view = _tensor(_Storage("0", 4), 0, (4,), (1,))
+    tree = _Global("__torch__.tree", "Tree")
+    masked = _scripted(tmp_path / "mask.pt", _Call(tree, state={"w": view, "attn_mask": view}), values)
+    assert list(load_official_checkpoint(masked)) == ["w"]
+    other = _Call(_Global("__torch__.tree", "Other"), state={"w": view})
+    undeclared = _scripted(tmp_path / "undeclared.pt", other, values)
+    _refused(partial(load_official_checkpoint, undeclared), str(undeclared), "no class declaration for")
+    plain = _scripted(tmp_path / "plain.pt", {"w": view}, values)
+    _refused(partial(load_official_checkpoint, plain), str(plain), "it does not hold a module")
+    empty_code = "class Tree(Module):\n  __parameters__ = []\n  __buffers__ = []\n"
+    empty = _scripted(tmp_path / "empty.pt", _Call(tree, state={"w": view}), values, empty_code)
+    _refused(
+        partial(load_official_checkpoint, empty), str(empty), "no tensors found in the TorchScript archive"
+    )
+
+
+def test_torchscript_views_sharing_one_storage_are_counted_before_copying(tmp_path):
+    """TorchScript weights are copied out of their storages: the views' total is checked before the first copy."""
+    names = [f"k{i}" for i in range(64)]
+    declared = ", ".join(f'"{name}"' for name in names)
+    code = f"class Tree(Module):\n  __parameters__ = [{declared}]\n  __buffers__ = []\n"
+    view = _tensor(_Storage("0", 2**14), 0, (2**14,), (1,))  # 64 KiB, under 64 names: 4 MiB once copied
+    module = _Call(_Global("__torch__.tree", "Tree"), state=dict.fromkeys(names, view))
+    path = _scripted(tmp_path / "shared.pt", module, {"0": bytes(2**16)}, code)
+    with _allocations() as recorded:
+        _refused(
+            partial(load_official_checkpoint, path, max_total_bytes=2**20), "the tensors declare more than"
+        )
+    assert not [what for what, _ in recorded if what == "Tensor.clone"]
+
+
+def test_a_safetensors_file_over_the_total_cap_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2**12)}, tmp_path / "big.safetensors")
+    _refused(
+        partial(load_official_checkpoint, tmp_path / "big.safetensors", max_total_bytes=2**12),
+        "big.safetensors",
+        "exceeds the cap of 4,096 bytes",
+    )
