@@ -403,7 +403,12 @@ def test_a_repository_that_cannot_be_created_is_named_with_the_remedy_of_its_cau
         "Log in \\(`hf auth login`\\)": HfHubHTTPError("401", response=response(401)),
         "The Hub answered with an error": HfHubHTTPError("500", response=response(500)),
     }
-    for remedy, err in causes.items():
+    # a token without write access: refused with 403, whose remedy is 401's
+    causes = [
+        *causes.items(),
+        ("Log in \\(`hf auth login`\\)", HfHubHTTPError("403", response=response(403))),
+    ]
+    for remedy, err in causes:
 
         def create_repo(*args, err=err, **kwargs):
             raise err
@@ -568,3 +573,125 @@ def test_publishing_uploads_the_model_and_its_code_never_other_files_or_links(tm
     (run / "overlays").symlink_to(outside)
     (outside / "val_001.png").write_bytes(b"png")
     assert not [f for f in publishable_files(run) if f.startswith("overlays")]  # behind a linked folder
+
+
+def test_publishing_takes_exactly_the_allow_list(tmp_path, monkeypatch):
+    """`publishable_files` of a run folder: a sharded model (its index and shards), the card and figures, the code
+    auto_map names; never another .safetensors, the run's logs, arguments or checkpoints, a hidden file, nor the
+    code that a linked config.json names (a link planted there would choose what is uploaded)."""
+    import json
+
+    import torch
+
+    from weclip_hf import WeCLIPForSemanticSegmentation
+    from weclip_hf.hub import publish_folder, publishable_files
+
+    run = tmp_path / "run"
+    torch.manual_seed(0)
+    WeCLIPForSemanticSegmentation(make_tiny_config()).save_pretrained(run, max_shard_size="100KB")
+    shards = sorted(p.name for p in run.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 1 and not (run / "model.safetensors").exists()
+    code = {p.name for p in run.glob("*.py")}
+    for name in ("README.md", "metrics.json", "eval_results.json", "train_log.jsonl", "training_args.bin"):
+        (run / name).write_text("{}")
+    for name in ("optimizer.safetensors", "step_1/model.safetensors", ".hidden.json"):
+        (run / name).parent.mkdir(exist_ok=True)
+        (run / name).write_text("{}")
+    expected = {
+        "config.json",
+        "model.safetensors.index.json",
+        "README.md",
+        "metrics.json",
+        "eval_results.json",
+    }
+    assert set(publishable_files(run)) == expected | set(shards) | code
+    _, uploaded = _recording_hub(monkeypatch)
+    publish_folder(run, "me/m")  # no model.safetensors: its shards and their index
+    assert uploaded[0]["files"] == publishable_files(run)
+    # a crafted auto_map naming a hidden module (".py"), then a config.json linked to one naming deploy.py
+    outside = tmp_path / "outside.json"
+    config = json.loads((run / "config.json").read_text())
+    outside.write_text(
+        json.dumps({**config, "auto_map": {"AutoModel": "deploy.Model", "AutoConfig": ".Config"}})
+    )
+    (run / "deploy.py").write_text('TOKEN = "hf_secret"\n')
+    (run / ".py").write_text('TOKEN = "hf_secret"\n')
+    shutil.copy(outside, run / "config.json")
+    assert ".py" not in publishable_files(run) and "deploy.py" in publishable_files(run)
+    (run / "config.json").unlink()
+    (run / "config.json").symlink_to(outside)
+    assert not {"deploy.py", "config.json"} & set(publishable_files(run))
+
+
+def _recording_hub(monkeypatch) -> tuple[list[dict], list[dict]]:
+    """HfApi's create_repo and upload_folder stubbed, each call's keywords recorded; an upload lists the files of
+    its folder that its allow_patterns select (as the Hub client does) under ``"files"``."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import filter_repo_objects
+
+    created, uploaded = [], []
+
+    def create_repo(self, repo_id, **kwargs):
+        created.append({"repo_id": repo_id, **kwargs})
+        return SimpleNamespace(repo_id=repo_id)
+
+    def upload_folder(self, *, folder_path, allow_patterns=None, **kwargs):
+        folder = Path(folder_path)
+        found = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+        uploaded.append(
+            {**kwargs, "files": sorted(filter_repo_objects(found, allow_patterns=allow_patterns))}
+        )
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    return created, uploaded
+
+
+def test_publishing_uploads_the_allow_list_to_the_repository_and_revision_asked(tmp_path, monkeypatch):
+    """publish_folder uploads exactly `publishable_files` (names holding glob characters too) to an existing or new
+    repository (exist_ok), of the privacy and revision asked; push_to_hub creates it as private as asked."""
+    from weclip_hf import WeCLIPForSemanticSegmentation
+    from weclip_hf.hub import publish_folder, publishable_files
+
+    created, uploaded = _recording_hub(monkeypatch)
+    model = WeCLIPForSemanticSegmentation(make_tiny_config())
+    model.save_pretrained(tmp_path)
+    (tmp_path / "overlays").mkdir()
+    (tmp_path / "overlays" / "val_[1].png").write_bytes(b"png")
+    (tmp_path / "deploy.py").write_text('TOKEN = "hf_secret"\n')
+    publish_folder(tmp_path, "me/m", private=True, revision="v1")
+    assert (
+        uploaded[0]["files"] == publishable_files(tmp_path) and "overlays/val_[1].png" in uploaded[0]["files"]
+    )
+    assert uploaded[0]["revision"] == "v1"
+    model.push_to_hub("me/p", private=True)
+    assert [(c["repo_id"], c["exist_ok"], c["private"]) for c in created] == [("me/m", True, True)] + [
+        ("me/p", True, True)
+    ] * 2
+
+
+def test_hub_errors_never_quote_the_token_however_it_is_cut(monkeypatch):
+    """An error that quotes the token without its stray line end (what a library stripped) still has it redacted,
+    and a token ending in a space is named as one holding whitespace."""
+    from huggingface_hub import HfApi
+
+    from weclip_hf.hub import REDACTED_TOKEN, create_hub_repo
+
+    def refused(self, *args, **kwargs):
+        raise ValueError(f"bad header Bearer {self.token.strip()}")
+
+    monkeypatch.setattr(HfApi, "create_repo", refused)
+    for token in ("hf_SeCrEt\n", "hf_SeCrEt "):
+        with pytest.raises(RuntimeError, match="strip it") as raised:
+            create_hub_repo("me/m", token=token)
+        assert "SeCrEt" not in str(raised.value) and f"Bearer {REDACTED_TOKEN}" in str(raised.value)
+
+
+def test_only_the_models_own_results_are_claimed():
+    from weclip_hf.hub import split_model_metrics
+
+    figures = {"miou": 0.5, "miou_msf_crf": 0.6, "cam_miou": 0.4, "pseudo_label_miou": 0.45}
+    assert split_model_metrics(figures) == (
+        {"miou": 0.5, "miou_msf_crf": 0.6},
+        {"cam_miou": 0.4, "pseudo_label_miou": 0.45},
+    )
