@@ -29,6 +29,8 @@ from weclip_hf.run_folder import (
     TRAINER_CHECKPOINTS,
     claim_output_dir,
     lock_output_dir,
+    logged_evaluation,
+    output_dir_held,
     remove_previous_run,
     truncate_log,
 )
@@ -727,3 +729,64 @@ def test_truncate_log_keeps_the_steps_up_to_the_checkpoint_and_drops_a_cut_line(
     truncate_log(log, 20)
     assert log.read_text() == '{"step": 10}\n{"step": 20, "eval": 1}\n'
     truncate_log(tmp_path / "missing.jsonl", 20)  # no log yet: nothing to do
+
+
+def test_a_run_folder_that_holds_more_than_its_lock_is_kept(tmp_path):
+    """`output_dir_held` removes a folder it created only while the lock is all it holds: a run that failed after
+    writing (a checkpoint, a log) keeps them."""
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="failed"), output_dir_held(run):
+        (run / "train_log.jsonl").write_text('{"step": 1}\n')
+        raise RuntimeError("failed")
+    assert (run / "train_log.jsonl").read_text() == '{"step": 1}\n'
+    with pytest.raises(RuntimeError, match="failed"), output_dir_held(tmp_path / "empty"):
+        raise RuntimeError("failed")
+    assert not (tmp_path / "empty").exists()
+
+
+def test_the_write_probe_never_writes_through_a_planted_link(tmp_path):
+    run, victim = tmp_path / "run", tmp_path / "victim"
+    run.mkdir()
+    victim.write_text("precious")
+    for name in (".write_probe", ".write_probe_", ".probe"):
+        (run / name).symlink_to(victim)
+    lock_output_dir(run).close()
+    assert victim.read_text() == "precious"
+
+
+def test_overwriting_a_run_removes_its_overlays(tmp_path):
+    """The old run's overlays (train.py's val_*.png, published with the model) would be shown as the new run's."""
+    run = tmp_path / "run"
+    (run / "step_2").mkdir(parents=True)
+    (run / "overlays").mkdir()
+    (run / "overlays" / "val_000.png").write_bytes(b"png")
+    remove_previous_run(claim_output_dir(run, resume_from=None, overwrite=True))
+    assert not (run / "overlays").exists()
+
+
+def test_a_log_rewrite_cut_short_leaves_the_log_whole(tmp_path, monkeypatch):
+    """truncate_log writes the kept records to a temporary file and renames it: a failure while writing (a full disk,
+    a kill) leaves the old log as it was."""
+    log = tmp_path / "train_log.jsonl"
+    records = '{"step": 1}\n{"step": 2}\n{"step": 3}\n'
+    log.write_text(records)
+    write_text = Path.write_text
+
+    def cut_short(self, data, *args, **kwargs):
+        write_text(self, data[: len(data) // 2], *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", cut_short)
+    with pytest.raises(OSError, match="No space left"):
+        truncate_log(log, 2)
+    assert log.read_text() == records
+    assert [p.name for p in tmp_path.iterdir()] == ["train_log.jsonl"]  # no temporary file left
+
+
+def test_an_evaluation_is_logged_only_for_its_own_step(tmp_path):
+    log = tmp_path / "train_log.jsonl"
+    log.write_text('{"step": 2, "eval_miou": 0.5}\n{"step": 4, "loss": 1.0}\n{"step": 6, "eval_miou": 0.6')
+    assert logged_evaluation(log, 2)
+    assert not logged_evaluation(log, 4)  # a record of step 4, without eval_* figures
+    assert not logged_evaluation(log, 6)  # the line a kill cut short
+    assert not logged_evaluation(tmp_path / "missing.jsonl", 2)
