@@ -180,6 +180,17 @@ def test_local_paths_are_not_named_as_base_model(tmp_path):
     assert card.data.base_model is None and str(tmp_path) not in str(card)
 
 
+def test_a_local_folder_named_as_a_hub_id_is_not_one(tmp_path, monkeypatch):
+    """A relative folder here whose name a Hub id could have ("my-clip", "me/clip") is the folder, not a Hub model."""
+    from weclip_hf.model_loading import hub_id_or_none
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("my-clip", "me/clip"):
+        (tmp_path / name).mkdir(parents=True)
+        assert hub_id_or_none(name) is None, name
+    assert hub_id_or_none("me/other-clip") == "me/other-clip"  # no such folder: a Hub id
+
+
 def test_other_metrics_are_listed_but_not_claimed_as_results():
     card = make_model_card(
         make_tiny_config(),

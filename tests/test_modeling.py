@@ -422,6 +422,22 @@ def test_a_model_split_over_accelerators_is_refused_and_one_accelerator_is_not()
         refuse_split_placement("folder", module, {"device_map": "auto"})
 
 
+def test_a_model_wholly_offloaded_or_left_on_meta_is_refused():
+    """One device by the map is not enough: all of it on "disk", or tensors left on the meta device (a one-device map
+    accelerate did not fill), are refused as an offload is (stand-in modules)."""
+    from weclip_hf.model_loading import refuse_split_placement
+
+    module = torch.nn.Linear(2, 2)
+    module.hf_device_map = {"": "disk"}
+    with pytest.raises(ValueError, match=r"offloaded it \(disk: \(whole model\)\)"):
+        refuse_split_placement("folder", module, {"device_map": {"": "disk"}})
+    with torch.device("meta"):
+        module = torch.nn.Linear(2, 2)
+    module.hf_device_map = {"": "cpu"}
+    with pytest.raises(ValueError, match=r"cpu: \(whole model\); meta: weight, bias"):
+        refuse_split_placement("folder", module, {"device_map": "cpu"})
+
+
 def test_a_whole_model_pickles_and_torch_saves(tmp_path, tiny_model):
     """`torch.save(model)`, `pickle` and spawned workers need a picklable model (a lambda load hook was not)."""
     tiny_model.set_training_step(5)

@@ -50,6 +50,63 @@ def test_config_of_another_model_type_is_refused(tmp_path):
         WeCLIPForSemanticSegmentation.from_pretrained(tmp_path / "clip")
 
 
+def test_text_embedding_names_other_than_the_saved_ones_are_refused_at_loading(saved):
+    """The stored text embeddings were computed from the saved names: other names, as keywords or in a config given
+    with config=, would disagree with them; the error says how to compute new ones."""
+    from transformers import AutoConfig
+
+    remedy = r"cannot be changed when loading.*update_class_embeddings"
+    with pytest.raises(ValueError, match=r"\['class_names'\] " + remedy):
+        WeCLIPForSemanticSegmentation.from_pretrained(saved, class_names=["cat", "dog"])
+    config = AutoConfig.from_pretrained(saved)
+    config.prompt_template = "a sketch of a {}."
+    with pytest.raises(ValueError, match=r"\['prompt_template'\] " + remedy):
+        WeCLIPForSemanticSegmentation.from_pretrained(saved, config=config)
+
+
+def test_a_config_json_without_a_model_type_is_refused(saved):
+    config = json.loads((saved / "config.json").read_text())
+    del config["model_type"]
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ValueError, match="config.json names no model_type: not a saved WeCLIPForSemanticSegmentation"
+    ):
+        WeCLIPForSemanticSegmentation.from_pretrained(saved)
+
+
+def test_backbone_folders_that_are_no_clip_checkpoint_are_refused_before_loading(saved, tiny_clip, tmp_path):
+    """from_clip refuses a path to no folder (before trying it as a Hub id), a saved WeCLIP model (naming the loader
+    that takes it) and a CLIP folder holding pickle weights only."""
+    from safetensors.torch import load_file
+
+    with pytest.raises(FileNotFoundError, match="No CLIP checkpoint folder at './no-such-clip'"):
+        WeCLIPForSemanticSegmentation.from_clip("./no-such-clip")
+    with pytest.raises(ValueError, match="is a saved WeCLIP model, not a CLIP checkpoint: load it with Auto"):
+        WeCLIPForSemanticSegmentation.from_clip(str(saved))
+    pickled = shutil.copytree(tiny_clip, tmp_path / "pickled-clip")
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    with pytest.raises(
+        FileNotFoundError, match=r"no model.safetensors, only pickle weights \(pytorch_model.bin\)"
+    ):
+        WeCLIPForSemanticSegmentation.from_clip(str(pickled))
+
+
+def test_a_mistyped_keyword_of_from_clip_is_refused_not_stored(tiny_clip):
+    """A keyword that is no config field nor loading option (a typo) would be kept as a stray config attribute."""
+    with pytest.raises(
+        TypeError, match=r"from_clip got unknown keyword argument\(s\) \['decoder_num_layer'\]"
+    ):
+        WeCLIPForSemanticSegmentation.from_clip(tiny_clip, decoder_num_layer=1)
+
+
+def test_a_missing_folder_three_levels_deep_is_named(tmp_path, monkeypatch):
+    """No Hub id has three parts: a missing runs/weclip/nope is a missing local folder, named as one."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="No model folder at 'runs/weclip/nope'"):
+        WeCLIPForSemanticSegmentation.from_pretrained("runs/weclip/nope")
+
+
 def test_class_count_mismatch_is_refused(saved):
     config = json.loads((saved / "config.json").read_text())
     config["class_names"].append("boat")
@@ -131,6 +188,26 @@ def test_pickle_weights_are_refused(saved, tiny_model):
         WeCLIPForSemanticSegmentation.from_pretrained(saved)
     with pytest.raises(ValueError, match="safetensors only"):
         WeCLIPForSemanticSegmentation.from_pretrained(saved, use_safetensors=False)
+
+
+def test_pickle_weights_in_a_subfolder_are_refused_there(saved, tiny_model):
+    """With ``subfolder=`` the folder whose weights are read is checked, not the one above it (which holds another
+    model's safetensors here)."""
+    sub = saved / "sub"
+    sub.mkdir()
+    shutil.copy(saved / "config.json", sub / "config.json")
+    torch.save(tiny_model.state_dict(), sub / "pytorch_model.bin")
+    with pytest.raises(
+        FileNotFoundError, match=r"sub' has no model.safetensors, only pickle weights \(pytorch_model"
+    ):
+        WeCLIPForSemanticSegmentation.from_pretrained(saved, subfolder="sub")
+
+
+def test_a_token_given_to_from_clip_fetches_the_checkpoint_and_is_never_stored(tiny_clip, tmp_path):
+    token = "hf_SeCrEt0123456789"
+    model = WeCLIPForSemanticSegmentation.from_clip(tiny_clip, token=token, revision="main")
+    model.save_pretrained(tmp_path / "model")
+    assert token not in (tmp_path / "model" / "config.json").read_text()
 
 
 def test_saved_folder_is_safetensors_only(saved):
