@@ -51,6 +51,18 @@ def test_connected_components_match_scipy_8_connectivity(components):
 
 
 @pytest.mark.parametrize("components", [components_by_propagation, components_by_closure])
+def test_connected_components_follow_a_snake_filling_the_grid(components):
+    """A one-cell-wide snake over a 16 x 16 grid is one component whose far end lies 120 steps from its first
+    cell: the closure's ceil(log2(h * w)) squarings reach it (two squarings fewer reach 64 steps only)."""
+    snake = torch.zeros(1, 16, 16, dtype=torch.bool)
+    snake[0, ::2] = True
+    snake[0, 1::4, -1] = True  # the turns, right then left
+    snake[0, 3::4, 0] = True
+    labels = components(snake)
+    assert torch.equal(labels, torch.where(snake, 0, -1))
+
+
+@pytest.mark.parametrize("components", [components_by_propagation, components_by_closure])
 @pytest.mark.parametrize("seed", range(5))
 def test_box_mask_matches_cpu_reference(seed, components, monkeypatch):
     monkeypatch.setattr(weclip_cam, "connected_components", components)  # the accelerator path on the CPU too
