@@ -161,6 +161,22 @@ def test_exif_orientation_is_applied():
     assert out.shape[-2:] == (40, 20)
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_gives_the_size_and_pixels_as_read(orientation, tmp_path):
+    """image_size (the pipeline's mask size) is the shape the processor reads, EXIF orientation applied, for each
+    of the 8 orientations (5-8: transposed or turned a quarter, so height and width swap); to_rgb_uint8 (the
+    datasets' and segment.py's reading) turns the image as to_rgb_array does."""
+    stored = _image(20, 40)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "photo.png", exif=exif)
+    photo = Image.open(tmp_path / "photo.png")
+    read = to_rgb_array(photo)
+    assert read.shape[:2] == ((40, 20) if orientation >= 5 else (20, 40))
+    assert image_size(photo) == image_size(tmp_path / "photo.png") == read.shape[:2]
+    assert np.array_equal(to_rgb_uint8(photo), read.astype(np.uint8))
+
+
 def test_numpy_layouts_tensors_and_floats_agree():
     array = _image()
     proc = WeCLIPImageProcessor(size={"longest_edge": 40})
@@ -183,6 +199,60 @@ def test_numpy_layouts_tensors_and_floats_agree():
 def test_bad_images_raise(image, message):
     with pytest.raises(ValueError, match=message):
         WeCLIPImageProcessor()(image)
+
+
+@pytest.mark.parametrize(
+    "image, kwargs, message",
+    [
+        # five channels named channels-last: not cut to the first three
+        (
+            np.zeros((4, 4, 5), np.uint8),
+            {"input_data_format": "channels_last"},
+            "need 1, 3 or 4 channels, got 5",
+        ),
+        # already rescaled values are used as given, but never NaN or inf
+        (np.full((4, 4, 3), np.inf, np.float32), {"do_rescale": False}, "NaN or infinite"),
+    ],
+)
+def test_bad_images_raise_whatever_the_settings(image, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        WeCLIPImageProcessor()(image, **kwargs)
+
+
+def test_a_list_mixing_images_and_lists_is_refused():
+    """Only a list of lists is flattened (transformers' one level): an image beside a list is not, so the list is
+    refused, not the image's rows taken for images."""
+    with pytest.raises(TypeError, match="Unsupported image type list"):
+        WeCLIPImageProcessor()([_image(), [_image()]])
+
+
+def test_a_label_map_with_three_axes_is_refused():
+    """A mask with channels is refused as not 2-D, not read as a stack of maps."""
+    with pytest.raises(ValueError, match=r"Label maps must be 2-D \[H, W\], got shape \(30, 40, 2\)"):
+        WeCLIPImageProcessor()([_image()], segmentation_maps=[np.zeros((30, 40, 2), np.uint8)])
+
+
+@pytest.mark.parametrize("to_tensor", [np.asarray, torch.from_numpy])
+def test_boolean_images_are_read_as_0_and_255(to_tensor):
+    """The module docstring: bool as 0/255 (a mask shown as an image is black and white, not black and 1/255)."""
+    mask = np.zeros((6, 8), bool)
+    mask[2:4, 3:7] = True
+    read = to_rgb_array(to_tensor(mask))
+    assert np.array_equal(read, np.repeat(mask[:, :, None] * 255.0, 3, axis=-1).astype(np.float32))
+
+
+def test_a_32_bit_image_peaking_at_255_is_read_as_8_bit():
+    """32-bit "I" values that fit in 0-255 (255 included) are read as 0-255, not as a dark 0-65535 image."""
+    gray = np.arange(256, dtype=np.int32).reshape(16, 16)
+    assert np.array_equal(to_rgb_array(Image.fromarray(gray))[..., 0], gray.astype(np.float32))
+
+
+def test_sixteen_bit_images_round_to_the_nearest_eight_bit_step():
+    """A 16-bit PIL image (read through 8 bits) lies within half a step of its uint16 array's reading, for each of
+    the 65536 values: truncating would read 32895 (127.996 of 255) as 127."""
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    difference = to_rgb_array(Image.fromarray(values)) - to_rgb_array(values)
+    assert np.abs(difference).max() <= 0.5 + 1e-4
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
