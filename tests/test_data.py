@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import warnings
+from types import SimpleNamespace
 
 import datasets
 import numpy as np
@@ -1870,3 +1871,38 @@ def test_class_label_names_holding_the_background_are_refused_naming_the_column(
     assert (
         load_dataset_splits(source, dataset_classes=False, log=lambda _: None)[2] == {}
     )  # --class_names given
+
+
+@pytest.mark.parametrize(
+    "value, decoded",
+    [
+        ({"bytes": None, "path": "masks/a.JPG"}, None),  # the suffix in any case
+        ("masks/a.jpeg", None),
+        ({"bytes": b"\xff\xd8\xff\xe0 rest of a JPEG", "path": None}, None),  # the magic number, no file
+        ({"bytes": b"", "path": "a.png"}, SimpleNamespace(format="MPO", info={})),  # a multi-picture JPEG
+    ],
+)
+def test_lossy_storage_finds_a_jpeg_by_each_sign(value, decoded):
+    """`lossy_storage` finds a JPEG by any one of its suffix (.jpg or .jpeg, any case), its bytes' magic number or
+    the format PIL read it as (MPO: JPEG), without decoding it again; a PNG's bytes are not lossy."""
+    from weclip_hf.data.decoding import lossy_storage
+
+    assert lossy_storage(value, decoded) == "JPEG"
+    assert lossy_storage({"bytes": _png_bytes(np.zeros((2, 2), np.uint8)), "path": None}) is None
+
+
+def test_decode_image_reads_in_the_features_mode_and_passes_decoded_values_through():
+    """A column's declared mode (datasets.Image(mode="RGB")) is applied, as datasets decodes, and kept by
+    `undecoded`; PIL images and arrays (a stream's decoded values) come back as they are; an empty path is none."""
+    from weclip_hf.data.decoding import file_path, undecoded
+
+    stored = {"bytes": _png_bytes(np.zeros((4, 4, 4), np.uint8)), "path": None}  # RGBA
+    assert decode_image(stored, "image", "row 0").mode == "RGBA"
+    assert decode_image(stored, "image", "row 0", datasets.Image(mode="RGB")).mode == "RGB"
+    ds = datasets.Dataset.from_dict(
+        {"image": [stored]}, features=datasets.Features({"image": datasets.Image("RGB")})
+    )
+    assert undecoded(ds, ["image"]).features["image"] == datasets.Image(mode="RGB", decode=False)
+    image, array = Image.new("RGB", (3, 2)), np.zeros((2, 3, 3), np.uint8)
+    assert decode_image(image, "image", "row 0") is image and decode_image(array, "image", "row 0") is array
+    assert file_path({"bytes": b"", "path": ""}) is None
