@@ -1906,3 +1906,45 @@ def test_decode_image_reads_in_the_features_mode_and_passes_decoded_values_throu
     image, array = Image.new("RGB", (3, 2)), np.zeros((2, 3, 3), np.uint8)
     assert decode_image(image, "image", "row 0") is image and decode_image(array, "image", "row 0") is array
     assert file_path({"bytes": b"", "path": ""}) is None
+
+
+def test_resolve_columns_edge_names():
+    """A mask column given by a label column's name is not also the labels; a classification column with any class
+    outside the run's is passed over (all its classes must be the run's); --labels_column none names a column
+    called "none" when there is one."""
+    assert resolve_columns(["image", "labels"], mask_column="labels") == Columns("image", "labels", None)
+    features = {"image": datasets.Image(), "mask": datasets.Image()}
+    features["label"] = datasets.ClassLabel(names=["a", "airport"])
+    assert resolve_columns(list(features), features=features, class_names=list("abc")).labels is None
+    assert resolve_columns(["image", "mask", "none"], labels_column="none").labels == "none"
+
+
+def test_column_features_of_structs_and_dotted_names():
+    """Fields of nested structs are named by their whole dotted path; a column whose own name holds a dot is that
+    column (not a struct's field); a struct is an image only when it is exactly {bytes, path}."""
+    from weclip_hf.data.columns import column_feature, holds_images, struct_fields, with_struct_field
+
+    number, text = datasets.Value("int64"), datasets.Value("string")
+    assert struct_fields({"o": {"p": {"q": number}, "r": number}}) == ["o.p", "o.r", "o.p.q"]
+    assert column_feature({"a.b": number, "a": {"b": text}}, "a.b") == number
+    dotted = datasets.Dataset.from_dict({"image": [1], "a.b": [2]})
+    assert with_struct_field(dotted, "a.b") is dotted
+    captioned = {"bytes": datasets.Value("binary"), "path": text, "caption": text}
+    assert not holds_images(captioned) and struct_fields({"photo": captioned}) == [
+        f"photo.{f}" for f in captioned
+    ]
+
+
+@pytest.mark.parametrize(
+    "feature, first_value, expected",
+    [
+        (datasets.Value("large_binary"), None, True),  # a file's bytes
+        (datasets.Value("large_string"), lambda: "masks/0.png", True),  # a path
+        (datasets.Value("string"), None, True),  # no first row to read: strings may be paths
+        (datasets.Value("string"), lambda: "heart", False),  # a class name
+    ],
+)
+def test_may_hold_masks_reads_large_types_and_strings(feature, first_value, expected):
+    from weclip_hf.data.columns import may_hold_masks
+
+    assert may_hold_masks(feature, first_value) is expected
