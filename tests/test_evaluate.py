@@ -798,3 +798,54 @@ def test_masks_of_another_ignore_value_are_scored_with_semantic_loss_ignore_inde
     assert report["per_class_iou"] == reference["per_class_iou"]
     with pytest.raises(ValueError, match=r"semantic_loss_ignore_index \(3\) is a label id"):
         load_script().main([*argv, "--dataset_path", str(data_path), "--semantic_loss_ignore_index", "3"])
+
+
+class PatchMeans(torch.nn.Module):
+    """A stub segmentation model on 8-pixel patches: class k's logit of a patch is its mean of channel k, so the
+    labels change from patch to patch (the tiny random model predicts one class everywhere)."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = SimpleNamespace(
+            num_labels=3, semantic_loss_ignore_index=255, vision_config=SimpleNamespace(patch_size=8)
+        )
+
+    def forward(self, pixel_values, **kwargs):
+        return SimpleNamespace(logits=F.avg_pool2d(pixel_values, 8))
+
+
+def test_evaluation_crops_the_padding_as_the_pipeline_does_on_labels_that_vary():
+    """The labels of an image padded to a multiple of the patch size are the pipeline's, which crops the padding
+    after upsampling: upsampling the padded grid onto the image (stretching it) moved the patches' borders."""
+    from weclip_hf import WeCLIPImageProcessor
+    from weclip_hf.evaluation import processor_input_size
+
+    model = PatchMeans()
+    processor = WeCLIPImageProcessor(do_resize=False, do_pad=True, patch_size=8)
+    image = np.random.default_rng(0).integers(0, 256, (30, 53, 3), dtype=np.uint8)
+    logits = model(pixel_values=processor(image, return_tensors="pt")["pixel_values"]).logits
+    pipeline_labels = processor.post_process_semantic_segmentation(
+        SimpleNamespace(logits=logits), target_sizes=[(30, 53)]
+    )[0]
+    assert len(pipeline_labels.unique()) == 3
+    unpadded = processor(image, do_pad=False, return_tensors="pt")["pixel_values"]
+    scored = predict_labels(model, unpadded, (30, 53), input_size=processor_input_size(processor))[0]
+    assert torch.equal(scored, pipeline_labels)
+
+
+def test_max_batches_scores_that_many_batches():
+    """``max_batches=1`` scores the first batch alone (the second, all wrong, would lower the mIoU)."""
+    labels = torch.tensor([[[0, 1, 2]]])
+    right = {"pixel_values": labels[:, None].float().repeat(1, 3, 1, 1), "labels": labels}
+    wrong = {"pixel_values": (2 - labels)[:, None].float().repeat(1, 3, 1, 1), "labels": labels}
+    scores = evaluate_segmentation(EncodedPrediction(), [right, wrong], max_batches=1, progress=False)
+    assert scores["pred"]["mean_iou"] == 1.0
+
+
+def test_write_overlays_of_zero_examples_writes_none(tmp_path):
+    """``count`` 0 writes no figure (only -1 means every example)."""
+    from weclip_hf.evaluation import write_overlays
+
+    examples = type("Examples", (list,), {"normalization": None})([{}, {}])  # no example is read
+    assert write_overlays(EncodedPrediction(), examples, tmp_path, 0) == []
+    assert not (tmp_path / "overlays").exists()
