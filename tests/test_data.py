@@ -1948,3 +1948,95 @@ def test_may_hold_masks_reads_large_types_and_strings(feature, first_value, expe
     from weclip_hf.data.columns import may_hold_masks
 
     assert may_hold_masks(feature, first_value) is expected
+
+
+def test_training_crops_change_with_the_epoch_and_the_dataloader_worker(monkeypatch):
+    """Crops and flips are a function of (seed, epoch, index) for a split read whole, and of (seed, epoch, worker,
+    position) for a stream: the same again for the same epoch, other ones for another epoch or another worker (two
+    workers at the same position of their shards drew the same crops)."""
+    from weclip_hf.data import loading
+
+    aug = TrainAugmentation(crop_size=8, scale_range=(0.75, 1.5), normalization=IMAGENET_NORMALIZATION)
+    images = [
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (12, 12, 3), np.uint8)) for i in range(4)
+    ]
+    split, _ = add_image_labels(
+        _dataset([np.full((12, 12), 1, np.uint8)] * 4, images), Columns("image", "mask"), 2
+    )
+    train = loading.WeakSegmentationDataset(split, Columns("image", "mask"), 2, aug, seed=3)
+
+    def epoch_items(dataset, epoch):
+        dataset.set_epoch(epoch)
+        return (
+            list(dataset)
+            if isinstance(dataset, torch.utils.data.IterableDataset)
+            else [*map(dataset.__getitem__, range(4))]
+        )
+
+    first = epoch_items(train, 0)
+    assert all(map(_same_items, first, epoch_items(train, 0)))
+    assert not all(map(_same_items, first, epoch_items(train, 1)))
+    stream = loading.StreamingWeakSegmentationDataset(
+        split.to_iterable_dataset(), Columns("image", "mask"), 2, aug, seed=3, shuffle_buffer_size=0
+    )
+    worker_0 = epoch_items(stream, 0)
+    monkeypatch.setattr(loading, "get_worker_info", lambda: SimpleNamespace(id=1))
+    assert not all(map(_same_items, worker_0, epoch_items(stream, 0)))
+
+
+def test_a_stream_shuffles_its_shards_even_with_a_buffer_of_one():
+    """A shuffle buffer of 1 example still shuffles the order of the shards (``datasets``' shuffle); 0 reads the
+    stream in order."""
+    from weclip_hf.data.loading import StreamingWeakSegmentationDataset
+
+    aug = TrainAugmentation(crop_size=4, scale_range=(1.0, 1.0), normalization=IMAGENET_NORMALIZATION)
+    images = [Image.fromarray(np.full((4, 4, 3), 10 * i, np.uint8)) for i in range(8)]
+    split, _ = add_image_labels(
+        _dataset([np.full((4, 4), 1, np.uint8)] * 8, images), Columns("image", "mask"), 2
+    )
+
+    def order(buffer):
+        stream = StreamingWeakSegmentationDataset(
+            split.to_iterable_dataset(num_shards=8),
+            Columns("image", "mask"),
+            2,
+            aug,
+            shuffle_buffer_size=buffer,
+        )
+        return [
+            round(float(IMAGENET_NORMALIZATION.denormalize(i["pixel_values"]).float().mean())) for i in stream
+        ]
+
+    assert order(0) == [10 * i for i in range(8)]
+    assert sorted(order(1)) == order(0) != order(1)
+
+
+def test_epoch_shuffles_of_neighbouring_seeds_differ():
+    """The permutation of (seed, epoch) is not another seed's of another epoch: runs of seeds 0 and 1 would see the
+    same orders one epoch apart."""
+    from weclip_hf.data.loading import EpochShuffleSampler
+
+    zero, one = EpochShuffleSampler(50, seed=0), EpochShuffleSampler(50, seed=1)
+    zero.set_epoch(1)
+    assert list(zero) != list(one)
+
+
+def test_a_metadata_csv_with_only_its_header_lists_no_images(tmp_path):
+    from weclip_hf.data.loading import check_imagefolder_metadata
+
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "metadata.csv").write_text("file_name,labels\n")
+    with pytest.raises(ValueError, match=r"train/metadata.csv lists no images \(it has no rows\)"):
+        check_imagefolder_metadata(str(tmp_path))
+
+
+@pytest.mark.parametrize("background", ["Background", "_background_", "background_"])
+def test_class_label_names_holding_the_background_in_any_spelling_are_refused(background):
+    from weclip_hf.data.loading import class_label_names
+
+    features = datasets.Features(
+        {"image": datasets.Image(), "labels": datasets.ClassLabel(names=[background, "cat"])}
+    )
+    split = datasets.Dataset.from_dict({"image": [], "labels": []}, features=features)
+    with pytest.raises(ValueError, match=rf"column 'labels' name '{background}'"):
+        class_label_names(split)
