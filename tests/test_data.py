@@ -2040,3 +2040,35 @@ def test_class_label_names_holding_the_background_in_any_spelling_are_refused(ba
     split = datasets.Dataset.from_dict({"image": [], "labels": []}, features=features)
     with pytest.raises(ValueError, match=rf"column 'labels' name '{background}'"):
         class_label_names(split)
+
+
+def test_an_evaluation_example_without_its_mask_is_named():
+    """A validation row whose mask is empty (None) is refused naming the row and column, not read as a mask."""
+    from weclip_hf.data.loading import EvalSegmentationDataset, read_example, with_split_name
+
+    image = Image.fromarray(np.zeros((4, 4, 3), np.uint8))
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "mask": datasets.Image(),
+            "image_labels": datasets.List(datasets.Value("int64")),
+        }
+    )
+    split = with_split_name(
+        datasets.Dataset.from_dict({"image": [image], "mask": [None], "image_labels": [[1]]}, features),
+        "validation",
+    )
+    assert read_example(split[0], Columns("image", "mask"), "row 0", num_classes=2)[1] is None
+    dataset = EvalSegmentationDataset(split, Columns("image", "mask"), 2, IMAGENET_NORMALIZATION)
+    with pytest.raises(
+        ValueError, match=r"Evaluation example 0 of split 'validation' has no mask \(column 'mask' is empty\)"
+    ):
+        dataset[0]
+
+
+def test_with_split_name_keeps_a_recorded_name_unless_told_to_replace_it():
+    from weclip_hf.data.loading import with_split_name
+
+    split = with_split_name(_dataset([np.zeros((2, 2), np.uint8)]), "validation")
+    assert str(with_split_name(split, "train").split) == "validation"
+    assert str(with_split_name(split, "held_out", replace=True).split) == "held_out"
