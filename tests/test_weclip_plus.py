@@ -236,7 +236,9 @@ def test_a_model_class_refuses_the_config_of_the_other_method(tmp_path):
     assert type(AutoModelForSemanticSegmentation.from_config(plus)) is WeCLIPPlusForSemanticSegmentation
 
 
-@pytest.mark.parametrize("size", [(44, 44), (54, 72)])  # 22 x 22 and a non-square 27 x 36 grid
+# 22 x 22, a non-square 27 x 36 grid and the native 37 x 37 one (the hub takes the embeddings as they are: a resize
+# to 37 x 37 by the (n + 0.1) / 37 rule moves them)
+@pytest.mark.parametrize("size", [(44, 44), (54, 72), (74, 74)])
 def test_hub_position_rule_matches_the_hub_model(size):
     torch.manual_seed(0)
     config = make_tiny_plus_config()
@@ -253,8 +255,11 @@ def test_hub_position_rule_matches_the_hub_model(size):
         hf_rule = plain(pixel_values).last_hidden_state[:, 1:]
     assert grid == (size[0] // 2, size[1] // 2)
     torch.testing.assert_close(tokens, expected, atol=1e-5, rtol=1e-5)
-    # transformers' own rule gives other tokens: the override is what makes the two agree
-    assert (hf_rule - expected).abs().max() > 1e-2
+    # transformers' own rule gives other tokens off the native grid: the override is what makes the two agree
+    if size == (74, 74):
+        torch.testing.assert_close(hf_rule, expected, atol=1e-5, rtol=1e-5)
+    else:
+        assert (hf_rule - expected).abs().max() > 1e-2
 
 
 def test_hub_positions_are_kept_per_grid_and_remade_when_the_embeddings_change():
@@ -284,6 +289,18 @@ def test_hub_positions_are_kept_per_grid_and_remade_when_the_embeddings_change()
     position.requires_grad_(False)
     with torch.no_grad(), mock.patch.object(torch.compiler, "is_compiling", return_value=True):
         assert resized((6, 6)) is not resized((6, 6))  # traced by torch.compile: never a kept copy
+
+
+def test_hub_positions_keep_the_embeddings_dtype_and_their_grid():
+    """The resize runs in float32 and returns the embeddings' dtype (a bfloat16 DINOv2 adds them to bfloat16
+    tokens); an offset whose scale does not give the asked grid is refused, naming both grids."""
+    pos = torch.randn(1, 1 + 37 * 37, 8)
+    half = hub_position_embeddings(pos.bfloat16(), (22, 30))
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half, hub_position_embeddings(pos.bfloat16().float(), (22, 30)).bfloat16())
+    # offset 0: floor(37 * (39 / 37)) is 38 in floating point (the hub's 0.1 keeps floor(M * scale) == n)
+    with pytest.raises(RuntimeError, match=r"gave a \(38, 38\) grid, not \(39, 39\)"):
+        hub_position_embeddings(pos, (39, 39), offset=0.0)
 
 
 def test_position_rules_agree_on_the_native_grid():
@@ -360,6 +377,27 @@ def test_dino_branch_is_batch_independent():
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-5)
 
 
+def test_dino_features_are_the_head_at_dino_resolution_resized_to_the_clip_grid():
+    """(DESIGN-weclip-plus §5.) The head runs on the 22 x 22 DINO grid, then its output is resized bilinearly
+    (align_corners=False) to the 20 x 20 CLIP grid; in training the head's Dropout2d is the decoder's
+    (``decoder_dropout``): whole channels of an image are zeroed, and two steps drop different ones."""
+    torch.manual_seed(0)
+    branch = WeCLIPPlusDinoBranch(make_tiny_plus_config(decoder_dropout=0.5)).eval()
+    randomize_(branch.head)
+    pixel_values = torch.randn(2, 3, 44, 44)
+    with torch.no_grad():
+        out = branch(pixel_values, grid=(20, 20))
+        head = branch.head([out.patch_tokens], out.grid)
+    assert out.grid == (22, 22) and head.shape[-2:] == (22, 22)
+    expected = F.interpolate(head, size=(20, 20), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out.features, expected, rtol=0, atol=0)
+    branch.train()
+    with torch.no_grad():
+        first, second = (branch(pixel_values, grid=(20, 20)).features for _ in range(2))
+    dropped = first.abs().amax(dim=(-2, -1)) == 0  # [B, dim]: channels zeroed whole
+    assert 0 < dropped.float().mean() < 1 and not torch.equal(first, second)
+
+
 def test_hub_weight_conversion_names_unknown_keys():
     hub = {"blocks.0.attn.qkv.weight": torch.arange(6.0).view(6, 1), "norm.bias": torch.zeros(2)}
     converted = convert_hub_dinov2_state_dict(hub)
@@ -392,10 +430,15 @@ def test_every_variant_builds_runs_and_stays_frozen(name):
     assert torch.isfinite(out.features).all()
 
 
-def test_train_mode_keeps_dino_in_eval_mode_with_active_dropout():
-    """Dropout in the DINO config changes nothing: the backbone stays in eval mode under `.train()`."""
+# under `.train()`, and as built (a module starts in train mode)
+@pytest.mark.parametrize("train", [True, False])
+def test_train_mode_keeps_dino_in_eval_mode_with_active_dropout(train):
+    """Dropout in the DINO config changes nothing: the backbone is in eval mode from construction and stays so
+    under `.train()`."""
     dino = Dinov2Config(**TINY_DINO, hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5)
-    branch = WeCLIPPlusDinoBranch(make_tiny_plus_config(dino)).train()
+    branch = WeCLIPPlusDinoBranch(make_tiny_plus_config(dino))
+    branch = branch.train() if train else branch
+    assert branch.head.training and not branch.backbone.training
     pixel_values = torch.randn(1, 3, 44, 44)
     first, _ = branch.patch_tokens(pixel_values)
     second, _ = branch.patch_tokens(pixel_values)
