@@ -4,6 +4,7 @@ those pieces with the official code on `../shared/data/parity-plus` (fp32 varian
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import pickle
 import shutil
@@ -33,7 +34,12 @@ from weclip_hf.branch_losses import (
     weclip_plus_losses,
 )
 from weclip_hf.cam import cam_box_masks, refine_cams
-from weclip_hf.configuration_weclip_plus import DINO_VARIANTS, WeCLIPPlusConfig, dino_variant_config
+from weclip_hf.configuration_weclip_plus import (
+    DINO_VARIANTS,
+    WeCLIPPlusConfig,
+    dino_variant_config,
+    dino_variant_name,
+)
 from weclip_hf.conversion import convert_hub_dinov2_state_dict
 from weclip_hf.dino_branch import (
     Dinov2EmbeddingsWithHubPositions,
@@ -99,6 +105,18 @@ def test_config_defaults_are_the_official_voc_values(tmp_path):
     assert a == b
 
 
+def test_a_config_json_of_the_deprecated_attention_name_keeps_its_value(tmp_path):
+    """A WeCLIP+ config.json written before ``cam_attention_layers`` became ``attention_num_maps`` keeps its count
+    (not WeCLIP+'s default of the last 6 maps, here the tiny CLIP's 3)."""
+    make_tiny_plus_config(attention_num_maps=2).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    data = json.loads(path.read_text())
+    data["cam_attention_layers"] = data.pop("attention_num_maps")
+    path.write_text(json.dumps(data))
+    with pytest.warns(FutureWarning, match="cam_attention_layers"):
+        assert WeCLIPPlusConfig.from_pretrained(tmp_path).attention_num_maps == 2
+
+
 def test_config_round_trips_a_register_dino(tmp_path):
     config = make_tiny_plus_config(Dinov2WithRegistersConfig(**TINY_DINO, num_register_tokens=4))
     config.save_pretrained(tmp_path)
@@ -114,6 +132,12 @@ def test_variant_configs_match_the_official_table(name):
     assert getattr(config, "num_register_tokens", 0) == (4 if name.endswith("_reg") else 0)
     assert isinstance(config, Dinov2WithRegistersConfig) == name.endswith("_reg")
     assert DINO_VARIANTS[name].decoder_num_layers == (5 if width == 1024 else 3)
+    # the Hub checkpoints' (and torch.hub's) architecture: heads of 64 channels, MLP x4, LayerScale 1, LN eps 1e-6
+    assert config.num_attention_heads == width // 64 and config.mlp_ratio == 4
+    assert (config.layerscale_value, config.layer_norm_eps) == (1.0, 1e-6)
+    # each variant is named back; the same sizes at another image size (position grid) are no official variant
+    assert dino_variant_name(config) == name
+    assert dino_variant_name(dino_variant_config(name, image_size=224)) is None
 
 
 @pytest.mark.parametrize(
@@ -132,6 +156,9 @@ def test_variant_configs_match_the_official_table(name):
         (dict(self_training_threshold=1.5), "self_training_threshold"),
         (dict(dino_config={**TINY_DINO, "num_attention_heads": 5}), "dino_config.hidden_size"),
         (dict(dino_config={**TINY_DINO, "patch_size": 0}), "dino_config.patch_size"),
+        (dict(dino_config={**TINY_DINO, "patch_size": 75}), "dino_config.patch_size"),  # above image_size 74
+        (dict(dino_config={**TINY_DINO, "mlp_ratio": 0}), "dino_config.mlp_ratio"),
+        (dict(dino_config={**TINY_DINO, "num_channels": 1}), "dino_config.num_channels"),
         (dict(dino_config={**TINY_DINO, "num_hidden_layers": 10**5}), "dino_config.num_hidden_layers"),
         (dict(dino_config={**TINY_DINO, "model_type": "vit"}), "dino_config.model_type"),
     ],
@@ -171,6 +198,11 @@ def test_a_dino_config_given_at_loading_is_checked(tmp_path):
         ).dino_config.patch_size
         == 2
     )
+
+
+def test_a_dino_config_dict_without_model_type_is_a_dinov2_without_registers():
+    config = make_tiny_plus_config(dict(TINY_DINO))
+    assert type(config.dino_config) is Dinov2Config and config.dino_num_register_tokens == 0
 
 
 def test_config_rejects_a_dino_config_of_another_kind():
@@ -1299,6 +1331,18 @@ def test_a_dino_field_changed_under_the_built_model_is_refused(tmp_path, field, 
     setattr(model.config.dino_config, field, value)
     with pytest.raises(
         ValueError, match=rf"model\.config\.dino_config\.{field} is {value}, built with {not value}"
+    ):
+        model.save_pretrained(tmp_path)
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_the_position_rule_changed_under_the_built_model_is_refused(tmp_path):
+    """The DINOv2's embeddings module is built for ``dino_position_interpolation`` (the hub rule's subclass or
+    transformers' own): set to the other rule on a built model, saving is refused, naming the field."""
+    model = WeCLIPPlusForSemanticSegmentation(make_tiny_plus_config()).eval()
+    model.config.dino_position_interpolation = "hf"
+    with pytest.raises(
+        ValueError, match=r"model\.config\.dino_position_interpolation is 'hf', built with 'hub'"
     ):
         model.save_pretrained(tmp_path)
     assert not (tmp_path / "config.json").exists()
