@@ -837,6 +837,31 @@ def test_rfm_plus_pseudo_label_path(use_box_mask):
     assert (details.box_masks is None) == (not use_box_mask)
 
 
+def test_rfm_plus_without_the_prediction_is_refused_naming_it(plus_model):
+    """RFM+ weights each GradCAM by the prediction: a call without ``class_probabilities`` is a ValueError naming
+    them (an AttributeError of None before the check)."""
+    pixel_values, class_labels = tiny_plus_inputs()
+    clip = plus_model.forward_clip_features(pixel_values, attention_maps_needed(plus_model.config, False))
+    with pytest.raises(ValueError, match="RFM\\+ needs class_probabilities"):
+        plus_model.generate_pseudo_labels(pixel_values, class_labels, clip)
+
+
+def test_pixel_mask_marks_the_padding_of_the_pseudo_labels_ignored(plus_model):
+    """As WeCLIP's forward: crop padding (``pixel_mask`` 0) is the ignore index in the pseudo labels the losses
+    read, the other pixels and the logits as without a mask."""
+    pixel_values, class_labels = tiny_plus_inputs()
+    pixel_mask = torch.ones(2, 48, 64, dtype=torch.long)
+    pixel_mask[0, 40:] = 0  # bottom padding
+    pixel_mask[1, :, 48:] = 0  # right padding
+    with torch.no_grad():
+        plain = plus_model(pixel_values, class_labels=class_labels)
+        masked = plus_model(pixel_values, class_labels=class_labels, pixel_mask=pixel_mask)
+    padded = pixel_mask == 0
+    assert (masked.pseudo_labels[padded] == plus_model.config.semantic_loss_ignore_index).all()
+    assert torch.equal(masked.pseudo_labels[~padded], plain.pseudo_labels[~padded])
+    torch.testing.assert_close(masked.logits, plain.logits)
+
+
 def test_decoder_affinity_is_that_of_both_branches(plus_model):
     pixel_values, class_labels = tiny_plus_inputs()
     with torch.no_grad():
@@ -990,6 +1015,18 @@ def test_backbone_loading_options_fetch_the_checkpoints_and_never_reach_the_conf
             TypeError, match=r"got unknown keyword argument\(s\) \['preset'\].*preset_config_kwargs"
         ):
             build()
+
+
+def test_the_revision_is_the_clips_and_the_dinov2_is_fetched_at_its_default(tiny_clip, tmp_path):
+    """``revision`` names a commit of the CLIP's repository (from_clip_and_dino's docstring): passed on to the
+    DINOv2's loading too, a CLIP commit would be looked up in the DINOv2's repository."""
+    AutoModel.from_config(Dinov2Config(**TINY_DINO)).save_pretrained(tmp_path / "dino")
+    with mock.patch.object(AutoModel, "from_pretrained", wraps=AutoModel.from_pretrained) as load:
+        WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(
+            tiny_clip, str(tmp_path / "dino"), ["cat"], ["sky"], revision="main", local_files_only=True
+        )
+    (dino_call,) = [c for c in load.call_args_list if c.args[0] == str(tmp_path / "dino")]
+    assert "revision" not in dino_call.kwargs and dino_call.kwargs["local_files_only"] is True
 
 
 def test_a_backbone_that_is_no_folder_or_a_saved_weclip_is_named(tiny_clip, tmp_path):
