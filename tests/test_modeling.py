@@ -205,6 +205,42 @@ def test_losses_match_loop_reference():
     assert segmentation_loss(logits, all_ignored).item() == 0.0
 
 
+def test_a_step_counter_made_under_inference_mode_schedules_the_rfm(tiny_config):
+    """A counter made under `torch.inference_mode` (``model.training_step = ...`` there, as a state loaded in a
+    pipeline's context) is an inference tensor, which keeps no write counter: it is read as it is, after every
+    write too, and the RFM schedule follows it."""
+    tiny_config.rfm_start_step = 2
+    model = WeCLIPForSemanticSegmentation(tiny_config).eval()
+    pixel_values, class_labels = _inputs(batch=2, height=16, width=16)
+    with torch.inference_mode():
+        model.training_step = torch.tensor(1)
+    assert model.training_step.is_inference()
+    for step, rfm in ((1, False), (2, True)):
+        with torch.inference_mode():
+            model.training_step.fill_(step)
+        with torch.no_grad():
+            assert model(pixel_values, class_labels=class_labels).used_rfm is rfm
+
+
+def test_a_replaced_counter_is_read_even_with_the_write_count_of_the_old_one(tiny_config):
+    """A new ``training_step`` tensor is read whatever its write counter, even one written as often as the old one
+    (the mirror's counter alone would keep the old value); a negative step is refused."""
+    tiny_config.rfm_start_step = 5
+    model = WeCLIPForSemanticSegmentation(tiny_config).eval()
+    pixel_values, class_labels = _inputs(batch=2, height=16, width=16)
+    with torch.no_grad():
+        assert model(pixel_values, class_labels=class_labels).used_rfm is False  # mirrors step 0
+        new = torch.tensor(5)
+        for _ in range(model.training_step._version):
+            new.add_(0)  # written in place as often as the old counter
+        assert new._version == model.training_step._version
+        model.training_step = new
+        assert model(pixel_values, class_labels=class_labels).used_rfm is True
+    with pytest.raises(ValueError, match="step must be >= 0, got -1"):
+        model.set_training_step(-1)
+    assert int(model.training_step) == 5
+
+
 def test_rfm_switches_on_from_step_counter(tiny_config):
     tiny_config.rfm_start_step = 2
     model = WeCLIPForSemanticSegmentation(tiny_config).train()
