@@ -75,6 +75,22 @@ def test_box_mask_matches_cpu_reference(seed, components, monkeypatch):
     np.testing.assert_array_equal(ours, ref)
 
 
+def test_minmax_normalize_takes_each_map_whole():
+    """The minimum and maximum are those of each [h, w] map (DESIGN Part 1, CAM step 2), not of each row."""
+    maps = torch.tensor([[[1.0, 2.0], [3.0, 5.0]], [[-2.0, 0.0], [2.0, 6.0]]])
+    expected = torch.tensor([[[0.0, 0.25], [0.5, 1.0]], [[0.0, 0.25], [0.5, 1.0]]])
+    torch.testing.assert_close(minmax_normalize(maps), expected)
+
+
+def test_refined_cams_are_normalized_then_upsampled_bilinearly_without_aligned_corners():
+    """DESIGN Part 1, CAM step 6: per-pair min-max normalization, then bilinear (align_corners=False) upsampling."""
+    refined = torch.rand(2, 3, 4, generator=torch.Generator().manual_seed(0)) * 5
+    expected = torch.nn.functional.interpolate(
+        minmax_normalize(refined)[:, None], size=(12, 16), mode="bilinear", align_corners=False
+    )[:, 0]
+    torch.testing.assert_close(weclip_cam.upsample_normalized(refined, (12, 16)), expected, rtol=0, atol=0)
+
+
 def test_box_mask_edge_quirk_and_empty_cam():
     cam = torch.zeros(2, 6, 6)
     cam[0, 4:, 4:] = 1.0  # region touching the bottom-right corner: loses its last row/column
