@@ -344,6 +344,7 @@ SPELLED_AS_ONE = "names are compared as CLIP's tokenizer reads them"
     "names, message",
     [(dict(class_names=["Cat", "cat", "dog"]), rf"class_names must name each class once, got 'Cat' / 'cat' more than once \({SPELLED_AS_ONE}"),
      (dict(class_names=[" dog", "dog  "]), "class_names must name each class once, got ' dog' / 'dog  '"),
+     (dict(class_names=["big cat", "big  cat"]), "class_names must name each class once, got 'big  cat' / 'big cat'"),
      (dict(class_names=["", "dog"]), r"class_names must not hold an empty name, got \['', 'dog'\]"),
      (dict(class_names=["a", "b"], label_names=["x", "x"]), r"label_names must name each label once, got 'x' more than once in the labels of ids 0..2 \['background', 'x', 'x'\]"),
      (dict(class_names=["a", "b"], label_names=["background", "x"]), "label_names must name each label once, got 'background' more than once"),
@@ -398,3 +399,26 @@ def test_names_a_saved_model_of_before_may_hold_load_with_a_warning(tmp_path, ca
     assert "share ['sky']" in caplog.text and "repeats 'grass'" in caplog.text
     labels = WeCLIPConfig(class_names=["cat", "dog"], label_names=["Cat", "cat"]).id2label
     assert labels == {0: "background", 1: "Cat", 2: "cat"}
+
+
+def test_a_class_list_may_hold_as_many_names_as_the_bound_and_no_more():
+    from weclip_hf.config_checks import MAX_CLASSES, name_list
+
+    names = [f"class {i}" for i in range(MAX_CLASSES + 1)]
+    assert name_list("class_names", names[:-1], "class") == names[:-1]
+    with pytest.raises(
+        ValueError, match=f"class_names must hold at most {MAX_CLASSES} names, got {MAX_CLASSES + 1}"
+    ):
+        name_list("class_names", names, "class")
+
+
+def test_an_ignore_index_refused_for_255_classes_is_told_to_be_minus_100():
+    """With 255 classes 255 is a label id itself: the remedy names -100 (255 only below 255 classes)."""
+    from weclip_hf.config_checks import check_ignore_index
+
+    with pytest.raises(
+        ValueError, match=r"label id \(0: the background, 1\.\.255: the classes\).* Use -100 "
+    ):
+        check_ignore_index(0, 255)
+    with pytest.raises(ValueError, match=r"Use 255 "):
+        check_ignore_index(0, 254)

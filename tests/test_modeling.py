@@ -75,9 +75,12 @@ def test_config_reads_deprecated_names(tmp_path):
         (dict(class_names=[]), "at least one"),
         (dict(label_names=["x"]), "label_names"),
         (dict(prompt_template="no slot"), "prompt_template"),
+        (dict(prompt_template=3), "prompt_template must be a string holding '{}', got 3"),
+        (dict(class_names=["cat", 3]), r"class_names must be a list of strings, got \['cat', 3\]"),
         (dict(cam_box_threshold=1.5), "cam_box_threshold"),
         (dict(cam_box_threshold="0.5"), r"cam_box_threshold must be a number in \(0.0, 1.0\), got '0.5'"),
         (dict(num_feature_layers=2.0), r"num_feature_layers must be an integer in \[1, 2\], got 2.0"),
+        (dict(num_feature_layers=True), r"num_feature_layers must be an integer in \[1, 2\], got True"),
         (dict(decoder_num_heads=5), "divisible"),
         (dict(num_feature_layers=3), "num_feature_layers"),
         (dict(attention_num_maps=0), "attention_num_maps"),
@@ -96,6 +99,7 @@ def test_config_reads_deprecated_names(tmp_path):
         (dict(vision_config={**TINY_VISION, "patch_size": 0}), "vision_config.patch_size"),
         (dict(vision_config={**TINY_VISION, "num_hidden_layers": 10**5}), "vision_config.num_hidden_layers"),
         (dict(vision_config={**TINY_VISION, "hidden_size": -32}), "vision_config.hidden_size"),
+        (dict(vision_config={**TINY_VISION, "intermediate_size": 0}), "vision_config.intermediate_size"),
         (dict(text_config={**TINY_TEXT, "vocab_size": 10**9}), "text_config.vocab_size"),
         (dict(par_num_iter=2.5), "par_num_iter"),
         (
@@ -103,6 +107,7 @@ def test_config_reads_deprecated_names(tmp_path):
             r"semantic_loss_ignore_index \(1\) is a label id",
         ),  # class 1 unlearned
         (dict(semantic_loss_ignore_index=0), r"semantic_loss_ignore_index \(0\) is a label id .*Use 255"),
+        (dict(semantic_loss_ignore_index=255.5), r"semantic_loss_ignore_index must be an integer"),
     ],
 )
 def test_config_rejects_bad_values(kwargs, message):

@@ -102,8 +102,9 @@ def test_a_model_records_its_training_preset_whose_settings_it_keeps(tmp_path):
     assert train.recipe_source(args) == (
         "no --preset: the VOC recipe of a WeCLIP model, with the config of --model_name_or_path"
     )
-    with pytest.raises(ValueError, match="training_preset must be a non-empty string or None"):
-        make_tiny_config(training_preset=3)
+    for bad in (3, ""):  # an empty name records no preset either
+        with pytest.raises(ValueError, match="training_preset must be a non-empty string or None"):
+            make_tiny_config(training_preset=bad)
 
 
 def test_evaluate_script_takes_its_settings_from_the_preset(tmp_path, capsys):
