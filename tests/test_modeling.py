@@ -101,6 +101,10 @@ def test_config_reads_deprecated_names(tmp_path):
         (dict(vision_config={**TINY_VISION, "hidden_size": -32}), "vision_config.hidden_size"),
         (dict(vision_config={**TINY_VISION, "intermediate_size": 0}), "vision_config.intermediate_size"),
         (dict(text_config={**TINY_TEXT, "vocab_size": 10**9}), "text_config.vocab_size"),
+        (
+            dict(text_config={**TINY_TEXT, "max_position_embeddings": 10**6}),
+            "text_config.max_position_embeddings",
+        ),
         (dict(par_num_iter=2.5), "par_num_iter"),
         (
             dict(semantic_loss_ignore_index=1),
