@@ -192,3 +192,26 @@ def test_the_rfm_starts_at_the_step_the_official_run_started_it(name, official):
     """The official VOC run validates 1,464 train images every 2,000 iterations and its counter counts them: its
     RFM started at 0-based step 9,144 (the preset said 9,145, one step late); COCO's run never validates."""
     assert PRESETS[name].config["rfm_start_step"] == first_official_rfm_step(**official)
+
+
+@pytest.mark.parametrize("name, official_bound", [("voc-plus", 18000), ("coco-plus", 40000)])
+def test_weclip_plus_self_training_starts_after_the_official_bound(name, official_bound):
+    """The official WeCLIP+ overwrites pseudo labels where ``n_iter > 18000`` (VOC) / ``> 40000`` (COCO), n_iter the
+    0-based iteration (DESIGN-weclip-plus, self-training overwrite): the first step is the bound + 1."""
+    config = WeCLIPPlusConfig(**PRESETS[name].config_kwargs())
+    assert config.self_training_start_step == official_bound + 1
+
+
+@pytest.mark.parametrize(
+    "name, box_mask, block, batch",
+    [("voc-plus", False, -2, 4), ("coco-plus", True, -1, 8)],
+)
+def test_weclip_plus_presets_hold_the_official_method_settings(name, box_mask, block, batch):
+    """DESIGN-weclip-plus (what WeCLIP+ changes, 5-8): RFM+ from the first step, the box mask dropped on VOC and
+    kept on COCO, GradCAM on the block-10 output on VOC (-2) and on the block-11 one on COCO (-1), decoder lr 2e-4,
+    COCO batch 8, scales 1.0 and 1.5 with flip, CRF on VOC only."""
+    preset = PRESETS[name]
+    config = WeCLIPPlusConfig(**preset.config_kwargs())
+    assert (config.rfm_start_step, config.rfm_use_box_mask, config.cam_feature_block) == (0, box_mask, block)
+    assert (preset.training.learning_rate, preset.training.per_device_train_batch_size) == (2e-4, batch)
+    assert preset.evaluation.msf_scales == (1.0, 1.5) and preset.evaluation.crf == (name == "voc-plus")
