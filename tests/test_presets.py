@@ -203,15 +203,17 @@ def test_weclip_plus_self_training_starts_after_the_official_bound(name, officia
 
 
 @pytest.mark.parametrize(
-    "name, box_mask, block, batch",
-    [("voc-plus", False, -2, 4), ("coco-plus", True, -1, 8)],
+    "name, maps, box_mask, block, batch",
+    [("voc-plus", 6, False, -2, 4), ("coco-plus", 8, True, -1, 8)],
 )
-def test_weclip_plus_presets_hold_the_official_method_settings(name, box_mask, block, batch):
-    """DESIGN-weclip-plus (what WeCLIP+ changes, 5-8): RFM+ from the first step, the box mask dropped on VOC and
-    kept on COCO, GradCAM on the block-10 output on VOC (-2) and on the block-11 one on COCO (-1), decoder lr 2e-4,
-    COCO batch 8, scales 1.0 and 1.5 with flip, CRF on VOC only."""
+def test_weclip_plus_presets_hold_the_official_method_settings(name, maps, box_mask, block, batch):
+    """DESIGN-weclip-plus (what WeCLIP+ changes, 5-8) and WeCLIPPlusConfig: the last 6 (VOC) / 8 (COCO) attention
+    maps, RFM+ from the first step, the box mask dropped on VOC and kept on COCO, GradCAM on the block-10 output on
+    VOC (-2) and on the block-11 one on COCO (-1), decoder lr 2e-4, COCO batch 8, scales 1.0 and 1.5 with flip, CRF
+    on VOC only."""
     preset = PRESETS[name]
     config = WeCLIPPlusConfig(**preset.config_kwargs())
     assert (config.rfm_start_step, config.rfm_use_box_mask, config.cam_feature_block) == (0, box_mask, block)
+    assert (config.attention_num_maps, config.rfm_num_maps) == (maps, maps)  # CAM affinity maps, RFM's choice
     assert (preset.training.learning_rate, preset.training.per_device_train_batch_size) == (2e-4, batch)
     assert preset.evaluation.msf_scales == (1.0, 1.5) and preset.evaluation.crf == (name == "voc-plus")
