@@ -473,6 +473,11 @@ def test_schedule_notes_count_from_the_models_step_counter(tiny_config):
         "sets it). Scored all the same."
     )
     assert "from its first step" in notes(tiny_config, 30, 5)[0]  # a counter past the start
+    assert "from its first step" in notes(tiny_config, 10, 5)[0]  # a counter at the start: its step 1 has it
+    assert "from its step 2" in notes(tiny_config, 9, 5)[0]
+    tiny_config.rfm_start_step = 9
+    assert notes(tiny_config, 0, 10) == []  # acts after 9 steps: in the run's last step
+    tiny_config.rfm_start_step = 10
     assert (
         "the RFM acts after 10 model steps, and this run ends after 9 model steps (the model of "
         "--model_name_or_path has trained 4 steps)" in notes(tiny_config, 4, 5)[0]
