@@ -217,3 +217,14 @@ def test_weclip_plus_presets_hold_the_official_method_settings(name, maps, box_m
     assert (config.attention_num_maps, config.rfm_num_maps) == (maps, maps)  # CAM affinity maps, RFM's choice
     assert (preset.training.learning_rate, preset.training.per_device_train_batch_size) == (2e-4, batch)
     assert preset.evaluation.msf_scales == (1.0, 1.5) and preset.evaluation.crf == (name == "voc-plus")
+
+
+def test_evaluation_settings_follow_the_recorded_preset_then_the_model_type_and_classes():
+    """`evaluation_of_config`: the recorded ``training_preset`` first, else the preset of the model's type and
+    classes: a WeCLIP+ of VOC's classes is voc-plus's (scales 1.0 and 1.5), not WeCLIP's voc (1.0 and 0.75)."""
+    from weclip_hf.presets import evaluation_of_config
+
+    plus = WeCLIPPlusConfig(**get_preset("voc-plus").config_kwargs())
+    assert evaluation_of_config(plus) == get_preset("voc-plus").evaluation
+    recorded = WeCLIPConfig(**get_preset("voc").config_kwargs(), training_preset="coco")
+    assert evaluation_of_config(recorded) == get_preset("coco").evaluation
