@@ -228,3 +228,13 @@ def test_evaluation_settings_follow_the_recorded_preset_then_the_model_type_and_
     assert evaluation_of_config(plus) == get_preset("voc-plus").evaluation
     recorded = WeCLIPConfig(**get_preset("voc").config_kwargs(), training_preset="coco")
     assert evaluation_of_config(recorded) == get_preset("coco").evaluation
+
+
+def test_a_datasets_class_names_replace_the_presets_with_their_display_names():
+    """`with_class_names`: the preset's display names (``label_names``) named its own classes, so they go with them."""
+    from weclip_hf.presets import with_class_names
+
+    kwargs = with_class_names(get_preset("voc").config_kwargs(), ["cat", "dog"])
+    assert kwargs["class_names"] == ["cat", "dog"] and "label_names" not in kwargs
+    assert kwargs["background_names"] == get_preset("voc").config["background_names"]
+    assert with_class_names(kwargs, None) is kwargs
