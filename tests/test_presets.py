@@ -238,3 +238,12 @@ def test_a_datasets_class_names_replace_the_presets_with_their_display_names():
     assert kwargs["class_names"] == ["cat", "dog"] and "label_names" not in kwargs
     assert kwargs["background_names"] == get_preset("voc").config["background_names"]
     assert with_class_names(kwargs, None) is kwargs
+
+
+def test_a_fresh_weclip_plus_starts_from_the_official_default_dinov2():
+    """WeCLIP+'s default DINOv2 is ViT-S/14 without registers (the official configs'), on the Hub as WeCLIPPlusConfig's
+    default variant is."""
+    from weclip_hf.configuration_weclip_plus import DINO_VARIANTS
+    from weclip_hf.presets import DINO_MODEL
+
+    assert DINO_MODEL == DINO_VARIANTS["dinov2_vits14"].hub_id == "facebook/dinov2-small"
