@@ -217,6 +217,8 @@ def test_weclip_plus_presets_hold_the_official_method_settings(name, maps, box_m
     assert (config.attention_num_maps, config.rfm_num_maps) == (maps, maps)  # CAM affinity maps, RFM's choice
     assert (preset.training.learning_rate, preset.training.per_device_train_batch_size) == (2e-4, batch)
     assert preset.evaluation.msf_scales == (1.0, 1.5) and preset.evaluation.crf == (name == "voc-plus")
+    # COCO's official lists (82,081 training images) leave out the images without any annotation, as for WeCLIP
+    assert preset.dataset.skip_empty_images == (name == "coco-plus")
 
 
 def test_evaluation_settings_follow_the_recorded_preset_then_the_model_type_and_classes():
