@@ -91,6 +91,23 @@ def tiny_model(tiny_config):
     return WeCLIPForSemanticSegmentation(tiny_config).eval()
 
 
+def with_varied_decoder(model: torch.nn.Module, std: float = 0.3) -> torch.nn.Module:
+    """``model`` with its decoder's weight matrices redrawn normal(0, ``std``), so that its predictions vary across
+    an image: a freshly drawn tiny decoder's logits vary by ~5e-4 (argmax margins ~1e-3) and it predicts one class
+    over most images (a comparison of two routes' labels then compares constant maps); with std 0.3 its tiny WeCLIP
+    and WeCLIP+ predict 3-5 classes in a 64 px noise image, margins ~5."""
+    with torch.no_grad():
+        for weight in (p for p in model.decoder.parameters() if p.ndim > 1):
+            weight.normal_(0, std)
+    return model
+
+
+@pytest.fixture
+def varied_tiny_model(tiny_model):
+    """`tiny_model` whose labels vary across an image (`with_varied_decoder`), for tests that compare predictions."""
+    return with_varied_decoder(tiny_model)
+
+
 STRICT_ENV = "WECLIP_STRICT_TEST_DATA"
 
 
@@ -321,16 +338,15 @@ def read_log(path: Path) -> list[dict]:
 def toy_weclip_dir(tiny_clip, tmp_path_factory):
     """A WeCLIP of the toy preset's classes on the tiny CLIP saved with its image processor (long side 96, the tiny
     CLIP's 12 px patches): the folder a toy training run leaves, without the training. Its decoder's weight
-    matrices are drawn with std 0.3, so that its predictions vary across an image (3-8 classes in a toy image;
-    a freshly initialized decoder predicts one class everywhere)."""
+    matrices are drawn with std 0.3 (`with_varied_decoder`), so that its predictions vary across an image (3-8
+    classes in a toy image; a freshly initialized decoder predicts one class everywhere)."""
     from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
     from weclip_hf.presets import preset_config_kwargs
 
     torch.manual_seed(0)
-    model = WeCLIPForSemanticSegmentation.from_clip(tiny_clip, **preset_config_kwargs("toy"))
-    with torch.no_grad():
-        for weight in (p for p in model.decoder.parameters() if p.ndim > 1):
-            weight.normal_(0, 0.3)
+    model = with_varied_decoder(
+        WeCLIPForSemanticSegmentation.from_clip(tiny_clip, **preset_config_kwargs("toy"))
+    )
     path = tmp_path_factory.mktemp("toy_weclip")
     model.save_pretrained(path)
     WeCLIPImageProcessor(size={"longest_edge": 96}, patch_size=12).save_pretrained(path)
