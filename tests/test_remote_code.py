@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_config
+from conftest import make_tiny_config, with_varied_decoder
 from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation, pipeline
 from transformers.dynamic_module_utils import get_imports, get_relative_imports
@@ -113,10 +113,11 @@ def relative_imports(file) -> set[str]:
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """A tiny random WeCLIP and its processor saved with save_pretrained, and a fixed RGB test image."""
+    """A tiny random WeCLIP whose labels vary across an image (`with_varied_decoder`) and its processor saved with
+    save_pretrained, and a fixed RGB test image."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("weclip")
-    model = WeCLIPForSemanticSegmentation(make_tiny_config()).eval()
+    model = with_varied_decoder(WeCLIPForSemanticSegmentation(make_tiny_config())).eval()
     model.save_pretrained(path / "model")
     WeCLIPImageProcessor(patch_size=8).save_pretrained(path / "model")
     rng = np.random.default_rng(0)
@@ -185,6 +186,7 @@ def test_remote_code_loads_without_the_package(saved, tmp_path):
     torch.testing.assert_close(remote["pipeline_logits"], logits, rtol=0, atol=1e-6)
     segments = pipeline("image-segmentation", model=str(folder))(image)
     masks = {s["label"]: torch.from_numpy(np.array(s["mask"])) for s in segments}
+    assert len(masks) > 1  # one mask over the whole image would match any route's
     assert masks.keys() == remote["masks"].keys()
     for label, mask in masks.items():
         assert torch.equal(remote["masks"][label], mask), label
