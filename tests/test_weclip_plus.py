@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHARED, TINY_DINO, TINY_VISION, make_tiny_config, make_tiny_plus_config, require_data
+from conftest import (
+    SHARED,
+    TINY_DINO,
+    TINY_VISION,
+    make_tiny_config,
+    make_tiny_plus_config,
+    require_data,
+    with_varied_decoder,
+)
 from transformers import (
     AutoModel,
     AutoModelForSemanticSegmentation,
@@ -953,15 +961,27 @@ def test_weclip_and_weclip_plus_folders_are_told_apart(plus_model, tmp_path):
 
 
 def test_pipeline_segments_with_the_averaged_logits(plus_model, tmp_path):
+    """The pipeline's masks of a saved WeCLIP+ are the labels of its output logits (both branches' weighted sum),
+    post-processed to the image's size; its decoder redrawn so that they vary (a fresh one predicts one class)."""
     from PIL import Image
     from transformers import pipeline
 
     from weclip_hf import WeCLIPImageProcessor
 
-    plus_model.save_pretrained(tmp_path)
-    WeCLIPImageProcessor(size={"longest_edge": 64}, patch_size=8).save_pretrained(tmp_path)
-    segments = pipeline("image-segmentation", model=str(tmp_path))(Image.new("RGB", (50, 40), (90, 30, 160)))
-    assert segments and all(s["mask"].size == (50, 40) for s in segments)
+    with_varied_decoder(plus_model).save_pretrained(tmp_path)
+    processor = WeCLIPImageProcessor(size={"longest_edge": 64}, patch_size=8)
+    processor.save_pretrained(tmp_path)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    segments = pipeline("image-segmentation", model=str(tmp_path))(image)
+    with torch.no_grad():
+        outputs = plus_model(**processor(image, return_tensors="pt"))
+    labels = processor.post_process_semantic_segmentation(outputs, target_sizes=[(40, 50)])[0].numpy()
+    present = np.unique(labels)
+    assert len(present) > 1 and len(segments) == len(present)
+    names = plus_model.config.id2label
+    for segment, label in zip(segments, present):
+        assert segment["label"] == names[int(label)]
+        assert np.array_equal(np.array(segment["mask"]) > 0, labels == label)
 
 
 @pytest.mark.parametrize("registers", [False, True])
