@@ -5,7 +5,7 @@ import torch
 from conftest import make_tiny_config
 
 from weclip_hf import WeCLIPForSemanticSegmentation
-from weclip_hf.clip_layers import _fusable_mlp, clip_layer, clip_mlp, eager_clip_layer
+from weclip_hf.clip_layers import _fusable_mlp, clip_layer, clip_mlp, eager_clip_layer, quick_gelu_mlp
 
 
 def _layer(hidden_act: str = "quick_gelu", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
@@ -77,3 +77,82 @@ def test_hooks_and_wrappers_run_the_modules_themselves():
     assert not _fusable_mlp(layer.mlp)
     with torch.no_grad():
         torch.testing.assert_close(clip_layer(layer, x), layer(x, None))
+
+
+def test_pre_hooks_subclasses_and_unbiased_linears_run_the_modules_themselves():
+    """A forward pre-hook fires too; a subclass of nn.Linear or of QuickGELUActivation (its own forward) and a Linear
+    without bias are not fused (the fused path applied their parameters as a plain biased Linear's, or failed on
+    the missing bias). Checking forward hooks only, isinstance for the type, or no bias check passed every test."""
+    from transformers.activations import QuickGELUActivation
+
+    layer = _layer()
+    x = _tokens()
+    fired = []
+    for module in (layer, layer.mlp.fc1):
+        handle = module.register_forward_pre_hook(lambda *args: fired.append(1))
+        with torch.no_grad():
+            clip_layer(layer, x)
+        handle.remove()
+    assert fired == [1, 1]
+
+    class DoubledLinear(torch.nn.Linear):  # a subclass with its own forward (an adapter's shape)
+        def forward(self, h):
+            return 2 * super().forward(h)
+
+    class SteeperQuickGELU(QuickGELUActivation):
+        def forward(self, h):
+            return h * torch.sigmoid(2.0 * h)
+
+    def doubled(linear: torch.nn.Linear) -> torch.nn.Linear:
+        copy = DoubledLinear(linear.in_features, linear.out_features)
+        copy.load_state_dict(linear.state_dict())
+        return copy
+
+    def unbiased(linear: torch.nn.Linear) -> torch.nn.Linear:
+        copy = torch.nn.Linear(linear.in_features, linear.out_features, bias=False)
+        copy.weight.data.copy_(linear.weight)
+        return copy
+
+    for name, change in (
+        ("fc1", doubled),
+        ("fc2", unbiased),
+        ("activation_fn", lambda _: SteeperQuickGELU()),
+    ):
+        layer = _layer()
+        setattr(layer.mlp, name, change(getattr(layer.mlp, name)))
+        assert not _fusable_mlp(layer.mlp), name
+        with torch.no_grad():
+            torch.testing.assert_close(clip_layer(layer, x), layer(x, None), rtol=0, atol=1e-6, msg=name)
+
+
+def test_quick_gelu_mlp_of_wrapped_linears_is_quick_gelu():
+    """`quick_gelu_mlp` with Linears that are not plain (the decoder's blocks under an adapter) runs them as modules
+    with quick_gelu(z) = z * sigmoid(1.702 z) written out (a plain sigmoid passed every test)."""
+    from transformers.activations import QuickGELUActivation
+
+    layer = _layer()
+    h = _tokens()
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, base):
+            super().__init__()
+            self.base = base
+
+        def forward(self, h):
+            return self.base(h)
+
+    with torch.no_grad():
+        ours = quick_gelu_mlp(Wrapped(layer.mlp.fc1), Wrapped(layer.mlp.fc2), h)
+        expected = layer.mlp.fc2(QuickGELUActivation()(layer.mlp.fc1(h)))
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
+
+
+def test_attention_probabilities_are_float32_for_bfloat16_weights():
+    """The attention maps feed normalisations: float32 whatever the weights' dtype, as the docstring says (a softmax
+    in the weights' dtype passed every test: only float32 layers were tried)."""
+    layer = _layer(dtype=torch.bfloat16)
+    x = _tokens(torch.bfloat16)
+    with torch.no_grad():
+        out, probs = eager_clip_layer(layer, x)
+    assert out.dtype == torch.bfloat16 and probs.dtype == torch.float32
+    torch.testing.assert_close(probs.sum(-1), torch.ones(*probs.shape[:-1]))
