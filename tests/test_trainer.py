@@ -631,6 +631,22 @@ def test_train_with_trainer_records_how_its_run_computed_and_warns_a_resume_that
     assert printed("--torch_compile") == ""
 
 
+def test_trajectory_arguments_record_the_number_of_processes_and_leave_the_free_arguments_out(tmp_path):
+    """`trajectory_arguments`, which a resume of examples/train_with_trainer.py compares: the `TRAJECTORY_ARGUMENTS`
+    and the number of processes (the global batch is per_device_train_batch_size x world_size: a checkpoint of a
+    two-process run resumed on one draws other batches); how often the run logs is free. Without world_size every
+    test passed."""
+    from weclip_hf.trainer import TRAJECTORY_ARGUMENTS, trajectory_arguments
+
+    args = TrainingArguments(
+        tmp_path, use_cpu=True, report_to="none", logging_steps=3, per_device_train_batch_size=2, seed=4
+    )
+    recorded = trajectory_arguments(args)
+    assert recorded["world_size"] == args.world_size == 1
+    assert recorded["per_device_train_batch_size"] == 2 and recorded["seed"] == 4
+    assert set(recorded) == {*(name for name in TRAJECTORY_ARGUMENTS if name in args.to_dict()), "world_size"}
+
+
 def test_trainer_computation_is_what_the_trainer_computes_with(tmp_path):
     """`trainer_computation` records the torch.compile that `Trainer` runs: with no backend given, the one
     `TrainingArguments` picks (inductor on a CPU or GPU); with no mode given, accelerate's "default", which is
@@ -799,15 +815,17 @@ def weclip_trainer(model, output_dir, **arguments):
     )
 
 
-def test_weclip_trainer_resumes_exactly_in_the_middle_of_a_later_epoch(tmp_path):
+@pytest.mark.parametrize("step", [4, 5])
+def test_weclip_trainer_resumes_exactly_in_the_middle_of_a_later_epoch(tmp_path, step):
     """12 images in batches of 4: epoch 1 is steps 4-6. Resumed from step 4 the run drew epoch 0's crops (the
-    skipping loader does not set the training set's epoch) and ended with other weights."""
-    arguments = dict(max_steps=5, save_steps=4, max_grad_norm=0.0, seed=0)
+    skipping loader does not set the training set's epoch) and ended with other weights. Resumed from step 5 (epoch
+    1.67 done) the set's epoch is the one begun, 1, not the nearest (rounding gave 2: that epoch's crops)."""
+    arguments = dict(max_steps=6, save_steps=step, max_grad_norm=0.0, seed=0)
     whole = toy_model()
     weclip_trainer(whole, tmp_path / "whole", **arguments).train()
     resumed = toy_model()
     weclip_trainer(resumed, tmp_path / "whole", **arguments).train(
-        resume_from_checkpoint=str(tmp_path / "whole" / "checkpoint-4")
+        resume_from_checkpoint=str(tmp_path / "whole" / f"checkpoint-{step}")
     )
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
@@ -978,6 +996,9 @@ def test_weclip_trainer_is_exported_lazily():
 def test_weclip_trainer_refuses_unknown_evaluation_modes_at_once(tmp_path):
     with pytest.raises(ValueError, match=r"eval_modes \['bogus'\]: choose one or more of"):
         weclip_trainer(toy_model(), tmp_path, max_steps=1, eval_modes=("bogus",))
+    # none at all: an evaluation that scores nothing (its figures only the speed metrics)
+    with pytest.raises(ValueError, match=r"eval_modes \[\]: choose one or more of"):
+        weclip_trainer(toy_model(), tmp_path, max_steps=1, eval_modes=())
 
 
 def test_weclip_trainer_keeps_a_given_optimizer_class_or_optimizer_with_trainers_schedule(tmp_path):
@@ -1087,6 +1108,71 @@ def test_weclip_trainer_refuses_a_config_its_checkpoints_could_not_save(tmp_path
     model.config.decoder_num_heads = 7
     with pytest.raises(ValueError, match=r"not saved: decoder_hidden_size \(\d+\) must be divisible"):
         weclip_trainer(model, tmp_path)
+
+
+def test_weclip_trainer_evaluates_within_train_in_the_runs_precision_with_bf16_full_eval(tmp_path):
+    """bf16_full_eval casts the model only for an evaluation outside train(), as `Trainer` does: within train() the
+    run's mixed precision applies, and the training goes on in float32 (casting there, every test passed)."""
+    model = toy_model()
+    trainer = weclip_trainer(
+        model,
+        tmp_path,
+        max_steps=2,
+        eval_strategy="steps",
+        eval_steps=1,
+        eval_modes=("pred",),
+        bf16_full_eval=True,
+        eval_dataset=toy_evaluation_set(1),
+    )
+    trainer.train()
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_weclip_trainer_card_leaves_out_the_figures_that_scored_nothing(tmp_path):
+    """An evaluation that scored no pixel of a mode logs NaN (so that metric_for_best_model compares), and the card
+    reports the finite figures only, as its docstring says (without the check it claimed an mIoU of nan)."""
+    from huggingface_hub import ModelCard
+
+    trainer = weclip_trainer(toy_model(), tmp_path, max_steps=1)
+    trainer.state.log_history = [{"eval_miou": math.nan, "eval_pseudo_label_miou": 0.25, "step": 1}]
+    trainer.create_model_card()
+    card = ModelCard.load(tmp_path / "README.md")
+    assert not card.data.eval_results and "| miou |" not in card.text
+    assert "| pseudo_label_miou | 0.2500 |" in card.text
+
+
+def test_weclip_trainer_card_reports_the_best_models_evaluation_and_the_license_given(tmp_path):
+    """With load_best_model_at_end the model is the best checkpoint's, and so are the card's figures (the last
+    evaluation's passed every test); a license given is the card's (always "mit" passed)."""
+    from huggingface_hub import ModelCard
+
+    steps = dict(eval_strategy="steps", save_strategy="steps", eval_steps=1, save_steps=1)
+    trainer = weclip_trainer(
+        toy_model(),
+        tmp_path,
+        max_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="miou",
+        eval_dataset=toy_evaluation_set(1),
+        **steps,
+    )
+    trainer.state.log_history = [{"eval_miou": 0.5, "step": 1}, {"eval_miou": 0.25, "step": 2}]
+    trainer.state.best_model_checkpoint = str(tmp_path / "checkpoint-1")
+    trainer.create_model_card(license="apache-2.0")
+    card = ModelCard.load(tmp_path / "README.md")
+    (result,) = card.data.eval_results
+    assert result.metric_value == 0.5 and card.data.license == "apache-2.0"
+
+
+def test_weclip_trainer_evaluation_speed_counts_the_images_and_batches(tmp_path):
+    """`Trainer`'s speed metrics of an evaluation: 3 images in batches of 2 are 3 samples and 2 steps (counting
+    the batches as samples passed every test)."""
+    trainer = weclip_trainer(
+        toy_model(), tmp_path, max_steps=1, eval_modes=("pred",), per_device_eval_batch_size=2
+    )
+    metrics = trainer.evaluate(toy_evaluation_set(3))
+    assert metrics["eval_samples_per_second"] * metrics["eval_runtime"] == pytest.approx(3, rel=0.05)
+    assert metrics["eval_steps_per_second"] * metrics["eval_runtime"] == pytest.approx(2, rel=0.05)
 
 
 def test_weclip_trainer_full_bf16_evaluation_with_memory_metrics(tmp_path):
