@@ -84,6 +84,10 @@ def test_tiles_world_options():
     assert {len(present) for present in tiles["labels"]} == {0, 1}
     with pytest.raises(ValueError, match="num_objects_probs"):
         generate_toy_world(2, num_objects_probs=(0.5, 0.2))
+    # more objects than the 8 classes (each object is of another class): refused naming the argument (without the
+    # check, numpy's "Cannot take a larger sample than population")
+    with pytest.raises(ValueError, match=r"num_objects_probs must be probabilities of 0\.\.K objects"):
+        generate_toy_world(1, num_objects_probs=(0.0,) * 9 + (1.0,))
 
 
 def test_colour_does_not_determine_class(world):
@@ -183,6 +187,25 @@ def test_render_workers_default(monkeypatch):
     for bad in (0, 2.5):
         with pytest.raises(ValueError, match="workers must be an int >= 1"):
             generate_toy_world(3, workers=bad)
+
+
+def test_render_workers_start_at_512_images_and_are_at_most_8(monkeypatch):
+    """The documented bounds of the default (BENCHMARKS.md): this process below 512 images, from 512 the cores
+    available, at most 8 (a threshold of 256, or no cap, passed: the machines the tests ran on had 8 CPUs or fewer)."""
+    monkeypatch.setattr(toy, "_can_fork", lambda: True)
+    monkeypatch.setattr(toy, "cores_per_local_process", lambda: 32)
+    assert (render_workers(511), render_workers(512), render_workers(4000)) == (1, 8, 8)
+    monkeypatch.setattr(toy, "cores_per_local_process", lambda: 3)
+    assert render_workers(512) == 3
+
+
+def test_a_world_of_no_images_is_empty():
+    """num_images is a non-negative int: 0 gives an empty world of the right shapes (refusing 0 passed)."""
+    world = generate_toy_world(0)
+    assert world["images"].shape == (0, 96, 96, 3) and world["masks"].shape == (0, 96, 96)
+    assert world["labels"] == [] and len(make_toy_dataset(0)) == 0
+    with pytest.raises(ValueError, match="num_images must be a non-negative int, got -1"):
+        generate_toy_world(-1)
 
 
 @pytest.mark.parametrize("kind", TOY_CLASS_TEXTURES)
@@ -414,3 +437,13 @@ def test_toy_baselines_score_the_predictions_they_name():
         assert toy.toy_baselines(masks[index : index + 1], first, num_labels)[name] == 1.0
     scores = toy.toy_baselines(masks, np.array([0, 2, 3]), num_labels)
     assert scores["all_background"] < 1.0 and scores["centred_disk_first_class"] < 1.0
+    # an image without objects (first class 0): every prediction is all background (taking class 1 there passed)
+    assert set(toy.toy_baselines(masks[:1], np.array([0]), num_labels).values()) == {1.0}
+
+
+def test_toy_classes_are_checked_in_their_order():
+    """A model of the toy classes in another order is refused: the masks' ids would count as other classes (a
+    comparison of the names as a set passed)."""
+    toy.check_toy_classes(list(toy.TOY_CLASS_NAMES), "model")
+    with pytest.raises(ValueError, match="segments other classes"):
+        toy.check_toy_classes(list(reversed(toy.TOY_CLASS_NAMES)), "model")
