@@ -383,6 +383,40 @@ def test_unexpected_clip_key_is_named(official):
         official_to_hf_clip(broken)
 
 
+def test_a_clip_without_one_of_its_towers_is_named(official):
+    """A CLIP lacking its whole text transformer names its first block as missing (no block of a stem is counted
+    as none missing otherwise); one without an image tower under encoder. is no CLIP image tower at all, even
+    where its text tower is there."""
+    no_text_blocks = {k: v for k, v in official.items() if not k.startswith("encoder.transformer.resblocks.")}
+    with pytest.raises(ValueError, match=r"Missing CLIP keys.*encoder\.transformer\.resblocks\.0\.\*"):
+        official_to_hf_clip(no_text_blocks)
+    no_image_tower = {k: v for k, v in official.items() if not k.startswith("encoder.visual.")}
+    with pytest.raises(ValueError, match="No CLIP image tower found"):
+        official_to_hf_clip(no_image_tower)
+
+
+def test_position_ids_are_no_weights_of_the_official_clip(official):
+    """transformers' older CLIP state dicts hold ``*.embeddings.position_ids`` buffers: the official layout has no
+    such tensor, so `hf_to_official_clip` leaves them out rather than refusing them as unknown."""
+    vision, text, proj, _ = official_to_hf_clip(official)
+    ids = {
+        f"{tower}.embeddings.position_ids": torch.arange(4)[None] for tower in ("vision_model", "text_model")
+    }
+    back = hf_to_official_clip({**vision, **text, **proj, **ids}, prefix="encoder.")
+    assert back.keys() == {k for k in official if k.startswith("encoder.")}
+
+
+def test_clip_sizes_refuse_a_position_embedding_of_no_square_grid(official):
+    """The image size is the patch times the side of the square position grid: 1 + a non-square row count has
+    none, and is refused naming the tensor."""
+    from weclip_hf.conversion import infer_clip_configs
+
+    rows = official["encoder.visual.positional_embedding"]
+    wrong = {**official, "encoder.visual.positional_embedding": torch.cat([rows, rows[:1]])}
+    with pytest.raises(ValueError, match=r"encoder\.visual\.positional_embedding has 18 rows"):
+        infer_clip_configs(wrong)
+
+
 # ---- key tables ------------------------------------------------------------------------------------
 
 
@@ -420,6 +454,34 @@ def test_a_new_layout_is_a_new_key_table():
         table.to_ours({"blocks.0.attn.qkv.weight": torch.zeros(10, 4)})
     with pytest.raises(ValueError, match="placeholders"):
         Rename("blocks.{i}.norm.{p}", "layer.norm.{p}")  # the block index would be lost
+    # to_ours splits a packed tensor along dim 0 and never transposes it: such a rule is refused, not ignored
+    with pytest.raises(ValueError, match="packed tensor cannot also be transposed"):
+        Rename("blocks.{i}.qkv", tuple(f"layer.{{i}}.{x}" for x in "qkv"), transpose=True)
+
+
+def test_a_name_that_only_begins_with_a_known_one_is_an_unknown_key(official):
+    """A rule's name is the whole key: ``ln_final.weight_ema`` or ``visual.proj_old`` is not ``ln_final.weight`` /
+    ``visual.proj`` (it would be loaded in their place), but a key no rule maps, named."""
+    from weclip_hf.conversion import CLIP_KEYS
+
+    assert CLIP_KEYS.owns_official("ln_final.weight") and not CLIP_KEYS.owns_official("ln_final.weight_ema")
+    assert not CLIP_KEYS.owns_official("visual.proj_old")
+    for extra in ("encoder.visual.proj_old", "encoder.ln_final.weight_ema"):
+        with pytest.raises(ValueError, match=re.escape(extra)):
+            official_to_hf_clip({**official, extra: torch.zeros(1)})
+
+
+def test_block_counts_are_one_more_than_the_largest_index_in_any_key_order(official):
+    """`KeyTable.block_counts` is 1 + the largest block index whatever the order of the keys (a safetensors file
+    lists them sorted as text, block 11 before block 2), so that a missing key of a late block is named."""
+    from weclip_hf.conversion import CLIP_KEYS
+
+    sorted_as_text = sorted(f"visual.transformer.resblocks.{i}.ln_1.weight" for i in range(12))
+    assert CLIP_KEYS.block_counts(sorted_as_text) == {"visual.transformer.resblocks.": 12}
+    key = "encoder.visual.transformer.resblocks.4.ln_2.bias"
+    reordered = {k: official[k] for k in reversed(official) if k != key}
+    with pytest.raises(ValueError, match=r"Missing CLIP keys.*" + re.escape(key)):
+        official_to_hf_clip(reordered)
 
 
 # ---- whole model -------------------------------------------------------------------------------------
@@ -493,6 +555,28 @@ def test_par_kernel_must_be_the_constant(official, tiny_official_config):
     broken = {**official, "par.kernel": torch.ones(8, 1, 3, 3)}
     with pytest.raises(ValueError, match=r"par\.kernel"):
         official_to_weclip(broken, tiny_official_config)
+
+
+def test_the_par_kernel_is_each_neighbour_in_the_official_order(official, tiny_official_config):
+    """``par.kernel`` must be the official constant itself: the same 8 one-hot kernels in another order are not
+    what the official code writes."""
+    from weclip_hf.conversion import check_par_kernel
+
+    kernel = official["par.kernel"]
+    check_par_kernel(kernel)
+    with pytest.raises(ValueError, match=r"par\.kernel is not the 8 one-hot"):
+        check_par_kernel(kernel[[1, 0, *range(2, 8)]])
+
+
+def test_a_decoder_fusing_fewer_clip_layers_converts_with_that_count(official):
+    """``num_feature_layers`` is read from the decoder's ``linears_modulelist``: one fusing 3 of the 6 blocks'
+    outputs gets 3 (only all blocks but the last is the config's default, None), and converts."""
+    three = make_official_state_dict(feature_layers=3)
+    config = infer_config_from_official(three, "voc", decoder_num_heads=4)
+    assert config.num_feature_layers == 3
+    assert infer_config_from_official(official, "voc", decoder_num_heads=4).num_feature_layers == 5
+    ours, _ = official_to_weclip(three, config)
+    assert "decoder.layer_mlps.2.fc1.weight" in ours and "decoder.layer_mlps.3.fc1.weight" not in ours
 
 
 def test_real_vit_b16_sizes_on_meta_device():
@@ -633,6 +717,10 @@ def test_load_plain_checkpoint_and_wrappers(tmp_path, official):
     torch.save({"a": torch.zeros(1), "step": 3}, tmp_path / "mixed.pth")
     with pytest.raises(ValueError, match="step"):
         load_official_checkpoint(tmp_path / "mixed.pth")
+    # a DDP prefix is one on every key: a state dict with some keys under module. keeps its names (no key
+    # loses its first seven characters)
+    torch.save({"module.a": torch.zeros(1), "decoder.b": torch.zeros(1)}, tmp_path / "some.pth")
+    assert load_official_checkpoint(tmp_path / "some.pth").keys() == {"module.a", "decoder.b"}
 
 
 class _Tree(nn.Module):
@@ -1050,6 +1138,7 @@ TOY_CLIP = REPO / "weclip_hf" / "toy_clip"  # a 3-layer CLIP of width 128, patch
         ({}, True, "layers 6 vs 3"),  # TINY: 6 layers, width 128, patch 8
         (dict(vision_width=64, patch=16), True, "layers 6 vs 3; width 64 vs 128; patch size 16 vs 8"),
         ({}, False, "layers: at least 6 (it fuses 5) vs 3"),
+        (dict(vision_layers=4), False, "layers: at least 4 (it fuses 3) vs 3"),  # fusing every layer
         (dict(vision_width=64, vision_layers=3), False, "width 64 vs 128"),
     ],
 )
@@ -1413,6 +1502,30 @@ def test_broken_weclip_plus_checkpoints_are_named(official_plus, plus_config):
         official_to_weclip(extra, plus_config)
 
 
+def test_the_dino_key_tables_name_every_key_they_cannot_map(official_plus, plus_config):
+    """`official_to_dino` and `dino_to_official`, on their own, name an unknown key of the backbone and of the
+    head (not only the whole conversion, which also checks every key against the config)."""
+    from weclip_hf.conversion import dino_to_official, official_to_dino
+
+    for key in ("dino_encoder.blocks.0.mlp.w12.weight", "dino_decoder_fts_fuse.linear_extra.weight"):
+        with pytest.raises(ValueError, match=r"Unknown DINO keys.*" + re.escape(key)):
+            official_to_dino({**official_plus, key: torch.zeros(2)})
+    ours, _ = official_to_weclip(official_plus, plus_config)
+    for key in ("dino_branch.backbone.encoder.layer.0.extra.weight", "dino_branch.head.extra.weight"):
+        with pytest.raises(ValueError, match=r"Unknown DINO keys.*" + re.escape(key)):
+            dino_to_official({**ours, key: torch.zeros(2)})
+
+
+def test_a_dino_head_alone_makes_a_weclip_plus_checkpoint(official):
+    """A DINO branch is ``dino_encoder.*`` or ``dino_decoder_fts_fuse.*``: a checkpoint with the head alone is a
+    WeCLIP+ one (refused by a WeCLIP preset as such), not a WeCLIP one with stray keys."""
+    from weclip_hf.conversion.config_inference import check_checkpoint_method
+
+    head_only = {**official, "dino_decoder_fts_fuse.linear_fuse.weight": torch.zeros(2)}
+    with pytest.raises(ValueError, match=r"official WeCLIP\+ checkpoint, but preset 'voc' builds WeCLIP\."):
+        check_checkpoint_method(head_only, "weclip", "preset 'voc'")
+
+
 def test_hostile_weclip_plus_files_are_refused(tmp_path, official_plus):
     """The WeCLIP+ conversion reads its file with the same safe loader: code is never run, sizes are checked."""
     from test_convert_hostile import _declare_size
@@ -1553,6 +1666,27 @@ def test_the_report_breaks_down_by_dtype_the_tensors_it_counts_and_names_the_dro
         summary = report.summary()
         assert summary.startswith(f"{counted} official tensors (") and f"Ignored: {dropped} (" in summary
     assert f"instead of the checkpoint's {len(_clip_only(official))} CLIP tensors" in summary
+
+
+def test_merging_reports_adds_every_list():
+    """`ConversionReport.merge` adds the other report's keys: its replaced CLIP tensors and CLIP keys after this
+    one's, its computed keys to this one's."""
+    from weclip_hf.conversion import ConversionReport
+
+    report = ConversionReport(replaced=["encoder.a"], clip_keys=["x"], computed=["class_text_embeds"])
+    other = ConversionReport(replaced=["encoder.b"], clip_keys=["y"], computed=["background_text_embeds"])
+    report.merge(other)
+    assert (report.replaced, report.clip_keys) == (["encoder.a", "encoder.b"], ["x", "y"])
+    assert report.computed == ["background_text_embeds", "class_text_embeds"]
+
+
+def test_a_checkpoint_converts_with_its_own_preset_which_the_model_records(official_plus):
+    """Without a preset a WeCLIP+ checkpoint converts with its own (`official_preset`: 'voc-plus'), which the report
+    names and the config records as the preset it was trained with (whose evaluation settings it follows)."""
+    model = convert_official_checkpoint(
+        dict(official_plus), tokenizer=FakeCLIPTokenizer(TINY["vocab"]), **PLUS_KWARGS
+    )
+    assert model.conversion_report.preset == model.config.training_preset == "voc-plus"
 
 
 def test_training_checkpoint_entries_beside_the_weights(tmp_path, official, caplog):
