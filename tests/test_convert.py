@@ -1516,6 +1516,20 @@ def test_the_dino_key_tables_name_every_key_they_cannot_map(official_plus, plus_
             dino_to_official({**ours, key: torch.zeros(2)})
 
 
+def test_a_dinov2_mlp_ratio_that_is_no_whole_number_is_named():
+    """transformers' DINOv2 takes a whole MLP ratio (``Dinov2Config.mlp_ratio: int``): fc1's 60 rows over a width of
+    24 (2.5) are refused naming the tensor and its sizes; a float ratio was refused by the config's own validation,
+    naming neither."""
+    from weclip_hf.conversion import infer_dino_config
+
+    shapes = official_dino_shapes(24, 1, 8, 4)
+    shapes["dino_encoder.blocks.0.mlp.fc1.weight"] = (60, 24)
+    with pytest.raises(ValueError, match=r"dino_encoder\.blocks\.0\.mlp\.fc1\.weight has 60 rows.*width 24"):
+        infer_dino_config({k: torch.empty(s, device="meta") for k, s in shapes.items()})
+    shapes["dino_encoder.blocks.0.mlp.fc1.weight"] = (72, 24)
+    assert infer_dino_config({k: torch.empty(s, device="meta") for k, s in shapes.items()}).mlp_ratio == 3
+
+
 def test_a_dino_head_alone_makes_a_weclip_plus_checkpoint(official):
     """A DINO branch is ``dino_encoder.*`` or ``dino_decoder_fts_fuse.*``: a checkpoint with the head alone is a
     WeCLIP+ one (refused by a WeCLIP preset as such), not a WeCLIP one with stray keys."""

@@ -162,6 +162,10 @@ def infer_dino_config(
     Width, depth, MLP ratio, patch size, position grid (the image size) and register tokens come from the shapes;
     heads, which shapes cannot tell, are ``width // 64`` (as in all six official variants) unless given; LayerNorm
     eps 1e-6 and LayerScale as the hub models.
+
+    Raises:
+        ValueError: naming the missing keys, a position embedding of no square grid, or an MLP whose width is no
+            whole multiple of the model's (transformers' DINOv2 takes a whole ``mlp_ratio``).
     """
     p = DINO_PREFIX
     need = [
@@ -174,12 +178,19 @@ def infer_dino_config(
     grid = round(positions**0.5)
     if grid * grid != positions:
         raise ValueError(f"{p}pos_embed has {positions + 1} rows, not 1 + a square number of patches.")
-    hidden = int(state_dict[f"{p}{DINO_BLOCKS}0.mlp.fc1.weight"].shape[0])
+    fc1 = f"{p}{DINO_BLOCKS}0.mlp.fc1.weight"
+    hidden = int(state_dict[fc1].shape[0])
+    # transformers' DINOv2 builds its MLP from a whole ratio (Dinov2Config.mlp_ratio: int)
+    if hidden % width:
+        raise ValueError(
+            f"{fc1} has {hidden} rows, not a whole multiple of the width {width}: transformers' DINOv2 takes a "
+            "whole MLP ratio (Dinov2Config.mlp_ratio), so this DINOv2 cannot be converted."
+        )
     kwargs = dict(
         hidden_size=width,
         num_hidden_layers=_count_blocks(list(state_dict), p + DINO_BLOCKS),
         num_attention_heads=num_attention_heads or max(1, width // 64),
-        mlp_ratio=hidden // width if hidden % width == 0 else hidden / width,
+        mlp_ratio=hidden // width,
         patch_size=patch,
         image_size=patch * grid,
         layerscale_value=1.0,
