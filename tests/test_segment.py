@@ -1196,6 +1196,46 @@ def test_decoding_workers_default_to_two_on_an_accelerator_and_none_on_the_cpu()
     assert decoding_workers(3, "cpu") == 3 and decoding_workers(0, "cuda") == 0  # --num_workers wins
 
 
+def test_process_shares_cover_every_input_once_and_refuse_a_rank_outside_the_run():
+    """`process_share`: ranks 0..world_size - 1 take every input once between them; a rank of world_size or more
+    (a process counted from 1) is refused, as its share would leave rank 0's inputs undone."""
+    from weclip_hf.batch_jobs import process_share
+
+    shares = [list(process_share(7, rank, 3)) for rank in range(3)]
+    assert sorted(sum(shares, [])) == list(range(7)) and shares[1] == [1, 4]
+    for rank in (3, -1):
+        with pytest.raises(ValueError, match=rf"rank must be in 0\.\.world_size - 1 = 2, got {rank}"):
+            process_share(7, rank, 3)
+
+
+def test_inputs_are_grouped_by_their_whole_shape_in_order_of_appearance():
+    """`group_by_size`: one group per shape (one forward each: a group is stacked), not per width alone."""
+    import torch
+
+    from weclip_hf.batch_jobs import group_by_size
+
+    items = [
+        {"pixel_values": torch.zeros(3, h, w), "n": n}
+        for n, (h, w) in enumerate([(4, 6), (5, 6), (4, 6), (4, 8)])
+    ]
+    assert [[item["n"] for item in group] for group in group_by_size(items)] == [[0, 2], [1], [3]]
+
+
+def test_recorded_inputs_split_into_done_and_to_redo_with_the_unreadable_among_those_to_redo(tmp_path):
+    """`check_recorded_inputs` with --overwrite_output_dir: an output of the same input is done; one of another
+    input, without a record, or whose input cannot be read now is among the others, whose records the caller drops
+    (an unreadable input's output left in place would stay in the folder as its result)."""
+    from weclip_hf.batch_jobs import check_recorded_inputs
+
+    def record(content):
+        return {"source": f"{content}.png", "input": {"size": 1, "sha256": content}}
+
+    recorded = {"same": record("a"), "other": record("b"), "none": None, "gone": record("c")}
+    now = {"same": record("a"), "other": record("x"), "none": record("y"), "gone": None}
+    done, redo = check_recorded_inputs(tmp_path, recorded, now.get, overwrite=True)
+    assert (done, redo) == ({"same"}, {"other", "none", "gone"})
+
+
 def test_a_run_where_no_input_could_be_read_exits_with_an_error(run, toy_weclip_dir, tmp_path):
     """segment.py exited 0 when every input was unreadable ("0 label maps ... 1 inputs skipped")."""
     broken = tmp_path / "broken.png"
