@@ -74,6 +74,10 @@ def parse_error(parse, argv, capsys) -> str:
         (["--num_threads", "0"], "argument --num_threads: must be >= 1, got 0"),
         (["--eval_long_side", "0"], "argument --eval_long_side: must be >= 1, got 0"),
         (["--num_workers", "-1"], "argument --num_workers: must be >= 0, got -1"),
+        (  # a fraction strictly below 1: all the rows held out leave no training split
+            ["--train_val_split", "1"],
+            "argument --train_val_split: must be a fraction between 0 and 1 (e.g. 0.15), got 1",
+        ),
         (["--scale_min", "2", "--scale_max", "1"], "--scale_min 2.0 is larger than --scale_max 1.0"),
         (
             ["--data_dir", "x", "--dataset_path", "y"],
@@ -105,6 +109,18 @@ def test_generate_pseudo_labels_takes_one_data_source(capsys):
     argv = ["--output_dir", "o", "--data_dir", "x", "--dataset_path", "y"]
     message = parse_error(generate_pseudo_labels.parse_args, argv, capsys)
     assert "argument --dataset_path: not allowed with argument --data_dir" in message
+
+
+def test_two_data_sources_from_dataclass_flags_are_refused(capsys):
+    """`check_one_data_source` (train_with_trainer.py, whose flags come from a dataclass) refuses two of the
+    data-source flags as argparse's exclusive group does, naming both."""
+    from weclip_hf.script_arguments import check_one_data_source
+
+    parser = argparse.ArgumentParser()
+    check_one_data_source(parser, argparse.Namespace(dataset_name="x", data_dir=None, dataset_path=None))
+    with pytest.raises(SystemExit):
+        check_one_data_source(parser, argparse.Namespace(dataset_name="x", data_dir="y", dataset_path=None))
+    assert "--dataset_name and --data_dir each name a dataset: give one of them." in capsys.readouterr().err
 
 
 def test_checkpointing_steps_is_a_number_of_steps_or_zero_for_never():
