@@ -1236,6 +1236,21 @@ def test_recorded_inputs_split_into_done_and_to_redo_with_the_unreadable_among_t
     assert (done, redo) == ({"same"}, {"other", "none", "gone"})
 
 
+def test_skipped_inputs_leave_out_those_a_later_run_did(tmp_path):
+    """`read_skipped`: this run's processes' lists, once each and sorted, without the inputs now done (an input
+    fixed and processed by a later run); another process count's stale list is removed."""
+    from weclip_hf.batch_jobs import STATE_DIR, read_skipped, write_skipped
+
+    write_skipped(
+        tmp_path, 0, [{"input": "b.png", "reason": "cut short"}, {"input": "a.png", "reason": "empty"}]
+    )
+    write_skipped(tmp_path, 1, [{"input": "c.png", "reason": "a broken link"}])
+    write_skipped(tmp_path, 2, [{"input": "d.png", "reason": "of an earlier run of 3 processes"}])
+    skipped = read_skipped(tmp_path, 2, done=lambda name: name == "b.png")
+    assert [entry["input"] for entry in skipped] == ["a.png", "c.png"]
+    assert not (tmp_path / STATE_DIR / "skipped-2.json").exists()
+
+
 def test_a_run_where_no_input_could_be_read_exits_with_an_error(run, toy_weclip_dir, tmp_path):
     """segment.py exited 0 when every input was unreadable ("0 label maps ... 1 inputs skipped")."""
     broken = tmp_path / "broken.png"
