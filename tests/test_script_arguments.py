@@ -123,6 +123,33 @@ def test_two_data_sources_from_dataclass_flags_are_refused(capsys):
     assert "--dataset_name and --data_dir each name a dataset: give one of them." in capsys.readouterr().err
 
 
+def test_what_a_saved_config_says_of_the_preset(tmp_path, capsys):
+    """A saved config read for ``--model_name_or_path`` is read again for another folder (the cache is of one
+    source); a recorded ``training_preset`` no preset has is none; the toy preset fits a saved model of either
+    type, a dataset preset only one of its own type."""
+    from weclip_hf.script_arguments import check_preset_fits_model, saved_config, saved_training_preset
+
+    folders = {}
+    for model_type, preset in (("weclip", "my-own"), ("weclip_plus", "voc-plus")):
+        folders[model_type] = tmp_path / model_type
+        folders[model_type].mkdir()
+        config = {"model_type": model_type, "training_preset": preset}
+        (folders[model_type] / "config.json").write_text(json.dumps(config))
+    args = argparse.Namespace(model_name_or_path=str(folders["weclip"]), preset=None)
+    assert saved_config(args)["model_type"] == "weclip" and saved_training_preset(args) is None
+    args.model_name_or_path = str(folders["weclip_plus"])
+    assert saved_config(args)["model_type"] == "weclip_plus" and saved_training_preset(args) == "voc-plus"
+    parser = argparse.ArgumentParser()
+    check_preset_fits_model(
+        parser, argparse.Namespace(model_name_or_path=str(folders["weclip_plus"]), preset="toy")
+    )
+    with pytest.raises(SystemExit):
+        check_preset_fits_model(
+            parser, argparse.Namespace(model_name_or_path=str(folders["weclip_plus"]), preset="voc")
+        )
+    assert "is a WeCLIP+ model, but --preset voc is a WeCLIP preset" in capsys.readouterr().err
+
+
 def test_checkpointing_steps_is_a_number_of_steps_or_zero_for_never():
     assert train.parse_args(["--checkpointing_steps", "0"]).checkpointing_steps == 0
     assert train.parse_args(["--checkpointing_steps", "7"]).checkpointing_steps == 7
