@@ -1251,6 +1251,20 @@ def test_skipped_inputs_leave_out_those_a_later_run_did(tmp_path):
     assert not (tmp_path / STATE_DIR / "skipped-2.json").exists()
 
 
+def test_a_label_map_cut_short_is_not_whole(tmp_path):
+    """`is_whole_image` reads the file to its end (PIL's verify): a PNG cut short after its header (a power loss
+    after the rename) is not whole, so a re-run redoes it."""
+    from PIL import Image
+
+    from weclip_hf.batch_jobs import is_whole_image, save_image
+
+    path = save_image(Image.fromarray(np.arange(64 * 64, dtype=np.uint8).reshape(64, 64)), tmp_path / "a.png")
+    assert is_whole_image(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert not is_whole_image(path)
+
+
 def test_a_run_where_no_input_could_be_read_exits_with_an_error(run, toy_weclip_dir, tmp_path):
     """segment.py exited 0 when every input was unreadable ("0 label maps ... 1 inputs skipped")."""
     broken = tmp_path / "broken.png"
