@@ -335,6 +335,12 @@ def test_model_folder_checks(tmp_path):
     with pytest.raises(ValueError, match="is a training checkpoint.*Give the run's --output_dir"):
         check_model_argument(str(checkpoint))
     check_model_argument("openai/clip-vit-base-patch16")  # a Hub id passes
+    weights = tmp_path / "model.safetensors"  # a file is no folder, nor a Hub id to look up
+    weights.write_bytes(b"")
+    with pytest.raises(
+        NotADirectoryError, match="model.safetensors is a file; give the folder of a saved model"
+    ):
+        check_model_argument(str(weights))
 
 
 def test_model_folder_checks_name_a_folder_that_is_no_weclip_model(tmp_path, tiny_clip, toy_weclip_dir):
