@@ -93,7 +93,7 @@ def infer_clip_configs(
 def check_clip_matches(state_dict: dict[str, torch.Tensor], vision: dict, clip_name: str) -> None:
     """Refuse a CLIP whose image tower (``vision``: its vision config as a dict) is not the checkpoint's: the
     layer count, width and patch size of the checkpoint's own CLIP (``encoder.visual.*``) or, without one, the
-    width and number of layers its decoder reads (``decoder_fts_fuse.*``).
+    width and more layers than its decoder fuses (``decoder_fts_fuse.*``: the blocks before the last).
 
     Raises:
         ValueError: naming each size that differs, with the checkpoint's value and ``clip_name``'s.

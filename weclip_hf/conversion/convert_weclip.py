@@ -243,7 +243,8 @@ def convert_official_checkpoint(
             `model_state_dict`); a NaN or infinite value in it is refused.
         clip: optional transformers CLIP folder or Hub id for the CLIP part (e.g. when the checkpoint holds
             only the decoder). Its layer count, width and patch size must be those of the checkpoint's own
-            CLIP, or, without one, its width and at least the layers the decoder reads (`check_clip_matches`).
+            CLIP, or, without one, its width and more layers than the decoder fuses (the last block, which the
+            CAMs run, follows them: `check_clip_matches`).
             If the checkpoint also holds ``encoder.*``, it is compared with this CLIP (up to fp16 rounding) and a
             difference raises, unless ``check_clip=False``; its ``encoder.*`` tensors are then not used.
         check_clip: with ``clip``: compare the checkpoint's own CLIP with it, or, for a checkpoint without one
