@@ -472,6 +472,10 @@ def test_train_with_trainer_sets_config_fields_and_the_crop_that_no_other_flag_s
     assert (
         "error: --config_overrides: WeCLIPConfig has no field 'dice_loss_weight'" in capsys.readouterr().err
     )
+    # the configs' catch-all **kwargs is no field (keeping it in config_fields passed)
+    with pytest.raises(SystemExit):
+        script.parse_args(["--config_overrides", "kwargs=1"])
+    assert "error: --config_overrides: WeCLIPConfig has no field 'kwargs'" in capsys.readouterr().err
 
 
 def test_train_with_trainer_refuses_evaluation_without_a_validation_split(tmp_path, monkeypatch):
