@@ -249,3 +249,15 @@ def test_a_fresh_weclip_plus_starts_from_the_official_default_dinov2():
     from weclip_hf.presets import DINO_MODEL
 
     assert DINO_MODEL == DINO_VARIANTS["dinov2_vits14"].hub_id == "facebook/dinov2-small"
+
+
+def test_a_model_is_matched_to_a_preset_by_its_classes_in_order():
+    """A model without a recorded preset follows the preset of its class names, in their order (the label ids): COCO's
+    classes in another order are another model's labels, which get the VOC default (a match as a set passed)."""
+    from weclip_hf.presets import evaluation_of_config, preset_of_config
+
+    coco = get_preset("coco").config["class_names"]
+    assert preset_of_config(WeCLIPConfig(class_names=coco)) is PRESETS["coco"]
+    shuffled = WeCLIPConfig(class_names=coco[::-1])
+    assert preset_of_config(shuffled) is None
+    assert evaluation_of_config(shuffled) == get_preset("voc").evaluation != get_preset("coco").evaluation
