@@ -37,6 +37,7 @@ from weclip_hf.checkpointing import (
     FrozenWeights,
     StreamPosition,
     TrainingState,
+    compile_mode_in_effect,
     find_checkpoint,
     holds_frozen_weights,
     load_checkpoint,
@@ -748,10 +749,9 @@ def clip_source(args) -> str:
 def compile_mode(args, device: torch.device) -> str | None:
     """The torch.compile mode in effect on ``device``: --torch_compile_mode, else with inductor reduce-overhead on a
     GPU and default elsewhere (None: another backend's default, which torch passes it for "default" too)."""
-    mode, inductor = args.torch_compile_mode, args.torch_compile_backend == "inductor"
-    if mode is None and inductor:
+    if args.torch_compile_mode is None and args.torch_compile_backend == "inductor":
         return "reduce-overhead" if device.type == "cuda" else "default"
-    return None if mode == "default" and not inductor else mode
+    return compile_mode_in_effect(args.torch_compile_backend, args.torch_compile_mode)
 
 
 def compiled_forward(args, model, device: torch.device):

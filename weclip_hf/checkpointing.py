@@ -81,6 +81,12 @@ class Computation:
         return cls(threads=None if raw.get("threads") is None else int(raw["threads"]))
 
 
+def compile_mode_in_effect(backend: str, mode: str | None) -> str | None:
+    """The torch.compile mode ``backend`` runs with when given ``mode``, as a `Computation` records it: None (the
+    backend's own default) for "default" with a backend other than inductor, to which torch then passes no mode."""
+    return None if backend != "inductor" and mode == "default" else mode
+
+
 @dataclass
 class TrainingState:
     """What a checkpoint holds besides tensors: the step, the scheduler's state, the stream position, the run's

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, speed_metrics
 
-from .checkpointing import TRAINING_ARGS_NAME, Computation
+from .checkpointing import TRAINING_ARGS_NAME, Computation, compile_mode_in_effect
 from .data.loading import collate_by_size, process_subset
 from .evaluation import MIOU_NAMES, MODES, evaluate_segmentation, processor_input_size
 from .hub import card_repo_id, make_model_card, save_model_card, split_model_metrics
@@ -99,9 +99,7 @@ def trainer_computation(args: TrainingArguments) -> Computation:
     if plugin.backend == DynamoBackend.NO:
         return Computation(device, torch_compile=False, threads=threads)
     backend = plugin.backend.value.lower()
-    # "default" is no mode for a backend but inductor (torch passes it none): its own default
-    mode = None if backend != "inductor" and plugin.mode == "default" else plugin.mode
-    return Computation(device, True, backend, mode, threads)
+    return Computation(device, True, backend, compile_mode_in_effect(backend, plugin.mode), threads)
 
 
 def recorded_computation(path: Path) -> Computation:
@@ -114,20 +112,21 @@ def recorded_computation(path: Path) -> Computation:
 class RecordRunCallback(TrainerCallback):
     """Writes ``values`` (a run's arguments that shape its training, JSON) as ``training_args.json`` into every
     checkpoint `Trainer` saves, so that a run resumed from it can be compared with the run that wrote it
-    (`weclip_hf.checkpointing.check_unchanged`; `Trainer`'s own ``training_args.bin`` is a pickle), and with
-    ``computation`` (`trainer_computation`) ``computation.json``, which a resume compares
+    (`weclip_hf.checkpointing.check_unchanged`; `Trainer`'s own ``training_args.bin`` is a pickle), and
+    ``computation`` (`trainer_computation`) as ``computation.json``, which a resume compares
     (`weclip_hf.trajectory.computation_change_warning` with `TRAINER_TERMS`)."""
 
-    def __init__(self, values: dict, computation: Computation | None = None):
+    def __init__(self, values: dict, computation: Computation):
         self.values = values
         self.computation = computation
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-            records = {TRAINING_ARGS_NAME: self.values}
-            if self.computation is not None:
-                records[COMPUTATION_NAME] = dataclasses.asdict(self.computation)
+            records = {
+                TRAINING_ARGS_NAME: self.values,
+                COMPUTATION_NAME: dataclasses.asdict(self.computation),
+            }
             for name, record in records.items():
                 (folder / name).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
