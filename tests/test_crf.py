@@ -117,6 +117,7 @@ def test_defaults_and_overrides_are_the_params():
     [
         ({"num_iters": -1}, "num_iters"),
         ({"num_iters": 2.5}, "num_iters"),
+        ({"num_iters": True}, "num_iters"),  # a bool is no iteration count
         ({"pos_xy_std": 0.0}, "pos_xy_std"),
         ({"bi_rgb_std": float("nan")}, "bi_rgb_std"),
         ({"bi_w": float("inf")}, "bi_w"),
@@ -223,9 +224,40 @@ def test_class_chunks_are_the_fewest_of_at_most_the_chunk_size(monkeypatch):
     """A VOC model's 21 classes are filtered in one pass, a COCO model's 81 in three of 27."""
     assert [(c.start, c.stop) for c in _class_chunks(21)] == [(0, 21)]
     assert [(c.start, c.stop) for c in _class_chunks(81)] == [(0, 27), (27, 54), (54, 81)]
+    # exactly the chunk size is one pass, one class more two
+    assert [(c.start, c.stop) for c in _class_chunks(32)] == [(0, 32)]
+    assert [(c.start, c.stop) for c in _class_chunks(33)] == [(0, 16), (16, 33)]
+    assert [(c.start, c.stop) for c in _class_chunks(64)] == [(0, 32), (32, 64)]
     monkeypatch.setattr(crf, "_CLASS_CHUNK", 3)
     assert [(c.start, c.stop) for c in _class_chunks(7)] == [(0, 2), (2, 4), (4, 7)]
     assert [(c.start, c.stop) for c in _class_chunks(1)] == [(0, 1)]
+
+
+@pytest.mark.parametrize("params", [WECLIP, DEEPLAB, CRFParams(pos_filter="gaussian", pos_w=2.0)])
+def test_one_pixel_follows_the_mean_field_update(params: CRFParams):
+    """On one pixel each normalised kernel N k N is 1 (the kernels include the pixel itself), so the module's
+    update is Q <- softmax(log P + (pos_w + bi_w) Q) from Q = softmax(log P), P clipped to [1e-5, 1]; float64
+    probabilities are refined in float64."""
+    probs = torch.tensor([0.7, 0.3 - 1e-7, 1e-7, 0.0], dtype=torch.float64)
+    log_unary = probs.clamp(1e-5, 1).log()
+    expected = log_unary.softmax(dim=0)
+    for _ in range(params.num_iters):
+        expected = (log_unary + (params.pos_w + params.bi_w) * expected).softmax(dim=0)
+    image = torch.tensor([200, 40, 90], dtype=torch.uint8).view(3, 1, 1)
+    refined = dense_crf(image, probs.view(4, 1, 1), params)
+    torch.testing.assert_close(refined.view(4), expected, rtol=1e-12, atol=0)
+
+
+def test_sort_by_orders_keys_too_wide_for_one_int64_as_one_key():
+    """`_sort_by` is a stable lexicographic order whether the columns fit one int64 key or not (a lattice of
+    many large images: one sort per column, last column first)."""
+    from weclip_hf.crf import _sort_by
+
+    generator = torch.Generator().manual_seed(0)
+    columns = [torch.randint(0, 3, (200,), generator=generator) for _ in range(3)]  # many equal rows
+    expected = torch.from_numpy(np.lexsort([column.numpy() for column in columns[::-1]], axis=0))
+    torch.testing.assert_close(_sort_by(columns, [3, 3, 3]), expected, rtol=0, atol=0)  # one key
+    torch.testing.assert_close(_sort_by(columns, [2**40, 2**20, 2**10]), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
