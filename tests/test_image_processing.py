@@ -1112,3 +1112,94 @@ def test_the_model_names_channels_last_pixel_values(tiny_model):
     ).pixel_values
     with pytest.raises(ValueError, match=r"channels last: call the image processor without data_format"):
         tiny_model(pixels)
+
+
+def test_post_process_crops_the_padding_of_an_unresized_image():
+    """With ``do_resize=False`` (the call's or the instance's) the padding replayed is that of the image at its own
+    size: a 37 x 12 image padded to 40 x 16 at patch 8 has its second patch column over pixels 8-15, of which 8-11
+    are the image's (replaying the instance's resize to a long side of 60 found no padding on this grid, and the
+    mask came out stretched, 6 / 6 columns)."""
+    logits = torch.zeros(1, 3, 5, 2)
+    logits[:, 1, :, 0] = 1  # the first patch column (pixels 0-7) is class 1, the second (8-15) class 2
+    logits[:, 2, :, 1] = 1
+    resizing = WeCLIPImageProcessor(size={"longest_edge": 60}, do_pad=True, patch_size=8)
+    unresized = WeCLIPImageProcessor(do_resize=False, do_pad=True, patch_size=8)
+    assert resizing(_image(37, 12), do_resize=False).pixel_values.shape[-2:] == (
+        40,
+        16,
+    )  # the logits' 5 x 2 grid
+    for labels in (
+        resizing.post_process_semantic_segmentation({"logits": logits}, [(37, 12)], do_resize=False)[0],
+        unresized.post_process_semantic_segmentation({"logits": logits}, [(37, 12)])[0],
+    ):
+        assert labels.shape == (37, 12)
+        assert (labels[:, :8] == 1).all() and (labels[:, 8:] == 2).all()
+
+
+def test_one_mean_and_std_value_normalize_every_channel():
+    """``image_mean``/``image_std`` of one value (a number, or a sequence of one) apply to every channel of an RGB
+    image, in the constructor and per call (the statistics need one value, or one per channel)."""
+    array = _image()
+    expected = _official(array, np.full(3, 0.5 * 255), np.full(3, 0.25 * 255))[None]
+    proc = WeCLIPImageProcessor(do_resize=False, patch_size=8)
+    for got in (
+        WeCLIPImageProcessor(do_resize=False, image_mean=0.5, image_std=0.25, patch_size=8)(
+            array
+        ).pixel_values,
+        proc(array, image_mean=0.5, image_std=0.25).pixel_values,
+        proc(array, image_mean=[0.5], image_std=(0.25,)).pixel_values,
+    ):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+def test_numpy_bools_are_bools_for_the_switches():
+    """The switches take NumPy's bools as bools (``(mask > 0).any()`` gives one), not only Python's."""
+    proc = WeCLIPImageProcessor(patch_size=8)
+    image = _image(30, 41)
+    for value in (True, False):
+        assert torch.equal(
+            proc(image, do_pad=np.bool_(value)).pixel_values, proc(image, do_pad=value).pixel_values
+        )
+    assert WeCLIPImageProcessor(do_pad=np.bool_(True)).do_pad is True
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"rescale_factor": float("inf")}, "rescale_factor must be a positive number"),
+        (
+            {"image_mean": [0.5, float("nan"), 0.5]},
+            "image_mean must be a number or a sequence of finite numbers",
+        ),
+        ({"image_std": float("inf")}, "image_std must be a number or a sequence of finite numbers"),
+        ({"size": {"longest_edge": True}}, "size values must be positive integers"),
+        ({"size": {"height": 16, "width": True}}, "size values must be positive integers"),
+        ({"patch_size": 0}, "patch_size must be a positive int"),
+    ],
+)
+def test_settings_outside_their_range_are_refused_by_the_constructor(options, message):
+    """An infinite rescale_factor (a zero pixel unit), non-finite statistics (NaN pixels), bools as sizes and a
+    patch size of 0 are refused as the processor is built, naming the setting."""
+    with pytest.raises(ValueError, match=message):
+        WeCLIPImageProcessor(**options)
+
+
+def test_the_former_reduce_labels_key_is_refused_as_do_reduce_labels_is():
+    """Older SegFormer/BEiT ADE20k configs name the label reduction ``reduce_labels``: loaded, their segmentation
+    maps are refused too (checking only ``do_reduce_labels`` left them unreduced)."""
+    old = {"image_processor_type": "SegformerImageProcessor", "size": {"height": 64, "width": 64},
+           "reduce_labels": True}  # fmt: skip
+    proc = WeCLIPImageProcessor.from_dict(old)
+    with pytest.raises(ValueError, match=r"reduce_labels=True .*set processor\.reduce_labels = False"):
+        proc(_image(), segmentation_maps=np.zeros((30, 40), np.uint8))
+
+
+def test_statistics_play_no_part_without_do_normalize():
+    """Without ``do_normalize`` the 3-value default statistics do not have to fit a 1-channel image kept as it is
+    (``do_convert_rgb=False``): the pixels are only rescaled."""
+    gray = _image()[..., :1]
+    pixels = WeCLIPImageProcessor(do_resize=False, patch_size=8)(
+        gray, do_convert_rgb=False, do_normalize=False
+    ).pixel_values
+    expected = torch.from_numpy(gray.astype(np.float64) / 255).permute(2, 0, 1)[None].float()
+    torch.testing.assert_close(pixels, expected, rtol=0, atol=1e-7)
