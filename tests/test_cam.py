@@ -287,3 +287,14 @@ def test_par_refine_resizes_smaller_scores_with_aligned_corners():
     small = torch.rand(1, 2, 8, 8, generator=g)
     resized = torch.nn.functional.interpolate(small, size=(32, 32), mode="bilinear", align_corners=True)
     torch.testing.assert_close(par_refine(image, small, [1, 2], 3), par_refine(image, resized, [1, 2], 3))
+
+
+def test_rfm_affinity_runs_in_float32_on_a_detached_decoder_affinity():
+    """The RFM statistic and average are float32 whatever the maps' dtype (bfloat16 maps: as their float32 copies),
+    and the decoder affinity is detached: the pseudo labels send no gradient into the decoder through the RFM."""
+    g = torch.Generator().manual_seed(0)
+    maps = torch.rand(2, 3, 6, 6, generator=g).bfloat16()
+    a_dec = torch.rand(2, 6, 6, generator=g).requires_grad_()
+    out = rfm_affinity(maps, 3, a_dec)
+    assert out.affinity.dtype == torch.float32 and not out.affinity.requires_grad
+    torch.testing.assert_close(out.affinity, rfm_affinity(maps.float(), 3, a_dec).affinity, rtol=0, atol=0)
