@@ -298,3 +298,14 @@ def test_rfm_affinity_runs_in_float32_on_a_detached_decoder_affinity():
     out = rfm_affinity(maps, 3, a_dec)
     assert out.affinity.dtype == torch.float32 and not out.affinity.requires_grad
     torch.testing.assert_close(out.affinity, rfm_affinity(maps.float(), 3, a_dec).affinity, rtol=0, atol=0)
+
+
+def test_par_of_an_image_with_a_nearly_flat_region_adds_1e_8_to_the_std():
+    """Where the neighbours' colours differ by ~1e-7 (around 0, where float32 resolves such steps), the official
+    ``sd + 1e-8`` shapes the colour weights: another epsilon (1e-6 or 1e-9) refines to other scores."""
+    g = torch.Generator().manual_seed(0)
+    image = torch.randn(1, 3, 16, 16, generator=g)
+    image[..., 4:, 4:] = 1e-7 * torch.randn(1, 3, 12, 12, generator=g)
+    scores = torch.rand(1, 2, 16, 16, generator=g)
+    ours = par_refine(image, scores, [1, 2], num_iter=3)
+    torch.testing.assert_close(ours, reference_par(image, scores, [1, 2], 3), rtol=1e-5, atol=1e-6)
