@@ -236,3 +236,12 @@ def test_dense_class_cams_are_zero_for_absent_classes():
     assert dense.shape == (4, 4, 2, 3)
     assert (dense[~LABELS.bool()] == 0).all()
     torch.testing.assert_close(dense[plan.image, plan.class_index], minmax_normalize(refined_grid))
+
+
+def test_patch_attention_maps_are_float32_whatever_the_maps_dtype():
+    """Maps collected in bfloat16 (a model run in half precision) are returned in float32, as their float32 copies."""
+    block = [torch.rand(2, 5, 5).bfloat16()]
+    last = torch.rand(2, 5, 5).bfloat16()
+    maps = patch_attention_maps(block, last)
+    assert maps.dtype == torch.float32
+    assert torch.equal(maps, patch_attention_maps([block[0].float()], last.float()))
