@@ -1104,6 +1104,25 @@ def test_a_backbone_that_is_a_file_or_a_folder_without_config_json_is_named(tiny
         WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(tiny_clip, str(without_config))
 
 
+def test_a_hub_clip_without_config_json_is_named(tiny_clip, tmp_path):
+    """A Hub repository without config.json (offline: the Hub cache's record of its 404) gave transformers' default
+    CLIPConfig, a ViT-B/32, whose shapes the weights then did not fit: the error blamed the number of classes and
+    pointed to a report that from_clip silences. Now the id and the missing config.json are named."""
+    cache, commit = tmp_path / "cache", "0" * 40
+    repo = cache / "models--someone--clip-without-config"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    shutil.copytree(tiny_clip, repo / "snapshots" / commit, ignore=shutil.ignore_patterns("config.json"))
+    (repo / ".no_exist" / commit).mkdir(parents=True)
+    (repo / ".no_exist" / commit / "config.json").touch()
+    with pytest.raises(
+        FileNotFoundError, match=r"'someone/clip-without-config' has no config.json: not a CLIP"
+    ):
+        WeCLIPForSemanticSegmentation.from_clip(
+            "someone/clip-without-config", cache_dir=str(cache), local_files_only=True
+        )
+
+
 @pytest.mark.parametrize(
     "field", ["vision_config", "text_config", "projection_dim", "logit_scale_init_value"]
 )

@@ -128,6 +128,22 @@ def naming_the_checkpoint(name_or_path: str, what: str) -> Iterator[None]:
         ) from error
 
 
+def backbone_config(name_or_path: str, config_class: type, what: str, hub: dict):
+    """The ``config_class`` config of the backbone checkpoint ``name_or_path`` (``what``: "CLIP"), as its
+    ``from_pretrained`` reads it with the loading options ``hub``, refusing a checkpoint without config.json: for a
+    Hub id transformers then builds the class's defaults (CLIP's: a ViT-B/32), whose shapes the weights do not fit
+    or, worse, do (a local folder's is refused first, by `check_backbone_source`)."""
+    with naming_the_checkpoint(name_or_path, what):  # its first download
+        config_dict, unused = config_class.get_config_dict(name_or_path, **hub)
+    if not config_dict:
+        raise FileNotFoundError(
+            f"{str(name_or_path)!r} has no config.json: not a {what} checkpoint that can be loaded (transformers "
+            f"would build a default {config_class.__name__} instead of its own). Give a {what} checkpoint with its "
+            "config.json: a Hub id or a folder written by save_pretrained."
+        )
+    return config_class.from_dict(config_dict, **unused)
+
+
 def check_backbone_type(name_or_path: str, model_type: str | None, what: str) -> None:
     """Refuse a backbone checkpoint whose ``model_type`` is not one of ``what``'s (`BACKBONE_MODEL_TYPES`): a
     local folder's before loading, a Hub checkpoint's once its config is read."""

@@ -44,12 +44,12 @@ from .losses import weclip_loss
 from .model_loading import (
     CLIP_CHECKPOINT_FIELDS,
     HUB_OPTIONS,
+    backbone_config,
     check_backbone_source,
     check_model_folder,
     hub_id_or_none,
     in_aligned_memory,
     loading_errors,
-    naming_the_checkpoint,
     refuse_missing_weights,
     refuse_split_placement,
     refuse_unused_weights,
@@ -440,8 +440,7 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
         )
         check_backbone_source(clip_name_or_path, "CLIP")
         hub = {k: v for k, v in loading.items() if k in HUB_OPTIONS}
-        with naming_the_checkpoint(clip_name_or_path, "CLIP"):  # its first download
-            clip_config = CLIPConfig.from_pretrained(clip_name_or_path, **hub)
+        clip_config = backbone_config(clip_name_or_path, CLIPConfig, "CLIP", hub)
         if class_names is not None:
             kwargs["class_names"] = class_names
         if background_names is not None:
