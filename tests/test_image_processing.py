@@ -161,6 +161,25 @@ def test_exif_orientation_is_applied():
     assert out.shape[-2:] == (40, 20)
 
 
+def test_post_processing_warns_of_a_target_size_transposed_by_exif(tmp_path):
+    """An EXIF-turned photo is read upright, but PIL's ``image.size`` is that of its stored pixels: the usual
+    ``target_sizes=[image.size[::-1]]`` without ``exif_transpose`` gave a silently stretched mask of the stored
+    shape. The logit grid is that of the transposed size: a warning names the remedy. The upright size, or a
+    square image's, warns of nothing."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(_image(60, 120)).save(tmp_path / "photo.png", exif=exif)
+    photo = Image.open(tmp_path / "photo.png")
+    proc = WeCLIPImageProcessor(size={"longest_edge": 64}, patch_size=8)
+    logits = torch.zeros(1, 3, *(s // 8 for s in proc(photo).pixel_values.shape[-2:]))  # 8 x 4: upright
+    with pytest.warns(UserWarning, match=r"target_sizes\[0\] \(60, 120\) .*transposed.*exif_transpose"):
+        assert proc.post_process_semantic_segmentation(logits, [photo.size[::-1]])[0].shape == (60, 120)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert proc.post_process_semantic_segmentation(logits, [image_size(photo)])[0].shape == (120, 60)
+        proc.post_process_semantic_segmentation(torch.zeros(1, 3, 8, 8), [(100, 100)])
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_every_exif_orientation_gives_the_size_and_pixels_as_read(orientation, tmp_path):
     """image_size (the pipeline's mask size) is the shape the processor reads, EXIF orientation applied, for each
@@ -1002,10 +1021,10 @@ def test_target_sizes_of_another_form_are_named():
     proc = WeCLIPImageProcessor(size={"longest_edge": 40}, patch_size=8)
     outputs = {"logits": torch.randn(2, 5, 3, 5)}
     assert [
-        m.shape for m in proc.post_process_semantic_segmentation(outputs, torch.tensor([[30, 40], [9, 7]]))
+        m.shape for m in proc.post_process_semantic_segmentation(outputs, torch.tensor([[30, 40], [7, 9]]))
     ] == [
         (30, 40),
-        (9, 7),
+        (7, 9),
     ]
     for wrong, shown in (((90, 200), r"the single pair \(90, 200\): wrap it in a list"), ([(30, 40), 7], "got 7"),
                          ([(30, 40), (0, 5)], r"got \(0, 5\)"), ([(30, 40), (2.5, 5)], r"got \(2.5, 5\)")):  # fmt: skip

@@ -571,17 +571,40 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             label = F.interpolate(label[None, None].float(), size=tuple(size), mode="nearest")[0, 0].long()
         return label
 
+    def _geometry(self, height: int, width: int, opts: dict) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(resized, padded) sizes of an image of (height, width) processed with the geometry options ``opts``
+        (do_resize, size, do_pad)."""
+        resized = resized_size(height, width, opts["size"]) if opts["do_resize"] else (height, width)
+        return resized, self._padded_size(*resized, opts["do_pad"])
+
+    def _logit_grid(self, height: int, width: int, opts: dict) -> tuple[int, int]:
+        """The patch grid of an image of (height, width) processed with the geometry options ``opts``."""
+        padded = self._geometry(height, width, opts)[1]
+        return padded[0] // self.patch_size, padded[1] // self.patch_size
+
+    def _warn_transposed_target(
+        self, index: int, grid: tuple[int, int], target: tuple[int, int], opts: dict
+    ) -> None:
+        """Warn when the logit ``grid`` of image ``index`` is not that of its ``target`` size but of the transposed
+        size: the stored size of an EXIF-turned photo (PIL's ``image.size``), which the processor reads upright."""
+        height, width = target
+        if grid != self._logit_grid(height, width, opts) and grid == self._logit_grid(width, height, opts):
+            warnings.warn(
+                f"target_sizes[{index}] {target} looks transposed: the logits ({grid[0]} x {grid[1]}) are those of "
+                f"a {width} x {height} (height x width) image. An EXIF-turned photo is read upright, while PIL's "
+                "image.size is that of its stored pixels: pass PIL.ImageOps.exif_transpose(image).size[::-1] (or "
+                "weclip_hf.image_processing_weclip.image_size(image)), else the mask is stretched to the stored shape.",
+                stacklevel=3,
+            )
+
     def _padding(
         self, logits: torch.Tensor, target: tuple[int, int], opts: dict
     ) -> tuple[tuple[int, int], tuple[int, int]] | tuple[None, None]:
         """(resized, padded) sizes of the image whose [K, h, w] ``logits`` are upsampled to ``target`` = its
         original (H, W), when the geometry options ``opts`` (do_resize, size, do_pad) imply padding that the logits
         cover (to crop after upsampling: `upsample_cropping_padding`); else (None, None), a plain upsampling."""
-        height, width = target
-        resized = resized_size(height, width, opts["size"]) if opts["do_resize"] else (height, width)
-        padded = self._padded_size(*resized, opts["do_pad"])
-        p = self.patch_size
-        if padded != resized and tuple(logits.shape[-2:]) == (padded[0] // p, padded[1] // p):
+        resized, padded = self._geometry(*target, opts)
+        if padded != resized and tuple(logits.shape[-2:]) == self._logit_grid(*target, opts):
             return resized, padded
         return None, None
 
@@ -603,7 +626,9 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         ``do_pad`` are that call's options and default to the instance's settings: pass the same ones given to
         the call (``processor(images, size=..., do_pad=True)``), or the padding stays and the mask comes out
         stretched. That mismatch raises no error: the logits cannot tell which options made them, and any
-        ``target_sizes`` may be asked for (as in transformers). Without ``target_sizes`` the maps stay on the
+        ``target_sizes`` may be asked for (as in transformers); a target size whose transpose the logit grid fits and
+        itself does not is warned of (the ``image.size[::-1]`` of an EXIF-turned PIL photo, which the processor
+        reads upright: take it of ``PIL.ImageOps.exif_transpose(image)``). Without ``target_sizes`` the maps stay on the
         logit grid. With ``return_segmentation_scores`` each item is a `SemanticSegmentationPostProcessorOutput`
         with ``segmentation`` [H, W] and ``segmentation_scores`` [num_labels, H, W] (the upsampled logits), as
         SegFormer's processor returns. Without them the label maps (int64, as SegFormer's) are the argmax of the
@@ -618,6 +643,8 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             sizes = _target_sizes(target_sizes)
             if len(sizes) != len(logits):
                 raise ValueError(f"Got {len(sizes)} target sizes for a batch of {len(logits)} logits.")
+            for index, (x, size) in enumerate(zip(logits, sizes)):
+                self._warn_transposed_target(index, tuple(x.shape[-2:]), size, opts)
             padding = [self._padding(x, size, opts) for x, size in zip(logits, sizes)]
             if not return_segmentation_scores:  # class chunk by chunk: never all classes at the full size
                 return [
