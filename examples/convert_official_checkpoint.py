@@ -3,7 +3,8 @@
 
 The folder holds `config.json` + `model.safetensors` (`AutoModelForSemanticSegmentation.from_pretrained`
 and `pipeline("image-segmentation")` load it after `import weclip_hf`), the image processor and a model
-card (README.md) that says where the weights came from. The preset says the method: ``voc`` / ``coco`` for
+card (README.md) that says where the weights came from, and the CLIP tokenizer of the text embeddings
+(``model.update_class_embeddings(AutoTokenizer.from_pretrained(folder), class_names=[...])`` gives new classes). The preset says the method: ``voc`` / ``coco`` for
 WeCLIP, ``voc-plus`` / ``coco-plus`` for WeCLIP+ (whose checkpoint also holds its DINOv2, ``dino_encoder.*``);
 without --preset the checkpoint's own is taken (its method, and COCO's or VOC's classes by its classifier).
 
@@ -54,6 +55,7 @@ from weclip_hf.conversion import (
     dino_variant_name,
     is_official_clip,
 )
+from weclip_hf.conversion.convert_weclip import load_clip_tokenizer
 from weclip_hf.hub import (
     METHODS,
     card_repo_id,
@@ -311,9 +313,13 @@ def main(argv: list[str] | None = None) -> Path:
     logger.info(model.conversion_report.summary())
     checkpoint_sha256 = sha256_of(Path(args.checkpoint))
     card = build_model_card(args, model, checkpoint_sha256)
+    # the CLIP tokenizer of the text embeddings (loaded again: the conversion had it), saved with the model: new
+    # class names (model.update_class_embeddings) then need nothing but the folder, offline too
+    tokenizer = load_clip_tokenizer(args.tokenizer, args.clip)
 
     def write(folder: Path) -> None:
         model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
         WeCLIPImageProcessor(**processor_settings(model.config)).save_pretrained(folder)
         save_model_card(card, folder)
 

@@ -826,6 +826,14 @@ def test_script_writes_a_loadable_folder(tmp_path, real_vocab_checkpoint):
     segments = pipeline("image-segmentation", model=str(out))(Image.new("RGB", (50, 37), (90, 140, 200)))
     assert segments and all(s["mask"].size == (50, 37) for s in segments)
     assert {s["label"] for s in segments} <= set(model.config.id2label.values())
+    # new classes from the folder alone (offline): it holds the CLIP tokenizer the text embeddings were made with
+    from transformers import AutoTokenizer
+
+    stored = model.class_text_embeds.clone()
+    model.update_class_embeddings(AutoTokenizer.from_pretrained(out))
+    torch.testing.assert_close(model.class_text_embeds, stored)
+    model.update_class_embeddings(AutoTokenizer.from_pretrained(out), class_names=["cat", "dog"])
+    assert model.config.id2label == {0: "background", 1: "cat", 2: "dog"}
     card = (out / "README.md").read_text()
     assert (
         "WeCLIP_tiny.pth" in card

@@ -555,6 +555,15 @@ def test_update_class_embeddings_with_new_classes(tiny_model):
     assert tiny_model(torch.randn(1, 3, 32, 32)).logits.shape[1] == 3
 
 
+def test_update_class_embeddings_names_a_tokenizer_given_as_a_folder_or_id(tiny_model):
+    """A folder or Hub id given for the tokenizer failed inside the text encoding with "'str' object is not
+    callable"; it is named, with where a CLIP tokenizer comes from, and nothing changes."""
+    with pytest.raises(TypeError, match=r"tokenizer must be a tokenizer object, got the str 'weclip-voc'.*"
+                       r"AutoTokenizer.from_pretrained.*openai/clip-vit-base-patch16"):  # fmt: skip
+        tiny_model.update_class_embeddings("weclip-voc", class_names=["boat", "bird"])
+    assert tiny_model.config.class_names == ["cat", "dog", "car", "tree"]
+
+
 def test_new_classes_in_half_precision_and_names_that_are_not_lists_of_names(tiny_model):
     """A new class count in a bf16 model gave a float32 classifier (the forward failed); a string was read as one
     class per letter, an empty list kept the old names, a repeated name collapsed label2id; a preset's display

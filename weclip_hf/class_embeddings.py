@@ -84,6 +84,12 @@ class ClassEmbeddingsMixin:
     @torch.no_grad()
     def encode_text(self, tokenizer, prompts: list[str]) -> torch.Tensor:
         """L2-normalized CLIP text embeddings of ``prompts``: [len(prompts), projection_dim]."""
+        if not callable(tokenizer):
+            raise TypeError(
+                f"tokenizer must be a tokenizer object, got the {type(tokenizer).__name__} {tokenizer!r}: load the "
+                "tokenizer of the CLIP the model was built from, AutoTokenizer.from_pretrained(...) of a folder the "
+                "converter wrote or of the CLIP checkpoint (the official models': openai/clip-vit-base-patch16)."
+            )
         eos = self.config.text_config.eos_token_id
         if eos != 2 and getattr(tokenizer, "eos_token_id", eos) != eos:  # 2: CLIP's legacy argmax pooling
             raise ValueError(

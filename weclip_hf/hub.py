@@ -35,6 +35,9 @@ PUBLISHED_FILES = (
     "README.md",
     "metrics.json",
     "eval_results.json",
+    # the CLIP tokenizer of the text embeddings (the converter saves it: new class names need it)
+    "tokenizer.json",
+    "tokenizer_config.json",
 )
 # the weight shards and train.py's overlays (`write_overlays`'s names); the code files are those the configs' auto_map
 # needs (`shipped_code_files`), never any other .py of the folder
