@@ -42,6 +42,27 @@ def test_truncated_safetensors_gives_clear_error(saved, tmp_path):
         WeCLIPForSemanticSegmentation.from_pretrained(broken)
 
 
+def test_a_truncated_weight_shard_is_named(tiny_model, tmp_path):
+    """A save cut short in one shard of several was reported as "the weights file of" the folder: the file is named
+    (the others are whole)."""
+    tiny_model.save_pretrained(tmp_path, max_shard_size="100KB")
+    shards = sorted(tmp_path.glob("model-*-of-*.safetensors"))
+    assert len(shards) > 2
+    shards[1].write_bytes(shards[1].read_bytes()[:-1])
+    with pytest.raises(ValueError, match=rf"weights file {shards[1].name} of '.*' is truncated or corrupted"):
+        WeCLIPForSemanticSegmentation.from_pretrained(tmp_path)
+
+
+def test_a_folder_of_a_save_cut_before_its_weights_says_so(saved):
+    """config.json is written before the weights: a folder without any weights file was told to convert "the file"
+    from pickle; it is told to save the model again."""
+    (saved / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"has no model.safetensors, no weights file: a save that did not "
+                       r"finish \(config.json is written first\)\? Save the model again") as refused:  # fmt: skip
+        WeCLIPForSemanticSegmentation.from_pretrained(saved)
+    assert "pickle" not in str(refused.value)
+
+
 def test_config_of_another_model_type_is_refused(tmp_path):
     from transformers import CLIPConfig, CLIPModel
 

@@ -276,11 +276,15 @@ def require_safetensors(folder: str) -> None:
     if any(n.endswith((".safetensors", ".safetensors.index.json")) for n in names):
         return
     pickles = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
-    found = f"only pickle weights ({', '.join(pickles)})" if pickles else "no weights file"
+    if not pickles:
+        raise FileNotFoundError(
+            f"{folder!r} has no model.safetensors, no weights file: a save that did not finish (config.json is "
+            "written first)? Save the model again, or download it again."
+        )
     raise FileNotFoundError(
-        f"{folder!r} has no model.safetensors, {found}. WeCLIP loads safetensors only, because pickle files can "
-        "run arbitrary code when loaded. If you trust the file, convert it: safetensors.torch.save_file("
-        "torch.load(path, weights_only=True), 'model.safetensors')."
+        f"{folder!r} has no model.safetensors, only pickle weights ({', '.join(pickles)}). WeCLIP loads safetensors "
+        "only, because pickle files can run arbitrary code when loaded. If you trust the file, convert it: "
+        "safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors')."
     )
 
 
@@ -310,6 +314,25 @@ def _fix(overrides: str, otherwise: str) -> str:
     return otherwise
 
 
+def _opens_as_safetensors(file: Path) -> bool:
+    """Whether ``file``'s safetensors header reads and covers the whole file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(file, "pt"):
+            return True
+    except (SafetensorError, OSError):
+        return False
+
+
+def unreadable_weight_files(path: str) -> list[str]:
+    """The names of the safetensors files of the local folder ``path`` that cannot be opened (truncated or
+    corrupted: a save or download cut short); [] for a Hub id."""
+    folder = Path(path).expanduser()
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    return [file.name for file in files if not _opens_as_safetensors(file)]
+
+
 @contextlib.contextmanager
 def loading_errors(path: str, overrides: str = "") -> Iterator[None]:
     """Turn transformers' errors for a truncated weights file and for weights that do not match the config into
@@ -327,8 +350,9 @@ def loading_errors(path: str, overrides: str = "") -> Iterator[None]:
             f"No model folder at {path!r} (nor a Hub model of that id that could be loaded: {err})"
         ) from err
     except SafetensorError as err:
+        named = "".join(f"{name} " for name in unreadable_weight_files(path))
         raise ValueError(
-            f"The weights file of {path!r} is truncated or corrupted ({err}); save or download it again."
+            f"The weights file {named}of {path!r} is truncated or corrupted ({err}); save or download it again."
         ) from err
     except RuntimeError as err:
         if "mismatched" not in str(err):
