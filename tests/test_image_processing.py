@@ -44,6 +44,20 @@ def test_official_normalization_and_long_side_resize():
     assert longest_edge_size(375, 500, 512) == (384, 512)
 
 
+def test_a_large_photo_is_downscaled_without_antialiasing_as_the_official_evaluation():
+    """The official evaluation shrinks a photo to the 512 px long side with F.interpolate's bilinear, which does not
+    antialias (transformers' processors do: PIL's filters, torchvision's antialias=True): pinned, as documented."""
+    array = _image(900, 1200)
+    pixels = WeCLIPImageProcessor()(Image.fromarray(array)).pixel_values
+    normalized = _official(array)[None]
+    official = F.interpolate(normalized, size=(384, 512), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(pixels, official, rtol=0, atol=1e-6)
+    antialiased = F.interpolate(
+        normalized, size=(384, 512), mode="bilinear", align_corners=False, antialias=True
+    )
+    assert (pixels - antialiased).abs().max() > 0.5
+
+
 def test_fixed_size_and_clip_statistics(tmp_path):
     proc = WeCLIPImageProcessor(size={"height": 32, "width": 48}, image_mean=CLIP_MEAN, image_std=CLIP_STD)
     images = [_image(), _image(seed=1)]
