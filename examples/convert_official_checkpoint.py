@@ -4,9 +4,10 @@
 The folder holds `config.json` + `model.safetensors` (`AutoModelForSemanticSegmentation.from_pretrained`
 and `pipeline("image-segmentation")` load it after `import weclip_hf`), the image processor and a model
 card (README.md) that says where the weights came from, and the CLIP tokenizer of the text embeddings
-(``model.update_class_embeddings(AutoTokenizer.from_pretrained(folder), class_names=[...])`` gives new classes). The preset says the method: ``voc`` / ``coco`` for
-WeCLIP, ``voc-plus`` / ``coco-plus`` for WeCLIP+ (whose checkpoint also holds its DINOv2, ``dino_encoder.*``);
-without --preset the checkpoint's own is taken (its method, and COCO's or VOC's classes by its classifier).
+(``model.update_class_embeddings(AutoTokenizer.from_pretrained(folder), class_names=[...])`` gives new
+classes). The preset says the method: ``voc`` / ``coco`` for WeCLIP, ``voc-plus`` / ``coco-plus`` for WeCLIP+
+(whose checkpoint also holds its DINOv2, ``dino_encoder.*``); without --preset the checkpoint's own is taken (its
+method, and COCO's or VOC's classes by its classifier).
 
 Examples:
     # the official checkpoint holds CLIP (encoder.*) and the decoder; the tokenizer gives the text embeddings
