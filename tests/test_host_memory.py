@@ -77,3 +77,48 @@ def test_retain_is_a_no_op_without_glibc(monkeypatch):
 
     monkeypatch.setattr(host_memory.ctypes.util, "find_library", lambda name: None)
     assert retain_freed_host_memory() is False
+
+
+class _FakeMallopt:
+    """A ``mallopt`` taking the parameters in ``accepted``, recording every call."""
+
+    def __init__(self, accepted: set[int]):
+        self.calls, self.accepted = [], accepted
+
+    def __call__(self, parameter: int, value: int) -> int:
+        self.calls.append((parameter, value))
+        return int(parameter in self.accepted)
+
+
+class _FakeLibc:
+    """A C library with that ``mallopt``; glibc where it has ``gnu_get_libc_version``."""
+
+    def __init__(self, accepted: set[int], glibc: bool = True):
+        self.mallopt = _FakeMallopt(accepted)
+        if glibc:
+            self.gnu_get_libc_version = lambda: b"2.99"
+
+
+def _with_libc(monkeypatch, libc: _FakeLibc) -> None:
+    monkeypatch.setattr(host_memory.ctypes.util, "find_library", lambda name: "libc.so.6")
+    monkeypatch.setattr(host_memory.ctypes, "CDLL", lambda name: libc)
+
+
+def test_retain_is_true_only_where_the_c_library_takes_both_settings(monkeypatch):
+    """True only where glibc took the mmap threshold (1 GiB, else 32 MiB) and the trim threshold."""
+    both = _FakeLibc({host_memory._M_MMAP_THRESHOLD, host_memory._M_TRIM_THRESHOLD})
+    _with_libc(monkeypatch, both)
+    assert retain_freed_host_memory() is True
+    assert both.mallopt.calls == [
+        (host_memory._M_MMAP_THRESHOLD, 2**30),
+        (host_memory._M_TRIM_THRESHOLD, 2**31 - 1),
+    ]
+    _with_libc(monkeypatch, _FakeLibc({host_memory._M_MMAP_THRESHOLD}))
+    assert retain_freed_host_memory() is False
+
+
+def test_a_c_library_other_than_glibc_is_left_alone(monkeypatch):
+    """A C library with a ``mallopt`` but no ``gnu_get_libc_version`` (not glibc) is not told anything."""
+    other = _FakeLibc({host_memory._M_MMAP_THRESHOLD, host_memory._M_TRIM_THRESHOLD}, glibc=False)
+    _with_libc(monkeypatch, other)
+    assert retain_freed_host_memory() is False and other.mallopt.calls == []
