@@ -913,7 +913,11 @@ def test_cpu_threads_share_the_cores_among_local_processes(monkeypatch):
     assert cores_per_local_process(1) == 8
     assert cores_per_local_process(2) == 4
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")  # torchrun's local process count wins
-    assert cores_per_local_process(3) == 2
+    assert cores_per_local_process(3) == cores_per_local_process(1) == cores_per_local_process() == 2
+    monkeypatch.setenv("WORLD_SIZE", "6")  # the processes of every machine share no cores
+    assert cores_per_local_process(1) == 2
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert cores_per_local_process() == 8  # one process by default
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
     assert cores_per_local_process(16) == 1
     assert train_script.default_num_workers("cpu", 16) == 0  # workers would take the training threads' cores
