@@ -508,6 +508,16 @@ def test_dice_loss_counts_absent_classes_as_zero():
     torch.testing.assert_close(dice_loss(logits, labels), reference_dice(logits, labels))
 
 
+def test_dice_loss_adds_1e_7_to_each_union_and_an_empty_class_gives_zero():
+    """DESIGN-weclip-plus §11: ``2 * inter_k / (union_k + 1e-7)``. One pixel of class 0 at probability 1/2 (the
+    1e-7 shows in float32 at this tiny union) and a class 2 whose probability underflows to 0 (0 / 1e-7, not
+    NaN)."""
+    logits = torch.tensor([0.0, 0.0, -200.0]).view(1, 3, 1, 1)
+    loss = dice_loss(logits, torch.zeros(1, 1, 1, dtype=torch.long))
+    expected = 1 - (2 * 0.5 / (0.5 + 1 + 1e-7) + 2 * 0 / (0.5 + 1e-7) + 0) / 3
+    assert abs(float(loss) - expected) < 1e-7
+
+
 def test_dice_loss_leaves_ignored_pixels_out():
     generator = torch.Generator().manual_seed(1)
     logits = torch.randn(1, 4, 5, 6, generator=generator)
