@@ -130,6 +130,24 @@ def test_confusion_matrix_matches_per_pixel_reference():
     np.testing.assert_array_equal(per_image.numpy(), expected)
 
 
+def test_confusion_matrix_drops_labels_just_outside_the_classes():
+    """Without ``out_of_range_bin`` a pair with a label of ``num_labels`` or -1, prediction or reference, is not
+    counted (a prediction of ``num_labels`` kept would count as the next reference's class 0)."""
+    pred = torch.tensor([[0, 3, -1, 1, 2]])
+    ref = torch.tensor([[0, 0, 1, 3, 2]])
+    expected = torch.zeros(3, 3, dtype=torch.long)
+    expected[0, 0] = expected[2, 2] = 1
+    torch.testing.assert_close(confusion_matrix(pred, ref, 3, ignore_index=None), expected)
+
+
+def test_a_one_by_one_matrix_with_an_out_of_range_bin_is_refused():
+    """With ``out_of_range_bin`` the last row and column are the bin: a 1 x 1 matrix holds no class."""
+    with pytest.raises(
+        ValueError, match=r"`cm` with `out_of_range_bin=True` must be at least 2x2, got shape \(1, 1\)"
+    ):
+        scores_from_confusion(np.ones((1, 1)), out_of_range_bin=True)
+
+
 def test_scores_match_per_pixel_reference_with_absent_class():
     pred, ref = random_maps(1)
     scores = scores_from_confusion(confusion_matrix(pred, ref, NUM_LABELS))
