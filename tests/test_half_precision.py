@@ -245,3 +245,8 @@ def test_the_float32_copy_of_a_half_precision_block_is_made_once_per_weights(tin
     assert again is not first and torch.equal(again.mlp.fc1.weight, weight.float())
     model.float()
     assert in_float32(block) is block
+    block.mlp.fc1.weight.data = (
+        block.mlp.fc1.weight.data.bfloat16()
+    )  # one half-precision weight among float32 ones
+    mixed = in_float32(block)
+    assert mixed is not block and next(mixed.mlp.fc1.parameters()).dtype == torch.float32

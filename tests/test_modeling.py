@@ -742,12 +742,14 @@ def test_output_hidden_states_keeps_the_listed_layers_and_names_others(tiny_mode
     with torch.no_grad():
         every = tiny_model(pixel_values, output_hidden_states=True).hidden_states  # embeddings + 3 blocks
         listed = tiny_model(pixel_values, output_hidden_states=[0, -1]).hidden_states
+        first_from_the_end = tiny_model(pixel_values, output_hidden_states=[-4]).hidden_states
     assert len(every) == len(listed) == 4
     assert (
         torch.equal(listed[0], every[0])
         and torch.equal(listed[3], every[3])
         and listed[1] is listed[2] is None
     )
+    assert torch.equal(first_from_the_end[0], every[0]) and first_from_the_end[1:] == (None, None, None)
     for wrong in ([4], [-5], "yes", [True], [0.5]):
         with pytest.raises(
             ValueError, match=r"output_hidden_states must be True, False or a list of indices in \[-4, 3\]"
@@ -1008,6 +1010,21 @@ def test_feature_head_runs_wrapped_or_hooked_layers_as_modules():
     torch.testing.assert_close(head(tokens, (2, 3)), expected, rtol=1e-12, atol=1e-12)
     head.fuse.register_forward_hook(lambda module, args, out: 2 * out)
     torch.testing.assert_close(head(tokens, (2, 3)), 2 * expected, rtol=1e-12, atol=1e-12)
+
+
+def test_feature_head_drops_whole_feature_maps_after_the_fuse():
+    """The head ends in Dropout2d (the official SegFormer head's): in training each [h, w] map of the fused
+    features is zeroed or kept whole (scaled by 1 / (1 - p))."""
+    from weclip_hf.feature_head import WeCLIPFeatureHead
+
+    torch.manual_seed(0)
+    head = WeCLIPFeatureHead(12, 8, 2, dropout=0.5).double()
+    tokens = [torch.randn(2, 6, 12, dtype=torch.float64) for _ in range(2)]
+    kept = 2 * head.eval()(tokens, (2, 3))
+    dropped = head.train()(tokens, (2, 3))
+    zeroed = (dropped == 0).all(dim=(2, 3))
+    assert zeroed.any() and not zeroed.all()  # 16 maps, each dropped with probability 1/2
+    torch.testing.assert_close(dropped[~zeroed], kept[~zeroed], rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("mode", ["bf16 weights", "bf16 autocast"])
