@@ -632,12 +632,13 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         ``do_pad`` are that call's options and default to the instance's settings: pass the same ones given to
         the call (``processor(images, size=..., do_pad=True)``), or the padding stays and the mask comes out
         stretched. That mismatch raises no error: the logits cannot tell which options made them, and any
-        ``target_sizes`` may be asked for (as in transformers); a target size whose transpose the logit grid fits and
-        itself does not is warned of (the ``image.size[::-1]`` of an EXIF-turned PIL photo, which the processor
-        reads upright: take it of ``PIL.ImageOps.exif_transpose(image)``). Without ``target_sizes`` the maps stay on the
-        logit grid. With ``return_segmentation_scores`` each item is a `SemanticSegmentationPostProcessorOutput`
-        with ``segmentation`` [H, W] and ``segmentation_scores`` [num_labels, H, W] (the upsampled logits), as
-        SegFormer's processor returns. Without them the label maps (int64, as SegFormer's) are the argmax of the
+        ``target_sizes`` may be asked for (as in transformers); a target size whose transpose the logit grid fits
+        and itself does not is warned of (the ``image.size[::-1]`` of an EXIF-turned PIL photo, which the
+        processor reads upright: take it of ``PIL.ImageOps.exif_transpose(image)``). Without ``target_sizes`` the
+        maps stay on the logit grid. With ``return_segmentation_scores`` each item is a
+        `SemanticSegmentationPostProcessorOutput` with ``segmentation`` [H, W] and ``segmentation_scores``
+        [num_labels, H, W] (the logits upsampled in float32; without ``target_sizes`` the logits as they are, in
+        their dtype), as SegFormer's processor returns. Without them the label maps (int64, as SegFormer's) are the argmax of the
         same upsampling, exactly, computed a chunk of classes at a time (`weclip_hf.inference.upsampled_labels`):
         a large image never holds all its classes at the full size (81 classes at 24 MP: 7.8 GB of float32).
         """
