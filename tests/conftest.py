@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,10 +12,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+from concurrent.futures import Future
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import requests
 import torch
+from huggingface_hub import HfApi
+from huggingface_hub.errors import HfHubHTTPError
+from huggingface_hub.utils import filter_repo_objects
 from hypothesis import settings
 
 # the tiny configs, in a module that the benchmark imports too (re-exported: the tests import them from here)
@@ -130,12 +137,67 @@ class CharTokenizer:
         return {"input_ids": ids, "attention_mask": (ids != 1).long()}
 
 
-def created_repo(api, repo_id: str, **kwargs):
-    """A stand-in for ``HfApi.create_repo``: the repository ``repo_id``, the user "me"'s for a name given
-    without a user (the Hub answers the full id)."""
-    from types import SimpleNamespace
+class RecordingHub:
+    """``HfApi.create_repo`` and ``HfApi.upload_folder`` replaced (the `fake_hub` fixture): every call is recorded in
+    ``created`` / ``uploaded`` as its keywords (``repo_id`` too) and its HfApi's ``token``. A repository named without
+    a user is the user "me"'s, as the Hub answers. An upload also records the files of its folder that its allow and
+    ignore patterns select (``files``, as the Hub client selects them) and the others (``left_out``), and copies the
+    selected ones to ``copy`` (a folder under ``copies``: a temporary folder is gone once the call returns); it
+    answers ``https://hub/<repo_id>``, or a finished future with ``run_as_future``. `fail` makes a method raise."""
 
-    return SimpleNamespace(repo_id=repo_id if "/" in repo_id else f"me/{repo_id}")
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, copies: Path) -> None:
+        self.copies = copies
+        self.created: list[dict] = []
+        self.uploaded: list[dict] = []
+        self.errors: dict[str, BaseException] = {}
+        monkeypatch.setattr(HfApi, "create_repo", lambda api, repo_id, **kw: self._create(api, repo_id, **kw))
+        monkeypatch.setattr(HfApi, "upload_folder", lambda api, **kw: self._upload(api, **kw))
+
+    def fail(self, method: str, error: BaseException | int | None) -> None:
+        """Make ``method`` ("create_repo" or "upload_folder") raise ``error`` from now on (after recording the
+        call); an int is the HTTP status of an `HfHubHTTPError`; None: answer again."""
+        if error is None:
+            self.errors.pop(method, None)
+            return
+        if isinstance(error, int):
+            response = requests.Response()
+            response.status_code = error
+            error = HfHubHTTPError(str(error), response=response)
+        self.errors[method] = error
+
+    def _create(self, api: HfApi, repo_id: str, **kwargs) -> SimpleNamespace:
+        """``HfApi.create_repo``: the call recorded; the repository (its full id), or the error `fail` set."""
+        self.created.append({"repo_id": repo_id, "token": api.token, **kwargs})
+        if "create_repo" in self.errors:
+            raise self.errors["create_repo"]
+        return SimpleNamespace(repo_id=repo_id if "/" in repo_id else f"me/{repo_id}")
+
+    def _upload(self, api: HfApi, *, folder_path: str, **kwargs) -> str | Future:
+        """``HfApi.upload_folder``: the call and its files recorded, the files copied; the commit's address (a
+        future of it with ``run_as_future``), or the error `fail` set."""
+        folder, copy = Path(folder_path), self.copies / str(len(self.uploaded))
+        found = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        patterns = {k: kwargs.get(k) for k in ("allow_patterns", "ignore_patterns")}
+        files = list(filter_repo_objects(found, **patterns))
+        call = dict(kwargs, folder_path=folder_path, token=api.token, copy=copy, files=files)
+        self.uploaded.append(call | {"left_out": [f for f in found if f not in files]})
+        if "upload_folder" in self.errors:
+            raise self.errors["upload_folder"]
+        for name in files:
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(folder / name, copy / name)
+        address = f"https://hub/{kwargs['repo_id']}"
+        if not kwargs.get("run_as_future"):
+            return address
+        done = Future()
+        done.set_result(address)
+        return done
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path_factory) -> RecordingHub:
+    """The Hub replaced by a `RecordingHub` for the test; uploads copied outside ``tmp_path`` (a run's folder)."""
+    return RecordingHub(monkeypatch, tmp_path_factory.mktemp("uploaded"))
 
 
 def require_data(path: Path, what: str) -> Path:

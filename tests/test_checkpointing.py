@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, created_repo, train_in_process
+from conftest import FAST, train_in_process
 
 from weclip_hf.checkpointing import (
     CheckpointError,
@@ -530,22 +530,10 @@ def test_train_resume_ignores_a_planted_custom_checkpoint(tmp_path, tiny_clip):
     assert [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()] == [1, 2]
 
 
-def test_hub_token_never_reaches_disk_or_the_hub(tmp_path, tiny_clip, monkeypatch):
+def test_hub_token_never_reaches_disk_or_the_hub(tmp_path, tiny_clip, fake_hub):
     """Tracker files, model card, logs, metrics and checkpoints are scanned for the token; the upload is
     an explicit allow-list (no checkpoints, tracker folders, logs or hidden temporary folders)."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.utils import filter_repo_objects
-
     token = "hf_SeCrEt0123456789abcdefXYZ"
-    uploaded = {}
-    monkeypatch.setattr(HfApi, "create_repo", created_repo)
-
-    def upload_folder(self, repo_id, folder_path, allow_patterns, **kwargs):
-        assert self.token == token
-        files = [str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file()]
-        uploaded[repo_id] = sorted(filter_repo_objects(files, allow_patterns=allow_patterns))
-
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     out = tmp_path / "run"
     (out / ".tmp_interrupted_save").mkdir(parents=True)  # what a killed save_pretrained leaves behind
     (out / ".tmp_interrupted_save" / "model.safetensors").write_bytes(b"partial")
@@ -571,7 +559,9 @@ def test_hub_token_never_reaches_disk_or_the_hub(tmp_path, tiny_clip, monkeypatc
     written = [p for p in out.rglob("*") if p.is_file()]
     assert any("events.out.tfevents" in p.name for p in written)  # the tracker did write its files
     assert [str(p) for p in written if token.encode() in p.read_bytes()] == []
-    files = uploaded["me/weclip-toy-test"]
+    (upload,) = fake_hub.uploaded
+    assert upload["repo_id"] == "me/weclip-toy-test" and upload["token"] == token
+    files = upload["files"]
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "metrics.json"):
         assert name in files, name
     assert any(f.startswith("overlays/") for f in files)

@@ -846,39 +846,19 @@ def test_script_writes_a_loadable_folder(tmp_path, real_vocab_checkpoint):
 
 
 @pytest.mark.parametrize("hub_model_id", ["me/weclip-test", "weclip-test"])
-def test_script_push_to_hub_uses_the_hub_api(tmp_path, real_vocab_checkpoint, hub_model_id):
+def test_script_push_to_hub_uses_the_hub_api(tmp_path, real_vocab_checkpoint, hub_model_id, fake_hub):
     """A --hub_model_id without the user gave a card that loads the bare name, not the repository created."""
-    from conftest import created_repo
-    from huggingface_hub import HfApi
-
     checkpoint, _ = real_vocab_checkpoint
     out = tmp_path / "pushed"
-    with (
-        mock.patch.object(HfApi, "create_repo", autospec=True, side_effect=created_repo) as create_repo,
-        mock.patch.object(HfApi, "upload_folder") as upload,
-    ):
-        _script().main(
-            [
-                "--checkpoint",
-                str(checkpoint),
-                "--tokenizer",
-                str(TOKENIZER),
-                "--preset",
-                "voc",
-                "--output_dir",
-                str(out),
-                "--push_to_hub",
-                "--hub_model_id",
-                hub_model_id,
-            ]
-        )
-    assert [c.args[1] for c in create_repo.call_args_list] == [hub_model_id, "me/weclip-test"]
+    argv = ["--checkpoint", str(checkpoint), "--tokenizer", str(TOKENIZER), "--preset", "voc"]
+    _script().main([*argv, "--output_dir", str(out), "--push_to_hub", "--hub_model_id", hub_model_id])
+    assert [c["repo_id"] for c in fake_hub.created] == [hub_model_id, "me/weclip-test"]
     card = (out / "README.md").read_text()
     assert 'from_pretrained("me/weclip-test", trust_remote_code=True)' in card
     assert 'model="me/weclip-test"' in card
-    assert upload.call_args.kwargs["folder_path"] == str(out)
-    assert upload.call_args.kwargs["repo_id"] == "me/weclip-test"
-    assert sorted(upload.call_args.kwargs["allow_patterns"]) == sorted(p.name for p in out.iterdir())
+    (upload,) = fake_hub.uploaded
+    assert upload["folder_path"] == str(out) and upload["repo_id"] == "me/weclip-test"
+    assert sorted(upload["allow_patterns"]) == sorted(p.name for p in out.iterdir())
 
 
 def test_script_argument_errors(capsys):

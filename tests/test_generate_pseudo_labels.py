@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, interrupted_after, save_another_model_at, train_in_process
-from huggingface_hub import HfApi
+from conftest import ROOT, RecordingHub, interrupted_after, save_another_model_at, train_in_process
 from PIL import Image
 
 from weclip_hf.data.toy import TOY_VALIDATION_SEED_OFFSET, generate_toy_images, make_toy_dataset
@@ -48,16 +47,12 @@ def cam_run(tiny_clip, tmp_path_factory) -> tuple[Path, dict]:
     def push_to_hub(dataset, repo_id, token=None):
         pushed.update(repo_id=repo_id, splits={s: len(d) for s, d in dataset.items()})
 
-    def create_repo(api, repo_id, repo_type=None, **kwargs):
-        pushed.update(created=(repo_id, repo_type))
-        return type("Repo", (), {"repo_id": repo_id})()
-
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(datasets.DatasetDict, "push_to_hub", push_to_hub)
-        patch.setattr(HfApi, "create_repo", create_repo)
+        hub = RecordingHub(patch, out.parent / "uploaded")
         report = generate.main([*argv, "--push_to_hub", "--hub_dataset_id", "me/toy-pseudo"])
+    assert [(c["repo_id"], c["repo_type"]) for c in hub.created] == [("me/toy-pseudo", "dataset")]
     assert pushed == {
-        "created": ("me/toy-pseudo", "dataset"),
         "repo_id": "me/toy-pseudo",
         "splits": {"train": 6, "validation": 2},
     }

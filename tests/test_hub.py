@@ -10,7 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import FAST, ROOT, example_module, make_tiny_config, train_in_process
+from conftest import FAST, ROOT, RecordingHub, example_module, make_tiny_config, train_in_process
 
 from weclip_hf.conversion import ConversionReport
 from weclip_hf.hub import METHODS, make_model_card
@@ -57,24 +57,15 @@ def converter_card() -> str:
 @pytest.fixture(scope="module")
 def push_card(tmp_path_factory) -> str:
     import torch
-    from huggingface_hub import HfApi
 
     from weclip_hf import WeCLIPForSemanticSegmentation
 
-    pushed = tmp_path_factory.mktemp("push") / "pushed"
     torch.manual_seed(0)
     model = WeCLIPForSemanticSegmentation(make_tiny_config())
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(
-            HfApi,
-            "create_repo",
-            lambda self, repo_id, **kw: SimpleNamespace(repo_id="me/" + repo_id.split("/")[-1]),
-        )
-        patch.setattr(
-            HfApi, "upload_folder", lambda self, folder_path, **kw: shutil.copytree(folder_path, pushed)
-        )
+        hub = RecordingHub(patch, tmp_path_factory.mktemp("push"))
         model.push_to_hub("weclip-card", metrics={"miou": 0.5})
-    return (pushed / "README.md").read_text()
+    return (hub.uploaded[0]["copy"] / "README.md").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -225,11 +216,10 @@ def test_a_card_without_evaluation_declares_no_metric():
     ]
 
 
-def test_push_to_hub_ships_the_processor_saved_with_the_model(tmp_path, monkeypatch):
+def test_push_to_hub_ships_the_processor_saved_with_the_model(tmp_path, fake_hub):
     """A model loaded from a folder uploads that folder's image processor (its training's sizes and statistics),
     not a default one."""
     import torch
-    from huggingface_hub import HfApi
 
     from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 
@@ -240,39 +230,12 @@ def test_push_to_hub_ships_the_processor_saved_with_the_model(tmp_path, monkeypa
         size={"height": 96, "width": 96}, patch_size=config.vision_config.patch_size
     )
     processor.save_pretrained(tmp_path / "model")
-    monkeypatch.setattr(
-        HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(repo_id="me/" + repo_id)
-    )
-    monkeypatch.setattr(
-        HfApi, "upload_folder", lambda self, folder_path, **kw: shutil.copytree(folder_path, tmp_path / "hub")
-    )
     WeCLIPForSemanticSegmentation.from_pretrained(tmp_path / "model").push_to_hub("toy")
-    assert WeCLIPImageProcessor.from_pretrained(tmp_path / "hub").size == {"height": 96, "width": 96}
+    uploaded = fake_hub.uploaded[0]["copy"]
+    assert WeCLIPImageProcessor.from_pretrained(uploaded).size == {"height": 96, "width": 96}
 
 
-def _capture_uploads(monkeypatch, into: Path) -> list[dict]:
-    """HfApi's repository creation and upload stubbed: each upload's folder copied to ``into``/<n>, its keywords
-    returned in the list."""
-    from huggingface_hub import HfApi
-
-    commits = []
-    monkeypatch.setattr(
-        HfApi,
-        "create_repo",
-        lambda self, repo_id, **kw: SimpleNamespace(repo_id="me/" + repo_id.split("/")[-1]),
-    )
-
-    def upload_folder(self, folder_path, **kwargs):
-        shutil.copytree(folder_path, into / str(len(commits)))
-        commits.append(kwargs)
-
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-    return commits
-
-
-def test_push_to_hub_ships_the_processor_saved_in_a_subfolder_or_a_hub_repository(
-    tmp_path, monkeypatch, caplog
-):
+def test_push_to_hub_ships_the_processor_saved_in_a_subfolder_or_a_hub_repository(tmp_path, fake_hub, caplog):
     """A model loaded with subfolder= or from a Hub id (here through an offline cache) uploaded the default processor
     (long side 512), silently: the processor saved beside its weights is found where they were; the default, where
     there is none, is named in a warning."""
@@ -293,28 +256,25 @@ def test_push_to_hub_ships_the_processor_saved_in_a_subfolder_or_a_hub_repositor
     (cache / "models--me--weclip-toy" / "refs").mkdir(parents=True)
     (cache / "models--me--weclip-toy" / "refs" / "main").write_text(commit)
     shutil.copytree(repo / "sub", cache / "models--me--weclip-toy" / "snapshots" / commit)
-    uploads = tmp_path / "uploads"
-    _capture_uploads(monkeypatch, uploads)
     WeCLIPForSemanticSegmentation.from_pretrained(repo, subfolder="sub").push_to_hub("toy")
     WeCLIPForSemanticSegmentation.from_pretrained("me/weclip-toy", cache_dir=cache).push_to_hub("toy")
     for n in range(2):
-        assert WeCLIPImageProcessor.from_pretrained(uploads / str(n)).size == size, n
+        assert WeCLIPImageProcessor.from_pretrained(fake_hub.uploaded[n]["copy"]).size == size, n
     (repo / "sub" / "preprocessor_config.json").unlink()
     with caplog.at_level(logging.WARNING, logger="weclip_hf.hub"):
         WeCLIPForSemanticSegmentation.from_pretrained(repo, subfolder="sub").push_to_hub("toy")
-    assert WeCLIPImageProcessor.from_pretrained(uploads / "2").size == {"longest_edge": 512}
+    assert WeCLIPImageProcessor.from_pretrained(fake_hub.uploaded[2]["copy"]).size == {"longest_edge": 512}
     assert "no WeCLIP image processor saved where the model was loaded from" in caplog.text
 
 
-def test_save_pretrained_with_push_to_hub_uploads_as_push_to_hub(tmp_path, monkeypatch):
+def test_save_pretrained_with_push_to_hub_uploads_as_push_to_hub(tmp_path, fake_hub):
     """transformers' save_pretrained(..., push_to_hub=True) uploaded the weights with a placeholder card and no
     image processor: it saves the folder, then uploads as push_to_hub (repo_id: the folder's name by default)."""
     from huggingface_hub import ModelCard
 
     from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 
-    uploads = tmp_path / "uploads"
-    commits = _capture_uploads(monkeypatch, uploads)
+    commits = fake_hub.uploaded
     model = WeCLIPForSemanticSegmentation(make_tiny_config())
     model.save_pretrained(tmp_path / "weclip-cats", push_to_hub=True, commit_message="first", tags=["pets"])
     model.save_pretrained(
@@ -323,37 +283,29 @@ def test_save_pretrained_with_push_to_hub_uploads_as_push_to_hub(tmp_path, monke
     assert (tmp_path / "weclip-cats" / "model.safetensors").is_file()
     assert [c["repo_id"] for c in commits] == ["me/weclip-cats", "me/weclip-dogs"]
     assert commits[0]["commit_message"] == "first"
-    for n in ("0", "1"):
-        assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= {
-            p.name for p in (uploads / n).iterdir()
-        }
-        WeCLIPImageProcessor.from_pretrained(uploads / n)
-    assert "pets" in ModelCard.load(uploads / "0" / "README.md").data.tags
+    for commit in commits:
+        assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= set(
+            commit["files"]
+        )
+        WeCLIPImageProcessor.from_pretrained(commit["copy"])
+    assert "pets" in ModelCard.load(commits[0]["copy"] / "README.md").data.tags
 
 
-def test_push_to_hub_of_a_model_built_in_memory_ships_a_processor_of_its_ignore_index(tmp_path, monkeypatch):
-    from huggingface_hub import HfApi
-
+def test_push_to_hub_of_a_model_built_in_memory_ships_a_processor_of_its_ignore_index(fake_hub):
     from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 
     config = make_tiny_config(semantic_loss_ignore_index=100)
-    monkeypatch.setattr(
-        HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(repo_id="me/" + repo_id)
-    )
-    monkeypatch.setattr(
-        HfApi, "upload_folder", lambda self, folder_path, **kw: shutil.copytree(folder_path, tmp_path / "hub")
-    )
     WeCLIPForSemanticSegmentation(config).push_to_hub("toy")
-    processor = WeCLIPImageProcessor.from_pretrained(tmp_path / "hub")
+    processor = WeCLIPImageProcessor.from_pretrained(fake_hub.uploaded[0]["copy"])
     assert processor.ignore_index == 100 and processor.patch_size == config.vision_config.patch_size
 
 
 def test_push_to_hub_of_a_model_built_on_a_clip_folder_ships_a_weclip_processor_tags_and_description(
-    tiny_clip, tmp_path, monkeypatch
+    tiny_clip, tmp_path, fake_hub
 ):
     """A model built with from_clip on a local CLIP folder has that folder as its _name_or_path, whose processor is
     CLIP's: push_to_hub failed on it, after creating the repository. tags= and commit_description= were dropped."""
-    from huggingface_hub import HfApi, ModelCard
+    from huggingface_hub import ModelCard
     from transformers import CLIPImageProcessor
 
     from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
@@ -362,95 +314,59 @@ def test_push_to_hub_of_a_model_built_on_a_clip_folder_ships_a_weclip_processor_
     shutil.copytree(tiny_clip, clip)
     CLIPImageProcessor().save_pretrained(clip)
     model = WeCLIPForSemanticSegmentation.from_clip(str(clip), class_names=["cat"], background_names=["sky"])
-    commits = []
-    monkeypatch.setattr(
-        HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(repo_id="me/" + repo_id)
-    )
-
-    def upload_folder(self, folder_path, **kwargs):
-        commits.append(kwargs)
-        shutil.copytree(folder_path, tmp_path / "hub")
-
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     model.push_to_hub("cats", tags=["pets"], commit_description="first upload")
-    processor = WeCLIPImageProcessor.from_pretrained(tmp_path / "hub")
+    (commit,) = fake_hub.uploaded
+    processor = WeCLIPImageProcessor.from_pretrained(commit["copy"])
     assert processor.patch_size == model.config.vision_config.patch_size and processor.size == {
         "longest_edge": 512
     }
-    assert "pets" in ModelCard.load(tmp_path / "hub" / "README.md").data.tags
-    assert commits[0]["commit_description"] == "first upload"
+    assert "pets" in ModelCard.load(commit["copy"] / "README.md").data.tags
+    assert commit["commit_description"] == "first upload"
 
 
-def test_a_model_that_cannot_be_saved_creates_no_repository(tmp_path, monkeypatch):
-    from huggingface_hub import HfApi
-
+def test_a_model_that_cannot_be_saved_creates_no_repository(fake_hub):
     from weclip_hf import WeCLIPForSemanticSegmentation
 
-    created = []
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: created.append(repo_id))
     model = WeCLIPForSemanticSegmentation(make_tiny_config())
     with pytest.raises(TypeError, match="not supported between instances of 'int' and 'object'"):
         model.push_to_hub("toy", max_shard_size=object())  # save_pretrained refuses it
-    assert created == []
+    assert fake_hub.created == []
 
 
-def test_a_repository_that_cannot_be_created_is_named_with_the_remedy_of_its_cause(monkeypatch):
+def test_a_repository_that_cannot_be_created_is_named_with_the_remedy_of_its_cause(fake_hub):
     """Offline mode, no network, a refused token, an error of the Hub: each said "Log in (`hf auth login`) or pass
     a token with write access", the remedy of one cause."""
     import requests
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub.errors import OfflineModeIsEnabled
 
     from weclip_hf.hub import create_hub_repo
 
-    def response(status: int) -> requests.Response:
-        answer = requests.Response()
-        answer.status_code = status
-        return answer
-
-    causes = {
-        "Offline mode is on \\(HF_HUB_OFFLINE=1\\)": OfflineModeIsEnabled("offline"),
-        "cannot be reached from here": requests.ConnectionError("no route"),
-        "Log in \\(`hf auth login`\\)": HfHubHTTPError("401", response=response(401)),
-        "The Hub answered with an error": HfHubHTTPError("500", response=response(500)),
-    }
-    # a token without write access: refused with 403, whose remedy is 401's
     causes = [
-        *causes.items(),
-        ("Log in \\(`hf auth login`\\)", HfHubHTTPError("403", response=response(403))),
+        ("Offline mode is on \\(HF_HUB_OFFLINE=1\\)", OfflineModeIsEnabled("offline")),
+        ("cannot be reached from here", requests.ConnectionError("no route")),
+        ("Log in \\(`hf auth login`\\)", 401),
+        ("The Hub answered with an error", 500),
+        ("Log in \\(`hf auth login`\\)", 403),  # a token without write access: 401's remedy
     ]
     for remedy, err in causes:
-
-        def create_repo(*args, err=err, **kwargs):
-            raise err
-
-        monkeypatch.setattr(HfApi, "create_repo", create_repo)
+        fake_hub.fail("create_repo", err)
         with pytest.raises(
             RuntimeError, match=f"Cannot create or reach the Hub repository 'me/m' .*{remedy}"
         ):
             create_hub_repo("me/m")
 
 
-def test_a_failed_upload_says_the_folder_is_intact_and_how_to_publish_it(tmp_path, monkeypatch):
-    from huggingface_hub import HfApi
-
+def test_a_failed_upload_says_the_folder_is_intact_and_how_to_publish_it(tmp_path, fake_hub):
     from weclip_hf import WeCLIPForSemanticSegmentation
     from weclip_hf.hub import publish_folder
 
     WeCLIPForSemanticSegmentation(make_tiny_config()).save_pretrained(tmp_path)
-    monkeypatch.setattr(
-        HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(repo_id="me/" + repo_id)
-    )
-
-    def upload_folder(self, **kwargs):
-        raise ConnectionError("network down")
-
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    fake_hub.fail("upload_folder", ConnectionError("network down"))
     with pytest.raises(RuntimeError, match=r"failed \(ConnectionError: network down\); the folder is intact"):
         publish_folder(tmp_path, "toy")
 
 
-def test_hub_errors_never_quote_the_token(tmp_path, monkeypatch):
+def test_hub_errors_never_quote_the_token(tmp_path, fake_hub):
     """A token with a stray line end (``hf_SeCrEt\\r``, read from a CRLF file) made httpx refuse the request with
     ``LocalProtocolError: Illegal header value b'Bearer hf_SeCrEt\\r'``, which create_hub_repo and publish_folder
     put verbatim into their errors (and chained, so that a traceback printed it again), saying "check the network
@@ -458,41 +374,38 @@ def test_hub_errors_never_quote_the_token(tmp_path, monkeypatch):
     says to strip it; an error that does not quote the token is still chained."""
     import traceback
 
-    from huggingface_hub import HfApi
-
     from weclip_hf import WeCLIPForSemanticSegmentation
     from weclip_hf.hub import REDACTED_TOKEN, create_hub_repo, publish_folder
 
     class LocalProtocolError(Exception):
         pass
 
-    def refused(self, *args, **kwargs):
-        raise LocalProtocolError(f"Illegal header value {f'Bearer {self.token}'.encode()!r}")
+    def refused(token: str) -> LocalProtocolError:
+        return LocalProtocolError(f"Illegal header value {f'Bearer {token}'.encode()!r}")
 
     def shown(err: BaseException) -> str:
         """What a traceback of ``err`` says, its chained causes too (no source lines: the test's own quote it)."""
         return "".join(traceback.format_exception(err, limit=0))
 
-    monkeypatch.setattr(HfApi, "create_repo", refused)
     for token in ("hf_SeCrEt\r", "hf_SeC\x00rEt\n"):
+        fake_hub.fail("create_repo", refused(token))
         with pytest.raises(RuntimeError, match="Cannot create or reach") as raised:
             create_hub_repo("me/m", token=token)
+        assert fake_hub.created[-1]["token"] == token  # the token the error quotes
         message = str(raised.value)
         assert "SeC" not in shown(raised.value) and "rEt" not in shown(raised.value)
         assert f"b'Bearer {REDACTED_TOKEN}'" in message
         assert "strip it" in message and "network" not in message and raised.value.__cause__ is None
     WeCLIPForSemanticSegmentation(make_tiny_config()).save_pretrained(tmp_path)
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(repo_id=repo_id))
-    monkeypatch.setattr(HfApi, "upload_folder", refused)
+    fake_hub.fail("create_repo", None)
+    fake_hub.fail("upload_folder", refused("hf_SeCrEt\r"))
     with pytest.raises(RuntimeError, match="the folder is intact") as raised:
         publish_folder(tmp_path, "me/m", token="hf_SeCrEt\r")
+    assert fake_hub.uploaded[-1]["token"] == "hf_SeCrEt\r"
     assert "SeCrEt" not in shown(raised.value) and f"b'Bearer {REDACTED_TOKEN}'" in str(raised.value)
     assert raised.value.__cause__ is None
 
-    def down(self, **kwargs):
-        raise ConnectionError("network down")
-
-    monkeypatch.setattr(HfApi, "upload_folder", down)
+    fake_hub.fail("upload_folder", ConnectionError("network down"))
     with pytest.raises(RuntimeError, match=r"\(ConnectionError: network down\)") as raised:
         publish_folder(tmp_path, "me/m", token="hf_SeCrEt")
     assert isinstance(raised.value.__cause__, ConnectionError)
@@ -586,7 +499,7 @@ def test_publishing_uploads_the_model_and_its_code_never_other_files_or_links(tm
     assert not [f for f in publishable_files(run) if f.startswith("overlays")]  # behind a linked folder
 
 
-def test_publishing_takes_exactly_the_allow_list(tmp_path, monkeypatch):
+def test_publishing_takes_exactly_the_allow_list(tmp_path, fake_hub):
     """`publishable_files` of a run folder: a sharded model (its index and shards), the card and figures, the code
     auto_map names; never another .safetensors, the run's logs, arguments or checkpoints, a hidden file, nor the
     code that a linked config.json names (a link planted there would choose what is uploaded)."""
@@ -616,9 +529,8 @@ def test_publishing_takes_exactly_the_allow_list(tmp_path, monkeypatch):
         "eval_results.json",
     }
     assert set(publishable_files(run)) == expected | set(shards) | code
-    _, uploaded = _recording_hub(monkeypatch)
     publish_folder(run, "me/m")  # no model.safetensors: its shards and their index
-    assert uploaded[0]["files"] == publishable_files(run)
+    assert fake_hub.uploaded[0]["files"] == publishable_files(run)
     # a crafted auto_map naming a hidden module (".py"), then a config.json linked to one naming deploy.py
     outside = tmp_path / "outside.json"
     config = json.loads((run / "config.json").read_text())
@@ -634,37 +546,13 @@ def test_publishing_takes_exactly_the_allow_list(tmp_path, monkeypatch):
     assert not {"deploy.py", "config.json"} & set(publishable_files(run))
 
 
-def _recording_hub(monkeypatch) -> tuple[list[dict], list[dict]]:
-    """HfApi's create_repo and upload_folder stubbed, each call's keywords recorded; an upload lists the files of
-    its folder that its allow_patterns select (as the Hub client does) under ``"files"``."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.utils import filter_repo_objects
-
-    created, uploaded = [], []
-
-    def create_repo(self, repo_id, **kwargs):
-        created.append({"repo_id": repo_id, **kwargs})
-        return SimpleNamespace(repo_id=repo_id)
-
-    def upload_folder(self, *, folder_path, allow_patterns=None, **kwargs):
-        folder = Path(folder_path)
-        found = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
-        uploaded.append(
-            {**kwargs, "files": sorted(filter_repo_objects(found, allow_patterns=allow_patterns))}
-        )
-
-    monkeypatch.setattr(HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-    return created, uploaded
-
-
-def test_publishing_uploads_the_allow_list_to_the_repository_and_revision_asked(tmp_path, monkeypatch):
+def test_publishing_uploads_the_allow_list_to_the_repository_and_revision_asked(tmp_path, fake_hub):
     """publish_folder uploads exactly `publishable_files` (names holding glob characters too) to an existing or new
     repository (exist_ok), of the privacy and revision asked; push_to_hub creates it as private as asked."""
     from weclip_hf import WeCLIPForSemanticSegmentation
     from weclip_hf.hub import publish_folder, publishable_files
 
-    created, uploaded = _recording_hub(monkeypatch)
+    created, uploaded = fake_hub.created, fake_hub.uploaded
     model = WeCLIPForSemanticSegmentation(make_tiny_config())
     model.save_pretrained(tmp_path)
     (tmp_path / "overlays").mkdir()
@@ -681,18 +569,13 @@ def test_publishing_uploads_the_allow_list_to_the_repository_and_revision_asked(
     ] * 2
 
 
-def test_hub_errors_never_quote_the_token_however_it_is_cut(monkeypatch):
+def test_hub_errors_never_quote_the_token_however_it_is_cut(fake_hub):
     """An error that quotes the token without its stray line end (what a library stripped) still has it redacted,
     and a token ending in a space is named as one holding whitespace."""
-    from huggingface_hub import HfApi
-
     from weclip_hf.hub import REDACTED_TOKEN, create_hub_repo
 
-    def refused(self, *args, **kwargs):
-        raise ValueError(f"bad header Bearer {self.token.strip()}")
-
-    monkeypatch.setattr(HfApi, "create_repo", refused)
     for token in ("hf_SeCrEt\n", "hf_SeCrEt "):
+        fake_hub.fail("create_repo", ValueError(f"bad header Bearer {token.strip()}"))
         with pytest.raises(RuntimeError, match="strip it") as raised:
             create_hub_repo("me/m", token=token)
         assert "SeCrEt" not in str(raised.value) and f"Bearer {REDACTED_TOKEN}" in str(raised.value)

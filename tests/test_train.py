@@ -23,7 +23,6 @@ from conftest import (
     FAST_ON_DATA,
     ROOT,
     TRAIN,
-    created_repo,
     example_module,
     read_log,
     resumable_args,
@@ -708,18 +707,9 @@ def test_bad_dataset_errors_name_the_problem(tmp_path, tiny_clip):
         train_in_process(*common, "--image_column", "photo", "--max_train_steps", 1)
 
 
-def test_push_to_hub_uploads_the_output_folder(tmp_path, tiny_clip, monkeypatch):
+def test_push_to_hub_uploads_the_output_folder(tmp_path, tiny_clip, fake_hub):
     """The folder is uploaded to the repository create_repo returns (the user's, for a name without one), and
     its card's usage code loads that repository (it named the bare --hub_model_id, which does not exist)."""
-    from huggingface_hub import HfApi
-
-    calls = {}
-    monkeypatch.setattr(HfApi, "create_repo", created_repo)
-
-    def upload_folder(self, repo_id, folder_path, allow_patterns, **kwargs):
-        calls.update(repo_id=repo_id, files=sorted(os.listdir(folder_path)), allow=allow_patterns)
-
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     out = tmp_path / "push"
     train_in_process(
         "--clip_model_name_or_path",
@@ -733,10 +723,11 @@ def test_push_to_hub_uploads_the_output_folder(tmp_path, tiny_clip, monkeypatch)
         "weclip-toy-test",
         *FAST,
     )
-    assert calls["repo_id"] == "me/weclip-toy-test"
+    (upload,) = fake_hub.uploaded
+    assert upload["repo_id"] == "me/weclip-toy-test" and upload["folder_path"] == str(out)
     for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "metrics.json"):
-        assert name in calls["files"], name
-    assert not [f for f in calls["allow"] if f.startswith("step_")]  # checkpoints stay local
+        assert name in upload["files"], name
+    assert not [f for f in upload["allow_patterns"] if f.startswith("step_")]  # checkpoints stay local
     card = (out / "README.md").read_text()
     assert 'segmenter = pipeline("image-segmentation", model="me/weclip-toy-test")\n' in card
     assert 'from_pretrained("me/weclip-toy-test", trust_remote_code=True)\n' in card
@@ -872,27 +863,17 @@ def test_help_and_parsed_args_name_the_rfm_start(capsys):
     assert train_script.parse_args(["--rfm_start_step", "7"]).rfm_start_source == "--rfm_start_step"
 
 
-def test_model_push_to_hub_uploads_weights_processor_and_card(tmp_path, tiny_model, monkeypatch):
+def test_model_push_to_hub_uploads_weights_processor_and_card(tiny_model, fake_hub):
     """`model.push_to_hub` (no network: HfApi stubbed) ships a folder the pipeline can load."""
-    from huggingface_hub import HfApi
     from transformers import pipeline
 
     import weclip_hf  # noqa: F401  (registers the Auto classes)
 
-    pushed = tmp_path / "pushed"
-    monkeypatch.setattr(  # the Hub resolves a bare name to the token's namespace
-        HfApi,
-        "create_repo",
-        lambda self, repo_id, **kw: type("R", (), {"repo_id": "me/" + repo_id.split("/")[-1]})(),
-    )
-
-    def upload_folder(self, repo_id, folder_path, allow_patterns, **kwargs):
-        assert sorted(allow_patterns) == sorted(os.listdir(folder_path))
-        shutil.copytree(folder_path, pushed)
-        return f"https://hub/{repo_id}"
-
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    # the Hub resolves a bare name to the token's namespace
     assert tiny_model.push_to_hub("weclip-test", metrics={"miou": 0.5}) == "https://hub/me/weclip-test"
+    (upload,) = fake_hub.uploaded
+    assert upload["left_out"] == [] and len(upload["allow_patterns"]) == len(upload["files"])
+    pushed = upload["copy"]
     files = sorted(p.name for p in pushed.iterdir() if p.suffix != ".py")
     assert files == ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"]
     code = {p.name for p in pushed.glob("*.py")}  # the model's code, for trust_remote_code

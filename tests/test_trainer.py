@@ -6,13 +6,11 @@ import json
 import math
 import shutil
 import sys
-from pathlib import Path
-from types import SimpleNamespace
 from unittest.mock import Mock
 
 import pytest
 import torch
-from conftest import ROOT, created_repo, torchrun
+from conftest import ROOT, torchrun
 from transformers import Trainer, TrainingArguments
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
@@ -698,43 +696,20 @@ def test_trainer_computation_is_what_the_trainer_computes_with(tmp_path):
         computation(torch_compile_backend="foo")
 
 
-def fake_hub(monkeypatch) -> list[dict]:
-    """Stubs the Hub's create_repo (`conftest.created_repo`: a name without a user is the user "me"'s) and
-    upload_folder; returns the commits, each as its repository, message and the text of each file it holds
-    (None for a binary file)."""
-    from huggingface_hub import HfApi
-    from huggingface_hub.utils import filter_repo_objects
-
-    commits = []
-
-    def upload_folder(
-        self, *, repo_id, folder_path, commit_message, allow_patterns=None, ignore_patterns=None, **kw
-    ):
-        folder = Path(folder_path)
-        found = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
-        files = filter_repo_objects(found, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns)
-        texts = {f: (folder / f).read_text() if f.endswith((".md", ".json")) else None for f in files}
-        commits.append({"repo_id": repo_id, "message": commit_message, "files": texts})
-        return SimpleNamespace(done=lambda: True)
-
-    monkeypatch.setattr(HfApi, "create_repo", created_repo)
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-    return commits
-
-
-def test_train_with_trainer_pushes_the_final_model_card_and_figures_in_one_commit(tmp_path, monkeypatch):
+def test_train_with_trainer_pushes_the_final_model_card_and_figures_in_one_commit(
+    tmp_path, monkeypatch, fake_hub
+):
     """save_model pushed a "Model save" commit before the final evaluation: the published card said "No
     evaluation was run." and eval_results.json was never published. One commit after the evaluation holds the
     model, the card with its figures and eval_results.json, and none of the folder's other files
     (training_args.bin)."""
-    commits = fake_hub(monkeypatch)
     script = trainer_script(monkeypatch)
     flags = ["--max_steps", 1, "--save_strategy", "no", "--toy_train_images", 8, "--toy_val_images", 2]
     results = run_script(
         script, "--output_dir", tmp_path, *flags, "--push_to_hub", "--hub_model_id", "me/toy"
     )
-    assert [(c["repo_id"], c["message"]) for c in commits] == [("me/toy", "End of training")]
-    files = commits[0]["files"]
+    assert [(c["repo_id"], c["commit_message"]) for c in fake_hub.uploaded] == [("me/toy", "End of training")]
+    files, copy = fake_hub.uploaded[0]["files"], fake_hub.uploaded[0]["copy"]
     assert sorted(f for f in files if not f.endswith(".py")) == [
         "README.md",
         "config.json",
@@ -744,21 +719,21 @@ def test_train_with_trainer_pushes_the_final_model_card_and_figures_in_one_commi
     ]
     assert {"configuration_weclip.py", "modeling_weclip.py"} <= set(files)  # the code auto_map loads
     assert (tmp_path / "training_args.bin").is_file()  # saved, not published
-    assert json.loads(files["eval_results.json"]) == results
-    assert f"| miou | {results['eval_miou']:.4f} |" in files["README.md"]
-    assert files["README.md"] == (tmp_path / "README.md").read_text()
+    assert json.loads((copy / "eval_results.json").read_text()) == results
+    card = (copy / "README.md").read_text()
+    assert f"| miou | {results['eval_miou']:.4f} |" in card and card == (tmp_path / "README.md").read_text()
 
 
-def test_weclip_trainer_cards_load_the_repository_the_trainer_created(tmp_path, monkeypatch):
+def test_weclip_trainer_cards_load_the_repository_the_trainer_created(tmp_path, fake_hub):
     """With ``hub_model_id`` a name without a user, the cards' usage code loaded that name (`push_to_hub`
     passes the last part of hub_model_id as model_name), a repository that does not exist: it loads the full
     id the Hub gave the repository, in the pushed card and in the one the script writes
     (create_model_card())."""
-    commits = fake_hub(monkeypatch)
     trainer = weclip_trainer(toy_model(), tmp_path, push_to_hub=True, hub_model_id="weclip", max_steps=1)
     trainer.push_to_hub()
     trainer.create_model_card()
-    for card in (commits[0]["files"]["README.md"], (tmp_path / "README.md").read_text()):
+    pushed = fake_hub.uploaded[0]["copy"] / "README.md"
+    for card in (pushed.read_text(), (tmp_path / "README.md").read_text()):
         assert 'segmenter = pipeline("image-segmentation", model="me/weclip")\n' in card
         assert 'processor = AutoImageProcessor.from_pretrained("me/weclip", trust_remote_code=True)\n' in card
         assert "\n# weclip\n" in card
@@ -1067,21 +1042,10 @@ def test_weclip_trainer_refuses_metric_functions_it_would_never_call(tmp_path, n
         weclip_trainer(toy_model(), tmp_path, max_steps=1, trainer_kwargs={name: lambda *a: {}})
 
 
-def test_weclip_trainer_pushes_no_token_and_loadable_step_commits(tmp_path, monkeypatch):
+def test_weclip_trainer_pushes_no_token_and_loadable_step_commits(tmp_path, fake_hub):
     """`Trainer` pickles its arguments (with ``hub_token``) as training_args.bin into the output folder, each
     checkpoint and every commit it pushes; the step commits lacked the model's code files (``auto_map``), so they did
     not load with ``trust_remote_code``. Neither any more: the commits are recorded with a fake Hub."""
-    from huggingface_hub import HfApi
-
-    commits = []
-
-    def upload_folder(self, *, folder_path, **kwargs):
-        commits.append(tmp_path / f"commit{len(commits)}")
-        shutil.copytree(folder_path, commits[-1], ignore=shutil.ignore_patterns("checkpoint-*", "_*"))
-        return SimpleNamespace(done=lambda: True)
-
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: SimpleNamespace(repo_id=repo_id))
-    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     token = "hf_NOT_A_REAL_TOKEN_123"
     out = tmp_path / "run"
     trainer = weclip_trainer(
@@ -1095,6 +1059,7 @@ def test_weclip_trainer_pushes_no_token_and_loadable_step_commits(tmp_path, monk
     )
     trainer.train()
     trainer.push_to_hub()
+    commits = [c["copy"] for c in fake_hub.uploaded]
     assert len(commits) >= 2  # a step commit and the final one
     for folder in (out, *commits):
         for file in (f for f in folder.rglob("*") if f.is_file()):

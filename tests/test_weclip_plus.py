@@ -1209,32 +1209,11 @@ def test_remote_code_loads_weclip_plus_without_the_package(plus_model, tmp_path)
     torch.testing.assert_close(remote["logits"], logits, rtol=0, atol=1e-6)
 
 
-def test_push_to_hub_uploads_a_loadable_folder(plus_model, tmp_path, monkeypatch):
+def test_push_to_hub_uploads_a_loadable_folder(plus_model, fake_hub):
     """`push_to_hub` (Hub API replaced by a local copy) uploads weights, config, processor, code and a WeCLIP+
     card; the uploaded folder loads back."""
-    import shutil
-    from types import SimpleNamespace
-
-    import huggingface_hub
-
-    uploaded = tmp_path / "uploaded"
-
-    class FakeApi:
-        def __init__(self, token=None):
-            pass
-
-        def create_repo(self, repo_id, **kwargs):
-            return SimpleNamespace(repo_id=repo_id if "/" in repo_id else f"user/{repo_id}")
-
-        def upload_folder(self, repo_id, folder_path, allow_patterns, **kwargs):
-            uploaded.mkdir()
-            for name in allow_patterns:
-                shutil.copy(f"{folder_path}/{name}", uploaded / name)
-            return repo_id
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
-    monkeypatch.setattr("weclip_hf.hub.HfApi", FakeApi)
-    assert plus_model.push_to_hub("tiny-weclip-plus") == "user/tiny-weclip-plus"
+    assert plus_model.push_to_hub("tiny-weclip-plus") == "https://hub/me/tiny-weclip-plus"
+    uploaded = fake_hub.uploaded[0]["copy"]
     names = {p.name for p in uploaded.iterdir()}
     assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= names
     assert "Frozen CLIP-DINO" in (uploaded / "README.md").read_text()
