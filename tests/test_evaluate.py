@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import evaluate_module, make_tiny_config, torchrun, train_module
+from conftest import evaluate_module, make_tiny_config, torchrun, train_module, with_varied_decoder
 from PIL import Image
 
 from weclip_hf.crf import WECLIP
@@ -32,12 +32,14 @@ load_script = evaluate_module  # examples/evaluate.py as a module
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    """A tiny random WeCLIP and its image processor, saved with save_pretrained."""
+    """A tiny random WeCLIP whose labels vary across an image (`with_varied_decoder`: the tests compare the labels of
+    two routes) and its image processor, saved with save_pretrained."""
     from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 
-    torch.manual_seed(0)
+    # seed 0's multi-scale labels scored 0 on every class, with the CRF too: scores alike, a mix-up unseen
+    torch.manual_seed(1)
     path = tmp_path_factory.mktemp("model")
-    WeCLIPForSemanticSegmentation(make_tiny_config()).save_pretrained(path)
+    with_varied_decoder(WeCLIPForSemanticSegmentation(make_tiny_config())).save_pretrained(path)
     WeCLIPImageProcessor(size={"longest_edge": 48}, patch_size=8).save_pretrained(path)
     return path
 
@@ -92,6 +94,7 @@ def test_processes_of_a_launch_score_their_shares_of_the_images(model_dir, data_
     assert shares == [1, 2]  # images per process, not 3 each
     two = json.loads((tmp_path / "two.json").read_text())
     one = load_script().main([*flags, "--output_json", str(tmp_path / "one.json")])
+    assert _classes_predicted(one["per_class_iou"]["pred"].values()) > 1  # labels that a mix-up would change
     for name in ("miou", "cam_miou", "pseudo_label_miou"):
         assert two[name] == pytest.approx(one[name], abs=1e-6), name
     for mode, ious in one["per_class_iou"].items():
@@ -206,6 +209,11 @@ def _per_class_iou(pred: torch.Tensor, ref: torch.Tensor, num_labels: int, ignor
     return ious
 
 
+def _classes_predicted(ious) -> int:
+    """How many classes a prediction holds at least somewhere right (IoU above 0), from its per-class IoUs."""
+    return sum(iou is not None and iou > 0 for iou in ious)
+
+
 def test_multiscale_flip_crf_and_pseudo_labels(model_dir, data_path, tmp_path, capsys, monkeypatch):
     """Each mode scores the labels it names: ``pred`` the model's argmax, ``pred_msf`` / ``pred_crf`` labels that
     multi-scale + flip / the CRF change on some pixels, ``cam`` / ``pseudo`` the model's pseudo labels without /
@@ -259,6 +267,7 @@ def test_multiscale_flip_crf_and_pseudo_labels(model_dir, data_path, tmp_path, c
                 output = model(pixel_values=pixel_values, class_labels=batch["class_labels"], use_rfm=use_rfm)
                 labels[mode].append(output.pseudo_labels)
     labels = {mode: torch.cat(maps) for mode, maps in labels.items()}
+    assert all(len(labels[mode].unique()) > 1 for mode in modes)  # maps that a mix-up of pixels would change
     # multi-scale + flip and the CRF each change the labels, and the RFM changes the pseudo labels
     for a, b in (("pred", "pred_msf"), ("pred", "pred_crf"), ("pred_msf", "pred_msf_crf"), ("cam", "pseudo")):
         assert (labels[a] != labels[b]).any(), (a, b)
@@ -360,15 +369,14 @@ def test_evaluate_segmentation_matches_a_hand_computed_confusion():
 
 def test_the_argmax_modes_upsample_a_chunk_of_classes_at_a_time(tiny_model, monkeypatch):
     """``pred`` (evaluate_segmentation, predict_labels) takes the argmax class chunk by chunk within the budget
-    (`upsampled_labels`), never all classes at the full size, with the labels of the whole upsampling."""
+    (`upsampled_labels`), never all classes at the full size, with the labels of the whole upsampling: on the tiny
+    model as drawn (argmax margins down to 4e-7: a running maximum that let a later chunk win a near tie moved
+    pixels) and on one whose labels vary (`with_varied_decoder`: a chunk of classes left out moved pixels)."""
     from weclip_hf import evaluation, inference
 
     patch = tiny_model.config.vision_config.patch_size
     pixel_values = torch.randn(1, 3, 30, 53, generator=torch.Generator().manual_seed(0))
     input_size = {"longest_edge": 40, "size_divisor": patch}  # a padding processor's
-    with torch.no_grad():
-        grid, resized, padded = evaluation._grid_logits(tiny_model, pixel_values, False, None, input_size)
-    logits = inference.upsample_cropping_padding(grid.float(), (30, 53), resized, padded)
     chunks = []
     upsample = inference.upsample_cropping_padding
 
@@ -378,8 +386,15 @@ def test_the_argmax_modes_upsample_a_chunk_of_classes_at_a_time(tiny_model, monk
 
     monkeypatch.setattr(inference, "LABELS_CHUNK_BYTES", 1)  # one class at a time
     monkeypatch.setattr(inference, "upsample_cropping_padding", recording)
-    labels = predict_labels(tiny_model, pixel_values, (30, 53), input_size=input_size)
-    assert chunks == [1] * logits.shape[1] and torch.equal(labels, logits.argmax(dim=1))
+    for varied in (False, True):  # the model as drawn first: with_varied_decoder redraws it in place
+        model = with_varied_decoder(tiny_model) if varied else tiny_model
+        with torch.no_grad():
+            grid, resized, padded = evaluation._grid_logits(model, pixel_values, False, None, input_size)
+        logits = upsample(grid.float(), (30, 53), resized, padded)
+        chunks.clear()
+        labels = predict_labels(model, pixel_values, (30, 53), input_size=input_size)
+        assert chunks == [1] * logits.shape[1] and torch.equal(labels, logits.argmax(dim=1))
+        assert len(labels.unique()) > 1
     chunks.clear()
     ref = torch.tensor([[[0, 0, 1], [1, 2, 255]]])
     pred = ref.clamp(max=2)[:, None].float().repeat(1, 3, 1, 1)  # EncodedPrediction: channel 0 is the class
@@ -652,11 +667,12 @@ def test_evaluate_segmentation_gives_the_model_its_images_on_its_device():
     assert model.seen == [torch.device("meta")] and scores["per_category_iou"][0] == 0.5
 
 
-def test_a_crf_mode_refines_the_logits_of_its_mode_without_a_second_forward(tiny_model):
+def test_a_crf_mode_refines_the_logits_of_its_mode_without_a_second_forward(varied_tiny_model):
     """pred_crf / pred_msf_crf refine the logits pred / pred_msf computed for the batch: the CRF modes add no
     forward, and each mode scores as predict_labels scores it alone."""
     from weclip_hf.normalization import CLIP_NORMALIZATION
 
+    tiny_model = varied_tiny_model
     pixel_values = torch.randn(2, 3, 24, 32, generator=torch.Generator().manual_seed(0))
     labels = torch.randint(0, 5, (2, 24, 32), generator=torch.Generator().manual_seed(1))
     forwards = []
@@ -676,9 +692,10 @@ def test_a_crf_mode_refines_the_logits_of_its_mode_without_a_second_forward(tiny
             tiny_model, [{"pixel_values": pixel_values, "labels": labels}], [mode], **kwargs
         )
         np.testing.assert_array_equal(alone[mode]["per_category_iou"], results[mode]["per_category_iou"])
+        assert _classes_predicted(results[mode]["per_category_iou"]) > 1, mode
 
 
-def test_images_of_several_sizes_evaluate_in_one_loader_batch(tiny_model):
+def test_images_of_several_sizes_evaluate_in_one_loader_batch(varied_tiny_model):
     """A validation set keeps each image's size: `collate_by_size` gives one batch per size, and the scores are those
     of one image at a time (stacking them raised "stack expects each tensor to be equal size" after training)."""
     from torch.utils.data import DataLoader
@@ -699,14 +716,15 @@ def test_images_of_several_sizes_evaluate_in_one_loader_batch(tiny_model):
         [(2, 3, 24, 32), (1, 3, 32, 24), (1, 3, 16, 40)]
     ]
     modes = ("pred", "pseudo")
-    together = evaluate_segmentation(tiny_model, batches, modes, progress=False)
+    together = evaluate_segmentation(varied_tiny_model, batches, modes, progress=False)
     one_by_one = evaluate_segmentation(
-        tiny_model, DataLoader(examples, collate_fn=collate_by_size), modes, progress=False
+        varied_tiny_model, DataLoader(examples, collate_fn=collate_by_size), modes, progress=False
     )
     for mode in modes:
         np.testing.assert_allclose(
             together[mode]["per_category_iou"], one_by_one[mode]["per_category_iou"], atol=1e-12
         )
+        assert _classes_predicted(together[mode]["per_category_iou"]) > 1, mode
 
 
 def test_the_toy_world_is_scored_only_for_a_model_of_its_classes(model_dir, tmp_path):
