@@ -786,6 +786,9 @@ def real_vocab_checkpoint(tmp_path_factory):
 
 
 def test_script_writes_a_loadable_folder(tmp_path, real_vocab_checkpoint):
+    """The folder loads as the model the official code builds from the checkpoint: its logits on a noise image are
+    those of the official layout computed from the checkpoint's own tensors (fp16 CLIP, OpenAI's head counts, the
+    official decoder's 8 heads), and the pipeline's labels vary over it."""
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
     checkpoint, sd = real_vocab_checkpoint
@@ -819,12 +822,20 @@ def test_script_writes_a_loadable_folder(tmp_path, real_vocab_checkpoint):
             value.half().float() if key.startswith(("vision_", "text_", "visual_", "logit")) else value,
         ), key
     assert torch.allclose(model.class_text_embeds.norm(dim=-1), torch.ones(20))
+    # the official forward on the checkpoint as saved: not through `official_to_weclip`, nor the folder's config
+    saved = torch.load(checkpoint, weights_only=True)
+    pixel_values = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    ref_layers, _ = ref_vision(_clip_only(saved), pixel_values, heads=128 // 64)
+    expected = ref_decoder(saved, ref_layers[:-1], (4, 4), heads=8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pixel_values).logits, expected, rtol=1e-5, atol=1e-5)
     AutoImageProcessor.from_pretrained(out)
     from PIL import Image
     from transformers import pipeline
 
-    segments = pipeline("image-segmentation", model=str(out))(Image.new("RGB", (50, 37), (90, 140, 200)))
-    assert segments and all(s["mask"].size == (50, 37) for s in segments)
+    noise = torch.randint(0, 256, (37, 50, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    segments = pipeline("image-segmentation", model=str(out))(Image.fromarray(noise.numpy()))
+    assert len(segments) > 1 and all(s["mask"].size == (50, 37) for s in segments)
     assert {s["label"] for s in segments} <= set(model.config.id2label.values())
     # new classes from the folder alone (offline): it holds the CLIP tokenizer the text embeddings were made with
     from transformers import AutoTokenizer
