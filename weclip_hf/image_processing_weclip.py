@@ -5,18 +5,18 @@ normalize with `weclip_hf.normalization.PixelNormalization` (``(x - mean / f) / 
 rescale_factor``, in float64, rounded once to float32: the official formula and constants with the ImageNet
 statistics on 0-255 pixels when ``f = 1/255``; the training and evaluation datasets use the same) -> bilinear
 resize of the normalized tensor (align_corners=False, no antialiasing: see below) so the long side is
-``size["longest_edge"]`` (int truncation of the other side, at least 1 px), or the short side ``size["shortest_edge"]`` (transformers' short-side
-resize), or to a fixed ``{"height", "width"}`` (an int ``size`` n is n x n, as transformers reads it) -> zero padding (after
-normalization) at the bottom/right up to one patch in each dimension, and with ``do_pad`` to a multiple of the
-patch size.
+``size["longest_edge"]`` (int truncation of the other side, at least 1 px), or the short side
+``size["shortest_edge"]`` (transformers' short-side resize), or to a fixed ``{"height", "width"}`` (an int
+``size`` n is n x n, as transformers reads it) -> zero padding (after normalization) at the bottom/right up to
+one patch in each dimension, and with ``do_pad`` to a multiple of the patch size.
 ``post_process_semantic_segmentation`` crops that padding away again, so masks always have the input size (given
 the call's ``do_resize``/``size``/``do_pad`` when they differ from the instance's).
 
-The resize is `F.interpolate`'s bilinear without antialiasing, as the official evaluation's: each output pixel reads
-the 4 input pixels around it, so a photo much larger than the target aliases fine texture (a VOC photo enlarged to
-2000 px, to 512 px: up to 0.59, on average 0.016 normalized units from an antialiased resize), where transformers' processors antialias (PIL's
-filters; torchvision's antialias=True). To antialias, shrink the photo first, e.g.
-``PIL.ImageOps.contain(image, (512, 512), PIL.Image.Resampling.BICUBIC)``, at the cost of the official numbers.
+The resize is `F.interpolate`'s bilinear without antialiasing, as the official evaluation's: each output pixel
+reads the 4 input pixels around it, so a photo much larger than the target aliases fine texture, where
+transformers' processors antialias (PIL's filters; torchvision's antialias=True). To antialias, shrink
+the photo first, e.g. ``PIL.ImageOps.contain(image, (512, 512), PIL.Image.Resampling.BICUBIC)``, at the cost
+of the official numbers.
 
 Inputs are read by `weclip_hf.image_reading` (PIL images in any mode, NumPy arrays and torch tensors HWC or
 CHW, file paths, URLs and base64 strings -> 0-255 RGB values; the rules are in its docstring). The processor takes
