@@ -186,6 +186,19 @@ def test_par_of_an_image_with_a_flat_region_stays_finite_and_matches_the_referen
     torch.testing.assert_close(ours, reference_par(image, scores, [1, 2], 3), rtol=1e-5, atol=1e-6)
 
 
+def test_par_takes_dilations_in_any_order():
+    """The config takes PAR dilations in any order (`check_dilations`): the padding covers the largest wherever it
+    stands in the list, and PAR refines as the reference's dilated convolutions do."""
+    g = torch.Generator().manual_seed(0)
+    image, scores = torch.randn(1, 3, 20, 18, generator=g), torch.rand(1, 2, 20, 18, generator=g)
+    torch.testing.assert_close(
+        par_refine(image, scores, [4, 1, 2], num_iter=3),
+        reference_par(image, scores, [4, 1, 2], 3),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
 def test_par_defaults_are_the_configs():
     """`par_refine` called without settings refines as a default `WeCLIPConfig` (20 iterations, w1 0.3, w2 0.01)."""
     config = WeCLIPConfig()
