@@ -167,6 +167,27 @@ def test_chunked_gradcams_need_pairs_ordered_by_image(model):
         )
 
 
+@pytest.mark.parametrize("chunk_size", [1, 2])
+def test_pair_gradcams_run_the_last_block_on_chunk_size_images_with_their_own_most_classes(model, chunk_size):
+    """``chunk_size`` images per call of the last block, each call told the most classes of one of its own images
+    (`LastBlockPairs`: the most pairs of one image), not the batch's."""
+    plan = plan_pairs(LABELS, "cpu")
+    calls = []
+
+    def recording(tokens, pair_image, slots):
+        calls.append((tokens.shape[0], slots[1]))
+        return model.last_block_pair_embeddings(tokens, pair_image, slots)
+
+    tokens = torch.randn(
+        5, 13, model.config.vision_config.hidden_size, generator=torch.Generator().manual_seed(0)
+    )
+    text = (model.class_text_embeds, model.background_text_embeds, model.logit_scale)
+    pseudo_labels.pair_gradcams(recording, tokens, *text, plan, (3, 4), chunk_size=chunk_size)
+    counts = LABELS.sum(1).tolist()  # 2, 1, 0, 3, 1 classes
+    chunks = [counts[start : start + chunk_size] for start in range(0, 5, chunk_size)]
+    assert calls == [(len(chunk), max(chunk)) for chunk in chunks]
+
+
 def _reference_segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The balanced CE written with autograd's own ops (the full-resolution scores kept for the backward)."""
     up = torch.nn.functional.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
