@@ -29,7 +29,8 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
-from transformers import AutoModelForSemanticSegmentation
+from transformers import AutoModelForSemanticSegmentation, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import cached_file
 
 from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor, WeCLIPPlusConfig
 from weclip_hf.checkpointing import (
@@ -64,6 +65,7 @@ from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.evaluation import MIOU_NAMES, evaluate_segmentation, processor_input_size, write_overlays
 from weclip_hf.host_memory import retain_freed_host_memory
 from weclip_hf.hub import (
+    TOKENIZER_FILES,
     card_repo_id,
     create_hub_repo,
     make_model_card,
@@ -112,6 +114,7 @@ from weclip_hf.script_arguments import (
     check_preset_fits_data,
     check_preset_fits_model,
     check_source_flags,
+    clip_tokenizer,
     config_values,
     first_paragraph,
     fraction,
@@ -672,10 +675,13 @@ def prepare_data(
 # ---- model ------------------------------------------------------------------------------------------
 
 
-def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
+def build_model(
+    args, names: dict, tokenizer: PreTrainedTokenizerBase | None = None
+) -> WeCLIPForSemanticSegmentation:
     """A fresh WeCLIP from ``--clip_model_name_or_path`` (WeCLIP+ with ``--dino_model_name_or_path`` or a WeCLIP+
-    preset; preset, recipe and model flags applied), or the saved model of ``--model_name_or_path`` with the model
-    flags given on the command line applied to its config."""
+    preset; preset, recipe and model flags applied; its text embeddings computed with ``tokenizer``, by default the
+    CLIP's), or the saved model of ``--model_name_or_path`` with the model flags given on the command line applied to
+    its config."""
     if args.model_name_or_path:
         # checked before loading (read once: parse_args may have read it)
         saved = saved_config(args)
@@ -697,8 +703,45 @@ def build_model(args, names: dict) -> WeCLIPForSemanticSegmentation:
             overrides[key] = getattr(args, key)
     plus = model_type_of_args(args) == "weclip_plus"
     return model_from_backbones(
-        clip_source(args), args.dino_model_name_or_path, plus, **with_class_names(overrides, args.class_names)
+        clip_source(args),
+        args.dino_model_name_or_path,
+        plus,
+        tokenizer=tokenizer,
+        **with_class_names(overrides, args.class_names),
     )
+
+
+def embeddings_tokenizer(
+    args: argparse.Namespace, log: Callable[[str], None]
+) -> PreTrainedTokenizerBase | None:
+    """The tokenizer of the model's text embeddings, which the run saves with the model (new class names need it):
+    a fresh model's CLIP's (`clip_tokenizer`); a trained model's (``--model_name_or_path``) own, else that of the Hub
+    CLIP its config records, from the local Hub cache only (the run fetches nothing it did not); else None, which
+    ``log`` says. Loaded once, before the data and the model: a CLIP without one fails the run before it trains."""
+    if not args.model_name_or_path:
+        return clip_tokenizer(clip_source(args))
+    source = args.model_name_or_path
+    # a Hub id's from the repository the model comes from (None offline, where the cache lacks it)
+    marker = TOKENIZER_FILES[1]
+    missing = dict(_raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
+    if cached_file(source, marker, **missing):
+        with naming_the_model_flag(source):
+            return AutoTokenizer.from_pretrained(source)
+    # the CLIP's Hub id, which `from_clip` records in the vision config ("": a local CLIP)
+    clip = saved_config(args).get("vision_config", {}).get("_name_or_path") or None
+    if clip and cached_file(clip, marker, local_files_only=True, **missing):
+        return AutoTokenizer.from_pretrained(clip, local_files_only=True)
+    where = (
+        f"the tokenizer of the CLIP its config records ({clip}) is not in the local Hub cache"
+        if clip
+        else "its config records no Hub CLIP"
+    )
+    log(
+        f"Note: --model_name_or_path {source} holds no tokenizer, and {where}: the model will be saved without one "
+        "(new class names need the tokenizer of the CLIP it was built from: save it in the folder, "
+        "AutoTokenizer.from_pretrained(clip).save_pretrained(folder))."
+    )
+    return None
 
 
 def config_preset(args: argparse.Namespace) -> str | None:
@@ -1042,10 +1085,11 @@ def main(argv=None) -> dict:
 
 
 def load_data_and_model(
-    args, accelerator: Accelerator, retained: bool
+    args, accelerator: Accelerator, retained: bool, tokenizer: PreTrainedTokenizerBase | None = None
 ) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImageProcessor, Dataset, Dataset | None]:
-    """Phase 1: the model (`build_model`), its image processor, and the training and validation sets (normalized
-    with that processor's statistics); ``retained``: freed host memory is kept for reuse (for the summary line)."""
+    """Phase 1: the model (`build_model`; a fresh one's text embeddings computed with ``tokenizer``), its image
+    processor, and the training and validation sets (normalized with that processor's statistics); ``retained``:
+    freed host memory is kept for reuse (for the summary line)."""
     train_raw, val_raw, names = load_dataset_splits(
         # the toy world when no dataset is named (--preset toy may name one)
         DataSource.from_args(args, toy_sizes=(args.toy_train_images, args.toy_val_images)),
@@ -1058,7 +1102,7 @@ def load_data_and_model(
         dataset_classes=not (args.class_names or args.model_name_or_path),
         log=accelerator.print,
     )
-    model = build_model(args, names)
+    model = build_model(args, names, tokenizer)
     # the recipe's evaluation settings are the model's (evaluate.py, segment.py), and a continuing run's recipe
     model.config.training_preset = args.recipe
     from_dataset = not (args.preset or args.class_names or args.model_name_or_path or names_no_dataset(args))
@@ -1146,8 +1190,9 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         accelerator.print(f"pushing to {args.hub_model_id} at the end")
     started = time.time()
 
-    # 1. data and model
-    model, image_processor, train_set, val_set = load_data_and_model(args, accelerator, retained)
+    # 1. data and model (the tokenizer of the text embeddings first: saved with the model, and fails no later)
+    tokenizer = embeddings_tokenizer(args, accelerator.print)
+    model, image_processor, train_set, val_set = load_data_and_model(args, accelerator, retained, tokenizer)
     streamed = isinstance(train_set, StreamingWeakSegmentationDataset)
     clip = None if args.model_name_or_path else clip_source(args)
     args.resolved = resolved_trajectory(args, model, clip, None if streamed else len(train_set))
@@ -1314,6 +1359,7 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         accelerator,
         accelerator.unwrap_model(model),
         image_processor,
+        tokenizer,
         val_set,
         step,
         started,
@@ -1326,23 +1372,28 @@ def finish_training(
     accelerator: Accelerator,
     unwrapped: WeCLIPForSemanticSegmentation,
     image_processor: WeCLIPImageProcessor,
+    tokenizer: PreTrainedTokenizerBase | None,
     val_set: Dataset | None,
     step: int,
     started: float,
     train_seconds: float,
 ) -> dict:
-    """Phase 5: save the model and its processor (before evaluating: a failing or interrupted evaluation loses no
-    training), the final evaluation, metrics.json, the model card, the push; returns the metrics."""
+    """Phase 5: save the model, its processor and the ``tokenizer`` of its text embeddings (before evaluating: a
+    failing or interrupted evaluation loses no training), the final evaluation, metrics.json, the model card, the
+    push; returns the metrics."""
     output_dir = Path(args.output_dir)
     cfg = unwrapped.config
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         unwrapped.save_pretrained(output_dir)
         image_processor.save_pretrained(output_dir)
+        save_tokenizer(tokenizer, output_dir)
     written: list[str] = []  # of metrics.json and README.md, for the message of a signal
 
     def explain(signum: int) -> str:
-        return unfinished_message(args, step, signum, written, evaluable=val_set is not None)
+        return unfinished_message(
+            args, step, signum, written, evaluable=val_set is not None, with_tokenizer=tokenizer is not None
+        )
 
     with explain_signals(explain, accelerator.print):
         metrics: dict = {"train_steps": step, "train_seconds": round(train_seconds, 1)}
@@ -1364,6 +1415,7 @@ def finish_training(
             accelerator.print(json.dumps(summary, indent=2))
             saved = [
                 "the model (from_pretrained and the pipeline load the folder)",
+                *(["the CLIP tokenizer of its text embeddings"] if tokenizer is not None else []),
                 "metrics.json",
                 "its card",
             ]
@@ -1380,14 +1432,31 @@ def finish_training(
     return metrics
 
 
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase | None, output_dir: Path) -> None:
+    """Save the ``tokenizer`` of the model's text embeddings beside it; without one (`embeddings_tokenizer`), remove
+    the tokenizer that a run --overwrite_output_dir replaced left there, which need not be this model's."""
+    if tokenizer is not None:
+        tokenizer.save_pretrained(output_dir)
+        return
+    for name in TOKENIZER_FILES:
+        (output_dir / name).unlink(missing_ok=True)
+
+
 def unfinished_message(
-    args: argparse.Namespace, step: int, signum: int, written: list[str], evaluable: bool
+    args: argparse.Namespace,
+    step: int,
+    signum: int,
+    written: list[str],
+    evaluable: bool,
+    with_tokenizer: bool = False,
 ) -> str:
     """What a run stopped by signal ``signum`` after its training (in the final evaluation, the writing of its
-    metrics and card, or the push) has saved, what it has not (``written``: of metrics.json and README.md), and how
-    to finish: `evaluate_command` scores the saved model (``evaluable``: the run has a validation split)."""
+    metrics and card, or the push) has saved (``with_tokenizer``: the model's tokenizer too), what it has not
+    (``written``: of metrics.json and README.md), and how to finish: `evaluate_command` scores the saved model
+    (``evaluable``: the run has a validation split)."""
     output_dir = Path(args.output_dir)
-    files = "model.safetensors, config.json, preprocessor_config.json"
+    model_files = ("model.safetensors", "config.json", "preprocessor_config.json")
+    files = ", ".join(model_files + (TOKENIZER_FILES if with_tokenizer else ()))
     saved = f"the trained model (step {step}) is saved in {output_dir} ({files})"
     missing = [name for name in ("metrics.json", "README.md") if name not in written]
     if not missing:  # only the push was left

@@ -90,6 +90,7 @@ from weclip_hf.script_arguments import (
     check_preset_fits_data,
     check_preset_fits_model,
     check_source_flags,
+    clip_tokenizer,
     first_paragraph,
     fraction,
     model_type_of_args,
@@ -329,7 +330,8 @@ def check_resume(path: Path, recorded: dict, computation: Computation) -> None:
 
 
 def main(argv=None) -> dict:
-    """Train as the command line ``argv`` says, save the model and its processor, return the validation mIoU."""
+    """Train as the command line ``argv`` says, save the model, its processor and the CLIP tokenizer of its text
+    embeddings, return the validation mIoU."""
     args, training_args = parse_args(argv)
     output_dir = Path(training_args.output_dir)
     resume = checkpoint_to_resume(training_args)
@@ -379,7 +381,11 @@ def main(argv=None) -> dict:
         config_kwargs.update(parse_config_overrides(args.config_overrides, config_class(args)))
     clip = args.clip_model_name_or_path or default_clip_model(toy=preset.name == "toy")
     plus = model_type_of_args(args) == "weclip_plus"
-    model = model_from_backbones(clip, args.dino_model_name_or_path, plus, **config_kwargs)
+    # the tokenizer of the text embeddings, loaded once: the model's are computed with it, and it is saved with the model
+    tokenizer = clip_tokenizer(clip)
+    model = model_from_backbones(
+        clip, args.dino_model_name_or_path, plus, tokenizer=tokenizer, **config_kwargs
+    )
     cfg = model.config
     cfg.training_preset = preset.name  # its evaluation settings are the model's (evaluate.py, segment.py)
     if training_args.max_steps > 0:  # when the RFM (and WeCLIP+'s self-training) act, if not in this run
@@ -446,6 +452,9 @@ def main(argv=None) -> dict:
     # saved before the evaluation (which casts it with --fp16_full_eval), not pushed (as save_model does with
     # --push_to_hub): the push below publishes it with the card and figures of that evaluation
     trainer.save_model(training_args.output_dir, _internal_call=True)
+    # beside the model: new class names need it (the checkpoints, which resume the run, go without)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(output_dir)
     results = {}
     if val_set is not None:
         results = trainer.evaluate()  # the model as saved (with load_best_model_at_end, the best one)
@@ -457,7 +466,7 @@ def main(argv=None) -> dict:
         (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
         print(json.dumps(results, indent=2))
     if training_args.push_to_hub and trainer.is_world_process_zero():
-        # one commit of the allowed files (`publishable_files`): the model, its card, eval_results.json
+        # one commit of the allowed files (`publishable_files`): the model, its tokenizer, card, eval_results.json
         publish_folder(
             output_dir,
             trainer.hub_model_id,  # the full id of the repository the trainer created

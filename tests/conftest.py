@@ -399,7 +399,8 @@ def read_log(path: Path) -> list[dict]:
 @pytest.fixture(scope="session")
 def toy_weclip_dir(tiny_clip, tmp_path_factory):
     """A WeCLIP of the toy preset's classes on the tiny CLIP saved with its image processor (long side 96, the tiny
-    CLIP's 12 px patches): the folder a toy training run leaves, without the training. Its decoder's weight
+    CLIP's 12 px patches): the folder a toy training run leaves, without the training (nor, as an earlier version's
+    folder, the CLIP's tokenizer). Its decoder's weight
     matrices are drawn with std 0.3 (`with_varied_decoder`), so that its predictions vary across an image (3-8
     classes in a toy image; a freshly initialized decoder predicts one class everywhere)."""
     from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
@@ -413,6 +414,26 @@ def toy_weclip_dir(tiny_clip, tmp_path_factory):
     model.save_pretrained(path)
     WeCLIPImageProcessor(size={"longest_edge": 96}, patch_size=12).save_pretrained(path)
     return path
+
+
+def assert_holds_the_tokenizer_of_its_text_embeddings(folder: Path) -> None:
+    """The model of ``folder`` gets new classes from the folder alone: AutoTokenizer loads the tokenizer saved there,
+    which encodes the model's classes as its stored text embeddings do, and gives the model other classes (two of
+    its own, swapped: their stored embeddings swapped)."""
+    from transformers import AutoModelForSemanticSegmentation, AutoTokenizer
+
+    import weclip_hf  # noqa: F401  (registers the Auto classes)
+
+    model = AutoModelForSemanticSegmentation.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    stored = (model.class_text_embeds.clone(), model.background_text_embeds.clone())
+    model.update_class_embeddings(tokenizer)
+    torch.testing.assert_close((model.class_text_embeds, model.background_text_embeds), stored)
+    # two of its classes, swapped: a model of two classes whose embeddings are the stored ones of those names
+    first, second = model.config.class_names[:2]
+    model.update_class_embeddings(tokenizer, class_names=[second, first])
+    assert model.config.id2label == {0: "background", 1: second, 2: first}
+    torch.testing.assert_close(model.class_text_embeds, stored[0][[1, 0]])
 
 
 def save_another_model_at(folder: Path) -> None:

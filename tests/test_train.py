@@ -23,6 +23,7 @@ from conftest import (
     FAST_ON_DATA,
     ROOT,
     TRAIN,
+    assert_holds_the_tokenizer_of_its_text_embeddings,
     example_module,
     read_log,
     resumable_args,
@@ -34,6 +35,7 @@ from conftest import (
 )
 from PIL import Image
 
+from weclip_hf.hub import TOKENIZER_FILES
 from weclip_hf.local_cores import cores_per_local_process
 from weclip_hf.run_signals import exit_status
 
@@ -53,8 +55,8 @@ def test_toy_default_writes_model_metrics_overlays_and_card(toy_run):
     out, printed = toy_run
     # the last line names the folder and what it holds (the main job ended on its metrics, the folder unnamed)
     assert printed.rstrip().endswith(
-        f"Saved to {out}: the model (from_pretrained and the pipeline load the folder), metrics.json, its card, "
-        "overlays/, the checkpoints step_N/."
+        f"Saved to {out}: the model (from_pretrained and the pipeline load the folder), the CLIP tokenizer of its "
+        "text embeddings, metrics.json, its card, overlays/, the checkpoints step_N/."
     )
     metrics = json.loads((out / "metrics.json").read_text())
     for key in (
@@ -85,6 +87,55 @@ def test_toy_default_writes_model_metrics_overlays_and_card(toy_run):
     segmenter = pipeline("image-segmentation", model=str(out))
     results = segmenter(Image.fromarray(np.zeros((96, 96, 3), np.uint8)))
     assert results and results[0]["mask"].size == (96, 96)
+
+
+def test_the_model_folder_holds_the_tokenizer_of_its_text_embeddings(toy_run):
+    """train.py's folders held no tokenizer: new class names (update_class_embeddings) needed the CLIP the model was
+    built from, which a folder of the toy world (or of a local CLIP) does not record. The CLIP's tokenizer is saved
+    with the model; the checkpoints, which resume the run and hold no backbone, stay without it."""
+    out, _ = toy_run
+    assert_holds_the_tokenizer_of_its_text_embeddings(out)
+    assert {p.name for p in out.glob("step_*/tokenizer*")} == set()
+
+
+def test_a_trained_folder_without_a_tokenizer_gives_the_recorded_clips_from_the_cache_else_says_so(
+    tmp_path, toy_weclip_dir, tiny_clip, monkeypatch
+):
+    """--model_name_or_path of a folder without a tokenizer (an earlier version's): the tokenizer of the Hub CLIP its
+    config records, from the local Hub cache only (the run fetches nothing it did not); where neither gives one, a
+    line says so and the run goes on without (it fails nowhere, and the folder it writes holds none)."""
+    import huggingface_hub
+
+    from weclip_hf.data.toy import toy_clip_path
+
+    train = train_module()
+    folder = tmp_path / "trained"
+    shutil.copytree(toy_weclip_dir, folder)  # built from a local CLIP: its config records none
+    args = train.parse_args(["--model_name_or_path", str(folder), "--output_dir", str(tmp_path / "out")])
+    printed = []
+    assert train.embeddings_tokenizer(args, printed.append) is None
+    assert printed == [
+        f"Note: --model_name_or_path {folder} holds no tokenizer, and its config records no Hub CLIP: the model will "
+        "be saved without one (new class names need the tokenizer of the CLIP it was built from: save it in the "
+        "folder, AutoTokenizer.from_pretrained(clip).save_pretrained(folder))."
+    ]
+    config = json.loads((folder / "config.json").read_text())
+    config["vision_config"]["_name_or_path"] = "org/clip"
+    (folder / "config.json").write_text(json.dumps(config))
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    printed.clear()
+    args = train.parse_args(["--model_name_or_path", str(folder), "--output_dir", str(tmp_path / "out")])
+    assert train.embeddings_tokenizer(args, printed.append) is None
+    assert "and the tokenizer of the CLIP its config records (org/clip) is not in the local Hub" in printed[0]
+    # the Hub cache holds that CLIP's tokenizer (the run that built the model fetched it)
+    (cache / "models--org--clip" / "refs").mkdir(parents=True)
+    (cache / "models--org--clip" / "refs" / "main").write_text("0" * 40)
+    shutil.copytree(toy_clip_path(), cache / "models--org--clip" / "snapshots" / ("0" * 40))
+    printed.clear()
+    tokenizer = train.embeddings_tokenizer(args, printed.append)
+    assert printed == []
+    assert tokenizer("a cat").input_ids == train.AutoTokenizer.from_pretrained(tiny_clip)("a cat").input_ids
 
 
 def test_fully_supervised_flag(tmp_path, tiny_clip, capsys):
@@ -124,7 +175,10 @@ def test_fully_supervised_flag(tmp_path, tiny_clip, capsys):
     assert sorted(p.name for p in out.glob("step_*")) == ["step_1"]
 
 
-def test_a_finished_run_without_checkpoints_is_not_replaced_silently(tmp_path, tiny_clip):
+def test_a_finished_run_without_checkpoints_is_not_replaced_silently(tmp_path, tiny_clip, toy_weclip_dir):
+    """A finished run is refused without --overwrite_output_dir, and replaced whole with it: the run replacing it
+    here continues a model without a tokenizer (`embeddings_tokenizer`), and the old run's tokenizer, which may
+    not be that model's, went on beside it."""
     out = tmp_path / "done"
     run = ["--clip_model_name_or_path", tiny_clip, "--output_dir", out, *FAST, "--checkpointing_steps", 0]
     train_in_process(*run, "--max_train_steps", 2)
@@ -134,9 +188,12 @@ def test_a_finished_run_without_checkpoints_is_not_replaced_silently(tmp_path, t
                        r"train_log.jsonl\). Start over with --overwrite_output_dir"):  # fmt: skip
         train_in_process(*run, "--max_train_steps", 1, "--seed", 3)
     assert (out / "model.safetensors").read_bytes() == weights  # untouched
-    train_in_process(*run, "--max_train_steps", 1, "--seed", 3, "--overwrite_output_dir")
+    assert {p.name for p in out.glob("tokenizer*")} == set(TOKENIZER_FILES)
+    replacing = ["--model_name_or_path", toy_weclip_dir, *run[2:], "--max_train_steps", 1, "--seed", 3]
+    train_in_process(*replacing, "--overwrite_output_dir")
     assert [r["step"] for r in read_log(out)] == [1]  # one run's log, not two mixed
     assert json.loads((out / "metrics.json").read_text())["train_steps"] == 1
+    assert not list(out.glob("tokenizer*"))  # the model of toy_weclip_dir has none
 
 
 def test_resume_repeats_uninterrupted_run_exactly(tmp_path, tiny_clip, reference_run, capsys, monkeypatch):
@@ -443,6 +500,9 @@ def test_a_run_from_a_trained_model_notes_when_its_counter_switches_the_rfm_on(
     printed = " ".join(capsys.readouterr().out.split())
     assert "Note: the RFM acts in this run from its step 3: after 8 model steps" in printed
     assert "has trained 6 steps" in printed
+    # the tokenizer saved with the continued model is the trained folder's own
+    assert (out / "tokenizer.json").read_bytes() == (reference_run / "tokenizer.json").read_bytes()
+    assert_holds_the_tokenizer_of_its_text_embeddings(out)
 
 
 def test_the_card_lists_the_toy_worlds_sizes_only_for_the_toy_world(tmp_path):
@@ -725,7 +785,8 @@ def test_push_to_hub_uploads_the_output_folder(tmp_path, tiny_clip, fake_hub):
     )
     (upload,) = fake_hub.uploaded
     assert upload["repo_id"] == "me/weclip-toy-test" and upload["folder_path"] == str(out)
-    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "metrics.json"):
+    published = ("model.safetensors", "config.json", "preprocessor_config.json", "README.md", "metrics.json")
+    for name in (*published, *TOKENIZER_FILES):
         assert name in upload["files"], name
     assert not [f for f in upload["allow_patterns"] if f.startswith("step_")]  # checkpoints stay local
     card = (out / "README.md").read_text()

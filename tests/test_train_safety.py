@@ -151,7 +151,8 @@ def test_ctrl_c_during_the_final_evaluation_interrupts_it(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     message = capsys.readouterr().out
     assert (
-        f"stopped by signal 2 after the training: the trained model (step 1) is saved in {out} (" in message
+        f"stopped by signal 2 after the training: the trained model (step 1) is saved in {out} (model.safetensors, "
+        "config.json, preprocessor_config.json, tokenizer.json, tokenizer_config.json), but not" in message
     )
     assert "but not metrics.json and README.md; score it with: python examples/evaluate.py" in message
     assert not (out / "metrics.json").exists()

@@ -10,7 +10,7 @@ from unittest.mock import Mock
 
 import pytest
 import torch
-from conftest import ROOT, torchrun
+from conftest import ROOT, assert_holds_the_tokenizer_of_its_text_embeddings, torchrun
 from transformers import Trainer, TrainingArguments
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
@@ -716,7 +716,10 @@ def test_train_with_trainer_pushes_the_final_model_card_and_figures_in_one_commi
         "eval_results.json",
         "model.safetensors",
         "preprocessor_config.json",
+        "tokenizer.json",  # the CLIP's, of the text embeddings: new class names need nothing but the folder
+        "tokenizer_config.json",
     ]
+    assert_holds_the_tokenizer_of_its_text_embeddings(tmp_path)
     assert {"configuration_weclip.py", "modeling_weclip.py"} <= set(files)  # the code auto_map loads
     assert (tmp_path / "training_args.bin").is_file()  # saved, not published
     assert json.loads((copy / "eval_results.json").read_text()) == results

@@ -27,6 +27,9 @@ logger = hf_logging.get_logger(__name__)
 # eval_results.json). Everything else in a folder (checkpoints, logs, tracker folders with the run's
 # arguments, Trainer's training_args.bin, hidden temporary files of an interrupted save) is never uploaded by
 # `publish_folder` (`Trainer`'s own step commits upload what it uploads).
+# the CLIP tokenizer of a model's text embeddings, as transformers' tokenizers save themselves: the converter and the
+# training scripts save it with the model (new class names, `update_class_embeddings`, need it)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 PUBLISHED_FILES = (
     "config.json",
     "preprocessor_config.json",
@@ -35,9 +38,7 @@ PUBLISHED_FILES = (
     "README.md",
     "metrics.json",
     "eval_results.json",
-    # the CLIP tokenizer of the text embeddings (the converter saves it: new class names need it)
-    "tokenizer.json",
-    "tokenizer_config.json",
+    *TOKENIZER_FILES,
 )
 # the weight shards and train.py's overlays (`write_overlays`'s names); the code files are those the configs' auto_map
 # needs (`shipped_code_files`), never any other .py of the folder

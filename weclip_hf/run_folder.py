@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .batch_jobs import check_no_links, write_atomic
 from .checkpointing import CHECKPOINT_ENTRY
+from .hub import TOKENIZER_FILES
 
 
 def lock_output_dir(output_dir: Path):
@@ -93,8 +94,10 @@ RUN_RESULTS = ("metrics.json", "train_log.jsonl")
 # the folders a `Trainer` run's checkpoints occupy: checkpoint-N (tmp-checkpoint-N while it is written); train.py's:
 # `CHECKPOINT_ENTRY`
 TRAINER_CHECKPOINTS = re.compile(r"(tmp-)?checkpoint-\d+")
-# what else a run writes there, replacing what the folder holds under those names (a user's own notes included)
-RUN_WRITES = ("README.md", "config.json", "preprocessor_config.json", "overlays", ".lock")
+# what else a run writes there, replacing what the folder holds under those names (a user's own notes included; the
+# first three are refused without --overwrite_output_dir); the tokenizer of the model's text embeddings is replaced
+# with the model, or removed where the run has none (train.py's `save_tokenizer`)
+RUN_WRITES = ("README.md", "config.json", "preprocessor_config.json", "overlays", ".lock", *TOKENIZER_FILES)
 OVERWRITE_AND_RESUME = (
     "--overwrite_output_dir starts a fresh run and --resume_from_checkpoint continues one of this --output_dir "
     "(whose checkpoints --overwrite_output_dir would remove): give one of them."
@@ -125,7 +128,8 @@ def claim_output_dir(
     ``results``, e.g. metrics and log: they would be replaced without a word and the logs mixed) unless
     ``overwrite`` (``--overwrite_output_dir``): then the checkpoints, results, overlays, card and the folders its
     trackers wrote (``tracker_dirs``, e.g. TensorBoard's event files: two runs would show as one curve) are to be
-    removed (the model files are replaced at the end; ``--model_name_or_path`` may be this folder's model)."""
+    removed (the model files and its tokenizer are replaced at the end; ``--model_name_or_path`` may be this
+    folder's model)."""
     in_place = resumes_in_place(output_dir, resume_from)
     if in_place and overwrite:
         raise ValueError(OVERWRITE_AND_RESUME)

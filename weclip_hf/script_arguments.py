@@ -13,7 +13,7 @@ import re
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from transformers import PretrainedConfig
+from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from .checkpointing import TRAINING_STATE_NAME
 from .configuration_weclip import WeCLIPConfig
@@ -362,6 +362,13 @@ def naming_the_model_flag(name_or_path: str, flag: str = "--model_name_or_path")
     """`naming_the_checkpoint` for the saved WeCLIP model a script loads from ``flag``: a Hub id it cannot fetch
     (offline and not in the cache) is named with the flag that gave it."""
     return naming_the_checkpoint(name_or_path, f"WeCLIP ({flag})")
+
+
+def clip_tokenizer(clip: str, flag: str = "--clip_model_name_or_path") -> PreTrainedTokenizerBase:
+    """The tokenizer of the CLIP ``clip`` a fresh model is built from, which computes its text embeddings and which the
+    training scripts save with the model (new class names need it); a Hub id it cannot fetch is named with ``flag``."""
+    with naming_the_checkpoint(clip, f"CLIP ({flag})"):
+        return AutoTokenizer.from_pretrained(clip)
 
 
 def saved_config(args: argparse.Namespace) -> dict:
