@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
-from transformers import AutoConfig
+from transformers import AutoConfig, PreTrainedConfig
 from transformers.utils import logging as hf_logging
 
 logger = hf_logging.get_logger(__name__)
@@ -128,7 +128,9 @@ def naming_the_checkpoint(name_or_path: str, what: str) -> Iterator[None]:
         ) from error
 
 
-def backbone_config(name_or_path: str, config_class: type, what: str, hub: dict):
+def backbone_config(
+    name_or_path: str, config_class: type[PreTrainedConfig], what: str, hub: dict
+) -> PreTrainedConfig:
     """The ``config_class`` config of the backbone checkpoint ``name_or_path`` (``what``: "CLIP"), as its
     ``from_pretrained`` reads it with the loading options ``hub``, refusing a checkpoint without config.json: for a
     Hub id transformers then builds the class's defaults (CLIP's: a ViT-B/32), whose shapes the weights do not fit
