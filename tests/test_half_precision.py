@@ -191,6 +191,18 @@ def test_default_forward_runs_eager_attention_only_where_maps_are_needed(tiny_mo
     assert len(calls) == tiny_model.config.vision_config.num_hidden_layers
 
 
+def test_the_last_clip_block_runs_in_inference_only_for_the_output_flags(tiny_model):
+    """The decoder reads the first L-1 blocks: the last one runs only to give ``hidden_states`` / ``attentions``
+    (`vision_outputs`: once more for them, None when not asked)."""
+    runs = []
+    tiny_model.vision_model.encoder.layers[-1].register_forward_hook(lambda *args: runs.append(1))
+    with torch.no_grad():
+        out = tiny_model(torch.randn(1, 3, 32, 32))
+        assert runs == [] and out.hidden_states is None and out.attentions is None
+        tiny_model(torch.randn(1, 3, 32, 32), output_hidden_states=[-1])
+    assert runs == [1]
+
+
 def test_unknown_keyword_argument_is_an_error_naming_it(tiny_model):
     with pytest.raises(TypeError, match="output_hiden_states"):
         tiny_model(torch.randn(1, 3, 32, 32), output_hiden_states=True)
