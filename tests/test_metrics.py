@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -468,3 +469,15 @@ def test_confusion_matrix_drops_an_ignore_index_within_the_labels():
     ref = torch.tensor([[0, 0, 2, 1]])
     cm = confusion_matrix(pred, ref, 3, ignore_index=0)
     assert cm[0].sum() == 0 and int(cm.sum()) == 2
+
+
+def test_an_evaluation_without_a_scored_pixel_gives_nan_means_without_a_warning():
+    """With every pixel ignored no class is present: the means are NaN (what the reports write as null), never 0,
+    and numpy's 'mean of empty slice' warning is not raised."""
+    metric = MeanIoU(3)
+    metric.update(torch.zeros(2, 2, dtype=torch.long), torch.full((2, 2), IGNORE))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scores = metric.compute()
+    assert np.isnan(scores["mean_iou"]) and np.isnan(scores["mean_accuracy"])
+    assert np.isnan(scores["per_category_iou"]).all() and nan_to_none(scores["mean_iou"]) is None
