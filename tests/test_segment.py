@@ -1242,12 +1242,12 @@ def test_skipped_inputs_leave_out_those_a_later_run_did(tmp_path):
     from weclip_hf.batch_jobs import STATE_DIR, read_skipped, write_skipped
 
     write_skipped(
-        tmp_path, 0, [{"input": "b.png", "reason": "cut short"}, {"input": "a.png", "reason": "empty"}]
+        tmp_path, 0, [{"input": "b.png", "reason": "cut short"}, {"input": "e.png", "reason": "empty"}]
     )
     write_skipped(tmp_path, 1, [{"input": "c.png", "reason": "a broken link"}])
     write_skipped(tmp_path, 2, [{"input": "d.png", "reason": "of an earlier run of 3 processes"}])
     skipped = read_skipped(tmp_path, 2, done=lambda name: name == "b.png")
-    assert [entry["input"] for entry in skipped] == ["a.png", "c.png"]
+    assert [entry["input"] for entry in skipped] == ["c.png", "e.png"]  # sorted, not by process
     assert not (tmp_path / STATE_DIR / "skipped-2.json").exists()
 
 
@@ -1263,6 +1263,41 @@ def test_a_label_map_cut_short_is_not_whole(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     assert not is_whole_image(path)
+    # one byte of the pixel data flipped: the chunk's checksum fails (PIL raises SyntaxError, not OSError)
+    damaged = bytearray(data)
+    damaged[data.index(b"IDAT") + 10] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    assert not is_whole_image(path)
+
+
+def test_removing_a_file_under_an_output_dir_that_is_a_link(tmp_path):
+    """`remove_file` refuses a link between ``root`` and the file, but ``root`` itself may be a link (an
+    --output_dir on a larger disk, as `check_no_links` allows)."""
+    from weclip_hf.batch_jobs import remove_file
+
+    (tmp_path / "disk" / "labels").mkdir(parents=True)
+    (tmp_path / "disk" / "labels" / "a.png").write_bytes(b"png")
+    (tmp_path / "out").symlink_to(tmp_path / "disk")
+    remove_file(tmp_path / "out" / "labels" / "a.png", tmp_path / "out")
+    assert not (tmp_path / "disk" / "labels" / "a.png").exists()
+
+
+def test_temporary_files_are_removed_and_a_folder_of_a_temporary_name_is_left(tmp_path):
+    """`remove_temporary_files` deletes the files interrupted atomic writes left, never a folder of such a name."""
+    from weclip_hf.batch_jobs import TEMPORARY_PREFIX, remove_temporary_files
+
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / f"{TEMPORARY_PREFIX}12-abcd").write_bytes(b"half")
+    (tmp_path / f"{TEMPORARY_PREFIX}kept").mkdir()
+    remove_temporary_files([tmp_path])
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [f"{TEMPORARY_PREFIX}kept", "labels"]
+
+
+def test_some_of_counts_only_the_entries_left_out():
+    from weclip_hf.batch_jobs import some_of
+
+    assert some_of(list("abcde")) == "a, b, c, d, e"
+    assert some_of(list("abcdef")) == "a, b, c, d, e, and 1 more"
 
 
 def test_a_run_where_no_input_could_be_read_exits_with_an_error(run, toy_weclip_dir, tmp_path):
