@@ -144,6 +144,29 @@ def test_hidden_states_and_attentions_equal_clip_vision_model(tiny_model):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
+def test_attention_maps_are_the_head_mean_of_clip_vision_models(tiny_model):
+    """The attention maps the CAM refinement and the RFM read (`CLIPVisionFeatures.attention`, of the last blocks
+    before the final one) are the mean over heads of `CLIPVisionModel`'s eager per-head maps of those blocks."""
+    from transformers import CLIPVisionModel
+
+    cfg = tiny_model.config.vision_config
+    pixel_values = torch.randn(
+        2, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0)
+    )
+    clip = CLIPVisionModel._from_config(cfg, attn_implementation="eager").eval()
+    clip.load_state_dict(tiny_model.vision_model.state_dict())
+    count = cfg.num_hidden_layers - 1  # every block before the last
+    with torch.no_grad():
+        features = tiny_model.forward_clip_features(pixel_values, count)
+        expected = clip(pixel_values, output_attentions=True).attentions[:-1]
+    assert len(features.attention) == count and cfg.num_attention_heads > 1
+    for ours, theirs in zip(features.attention, expected):
+        torch.testing.assert_close(ours, theirs.mean(dim=1), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(
+            ours, theirs[:, 0], atol=1e-4
+        )  # the heads differ: the mean is no one head's
+
+
 def test_position_embeddings_are_resized_bilinearly_at_other_sizes(tiny_model):
     """Off the tower's native size the patch position embeddings are resized bilinearly (align_corners=False) as
     the official code does (DESIGN Part 1), not bicubically as transformers' `interpolate_pos_encoding`; the class
