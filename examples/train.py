@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
+from huggingface_hub import try_to_load_from_cache
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import AutoModelForSemanticSegmentation, AutoTokenizer, PreTrainedTokenizerBase
@@ -729,7 +730,8 @@ def embeddings_tokenizer(
             return AutoTokenizer.from_pretrained(source)
     # the CLIP's Hub id, which `from_clip` records in the vision config ("": a local CLIP)
     clip = saved_config(args).get("vision_config", {}).get("_name_or_path") or None
-    if clip and cached_file(clip, marker, local_files_only=True, **missing):
+    # try_to_load_from_cache answers a path where the cache holds the file (else None, or a marker of its absence)
+    if clip and isinstance(try_to_load_from_cache(clip, marker), str):
         return AutoTokenizer.from_pretrained(clip, local_files_only=True)
     where = (
         f"the tokenizer of the CLIP its config records ({clip}) is not in the local Hub cache"
