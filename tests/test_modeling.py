@@ -645,6 +645,22 @@ def test_bad_inputs_raise_clear_errors(tiny_model, pixel_values, class_labels, l
         tiny_model(pixel_values, class_labels=class_labels, labels=labels)
 
 
+@pytest.mark.parametrize(
+    "labels, remedy",
+    [
+        # masks at the photo's own size (SegFormer's loss upsamples its logits to them): the processor resizes them
+        (torch.zeros(1, 48, 40, dtype=torch.long), r"processor\(images, segmentation_maps=masks\)"),
+        (torch.zeros(1, 1, 32, 32, dtype=torch.long), r"labels\.squeeze\(1\)"),  # a channel axis
+        (torch.zeros(2, 32, 32, dtype=torch.long), "one label map per image"),
+    ],
+)
+def test_labels_of_another_shape_are_refused_with_the_remedy(tiny_model, labels, remedy):
+    """labels of another shape than pixel_values' [B, H, W] name the expected shape and what to do: a mask at the
+    original image size is what a SegFormer user passes (its loss upsamples the logits to any label size)."""
+    with pytest.raises(ValueError, match=r"labels must have shape \[B, H, W\] = \(1, 32, 32\).*" + remedy):
+        tiny_model(_ONE, labels=labels)
+
+
 def test_an_image_of_exactly_one_patch_is_accepted(tiny_model):
     """The smallest image a forward takes is one patch (8 px here): a 1 x 1 logit grid, not a refusal."""
     patch = tiny_model.config.vision_config.patch_size

@@ -79,6 +79,20 @@ def check_features_of(
         )
 
 
+def labels_shape_remedy(shape: tuple[int, ...], expected: tuple[int, int, int]) -> str:
+    """What to do about ``labels`` of ``shape`` where a forward needs ``expected`` = pixel_values' [B, H, W]."""
+    if len(shape) == 4 and shape[1] == 1 and (shape[0], *shape[2:]) == expected:
+        return "drop their channel axis, labels.squeeze(1)."
+    if len(shape) == 3 and shape[1:] == expected[1:]:
+        return "give one label map per image of pixel_values."
+    # masks at the photos' own size (SegFormer's loss upsamples its logits to any label size; here labels take the
+    # place of the pseudo labels, which are on pixel_values' pixels)
+    return (
+        "make them with the images, processor(images, segmentation_maps=masks), which resizes and pads the masks "
+        "as it does the images (nearest neighbour, padding with its ignore_index)."
+    )
+
+
 def check_inputs(
     config: WeCLIPConfig,
     pixel_values: torch.Tensor,
@@ -115,9 +129,11 @@ def check_inputs(
                 f"labels must be an integer tensor of class ids (e.g. torch.long), got {labels.dtype}; "
                 "pixel masks are ids, not probabilities."
             )
-        if labels.shape != (b, *pixel_values.shape[-2:]):
+        expected = (b, *pixel_values.shape[-2:])
+        if labels.shape != expected:
             raise ValueError(
-                f"labels must have shape [B, H, W] = {(b, *pixel_values.shape[-2:])}, got {tuple(labels.shape)}."
+                f"labels must have shape [B, H, W] = {expected}, one class id per pixel of pixel_values, got "
+                f"{tuple(labels.shape)}: {labels_shape_remedy(tuple(labels.shape), expected)}"
             )
         ignore = config.semantic_loss_ignore_index
         bad = (labels != ignore) & ((labels < 0) | (labels >= config.num_labels))
