@@ -254,6 +254,26 @@ def any_segmenter(request, tmp_path_factory):
     return pipeline("image-segmentation", model=str(path))
 
 
+def test_the_padding_of_a_padding_processor_is_cropped_from_the_masks(model_dir):
+    """A processor saved with do_pad pads 45 x 61 to 48 x 64 (patch 8): the pipeline's masks are the label map of
+    the padded logits upsampled to the padded size and cropped to the image, not stretched over it (docs/usage.md)."""
+    model = WeCLIPForSemanticSegmentation.from_pretrained(model_dir).eval()
+    processor = WeCLIPImageProcessor(patch_size=8, do_resize=False, do_pad=True)
+    image = np.asarray(_noise(45, 61, seed=3))
+    segments = pipeline("image-segmentation", model=model, image_processor=processor)(image)
+    ids = [model.config.label2id[s["label"]] for s in segments]
+    labels = sum(np.asarray(s["mask"], dtype=np.int64) // 255 * i for s, i in zip(segments, ids))
+    inputs = processor(image)
+    assert inputs["pixel_values"].shape[-2:] == (48, 64)
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    resize = torch.nn.functional.interpolate
+    cropped = resize(logits, size=(48, 64), mode="bilinear")[0, :, :45, :61].argmax(0)
+    stretched = resize(logits, size=(45, 61), mode="bilinear")[0].argmax(0)
+    assert len(segments) > 1 and not torch.equal(cropped, stretched)  # the two readings differ on this image
+    np.testing.assert_array_equal(labels, cropped.numpy())
+
+
 def _noise(height: int, width: int, seed: int) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
 
