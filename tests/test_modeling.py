@@ -1151,6 +1151,18 @@ def test_gradient_checkpointing_recomputes_the_decoder_blocks_with_the_same_grad
     assert step()[2] == saved_bytes
 
 
+@pytest.mark.parametrize("every_n_layers, checkpointed", [(1, [0, 1, 2]), (2, [0, 2]), (3, [0])])
+def test_every_n_layers_counts_the_decoder_blocks(tiny_model, every_n_layers, checkpointed):
+    """transformers' ``every_n_layers`` checkpoints every n-th block counted from the decoder's first: its count
+    over all the model's layers started at the frozen towers' (3 vision + 2 text here, which never checkpoint: they
+    run in eval mode without autograd), so n = 2 checkpointed the decoder's block 1 alone."""
+    tiny_model.train().activation_checkpointing_enable(every_n_layers=every_n_layers)
+    blocks = [i for i, block in enumerate(tiny_model.decoder.blocks) if block.gradient_checkpointing]
+    assert blocks == checkpointed
+    tiny_model.activation_checkpointing_disable()
+    assert not any(block.gradient_checkpointing for block in tiny_model.decoder.blocks)
+
+
 def test_an_ignore_index_that_is_a_label_id_is_refused_however_it_arrives(tiny_config):
     """``semantic_loss_ignore_index`` 0..C leaves the background or a class out of the loss and the scores: refused
     when built, set (the label-id rule was checked at saving only) and when class_names grow to reach it; with

@@ -19,8 +19,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import CLIPTextModel, CLIPVisionModel, PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SemanticSegmenterOutput
 from transformers.utils import ModelOutput
 from transformers.utils import logging as hf_logging
@@ -178,6 +180,20 @@ class WeCLIPPreTrainedModel(PreTrainedModel):
     # device_map="auto" needs these to place the model; a placement split over devices is refused after loading
     # (`model_loading.refuse_split_placement`: the forward reads the frozen weights directly)
     _no_split_modules = ["CLIPEncoderLayer", "CLIPVisionEmbeddings", "CLIPTextEmbeddings"]
+
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func=checkpoint, every_n_layers: int = 1
+    ) -> None:
+        """transformers' setting, with ``every_n_layers`` counted over the trained modules' blocks (`_TRAINED`: the
+        decoder's), from their first: transformers counts every layer of the model, the frozen towers' first, which
+        never checkpoint (eval mode), so the decoder blocks picked followed the towers' depths."""
+        super()._set_gradient_checkpointing(enable, gradient_checkpointing_func, every_n_layers=1)
+        trained = [getattr(self, name) for name in getattr(self, "_TRAINED", ())]
+        blocks = [
+            m for module in trained for m in module.modules() if isinstance(m, GradientCheckpointingLayer)
+        ]
+        for index, block in enumerate(blocks):
+            block.gradient_checkpointing = enable and index % every_n_layers == 0
 
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:
