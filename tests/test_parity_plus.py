@@ -282,3 +282,23 @@ def test_multiscale_predictions(msc_outputs, ref):
         ("single-scale (375x500)", msc_outputs["ns_scale1"], (375, 500), ref["fp32_ns_single_pred"][None]),
     ):
         assert_equal_pixels(name, predict(ours, size), expected, 99.9)
+
+
+@pytest.mark.slow
+def test_multiscale_crf_predictions(msc_outputs, ref):
+    """The voc-plus evaluation's dense CRF (on for VOC WeCLIP+: DESIGN-weclip-plus §14) on the multi-scale logits,
+    as evaluate.py composes it (`_grid_labels`: the logits upsampled to the label size, softmax, the CRF with
+    WeCLIP's parameters on the image recovered from the normalized pixels), against the official ``crf_proc``."""
+    from weclip_hf.crf import WECLIP
+    from weclip_hf.evaluation import _grid_labels
+    from weclip_hf.normalization import IMAGENET_NORMALIZATION
+
+    for name, logits, pixels, expected in (
+        ("msc + CRF", msc_outputs["msc"], ref["pixel_values"][:1], ref["fp32_msc_crf_pred_320"][:1]),
+        ("msc + CRF (375x500)", msc_outputs["ns_msc"], ref["ns_pixel_values"], ref["fp32_ns_crf_pred"][None]),
+    ):
+        pixels = torch.from_numpy(pixels)
+        resized = tuple(int(s * 512 / max(pixels.shape[-2:])) for s in pixels.shape[-2:])
+        grid = (logits, resized, resized)
+        labels = _grid_labels(grid, pixels, tuple(pixels.shape[-2:]), True, WECLIP, IMAGENET_NORMALIZATION)
+        assert_equal_pixels(name, labels.numpy(), expected, 99.9)
