@@ -1382,6 +1382,23 @@ def test_the_decoder_depth_defaults_to_the_official_one_for_the_dinov2(variant):
     assert WeCLIPPlusConfig.from_dict(saved).decoder_num_layers == 4
 
 
+# trainable parameters of the official modules at full size (DESIGN-weclip-plus §5: the official SegFormerHead and
+# DecoderTransformer instantiated): the decoder with its one-layer CLIP head, and the DINO head of each width
+OFFICIAL_TRAINABLE = {"dinov2_vits14": 2_933_269, "dinov2_vitb14": 3_031_573, "dinov2_vitl14": 4_676_629}
+
+
+@pytest.mark.parametrize("variant", sorted(DINO_VARIANTS))
+def test_the_trained_modules_have_the_official_parameter_counts(variant):
+    """CLIP ViT-B/16 + each DINOv2 at full size (on the meta device): only the decoder (CLIP head 328,448) and the
+    DINO head (230,144 / 328,448 / 393,984 for ViT-S / B / L) are trained, as many parameters as the official
+    modules; the register variants' as their plain ones'."""
+    with torch.device("meta"):
+        model = WeCLIPPlusForSemanticSegmentation(WeCLIPPlusConfig(dino_config=dino_variant_config(variant)))
+    trained = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+    assert sum(trained.values()) == OFFICIAL_TRAINABLE[variant.removesuffix("_reg")]
+    assert all(n.startswith(("decoder.", "dino_branch.head.")) for n in trained)
+
+
 def test_a_dinov2_of_other_sizes_gets_weclips_decoder_depth():
     assert WeCLIPPlusConfig(dino_config=dict(TINY_DINO)).decoder_num_layers == 3
 
