@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Segment images with a trained WeCLIP: one palette PNG label map per image, optional overlays, per-class fractions.
+"""Segment images with a trained WeCLIP or WeCLIP+: one palette PNG label map per image, optional overlays,
+per-class fractions.
 
     python examples/segment.py --model_name_or_path outputs/weclip-toy --images photos/ --output_dir seg
     python examples/segment.py --model_name_or_path weclip-voc --images "photos/**/*.jpg" --msf --crf \\
@@ -133,7 +134,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=first_paragraph(__doc__))
-    p.add_argument("--model_name_or_path", required=True, help="a trained WeCLIP folder or Hub id")
+    p.add_argument("--model_name_or_path", required=True, help="a trained WeCLIP or WeCLIP+ folder or Hub id")
     p.add_argument(
         "--output_dir",
         required=True,
