@@ -167,6 +167,22 @@ def test_chunked_gradcams_need_pairs_ordered_by_image(model):
         )
 
 
+@pytest.mark.parametrize("chunk_size", [0, -2])
+def test_pair_gradcams_refuse_a_chunk_size_below_one(model, chunk_size):
+    """0 or a negative chunk size is refused (None runs the whole batch at once), not run one image at a time."""
+    tokens = torch.randn(5, 13, model.config.vision_config.hidden_size)
+    text = (model.class_text_embeds, model.background_text_embeds, model.logit_scale)
+    with pytest.raises(ValueError, match=rf"chunk_size must be at least 1 \(got {chunk_size}\); None runs"):
+        pseudo_labels.pair_gradcams(
+            model.last_block_pair_embeddings,
+            tokens,
+            *text,
+            plan_pairs(LABELS, "cpu"),
+            (3, 4),
+            chunk_size=chunk_size,
+        )
+
+
 @pytest.mark.parametrize("chunk_size", [1, 2])
 def test_pair_gradcams_run_the_last_block_on_chunk_size_images_with_their_own_most_classes(model, chunk_size):
     """``chunk_size`` images per call of the last block, each call told the most classes of one of its own images

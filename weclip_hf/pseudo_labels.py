@@ -122,9 +122,9 @@ def pair_gradcams(
         block_input: [B, 1+N, D] tokens entering the last block (WeCLIP: the output of block L-1).
         class_embeds: [C, E] and background_embeds: [Nb, E] text embeddings. logit_scale: CLIP's log scale.
         chunk_size: run the images this many at a time, one backward each (`weclip_hf.chunking`: on a CPU
-            the chunks' temporaries stay in the cache); None: all at once. Chunking reads the plan's image
-            indices on the host (a sync on an accelerator) and needs the pairs ordered by image. The chunks'
-            GradCAMs equal the whole batch's up to float32 summation order (~1e-6), which can flip pseudo
+            the chunks' temporaries stay in the cache); None: all at once; below 1 refused. Chunking reads the
+            plan's image indices on the host (a sync on an accelerator) and needs the pairs ordered by image. The
+            chunks' GradCAMs equal the whole batch's up to float32 summation order (~1e-6), which can flip pseudo
             labels at near-ties.
     Returns:
         `PairGradCAMs`. Each pair's target is the softmax probability of its class over the image's present
@@ -134,7 +134,11 @@ def pair_gradcams(
     """
     text = torch.cat([class_embeds, background_embeds]).float()
     b = block_input.shape[0]
-    chunk = b if chunk_size is None else max(1, chunk_size)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(
+            f"chunk_size must be at least 1 (got {chunk_size}); None runs the whole batch at once."
+        )
+    chunk = b if chunk_size is None else chunk_size
     if chunk >= b:
         return _gradcams_of_images(last_block, block_input, text, logit_scale, plan, grid)
     if plan.num_pairs and bool((plan.image[1:] < plan.image[:-1]).any()):
