@@ -1028,6 +1028,24 @@ def test_feature_head_runs_wrapped_or_hooked_layers_as_modules():
     torch.testing.assert_close(head(tokens, (2, 3)), 2 * expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("layer", ["fc2", "fuse"])
+def test_feature_head_runs_layers_without_bias_as_modules(layer):
+    """A second Linear or a fuse conv without bias (a module replaced by the user, e.g. an ablation) runs as its
+    own module: the folded product has no bias of it to add."""
+    from weclip_hf.feature_head import WeCLIPFeatureHead
+
+    torch.manual_seed(0)
+    head = WeCLIPFeatureHead(12, 8, 2, dropout=0.0).double()
+    if layer == "fc2":
+        head.layer_mlps[0].fc2 = torch.nn.Linear(8, 8, bias=False).double()
+    else:
+        head.fuse = torch.nn.Conv2d(16, 8, kernel_size=1, bias=False).double()
+    tokens = [torch.randn(2, 6, 12, dtype=torch.float64) for _ in range(2)]
+    projected = [mlp(t) for mlp, t in zip(head.layer_mlps, tokens)]
+    expected = head.fuse(torch.cat(projected, dim=-1).transpose(1, 2).reshape(2, -1, 2, 3))
+    torch.testing.assert_close(head(tokens, (2, 3)), expected, rtol=1e-12, atol=1e-12)
+
+
 def test_feature_head_drops_whole_feature_maps_after_the_fuse():
     """The head ends in Dropout2d (the official SegFormer head's): in training each [h, w] map of the fused
     features is zeroed or kept whole (scaled by 1 / (1 - p))."""

@@ -33,9 +33,9 @@ def is_plain_module(module: nn.Module | None, kind: type[nn.Module]) -> bool:
     return type(module) is kind and not _has_hooks(module)
 
 
-def _plain_linear(module: nn.Module | None) -> bool:
-    """A biased plain `nn.Linear` (`is_plain_module`): its weight and bias are all that its forward applies."""
-    return is_plain_module(module, nn.Linear) and module.bias is not None
+def is_plain_biased(module: nn.Module | None, kind: type[nn.Module]) -> bool:
+    """A plain ``kind`` (`is_plain_module`) with a bias: its weight and bias are all that its forward applies."""
+    return is_plain_module(module, kind) and module.bias is not None
 
 
 def _fusable_mlp(mlp: nn.Module) -> bool:
@@ -44,16 +44,16 @@ def _fusable_mlp(mlp: nn.Module) -> bool:
     return (
         type(activation) is QuickGELUActivation
         and not (_has_hooks(mlp) or _has_hooks(activation))
-        and _plain_linear(getattr(mlp, "fc1", None))
-        and _plain_linear(getattr(mlp, "fc2", None))
+        and is_plain_biased(getattr(mlp, "fc1", None), nn.Linear)
+        and is_plain_biased(getattr(mlp, "fc2", None), nn.Linear)
     )
 
 
 def quick_gelu_mlp(fc1: nn.Module, fc2: nn.Module, h: torch.Tensor) -> torch.Tensor:
     """``fc2(quick_gelu(fc1(h)))`` on ``h`` [..., D], as ``fc2(silu(1.702 fc1(h)) / 1.702)`` with the factors in
     the products' ``alpha``: one SiLU pass (in place unless autograd needs its input). Linears that are not
-    plain (`_plain_linear`) run as modules, with the activation written out."""
-    if not (_plain_linear(fc1) and _plain_linear(fc2)):
+    plain (`is_plain_biased`) run as modules, with the activation written out."""
+    if not (is_plain_biased(fc1, nn.Linear) and is_plain_biased(fc2, nn.Linear)):
         z = fc1(h)
         return fc2(z * torch.sigmoid(QUICK_GELU_SLOPE * z))
     flat = h.reshape(-1, h.shape[-1])
@@ -116,6 +116,7 @@ __all__ = [
     "clip_mlp",
     "eager_attention",
     "eager_clip_layer",
+    "is_plain_biased",
     "is_plain_module",
     "quick_gelu_mlp",
 ]

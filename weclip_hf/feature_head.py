@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .clip_layers import is_plain_module
+from .clip_layers import is_plain_biased
 
 
 class WeCLIPLayerMLP(nn.Module):
@@ -33,7 +33,8 @@ class WeCLIPFeatureHead(nn.Module):
     each call (dim^3 * inputs multiply-adds, whatever the batch), to the concatenated ReLU outputs: the same
     function and the same gradients for every weight (the chain rule through the product), ~20% fewer FLOPs
     per token in the head (in_dim 768, dim 256). Where those layers are not plain `nn.Linear` / `nn.Conv2d`
-    modules without hooks (e.g. wrapped by an adapter library), each runs as its own module instead.
+    modules with a bias and without hooks (e.g. wrapped by an adapter library, or replaced by one without bias),
+    each runs as its own module instead.
     """
 
     def __init__(self, in_dim: int, dim: int, num_inputs: int, dropout: float):
@@ -58,10 +59,10 @@ class WeCLIPFeatureHead(nn.Module):
         return self.dropout(x)
 
     def _foldable(self) -> bool:
-        """Whether the second Linears and the fuse conv are plain modules without hooks, whose weights are all
-        that their forward applies."""
+        """Whether the second Linears and the fuse conv are plain biased modules without hooks, whose weights and
+        biases are all that their forward applies (`is_plain_biased`)."""
         layers = [(mlp.fc2, nn.Linear) for mlp in self.layer_mlps] + [(self.fuse, nn.Conv2d)]
-        return all(is_plain_module(m, kind) for m, kind in layers)
+        return all(is_plain_biased(m, kind) for m, kind in layers)
 
     def fused_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The MLPs' second Linears followed by the fuse conv as one linear map on the concatenated hidden
