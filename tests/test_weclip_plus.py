@@ -1369,6 +1369,23 @@ def test_gradients_reach_the_pixels_when_asked_for_and_never_the_frozen_towers(p
     assert not model.forward_clip_features(pixel_values.detach()).hidden[-1].requires_grad
 
 
+@pytest.mark.parametrize("plus", [False, True])
+def test_a_training_step_gives_towers_a_user_unfroze_no_gradient_and_train_refreezes_them(plus):
+    """The frozen towers run without autograd whatever their ``requires_grad`` (unless the pixels require a
+    gradient): a user who unfreezes them after ``train()`` gets no gradient in them (they cannot be fine-tuned
+    through the model), and the next ``train()`` freezes them again."""
+    model = tiny_model(plus).train()
+    towers = [name for name, p in model.named_parameters() if not p.requires_grad]
+    model.requires_grad_(True)  # every tower too
+    out = model(*tiny_plus_inputs(batch=2))
+    out.loss.backward()
+    params = dict(model.named_parameters())
+    assert towers and all(params[name].grad is None for name in towers)
+    assert not model.forward_clip_features(tiny_plus_inputs(batch=1)[0]).hidden[-1].requires_grad
+    model.train()
+    assert not any(params[name].requires_grad for name in towers)
+
+
 @pytest.mark.parametrize("variant", sorted(DINO_VARIANTS))
 def test_the_decoder_depth_defaults_to_the_official_one_for_the_dinov2(variant):
     """The official configs pair ViT-L DINOv2s with a 5-layer decoder: a WeCLIP+ on one built a 3-layer decoder

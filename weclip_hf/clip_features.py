@@ -74,7 +74,8 @@ def embed_patches(
 
 def frozen_tower_grad_mode(inputs: torch.Tensor) -> torch.set_grad_enabled:
     """The grad mode a frozen tower runs in: off, unless its ``inputs`` require a gradient (saliency maps and
-    other gradients w.r.t. the pixels); the towers' own weights never get one."""
+    other gradients w.r.t. the pixels); the towers' own weights never get one (`freeze_backbones`). Off whatever
+    the tower's ``requires_grad``: a tower a user unfreezes is not fine-tuned by a training step."""
     return torch.set_grad_enabled(torch.is_grad_enabled() and inputs.requires_grad)
 
 
