@@ -8,6 +8,7 @@ import json
 import math
 import pickle
 import shutil
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -1114,23 +1115,61 @@ def test_a_backbone_that_is_a_file_or_a_folder_without_config_json_is_named(tiny
         WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(tiny_clip, str(without_config))
 
 
+def cached_hub_repository(cache: Path, repo_id: str, folder: str | Path, without: str | None = None) -> None:
+    """``folder`` in the Hub cache ``cache`` as the Hub repository ``repo_id`` (offline: ``local_files_only``),
+    less the file ``without``, which the cache records as absent (the Hub's 404)."""
+    commit = "0" * 40
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    ignore = shutil.ignore_patterns(without) if without else None
+    shutil.copytree(folder, repo / "snapshots" / commit, ignore=ignore)
+    if without:
+        (repo / ".no_exist" / commit).mkdir(parents=True)
+        (repo / ".no_exist" / commit / without).touch()
+
+
 def test_a_hub_clip_without_config_json_is_named(tiny_clip, tmp_path):
     """A Hub repository without config.json (offline: the Hub cache's record of its 404) gave transformers' default
     CLIPConfig, a ViT-B/32, whose shapes the weights then did not fit: the error blamed the number of classes and
     pointed to a report that from_clip silences. Now the id and the missing config.json are named."""
-    cache, commit = tmp_path / "cache", "0" * 40
-    repo = cache / "models--someone--clip-without-config"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    shutil.copytree(tiny_clip, repo / "snapshots" / commit, ignore=shutil.ignore_patterns("config.json"))
-    (repo / ".no_exist" / commit).mkdir(parents=True)
-    (repo / ".no_exist" / commit / "config.json").touch()
+    cached_hub_repository(tmp_path, "someone/clip-without-config", tiny_clip, without="config.json")
     with pytest.raises(
         FileNotFoundError, match=r"'someone/clip-without-config' has no config.json: not a CLIP"
     ):
         WeCLIPForSemanticSegmentation.from_clip(
-            "someone/clip-without-config", cache_dir=str(cache), local_files_only=True
+            "someone/clip-without-config", cache_dir=str(tmp_path), local_files_only=True
         )
+
+
+def test_a_hub_dinov2_without_config_json_or_of_another_type_is_named_before_its_weights_load(
+    tiny_clip, tmp_path
+):
+    """A Hub DINOv2 without config.json met AutoModel's "Unrecognized model in ... Should have a `model_type` key in
+    its config.json" (of a file it lacks): refused as a Hub CLIP without one is. A Hub repository of another model
+    type is refused from its config, before its weights are read (a Hub DINOv2 given as the CLIP was read with
+    CLIPConfig's defaults)."""
+    AutoModel.from_config(Dinov2Config(**TINY_DINO)).save_pretrained(tmp_path / "dino")
+    cached_hub_repository(tmp_path / "cache", "someone/dino-without-config", tmp_path / "dino", "config.json")
+    with pytest.raises(
+        FileNotFoundError, match=r"'someone/dino-without-config' has no config.json: not a DINOv2"
+    ):
+        WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(
+            tiny_clip, "someone/dino-without-config", cache_dir=str(tmp_path / "cache"), local_files_only=True
+        )
+    cached_hub_repository(tmp_path / "cache", "someone/a-dino", tmp_path / "dino")
+    with pytest.raises(ValueError, match=r"'someone/a-dino' holds a 'dinov2' model, not a CLIP checkpoint"):
+        WeCLIPForSemanticSegmentation.from_clip(
+            "someone/a-dino", cache_dir=str(tmp_path / "cache"), local_files_only=True
+        )
+    cached_hub_repository(tmp_path / "cache", "someone/a-clip", tiny_clip)
+    with mock.patch.object(AutoModel, "from_pretrained", side_effect=AssertionError("weights read")):
+        with pytest.raises(
+            ValueError, match=r"'someone/a-clip' holds a 'clip' model, not a DINOv2 checkpoint"
+        ):
+            WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(
+                tiny_clip, "someone/a-clip", cache_dir=str(tmp_path / "cache"), local_files_only=True
+            )
 
 
 @pytest.mark.parametrize(

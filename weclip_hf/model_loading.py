@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
-from transformers import AutoConfig, PreTrainedConfig
+from transformers import CONFIG_MAPPING, AutoConfig, PreTrainedConfig
 from transformers.utils import logging as hf_logging
 
 logger = hf_logging.get_logger(__name__)
@@ -128,22 +128,23 @@ def naming_the_checkpoint(name_or_path: str, what: str) -> Iterator[None]:
         ) from error
 
 
-def backbone_config(
-    name_or_path: str, config_class: type[PreTrainedConfig], what: str, hub: dict
-) -> PreTrainedConfig:
-    """The ``config_class`` config of the backbone checkpoint ``name_or_path`` (``what``: "CLIP"), as its
-    ``from_pretrained`` reads it with the loading options ``hub``, refusing a checkpoint without config.json: for a
-    Hub id transformers then builds the class's defaults (CLIP's: a ViT-B/32), whose shapes the weights do not fit
-    or, worse, do (a local folder's is refused first, by `check_backbone_source`)."""
+def backbone_config(name_or_path: str, what: str, hub: dict) -> PreTrainedConfig:
+    """The config of the backbone checkpoint ``name_or_path`` (``what``: "CLIP" / "DINOv2"), as its
+    ``from_pretrained`` reads it with the loading options ``hub``, before any weight is fetched. Refused: a
+    checkpoint without config.json (for a Hub id transformers would build a class's defaults, CLIP's a ViT-B/32,
+    whose shapes the weights do not fit or, worse, do; AutoModel's error names a ``model_type`` key of a file that
+    is not there) and one of another model type (`check_backbone_type`; a local folder's are refused first, by
+    `check_backbone_source`)."""
     with naming_the_checkpoint(name_or_path, what):  # its first download
-        config_dict, unused = config_class.get_config_dict(name_or_path, **hub)
+        config_dict, unused = PreTrainedConfig.get_config_dict(name_or_path, **hub)
     if not config_dict:
         raise FileNotFoundError(
             f"{str(name_or_path)!r} has no config.json: not a {what} checkpoint that can be loaded (transformers "
-            f"would build a default {config_class.__name__} instead of its own). Give a {what} checkpoint with its "
-            "config.json: a Hub id or a folder written by save_pretrained."
+            f"cannot tell its model nor its shapes). Give a {what} checkpoint with its config.json: a Hub id or a "
+            "folder written by save_pretrained."
         )
-    return config_class.from_dict(config_dict, **unused)
+    check_backbone_type(name_or_path, config_dict.get("model_type"), what)
+    return CONFIG_MAPPING[config_dict["model_type"]].from_dict(config_dict, **unused)
 
 
 def check_backbone_type(name_or_path: str, model_type: str | None, what: str) -> None:

@@ -449,14 +449,14 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
         decoder, class embeddings computed with the checkpoint's tokenizer (or ``tokenizer``). ``kwargs``: config
         fields, and the loading options of `from_pretrained` (``token``, ``revision``, ``cache_dir``,
         ``local_files_only``, ``dtype``, ...), which fetch the checkpoint and are not stored; others are refused."""
-        from transformers import AutoTokenizer, CLIPConfig
+        from transformers import AutoTokenizer
 
         kwargs, loading = split_backbone_keywords(
             kwargs, cls.config_class.field_names(), f"{cls.__name__}.from_clip", CLIP_CHECKPOINT_FIELDS
         )
         check_backbone_source(clip_name_or_path, "CLIP")
         hub = {k: v for k, v in loading.items() if k in HUB_OPTIONS}
-        clip_config = backbone_config(clip_name_or_path, CLIPConfig, "CLIP", hub)
+        clip_config = backbone_config(clip_name_or_path, "CLIP", hub)
         if class_names is not None:
             kwargs["class_names"] = class_names
         if background_names is not None:

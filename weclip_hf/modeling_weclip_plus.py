@@ -28,8 +28,8 @@ from .input_checks import check_features_of
 from .model_loading import (
     CLIP_CHECKPOINT_FIELDS,
     HUB_OPTIONS,
+    backbone_config,
     check_backbone_source,
-    check_backbone_type,
     hub_id_or_none,
     naming_the_checkpoint,
     split_backbone_keywords,
@@ -170,9 +170,12 @@ class WeCLIPPlusForSemanticSegmentation(WeCLIPForSemanticSegmentation):
         hub = {k: v for k, v in kwargs.items() if k in HUB_OPTIONS and k != "revision"}
         check_backbone_source(clip_name_or_path, "CLIP")  # before the DINOv2 is loaded
         check_backbone_source(dino_name_or_path, "DINOv2")
+        # a Hub checkpoint's config.json and model type are checked before its weights are fetched
+        dino_config = backbone_config(dino_name_or_path, "DINOv2", hub)
         with naming_the_checkpoint(dino_name_or_path, "DINOv2"):
-            dino = AutoModel.from_pretrained(dino_name_or_path, use_safetensors=True, **hub)
-        check_backbone_type(dino_name_or_path, dino.config.model_type, "DINOv2")  # a Hub checkpoint's
+            dino = AutoModel.from_pretrained(
+                dino_name_or_path, config=dino_config, use_safetensors=True, **hub
+            )
         # the config.json written names the DINOv2 by its Hub id, never by a local path
         dino.config._name_or_path = hub_id_or_none(str(dino_name_or_path)) or ""
         model = super().from_clip(
