@@ -56,7 +56,7 @@ from weclip_hf.conversion import (
     dino_variant_name,
     is_official_clip,
 )
-from weclip_hf.conversion.convert_weclip import load_clip_tokenizer
+from weclip_hf.conversion.convert_weclip import converter_tokenizer
 from weclip_hf.hub import (
     METHODS,
     card_repo_id,
@@ -297,6 +297,9 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     output_dir = Path(args.output_dir)
+    # the CLIP tokenizer of the text embeddings, loaded once (after --clip's checks, before the checkpoint is read) and
+    # saved with the model: new class names (model.update_class_embeddings) then need nothing but the folder, offline
+    tokenizer = converter_tokenizer(args.tokenizer, args.clip)
     if args.push_to_hub:  # fail now, not after the conversion; the full id (user/name) is what the card loads
         args.hub_model_id = create_hub_repo(args.hub_model_id, token=args.hub_token, private=args.private)
 
@@ -304,7 +307,7 @@ def main(argv: list[str] | None = None) -> Path:
         args.checkpoint,
         clip=args.clip,
         preset=args.preset,
-        tokenizer=args.tokenizer,
+        tokenizer=tokenizer,
         check_clip=not args.no_check_clip,
         **({"class_names": args.class_names} if args.class_names else {}),
     )
@@ -314,9 +317,6 @@ def main(argv: list[str] | None = None) -> Path:
     logger.info(model.conversion_report.summary())
     checkpoint_sha256 = sha256_of(Path(args.checkpoint))
     card = build_model_card(args, model, checkpoint_sha256)
-    # the CLIP tokenizer of the text embeddings (loaded again: the conversion had it), saved with the model: new
-    # class names (model.update_class_embeddings) then need nothing but the folder, offline too
-    tokenizer = load_clip_tokenizer(args.tokenizer, args.clip)
 
     def write(folder: Path) -> None:
         model.save_pretrained(folder)

@@ -937,6 +937,22 @@ def test_script_refuses_an_output_dir_that_is_not_empty_before_converting(tmp_pa
     assert "would delete --checkpoint" in capsys.readouterr().err
 
 
+def test_script_loads_the_tokenizer_once_and_saves_the_one_the_embeddings_were_computed_with(
+    tmp_path, real_vocab_checkpoint
+):
+    """The script loaded the tokenizer twice, inside the conversion and again to save it: once now, passed to the
+    conversion, and that same tokenizer is saved."""
+    from transformers import AutoTokenizer
+
+    checkpoint, _ = real_vocab_checkpoint
+    load = AutoTokenizer.from_pretrained
+    argv = ["--checkpoint", str(checkpoint), "--tokenizer", str(TOKENIZER), "--preset", "voc"]
+    with mock.patch.object(AutoTokenizer, "from_pretrained", side_effect=load) as loads:
+        out = _script().main([*argv, "--output_dir", str(tmp_path / "out")])
+    assert [call.args[0] for call in loads.call_args_list] == [str(TOKENIZER)]
+    assert (out / "tokenizer_config.json").is_file()
+
+
 def test_script_overwrite_output_dir_replaces_a_trained_model(tmp_path, real_vocab_checkpoint, monkeypatch):
     """--overwrite_output_dir: a failed conversion, or one killed after the weights are saved (before the
     processor and the card), leaves the folder as it was, and a killed one into a new folder leaves no config.json (it

@@ -21,8 +21,10 @@ from pathlib import Path
 import torch
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
-from transformers import CONFIG_MAPPING, AutoConfig, PreTrainedConfig
+from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer, PreTrainedConfig, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
+
+from .presets import CLIP_MODEL
 
 logger = hf_logging.get_logger(__name__)
 
@@ -126,6 +128,22 @@ def naming_the_checkpoint(name_or_path: str, what: str) -> Iterator[None]:
             f"Could not load the {what} checkpoint {str(name_or_path)!r}: {error}\nWhere the Hub cannot be reached, "
             f"give a local folder of a {what} model written by save_pretrained (or run once where it can, to cache it)."
         ) from error
+
+
+def load_clip_tokenizer(
+    name_or_path: str | os.PathLike, argument: str, hub: dict | None = None
+) -> PreTrainedTokenizerBase:
+    """The CLIP tokenizer of the folder or Hub id ``name_or_path`` (with the loading options ``hub``), which
+    computes a model's text embeddings: a path to no folder is refused and a failure to fetch one re-raised
+    (`naming_the_checkpoint`), naming it and ``argument``, the flag or keyword that gave it."""
+    name = str(name_or_path)
+    if is_path_to_no_folder(name):
+        raise FileNotFoundError(
+            f"No CLIP tokenizer folder at {name!r} ({argument}): give a CLIP tokenizer folder or Hub id, "
+            f"e.g. {CLIP_MODEL}."
+        )
+    with naming_the_checkpoint(name, f"CLIP tokenizer ({argument})"):
+        return AutoTokenizer.from_pretrained(name, **(hub or {}))
 
 
 def backbone_config(name_or_path: str, what: str, hub: dict) -> PreTrainedConfig:
@@ -496,6 +514,7 @@ __all__ = [
     "check_model_folder",
     "in_aligned_memory",
     "is_path_to_no_folder",
+    "load_clip_tokenizer",
     "loading_errors",
     "names_a_missing_folder",
     "naming_the_checkpoint",

@@ -51,6 +51,7 @@ from .model_loading import (
     check_model_folder,
     hub_id_or_none,
     in_aligned_memory,
+    load_clip_tokenizer,
     loading_errors,
     refuse_missing_weights,
     refuse_split_placement,
@@ -449,8 +450,6 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
         decoder, class embeddings computed with the checkpoint's tokenizer (or ``tokenizer``). ``kwargs``: config
         fields, and the loading options of `from_pretrained` (``token``, ``revision``, ``cache_dir``,
         ``local_files_only``, ``dtype``, ...), which fetch the checkpoint and are not stored; others are refused."""
-        from transformers import AutoTokenizer
-
         kwargs, loading = split_backbone_keywords(
             kwargs, cls.config_class.field_names(), f"{cls.__name__}.from_clip", CLIP_CHECKPOINT_FIELDS
         )
@@ -487,8 +486,10 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
             logger.warning(
                 f"{clip_name_or_path!r}: tensors not used by WeCLIP: {sorted(info['unexpected_keys'])}"
             )
-        if tokenizer is None or isinstance(tokenizer, str):
-            tokenizer = AutoTokenizer.from_pretrained(tokenizer or clip_name_or_path, **hub)
+        if tokenizer is None:
+            tokenizer = load_clip_tokenizer(clip_name_or_path, "clip_name_or_path", hub)
+        elif isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = load_clip_tokenizer(tokenizer, "tokenizer=", hub)
         model.update_class_embeddings(tokenizer)
         return model
 

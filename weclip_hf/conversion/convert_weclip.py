@@ -15,7 +15,7 @@ from ..configuration_weclip import WeCLIPConfig
 from ..configuration_weclip_plus import WeCLIPPlusConfig
 from ..model_loading import (
     check_backbone_source,
-    is_path_to_no_folder,
+    load_clip_tokenizer,
     naming_the_checkpoint,
     public_source_name,
 )
@@ -207,23 +207,12 @@ def check_clip_source(clip: str) -> None:
         raise type(err)(f"{err} {takes}{openai}") from err
 
 
-def load_clip_tokenizer(tokenizer: str | Path | None, clip: str | None) -> PreTrainedTokenizerBase:
-    """The CLIP tokenizer of the folder or Hub id ``tokenizer`` (default ``clip``'s), a failure to load it
-    naming it and the argument that gave it (`naming_the_checkpoint`)."""
-    from transformers import AutoTokenizer
-
-    name, argument = (
-        (str(tokenizer), "--tokenizer / tokenizer=")
-        if tokenizer is not None
-        else (str(clip), "--clip / clip=")
-    )
-    if is_path_to_no_folder(name):
-        raise FileNotFoundError(
-            f"No CLIP tokenizer folder at {name!r} ({argument}): give a CLIP tokenizer folder or Hub id, "
-            f"e.g. {CLIP_MODEL}."
-        )
-    with naming_the_checkpoint(name, f"CLIP tokenizer ({argument})"):
-        return AutoTokenizer.from_pretrained(name)
+def converter_tokenizer(tokenizer: str | Path | None, clip: str | None) -> PreTrainedTokenizerBase:
+    """The converter's CLIP tokenizer: that of the folder or Hub id ``tokenizer`` (--tokenizer), default ``clip``'s
+    (--clip), loaded by `load_clip_tokenizer` naming that argument."""
+    if tokenizer is not None:
+        return load_clip_tokenizer(tokenizer, "--tokenizer / tokenizer=")
+    return load_clip_tokenizer(str(clip), "--clip / clip=")
 
 
 def convert_official_checkpoint(
@@ -273,7 +262,7 @@ def convert_official_checkpoint(
         check_clip_source(clip)
     # before the checkpoint is read and converted: a tokenizer that cannot be loaded fails first
     if tokenizer is None or isinstance(tokenizer, (str, Path)):
-        tokenizer = load_clip_tokenizer(tokenizer, clip)
+        tokenizer = converter_tokenizer(tokenizer, clip)
     if isinstance(checkpoint, dict):
         state = model_state_dict(checkpoint, "the checkpoint's state dict")
         check_finite(state, "the checkpoint's state dict")
