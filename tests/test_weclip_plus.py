@@ -1172,6 +1172,30 @@ def test_a_hub_dinov2_without_config_json_or_of_another_type_is_named_before_its
             )
 
 
+def test_a_clip_folder_without_tokenizer_files_is_refused_naming_them(tiny_clip, tmp_path):
+    """A CLIP saved without its tokenizer (CLIPModel.save_pretrained alone): transformers built an empty tokenizer
+    from its config (every word the same id), and with the legacy end-of-text id 2 of OpenAI's configs every class
+    got the same text embedding, silently. The one loader of CLIP tokenizers refuses it, naming the folder, the
+    files it lacks and the remedy, for from_clip and the training scripts' flag."""
+    from weclip_hf.script_arguments import clip_tokenizer
+
+    config = json.loads((Path(tiny_clip) / "config.json").read_text())
+    config["text_config"]["eos_token_id"] = 2  # as openai/clip-vit-base-patch16's config.json
+    folder = tmp_path / "clip-without-tokenizer"
+    folder.mkdir()
+    shutil.copy(Path(tiny_clip) / "model.safetensors", folder)
+    (folder / "config.json").write_text(json.dumps(config))
+    message = (
+        r"'.*clip-without-tokenizer' \({}\) holds no CLIP tokenizer \(tokenizer.json, or vocab.json and "
+        r"merges.txt; it holds config.json, model.safetensors\).*every class name would get the same text "
+        r"embedding.*AutoTokenizer.from_pretrained\(.*\).save_pretrained\("
+    )
+    with pytest.raises(FileNotFoundError, match=message.format("clip_name_or_path")):
+        WeCLIPForSemanticSegmentation.from_clip(str(folder))
+    with pytest.raises(FileNotFoundError, match=message.format("--clip_model_name_or_path")):
+        clip_tokenizer(str(folder))
+
+
 @pytest.mark.parametrize(
     "field", ["vision_config", "text_config", "projection_dim", "logit_scale_init_value"]
 )

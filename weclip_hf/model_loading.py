@@ -24,6 +24,7 @@ from torch import nn
 from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer, PreTrainedConfig, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from .batch_jobs import folder_contents
 from .presets import CLIP_MODEL
 
 logger = hf_logging.get_logger(__name__)
@@ -134,8 +135,9 @@ def load_clip_tokenizer(
     name_or_path: str | os.PathLike, argument: str, hub: dict | None = None
 ) -> PreTrainedTokenizerBase:
     """The CLIP tokenizer of the folder or Hub id ``name_or_path`` (with the loading options ``hub``), which
-    computes a model's text embeddings: a path to no folder is refused and a failure to fetch one re-raised
-    (`naming_the_checkpoint`), naming it and ``argument``, the flag or keyword that gave it."""
+    computes a model's text embeddings. Refused, naming it and ``argument`` (the flag or keyword that gave it): a
+    path to no folder, one that cannot be fetched (`naming_the_checkpoint`) and one without tokenizer files, of
+    which transformers builds a tokenizer of its special tokens alone from a CLIP config (every word one id)."""
     name = str(name_or_path)
     if is_path_to_no_folder(name):
         raise FileNotFoundError(
@@ -143,7 +145,17 @@ def load_clip_tokenizer(
             f"e.g. {CLIP_MODEL}."
         )
     with naming_the_checkpoint(name, f"CLIP tokenizer ({argument})"):
-        return AutoTokenizer.from_pretrained(name, **(hub or {}))
+        tokenizer = AutoTokenizer.from_pretrained(name, **(hub or {}))
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+        folder = Path(name).expanduser()
+        holds = f"; it holds {folder_contents(folder)}" if folder.is_dir() else ""
+        raise FileNotFoundError(
+            f"{name!r} ({argument}) holds no CLIP tokenizer (tokenizer.json, or vocab.json and merges.txt{holds}): "
+            "transformers built one of its special tokens alone, with which every class name would get the same "
+            "text embedding. Save the tokenizer of the CLIP it was saved from in its folder: "
+            f"AutoTokenizer.from_pretrained(that CLIP's id, e.g. {CLIP_MODEL!r}).save_pretrained(folder)."
+        )
+    return tokenizer
 
 
 def backbone_config(name_or_path: str, what: str, hub: dict) -> PreTrainedConfig:
