@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .batch_jobs import walk_entries
-from .model_loading import weights_readable_as
+from .model_loading import safetensors_problem, weights_readable_as
 
 TRAINING_STATE_NAME = "training_state.json"
 # the arguments that shape a run's training, which each of its checkpoints records and a resumed run must repeat
@@ -285,16 +285,14 @@ def damaged_file(path: Path) -> str | None:
     archive (``optimizer.bin``, the random states, ...) that is cut short or fails its CRCs, safetensors weights
     whose header or length do not hold, or a JSON file (the recorded arguments, the frozen weights' digest) that does
     not parse. Reads the files once, without unpickling anything."""
-    from safetensors import safe_open
-
     for file in sorted(f for f in path.iterdir() if f.is_file()):
         # an empty archive: the check of a torch archive below starts at its first bytes
         if file.suffix in (".bin", ".pkl", ".pt", ".safetensors") and file.stat().st_size == 0:
             return f"{file} is damaged (it is empty)"
         try:
             if file.suffix == ".safetensors":
-                with safe_open(file, "pt"):
-                    pass
+                if problem := safetensors_problem(file):
+                    return f"{file} is damaged ({problem})"
             elif file.suffix == ".json":
                 json.loads(file.read_text(encoding="utf-8"))
             elif _starts_with(file, b"PK\x03\x04"):  # torch.save's zip archive

@@ -347,15 +347,16 @@ def _fix(overrides: str, otherwise: str) -> str:
     return otherwise
 
 
-def _opens_as_safetensors(file: Path) -> bool:
-    """Whether ``file``'s safetensors header reads and covers the whole file."""
+def safetensors_problem(file: Path) -> str | None:
+    """Why ``file`` does not open as safetensors weights (its header does not read, or not cover the whole file:
+    a save or download cut short), as the reader says it; None when it opens."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(file, "pt"):
-            return True
-    except (SafetensorError, OSError):
-        return False
+            return None
+    except (SafetensorError, OSError) as error:
+        return f"{type(error).__name__}: {error}"
 
 
 def unreadable_weight_files(path: str) -> list[str]:
@@ -363,7 +364,7 @@ def unreadable_weight_files(path: str) -> list[str]:
     corrupted: a save or download cut short); [] for a Hub id."""
     folder = Path(path).expanduser()
     files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-    return [file.name for file in files if not _opens_as_safetensors(file)]
+    return [file.name for file in files if safetensors_problem(file) is not None]
 
 
 @contextlib.contextmanager
@@ -537,6 +538,7 @@ __all__ = [
     "refuse_split_placement",
     "require_safetensors",
     "safetensors_only",
+    "safetensors_problem",
     "saved_config_dict",
     "weights_readable_as",
 ]
