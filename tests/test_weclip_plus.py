@@ -1302,6 +1302,22 @@ def tiny_model(plus: bool) -> WeCLIPForSemanticSegmentation:
     return WeCLIPForSemanticSegmentation(make_tiny_config()).eval()
 
 
+def test_a_weclip_plus_built_under_inference_mode_predicts():
+    """Its DINOv2 position embeddings are inference tensors, which keep no version counter: the kept resize read it
+    and every forward off the native grid raised "Inference tensors do not track version counter". They are
+    resized at each forward instead (never kept: an in-place change could not be seen)."""
+    reference = tiny_model(plus=True)
+    with torch.inference_mode():
+        model = tiny_model(plus=True)
+    pixel_values, _ = tiny_plus_inputs()
+    with torch.no_grad():
+        expected = reference(pixel_values).logits
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            torch.testing.assert_close(model(pixel_values).logits, expected, rtol=0, atol=0)
+    assert getattr(model.dino_branch.backbone.embeddings, "_resized_positions", None) is None
+
+
 @pytest.mark.parametrize("plus", [False, True])
 def test_pseudo_labels_under_inference_mode_as_under_no_grad(plus):
     """`torch.inference_mode` forbids the gradients GradCAM takes within the forward: the forward leaves it for

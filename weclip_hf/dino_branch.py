@@ -63,8 +63,10 @@ class Dinov2EmbeddingsWithHubPositions(Dinov2Embeddings):
     embeddings' tensor, storage, dtype, device or version (any in-place change through the tensor, e.g.
     `load_state_dict`) or the inference mode differs; the entry holds the embeddings it was made from, so their
     storage cannot be reused by another tensor while it is kept. Not kept while the embeddings take gradients or
-    while a graph is captured (`torch.compile`, `torch.export`, `torch.jit.trace`: the resize is traced). Edits through ``.data`` bypass the version: call
-    `interpolate_pos_encoding` after such an edit only with a new grid, or delete ``_resized_positions``."""
+    while a graph is captured (`torch.compile`, `torch.export`, `torch.jit.trace`: the resize is traced), nor for
+    embeddings that are inference tensors (a model built under `torch.inference_mode`: they have no version). Edits
+    through ``.data`` bypass the version: call `interpolate_pos_encoding` after such an edit only with a new grid,
+    or delete ``_resized_positions``."""
 
     def interpolate_pos_encoding(self, embeddings: torch.Tensor, height: int, width: int) -> torch.Tensor:
         position = self.position_embeddings
@@ -73,7 +75,12 @@ class Dinov2EmbeddingsWithHubPositions(Dinov2Embeddings):
             return position
         patch_h, patch_w = self.patch_embeddings.patch_size
         grid = (height // patch_h, width // patch_w)
-        if (torch.is_grad_enabled() and position.requires_grad) or is_capturing_graph():
+        # inference tensors (a model built under inference mode) keep no version: an in-place change would not show
+        if (
+            (torch.is_grad_enabled() and position.requires_grad)
+            or is_capturing_graph()
+            or position.is_inference()
+        ):
             return hub_position_embeddings(position, grid)
         key = (
             grid,
