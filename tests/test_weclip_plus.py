@@ -1319,6 +1319,26 @@ def test_a_weclip_plus_built_under_inference_mode_predicts():
 
 
 @pytest.mark.parametrize("plus", [False, True])
+def test_a_model_built_under_inference_mode_is_told_to_be_built_outside_it_for_pseudo_labels(plus):
+    """A model built (or loaded) under `torch.inference_mode` has inference tensors for parameters, through which
+    the GradCAM cannot take gradients: torch's "Inference tensors cannot be saved for backward ... use
+    torch.no_grad() instead of torch.inference_mode()" (under no_grad too) now names the cause and the remedy. Its
+    predictions are unaffected."""
+    with torch.inference_mode():
+        model = tiny_model(plus)
+    pixel_values, class_labels = tiny_plus_inputs()
+    message = (
+        r"parameters are inference tensors \(it was built or loaded under torch.inference_mode\(\)\): the "
+        r"pseudo labels' GradCAM .* Build or load the model outside torch.inference_mode\(\)"
+    )
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode(), pytest.raises(RuntimeError, match=message):
+            model(pixel_values, class_labels=class_labels)
+        with mode():
+            assert model(pixel_values).logits.shape[0] == 2
+
+
+@pytest.mark.parametrize("plus", [False, True])
 def test_pseudo_labels_under_inference_mode_as_under_no_grad(plus):
     """`torch.inference_mode` forbids the gradients GradCAM takes within the forward: the forward leaves it for
     `no_grad` and gives the same outputs (it raised "element 0 of tensors does not require grad")."""

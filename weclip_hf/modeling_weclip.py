@@ -565,17 +565,28 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
         """Every pair's GradCAM from the last CLIP block applied to ``tokens`` [B, 1+N, D] (`pair_gradcams`), a
         few images at a time on a CPU (`weclip_hf.chunking`: their [heads, T, T] attention maps within budget)."""
         heads = self.vision_model.encoder.layers[-1].self_attn.num_heads
-        return pair_gradcams(
-            self.last_block_pair_embeddings,
-            # the class scores' gradients w.r.t. the block's own input; a tensor made in inference mode copied
-            tokens.clone() if tokens.is_inference() else tokens.detach(),
-            self.class_text_embeds,
-            self.background_text_embeds,
-            self.logit_scale,
-            plan,
-            grid,
-            chunk_size=images_per_attention_chunk(tokens.shape[0], tokens.shape[1], heads, tokens.device),
-        )
+        try:
+            return pair_gradcams(
+                self.last_block_pair_embeddings,
+                # the class scores' gradients w.r.t. the block's own input; a tensor made in inference mode copied
+                tokens.clone() if tokens.is_inference() else tokens.detach(),
+                self.class_text_embeds,
+                self.background_text_embeds,
+                self.logit_scale,
+                plan,
+                grid,
+                chunk_size=images_per_attention_chunk(tokens.shape[0], tokens.shape[1], heads, tokens.device),
+            )
+        except RuntimeError as error:
+            # checked on failure only: torch's message would have the caller use no_grad, which changes nothing
+            if not self.logit_scale.is_inference():
+                raise
+            raise RuntimeError(
+                f"{type(self).__name__}'s parameters are inference tensors (it was built or loaded under "
+                "torch.inference_mode()): the pseudo labels' GradCAM takes gradients through the last CLIP block, "
+                "which they cannot carry. Build or load the model outside torch.inference_mode() (its forward may "
+                "run under it); its predictions (no class_labels) need no gradient."
+            ) from error
 
     def refine_and_label(
         self,
