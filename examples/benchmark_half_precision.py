@@ -18,7 +18,8 @@ import json
 import subprocess
 import sys
 
-DTYPES = ("float32", "bfloat16", "float16")
+from weclip_hf.script_arguments import WEIGHT_DTYPES
+
 # lines of a failed measurement's error output shown (its traceback's end, with the error)
 ERROR_LINES = 15
 
@@ -28,8 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument(
         "--dtypes",
-        default=",".join(DTYPES),
-        help=f"comma-separated weight dtypes (default {','.join(DTYPES)})",
+        default=",".join(WEIGHT_DTYPES),
+        help=f"comma-separated weight dtypes (default {','.join(WEIGHT_DTYPES)})",
     )
     p.add_argument("--batch_size", type=int, default=4, help="images per forward (default 4)")
     p.add_argument("--size", type=int, default=320, help="image side (320: the training crop)")

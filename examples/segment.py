@@ -105,6 +105,7 @@ from weclip_hf.script_arguments import (
     CRF_PARAMETER_FLAGS,
     DATASET_CONFIG_HELP,
     IMAGE_COLUMN_HELP,
+    WEIGHT_DTYPES,
     add_crf_parameter_flags,
     add_data_source_flags,
     add_multiscale_flags,
@@ -129,7 +130,6 @@ OUTPUT_FOLDERS = (*IMAGE_FOLDERS, STATE_DIR)  # all it writes there, with class_
 REPORT = "class_fractions.json"
 OUTPUT_SUFFIXES = (".png", ".json")  # of an input's files: its label map and overlay, its record
 MODEL_SETTINGS = ("model_name_or_path",)  # the settings that name a model: its weights are recorded too
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -163,7 +163,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--dtype",
-        choices=sorted(DTYPES),
+        choices=WEIGHT_DTYPES,
         default="float32",
         help="dtype of the model weights (default: float32, on every device; on a GPU, bfloat16 halves their "
         "memory)",
@@ -441,7 +441,7 @@ def load_model(args, state: PartialState) -> tuple[WeCLIPForSemanticSegmentation
     check_model_argument(args.model_name_or_path)
     with naming_the_model_flag(args.model_name_or_path):
         model = AutoModelForSemanticSegmentation.from_pretrained(
-            args.model_name_or_path, dtype=DTYPES[args.dtype]
+            args.model_name_or_path, dtype=getattr(torch, args.dtype)
         )
     model = model.to(state.device).eval()
     processor = WeCLIPImageProcessor.from_saved_or_default(

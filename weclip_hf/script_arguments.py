@@ -228,6 +228,8 @@ def check_source_flags(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 
 # where the multi-scale scales come from without --scales (or a preset's), once the model is loaded
+# the weight dtypes the scripts offer (segment.py's --dtype, benchmark_half_precision.py's --dtypes): torch's names
+WEIGHT_DTYPES = ("float32", "bfloat16", "float16")
 MODEL_SCALES_HELP = (
     "those of the model's preset (its config's training_preset, else found by its classes: toy 1.0 1.125), else of "
     "its model type's VOC preset (WeCLIP 1.0 0.75, WeCLIP+ 1.0 1.5)"
