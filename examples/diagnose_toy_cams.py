@@ -21,10 +21,11 @@ and how often the rule keeps each attention map.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 
 import torch
+from training.arguments import parse_args as train_args
+from training.data_and_model import build_model
 from transformers import AutoModelForSemanticSegmentation
 
 from weclip_hf import WeCLIPForSemanticSegmentation
@@ -68,15 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def recipe_model() -> WeCLIPForSemanticSegmentation:
     """The model `examples/train.py` builds with no arguments (toy recipe, shipped CLIP)."""
-    spec = importlib.util.spec_from_file_location("train", pathlib.Path(__file__).with_name("train.py"))
-    train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train)
     names = dict(
         class_names=TOY_CLASS_NAMES,
         background_names=TOY_BACKGROUND_NAMES,
         prompt_template=TOY_PROMPT_TEMPLATE,
     )
-    return train.build_model(train.parse_args([]), names)
+    return build_model(train_args([]), names)
 
 
 def dev_batches(num_images: int, batch_size: int) -> list[list[tuple[torch.Tensor, ...]]]:

@@ -324,6 +324,12 @@ def train_module():
     return example_module("train")
 
 
+def train_phase(name: str):
+    """The module ``name`` of examples/training/, one phase of examples/train.py (`example_module`): where the script
+    looks up the names a test calls or patches."""
+    return example_module(f"training.{name}")
+
+
 def evaluate_module():
     """examples/evaluate.py imported as a fresh module (not named ``evaluate``: that is the Hugging Face library)."""
     import importlib.util
@@ -378,7 +384,7 @@ def resolved_known_and_built(*args) -> tuple[dict, dict]:
 
     train = train_module()
     parsed = train.parse_args([str(arg) for arg in args])
-    model = train.build_model(parsed, {})
+    model = train_phase("data_and_model").build_model(parsed, {})
     clip = None if parsed.model_name_or_path else train.clip_source(parsed)
     return train.resolved_before_loading(parsed), resolved_trajectory(parsed, model, clip, 8)
 

@@ -3,9 +3,11 @@
 
 import dataclasses
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
+from conftest import train_phase
 
 from weclip_hf import WeCLIPConfig
 from weclip_hf.configuration_weclip_plus import WeCLIPPlusConfig
@@ -18,7 +20,12 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def _script(name: str):
     spec = importlib.util.spec_from_file_location(f"{name}_script_for_presets", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    saved = sys.path[:]
+    sys.path.insert(0, str(EXAMPLES))  # as when run: its sibling modules (train.py's training/)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
     return module
 
 
@@ -67,7 +74,7 @@ def test_train_script_builds_the_toy_model_from_the_toy_preset(tmp_path):
     train = _script("train")
     args = train.parse_args(["--output_dir", str(tmp_path)])
     _, _, names = load_dataset_splits(DataSource(toy=True, toy_sizes=(2, 2)))
-    config = train.build_model(args, names).config
+    config = train_phase("data_and_model").build_model(args, names).config
     for key, value in get_preset("toy").config.items():
         assert getattr(config, key) == value, key
 
@@ -89,7 +96,7 @@ def test_a_model_records_its_training_preset_whose_settings_it_keeps(tmp_path):
     args = train.parse_args(["--data_dir", "d", "--model_name_or_path", str(tmp_path / "own")])
     assert args.recipe == "toy" and args.crop_size == get_preset("toy").training.crop_size
     assert (
-        train.recipe_source(args)
+        train_phase("arguments").recipe_source(args)
         == "no --preset: the one --model_name_or_path records (its config's training_preset)"
     )
     given = train.parse_args(
@@ -99,7 +106,7 @@ def test_a_model_records_its_training_preset_whose_settings_it_keeps(tmp_path):
     # a continued model without a record keeps its config, which the printout said were the config defaults
     make_tiny_config().save_pretrained(tmp_path / "unrecorded")
     args = train.parse_args(["--data_dir", "d", "--model_name_or_path", str(tmp_path / "unrecorded")])
-    assert train.recipe_source(args) == (
+    assert train_phase("arguments").recipe_source(args) == (
         "no --preset: the VOC recipe of a WeCLIP model, with the config of --model_name_or_path"
     )
     for bad in (3, ""):  # an empty name records no preset either

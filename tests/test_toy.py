@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -34,7 +35,12 @@ PROMPTS = [TOY_PROMPT_TEMPLATE.format(name) for name in TOY_CLASS_NAMES + TOY_BA
 def _load_example(name: str = "pretrain_toy_clip"):
     spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    saved = sys.path[:]
+    sys.path.insert(0, str(REPO_ROOT / "examples"))  # as when run: its sibling modules (train.py's training/)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
     return module
 
 

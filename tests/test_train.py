@@ -31,6 +31,7 @@ from conftest import (
     save_another_model_at,
     train_in_process,
     train_module,
+    train_phase,
     train_stopped_at,
 )
 from PIL import Image
@@ -105,6 +106,7 @@ def test_a_trained_folder_without_a_tokenizer_gives_the_recorded_clips_from_the_
     config records, from the local Hub cache only (the run fetches nothing it did not); where neither gives one, a
     line says so and the run goes on without (it fails nowhere, and the folder it writes holds none)."""
     import huggingface_hub
+    from transformers import AutoTokenizer
 
     from weclip_hf.data.toy import toy_clip_path
 
@@ -135,7 +137,7 @@ def test_a_trained_folder_without_a_tokenizer_gives_the_recorded_clips_from_the_
     printed.clear()
     tokenizer = train.embeddings_tokenizer(args, printed.append)
     assert printed == []
-    assert tokenizer("a cat").input_ids == train.AutoTokenizer.from_pretrained(tiny_clip)("a cat").input_ids
+    assert tokenizer("a cat").input_ids == AutoTokenizer.from_pretrained(tiny_clip)("a cat").input_ids
 
 
 def test_fully_supervised_flag(tmp_path, tiny_clip, capsys):
@@ -262,7 +264,9 @@ def test_a_checkpoint_of_an_earlier_version_records_the_backbones_it_held(tmp_pa
     step_1 = tmp_path / "a" / "step_1"
     trained_with = json.loads((step_1 / "frozen_weights.json").read_text())["sha256"]
     # as an earlier version wrote it: every weight, the backbones of the run's CLIP among them
-    model = train_module().build_model(train_module().parse_args([*map(str, resumable_args(clip))]), {})
+    model = train_phase("data_and_model").build_model(
+        train_module().parse_args([*map(str, resumable_args(clip))]), {}
+    )
     full = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file({**full, **load_file(step_1 / "model.safetensors")}, step_1 / "model.safetensors")
     (step_1 / "frozen_weights.json").unlink()
@@ -400,7 +404,7 @@ def test_the_validation_label_column_is_read_as_the_training_one():
             {"image": [Image.new("RGB", (8, 8))] * 2, "mask": masks, "image_labels": labels}
         )
         args = train.parse_args(["--labels_column", "image_labels", *flags, "--crop_size", "8"])
-        _, val_set = train.prepare_data(
+        _, val_set = train_phase("data_and_model").prepare_data(
             args, split, split, 3, 255, accelerator, CLIP_NORMALIZATION, class_names=["cat", "dog", "bird"]
         )
         assert val_set.dataset["image_labels"] == [[2], [3]], flags  # the masks' classes
@@ -520,7 +524,8 @@ def test_the_card_lists_the_toy_worlds_sizes_only_for_the_toy_world(tmp_path):
 
 
 def test_schedule_notes_count_from_the_models_step_counter(tiny_config):
-    notes = train_module().schedule_notes
+    from weclip_hf.training import schedule_notes as notes
+
     tiny_config.rfm_start_step = 10
     assert notes(tiny_config, 0, 20) == []  # a fresh run that reaches the RFM: nothing to note
     assert (
@@ -1096,7 +1101,7 @@ def test_class_names_also_name_the_labels_of_a_fresh_model(tiny_clip):
     ]  # as many as VOC's classes, whose display names the preset holds
     fits = ["--rfm_num_maps", "2"]  # the tiny CLIP has 3 layers
     argv = ["--dataset_name", "d", "--preset", "voc", "--clip_model_name_or_path", tiny_clip, *fits]
-    model = train.build_model(train.parse_args([*argv, "--class_names", *names]), {})
+    model = train_phase("data_and_model").build_model(train.parse_args([*argv, "--class_names", *names]), {})
     assert model.config.class_names == names and model.config.label_names == names
 
 
@@ -1110,7 +1115,9 @@ def test_the_processor_saved_with_a_model_pads_labels_with_its_ignore_index(tmp_
     config = make_tiny_config(semantic_loss_ignore_index=100)
     WeCLIPImageProcessor().save_pretrained(tmp_path)  # a processor of 255, e.g. one saved before
     for extra in ([], ["--image_processor_name_or_path", str(tmp_path)]):
-        processor = train.build_image_processor(train.parse_args(["--dataset_name", "d", *extra]), config)
+        processor = train_phase("data_and_model").build_image_processor(
+            train.parse_args(["--dataset_name", "d", *extra]), config
+        )
         assert processor.ignore_index == 100 and processor.patch_size == config.vision_config.patch_size
 
 

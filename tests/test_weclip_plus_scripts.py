@@ -22,6 +22,7 @@ from conftest import (
     resolved_known_and_built,
     train_in_process,
     train_module,
+    train_phase,
     train_stopped_at,
 )
 from safetensors.torch import load_file
@@ -257,7 +258,7 @@ def test_weclip_plus_without_a_preset_trains_with_the_weclip_plus_voc_recipe(tra
         args = train_script.parse_args(["--data_dir", "d", *model])
         assert args.recipe == "voc-plus" and (args.learning_rate, args.msf_scales) == (2e-4, [1.0, 1.5])
         assert (
-            train_script.recipe_source(args)
+            train_phase("arguments").recipe_source(args)
             == f"no --preset: the VOC recipe of a WeCLIP+ model, with {config}"
         )
     dino = train_script.parse_args(["--data_dir", "d", "--dino_model_name_or_path", "x"])
@@ -296,8 +297,10 @@ def test_weclip_plus_config_flags_set_the_config_and_are_refused_for_weclip(
     ]
     flags += ["0.25", "0.75", "--dice_loss_weight", "0.5", "--cross_branch_loss_weight", "0.2"]
     built = {}
-    monkeypatch.setattr(train_script, "model_from_backbones", lambda clip, dino, plus, **kw: built.update(kw))
-    train_script.build_model(
+    monkeypatch.setattr(
+        train_phase("data_and_model"), "model_from_backbones", lambda clip, dino, plus, **kw: built.update(kw)
+    )
+    train_phase("data_and_model").build_model(
         train_script.parse_args(["--data_dir", "d", "--dino_model_name_or_path", "x", *flags]), {}
     )
     assert {k: built[k] for k in PLUS_FLAGS} == PLUS_FLAGS
@@ -309,10 +312,10 @@ def test_weclip_plus_config_flags_set_the_config_and_are_refused_for_weclip(
         def from_pretrained(path, **overrides):
             return overrides
 
-    monkeypatch.setattr(train_script, "AutoModelForSemanticSegmentation", Saved)
+    monkeypatch.setattr(train_phase("data_and_model"), "AutoModelForSemanticSegmentation", Saved)
     plus = saved_config(tmp_path / "plus", "weclip_plus")
     args = train_script.parse_args(["--data_dir", "d", "--model_name_or_path", plus, *flags])
-    assert train_script.build_model(args, {}) == PLUS_FLAGS
+    assert train_phase("data_and_model").build_model(args, {}) == PLUS_FLAGS
     weclip = saved_config(tmp_path / "weclip", "weclip")
     for model in ([], ["--preset", "voc"], ["--model_name_or_path", weclip]):
         with pytest.raises(SystemExit):
@@ -338,7 +341,7 @@ def test_train_reads_the_saved_config_once(train_script, tmp_path, monkeypatch):
         def from_pretrained(path, **overrides):
             return overrides
 
-    monkeypatch.setattr(train_script, "AutoModelForSemanticSegmentation", Saved)
+    monkeypatch.setattr(train_phase("data_and_model"), "AutoModelForSemanticSegmentation", Saved)
     real_open = builtins.open
     opened = []
 
@@ -354,8 +357,8 @@ def test_train_reads_the_saved_config_once(train_script, tmp_path, monkeypatch):
         opened.clear()
         with mock.patch("builtins.open", counting_open):
             args = train_script.parse_args(argv)
-            train_script.recipe_source(args)
-            train_script.build_model(args, {})
+            train_phase("arguments").recipe_source(args)
+            train_phase("data_and_model").build_model(args, {})
         assert opened == [str(Path(plus) / "config.json")]
     hub_config = ({"model_type": "weclip_plus"}, {})
     with mock.patch.object(PretrainedConfig, "get_config_dict", return_value=hub_config) as fetch:
@@ -363,8 +366,8 @@ def test_train_reads_the_saved_config_once(train_script, tmp_path, monkeypatch):
             ["--data_dir", "d", "--model_name_or_path", "org/weclip", "--dice_loss_weight", "0.5"]
         )
         assert args.recipe == "voc-plus"
-        train_script.recipe_source(args)
-        train_script.build_model(args, {})
+        train_phase("arguments").recipe_source(args)
+        train_phase("data_and_model").build_model(args, {})
     fetch.assert_called_once_with("org/weclip")
     assert not any(key.startswith("_") for key in train_script.card_args(args))  # the cache is no argument
 
@@ -545,10 +548,14 @@ def test_a_box_threshold_that_a_weclip_plus_without_box_mask_never_reads_is_note
     from conftest import make_tiny_plus_config
 
     args = train_script.parse_args(["--data_dir", "d", "--preset", "voc-plus", "--cam_box_threshold", "0.9"])
-    (note,) = train_script.unread_flags(args, make_tiny_plus_config(rfm_use_box_mask=False))
+    (note,) = train_phase("data_and_model").unread_flags(args, make_tiny_plus_config(rfm_use_box_mask=False))
     assert note.startswith("--cam_box_threshold has no effect")
-    assert train_script.unread_flags(args, make_tiny_plus_config(rfm_use_box_mask=True)) == []
+    assert (
+        train_phase("data_and_model").unread_flags(args, make_tiny_plus_config(rfm_use_box_mask=True)) == []
+    )
     unset = train_script.parse_args(
         ["--data_dir", "d", "--preset", "voc-plus"]
     )  # the preset's value: no note
-    assert train_script.unread_flags(unset, make_tiny_plus_config(rfm_use_box_mask=False)) == []
+    assert (
+        train_phase("data_and_model").unread_flags(unset, make_tiny_plus_config(rfm_use_box_mask=False)) == []
+    )
