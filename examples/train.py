@@ -30,16 +30,15 @@ from accelerate.utils import InitProcessGroupKwargs, set_seed
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from training.arguments import clip_source, parse_args, resolved_before_loading
+from training.computation import compiled_forward, default_num_workers, run_computation
 from training.data_and_model import embeddings_tokenizer, load_data_and_model
 from transformers import PreTrainedTokenizerBase
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.checkpointing import (
-    Computation,
     FrozenWeights,
     StreamPosition,
     TrainingState,
-    compile_mode_in_effect,
     find_checkpoint,
     holds_frozen_weights,
     load_checkpoint,
@@ -152,28 +151,6 @@ NOT_ON_CARD = frozenset(
 )  # fmt: skip
 
 
-def compile_mode(args, device: torch.device) -> str | None:
-    """The torch.compile mode in effect on ``device``: --torch_compile_mode, else with inductor reduce-overhead on a
-    GPU and default elsewhere (None: another backend's default, which torch passes it for "default" too)."""
-    if args.torch_compile_mode is None and args.torch_compile_backend == "inductor":
-        return "reduce-overhead" if device.type == "cuda" else "default"
-    return compile_mode_in_effect(args.torch_compile_backend, args.torch_compile_mode)
-
-
-def compiled_forward(args, model, device: torch.device):
-    """``--torch_compile``: ``model`` (as prepared: under DDP the wrapper, whose graphs torch splits at its gradient
-    buckets) through `torch.compile`; the module itself stays uncompiled for evaluation and saving."""
-    return torch.compile(model, backend=args.torch_compile_backend, mode=compile_mode(args, device))
-
-
-def run_computation(args, device: torch.device, threads: int | None) -> Computation:
-    """How this run computes on ``device`` with ``threads`` (a CPU run's; None on an accelerator), which orders
-    its float sums: what its checkpoints record and a resume compares (`computation_change_warning`)."""
-    if not args.torch_compile:
-        return Computation(device.type, torch_compile=False, threads=threads)
-    return Computation(device.type, True, args.torch_compile_backend, compile_mode(args, device), threads)
-
-
 def to_device(batch: dict, device: torch.device) -> dict:
     """Move a training batch to ``device`` (asynchronously from pinned memory), except ``class_labels``."""
     return {k: v if k == "class_labels" else v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -189,12 +166,6 @@ def toy_baselines_of(val_set, num_labels: int) -> dict[str, float]:
     scores = toy_baselines(masks, first, num_labels)
     short = {"all_background": "bg", "whole_image_first_class": "whole", "centred_disk_first_class": "disk"}
     return {f"baseline_{short[name]}_miou": value for name, value in scores.items()}
-
-
-def default_num_workers(device_type: str, num_processes: int) -> int:
-    """DataLoader workers when ``--num_workers`` is not given: up to 4 per process on an accelerator, 0 on
-    the CPU."""
-    return 0 if device_type == "cpu" else min(4, cores_per_local_process(num_processes))
 
 
 def step_seed(seed: int, step: int, process_index: int) -> int:
