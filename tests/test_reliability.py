@@ -13,11 +13,11 @@ from conftest import (
     FAST,
     TINY_TEXT,
     TINY_VISION,
-    TRAIN,
     make_tiny_config,
     read_log,
     run_train,
     train_in_process,
+    train_phase,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -420,56 +420,52 @@ def _shared_model():
         ("dino_from_clip_loss", "DINO-from-CLIP cross-branch"),
     ],
 )
-def test_every_loss_term_is_checked_for_non_finite_values(term, shown, monkeypatch):
+def test_every_loss_term_is_checked_for_non_finite_values(term, shown):
     """WeCLIP's two terms and WeCLIP+'s three: a non-finite one stops the step, named; absent terms are skipped."""
     from types import SimpleNamespace
 
-    monkeypatch.syspath_prepend(str(TRAIN.parent))
-    import train as train_script
-
+    loop = train_phase("loop")
     finite = dict(seg_loss=torch.tensor(1.0), affinity_loss=torch.tensor(0.5), dice_loss=None)
     plus = dict(finite, dice_loss=torch.tensor(0.2), clip_from_dino_loss=torch.tensor(0.3))
-    train_script.check_losses_finite(SimpleNamespace(**finite), 7)  # WeCLIP+ terms absent: nothing raised
-    train_script.check_losses_finite(SimpleNamespace(**plus, dino_from_clip_loss=torch.tensor(0.4)), 7)
+    loop.check_losses_finite(SimpleNamespace(**finite), 7)  # WeCLIP+ terms absent: nothing raised
+    loop.check_losses_finite(SimpleNamespace(**plus, dino_from_clip_loss=torch.tensor(0.4)), 7)
     bad = SimpleNamespace(
         **{**plus, "dino_from_clip_loss": torch.tensor(0.4), term: torch.tensor(float("inf"))}
     )
     with pytest.raises(
         FloatingPointError, match=rf"Non-finite {shown} loss \(inf\) at step 7; weights were not"
     ):
-        train_script.check_losses_finite(bad, 7)
+        loop.check_losses_finite(bad, 7)
 
     # under DDP every process stops, also those whose own losses are finite
     def another_process_non_finite(flags):
         return torch.cat([flags, torch.zeros_like(flags)])
 
     with pytest.raises(FloatingPointError, match=r"Non-finite loss in another process at step 7"):
-        train_script.check_losses_finite(SimpleNamespace(**finite), 7, another_process_non_finite)
-    train_script.check_losses_finite(SimpleNamespace(**finite), 7, lambda flags: torch.cat([flags, flags]))
+        loop.check_losses_finite(SimpleNamespace(**finite), 7, another_process_non_finite)
+    loop.check_losses_finite(SimpleNamespace(**finite), 7, lambda flags: torch.cat([flags, flags]))
     with pytest.raises(ValueError, match="none of the loss terms"):
-        train_script.check_losses_finite(SimpleNamespace(seg_loss=None), 7)
+        loop.check_losses_finite(SimpleNamespace(seg_loss=None), 7)
 
 
-def test_a_stop_signal_is_agreed_by_every_process_in_the_step_check(monkeypatch):
+def test_a_stop_signal_is_agreed_by_every_process_in_the_step_check():
     """A Ctrl-C / SIGTERM that one process got travels in the step's one gather with the loss flags: every process
     learns it (its number) after the same step (one process stopping alone left the others waiting in the next
     collective)."""
     import signal
     from types import SimpleNamespace
 
-    monkeypatch.syspath_prepend(str(TRAIN.parent))
-    import train as train_script
-
+    loop = train_phase("loop")
     out = SimpleNamespace(seg_loss=torch.tensor(1.0), affinity_loss=torch.tensor(0.5))
-    assert train_script.check_losses_finite(out, 3) == 0
-    assert train_script.check_losses_finite(out, 3, stop_signal=signal.SIGINT) == signal.SIGINT
+    assert loop.check_losses_finite(out, 3) == 0
+    assert loop.check_losses_finite(out, 3, stop_signal=signal.SIGINT) == signal.SIGINT
 
     def another_process(signum: int):
         return lambda flags: torch.cat([flags, torch.tensor([[1, signum]], dtype=flags.dtype)])
 
-    assert train_script.check_losses_finite(out, 3, another_process(signal.SIGINT)) == signal.SIGINT
-    assert train_script.check_losses_finite(out, 3, another_process(0), stop_signal=signal.SIGTERM) == 15
-    assert train_script.check_losses_finite(out, 3, another_process(0)) == 0
+    assert loop.check_losses_finite(out, 3, another_process(signal.SIGINT)) == signal.SIGINT
+    assert loop.check_losses_finite(out, 3, another_process(0), stop_signal=signal.SIGTERM) == 15
+    assert loop.check_losses_finite(out, 3, another_process(0)) == 0
 
 
 class _WithHead(WeCLIPForSemanticSegmentation):

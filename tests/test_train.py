@@ -954,7 +954,7 @@ def test_model_push_to_hub_uploads_weights_processor_and_card(tiny_model, fake_h
 
 def test_cpu_threads_share_the_cores_among_local_processes(monkeypatch):
     """`accelerate launch` sets OMP_NUM_THREADS=1 on a CPU; the script spreads the cores itself."""
-    train_script = train_module()
+    computation = train_phase("computation")
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert cores_per_local_process(1) == 8
@@ -967,17 +967,17 @@ def test_cpu_threads_share_the_cores_among_local_processes(monkeypatch):
     assert cores_per_local_process() == 8  # one process by default
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
     assert cores_per_local_process(16) == 1
-    assert train_script.default_num_workers("cpu", 16) == 0  # workers would take the training threads' cores
-    assert train_script.default_num_workers("cuda", 16) == 1
+    assert computation.default_num_workers("cpu", 16) == 0  # workers would take the training threads' cores
+    assert computation.default_num_workers("cuda", 16) == 1
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    assert train_script.default_num_workers("cuda", 1) == 4
+    assert computation.default_num_workers("cuda", 1) == 4
 
 
 def test_every_step_of_every_process_has_its_own_seed():
     """The per-step seed was (seed * 1_000_003 + step) * 64 + process: beyond 64 processes, process 64's step s drew
     process 0's dropout of step s + 1. Processes 0-63 keep their seeds (a resumed run of an earlier version repeats
     it exactly)."""
-    step_seed = train_module().step_seed
+    step_seed = train_phase("loop").step_seed
     seeds = [step_seed(3, step, rank) for step in range(50) for rank in [*range(200), 256, 320, 4096]]
     assert len(set(seeds)) == len(seeds) and all(0 <= s < 2**64 for s in seeds)
     assert step_seed(3, 7, 5) == (3 * 1_000_003 + 7) * 64 + 5
