@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from training.arguments import clip_source, parse_args, resolved_before_loading
 from training.computation import compiled_forward, run_computation
 from training.data_and_model import embeddings_tokenizer, load_data_and_model
-from training.loop import append_log, log_losses, make_train_loader, training_step
+from training.evaluation import evaluate_in_training, final_evaluation
+from training.loop import log_losses, make_train_loader, training_step
 from transformers import PreTrainedTokenizerBase
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
@@ -43,15 +44,8 @@ from weclip_hf.checkpointing import (
     load_checkpoint,
     prune_checkpoints,
 )
-from weclip_hf.data.loading import (
-    StreamingWeakSegmentationDataset,
-    collate_by_size,
-    holds_pseudo_masks,
-    names_no_dataset,
-    process_subset,
-)
-from weclip_hf.data.toy import toy_baselines
-from weclip_hf.evaluation import MIOU_NAMES, evaluate_segmentation, processor_input_size, write_overlays
+from weclip_hf.data.loading import StreamingWeakSegmentationDataset, holds_pseudo_masks, names_no_dataset
+from weclip_hf.evaluation import processor_input_size
 from weclip_hf.host_memory import retain_freed_host_memory
 from weclip_hf.hub import (
     TOKENIZER_FILES,
@@ -63,7 +57,6 @@ from weclip_hf.hub import (
     split_model_metrics,
 )
 from weclip_hf.local_cores import cores_per_local_process
-from weclip_hf.metrics import per_class_iou
 from weclip_hf.model_loading import public_source_name
 from weclip_hf.presets import TrainingRecipe
 from weclip_hf.run_folder import (
@@ -110,85 +103,6 @@ NOT_ON_CARD = frozenset(
         "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
     }
 )  # fmt: skip
-
-
-def toy_baselines_of(val_set, num_labels: int) -> dict[str, float]:
-    """``toy_baselines`` of the validation set, as metrics.json's ``baseline_{bg,whole,disk}_miou``."""
-    items = [val_set[i] for i in range(len(val_set))]
-    masks = torch.stack([item["labels"] for item in items]).numpy()
-    # the lowest present class id (class_labels index + 1), 0 for an image without one
-    present = torch.stack([item["class_labels"] for item in items]) > 0
-    first = torch.where(present.any(dim=1), present.int().argmax(dim=1) + 1, 0).numpy()
-    scores = toy_baselines(masks, first, num_labels)
-    short = {"all_background": "bg", "whole_image_first_class": "whole", "centred_disk_first_class": "disk"}
-    return {f"baseline_{short[name]}_miou": value for name, value in scores.items()}
-
-
-def miou_names(args) -> dict[str, str]:
-    """Each evaluation mode's figure name in metrics.json, the log and the trackers (`MIOU_NAMES`); with
-    ``--fully_supervised`` the decoder's figures are named apart from a weakly supervised model's."""
-    names = dict(MIOU_NAMES)
-    if args.fully_supervised:
-        names.update(pred="fully_supervised_miou", pred_msf="fully_supervised_miou_msf")
-    return names
-
-
-def evaluate_in_training(
-    args, accelerator: Accelerator, model, val_set, step: int, log_path: Path, input_size: dict | None
-) -> None:
-    """``--eval_steps``: decoder and pseudo-label mIoU on the validation set (the images resized to ``input_size``,
-    as the saved processor resizes them), every process evaluating every num_processes-th image (the confusion
-    matrices are summed); printed, tracked and logged."""
-    shard = process_subset(val_set, accelerator.process_index, accelerator.num_processes)
-    loader = DataLoader(shard, batch_size=args.per_device_eval_batch_size, collate_fn=collate_by_size)
-    res = evaluate_segmentation(
-        model,
-        loader,
-        ("pred", "pseudo"),
-        input_size=input_size,
-        accelerator=accelerator,
-        progress=False,
-    )
-    names = miou_names(args)
-    scores = {f"eval_{names[mode]}": result["mean_iou"] for mode, result in res.items()}
-    accelerator.print(f"step {step}: {scores}")
-    accelerator.log(scores, step=step)
-    if accelerator.is_main_process:
-        append_log(log_path, {"step": step, **scores})
-
-
-def final_evaluation(
-    args, accelerator: Accelerator, model, val_set, output_dir: Path, input_size: dict | None
-) -> dict:
-    """The trained model on the validation set (the images resized to ``input_size``, as the saved processor
-    resizes them): decoder, CAM and RFM pseudo-label mIoU, the multi-scale decoder unless ``--no_msf``, per-class
-    IoU, the toy world's baselines, and the overlays written to ``output_dir`` (main process). Every process scores
-    every num_processes-th image and the confusion matrices are summed (as in `evaluate_in_training`): the figures
-    of one process, and no process waits at a barrier through the others' evaluation."""
-    cfg = model.config
-    shard = process_subset(val_set, accelerator.process_index, accelerator.num_processes)
-    loader = DataLoader(shard, batch_size=args.per_device_eval_batch_size, collate_fn=collate_by_size)
-    modes = ["pred", "cam", "pseudo"] + ([] if args.no_msf else ["pred_msf"])
-    res = evaluate_segmentation(
-        model,
-        loader,
-        modes,
-        scales=args.msf_scales,
-        input_size=input_size,
-        accelerator=accelerator,
-        progress=accelerator.is_local_main_process,
-    )
-    names = miou_names(args)
-    metrics = {names[mode]: result["mean_iou"] for mode, result in res.items()}
-    if "pred_msf" in res:
-        metrics["msf_scales"] = list(args.msf_scales)
-    # null: class absent from predictions and ground truth
-    metrics["per_class_iou"] = per_class_iou(res["pred"]["per_category_iou"], cfg.id2label)
-    if args.recipe == "toy":
-        metrics.update(toy_baselines_of(val_set, cfg.num_labels))
-    if accelerator.is_main_process:
-        metrics["overlays"] = write_overlays(model, val_set, output_dir, args.num_overlays)
-    return metrics
 
 
 def dataset_description(args) -> str:

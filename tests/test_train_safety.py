@@ -11,7 +11,7 @@ import time
 import types
 
 import pytest
-from conftest import FAST, evaluate_module, read_log, train_in_process, train_module
+from conftest import FAST, evaluate_module, read_log, train_in_process, train_module, train_phase
 
 from weclip_hf.run_folder import lock_output_dir
 from weclip_hf.run_signals import explain_signals
@@ -116,11 +116,11 @@ def test_an_unwritable_output_dir_is_found_before_training(tmp_path, tiny_clip, 
         train_in_process("--clip_model_name_or_path", tiny_clip, "--output_dir", str(blocker / "run"), *SHORT)
 
 
-def test_the_model_is_saved_before_a_failing_final_evaluation(tmp_path, tiny_clip, train, monkeypatch):
+def test_the_model_is_saved_before_a_failing_final_evaluation(tmp_path, tiny_clip, monkeypatch):
     def broken(*args, **kwargs):
         raise ValueError("a validation image the model cannot take")
 
-    monkeypatch.setattr(train, "evaluate_segmentation", broken)
+    monkeypatch.setattr(train_phase("evaluation"), "evaluate_segmentation", broken)
     out = tmp_path / "run"
     with pytest.raises(ValueError, match="cannot take"):
         train_in_process("--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), *SHORT)
@@ -132,7 +132,7 @@ def test_the_model_is_saved_before_a_failing_final_evaluation(tmp_path, tiny_cli
 
 
 def test_ctrl_c_during_the_final_evaluation_interrupts_it(
-    tmp_path, tiny_clip, train, monkeypatch, capsys, python_sigint_handler
+    tmp_path, tiny_clip, monkeypatch, capsys, python_sigint_handler
 ):
     """... saying what is saved, what is not and how to finish (it exited without a word, leaving a folder that
     neither a resume nor a plain rerun would take); the handler it found (Python's) is back afterwards."""
@@ -143,7 +143,7 @@ def test_ctrl_c_during_the_final_evaluation_interrupts_it(
         evaluated.append("went on after Ctrl-C")
         return {}
 
-    monkeypatch.setattr(train, "evaluate_segmentation", interrupted)
+    monkeypatch.setattr(train_phase("evaluation"), "evaluate_segmentation", interrupted)
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train_in_process("--clip_model_name_or_path", tiny_clip, "--output_dir", str(out), *SHORT)
