@@ -10,6 +10,10 @@ such a run replays the interrupted pass from its start and skips the batches alr
 
 Phases: arguments -> data -> model -> optimizer/schedule -> loop (checkpoints, evaluation) -> final
 evaluation, save, (push). Flags follow transformers' run_semantic_segmentation_no_trainer.py.
+
+The phases' code lives in `examples/training/`, a module each (arguments, data_and_model, computation, loop,
+evaluation, model_card, run_end); this script holds the run's outline: `main` -> `train` (load, set up, resume,
+loop) -> `finish_training`.
 """
 
 from __future__ import annotations
@@ -17,24 +21,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
-import shlex
 import time
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, set_seed
-from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from training.arguments import clip_source, parse_args, resolved_before_loading
 from training.computation import compiled_forward, run_computation
 from training.data_and_model import embeddings_tokenizer, load_data_and_model
-from training.evaluation import evaluate_in_training, final_evaluation
+from training.evaluation import evaluate_in_training
 from training.loop import log_losses, make_train_loader, training_step
-from transformers import PreTrainedTokenizerBase
+from training.run_end import finish_training
 
-from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.checkpointing import (
     FrozenWeights,
     StreamPosition,
@@ -44,20 +44,11 @@ from weclip_hf.checkpointing import (
     load_checkpoint,
     prune_checkpoints,
 )
-from weclip_hf.data.loading import StreamingWeakSegmentationDataset, holds_pseudo_masks, names_no_dataset
+from weclip_hf.data.loading import StreamingWeakSegmentationDataset
 from weclip_hf.evaluation import processor_input_size
 from weclip_hf.host_memory import retain_freed_host_memory
-from weclip_hf.hub import (
-    TOKENIZER_FILES,
-    card_repo_id,
-    create_hub_repo,
-    make_model_card,
-    publish_folder,
-    save_model_card,
-    split_model_metrics,
-)
+from weclip_hf.hub import create_hub_repo
 from weclip_hf.local_cores import cores_per_local_process
-from weclip_hf.model_loading import public_source_name
 from weclip_hf.presets import TrainingRecipe
 from weclip_hf.run_folder import (
     claim_output_dir,
@@ -67,12 +58,10 @@ from weclip_hf.run_folder import (
     resumes_in_place,
     truncate_log,
 )
-from weclip_hf.run_signals import exit_status, explain_signals, stop_on_signals
+from weclip_hf.run_signals import exit_status, stop_on_signals
 from weclip_hf.script_arguments import first_paragraph
 from weclip_hf.training import create_optimizer_and_scheduler, global_batch
 from weclip_hf.trajectory import (
-    LAUNCH_FACTS,
-    PATH_ARGS,
     check_resolved,
     check_resume,
     public_args,
@@ -82,82 +71,6 @@ from weclip_hf.trajectory import (
 
 # the trackers' project (accelerate's init_trackers): TensorBoard writes its event files under <--output_dir>/weclip
 TRACKER_PROJECT = "weclip"
-
-
-# flags of train.py that examples/evaluate.py takes with the same meaning: the validation data (the toy world's
-# only without a dataset) and how much of it is scored
-EVALUATE_DATA_FLAGS = (
-    "dataset_name", "data_dir", "dataset_path", "dataset_config_name", "validation_split", "image_column",
-    "mask_column", "labels_column", "labels_zero_based", "max_eval_samples", "skip_unreadable_images",
-    "skip_empty_images",
-)  # fmt: skip
-
-
-EVALUATE_TOY_FLAGS = ("toy_val_images", "seed")
-
-
-# arguments of this machine's run, not of the model: left off its card (values derived from the flags, paths)
-NOT_ON_CARD = frozenset(
-    {
-        "given_model_flags", "rfm_start_source", "resolved",
-        "output_dir", "overwrite_output_dir", "resume_from_checkpoint",
-    }
-)  # fmt: skip
-
-
-def dataset_description(args) -> str:
-    """What the run trained on, as the model card names it: the Hub id, the local folder's name, or the toy world."""
-    if args.dataset_name:
-        return args.dataset_name
-    local = args.data_dir or args.dataset_path
-    if local:
-        return f"{Path(local).resolve().name} (a local dataset)"
-    return "the toy world of weclip-hf (generated offline)"
-
-
-def card_args(args, accelerator: Accelerator | None = None) -> dict:
-    """The arguments the model card lists: those given or filled by the recipe, without this machine's
-    (`NOT_ON_CARD`), the toy world's sizes only where the toy world was trained on, local folders by their names;
-    with ``accelerator``, how it launched the run (`LAUNCH_FACTS`: the processes, whose number times the per-device
-    batch is the global one, and the mixed precision)."""
-    unused = NOT_ON_CARD if names_no_dataset(args) else NOT_ON_CARD | {"toy_train_images", "toy_val_images"}
-    listed = {k: v for k, v in public_args(args).items() if v is not None and k not in unused}
-    launch = {key: getattr(accelerator, key) for key in LAUNCH_FACTS} if accelerator is not None else {}
-    return {**{k: public_source_name(str(v)) if k in PATH_ARGS else v for k, v in listed.items()}, **launch}
-
-
-def write_card(
-    args,
-    cfg,
-    output_dir: Path,
-    summary: dict,
-    split: str | None = None,
-    accelerator: Accelerator | None = None,
-) -> None:
-    """The model card (README.md) of the trained model in ``output_dir``, with its mIoU figures on ``split`` and the
-    launch of ``accelerator`` among its training arguments."""
-    figures = {k: v for k, v in summary.items() if "miou" in k}
-    metrics, other_metrics = split_model_metrics(figures)
-    repo_id = card_repo_id(args.hub_model_id, output_dir)
-    card = make_model_card(
-        cfg,
-        repo_id.split("/")[-1],
-        "Trained with `examples/train.py` of weclip-hf.",
-        repo_id=repo_id,
-        metrics=metrics,
-        other_metrics=other_metrics,
-        dataset_name=args.dataset_name,
-        dataset_description=dataset_description(args),
-        dataset_split=split,
-        weakly_supervised=not args.fully_supervised,
-        mask_source=(
-            "the pseudo masks of a first stage (examples/generate_pseudo_labels.py)"
-            if holds_pseudo_masks(args.data_dir)
-            else None
-        ),
-        training_args=card_args(args, accelerator),
-    )
-    save_model_card(card, output_dir)
 
 
 def make_accelerator(args: argparse.Namespace) -> Accelerator:
@@ -393,136 +306,6 @@ def train(args: argparse.Namespace, accelerator: Accelerator) -> dict:
         started,
         train_seconds,
     )
-
-
-def finish_training(
-    args: argparse.Namespace,
-    accelerator: Accelerator,
-    unwrapped: WeCLIPForSemanticSegmentation,
-    image_processor: WeCLIPImageProcessor,
-    tokenizer: PreTrainedTokenizerBase | None,
-    val_set: Dataset | None,
-    step: int,
-    started: float,
-    train_seconds: float,
-) -> dict:
-    """Phase 5: save the model, its processor and the ``tokenizer`` of its text embeddings (before evaluating: a
-    failing or interrupted evaluation loses no training), the final evaluation, metrics.json, the model card, the
-    push; returns the metrics."""
-    output_dir = Path(args.output_dir)
-    cfg = unwrapped.config
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        unwrapped.save_pretrained(output_dir)
-        image_processor.save_pretrained(output_dir)
-        save_tokenizer(tokenizer, output_dir)
-    written: list[str] = []  # of metrics.json and README.md, for the message of a signal
-
-    def explain(signum: int) -> str:
-        return unfinished_message(
-            args, step, signum, written, evaluable=val_set is not None, with_tokenizer=tokenizer is not None
-        )
-
-    with explain_signals(explain, accelerator.print):
-        metrics: dict = {"train_steps": step, "train_seconds": round(train_seconds, 1)}
-        if val_set is not None:
-            input_size = processor_input_size(image_processor)  # scored as the pipeline predicts
-            metrics.update(final_evaluation(args, accelerator, unwrapped, val_set, output_dir, input_size))
-        metrics["total_seconds"] = round(time.time() - started, 1)
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-            written.append("metrics.json")
-            summary = {k: v for k, v in metrics.items() if isinstance(v, float)}
-            accelerator.log(
-                {f"final_{k}": v for k, v in summary.items()}, step=step
-            )  # --with_tracking's trackers
-            split = val_set.split if val_set is not None else None
-            write_card(args, cfg, output_dir, summary, split, accelerator)
-            written.append("README.md")
-            accelerator.print(json.dumps(summary, indent=2))
-            saved = [
-                "the model (from_pretrained and the pipeline load the folder)",
-                *(["the CLIP tokenizer of its text embeddings"] if tokenizer is not None else []),
-                "metrics.json",
-                "its card",
-            ]
-            if args.num_overlays and val_set is not None:
-                saved.append("overlays/")
-            if args.checkpointing_steps:
-                saved.append("the checkpoints step_N/")
-            accelerator.print(f"Saved to {output_dir}: {', '.join(saved)}.")
-            if args.push_to_hub:
-                publish_folder(
-                    output_dir, args.hub_model_id, token=args.hub_token, commit_message="End of training"
-                )
-    accelerator.end_training()
-    return metrics
-
-
-def save_tokenizer(tokenizer: PreTrainedTokenizerBase | None, output_dir: Path) -> None:
-    """Save the ``tokenizer`` of the model's text embeddings beside it; without one (`embeddings_tokenizer`), remove
-    the tokenizer that a run --overwrite_output_dir replaced left there, which need not be this model's."""
-    if tokenizer is not None:
-        tokenizer.save_pretrained(output_dir)
-        return
-    for name in TOKENIZER_FILES:
-        (output_dir / name).unlink(missing_ok=True)
-
-
-def unfinished_message(
-    args: argparse.Namespace,
-    step: int,
-    signum: int,
-    written: list[str],
-    evaluable: bool,
-    with_tokenizer: bool = False,
-) -> str:
-    """What a run stopped by signal ``signum`` after its training (in the final evaluation, the writing of its
-    metrics and card, or the push) has saved (``with_tokenizer``: the model's tokenizer too), what it has not
-    (``written``: of metrics.json and README.md), and how to finish: `evaluate_command` scores the saved model
-    (``evaluable``: the run has a validation split)."""
-    output_dir = Path(args.output_dir)
-    model_files = ("model.safetensors", "config.json", "preprocessor_config.json")
-    files = ", ".join(model_files + (TOKENIZER_FILES if with_tokenizer else ()))
-    saved = f"the trained model (step {step}) is saved in {output_dir} ({files})"
-    missing = [name for name in ("metrics.json", "README.md") if name not in written]
-    if not missing:  # only the push was left
-        return (
-            f"stopped by signal {signum} while pushing to {args.hub_model_id}: {saved} with its metrics.json and "
-            f"README.md; push the folder again (huggingface_hub's upload_folder)."
-        )
-    finish = f"; score it with: {evaluate_command(args)}" if evaluable else ""
-    again = " without --overwrite_output_dir" if args.overwrite_output_dir else ""
-    resume = (
-        f", or finish the run: the same command{again} with --resume_from_checkpoint latest (its last checkpoint)"
-        if args.checkpointing_steps
-        else ""
-    )
-    return (
-        f"stopped by signal {signum} after the training: {saved}, but not {' and '.join(missing)}{finish} "
-        f"(or train again with --overwrite_output_dir){resume}."
-    )
-
-
-def evaluate_command(args: argparse.Namespace) -> str:
-    """The examples/evaluate.py command line that scores the model of this run's ``--output_dir`` on its
-    validation data as the final evaluation does (the CAM / RFM pseudo labels, the multi-scale decoder unless
-    ``--no_msf``; the saved processor's size)."""
-    flags = EVALUATE_DATA_FLAGS + (EVALUATE_TOY_FLAGS if names_no_dataset(args) else ())
-    if args.train_val_split:  # the held-out rows: that split of that seed
-        flags = tuple(dict.fromkeys((*flags, "train_val_split", "train_split", "seed")))
-    words = ["python", "examples/evaluate.py", "--model_name_or_path", args.output_dir, "--pseudo_labels"]
-    for flag in flags:
-        value = getattr(args, flag)
-        if value is True:
-            words.append(f"--{flag}")
-        elif value is not None and value is not False:  # a seed of 0 is given
-            words += [f"--{flag}", str(value)]
-    if not args.no_msf:
-        words += ["--msf", "--scales", *map(str, args.msf_scales)]
-    words += ["--batch_size", str(args.per_device_eval_batch_size)]
-    return shlex.join(words)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import evaluate_module, make_tiny_config, torchrun, train_module, with_varied_decoder
+from conftest import (
+    evaluate_module,
+    make_tiny_config,
+    torchrun,
+    train_module,
+    train_phase,
+    with_varied_decoder,
+)
 from PIL import Image
 
 from weclip_hf.crf import WECLIP
@@ -131,11 +138,11 @@ def test_rows_held_out_by_train_val_split_are_scored_as_the_training_run_scored_
     script = load_script()
     default_seed = script.data_report(script.parse_args([*flags, "--train_val_split", "0.25"]))
     assert default_seed["seed"] == 0  # the default seed is recorded too (a 0 was taken for a flag left out)
-    train = train_module()
-    command = train.evaluate_command(train.parse_args(["--dataset_path", path, *held_out]))
+    train, evaluate_command = train_module(), train_phase("run_end").evaluate_command
+    command = evaluate_command(train.parse_args(["--dataset_path", path, *held_out]))
     assert "--train_val_split 0.25" in command and "--seed 3" in command
     assert "skip_empty_images" not in command  # evaluate.py's default without --preset: every image scored
-    skipping = train.evaluate_command(train.parse_args(["--dataset_path", path, "--skip_empty_images"]))
+    skipping = evaluate_command(train.parse_args(["--dataset_path", path, "--skip_empty_images"]))
     assert "--skip_empty_images" in skipping.split()  # the images of the run's evaluation
 
 

@@ -18,6 +18,7 @@ from conftest import (
     resolved_known_and_built,
     train_in_process,
     train_module,
+    train_phase,
 )
 
 from weclip_hf.checkpointing import TRAINING_ARGS_NAME, differences
@@ -657,11 +658,10 @@ def test_exit_status_of_a_stopped_run():
 
 
 def test_local_data_is_not_called_the_toy_world():
-    assert train.dataset_description(train.parse_args(["--data_dir", "/data/my_shapes"])) == (
-        "my_shapes (a local dataset)"
-    )
-    assert train.dataset_description(train.parse_args(["--dataset_name", "org/voc"])) == "org/voc"
-    assert "toy world" in train.dataset_description(train.parse_args([]))
+    description = train_phase("model_card").dataset_description
+    assert description(train.parse_args(["--data_dir", "/data/my_shapes"])) == "my_shapes (a local dataset)"
+    assert description(train.parse_args(["--dataset_name", "org/voc"])) == "org/voc"
+    assert "toy world" in description(train.parse_args([]))
 
 
 def test_the_card_claims_only_the_models_own_results_on_its_dataset(tmp_path):
@@ -677,7 +677,7 @@ def test_the_card_claims_only_the_models_own_results_on_its_dataset(tmp_path):
         "miou_msf": 0.52,
         "baseline_bg_miou": 0.1,
     }
-    train.write_card(args, make_tiny_config(), tmp_path, summary, "validation")
+    train_phase("model_card").write_card(args, make_tiny_config(), tmp_path, summary, "validation")
     card = ModelCard.load(tmp_path / "README.md")
     assert card.data.datasets is None and card.data.base_model is None  # no Hub dataset, a local CLIP
     results = card.data.eval_results

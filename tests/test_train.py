@@ -510,16 +510,16 @@ def test_a_run_from_a_trained_model_notes_when_its_counter_switches_the_rfm_on(
 
 
 def test_the_card_lists_the_toy_worlds_sizes_only_for_the_toy_world(tmp_path):
-    train = train_module()
-    toy = train.card_args(train.parse_args([]))
+    train, card_args = train_module(), train_phase("model_card").card_args
+    toy = card_args(train.parse_args([]))
     assert toy["toy_train_images"] == 4000 and "output_dir" not in toy
-    own_data = train.card_args(train.parse_args(["--preset", "toy", "--data_dir", str(tmp_path)]))
+    own_data = card_args(train.parse_args(["--preset", "toy", "--data_dir", str(tmp_path)]))
     assert "toy_train_images" not in own_data and "toy_val_images" not in own_data
     assert own_data["data_dir"] == f"{tmp_path.name} (a local folder)"  # never the path
     # the launch: with the per-device batch alone the card did not give the global one, nor bf16 figures as such
     from types import SimpleNamespace
 
-    launched = train.card_args(train.parse_args([]), SimpleNamespace(num_processes=2, mixed_precision="bf16"))
+    launched = card_args(train.parse_args([]), SimpleNamespace(num_processes=2, mixed_precision="bf16"))
     assert (launched["num_processes"], launched["mixed_precision"]) == (2, "bf16")
 
 

@@ -369,7 +369,8 @@ def test_train_reads_the_saved_config_once(train_script, tmp_path, monkeypatch):
         train_phase("arguments").recipe_source(args)
         train_phase("data_and_model").build_model(args, {})
     fetch.assert_called_once_with("org/weclip")
-    assert not any(key.startswith("_") for key in train_script.card_args(args))  # the cache is no argument
+    card_args = train_phase("model_card").card_args(args)
+    assert not any(key.startswith("_") for key in card_args)  # the cache is no argument
 
 
 def test_weclip_plus_without_a_preset_takes_the_weclip_plus_voc_recipe_in_train_with_trainer():
