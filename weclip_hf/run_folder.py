@@ -96,7 +96,7 @@ RUN_RESULTS = ("metrics.json", "train_log.jsonl")
 TRAINER_CHECKPOINTS = re.compile(r"(tmp-)?checkpoint-\d+")
 # what else a run writes there, replacing what the folder holds under those names (a user's own notes included; the
 # first three are refused without --overwrite_output_dir); the tokenizer of the model's text embeddings is replaced
-# with the model, or removed where the run has none (train.py's `save_tokenizer`)
+# with the model, or removed where the run has none (examples/training/run_end.py's `save_tokenizer`)
 RUN_WRITES = ("README.md", "config.json", "preprocessor_config.json", "overlays", ".lock", *TOKENIZER_FILES)
 OVERWRITE_AND_RESUME = (
     "--overwrite_output_dir starts a fresh run and --resume_from_checkpoint continues one of this --output_dir "
