@@ -65,6 +65,7 @@ from weclip_hf.data.toy import default_clip_model
 from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.hub import publish_folder
 from weclip_hf.image_processing_weclip import processor_settings
+from weclip_hf.model_loading import load_clip_tokenizer
 from weclip_hf.modeling_weclip_plus import model_from_backbones
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import (
@@ -90,7 +91,6 @@ from weclip_hf.script_arguments import (
     check_preset_fits_data,
     check_preset_fits_model,
     check_source_flags,
-    clip_tokenizer,
     first_paragraph,
     fraction,
     model_type_of_args,
@@ -382,7 +382,7 @@ def main(argv=None) -> dict:
     clip = args.clip_model_name_or_path or default_clip_model(toy=preset.name == "toy")
     plus = model_type_of_args(args) == "weclip_plus"
     # the tokenizer of the text embeddings, loaded once: the model's are computed with it, and it is saved with the model
-    tokenizer = clip_tokenizer(clip)
+    tokenizer = load_clip_tokenizer(clip, "--clip_model_name_or_path")
     model = model_from_backbones(
         clip, args.dino_model_name_or_path, plus, tokenizer=tokenizer, **config_kwargs
     )

@@ -140,6 +140,21 @@ def test_a_trained_folder_without_a_tokenizer_gives_the_recorded_clips_from_the_
     assert tokenizer("a cat").input_ids == AutoTokenizer.from_pretrained(tiny_clip)("a cat").input_ids
 
 
+def test_a_trained_folder_with_a_tokenizer_config_alone_is_refused_naming_the_flag(tmp_path, toy_run):
+    """A --model_name_or_path whose tokenizer lost its vocabulary (tokenizer_config.json alone): transformers builds a
+    tokenizer of the special tokens from it, which the run would save with the model (every new class name one
+    embedding); it is refused as the CLIP flags' are (`load_clip_tokenizer`), naming the flag."""
+    out, _ = toy_run
+    folder = tmp_path / "trained"
+    shutil.copytree(
+        out, folder, ignore=shutil.ignore_patterns("step_*", "tokenizer.json", "vocab.json", "merges.txt")
+    )
+    train = train_module()
+    args = train.parse_args(["--model_name_or_path", str(folder), "--output_dir", str(tmp_path / "out")])
+    with pytest.raises(FileNotFoundError, match=r"\(--model_name_or_path\) holds no CLIP tokenizer"):
+        train.embeddings_tokenizer(args, print)
+
+
 def test_fully_supervised_flag(tmp_path, tiny_clip, capsys):
     out = tmp_path / "full"
     run = ["--clip_model_name_or_path", tiny_clip, "--output_dir", out, *FAST]
@@ -546,6 +561,16 @@ def test_schedule_notes_count_from_the_models_step_counter(tiny_config):
         "the RFM acts after 10 model steps, and this run ends after 9 model steps (the model of "
         "--model_name_or_path has trained 4 steps)" in notes(tiny_config, 4, 5)[0]
     )
+
+
+def test_a_weclip_plus_rfm_note_names_its_prediction_weighted_cams():
+    """Without RFM+, WeCLIP+'s pseudo labels are its GradCAMs weighted by the prediction (not the plain CAMs)."""
+    from conftest import make_tiny_plus_config
+
+    from weclip_hf.training import schedule_notes as notes
+
+    config = make_tiny_plus_config(rfm_start_step=10)
+    assert "the pseudo labels are the prediction-weighted CAMs' throughout" in notes(config, 0, 10)[0]
 
 
 def test_the_rfm_note_promises_its_pseudo_label_figure_where_there_is_an_evaluation(toy_run):

@@ -1177,7 +1177,7 @@ def test_a_clip_folder_without_tokenizer_files_is_refused_naming_them(tiny_clip,
     from its config (every word the same id), and with the legacy end-of-text id 2 of OpenAI's configs every class
     got the same text embedding, silently. The one loader of CLIP tokenizers refuses it, naming the folder, the
     files it lacks and the remedy, for from_clip and the training scripts' flag."""
-    from weclip_hf.script_arguments import clip_tokenizer
+    from weclip_hf.model_loading import load_clip_tokenizer
 
     config = json.loads((Path(tiny_clip) / "config.json").read_text())
     config["text_config"]["eos_token_id"] = 2  # as openai/clip-vit-base-patch16's config.json
@@ -1193,7 +1193,7 @@ def test_a_clip_folder_without_tokenizer_files_is_refused_naming_them(tiny_clip,
     with pytest.raises(FileNotFoundError, match=message.format("clip_name_or_path")):
         WeCLIPForSemanticSegmentation.from_clip(str(folder))
     with pytest.raises(FileNotFoundError, match=message.format("--clip_model_name_or_path")):
-        clip_tokenizer(str(folder))
+        load_clip_tokenizer(str(folder), "--clip_model_name_or_path")
 
 
 @pytest.mark.parametrize(

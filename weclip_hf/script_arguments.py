@@ -13,7 +13,7 @@ import re
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from transformers import PretrainedConfig, PreTrainedTokenizerBase
+from transformers import PretrainedConfig
 
 from .checkpointing import TRAINING_STATE_NAME
 from .configuration_weclip import WeCLIPConfig
@@ -23,7 +23,6 @@ from .data.loading import DATA_SOURCE_FLAGS, names_no_dataset
 from .hub import has_stray_characters
 from .model_loading import (
     WECLIP_MODEL_TYPES,
-    load_clip_tokenizer,
     names_a_missing_folder,
     naming_the_checkpoint,
     saved_config_dict,
@@ -365,12 +364,6 @@ def naming_the_model_flag(name_or_path: str, flag: str = "--model_name_or_path")
     """`naming_the_checkpoint` for the saved WeCLIP model a script loads from ``flag``: a Hub id it cannot fetch
     (offline and not in the cache) is named with the flag that gave it."""
     return naming_the_checkpoint(name_or_path, f"WeCLIP ({flag})")
-
-
-def clip_tokenizer(clip: str, flag: str = "--clip_model_name_or_path") -> PreTrainedTokenizerBase:
-    """The tokenizer of the CLIP ``clip`` a fresh model is built from, which computes its text embeddings and which the
-    training scripts save with the model (new class names need it): `load_clip_tokenizer`, its errors naming ``flag``."""
-    return load_clip_tokenizer(clip, flag)
 
 
 def saved_config(args: argparse.Namespace) -> dict:

@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 from huggingface_hub import try_to_load_from_cache
 from torch.utils.data import Dataset
-from transformers import AutoModelForSemanticSegmentation, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModelForSemanticSegmentation, PreTrainedTokenizerBase
 from transformers.utils import cached_file
 
 from training.arguments import clip_source, config_preset, recipe_source
@@ -29,10 +29,11 @@ from weclip_hf.data.loading import (
 from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.hub import TOKENIZER_FILES
 from weclip_hf.image_processing_weclip import processor_settings
+from weclip_hf.model_loading import load_clip_tokenizer
 from weclip_hf.modeling_weclip_plus import model_from_backbones
 from weclip_hf.normalization import PixelNormalization
 from weclip_hf.presets import preset_config_kwargs, processor_size, with_class_names
-from weclip_hf.script_arguments import clip_tokenizer, model_type_of_args, naming_the_model_flag, saved_config
+from weclip_hf.script_arguments import model_type_of_args, naming_the_model_flag, saved_config
 from weclip_hf.training import schedule_notes
 from weclip_hf.trajectory import CONFIG_FLAGS, WEIGHT_FLAGS
 
@@ -121,23 +122,22 @@ def embeddings_tokenizer(
     args: argparse.Namespace, log: Callable[[str], None]
 ) -> PreTrainedTokenizerBase | None:
     """The tokenizer of the model's text embeddings, which the run saves with the model (new class names need it):
-    a fresh model's CLIP's (`clip_tokenizer`); a trained model's (``--model_name_or_path``) own, else that of the Hub
+    a fresh model's CLIP's; a trained model's (``--model_name_or_path``) own, else that of the Hub
     CLIP its config records, from the local Hub cache only (the run fetches nothing it did not); else None, which
-    ``log`` says. Loaded once, before the data and the model: a CLIP without one fails the run before it trains."""
+    ``log`` says. Each by `load_clip_tokenizer` (a folder without tokenizer files refused). Loaded once, before the data and the model: a CLIP without one fails the run before it trains."""
     if not args.model_name_or_path:
-        return clip_tokenizer(clip_source(args))
+        return load_clip_tokenizer(clip_source(args), "--clip_model_name_or_path")
     source = args.model_name_or_path
     # a Hub id's from the repository the model comes from (None offline, where the cache lacks it)
     marker = TOKENIZER_FILES[1]
     missing = dict(_raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
     if cached_file(source, marker, **missing):
-        with naming_the_model_flag(source):
-            return AutoTokenizer.from_pretrained(source)
+        return load_clip_tokenizer(source, "--model_name_or_path")
     # the CLIP's Hub id, which `from_clip` records in the vision config ("": a local CLIP)
     clip = saved_config(args).get("vision_config", {}).get("_name_or_path") or None
     # try_to_load_from_cache answers a path where the cache holds the file (else None, or a marker of its absence)
     if clip and isinstance(try_to_load_from_cache(clip, marker), str):
-        return AutoTokenizer.from_pretrained(clip, local_files_only=True)
+        return load_clip_tokenizer(clip, "the CLIP its config records", {"local_files_only": True})
     where = (
         f"the tokenizer of the CLIP its config records ({clip}) is not in the local Hub cache"
         if clip
