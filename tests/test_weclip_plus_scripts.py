@@ -273,6 +273,7 @@ def test_weclip_plus_without_a_preset_trains_with_the_weclip_plus_voc_recipe(tra
 
 
 PLUS_FLAGS = {
+    "cam_feature_block": -1,
     "rfm_use_box_mask": True,
     "self_training_start_step": 100,
     "self_training_threshold": 0.9,
@@ -288,6 +289,8 @@ def test_weclip_plus_config_flags_set_the_config_and_are_refused_for_weclip(
     from conftest import make_tiny_plus_config
 
     flags = [
+        "--cam_feature_block",
+        "-1",
         "--rfm_use_box_mask",
         "--self_training_start_step",
         "100",

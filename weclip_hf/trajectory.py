@@ -47,6 +47,7 @@ MODEL_FLAGS = (
 WEIGHT_FLAGS = MODEL_FLAGS[:4]
 # flags that set WeCLIPPlusConfig fields (refused for a WeCLIP model)
 PLUS_MODEL_FLAGS = (
+    "cam_feature_block",
     "rfm_use_box_mask",
     "self_training_start_step",
     "self_training_threshold",

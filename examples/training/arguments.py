@@ -103,8 +103,8 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
     model.add_argument(
         "--preset",
         choices=sorted(PRESETS),
-        help="config values, training recipe and evaluation settings of weclip_hf.presets (RFM start: voc 9144, "
-        "coco 40000); a --dataset_name without --preset trains with the recipe a --model_name_or_path was "
+        help="config values, training recipe and evaluation settings of weclip_hf.presets (RFM start: "
+        f"{config_values('rfm_start_step')}); a --dataset_name without --preset trains with the recipe a --model_name_or_path was "
         "trained with (its config's training_preset), else the VOC recipe of the model type (voc, voc-plus for "
         "WeCLIP+: --dino_model_name_or_path or a WeCLIP+ --model_name_or_path) and config defaults; "
         "without a dataset the toy preset runs on the offline toy world",
@@ -196,6 +196,13 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
         nargs=2,
         metavar=("W_CLIP", "W_DINO"),
         help="the prediction's weights of the CLIP and DINOv2 branches' logits (0.5 0.5)",
+    )
+    plus.add_argument(
+        "--cam_feature_block",
+        type=int,
+        help="the CLIP block output the last block is applied to for GradCAM, counted from the end: -1 the block "
+        "before the last (WeCLIP's and COCO's), -2 the one before it (the official VOC quirk) "
+        f"({config_values('cam_feature_block', '-2')})",
     )
     plus.add_argument(
         "--rfm_use_box_mask",
