@@ -133,8 +133,10 @@ def schedule_notes(
     step ``n - counter + 1`` (steps counted from 1, as the logs count them). ``rfm_source``: what sets
     the RFM's start in the calling script; ``rfm_aside``: added to the note of an RFM that never acts (what the
     script reports of it all the same)."""
+    # WeCLIP+'s pseudo labels without its RFM+: its GradCAMs weighted by the prediction, propagated by the attention
+    cams = "prediction-weighted CAMs'" if getattr(cfg, "model_type", "") == "weclip_plus" else "CAMs'"
     stages = (
-        ("the RFM", cfg.rfm_start_step, rfm_source, "the pseudo labels are the CAMs'", rfm_aside),
+        ("the RFM", cfg.rfm_start_step, rfm_source, f"the pseudo labels are the {cams}", rfm_aside),
         ("WeCLIP+'s self-training", getattr(cfg, "self_training_start_step", None),
          "config.self_training_start_step", "the prediction never overwrites the pseudo labels", ""),
     )  # fmt: skip
