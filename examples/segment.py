@@ -12,8 +12,8 @@ Several processes take every n-th input each (`accelerate launch`; on CPUs: ``AC
 launch --multi_gpu --num_processes N``, as ``accelerate launch --cpu`` starts one process).
 
 Inputs: folders (searched recursively, linked folders too; hidden files and folders, and the output folders of
-earlier runs, left out; a file is named by its path there, links not followed), files and glob patterns
-(``--images``), or a split of a Hub dataset, imagefolder or saved dataset. Images are read as the
+earlier runs (of one into the folder itself its labels/ and overlays/), left out; a file is named by its path
+there, links not followed), files and glob patterns (``--images``), or a split of a Hub dataset, imagefolder or saved dataset. Images are read as the
 "image-segmentation" pipeline reads them (EXIF orientation, grayscale, CMYK, 16-bit, images below one patch); a
 file that cannot be read (a broken link too) is skipped and listed by its path, never fatal (one an earlier run
 did is refused, its outputs kept, or with --overwrite_output_dir dropped and skipped). What this script writes in
@@ -205,7 +205,7 @@ def find_image_files(
     the folder): files named as they are; in folders (recursive, linked folders too: `folder_files`) and glob
     matches, the files with an image suffix PIL knows. What this script writes in ``output_dir``
     (`OUTPUT_FOLDERS`) is left out, so that an --output_dir inside an --images folder is not segmented by the next
-    run; broken links are kept, to be listed as unreadable. ``note`` prints the folders left out."""
+    run, and so are the label maps and overlays of other runs (`without_earlier_outputs`); broken links are kept, to be listed as unreadable. ``note`` prints the folders left out."""
     suffixes = set(Image.registered_extensions())
     written = [(output_dir / folder).resolve() for folder in OUTPUT_FOLDERS]
     found: dict[Path, Path] = {}  # the file (links followed) -> the path it is named by
@@ -220,6 +220,7 @@ def find_image_files(
             )
             files = [f for m in matches for f in (folder_files(m, output_dir, note) if m.is_dir() else [m])]
             images = [f for f in files if is_file_or_broken_link(f) and f.suffix.lower() in suffixes]
+            images = without_earlier_outputs(images, output_dir, note)
         images = [f for f in images if not any(resolved(f).is_relative_to(folder) for folder in written)]
         if not images:
             raise FileNotFoundError(
@@ -229,6 +230,28 @@ def find_image_files(
         for image in map(Path, map(os.path.abspath, images)):
             found[resolved(image)] = min(found.get(resolved(image), image), image, key=link_last)
     return sorted(found.values())
+
+
+def without_earlier_outputs(
+    files: list[Path], output_dir: Path, note: Callable[[str], None] = print
+) -> list[Path]:
+    """``files`` but the label maps and overlays of the runs they are in (`earlier_run_of`): a folder or glob
+    pattern over a folder that was a run's --output_dir, or over a run folder (``photos/**/*.png``), would segment
+    them as photos. ``note`` names each run folder left out but ``output_dir`` (`find_image_files` leaves out this
+    run's outputs)."""
+    this_run = output_dir.resolve()
+    runs = {f: run for f in files if (run := earlier_run_of(f)) is not None and run.resolve() != this_run}
+    for run in sorted(set(runs.values())):
+        note(f"Note: left out {run}'s labels/ and overlays/: the outputs of a run ({STATE_DIR}/{SETTINGS}).")
+    return [f for f in files if f not in runs]
+
+
+def earlier_run_of(path: Path) -> Path | None:
+    """The folder of the run (its ``.state/settings.json``) whose labels/ or overlays/ hold ``path``, else None."""
+    for folder in path.parents:
+        if folder.name in IMAGE_FOLDERS and (folder.parent / STATE_DIR / SETTINGS).is_file():
+            return folder.parent
+    return None
 
 
 def link_last(path: Path) -> tuple[bool, Path]:

@@ -874,6 +874,27 @@ def test_another_runs_output_folder_and_hidden_files_in_the_images_folder_are_no
     ]
 
 
+def test_the_outputs_of_a_run_into_the_images_folder_itself_are_not_inputs_of_another_run(
+    images, toy_weclip_dir, tmp_path, capsys
+):
+    """A run with --output_dir the --images folder (allowed), then one over that folder into another --output_dir,
+    or with a glob pattern over it: the second segmented the first's label maps and overlays as photos
+    (labels/toy1, overlays/toy1 beside toy1; a glob through a subfolder's run too). Now they are left out, the run
+    folder named in a note; the photos beside them, and an output named as a file, stay inputs."""
+    photos = Path(shutil.copytree(images / "sub", tmp_path / "photos"))
+    model = ["--model_name_or_path", str(toy_weclip_dir), "--num_overlays", "1"]
+    segment.main([*model, "--images", str(photos), "--output_dir", str(photos)])
+    segment.main([*model, "--images", str(photos / "toy1.png"), "--output_dir", str(photos / "seg-a")])
+    capsys.readouterr()
+    report = segment.main([*model, "--images", str(photos), "--output_dir", str(tmp_path / "seg-b")])
+    assert sorted(report["images"]) == ["toy1", "toy3"]
+    assert f"Note: left out {photos}'s labels/ and overlays/: the outputs of a run" in capsys.readouterr().out
+    photos_only = [photos / "toy1.png", photos / "toy3.png"]
+    assert segment.find_image_files([f"{photos}/**/*.png"], tmp_path / "seg-b") == photos_only
+    named = photos / "labels" / "toy1.png"
+    assert segment.find_image_files([str(named)], tmp_path / "seg-b") == [named]
+
+
 def test_linked_folders_are_followed_and_linked_files_named_as_they_are(images, tmp_path):
     """A linked subfolder was skipped without a word (rglob follows no folder link) and a linked file was named
     after its target (elsewhere/real_name.png: "real_name", its common folder moved). Now linked folders are
