@@ -69,7 +69,7 @@ from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.model_loading import public_source_name
 from weclip_hf.presets import CLIP_MODEL, get_preset
 from weclip_hf.run_folder import remove_entry
-from weclip_hf.script_arguments import check_hub_token
+from weclip_hf.script_arguments import check_hub_token, check_output_path
 
 logger = logging.getLogger("convert_official_checkpoint")
 DEFAULT_TOKENIZER = CLIP_MODEL
@@ -132,11 +132,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     check_hub_token(parser, args.hub_token)
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
-    output_dir = Path(args.output_dir)
-    existing = next(p for p in (output_dir, *output_dir.parents) if p.exists())  # checked before converting
-    if not existing.is_dir():
-        where = "is" if existing == output_dir else f"is inside {str(existing)!r}, which is"
-        parser.error(f"--output_dir {args.output_dir!r} {where} an existing file, not a folder")
+    check_output_path(parser, "--output_dir", args.output_dir)  # before converting
     check_output_dir_contents(parser, args)
     if args.clip is not None:
         # before the checkpoint is read (and a --push_to_hub repository created)

@@ -62,6 +62,7 @@ from weclip_hf.script_arguments import (
     add_multiscale_flags,
     at_least_one,
     check_model_argument,
+    check_output_path,
     check_preset_fits_model,
     check_source_flags,
     check_switched_flags,
@@ -209,6 +210,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     resolve_crf_flags(p, args)
     if args.skip_empty_images is None:
         args.skip_empty_images = bool(args.preset) and get_preset(args.preset).dataset.skip_empty_images
+    if args.output_json:
+        check_output_path(p, "--output_json", args.output_json, folder=False)
     if args.output_json and Path(args.output_json).is_dir():
         p.error(
             f"--output_json {args.output_json} is a folder: give a file name, e.g. {args.output_json}/eval.json."

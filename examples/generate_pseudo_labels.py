@@ -128,6 +128,7 @@ from weclip_hf.script_arguments import (
     add_toy_size_flags,
     check_hub_token,
     check_model_argument,
+    check_output_path,
     check_source_flags,
     first_paragraph,
     naming_the_model_flag,
@@ -229,6 +230,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         )
     if args.model and (args.clip_model_name_or_path or args.class_names or args.background_names):
         p.error("--model fixes the CLIP and the class names: drop --clip_model_name_or_path / --class_names")
+    check_output_path(p, "--output_dir", args.output_dir)
     check_output_dir(p, args)
     return args
 

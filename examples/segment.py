@@ -110,6 +110,7 @@ from weclip_hf.script_arguments import (
     add_data_source_flags,
     add_multiscale_flags,
     check_model_argument,
+    check_output_path,
     check_source_flags,
     check_switched_flags,
     crf_overrides,
@@ -189,6 +190,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.batch_size < 1:
         p.error(f"--batch_size must be >= 1, got {args.batch_size}")
     check_source_flags(p, args)
+    check_output_path(p, "--output_dir", args.output_dir)
     check_switched_flags(p, args, {"scales": "msf", **dict.fromkeys(CRF_PARAMETER_FLAGS, "crf")})
     resolve_crf_flags(p, args)
     return args

@@ -196,6 +196,29 @@ def test_a_dataset_configuration_without_a_hub_dataset_is_refused(script, requir
         assert parse(["--dataset_name", "d", "--dataset_config_name", "full"]).dataset_config_name == "full"
 
 
+@pytest.mark.parametrize(
+    "script, required, flag",
+    [
+        ("segment", ["--model_name_or_path", "m", "--images", "a.png"], "--output_dir"),
+        ("generate_pseudo_labels", [], "--output_dir"),
+        ("evaluate", ["--model_name_or_path", "m"], "--output_json"),
+    ],
+)
+def test_an_output_path_in_an_existing_file_is_refused_at_parsing(script, required, flag, tmp_path, capsys):
+    """An --output_dir that is a file (or inside one), an --output_json inside one: segment.py and
+    generate_pseudo_labels.py loaded the model and then failed with NotADirectoryError's traceback ('.../.state'),
+    evaluate.py with FileExistsError's; now refused at parsing, naming the flag and the file."""
+    parse = load_script(script).parse_args
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    paths = {afile / "sub" / "x.json": f"is inside {str(afile)!r}, which is"}
+    if flag == "--output_dir":
+        paths = {afile: "is", afile / "sub": f"is inside {str(afile)!r}, which is"}
+    for path, where in paths.items():
+        message = parse_error(parse, [*required, flag, str(path)], capsys)
+        assert message.endswith(f"error: {flag} {str(path)!r} {where} an existing file, not a folder.")
+
+
 def test_evaluate_on_the_toy_world_without_preset_uses_the_toy_recipe(tmp_path):
     toy = get_preset("toy").evaluation
     args = evaluate_script.parse_args(["--model_name_or_path", "m", "--msf"])

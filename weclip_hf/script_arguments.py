@@ -166,6 +166,17 @@ def check_hub_token(parser: argparse.ArgumentParser, token: str | None) -> None:
         )
 
 
+def check_output_path(parser: argparse.ArgumentParser, flag: str, path: str, folder: bool = True) -> None:
+    """Refuse an output ``path`` (given as ``flag``: a ``folder``, else a file) that is an existing file, or lies
+    inside one: the script would fail as it first writes there, after loading its model, in a traceback
+    (NotADirectoryError, FileExistsError)."""
+    path = Path(path)
+    existing = next((p for p in ((path,) if folder else ()) + tuple(path.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is" if existing == path else f"is inside {str(existing)!r}, which is"
+        parser.error(f"{flag} {str(path)!r} {where} an existing file, not a folder.")
+
+
 def add_device_flag(parser) -> None:
     """``--device``: the torch device a script runs its model on (default: cuda where available, else cpu)."""
     import torch
