@@ -825,19 +825,48 @@ def test_push_to_hub_uploads_the_output_folder(tmp_path, tiny_clip, fake_hub):
     assert "\n# weclip-toy-test\n" in card  # the repository's name, as the converter's cards title it
 
 
-def test_inference_notebook_runs_headless(toy_run, monkeypatch):
+def run_inference_notebook(working_dir: Path) -> list[dict]:
+    """The outputs of examples/inference.ipynb's code cells, run offline in ``working_dir``."""
     import nbformat
     from nbclient import NotebookClient
 
-    monkeypatch.setenv("WECLIP_MODEL_DIR", str(toy_run[0]))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     notebook = nbformat.read(ROOT / "examples" / "inference.ipynb", as_version=4)
     NotebookClient(
-        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(working_dir)}}
     ).execute()
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    return [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+
+
+def test_inference_notebook_runs_headless(toy_run, monkeypatch):
+    monkeypatch.setenv("WECLIP_MODEL_DIR", str(toy_run[0]))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    outputs = run_inference_notebook(ROOT)
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the masks were shown as a picture
     assert not any(o.get("output_type") == "error" for o in outputs)
+
+
+def test_inference_notebook_finds_the_main_jobs_model_from_the_examples_folder(
+    toy_weclip_dir, tmp_path, monkeypatch
+):
+    """Opened in Jupyter, the notebook runs in examples/, where its default outputs/weclip-toy (the main job's, at
+    the repository root) is no folder: it was taken for a Hub id ("We couldn't connect to 'https://huggingface.co'"
+    offline). Now the folder above is looked in too; where neither holds it, the error says what to do."""
+    monkeypatch.delenv("WECLIP_MODEL_DIR", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "outputs").mkdir()
+    (tmp_path / "outputs" / "weclip-toy").symlink_to(toy_weclip_dir)
+    outputs = run_inference_notebook(tmp_path / "examples")
+    assert not any(o.get("output_type") == "error" for o in outputs)
+    (tmp_path / "outputs" / "weclip-toy").unlink()
+    from nbclient.exceptions import CellExecutionError
+
+    with pytest.raises(CellExecutionError) as failure:
+        run_inference_notebook(tmp_path / "examples")
+    assert failure.value.ename == "FileNotFoundError"
+    assert failure.value.evalue.startswith(
+        f"No outputs/weclip-toy in {tmp_path / 'examples'} nor in the folder above"
+    )
 
 
 # ---- streaming, resume across a pass, evaluation during training, RFM start ---------------------------
