@@ -129,6 +129,7 @@ from weclip_hf.script_arguments import (
     check_hub_token,
     check_model_argument,
     check_output_path,
+    check_preset_fits_data,
     check_source_flags,
     first_paragraph,
     naming_the_model_flag,
@@ -230,6 +231,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         )
     if args.model and (args.clip_model_name_or_path or args.class_names or args.background_names):
         p.error("--model fixes the CLIP and the class names: drop --clip_model_name_or_path / --class_names")
+    check_preset_fits_data(p, args)
     check_output_path(p, "--output_dir", args.output_dir)
     check_output_dir(p, args)
     return args

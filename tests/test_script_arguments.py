@@ -112,6 +112,15 @@ def test_generate_pseudo_labels_takes_one_data_source(capsys):
     assert "argument --dataset_path: not allowed with argument --data_dir" in message
 
 
+def test_generate_pseudo_labels_refuses_a_dataset_preset_without_a_dataset(capsys):
+    """--preset voc without a dataset read the toy world: a bare CLIP then gave VOC's class names to the toy images
+    (the toy CLIP failed in a traceback, 'rfm_num_maps must be an integer in [1, 3], got 6'); refused, as by
+    train.py."""
+    message = parse_error(generate_pseudo_labels.parse_args, ["--output_dir", "o", "--preset", "voc"], capsys)
+    assert "error: --preset voc is of its dataset's classes, but no dataset is given" in message
+    assert generate_pseudo_labels.parse_args(["--output_dir", "o", "--preset", "toy"]).preset == "toy"
+
+
 def test_two_data_sources_from_dataclass_flags_are_refused(capsys):
     """`check_one_data_source` (train_with_trainer.py, whose flags come from a dataclass) refuses two of the
     data-source flags as argparse's exclusive group does, naming both."""

@@ -490,7 +490,7 @@ def test_a_dataset_preset_without_a_dataset_is_refused(script, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--preset", "voc"])
     error = " ".join(capsys.readouterr().err.split())
-    assert "--preset voc trains on its dataset's classes, but no dataset is given" in error
+    assert "--preset voc is of its dataset's classes, but no dataset is given" in error
     args = parse_args(["--preset", "toy"])
     assert (args[0] if isinstance(args, tuple) else args).preset == "toy"
 

@@ -314,9 +314,9 @@ def check_preset_fits_data(parser: argparse.ArgumentParser, args: argparse.Names
     """Refuse a ``--preset`` of a real dataset (its classes) without a dataset: the toy world would be read."""
     if args.preset and args.preset != "toy" and names_no_dataset(args):
         parser.error(
-            f"--preset {args.preset} trains on its dataset's classes, but no dataset is given (--dataset_name, "
-            "--data_dir or --dataset_path; see the README's 'Reproducing VOC and COCO'); leave out --preset to "
-            "train on the toy world."
+            f"--preset {args.preset} is of its dataset's classes, but no dataset is given (--dataset_name, "
+            "--data_dir or --dataset_path; see the README's 'Reproducing VOC and COCO'); leave out --preset for "
+            "the toy world."
         )
 
 
