@@ -86,7 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--checkpoint", required=True, help="official WeCLIP or WeCLIP+ .pth (torch.save of the state dict)"
     )
-    parser.add_argument("--clip", default=None, help="transformers CLIP folder or Hub id for the CLIP part")
+    parser.add_argument(
+        "--clip",
+        default=None,
+        help="transformers CLIP folder or Hub id for the CLIP part (default: none, the checkpoint's own encoder.* "
+        "tensors; needed for a checkpoint of the decoder only)",
+    )
     parser.add_argument(
         "--tokenizer",
         default=None,

@@ -177,7 +177,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     data.add_argument("--labels_zero_based", action="store_true", help="image-level ids are 0..C-1")
     data.add_argument("--max_samples", type=int, help="the first N images of --split")
     add_toy_size_flags(data, "images of the split, train.py's", aliases=("--toy_images",))
-    data.add_argument("--seed", type=int, default=0, help="toy world seed (train.py's --seed)")
+    data.add_argument("--seed", type=int, default=0, help="toy world seed (train.py's --seed; default: 0)")
     model = p.add_argument_group("model")
     model.add_argument("--model", "--model_name_or_path", dest="model", help="a trained WeCLIP folder (RFM)")
     model.add_argument(
@@ -201,12 +201,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     run = p.add_argument_group("run")
     run.add_argument(
-        "--batch_size", type=int, default=8, help="images per forward (same-size images are batched)"
+        "--batch_size",
+        type=int,
+        default=8,
+        help="images per forward (default: 8; same-size images are batched)",
     )
     run.add_argument(
         "--num_workers", type=int, default=None, help="decoding processes (default: 2 on GPU, 0 on CPU)"
     )
-    run.add_argument("--num_overlays", type=int, default=0, help="overlays of the first N images (-1: all)")
+    run.add_argument(
+        "--num_overlays", type=int, default=0, help="overlays of the first N images (default: 0; -1: all)"
+    )
     run.add_argument("--save_to_disk", help="also save the dataset with DatasetDict.save_to_disk here")
     run.add_argument("--push_to_hub", action="store_true", help="push the dataset (DatasetDict.push_to_hub)")
     run.add_argument("--hub_dataset_id", help="default: the --output_dir folder name")

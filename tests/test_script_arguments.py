@@ -4,6 +4,7 @@ source, evaluation settings that follow the recipe, resume checks, exit status a
 import argparse
 import importlib.util
 import json
+import re
 import shutil
 import signal
 import sys
@@ -176,6 +177,19 @@ def test_evaluate_and_segment_take_one_data_source(capsys):
     assert "argument --dataset_path: not allowed with argument --dataset_name" in parse_error(
         segment.parse_args, argv, capsys
     )
+
+
+@pytest.mark.parametrize(
+    "name", ["segment", "evaluate", "generate_pseudo_labels", "convert_official_checkpoint"]
+)
+def test_the_inference_scripts_show_each_flags_default_in_help(name, monkeypatch):
+    """A flag that has a default value says it in its help (generate_pseudo_labels.py's --batch_size,
+    --num_overlays and --seed did not: 8, 0 and 0)."""
+    parser = script_parser(name, monkeypatch)
+    # by identity: a default of 0 equals False, but is a value
+    unset = (None, False, argparse.SUPPRESS)
+    valued = [a for a in parser._actions if a.option_strings and not any(a.default is u for u in unset)]
+    assert [a.option_strings[0] for a in valued if not re.search(rf"default|\b{a.default}\b", a.help)] == []
 
 
 @pytest.mark.parametrize(
