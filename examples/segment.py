@@ -224,6 +224,8 @@ def find_image_files(
             images = [f for f in files if is_file_or_broken_link(f) and f.suffix.lower() in suffixes]
             images = without_earlier_outputs(images, output_dir, note)
         images = [f for f in images if not any(resolved(f).is_relative_to(folder) for folder in written)]
+        if not images and not os.path.lexists(pattern) and not glob.has_magic(pattern):
+            raise FileNotFoundError(f"--images {pattern!r}: no such file or folder.")
         if not images:
             raise FileNotFoundError(
                 f"--images {pattern!r}: no image file there (the outputs in --output_dir {str(output_dir)!r} "

@@ -895,6 +895,15 @@ def test_the_outputs_of_a_run_into_the_images_folder_itself_are_not_inputs_of_an
     assert segment.find_image_files([str(named)], tmp_path / "seg-b") == [named]
 
 
+def test_an_images_path_that_does_not_exist_is_named_as_such(images, tmp_path):
+    """A mistyped --images path said 'no image file there (the outputs in --output_dir ... are left out)', as if
+    the folder existed; now 'no such file or folder'. A pattern that matches nothing keeps its message."""
+    with pytest.raises(FileNotFoundError, match=r"^--images '.*photoz': no such file or folder\.$"):
+        segment.find_image_files([str(tmp_path / "photoz")], tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match=r"no image file there"):
+        segment.find_image_files([f"{images}/*.tif"], tmp_path / "out")
+
+
 def test_linked_folders_are_followed_and_linked_files_named_as_they_are(images, tmp_path):
     """A linked subfolder was skipped without a word (rglob follows no folder link) and a linked file was named
     after its target (elsewhere/real_name.png: "real_name", its common folder moved). Now linked folders are
