@@ -119,6 +119,18 @@ def test_config_rejects_bad_values(kwargs, message):
         make_tiny_config(**kwargs)
 
 
+def test_a_layer_count_beyond_the_clips_depth_says_what_it_counts():
+    """rfm_num_maps 6 (the VOC preset's, for ViT-B/16's 12 layers) on a 3-layer CLIP said only 'must be an integer
+    in [1, 3], got 6' (generate_pseudo_labels.py --preset voc on a small CLIP, a converted small checkpoint)."""
+    for field in ("rfm_num_maps", "attention_num_maps"):
+        with pytest.raises(
+            ValueError,
+            match=rf"^{field} must be an integer in \[1, 3\], got 6: a number of the "
+            r"layers of the CLIP vision tower, which has 3 \(vision_config.num_hidden_layers\)",
+        ):
+            make_tiny_config(**{field: 6})
+
+
 def test_fresh_model_is_finite_and_clip_frozen(tiny_model):
     for name, p in tiny_model.named_parameters():
         assert torch.isfinite(p).all(), name

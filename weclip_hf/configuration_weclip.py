@@ -176,6 +176,21 @@ def _depth(config: WeCLIPConfig) -> int:
     return config.vision_config.num_hidden_layers
 
 
+def check_layer_count(config: WeCLIPConfig, name: str, value, spare: int = 0) -> None:
+    """`check_int` of a number of the CLIP vision tower's layers (1 to its depth less ``spare``); the refusal names
+    the depth: a preset's value, set for ViT-B/16's 12 layers, exceeds a smaller CLIP's."""
+    try:
+        check_int(name, value, 1, _depth(config) - spare)
+    except ValueError as err:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise
+        raise ValueError(
+            f"{str(err).removesuffix('.')}: a number of the layers of the CLIP vision tower, which has "
+            f"{_depth(config)} (vision_config.num_hidden_layers). A preset's value fits ViT-B/16's 12: set {name} "
+            "(a config keyword) to fit a smaller CLIP."
+        ) from None
+
+
 FieldCheck = Callable[[Any, str, Any], None]
 
 # Every field checked alone, by the constructor and when set on a built config (``model.config.x = v``, as
@@ -203,9 +218,9 @@ WECLIP_FIELD_CHECKS: dict[str, FieldCheck] = {
     "initializer_range": lambda c, n, v: v is None or check_number(n, v, 0.0, 10.0),
     "prompt_template": lambda c, n, v: check_prompt_template(v),
     "cam_box_threshold": lambda c, n, v: check_number(n, v, 0.0, 1.0, low_open=True, high_open=True),
-    "num_feature_layers": lambda c, n, v: check_int(n, v, 1, _depth(c) - 1),
-    "attention_num_maps": lambda c, n, v: check_int(n, v, 1, _depth(c)),
-    "rfm_num_maps": lambda c, n, v: check_int(n, v, 1, _depth(c)),
+    "num_feature_layers": lambda c, n, v: check_layer_count(c, n, v, spare=1),
+    "attention_num_maps": lambda c, n, v: check_layer_count(c, n, v),
+    "rfm_num_maps": lambda c, n, v: check_layer_count(c, n, v),
     "background_names": lambda c, n, v: name_list(n, v, "background word"),
 }
 
