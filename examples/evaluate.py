@@ -100,7 +100,9 @@ def input_size(
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=first_paragraph(__doc__))
     p.add_argument(
-        "--model_name_or_path", required=True, help="a saved WeCLIP folder (train.py's --output_dir)"
+        "--model_name_or_path",
+        required=True,
+        help="a saved WeCLIP or WeCLIP+ folder (train.py's --output_dir) or Hub id",
     )
     add_data_source_flags(p, dataset_name="Hub dataset id (default: the toy world's validation split)")
     p.add_argument("--dataset_config_name", help=DATASET_CONFIG_HELP)

@@ -179,7 +179,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_toy_size_flags(data, "images of the split, train.py's", aliases=("--toy_images",))
     data.add_argument("--seed", type=int, default=0, help="toy world seed (train.py's --seed; default: 0)")
     model = p.add_argument_group("model")
-    model.add_argument("--model", "--model_name_or_path", dest="model", help="a trained WeCLIP folder (RFM)")
+    model.add_argument(
+        "--model",
+        "--model_name_or_path",
+        dest="model",
+        help="a trained WeCLIP or WeCLIP+ folder or Hub id (RFM)",
+    )
     model.add_argument(
         "--clip_model_name_or_path", help="a bare CLIP (default: the toy world's, else ViT-B/16)"
     )
