@@ -915,7 +915,7 @@ def test_a_sub_config_given_at_loading_is_checked_with_the_rest(tmp_path, tiny_m
         with pytest.raises(
             ValueError,
             match=r"^The keyword arguments \(vision_config\) do not fit the config of .*: num_feature_layers must "
-            r"be an integer in \[1, 1\], got 2\.",
+            r"be an integer in \[1, 1\], got 2: a number of the layers of the CLIP vision tower, which has 2",
         ):
             load(tmp_path, vision_config={"num_hidden_layers": 2})
     with pytest.raises(ValueError, match=r"\(vision_config\) do not fit.*at least 2 layers"):
