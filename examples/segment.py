@@ -13,13 +13,14 @@ launch --multi_gpu --num_processes N``, as ``accelerate launch --cpu`` starts on
 
 Inputs: folders (searched recursively, linked folders too; hidden files and folders, and the output folders of
 earlier runs (of one into the folder itself its labels/ and overlays/), left out; a file is named by its path
-there, links not followed), files and glob patterns (``--images``), or a split of a Hub dataset, imagefolder or saved dataset. Images are read as the
-"image-segmentation" pipeline reads them (EXIF orientation, grayscale, CMYK, 16-bit, images below one patch); a
-file that cannot be read (a broken link too) is skipped and listed by its path, never fatal (one an earlier run
-did is refused, its outputs kept, or with --overwrite_output_dir dropped and skipped). What this script writes in
---output_dir (labels/, overlays/, .state/) is never an input: --output_dir may lie inside an --images folder, or be
-it. The script writes no links there: a link among its outputs (those folders or what they hold,
-class_fractions.json) is refused, as it would write into another folder.
+there, links not followed), files and glob patterns (``--images``), or a split of a Hub dataset, imagefolder
+or saved dataset. Images are read as the "image-segmentation" pipeline reads them (EXIF orientation,
+grayscale, CMYK, 16-bit, images below one patch); a file that cannot be read (a broken link too) is skipped
+and listed by its path, never fatal (one an earlier run did is refused, its outputs kept, or with
+--overwrite_output_dir dropped and skipped). What this script writes in --output_dir (labels/, overlays/,
+.state/) is never an input: --output_dir may lie inside an --images folder, or be it. The script writes no
+links there: a link among its outputs (those folders or what they hold, class_fractions.json) is refused, as
+it would write into another folder.
 
 Outputs in --output_dir: ``labels/<name>.png`` (palette PNG whose pixel values are the ids of the model's
 ``config.id2label``; ``<name>``: the path relative to the inputs' common folder without its suffix, with it where
@@ -207,7 +208,8 @@ def find_image_files(
     the folder): files named as they are; in folders (recursive, linked folders too: `folder_files`) and glob
     matches, the files with an image suffix PIL knows. What this script writes in ``output_dir``
     (`OUTPUT_FOLDERS`) is left out, so that an --output_dir inside an --images folder is not segmented by the next
-    run, and so are the label maps and overlays of other runs (`without_earlier_outputs`); broken links are kept, to be listed as unreadable. ``note`` prints the folders left out."""
+    run, and so are the label maps and overlays of other runs (`without_earlier_outputs`); broken links are kept,
+    to be listed as unreadable. ``note`` prints the folders left out."""
     suffixes = set(Image.registered_extensions())
     written = [(output_dir / folder).resolve() for folder in OUTPUT_FOLDERS]
     found: dict[Path, Path] = {}  # the file (links followed) -> the path it is named by
