@@ -635,6 +635,7 @@ def main(argv=None) -> dict | None:
         lambda name: input_record(values, where, position[name]),
         args.overwrite_output_dir,
     )
+    check_foreign_overlays(out, names, done, args)
     share = process_share(len(names), state.process_index, state.num_processes)
     # a label map that cannot be read (empty or cut short: a power loss) is redone
     todo = [i for i in share if names[i] not in done or not is_whole_image(label_path[names[i]])]
@@ -707,6 +708,27 @@ def main(argv=None) -> dict | None:
     return write_report(
         out, names, label_path, model.config.id2label, args.model_name_or_path, state.num_processes
     )
+
+
+def check_foreign_overlays(out: Path, names: list[str], done: dict, args: argparse.Namespace) -> None:
+    """Refuse, unless --overwrite_output_dir, to draw the overlay of an input that is not ``done`` over a file of its
+    name in overlays/ that no record of that input lists as written: this script did not write it (train.py's
+    overlays/ of a model folder, a user's file). Every process checks every input, before any image is written."""
+    foreign = [
+        f"overlays/{name}.png"
+        for i, name in enumerate(names)
+        if name not in done
+        and wants_overlay(i, args.num_overlays)
+        and (out / "overlays" / f"{name}.png").exists()
+        and out / "overlays" / f"{name}.png"
+        not in (recorded_outputs(out / STATE_DIR / "inputs" / f"{name}.json", out, IMAGE_FOLDERS) or [])
+    ]
+    if foreign and not args.overwrite_output_dir:
+        raise ValueError(
+            f"{out} holds files not written by this script where it would draw this run's overlays "
+            f"({some_of(foreign)}; train.py's overlays/ of a model folder, or your own): they would be replaced. "
+            "Choose another --output_dir, or give --overwrite_output_dir to replace them."
+        )
 
 
 def other_inputs(out: Path, names: list[str]) -> list[str]:

@@ -904,6 +904,28 @@ def test_an_images_path_that_does_not_exist_is_named_as_such(images, tmp_path):
         segment.find_image_files([f"{images}/*.tif"], tmp_path / "out")
 
 
+def test_an_overlay_over_a_file_no_record_lists_is_refused(images, toy_weclip_dir, tmp_path):
+    """--output_dir a folder whose overlays/ holds a file of an input's name that segment.py did not write (train.py's
+    overlays/val_000.png in a model folder, a user's): the overlay was written over it without a word. Now refused
+    before any image is written, naming it; --overwrite_output_dir replaces it."""
+    shutil.copytree(images / "sub", tmp_path / "photos")
+    out = tmp_path / "model"
+    (out / "overlays").mkdir(parents=True)
+    (out / "overlays" / "toy1.png").write_bytes(b"train.py's overlay")
+    argv = ["--model_name_or_path", str(toy_weclip_dir), "--images", str(tmp_path / "photos")]
+    argv += ["--output_dir", str(out), "--num_overlays", "-1"]
+    with pytest.raises(
+        ValueError, match=r"not written by this script.*\(overlays/toy1.png;.*--overwrite_output_dir"
+    ):
+        segment.main(argv)
+    assert (out / "overlays" / "toy1.png").read_bytes() == b"train.py's overlay"
+    assert not (out / "labels").exists()
+    assert sorted(segment.main([*argv, "--overwrite_output_dir"])["images"]) == ["toy1", "toy3"]
+    assert Image.open(out / "overlays" / "toy1.png").format == "PNG" and sorted(
+        segment.main(argv)["images"]
+    ) == ["toy1", "toy3"]
+
+
 def test_linked_folders_are_followed_and_linked_files_named_as_they_are(images, tmp_path):
     """A linked subfolder was skipped without a word (rglob follows no folder link) and a linked file was named
     after its target (elsewhere/real_name.png: "real_name", its common folder moved). Now linked folders are
