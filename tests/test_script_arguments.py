@@ -225,12 +225,14 @@ def test_a_dataset_configuration_without_a_hub_dataset_is_refused(script, requir
         ("segment", ["--model_name_or_path", "m", "--images", "a.png"], "--output_dir"),
         ("generate_pseudo_labels", [], "--output_dir"),
         ("evaluate", ["--model_name_or_path", "m"], "--output_json"),
+        ("train", [], "--output_dir"),
     ],
 )
 def test_an_output_path_in_an_existing_file_is_refused_at_parsing(script, required, flag, tmp_path, capsys):
     """An --output_dir that is a file (or inside one), an --output_json inside one: segment.py and
     generate_pseudo_labels.py loaded the model and then failed with NotADirectoryError's traceback ('.../.state'),
-    evaluate.py with FileExistsError's; now refused at parsing, naming the flag and the file."""
+    evaluate.py with FileExistsError's, train.py with "--output_dir ... is not writable: File exists"'s; now refused at
+    parsing, naming the flag and the file."""
     parse = load_script(script).parse_args
     afile = tmp_path / "afile"
     afile.write_text("x")

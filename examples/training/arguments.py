@@ -25,6 +25,7 @@ from weclip_hf.script_arguments import (
     add_toy_size_flags,
     at_least_one,
     check_hub_token,
+    check_output_path,
     check_preset_fits_data,
     check_preset_fits_model,
     check_source_flags,
@@ -389,6 +390,7 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
     train.add_argument("--hub_token", help="Hub token (default: the logged-in one); never written to disk")
     args = p.parse_args(argv)
     check_hub_token(p, args.hub_token)
+    check_output_path(p, "--output_dir", args.output_dir)  # before the data and the model load
     if args.overwrite_output_dir and resumes_in_place(Path(args.output_dir), args.resume_from_checkpoint):
         p.error(OVERWRITE_AND_RESUME)
     backbones = [f for f in ("clip_model_name_or_path", "dino_model_name_or_path") if getattr(args, f)]
