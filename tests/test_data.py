@@ -1167,7 +1167,8 @@ def test_zero_based_label_errors_show_the_users_own_ids_and_range():
     # an id 0 where every id fits 0..C-1: the zero-based numbering, named (the flag was not)
     with pytest.raises(
         ValueError,
-        match=r"id\(s\) \[0\] outside 1..4\. Ids 0..3 number the classes from 0: give --labels_zero_based\.$",
+        match=r"id\(s\) \[0\] outside 1..4\. Ids 0..3 number the classes from 0: give --labels_zero_based; if 0 "
+        r"is the background \(as in a mask's ids\), leave it out: image-level labels name the classes 1..4\.$",
     ):
         normalize_label_row([0, 2], 4)
     with pytest.raises(ValueError, match=r"id\(s\) \[0, 4\] outside 1..3\.$"):  # 4 fits no numbering: no hint
@@ -2072,3 +2073,47 @@ def test_with_split_name_keeps_a_recorded_name_unless_told_to_replace_it():
     split = with_split_name(_dataset([np.zeros((2, 2), np.uint8)]), "validation")
     assert str(with_split_name(split, "train").split) == "validation"
     assert str(with_split_name(split, "held_out", replace=True).split) == "held_out"
+
+
+def _label_column(rows: list, num_classes: int, zero_based: bool = False) -> list[list[int]]:
+    """The ``image_labels`` of a dataset of blank images whose ``labels`` column holds integer ``rows``."""
+    image = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    features = datasets.Features(
+        {"image": datasets.Image(), "labels": datasets.List(datasets.Value("int64"))}
+    )
+    data = datasets.Dataset.from_dict({"image": [image] * len(rows), "labels": rows}, features=features)
+    labelled, _ = add_image_labels(data, Columns("image", None, "labels"), num_classes, zero_based=zero_based)
+    return labelled["image_labels"]
+
+
+def test_ids_that_count_the_background_0_are_not_read_as_zero_based_ids():
+    """Rows of a mask's ids (np.unique: the background 0 beside classes 1..C) failed on "id(s) [0] outside 1..4. Ids
+    0..3 number the classes from 0: give --labels_zero_based"; with the flag every class was shifted by one and
+    class 1 given to every image, silently."""
+    with pytest.raises(ValueError, match=r"--labels_zero_based; if 0 is the background .*leave it out"):
+        normalize_label_row([0, 2], 4)
+    with pytest.raises(
+        ValueError,
+        match=r"every one of the 3 rows of column 'labels' with labels holds id 0: read zero-based, class 1 is in "
+        r"every image\. If 0 is the background .*remove it from the rows and drop --labels_zero_based",
+    ):
+        _label_column([[0, 2], [0, 3], [0], []], 4, zero_based=True)
+    # zero-based ids where some image lacks class 0 read as they are
+    assert _label_column([[0, 2], [1], [0]], 4, zero_based=True) == [[1, 3], [2], [1]]
+
+
+def test_multi_hot_rows_of_another_width_are_not_read_as_ids():
+    """Integer multi-hot rows of C + 1 values (a background value first) failed on "id(s) [0, 0, ...] outside 1..4.
+    Ids 0..3 number the classes from 0: give --labels_zero_based"; with the flag every image got classes [1, 2]."""
+    background = r"5 = 4 classes \+ 1: a value for the background\? Drop it"
+    with pytest.raises(ValueError, match=rf"look like a multi-hot row .* of width 5, not 4\. {background}"):
+        normalize_label_row([1, 0, 1, 0, 0], 4)
+    with pytest.raises(ValueError, match=rf"width 5, expected 4\. {background}"):
+        normalize_label_row([1.0, 0.0, 1.0, 0.0, 0.0], 4)
+    for zero_based in (False, True):
+        with pytest.raises(
+            ValueError,
+            match=rf"column 'labels' of the dataset holds multi-hot rows of width 5, not 4.*{background}",
+        ):
+            _label_column([[1, 0, 1, 0, 0], [1, 0, 0, 0, 1]], 4, zero_based=zero_based)
+    assert _label_column([[0, 0, 1], [2]], 4, zero_based=True) == [[1, 2], [3]]  # ids of objects

@@ -25,7 +25,15 @@ from .columns import (
     with_struct_field,
 )
 from .decoding import UnreadableImageError, decode_image, file_path, row_name, split_name, undecoded
-from .label_rows import binary_rows, class_name_ids, label_value, multi_hot_rows, normalize_label_row
+from .label_rows import (
+    background_width_hint,
+    binary_rows,
+    class_name_ids,
+    label_value,
+    multi_hot_rows,
+    multi_hot_width,
+    normalize_label_row,
+)
 from .masks import checked_mask, present_classes
 
 
@@ -94,7 +102,9 @@ def add_image_labels(
     check_images = not streamed or columns.labels is None  # a stream's images are checked by its reader
     given = columns  # as the dataset names them (``features``' keys, what messages name)
     dataset, columns = _label_columns_ready(dataset, columns)
-    multi_hot = None if streamed else _multi_hot_column(dataset, columns.labels, num_classes, zero_based)
+    multi_hot = None
+    if not streamed:
+        multi_hot = _multi_hot_column(dataset, columns.labels, num_classes, zero_based, given.labels)
     label_row = functools.partial(
         row_image_labels,
         columns=columns,
@@ -118,6 +128,8 @@ def add_image_labels(
     labels, mask_labels = dataset["image_labels"], dataset["_mask_labels"]
     if not multi_hot and _integer_feature(features.get(given.labels)):  # class ids, in the user's numbering
         check_label_numbering(labels, mask_labels, num_classes, zero_based, split)
+        if zero_based:
+            check_background_id(labels, given.labels, split)
     check_labels_match_masks(labels, mask_labels, given, num_classes, split)
     return _summarised(dataset, hidden, skip_empty, skip_unreadable)
 
@@ -135,18 +147,30 @@ def _label_columns_ready(dataset, columns: Columns):
     return undecoded(dataset, [columns.image, columns.mask]), columns
 
 
-def _multi_hot_column(dataset, column: str | None, num_classes: int, zero_based: bool) -> bool | None:
-    """Whether the integer label ``column`` of a random-access dataset holds multi-hot rows (`multi_hot_rows`,
-    decided on the whole column: one row can seldom tell); False without a label column or with other rows; None
-    for a column of strings (JSON lists, as metadata.csv holds them: decided row by row)."""
+def _multi_hot_column(
+    dataset, column: str | None, num_classes: int, zero_based: bool, shown: str | None = None
+) -> bool | None:
+    """Whether the integer label ``column`` (``shown``: its name in messages) of a random-access dataset holds
+    multi-hot rows (`multi_hot_rows`, decided on the whole column: one row can seldom tell); False without a label
+    column or with other rows; None for a column of strings (JSON lists, as metadata.csv holds them: decided row by
+    row). Multi-hot rows of another width than C (`multi_hot_width`) are refused: read as ids, every image would
+    get classes 1 and 2 (zero-based), or a 0 refused without saying why."""
     if column is None or column in class_label_columns(dataset.features):
         return False
     if _value_dtype(dataset.features.get(column)) in ("string", "large_string"):
         return None
-    rows = binary_rows(dataset.with_format("arrow")[column], num_classes)
+    values, split = dataset.with_format("arrow")[column], split_name(dataset)
+    width = multi_hot_width(values, num_classes)
+    if width is not None:
+        raise ValueError(
+            f"Label column {shown or column!r} of {_split_phrase(split)} holds multi-hot rows of width {width}, not "
+            f"{num_classes} (every row {width} values 0/1, e.g. {row_name(0, None)}: {values[0].as_py()}), which "
+            f"read as class ids would name classes 1 and 2 only.{background_width_hint(width, num_classes)} Else "
+            f"give the run's {width} classes (--class_names), one per value."
+        )
+    rows = binary_rows(values, num_classes)
     if rows is None:
         return False
-    split = split_name(dataset)
     return multi_hot_rows(rows, zero_based, lambda i: row_name(i, split))
 
 
@@ -277,6 +301,24 @@ def check_label_numbering(
         f"classes only when read in the other numbering, {agree} as read (e.g. {row_name(first, None)}: ids "
         f"{given}, mask classes {sorted(mask_labels[first])} of 1..{num_classes}). Every class would be shifted "
         f"by one: {fix} (or correct the label column)."
+    )
+
+
+def check_background_id(
+    labels: Sequence[Sequence[int]], column: str | None, split: str | None = None
+) -> None:
+    """Refuse a column of zero-based class ids (``labels``: its rows read as classes 1..C) in which every row with
+    labels, two at least, holds id 0 (class 1): rows of a mask's ids, the background 0 among them, read so would
+    shift every class by one and give every image class 1, silently."""
+    rows = [ids for ids in labels if ids]
+    if len(rows) < 2 or not all(1 in ids for ids in rows):
+        return
+    raise ValueError(
+        f"The image-level labels of {_split_phrase(split)}: every one of the {len(rows)} rows of column {column!r} "
+        "with labels holds id 0: read zero-based, class 1 is in every image. If 0 is the background (as in a mask's "
+        "ids, np.unique(mask)), remove it from the rows and drop --labels_zero_based (zero_based=False) where the "
+        "other ids are 1..C; if class 1 is in every image indeed, write the ids 1-based, without "
+        "--labels_zero_based."
     )
 
 

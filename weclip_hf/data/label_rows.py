@@ -120,6 +120,23 @@ def multi_hot_rows(
     )
 
 
+def background_width_hint(width: int, num_classes: int) -> str:
+    """The hint of a multi-hot row of ``width`` values for a run of ``num_classes`` classes: one value more is
+    likely the background's, which the run's classes leave out; else nothing."""
+    if width != num_classes + 1:
+        return ""
+    return (
+        f" {width} = {num_classes} classes + 1: a value for the background? Drop it: the run's classes are the "
+        "foreground ones (WeCLIP's background comes from its background prompts)."
+    )
+
+
+def looks_multi_hot(values: np.ndarray) -> bool:
+    """Whether a row of numbers reads as a multi-hot row rather than as class ids: 3 values or more, all 0 or 1
+    (a list of ids would repeat one)."""
+    return len(values) >= 3 and bool(np.isin(values, (0, 1)).all())
+
+
 def binary_rows(values, num_classes: int) -> np.ndarray | None:
     """The [N, C] integer array of label rows (a sequence of rows, or a pyarrow column of lists) when every row
     holds exactly ``num_classes`` integers, all 0 or 1 (what `multi_hot_rows` decides on); else None."""
@@ -145,6 +162,20 @@ def binary_rows(values, num_classes: int) -> np.ndarray | None:
         if rows.dtype.kind not in "iu":
             return None
     return rows if np.isin(rows, (0, 1)).all() else None
+
+
+def multi_hot_width(values, num_classes: int) -> int | None:
+    """The width W of a label column (a pyarrow column of lists) whose every row holds W >= 3 integers 0/1, W not
+    ``num_classes``: multi-hot rows of another width than the run's classes (`binary_rows` decides on width C);
+    else None."""
+    import pyarrow as pa
+
+    if len(values) == 0 or not pa.types.is_list(values.type) and not pa.types.is_large_list(values.type):
+        return None
+    width = len(values[0].as_py() or [])
+    if width < 3 or width == num_classes:
+        return None
+    return width if binary_rows(values, width) is not None else None
 
 
 def normalize_label_row(
@@ -181,7 +212,9 @@ def normalize_label_row(
     if (values.dtype.kind in "fb" or multi_hot and binary is not None) and len(values) > 0:
         # float rows are multi-hot only (docs/training.md, "The data"): ids written as floats, e.g. [5.0] by
         # pandas, are refused, saying so, rather than read by their width
-        integral = values.dtype.kind == "f" and bool(whole_numbers(values).all())
+        integral = (
+            values.dtype.kind == "f" and bool(whole_numbers(values).all()) and not looks_multi_hot(values)
+        )
         hint = (
             " Float rows are read as multi-hot vectors (one 0/1 value per class); if these are class ids, store "
             f"them as integers ({values.astype(np.int64).tolist()}, not {values.tolist()})."
@@ -190,13 +223,20 @@ def normalize_label_row(
         )
         if len(values) != num_classes:
             raise ValueError(
-                f"Multi-hot labels of {where} have width {len(values)}, expected {num_classes}.{hint}"
+                f"Multi-hot labels of {where} have width {len(values)}, expected {num_classes}."
+                + (hint or background_width_hint(len(values), num_classes))
             )
         if not np.isin(values, (0, 1)).all():
             raise ValueError(f"Multi-hot labels of {where} must be 0/1, got {values.tolist()}.{hint}")
         return [int(i) + 1 for i in np.nonzero(values)[0]]
     first = 0 if zero_based else 1  # the user's numbering: errors show their ids and range
     given = values.astype(np.int64)
+    # read as ids, refused for the 0; a row of C values is `multi_hot_rows`' (its column's) to tell
+    if not zero_based and looks_multi_hot(values) and 0 in values and len(values) != num_classes:
+        raise ValueError(
+            f"Image labels of {where}, {values.tolist()}, look like a multi-hot row (one value 0/1 per class) of "
+            f"width {len(values)}, not {num_classes}.{background_width_hint(len(values), num_classes)}"
+        )
     bad = [int(i) for i in given if not first <= i < first + num_classes]
     if bad:
         numbering = " (--labels_zero_based)" if zero_based else ""
@@ -207,7 +247,10 @@ def normalize_label_row(
             else ""
         )
         if not zero_based and 0 in bad and all(0 <= i < num_classes for i in given):
-            hint += f" Ids 0..{num_classes - 1} number the classes from 0: give --labels_zero_based."
+            hint += (
+                f" Ids 0..{num_classes - 1} number the classes from 0: give --labels_zero_based; if 0 is the "
+                f"background (as in a mask's ids), leave it out: image-level labels name the classes 1..{num_classes}."
+            )
         raise ValueError(
             f"Image labels of {where} contain id(s) {bad} outside "
             f"{first}..{first + num_classes - 1}{numbering}.{hint}"
