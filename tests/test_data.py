@@ -1260,15 +1260,20 @@ def test_metadata_is_read_as_utf_8_whatever_the_locale(tmp_path):
 
 
 def test_pascal_vocs_own_folder_layout_is_named(tmp_path):
-    """VOC's release (VOCdevkit/VOC2012: JPEGImages/, SegmentationClass/, ImageSets/) is not an imagefolder."""
+    """VOC's release (VOCdevkit/VOC2012: JPEGImages/, SegmentationClass/, ImageSets/) is not an imagefolder. Given
+    as --dataset_name, `datasets` read its ImageSets/Segmentation/val.txt as a 'validation' split of text lines:
+    "Split 'train' not found; available splits: ['validation']", and evaluate.py "No image column found ...
+    available columns: ['text']"."""
     from weclip_hf.data.loading import DataSource, load_dataset_splits
 
     for name in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (tmp_path / name).mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tmp_path / "JPEGImages" / "a.jpg")
     (tmp_path / "ImageSets" / "Segmentation" / "val.txt").write_text("a\n")
-    with pytest.raises(ValueError, match="laid out as PASCAL VOC's own release"):
+    with pytest.raises(ValueError, match="--data_dir .* laid out as PASCAL VOC's own release"):
         load_dataset_splits(DataSource(data_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match="--dataset_name .* laid out as PASCAL VOC's own release"):
+        load_dataset_splits(DataSource(dataset_name=str(tmp_path)), need_train=False)
 
 
 def test_an_empty_split_of_a_saved_dataset_is_named(tmp_path):

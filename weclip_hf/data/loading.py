@@ -593,6 +593,10 @@ def load_dataset_splits(
         check_imagefolder_metadata(source.data_dir)
         ds = load_folder_dataset("imagefolder", source.streaming, data_dir=source.data_dir)
     elif source.dataset_name:
+        if (
+            Path(source.dataset_name).expanduser().is_dir()
+        ):  # a local folder, which `datasets` reads as a repository
+            check_imagefolder_metadata(source.dataset_name, "--dataset_name")
         ds = load_folder_dataset(source.dataset_name, source.streaming, name=source.dataset_config_name)
     else:
         raise ValueError("Give a dataset_name, data_dir or dataset_path (or toy=True).")
@@ -736,14 +740,16 @@ def holds_pseudo_masks(data_dir: str | None) -> bool:
 VOC_RELEASE_FOLDERS = ("JPEGImages", "SegmentationClass", "ImageSets")
 
 
-def check_imagefolder_metadata(data_dir: str) -> None:
-    """Refuse PASCAL VOC's own folder layout (``datasets`` would guess splits from ImageSets/ and fail far from
-    the cause) and an imagefolder whose metadata file lists no row (``datasets`` fails on it with an IndexError)."""
+def check_imagefolder_metadata(data_dir: str, flag: str = "--data_dir") -> None:
+    """Refuse PASCAL VOC's own folder layout (``datasets`` would guess splits from ImageSets/, e.g. a 'validation'
+    split of val.txt's lines, and fail far from the cause) and an imagefolder whose metadata file lists no row
+    (``datasets`` fails on it with an IndexError); ``flag``: how the folder was given (--data_dir, or --dataset_name
+    for a local folder)."""
     root = Path(data_dir).expanduser()
     found = sorted(root.rglob("metadata.*"))  # one walk of the folder, which may hold 100,000s of images
     if all((root / name).is_dir() for name in VOC_RELEASE_FOLDERS) and not found:
         raise ValueError(
-            f"--data_dir {data_dir} is laid out as PASCAL VOC's own release (JPEGImages/, SegmentationClass/, "
+            f"{flag} {data_dir} is laid out as PASCAL VOC's own release (JPEGImages/, SegmentationClass/, "
             "ImageSets/), not as an imagefolder: use the Hub dataset (--dataset_name, README 'Reproducing VOC "
             "and COCO') or build an imagefolder (train/ and validation/ with a metadata.jsonl naming each image and "
             "its mask: docs/training.md, 'The data')."
@@ -753,7 +759,7 @@ def check_imagefolder_metadata(data_dir: str) -> None:
         header = 1 if path.suffix == ".csv" else 0
         if len(lines) <= header:
             raise ValueError(
-                f"--data_dir {data_dir}: {path} lists no images (it has no rows); an imagefolder needs one row "
+                f"{flag} {data_dir}: {path} lists no images (it has no rows); an imagefolder needs one row "
                 "per image (file_name and its labels or mask)."
             )
 
