@@ -2080,15 +2080,19 @@ def test_with_split_name_keeps_a_recorded_name_unless_told_to_replace_it():
     assert str(with_split_name(split, "held_out", replace=True).split) == "held_out"
 
 
-def _label_column(rows: list, num_classes: int, zero_based: bool = False) -> list[list[int]]:
-    """The ``image_labels`` of a dataset of blank images whose ``labels`` column holds integer ``rows``."""
+def _label_column(
+    rows: list, num_classes: int, zero_based: bool = False, streamed: bool = False
+) -> list[list[int]]:
+    """The ``image_labels`` of a dataset of blank images whose ``labels`` column holds integer ``rows`` (``streamed``:
+    read as a stream)."""
     image = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
     features = datasets.Features(
         {"image": datasets.Image(), "labels": datasets.List(datasets.Value("int64"))}
     )
     data = datasets.Dataset.from_dict({"image": [image] * len(rows), "labels": rows}, features=features)
+    data = data.to_iterable_dataset() if streamed else data
     labelled, _ = add_image_labels(data, Columns("image", None, "labels"), num_classes, zero_based=zero_based)
-    return labelled["image_labels"]
+    return [row["image_labels"] for row in labelled] if streamed else labelled["image_labels"]
 
 
 def test_ids_that_count_the_background_0_are_not_read_as_zero_based_ids():
@@ -2122,3 +2126,17 @@ def test_multi_hot_rows_of_another_width_are_not_read_as_ids():
         ):
             _label_column([[1, 0, 1, 0, 0], [1, 0, 0, 0, 1]], 4, zero_based=zero_based)
     assert _label_column([[0, 0, 1], [2]], 4, zero_based=True) == [[1, 2], [3]]  # ids of objects
+
+
+def test_a_streamed_label_column_is_checked_on_its_first_rows():
+    """A stream's labels are read row by row: zero-based rows holding the background 0 and integer multi-hot rows of
+    C + 1 values read zero-based trained on shifted classes, silently; its first rows are now checked as a column."""
+    with pytest.raises(
+        ValueError, match=r"every one of the first 2 rows of column 'labels' with labels holds id 0"
+    ):
+        _label_column([[0, 2], [0, 3]], 4, zero_based=True, streamed=True)
+    with pytest.raises(
+        ValueError, match=r"column 'labels' of the dataset holds multi-hot rows of width 5, not 4"
+    ):
+        _label_column([[1, 0, 1, 0, 0], [1, 0, 0, 0, 1]], 4, zero_based=True, streamed=True)
+    assert _label_column([[0, 2], [1]], 4, zero_based=True, streamed=True) == [[1, 3], [2]]

@@ -105,6 +105,8 @@ def add_image_labels(
     multi_hot = None
     if not streamed:
         multi_hot = _multi_hot_column(dataset, columns.labels, num_classes, zero_based, given.labels)
+    elif columns.labels is not None and _integer_feature(features.get(given.labels)):
+        _check_first_stream_rows(dataset, columns.labels, given.labels, num_classes, zero_based)
     label_row = functools.partial(
         row_image_labels,
         columns=columns,
@@ -160,18 +162,44 @@ def _multi_hot_column(
     if _value_dtype(dataset.features.get(column)) in ("string", "large_string"):
         return None
     values, split = dataset.with_format("arrow")[column], split_name(dataset)
-    width = multi_hot_width(values, num_classes)
-    if width is not None:
-        raise ValueError(
-            f"Label column {shown or column!r} of {_split_phrase(split)} holds multi-hot rows of width {width}, not "
-            f"{num_classes} (every row {width} values 0/1, e.g. {row_name(0, None)}: {values[0].as_py()}), which "
-            f"read as class ids would name classes 1 and 2 only.{background_width_hint(width, num_classes)} Else "
-            f"give the run's {width} classes (--class_names), one per value."
-        )
+    check_multi_hot_width(values, num_classes, shown or column, split)
     rows = binary_rows(values, num_classes)
     if rows is None:
         return False
     return multi_hot_rows(rows, zero_based, lambda i: row_name(i, split))
+
+
+def check_multi_hot_width(
+    values, num_classes: int, column: str, split: str | None, first: bool = False
+) -> None:
+    """Refuse an integer label ``column`` (``values``: its rows, a pyarrow array; ``first``: a stream's first rows)
+    of multi-hot rows of another width than C (`multi_hot_width`): read as ids, every image would get classes 1 and
+    2 (zero-based), or a 0 be refused without saying why."""
+    width = multi_hot_width(values, num_classes)
+    if width is None:
+        return
+    rows = f"its first {len(values)} rows" if first else "its rows"
+    raise ValueError(
+        f"Label column {column!r} of {_split_phrase(split)} holds multi-hot rows of width {width}, not {num_classes} "
+        f"({width} values 0/1 in each of {rows}, e.g. {row_name(0, None)}: {values[0].as_py()}), which read as class "
+        f"ids would name classes 1 and 2 only.{background_width_hint(width, num_classes)} Else give the run's "
+        f"{width} classes (--class_names), one per value."
+    )
+
+
+def _check_first_stream_rows(stream, column: str, shown: str, num_classes: int, zero_based: bool) -> None:
+    """The checks of a random-access split's integer label ``column`` (``shown``: its name in messages) on the
+    first `STREAM_CHECK_ROWS` rows of a ``stream``, whose labels are otherwise read row by row: multi-hot rows of
+    another width (`check_multi_hot_width`) and, ``zero_based``, the background's 0 in every row
+    (`check_background_id`)."""
+    import pyarrow as pa
+
+    split = split_name(stream)
+    first = [row[column] for row in itertools.islice(stream.select_columns([column]), STREAM_CHECK_ROWS)]
+    check_multi_hot_width(pa.array(first), num_classes, shown, split, first=True)
+    if zero_based:
+        ids = [normalize_label_row(row, num_classes, True, row_name(i, split)) for i, row in enumerate(first)]
+        check_background_id(ids, shown, split, first=True)
 
 
 def _value_dtype(feature) -> str | None:
@@ -305,16 +333,18 @@ def check_label_numbering(
 
 
 def check_background_id(
-    labels: Sequence[Sequence[int]], column: str | None, split: str | None = None
+    labels: Sequence[Sequence[int]], column: str | None, split: str | None = None, first: bool = False
 ) -> None:
-    """Refuse a column of zero-based class ids (``labels``: its rows read as classes 1..C) in which every row with
-    labels, two at least, holds id 0 (class 1): rows of a mask's ids, the background 0 among them, read so would
-    shift every class by one and give every image class 1, silently."""
+    """Refuse a column of zero-based class ids (``labels``: its rows read as classes 1..C; ``first``: a stream's
+    first rows) in which every row with labels, two at least, holds id 0 (class 1): rows of a mask's ids, the
+    background 0 among them, read so would shift every class by one and give every image class 1, silently."""
     rows = [ids for ids in labels if ids]
     if len(rows) < 2 or not all(1 in ids for ids in rows):
         return
+    among = " first" if first else ""
     raise ValueError(
-        f"The image-level labels of {_split_phrase(split)}: every one of the {len(rows)} rows of column {column!r} "
+        f"The image-level labels of {_split_phrase(split)}: every one of the{among} {len(rows)} rows of column "
+        f"{column!r} "
         "with labels holds id 0: read zero-based, class 1 is in every image. If 0 is the background (as in a mask's "
         "ids, np.unique(mask)), remove it from the rows and drop --labels_zero_based (zero_based=False) where the "
         "other ids are 1..C; if class 1 is in every image indeed, write the ids 1-based, without "
