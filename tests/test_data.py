@@ -2140,3 +2140,20 @@ def test_a_streamed_label_column_is_checked_on_its_first_rows():
     ):
         _label_column([[1, 0, 1, 0, 0], [1, 0, 0, 0, 1]], 4, zero_based=True, streamed=True)
     assert _label_column([[0, 2], [1]], 4, zero_based=True, streamed=True) == [[1, 3], [2]]
+
+
+def test_masks_numbered_in_their_class_labels_order_are_named_so():
+    """A dataset whose masks number its classes in the order of its ClassLabel label column, other than the run's
+    (--preset, or a model's classes), was refused as labels and masks describing different things (a trimap, a scene
+    category): the remedies named did not fit."""
+    masks = [np.full((8, 8), i, np.uint8) for i in (1, 2, 1)]  # the dataset's ids: 1 dog, 2 cat
+    features = datasets.Features({"labels": datasets.Sequence(datasets.ClassLabel(names=["dog", "cat"]))})
+    data = _dataset(masks).add_column("labels", [[0], [1], [0]], feature=features["labels"])
+    with pytest.raises(
+        ValueError,
+        match=r"The masks agree with the labels read with their ids in the order of the ClassLabel names of column "
+        r"'labels' \['dog', 'cat'\], not in the run's: remap their ids .*or give the dataset's classes",
+    ):
+        add_image_labels(data, Columns("image", "mask", "labels"), 2, class_names=["cat", "dog"])
+    labelled, _ = add_image_labels(data, Columns("image", "mask", "labels"), 2, class_names=["dog", "cat"])
+    assert labelled["image_labels"] == [[1], [2], [1]]

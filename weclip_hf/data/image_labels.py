@@ -28,6 +28,7 @@ from .decoding import UnreadableImageError, decode_image, file_path, row_name, s
 from .label_rows import (
     background_width_hint,
     binary_rows,
+    class_label_order,
     class_name_ids,
     label_value,
     multi_hot_rows,
@@ -132,7 +133,8 @@ def add_image_labels(
         check_label_numbering(labels, mask_labels, num_classes, zero_based, split)
         if zero_based:
             check_background_id(labels, given.labels, split)
-    check_labels_match_masks(labels, mask_labels, given, num_classes, split)
+    order = class_label_order(column_finding.column_feature(features, given.labels), class_names)
+    check_labels_match_masks(labels, mask_labels, given, num_classes, split, order)
     return _summarised(dataset, hidden, skip_empty, skip_unreadable)
 
 
@@ -358,12 +360,15 @@ def check_labels_match_masks(
     columns: Columns,
     num_classes: int,
     split: str | None = None,
+    order: tuple[list[str], dict[int, int]] | None = None,
 ) -> None:
     """Refuse a label column (``labels``: its rows read as classes 1..C, whatever their kind) none of whose classes
     is in the row's mask (``mask_labels``: the masks' classes, None where a row has no mask) on more than a quarter
     of the rows where both name a class. A few such rows are errors, which stay the user's; more say that labels
     and masks describe different things (a pet's breed beside a trimap of pet / background / border, a scene
-    category), and one of them would be read as classes it does not hold, silently."""
+    category), and one of them would be read as classes it does not hold, silently. ``order``: the label column's
+    ClassLabel names and the run's class of each mask id numbered in their order (`class_label_order`), which the
+    error names where the masks agree with the labels read so."""
     pairs = [
         (i, set(ids), set(shown)) for i, (ids, shown) in enumerate(zip(labels, mask_labels)) if ids and shown
     ]
@@ -371,15 +376,26 @@ def check_labels_match_masks(
     if 4 * len(disagree) <= len(pairs):
         return
     first, ids, shown = disagree[0]
+    remedy = (
+        "If the masks are not maps of the run's class ids (e.g. a trimap of object / background / border), they "
+        "cannot be used: pass --mask_column of the class-id masks, or drop it (for training, a dataset without the "
+        "column); if the label column does not hold the images' classes (e.g. a scene category), pass "
+        f"--labels_column of the column that does, or --labels_column {FROM_MASKS} to take the labels from the masks."
+    )
+    if order is not None and 4 * sum(
+        not ids & {order[1].get(c) for c in shown} for _, ids, shown in pairs
+    ) <= len(pairs):
+        remedy = (
+            f"The masks agree with the labels read with their ids in the order of the ClassLabel names of column "
+            f"{columns.labels!r} "
+            f"{order[0]}, not in the run's: remap their ids to the run's order, or give the dataset's classes (train.py "
+            "without --preset and --class_names takes them from that column)."
+        )
     raise ValueError(
         f"The image-level labels of {_split_phrase(split)} (column {columns.labels!r}) "
         f"and its masks (column {columns.mask!r}) disagree: on {len(disagree)} of the {len(pairs)} rows where both "
         f"name a class, no class of the labels is in the mask (e.g. {row_name(first, None)}: label classes "
-        f"{sorted(ids)}, mask classes {sorted(shown)} of 1..{num_classes}). If the masks are not maps of the run's "
-        "class ids (e.g. a trimap of object / background / border), they cannot be used: pass --mask_column of "
-        "the class-id masks, or drop it (for training, a dataset without the column); if the label column does "
-        f"not hold the images' classes (e.g. a scene category), pass --labels_column of the column that does, or "
-        f"--labels_column {FROM_MASKS} to take the labels from the masks."
+        f"{sorted(ids)}, mask classes {sorted(shown)} of 1..{num_classes}). {remedy}"
     )
 
 

@@ -50,6 +50,21 @@ def class_name_ids(class_names: Sequence[str | Sequence[str]]) -> dict[str, int]
     return lookup
 
 
+def class_label_order(
+    feature, class_names: Sequence[str | Sequence[str]] | None
+) -> tuple[list[str], dict[int, int]] | None:
+    """The names of a label column's `datasets.ClassLabel` ``feature`` and the run's class (1..C, through
+    `class_name_ids` of ``class_names``) of each id 1..K numbered in their order, as a dataset's masks may number
+    them; None without a ClassLabel or class names, or where that order is the run's."""
+    class_label = class_label_feature(feature)
+    if class_label is None or class_names is None:
+        return None
+    lookup = class_name_ids(class_names)
+    names = list(class_label.names)
+    order = {i: lookup[lookup_key(n)] for i, n in enumerate(names, start=1) if lookup_key(n) in lookup}
+    return None if all(i == c for i, c in order.items()) else (names, order)
+
+
 def ids_from_names(
     names: list, num_classes: int, class_names: Mapping[str, int] | Sequence | None, name: str = ""
 ) -> list[int]:
