@@ -1252,6 +1252,28 @@ def test_fewer_images_than_one_global_batch_are_named(monkeypatch):
         _loader(6, 4, accelerator=_TwoProcesses())
 
 
+def test_a_non_finite_loss_stops_the_step_before_any_update():
+    """The step's losses are checked before the backward pass and the optimizer step, as the error promises
+    ("weights were not updated"): the weights, their gradients and the schedule stay as they were."""
+    from weclip_hf.modeling_weclip import WeCLIPSemanticSegmenterOutput
+
+    weight = torch.nn.Parameter(torch.ones(2))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 1 / (t + 1))
+
+    def exploding(**batch):
+        loss = weight.sum() * float("inf")
+        return WeCLIPSemanticSegmenterOutput(loss=loss, seg_loss=loss)
+
+    batch = {"pixel_values": torch.zeros(1, 3, 8, 8), "class_labels": torch.ones(1, 4)}
+    args = argparse.Namespace(seed=0)
+    with pytest.raises(
+        FloatingPointError, match=r"segmentation loss \(inf\) at step 5; weights were not updated"
+    ):
+        train_module().training_step(args, _FakeAccelerator(), exploding, optimizer, scheduler, batch, 5)
+    assert torch.equal(weight, torch.ones(2)) and weight.grad is None and scheduler.last_epoch == 0
+
+
 def test_training_step_gives_the_model_the_batch_as_collated():
     (call,), _, _ = _training_steps()
     assert set(call) - {"lr", "draw"} == {"pixel_values", "class_labels", "labels", "pixel_mask"}
@@ -1323,6 +1345,12 @@ def test_train_loader_gives_whole_batches_in_a_seeded_order():
     assert [len(b) for b in batches] == [4, 4]  # the last 2 of the 10 images wait for the next pass
     assert len(set(sum(batches, []))) == 8
     assert _loader_order(seed=1) == batches and _loader_order(seed=2) != batches
+
+
+def test_train_loader_has_the_workers_of_num_workers_else_the_devices_default():
+    """--num_workers given is taken as it is (0 too); left out, a CPU run loads in its own process
+    (`default_num_workers`)."""
+    assert [_loader(num_workers=workers)[0].num_workers for workers in (2, 0, None)] == [2, 0, 0]
 
 
 def test_train_loader_refuses_a_dataset_smaller_than_one_batch():
