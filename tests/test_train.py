@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -536,6 +537,93 @@ def test_the_card_lists_the_toy_worlds_sizes_only_for_the_toy_world(tmp_path):
 
     launched = card_args(train.parse_args([]), SimpleNamespace(num_processes=2, mixed_precision="bf16"))
     assert (launched["num_processes"], launched["mixed_precision"]) == (2, "bf16")
+
+
+def test_the_toy_baselines_predict_each_images_lowest_present_class():
+    """metrics.json's ``baseline_*_miou`` (`toy_baselines_of`): the whole-image baseline predicts an image's lowest
+    present class id (its image-level label's index + 1), background for an image without one; on masks that
+    each hold one class, exactly those, it scores 1."""
+    labels = [torch.full((4, 4), 2), torch.full((4, 4), 3), torch.zeros(4, 4, dtype=torch.long)]
+    class_labels = [torch.tensor([0.0, 1.0, 1.0]), torch.tensor([0.0, 0.0, 1.0]), torch.zeros(3)]
+    val_set = [{"labels": m, "class_labels": c} for m, c in zip(labels, class_labels)]
+    scores = train_phase("evaluation").toy_baselines_of(val_set, num_labels=4)
+    assert set(scores) == {"baseline_bg_miou", "baseline_whole_miou", "baseline_disk_miou"}
+    assert scores["baseline_whole_miou"] == 1.0 and scores["baseline_disk_miou"] < 1.0
+    # all background: 16 of its 48 pixels right, classes 2 and 3 none
+    assert scores["baseline_bg_miou"] == pytest.approx(16 / 48 / 3)
+
+
+def _recorded_evaluations(monkeypatch) -> list[dict]:
+    """`evaluate_segmentation` of examples/training/evaluation.py replaced: each call's modes and keywords recorded
+    (returned), mode i scoring mean IoU (i + 1) / 10 with per-category IoUs [(i + 1) / 10, NaN]; overlays named."""
+    evaluation, calls = train_phase("evaluation"), []
+
+    def recorded(model, loader, modes, **kwargs):
+        calls.append({"modes": list(modes), **{k: kwargs.get(k) for k in ("scales", "input_size")}})
+        scores = [(i + 1) / 10 for i in range(len(modes))]
+        return {m: {"mean_iou": v, "per_category_iou": np.array([v, np.nan])} for m, v in zip(modes, scores)}
+
+    monkeypatch.setattr(evaluation, "evaluate_segmentation", recorded)
+    monkeypatch.setattr(
+        evaluation, "write_overlays", lambda model, val_set, out, count: [f"{count} overlays"]
+    )
+    return calls
+
+
+_ONE_PROCESS = SimpleNamespace(
+    process_index=0,
+    num_processes=1,
+    is_main_process=True,
+    is_local_main_process=True,
+    print=print,
+    log=lambda scores, step: None,
+)
+
+
+@pytest.mark.parametrize("flags, recipe", [(["--msf_scales", "0.5", "1.5"], "toy"), (["--no_msf"], "voc")])
+def test_the_final_evaluation_scores_each_mode_at_the_runs_scales_and_size(
+    monkeypatch, tmp_path, flags, recipe
+):
+    """`final_evaluation`: the decoder, the CAMs and the RFM pseudo labels, and the multi-scale decoder at
+    --msf_scales unless --no_msf, each on the images resized to ``input_size``; per_class_iou is the decoder's
+    (the figures of ``miou``), the overlays --num_overlays; the toy world's baselines only for the toy recipe."""
+    calls = _recorded_evaluations(monkeypatch)
+    args = train_module().parse_args([*flags, "--num_overlays", "3"])
+    args.recipe = recipe  # the recipe of a dataset's preset
+    model = SimpleNamespace(config=SimpleNamespace(id2label={0: "background", 1: "disk"}, num_labels=2))
+    val_set = [{"labels": torch.ones(4, 4, dtype=torch.long), "class_labels": torch.tensor([1.0])}]
+    size = {"height": 48, "width": 64}
+    metrics = train_phase("evaluation").final_evaluation(args, _ONE_PROCESS, model, val_set, tmp_path, size)
+    modes = ["pred", "cam", "pseudo"] + ([] if args.no_msf else ["pred_msf"])
+    assert calls == [{"modes": modes, "scales": args.msf_scales, "input_size": size}]
+    figures = {"miou": 0.1, "cam_miou": 0.2, "pseudo_label_miou": 0.3}
+    figures |= {} if args.no_msf else {"miou_msf": 0.4, "msf_scales": [0.5, 1.5]}
+    assert {k: metrics[k] for k in metrics if "baseline" not in k} == {
+        **figures,
+        "per_class_iou": {"background": 0.1, "disk": None},
+        "overlays": ["3 overlays"],
+    }
+    assert any("baseline" in k for k in metrics) == (args.recipe == "toy")
+
+
+def test_the_evaluation_during_training_scores_decoder_and_pseudo_labels_at_the_processors_size(
+    monkeypatch, tmp_path
+):
+    """`evaluate_in_training` (--eval_steps): decoder and pseudo-label mIoU on the images resized to
+    ``input_size``, logged under the evaluation names of the run (fully supervised: the decoder's apart)."""
+    calls = _recorded_evaluations(monkeypatch)
+    for flags in ([], ["--fully_supervised"]):
+        args = train_module().parse_args(flags)
+        size = {"height": 48, "width": 64}
+        train_phase("evaluation").evaluate_in_training(
+            args, _ONE_PROCESS, None, [], 4, tmp_path / "log", size
+        )
+    assert calls == [{"modes": ["pred", "pseudo"], "scales": None, "input_size": size}] * 2
+    logged = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
+    assert logged == [
+        {"step": 4, "eval_miou": 0.1, "eval_pseudo_label_miou": 0.2},
+        {"step": 4, "eval_fully_supervised_miou": 0.1, "eval_pseudo_label_miou": 0.2},
+    ]
 
 
 def test_schedule_notes_count_from_the_models_step_counter(tiny_config):
