@@ -141,6 +141,20 @@ def test_a_trained_folder_without_a_tokenizer_gives_the_recorded_clips_from_the_
     assert tokenizer("a cat").input_ids == AutoTokenizer.from_pretrained(tiny_clip)("a cat").input_ids
 
 
+def test_a_model_saved_without_a_tokenizer_leaves_none_of_a_replaced_runs(tmp_path):
+    """`save_tokenizer`: the tokenizer of the text embeddings is saved beside the model; without one, the tokenizer
+    files a replaced run (--overwrite_output_dir) left are removed (they need not be this model's)."""
+    from transformers import AutoTokenizer
+
+    from weclip_hf.data.toy import toy_clip_path
+
+    save_tokenizer = train_phase("run_end").save_tokenizer
+    save_tokenizer(AutoTokenizer.from_pretrained(toy_clip_path()), tmp_path)
+    assert all((tmp_path / name).is_file() for name in TOKENIZER_FILES)
+    save_tokenizer(None, tmp_path)
+    assert not [name for name in TOKENIZER_FILES if (tmp_path / name).exists()]
+
+
 def test_a_trained_folder_with_a_tokenizer_config_alone_is_refused_naming_the_flag(tmp_path, toy_run):
     """A --model_name_or_path whose tokenizer lost its vocabulary (tokenizer_config.json alone): transformers builds a
     tokenizer of the special tokens from it, which the run would save with the model (every new class name one

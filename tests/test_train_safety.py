@@ -258,3 +258,22 @@ def test_model_name_or_path_applies_the_model_flags_it_is_given(tmp_path, tiny_c
     restated = ["--decoder_hidden_size", saved["decoder_hidden_size"], "--class_names", *saved["class_names"]]
     train_in_process(*again, "--output_dir", tmp_path / "fifth", *restated)
     assert json.loads((tmp_path / "fifth" / "config.json").read_text())["class_names"] == saved["class_names"]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [[], ["--no_msf", "--seed", "3", "--per_device_eval_batch_size", "2"], ["--msf_scales", "0.75", "1.25"]],
+)
+def test_the_evaluate_command_of_an_unfinished_run_scores_as_its_final_evaluation(train, flags):
+    """`evaluate_command`, which a run stopped after its training prints: evaluate.py scores the run's model on the
+    run's validation images (the toy world of its seed), with the pseudo labels, the run's multi-scale evaluation
+    (its scales) unless --no_msf, and its evaluation batch."""
+    args = train.parse_args(["--output_dir", "out", "--toy_val_images", "5", *flags])
+    command = shlex.split(train_phase("run_end").evaluate_command(args))
+    assert command[:2] == ["python", "examples/evaluate.py"]
+    parsed = evaluate_module().parse_args(command[2:])
+    assert (parsed.model_name_or_path, parsed.toy_val_images, parsed.seed) == ("out", 5, args.seed)
+    assert parsed.pseudo_labels and parsed.batch_size == args.per_device_eval_batch_size
+    assert parsed.msf == (not args.no_msf)
+    if parsed.msf:
+        assert parsed.scales == args.msf_scales
