@@ -131,9 +131,18 @@ def test_a_trained_folder_without_a_tokenizer_gives_the_recorded_clips_from_the_
     args = train.parse_args(["--model_name_or_path", str(folder), "--output_dir", str(tmp_path / "out")])
     assert train.embeddings_tokenizer(args, printed.append) is None
     assert "and the tokenizer of the CLIP its config records (org/clip) is not in the local Hub" in printed[0]
-    # the Hub cache holds that CLIP's tokenizer (the run that built the model fetched it)
+    # the Hub cache records that the CLIP has no tokenizer (a marker of its absence): the same note, no failed load
     (cache / "models--org--clip" / "refs").mkdir(parents=True)
     (cache / "models--org--clip" / "refs" / "main").write_text("0" * 40)
+    absent = cache / "models--org--clip" / ".no_exist" / ("0" * 40)
+    absent.mkdir(parents=True)
+    for name in TOKENIZER_FILES:
+        (absent / name).touch()
+    printed.clear()
+    assert train.embeddings_tokenizer(args, printed.append) is None
+    assert "and the tokenizer of the CLIP its config records (org/clip) is not in the local Hub" in printed[0]
+    shutil.rmtree(absent.parent)
+    # the Hub cache holds that CLIP's tokenizer (the run that built the model fetched it)
     shutil.copytree(toy_clip_path(), cache / "models--org--clip" / "snapshots" / ("0" * 40))
     printed.clear()
     tokenizer = train.embeddings_tokenizer(args, printed.append)

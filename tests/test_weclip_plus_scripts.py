@@ -563,3 +563,8 @@ def test_a_box_threshold_that_a_weclip_plus_without_box_mask_never_reads_is_note
     assert (
         train_phase("data_and_model").unread_flags(unset, make_tiny_plus_config(rfm_use_box_mask=False)) == []
     )
+    # WeCLIP's CAMs read the threshold (its config has no box-mask switch): no note
+    from conftest import make_tiny_config
+
+    weclip = train_script.parse_args(["--data_dir", "d", "--preset", "voc", "--cam_box_threshold", "0.9"])
+    assert train_phase("data_and_model").unread_flags(weclip, make_tiny_config()) == []
