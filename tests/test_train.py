@@ -1405,6 +1405,40 @@ def test_training_step_advances_the_learning_rate_schedule():
     assert scheduler.last_epoch == 3 and optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
 
 
+class _TwoProcessLog:
+    """The parts of `accelerate.Accelerator` that `log_losses` uses, for a process beside another whose losses are
+    3 times its own: reductions over both, the tracker's records kept."""
+
+    def __init__(self, is_main_process: bool):
+        self.is_main_process, self.tracked = is_main_process, []
+
+    def reduce(self, tensor: torch.Tensor, reduction: str) -> torch.Tensor:
+        return {"sum": tensor * 4, "mean": tensor * 2}[reduction]
+
+    def log(self, record: dict, step: int) -> None:
+        self.tracked.append((record, step))
+
+
+def test_the_log_records_each_losses_mean_over_processes_on_the_main_process(tmp_path):
+    """`log_losses`: the step's total and its terms (mean over the processes, each process's loss being scaled so
+    that their mean is the global batch's), its learning rate and RFM flag, to the trackers, and to the log by
+    the main process only."""
+    from weclip_hf.modeling_weclip import WeCLIPSemanticSegmenterOutput
+
+    loop = train_phase("loop")
+    out = WeCLIPSemanticSegmenterOutput(
+        loss=torch.tensor(1.5), seg_loss=torch.tensor(1.0), affinity_loss=torch.tensor(0.5), used_rfm=True
+    )
+    expected = {"step": 7, "loss": 3.0, "seg_loss": 2.0, "affinity_loss": 1.0, "lr": 0.01, "rfm": True}
+    log = tmp_path / "log.jsonl"
+    for main in (False, True):
+        accelerator = _TwoProcessLog(main)
+        assert loop.log_losses(accelerator, out, 7, 0.01, log) == expected
+        assert accelerator.tracked == [(expected, 7)]
+        written = log.read_text().splitlines() if log.exists() else []
+        assert [json.loads(line) for line in written] == ([expected] if main else [])
+
+
 class _Indices(torch.utils.data.Dataset):
     """Training examples whose image is filled with their index."""
 
