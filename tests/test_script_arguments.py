@@ -16,6 +16,7 @@ from conftest import (
     TRAIN,
     example_module,
     make_tiny_config,
+    read_log,
     resolved_known_and_built,
     train_in_process,
     train_module,
@@ -690,13 +691,15 @@ def test_resume_refuses_changed_arguments_and_a_finished_checkpoint(tmp_path, ti
 
 
 def test_a_resumed_run_may_change_how_often_it_logs(tmp_path, tiny_clip):
+    """... and its last step is logged also where it is not a multiple of --logging_steps (the final losses)."""
     out = tmp_path / "run"
     common = ["--clip_model_name_or_path", tiny_clip, "--output_dir", out, *FAST, "--num_overlays", 0]
     common += ["--max_train_steps", 2, "--toy_train_images", 8]
     train_in_process(*common, "--checkpointing_steps", 1)
     shutil.rmtree(out / "step_2")  # as if stopped after step 1
-    metrics = train_in_process(*common, "--resume_from_checkpoint", out / "step_1", "--logging_steps", 2)
+    metrics = train_in_process(*common, "--resume_from_checkpoint", out / "step_1", "--logging_steps", 3)
     assert metrics["train_steps"] == 2
+    assert [record["step"] for record in read_log(out)] == [1, 2]
 
 
 def test_exit_status_of_a_stopped_run():
