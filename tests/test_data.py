@@ -1161,6 +1161,30 @@ def test_a_model_trained_with_clip_statistics_is_saved_evaluated_and_served_with
     assert used == [CLIP_NORMALIZATION]
 
 
+def test_the_training_and_validation_data_are_normalized_with_the_runs_processor(
+    tmp_path, tiny_clip, monkeypatch
+):
+    """`load_data_and_model` hands the data the statistics of the processor it saves with the model (here
+    --image_processor_name_or_path's CLIP statistics), not a default processor's."""
+    from types import SimpleNamespace
+
+    from conftest import train_module, train_phase
+
+    from weclip_hf import WeCLIPImageProcessor
+    from weclip_hf.normalization import CLIP_MEAN, CLIP_NORMALIZATION, CLIP_STD
+
+    WeCLIPImageProcessor(image_mean=CLIP_MEAN, image_std=CLIP_STD).save_pretrained(tmp_path)
+    phase, used = train_phase("data_and_model"), []
+    monkeypatch.setattr(phase, "prepare_data", lambda *a, **k: used.append(a[6]) or (None, None))
+    args = train_module().parse_args(
+        ["--clip_model_name_or_path", tiny_clip, "--image_processor_name_or_path", str(tmp_path)]
+        + ["--toy_train_images", "4", "--toy_val_images", "1"]
+    )
+    accelerator = SimpleNamespace(print=lambda *a: None, num_processes=1, device=torch.device("cpu"))
+    _, processor, _, _ = phase.load_data_and_model(args, accelerator, False)
+    assert used == [CLIP_NORMALIZATION] and list(processor.image_mean) == list(CLIP_MEAN)
+
+
 def test_zero_based_label_errors_show_the_users_own_ids_and_range():
     with pytest.raises(ValueError, match=r"id\(s\) \[4\] outside 0..3 \(--labels_zero_based\)"):
         normalize_label_row([0, 4], 4, zero_based=True)
