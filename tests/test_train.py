@@ -1286,6 +1286,20 @@ def test_the_processor_saved_with_a_model_pads_labels_with_its_ignore_index(tmp_
         assert processor.ignore_index == 100 and processor.patch_size == config.vision_config.patch_size
 
 
+def test_the_processor_saved_with_a_model_has_the_runs_evaluation_size():
+    """`build_image_processor`: the saved processor's size is the run's evaluation size, --eval_long_side's long
+    side, else the training crop (`processor_size`)."""
+    from conftest import make_tiny_config
+
+    build = train_phase("data_and_model").build_image_processor
+    for flags, size in (
+        (["--dataset_name", "d", "--eval_long_side", "64"], {"longest_edge": 64}),
+        (["--crop_size", "48"], {"height": 48, "width": 48}),  # the toy recipe evaluates at its crop
+    ):
+        processor = build(train_module().parse_args(flags), make_tiny_config())
+        assert dict(processor.size) == size
+
+
 # ---- training_step and make_train_loader, called directly (no model, no run) ------------------------------
 
 
