@@ -449,6 +449,32 @@ def test_the_validation_label_column_is_read_as_the_training_one():
         assert val_set.dataset["image_labels"] == [[2], [3]], flags  # the masks' classes
 
 
+def test_prepare_data_applies_the_sample_limits_and_the_augmentation_flags():
+    """--max_train_samples: the first N training examples (all of them where the split holds fewer);
+    --max_eval_samples: the first N validation images; the training augmentation of the flags."""
+    import contextlib
+    import types
+
+    import datasets
+
+    from weclip_hf.normalization import CLIP_NORMALIZATION
+
+    masks = [Image.fromarray(np.full((8, 8), c, np.uint8)) for c in (1, 2, 3)]
+    split = datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))] * 3, "mask": masks})
+    accelerator = types.SimpleNamespace(main_process_first=contextlib.nullcontext, print=lambda *a: None)
+    for limit, kept in ((2, 2), (5, 3)):
+        args = train_module().parse_args(["--max_train_samples", str(limit), "--max_eval_samples", "1"])
+        train_set, val_set = train_phase("data_and_model").prepare_data(
+            args, split, split, 3, 255, accelerator, CLIP_NORMALIZATION
+        )
+        assert (len(train_set), len(val_set)) == (kept, 1)
+    # the training images are augmented as the flags say: rescaled within [--scale_min, --scale_max], cropped
+    args = train_module().parse_args(["--scale_min", "0.5", "--scale_max", "1.5", "--crop_size", "8"])
+    train_set, _ = train_phase("data_and_model").prepare_data(args, split, None, 3, 255, accelerator, None)
+    augment = train_set.augment
+    assert (augment.scale_range, augment.crop_size, augment.ignore_index) == ((0.5, 1.5), 8, 255)
+
+
 def test_local_multi_label_dataset(tmp_path, tiny_clip):
     """Training images with a multi-hot label column and no masks (the mask column: the resume test below)."""
     data = tmp_path / "data"
