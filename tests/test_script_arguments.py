@@ -727,6 +727,9 @@ def test_the_card_claims_only_the_models_own_results_on_its_dataset(tmp_path):
         "pseudo_label_miou": 0.45,
         "miou_msf": 0.52,
         "baseline_bg_miou": 0.1,
+        "train_seconds": 77.0,  # metrics.json's timings and counts are the run's, not the model's
+        "total_seconds": 90.0,
+        "train_images": 4000,
     }
     train_phase("model_card").write_card(args, make_tiny_config(), tmp_path, summary, "validation")
     card = ModelCard.load(tmp_path / "README.md")
@@ -739,6 +742,7 @@ def test_the_card_claims_only_the_models_own_results_on_its_dataset(tmp_path):
     assert "On my_shapes (a local dataset), split 'validation':" in card.content
     assert "toy" not in card.content.split("## Training arguments")[0].lower()
     assert "| cam_miou | 0.4000 |" in card.content and "| baseline_bg_miou | 0.1000 |" in card.content
+    assert not any(word in card.content for word in ("train_seconds", "total_seconds", "train_images"))
 
 
 @pytest.mark.parametrize(
