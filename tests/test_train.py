@@ -449,6 +449,24 @@ def test_the_validation_label_column_is_read_as_the_training_one():
         assert val_set.dataset["image_labels"] == [[2], [3]], flags  # the masks' classes
 
 
+def test_fully_supervised_data_without_masks_is_refused_at_loading():
+    """--fully_supervised trains on the masks: a training split of images and image-level labels alone is refused
+    when it loads, naming the missing mask column (as the weakly supervised run would train on its labels)."""
+    import contextlib
+    import types
+
+    import datasets
+
+    split = datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8))] * 2, "labels": [[1], [2]]})
+    accelerator = types.SimpleNamespace(main_process_first=contextlib.nullcontext, print=lambda *a: None)
+    prepare = train_phase("data_and_model").prepare_data
+    prepare(
+        train_module().parse_args([]), split, None, 3, 255, accelerator, None
+    )  # weak supervision: its labels
+    with pytest.raises(ValueError, match=r"No mask column found .* available columns: \[.image., .labels.\]"):
+        prepare(train_module().parse_args(["--fully_supervised"]), split, None, 3, 255, accelerator, None)
+
+
 def test_prepare_data_applies_the_sample_limits_and_the_augmentation_flags():
     """--max_train_samples: the first N training examples (all of them where the split holds fewer);
     --max_eval_samples: the first N validation images; the training augmentation of the flags."""
