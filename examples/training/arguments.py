@@ -369,7 +369,10 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
         help="overlays of the first N validation images at the end (6; -1: all)",
     )
     train.add_argument(
-        "--logging_steps", type=at_least_one, default=10, help="log the losses every N steps (10)"
+        "--logging_steps",
+        type=at_least_one,
+        default=10,
+        help="log the losses every N steps and at the last (10)",
     )
     train.add_argument(
         "--with_tracking",
