@@ -167,6 +167,9 @@ class WeCLIPArguments:
 
 # the largest ratio of a run below 1, which Trainer reads as its last step (ceil(WHOLE_RUN x steps) = steps)
 WHOLE_RUN = math.nextafter(1.0, 0.0)
+# what a finished run writes besides its model, as transformers' example scripts (`Trainer.save_metrics`,
+# `Trainer.save_state`); the first is written by every run, evaluated or not (`claim_output_dir`: a finished run)
+FINAL_RESULTS = ("train_results.json", "eval_results.json", "all_results.json", "trainer_state.json")
 # `WeCLIPArguments` a resumed run may change (they do not shape its training), and those that are local paths
 RESUMABLE = ("validation_split", "toy_val_images", "overwrite_output_dir")
 PATHS = ("data_dir", "dataset_path", "clip_model_name_or_path", "dino_model_name_or_path")
@@ -341,7 +344,7 @@ def main(argv=None) -> dict:
         args.overwrite_output_dir,
         TRAINER_CHECKPOINTS,
         tracker_dirs=("runs",),  # TensorBoardCallback's events: <output_dir>/runs/<time>_<host>
-        results=("eval_results.json",),
+        results=FINAL_RESULTS,
     )
     recorded = trajectory(args, training_args)
     computation = trainer_computation(training_args)
@@ -448,25 +451,28 @@ def main(argv=None) -> dict:
         previous_run and PartialState().is_main_process
     ):  # --overwrite_output_dir, once the data and model load
         remove_previous_run(previous_run)
-    trainer.train(resume_from_checkpoint=resume)
+    train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
     # saved before the evaluation (which casts it with --fp16_full_eval), not pushed (as save_model does with
     # --push_to_hub): the push below publishes it with the card and figures of that evaluation
     trainer.save_model(training_args.output_dir, _internal_call=True)
+    # as transformers' example scripts: train_results.json, and trainer_state.json with the whole log history
+    trainer.save_metrics("train", train_metrics)
+    trainer.save_state()
     # beside the model: new class names need it (the checkpoints, which resume the run, go without)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(output_dir)
     results = {}
     if val_set is not None:
         results = trainer.evaluate()  # the model as saved (with load_best_model_at_end, the best one)
-        results["train_seconds"] = next(
-            h["train_runtime"] for h in trainer.state.log_history if "train_runtime" in h
-        )
+        results["train_seconds"] = train_metrics["train_runtime"]
     trainer.create_model_card(dataset=args.dataset_name)  # README.md, with these figures
-    if results and trainer.is_world_process_zero():
-        (output_dir / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        print(json.dumps(results, indent=2))
+    if results:
+        # eval_results.json, and all_results.json with the training's
+        trainer.save_metrics("eval", results)
+        if trainer.is_world_process_zero():
+            print(json.dumps(results, indent=2))
     if training_args.push_to_hub and trainer.is_world_process_zero():
-        # one commit of the allowed files (`publishable_files`): the model, its tokenizer, card, eval_results.json
+        # one commit of the allowed files (`publishable_files`): the model, its tokenizer, card, figures
         publish_folder(
             output_dir,
             trainer.hub_model_id,  # the full id of the repository the trainer created

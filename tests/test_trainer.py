@@ -307,7 +307,8 @@ def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch, capsy
     # a second run into the folder would replace the model and keep the old checkpoints beside its own: refused
     again = ["--output_dir", tmp_path, "--max_steps", 1, "--seed", 5]
     finished = (
-        r"holds a finished run: its trained model \(model.safetensors, eval_results.json\) and checkpoints"
+        r"holds a finished run: its trained model \(model.safetensors, train_results.json, eval_results.json, "
+        r"all_results.json, trainer_state.json\) and checkpoints"
     )
     with pytest.raises(FileExistsError, match=finished + r" \(checkpoint-2\)\. It is complete"):
         run_script(script, *again)
@@ -696,13 +697,41 @@ def test_trainer_computation_is_what_the_trainer_computes_with(tmp_path):
         computation(torch_compile_backend="foo")
 
 
+def test_train_with_trainer_keeps_the_results_and_log_history_of_transformers_example_scripts(
+    tmp_path, monkeypatch
+):
+    """The final folder held eval_results.json alone: no train_results.json (train_loss, train_runtime), no
+    all_results.json and no trainer_state.json, so that with --save_strategy no the log history (each logged loss)
+    was lost. It holds what transformers' run_semantic_segmentation.py writes, and a second run calls it finished,
+    also without an evaluation."""
+    script = trainer_script(monkeypatch)
+    flags = ["--max_steps", 2, "--logging_steps", 1, "--save_strategy", "no"]
+    flags += ["--toy_train_images", 8, "--toy_val_images", 2]
+    results = run_script(script, "--output_dir", tmp_path, *flags)
+    train = json.loads((tmp_path / "train_results.json").read_text())
+    assert {"train_loss", "train_runtime", "epoch"} <= set(train)
+    assert json.loads((tmp_path / "eval_results.json").read_text()) == results
+    assert json.loads((tmp_path / "all_results.json").read_text()) == {**train, **results}
+    history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
+    assert [h["step"] for h in history if "loss" in h] == [1, 2]
+    assert history[-1]["train_loss"] == train["train_loss"]
+    # a run without evaluation is finished too: its train_results.json says so
+    untested = tmp_path.parent / "untested"
+    run_script(
+        script, "--output_dir", untested, *flags, "--validation_split", "none", "--save_strategy", "steps"
+    )
+    assert not (untested / "eval_results.json").exists() and (untested / "trainer_state.json").is_file()
+    with pytest.raises(FileExistsError, match=r"holds a finished run: .*train_results.json.*It is complete"):
+        run_script(script, "--output_dir", untested, *flags, "--validation_split", "none")
+
+
 def test_train_with_trainer_pushes_the_final_model_card_and_figures_in_one_commit(
     tmp_path, monkeypatch, fake_hub
 ):
     """save_model pushed a "Model save" commit before the final evaluation: the published card said "No
     evaluation was run." and eval_results.json was never published. One commit after the evaluation holds the
-    model, the card with its figures and eval_results.json, and none of the folder's other files
-    (training_args.bin)."""
+    model, the card with its figures and eval_results.json (and all_results.json, train_results.json), and none of
+    the folder's other files (training_args.bin, trainer_state.json)."""
     script = trainer_script(monkeypatch)
     flags = ["--max_steps", 1, "--save_strategy", "no", "--toy_train_images", 8, "--toy_val_images", 2]
     results = run_script(
@@ -712,16 +741,19 @@ def test_train_with_trainer_pushes_the_final_model_card_and_figures_in_one_commi
     files, copy = fake_hub.uploaded[0]["files"], fake_hub.uploaded[0]["copy"]
     assert sorted(f for f in files if not f.endswith(".py")) == [
         "README.md",
+        "all_results.json",
         "config.json",
         "eval_results.json",
         "model.safetensors",
         "preprocessor_config.json",
         "tokenizer.json",  # the CLIP's, of the text embeddings: new class names need nothing but the folder
         "tokenizer_config.json",
+        "train_results.json",
     ]
     assert_holds_the_tokenizer_of_its_text_embeddings(tmp_path)
     assert {"configuration_weclip.py", "modeling_weclip.py"} <= set(files)  # the code auto_map loads
-    assert (tmp_path / "training_args.bin").is_file()  # saved, not published
+    # saved, not published: the pickled arguments, the log
+    assert (tmp_path / "training_args.bin").is_file() and (tmp_path / "trainer_state.json").is_file()
     assert json.loads((copy / "eval_results.json").read_text()) == results
     card = (copy / "README.md").read_text()
     assert f"| miou | {results['eval_miou']:.4f} |" in card and card == (tmp_path / "README.md").read_text()

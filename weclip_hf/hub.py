@@ -24,9 +24,9 @@ from .model_loading import hub_id_or_none
 logger = hf_logging.get_logger(__name__)
 
 # What a model repository may hold (the figures: train.py's metrics.json, train_with_trainer.py's
-# eval_results.json). Everything else in a folder (checkpoints, logs, tracker folders with the run's
-# arguments, Trainer's training_args.bin, hidden temporary files of an interrupted save) is never uploaded by
-# `publish_folder` (`Trainer`'s own step commits upload what it uploads).
+# train_results.json, eval_results.json and all_results.json). Everything else in a folder (checkpoints, logs,
+# tracker folders with the run's arguments, Trainer's training_args.bin, hidden temporary files of an interrupted
+# save) is never uploaded by `publish_folder` (`Trainer`'s own step commits upload what it uploads).
 # the CLIP tokenizer of a model's text embeddings, as transformers' tokenizers save themselves: the converter and the
 # training scripts save it with the model (new class names, `update_class_embeddings`, need it)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -37,7 +37,10 @@ PUBLISHED_FILES = (
     "model.safetensors.index.json",
     "README.md",
     "metrics.json",
+    # examples/train_with_trainer.py's, as transformers' example scripts write them (its log, trainer_state.json, stays)
+    "train_results.json",
     "eval_results.json",
+    "all_results.json",
     *TOKENIZER_FILES,
 )
 # the weight shards and train.py's overlays (`write_overlays`'s names); the code files are those the configs' auto_map
