@@ -19,7 +19,7 @@ value. `WeCLIPTrainer` (`weclip_hf.trainer`) is `Trainer` with WeCLIP's collator
 warm-up + linear schedule built from the `TrainingArguments`, and an evaluation that scores segmentations
 (``eval_miou`` of the decoder, ``eval_cam_miou``, ``eval_pseudo_label_miou`` of the RFM pseudo labels).
 
-`--resume_from_checkpoint` (a checkpoint-N folder, or 'latest') continues a run exactly (Trainer restores the RNG
+`--resume_from_checkpoint` (a checkpoint-N folder, or 'latest': True as `Trainer.train` reads it) continues a run exactly (Trainer restores the RNG
 and the data position; the model's step counter, which starts the RFM, is a saved buffer): each checkpoint records
 the arguments that shape the training (training_args.json), and a resume that changes one is refused, as is a
 checkpoint saved with --save_only_model (it holds no optimizer or schedule state to continue); it records how the run
@@ -238,6 +238,7 @@ def parse_args(argv=None) -> tuple[WeCLIPArguments, TrainingArguments]:
         )
     full.set_defaults(**recipe_defaults(recipe, max_steps, given.validation_split != "none"))
     args, training_args = full.parse_args_into_dataclasses(argv)
+    training_args.resume_from_checkpoint = resume_spec(training_args.resume_from_checkpoint)
     check_hub_token(full, training_args.hub_token)
     check_one_data_source(full, args)
     check_source_flags(full, args)
@@ -256,6 +257,13 @@ def parse_args(argv=None) -> tuple[WeCLIPArguments, TrainingArguments]:
         except ValueError as error:
             full.error(str(error))
     return args, training_args
+
+
+def resume_spec(value: str | None) -> str | None:
+    """--resume_from_checkpoint as given, Trainer's booleans read as `Trainer.train` reads them: True (any case) as
+    'latest', the newest checkpoint of --output_dir; False as no resume."""
+    spelling = (value or "").lower()
+    return "latest" if spelling == "true" else None if spelling == "false" else value
 
 
 def config_class(args: WeCLIPArguments) -> type[WeCLIPConfig]:

@@ -536,6 +536,21 @@ def test_train_with_trainer_refuses_a_checkpoint_folder_that_does_not_exist_at_o
     assert capsys.readouterr().out == ""
 
 
+def test_train_with_trainer_reads_resume_from_checkpoint_true_as_trainer_does(tmp_path, monkeypatch):
+    """--resume_from_checkpoint True, which `Trainer.train(resume_from_checkpoint=True)` reads as the newest
+    checkpoint of output_dir, was refused as "Checkpoint folder True does not exist."; it is 'latest' (any case),
+    and False is no resume."""
+    script = trainer_script(monkeypatch)
+    folder = tmp_path / "checkpoint-3"
+    folder.mkdir()
+    for name in ("trainer_state.json", "optimizer.pt", "scheduler.pt"):
+        (folder / name).write_text("{}")
+    for spelling, spec in (("True", "latest"), ("true", "latest"), ("False", None), ("latest", "latest")):
+        _, args = script.parse_args(["--output_dir", str(tmp_path), "--resume_from_checkpoint", spelling])
+        assert args.resume_from_checkpoint == spec
+        assert script.checkpoint_to_resume(args) == (str(folder) if spec else None)
+
+
 def test_train_with_trainer_refuses_a_checkpoint_saved_without_optimizer_and_schedule(tmp_path, monkeypatch):
     """A checkpoint of --save_only_model (no optimizer.pt, scheduler.pt, rng_state.pth) was resumed, restarting the
     warm-up and AdamW's moments where the script promises an exact continuation; it is refused before anything
