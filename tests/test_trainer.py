@@ -317,7 +317,8 @@ def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch, capsy
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1"]
 
     # a resume that changes what shapes the training (the toy world and crops of another seed, another schedule)
-    # is refused before anything loads, naming each change; how often it logs may change
+    # is refused before anything loads, naming each change; a new --logging_steps is taken (Trainer keeps the
+    # checkpoint's)
     resumed = tmp_path.parent / "resumed"
     resume = ["--output_dir", resumed, *flags, "--resume_from_checkpoint", "latest"]
     with pytest.raises(
