@@ -25,8 +25,9 @@ the arguments that shape the training (training_args.json), and a resume that ch
 checkpoint saved with --save_only_model (it holds no optimizer or schedule state to continue); it records how the run
 computed too (computation.json: the device type, torch.compile, a CPU run's threads), and a resume that computes
 otherwise is warned (its float sums run in another order), naming the flags of an exact resume.
-examples/train.py is the complete script (streaming, several processes on a CPU, signals, multi-scale evaluation,
-overlays, a model card, the Hub).
+Ctrl-C / SIGTERM during the training save a checkpoint of the step under way and stop the run (exit status 130 /
+143), as examples/train.py, the complete script (streaming, several processes on a CPU, multi-scale evaluation,
+overlays).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import argparse
 import dataclasses
 import json
 import math
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +79,7 @@ from weclip_hf.presets import (
     with_class_names,
 )
 from weclip_hf.run_folder import TRAINER_CHECKPOINTS, claim_output_dir, remove_previous_run
+from weclip_hf.run_signals import exit_status, stop_on_signals
 from weclip_hf.script_arguments import (
     CLASS_NAMES_HELP,
     CONFIG_OVERRIDES_HELP,
@@ -101,6 +104,7 @@ from weclip_hf.script_arguments import (
 from weclip_hf.trainer import (
     TRAINER_TERMS,
     RecordRunCallback,
+    StopOnSignalCallback,
     WeCLIPTrainer,
     recorded_computation,
     trainer_computation,
@@ -443,15 +447,16 @@ def main(argv=None) -> dict:
             labelling=labelling,
         )
 
-    # training
+    # training; Ctrl-C / SIGTERM within it end the step under way and save its checkpoint
+    stop_on_signal = StopOnSignalCallback({"signal": None})
     trainer = WeCLIPTrainer(
         model,
         training_args,
         train_dataset=train_set,
         eval_dataset=val_set,
         processing_class=processor,  # saved with the model and in every checkpoint
-        # training_args.json and computation.json in every checkpoint
-        callbacks=[RecordRunCallback(recorded, computation)],
+        # training_args.json and computation.json in every checkpoint (written by on_save: the signal's one too)
+        callbacks=[RecordRunCallback(recorded, computation), stop_on_signal],
         eval_modes=("pred", "cam", "pseudo"),
         eval_long_side=preset.evaluation.eval_long_side,
     )
@@ -459,7 +464,19 @@ def main(argv=None) -> dict:
         previous_run and PartialState().is_main_process
     ):  # --overwrite_output_dir, once the data and model load
         remove_previous_run(previous_run)
-    train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
+    with stop_on_signals() as stop:  # leaving it, Ctrl-C / SIGTERM act at once again
+        stop_on_signal.stop = stop
+        train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
+    signum, step = stop_on_signal.signal, trainer.state.global_step
+    if signum:
+        checkpoint = output_dir / f"checkpoint-{step}"
+        print(
+            f"stopped by signal {signum} at step {step}; checkpoint saved to {checkpoint}: continue the run with "
+            "--resume_from_checkpoint latest (its model is saved and scored when it ends)"
+        )
+        return {"stopped_at": step, "stopped_by_signal": signum}
+    if stop["signal"]:  # after the last step: as if it came after train()
+        signal.raise_signal(stop["signal"])
     # saved before the evaluation (which casts it with --fp16_full_eval), not pushed (as save_model does with
     # --push_to_hub): the push below publishes it with the card and figures of that evaluation
     trainer.save_model(training_args.output_dir, _internal_call=True)
@@ -492,4 +509,5 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    # 128 + the signal's number for a run a signal stopped (its checkpoint saved), as a killed process
+    raise SystemExit(exit_status(main()))

@@ -4,7 +4,9 @@ examples/train_with_trainer.py on the toy world (the package's toy CLIP, CPU).""
 import dataclasses
 import json
 import math
+import os
 import shutil
+import signal
 import sys
 from unittest.mock import Mock
 
@@ -535,6 +537,39 @@ def test_train_with_trainer_refuses_a_checkpoint_folder_that_does_not_exist_at_o
         "train_with_trainer.py run, or 'latest'."
     )
     assert capsys.readouterr().out == ""
+
+
+def test_train_with_trainer_saves_a_checkpoint_when_stopped_by_a_signal(tmp_path, monkeypatch, capsys):
+    """Ctrl-C / SIGTERM during the training killed the run at once, losing every step since the last checkpoint
+    (Trainer saves none). The step under way ends, a checkpoint of it is saved (also off --save_steps) and the run
+    stops there, with 128 + the signal's number as its exit status and no final model; --resume_from_checkpoint
+    latest then continues it to its end. Signals act at once again once the training is over."""
+    script = trainer_script(monkeypatch)
+
+    class SignalAtStep3(script.RecordRunCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3 and not args.resume_from_checkpoint:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(script, "RecordRunCallback", SignalAtStep3)
+    before = signal.getsignal(signal.SIGTERM)
+    # the toy recipe saves at half the run: step 4 of 8
+    flags = ["--output_dir", tmp_path, "--max_steps", 8, "--toy_train_images", 8, "--toy_val_images", 2]
+    stopped = run_script(script, *flags)
+    assert stopped == {"stopped_at": 3, "stopped_by_signal": signal.SIGTERM}
+    assert script.exit_status(stopped) == 143
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-3"]
+    assert {"optimizer.pt", "scheduler.pt", "training_args.json"} <= {
+        p.name for p in (tmp_path / "checkpoint-3").iterdir()
+    }
+    assert not (tmp_path / "model.safetensors").exists() and not (tmp_path / "eval_results.json").exists()
+    assert (
+        f"stopped by signal 15 at step 3; checkpoint saved to {tmp_path / 'checkpoint-3'}"
+        in capsys.readouterr().out
+    )
+    results = run_script(script, *flags, "--resume_from_checkpoint", "latest")
+    assert results["epoch"] == 8 and (tmp_path / "model.safetensors").is_file()
 
 
 def test_train_with_trainer_reads_resume_from_checkpoint_true_as_trainer_does(tmp_path, monkeypatch):

@@ -159,6 +159,36 @@ class TrainingSetEpochCallback(TrainerCallback):
             dataset.set_epoch(int(state.epoch or 0))
 
 
+class StopOnSignalCallback(TrainerCallback):
+    """Ends the training after the step in which Ctrl-C / SIGTERM came in (``stop``: the record of
+    `weclip_hf.run_signals.stop_on_signals`, around ``train()``), saving a checkpoint of that step first (also off
+    ``save_steps``; an evaluation due then is skipped: the checkpoint first, within a signal's grace period), as
+    examples/train.py stops; `Trainer` alone saves nothing and loses every step since its last checkpoint. Several
+    processes agree on the signal at every step, so that all stop after the same one. ``signal``: the signal
+    that stopped the training (0: none)."""
+
+    def __init__(self, stop: dict):
+        self.stop = stop
+        self.signal = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.signal = _agreed_signal(self.stop["signal"] or 0, args)
+        if self.signal:
+            control.should_save = True
+            control.should_evaluate = False
+            control.should_training_stop = True
+        return control
+
+
+def _agreed_signal(signum: int, args: TrainingArguments) -> int:
+    """The largest of every process's ``signum`` (0: none), the same in each; ``signum`` itself in one process."""
+    if args.world_size == 1 or not torch.distributed.is_initialized():
+        return signum
+    flag = torch.tensor([signum], device=args.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return int(flag.item())
+
+
 class WeCLIPTrainer(Trainer):
     """`Trainer` for WeCLIP and WeCLIP+.
 
