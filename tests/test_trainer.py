@@ -810,6 +810,28 @@ def test_train_with_trainer_pushes_the_final_model_card_and_figures_in_one_commi
     assert f"| miou | {results['eval_miou']:.4f} |" in card and card == (tmp_path / "README.md").read_text()
 
 
+def test_train_with_trainer_pushes_checkpoints_with_the_records_a_resume_checks(
+    tmp_path, monkeypatch, fake_hub
+):
+    """With --hub_strategy checkpoint, Trainer pushes each checkpoint before the callbacks' on_save, so that the
+    pushed last-checkpoint/ lacked training_args.json and computation.json (written on save): a run resumed from it
+    skipped the checks of its arguments and computation ("records no training arguments"). They are pushed."""
+    script = trainer_script(monkeypatch)
+    flags = ["--max_steps", 2, "--toy_train_images", 8, "--toy_val_images", 2, "--push_to_hub"]
+    run_script(
+        script, "--output_dir", tmp_path, *flags, "--hub_model_id", "me/toy", "--hub_strategy", "checkpoint"
+    )
+    pushed = [c for c in fake_hub.uploaded if c.get("path_in_repo") == "last-checkpoint"]
+    assert [c["commit_message"] for c in pushed] == [
+        f"Training in progress, step {s}, checkpoint" for s in (1, 2)
+    ]
+    for commit in pushed:
+        step = commit["commit_message"].split(", ")[1].removeprefix("step ")
+        recorded = json.loads((commit["copy"] / "training_args.json").read_text())
+        assert recorded == json.loads((tmp_path / f"checkpoint-{step}" / "training_args.json").read_text())
+        assert (commit["copy"] / "computation.json").is_file()
+
+
 def test_weclip_trainer_cards_load_the_repository_the_trainer_created(tmp_path, fake_hub):
     """With ``hub_model_id`` a name without a user, the cards' usage code loaded that name (`push_to_hub`
     passes the last part of hub_model_id as model_name), a repository that does not exist: it loads the full

@@ -122,13 +122,17 @@ class RecordRunCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-            records = {
-                TRAINING_ARGS_NAME: self.values,
-                COMPUTATION_NAME: dataclasses.asdict(self.computation),
-            }
-            for name, record in records.items():
-                (folder / name).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+            self.write(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+    def write(self, folder: Path) -> None:
+        """The records into checkpoint ``folder``: on save, and by `WeCLIPTrainer` before it pushes the checkpoint
+        (`Trainer` pushes before the callbacks' ``on_save``)."""
+        records = {
+            TRAINING_ARGS_NAME: self.values,
+            COMPUTATION_NAME: dataclasses.asdict(self.computation),
+        }
+        for name, record in records.items():
+            (folder / name).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
 
 
 class UnpickledSecret(str):
@@ -306,10 +310,15 @@ class WeCLIPTrainer(Trainer):
     def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
         """`Trainer`'s push of a checkpoint's model files, with the model's code files (``*.py``, which
         ``auto_map`` names): without them a "Training in progress" commit did not load with
-        ``trust_remote_code=True``."""
+        ``trust_remote_code=True``; a checkpoint pushed whole (``hub_strategy`` "checkpoint", "all_checkpoints")
+        holds the records of the `RecordRunCallback`s, which a run resumed from it checks (written on save, after
+        this push, they were missing from it)."""
         if self.is_world_process_zero():
             for code in Path(checkpoint_folder).glob("*.py"):
                 shutil.copy(code, Path(self.args.output_dir) / code.name)
+            for callback in self.callback_handler.callbacks:
+                if isinstance(callback, RecordRunCallback):
+                    callback.write(Path(checkpoint_folder))
         super()._push_from_checkpoint(checkpoint_folder)
 
     def training_step(
