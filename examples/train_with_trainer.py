@@ -65,7 +65,7 @@ from weclip_hf.data.loading import (
 )
 from weclip_hf.data.toy import default_clip_model
 from weclip_hf.data.transforms import TrainAugmentation
-from weclip_hf.hub import publish_folder
+from weclip_hf.hub import describe_dataset, publish_folder
 from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.model_loading import load_clip_tokenizer
 from weclip_hf.modeling_weclip_plus import model_from_backbones
@@ -490,7 +490,11 @@ def main(argv=None) -> dict:
     if val_set is not None:
         results = trainer.evaluate()  # the model as saved (with load_best_model_at_end, the best one)
         results["train_seconds"] = train_metrics["train_runtime"]
-    trainer.create_model_card(dataset=args.dataset_name)  # README.md, with these figures
+    # README.md, with these figures, on the data named as train.py's card names it
+    trainer.create_model_card(
+        dataset=args.dataset_name,
+        dataset_description=describe_dataset(args.dataset_name, args.data_dir or args.dataset_path),
+    )
     if results:
         # eval_results.json, and all_results.json with the training's
         trainer.save_metrics("eval", results)

@@ -766,6 +766,9 @@ def test_train_with_trainer_keeps_the_results_and_log_history_of_transformers_ex
     history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
     assert [h["step"] for h in history if "loss" in h] == [1, 2]
     assert history[-1]["train_loss"] == train["train_loss"]
+    # the card names the data as train.py's does
+    card = (tmp_path / "README.md").read_text()
+    assert "On the toy world of weclip-hf (generated offline), split 'validation':" in card
     # a run without evaluation is finished too: its train_results.json says so
     untested = tmp_path.parent / "untested"
     run_script(
@@ -1448,6 +1451,25 @@ def test_weclip_trainer_writes_the_weclip_model_card_with_its_evaluation(tmp_pat
     assert result.metric_value == pytest.approx(evaluation["eval_miou"])
     assert f"| pseudo_label_miou | {evaluation['eval_pseudo_label_miou']:.4f} |" in card.text
     assert "WeCLIPTrainer" in card.text and {"weclip", "toy"} <= set(card.data.tags)
+
+
+def test_weclip_trainer_card_names_the_data_and_split_it_was_scored_on(tmp_path):
+    """The card of a Trainer run named its data "custom" with no split (train.py's names the toy world, a local
+    folder or the Hub dataset, and the split): create_model_card takes ``dataset_description`` and
+    ``dataset_split``, the split by default the evaluation set's."""
+    from huggingface_hub import ModelCard
+
+    val_set = toy_evaluation_set(2)
+    val_set.split = "validation"  # as evaluation_set records a split loaded by name
+    trainer = weclip_trainer(
+        toy_model(), tmp_path, max_steps=1, eval_strategy="steps", eval_steps=1, eval_dataset=val_set
+    )
+    trainer.train()
+    trainer.create_model_card(dataset_description="pets (a local dataset)")
+    card = ModelCard.load(tmp_path / "README.md")
+    (result,) = card.data.eval_results
+    assert (result.dataset_name, result.dataset_split) == ("pets (a local dataset)", "validation")
+    assert "On pets (a local dataset), split 'validation':" in card.text
 
 
 def test_weclip_trainer_evaluates_at_eval_long_side_else_as_its_processor_resizes(tmp_path):

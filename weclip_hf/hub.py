@@ -189,6 +189,16 @@ def card_repo_id(hub_model_id: str | None, output_dir: str | Path) -> str:
     return hub_model_id or Path(output_dir).resolve().name
 
 
+def describe_dataset(dataset_name: str | None, local: str | Path | None) -> str:
+    """What a run trained on, as its model card names it: the Hub id ``dataset_name``, the name of the ``local``
+    folder (--data_dir, --dataset_path), else the toy world."""
+    if dataset_name:
+        return dataset_name
+    if local:
+        return f"{Path(local).resolve().name} (a local dataset)"
+    return "the toy world of weclip-hf (generated offline)"
+
+
 def make_model_card(
     config,
     model_name: str,

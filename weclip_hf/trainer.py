@@ -493,13 +493,17 @@ class WeCLIPTrainer(Trainer):
         dataset_tags: str | list[str] | None = None,
         dataset: str | list[str] | None = None,
         dataset_args: str | list[str] | None = None,
+        dataset_description: str | None = None,
+        dataset_split: str | None = None,
     ) -> None:
         """The WeCLIP model card (`weclip_hf.hub.make_model_card`: the method, results, usage, labels,
         citation) in the output folder, as `examples/train.py` writes it, instead of `Trainer`'s generic one
         (`push_to_hub` calls this). Its code loads the repository `Trainer` pushes to, else ``model_name`` or
         the output folder's name; its title is ``model_name``, else that repository's name. Results: the
         evaluation of the model as it is (with ``load_best_model_at_end``, the best one's; else the last): the
-        decoder's mIoU as the model's results, the CAM and pseudo-label mIoU listed only. ``language``,
+        decoder's mIoU as the model's results, the CAM and pseudo-label mIoU listed only, on
+        ``dataset_description`` (data that is no Hub ``dataset``: `weclip_hf.hub.describe_dataset`) and
+        ``dataset_split`` (default: the split of ``eval_dataset``, `evaluation_set`'s record). ``language``,
         ``tasks``, ``dataset_tags`` and ``dataset_args`` have no place in it."""
         if not self.is_world_process_zero():
             return
@@ -518,6 +522,8 @@ class WeCLIPTrainer(Trainer):
             base_model=finetuned_from,
             tags=[tags] if isinstance(tags, str) else list(tags or ()),
             license=license or "mit",
+            dataset_description=dataset_description,
+            dataset_split=dataset_split or getattr(self.eval_dataset, "split", None),
         )
         save_model_card(card, self.args.output_dir)
 
