@@ -19,9 +19,9 @@ value. `WeCLIPTrainer` (`weclip_hf.trainer`) is `Trainer` with WeCLIP's collator
 warm-up + linear schedule built from the `TrainingArguments`, and an evaluation that scores segmentations
 (``eval_miou`` of the decoder, ``eval_cam_miou``, ``eval_pseudo_label_miou`` of the RFM pseudo labels).
 
-`--resume_from_checkpoint` (a checkpoint-N folder, or 'latest': True as `Trainer.train` reads it) continues a run exactly (Trainer restores the RNG
-and the data position; the model's step counter, which starts the RFM, is a saved buffer): each checkpoint records
-the arguments that shape the training (training_args.json), and a resume that changes one is refused, as is a
+`--resume_from_checkpoint` (a checkpoint-N folder, or 'latest': True as `Trainer.train` reads it) continues a run
+exactly (Trainer restores the RNG and the data position; the model's step counter, which starts the RFM, is a saved
+buffer): each checkpoint records the arguments that shape the training (training_args.json), and a resume that changes one is refused, as is a
 checkpoint saved with --save_only_model (it holds no optimizer or schedule state to continue); it records how the run
 computed too (computation.json: the device type, torch.compile, a CPU run's threads), and a resume that computes
 otherwise is warned (its float sums run in another order), naming the flags of an exact resume.
@@ -469,11 +469,11 @@ def main(argv=None) -> dict:
         train_metrics = trainer.train(resume_from_checkpoint=resume).metrics
     signum, step = stop_on_signal.signal, trainer.state.global_step
     if signum:
-        checkpoint = output_dir / f"checkpoint-{step}"
-        print(
-            f"stopped by signal {signum} at step {step}; checkpoint saved to {checkpoint}: continue the run with "
-            "--resume_from_checkpoint latest (its model is saved and scored when it ends)"
-        )
+        if trainer.is_world_process_zero():
+            print(
+                f"stopped by signal {signum} at step {step}; checkpoint saved to {output_dir / f'checkpoint-{step}'}"
+                ": continue the run with --resume_from_checkpoint latest (its model is saved and scored when it ends)"
+            )
         return {"stopped_at": step, "stopped_by_signal": signum}
     if stop["signal"]:  # after the last step: as if it came after train()
         signal.raise_signal(stop["signal"])

@@ -543,7 +543,8 @@ def test_train_with_trainer_saves_a_checkpoint_when_stopped_by_a_signal(tmp_path
     """Ctrl-C / SIGTERM during the training killed the run at once, losing every step since the last checkpoint
     (Trainer saves none). The step under way ends, a checkpoint of it is saved (also off --save_steps) and the run
     stops there, with 128 + the signal's number as its exit status and no final model; --resume_from_checkpoint
-    latest then continues it to its end. Signals act at once again once the training is over."""
+    latest then continues it to its end. Signals act at once again once the training is over. With
+    --save_total_limit 1 and --load_best_model_at_end, Trainer's end of training removed it (not the best one)."""
     script = trainer_script(monkeypatch)
 
     class SignalAtStep3(script.RecordRunCallback):
@@ -553,13 +554,15 @@ def test_train_with_trainer_saves_a_checkpoint_when_stopped_by_a_signal(tmp_path
 
     monkeypatch.setattr(script, "RecordRunCallback", SignalAtStep3)
     before = signal.getsignal(signal.SIGTERM)
-    # the toy recipe saves at half the run: step 4 of 8
     flags = ["--output_dir", tmp_path, "--max_steps", 8, "--toy_train_images", 8, "--toy_val_images", 2]
+    flags += ["--eval_strategy", "steps", "--eval_steps", 2, "--save_steps", 2, "--save_total_limit", 1]
+    flags += ["--load_best_model_at_end", "--metric_for_best_model", "miou"]
     stopped = run_script(script, *flags)
     assert stopped == {"stopped_at": 3, "stopped_by_signal": signal.SIGTERM}
     assert script.exit_status(stopped) == 143
     assert signal.getsignal(signal.SIGTERM) == before
-    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-3"]
+    # the best (evaluated) and the signal's
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
     assert {"optimizer.pt", "scheduler.pt", "training_args.json"} <= {
         p.name for p in (tmp_path / "checkpoint-3").iterdir()
     }
@@ -569,7 +572,7 @@ def test_train_with_trainer_saves_a_checkpoint_when_stopped_by_a_signal(tmp_path
         in capsys.readouterr().out
     )
     results = run_script(script, *flags, "--resume_from_checkpoint", "latest")
-    assert results["epoch"] == 8 and (tmp_path / "model.safetensors").is_file()
+    assert results.get("epoch") == 8 and (tmp_path / "model.safetensors").is_file(), results
 
 
 def test_train_with_trainer_reads_resume_from_checkpoint_true_as_trainer_does(tmp_path, monkeypatch):

@@ -167,9 +167,9 @@ class StopOnSignalCallback(TrainerCallback):
     """Ends the training after the step in which Ctrl-C / SIGTERM came in (``stop``: the record of
     `weclip_hf.run_signals.stop_on_signals`, around ``train()``), saving a checkpoint of that step first (also off
     ``save_steps``; an evaluation due then is skipped: the checkpoint first, within a signal's grace period), as
-    examples/train.py stops; `Trainer` alone saves nothing and loses every step since its last checkpoint. Several
-    processes agree on the signal at every step, so that all stop after the same one. ``signal``: the signal
-    that stopped the training (0: none)."""
+    examples/train.py stops; `Trainer` alone saves nothing and loses every step since its last checkpoint (with
+    ``save_total_limit=1`` that checkpoint is kept beside the best one). Several processes agree on the signal at
+    every step, so that all stop after the same one. ``signal``: the signal that stopped the training (0: none)."""
 
     def __init__(self, stop: dict):
         self.stop = stop
@@ -181,6 +181,10 @@ class StopOnSignalCallback(TrainerCallback):
             control.should_save = True
             control.should_evaluate = False
             control.should_training_stop = True
+            # Trainer's end of training with save_total_limit 1 removes every checkpoint but the best: this one,
+            # where the run resumes, is kept (the rotation on saving it keeps the best one too)
+            if args.save_total_limit == 1:
+                args.save_total_limit = 2
         return control
 
 
