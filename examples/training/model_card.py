@@ -9,7 +9,13 @@ from pathlib import Path
 from accelerate import Accelerator
 
 from weclip_hf.data.loading import holds_pseudo_masks, names_no_dataset
-from weclip_hf.hub import card_repo_id, make_model_card, save_model_card, split_model_metrics
+from weclip_hf.hub import (
+    card_repo_id,
+    describe_dataset,
+    make_model_card,
+    save_model_card,
+    split_model_metrics,
+)
 from weclip_hf.model_loading import public_source_name
 from weclip_hf.trajectory import LAUNCH_FACTS, PATH_ARGS, public_args
 
@@ -23,13 +29,8 @@ NOT_ON_CARD = frozenset(
 
 
 def dataset_description(args) -> str:
-    """What the run trained on, as the model card names it: the Hub id, the local folder's name, or the toy world."""
-    if args.dataset_name:
-        return args.dataset_name
-    local = args.data_dir or args.dataset_path
-    if local:
-        return f"{Path(local).resolve().name} (a local dataset)"
-    return "the toy world of weclip-hf (generated offline)"
+    """What the run trained on, as the model card names it (`describe_dataset`, as train_with_trainer.py's card)."""
+    return describe_dataset(args.dataset_name, args.data_dir or args.dataset_path)
 
 
 def card_args(args, accelerator: Accelerator | None = None) -> dict:
