@@ -109,11 +109,19 @@ def test_a_run_refused_after_locking_its_new_output_dir_leaves_no_folder(tmp_pat
     assert kept.is_dir()
 
 
-def test_an_unwritable_output_dir_is_found_before_training(tmp_path, tiny_clip, train):
+def test_an_unwritable_output_dir_is_found_before_training(tmp_path, tiny_clip, train, capsys):
+    """An --output_dir inside a file is refused as the arguments are parsed; a folder that cannot be written for
+    another reason (the lock's probe: a read-only disk, permissions) is named before anything trains."""
+    from weclip_hf.run_folder import lock_output_dir
+
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
-    with pytest.raises(PermissionError, match="--output_dir .*a_file/run is not writable"):
+    with pytest.raises(SystemExit):
         train_in_process("--clip_model_name_or_path", tiny_clip, "--output_dir", str(blocker / "run"), *SHORT)
+    assert f"is inside {str(blocker)!r}, which is an existing file, not a folder." in capsys.readouterr().err
+    # the lock's own check (run as root here, permissions cannot be taken away: the same file stands in)
+    with pytest.raises(PermissionError, match="--output_dir .*a_file/run is not writable"):
+        lock_output_dir(blocker / "run")
 
 
 def test_the_model_is_saved_before_a_failing_final_evaluation(tmp_path, tiny_clip, monkeypatch):
