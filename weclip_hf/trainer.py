@@ -47,7 +47,8 @@ def _normalization(dataset) -> PixelNormalization | None:
 
 # `TrainingArguments` that shape the weights a run's steps produce (the batch, the optimizer and its schedule, the
 # seeds, the arithmetic); the others (how often it logs, evaluates and saves, where to, the loader's workers) are not
-# checked when a run is resumed (`Trainer` itself keeps the checkpoint's logging, eval and save steps). With the number of processes (the global batch), `trajectory_arguments` records them.
+# checked when a run is resumed (`Trainer` itself keeps the checkpoint's logging, eval and save steps). With the
+# number of processes (the global batch), `trajectory_arguments` records them.
 TRAJECTORY_ARGUMENTS = (
     "per_device_train_batch_size", "gradient_accumulation_steps", "dataloader_drop_last", "train_sampling_strategy",
     "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim",
