@@ -270,12 +270,17 @@ def test_resume_repeats_uninterrupted_run_exactly(tmp_path, tiny_clip, reference
     assert 0 < before <= metrics["train_seconds"] <= metrics["total_seconds"]
 
 
-def test_a_run_stopped_at_an_evaluation_step_evaluates_it_when_resumed(tmp_path, tiny_clip, monkeypatch):
+def test_a_run_stopped_at_an_evaluation_step_evaluates_it_when_resumed(
+    tmp_path, tiny_clip, monkeypatch, capsys
+):
     """Ctrl-C at a step of --eval_steps saves the checkpoint and skips the evaluation: the resumed run starts after
     that step, so its log lacked the step's evaluation. The resumed run evaluates it first: the log (and the
     weights) repeat the uninterrupted run's; resumed again from that step, it is not evaluated twice."""
     run = [*resumable_args(tiny_clip), "--max_train_steps", 4, "--eval_steps", 3, "--num_overlays", 0]
     train_in_process(*run, "--output_dir", tmp_path / "a")
+    # the last line lists what the folder holds: no overlays/ where --num_overlays 0 drew none
+    (saved,) = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Saved to")]
+    assert "metrics.json" in saved and "overlays/" not in saved
     out = tmp_path / "b"
     train_stopped_at(3, *run, "--output_dir", out, monkeypatch=monkeypatch)
     assert not [r for r in read_log(out) if "eval_miou" in r]
