@@ -1087,6 +1087,20 @@ def test_class_names_come_from_a_classlabel_column_unless_given(tmp_path, tiny_c
         "heart",
         "sky dog",
     ]
+    # a model continued on the dataset keeps its own classes (its text embeddings' order), not the ClassLabel's
+    script.main(
+        [
+            *flags[:4],
+            *flags[6:],
+            "--output_dir",
+            str(tmp_path / "continued"),
+            "--model_name_or_path",
+            str(tmp_path / "given"),
+        ]
+    )
+    assert "Note: the classes are" not in capsys.readouterr().out
+    continued = json.loads((tmp_path / "continued" / "config.json").read_text())["class_names"]
+    assert continued == ["cat", "heart", "sky dog"]
 
 
 @pytest.mark.parametrize("statistics", ["imagenet", "clip"])
