@@ -635,11 +635,11 @@ def main(argv=None) -> dict | None:
         lambda name: input_record(values, where, position[name]),
         args.overwrite_output_dir,
     )
-    check_foreign_overlays(out, names, done, args)
+    overlay_path = {name: out / "overlays" / f"{name}.png" for name in names}
+    check_foreign_overlays(out, names, done, args, overlay_path, record_path)
     share = process_share(len(names), state.process_index, state.num_processes)
     # a label map that cannot be read (empty or cut short: a power loss) is redone
     todo = [i for i in share if names[i] not in done or not is_whole_image(label_path[names[i]])]
-    overlay_path = {name: out / "overlays" / f"{name}.png" for name in names}
     # a done input whose overlay is asked for and missing (an earlier run without --num_overlays): its overlay, of
     # the label map written
     overlay_only = {
@@ -710,18 +710,25 @@ def main(argv=None) -> dict | None:
     )
 
 
-def check_foreign_overlays(out: Path, names: list[str], done: dict, args: argparse.Namespace) -> None:
+def check_foreign_overlays(
+    out: Path,
+    names: list[str],
+    done: dict,
+    args: argparse.Namespace,
+    overlay_path: dict[str, Path],
+    record_path: dict[str, Path],
+) -> None:
     """Refuse, unless --overwrite_output_dir, to draw the overlay of an input that is not ``done`` over a file of its
-    name in overlays/ that no record of that input lists as written: this script did not write it (train.py's
-    overlays/ of a model folder, a user's file). Every process checks every input, before any image is written."""
+    name in overlays/ (``overlay_path``) that no record of that input (``record_path``) lists as written: this script
+    did not write it (train.py's overlays/ of a model folder, a user's file). Every process checks every input,
+    before any image is written."""
     foreign = [
         f"overlays/{name}.png"
         for i, name in enumerate(names)
         if name not in done
         and wants_overlay(i, args.num_overlays)
-        and (out / "overlays" / f"{name}.png").exists()
-        and out / "overlays" / f"{name}.png"
-        not in (recorded_outputs(out / STATE_DIR / "inputs" / f"{name}.json", out, IMAGE_FOLDERS) or [])
+        and overlay_path[name].exists()
+        and overlay_path[name] not in (recorded_outputs(record_path[name], out, IMAGE_FOLDERS) or [])
     ]
     if foreign and not args.overwrite_output_dir:
         raise ValueError(
