@@ -21,9 +21,9 @@ warm-up + linear schedule built from the `TrainingArguments`, and an evaluation 
 
 `--resume_from_checkpoint` (a checkpoint-N folder, or 'latest': True as `Trainer.train` reads it) continues a run
 exactly (Trainer restores the RNG and the data position; the model's step counter, which starts the RFM, is a saved
-buffer): each checkpoint records the arguments that shape the training (training_args.json), and a resume that changes one is refused, as is a
-checkpoint saved with --save_only_model (it holds no optimizer or schedule state to continue); it records how the run
-computed too (computation.json: the device type, torch.compile, a CPU run's threads), and a resume that computes
+buffer): each checkpoint records the arguments that shape the training (training_args.json), and a resume that
+changes one is refused, as is a checkpoint saved with --save_only_model (it holds no optimizer or schedule state to
+continue); it records how the run computed too (computation.json: the device type, torch.compile, a CPU run's threads), and a resume that computes
 otherwise is warned (its float sums run in another order), naming the flags of an exact resume.
 Ctrl-C / SIGTERM during the training save a checkpoint of the step under way and stop the run (exit status 130 /
 143), as examples/train.py, the complete script (streaming, several processes on a CPU, multi-scale evaluation,
@@ -396,7 +396,7 @@ def main(argv=None) -> dict:
         config_kwargs.update(parse_config_overrides(args.config_overrides, config_class(args)))
     clip = args.clip_model_name_or_path or default_clip_model(toy=preset.name == "toy")
     plus = model_type_of_args(args) == "weclip_plus"
-    # the tokenizer of the text embeddings, loaded once: the model's are computed with it, and it is saved with the model
+    # the tokenizer of the text embeddings, loaded once: the model's are computed with it, and it is saved with it
     tokenizer = load_clip_tokenizer(clip, "--clip_model_name_or_path")
     model = model_from_backbones(
         clip, args.dino_model_name_or_path, plus, tokenizer=tokenizer, **config_kwargs

@@ -105,8 +105,8 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
         "--preset",
         choices=sorted(PRESETS),
         help="config values, training recipe and evaluation settings of weclip_hf.presets (RFM start: "
-        f"{config_values('rfm_start_step')}); a --dataset_name without --preset trains with the recipe a --model_name_or_path was "
-        "trained with (its config's training_preset), else the VOC recipe of the model type (voc, voc-plus for "
+        f"{config_values('rfm_start_step')}); a --dataset_name without --preset trains with the recipe a "
+        "--model_name_or_path was trained with (its config's training_preset), else the VOC recipe of the model type (voc, voc-plus for "
         "WeCLIP+: --dino_model_name_or_path or a WeCLIP+ --model_name_or_path) and config defaults; "
         "without a dataset the toy preset runs on the offline toy world",
     )
@@ -334,7 +334,8 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
         "--checkpoints_total_limit",
         type=at_least_one,
         help="keep the N newest step_N checkpoints, removing older ones as new ones are written (the one just "
-        "written always stays; a resumed run may change it); default: keep all (a VOC/COCO checkpoint is ~70 MB: the frozen CLIP is left out)",
+        "written always stays; a resumed run may change it); default: keep all (a VOC/COCO checkpoint is ~70 MB: "
+        "the frozen CLIP is left out)",
     )
     train.add_argument(
         "--overwrite_output_dir",

@@ -122,9 +122,10 @@ def embeddings_tokenizer(
     args: argparse.Namespace, log: Callable[[str], None]
 ) -> PreTrainedTokenizerBase | None:
     """The tokenizer of the model's text embeddings, which the run saves with the model (new class names need it):
-    a fresh model's CLIP's; a trained model's (``--model_name_or_path``) own, else that of the Hub
-    CLIP its config records, from the local Hub cache only (the run fetches nothing it did not); else None, which
-    ``log`` says. Each by `load_clip_tokenizer` (a folder without tokenizer files refused). Loaded once, before the data and the model: a CLIP without one fails the run before it trains."""
+    a fresh model's CLIP's; a trained model's (``--model_name_or_path``) own, else that of the Hub CLIP its config
+    records, from the local Hub cache only (the run fetches nothing it did not); else None, which ``log`` says. Each
+    by `load_clip_tokenizer` (a folder without tokenizer files refused). Loaded once, before the data and the model:
+    a CLIP without one fails the run before it trains."""
     if not args.model_name_or_path:
         return load_clip_tokenizer(clip_source(args), "--clip_model_name_or_path")
     source = args.model_name_or_path

@@ -387,9 +387,8 @@ def check_labels_match_masks(
     ) <= len(pairs):
         remedy = (
             f"The masks agree with the labels read with their ids in the order of the ClassLabel names of column "
-            f"{columns.labels!r} "
-            f"{order[0]}, not in the run's: remap their ids to the run's order, or give the dataset's classes (train.py "
-            "without --preset and --class_names takes them from that column)."
+            f"{columns.labels!r} {order[0]}, not in the run's: remap their ids to the run's order, or give the "
+            "dataset's classes (train.py without --preset and --class_names takes them from that column)."
         )
     raise ValueError(
         f"The image-level labels of {_split_phrase(split)} (column {columns.labels!r}) "

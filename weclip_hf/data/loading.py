@@ -593,9 +593,8 @@ def load_dataset_splits(
         check_imagefolder_metadata(source.data_dir)
         ds = load_folder_dataset("imagefolder", source.streaming, data_dir=source.data_dir)
     elif source.dataset_name:
-        if (
-            Path(source.dataset_name).expanduser().is_dir()
-        ):  # a local folder, which `datasets` reads as a repository
+        # a local folder, which `datasets` reads as a repository
+        if Path(source.dataset_name).expanduser().is_dir():
             check_imagefolder_metadata(source.dataset_name, "--dataset_name")
         ds = load_folder_dataset(source.dataset_name, source.streaming, name=source.dataset_config_name)
     else:
