@@ -495,6 +495,23 @@ def test_device_moves_the_returned_tensors_per_call(tmp_path):
         AutoImageProcessor.from_pretrained(tmp_path, device="cpu")
 
 
+def test_the_default_return_tensors_is_not_saved(tmp_path):
+    """(was: ``"return_tensors": "pt"`` in every preprocessor_config.json, a per-call option transformers' processors
+    leave out of theirs) The default gives torch tensors, takes ``device``, and is not written; a set "np" is, and a
+    file of an older version holding "pt" still loads."""
+    proc = WeCLIPImageProcessor(patch_size=8)
+    assert isinstance(proc(_image()).pixel_values, torch.Tensor)
+    assert proc(_image(), device="meta").pixel_values.device.type == "meta"
+    proc.save_pretrained(tmp_path)
+    assert "return_tensors" not in json.loads((tmp_path / "preprocessor_config.json").read_text())
+    WeCLIPImageProcessor(patch_size=8, return_tensors="np").save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "preprocessor_config.json").read_text())["return_tensors"] == "np"
+    assert isinstance(WeCLIPImageProcessor.from_pretrained(tmp_path)(_image()).pixel_values, np.ndarray)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({**saved, "return_tensors": "pt"}))
+    assert isinstance(WeCLIPImageProcessor.from_pretrained(tmp_path)(_image()).pixel_values, torch.Tensor)
+
+
 def test_every_option_survives_save_and_load(tmp_path):
     options = dict(
         do_resize=True,

@@ -269,7 +269,8 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         data_format (`str`): the layout of the returned ``pixel_values``: "channels_first" [B, C, H, W] (default,
             what the model takes) or "channels_last" [B, H, W, C] (for NumPy or other frameworks); ``labels`` are
             [B, H, W] either way. Per call only, not a constructor setting: the saved settings feed the model.
-        return_tensors (`str`): "pt" (default) or "np"; None also gives torch tensors.
+        return_tensors (`str`): None (default) or "pt" give torch tensors, "np" NumPy arrays; per call as a rule
+            (the default is not saved, as transformers' processors leave it out).
         do_pad (`bool`): zero-pad (after normalization) at the bottom/right to a multiple of ``patch_size``
             (default False: the model floors the patch grid like the official code). Images smaller than one
             patch are always padded up to one patch.
@@ -292,7 +293,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
     image_std = list(IMAGENET_STD)
     do_convert_rgb = True
     input_data_format = None
-    return_tensors = "pt"
+    return_tensors = None
     do_pad = False
     ignore_index = 255
     patch_size = 16
@@ -308,7 +309,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         image_std: float | Sequence[float] = IMAGENET_STD,
         do_convert_rgb: bool = True,
         input_data_format: str | ChannelDimension | None = None,
-        return_tensors: str | None = "pt",
+        return_tensors: str | None = None,
         do_pad: bool = False,
         ignore_index: int = 255,
         patch_size: int = 16,
@@ -417,7 +418,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         }
         opts["data_format"] = overrides.get("data_format") or ChannelDimension.FIRST  # per call only
         opts["device"] = overrides.get("device")
-        if opts["device"] is not None and opts["return_tensors"] != "pt":
+        if opts["device"] is not None and opts["return_tensors"] == "np":
             raise ValueError(
                 f"device={opts['device']!r} moves the returned torch tensors: give return_tensors='pt' with it "
                 f"(got return_tensors={opts['return_tensors']!r})."
