@@ -586,7 +586,10 @@ class WeCLIPImageProcessor(BaseImageProcessor):
 
     def _logit_grid(self, height: int, width: int, opts: dict) -> tuple[int, int]:
         """The patch grid of an image of (height, width) processed with the geometry options ``opts``."""
-        padded = self._geometry(height, width, opts)[1]
+        return self._grid_of(self._geometry(height, width, opts)[1])
+
+    def _grid_of(self, padded: tuple[int, int]) -> tuple[int, int]:
+        """The patch grid of a padded (height, width)."""
         return padded[0] // self.patch_size, padded[1] // self.patch_size
 
     def _warn_transposed_target(
@@ -611,7 +614,7 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         original (H, W), when the geometry options ``opts`` (do_resize, size, do_pad) imply padding that the logits
         cover (to crop after upsampling: `upsample_cropping_padding`); else (None, None), a plain upsampling."""
         resized, padded = self._geometry(*target, opts)
-        if padded != resized and tuple(logits.shape[-2:]) == self._logit_grid(*target, opts):
+        if padded != resized and tuple(logits.shape[-2:]) == self._grid_of(padded):
             return resized, padded
         return None, None
 
