@@ -243,3 +243,54 @@ def test_train_script_two_processes_match_one(tiny_clip, tmp_path, compiled):
         assert weights_resumed.keys() == weights_two.keys()
         for name in weights_two:
             assert torch.equal(weights_resumed[name], weights_two[name]), name
+
+
+# Trains WeCLIPTrainer (tests/test_trainer.py's toy run, 2 images a process) in each process, Ctrl-C / SIGTERM asking
+# for a stop as examples/train_with_trainer.py asks (`StopOnSignalCallback` within `stop_on_signals`); SIGTERM
+# reaches the first process alone, as step 2 begins. Each process writes its step and signals to rank<N>.json.
+SIGNAL_ONE_PROCESS = """
+import json, os, signal, sys
+import torch
+from transformers import TrainerCallback
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[2])
+from test_trainer import toy_model, weclip_trainer
+from weclip_hf.run_signals import stop_on_signals
+from weclip_hf.trainer import StopOnSignalCallback
+
+class SignalTheFirstProcess(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == 1 and args.process_index == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+stop = StopOnSignalCallback({"signal": None})
+callbacks = [SignalTheFirstProcess(), stop]
+trainer = weclip_trainer(
+    toy_model(), sys.argv[1], max_steps=6, save_steps=100, per_device_train_batch_size=2,
+    trainer_kwargs={"callbacks": callbacks},
+)
+with stop_on_signals() as received:
+    stop.stop = received
+    trainer.train()
+record = {"processes": trainer.args.world_size, "step": trainer.state.global_step, "stopped_by": stop.signal}
+with open(f"{sys.argv[1]}/rank{trainer.args.process_index}.json", "w") as f:
+    json.dump({**record, "received": received["signal"]}, f)
+trainer.accelerator.wait_for_everyone()
+trainer.accelerator.end_training()
+"""
+
+
+def test_a_signal_to_one_process_stops_every_process_after_the_same_step(tmp_path):
+    """`agreed_signal` (every process's stop signal, all-reduced at each step's end) had never run with several
+    processes. Two CPU processes (torchrun, gloo) train 6 steps; SIGTERM reaches the first alone, in step 2: both end
+    after step 2, stopped by it, and the checkpoint of that step is saved."""
+    script = tmp_path / "signal_one.py"
+    script.write_text(SIGNAL_ONE_PROCESS)
+    tests = Path(__file__).parent
+    command = [*torchrun(2), str(script), str(tmp_path), str(tests)]
+    proc = subprocess.run(command, env=train_env(1), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    stopped = {"processes": 2, "step": 2, "stopped_by": 15}
+    assert ranks == [{**stopped, "received": 15}, {**stopped, "received": None}]
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]

@@ -177,7 +177,7 @@ class StopOnSignalCallback(TrainerCallback):
         self.signal = 0
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.signal = _agreed_signal(self.stop["signal"] or 0, args)
+        self.signal = agreed_signal(self.stop["signal"] or 0, args)
         if self.signal:
             control.should_save = True
             control.should_evaluate = False
@@ -189,7 +189,7 @@ class StopOnSignalCallback(TrainerCallback):
         return control
 
 
-def _agreed_signal(signum: int, args: TrainingArguments) -> int:
+def agreed_signal(signum: int, args: TrainingArguments) -> int:
     """The largest of every process's ``signum`` (0: none), the same in each; ``signum`` itself in one process."""
     if args.world_size == 1 or not torch.distributed.is_initialized():
         return signum
