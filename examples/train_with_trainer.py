@@ -27,7 +27,13 @@ continue); it records how the run computed too (computation.json: the device typ
 otherwise is warned (its float sums run in another order), naming the flags of an exact resume.
 Ctrl-C / SIGTERM during the training save a checkpoint of the step under way and stop the run (exit status 130 /
 143), as examples/train.py, the complete script (streaming, several processes on a CPU, multi-scale evaluation,
-overlays).
+overlays); in the end of the run (the final save, evaluation, card, push) they stop it at once, saying what is saved,
+what is not, and how to finish it.
+
+--do_train / --do_eval as in transformers' example scripts: --do_train trains, --do_eval scores the model at the end
+(an --eval_strategy sets it too); --do_eval alone scores the saved model of --model_name_or_path without training
+(eval_results.json in --output_dir). Neither given, the run trains and scores its model where the data has a
+validation split. --do_predict is refused (no test-split predictions: examples/segment.py segments images).
 """
 
 from __future__ import annotations
@@ -43,7 +49,14 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from torch.utils.data import Dataset
+from transformers import (
+    AutoModelForSemanticSegmentation,
+    HfArgumentParser,
+    PreTrainedTokenizerBase,
+    TrainingArguments,
+    set_seed,
+)
 from transformers.trainer import OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCHEDULER_NAME, TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -79,7 +92,7 @@ from weclip_hf.presets import (
     with_class_names,
 )
 from weclip_hf.run_folder import TRAINER_CHECKPOINTS, claim_output_dir, remove_previous_run
-from weclip_hf.run_signals import exit_status, stop_on_signals
+from weclip_hf.run_signals import exit_status, explain_signals, stop_on_signals
 from weclip_hf.script_arguments import (
     CLASS_NAMES_HELP,
     CONFIG_OVERRIDES_HELP,
@@ -97,6 +110,7 @@ from weclip_hf.script_arguments import (
     first_paragraph,
     fraction,
     model_type_of_args,
+    naming_the_model_flag,
     parse_config_overrides,
     recipe_name,
     recipe_values,
@@ -106,6 +120,7 @@ from weclip_hf.trainer import (
     RecordRunCallback,
     StopOnSignalCallback,
     WeCLIPTrainer,
+    agreed_signal,
     recorded_computation,
     trainer_computation,
     trajectory_arguments,
@@ -167,6 +182,13 @@ class WeCLIPArguments:
             "help": "start over in an --output_dir that holds a previous run (its checkpoints are removed)"
         },
     )
+    model_name_or_path: str | None = _flag(
+        "with --do_eval and without --do_train: the saved WeCLIP or WeCLIP+ model scored (a folder of this script or "
+        "examples/train.py, or a Hub id); a run that trains builds its model from the backbones"
+    )
+    # no flag (set by parse_args): --do_eval was given, so a dataset without a validation split is refused (without
+    # --do_train / --do_eval the run scores its model where the data has one)
+    evaluation_asked: bool = field(default=False, init=False)
 
 
 # the largest ratio of a run below 1, which Trainer reads as its last step (ceil(WHOLE_RUN x steps) = steps)
@@ -175,8 +197,17 @@ WHOLE_RUN = math.nextafter(1.0, 0.0)
 # `Trainer.save_state`); the first is written by every run, evaluated or not (`claim_output_dir`: a finished run)
 FINAL_RESULTS = ("train_results.json", "eval_results.json", "all_results.json", "trainer_state.json")
 # `WeCLIPArguments` a resumed run may change (they do not shape its training), and those that are local paths
-RESUMABLE = ("validation_split", "toy_val_images", "overwrite_output_dir")
+RESUMABLE = (
+    "validation_split", "toy_val_images", "overwrite_output_dir", "model_name_or_path", "evaluation_asked",
+)  # fmt: skip
 PATHS = ("data_dir", "dataset_path", "clip_model_name_or_path", "dino_model_name_or_path")
+# `WeCLIPArguments` that build the model a run trains: a saved model (--model_name_or_path) is scored with its own
+MODEL_FLAGS = (
+    "clip_model_name_or_path", "dino_model_name_or_path", "class_names", "background_names", "rfm_start_step",
+    "crop_size", "config_overrides",
+)  # fmt: skip
+# what the evaluations score: the decoder, the CAMs, the RFM pseudo labels
+EVAL_MODES = ("pred", "cam", "pseudo")
 
 
 def recipe_defaults(recipe: TrainingRecipe, max_steps: int, evaluate: bool) -> dict:
@@ -221,7 +252,7 @@ def parse_args(argv=None) -> tuple[WeCLIPArguments, TrainingArguments]:
 
     # what the defaults depend on; num_train_epochs None unless given (in any spelling: --num-train-epochs, --num_tr)
     first = parser(add_help=False)
-    first.set_defaults(num_train_epochs=None)
+    first.set_defaults(num_train_epochs=None, do_train=None, do_eval=None)
     given, _ = first.parse_known_args(argv)
     flags = {str(token).split("=")[0] for token in (sys.argv[1:] if argv is None else argv)}
     recipe = get_preset(recipe_name(given)).training  # WeCLIP+'s VOC recipe with --dino_model_name_or_path
@@ -248,6 +279,7 @@ def parse_args(argv=None) -> tuple[WeCLIPArguments, TrainingArguments]:
     check_source_flags(full, args)
     check_preset_fits_model(full, args)
     check_preset_fits_data(full, args)
+    check_phases(full, given, args, training_args)
     if args.crop_size is not None and args.crop_size < 1:
         full.error(f"--crop_size must be >= 1, got {args.crop_size}.")
     if args.train_val_split is not None:
@@ -261,6 +293,58 @@ def parse_args(argv=None) -> tuple[WeCLIPArguments, TrainingArguments]:
         except ValueError as error:
             full.error(str(error))
     return args, training_args
+
+
+def check_phases(
+    parser: HfArgumentParser,
+    given: argparse.Namespace,
+    args: WeCLIPArguments,
+    training_args: TrainingArguments,
+) -> None:
+    """--do_train / --do_eval as transformers' example scripts read them (``given``: None where left out): the run
+    trains under --do_train and scores its model at the end under --do_eval (which `TrainingArguments` sets with an
+    --eval_strategy too); --do_eval alone scores the saved model of --model_name_or_path, training nothing. Neither
+    given, the run trains and scores its model where the data has a validation split, as before the flags counted.
+    --do_predict (`WeCLIPTrainer.predict` is not supported), a run with nothing to do and flags that the run asked for
+    would ignore are refused."""
+    if training_args.do_predict:
+        parser.error(
+            "--do_predict: this script predicts no test split (WeCLIPTrainer.predict is not supported); score a split "
+            "with masks with --do_eval, or segment images with the saved model (examples/segment.py)."
+        )
+    explicit = given.do_train is not None or given.do_eval is not None
+    if not explicit:
+        training_args.do_train, training_args.do_eval = True, args.validation_split != "none"
+    args.evaluation_asked = explicit and training_args.do_eval
+    if training_args.do_train and args.model_name_or_path:
+        parser.error(
+            "--model_name_or_path is the saved model that --do_eval without --do_train scores; a run that trains "
+            "builds its model from the backbones (--clip_model_name_or_path; examples/train.py --model_name_or_path "
+            "continues a trained model)."
+        )
+    if training_args.do_train:
+        return
+    if not training_args.do_eval:
+        parser.error(
+            "--do_train and --do_eval are both off: nothing to do; give --do_train, --do_eval or both."
+        )
+    if not args.model_name_or_path:
+        parser.error(
+            "--do_eval without --do_train scores a saved model: give --model_name_or_path (e.g. the --output_dir of "
+            "a finished run), or add --do_train to train one first."
+        )
+    ignored = [f"--{name}" for name in MODEL_FLAGS if getattr(args, name) is not None]
+    # what only a training reads
+    training_only = {
+        "--resume_from_checkpoint": training_args.resume_from_checkpoint,
+        "--push_to_hub": training_args.push_to_hub,
+    }
+    ignored += [flag for flag, value in training_only.items() if value]
+    if ignored:
+        parser.error(
+            f"{ignored[0]} acts on a run that trains: --do_eval without --do_train scores the saved model of "
+            "--model_name_or_path as it is; leave it out, or add --do_train."
+        )
 
 
 def resume_spec(value: str | None) -> str | None:
@@ -344,10 +428,195 @@ def check_resume(path: Path, recorded: dict, computation: Computation) -> None:
         print(warning)
 
 
+def data_source(args: WeCLIPArguments, training_args: TrainingArguments) -> DataSource:
+    """The run's data (the toy world of --toy_train_images / --toy_val_images without a dataset), seeded by --seed."""
+    toy_sizes = (args.toy_train_images, args.toy_val_images)
+    return dataclasses.replace(DataSource.from_args(args, toy_sizes), seed=training_args.seed)
+
+
+def label_reading(args: WeCLIPArguments, cfg: WeCLIPConfig, skip_empty: bool) -> LabelReading:
+    """How the images' labels are read: the data flags, the model's classes (which a column of names maps through),
+    ``skip_empty`` (the preset's: COCO's skips the images outside the official lists)."""
+    reading = LabelReading.from_args(args, class_names=list(zip(cfg.label_names, cfg.class_names)))
+    return dataclasses.replace(reading, skip_empty=skip_empty)
+
+
+def scored_set(
+    val_raw, cfg: WeCLIPConfig, processor: WeCLIPImageProcessor, reading: LabelReading, labelling
+) -> Dataset:
+    """The validation split as the evaluation scores it: images with their masks, normalized as ``processor``."""
+    normalization = PixelNormalization.from_image_processor(processor)
+    dataset, _ = evaluation_set(
+        val_raw,
+        cfg.num_foreground_classes,
+        cfg.semantic_loss_ignore_index,
+        normalization,
+        reading,
+        labelling=labelling,
+    )
+    return dataset
+
+
+def no_validation_split(flag: str) -> ValueError:
+    """The error of a run asked to score its model (``flag``) on data without a validation split."""
+    return ValueError(
+        f"{flag} scores the model, but the dataset has no validation split: name one (--validation_split), or "
+        f"hold one out (--train_val_split){'' if flag == '--do_eval' else ', or give --eval_strategy no'}."
+    )
+
+
+def evaluate_saved_model(args: WeCLIPArguments, training_args: TrainingArguments) -> dict:
+    """--do_eval without --do_train: the mIoU of the saved model of --model_name_or_path on the validation split (its
+    own classes and image processor; the evaluation settings of the preset it was trained with, else --preset's),
+    written to --output_dir as transformers' example scripts write it (eval_results.json, and all_results.json
+    updated); nothing is trained, and the folder is not claimed as a run's."""
+    with naming_the_model_flag(args.model_name_or_path):
+        model = AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path)
+    cfg = model.config
+    processor = WeCLIPImageProcessor.from_saved_or_default(args.model_name_or_path, **processor_settings(cfg))
+    preset = get_preset(recipe_name(args))  # the saved model's training_preset, else as a run's
+    _, val_raw, _ = load_dataset_splits(
+        data_source(args, training_args),
+        train_split=args.train_split,
+        validation_split=args.validation_split,
+        preset=args.preset,
+        need_train=False,
+        train_val_split=args.train_val_split,
+        labels_column=args.labels_column,
+        dataset_classes=False,  # the model's classes
+    )
+    if val_raw is None:
+        raise no_validation_split("--do_eval")
+    reading = label_reading(args, cfg, preset.dataset.skip_empty_images)
+    val_set = scored_set(val_raw, cfg, processor, reading, training_args.main_process_first)
+    trainer = WeCLIPTrainer(
+        model,
+        training_args,
+        eval_dataset=val_set,
+        processing_class=processor,
+        eval_modes=EVAL_MODES,
+        eval_long_side=preset.evaluation.eval_long_side,
+    )
+    results = trainer.evaluate()
+    Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
+    trainer.save_metrics("eval", results)
+    if trainer.is_world_process_zero():
+        print(json.dumps(results, indent=2))
+    return results
+
+
+@dataclass
+class RunEnd:
+    """What the end of a trained run (``step`` steps in ``output_dir``) has written so far (``done`` of ``parts``, in
+    their order), for the message of a signal that stops it there; ``results``: its final evaluation's."""
+
+    output_dir: Path
+    step: int
+    overwrite: bool  # --overwrite_output_dir: a resume leaves it out
+    parts: list[str]
+    done: int = 0
+    results: dict = field(default_factory=dict)
+
+    def message(self, signum: int) -> str:
+        """What is saved, what is not, and how to finish the run: resume its last checkpoint, score its model."""
+        saved, missing = self.parts[: self.done], self.parts[self.done :]
+        held = f"saved in {self.output_dir}: {', '.join(saved)}" if saved else "nothing of its end is saved"
+        text = f"stopped by signal {signum} after the training (step {self.step}): {held}; not done: "
+        text += f"{', '.join(missing)}."
+        checkpoint = get_last_checkpoint(str(self.output_dir)) if self.output_dir.is_dir() else None
+        if checkpoint:
+            steps = int(checkpoint.rsplit("-", 1)[-1])
+            # a checkpoint of the last step trains nothing again
+            again = "no step" if steps == self.step else f"steps {steps + 1}-{self.step}"
+            without = " without --overwrite_output_dir" if self.overwrite else ""
+            text += (
+                f" Finish it: the same command{without} with --resume_from_checkpoint latest (from "
+                f"{Path(checkpoint).name} it trains {again} again, then runs this end whole)."
+            )
+        if saved and any(part.startswith(FINAL_EVALUATION) for part in missing):
+            text += (
+                f" Score the saved model: the same data flags with --do_eval --model_name_or_path {self.output_dir} "
+                f"--output_dir {self.output_dir}."
+            )
+        if not checkpoint and not saved:
+            text += " No checkpoint was saved (--save_strategy no): only a new run trains the model again."
+        return text
+
+
+# the final evaluation's part of `run_end_parts`
+FINAL_EVALUATION = "the final evaluation"
+
+
+def run_end_parts(training_args: TrainingArguments, evaluate: bool) -> list[str]:
+    """What the end of a trained run writes, in order (`finish_run`): ``evaluate``: a final evaluation."""
+    parts = [
+        "the trained model (model.safetensors, config.json, preprocessor_config.json)",
+        "train_results.json and trainer_state.json",
+        "the CLIP tokenizer of its text embeddings",
+    ]
+    if evaluate:
+        parts.append(f"{FINAL_EVALUATION} (eval_results.json, all_results.json)")
+    parts.append("the model card (README.md)")
+    if training_args.push_to_hub:
+        parts.append(f"the push to {training_args.hub_model_id or 'the Hub'}")
+    return parts
+
+
+def finish_run(
+    args: WeCLIPArguments,
+    training_args: TrainingArguments,
+    trainer: WeCLIPTrainer,
+    tokenizer: PreTrainedTokenizerBase,
+    train_metrics: dict,
+    end: RunEnd,
+) -> None:
+    """The end of a trained run: save the model, its training figures and log, its tokenizer; score it; its card and
+    push; each part counted in ``end`` once written (``end.results``: the evaluation's figures)."""
+    output_dir = end.output_dir
+    # saved before the evaluation (which casts it with --fp16_full_eval), not pushed (as save_model does with
+    # --push_to_hub): the push below publishes it with the card and figures of that evaluation
+    trainer.save_model(training_args.output_dir, _internal_call=True)
+    end.done += 1
+    # as transformers' example scripts: train_results.json, and trainer_state.json with the whole log history
+    trainer.save_metrics("train", train_metrics)
+    trainer.save_state()
+    end.done += 1
+    # beside the model: new class names need it (the checkpoints, which resume the run, go without)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(output_dir)
+    end.done += 1
+    if trainer.eval_dataset is not None:
+        results = trainer.evaluate()  # the model as saved (with load_best_model_at_end, the best one)
+        results["train_seconds"] = train_metrics["train_runtime"]
+        # eval_results.json, and all_results.json with the training's
+        trainer.save_metrics("eval", results)
+        if trainer.is_world_process_zero():
+            print(json.dumps(results, indent=2))
+        end.results = results
+        end.done += 1
+    # README.md, with these figures, on the data named as train.py's card names it
+    trainer.create_model_card(
+        dataset=args.dataset_name,
+        dataset_description=describe_dataset(args.dataset_name, args.data_dir or args.dataset_path),
+    )
+    end.done += 1
+    if training_args.push_to_hub and trainer.is_world_process_zero():
+        # one commit of the allowed files (`publishable_files`): the model, its tokenizer, card, figures
+        publish_folder(
+            output_dir,
+            trainer.hub_model_id,  # the full id of the repository the trainer created
+            token=training_args.hub_token,
+            revision=training_args.hub_revision,
+            commit_message="End of training",
+        )
+
+
 def main(argv=None) -> dict:
     """Train as the command line ``argv`` says, save the model, its processor and the CLIP tokenizer of its text
-    embeddings, return the validation mIoU."""
+    embeddings, return the validation mIoU; with --do_eval alone, score a saved model (`evaluate_saved_model`)."""
     args, training_args = parse_args(argv)
+    if not training_args.do_train:
+        return evaluate_saved_model(args, training_args)
     output_dir = Path(training_args.output_dir)
     resume = checkpoint_to_resume(training_args)
     previous_run = claim_output_dir(
@@ -364,8 +633,7 @@ def main(argv=None) -> dict:
         check_resume(Path(resume), recorded, computation)
 
     # data and model
-    toy_sizes = (args.toy_train_images, args.toy_val_images)
-    source = dataclasses.replace(DataSource.from_args(args, toy_sizes), seed=training_args.seed)
+    source = data_source(args, training_args)
     preset = get_preset(recipe_name(args))  # the recipe of parse_args
     set_seed(training_args.seed)  # the decoder's initial weights
     train_raw, val_raw, names = load_dataset_splits(
@@ -380,10 +648,13 @@ def main(argv=None) -> dict:
     if "class_names" in names and not (args.preset or args.class_names or source.toy):
         print(dataset_classes_note(names["class_names"]))
     if val_raw is None and training_args.eval_strategy != "no":
-        raise ValueError(
-            f"--eval_strategy {training_args.eval_strategy.value} (the recipe's or given) evaluates during training, "
-            "but the dataset has no validation split: name one (--validation_split), or give --eval_strategy no."
+        raise no_validation_split(
+            f"--eval_strategy {training_args.eval_strategy.value} (the recipe's or given)"
         )
+    if val_raw is None and args.evaluation_asked:
+        raise no_validation_split("--do_eval")
+    if not training_args.do_eval:  # --do_train alone: no final evaluation
+        val_raw = None
     # the config of examples/train.py
     config_kwargs = preset_config_kwargs(args.preset or ("toy" if source.toy else None))
     config_kwargs.update({k: v for k, v in names.items() if v is not None})
@@ -414,10 +685,7 @@ def main(argv=None) -> dict:
         **processor_settings(cfg),
     )
     normalization = PixelNormalization.from_image_processor(processor)
-    reading = dataclasses.replace(
-        LabelReading.from_args(args, class_names=list(zip(cfg.label_names, cfg.class_names))),
-        skip_empty=preset.dataset.skip_empty_images,  # COCO's: the images of the official lists
-    )
+    reading = label_reading(args, cfg, preset.dataset.skip_empty_images)
     # one process reads the images for the labels
     labelling = training_args.main_process_first
     augment = TrainAugmentation(
@@ -436,16 +704,7 @@ def main(argv=None) -> dict:
         check_fills_a_batch(
             len(train_set), training_args.per_device_train_batch_size, training_args.world_size
         )
-    val_set = None
-    if val_raw is not None:
-        val_set, _ = evaluation_set(
-            val_raw,
-            cfg.num_foreground_classes,
-            cfg.semantic_loss_ignore_index,
-            normalization,
-            reading,
-            labelling=labelling,
-        )
+    val_set = None if val_raw is None else scored_set(val_raw, cfg, processor, reading, labelling)
 
     # training; Ctrl-C / SIGTERM within it end the step under way and save its checkpoint
     stop_on_signal = StopOnSignalCallback({"signal": None})
@@ -457,7 +716,7 @@ def main(argv=None) -> dict:
         processing_class=processor,  # saved with the model and in every checkpoint
         # training_args.json and computation.json in every checkpoint (written by on_save: the signal's one too)
         callbacks=[RecordRunCallback(recorded, computation), stop_on_signal],
-        eval_modes=("pred", "cam", "pseudo"),
+        eval_modes=EVAL_MODES,
         eval_long_side=preset.evaluation.eval_long_side,
     )
     if (
@@ -475,41 +734,18 @@ def main(argv=None) -> dict:
                 ": continue the run with --resume_from_checkpoint latest (its model is saved and scored when it ends)"
             )
         return {"stopped_at": step, "stopped_by_signal": signum}
-    if stop["signal"]:  # after the last step: as if it came after train()
-        signal.raise_signal(stop["signal"])
-    # saved before the evaluation (which casts it with --fp16_full_eval), not pushed (as save_model does with
-    # --push_to_hub): the push below publishes it with the card and figures of that evaluation
-    trainer.save_model(training_args.output_dir, _internal_call=True)
-    # as transformers' example scripts: train_results.json, and trainer_state.json with the whole log history
-    trainer.save_metrics("train", train_metrics)
-    trainer.save_state()
-    # beside the model: new class names need it (the checkpoints, which resume the run, go without)
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(output_dir)
-    results = {}
-    if val_set is not None:
-        results = trainer.evaluate()  # the model as saved (with load_best_model_at_end, the best one)
-        results["train_seconds"] = train_metrics["train_runtime"]
-    # README.md, with these figures, on the data named as train.py's card names it
-    trainer.create_model_card(
-        dataset=args.dataset_name,
-        dataset_description=describe_dataset(args.dataset_name, args.data_dir or args.dataset_path),
+    # the end of the run: a signal now stops it at once, saying what is saved and what is not
+    end = RunEnd(
+        output_dir, step, args.overwrite_output_dir, run_end_parts(training_args, val_set is not None)
     )
-    if results:
-        # eval_results.json, and all_results.json with the training's
-        trainer.save_metrics("eval", results)
-        if trainer.is_world_process_zero():
-            print(json.dumps(results, indent=2))
-    if training_args.push_to_hub and trainer.is_world_process_zero():
-        # one commit of the allowed files (`publishable_files`): the model, its tokenizer, card, figures
-        publish_folder(
-            output_dir,
-            trainer.hub_model_id,  # the full id of the repository the trainer created
-            token=training_args.hub_token,
-            revision=training_args.hub_revision,
-            commit_message="End of training",
-        )
-    return results
+    log = print if trainer.is_world_process_zero() else lambda message: None
+    with explain_signals(end.message, log):
+        # one that came after the last step (in Trainer's last save), in any process: every process stops
+        late = agreed_signal(stop["signal"] or 0, training_args)
+        if late:
+            signal.raise_signal(late)
+        finish_run(args, training_args, trainer, tokenizer, train_metrics, end)
+    return end.results
 
 
 if __name__ == "__main__":

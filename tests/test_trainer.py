@@ -575,6 +575,107 @@ def test_train_with_trainer_saves_a_checkpoint_when_stopped_by_a_signal(tmp_path
     assert results.get("epoch") == 8 and (tmp_path / "model.safetensors").is_file(), results
 
 
+def test_train_with_trainer_runs_the_phases_do_train_and_do_eval_ask_for(tmp_path, monkeypatch, capsys):
+    """--do_train / --do_eval / --do_predict were accepted and ignored (--do_eval alone trained a new model). As in
+    transformers' example scripts: --do_eval alone scores the saved model of --model_name_or_path (the figures of the
+    run that saved it) without training; --do_train alone trains without a final evaluation; neither given, the run
+    trains and scores as before; --do_predict, and flags the phases asked for would ignore, are refused."""
+    script = trainer_script(monkeypatch)
+    flags = ["--max_steps", 1, "--toy_train_images", 8, "--toy_val_images", 2, "--save_strategy", "no"]
+    trained = run_script(
+        script, "--output_dir", tmp_path / "trained", *flags
+    )  # neither flag: train and score
+    assert "eval_miou" in trained and (tmp_path / "trained" / "eval_results.json").is_file()
+    untested = tmp_path / "untested"
+    assert run_script(script, "--output_dir", untested, *flags, "--do_train") == {}
+    assert (untested / "model.safetensors").is_file() and not (untested / "eval_results.json").exists()
+
+    monkeypatch.setattr(script.WeCLIPTrainer, "train", lambda *a, **k: pytest.fail("the run trained"))
+    scored = tmp_path / "scored"
+    saved = ["--model_name_or_path", tmp_path / "trained", "--toy_val_images", 2]
+    results = run_script(script, "--output_dir", scored, "--do_eval", *saved)
+    miou = ("eval_miou", "eval_cam_miou", "eval_pseudo_label_miou")
+    assert {k: results[k] for k in miou} == {k: trained[k] for k in miou}
+    assert json.loads((scored / "eval_results.json").read_text()) == results
+    assert not (scored / "model.safetensors").exists()
+
+    refusals = {
+        ("--do_eval", "--do_predict", *saved): "--do_predict: this script predicts no test split",
+        ("--do_eval",): "--do_eval without --do_train scores a saved model: give --model_name_or_path",
+        ("--do_train", "--do_eval", *saved): "--model_name_or_path is the saved model that --do_eval without",
+        ("--do_eval", *saved, "--crop_size", 64): "--crop_size acts on a run that trains",
+        ("--do_eval", *saved, "--resume_from_checkpoint", "latest"): "--resume_from_checkpoint acts on a run",
+        ("--do_train", "False"): "--do_train and --do_eval are both off: nothing to do",
+    }
+    capsys.readouterr()
+    for argv, error in refusals.items():
+        with pytest.raises(SystemExit):
+            script.parse_args(["--output_dir", str(tmp_path / "o"), *map(str, argv)])
+        assert error in capsys.readouterr().err, argv
+    # a run asked to score its model (neither flag given: where the data has a validation split)
+    with pytest.raises(
+        ValueError, match="--do_eval scores the model, but the dataset has no validation split"
+    ):
+        run_script(
+            script, "--output_dir", tmp_path / "none", "--do_train", "--do_eval", "--validation_split", "none"
+        )
+
+
+@pytest.mark.parametrize("when", ["final evaluation", "last checkpoint"])
+def test_train_with_trainer_says_what_is_saved_when_a_signal_stops_the_end_of_the_run(
+    tmp_path, monkeypatch, capsys, when
+):
+    """A Ctrl-C in the final evaluation (or one that came in Trainer's save of the last step, then re-raised after
+    the training) stopped the run at once without a word on what was saved. It still stops at once, saying what is
+    saved, what is not, and how to finish: resume the last checkpoint, or score the saved model."""
+    script = trainer_script(monkeypatch)
+    flags = ["--max_steps", 2, "--toy_train_images", 8, "--toy_val_images", 2]
+    sent = []  # once: the resumed run below ends undisturbed
+
+    def interrupt() -> None:
+        if not sent:
+            sent.append(signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    if when == "final evaluation":
+        evaluate = script.WeCLIPTrainer.evaluate
+
+        def interrupted(trainer, *args, **kwargs):
+            if not trainer.is_in_train:
+                interrupt()
+            return evaluate(trainer, *args, **kwargs)
+
+        monkeypatch.setattr(script.WeCLIPTrainer, "evaluate", interrupted)
+    else:
+
+        class SignalInTheLastSave(script.RecordRunCallback):
+            def on_save(self, args, state, control, **kwargs):
+                super().on_save(args, state, control, **kwargs)
+                if state.global_step == 2:
+                    interrupt()
+
+        monkeypatch.setattr(script, "RecordRunCallback", SignalInTheLastSave)
+    with pytest.raises(KeyboardInterrupt):
+        run_script(script, "--output_dir", tmp_path, *flags)
+    said = capsys.readouterr().out.splitlines()[-1]
+    assert said.startswith("stopped by signal 2 after the training (step 2): ")
+    resume = (
+        "Finish it: the same command with --resume_from_checkpoint latest (from checkpoint-2 it trains no step "
+        "again, then runs this end whole)."
+    )
+    assert resume in said
+    if when == "final evaluation":
+        assert (tmp_path / "model.safetensors").is_file() and not (tmp_path / "eval_results.json").exists()
+        assert f"saved in {tmp_path}: the trained model (model.safetensors, " in said
+        assert "not done: the final evaluation (eval_results.json, all_results.json), the model card" in said
+        assert f"--do_eval --model_name_or_path {tmp_path} --output_dir {tmp_path}." in said
+    else:
+        assert not (tmp_path / "model.safetensors").exists()
+        assert "nothing of its end is saved; not done: the trained model (" in said
+    results = run_script(script, "--output_dir", tmp_path, *flags, "--resume_from_checkpoint", "latest")
+    assert "eval_miou" in results and (tmp_path / "README.md").is_file()
+
+
 def test_train_with_trainer_reads_resume_from_checkpoint_true_as_trainer_does(tmp_path, monkeypatch):
     """--resume_from_checkpoint True, which `Trainer.train(resume_from_checkpoint=True)` reads as the newest
     checkpoint of output_dir, was refused as "Checkpoint folder True does not exist."; it is 'latest' (any case),
