@@ -294,3 +294,68 @@ def test_a_signal_to_one_process_stops_every_process_after_the_same_step(tmp_pat
     stopped = {"processes": 2, "step": 2, "stopped_by": 15}
     assert ranks == [{**stopped, "received": 15}, {**stopped, "received": None}]
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+# Runs examples/train_with_trainer.py (argv[1:]) with SIGTERM sent to the first process alone once Trainer has saved
+# the checkpoint of the last step (within `train()`, after the last step's agreement), and each process's last agreed
+# signal (`agreed_signal`: the stop every process acts on) written to $WECLIP_TEST_AGREED/rank<N>.
+SIGNAL_IN_THE_LAST_SAVE = """
+import os, runpy, signal, sys
+import weclip_hf.trainer as trainer
+
+save, agree = trainer.RecordRunCallback.on_save, trainer.agreed_signal
+
+def on_save(self, args, state, control, **kwargs):
+    save(self, args, state, control, **kwargs)
+    if state.global_step == args.max_steps and args.process_index == 0:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+def agreed(signum, args):
+    agreed = agree(signum, args)
+    with open(os.path.join(os.environ["WECLIP_TEST_AGREED"], f"rank{args.process_index}"), "w") as f:
+        f.write(str(agreed))
+    return agreed
+
+trainer.RecordRunCallback.on_save, trainer.agreed_signal = on_save, agreed
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_signal_to_one_process_after_the_last_step_stops_every_process_saying_what_is_saved(tmp_path):
+    """SIGTERM to one of two processes of train_with_trainer.py after its last step (in Trainer's save of that
+    step's checkpoint) was re-raised in that process alone, which died without a word while the other went on
+    saving and scoring. Every process now agrees on it as the run's end begins and stops there (143), the first
+    saying once what is saved and how to finish the run."""
+    hook, out, agreed = tmp_path / "hook.py", tmp_path / "run", tmp_path / "agreed"
+    hook.write_text(SIGNAL_IN_THE_LAST_SAVE)
+    agreed.mkdir()
+    script = Path(__file__).parents[1] / "examples" / "train_with_trainer.py"
+    flags = [
+        "--use_cpu",
+        "--output_dir",
+        out,
+        "--max_steps",
+        2,
+        "--toy_train_images",
+        8,
+        "--toy_val_images",
+        2,
+    ]
+    flags += ["--per_device_train_batch_size", 2, "--disable_tqdm", "true"]
+    command = [*torchrun(2), str(hook), str(script), *map(str, flags)]
+    env = {**train_env(1), "WECLIP_TEST_AGREED": str(agreed)}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "exitcode  : 143" in output, output[-3000:]
+    assert [(agreed / f"rank{rank}").read_text() for rank in (0, 1)] == ["15", "15"]
+    said = [line for line in output.splitlines() if line.startswith("stopped by signal")]
+    assert said == [
+        "stopped by signal 15 after the training (step 2): nothing of its end is saved; not done: the trained model "
+        "(model.safetensors, config.json, preprocessor_config.json), train_results.json and trainer_state.json, the "
+        "CLIP tokenizer of its text embeddings, the final evaluation (eval_results.json, all_results.json), the model "
+        "card (README.md). Finish it: the same command with --resume_from_checkpoint latest (from checkpoint-2 it "
+        "trains no step again, then runs this end whole)."
+    ]
+    assert not (out / "model.safetensors").exists()

@@ -621,12 +621,12 @@ def test_train_with_trainer_runs_the_phases_do_train_and_do_eval_ask_for(tmp_pat
         )
 
 
-@pytest.mark.parametrize("when", ["final evaluation", "last checkpoint"])
+@pytest.mark.parametrize("when", ["final evaluation", "final save", "last checkpoint"])
 def test_train_with_trainer_says_what_is_saved_when_a_signal_stops_the_end_of_the_run(
     tmp_path, monkeypatch, capsys, when
 ):
-    """A Ctrl-C in the final evaluation (or one that came in Trainer's save of the last step, then re-raised after
-    the training) stopped the run at once without a word on what was saved. It still stops at once, saying what is
+    """A Ctrl-C in the final evaluation or the final save of the model (or one that came in Trainer's save of the last
+    step, then re-raised after the training) stopped the run at once without a word on what was saved. It still stops at once, saying what is
     saved, what is not, and how to finish: resume the last checkpoint, or score the saved model."""
     script = trainer_script(monkeypatch)
     flags = ["--max_steps", 2, "--toy_train_images", 8, "--toy_val_images", 2]
@@ -646,6 +646,15 @@ def test_train_with_trainer_says_what_is_saved_when_a_signal_stops_the_end_of_th
             return evaluate(trainer, *args, **kwargs)
 
         monkeypatch.setattr(script.WeCLIPTrainer, "evaluate", interrupted)
+    elif when == "final save":
+        save_model = script.WeCLIPTrainer.save_model
+
+        def interrupted_save(trainer, *args, **kwargs):
+            if not trainer.is_in_train:  # not a checkpoint's
+                interrupt()
+            return save_model(trainer, *args, **kwargs)
+
+        monkeypatch.setattr(script.WeCLIPTrainer, "save_model", interrupted_save)
     else:
 
         class SignalInTheLastSave(script.RecordRunCallback):
