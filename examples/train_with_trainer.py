@@ -186,8 +186,9 @@ class WeCLIPArguments:
         "with --do_eval and without --do_train: the saved WeCLIP or WeCLIP+ model scored (a folder of this script or "
         "examples/train.py, or a Hub id); a run that trains builds its model from the backbones"
     )
-    # no flag (set by parse_args): --do_eval was given, so a dataset without a validation split is refused (without
-    # --do_train / --do_eval the run scores its model where the data has one)
+    # no flag (set by parse_args): --do_train / --do_eval were given and ask for a final evaluation (--do_eval, or an
+    # --eval_strategy), so a dataset without a validation split is refused (without them the run scores its model
+    # where the data has one)
     evaluation_asked: bool = field(default=False, init=False)
 
 
@@ -461,7 +462,7 @@ def no_validation_split(flag: str) -> ValueError:
     """The error of a run asked to score its model (``flag``) on data without a validation split."""
     return ValueError(
         f"{flag} scores the model, but the dataset has no validation split: name one (--validation_split), or "
-        f"hold one out (--train_val_split){'' if flag == '--do_eval' else ', or give --eval_strategy no'}."
+        f"hold one out (--train_val_split), or {'leave it out' if flag == '--do_eval' else 'give --eval_strategy no'}."
     )
 
 
