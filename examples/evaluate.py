@@ -18,6 +18,8 @@ the one training saved; WeCLIP's ImageNet statistics, with a note, for a folder 
 
 Under `accelerate launch` (or torchrun) each process scores every num_processes-th image and the confusion matrices
 are summed: the figures of one process, in a fraction of the time; the main process prints and writes them.
+The device: accelerate's (each process's own GPU under a launch, else a GPU where there is one), or --device
+(cpu, cuda, cuda:N, mps; one that torch does not find here is refused before the model loads).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import math
 from contextlib import nullcontext
 from pathlib import Path
 
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from transformers import AutoModelForSemanticSegmentation
 
@@ -58,9 +60,10 @@ from weclip_hf.script_arguments import (
     MODEL_SCALES_HELP,
     add_crf_parameter_flags,
     add_data_source_flags,
-    add_device_flag,
     add_multiscale_flags,
+    add_process_device_flag,
     at_least_one,
+    check_device_fits_launch,
     check_model_argument,
     check_output_path,
     check_preset_fits_model,
@@ -69,6 +72,8 @@ from weclip_hf.script_arguments import (
     first_paragraph,
     fraction,
     naming_the_model_flag,
+    process_device,
+    process_state,
     resolve_crf_flags,
     scales_in_effect,
 )
@@ -189,7 +194,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="skip images and masks that cannot be read, listing them (default: an error naming the file)",
     )
-    add_device_flag(p)
+    add_process_device_flag(p)
     p.add_argument(
         "--output_json",
         help="also write the results (mIoU of each mode, per-class IoU, settings) to this JSON file "
@@ -199,6 +204,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_preset_fits_model(p, args)
     args.toy = names_no_dataset(args)
     check_source_flags(p, args)
+    check_device_fits_launch(p, args.device)
     if args.toy_val_images is None:
         args.toy_val_images = get_preset("toy").dataset.toy_sizes[1]
     settings = evaluation_settings(args.preset, args.toy)
@@ -294,9 +300,9 @@ def main(argv=None) -> dict:
     if args.output_json:  # its folder made now: a missing one lost the JSON after the whole evaluation
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
     # under `accelerate launch` / torchrun each process scores its share of the images (confusion matrices summed)
-    cpu = args.device == "cpu"
-    accelerator = Accelerator(cpu=cpu) if PartialState(cpu=cpu).num_processes > 1 else None
-    device = accelerator.device if accelerator is not None else args.device
+    state = process_state(args.device)
+    accelerator = Accelerator(cpu=args.device == "cpu") if state.num_processes > 1 else None
+    device = process_device(args.device, state)
     main_process = accelerator is None or accelerator.is_main_process
     with naming_the_model_flag(args.model_name_or_path):
         model = AutoModelForSemanticSegmentation.from_pretrained(args.model_name_or_path)

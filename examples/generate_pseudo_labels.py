@@ -40,8 +40,10 @@ non-empty folder this script did not write (no ``.state/``) is refused unless --
 among its outputs (split folders, ``.state/``, ``overlays/``, or inside them) always: it would write and delete
 through it.
 
-Several processes take every n-th image each (on CPUs: ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu
---num_processes N``, as ``accelerate launch --cpu`` starts one process).
+The device: accelerate's (each process's own GPU under `accelerate launch`, else a GPU where there is one), or
+--device (cpu, cuda, cuda:N, mps; one that torch does not find here is refused before the model loads). Several
+processes take every n-th image each (on CPUs: ``accelerate launch --multi_gpu --num_processes N
+examples/generate_pseudo_labels.py --device cpu``, as ``accelerate launch --cpu`` starts one process).
 
 Phases: arguments -> data -> model -> pseudo masks (each process its share) -> metadata, report (main process).
 """
@@ -58,7 +60,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import PartialState
-from accelerate.utils import parse_flag_from_env
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -125,7 +126,9 @@ from weclip_hf.script_arguments import (
     LABELS_COLUMN_HELP,
     MASK_COLUMN_HELP,
     add_data_source_flags,
+    add_process_device_flag,
     add_toy_size_flags,
+    check_device_fits_launch,
     check_hub_token,
     check_model_argument,
     check_output_path,
@@ -133,6 +136,8 @@ from weclip_hf.script_arguments import (
     check_source_flags,
     first_paragraph,
     naming_the_model_flag,
+    process_device,
+    process_state,
 )
 from weclip_hf.visualization import label_map_image, overlay_figure, present_class_cams
 
@@ -217,6 +222,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     run.add_argument(
         "--num_overlays", type=int, default=0, help="overlays of the first N images (default: 0; -1: all)"
     )
+    add_process_device_flag(run)
     run.add_argument("--save_to_disk", help="also save the dataset with DatasetDict.save_to_disk here")
     run.add_argument("--push_to_hub", action="store_true", help="push the dataset (DatasetDict.push_to_hub)")
     run.add_argument("--hub_dataset_id", help="default: the --output_dir folder name")
@@ -224,6 +230,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     check_hub_token(p, args.hub_token)
     check_source_flags(p, args)
+    check_device_fits_launch(p, args.device)
     if args.validation_split == args.split:  # one folder for both: the copies would replace the pseudo masks
         p.error(
             f"--validation_split {args.split!r} is the --split pseudo-labelled: give another split (or none)."
@@ -427,17 +434,20 @@ class LabelledImages(Dataset):
 # ---- model ------------------------------------------------------------------------------------------
 
 
-def load_model(args, state: PartialState) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImageProcessor]:
+def load_model(
+    args, state: PartialState, device: torch.device
+) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImageProcessor]:
     """The trained WeCLIP of --model and its image processor, or a bare CLIP with the preset's (or the toy world's)
-    classes and the default processor, on the process's device (notes and warnings given by the main process)."""
+    classes and the default processor, on ``device`` (`process_device`; notes and warnings given by the main
+    process)."""
     if args.model:
         with naming_the_model_flag(args.model, "--model"):
             model = AutoModelForSemanticSegmentation.from_pretrained(args.model)
-        model = model.to(state.device).eval()
+        model = model.to(device).eval()
         if args.toy:
             check_toy_classes(model.config.class_names, args.model)
     else:
-        model = bare_clip_model(args, state.print).to(state.device).eval()
+        model = bare_clip_model(args, state.print).to(device).eval()
     processor = WeCLIPImageProcessor.from_saved_or_default(
         args.model,
         **processor_settings(model.config),
@@ -825,7 +835,8 @@ def main(argv=None) -> dict | None:
     args = parse_args(argv)
     if args.model:  # before --output_dir is made
         check_model_argument(args.model, "--model")
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # CPU processes: see the docstring
+    state = process_state(args.device)
+    device = process_device(args.device, state)
     for note in args.split_notes:
         state.print(note)
     out = Path(args.output_dir)
@@ -833,7 +844,7 @@ def main(argv=None) -> dict | None:
     check_no_links(out, [*splits, STATE_DIR, "overlays", REPORT])
     # 1. model and data, before anything is written: a run that fails there (a --split the dataset lacks, a
     # mistyped class name) leaves nothing
-    model, processor = load_model(args, state)
+    model, processor = load_model(args, state, device)
     normalization = PixelNormalization.from_image_processor(processor)
     args.max_size = processor_input_size(processor)  # a larger photo's pseudo masks are computed at that size
     cfg = model.config
@@ -858,7 +869,7 @@ def main(argv=None) -> dict | None:
             args.hub_dataset_id or out.resolve().name, token=args.hub_token, repo_type="dataset"
         )
 
-    num_workers = decoding_workers(args.num_workers, state.device.type)
+    num_workers = decoding_workers(args.num_workers, device.type)
 
     # 2. pseudo masks of --split, ground-truth masks of --validation_split: this process's share, without those
     # an earlier run did from the same input

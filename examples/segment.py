@@ -8,8 +8,10 @@ per-class fractions.
     accelerate launch examples/segment.py --model_name_or_path weclip-voc --dataset_name jxie/pascal-voc-2012 \\
         --split validation --dtype bfloat16 --output_dir seg-voc      # the processes split the images
 
-Several processes take every n-th input each (`accelerate launch`; on CPUs: ``ACCELERATE_USE_CPU=1 accelerate
-launch --multi_gpu --num_processes N``, as ``accelerate launch --cpu`` starts one process).
+The device: accelerate's (each process's own GPU under `accelerate launch`, else a GPU where there is one), or
+--device (cpu, cuda, cuda:N, mps; one that torch does not find here is refused before the model loads). Several
+processes take every n-th input each (`accelerate launch`; on CPUs: ``accelerate launch --multi_gpu
+--num_processes N examples/segment.py --device cpu``, as ``accelerate launch --cpu`` starts one process).
 
 Inputs: folders (searched recursively, linked folders too; hidden files and folders, and the output folders of
 earlier runs (of one into the folder itself its labels/ and overlays/), left out; a file is named by its path
@@ -55,7 +57,6 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 from accelerate import PartialState
-from accelerate.utils import parse_flag_from_env
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -110,6 +111,8 @@ from weclip_hf.script_arguments import (
     add_crf_parameter_flags,
     add_data_source_flags,
     add_multiscale_flags,
+    add_process_device_flag,
+    check_device_fits_launch,
     check_model_argument,
     check_output_path,
     check_source_flags,
@@ -117,6 +120,8 @@ from weclip_hf.script_arguments import (
     crf_overrides,
     first_paragraph,
     naming_the_model_flag,
+    process_device,
+    process_state,
     resolve_crf_flags,
     scales_in_effect,
 )
@@ -170,6 +175,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="dtype of the model weights (default: float32, on every device; on a GPU, bfloat16 halves their "
         "memory)",
     )
+    add_process_device_flag(p)
     add_multiscale_flags(p)
     p.add_argument(
         "--crf",
@@ -191,6 +197,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.batch_size < 1:
         p.error(f"--batch_size must be >= 1, got {args.batch_size}")
     check_source_flags(p, args)
+    check_device_fits_launch(p, args.device)
     check_output_path(p, "--output_dir", args.output_dir)
     check_switched_flags(p, args, {"scales": "msf", **dict.fromkeys(CRF_PARAMETER_FLAGS, "crf")})
     resolve_crf_flags(p, args)
@@ -464,15 +471,17 @@ def dataset_row(index: int, split: str, dataset: str) -> str:
 # ---- model and segmentation -------------------------------------------------------------------------
 
 
-def load_model(args, state: PartialState) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImageProcessor]:
-    """The model of ``--model_name_or_path`` in evaluation mode on the process's device, and its image processor
-    (the warning of a folder without one given by the main process)."""
+def load_model(
+    args, state: PartialState, device: torch.device
+) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImageProcessor]:
+    """The model of ``--model_name_or_path`` in evaluation mode on ``device`` (`process_device`), and its image
+    processor (the warning of a folder without one given by the main process)."""
     check_model_argument(args.model_name_or_path)
     with naming_the_model_flag(args.model_name_or_path):
         model = AutoModelForSemanticSegmentation.from_pretrained(
             args.model_name_or_path, dtype=getattr(torch, args.dtype)
         )
-    model = model.to(state.device).eval()
+    model = model.to(device).eval()
     processor = WeCLIPImageProcessor.from_saved_or_default(
         args.model_name_or_path,
         **processor_settings(model.config),
@@ -600,10 +609,11 @@ def start_over(out: Path) -> Callable[[], None]:
 def main(argv=None) -> dict | None:
     """Segment the inputs as the command line ``argv`` says; the main process returns the report."""
     args = parse_args(argv)
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # CPU processes: see the docstring
+    state = process_state(args.device)
+    device = process_device(args.device, state)
     out = Path(args.output_dir)
     check_no_links(out, [*OUTPUT_FOLDERS, REPORT])
-    model, processor = load_model(args, state)
+    model, processor = load_model(args, state, device)
     args.scales = scales_in_effect(args.scales, model.config)
     settings = {k: getattr(args, k) for k in ("model_name_or_path", "dtype", "msf", "crf", "crf_preset")}
     # the CRF's overrides recorded only when given, so that a folder of an earlier version goes on
@@ -660,7 +670,7 @@ def main(argv=None) -> dict | None:
         f"{len(names)} inputs; this process segments {len(todo)} and draws {len(overlay_only)} overlays of done "
         "ones (the others: done or another process's)"
     )
-    num_workers = decoding_workers(args.num_workers, state.device.type)
+    num_workers = decoding_workers(args.num_workers, device.type)
     loader = DataLoader(
         ImageInputs(values, where, sorted([*todo, *overlay_only]), processor),
         batch_size=args.batch_size,

@@ -464,3 +464,31 @@ def interrupted_after(function, calls: int, called: list | None = None):
         return function(*args, **kwargs)
 
     return interrupted
+
+
+class OnAGPUMachine:
+    """accelerate's `PartialState` of a process as on a GPU machine: its device ``cuda:0``, all else the real
+    state's (a script's run on a CPU machine that shows which device --device chose over accelerate's)."""
+
+    device = torch.device("cuda:0")
+
+    def __init__(self, state):
+        self._state = state
+
+    def __getattr__(self, name: str):
+        return getattr(self._state, name)
+
+
+def loading_on_a_gpu_machine(script, monkeypatch) -> list:
+    """Run ``script`` (segment.py, generate_pseudo_labels.py) as on a GPU machine (`OnAGPUMachine`): the list
+    returned collects the device of each `load_model` call."""
+    devices = []
+    state_of, load_model = script.process_state, script.load_model
+
+    def recording(args, state, device):
+        devices.append(device)
+        return load_model(args, state, device)
+
+    monkeypatch.setattr(script, "process_state", lambda device: OnAGPUMachine(state_of(device)))
+    monkeypatch.setattr(script, "load_model", recording)
+    return devices

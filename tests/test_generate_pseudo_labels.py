@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, RecordingHub, interrupted_after, save_another_model_at, train_in_process
+from conftest import (
+    ROOT,
+    RecordingHub,
+    interrupted_after,
+    loading_on_a_gpu_machine,
+    save_another_model_at,
+    train_in_process,
+)
 from PIL import Image
 
 from weclip_hf.data.toy import TOY_VALIDATION_SEED_OFFSET, generate_toy_images, make_toy_dataset
@@ -663,3 +670,12 @@ def test_ctrl_c_says_how_to_continue_and_exits_130(script, monkeypatch, capsys):
         runpy.run_path(str(ROOT / "examples" / script), run_name="__main__")
     assert exited.value.code == 130
     assert "Interrupted: run the same command again to continue." in capsys.readouterr().out
+
+
+def test_device_cpu_runs_the_model_on_the_cpu_of_a_gpu_machine(tiny_clip, tmp_path, monkeypatch):
+    """generate_pseudo_labels.py had no --device: on a GPU machine the CPU took ACCELERATE_USE_CPU=1. --device cpu
+    builds the bare CLIP on the CPU where accelerate's device is a GPU, and labels the images."""
+    devices = loading_on_a_gpu_machine(generate, monkeypatch)
+    argv = ["--clip_model_name_or_path", tiny_clip, "--toy_train_images", "2", "--device", "cpu"]
+    report = generate.main([*argv, "--output_dir", str(tmp_path / "out")])
+    assert devices == [torch.device("cpu")] and report["splits"]["train"]["num_images"] == 2

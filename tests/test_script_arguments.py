@@ -764,3 +764,134 @@ def test_a_saved_model_the_hub_cannot_give_is_named_with_its_flag(script, argv, 
         OSError, match=rf"Could not load the WeCLIP \({flag}\) checkpoint '{nowhere}': (?s:.*)local"
     ):
         load_script(script).main(argv)
+
+
+# the scripts that run a model in each process of a launch, with the arguments each requires
+DEVICE_SCRIPTS = {
+    "segment": ["--model_name_or_path", "{model}", "--images", "{tmp}", "--output_dir", "{tmp}/out"],
+    "generate_pseudo_labels": ["--model", "{model}", "--output_dir", "{tmp}/out"],
+    "evaluate": ["--model_name_or_path", "{model}"],
+}
+
+
+def device_argv(script: str, tmp_path, *device: str) -> list[str]:
+    """The required arguments of ``script`` (`DEVICE_SCRIPTS`; a model folder that holds nothing) and ``device``."""
+    argv = [arg.format(model=tmp_path / "model", tmp=tmp_path) for arg in DEVICE_SCRIPTS[script]]
+    return [*argv, *device]
+
+
+def only_the_cpu_and_two(device_type: str | None):
+    """A `script_arguments.device_count` of a machine of the CPU and, where given, two devices of ``device_type``."""
+    return lambda kind: {"cpu": 1, device_type: 2}.get(kind, 0)
+
+
+@pytest.mark.parametrize("script", sorted(DEVICE_SCRIPTS))
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        (
+            "gpu",
+            "argument --device: 'gpu' is no torch device (a GPU is cuda): give cpu, cuda, cuda:N, mps or xpu.",
+        ),
+        (
+            "cuda",
+            "argument --device: 'cuda': torch finds no cuda device here (torch.cuda.is_available() is False: no such "
+            "device, or a torch built without cuda support); devices here: cpu.",
+        ),
+        ("meta", "argument --device: 'meta': torch finds no meta device here"),
+    ],
+)
+def test_a_device_that_is_not_here_is_refused_before_any_model_loads(
+    script, device, message, tmp_path, capsys, monkeypatch
+):
+    """segment.py and generate_pseudo_labels.py had no --device (a CPU run on a GPU machine needed
+    ACCELERATE_USE_CPU=1); evaluate.py's took any string and failed after loading the model ("Torch not compiled
+    with CUDA enabled", or torch's list of twenty device types for 'gpu'). Now --device is refused at parse time,
+    saying what there is, before any model is read (the model folder given does not even exist)."""
+    import weclip_hf.script_arguments as script_arguments
+
+    monkeypatch.setattr(script_arguments, "device_count", only_the_cpu_and_two(None))
+    assert message in parse_error(
+        load_script(script).main, device_argv(script, tmp_path, "--device", device), capsys
+    )
+
+
+def test_a_device_index_beyond_the_devices_here_is_refused(monkeypatch):
+    import weclip_hf.script_arguments as script_arguments
+
+    monkeypatch.setattr(script_arguments, "device_count", only_the_cpu_and_two("cuda"))
+    assert script_arguments.device_name("cuda:1") == "cuda:1"
+    with pytest.raises(
+        argparse.ArgumentTypeError, match=r"'cuda:2': torch finds 2 cuda devices here, cuda:0..cuda:1"
+    ):
+        script_arguments.device_name("cuda:2")
+    monkeypatch.setattr(script_arguments, "device_count", lambda kind: 1)
+    with pytest.raises(
+        argparse.ArgumentTypeError, match=r"'cuda:1': torch finds 1 cuda device here, cuda:0..cuda:0"
+    ):
+        script_arguments.device_name("cuda:1")
+
+
+@pytest.mark.parametrize("script", sorted(DEVICE_SCRIPTS))
+@pytest.mark.parametrize(
+    "env, device, message",
+    [
+        (
+            {"ACCELERATE_USE_CPU": "1"},
+            "cuda",
+            "--device cuda asks for a cuda device, and ACCELERATE_USE_CPU=1 (`accelerate launch --cpu`) for the "
+            "CPU: drop one of them.",
+        ),
+        (
+            {"WORLD_SIZE": "2"},
+            "cuda:1",
+            "--device cuda:1 would put all 2 processes of the launch on one device: give --device cuda (each process "
+            "takes its own, cuda:LOCAL_RANK) or leave it out; choose the GPUs with CUDA_VISIBLE_DEVICES.",
+        ),
+        ({"WORLD_SIZE": "2"}, "cuda", None),  # each process its own GPU
+        ({"WORLD_SIZE": "2"}, "cpu", None),  # several CPU processes
+        ({"ACCELERATE_USE_CPU": "1"}, "cpu", None),
+    ],
+)
+def test_a_device_the_launch_contradicts_is_refused(
+    script, env, device, message, tmp_path, capsys, monkeypatch
+):
+    """On a machine of two GPUs (`device_count` says so): a GPU asked for where ACCELERATE_USE_CPU=1 puts the
+    processes on the CPU, and one GPU by its index for several processes, are refused at parse time."""
+    import weclip_hf.script_arguments as script_arguments
+
+    monkeypatch.setattr(script_arguments, "device_count", only_the_cpu_and_two("cuda"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    parse = load_script(script).parse_args
+    argv = device_argv(script, tmp_path, "--device", device)
+    if message is None:
+        assert parse(argv).device == device
+    else:
+        assert parse_error(parse, argv, capsys).endswith(f"error: {message}")
+
+
+def test_process_device_is_the_device_given_else_accelerates():
+    """--device cpu on a GPU process is the CPU; a device type without an index is the process's own device of
+    that type (cuda:LOCAL_RANK under a launch); an index, that device; none, accelerate's."""
+    import torch
+
+    from weclip_hf.script_arguments import process_device
+
+    on_gpu = argparse.Namespace(device=torch.device("cuda:1"))
+    assert process_device(None, on_gpu) == torch.device("cuda:1")
+    assert process_device("cpu", on_gpu) == torch.device("cpu")
+    assert process_device("cuda", on_gpu) == torch.device("cuda:1")
+    assert process_device("cuda:0", on_gpu) == torch.device("cuda:0")
+    assert process_device("cuda", argparse.Namespace(device=torch.device("cpu"))) == torch.device("cuda")
+
+
+@pytest.mark.parametrize("script", sorted(DEVICE_SCRIPTS))
+def test_the_device_flag_is_one_and_the_same_in_each_script(script, monkeypatch):
+    """--device: one help text, no default (accelerate's device), the same check in segment.py,
+    generate_pseudo_labels.py and evaluate.py."""
+    from weclip_hf.script_arguments import PROCESS_DEVICE_HELP, device_name
+
+    (flag,) = [a for a in script_parser(script, monkeypatch)._actions if "--device" in a.option_strings]
+    assert (flag.help, flag.default, flag.type) == (PROCESS_DEVICE_HELP, None, device_name)
+    assert "ACCELERATE_USE_CPU=1" in flag.help and "CUDA_VISIBLE_DEVICES" in flag.help

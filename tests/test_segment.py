@@ -13,7 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, free_port, interrupted_after, save_another_model_at, train_env
+from conftest import (
+    ROOT,
+    free_port,
+    interrupted_after,
+    loading_on_a_gpu_machine,
+    save_another_model_at,
+    train_env,
+)
 from PIL import Image
 
 from weclip_hf.batch_jobs import decoding_workers, write_atomic
@@ -1371,3 +1378,14 @@ def test_a_run_where_no_input_could_be_read_exits_with_an_error(run, toy_weclip_
     assert (
         segment.exit_status(run[1]) == 0 and segment.exit_status(None) == 0
     )  # another process: the main's says
+
+
+def test_device_cpu_runs_the_model_on_the_cpu_of_a_gpu_machine(images, toy_weclip_dir, tmp_path, monkeypatch):
+    """segment.py had no --device: on a GPU machine the CPU took ACCELERATE_USE_CPU=1. --device cpu loads the model
+    onto the CPU where accelerate's device is a GPU, and segments as the default run does."""
+    import torch
+
+    devices = loading_on_a_gpu_machine(segment, monkeypatch)
+    argv = ["--model_name_or_path", str(toy_weclip_dir), "--images", str(images / "sub")]
+    report = segment.main([*argv, "--output_dir", str(tmp_path / "out"), "--device", "cpu"])
+    assert devices == [torch.device("cpu")] and sorted(report["images"]) == ["toy1", "toy3"]
