@@ -140,6 +140,7 @@ from weclip_hf.script_arguments import (
     process_state,
 )
 from weclip_hf.visualization import label_map_image, overlay_figure, present_class_cams
+from weclip_hf.wording import counted
 
 REPORT = PSEUDO_LABEL_REPORT
 # the writer recorded in the settings, which `check_finished` names to the readers of an unfinished folder
@@ -709,12 +710,14 @@ def check_no_other_rows(
     if now_unreadable := sorted(others & unreadable.keys()):
         shown = some_of([f"{name!r}: {unreadable[name]}" for name in now_unreadable])
         raise ValueError(
-            f"{out} holds the outputs of {len(now_unreadable)} rows of split {split!r} that an earlier run did and "
+            f"{out} holds the outputs of {counted(len(now_unreadable), 'row')} of split {split!r} that an earlier "
+            "run did and "
             f"whose image or mask this run could not read ({shown}). Fix the files and re-run, or give "
             "--overwrite_output_dir to drop their outputs."
         )
     raise ValueError(
-        f"{out} holds the outputs of {len(others)} rows of split {split!r} that this run does not have "
+        f"{out} holds the outputs of {counted(len(others), 'row')} of split {split!r} that this run does not "
+        "have "
         f"({some_of([repr(name) for name in sorted(others)])}: an earlier run's, of more rows: another "
         "--max_samples or toy size), which the dataset written would list as this run's. Re-run with the earlier "
         "inputs, choose another --output_dir, or give --overwrite_output_dir to drop them."

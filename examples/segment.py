@@ -131,6 +131,7 @@ from weclip_hf.visualization import (
     overlay_figure,
     present_class_cams,
 )
+from weclip_hf.wording import counted
 
 IMAGE_FOLDERS = ("labels", "overlays")  # the images this script writes in --output_dir
 OUTPUT_FOLDERS = (*IMAGE_FOLDERS, STATE_DIR)  # all it writes there, with class_fractions.json
@@ -255,7 +256,9 @@ def without_earlier_outputs(
     this_run = output_dir.resolve()
     runs = {f: run for f in files if (run := earlier_run_of(f)) is not None and run.resolve() != this_run}
     for run in sorted(set(runs.values())):
-        note(f"Note: left out {run}'s labels/ and overlays/: the outputs of a run ({STATE_DIR}/{SETTINGS}).")
+        note(
+            f"Note: left out the labels/ and overlays/ of {run}: the outputs of a run ({STATE_DIR}/{SETTINGS})."
+        )
     return [f for f in files if f not in runs]
 
 
@@ -563,7 +566,10 @@ def write_report(
     }
     remove_temporary_files([out])
     save_json(report, out / REPORT)
-    print(f"{report['num_images']} label maps in {out / 'labels'}; skipped inputs: {len(report['skipped'])}")
+    print(
+        f"{counted(report['num_images'], 'label map')} in {out / 'labels'}; skipped inputs: "
+        f"{len(report['skipped'])}"
+    )
     return report
 
 
@@ -589,7 +595,10 @@ def remove_earlier_run(out: Path, listed: dict[Path, list[Path]]) -> None:
     """Remove the earlier run ``listed`` (`earlier_run`): each input's files, then its record; the report and the
     lists of skipped inputs; its settings last, so that an interrupted start-over leaves a folder the same command
     finishes. Other files in ``out`` stay, in labels/ and overlays/ too."""
-    print(f"--overwrite_output_dir: removing the {len(listed)} inputs' outputs of the earlier run in {out}")
+    print(
+        f"--overwrite_output_dir: removing the outputs of {counted(len(listed), 'input')} of the earlier run in "
+        f"{out}"
+    )
     for record, outputs in listed.items():
         for path in [*outputs, record]:
             remove_file(path, out)
@@ -667,7 +676,8 @@ def main(argv=None) -> dict | None:
         for path in listed if listed is not None else [label_path[name]]:
             remove_file(path, out)
     state.print(
-        f"{len(names)} inputs; this process segments {len(todo)} and draws {len(overlay_only)} overlays of done "
+        f"{counted(len(names), 'input')}; this process segments {len(todo)} and draws "
+        f"{counted(len(overlay_only), 'overlay')} of done "
         "ones (the others: done or another process's)"
     )
     num_workers = decoding_workers(args.num_workers, device.type)
@@ -711,7 +721,8 @@ def main(argv=None) -> dict | None:
         return None
     if others := other_inputs(out, names):
         print(
-            f"Note: {out} also holds the outputs of {len(others)} inputs this run does not have ({some_of(others)}): "
+            f"Note: {out} also holds the outputs of {counted(len(others), 'input')} this run does not have "
+            f"({some_of(others)}): "
             "an earlier run's, of other inputs or named from another common folder; class_fractions.json lists this "
             "run's."
         )

@@ -611,7 +611,7 @@ def test_rows_an_earlier_run_had_and_this_run_does_not_are_refused_or_dropped(ti
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     for fewer in (["--toy_train_images", "2"], ["--toy_train_images", "3", "--max_samples", "2"]):
         with pytest.raises(
-            ValueError, match=r"1 rows of split 'train' that this run does not have \('000002'"
+            ValueError, match=r"1 row of split 'train' that this run does not have \('000002'"
         ):
             generate.main([*argv, *fewer])
         assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
@@ -643,7 +643,7 @@ def test_a_row_done_earlier_whose_image_is_now_unreadable_is_named_as_such(tiny_
     out_dir, image = re.escape(str(out)), re.escape(str(folder / "a.png"))
     with pytest.raises(
         ValueError,
-        match=rf"^{out_dir} holds the outputs of 1 rows of split 'train' that an earlier run did and whose image "
+        match=rf"^{out_dir} holds the outputs of 1 row of split 'train' that an earlier run did and whose image "
         rf"or mask this run could not read \('000000': file '{image}'.*\)\. Fix the files and re-run, or give "
         r"--overwrite_output_dir to drop their outputs\.$",
     ):

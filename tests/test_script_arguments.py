@@ -895,3 +895,10 @@ def test_the_device_flag_is_one_and_the_same_in_each_script(script, monkeypatch)
     (flag,) = [a for a in script_parser(script, monkeypatch)._actions if "--device" in a.option_strings]
     assert (flag.help, flag.default, flag.type) == (PROCESS_DEVICE_HELP, None, device_name)
     assert "ACCELERATE_USE_CPU=1" in flag.help and "CUDA_VISIBLE_DEVICES" in flag.help
+
+
+def test_counted_says_a_count_of_one_in_the_singular():
+    from weclip_hf.wording import counted
+
+    assert [counted(n, "input") for n in (0, 1, 2)] == ["0 inputs", "1 input", "2 inputs"]
+    assert [counted(n, "class", "classes") for n in (1, 3)] == ["1 class", "3 classes"]

@@ -461,7 +461,7 @@ def test_a_damaged_input_record_is_taken_as_none(finished_run):
     record.write_bytes(b"")
     with pytest.raises(
         ValueError,
-        match=r"1 outputs of other inputs.*'toy1' without a record of its input \(.*or its record damaged\)"
+        match=r"1 output of other inputs.*'toy1' without a record of its input \(.*or its record damaged\)"
         r".*--overwrite_output_dir to replace them",
     ):
         segment.main(argv)
@@ -517,7 +517,7 @@ def test_label_maps_of_another_input_of_the_same_name_are_refused_or_replaced(
     state = out / ".state"
     (state / "skipped-0.json").rename(state / "skipped-1.json")  # as process 1 of two would have listed c
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
-    with pytest.raises(ValueError, match=r"1 outputs of other inputs.*'a' made from \S*dX/a.png, not from this "
+    with pytest.raises(ValueError, match=r"1 output of other inputs.*'a' made from \S*dX/a.png, not from this "
                        r"run's \S*dY/a.png.*another --output_dir.*--overwrite_output_dir"):  # fmt: skip
         segment.main([*argv, "--images", str(tmp_path / "dY")])
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
@@ -895,7 +895,10 @@ def test_the_outputs_of_a_run_into_the_images_folder_itself_are_not_inputs_of_an
     capsys.readouterr()
     report = segment.main([*model, "--images", str(photos), "--output_dir", str(tmp_path / "seg-b")])
     assert sorted(report["images"]) == ["toy1", "toy3"]
-    assert f"Note: left out {photos}'s labels/ and overlays/: the outputs of a run" in capsys.readouterr().out
+    assert (
+        f"Note: left out the labels/ and overlays/ of {photos}: the outputs of a run"
+        in capsys.readouterr().out
+    )
     photos_only = [photos / "toy1.png", photos / "toy3.png"]
     assert segment.find_image_files([f"{photos}/**/*.png"], tmp_path / "seg-b") == photos_only
     named = photos / "labels" / "toy1.png"
@@ -1053,7 +1056,7 @@ def test_a_done_input_that_became_a_broken_link_is_listed_as_skipped(images, toy
     with pytest.raises(ValueError) as refused:
         segment.main([*argv, "--output_dir", str(out)])
     assert str(refused.value) == (
-        f"{out} holds the outputs of 1 inputs that an earlier run did and this run cannot read ('link': a broken "
+        f"{out} holds the outputs of 1 input that an earlier run did and this run cannot read ('link': a broken "
         "link, a file not readable). Fix them and re-run, or give --overwrite_output_dir to drop their outputs "
         "(they are then listed as skipped)."
     )
@@ -1389,3 +1392,12 @@ def test_device_cpu_runs_the_model_on_the_cpu_of_a_gpu_machine(images, toy_wecli
     argv = ["--model_name_or_path", str(toy_weclip_dir), "--images", str(images / "sub")]
     report = segment.main([*argv, "--output_dir", str(tmp_path / "out"), "--device", "cpu"])
     assert devices == [torch.device("cpu")] and sorted(report["images"]) == ["toy1", "toy3"]
+
+
+def test_counts_of_one_are_said_in_the_singular(images, toy_weclip_dir, tmp_path, capsys):
+    """A run of one image printed "1 inputs; this process segments 1 and draws 1 overlays" and "1 label maps"."""
+    argv = ["--model_name_or_path", str(toy_weclip_dir), "--images", str(images / "toy0.png")]
+    segment.main([*argv, "--output_dir", str(tmp_path / "out"), "--num_overlays", "1"])
+    printed = capsys.readouterr().out
+    assert "1 input; this process segments 1 and draws 0 overlays of done ones" in printed
+    assert f"1 label map in {tmp_path / 'out' / 'labels'}; skipped inputs: 0" in printed

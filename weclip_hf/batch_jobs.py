@@ -49,6 +49,8 @@ import numpy as np
 from PIL import Image
 from transformers.utils import cached_file
 
+from .wording import counted
+
 STATE_DIR = ".state"  # hidden: `datasets` and globs skip it
 UNFINISHED = "unfinished.json"  # in STATE_DIR from `mark_unfinished` to `mark_finished`
 # the names of `write_atomic`'s temporary files; an earlier version's were ".{name}.tmp-{pid}"
@@ -262,13 +264,15 @@ def check_recorded_inputs(
             for name, (record, now) in changed.items()
         ]
         raise ValueError(
-            f"{output_dir} holds {len(changed)} outputs of other inputs under the names of this run's inputs, "
+            f"{output_dir} holds {counted(len(changed), 'output')} of other inputs under the names of this run's "
+            "inputs, "
             f"which a re-run would take as done: {some_of(shown, separator='; ')}. Choose another --output_dir, or give "
             "--overwrite_output_dir to replace them with this run's."
         )
     if unreadable and not overwrite:
         raise ValueError(
-            f"{output_dir} holds the outputs of {len(unreadable)} inputs that an earlier run did and this run cannot "
+            f"{output_dir} holds the outputs of {counted(len(unreadable), 'input')} that an earlier run did and this "
+            "run cannot "
             f"read ({some_of(list(map(repr, unreadable)))}: a broken link, a file not readable). Fix them and "
             "re-run, or give --overwrite_output_dir to drop their outputs (they are then listed as skipped)."
         )

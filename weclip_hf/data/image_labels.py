@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import image_reading
+from ..wording import counted
 from . import columns as column_finding
 from . import decoding, label_rows, masks
 from .columns import (
@@ -59,7 +60,7 @@ class LabelSummary:
                 text += "; unreadable images and masks are skipped when met (each with a warning naming it)"
             return text
         text = (
-            f"{self.total} images, {self.empty} with an empty label set "
+            f"{counted(self.total, 'image')}, {self.empty} with an empty label set "
             f"({self.skipped} skipped), class frequencies {dict(sorted(self.class_counts.items()))}"
         )
         if self.unreadable:
@@ -180,7 +181,7 @@ def check_multi_hot_width(
     width = multi_hot_width(values, num_classes)
     if width is None:
         return
-    rows = f"its first {len(values)} rows" if first else "its rows"
+    rows = f"its first {counted(len(values), 'row')}" if first else "its rows"
     raise ValueError(
         f"Label column {column!r} of {_split_phrase(split)} holds multi-hot rows of width {width}, not {num_classes} "
         f"({width} values 0/1 in each of {rows}, e.g. {row_name(0, None)}: {values[0].as_py()}), which read as class "
@@ -327,7 +328,8 @@ def check_label_numbering(
     )
     raise ValueError(
         f"The image-level labels of {_split_phrase(split)}, read as {reading} class "
-        f"ids, disagree with its masks: {len(other)} of the {len(pairs)} rows with masks name their masks' "
+        f"ids, disagree with its masks: {len(other)} of the {counted(len(pairs), 'row')} with masks name their "
+        "masks' "
         f"classes only when read in the other numbering, {agree} as read (e.g. {row_name(first, None)}: ids "
         f"{given}, mask classes {sorted(mask_labels[first])} of 1..{num_classes}). Every class would be shifted "
         f"by one: {fix} (or correct the label column)."
@@ -392,7 +394,8 @@ def check_labels_match_masks(
         )
     raise ValueError(
         f"The image-level labels of {_split_phrase(split)} (column {columns.labels!r}) "
-        f"and its masks (column {columns.mask!r}) disagree: on {len(disagree)} of the {len(pairs)} rows where both "
+        f"and its masks (column {columns.mask!r}) disagree: on {len(disagree)} of the {counted(len(pairs), 'row')} "
+        "where both "
         f"name a class, no class of the labels is in the mask (e.g. {row_name(first, None)}: label classes "
         f"{sorted(ids)}, mask classes {sorted(shown)} of 1..{num_classes}). {remedy}"
     )
@@ -416,7 +419,9 @@ def no_class_cause(
     if summary.streamed or summary.class_counts or summary.total == 0:
         return None
     where = _split_phrase(split)
-    subject = f"None of the first {summary.total} images of {where}" if first else f"No image of {where}"
+    subject = (
+        f"None of the first {counted(summary.total, 'image')} of {where}" if first else f"No image of {where}"
+    )
     if columns.labels is not None:
         return f"{subject} has a class: every row of its label column {columns.labels!r} is empty."
     return (

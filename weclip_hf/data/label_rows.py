@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from ..image_reading import whole_numbers
+from ..wording import counted
 
 
 def class_label_feature(feature):
@@ -87,7 +88,7 @@ def ids_from_names(
         bad = unknown or [canonical[i] for i in ids if i > num_classes]
         raise ValueError(
             f"Image labels of {where} contain unknown class name(s) {bad}; expected names of the run's "
-            f"{num_classes} classes: {shown}. Check --class_names / --preset."
+            f"{counted(num_classes, 'class', 'classes')}: {shown}. Check --class_names / --preset."
         )
     return ids
 
@@ -141,7 +142,8 @@ def background_width_hint(width: int, num_classes: int) -> str:
     if width != num_classes + 1:
         return ""
     return (
-        f" {width} = {num_classes} classes + 1: a value for the background? Drop it: the run's classes are the "
+        f" {width} = {counted(num_classes, 'class', 'classes')} + 1: a value for the background? Drop it: the "
+        "run's classes are the "
         "foreground ones (WeCLIP's background comes from its background prompts)."
     )
 

@@ -18,6 +18,7 @@ from ..batch_jobs import check_finished, group_by_size, process_share
 from ..image_reading import to_rgb_uint8
 from ..normalization import PixelNormalization
 from ..presets import Preset, get_preset
+from ..wording import counted
 from .columns import (
     FROM_MASKS,
     LABEL_COLUMNS,
@@ -604,7 +605,7 @@ def load_dataset_splits(
         preferred = layout.train_splits
         train_split = next((s for s in preferred if s in ds), preferred[-1])
         if preset and need_train and train_split != preferred[0] and train_split in ds:  # a note for training
-            size = f"{len(ds[train_split])} images" if not is_streaming(ds[train_split]) else "streamed"
+            size = counted(len(ds[train_split]), "image") if not is_streaming(ds[train_split]) else "streamed"
             log(
                 f"Note: the dataset has no {preferred[0]!r} split (the --preset {preset} recipe trains on it; VOC: "
                 f"the SBD-augmented 10,582 images); training on {train_split!r} ({size}; VOC 2012 'train' alone "
@@ -624,7 +625,7 @@ def load_dataset_splits(
         train, val = hold_out_validation(train, train_val_split, source.seed, validation_split)
         log(
             f"Note: the dataset has no {validation_split!r} split: --train_val_split {train_val_split} holds out "
-            f"{len(val)} of the {len(train) + len(val)} images of {train_split!r} for it (drawn by seed "
+            f"{len(val)} of the {counted(len(train) + len(val), 'image')} of {train_split!r} for it (drawn by seed "
             f"{source.seed}); training on the other {len(train)}."
         )
     if train_val_split and validation_split in ds:  # transformers' rule: the dataset's own split wins
