@@ -2195,3 +2195,26 @@ def test_masks_numbered_in_their_class_labels_order_are_named_so():
         add_image_labels(data, Columns("image", "mask", "labels"), 2, class_names=["cat", "dog"])
     labelled, _ = add_image_labels(data, Columns("image", "mask", "labels"), 2, class_names=["dog", "cat"])
     assert labelled["image_labels"] == [[1], [2], [1]]
+
+
+def test_a_label_row_of_one_string_of_ids_or_joined_names_says_what_to_store():
+    """A row "3,5", "1" or "cat,dog" was an unknown class name with "Check --class_names / --preset"; now the error
+    names the string and the list to store; a misspelt name keeps the class-name remedy."""
+    names = ["cat", "dog", "bird", "fish", "cow"]
+    for row, hint in (
+        (
+            "3,5",
+            r"'3,5' is a string of class ids: the label column must hold a list of integer ids, \[3, 5\]",
+        ),
+        ("1", r"'1' is a string of class ids: .* integer ids, \[1\]"),
+        (["cat", "4"], r"'4' is a string of class ids: .* integer ids, \[4\]"),
+        ("Cat, dog", r"'Cat, dog' is one string of class names joined by commas: .* names, \['Cat', 'dog'\]"),
+    ):
+        with pytest.raises(
+            ValueError, match=rf"unknown class name\(s\) .*; expected .* 5 classes: .*\. {hint}"
+        ):
+            normalize_label_row(row, 5, name="row 0", class_names=names)
+    with pytest.raises(ValueError, match=r"\['cat,kat'\]; .*\. Check --class_names / --preset\.$"):
+        normalize_label_row("cat,kat", 5, name="row 0", class_names=names)
+    with pytest.raises(ValueError, match=r"run's 1 class: \['cat'\]\. Check"):
+        normalize_label_row("dog", 1, name="row 0", class_names=["cat"])

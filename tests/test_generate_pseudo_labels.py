@@ -679,3 +679,41 @@ def test_device_cpu_runs_the_model_on_the_cpu_of_a_gpu_machine(tiny_clip, tmp_pa
     argv = ["--clip_model_name_or_path", tiny_clip, "--toy_train_images", "2", "--device", "cpu"]
     report = generate.main([*argv, "--output_dir", str(tmp_path / "out")])
     assert devices == [torch.device("cpu")] and report["splits"]["train"]["num_images"] == 2
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (
+            ["cat,dog", "dog"],
+            r"unknown class name\(s\) \['cat,dog'\]; expected names of the run's 3 classes: \['cat', 'dog', 'bird'\]. "
+            r"'cat,dog' is one string of class names joined by commas: the label column must hold a list of names, "
+            r"\['cat', 'dog'\] \(a metadata.csv cell: the JSON list \[\"cat\", \"dog\"\]\), or a list of integer ids.",
+        ),
+        (
+            ["3,1", "2"],
+            r"unknown class name\(s\) \['3,1'\]; .*'3,1' is a string of class ids: the label column must hold a list "
+            r"of integer ids, \[3, 1\] \(a metadata.csv cell: the JSON list \[3, 1\]\), or a list of class names.",
+        ),
+        (
+            ["2", "1"],
+            r"unknown class name\(s\) \['2'\]; .*'2' is a string of class ids: .* integer ids, \[2\]",
+        ),
+    ],
+)
+def test_label_rows_of_one_string_say_what_the_column_must_hold(tiny_clip, tmp_path, rows, message):
+    """Image-level labels stored as one string per row, of comma-joined names ("cat,dog") or of ids ("3,1", "2"),
+    were refused as "unknown class name(s) ['cat,dog']" with "Check --class_names / --preset", as if a class were
+    misspelt. The error now says what the string is and the list the label column must hold."""
+    import datasets
+
+    path = tmp_path / "d"
+    images = [Image.fromarray(t) for t in generate_toy_images(2, seed=1)[0]]
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict({"image": images, "labels": rows})}
+    ).save_to_disk(path)
+    argv = ["--clip_model_name_or_path", tiny_clip, "--dataset_path", str(path), "--split", "train"]
+    argv += ["--class_names", "cat", "dog", "bird", "--labels_column", "labels"]
+    with pytest.raises(ValueError, match=rf"Image labels of row 0 of split 'train' contain {message}"):
+        generate.main([*argv, "--output_dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()

@@ -86,11 +86,35 @@ def ids_from_names(
         known = [canonical[i] for i in sorted(canonical) if i <= num_classes]
         shown = known if len(known) <= 30 else known[:30] + [f"... ({len(known)} in all)"]
         bad = unknown or [canonical[i] for i in ids if i > num_classes]
+        remedy = next(
+            filter(None, (joined_labels_hint(n, lookup) for n in unknown)), "Check --class_names / --preset."
+        )
         raise ValueError(
             f"Image labels of {where} contain unknown class name(s) {bad}; expected names of the run's "
-            f"{counted(num_classes, 'class', 'classes')}: {shown}. Check --class_names / --preset."
+            f"{counted(num_classes, 'class', 'classes')}: {shown}. {remedy}"
         )
     return ids
+
+
+def joined_labels_hint(value, lookup: Mapping[str, int]) -> str | None:
+    """What to store instead of a label ``value`` that is one string of several labels or of ids: class ids written
+    as text (``"1"``, ``"3,5"``) or class names of ``lookup`` joined by commas (``"cat,dog"``), which read as one
+    unknown name; None for another value (a misspelt name)."""
+    if not isinstance(value, str):
+        return None
+    parts = [part.strip() for part in value.split(",")]
+    if all(part.isdecimal() for part in parts):
+        ids = [int(part) for part in parts]
+        return (
+            f"{value!r} is a string of class ids: the label column must hold a list of integer ids, {ids} (a "
+            f"metadata.csv cell: the JSON list {ids}), or a list of class names."
+        )
+    if len(parts) > 1 and all(lookup_key(part) in lookup for part in parts):
+        return (
+            f"{value!r} is one string of class names joined by commas: the label column must hold a list of names, "
+            f"{parts} (a metadata.csv cell: the JSON list {json.dumps(parts)}), or a list of integer ids."
+        )
+    return None
 
 
 def multi_hot_rows(
