@@ -237,7 +237,8 @@ def device_name(text: str) -> str:
         )
     if device.index is not None and device.index >= count and device.type != "cpu":
         raise argparse.ArgumentTypeError(
-            f"{text!r}: torch finds {counted(count, device.type + ' device')} here, {device.type}:0..{device.type}:{count - 1}."
+            f"{text!r}: torch finds {counted(count, device.type + ' device')} here, "
+            f"{device.type}:0..{device.type}:{count - 1}."
         )
     return text
 
