@@ -330,6 +330,12 @@ def train_phase(name: str):
     return example_module(f"training.{name}")
 
 
+def trainer_phase(name: str):
+    """The module ``name`` of examples/trainer_run/, one concept of examples/train_with_trainer.py
+    (`example_module`): where the script looks up the names a test calls or patches."""
+    return example_module(f"trainer_run.{name}")
+
+
 def evaluate_module():
     """examples/evaluate.py imported as a fresh module (not named ``evaluate``: that is the Hugging Face library)."""
     import importlib.util

@@ -12,10 +12,10 @@ from unittest.mock import Mock
 
 import pytest
 import torch
-from conftest import ROOT, assert_holds_the_tokenizer_of_its_text_embeddings, torchrun
+from conftest import ROOT, assert_holds_the_tokenizer_of_its_text_embeddings, torchrun, trainer_phase
 from transformers import Trainer, TrainingArguments
 
-from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
+from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.data import toy
 from weclip_hf.data.loading import (
     StreamingWeakSegmentationDataset,
@@ -405,7 +405,7 @@ def test_train_with_trainer_checkpoints_a_run_of_epochs_at_the_recipes_points(tm
     run_script(script, "--output_dir", tmp_path, *flags)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
     once = dataclasses.replace(TOY.training, checkpointing_steps=None)
-    whole_run = script.recipe_defaults(once, -1, evaluate=False)["save_steps"]
+    whole_run = trainer_phase("arguments").recipe_defaults(once, -1, evaluate=False)["save_steps"]
     assert whole_run < 1 and all(math.ceil(steps * whole_run) == steps for steps in (1, 7, 2645, 10**7))
 
 
@@ -452,22 +452,18 @@ def test_train_with_trainer_sets_config_fields_and_the_crop_that_no_other_flag_s
         "rfm_use_box_mask": True  # Python's spelling, as transformers' update_from_string reads it
     }
     quoted = 'prompt_template="a photo of a {}, in the wild",rfm_start_step=None,decoder_dropout=0'
-    assert script.parse_config_overrides(quoted, script.WeCLIPConfig) == {
+    assert script.parse_config_overrides(quoted, WeCLIPConfig) == {
         "prompt_template": "a photo of a {}, in the wild",  # a comma in double quotes belongs to the value
         "rfm_start_step": None,
         "decoder_dropout": 0,
     }
     # numbers as Python writes them, which JSON does not read (".5" was kept as a string); words stay words
-    assert script.parse_config_overrides(
-        "cam_box_threshold=.5,prompt_template=a {}", script.WeCLIPConfig
-    ) == {
+    assert script.parse_config_overrides("cam_box_threshold=.5,prompt_template=a {}", WeCLIPConfig) == {
         "cam_box_threshold": 0.5,
         "prompt_template": "a {}",
     }
     # words float() would take stay words (the config refuses them by name)
-    assert script.parse_config_overrides("prompt_template=nan", script.WeCLIPConfig) == {
-        "prompt_template": "nan"
-    }
+    assert script.parse_config_overrides("prompt_template=nan", WeCLIPConfig) == {"prompt_template": "nan"}
     capsys.readouterr()
     with pytest.raises(SystemExit):  # a WeCLIP+ field for a WeCLIP run
         script.parse_args(["--config_overrides", "dice_loss_weight=0.5"])
