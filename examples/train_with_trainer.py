@@ -23,8 +23,9 @@ warm-up + linear schedule built from the `TrainingArguments`, and an evaluation 
 exactly (Trainer restores the RNG and the data position; the model's step counter, which starts the RFM, is a saved
 buffer): each checkpoint records the arguments that shape the training (training_args.json), and a resume that
 changes one is refused, as is a checkpoint saved with --save_only_model (it holds no optimizer or schedule state to
-continue); it records how the run computed too (computation.json: the device type, torch.compile, a CPU run's threads), and a resume that computes
-otherwise is warned (its float sums run in another order), naming the flags of an exact resume.
+continue); it records how the run computed too (computation.json: the device type, torch.compile, a CPU run's
+threads), and a resume that computes otherwise is warned (its float sums run in another order), naming the flags of
+an exact resume.
 Ctrl-C / SIGTERM during the training save a checkpoint of the step under way and stop the run (exit status 130 /
 143), as examples/train.py, the complete script (streaming, several processes on a CPU, multi-scale evaluation,
 overlays); in the end of the run (the final save, evaluation, card, push) they stop it at once, saying what is saved,

@@ -198,7 +198,7 @@ def test_plain_trainer_evaluates_the_loss_and_predicts_the_logits_given_the_labe
 
 
 def test_the_configs_leave_every_output_field_but_the_predictions_out_of_trainers_gathering():
-    from weclip_hf import WeCLIPConfig, WeCLIPPlusConfig
+    from weclip_hf import WeCLIPPlusConfig
     from weclip_hf.modeling_weclip import WeCLIPSemanticSegmenterOutput
     from weclip_hf.modeling_weclip_plus import WeCLIPPlusSemanticSegmenterOutput
 
@@ -622,8 +622,9 @@ def test_train_with_trainer_says_what_is_saved_when_a_signal_stops_the_end_of_th
     tmp_path, monkeypatch, capsys, when
 ):
     """A Ctrl-C in the final evaluation or the final save of the model (or one that came in Trainer's save of the last
-    step, then re-raised after the training) stopped the run at once without a word on what was saved. It still stops at once, saying what is
-    saved, what is not, and how to finish: resume the last checkpoint, or score the saved model."""
+    step, then re-raised after the training) stopped the run at once without a word on what was saved. It still stops
+    at once, saying what is saved, what is not, and how to finish: resume the last checkpoint, or score the saved
+    model."""
     script = trainer_script(monkeypatch)
     flags = ["--max_steps", 2, "--toy_train_images", 8, "--toy_val_images", 2]
     sent = []  # once: the resumed run below ends undisturbed
