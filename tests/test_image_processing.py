@@ -704,7 +704,7 @@ def test_segmentation_scores_match_segformer():
 
 def test_segmentation_scores_of_half_precision_logits_are_float32():
     """bfloat16 logits (a model run in half precision) are upsampled in float32, as the labels are: the scores are
-    those of the logits' float32 copy and their argmax is the labels."""
+    those of the logits' float32 copy and their argmax is the labels; without target sizes, the logits cast."""
     logits = torch.randn(1, 4, 3, 5, generator=torch.Generator().manual_seed(0)).bfloat16()
     proc = WeCLIPImageProcessor()
     (out,) = proc.post_process_semantic_segmentation(
@@ -717,6 +717,11 @@ def test_segmentation_scores_of_half_precision_logits_are_float32():
     torch.testing.assert_close(out.segmentation_scores, expected.segmentation_scores, rtol=0, atol=0)
     (labels,) = proc.post_process_semantic_segmentation({"logits": logits}, [(37, 61)])
     assert torch.equal(out.segmentation, labels)
+    # (was: bfloat16 without target sizes, float32 with them) the logit grid's scores are float32 too
+    (grid,) = proc.post_process_semantic_segmentation({"logits": logits}, return_segmentation_scores=True)
+    assert grid.segmentation_scores.dtype == torch.float32
+    torch.testing.assert_close(grid.segmentation_scores, logits[0].float(), rtol=0, atol=0)
+    assert torch.equal(grid.segmentation, logits[0].float().argmax(dim=0))
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int64, torch.float32])

@@ -641,15 +641,16 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         processor reads upright: take it of ``PIL.ImageOps.exif_transpose(image)``). Without ``target_sizes`` the
         maps stay on the logit grid. With ``return_segmentation_scores`` each item is a
         `SemanticSegmentationPostProcessorOutput` with ``segmentation`` [H, W] and ``segmentation_scores``
-        [num_labels, H, W] (the logits upsampled in float32; without ``target_sizes`` the logits as they are, in
-        their dtype), as SegFormer's processor returns. Without them the label maps (int64, as SegFormer's) are the argmax of the
-        same upsampling, exactly, computed a chunk of classes at a time (`weclip_hf.inference.upsampled_labels`):
-        a large image never holds all its classes at the full size (81 classes at 24 MP: 7.8 GB of float32).
+        [num_labels, H, W] (float32: the logits upsampled in float32, without ``target_sizes`` the logits as they are,
+        cast), as SegFormer's processor returns. Without them the label maps (int64, as SegFormer's) are the argmax
+        of the same upsampling, exactly, computed a chunk of classes at a time
+        (`weclip_hf.inference.upsampled_labels`): a large image never holds all its classes at the full size (81
+        classes at 24 MP: 7.8 GB of float32).
         """
         opts = self._resolve(do_resize=do_resize, size=size, do_pad=do_pad)
         logits = _output_logits(outputs)
-        if target_sizes is None:
-            scores = list(logits)
+        if target_sizes is None:  # float32 scores, as those upsampled
+            scores = list(logits.float())
         else:
             sizes = _target_sizes(target_sizes)
             if len(sizes) != len(logits):
