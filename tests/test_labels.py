@@ -190,6 +190,7 @@ def test_class_names_set_on_a_built_config_renumber_its_labels(tmp_path):
     config.save_pretrained(tmp_path)
     assert WeCLIPConfig.from_pretrained(tmp_path).id2label == config.id2label
     config.label_names = ["Cat", "Dog", "Car", "Tree", "Bus"]
+    assert config.id2label[0] == "bg"  # label_names name the foreground classes: the background's name kept
     config.class_names = list(FIVE)  # the same names: the display names stay
     assert config.label_names == ["Cat", "Dog", "Car", "Tree", "Bus"]
     for bad, message in (
@@ -200,6 +201,19 @@ def test_class_names_set_on_a_built_config_renumber_its_labels(tmp_path):
         with pytest.raises(ValueError, match=message):
             config.class_names = bad
     assert config.class_names == FIVE and config.num_labels == 6  # untouched by the refused assignments
+
+
+def test_num_labels_that_fits_the_class_names_is_taken_and_any_other_refused(tmp_path):
+    """transformers' num_labels (a keyword, as ``from_pretrained(folder, num_labels=...)`` passes it) counts the
+    background too: the class count + 1 is the labels' own count, the class count alone is refused, naming it."""
+    assert make_tiny_config(num_labels=5).id2label == make_tiny_config().id2label  # 4 classes + background
+    assert WeCLIPConfig(num_labels=21).num_labels == 21  # VOC's 20 classes
+    with pytest.raises(
+        ValueError, match=r"num_labels \(4\) must equal the number of class_names \+ 1 .* = 5"
+    ):
+        make_tiny_config(num_labels=4)
+    make_tiny_config().save_pretrained(tmp_path)
+    assert WeCLIPConfig.from_pretrained(tmp_path, num_labels=5).num_labels == 5
 
 
 def test_a_model_of_a_config_given_new_class_names_trains():

@@ -96,6 +96,8 @@ def test_config_reads_deprecated_names(tmp_path):
         (dict(background_names=[]), "background_names"),
         (dict(decoder_hidden_size=-32), "decoder_hidden_size"),
         (dict(decoder_dropout=1.0), "decoder_dropout"),
+        # (1 - max CAM) ** 0 would be a background score of 1 everywhere, whatever the CAM
+        (dict(cam_bg_exponent=0.0), r"cam_bg_exponent must be a number in \(0.0, 100.0\]"),
         (dict(vision_config={**TINY_VISION, "patch_size": 0}), "vision_config.patch_size"),
         (dict(vision_config={**TINY_VISION, "num_hidden_layers": 10**5}), "vision_config.num_hidden_layers"),
         (dict(vision_config={**TINY_VISION, "hidden_size": -32}), "vision_config.hidden_size"),

@@ -127,7 +127,8 @@ def test_resume_repeats_the_uninterrupted_run_exactly(
 VOC_PLUS = ["--preset", "voc-plus", "--dataset_name", "u/voc", "--rfm_num_maps", 3, "--attention_num_maps", 3]
 
 
-@pytest.mark.parametrize("flags", [[], VOC_PLUS])
+# a dataset without a preset: the WeCLIP+ config's own defaults, no preset's values over them
+@pytest.mark.parametrize("flags", [[], VOC_PLUS, ["--dataset_name", "u/voc"]])
 def test_the_values_in_effect_the_arguments_fix_are_the_weclip_plus_models(tiny_clip, tiny_dino, flags):
     """WeCLIP+'s fields left out, known before the data and model load (a resume compares them there), are the built
     model's: WeCLIP+'s defaults (RFM+ from step 0) or the WeCLIP+ preset's, not WeCLIP's."""
