@@ -1917,6 +1917,37 @@ def test_class_label_names_holding_the_background_are_refused_naming_the_column(
     )  # --class_names given
 
 
+def test_a_model_continued_on_masks_beside_a_classlabel_naming_the_background_trains(
+    tmp_path, tiny_clip, capsys
+):
+    """A continued model's classes are its own (--model_name_or_path: the dataset's ClassLabel names are not read),
+    so a segmentation dataset whose label column also names the background trains it, its image-level labels
+    taken from the masks, as a fresh model given --class_names does; reading the ClassLabel would refuse the run
+    and advise --class_names, which a continued model does not take."""
+    from safetensors.torch import load_file
+
+    classes = datasets.List(datasets.ClassLabel(names=["background", "cat", "dog"]))
+    features = datasets.Features(
+        {"image": datasets.Image(), "annotation": datasets.Image(), "labels": classes}
+    )
+    mask = Image.fromarray(np.array([[0, 1], [2, 1]], np.uint8).repeat(12, 0).repeat(12, 1))
+    rows = {"image": [Image.new("RGB", (24, 24))] * 2, "annotation": [mask] * 2, "labels": [[0, 1, 2]] * 2}
+    split = datasets.Dataset.from_dict(rows, features=features)
+    datasets.DatasetDict({"train": split}).save_to_disk(tmp_path / "d")
+    flags = ["--dataset_path", str(tmp_path / "d"), "--validation_split", "none", "--max_train_steps", "1",
+             "--crop_size", "24", "--per_device_train_batch_size", "2", "--num_threads", "2", "--num_overlays", "0"]  # fmt: skip
+    script = _train_script()
+    fresh = ["--clip_model_name_or_path", tiny_clip, "--class_names", "cat", "dog"]
+    script.main([*flags, *fresh, "--output_dir", str(tmp_path / "fresh")])
+    script.main(
+        [*flags, "--model_name_or_path", str(tmp_path / "fresh"), "--output_dir", str(tmp_path / "continued")]
+    )
+    assert "Note: the classes are" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "continued" / "config.json").read_text())["class_names"] == ["cat", "dog"]
+    # trained on: one step after the fresh run's
+    assert int(load_file(tmp_path / "continued" / "model.safetensors")["training_step"]) == 2
+
+
 @pytest.mark.parametrize(
     "value, decoded",
     [
