@@ -186,11 +186,50 @@ def test_evaluate_and_segment_take_one_data_source(capsys):
 def test_the_inference_scripts_show_each_flags_default_in_help(name, monkeypatch):
     """A flag that has a default value says it in its help (generate_pseudo_labels.py's --batch_size,
     --num_overlays and --seed did not: 8, 0 and 0)."""
-    parser = script_parser(name, monkeypatch)
+    assert flags_without_their_default_in_help(script_parser(name, monkeypatch)) == []
+
+
+def flags_without_their_default_in_help(parser: argparse.ArgumentParser) -> list[str]:
+    """The flags of ``parser`` with a default value that their help does not state (nor word as "default")."""
     # by identity: a default of 0 equals False, but is a value
     unset = (None, False, argparse.SUPPRESS)
     valued = [a for a in parser._actions if a.option_strings and not any(a.default is u for u in unset)]
-    assert [a.option_strings[0] for a in valued if not re.search(rf"default|\b{a.default}\b", a.help)] == []
+    return [a.option_strings[0] for a in valued if not re.search(rf"default|\b{a.default}\b", a.help)]
+
+
+def test_train_evaluates_in_the_batches_its_help_states(tmp_path):
+    """The evaluation batch is the training batch on the toy world, else 1 (a local dataset too: it is no toy
+    world)."""
+    assert train.parse_args(["--per_device_train_batch_size", "3"]).per_device_eval_batch_size == 3
+    for source in ("--dataset_path", "--data_dir"):
+        local = train.parse_args([source, str(tmp_path), "--per_device_train_batch_size", "3"])
+        assert local.per_device_eval_batch_size == 1, source
+
+
+def test_a_model_flag_given_as_zero_is_given(capsys):
+    """A config flag given 0 is given as any other value (it overrides a continued model's saved config): a
+    WeCLIP+ field so given to a WeCLIP run is refused."""
+    with pytest.raises(SystemExit):
+        train.parse_args(["--self_training_start_step", "0"])
+    error = " ".join(capsys.readouterr().err.split())
+    assert "--self_training_start_step sets a WeCLIP+ config field, but this run trains WeCLIP" in error
+
+
+def test_the_rfm_start_given_to_a_continued_model_is_named_as_the_flag(toy_weclip_dir):
+    """--rfm_start_step overrides the saved config of --model_name_or_path: the run names the flag as its source."""
+    given = train.parse_args(["--model_name_or_path", str(toy_weclip_dir), "--rfm_start_step", "5"])
+    assert given.rfm_start_source == "--rfm_start_step"
+    saved = train.parse_args(["--model_name_or_path", str(toy_weclip_dir)])
+    assert saved.rfm_start_source == "the config of --model_name_or_path"
+
+
+def test_train_flags_left_out_take_the_defaults_their_help_states(tmp_path, monkeypatch):
+    """examples/train.py's flags with a default state it in their help and the run takes it: --ddp_timeout
+    transformers' 1800 (its help also names NCCL's 600), --hub_model_id the --output_dir folder's name when
+    --push_to_hub publishes it."""
+    args = train.parse_args(["--push_to_hub", "--output_dir", str(tmp_path / "my-run")])
+    assert args.ddp_timeout == 1800 and args.hub_model_id == "my-run"
+    assert flags_without_their_default_in_help(script_parser("train", monkeypatch)) == []
 
 
 @pytest.mark.parametrize(
@@ -636,6 +675,7 @@ def test_a_resume_that_computes_otherwise_is_warned_not_refused(tmp_path):
     [
         [],
         ["--rfm_start_step", 7, "--decoder_dropout", 0.2, "--par_dilations", 1, 2],
+        ["--rfm_start_step", 0, "--decoder_dropout", 0.0],  # given as 0: given, not the recipe's
         ["--preset", "voc", "--dataset_name", "user/voc", "--rfm_num_maps", 3, "--attention_num_maps", 3],
         ["--dataset_name", "user/data", "--class_names", "a", "b", "--semantic_loss_ignore_index", 254],
     ],
