@@ -1445,3 +1445,69 @@ def test_value_checks_off_the_cpu_give_the_device_a_message_it_accepts(monkeypat
     assert given == [("meta", long_message[: DEVICE_MESSAGE_LIMIT - 1])]
     with pytest.raises(ValueError, match=r"^(labels contain ids outside \[0, 20\]; ){10}$"):
         check_values(torch.zeros((), dtype=torch.bool), long_message)
+
+
+# ---- the forward's flags and the fresh model's start (pinned by the mutation review of modeling_weclip) ---------
+
+
+def test_pixel_labels_given_with_class_labels_make_the_loss_and_the_pseudo_labels_stay(varied_tiny_model):
+    """With both, the loss is that of the pixel ``labels`` (the forward's docstring) and the pseudo labels of the
+    ``class_labels`` are still returned: a loss on the pseudo labels passed every other test."""
+    pixel_values, class_labels = _inputs()
+    labels = torch.randint(0, 5, (3, 48, 40), generator=torch.Generator().manual_seed(1))
+    model = varied_tiny_model  # logits that vary: a loss that depends on its labels
+    both = model(pixel_values, class_labels=class_labels, labels=labels)
+    full = model(pixel_values, labels=labels)
+    weak = model(pixel_values, class_labels=class_labels)
+    torch.testing.assert_close(both.loss, full.loss)
+    torch.testing.assert_close(both.seg_loss, full.seg_loss)
+    assert not torch.allclose(both.loss, weak.loss)  # the pseudo labels' loss is another
+    assert torch.equal(both.pseudo_labels, weak.pseudo_labels)
+
+
+def test_cam_details_come_only_when_asked_for(tiny_model):
+    """``cam_details`` is None unless ``output_cam_details=True``, which gives the intermediates of the same
+    pseudo labels (every other output field is None when not asked for, as in transformers)."""
+    pixel_values, class_labels = _inputs(batch=2)
+    assert tiny_model(pixel_values, class_labels=class_labels).cam_details is None
+    out = tiny_model(pixel_values, class_labels=class_labels, output_cam_details=True)
+    assert torch.equal(out.cam_details.pseudo_labels, out.pseudo_labels)
+
+
+def test_a_config_without_return_dict_gives_tuples(tiny_model):
+    """``return_dict=None`` reads ``config.return_dict`` (transformers' rule; ``from_pretrained(folder,
+    return_dict=False)`` sets it): False gives ``to_tuple()``, an explicit ``return_dict=True`` still the output."""
+    pixel_values = _inputs(batch=2)[0]
+    tiny_model.config.return_dict = False
+    as_tuple = tiny_model(pixel_values)
+    assert isinstance(as_tuple, tuple) and torch.equal(
+        as_tuple[0], tiny_model(pixel_values, return_dict=True).logits
+    )
+
+
+def test_a_fresh_model_has_unit_decoder_layer_norms_and_the_configs_logit_scale():
+    """`_init_weights`: the decoder's LayerNorms start at weight 1, bias 0 (whatever ``initializer_range``), and
+    ``logit_scale`` at ``config.logit_scale_init_value``, as `CLIPModel` initialises it."""
+    for initializer_range in (None, 0.02):
+        config = make_tiny_config(initializer_range=initializer_range, logit_scale_init_value=2.5)
+        model = WeCLIPForSemanticSegmentation(config)
+        norms = [m for m in model.decoder.modules() if isinstance(m, torch.nn.LayerNorm)]
+        assert norms and all(bool((m.weight == 1).all()) and not m.bias.any() for m in norms)
+        assert float(model.logit_scale) == 2.5
+
+
+def test_pseudo_labels_from_features_made_under_inference_mode(tiny_model):
+    """`generate_pseudo_labels` takes `forward_clip_features` computed under `torch.inference_mode` (an evaluation
+    loop's) and labels as from features made outside it (its GradCAM takes gradients through those tokens)."""
+    from weclip_hf.pseudo_labels import attention_maps_needed
+
+    pixel_values, class_labels = _inputs(batch=2)
+    count = attention_maps_needed(tiny_model.config, False)
+    expected = tiny_model.generate_pseudo_labels(
+        pixel_values, class_labels, tiny_model.forward_clip_features(pixel_values, count)
+    )
+    with torch.inference_mode():
+        features = tiny_model.forward_clip_features(pixel_values, count)
+    out = tiny_model.generate_pseudo_labels(pixel_values, class_labels, features)
+    assert torch.equal(out.pseudo_labels, expected.pseudo_labels)
+    torch.testing.assert_close(out.cams, expected.cams)
