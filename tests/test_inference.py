@@ -217,3 +217,32 @@ def test_upsampled_labels_hold_at_most_the_budget_of_class_planes(monkeypatch):
     monkeypatch.setattr(inference, "LABELS_CHUNK_BYTES", 2 * plane_bytes)  # the default budget
     upsampled_labels(logits, size)
     assert [c for c, _ in chunks] == [2, 2, 2, 1]
+
+
+def test_image_logits_of_an_image_of_one_patch_are_the_models_own():
+    """A side of exactly one patch is no side below one: the logits stay the model's, on its grid (not padded and
+    upsampled to the pixels), as `image_logits`' docstring says."""
+    model = RecordingModel(patch_size=4)
+    image = torch.randn(1, 3, 4, 9)
+    assert torch.equal(image_logits(model, image), model(image).logits)
+
+
+class RampLabelsModel(torch.nn.Module):
+    """Pseudo labels that differ at every pixel of its input (a ramp), no CAMs; 8 px patches."""
+
+    config = SimpleNamespace(vision_config=SimpleNamespace(patch_size=8))
+
+    def forward(self, pixel_values, **_):
+        batch, _, height, width = pixel_values.shape
+        labels = torch.arange(height * width).reshape(1, height, width).expand(batch, -1, -1)
+        return SimpleNamespace(pseudo_labels=labels, cams=None)
+
+
+def test_image_pseudo_labels_of_an_image_smaller_than_max_size_are_not_resized():
+    """``max_size`` only shrinks: an image below it (padded to one patch here) gets the labels it gets without
+    ``max_size``, its padding cropped (not the padded labels resized onto it)."""
+    model, tiny = RampLabelsModel(), torch.randn(1, 3, 40, 5)
+    expected = model(pad_to_patch(tiny, 8)).pseudo_labels[..., :40, :5]
+    for max_size in (None, 512):
+        labels = image_pseudo_labels(model, tiny, torch.ones(1, 4), use_rfm=False, max_size=max_size)[0]
+        assert torch.equal(labels, expected), max_size
