@@ -665,6 +665,8 @@ def test_bad_inputs_raise_clear_errors(tiny_model, pixel_values, class_labels, l
         # masks at the photo's own size (SegFormer's loss upsamples its logits to them): the processor resizes them
         (torch.zeros(1, 48, 40, dtype=torch.long), r"processor\(images, segmentation_maps=masks\)"),
         (torch.zeros(1, 1, 32, 32, dtype=torch.long), r"labels\.squeeze\(1\)"),  # a channel axis
+        # three channels (RGB colour masks) are no channel axis to drop: the processor makes id maps
+        (torch.zeros(1, 3, 32, 32, dtype=torch.long), r"processor\(images, segmentation_maps=masks\)"),
         (torch.zeros(2, 32, 32, dtype=torch.long), "one label map per image"),
     ],
 )
