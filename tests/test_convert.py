@@ -459,6 +459,30 @@ def test_a_new_layout_is_a_new_key_table():
         Rename("blocks.{i}.qkv", tuple(f"layer.{{i}}.{x}" for x in "qkv"), transpose=True)
 
 
+@pytest.mark.parametrize(
+    ("template", "ours"),
+    [
+        ("blocks.{i}.mlp.{i}.{p}", "layer.{i}.mlp.{i}.{p}"),  # a placeholder twice
+        ("blocks.{j}.norm.{p}", "layer.{j}.norm.{p}"),  # no such placeholder
+        ("blocks.{i}.norm.{p}", ()),  # no name of ours
+    ],
+)
+def test_a_rename_that_no_table_could_apply_is_refused_when_made(template, ours):
+    """`Rename` refuses, with a ValueError naming the rule, what no `KeyTable` could build or apply: each
+    placeholder once and among ``{i}`` / ``{p}``, and at least one name of ours."""
+    with pytest.raises(ValueError, match=re.escape(f"Rename {template!r}")):
+        Rename(template, ours)
+
+
+def test_block_counts_read_only_the_keys_under_the_prefix():
+    """`KeyTable.block_counts` counts the blocks of the keys under ``prefix`` alone: an official checkpoint's
+    ``decoder.transformer.resblocks.*`` (as long a prefix as ``encoder.``) are no CLIP text blocks."""
+    from weclip_hf.conversion import CLIP_KEYS
+
+    keys = ["encoder.transformer.resblocks.0.ln_1.weight", "decoder.transformer.resblocks.5.ln_1.weight"]
+    assert CLIP_KEYS.block_counts(keys, "encoder.") == {"transformer.resblocks.": 1}
+
+
 def test_a_name_that_only_begins_with_a_known_one_is_an_unknown_key(official):
     """A rule's name is the whole key: ``ln_final.weight_ema`` or ``visual.proj_old`` is not ``ln_final.weight`` /
     ``visual.proj`` (it would be loaded in their place), but a key no rule maps, named."""
