@@ -537,6 +537,17 @@ def test_official_to_weclip_consumes_every_key(official, tiny_official_config):
     assert sorted(result.missing_keys) == sorted(report.computed) and not result.unexpected_keys
 
 
+def test_a_whole_checkpoint_with_bare_clip_names_converts_as_with_encoder(official, tiny_official_config):
+    """A whole checkpoint whose CLIP keys carry no ``encoder.`` converts to what the ``encoder.`` one does: its
+    decoder and ``par.kernel`` are no CLIP keys (`is_clip_key`), whatever the prefix."""
+    bare = {k.removeprefix("encoder."): v for k, v in official.items()}
+    assert "par.kernel" in bare
+    ours, report = official_to_weclip(bare, tiny_official_config)
+    reference, _ = official_to_weclip(official, tiny_official_config)
+    assert report.prefix == "" and ours.keys() == reference.keys()
+    assert all(torch.equal(ours[k], reference[k]) for k in reference)
+
+
 def test_round_trip_ours_official_ours_is_exact(official, tiny_official_config):
     ours, _ = official_to_weclip(official, tiny_official_config)
     back_official = weclip_to_official(ours)
