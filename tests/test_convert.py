@@ -28,6 +28,7 @@ from weclip_hf.conversion import (
     hf_to_official_clip,
     infer_config_from_official,
     load_official_checkpoint,
+    official_to_decoder,
     official_to_hf_clip,
     official_to_weclip,
     weclip_to_official,
@@ -571,6 +572,10 @@ def test_unexpected_key_is_named(official, tiny_official_config):
     for key in ("decoder.transformer.resblocks.0.attn.bias_k", "decoder_fts_fuse.extra.weight", "foo.bar"):
         with pytest.raises(ValueError, match=key.replace(".", r"\.")):
             official_to_weclip({**official, key: torch.zeros(3)}, tiny_official_config)
+    # the decoder's table alone names the decoder keys it cannot map (`weclip_keys`: every key accounted for)
+    for key in ("decoder.transformer.resblocks.0.attn.bias_k", "decoder_fts_fuse.extra.weight"):
+        with pytest.raises(ValueError, match=r"Unknown decoder keys.*" + re.escape(key)):
+            official_to_decoder({**official, key: torch.zeros(3)})
 
 
 def test_extra_layers_and_wrong_shapes_are_named(official, tiny_official_config):
