@@ -1449,6 +1449,15 @@ def test_weclip_plus_round_trip_official_ours_official(official_plus, plus_confi
     ours, report = official_to_weclip(official_plus, plus_config)
     assert sorted([*report.mapped, *report.ignored]) == sorted(official_plus)
     assert set(report.ignored) == {"par.kernel"}
+    # the dtype breakdown counts every tensor read: the DINO backbone's and its head's too
+    assert sum(report.source_dtypes.values()) == len(report.mapped)
+    # and the report names each by the key of ours it became (the DINO backbone's under dino_branch.backbone.)
+    assert {name for names in report.mapped.values() for name in names} == set(ours) - {"training_step"}
+    # CLIP keys without encoder. (OpenAI's names): the DINO head is no CLIP key either (`without_dino`)
+    bare = {k.removeprefix("encoder."): v for k, v in official_plus.items()}
+    from_bare, bare_report = official_to_weclip(bare, plus_config)
+    assert bare_report.prefix == "" and from_bare.keys() == ours.keys()
+    assert all(torch.equal(from_bare[k], ours[k]) for k in ours)
     model = WeCLIPPlusForSemanticSegmentation(plus_config)
     result = model.load_state_dict(ours, strict=False)
     assert sorted(result.missing_keys) == sorted(report.computed) and not result.unexpected_keys
@@ -1558,8 +1567,14 @@ def test_broken_weclip_plus_checkpoints_are_named(official_plus, plus_config):
 def test_the_dino_key_tables_name_every_key_they_cannot_map(official_plus, plus_config):
     """`official_to_dino` and `dino_to_official`, on their own, name an unknown key of the backbone and of the
     head (not only the whole conversion, which also checks every key against the config)."""
-    from weclip_hf.conversion import dino_to_official, official_to_dino
+    from weclip_hf.conversion import convert_hub_dinov2_state_dict, dino_to_official, official_to_dino
 
+    # a SwiGLU (ViT-g) hub block is not supported: its key is named, not dropped
+    hub = {
+        k.removeprefix("dino_encoder."): v for k, v in official_plus.items() if k.startswith("dino_encoder.")
+    }
+    with pytest.raises(ValueError, match=r"Unknown torch.hub DINOv2 weights.*blocks\.0\.mlp\.w12\.weight"):
+        convert_hub_dinov2_state_dict({**hub, "blocks.0.mlp.w12.weight": torch.zeros(2)})
     for key in ("dino_encoder.blocks.0.mlp.w12.weight", "dino_decoder_fts_fuse.linear_extra.weight"):
         with pytest.raises(ValueError, match=r"Unknown DINO keys.*" + re.escape(key)):
             official_to_dino({**official_plus, key: torch.zeros(2)})
