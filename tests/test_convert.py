@@ -1190,6 +1190,8 @@ TOY_CLIP = REPO / "weclip_hf" / "toy_clip"  # a 3-layer CLIP of width 128, patch
     [
         ({}, True, "layers 6 vs 3"),  # TINY: 6 layers, width 128, patch 8
         (dict(vision_width=64, patch=16), True, "layers 6 vs 3; width 64 vs 128; patch size 16 vs 8"),
+        # a CLIP under OpenAI's bare names is the checkpoint's own CLIP too
+        (dict(vision_width=64, patch=16), "bare", "layers 6 vs 3; width 64 vs 128; patch size 16 vs 8"),
         ({}, False, "layers: at least 6 (it fuses 5) vs 3"),
         (dict(vision_layers=4), False, "layers: at least 4 (it fuses 3) vs 3"),  # fusing every layer
         (dict(vision_width=64, vision_layers=3), False, "width 64 vs 128"),
@@ -1199,6 +1201,8 @@ def test_clip_that_does_not_match_the_checkpoint_is_named(sizes, with_clip, expe
     checkpoint = make_official_state_dict(**sizes)
     if not with_clip:
         checkpoint = {k: v for k, v in checkpoint.items() if not k.startswith("encoder.")}
+    elif with_clip == "bare":
+        checkpoint = {k.removeprefix("encoder."): v for k, v in checkpoint.items()}
     for check_clip in (True, False):  # another architecture is refused even without the weight comparison
         with pytest.raises(ValueError) as caught:
             convert_official_checkpoint(
