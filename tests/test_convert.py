@@ -619,6 +619,26 @@ def test_a_decoder_fusing_fewer_clip_layers_converts_with_that_count(official):
     assert "decoder.layer_mlps.2.fc1.weight" in ours and "decoder.layer_mlps.3.fc1.weight" not in ours
 
 
+def test_a_decoder_of_another_mlp_ratio_converts_with_that_ratio(official):
+    """``decoder_mlp_ratio`` is read from the decoder's ``mlp.c_fc`` rows (`infer_decoder_kwargs`): a decoder
+    whose MLPs are twice its width (not the official 4) gets 2, and converts."""
+    dim, gen = TINY["decoder_dim"], torch.Generator().manual_seed(0)
+    shapes = {
+        "mlp.c_fc.weight": (2 * dim, dim),
+        "mlp.c_fc.bias": (2 * dim,),
+        "mlp.c_proj.weight": (dim, 2 * dim),
+    }
+    narrow = dict(official)
+    for j in range(TINY["decoder_blocks"]):
+        narrow.update(
+            {f"decoder.transformer.resblocks.{j}.{k}": _random(k, v, gen) for k, v in shapes.items()}
+        )
+    config = infer_config_from_official(narrow, "voc", decoder_num_heads=4)
+    assert config.decoder_mlp_ratio == 2
+    ours, _ = official_to_weclip(narrow, config)
+    assert ours["decoder.blocks.1.mlp.fc1.weight"].shape == (2 * dim, dim)
+
+
 def test_real_vit_b16_sizes_on_meta_device():
     sizes = dict(
         vision_width=768,
