@@ -611,12 +611,14 @@ def test_the_par_kernel_is_each_neighbour_in_the_official_order(official, tiny_o
 def test_a_decoder_fusing_fewer_clip_layers_converts_with_that_count(official):
     """``num_feature_layers`` is read from the decoder's ``linears_modulelist``: one fusing 3 of the 6 blocks'
     outputs gets 3 (only all blocks but the last is the config's default, None), and converts."""
-    three = make_official_state_dict(feature_layers=3)
-    config = infer_config_from_official(three, "voc", decoder_num_heads=4)
-    assert config.num_feature_layers == 3
+    for layers in (3, 4):  # 4: all blocks but the last two
+        fewer = make_official_state_dict(feature_layers=layers)
+        config = infer_config_from_official(fewer, "voc", decoder_num_heads=4)
+        assert config.num_feature_layers == layers
+        ours, _ = official_to_weclip(fewer, config)
+        assert f"decoder.layer_mlps.{layers - 1}.fc1.weight" in ours
+        assert f"decoder.layer_mlps.{layers}.fc1.weight" not in ours
     assert infer_config_from_official(official, "voc", decoder_num_heads=4).num_feature_layers == 5
-    ours, _ = official_to_weclip(three, config)
-    assert "decoder.layer_mlps.2.fc1.weight" in ours and "decoder.layer_mlps.3.fc1.weight" not in ours
 
 
 def test_a_decoder_of_another_mlp_ratio_converts_with_that_ratio(official):
