@@ -267,6 +267,30 @@ def test_push_to_hub_ships_the_processor_saved_in_a_subfolder_or_a_hub_repositor
     assert "no WeCLIP image processor saved where the model was loaded from" in caplog.text
 
 
+def test_push_to_hub_ships_the_tokenizer_saved_with_the_model(tiny_clip, tmp_path, fake_hub):
+    """A WeCLIP+ model loaded from a training run's folder uploaded its weights, config and processor but not the
+    CLIP tokenizer saved beside them (train.py's, the converter's), so the repository could not take new classes
+    (`update_class_embeddings`) offline: the tokenizer saved where the model was loaded from is uploaded too, and
+    none where none was saved (tokenizer_config.json alone holds no vocabulary and is left out)."""
+    from conftest import make_tiny_plus_config
+    from transformers import AutoModelForSemanticSegmentation, AutoTokenizer
+
+    from weclip_hf.hub import TOKENIZER_FILES
+
+    folder = tmp_path / "run"
+    AutoModelForSemanticSegmentation.from_config(make_tiny_plus_config()).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_clip).save_pretrained(folder)
+    model = AutoModelForSemanticSegmentation.from_pretrained(folder)
+    model.push_to_hub("plus")
+    assert set(TOKENIZER_FILES) <= set(fake_hub.uploaded[0]["files"])
+    assert AutoTokenizer.from_pretrained(fake_hub.uploaded[0]["copy"]).get_vocab() == (
+        AutoTokenizer.from_pretrained(tiny_clip).get_vocab()
+    )
+    (folder / "tokenizer.json").unlink()
+    AutoModelForSemanticSegmentation.from_pretrained(folder).push_to_hub("plus")
+    assert not set(TOKENIZER_FILES) & set(fake_hub.uploaded[1]["files"])
+
+
 def test_save_pretrained_with_push_to_hub_uploads_as_push_to_hub(tmp_path, fake_hub):
     """transformers' save_pretrained(..., push_to_hub=True) uploaded the weights with a placeholder card and no
     image processor: it saves the folder, then uploads as push_to_hub (repo_id: the folder's name by default)."""

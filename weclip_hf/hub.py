@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from transformers import PreTrainedConfig, PreTrainedModel
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import logging as hf_logging
+from transformers.utils.hub import cached_files
 
 from .image_processing_weclip import WeCLIPImageProcessor, processor_settings
 from .model_loading import hub_id_or_none
@@ -474,15 +476,46 @@ def publish_folder(
         ) from cause
 
 
+def loaded_from(model: PreTrainedModel) -> dict | None:
+    """Where ``model`` was loaded from, as `from_pretrained`'s keywords (``model._loaded_from``: the folder or Hub
+    id, its subfolder, revision and cache), else its config's ``_name_or_path``; None for a model built in memory."""
+    source = getattr(model, "_loaded_from", None) or {
+        "pretrained_model_name_or_path": model.config._name_or_path
+    }
+    return source if source["pretrained_model_name_or_path"] else None
+
+
+def saved_tokenizer_files(model: PreTrainedModel, token: str | None = None) -> list[str]:
+    """The local paths of the CLIP tokenizer files (`TOKENIZER_FILES`) saved where ``model`` was loaded from (a
+    folder, its subfolder or a Hub repository through the cache), which computed its text embeddings; none where
+    ``tokenizer.json`` is missing (``tokenizer_config.json`` alone holds no vocabulary) or cannot be fetched."""
+    source = loaded_from(model)
+    if source is None:
+        return []
+    try:
+        where = dict(source)
+        paths = cached_files(
+            where.pop("pretrained_model_name_or_path"),
+            list(TOKENIZER_FILES),
+            token=token,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **where,
+        )
+    except OSError:  # the Hub cannot be reached, or no such repository
+        return []
+    # cached_files answers only the files it found (None: none of them)
+    found = {Path(path).name: path for path in paths or []}
+    return list(found.values()) if "tokenizer.json" in found else []
+
+
 def saved_image_processor(model: PreTrainedModel, token: str | None = None) -> WeCLIPImageProcessor | None:
     """The image processor saved where ``model`` was loaded from (its training's normalization and sizes): its folder,
     or its Hub repository (through the cache, the load's subfolder and revision: `from_pretrained` records them in
     ``model._loaded_from``); None for a model built in memory, a source without a WeCLIP preprocessor_config.json
     (that of a CLIP checkpoint a model was built from with `from_clip` is CLIP's) or one that cannot be read."""
-    source = getattr(model, "_loaded_from", None) or {
-        "pretrained_model_name_or_path": model.config._name_or_path
-    }
-    if not source["pretrained_model_name_or_path"]:
+    source = loaded_from(model)
+    if source is None:
         return None
     try:
         saved, _ = WeCLIPImageProcessor.get_image_processor_dict(**source, token=token)
@@ -509,7 +542,8 @@ def push_model_to_hub(
     commit_description: str | None = None,
     **save_kwargs,
 ):
-    """Upload ``model``'s safetensors weights and config, an image processor and a model card in one commit
+    """Upload ``model``'s safetensors weights and config, an image processor, the CLIP tokenizer saved where it was
+    loaded from (`saved_tokenizer_files`) and a model card in one commit
     (`WeCLIPForSemanticSegmentation.push_to_hub`, whose docstring says what each argument defaults to). The folder
     is written before the repository is created: a model that cannot be saved leaves no empty repository."""
     if image_processor is None:
@@ -525,6 +559,9 @@ def push_model_to_hub(
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder, **save_kwargs)
         image_processor.save_pretrained(folder)
+        # the CLIP tokenizer of its text embeddings, so that the repository takes new classes offline
+        for path in saved_tokenizer_files(model, token):
+            shutil.copyfile(path, os.path.join(folder, Path(path).name))
         repo_id = create_hub_repo(repo_id, token=token, private=private)  # "user/name"
         if model_card is None:
             model_card = make_model_card(
