@@ -1061,12 +1061,16 @@ def test_the_revision_is_the_clips_and_the_dinov2_is_fetched_at_its_default(tiny
 
 
 def test_a_backbone_that_is_no_folder_or_a_saved_weclip_is_named(tiny_clip, tmp_path):
-    """A missing folder was taken for a Hub id ("Repo id must be in the form ..." or a connection error); a saved
-    WeCLIP given as the CLIP failed on its weights."""
+    """A missing folder was taken for a Hub id ("Repo id must be in the form ..." or a connection error), and then
+    named without a remedy; a saved WeCLIP given as the CLIP failed on its weights."""
     WeCLIPForSemanticSegmentation(make_tiny_config()).save_pretrained(tmp_path / "weclip")
     with pytest.raises(FileNotFoundError, match=r"No CLIP checkpoint folder at '/nonexistent/clip'"):
         WeCLIPForSemanticSegmentation.from_clip("/nonexistent/clip")
-    with pytest.raises(FileNotFoundError, match=r"No DINOv2 checkpoint folder at './no-dino'"):
+    # with the remedy (train.py's --dino_model_name_or_path ends with this message)
+    no_dino = r"No DINOv2 checkpoint folder at './no-dino': give a DINOv2 checkpoint folder written by save_pretrained"
+    with pytest.raises(
+        FileNotFoundError, match=no_dino + r" \(config.json and model.safetensors\) or a Hub id\."
+    ):
         WeCLIPPlusForSemanticSegmentation.from_clip_and_dino(tiny_clip, "./no-dino")
     with pytest.raises(
         ValueError, match=r"is a saved WeCLIP model, not a CLIP checkpoint: load it with AutoModel"

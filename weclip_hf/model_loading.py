@@ -92,13 +92,11 @@ def check_backbone_source(name_or_path: str, what: str) -> None:
     (as transformers' own), the wrong model a ValueError."""
     path = os.path.expanduser(str(name_or_path))
     folder = f"a {what} checkpoint folder written by save_pretrained"
+    remedy = f"give {folder} (config.json and model.safetensors) or a Hub id."
     if os.path.isfile(path):
-        raise NotADirectoryError(
-            f"{str(name_or_path)!r} is a file, not a {what} checkpoint folder: give {folder} (config.json and "
-            "model.safetensors) or a Hub id."
-        )
+        raise NotADirectoryError(f"{str(name_or_path)!r} is a file, not a {what} checkpoint folder: {remedy}")
     if is_path_to_no_folder(name_or_path):
-        raise FileNotFoundError(f"No {what} checkpoint folder at {str(name_or_path)!r}.")
+        raise FileNotFoundError(f"No {what} checkpoint folder at {str(name_or_path)!r}: {remedy}")
     if not os.path.isdir(path):
         return  # a Hub id: checked by transformers, and after loading
     if not os.path.isfile(os.path.join(path, "config.json")):
