@@ -283,6 +283,9 @@ def test_push_to_hub_ships_the_tokenizer_saved_with_the_model(tiny_clip, tmp_pat
     model = AutoModelForSemanticSegmentation.from_pretrained(folder)
     model.push_to_hub("plus")
     assert set(TOKENIZER_FILES) <= set(fake_hub.uploaded[0]["files"])
+    # the card names the class that uploaded it (a WeCLIP+'s said WeCLIPForSemanticSegmentation.push_to_hub)
+    card = (fake_hub.uploaded[0]["copy"] / "README.md").read_text()
+    assert "Uploaded with `WeCLIPPlusForSemanticSegmentation.push_to_hub`." in card
     assert AutoTokenizer.from_pretrained(fake_hub.uploaded[0]["copy"]).get_vocab() == (
         AutoTokenizer.from_pretrained(tiny_clip).get_vocab()
     )

@@ -569,7 +569,7 @@ def push_model_to_hub(
                 model_name=repo_id.split("/")[-1],
                 repo_id=repo_id,
                 metrics=metrics,
-                source="Uploaded with `WeCLIPForSemanticSegmentation.push_to_hub`.",
+                source=f"Uploaded with `{type(model).__name__}.push_to_hub`.",
                 tags=[tags] if isinstance(tags, str) else tags,
             )
         model_card.save(os.path.join(folder, "README.md"))
