@@ -286,6 +286,8 @@ def test_push_to_hub_ships_the_tokenizer_saved_with_the_model(tiny_clip, tmp_pat
     # the card names the class that uploaded it (a WeCLIP+'s said WeCLIPForSemanticSegmentation.push_to_hub)
     card = (fake_hub.uploaded[0]["copy"] / "README.md").read_text()
     assert "Uploaded with `WeCLIPPlusForSemanticSegmentation.push_to_hub`." in card
+    # and so does the default commit message (was "Upload WeCLIP model" for either)
+    assert fake_hub.uploaded[0]["commit_message"] == "Upload WeCLIPPlusForSemanticSegmentation"
     assert AutoTokenizer.from_pretrained(fake_hub.uploaded[0]["copy"]).get_vocab() == (
         AutoTokenizer.from_pretrained(tiny_clip).get_vocab()
     )

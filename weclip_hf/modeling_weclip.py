@@ -653,7 +653,7 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
         image_processor=None,
         model_card=None,
         metrics: dict[str, float] | None = None,
-        commit_message: str = "Upload WeCLIP model",
+        commit_message: str | None = None,
         private: bool | None = None,
         token: str | None = None,
         revision: str | None = None,
@@ -662,7 +662,8 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
         commit_description: str | None = None,
         **kwargs,
     ):
-        """Upload safetensors weights, config, an image processor and a WeCLIP model card in one commit.
+        """Upload safetensors weights, config, an image processor, the CLIP tokenizer saved where the model was loaded
+        from (if any) and a WeCLIP model card in one commit.
 
         Unlike the generic `PreTrainedModel.push_to_hub` (weights and a placeholder card), the repository
         works with ``pipeline("image-segmentation", model=repo_id)`` right away.
@@ -674,8 +675,9 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
                 official evaluation).
             model_card: a `huggingface_hub.ModelCard`; default `weclip_hf.hub.make_model_card` with ``metrics``
                 and the extra Hub ``tags``.
-            commit_message, commit_description, private, token, revision, create_pr: as for `huggingface_hub`'s
-                upload; other keywords go to `save_pretrained` (e.g. ``max_shard_size``).
+            commit_message: default "Upload <the model's class name>".
+            commit_description, private, token, revision, create_pr: as for `huggingface_hub`'s upload; other
+                keywords go to `save_pretrained` (e.g. ``max_shard_size``).
 
         The upload is `weclip_hf.hub.push_model_to_hub`.
         """
