@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Train WeCLIP with Accelerate: image-level labels -> frozen-CLIP pseudo labels -> segmentation decoder.
+"""Train WeCLIP (or WeCLIP+, --dino_model_name_or_path) with Accelerate: image-level labels -> frozen-CLIP pseudo
+labels -> segmentation decoder.
 
     accelerate launch examples/train.py                     # the offline toy world (default)
     accelerate launch examples/train.py --preset voc --dataset_name jxie/pascal-voc-2012 \\
