@@ -1381,6 +1381,8 @@ def test_a_run_where_no_input_could_be_read_exits_with_an_error(run, toy_weclip_
     assert (
         segment.exit_status(run[1]) == 0 and segment.exit_status(None) == 0
     )  # another process: the main's says
+    # no input skipped (an empty split): nothing failed
+    assert segment.exit_status({"num_images": 0, "skipped": []}) == 0
 
 
 def test_device_cpu_runs_the_model_on_the_cpu_of_a_gpu_machine(images, toy_weclip_dir, tmp_path, monkeypatch):
@@ -1401,3 +1403,92 @@ def test_counts_of_one_are_said_in_the_singular(images, toy_weclip_dir, tmp_path
     printed = capsys.readouterr().out
     assert "1 input; this process segments 1 and draws 0 overlays of done ones" in printed
     assert f"1 label map in {tmp_path / 'out' / 'labels'}; skipped inputs: 0" in printed
+
+
+def test_the_overall_class_fractions_are_of_the_pixels_of_all_label_maps(run):
+    """class_fractions.json's "classes": the fraction of each class over the pixels of every label map together."""
+    out, report = run
+    id2label = json.loads((Path(report["model"]) / "config.json").read_text())["id2label"]
+    labels = np.concatenate([label_map(out, name).ravel() for name in READABLE])
+    expected = {id2label[str(i)]: np.mean(labels == i) for i in np.unique(labels)}
+    assert len(expected) > 1 and report["classes"] == pytest.approx(expected)
+
+
+def test_a_re_run_of_a_finished_run_rewrites_nothing(finished_run):
+    """Re-run with the overlay of its first input asked for: the other input (no overlay asked) is neither read nor
+    its record written again."""
+    _, argv, out = finished_run
+    segment.main([*argv, "--num_overlays", "1"])
+    records = {p: p.stat().st_mtime_ns for p in (out / ".state" / "inputs").rglob("*.json")}
+    segment.main([*argv, "--num_overlays", "1"])
+    assert {p: p.stat().st_mtime_ns for p in records} == records and len(records) == 2
+
+
+def test_another_dtype_in_the_same_folder_is_refused(finished_run):
+    """--dtype changes the label maps (bfloat16 moves pixels): a re-run with another one is another run's settings."""
+    _, argv, _ = finished_run
+    with pytest.raises(ValueError, match=r"other settings \(dtype: 'float32' -> 'bfloat16'"):
+        segment.main([*argv, "--dtype", "bfloat16"])
+
+
+def test_msf_segments_with_the_multi_scale_and_flip_logits(varied_tiny_model):
+    """--msf: the label map is the argmax of the multi-scale + flip logits (upsampled to the image), not of one
+    scale's."""
+    import argparse
+
+    import torch
+
+    from weclip_hf import WeCLIPImageProcessor
+    from weclip_hf.inference import image_logits, multiscale_flip_logits
+
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    processor = WeCLIPImageProcessor(size={"longest_edge": 64})
+    item = {"rgb": rgb, "pixel_values": processor(images=[rgb], return_tensors="pt")["pixel_values"][0]}
+    args = argparse.Namespace(msf=True, scales=[1.0, 0.5], crf=False)
+    [labels] = segment.segment(varied_tiny_model, processor, [item], args)
+    pixel_values = item["pixel_values"][None]
+    for route, agrees in ((multiscale_flip_logits, True), (image_logits, False)):
+        logits = (
+            route(varied_tiny_model, pixel_values, scales=[1.0, 0.5])
+            if agrees
+            else route(varied_tiny_model, pixel_values)
+        )
+        [expected] = processor.post_process_semantic_segmentation({"logits": logits}, target_sizes=[(40, 56)])
+        assert torch.equal(labels, expected) == agrees
+
+
+def test_an_overlay_shows_the_cams_of_the_predicted_foreground_classes(tiny_model, monkeypatch):
+    """The overlay's CAM panels: one per foreground class in the label map (ids 1..C), by name."""
+    import torch
+
+    drawn = {}
+    monkeypatch.setattr(segment, "overlay_figure", lambda rgb, maps, id2label, cams: drawn.update(cams))
+    labels = torch.zeros(8, 8, dtype=torch.long)
+    labels[:4, :4] = 2
+    item = {"rgb": np.zeros((8, 8, 3), np.uint8), "pixel_values": torch.zeros(3, 32, 32)}
+    segment.overlay(tiny_model, item, labels)
+    assert list(drawn) == [tiny_model.config.id2label[2]]
+
+
+def test_a_label_map_without_a_record_of_an_input_now_unreadable_goes_with_overwrite(
+    images, toy_weclip_dir, tmp_path
+):
+    """A label map without its input's record (an earlier version's folder) whose input is now unreadable: with
+    --overwrite_output_dir it is removed and the input listed as skipped, not reported as this input's."""
+    (tmp_path / "in").mkdir()
+    shutil.copyfile(images / "toy0.png", tmp_path / "in" / "a.png")
+    out = tmp_path / "out"
+    argv = [
+        "--model_name_or_path",
+        str(toy_weclip_dir),
+        "--images",
+        str(tmp_path / "in"),
+        "--output_dir",
+        str(out),
+    ]
+    segment.main(argv)
+    (out / ".state" / "inputs" / "a.json").unlink()
+    (tmp_path / "in" / "a.png").write_bytes((images / "truncated.png").read_bytes())
+    report = segment.main([*argv, "--overwrite_output_dir"])
+    assert report["num_images"] == 0 and [s["input"] for s in report["skipped"]] == ["a"]
+    assert not (out / "labels" / "a.png").exists()
