@@ -541,15 +541,28 @@ def test_awkward_files_are_read_or_skipped_and_named(awkward_folder, tiny_clip, 
     assert loaded[sources.index("one_pixel.png")]["mask"].size == (1, 1)
 
 
-def save_labelled_dataset(path: Path, split: str = "train") -> None:
-    """A saved dataset of 2 toy images in a ``split`` split, labelled by a ClassLabel column (heart, cat)."""
+def save_labelled_dataset(path: Path, split: str = "train", labels: tuple[int, int] = (0, 1)) -> None:
+    """A saved dataset of 2 toy images in a ``split`` split, labelled by a ClassLabel column (heart, cat:
+    ``labels``)."""
     import datasets
 
     features = datasets.Features(
         {"image": datasets.Image(), "label": datasets.ClassLabel(names=["heart", "cat"])}
     )
-    rows = {"image": [Image.fromarray(t) for t in generate_toy_images(2, seed=1)[0]], "label": [0, 1]}
+    rows = {"image": [Image.fromarray(t) for t in generate_toy_images(2, seed=1)[0]], "label": list(labels)}
     datasets.DatasetDict({split: datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(path)
+
+
+def test_rows_of_the_same_images_with_other_image_level_labels_are_refused(tiny_clip, tmp_path):
+    """A row is recorded by its image-level labels too: the same images labelled otherwise are another input (their
+    CAM masks are of other classes), refused as such."""
+    out = tmp_path / "out"
+    argv = ["--clip_model_name_or_path", tiny_clip, "--split", "train", "--output_dir", str(out)]
+    save_labelled_dataset(tmp_path / "d")
+    save_labelled_dataset(tmp_path / "swapped", labels=(1, 0))
+    generate.main([*argv, "--dataset_path", str(tmp_path / "d")])
+    with pytest.raises(ValueError, match=r"2 outputs of other inputs.*'000000'"):
+        generate.main([*argv, "--dataset_path", str(tmp_path / "swapped")])
 
 
 def test_a_bare_clip_takes_the_classes_of_a_classlabel_column(tmp_path, tiny_clip, capsys):
@@ -717,3 +730,58 @@ def test_label_rows_of_one_string_say_what_the_column_must_hold(tiny_clip, tmp_p
     with pytest.raises(ValueError, match=rf"Image labels of row 0 of split 'train' contain {message}"):
         generate.main([*argv, "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+def test_sparse_confusion_lists_reference_prediction_and_count_without_ignored_pixels():
+    """One image's confusion entries ``[reference, prediction, count]``; the mask's ignored pixels are left out."""
+    import torch
+
+    pred = torch.tensor([[0, 1], [1, 1]])
+    mask = np.array([[0, 2], [255, 1]], dtype=np.uint8)
+    assert sorted(generate.sparse_confusion(pred, mask, 3, 255)) == [[0, 0, 1], [1, 1, 1], [2, 1, 1]]
+
+
+def test_a_re_run_deletes_split_files_without_a_record_and_rewrites_nothing(tiny_clip, tmp_path):
+    """A finished run with overlays, re-run: a file in its split folders that no record lists (an interrupted run's
+    image or mask) is deleted, so that the dataset holds the recorded rows only; the done rows' masks, overlays
+    and records are neither redrawn nor rewritten."""
+    out = tmp_path / "out"
+    argv = ["--clip_model_name_or_path", tiny_clip, "--toy_train_images", "2", "--output_dir", str(out)]
+    argv += ["--num_overlays", "-1"]
+    generate.main(argv)
+    written = {p: p.stat().st_mtime_ns for p in [*(out / ".state" / "train").iterdir(), *out.rglob("*.png")]}
+    stray = [out / "train" / "images" / "000009.png", out / "train" / "masks" / "000009.png"]
+    for path in stray:
+        shutil.copyfile(out / "train" / "masks" / "000000.png", path)
+    assert generate.main(argv)["splits"]["train"]["num_images"] == 2
+    assert not any(path.exists() for path in stray)
+    assert {p: p.stat().st_mtime_ns for p in written} == written and len(written) == 6
+
+
+def test_another_mode_in_the_same_folder_is_refused(toy_weclip_dir, tmp_path):
+    """--mode cam over a folder of RFM masks is another run's settings, refused as such."""
+    argv = ["--model", str(toy_weclip_dir), "--toy_train_images", "1", "--output_dir", str(tmp_path / "out")]
+    generate.main(argv)
+    with pytest.raises(ValueError, match=r"other settings \(mode: 'rfm' -> 'cam'"):
+        generate.main([*argv, "--mode", "cam"])
+
+
+def test_pseudo_masks_are_computed_at_most_at_the_processors_input_size(
+    toy_weclip_dir, tmp_path, monkeypatch
+):
+    """A photo larger than the model's image processor's input size has its pseudo masks computed at that size
+    (`image_pseudo_labels`'s ``max_size``), not at its own."""
+    from weclip_hf import WeCLIPImageProcessor
+    from weclip_hf.evaluation import processor_input_size
+
+    sizes, computed = [], generate.image_pseudo_labels
+
+    def recording(*args, max_size, **kwargs):
+        sizes.append(max_size)
+        return computed(*args, max_size=max_size, **kwargs)
+
+    monkeypatch.setattr(generate, "image_pseudo_labels", recording)
+    argv = ["--model", str(toy_weclip_dir), "--toy_train_images", "1", "--output_dir", str(tmp_path / "out")]
+    generate.main(argv)
+    expected = processor_input_size(WeCLIPImageProcessor.from_pretrained(toy_weclip_dir))
+    assert expected is not None and sizes == [expected] * len(sizes) and sizes
