@@ -104,6 +104,7 @@ def test_processes_of_a_launch_score_their_shares_of_the_images(model_dir, data_
     assert _classes_predicted(one["per_class_iou"]["pred"].values()) > 1  # labels that a mix-up would change
     for name in ("miou", "cam_miou", "pseudo_label_miou"):
         assert two[name] == pytest.approx(one[name], abs=1e-6), name
+    assert two["num_images"] == one["num_images"] == 3  # the images scored, not the main process's share
     for mode, ious in one["per_class_iou"].items():
         assert {k: v for k, v in two["per_class_iou"][mode].items() if v is not None} == pytest.approx(
             {k: v for k, v in ious.items() if v is not None}, abs=1e-6
@@ -515,6 +516,10 @@ def test_the_default_input_size_is_the_saved_processors_unless_given_or_preset(t
     assert script.input_size(script.parse_args(local), processor) == {"longest_edge": 48}
     assert script.input_size(script.parse_args([*local, "--eval_long_side", "64"]), processor) == 64
     assert script.input_size(script.parse_args([*local, "--preset", "voc"]), processor) == 512
+    # the flag overrides the preset's value
+    for preset in ("voc", "toy"):
+        given = [*local, "--preset", preset, "--eval_long_side", "64"]
+        assert script.input_size(script.parse_args(given), processor) == 64, preset
     # the toy preset's: its training crop, as train.py scores (the images were kept at their own size)
     assert script.input_size(script.parse_args([*local, "--preset", "toy"]), processor) == {
         "height": 96,
