@@ -684,6 +684,21 @@ def test_scales_without_msf_and_a_crf_preset_without_crf_are_refused(capsys):
     assert segment.parse_args(argv).crf_preset == "weclip"
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--images", "x", "--batch_size", "0"], "--batch_size must be >= 1, got 0"),
+        ([], "give either --images or one of --dataset_name / --data_dir / --dataset_path"),
+        (["--images", "x", "--data_dir", "d"], "give either --images or one of --dataset_name"),
+    ],
+)
+def test_a_batch_size_below_one_and_inputs_of_neither_or_both_kinds_are_refused(flags, message, capsys):
+    """--batch_size 0 would segment nothing; inputs are --images or a dataset, exactly one of them."""
+    with pytest.raises(SystemExit):
+        segment.parse_args(["--model_name_or_path", "m", "--output_dir", "o", *flags])
+    assert message in capsys.readouterr().err
+
+
 def test_crf_parameter_flags_reach_the_crf_and_are_recorded(toy_weclip_dir, tmp_path):
     """The --crf_<field> flags evaluate.py takes refine the label maps (segment.py took only --crf_preset): with
     --crf_num_iters 0 the CRF keeps the model's labels, with its default 10 iterations it moves some; a re-run with
