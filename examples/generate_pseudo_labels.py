@@ -711,13 +711,11 @@ def check_no_other_rows(
         shown = some_of([f"{name!r}: {unreadable[name]}" for name in now_unreadable])
         raise ValueError(
             f"{out} holds the outputs of {counted(len(now_unreadable), 'row')} of split {split!r} that an earlier "
-            "run did and "
-            f"whose image or mask this run could not read ({shown}). Fix the files and re-run, or give "
+            f"run did and whose image or mask this run could not read ({shown}). Fix the files and re-run, or give "
             "--overwrite_output_dir to drop their outputs."
         )
     raise ValueError(
-        f"{out} holds the outputs of {counted(len(others), 'row')} of split {split!r} that this run does not "
-        "have "
+        f"{out} holds the outputs of {counted(len(others), 'row')} of split {split!r} that this run does not have "
         f"({some_of([repr(name) for name in sorted(others)])}: an earlier run's, of more rows: another "
         "--max_samples or toy size), which the dataset written would list as this run's. Re-run with the earlier "
         "inputs, choose another --output_dir, or give --overwrite_output_dir to drop them."
