@@ -5,6 +5,7 @@ the global batch's counts (see `weclip_hf.losses`; WeCLIP+'s Dice: its sums), so
 global-batch gradient.
 """
 
+import datetime
 import gc
 import json
 import os
@@ -359,3 +360,32 @@ def test_a_signal_to_one_process_after_the_last_step_stops_every_process_saying_
         "trains no step again, then runs this end whole)."
     ]
     assert not (out / "model.safetensors").exists()
+
+
+def _no_grad_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    # a short timeout: a collective the other process never joins fails the test instead of blocking it
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=30))
+    if rank == 0:
+        losses = {}
+        for mode in ("pixel_labels", "weak", "plus_pixel_labels"):
+            model = _model(mode)
+            with torch.no_grad():
+                losses[mode] = (_loss(model, mode, slice(0, 2)), int(model.training_step))
+        torch.save(losses, out)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_a_train_mode_forward_under_no_grad_in_one_process_is_local(tmp_path):
+    """A forward in train mode under `no_grad` (an evaluation of a model left in train mode) in one process of
+    two is no training step: its losses are the process's own batch's (no cross-process sums, which would wait
+    for a process that never joins) and the step count stays 0."""
+    out = str(tmp_path / "no_grad.pt")
+    mp.start_processes(_no_grad_worker, args=(free_port(), out), nprocs=2, start_method="spawn")
+    for mode, (loss, step) in torch.load(out).items():
+        model = _model(mode)
+        with torch.no_grad():
+            torch.testing.assert_close(loss, _loss(model, mode, slice(0, 2)), msg=mode)
+        assert step == 0, mode
