@@ -617,6 +617,109 @@ def test_train_with_trainer_runs_the_phases_do_train_and_do_eval_ask_for(tmp_pat
         )
 
 
+def test_train_with_trainer_phase_checks_refuse_what_a_saved_models_scoring_ignores(
+    tmp_path, monkeypatch, capsys
+):
+    """--do_eval without --do_train refuses every flag that only builds or publishes a trained model
+    (--clip_model_name_or_path and --push_to_hub too, not only --crop_size and --resume_from_checkpoint);
+    --crop_size 0 is refused; only --do_train / --do_eval given and asking for a final evaluation make a dataset
+    without a validation split an error (neither given, the run scores where the data has one)."""
+    script = trainer_script(monkeypatch)
+    saved = ["--output_dir", str(tmp_path), "--do_eval", "--model_name_or_path", str(tmp_path)]
+    refusals = {
+        (*saved, "--clip_model_name_or_path", "c"): "--clip_model_name_or_path acts on a run that trains",
+        (*saved, "--push_to_hub"): "--push_to_hub acts on a run that trains",
+        ("--crop_size", "0"): "--crop_size must be >= 1, got 0.",
+    }
+    for argv, error in refusals.items():
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            script.parse_args(list(argv))
+        assert error in capsys.readouterr().err, argv
+    asked = {
+        (): False,
+        ("--do_train",): False,
+        ("--do_train", "--do_eval"): True,
+        ("--eval_strategy", "steps"): False,
+    }
+    for argv, evaluation in asked.items():
+        assert script.parse_args(list(argv))[0].evaluation_asked is evaluation, argv
+
+
+def test_train_with_trainer_recipe_checkpoints_a_run_shorter_than_its_checkpoint_interval():
+    """A run shorter than half the recipe's checkpoint interval (toy: 1 step of 500, one checkpoint at step 250)
+    still checkpoints and evaluates at a step (Trainer refuses 0): its last."""
+    recipe = trainer_phase("arguments").recipe_defaults
+    defaults = recipe(TOY.training, 1, evaluate=True)
+    assert defaults["save_steps"] == defaults["eval_steps"] == 1
+
+
+def test_train_with_trainer_trajectory_leaves_out_the_phase_flags_and_resolves_local_paths(
+    tmp_path, monkeypatch
+):
+    """A resume may add --do_train / --do_eval (they shape no training) and name the data folder otherwise (its
+    recorded path is the resolved one): neither changes what a checkpoint records."""
+    script = trainer_script(monkeypatch)
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    runs = (["--data_dir", "data"], ["--data_dir", str(tmp_path / "data") + "/", "--do_train", "--do_eval"])
+    first, again = (trainer_phase("resume").trajectory(*script.parse_args(argv)) for argv in runs)
+    assert first == again and first["data_dir"] == str(tmp_path / "data")
+
+
+def test_train_with_trainer_data_is_seeded_by_seed_and_skips_empty_images_as_its_preset_says(monkeypatch):
+    """The toy world is drawn with --seed, and the label reading skips the images without a class where the preset
+    says so (COCO's)."""
+    script = trainer_script(monkeypatch)
+    data = trainer_phase("data")
+    args, training_args = script.parse_args(["--seed", "5"])
+    assert data.data_source(args, training_args).seed == 5
+    cfg = WeCLIPConfig(class_names=["cat", "dog"])
+    assert [data.label_reading(args, cfg, skip).skip_empty for skip in (True, False)] == [True, False]
+
+
+def test_train_with_trainer_evaluation_of_a_saved_model_refuses_data_without_a_validation_split(
+    tmp_path, monkeypatch
+):
+    """--do_eval alone on data without a validation split is refused, naming the remedy, before any scoring."""
+    script = trainer_script(monkeypatch)
+    toy_model().save_pretrained(tmp_path / "model")
+    # a dataset of a training split only
+    monkeypatch.setattr(
+        trainer_phase("evaluation"), "load_dataset_splits", lambda *a, **k: ("train", None, {})
+    )
+    argv = ["--output_dir", tmp_path / "o", "--do_eval", "--model_name_or_path", tmp_path / "model"]
+    with pytest.raises(
+        ValueError, match="--do_eval scores the model, but the dataset has no validation split"
+    ):
+        run_script(script, *argv)
+
+
+def test_train_with_trainer_run_end_message_says_what_a_resume_trains_again_and_how_to_score(tmp_path):
+    """A signal in the end of a 5-step run: a resume from checkpoint-3 trains steps 4-5 again; the saved model's
+    scoring is suggested once it is saved and its final evaluation is not done; without a checkpoint or anything
+    saved, only a new run trains it again. The parts of a run without a final evaluation leave it out; a pushed run's
+    end with the push to its repository."""
+    run_end = trainer_phase("run_end")
+    training_args = TrainingArguments(output_dir=str(tmp_path))
+    parts = run_end.run_end_parts(training_args, evaluate=True)
+    unscored = run_end.run_end_parts(training_args, evaluate=False)
+    assert [part for part in parts if part not in unscored] == [
+        "the final evaluation (eval_results.json, all_results.json)"
+    ]
+    pushed = TrainingArguments(output_dir=str(tmp_path), push_to_hub=True, hub_model_id="me/toy")
+    assert run_end.run_end_parts(pushed, evaluate=False) == [*unscored, "the push to me/toy"]
+    score = "Score the saved model"
+    end = run_end.RunEnd(tmp_path, 5, overwrite=False, parts=parts)
+    assert "No checkpoint was saved (--save_strategy no)" in end.message(2) and score not in end.message(2)
+    (tmp_path / "checkpoint-3").mkdir()
+    said = end.message(15)
+    assert "from checkpoint-3 it trains steps 4-5 again" in said and "No checkpoint" not in said
+    assert score not in said  # nothing is saved yet
+    end.done = 3  # the model, its figures, its tokenizer
+    assert f"{score}: the same data flags with --do_eval --model_name_or_path {tmp_path}" in end.message(15)
+
+
 @pytest.mark.parametrize("when", ["final evaluation", "final save", "last checkpoint"])
 def test_train_with_trainer_says_what_is_saved_when_a_signal_stops_the_end_of_the_run(
     tmp_path, monkeypatch, capsys, when
@@ -680,6 +783,33 @@ def test_train_with_trainer_says_what_is_saved_when_a_signal_stops_the_end_of_th
         assert "nothing of its end is saved; not done: the trained model (" in said
     results = run_script(script, "--output_dir", tmp_path, *flags, "--resume_from_checkpoint", "latest")
     assert "eval_miou" in results and (tmp_path / "README.md").is_file()
+
+
+def test_train_with_trainer_says_which_parts_of_the_end_a_signal_left_undone(tmp_path, monkeypatch, capsys):
+    """A signal in the model card's writing: the final evaluation is among what is saved, and the run that started
+    over (--overwrite_output_dir) is finished without it; in the final save of a --do_train run (no final
+    evaluation), the final evaluation is named nowhere."""
+    script = trainer_script(monkeypatch)
+    flags = ["--max_steps", 1, "--toy_train_images", 8, "--toy_val_images", 2]
+    for method, phase in (("create_model_card", ["--overwrite_output_dir"]), ("save_model", ["--do_train"])):
+        real = getattr(script.WeCLIPTrainer, method)
+
+        def interrupted(trainer, *args, real=real, **kwargs):
+            if not trainer.is_in_train:  # not a checkpoint's
+                os.kill(os.getpid(), signal.SIGINT)
+            return real(trainer, *args, **kwargs)
+
+        monkeypatch.setattr(script.WeCLIPTrainer, method, interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_script(script, "--output_dir", tmp_path / method, *flags, *phase)
+        said = capsys.readouterr().out.splitlines()[-1]
+        monkeypatch.setattr(script.WeCLIPTrainer, method, real)
+        if method == "create_model_card":
+            done = "the final evaluation (eval_results.json, all_results.json); not done: the model card"
+            resume = "the same command without --overwrite_output_dir with --resume_from_checkpoint latest"
+            assert done in said and resume in said
+        else:
+            assert "not done: the trained model (" in said and "final evaluation" not in said
 
 
 def test_train_with_trainer_reads_resume_from_checkpoint_true_as_trainer_does(tmp_path, monkeypatch):
