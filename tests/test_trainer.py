@@ -602,18 +602,32 @@ def test_train_with_trainer_runs_the_phases_do_train_and_do_eval_ask_for(tmp_pat
         ("--do_eval", *saved, "--crop_size", 64): "--crop_size acts on a run that trains",
         ("--do_eval", *saved, "--resume_from_checkpoint", "latest"): "--resume_from_checkpoint acts on a run",
         ("--do_train", "False"): "--do_train and --do_eval are both off: nothing to do",
+        # (was: "Validation split 'none' not found" after loading the model)
+        (
+            "--do_eval",
+            *saved,
+            "--validation_split",
+            "none",
+        ): "--do_eval scores the model on --validation_split",
+        (
+            "--do_train",
+            "--do_eval",
+            "--validation_split",
+            "none",
+        ): "--do_eval scores the model on --validation_split",
     }
     capsys.readouterr()
     for argv, error in refusals.items():
         with pytest.raises(SystemExit):
             script.parse_args(["--output_dir", str(tmp_path / "o"), *map(str, argv)])
         assert error in capsys.readouterr().err, argv
-    # a run asked to score its model (neither flag given: where the data has a validation split)
+    # a run asked to score its model on data without a validation split (neither flag given: where there is one)
+    monkeypatch.setattr(script, "load_dataset_splits", lambda *a, **k: ("train", None, {}))
     with pytest.raises(
         ValueError, match="--do_eval scores the model, but the dataset has no validation split"
     ):
         run_script(
-            script, "--output_dir", tmp_path / "none", "--do_train", "--do_eval", "--validation_split", "none"
+            script, "--output_dir", tmp_path / "none", "--do_train", "--do_eval", "--eval_strategy", "no"
         )
 
 

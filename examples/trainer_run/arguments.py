@@ -219,6 +219,11 @@ def check_phases(
     if not explicit:
         training_args.do_train, training_args.do_eval = True, args.validation_split != "none"
     args.evaluation_asked = explicit and training_args.do_eval
+    if given.do_eval and args.validation_split == "none":
+        parser.error(
+            "--do_eval scores the model on --validation_split, and --validation_split none names no split: give "
+            "one (or --train_val_split), or leave --do_eval out."
+        )
     if training_args.do_train and args.model_name_or_path:
         parser.error(
             "--model_name_or_path is the saved model that --do_eval without --do_train scores; a run that trains "
