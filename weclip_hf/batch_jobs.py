@@ -265,16 +265,14 @@ def check_recorded_inputs(
         ]
         raise ValueError(
             f"{output_dir} holds {counted(len(changed), 'output')} of other inputs under the names of this run's "
-            "inputs, "
-            f"which a re-run would take as done: {some_of(shown, separator='; ')}. Choose another --output_dir, or give "
-            "--overwrite_output_dir to replace them with this run's."
+            f"inputs, which a re-run would take as done: {some_of(shown, separator='; ')}. Choose another "
+            "--output_dir, or give --overwrite_output_dir to replace them with this run's."
         )
     if unreadable and not overwrite:
         raise ValueError(
             f"{output_dir} holds the outputs of {counted(len(unreadable), 'input')} that an earlier run did and this "
-            "run cannot "
-            f"read ({some_of(list(map(repr, unreadable)))}: a broken link, a file not readable). Fix them and "
-            "re-run, or give --overwrite_output_dir to drop their outputs (they are then listed as skipped)."
+            f"run cannot read ({some_of(list(map(repr, unreadable)))}: a broken link, a file not readable). Fix them "
+            "and re-run, or give --overwrite_output_dir to drop their outputs (they are then listed as skipped)."
         )
     return done, {*changed, *unreadable}
 

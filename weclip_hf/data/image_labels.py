@@ -329,8 +329,7 @@ def check_label_numbering(
     raise ValueError(
         f"The image-level labels of {_split_phrase(split)}, read as {reading} class "
         f"ids, disagree with its masks: {len(other)} of the {counted(len(pairs), 'row')} with masks name their "
-        "masks' "
-        f"classes only when read in the other numbering, {agree} as read (e.g. {row_name(first, None)}: ids "
+        f"masks' classes only when read in the other numbering, {agree} as read (e.g. {row_name(first, None)}: ids "
         f"{given}, mask classes {sorted(mask_labels[first])} of 1..{num_classes}). Every class would be shifted "
         f"by one: {fix} (or correct the label column)."
     )
@@ -395,8 +394,7 @@ def check_labels_match_masks(
     raise ValueError(
         f"The image-level labels of {_split_phrase(split)} (column {columns.labels!r}) "
         f"and its masks (column {columns.mask!r}) disagree: on {len(disagree)} of the {counted(len(pairs), 'row')} "
-        "where both "
-        f"name a class, no class of the labels is in the mask (e.g. {row_name(first, None)}: label classes "
+        f"where both name a class, no class of the labels is in the mask (e.g. {row_name(first, None)}: label classes "
         f"{sorted(ids)}, mask classes {sorted(shown)} of 1..{num_classes}). {remedy}"
     )
 

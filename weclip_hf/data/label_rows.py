@@ -167,8 +167,7 @@ def background_width_hint(width: int, num_classes: int) -> str:
         return ""
     return (
         f" {width} = {counted(num_classes, 'class', 'classes')} + 1: a value for the background? Drop it: the "
-        "run's classes are the "
-        "foreground ones (WeCLIP's background comes from its background prompts)."
+        "run's classes are the foreground ones (WeCLIP's background comes from its background prompts)."
     )
 
 
