@@ -336,6 +336,12 @@ def trainer_phase(name: str):
     return example_module(f"trainer_run.{name}")
 
 
+def segment_part(name: str):
+    """The module ``name`` of examples/segmenting/, one concept of examples/segment.py (`example_module`): where the
+    script looks up the names a test calls or patches."""
+    return example_module(f"segmenting.{name}")
+
+
 def evaluate_module():
     """examples/evaluate.py imported as a fresh module (not named ``evaluate``: that is the Hugging Face library)."""
     import importlib.util

@@ -679,6 +679,8 @@ def test_ctrl_c_says_how_to_continue_and_exits_130(script, monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", interrupted)
+    # as when run: the script's folder first on sys.path, for its own modules (segment.py's segmenting/)
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
     with pytest.raises(SystemExit) as exited:
         runpy.run_path(str(ROOT / "examples" / script), run_name="__main__")
     assert exited.value.code == 130

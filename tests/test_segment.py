@@ -1,7 +1,6 @@
 """examples/segment.py on toy-world images and awkward files (tiny CLIP, CPU, in process; one run under
 `accelerate launch` with two processes), and the atomic writes it relies on."""
 
-import importlib.util
 import io
 import json
 import os
@@ -15,10 +14,12 @@ import numpy as np
 import pytest
 from conftest import (
     ROOT,
+    example_module,
     free_port,
     interrupted_after,
     loading_on_a_gpu_machine,
     save_another_model_at,
+    segment_part,
     train_env,
 )
 from PIL import Image
@@ -31,14 +32,9 @@ SCRIPT = ROOT / "examples" / "segment.py"
 EXIF_ORIENTATION = 0x0112
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("weclip_segment_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-segment = load_script()
+segment = example_module("segment")
+# the script's concepts (examples/segmenting/) whose names the tests call or patch
+image_files, naming, inputs = (segment_part(name) for name in ("image_files", "naming", "inputs"))
 
 
 @pytest.fixture(scope="module")
@@ -617,9 +613,9 @@ def test_a_dataset_split_image_column_is_found_as_train_py_finds_it(toy_weclip_d
         ValueError, match=r"--image_column 'photo' not found; columns: \['pixel_values', 'label'\]"
     ):
         segment.main([*argv, "--output_dir", str(tmp_path / "other"), "--image_column", "photo"])
-    assert segment.image_column(["photo", "img"], None) == "img"
+    assert inputs.image_column(["photo", "img"], None) == "img"
     with pytest.raises(ValueError, match=r"No image column found .*Pass --image_column"):
-        segment.image_column(["photo"], None)
+        inputs.image_column(["photo"], None)
 
 
 def test_dataset_split_bfloat16_msf_and_crf(toy_weclip_dir, tmp_path):
@@ -723,16 +719,16 @@ def test_crf_parameter_flags_reach_the_crf_and_are_recorded(toy_weclip_dir, tmp_
 
 
 def test_glob_patterns_and_output_names(images):
-    files = segment.find_image_files([f"{images}/**/toy*.png", str(images / "notes.txt")], images / "seg")
+    files = image_files.find_image_files([f"{images}/**/toy*.png", str(images / "notes.txt")], images / "seg")
     assert [f.name for f in files] == ["notes.txt", "toy1.png", "toy3.png", "toy0.png", "toy2.png"]
-    assert segment.output_names(files) == ["notes", "sub/toy1", "sub/toy3", "toy0", "toy2"]
-    assert segment.output_names([images / "a.jpg", images / "a.png", images / "b.png"]) == [
+    assert naming.output_names(files) == ["notes", "sub/toy1", "sub/toy3", "toy0", "toy2"]
+    assert naming.output_names([images / "a.jpg", images / "a.png", images / "b.png"]) == [
         "a.jpg",
         "a.png",
         "b",
     ]
     with pytest.raises(FileNotFoundError, match="no image file"):
-        segment.find_image_files([f"{images}/*.tiff"], images / "seg")
+        image_files.find_image_files([f"{images}/*.tiff"], images / "seg")
 
 
 def test_a_run_without_inputs_leaves_no_output_folder(images, toy_weclip_dir, tmp_path):
@@ -755,17 +751,17 @@ def test_output_names_are_unique_where_a_stem_is_another_files_name(images, toy_
     """a.png, a.jpg and a.png.png: a.png's name was a.png.png's ("a.png"), so one label map was overwritten by
     the other ("2 label maps ... skipped inputs: 0") and never made on a re-run; now each file gets its own."""
     paths = [tmp_path / "in" / name for name in ("a.jpg", "a.png", "a.png.png", "b.png", "b.jpg.png")]
-    assert segment.output_names(paths) == ["a.jpg", "a.png", "a.png.png", "b", "b.jpg"]  # unique stems kept
+    assert naming.output_names(paths) == ["a.jpg", "a.png", "a.png.png", "b", "b.jpg"]  # unique stems kept
     # names that differ in letter case only are one file on macOS and Windows: kept apart by the suffix there
     cased = [tmp_path / "in" / name for name in ("Photo.jpg", "photo.png", "sub/A.png", "SUB/b.png", "c.PNG")]
-    assert segment.output_names(cased) == ["Photo.jpg", "photo.png", "sub/A", "SUB/b", "c"]
+    assert naming.output_names(cased) == ["Photo.jpg", "photo.png", "sub/A", "SUB/b", "c"]
     # and paths that differ only in case (a case-sensitive file system's) are refused, naming them
     with pytest.raises(
         ValueError, match=r"differ in letter case or Unicode normalization only: \[\['A.jpg', 'a.jpg'\]\]"
     ):
-        segment.output_names([tmp_path / "A.jpg", tmp_path / "a.jpg", tmp_path / "b.jpg"])
+        naming.output_names([tmp_path / "A.jpg", tmp_path / "a.jpg", tmp_path / "b.jpg"])
     # compared character by character: ß is not ss there (str.casefold would say it is)
-    assert segment.output_names([tmp_path / "Straße.jpg", tmp_path / "STRASSE.png"]) == ["Straße", "STRASSE"]
+    assert naming.output_names([tmp_path / "Straße.jpg", tmp_path / "STRASSE.png"]) == ["Straße", "STRASSE"]
     paths[0].parent.mkdir()
     for source, path in zip(("toy0.png", "toy2.png", "sub/toy1.png"), paths):
         shutil.copyfile(images / source, path)
@@ -795,12 +791,12 @@ def test_output_names_are_unique_where_names_differ_in_unicode_normalization_onl
     do, and paths that differ in normalization (or case) only are refused."""
     composed, decomposed = "caf\u00e9", "cafe\u0301"
     paths = [tmp_path / f"{decomposed}.png", tmp_path / f"{composed.upper()}.jpg", tmp_path / "b.png"]
-    assert segment.output_names(paths) == [f"{decomposed}.png", f"{composed.upper()}.jpg", "b"]
+    assert naming.output_names(paths) == [f"{decomposed}.png", f"{composed.upper()}.jpg", "b"]
     same = [f"{decomposed}.jpg", f"{composed}.jpg"]
     with pytest.raises(
         ValueError, match=f"differ in letter case or Unicode normalization only: {re.escape(str([same]))}"
     ):
-        segment.output_names([tmp_path / name for name in same])
+        naming.output_names([tmp_path / name for name in same])
 
 
 def test_a_file_whose_outputs_would_be_another_inputs_folder_keeps_its_suffix(
@@ -819,12 +815,12 @@ def test_a_file_whose_outputs_would_be_another_inputs_folder_keeps_its_suffix(
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.open(images / "sub" / "toy1.png").save(path)
     names = ["A.JSON/b", "a.jpg", "scan.jpg", "scan.png/page1"]
-    assert segment.output_names(sorted(p for p in folder.rglob("*") if p.is_file())) == names
+    assert naming.output_names(sorted(p for p in folder.rglob("*") if p.is_file())) == names
     out = tmp_path / "out"
     argv = ["--model_name_or_path", str(toy_weclip_dir), "--images", str(folder), "--output_dir", str(out)]
     assert sorted(segment.main(argv)["images"]) == names and sorted(segment.main(argv)["images"]) == names
     with pytest.raises(ValueError, match=r"would be the folders of other inputs' outputs.*\['s.png'\]"):
-        segment.output_names([folder / "s.png", folder / "s.jpg", folder / "s.png.png" / "p.png"])
+        naming.output_names([folder / "s.png", folder / "s.jpg", folder / "s.png.png" / "p.png"])
 
 
 def test_outputs_inside_the_images_folder_are_not_inputs_of_the_next_run(images, toy_weclip_dir, tmp_path):
@@ -846,11 +842,11 @@ def test_outputs_inside_the_images_folder_are_not_inputs_of_the_next_run(images,
     # an output named on the command line is left out too; so are the outputs of an --output_dir that is the
     # --images folder itself (the images there are still inputs)
     with pytest.raises(FileNotFoundError, match=r"no image file there \(the outputs in --output_dir"):
-        segment.find_image_files([str(out / "labels" / "toy1.png")], out)
+        image_files.find_image_files([str(out / "labels" / "toy1.png")], out)
     for folder in segment.OUTPUT_FOLDERS:
         shutil.copytree(out / "labels", tmp_path / "both" / folder)
     shutil.copyfile(images / "toy0.png", tmp_path / "both" / "toy0.png")
-    assert segment.find_image_files([str(tmp_path / "both")], tmp_path / "both") == [
+    assert image_files.find_image_files([str(tmp_path / "both")], tmp_path / "both") == [
         tmp_path / "both" / "toy0.png"
     ]
 
@@ -890,7 +886,7 @@ def test_another_runs_output_folder_and_hidden_files_in_the_images_folder_are_no
     report = segment.main([*model, "--images", str(photos), "--output_dir", str(tmp_path / "seg-b")])
     assert sorted(report["images"]) == ["toy1", "toy3"]
     assert f"Note: left out {photos / 'seg-a'}: the output folder of a run" in capsys.readouterr().out
-    assert segment.find_image_files([f"{photos}/*.png"], tmp_path / "seg-b") == [
+    assert image_files.find_image_files([f"{photos}/*.png"], tmp_path / "seg-b") == [
         photos / "toy1.png",
         photos / "toy3.png",
     ]
@@ -915,18 +911,18 @@ def test_the_outputs_of_a_run_into_the_images_folder_itself_are_not_inputs_of_an
         in capsys.readouterr().out
     )
     photos_only = [photos / "toy1.png", photos / "toy3.png"]
-    assert segment.find_image_files([f"{photos}/**/*.png"], tmp_path / "seg-b") == photos_only
+    assert image_files.find_image_files([f"{photos}/**/*.png"], tmp_path / "seg-b") == photos_only
     named = photos / "labels" / "toy1.png"
-    assert segment.find_image_files([str(named)], tmp_path / "seg-b") == [named]
+    assert image_files.find_image_files([str(named)], tmp_path / "seg-b") == [named]
 
 
 def test_an_images_path_that_does_not_exist_is_named_as_such(images, tmp_path):
     """A mistyped --images path said 'no image file there (the outputs in --output_dir ... are left out)', as if
     the folder existed; now 'no such file or folder'. A pattern that matches nothing keeps its message."""
     with pytest.raises(FileNotFoundError, match=r"^--images '.*photoz': no such file or folder\.$"):
-        segment.find_image_files([str(tmp_path / "photoz")], tmp_path / "out")
+        image_files.find_image_files([str(tmp_path / "photoz")], tmp_path / "out")
     with pytest.raises(FileNotFoundError, match=r"no image file there"):
-        segment.find_image_files([f"{images}/*.tif"], tmp_path / "out")
+        image_files.find_image_files([f"{images}/*.tif"], tmp_path / "out")
 
 
 def test_an_overlay_over_a_file_no_record_lists_is_refused(images, toy_weclip_dir, tmp_path):
@@ -968,14 +964,14 @@ def test_linked_folders_are_followed_and_linked_files_named_as_they_are(images, 
     links.update({"same.png": photos / "toy0.png", "a_link": photos / "real"})
     for name, target in links.items():
         (photos / name).symlink_to(target)
-    files = segment.find_image_files([str(photos)], tmp_path / "out")
+    files = image_files.find_image_files([str(photos)], tmp_path / "out")
     assert files == [
         photos / "alias.png",
         photos / "linked" / "x.png",
         photos / "real" / "y.png",
         photos / "toy0.png",
     ]
-    assert segment.output_names(files) == ["alias", "linked/x", "real/y", "toy0"]
+    assert naming.output_names(files) == ["alias", "linked/x", "real/y", "toy0"]
 
 
 def test_outputs_of_inputs_this_run_does_not_have_are_noted(images, toy_weclip_dir, tmp_path, capsys):
@@ -1477,7 +1473,9 @@ def test_an_overlay_shows_the_cams_of_the_predicted_foreground_classes(tiny_mode
     import torch
 
     drawn = {}
-    monkeypatch.setattr(segment, "overlay_figure", lambda rgb, maps, id2label, cams: drawn.update(cams))
+    monkeypatch.setattr(
+        segment_part("segmentation"), "overlay_figure", lambda rgb, maps, id2label, cams: drawn.update(cams)
+    )
     labels = torch.zeros(8, 8, dtype=torch.long)
     labels[:4, :4] = 2
     item = {"rgb": np.zeros((8, 8, 3), np.uint8), "pixel_values": torch.zeros(3, 32, 32)}
