@@ -342,6 +342,12 @@ def segment_part(name: str):
     return example_module(f"segmenting.{name}")
 
 
+def labelling_part(name: str):
+    """The module ``name`` of examples/pseudo_labelling/, one concept of examples/generate_pseudo_labels.py
+    (`example_module`): where the script looks up the names a test calls or patches."""
+    return example_module(f"pseudo_labelling.{name}")
+
+
 def evaluate_module():
     """examples/evaluate.py imported as a fresh module (not named ``evaluate``: that is the Hugging Face library)."""
     import importlib.util

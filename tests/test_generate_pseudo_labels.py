@@ -2,7 +2,6 @@
 process): the written dataset loads back and trains, the masks and scores are the model's, an interrupted run
 loses nothing."""
 
-import importlib.util
 import io
 import json
 import re
@@ -15,7 +14,9 @@ import torch
 from conftest import (
     ROOT,
     RecordingHub,
+    example_module,
     interrupted_after,
+    labelling_part,
     loading_on_a_gpu_machine,
     save_another_model_at,
     train_in_process,
@@ -25,19 +26,11 @@ from PIL import Image
 from weclip_hf.data.toy import TOY_VALIDATION_SEED_OFFSET, generate_toy_images, make_toy_dataset
 from weclip_hf.presets import TOY_CLASS_NAMES
 
-SCRIPT = ROOT / "examples" / "generate_pseudo_labels.py"
 EXIF_ORIENTATION = 0x0112
 TOY = ["--toy_train_images", "6", "--toy_val_images", "2", "--batch_size", "4"]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("weclip_pseudo_labels_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-generate = load_script()
+generate = example_module("generate_pseudo_labels")
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +216,8 @@ def test_interrupted_rfm_run_loses_nothing(toy_weclip_dir, tmp_path, monkeypatch
     whole = generate.main([*argv, "--output_dir", str(tmp_path / "whole")])
     assert whole["mode"] == "rfm" and set(whole["scores"]) == {"cam", "rfm"}
     records = []
-    monkeypatch.setattr(generate, "save_json", interrupted_after(generate.save_json, 3, records))
+    writing = labelling_part("writing")
+    monkeypatch.setattr(writing, "save_json", interrupted_after(writing.save_json, 3, records))
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         generate.main([*argv, "--output_dir", str(out)])
@@ -323,7 +317,8 @@ def test_an_interrupted_overwriting_run_leaves_no_dataset_and_its_rerun_finishes
     out = tmp_path / "out"
     argv = ["--clip_model_name_or_path", tiny_clip, "--toy_train_images", "2", "--output_dir", str(out)]
     generate.main(argv)
-    save_json, records = generate.save_json, []
+    writing = labelling_part("writing")
+    save_json, records = writing.save_json, []
 
     def interrupted_save(data, path):
         if Path(path).parent.name == "train":  # an image's record
@@ -332,7 +327,7 @@ def test_an_interrupted_overwriting_run_leaves_no_dataset_and_its_rerun_finishes
             records.append(path)
         return save_json(data, path)
 
-    monkeypatch.setattr(generate, "save_json", interrupted_save)
+    monkeypatch.setattr(writing, "save_json", interrupted_save)
     reseeded = [*argv, "--seed", "1", "--overwrite_output_dir"]
     with pytest.raises(KeyboardInterrupt):
         generate.main(reseeded)
@@ -383,7 +378,8 @@ def test_overwrite_output_dir_starts_over_a_run_with_other_settings(tiny_clip, t
     ):
         generate.main([*again, "--output_dir", str(out)])
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
-    monkeypatch.setattr(generate, "remove_file", interrupted_after(generate.remove_file, 3))
+    starting_over = labelling_part("starting_over")
+    monkeypatch.setattr(starting_over, "remove_file", interrupted_after(starting_over.remove_file, 3))
     with pytest.raises(KeyboardInterrupt):
         generate.main([*again, "--output_dir", str(out), "--overwrite_output_dir"])
     monkeypatch.undo()
@@ -740,7 +736,8 @@ def test_sparse_confusion_lists_reference_prediction_and_count_without_ignored_p
 
     pred = torch.tensor([[0, 1], [1, 1]])
     mask = np.array([[0, 2], [255, 1]], dtype=np.uint8)
-    assert sorted(generate.sparse_confusion(pred, mask, 3, 255)) == [[0, 0, 1], [1, 1, 1], [2, 1, 1]]
+    sparse_confusion = labelling_part("writing").sparse_confusion
+    assert sorted(sparse_confusion(pred, mask, 3, 255)) == [[0, 0, 1], [1, 1, 1], [2, 1, 1]]
 
 
 def test_a_re_run_deletes_split_files_without_a_record_and_rewrites_nothing(tiny_clip, tmp_path):
@@ -776,13 +773,14 @@ def test_pseudo_masks_are_computed_at_most_at_the_processors_input_size(
     from weclip_hf import WeCLIPImageProcessor
     from weclip_hf.evaluation import processor_input_size
 
-    sizes, computed = [], generate.image_pseudo_labels
+    labelling_model = labelling_part("model")
+    sizes, computed = [], labelling_model.image_pseudo_labels
 
     def recording(*args, max_size, **kwargs):
         sizes.append(max_size)
         return computed(*args, max_size=max_size, **kwargs)
 
-    monkeypatch.setattr(generate, "image_pseudo_labels", recording)
+    monkeypatch.setattr(labelling_model, "image_pseudo_labels", recording)
     argv = ["--model", str(toy_weclip_dir), "--toy_train_images", "1", "--output_dir", str(tmp_path / "out")]
     generate.main(argv)
     expected = processor_input_size(WeCLIPImageProcessor.from_pretrained(toy_weclip_dir))

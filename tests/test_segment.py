@@ -394,11 +394,7 @@ def test_a_folder_of_the_other_batch_script_is_refused_naming_its_writer(finishe
     """generate_pseudo_labels.py into segment.py's folder (and back): refused, naming the script that wrote it,
     also with --overwrite_output_dir, nothing touched (it said the folder's run "did not record the weights of its
     model", a fix for another cause). A folder whose settings record no writer (an earlier version's) continues."""
-    spec = importlib.util.spec_from_file_location(
-        "weclip_labels_script", ROOT / "examples" / "generate_pseudo_labels.py"
-    )
-    generate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generate)
+    generate = example_module("generate_pseudo_labels")
     model, argv, out = finished_run
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     labelling = ["--model", str(model), "--toy_train_images", "2"]

@@ -7,7 +7,6 @@ evaluation and the pipeline, so that the numbers they compare come from the same
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,6 @@ import pytest
 import torch
 from conftest import (
     FAST,
-    ROOT,
     evaluate_module,
     example_module,
     read_log,
@@ -407,11 +405,7 @@ def test_evaluate_without_a_preset_takes_the_scales_of_segment_py(tmp_path):
 
 def test_a_weclip_plus_preset_for_a_bare_clip_is_refused(capsys):
     """generate_pseudo_labels.py --preset voc-plus without --model failed in from_clip with a TypeError."""
-    spec = importlib.util.spec_from_file_location(
-        "weclip_pseudo_labels_script", ROOT / "examples" / "generate_pseudo_labels.py"
-    )
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = example_module("generate_pseudo_labels")
     with pytest.raises(SystemExit):
         script.parse_args(["--output_dir", "o", "--data_dir", "d", "--preset", "voc-plus"])
     error = " ".join(capsys.readouterr().err.split())
