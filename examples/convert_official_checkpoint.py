@@ -47,7 +47,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard
 
 from weclip_hf import WeCLIPImageProcessor
-from weclip_hf.batch_jobs import folder_contents, sha256_of
+from weclip_hf.batch_jobs import sha256_of
 from weclip_hf.configuration_weclip_plus import DINO_VARIANTS
 from weclip_hf.conversion import (
     OFFICIAL_PRESETS,
@@ -70,6 +70,7 @@ from weclip_hf.model_loading import public_source_name
 from weclip_hf.presets import CLIP_MODEL, get_preset
 from weclip_hf.run_folder import remove_entry
 from weclip_hf.script_arguments import check_hub_token, check_output_path
+from weclip_hf.wording import folder_contents
 
 logger = logging.getLogger("convert_official_checkpoint")
 DEFAULT_TOKENIZER = CLIP_MODEL

@@ -80,7 +80,6 @@ from weclip_hf.batch_jobs import (
     save_image,
     save_json,
     save_overlay,
-    some_of,
     wants_overlay,
     write_skipped,
 )
@@ -92,7 +91,7 @@ from weclip_hf.script_arguments import (
     scales_in_effect,
 )
 from weclip_hf.visualization import label_map_image
-from weclip_hf.wording import counted
+from weclip_hf.wording import counted, some_of
 
 MODEL_SETTINGS = ("model_name_or_path",)  # the settings that name a model: its weights are recorded too
 

@@ -1353,7 +1353,8 @@ def test_removing_a_file_under_an_output_dir_that_is_a_link(tmp_path):
 
 def test_temporary_files_are_removed_and_a_folder_of_a_temporary_name_is_left(tmp_path):
     """`remove_temporary_files` deletes the files interrupted atomic writes left, never a folder of such a name."""
-    from weclip_hf.batch_jobs import TEMPORARY_PREFIX, remove_temporary_files
+    from weclip_hf.batch_jobs import remove_temporary_files
+    from weclip_hf.batch_jobs.atomic_writes import TEMPORARY_PREFIX
 
     (tmp_path / "labels").mkdir()
     (tmp_path / "labels" / f"{TEMPORARY_PREFIX}12-abcd").write_bytes(b"half")
@@ -1363,7 +1364,7 @@ def test_temporary_files_are_removed_and_a_folder_of_a_temporary_name_is_left(tm
 
 
 def test_some_of_counts_only_the_entries_left_out():
-    from weclip_hf.batch_jobs import some_of
+    from weclip_hf.wording import some_of
 
     assert some_of(list("abcde")) == "a, b, c, d, e"
     assert some_of(list("abcdef")) == "a, b, c, d, e, and 1 more"

@@ -24,8 +24,8 @@ from torch import nn
 from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer, PreTrainedConfig, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
-from .batch_jobs import folder_contents
 from .presets import CLIP_MODEL
+from .wording import folder_contents
 
 logger = hf_logging.get_logger(__name__)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from weclip_hf.batch_jobs import STATE_DIR, folder_contents
+from weclip_hf.batch_jobs import STATE_DIR
 from weclip_hf.data.loading import DATA_SOURCE_FLAGS, imagefolder_split_name, names_no_dataset
 from weclip_hf.presets import PRESETS, get_preset
 from weclip_hf.script_arguments import (
@@ -25,6 +25,7 @@ from weclip_hf.script_arguments import (
     check_preset_fits_data,
     check_source_flags,
 )
+from weclip_hf.wording import folder_contents
 
 
 def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:

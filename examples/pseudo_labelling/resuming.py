@@ -19,10 +19,9 @@ from weclip_hf.batch_jobs import (
     read_input_record,
     recorded_outputs,
     remove_file,
-    some_of,
     wants_overlay,
 )
-from weclip_hf.wording import counted
+from weclip_hf.wording import counted, some_of
 
 
 def missing_overlays(out: Path, dataset, todo: list[int], args, state: PartialState) -> set[int]:
