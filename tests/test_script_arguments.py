@@ -318,6 +318,69 @@ def test_segment_takes_the_scales_of_the_models_preset():
     assert segment.parse_args([*args, "--msf", "--scales", "1", "2"]).scales == [1.0, 2.0]
 
 
+# each script's parse_args, its required flags, and whether the multi-scale + flip step is on by default
+MULTISCALE_SCRIPTS = {
+    "evaluate": (evaluate_script.parse_args, ["--model_name_or_path", "m"], False),
+    "segment": (
+        segment.parse_args,
+        ["--model_name_or_path", "m", "--output_dir", "o", "--images", "x"],
+        False,
+    ),
+    "train": (train.parse_args, [], True),
+}
+
+
+def multiscale_switch(script: str, argv: list[str]) -> tuple[bool, list[float] | None]:
+    """Whether the multi-scale + flip step runs and its scales (given, else the preset's or None), as ``script``
+    parses ``argv``."""
+    parse, required, in_training = MULTISCALE_SCRIPTS[script]
+    args = parse([*required, *argv])
+    if in_training:  # train.py's names, which its trajectory records
+        return not args.no_msf, args.msf_scales
+    return args.msf, args.scales
+
+
+@pytest.mark.parametrize("script", sorted(MULTISCALE_SCRIPTS))
+def test_the_multiscale_flags_are_the_same_words_in_every_script(script, capsys):
+    """train.py took --no_msf and --msf_scales, evaluate.py and segment.py --msf and --scales: a train.py command's
+    evaluation flags given to evaluate.py failed ("unrecognized arguments: --no_msf"), and train.py --msf was read
+    as an abbreviation of --msf_scales ("expected at least one argument"). Each script takes both spellings of the
+    switch and both names of the scales, keeping its own default (off for inference, on for train.py's
+    evaluations) and the names its values are recorded under."""
+    parse, required, in_training = MULTISCALE_SCRIPTS[script]
+    assert [multiscale_switch(script, flags)[0] for flags in ([], ["--no_msf"], ["--msf"])] == [
+        in_training,
+        False,
+        True,
+    ]
+    for name in ("--scales", "--msf_scales"):
+        assert multiscale_switch(script, ["--msf", name, "1", "0.5"]) == (True, [1.0, 0.5])
+    # the same words, the same values: a re-run or resume of an earlier folder sees the same settings
+    assert vars(parse([*required, "--msf", "--scales", "2"])) == vars(
+        parse([*required, "--msf", "--msf_scales", "2"])
+    )
+    message = parse_error(parse, [*required, "--msf", "--no_msf"], capsys)
+    assert message.endswith("argument --no_msf: not allowed with argument --msf")
+    refused = (
+        "--msf_scales (--scales) are the" if in_training else "--scales (--msf_scales) acts only with --msf"
+    )
+    for name in ("--scales", "--msf_scales"):
+        assert refused in parse_error(parse, [*required, "--no_msf", name, "1"], capsys)
+
+
+@pytest.mark.parametrize("script", sorted(MULTISCALE_SCRIPTS))
+def test_the_multiscale_flags_say_each_scripts_default_in_help(script, monkeypatch):
+    helps = {
+        flag: action.help
+        for action in script_parser(script, monkeypatch)._actions
+        for flag in action.option_strings
+    }
+    on_by_default = MULTISCALE_SCRIPTS[script][2]
+    assert "(the default)" in helps["--msf" if on_by_default else "--no_msf"]
+    assert "default:" in helps["--no_msf" if on_by_default else "--msf"]
+    assert helps["--scales"] is helps["--msf_scales"]
+
+
 def test_help_texts(capsys):
     with pytest.raises(SystemExit):
         evaluate_script.parse_args(["--help"])

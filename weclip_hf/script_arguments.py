@@ -357,13 +357,45 @@ MODEL_SCALES_HELP = (
 )
 
 
-def add_multiscale_flags(parser, scales_default: str = MODEL_SCALES_HELP) -> None:
-    """Add --msf (multi-scale + flip inference) and --scales, its scales (``scales_default`` says their default;
-    `scales_in_effect` resolves it) (evaluate.py, segment.py)."""
-    parser.add_argument("--msf", action="store_true", help="multi-scale + flip (--scales)")
-    parser.add_argument(
-        "--scales", type=positive_float, nargs="+", help=f"multi-scale scales (default: {scales_default})"
-    )
+def add_multiscale_flags(
+    parser, scales_default: str = MODEL_SCALES_HELP, evaluated_in_training: bool = False
+) -> None:
+    """Add the multi-scale + flip switch and its scales, in every script under the same words: --msf turns it on,
+    --no_msf off (one of them, as the script's default says: off for evaluate.py and segment.py, on for the
+    evaluations of train.py, ``evaluated_in_training``), --scales or --msf_scales give its scales
+    (``scales_default`` says their default; `scales_in_effect` resolves it). The values keep each script's names:
+    ``msf`` and ``scales``, train.py's ``no_msf`` and ``msf_scales`` (its trajectory records them)."""
+    switch = parser.add_mutually_exclusive_group()
+    if evaluated_in_training:
+        switch.add_argument(
+            "--no_msf", action="store_true", help="skip the multi-scale + flip evaluation (default: it runs)"
+        )
+        # (store_false's own default would be True)
+        switch.add_argument(
+            "--msf",
+            dest="no_msf",
+            action="store_false",
+            default=False,
+            help="run the multi-scale + flip evaluation (the default)",
+        )
+        names, what = ("--msf_scales", "--scales"), "multi-scale evaluation scales"
+    else:
+        switch.add_argument("--msf", action="store_true", help="multi-scale + flip (--scales; default: off)")
+        switch.add_argument(
+            "--no_msf",
+            dest="msf",
+            action="store_false",
+            default=False,
+            help="single scale, no flip (the default)",
+        )
+        names, what = ("--scales", "--msf_scales"), "multi-scale scales"
+    parser.add_argument(*names, type=positive_float, nargs="+", help=f"{what} (default: {scales_default})")
+
+
+def flag_names(parser: argparse.ArgumentParser, dest: str) -> str:
+    """The flags that set ``dest`` in ``parser``, for messages: ``--scales (--msf_scales)``."""
+    first, *others = next(action.option_strings for action in parser._actions if action.dest == dest)
+    return f"{first} ({', '.join(others)})" if others else first
 
 
 def scales_in_effect(scales: list[float] | None, config) -> list[float]:
@@ -418,7 +450,8 @@ def check_switched_flags(
     that step does not run, so the flag would change nothing, yet read as a setting of the results."""
     for flag, switch in switches.items():
         if getattr(args, flag) is not None and not getattr(args, switch):
-            parser.error(f"--{flag} acts only with --{switch}: add --{switch}, or drop --{flag}.")
+            named = flag_names(parser, flag)
+            parser.error(f"{named} acts only with --{switch}: add --{switch}, or drop {named}.")
 
 
 def check_preset_fits_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

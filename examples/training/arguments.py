@@ -22,6 +22,7 @@ from weclip_hf.script_arguments import (
     MASK_COLUMN_HELP,
     TRAIN_VAL_SPLIT_HELP,
     add_data_source_flags,
+    add_multiscale_flags,
     add_toy_size_flags,
     at_least_one,
     check_hub_token,
@@ -30,6 +31,7 @@ from weclip_hf.script_arguments import (
     check_preset_fits_model,
     check_source_flags,
     config_values,
+    flag_names,
     fraction,
     model_type_of_args,
     non_negative,
@@ -356,13 +358,8 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
         f"resized; default: the recipe's ({recipe_values('eval_long_side')}: to --crop_size x --crop_size, the toy "
         "world's image size)",
     )
-    train.add_argument("--no_msf", action="store_true", help="skip multi-scale + flip evaluation")
-    train.add_argument(
-        "--msf_scales",
-        type=positive_float,
-        nargs="+",
-        help=f"multi-scale evaluation scales; default: the recipe's ({recipe_values('msf_scales')})",
-    )
+    # as evaluate.py's and segment.py's flags: --msf (the default here), --scales
+    add_multiscale_flags(train, f"the recipe's, {recipe_values('msf_scales')}", evaluated_in_training=True)
     train.add_argument(
         "--num_overlays",
         type=int,
@@ -418,7 +415,8 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
     check_source_flags(p, args)
     if args.no_msf and args.msf_scales:
         p.error(
-            "--msf_scales are the scales of the multi-scale evaluation, which --no_msf turns off: give one."
+            f"{flag_names(p, 'msf_scales')} are the scales of the multi-scale evaluation, which --no_msf turns "
+            "off: give one."
         )
     args.given_model_flags = [
         k for k in CONFIG_FLAGS if getattr(args, k) is not None
