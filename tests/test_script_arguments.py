@@ -73,7 +73,7 @@ def parse_error(parse, argv, capsys) -> str:
         (["--toy_train_images", "0"], "argument --toy_train_images: must be >= 1, got 0"),
         (["--learning_rate", "0"], "argument --learning_rate: must be a finite number > 0, got 0"),
         (["--learning_rate", "inf"], "argument --learning_rate: must be a finite number > 0, got inf"),
-        (["--msf_scales", "1", "-1"], "argument --msf_scales: must be a finite number > 0, got -1"),
+        (["--msf_scales", "1", "-1"], "argument --msf_scales/--scales: must be a finite number > 0, got -1"),
         (["--num_threads", "0"], "argument --num_threads: must be >= 1, got 0"),
         (["--eval_long_side", "0"], "argument --eval_long_side: must be >= 1, got 0"),
         (["--num_workers", "-1"], "argument --num_workers: must be >= 0, got -1"),
@@ -361,9 +361,7 @@ def test_the_multiscale_flags_are_the_same_words_in_every_script(script, capsys)
     )
     message = parse_error(parse, [*required, "--msf", "--no_msf"], capsys)
     assert message.endswith("argument --no_msf: not allowed with argument --msf")
-    refused = (
-        "--msf_scales (--scales) are the" if in_training else "--scales (--msf_scales) acts only with --msf"
-    )
+    refused = "--msf_scales/--scales are the" if in_training else "--scales/--msf_scales acts only with --msf"
     for name in ("--scales", "--msf_scales"):
         assert refused in parse_error(parse, [*required, "--no_msf", name, "1"], capsys)
 

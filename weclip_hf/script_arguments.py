@@ -393,9 +393,8 @@ def add_multiscale_flags(
 
 
 def flag_names(parser: argparse.ArgumentParser, dest: str) -> str:
-    """The flags that set ``dest`` in ``parser``, for messages: ``--scales (--msf_scales)``."""
-    first, *others = next(action.option_strings for action in parser._actions if action.dest == dest)
-    return f"{first} ({', '.join(others)})" if others else first
+    """The flags that set ``dest`` in ``parser``, for messages, as argparse's own name them: ``--scales/--msf_scales``."""
+    return "/".join(next(action.option_strings for action in parser._actions if action.dest == dest))
 
 
 def scales_in_effect(scales: list[float] | None, config) -> list[float]:
