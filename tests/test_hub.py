@@ -296,6 +296,61 @@ def test_push_to_hub_ships_the_tokenizer_saved_with_the_model(tiny_clip, tmp_pat
     assert not set(TOKENIZER_FILES) & set(fake_hub.uploaded[1]["files"])
 
 
+def other_tokenizer_folder(tokenizer_folder: str, folder: Path) -> Path:
+    """``folder`` holding a copy of the tokenizer of ``tokenizer_folder`` with the ids of "d" and "e" swapped: as
+    many ids, the same special tokens, other ids for the prompt of a class "dog"."""
+    import json
+
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(Path(tokenizer_folder) / name, folder / name)
+    saved = json.loads((folder / "tokenizer.json").read_text())
+    vocab = saved["model"]["vocab"]
+    vocab["d"], vocab["e"] = vocab["e"], vocab["d"]
+    (folder / "tokenizer.json").write_text(json.dumps(saved))
+    return folder
+
+
+def test_push_to_hub_ships_the_tokenizer_that_made_the_text_embeddings(tiny_clip, tmp_path, fake_hub, caplog):
+    """A model loaded from a folder whose class embeddings were then rebuilt with another tokenizer
+    (`update_class_embeddings`) uploaded the tokenizer saved in that folder: the repository's tokenizer was not that
+    of its embeddings, and an update_class_embeddings with it (offline, for new classes) encoded the prompts
+    otherwise than the embeddings the model holds. The tokenizer that made them is uploaded; a save_pretrained
+    with push_to_hub too, and a model loaded again uploads its folder's."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from weclip_hf import WeCLIPForSemanticSegmentation
+    from weclip_hf.hub import TOKENIZER_FILES
+
+    folder = tmp_path / "run"
+    WeCLIPForSemanticSegmentation.from_clip(
+        tiny_clip, class_names=["cat"], background_names=["sky"]
+    ).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_clip).save_pretrained(folder)
+    other = AutoTokenizer.from_pretrained(other_tokenizer_folder(tiny_clip, tmp_path / "other"))
+    assert other("dog")["input_ids"] != AutoTokenizer.from_pretrained(folder)("dog")["input_ids"]
+    model = WeCLIPForSemanticSegmentation.from_pretrained(folder)
+    model.update_class_embeddings(other, class_names=["dog"])
+    model.push_to_hub("dogs")
+    model.save_pretrained(tmp_path / "dogs", push_to_hub=True)
+    for commit in fake_hub.uploaded:
+        uploaded = AutoTokenizer.from_pretrained(commit["copy"])
+        assert uploaded("dog")["input_ids"] == other("dog")["input_ids"]
+        again = WeCLIPForSemanticSegmentation.from_pretrained(commit["copy"])
+        again.update_class_embeddings(uploaded)
+        torch.testing.assert_close(again.class_text_embeds, model.class_text_embeds)
+    # a model loaded from a folder: the tokenizer saved there (it made the embeddings saved there)
+    WeCLIPForSemanticSegmentation.from_pretrained(folder).push_to_hub("cats")
+    uploaded = AutoTokenizer.from_pretrained(fake_hub.uploaded[-1]["copy"])
+    assert uploaded("dog")["input_ids"] == AutoTokenizer.from_pretrained(folder)("dog")["input_ids"]
+    # a tokenizer that cannot be saved: none uploaded (not the folder's), with a warning
+    model.update_class_embeddings(lambda *args, **kwargs: other(*args, **kwargs))
+    model.push_to_hub("dogs")
+    assert not set(TOKENIZER_FILES) & set(fake_hub.uploaded[-1]["files"])
+    assert "saves no tokenizer.json, so no tokenizer is uploaded" in caplog.text
+
+
 def test_save_pretrained_with_push_to_hub_uploads_as_push_to_hub(tmp_path, fake_hub):
     """transformers' save_pretrained(..., push_to_hub=True) uploaded the weights with a placeholder card and no
     image processor: it saves the folder, then uploads as push_to_hub (repo_id: the folder's name by default)."""

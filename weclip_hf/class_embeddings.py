@@ -79,6 +79,9 @@ class ClassEmbeddingsMixin:
         # what the buffers encode (`_check_classes`): placeholders until computed or loaded
         self._encoded_prompts = config_prompts(config)
         self._text_embeds_are_placeholders = True
+        # the tokenizer that computed them in memory (`update_class_embeddings`), which push_to_hub uploads; None
+        # for placeholders or loaded ones (the tokenizer saved with them made them)
+        self._text_embeds_tokenizer = None
         self.register_load_state_dict_post_hook(_text_embeds_loaded)
 
     @torch.no_grad()
@@ -121,7 +124,8 @@ class ClassEmbeddingsMixin:
 
         New ``class_names`` also become the display names (``config.id2label``) unless ``label_names`` are given
         (VOC's prompt names: VOC's label names, as the config's constructor gives them). A different number of
-        classes re-initializes the decoder's classifier (it must be trained again).
+        classes re-initializes the decoder's classifier (it must be trained again). ``push_to_hub`` uploads
+        ``tokenizer`` with the model: a repository's tokenizer is the one of its embeddings.
         """
         cfg = self.config
         template = prompt_template or cfg.prompt_template
@@ -156,6 +160,7 @@ class ClassEmbeddingsMixin:
         self.class_text_embeds = fg.to(self.class_text_embeds.dtype)
         self.background_text_embeds = bg.to(self.background_text_embeds.dtype)
         self._encoded_prompts, self._text_embeds_are_placeholders = prompts, False
+        self._text_embeds_tokenizer = tokenizer
         cfg.encoded_prompts = prompts
 
     def _record_encoded_prompts(self) -> None:

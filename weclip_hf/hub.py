@@ -509,6 +509,33 @@ def saved_tokenizer_files(model: PreTrainedModel, token: str | None = None) -> l
     return list(found.values()) if "tokenizer.json" in found else []
 
 
+def save_embeddings_tokenizer(model: PreTrainedModel, folder: str, token: str | None = None) -> None:
+    """Write into ``folder`` the CLIP tokenizer files (`TOKENIZER_FILES`) of ``model``'s text embeddings: those of
+    the tokenizer that computed them in memory (``update_class_embeddings``, ``from_clip``), else those saved where
+    the model was loaded from (`saved_tokenizer_files`), whose embeddings it holds. A tokenizer that computed them
+    but saves no tokenizer.json (a callable without ``save_pretrained``, a Python-only tokenizer) is warned of and
+    none written: the tokenizer of the folder it was loaded from would encode the prompts otherwise."""
+    tokenizer = getattr(model, "_text_embeds_tokenizer", None)
+    if tokenizer is None:
+        for path in saved_tokenizer_files(model, token):
+            shutil.copyfile(path, os.path.join(folder, Path(path).name))
+        return
+    with tempfile.TemporaryDirectory() as saved:
+        if hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(saved)
+        written = [name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(saved, name))]
+        if "tokenizer.json" not in written:  # tokenizer_config.json alone holds no vocabulary
+            logger.warning(
+                f"push_to_hub: the tokenizer that computed the text embeddings ({type(tokenizer).__name__}) saves no "
+                "tokenizer.json, so no tokenizer is uploaded (the one saved where the model was loaded from did not "
+                "make its embeddings). Upload that tokenizer's files to the repository yourself, or compute the "
+                "embeddings with a transformers tokenizer (AutoTokenizer) before pushing."
+            )
+            return
+        for name in written:
+            shutil.copyfile(os.path.join(saved, name), os.path.join(folder, name))
+
+
 def saved_image_processor(model: PreTrainedModel, token: str | None = None) -> WeCLIPImageProcessor | None:
     """The image processor saved where ``model`` was loaded from (its training's normalization and sizes): its folder,
     or its Hub repository (through the cache, the load's subfolder and revision: `from_pretrained` records them in
@@ -542,8 +569,8 @@ def push_model_to_hub(
     commit_description: str | None = None,
     **save_kwargs,
 ):
-    """Upload ``model``'s safetensors weights and config, an image processor, the CLIP tokenizer saved where it was
-    loaded from (`saved_tokenizer_files`) and a model card in one commit
+    """Upload ``model``'s safetensors weights and config, an image processor, the CLIP tokenizer of its text
+    embeddings (`save_embeddings_tokenizer`) and a model card in one commit
     (`WeCLIPForSemanticSegmentation.push_to_hub`, whose docstring says what each argument defaults to). The folder
     is written before the repository is created: a model that cannot be saved leaves no empty repository."""
     if image_processor is None:
@@ -560,8 +587,7 @@ def push_model_to_hub(
         model.save_pretrained(folder, **save_kwargs)
         image_processor.save_pretrained(folder)
         # the CLIP tokenizer of its text embeddings, so that the repository takes new classes offline
-        for path in saved_tokenizer_files(model, token):
-            shutil.copyfile(path, os.path.join(folder, Path(path).name))
+        save_embeddings_tokenizer(model, folder, token)
         repo_id = create_hub_repo(repo_id, token=token, private=private)  # "user/name"
         if model_card is None:
             model_card = make_model_card(

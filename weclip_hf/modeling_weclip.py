@@ -662,8 +662,9 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
         commit_description: str | None = None,
         **kwargs,
     ):
-        """Upload safetensors weights, config, an image processor, the CLIP tokenizer saved where the model was loaded
-        from (if any) and a WeCLIP model card in one commit.
+        """Upload safetensors weights, config, an image processor, the CLIP tokenizer of the text embeddings (the one
+        `update_class_embeddings` last computed them with, else the one saved where the model was loaded from, if
+        any) and a WeCLIP model card in one commit.
 
         Unlike the generic `PreTrainedModel.push_to_hub` (weights and a placeholder card), the repository
         works with ``pipeline("image-segmentation", model=repo_id)`` right away.
