@@ -464,6 +464,40 @@ def test_every_flag_says_what_it_does_in_help(name, monkeypatch):
     assert [action.option_strings[0] for action in flags if not (action.help or "").strip()] == []
 
 
+@pytest.mark.parametrize("script", ["train", "train_with_trainer"])
+def test_a_backbone_that_is_no_local_checkpoint_is_refused_at_parsing(script, tiny_clip, tmp_path, capsys):
+    """--dino_model_name_or_path ./no-such-dino was refused only when the model was built, after the data loaded
+    (37 s into a toy run), in a traceback; --clip_model_name_or_path ./no-such-clip by the tokenizer's loading, in
+    a traceback too. Each backbone flag naming a local path that holds no checkpoint of its backbone is refused at
+    parsing, naming the flag, what is wrong and what to give; a Hub id passes unread (offline and not cached too),
+    and so does a CLIP folder."""
+    parse = load_script(script).parse_args
+    weclip = tmp_path / "weclip"
+    make_tiny_config().save_pretrained(weclip)
+    refused = {
+        (
+            "--dino_model_name_or_path",
+            "./no-such-dino",
+        ): "No DINOv2 checkpoint folder at './no-such-dino': give a "
+        "DINOv2 checkpoint folder written by save_pretrained (config.json and model.safetensors) or a Hub id.",
+        ("--clip_model_name_or_path", str(tmp_path / "no-such-clip")): "No CLIP checkpoint folder at",
+        ("--clip_model_name_or_path", str(weclip / "config.json")): "is a file, not a CLIP checkpoint folder",
+        ("--dino_model_name_or_path", str(weclip)): "is a saved WeCLIP model, not a DINOv2 checkpoint",
+        ("--dino_model_name_or_path", tiny_clip): "holds a 'clip' model, not a DINOv2 checkpoint",
+    }
+    for (flag, value), message in refused.items():
+        shown = parse_error(parse, [flag, value], capsys).split("error: ", 1)[1]
+        assert shown.startswith(f"{flag}: ") and message in shown, shown
+    for flags in (
+        ["--dino_model_name_or_path", "facebook/dinov2-base"],
+        ["--clip_model_name_or_path", "nobody/no-such-clip"],
+        ["--clip_model_name_or_path", tiny_clip],
+    ):
+        parsed = parse(flags)
+        args = parsed[0] if isinstance(parsed, tuple) else parsed
+        assert getattr(args, flags[0][2:]) == flags[1]
+
+
 def test_train_with_trainer_refuses_an_unknown_preset(capsys):
     trainer_script = load_script("train_with_trainer")
     message = parse_error(trainer_script.parse_args, ["--preset", "vocx"], capsys)
@@ -816,11 +850,12 @@ def test_local_data_is_not_called_the_toy_world():
     assert "toy world" in description(train.parse_args([]))
 
 
-def test_the_card_claims_only_the_models_own_results_on_its_dataset(tmp_path):
+def test_the_card_claims_only_the_models_own_results_on_its_dataset(tiny_clip, tmp_path):
     from huggingface_hub import ModelCard
 
+    # a local CLIP checkpoint (a folder that holds none is refused at parsing)
     args = train.parse_args(
-        ["--data_dir", str(tmp_path / "my_shapes"), "--clip_model_name_or_path", str(tmp_path)]
+        ["--data_dir", str(tmp_path / "my_shapes"), "--clip_model_name_or_path", tiny_clip]
     )
     summary = {
         "miou": 0.5,

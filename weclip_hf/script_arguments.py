@@ -23,6 +23,7 @@ from .data.loading import DATA_SOURCE_FLAGS, names_no_dataset
 from .hub import has_stray_characters
 from .model_loading import (
     WECLIP_MODEL_TYPES,
+    check_backbone_source,
     names_a_missing_folder,
     naming_the_checkpoint,
     saved_config_dict,
@@ -176,6 +177,25 @@ def check_output_path(parser: argparse.ArgumentParser, flag: str, path: str, fol
     if existing is not None and not existing.is_dir():
         where = "is" if existing == path else f"is inside {str(existing)!r}, which is"
         parser.error(f"{flag} {str(path)!r} {where} an existing file, not a folder.")
+
+
+# the backbone flags of a fresh model (train.py, train_with_trainer.py), with the backbone each names
+BACKBONE_FLAGS = {"clip_model_name_or_path": "CLIP", "dino_model_name_or_path": "DINOv2"}
+
+
+def check_backbone_flags(parser: argparse.ArgumentParser, args) -> None:
+    """Refuse a backbone flag (`BACKBONE_FLAGS`) whose local path holds no checkpoint of its backbone
+    (`check_backbone_source`: a path to no folder, a file, a folder without config.json, a saved WeCLIP model, the
+    other backbone, no safetensors weights), naming the flag: the model is built after the data load, and failed
+    there in a traceback. A Hub id passes unread (the model's building fetches it, or names it offline)."""
+    for flag, backbone in BACKBONE_FLAGS.items():
+        name_or_path = getattr(args, flag, None)
+        if not name_or_path:
+            continue
+        try:
+            check_backbone_source(name_or_path, backbone)
+        except (OSError, ValueError) as err:
+            parser.error(f"--{flag}: {err}")
 
 
 def add_device_flag(parser) -> None:

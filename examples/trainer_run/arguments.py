@@ -25,6 +25,7 @@ from weclip_hf.script_arguments import (
     LABELS_COLUMN_HELP,
     MASK_COLUMN_HELP,
     TRAIN_VAL_SPLIT_HELP,
+    check_backbone_flags,
     check_hub_token,
     check_one_data_source,
     check_preset_fits_data,
@@ -183,6 +184,7 @@ def parse_args(argv=None, description: str | None = None) -> tuple[WeCLIPArgumen
     check_preset_fits_model(full, args)
     check_preset_fits_data(full, args)
     check_phases(full, given, args, training_args)
+    check_backbone_flags(full, args)  # before the data loads: the model is built after it
     if args.crop_size is not None and args.crop_size < 1:
         full.error(f"--crop_size must be >= 1, got {args.crop_size}.")
     if args.train_val_split is not None:

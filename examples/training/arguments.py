@@ -25,6 +25,7 @@ from weclip_hf.script_arguments import (
     add_multiscale_flags,
     add_toy_size_flags,
     at_least_one,
+    check_backbone_flags,
     check_hub_token,
     check_output_path,
     check_preset_fits_data,
@@ -400,6 +401,7 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
             f"--{backbones[0]} builds a fresh model from a backbone, and --model_name_or_path continues a trained "
             "one (its backbones are in it): give one of them."
         )
+    check_backbone_flags(p, args)  # before the data loads: the model is built after it
     if args.train_val_split and args.validation_split == "none":
         p.error(
             "--train_val_split holds out a validation split, and --validation_split none asks for none: give one."
