@@ -135,7 +135,7 @@ def test_evaluate_script_takes_its_settings_from_the_preset(tmp_path, capsys):
     # a flag of a step that does not run is refused, as segment.py refuses it; the preset's CRF counts as on
     assert evaluate.parse_args([*base, "--preset", "voc", "--crf_bi_w", "5"]).crf_params.bi_w == 5
     for flags, refused in (
-        (["--scales", "1.0", "0.5"], "--scales/--msf_scales acts only with --msf"),
+        (["--scales", "1.0", "0.5"], "--scales acts only with --msf"),
         (["--crf_bi_w", "5"], "--crf_bi_w acts only with --crf"),
         (["--preset", "voc", "--no-crf", "--crf_preset", "deeplab"], "--crf_preset acts only with --crf"),
         (["--data_dir", str(tmp_path), "--toy_val_images", "2"], "--toy_val_images sizes the toy world"),

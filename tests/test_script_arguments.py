@@ -361,7 +361,11 @@ def test_the_multiscale_flags_are_the_same_words_in_every_script(script, capsys)
     )
     message = parse_error(parse, [*required, "--msf", "--no_msf"], capsys)
     assert message.endswith("argument --no_msf: not allowed with argument --msf")
-    refused = "--msf_scales/--scales are the" if in_training else "--scales/--msf_scales acts only with --msf"
+    refused = (
+        "which --no_msf turns off: give one (--msf_scales and --scales are one flag)."
+        if in_training
+        else "--scales acts only with --msf: add --msf, or drop --scales (--scales and --msf_scales are one flag)."
+    )
     for name in ("--scales", "--msf_scales"):
         assert refused in parse_error(parse, [*required, "--no_msf", name, "1"], capsys)
 

@@ -768,7 +768,7 @@ def test_msf_scales_without_the_multiscale_evaluation_are_refused(capsys):
     with pytest.raises(SystemExit):
         train_module().parse_args(["--no_msf", "--msf_scales", "1.0", "0.5"])
     assert (
-        "--msf_scales/--scales are the scales of the multi-scale evaluation, which --no_msf turns off"
+        "--msf_scales are the scales of the multi-scale evaluation, which --no_msf turns off"
         in capsys.readouterr().err
     )
 

@@ -412,9 +412,11 @@ def add_multiscale_flags(
     parser.add_argument(*names, type=positive_float, nargs="+", help=f"{what} (default: {scales_default})")
 
 
-def flag_names(parser: argparse.ArgumentParser, dest: str) -> str:
-    """The flags that set ``dest`` in ``parser``, for messages, as argparse's own name them: ``--scales/--msf_scales``."""
-    return "/".join(next(action.option_strings for action in parser._actions if action.dest == dest))
+def one_flag_note(parser: argparse.ArgumentParser, dest: str) -> str:
+    """For a message naming the flag of ``dest``: where ``parser`` gives it several names, a note saying they are one
+    flag (" (--scales and --msf_scales are one flag)"; the user may have typed either), else nothing."""
+    names = next(action.option_strings for action in parser._actions if action.dest == dest)
+    return f" ({' and '.join(names)} are one flag)" if len(names) > 1 else ""
 
 
 def scales_in_effect(scales: list[float] | None, config) -> list[float]:
@@ -469,8 +471,8 @@ def check_switched_flags(
     that step does not run, so the flag would change nothing, yet read as a setting of the results."""
     for flag, switch in switches.items():
         if getattr(args, flag) is not None and not getattr(args, switch):
-            named = flag_names(parser, flag)
-            parser.error(f"{named} acts only with --{switch}: add --{switch}, or drop {named}.")
+            note = one_flag_note(parser, flag)
+            parser.error(f"--{flag} acts only with --{switch}: add --{switch}, or drop --{flag}{note}.")
 
 
 def check_preset_fits_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

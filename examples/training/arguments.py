@@ -32,10 +32,10 @@ from weclip_hf.script_arguments import (
     check_preset_fits_model,
     check_source_flags,
     config_values,
-    flag_names,
     fraction,
     model_type_of_args,
     non_negative,
+    one_flag_note,
     positive_float,
     recipe_name,
     recipe_values,
@@ -417,8 +417,8 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
     check_source_flags(p, args)
     if args.no_msf and args.msf_scales:
         p.error(
-            f"{flag_names(p, 'msf_scales')} are the scales of the multi-scale evaluation, which --no_msf turns "
-            "off: give one."
+            "--msf_scales are the scales of the multi-scale evaluation, which --no_msf turns off: give "
+            f"one{one_flag_note(p, 'msf_scales')}."
         )
     args.given_model_flags = [
         k for k in CONFIG_FLAGS if getattr(args, k) is not None
