@@ -36,15 +36,9 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForSemanticSegmentation
 
 from weclip_hf import WeCLIPImageProcessor
-from weclip_hf.data.loading import (
-    DataSource,
-    LabelReading,
-    collate_by_size,
-    evaluation_set,
-    load_dataset_splits,
-    names_no_dataset,
-    process_subset,
-)
+from weclip_hf.data.batches import collate_by_size, process_subset
+from weclip_hf.data.labelled_sets import LabelReading, evaluation_set
+from weclip_hf.data.sources import DataSource, load_dataset_splits, names_no_dataset
 from weclip_hf.data.toy import check_toy_classes
 from weclip_hf.evaluation import MIOU_NAMES, evaluate_segmentation, processor_input_size
 from weclip_hf.image_processing_weclip import processor_settings

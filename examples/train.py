@@ -45,7 +45,7 @@ from weclip_hf.checkpointing import (
     load_checkpoint,
     prune_checkpoints,
 )
-from weclip_hf.data.loading import StreamingWeakSegmentationDataset
+from weclip_hf.data.batches import StreamingWeakSegmentationDataset
 from weclip_hf.evaluation import processor_input_size
 from weclip_hf.host_memory import retain_freed_host_memory
 from weclip_hf.hub import create_hub_repo

@@ -55,7 +55,8 @@ from trainer_run.run_end import FINAL_RESULTS, RunEnd, finish_run, run_end_parts
 from transformers import set_seed
 
 from weclip_hf import WeCLIPImageProcessor
-from weclip_hf.data.loading import dataset_classes_note, load_dataset_splits, training_set
+from weclip_hf.data.labelled_sets import training_set
+from weclip_hf.data.sources import dataset_classes_note, load_dataset_splits
 from weclip_hf.data.toy import default_clip_model
 from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.image_processing_weclip import processor_settings

@@ -130,7 +130,7 @@ def test_a_label_column_decides_multi_hot_as_a_whole():
 def test_evaluation_set_reads_a_label_column_as_the_training_set():
     """The validation split's label column was read with the defaults: zero-based ids as 1-based ones (the CAMs
     scored for the wrong classes) and class names refused for want of the class names."""
-    from weclip_hf.data.loading import LabelReading, evaluation_set
+    from weclip_hf.data.labelled_sets import LabelReading, evaluation_set
 
     masks = [np.full((8, 8), i, np.uint8) for i in (1, 2)] + [np.tile(np.array([1, 2], np.uint8), (8, 4))]
     val = _dataset(masks).add_column("image_labels", [[0], [1], [0, 1]])
@@ -181,7 +181,8 @@ def test_class_ids_in_the_other_numbering_than_their_masks_are_refused(column):
 
 
 def test_a_validation_split_without_masks_says_how_to_train_without_evaluation():
-    from weclip_hf.data.loading import evaluation_set, with_split_name
+    from weclip_hf.data.labelled_sets import evaluation_set
+    from weclip_hf.data.sources import with_split_name
 
     val = with_split_name(_dataset([np.ones((8, 8), np.uint8)]).remove_columns("mask"), "validation")
     with pytest.raises(ValueError, match=r"Pass --mask_column\. Evaluating split 'validation' needs its pixel "
@@ -200,7 +201,7 @@ def _dataset(masks, images=None):
 def test_masks_with_channels_are_refused_by_the_check_and_the_reading():
     """A grey mask saved as RGB passed the data check and failed at the first training step ("could not broadcast
     input array from shape (H, W, 3)"); colour masks were blamed on --class_names."""
-    from weclip_hf.data.loading import read_example
+    from weclip_hf.data.batches import read_example
 
     grey = np.zeros((8, 8), np.uint8)
     grey[2:4, 2:4] = 2
@@ -245,7 +246,7 @@ _BAD_MASKS = {  # a second mask (row 1) beside a good one, and the error that na
 def test_masks_are_checked_whatever_the_columns(bad):
     """With an image-level label column, masks were never checked: a validation mask of another size was stretched
     to its image, ids outside 0..C left the scores silently, and --fully_supervised cast a mode-I 261 to class 5."""
-    from weclip_hf.data.loading import evaluation_set, training_set
+    from weclip_hf.data.labelled_sets import evaluation_set, training_set
 
     mask, message = _BAD_MASKS[bad]
     data = _labelled([_GOOD, mask])
@@ -260,7 +261,8 @@ def test_masks_are_checked_whatever_the_columns(bad):
 def test_masks_are_checked_as_they_are_read(bad):
     """A stream with a label column is not read ahead, and a datasets cache may hold labels computed before the
     check: the readers check each mask too (before the uint8 cast of training)."""
-    from weclip_hf.data.loading import EvalSegmentationDataset, training_set
+    from weclip_hf.data.batches import EvalSegmentationDataset
+    from weclip_hf.data.labelled_sets import training_set
 
     mask, message = _BAD_MASKS[bad]
     data = _labelled([_GOOD, mask])
@@ -278,7 +280,7 @@ def test_masks_are_checked_as_they_are_read(bad):
 def test_array_columns_are_read_as_the_image_processor_reads_arrays(layout):
     """A `datasets.Array3D` image column (given as nested lists) passed the data check, then training failed at
     step 1: "Unsupported image type list". It reads as its PIL images do (HWC, CHW, floats in [0, 1])."""
-    from weclip_hf.data.loading import evaluation_set, training_set
+    from weclip_hf.data.labelled_sets import evaluation_set, training_set
 
     image = np.random.default_rng(0).integers(0, 256, (8, 6, 3), dtype=np.uint8)
     mask = np.zeros((8, 6), np.uint8)
@@ -305,7 +307,8 @@ def test_array_columns_are_read_as_the_image_processor_reads_arrays(layout):
 def test_a_folder_of_class_subfolders_gives_each_image_its_folders_class(tmp_path):
     """An imagefolder laid out as ``train/<class>/*.png`` (a classification dataset: a ClassLabel ``label`` column)
     gives each image its folder's class, matched by name (it was taken for a mask column and crashed)."""
-    from weclip_hf.data.loading import DataSource, LabelReading, load_dataset_splits, training_set
+    from weclip_hf.data.labelled_sets import LabelReading, training_set
+    from weclip_hf.data.sources import DataSource, load_dataset_splits
     from weclip_hf.data.transforms import TrainAugmentation
     from weclip_hf.normalization import CLIP_NORMALIZATION
 
@@ -443,7 +446,7 @@ def test_add_image_labels_summarises_and_applies_empty_policy():
 def test_evaluation_set_leaves_out_images_without_a_class_when_asked():
     """COCO's official validation list leaves out the images without any annotation: ``skip_empty`` (the coco
     presets' default) drops them from the scored set, named in the summary; without it every image is scored."""
-    from weclip_hf.data.loading import LabelReading, evaluation_set
+    from weclip_hf.data.labelled_sets import LabelReading, evaluation_set
 
     full = np.zeros((8, 8), np.uint8)
     full[2:4, 2:4] = 2
@@ -605,7 +608,7 @@ def test_train_augmentation_keeps_the_mask_dtype():
 def test_training_masks_hold_every_class_id_and_the_ignore_index(num_classes, ignore_index, dtype):
     """A model of semantic_loss_ignore_index -100 (what the config asks for beyond 254 classes) crashed on every
     mask ("Python integer -100 out of bounds for uint8"); class ids above 255 would have wrapped. VOC keeps uint8."""
-    from weclip_hf.data.loading import training_set
+    from weclip_hf.data.labelled_sets import training_set
     from weclip_hf.data.transforms import mask_dtype
 
     assert mask_dtype(num_classes, ignore_index) == dtype
@@ -670,7 +673,7 @@ def _same_items(a: dict, b: dict) -> bool:
 
 
 def test_streaming_training_dataset_is_seeded_by_epoch_and_reproducible():
-    from weclip_hf.data.loading import StreamingWeakSegmentationDataset
+    from weclip_hf.data.batches import StreamingWeakSegmentationDataset
 
     aug = TrainAugmentation(crop_size=8, scale_range=(0.75, 1.5), normalization=IMAGENET_NORMALIZATION)
     train = StreamingWeakSegmentationDataset(
@@ -698,7 +701,7 @@ def _save_splits(root, splits: dict[str, int]):
 
 
 def test_voc_preset_trains_on_train_aug_when_the_dataset_has_it(tmp_path):
-    from weclip_hf.data.loading import DataSource, load_dataset_splits
+    from weclip_hf.data.sources import DataSource, load_dataset_splits
 
     notes = []
     path = _save_splits(tmp_path / "aug", {"train": 2, "train_aug": 5, "validation": 1})
@@ -720,7 +723,8 @@ def test_voc_preset_trains_on_train_aug_when_the_dataset_has_it(tmp_path):
 
 
 def test_evaluation_loading_needs_no_train_split_and_materializes_streams(tmp_path):
-    from weclip_hf.data.loading import DataSource, load_dataset_splits, materialize
+    from weclip_hf.data.batches import materialize
+    from weclip_hf.data.sources import DataSource, load_dataset_splits
 
     path = _save_splits(tmp_path / "val_only", {"validation": 3})
     with pytest.raises(ValueError, match=r"Split 'train' not found; available splits: \['validation'\]"):
@@ -735,7 +739,7 @@ def test_evaluation_loading_needs_no_train_split_and_materializes_streams(tmp_pa
 
 def test_a_validation_split_that_is_not_there_is_refused_unless_none(tmp_path):
     """A misspelt --validation_split trained without any evaluation and said nothing (metrics.json without mIoU)."""
-    from weclip_hf.data.loading import DataSource, load_dataset_splits
+    from weclip_hf.data.sources import DataSource, load_dataset_splits
 
     path = _save_splits(tmp_path / "both", {"train": 2, "validation": 2})
     message = r"Validation split 'val' not found; available splits: \['train', 'validation'\] \('none': no evaluation\)"
@@ -764,7 +768,7 @@ def test_a_validation_split_that_is_not_there_is_refused_unless_none(tmp_path):
 def test_train_val_split_holds_out_seeded_rows_of_a_dataset_without_a_validation_split(tmp_path):
     """A dataset with only a train split got no evaluation: --train_val_split (transformers') holds out a fraction
     of it, the same rows for the same seed (a resume), none unless asked, and not of a split that exists."""
-    from weclip_hf.data.loading import DataSource, load_dataset_splits
+    from weclip_hf.data.sources import DataSource, load_dataset_splits
 
     rows = {
         "train": datasets.Dataset.from_dict(
@@ -827,7 +831,7 @@ def test_train_val_split_holds_out_seeded_rows_of_a_dataset_without_a_validation
 def _write_pairs(root, count=4, damage=None, jpeg=False):
     """``count`` image / mask files (random 32 x 32 images, masks with class 1 or 2) and a Dataset of their
     paths as split 'train'; ``damage``: {index: ("image" | "mask", "truncate" | "garbage")}."""
-    from weclip_hf.data.loading import with_split_name
+    from weclip_hf.data.sources import with_split_name
 
     rng = np.random.default_rng(0)
     images, masks = [], []
@@ -869,7 +873,7 @@ def test_unreadable_files_fail_at_preparation_naming_file_and_row(tmp_path, dama
 
 def test_bytes_only_rows_are_named_by_row_and_split():
     from weclip_hf.data.decoding import UnreadableImageError
-    from weclip_hf.data.loading import with_split_name
+    from weclip_hf.data.sources import with_split_name
 
     good = np.zeros((4, 4), np.uint8)
     ds = with_split_name(_dataset([good, good]), "validation")  # PIL images: stored as bytes, no path
@@ -895,8 +899,8 @@ def test_skip_unreadable_drops_and_lists_the_files(tmp_path):
 
 
 def test_training_and_evaluation_datasets_name_a_file_damaged_after_preparation(tmp_path):
+    from weclip_hf.data.batches import EvalSegmentationDataset, WeakSegmentationDataset
     from weclip_hf.data.decoding import UnreadableImageError
-    from weclip_hf.data.loading import EvalSegmentationDataset, WeakSegmentationDataset
 
     ds, _ = add_image_labels(_write_pairs(tmp_path), Columns("image", "mask"), 2)
     (tmp_path / "img_3.png").write_bytes(b"gone bad")
@@ -915,8 +919,8 @@ def test_training_and_evaluation_datasets_name_a_file_damaged_after_preparation(
 
 
 def test_streams_fail_or_skip_unreadable_files_when_met(tmp_path):
+    from weclip_hf.data.batches import StreamingWeakSegmentationDataset
     from weclip_hf.data.decoding import UnreadableImageError
-    from weclip_hf.data.loading import StreamingWeakSegmentationDataset
 
     ds = _write_pairs(tmp_path, damage={2: ("image", "garbage")}).add_column("classes", [[1]] * 4)
     columns = Columns("image", "mask", "classes")
@@ -945,8 +949,9 @@ def test_streams_fail_or_skip_unreadable_files_when_met(tmp_path):
 
 
 def test_materialize_names_or_skips_unreadable_streamed_images(tmp_path):
+    from weclip_hf.data.batches import materialize
     from weclip_hf.data.decoding import UnreadableImageError
-    from weclip_hf.data.loading import materialize, with_split_name
+    from weclip_hf.data.sources import with_split_name
 
     stream = with_split_name(
         _write_pairs(tmp_path, damage={1: ("mask", "garbage")}).to_iterable_dataset(), "val"
@@ -1047,7 +1052,7 @@ def test_class_names_come_from_a_classlabel_column_unless_given(tmp_path, tiny_c
     """Without --class_names and --preset, a dataset whose label column is a ClassLabel (or a list of them) trained
     on VOC's 20 classes and failed ("unknown class name(s) ['heart']"): its names are the classes now, as
     transformers' example scripts take id2label from it; --class_names and --preset still win."""
-    from weclip_hf.data.loading import DataSource, class_label_names, load_dataset_splits
+    from weclip_hf.data.sources import DataSource, class_label_names, load_dataset_splits
 
     names = ["sky dog", "heart", "cat"]
     image = Image.new("RGB", (24, 24))
@@ -1108,7 +1113,7 @@ def test_training_and_evaluation_items_are_the_image_processors_pixel_values(tmp
     """The datasets normalize with the model's processor's statistics, by its arithmetic: a training crop and an
     evaluation image (after the evaluation's long-side resize) are bit for bit what the processor gives."""
     from weclip_hf import WeCLIPImageProcessor
-    from weclip_hf.data.loading import EvalSegmentationDataset, train_item
+    from weclip_hf.data.batches import EvalSegmentationDataset, train_item
     from weclip_hf.image_reading import to_rgb_uint8
     from weclip_hf.inference import resize_longest_edge
     from weclip_hf.normalization import CLIP_MEAN, CLIP_STD, PixelNormalization
@@ -1143,7 +1148,8 @@ def test_a_model_trained_with_clip_statistics_is_saved_evaluated_and_served_with
     from conftest import FAST, run_train
 
     from weclip_hf import WeCLIPImageProcessor
-    from weclip_hf.data.loading import DataSource, evaluation_set, load_dataset_splits
+    from weclip_hf.data.labelled_sets import evaluation_set
+    from weclip_hf.data.sources import DataSource, load_dataset_splits
     from weclip_hf.normalization import CLIP_MEAN, CLIP_NORMALIZATION, CLIP_STD
     from weclip_hf.visualization import TITLE_HEIGHT, display_size, resize_rgb
 
@@ -1214,7 +1220,7 @@ def test_zero_based_label_errors_show_the_users_own_ids_and_range():
 
 
 def test_a_missing_data_dir_or_dataset_path_is_named(tmp_path):
-    from weclip_hf.data.loading import DataSource, load_dataset_splits
+    from weclip_hf.data.sources import DataSource, load_dataset_splits
 
     with pytest.raises(FileNotFoundError, match=r"--data_dir .*nope: the directory does not exist"):
         load_dataset_splits(DataSource(data_dir=str(tmp_path / "nope")))
@@ -1229,7 +1235,7 @@ def test_an_imagefolder_with_labels_in_train_and_masks_in_validation_loads(tmp_p
     """README's own layout (image-level labels only for training, masks to score the validation split) failed in
     `datasets` ("Metadata files ... have different features"), also with the other split's field written null; the
     same folder as --dataset_name failed after --data_dir was fixed."""
-    from weclip_hf.data.loading import DataSource, load_dataset_splits
+    from weclip_hf.data.sources import DataSource, load_dataset_splits
 
     for split in ("train", "validation"):
         (tmp_path / split).mkdir()
@@ -1258,7 +1264,7 @@ def test_a_folder_per_class_train_split_beside_a_validation_split_with_masks_loa
     """train/<class>/*.png next to validation/ with a metadata.jsonl of masks (two layouts docs/training.md names):
     `datasets` read train/ with validation/'s columns, its class folders' names as mask files ("Cannot read file
     'airplane'"); each split is now read as its own layout."""
-    from weclip_hf.data.loading import DataSource, load_dataset_splits
+    from weclip_hf.data.sources import DataSource, load_dataset_splits
 
     for name in ("cat", "dog"):
         (tmp_path / "train" / name).mkdir(parents=True)
@@ -1275,7 +1281,7 @@ def test_a_folder_per_class_train_split_beside_a_validation_split_with_masks_loa
 
 
 def test_an_imagefolder_whose_metadata_has_no_rows_is_named(tmp_path):
-    from weclip_hf.data.loading import DataSource, load_dataset_splits
+    from weclip_hf.data.sources import DataSource, load_dataset_splits
 
     (tmp_path / "train").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "train" / "a.png")
@@ -1291,7 +1297,7 @@ def test_metadata_is_read_as_utf_8_whatever_the_locale(tmp_path):
     (tmp_path / "train" / "metadata.jsonl").write_text(
         '{"file_name": "сосна_Á.png", "image_labels": [1]}\n', "utf-8"
     )
-    check = f"from weclip_hf.data.loading import check_imagefolder_metadata; check_imagefolder_metadata({str(tmp_path)!r})"
+    check = f"from weclip_hf.data.folders import check_imagefolder_metadata; check_imagefolder_metadata({str(tmp_path)!r})"
     ascii_locale = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
     run = subprocess.run([sys.executable, "-c", check], env=ascii_locale, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -1302,7 +1308,7 @@ def test_pascal_vocs_own_folder_layout_is_named(tmp_path):
     as --dataset_name, `datasets` read its ImageSets/Segmentation/val.txt as a 'validation' split of text lines:
     "Split 'train' not found; available splits: ['validation']", and evaluate.py "No image column found ...
     available columns: ['text']"."""
-    from weclip_hf.data.loading import DataSource, load_dataset_splits
+    from weclip_hf.data.sources import DataSource, load_dataset_splits
 
     for name in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (tmp_path / name).mkdir(parents=True)
@@ -1315,7 +1321,7 @@ def test_pascal_vocs_own_folder_layout_is_named(tmp_path):
 
 
 def test_an_empty_split_of_a_saved_dataset_is_named(tmp_path):
-    from weclip_hf.data.loading import DataSource, load_dataset_splits
+    from weclip_hf.data.sources import DataSource, load_dataset_splits
 
     features = datasets.Features({"image": datasets.Image(), "mask": datasets.Image()})
     image = Image.new("RGB", (8, 8))
@@ -1333,7 +1339,7 @@ def test_an_empty_split_of_a_saved_dataset_is_named(tmp_path):
 
 
 def test_an_empty_loaded_split_is_named():
-    from weclip_hf.data.loading import check_not_empty, with_split_name
+    from weclip_hf.data.sources import check_not_empty, with_split_name
 
     empty = with_split_name(datasets.Dataset.from_dict({"image": []}), "train")
     with pytest.raises(ValueError, match=r"Split 'train' of org/data is empty"):
@@ -1342,12 +1348,9 @@ def test_an_empty_loaded_split_is_named():
 
 
 def test_evaluation_set_limits_labels_and_normalizes_the_validation_split():
-    from weclip_hf.data.loading import (
-        DataSource,
-        EvalSegmentationDataset,
-        evaluation_set,
-        load_dataset_splits,
-    )
+    from weclip_hf.data.batches import EvalSegmentationDataset
+    from weclip_hf.data.labelled_sets import evaluation_set
+    from weclip_hf.data.sources import DataSource, load_dataset_splits
 
     _, val, _ = load_dataset_splits(DataSource(toy=True, toy_sizes=(1, 3), seed=0))
     entered = []
@@ -1369,7 +1372,7 @@ def test_evaluation_set_limits_labels_and_normalizes_the_validation_split():
 def test_data_source_from_args_names_the_toy_world_when_no_dataset_is_named():
     import argparse
 
-    from weclip_hf.data.loading import DataSource
+    from weclip_hf.data.sources import DataSource
 
     bare = argparse.Namespace(dataset_name=None, data_dir=None, dataset_path=None)
     assert DataSource.from_args(bare, toy_sizes=(2, 3)) == DataSource(toy=True, toy_sizes=(2, 3))
@@ -1390,7 +1393,7 @@ def test_label_reading_from_args_maps_the_scripts_flags():
     trainer script has none: its skips are the defaults)."""
     import argparse
 
-    from weclip_hf.data.loading import LabelReading
+    from weclip_hf.data.labelled_sets import LabelReading
 
     flags = argparse.Namespace(
         image_column="img",
@@ -1410,7 +1413,7 @@ def test_label_reading_from_args_maps_the_scripts_flags():
 
 
 def test_an_explicit_validation_split_wins_over_the_presets(tmp_path):
-    from weclip_hf.data.loading import DataSource, load_dataset_splits
+    from weclip_hf.data.sources import DataSource, load_dataset_splits
 
     path = _save_splits(tmp_path / "two_vals", {"train": 2, "validation": 1, "val2": 3})
     _, val, _ = load_dataset_splits(DataSource(dataset_path=path), preset="voc")
@@ -1456,7 +1459,7 @@ def test_labels_cached_under_other_checking_code_are_recomputed(tmp_path, monkey
 
 def _classified(labels, feature, masks=None):
     """A split 'train' of black 8 x 8 images with a label column ``label`` of ``feature`` (and ``masks``)."""
-    from weclip_hf.data.loading import with_split_name
+    from weclip_hf.data.sources import with_split_name
 
     columns = {"image": [Image.fromarray(np.zeros((8, 8, 3), np.uint8))] * len(labels), "label": labels}
     features = {"image": datasets.Image(), "label": feature}
@@ -1514,7 +1517,7 @@ _TRIMAP = np.array([[1, 2], [3, 2]], np.uint8).repeat(4, 0).repeat(4, 1)  # pet 
 def test_a_label_column_that_disagrees_with_its_masks_is_refused(feature, breeds):
     """Oxford-IIIT-Pet's layout (a breed ClassLabel beside a trimap: 1 pet, 2 background, 3 border) was read without
     a word: the CAMs made for the breed, the trimap scored as classes 1..3. Only integer ids met their masks."""
-    from weclip_hf.data.loading import LabelReading, evaluation_set
+    from weclip_hf.data.labelled_sets import LabelReading, evaluation_set
 
     pets = _classified(breeds, feature, [_TRIMAP] * 4)
     breed_labels = LabelReading(labels_column="label", class_names=list("abcdefgh"))
@@ -1533,7 +1536,7 @@ def test_columns_that_cannot_hold_masks_are_not_taken_for_masks():
     """An imagefolder's ``"label": 5`` given as --labels_column label was also taken as the mask column ("has shape
     ()"), and a string column of class names ``label`` found by name was read as mask files ("Cannot read file
     'heart'")."""
-    from weclip_hf.data.loading import LabelReading, training_set
+    from weclip_hf.data.labelled_sets import LabelReading, training_set
 
     ints = {"image": datasets.Image(), "label": datasets.Value("int64")}
     assert resolve_columns(["image", "label"], labels_column="label", features=ints) == Columns(
@@ -1566,7 +1569,7 @@ def test_columns_that_cannot_hold_masks_are_not_taken_for_masks():
 def test_a_classification_column_of_other_classes_leaves_the_labels_to_the_masks():
     """scene_parse_150 (image, annotation, scene_category ClassLabel): the scene was taken as the image-level labels
     ("unknown class name(s) ['airport_terminal']"), and --labels_column none was refused."""
-    from weclip_hf.data.loading import LabelReading, evaluation_set
+    from weclip_hf.data.labelled_sets import LabelReading, evaluation_set
 
     scenes = _classified(
         [0, 1], datasets.ClassLabel(names=["airport_terminal", "art_gallery"]), [_TRIMAP] * 2
@@ -1612,7 +1615,7 @@ def test_an_unlabelled_class_label_row_is_named_with_the_filter_that_leaves_it_o
 def test_a_field_of_a_detection_column_is_a_label_column(streamed):
     """A detection column ``objects: {category, bbox}`` failed "must be a flat list, got shape ()": its field is
     named with a dot, as datasets' flatten() names it."""
-    from weclip_hf.data.loading import with_split_name
+    from weclip_hf.data.sources import with_split_name
 
     category = datasets.List(datasets.ClassLabel(names=["cat", "dog"]))
     features = datasets.Features({"image": datasets.Image(), "objects": {"category": category,
@@ -1635,7 +1638,7 @@ def test_a_field_of_a_detection_column_is_a_label_column(streamed):
 
 def test_label_lists_of_a_metadata_csv_are_json_lists(tmp_path):
     """An imagefolder's metadata.csv holds one string per cell: "[5]" was read as the class name '[5]'."""
-    from weclip_hf.data.loading import DataSource, load_dataset_splits
+    from weclip_hf.data.sources import DataSource, load_dataset_splits
 
     (tmp_path / "train").mkdir()
     for i in range(3):
@@ -1671,7 +1674,7 @@ def test_image_and_mask_columns_of_raw_bytes_are_decoded():
     """A `datasets.Value("binary")` column (raw bytes, no {bytes, path} dict) passed the label pass, then the first
     training item failed "Unsupported image type bytes"; a mask column of bytes failed "has shape ()"."""
     from weclip_hf.data.decoding import UnreadableImageError
-    from weclip_hf.data.loading import LabelReading, training_set
+    from weclip_hf.data.labelled_sets import LabelReading, training_set
 
     images = [_png_bytes(np.full((8, 8, 3), i, np.uint8)) for i in (0, 1)]
     masks = [_png_bytes(np.full((8, 8), c, np.uint8)) for c in (1, 2)]
@@ -1705,13 +1708,8 @@ def test_parquet_of_pandas_image_structs_gives_masks_and_struct_labels(tmp_path)
     """pandas writes images as {bytes, path} structs without datasets' feature metadata: a struct column ``mask`` was
     no mask column (and left out of the columns looked for), and --labels_column objects.category flattened the
     image column too ("KeyError: 'image'")."""
-    from weclip_hf.data.loading import (
-        DataSource,
-        LabelReading,
-        evaluation_set,
-        load_dataset_splits,
-        training_set,
-    )
+    from weclip_hf.data.labelled_sets import LabelReading, evaluation_set, training_set
+    from weclip_hf.data.sources import DataSource, load_dataset_splits
 
     mask = {"bytes": _png_bytes(np.ones((8, 8), np.uint8)), "path": None}
     objects = {"category": [1], "bbox": [[0.0, 0.0, 1.0, 1.0]]}
@@ -1745,7 +1743,7 @@ def test_splits_of_different_columns_or_metadata_formats_load_each_on_its_own(tm
     split and metadata.jsonl in another failed ("different extensions")."""
     import pandas as pd
 
-    from weclip_hf.data.loading import load_folder_dataset
+    from weclip_hf.data.folders import load_folder_dataset
 
     (tmp_path / "data").mkdir()
     image = {"bytes": _png_bytes(np.zeros((8, 8, 3), np.uint8)), "path": None}
@@ -1781,7 +1779,7 @@ def test_splits_of_different_columns_or_metadata_formats_load_each_on_its_own(tm
 def test_class_names_come_from_a_class_label_field_of_a_struct_column(tmp_path):
     """A ``List(ClassLabel)`` field named with a dot (--labels_column objects.category) gave no class names: a run
     without --class_names trained VOC's 20 classes, cat and dog read as ids 8 and 12."""
-    from weclip_hf.data.loading import DataSource, load_dataset_splits
+    from weclip_hf.data.sources import DataSource, load_dataset_splits
 
     category = datasets.List(datasets.ClassLabel(names=["cat", "dog"]))
     features = datasets.Features({"image": datasets.Image(), "objects": {"category": category}})
@@ -1801,7 +1799,7 @@ def test_masks_stored_lossy_are_refused(tmp_path, stored):
     """A JPEG mask of class 5 read as classes 1..7 (its edges' artefacts) and was taken when they stayed within 0..C:
     phantom image-level labels and ground truth. Refused by the file's suffix, the bytes or the format PIL read; so
     are the other lossy storages (a TIFF with JPEG compression gave every image all 8 classes)."""
-    from weclip_hf.data.loading import training_set
+    from weclip_hf.data.labelled_sets import training_set
 
     mask = np.zeros((16, 16), np.uint8)
     mask[4:12, 4:12] = 5
@@ -1838,7 +1836,7 @@ def test_masks_stored_lossy_are_refused(tmp_path, stored):
 def test_a_training_set_in_which_no_image_has_a_class_is_refused():
     """Binary 0/255 masks (255: the ignore index) gave a run where no training image had a class; it trained, and
     scored cam_miou and pseudo_label_miou 1.0 on a background that was all there was to score."""
-    from weclip_hf.data.loading import evaluation_set, training_set
+    from weclip_hf.data.labelled_sets import evaluation_set, training_set
 
     binary = np.zeros((8, 8), np.uint8)
     binary[2:6, 2:6] = 255
@@ -1901,7 +1899,7 @@ def test_masks_in_a_label_column_are_named_as_masks():
 def test_class_label_names_holding_the_background_are_refused_naming_the_column(tmp_path):
     """A ``List(ClassLabel)`` column naming ``background`` (common in segmentation datasets) gave the run's classes,
     then WeCLIPConfig failed "id2label ... 'background' more than once", naming no column."""
-    from weclip_hf.data.loading import DataSource, load_dataset_splits
+    from weclip_hf.data.sources import DataSource, load_dataset_splits
 
     classes = datasets.List(datasets.ClassLabel(names=["background", "cat", "dog"]))
     features = datasets.Features({"image": datasets.Image(), "labels": classes})
@@ -2029,7 +2027,7 @@ def test_training_crops_change_with_the_epoch_and_the_dataloader_worker(monkeypa
     """Crops and flips are a function of (seed, epoch, index) for a split read whole, and of (seed, epoch, worker,
     position) for a stream: the same again for the same epoch, other ones for another epoch or another worker (two
     workers at the same position of their shards drew the same crops)."""
-    from weclip_hf.data import loading
+    from weclip_hf.data import batches
 
     aug = TrainAugmentation(crop_size=8, scale_range=(0.75, 1.5), normalization=IMAGENET_NORMALIZATION)
     images = [
@@ -2038,7 +2036,7 @@ def test_training_crops_change_with_the_epoch_and_the_dataloader_worker(monkeypa
     split, _ = add_image_labels(
         _dataset([np.full((12, 12), 1, np.uint8)] * 4, images), Columns("image", "mask"), 2
     )
-    train = loading.WeakSegmentationDataset(split, Columns("image", "mask"), 2, aug, seed=3)
+    train = batches.WeakSegmentationDataset(split, Columns("image", "mask"), 2, aug, seed=3)
 
     def epoch_items(dataset, epoch):
         dataset.set_epoch(epoch)
@@ -2051,18 +2049,18 @@ def test_training_crops_change_with_the_epoch_and_the_dataloader_worker(monkeypa
     first = epoch_items(train, 0)
     assert all(map(_same_items, first, epoch_items(train, 0)))
     assert not all(map(_same_items, first, epoch_items(train, 1)))
-    stream = loading.StreamingWeakSegmentationDataset(
+    stream = batches.StreamingWeakSegmentationDataset(
         split.to_iterable_dataset(), Columns("image", "mask"), 2, aug, seed=3, shuffle_buffer_size=0
     )
     worker_0 = epoch_items(stream, 0)
-    monkeypatch.setattr(loading, "get_worker_info", lambda: SimpleNamespace(id=1))
+    monkeypatch.setattr(batches, "get_worker_info", lambda: SimpleNamespace(id=1))
     assert not all(map(_same_items, worker_0, epoch_items(stream, 0)))
 
 
 def test_a_stream_shuffles_its_shards_even_with_a_buffer_of_one():
     """A shuffle buffer of 1 example still shuffles the order of the shards (``datasets``' shuffle); 0 reads the
     stream in order."""
-    from weclip_hf.data.loading import StreamingWeakSegmentationDataset
+    from weclip_hf.data.batches import StreamingWeakSegmentationDataset
 
     aug = TrainAugmentation(crop_size=4, scale_range=(1.0, 1.0), normalization=IMAGENET_NORMALIZATION)
     images = [Image.fromarray(np.full((4, 4, 3), 10 * i, np.uint8)) for i in range(8)]
@@ -2089,7 +2087,7 @@ def test_a_stream_shuffles_its_shards_even_with_a_buffer_of_one():
 def test_epoch_shuffles_of_neighbouring_seeds_differ():
     """The permutation of (seed, epoch) is not another seed's of another epoch: runs of seeds 0 and 1 would see the
     same orders one epoch apart."""
-    from weclip_hf.data.loading import EpochShuffleSampler
+    from weclip_hf.data.batches import EpochShuffleSampler
 
     zero, one = EpochShuffleSampler(50, seed=0), EpochShuffleSampler(50, seed=1)
     zero.set_epoch(1)
@@ -2097,7 +2095,7 @@ def test_epoch_shuffles_of_neighbouring_seeds_differ():
 
 
 def test_a_metadata_csv_with_only_its_header_lists_no_images(tmp_path):
-    from weclip_hf.data.loading import check_imagefolder_metadata
+    from weclip_hf.data.folders import check_imagefolder_metadata
 
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "metadata.csv").write_text("file_name,labels\n")
@@ -2107,7 +2105,7 @@ def test_a_metadata_csv_with_only_its_header_lists_no_images(tmp_path):
 
 @pytest.mark.parametrize("background", ["Background", "_background_", "background_"])
 def test_class_label_names_holding_the_background_in_any_spelling_are_refused(background):
-    from weclip_hf.data.loading import class_label_names
+    from weclip_hf.data.sources import class_label_names
 
     features = datasets.Features(
         {"image": datasets.Image(), "labels": datasets.ClassLabel(names=[background, "cat"])}
@@ -2119,7 +2117,8 @@ def test_class_label_names_holding_the_background_in_any_spelling_are_refused(ba
 
 def test_an_evaluation_example_without_its_mask_is_named():
     """A validation row whose mask is empty (None) is refused naming the row and column, not read as a mask."""
-    from weclip_hf.data.loading import EvalSegmentationDataset, read_example, with_split_name
+    from weclip_hf.data.batches import EvalSegmentationDataset, read_example
+    from weclip_hf.data.sources import with_split_name
 
     image = Image.fromarray(np.zeros((4, 4, 3), np.uint8))
     features = datasets.Features(
@@ -2142,7 +2141,7 @@ def test_an_evaluation_example_without_its_mask_is_named():
 
 
 def test_with_split_name_keeps_a_recorded_name_unless_told_to_replace_it():
-    from weclip_hf.data.loading import with_split_name
+    from weclip_hf.data.sources import with_split_name
 
     split = with_split_name(_dataset([np.zeros((2, 2), np.uint8)]), "validation")
     assert str(with_split_name(split, "train").split) == "validation"

@@ -712,7 +712,7 @@ def test_images_of_several_sizes_evaluate_in_one_loader_batch(varied_tiny_model)
     of one image at a time (stacking them raised "stack expects each tensor to be equal size" after training)."""
     from torch.utils.data import DataLoader
 
-    from weclip_hf.data.loading import collate_by_size
+    from weclip_hf.data.batches import collate_by_size
 
     g = torch.Generator().manual_seed(0)
     examples = [

@@ -312,7 +312,7 @@ def test_an_interrupted_overwriting_run_leaves_no_dataset_and_its_rerun_finishes
     it; the same command run again writes seed 1's dataset."""
     import datasets
 
-    from weclip_hf.data.loading import DataSource, load_dataset_splits
+    from weclip_hf.data.sources import DataSource, load_dataset_splits
 
     out = tmp_path / "out"
     argv = ["--clip_model_name_or_path", tiny_clip, "--toy_train_images", "2", "--output_dir", str(out)]
@@ -360,7 +360,7 @@ def test_overwrite_output_dir_starts_over_a_run_with_other_settings(tiny_clip, t
     the folder holds what a fresh run writes, the earlier validation split and overlay gone, and a user's own
     files kept: an overlay named after row 1 (the earlier run wrote none for it) and a file beside them. A folder
     whose records do not list their files (an earlier version's) is refused."""
-    from weclip_hf.data.loading import DataSource, load_dataset_splits
+    from weclip_hf.data.sources import DataSource, load_dataset_splits
 
     out = tmp_path / "out"
     clip = ["--clip_model_name_or_path", tiny_clip, "--batch_size", "2"]

@@ -11,7 +11,7 @@ from conftest import train_phase
 
 from weclip_hf import WeCLIPConfig
 from weclip_hf.configuration_weclip_plus import WeCLIPPlusConfig
-from weclip_hf.data.loading import DataSource, load_dataset_splits
+from weclip_hf.data.sources import DataSource, load_dataset_splits
 from weclip_hf.presets import PRESETS, get_preset
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

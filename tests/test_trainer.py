@@ -17,12 +17,8 @@ from transformers import Trainer, TrainingArguments
 
 from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.data import toy
-from weclip_hf.data.loading import (
-    StreamingWeakSegmentationDataset,
-    WeakSegmentationDataset,
-    collate,
-    training_set,
-)
+from weclip_hf.data.batches import StreamingWeakSegmentationDataset, WeakSegmentationDataset, collate
+from weclip_hf.data.labelled_sets import training_set
 from weclip_hf.data.toy import make_toy_dataset, toy_clip_path
 from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.normalization import PixelNormalization
@@ -1241,7 +1237,7 @@ def test_weclip_trainer_keeps_the_optimizer_and_schedule_that_are_asked_for(tmp_
 
 
 def toy_evaluation_set(count: int = 4):
-    from weclip_hf.data.loading import evaluation_set
+    from weclip_hf.data.labelled_sets import evaluation_set
 
     normalization = PixelNormalization.from_image_processor(WeCLIPImageProcessor())
     return evaluation_set(make_toy_dataset(count, seed=1_000_000), 8, 255, normalization)[0]
@@ -1253,7 +1249,7 @@ def test_weclip_trainer_evaluates_images_of_several_sizes_in_batches_as_one_by_o
     import datasets
     from PIL import Image
 
-    from weclip_hf.data.loading import evaluation_set
+    from weclip_hf.data.labelled_sets import evaluation_set
 
     toy = make_toy_dataset(4, seed=1_000_000)
     rows = [toy[i] for i in range(4)]

@@ -202,7 +202,7 @@ def evaluate_segmentation(
     """mIoU per mode over ``batches`` of ``pixel_values`` [B, 3, H, W], ``labels`` [B, H, W] and (for the
     pseudo-label modes) ``class_labels`` [B, C] (``labels``: ids 0..C or the ignore index, else a ValueError names
     the others); an item may be a list of such batches (images of several sizes:
-    `weclip_hf.data.loading.collate_by_size`). The decoder's modes predict on the images resized to ``input_size``
+    `weclip_hf.data.batches.collate_by_size`). The decoder's modes predict on the images resized to ``input_size``
     (an int: the long side, VOC's 512; a mapping: an image processor's ``size`` and, where it pads, its
     ``size_divisor`` (`processor_input_size`), so that the figures are those of the pipeline with that processor;
     None: kept at their size), upsampled back to the masks' size.

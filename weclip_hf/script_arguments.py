@@ -19,7 +19,7 @@ from .checkpointing import TRAINING_STATE_NAME
 from .configuration_weclip import WeCLIPConfig
 from .crf import CRF_PRESETS, CRFParams
 from .data.columns import FROM_MASKS, IMAGE_COLUMNS, MASK_COLUMNS
-from .data.loading import DATA_SOURCE_FLAGS, names_no_dataset
+from .data.sources import DATA_SOURCE_FLAGS, names_no_dataset
 from .hub import has_stray_characters
 from .model_loading import (
     WECLIP_MODEL_TYPES,

@@ -20,7 +20,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, speed_metrics
 
 from .checkpointing import TRAINING_ARGS_NAME, Computation, compile_mode_in_effect
-from .data.loading import collate_by_size, process_subset
+from .data.batches import collate_by_size, process_subset
 from .evaluation import MIOU_NAMES, MODES, evaluate_segmentation, processor_input_size
 from .hub import card_repo_id, make_model_card, save_model_card, split_model_metrics
 from .losses import LOSS_TERMS, present_losses
@@ -214,8 +214,8 @@ class WeCLIPTrainer(Trainer):
       cross-branch ones) beside ``loss``, as examples/train.py's do;
     - the model's step counter, which starts the RFM, counts optimizer steps also with gradient accumulation, and
       the training set's epoch (its crops) is right also in a run resumed mid-epoch (`TrainingSetEpochCallback`);
-    - `evaluate` scores ``eval_dataset`` (`weclip_hf.data.loading.evaluation_set`: images with their masks at the
-      original size; the model predicts on images resized to ``eval_long_side`` when given, else as
+    - `evaluate` scores ``eval_dataset`` (`weclip_hf.data.labelled_sets.evaluation_set`: images with their masks at
+      the original size; the model predicts on images resized to ``eval_long_side`` when given, else as
       ``processing_class`` resizes them: the pipeline's predictions) with `evaluate_segmentation` under the run's
       mixed precision, and returns
       per mode of ``eval_modes`` ("pred": the decoder, "pseudo": the RFM pseudo labels, "cam", "pred_msf", the CRF
@@ -474,7 +474,7 @@ class WeCLIPTrainer(Trainer):
         if dataset is None:
             raise ValueError(
                 "WeCLIPTrainer.evaluate needs an eval_dataset: images with their masks "
-                "(weclip_hf.data.loading.evaluation_set)."
+                "(weclip_hf.data.labelled_sets.evaluation_set)."
             )
         if (
             not isinstance(dataset, dict)
@@ -483,7 +483,8 @@ class WeCLIPTrainer(Trainer):
         ):
             raise ValueError(
                 f"eval_dataset items hold {sorted(dataset[0])}, not the 'pixel_values' and 'labels' (and "
-                "'class_labels') of weclip_hf.data.loading.evaluation_set, which builds them from a raw split."
+                "'class_labels') of weclip_hf.data.labelled_sets.evaluation_set, which builds them "
+                "from a raw split."
             )
         return dataset
 

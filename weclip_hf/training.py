@@ -19,7 +19,7 @@ from .presets import TrainingRecipe
 
 @dataclass(frozen=True)
 class WeCLIPDataCollator:
-    """Stacks training examples (`weclip_hf.data.loading.WeakSegmentationDataset`'s) into the model's keyword
+    """Stacks training examples (`weclip_hf.data.batches.WeakSegmentationDataset`'s) into the model's keyword
     arguments: ``pixel_values`` and the multi-hot ``class_labels`` always; the masks as ``labels`` only with
     ``fully_supervised`` (else the model learns from its pseudo labels, and the masks it was given would silently
     make the training fully supervised); the crops' ``pixel_mask`` only with ``ignore_padding`` (padding ignored

@@ -8,7 +8,8 @@ import argparse
 from pathlib import Path
 
 from weclip_hf.batch_jobs import STATE_DIR
-from weclip_hf.data.loading import DATA_SOURCE_FLAGS, imagefolder_split_name, names_no_dataset
+from weclip_hf.data.folders import imagefolder_split_name
+from weclip_hf.data.sources import DATA_SOURCE_FLAGS, names_no_dataset
 from weclip_hf.presets import PRESETS, get_preset
 from weclip_hf.script_arguments import (
     CLASS_NAMES_HELP,

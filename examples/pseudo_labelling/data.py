@@ -10,10 +10,11 @@ from torch.utils.data import Dataset
 
 from pseudo_labelling.output_folder import example_name
 from weclip_hf.batch_jobs import content_fingerprint
+from weclip_hf.data.batches import read_example
 from weclip_hf.data.columns import resolve_columns
 from weclip_hf.data.decoding import file_path, row_name
 from weclip_hf.data.image_labels import add_image_labels
-from weclip_hf.data.loading import DataSource, load_dataset_splits, read_example
+from weclip_hf.data.sources import DataSource, load_dataset_splits
 from weclip_hf.data.transforms import multi_hot, normalize
 
 

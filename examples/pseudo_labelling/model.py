@@ -11,7 +11,7 @@ from accelerate import PartialState
 from transformers import AutoModelForSemanticSegmentation
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
-from weclip_hf.data.loading import DataSource, dataset_classes_note, load_dataset_splits
+from weclip_hf.data.sources import DataSource, dataset_classes_note, load_dataset_splits
 from weclip_hf.data.toy import check_toy_classes, default_clip_model
 from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.inference import image_pseudo_labels

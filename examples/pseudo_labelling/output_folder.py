@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from weclip_hf.batch_jobs import STATE_DIR
-from weclip_hf.data.loading import PSEUDO_LABEL_REPORT
+from weclip_hf.data.folders import PSEUDO_LABEL_REPORT
 
 REPORT = PSEUDO_LABEL_REPORT
 # the writer recorded in the settings, which `check_finished` names to the readers of an unfinished folder

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from weclip_hf.data.loading import names_no_dataset
+from weclip_hf.data.sources import names_no_dataset
 from weclip_hf.script_arguments import (
     CRF_PARAMETER_FLAGS,
     DATASET_CONFIG_HELP,

@@ -23,7 +23,7 @@ from weclip_hf.data.decoding import (
     row_name,
     undecoded,
 )
-from weclip_hf.data.loading import DataSource, load_dataset_splits
+from weclip_hf.data.sources import DataSource, load_dataset_splits
 from weclip_hf.image_reading import to_rgb_uint8
 
 

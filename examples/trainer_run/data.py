@@ -11,7 +11,8 @@ from transformers import TrainingArguments
 
 from trainer_run.arguments import WeCLIPArguments
 from weclip_hf import WeCLIPConfig, WeCLIPImageProcessor
-from weclip_hf.data.loading import DataSource, LabelReading, evaluation_set
+from weclip_hf.data.labelled_sets import LabelReading, evaluation_set
+from weclip_hf.data.sources import DataSource
 from weclip_hf.normalization import PixelNormalization
 
 

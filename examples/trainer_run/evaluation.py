@@ -12,7 +12,7 @@ from transformers import AutoModelForSemanticSegmentation, TrainingArguments
 from trainer_run.arguments import WeCLIPArguments
 from trainer_run.data import data_source, label_reading, no_validation_split, scored_set
 from weclip_hf import WeCLIPImageProcessor
-from weclip_hf.data.loading import load_dataset_splits
+from weclip_hf.data.sources import load_dataset_splits
 from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.presets import get_preset
 from weclip_hf.script_arguments import naming_the_model_flag, recipe_name

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from weclip_hf import WeCLIPConfig, WeCLIPPlusConfig
-from weclip_hf.data.loading import DATASET_NAME_FIELDS, names_no_dataset
+from weclip_hf.data.sources import DATASET_NAME_FIELDS, names_no_dataset
 from weclip_hf.data.toy import default_clip_model
 from weclip_hf.presets import PRESETS, VOC_PRESET_OF_MODEL_TYPE, get_preset, preset_config_kwargs
 from weclip_hf.run_folder import OVERWRITE_AND_RESUME, resumes_in_place

@@ -17,15 +17,8 @@ from transformers.utils import cached_file
 from training.arguments import clip_source, config_preset, recipe_source
 from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.data.columns import is_streaming
-from weclip_hf.data.loading import (
-    DataSource,
-    LabelReading,
-    dataset_classes_note,
-    evaluation_set,
-    load_dataset_splits,
-    names_no_dataset,
-    training_set,
-)
+from weclip_hf.data.labelled_sets import LabelReading, evaluation_set, training_set
+from weclip_hf.data.sources import DataSource, dataset_classes_note, load_dataset_splits, names_no_dataset
 from weclip_hf.data.transforms import TrainAugmentation
 from weclip_hf.hub import TOKENIZER_FILES
 from weclip_hf.image_processing_weclip import processor_settings

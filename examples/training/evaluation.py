@@ -11,7 +11,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from training.loop import append_log
-from weclip_hf.data.loading import collate_by_size, process_subset
+from weclip_hf.data.batches import collate_by_size, process_subset
 from weclip_hf.data.toy import toy_baselines
 from weclip_hf.evaluation import MIOU_NAMES, evaluate_segmentation, write_overlays
 from weclip_hf.metrics import per_class_iou

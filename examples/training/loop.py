@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from training.computation import default_num_workers
-from weclip_hf.data.loading import EpochShuffleSampler, StreamingWeakSegmentationDataset
+from weclip_hf.data.batches import EpochShuffleSampler, StreamingWeakSegmentationDataset
 from weclip_hf.losses import LOSS_TERMS, present_losses
 from weclip_hf.modeling_weclip import WeCLIPSemanticSegmenterOutput
 from weclip_hf.training import WeCLIPDataCollator, check_fills_a_batch

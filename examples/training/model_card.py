@@ -8,7 +8,8 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from weclip_hf.data.loading import holds_pseudo_masks, names_no_dataset
+from weclip_hf.data.folders import holds_pseudo_masks
+from weclip_hf.data.sources import names_no_dataset
 from weclip_hf.hub import (
     card_repo_id,
     describe_dataset,

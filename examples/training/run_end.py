@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from training.evaluation import final_evaluation
 from training.model_card import write_card
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
-from weclip_hf.data.loading import names_no_dataset
+from weclip_hf.data.sources import names_no_dataset
 from weclip_hf.evaluation import processor_input_size
 from weclip_hf.hub import TOKENIZER_FILES, publish_folder
 from weclip_hf.run_signals import explain_signals
