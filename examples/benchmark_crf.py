@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from weclip_hf import crf as dense_crf_module
+from weclip_hf.permutohedral_lattice import build_lattice
 from weclip_hf.script_arguments import add_device_flag
 
 
@@ -140,12 +141,12 @@ def _crf_breakdown(image: torch.Tensor, probs: torch.Tensor, params, repeats: in
     position = crf._positions(1, height, width, torch.float32, probs.device)
     colour = image[None].float().flatten(2).transpose(1, 2)
     bilateral = torch.cat([position / params.bi_xy_std, colour / params.bi_rgb_std], dim=-1)
-    lattices = [crf._build_lattice(bilateral), crf._build_lattice(position / params.pos_xy_std)]
+    lattices = [build_lattice(bilateral), build_lattice(position / params.pos_xy_std)]
     energy = crf._MeanFieldEnergy(lattices, [params.bi_w, params.pos_w], probs)
     q = energy.log_unary.softmax(dim=1)
     pieces = {
-        "lattice_bilateral": lambda: crf._build_lattice(bilateral),
-        "lattice_smoothness": lambda: crf._build_lattice(position / params.pos_xy_std),
+        "lattice_bilateral": lambda: build_lattice(bilateral),
+        "lattice_smoothness": lambda: build_lattice(position / params.pos_xy_std),
         "normalisation_setup": lambda: crf._MeanFieldEnergy(lattices, [params.bi_w, params.pos_w], probs),
         "iteration_filtering": lambda: energy(q),
         "iteration_softmax": lambda: energy(q).softmax(dim=1),

@@ -18,13 +18,13 @@ from weclip_hf.crf import (
     DEEPLAB,
     WECLIP,
     CRFParams,
-    _build_lattice,
     _class_chunks,
     _MeanFieldEnergy,
     _spatial_filter,
     crf_refine_labels,
     dense_crf,
 )
+from weclip_hf.permutohedral_lattice import build_lattice
 
 ROOT = Path(__file__).resolve().parents[1]
 VOC_MINI = ROOT.parent / "shared" / "data" / "voc-mini"
@@ -248,18 +248,6 @@ def test_one_pixel_follows_the_mean_field_update(params: CRFParams):
     torch.testing.assert_close(refined.view(4), expected, rtol=1e-12, atol=0)
 
 
-def test_sort_by_orders_keys_too_wide_for_one_int64_as_one_key():
-    """`_sort_by` is a stable lexicographic order whether the columns fit one int64 key or not (a lattice of
-    many large images: one sort per column, last column first)."""
-    from weclip_hf.crf import _sort_by
-
-    generator = torch.Generator().manual_seed(0)
-    columns = [torch.randint(0, 3, (200,), generator=generator) for _ in range(3)]  # many equal rows
-    expected = torch.from_numpy(np.lexsort([column.numpy() for column in columns[::-1]], axis=0))
-    torch.testing.assert_close(_sort_by(columns, [3, 3, 3]), expected, rtol=0, atol=0)  # one key
-    torch.testing.assert_close(_sort_by(columns, [2**40, 2**20, 2**10]), expected, rtol=0, atol=0)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("params", [WECLIP, CRFParams(pos_filter="gaussian")], ids=["lattice", "gaussian"])
 def test_classes_filtered_in_chunks_give_the_unchunked_result(monkeypatch, params: CRFParams, dtype):
@@ -313,7 +301,7 @@ def test_lattice_message_close_to_exact(params: CRFParams):
     kernel = torch.exp(-0.5 * torch.cdist(features, features) ** 2)
     norm = kernel.sum(1, keepdim=True).rsqrt()
     exact = norm * (kernel @ (norm * q))
-    energy = _MeanFieldEnergy([_build_lattice(features[None])], [1.0], probs[None])
+    energy = _MeanFieldEnergy([build_lattice(features[None])], [1.0], probs[None])
     approx = energy(q) - energy.log_unary
     error = (approx - exact).abs()
     assert error.mean() < 0.02 and error.max() < 0.15, (error.mean().item(), error.max().item())
