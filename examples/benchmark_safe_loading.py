@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from benchmarking.instruments import Bench
 
-from weclip_hf import safe_loading
 from weclip_hf.conversion import load_official_checkpoint
+from weclip_hf.safe_loading import torchscript_archives
 
 CLASS_CODE = 'class Tree(Module):\n  __parameters__ = ["w", ]\n  __buffers__ = []\n  w : Tensor\n'
 
@@ -41,7 +41,7 @@ def class_reader_seconds(bench: Bench, spaces: int, repeats: int) -> float:
     text = CLASS_CODE + " " * spaces
 
     def read():
-        matches = list(safe_loading._CLASS_RE.finditer(text))
+        matches = list(torchscript_archives._CLASS_RE.finditer(text))
         assert [m.group(1) for m in matches] == ["Tree"]
 
     return bench.median(read, warmup=0, repeats=repeats)

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from weclip_hf import safe_loading
 from weclip_hf.conversion import convert_official_checkpoint, load_official_checkpoint
 from weclip_hf.safe_loading import MAX_MEMBER_BYTES
+from weclip_hf.safe_loading.pickle_specs import SpecUnpickler
 
 # what one refusal may allocate: no zip read (the CRC check reads members in 1 MiB chunks) and no tensor above this
 ALLOCATION_CAP = 2 * 2**20
@@ -493,8 +493,8 @@ def test_pickle_memo_index_bomb_is_refused(tmp_path, monkeypatch):
     # LONG_BINPUT 0x0fffffff: the C unpickler would allocate a 2**28-entry memo table (2 GiB) for 10 bytes
     path = _write_archive(tmp_path / "memo.pth", b"\x80\x02Nr\xff\xff\xff\x0f.", {})
     unpickled = []
-    load = safe_loading.SpecUnpickler.load
-    monkeypatch.setattr(safe_loading.SpecUnpickler, "load", lambda self: unpickled.append(self) or load(self))
+    load = SpecUnpickler.load
+    monkeypatch.setattr(SpecUnpickler, "load", lambda self: unpickled.append(self) or load(self))
     _refused(partial(load_official_checkpoint, path), str(path), "'memo/data.pkl'", "memo index")
     assert unpickled == []  # refused by the opcode check, before the C unpickler reads the pickle
 
