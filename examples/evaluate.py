@@ -58,9 +58,9 @@ from weclip_hf.script_arguments import (
     add_process_device_flag,
     at_least_one,
     check_device_fits_launch,
-    check_model_argument,
     check_output_path,
     check_preset_fits_model,
+    check_saved_model_flag,
     check_source_flags,
     check_switched_flags,
     first_paragraph,
@@ -199,6 +199,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.toy = names_no_dataset(args)
     check_source_flags(p, args)
     check_device_fits_launch(p, args.device)
+    check_saved_model_flag(p, args)  # before the accelerate state, the model and the data
     if args.toy_val_images is None:
         args.toy_val_images = get_preset("toy").dataset.toy_sizes[1]
     settings = evaluation_settings(args.preset, args.toy)
@@ -290,7 +291,6 @@ def settings_report(args: argparse.Namespace, ignore_index: int) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    check_model_argument(args.model_name_or_path)
     if args.output_json:  # its folder made now: a missing one lost the JSON after the whole evaluation
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
     # under `accelerate launch` / torchrun each process scores its share of the images (confusion matrices summed)

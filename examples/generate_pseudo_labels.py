@@ -81,7 +81,7 @@ from weclip_hf.batch_jobs import (
 from weclip_hf.evaluation import processor_input_size
 from weclip_hf.hub import create_hub_repo
 from weclip_hf.normalization import PixelNormalization
-from weclip_hf.script_arguments import check_model_argument, first_paragraph, process_device, process_state
+from weclip_hf.script_arguments import first_paragraph, process_device, process_state
 
 
 def main(argv=None) -> dict | None:
@@ -89,8 +89,6 @@ def main(argv=None) -> dict | None:
     report."""
     # every process checks --output_dir (`check_output_dir`); the main process then makes its state folder first
     args = parse_args(argv, first_paragraph(__doc__))
-    if args.model:  # before --output_dir is made
-        check_model_argument(args.model, "--model")
     state = process_state(args.device)
     device = process_device(args.device, state)
     for note in args.split_notes:

@@ -531,7 +531,9 @@ def test_model_folder_checks(tmp_path):
         check_model_argument(str(weights))
 
 
-def test_model_folder_checks_name_a_folder_that_is_no_weclip_model(tmp_path, tiny_clip, toy_weclip_dir):
+def test_model_folder_checks_name_a_folder_that_is_no_weclip_model(
+    tmp_path, tiny_clip, toy_weclip_dir, capsys
+):
     """The scripts load with the Auto classes, whose errors for these say "Unrecognized model" and list a hundred
     model types: a folder without config.json, and a CLIP's folder, are named with what to give instead."""
     with pytest.raises(FileNotFoundError, match=r"has no config.json: not a saved model folder"):
@@ -541,25 +543,70 @@ def test_model_folder_checks_name_a_folder_that_is_no_weclip_model(tmp_path, tin
     ):
         check_model_argument(str(tiny_clip))
     check_model_argument(str(toy_weclip_dir))  # a WeCLIP folder passes
-    # each script that loads a saved model checks it first
-    clip_refused = r"holds a 'clip' model, not a WeCLIP one"
-    with pytest.raises(ValueError, match=f"--model_name_or_path {tiny_clip} {clip_refused}"):
-        train_in_process("--model_name_or_path", tiny_clip, "--output_dir", tmp_path / "run", *FAST)
+    # each script that loads a saved model refuses it at parsing (`check_saved_model_flag`), a usage error
+    clip_refused = f"{tiny_clip} holds a 'clip' model, not a WeCLIP one"
+    run = tmp_path / "run"
+    train_argv = ["--model_name_or_path", tiny_clip, "--output_dir", run, *FAST]
+    error = parse_error(lambda argv: train_in_process(*argv), train_argv, capsys)
+    assert f"error: --model_name_or_path {clip_refused}" in error
+    assert not run.exists()  # refused before the run claims its folder
     out = tmp_path / "pseudo"
-    with pytest.raises(ValueError, match=f"--model {tiny_clip} {clip_refused}"):
-        generate_pseudo_labels.main(["--model", str(tiny_clip), "--output_dir", str(out)])
+    error = parse_error(
+        generate_pseudo_labels.main, ["--model", str(tiny_clip), "--output_dir", str(out)], capsys
+    )
+    assert f"error: --model {clip_refused}" in error
     assert not out.exists()  # refused before its output folder is made
     for script, more in (
         (segment, ["--images", str(tmp_path), "--output_dir", str(out)]),
         (evaluate_script, []),
     ):
-        with pytest.raises(ValueError, match=f"--model_name_or_path {tiny_clip} {clip_refused}"):
-            script.main(["--model_name_or_path", str(tiny_clip), *more])
+        error = parse_error(script.main, ["--model_name_or_path", str(tiny_clip), *more], capsys)
+        assert f"error: --model_name_or_path {clip_refused}" in error
 
 
-def test_evaluate_refuses_a_missing_model_folder_before_loading_anything():
-    with pytest.raises(FileNotFoundError, match="/tmp/nope-weclip: no such folder"):
-        evaluate_script.main(["--model_name_or_path", "/tmp/nope-weclip"])
+def test_evaluate_refuses_a_missing_model_folder_before_loading_anything(capsys):
+    error = parse_error(evaluate_script.main, ["--model_name_or_path", "/tmp/nope-weclip"], capsys)
+    assert error.endswith("error: --model_name_or_path /tmp/nope-weclip: no such folder.")
+
+
+# each script's flag of the saved model it loads, with the other flags it needs
+SAVED_MODEL_FLAGS = {
+    "evaluate": ("--model_name_or_path", []),
+    "segment": ("--model_name_or_path", ["--images", "in", "--output_dir", "seg"]),
+    "generate_pseudo_labels": ("--model", ["--output_dir", "pseudo"]),
+    "train": ("--model_name_or_path", ["--output_dir", "run"]),
+    "train_with_trainer": ("--model_name_or_path", ["--output_dir", "run", "--do_eval"]),
+}
+
+
+@pytest.mark.parametrize("script", sorted(SAVED_MODEL_FLAGS))
+def test_a_saved_model_flag_naming_no_saved_model_is_refused_at_parsing(
+    script, tmp_path, tiny_clip, toy_weclip_dir, monkeypatch, capsys
+):
+    """evaluate.py --model_name_or_path ./nope stopped in a FileNotFoundError traceback after parsing (segment.py and
+    generate_pseudo_labels.py --model too), train.py's in a traceback of the tokenizer's loading after the run
+    claimed its folder, train_with_trainer.py --do_eval's in the model's loading. Each refuses what
+    `check_model_argument` refuses at parsing, as a usage error naming the flag; a WeCLIP folder and a Hub id pass."""
+    flag, more = SAVED_MODEL_FLAGS[script]
+    monkeypatch.chdir(tmp_path)
+    parse = load_script(script).parse_args
+    checkpoint = tmp_path / "step_4"
+    checkpoint.mkdir()
+    (checkpoint / "training_state.json").write_text("{}")
+    (tmp_path / "empty").mkdir()
+    refused = {
+        "./nope": "./nope: no such folder.",
+        str(checkpoint): f"{checkpoint} is a training checkpoint of examples/train.py",
+        "empty": "empty has no config.json: not a saved model folder",
+        str(tiny_clip): f"{tiny_clip} holds a 'clip' model, not a WeCLIP one",
+        f"{toy_weclip_dir}/config.json": f"{toy_weclip_dir}/config.json is a file; give the folder",
+    }
+    for value, message in refused.items():
+        assert f"error: {flag} {message}" in parse_error(parse, [flag, value, *more], capsys), value
+    for value in (str(toy_weclip_dir), "someone/weclip-voc"):
+        parsed = parse([flag, value, *more])
+        args = parsed[0] if isinstance(parsed, tuple) else parsed
+        assert getattr(args, flag[2:]) == value
 
 
 # ---- resume -----------------------------------------------------------------------------------------
@@ -915,7 +962,9 @@ DEVICE_SCRIPTS = {
 
 
 def device_argv(script: str, tmp_path, *device: str) -> list[str]:
-    """The required arguments of ``script`` (`DEVICE_SCRIPTS`; a model folder that holds nothing) and ``device``."""
+    """The required arguments of ``script`` (`DEVICE_SCRIPTS`; a model folder of a config.json alone, which parsing
+    accepts and no model loads from) and ``device``."""
+    make_tiny_config().save_pretrained(tmp_path / "model")
     argv = [arg.format(model=tmp_path / "model", tmp=tmp_path) for arg in DEVICE_SCRIPTS[script]]
     return [*argv, *device]
 
@@ -947,7 +996,7 @@ def test_a_device_that_is_not_here_is_refused_before_any_model_loads(
     """segment.py and generate_pseudo_labels.py had no --device (a CPU run on a GPU machine needed
     ACCELERATE_USE_CPU=1); evaluate.py's took any string and failed after loading the model ("Torch not compiled
     with CUDA enabled", or torch's list of twenty device types for 'gpu'). Now --device is refused at parse time,
-    saying what there is, before any model is read (the model folder given does not even exist)."""
+    saying what there is, before any model is read (the model folder given holds no weights)."""
     import weclip_hf.script_arguments as script_arguments
 
     monkeypatch.setattr(script_arguments, "device_count", only_the_cpu_and_two(None))

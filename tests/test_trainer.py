@@ -635,7 +635,9 @@ def test_train_with_trainer_phase_checks_refuse_what_a_saved_models_scoring_igno
     --crop_size 0 is refused; only --do_train / --do_eval given and asking for a final evaluation make a dataset
     without a validation split an error (neither given, the run scores where the data has one)."""
     script = trainer_script(monkeypatch)
-    saved = ["--output_dir", str(tmp_path), "--do_eval", "--model_name_or_path", str(tmp_path)]
+    # a saved model's folder (its config suffices: parsing reads nothing else), which parsing accepts
+    WeCLIPConfig(class_names=["cat", "dog"]).save_pretrained(tmp_path / "model")
+    saved = ["--output_dir", str(tmp_path), "--do_eval", "--model_name_or_path", str(tmp_path / "model")]
     refusals = {
         (*saved, "--clip_model_name_or_path", "c"): "--clip_model_name_or_path acts on a run that trains",
         (*saved, "--push_to_hub"): "--push_to_hub acts on a run that trains",

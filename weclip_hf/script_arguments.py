@@ -559,6 +559,24 @@ def saved_config(args: argparse.Namespace) -> dict:
     return cached[1]
 
 
+def check_saved_model_flag(parser: argparse.ArgumentParser, args, dest: str = "model_name_or_path") -> None:
+    """Refuse the saved-model flag ``--dest`` where `check_model_argument` refuses it (a path to no folder, a file, a
+    training checkpoint, a folder without config.json or of another model type), as the parser's error: the
+    scripts refused it after parsing, in a traceback, some after the accelerate state or the data. A Hub id passes
+    unread (loading it names an offline failure: `naming_the_model_flag`); a folder's config is kept for
+    `saved_config`, which reads it once."""
+    name_or_path = getattr(args, dest, None)
+    if not name_or_path:
+        return
+    try:
+        local = check_model_argument(name_or_path, f"--{dest}")
+    except (OSError, ValueError) as err:
+        parser.error(str(err))
+    # the flag that `saved_config` reads
+    if local is not None and dest == "model_name_or_path":
+        setattr(args, SAVED_CONFIG_CACHE, (name_or_path, local))
+
+
 def saved_training_preset(args: argparse.Namespace) -> str | None:
     """The preset whose recipe trained the model of ``--model_name_or_path`` (its config's ``training_preset``),
     where recorded and known; None without one."""

@@ -24,6 +24,7 @@ from weclip_hf.script_arguments import (
     check_hub_token,
     check_output_path,
     check_preset_fits_data,
+    check_saved_model_flag,
     check_source_flags,
 )
 from weclip_hf.wording import folder_contents
@@ -122,6 +123,7 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
         )
     if args.model and (args.clip_model_name_or_path or args.class_names or args.background_names):
         p.error("--model fixes the CLIP and the class names: drop --clip_model_name_or_path / --class_names")
+    check_saved_model_flag(p, args, "model")  # before the accelerate state, the data and --output_dir
     check_preset_fits_data(p, args)
     check_output_path(p, "--output_dir", args.output_dir)
     check_output_dir(p, args)

@@ -17,6 +17,7 @@ from weclip_hf.script_arguments import (
     add_process_device_flag,
     check_device_fits_launch,
     check_output_path,
+    check_saved_model_flag,
     check_source_flags,
     check_switched_flags,
     resolve_crf_flags,
@@ -84,6 +85,7 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
         p.error(f"--batch_size must be >= 1, got {args.batch_size}")
     check_source_flags(p, args)
     check_device_fits_launch(p, args.device)
+    check_saved_model_flag(p, args)  # before the accelerate state and the inputs
     check_output_path(p, "--output_dir", args.output_dir)
     check_switched_flags(p, args, {"scales": "msf", **dict.fromkeys(CRF_PARAMETER_FLAGS, "crf")})
     resolve_crf_flags(p, args)

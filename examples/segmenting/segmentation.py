@@ -12,7 +12,7 @@ from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.crf import crf_refine_labels
 from weclip_hf.image_processing_weclip import processor_settings
 from weclip_hf.inference import image_logits, multiscale_flip_logits
-from weclip_hf.script_arguments import check_model_argument, naming_the_model_flag
+from weclip_hf.script_arguments import naming_the_model_flag
 from weclip_hf.visualization import overlay_figure, present_class_cams
 
 
@@ -21,7 +21,6 @@ def load_model(
 ) -> tuple[WeCLIPForSemanticSegmentation, WeCLIPImageProcessor]:
     """The model of ``--model_name_or_path`` in evaluation mode on ``device`` (`process_device`), and its image
     processor (the warning of a folder without one given by the main process)."""
-    check_model_argument(args.model_name_or_path)
     with naming_the_model_flag(args.model_name_or_path):
         model = AutoModelForSemanticSegmentation.from_pretrained(
             args.model_name_or_path, dtype=getattr(torch, args.dtype)

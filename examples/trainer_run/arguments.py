@@ -30,6 +30,7 @@ from weclip_hf.script_arguments import (
     check_one_data_source,
     check_preset_fits_data,
     check_preset_fits_model,
+    check_saved_model_flag,
     check_source_flags,
     fraction,
     model_type_of_args,
@@ -159,12 +160,14 @@ def parse_args(argv=None, description: str | None = None) -> tuple[WeCLIPArgumen
     first.set_defaults(num_train_epochs=None, do_train=None, do_eval=None)
     given, _ = first.parse_known_args(argv)
     flags = {str(token).split("=")[0] for token in (sys.argv[1:] if argv is None else argv)}
+    full = parser(description=description)
+    # before the recipe, which a saved model's config may pick: a folder that holds none is a usage error
+    check_saved_model_flag(full, given)
     recipe = get_preset(recipe_name(given)).training  # WeCLIP+'s VOC recipe with --dino_model_name_or_path
     max_steps = given.max_steps if given.max_steps > 0 else recipe.max_train_steps
     # Trainer counts epochs only without max_steps
     if given.num_train_epochs is not None and given.max_steps <= 0:
         max_steps = -1
-    full = parser(description=description)
     for action in full._actions:  # Trainer's text says biases and norms are exempt: WeCLIPTrainer's are not
         if action.dest == "weight_decay":
             action.help = (

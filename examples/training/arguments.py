@@ -30,6 +30,7 @@ from weclip_hf.script_arguments import (
     check_output_path,
     check_preset_fits_data,
     check_preset_fits_model,
+    check_saved_model_flag,
     check_source_flags,
     config_values,
     fraction,
@@ -402,6 +403,7 @@ def parse_args(argv=None, description: str | None = None) -> argparse.Namespace:
             "one (its backbones are in it): give one of them."
         )
     check_backbone_flags(p, args)  # before the data loads: the model is built after it
+    check_saved_model_flag(p, args)  # the trained model it continues: before the data loads too
     if args.train_val_split and args.validation_split == "none":
         p.error(
             "--train_val_split holds out a validation split, and --validation_split none asks for none: give one."
