@@ -707,6 +707,51 @@ def test_train_with_trainer_evaluation_of_a_saved_model_refuses_data_without_a_v
         run_script(script, *argv)
 
 
+def test_train_with_trainer_scores_a_saved_model_with_its_classes_and_its_presets_settings(
+    tmp_path, monkeypatch
+):
+    """--do_eval alone scores the saved model with its own classes, with the evaluation settings of the preset it
+    was trained with: a dataset whose label column (a ClassLabel) names the background, which a run taking the
+    dataset's classes refuses, is scored; the images at VOC's and COCO's long side (512), not the saved processor's
+    96; an image without any class kept by VOC's preset, left out by COCO's (as its official validation list)."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    script = trainer_script(monkeypatch)
+    model = toy_model()
+    names = ["background", *model.config.class_names[:2]]
+    labels = datasets.List(datasets.ClassLabel(names=names))
+    features = datasets.Features(
+        {"image": datasets.Image(), "annotation": datasets.Image(), "labels": labels}
+    )
+    mask = np.array([[0, 1], [2, 1]], np.uint8).repeat(12, 0).repeat(12, 1)
+    masks = [Image.fromarray(m) for m in (mask, mask, np.zeros_like(mask))]
+    rows = {
+        "image": [Image.new("RGB", (24, 24))] * 3,
+        "annotation": masks,
+        "labels": [[0, 1, 2], [0, 1, 2], [0]],
+    }
+    split = datasets.Dataset.from_dict(rows, features=features)
+    datasets.DatasetDict({"validation": split}).save_to_disk(tmp_path / "data")
+    evaluation, scored = trainer_phase("evaluation"), []
+
+    class RecordingTrainer(evaluation.WeCLIPTrainer):
+        def evaluate(self, *args, **kwargs) -> dict:
+            scored.append((len(self.eval_dataset), self._evaluation_input_size()))
+            return {"eval_miou": 0.5}
+
+    monkeypatch.setattr(evaluation, "WeCLIPTrainer", RecordingTrainer)
+    for preset in ("voc", "coco"):
+        model.config.training_preset = preset
+        model.save_pretrained(tmp_path / preset)
+        WeCLIPImageProcessor(size={"longest_edge": 96}).save_pretrained(tmp_path / preset)
+        saved = ["--model_name_or_path", tmp_path / preset, "--dataset_path", tmp_path / "data"]
+        results = run_script(script, "--output_dir", tmp_path / f"scored-{preset}", "--do_eval", *saved)
+        assert results == {"eval_miou": 0.5}
+    assert scored == [(3, 512), (2, 512)]
+
+
 def test_train_with_trainer_run_end_message_says_what_a_resume_trains_again_and_how_to_score(tmp_path):
     """A signal in the end of a 5-step run: a resume from checkpoint-3 trains steps 4-5 again; the saved model's
     scoring is suggested once it is saved and its final evaluation is not done; without a checkpoint or anything
