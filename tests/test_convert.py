@@ -641,6 +641,45 @@ def test_a_decoder_of_another_mlp_ratio_converts_with_that_ratio(official):
     assert ours["decoder.blocks.1.mlp.fc1.weight"].shape == (2 * dim, dim)
 
 
+def test_the_clip_towers_mlp_widths_come_from_their_shapes_and_their_head_counts_from_the_overrides(official):
+    """`infer_clip_configs` reads each tower's MLP width from its ``mlp.c_fc`` rows (a CLIP whose MLPs are twice its
+    width, not OpenAI's 4, converts) and both towers' projection dim from ``visual.proj``; ``vision_heads`` /
+    ``text_heads`` set each tower's head count (`infer_config_from_official`)."""
+    narrow, gen = dict(official), torch.Generator().manual_seed(0)
+    towers = (("visual.transformer.resblocks", TINY["vision_width"], 6), ("transformer.resblocks", 64, 2))
+    for stem, width, layers in towers:
+        shapes = {"mlp.c_fc.weight": (2 * width, width), "mlp.c_fc.bias": (2 * width,)}
+        shapes["mlp.c_proj.weight"] = (width, 2 * width)
+        for i in range(layers):
+            narrow.update({f"encoder.{stem}.{i}.{k}": _random(k, s, gen) for k, s in shapes.items()})
+    config = infer_config_from_official(narrow, "voc", decoder_num_heads=4, vision_heads=4, text_heads=2)
+    vision, text = config.vision_config, config.text_config
+    assert (vision.intermediate_size, text.intermediate_size) == (256, 128)
+    assert (vision.num_attention_heads, text.num_attention_heads) == (4, 2)
+    assert vision.projection_dim == text.projection_dim == config.projection_dim == TINY["embed_dim"]
+    ours, _ = official_to_weclip(narrow, config)
+    assert ours["vision_model.encoder.layers.5.mlp.fc1.weight"].shape == (256, 128)
+    assert ours["text_model.encoder.layers.1.mlp.fc2.weight"].shape == (64, 128)
+
+
+def test_a_checkpoint_without_a_middle_block_is_as_deep_as_its_last_block(official):
+    """Depths are 1 + the largest block index (`config_inference._count_blocks`), not the number of blocks found:
+    a checkpoint missing one middle block of its CLIP or of its DINOv2 gets the depth of the model it was saved
+    from, and the conversion names that block's keys as missing (it was taken for a shallower model)."""
+    plus = make_official_plus_state_dict(dino_layers=3)
+    cases = (
+        (official, "encoder.visual.transformer.resblocks.2.", "voc", dict(decoder_num_heads=4)),
+        (plus, "dino_encoder.blocks.1.", "voc-plus", PLUS_KWARGS),
+    )
+    for state, block, preset, kwargs in cases:
+        holed = {k: v for k, v in state.items() if not k.startswith(block)}
+        config = infer_config_from_official(holed, preset, **kwargs)
+        depth = config.dino_config if preset == "voc-plus" else config.vision_config
+        assert depth.num_hidden_layers == (3 if preset == "voc-plus" else 6)
+        with pytest.raises(ValueError, match=r"Missing (CLIP )?keys.*" + re.escape(block)):
+            official_to_weclip(holed, config)
+
+
 def test_real_vit_b16_sizes_on_meta_device():
     sizes = dict(
         vision_width=768,
@@ -1463,6 +1502,13 @@ def test_infer_weclip_plus_config_from_tiny_shapes(official_plus, plus_config):
     )  # 24 // 64
 
 
+def test_dino_heads_sets_the_dinov2_head_count_and_is_no_field_of_the_config(plus_config):
+    """``dino_heads`` (an override of `infer_config_from_official`) is the DINOv2's head count, taken out of the
+    overrides: it was a stray ``dino_heads`` field of the converted config.json too."""
+    assert plus_config.dino_config.num_attention_heads == PLUS_KWARGS["dino_heads"]
+    assert "dino_heads" not in plus_config.to_dict() and not hasattr(plus_config, "dino_heads")
+
+
 def test_real_dinov2_sizes_give_the_official_variants():
     from weclip_hf.conversion import dino_variant_name, infer_dino_config
 
@@ -1716,6 +1762,9 @@ def test_only_a_clip_of_the_official_sizes_is_named_as_the_official_clip():
 
     assert is_official_clip(CLIPVisionConfig(patch_size=16))  # OpenAI's ViT-B/16
     assert not is_official_clip(CLIPVisionConfig())  # ViT-B/32
+    # ViT-B/16 at 384 px: another position grid, another model
+    assert not is_official_clip(CLIPVisionConfig(patch_size=16, image_size=384))
+    assert not is_official_clip(CLIPVisionConfig(patch_size=16, intermediate_size=2048))  # another MLP
     assert not is_official_clip(
         CLIPVisionConfig(patch_size=16, hidden_size=1024, num_attention_heads=16, num_hidden_layers=24)
     )
