@@ -287,6 +287,15 @@ def test_caps_passed_as_arguments(tmp_path):
         "max_member_bytes",
     )
     _refused(partial(load_official_checkpoint, path, max_total_bytes=2**17), str(path), "max_total_bytes")
+    # an OpenAI TorchScript archive is read under the caps given too (its reader took the default member cap)
+    storage = torch.randn(2**14).numpy().tobytes()  # one 64 KiB member
+    scripted = _torchscript_archive(
+        tmp_path / "small.pt", _tensor(_Storage("0", 2**14), 0, (2**14,), (1,)), {"0": storage}
+    )
+    assert load_official_checkpoint(scripted).keys() == {"w"}
+    _refused(
+        partial(load_official_checkpoint, scripted, max_member_bytes=2**15), str(scripted), "max_member_bytes"
+    )
 
 
 def test_views_sharing_one_storage_count_against_the_total(tmp_path):
@@ -575,6 +584,9 @@ def test_a_safetensors_file_of_the_official_weights_is_read(tmp_path):
     )
     save_file(dict(state), tmp_path / "weclip.safetensors")
     loaded = load_official_checkpoint(tmp_path / "weclip.safetensors")
+    # a folder is named with the checkpoints it holds, a safetensors file among them
+    with pytest.raises(ValueError, match=r"is a folder: .*\(this folder holds weclip\.safetensors\)"):
+        load_official_checkpoint(tmp_path)
     assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], v) for k, v in state.items())
     raw = (tmp_path / "weclip.safetensors").read_bytes()
     for name, cut in (("cut_data", len(raw) - 8), ("cut_header", 30)):  # in the tensors, in the JSON header
