@@ -7,6 +7,7 @@ device); the reference computations below run CLIP and the decoder directly from
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import re
@@ -951,6 +952,14 @@ def test_script_writes_a_loadable_folder(tmp_path, real_vocab_checkpoint):
         and "`voc`" in card
         and "image-segmentation" in card
     )
+    import hashlib
+
+    assert f"(sha256 `{hashlib.sha256(checkpoint.read_bytes()).hexdigest()}`)" in card
+    from huggingface_hub import ModelCard
+
+    assert "voc" in ModelCard.load(out / "README.md").data.tags  # the preset, a tag of the card
+    # the text embeddings' tokenizer (--tokenizer) named; the preset's classes, not the checkpoint's own
+    assert "CLIP tokenizer `clip-tokenizer (a local folder)`" in card and "own classes" not in card
     # the checkpoint's own CLIP is tiny: not the official ViT-B/16, which the card named as its base model
     assert "openai/clip-vit-base-patch16" not in card and "base_model" not in card
 
@@ -961,13 +970,17 @@ def test_script_push_to_hub_uses_the_hub_api(tmp_path, real_vocab_checkpoint, hu
     checkpoint, _ = real_vocab_checkpoint
     out = tmp_path / "pushed"
     argv = ["--checkpoint", str(checkpoint), "--tokenizer", str(TOKENIZER), "--preset", "voc"]
-    _script().main([*argv, "--output_dir", str(out), "--push_to_hub", "--hub_model_id", hub_model_id])
+    push = ["--push_to_hub", "--hub_model_id", hub_model_id, "--private", "--hub_token", "hf_test"]
+    _script().main([*argv, "--output_dir", str(out), *push])
     assert [c["repo_id"] for c in fake_hub.created] == [hub_model_id, "me/weclip-test"]
+    # --private and --hub_token reach the repository's creation and the upload
+    assert all(c["private"] is True and c["token"] == "hf_test" for c in fake_hub.created), fake_hub.created
     card = (out / "README.md").read_text()
     assert 'from_pretrained("me/weclip-test", trust_remote_code=True)' in card
     assert 'model="me/weclip-test"' in card
     (upload,) = fake_hub.uploaded
     assert upload["folder_path"] == str(out) and upload["repo_id"] == "me/weclip-test"
+    assert upload["token"] == "hf_test"
     assert sorted(upload["allow_patterns"]) == sorted(p.name for p in out.iterdir())
 
 
@@ -980,6 +993,37 @@ def test_script_argument_errors(capsys):
     with pytest.raises(SystemExit):
         script.parse_args(["--checkpoint", "x.pth", "--output_dir", "o", "--tokenizer", "t", "--push_to_hub"])
     assert "error: --push_to_hub needs --hub_model_id" in capsys.readouterr().err
+
+
+def test_script_checks_clip_at_parsing_and_passes_no_check_clip_to_the_converter(
+    tmp_path, clip_folder, capsys
+):
+    """A --clip that is no transformers CLIP folder (OpenAI's .pt file) is refused at parsing, before a --push_to_hub
+    repository is created; --no_check_clip is ``check_clip=False`` of `convert_official_checkpoint` (use --clip as
+    it is); without it the CLIP is checked."""
+    script = _script()
+    (tmp_path / "ViT-B-16.pt").write_bytes(b"x")
+    with pytest.raises(SystemExit):
+        script.parse_args(
+            ["--checkpoint", "x.pth", "--clip", str(tmp_path / "ViT-B-16.pt"), "--output_dir", "o"]
+        )
+    assert "--clip / clip= takes a transformers CLIP folder" in capsys.readouterr().err
+    argv = ["--checkpoint", "x.pth", "--clip", str(clip_folder), "--tokenizer", str(TOKENIZER)]
+    argv += ["--output_dir", str(tmp_path / "o")]
+    require_data(TOKENIZER, "the CLIP tokenizer")
+    for extra, checked in (([], True), (["--no_check_clip"], False)):
+        with mock.patch.object(
+            script, "convert_official_checkpoint", side_effect=KeyboardInterrupt
+        ) as convert:
+            with pytest.raises(KeyboardInterrupt):
+                script.main([*argv, *extra])
+        assert convert.call_args.kwargs["check_clip"] is checked
+    # the card's base model: --clip as given (a Hub id of another CLIP than the official one too)
+    from transformers import CLIPVisionConfig
+
+    b32 = mock.Mock(vision_config=CLIPVisionConfig())
+    assert script.clip_hub_id(argparse.Namespace(clip="me/clip-b32"), b32) == "me/clip-b32"
+    assert script.clip_hub_id(argparse.Namespace(clip=None), b32) is None
 
 
 def test_script_refuses_an_output_dir_that_is_a_file_before_converting(tmp_path, capsys):
@@ -1036,6 +1080,16 @@ def test_script_refuses_an_output_dir_that_is_not_empty_before_converting(tmp_pa
     with pytest.raises(SystemExit):
         script.parse_args(["--checkpoint", str(out / "metrics.json"), *argv[2:], "--overwrite_output_dir"])
     assert "would delete --checkpoint" in capsys.readouterr().err
+    # nor one that holds --tokenizer, or the working directory
+    with pytest.raises(SystemExit):
+        script.parse_args([*argv, "--tokenizer", str(out / "step_250"), "--overwrite_output_dir"])
+    assert "would delete --tokenizer" in capsys.readouterr().err
+    with (
+        mock.patch.object(script.os, "getcwd", return_value=str(out / "overlays")),
+        pytest.raises(SystemExit),
+    ):
+        script.parse_args([*argv, "--overwrite_output_dir"])
+    assert "would delete the working directory" in capsys.readouterr().err
 
 
 def test_script_loads_the_tokenizer_once_and_saves_the_one_the_embeddings_were_computed_with(
@@ -1510,6 +1564,7 @@ def test_dino_heads_sets_the_dinov2_head_count_and_is_no_field_of_the_config(plu
 
 
 def test_real_dinov2_sizes_give_the_official_variants():
+    from weclip_hf.configuration_weclip_plus import DINO_VARIANTS
     from weclip_hf.conversion import dino_variant_name, infer_dino_config
 
     for registers, name in ((0, "dinov2_vitb14"), (4, "dinov2_vitb14_reg")):
@@ -1517,6 +1572,9 @@ def test_real_dinov2_sizes_give_the_official_variants():
         config = infer_dino_config({k: torch.empty(s, device="meta") for k, s in shapes.items()})
         assert (config.hidden_size, config.num_attention_heads, config.image_size) == (768, 12, 518)
         assert dino_variant_name(config) == name
+        # the converted model card's base model: the variant's Hub checkpoint
+        weclip_plus = mock.Mock(model_type="weclip_plus", dino_config=config)
+        assert _script().dino_hub_id(weclip_plus) == DINO_VARIANTS[name].hub_id
 
 
 def test_weclip_plus_round_trip_official_ours_official(official_plus, plus_config):
@@ -1731,7 +1789,8 @@ def test_script_converts_a_weclip_plus_checkpoint(tmp_path):
     state = model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in expected.items())
     card = (out / "README.md").read_text()
-    for text in ("WeCLIP+", "Frozen CLIP-DINO", "`voc-plus`", "`dino_encoder.*`", "4 register tokens"):
+    dino = "2 blocks of width 24, 4 register tokens"  # TINY_DINO's
+    for text in ("WeCLIP+", "Frozen CLIP-DINO", "`voc-plus`", "`dino_encoder.*`", dino):
         assert text in card, text
 
 
@@ -1839,6 +1898,49 @@ def test_merging_reports_adds_every_list():
     report.merge(other)
     assert (report.replaced, report.clip_keys) == (["encoder.a", "encoder.b"], ["x", "y"])
     assert report.computed == ["background_text_embeds", "class_text_embeds"]
+
+
+def test_the_report_summary_says_what_each_part_holds_and_nothing_it_does_not():
+    """`ConversionReport.summary`: the tensors read and written, a given CLIP in one sentence naming it (the
+    checkpoint's own CLIP tensors replaced only where it had them: none read, none said), the keys computed after
+    loading; `raise_for_keys` names the count, every key sorted, then the hint."""
+    from weclip_hf.conversion import ConversionReport
+    from weclip_hf.conversion.report import raise_for_keys
+
+    report = ConversionReport(
+        mapped={"decoder.linear_pred.weight": ["decoder.classifier.weight"]},
+        source_dtypes={"float32": 1},
+        clip_keys=["vision_model.a", "text_model.b"],
+        clip_source="the CLIP `c`",
+        computed=["class_text_embeds"],
+    )
+    assert report.summary() == (
+        "1 official tensors (1 float32) -> 3 tensors (float32). CLIP: 2 tensors from the CLIP `c`. "
+        "Computed after loading: class_text_embeds."
+    )
+    with pytest.raises(ValueError) as raised:
+        raise_for_keys("Missing keys", ["b.weight", "a.bias"], "Check the preset.")
+    assert str(raised.value) == "Missing keys (2): a.bias, b.weight. Check the preset."
+    raise_for_keys("Missing keys", [])  # nothing to name: no error
+
+
+def test_a_given_clip_of_another_tensor_shape_is_named_not_compared():
+    """`_compare_clip` names a tensor of the checkpoint's CLIP whose shape the given CLIP's differs from (its text
+    tower's sizes are not checked before: a --clip of another context length or vocabulary reaches it), with both
+    shapes; comparing the values raised torch's own error, naming no key."""
+    from weclip_hf.conversion.convert_weclip import _compare_clip
+
+    ckpt = {
+        "text_model.embeddings.position_embedding.weight": torch.zeros(16, 4),
+        "logit_scale": torch.ones(()),
+    }
+    given = {
+        "text_model.embeddings.position_embedding.weight": torch.zeros(77, 4),
+        "logit_scale": torch.ones(()),
+    }
+    assert _compare_clip(ckpt, given) == [
+        "text_model.embeddings.position_embedding.weight (shape (16, 4) vs (77, 4))"
+    ]
 
 
 def test_a_checkpoint_converts_with_its_own_preset_which_the_model_records(official_plus):
@@ -1967,6 +2069,16 @@ def test_a_weclip_plus_checkpoint_with_a_24_block_clip_warns(caplog):
             preset="voc-plus",
             tokenizer=FakeCLIPTokenizer(TINY["vocab"]),
             **PLUS_KWARGS,
+        )
+    assert "24-block" not in caplog.text
+    # WeCLIP's own code has no such path: a WeCLIP checkpoint with a 24-block CLIP converts without the warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        convert_official_checkpoint(
+            make_official_state_dict(vision_layers=24, vision_width=64),
+            preset="voc",
+            tokenizer=FakeCLIPTokenizer(TINY["vocab"]),
+            decoder_num_heads=4,
         )
     assert "24-block" not in caplog.text
 
