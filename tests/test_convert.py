@@ -1980,6 +1980,18 @@ def test_training_checkpoint_entries_beside_the_weights(tmp_path, official, capl
     torch.save(looped, tmp_path / "looped.pth")
     with pytest.raises(ValueError, match="its entries hold themselves"):
         load_official_checkpoint(tmp_path / "looped.pth")
+    # weights nested one entry deeper, with no tensor beside them (the docstring's "nested ones too")
+    for nesting in (
+        {"state_dict": {"model": dict(official), "epoch": 1}},
+        {"model": {"state_dict": dict(official)}},
+    ):
+        torch.save(nesting, tmp_path / "nested.pth")
+        assert load_official_checkpoint(tmp_path / "nested.pth").keys() == official.keys()
+    empty_loop = {"iter": 3}
+    empty_loop["model"] = empty_loop  # holding itself and no tensor: refused, not read forever
+    torch.save(empty_loop, tmp_path / "empty_loop.pth")
+    with pytest.raises(ValueError, match="not tensors"):
+        load_official_checkpoint(tmp_path / "empty_loop.pth")
     given = convert_official_checkpoint(  # a dict given is read as a file's contents
         {"model": {"module." + k: v for k, v in official.items()}, "iter": 3},
         preset="voc",

@@ -28,9 +28,16 @@ logger = hf_logging.get_logger(__name__)
 _WEIGHT_ENTRIES = ("state_dict", "model", "model_state_dict")
 
 
-def _holds_tensors(value: Any) -> bool:
-    """Whether ``value`` is a dict with a tensor among its values."""
-    return isinstance(value, dict) and any(isinstance(v, torch.Tensor) for v in value.values())
+def _holds_tensors(value: Any, seen: set[int] | None = None) -> bool:
+    """Whether ``value`` is a dict with a tensor among its values, or among those of one of its `_WEIGHT_ENTRIES`
+    (nested, each dict once: ``seen``, a dict holding itself)."""
+    seen = set() if seen is None else seen
+    if not isinstance(value, dict) or id(value) in seen:
+        return False
+    seen.add(id(value))
+    if any(isinstance(v, torch.Tensor) for v in value.values()):
+        return True
+    return any(_holds_tensors(value.get(k), seen) for k in _WEIGHT_ENTRIES)
 
 
 def _weights_entry(state: Any, source: str | Path) -> Any:
