@@ -57,15 +57,9 @@ from weclip_hf.conversion import (
     is_official_clip,
 )
 from weclip_hf.conversion.convert_weclip import converter_tokenizer
-from weclip_hf.hub import (
-    METHODS,
-    card_repo_id,
-    create_hub_repo,
-    make_model_card,
-    publish_folder,
-    save_model_card,
-)
+from weclip_hf.hub import create_hub_repo, publish_folder
 from weclip_hf.image_processing_weclip import processor_settings
+from weclip_hf.model_card import METHODS, card_repo_id, make_model_card, save_model_card
 from weclip_hf.model_loading import public_source_name
 from weclip_hf.presets import CLIP_MODEL, get_preset
 from weclip_hf.run_folder import remove_entry

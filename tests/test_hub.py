@@ -13,7 +13,7 @@ import pytest
 from conftest import FAST, ROOT, RecordingHub, example_module, make_tiny_config, train_in_process
 
 from weclip_hf.conversion import ConversionReport
-from weclip_hf.hub import METHODS, make_model_card
+from weclip_hf.model_card import METHODS, make_model_card
 
 CITATION = METHODS["weclip"].citation
 SHARED_SECTIONS = ["## Source", "## Results", "## Usage", "## Intended use and limitations", "## Citation"]
@@ -30,7 +30,7 @@ def _import_example(name: str):
 def test_the_citation_is_written_once_in_the_code():
     files = [*(ROOT / "weclip_hf").rglob("*.py"), *(ROOT / "examples").rglob("*.py")]
     holders = [p.relative_to(ROOT) for p in files if "@inproceedings{zhang2024frozen" in p.read_text()]
-    assert holders == [Path("weclip_hf/hub.py")]
+    assert holders == [Path("weclip_hf/model_card.py")]
 
 
 def test_unknown_model_type_is_named():
@@ -666,7 +666,7 @@ def test_hub_errors_never_quote_the_token_however_it_is_cut(fake_hub):
 
 
 def test_only_the_models_own_results_are_claimed():
-    from weclip_hf.hub import split_model_metrics
+    from weclip_hf.model_card import split_model_metrics
 
     figures = {"miou": 0.5, "miou_msf_crf": 0.6, "cam_miou": 0.4, "pseudo_label_miou": 0.45}
     assert split_model_metrics(figures) == (

@@ -21,10 +21,10 @@ from transformers.dynamic_module_utils import get_imports, get_relative_imports
 from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation, WeCLIPImageProcessor
 from weclip_hf.hub import publishable_files
 
-# hub.py: `push_to_hub` imports it lazily, so the remote copy must have it too; clip_features.py and
-# model_loading.py: the frozen CLIP tower the model runs and the checks its from_pretrained makes; image_reading.py:
-# how the processor reads its inputs; par_kernels.py: PAR's Triton kernels, which par_triton.py imports on first use
-# (without them a GPU runs the eager PAR, 4-10x slower)
+# hub.py: `push_to_hub` imports it lazily, so the remote copy must have it too, with model_card.py (its default
+# card); clip_features.py and model_loading.py: the frozen CLIP tower the model runs and the checks its
+# from_pretrained makes; image_reading.py: how the processor reads its inputs; par_kernels.py: PAR's Triton kernels,
+# which par_triton.py imports on first use (without them a GPU runs the eager PAR, 4-10x slower)
 CODE_FILES = {
     "configuration_weclip.py",
     "modeling_weclip.py",
@@ -33,6 +33,7 @@ CODE_FILES = {
     "image_processing_weclip.py",
     "image_reading.py",
     "hub.py",
+    "model_card.py",
     "par_kernels.py",
 }
 

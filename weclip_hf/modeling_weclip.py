@@ -674,7 +674,7 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
             image_processor: the processor to ship; default: the one saved in the folder the model was loaded
                 from, else `WeCLIPImageProcessor` for this patch size (ImageNet statistics, long side 512, as the
                 official evaluation).
-            model_card: a `huggingface_hub.ModelCard`; default `weclip_hf.hub.make_model_card` with ``metrics``
+            model_card: a `huggingface_hub.ModelCard`; default `weclip_hf.model_card.make_model_card` with ``metrics``
                 and the extra Hub ``tags``.
             commit_message: default "Upload <the model's class name>".
             commit_description, private, token, revision, create_pr: as for `huggingface_hub`'s upload; other

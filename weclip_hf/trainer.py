@@ -22,8 +22,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, speed_metrics
 from .checkpointing import TRAINING_ARGS_NAME, Computation, compile_mode_in_effect
 from .data.batches import collate_by_size, process_subset
 from .evaluation import MIOU_NAMES, MODES, evaluate_segmentation, processor_input_size
-from .hub import card_repo_id, make_model_card, save_model_card, split_model_metrics
 from .losses import LOSS_TERMS, present_losses
+from .model_card import card_repo_id, make_model_card, save_model_card, split_model_metrics
 from .normalization import PixelNormalization
 from .training import WeCLIPDataCollator, official_adamw, warmup_poly_factor
 from .trajectory import ScriptTerms
@@ -502,13 +502,13 @@ class WeCLIPTrainer(Trainer):
         dataset_description: str | None = None,
         dataset_split: str | None = None,
     ) -> None:
-        """The WeCLIP model card (`weclip_hf.hub.make_model_card`: the method, results, usage, labels,
+        """The WeCLIP model card (`weclip_hf.model_card.make_model_card`: the method, results, usage, labels,
         citation) in the output folder, as `examples/train.py` writes it, instead of `Trainer`'s generic one
         (`push_to_hub` calls this). Its code loads the repository `Trainer` pushes to, else ``model_name`` or
         the output folder's name; its title is ``model_name``, else that repository's name. Results: the
         evaluation of the model as it is (with ``load_best_model_at_end``, the best one's; else the last): the
         decoder's mIoU as the model's results, the CAM and pseudo-label mIoU listed only, on
-        ``dataset_description`` (data that is no Hub ``dataset``: `weclip_hf.hub.describe_dataset`) and
+        ``dataset_description`` (data that is no Hub ``dataset``: `weclip_hf.model_card.describe_dataset`) and
         ``dataset_split`` (default: the split of ``eval_dataset``, `evaluation_set`'s record). ``language``,
         ``tasks``, ``dataset_tags`` and ``dataset_args`` have no place in it."""
         if not self.is_world_process_zero():

@@ -12,7 +12,8 @@ from transformers import PreTrainedTokenizerBase, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from trainer_run.arguments import WeCLIPArguments
-from weclip_hf.hub import describe_dataset, publish_folder
+from weclip_hf.hub import publish_folder
+from weclip_hf.model_card import describe_dataset
 from weclip_hf.trainer import WeCLIPTrainer
 
 # what a finished run writes besides its model, as transformers' example scripts (`Trainer.save_metrics`,

@@ -10,7 +10,7 @@ from accelerate import Accelerator
 
 from weclip_hf.data.folders import holds_pseudo_masks
 from weclip_hf.data.sources import names_no_dataset
-from weclip_hf.hub import (
+from weclip_hf.model_card import (
     card_repo_id,
     describe_dataset,
     make_model_card,
