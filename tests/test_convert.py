@@ -1332,6 +1332,58 @@ def test_clip_that_does_not_match_the_checkpoint_is_named(sizes, with_clip, expe
         assert expected in message and "(checkpoint vs --clip)" in message, message
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # the checkpoint's own CLIP with one more text block: every tensor of the checkpoint equals the CLIP's
+        (dict(num_hidden_layers=3), "text layers 2 vs 3"),
+        (
+            dict(hidden_size=128, num_attention_heads=2, max_position_embeddings=20, vocab_size=120),
+            "text width 64 vs 128; context length 16 vs 20; vocabulary 99 vs 120",
+        ),
+    ],
+)
+def test_a_clip_whose_text_tower_is_not_the_checkpoints_is_named(
+    official, tiny_official_config, tmp_path, text, expected
+):
+    """Only the image tower of --clip was checked against the checkpoint's own CLIP: a text tower of another width,
+    context or vocabulary was named key by key among the weights that differ (or taken with --no_check_clip), and
+    one of more blocks whose first ones were the checkpoint's was taken even with the check (the comparison reads
+    the checkpoint's tensors only), its extra block random. Now each differing size is named, as the image tower's
+    are, with the check or without it, for a checkpoint's CLIP under encoder. or OpenAI's bare names."""
+    from transformers import CLIPConfig, CLIPModel
+
+    c = tiny_official_config
+    clip = CLIPModel(
+        CLIPConfig(
+            vision_config=c.vision_config.to_dict(),
+            text_config={**c.text_config.to_dict(), **text},
+            projection_dim=c.projection_dim,
+        )
+    )
+    # the checkpoint's own CLIP tensors wherever their shapes fit
+    vision, text_weights, proj, _ = official_to_hf_clip(official)
+    own = clip.state_dict()
+    fitting = {k: v for k, v in {**vision, **text_weights, **proj}.items() if v.shape == own[k].shape}
+    clip.load_state_dict(fitting, strict=False)
+    folder = tmp_path / "other-text-clip"
+    clip.save_pretrained(folder)
+    bare = {k.removeprefix("encoder."): v for k, v in official.items()}  # OpenAI's names: its own CLIP too
+    for checkpoint, check_clip in ((official, True), (official, False), (bare, True)):
+        with pytest.raises(ValueError) as caught:
+            convert_official_checkpoint(
+                dict(checkpoint),
+                clip=str(folder),
+                preset="voc",
+                tokenizer=FakeCLIPTokenizer(TINY["vocab"]),
+                decoder_num_heads=4,
+                check_clip=check_clip,
+            )
+        message = str(caught.value)
+        assert "does not match the CLIP of the checkpoint" in message and str(folder) in message, message
+        assert f"{expected} (checkpoint vs --clip)" in message, message
+
+
 def test_a_checkpoint_without_clip_takes_a_clip_of_other_sizes_than_the_official_one_only_when_told(
     official, tiny_official_config, clip_folder, tmp_path, monkeypatch
 ):

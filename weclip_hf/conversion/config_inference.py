@@ -90,10 +90,46 @@ def infer_clip_configs(
     return vision, text, int(sd["visual.proj"].shape[1])
 
 
-def check_clip_matches(state_dict: dict[str, torch.Tensor], vision: dict, clip_name: str) -> None:
-    """Refuse a CLIP whose image tower (``vision``: its vision config as a dict) is not the checkpoint's: the
-    layer count, width and patch size of the checkpoint's own CLIP (``encoder.visual.*``) or, without one, the
-    width and more layers than its decoder fuses (``decoder_fts_fuse.*``: the blocks before the last).
+# the text tower's sizes that a checkpoint's own CLIP tells (OpenAI's names): how a refusal names each -> (the
+# tensor whose rows give it, the text config's field); the layers are counted from its blocks
+_TEXT_SIZES = {
+    "text width": ("ln_final.weight", "hidden_size"),
+    "context length": ("positional_embedding", "max_position_embeddings"),
+    "vocabulary": ("token_embedding.weight", "vocab_size"),
+}
+
+
+def _own_clip_sizes(
+    state_dict: dict[str, torch.Tensor], prefix: str, vision: dict, text: dict
+) -> dict[str, tuple[int, int]]:
+    """Each size of the checkpoint's own CLIP (under ``prefix``) with that of the given CLIP's towers (``vision``,
+    ``text``: their configs as dicts): the image tower's layers, width and patch size, and the text tower's layers,
+    width, context length and vocabulary where the checkpoint holds the tensors that tell them."""
+    keys = list(state_dict)
+    width, _, patch, _ = state_dict[f"{prefix}visual.conv1.weight"].shape
+    sizes = {
+        "layers": (_count_blocks(keys, prefix + VISION_BLOCKS), vision["num_hidden_layers"]),
+        "width": (int(width), vision["hidden_size"]),
+        "patch size": (int(patch), vision["patch_size"]),
+    }
+    if text_layers := _count_blocks(keys, prefix + TEXT_BLOCKS):
+        sizes["text layers"] = (text_layers, text["num_hidden_layers"])
+    sizes.update(
+        {
+            name: (int(state_dict[prefix + key].shape[0]), text[field])
+            for name, (key, field) in _TEXT_SIZES.items()
+            if prefix + key in state_dict
+        }
+    )
+    return sizes
+
+
+def check_clip_matches(state_dict: dict[str, torch.Tensor], vision: dict, text: dict, clip_name: str) -> None:
+    """Refuse a CLIP whose towers (``vision``, ``text``: its vision and text configs as dicts) are not the
+    checkpoint's: the image tower's layer count, width and patch size and the text tower's layer count, width,
+    context length and vocabulary of the checkpoint's own CLIP (``encoder.*``, or OpenAI's bare names) or,
+    without one, the width and more layers than its decoder fuses (``decoder_fts_fuse.*``: the blocks before the
+    last; the text tower cannot be read there).
 
     Raises:
         ValueError: naming each size that differs, with the checkpoint's value and ``clip_name``'s.
@@ -102,13 +138,8 @@ def check_clip_matches(state_dict: dict[str, torch.Tensor], vision: dict, clip_n
     prefix = next((p for p in ("encoder.", "") if f"{p}visual.conv1.weight" in state_dict), None)
     differ = []
     if prefix is not None:
-        width, _, patch, _ = state_dict[f"{prefix}visual.conv1.weight"].shape
-        sizes = {
-            "layers": (_count_blocks(keys, prefix + VISION_BLOCKS), vision["num_hidden_layers"]),
-            "width": (int(width), vision["hidden_size"]),
-            "patch size": (int(patch), vision["patch_size"]),
-        }
-        source = f"its {prefix}visual.* tensors"
+        sizes = _own_clip_sizes(state_dict, prefix, vision, text)
+        source = f"its {prefix}visual.* and text tower tensors"
         differ = [f"{name} {ours} vs {theirs}" for name, (ours, theirs) in sizes.items() if ours != theirs]
     elif _FUSE_PROJ in state_dict:
         width = int(state_dict[_FUSE_PROJ].shape[1])

@@ -231,9 +231,10 @@ def convert_official_checkpoint(
             training checkpoint's weights entry and a DDP ``module.`` prefix taken as from a file:
             `model_state_dict`); a NaN or infinite value in it is refused.
         clip: optional transformers CLIP folder or Hub id for the CLIP part (e.g. when the checkpoint holds
-            only the decoder). Its layer count, width and patch size must be those of the checkpoint's own
-            CLIP, or, without one, its width and more layers than the decoder fuses (the last block, which the
-            CAMs run, follows them: `check_clip_matches`).
+            only the decoder). Its layer count, width and patch size, and its text tower's layer count, width,
+            context length and vocabulary, must be those of the checkpoint's own CLIP, or, without one, its width
+            and more layers than the decoder fuses (the last block, which the CAMs run, follows them:
+            `check_clip_matches`).
             If the checkpoint also holds ``encoder.*``, it is compared with this CLIP (up to fp16 rounding) and a
             difference raises, unless ``check_clip=False``; its ``encoder.*`` tensors are then not used.
         check_clip: with ``clip``: compare the checkpoint's own CLIP with it, or, for a checkpoint without one
@@ -277,7 +278,7 @@ def convert_official_checkpoint(
             clip_config = CLIPConfig.from_pretrained(clip)
         vision = clip_config.vision_config.to_dict()
         text = clip_config.text_config.to_dict()
-        check_clip_matches(state, vision, clip)
+        check_clip_matches(state, vision, text, clip)
         if check_clip:
             check_clip_is_official(state, clip_config.vision_config, clip)
         with naming_the_checkpoint(clip, "CLIP (--clip / clip=)"):
