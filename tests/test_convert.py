@@ -1026,6 +1026,36 @@ def test_script_checks_clip_at_parsing_and_passes_no_check_clip_to_the_converter
     assert script.clip_hub_id(argparse.Namespace(clip=None), b32) is None
 
 
+def test_script_names_a_local_clip_folder_on_the_card_by_its_name_and_as_no_base_model(
+    tmp_path, real_vocab_checkpoint
+):
+    """With --clip, the card's "CLIP weights from" line names that CLIP, a local folder by its name (never its path,
+    which tells the machine's layout and the user's name), and the metadata names no base model: a local folder is
+    no Hub model (`clip_hub_id` gives --clip as it is, `make_model_card` leaves the folder out)."""
+    from huggingface_hub import ModelCard
+    from transformers import CLIPConfig, CLIPModel
+
+    checkpoint, sd = real_vocab_checkpoint
+    c = infer_config_from_official(sd, "voc")
+    clip = CLIPModel(
+        CLIPConfig(
+            vision_config=c.vision_config.to_dict(),
+            text_config=c.text_config.to_dict(),
+            projection_dim=c.projection_dim,
+        )
+    )
+    # the checkpoint's own CLIP: the comparison with it passes
+    vision, text, proj, _ = official_to_hf_clip(sd)
+    clip.load_state_dict({**vision, **text, **proj}, strict=True)
+    folder, out = tmp_path / "my-clip", tmp_path / "converted"
+    clip.save_pretrained(folder)
+    argv = ["--checkpoint", str(checkpoint), "--clip", str(folder), "--tokenizer", str(TOKENIZER)]
+    _script().main([*argv, "--preset", "voc", "--output_dir", str(out)])
+    card = (out / "README.md").read_text()
+    assert "\n- CLIP weights from: `my-clip (a local folder)` (transformers CLIP)\n" in card, card
+    assert str(tmp_path) not in card and ModelCard.load(out / "README.md").data.base_model is None
+
+
 def test_script_refuses_an_output_dir_that_is_a_file_before_converting(tmp_path, capsys):
     script = _script()
     afile = tmp_path / "afile"
