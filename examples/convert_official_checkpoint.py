@@ -243,8 +243,9 @@ def dino_hub_id(config) -> str | None:
 
 
 def clip_hub_id(args: argparse.Namespace, config) -> str | None:
-    """The CLIP a card names as base model: --clip (a local folder is left unnamed, as train.py's cards do), else
-    the official one when the checkpoint's own CLIP has its sizes; None for a CLIP of another shape."""
+    """The CLIP a card names as base model: --clip as given (a local folder too: `make_model_card` leaves it out of
+    the metadata, which names Hub models only), else the official one when the checkpoint's own CLIP has its sizes;
+    None for a CLIP of another shape."""
     if args.clip:
         return args.clip
     return CLIP_MODEL if is_official_clip(config.vision_config) else None
