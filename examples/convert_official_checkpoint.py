@@ -252,7 +252,7 @@ def clip_hub_id(args: argparse.Namespace, config) -> str | None:
 
 
 def build_model_card(args: argparse.Namespace, model, checkpoint_sha256: str) -> ModelCard:
-    """The model card (`weclip_hf.hub.make_model_card`), its source section saying where the weights came
+    """The model card (`weclip_hf.model_card.make_model_card`), its source section saying where the weights came
     from: the checkpoint and its hash, the CLIP weights, the text embeddings, the preset and the conversion."""
     clip_source = (
         f"`{public_source_name(args.clip)}` (transformers CLIP)"
