@@ -970,7 +970,8 @@ def device_argv(script: str, tmp_path, *device: str) -> list[str]:
 
 
 def only_the_cpu_and_two(device_type: str | None):
-    """A `script_arguments.device_count` of a machine of the CPU and, where given, two devices of ``device_type``."""
+    """A `script_arguments.devices.device_count` of a machine of the CPU and, where given, two devices of
+    ``device_type``."""
     return lambda kind: {"cpu": 1, device_type: 2}.get(kind, 0)
 
 
@@ -997,28 +998,28 @@ def test_a_device_that_is_not_here_is_refused_before_any_model_loads(
     ACCELERATE_USE_CPU=1); evaluate.py's took any string and failed after loading the model ("Torch not compiled
     with CUDA enabled", or torch's list of twenty device types for 'gpu'). Now --device is refused at parse time,
     saying what there is, before any model is read (the model folder given holds no weights)."""
-    import weclip_hf.script_arguments as script_arguments
+    from weclip_hf.script_arguments import devices
 
-    monkeypatch.setattr(script_arguments, "device_count", only_the_cpu_and_two(None))
+    monkeypatch.setattr(devices, "device_count", only_the_cpu_and_two(None))
     assert message in parse_error(
         load_script(script).main, device_argv(script, tmp_path, "--device", device), capsys
     )
 
 
 def test_a_device_index_beyond_the_devices_here_is_refused(monkeypatch):
-    import weclip_hf.script_arguments as script_arguments
+    from weclip_hf.script_arguments import devices
 
-    monkeypatch.setattr(script_arguments, "device_count", only_the_cpu_and_two("cuda"))
-    assert script_arguments.device_name("cuda:1") == "cuda:1"
+    monkeypatch.setattr(devices, "device_count", only_the_cpu_and_two("cuda"))
+    assert devices.device_name("cuda:1") == "cuda:1"
     with pytest.raises(
         argparse.ArgumentTypeError, match=r"'cuda:2': torch finds 2 cuda devices here, cuda:0..cuda:1"
     ):
-        script_arguments.device_name("cuda:2")
-    monkeypatch.setattr(script_arguments, "device_count", lambda kind: 1)
+        devices.device_name("cuda:2")
+    monkeypatch.setattr(devices, "device_count", lambda kind: 1)
     with pytest.raises(
         argparse.ArgumentTypeError, match=r"'cuda:1': torch finds 1 cuda device here, cuda:0..cuda:0"
     ):
-        script_arguments.device_name("cuda:1")
+        devices.device_name("cuda:1")
 
 
 @pytest.mark.parametrize("script", sorted(DEVICE_SCRIPTS))
@@ -1047,9 +1048,9 @@ def test_a_device_the_launch_contradicts_is_refused(
 ):
     """On a machine of two GPUs (`device_count` says so): a GPU asked for where ACCELERATE_USE_CPU=1 puts the
     processes on the CPU, and one GPU by its index for several processes, are refused at parse time."""
-    import weclip_hf.script_arguments as script_arguments
+    from weclip_hf.script_arguments import devices
 
-    monkeypatch.setattr(script_arguments, "device_count", only_the_cpu_and_two("cuda"))
+    monkeypatch.setattr(devices, "device_count", only_the_cpu_and_two("cuda"))
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     parse = load_script(script).parse_args
