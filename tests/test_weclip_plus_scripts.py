@@ -336,7 +336,7 @@ def test_train_reads_the_saved_config_once(train_script, tmp_path, monkeypatch):
     import builtins
     from unittest import mock
 
-    from weclip_hf.script_arguments import PretrainedConfig
+    from transformers import PretrainedConfig
 
     class Saved:  # loading is transformers' (it reads config.json itself): only the script's own reads count
         @staticmethod

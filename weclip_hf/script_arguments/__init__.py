@@ -65,10 +65,7 @@ from .inference_flags import (
     resolve_crf_flags,
     scales_in_effect,
 )
-
-# PretrainedConfig: transformers' class that `saved_config` fetches a Hub id's config with (a test patches it)
 from .model_flags import (
-    PretrainedConfig,
     check_backbone_flags,
     check_model_argument,
     check_saved_model_flag,
@@ -96,7 +93,6 @@ __all__ = [
     "MASK_COLUMN_HELP",
     "MODEL_SCALES_HELP",
     "PROCESS_DEVICE_HELP",
-    "PretrainedConfig",
     "TRAIN_VAL_SPLIT_HELP",
     "WEIGHT_DTYPES",
     "add_crf_parameter_flags",
