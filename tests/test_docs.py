@@ -1,9 +1,14 @@
 """The documentation's relative links: every `[text](path#anchor)` of README.md and docs/*.md names a file of the
-repository and, where it names an anchor in a Markdown file, a heading of that file (GitHub's anchor rules)."""
+repository and, where it names an anchor in a Markdown file, a heading of that file (GitHub's anchor rules). And the
+package's names and the repository's paths that README.md, docs/*.md, BENCHMARKS.md and the notebook mention
+(`weclip_hf.model_card.make_model_card`, `weclip_hf/safe_loading/`, `examples/segmenting/`) exist: a module split
+into a package or a name moved to another module leaves no page naming the old place."""
 
 from __future__ import annotations
 
 import collections
+import importlib
+import inspect
 import pathlib
 import re
 
@@ -11,6 +16,8 @@ import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+# the pages a user reads that name the package's modules, names and files
+READ_PAGES = [*DOCS, REPO_ROOT / "BENCHMARKS.md", REPO_ROOT / "examples" / "inference.ipynb"]
 
 # fenced code blocks and inline code spans: their brackets and hashes are code, not links or headings
 FENCED_CODE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.MULTILINE | re.DOTALL)
@@ -18,6 +25,11 @@ INLINE_CODE = re.compile(r"`[^`\n]+`")
 # an inline link or image, `[text](target)` / `![alt](target)`, its target without a title
 LINK = re.compile(r"\]\(<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\)")
 HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+# a dotted name of the package (`weclip_hf.data.toy`, `weclip_hf.crf.dense_crf`), not part of a path or a longer name
+DOTTED_NAME = re.compile(r"(?<![\w/.])weclip_hf(?:\.\w+)+")
+# a path of the repository (`weclip_hf/crf.py`, `examples/segmenting/`, `examples/benchmark*.py`, a glob), its
+# sentence's full stop left out
+REPO_PATH = re.compile(r"(?<![\w./-])(?:weclip_hf|examples|tests|docs)/[\w./*-]*[\w*/]")
 
 
 def prose(text: str) -> str:
@@ -58,6 +70,69 @@ def broken_links(markdown: pathlib.Path) -> list[str]:
         elif anchor and destination.suffix == ".md" and anchor not in anchors(destination):
             broken.append(f"{target} (no heading with anchor #{anchor} in {destination.name})")
     return broken
+
+
+def resolves(dotted: str) -> bool:
+    """Whether ``dotted`` names a module of the package or an attribute of one (a class, a function, a constant),
+    a function or class by the module that defines it or a package that exports it."""
+    module, attributes = dotted, []
+    while True:
+        try:
+            target = importlib.import_module(module)
+            break
+        except ModuleNotFoundError as error:
+            # a missing module of the package (this one or a parent) is the stale name; any other (an optional
+            # dependency a module imports) is an error
+            if "." not in module or not f"{module}.".startswith(f"{error.name}."):
+                raise
+            module, _, attribute = module.rpartition(".")
+            attributes.insert(0, attribute)
+    for attribute in attributes:
+        if not hasattr(target, attribute):
+            return False
+        owner, target = target, getattr(target, attribute)
+        imported = (
+            inspect.isfunction(target) or inspect.isclass(target)
+        ) and target.__module__ != owner.__name__
+        # a function or class a plain module only imports lives elsewhere (a package's re-exports are its API)
+        if inspect.ismodule(owner) and not hasattr(owner, "__path__") and imported:
+            return False
+    return True
+
+
+def stale_references(page: pathlib.Path) -> list[str]:
+    """The package's dotted names in ``page`` that name no module or attribute, and the repository paths (from the
+    repository's root; globs matched) that name no file or folder, each once, in order."""
+    text = page.read_text()
+    stale = [f"{name} (no such name)" for name in DOTTED_NAME.findall(text) if not resolves(name)]
+    stale += [f"{path} (no such path)" for path in REPO_PATH.findall(text) if not any(REPO_ROOT.glob(path))]
+    return list(dict.fromkeys(stale))
+
+
+@pytest.mark.parametrize("page", READ_PAGES, ids=lambda path: str(path.relative_to(REPO_ROOT)))
+def test_named_modules_names_and_paths_exist(page):
+    """Each `weclip_hf.x.y` the page names imports or is an attribute of a module that does (a function or class
+    of the module that defines it or a package that exports it), and each `weclip_hf/...`, `examples/...`,
+    `tests/...`, `docs/...` path exists."""
+    assert stale_references(page) == []
+
+
+def test_reference_checker_finds_moved_names_and_paths(tmp_path):
+    """The checker itself: a name moved out of its module, a module split into others and a file that became a
+    package are reported; the names and paths where they are now, a glob and a sentence's full stop are not."""
+    page = tmp_path / "page.md"
+    page.write_text(
+        "`weclip_hf.hub.make_model_card` `weclip_hf.data.loading.training_set` `weclip_hf/script_arguments.py`\n"
+        "`weclip_hf.model_card.make_model_card`, weclip_hf.data.labelled_sets.training_set and\n"
+        "`weclip_hf/script_arguments/`; `examples/benchmark*.py` or examples/segmenting/naming.py. weclip_hf.crf.\n"
+        "`weclip_hf.trainer.WeCLIPTrainer.evaluate`, `weclip_hf.batch_jobs.run_resumable` (re-exported)\n"
+        "`weclip_hf.hub.make_model_card` again\n"
+    )
+    assert stale_references(page) == [
+        "weclip_hf.hub.make_model_card (no such name)",
+        "weclip_hf.data.loading.training_set (no such name)",
+        "weclip_hf/script_arguments.py (no such path)",
+    ]
 
 
 @pytest.mark.parametrize("markdown", DOCS, ids=lambda path: str(path.relative_to(REPO_ROOT)))
