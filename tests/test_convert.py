@@ -194,6 +194,23 @@ class FakeCLIPTokenizer:
 # ---- reference computations from the official layout -------------------------------------------------
 
 
+def transformers_clip_of(sd: dict, config) -> nn.Module:
+    """transformers' CLIPModel holding the CLIP of the official state dict ``sd`` (``config``: a WeCLIP config of
+    its sizes, `infer_config_from_official`)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    clip = CLIPModel(
+        CLIPConfig(
+            vision_config=config.vision_config.to_dict(),
+            text_config=config.text_config.to_dict(),
+            projection_dim=config.projection_dim,
+        )
+    )
+    vision, text, proj, _ = official_to_hf_clip(sd)
+    clip.load_state_dict({**vision, **text, **proj}, strict=True)
+    return clip
+
+
 def ref_block(x: torch.Tensor, sd: dict, stem: str, heads: int, causal: bool = False) -> torch.Tensor:
     """One CLIP residual block from the OpenAI weights: packed in_proj, QuickGELU MLP. x: [B, T, D]."""
     b, t, d = x.shape
@@ -1033,20 +1050,10 @@ def test_script_names_a_local_clip_folder_on_the_card_by_its_name_and_as_no_base
     which tells the machine's layout and the user's name), and the metadata names no base model: a local folder is
     no Hub model (`clip_hub_id` gives --clip as it is, `make_model_card` leaves the folder out)."""
     from huggingface_hub import ModelCard
-    from transformers import CLIPConfig, CLIPModel
 
     checkpoint, sd = real_vocab_checkpoint
-    c = infer_config_from_official(sd, "voc")
-    clip = CLIPModel(
-        CLIPConfig(
-            vision_config=c.vision_config.to_dict(),
-            text_config=c.text_config.to_dict(),
-            projection_dim=c.projection_dim,
-        )
-    )
     # the checkpoint's own CLIP: the comparison with it passes
-    vision, text, proj, _ = official_to_hf_clip(sd)
-    clip.load_state_dict({**vision, **text, **proj}, strict=True)
+    clip = transformers_clip_of(sd, infer_config_from_official(sd, "voc"))
     folder, out = tmp_path / "my-clip", tmp_path / "converted"
     clip.save_pretrained(folder)
     argv = ["--checkpoint", str(checkpoint), "--clip", str(folder), "--tokenizer", str(TOKENIZER)]
@@ -1260,18 +1267,8 @@ def test_script_never_follows_a_planted_converting_link(tmp_path, real_vocab_che
 
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory, official, tiny_official_config):
-    from transformers import CLIPConfig, CLIPModel
 
-    c = tiny_official_config
-    clip = CLIPModel(
-        CLIPConfig(
-            vision_config=c.vision_config.to_dict(),
-            text_config=c.text_config.to_dict(),
-            projection_dim=c.projection_dim,
-        )
-    )
-    vision, text, proj, _ = official_to_hf_clip(official)
-    clip.load_state_dict({**vision, **text, **proj}, strict=True)
+    clip = transformers_clip_of(official, tiny_official_config)
     folder = tmp_path_factory.mktemp("clip") / "tiny-clip"
     clip.save_pretrained(folder)
     return folder
