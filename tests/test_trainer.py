@@ -331,6 +331,22 @@ def test_train_with_trainer_script_on_the_toy_world(tmp_path, monkeypatch, capsy
     assert json.loads((tmp_path.parent / "rfm" / "config.json").read_text())["rfm_start_step"] == 1
 
 
+def test_train_with_trainer_help_is_printed_whatever_model_is_given(monkeypatch, capsys):
+    """--help prints the help (exit 0) with a --model_name_or_path that cannot be read (no such folder; a Hub id
+    offline and not cached), as with any other flag: the saved model only picks the recipe whose defaults it shows,
+    and without it the help shows those the other flags pick. Without --help the same model is refused as before."""
+    script = trainer_script(monkeypatch)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for model in ("./no-such-model", "nobody/no-such-weclip"):
+        with pytest.raises(SystemExit) as shown:
+            script.parse_args(["--model_name_or_path", model, "--dataset_name", "x", "--help"])
+        out, err = capsys.readouterr()
+        assert shown.value.code == 0 and "--model_name_or_path" in out and "error" not in err, (model, err)
+    with pytest.raises(SystemExit) as refused:
+        script.parse_args(["--model_name_or_path", "./no-such-model", "--dataset_name", "x"])
+    assert refused.value.code == 2 and "./no-such-model: no such folder" in capsys.readouterr().err
+
+
 def test_train_with_trainer_flags_replace_the_recipe_defaults(monkeypatch, capsys):
     """Every TrainingArguments flag is the script's; the recipe (the preset's) fills those left out, its evaluations
     and checkpoints at its points of the schedule however long the run."""

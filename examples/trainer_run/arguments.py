@@ -148,6 +148,15 @@ def recipe_defaults(recipe: TrainingRecipe, max_steps: int, evaluate: bool) -> d
     )
 
 
+def help_recipe_name(given: argparse.Namespace) -> str:
+    """The recipe whose defaults --help shows: `recipe_name`'s, or, where the saved model of --model_name_or_path
+    cannot be read (no such folder, a Hub id offline), the one the other flags pick."""
+    try:
+        return recipe_name(given)
+    except (OSError, ValueError):
+        return recipe_name(argparse.Namespace(**{**vars(given), "model_name_or_path": None}))
+
+
 def parse_args(argv=None, description: str | None = None) -> tuple[WeCLIPArguments, TrainingArguments]:
     """The script's arguments and `TrainingArguments`, the flags left out taking the recipe's values
     (``description``: the help's first paragraph, the script's)."""
@@ -161,9 +170,14 @@ def parse_args(argv=None, description: str | None = None) -> tuple[WeCLIPArgumen
     given, _ = first.parse_known_args(argv)
     flags = {str(token).split("=")[0] for token in (sys.argv[1:] if argv is None else argv)}
     full = parser(description=description)
-    # before the recipe, which a saved model's config may pick: a folder that holds none is a usage error
-    check_saved_model_flag(full, given)
-    recipe = get_preset(recipe_name(given)).training  # WeCLIP+'s VOC recipe with --dino_model_name_or_path
+    if flags & {"-h", "--help"}:  # the help, whatever else is given
+        recipe = get_preset(help_recipe_name(given)).training
+    else:
+        # before the recipe, which a saved model's config may pick: a folder that holds none is a usage error
+        check_saved_model_flag(full, given)
+        recipe = get_preset(
+            recipe_name(given)
+        ).training  # WeCLIP+'s VOC recipe with --dino_model_name_or_path
     max_steps = given.max_steps if given.max_steps > 0 else recipe.max_train_steps
     # Trainer counts epochs only without max_steps
     if given.num_train_epochs is not None and given.max_steps <= 0:
