@@ -1359,6 +1359,53 @@ def test_clip_that_does_not_match_the_checkpoint_is_named(sizes, with_clip, expe
         assert expected in message and "(checkpoint vs --clip)" in message, message
 
 
+def clip_folder_of_other_sizes(
+    official: dict,
+    config,
+    folder: Path,
+    vision: dict | None = None,
+    text: dict | None = None,
+    projection_dim: int | None = None,
+) -> Path:
+    """A transformers CLIP saved in ``folder``: the towers of ``config`` (a WeCLIP config of the official state dict
+    ``official``'s sizes) with the sizes ``vision``, ``text`` and ``projection_dim`` changed, holding the checkpoint's
+    own CLIP tensors wherever their shapes fit."""
+    from transformers import CLIPConfig, CLIPModel
+
+    clip = CLIPModel(
+        CLIPConfig(
+            vision_config={**config.vision_config.to_dict(), **(vision or {})},
+            text_config={**config.text_config.to_dict(), **(text or {})},
+            projection_dim=projection_dim or config.projection_dim,
+        )
+    )
+    vision_weights, text_weights, proj, _ = official_to_hf_clip(official)
+    own = clip.state_dict()
+    fitting = {k: v for k, v in {**vision_weights, **text_weights, **proj}.items() if v.shape == own[k].shape}
+    clip.load_state_dict(fitting, strict=False)
+    clip.save_pretrained(folder)
+    return folder
+
+
+def assert_each_check_names_the_sizes(official: dict, folder: Path, expected: str) -> None:
+    """Converting ``official`` (with its CLIP under encoder. or OpenAI's bare names, with the weight comparison or
+    without it) with the CLIP of ``folder`` is refused, naming the sizes ``expected`` that differ."""
+    bare = {k.removeprefix("encoder."): v for k, v in official.items()}  # OpenAI's names: its own CLIP too
+    for checkpoint, check_clip in ((official, True), (official, False), (bare, True)):
+        with pytest.raises(ValueError) as caught:
+            convert_official_checkpoint(
+                dict(checkpoint),
+                clip=str(folder),
+                preset="voc",
+                tokenizer=FakeCLIPTokenizer(TINY["vocab"]),
+                decoder_num_heads=4,
+                check_clip=check_clip,
+            )
+        message = str(caught.value)
+        assert "does not match the CLIP of the checkpoint" in message and str(folder) in message, message
+        assert f"{expected} (checkpoint vs --clip)" in message, message
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [
@@ -1378,37 +1425,29 @@ def test_a_clip_whose_text_tower_is_not_the_checkpoints_is_named(
     one of more blocks whose first ones were the checkpoint's was taken even with the check (the comparison reads
     the checkpoint's tensors only), its extra block random. Now each differing size is named, as the image tower's
     are, with the check or without it, for a checkpoint's CLIP under encoder. or OpenAI's bare names."""
-    from transformers import CLIPConfig, CLIPModel
-
-    c = tiny_official_config
-    clip = CLIPModel(
-        CLIPConfig(
-            vision_config=c.vision_config.to_dict(),
-            text_config={**c.text_config.to_dict(), **text},
-            projection_dim=c.projection_dim,
-        )
+    folder = clip_folder_of_other_sizes(
+        official, tiny_official_config, tmp_path / "other-text-clip", text=text
     )
-    # the checkpoint's own CLIP tensors wherever their shapes fit
-    vision, text_weights, proj, _ = official_to_hf_clip(official)
-    own = clip.state_dict()
-    fitting = {k: v for k, v in {**vision, **text_weights, **proj}.items() if v.shape == own[k].shape}
-    clip.load_state_dict(fitting, strict=False)
-    folder = tmp_path / "other-text-clip"
-    clip.save_pretrained(folder)
-    bare = {k.removeprefix("encoder."): v for k, v in official.items()}  # OpenAI's names: its own CLIP too
-    for checkpoint, check_clip in ((official, True), (official, False), (bare, True)):
-        with pytest.raises(ValueError) as caught:
-            convert_official_checkpoint(
-                dict(checkpoint),
-                clip=str(folder),
-                preset="voc",
-                tokenizer=FakeCLIPTokenizer(TINY["vocab"]),
-                decoder_num_heads=4,
-                check_clip=check_clip,
-            )
-        message = str(caught.value)
-        assert "does not match the CLIP of the checkpoint" in message and str(folder) in message, message
-        assert f"{expected} (checkpoint vs --clip)" in message, message
+    assert_each_check_names_the_sizes(official, folder, expected)
+
+
+@pytest.mark.parametrize(
+    "sizes, expected",
+    [
+        (dict(projection_dim=64), "projection size 32 vs 64; text projection size 32 vs 64"),
+        (dict(vision=dict(intermediate_size=1024)), "MLP width 512 vs 1024"),
+        (dict(text=dict(intermediate_size=512)), "text MLP width 256 vs 512"),
+    ],
+)
+def test_a_clip_of_other_projection_or_mlp_sizes_than_the_checkpoints_is_named(
+    official, tiny_official_config, tmp_path, sizes, expected
+):
+    """A --clip of the checkpoint's layers and widths but another projection size or MLP width of a tower was
+    named key by key among the weights that differ, and with --no_check_clip taken as it was: a model of another
+    CLIP than the checkpoint's (its class embeddings of another size), without a word. Now each is named as the
+    other sizes are, with the check or without it."""
+    folder = clip_folder_of_other_sizes(official, tiny_official_config, tmp_path / "other-clip", **sizes)
+    assert_each_check_names_the_sizes(official, folder, expected)
 
 
 def test_a_checkpoint_without_clip_takes_a_clip_of_other_sizes_than_the_official_one_only_when_told(

@@ -90,44 +90,57 @@ def infer_clip_configs(
     return vision, text, int(sd["visual.proj"].shape[1])
 
 
-# the text tower's sizes that a checkpoint's own CLIP tells (OpenAI's names): how a refusal names each -> (the
-# tensor whose rows give it, the text config's field); the layers are counted from its blocks
-_TEXT_SIZES = {
-    "text width": ("ln_final.weight", "hidden_size"),
-    "context length": ("positional_embedding", "max_position_embeddings"),
-    "vocabulary": ("token_embedding.weight", "vocab_size"),
+# the sizes that one tensor of a checkpoint's own CLIP tells (OpenAI's names): how a refusal names each -> (the
+# tensor, its dimension that gives it, its tower and that tower's config field; the projection size is the CLIP's)
+_TENSOR_SIZES = {
+    "width": ("visual.conv1.weight", 0, "vision", "hidden_size"),
+    "patch size": ("visual.conv1.weight", 2, "vision", "patch_size"),
+    "MLP width": (f"{VISION_BLOCKS}0.mlp.c_fc.weight", 0, "vision", "intermediate_size"),
+    "projection size": ("visual.proj", 1, "vision", "projection_dim"),
+    "text width": ("ln_final.weight", 0, "text", "hidden_size"),
+    "text MLP width": (f"{TEXT_BLOCKS}0.mlp.c_fc.weight", 0, "text", "intermediate_size"),
+    "context length": ("positional_embedding", 0, "text", "max_position_embeddings"),
+    "vocabulary": ("token_embedding.weight", 0, "text", "vocab_size"),
+    "text projection size": ("text_projection", 1, "text", "projection_dim"),
 }
 
 
 def _own_clip_sizes(
-    state_dict: dict[str, torch.Tensor], prefix: str, vision: dict, text: dict
+    state_dict: dict[str, torch.Tensor], prefix: str, vision: dict, text: dict, projection_dim: int
 ) -> dict[str, tuple[int, int]]:
-    """Each size of the checkpoint's own CLIP (under ``prefix``) with that of the given CLIP's towers (``vision``,
-    ``text``: their configs as dicts): the image tower's layers, width and patch size, and the text tower's layers,
-    width, context length and vocabulary where the checkpoint holds the tensors that tell them."""
+    """Each size of the checkpoint's own CLIP (under ``prefix``) with that of the given CLIP (``vision``, ``text``:
+    its towers' configs as dicts; ``projection_dim``: its projection size), tower by tower: the layers, then each
+    size of `_TENSOR_SIZES` (width, patch size, MLP width, projection, context length, vocabulary) where the
+    checkpoint holds the tensor that tells it; a text tower without blocks is not counted."""
     keys = list(state_dict)
-    width, _, patch, _ = state_dict[f"{prefix}visual.conv1.weight"].shape
-    sizes = {
-        "layers": (_count_blocks(keys, prefix + VISION_BLOCKS), vision["num_hidden_layers"]),
-        "width": (int(width), vision["hidden_size"]),
-        "patch size": (int(patch), vision["patch_size"]),
+    # a tower config's own projection_dim is not the CLIP's (transformers keeps CLIPConfig's apart)
+    towers = {
+        "vision": ("layers", VISION_BLOCKS, {**vision, "projection_dim": projection_dim}),
+        "text": ("text layers", TEXT_BLOCKS, {**text, "projection_dim": projection_dim}),
     }
-    if text_layers := _count_blocks(keys, prefix + TEXT_BLOCKS):
-        sizes["text layers"] = (text_layers, text["num_hidden_layers"])
-    sizes.update(
-        {
-            name: (int(state_dict[prefix + key].shape[0]), text[field])
-            for name, (key, field) in _TEXT_SIZES.items()
-            if prefix + key in state_dict
-        }
-    )
+    sizes = {}
+    for tower, (layers_name, blocks, config) in towers.items():
+        layers = _count_blocks(keys, prefix + blocks)
+        # a checkpoint without text blocks tells nothing of the text tower's depth
+        if layers or tower == "vision":
+            sizes[layers_name] = (layers, config["num_hidden_layers"])
+        sizes.update(
+            {
+                name: (int(state_dict[prefix + key].shape[dim]), config[field])
+                for name, (key, dim, of, field) in _TENSOR_SIZES.items()
+                if of == tower and prefix + key in state_dict
+            }
+        )
     return sizes
 
 
-def check_clip_matches(state_dict: dict[str, torch.Tensor], vision: dict, text: dict, clip_name: str) -> None:
-    """Refuse a CLIP whose towers (``vision``, ``text``: its vision and text configs as dicts) are not the
-    checkpoint's: the image tower's layer count, width and patch size and the text tower's layer count, width,
-    context length and vocabulary of the checkpoint's own CLIP (``encoder.*``, or OpenAI's bare names) or,
+def check_clip_matches(
+    state_dict: dict[str, torch.Tensor], vision: dict, text: dict, projection_dim: int, clip_name: str
+) -> None:
+    """Refuse a CLIP whose towers (``vision``, ``text``: its vision and text configs as dicts; ``projection_dim``:
+    its projection size) are not the checkpoint's: the image tower's layer count, width, patch size and MLP width,
+    the text tower's layer count, width, MLP width, context length and vocabulary, and the projection size of the
+    checkpoint's own CLIP (``encoder.*``, or OpenAI's bare names) or,
     without one, the width and more layers than its decoder fuses (``decoder_fts_fuse.*``: the blocks before the
     last; the text tower cannot be read there).
 
@@ -138,7 +151,7 @@ def check_clip_matches(state_dict: dict[str, torch.Tensor], vision: dict, text: 
     prefix = next((p for p in ("encoder.", "") if f"{p}visual.conv1.weight" in state_dict), None)
     differ = []
     if prefix is not None:
-        sizes = _own_clip_sizes(state_dict, prefix, vision, text)
+        sizes = _own_clip_sizes(state_dict, prefix, vision, text, projection_dim)
         source = f"its {prefix}visual.* and text tower tensors"
         differ = [f"{name} {ours} vs {theirs}" for name, (ours, theirs) in sizes.items() if ours != theirs]
     elif _FUSE_PROJ in state_dict:

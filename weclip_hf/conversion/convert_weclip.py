@@ -231,8 +231,9 @@ def convert_official_checkpoint(
             training checkpoint's weights entry and a DDP ``module.`` prefix taken as from a file:
             `model_state_dict`); a NaN or infinite value in it is refused.
         clip: optional transformers CLIP folder or Hub id for the CLIP part (e.g. when the checkpoint holds
-            only the decoder). Its layer count, width and patch size, and its text tower's layer count, width,
-            context length and vocabulary, must be those of the checkpoint's own CLIP, or, without one, its width
+            only the decoder). Its layer count, width, patch size and MLP width, its text tower's layer count,
+            width, MLP width, context length and vocabulary, and its projection size must be those of the
+            checkpoint's own CLIP, or, without one, its width
             and more layers than the decoder fuses (the last block, which the CAMs run, follows them:
             `check_clip_matches`).
             If the checkpoint also holds ``encoder.*``, it is compared with this CLIP (up to fp16 rounding) and a
@@ -278,7 +279,7 @@ def convert_official_checkpoint(
             clip_config = CLIPConfig.from_pretrained(clip)
         vision = clip_config.vision_config.to_dict()
         text = clip_config.text_config.to_dict()
-        check_clip_matches(state, vision, text, clip)
+        check_clip_matches(state, vision, text, clip_config.projection_dim, clip)
         if check_clip:
             check_clip_is_official(state, clip_config.vision_config, clip)
         with naming_the_checkpoint(clip, "CLIP (--clip / clip=)"):
