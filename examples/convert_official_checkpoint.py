@@ -15,7 +15,7 @@ Examples:
         --tokenizer openai/clip-vit-base-patch16 --preset voc --output_dir weclip-voc
     # CLIP from a transformers CLIP folder / Hub id (its tokenizer is used; the checkpoint's encoder.*
     # tensors, if any, are compared with it; without them, a CLIP of other sizes than ViT-B/16 needs
-    # --no_check_clip: the patch size cannot be read from the decoder)
+    # --no_check_clip: the patch size and the text tower cannot be read from the decoder)
     python examples/convert_official_checkpoint.py --checkpoint WeCLIP_model_iter_80000.pth \
         --clip openai/clip-vit-base-patch16 --preset coco --output_dir weclip-coco --push_to_hub \
         --hub_model_id me/weclip-coco
@@ -121,8 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no_check_clip",
         action="store_true",
         help="with --clip: use it as it is: do not compare the checkpoint's own CLIP tensors with it, nor, "
-        f"for a checkpoint without them (whose patch size cannot be read from it), require {CLIP_MODEL}'s "
-        "sizes",
+        f"for a checkpoint without them (whose patch size and text tower cannot be read from it), require "
+        f"{CLIP_MODEL}'s sizes",
     )
     parser.add_argument("--push_to_hub", action="store_true", help="upload the folder to the Hub")
     parser.add_argument("--hub_model_id", default=None, help="repository id for --push_to_hub (user/name)")

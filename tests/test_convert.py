@@ -732,6 +732,10 @@ def test_real_vit_b16_sizes_on_meta_device():
     assert (t.eos_token_id, t.bos_token_id) == (49407, 49406)
     assert (config.projection_dim, config.decoder_hidden_size, config.decoder_num_layers) == (512, 256, 3)
     assert (config.decoder_mlp_ratio, config.num_feature_layers) == (4, 11)
+    # the official sizes that a --clip for a checkpoint without its own CLIP is held to are these, both towers'
+    from weclip_hf.conversion.config_inference import check_clip_is_official
+
+    check_clip_is_official({k: v for k, v in sd.items() if not k.startswith("encoder.")}, config, "ViT-B/16")
     ours, report = official_to_weclip(sd, config)
     assert len(report.mapped) == 386 and len(ours) == 483
     assert ours["vision_model.encoder.layers.11.self_attn.v_proj.weight"].shape == (768, 768)
@@ -1450,6 +1454,20 @@ def test_a_clip_of_other_projection_or_mlp_sizes_than_the_checkpoints_is_named(
     assert_each_check_names_the_sizes(official, folder, expected)
 
 
+def official_sized_as(config, monkeypatch) -> None:
+    """Make the official CLIP's sizes (`config_inference`'s, which `check_clip_is_official` compares) those of
+    ``config``'s CLIP (a WeCLIP config), for this test only."""
+    from weclip_hf.conversion import config_inference
+
+    for name, tower in (
+        ("OFFICIAL_CLIP_VISION", config.vision_config),
+        ("OFFICIAL_CLIP_TEXT", config.text_config),
+    ):
+        sizes = {k: getattr(tower, k) for k in getattr(config_inference, name)}
+        monkeypatch.setattr(config_inference, name, sizes)
+    monkeypatch.setattr(config_inference, "OFFICIAL_CLIP_PROJECTION_DIM", config.projection_dim)
+
+
 def test_a_checkpoint_without_clip_takes_a_clip_of_other_sizes_than_the_official_one_only_when_told(
     official, tiny_official_config, clip_folder, tmp_path, monkeypatch
 ):
@@ -1459,8 +1477,6 @@ def test_a_checkpoint_without_clip_takes_a_clip_of_other_sizes_than_the_official
     sizes than the official one is refused, naming --no_check_clip, which takes it; the official sizes are
     taken as before."""
     from transformers import CLIPConfig, CLIPModel
-
-    from weclip_hf.conversion import config_inference
 
     c = tiny_official_config
     vision = {**c.vision_config.to_dict(), "patch_size": 16, "image_size": 64}  # TINY's: patch 8, image 32
@@ -1481,12 +1497,44 @@ def test_a_checkpoint_without_clip_takes_a_clip_of_other_sizes_than_the_official
     model = convert_official_checkpoint(decoder_only, check_clip=False, **kwargs)  # on the user's word
     assert model.config.vision_config.patch_size == 16
     # a CLIP of the official sizes (here made TINY's) is taken without the flag, the other one still refused
-    official_sizes = {k: getattr(c.vision_config, k) for k in config_inference.OFFICIAL_CLIP_VISION}
-    monkeypatch.setattr(config_inference, "OFFICIAL_CLIP_VISION", official_sizes)
+    official_sized_as(c, monkeypatch)
     taken = convert_official_checkpoint(decoder_only, **{**kwargs, "clip": str(clip_folder)})
     assert taken.config.vision_config.patch_size == TINY["patch"]
     with pytest.raises(ValueError, match="--no_check_clip"):
         convert_official_checkpoint(decoder_only, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "sizes, expected",
+    [
+        (dict(text=dict(num_hidden_layers=3)), "text num_hidden_layers 3 vs 2"),
+        (
+            dict(text=dict(vocab_size=120, max_position_embeddings=20)),
+            "text max_position_embeddings 20 vs 16, text vocab_size 120 vs 99",
+        ),
+        (dict(projection_dim=64), "projection_dim 64 vs 32"),
+    ],
+)
+def test_a_checkpoint_without_clip_takes_a_clip_of_another_text_tower_than_the_official_one_only_when_told(
+    official, tiny_official_config, tmp_path, monkeypatch, sizes, expected
+):
+    """For a checkpoint without its own CLIP only the image tower of --clip was compared with the official CLIP's:
+    one of the official image tower and another text tower or projection size (not the class embeddings the
+    official model computes with OpenAI's ViT-B/16) was taken without --no_check_clip. Now its text tower and
+    projection size are compared too, each difference named; --no_check_clip takes it."""
+    official_sized_as(tiny_official_config, monkeypatch)
+    folder = clip_folder_of_other_sizes(official, tiny_official_config, tmp_path / "other-text-clip", **sizes)
+    decoder_only = {k: v for k, v in official.items() if not k.startswith("encoder.")}
+    kwargs = dict(
+        clip=str(folder), preset="voc", tokenizer=FakeCLIPTokenizer(TINY["vocab"]), decoder_num_heads=4
+    )
+    with pytest.raises(ValueError) as caught:
+        convert_official_checkpoint(decoder_only, **kwargs)
+    message = str(caught.value)
+    assert "holds no CLIP of its own" in message and f"({expected}; --clip vs official)" in message, message
+    assert "--no_check_clip" in message and str(folder) in message, message
+    model = convert_official_checkpoint(decoder_only, check_clip=False, **kwargs)  # on the user's word
+    assert model.config.projection_dim == sizes.get("projection_dim", tiny_official_config.projection_dim)
 
 
 def test_a_clip_or_tokenizer_that_cannot_be_loaded_is_named_before_the_checkpoint_is_read(

@@ -251,6 +251,17 @@ OFFICIAL_CLIP_VISION = dict(
     hidden_size=768, intermediate_size=3072, num_hidden_layers=12, patch_size=16, image_size=224
 )
 
+# the text tower and the projection size of `CLIP_MODEL`, which compute the official class embeddings
+# (transformers' CLIPTextConfig and CLIPConfig defaults: OpenAI's ViT-B/32 and ViT-B/16 share them)
+OFFICIAL_CLIP_TEXT = dict(
+    hidden_size=512,
+    intermediate_size=2048,
+    num_hidden_layers=12,
+    max_position_embeddings=77,
+    vocab_size=49408,
+)
+OFFICIAL_CLIP_PROJECTION_DIM = 512
+
 
 def is_official_clip(vision_config) -> bool:
     """Whether a CLIP vision config has the sizes of `CLIP_MODEL`'s (a checkpoint's own CLIP of another shape
@@ -258,23 +269,35 @@ def is_official_clip(vision_config) -> bool:
     return all(getattr(vision_config, k) == v for k, v in OFFICIAL_CLIP_VISION.items())
 
 
-def check_clip_is_official(state_dict: dict[str, torch.Tensor], vision_config, clip_name: str) -> None:
-    """Refuse, for a checkpoint that holds no CLIP of its own, a CLIP (``vision_config``: its vision config)
-    of other sizes than `CLIP_MODEL`'s: the decoder tells the width and the layers it reads
-    (`check_clip_matches`), not the patch size, so a ViT-B/32 would pass for the official ViT-B/16 and the
-    model run on features its decoder was never trained on."""
-    if find_clip_prefix(state_dict) is not None or is_official_clip(vision_config):
-        return
-    differ = ", ".join(
-        f"{k} {getattr(vision_config, k)} vs {v}"
-        for k, v in OFFICIAL_CLIP_VISION.items()
-        if getattr(vision_config, k) != v
+def _official_differences(clip_config) -> list[str]:
+    """Each size of ``clip_config`` (a CLIP config: its towers and projection size) that is not `CLIP_MODEL`'s, as
+    ``"<field> <its value> vs <official>"`` (the text tower's fields named ``text <field>``)."""
+    parts = (
+        ("", clip_config.vision_config, OFFICIAL_CLIP_VISION),
+        ("text ", clip_config.text_config, OFFICIAL_CLIP_TEXT),
+        ("", clip_config, {"projection_dim": OFFICIAL_CLIP_PROJECTION_DIM}),
     )
+    return [
+        f"{label}{k} {getattr(config, k)} vs {v}"
+        for label, config, sizes in parts
+        for k, v in sizes.items()
+        if getattr(config, k) != v
+    ]
+
+
+def check_clip_is_official(state_dict: dict[str, torch.Tensor], clip_config, clip_name: str) -> None:
+    """Refuse, for a checkpoint that holds no CLIP of its own, a CLIP (``clip_config``: its config) of other sizes
+    than `CLIP_MODEL`'s, image tower, text tower or projection: the decoder tells the width and the layers it reads
+    (`check_clip_matches`), not the patch size, so a ViT-B/32 would pass for the official ViT-B/16 and the model run
+    on features its decoder was never trained on; nothing tells the text tower, which computes the class
+    embeddings (the official ones: ViT-B/16's)."""
+    if find_clip_prefix(state_dict) is not None or not (differ := _official_differences(clip_config)):
+        return
     raise ValueError(
         f"The checkpoint holds no CLIP of its own (no encoder.visual.* tensors): the CLIP {clip_name!r} "
-        "(--clip / clip=) has the width and the layers its decoder reads, but the patch size and the weights "
-        "of the CLIP it was trained with cannot be read from it, and this one is not the official "
-        f"{CLIP_MODEL} ({differ}; "
+        "(--clip / clip=) has the width and the layers its decoder reads, but the patch size, the text tower "
+        "and the weights of the CLIP it was trained with cannot be read from it, and this one is not the official "
+        f"{CLIP_MODEL} ({', '.join(differ)}; "
         f"--clip vs official). Pass --clip {CLIP_MODEL} (the CLIP of the official checkpoints), or, if the "
         "checkpoint was trained with this CLIP, --no_check_clip (check_clip=False) to use it."
     )

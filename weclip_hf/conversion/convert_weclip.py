@@ -239,8 +239,8 @@ def convert_official_checkpoint(
             If the checkpoint also holds ``encoder.*``, it is compared with this CLIP (up to fp16 rounding) and a
             difference raises, unless ``check_clip=False``; its ``encoder.*`` tensors are then not used.
         check_clip: with ``clip``: compare the checkpoint's own CLIP with it, or, for a checkpoint without one
-            (whose patch size and CLIP weights cannot be read from it), refuse a CLIP of other sizes than
-            the official ``openai/clip-vit-base-patch16`` (`check_clip_is_official`). False: use ``clip`` as
+            (whose patch size, text tower and CLIP weights cannot be read from it), refuse a CLIP of other
+            sizes (either tower's, or the projection's) than the official ``openai/clip-vit-base-patch16`` (`check_clip_is_official`). False: use ``clip`` as
             it is.
         preset: ``"voc"`` or ``"coco"`` for a WeCLIP checkpoint, ``"voc-plus"`` or ``"coco-plus"`` for a WeCLIP+
             one (class names, background words, thresholds; a checkpoint of the other method is refused). The
@@ -281,7 +281,7 @@ def convert_official_checkpoint(
         text = clip_config.text_config.to_dict()
         check_clip_matches(state, vision, text, clip_config.projection_dim, clip)
         if check_clip:
-            check_clip_is_official(state, clip_config.vision_config, clip)
+            check_clip_is_official(state, clip_config, clip)
         with naming_the_checkpoint(clip, "CLIP (--clip / clip=)"):
             clip_sd = CLIPModel.from_pretrained(clip).state_dict()
         config = build_config(vision, text, clip_config.projection_dim, state, preset, config_overrides)
