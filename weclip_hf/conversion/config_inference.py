@@ -140,9 +140,8 @@ def check_clip_matches(
     """Refuse a CLIP whose towers (``vision``, ``text``: its vision and text configs as dicts; ``projection_dim``:
     its projection size) are not the checkpoint's: the image tower's layer count, width, patch size and MLP width,
     the text tower's layer count, width, MLP width, context length and vocabulary, and the projection size of the
-    checkpoint's own CLIP (``encoder.*``, or OpenAI's bare names) or,
-    without one, the width and more layers than its decoder fuses (``decoder_fts_fuse.*``: the blocks before the
-    last; the text tower cannot be read there).
+    checkpoint's own CLIP (``encoder.*``, or OpenAI's bare names) or, without one, the width and more layers than
+    its decoder fuses (``decoder_fts_fuse.*``: the blocks before the last; the text tower cannot be read there).
 
     Raises:
         ValueError: naming each size that differs, with the checkpoint's value and ``clip_name``'s.

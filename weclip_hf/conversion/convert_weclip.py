@@ -233,15 +233,14 @@ def convert_official_checkpoint(
         clip: optional transformers CLIP folder or Hub id for the CLIP part (e.g. when the checkpoint holds
             only the decoder). Its layer count, width, patch size and MLP width, its text tower's layer count,
             width, MLP width, context length and vocabulary, and its projection size must be those of the
-            checkpoint's own CLIP, or, without one, its width
-            and more layers than the decoder fuses (the last block, which the CAMs run, follows them:
-            `check_clip_matches`).
+            checkpoint's own CLIP, or, without one, its width and more layers than the decoder fuses (the last
+            block, which the CAMs run, follows them: `check_clip_matches`).
             If the checkpoint also holds ``encoder.*``, it is compared with this CLIP (up to fp16 rounding) and a
             difference raises, unless ``check_clip=False``; its ``encoder.*`` tensors are then not used.
         check_clip: with ``clip``: compare the checkpoint's own CLIP with it, or, for a checkpoint without one
             (whose patch size, text tower and CLIP weights cannot be read from it), refuse a CLIP of other
-            sizes (either tower's, or the projection's) than the official ``openai/clip-vit-base-patch16`` (`check_clip_is_official`). False: use ``clip`` as
-            it is.
+            sizes (either tower's, or the projection's) than the official ``openai/clip-vit-base-patch16``
+            (`check_clip_is_official`). False: use ``clip`` as it is.
         preset: ``"voc"`` or ``"coco"`` for a WeCLIP checkpoint, ``"voc-plus"`` or ``"coco-plus"`` for a WeCLIP+
             one (class names, background words, thresholds; a checkpoint of the other method is refused). The
             DINOv2 of a WeCLIP+ checkpoint always comes from its ``dino_encoder.*`` tensors. Default: the
