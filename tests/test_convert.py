@@ -174,6 +174,11 @@ def _clip_only(sd: dict, prefix: str = "encoder.") -> dict:
     return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
+def _without_clip(sd: dict) -> dict:
+    """``sd`` without its own CLIP (``encoder.*``): a decoder-only checkpoint."""
+    return {k: v for k, v in sd.items() if not k.startswith("encoder.")}
+
+
 class FakeCLIPTokenizer:
     """Deterministic stand-in for a CLIP tokenizer (ids < vocab - 2, SOT = vocab - 2, EOT = vocab - 1)."""
 
@@ -194,18 +199,26 @@ class FakeCLIPTokenizer:
 # ---- reference computations from the official layout -------------------------------------------------
 
 
+def clip_model_sized_as(
+    config, vision: dict | None = None, text: dict | None = None, projection_dim: int | None = None
+) -> nn.Module:
+    """A random transformers CLIPModel of the CLIP sizes of ``config`` (a WeCLIP config), those given in
+    ``vision``, ``text`` and ``projection_dim`` changed."""
+    from transformers import CLIPConfig, CLIPModel
+
+    return CLIPModel(
+        CLIPConfig(
+            vision_config={**config.vision_config.to_dict(), **(vision or {})},
+            text_config={**config.text_config.to_dict(), **(text or {})},
+            projection_dim=projection_dim or config.projection_dim,
+        )
+    )
+
+
 def transformers_clip_of(sd: dict, config) -> nn.Module:
     """transformers' CLIPModel holding the CLIP of the official state dict ``sd`` (``config``: a WeCLIP config of
     its sizes, `infer_config_from_official`)."""
-    from transformers import CLIPConfig, CLIPModel
-
-    clip = CLIPModel(
-        CLIPConfig(
-            vision_config=config.vision_config.to_dict(),
-            text_config=config.text_config.to_dict(),
-            projection_dim=config.projection_dim,
-        )
-    )
+    clip = clip_model_sized_as(config)
     vision, text, proj, _ = official_to_hf_clip(sd)
     clip.load_state_dict({**vision, **text, **proj}, strict=True)
     return clip
@@ -319,7 +332,6 @@ def tiny_official_config(official):
 
 
 def test_clip_mapping_consumes_every_key_and_loads_into_clipmodel(official):
-    from transformers import CLIPConfig, CLIPModel
 
     vision, text, proj, report = official_to_hf_clip(official)
     clip_keys = [k for k in official if k.startswith("encoder.")]
@@ -327,13 +339,7 @@ def test_clip_mapping_consumes_every_key_and_loads_into_clipmodel(official):
     assert report.prefix == "encoder." and not report.ignored
     assert set(proj) == {"visual_projection.weight", "text_projection.weight", "logit_scale"}
     config = infer_config_from_official(official, "voc", decoder_num_heads=4)
-    clip = CLIPModel(
-        CLIPConfig(
-            vision_config=config.vision_config.to_dict(),
-            text_config=config.text_config.to_dict(),
-            projection_dim=config.projection_dim,
-        )
-    )
+    clip = clip_model_sized_as(config)
     expected = {k: v.shape for k, v in clip.state_dict().items() if not k.endswith("position_ids")}
     got = {**vision, **text, **proj}
     assert {k: v.shape for k, v in got.items()} == expected
@@ -735,7 +741,7 @@ def test_real_vit_b16_sizes_on_meta_device():
     # the official sizes that a --clip for a checkpoint without its own CLIP is held to are these, both towers'
     from weclip_hf.conversion.config_inference import check_clip_is_official
 
-    check_clip_is_official({k: v for k, v in sd.items() if not k.startswith("encoder.")}, config, "ViT-B/16")
+    check_clip_is_official(_without_clip(sd), config, "ViT-B/16")
     ours, report = official_to_weclip(sd, config)
     assert len(report.mapped) == 386 and len(ours) == 483
     assert ours["vision_model.encoder.layers.11.self_attn.v_proj.weight"].shape == (768, 768)
@@ -1281,7 +1287,7 @@ def clip_folder(tmp_path_factory, official, tiny_official_config):
 def test_clip_from_a_transformers_folder(official, clip_folder, converted_tiny):
     reference, tokenizer = converted_tiny
     kwargs = dict(clip=str(clip_folder), preset="voc", tokenizer=tokenizer, decoder_num_heads=4)
-    decoder_only = {k: v for k, v in official.items() if not k.startswith("encoder.")}
+    decoder_only = _without_clip(official)
     # without encoder.* tensors (a CLIP of other sizes than the official one, taken on the user's word), then
     # with them (checked)
     for checkpoint, check_clip in ((decoder_only, False), (dict(official), True)):
@@ -1350,7 +1356,7 @@ TOY_CLIP = REPO / "weclip_hf" / "toy_clip"  # a 3-layer CLIP of width 128, patch
 def test_clip_that_does_not_match_the_checkpoint_is_named(sizes, with_clip, expected):
     checkpoint = make_official_state_dict(**sizes)
     if not with_clip:
-        checkpoint = {k: v for k, v in checkpoint.items() if not k.startswith("encoder.")}
+        checkpoint = _without_clip(checkpoint)
     elif with_clip == "bare":
         checkpoint = {k.removeprefix("encoder."): v for k, v in checkpoint.items()}
     for check_clip in (True, False):  # another architecture is refused even without the weight comparison
@@ -1374,15 +1380,7 @@ def clip_folder_of_other_sizes(
     """A transformers CLIP saved in ``folder``: the towers of ``config`` (a WeCLIP config of the official state dict
     ``official``'s sizes) with the sizes ``vision``, ``text`` and ``projection_dim`` changed, holding the checkpoint's
     own CLIP tensors wherever their shapes fit."""
-    from transformers import CLIPConfig, CLIPModel
-
-    clip = CLIPModel(
-        CLIPConfig(
-            vision_config={**config.vision_config.to_dict(), **(vision or {})},
-            text_config={**config.text_config.to_dict(), **(text or {})},
-            projection_dim=projection_dim or config.projection_dim,
-        )
-    )
+    clip = clip_model_sized_as(config, vision, text, projection_dim)
     vision_weights, text_weights, proj, _ = official_to_hf_clip(official)
     own = clip.state_dict()
     fitting = {k: v for k, v in {**vision_weights, **text_weights, **proj}.items() if v.shape == own[k].shape}
@@ -1476,15 +1474,10 @@ def test_a_checkpoint_without_clip_takes_a_clip_of_other_sizes_than_the_official
     without a word, and the model built on features its decoder was never trained on. Now a CLIP of other
     sizes than the official one is refused, naming --no_check_clip, which takes it; the official sizes are
     taken as before."""
-    from transformers import CLIPConfig, CLIPModel
-
     c = tiny_official_config
-    vision = {**c.vision_config.to_dict(), "patch_size": 16, "image_size": 64}  # TINY's: patch 8, image 32
     folder = tmp_path / "other-patch-clip"
-    CLIPModel(
-        CLIPConfig(vision_config=vision, text_config=c.text_config.to_dict(), projection_dim=c.projection_dim)
-    ).save_pretrained(folder)
-    decoder_only = {k: v for k, v in official.items() if not k.startswith("encoder.")}
+    clip_model_sized_as(c, vision=dict(patch_size=16, image_size=64)).save_pretrained(folder)  # TINY's: 8, 32
+    decoder_only = _without_clip(official)
     kwargs = dict(
         clip=str(folder), preset="voc", tokenizer=FakeCLIPTokenizer(TINY["vocab"]), decoder_num_heads=4
     )
@@ -1524,7 +1517,7 @@ def test_a_checkpoint_without_clip_takes_a_clip_of_another_text_tower_than_the_o
     projection size are compared too, each difference named; --no_check_clip takes it."""
     official_sized_as(tiny_official_config, monkeypatch)
     folder = clip_folder_of_other_sizes(official, tiny_official_config, tmp_path / "other-text-clip", **sizes)
-    decoder_only = {k: v for k, v in official.items() if not k.startswith("encoder.")}
+    decoder_only = _without_clip(official)
     kwargs = dict(
         clip=str(folder), preset="voc", tokenizer=FakeCLIPTokenizer(TINY["vocab"]), decoder_num_heads=4
     )
@@ -1597,7 +1590,7 @@ def test_a_clip_or_tokenizer_that_cannot_be_loaded_is_named_before_the_checkpoin
 
 
 def test_checkpoint_without_clip_needs_clip(official):
-    decoder_only = {k: v for k, v in official.items() if not k.startswith("encoder.")}
+    decoder_only = _without_clip(official)
     with pytest.raises(ValueError, match="--clip"):
         convert_official_checkpoint(decoder_only, preset="voc", tokenizer=FakeCLIPTokenizer(99))
 
@@ -1966,7 +1959,7 @@ def test_weclip_plus_with_clip_from_a_transformers_folder(official_plus, clip_fo
     from transformers import CLIPModel
 
     kwargs = dict(clip=str(clip_folder), preset="voc-plus", tokenizer=FakeCLIPTokenizer(TINY["vocab"]))
-    without_clip = {k: v for k, v in official_plus.items() if not k.startswith("encoder.")}
+    without_clip = _without_clip(official_plus)
     expected, _ = official_to_weclip(official_plus, plus_config)
     folder = CLIPModel.from_pretrained(clip_folder).state_dict()
     # a CLIP of other sizes than the official one is taken for a checkpoint without its own on the user's word
