@@ -248,7 +248,7 @@ def clip_hub_id(args: argparse.Namespace, config) -> str | None:
     None for a CLIP of another shape."""
     if args.clip:
         return args.clip
-    return CLIP_MODEL if is_official_clip(config.vision_config) else None
+    return CLIP_MODEL if is_official_clip(config) else None
 
 
 def build_model_card(args: argparse.Namespace, model, checkpoint_sha256: str) -> ModelCard:

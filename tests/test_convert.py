@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from conftest import assert_holds_the_tokenizer_of_its_text_embeddings, example_module, require_data
 from torch import nn
 
-from weclip_hf import WeCLIPForSemanticSegmentation
+from weclip_hf import WeCLIPConfig, WeCLIPForSemanticSegmentation
 from weclip_hf.conversion import (
     KeyTable,
     Rename,
@@ -1048,9 +1048,16 @@ def test_script_checks_clip_at_parsing_and_passes_no_check_clip_to_the_converter
     # the card's base model: --clip as given (a Hub id of another CLIP than the official one too)
     from transformers import CLIPVisionConfig
 
-    b32 = mock.Mock(vision_config=CLIPVisionConfig())
+    b32 = WeCLIPConfig(vision_config=CLIPVisionConfig())
     assert script.clip_hub_id(argparse.Namespace(clip="me/clip-b32"), b32) == "me/clip-b32"
     assert script.clip_hub_id(argparse.Namespace(clip=None), b32) is None
+    # the official image tower with a text tower of other sizes (the checkpoint's own CLIP): not the official CLIP
+    other_text = WeCLIPConfig(
+        vision_config=CLIPVisionConfig(patch_size=16), text_config=dict(num_hidden_layers=6)
+    )
+    assert script.clip_hub_id(argparse.Namespace(clip=None), other_text) is None
+    official = WeCLIPConfig(vision_config=CLIPVisionConfig(patch_size=16))
+    assert script.clip_hub_id(argparse.Namespace(clip=None), official) == "openai/clip-vit-base-patch16"
 
 
 def test_script_names_a_local_clip_folder_on_the_card_by_its_name_and_as_no_base_model(
@@ -1974,17 +1981,29 @@ def test_weclip_plus_with_clip_from_a_transformers_folder(official_plus, clip_fo
 
 
 def test_only_a_clip_of_the_official_sizes_is_named_as_the_official_clip():
-    from transformers import CLIPVisionConfig
+    from transformers import CLIPConfig
 
     from weclip_hf.conversion import is_official_clip
 
-    assert is_official_clip(CLIPVisionConfig(patch_size=16))  # OpenAI's ViT-B/16
-    assert not is_official_clip(CLIPVisionConfig())  # ViT-B/32
+    def clip(vision: dict, text: dict | None = None, projection_dim: int = 512) -> CLIPConfig:
+        return CLIPConfig(vision_config=vision, text_config=text or {}, projection_dim=projection_dim)
+
+    assert is_official_clip(clip(dict(patch_size=16)))  # OpenAI's ViT-B/16
+    assert not is_official_clip(clip({}))  # ViT-B/32
     # ViT-B/16 at 384 px: another position grid, another model
-    assert not is_official_clip(CLIPVisionConfig(patch_size=16, image_size=384))
-    assert not is_official_clip(CLIPVisionConfig(patch_size=16, intermediate_size=2048))  # another MLP
+    assert not is_official_clip(clip(dict(patch_size=16, image_size=384)))
+    assert not is_official_clip(clip(dict(patch_size=16, intermediate_size=2048)))  # another MLP
     assert not is_official_clip(
-        CLIPVisionConfig(patch_size=16, hidden_size=1024, num_attention_heads=16, num_hidden_layers=24)
+        clip(dict(patch_size=16, hidden_size=1024, num_attention_heads=16, num_hidden_layers=24))
+    )
+    # the official image tower beside another text tower or projection (other class embeddings): another model
+    assert not is_official_clip(clip(dict(patch_size=16), dict(num_hidden_layers=13)))
+    assert not is_official_clip(clip(dict(patch_size=16), dict(hidden_size=768, num_attention_heads=12)))
+    assert not is_official_clip(clip(dict(patch_size=16), projection_dim=768))
+    # a WeCLIP config (its CLIP's towers and projection) is read the same way
+    assert is_official_clip(WeCLIPConfig(vision_config=dict(patch_size=16)))
+    assert not is_official_clip(
+        WeCLIPConfig(vision_config=dict(patch_size=16), text_config=dict(vocab_size=100))
     )
 
 

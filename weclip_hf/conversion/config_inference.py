@@ -262,10 +262,11 @@ OFFICIAL_CLIP_TEXT = dict(
 OFFICIAL_CLIP_PROJECTION_DIM = 512
 
 
-def is_official_clip(vision_config) -> bool:
-    """Whether a CLIP vision config has the sizes of `CLIP_MODEL`'s (a checkpoint's own CLIP of another shape
-    is not that model, whatever its training)."""
-    return all(getattr(vision_config, k) == v for k, v in OFFICIAL_CLIP_VISION.items())
+def is_official_clip(clip_config) -> bool:
+    """Whether a CLIP config (a CLIPConfig or a WeCLIP config: its towers and projection size) has the sizes of
+    `CLIP_MODEL`'s, image tower, text tower and projection (a checkpoint's own CLIP of another shape is not that
+    model, whatever its training)."""
+    return not _official_differences(clip_config)
 
 
 def _official_differences(clip_config) -> list[str]:
