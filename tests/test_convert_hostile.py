@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from weclip_hf.conversion import convert_official_checkpoint, load_official_checkpoint
+from weclip_hf.conversion.checkpoint_file import MAX_WEIGHT_NESTING, model_state_dict
 from weclip_hf.safe_loading import MAX_MEMBER_BYTES
 from weclip_hf.safe_loading.pickle_specs import SpecUnpickler
 
@@ -702,3 +703,23 @@ def test_a_safetensors_file_over_the_total_cap_is_refused(tmp_path):
         "big.safetensors",
         "exceeds the cap of 4,096 bytes",
     )
+
+
+def _nested(inner, depth: int, key: str = "model"):
+    """``inner`` under ``depth`` dicts of one ``key`` each, built without recursion."""
+    for _ in range(depth):
+        inner = {key: inner}
+    return inner
+
+
+def test_weights_nested_past_the_limit_are_refused_not_searched_recursively(tmp_path):
+    """The weights entry is searched at most `MAX_WEIGHT_NESTING` entries deep: a dict given nesting it 5000 deep
+    ended in a RecursionError (and took time quadratic in the depth), now in one ValueError naming the source."""
+    weights = {"w": torch.zeros(2)}
+    path = tmp_path / "deepest_read.pth"
+    torch.save(_nested(weights, MAX_WEIGHT_NESTING), path)
+    assert load_official_checkpoint(path).keys() == {"w"}
+    torch.save(_nested(weights, MAX_WEIGHT_NESTING + 1), path)
+    _refused(partial(load_official_checkpoint, path), str(path), f"nest more than {MAX_WEIGHT_NESTING} deep")
+    with pytest.raises(ValueError, match=f"^given: its entries .* nest more than {MAX_WEIGHT_NESTING} deep"):
+        model_state_dict(_nested(weights, 5000, "state_dict"), "given")

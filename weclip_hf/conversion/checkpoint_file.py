@@ -26,29 +26,42 @@ logger = hf_logging.get_logger(__name__)
 
 # Where training checkpoints keep the model's weights beside their other entries (optimizer, iteration, ...).
 _WEIGHT_ENTRIES = ("state_dict", "model", "model_state_dict")
+# How many of those entries deep the weights may lie: official checkpoints nest them at most two deep, and a file
+# nesting them thousands deep is searched neither forever nor past Python's recursion limit.
+MAX_WEIGHT_NESTING = 8
 
 
-def _holds_tensors(value: Any, seen: set[int] | None = None) -> bool:
-    """Whether ``value`` is a dict with a tensor among its values, or among those of one of its `_WEIGHT_ENTRIES`
-    (nested, each dict once: ``seen``, a dict holding itself)."""
-    seen = set() if seen is None else seen
+def _holds_tensors(value: Any, source: str | Path, depth: int, seen: set[int]) -> bool:
+    """Whether ``value`` (``depth`` entries down the checkpoint) is a dict with a tensor among its values, or among
+    those of one of its `_WEIGHT_ENTRIES` (nested, each dict once: ``seen``, a dict holding itself).
+
+    Raises:
+        ValueError: naming ``source``, where the search goes more than `MAX_WEIGHT_NESTING` entries deep.
+    """
     if not isinstance(value, dict) or id(value) in seen:
         return False
     seen.add(id(value))
     if any(isinstance(v, torch.Tensor) for v in value.values()):
         return True
-    return any(_holds_tensors(value.get(k), seen) for k in _WEIGHT_ENTRIES)
+    if depth >= MAX_WEIGHT_NESTING and any(isinstance(value.get(k), dict) for k in _WEIGHT_ENTRIES):
+        raise ValueError(
+            f"{source}: its entries {', '.join(map(repr, _WEIGHT_ENTRIES))} nest more than {MAX_WEIGHT_NESTING} "
+            "deep (an official checkpoint's, at most 2): no checkpoint to convert. Save the model's state dict "
+            "alone, e.g. torch.save(checkpoint['model'], path)."
+        )
+    return any(_holds_tensors(value.get(k), source, depth + 1, seen) for k in _WEIGHT_ENTRIES)
 
 
 def _weights_entry(state: Any, source: str | Path) -> Any:
     """The model's state dict of a checkpoint: ``state`` itself, or the one entry of `_WEIGHT_ENTRIES` that holds
-    tensors (nested ones too, each dict once); the entries left beside it are named in a warning."""
+    tensors (nested ones too, each dict once, at most `MAX_WEIGHT_NESTING` deep); the entries left beside it are
+    named in a warning."""
     seen = set()
     while isinstance(state, dict) and not all(isinstance(v, torch.Tensor) for v in state.values()):
         if id(state) in seen:  # a dict holding itself (a pickle may): no state dict of weights
             raise ValueError(f"{source}: its entries hold themselves; no state dict of tensors to read.")
         seen.add(id(state))
-        entries = [k for k in _WEIGHT_ENTRIES if _holds_tensors(state.get(k))]
+        entries = [k for k in _WEIGHT_ENTRIES if _holds_tensors(state.get(k), source, len(seen), set())]
         if len(entries) > 1:
             raise ValueError(
                 f"{source}: holds several state dicts ({', '.join(map(repr, entries))}): save the model's alone, "
