@@ -27,6 +27,7 @@ import torch
 from weclip_hf.conversion import convert_official_checkpoint, load_official_checkpoint
 from weclip_hf.conversion.checkpoint_file import MAX_WEIGHT_NESTING, model_state_dict
 from weclip_hf.safe_loading import MAX_MEMBER_BYTES
+from weclip_hf.safe_loading.caps import MAX_CONTAINER_NESTING
 from weclip_hf.safe_loading.pickle_specs import SpecUnpickler
 
 # what one refusal may allocate: no zip read (the CRC check reads members in 1 MiB chunks) and no tensor above this
@@ -723,3 +724,24 @@ def test_weights_nested_past_the_limit_are_refused_not_searched_recursively(tmp_
     _refused(partial(load_official_checkpoint, path), str(path), f"nest more than {MAX_WEIGHT_NESTING} deep")
     with pytest.raises(ValueError, match=f"^given: its entries .* nest more than {MAX_WEIGHT_NESTING} deep"):
         model_state_dict(_nested(weights, 5000, "state_dict"), "given")
+
+
+def test_a_pickle_nesting_containers_200000_deep_is_refused_in_linear_time(tmp_path):
+    """A data.pkl of 1.6 MB nesting dicts 200,000 deep: naming its tensors built every key path, time quadratic in
+    the depth (4 s here; an 8 MB one, under MAX_METADATA_BYTES, minutes), only to call it a training checkpoint
+    whose weights "may be under 'm'"; now refused past `MAX_CONTAINER_NESTING` levels. Containers exactly that deep
+    beside the weights are read."""
+    level = pickle.EMPTY_DICT + pickle.BINUNICODE + struct.pack("<I", 1) + b"m"  # {"m": <next level>}
+    deep = b"\x80\x02" + level * 200_000 + pickle.EMPTY_DICT + pickle.SETITEM * 200_000 + pickle.STOP
+    path = _write_archive(tmp_path / "deep.pth", deep, {})
+    _refused(
+        partial(load_official_checkpoint, path), str(path), f"nest more than {MAX_CONTAINER_NESTING} deep"
+    )
+    view = _tensor(_Storage("0", 4), 0, (4,), (1,))
+    for extra, read in ((0, True), (1, False)):
+        beside = {"model": {"w": view}, "notes": _nested([], MAX_CONTAINER_NESTING - 2 + extra, "n")}
+        path = _write_archive(tmp_path / f"beside{extra}.pth", _pickle(beside), {"0": bytes(16)})
+        if read:
+            assert load_official_checkpoint(path).keys() == {"w"}
+        else:
+            _refused(partial(load_official_checkpoint, path), str(path), "nest more than")

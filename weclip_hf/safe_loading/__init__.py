@@ -17,7 +17,8 @@ read before these checks pass (the caps: `caps`):
    must fit in its member, each view in its storage (`check_view`: shapes, strides and offset non-negative;
    the extent reached from offset, shape and stride inside the storage; no more elements than the storage
    holds, so no stride-0 or overlapping view can declare 3e9 elements over 4 bytes), and all views together at
-   most ``max_total_bytes``.
+   most ``max_total_bytes``. Its dicts, lists and tuples nest at most `MAX_CONTAINER_NESTING` deep (a pickle of
+   a few MB can nest millions of levels, whose key paths would take hours to name).
 3. Only then are storages read: by this package for TorchScript (`torchscript_archives`: no code compiled or
    run, each member checked against its CRC-32 as it is read), by ``torch.load(weights_only=True)`` for
    ``torch.save`` archives (`torch_save_archives`) once every member matches its CRC-32 (`check_crcs`;

@@ -16,6 +16,9 @@ MAX_METADATA_BYTES = 8 * 2**20
 MAX_COMPRESSION_RATIO = 100
 _RATIO_FLOOR = 2**20
 _MAX_NDIM = 64
+# How deep a torch.save pickle's dicts, lists and tuples may nest: a training checkpoint's optimizer state nests 4
+# deep (optimizer.state.0.exp_avg); a pickle of millions of levels fits in MAX_METADATA_BYTES.
+MAX_CONTAINER_NESTING = 64
 REDOWNLOAD = "Download or copy the checkpoint again."
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .caps import _MAX_NDIM, MAX_ARCHIVE_BYTES, _size
+from .caps import _MAX_NDIM, MAX_ARCHIVE_BYTES, MAX_CONTAINER_NESTING, REDOWNLOAD, _size
 from .zip_archive import _read_metadata
 
 _STORAGE_DTYPES = {
@@ -284,22 +284,32 @@ def check_tensor_views(
             )
 
 
-def named_specs(obj: Any, specs: list[TensorSpec]) -> list[tuple[str, TensorSpec]]:
+def named_specs(obj: Any, specs: list[TensorSpec], path: Path | str) -> list[tuple[str, TensorSpec]]:
     """Every tensor of an unpickled ``torch.save`` object, named by its key path (``"state_dict.w"``); a
-    tensor reachable under two keys is listed twice, one that no key reaches as ``<unnamed tensor i>``."""
+    tensor reachable under two keys is listed twice, one that no key reaches as ``<unnamed tensor i>``.
+
+    Raises:
+        ValueError: naming ``path``, where containers nest more than `MAX_CONTAINER_NESTING` deep (their key paths
+            would take time quadratic in the depth to build).
+    """
     named: list[tuple[str, TensorSpec]] = []
-    stack: list[tuple[str, Any]] = [("", obj)]
+    stack: list[tuple[str, Any, int]] = [("", obj, 0)]
     seen: set[int] = set()
     while stack:
-        name, value = stack.pop()
+        name, value, depth = stack.pop()
         if isinstance(value, TensorSpec):
             named.append((name or "<top level>", value))
             continue
         if id(value) in seen or not isinstance(value, (dict, list, tuple)):
             continue
+        if depth == MAX_CONTAINER_NESTING:
+            raise ValueError(
+                f"{path}: its dicts, lists and tuples nest more than {MAX_CONTAINER_NESTING} deep (at "
+                f"{name[:80]!r}...): no checkpoint, whose state dicts nest a few levels. {REDOWNLOAD}"
+            )
         seen.add(id(value))
         items = value.items() if isinstance(value, dict) else enumerate(value)
-        stack.extend(reversed([(f"{name}.{k}" if name else str(k), v) for k, v in items]))
+        stack.extend(reversed([(f"{name}.{k}" if name else str(k), v, depth + 1) for k, v in items]))
     reached = {id(spec) for _, spec in named}
     named += [(f"<unnamed tensor {i}>", s) for i, s in enumerate(specs) if id(s) not in reached]
     return named

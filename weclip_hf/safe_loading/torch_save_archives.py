@@ -51,7 +51,7 @@ def load_torch_archive(
                 "dicts and dense tensors are read. Re-save it as a plain state dict of tensors, e.g. "
                 "torch.save(model.state_dict(), path), in a trusted environment."
             ) from err
-        check_specs(named_specs(obj, specs), infos, root, path, max_total_bytes)
+        check_specs(named_specs(obj, specs, path), infos, root, path, max_total_bytes)
         check_crcs(archive, path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
