@@ -780,3 +780,80 @@ def test_an_evaluation_is_logged_only_for_its_own_step(tmp_path):
     assert not logged_evaluation(log, 4)  # a record of step 4, without eval_* figures
     assert not logged_evaluation(log, 6)  # the line a kill cut short
     assert not logged_evaluation(tmp_path / "missing.jsonl", 2)
+
+
+_STATE = '{"step": 3, "scheduler": {}, "position": {"epoch": 0, "batch": 0}'
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nest too deep for Python's JSON parser"),  # was a RecursionError
+        (_STATE.replace("3", "1e999") + "}", "1e999 is out of the range of a float"),  # an OverflowError
+        (_STATE + ', "step": 5}', "the key 'step' is given twice"),  # was step 5, silently
+        (_STATE + ', "seconds": NaN}', "holds NaN"),  # was seconds=nan
+        (_STATE.replace("3", "true") + "}", "step must be a whole number >= 0, got True"),  # was step 1
+        (_STATE.replace('"epoch": 0', '"epoch": "x"') + "}", "epoch must be a whole number >= 0, got 'x'"),
+        (b'{"step": "\xe9"}', "not UTF-8 text (byte 10 is b'\\xe9')"),
+    ],
+    ids=["deep", "1e999", "key twice", "NaN", "bool step", "string epoch", "latin-1"],
+)
+def test_a_pathological_training_state_is_refused_naming_it(tmp_path, content, problem):
+    """A training_state.json nesting 100,000 arrays, holding 1e999, a key twice, NaN, a bool or string count: a
+    RecursionError or OverflowError, or a state read silently wrong (step 5 of two, True as step 1); now one
+    CheckpointError naming the file and the problem (`weclip_hf.json_files.read_json`)."""
+    from weclip_hf.checkpointing import read_training_state
+
+    file = tmp_path / "training_state.json"
+    file.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(CheckpointError) as caught:
+        read_training_state(tmp_path)
+    assert str(file) in str(caught.value) and problem in str(caught.value)
+
+
+def _release_fifo(file: Path) -> None:
+    """Open FIFO ``file`` for writing and close it: a reader blocked on it reads an empty file."""
+    try:
+        os.close(os.open(file, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:  # no reader waits on it (ENXIO): nothing to release
+        pass
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "link loop"])
+def test_a_checkpoint_record_that_is_no_file_is_refused_naming_it(tmp_path, kind):
+    """A folder, a FIFO or a link loop at a checkpoint's JSON records: reading training_state.json raised
+    IsADirectoryError, or blocked forever on the FIFO (here a writer opens it after 2 s, so that the old code
+    ends), and training_args.json / resolved_args.json / computation.json so placed were taken for absent; now
+    one CheckpointError naming the file and what it is."""
+    import threading
+
+    from weclip_hf.checkpointing import check_unchanged, read_training_state
+    from weclip_hf.trainer import recorded_computation
+    from weclip_hf.trajectory import recorded_resolved
+
+    expected = {
+        "folder": "is a folder",
+        "fifo": "is a FIFO",
+        "link loop": "Too many levels of symbolic links",
+    }
+    readers = {
+        "training_state.json": read_training_state,
+        "training_args.json": lambda path: check_unchanged(path, {"seed": 1}),
+        "resolved_args.json": recorded_resolved,
+        "computation.json": recorded_computation,
+    }
+    for name, read in readers.items():
+        folder = tmp_path / name.replace(".", "_")
+        file = folder / name
+        folder.mkdir()
+        if kind == "folder":
+            file.mkdir()
+        elif kind == "link loop":
+            file.symlink_to(file.name)
+        else:
+            os.mkfifo(file)
+            release = threading.Timer(2, _release_fifo, (file,))
+            release.daemon = True
+            release.start()
+        with pytest.raises(CheckpointError, match=f"^{file}: .*{expected[kind]}"):
+            read(folder)

@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .batch_jobs import walk_entries
+from .json_files import read_json, read_json_if_present
 from .model_loading import safetensors_problem, weights_readable_as
 
 TRAINING_STATE_NAME = "training_state.json"
@@ -226,22 +227,36 @@ def checkpoint_folders(output_dir: Path) -> list[Path]:
     )
 
 
+def _count(value, what: str) -> int:
+    """``value`` of a training state's record, checked to be a whole number >= 0 (not a bool, a string or a float)."""
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{what} must be a whole number >= 0, got {value!r}")
+    return value
+
+
 def read_training_state(path: Path) -> TrainingState:
-    """The plain-data state of checkpoint ``path`` (JSON; a legacy pickle is read tensor-only)."""
+    """The plain-data state of checkpoint ``path`` (JSON, `read_json`, each item of the type written; a legacy
+    pickle is read tensor-only)."""
     json_path = path / TRAINING_STATE_NAME
-    if json_path.exists():
-        try:
-            raw = json.loads(json_path.read_text(encoding="utf-8"))
-            return TrainingState(
-                step=int(raw["step"]),
-                scheduler=dict(raw["scheduler"]),
-                position=StreamPosition(**raw["position"]),
-                seconds=None if raw.get("seconds") is None else float(raw["seconds"]),
-                computation=Computation.from_record(raw),
-            )
-        except (ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(f"{json_path} is not a valid training state: {error}") from error
-    return _read_legacy_training_state(path)
+    raw = read_json_if_present(json_path, expect=dict, error=CheckpointError)
+    if raw is None:
+        return _read_legacy_training_state(path)
+    try:
+        position = raw["position"]
+        if not isinstance(position, dict) or not isinstance(raw["scheduler"], dict):
+            raise ValueError("its position and scheduler must be JSON objects")
+        seconds = raw.get("seconds")
+        if seconds is not None and (type(seconds) not in (int, float) or seconds < 0):
+            raise ValueError(f"seconds must be a number >= 0 or null, got {seconds!r}")
+        return TrainingState(
+            step=_count(raw["step"], "step"),
+            scheduler=raw["scheduler"],
+            position=StreamPosition(**{key: _count(value, key) for key, value in position.items()}),
+            seconds=seconds,
+            computation=Computation.from_record(raw),
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{json_path} is not a valid training state: {error}") from error
 
 
 def _read_legacy_training_state(path: Path) -> TrainingState:
@@ -294,7 +309,7 @@ def damaged_file(path: Path) -> str | None:
                 if problem := safetensors_problem(file):
                     return f"{file} is damaged ({problem})"
             elif file.suffix == ".json":
-                json.loads(file.read_text(encoding="utf-8"))
+                read_json(file)
             elif _starts_with(file, b"PK\x03\x04"):  # torch.save's zip archive
                 with zipfile.ZipFile(file) as archive:
                     bad = archive.testzip()
@@ -464,13 +479,14 @@ def _check_frozen_weights(frozen: FrozenWeights, path: Path) -> frozenset[str]:
     """The parameters checkpoint ``path`` leaves out, after checking that the model's ``frozen`` ones are the ones
     its run trained with (its ``frozen_weights.json``)."""
     record_path = path / FROZEN_WEIGHTS_NAME
-    record = _read(record_path, lambda f: json.loads(f.read_text(encoding="utf-8")))
-    if not isinstance(record, dict) or record.get("sha256") != frozen.sha256:
+    record = read_json_if_present(record_path, expect=dict, error=CheckpointError)
+    if record is None:
+        raise CheckpointError(f"Cannot resume: {record_path} is missing.")
+    if record.get("sha256") != frozen.sha256:
         raise CheckpointError(
             f"Cannot resume from {path}: the frozen backbones loaded now are not the ones its run trained with "
-            f"(SHA-256 of their parameters {frozen.sha256[:12]}..., the checkpoint's "
-            f"{str(record.get('sha256') if isinstance(record, dict) else record)[:12]}...; its checkpoints leave them "
-            "out). Resume with the CLIP (and DINOv2) weights of that run."
+            f"(SHA-256 of their parameters {frozen.sha256[:12]}..., the checkpoint's {str(record.get('sha256'))[:12]}"
+            "...; its checkpoints leave them out). Resume with the CLIP (and DINOv2) weights of that run."
         )
     return frozen.names
 
@@ -502,10 +518,9 @@ def check_unchanged(
     training another run than the one it continues. False when the checkpoint records nothing (written by an
     earlier version), True when every value matches; ``saved_as``: the recorded values as ``current`` states them
     (an earlier version's way of recording one). Shared by examples/train.py and train_with_trainer.py."""
-    saved_path = path / file_name
-    if not saved_path.is_file():
+    saved = read_json_if_present(path / file_name, expect=dict, error=CheckpointError)
+    if saved is None:
         return False
-    saved = json.loads(saved_path.read_text(encoding="utf-8"))
     changed = differences(saved_as(saved) if saved_as else saved, current, label, skip)
     if changed:
         raise ValueError(

@@ -19,9 +19,10 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, speed_metrics
 
-from .checkpointing import TRAINING_ARGS_NAME, Computation, compile_mode_in_effect
+from .checkpointing import TRAINING_ARGS_NAME, CheckpointError, Computation, compile_mode_in_effect
 from .data.batches import collate_by_size, process_subset
 from .evaluation import MIOU_NAMES, MODES, evaluate_segmentation, processor_input_size
+from .json_files import read_json_if_present
 from .losses import LOSS_TERMS, present_losses
 from .model_card import card_repo_id, make_model_card, save_model_card, split_model_metrics
 from .normalization import PixelNormalization
@@ -107,7 +108,11 @@ def recorded_computation(path: Path) -> Computation:
     """How the run of Trainer checkpoint ``path`` computed (its ``computation.json``); nothing recorded (every item
     None: nothing is compared) for a checkpoint written before the record."""
     file = path / COMPUTATION_NAME
-    return Computation(**json.loads(file.read_text(encoding="utf-8"))) if file.is_file() else Computation()
+    recorded = read_json_if_present(file, expect=dict, error=CheckpointError)
+    try:
+        return Computation(**(recorded or {}))
+    except TypeError as error:  # a key of no Computation item
+        raise CheckpointError(f"{file} is not a record of how a run computed: {error}") from None
 
 
 class RecordRunCallback(TrainerCallback):

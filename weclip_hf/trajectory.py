@@ -20,6 +20,7 @@ from accelerate import Accelerator
 from .batch_jobs import comparable_path
 from .checkpointing import (
     TRAINING_ARGS_NAME,
+    CheckpointError,
     Computation,
     FrozenWeights,
     TrainingState,
@@ -27,6 +28,7 @@ from .checkpointing import (
     read_training_state,
     save_checkpoint,
 )
+from .json_files import read_json, read_json_if_present
 
 # arguments never written to disk (trackers, logs, checkpoints, model cards)
 SECRET_ARGS = ("hub_token",)
@@ -167,8 +169,9 @@ def recorded_clip(source: str | None) -> str | None:
 def recorded_resolved(path: Path) -> frozenset[str]:
     """The values in effect checkpoint ``path`` records (the keys of its resolved_args.json; none for an earlier
     version's), which `check_resolved` compares instead of the flags as given."""
-    file = path / RESOLVED_ARGS_NAME
-    return frozenset(json.loads(file.read_text(encoding="utf-8"))) if file.is_file() else frozenset()
+    return frozenset(
+        read_json_if_present(path / RESOLVED_ARGS_NAME, expect=dict, error=CheckpointError) or ()
+    )
 
 
 def check_resolved(
@@ -352,7 +355,7 @@ def given_resolved_changes(path: Path, current: dict, keys: frozenset[str]) -> l
     `check_resolved`) that the run of checkpoint ``path`` gave and the resumed run gives otherwise or leaves out:
     named with a refusal of the flags as given, or of the values in effect the arguments fix, as what to restate (a
     default may still resolve to the run's value: alone, a flag left out is not refused)."""
-    saved = json.loads((path / TRAINING_ARGS_NAME).read_text(encoding="utf-8"))
+    saved = read_json(path / TRAINING_ARGS_NAME, expect=dict, error=CheckpointError)
     return [
         f"--{key} {saved[key]!r} ({'not given now' if current.get(key) is None else f'now {current[key]!r}'})"
         for key in sorted(keys)
