@@ -292,6 +292,36 @@ def test_recorded_outputs_lie_in_the_writers_folders(tmp_path):
             read_record(record)
 
 
+def test_a_pathological_state_file_of_a_job_is_named_not_a_traceback_or_a_hang(tmp_path):
+    """A job's record or settings file nesting 100,000 arrays ended in a RecursionError, a folder in its place in
+    IsADirectoryError, a FIFO blocked the run forever, a key given twice was read as its last value; a list of
+    skipped inputs naming one by a list ended in "unhashable type". Now the record "holds no record (...)", naming
+    the file, and the list is left out of the report with a warning naming it."""
+    from weclip_hf.batch_jobs import read_record, read_skipped
+
+    record = tmp_path / "a.json"
+    skipped = tmp_path / ".state" / "skipped-0.json"
+    skipped.parent.mkdir()
+    contents = {
+        "nest too deep": "[" * 100_000 + "]" * 100_000,
+        "the key 'a' is given twice": '{"a": 1, "a": 2}',
+        "inputs named by other values than strings": '[{"input": ["a"], "reason": "?"}]',
+    }
+    for problem, content in contents.items():
+        record.write_text(content)
+        skipped.write_text(content)
+        if not problem.startswith("inputs"):
+            with pytest.raises(ValueError, match=f"^{record} holds no record \\(.*{problem}"):
+                read_record(record)
+        with pytest.warns(UserWarning, match=f"^{skipped}: not a list of skipped inputs .*{problem}"):
+            assert read_skipped(tmp_path, 1, lambda name: False) == []
+    for make, kind in ((Path.mkdir, "is a folder"), (os.mkfifo, "is a FIFO")):
+        placed = tmp_path / f"{kind}.json"
+        make(placed)
+        with pytest.raises(ValueError, match=f"^{placed} holds no record \\(.*{kind}"):
+            read_record(placed)
+
+
 def test_another_model_saved_at_the_same_folder_is_refused(finished_run):
     """A retrained model saved at the same --model_name_or_path: the re-run is refused (it would report the old
     model's label maps as done), and nothing of the folder is rewritten."""

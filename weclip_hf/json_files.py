@@ -39,7 +39,9 @@ def _unique_keys(source: str) -> Any:
         if len(built) < len(pairs):
             seen: set[str] = set()
             twice = next(key for key, _ in pairs if key in seen or seen.add(key))
-            raise _Refused(f"{source}: the key {twice!r} is given twice in one object (which one holds?).")
+            raise _Refused(
+                f"{source}: the key {twice!r} is given twice in one object (which value holds cannot be told)."
+            )
         return built
 
     return build

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..json_files import read_json_if_present
 from ..wording import counted, some_of
 
 OUTPUTS = "outputs"  # in an input's record: the files written for it, relative to the output folder
@@ -49,19 +50,13 @@ def content_fingerprint(value: Any) -> dict[str, int | str] | None:
 def read_record(path: str | Path) -> dict | None:
     """The JSON record at ``path``, or None where there is none. Raises ValueError naming a file that holds no
     record (edited or damaged: the writers write records whole)."""
-    path = Path(path)
-    if not path.exists():
-        return None
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        record = err
-    if not isinstance(record, dict):
+        return read_json_if_present(path, expect=dict)
+    except ValueError as err:  # `read_json`'s refusals: no JSON object, or no file (a folder, a FIFO)
         raise ValueError(
-            f"{path} holds no record ({record}): a file of an earlier run's state, edited or damaged. Choose "
-            "another --output_dir."
-        )
-    return record
+            f"{path} holds no record ({str(err).removeprefix(f'{path}: ').rstrip('.')}): a file of an earlier run's state, "
+            "edited or damaged. Choose another --output_dir."
+        ) from None
 
 
 def read_input_record(path: str | Path) -> dict | None:

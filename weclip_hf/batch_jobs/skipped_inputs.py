@@ -4,11 +4,12 @@ run's (`read_skipped`) once every process is done.
 
 from __future__ import annotations
 
-import json
+import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from ..json_files import read_json
 from .atomic_writes import save_json
 from .link_safety import remove_file
 from .state_folder import STATE_DIR
@@ -29,10 +30,12 @@ def read_skipped(output_dir: str | Path, num_processes: int, done: Callable[[str
     ours = [state / f"skipped-{rank}.json" for rank in range(num_processes)]
     for stale in set(state.glob("skipped-*.json")) - set(ours):
         remove_file(stale, output_dir)
-    for path in (path for path in ours if path.exists()):
+    for path in (path for path in ours if os.path.lexists(path)):
         try:
-            entries = json.loads(path.read_text(encoding="utf-8"))
+            entries = read_json(path, expect=list)
             names = [entry["input"] for entry in entries]
+            if not all(isinstance(name, str) for name in names):
+                raise ValueError(f"inputs named by other values than strings: {names[:3]}")
         except (ValueError, TypeError, KeyError) as err:
             warnings.warn(
                 f"{path}: not a list of skipped inputs ({err!r}); left out of the report.", stacklevel=2
