@@ -1338,6 +1338,18 @@ def test_an_empty_split_of_a_saved_dataset_is_named(tmp_path):
         load_dataset_splits(DataSource(dataset_path=str(tmp_path / "ds")))
 
 
+def test_a_saved_datasets_state_json_that_is_no_object_is_named(tmp_path):
+    """A state.json of a save_to_disk folder holding a JSON array or nesting 100,000 arrays ended in an
+    AttributeError or a RecursionError from the empty-split check; now one ValueError naming the file."""
+    from weclip_hf.data.folders import check_saved_splits
+
+    state = tmp_path / "state.json"
+    for content, problem in (("[1]", "holds a JSON array"), ("[" * 100_000 + "]" * 100_000, "nest too deep")):
+        state.write_text(content)
+        with pytest.raises(ValueError, match=f"^{state}: .*{problem}"):
+            check_saved_splits(str(tmp_path))
+
+
 def test_an_empty_loaded_split_is_named():
     from weclip_hf.data.sources import check_not_empty, with_split_name
 

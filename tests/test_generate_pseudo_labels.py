@@ -785,3 +785,21 @@ def test_pseudo_masks_are_computed_at_most_at_the_processors_input_size(
     generate.main(argv)
     expected = processor_input_size(WeCLIPImageProcessor.from_pretrained(toy_weclip_dir))
     assert expected is not None and sizes == [expected] * len(sizes) and sizes
+
+
+def test_a_pathological_example_record_is_named_when_the_split_is_finished(tmp_path, monkeypatch):
+    """An example's record in .state/ nesting 100,000 arrays, or cut short, ended the run's end (metadata.jsonl
+    from the records) in a RecursionError or a bare JSONDecodeError; now in the ValueError of a record file that
+    "holds no record", naming it."""
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    from pseudo_labelling.finishing import finish_split
+
+    record = tmp_path / ".state" / "train" / "a.json"
+    record.parent.mkdir(parents=True)
+    for content, problem in (
+        ("[" * 100_000 + "]" * 100_000, "nest too deep"),
+        ('{"file_name"', "not valid JSON"),
+    ):
+        record.write_text(content)
+        with pytest.raises(ValueError, match=f"^{record} holds no record \\(.*{problem}"):
+            finish_split(tmp_path, "train", {0: "background"})

@@ -673,3 +673,15 @@ def test_only_the_models_own_results_are_claimed():
         {"miou": 0.5, "miou_msf_crf": 0.6},
         {"cam_miou": 0.4, "pseudo_label_miou": 0.45},
     )
+
+
+def test_a_config_json_that_is_no_object_is_named_when_publishing(tmp_path):
+    """A model folder's config.json holding a JSON array ended the list of files to publish in an AttributeError;
+    now one ValueError naming the file."""
+    from weclip_hf.hub import shipped_code_files
+
+    (tmp_path / "config.json").write_text('["AutoModel"]')
+    with pytest.raises(
+        ValueError, match=f"^{tmp_path / 'config.json'}: holds a JSON array, expected a JSON object"
+    ):
+        shipped_code_files(tmp_path)

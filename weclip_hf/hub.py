@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
 import shutil
 import tempfile
@@ -18,6 +17,7 @@ from transformers.utils import logging as hf_logging
 from transformers.utils.hub import cached_files
 
 from .image_processing_weclip import WeCLIPImageProcessor, processor_settings
+from .json_files import read_json
 from .model_card import make_model_card
 
 logger = hf_logging.get_logger(__name__)
@@ -66,7 +66,7 @@ def shipped_code_files(folder: str | Path) -> set[str]:
     for name in ("config.json", "preprocessor_config.json"):
         path = folder / name
         if path.is_file() and not path.is_symlink():
-            auto_map = json.loads(path.read_text(encoding="utf-8")).get("auto_map") or {}
+            auto_map = read_json(path, expect=dict).get("auto_map") or {}
             refs = [
                 ref for value in auto_map.values() for ref in (value if isinstance(value, list) else [value])
             ]

@@ -14,6 +14,7 @@ from weclip_hf.batch_jobs import (
     OUTPUTS,
     STATE_DIR,
     mark_finished,
+    read_record,
     remove_file,
     remove_temporary_files,
     save_json,
@@ -30,9 +31,7 @@ def finish_split(out: Path, split: str, id2label: dict) -> list[dict]:
     (``id2label``: the masks' ids, which the names tell a second stage in another class order, whose labels would
     then disagree with the masks, from one in this order); files of examples without a record (an interrupted
     run's) removed. Returns the records."""
-    records = [
-        json.loads(p.read_text(encoding="utf-8")) for p in sorted((out / STATE_DIR / split).glob("*.json"))
-    ]
+    records = [read_record(p) for p in sorted((out / STATE_DIR / split).glob("*.json"))]
     kept = {r[k] for r in records for k in ("file_name", "mask_file_name")}
     for path in [*(out / split).glob("images/*"), *(out / split).glob("masks/*")]:
         if path.relative_to(out / split).as_posix() not in kept:

@@ -5,8 +5,9 @@ folder of pseudo masks, the split a folder is read as, and a folder-based datase
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from ..json_files import read_json
 
 
 def check_local_dataset(path: str, flag: str) -> None:
@@ -22,7 +23,7 @@ def check_saved_splits(dataset_path: str) -> None:
     an IndexError)."""
     root = Path(dataset_path).expanduser()
     for state in sorted([root / "state.json", *root.glob("*/state.json")]):
-        if state.is_file() and not json.loads(state.read_text(encoding="utf-8")).get("_data_files", [None]):
+        if state.is_file() and not read_json(state, expect=dict).get("_data_files", [None]):
             split = state.parent.name if state.parent != root else "the dataset"
             raise ValueError(
                 f"Split {split!r} of --dataset_path {dataset_path} is empty: it has no examples."
