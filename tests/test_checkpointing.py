@@ -721,6 +721,18 @@ def test_truncate_log_keeps_the_steps_up_to_the_checkpoint_and_drops_a_cut_line(
     truncate_log(tmp_path / "missing.jsonl", 20)  # no log yet: nothing to do
 
 
+def test_truncate_log_drops_lines_that_are_no_step_record_instead_of_failing(tmp_path):
+    """Lines of the log that parse but are no record of a step (a string, a step given as a string) ended the
+    resume in a TypeError, one nesting 100,000 arrays in a RecursionError; they are dropped as a cut line is, and a
+    diverged run's NaN loss is kept as logged."""
+    log = tmp_path / "train_log.jsonl"
+    odd = ['"step"', '{"step": "7"}', "[" * 100_000 + "]" * 100_000, '{"step": true}']
+    log.write_text("\n".join(['{"step": 10, "loss": NaN}', *odd, '{"step": 30}']) + "\n")
+    truncate_log(log, 20)
+    assert log.read_text() == '{"step": 10, "loss": NaN}\n'
+    assert not logged_evaluation(log, 10)
+
+
 def test_a_run_folder_that_holds_more_than_its_lock_is_kept(tmp_path):
     """`output_dir_held` removes a folder it created only while the lock is all it holds: a run that failed after
     writing (a checkpoint, a log) keeps them."""

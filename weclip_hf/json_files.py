@@ -103,6 +103,34 @@ def parse_json(
         raise error(f"{source}: holds an integer too long to read ({str(err).split(';')[0]}).") from None
 
 
+def read_regular_file(
+    path: str | Path, *, max_bytes: int = MAX_JSON_BYTES, error: type[ValueError] = ValueError
+) -> bytes:
+    """The bytes of file ``path``, opened without blocking and checked to be a regular file (a folder, FIFO, socket
+    or device is refused, not waited on) of at most ``max_bytes``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ``error`` (a ValueError): naming ``path`` and what is there instead (a link loop: "cannot be read").
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as err:  # a link loop, no permission
+        raise error(f"{path}: cannot be read ({err.strerror}).") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):  # checked on what was opened: no other file can take its place in between
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
+        raise error(f"{path}: is {kind}, not a file.")
+    with os.fdopen(fd, "rb") as stream:
+        data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise error(f"{path}: more than {max_bytes:,} bytes, larger than any such file read here may be.")
+    return data
+
+
 def read_json(
     path: str | Path,
     *,
@@ -111,33 +139,18 @@ def read_json(
     max_bytes: int = MAX_JSON_BYTES,
     error: type[ValueError] = ValueError,
 ) -> Any:
-    """The JSON of file ``path``, read without blocking (a FIFO is refused, not waited on) and checked as the module
+    """The JSON of file ``path`` (`read_regular_file`: a FIFO is refused, not waited on), checked as the module
     docstring says; ``expect``: the type of its top level (dict, list).
 
     Raises:
         FileNotFoundError: no file at ``path``.
         ``error`` (a ValueError): naming ``path`` and the problem.
     """
-    source = str(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise
-    except OSError as err:  # a link loop, no permission
-        raise error(f"{source}: cannot be read ({err.strerror}).") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):  # checked on what was opened: no other file can take its place in between
-        os.close(fd)
-        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
-        raise error(f"{source}: is {kind}, not a JSON file.")
-    with os.fdopen(fd, "rb") as stream:
-        data = stream.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise error(f"{source}: more than {max_bytes:,} bytes, larger than any JSON file read here may be.")
-    value = parse_json(data, source, allow_nan=allow_nan, error=error)
+    data = read_regular_file(path, max_bytes=max_bytes, error=error)
+    value = parse_json(data, str(path), allow_nan=allow_nan, error=error)
     if expect is not None and not isinstance(value, expect):
         raise error(
-            f"{source}: holds a JSON {_json_type(value)}, expected {_TYPE_NAMES.get(expect, expect.__name__)}."
+            f"{path}: holds a JSON {_json_type(value)}, expected {_TYPE_NAMES.get(expect, expect.__name__)}."
         )
     return value
 

@@ -6,7 +6,6 @@ log cut back to the step a resumed run starts from (`truncate_log`). The message
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 from .batch_jobs import check_no_links, write_atomic
 from .checkpointing import CHECKPOINT_ENTRY
 from .hub import TOKENIZER_FILES
+from .json_files import parse_json, read_regular_file
 
 
 def lock_output_dir(output_dir: Path):
@@ -201,17 +201,23 @@ def remove_entry(path: Path, ignore_errors: bool = False) -> None:
         path.unlink(missing_ok=ignore_errors)
 
 
+# the largest training log read back (a line of ~300 bytes per logged step: a million steps)
+MAX_LOG_BYTES = 2**30
+
+
 def _log_records(log_path: Path) -> Iterator[tuple[str, dict]]:
     """The lines of the log that parse, each with its record (a line a kill cut short is left out); none without a
     log."""
     if not log_path.exists():
         return
-    for line in log_path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+    text = read_regular_file(log_path, max_bytes=MAX_LOG_BYTES).decode("utf-8", errors="replace")
+    for number, line in enumerate(text.splitlines(), 1):
+        try:  # a diverged run logs NaN losses
+            record = parse_json(line, f"{log_path} line {number}", allow_nan=True)
+        except ValueError:
             continue
-        yield line, record
+        if isinstance(record, dict):
+            yield line, record
 
 
 def truncate_log(log_path: Path, step: int) -> None:
@@ -220,7 +226,9 @@ def truncate_log(log_path: Path, step: int) -> None:
     if not log_path.exists():
         return
     kept = [
-        line + "\n" for line, record in _log_records(log_path) if "step" in record and record["step"] <= step
+        line + "\n"
+        for line, record in _log_records(log_path)
+        if type(record.get("step")) is int and record["step"] <= step
     ]
     write_atomic(log_path, lambda tmp: tmp.write_text("".join(kept), encoding="utf-8"))
 
