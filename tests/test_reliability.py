@@ -532,3 +532,71 @@ def test_a_relative_path_to_no_folder_is_named(tmp_path, monkeypatch):
     (tmp_path / "outputs").mkdir()
     with pytest.raises(FileNotFoundError, match=r"No model folder at 'outputs/nope' \(nor a Hub model"):
         WeCLIPForSemanticSegmentation.from_pretrained("outputs/nope")
+
+
+_DEEP_JSON = "[" * 100_000 + "]" * 100_000
+
+
+def test_a_pathological_config_json_is_refused_naming_it(saved):
+    """config.json nesting 100,000 arrays (or one field so nested) or holding a 5,000-digit integer or Latin-1
+    bytes ended from_pretrained in a RecursionError or a bare ValueError / UnicodeDecodeError naming no file; a key
+    given twice was read as its last value (a model of another depth, refused later for its weights); id2label as a
+    list ended in an AttributeError, class_names as a number in "'int' object is not iterable". Each is now a
+    ValueError naming config.json and the problem, WeCLIPConfig's too (AutoConfig reads the file by
+    transformers' own reader, before it knows the class)."""
+    from weclip_hf import WeCLIPConfig
+
+    text = (saved / "config.json").read_text()
+    config = json.loads(text)
+    for content, problem in [
+        (_DEEP_JSON, "config.json: its arrays or objects nest too deep"),
+        (text[:-2] + ', "extra": ' + _DEEP_JSON + "}", "config.json: its arrays or objects nest too deep"),
+        (text[:-2] + ', "extra": 1' + "0" * 5000 + "}", "config.json: holds an integer too long to read"),
+        (
+            text[:-2] + ', "decoder_num_layers": 1}',
+            "config.json: the key 'decoder_num_layers' is given twice",
+        ),
+        (
+            json.dumps({**config, "id2label": ["a", "b"]}),
+            "id2label must map label ids to names, got ['a', 'b']",
+        ),
+        (json.dumps({**config, "class_names": 5}), "class_names must be a list of names, got 5"),
+    ]:
+        (saved / "config.json").write_text(content)
+        for load in (WeCLIPForSemanticSegmentation.from_pretrained, WeCLIPConfig.from_pretrained):
+            with pytest.raises(ValueError, match=re.escape(problem)):
+                load(saved)
+    (saved / "config.json").write_bytes(text[:-2].encode() + b', "extra": "\xe9"}')
+    with pytest.raises(ValueError, match=re.escape("config.json: not UTF-8 text")):
+        WeCLIPForSemanticSegmentation.from_pretrained(saved)
+
+
+def test_a_pathological_preprocessor_config_is_refused_naming_it(tmp_path):
+    """preprocessor_config.json nesting 100,000 arrays ended from_pretrained in a RecursionError, one holding an
+    array in an AttributeError; a key given twice was read as its last value, a FIFO in its place was taken for
+    no processor (the default one used, with a warning), and a size of 10**9 pixels was kept, to allocate terabytes
+    per image. Each is now a ValueError naming the file or the size."""
+    import os
+
+    WeCLIPImageProcessor(patch_size=12).save_pretrained(tmp_path)
+    file = tmp_path / "preprocessor_config.json"
+    text = file.read_text()
+    for content, problem in [
+        (_DEEP_JSON, f"{file}: its arrays or objects nest too deep"),
+        ("[1]", f"{file}: holds a JSON array, expected a JSON object"),
+        (text[:-2] + ', "patch_size": 16}', f"{file}: the key 'patch_size' is given twice"),
+        (
+            json.dumps({**json.loads(text), "size": {"longest_edge": 10**9}}),
+            "size values must be at most 16384",
+        ),
+    ]:
+        file.write_text(content)
+        with pytest.raises(ValueError, match=re.escape(problem)):
+            WeCLIPImageProcessor.from_pretrained(tmp_path)
+    file.write_text("[1]")
+    with pytest.raises(ValueError, match=re.escape(f"{file}: holds a JSON array")):
+        WeCLIPImageProcessor.from_json_file(file)
+    file.unlink()
+    os.mkfifo(file)
+    with pytest.raises(ValueError, match=re.escape(f"{file}: is a FIFO")):
+        WeCLIPImageProcessor.from_saved_or_default(tmp_path, patch_size=12)

@@ -26,6 +26,7 @@ from .config_checks import (
     name_key,
     name_list,
 )
+from .json_files import read_json
 from .presets import VOC_BACKGROUND_NAMES, VOC_LABELS, VOC_PROMPT_NAMES, get_preset, with_class_names
 
 logger = logging.get_logger(__name__)
@@ -108,6 +109,10 @@ def class_name_lists(
                          ("label_names", label_names)):  # fmt: skip
         if isinstance(names, str):  # list("cat") would be three classes
             raise ValueError(f"{field} must be a list of names, got the string {names!r}: write [{names!r}].")
+        if names is not None and not isinstance(
+            names, (list, tuple)
+        ):  # a number, or a dict's keys taken as names
+            raise ValueError(f"{field} must be a list of names, got {names!r}.")
     class_names = list(VOC_PROMPT_NAMES if class_names is None else class_names)
     background_label = "background"
     if label_names is not None and not all(isinstance(n, str) for n in label_names):
@@ -477,6 +482,8 @@ class WeCLIPConfig(PreTrainedConfig):
         is checked again as a whole (`_check_fields`)."""
         config_dict = dict(config_dict)
         own = {k: kwargs.pop(k) for k in list(kwargs) if k in cls._constructor_arguments()}
+        if not isinstance(config_dict.get("id2label") or {}, dict):  # a config.json's list, say
+            raise ValueError(f"id2label must map label ids to names, got {config_dict['id2label']!r}.")
         stored = {str(k): v for k, v in (config_dict.get("id2label") or {}).items()}
         renamed_only = set(own) & {"label_names", "class_names", "id2label"} == {"label_names"}
         if renamed_only and len(stored) == 1 + len(own["label_names"]):  # keep the file's background name
@@ -527,6 +534,13 @@ class WeCLIPConfig(PreTrainedConfig):
         sub-configs (transformers merges a partial sub-config dict into the loaded one); ``self`` and ``kwargs``
         have no default."""
         return {"id2label", "label2id", *cls.constructor_defaults()} - set(cls.sub_configs)
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: str | os.PathLike) -> dict:
+        """transformers' reading of a config.json (local or downloaded), by `read_json`: a file nesting past
+        Python's parser, holding a key twice, NaN, an over-long integer or no JSON object is refused naming it
+        (transformers' ``json.loads`` raised a RecursionError or took the last of two values)."""
+        return cls._decode_special_floats(read_json(json_file, expect=dict))
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):

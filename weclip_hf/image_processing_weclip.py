@@ -31,7 +31,6 @@ directly. ``do_convert_rgb=False`` keeps the channels as given (no gray -> RGB, 
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 import warnings
@@ -45,6 +44,7 @@ import torch.nn.functional as F
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature, get_size_dict
 from transformers.image_utils import ChannelDimension
+from transformers.utils import IMAGE_PROCESSOR_NAME, PROCESSOR_NAME
 
 from .image_reading import (
     UnreadableImageError,
@@ -56,6 +56,7 @@ from .image_reading import (
     to_rgb_array,
 )
 from .inference import resized_size, upsample_cropping_padding, upsampled_labels
+from .json_files import read_json, read_json_if_present
 from .normalization import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, PixelNormalization
 
 
@@ -85,6 +86,8 @@ _CALL_OPTIONS = tuple(k for k in WeCLIPImageProcessorKwargs.__annotations__ if k
 _INIT_OPTIONS = tuple(
     k for k in WeCLIPImageProcessorKwargs.__annotations__ if k not in ("data_format", "device")
 )
+# The largest side a size may give an image (official evaluation: 512; a 16384 x 16384 float image is 3 GB)
+MAX_SIZE = 16384
 _SIZE_FORMS = ({"longest_edge"}, {"shortest_edge"}, {"height", "width"})
 # keys transformers writes into preprocessor_config.json next to the settings (or older versions wrote), which
 # loading passes back to the constructor
@@ -354,6 +357,10 @@ class WeCLIPImageProcessor(BaseImageProcessor):
         given: WeCLIP does not crop, and that size alone would shrink its inputs far below the 512 px it is
         evaluated at. A config that reduces labels (``do_reduce_labels``: SegFormer's and BEiT's ADE20k ones) loads,
         but ``segmentation_maps`` are then refused: WeCLIP would leave them unreduced."""
+        if not isinstance(image_processor_dict, dict):
+            raise ValueError(
+                f"An image processor's config must be a dict, got {image_processor_dict!r:.100}."
+            )
         _refuse_cropping_size(cls.__name__, image_processor_dict, kwargs)
         # a per-call option: the pipeline passes its own, which it applies
         device = kwargs.pop("device", None)
@@ -406,8 +413,24 @@ class WeCLIPImageProcessor(BaseImageProcessor):
 
     @classmethod
     def from_json_file(cls, json_file: str | Path):
-        """A processor from a preprocessor_config.json file, through `from_dict` (so other processors' keys load)."""
-        return cls.from_dict(json.loads(Path(json_file).read_text(encoding="utf-8")))
+        """A processor from a preprocessor_config.json file (`read_json`), through `from_dict` (so other processors'
+        keys load)."""
+        return cls.from_dict(read_json(json_file, expect=dict))
+
+    @classmethod
+    def get_image_processor_dict(cls, pretrained_model_name_or_path: str | Path, **kwargs):
+        """transformers' ``get_image_processor_dict``, the processor configs of a local folder (or the file given)
+        read by `read_json` first: one nesting past Python's parser, holding a key twice, NaN or no JSON object, or
+        a folder or FIFO in its place, is refused naming it (transformers raised a RecursionError, took the last
+        of two values, or said there was no processor)."""
+        given = Path(pretrained_model_name_or_path)
+        folder = given / (kwargs.get("subfolder") or "")
+        if given.is_file():
+            read_json(given, expect=dict)
+        elif folder.is_dir():
+            for name in (kwargs.get("image_processor_filename") or IMAGE_PROCESSOR_NAME, PROCESSOR_NAME):
+                read_json_if_present(folder / name, expect=dict)
+        return super().get_image_processor_dict(pretrained_model_name_or_path, **kwargs)
 
     def _resolve(self, **overrides) -> dict:
         """Call-time options (None = the instance's setting) -> validated values of all `_CALL_OPTIONS`."""
@@ -464,6 +487,8 @@ class WeCLIPImageProcessor(BaseImageProcessor):
             )
         if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in size.values()):
             raise ValueError(f"size values must be positive integers, got {given!r}.")
+        if max(size.values()) > MAX_SIZE:  # a config's 10**9 would allocate terabytes per image
+            raise ValueError(f"size values must be at most {MAX_SIZE} pixels, got {given!r}.")
         return {k: int(v) for k, v in size.items()}
 
     def _padded_size(self, height: int, width: int, do_pad: bool) -> tuple[int, int]:

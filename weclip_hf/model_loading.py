@@ -12,7 +12,6 @@ the loaded weights must cover, each refused with an error that says what to do.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ from torch import nn
 from transformers import CONFIG_MAPPING, AutoConfig, AutoTokenizer, PreTrainedConfig, PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
+from .json_files import read_json
 from .presets import CLIP_MODEL
 from .wording import folder_contents
 
@@ -238,16 +238,12 @@ def saved_config_dict(folder: str) -> dict:
     """The config.json of a saved model ``folder`` as a dict, with clear errors where there is none or it is not a
     JSON object."""
     config_file = os.path.join(folder, "config.json")
-    if not os.path.isfile(config_file):
+    if not os.path.lexists(config_file):
         raise FileNotFoundError(f"{folder!r} has no config.json: not a saved model folder.")
-    with open(config_file, encoding="utf-8") as f:
-        try:
-            saved = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_file!r} is not JSON ({err}): save the model again.") from err
-    if not isinstance(saved, dict):
-        raise ValueError(f"{config_file!r} is not a JSON object: save the model again.")
-    return saved
+    try:
+        return read_json(config_file, expect=dict)
+    except ValueError as err:  # not JSON, nested past the parser, a key twice, NaN, a folder or FIFO, ...
+        raise ValueError(f"{err} Save the model again.") from None
 
 
 def check_model_folder(
