@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -250,6 +251,21 @@ def tiny_clip(tmp_path_factory):
     CLIPModel(CLIPConfig(vision_config=vision, text_config=text, projection_dim=16)).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def release_fifo_later(fifo: Path, seconds: float = 2) -> None:
+    """In ``seconds``, open FIFO ``fifo`` for writing and close it, so that a reader blocked on it (code under test
+    that waits on a FIFO instead of refusing it) reads an empty file and the test ends, failing."""
+
+    def release() -> None:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # no reader waits on it (ENXIO): nothing to release
+            pass
+
+    timer = threading.Timer(seconds, release)
+    timer.daemon = True
+    timer.start()
 
 
 def train_env(threads: int = 2) -> dict[str, str]:

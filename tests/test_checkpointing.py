@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, train_in_process
+from conftest import FAST, release_fifo_later, train_in_process
 
 from weclip_hf.checkpointing import (
     CheckpointError,
@@ -823,22 +823,12 @@ def test_a_pathological_training_state_is_refused_naming_it(tmp_path, content, p
     assert str(file) in str(caught.value) and problem in str(caught.value)
 
 
-def _release_fifo(file: Path) -> None:
-    """Open FIFO ``file`` for writing and close it: a reader blocked on it reads an empty file."""
-    try:
-        os.close(os.open(file, os.O_WRONLY | os.O_NONBLOCK))
-    except OSError:  # no reader waits on it (ENXIO): nothing to release
-        pass
-
-
 @pytest.mark.parametrize("kind", ["folder", "fifo", "link loop"])
 def test_a_checkpoint_record_that_is_no_file_is_refused_naming_it(tmp_path, kind):
     """A folder, a FIFO or a link loop at a checkpoint's JSON records: reading training_state.json raised
     IsADirectoryError, or blocked forever on the FIFO (here a writer opens it after 2 s, so that the old code
     ends), and training_args.json / resolved_args.json / computation.json so placed were taken for absent; now
     one CheckpointError naming the file and what it is."""
-    import threading
-
     from weclip_hf.checkpointing import check_unchanged, read_training_state
     from weclip_hf.trainer import recorded_computation
     from weclip_hf.trajectory import recorded_resolved
@@ -864,8 +854,6 @@ def test_a_checkpoint_record_that_is_no_file_is_refused_naming_it(tmp_path, kind
             file.symlink_to(file.name)
         else:
             os.mkfifo(file)
-            release = threading.Timer(2, _release_fifo, (file,))
-            release.daemon = True
-            release.start()
+            release_fifo_later(file)
         with pytest.raises(CheckpointError, match=f"^{file}: .*{expected[kind]}"):
             read(folder)

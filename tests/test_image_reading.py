@@ -10,11 +10,39 @@ from weclip_hf import image_processing_weclip, image_reading
 
 
 def test_imports_only_the_base_install_and_nothing_of_the_package():
-    """Remote code and the base install (no ``train`` extra) read images with this module alone (huggingface_hub:
-    the HTTP client for URLs, transformers' own, which transformers requires)."""
+    """Remote code and the base install (no ``train`` extra) read images with this module and `json_files` (its
+    opener of regular files; the standard library only) alone (huggingface_hub: the HTTP client for URLs,
+    transformers' own, which transformers requires)."""
+    from weclip_hf import json_files
+
     third_party = set(get_imports(image_reading.__file__)) - set(sys.stdlib_module_names)
     assert third_party <= {"numpy", "torch", "PIL", "transformers", "huggingface_hub"}, third_party
-    assert get_relative_imports(image_reading.__file__) == []
+    assert get_relative_imports(image_reading.__file__) == ["json_files"]
+    assert set(get_imports(json_files.__file__)) <= set(sys.stdlib_module_names)
+    assert get_relative_imports(json_files.__file__) == []
+
+
+def test_a_fifo_or_folder_given_as_an_image_file_is_named_not_waited_on(tmp_path):
+    """A FIFO given as an image (a path in a folder of images, a pipeline's input) blocked Image.open forever (here
+    a writer opens it after 2 s, so that the old code ends); a folder raised IsADirectoryError, wrapped. Both are
+    refused when opened, naming the file and what it is."""
+    import os
+
+    import pytest
+    from conftest import release_fifo_later
+
+    from weclip_hf.image_reading import UnreadableImageError, image_size, open_image
+
+    fifo, folder = tmp_path / "fifo.png", tmp_path / "folder.png"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    for path, what in ((fifo, "a FIFO, socket or device"), (folder, "a folder")):
+        for read in (open_image, lambda p: open_image(str(p)), lambda p: image_size(str(p))):
+            release_fifo_later(path)
+            with pytest.raises(
+                UnreadableImageError, match=f"Cannot read file '{path}': .*it is {what}, not a file"
+            ):
+                read(path)
 
 
 def test_the_processor_module_still_exports_the_public_reading_functions():

@@ -598,5 +598,5 @@ def test_a_pathological_preprocessor_config_is_refused_naming_it(tmp_path):
         WeCLIPImageProcessor.from_json_file(file)
     file.unlink()
     os.mkfifo(file)
-    with pytest.raises(ValueError, match=re.escape(f"{file}: is a FIFO")):
+    with pytest.raises(ValueError, match=re.escape(f"{file}: it is a FIFO")):
         WeCLIPImageProcessor.from_saved_or_default(tmp_path, patch_size=12)

@@ -22,8 +22,8 @@ given (no 0-255 reading, no [0, 1] guess, no range check). ``do_convert_rgb=Fals
 pixels; `label_tensor` reads a label map (class ids, not colours). A file that cannot be opened or decoded
 (truncated, not an image, missing) raises `UnreadableImageError` naming it (`read_image_file`).
 
-Imports only NumPy, torch, PIL, transformers and huggingface_hub (which transformers requires; its HTTP client
-fetches URLs): the module ships with a saved model's remote code.
+Imports only NumPy, torch, PIL, transformers, huggingface_hub (which transformers requires; its HTTP client
+fetches URLs) and `json_files` (the standard library only): the module ships with a saved model's remote code.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import binascii
 import os
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
@@ -45,6 +45,8 @@ import torch
 from huggingface_hub.utils import httpx
 from PIL import Image, ImageOps
 from transformers.image_utils import ChannelDimension
+
+from .json_files import open_regular_file
 
 CHANNEL_COUNTS = (1, 3, 4)  # the lengths that mark a channel axis when guessing the layout
 UNIT_RANGE_TOLERANCE = 1e-3  # floats up to 1 + this count as [0, 1] images
@@ -96,18 +98,28 @@ def naming_unreadable(
     except UnreadableImageError:
         raise
     except Exception as err:
-        raise error(source, f"{type(err).__name__}: {err}") from err
+        raise error(source, f"{type(err).__name__}: {str(err).rstrip('.')}") from err
 
 
 def read_image_file(path: str | Path | BinaryIO, source: str | None = None) -> Image.Image:
     """The image at ``path`` (or in a binary file object), fully decoded (the file closed again);
     `UnreadableImageError` naming ``source`` (by default the file) when it cannot be read."""
-    with naming_unreadable(source or f"file {str(path)!r}"), Image.open(path) as opened:
+    with (
+        naming_unreadable(source or f"file {str(path)!r}"),
+        _opened(path) as stream,
+        Image.open(stream) as opened,
+    ):
         opened.load()
         return opened.copy()
 
 
-def _quoted(text: str) -> str:
+def _opened(path: str | Path | BinaryIO) -> BinaryIO:
+    """A path opened for PIL by `open_regular_file` (a FIFO would block ``Image.open`` forever); a binary file
+    object as given, left open."""
+    return nullcontext(path) if hasattr(path, "read") else open_regular_file(path)
+
+
+def quoted(text: str) -> str:
     """``text`` quoted for an error message: whole up to `_QUOTED_LENGTH` characters, else its start and its length
     (a base64 image runs to millions)."""
     if len(text) <= _QUOTED_LENGTH:
@@ -119,7 +131,7 @@ def open_image(image, timeout: float | None = None):
     """Path, URL or base64 string (plain or ``data:image/...;base64,``, line-wrapped or not) -> PIL image in its own
     mode; PIL images, arrays and tensors pass through. A string that is no existing file is read as base64 when it
     decodes as such, else as a missing file when it looks like a path (a separator or a suffix, and characters
-    base64 lacks); errors quote a long string by its start and length (`_quoted`). A URL that cannot be fetched
+    base64 lacks); errors quote a long string by its start and length (`quoted`). A URL that cannot be fetched
     (no connection, an HTTP error status) or is no image raises `UnreadableImageError` naming it."""
     if isinstance(image, Path):
         return read_image_file(image)
@@ -131,10 +143,10 @@ def open_image(image, timeout: float | None = None):
             "NumPy array or torch tensor."
         )
     if image.startswith(("http://", "https://")):
-        with naming_unreadable(f"URL {_quoted(image)}"):
+        with naming_unreadable(f"URL {quoted(image)}"):
             response = httpx.get(image, timeout=timeout, follow_redirects=True)
             response.raise_for_status()
-        return read_image_file(BytesIO(response.content), f"URL {_quoted(image)}")
+        return read_image_file(BytesIO(response.content), f"URL {quoted(image)}")
     if os.path.isfile(image):
         # decoded here, so that a damaged file's error names it
         return read_image_file(image)
@@ -147,11 +159,9 @@ def open_image(image, timeout: float | None = None):
             # a path: the processor's missing-file error
             read_image_file(image)
         raise ValueError(
-            f"image {_quoted(image)} is neither a URL, an existing file nor a base64-encoded image ({err})."
+            f"image {quoted(image)} is neither a URL, an existing file nor a base64-encoded image ({err})."
         ) from err
-    return read_image_file(
-        BytesIO(encoded), f"base64 image {_quoted(image)} (not a URL nor an existing file)"
-    )
+    return read_image_file(BytesIO(encoded), f"base64 image {quoted(image)} (not a URL nor an existing file)")
 
 
 def channel_format(input_data_format: str | ChannelDimension | None) -> ChannelDimension | None:
@@ -188,7 +198,11 @@ def _is_channels_first(shape: tuple[int, ...], input_data_format, prefer_first: 
 def image_size(image, input_data_format=None) -> tuple[int, int]:
     """(height, width) of an image as the processor reads it (EXIF orientation and channel axis applied)."""
     if isinstance(image, (str, Path)):
-        with naming_unreadable(f"file {str(image)!r}"), Image.open(image) as opened:
+        with (
+            naming_unreadable(f"file {str(image)!r}"),
+            _opened(image) as stream,
+            Image.open(stream) as opened,
+        ):
             return image_size(opened)
     if isinstance(image, Image.Image):
         width, height = image.size

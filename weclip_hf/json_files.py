@@ -12,7 +12,7 @@ import math
 import os
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 # The largest JSON file read: this package's are a few KB (a label file of COCO's 118k images, ~10 MB); a larger
 # one would be read whole, and parsed into Python objects of ~10x its size, before anything could refuse it.
@@ -103,29 +103,47 @@ def parse_json(
         raise error(f"{source}: holds an integer too long to read ({str(err).split(';')[0]}).") from None
 
 
+class NotAFileError(ValueError):
+    """A path that holds no regular file; the message says what it holds instead."""
+
+
+def open_regular_file(path: str | os.PathLike) -> BinaryIO:
+    """``path`` opened for reading in binary, without blocking: a FIFO (whose read would wait for a writer), a
+    socket, a device or a folder is refused, checked on what was opened (no other file can take its place between
+    a check and the open).
+
+    Raises:
+        FileNotFoundError, or OSError (a link loop, no permission): as ``open`` does.
+        NotAFileError: what is there instead.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotAFileError(
+            f"it is {'a folder' if stat.S_ISDIR(mode) else 'a FIFO, socket or device'}, not a file"
+        )
+    return os.fdopen(fd, "rb")
+
+
 def read_regular_file(
     path: str | Path, *, max_bytes: int = MAX_JSON_BYTES, error: type[ValueError] = ValueError
 ) -> bytes:
-    """The bytes of file ``path``, opened without blocking and checked to be a regular file (a folder, FIFO, socket
-    or device is refused, not waited on) of at most ``max_bytes``.
+    """The bytes of file ``path`` (`open_regular_file`: a FIFO is refused, not waited on), at most ``max_bytes``.
 
     Raises:
         FileNotFoundError: no file at ``path``.
         ``error`` (a ValueError): naming ``path`` and what is there instead (a link loop: "cannot be read").
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open_regular_file(path) as stream:
+            data = stream.read(max_bytes + 1)
+    except NotAFileError as err:
+        raise error(f"{path}: {err}.") from None
     except FileNotFoundError:
         raise
     except OSError as err:  # a link loop, no permission
         raise error(f"{path}: cannot be read ({err.strerror}).") from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):  # checked on what was opened: no other file can take its place in between
-        os.close(fd)
-        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO, socket or device"
-        raise error(f"{path}: is {kind}, not a file.")
-    with os.fdopen(fd, "rb") as stream:
-        data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise error(f"{path}: more than {max_bytes:,} bytes, larger than any such file read here may be.")
     return data
