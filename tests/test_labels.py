@@ -3,6 +3,7 @@ config.json, at loading, with new class embeddings), and what the model computes
 (``class_names``) cannot be changed at loading."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -436,3 +437,19 @@ def test_an_ignore_index_refused_for_255_classes_is_told_to_be_minus_100():
         check_ignore_index(0, 255)
     with pytest.raises(ValueError, match=r"Use 255 "):
         check_ignore_index(0, 254)
+
+
+def test_a_pathological_json_list_cell_is_refused_naming_its_row():
+    """A label cell nesting 100,000 lists ended in a RecursionError; NaN or 1e999 in one were read as floats and
+    refused later as "multi-hot labels of width 1". Each is now refused as no JSON list, naming the row and the
+    column, the cell quoted by its start and length."""
+    from weclip_hf.data.label_rows import label_value
+
+    for cell, reason in [
+        ("[" * 100_000 + "]" * 100_000, f"{'[' * 60!r}... (200000 characters), "
+         "read as a JSON list but are not one (its arrays or objects nest too deep"),
+        ("[NaN]", "'[NaN]', read as a JSON list but are not one (holds NaN"),
+        ("[1e999]", "'[1e999]', read as a JSON list but are not one (the number 1e999 is out of the range"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(f"Image labels (column 'labels') of row 3, {reason}")):
+            label_value(cell, None, "labels", "row 3")

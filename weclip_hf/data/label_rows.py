@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..image_reading import whole_numbers
+from ..image_reading import quoted, whole_numbers
+from ..json_files import parse_json
 from ..wording import counted
 
 
@@ -335,15 +336,15 @@ def label_value(value, feature, column: str, name: str):
 
 def _json_list(value: str, column: str, name: str) -> list:
     """A label row written as a JSON list (``"[3, 7]"``, ``'["cat", "dog"]'``) -> the list, else a ValueError."""
-    try:
-        row = json.loads(value)
-    except json.JSONDecodeError as err:
-        row, reason = None, str(err)
+    try:  # `parse_json`: no NaN, 1e999 or nesting past the parser (a RecursionError)
+        row = parse_json(value, "cell")
+    except ValueError as err:
+        row, reason = None, str(err).removeprefix("cell: ").rstrip(".")
     else:
         reason = f"a {type(row).__name__}"
     if not isinstance(row, list):
         raise ValueError(
-            f"Image labels (column {column!r}) of {name}, {value!r}, read as a JSON list but are not one "
+            f"Image labels (column {column!r}) of {name}, {quoted(value)}, read as a JSON list but are not one "
             f'({reason}): write several labels of a row as a JSON list, [3, 7] or ["cat", "dog"].'
         )
     return row
