@@ -3,7 +3,7 @@ pathological records of test_checkpointing.py, test_reliability.py, ...)."""
 
 import pytest
 
-from weclip_hf.json_files import parse_json, read_json, read_json_if_present
+from weclip_hf.json_files import NotJSONError, parse_json, read_json, read_json_if_present
 
 
 def test_json_is_read_and_each_pathology_named(tmp_path):
@@ -31,7 +31,7 @@ def test_nan_where_allowed_a_size_cap_and_a_missing_file(tmp_path):
     file = tmp_path / "log.json"
     file.write_text('{"loss": NaN}')
     assert str(read_json(file, allow_nan=True)) == "{'loss': nan}"
-    with pytest.raises(ValueError, match="more than 8 bytes, larger than any JSON file read here may be"):
+    with pytest.raises(ValueError, match="more than 8 bytes, larger than any such file read here may be"):
         read_json(file, max_bytes=8)
     assert read_json_if_present(tmp_path / "absent.json") is None
     with pytest.raises(FileNotFoundError):
@@ -41,5 +41,7 @@ def test_nan_where_allowed_a_size_cap_and_a_missing_file(tmp_path):
     )  # a link to nothing is refused, not taken for absent
     with pytest.raises(FileNotFoundError):
         read_json_if_present(tmp_path / "dangling.json")
-    with pytest.raises(ValueError, match="^--config_overrides: not valid JSON"):
+    with pytest.raises(
+        NotJSONError, match="^--config_overrides: not valid JSON"
+    ):  # no JSON: a flag's bare word
         parse_json("{", "--config_overrides")

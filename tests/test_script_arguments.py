@@ -1092,3 +1092,31 @@ def test_counted_says_a_count_of_one_in_the_singular():
 
     assert [counted(n, "input") for n in (0, 1, 2)] == ["0 inputs", "1 input", "2 inputs"]
     assert [counted(n, "class", "classes") for n in (1, 3)] == ["1 class", "3 classes"]
+
+
+def test_pathological_config_overrides_are_refused_naming_the_flag():
+    """--config_overrides: a value nesting 100,000 lists ended in a RecursionError, a 5,000-digit integer in a bare
+    "Exceeds the limit" error; a field given twice took its last value; 500,000 unclosed '[' took a quadratic split
+    (2 min) that dropped them, reading the field as ''. Each is now refused naming the flag (and the field), in one
+    linear pass; nested lists split right ([[1, 2], [3]] was cut at its inner comma)."""
+    import time
+
+    from weclip_hf import WeCLIPConfig
+    from weclip_hf.script_arguments.config_overrides import parse_config_overrides
+
+    for text, problem in [
+        ("attention_num_maps=" + "[" * 100_000 + "]" * 100_000, " attention_num_maps: its arrays or objects nest"),
+        ("attention_num_maps=1" + "0" * 5000, " attention_num_maps: holds an integer too long to read"),
+        ("attention_num_maps=2,attention_num_maps=5", ": attention_num_maps is given twice"),
+        ("cam_box_threshold=NaN", " cam_box_threshold: holds NaN"),
+        ("attention_num_maps=" + "[" * 500_000, f" {'attention_num_maps=' + '[' * 41!r}... (500019 characters): "
+         "500000 '[' left open"),
+    ]:  # fmt: skip
+        start = time.perf_counter()
+        with pytest.raises(ValueError, match=re.escape(f"--config_overrides{problem}")):
+            parse_config_overrides(text, WeCLIPConfig)
+        assert time.perf_counter() - start < 2
+    assert parse_config_overrides("par_dilations=[[1,2],[3]],decoder_dropout=0", WeCLIPConfig) == {
+        "par_dilations": [[1, 2], [3]],
+        "decoder_dropout": 0,
+    }

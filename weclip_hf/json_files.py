@@ -21,6 +21,11 @@ MAX_JSON_BYTES = 64 * 2**20
 _TYPE_NAMES = {dict: "a JSON object ({...})", list: "a JSON array ([...])"}
 
 
+class NotJSONError(ValueError):
+    """Text that is no JSON at all (a syntax error, bytes that are not UTF-8), which a caller may read otherwise (a
+    flag's bare word); JSON that parses but is refused (NaN, a key twice, ...) raises a plain ValueError."""
+
+
 class _Refused(ValueError):
     """A value the parsing hooks below refuse (the message names the source)."""
 
@@ -77,13 +82,15 @@ def parse_json(
     ``allow_nan``: NaN and Infinity read as floats (a log of a diverged run's losses).
 
     Raises:
-        ``error`` (a ValueError): naming ``source`` and the problem (the line and column of a syntax error).
+        ``error`` (a ValueError): naming ``source`` and the problem (the line and column of a syntax error); for
+            text that is no JSON at all, `NotJSONError` where ``error`` is ValueError itself.
     """
+    syntax_error = NotJSONError if error is ValueError else error
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise error(
+            raise syntax_error(
                 f"{source}: not UTF-8 text (byte {err.start} is {text[err.start : err.start + 1]!r})."
             ) from None
     hooks = (
@@ -92,7 +99,7 @@ def parse_json(
     try:
         return json.loads(text, object_pairs_hook=_unique_keys(source), **hooks)
     except json.JSONDecodeError as err:
-        raise error(
+        raise syntax_error(
             f"{source}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})."
         ) from None
     except _Refused as err:

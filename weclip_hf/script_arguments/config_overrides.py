@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import json
 import re
 
 from ..configuration_weclip import WeCLIPConfig
+from ..image_reading import quoted
+from ..json_files import NotJSONError, parse_json
 
 CONFIG_OVERRIDES_HELP = (
     "config fields of the fresh model that no flag sets, as transformers' example scripts take them: "
@@ -36,8 +37,7 @@ def parse_config_overrides(text: str, config_class: type[WeCLIPConfig]) -> dict:
     The config checks the values when the model is built."""
     fields = config_fields(config_class)
     overrides = {}
-    # a comma inside [...] or "..." belongs to the value
-    for item in re.findall(r'(?:[^,\["]|\[[^\]]*\]|"[^"]*")+', text) or [text]:
+    for item in _items(text):
         key, equals, value = (part.strip() for part in item.partition("="))
         if not equals or not key:
             raise ValueError(
@@ -47,14 +47,40 @@ def parse_config_overrides(text: str, config_class: type[WeCLIPConfig]) -> dict:
             close = difflib.get_close_matches(key, sorted(fields), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(f"--config_overrides: {config_class.__name__} has no field {key!r}{hint}.")
+        if key in overrides:
+            raise ValueError(f"--config_overrides: {key} is given twice: give each field once.")
         if value in _PYTHON_WORDS:
             overrides[key] = _PYTHON_WORDS[value]
             continue
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
+        try:  # `parse_json`: NaN, 1e999, a key twice or nesting past the parser refused, naming the field
+            overrides[key] = parse_json(value, f"--config_overrides {key}")
+        except NotJSONError:
             overrides[key] = _number_or_text(value)
     return overrides
+
+
+def _items(text: str) -> list[str]:
+    """The ``field=value`` items of ``text``: split at the commas outside ``[...]`` (nested too) and ``"..."``, in
+    one pass; empty ones left out. A ``[`` or ``"`` left open (or a ``]`` never opened) is refused: the items it
+    would end cannot be told."""
+    items, start, depth, in_string = [], 0, 0, False
+    for i, char in enumerate(text):
+        if char == '"':
+            in_string = not in_string
+        elif not in_string and char in "[]":
+            depth += 1 if char == "[" else -1
+            if depth < 0:
+                raise ValueError(
+                    f"--config_overrides {quoted(text)}: a ']' at character {i + 1} closes no '['."
+                )
+        elif not in_string and depth == 0 and char == ",":
+            items.append(text[start:i])
+            start = i + 1
+    if in_string or depth:
+        left_open = "a double quote" if in_string else f"{depth} '['"
+        raise ValueError(f"--config_overrides {quoted(text)}: {left_open} left open.")
+    items.append(text[start:])
+    return [item for item in items if item.strip()] or [text]
 
 
 # a decimal number JSON does not read (".5", "5.", "+1"); not "nan", "inf" or "1_0", which float() also takes
