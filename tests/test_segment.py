@@ -1369,6 +1369,23 @@ def test_a_label_map_cut_short_is_not_whole(tmp_path):
     assert not is_whole_image(path)
 
 
+def test_a_fifo_at_an_output_is_not_whole_and_not_waited_on(tmp_path):
+    """A FIFO at an output's name (labels/a.png) blocked a re-run's `is_whole_image` forever (here a writer opens it
+    after 2 s, so that the old code ends, taking the empty read for no image); it is not whole, at once, so the
+    output is redone (its atomic rename replaces the FIFO)."""
+    import time
+
+    from conftest import release_fifo_later
+
+    from weclip_hf.batch_jobs import is_whole_image
+
+    os.mkfifo(tmp_path / "a.png")
+    release_fifo_later(tmp_path / "a.png")
+    start = time.perf_counter()
+    assert not is_whole_image(tmp_path / "a.png")
+    assert time.perf_counter() - start < 1
+
+
 def test_removing_a_file_under_an_output_dir_that_is_a_link(tmp_path):
     """`remove_file` refuses a link between ``root`` and the file, but ``root`` itself may be a link (an
     --output_dir on a larger disk, as `check_no_links` allows)."""

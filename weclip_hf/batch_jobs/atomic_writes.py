@@ -14,6 +14,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..json_files import NotAFileError, open_regular_file
+
 # the names of `write_atomic`'s temporary files; an earlier version's were ".{name}.tmp-{pid}"
 TEMPORARY_PREFIX = ".tmp-"
 TEMPORARY_PATTERNS = (f"{TEMPORARY_PREFIX}*", ".*.tmp-*")
@@ -39,11 +41,16 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
 
 def is_whole_image(path: str | Path) -> bool:
     """Whether ``path`` is an image file read to its end with matching checksums (PIL's ``verify``): False for a
-    missing, empty or cut-short one (a power loss after its rename), which a re-run then redoes."""
+    missing, empty or cut-short one (a power loss after its rename), which a re-run then redoes, and for a folder,
+    FIFO or device in its place (`open_regular_file`: a FIFO is not waited on), which the rewrite replaces."""
     try:
-        with Image.open(path) as image:
+        with open_regular_file(path) as stream, Image.open(stream) as image:
             image.verify()
-    except (OSError, SyntaxError):  # PIL's UnidentifiedImageError is an OSError, a bad checksum a SyntaxError
+    except (
+        OSError,
+        SyntaxError,
+        NotAFileError,
+    ):  # PIL's UnidentifiedImageError is an OSError, a bad CRC SyntaxError
         return False
     return True
 
