@@ -600,3 +600,18 @@ def test_a_pathological_preprocessor_config_is_refused_naming_it(tmp_path):
     os.mkfifo(file)
     with pytest.raises(ValueError, match=re.escape(f"{file}: it is a FIFO")):
         WeCLIPImageProcessor.from_saved_or_default(tmp_path, patch_size=12)
+
+
+def test_a_config_of_a_folder_without_a_config_json_is_refused(tmp_path):
+    """WeCLIPConfig.from_pretrained of a folder without config.json, or with a FIFO or folder at its name, returned
+    the default config (VOC's 20 classes) without a word; now a FileNotFoundError, or the ValueError naming what
+    is there instead."""
+    import os
+
+    from weclip_hf import WeCLIPConfig
+
+    with pytest.raises(FileNotFoundError, match="has no config.json: not a saved model folder"):
+        WeCLIPConfig.from_pretrained(tmp_path)
+    os.mkfifo(tmp_path / "config.json")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'config.json'}: it is a FIFO")):
+        WeCLIPConfig.from_pretrained(tmp_path)

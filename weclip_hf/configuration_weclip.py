@@ -545,7 +545,16 @@ class WeCLIPConfig(PreTrainedConfig):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """`PreTrainedConfig.from_pretrained`; a value refused by validation names its source: the keyword
-        arguments given (when the saved config alone loads) or the folder's config.json."""
+        arguments given (when the saved config alone loads) or the folder's config.json. A local folder without a
+        config.json is refused (transformers returned the default config, VOC's classes, without a word)."""
+        folder = os.path.join(
+            os.path.expanduser(str(pretrained_model_name_or_path)), kwargs.get("subfolder") or ""
+        )
+        config_file = os.path.join(folder, "config.json")
+        if os.path.isdir(folder) and not os.path.isfile(config_file):
+            if os.path.lexists(config_file):  # a folder, FIFO or link loop, which transformers took for none
+                read_json(config_file)
+            raise FileNotFoundError(f"{folder!r} has no config.json: not a saved model folder.")
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except (ValueError, TypeError) as err:
