@@ -1350,6 +1350,28 @@ def test_a_saved_datasets_state_json_that_is_no_object_is_named(tmp_path):
             check_saved_splits(str(tmp_path))
 
 
+def test_an_imagefolder_metadata_file_that_is_a_fifo_or_not_utf8_is_named(tmp_path):
+    """A metadata.jsonl that is a FIFO blocked the check of an imagefolder's rows forever (here a writer opens it
+    after 2 s, so that the old code ends), one of Latin-1 bytes raised a bare UnicodeDecodeError; each is now a
+    ValueError naming the file."""
+    import os
+
+    from conftest import release_fifo_later
+
+    from weclip_hf.data.folders import check_imagefolder_metadata
+
+    metadata = tmp_path / "train" / "metadata.jsonl"
+    metadata.parent.mkdir()
+    metadata.write_bytes(b'{"file_name": "\xe9.png"}\n')
+    with pytest.raises(ValueError, match=re.escape(f"{metadata}: not UTF-8 text (byte 15 is b'\\xe9')")):
+        check_imagefolder_metadata(str(tmp_path))
+    metadata.unlink()
+    os.mkfifo(metadata)
+    release_fifo_later(metadata)
+    with pytest.raises(ValueError, match=re.escape(f"{metadata}: it is a FIFO")):
+        check_imagefolder_metadata(str(tmp_path))
+
+
 def test_an_empty_loaded_split_is_named():
     from weclip_hf.data.sources import check_not_empty, with_split_name
 

@@ -1386,6 +1386,20 @@ def test_a_fifo_at_an_output_is_not_whole_and_not_waited_on(tmp_path):
     assert time.perf_counter() - start < 1
 
 
+def test_the_fingerprint_of_a_fifo_input_is_refused_not_waited_on(tmp_path):
+    """A FIFO among a job's inputs blocked its content fingerprint (the SHA-256 of its bytes) forever (here a writer
+    opens it after 2 s, so that the old code ends); it is refused at once with an OSError, which the job's input
+    record takes for an input that cannot be read."""
+    from conftest import release_fifo_later
+
+    from weclip_hf.batch_jobs import content_fingerprint
+
+    os.mkfifo(tmp_path / "a.png")
+    release_fifo_later(tmp_path / "a.png")
+    with pytest.raises(OSError, match="it is a FIFO, socket or device, not a file"):
+        content_fingerprint(str(tmp_path / "a.png"))
+
+
 def test_removing_a_file_under_an_output_dir_that_is_a_link(tmp_path):
     """`remove_file` refuses a link between ``root`` and the file, but ``root`` itself may be a link (an
     --output_dir on a larger disk, as `check_no_links` allows)."""

@@ -75,6 +75,16 @@ def _no_constant(source: str) -> Any:
     return parse
 
 
+def utf8_text(data: bytes, source: str, error: type[ValueError] = ValueError) -> str:
+    """``data`` decoded as UTF-8; ``error`` naming ``source`` and the first byte that is not."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise error(
+            f"{source}: not UTF-8 text (byte {err.start} is {data[err.start : err.start + 1]!r})."
+        ) from None
+
+
 def parse_json(
     text: str | bytes, source: str, *, allow_nan: bool = False, error: type[ValueError] = ValueError
 ) -> Any:
@@ -87,12 +97,7 @@ def parse_json(
     """
     syntax_error = NotJSONError if error is ValueError else error
     if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise syntax_error(
-                f"{source}: not UTF-8 text (byte {err.start} is {text[err.start : err.start + 1]!r})."
-            ) from None
+        text = utf8_text(text, source, syntax_error)
     hooks = (
         {} if allow_nan else {"parse_float": _finite_float(source), "parse_constant": _no_constant(source)}
     )
@@ -110,8 +115,9 @@ def parse_json(
         raise error(f"{source}: holds an integer too long to read ({str(err).split(';')[0]}).") from None
 
 
-class NotAFileError(ValueError):
-    """A path that holds no regular file; the message says what it holds instead."""
+class NotAFileError(ValueError, OSError):
+    """A path that holds no regular file; the message says what it holds instead. An OSError too, as what
+    ``open`` raises for a file that cannot be read."""
 
 
 def open_regular_file(path: str | os.PathLike) -> BinaryIO:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..json_files import NotAFileError, open_regular_file
+from ..json_files import open_regular_file
 
 # the names of `write_atomic`'s temporary files; an earlier version's were ".{name}.tmp-{pid}"
 TEMPORARY_PREFIX = ".tmp-"
@@ -46,11 +46,8 @@ def is_whole_image(path: str | Path) -> bool:
     try:
         with open_regular_file(path) as stream, Image.open(stream) as image:
             image.verify()
-    except (
-        OSError,
-        SyntaxError,
-        NotAFileError,
-    ):  # PIL's UnidentifiedImageError is an OSError, a bad CRC SyntaxError
+    except (OSError, SyntaxError):
+        # PIL's UnidentifiedImageError and a NotAFileError are OSErrors, a bad checksum a SyntaxError
         return False
     return True
 

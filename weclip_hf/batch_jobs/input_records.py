@@ -14,16 +14,17 @@ from typing import Any
 
 import numpy as np
 
-from ..json_files import read_json_if_present
+from ..json_files import open_regular_file, read_json_if_present
 from ..wording import counted, some_of
 
 OUTPUTS = "outputs"  # in an input's record: the files written for it, relative to the output folder
 
 
 def sha256_of(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks."""
+    """The SHA-256 of a file's bytes (hex), read in 1 MiB blocks (`open_regular_file`: a FIFO is refused, an
+    OSError, not waited on)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular_file(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..json_files import read_json
+from ..json_files import read_json, read_regular_file, utf8_text
 
 
 def check_local_dataset(path: str, flag: str) -> None:
@@ -30,6 +30,8 @@ def check_saved_splits(dataset_path: str) -> None:
             )
 
 
+# the largest metadata file read whole to count its rows (COCO's 118k images: ~10 MB)
+MAX_METADATA_BYTES = 2**30
 # the metadata files of an imagefolder (`datasets`' folder-based builder)
 METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
 # the report beside the splits of an imagefolder of pseudo masks that examples/generate_pseudo_labels.py wrote
@@ -60,7 +62,8 @@ def check_imagefolder_metadata(data_dir: str, flag: str = "--data_dir") -> None:
             "its mask: docs/training.md, 'The data')."
         )
     for path in (p for p in found if p.name in METADATA_NAMES):
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = utf8_text(read_regular_file(path, max_bytes=MAX_METADATA_BYTES), str(path))
+        lines = [line for line in text.splitlines() if line.strip()]
         header = 1 if path.suffix == ".csv" else 0
         if len(lines) <= header:
             raise ValueError(
