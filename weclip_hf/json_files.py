@@ -1,9 +1,14 @@
-"""JSON a user or another program hands to the package (a checkpoint's records, a batch job's state, a model
-folder's configs, label rows, flags), read so that a malformed one ends in one ValueError naming its source and
-what is wrong: not a regular file (a folder, a FIFO that would block the read, a device, a link loop), over
-`MAX_JSON_BYTES`, not UTF-8, not JSON, nested past what Python's parser takes (a RecursionError otherwise), a key
-given twice (``json`` keeps the last silently), NaN, Infinity or a number out of float range (``1e999`` reads as
-inf), an integer of more digits than Python converts, or a top level of another type than the one expected."""
+"""Files and JSON a user or another program hands to the package (a checkpoint's records, a batch job's state, a
+model folder's configs, label cells, flags), read so that a malformed one ends in one ValueError naming its source
+and what is wrong (`read_json`, `parse_json`): not a regular file (a folder, a FIFO that would block the read, a
+device, a link loop), over `MAX_JSON_BYTES`, not UTF-8, not JSON, nested past what Python's parser takes (a
+RecursionError otherwise), a key given twice (``json`` keeps the last silently), NaN, Infinity or a number out of
+float range (``1e999`` reads as inf), an integer of more digits than Python converts, or a top level of another
+type than the one expected. Other files (images, inputs to hash, metadata) are opened by `open_regular_file` and
+`read_regular_file`, which refuse what is no regular file, a FIFO included, without waiting on it.
+
+Imports the standard library only: the module ships with a saved model's remote code (`image_reading`'s opener).
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,8 @@ import stat
 from pathlib import Path
 from typing import Any, BinaryIO
 
-# The largest JSON file read: this package's are a few KB (a label file of COCO's 118k images, ~10 MB); a larger
-# one would be read whole, and parsed into Python objects of ~10x its size, before anything could refuse it.
+# The largest JSON file read: this package's are a few KB (a checkpoint's records, a job's state, a model's configs);
+# a larger one would be read whole, and parsed into Python objects of ~10x its size, before anything could refuse it.
 MAX_JSON_BYTES = 64 * 2**20
 
 _TYPE_NAMES = {dict: "a JSON object ({...})", list: "a JSON array ([...])"}
@@ -41,12 +46,14 @@ def _unique_keys(source: str) -> Any:
 
     def build(pairs: list[tuple[str, Any]]) -> dict:
         built = dict(pairs)
-        if len(built) < len(pairs):
+        if len(built) < len(pairs):  # name the first key given again
             seen: set[str] = set()
-            twice = next(key for key, _ in pairs if key in seen or seen.add(key))
-            raise _Refused(
-                f"{source}: the key {twice!r} is given twice in one object (which value holds cannot be told)."
-            )
+            for key, _ in pairs:
+                if key in seen:
+                    raise _Refused(
+                        f"{source}: the key {key!r} is given twice in one object (which value holds cannot be told)."
+                    )
+                seen.add(key)
         return built
 
     return build
