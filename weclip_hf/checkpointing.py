@@ -252,7 +252,7 @@ def read_training_state(path: Path) -> TrainingState:
             step=_count(raw["step"], "step"),
             scheduler=raw["scheduler"],
             position=StreamPosition(**{key: _count(value, key) for key, value in position.items()}),
-            seconds=seconds,
+            seconds=None if seconds is None else float(seconds),
             computation=Computation.from_record(raw),
         )
     except (ValueError, KeyError, TypeError) as error:
