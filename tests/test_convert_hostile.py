@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import pickle
+import re
 import struct
 import zipfile
 from collections import OrderedDict
@@ -745,3 +746,18 @@ def test_a_pickle_nesting_containers_200000_deep_is_refused_in_linear_time(tmp_p
             assert load_official_checkpoint(path).keys() == {"w"}
         else:
             _refused(partial(load_official_checkpoint, path), str(path), "nest more than")
+
+
+def test_a_fifo_or_link_loop_given_as_the_checkpoint_is_named_not_called_missing(tmp_path):
+    """A FIFO or a link loop given as the checkpoint was reported as a checkpoint that "does not exist"; each is now
+    a ValueError naming the file and what is there."""
+    import os
+
+    os.mkfifo(tmp_path / "fifo.pth")
+    (tmp_path / "loop.pth").symlink_to("loop.pth")
+    for name, problem in (
+        ("fifo.pth", "it is a FIFO, socket or device"),
+        ("loop.pth", "cannot be read (Too many"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(f"{tmp_path / name}: {problem}")):
+            load_official_checkpoint(tmp_path / name)

@@ -16,6 +16,8 @@ import json
 import math
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -146,6 +148,30 @@ def open_regular_file(path: str | os.PathLike) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
+def check_regular_file(path: str | os.PathLike, *, error: type[ValueError] = ValueError) -> None:
+    """Refuse a ``path`` that holds no regular file (`open_regular_file`), opened and closed unread.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ``error`` (a ValueError): naming ``path`` and what is there instead (a link loop: "cannot be read").
+    """
+    with _refusing(path, error), open_regular_file(path):
+        pass
+
+
+@contextmanager
+def _refusing(path: str | os.PathLike, error: type[ValueError]) -> Iterator[None]:
+    """Turn the OSErrors of opening or reading ``path`` (but no file there) into ``error`` naming it."""
+    try:
+        yield
+    except NotAFileError as err:
+        raise error(f"{path}: {err}.") from None
+    except FileNotFoundError:
+        raise
+    except OSError as err:  # a link loop, no permission
+        raise error(f"{path}: cannot be read ({err.strerror}).") from None
+
+
 def read_regular_file(
     path: str | Path, *, max_bytes: int = MAX_JSON_BYTES, error: type[ValueError] = ValueError
 ) -> bytes:
@@ -155,15 +181,8 @@ def read_regular_file(
         FileNotFoundError: no file at ``path``.
         ``error`` (a ValueError): naming ``path`` and what is there instead (a link loop: "cannot be read").
     """
-    try:
-        with open_regular_file(path) as stream:
-            data = stream.read(max_bytes + 1)
-    except NotAFileError as err:
-        raise error(f"{path}: {err}.") from None
-    except FileNotFoundError:
-        raise
-    except OSError as err:  # a link loop, no permission
-        raise error(f"{path}: cannot be read ({err.strerror}).") from None
+    with _refusing(path, error), open_regular_file(path) as stream:
+        data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise error(f"{path}: more than {max_bytes:,} bytes, larger than any such file read here may be.")
     return data

@@ -4,12 +4,14 @@ checked, a DDP ``module.`` prefix removed, and no NaN or infinite weight (`check
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers.utils import logging as hf_logging
 
+from ..json_files import check_regular_file
 from ..safe_loading import (
     MAX_ARCHIVE_BYTES,
     MAX_MEMBER_BYTES,
@@ -129,6 +131,8 @@ def load_official_checkpoint(
             + (f" (this folder holds {', '.join(files[:5])})." if files else ".")
         )
     if not path.is_file():
+        if os.path.lexists(path):  # a FIFO, socket, device or link loop: named, not called missing
+            check_regular_file(path)
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     if is_safetensors_file(path):
         state = read_safetensors_file(path, max_total_bytes)
