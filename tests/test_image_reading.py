@@ -65,3 +65,33 @@ def test_unreadable_image_errors_pickle_as_they_are():
     ):
         copy = pickle.loads(pickle.dumps(error))
         assert type(copy) is type(error) and str(copy) == str(error) and copy.source == error.source
+
+
+def test_a_png_declaring_ten_gigapixels_is_refused_at_open_naming_it(tmp_path):
+    """A 70-byte PNG whose header declares 100000 x 100000 pixels: Pillow refuses it when opened (over twice
+    Image.MAX_IMAGE_PIXELS, a DecompressionBombError) before decoding anything; the error names the file (its
+    message ended "attack.. Fix": the period doubled)."""
+    import io
+    import struct
+    import zlib
+
+    import pytest
+    from PIL import Image
+
+    from weclip_hf.image_reading import UnreadableImageError, image_size, open_image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    header = data.find(b"IHDR")
+    struct.pack_into(">II", data, header + 4, 100_000, 100_000)
+    struct.pack_into(">I", data, header + 17, zlib.crc32(bytes(data[header : header + 17])))
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bytes(data))
+    for read in (open_image, image_size):
+        with pytest.raises(
+            UnreadableImageError,
+            match=rf"^Cannot read file '{path}': DecompressionBombError: Image size \(10000000000 pixels\) exceeds "
+            r"limit of 178956970 pixels, could be decompression bomb DOS attack\. Fix or remove it\.$",
+        ):
+            read(str(path))
