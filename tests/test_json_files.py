@@ -16,7 +16,7 @@ def test_json_is_read_and_each_pathology_named(tmp_path):
             '{"a": 1,}',
             "not valid JSON (Expecting property name enclosed in double quotes at line 1, column 9)",
         ),
-        ('{"a": -Infinity}', "holds -Infinity, which JSON has no such value"),
+        ('{"a": -Infinity}', "holds -Infinity, which is no JSON value"),
         ('{"a": -1e400}', "the number -1e400 is out of the range of a float"),
         ('{"b": {"a": 1, "a": 1}}', "the key 'a' is given twice in one object"),
         ('{"a": ' + "9" * 5000 + "}", "holds an integer too long to read (Exceeds the limit (4300 digits)"),

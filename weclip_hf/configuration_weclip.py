@@ -109,9 +109,8 @@ def class_name_lists(
                          ("label_names", label_names)):  # fmt: skip
         if isinstance(names, str):  # list("cat") would be three classes
             raise ValueError(f"{field} must be a list of names, got the string {names!r}: write [{names!r}].")
-        if names is not None and not isinstance(
-            names, (list, tuple)
-        ):  # a number, or a dict's keys taken as names
+        # a number, or a dict (whose keys would be taken as names)
+        if names is not None and not isinstance(names, (list, tuple)):
             raise ValueError(f"{field} must be a list of names, got {names!r}.")
     class_names = list(VOC_PROMPT_NAMES if class_names is None else class_names)
     background_label = "background"

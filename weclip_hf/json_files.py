@@ -78,7 +78,7 @@ def _no_constant(source: str) -> Any:
 
     def parse(name: str) -> float:
         raise _Refused(
-            f"{source}: holds {name}, which JSON has no such value (a finite number or null was expected)."
+            f"{source}: holds {name}, which is no JSON value (a finite number or null was expected)."
         )
 
     return parse
