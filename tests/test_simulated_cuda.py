@@ -276,3 +276,23 @@ def test_the_pipeline_on_cuda_gives_the_cpu_masks():
     ]
     for mine, theirs in zip(ours, expected):
         assert all(np.array_equal(np.asarray(a["mask"]), np.asarray(b["mask"])) for a, b in zip(mine, theirs))
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_a_loaded_model_switched_to_eval_on_cuda_keeps_its_own_clip_activation(kind, tmp_path):
+    """transformers (5.x) loads models with ``use_kernels=True`` by default, and re-kernelizes a model whose
+    train/eval mode changes: on CUDA it then fetches ``kernels-community/activation`` from the Hub to replace CLIP's
+    QuickGELU (offline: a ValueError at ``model.eval()``, e.g. examples/train.py's first evaluation; online:
+    downloaded code in the frozen CLIP). A loaded WeCLIP keeps the activation it was checked against."""
+    model_class, _ = MODELS[kind]
+    tiny(kind).save_pretrained(tmp_path)
+    loaded = model_class.from_pretrained(tmp_path)
+    assert not loaded.use_kernels
+    inputs = batch()["pixel_values"]
+    with torch.no_grad():
+        expected = loaded(inputs).logits
+    with simulated_cuda():
+        model = loaded.to("cuda").train()
+        model.eval()  # a new kernels mode: transformers kernelizes a model that uses kernels again, on cuda now
+        with torch.no_grad():
+            assert_same(expected, model(inputs.to("cuda")).logits)

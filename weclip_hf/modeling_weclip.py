@@ -386,7 +386,8 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
         """`PreTrainedModel.from_pretrained`, reading safetensors only, with clear errors for a missing folder,
         a checkpoint of another model type, pickle-only weights, a corrupted weights file, weights missing from
         the file (they would otherwise be left random) or a class count that does not match the weights; CLIP
-        is frozen again after loading."""
+        is frozen again after loading. Hub kernels (transformers' ``use_kernels``) are off unless
+        ``use_kernels=True`` is given."""
         check_model_folder(cls, pretrained_model_name_or_path, kwargs)
         loaded = cls._load_checked(pretrained_model_name_or_path, *args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
@@ -405,6 +406,10 @@ class WeCLIPForSemanticSegmentation(ClassEmbeddingsMixin, TrainingStepMixin, WeC
         safetensors_only(path, kwargs)
         want_info = kwargs.pop("output_loading_info", False)
         overrides = shape_overrides(cls.config_class, kwargs)
+        # no Hub kernels unless asked for: with transformers' default (use_kernels=True) a model on CUDA whose
+        # train/eval mode changes fetches `kernels-community/activation` to replace CLIP's QuickGELU (offline: a
+        # ValueError at model.eval(); online: code from the Hub in the frozen CLIP the port is checked against)
+        kwargs.setdefault("use_kernels", False)
         with loading_errors(path, overrides):
             model, info = super().from_pretrained(
                 pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
