@@ -8,7 +8,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_config, make_tiny_plus_config, with_varied_decoder
+from conftest import FAST, make_tiny_config, make_tiny_plus_config, train_in_process, with_varied_decoder
 from PIL import Image
 from simulated_cuda import CudaTensor, SimulatedDeviceError, simulated_cuda, to_cpu
 from transformers import pipeline
@@ -296,3 +296,25 @@ def test_a_loaded_model_switched_to_eval_on_cuda_keeps_its_own_clip_activation(k
         model.eval()  # a new kernels mode: transformers kernelizes a model that uses kernels again, on cuda now
         with torch.no_grad():
             assert_same(expected, model(inputs.to("cuda")).logits)
+
+
+def test_examples_train_on_cuda_trains_evaluates_and_saves_as_on_the_cpu(tmp_path, capsys):
+    """examples/train.py on the simulated device (accelerate's device: cuda): 2 steps with a checkpoint, the
+    in-training evaluation (the model's first switch to eval mode on cuda) and the final one, as on the CPU."""
+    from accelerate.state import AcceleratorState
+
+    args = [*FAST, "--max_train_steps", 2, "--eval_steps", 2, "--checkpointing_steps", 1, "--num_workers", 0]
+    expected = train_in_process("--output_dir", tmp_path / "cpu", *args)
+    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps the process's device
+    try:
+        with simulated_cuda():
+            ours = train_in_process("--output_dir", tmp_path / "cuda", *args)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert (
+        "2 steps of 4 x 1 images, lr 0.002, RFM after 150 steps (the toy recipe), on cuda\n"
+        in capsys.readouterr().out
+    )
+    scores = ("miou", "cam_miou", "pseudo_label_miou", "per_class_iou")
+    assert {k: ours[k] for k in scores} == {k: expected[k] for k in scores}
+    assert (tmp_path / "cuda" / "step_2").is_dir() and (tmp_path / "cuda" / "model.safetensors").is_file()
