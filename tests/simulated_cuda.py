@@ -299,6 +299,8 @@ def simulated_cuda() -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         for name, stub in _cuda_stubs().items():
             stack.enter_context(mock.patch.object(torch.cuda, name, stub))
+            if hasattr(torch.cuda.random, name):  # (transformers' Trainer saves the RNG states through it)
+                stack.enter_context(mock.patch.object(torch.cuda.random, name, stub))
         for name, stub in _accelerator_stubs().items():  # what accelerate asks for its default device
             stack.enter_context(mock.patch.object(torch.accelerator, name, stub))
         # Triton cannot launch on the wrappers: PAR's eager path, as where Triton is missing

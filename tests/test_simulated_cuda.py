@@ -4,6 +4,7 @@ branch) fails here rather than on the first GPU: the models' forward and trainin
 processor's post-processing and the pipeline compute on "cuda" what they compute on the CPU."""
 
 import copy
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch
 from conftest import FAST, make_tiny_config, make_tiny_plus_config, train_in_process, with_varied_decoder
 from PIL import Image
 from simulated_cuda import CudaTensor, SimulatedDeviceError, simulated_cuda, to_cpu
+from test_trainer import run_script, trainer_script
 from transformers import pipeline
 
 from weclip_hf import (
@@ -298,23 +300,40 @@ def test_a_loaded_model_switched_to_eval_on_cuda_keeps_its_own_clip_activation(k
             assert_same(expected, model(inputs.to("cuda")).logits)
 
 
+def on_simulated_cuda(run: Callable[[], dict]) -> dict:
+    """``run()`` (a script's ``main``) on the simulated device, with accelerate's process state made afresh before
+    (accelerate keeps a process's first device: the CPU's of an earlier run) and after (the next test's, the CPU)."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        with simulated_cuda():
+            return run()
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def test_examples_train_on_cuda_trains_evaluates_and_saves_as_on_the_cpu(tmp_path, capsys):
     """examples/train.py on the simulated device (accelerate's device: cuda): 2 steps with a checkpoint, the
     in-training evaluation (the model's first switch to eval mode on cuda) and the final one, as on the CPU."""
-    from accelerate.state import AcceleratorState
-
     args = [*FAST, "--max_train_steps", 2, "--eval_steps", 2, "--checkpointing_steps", 1, "--num_workers", 0]
     expected = train_in_process("--output_dir", tmp_path / "cpu", *args)
-    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps the process's device
-    try:
-        with simulated_cuda():
-            ours = train_in_process("--output_dir", tmp_path / "cuda", *args)
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-    assert (
-        "2 steps of 4 x 1 images, lr 0.002, RFM after 150 steps (the toy recipe), on cuda\n"
-        in capsys.readouterr().out
+    ours = on_simulated_cuda(lambda: train_in_process("--output_dir", tmp_path / "cuda", *args))
+    assert "2 steps of 4 x 1 images, lr 0.002, RFM after 150 steps (the toy recipe), on cuda\n" in (
+        capsys.readouterr().out
     )
     scores = ("miou", "cam_miou", "pseudo_label_miou", "per_class_iou")
     assert {k: ours[k] for k in scores} == {k: expected[k] for k in scores}
     assert (tmp_path / "cuda" / "step_2").is_dir() and (tmp_path / "cuda" / "model.safetensors").is_file()
+
+
+def test_examples_train_with_trainer_on_cuda_scores_as_on_the_cpu(tmp_path, monkeypatch):
+    """examples/train_with_trainer.py (transformers' Trainer: its device, evaluation, checkpoint with the CUDA RNG
+    states) on the simulated device: the CPU's scores."""
+    script = trainer_script(monkeypatch)
+    flags = ["--max_steps", 2, "--toy_train_images", 12, "--toy_val_images", 3, "--dataloader_num_workers", 0]
+    expected = run_script(script, "--output_dir", tmp_path / "cpu", *flags)
+    ours = on_simulated_cuda(lambda: run_script(script, "--output_dir", tmp_path / "cuda", *flags))
+    scores = ("eval_miou", "eval_cam_miou", "eval_pseudo_label_miou")
+    assert {k: ours[k] for k in scores} == {k: expected[k] for k in scores}
+    assert (tmp_path / "cuda" / "checkpoint-2" / "rng_state.pth").is_file()
