@@ -11,8 +11,10 @@ What it simulates:
   One that mixes it with a CPU tensor of one or more dimensions raises `SimulatedDeviceError` naming the function,
   as real CUDA refuses it (0-dim CPU tensors are scalars to CUDA, CPU indices are moved by torch's indexing,
   copies cross devices: all allowed). ``.numpy()`` raises as on CUDA; ``.item()``, ``.tolist()`` and ``.cpu()``
-  (a copy) read the values back. A ``torch.autograd.Function`` runs on the wrappers (its forward and backward see
-  CUDA tensors).
+  (a copy) read the values back. A ``torch.autograd.Function`` written with ``forward(ctx, ...)`` (as the
+  package's) runs on the wrappers (its forward and backward see CUDA tensors).
+- What the scripts' stack asks of the device: ``torch.accelerator`` names CUDA (accelerate's device), pinned
+  memory is the CPU tensor as it is, and the optimizers find no CUDA graph being captured.
 - `simulated_cuda()`: a context in which a tensor asked for on ``cuda`` / ``cuda:0`` (``torch.zeros(...,
   device="cuda")``, ``torch.tensor(..., device=...)``, ``x.to("cuda")``, ``x.cuda()``, ``module.to("cuda")``) is such
   a wrapper, ``torch.cuda.is_available()`` is True with one device of compute capability 9.0, and the
