@@ -110,11 +110,21 @@ def test_converter_card_keeps_where_the_weights_came_from(converter_card):
 
 
 def _official_sized(config):
-    """``config`` with the image-tower sizes of the official checkpoints' CLIP (ViT-B/16), on its config only."""
-    from weclip_hf.conversion.config_inference import OFFICIAL_CLIP_VISION
+    """``config`` with the tower and projection sizes of the official checkpoints' CLIP (ViT-B/16), on its config
+    only."""
+    from weclip_hf.conversion.config_inference import (
+        OFFICIAL_CLIP_PROJECTION_DIM,
+        OFFICIAL_CLIP_TEXT,
+        OFFICIAL_CLIP_VISION,
+    )
 
-    for key, value in OFFICIAL_CLIP_VISION.items():
-        setattr(config.vision_config, key, value)
+    for tower, sizes in (
+        (config.vision_config, OFFICIAL_CLIP_VISION),
+        (config.text_config, OFFICIAL_CLIP_TEXT),
+    ):
+        for key, value in sizes.items():
+            setattr(tower, key, value)
+    config.projection_dim = OFFICIAL_CLIP_PROJECTION_DIM
     return config
 
 
