@@ -11,6 +11,7 @@ import torch
 from conftest import make_tiny_config, make_tiny_plus_config
 
 from weclip_hf import WeCLIPForSemanticSegmentation, WeCLIPPlusForSemanticSegmentation
+from weclip_hf.losses import segmentation_loss
 
 RFM_START = 2  # steps 0-1 without the RFM, 2 on with it: both variants of the step are compiled
 STEPS = 5
@@ -74,6 +75,22 @@ def test_compiled_model_trains_as_eager_without_recompiling(method):
         torch.testing.assert_close(update, expected, rtol=0, atol=2e-3 * scale + 1e-6, msg=name)
     # the step counter stays the model's: compiled forwards count as eager ones do
     assert int(compiled.training_step) == STEPS
+
+
+def test_compiled_segmentation_loss_has_the_eager_gradient():
+    """The segmentation loss's autograd Function (`weclip_hf.losses`' upsampled cross-entropy) traced by Dynamo
+    gives the logits the eager gradient: under torch 2.11 it gave them zero while the Function summed its output in
+    place (a compiled model then trained its decoder through the affinity loss only)."""
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6, generator=g, requires_grad=True)
+    labels = torch.randint(0, 4, (2, 20, 24), generator=g)
+    labels[0, :2] = 255  # ignored pixels
+    (expected,) = torch.autograd.grad(segmentation_loss(logits, labels), logits)
+    compiled = torch.compile(segmentation_loss, backend="aot_eager")
+    (grad,) = torch.autograd.grad(compiled(logits, labels), logits)
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("method", ["weclip", "weclip_plus"])

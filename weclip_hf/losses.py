@@ -89,7 +89,9 @@ class _UpsampledCrossEntropy(torch.autograd.Function):
             # log_softmax is one fused pass on a CPU (logsumexp four: max, subtract, exp, sum); the log-sum-exp
             # the backward needs is then the target's score plus its negative log-likelihood
             nll = torch.log_softmax(scores, dim=-1).gather(-1, index)[..., 0].neg_()
-            total += (w * nll).sum()
+            # summed out of place: torch 2.11's Dynamo gave the logits a zero gradient where the Function's output
+            # was accumulated in place (the same additions in the same order: the same bits)
+            total = total + (w * nll).sum()
             lse.append(nll.add_(scores.gather(-1, index)[..., 0]))
         ctx.save_for_backward(logits, target, weights, torch.cat(lse))
         ctx.chunk = chunk
