@@ -54,9 +54,10 @@ def read_record(path: str | Path) -> dict | None:
     try:
         return read_json_if_present(path, expect=dict)
     except ValueError as err:  # `read_json`'s refusals: no JSON object, or no file (a folder, a FIFO)
+        problem = str(err).removeprefix(f"{path}: ").rstrip(".")
         raise ValueError(
-            f"{path} holds no record ({str(err).removeprefix(f'{path}: ').rstrip('.')}): a file of an earlier run's state, "
-            "edited or damaged. Choose another --output_dir."
+            f"{path} holds no record ({problem}): a file of an earlier run's state, edited or damaged. Choose "
+            "another --output_dir."
         ) from None
 
 
