@@ -7,6 +7,7 @@ evaluation and the pipeline, so that the numbers they compare come from the same
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -344,20 +345,25 @@ def test_train_reads_the_saved_config_once(train_script, tmp_path, monkeypatch):
             return overrides
 
     monkeypatch.setattr(train_phase("data_and_model"), "AutoModelForSemanticSegmentation", Saved)
-    real_open = builtins.open
+    real_open, real_os_open = builtins.open, os.open
     opened = []
 
     def counting_open(file, *args, **kwargs):
         if str(file).endswith("config.json"):
-            opened.append(file)
+            opened.append(str(file))
         return real_open(file, *args, **kwargs)
+
+    def counting_os_open(file, *args, **kwargs):  # weclip_hf.json_files.read_json opens files by os.open
+        if str(file).endswith("config.json"):
+            opened.append(str(file))
+        return real_os_open(file, *args, **kwargs)
 
     plus = saved_config(tmp_path / "plus", "weclip_plus")
     # without --preset the recipe asks the type and recorded preset; with one, the preset is checked against it
     for preset in ([], ["--preset", "voc-plus"]):
         argv = ["--data_dir", "d", "--model_name_or_path", plus, *preset, "--dice_loss_weight", "0.5"]
         opened.clear()
-        with mock.patch("builtins.open", counting_open):
+        with mock.patch("builtins.open", counting_open), mock.patch("os.open", counting_os_open):
             args = train_script.parse_args(argv)
             train_phase("arguments").recipe_source(args)
             train_phase("data_and_model").build_model(args, {})
