@@ -31,7 +31,7 @@ def check_saved_splits(dataset_path: str) -> None:
 
 
 # the largest metadata file read whole to count its rows (COCO's 118k images: ~10 MB)
-MAX_METADATA_BYTES = 2**30
+MAX_IMAGEFOLDER_METADATA_BYTES = 2**30
 # the metadata files of an imagefolder (`datasets`' folder-based builder)
 METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
 # the report beside the splits of an imagefolder of pseudo masks that examples/generate_pseudo_labels.py wrote
@@ -62,7 +62,7 @@ def check_imagefolder_metadata(data_dir: str, flag: str = "--data_dir") -> None:
             "its mask: docs/training.md, 'The data')."
         )
     for path in (p for p in found if p.name in METADATA_NAMES):
-        text = utf8_text(read_regular_file(path, max_bytes=MAX_METADATA_BYTES), str(path))
+        text = utf8_text(read_regular_file(path, max_bytes=MAX_IMAGEFOLDER_METADATA_BYTES), str(path))
         lines = [line for line in text.splitlines() if line.strip()]
         header = 1 if path.suffix == ".csv" else 0
         if len(lines) <= header:
